@@ -1,0 +1,114 @@
+"""Cell adapters: what the layer stack needs to know about each cell type.
+
+Each adapter names its parameter tensors and their initialisation, allocates the per-window
+buffers its kernels use, and calls its forward and backward kernels on a range of steps
+[t0, t1) of those buffers. The stack, the scheduler and the optimizer never look inside.
+
+Buffers with a time axis put it first. State buffers (listed in `states`) have T+1 slots, slot t
+holding the state before step t; every other time buffer has T slots.
+"""
+import numpy as np
+
+from .kernels.gru import gru_backward, gru_forward
+from .kernels.lstm import lstm_backward, lstm_forward
+from .kernels.rnn import rnn_backward, rnn_forward
+
+
+def _uniform(rng, shape, bound, dtype):
+    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+class RNNCell:
+    name = "rnn"
+    gates = 1
+    states = ("hs",)
+
+    def param_shapes(self, n_in, H):
+        return [("Wx", (n_in, H)), ("Wh", (H, H)), ("b", (H,))]
+
+    def init(self, p, H, rng):
+        # PyTorch's default: U(-1/sqrt(H), 1/sqrt(H)) for every tensor
+        for v in p.values():
+            v[...] = _uniform(rng, v.shape, 1.0 / np.sqrt(H), v.dtype)
+
+    def buffers(self, T, B, H, dtype):
+        return {"hs": np.zeros((T + 1, B, H), dtype)}, {}
+
+    def forward(self, buf, p, xproj, t0, t1):
+        rnn_forward(buf["hs"][t0 : t1 + 1], xproj[t0:t1], p["Wh"])
+
+    def backward(self, buf, scratch, p, g, dxproj, dhs, dstate, t0, t1):
+        hs, H = buf["hs"], p["Wh"].shape[0]
+        rnn_backward(dxproj[t0:t1], dstate["hs"], g["Wh"], dhs[t0:t1], hs[t0 : t1 + 1], p["Wh"],
+                     hs[t0:t1].reshape(-1, H), dxproj[t0:t1].reshape(-1, H))
+
+
+class LSTMCell:
+    name = "lstm"
+    gates = 4
+    states = ("hs", "cs")
+
+    def param_shapes(self, n_in, H):
+        return [("Wx", (n_in, 4 * H)), ("Wh", (H, 4 * H)), ("b", (4 * H,))]
+
+    def init(self, p, H, rng):
+        for v in p.values():
+            v[...] = _uniform(rng, v.shape, 1.0 / np.sqrt(H), v.dtype)
+        # forget-gate bias 1 (Gers et al. 2000; Jozefowicz et al. 2015): remember by default
+        p["b"][H : 2 * H] = 1.0
+
+    def buffers(self, T, B, H, dtype):
+        buf = {
+            "hs": np.zeros((T + 1, B, H), dtype),
+            "cs": np.zeros((T + 1, B, H), dtype),
+            "acts": np.zeros((T, B, 4 * H), dtype),
+            "tcs": np.zeros((T, B, H), dtype),
+        }
+        return buf, {}
+
+    def forward(self, buf, p, xproj, t0, t1):
+        lstm_forward(buf["hs"][t0 : t1 + 1], buf["cs"][t0 : t1 + 1], buf["acts"][t0:t1],
+                     buf["tcs"][t0:t1], xproj[t0:t1], p["Wh"])
+
+    def backward(self, buf, scratch, p, g, dxproj, dhs, dstate, t0, t1):
+        hs, H = buf["hs"], p["Wh"].shape[0]
+        lstm_backward(dxproj[t0:t1], dstate["hs"], dstate["cs"], g["Wh"], dhs[t0:t1],
+                      hs[t0 : t1 + 1], buf["cs"][t0 : t1 + 1], buf["acts"][t0:t1],
+                      buf["tcs"][t0:t1], p["Wh"],
+                      hs[t0:t1].reshape(-1, H), dxproj[t0:t1].reshape(-1, 4 * H))
+
+
+class GRUCell:
+    name = "gru"
+    gates = 3
+    states = ("hs",)
+
+    def param_shapes(self, n_in, H):
+        # b = [b_r | b_z | b_xn]; b_hn sits inside the reset product, so it is a tensor of its own
+        return [("Wx", (n_in, 3 * H)), ("Wh", (H, 3 * H)), ("b", (3 * H,)), ("bhn", (H,))]
+
+    def init(self, p, H, rng):
+        for v in p.values():
+            v[...] = _uniform(rng, v.shape, 1.0 / np.sqrt(H), v.dtype)
+
+    def buffers(self, T, B, H, dtype):
+        buf = {
+            "hs": np.zeros((T + 1, B, H), dtype),
+            "acts": np.zeros((T, B, 3 * H), dtype),
+            "hn": np.zeros((T, B, H), dtype),
+        }
+        scratch = {"dhp": np.zeros((T, B, 3 * H), dtype), "dh_tmp": np.zeros((B, H), dtype)}
+        return buf, scratch
+
+    def forward(self, buf, p, xproj, t0, t1):
+        gru_forward(buf["hs"][t0 : t1 + 1], buf["acts"][t0:t1], buf["hn"][t0:t1], xproj[t0:t1],
+                    p["Wh"], p["bhn"])
+
+    def backward(self, buf, scratch, p, g, dxproj, dhs, dstate, t0, t1):
+        hs, H, dhp = buf["hs"], p["Wh"].shape[0], scratch["dhp"]
+        gru_backward(dxproj[t0:t1], dhp[t0:t1], dstate["hs"], scratch["dh_tmp"], g["Wh"], g["bhn"],
+                     dhs[t0:t1], hs[t0 : t1 + 1], buf["acts"][t0:t1], buf["hn"][t0:t1], p["Wh"],
+                     hs[t0:t1].reshape(-1, H), dhp[t0:t1].reshape(-1, 3 * H))
+
+
+CELLS = {c.name: c for c in (RNNCell(), LSTMCell(), GRUCell())}

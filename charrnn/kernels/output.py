@@ -1,0 +1,110 @@
+"""Output layer: logits = h @ Wy + by and softmax cross-entropy, forward and backward.
+
+    logits_n = h_n @ Wy + by                    (N,V), N = counted predictions (steps x streams)
+    loss_n   = logsumexp(logits_n) - logits_n[target_n]
+    dlogits_n = scale * (softmax(logits_n) - onehot(target_n))
+
+Shapes (legend): N rows (one per counted prediction), H hidden units of the top layer,
+V vocabulary. The products are single large GEMMs over the whole window.
+"""
+import numpy as np
+from numba import prange
+
+from ._jit import kernel, parallel_kernel
+
+
+@kernel
+def logits_forward(logits, h2d, Wy, by):
+    # logits (N,V) out    h2d (N,H)    Wy (H,V)    by (V,)
+    np.dot(h2d, Wy, logits)
+    N, V = logits.shape
+    for n in range(N):
+        for v in range(V):
+            logits[n, v] += by[v]
+
+
+# Rows are independent, so large outputs (a big vocabulary) run on numba's threads. Small ones
+# stay serial: waking the thread pool costs more than it saves, and far more on a busy machine.
+PARALLEL_MIN_ELEMENTS = 1 << 20
+
+
+@kernel
+def _softmax_xent_row(z, target, scale):
+    # z (V,) logits in, overwritten with scale * (softmax - onehot); returns -log p(target)
+    V = z.shape[0]
+    m = z[0]
+    for v in range(1, V):
+        m = max(m, z[v])
+    shifted_target = z[target] - m  # read before z is overwritten; exact even when exp underflows
+    total = 0.0
+    for v in range(V):
+        e = np.exp(z[v] - m)
+        z[v] = e
+        total += e
+    inv = scale / total
+    for v in range(V):
+        z[v] *= inv
+    z[target] -= scale
+    # a NaN logit makes the loss NaN: the caller sees it, nothing hides it
+    return np.log(total) - shifted_target
+
+
+@kernel
+def _xent_row(z, target):
+    # forward only: -log softmax(z)[target], z left as it is
+    V = z.shape[0]
+    m = z[0]
+    for v in range(1, V):
+        m = max(m, z[v])
+    total = 0.0
+    for v in range(V):
+        total += np.exp(z[v] - m)
+    return np.log(total) + m - z[target]
+
+
+@kernel
+def _softmax_xent_serial(logits, row_loss, targets, scale):
+    for n in range(logits.shape[0]):
+        row_loss[n] = _softmax_xent_row(logits[n], targets[n], scale)
+
+
+@parallel_kernel
+def _softmax_xent_parallel(logits, row_loss, targets, scale):
+    for n in prange(logits.shape[0]):
+        row_loss[n] = _softmax_xent_row(logits[n], targets[n], scale)
+
+
+@kernel
+def _xent_serial(logits, row_loss, targets):
+    for n in range(logits.shape[0]):
+        row_loss[n] = _xent_row(logits[n], targets[n])
+
+
+@parallel_kernel
+def _xent_parallel(logits, row_loss, targets):
+    for n in prange(logits.shape[0]):
+        row_loss[n] = _xent_row(logits[n], targets[n])
+
+
+def softmax_xent(logits, row_loss, targets, scale):
+    """logits (N,V) in, overwritten with dloss/dlogits = scale * (softmax - onehot);
+    row_loss (N,) out: -log p(target) per row, in nats; targets (N,)."""
+    big = logits.size >= PARALLEL_MIN_ELEMENTS
+    (_softmax_xent_parallel if big else _softmax_xent_serial)(logits, row_loss, targets, scale)
+
+
+def xent(logits, row_loss, targets):
+    """Forward only (evaluation): row_loss (N,) out; logits left as they are."""
+    big = logits.size >= PARALLEL_MIN_ELEMENTS
+    (_xent_parallel if big else _xent_serial)(logits, row_loss, targets)
+
+
+@kernel
+def logits_backward(dh2d, dWy, dby, dlogits, h2d, Wy):
+    # dh2d (N,H) out    dWy (H,V), dby (V,) accumulated with +=    dlogits (N,V) in
+    dWy += np.dot(h2d.T, dlogits)
+    N, V = dlogits.shape
+    for n in range(N):
+        for v in range(V):
+            dby[v] += dlogits[n, v]
+    np.dot(dlogits, Wy.T, dh2d)

@@ -1,0 +1,222 @@
+"""The model: parameters in one flat buffer with named views, and the layer stack over a window.
+
+Parameters, gradients and optimizer moments are each one contiguous array with the same layout,
+so the optimizer, clipping, checkpoints and gradcheck all loop over a single array.
+
+The stack runs a window of steps held in per-layer buffers (time axis first):
+    forward(t0, t1)            steps [t0, t1) from the state in slot t0
+    output_grad(c0, t1)        loss of the counted predictions [c0, t1) and its gradient
+    backward(g0, t1)           back through the recurrence over [g0, t1); the state in slot g0
+                               is a constant (truncated BPTT)
+    shift(k)                   drop the oldest k steps so that newer ones can follow
+Shapes (legend): T window steps, B streams, H hidden units, V vocabulary, G gate width.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from .cells import CELLS
+from .kernels.inputs import dense_backward, dense_forward, onehot_backward, onehot_forward
+from .kernels.output import logits_backward, logits_forward, softmax_xent, xent
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    cell: str  # "rnn" | "lstm" | "gru"
+    vocab_size: int  # V
+    hidden: int  # H, the same for every layer
+    layers: int  # L
+
+    def __post_init__(self):
+        if self.cell not in CELLS:
+            raise ValueError(f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
+        if self.vocab_size < 2 or self.hidden < 1 or self.layers < 1:
+            raise ValueError(f"model sizes must be positive (vocab >= 2): {self}")
+
+
+class Layout:
+    """Names, shapes and offsets of every parameter tensor in the flat buffer."""
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        cell = CELLS[spec.cell]
+        self.entries = []  # (name, shape, offset)
+        offset = 0
+        for layer in range(spec.layers):
+            n_in = spec.vocab_size if layer == 0 else spec.hidden
+            for name, shape in cell.param_shapes(n_in, spec.hidden):
+                self.entries.append((f"layer{layer}.{name}", shape, offset))
+                offset += int(np.prod(shape))
+        for name, shape in (("output.Wy", (spec.hidden, spec.vocab_size)), ("output.by", (spec.vocab_size,))):
+            self.entries.append((name, shape, offset))
+            offset += int(np.prod(shape))
+        self.size = offset
+
+    def views(self, flat):
+        """{name: view into flat}; writing to a view writes to the buffer."""
+        assert flat.shape == (self.size,), (flat.shape, self.size)
+        return {name: flat[o : o + int(np.prod(s))].reshape(s) for name, s, o in self.entries}
+
+    def layer_views(self, flat):
+        """[{short name: view}] per layer, and the output layer's views."""
+        named = self.views(flat)
+        layers = [
+            {k.split(".", 1)[1]: v for k, v in named.items() if k.startswith(f"layer{l}.")}
+            for l in range(self.spec.layers)
+        ]
+        return layers, {"Wy": named["output.Wy"], "by": named["output.by"]}
+
+
+def init_params(spec: ModelSpec, rng: np.random.Generator, dtype=np.float32):
+    layout = Layout(spec)
+    flat = np.zeros(layout.size, dtype)
+    layers, out = layout.layer_views(flat)
+    cell = CELLS[spec.cell]
+    for p in layers:
+        cell.init(p, spec.hidden, rng)
+    bound = 1.0 / np.sqrt(spec.hidden)
+    out["Wy"][...] = rng.uniform(-bound, bound, out["Wy"].shape)
+    out["by"][...] = rng.uniform(-bound, bound, out["by"].shape)
+    return flat
+
+
+class Stack:
+    """The per-window buffers of one model for B streams and a window of T steps."""
+
+    def __init__(self, spec: ModelSpec, batch: int, window: int, dtype=np.float32, dropout=0.0):
+        self.spec, self.B, self.T, self.dtype = spec, batch, window, np.dtype(dtype)
+        self.layout = Layout(spec)
+        self.cell = CELLS[spec.cell]
+        self.dropout = float(dropout)
+        L, B, T, H, V = spec.layers, batch, window, spec.hidden, spec.vocab_size
+        G = self.cell.gates * H
+        self.ids = np.zeros((T, B), np.int32)  # input character of each step
+        self.targets = np.zeros((T, B), np.int32)  # the character each step predicts
+        self.bufs, self.scratch = zip(*(self.cell.buffers(T, B, H, dtype) for _ in range(L)))
+        self.xproj = [np.zeros((T, B, G), dtype) for _ in range(L)]
+        self.dxproj = [np.zeros((T, B, G), dtype) for _ in range(L)]
+        self.dhs = [np.zeros((T, B, H), dtype) for _ in range(L)]  # dLoss/dh_t from above
+        self.dstate = [{k: np.zeros((B, H), dtype) for k in self.cell.states} for _ in range(L)]
+        # Dropout sits on the input of every layer above the first and on the output layer's
+        # input (as in char-rnn); index l = the input of layer l, index L = the output layer's.
+        self.masks = [None] + [np.ones((T, B, H), dtype) if dropout > 0 else None for _ in range(L)]
+        self.dropped = [None] + [np.zeros((T, B, H), dtype) if dropout > 0 else None for _ in range(L)]
+        self.logits = np.zeros((T * B, V), dtype)
+        self.row_loss = np.zeros(T * B, dtype)
+
+    # -- state -------------------------------------------------------------------------------
+    def get_state(self, slot):
+        """Copies of every layer's state arrays at `slot`: [[(B,H), ...] per layer]."""
+        return [[buf[k][slot].copy() for k in self.cell.states] for buf in self.bufs]
+
+    def set_state(self, slot, state):
+        for buf, arrays in zip(self.bufs, state):
+            for k, a in zip(self.cell.states, arrays):
+                buf[k][slot] = a
+
+    def shift(self, k):
+        """Move the newest T-k steps (and the state after them) to the front of every buffer."""
+        if k >= self.T:
+            self.set_state(0, self.get_state(self.T))
+            return
+        time_buffers = [self.ids, self.targets]
+        time_buffers += [a for buf in self.bufs for a in buf.values()]
+        time_buffers += [a for a in self.masks + self.dropped if a is not None]
+        for a in time_buffers:
+            n = a.shape[0]
+            a[: n - k] = a[k:].copy()
+
+    # -- forward -----------------------------------------------------------------------------
+    def _layer_input(self, l, t0, t1, rng):
+        """Input of layer l (l = L: the output layer) for steps [t0, t1): (n*B, H), C-contiguous."""
+        below = self.bufs[l - 1]["hs"][t0 + 1 : t1 + 1]
+        if self.masks[l] is None:
+            return below.reshape(-1, self.spec.hidden)
+        if rng is not None:  # a training forward draws fresh masks (inverted dropout)
+            keep = 1.0 - self.dropout
+            self.masks[l][t0:t1] = (rng.random(below.shape) < keep) / keep
+        else:
+            self.masks[l][t0:t1] = 1.0
+        np.multiply(below, self.masks[l][t0:t1], out=self.dropped[l][t0:t1])
+        return self.dropped[l][t0:t1].reshape(-1, self.spec.hidden)
+
+    def forward(self, params, t0, t1, rng=None):
+        """Run steps [t0, t1) of every layer from the state in slot t0. `rng` draws dropout."""
+        layers, _ = self.layout.layer_views(params)
+        for l, p in enumerate(layers):
+            xproj = self.xproj[l]
+            if l == 0:
+                onehot_forward(xproj[t0:t1], self.ids[t0:t1], p["Wx"], p["b"])
+            else:
+                x2d = self._layer_input(l, t0, t1, rng)
+                dense_forward(xproj[t0:t1].reshape(x2d.shape[0], -1), x2d, p["Wx"], p["b"])
+            self.cell.forward(self.bufs[l], p, xproj, t0, t1)
+        self._layer_input(self.spec.layers, t0, t1, rng)  # the output layer's (dropped) input
+
+    # -- loss ---------------------------------------------------------------------------------
+    def loss(self, params, c0, t1):
+        """Sum of -log p(target) over the predictions of steps [c0, t1), in nats (float64)."""
+        _, out = self.layout.layer_views(params)
+        h2d = self._output_input(c0, t1)
+        logits = self.logits[: h2d.shape[0]]
+        logits_forward(logits, h2d, out["Wy"], out["by"])
+        rows = self.row_loss[: h2d.shape[0]]
+        xent(logits, rows, self.targets[c0:t1].reshape(-1))
+        return float(rows.sum(dtype=np.float64))
+
+    def _output_input(self, c0, t1):
+        L, H = self.spec.layers, self.spec.hidden
+        if self.masks[L] is None:
+            return self.bufs[L - 1]["hs"][c0 + 1 : t1 + 1].reshape(-1, H)
+        return self.dropped[L][c0:t1].reshape(-1, H)
+
+    def output_grad(self, params, grads, c0, t1, scale):
+        """Loss of steps [c0, t1) (sum, nats) and its gradient, times `scale`, into `grads` and
+        into dhs of the top layer. Call after forward, before backward."""
+        _, out = self.layout.layer_views(params)
+        _, gout = self.layout.layer_views(grads)
+        h2d = self._output_input(c0, t1)
+        n = h2d.shape[0]
+        dlogits = self.logits[:n]
+        logits_forward(dlogits, h2d, out["Wy"], out["by"])
+        softmax_xent(dlogits, self.row_loss[:n], self.targets[c0:t1].reshape(-1), self.dtype.type(scale))
+        dtop = self.dhs[-1]
+        dtop[:] = 0.0
+        logits_backward(dtop[c0:t1].reshape(n, -1), gout["Wy"], gout["by"], dlogits, h2d, out["Wy"])
+        L = self.spec.layers
+        if self.masks[L] is not None:
+            dtop[c0:t1] *= self.masks[L][c0:t1]
+        return float(self.row_loss[:n].sum(dtype=np.float64))
+
+    # -- backward -----------------------------------------------------------------------------
+    def backward(self, params, grads, g0, t1):
+        """Back through the recurrence over [g0, t1), accumulating into `grads`.
+
+        Gradients arriving at dhs of the top layer outside [g0, t1) are dropped: the state in
+        slot g0 is a constant of the truncated objective. Returns per layer the gradient w.r.t.
+        the state entering the window (used by the gradient-flow diagnostics)."""
+        layers, _ = self.layout.layer_views(params)
+        glayers, _ = self.layout.layer_views(grads)
+        H = self.spec.hidden
+        for l in range(self.spec.layers - 1, -1, -1):
+            p, g = layers[l], glayers[l]
+            for a in self.dstate[l].values():
+                a[:] = 0.0
+            self.cell.backward(self.bufs[l], self.scratch[l], p, g, self.dxproj[l], self.dhs[l],
+                               self.dstate[l], g0, t1)
+            dx = self.dxproj[l][g0:t1]
+            if l == 0:
+                onehot_backward(g["Wx"], g["b"], dx, self.ids[g0:t1])
+            else:
+                x2d = self._stored_input(l, g0, t1)
+                dbelow = self.dhs[l - 1][g0:t1]
+                dense_backward(dbelow.reshape(-1, H), g["Wx"], g["b"], dx.reshape(x2d.shape[0], -1),
+                               x2d, p["Wx"])
+                if self.masks[l] is not None:
+                    dbelow *= self.masks[l][g0:t1]
+        return self.dstate
+
+    def _stored_input(self, l, t0, t1):
+        if self.masks[l] is None:
+            return self.bufs[l - 1]["hs"][t0 + 1 : t1 + 1].reshape(-1, self.spec.hidden)
+        return self.dropped[l][t0:t1].reshape(-1, self.spec.hidden)

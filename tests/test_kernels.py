@@ -1,0 +1,97 @@
+"""Every kernel against the slow float64 reference, on ordinary and awkward shapes."""
+import numpy as np
+import pytest
+
+from charrnn.model import Layout, ModelSpec, Stack, init_params
+from reference import n_states, reference_loss_and_grads
+
+CELLS = ["rnn", "lstm", "gru"]
+# (T, B, H, V, L): ordinary, then T=1, B=1, H=1, V=2, three layers
+SHAPES = [(7, 4, 5, 11, 1), (1, 3, 4, 6, 2), (5, 1, 3, 5, 1), (4, 3, 1, 4, 2), (6, 2, 3, 2, 1), (5, 2, 4, 7, 3)]
+
+
+def make_case(cell, T, B, H, V, L, seed=0):
+    rng = np.random.default_rng(seed)
+    spec = ModelSpec(cell, V, H, L)
+    flat = init_params(spec, rng, np.float64)
+    flat += rng.normal(0, 0.3, flat.shape)  # move away from the init so no term is trivially 0
+    ids = rng.integers(0, V, (T, B)).astype(np.int32)
+    targets = rng.integers(0, V, (T, B)).astype(np.int32)
+    state0 = [[rng.normal(0, 0.5, (B, H)) for _ in range(n_states(cell))] for _ in range(L)]
+    return spec, flat, ids, targets, state0
+
+
+def run_stack(spec, flat, ids, targets, state0, dtype):
+    """Classic full-window BPTT through the kernels: loss (mean, nats), flat grads, final state."""
+    T, B = ids.shape
+    stack = Stack(spec, B, T, dtype)
+    stack.ids[:] = ids
+    stack.targets[:] = targets
+    stack.set_state(0, [[s.astype(dtype) for s in st] for st in state0])
+    params = flat.astype(dtype)
+    grads = np.zeros_like(params)
+    stack.forward(params, 0, T)
+    loss = stack.output_grad(params, grads, 0, T, 1.0 / (T * B))
+    stack.backward(params, grads, 0, T)
+    return loss / (T * B), grads, stack.get_state(T), stack.bufs[-1]["hs"][1:].copy()
+
+
+def reference_flat(spec, flat, ids, targets, state0):
+    layout = Layout(spec)
+    layers, out = layout.layer_views(flat)
+    loss, glayers, gout, state, tops = reference_loss_and_grads(spec.cell, layers, out, ids, targets, state0)
+    grads = np.zeros_like(flat)
+    gl, go = layout.layer_views(grads)
+    for dst, src in zip(gl + [go], glayers + [gout]):
+        for k in dst:
+            dst[k][...] = src[k]
+    return loss, grads, state, tops
+
+
+def rel_err(a, b):
+    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}-B{}-H{}-V{}-L{}".format(*s))
+def test_float64_matches_reference(cell, shape):
+    spec, flat, ids, targets, state0 = make_case(cell, *shape)
+    loss, grads, state, tops = run_stack(spec, flat, ids, targets, state0, np.float64)
+    ref_loss, ref_grads, ref_state, ref_tops = reference_flat(spec, flat, ids, targets, state0)
+    assert abs(loss - ref_loss) < 1e-12 * max(1.0, abs(ref_loss))
+    np.testing.assert_allclose(tops, ref_tops, rtol=1e-11, atol=1e-13)
+    for ours, ref in zip(state, ref_state):
+        for a, b in zip(ours, ref):
+            np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13)
+    views, ref_views = Layout(spec).views(grads), Layout(spec).views(ref_grads)
+    for name in views:
+        np.testing.assert_allclose(views[name], ref_views[name], rtol=1e-9, atol=1e-13, err_msg=name)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_float32_close_to_float64(cell):
+    spec, flat, ids, targets, state0 = make_case(cell, 20, 8, 16, 13, 2, seed=1)
+    loss64, g64, _, tops64 = run_stack(spec, flat, ids, targets, state0, np.float64)
+    loss32, g32, _, tops32 = run_stack(spec, flat, ids, targets, state0, np.float32)
+    assert g32.dtype == np.float32
+    assert abs(loss32 - loss64) < 1e-5 * abs(loss64)
+    assert rel_err(tops32, tops64) < 1e-5
+    assert rel_err(g32, g64) < 1e-4
+
+
+def test_lstm_forget_bias_starts_at_one():
+    spec = ModelSpec("lstm", 5, 3, 2)
+    layers, _ = Layout(spec).layer_views(init_params(spec, np.random.default_rng(0)))
+    for p in layers:
+        assert np.all(p["b"][3:6] == 1.0)
+        assert not np.any(p["b"][:3] == 1.0)
+
+
+def test_layout_views_cover_the_buffer_once():
+    spec = ModelSpec("gru", 7, 4, 3)
+    layout = Layout(spec)
+    flat = np.zeros(layout.size)
+    for i, v in enumerate(layout.views(flat).values()):
+        v += i + 1  # each element is written by exactly one view
+    assert np.all(flat > 0)
+    assert sum(v.size for v in layout.views(flat).values()) == layout.size
