@@ -1,0 +1,318 @@
+"""Checkpoints: one .npz file per save, written atomically, never pickled.
+
+A checkpoint is a standard uncompressed .npz (a zip archive that np.load can read):
+
+    <name>.npy      one member per array, in numpy's .npy format
+    __meta__.npy    a uint8 array holding one UTF-8 JSON document: the caller's meta plus
+                    "format", "format_version" and "array_sha256" (one checksum per array,
+                    over its dtype string, shape and raw bytes)
+
+save_checkpoint writes a hidden temporary file beside the target, fsyncs it and renames it over
+the target, so a crash leaves either the old or the new complete file. load_checkpoint reads with
+allow_pickle=False, verifies every checksum and turns every problem with the file into one
+CharrnnError line that names the file.
+
+The archive is written and read with zipfile + numpy.lib.format, which is exactly what np.savez
+and np.load do internally, but without their limits on names: np.savez cannot take arrays named
+"file" or "allow_pickle", and np.load's NpzFile confuses an array "x" with an array "x.npy".
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CharrnnError
+
+FORMAT_VERSION = 1
+SUFFIX = ".npz"
+
+FORMAT_NAME = "charrnn-checkpoint"
+_META = "__meta__"  # array name of the JSON document; reserved
+_CHECKSUMS = "array_sha256"  # meta key of the checksum table; added by save, removed by load
+_ZIP_MAGIC = b"PK\x03\x04"
+# What a damaged or truncated archive raises while it is read: numpy raises ValueError/EOFError
+# for short or malformed .npy data, zipfile BadZipFile for a broken archive or a bad CRC,
+# NotImplementedError for an unknown compression method, RuntimeError for a flipped "encrypted" bit.
+_READ_ERRORS = (zipfile.BadZipFile, EOFError, ValueError, zlib.error, NotImplementedError, RuntimeError)
+
+
+# ---------------------------------------------------------------------------------------------
+# save
+
+
+def save_checkpoint(path, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    """Write arrays and meta to `path` atomically; parent folders are created as needed.
+
+    meta holds plain JSON types only. Object arrays are refused (ValueError): no pickle, ever.
+    """
+    path = Path(path)
+    arrays = {name: _checked_array(name, a) for name, a in arrays.items()}
+    if not isinstance(meta, dict):
+        raise TypeError(f"checkpoint meta must be a dict, not {type(meta).__name__}")
+    _check_json(meta, "meta")
+    if _CHECKSUMS in meta:
+        raise ValueError(f"meta key {_CHECKSUMS!r} is reserved for the checkpoint's checksums")
+    document = {
+        **meta,
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        _CHECKSUMS: {name: _sha256(a) for name, a in arrays.items()},
+    }
+    # json writes floats with repr(), which round-trips exactly; big ints (RNG state) are exact too
+    meta_bytes = json.dumps(document, ensure_ascii=False).encode("utf-8")
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Same folder as the target so that os.replace is a rename within one filesystem.
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        # O_EXCL: never write into a file someone else owns; 0o666 leaves the mode to the umask.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as e:
+        raise CharrnnError(_write_error(path, e)) from e
+    try:
+        with open(fd, "wb") as f:
+            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+                for name, a in arrays.items():
+                    _write_member(zf, name, a)
+                _write_member(zf, _META, np.frombuffer(meta_bytes, dtype=np.uint8))
+            f.flush()
+            os.fsync(f.fileno())  # data on disk before the rename makes it visible
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)  # never leave a half-written temporary behind
+        if isinstance(e, OSError):
+            raise CharrnnError(_write_error(path, e)) from e
+        raise
+    _fsync_dir(path.parent)
+
+
+def _checked_array(name, a) -> np.ndarray:
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"checkpoint array names must be non-empty strings, got {name!r}")
+    if name == _META:
+        raise ValueError(f"array name {_META!r} is reserved for the checkpoint's meta document")
+    a = np.asarray(a)
+    if a.dtype.hasobject:
+        # object arrays can only be stored by pickling them, and loading a pickle can run code
+        raise ValueError(f"array {name!r} has dtype {a.dtype}; checkpoints hold no Python objects")
+    return a
+
+
+def _check_json(value, where: str) -> None:
+    """Accept exactly what JSON gives back unchanged, so that a loaded meta equals the saved one."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_json(item, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{where} has key {key!r}; JSON object keys must be strings")
+            _check_json(item, f"{where}[{key!r}]")
+        return
+    raise TypeError(
+        f"{where} is a {type(value).__name__}; checkpoint meta holds plain JSON types only "
+        "(dict, list, str, int, float, bool, None)"
+    )
+
+
+def _sha256(a: np.ndarray) -> str:
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())  # C order whatever the memory layout, so save and load agree
+    return h.hexdigest()
+
+
+def _write_member(zf: zipfile.ZipFile, name: str, a: np.ndarray) -> None:
+    member = name + ".npy"
+    # A fixed timestamp (ZipInfo's default) makes equal checkpoints byte-identical.
+    info = zipfile.ZipInfo(member)
+    if info.filename != member:  # zipfile cuts names at NUL and rewrites os.sep
+        raise ValueError(f"array name {name!r} cannot be stored unchanged in a zip archive")
+    # force_zip64: the size is unknown until written and may exceed 2 GiB (np.savez does the same)
+    with zf.open(info, "w", force_zip64=True) as f:
+        np.lib.format.write_array(f, a, allow_pickle=False)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable. Best effort: not every OS lets a folder be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_error(path: Path, e: OSError) -> str:
+    return f"cannot write checkpoint {path}: {e.strerror or e}; check free disk space and permissions"
+
+
+# ---------------------------------------------------------------------------------------------
+# load
+
+
+def load_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
+    """Read a checkpoint into memory: (arrays, meta). Any problem with the file -> CharrnnError."""
+    path = Path(path)
+    if path.is_dir():
+        raise CharrnnError(
+            f"{path} is a folder, not a checkpoint file; pass a file such as {path / ('best' + SUFFIX)}"
+        )
+    if not path.exists():
+        raise CharrnnError(f"checkpoint {path} does not exist; check the path")
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise CharrnnError(f"cannot read checkpoint {path}: {e.strerror or e}") from e
+    with f:
+        head = f.read(8)
+        if not head.startswith(_ZIP_MAGIC):
+            raise CharrnnError(_not_an_archive(path, head))
+        f.seek(0)
+        try:
+            with zipfile.ZipFile(f) as zf:
+                return _read_archive(zf, path)
+        except (*_READ_ERRORS, OSError) as e:  # OSError: a damaged offset can make a seek fail
+            raise CharrnnError(_corrupt(path, f"not a complete zip archive: {e}")) from e
+
+
+def _read_archive(zf: zipfile.ZipFile, path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    members: dict[str, zipfile.ZipInfo] = {}
+    for info in zf.infolist():
+        if not info.filename.endswith(".npy") or info.filename[:-4] in members:
+            raise CharrnnError(_corrupt(path, f"unexpected member {info.filename!r} in the archive"))
+        members[info.filename[:-4]] = info
+    if _META not in members:
+        raise CharrnnError(_corrupt(path, f"it has no {_META} document; is it a charrnn checkpoint?"))
+
+    # The meta document first: format and version decide how the rest may be read.
+    raw = _read_member(zf, members.pop(_META), path, _META)
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise CharrnnError(_corrupt(path, f"its {_META} document is not a byte string"))
+    try:
+        meta = json.loads(raw.tobytes().decode("utf-8"))
+    except ValueError:  # includes UnicodeDecodeError and JSONDecodeError
+        raise CharrnnError(_corrupt(path, f"its {_META} document is not valid JSON")) from None
+    if not isinstance(meta, dict):
+        raise CharrnnError(_corrupt(path, f"its {_META} document is not a JSON object"))
+    if meta.get("format") != FORMAT_NAME:
+        raise CharrnnError(
+            f"{path} is not a charrnn checkpoint (format {meta.get('format')!r}, expected {FORMAT_NAME!r})"
+        )
+    version = meta.get("format_version")
+    if type(version) is not int or version != FORMAT_VERSION:  # type(): True == 1 in Python
+        advice = "upgrade charrnn" if type(version) is int and version > FORMAT_VERSION else (
+            "use the charrnn release that wrote it"
+        )
+        raise CharrnnError(
+            f"{path} has checkpoint format version {version!r}, but this charrnn reads "
+            f"version {FORMAT_VERSION} only; {advice}"
+        )
+
+    checksums = meta.pop(_CHECKSUMS, None)
+    if not isinstance(checksums, dict) or not all(isinstance(v, str) for v in checksums.values()):
+        raise CharrnnError(_corrupt(path, "its checksum table is missing or malformed"))
+    for name in checksums:
+        if name not in members:
+            raise CharrnnError(_corrupt(path, f"array {name!r} is missing"))
+    for name in members:
+        if name not in checksums:
+            raise CharrnnError(_corrupt(path, f"array {name!r} has no checksum"))
+
+    arrays = {}
+    for name, info in members.items():
+        a = _read_member(zf, info, path, name)
+        if _sha256(a) != checksums[name]:
+            raise CharrnnError(_corrupt(path, f"array {name!r} fails its checksum"))
+        arrays[name] = a
+    return arrays, meta
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, name: str) -> np.ndarray:
+    try:
+        with zf.open(info) as f:
+            # allow_pickle=False: an object array raises ValueError before anything is unpickled
+            a = np.lib.format.read_array(f, allow_pickle=False)
+            # Reading to the end of the member makes zipfile check its CRC.
+            if f.read(1):
+                raise CharrnnError(_corrupt(path, f"array {name!r} has trailing bytes"))
+    except (*_READ_ERRORS, OSError) as e:
+        if isinstance(e, ValueError) and "allow_pickle" in str(e):
+            raise CharrnnError(
+                f"{path} holds pickled Python objects (array {name!r}); charrnn refuses to load them "
+                "because unpickling can run arbitrary code; use a checkpoint written by charrnn"
+            ) from None
+        raise CharrnnError(_corrupt(path, f"array {name!r} cannot be read: {e}")) from e
+    return a
+
+
+def _not_an_archive(path: Path, head: bytes) -> str:
+    if not head:
+        return _corrupt(path, "the file is empty")
+    if _ZIP_MAGIC.startswith(head):
+        return _corrupt(path, f"the file is cut off after {len(head)} bytes")
+    if head.startswith(b"\x93NUMPY"):
+        return f"{path} is a single .npy array, not a charrnn checkpoint ({SUFFIX} archive)"
+    if head[:1] == b"\x80":  # pickle protocols 2 and up start with the PROTO opcode
+        return (
+            f"{path} looks like a Python pickle, not a charrnn checkpoint; charrnn never loads "
+            "pickles because unpickling can run arbitrary code"
+        )
+    return f"{path} is not a charrnn checkpoint (not a {SUFFIX} archive)"
+
+
+def _corrupt(path: Path, what: str) -> str:
+    """'<path> is corrupt (<what>); <what to do>', pointing at the sibling checkpoint if it exists."""
+    sibling = {"latest" + SUFFIX: "best" + SUFFIX, "best" + SUFFIX: "latest" + SUFFIX}.get(path.name)
+    if sibling and path.with_name(sibling).is_file():
+        advice = f"use another checkpoint such as {path.with_name(sibling)}"
+    else:
+        advice = "use another checkpoint or train again"
+    return f"{path} is corrupt ({what}); {advice}"
+
+
+# ---------------------------------------------------------------------------------------------
+# resolve
+
+
+def resolve_checkpoint(path_or_run_dir, prefer="best") -> Path:
+    """A checkpoint file from a file path, a path missing its .npz, or a run folder.
+
+    For a run folder: best.npz if prefer="best" and it exists, else latest.npz
+    (prefer="latest" falls back to best.npz the same way).
+    """
+    if prefer not in ("best", "latest"):
+        raise ValueError(f"prefer must be 'best' or 'latest', not {prefer!r}")
+    p = Path(path_or_run_dir)
+    if p.is_dir():
+        names = ["best", "latest"] if prefer == "best" else ["latest", "best"]
+        for stem in names:
+            candidate = p / (stem + SUFFIX)
+            if candidate.is_file():
+                return candidate
+        raise CharrnnError(
+            f"{p} holds no checkpoint (expected best{SUFFIX} or latest{SUFFIX} in it); "
+            "pass a checkpoint file or the run folder of a training run"
+        )
+    if p.is_file():
+        return p
+    with_suffix = p.with_name(p.name + SUFFIX)
+    if p.suffix != SUFFIX and with_suffix.is_file():
+        return with_suffix
+    raise CharrnnError(
+        f"no checkpoint at {p}; pass a {SUFFIX} file or a run folder holding "
+        f"best{SUFFIX} or latest{SUFFIX}"
+    )

@@ -1,0 +1,551 @@
+"""Checkpoints: exact round trips, atomic replacement, corruption and pickle refusal, resolving."""
+import errno
+import json
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+
+from charrnn import checkpoint
+from charrnn.checkpoint import FORMAT_VERSION, SUFFIX, load_checkpoint, resolve_checkpoint, save_checkpoint
+from charrnn.errors import CharrnnError
+
+
+def sample_arrays(seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "params": rng.standard_normal(300).astype(np.float32),
+        "opt.m": rng.standard_normal((7, 5)),
+        "opt.v": np.asfortranarray(rng.standard_normal((4, 6))),
+        "state.layer0.hs": rng.integers(-(2**31), 2**31 - 1, (3, 4), dtype=np.int32),
+        "stream/positions": np.array([0, 2**64 - 1, 2**63, 12345], dtype=np.uint64),
+        "scalar": np.array(-0.1, dtype=np.float64),
+        "empty": np.zeros((0, 3), dtype=np.float32),
+        "flags": np.array([True, False, True]),
+        # names np.savez / NpzFile cannot handle as keyword arguments or keys
+        "file": np.arange(3, dtype=np.int64),
+        "allow_pickle": np.arange(2, dtype=np.int16),
+        "x": np.arange(4, dtype=np.int8),
+        "x.npy": np.arange(5, dtype=np.int8),
+    }
+
+
+def sample_meta(rng=None):
+    rng = rng or np.random.default_rng(1234)
+    rng.random(3)  # move the state away from its seed
+    return {
+        "config": {"cell": "lstm", "hidden": 128, "layers": 2, "lr": 0.002, "dropout": None, "tie": False},
+        "vocab": ["\n", " ", "a", "é", "\u2603"],
+        "step": 1500,
+        "rng": rng.bit_generator.state,
+        "metrics": {"loss": [0.1 + 0.2, 1e-310, 2.0 / 3.0, float("inf")], "best": 1.2345678901234567},
+    }
+
+
+def assert_same_arrays(got, want):
+    assert list(got) == list(want)
+    for name, a in want.items():
+        b = got[name]
+        assert type(b) is np.ndarray, name
+        assert b.dtype == a.dtype and b.shape == a.shape, name
+        assert b.tobytes() == a.tobytes(), name  # bitwise, NaN-safe
+
+
+def read_document(path):
+    """The JSON document stored in a checkpoint, read with plain numpy."""
+    with np.load(path, allow_pickle=False) as npz:
+        return json.loads(npz["__meta__"].tobytes().decode("utf-8"))
+
+
+def write_raw(path, document=None, **arrays):
+    """A hand-made .npz, as np.savez writes it, for files save_checkpoint would never write.
+
+    (np.savez itself cannot take arrays named "file" or "allow_pickle".)"""
+    if document is not None:
+        text = document if isinstance(document, str) else json.dumps(document)
+        arrays["__meta__"] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, a in arrays.items():
+            with zf.open(name + ".npy", "w") as f:
+                np.lib.format.write_array(f, np.asarray(a), allow_pickle=True)
+
+
+class Payload:
+    """Unpickling this creates `marker`: proof that a pickle was executed."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+# ---------------------------------------------------------------------------------------------
+# round trip and file format
+
+
+def test_round_trip_is_exact(tmp_path):
+    arrays, meta = sample_arrays(), sample_meta()
+    path = tmp_path / "run" / "latest.npz"
+    save_checkpoint(path, arrays, meta)
+    got_arrays, got_meta = load_checkpoint(path)
+
+    assert_same_arrays(got_arrays, arrays)
+    assert got_meta == {**meta, "format": "charrnn-checkpoint", "format_version": FORMAT_VERSION}
+    assert "array_sha256" not in got_meta
+    assert got_meta["metrics"]["loss"][0] == 0.30000000000000004
+    assert got_arrays["opt.v"].flags.f_contiguous  # the memory layout survives too
+    assert all(a.flags.writeable for a in got_arrays.values())  # owned, in memory, not mapped
+
+
+def test_restored_rng_state_continues_the_same_stream(tmp_path):
+    rng = np.random.default_rng(99)
+    meta = sample_meta(rng)
+    save_checkpoint(tmp_path / "c.npz", {}, meta)
+    expected = rng.random(10)
+
+    _, got_meta = load_checkpoint(tmp_path / "c.npz")
+    restored = np.random.Generator(np.random.PCG64())
+    restored.bit_generator.state = got_meta["rng"]
+    assert restored.random(10).tobytes() == expected.tobytes()
+
+
+def test_file_is_a_standard_npz_with_a_json_document(tmp_path):
+    path = tmp_path / "c.npz"
+    params = np.linspace(0, 1, 11, dtype=np.float32)
+    save_checkpoint(path, {"params": params, "state.layer0.hs": np.ones((2, 3))}, {"step": 7})
+    assert zipfile.is_zipfile(path)
+    with np.load(path, allow_pickle=False) as npz:
+        assert sorted(npz.files) == ["__meta__", "params", "state.layer0.hs"]
+        assert npz["params"].tobytes() == params.tobytes()
+    document = read_document(path)
+    assert document["format"] == "charrnn-checkpoint"
+    assert document["format_version"] == FORMAT_VERSION == 1
+    assert document["step"] == 7
+    assert set(document["array_sha256"]) == {"params", "state.layer0.hs"}
+
+
+def test_saving_the_same_content_twice_gives_identical_files(tmp_path):
+    save_checkpoint(tmp_path / "a.npz", sample_arrays(), sample_meta())
+    save_checkpoint(tmp_path / "b.npz", sample_arrays(), sample_meta())
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "arrays, meta, error",
+    [
+        ({"bad": np.array([object(), 1], dtype=object)}, {}, ValueError),
+        ({"bad": np.array([("a", None)], dtype=[("s", "U1"), ("o", "O")])}, {}, ValueError),
+        ({"__meta__": np.zeros(2)}, {}, ValueError),
+        ({"": np.zeros(2)}, {}, TypeError),
+        ({"a\x00b": np.zeros(2)}, {}, ValueError),
+        ({}, {"lr": np.float32(0.1)}, TypeError),
+        ({}, {"w": np.zeros(2)}, TypeError),
+        ({}, {"shape": (1, 2)}, TypeError),
+        ({}, {"by_id": {1: "a"}}, TypeError),
+        ({}, {"array_sha256": {}}, ValueError),
+    ],
+)
+def test_save_refuses_what_cannot_round_trip_and_writes_nothing(tmp_path, arrays, meta, error):
+    with pytest.raises(error):
+        save_checkpoint(tmp_path / "c.npz", arrays, meta)
+    assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# atomic writes
+
+
+def test_save_replaces_an_existing_checkpoint_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "run" / "best.npz"
+    save_checkpoint(path, sample_arrays(0), {"step": 1})
+    save_checkpoint(path, sample_arrays(1), {"step": 2})
+    arrays, meta = load_checkpoint(path)
+    assert_same_arrays(arrays, sample_arrays(1))
+    assert meta["step"] == 2
+    assert os.listdir(path.parent) == ["best.npz"]
+
+
+def test_save_fsyncs_a_complete_temporary_then_renames_it(tmp_path, monkeypatch):
+    path = tmp_path / "latest.npz"
+    save_checkpoint(path, sample_arrays(0), {"step": 1})
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append("fsync")
+        real_fsync(fd)
+
+    def replace(src, dst):
+        src = os.fspath(src)
+        events.append("replace")
+        name = os.path.basename(src)
+        assert os.path.dirname(src) == str(tmp_path) and os.fspath(dst) == str(path)
+        assert name.startswith(".") and name.endswith(".tmp")
+        # at the moment of the rename the temporary is already a complete checkpoint
+        arrays, meta = load_checkpoint(src)
+        assert_same_arrays(arrays, sample_arrays(1))
+        assert meta["step"] == 2
+        # and the old checkpoint is still complete
+        assert load_checkpoint(path)[1]["step"] == 1
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    save_checkpoint(path, sample_arrays(1), {"step": 2})
+    assert "replace" in events and events.index("fsync") < events.index("replace")
+    assert load_checkpoint(path)[1]["step"] == 2
+    assert os.listdir(tmp_path) == ["latest.npz"]
+
+
+def test_failed_rename_keeps_the_old_checkpoint_and_removes_the_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "latest.npz"
+    save_checkpoint(path, sample_arrays(0), {"step": 1})
+    before = path.read_bytes()
+
+    def replace(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(CharrnnError, match="No space left on device"):
+        save_checkpoint(path, sample_arrays(1), {"step": 2})
+    monkeypatch.undo()
+
+    assert os.listdir(tmp_path) == ["latest.npz"]
+    assert path.read_bytes() == before
+    arrays, meta = load_checkpoint(path)
+    assert_same_arrays(arrays, sample_arrays(0))
+    assert meta["step"] == 1
+
+
+def test_failure_while_writing_keeps_the_old_checkpoint_and_removes_the_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "latest.npz"
+    save_checkpoint(path, sample_arrays(0), {"step": 1})
+    before = path.read_bytes()
+    real_write_array = np.lib.format.write_array
+    calls = []
+
+    def write_array(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # interrupted halfway through the archive
+        return real_write_array(*args, **kwargs)
+
+    monkeypatch.setattr(np.lib.format, "write_array", write_array)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, sample_arrays(1), {"step": 2})
+    monkeypatch.undo()
+
+    assert len(calls) == 3
+    assert os.listdir(tmp_path) == ["latest.npz"]
+    assert path.read_bytes() == before
+    assert load_checkpoint(path)[1]["step"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# damaged files
+
+
+@pytest.fixture
+def saved(tmp_path):
+    path = tmp_path / "run" / "latest.npz"
+    arrays, meta = sample_arrays(), sample_meta()
+    save_checkpoint(path, arrays, meta)
+    return path, arrays, meta
+
+
+@pytest.mark.parametrize("cut", ["empty", 1, 100, "half", -100, -22, -10, -1])
+def test_truncated_file_is_refused(saved, cut):
+    path, _, _ = saved
+    blob = path.read_bytes()
+    n = {"empty": 0, "half": len(blob) // 2}.get(cut, cut)
+    path.write_bytes(blob[:n])
+    with pytest.raises(CharrnnError, match="latest.npz is corrupt"):
+        load_checkpoint(path)
+
+
+def test_every_truncation_is_refused(tmp_path):
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, {"params": np.arange(40, dtype=np.float32), "scalar": np.array(2.5)}, {"step": 3})
+    blob = path.read_bytes()
+    for n in range(len(blob)):
+        # a fresh file each time: rewriting one file in place is slow on ext4
+        cut = tmp_path / f"cut{n}.npz"
+        cut.write_bytes(blob[:n])
+        with pytest.raises(CharrnnError):
+            load_checkpoint(cut)
+        cut.unlink()
+
+
+def test_flipped_byte_in_array_data_is_detected(saved):
+    path, arrays, _ = saved
+    blob = bytearray(path.read_bytes())
+    data = arrays["params"].tobytes()
+    start = blob.find(data)
+    assert start > 0 and blob.find(data, start + 1) == -1  # the data region, found exactly once
+    blob[start + len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(blob))
+    with pytest.raises(CharrnnError, match=r"latest\.npz is corrupt \(array 'params'"):
+        load_checkpoint(path)
+
+
+def test_checksum_catches_changed_data_with_a_valid_zip_crc(saved):
+    # A rewritten archive has correct CRCs, so only the stored sha256 can notice the change.
+    path, arrays, _ = saved
+    document = read_document(path)
+    changed = dict(arrays)
+    changed["params"] = arrays["params"].copy()
+    changed["params"][17] += 1
+    bad = path.with_name("changed.npz")
+    with zipfile.ZipFile(bad, "w") as zf:
+        for name, a in changed.items():
+            with zf.open(name + ".npy", "w") as f:
+                np.lib.format.write_array(f, a)
+        with zf.open("__meta__.npy", "w") as f:
+            np.lib.format.write_array(f, np.frombuffer(json.dumps(document).encode(), np.uint8))
+    with zipfile.ZipFile(bad) as zf:
+        assert zf.testzip() is None
+    with pytest.raises(CharrnnError, match=r"array 'params' fails its checksum"):
+        load_checkpoint(bad)
+
+
+def test_checksum_covers_dtype_and_shape(saved):
+    path, arrays, _ = saved
+    document = read_document(path)
+    bad = path.with_name("reshaped.npz")
+    write_raw(bad, document, **{**arrays, "opt.m": arrays["opt.m"].reshape(5, 7)})
+    with pytest.raises(CharrnnError, match=r"array 'opt\.m' fails its checksum"):
+        load_checkpoint(bad)
+    write_raw(bad, document, **{**arrays, "params": arrays["params"].view(np.int32)})
+    with pytest.raises(CharrnnError, match=r"array 'params' fails its checksum"):
+        load_checkpoint(bad)
+
+
+def test_member_with_trailing_bytes_is_refused(saved):
+    # every member is read to its end, so zipfile checks the CRC of all of it
+    path, arrays, _ = saved
+    with zipfile.ZipFile(path) as zf:
+        members = {info.filename: zf.read(info) for info in zf.infolist()}
+    members["params.npy"] += b"\0" * 8
+    with zipfile.ZipFile(path, "w") as zf:
+        for member, data in members.items():
+            zf.writestr(member, data)
+    with pytest.raises(CharrnnError, match=r"array 'params' has trailing bytes"):
+        load_checkpoint(path)
+
+
+def test_any_single_bit_flip_is_refused_or_harmless(saved):
+    """Flip one bit at every position: the load must fail cleanly or return the exact original."""
+    path, arrays, meta = saved
+    arrays, meta = {"params": arrays["params"][:40], "scalar": arrays["scalar"]}, {"step": 3, "x": 0.1}
+    save_checkpoint(path, arrays, meta)
+    blob = path.read_bytes()
+    refused = 0
+    for i in range(len(blob)):
+        flipped = bytearray(blob)
+        flipped[i] ^= 0x04
+        variant = path.with_name(f"flip{i}.npz")  # a fresh file: see test_every_truncation_is_refused
+        variant.write_bytes(bytes(flipped))
+        try:
+            got_arrays, got_meta = load_checkpoint(variant)
+        except CharrnnError:
+            refused += 1
+            continue
+        finally:
+            variant.unlink()
+        assert_same_arrays(got_arrays, arrays)
+        assert got_meta == {**meta, "format": "charrnn-checkpoint", "format_version": 1}
+    assert refused > len(blob) // 2
+
+
+def test_corrupt_message_points_at_the_sibling_checkpoint(saved):
+    path, arrays, meta = saved
+    save_checkpoint(path.with_name("best.npz"), arrays, meta)
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(CharrnnError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(path) in message and "use another checkpoint such as" in message
+    assert str(path.with_name("best.npz")) in message
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.update(format_version=2), r"format version 2, but this charrnn reads version 1"),
+        (lambda d: d.update(format_version=0), r"format version 0, but this charrnn reads version 1"),
+        (lambda d: d.update(format_version="1"), r"format version '1'"),
+        (lambda d: d.update(format_version=True), r"format version True"),
+        (lambda d: d.pop("format_version"), r"format version None"),
+        (lambda d: d.update(format="something-else"), r"not a charrnn checkpoint \(format 'something-else'"),
+        (lambda d: d.pop("format"), r"not a charrnn checkpoint \(format None"),
+        (lambda d: d.pop("array_sha256"), r"corrupt \(its checksum table is missing"),
+        (lambda d: d["array_sha256"].pop("opt.m"), r"corrupt \(array 'opt\.m' has no checksum"),
+        (lambda d: d["array_sha256"].update(extra="0" * 64), r"corrupt \(array 'extra' is missing"),
+    ],
+)
+def test_bad_meta_document_is_refused(saved, change, message):
+    path, arrays, _ = saved
+    document = read_document(path)
+    change(document)
+    write_raw(path, document, **arrays)
+    with pytest.raises(CharrnnError, match=message):
+        load_checkpoint(path)
+
+
+def test_upgrade_advice_for_a_newer_format(saved):
+    path, arrays, _ = saved
+    document = read_document(path)
+    document["format_version"] = FORMAT_VERSION + 1
+    write_raw(path, document, **arrays)
+    with pytest.raises(CharrnnError, match="upgrade charrnn"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    "document, message",
+    [
+        (None, r"corrupt \(it has no __meta__ document"),
+        ("{not json", r"corrupt \(its __meta__ document is not valid JSON"),
+        ("[1, 2]", r"corrupt \(its __meta__ document is not a JSON object"),
+    ],
+)
+def test_missing_or_invalid_meta_document_is_refused(tmp_path, document, message):
+    path = tmp_path / "c.npz"
+    write_raw(path, document, params=np.zeros(3))
+    with pytest.raises(CharrnnError, match=message):
+        load_checkpoint(path)
+
+
+def test_meta_document_that_is_not_utf8_is_refused(tmp_path):
+    path = tmp_path / "c.npz"
+    write_raw(path, __meta__=np.frombuffer(b'{"a": "\xff"}', dtype=np.uint8))
+    with pytest.raises(CharrnnError, match="not valid JSON"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"hello, this is text\n", r"not a charrnn checkpoint \(not a \.npz archive\)"),
+        (b"", r"corrupt \(the file is empty\)"),
+    ],
+)
+def test_files_that_are_not_archives_are_refused(tmp_path, content, message):
+    path = tmp_path / "c.npz"
+    path.write_bytes(content)
+    with pytest.raises(CharrnnError, match=message):
+        load_checkpoint(path)
+
+
+def test_plain_npy_file_is_refused(tmp_path):
+    path = tmp_path / "c.npz"
+    with open(path, "wb") as f:
+        np.save(f, np.zeros(4))
+    with pytest.raises(CharrnnError, match=r"single \.npy array"):
+        load_checkpoint(path)
+
+
+def test_missing_file_and_folder_are_refused(tmp_path):
+    with pytest.raises(CharrnnError, match=r"nope\.npz does not exist"):
+        load_checkpoint(tmp_path / "nope.npz")
+    with pytest.raises(CharrnnError, match="is a folder"):
+        load_checkpoint(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# pickles are never executed
+
+
+def test_payload_really_runs_when_unpickled(tmp_path):
+    """Control for the tests below: the payload does create its marker when pickle runs it."""
+    marker = tmp_path / "ran"
+    pickle.loads(pickle.dumps(Payload(marker)))
+    assert marker.exists()
+
+
+def test_pickle_file_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.npz"
+    with open(path, "wb") as f:
+        pickle.dump(Payload(marker), f)
+    with pytest.raises(CharrnnError, match="pickle"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_npy_with_object_array_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.npz"
+    with open(path, "wb") as f:
+        np.save(f, np.array([Payload(marker)], dtype=object), allow_pickle=True)
+    with pytest.raises(CharrnnError):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("where", ["array", "meta"])
+def test_npz_with_object_array_is_refused_without_running_it(saved, where):
+    path, arrays, _ = saved
+    marker = path.parent / "ran"
+    evil = np.array([Payload(marker)], dtype=object)
+    if where == "array":
+        write_raw(path, read_document(path), **{**arrays, "params": evil})
+    else:
+        write_raw(path, **{**arrays, "__meta__": evil})
+    with pytest.raises(CharrnnError, match="pickled Python objects"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# resolve_checkpoint
+
+
+def touch_checkpoint(path):
+    save_checkpoint(path, {"params": np.zeros(2)}, {})
+    return path
+
+
+def test_resolve_a_file(tmp_path):
+    path = touch_checkpoint(tmp_path / "some.npz")
+    assert resolve_checkpoint(path) == path
+    assert resolve_checkpoint(str(path)) == path
+    with pytest.raises(CharrnnError, match=r"no checkpoint at .*missing\.npz"):
+        resolve_checkpoint(tmp_path / "missing.npz")
+
+
+def test_resolve_adds_the_missing_suffix(tmp_path):
+    path = touch_checkpoint(tmp_path / "step100.npz")
+    assert SUFFIX == ".npz"
+    assert resolve_checkpoint(tmp_path / "step100") == path
+    with pytest.raises(CharrnnError):
+        resolve_checkpoint(tmp_path / "step200")
+
+
+def test_resolve_a_run_folder(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(CharrnnError, match=r"run holds no checkpoint \(expected best\.npz or latest\.npz"):
+        resolve_checkpoint(run)
+
+    latest = touch_checkpoint(run / "latest.npz")
+    assert resolve_checkpoint(run) == latest
+    assert resolve_checkpoint(run, prefer="latest") == latest
+
+    best = touch_checkpoint(run / "best.npz")
+    assert resolve_checkpoint(run) == best
+    assert resolve_checkpoint(run, prefer="best") == best
+    assert resolve_checkpoint(run, prefer="latest") == latest
+
+    latest.unlink()
+    assert resolve_checkpoint(run, prefer="latest") == best
+    with pytest.raises(ValueError):
+        resolve_checkpoint(run, prefer="newest")
+
+
+def test_public_api():
+    assert checkpoint.FORMAT_VERSION == 1 and checkpoint.SUFFIX == ".npz"
