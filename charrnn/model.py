@@ -114,17 +114,37 @@ class Stack:
             for k, a in zip(self.cell.states, arrays):
                 buf[k][slot] = a
 
+    def _time_buffers(self):
+        """{name: buffer} of everything with a time axis that a later update may read."""
+        named = {"ids": self.ids, "targets": self.targets}
+        for l, buf in enumerate(self.bufs):
+            named.update({f"layer{l}.{k}": a for k, a in buf.items()})
+        for l in range(1, self.spec.layers + 1):
+            if self.masks[l] is not None:
+                named[f"input{l}.mask"] = self.masks[l]
+                named[f"input{l}.dropped"] = self.dropped[l]
+        return named
+
     def shift(self, k):
         """Move the newest T-k steps (and the state after them) to the front of every buffer."""
         if k >= self.T:
             self.set_state(0, self.get_state(self.T))
             return
-        time_buffers = [self.ids, self.targets]
-        time_buffers += [a for buf in self.bufs for a in buf.values()]
-        time_buffers += [a for a in self.masks + self.dropped if a is not None]
-        for a in time_buffers:
+        for a in self._time_buffers().values():
             n = a.shape[0]
             a[: n - k] = a[k:].copy()
+
+    def kept_arrays(self, keep):
+        """Copies of the first `keep` steps of every time buffer (and the state after them):
+        all that the next update reads from earlier ones. Saved in checkpoints."""
+        return {name: a[: keep + (a.shape[0] - self.T)].copy() for name, a in self._time_buffers().items()}
+
+    def load_kept_arrays(self, arrays):
+        for name, a in self._time_buffers().items():
+            kept = arrays[name]
+            if kept.shape[1:] != a.shape[1:] or kept.shape[0] > a.shape[0]:
+                raise ValueError(f"kept buffer {name} has shape {kept.shape}, expected (<= {a.shape[0]},) + {a.shape[1:]}")
+            a[: kept.shape[0]] = kept
 
     # -- forward -----------------------------------------------------------------------------
     def _layer_input(self, l, t0, t1, rng):

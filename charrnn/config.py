@@ -1,0 +1,93 @@
+"""Training settings: one typed, commented dataclass, validated in one place.
+
+The resolved config is printed at the start of a run and stored in every checkpoint, together
+with the vocabulary, so that a checkpoint carries everything needed to resume or sample.
+"""
+from dataclasses import asdict, dataclass, fields
+
+from .corpus import check_encoding
+from .errors import CharrnnError
+from .optim import OPTIMIZERS
+
+CELLS = ("rnn", "lstm", "gru")
+
+
+@dataclass
+class TrainConfig:
+    # data
+    corpus: str = ""  # text file; "" means the shipped corpora/tinyshakespeare.txt
+    encoding: str = "utf-8"  # utf-8 | latin-1 | bytes
+    val_fraction: float = 0.05  # contiguous validation part, after the training part
+    test_fraction: float = 0.05  # contiguous test part, at the end of the file
+    # model
+    cell: str = "lstm"
+    hidden: int = 512
+    layers: int = 1
+    dropout: float = 0.0  # on the input of every layer above the first and of the output layer
+    # truncated BPTT (DESIGN.md): an update every k1 steps, gradients flow back k2 steps
+    batch: int = 32  # parallel streams
+    k1: int = 100
+    k2: int = 100
+    # optimization
+    optimizer: str = "adam"
+    lr: float = 2e-3
+    lr_decay: float = 0.97  # multiply the learning rate by this ...
+    decay_every: int = 1000  # ... every this many updates (0: never)
+    warmup: int = 0  # linear warm-up over this many updates
+    clip_norm: float = 5.0  # global-norm clipping (Pascanu et al. 2013); 0 turns it off
+    clip_value: float = 0.0  # element clipping (Mikolov 2012); 0 turns it off
+    weight_decay: float = 0.0
+    # stopping: whichever comes first; 0 means no limit of that kind
+    epochs: float = 0.0
+    max_steps: int = 0
+    time_limit: float = 720.0  # seconds of training, evaluation included
+    # bookkeeping
+    eval_every: int = 200  # updates between validation runs
+    eval_chars: int = 0  # validate on at most this many characters (0: the whole split)
+    checkpoint_every: int = 200  # updates between saves of latest.npz
+    seed: int = 1234
+    run: str = ""  # run name under out_dir; "" means a fresh dated name
+    out_dir: str = "checkpoints"
+
+    def validate(self):
+        """Raise CharrnnError naming the first option out of range."""
+        def bad(option, value, need):
+            raise CharrnnError(f"--{option.replace('_', '-')} {value} is out of range: {need}")
+
+        if self.cell not in CELLS:
+            bad("cell", self.cell, f"choose one of {', '.join(CELLS)}")
+        if self.optimizer not in OPTIMIZERS:
+            bad("optimizer", self.optimizer, f"choose one of {', '.join(OPTIMIZERS)}")
+        self.encoding = check_encoding(self.encoding)
+        for name, low in (("hidden", 1), ("layers", 1), ("batch", 1), ("k1", 1), ("k2", 1), ("eval_every", 1),
+                          ("checkpoint_every", 1)):
+            if getattr(self, name) < low:
+                bad(name, getattr(self, name), f"it must be at least {low}")
+        for name in ("max_steps", "eval_chars", "warmup", "decay_every"):
+            if getattr(self, name) < 0:
+                bad(name, getattr(self, name), "it must be 0 or more")
+        for name in ("epochs", "time_limit", "clip_norm", "clip_value", "weight_decay"):
+            if getattr(self, name) < 0:
+                bad(name, getattr(self, name), "it must be 0 or more")
+        if not 0.0 <= self.dropout < 1.0:
+            bad("dropout", self.dropout, "it must be in [0, 1)")
+        if not 0.0 < self.lr <= 10.0:
+            bad("lr", self.lr, "it must be in (0, 10]")
+        if not 0.0 < self.lr_decay <= 1.0:
+            bad("lr_decay", self.lr_decay, "it must be in (0, 1]")
+        for name in ("val_fraction", "test_fraction"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                bad(name, getattr(self, name), "it must be in [0, 1)")
+        if self.val_fraction + self.test_fraction >= 0.5:
+            raise CharrnnError("--val-fraction plus --test-fraction must leave at least half the text for training")
+        if self.hidden > 8192 or self.layers > 16 or max(self.k1, self.k2) > 10000:
+            raise CharrnnError("model or window too large: --hidden <= 8192, --layers <= 16, --k1/--k2 <= 10000")
+        return self
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})

@@ -1,0 +1,154 @@
+"""The training loop: exact resume, interruption, divergence, small corpora, CLI errors."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from charrnn.checkpoint import load_checkpoint
+from charrnn.config import TrainConfig
+from charrnn.errors import CharrnnError
+from charrnn.train import Interrupted, Trainer
+
+TEXT = "".join(f"{w} the {i % 7} quick brown fox jumps over {i % 13} lazy dogs.\n"
+               for i, w in enumerate(["Alas", "Lo", "Hark", "Sing"] * 3))  # ~600 chars: epochs pass quickly
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "tiny.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+def config(corpus, out, **kw):
+    base = dict(corpus=str(corpus), hidden=12, layers=2, batch=4, k1=8, k2=8, time_limit=0, eval_every=4,
+                checkpoint_every=3, out_dir=str(out), run="r", seed=7)
+    base.update(kw)
+    return TrainConfig(**base).validate()
+
+
+def train_steps(cfg, run_dir, steps):
+    cfg.max_steps = steps
+    trainer = Trainer(cfg, run_dir, say=lambda *_: None)
+    trainer.run()
+    return trainer
+
+
+@pytest.mark.parametrize("scheme", [dict(k1=8, k2=8), dict(k1=5, k2=12, dropout=0.3, cell="gru"),
+                                    dict(k1=9, k2=4, cell="rnn", optimizer="rmsprop")],
+                         ids=["k1=k2", "k1<k2+dropout", "k1>k2"])
+def test_resume_is_bit_for_bit(corpus, tmp_path, scheme):
+    n = 16  # resumes mid-epoch and crosses an epoch boundary (an epoch here is 15 to 27 updates)
+    straight = train_steps(config(corpus, tmp_path / "a", **scheme), tmp_path / "a" / "r", 2 * n)
+    train_steps(config(corpus, tmp_path / "b", **scheme), tmp_path / "b" / "r", n)
+    resumed = Trainer.resume(tmp_path / "b" / "r", say=lambda *_: None, max_steps=2 * n)
+    assert resumed.step == n
+    resumed.run()
+    assert resumed.step == straight.step == 2 * n
+    assert straight.streams.epoch >= 1
+    np.testing.assert_array_equal(resumed.params, straight.params)
+    for (ka, a), (kb, b) in zip(straight.opt.state_arrays().items(), resumed.opt.state_arrays().items()):
+        np.testing.assert_array_equal(a, b)
+    assert resumed.last_val == straight.last_val
+
+
+def test_latest_and_best_checkpoints_are_complete(corpus, tmp_path):
+    trainer = train_steps(config(corpus, tmp_path), tmp_path / "r", 6)
+    arrays, meta = load_checkpoint(tmp_path / "r" / "latest.npz")
+    np.testing.assert_array_equal(arrays["params"], trainer.params)
+    assert meta["step"] == 6 and meta["vocab"] == trainer.vocab.to_json()
+    assert meta["config"]["hidden"] == 12 and "rng" in meta and "streams" in meta
+    _, best = load_checkpoint(tmp_path / "r" / "best.npz")
+    assert best["metrics"]["best_val"] == trainer.best_val
+    lines = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert {l["kind"] for l in lines} == {"train", "val", "test"}
+    assert all(np.isfinite(l["loss"]) for l in lines)
+
+
+def test_training_lowers_the_loss(corpus, tmp_path):
+    trainer = train_steps(config(corpus, tmp_path, hidden=32, layers=1, lr=1e-2, k1=20, k2=20), tmp_path / "r", 60)
+    lines = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    train = [l["loss"] for l in lines if l["kind"] == "train"]
+    assert train[-1] < 0.6 * train[0]
+    assert trainer.best_val < np.log(trainer.vocab.size) * 0.6
+
+
+def test_ctrl_c_saves_and_resume_continues(corpus, tmp_path):
+    cfg = config(corpus, tmp_path, max_steps=20)
+    trainer = Trainer(cfg, tmp_path / "r", say=lambda *_: None)
+
+    def press_ctrl_c(t, record):
+        if t.step == 10:
+            t._on_sigint(2, None)
+
+    with pytest.raises(Interrupted):
+        trainer.run(press_ctrl_c)
+    _, meta = load_checkpoint(tmp_path / "r" / "latest.npz")
+    assert meta["step"] == 10
+    resumed = Trainer.resume(tmp_path / "r", say=lambda *_: None)
+    resumed.run()
+    straight = train_steps(config(corpus, tmp_path / "s"), tmp_path / "s" / "r", 20)
+    np.testing.assert_array_equal(resumed.params, straight.params)
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(corpus, tmp_path):
+    cfg = config(corpus, tmp_path, max_steps=12)
+    trainer = Trainer(cfg, tmp_path / "r", say=lambda *_: None)
+
+    def poison(t, record):
+        if t.step == 10:
+            t.params[5] = np.nan
+
+    with pytest.raises(CharrnnError, match="diverged at update 11"):
+        trainer.run(poison)
+    arrays, meta = load_checkpoint(tmp_path / "r" / "latest.npz")
+    assert meta["step"] == 9 and np.isfinite(arrays["params"]).all()
+
+
+def test_small_corpus_still_trains(tmp_path):
+    path = tmp_path / "small.txt"
+    path.write_text("to be or not to be, that is the question.\n" * 3, encoding="utf-8")
+    notes = []
+    cfg = TrainConfig(corpus=str(path), hidden=8, max_steps=3, time_limit=0, out_dir=str(tmp_path), run="s").validate()
+    trainer = Trainer(cfg, tmp_path / "s", say=notes.append)
+    summary = trainer.run()
+    assert notes and "small" in notes[0]
+    assert trainer.cfg.batch * (trainer.cfg.k1 + 1) <= len(trainer.train_ids)
+    assert np.isfinite(summary["val_loss"])
+
+
+def test_resume_refuses_a_corrupt_checkpoint(corpus, tmp_path):
+    train_steps(config(corpus, tmp_path), tmp_path / "r", 3)
+    latest = tmp_path / "r" / "latest.npz"
+    latest.write_bytes(latest.read_bytes()[:-100])
+    with pytest.raises(CharrnnError, match="latest.npz"):
+        Trainer.resume(latest)
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "charrnn", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    missing = run_cli("train", str(tmp_path / "nope.txt"), "--out-dir", str(tmp_path))
+    assert missing.returncode == 1 and "nope.txt" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1 and "Traceback" not in missing.stderr
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"hello \xff world" * 10)
+    latin = run_cli("train", str(bad), "--out-dir", str(tmp_path))
+    assert latin.returncode == 1 and "byte offset 6" in latin.stderr and "--encoding" in latin.stderr
+    out_of_range = run_cli("train", "--hidden", "0")
+    assert out_of_range.returncode == 2
+
+
+def test_cli_trains_and_refuses_to_overwrite_a_run(corpus, tmp_path):
+    args = ["train", str(corpus), "--hidden", "8", "--max-steps", "3", "--k1", "10", "--k2", "10", "--batch", "4",
+            "--out-dir", str(tmp_path), "--run", "x", "--quiet"]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert "val loss" in first.stdout and "bits/char" in first.stdout
+    again = run_cli(*args)
+    assert again.returncode == 1 and "--resume" in again.stderr
+    assert (tmp_path / "x" / "latest.npz").exists()
