@@ -9,6 +9,8 @@ holding the state before step t; every other time buffer has T slots.
 """
 import numpy as np
 
+from .kernels._jit import threads
+from .kernels.blas import column_sums_acc, matmul_tn_acc
 from .kernels.gru import gru_backward, gru_forward
 from .kernels.lstm import lstm_backward, lstm_forward
 from .kernels.rnn import rnn_backward, rnn_forward
@@ -35,12 +37,13 @@ class RNNCell:
         return {"hs": np.zeros((T + 1, B, H), dtype)}, {}
 
     def forward(self, buf, p, xproj, t0, t1):
-        rnn_forward(buf["hs"][t0 : t1 + 1], xproj[t0:t1], p["Wh"])
+        rnn_forward(buf["hs"][t0 : t1 + 1], xproj[t0:t1], p["Wh"], threads())
 
     def backward(self, buf, scratch, p, g, dxproj, dhs, dstate, t0, t1):
         hs, H = buf["hs"], p["Wh"].shape[0]
-        rnn_backward(dxproj[t0:t1], dstate["hs"], g["Wh"], dhs[t0:t1], hs[t0 : t1 + 1], p["Wh"],
-                     hs[t0:t1].reshape(-1, H), dxproj[t0:t1].reshape(-1, H))
+        rnn_backward(dxproj[t0:t1], dstate["hs"], dhs[t0:t1], hs[t0 : t1 + 1], p["Wh"], threads())
+        # dWh = sum_t h_{t-1}^T da_t, one product over the whole window
+        matmul_tn_acc(g["Wh"], hs[t0:t1].reshape(-1, H), dxproj[t0:t1].reshape(-1, H), threads())
 
 
 class LSTMCell:
@@ -68,14 +71,14 @@ class LSTMCell:
 
     def forward(self, buf, p, xproj, t0, t1):
         lstm_forward(buf["hs"][t0 : t1 + 1], buf["cs"][t0 : t1 + 1], buf["acts"][t0:t1],
-                     buf["tcs"][t0:t1], xproj[t0:t1], p["Wh"])
+                     buf["tcs"][t0:t1], xproj[t0:t1], p["Wh"], threads())
 
     def backward(self, buf, scratch, p, g, dxproj, dhs, dstate, t0, t1):
         hs, H = buf["hs"], p["Wh"].shape[0]
-        lstm_backward(dxproj[t0:t1], dstate["hs"], dstate["cs"], g["Wh"], dhs[t0:t1],
-                      hs[t0 : t1 + 1], buf["cs"][t0 : t1 + 1], buf["acts"][t0:t1],
-                      buf["tcs"][t0:t1], p["Wh"],
-                      hs[t0:t1].reshape(-1, H), dxproj[t0:t1].reshape(-1, 4 * H))
+        lstm_backward(dxproj[t0:t1], dstate["hs"], dstate["cs"], dhs[t0:t1], buf["cs"][t0 : t1 + 1],
+                      buf["acts"][t0:t1], buf["tcs"][t0:t1], p["Wh"], threads())
+        # dWh = sum_t h_{t-1}^T da_t, one product over the whole window
+        matmul_tn_acc(g["Wh"], hs[t0:t1].reshape(-1, H), dxproj[t0:t1].reshape(-1, 4 * H), threads())
 
 
 class GRUCell:
@@ -102,13 +105,17 @@ class GRUCell:
 
     def forward(self, buf, p, xproj, t0, t1):
         gru_forward(buf["hs"][t0 : t1 + 1], buf["acts"][t0:t1], buf["hn"][t0:t1], xproj[t0:t1],
-                    p["Wh"], p["bhn"])
+                    p["Wh"], p["bhn"], threads())
 
     def backward(self, buf, scratch, p, g, dxproj, dhs, dstate, t0, t1):
         hs, H, dhp = buf["hs"], p["Wh"].shape[0], scratch["dhp"]
-        gru_backward(dxproj[t0:t1], dhp[t0:t1], dstate["hs"], scratch["dh_tmp"], g["Wh"], g["bhn"],
-                     dhs[t0:t1], hs[t0 : t1 + 1], buf["acts"][t0:t1], buf["hn"][t0:t1], p["Wh"],
-                     hs[t0:t1].reshape(-1, H), dhp[t0:t1].reshape(-1, 3 * H))
+        gru_backward(dxproj[t0:t1], dhp[t0:t1], dstate["hs"], scratch["dh_tmp"], dhs[t0:t1],
+                     hs[t0 : t1 + 1], buf["acts"][t0:t1], buf["hn"][t0:t1], p["Wh"], threads())
+        # dWh = sum_t h_{t-1}^T dhp_t, one product over the whole window; b_hn enters beside
+        # hp_n, so its gradient is the column sum of dhp's n block
+        dhp2d = dhp[t0:t1].reshape(-1, 3 * H)
+        matmul_tn_acc(g["Wh"], hs[t0:t1].reshape(-1, H), dhp2d, threads())
+        column_sums_acc(g["bhn"], dhp2d[:, 2 * H :], threads())
 
 
 CELLS = {c.name: c for c in (RNNCell(), LSTMCell(), GRUCell())}

@@ -3,10 +3,24 @@
 fastmath is the explicit flag set that keeps NaN and Inf visible: no `nnan`/`ninf`, so a
 diverging run shows a NaN loss instead of silently computing garbage. `reassoc` and `contract`
 let LLVM vectorise reductions and fuse multiply-adds; `afn` allows faster exp/tanh.
+
+Threads: numba's threads split the work (batch rows in the time loops, output rows in the large
+products) and each calls BLAS on its own block, so BLAS itself is held to one thread. A BLAS
+pool of its own would synchronise inside every small per-step product, which on a busy machine
+costs many times the product itself.
 """
 import numba
+import scipy.linalg.cython_blas  # noqa: F401  loads the BLAS that numba's np.dot calls
+from threadpoolctl import threadpool_limits
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+threadpool_limits(1, user_api="blas")
+
+
+def threads():
+    """How many blocks to split parallel work into: numba's thread count."""
+    return numba.get_num_threads()
 
 
 def kernel(fn):

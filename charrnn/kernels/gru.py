@@ -11,28 +11,27 @@ product *after* it is taken, together with its own bias b_hn.
 
 Shapes (legend): T steps in the window, B streams, H hidden units, G = 3H gate width.
 Slot t of `hs` holds the state *before* step t: hs[0] enters the window, hs[T] leaves it.
+Each thread runs the whole time loop for its own block of rows [lo, hi) of the batch.
 """
 import numpy as np
+from numba import prange
 
-from ._jit import kernel
+from ._jit import kernel, parallel_kernel
 from .activations import sigmoid
 
 
 @kernel
-def gru_forward(hs, acts, hn, xproj, Wh, bhn):
-    # hs (T+1,B,H) in/out: slot 0 read, slots 1..T written
-    # acts (T,B,3H) out: r, z, n      hn (T,B,H) out: hp_n + b_hn (needed for dr)
-    # xproj (T,B,3H) in: input projection incl. b     Wh (H,3H)   bhn (H,)
-    T, B, G = acts.shape
-    H = G // 3
+def _gru_forward_rows(hs, acts, hn, xproj, Wh, bhn, lo, hi):
+    T = acts.shape[0]
+    H = Wh.shape[0]
     for t in range(T):
-        a = acts[t]
-        np.dot(hs[t], Wh, a)  # the recurrent product, the only matrix work per step
-        x = xproj[t]
-        h_prev = hs[t]
-        h_new = hs[t + 1]
-        hn_t = hn[t]
-        for b in range(B):
+        a = acts[t, lo:hi]
+        np.dot(hs[t, lo:hi], Wh, a)  # the recurrent product, the only matrix work per step
+        x = xproj[t, lo:hi]
+        h_prev = hs[t, lo:hi]
+        h_new = hs[t + 1, lo:hi]
+        hn_t = hn[t, lo:hi]
+        for b in range(hi - lo):
             for j in range(H):
                 r = sigmoid(x[b, j] + a[b, j])
                 z = sigmoid(x[b, H + j] + a[b, H + j])
@@ -45,33 +44,44 @@ def gru_forward(hs, acts, hn, xproj, Wh, bhn):
                 h_new[b, j] = (1.0 - z) * n + z * h_prev[b, j]
 
 
+@parallel_kernel
+def gru_forward(hs, acts, hn, xproj, Wh, bhn, n_blocks):
+    # hs (T+1,B,H) in/out: slot 0 read, slots 1..T written
+    # acts (T,B,3H) out: r, z, n      hn (T,B,H) out: hp_n + b_hn (needed for dr)
+    # xproj (T,B,3H) in: input projection incl. b     Wh (H,3H)   bhn (H,)
+    B = hs.shape[1]
+    size = (B + n_blocks - 1) // n_blocks
+    for blk in prange(n_blocks):
+        lo = min(B, blk * size)
+        hi = min(B, lo + size)
+        if hi > lo:
+            _gru_forward_rows(hs, acts, hn, xproj, Wh, bhn, lo, hi)
+
+
 @kernel
-def gru_backward(dxproj, dhp, dh, dh_tmp, dWh, dbhn, dhs, hs, acts, hn, Wh, hs_prev2d, dhp2d):
-    # dxproj (T,B,3H) out: dLoss/d(xproj)     dhp (T,B,3H) out: dLoss/d(hp), the recurrent product
-    # dh (B,H) in/out: gradient arriving at hs[T] from later steps (zero under truncation);
-    #     on return, the gradient w.r.t. the entering state hs[0]
-    # dh_tmp (B,H) scratch for the product path, so that no step allocates
-    # dWh (H,3H), dbhn (H,) accumulated with +=     dhs (T,B,H) in: gradient w.r.t. h_t from above
-    # hs_prev2d (T*B,H), dhp2d (T*B,3H): 2-D views for the weight-gradient product
-    T, B, G = acts.shape
-    H = G // 3
+def _gru_backward_rows(dxproj, dhp, dh, dh_tmp, dhs, hs, acts, hn, Wh, lo, hi):
+    T = acts.shape[0]
+    H = Wh.shape[0]
+    WhT = Wh.T
+    dh_rows = dh[lo:hi]
+    tmp = dh_tmp[lo:hi]
     for t in range(T - 1, -1, -1):
-        a = acts[t]
-        dx = dxproj[t]
-        dp = dhp[t]
-        h_prev = hs[t]
-        hn_t = hn[t]
-        dh_up = dhs[t]
-        for b in range(B):
+        a = acts[t, lo:hi]
+        dx = dxproj[t, lo:hi]
+        dp = dhp[t, lo:hi]
+        h_prev = hs[t, lo:hi]
+        hn_t = hn[t, lo:hi]
+        dh_up = dhs[t, lo:hi]
+        for b in range(hi - lo):
             for j in range(H):
                 r = a[b, j]
                 z = a[b, H + j]
                 n = a[b, 2 * H + j]
-                dh_t = dh[b, j] + dh_up[b, j]
+                dh_t = dh_rows[b, j] + dh_up[b, j]
                 # h_t = (1 - z) * n + z * h_{t-1}
                 dn = dh_t * (1.0 - z)
                 dz = dh_t * (h_prev[b, j] - n)
-                dh[b, j] = dh_t * z  # direct path; the product path is added below
+                dh_rows[b, j] = dh_t * z  # direct path; the product path is added below
                 # n = tanh(xproj_n + r * (hp_n + b_hn))
                 dn_pre = dn * (1.0 - n * n)
                 dr = dn_pre * hn_t[b, j]
@@ -85,12 +95,25 @@ def gru_backward(dxproj, dhp, dh, dh_tmp, dWh, dbhn, dhs, hs, acts, hn, Wh, hs_p
                 dp[b, H + j] = dz_pre
                 dp[b, 2 * H + j] = dn_pre * r
         # hp_t = h_{t-1} @ Wh  =>  dh_{t-1} += dhp_t @ Wh^T
-        np.dot(dp, Wh.T, dh_tmp)
-        for b in range(B):
+        np.dot(dp, WhT, tmp)
+        for b in range(hi - lo):
             for j in range(H):
-                dh[b, j] += dh_tmp[b, j]
-    dWh += np.dot(hs_prev2d.T, dhp2d)
-    # b_hn enters beside hp_n, so its gradient is the column sum of dhp's n block
-    for k in range(dhp2d.shape[0]):
-        for j in range(H):
-            dbhn[j] += dhp2d[k, 2 * H + j]
+                dh_rows[b, j] += tmp[b, j]
+
+
+@parallel_kernel
+def gru_backward(dxproj, dhp, dh, dh_tmp, dhs, hs, acts, hn, Wh, n_blocks):
+    # dxproj (T,B,3H) out: dLoss/d(xproj)     dhp (T,B,3H) out: dLoss/d(hp), the recurrent product
+    # dh (B,H) in/out: gradient arriving at hs[T] from later steps (zero under truncation);
+    #     on return, the gradient w.r.t. the entering state hs[0]
+    # dh_tmp (B,H) scratch for the product path, so that no step allocates
+    # dhs (T,B,H) in: gradient w.r.t. h_t from above
+    # dWh = sum_t h_{t-1}^T dhp_t and db_hn (the column sums of dhp's n block, since b_hn
+    # enters beside hp_n) follow as one product and one sum after this (cells.py).
+    B = dh.shape[0]
+    size = (B + n_blocks - 1) // n_blocks
+    for blk in prange(n_blocks):
+        lo = min(B, blk * size)
+        hi = min(B, lo + size)
+        if hi > lo:
+            _gru_backward_rows(dxproj, dhp, dh, dh_tmp, dhs, hs, acts, hn, Wh, lo, hi)

@@ -10,29 +10,30 @@ Shapes (legend): T steps in the window, B streams, H hidden units, G = 4H gate w
 Slot t of `hs`/`cs` holds the state *before* step t, so hs[0] is the state entering the window
 and hs[T] the state leaving it. Weights are stored input-major: Wh is (H, 4H) so that the
 recurrent product is a plain (B,H) @ (H,4H).
+
+Streams are independent, so each thread runs the whole time loop for its own block of rows
+[lo, hi) of the batch: no thread waits for another until the window is done.
 """
 import numpy as np
+from numba import prange
 
-from ._jit import kernel
+from ._jit import kernel, parallel_kernel
 from .activations import sigmoid
 
 
 @kernel
-def lstm_forward(hs, cs, acts, tcs, xproj, Wh):
-    # hs, cs (T+1,B,H) in/out: slot 0 read, slots 1..T written
-    # acts (T,B,4H) out: activated gates i,f,g,o      tcs (T,B,H) out: tanh(c_t)
-    # xproj (T,B,4H) in: input projection incl. bias  Wh (H,4H)
-    T, B, G = acts.shape
-    H = G // 4
+def _lstm_forward_rows(hs, cs, acts, tcs, xproj, Wh, lo, hi):
+    T = acts.shape[0]
+    H = Wh.shape[0]
     for t in range(T):
-        a = acts[t]
-        np.dot(hs[t], Wh, a)  # the recurrent product, the only matrix work per step
-        x = xproj[t]
-        c_prev = cs[t]
-        c_new = cs[t + 1]
-        h_new = hs[t + 1]
-        tc = tcs[t]
-        for b in range(B):
+        a = acts[t, lo:hi]
+        np.dot(hs[t, lo:hi], Wh, a)  # the recurrent product, the only matrix work per step
+        x = xproj[t, lo:hi]
+        c_prev = cs[t, lo:hi]
+        c_new = cs[t + 1, lo:hi]
+        h_new = hs[t + 1, lo:hi]
+        tc = tcs[t, lo:hi]
+        for b in range(hi - lo):
             for j in range(H):
                 i = sigmoid(a[b, j] + x[b, j])
                 f = sigmoid(a[b, H + j] + x[b, H + j])
@@ -48,44 +49,68 @@ def lstm_forward(hs, cs, acts, tcs, xproj, Wh):
                 h_new[b, j] = o * tc[b, j]
 
 
+@parallel_kernel
+def lstm_forward(hs, cs, acts, tcs, xproj, Wh, n_blocks):
+    # hs, cs (T+1,B,H) in/out: slot 0 read, slots 1..T written
+    # acts (T,B,4H) out: activated gates i,f,g,o      tcs (T,B,H) out: tanh(c_t)
+    # xproj (T,B,4H) in: input projection incl. bias  Wh (H,4H)
+    B = hs.shape[1]
+    size = (B + n_blocks - 1) // n_blocks
+    for blk in prange(n_blocks):
+        lo = min(B, blk * size)
+        hi = min(B, lo + size)
+        if hi > lo:
+            _lstm_forward_rows(hs, cs, acts, tcs, xproj, Wh, lo, hi)
+
+
 @kernel
-def lstm_backward(dxproj, dh, dc, dWh, dhs, hs, cs, acts, tcs, Wh, hs_prev2d, dxproj2d):
-    # dxproj (T,B,4H) out: dLoss/d(pre-activations), which is also dLoss/d(xproj)
-    # dh, dc (B,H) in/out: gradient arriving at the window's last state from later steps
-    #     (zero under truncation); on return, the gradient w.r.t. the entering state hs[0], cs[0]
-    # dWh (H,4H) accumulated with +=
-    # dhs (T,B,H) in: gradient w.r.t. h_t from the layer above / the output layer
-    # hs_prev2d (T*B,H) and dxproj2d (T*B,4H): 2-D views of hs[0:T] and dxproj for the
-    #     one large weight-gradient product after the time loop
-    T, B, G = acts.shape
-    H = G // 4
+def _lstm_backward_rows(dxproj, dh, dc, dhs, cs, acts, tcs, Wh, lo, hi):
+    T = acts.shape[0]
+    H = Wh.shape[0]
+    WhT = Wh.T
+    dh_rows = dh[lo:hi]
+    dc_rows = dc[lo:hi]
     for t in range(T - 1, -1, -1):
-        a = acts[t]
-        d = dxproj[t]
-        c_prev = cs[t]
-        tc = tcs[t]
-        dh_up = dhs[t]
-        for b in range(B):
+        a = acts[t, lo:hi]
+        d = dxproj[t, lo:hi]
+        c_prev = cs[t, lo:hi]
+        tc = tcs[t, lo:hi]
+        dh_up = dhs[t, lo:hi]
+        for b in range(hi - lo):
             for j in range(H):
                 i = a[b, j]
                 f = a[b, H + j]
                 g = a[b, 2 * H + j]
                 o = a[b, 3 * H + j]
-                dh_t = dh[b, j] + dh_up[b, j]
+                dh_t = dh_rows[b, j] + dh_up[b, j]
                 # h_t = o * tanh(c_t)
                 do = dh_t * tc[b, j]
-                dc_t = dc[b, j] + dh_t * o * (1.0 - tc[b, j] * tc[b, j])
+                dc_t = dc_rows[b, j] + dh_t * o * (1.0 - tc[b, j] * tc[b, j])
                 # c_t = f * c_{t-1} + i * g
                 di = dc_t * g
                 dg = dc_t * i
                 df = dc_t * c_prev[b, j]
-                dc[b, j] = dc_t * f
+                dc_rows[b, j] = dc_t * f
                 # through the sigmoids and the tanh to the pre-activations
                 d[b, j] = di * i * (1.0 - i)
                 d[b, H + j] = df * f * (1.0 - f)
                 d[b, 2 * H + j] = dg * (1.0 - g * g)
                 d[b, 3 * H + j] = do * o * (1.0 - o)
         # a_t = xproj_t + h_{t-1} @ Wh  =>  dh_{t-1} = da_t @ Wh^T
-        np.dot(d, Wh.T, dh)
-    # dWh = sum_t h_{t-1}^T da_t, as one product over the whole window
-    dWh += np.dot(hs_prev2d.T, dxproj2d)
+        np.dot(d, WhT, dh_rows)
+
+
+@parallel_kernel
+def lstm_backward(dxproj, dh, dc, dhs, cs, acts, tcs, Wh, n_blocks):
+    # dxproj (T,B,4H) out: dLoss/d(pre-activations), which is also dLoss/d(xproj)
+    # dh, dc (B,H) in/out: gradient arriving at the window's last state from later steps
+    #     (zero under truncation); on return, the gradient w.r.t. the entering state hs[0], cs[0]
+    # dhs (T,B,H) in: gradient w.r.t. h_t from the layer above / the output layer
+    # The weight gradient dWh = sum_t h_{t-1}^T da_t is one product after this (cells.py).
+    B = dh.shape[0]
+    size = (B + n_blocks - 1) // n_blocks
+    for blk in prange(n_blocks):
+        lo = min(B, blk * size)
+        hi = min(B, lo + size)
+        if hi > lo:
+            _lstm_backward_rows(dxproj, dh, dc, dhs, cs, acts, tcs, Wh, lo, hi)

@@ -10,17 +10,15 @@ V vocabulary. The products are single large GEMMs over the whole window.
 import numpy as np
 from numba import prange
 
-from ._jit import kernel, parallel_kernel
+from ._jit import kernel, parallel_kernel, threads
+from .blas import add_row, column_sums_acc, matmul, matmul_nt, matmul_tn_acc
 
 
-@kernel
 def logits_forward(logits, h2d, Wy, by):
     # logits (N,V) out    h2d (N,H)    Wy (H,V)    by (V,)
-    np.dot(h2d, Wy, logits)
-    N, V = logits.shape
-    for n in range(N):
-        for v in range(V):
-            logits[n, v] += by[v]
+    n = threads()
+    matmul(logits, h2d, Wy, n)
+    add_row(logits, by, n)
 
 
 # Rows are independent, so large outputs (a big vocabulary) run on numba's threads. Small ones
@@ -99,12 +97,9 @@ def xent(logits, row_loss, targets):
     (_xent_parallel if big else _xent_serial)(logits, row_loss, targets)
 
 
-@kernel
 def logits_backward(dh2d, dWy, dby, dlogits, h2d, Wy):
     # dh2d (N,H) out    dWy (H,V), dby (V,) accumulated with +=    dlogits (N,V) in
-    dWy += np.dot(h2d.T, dlogits)
-    N, V = dlogits.shape
-    for n in range(N):
-        for v in range(V):
-            dby[v] += dlogits[n, v]
-    np.dot(dlogits, Wy.T, dh2d)
+    n = threads()
+    matmul_tn_acc(dWy, h2d, dlogits, n)
+    column_sums_acc(dby, dlogits, n)
+    matmul_nt(dh2d, dlogits, Wy, n)

@@ -5,42 +5,69 @@
 Shapes (legend): T steps in the window, B streams, H hidden units.
 Slot t of `hs` holds the state *before* step t: hs[0] enters the window, hs[T] leaves it.
 Wh is stored input-major, (H, H), so the recurrent product is a plain (B,H) @ (H,H).
+Each thread runs the whole time loop for its own block of rows [lo, hi) of the batch.
 """
 import numpy as np
+from numba import prange
 
-from ._jit import kernel
+from ._jit import kernel, parallel_kernel
 
 
 @kernel
-def rnn_forward(hs, xproj, Wh):
-    # hs (T+1,B,H) in/out: slot 0 read, slots 1..T written
-    # xproj (T,B,H) in: input projection incl. bias    Wh (H,H)
-    T, B, H = xproj.shape
+def _rnn_forward_rows(hs, xproj, Wh, lo, hi):
+    T = xproj.shape[0]
+    H = Wh.shape[0]
     for t in range(T):
-        h_new = hs[t + 1]
-        np.dot(hs[t], Wh, h_new)  # the recurrent product, the only matrix work per step
-        x = xproj[t]
-        for b in range(B):
+        h_new = hs[t + 1, lo:hi]
+        np.dot(hs[t, lo:hi], Wh, h_new)  # the recurrent product, the only matrix work per step
+        x = xproj[t, lo:hi]
+        for b in range(hi - lo):
             for j in range(H):
                 h_new[b, j] = np.tanh(h_new[b, j] + x[b, j])
 
 
+@parallel_kernel
+def rnn_forward(hs, xproj, Wh, n_blocks):
+    # hs (T+1,B,H) in/out: slot 0 read, slots 1..T written
+    # xproj (T,B,H) in: input projection incl. bias    Wh (H,H)
+    B = hs.shape[1]
+    size = (B + n_blocks - 1) // n_blocks
+    for blk in prange(n_blocks):
+        lo = min(B, blk * size)
+        hi = min(B, lo + size)
+        if hi > lo:
+            _rnn_forward_rows(hs, xproj, Wh, lo, hi)
+
+
 @kernel
-def rnn_backward(dxproj, dh, dWh, dhs, hs, Wh, hs_prev2d, dxproj2d):
+def _rnn_backward_rows(dxproj, dh, dhs, hs, Wh, lo, hi):
+    T = dxproj.shape[0]
+    H = Wh.shape[0]
+    WhT = Wh.T
+    dh_rows = dh[lo:hi]
+    for t in range(T - 1, -1, -1):
+        h = hs[t + 1, lo:hi]
+        d = dxproj[t, lo:hi]
+        dh_up = dhs[t, lo:hi]
+        for b in range(hi - lo):
+            for j in range(H):
+                # h_t = tanh(a_t)
+                d[b, j] = (dh_rows[b, j] + dh_up[b, j]) * (1.0 - h[b, j] * h[b, j])
+        # a_t = xproj_t + h_{t-1} @ Wh  =>  dh_{t-1} = da_t @ Wh^T
+        np.dot(d, WhT, dh_rows)
+
+
+@parallel_kernel
+def rnn_backward(dxproj, dh, dhs, hs, Wh, n_blocks):
     # dxproj (T,B,H) out: dLoss/d(pre-activation) = dLoss/d(xproj)
     # dh (B,H) in/out: gradient arriving at hs[T] from later steps (zero under truncation);
     #     on return, the gradient w.r.t. the entering state hs[0]
-    # dWh (H,H) accumulated with +=     dhs (T,B,H) in: gradient w.r.t. h_t from above
-    # hs_prev2d (T*B,H), dxproj2d (T*B,H): 2-D views for the weight-gradient product
-    T, B, H = dxproj.shape
-    for t in range(T - 1, -1, -1):
-        h = hs[t + 1]
-        d = dxproj[t]
-        dh_up = dhs[t]
-        for b in range(B):
-            for j in range(H):
-                # h_t = tanh(a_t)
-                d[b, j] = (dh[b, j] + dh_up[b, j]) * (1.0 - h[b, j] * h[b, j])
-        # a_t = xproj_t + h_{t-1} @ Wh  =>  dh_{t-1} = da_t @ Wh^T
-        np.dot(d, Wh.T, dh)
-    dWh += np.dot(hs_prev2d.T, dxproj2d)
+    # dhs (T,B,H) in: gradient w.r.t. h_t from above
+    # The weight gradient dWh = sum_t h_{t-1}^T da_t is one product after this (cells.py).
+    B = dh.shape[0]
+    size = (B + n_blocks - 1) // n_blocks
+    for blk in prange(n_blocks):
+        lo = min(B, blk * size)
+        hi = min(B, lo + size)
+        if hi > lo:
+            _rnn_backward_rows(dxproj, dh, dhs, hs, Wh, lo, hi)

@@ -1,0 +1,86 @@
+"""Matrix products split across numba's threads.
+
+BLAS itself runs single-threaded (see _jit.py): each thread calls it on its own block of rows,
+so every thread owns its writes and no thread waits on another inside a product. On a busy
+machine this degrades gracefully, where BLAS's own thread pool, synchronising inside every
+small product, slows down many times over.
+
+Row blocks of a C-contiguous matrix are contiguous (and their transposes Fortran-contiguous),
+so BLAS reads them in place. `n_blocks` comes from the caller (numba.get_num_threads() read
+inside a kernel would keep it from being cached).
+"""
+import numpy as np
+from numba import prange
+
+from ._jit import parallel_kernel
+
+
+@parallel_kernel
+def matmul(out, a, b, n_blocks):
+    # out (M,N) = a (M,K) @ b (K,N), threads split the M rows
+    M = out.shape[0]
+    size = (M + n_blocks - 1) // n_blocks
+    for i in prange(n_blocks):
+        lo = min(M, i * size)
+        hi = min(M, lo + size)
+        if hi > lo:
+            np.dot(a[lo:hi], b, out[lo:hi])
+
+
+@parallel_kernel
+def matmul_nt(out, a, b, n_blocks):
+    # out (M,N) = a (M,K) @ b.T with b (N,K), threads split the M rows
+    M = out.shape[0]
+    size = (M + n_blocks - 1) // n_blocks
+    bt = b.T
+    for i in prange(n_blocks):
+        lo = min(M, i * size)
+        hi = min(M, lo + size)
+        if hi > lo:
+            np.dot(a[lo:hi], bt, out[lo:hi])
+
+
+@parallel_kernel
+def matmul_tn_acc(out, a, b, n_blocks):
+    # out (K,N) += a.T @ b with a (M,K), b (M,N): a weight gradient summed over M rows.
+    # Each thread sums its block of rows into its own partial; the partials are then added
+    # up with threads splitting the rows of out.
+    M = a.shape[0]
+    K, N = out.shape
+    partial = np.zeros((n_blocks, K, N), out.dtype)
+    size = (M + n_blocks - 1) // n_blocks
+    for i in prange(n_blocks):
+        lo = min(M, i * size)
+        hi = min(M, lo + size)
+        if hi > lo:
+            np.dot(a[lo:hi].T, b[lo:hi], partial[i])
+    ksize = (K + n_blocks - 1) // n_blocks
+    for i in prange(n_blocks):
+        for k in range(min(K, i * ksize), min(K, i * ksize + ksize)):
+            for j in range(n_blocks):
+                for n in range(N):
+                    out[k, n] += partial[j, k, n]
+
+
+@parallel_kernel
+def add_row(out, v, n_blocks):
+    # out (M,N) += v (N,) on every row, threads split the rows
+    M, N = out.shape
+    size = (M + n_blocks - 1) // n_blocks
+    for i in prange(n_blocks):
+        for m in range(min(M, i * size), min(M, i * size + size)):
+            for n in range(N):
+                out[m, n] += v[n]
+
+
+@parallel_kernel
+def column_sums_acc(out, a, n_blocks):
+    # out (N,) += sum over rows of a (M,N), threads split the columns
+    M, N = a.shape
+    size = (N + n_blocks - 1) // n_blocks
+    for i in prange(n_blocks):
+        lo = min(N, i * size)
+        hi = min(N, lo + size)
+        for m in range(M):
+            for n in range(lo, hi):
+                out[n] += a[m, n]
