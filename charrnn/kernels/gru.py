@@ -17,7 +17,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import kernel, parallel_kernel
-from .activations import sigmoid
+from .activations import sigmoid, tanh
 
 
 @kernel
@@ -25,23 +25,23 @@ def _gru_forward_rows(hs, acts, hn, xproj, Wh, bhn, lo, hi):
     T = acts.shape[0]
     H = Wh.shape[0]
     for t in range(T):
-        a = acts[t, lo:hi]
-        np.dot(hs[t, lo:hi], Wh, a)  # the recurrent product, the only matrix work per step
-        x = xproj[t, lo:hi]
-        h_prev = hs[t, lo:hi]
-        h_new = hs[t + 1, lo:hi]
-        hn_t = hn[t, lo:hi]
-        for b in range(hi - lo):
+        np.dot(hs[t, lo:hi], Wh, acts[t, lo:hi])  # the recurrent product, the only matrix work
+        for r_ in range(lo, hi):
+            a = acts[t, r_]
+            x = xproj[t, r_]
+            h_prev = hs[t, r_]
+            h_new = hs[t + 1, r_]
+            hn_t = hn[t, r_]
             for j in range(H):
-                r = sigmoid(x[b, j] + a[b, j])
-                z = sigmoid(x[b, H + j] + a[b, H + j])
-                hnb = a[b, 2 * H + j] + bhn[j]
-                n = np.tanh(x[b, 2 * H + j] + r * hnb)
-                a[b, j] = r
-                a[b, H + j] = z
-                a[b, 2 * H + j] = n
-                hn_t[b, j] = hnb
-                h_new[b, j] = (1.0 - z) * n + z * h_prev[b, j]
+                r = sigmoid(x[j] + a[j])
+                z = sigmoid(x[H + j] + a[H + j])
+                hnb = a[2 * H + j] + bhn[j]
+                n = tanh(x[2 * H + j] + r * hnb)
+                a[j] = r
+                a[H + j] = z
+                a[2 * H + j] = n
+                hn_t[j] = hnb
+                h_new[j] = (1.0 - z) * n + z * h_prev[j]
 
 
 @parallel_kernel
@@ -63,42 +63,43 @@ def _gru_backward_rows(dxproj, dhp, dh, dh_tmp, dhs, hs, acts, hn, Wh, lo, hi):
     T = acts.shape[0]
     H = Wh.shape[0]
     WhT = Wh.T
-    dh_rows = dh[lo:hi]
-    tmp = dh_tmp[lo:hi]
     for t in range(T - 1, -1, -1):
-        a = acts[t, lo:hi]
-        dx = dxproj[t, lo:hi]
-        dp = dhp[t, lo:hi]
-        h_prev = hs[t, lo:hi]
-        hn_t = hn[t, lo:hi]
-        dh_up = dhs[t, lo:hi]
-        for b in range(hi - lo):
+        for r_ in range(lo, hi):
+            a = acts[t, r_]
+            dx = dxproj[t, r_]
+            dp = dhp[t, r_]
+            h_prev = hs[t, r_]
+            hn_t = hn[t, r_]
+            dh_up = dhs[t, r_]
+            dh_r = dh[r_]
             for j in range(H):
-                r = a[b, j]
-                z = a[b, H + j]
-                n = a[b, 2 * H + j]
-                dh_t = dh_rows[b, j] + dh_up[b, j]
+                r = a[j]
+                z = a[H + j]
+                n = a[2 * H + j]
+                dh_t = dh_r[j] + dh_up[j]
                 # h_t = (1 - z) * n + z * h_{t-1}
                 dn = dh_t * (1.0 - z)
-                dz = dh_t * (h_prev[b, j] - n)
-                dh_rows[b, j] = dh_t * z  # direct path; the product path is added below
+                dz = dh_t * (h_prev[j] - n)
+                dh_r[j] = dh_t * z  # direct path; the product path is added below
                 # n = tanh(xproj_n + r * (hp_n + b_hn))
                 dn_pre = dn * (1.0 - n * n)
-                dr = dn_pre * hn_t[b, j]
+                dr = dn_pre * hn_t[j]
                 # r, z = sigmoid(...)
                 dr_pre = dr * r * (1.0 - r)
                 dz_pre = dz * z * (1.0 - z)
-                dx[b, j] = dr_pre
-                dx[b, H + j] = dz_pre
-                dx[b, 2 * H + j] = dn_pre
-                dp[b, j] = dr_pre
-                dp[b, H + j] = dz_pre
-                dp[b, 2 * H + j] = dn_pre * r
+                dx[j] = dr_pre
+                dx[H + j] = dz_pre
+                dx[2 * H + j] = dn_pre
+                dp[j] = dr_pre
+                dp[H + j] = dz_pre
+                dp[2 * H + j] = dn_pre * r
         # hp_t = h_{t-1} @ Wh  =>  dh_{t-1} += dhp_t @ Wh^T
-        np.dot(dp, WhT, tmp)
-        for b in range(hi - lo):
+        np.dot(dhp[t, lo:hi], WhT, dh_tmp[lo:hi])
+        for r_ in range(lo, hi):
+            dh_r = dh[r_]
+            tmp = dh_tmp[r_]
             for j in range(H):
-                dh_rows[b, j] += tmp[b, j]
+                dh_r[j] += tmp[j]
 
 
 @parallel_kernel

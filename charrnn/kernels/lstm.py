@@ -18,35 +18,36 @@ import numpy as np
 from numba import prange
 
 from ._jit import kernel, parallel_kernel
-from .activations import sigmoid
+from .activations import sigmoid, tanh
 
 
 @kernel
 def _lstm_forward_rows(hs, cs, acts, tcs, xproj, Wh, lo, hi):
+    # The gate loops index one row at a time (1-D, unit stride), which LLVM vectorises.
     T = acts.shape[0]
     H = Wh.shape[0]
     for t in range(T):
-        a = acts[t, lo:hi]
-        np.dot(hs[t, lo:hi], Wh, a)  # the recurrent product, the only matrix work per step
-        x = xproj[t, lo:hi]
-        c_prev = cs[t, lo:hi]
-        c_new = cs[t + 1, lo:hi]
-        h_new = hs[t + 1, lo:hi]
-        tc = tcs[t, lo:hi]
-        for b in range(hi - lo):
+        np.dot(hs[t, lo:hi], Wh, acts[t, lo:hi])  # the recurrent product, the only matrix work
+        for r in range(lo, hi):
+            a = acts[t, r]
+            x = xproj[t, r]
+            c_prev = cs[t, r]
+            c_new = cs[t + 1, r]
+            h_new = hs[t + 1, r]
+            tc = tcs[t, r]
             for j in range(H):
-                i = sigmoid(a[b, j] + x[b, j])
-                f = sigmoid(a[b, H + j] + x[b, H + j])
-                g = np.tanh(a[b, 2 * H + j] + x[b, 2 * H + j])
-                o = sigmoid(a[b, 3 * H + j] + x[b, 3 * H + j])
-                a[b, j] = i
-                a[b, H + j] = f
-                a[b, 2 * H + j] = g
-                a[b, 3 * H + j] = o
-                c = f * c_prev[b, j] + i * g
-                c_new[b, j] = c
-                tc[b, j] = np.tanh(c)
-                h_new[b, j] = o * tc[b, j]
+                i = sigmoid(a[j] + x[j])
+                f = sigmoid(a[H + j] + x[H + j])
+                g = tanh(a[2 * H + j] + x[2 * H + j])
+                o = sigmoid(a[3 * H + j] + x[3 * H + j])
+                a[j] = i
+                a[H + j] = f
+                a[2 * H + j] = g
+                a[3 * H + j] = o
+                c = f * c_prev[j] + i * g
+                c_new[j] = c
+                tc[j] = tanh(c)
+                h_new[j] = o * tc[j]
 
 
 @parallel_kernel
@@ -68,36 +69,36 @@ def _lstm_backward_rows(dxproj, dh, dc, dhs, cs, acts, tcs, Wh, lo, hi):
     T = acts.shape[0]
     H = Wh.shape[0]
     WhT = Wh.T
-    dh_rows = dh[lo:hi]
-    dc_rows = dc[lo:hi]
     for t in range(T - 1, -1, -1):
-        a = acts[t, lo:hi]
-        d = dxproj[t, lo:hi]
-        c_prev = cs[t, lo:hi]
-        tc = tcs[t, lo:hi]
-        dh_up = dhs[t, lo:hi]
-        for b in range(hi - lo):
+        for r in range(lo, hi):
+            a = acts[t, r]
+            d = dxproj[t, r]
+            c_prev = cs[t, r]
+            tc = tcs[t, r]
+            dh_up = dhs[t, r]
+            dh_r = dh[r]
+            dc_r = dc[r]
             for j in range(H):
-                i = a[b, j]
-                f = a[b, H + j]
-                g = a[b, 2 * H + j]
-                o = a[b, 3 * H + j]
-                dh_t = dh_rows[b, j] + dh_up[b, j]
+                i = a[j]
+                f = a[H + j]
+                g = a[2 * H + j]
+                o = a[3 * H + j]
+                dh_t = dh_r[j] + dh_up[j]
                 # h_t = o * tanh(c_t)
-                do = dh_t * tc[b, j]
-                dc_t = dc_rows[b, j] + dh_t * o * (1.0 - tc[b, j] * tc[b, j])
+                do = dh_t * tc[j]
+                dc_t = dc_r[j] + dh_t * o * (1.0 - tc[j] * tc[j])
                 # c_t = f * c_{t-1} + i * g
                 di = dc_t * g
                 dg = dc_t * i
-                df = dc_t * c_prev[b, j]
-                dc_rows[b, j] = dc_t * f
+                df = dc_t * c_prev[j]
+                dc_r[j] = dc_t * f
                 # through the sigmoids and the tanh to the pre-activations
-                d[b, j] = di * i * (1.0 - i)
-                d[b, H + j] = df * f * (1.0 - f)
-                d[b, 2 * H + j] = dg * (1.0 - g * g)
-                d[b, 3 * H + j] = do * o * (1.0 - o)
+                d[j] = di * i * (1.0 - i)
+                d[H + j] = df * f * (1.0 - f)
+                d[2 * H + j] = dg * (1.0 - g * g)
+                d[3 * H + j] = do * o * (1.0 - o)
         # a_t = xproj_t + h_{t-1} @ Wh  =>  dh_{t-1} = da_t @ Wh^T
-        np.dot(d, WhT, dh_rows)
+        np.dot(dxproj[t, lo:hi], WhT, dh[lo:hi])
 
 
 @parallel_kernel

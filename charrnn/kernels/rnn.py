@@ -11,6 +11,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import kernel, parallel_kernel
+from .activations import tanh
 
 
 @kernel
@@ -18,12 +19,12 @@ def _rnn_forward_rows(hs, xproj, Wh, lo, hi):
     T = xproj.shape[0]
     H = Wh.shape[0]
     for t in range(T):
-        h_new = hs[t + 1, lo:hi]
-        np.dot(hs[t, lo:hi], Wh, h_new)  # the recurrent product, the only matrix work per step
-        x = xproj[t, lo:hi]
-        for b in range(hi - lo):
+        np.dot(hs[t, lo:hi], Wh, hs[t + 1, lo:hi])  # the recurrent product, the only matrix work
+        for r in range(lo, hi):
+            h_new = hs[t + 1, r]
+            x = xproj[t, r]
             for j in range(H):
-                h_new[b, j] = np.tanh(h_new[b, j] + x[b, j])
+                h_new[j] = tanh(h_new[j] + x[j])
 
 
 @parallel_kernel
@@ -44,17 +45,17 @@ def _rnn_backward_rows(dxproj, dh, dhs, hs, Wh, lo, hi):
     T = dxproj.shape[0]
     H = Wh.shape[0]
     WhT = Wh.T
-    dh_rows = dh[lo:hi]
     for t in range(T - 1, -1, -1):
-        h = hs[t + 1, lo:hi]
-        d = dxproj[t, lo:hi]
-        dh_up = dhs[t, lo:hi]
-        for b in range(hi - lo):
+        for r in range(lo, hi):
+            h = hs[t + 1, r]
+            d = dxproj[t, r]
+            dh_up = dhs[t, r]
+            dh_r = dh[r]
             for j in range(H):
                 # h_t = tanh(a_t)
-                d[b, j] = (dh_rows[b, j] + dh_up[b, j]) * (1.0 - h[b, j] * h[b, j])
+                d[j] = (dh_r[j] + dh_up[j]) * (1.0 - h[j] * h[j])
         # a_t = xproj_t + h_{t-1} @ Wh  =>  dh_{t-1} = da_t @ Wh^T
-        np.dot(d, WhT, dh_rows)
+        np.dot(dxproj[t, lo:hi], WhT, dh[lo:hi])
 
 
 @parallel_kernel
