@@ -1,15 +1,17 @@
 """Scalar activations shared by the cell kernels, chosen by precision at compile time.
 
 float64 (checks): libm's tanh and exp, exact to the last bit or two.
-float32 (training): tanh as a clamped rational function, sigmoid(x) = (1 + tanh(x/2)) / 2.
-libm's exp and tanh are scalar calls that stop LLVM from vectorising the gate loops; a
-rational function is plain arithmetic, runs 8 lanes wide, and is within 3e-7 of tanh (a few
-float32 ulps). The clamps are written as `if`s, so a NaN falls through them and comes out NaN;
-+-inf give +-1 as tanh does.
+float32 (training): tanh as a clamped rational function, sigmoid(x) = (1 + tanh(x/2)) / 2,
+and exp by range reduction (x = n ln2 + r) and a polynomial, 2^n built from its bits.
+libm's exp and tanh are scalar calls that stop LLVM from vectorising the loops around them;
+these are plain arithmetic and run 8 lanes wide. tanh is within 3e-7 of libm, exp within
+3e-7 relative (about 5 float32 ulps). The clamps are written as `if`s, so a NaN falls through them and comes out
+NaN; +-inf give +-1 from tanh.
 """
 import numpy as np
+from llvmlite import ir
 from numba import types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 from ._jit import FASTMATH, kernel
 
@@ -35,6 +37,55 @@ def _tanh_f32(x):
     return p / q
 
 
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """Reinterpret an int32's bits as a float32 (no conversion)."""
+    sig = types.float32(types.int32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+LOG2E = np.float32(1.44269504088896341)
+LN2_HI = np.float32(0.693359375)  # ln 2 split in two, so that n * LN2_HI is exact
+LN2_LO = np.float32(-2.12194440e-4)
+EXP_MIN = np.float32(-87.0)  # below this exp(x) would be subnormal: 0 is close enough
+EXP_MAX = np.float32(88.5)  # above this exp(x) overflows float32: inf, as libm gives
+INF = np.float32(np.inf)
+E0, E1, E2, E3, E4, E5 = (np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
+                                                  4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
+ONE = np.float32(1.0)
+ZERO = np.float32(0.0)
+
+
+def _exp_f32(x):
+    # Cephes expf: exp(x) = 2^n * exp(r), |r| <= ln2/2, exp(r) by a degree-6 polynomial
+    tiny = x < EXP_MIN
+    huge = x > EXP_MAX
+    if huge:
+        x = EXP_MAX
+    elif tiny:
+        x = EXP_MIN
+    n = np.floor(x * LOG2E + HALF)
+    r = x - n * LN2_HI - n * LN2_LO
+    p = ((((E0 * r + E1) * r + E2) * r + E3) * r + E4) * r + E5
+    p = p * r * r + r + ONE
+    scale = _float32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
+    y = p * scale
+    if tiny:
+        y = ZERO
+    elif huge:
+        y = INF
+    return y
+
+
+def exp(x):
+    """exp, for use inside kernels."""
+    return np.exp(x)
+
+
 def tanh(x):
     """tanh, for use inside kernels."""
     return np.tanh(x)
@@ -50,6 +101,13 @@ def _tanh_impl(x):
     if x == types.float32:
         return _tanh_f32
     return lambda x: np.tanh(x)
+
+
+@overload(exp, jit_options={"fastmath": FASTMATH}, inline="always")
+def _exp_impl(x):
+    if x == types.float32:
+        return _exp_f32
+    return lambda x: np.exp(x)
 
 
 @overload(sigmoid, jit_options={"fastmath": FASTMATH}, inline="always")
@@ -71,3 +129,9 @@ def tanh_array(out, x):
 def sigmoid_array(out, x):
     for i in range(x.shape[0]):
         out[i] = sigmoid(x[i])
+
+
+@kernel
+def exp_array(out, x):
+    for i in range(x.shape[0]):
+        out[i] = exp(x[i])

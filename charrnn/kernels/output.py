@@ -11,6 +11,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import kernel, parallel_kernel, threads
+from .activations import exp
 from .blas import add_row, column_sums_acc, matmul, matmul_nt, matmul_tn_acc
 
 
@@ -36,7 +37,7 @@ def _softmax_xent_row(z, target, scale):
     shifted_target = z[target] - m  # read before z is overwritten; exact even when exp underflows
     total = 0.0
     for v in range(V):
-        e = np.exp(z[v] - m)
+        e = exp(z[v] - m)
         z[v] = e
         total += e
     inv = scale / total
@@ -56,7 +57,7 @@ def _xent_row(z, target):
         m = max(m, z[v])
     total = 0.0
     for v in range(V):
-        total += np.exp(z[v] - m)
+        total += exp(z[v] - m)
     return np.log(total) + m - z[target]
 
 
