@@ -14,6 +14,9 @@ import scipy.linalg.cython_blas  # noqa: F401  loads the BLAS that numba's np.do
 from threadpoolctl import threadpool_limits
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+# IEEE division (x/0 is inf or NaN) instead of Python's ZeroDivisionError: the check for the
+# exception is a branch in every division, and it kept LLVM from vectorising the gate math
+ERROR_MODEL = "numpy"
 
 threadpool_limits(1, user_api="blas")
 
@@ -25,9 +28,9 @@ def threads():
 
 def kernel(fn):
     """Compile a serial kernel. No fixed signature: the same code runs in float32 and float64."""
-    return numba.njit(cache=True, fastmath=FASTMATH, nogil=True)(fn)
+    return numba.njit(cache=True, fastmath=FASTMATH, error_model=ERROR_MODEL, nogil=True)(fn)
 
 
 def parallel_kernel(fn):
     """Compile a kernel whose `prange` loops run on numba's threads."""
-    return numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)(fn)
+    return numba.njit(cache=True, fastmath=FASTMATH, error_model=ERROR_MODEL, nogil=True, parallel=True)(fn)

@@ -13,7 +13,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload
 
-from ._jit import FASTMATH, kernel
+from ._jit import ERROR_MODEL, FASTMATH, kernel
 
 _CLAMP = 7.90531110763549805  # beyond this the float32 tanh is +-1
 # tanh(x) ~ x * P(x^2) / Q(x^2), the minimax fit used by Eigen for float
@@ -96,21 +96,21 @@ def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-@overload(tanh, jit_options={"fastmath": FASTMATH}, inline="always")
+@overload(tanh, jit_options={"fastmath": FASTMATH, "error_model": ERROR_MODEL})
 def _tanh_impl(x):
     if x == types.float32:
         return _tanh_f32
     return lambda x: np.tanh(x)
 
 
-@overload(exp, jit_options={"fastmath": FASTMATH}, inline="always")
+@overload(exp, jit_options={"fastmath": FASTMATH, "error_model": ERROR_MODEL})
 def _exp_impl(x):
     if x == types.float32:
         return _exp_f32
     return lambda x: np.exp(x)
 
 
-@overload(sigmoid, jit_options={"fastmath": FASTMATH}, inline="always")
+@overload(sigmoid, jit_options={"fastmath": FASTMATH, "error_model": ERROR_MODEL})
 def _sigmoid_impl(x):
     if x == types.float32:
         return lambda x: HALF * tanh(HALF * x) + HALF
