@@ -48,7 +48,7 @@ def train(
     clip_value: float = typer.Option(0.0, min=0.0, help="Clip each gradient element to +-this (0: off)."),
     epochs: Optional[float] = typer.Option(None, min=0.0, help="Stop after this many passes over the training text."),
     max_steps: Optional[int] = typer.Option(None, min=0, help="Stop after this many updates."),
-    time_limit: Optional[float] = typer.Option(None, min=0.0, help="Stop after this many seconds of training [default: 720]."),
+    time_limit: Optional[float] = typer.Option(None, min=0.0, help="Stop after this many seconds of training (default 720)."),
     eval_every: int = typer.Option(200, min=1, help="Updates between validation runs."),
     eval_chars: int = typer.Option(0, min=0, help="Validate on at most this many characters (0: all)."),
     checkpoint_every: int = typer.Option(200, min=1, help="Updates between saves of latest.npz."),
@@ -144,6 +144,107 @@ class _TrainProgress:
         self.progress.update(self.task, completed=min(1000, 1000 * trainer.done_fraction()), **f)
 
 
+def _first_call(warm):
+    """Run warm(), the first call of the kernels, in a thread. A quick return means numba loaded
+    them from its cache; if it takes longer, they are compiling: show a spinner meanwhile."""
+    import threading
+
+    failure = []
+
+    def run():
+        try:
+            warm()
+        except BaseException as e:  # handed to the main thread below
+            failure.append(e)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(0.5)
+    if worker.is_alive():
+        with err.status("compiling kernels (the first run only; later runs reuse numba's cache)..."):
+            worker.join()
+    if failure:
+        raise failure[0]
+
+
+@app.command()
+def sample(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint file, or a run folder (its best.npz, else latest.npz)."),
+    length: int = typer.Option(500, min=0, max=100_000_000, help="Characters to generate after the prime."),
+    temperature: float = typer.Option(1.0, min=0.0, max=1000.0, help="Divide the logits by this: below 1 is more conservative, above 1 wilder; 0 always picks the most probable character."),
+    top_k: int = typer.Option(0, min=0, help="Choose only among the K most probable characters (0: off)."),
+    top_p: float = typer.Option(1.0, min=0.0, max=1.0, help="Nucleus sampling: choose only among the most probable characters that together reach this probability (1: off)."),
+    prime: str = typer.Option("", help="Text the model reads first; it is printed, then the continuation. Without it, generation starts as if at the beginning of a line."),
+    seed: int = typer.Option(0, min=0, help="Seed of the random choices: the same checkpoint, seed and options give the same text."),
+    num_samples: int = typer.Option(1, min=1, max=100_000, help="Samples to generate, each from a fresh state, separated by a line of dashes."),
+):
+    """Generate text from a trained model, streaming it to stdout."""
+    import os
+    import sys
+
+    from .sampling import Sampler, load_model, samples, warm_up
+
+    model = load_model(checkpoint)
+    texts = samples(Sampler(model.spec, model.params), model.vocab, length=length, prime=prime, seed=seed,
+                    temperature=temperature, top_k=top_k, top_p=top_p, num_samples=num_samples)
+    _first_call(lambda: warm_up(model.spec, model.params.dtype))
+    try:
+        for i, pieces in enumerate(texts):
+            if i:
+                sys.stdout.write("-" * 40 + "\n")
+            last = "\n"
+            for piece in pieces:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+                last = piece[-1:] or last
+            if last != "\n":
+                sys.stdout.write("\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader stopped reading (`| head`): end quietly, with nothing left to flush
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        raise typer.Exit(130)
+
+
+@app.command("eval")
+def eval_(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint file, or a run folder (its best.npz, else latest.npz)."),
+    file: Path = typer.Argument(..., help="Text file to score."),
+    batch: Optional[int] = typer.Option(None, min=1, max=4096, help="Parallel streams the text is cut into (default: the checkpoint's batch)."),
+    window: Optional[int] = typer.Option(None, min=1, max=100_000, help="Steps per forward window (default: the checkpoint's k1)."),
+    encoding: Optional[str] = typer.Option(None, help="utf-8, latin-1 or bytes (each byte one character); default: the checkpoint's."),
+    skip_unknown: bool = typer.Option(False, "--skip-unknown", help="Drop characters the model does not know (and count them) instead of stopping."),
+):
+    """Score a model on a text file: nats and bits per character, and perplexity.
+
+    With the checkpoint's batch and window, its run's validation text scores the run's own validation figure. The text is cut into batch contiguous streams, each read from a zero state; the very first character is only an input and a tail shorter than the batch is left out, so the count is up to batch characters below the file's length.
+    """
+    from .corpus import read_text
+    from .evaluate import bits, evaluate
+    from .sampling import load_model, warm_up_evaluate
+
+    model = load_model(checkpoint)
+    cfg = model.config
+    text = read_text(file, encoding or cfg.get("encoding", "utf-8"))
+    skipped = 0
+    if skip_unknown:
+        ids, skipped = model.vocab.encode_skip_unknown(text)
+    else:
+        try:
+            ids = model.vocab.encode(text, what=str(file))
+        except CharrnnError as e:
+            raise CharrnnError(f"{e} (or pass --skip-unknown to leave them out)") from None
+    _first_call(lambda: warm_up_evaluate(model.spec, model.params.dtype))
+    nats, count = evaluate(model.spec, model.params, ids, batch or int(cfg.get("batch", 32)),
+                           window or int(cfg.get("k1", 100)))
+    note = f"; {skipped:,} unknown character(s) skipped" if skip_unknown else ""
+    out.print(f"{file}: {count:,} characters, {nats:.4f} nats/char, {bits(nats):.4f} bits/char, "
+              f"perplexity {math.exp(nats):.2f}{note}", markup=False, highlight=False, soft_wrap=True)
+
+
 @app.command()
 def gradcheck(
     cell: str = typer.Option("all", help="Cell to check: rnn, lstm, gru or all."),
@@ -185,10 +286,77 @@ def gradcheck(
     out.print(f"[green]all tensors pass[/] (max relative error <= {tolerance:g})")
 
 
+@app.command()
+def gradflow(
+    checkpoint: Optional[Path] = typer.Argument(None, help="A trained checkpoint (file or run folder) to measure instead of fresh models."),
+    cell: Optional[str] = typer.Option(None, help="Fresh models to compare, comma-separated: rnn,lstm,gru (default) or all."),
+    hidden: Optional[int] = typer.Option(None, min=1, max=4096, help="Hidden units per layer of the fresh models (default 64)."),
+    layers: Optional[int] = typer.Option(None, min=1, max=16, help="Stacked layers of the fresh models (default 1)."),
+    seed: int = typer.Option(0, help="Seed for the fresh models and the choice of windows."),
+    radius: Optional[float] = typer.Option(None, min=0.0, help="First rescale each recurrent matrix (each gate block) to this spectral radius."),
+    corpus: Optional[Path] = typer.Option(None, help="Text to take the windows from. Default: the shipped corpora/tinyshakespeare.txt."),
+    max_k: int = typer.Option(100, "--max-k", min=1, max=1000, help="Measure k = 0..K steps back from the last step."),
+    windows: int = typer.Option(8, min=1, max=10000, help="Windows of text to average over."),
+    batch: int = typer.Option(8, min=1, max=1024, help="Streams per window (also averaged over)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the raw series and summary as JSON, and nothing else."),
+    png: Optional[Path] = typer.Option(None, "--png", help="Also draw the chart into this PNG file (needs matplotlib)."),
+):
+    """How far back in time gradients reach: mean ||dL_T/dh_(T-k)|| against k, loss at the last step only."""
+    import json
+
+    from . import gradflow as gf
+    from .corpus import read_text
+    from .plot import require_pyplot
+
+    if checkpoint is not None and (cell is not None or hidden is not None or layers is not None):
+        raise CharrnnError("--cell, --hidden and --layers describe fresh models; leave them out when measuring a checkpoint")
+    cells = []
+    for c in (cell or "rnn,lstm,gru").lower().split(","):
+        for name in _cells(c.strip()):
+            if name not in cells:
+                cells.append(name)
+    if png is not None:
+        require_pyplot()  # fail before the measurement, not after it
+    corpus = corpus or gf.DEFAULT_CORPUS
+    text = read_text(corpus)
+    with err.status("measuring gradient flow (the first run compiles the kernels)..."):
+        flows = gf.run(text, cells=cells, checkpoint=checkpoint, hidden=hidden or 64, layers=layers or 1,
+                       seed=seed, radius=radius, max_k=max_k, windows=windows, batch=batch)
+    if png is not None:
+        gf.write_png(flows, png)
+    if json_out:
+        typer.echo(json.dumps(gf.to_json(flows, max_k, windows, batch, str(corpus), seed)))
+        return
+    out.print(gf.chart(flows))
+    out.print(gf.table(flows, max_k))
+    if png is not None:
+        out.print(f"wrote {png}", markup=False, highlight=False)
+
+
+@app.command()
+def plot(
+    run: Path = typer.Argument(..., help="Run folder holding metrics.jsonl (or the metrics.jsonl file)."),
+    png: Optional[Path] = typer.Option(None, "--png", help="Also draw the charts into this PNG file (needs matplotlib)."),
+):
+    """Chart a training run: train and val loss, and the gradient norm before clipping, against step."""
+    from .plot import charts, read_metrics, summary, write_png
+
+    metrics = read_metrics(run)
+    for chart in charts(metrics):
+        out.print(chart)
+    out.print(summary(metrics), markup=False, highlight=False)
+    if png is not None:
+        write_png(metrics, png)
+        out.print(f"wrote {png}", markup=False, highlight=False)
+
+
 def main():
     """Entry point: known errors become one line on stderr and exit code 1."""
     try:
         app()
     except CharrnnError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        # escaped: a path or a hint with [brackets] must print as it is
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise SystemExit(1)

@@ -3,8 +3,10 @@
 The training kernels work on (T, B) windows and reach BLAS through large matrix products; a
 sampler has one stream and must choose each character before it can feed the next, so its
 work per character is a chain of vector-matrix products. These kernels run that chain for a
-whole chunk of characters inside numba (no Python between characters) and follow the training
-kernels' equations and order of operations exactly (see rnn.py, lstm.py, gru.py, output.py):
+whole chunk of characters inside numba (no Python between characters). They follow the
+training kernels' equations and the order of their additions (see rnn.py, lstm.py, gru.py,
+inputs.py, output.py); only the summation inside the products differs, so the logits agree to
+rounding (tests/test_sampling.py holds them to the training path):
 
     layer 0:   xg = Wx[id] + b                 (a row lookup: the input is one-hot)
     layer l>0: xg = h_{l-1} @ Wx + b           (the new state of the layer below)
@@ -30,12 +32,13 @@ Each tensor is viewed inside the kernel as params[o : o + size].reshape(shape), 
 like the training layout: Wx (In,G) with In = V for layer 0 and H above, Wh (H,G), b (G,),
 bhn (H,), Wy (H,V), by (V,).
 
-Vector-matrix products: with `blas` true, np.dot, which numba hands to BLAS sgemv/dgemv
-(OpenBLAS splits it over its threads); otherwise a hand loop that adds rows of W scaled by
-x[i], four rows per pass over the output (contiguous, vectorised). With H=512 each LSTM
-matrix is 4 MB of float32, so the products are bound by memory bandwidth; one thread of the
-hand loop runs at about the speed of one-thread BLAS, and BLAS on two threads about 1.7 times
-faster (benchmarks/bench_sample.py measures both).
+Vector-matrix products: with `blas` true, np.dot, which numba hands to BLAS sgemv/dgemv (held
+to one thread by _jit.py); otherwise a hand loop that adds rows of W scaled by x[i], four rows
+per pass over the output (contiguous, vectorised). With H=512 each LSTM matrix is 4 MB of
+float32, so both are bound by memory bandwidth and run at about the same speed
+(benchmarks/bench_sample.py measures both). The sampler uses the hand loop, which does not
+depend on BLAS or its threads: two BLAS threads were about 1.7x faster on an idle machine and
+several times slower on a busy one, where each small product waits for the other thread.
 
 Randomness: kernels never own RNG state. The caller passes one uniform number in [0, 1) per
 character to be chosen, drawn from its numpy Generator.

@@ -1,0 +1,142 @@
+"""Generation speed of one stream: characters per second of a 2x512 LSTM (V=65, random weights).
+
+Ours: kernels/generate.py, a whole chunk of characters per jitted call, with each of its two
+vector-matrix products: the hand loop (the default), BLAS gemv through np.dot on one thread (as
+kernels/_jit.py holds it), and BLAS gemv on two threads, which only this benchmark turns on.
+Theirs, if torch is installed: torch.nn.LSTM(65, 512, 2) + Linear stepped one one-hot character
+at a time, sampling with torch.multinomial, torch.set_num_threads(2), inside torch.no_grad().
+The two are timed in alternation in the same run; the ratio is ours (default) / torch.
+
+Then the wall time of `charrnn sample CKPT --length 200` as a whole process (start-up, imports,
+loading the kernels from numba's cache, generating, printing), on a checkpoint written here;
+the first run warms the cache and is not counted.
+
+    python benchmarks/bench_sample.py
+    python benchmarks/bench_sample.py --chars 4000 --repeats 7 --no-torch
+"""
+import argparse
+import os
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from charrnn.checkpoint import save_checkpoint  # noqa: E402
+from charrnn.model import ModelSpec, init_params  # noqa: E402
+from charrnn.sampling import CHUNK, Sampler  # noqa: E402
+
+CELL, V, H, L = "lstm", 65, 512, 2
+
+
+def ours(params, blas, n, seed, threads=1):
+    """chars/s of generating n characters in chunks, as `charrnn sample` does."""
+    sampler = Sampler(ModelSpec(CELL, V, H, L), params, blas=blas)
+    rng = np.random.default_rng(seed)
+    last = 0
+    with threadpool_limits(threads, user_api="blas"):
+        t = time.perf_counter()
+        for start in range(0, n, CHUNK):
+            ids = sampler.generate(last, rng.random(min(CHUNK, n - start)))
+            last = int(ids[-1])
+        return n / (time.perf_counter() - t)
+
+
+def theirs(torch, model, n):
+    lstm, head = model
+    x = torch.zeros(1, 1, V)
+    state = None
+    c = 0
+    with torch.no_grad():
+        t = time.perf_counter()
+        for _ in range(n):
+            x.zero_()
+            x[0, 0, c] = 1.0
+            y, state = lstm(x, state)
+            p = torch.softmax(head(y[0, 0]), dim=-1)
+            c = int(torch.multinomial(p, 1))
+        return n / (time.perf_counter() - t)
+
+
+def cli_wall_times(params, runs):
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "run" / "best.npz"
+        config = {"cell": CELL, "hidden": H, "layers": L, "batch": 32, "k1": 100, "k2": 100, "encoding": "utf-8"}
+        save_checkpoint(ckpt, {"params": params}, {"config": config, "vocab": list(string.printable[:V])})
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        cmd = [sys.executable, "-m", "charrnn", "sample", str(ckpt), "--length", "200"]
+        times = []
+        for i in range(runs + 1):
+            t = time.perf_counter()
+            r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+            dt = time.perf_counter() - t
+            if r.returncode != 0 or len(r.stdout.rstrip("\n")) < 199:
+                raise SystemExit(f"charrnn sample failed ({r.returncode}): {r.stderr.strip()}")
+            if i == 0:
+                print(f"  first run (warms numba's cache if it is cold): {dt:.2f} s")
+            else:
+                times.append(dt)
+        return times
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--chars", type=int, default=2048, help="characters per timed run of ours")
+    ap.add_argument("--torch-chars", type=int, default=300, help="characters per timed run of torch")
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs per side (median reported)")
+    ap.add_argument("--cli-runs", type=int, default=5, help="timed runs of the whole command")
+    ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    args = ap.parse_args()
+
+    params = init_params(ModelSpec(CELL, V, H, L), np.random.default_rng(0), np.float32)
+    print(f"one stream, {CELL} {L}x{H}, V={V}, float32, chunks of {CHUNK} characters")
+    torch = model = None
+    if not args.no_torch:
+        try:
+            import torch
+        except ImportError:
+            print("  torch is not installed: no comparison")
+    if torch is not None:
+        torch.set_num_threads(2)
+        torch.manual_seed(0)
+        model = (torch.nn.LSTM(V, H, L), torch.nn.Linear(H, V))
+        theirs(torch, model, 5)
+    for blas in (False, True):
+        ours(params, blas, 64, 0)  # compile or load from the cache
+
+    rates = {"hand loop": [], "BLAS gemv": [], "BLAS gemv x2": [], "torch": []}
+    for rep in range(args.repeats):
+        rates["hand loop"].append(ours(params, False, args.chars, rep))
+        rates["BLAS gemv"].append(ours(params, True, args.chars, rep))
+        rates["BLAS gemv x2"].append(ours(params, True, args.chars, rep, threads=2))
+        if torch is not None:
+            rates["torch"].append(theirs(torch, model, args.torch_chars))
+    med = {k: statistics.median(v) for k, v in rates.items() if v}
+    weights_mb = params.nbytes / 1e6
+    for name, rate in med.items():
+        extra = f", {weights_mb * rate / 1e3:.1f} GB/s of weights" if name != "torch" else ""
+        label = {"hand loop": "ours, hand loop (default)", "BLAS gemv": "ours, BLAS gemv",
+                 "BLAS gemv x2": "ours, BLAS gemv, 2 threads",
+                 "torch": f"torch {torch.__version__ if torch else ''} step by step"}[name]
+        runs = ", ".join(f"{r:,.0f}" for r in rates[name])
+        print(f"  {label:32s} {rate:9,.0f} chars/s  ({1e6 / rate:,.0f} us/char{extra}; runs: {runs})")
+    if "torch" in med:
+        print(f"  ratio ours (default) / torch: {med['hand loop'] / med['torch']:.1f}x (target: 10x or better); "
+              f"with 2 BLAS threads {med['BLAS gemv x2'] / med['torch']:.1f}x")
+
+    print(f"`charrnn sample CKPT --length 200`, whole process, warm cache, {args.cli_runs} runs:")
+    times = cli_wall_times(params, args.cli_runs)
+    print(f"  {', '.join(f'{t:.2f}' for t in times)} s; median {statistics.median(times):.2f} s "
+          f"(target: under 2 s)")
+
+
+if __name__ == "__main__":
+    main()

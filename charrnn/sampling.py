@@ -1,0 +1,209 @@
+"""Sampling text from a trained model: temperature, top-k, top-p, priming, seeding.
+
+    load_model(path)            a checkpoint (file or run folder) -> spec, params, vocabulary
+    Sampler(spec, params)       one stream's state and scratch, driving kernels/generate.py
+    samples(...)                num_samples texts, each an iterator of text chunks
+
+How a sample is made:
+- The state starts at zero and is warmed up on the priming text by teacher forcing: every
+  character but the last is fed in; the last one is the first input of generation. The prime
+  is part of the printed text, the continuation follows it.
+- Without a prime, the state is warmed up on one line break (or, if the model has none, a
+  space, or else its first character), as if the text began at the start of a line. That
+  character is not printed; the first printed character is already sampled.
+- Each chosen character uses one uniform number from a numpy Generator seeded with `seed`
+  (PCG64), drawn in chunks in order. The text depends only on the seed and the options, not on
+  the chunk size, and with several samples sample 1 is what a single sample would have been.
+- temperature 0 picks the most probable character every time (no randomness); otherwise the
+  logits are divided by the temperature, then top-k and top-p (nucleus) restrict the choice
+  (see kernels.generate.select).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import load_checkpoint, resolve_checkpoint
+from .corpus import Vocab
+from .errors import CharrnnError
+from .kernels.generate import CELL_CODES, GATES, generate, offsets_table, teacher_force
+from .model import Layout, ModelSpec
+
+CHUNK = 128  # characters per jitted call: enough that Python's share is tiny, small enough to stream
+
+
+# ---------------------------------------------------------------------------------------------
+# The model from a checkpoint
+
+
+@dataclass
+class Model:
+    spec: ModelSpec
+    params: np.ndarray  # the flat parameter buffer, float32 as saved
+    vocab: Vocab
+    config: dict  # TrainConfig.to_dict() of the run that wrote it
+    path: Path  # the checkpoint file that was read
+
+
+def load_model(path) -> Model:
+    """The model in a checkpoint file, or in a run folder's best checkpoint (else its latest).
+
+    The checkpoint carries its own vocabulary, so it samples correctly wherever it is copied."""
+    path = resolve_checkpoint(path, prefer="best")
+    arrays, meta = load_checkpoint(path)
+    cfg, chars = meta.get("config"), meta.get("vocab")
+    if not isinstance(cfg, dict) or chars is None or "params" not in arrays:
+        raise CharrnnError(f"{path} holds no model (no config, vocabulary or parameters); "
+                           "pass a checkpoint written by charrnn train")
+    vocab = Vocab.from_json(chars)
+    try:
+        spec = ModelSpec(str(cfg["cell"]), len(vocab), int(cfg["hidden"]), int(cfg["layers"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CharrnnError(f"{path} has an unusable model config ({e}); the file is corrupt") from None
+    params = arrays["params"]
+    size = Layout(spec).size
+    if params.shape != (size,) or params.dtype not in (np.float32, np.float64):
+        raise CharrnnError(f"{path} holds {params.size:,} {params.dtype} parameters, but its config "
+                           f"({spec.cell} {spec.layers}x{spec.hidden}, vocabulary {spec.vocab_size}) "
+                           f"needs {size:,} floats; the file is corrupt")
+    return Model(spec, np.ascontiguousarray(params), vocab, cfg, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# One stream
+
+
+class Sampler:
+    """The state of one stream of text and the buffers of the generation kernels.
+
+    Works in the dtype of `params` (float32 from a checkpoint; float64 for checks).
+    `blas` picks the kernels' vector-matrix product: the hand loop (default) or BLAS gemv; see
+    kernels/generate.py for why."""
+
+    def __init__(self, spec: ModelSpec, params: np.ndarray, blas: bool = False):
+        params = np.ascontiguousarray(params)
+        if params.dtype not in (np.float32, np.float64):
+            raise ValueError(f"params must be float32 or float64, not {params.dtype}")
+        layout = Layout(spec)
+        if params.shape != (layout.size,):
+            raise ValueError(f"params have shape {params.shape}, the model needs ({layout.size},)")
+        self.spec, self.params, self.blas = spec, params, bool(blas)
+        self.offs = offsets_table(layout)
+        self.cell = CELL_CODES[spec.cell]
+        L, H, V, dt = spec.layers, spec.hidden, spec.vocab_size, params.dtype
+        G = GATES[self.cell] * H
+        self.h = np.zeros((L, H), dt)  # every layer's hidden state
+        self.c = np.zeros((L, H), dt)  # LSTM cell states (unused by rnn and gru)
+        self.xg = np.zeros(G, dt)  # input term of the gates
+        self.hg = np.zeros(G, dt)  # recurrent term of the gates
+        self.z = np.zeros(V, dt)  # logits
+        self.probs = np.zeros(V, np.float64)
+        self.order = np.zeros(V, np.int64)
+        self._no_logits = np.zeros((0, V), dt)
+
+    def reset(self):
+        """Back to the zero state, where training starts every stream."""
+        self.h[:] = 0.0
+        self.c[:] = 0.0
+
+    def feed(self, ids, keep_logits=False):
+        """Teacher-force ids through the model, updating the state. With keep_logits, return the
+        logits (N,V) after each character (what the model predicts for the next one)."""
+        ids = np.ascontiguousarray(ids, dtype=np.int32)
+        if ids.ndim != 1 or (ids.size and (ids.min() < 0 or ids.max() >= self.spec.vocab_size)):
+            raise ValueError(f"ids must be a 1-D array of ids in [0, {self.spec.vocab_size})")
+        logits = np.zeros((ids.size, self.spec.vocab_size), self.params.dtype) if keep_logits else self._no_logits
+        teacher_force(logits, self.h, self.c, self.xg, self.hg, ids, self.params, self.offs, self.cell, self.blas)
+        return logits if keep_logits else None
+
+    def generate(self, first_id, uniforms, temperature=1.0, top_k=0, top_p=1.0):
+        """Feed first_id, then generate len(uniforms) characters, each fed back in: int32 ids.
+        The state ends after the last generated character has been chosen (not yet fed)."""
+        uniforms = np.ascontiguousarray(uniforms, dtype=np.float64)
+        out = np.zeros(uniforms.size, np.int32)
+        generate(out, self.h, self.c, self.xg, self.hg, self.z, self.probs, self.order, int(first_id),
+                 uniforms, self.params, self.offs, self.cell, float(temperature), int(top_k),
+                 float(top_p), self.blas)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Texts
+
+
+def check_options(length=0, temperature=1.0, top_k=0, top_p=1.0, num_samples=1):
+    """A CharrnnError naming the first option out of range."""
+    def bad(option, value, need):
+        raise CharrnnError(f"--{option} {value} is out of range: {need}")
+
+    if length < 0:
+        bad("length", length, "it must be 0 or more")
+    if not (math.isfinite(temperature) and temperature >= 0.0):
+        bad("temperature", temperature, "it must be a number >= 0 (0 picks the most probable character)")
+    if top_k < 0:
+        bad("top-k", top_k, "it must be 0 (off) or more")
+    if not (math.isfinite(top_p) and 0.0 < top_p <= 1.0):
+        bad("top-p", top_p, "it must be in (0, 1]; 1 turns nucleus sampling off")
+    if num_samples < 1:
+        bad("num-samples", num_samples, "it must be at least 1")
+
+
+def start_id(vocab: Vocab) -> int:
+    """The unprinted character the state is warmed up on when there is no prime."""
+    for ch in ("\n", " "):
+        if ch in vocab.chars:
+            return vocab.chars.index(ch)
+    return 0
+
+
+def samples(sampler: Sampler, vocab: Vocab, length=500, prime="", seed=0, temperature=1.0, top_k=0,
+            top_p=1.0, num_samples=1, chunk=CHUNK):
+    """num_samples iterators, each yielding one sample's text in pieces: the prime (if any), then
+    `length` generated characters, `chunk` at a time. Consume each before the next.
+
+    The options and the prime are checked here, before anything is generated."""
+    check_options(length, temperature, top_k, top_p, num_samples)
+    if int(seed) != seed or seed < 0:
+        raise CharrnnError(f"--seed {seed} is out of range: it must be a whole number >= 0")
+    context = vocab.encode(prime, what="priming text") if prime else np.array([start_id(vocab)], np.int32)
+    rng = np.random.Generator(np.random.PCG64(int(seed)))
+
+    def one():
+        sampler.reset()
+        sampler.feed(context[:-1])
+        if prime:
+            yield prime
+        last, left = int(context[-1]), length
+        while left > 0:
+            n = min(chunk, left)
+            ids = sampler.generate(last, rng.random(n), temperature, top_k, top_p)
+            last, left = int(ids[-1]), left - n
+            yield vocab.decode(ids)
+
+    return (one() for _ in range(num_samples))
+
+
+def sample_text(sampler, vocab, **options) -> list[str]:
+    """Every sample as one string (what the CLI streams piece by piece)."""
+    return ["".join(pieces) for pieces in samples(sampler, vocab, **options)]
+
+
+def warm_up(spec: ModelSpec, dtype=np.float32):
+    """Call the generation kernels once on a tiny model of the same cell and dtype, so that
+    numba compiles them (or loads them from its cache) before the first real character."""
+    tiny = ModelSpec(spec.cell, 2, 1, spec.layers)
+    sampler = Sampler(tiny, np.zeros(Layout(tiny).size, dtype))
+    sampler.feed(np.zeros(2, np.int32))
+    sampler.feed(np.zeros(2, np.int32), keep_logits=True)
+    sampler.generate(0, np.zeros(2), 1.0, 1, 0.5)
+
+
+def warm_up_evaluate(spec: ModelSpec, dtype=np.float32):
+    """The same for the training kernels that `charrnn eval` runs (evaluate.evaluate)."""
+    from .evaluate import evaluate
+
+    tiny = ModelSpec(spec.cell, 2, 1, spec.layers)
+    evaluate(tiny, np.zeros(Layout(tiny).size, dtype), np.array([0, 1, 0, 1], np.int32), 1, 2)

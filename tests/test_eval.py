@@ -1,0 +1,126 @@
+"""`charrnn eval`: a checkpoint's loss on a text file, reproducing the training run's own
+validation figure on its validation text."""
+import json
+import math
+import os
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from charrnn.cli import app
+from charrnn.config import TrainConfig
+from charrnn.corpus import read_text, split
+from charrnn.errors import CharrnnError
+from charrnn.evaluate import evaluate
+from charrnn.sampling import load_model
+from charrnn.train import Trainer
+
+ROOT = Path(__file__).resolve().parent.parent
+LINE = re.compile(r"^(?P<name>.+): (?P<count>[\d,]+) characters, (?P<nats>[\d.]+) nats/char, "
+                  r"(?P<bits>[\d.]+) bits/char, perplexity (?P<ppl>[\d.]+)(?P<note>.*)$")
+runner = CliRunner()
+
+
+def write_corpus(path, size=20_000, seed=0):
+    rng = random.Random(seed)
+    words = ("the cat sat on a warm mat while seven quick foxes jumped over lazy dogs and "
+             "brown owls sang softly to the pale moon by the river bank").split()
+    lines = []
+    while sum(len(s) + 1 for s in lines) < size:
+        words_in_line = [rng.choice(words) for _ in range(rng.randint(3, 11))]
+        lines.append(" ".join(words_in_line).capitalize() + rng.choice(".!?,;"))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny training run: its folder, its config, and its last validation loss."""
+    tmp = tmp_path_factory.mktemp("eval")
+    corpus = write_corpus(tmp / "corpus.txt")
+    cfg = TrainConfig(corpus=str(corpus), hidden=16, layers=2, max_steps=5, time_limit=0, eval_every=5, k1=20,
+                      k2=20, batch=4, run="tiny", out_dir=str(tmp)).validate()
+    trainer = Trainer(cfg, tmp / "tiny", say=lambda *a: None)
+    trainer.run()
+    records = [json.loads(line) for line in (tmp / "tiny" / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in records if r["kind"] == "val"][-1]["loss"]
+    # the validation text: the middle contiguous part of the same ids
+    text = read_text(corpus)
+    vocab = trainer.vocab
+    _, val_ids, _ = split(vocab.encode(text), (1 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction,
+                                               cfg.test_fraction))
+    val_file = tmp / "val.txt"
+    val_file.write_text(vocab.decode(val_ids), encoding="utf-8")
+    return {"dir": tmp / "tiny", "val": val, "val_file": val_file, "val_ids": val_ids, "cfg": cfg}
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def parse(result):
+    assert result.exit_code == 0, result.output
+    m = LINE.match(result.stdout.strip())
+    assert m, result.stdout
+    return m
+
+
+def test_eval_reproduces_the_runs_validation_figure(run):
+    # the library call the command makes, to full precision
+    model = load_model(run["dir"])
+    ids = model.vocab.encode(read_text(run["val_file"]))
+    nats, count = evaluate(model.spec, model.params, ids, model.config["batch"], model.config["k1"])
+    assert abs(nats - run["val"]) <= 1e-6
+    # and the command itself
+    m = parse(invoke("eval", run["dir"], run["val_file"]))
+    assert m["name"] == str(run["val_file"])
+    assert int(m["count"].replace(",", "")) == count
+    assert abs(float(m["nats"]) - run["val"]) <= 5e-5
+    assert abs(float(m["bits"]) - run["val"] / math.log(2)) <= 5e-5
+    assert abs(float(m["ppl"]) - math.exp(run["val"])) <= 5e-3
+    # best.npz is the one the folder means; naming it gives the same line
+    assert invoke("eval", run["dir"] / "best.npz", run["val_file"]).stdout == invoke("eval", run["dir"], run["val_file"]).stdout
+
+
+def test_batch_and_window_options(run):
+    n = len(run["val_ids"])
+    m = parse(invoke("eval", run["dir"], run["val_file"], "--batch", 1, "--window", 7))
+    assert int(m["count"].replace(",", "")) == n - 1  # one stream: every character but the first is scored
+    model = load_model(run["dir"])
+    nats, _ = evaluate(model.spec, model.params, run["val_ids"], 1, 7)
+    assert float(m["nats"]) == pytest.approx(nats, abs=5e-5)
+    # one stream read in windows of any length carries the state: the same figure
+    m2 = parse(invoke("eval", run["dir"], run["val_file"], "--batch", 1, "--window", 50))
+    assert abs(float(m2["nats"]) - float(m["nats"])) <= 1e-4
+    # a different batch scores different predictions
+    m3 = parse(invoke("eval", run["dir"], run["val_file"], "--batch", 3))
+    assert int(m3["count"].replace(",", "")) == 3 * ((n - 1) // 3)
+
+
+def test_unknown_characters(run, tmp_path):
+    text = run["val_file"].read_text(encoding="utf-8")
+    dirty = tmp_path / "dirty.txt"
+    dirty.write_text("€" + text[:100] + "ZZ" + text[100:] + "€", encoding="utf-8")
+    r = invoke("eval", run["dir"], dirty)
+    assert isinstance(r.exception, CharrnnError)
+    message = str(r.exception)
+    assert "'€'" in message and "'Z'" in message and "--skip-unknown" in message
+    m = parse(invoke("eval", run["dir"], dirty, "--skip-unknown"))
+    assert "4 unknown character(s) skipped" in m["note"]
+    # dropping them leaves exactly the validation text
+    clean = parse(invoke("eval", run["dir"], run["val_file"]))
+    assert (m["count"], m["nats"]) == (clean["count"], clean["nats"])
+
+
+def test_usage_errors_and_exit_codes(run, tmp_path):
+    assert invoke("eval", run["dir"], run["val_file"], "--batch", 0).exit_code == 2
+    assert invoke("eval", run["dir"], run["val_file"], "--window", -1).exit_code == 2
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), COLUMNS="300")
+    r = subprocess.run([sys.executable, "-m", "charrnn", "eval", str(run["dir"]), str(tmp_path / "missing.txt")],
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert r.returncode == 1 and "missing.txt does not exist" in r.stderr
