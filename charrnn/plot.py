@@ -1,0 +1,165 @@
+"""Charts of a training run's metrics.jsonl, in the terminal and as a PNG (matplotlib, optional).
+
+metrics.jsonl holds one JSON object per line; the trainer appends as it goes, so the last line
+may be torn by a crash and is then skipped. Used here:
+
+    {"kind": "train", "step", "loss", "grad_norm", ...}    loss in nats; grad_norm before clipping
+    {"kind": "val", "step", "loss", "bpc"}
+    {"kind": "test", "loss", "bpc"}                        at most one, at the end
+
+Other kinds and other keys are ignored.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import CharrnnError
+
+METRICS_FILE = "metrics.jsonl"
+# No square brackets (as in charrnn[plot]): the CLI prints error messages as rich markup.
+INSTALL_HINT = "pip install matplotlib (charrnn's optional 'plot' extra installs it too)"
+
+
+@dataclass
+class Metrics:
+    path: Path
+    train: dict = field(default_factory=lambda: {"step": [], "loss": [], "grad_norm": [], "bpc": []})
+    val: dict = field(default_factory=lambda: {"step": [], "loss": [], "bpc": []})
+    test: dict | None = None
+    torn_last_line: bool = False
+
+
+def find_metrics(run) -> Path:
+    """metrics.jsonl of a run folder (or the file itself); checkpoints/RUN is tried as well."""
+    p = Path(run)
+    candidates = [p] if p.is_file() else [p / METRICS_FILE, Path("checkpoints") / p / METRICS_FILE]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise CharrnnError(f"no {METRICS_FILE} in {p}; pass the run folder of a training run (it holds {METRICS_FILE})")
+
+
+def _number(v):
+    """A finite float, or None for anything else (missing, null, NaN, a string)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def read_metrics(run) -> Metrics:
+    path = find_metrics(run)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CharrnnError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    m = Metrics(path)
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            if n == len(lines):  # a crash while appending: the record never finished
+                m.torn_last_line = True
+                continue
+            raise CharrnnError(f"{path} line {n} is not valid JSON; the file is corrupt") from None
+        if not isinstance(rec, dict):
+            continue
+        kind = rec.get("kind")
+        if kind == "test":
+            m.test = {k: _number(rec.get(k)) for k in ("loss", "bpc")}
+            continue
+        target = {"train": m.train, "val": m.val}.get(kind)
+        step = _number(rec.get("step"))
+        if target is None or step is None:
+            continue
+        for key, values in target.items():
+            values.append(step if key == "step" else _number(rec.get(key)))
+    if not m.train["step"] and not m.val["step"]:
+        raise CharrnnError(f"{path} has no train or val records yet; plot again once training has logged some")
+    return m
+
+
+def summary(m: Metrics) -> str:
+    parts = []
+    if m.train["step"]:
+        last = m.train["loss"][-1]
+        parts.append(f"{len(m.train['step'])} train records up to step {m.train['step'][-1]:.0f}"
+                     + (f", last loss {last:.4f}" if last is not None else ""))
+    vals = [(b, s) for s, b in zip(m.val["step"], m.val["bpc"]) if b is not None]
+    if vals:
+        best, step = min(vals)
+        parts.append(f"best val {best:.4f} bpc at step {step:.0f}")
+    if m.test and m.test.get("bpc") is not None:
+        parts.append(f"test {m.test['bpc']:.4f} bpc")
+    if m.torn_last_line:
+        parts.append("torn last line skipped")
+    return "; ".join(parts)
+
+
+def _xy(d, key):
+    pts = [(s, v) for s, v in zip(d["step"], d[key]) if v is not None]
+    return [s for s, _ in pts], [v for _, v in pts]
+
+
+def charts(m: Metrics, width=64, height=14):
+    """Two rich Texts: train and val loss against step; the gradient norm before clipping."""
+    from .termchart import line_chart
+
+    loss = line_chart([("train loss", *_xy(m.train, "loss")), ("val loss", *_xy(m.val, "loss"))],
+                      width=width, height=height, title="loss (nats)", x_label="step")
+    grad = line_chart([("grad norm", *_xy(m.train, "grad_norm"))], width=width, height=height,
+                      log_y=True, title="gradient norm before clipping", x_label="step")
+    return loss, grad
+
+
+def require_pyplot():
+    """matplotlib.pyplot on the Agg backend, or a CharrnnError saying how to install it."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise CharrnnError(f"--png needs matplotlib, which is not installed; install it with: {INSTALL_HINT}") from None
+    matplotlib.use("Agg")  # files only, no window, works without a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path) -> None:
+    import matplotlib.pyplot as plt
+
+    try:
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    except OSError as e:
+        raise CharrnnError(f"cannot write {path}: {e.strerror or e}; check the folder and its permissions") from None
+    except ValueError as e:  # matplotlib's answer to an unknown file extension
+        raise CharrnnError(f"cannot write {path}: {e}; use a .png file name") from None
+    finally:
+        plt.close(fig)
+
+
+def write_png(m: Metrics, path) -> None:
+    plt = require_pyplot()
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    for d, label in ((m.train, "train loss"), (m.val, "val loss")):
+        xs, ys = _xy(d, "loss")
+        if xs:
+            ax1.plot(xs, ys, label=label, marker="o" if d is m.val else None, markersize=3)
+    ax1.set_ylabel("loss (nats)")
+    ax1.legend()
+    ax1.grid(True, alpha=0.3)
+    xs, ys = _xy(m.train, "grad_norm")
+    pts = [(x, y) for x, y in zip(xs, ys) if y > 0]
+    if pts:
+        ax2.semilogy([x for x, _ in pts], [y for _, y in pts], label="grad norm before clipping")
+        ax2.legend()
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("gradient norm")
+    ax2.grid(True, which="both", alpha=0.3)
+    fig.suptitle(str(m.path.parent.name or m.path))
+    save_figure(fig, path)

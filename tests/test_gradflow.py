@@ -1,0 +1,245 @@
+"""Gradient flow: the series against finite differences, the decay theory predicts, and the CLI."""
+import json
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import reference
+from charrnn import gradflow as gf
+from charrnn.checkpoint import save_checkpoint
+from charrnn.cli import app
+from charrnn.corpus import Vocab, read_text
+from charrnn.errors import CharrnnError
+from charrnn.model import Layout, ModelSpec, Stack, init_params
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def shakespeare():
+    text = read_text(gf.DEFAULT_CORPUS)[:20000]
+    vocab = Vocab.from_text(text)
+    return vocab, gf.corpus_ids(text, vocab)
+
+
+def _tiny_stack(cell, layers, T=7, B=2, H=4, V=5, seed=0):
+    """A float64 model off its init, a random window with a random entering state, run forward."""
+    rng = np.random.default_rng(seed)
+    spec = ModelSpec(cell, V, H, layers)
+    params = init_params(spec, rng, np.float64)
+    params += rng.normal(0.0, 0.3, params.shape)  # off the init, so nothing is trivially small
+    stack = Stack(spec, B, T, np.float64)
+    stack.ids[:] = rng.integers(0, V, (T, B))
+    stack.targets[:] = rng.integers(0, V, (T, B))
+    stack.set_state(0, [[rng.normal(0.0, 0.5, (B, H)) for _ in layer] for layer in stack.get_state(0)])
+    stack.forward(params, 0, T)
+    return spec, params, stack
+
+
+def _richardson(f, eps=1e-3):
+    """Central difference with the h^2 error term cancelled: error O(eps^4)."""
+    def central(h):
+        return (f(h) - f(-h)) / (2 * h)
+    return (4 * central(eps / 2) - central(eps)) / 3
+
+
+def _rel(a, b):
+    return np.linalg.norm(a - b) / max(np.linalg.norm(a), np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_single_layer_series_matches_finite_differences(cell):
+    # Move one entry of the state in slot s = T-k, rerun the window from that slot and take the
+    # loss of the last step: the whole gradient vector must agree, not only its norm.
+    spec, params, stack = _tiny_stack(cell, layers=1)
+    T, B, H = stack.T, stack.B, spec.hidden
+    g = gf.state_gradients(stack, params, T - 1)
+    assert g.shape == (1, T, B, H)
+    for k in (0, 1, 3, T - 1):
+        s = T - k
+        saved = stack.get_state(s)
+
+        def loss(h):
+            stack.set_state(s, saved)
+            stack.bufs[0]["hs"][s][b, j] += h
+            if s < T:
+                stack.forward(params, s, T)
+            return stack.loss(params, T - 1, T)
+
+        numeric = np.zeros((B, H))
+        for b in range(B):
+            for j in range(H):
+                numeric[b, j] = _richardson(loss)
+        stack.set_state(s, saved)
+        assert np.linalg.norm(numeric) > 1e-8, k  # the check compares something
+        assert _rel(g[0, k], numeric) < 1e-6, (k, g[0, k], numeric)
+
+
+def _reference_last_loss(cell, spec, params, stack, s, bump):
+    """Loss of the last step, recomputed by tests/reference.py from the states in slot s-1 with
+    bump = (layer, b, j, h) added to that layer's h once it reaches slot s, before the layer above
+    and the later steps read it: the total derivative the series reports for every layer."""
+    layers, out = Layout(spec).layer_views(params)
+    state = [tuple(a.copy() for a in layer) for layer in stack.get_state(s - 1)]
+    eye = np.eye(spec.vocab_size)
+    for t in range(s - 1, stack.T):
+        x = eye[stack.ids[t]]
+        for l, p in enumerate(layers):
+            state[l], _ = reference._cell_step(cell, x, state[l], p)
+            if t == s - 1 and l == bump[0]:
+                h = state[l][0].copy()
+                h[bump[1], bump[2]] += bump[3]
+                state[l] = (h,) + state[l][1:]
+            x = state[l][0]
+    logits = x @ out["Wy"] + out["by"]
+    top = logits.max(1, keepdims=True)
+    logp = logits - top - np.log(np.exp(logits - top).sum(1, keepdims=True))
+    return -logp[np.arange(stack.B), stack.targets[stack.T - 1]].sum()
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_stacked_series_matches_an_independent_reference(cell):
+    spec, params, stack = _tiny_stack(cell, layers=2, T=6, H=3, seed=1)
+    T, B, H = stack.T, stack.B, spec.hidden
+    g = gf.state_gradients(stack, params, T - 1)
+    for l in range(2):
+        for k in (0, 1, 2, T - 1):
+            numeric = np.zeros((B, H))
+            for b in range(B):
+                for j in range(H):
+                    numeric[b, j] = _richardson(
+                        lambda h: _reference_last_loss(cell, spec, params, stack, T - k, (l, b, j, h)))
+            assert np.linalg.norm(numeric) > 1e-8, (l, k)
+            assert _rel(g[l, k], numeric) < 1e-6, (l, k, g[l, k], numeric)
+
+
+def test_rnn_at_radius_half_decays_geometrically_and_lstm_keeps_more(shakespeare):
+    vocab, ids = shakespeare
+    K = 60
+    rnn = gf.fresh_model("rnn", vocab, 16, 1, seed=0)
+    gf.set_spectral_radius(rnn, 0.5)
+    W = gf.recurrent_blocks(rnn.spec, rnn.params)[0]["h"]
+    assert gf.spectral_radius(W) == pytest.approx(0.5, rel=1e-9)
+    n = gf.measure(rnn, ids, K, windows=2, batch=4, seed=0).layers[0].norms
+    assert np.all(n > 0) and np.all(np.isfinite(n))
+
+    # What holds strictly: g_{k+1} = (g_k * tanh'(a)) @ Wh^T with 0 < tanh' <= 1, so every
+    # stream's ||g_{k+1}|| <= ||Wh||_2 ||g_k||, and so does the mean over streams.
+    sigma = np.linalg.norm(W, 2)
+    assert np.all(n[1:] <= sigma * n[:-1] * (1 + 1e-12))
+
+    # The spectral radius sets the asymptotic rate: ||(Wh^T)^k||^(1/k) -> 0.5 (Gelfand), and
+    # the tanh' factors in (0, 1] only add damping. A non-normal Wh can grow for a few steps
+    # before it decays, which a finite fit over k = 10..K sees as a small bias; allow 0.05 per
+    # step (a rate of 0.526 instead of 0.5). A slot off by one, or a missing tanh', shows up in the
+    # finite-difference tests; a stalled or exploding series fails here by far.
+    slope = np.polyfit(np.arange(10, K + 1), np.log(n[10:]), 1)[0]
+    assert slope <= np.log(0.5) + 0.05, slope
+
+    # An LSTM with its default init (forget-gate bias 1) keeps far more of its gradient: the
+    # cell state's path multiplies by f ~ sigmoid(1) ~ 0.73 per step, not by 0.5 @ tanh'.
+    lstm = gf.fresh_model("lstm", vocab, 16, 1, seed=0)
+    assert np.all(Layout(lstm.spec).layer_views(lstm.params)[0][0]["b"][16:32] == 1.0)
+    m = gf.measure(lstm, ids, K, windows=2, batch=4, seed=0).layers[0].norms
+    assert m[50] / m[0] > 1000 * n[50] / n[0], (m[50] / m[0], n[50] / n[0])
+
+
+def test_set_spectral_radius_rescales_every_gate_block(shakespeare):
+    vocab, _ = shakespeare
+    for cell, names in gf.BLOCKS.items():
+        model = gf.fresh_model(cell, vocab, 8, 2, seed=3)
+        gf.set_spectral_radius(model, 1.5)
+        for blocks in gf.recurrent_blocks(model.spec, model.params):
+            assert tuple(blocks) == names
+            for m in blocks.values():
+                assert gf.spectral_radius(m) == pytest.approx(1.5, rel=1e-9)
+
+
+def test_vanish_k_and_saturation_fractions(shakespeare):
+    vocab, ids = shakespeare
+    f = gf.LayerFlow(0, np.array([1.0, 0.1, 2e-3, 5e-4, 1e-5]), {}, {})
+    assert f.vanish_k() == 3
+    assert gf.LayerFlow(0, np.array([1.0, 0.5]), {}, {}).vanish_k() is None
+    # A huge radius drives an RNN's units into saturation; a tiny one keeps them linear.
+    big = gf.fresh_model("rnn", vocab, 16, 1, seed=0)
+    gf.set_spectral_radius(big, 20.0)
+    small = gf.fresh_model("rnn", vocab, 16, 1, seed=0)
+    gf.set_spectral_radius(small, 0.1)
+    sat_big = gf.measure(big, ids, 10, 2, 4, 0).layers[0].saturation["h"]
+    sat_small = gf.measure(small, ids, 10, 2, 4, 0).layers[0].saturation["h"]
+    assert sat_big > 0.5 and sat_small == 0.0
+    lstm = gf.measure(gf.fresh_model("lstm", vocab, 8, 1, 0), ids, 5, 1, 2, 0).layers[0]
+    assert set(lstm.saturation) == {"i", "f", "g", "o", "tanh(c)"}
+    assert set(lstm.radius) == {"i", "f", "g", "o"}
+
+
+def test_short_corpus_is_a_clear_error(shakespeare):
+    vocab, ids = shakespeare
+    with pytest.raises(CharrnnError, match="smaller --max-k"):
+        gf.measure(gf.fresh_model("rnn", vocab, 4, 1, 0), ids[:50], 100, 1, 1, 0)
+
+
+# -- CLI --------------------------------------------------------------------------------------
+
+
+def test_cli_prints_chart_and_table():
+    r = runner.invoke(app, ["gradflow", "--cell", "rnn,lstm,gru", "--max-k", "20", "--hidden", "16"])
+    assert r.exit_code == 0, r.output
+    for word in ("rnn", "lstm", "gru", "vanished", "radius", "saturated", "1e+00", "steps back"):
+        assert word in r.stdout, word
+    assert "┤" in r.stdout and "└" in r.stdout  # the chart's axes
+
+
+def test_cli_json_parses_and_holds_the_series():
+    r = runner.invoke(app, ["gradflow", "--cell", "rnn,gru", "--max-k", "12", "--hidden", "8",
+                            "--layers", "2", "--windows", "2", "--batch", "3", "--radius", "0.5", "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["k"] == list(range(13))
+    assert [m["cell"] for m in data["models"]] == ["rnn", "gru"]
+    for m in data["models"]:
+        assert len(m["per_layer"]) == 2
+        for layer in m["per_layer"]:
+            assert len(layer["norm"]) == 13 and layer["norm"][0] > 0
+            assert all(v == pytest.approx(0.5) for v in layer["spectral_radius"].values())
+
+
+def test_cli_measures_a_checkpoint(tmp_path, shakespeare):
+    vocab, _ = shakespeare
+    spec = ModelSpec("gru", vocab.size, 8, 1)
+    flat = init_params(spec, np.random.default_rng(0), np.float32)
+    path = tmp_path / "run" / "best.npz"
+    save_checkpoint(path, {"params": flat},
+                    {"config": {"cell": "gru", "hidden": 8, "layers": 1}, "vocab": vocab.to_json()})
+    r = runner.invoke(app, ["gradflow", str(path.parent), "--max-k", "5", "--windows", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    (m,) = json.loads(r.stdout)["models"]
+    assert (m["label"], m["cell"], m["hidden"]) == ("run/best.npz", "gru", 8)
+
+    r = runner.invoke(app, ["gradflow", str(path), "--cell", "lstm"])
+    assert r.exit_code == 1 and isinstance(r.exception, CharrnnError)
+
+
+def test_cli_bad_values_are_usage_errors():
+    assert runner.invoke(app, ["gradflow", "--cell", "rnn,transformer"]).exit_code == 2
+    assert runner.invoke(app, ["gradflow", "--max-k", "0"]).exit_code == 2
+    assert runner.invoke(app, ["gradflow", "--radius", "-1"]).exit_code == 2
+
+
+def test_cli_png_without_matplotlib_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    r = runner.invoke(app, ["gradflow", "--cell", "rnn", "--max-k", "5", "--png", str(tmp_path / "g.png")])
+    assert r.exit_code == 1 and isinstance(r.exception, CharrnnError)
+    assert "pip install" in str(r.exception) and "\n" not in str(r.exception)
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_cli_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "g.png"
+    r = runner.invoke(app, ["gradflow", "--cell", "rnn,lstm", "--max-k", "8", "--hidden", "8",
+                            "--windows", "1", "--png", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,119 @@
+"""`charrnn plot` and the terminal chart: reading metrics.jsonl, drawing, PNG, errors."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from charrnn.cli import app
+from charrnn.errors import CharrnnError
+from charrnn.plot import read_metrics, summary
+from charrnn.termchart import MARKERS, line_chart, nice_ticks
+
+runner = CliRunner()
+
+
+def _write_run(folder, torn=True):
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for step in range(1, 41):
+        lines.append({"kind": "train", "step": step, "epoch": 0, "loss": 4.0 / step ** 0.3,
+                      "bpc": 5.0 / step ** 0.3, "grad_norm": 10.0 / step, "clipped": step < 5,
+                      "lr": 2e-3, "chars_per_sec": 1e5, "time": step * 0.1, "new_key": [1, 2]})
+        if step % 10 == 0:
+            lines.append({"kind": "val", "step": step, "loss": 3.0 / step ** 0.2, "bpc": 4.0 / step ** 0.2})
+    lines.append({"kind": "sample", "step": 40, "text": "ROMEO:"})  # a kind plot does not know
+    lines.append({"kind": "test", "loss": 1.5, "bpc": 2.1640})
+    text = "\n".join(json.dumps(x) for x in lines) + "\n"
+    if torn:
+        text += '{"kind": "train", "step": 41, "lo'  # the crash came while appending
+    (folder / "metrics.jsonl").write_text(text)
+    return folder
+
+
+def test_read_metrics_keeps_train_val_test_and_skips_the_rest(tmp_path):
+    m = read_metrics(_write_run(tmp_path / "run"))
+    assert m.train["step"] == list(range(1, 41))
+    assert m.train["grad_norm"][0] == 10.0
+    assert m.val["step"] == [10, 20, 30, 40]
+    assert m.test == {"loss": 1.5, "bpc": 2.164}
+    assert m.torn_last_line
+    s = summary(m)
+    assert "40 train records" in s and "best val" in s and "test 2.1640 bpc" in s and "torn" in s
+
+
+def test_read_metrics_errors(tmp_path):
+    with pytest.raises(CharrnnError, match="no metrics.jsonl"):
+        read_metrics(tmp_path / "nothing")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": 2}\n{oops\n{"kind": "val", "step": 1}\n')
+    with pytest.raises(CharrnnError, match="line 2"):
+        read_metrics(bad)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "metrics.jsonl").write_text('{"kind": "config"}\n')
+    with pytest.raises(CharrnnError, match="no train or val"):
+        read_metrics(empty)
+
+
+def test_line_chart_draws_each_series_with_its_marker_and_a_legend():
+    k = np.arange(50)
+    chart = line_chart([("fast", k, 0.5 ** k), ("slow", k, 0.9 ** k), ("none", k, np.zeros(50))],
+                       width=40, height=10, log_y=True, title="t", x_label="k").plain
+    lines = chart.splitlines()
+    grid = [line.split("┤", 1)[-1].split("│", 1)[-1] for line in lines if "┤" in line or "│" in line]
+    assert len(grid) == 10 and all(len(row) == 40 for row in grid)  # the fixed-size grid
+    assert grid[0][0] in MARKERS[:2]  # both series start at 1 = the top left corner
+    assert MARKERS[0] in grid[-1]  # 0.5^49 ~ 2e-15 reaches the bottom row...
+    assert MARKERS[1] not in grid[-1]  # ...0.9^49 ~ 6e-3 does not
+    assert "1e+00" in chart and "1e-15" in chart  # 15 decades, every 3rd labelled, bottom too
+    assert "20" in lines[-3] and "40" in lines[-3]  # x tick labels
+    assert "fast" in chart and "slow" in chart and "none (no data)" in chart
+    assert "└" in chart and "49" not in lines[0]
+
+
+def test_line_chart_linear_axis_gaps_and_empty_input():
+    chart = line_chart([("a", [0, 1, 2, 3, 4], [1.0, np.nan, 3.0, 2.0, 2.5])], width=20, height=6).plain
+    rows = [line.split("┤", 1)[-1].split("│", 1)[-1] for line in chart.splitlines()[:6]]
+    assert rows[-1].strip() == MARKERS[0]  # (0, 1) stands alone: the NaN cut the line
+    assert rows[-1][1:11].strip() == ""
+    assert "3 ┤" in chart and "1 ┤" in chart and "nan" not in chart
+    assert "no data" in line_chart([("a", [], [])]).plain
+    assert nice_ticks(0, 100, 5) == [0, 20, 40, 60, 80, 100]
+    assert nice_ticks(1, 7, 4) == [2, 4, 6]
+
+
+def test_cli_plot_draws_both_charts(tmp_path):
+    run = _write_run(tmp_path / "run")
+    r = runner.invoke(app, ["plot", str(run)])
+    assert r.exit_code == 0, r.output
+    for word in ("loss (nats)", "train loss", "val loss", "gradient norm before clipping", "best val"):
+        assert word in r.stdout, word
+
+
+def test_cli_plot_of_a_missing_run_exits_1(tmp_path):
+    r = runner.invoke(app, ["plot", str(tmp_path / "nope")])
+    assert r.exit_code == 1 and isinstance(r.exception, CharrnnError)
+    # through the real entry point: one red line on stderr, exit code 1
+    p = subprocess.run([sys.executable, "-m", "charrnn", "plot", str(tmp_path / "nope")],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1
+    assert "error:" in p.stderr and "metrics.jsonl" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_cli_plot_png_without_matplotlib(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    r = runner.invoke(app, ["plot", str(_write_run(tmp_path / "run")), "--png", str(tmp_path / "p.png")])
+    assert r.exit_code == 1 and isinstance(r.exception, CharrnnError)
+    assert "pip install matplotlib" in str(r.exception)
+
+
+def test_cli_plot_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "p.png"
+    r = runner.invoke(app, ["plot", str(_write_run(tmp_path / "run")), "--png", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
