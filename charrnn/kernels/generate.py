@@ -46,7 +46,7 @@ character to be chosen, drawn from its numpy Generator.
 import numpy as np
 
 from ._jit import kernel
-from .activations import sigmoid
+from .activations import sigmoid, tanh
 
 RNN, LSTM, GRU = 0, 1, 2
 CELL_CODES = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
@@ -124,23 +124,23 @@ def _step(h, c, xg, hg, x_id, params, offs, cell, V, blas):
         hl = h[l]
         if cell == RNN:
             for j in range(H):
-                hl[j] = np.tanh(hg[j] + xg[j])
+                hl[j] = tanh(hg[j] + xg[j])
         elif cell == LSTM:
             cl = c[l]
             for j in range(H):
                 i = sigmoid(hg[j] + xg[j])
                 f = sigmoid(hg[H + j] + xg[H + j])
-                g = np.tanh(hg[2 * H + j] + xg[2 * H + j])
+                g = tanh(hg[2 * H + j] + xg[2 * H + j])
                 o = sigmoid(hg[3 * H + j] + xg[3 * H + j])
                 cj = f * cl[j] + i * g
                 cl[j] = cj
-                hl[j] = o * np.tanh(cj)
+                hl[j] = o * tanh(cj)
         else:
             bhn = params[o_bhn : o_bhn + H]
             for j in range(H):
                 r = sigmoid(xg[j] + hg[j])
                 z = sigmoid(xg[H + j] + hg[H + j])
-                n = np.tanh(xg[2 * H + j] + r * (hg[2 * H + j] + bhn[j]))
+                n = tanh(xg[2 * H + j] + r * (hg[2 * H + j] + bhn[j]))
                 hl[j] = (1.0 - z) * n + z * hl[j]
 
 
