@@ -183,10 +183,10 @@ def sample(
     import os
     import sys
 
-    from .sampling import Sampler, load_model, samples, warm_up
+    from .sampling import SAMPLE_THREADS, Sampler, load_model, samples, warm_up
 
     model = load_model(checkpoint)
-    texts = samples(Sampler(model.spec, model.params), model.vocab, length=length, prime=prime, seed=seed,
+    texts = samples(Sampler(model.spec, model.params, threads=SAMPLE_THREADS), model.vocab, length=length, prime=prime, seed=seed,
                     temperature=temperature, top_k=top_k, top_p=top_p, num_samples=num_samples)
     _first_call(lambda: warm_up(model.spec, model.params.dtype))
     try:

@@ -26,13 +26,13 @@ class TrainConfig:
     dropout: float = 0.0  # on the input of every layer above the first and of the output layer
     # truncated BPTT (DESIGN.md): an update every k1 steps, gradients flow back k2 steps
     batch: int = 32  # parallel streams
-    k1: int = 100
-    k2: int = 100
+    k1: int = 50  # char-rnn's sequence length; twice the updates per character of 100
+    k2: int = 50
     # optimization
     optimizer: str = "adam"
     lr: float = 2e-3
     lr_decay: float = 0.95  # multiply the learning rate by this ...
-    decay_every: int = 250  # ... every this many updates (0: never)
+    decay_every: int = 500  # ... every this many updates (0: never)
     warmup: int = 0  # linear warm-up over this many updates
     clip_norm: float = 5.0  # global-norm clipping (Pascanu et al. 2013); 0 turns it off
     clip_value: float = 0.0  # element clipping (Mikolov 2012); 0 turns it off
