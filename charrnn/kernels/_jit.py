@@ -34,3 +34,12 @@ def kernel(fn):
 def parallel_kernel(fn):
     """Compile a kernel whose `prange` loops run on numba's threads."""
     return numba.njit(cache=True, fastmath=FASTMATH, error_model=ERROR_MODEL, nogil=True, parallel=True)(fn)
+
+
+@kernel
+def block(n, n_blocks, i):
+    """Bounds [lo, hi) of block i when n rows are cut into n_blocks blocks for the threads
+    (the last ones may be short or empty)."""
+    size = (n + n_blocks - 1) // n_blocks
+    lo = min(n, i * size)
+    return lo, min(n, lo + size)

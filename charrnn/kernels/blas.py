@@ -12,17 +12,15 @@ inside a kernel would keep it from being cached).
 import numpy as np
 from numba import prange
 
-from ._jit import parallel_kernel
+from ._jit import block, parallel_kernel
 
 
 @parallel_kernel
 def matmul(out, a, b, n_blocks):
     # out (M,N) = a (M,K) @ b (K,N), threads split the M rows
     M = out.shape[0]
-    size = (M + n_blocks - 1) // n_blocks
     for i in prange(n_blocks):
-        lo = min(M, i * size)
-        hi = min(M, lo + size)
+        lo, hi = block(M, n_blocks, i)
         if hi > lo:
             np.dot(a[lo:hi], b, out[lo:hi])
 
@@ -31,11 +29,9 @@ def matmul(out, a, b, n_blocks):
 def matmul_nt(out, a, b, n_blocks):
     # out (M,N) = a (M,K) @ b.T with b (N,K), threads split the M rows
     M = out.shape[0]
-    size = (M + n_blocks - 1) // n_blocks
     bt = b.T
     for i in prange(n_blocks):
-        lo = min(M, i * size)
-        hi = min(M, lo + size)
+        lo, hi = block(M, n_blocks, i)
         if hi > lo:
             np.dot(a[lo:hi], bt, out[lo:hi])
 
@@ -48,15 +44,13 @@ def matmul_tn_acc(out, a, b, n_blocks):
     M = a.shape[0]
     K, N = out.shape
     partial = np.zeros((n_blocks, K, N), out.dtype)
-    size = (M + n_blocks - 1) // n_blocks
     for i in prange(n_blocks):
-        lo = min(M, i * size)
-        hi = min(M, lo + size)
+        lo, hi = block(M, n_blocks, i)
         if hi > lo:
             np.dot(a[lo:hi].T, b[lo:hi], partial[i])
-    ksize = (K + n_blocks - 1) // n_blocks
     for i in prange(n_blocks):
-        for k in range(min(K, i * ksize), min(K, i * ksize + ksize)):
+        k_lo, k_hi = block(K, n_blocks, i)
+        for k in range(k_lo, k_hi):
             for j in range(n_blocks):
                 for n in range(N):
                     out[k, n] += partial[j, k, n]
@@ -66,9 +60,9 @@ def matmul_tn_acc(out, a, b, n_blocks):
 def add_row(out, v, n_blocks):
     # out (M,N) += v (N,) on every row, threads split the rows
     M, N = out.shape
-    size = (M + n_blocks - 1) // n_blocks
     for i in prange(n_blocks):
-        for m in range(min(M, i * size), min(M, i * size + size)):
+        m_lo, m_hi = block(M, n_blocks, i)
+        for m in range(m_lo, m_hi):
             for n in range(N):
                 out[m, n] += v[n]
 
@@ -77,10 +71,8 @@ def add_row(out, v, n_blocks):
 def column_sums_acc(out, a, n_blocks):
     # out (N,) += sum over rows of a (M,N), threads split the columns
     M, N = a.shape
-    size = (N + n_blocks - 1) // n_blocks
     for i in prange(n_blocks):
-        lo = min(N, i * size)
-        hi = min(N, lo + size)
+        lo, hi = block(N, n_blocks, i)
         for m in range(M):
             for n in range(lo, hi):
                 out[n] += a[m, n]

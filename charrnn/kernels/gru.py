@@ -16,7 +16,7 @@ Each thread runs the whole time loop for its own block of rows [lo, hi) of the b
 import numpy as np
 from numba import prange
 
-from ._jit import kernel, parallel_kernel
+from ._jit import block, kernel, parallel_kernel
 from .activations import sigmoid, tanh
 
 
@@ -50,10 +50,8 @@ def gru_forward(hs, acts, hn, xproj, Wh, bhn, n_blocks):
     # acts (T,B,3H) out: r, z, n      hn (T,B,H) out: hp_n + b_hn (needed for dr)
     # xproj (T,B,3H) in: input projection incl. b     Wh (H,3H)   bhn (H,)
     B = hs.shape[1]
-    size = (B + n_blocks - 1) // n_blocks
-    for blk in prange(n_blocks):
-        lo = min(B, blk * size)
-        hi = min(B, lo + size)
+    for i in prange(n_blocks):
+        lo, hi = block(B, n_blocks, i)
         if hi > lo:
             _gru_forward_rows(hs, acts, hn, xproj, Wh, bhn, lo, hi)
 
@@ -112,9 +110,7 @@ def gru_backward(dxproj, dhp, dh, dh_tmp, dhs, hs, acts, hn, Wh, n_blocks):
     # dWh = sum_t h_{t-1}^T dhp_t and db_hn (the column sums of dhp's n block, since b_hn
     # enters beside hp_n) follow as one product and one sum after this (cells.py).
     B = dh.shape[0]
-    size = (B + n_blocks - 1) // n_blocks
-    for blk in prange(n_blocks):
-        lo = min(B, blk * size)
-        hi = min(B, lo + size)
+    for i in prange(n_blocks):
+        lo, hi = block(B, n_blocks, i)
         if hi > lo:
             _gru_backward_rows(dxproj, dhp, dh, dh_tmp, dhs, hs, acts, hn, Wh, lo, hi)

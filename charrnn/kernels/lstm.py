@@ -17,7 +17,7 @@ Streams are independent, so each thread runs the whole time loop for its own blo
 import numpy as np
 from numba import prange
 
-from ._jit import kernel, parallel_kernel
+from ._jit import block, kernel, parallel_kernel
 from .activations import sigmoid, tanh
 
 
@@ -56,10 +56,8 @@ def lstm_forward(hs, cs, acts, tcs, xproj, Wh, n_blocks):
     # acts (T,B,4H) out: activated gates i,f,g,o      tcs (T,B,H) out: tanh(c_t)
     # xproj (T,B,4H) in: input projection incl. bias  Wh (H,4H)
     B = hs.shape[1]
-    size = (B + n_blocks - 1) // n_blocks
-    for blk in prange(n_blocks):
-        lo = min(B, blk * size)
-        hi = min(B, lo + size)
+    for i in prange(n_blocks):
+        lo, hi = block(B, n_blocks, i)
         if hi > lo:
             _lstm_forward_rows(hs, cs, acts, tcs, xproj, Wh, lo, hi)
 
@@ -109,9 +107,7 @@ def lstm_backward(dxproj, dh, dc, dhs, cs, acts, tcs, Wh, n_blocks):
     # dhs (T,B,H) in: gradient w.r.t. h_t from the layer above / the output layer
     # The weight gradient dWh = sum_t h_{t-1}^T da_t is one product after this (cells.py).
     B = dh.shape[0]
-    size = (B + n_blocks - 1) // n_blocks
-    for blk in prange(n_blocks):
-        lo = min(B, blk * size)
-        hi = min(B, lo + size)
+    for i in prange(n_blocks):
+        lo, hi = block(B, n_blocks, i)
         if hi > lo:
             _lstm_backward_rows(dxproj, dh, dc, dhs, cs, acts, tcs, Wh, lo, hi)

@@ -10,7 +10,7 @@ Each thread runs the whole time loop for its own block of rows [lo, hi) of the b
 import numpy as np
 from numba import prange
 
-from ._jit import kernel, parallel_kernel
+from ._jit import block, kernel, parallel_kernel
 from .activations import tanh
 
 
@@ -32,10 +32,8 @@ def rnn_forward(hs, xproj, Wh, n_blocks):
     # hs (T+1,B,H) in/out: slot 0 read, slots 1..T written
     # xproj (T,B,H) in: input projection incl. bias    Wh (H,H)
     B = hs.shape[1]
-    size = (B + n_blocks - 1) // n_blocks
-    for blk in prange(n_blocks):
-        lo = min(B, blk * size)
-        hi = min(B, lo + size)
+    for i in prange(n_blocks):
+        lo, hi = block(B, n_blocks, i)
         if hi > lo:
             _rnn_forward_rows(hs, xproj, Wh, lo, hi)
 
@@ -66,9 +64,7 @@ def rnn_backward(dxproj, dh, dhs, hs, Wh, n_blocks):
     # dhs (T,B,H) in: gradient w.r.t. h_t from above
     # The weight gradient dWh = sum_t h_{t-1}^T da_t is one product after this (cells.py).
     B = dh.shape[0]
-    size = (B + n_blocks - 1) // n_blocks
-    for blk in prange(n_blocks):
-        lo = min(B, blk * size)
-        hi = min(B, lo + size)
+    for i in prange(n_blocks):
+        lo, hi = block(B, n_blocks, i)
         if hi > lo:
             _rnn_backward_rows(dxproj, dh, dhs, hs, Wh, lo, hi)
