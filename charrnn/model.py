@@ -177,25 +177,19 @@ class Stack:
     def loss(self, params, c0, t1):
         """Sum of -log p(target) over the predictions of steps [c0, t1), in nats (float64)."""
         _, out = self.layout.layer_views(params)
-        h2d = self._output_input(c0, t1)
+        h2d = self._stored_input(self.spec.layers, c0, t1)
         logits = self.logits[: h2d.shape[0]]
         logits_forward(logits, h2d, out["Wy"], out["by"])
         rows = self.row_loss[: h2d.shape[0]]
         xent(logits, rows, self.targets[c0:t1].reshape(-1))
         return float(rows.sum(dtype=np.float64))
 
-    def _output_input(self, c0, t1):
-        L, H = self.spec.layers, self.spec.hidden
-        if self.masks[L] is None:
-            return self.bufs[L - 1]["hs"][c0 + 1 : t1 + 1].reshape(-1, H)
-        return self.dropped[L][c0:t1].reshape(-1, H)
-
     def output_grad(self, params, grads, c0, t1, scale):
         """Loss of steps [c0, t1) (sum, nats) and its gradient, times `scale`, into `grads` and
         into dhs of the top layer. Call after forward, before backward."""
         _, out = self.layout.layer_views(params)
         _, gout = self.layout.layer_views(grads)
-        h2d = self._output_input(c0, t1)
+        h2d = self._stored_input(self.spec.layers, c0, t1)
         n = h2d.shape[0]
         dlogits = self.logits[:n]
         logits_forward(dlogits, h2d, out["Wy"], out["by"])
@@ -237,6 +231,8 @@ class Stack:
         return self.dstate
 
     def _stored_input(self, l, t0, t1):
+        """The input of layer l (l = L: the output layer) for steps [t0, t1) as the last forward
+        left it, dropout applied: (n*B, H), C-contiguous."""
         if self.masks[l] is None:
             return self.bufs[l - 1]["hs"][t0 + 1 : t1 + 1].reshape(-1, self.spec.hidden)
         return self.dropped[l][t0:t1].reshape(-1, self.spec.hidden)
