@@ -318,7 +318,9 @@ def gradflow(
                 cells.append(name)
     if png is not None:
         require_pyplot()  # fail before the measurement, not after it
-    corpus = corpus or gf.DEFAULT_CORPUS
+    from .corpus import default_corpus
+
+    corpus = corpus or default_corpus()
     text = read_text(corpus)
     with err.status("measuring gradient flow (the first run compiles the kernels)..."):
         flows = gf.run(text, cells=cells, checkpoint=checkpoint, hidden=hidden or 64, layers=layers or 1,

@@ -46,6 +46,18 @@ _MIN_GOOD_WINDOW = 8
 # Reading
 
 
+def default_corpus() -> Path:
+    """The shipped corpus: corpora/ beside the package (a checkout or an editable install),
+    else corpora/ in the working directory."""
+    for base in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        path = base / "corpora" / "tinyshakespeare.txt"
+        if path.is_file():
+            return path
+    raise CharrnnError("no corpus given and the shipped corpora/tinyshakespeare.txt was not found; "
+                       "pass a text file: charrnn train FILE")
+
+
+
 def check_encoding(encoding: str) -> str:
     """The canonical name of an encoding (one of ENCODINGS), or a CharrnnError."""
     name = str(encoding).strip().lower()

@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 
+from .cells import CELLS
 from .corpus import EvalStreams
 from .model import ModelSpec, Stack
 
@@ -41,14 +42,14 @@ def _warm_state(spec, params, ids, streams, warmup):
     reading the `warmup` characters before it, from a zero state."""
     B, S = streams.batch, streams.stream_length
     w = min(warmup, S)
-    zero = Stack(spec, 1, 1, params.dtype).get_state(0)
+    n_states = len(CELLS[spec.cell].states)
     if B == 1 or w == 0:
-        return [[np.zeros((B,) + a.shape[1:], a.dtype) for a in layer] for layer in zero]
+        return [[np.zeros((B, spec.hidden), params.dtype) for _ in range(n_states)] for _ in range(spec.layers)]
     warm = Stack(spec, B - 1, w, params.dtype)
     starts = np.arange(1, B) * S  # stream b begins at ids[b * S]
     warm.ids[:] = ids[starts[None, :] - w + np.arange(w)[:, None]]
     warm.forward(params, 0, w)
-    return [[np.concatenate([np.zeros((1,) + a.shape[1:], a.dtype), a]) for a in layer]
+    return [[np.concatenate([np.zeros((1, spec.hidden), a.dtype), a]) for a in layer]
             for layer in warm.get_state(w)]
 
 

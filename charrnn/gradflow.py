@@ -35,13 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-import charrnn
-
 from .corpus import Vocab
 from .errors import CharrnnError
 from .model import Layout, ModelSpec, Stack, init_params
 
-DEFAULT_CORPUS = Path(charrnn.__file__).resolve().parent.parent / "corpora" / "tinyshakespeare.txt"
 
 VANISH_RATIO = 1e-3  # "vanished": the norm fell below this fraction of its value at k = 0
 TANH_SAT = 0.99  # |tanh| above this: derivative 1 - y^2 < 0.02

@@ -17,7 +17,7 @@ import numpy as np
 from . import __version__
 from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .corpus import Streams, Vocab, fit_batch_and_window, read_text, split
+from .corpus import Streams, Vocab, default_corpus, fit_batch_and_window, read_text, split
 from .errors import CharrnnError
 from .evaluate import bits, evaluate
 from .model import ModelSpec, Stack, init_params
@@ -25,17 +25,6 @@ from .optim import Optimizer, clip_by_norm, clip_by_value, learning_rate
 from .tbptt import Scheduler
 
 LOG_EVERY = 10  # updates per line of the metrics log
-
-
-def default_corpus() -> Path:
-    """The shipped corpus: corpora/ beside the package (a checkout or an editable install),
-    else corpora/ in the working directory."""
-    for base in (Path(__file__).resolve().parent.parent, Path.cwd()):
-        path = base / "corpora" / "tinyshakespeare.txt"
-        if path.is_file():
-            return path
-    raise CharrnnError("no corpus given and the shipped corpora/tinyshakespeare.txt was not found; "
-                       "pass a text file: charrnn train FILE")
 
 
 class Interrupted(Exception):
@@ -135,7 +124,8 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def update(self):
-        """One k1/k2 update. Returns (mean loss in nats, gradient norm before clipping, clipped)."""
+        """One k1/k2 update. Returns (mean loss in nats, gradient norm before clipping, whether
+        clipping fired, the learning rate used)."""
         cfg, stack, sched = self.cfg, self.stack, self.sched
         ids, targets = sched.inputs(stack)
         if self.streams.next(cfg.k1, ids, targets):

@@ -45,7 +45,6 @@ def _cell_step(cell, x, state, p):
 def _cell_step_back(cell, dstate, cache, p, g):
     """Backward of one step: dstate = gradient w.r.t. the new state; accumulates into g and
     returns (dx, gradient w.r.t. the old state)."""
-    H = p["Wh"].shape[0]
     if cell == "rnn":
         x, h, h_new = cache
         (dh_new,) = dstate

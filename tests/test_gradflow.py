@@ -10,7 +10,7 @@ import reference
 from charrnn import gradflow as gf
 from charrnn.checkpoint import save_checkpoint
 from charrnn.cli import app
-from charrnn.corpus import Vocab, read_text
+from charrnn.corpus import Vocab, default_corpus, read_text
 from charrnn.errors import CharrnnError
 from charrnn.model import Layout, ModelSpec, Stack, init_params
 
@@ -19,7 +19,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def shakespeare():
-    text = read_text(gf.DEFAULT_CORPUS)[:20000]
+    text = read_text(default_corpus())[:20000]
     vocab = Vocab.from_text(text)
     return vocab, gf.corpus_ids(text, vocab)
 
