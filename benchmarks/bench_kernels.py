@@ -22,6 +22,7 @@ from charrnn.model import ModelSpec, Stack, init_params
 
 SHAPES = [(128, 65), (256, 65), (512, 65), (256, 6000)]  # (H, V)
 T, B = 100, 32
+SAMPLE_SECONDS = 0.25  # length of one timed sample; the two sides alternate sample by sample
 
 
 def matmul_gflops():
@@ -34,10 +35,18 @@ def matmul_gflops():
     return 2 * 2048**3 / best / 1e9
 
 
-def _timed(fn):
+def _timed(fn, n=1):
+    """Seconds per call of fn, over n calls in a row."""
     t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t) / n
+
+
+def _calls_per_sample(fn, seconds=SAMPLE_SECONDS):
+    """How many calls in a row make one timed sample: single updates of a few milliseconds
+    are at the mercy of every hiccup of a shared machine."""
+    return max(1, round(seconds / _timed(fn)))
 
 
 def ours(cell, H, V):
@@ -80,7 +89,7 @@ def theirs(torch, cell, H, V):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cell", default="all", choices=["all", "rnn", "lstm", "gru"])
-    ap.add_argument("--repeats", type=int, default=5, help="timed updates per side (median reported)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed samples per side (median reported)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     args = ap.parse_args()
     try:
@@ -104,14 +113,16 @@ def main():
             reps = args.repeats if V < 1000 else max(2, args.repeats // 2)
             mine = ours(cell, H, V)
             mine()  # compile and warm up
+            n_mine = _calls_per_sample(mine)
             other = theirs(torch, cell, H, V) if torch else None
             if other:
                 other()
+                n_other = _calls_per_sample(other)
             ts_mine, ts_other = [], []
             for _ in range(reps):  # alternate, so that both see the same machine load
-                ts_mine.append(_timed(mine))
+                ts_mine.append(_timed(mine, n_mine))
                 if other:
-                    ts_other.append(_timed(other))
+                    ts_other.append(_timed(other, n_other))
             cps = T * B / statistics.median(ts_mine)
             gflops = (6 * H * G * H + 6 * H * V) * cps / 1e9
             line = f"{cell:5} {H:4d} {V:5d} {cps:9.0f} {gflops:8.1f} {gflops / peak:7.0%}"

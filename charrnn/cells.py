@@ -13,11 +13,18 @@ from .kernels._jit import threads
 from .kernels.blas import column_sums_acc, matmul_tn_acc
 from .kernels.gru import gru_backward, gru_forward
 from .kernels.lstm import lstm_backward, lstm_forward
+from .kernels.panels import gate_panels, pack_gate_panels, pack_transposed_panels, transposed_panels
 from .kernels.rnn import rnn_backward, rnn_forward
 
 
 def _uniform(rng, shape, bound, dtype):
     return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+def _panel_buffers(H, gates, dtype):
+    """Wh packed for the forward product (Wp) and Wh^T for the backward one (WTp), refreshed
+    from the parameters at every call (kernels/panels.py)."""
+    return {"Wp": gate_panels(H, H, gates, dtype), "WTp": transposed_panels(H, gates * H, dtype)}
 
 
 class RNNCell:
@@ -34,14 +41,16 @@ class RNNCell:
             v[...] = _uniform(rng, v.shape, 1.0 / np.sqrt(H), v.dtype)
 
     def buffers(self, T, B, H, dtype):
-        return {"hs": np.zeros((T + 1, B, H), dtype)}, {}
+        return {"hs": np.zeros((T + 1, B, H), dtype)}, _panel_buffers(H, 1, dtype)
 
-    def forward(self, buf, p, xproj, t0, t1):
-        rnn_forward(buf["hs"][t0 : t1 + 1], xproj[t0:t1], p["Wh"], threads())
+    def forward(self, buf, scratch, p, xproj, t0, t1):
+        pack_gate_panels(p["Wh"], scratch["Wp"])
+        rnn_forward(buf["hs"][t0 : t1 + 1], xproj[t0:t1], scratch["Wp"], threads())
 
     def backward(self, buf, scratch, p, g, dxproj, dhs, dstate, t0, t1):
         hs, H = buf["hs"], p["Wh"].shape[0]
-        rnn_backward(dxproj[t0:t1], dstate["hs"], dhs[t0:t1], hs[t0 : t1 + 1], p["Wh"], threads())
+        pack_transposed_panels(p["Wh"], scratch["WTp"])
+        rnn_backward(dxproj[t0:t1], dstate["hs"], dhs[t0:t1], hs[t0 : t1 + 1], scratch["WTp"], threads())
         # dWh = sum_t h_{t-1}^T da_t, one product over the whole window
         matmul_tn_acc(g["Wh"], hs[t0:t1].reshape(-1, H), dxproj[t0:t1].reshape(-1, H), threads())
 
@@ -67,16 +76,18 @@ class LSTMCell:
             "acts": np.zeros((T, B, 4 * H), dtype),
             "tcs": np.zeros((T, B, H), dtype),
         }
-        return buf, {}
+        return buf, _panel_buffers(H, 4, dtype)
 
-    def forward(self, buf, p, xproj, t0, t1):
+    def forward(self, buf, scratch, p, xproj, t0, t1):
+        pack_gate_panels(p["Wh"], scratch["Wp"])
         lstm_forward(buf["hs"][t0 : t1 + 1], buf["cs"][t0 : t1 + 1], buf["acts"][t0:t1],
-                     buf["tcs"][t0:t1], xproj[t0:t1], p["Wh"], threads())
+                     buf["tcs"][t0:t1], xproj[t0:t1], scratch["Wp"], threads())
 
     def backward(self, buf, scratch, p, g, dxproj, dhs, dstate, t0, t1):
         hs, H = buf["hs"], p["Wh"].shape[0]
+        pack_transposed_panels(p["Wh"], scratch["WTp"])
         lstm_backward(dxproj[t0:t1], dstate["hs"], dstate["cs"], dhs[t0:t1], buf["cs"][t0 : t1 + 1],
-                      buf["acts"][t0:t1], buf["tcs"][t0:t1], p["Wh"], threads())
+                      buf["acts"][t0:t1], buf["tcs"][t0:t1], scratch["WTp"], threads())
         # dWh = sum_t h_{t-1}^T da_t, one product over the whole window
         matmul_tn_acc(g["Wh"], hs[t0:t1].reshape(-1, H), dxproj[t0:t1].reshape(-1, 4 * H), threads())
 
@@ -100,17 +111,19 @@ class GRUCell:
             "acts": np.zeros((T, B, 3 * H), dtype),
             "hn": np.zeros((T, B, H), dtype),
         }
-        scratch = {"dhp": np.zeros((T, B, 3 * H), dtype), "dh_tmp": np.zeros((B, H), dtype)}
+        scratch = {"dhp": np.zeros((T, B, 3 * H), dtype), **_panel_buffers(H, 3, dtype)}
         return buf, scratch
 
-    def forward(self, buf, p, xproj, t0, t1):
+    def forward(self, buf, scratch, p, xproj, t0, t1):
+        pack_gate_panels(p["Wh"], scratch["Wp"])
         gru_forward(buf["hs"][t0 : t1 + 1], buf["acts"][t0:t1], buf["hn"][t0:t1], xproj[t0:t1],
-                    p["Wh"], p["bhn"], threads())
+                    scratch["Wp"], p["bhn"], threads())
 
     def backward(self, buf, scratch, p, g, dxproj, dhs, dstate, t0, t1):
         hs, H, dhp = buf["hs"], p["Wh"].shape[0], scratch["dhp"]
-        gru_backward(dxproj[t0:t1], dhp[t0:t1], dstate["hs"], scratch["dh_tmp"], dhs[t0:t1],
-                     hs[t0 : t1 + 1], buf["acts"][t0:t1], buf["hn"][t0:t1], p["Wh"], threads())
+        pack_transposed_panels(p["Wh"], scratch["WTp"])
+        gru_backward(dxproj[t0:t1], dhp[t0:t1], dstate["hs"], dhs[t0:t1], hs[t0 : t1 + 1],
+                     buf["acts"][t0:t1], buf["hn"][t0:t1], scratch["WTp"], threads())
         # dWh = sum_t h_{t-1}^T dhp_t, one product over the whole window; b_hn enters beside
         # hp_n, so its gradient is the column sum of dhp's n block
         dhp2d = dhp[t0:t1].reshape(-1, 3 * H)

@@ -170,7 +170,7 @@ class Stack:
             else:
                 x2d = self._layer_input(l, t0, t1, rng)
                 dense_forward(xproj[t0:t1].reshape(x2d.shape[0], -1), x2d, p["Wx"], p["b"])
-            self.cell.forward(self.bufs[l], p, xproj, t0, t1)
+            self.cell.forward(self.bufs[l], self.scratch[l], p, xproj, t0, t1)
         self._layer_input(self.spec.layers, t0, t1, rng)  # the output layer's (dropped) input
 
     # -- loss ---------------------------------------------------------------------------------

@@ -90,7 +90,7 @@ def n_states(cell):
 def reference_loss_and_grads(cell, layers, out, ids, targets, state0):
     """layers: [{Wx, Wh, b, (bhn)}] float64; out: {Wy, by}; ids, targets (T,B); state0 per
     layer, a tuple of (B,H). Returns (mean loss in nats, grads like layers, grads like out,
-    final state per layer, top hidden states (T,B,H))."""
+    final state per layer, top hidden states (T,B,H), gradient w.r.t. state0 per layer)."""
     T, B = ids.shape
     V = out["Wy"].shape[1]
     state = [tuple(np.array(s, np.float64) for s in st) for st in state0]
@@ -121,4 +121,4 @@ def reference_loss_and_grads(cell, layers, out, ids, targets, state0):
             ds = list(dstate[l])
             ds[0] = ds[0] + dx_above
             dx_above, dstate[l] = _cell_step_back(cell, tuple(ds), caches[l][t], layers[l], glayers[l])
-    return loss, glayers, gout, state, tops
+    return loss, glayers, gout, state, tops, dstate

@@ -6,8 +6,10 @@ from charrnn.model import Layout, ModelSpec, Stack, init_params
 from reference import n_states, reference_loss_and_grads
 
 CELLS = ["rnn", "lstm", "gru"]
-# (T, B, H, V, L): ordinary, then T=1, B=1, H=1, V=2, three layers
-SHAPES = [(7, 4, 5, 11, 1), (1, 3, 4, 6, 2), (5, 1, 3, 5, 1), (4, 3, 1, 4, 2), (6, 2, 3, 2, 1), (5, 2, 4, 7, 3)]
+# (T, B, H, V, L): ordinary, then T=1, B=1, H=1, V=2, three layers, and H over several
+# weight panels of 16 units with B not a multiple of the 4-row tile
+SHAPES = [(7, 4, 5, 11, 1), (1, 3, 4, 6, 2), (5, 1, 3, 5, 1), (4, 3, 1, 4, 2), (6, 2, 3, 2, 1), (5, 2, 4, 7, 3),
+          (3, 6, 37, 5, 2)]
 
 
 def make_case(cell, T, B, H, V, L, seed=0):
@@ -22,7 +24,8 @@ def make_case(cell, T, B, H, V, L, seed=0):
 
 
 def run_stack(spec, flat, ids, targets, state0, dtype):
-    """Classic full-window BPTT through the kernels: loss (mean, nats), flat grads, final state."""
+    """Classic full-window BPTT through the kernels: loss (mean, nats), flat grads, final state,
+    top hidden states and the gradient w.r.t. the entering state."""
     T, B = ids.shape
     stack = Stack(spec, B, T, dtype)
     stack.ids[:] = ids
@@ -32,20 +35,21 @@ def run_stack(spec, flat, ids, targets, state0, dtype):
     grads = np.zeros_like(params)
     stack.forward(params, 0, T)
     loss = stack.output_grad(params, grads, 0, T, 1.0 / (T * B))
-    stack.backward(params, grads, 0, T)
-    return loss / (T * B), grads, stack.get_state(T), stack.bufs[-1]["hs"][1:].copy()
+    dstate = stack.backward(params, grads, 0, T)
+    dstate0 = [[d[k].copy() for k in stack.cell.states] for d in dstate]
+    return loss / (T * B), grads, stack.get_state(T), stack.bufs[-1]["hs"][1:].copy(), dstate0
 
 
 def reference_flat(spec, flat, ids, targets, state0):
     layout = Layout(spec)
     layers, out = layout.layer_views(flat)
-    loss, glayers, gout, state, tops = reference_loss_and_grads(spec.cell, layers, out, ids, targets, state0)
+    loss, glayers, gout, state, tops, dstate0 = reference_loss_and_grads(spec.cell, layers, out, ids, targets, state0)
     grads = np.zeros_like(flat)
     gl, go = layout.layer_views(grads)
     for dst, src in zip(gl + [go], glayers + [gout]):
         for k in dst:
             dst[k][...] = src[k]
-    return loss, grads, state, tops
+    return loss, grads, state, tops, dstate0
 
 
 def rel_err(a, b):
@@ -56,13 +60,16 @@ def rel_err(a, b):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}-B{}-H{}-V{}-L{}".format(*s))
 def test_float64_matches_reference(cell, shape):
     spec, flat, ids, targets, state0 = make_case(cell, *shape)
-    loss, grads, state, tops = run_stack(spec, flat, ids, targets, state0, np.float64)
-    ref_loss, ref_grads, ref_state, ref_tops = reference_flat(spec, flat, ids, targets, state0)
+    loss, grads, state, tops, dstate0 = run_stack(spec, flat, ids, targets, state0, np.float64)
+    ref_loss, ref_grads, ref_state, ref_tops, ref_dstate0 = reference_flat(spec, flat, ids, targets, state0)
     assert abs(loss - ref_loss) < 1e-12 * max(1.0, abs(ref_loss))
     np.testing.assert_allclose(tops, ref_tops, rtol=1e-11, atol=1e-13)
     for ours, ref in zip(state, ref_state):
         for a, b in zip(ours, ref):
             np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13)
+    for ours, ref in zip(dstate0, ref_dstate0):  # the gradient w.r.t. the entering state
+        for a, b in zip(ours, ref):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-13)
     views, ref_views = Layout(spec).views(grads), Layout(spec).views(ref_grads)
     for name in views:
         np.testing.assert_allclose(views[name], ref_views[name], rtol=1e-9, atol=1e-13, err_msg=name)
@@ -71,8 +78,8 @@ def test_float64_matches_reference(cell, shape):
 @pytest.mark.parametrize("cell", CELLS)
 def test_float32_close_to_float64(cell):
     spec, flat, ids, targets, state0 = make_case(cell, 20, 8, 16, 13, 2, seed=1)
-    loss64, g64, _, tops64 = run_stack(spec, flat, ids, targets, state0, np.float64)
-    loss32, g32, _, tops32 = run_stack(spec, flat, ids, targets, state0, np.float32)
+    loss64, g64, _, tops64, _ = run_stack(spec, flat, ids, targets, state0, np.float64)
+    loss32, g32, _, tops32, _ = run_stack(spec, flat, ids, targets, state0, np.float32)
     assert g32.dtype == np.float32
     assert abs(loss32 - loss64) < 1e-5 * abs(loss64)
     assert rel_err(tops32, tops64) < 1e-5

@@ -18,6 +18,11 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 # exception is a branch in every division, and it kept LLVM from vectorising the gate math
 ERROR_MODEL = "numpy"
 
+# Only explicit `prange` loops run in parallel: numba's automatic parallelisation of array
+# expressions and allocations would add nothing here but compile time.
+PARALLEL = {"prange": True, "comprehension": False, "reduction": False, "inplace_binop": False,
+            "setitem": False, "numpy": False, "stencil": False, "fusion": False}
+
 threadpool_limits(1, user_api="blas")
 
 
@@ -33,7 +38,7 @@ def kernel(fn):
 
 def parallel_kernel(fn):
     """Compile a kernel whose `prange` loops run on numba's threads."""
-    return numba.njit(cache=True, fastmath=FASTMATH, error_model=ERROR_MODEL, nogil=True, parallel=True)(fn)
+    return numba.njit(cache=True, fastmath=FASTMATH, error_model=ERROR_MODEL, nogil=True, parallel=PARALLEL)(fn)
 
 
 @kernel

@@ -11,106 +11,134 @@ product *after* it is taken, together with its own bias b_hn.
 
 Shapes (legend): T steps in the window, B streams, H hidden units, G = 3H gate width.
 Slot t of `hs` holds the state *before* step t: hs[0] enters the window, hs[T] leaves it.
-Each thread runs the whole time loop for its own block of rows [lo, hi) of the batch.
+
+Each thread runs the whole window for its own block of streams [r0, r1), one panel of LANES
+units at a time (panels.py). It works on a scratch row per stream holding LANES units of a few
+quantities ("slots"), so the gate math runs in constant-length vector loops.
 """
 import numpy as np
 from numba import prange
 
 from ._jit import block, kernel, parallel_kernel
 from .activations import sigmoid, tanh
+from .panels import LANES, add_entering_grad, copy_lanes, panel_product, recurrent_grad
+
+# forward slots: r, z, hp_n + b_hn, xproj_n, h_{t-1} (then n, h_t in the last two)
+F_R, F_Z, F_HN, F_XN, F_H = range(5)
+FORWARD_SLOTS = 5
+# backward slots: the recurrent gradient, r, z, n, hp_n + b_hn, h_{t-1}, the gradient carried
+# into h_t and the one from above (then dr, dz, dn, r * dn and the carry to h_{t-1})
+B_REC, B_R, B_Z, B_N, B_HN, B_HPREV, B_DH, B_DHUP = range(8)
+BACKWARD_SLOTS = 8
 
 
 @kernel
-def _gru_forward_rows(hs, acts, hn, xproj, Wh, bhn, lo, hi):
-    T = acts.shape[0]
-    H = Wh.shape[0]
-    for t in range(T):
-        np.dot(hs[t, lo:hi], Wh, acts[t, lo:hi])  # the recurrent product, the only matrix work
-        for r_ in range(lo, hi):
-            a = acts[t, r_]
-            x = xproj[t, r_]
-            h_prev = hs[t, r_]
-            h_new = hs[t + 1, r_]
-            hn_t = hn[t, r_]
-            for j in range(H):
-                r = sigmoid(x[j] + a[j])
-                z = sigmoid(x[H + j] + a[H + j])
-                hnb = a[2 * H + j] + bhn[j]
-                n = tanh(x[2 * H + j] + r * hnb)
-                a[j] = r
-                a[H + j] = z
-                a[2 * H + j] = n
-                hn_t[j] = hnb
-                h_new[j] = (1.0 - z) * n + z * h_prev[j]
+def _gru_forward_panel(hs, acts, hn, xproj, Wp, bhn, S, t, p, r0, r1):
+    # step t for the units of panel p and the streams [r0, r1)
+    B, H = hs.shape[1], hs.shape[2]
+    u0 = p * LANES
+    n = min(LANES, H - u0)
+    for r in range(r0, r1):
+        s = S[r]
+        copy_lanes(s, F_R * LANES, xproj[t, r], u0, n)
+        copy_lanes(s, F_Z * LANES, xproj[t, r], H + u0, n)
+        copy_lanes(s, F_HN * LANES, bhn, u0, n)
+        copy_lanes(s, F_XN * LANES, xproj[t, r], 2 * H + u0, n)
+        copy_lanes(s, F_H * LANES, hs[t, r], u0, n)
+    W = S.shape[1]
+    for g in range(3):  # the recurrent product, the only matrix work
+        panel_product(hs[t], r0 * H, H, r1 - r0, H, Wp[p, g], 0, S, r0 * W + g * LANES, W)
+    for r in range(r0, r1):
+        s = S[r]
+        for j in range(LANES):
+            r_ = sigmoid(s[F_R * LANES + j])
+            z = sigmoid(s[F_Z * LANES + j])
+            n_ = tanh(s[F_XN * LANES + j] + r_ * s[F_HN * LANES + j])
+            s[F_R * LANES + j] = r_
+            s[F_Z * LANES + j] = z
+            s[F_XN * LANES + j] = n_
+            s[F_H * LANES + j] = (1.0 - z) * n_ + z * s[F_H * LANES + j]
+        copy_lanes(acts[t, r], u0, s, F_R * LANES, n)
+        copy_lanes(acts[t, r], H + u0, s, F_Z * LANES, n)
+        copy_lanes(acts[t, r], 2 * H + u0, s, F_XN * LANES, n)
+        copy_lanes(hn[t, r], u0, s, F_HN * LANES, n)
+        copy_lanes(hs[t + 1, r], u0, s, F_H * LANES, n)
 
 
 @parallel_kernel
-def gru_forward(hs, acts, hn, xproj, Wh, bhn, n_blocks):
+def gru_forward(hs, acts, hn, xproj, Wp, bhn, n_blocks):
     # hs (T+1,B,H) in/out: slot 0 read, slots 1..T written
     # acts (T,B,3H) out: r, z, n      hn (T,B,H) out: hp_n + b_hn (needed for dr)
-    # xproj (T,B,3H) in: input projection incl. b     Wh (H,3H)   bhn (H,)
-    B = hs.shape[1]
+    # xproj (T,B,3H) in: input projection incl. b     Wp: Wh packed by pack_gate_panels   bhn (H,)
+    T, B = acts.shape[0], hs.shape[1]
+    S = np.zeros((n_blocks, B, FORWARD_SLOTS * LANES), hs.dtype)
     for i in prange(n_blocks):
-        lo, hi = block(B, n_blocks, i)
-        if hi > lo:
-            _gru_forward_rows(hs, acts, hn, xproj, Wh, bhn, lo, hi)
+        r0, r1 = block(B, n_blocks, i)
+        for t in range(T):
+            for p in range(Wp.shape[0]):
+                _gru_forward_panel(hs, acts, hn, xproj, Wp, bhn, S[i], t, p, r0, r1)
 
 
 @kernel
-def _gru_backward_rows(dxproj, dhp, dh, dh_tmp, dhs, hs, acts, hn, Wh, lo, hi):
-    T = acts.shape[0]
-    H = Wh.shape[0]
-    WhT = Wh.T
-    for t in range(T - 1, -1, -1):
-        for r_ in range(lo, hi):
-            a = acts[t, r_]
-            dx = dxproj[t, r_]
-            dp = dhp[t, r_]
-            h_prev = hs[t, r_]
-            hn_t = hn[t, r_]
-            dh_up = dhs[t, r_]
-            dh_r = dh[r_]
-            for j in range(H):
-                r = a[j]
-                z = a[H + j]
-                n = a[2 * H + j]
-                dh_t = dh_r[j] + dh_up[j]
-                # h_t = (1 - z) * n + z * h_{t-1}
-                dn = dh_t * (1.0 - z)
-                dz = dh_t * (h_prev[j] - n)
-                dh_r[j] = dh_t * z  # direct path; the product path is added below
-                # n = tanh(xproj_n + r * (hp_n + b_hn))
-                dn_pre = dn * (1.0 - n * n)
-                dr = dn_pre * hn_t[j]
-                # r, z = sigmoid(...)
-                dr_pre = dr * r * (1.0 - r)
-                dz_pre = dz * z * (1.0 - z)
-                dx[j] = dr_pre
-                dx[H + j] = dz_pre
-                dx[2 * H + j] = dn_pre
-                dp[j] = dr_pre
-                dp[H + j] = dz_pre
-                dp[2 * H + j] = dn_pre * r
-        # hp_t = h_{t-1} @ Wh  =>  dh_{t-1} += dhp_t @ Wh^T
-        np.dot(dhp[t, lo:hi], WhT, dh_tmp[lo:hi])
-        for r_ in range(lo, hi):
-            dh_r = dh[r_]
-            tmp = dh_tmp[r_]
-            for j in range(H):
-                dh_r[j] += tmp[j]
+def _gru_backward_panel(dxproj, dhp, dh, dhs, hs, acts, hn, WTp, S, t, p, r0, r1):
+    # step t for the units of panel p and the streams [r0, r1)
+    T, B, H = dxproj.shape[0], dh.shape[0], dh.shape[1]
+    u0 = p * LANES
+    n = min(LANES, H - u0)
+    if t + 1 < T:
+        recurrent_grad(dhp[t + 1], WTp, S, p, r0, r1)  # hp_{t+1} = h_t @ Wh
+    for r in range(r0, r1):
+        s = S[r]
+        if t + 1 == T:
+            for j in range(LANES):
+                s[B_REC * LANES + j] = 0.0
+        copy_lanes(s, B_R * LANES, acts[t, r], u0, n)
+        copy_lanes(s, B_Z * LANES, acts[t, r], H + u0, n)
+        copy_lanes(s, B_N * LANES, acts[t, r], 2 * H + u0, n)
+        copy_lanes(s, B_HN * LANES, hn[t, r], u0, n)
+        copy_lanes(s, B_HPREV * LANES, hs[t, r], u0, n)
+        copy_lanes(s, B_DH * LANES, dh[r], u0, n)
+        copy_lanes(s, B_DHUP * LANES, dhs[t, r], u0, n)
+        for j in range(LANES):
+            r_ = s[B_R * LANES + j]
+            z = s[B_Z * LANES + j]
+            n_ = s[B_N * LANES + j]
+            dh_t = s[B_DH * LANES + j] + s[B_REC * LANES + j] + s[B_DHUP * LANES + j]
+            # h_t = (1 - z) * n + z * h_{t-1}
+            dn = dh_t * (1.0 - z)
+            dz = dh_t * (s[B_HPREV * LANES + j] - n_)
+            s[B_DH * LANES + j] = dh_t * z  # the direct path to h_{t-1}
+            # n = tanh(xproj_n + r * (hp_n + b_hn))
+            dn_pre = dn * (1.0 - n_ * n_)
+            dr = dn_pre * s[B_HN * LANES + j]
+            # r, z = sigmoid(...)
+            s[B_R * LANES + j] = dr * r_ * (1.0 - r_)
+            s[B_Z * LANES + j] = dz * z * (1.0 - z)
+            s[B_N * LANES + j] = dn_pre
+            s[B_HN * LANES + j] = dn_pre * r_  # the gradient of hp_n
+        copy_lanes(dxproj[t, r], u0, s, B_R * LANES, n)
+        copy_lanes(dxproj[t, r], H + u0, s, B_Z * LANES, n)
+        copy_lanes(dxproj[t, r], 2 * H + u0, s, B_N * LANES, n)
+        copy_lanes(dhp[t, r], u0, s, B_R * LANES, n)
+        copy_lanes(dhp[t, r], H + u0, s, B_Z * LANES, n)
+        copy_lanes(dhp[t, r], 2 * H + u0, s, B_HN * LANES, n)
+        copy_lanes(dh[r], u0, s, B_DH * LANES, n)
 
 
 @parallel_kernel
-def gru_backward(dxproj, dhp, dh, dh_tmp, dhs, hs, acts, hn, Wh, n_blocks):
+def gru_backward(dxproj, dhp, dh, dhs, hs, acts, hn, WTp, n_blocks):
     # dxproj (T,B,3H) out: dLoss/d(xproj)     dhp (T,B,3H) out: dLoss/d(hp), the recurrent product
     # dh (B,H) in/out: gradient arriving at hs[T] from later steps (zero under truncation);
     #     on return, the gradient w.r.t. the entering state hs[0]
-    # dh_tmp (B,H) scratch for the product path, so that no step allocates
-    # dhs (T,B,H) in: gradient w.r.t. h_t from above
+    # dhs (T,B,H) in: gradient w.r.t. h_t from above     WTp: Wh^T by pack_transposed_panels
     # dWh = sum_t h_{t-1}^T dhp_t and db_hn (the column sums of dhp's n block, since b_hn
     # enters beside hp_n) follow as one product and one sum after this (cells.py).
-    B = dh.shape[0]
+    T, B = dxproj.shape[0], dh.shape[0]
+    S = np.zeros((n_blocks, B, BACKWARD_SLOTS * LANES), dh.dtype)
     for i in prange(n_blocks):
-        lo, hi = block(B, n_blocks, i)
-        if hi > lo:
-            _gru_backward_rows(dxproj, dhp, dh, dh_tmp, dhs, hs, acts, hn, Wh, lo, hi)
+        r0, r1 = block(B, n_blocks, i)
+        for t in range(T - 1, -1, -1):
+            for p in range(WTp.shape[0]):
+                _gru_backward_panel(dxproj, dhp, dh, dhs, hs, acts, hn, WTp, S[i], t, p, r0, r1)
+        if T > 0:
+            add_entering_grad(dh, dhp[0], WTp, S[i], r0, r1)

@@ -11,103 +11,145 @@ Slot t of `hs`/`cs` holds the state *before* step t, so hs[0] is the state enter
 and hs[T] the state leaving it. Weights are stored input-major: Wh is (H, 4H) so that the
 recurrent product is a plain (B,H) @ (H,4H).
 
-Streams are independent, so each thread runs the whole time loop for its own block of rows
-[lo, hi) of the batch: no thread waits for another until the window is done.
+Each thread runs the whole window for its own block of streams [r0, r1), one panel of LANES
+units at a time (panels.py): the four gate pre-activations of the panel's units, then their
+gate math.
 """
 import numpy as np
 from numba import prange
 
 from ._jit import block, kernel, parallel_kernel
 from .activations import sigmoid, tanh
+from .panels import LANES, add_entering_grad, copy_lanes, panel_product, recurrent_grad
+
+
+# A thread's scratch row for one stream and one panel holds LANES units of several quantities
+# ("slots"), so that the gate math runs on one array in loops of constant length: LLVM turns
+# them into straight vector code, where the same loops over the panel's units in the big
+# buffers (several arrays that might alias, a few units at a time) would stay scalar.
+F_I, F_F, F_G, F_O, F_C, F_TC, F_H = range(7)  # forward slots: gates, c_t, tanh(c_t), h_t
+FORWARD_SLOTS = 7
+# backward slots: the recurrent gradient, the gates (then their gradients), tanh(c_t), c_{t-1},
+# the gradient carried into h_t, the one from above, and the one carried into c_t
+B_REC, B_I, B_F, B_G, B_O, B_TC, B_CPREV, B_DH, B_DHUP, B_DC = range(10)
+BACKWARD_SLOTS = 10
 
 
 @kernel
-def _lstm_forward_rows(hs, cs, acts, tcs, xproj, Wh, lo, hi):
-    # The gate loops index one row at a time (1-D, unit stride), which LLVM vectorises.
-    T = acts.shape[0]
-    H = Wh.shape[0]
-    for t in range(T):
-        np.dot(hs[t, lo:hi], Wh, acts[t, lo:hi])  # the recurrent product, the only matrix work
-        for r in range(lo, hi):
-            a = acts[t, r]
-            x = xproj[t, r]
-            c_prev = cs[t, r]
-            c_new = cs[t + 1, r]
-            h_new = hs[t + 1, r]
-            tc = tcs[t, r]
-            for j in range(H):
-                i = sigmoid(a[j] + x[j])
-                f = sigmoid(a[H + j] + x[H + j])
-                g = tanh(a[2 * H + j] + x[2 * H + j])
-                o = sigmoid(a[3 * H + j] + x[3 * H + j])
-                a[j] = i
-                a[H + j] = f
-                a[2 * H + j] = g
-                a[3 * H + j] = o
-                c = f * c_prev[j] + i * g
-                c_new[j] = c
-                tc[j] = tanh(c)
-                h_new[j] = o * tc[j]
+def _lstm_forward_panel(hs, cs, acts, tcs, xproj, Wp, S, t, p, r0, r1):
+    # step t for the units of panel p and the streams [r0, r1)
+    # S (B, FORWARD_SLOTS * LANES): this thread's scratch
+    B, H = hs.shape[1], hs.shape[2]
+    u0 = p * LANES
+    n = min(LANES, H - u0)
+    for r in range(r0, r1):
+        for g in range(4):
+            copy_lanes(S[r], g * LANES, xproj[t, r], g * H + u0, n)
+        copy_lanes(S[r], F_C * LANES, cs[t, r], u0, n)
+    W = S.shape[1]
+    for g in range(4):  # the recurrent product, the only matrix work
+        panel_product(hs[t], r0 * H, H, r1 - r0, H, Wp[p, g], 0, S, r0 * W + g * LANES, W)
+    for r in range(r0, r1):
+        s = S[r]
+        for j in range(LANES):
+            i = sigmoid(s[F_I * LANES + j])
+            f = sigmoid(s[F_F * LANES + j])
+            g = tanh(s[F_G * LANES + j])
+            o = sigmoid(s[F_O * LANES + j])
+            c = f * s[F_C * LANES + j] + i * g
+            tc = tanh(c)
+            s[F_I * LANES + j] = i
+            s[F_F * LANES + j] = f
+            s[F_G * LANES + j] = g
+            s[F_O * LANES + j] = o
+            s[F_C * LANES + j] = c
+            s[F_TC * LANES + j] = tc
+            s[F_H * LANES + j] = o * tc
+        for g in range(4):
+            copy_lanes(acts[t, r], g * H + u0, s, g * LANES, n)
+        copy_lanes(cs[t + 1, r], u0, s, F_C * LANES, n)
+        copy_lanes(tcs[t, r], u0, s, F_TC * LANES, n)
+        copy_lanes(hs[t + 1, r], u0, s, F_H * LANES, n)
 
 
 @parallel_kernel
-def lstm_forward(hs, cs, acts, tcs, xproj, Wh, n_blocks):
+def lstm_forward(hs, cs, acts, tcs, xproj, Wp, n_blocks):
     # hs, cs (T+1,B,H) in/out: slot 0 read, slots 1..T written
     # acts (T,B,4H) out: activated gates i,f,g,o      tcs (T,B,H) out: tanh(c_t)
-    # xproj (T,B,4H) in: input projection incl. bias  Wh (H,4H)
-    B = hs.shape[1]
+    # xproj (T,B,4H) in: input projection incl. bias  Wp: Wh packed by pack_gate_panels
+    T, B = acts.shape[0], hs.shape[1]
+    S = np.zeros((n_blocks, B, FORWARD_SLOTS * LANES), hs.dtype)
     for i in prange(n_blocks):
-        lo, hi = block(B, n_blocks, i)
-        if hi > lo:
-            _lstm_forward_rows(hs, cs, acts, tcs, xproj, Wh, lo, hi)
+        r0, r1 = block(B, n_blocks, i)
+        for t in range(T):
+            for p in range(Wp.shape[0]):
+                _lstm_forward_panel(hs, cs, acts, tcs, xproj, Wp, S[i], t, p, r0, r1)
 
 
 @kernel
-def _lstm_backward_rows(dxproj, dh, dc, dhs, cs, acts, tcs, Wh, lo, hi):
-    T = acts.shape[0]
-    H = Wh.shape[0]
-    WhT = Wh.T
-    for t in range(T - 1, -1, -1):
-        for r in range(lo, hi):
-            a = acts[t, r]
-            d = dxproj[t, r]
-            c_prev = cs[t, r]
-            tc = tcs[t, r]
-            dh_up = dhs[t, r]
-            dh_r = dh[r]
-            dc_r = dc[r]
-            for j in range(H):
-                i = a[j]
-                f = a[H + j]
-                g = a[2 * H + j]
-                o = a[3 * H + j]
-                dh_t = dh_r[j] + dh_up[j]
-                # h_t = o * tanh(c_t)
-                do = dh_t * tc[j]
-                dc_t = dc_r[j] + dh_t * o * (1.0 - tc[j] * tc[j])
-                # c_t = f * c_{t-1} + i * g
-                di = dc_t * g
-                dg = dc_t * i
-                df = dc_t * c_prev[j]
-                dc_r[j] = dc_t * f
-                # through the sigmoids and the tanh to the pre-activations
-                d[j] = di * i * (1.0 - i)
-                d[H + j] = df * f * (1.0 - f)
-                d[2 * H + j] = dg * (1.0 - g * g)
-                d[3 * H + j] = do * o * (1.0 - o)
-        # a_t = xproj_t + h_{t-1} @ Wh  =>  dh_{t-1} = da_t @ Wh^T
-        np.dot(dxproj[t, lo:hi], WhT, dh[lo:hi])
+def _lstm_backward_panel(dxproj, dh, dc, dhs, cs, acts, tcs, WTp, S, t, p, r0, r1):
+    # step t for the units of panel p and the streams [r0, r1)
+    # S (B, BACKWARD_SLOTS * LANES): this thread's scratch
+    T, B, H = dxproj.shape[0], dh.shape[0], dh.shape[1]
+    u0 = p * LANES
+    n = min(LANES, H - u0)
+    if t + 1 < T:
+        recurrent_grad(dxproj[t + 1], WTp, S, p, r0, r1)  # a_{t+1} = ... + h_t @ Wh
+    for r in range(r0, r1):
+        s = S[r]
+        if t + 1 == T:
+            for j in range(LANES):
+                s[B_REC * LANES + j] = 0.0
+        for g in range(4):
+            copy_lanes(s, (B_I + g) * LANES, acts[t, r], g * H + u0, n)
+        copy_lanes(s, B_TC * LANES, tcs[t, r], u0, n)
+        copy_lanes(s, B_CPREV * LANES, cs[t, r], u0, n)
+        copy_lanes(s, B_DH * LANES, dh[r], u0, n)
+        copy_lanes(s, B_DHUP * LANES, dhs[t, r], u0, n)
+        copy_lanes(s, B_DC * LANES, dc[r], u0, n)
+        for j in range(LANES):
+            i = s[B_I * LANES + j]
+            f = s[B_F * LANES + j]
+            g = s[B_G * LANES + j]
+            o = s[B_O * LANES + j]
+            tc = s[B_TC * LANES + j]
+            dh_t = s[B_DH * LANES + j] + s[B_REC * LANES + j] + s[B_DHUP * LANES + j]
+            # h_t = o * tanh(c_t)
+            do = dh_t * tc
+            dc_t = s[B_DC * LANES + j] + dh_t * o * (1.0 - tc * tc)
+            # c_t = f * c_{t-1} + i * g
+            di = dc_t * g
+            dg = dc_t * i
+            df = dc_t * s[B_CPREV * LANES + j]
+            s[B_DC * LANES + j] = dc_t * f
+            # through the sigmoids and the tanh to the pre-activations
+            s[B_I * LANES + j] = di * i * (1.0 - i)
+            s[B_F * LANES + j] = df * f * (1.0 - f)
+            s[B_G * LANES + j] = dg * (1.0 - g * g)
+            s[B_O * LANES + j] = do * o * (1.0 - o)
+        for g in range(4):
+            copy_lanes(dxproj[t, r], g * H + u0, s, (B_I + g) * LANES, n)
+        copy_lanes(dc[r], u0, s, B_DC * LANES, n)
+        # consumed; after the window, add_entering_grad puts the gradient w.r.t. hs[0] here
+        dh_r = dh[r]
+        for j in range(n):
+            dh_r[u0 + j] = 0.0
 
 
 @parallel_kernel
-def lstm_backward(dxproj, dh, dc, dhs, cs, acts, tcs, Wh, n_blocks):
+def lstm_backward(dxproj, dh, dc, dhs, cs, acts, tcs, WTp, n_blocks):
     # dxproj (T,B,4H) out: dLoss/d(pre-activations), which is also dLoss/d(xproj)
     # dh, dc (B,H) in/out: gradient arriving at the window's last state from later steps
     #     (zero under truncation); on return, the gradient w.r.t. the entering state hs[0], cs[0]
     # dhs (T,B,H) in: gradient w.r.t. h_t from the layer above / the output layer
+    # WTp: Wh^T packed by pack_transposed_panels
     # The weight gradient dWh = sum_t h_{t-1}^T da_t is one product after this (cells.py).
-    B = dh.shape[0]
+    T, B = dxproj.shape[0], dh.shape[0]
+    S = np.zeros((n_blocks, B, BACKWARD_SLOTS * LANES), dh.dtype)
     for i in prange(n_blocks):
-        lo, hi = block(B, n_blocks, i)
-        if hi > lo:
-            _lstm_backward_rows(dxproj, dh, dc, dhs, cs, acts, tcs, Wh, lo, hi)
+        r0, r1 = block(B, n_blocks, i)
+        for t in range(T - 1, -1, -1):
+            for p in range(WTp.shape[0]):
+                _lstm_backward_panel(dxproj, dh, dc, dhs, cs, acts, tcs, WTp, S[i], t, p, r0, r1)
+        if T > 0:
+            add_entering_grad(dh, dxproj[0], WTp, S[i], r0, r1)

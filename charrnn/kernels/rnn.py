@@ -5,66 +5,94 @@
 Shapes (legend): T steps in the window, B streams, H hidden units.
 Slot t of `hs` holds the state *before* step t: hs[0] enters the window, hs[T] leaves it.
 Wh is stored input-major, (H, H), so the recurrent product is a plain (B,H) @ (H,H).
-Each thread runs the whole time loop for its own block of rows [lo, hi) of the batch.
+
+Each thread runs the whole window for its own block of streams [r0, r1), one panel of LANES
+units at a time (panels.py). It works on a scratch row per stream holding LANES units of a few
+quantities ("slots"), so the elementwise math runs in constant-length vector loops.
 """
 import numpy as np
 from numba import prange
 
 from ._jit import block, kernel, parallel_kernel
 from .activations import tanh
+from .panels import LANES, add_entering_grad, copy_lanes, panel_product, recurrent_grad
+
+FORWARD_SLOTS = 1  # the pre-activation, then h_t
+B_REC, B_DH, B_DHUP, B_H = range(4)  # backward: recurrent gradient, carried, from above, h_t
+BACKWARD_SLOTS = 4
 
 
 @kernel
-def _rnn_forward_rows(hs, xproj, Wh, lo, hi):
-    T = xproj.shape[0]
-    H = Wh.shape[0]
-    for t in range(T):
-        np.dot(hs[t, lo:hi], Wh, hs[t + 1, lo:hi])  # the recurrent product, the only matrix work
-        for r in range(lo, hi):
-            h_new = hs[t + 1, r]
-            x = xproj[t, r]
-            for j in range(H):
-                h_new[j] = tanh(h_new[j] + x[j])
+def _rnn_forward_panel(hs, xproj, Wp, S, t, p, r0, r1):
+    # step t for the units of panel p and the streams [r0, r1)
+    B, H = hs.shape[1], hs.shape[2]
+    u0 = p * LANES
+    n = min(LANES, H - u0)
+    for r in range(r0, r1):
+        copy_lanes(S[r], 0, xproj[t, r], u0, n)
+    W = S.shape[1]
+    panel_product(hs[t], r0 * H, H, r1 - r0, H, Wp[p, 0], 0, S, r0 * W, W)  # the only matrix work
+    for r in range(r0, r1):
+        s = S[r]
+        for j in range(LANES):
+            s[j] = tanh(s[j])
+        copy_lanes(hs[t + 1, r], u0, s, 0, n)
 
 
 @parallel_kernel
-def rnn_forward(hs, xproj, Wh, n_blocks):
+def rnn_forward(hs, xproj, Wp, n_blocks):
     # hs (T+1,B,H) in/out: slot 0 read, slots 1..T written
-    # xproj (T,B,H) in: input projection incl. bias    Wh (H,H)
-    B = hs.shape[1]
+    # xproj (T,B,H) in: input projection incl. bias    Wp: Wh packed by pack_gate_panels
+    T, B = xproj.shape[0], hs.shape[1]
+    S = np.zeros((n_blocks, B, FORWARD_SLOTS * LANES), hs.dtype)
     for i in prange(n_blocks):
-        lo, hi = block(B, n_blocks, i)
-        if hi > lo:
-            _rnn_forward_rows(hs, xproj, Wh, lo, hi)
+        r0, r1 = block(B, n_blocks, i)
+        for t in range(T):
+            for p in range(Wp.shape[0]):
+                _rnn_forward_panel(hs, xproj, Wp, S[i], t, p, r0, r1)
 
 
 @kernel
-def _rnn_backward_rows(dxproj, dh, dhs, hs, Wh, lo, hi):
-    T = dxproj.shape[0]
-    H = Wh.shape[0]
-    WhT = Wh.T
-    for t in range(T - 1, -1, -1):
-        for r in range(lo, hi):
-            h = hs[t + 1, r]
-            d = dxproj[t, r]
-            dh_up = dhs[t, r]
-            dh_r = dh[r]
-            for j in range(H):
-                # h_t = tanh(a_t)
-                d[j] = (dh_r[j] + dh_up[j]) * (1.0 - h[j] * h[j])
-        # a_t = xproj_t + h_{t-1} @ Wh  =>  dh_{t-1} = da_t @ Wh^T
-        np.dot(dxproj[t, lo:hi], WhT, dh[lo:hi])
+def _rnn_backward_panel(dxproj, dh, dhs, hs, WTp, S, t, p, r0, r1):
+    # step t for the units of panel p and the streams [r0, r1)
+    T, B, H = dxproj.shape[0], dh.shape[0], dh.shape[1]
+    u0 = p * LANES
+    n = min(LANES, H - u0)
+    if t + 1 < T:
+        recurrent_grad(dxproj[t + 1], WTp, S, p, r0, r1)  # a_{t+1} = ... + h_t @ Wh
+    for r in range(r0, r1):
+        s = S[r]
+        if t + 1 == T:
+            for j in range(LANES):
+                s[B_REC * LANES + j] = 0.0
+        copy_lanes(s, B_DH * LANES, dh[r], u0, n)
+        copy_lanes(s, B_DHUP * LANES, dhs[t, r], u0, n)
+        copy_lanes(s, B_H * LANES, hs[t + 1, r], u0, n)
+        for j in range(LANES):
+            h = s[B_H * LANES + j]
+            # h_t = tanh(a_t)
+            dh_t = s[B_DH * LANES + j] + s[B_REC * LANES + j] + s[B_DHUP * LANES + j]
+            s[B_H * LANES + j] = dh_t * (1.0 - h * h)
+        copy_lanes(dxproj[t, r], u0, s, B_H * LANES, n)
+        # consumed; after the window, add_entering_grad puts the gradient w.r.t. hs[0] here
+        dh_r = dh[r]
+        for j in range(n):
+            dh_r[u0 + j] = 0.0
 
 
 @parallel_kernel
-def rnn_backward(dxproj, dh, dhs, hs, Wh, n_blocks):
+def rnn_backward(dxproj, dh, dhs, hs, WTp, n_blocks):
     # dxproj (T,B,H) out: dLoss/d(pre-activation) = dLoss/d(xproj)
     # dh (B,H) in/out: gradient arriving at hs[T] from later steps (zero under truncation);
     #     on return, the gradient w.r.t. the entering state hs[0]
-    # dhs (T,B,H) in: gradient w.r.t. h_t from above
+    # dhs (T,B,H) in: gradient w.r.t. h_t from above     WTp: Wh^T by pack_transposed_panels
     # The weight gradient dWh = sum_t h_{t-1}^T da_t is one product after this (cells.py).
-    B = dh.shape[0]
+    T, B = dxproj.shape[0], dh.shape[0]
+    S = np.zeros((n_blocks, B, BACKWARD_SLOTS * LANES), dh.dtype)
     for i in prange(n_blocks):
-        lo, hi = block(B, n_blocks, i)
-        if hi > lo:
-            _rnn_backward_rows(dxproj, dh, dhs, hs, Wh, lo, hi)
+        r0, r1 = block(B, n_blocks, i)
+        for t in range(T - 1, -1, -1):
+            for p in range(WTp.shape[0]):
+                _rnn_backward_panel(dxproj, dh, dhs, hs, WTp, S[i], t, p, r0, r1)
+        if T > 0:
+            add_entering_grad(dh, dxproj[0], WTp, S[i], r0, r1)

@@ -1,0 +1,199 @@
+"""The per-step recurrent product on weights packed once per window.
+
+Every step multiplies the state (B rows) by the same recurrent matrix. BLAS copies ("packs")
+the whole matrix into its own layout on every call, which at B=32 costs as much as the
+arithmetic. Here the matrix is packed once per window into panels of LANES columns, each panel
+a contiguous (K, LANES) block, and a small register-tiled kernel streams a panel past a few rows
+of the state at a time.
+
+The cells walk a step panel by panel: the products of one panel's units (LANES units of every
+gate), then the gate math of those units while they are still in cache. Threads split the
+streams, so no thread waits for another until the window is done. (Splitting the units
+instead needs a meeting of the threads after every step; measured side by side it was no
+faster, even at H=512 where each thread then reads only half the weights.)
+"""
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ._jit import kernel
+
+LANES = 16  # columns per panel: two 8-wide float32 vectors on AVX2
+
+
+def _tile_intrinsic(rows):
+    """An intrinsic computing, for r < rows and j < LANES,
+
+        C[c0 + r*ldc + j] += sum_{k < K} A[a0 + r*lda + k] * P[p0 + k*LANES + j]
+
+    on the data of contiguous arrays A, P, C (any number of dimensions; offsets in elements).
+    The rows x LANES partial sums live in vector registers for the whole loop over k: written
+    with LLVM vector types, because numba's loops would be vectorised along k instead."""
+
+    @intrinsic
+    def tile(typingctx, A, a0, lda, P, p0, C, c0, ldc, K):
+        intp = types.intp
+        sig = types.void(A, intp, intp, P, intp, C, intp, intp, intp)
+
+        def codegen(context, builder, signature, args):
+            A_, a0_, lda_, P_, p0_, C_, c0_, ldc_, K_ = args
+            dtype = signature.args[0].dtype
+            scalar = context.get_value_type(dtype)
+            vec = ir.VectorType(scalar, LANES)
+            align = dtype.bitwidth // 8
+            bits = 32 if dtype == types.float32 else 64
+            # fmuladd: a fused multiply-add where the target has one; NaN and Inf propagate
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fmuladd.v{LANES}f{bits}")
+
+            def data(i, value, offset):
+                ptr = context.make_array(signature.args[i])(context, builder, value).data
+                return builder.gep(ptr, [offset])
+
+            a_ptr, p_ptr, c_ptr = data(0, A_, a0_), data(3, P_, p0_), data(5, C_, c0_)
+            intp_t = a0_.type
+            zero = ir.Constant(vec, [0.0] * LANES)
+            broadcast = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
+            acc = [cgutils.alloca_once_value(builder, zero) for _ in range(rows)]
+            with cgutils.for_range(builder, K_) as loop:
+                k = loop.index
+                row = builder.bitcast(builder.gep(p_ptr, [builder.mul(k, ir.Constant(intp_t, LANES))]),
+                                      vec.as_pointer())
+                b = builder.load(row, align=align)
+                for r in range(rows):
+                    a_at = builder.add(builder.mul(ir.Constant(intp_t, r), lda_), k)
+                    a = builder.load(builder.gep(a_ptr, [a_at]))
+                    a = builder.insert_element(ir.Constant(vec, ir.Undefined), a, ir.Constant(ir.IntType(32), 0))
+                    a = builder.shuffle_vector(a, ir.Constant(vec, ir.Undefined), broadcast)
+                    builder.store(builder.call(fma, [a, b, builder.load(acc[r])]), acc[r])
+            for r in range(rows):
+                out = builder.gep(c_ptr, [builder.mul(ir.Constant(intp_t, r), ldc_)])
+                out = builder.bitcast(out, vec.as_pointer())
+                builder.store(builder.fadd(builder.load(out, align=align), builder.load(acc[r])), out, align=align)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+_tile4 = _tile_intrinsic(4)
+_tile1 = _tile_intrinsic(1)
+
+
+@kernel
+def panel_product(A, a0, lda, rows, K, P, p0, C, c0, ldc):
+    """C[i, :LANES] += A[i, :K] @ panel for i < rows: A's row i starts at a0 + i*lda, C's at
+    c0 + i*ldc, and the (K, LANES) panel at p0 of P. Arrays are contiguous."""
+    r = 0
+    while r + 4 <= rows:
+        _tile4(A, a0 + r * lda, lda, P, p0, C, c0 + r * ldc, ldc, K)
+        r += 4
+    while r < rows:
+        _tile1(A, a0 + r * lda, lda, P, p0, C, c0 + r * ldc, ldc, K)
+        r += 1
+
+
+def n_panels(H):
+    return (H + LANES - 1) // LANES
+
+
+@kernel
+def pack_gate_panels(W, P):
+    """P[p, g, k, j] = W[k, g*H + p*LANES + j], zero past unit H: the recurrent matrix
+    W (K, gates*H) cut into panels of LANES units per gate. P is (n_panels(H), gates, K, LANES)."""
+    K = W.shape[0]
+    gates = P.shape[1]
+    H = W.shape[1] // gates
+    for p in range(P.shape[0]):
+        u0 = p * LANES
+        n = min(LANES, H - u0)
+        for g in range(gates):
+            for k in range(K):
+                dst = P[p, g, k]
+                src = W[k, g * H + u0 : g * H + u0 + n]
+                for j in range(n):
+                    dst[j] = src[j]
+                for j in range(n, LANES):
+                    dst[j] = 0.0
+
+
+@kernel
+def pack_transposed_panels(W, P):
+    """P[p, c, j] = W[p*LANES + j, c], zero past row H: the panels of W^T for W (H, G), so
+    that (B, G) @ W^T runs on panels too. P is (n_panels(H), G, LANES)."""
+    H, G = W.shape
+    for p in range(P.shape[0]):
+        u0 = p * LANES
+        n = min(LANES, H - u0)
+        for j in range(LANES):
+            dst = P[p, :, j]
+            if j < n:
+                src = W[u0 + j]  # read W by rows, write the panel with a stride of LANES
+                for c in range(G):
+                    dst[c] = src[c]
+            else:
+                for c in range(G):
+                    dst[c] = 0.0
+
+
+@kernel
+def recurrent_grad(dA, P, S, p, r0, r1):
+    """S[r, :LANES] = dA[r] @ W^T for the units of panel p and the streams r in [r0, r1): the
+    gradient reaching the previous state through the recurrent product, from dA (B, G), the
+    gradient of its output. S is a thread's scratch, (B, k*LANES)."""
+    G, W = dA.shape[1], S.shape[1]
+    for r in range(r0, r1):
+        for j in range(LANES):
+            S[r, j] = 0.0
+    panel_product(dA, r0 * G, G, r1 - r0, G, P[p], 0, S, r0 * W, W)
+
+
+@intrinsic
+def copy_lanes(typingctx, dst, d0, src, s0, n):
+    """dst[d0 : d0+n] = src[s0 : s0+n] on 1-D arrays, n <= LANES: a whole panel (n == LANES)
+    is a fixed-size copy, which LLVM turns into a few vector moves. An intrinsic rather than a
+    function, so that the many small copies cost no call and no reference counting."""
+    intp = types.intp
+    sig = types.void(dst, intp, src, intp, intp)
+
+    def codegen(context, builder, signature, args):
+        dst_, d0_, src_, s0_, n_ = args
+        itemsize = signature.args[0].dtype.bitwidth // 8
+        to = builder.gep(context.make_array(signature.args[0])(context, builder, dst_).data, [d0_])
+        frm = builder.gep(context.make_array(signature.args[2])(context, builder, src_).data, [s0_])
+        whole = builder.icmp_signed("==", n_, ir.Constant(n_.type, LANES))
+        with builder.if_else(whole) as (then, otherwise):
+            with then:
+                cgutils.raw_memmove(builder, to, frm, ir.Constant(n_.type, LANES), itemsize)
+            with otherwise:
+                cgutils.raw_memmove(builder, to, frm, n_, itemsize)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def gate_panels(H, K, gates, dtype):
+    """A buffer for pack_gate_panels."""
+    return np.zeros((n_panels(H), gates, K, LANES), dtype)
+
+
+def transposed_panels(H, G, dtype):
+    """A buffer for pack_transposed_panels."""
+    return np.zeros((n_panels(H), G, LANES), dtype)
+
+
+@kernel
+def add_entering_grad(dh, dA, WTp, S, r0, r1):
+    """dh[r] += dA[r] @ Wh^T for the streams r in [r0, r1): the gradient reaching a window's
+    entering state through the recurrent product of its first step, from dA (B, G), the
+    gradient of that product's output. S is the thread's scratch."""
+    H = dh.shape[1]
+    for p in range(WTp.shape[0]):
+        u0 = p * LANES
+        recurrent_grad(dA, WTp, S, p, r0, r1)
+        for r in range(r0, r1):
+            for j in range(min(LANES, H - u0)):
+                dh[r, u0 + j] += S[r, j]
