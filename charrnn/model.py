@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cells import CELLS
+from .kernels._jit import threads
 from .kernels.inputs import dense_backward, dense_forward, onehot_backward, onehot_forward
 from .kernels.output import logits_backward, logits_forward, softmax_xent, xent
 
@@ -166,7 +167,7 @@ class Stack:
         for l, p in enumerate(layers):
             xproj = self.xproj[l]
             if l == 0:
-                onehot_forward(xproj[t0:t1], self.ids[t0:t1], p["Wx"], p["b"])
+                onehot_forward(xproj[t0:t1], self.ids[t0:t1], p["Wx"], p["b"], threads())
             else:
                 x2d = self._layer_input(l, t0, t1, rng)
                 dense_forward(xproj[t0:t1].reshape(x2d.shape[0], -1), x2d, p["Wx"], p["b"])

@@ -6,27 +6,32 @@ and their projection is one large (T*B, H_in) @ (H_in, G) product for the whole 
 
 Shapes (legend): T steps, B streams, V vocabulary, H_in input width, G gate width of the cell.
 """
-from ._jit import kernel, threads
+from numba import prange
+
+from ._jit import block, kernel, parallel_kernel, threads
 from .blas import add_row, column_sums_acc, matmul, matmul_nt, matmul_tn_acc
 
 
-@kernel
-def onehot_forward(xproj, ids, Wx, b):
+@parallel_kernel
+def onehot_forward(xproj, ids, Wx, b, n_blocks):
     # xproj (T,B,G) out    ids (T,B) character ids    Wx (V,G)    b (G,)
-    # A copy bound by memory bandwidth: one thread does it about as fast as two.
+    # threads split the steps (0.25 ms against 0.49 serial at T=100, B=32, G=512)
     T, B, G = xproj.shape
-    for t in range(T):
-        for s in range(B):
-            row = Wx[ids[t, s]]
-            for k in range(G):
-                xproj[t, s, k] = row[k] + b[k]
+    for i in prange(n_blocks):
+        lo, hi = block(T, n_blocks, i)
+        for t in range(lo, hi):
+            for s in range(B):
+                v = ids[t, s]
+                for k in range(G):
+                    xproj[t, s, k] = Wx[v, k] + b[k]
 
 
 @kernel
 def onehot_backward(dWx, db, dxproj, ids):
     # dWx (V,G), db (G,) accumulated with +=      dxproj (T,B,G) in     ids (T,B)
     # xproj_t = Wx[id_t] + b  =>  dWx[id_t] += dxproj_t, db += dxproj_t: a scatter-add over
-    # rows that repeat, so one thread does it (it is bound by memory, not arithmetic).
+    # rows that repeat, so one thread does it (it is bound by memory, not arithmetic; split
+    # by columns over two threads, it was slower).
     T, B, G = dxproj.shape
     for t in range(T):
         for s in range(B):
