@@ -2,7 +2,9 @@
 
 Each adapter names its parameter tensors and their initialisation, allocates the per-window
 buffers its kernels use, and calls its forward and backward kernels on a range of steps
-[t0, t1) of those buffers. The stack, the scheduler and the optimizer never look inside.
+[t0, t1) of those buffers. The forward reads the input projection of step t0+t, stream r, as
+row xindex[t, r] of xtable (see Stack.forward). The stack, the scheduler and the optimizer
+never look inside.
 
 Buffers with a time axis put it first. State buffers (listed in `states`) have T+1 slots, slot t
 holding the state before step t; every other time buffer has T slots.
@@ -43,9 +45,9 @@ class RNNCell:
     def buffers(self, T, B, H, dtype):
         return {"hs": np.zeros((T + 1, B, H), dtype)}, _panel_buffers(H, 1, dtype)
 
-    def forward(self, buf, scratch, p, xproj, t0, t1):
+    def forward(self, buf, scratch, p, xtable, xindex, t0, t1):
         pack_gate_panels(p["Wh"], scratch["Wp"])
-        rnn_forward(buf["hs"][t0 : t1 + 1], xproj[t0:t1], scratch["Wp"], threads())
+        rnn_forward(buf["hs"][t0 : t1 + 1], xtable, xindex, scratch["Wp"], threads())
 
     def backward(self, buf, scratch, p, g, dxproj, dhs, dstate, t0, t1):
         hs, H = buf["hs"], p["Wh"].shape[0]
@@ -78,10 +80,10 @@ class LSTMCell:
         }
         return buf, _panel_buffers(H, 4, dtype)
 
-    def forward(self, buf, scratch, p, xproj, t0, t1):
+    def forward(self, buf, scratch, p, xtable, xindex, t0, t1):
         pack_gate_panels(p["Wh"], scratch["Wp"])
         lstm_forward(buf["hs"][t0 : t1 + 1], buf["cs"][t0 : t1 + 1], buf["acts"][t0:t1],
-                     buf["tcs"][t0:t1], xproj[t0:t1], scratch["Wp"], threads())
+                     buf["tcs"][t0:t1], xtable, xindex, scratch["Wp"], threads())
 
     def backward(self, buf, scratch, p, g, dxproj, dhs, dstate, t0, t1):
         hs, H = buf["hs"], p["Wh"].shape[0]
@@ -114,9 +116,9 @@ class GRUCell:
         scratch = {"dhp": np.zeros((T, B, 3 * H), dtype), **_panel_buffers(H, 3, dtype)}
         return buf, scratch
 
-    def forward(self, buf, scratch, p, xproj, t0, t1):
+    def forward(self, buf, scratch, p, xtable, xindex, t0, t1):
         pack_gate_panels(p["Wh"], scratch["Wp"])
-        gru_forward(buf["hs"][t0 : t1 + 1], buf["acts"][t0:t1], buf["hn"][t0:t1], xproj[t0:t1],
+        gru_forward(buf["hs"][t0 : t1 + 1], buf["acts"][t0:t1], buf["hn"][t0:t1], xtable, xindex,
                     scratch["Wp"], p["bhn"], threads())
 
     def backward(self, buf, scratch, p, g, dxproj, dhs, dstate, t0, t1):

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cells import CELLS
-from .kernels._jit import threads
-from .kernels.inputs import dense_backward, dense_forward, onehot_backward, onehot_forward
+from .kernels.inputs import dense_backward, dense_forward, onehot_backward
 from .kernels.output import logits_backward, logits_forward, softmax_xent, xent
 
 
@@ -94,7 +93,12 @@ class Stack:
         self.ids = np.zeros((T, B), np.int32)  # input character of each step
         self.targets = np.zeros((T, B), np.int32)  # the character each step predicts
         self.bufs, self.scratch = zip(*(self.cell.buffers(T, B, H, dtype) for _ in range(L)))
-        self.xproj = [np.zeros((T, B, G), dtype) for _ in range(L)]
+        # The input projection of layer 0 is a lookup: row v of the table is Wx[v] + b, indexed
+        # by the input characters. A layer above computes its (T*B, G) projection and indexes
+        # it by position t*B + r.
+        self.onehot_table = np.zeros((V, G), dtype)
+        self.xproj = [None] + [np.zeros((T, B, G), dtype) for _ in range(L - 1)]
+        self.positions = np.arange(T * B, dtype=np.int32).reshape(T, B)
         self.dxproj = [np.zeros((T, B, G), dtype) for _ in range(L)]
         self.dhs = [np.zeros((T, B, H), dtype) for _ in range(L)]  # dLoss/dh_t from above
         self.dstate = [{k: np.zeros((B, H), dtype) for k in self.cell.states} for _ in range(L)]
@@ -165,13 +169,15 @@ class Stack:
         """Run steps [t0, t1) of every layer from the state in slot t0. `rng` draws dropout."""
         layers, _ = self.layout.layer_views(params)
         for l, p in enumerate(layers):
-            xproj = self.xproj[l]
             if l == 0:
-                onehot_forward(xproj[t0:t1], self.ids[t0:t1], p["Wx"], p["b"], threads())
+                np.add(p["Wx"], p["b"], out=self.onehot_table)
+                xtable, xindex = self.onehot_table, self.ids[t0:t1]
             else:
                 x2d = self._layer_input(l, t0, t1, rng)
+                xproj = self.xproj[l]
                 dense_forward(xproj[t0:t1].reshape(x2d.shape[0], -1), x2d, p["Wx"], p["b"])
-            self.cell.forward(self.bufs[l], self.scratch[l], p, xproj, t0, t1)
+                xtable, xindex = xproj.reshape(self.T * self.B, -1), self.positions[t0:t1]
+            self.cell.forward(self.bufs[l], self.scratch[l], p, xtable, xindex, t0, t1)
         self._layer_input(self.spec.layers, t0, t1, rng)  # the output layer's (dropped) input
 
     # -- loss ---------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from numba import prange
 
 from ._jit import block, kernel, parallel_kernel
 from .activations import sigmoid, tanh
-from .panels import LANES, add_entering_grad, copy_lanes, panel_product, recurrent_grad
+from .panels import LANES, add_entering_grad, copy_lanes, panel_product, prefetch, recurrent_grad
 
 # forward slots: r, z, hp_n + b_hn, xproj_n, h_{t-1} (then n, h_t in the last two)
 F_R, F_Z, F_HN, F_XN, F_H = range(5)
@@ -33,17 +33,18 @@ BACKWARD_SLOTS = 8
 
 
 @kernel
-def _gru_forward_panel(hs, acts, hn, xproj, Wp, bhn, S, t, p, r0, r1):
+def _gru_forward_panel(hs, acts, hn, xtable, xindex, Wp, bhn, S, t, p, r0, r1):
     # step t for the units of panel p and the streams [r0, r1)
     B, H = hs.shape[1], hs.shape[2]
     u0 = p * LANES
     n = min(LANES, H - u0)
     for r in range(r0, r1):
         s = S[r]
-        copy_lanes(s, F_R * LANES, xproj[t, r], u0, n)
-        copy_lanes(s, F_Z * LANES, xproj[t, r], H + u0, n)
+        x = xtable[xindex[t, r]]
+        copy_lanes(s, F_R * LANES, x, u0, n)
+        copy_lanes(s, F_Z * LANES, x, H + u0, n)
         copy_lanes(s, F_HN * LANES, bhn, u0, n)
-        copy_lanes(s, F_XN * LANES, xproj[t, r], 2 * H + u0, n)
+        copy_lanes(s, F_XN * LANES, x, 2 * H + u0, n)
         copy_lanes(s, F_H * LANES, hs[t, r], u0, n)
     W = S.shape[1]
     for g in range(3):  # the recurrent product, the only matrix work
@@ -66,17 +67,19 @@ def _gru_forward_panel(hs, acts, hn, xproj, Wp, bhn, S, t, p, r0, r1):
 
 
 @parallel_kernel
-def gru_forward(hs, acts, hn, xproj, Wp, bhn, n_blocks):
+def gru_forward(hs, acts, hn, xtable, xindex, Wp, bhn, n_blocks):
     # hs (T+1,B,H) in/out: slot 0 read, slots 1..T written
     # acts (T,B,3H) out: r, z, n      hn (T,B,H) out: hp_n + b_hn (needed for dr)
-    # xproj (T,B,3H) in: input projection incl. b     Wp: Wh packed by pack_gate_panels   bhn (H,)
+    # xtable (N,3H), xindex (T,B): the input projection of step t, stream r, bias included, is
+    #     xtable[xindex[t, r]] (see Stack.forward)
+    # Wp: Wh packed by pack_gate_panels   bhn (H,)
     T, B = acts.shape[0], hs.shape[1]
     S = np.zeros((n_blocks, B, FORWARD_SLOTS * LANES), hs.dtype)
     for i in prange(n_blocks):
         r0, r1 = block(B, n_blocks, i)
         for t in range(T):
             for p in range(Wp.shape[0]):
-                _gru_forward_panel(hs, acts, hn, xproj, Wp, bhn, S[i], t, p, r0, r1)
+                _gru_forward_panel(hs, acts, hn, xtable, xindex, Wp, bhn, S[i], t, p, r0, r1)
 
 
 @kernel
@@ -89,6 +92,12 @@ def _gru_backward_panel(dxproj, dhp, dh, dhs, hs, acts, hn, WTp, S, t, p, r0, r1
         recurrent_grad(dhp[t + 1], WTp, S, p, r0, r1)  # hp_{t+1} = h_t @ Wh
     for r in range(r0, r1):
         s = S[r]
+        if t > 0:  # the lines step t-1 reads
+            for g in range(3):
+                prefetch(acts[t - 1, r], g * H + u0)
+            prefetch(hn[t - 1, r], u0)
+            prefetch(hs[t - 1, r], u0)
+            prefetch(dhs[t - 1, r], u0)
         if t + 1 == T:
             for j in range(LANES):
                 s[B_REC * LANES + j] = 0.0

@@ -1,29 +1,14 @@
 """Input projection of a layer: xproj_t = x_t @ Wx + b, forward and backward side by side.
 
-The first layer sees one-hot characters, so its projection is a row lookup of Wx (V, G):
-never a product with a one-hot matrix. Upper layers see the hidden states of the layer below,
-and their projection is one large (T*B, H_in) @ (H_in, G) product for the whole window.
+The first layer sees one-hot characters, so its projection is a row lookup of Wx (V, G), which
+the cells' forward kernels do themselves (model.Stack.forward): never a product with a one-hot
+matrix. Upper layers see the hidden states of the layer below, and their projection is one
+large (T*B, H_in) @ (H_in, G) product for the whole window.
 
 Shapes (legend): T steps, B streams, V vocabulary, H_in input width, G gate width of the cell.
 """
-from numba import prange
-
-from ._jit import block, kernel, parallel_kernel, threads
+from ._jit import kernel, threads
 from .blas import add_row, column_sums_acc, matmul, matmul_nt, matmul_tn_acc
-
-
-@parallel_kernel
-def onehot_forward(xproj, ids, Wx, b, n_blocks):
-    # xproj (T,B,G) out    ids (T,B) character ids    Wx (V,G)    b (G,)
-    # threads split the steps (0.25 ms against 0.49 serial at T=100, B=32, G=512)
-    T, B, G = xproj.shape
-    for i in prange(n_blocks):
-        lo, hi = block(T, n_blocks, i)
-        for t in range(lo, hi):
-            for s in range(B):
-                v = ids[t, s]
-                for k in range(G):
-                    xproj[t, s, k] = Wx[v, k] + b[k]
 
 
 @kernel

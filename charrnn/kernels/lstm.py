@@ -1,6 +1,6 @@
 """LSTM layer over a window of steps: forward and backward side by side.
 
-    a_t = xproj_t + h_{t-1} @ Wh          xproj_t = W_x x_t + b (input projection, done before)
+    a_t = xproj_t + h_{t-1} @ Wh          xproj_t = W_x x_t + b (input projection, looked up)
     i, f, o = sigmoid(a_i, a_f, a_o)      gate blocks in PyTorch order [i | f | g | o]
     g = tanh(a_g)
     c_t = f * c_{t-1} + i * g
@@ -20,7 +20,7 @@ from numba import prange
 
 from ._jit import block, kernel, parallel_kernel
 from .activations import sigmoid, tanh
-from .panels import LANES, add_entering_grad, copy_lanes, panel_product, recurrent_grad
+from .panels import LANES, add_entering_grad, copy_lanes, panel_product, prefetch, recurrent_grad
 
 
 # A thread's scratch row for one stream and one panel holds LANES units of several quantities
@@ -36,15 +36,19 @@ BACKWARD_SLOTS = 10
 
 
 @kernel
-def _lstm_forward_panel(hs, cs, acts, tcs, xproj, Wp, S, t, p, r0, r1):
+def _lstm_forward_panel(hs, cs, acts, tcs, xtable, xindex, Wp, S, t, p, r0, r1):
     # step t for the units of panel p and the streams [r0, r1)
     # S (B, FORWARD_SLOTS * LANES): this thread's scratch
     B, H = hs.shape[1], hs.shape[2]
     u0 = p * LANES
     n = min(LANES, H - u0)
+    T = acts.shape[0]
     for r in range(r0, r1):
+        x = xtable[xindex[t, r]]
         for g in range(4):
-            copy_lanes(S[r], g * LANES, xproj[t, r], g * H + u0, n)
+            copy_lanes(S[r], g * LANES, x, g * H + u0, n)
+            if t + 1 < T:
+                prefetch(xtable[xindex[t + 1, r]], g * H + u0)  # the lines step t+1 reads
         copy_lanes(S[r], F_C * LANES, cs[t, r], u0, n)
     W = S.shape[1]
     for g in range(4):  # the recurrent product, the only matrix work
@@ -73,17 +77,19 @@ def _lstm_forward_panel(hs, cs, acts, tcs, xproj, Wp, S, t, p, r0, r1):
 
 
 @parallel_kernel
-def lstm_forward(hs, cs, acts, tcs, xproj, Wp, n_blocks):
+def lstm_forward(hs, cs, acts, tcs, xtable, xindex, Wp, n_blocks):
     # hs, cs (T+1,B,H) in/out: slot 0 read, slots 1..T written
     # acts (T,B,4H) out: activated gates i,f,g,o      tcs (T,B,H) out: tanh(c_t)
-    # xproj (T,B,4H) in: input projection incl. bias  Wp: Wh packed by pack_gate_panels
+    # xtable (N,4H), xindex (T,B): the input projection of step t, stream r, bias included, is
+    #     xtable[xindex[t, r]] (see Stack.forward)
+    # Wp: Wh packed by pack_gate_panels
     T, B = acts.shape[0], hs.shape[1]
     S = np.zeros((n_blocks, B, FORWARD_SLOTS * LANES), hs.dtype)
     for i in prange(n_blocks):
         r0, r1 = block(B, n_blocks, i)
         for t in range(T):
             for p in range(Wp.shape[0]):
-                _lstm_forward_panel(hs, cs, acts, tcs, xproj, Wp, S[i], t, p, r0, r1)
+                _lstm_forward_panel(hs, cs, acts, tcs, xtable, xindex, Wp, S[i], t, p, r0, r1)
 
 
 @kernel
@@ -97,6 +103,12 @@ def _lstm_backward_panel(dxproj, dh, dc, dhs, cs, acts, tcs, WTp, S, t, p, r0, r
         recurrent_grad(dxproj[t + 1], WTp, S, p, r0, r1)  # a_{t+1} = ... + h_t @ Wh
     for r in range(r0, r1):
         s = S[r]
+        if t > 0:  # the lines step t-1 reads
+            for g in range(4):
+                prefetch(acts[t - 1, r], g * H + u0)
+            prefetch(tcs[t - 1, r], u0)
+            prefetch(cs[t - 1, r], u0)
+            prefetch(dhs[t - 1, r], u0)
         if t + 1 == T:
             for j in range(LANES):
                 s[B_REC * LANES + j] = 0.0

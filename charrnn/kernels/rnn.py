@@ -1,6 +1,6 @@
 """Vanilla (Elman) tanh RNN layer over a window of steps: forward and backward side by side.
 
-    h_t = tanh(xproj_t + h_{t-1} @ Wh)    xproj_t = W_x x_t + b (input projection, done before)
+    h_t = tanh(xproj_t + h_{t-1} @ Wh)    xproj_t = W_x x_t + b (input projection, looked up)
 
 Shapes (legend): T steps in the window, B streams, H hidden units.
 Slot t of `hs` holds the state *before* step t: hs[0] enters the window, hs[T] leaves it.
@@ -15,7 +15,7 @@ from numba import prange
 
 from ._jit import block, kernel, parallel_kernel
 from .activations import tanh
-from .panels import LANES, add_entering_grad, copy_lanes, panel_product, recurrent_grad
+from .panels import LANES, add_entering_grad, copy_lanes, panel_product, prefetch, recurrent_grad
 
 FORWARD_SLOTS = 1  # the pre-activation, then h_t
 B_REC, B_DH, B_DHUP, B_H = range(4)  # backward: recurrent gradient, carried, from above, h_t
@@ -23,13 +23,13 @@ BACKWARD_SLOTS = 4
 
 
 @kernel
-def _rnn_forward_panel(hs, xproj, Wp, S, t, p, r0, r1):
+def _rnn_forward_panel(hs, xtable, xindex, Wp, S, t, p, r0, r1):
     # step t for the units of panel p and the streams [r0, r1)
     B, H = hs.shape[1], hs.shape[2]
     u0 = p * LANES
     n = min(LANES, H - u0)
     for r in range(r0, r1):
-        copy_lanes(S[r], 0, xproj[t, r], u0, n)
+        copy_lanes(S[r], 0, xtable[xindex[t, r]], u0, n)
     W = S.shape[1]
     panel_product(hs[t], r0 * H, H, r1 - r0, H, Wp[p, 0], 0, S, r0 * W, W)  # the only matrix work
     for r in range(r0, r1):
@@ -40,16 +40,18 @@ def _rnn_forward_panel(hs, xproj, Wp, S, t, p, r0, r1):
 
 
 @parallel_kernel
-def rnn_forward(hs, xproj, Wp, n_blocks):
+def rnn_forward(hs, xtable, xindex, Wp, n_blocks):
     # hs (T+1,B,H) in/out: slot 0 read, slots 1..T written
-    # xproj (T,B,H) in: input projection incl. bias    Wp: Wh packed by pack_gate_panels
-    T, B = xproj.shape[0], hs.shape[1]
+    # xtable (N,H), xindex (T,B): the input projection of step t, stream r, bias included, is
+    #     xtable[xindex[t, r]] (see Stack.forward)
+    # Wp: Wh packed by pack_gate_panels
+    T, B = xindex.shape[0], hs.shape[1]
     S = np.zeros((n_blocks, B, FORWARD_SLOTS * LANES), hs.dtype)
     for i in prange(n_blocks):
         r0, r1 = block(B, n_blocks, i)
         for t in range(T):
             for p in range(Wp.shape[0]):
-                _rnn_forward_panel(hs, xproj, Wp, S[i], t, p, r0, r1)
+                _rnn_forward_panel(hs, xtable, xindex, Wp, S[i], t, p, r0, r1)
 
 
 @kernel
@@ -62,6 +64,9 @@ def _rnn_backward_panel(dxproj, dh, dhs, hs, WTp, S, t, p, r0, r1):
         recurrent_grad(dxproj[t + 1], WTp, S, p, r0, r1)  # a_{t+1} = ... + h_t @ Wh
     for r in range(r0, r1):
         s = S[r]
+        if t > 0:  # the lines step t-1 reads
+            prefetch(hs[t, r], u0)
+            prefetch(dhs[t - 1, r], u0)
         if t + 1 == T:
             for j in range(LANES):
                 s[B_REC * LANES + j] = 0.0
