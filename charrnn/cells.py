@@ -14,8 +14,10 @@ import numpy as np
 from .kernels._jit import threads
 from .kernels.blas import column_sums_acc, matmul_tn_acc
 from .kernels.gru import gru_backward, gru_forward
+from .kernels import lstm
 from .kernels.lstm import lstm_backward, lstm_forward
-from .kernels.panels import gate_panels, pack_gate_panels, pack_transposed_panels, transposed_panels
+from .kernels.panels import (LANES, gate_panels, n_panels, pack_gate_panels, pack_transposed_panels,
+                             transposed_panels)
 from .kernels.rnn import rnn_backward, rnn_forward
 
 
@@ -44,6 +46,10 @@ class RNNCell:
 
     def buffers(self, T, B, H, dtype):
         return {"hs": np.zeros((T + 1, B, H), dtype)}, _panel_buffers(H, 1, dtype)
+
+    def activations(self, buf, H):
+        """{name: (T,B,H)} of the activations of the window's steps."""
+        return {"h": buf["hs"][1:]}
 
     def forward(self, buf, scratch, p, xtable, xindex, t0, t1):
         pack_gate_panels(p["Wh"], scratch["Wp"])
@@ -75,21 +81,27 @@ class LSTMCell:
         buf = {
             "hs": np.zeros((T + 1, B, H), dtype),
             "cs": np.zeros((T + 1, B, H), dtype),
-            "acts": np.zeros((T, B, 4 * H), dtype),
-            "tcs": np.zeros((T, B, H), dtype),
+            "acts": np.zeros((T, B, n_panels(H) * lstm.SAVED * LANES), dtype),
         }
         return buf, _panel_buffers(H, 4, dtype)
 
+    def activations(self, buf, H):
+        """{name: (T,B,H)} of the gates and tanh(c_t), from their panel-major buffer."""
+        T, B = buf["acts"].shape[:2]
+        saved = buf["acts"].reshape(T, B, -1, lstm.SAVED, LANES).transpose(0, 1, 3, 2, 4)
+        saved = saved.reshape(T, B, lstm.SAVED, -1)[..., :H]
+        return {name: saved[:, :, k] for k, name in enumerate(("i", "f", "g", "o", "tanh(c)"))}
+
     def forward(self, buf, scratch, p, xtable, xindex, t0, t1):
         pack_gate_panels(p["Wh"], scratch["Wp"])
-        lstm_forward(buf["hs"][t0 : t1 + 1], buf["cs"][t0 : t1 + 1], buf["acts"][t0:t1],
-                     buf["tcs"][t0:t1], xtable, xindex, scratch["Wp"], threads())
+        lstm_forward(buf["hs"][t0 : t1 + 1], buf["cs"][t0 : t1 + 1], buf["acts"][t0:t1], xtable, xindex,
+                     scratch["Wp"], threads())
 
     def backward(self, buf, scratch, p, g, dxproj, dhs, dstate, t0, t1):
         hs, H = buf["hs"], p["Wh"].shape[0]
         pack_transposed_panels(p["Wh"], scratch["WTp"])
         lstm_backward(dxproj[t0:t1], dstate["hs"], dstate["cs"], dhs[t0:t1], buf["cs"][t0 : t1 + 1],
-                      buf["acts"][t0:t1], buf["tcs"][t0:t1], scratch["WTp"], threads())
+                      buf["acts"][t0:t1], scratch["WTp"], threads())
         # dWh = sum_t h_{t-1}^T da_t, one product over the whole window
         matmul_tn_acc(g["Wh"], hs[t0:t1].reshape(-1, H), dxproj[t0:t1].reshape(-1, 4 * H), threads())
 
@@ -115,6 +127,10 @@ class GRUCell:
         }
         scratch = {"dhp": np.zeros((T, B, 3 * H), dtype), **_panel_buffers(H, 3, dtype)}
         return buf, scratch
+
+    def activations(self, buf, H):
+        """{name: (T,B,H)} of the gates r, z and the candidate n."""
+        return {name: buf["acts"][..., k * H : (k + 1) * H] for k, name in enumerate(("r", "z", "n"))}
 
     def forward(self, buf, scratch, p, xtable, xindex, t0, t1):
         pack_gate_panels(p["Wh"], scratch["Wp"])

@@ -164,15 +164,9 @@ def state_gradients(stack: Stack, params, max_k: int):
 
 def saturation_counts(stack: Stack):
     """Per layer {activation: (saturated, total)} over all T steps in the buffers."""
-    cell, H = stack.spec.cell, stack.spec.hidden
     counts = []
     for buf in stack.bufs:
-        if cell == "rnn":
-            acts = {"h": buf["hs"][1:]}
-        else:
-            acts = {name: buf["acts"][..., n * H : (n + 1) * H] for n, name in enumerate(BLOCKS[cell])}
-            if cell == "lstm":
-                acts["tanh(c)"] = buf["tcs"]
+        acts = stack.cell.activations(buf, stack.spec.hidden)
         layer = {}
         for name, a in acts.items():
             if name in TANH_UNITS:

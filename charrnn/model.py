@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cells import CELLS
+from .errors import CharrnnError
 from .kernels.inputs import dense_backward, dense_forward, onehot_backward
 from .kernels.output import logits_backward, logits_forward, softmax_xent, xent
 
@@ -145,10 +146,16 @@ class Stack:
         return {name: a[: keep + (a.shape[0] - self.T)].copy() for name, a in self._time_buffers().items()}
 
     def load_kept_arrays(self, arrays):
+        """Restore what kept_arrays saved. A window saved by a charrnn whose buffers were laid
+        out differently cannot be resumed exactly: that is an error, not a silent restart."""
         for name, a in self._time_buffers().items():
-            kept = arrays[name]
-            if kept.shape[1:] != a.shape[1:] or kept.shape[0] > a.shape[0]:
-                raise ValueError(f"kept buffer {name} has shape {kept.shape}, expected (<= {a.shape[0]},) + {a.shape[1:]}")
+            kept = arrays.get(name)
+            if kept is None or kept.shape[1:] != a.shape[1:] or kept.shape[0] > a.shape[0]:
+                found = "missing" if kept is None else f"shaped {kept.shape}"
+                raise CharrnnError(
+                    f"the checkpoint's saved window does not fit this charrnn (buffer {name} is {found}, "
+                    f"expected (<= {a.shape[0]},) + {a.shape[1:]}); resume it with the charrnn that "
+                    f"wrote it (sampling and eval still work)")
             a[: kept.shape[0]] = kept
 
     # -- forward -----------------------------------------------------------------------------
@@ -202,7 +209,8 @@ class Stack:
         logits_forward(dlogits, h2d, out["Wy"], out["by"])
         softmax_xent(dlogits, self.row_loss[:n], self.targets[c0:t1].reshape(-1), self.dtype.type(scale))
         dtop = self.dhs[-1]
-        dtop[:] = 0.0
+        dtop[:c0] = 0.0  # steps without a counted prediction send nothing down
+        dtop[t1:] = 0.0
         logits_backward(dtop[c0:t1].reshape(n, -1), gout["Wy"], gout["by"], dlogits, h2d, out["Wy"])
         L = self.spec.layers
         if self.masks[L] is not None:

@@ -102,3 +102,21 @@ def test_layout_views_cover_the_buffer_once():
         v += i + 1  # each element is written by exactly one view
     assert np.all(flat > 0)
     assert sum(v.size for v in layout.views(flat).values()) == layout.size
+
+
+def test_lstm_activations_unpack_the_panels():
+    # H=37 spans three panels of 16 units, the last one partial: the gates and tanh(c) read back
+    # by unit must satisfy the cell's own equations, which a misplaced panel or slot breaks
+    spec, flat, ids, targets, state0 = make_case("lstm", 4, 5, 37, 6, 1, seed=3)
+    stack = Stack(spec, 5, 4, np.float64)
+    stack.ids[:] = ids
+    stack.set_state(0, state0)
+    stack.forward(flat, 0, 4)
+    a = stack.cell.activations(stack.bufs[0], 37)
+    hs, cs = stack.bufs[0]["hs"], stack.bufs[0]["cs"]
+    assert all(v.shape == (4, 5, 37) for v in a.values())
+    for gate in ("i", "f", "o"):
+        assert ((a[gate] > 0) & (a[gate] < 1)).all()
+    np.testing.assert_allclose(a["tanh(c)"], np.tanh(cs[1:]), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(a["o"] * a["tanh(c)"], hs[1:], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(a["f"] * cs[:-1] + a["i"] * a["g"], cs[1:], rtol=1e-12, atol=1e-12)

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from charrnn.checkpoint import load_checkpoint
+from charrnn.checkpoint import load_checkpoint, save_checkpoint
 from charrnn.config import TrainConfig
 from charrnn.errors import CharrnnError
 from charrnn.train import Interrupted, Trainer
@@ -124,6 +124,22 @@ def test_resume_refuses_a_corrupt_checkpoint(corpus, tmp_path):
     latest = tmp_path / "r" / "latest.npz"
     latest.write_bytes(latest.read_bytes()[:-100])
     with pytest.raises(CharrnnError, match="latest.npz"):
+        Trainer.resume(latest)
+
+
+def test_resume_refuses_a_window_saved_in_another_layout(corpus, tmp_path):
+    # e.g. a checkpoint written before the LSTM kept its gates panel by panel: (T, B, 4H)
+    train_steps(config(corpus, tmp_path, cell="lstm"), tmp_path / "r", 3)
+    latest = tmp_path / "r" / "latest.npz"
+    arrays, meta = load_checkpoint(latest)
+    kept = arrays["kept.layer0.acts"]
+    arrays["kept.layer0.acts"] = np.zeros(kept.shape[:2] + (4 * 12,), kept.dtype)
+    save_checkpoint(latest, arrays, meta)
+    with pytest.raises(CharrnnError, match=r"buffer layer0\.acts is shaped .*resume it with the charrnn that wrote it"):
+        Trainer.resume(latest)
+    del arrays["kept.layer0.acts"]
+    save_checkpoint(latest, arrays, meta)
+    with pytest.raises(CharrnnError, match=r"buffer layer0\.acts is missing"):
         Trainer.resume(latest)
 
 

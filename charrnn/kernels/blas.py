@@ -69,10 +69,18 @@ def add_row(out, v, n_blocks):
 
 @parallel_kernel
 def column_sums_acc(out, a, n_blocks):
-    # out (N,) += sum over rows of a (M,N), threads split the columns
+    # out (N,) += sum over rows of a (M,N): threads split the rows, each into its own partial,
+    # so that the inner loop runs along whole rows (split by columns, a thread of a 65-wide
+    # output had 33-element loops: 0.17 ms for 3200 rows)
     M, N = a.shape
+    partial = np.zeros((n_blocks, N), out.dtype)
     for i in prange(n_blocks):
-        lo, hi = block(N, n_blocks, i)
-        for m in range(M):
-            for n in range(lo, hi):
-                out[n] += a[m, n]
+        lo, hi = block(M, n_blocks, i)
+        part = partial[i]
+        for m in range(lo, hi):
+            row = a[m]
+            for n in range(N):
+                part[n] += row[n]
+    for j in range(n_blocks):
+        for n in range(N):
+            out[n] += partial[j, n]

@@ -20,15 +20,19 @@ from numba import prange
 
 from ._jit import block, kernel, parallel_kernel
 from .activations import sigmoid, tanh
-from .panels import LANES, add_entering_grad, copy_lanes, panel_product, prefetch, recurrent_grad
+from .panels import LANES, add_entering_grad, copy_block, copy_lanes, panel_product, prefetch, recurrent_grad
 
 
 # A thread's scratch row for one stream and one panel holds LANES units of several quantities
 # ("slots"), so that the gate math runs on one array in loops of constant length: LLVM turns
 # them into straight vector code, where the same loops over the panel's units in the big
 # buffers (several arrays that might alias, a few units at a time) would stay scalar.
-F_I, F_F, F_G, F_O, F_C, F_TC, F_H = range(7)  # forward slots: gates, c_t, tanh(c_t), h_t
+F_I, F_F, F_G, F_O, F_TC, F_C, F_H = range(7)  # forward slots: gates, tanh(c_t), c_t, h_t
 FORWARD_SLOTS = 7
+# The first SAVED forward slots (the gates and tanh(c_t)) are what the backward needs: `acts`
+# keeps them as they are, one block of SAVED * LANES per stream and panel, so that saving and
+# reading them back are one copy each. Row r of acts[t] is (panels, SAVED, LANES).
+SAVED = 5
 # backward slots: the recurrent gradient, the gates (then their gradients), tanh(c_t), c_{t-1},
 # the gradient carried into h_t, the one from above, and the one carried into c_t
 B_REC, B_I, B_F, B_G, B_O, B_TC, B_CPREV, B_DH, B_DHUP, B_DC = range(10)
@@ -36,7 +40,7 @@ BACKWARD_SLOTS = 10
 
 
 @kernel
-def _lstm_forward_panel(hs, cs, acts, tcs, xtable, xindex, Wp, S, t, p, r0, r1):
+def _lstm_forward_panel(hs, cs, acts, xtable, xindex, Wp, S, t, p, r0, r1):
     # step t for the units of panel p and the streams [r0, r1)
     # S (B, FORWARD_SLOTS * LANES): this thread's scratch
     B, H = hs.shape[1], hs.shape[2]
@@ -69,17 +73,15 @@ def _lstm_forward_panel(hs, cs, acts, tcs, xtable, xindex, Wp, S, t, p, r0, r1):
             s[F_C * LANES + j] = c
             s[F_TC * LANES + j] = tc
             s[F_H * LANES + j] = o * tc
-        for g in range(4):
-            copy_lanes(acts[t, r], g * H + u0, s, g * LANES, n)
+        copy_block(acts[t, r], p * SAVED * LANES, s, 0, SAVED * LANES)
         copy_lanes(cs[t + 1, r], u0, s, F_C * LANES, n)
-        copy_lanes(tcs[t, r], u0, s, F_TC * LANES, n)
         copy_lanes(hs[t + 1, r], u0, s, F_H * LANES, n)
 
 
 @parallel_kernel
-def lstm_forward(hs, cs, acts, tcs, xtable, xindex, Wp, n_blocks):
+def lstm_forward(hs, cs, acts, xtable, xindex, Wp, n_blocks):
     # hs, cs (T+1,B,H) in/out: slot 0 read, slots 1..T written
-    # acts (T,B,4H) out: activated gates i,f,g,o      tcs (T,B,H) out: tanh(c_t)
+    # acts (T,B,panels*SAVED*LANES) out: the activated gates i,f,g,o and tanh(c_t) (see SAVED)
     # xtable (N,4H), xindex (T,B): the input projection of step t, stream r, bias included, is
     #     xtable[xindex[t, r]] (see Stack.forward)
     # Wp: Wh packed by pack_gate_panels
@@ -89,11 +91,11 @@ def lstm_forward(hs, cs, acts, tcs, xtable, xindex, Wp, n_blocks):
         r0, r1 = block(B, n_blocks, i)
         for t in range(T):
             for p in range(Wp.shape[0]):
-                _lstm_forward_panel(hs, cs, acts, tcs, xtable, xindex, Wp, S[i], t, p, r0, r1)
+                _lstm_forward_panel(hs, cs, acts, xtable, xindex, Wp, S[i], t, p, r0, r1)
 
 
 @kernel
-def _lstm_backward_panel(dxproj, dh, dc, dhs, cs, acts, tcs, WTp, S, t, p, r0, r1):
+def _lstm_backward_panel(dxproj, dh, dc, dhs, cs, acts, WTp, S, t, p, r0, r1):
     # step t for the units of panel p and the streams [r0, r1)
     # S (B, BACKWARD_SLOTS * LANES): this thread's scratch
     T, B, H = dxproj.shape[0], dh.shape[0], dh.shape[1]
@@ -104,17 +106,14 @@ def _lstm_backward_panel(dxproj, dh, dc, dhs, cs, acts, tcs, WTp, S, t, p, r0, r
     for r in range(r0, r1):
         s = S[r]
         if t > 0:  # the lines step t-1 reads
-            for g in range(4):
-                prefetch(acts[t - 1, r], g * H + u0)
-            prefetch(tcs[t - 1, r], u0)
+            for k in range(SAVED):
+                prefetch(acts[t - 1, r], (p * SAVED + k) * LANES)
             prefetch(cs[t - 1, r], u0)
             prefetch(dhs[t - 1, r], u0)
         if t + 1 == T:
             for j in range(LANES):
                 s[B_REC * LANES + j] = 0.0
-        for g in range(4):
-            copy_lanes(s, (B_I + g) * LANES, acts[t, r], g * H + u0, n)
-        copy_lanes(s, B_TC * LANES, tcs[t, r], u0, n)
+        copy_block(s, B_I * LANES, acts[t, r], p * SAVED * LANES, SAVED * LANES)
         copy_lanes(s, B_CPREV * LANES, cs[t, r], u0, n)
         copy_lanes(s, B_DH * LANES, dh[r], u0, n)
         copy_lanes(s, B_DHUP * LANES, dhs[t, r], u0, n)
@@ -126,6 +125,7 @@ def _lstm_backward_panel(dxproj, dh, dc, dhs, cs, acts, tcs, WTp, S, t, p, r0, r
             o = s[B_O * LANES + j]
             tc = s[B_TC * LANES + j]
             dh_t = s[B_DH * LANES + j] + s[B_REC * LANES + j] + s[B_DHUP * LANES + j]
+            s[B_DH * LANES + j] = 0.0  # consumed (no path to h_{t-1} but the product)
             # h_t = o * tanh(c_t)
             do = dh_t * tc
             dc_t = s[B_DC * LANES + j] + dh_t * o * (1.0 - tc * tc)
@@ -142,14 +142,11 @@ def _lstm_backward_panel(dxproj, dh, dc, dhs, cs, acts, tcs, WTp, S, t, p, r0, r
         for g in range(4):
             copy_lanes(dxproj[t, r], g * H + u0, s, (B_I + g) * LANES, n)
         copy_lanes(dc[r], u0, s, B_DC * LANES, n)
-        # consumed; after the window, add_entering_grad puts the gradient w.r.t. hs[0] here
-        dh_r = dh[r]
-        for j in range(n):
-            dh_r[u0 + j] = 0.0
+        copy_lanes(dh[r], u0, s, B_DH * LANES, n)  # after the window, add_entering_grad fills it
 
 
 @parallel_kernel
-def lstm_backward(dxproj, dh, dc, dhs, cs, acts, tcs, WTp, n_blocks):
+def lstm_backward(dxproj, dh, dc, dhs, cs, acts, WTp, n_blocks):
     # dxproj (T,B,4H) out: dLoss/d(pre-activations), which is also dLoss/d(xproj)
     # dh, dc (B,H) in/out: gradient arriving at the window's last state from later steps
     #     (zero under truncation); on return, the gradient w.r.t. the entering state hs[0], cs[0]
@@ -162,6 +159,6 @@ def lstm_backward(dxproj, dh, dc, dhs, cs, acts, tcs, WTp, n_blocks):
         r0, r1 = block(B, n_blocks, i)
         for t in range(T - 1, -1, -1):
             for p in range(WTp.shape[0]):
-                _lstm_backward_panel(dxproj, dh, dc, dhs, cs, acts, tcs, WTp, S[i], t, p, r0, r1)
+                _lstm_backward_panel(dxproj, dh, dc, dhs, cs, acts, WTp, S[i], t, p, r0, r1)
         if T > 0:
             add_entering_grad(dh, dxproj[0], WTp, S[i], r0, r1)

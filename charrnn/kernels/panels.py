@@ -151,28 +151,40 @@ def recurrent_grad(dA, P, S, p, r0, r1):
     panel_product(dA, r0 * G, G, r1 - r0, G, P[p], 0, S, r0 * W, W)
 
 
-@intrinsic
-def copy_lanes(typingctx, dst, d0, src, s0, n):
-    """dst[d0 : d0+n] = src[s0 : s0+n] on 1-D arrays, n <= LANES: a whole panel (n == LANES)
-    is a fixed-size copy, which LLVM turns into a few vector moves. An intrinsic rather than a
-    function, so that the many small copies cost no call and no reference counting."""
-    intp = types.intp
-    sig = types.void(dst, intp, src, intp, intp)
+def _copy_intrinsic(panel_fast_path):
+    """An intrinsic copy(dst, d0, src, s0, n): dst[d0 : d0+n] = src[s0 : s0+n] on 1-D arrays.
+    Intrinsics rather than functions, so that the many small copies cost no call and no
+    reference counting. With panel_fast_path, a whole panel (n == LANES) is a copy of fixed
+    size, which LLVM turns into a few vector moves."""
 
-    def codegen(context, builder, signature, args):
-        dst_, d0_, src_, s0_, n_ = args
-        itemsize = signature.args[0].dtype.bitwidth // 8
-        to = builder.gep(context.make_array(signature.args[0])(context, builder, dst_).data, [d0_])
-        frm = builder.gep(context.make_array(signature.args[2])(context, builder, src_).data, [s0_])
-        whole = builder.icmp_signed("==", n_, ir.Constant(n_.type, LANES))
-        with builder.if_else(whole) as (then, otherwise):
-            with then:
-                cgutils.raw_memmove(builder, to, frm, ir.Constant(n_.type, LANES), itemsize)
-            with otherwise:
+    @intrinsic
+    def copy(typingctx, dst, d0, src, s0, n):
+        intp = types.intp
+        sig = types.void(dst, intp, src, intp, intp)
+
+        def codegen(context, builder, signature, args):
+            dst_, d0_, src_, s0_, n_ = args
+            itemsize = signature.args[0].dtype.bitwidth // 8
+            to = builder.gep(context.make_array(signature.args[0])(context, builder, dst_).data, [d0_])
+            frm = builder.gep(context.make_array(signature.args[2])(context, builder, src_).data, [s0_])
+            if not panel_fast_path:
                 cgutils.raw_memmove(builder, to, frm, n_, itemsize)
-        return context.get_dummy_value()
+                return context.get_dummy_value()
+            whole = builder.icmp_signed("==", n_, ir.Constant(n_.type, LANES))
+            with builder.if_else(whole) as (then, otherwise):
+                with then:
+                    cgutils.raw_memmove(builder, to, frm, ir.Constant(n_.type, LANES), itemsize)
+                with otherwise:
+                    cgutils.raw_memmove(builder, to, frm, n_, itemsize)
+            return context.get_dummy_value()
 
-    return sig, codegen
+        return sig, codegen
+
+    return copy
+
+
+copy_lanes = _copy_intrinsic(panel_fast_path=True)  # n <= LANES units of one slot
+copy_block = _copy_intrinsic(panel_fast_path=False)  # several slots at once
 
 
 @intrinsic

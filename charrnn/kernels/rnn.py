@@ -77,12 +77,10 @@ def _rnn_backward_panel(dxproj, dh, dhs, hs, WTp, S, t, p, r0, r1):
             h = s[B_H * LANES + j]
             # h_t = tanh(a_t)
             dh_t = s[B_DH * LANES + j] + s[B_REC * LANES + j] + s[B_DHUP * LANES + j]
+            s[B_DH * LANES + j] = 0.0  # consumed (no path to h_{t-1} but the product)
             s[B_H * LANES + j] = dh_t * (1.0 - h * h)
         copy_lanes(dxproj[t, r], u0, s, B_H * LANES, n)
-        # consumed; after the window, add_entering_grad puts the gradient w.r.t. hs[0] here
-        dh_r = dh[r]
-        for j in range(n):
-            dh_r[u0 + j] = 0.0
+        copy_lanes(dh[r], u0, s, B_DH * LANES, n)  # after the window, add_entering_grad fills it
 
 
 @parallel_kernel
