@@ -150,6 +150,8 @@ class Stack:
         out differently cannot be resumed exactly: that is an error, not a silent restart."""
         for name, a in self._time_buffers().items():
             kept = arrays.get(name)
+            if kept is not None and kept.shape[0] == 0:
+                continue  # nothing kept (k1 >= k2 keeps no steps): any layout will do
             if kept is None or kept.shape[1:] != a.shape[1:] or kept.shape[0] > a.shape[0]:
                 found = "missing" if kept is None else f"shaped {kept.shape}"
                 raise CharrnnError(
@@ -182,7 +184,7 @@ class Stack:
             else:
                 x2d = self._layer_input(l, t0, t1, rng)
                 xproj = self.xproj[l]
-                dense_forward(xproj[t0:t1].reshape(x2d.shape[0], -1), x2d, p["Wx"], p["b"])
+                dense_forward(xproj[t0:t1].reshape(x2d.shape[0], xproj.shape[2]), x2d, p["Wx"], p["b"])
                 xtable, xindex = xproj.reshape(self.T * self.B, -1), self.positions[t0:t1]
             self.cell.forward(self.bufs[l], self.scratch[l], p, xtable, xindex, t0, t1)
         self._layer_input(self.spec.layers, t0, t1, rng)  # the output layer's (dropped) input

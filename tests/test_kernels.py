@@ -1,4 +1,5 @@
 """Every kernel against the slow float64 reference, on ordinary and awkward shapes."""
+import numba
 import numpy as np
 import pytest
 
@@ -6,10 +7,20 @@ from charrnn.model import Layout, ModelSpec, Stack, init_params
 from reference import n_states, reference_loss_and_grads
 
 CELLS = ["rnn", "lstm", "gru"]
-# (T, B, H, V, L): ordinary, then T=1, B=1, H=1, V=2, three layers, and H over several
-# weight panels of 16 units with B not a multiple of the 4-row tile
+# (T, B, H, V, L): ordinary, then T=1, B=1, H=1, V=2, three layers, and H=37 over three weight
+# panels of 16 units (the last one partial) with streams enough for the 4-row tile and its
+# 1-row remainder on every thread
 SHAPES = [(7, 4, 5, 11, 1), (1, 3, 4, 6, 2), (5, 1, 3, 5, 1), (4, 3, 1, 4, 2), (6, 2, 3, 2, 1), (5, 2, 4, 7, 3),
-          (3, 6, 37, 5, 2)]
+          (3, 11, 37, 5, 2)]
+
+
+@pytest.fixture(params=["1 thread", "all threads"])
+def n_threads(request):
+    """Threads split the streams: one thread takes them all; several take uneven blocks."""
+    before = numba.get_num_threads()
+    numba.set_num_threads(1 if request.param == "1 thread" else numba.config.NUMBA_NUM_THREADS)
+    yield numba.get_num_threads()
+    numba.set_num_threads(before)
 
 
 def make_case(cell, T, B, H, V, L, seed=0):
@@ -58,7 +69,7 @@ def rel_err(a, b):
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}-B{}-H{}-V{}-L{}".format(*s))
-def test_float64_matches_reference(cell, shape):
+def test_float64_matches_reference(cell, shape, n_threads):
     spec, flat, ids, targets, state0 = make_case(cell, *shape)
     loss, grads, state, tops, dstate0 = run_stack(spec, flat, ids, targets, state0, np.float64)
     ref_loss, ref_grads, ref_state, ref_tops, ref_dstate0 = reference_flat(spec, flat, ids, targets, state0)
@@ -76,8 +87,12 @@ def test_float64_matches_reference(cell, shape):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_float32_close_to_float64(cell):
-    spec, flat, ids, targets, state0 = make_case(cell, 20, 8, 16, 13, 2, seed=1)
+# H=37 spans a partial weight panel. Fewer steps there: the random RNN of that width is chaotic
+# (spectral radius about 0.3 * sqrt(37) = 1.8), so over 20 steps it amplifies float32 rounding
+# past 1e-5 in every unit alike (measured 1.2e-5 to 4.3e-5; the LSTM and GRU stay near 1e-6).
+@pytest.mark.parametrize("T, H", [(20, 16), (8, 37)])
+def test_float32_close_to_float64(cell, T, H):
+    spec, flat, ids, targets, state0 = make_case(cell, T, 11, H, 13, 2, seed=1)
     loss64, g64, _, tops64, _ = run_stack(spec, flat, ids, targets, state0, np.float64)
     loss32, g32, _, tops32, _ = run_stack(spec, flat, ids, targets, state0, np.float32)
     assert g32.dtype == np.float32

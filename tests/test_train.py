@@ -128,11 +128,13 @@ def test_resume_refuses_a_corrupt_checkpoint(corpus, tmp_path):
 
 
 def test_resume_refuses_a_window_saved_in_another_layout(corpus, tmp_path):
-    # e.g. a checkpoint written before the LSTM kept its gates panel by panel: (T, B, 4H)
-    train_steps(config(corpus, tmp_path, cell="lstm"), tmp_path / "r", 3)
+    # e.g. a checkpoint written before the LSTM kept its gates panel by panel: (T, B, 4H).
+    # With k2 > k1 the next update reads kept steps, so they must fit.
+    train_steps(config(corpus, tmp_path, cell="lstm", k1=4, k2=8), tmp_path / "r", 3)
     latest = tmp_path / "r" / "latest.npz"
     arrays, meta = load_checkpoint(latest)
     kept = arrays["kept.layer0.acts"]
+    assert kept.shape[0] == 4
     arrays["kept.layer0.acts"] = np.zeros(kept.shape[:2] + (4 * 12,), kept.dtype)
     save_checkpoint(latest, arrays, meta)
     with pytest.raises(CharrnnError, match=r"buffer layer0\.acts is shaped .*resume it with the charrnn that wrote it"):
@@ -141,6 +143,19 @@ def test_resume_refuses_a_window_saved_in_another_layout(corpus, tmp_path):
     save_checkpoint(latest, arrays, meta)
     with pytest.raises(CharrnnError, match=r"buffer layer0\.acts is missing"):
         Trainer.resume(latest)
+
+
+def test_resume_accepts_an_empty_window_of_another_layout(corpus, tmp_path):
+    # k1 = k2 keeps no steps: an older layout of nothing is still exactly resumable
+    train_steps(config(corpus, tmp_path, cell="lstm"), tmp_path / "r", 3)
+    latest = tmp_path / "r" / "latest.npz"
+    arrays, meta = load_checkpoint(latest)
+    kept = arrays["kept.layer0.acts"]
+    assert kept.shape[0] == 0
+    arrays["kept.layer0.acts"] = np.zeros((0,) + kept.shape[1:2] + (4 * 12,), kept.dtype)
+    save_checkpoint(latest, arrays, meta)
+    resumed = Trainer.resume(latest, say=lambda *_: None)
+    assert resumed.step == 3
 
 
 def run_cli(*args, cwd=None):

@@ -5,9 +5,13 @@ diverging run shows a NaN loss instead of silently computing garbage. `reassoc` 
 let LLVM vectorise reductions and fuse multiply-adds; `afn` allows faster exp/tanh.
 
 Threads: numba's threads split the work (batch rows in the time loops, output rows in the large
-products) and each calls BLAS on its own block, so BLAS itself is held to one thread. A BLAS
-pool of its own would synchronise inside every small per-step product, which on a busy machine
-costs many times the product itself.
+products). The large products call BLAS on each thread's own block, so BLAS itself is held to
+one thread: a pool of its own would meet inside every product, which on a busy machine costs
+many times the product itself. The per-step products do not use BLAS (kernels/panels.py).
+
+Cache: numba checks only a function's own file for changes. After editing a module that other
+kernels inline (activations.py, panels.py), delete the __pycache__ folders, or set a fresh
+NUMBA_CACHE_DIR as CI does.
 """
 import numba
 import scipy.linalg.cython_blas  # noqa: F401  loads the BLAS that numba's np.dot calls

@@ -23,7 +23,7 @@ from .activations import sigmoid, tanh
 from .panels import LANES, add_entering_grad, copy_block, copy_lanes, panel_product, prefetch, recurrent_grad
 
 
-# A thread's scratch row for one stream and one panel holds LANES units of several quantities
+# The scratch row of a stream, for the panel at hand, holds LANES units of several quantities
 # ("slots"), so that the gate math runs on one array in loops of constant length: LLVM turns
 # them into straight vector code, where the same loops over the panel's units in the big
 # buffers (several arrays that might alias, a few units at a time) would stay scalar.
@@ -42,7 +42,7 @@ BACKWARD_SLOTS = 10
 @kernel
 def _lstm_forward_panel(hs, cs, acts, xtable, xindex, Wp, S, t, p, r0, r1):
     # step t for the units of panel p and the streams [r0, r1)
-    # S (B, FORWARD_SLOTS * LANES): this thread's scratch
+    # S (B, FORWARD_SLOTS * LANES): scratch rows; this thread's are [r0, r1)
     B, H = hs.shape[1], hs.shape[2]
     u0 = p * LANES
     n = min(LANES, H - u0)
@@ -86,18 +86,18 @@ def lstm_forward(hs, cs, acts, xtable, xindex, Wp, n_blocks):
     #     xtable[xindex[t, r]] (see Stack.forward)
     # Wp: Wh packed by pack_gate_panels
     T, B = acts.shape[0], hs.shape[1]
-    S = np.zeros((n_blocks, B, FORWARD_SLOTS * LANES), hs.dtype)
+    S = np.zeros((B, FORWARD_SLOTS * LANES), hs.dtype)
     for i in prange(n_blocks):
         r0, r1 = block(B, n_blocks, i)
         for t in range(T):
             for p in range(Wp.shape[0]):
-                _lstm_forward_panel(hs, cs, acts, xtable, xindex, Wp, S[i], t, p, r0, r1)
+                _lstm_forward_panel(hs, cs, acts, xtable, xindex, Wp, S, t, p, r0, r1)
 
 
 @kernel
 def _lstm_backward_panel(dxproj, dh, dc, dhs, cs, acts, WTp, S, t, p, r0, r1):
     # step t for the units of panel p and the streams [r0, r1)
-    # S (B, BACKWARD_SLOTS * LANES): this thread's scratch
+    # S (B, BACKWARD_SLOTS * LANES): scratch rows; this thread's are [r0, r1)
     T, B, H = dxproj.shape[0], dh.shape[0], dh.shape[1]
     u0 = p * LANES
     n = min(LANES, H - u0)
@@ -154,11 +154,11 @@ def lstm_backward(dxproj, dh, dc, dhs, cs, acts, WTp, n_blocks):
     # WTp: Wh^T packed by pack_transposed_panels
     # The weight gradient dWh = sum_t h_{t-1}^T da_t is one product after this (cells.py).
     T, B = dxproj.shape[0], dh.shape[0]
-    S = np.zeros((n_blocks, B, BACKWARD_SLOTS * LANES), dh.dtype)
+    S = np.zeros((B, BACKWARD_SLOTS * LANES), dh.dtype)
     for i in prange(n_blocks):
         r0, r1 = block(B, n_blocks, i)
         for t in range(T - 1, -1, -1):
             for p in range(WTp.shape[0]):
-                _lstm_backward_panel(dxproj, dh, dc, dhs, cs, acts, WTp, S[i], t, p, r0, r1)
+                _lstm_backward_panel(dxproj, dh, dc, dhs, cs, acts, WTp, S, t, p, r0, r1)
         if T > 0:
-            add_entering_grad(dh, dxproj[0], WTp, S[i], r0, r1)
+            add_entering_grad(dh, dxproj[0], WTp, S, r0, r1)

@@ -13,14 +13,27 @@ instead needs a meeting of the threads after every step; measured side by side i
 faster, even at H=512 where each thread then reads only half the weights.)
 """
 import numpy as np
-from llvmlite import ir
+from llvmlite import binding as llvm, ir
 from numba import types
 from numba.core import cgutils
+from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
 from ._jit import kernel
 
-LANES = 16  # columns per panel: two 8-wide float32 vectors on AVX2
+LANES = 16  # columns per panel: two 8-wide float32 vectors on AVX2 (float64, for checks, spills)
+# the name of LLVM's prefetch for this LLVM: typed pointers (i8*) before LLVM 15, opaque after
+_PREFETCH = "llvm.prefetch.p0" if llvm.llvm_version_info >= (15,) else "llvm.prefetch.p0i8"
+
+
+def _same_contiguous_arrays(*arrays):
+    """The intrinsics compute raw element offsets: refuse, at compile time, anything but
+    C-contiguous float arrays of one dtype, instead of reading memory under the wrong type."""
+    for a in arrays:
+        if not isinstance(a, types.Array) or a.layout != "C" or a.dtype not in (types.float32, types.float64):
+            raise TypingError(f"expected a C-contiguous float32 or float64 array, got {a}")
+        if a.dtype != arrays[0].dtype:
+            raise TypingError(f"mixed dtypes: {arrays[0].dtype} and {a.dtype}")
 
 
 def _tile_intrinsic(rows):
@@ -34,6 +47,7 @@ def _tile_intrinsic(rows):
 
     @intrinsic
     def tile(typingctx, A, a0, lda, P, p0, C, c0, ldc, K):
+        _same_contiguous_arrays(A, P, C)
         intp = types.intp
         sig = types.void(A, intp, intp, P, intp, C, intp, intp, intp)
 
@@ -143,7 +157,7 @@ def pack_transposed_panels(W, P):
 def recurrent_grad(dA, P, S, p, r0, r1):
     """S[r, :LANES] = dA[r] @ W^T for the units of panel p and the streams r in [r0, r1): the
     gradient reaching the previous state through the recurrent product, from dA (B, G), the
-    gradient of its output. S is a thread's scratch, (B, k*LANES)."""
+    gradient of its output. S holds scratch rows (B, k*LANES); the caller's are [r0, r1)."""
     G, W = dA.shape[1], S.shape[1]
     for r in range(r0, r1):
         for j in range(LANES):
@@ -159,6 +173,7 @@ def _copy_intrinsic(panel_fast_path):
 
     @intrinsic
     def copy(typingctx, dst, d0, src, s0, n):
+        _same_contiguous_arrays(dst, src)
         intp = types.intp
         sig = types.void(dst, intp, src, intp, intp)
 
@@ -192,6 +207,7 @@ def prefetch(typingctx, arr, offset):
     """Ask for the cache line holding arr[offset] ahead of its use. The time loops visit each
     step's rows a panel at a time, a pattern the hardware prefetchers miss, so a step fetches
     the lines of the next one itself (measured: the LSTM backward at H=128, 4.6 ms -> 4.1)."""
+    _same_contiguous_arrays(arr)
     sig = types.void(arr, types.intp)
 
     def codegen(context, builder, signature, args):
@@ -199,7 +215,7 @@ def prefetch(typingctx, arr, offset):
         ptr = builder.gep(context.make_array(signature.args[0])(context, builder, arr_).data, [offset_])
         i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-                                            "llvm.prefetch.p0")
+                                            _PREFETCH)
         # read, high locality, data cache
         builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
         return context.get_dummy_value()
@@ -221,7 +237,7 @@ def transposed_panels(H, G, dtype):
 def add_entering_grad(dh, dA, WTp, S, r0, r1):
     """dh[r] += dA[r] @ Wh^T for the streams r in [r0, r1): the gradient reaching a window's
     entering state through the recurrent product of its first step, from dA (B, G), the
-    gradient of that product's output. S is the thread's scratch."""
+    gradient of that product's output. S holds scratch rows, as in recurrent_grad."""
     H = dh.shape[1]
     for p in range(WTp.shape[0]):
         u0 = p * LANES
