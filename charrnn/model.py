@@ -17,7 +17,7 @@ import numpy as np
 
 from .cells import CELLS
 from .errors import CharrnnError
-from .kernels.inputs import dense_backward, dense_forward, onehot_backward
+from .kernels.inputs import dense_backward, dense_forward, onehot_backward, onehot_backward_blocks
 from .kernels.output import logits_backward, logits_forward, softmax_xent, xent
 
 
@@ -52,11 +52,13 @@ class Layout:
             self.entries.append((name, shape, offset))
             offset += int(np.prod(shape))
         self.size = offset
+        self._sizes = [int(np.prod(shape)) for _, shape, _ in self.entries]
 
     def views(self, flat):
-        """{name: view into flat}; writing to a view writes to the buffer."""
+        """{name: view into flat}; writing to a view writes to the buffer. Called a few times per
+        update, so it does no more than slice and reshape."""
         assert flat.shape == (self.size,), (flat.shape, self.size)
-        return {name: flat[o : o + int(np.prod(s))].reshape(s) for name, s, o in self.entries}
+        return {name: flat[o : o + n].reshape(s) for (name, s, o), n in zip(self.entries, self._sizes)}
 
     def layer_views(self, flat):
         """[{short name: view}] per layer, and the output layer's views."""
@@ -237,7 +239,8 @@ class Stack:
                                self.dstate[l], g0, t1)
             dx = self.dxproj[l][g0:t1]
             if l == 0:
-                onehot_backward(g["Wx"], g["b"], dx, self.ids[g0:t1])
+                n_blocks = onehot_backward_blocks(self.spec.vocab_size, *dx.shape[:2])
+                onehot_backward(g["Wx"], g["b"], dx, self.ids[g0:t1], n_blocks)
             else:
                 x2d = self._stored_input(l, g0, t1)
                 dbelow = self.dhs[l - 1][g0:t1]

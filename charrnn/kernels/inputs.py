@@ -7,24 +7,59 @@ large (T*B, H_in) @ (H_in, G) product for the whole window.
 
 Shapes (legend): T steps, B streams, V vocabulary, H_in input width, G gate width of the cell.
 """
-from ._jit import kernel, threads
+import numpy as np
+from numba import prange
+
+from ._jit import block, kernel, parallel_kernel, threads
 from .blas import add_row, column_sums_acc, matmul, matmul_nt, matmul_tn_acc
 
 
 @kernel
-def onehot_backward(dWx, db, dxproj, ids):
-    # dWx (V,G), db (G,) accumulated with +=      dxproj (T,B,G) in     ids (T,B)
-    # xproj_t = Wx[id_t] + b  =>  dWx[id_t] += dxproj_t, db += dxproj_t: a scatter-add over
-    # rows that repeat, so one thread does it (it is bound by memory, not arithmetic; split
-    # by columns over two threads, it was slower).
-    T, B, G = dxproj.shape
-    for t in range(T):
+def _scatter_add_rows(dWx, db, dxproj, ids, t0, t1):
+    # dWx[ids[t, s]] += dxproj[t, s] and db += dxproj[t, s] for t in [t0, t1)
+    B, G = dxproj.shape[1], dxproj.shape[2]
+    for t in range(t0, t1):
         for s in range(B):
             row = dWx[ids[t, s]]
             d = dxproj[t, s]
             for k in range(G):
                 row[k] += d[k]
                 db[k] += d[k]
+
+
+@parallel_kernel
+def onehot_backward(dWx, db, dxproj, ids, n_blocks):
+    # dWx (V,G), db (G,) accumulated with +=      dxproj (T,B,G) in     ids (T,B)
+    # xproj_t = Wx[id_t] + b  =>  dWx[id_t] += dxproj_t, db += dxproj_t: a scatter-add over rows
+    # that repeat. With several blocks, threads split the steps, each into its own zeroed copy
+    # of dWx and db, added up after (0.30 ms against 0.46 serial at V=65, G=512, T*B=3200); the
+    # caller passes n_blocks=1 when those copies would outweigh the rows scattered.
+    T, G = dxproj.shape[0], dxproj.shape[2]
+    V = dWx.shape[0]
+    if n_blocks == 1:
+        _scatter_add_rows(dWx, db, dxproj, ids, 0, T)
+        return
+    partial = np.zeros((n_blocks, V, G), dWx.dtype)
+    partial_db = np.zeros((n_blocks, G), dWx.dtype)
+    for i in prange(n_blocks):
+        lo, hi = block(T, n_blocks, i)
+        _scatter_add_rows(partial[i], partial_db[i], dxproj, ids, lo, hi)
+    for i in prange(n_blocks):
+        lo, hi = block(V, n_blocks, i)
+        for v in range(lo, hi):
+            for j in range(n_blocks):
+                for k in range(G):
+                    dWx[v, k] += partial[j, v, k]
+    for j in range(n_blocks):
+        for k in range(G):
+            db[k] += partial_db[j, k]
+
+
+def onehot_backward_blocks(V, T, B):
+    """Blocks for onehot_backward: the threads when their copies of dWx (V rows each) are no
+    larger than the T*B rows scattered, else 1."""
+    n = threads()
+    return n if V * n <= T * B else 1
 
 
 def dense_forward(xproj2d, x2d, Wx, b):
