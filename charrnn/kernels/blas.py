@@ -12,7 +12,7 @@ inside a kernel would keep it from being cached).
 import numpy as np
 from numba import prange
 
-from ._jit import block, parallel_kernel
+from ._jit import block, kernel, parallel_kernel
 
 
 @parallel_kernel
@@ -50,10 +50,17 @@ def matmul_tn_acc(out, a, b, n_blocks):
             np.dot(a[lo:hi].T, b[lo:hi], partial[i])
     for i in prange(n_blocks):
         k_lo, k_hi = block(K, n_blocks, i)
-        for k in range(k_lo, k_hi):
-            for j in range(n_blocks):
-                for n in range(N):
-                    out[k, n] += partial[j, k, n]
+        add_partials(out, partial, k_lo, k_hi)
+
+
+@kernel
+def add_partials(out, partial, lo, hi):
+    # out[k] += sum_j partial[j, k] for the rows k in [lo, hi): the threads' partial sums of a
+    # (K, N) result added up, each thread on its own rows
+    for k in range(lo, hi):
+        for j in range(partial.shape[0]):
+            for n in range(out.shape[1]):
+                out[k, n] += partial[j, k, n]
 
 
 @parallel_kernel

@@ -11,7 +11,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import block, kernel, parallel_kernel, threads
-from .blas import add_row, column_sums_acc, matmul, matmul_nt, matmul_tn_acc
+from .blas import add_partials, add_row, column_sums_acc, matmul, matmul_nt, matmul_tn_acc
 
 
 @kernel
@@ -46,10 +46,7 @@ def onehot_backward(dWx, db, dxproj, ids, n_blocks):
         _scatter_add_rows(partial[i], partial_db[i], dxproj, ids, lo, hi)
     for i in prange(n_blocks):
         lo, hi = block(V, n_blocks, i)
-        for v in range(lo, hi):
-            for j in range(n_blocks):
-                for k in range(G):
-                    dWx[v, k] += partial[j, v, k]
+        add_partials(dWx, partial, lo, hi)
     for j in range(n_blocks):
         for k in range(G):
             db[k] += partial_db[j, k]
