@@ -85,11 +85,10 @@ def gru_forward(hs, acts, hn, xtable, xindex, Wp, bhn, n_blocks):
 @kernel
 def _gru_backward_panel(dxproj, dhp, dh, dhs, hs, acts, hn, WTp, S, t, p, r0, r1):
     # step t for the units of panel p and the streams [r0, r1)
-    T, B, H = dxproj.shape[0], dh.shape[0], dh.shape[1]
+    H = dh.shape[1]
     u0 = p * LANES
     n = min(LANES, H - u0)
-    if t + 1 < T:
-        recurrent_grad(dhp[t + 1], WTp, S, p, r0, r1)  # hp_{t+1} = h_t @ Wh
+    recurrent_grad(dhp, t + 1, WTp, S, p, r0, r1)  # hp_{t+1} = h_t @ Wh
     for r in range(r0, r1):
         s = S[r]
         if t > 0:  # the lines step t-1 reads
@@ -98,9 +97,6 @@ def _gru_backward_panel(dxproj, dhp, dh, dhs, hs, acts, hn, WTp, S, t, p, r0, r1
             prefetch(hn[t - 1, r], u0)
             prefetch(hs[t - 1, r], u0)
             prefetch(dhs[t - 1, r], u0)
-        if t + 1 == T:
-            for j in range(LANES):
-                s[B_REC * LANES + j] = 0.0
         copy_lanes(s, B_R * LANES, acts[t, r], u0, n)
         copy_lanes(s, B_Z * LANES, acts[t, r], H + u0, n)
         copy_lanes(s, B_N * LANES, acts[t, r], 2 * H + u0, n)
@@ -150,4 +146,4 @@ def gru_backward(dxproj, dhp, dh, dhs, hs, acts, hn, WTp, n_blocks):
             for p in range(WTp.shape[0]):
                 _gru_backward_panel(dxproj, dhp, dh, dhs, hs, acts, hn, WTp, S, t, p, r0, r1)
         if T > 0:
-            add_entering_grad(dh, dhp[0], WTp, S, r0, r1)
+            add_entering_grad(dh, dhp, WTp, S, r0, r1)

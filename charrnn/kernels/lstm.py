@@ -98,11 +98,10 @@ def lstm_forward(hs, cs, acts, xtable, xindex, Wp, n_blocks):
 def _lstm_backward_panel(dxproj, dh, dc, dhs, cs, acts, WTp, S, t, p, r0, r1):
     # step t for the units of panel p and the streams [r0, r1)
     # S (B, BACKWARD_SLOTS * LANES): scratch rows; this thread's are [r0, r1)
-    T, B, H = dxproj.shape[0], dh.shape[0], dh.shape[1]
+    H = dh.shape[1]
     u0 = p * LANES
     n = min(LANES, H - u0)
-    if t + 1 < T:
-        recurrent_grad(dxproj[t + 1], WTp, S, p, r0, r1)  # a_{t+1} = ... + h_t @ Wh
+    recurrent_grad(dxproj, t + 1, WTp, S, p, r0, r1)  # a_{t+1} = ... + h_t @ Wh
     for r in range(r0, r1):
         s = S[r]
         if t > 0:  # the lines step t-1 reads
@@ -110,9 +109,6 @@ def _lstm_backward_panel(dxproj, dh, dc, dhs, cs, acts, WTp, S, t, p, r0, r1):
                 prefetch(acts[t - 1, r], (p * SAVED + k) * LANES)
             prefetch(cs[t - 1, r], u0)
             prefetch(dhs[t - 1, r], u0)
-        if t + 1 == T:
-            for j in range(LANES):
-                s[B_REC * LANES + j] = 0.0
         copy_block(s, B_I * LANES, acts[t, r], p * SAVED * LANES, SAVED * LANES)
         copy_lanes(s, B_CPREV * LANES, cs[t, r], u0, n)
         copy_lanes(s, B_DH * LANES, dh[r], u0, n)
@@ -161,4 +157,4 @@ def lstm_backward(dxproj, dh, dc, dhs, cs, acts, WTp, n_blocks):
             for p in range(WTp.shape[0]):
                 _lstm_backward_panel(dxproj, dh, dc, dhs, cs, acts, WTp, S, t, p, r0, r1)
         if T > 0:
-            add_entering_grad(dh, dxproj[0], WTp, S, r0, r1)
+            add_entering_grad(dh, dxproj, WTp, S, r0, r1)

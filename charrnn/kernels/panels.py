@@ -154,15 +154,17 @@ def pack_transposed_panels(W, P):
 
 
 @kernel
-def recurrent_grad(dA, P, S, p, r0, r1):
-    """S[r, :LANES] = dA[r] @ W^T for the units of panel p and the streams r in [r0, r1): the
-    gradient reaching the previous state through the recurrent product, from dA (B, G), the
-    gradient of its output. S holds scratch rows (B, k*LANES); the caller's are [r0, r1)."""
-    G, W = dA.shape[1], S.shape[1]
+def recurrent_grad(dA, t, P, S, p, r0, r1):
+    """S[r, :LANES] = dA[t, r] @ W^T for the units of panel p and the streams r in [r0, r1): the
+    gradient reaching the state before step t through step t's recurrent product, from dA
+    (T, B, G), the gradient of the products' outputs; zero for t = T, past the window.
+    S holds scratch rows (B, k*LANES); the caller's are [r0, r1)."""
+    G, W = dA.shape[2], S.shape[1]
     for r in range(r0, r1):
         for j in range(LANES):
             S[r, j] = 0.0
-    panel_product(dA, r0 * G, G, r1 - r0, G, P[p], 0, S, r0 * W, W)
+    if t < dA.shape[0]:
+        panel_product(dA[t], r0 * G, G, r1 - r0, G, P[p], 0, S, r0 * W, W)
 
 
 def _copy_intrinsic(panel_fast_path):
@@ -235,13 +237,13 @@ def transposed_panels(H, G, dtype):
 
 @kernel
 def add_entering_grad(dh, dA, WTp, S, r0, r1):
-    """dh[r] += dA[r] @ Wh^T for the streams r in [r0, r1): the gradient reaching a window's
-    entering state through the recurrent product of its first step, from dA (B, G), the
-    gradient of that product's output. S holds scratch rows, as in recurrent_grad."""
+    """dh[r] += dA[0, r] @ Wh^T for the streams r in [r0, r1): the gradient reaching a window's
+    entering state through the recurrent product of its first step, from dA (T, B, G), the
+    gradient of the products' outputs. S holds scratch rows, as in recurrent_grad."""
     H = dh.shape[1]
     for p in range(WTp.shape[0]):
         u0 = p * LANES
-        recurrent_grad(dA, WTp, S, p, r0, r1)
+        recurrent_grad(dA, 0, WTp, S, p, r0, r1)
         for r in range(r0, r1):
             for j in range(min(LANES, H - u0)):
                 dh[r, u0 + j] += S[r, j]

@@ -57,19 +57,15 @@ def rnn_forward(hs, xtable, xindex, Wp, n_blocks):
 @kernel
 def _rnn_backward_panel(dxproj, dh, dhs, hs, WTp, S, t, p, r0, r1):
     # step t for the units of panel p and the streams [r0, r1)
-    T, B, H = dxproj.shape[0], dh.shape[0], dh.shape[1]
+    H = dh.shape[1]
     u0 = p * LANES
     n = min(LANES, H - u0)
-    if t + 1 < T:
-        recurrent_grad(dxproj[t + 1], WTp, S, p, r0, r1)  # a_{t+1} = ... + h_t @ Wh
+    recurrent_grad(dxproj, t + 1, WTp, S, p, r0, r1)  # a_{t+1} = ... + h_t @ Wh
     for r in range(r0, r1):
         s = S[r]
         if t > 0:  # the lines step t-1 reads
             prefetch(hs[t, r], u0)
             prefetch(dhs[t - 1, r], u0)
-        if t + 1 == T:
-            for j in range(LANES):
-                s[B_REC * LANES + j] = 0.0
         copy_lanes(s, B_DH * LANES, dh[r], u0, n)
         copy_lanes(s, B_DHUP * LANES, dhs[t, r], u0, n)
         copy_lanes(s, B_H * LANES, hs[t + 1, r], u0, n)
@@ -98,4 +94,4 @@ def rnn_backward(dxproj, dh, dhs, hs, WTp, n_blocks):
             for p in range(WTp.shape[0]):
                 _rnn_backward_panel(dxproj, dh, dhs, hs, WTp, S, t, p, r0, r1)
         if T > 0:
-            add_entering_grad(dh, dxproj[0], WTp, S, r0, r1)
+            add_entering_grad(dh, dxproj, WTp, S, r0, r1)
