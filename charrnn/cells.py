@@ -14,8 +14,7 @@ import numpy as np
 from .kernels._jit import threads
 from .kernels.blas import column_sums_acc, matmul_tn_acc
 from .kernels.gru import gru_backward, gru_forward
-from .kernels import lstm
-from .kernels.lstm import lstm_backward, lstm_forward
+from .kernels.lstm import SAVED, lstm_backward, lstm_forward
 from .kernels.panels import (LANES, gate_panels, n_panels, pack_gate_panels, pack_transposed_panels,
                              transposed_panels)
 from .kernels.rnn import rnn_backward, rnn_forward
@@ -34,6 +33,7 @@ def _panel_buffers(H, gates, dtype):
 class RNNCell:
     name = "rnn"
     gates = 1
+    blocks = ("h",)  # names of the column blocks of Wh (and of their activations), in storage order
     states = ("hs",)
 
     def param_shapes(self, n_in, H):
@@ -66,6 +66,7 @@ class RNNCell:
 class LSTMCell:
     name = "lstm"
     gates = 4
+    blocks = ("i", "f", "g", "o")
     states = ("hs", "cs")
 
     def param_shapes(self, n_in, H):
@@ -81,16 +82,16 @@ class LSTMCell:
         buf = {
             "hs": np.zeros((T + 1, B, H), dtype),
             "cs": np.zeros((T + 1, B, H), dtype),
-            "acts": np.zeros((T, B, n_panels(H) * lstm.SAVED * LANES), dtype),
+            "acts": np.zeros((T, B, n_panels(H) * SAVED * LANES), dtype),
         }
         return buf, _panel_buffers(H, 4, dtype)
 
     def activations(self, buf, H):
         """{name: (T,B,H)} of the gates and tanh(c_t), from their panel-major buffer."""
         T, B = buf["acts"].shape[:2]
-        saved = buf["acts"].reshape(T, B, -1, lstm.SAVED, LANES).transpose(0, 1, 3, 2, 4)
-        saved = saved.reshape(T, B, lstm.SAVED, -1)[..., :H]
-        return {name: saved[:, :, k] for k, name in enumerate(("i", "f", "g", "o", "tanh(c)"))}
+        saved = buf["acts"].reshape(T, B, -1, SAVED, LANES).transpose(0, 1, 3, 2, 4)
+        saved = saved.reshape(T, B, SAVED, -1)[..., :H]
+        return {name: saved[:, :, k] for k, name in enumerate(self.blocks + ("tanh(c)",))}
 
     def forward(self, buf, scratch, p, xtable, xindex, t0, t1):
         pack_gate_panels(p["Wh"], scratch["Wp"])
@@ -109,6 +110,7 @@ class LSTMCell:
 class GRUCell:
     name = "gru"
     gates = 3
+    blocks = ("r", "z", "n")
     states = ("hs",)
 
     def param_shapes(self, n_in, H):
@@ -130,7 +132,7 @@ class GRUCell:
 
     def activations(self, buf, H):
         """{name: (T,B,H)} of the gates r, z and the candidate n."""
-        return {name: buf["acts"][..., k * H : (k + 1) * H] for k, name in enumerate(("r", "z", "n"))}
+        return {name: buf["acts"][..., k * H : (k + 1) * H] for k, name in enumerate(self.blocks)}
 
     def forward(self, buf, scratch, p, xtable, xindex, t0, t1):
         pack_gate_panels(p["Wh"], scratch["Wp"])

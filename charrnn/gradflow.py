@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cells import CELLS
 from .corpus import Vocab
 from .errors import CharrnnError
 from .model import Layout, ModelSpec, Stack, init_params
@@ -45,7 +46,7 @@ TANH_SAT = 0.99  # |tanh| above this: derivative 1 - y^2 < 0.02
 GATE_SAT = 0.01  # sigmoid below this or above 1 - this: derivative y (1 - y) < 0.01
 
 # Names of the (H,H) blocks of Wh (H, G*H), in storage order, and how each activation saturates.
-BLOCKS = {"rnn": ("h",), "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
+BLOCKS = {name: cell.blocks for name, cell in CELLS.items()}
 TANH_UNITS = {"h", "g", "n", "tanh(c)"}
 
 

@@ -51,8 +51,10 @@ def _lstm_forward_panel(hs, cs, acts, xtable, xindex, Wp, S, t, p, r0, r1):
         x = xtable[xindex[t, r]]
         for g in range(4):
             copy_lanes(S[r], g * LANES, x, g * H + u0, n)
-            if t + 1 < T:
-                prefetch(xtable[xindex[t + 1, r]], g * H + u0)  # the lines step t+1 reads
+        if t + 1 < T:
+            x_next = xtable[xindex[t + 1, r]]
+            for g in range(4):
+                prefetch(x_next, g * H + u0)  # the lines step t+1 reads
         copy_lanes(S[r], F_C * LANES, cs[t, r], u0, n)
     W = S.shape[1]
     for g in range(4):  # the recurrent product, the only matrix work
