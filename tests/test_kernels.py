@@ -3,6 +3,7 @@ import numba
 import numpy as np
 import pytest
 
+from charrnn.kernels.panels import LANES, copy_block, copy_lanes
 from charrnn.model import Layout, ModelSpec, Stack, init_params
 from reference import n_states, reference_loss_and_grads
 
@@ -135,3 +136,27 @@ def test_lstm_activations_unpack_the_panels():
     np.testing.assert_allclose(a["tanh(c)"], np.tanh(cs[1:]), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(a["o"] * a["tanh(c)"], hs[1:], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(a["f"] * cs[:-1] + a["i"] * a["g"], cs[1:], rtol=1e-12, atol=1e-12)
+
+
+@numba.njit(cache=False)
+def _copy_with(kind, dst, d0, src, s0, n):
+    if kind == 0:
+        copy_lanes(dst, d0, src, s0, n)
+    else:
+        copy_block(dst, d0, src, s0, n)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind, lengths", [(0, range(LANES + 1)), (1, range(3 * LANES + 6))])
+def test_copy_intrinsics_copy_exactly_n_elements(dtype, kind, lengths):
+    # whole panels take the vector path, other lengths (and a block's tail) the general one;
+    # nothing outside dst[d0 : d0+n] may change
+    rng = np.random.default_rng(1)
+    src = rng.standard_normal(4 * LANES + 9).astype(dtype)
+    for n in lengths:
+        for s0, d0 in [(0, 0), (3, 5), (9, 1)]:
+            dst = np.full(4 * LANES + 9, -7.0, dtype)
+            expected = dst.copy()
+            expected[d0 : d0 + n] = src[s0 : s0 + n]
+            _copy_with(kind, dst, d0, src, s0, n)
+            np.testing.assert_array_equal(dst, expected, err_msg=f"n={n} s0={s0} d0={d0}")
