@@ -21,7 +21,7 @@ from numba import prange
 
 from ._jit import block, kernel, parallel_kernel
 from .activations import sigmoid, tanh
-from .panels import LANES, add_entering_grad, copy_lanes, panel_product, prefetch, recurrent_grad
+from .panels import LANES, add_entering_grad, copy_lanes, panel_product, prefetch, recurrent_grad, scratch_rows
 
 # forward slots: r, z, hp_n + b_hn, xproj_n, h_{t-1} (then n, h_t in the last two)
 F_R, F_Z, F_HN, F_XN, F_H = range(5)
@@ -74,12 +74,12 @@ def gru_forward(hs, acts, hn, xtable, xindex, Wp, bhn, n_blocks):
     #     xtable[xindex[t, r]] (see Stack.forward)
     # Wp: Wh packed by pack_gate_panels   bhn (H,)
     T, B = acts.shape[0], hs.shape[1]
-    S = np.zeros((B, FORWARD_SLOTS * LANES), hs.dtype)
+    S = scratch_rows(n_blocks, B, FORWARD_SLOTS * LANES, hs)
     for i in prange(n_blocks):
         r0, r1 = block(B, n_blocks, i)
         for t in range(T):
             for p in range(Wp.shape[0]):
-                _gru_forward_panel(hs, acts, hn, xtable, xindex, Wp, bhn, S, t, p, r0, r1)
+                _gru_forward_panel(hs, acts, hn, xtable, xindex, Wp, bhn, S[i], t, p, r0, r1)
 
 
 @kernel
@@ -139,11 +139,11 @@ def gru_backward(dxproj, dhp, dh, dhs, hs, acts, hn, WTp, n_blocks):
     # dWh = sum_t h_{t-1}^T dhp_t and db_hn (the column sums of dhp's n block, since b_hn
     # enters beside hp_n) follow as one product and one sum after this (cells.py).
     T, B = dxproj.shape[0], dh.shape[0]
-    S = np.zeros((B, BACKWARD_SLOTS * LANES), dh.dtype)
+    S = scratch_rows(n_blocks, B, BACKWARD_SLOTS * LANES, dh)
     for i in prange(n_blocks):
         r0, r1 = block(B, n_blocks, i)
         for t in range(T - 1, -1, -1):
             for p in range(WTp.shape[0]):
-                _gru_backward_panel(dxproj, dhp, dh, dhs, hs, acts, hn, WTp, S, t, p, r0, r1)
+                _gru_backward_panel(dxproj, dhp, dh, dhs, hs, acts, hn, WTp, S[i], t, p, r0, r1)
         if T > 0:
-            add_entering_grad(dh, dhp, WTp, S, r0, r1)
+            add_entering_grad(dh, dhp, WTp, S[i], r0, r1)

@@ -20,7 +20,7 @@ from numba import prange
 
 from ._jit import block, kernel, parallel_kernel
 from .activations import sigmoid, tanh
-from .panels import LANES, add_entering_grad, copy_block, copy_lanes, panel_product, prefetch, recurrent_grad
+from .panels import LANES, add_entering_grad, copy_block, copy_lanes, panel_product, prefetch, recurrent_grad, scratch_rows
 
 
 # The scratch row of a stream, for the panel at hand, holds LANES units of several quantities
@@ -88,12 +88,12 @@ def lstm_forward(hs, cs, acts, xtable, xindex, Wp, n_blocks):
     #     xtable[xindex[t, r]] (see Stack.forward)
     # Wp: Wh packed by pack_gate_panels
     T, B = acts.shape[0], hs.shape[1]
-    S = np.zeros((B, FORWARD_SLOTS * LANES), hs.dtype)
+    S = scratch_rows(n_blocks, B, FORWARD_SLOTS * LANES, hs)
     for i in prange(n_blocks):
         r0, r1 = block(B, n_blocks, i)
         for t in range(T):
             for p in range(Wp.shape[0]):
-                _lstm_forward_panel(hs, cs, acts, xtable, xindex, Wp, S, t, p, r0, r1)
+                _lstm_forward_panel(hs, cs, acts, xtable, xindex, Wp, S[i], t, p, r0, r1)
 
 
 @kernel
@@ -152,11 +152,11 @@ def lstm_backward(dxproj, dh, dc, dhs, cs, acts, WTp, n_blocks):
     # WTp: Wh^T packed by pack_transposed_panels
     # The weight gradient dWh = sum_t h_{t-1}^T da_t is one product after this (cells.py).
     T, B = dxproj.shape[0], dh.shape[0]
-    S = np.zeros((B, BACKWARD_SLOTS * LANES), dh.dtype)
+    S = scratch_rows(n_blocks, B, BACKWARD_SLOTS * LANES, dh)
     for i in prange(n_blocks):
         r0, r1 = block(B, n_blocks, i)
         for t in range(T - 1, -1, -1):
             for p in range(WTp.shape[0]):
-                _lstm_backward_panel(dxproj, dh, dc, dhs, cs, acts, WTp, S, t, p, r0, r1)
+                _lstm_backward_panel(dxproj, dh, dc, dhs, cs, acts, WTp, S[i], t, p, r0, r1)
         if T > 0:
-            add_entering_grad(dh, dxproj, WTp, S, r0, r1)
+            add_entering_grad(dh, dxproj, WTp, S[i], r0, r1)

@@ -15,7 +15,7 @@ from numba import prange
 
 from ._jit import block, kernel, parallel_kernel
 from .activations import tanh
-from .panels import LANES, add_entering_grad, copy_lanes, panel_product, prefetch, recurrent_grad
+from .panels import LANES, add_entering_grad, copy_lanes, panel_product, prefetch, recurrent_grad, scratch_rows
 
 FORWARD_SLOTS = 1  # the pre-activation, then h_t
 B_REC, B_DH, B_DHUP, B_H = range(4)  # backward: recurrent gradient, carried, from above, h_t
@@ -46,12 +46,12 @@ def rnn_forward(hs, xtable, xindex, Wp, n_blocks):
     #     xtable[xindex[t, r]] (see Stack.forward)
     # Wp: Wh packed by pack_gate_panels
     T, B = xindex.shape[0], hs.shape[1]
-    S = np.zeros((B, FORWARD_SLOTS * LANES), hs.dtype)
+    S = scratch_rows(n_blocks, B, FORWARD_SLOTS * LANES, hs)
     for i in prange(n_blocks):
         r0, r1 = block(B, n_blocks, i)
         for t in range(T):
             for p in range(Wp.shape[0]):
-                _rnn_forward_panel(hs, xtable, xindex, Wp, S, t, p, r0, r1)
+                _rnn_forward_panel(hs, xtable, xindex, Wp, S[i], t, p, r0, r1)
 
 
 @kernel
@@ -87,11 +87,11 @@ def rnn_backward(dxproj, dh, dhs, hs, WTp, n_blocks):
     # dhs (T,B,H) in: gradient w.r.t. h_t from above     WTp: Wh^T by pack_transposed_panels
     # The weight gradient dWh = sum_t h_{t-1}^T da_t is one product after this (cells.py).
     T, B = dxproj.shape[0], dh.shape[0]
-    S = np.zeros((B, BACKWARD_SLOTS * LANES), dh.dtype)
+    S = scratch_rows(n_blocks, B, BACKWARD_SLOTS * LANES, dh)
     for i in prange(n_blocks):
         r0, r1 = block(B, n_blocks, i)
         for t in range(T - 1, -1, -1):
             for p in range(WTp.shape[0]):
-                _rnn_backward_panel(dxproj, dh, dhs, hs, WTp, S, t, p, r0, r1)
+                _rnn_backward_panel(dxproj, dh, dhs, hs, WTp, S[i], t, p, r0, r1)
         if T > 0:
-            add_entering_grad(dh, dxproj, WTp, S, r0, r1)
+            add_entering_grad(dh, dxproj, WTp, S[i], r0, r1)
