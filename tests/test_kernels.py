@@ -3,6 +3,7 @@ import numba
 import numpy as np
 import pytest
 
+from charrnn.kernels.output import softmax_xent, xent
 from charrnn.kernels.panels import LANES, copy_block, copy_lanes
 from charrnn.model import Layout, ModelSpec, Stack, init_params
 from reference import n_states, reference_loss_and_grads
@@ -160,3 +161,37 @@ def test_copy_intrinsics_copy_exactly_n_elements(dtype, kind, lengths):
             expected[d0 : d0 + n] = src[s0 : s0 + n]
             _copy_with(kind, dst, d0, src, s0, n)
             np.testing.assert_array_equal(dst, expected, err_msg=f"n={n} s0={s0} d0={d0}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N", [20, 80])  # serial, then on the threads
+def test_softmax_xent_matches_numpy_and_keeps_nan(dtype, N):
+    # a vocabulary long enough for the vector loops and their remainders; rows in which a
+    # logit is NaN or +inf must come out NaN, loss and gradient, and leave the others alone
+    rng = np.random.default_rng(2)
+    V, scale = 1003, 0.25
+    logits = (rng.standard_normal((N, V)) * 4).astype(dtype)
+    logits[5, 17] = np.nan
+    logits[9, 1002] = np.inf
+    targets = rng.integers(0, V, N).astype(np.int32)
+    z = logits.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+    expected_loss = -np.log(p[np.arange(N), targets])
+    expected_grad = scale * p
+    expected_grad[np.arange(N), targets] -= scale
+
+    grad, loss = logits.copy(), np.empty(N, dtype)
+    softmax_xent(grad, loss, targets, dtype(scale))
+    eval_loss = np.empty(N, dtype)
+    xent(logits.copy(), eval_loss, targets)
+
+    bad = np.zeros(N, bool)
+    bad[[5, 9]] = True
+    assert np.isnan(loss[bad]).all() and np.isnan(eval_loss[bad]).all()
+    assert np.isnan(grad[bad]).any(axis=1).all()
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(loss[~bad], expected_loss[~bad], rtol=tol, atol=tol)
+    np.testing.assert_allclose(eval_loss[~bad], expected_loss[~bad], rtol=tol, atol=tol)
+    np.testing.assert_allclose(grad[~bad], expected_grad[~bad], rtol=tol, atol=tol * scale)

@@ -11,6 +11,7 @@ NaN; +-inf give +-1 from tanh.
 import numpy as np
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from ._jit import ERROR_MODEL, FASTMATH, kernel
@@ -44,6 +45,24 @@ def _float32_from_bits(typingctx, bits):
 
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+@intrinsic
+def maxnum(typingctx, a, b):
+    """The larger of two floats of one type; if one is NaN, the other (LLVM's maxnum, C's
+    fmax). A maximum over an array written with it is order-free, so LLVM vectorises it; one
+    written with a comparison it leaves scalar, as its answer with a NaN depends on the order."""
+    if a != b or a not in (types.float32, types.float64):
+        return None
+    sig = a(a, b)
+
+    def codegen(context, builder, signature, args):
+        t = context.get_value_type(signature.args[0])
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(t, [t, t]),
+                                            f"llvm.maxnum.f{signature.args[0].bitwidth}")
+        return builder.call(fn, args)
 
     return sig, codegen
 

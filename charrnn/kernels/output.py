@@ -11,7 +11,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import kernel, parallel_kernel, threads
-from .activations import exp
+from .activations import exp, maxnum
 from .blas import add_row, column_sums_acc, matmul, matmul_nt, matmul_tn_acc
 
 
@@ -30,36 +30,40 @@ PARALLEL_MIN_ELEMENTS = 1 << 16
 
 @kernel
 def _softmax_xent_row(z, target, scale):
-    # z (V,) logits in, overwritten with scale * (softmax - onehot); returns -log p(target)
+    # z (V,) logits in, overwritten with scale * (softmax - onehot); returns -log p(target).
+    # Loops of one job each, which LLVM vectorises: the max by maxnum (a compare-based max
+    # stays scalar), and the exponentials stored before they are summed (one loop doing both
+    # stayed scalar too). 1.5 ns per element before, 0.8 after, at V=6000.
     V = z.shape[0]
+    target_logit = z[target]  # read before z is overwritten
     m = z[0]
     for v in range(1, V):
-        m = max(m, z[v])
-    shifted_target = z[target] - m  # read before z is overwritten; exact even when exp underflows
+        m = maxnum(m, z[v])
+    for v in range(V):
+        z[v] = exp(z[v] - m)
     total = 0.0
     for v in range(V):
-        e = exp(z[v] - m)
-        z[v] = e
-        total += e
+        total += z[v]
     inv = scale / total
     for v in range(V):
         z[v] *= inv
     z[target] -= scale
-    # a NaN logit makes the loss NaN: the caller sees it, nothing hides it
-    return np.log(total) - shifted_target
+    # maxnum skips a NaN, but exp(NaN - m) is NaN: a NaN logit makes the loss and the row
+    # NaN, and the caller sees it
+    return np.log(total) - (target_logit - m)  # exact even when exp(target - m) underflows
 
 
 @kernel
 def _xent_row(z, target):
-    # forward only: -log softmax(z)[target], z left as it is
+    # forward only: -log softmax(z)[target], z left as it is (so its sum stays in one loop)
     V = z.shape[0]
     m = z[0]
     for v in range(1, V):
-        m = max(m, z[v])
+        m = maxnum(m, z[v])
     total = 0.0
     for v in range(V):
         total += exp(z[v] - m)
-    return np.log(total) + m - z[target]
+    return np.log(total) - (z[target] - m)
 
 
 @kernel
