@@ -164,21 +164,32 @@ def test_copy_intrinsics_copy_exactly_n_elements(dtype, kind, lengths):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("N", [20, 80])  # serial, then on the threads
-def test_softmax_xent_matches_numpy_and_keeps_nan(dtype, N):
-    # a vocabulary long enough for the vector loops and their remainders; rows in which a
-    # logit is NaN or +inf must come out NaN, loss and gradient, and leave the others alone
+@pytest.mark.parametrize("N, V", [(20, 1003), (80, 1003), (30, 3)])  # serial, threaded, remainder only
+def test_softmax_xent_matches_numpy_and_keeps_nan(dtype, N, V):
+    # a vocabulary long enough for the vector loops and their remainders, and one shorter than a
+    # vector; a NaN or +inf logit anywhere (first, inside, last, the target itself, a whole row)
+    # must make that row NaN, loss and gradient, and leave the others alone; a -inf logit is a
+    # probability of 0, so only a -inf target makes the loss inf
     rng = np.random.default_rng(2)
-    V, scale = 1003, 0.25
+    scale = 0.25
     logits = (rng.standard_normal((N, V)) * 4).astype(dtype)
-    logits[5, 17] = np.nan
-    logits[9, 1002] = np.inf
     targets = rng.integers(0, V, N).astype(np.int32)
+    nan_rows = [(1, 0, np.nan), (2, V // 2, np.nan), (3, V - 1, np.nan), (4, int(targets[4]), np.nan),
+                (5, V - 1, np.inf), (6, 0, np.inf)]
+    for r, v, value in nan_rows:
+        logits[r, v] = value
+    logits[7] = np.nan
+    not_target = (int(targets[8]) + 1) % V
+    logits[8, not_target] = -np.inf
+    logits[9, int(targets[9])] = -np.inf
+    bad = np.zeros(N, bool)
+    bad[[r for r, _, _ in nan_rows] + [7]] = True
+
     z = logits.astype(np.float64)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"):
         p = np.exp(z - z.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
-    expected_loss = -np.log(p[np.arange(N), targets])
+        expected_loss = -np.log(p[np.arange(N), targets])
     expected_grad = scale * p
     expected_grad[np.arange(N), targets] -= scale
 
@@ -187,11 +198,14 @@ def test_softmax_xent_matches_numpy_and_keeps_nan(dtype, N):
     eval_loss = np.empty(N, dtype)
     xent(logits.copy(), eval_loss, targets)
 
-    bad = np.zeros(N, bool)
-    bad[[5, 9]] = True
     assert np.isnan(loss[bad]).all() and np.isnan(eval_loss[bad]).all()
-    assert np.isnan(grad[bad]).any(axis=1).all()
+    assert np.isnan(grad[bad]).all()
+    assert loss[9] == np.inf and eval_loss[9] == np.inf
+    good = ~bad
+    good[9] = False
+    assert np.isfinite(grad[good]).all() and np.isfinite(grad[9]).all()
     tol = 1e-5 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(loss[~bad], expected_loss[~bad], rtol=tol, atol=tol)
-    np.testing.assert_allclose(eval_loss[~bad], expected_loss[~bad], rtol=tol, atol=tol)
-    np.testing.assert_allclose(grad[~bad], expected_grad[~bad], rtol=tol, atol=tol * scale)
+    np.testing.assert_allclose(loss[good], expected_loss[good], rtol=tol, atol=tol)
+    np.testing.assert_allclose(eval_loss[good], expected_loss[good], rtol=tol, atol=tol)
+    np.testing.assert_allclose(grad[good | (np.arange(N) == 9)], expected_grad[good | (np.arange(N) == 9)],
+                               rtol=tol, atol=tol * scale)

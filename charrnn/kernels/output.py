@@ -50,7 +50,7 @@ def _softmax_xent_row(z, target, scale):
     z[target] -= scale
     # maxnum skips a NaN, but exp(NaN - m) is NaN: a NaN logit makes the loss and the row
     # NaN, and the caller sees it
-    return np.log(total) - (target_logit - m)  # exact even when exp(target - m) underflows
+    return np.log(total) - (target_logit - m)  # no log(0) when exp(target - m) underflows
 
 
 @kernel

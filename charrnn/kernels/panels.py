@@ -27,10 +27,12 @@ _PREFETCH = "llvm.prefetch.p0" if llvm.llvm_version_info >= (15,) else "llvm.pre
 
 
 def _same_contiguous_arrays(*arrays):
-    """The intrinsics compute raw element offsets: refuse, at compile time, anything but
-    C-contiguous float arrays of one dtype, instead of reading memory under the wrong type."""
+    """The intrinsics compute raw element offsets and load whole vectors aligned to the element
+    size: refuse, at compile time, anything but aligned C-contiguous float arrays of one dtype,
+    instead of reading memory under the wrong type."""
     for a in arrays:
-        if not isinstance(a, types.Array) or a.layout != "C" or a.dtype not in (types.float32, types.float64):
+        if (not isinstance(a, types.Array) or a.layout != "C" or not a.aligned
+                or a.dtype not in (types.float32, types.float64)):
             raise TypingError(f"expected a C-contiguous float32 or float64 array, got {a}")
         if a.dtype != arrays[0].dtype:
             raise TypingError(f"mixed dtypes: {arrays[0].dtype} and {a.dtype}")
@@ -168,7 +170,8 @@ def recurrent_grad(dA, t, P, S, p, r0, r1):
 
 
 def _copy_intrinsic(whole_panels):
-    """An intrinsic copy(dst, d0, src, s0, n): dst[d0 : d0+n] = src[s0 : s0+n] on 1-D arrays.
+    """An intrinsic copy(dst, d0, src, s0, n): dst[d0 : d0+n] = src[s0 : s0+n] on 1-D arrays
+    whose ranges do not overlap (every caller copies between a scratch row and another buffer).
     Intrinsics rather than functions, so that the many small copies cost no call and no
     reference counting. A whole panel of LANES elements is one vector load and one store.
     (Written as llvm.memmove of a constant size, LLVM merged it with the variable-size branch
