@@ -33,7 +33,7 @@ def _same_contiguous_arrays(*arrays):
     for a in arrays:
         if (not isinstance(a, types.Array) or a.layout != "C" or not a.aligned
                 or a.dtype not in (types.float32, types.float64)):
-            raise TypingError(f"expected a C-contiguous float32 or float64 array, got {a}")
+            raise TypingError(f"expected an aligned C-contiguous float32 or float64 array, got {a}")
         if a.dtype != arrays[0].dtype:
             raise TypingError(f"mixed dtypes: {arrays[0].dtype} and {a.dtype}")
 
@@ -198,7 +198,10 @@ def _copy_intrinsic(whole_panels):
                 panel = builder.load(builder.bitcast(builder.gep(frm, [at]), vec_ptr), align=itemsize)
                 builder.store(panel, builder.bitcast(builder.gep(to, [at]), vec_ptr), align=itemsize)
 
-            n_whole = builder.sdiv(n_, lanes) if whole_panels else builder.zext(builder.icmp_signed("==", n_, lanes), n_.type)
+            if whole_panels:
+                n_whole = builder.sdiv(n_, lanes)
+            else:  # one panel if n == LANES, else none
+                n_whole = builder.zext(builder.icmp_signed("==", n_, lanes), n_.type)
             with cgutils.for_range(builder, n_whole) as loop:
                 copy_panel(builder.mul(loop.index, lanes))
             done = builder.mul(n_whole, lanes)
