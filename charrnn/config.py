@@ -8,8 +8,9 @@ from dataclasses import asdict, dataclass, fields
 from .errors import CharrnnError
 
 CELLS = ("rnn", "lstm", "gru")
-OPTIMIZERS = ("adam", "rmsprop", "adagrad", "sgd")  # as optim.OPTIMIZERS; kept here so that
-# reading the defaults (the CLI does, for its help) compiles nothing
+# the optimizers optim.py implements, named here so that reading the defaults (the CLI does,
+# for its help) imports no kernels
+OPTIMIZERS = ("adam", "rmsprop", "adagrad", "sgd")
 
 
 @dataclass

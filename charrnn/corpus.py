@@ -57,7 +57,6 @@ def default_corpus() -> Path:
                        "pass a text file: charrnn train FILE")
 
 
-
 def check_encoding(encoding: str) -> str:
     """The canonical name of an encoding (one of ENCODINGS), or a CharrnnError."""
     name = str(encoding).strip().lower()

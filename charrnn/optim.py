@@ -18,9 +18,9 @@ import math
 import numpy as np
 from numba import prange
 
+from .config import OPTIMIZERS  # the names; their update rules are below
 from .kernels._jit import parallel_kernel
 
-OPTIMIZERS = ("adam", "rmsprop", "adagrad", "sgd")
 
 CHUNK = 1 << 14  # elements per parallel work item: 64 KiB of float32, a few hundred per 5e6
 

@@ -21,7 +21,7 @@ from numba import prange
 
 from ._jit import block, kernel, parallel_kernel
 from .activations import sigmoid, tanh
-from .panels import LANES, add_entering_grad, copy_lanes, panel_product, prefetch, recurrent_grad, scratch_rows
+from .panels import LANES, add_entering_grad, copy_lanes, prefetch, recurrent_grad, recurrent_product, scratch_rows
 
 # forward slots: r, z, hp_n + b_hn, xproj_n, h_{t-1} (then n, h_t in the last two)
 F_R, F_Z, F_HN, F_XN, F_H = range(5)
@@ -35,7 +35,7 @@ BACKWARD_SLOTS = 8
 @kernel
 def _gru_forward_panel(hs, acts, hn, xtable, xindex, Wp, bhn, S, t, p, r0, r1):
     # step t for the units of panel p and the streams [r0, r1)
-    B, H = hs.shape[1], hs.shape[2]
+    H = hs.shape[2]
     u0 = p * LANES
     n = min(LANES, H - u0)
     for r in range(r0, r1):
@@ -46,9 +46,7 @@ def _gru_forward_panel(hs, acts, hn, xtable, xindex, Wp, bhn, S, t, p, r0, r1):
         copy_lanes(s, F_HN * LANES, bhn, u0, n)
         copy_lanes(s, F_XN * LANES, x, 2 * H + u0, n)
         copy_lanes(s, F_H * LANES, hs[t, r], u0, n)
-    W = S.shape[1]
-    for g in range(3):  # the recurrent product, the only matrix work
-        panel_product(hs[t], r0 * H, H, r1 - r0, H, Wp[p, g], 0, S, r0 * W + g * LANES, W)
+    recurrent_product(hs, t, Wp, S, p, r0, r1)  # the only matrix work
     for r in range(r0, r1):
         s = S[r]
         for j in range(LANES):

@@ -20,7 +20,7 @@ from numba import prange
 
 from ._jit import block, kernel, parallel_kernel
 from .activations import sigmoid, tanh
-from .panels import LANES, add_entering_grad, copy_block, copy_lanes, panel_product, prefetch, recurrent_grad, scratch_rows
+from .panels import LANES, add_entering_grad, copy_block, copy_lanes, prefetch, recurrent_grad, recurrent_product, scratch_rows
 
 
 # The scratch row of a stream, for the panel at hand, holds LANES units of several quantities
@@ -43,7 +43,7 @@ BACKWARD_SLOTS = 10
 def _lstm_forward_panel(hs, cs, acts, xtable, xindex, Wp, S, t, p, r0, r1):
     # step t for the units of panel p and the streams [r0, r1)
     # S (B, FORWARD_SLOTS * LANES): scratch rows; this thread's are [r0, r1)
-    B, H = hs.shape[1], hs.shape[2]
+    H = hs.shape[2]
     u0 = p * LANES
     n = min(LANES, H - u0)
     T = acts.shape[0]
@@ -56,9 +56,7 @@ def _lstm_forward_panel(hs, cs, acts, xtable, xindex, Wp, S, t, p, r0, r1):
             for g in range(4):
                 prefetch(x_next, g * H + u0)  # the lines step t+1 reads
         copy_lanes(S[r], F_C * LANES, cs[t, r], u0, n)
-    W = S.shape[1]
-    for g in range(4):  # the recurrent product, the only matrix work
-        panel_product(hs[t], r0 * H, H, r1 - r0, H, Wp[p, g], 0, S, r0 * W + g * LANES, W)
+    recurrent_product(hs, t, Wp, S, p, r0, r1)  # the only matrix work
     for r in range(r0, r1):
         s = S[r]
         for j in range(LANES):

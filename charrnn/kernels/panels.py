@@ -156,6 +156,16 @@ def pack_transposed_panels(W, P):
 
 
 @kernel
+def recurrent_product(hs, t, P, S, p, r0, r1):
+    """S[r, g*LANES : (g+1)*LANES] += hs[t, r] @ W for every gate block g of W, the units of
+    panel p and the streams r in [r0, r1): step t's recurrent product, added into the first
+    slots of the scratch rows S (B, k*LANES), from the panels P of pack_gate_panels."""
+    H, W = hs.shape[2], S.shape[1]
+    for g in range(P.shape[1]):
+        panel_product(hs[t], r0 * H, H, r1 - r0, H, P[p, g], 0, S, r0 * W + g * LANES, W)
+
+
+@kernel
 def recurrent_grad(dA, t, P, S, p, r0, r1):
     """S[r, :LANES] = dA[t, r] @ W^T for the units of panel p and the streams r in [r0, r1): the
     gradient reaching the state before step t through step t's recurrent product, from dA

@@ -15,7 +15,7 @@ from numba import prange
 
 from ._jit import block, kernel, parallel_kernel
 from .activations import tanh
-from .panels import LANES, add_entering_grad, copy_lanes, panel_product, prefetch, recurrent_grad, scratch_rows
+from .panels import LANES, add_entering_grad, copy_lanes, prefetch, recurrent_grad, recurrent_product, scratch_rows
 
 FORWARD_SLOTS = 1  # the pre-activation, then h_t
 B_REC, B_DH, B_DHUP, B_H = range(4)  # backward: recurrent gradient, carried, from above, h_t
@@ -25,13 +25,12 @@ BACKWARD_SLOTS = 4
 @kernel
 def _rnn_forward_panel(hs, xtable, xindex, Wp, S, t, p, r0, r1):
     # step t for the units of panel p and the streams [r0, r1)
-    B, H = hs.shape[1], hs.shape[2]
+    H = hs.shape[2]
     u0 = p * LANES
     n = min(LANES, H - u0)
     for r in range(r0, r1):
         copy_lanes(S[r], 0, xtable[xindex[t, r]], u0, n)
-    W = S.shape[1]
-    panel_product(hs[t], r0 * H, H, r1 - r0, H, Wp[p, 0], 0, S, r0 * W, W)  # the only matrix work
+    recurrent_product(hs, t, Wp, S, p, r0, r1)  # the only matrix work
     for r in range(r0, r1):
         s = S[r]
         for j in range(LANES):
