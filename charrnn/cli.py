@@ -43,8 +43,9 @@ def train(
     k2: int = typer.Option(_C.k2, min=1, max=10000, help="Steps the gradient flows back (k2 > k1: overlapping windows)."),
     optimizer: str = typer.Option(_C.optimizer, help="adam, rmsprop, adagrad or sgd (with momentum 0.9)."),
     lr: float = typer.Option(_C.lr, min=0.0, help="Learning rate."),
-    lr_decay: float = typer.Option(_C.lr_decay, min=0.0, max=1.0, help="Multiply the learning rate by this every --decay-every updates."),
-    decay_every: int = typer.Option(_C.decay_every, min=0, help="Updates between learning-rate decays (0: never)."),
+    schedule: str = typer.Option(_C.schedule, help="The learning rate over the run: linear (down to zero at the end of the budget: time, steps or epochs), cosine (the same ends, a slower start), step (--lr-decay every --decay-every updates) or constant."),
+    lr_decay: float = typer.Option(_C.lr_decay, min=0.0, max=1.0, help="With --schedule step: multiply the learning rate by this every --decay-every updates."),
+    decay_every: int = typer.Option(_C.decay_every, min=0, help="With --schedule step: updates between learning-rate decays (0: never)."),
     clip_norm: float = typer.Option(_C.clip_norm, min=0.0, help="Clip the global gradient norm to this (0: off)."),
     clip_value: float = typer.Option(_C.clip_value, min=0.0, help="Clip each gradient element to +-this (0: off)."),
     epochs: Optional[float] = typer.Option(None, min=0.0, help="Stop after this many passes over the training text."),
@@ -76,7 +77,8 @@ def train(
         cfg = TrainConfig(corpus=str(corpus or ""), encoding=encoding, val_fraction=val_fraction,
                           test_fraction=test_fraction, cell=cell.lower(), hidden=hidden, layers=layers,
                           dropout=dropout, batch=batch, k1=k1, k2=k2, optimizer=optimizer.lower(), lr=lr,
-                          lr_decay=lr_decay, decay_every=decay_every, clip_norm=clip_norm, clip_value=clip_value,
+                          schedule=schedule.lower(), lr_decay=lr_decay, decay_every=decay_every, clip_norm=clip_norm,
+                          clip_value=clip_value,
                           eval_every=eval_every, eval_chars=eval_chars, checkpoint_every=checkpoint_every,
                           seed=seed, run=run, out_dir=str(out_dir), **stops).validate()
         run_dir = new_run_dir(cfg)

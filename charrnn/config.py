@@ -11,6 +11,8 @@ CELLS = ("rnn", "lstm", "gru")
 # the optimizers optim.py implements, named here so that reading the defaults (the CLI does,
 # for its help) imports no kernels
 OPTIMIZERS = ("adam", "rmsprop", "adagrad", "sgd")
+# learning-rate schedules (optim.learning_rate); linear and cosine run over the whole budget
+SCHEDULES = ("linear", "cosine", "step", "constant")
 
 
 @dataclass
@@ -32,7 +34,8 @@ class TrainConfig:
     # optimization
     optimizer: str = "adam"
     lr: float = 2e-3
-    lr_decay: float = 0.95  # multiply the learning rate by this ...
+    schedule: str = "linear"  # the learning rate over the run's budget (optim.learning_rate)
+    lr_decay: float = 0.95  # schedule "step": multiply the learning rate by this ...
     decay_every: int = 500  # ... every this many updates (0: never)
     warmup: int = 0  # linear warm-up over this many updates
     clip_norm: float = 5.0  # global-norm clipping (Pascanu et al. 2013); 0 turns it off
@@ -59,6 +62,8 @@ class TrainConfig:
             bad("cell", self.cell, f"choose one of {', '.join(CELLS)}")
         if self.optimizer not in OPTIMIZERS:
             bad("optimizer", self.optimizer, f"choose one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            bad("schedule", self.schedule, f"choose one of {', '.join(SCHEDULES)}")
         from .corpus import check_encoding
 
         self.encoding = check_encoding(self.encoding)
@@ -93,4 +98,5 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d):
         known = {f.name for f in fields(cls)}
+        d = {"schedule": "step", **d}  # written before schedules had a name: the step decay it ran
         return cls(**{k: v for k, v in d.items() if k in known})

@@ -18,7 +18,7 @@ import math
 import numpy as np
 from numba import prange
 
-from .config import OPTIMIZERS  # the names; their update rules are below
+from .config import OPTIMIZERS, SCHEDULES  # the names; their rules are below
 from .kernels._jit import parallel_kernel
 
 
@@ -356,15 +356,25 @@ def clip_by_value(grads, limit: float) -> float:
     return clipped / grads.shape[0]
 
 
-def learning_rate(base_lr: float, step: int, *, decay: float = 1.0, decay_every: int = 0,
-                  warmup: int = 0) -> float:
-    """Learning rate for update `step` (counted from 0):
+def learning_rate(base_lr: float, step: int, progress: float = 0.0, *, schedule: str = "constant",
+                  decay: float = 1.0, decay_every: int = 0, warmup: int = 0) -> float:
+    """Learning rate for update `step` (counted from 0), `progress` in [0, 1) of the run's budget:
 
-        base_lr * decay ** (step // decay_every)    when decay_every > 0
-              * min(1, (step + 1) / warmup)         when warmup > 0
+        linear     base_lr * (1 - progress)                  down to zero at the end of the budget
+        cosine     base_lr * (1 + cos(pi * progress)) / 2    the same ends, a slower start
+        step       base_lr * decay ** (step // decay_every)  (decay_every 0: constant)
+        constant   base_lr
+    each times min(1, (step + 1) / warmup) when warmup > 0.
     """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     lr = float(base_lr)
-    if decay_every > 0:
+    progress = min(max(float(progress), 0.0), 1.0)
+    if schedule == "linear":
+        lr *= 1.0 - progress
+    elif schedule == "cosine":
+        lr *= 0.5 * (1.0 + math.cos(math.pi * progress))
+    elif schedule == "step" and decay_every > 0:
         lr *= decay ** (step // decay_every)
     if warmup > 0:
         lr *= min(1.0, (step + 1) / warmup)

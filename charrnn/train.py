@@ -138,7 +138,8 @@ class Trainer:
                 f"training diverged at update {self.step + 1}: the loss is {loss} and the gradient norm {norm}; "
                 f"the last good checkpoint is in {self.run_dir}; try a lower --lr or --clip-norm")
         clipped_values = clip_by_value(self.grads, cfg.clip_value)
-        lr = learning_rate(cfg.lr, self.step, decay=cfg.lr_decay, decay_every=cfg.decay_every, warmup=cfg.warmup)
+        lr = learning_rate(cfg.lr, self.step, self.done_fraction(), schedule=cfg.schedule, decay=cfg.lr_decay,
+                           decay_every=cfg.decay_every, warmup=cfg.warmup)
         self.opt.step(self.params, self.grads, lr)
         sched.advance(stack)
         self.step += 1

@@ -326,20 +326,40 @@ def test_learning_rate_schedule():
     assert learning_rate(0.01, 0) == 0.01
     assert learning_rate(0.01, 12345) == 0.01
     # step-wise exponential decay
-    assert learning_rate(0.1, 0, decay=0.5, decay_every=10) == 0.1
-    assert learning_rate(0.1, 9, decay=0.5, decay_every=10) == 0.1
-    assert learning_rate(0.1, 10, decay=0.5, decay_every=10) == 0.05
-    assert learning_rate(0.1, 25, decay=0.5, decay_every=10) == pytest.approx(0.025, rel=1e-15)
-    assert learning_rate(0.1, 25, decay=0.5, decay_every=0) == 0.1  # decay_every 0: no decay
+    assert learning_rate(0.1, 0, schedule="step", decay=0.5, decay_every=10) == 0.1
+    assert learning_rate(0.1, 9, schedule="step", decay=0.5, decay_every=10) == 0.1
+    assert learning_rate(0.1, 10, schedule="step", decay=0.5, decay_every=10) == 0.05
+    assert learning_rate(0.1, 25, schedule="step", decay=0.5, decay_every=10) == pytest.approx(0.025, rel=1e-15)
+    assert learning_rate(0.1, 25, schedule="step", decay=0.5, decay_every=0) == 0.1  # decay_every 0: no decay
     # linear warmup over the first `warmup` updates
     assert learning_rate(0.1, 0, warmup=4) == pytest.approx(0.025, rel=1e-15)
     assert learning_rate(0.1, 1, warmup=4) == pytest.approx(0.05, rel=1e-15)
     assert learning_rate(0.1, 3, warmup=4) == 0.1
     assert learning_rate(0.1, 100, warmup=4) == 0.1
     # both together multiply
-    both = learning_rate(0.1, 1, decay=0.5, decay_every=1, warmup=4)
+    both = learning_rate(0.1, 1, schedule="step", decay=0.5, decay_every=1, warmup=4)
     assert both == pytest.approx(0.025, rel=1e-15)
     assert isinstance(learning_rate(1, 0), float)
+
+
+def test_learning_rate_over_the_budget():
+    # linear: from the base rate down to zero as the budget runs out, whatever the step
+    assert learning_rate(0.1, 0, 0.0, schedule="linear") == 0.1
+    assert learning_rate(0.1, 7, 0.25, schedule="linear") == pytest.approx(0.075, rel=1e-15)
+    assert learning_rate(0.1, 7, 0.999, schedule="linear") == pytest.approx(1e-4, rel=1e-9)
+    # cosine: the same ends, half way at the middle, slower at the start
+    assert learning_rate(0.1, 0, 0.0, schedule="cosine") == 0.1
+    assert learning_rate(0.1, 3, 0.5, schedule="cosine") == pytest.approx(0.05, rel=1e-12)
+    assert learning_rate(0.1, 3, 0.1, schedule="cosine") > learning_rate(0.1, 3, 0.1, schedule="linear")
+    # progress outside [0, 1] (a budget overrun) is clamped, never a negative rate
+    assert learning_rate(0.1, 3, 1.5, schedule="linear") == 0.0
+    # the step and constant schedules ignore progress
+    assert learning_rate(0.1, 10, 0.9, schedule="step", decay=0.5, decay_every=10) == 0.05
+    assert learning_rate(0.1, 10, 0.9, schedule="constant") == 0.1
+    # warm-up multiplies any schedule
+    assert learning_rate(0.1, 0, 0.5, schedule="linear", warmup=4) == pytest.approx(0.0125, rel=1e-15)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        learning_rate(0.1, 0, 0.0, schedule="exponential")
 
 
 # lr per optimizer for an ill-conditioned quadratic (curvatures 0.1 .. 10)
@@ -367,5 +387,5 @@ def test_minimises_a_quadratic(name, kw, lr):
     opt = Optimizer(name, n, np.float32, lr, **kw)
     for step in range(600):
         grads = curv * (p - target)
-        opt.step(p, grads, learning_rate(lr, step, decay=0.5, decay_every=150))
+        opt.step(p, grads, learning_rate(lr, step, schedule="step", decay=0.5, decay_every=150))
     assert loss() < loss0 * 1e-5, (loss0, loss())

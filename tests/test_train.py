@@ -42,8 +42,12 @@ def train_steps(cfg, run_dir, steps):
 def test_resume_is_bit_for_bit(corpus, tmp_path, scheme):
     n = 16  # resumes mid-epoch and crosses an epoch boundary (an epoch here is 15 to 27 updates)
     straight = train_steps(config(corpus, tmp_path / "a", **scheme), tmp_path / "a" / "r", 2 * n)
-    train_steps(config(corpus, tmp_path / "b", **scheme), tmp_path / "b" / "r", n)
-    resumed = Trainer.resume(tmp_path / "b" / "r", say=lambda *_: None, max_steps=2 * n)
+    # the same run stopped half way (Ctrl-C), so that its schedule is the straight run's
+    interrupted = Trainer(config(corpus, tmp_path / "b", max_steps=2 * n, **scheme), tmp_path / "b" / "r",
+                          say=lambda *_: None)
+    with pytest.raises(Interrupted):
+        interrupted.run(lambda t, record: t.step == n and t._on_sigint(2, None))
+    resumed = Trainer.resume(tmp_path / "b" / "r", say=lambda *_: None)
     assert resumed.step == n
     resumed.run()
     assert resumed.step == straight.step == 2 * n
@@ -68,11 +72,28 @@ def test_latest_and_best_checkpoints_are_complete(corpus, tmp_path):
 
 
 def test_training_lowers_the_loss(corpus, tmp_path):
-    trainer = train_steps(config(corpus, tmp_path, hidden=32, layers=1, lr=1e-2, k1=20, k2=20), tmp_path / "r", 60)
+    trainer = train_steps(config(corpus, tmp_path, hidden=32, layers=1, lr=1e-2, k1=20, k2=20,
+                                  schedule="constant"), tmp_path / "r", 60)
     lines = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     train = [l["loss"] for l in lines if l["kind"] == "train"]
     assert train[-1] < 0.6 * train[0]
     assert trainer.best_val < np.log(trainer.vocab.size) * 0.6
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_the_learning_rate_runs_down_over_the_budget(corpus, tmp_path, schedule):
+    import math
+
+    cfg = config(corpus, tmp_path, schedule=schedule, lr=0.01)
+    trainer = train_steps(cfg, tmp_path / "r", 40)
+    lines = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    logged = {l["step"]: l["lr"] for l in lines if l["kind"] == "train"}
+    assert sorted(logged) == [10, 20, 30, 40]
+    for step, lr in logged.items():  # the rate of the update that ended at `step`: progress (step-1)/40
+        progress = (step - 1) / 40
+        want = 1 - progress if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+        assert lr == pytest.approx(0.01 * want, rel=1e-12)
+    assert trainer.step == 40
 
 
 def test_ctrl_c_saves_and_resume_continues(corpus, tmp_path):
