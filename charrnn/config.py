@@ -11,6 +11,9 @@ CELLS = ("rnn", "lstm", "gru")
 # the optimizers optim.py implements, named here so that reading the defaults (the CLI does,
 # for its help) imports no kernels
 OPTIMIZERS = ("adam", "rmsprop", "adagrad", "sgd")
+# `charrnn inspect` reads INSPECT_CHARS characters unless told otherwise, and the terminal colours
+# at most that many; it reads at most INSPECT_MAX_CHARS, up to which its page stays quick
+INSPECT_CHARS, INSPECT_MAX_CHARS = 2_000, 20_000
 
 
 @dataclass
