@@ -367,8 +367,8 @@ def gates_table(tr: Trace):
 
     if not tr.gates[0]:
         return None
-    t = Table(title="gates: share of characters, mean over units",
-              caption=f"open > {GATE_OPEN:g}, closed < {GATE_CLOSED:g}")
+    t = Table(title="gates, mean over units",
+              caption=f"share of characters open (> {GATE_OPEN:g}),\nin between, closed (< {GATE_CLOSED:g})")
     for name in ("layer", "gate", "open", "between", "closed"):
         t.add_column(name, justify="left" if name == "gate" else "right")
     for l, layer in enumerate(tr.gates):

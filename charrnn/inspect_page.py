@@ -113,7 +113,7 @@ h2 { font-size: 14px; margin: 14px 0 6px; }
 .controls input { width: 6em; }
 #scale { display: inline-block; width: 160px; height: 12px; border: 1px solid #bbb; vertical-align: middle; }
 #about { color: #444; margin-top: 4px; }
-main { display: grid; grid-template-columns: minmax(0, 3fr) minmax(280px, 1fr); gap: 16px; padding: 12px 16px; }
+main { display: grid; grid-template-columns: minmax(0, 2fr) minmax(340px, 1fr); gap: 16px; padding: 12px 16px; }
 #text { font: 14px/1.5 ui-monospace, Menlo, Consolas, monospace; white-space: pre-wrap; word-break: break-all;
         background: #fff; border: 1px solid #ddd; padding: 10px; max-height: 78vh; overflow: auto; }
 #text span { color: #000; }
@@ -211,10 +211,10 @@ function show(l, u) {
 }
 
 function describe() {
-  const parts = [`layer ${layer} unit ${unit} (${D.act}):`];
+  const parts = [`layer ${layer} unit ${unit} (${D.act})`];
   for (const p of D.properties) parts.push(`${p} r = ${D.r[layer][p][unit] >= 0 ? "+" : ""}${D.r[layer][p][unit].toFixed(3)}`);
   parts.push(`saturation ${D.saturated[layer][unit].toFixed(3)}`);
-  document.getElementById("about").textContent = parts.join("   ");
+  document.getElementById("about").textContent = parts.join(" \u00b7 ");
   const table = document.getElementById("gate-unit");
   if (!table) return;
   table.textContent = "";
@@ -227,7 +227,7 @@ function describe() {
 }
 
 // Gates: one scatter per gate, x = share closed, y = share open (as in Karpathy et al. 2015)
-const S = 170, PAD = 22;
+const S = 130, PAD = 18;
 function px(x) { return PAD + x * (S - 2 * PAD); }
 function py(y) { return S - PAD - y * (S - 2 * PAD); }
 function drawGates() {
