@@ -28,7 +28,7 @@ from .config import INSPECT_CHARS
 from .errors import CharrnnError
 from .gradflow import TANH_UNITS
 from .kernels.output import logits_forward
-from .model import Layout, ModelSpec, Stack
+from .model import ModelSpec, Stack
 
 WINDOW = 256  # steps per forward call; the buffers of a whole 20,000-character text would be large
 GUESSES = 5  # next-character guesses kept per character
@@ -103,10 +103,11 @@ class Trace:
         m = max(1.0, float(np.abs(v).max())) if v.size else 1.0
         return -m, m
 
-    def quantised(self, layer: int) -> np.ndarray:
-        """(H,N) uint8: the layer's activations on its scale, 0..255, unit by unit."""
+    def quantised(self, layer: int, units=slice(None)) -> np.ndarray:
+        """(H,N) uint8: the layer's activations on its scale, 0..255, unit by unit ((N,) for
+        one unit)."""
         lo, hi = self.value_range(layer)
-        v = np.clip(self.values[layer].T.astype(np.float64), lo, hi)
+        v = np.clip(self.values[layer][:, units].T.astype(np.float64), lo, hi)
         return np.rint((v - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
@@ -146,6 +147,9 @@ def trace(spec: ModelSpec, params: np.ndarray, vocab, text: str, act: str = "h")
         nxt = ids[t0 + 1 : t0 + n + 1]  # the characters that follow these n (one fewer at the end)
         next_probs[t0 : t0 + nxt.size] = p[np.arange(nxt.size), nxt]
         stack.set_state(0, stack.get_state(n))
+    if not all(np.isfinite(v).all() for v in values) or not np.isfinite(guess_probs).all():
+        raise CharrnnError("the model computes NaN or Inf on this text; its parameters are broken "
+                           "(a diverged run?): inspect an earlier checkpoint")
     gates = [{g: c / N for g, c in layer.items()} for layer in counts]
     return Trace(spec, text, act, values, gates, guesses, guess_probs, next_probs)
 
@@ -320,7 +324,7 @@ def coloured_text(tr: Trace, layer: int, unit: int, limit: int = INSPECT_CHARS):
     from rich.text import Text
 
     styles = [Style(color="black", bgcolor=Color.from_rgb(*rgb)) for rgb in palette()]
-    q = tr.quantised(layer)[unit]
+    q = tr.quantised(layer, unit)
     out = Text()
     for ch, level in zip(tr.text[:limit], q):
         out.append(visible(ch), None if ch == "\n" else styles[level])

@@ -79,12 +79,13 @@ def write_page(path, *args) -> None:
 def _found_rows(found: list[Found]) -> str:
     rows = []
     for f in found:
-        what = html.escape(f.what)
+        about = f' title="{html.escape(PROPERTIES[f.what])}"' if f.what in PROPERTIES else ""
+        what = f"<td{about}>{html.escape(f.what)}</td>"
         if f.unit is None:
-            rows.append(f"<tr><td>{what}</td><td>-</td><td>-</td><td>constant in this text</td></tr>")
+            rows.append(f"<tr>{what}<td>-</td><td>-</td><td>constant in this text</td></tr>")
             continue
         score = f"r = {f.score:+.3f}" if f.what in PROPERTIES else f"{f.score:.3f}"
-        rows.append(f'<tr class="pick" data-layer="{f.layer}" data-unit="{f.unit}"><td>{what}</td>'
+        rows.append(f'<tr class="pick" data-layer="{f.layer}" data-unit="{f.unit}">{what}'
                     f"<td>{f.layer}</td><td>{f.unit}</td><td>{score}</td></tr>")
     return "\n".join(rows)
 

@@ -275,6 +275,14 @@ def test_bad_options_exit_1_with_one_line(planted, args, message):
     assert str(r.exception).startswith(message)
 
 
+def test_a_model_that_computes_nan_is_one_line(planted, tmp_path):
+    vocab = planted["vocab"]
+    spec, params = planted_lstm(vocab)
+    params[-1] = np.nan  # an output bias: the guesses are NaN
+    r = invoke(save(tmp_path / "nan.npz", spec, params, vocab), planted["text"])
+    assert r.exit_code == 1 and "NaN or Inf" in str(r.exception)
+
+
 def test_unknown_characters_and_usage_errors(planted):
     text = _write(planted["dir"] / "euro.txt", "€ said \"hi\"\n")
     r = invoke(planted["checkpoint"], text)
