@@ -7,6 +7,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .config import INSPECT_CHARS, INSPECT_MAX_CHARS
 from .config import TrainConfig as _C  # the defaults of train's options
 from .errors import CharrnnError
 
@@ -246,6 +247,47 @@ def eval_(
     note = f"; {skipped:,} unknown character(s) skipped" if skip_unknown else ""
     out.print(f"{file}: {count:,} characters, {nats:.4f} nats/char, {bits(nats):.4f} bits/char, "
               f"perplexity {math.exp(nats):.2f}{note}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command("inspect")
+def inspect_(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint file, or a run folder (its best.npz, else latest.npz)."),
+    file: Path = typer.Argument(..., help="Text for the model to read, from its start."),
+    unit: Optional[int] = typer.Option(None, min=0, help="Colour the text by this unit (default: the unit that tracks a property best)."),
+    layer: Optional[int] = typer.Option(None, min=0, help="Layer of the unit, 0 at the bottom (default: the best unit's, or 0 with --unit)."),
+    act: str = typer.Option("h", help="Activation to trace: h (the layer's output, every cell) or one of the cell's own, such as tanh(c) or a gate; a wrong name lists them."),
+    chars: int = typer.Option(INSPECT_CHARS, min=1, max=INSPECT_MAX_CHARS, help=f"Read at most this many characters; the terminal colours up to {INSPECT_CHARS:,} of them."),
+    top: int = typer.Option(1, min=1, max=100, help="Units listed per property and for saturation."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Also write one self-contained page: every unit's colours, the gates, and the next-character guesses on hover."),
+    encoding: Optional[str] = typer.Option(None, help="utf-8, latin-1 or bytes (each byte one character); default: the checkpoint's."),
+    skip_unknown: bool = typer.Option(False, "--skip-unknown", help="Drop characters the model does not know instead of stopping."),
+):
+    """See inside a model: which units track quotes, line position, brackets, indent and word starts, and how its gates open and close."""
+    from . import inspect as ins
+    from .sampling import load_model, warm_up_evaluate
+
+    model = load_model(checkpoint)
+    ins.check_options(model.spec, act, layer, unit)
+    text, skipped = ins.read_start(file, model.vocab, chars, encoding or model.config.get("encoding", "utf-8"), skip_unknown)
+    _first_call(lambda: warm_up_evaluate(model.spec, model.params.dtype))
+    tr = ins.trace(model.spec, model.params, model.vocab, text, act)
+    scores = ins.score_units(tr)
+    found = ins.find_units(scores, top)
+    layer, unit = ins.pick_unit(scores, layer, unit)
+    note = f"; {skipped:,} unknown character(s) skipped" if skipped else ""
+    out.print(ins.model_line(tr, str(file)) + note, markup=False, highlight=False)
+    out.print(ins.unit_line(tr, scores, layer, unit), markup=False, highlight=False)
+    out.print(ins.coloured_text(tr, layer, unit))
+    out.print(ins.scale_bar(tr, layer))
+    out.print(ins.units_table(found, act))
+    gates = ins.gates_table(tr)
+    if gates is not None:
+        out.print(gates)
+    if html is not None:
+        from .inspect_page import write_page
+
+        write_page(html, tr, scores, found, model.vocab, layer, unit, str(file))
+        out.print(f"wrote {html}", markup=False, highlight=False)
 
 
 @app.command()

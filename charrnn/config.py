@@ -13,6 +13,9 @@ CELLS = ("rnn", "lstm", "gru")
 OPTIMIZERS = ("adam", "rmsprop", "adagrad", "sgd")
 # learning-rate schedules (optim.learning_rate); linear and cosine run over the whole budget
 SCHEDULES = ("linear", "cosine", "step", "constant")
+# `charrnn inspect` reads INSPECT_CHARS characters unless told otherwise, and the terminal colours
+# at most that many; it reads at most INSPECT_MAX_CHARS, up to which its page stays quick
+INSPECT_CHARS, INSPECT_MAX_CHARS = 2_000, 20_000
 
 
 @dataclass
