@@ -339,6 +339,7 @@ def gradflow(
     layers: Optional[int] = typer.Option(None, min=1, max=16, help="Stacked layers of the fresh models (default 1)."),
     seed: int = typer.Option(0, help="Seed for the fresh models and the choice of windows."),
     radius: Optional[float] = typer.Option(None, min=0.0, help="First rescale each recurrent matrix (each gate block) to this spectral radius."),
+    forget_bias: Optional[float] = typer.Option(None, help="Set the fresh LSTMs' forget-gate bias to this (training starts it like every bias, near 0; 1 is the classic remedy that keeps the gate open)."),
     corpus: Optional[Path] = typer.Option(None, help="Text to take the windows from. Default: the shipped corpora/tinyshakespeare.txt."),
     max_k: int = typer.Option(100, "--max-k", min=1, max=1000, help="Measure k = 0..K steps back from the last step."),
     windows: int = typer.Option(8, min=1, max=10000, help="Windows of text to average over."),
@@ -353,8 +354,10 @@ def gradflow(
     from .corpus import read_text
     from .plot import require_pyplot
 
-    if checkpoint is not None and (cell is not None or hidden is not None or layers is not None):
-        raise CharrnnError("--cell, --hidden and --layers describe fresh models; leave them out when measuring a checkpoint")
+    if checkpoint is not None and (cell is not None or hidden is not None or layers is not None
+                                   or forget_bias is not None):
+        raise CharrnnError("--cell, --hidden, --layers and --forget-bias describe fresh models; leave them out when "
+                           "measuring a checkpoint")
     cells = []
     for c in (cell or "rnn,lstm,gru").lower().split(","):
         for name in _cells(c.strip()):
@@ -368,7 +371,8 @@ def gradflow(
     text = read_text(corpus)
     with err.status("measuring gradient flow (the first run compiles the kernels)..."):
         flows = gf.run(text, cells=cells, checkpoint=checkpoint, hidden=hidden or 64, layers=layers or 1,
-                       seed=seed, radius=radius, max_k=max_k, windows=windows, batch=batch)
+                       seed=seed, radius=radius, max_k=max_k, windows=windows, batch=batch,
+                       forget_bias=forget_bias)
     if png is not None:
         gf.write_png(flows, png)
     if json_out:

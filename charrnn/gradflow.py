@@ -229,8 +229,17 @@ def corpus_ids(text: str, vocab: Vocab):
     return ids
 
 
+def set_forget_bias(model: Model, bias: float) -> None:
+    """Set the forget-gate bias of every LSTM layer (a no-op for other cells)."""
+    if model.spec.cell != "lstm":
+        return
+    H = model.spec.hidden
+    for p in Layout(model.spec).layer_views(model.params)[0]:
+        p["b"][H : 2 * H] = bias
+
+
 def run(text: str, cells=None, checkpoint=None, hidden=64, layers=1, seed=0, radius=None,
-        max_k=100, windows=8, batch=8):
+        max_k=100, windows=8, batch=8, forget_bias=None):
     """Measure fresh models (one per cell) or a checkpoint on `text`; a list of Flow."""
     if checkpoint is not None:
         models = [checkpoint_model(checkpoint)]
@@ -241,6 +250,8 @@ def run(text: str, cells=None, checkpoint=None, hidden=64, layers=1, seed=0, rad
     for m in models:
         if radius is not None:
             set_spectral_radius(m, radius)
+        if forget_bias is not None:
+            set_forget_bias(m, forget_bias)
         flows.append(measure(m, corpus_ids(text, m.vocab), max_k, windows, batch, seed))
     return flows
 
