@@ -28,7 +28,7 @@ class TrainConfig:
     # model
     cell: str = "lstm"
     hidden: int = 512
-    layers: int = 2
+    layers: int = 1
     dropout: float = 0.25  # on the input of every layer above the first and of the output layer
     # truncated BPTT (DESIGN.md): an update every k1 steps, gradients flow back k2 steps
     batch: int = 32  # parallel streams
