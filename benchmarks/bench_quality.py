@@ -93,9 +93,11 @@ def machine():
 
 
 def blas_kernel():
+    import importlib
+
     from threadpoolctl import threadpool_info
 
-    import charrnn.kernels._jit  # noqa: F401  loads the BLAS charrnn uses
+    importlib.import_module("charrnn.kernels._jit")  # loads the BLAS charrnn uses
     return "; ".join(f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')})"
                      for i in threadpool_info() if i.get("user_api") == "blas")
 
@@ -187,12 +189,14 @@ def main():
     args = ap.parse_args()
     if any(k in os.environ for k in LIFTED):
         env = {k: v for k, v in os.environ.items() if k not in LIFTED}
+        env["BENCH_LIFTED"] = " ".join(f"{k}={os.environ[k]}" for k in LIFTED if k in os.environ)
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
     sys.path.insert(0, str(HERE))
     import torch
 
     torch.set_num_threads(2)
-    print(f"CPU: {machine()}; {', '.join(LIFTED)} lifted for this run")
+    lifted = os.environ.get("BENCH_LIFTED")
+    print(f"CPU: {machine()}; " + (f"{lifted} lifted for this run" if lifted else f"{' and '.join(LIFTED)} not set"))
     print(f"BLAS: {blas_kernel()}; torch {torch.__version__} on {torch.get_num_threads()} threads")
     print(f"{args.minutes:g} minutes per side; both selected models scored by charrnn's evaluator", flush=True)
     rows = []

@@ -9,10 +9,12 @@ same per-update learning rates:
     perturbed      the mirror, every initial weight moved by about one float32 ulp: the noise
                    floor, how far two float32 runs of one loop drift apart by chance
     two biases     bias_hh trains too, as in nn.LSTM: the bias takes two Adam steps per update
-    no forget +1   the LSTM's forget-gate bias drawn like the other biases, as PyTorch does
+    forget +1      the LSTM's forget-gate bias set to 1 (charrnn's initialisation before
+                   this experiment; PyTorch and charrnn now draw it like every bias)
     constant lr    no schedule: the base learning rate throughout
-    pytorch        the loop a user writes: two biases, PyTorch's own initialisation of every
-                   tensor, constant learning rate (different initial weights, same batches)
+    pytorch init   two biases and PyTorch's own initialisation of every tensor (other initial
+                   weights, drawn from the same distributions but the bias's), charrnn's schedule
+    pytorch        the loop a user writes: pytorch init and a constant learning rate
 
 Each curve is compared with charrnn's on the same batches: the mean loss difference per block of
 updates, and the first block where it leaves the float32 noise for good (more than
@@ -53,7 +55,7 @@ def run_charrnn(cfg, updates):
     return trainer, init, np.array(losses), lrs
 
 
-def run_torch(trainer, init, lrs, *, one_bias=True, perturb=0.0, forget_plus_one=True, schedule=True,
+def run_torch(trainer, init, lrs, *, one_bias=True, perturb=0.0, forget_bias=None, schedule=True,
               own_init=False, seed=0):
     torch.manual_seed(seed)
     spec, cfg = trainer.spec, trainer.cfg
@@ -64,12 +66,11 @@ def run_torch(trainer, init, lrs, *, one_bias=True, perturb=0.0, forget_plus_one
             rng = np.random.default_rng(seed)
             params *= 1.0 + perturb * rng.choice([-1.0, 1.0], params.size).astype(np.float32)
         load_charrnn(model, spec, params, one_bias=one_bias)
-        if not forget_plus_one:
-            H, bound = spec.hidden, 1.0 / np.sqrt(spec.hidden)
+        if forget_bias is not None:
+            H = spec.hidden
             with torch.no_grad():
                 for l in range(spec.layers):
-                    b = getattr(model.rnn, f"bias_ih_l{l}")
-                    b[H: 2 * H] = torch.empty(H).uniform_(-bound, bound)
+                    getattr(model.rnn, f"bias_ih_l{l}")[H: 2 * H] = forget_bias
     loop = Loop(model, cfg.lr, cfg.clip_norm)
     streams = Streams(trainer.train_ids, cfg.batch)
     inputs = np.zeros((cfg.k1, cfg.batch), np.int32)
@@ -96,7 +97,7 @@ def main():
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="charrnn config overrides, e.g. lr_decay=1.0")
-    ap.add_argument("--variants", default="mirror,perturbed,two biases,no forget +1,constant lr,pytorch")
+    ap.add_argument("--variants", default="mirror,perturbed,two biases,forget +1,constant lr,pytorch init,pytorch")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count())
     cfg = TrainConfig(corpus=args.corpus, seed=args.seed)
@@ -115,13 +116,14 @@ def main():
         "mirror": {},
         "perturbed": dict(perturb=1.2e-7),
         "two biases": dict(one_bias=False),
-        "no forget +1": dict(forget_plus_one=False),
+        "forget +1": dict(forget_bias=1.0),
         "constant lr": dict(schedule=False),
+        "pytorch init": dict(one_bias=False, own_init=True),
         "pytorch": dict(one_bias=False, own_init=True, schedule=False),
     }
     chosen = [v.strip() for v in args.variants.split(",")]
     if cfg.cell != "lstm":
-        chosen = [v for v in chosen if v != "no forget +1"]
+        chosen = [v for v in chosen if v != "forget +1"]
     curves = {}
     for name in chosen:
         curves[name] = run_torch(trainer, init, lrs, **variants[name])
