@@ -20,7 +20,6 @@ How a sample is made:
 """
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from .checkpoint import load_checkpoint, resolve_checkpoint
+from .config import SAMPLE_RANGES
 from .corpus import Vocab
 from .errors import CharrnnError
 from .kernels.generate import CELL_CODES, GATES, generate, offsets_table, teacher_force
@@ -151,20 +151,11 @@ class Sampler:
 
 
 def check_options(length=0, temperature=1.0, top_k=0, top_p=1.0, num_samples=1):
-    """A CharrnnError naming the first option out of range."""
-    def bad(option, value, need):
-        raise CharrnnError(f"--{option} {value} is out of range: {need}")
-
-    if length < 0:
-        bad("length", length, "it must be 0 or more")
-    if not (math.isfinite(temperature) and temperature >= 0.0):
-        bad("temperature", temperature, "it must be a number >= 0 (0 picks the most probable character)")
-    if top_k < 0:
-        bad("top-k", top_k, "it must be 0 (off) or more")
-    if not (math.isfinite(top_p) and 0.0 < top_p <= 1.0):
-        bad("top-p", top_p, "it must be in (0, 1]; 1 turns nucleus sampling off")
-    if num_samples < 1:
-        bad("num-samples", num_samples, "it must be at least 1")
+    """A CharrnnError naming the first option out of its range (config.SAMPLE_RANGES)."""
+    given = {"length": length, "temperature": temperature, "top_k": top_k, "top_p": top_p, "num_samples": num_samples}
+    for name, value in given.items():
+        if value not in SAMPLE_RANGES[name]:
+            raise CharrnnError(f"--{name.replace('_', '-')} {value} is out of range: it must be in {SAMPLE_RANGES[name]}")
 
 
 def start_id(vocab: Vocab) -> int:
