@@ -1,4 +1,5 @@
-"""The command line: parse, call, print. Known errors print one red line and exit 1."""
+"""The command line: parse, call, print. Known errors, and failures of the system such as a full
+disk, print one red line and exit 1."""
 import math
 from pathlib import Path
 from typing import Literal, Optional
@@ -6,16 +7,19 @@ from typing import Literal, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .config import (CELLS, INSPECT_CHARS, INSPECT_MAX_CHARS, OPTIMIZERS, RANGES, SAMPLE_RANGES, SCHEDULES,
                      Range)
 from .config import TrainConfig as _C  # the defaults of train's options
-from .errors import CharrnnError
+from .errors import CharrnnError, os_error_message
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Character-level RNN, LSTM and GRU language models, trained on the CPU.")
-out = Console()
-err = Console(stderr=True)
+# markup=False: run names, paths and messages print as they are, brackets and all; styled
+# text is built as rich Text. soft_wrap: a message is one line, wrapped by the terminal alone.
+out = Console(markup=False, soft_wrap=True)
+err = Console(stderr=True, markup=False, soft_wrap=True)
 
 
 @app.callback()
@@ -113,7 +117,7 @@ def train(
     cfg = trainer.cfg
     if not quiet:
         settings = " ".join(f"{k}={v}" for k, v in cfg.to_dict().items())
-        err.print(f"[dim]{settings}[/]", highlight=False)
+        err.print(Text(settings, style="dim"))
         err.print(f"{trainer.spec.cell} {cfg.layers}x{cfg.hidden}, vocabulary {trainer.vocab.size}, "
                   f"{trainer.params.size:,} parameters; train/val/test {len(trainer.train_ids):,}/"
                   f"{len(trainer.val_ids):,}/{len(trainer.test_ids):,} characters -> {trainer.run_dir}",
@@ -344,14 +348,14 @@ def gradcheck(
                                    steps=steps, tolerance=tolerance, max_per_tensor=per_tensor)
         for r in rows:
             failed += not r.passed
-            verdict = "[green]pass[/]" if r.passed else "[bold red]FAIL[/]"
+            verdict = Text("pass", style="green") if r.passed else Text("FAIL", style="bold red")
             table.add_row(r.cell, r.tensor, str(r.checked), f"{r.max_rel:.2e}", f"{r.mean_rel:.2e}",
                           str(list(r.worst)), verdict)
     out.print(table)
     if failed:
-        err.print(f"[bold red]error:[/] {failed} tensor(s) failed the gradient check (tolerance {tolerance:g})")
+        _print_error(f"{failed} tensor(s) failed the gradient check (tolerance {tolerance:g})")
         raise typer.Exit(1)
-    out.print(f"[green]all tensors pass[/] (max relative error <= {tolerance:g})")
+    out.print(Text.assemble(("all tensors pass", "green"), f" (max relative error <= {tolerance:g})"))
 
 
 @app.command()
@@ -424,13 +428,22 @@ def plot(
         out.print(f"wrote {png}", markup=False, highlight=False)
 
 
+def _print_error(message: str):
+    err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False)
+
+
 def main():
-    """Entry point: known errors become one line on stderr and exit code 1."""
+    """Entry point: a known error, or a failure of the system (a full disk, a folder that cannot
+    be written, too little memory), becomes one line on stderr and exit code 1. Ctrl-C exits
+    130 (typer turns KeyboardInterrupt into it)."""
     try:
         app()
     except CharrnnError as e:
-        from rich.markup import escape
-
-        # escaped: a path or a hint with [brackets] must print as it is
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        _print_error(str(e))
+        raise SystemExit(1)
+    except OSError as e:
+        _print_error(os_error_message(e))
+        raise SystemExit(1)
+    except MemoryError:
+        _print_error("out of memory; use a smaller model, batch or window, or free some memory")
         raise SystemExit(1)

@@ -138,6 +138,10 @@ class TrainConfig:
                 bad(name, getattr(self, name), f"it must be in {allowed}")
         if self.val_fraction + self.test_fraction >= 0.5:
             raise CharrnnError("--val-fraction plus --test-fraction must leave at least half the text for training")
+        if self.run in (".", "..") or any(c in self.run for c in ("/", "\\", "\0")):
+            # the run's folder is OUT_DIR/RUN: a separator, '..' or an absolute path would leave OUT_DIR
+            raise CharrnnError(f"--run {self.run!r} is not a plain folder name; give a name without '/', "
+                               f"'\\' or '..' (the run's folder is made inside --out-dir)")
         return self
 
     def to_dict(self):

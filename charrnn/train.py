@@ -18,7 +18,7 @@ from . import __version__
 from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .corpus import Streams, Vocab, default_corpus, fit_batch_and_window, read_text, split
-from .errors import CharrnnError
+from .errors import CharrnnError, os_error_message
 from .evaluate import bits, evaluate
 from .model import ModelSpec, Stack, init_params
 from .optim import Optimizer, clip_by_norm, clip_by_value, learning_rate
@@ -33,6 +33,31 @@ class Interrupted(Exception):
     def __init__(self, path):
         super().__init__(f"interrupted; saved {path}")
         self.path = path
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON record per line, flushed as it is written. A write that fails
+    (a full disk) is a CharrnnError naming the file."""
+
+    def __init__(self, path: Path, mode="a"):
+        self.path = path
+        try:
+            self.file = open(path, mode, encoding="utf-8")
+        except OSError as e:
+            raise CharrnnError(os_error_message(e)) from None
+
+    def write(self, record: dict):
+        try:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        except OSError as e:
+            raise CharrnnError(os_error_message(e, self.path)) from None
+
+    def close(self):
+        try:
+            self.file.close()
+        except OSError:
+            pass  # every record was flushed already, or its write failed and said so
 
 
 class Trainer:
@@ -174,7 +199,7 @@ class Trainer:
         if not (cfg.max_steps or cfg.epochs or cfg.time_limit):
             raise CharrnnError("no stopping rule: give --max-steps, --epochs or --time-limit")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        log = MetricsLog(self.run_dir / "metrics.jsonl")
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         window_stats = []
         chars_per_update = cfg.k1 * cfg.batch
@@ -194,8 +219,7 @@ class Trainer:
                               "grad_norm": float(np.mean(norms)), "clipped": float(np.mean(clips)),
                               "lr": lr, "chars_per_sec": chars_per_update * len(dts) / sum(dts),
                               "time": round(self.elapsed, 3)}
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
+                    log.write(record)
                     window_stats = []
                     if progress:
                         progress(self, record)
@@ -204,9 +228,7 @@ class Trainer:
                     t1 = time.perf_counter()
                     self.last_val = self.validate()
                     self.elapsed += time.perf_counter() - t1
-                    log.write(json.dumps({"kind": "val", "step": self.step, "loss": self.last_val,
-                                          "bpc": bits(self.last_val)}) + "\n")
-                    log.flush()
+                    log.write({"kind": "val", "step": self.step, "loss": self.last_val, "bpc": bits(self.last_val)})
                     if self.last_val < self.best_val:
                         self.best_val = self.last_val
                         self.save("best")
@@ -219,7 +241,7 @@ class Trainer:
             test = math.nan
             if len(self.test_ids) >= 2:
                 test, _ = evaluate(self.spec, self.params, self.test_ids, cfg.batch, cfg.k1)
-                log.write(json.dumps({"kind": "test", "step": self.step, "loss": test, "bpc": bits(test)}) + "\n")
+                log.write({"kind": "test", "step": self.step, "loss": test, "bpc": bits(test)})
             return {"steps": self.step, "epochs": self.epoch(), "val_loss": self.last_val,
                     "best_val_loss": self.best_val, "test_loss": test, "elapsed": self.elapsed,
                     "train_chars_per_sec": (self.step and chars_per_update * self.step / max(train_time, 1e-9)),
