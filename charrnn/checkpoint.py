@@ -8,7 +8,8 @@ A checkpoint is a standard uncompressed .npz (a zip archive that np.load can rea
                     over its dtype string, shape and raw bytes)
 
 save_checkpoint writes a hidden temporary file beside the target, fsyncs it and renames it over
-the target, so a crash leaves either the old or the new complete file. load_checkpoint reads with
+the target, so a crash leaves either the old or the new complete file. A save killed outright
+(kill -9) leaves its temporary behind; remove_stale_temporaries clears such files. load_checkpoint reads with
 allow_pickle=False, verifies every checksum and turns every problem with the file into one
 CharrnnError line that names the file.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import zipfile
 import zlib
@@ -37,6 +39,8 @@ FORMAT_NAME = "charrnn-checkpoint"
 _META = "__meta__"  # array name of the JSON document; reserved
 _CHECKSUMS = "array_sha256"  # meta key of the checksum table; added by save, removed by load
 _ZIP_MAGIC = b"PK\x03\x04"
+# The temporary a save writes beside its target: .<name>.npz.<12 hex digits>.tmp
+_TEMPORARY = re.compile(r"\..+" + re.escape(SUFFIX) + r"\.[0-9a-f]{12}\.tmp")
 # What a damaged or truncated archive raises while it is read: numpy raises ValueError/EOFError
 # for short or malformed .npy data, zipfile BadZipFile for a broken archive or a bad CRC,
 # NotImplementedError for an unknown compression method, RuntimeError for a flipped "encrypted" bit.
@@ -71,7 +75,7 @@ def save_checkpoint(path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Same folder as the target so that os.replace is a rename within one filesystem.
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")  # matches _TEMPORARY
         # O_EXCL: never write into a file someone else owns; 0o666 leaves the mode to the umask.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     except OSError as e:
@@ -91,6 +95,16 @@ def save_checkpoint(path, arrays: dict[str, np.ndarray], meta: dict) -> None:
             raise CharrnnError(_write_error(path, e)) from e
         raise
     _fsync_dir(path.parent)
+
+
+def remove_stale_temporaries(directory) -> list[Path]:
+    """Delete the temporaries that killed saves left in `directory` (each as large as a
+    checkpoint, hidden, never read). Only for a folder that no save is writing to, such as a run
+    folder whose lock is held. Returns what was removed."""
+    stale = [p for p in Path(directory).iterdir() if _TEMPORARY.fullmatch(p.name) and p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def _checked_array(name, a) -> np.ndarray:

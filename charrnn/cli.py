@@ -62,6 +62,7 @@ def _encoding(value: Optional[str]):
 
 @app.command()
 def train(
+    ctx: typer.Context,
     corpus: Optional[Path] = typer.Argument(None, help="Text file to learn from. Default: the shipped corpora/tinyshakespeare.txt."),
     cell: Literal[CELLS] = typer.Option(_C.cell, case_sensitive=False, help="Recurrent cell."),
     hidden: int = _ranged(_C.hidden, RANGES["hidden"], "Hidden units per layer."),
@@ -93,12 +94,18 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display; print only the summary."),
 ):
     """Train a model on a text file, saving latest.npz and best.npz under OUT_DIR/RUN."""
-    from .config import TrainConfig
+    from .config import TrainConfig, check_resume_overrides
     from .train import Interrupted, Trainer, new_run_dir
 
     say = (lambda *a: None) if quiet else (lambda msg: err.print(msg, highlight=False))
     stops = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps), ("time_limit", time_limit)) if v is not None}
     if resume is not None:
+        given = [name for name in ctx.params if name not in ("resume", "quiet")
+                 and ctx.get_parameter_source(name).name != "DEFAULT"]
+        try:
+            check_resume_overrides(given)
+        except CharrnnError as e:
+            raise typer.BadParameter(str(e), param_hint="--resume") from None
         with err.status("loading the checkpoint and the corpus..."):
             trainer = Trainer.resume(resume, say=say, **stops)
         say(f"resuming {trainer.run_dir} at update {trainer.step}")
@@ -109,11 +116,7 @@ def train(
                           lr_decay=lr_decay, decay_every=decay_every, clip_norm=clip_norm, clip_value=clip_value,
                           eval_every=eval_every, eval_chars=eval_chars, checkpoint_every=checkpoint_every,
                           seed=seed, run=run, out_dir=str(out_dir), **stops).validate()
-        run_dir = new_run_dir(cfg)
-        if (run_dir / "latest.npz").exists() or (run_dir / "best.npz").exists():
-            raise CharrnnError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
-                               f"or choose another --run name")
-        trainer = Trainer(cfg, run_dir, say=say)
+        trainer = Trainer(cfg, new_run_dir(cfg), say=say)
     cfg = trainer.cfg
     if not quiet:
         settings = " ".join(f"{k}={v}" for k, v in cfg.to_dict().items())

@@ -80,6 +80,19 @@ SAMPLE_RANGES = {
     "num_samples": Range(1, 100_000),
 }
 
+# What `train --resume` may change: the stopping rules. Every other setting decides what the run
+# computes, and a resumed run continues exactly as the uninterrupted one would have.
+RESUME_MAY_CHANGE = ("epochs", "max_steps", "time_limit")
+
+
+def check_resume_overrides(names):
+    """A CharrnnError if any of these settings may not change on resume (RESUME_MAY_CHANGE)."""
+    fixed = [n for n in names if n not in RESUME_MAY_CHANGE]
+    if fixed:
+        options = lambda ns: ", ".join(f"--{n.replace('_', '-')}" for n in ns)
+        raise CharrnnError(f"a resumed run keeps its own settings; leave out {options(fixed)} "
+                           f"(only {options(RESUME_MAY_CHANGE)} may change)")
+
 
 @dataclass
 class TrainConfig:

@@ -15,16 +15,18 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .checkpoint import load_checkpoint, remove_stale_temporaries, resolve_checkpoint, save_checkpoint
+from .config import TrainConfig, check_resume_overrides
 from .corpus import Streams, Vocab, default_corpus, fit_batch_and_window, read_text, split
 from .errors import CharrnnError, os_error_message
 from .evaluate import bits, evaluate
 from .model import ModelSpec, Stack, init_params
 from .optim import Optimizer, clip_by_norm, clip_by_value, learning_rate
+from .runlock import RunLock
 from .tbptt import Scheduler
 
 LOG_EVERY = 10  # updates per line of the metrics log
+METRICS_FILE = "metrics.jsonl"
 
 
 class Interrupted(Exception):
@@ -93,6 +95,8 @@ class Trainer:
         self.best_val = math.inf
         self.last_val = math.inf
         self.stop_requested = False
+        self.fresh = True  # False once the run folder holds this run (resumed, or run() started)
+        self.lock = None  # the run folder's RunLock while this trainer reads or writes it
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _checkpoint(self):
@@ -122,8 +126,21 @@ class Trainer:
 
     @classmethod
     def resume(cls, path, say=print, **overrides):
-        """A trainer restored from a checkpoint (a file or a run folder, meaning its latest)."""
+        """A trainer restored from a checkpoint (a file or a run folder, meaning its latest).
+        Only the stopping rules may be overridden. The run folder stays locked until run() ends."""
+        check_resume_overrides(overrides)
         path = resolve_checkpoint(path, prefer="latest")
+        lock = RunLock(path.parent).acquire()  # before reading: no other process is writing it now
+        try:
+            self = cls._restore(path, say, overrides)
+        except BaseException:
+            lock.release()
+            raise
+        self.lock, self.fresh = lock, False
+        return self
+
+    @classmethod
+    def _restore(cls, path, say, overrides):
         arrays, meta = load_checkpoint(path)
         cfg = TrainConfig.from_dict(meta["config"])
         for k, v in overrides.items():
@@ -198,18 +215,24 @@ class Trainer:
         cfg = self.cfg
         if not (cfg.max_steps or cfg.epochs or cfg.time_limit):
             raise CharrnnError("no stopping rule: give --max-steps, --epochs or --time-limit")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        log = MetricsLog(self.run_dir / "metrics.jsonl")
+        lock, self.lock = self.lock or RunLock(self.run_dir).acquire(), None
+        try:
+            log = self._open_run_dir()
+        except BaseException:
+            lock.release()
+            raise
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         window_stats = []
         chars_per_update = cfg.k1 * cfg.batch
         train_time = 0.0  # time in updates only, for the throughput figure
+        updates = 0  # of this session: a resumed run's earlier ones took no part of train_time
         try:
             while self.done_fraction() < 1.0:
                 t0 = time.perf_counter()
                 loss, norm, clipped, lr = self.update()
                 dt = time.perf_counter() - t0
                 train_time += dt
+                updates += 1
                 self.elapsed += dt
                 window_stats.append((loss, norm, clipped, dt))
                 if self.step % LOG_EVERY == 0 or self.done_fraction() >= 1.0:
@@ -244,11 +267,27 @@ class Trainer:
                 log.write({"kind": "test", "step": self.step, "loss": test, "bpc": bits(test)})
             return {"steps": self.step, "epochs": self.epoch(), "val_loss": self.last_val,
                     "best_val_loss": self.best_val, "test_loss": test, "elapsed": self.elapsed,
-                    "train_chars_per_sec": (self.step and chars_per_update * self.step / max(train_time, 1e-9)),
+                    "train_chars_per_sec": (updates and chars_per_update * updates / max(train_time, 1e-9)),
                     "run_dir": str(self.run_dir)}
         finally:
             signal.signal(signal.SIGINT, previous)
             log.close()
+            lock.release()
+
+    def _open_run_dir(self):
+        """With the folder locked: refuse to overwrite another run, remove what killed saves left,
+        and open the metrics log. A fresh run starts a fresh log: one left by a run of the same
+        name that never saved a checkpoint describes no model that exists."""
+        if self.fresh:
+            if any((self.run_dir / f"{name}.npz").exists() for name in ("latest", "best")):
+                raise CharrnnError(f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir} "
+                                   f"or choose another --run name")
+            if (self.run_dir / METRICS_FILE).exists():
+                self.say(f"replacing {self.run_dir / METRICS_FILE}, left by a run that saved no checkpoint")
+        remove_stale_temporaries(self.run_dir)
+        log = MetricsLog(self.run_dir / METRICS_FILE, "w" if self.fresh else "a")
+        self.fresh = False
+        return log
 
     def _on_sigint(self, signum, frame):
         if self.stop_requested:  # a second Ctrl-C: stop now, whatever the state
