@@ -256,6 +256,7 @@ def eval_(
 
     With the checkpoint's batch and window, its run's validation text scores the run's own validation figure. The text is cut into batch contiguous streams, each read from a zero state; the very first character is only an input and a tail shorter than the batch is left out, so the count is up to batch characters below the file's length.
     """
+    from . import memory
     from .corpus import read_text
     from .evaluate import bits, evaluate
     from .sampling import load_model, warm_up_evaluate
@@ -271,9 +272,11 @@ def eval_(
             ids = model.vocab.encode(text, what=str(file))
         except CharrnnError as e:
             raise CharrnnError(f"{e} (or pass --skip-unknown to leave them out)") from None
+    batch, window = batch or int(cfg.get("batch", 32)), window or int(cfg.get("k1", 100))
+    memory.require(memory.evaluation_needs(model.spec, batch, window, model.params.dtype), "evaluating",
+                   "use a smaller --batch or --window")
     _first_call(lambda: warm_up_evaluate(model.spec, model.params.dtype))
-    nats, count = evaluate(model.spec, model.params, ids, batch or int(cfg.get("batch", 32)),
-                           window or int(cfg.get("k1", 100)))
+    nats, count = evaluate(model.spec, model.params, ids, batch, window)
     note = f"; {skipped:,} unknown character(s) skipped" if skip_unknown else ""
     out.print(f"{file}: {count:,} characters, {nats:.4f} nats/char, {bits(nats):.4f} bits/char, "
               f"perplexity {math.exp(nats):.2f}{note}", markup=False, highlight=False, soft_wrap=True)

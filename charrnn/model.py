@@ -11,6 +11,7 @@ The stack runs a window of steps held in per-layer buffers (time axis first):
     shift(k)                   drop the oldest k steps so that newer ones can follow
 Shapes (legend): T window steps, B streams, H hidden units, V vocabulary, G gate width.
 """
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,6 +112,24 @@ class Stack:
         self.dropped = [None] + [np.zeros((T, B, H), dtype) if dropout > 0 else None for _ in range(L)]
         self.logits = np.zeros((T * B, V), dtype)
         self.row_loss = np.zeros(T * B, dtype)
+
+    @staticmethod
+    def nbytes(spec: ModelSpec, batch: int, window: int, dtype=np.float32, dropout=0.0) -> int:
+        """The bytes a Stack of these sizes allocates, counted without allocating them (a run
+        checks that it fits before it starts). It follows __init__ line by line; a test holds
+        the two equal."""
+        L, B, T, H, V = spec.layers, batch, window, spec.hidden, spec.vocab_size
+        cell = CELLS[spec.cell]
+        G = cell.gates * H
+        ints = 3 * T * B  # ids, targets, positions
+        floats = L * sum(math.prod(s) for shapes in cell.buffer_shapes(T, B, H) for s in shapes.values())
+        floats += V * G  # onehot_table
+        floats += (L - 1) * T * B * G + L * T * B * G  # xproj, dxproj
+        floats += L * T * B * H + L * len(cell.states) * B * H  # dhs, dstate
+        if dropout > 0:
+            floats += 2 * L * T * B * H  # masks, dropped
+        floats += T * B * V + T * B  # logits, row_loss
+        return ints * np.dtype(np.int32).itemsize + floats * np.dtype(dtype).itemsize
 
     # -- state -------------------------------------------------------------------------------
     def get_state(self, slot):

@@ -194,6 +194,15 @@ def _check_flat(arr, name, size=None, dtype=None):
         raise ValueError(f"{name} must be float32 or float64, not {arr.dtype}")
 
 
+def moment_names(name: str, momentum: float = 0.9) -> tuple[str, ...]:
+    """The moment arrays an optimizer keeps, each the size of the parameters."""
+    if name == "adam":
+        return ("m", "v")
+    if name in ("rmsprop", "adagrad"):
+        return ("v",)
+    return ("m",) if momentum > 0.0 else ()
+
+
 class Optimizer:
     """One optimizer over the flat parameter array: moments are flat arrays of the same size.
 
@@ -238,11 +247,7 @@ class Optimizer:
                 raise ValueError(f"{key} must be in [0, 1), got {getattr(self, key)}")
 
     def _state_names(self):
-        if self.name == "adam":
-            return ("m", "v")
-        if self.name in ("rmsprop", "adagrad"):
-            return ("v",)
-        return ("m",) if self.momentum > 0.0 else ()
+        return moment_names(self.name, self.momentum)
 
     def _zero_state(self):
         return {key: np.zeros(self.size, self.dtype) for key in self._state_names()}

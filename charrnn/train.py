@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, memory
 from .checkpoint import load_checkpoint, remove_stale_temporaries, resolve_checkpoint, save_checkpoint
 from .config import TrainConfig, check_resume_overrides
 from .corpus import Streams, Vocab, default_corpus, fit_batch_and_window, read_text, split
@@ -82,6 +82,8 @@ class Trainer:
             cfg.k2 = k1 if cfg.k2 == cfg.k1 else cfg.k2  # keep the classic scheme classic
             cfg.batch, cfg.k1 = batch, k1
         self.spec = ModelSpec(cfg.cell, self.vocab.size, cfg.hidden, cfg.layers)
+        memory.require(memory.training_needs(self.spec, cfg), "this run",
+                       "use a smaller --hidden, --layers, --batch or --k1/--k2")
         self.rng = np.random.Generator(np.random.PCG64(cfg.seed))
         self.params = init_params(self.spec, self.rng, np.float32)
         self.grads = np.zeros_like(self.params)
