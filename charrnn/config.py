@@ -30,8 +30,8 @@ class Range:
     open_high: bool = False
 
     def __contains__(self, x):
-        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-            return False
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or (isinstance(x, float) and not math.isfinite(x)):
+            return False  # (an int is finite, and may be too large for math.isfinite)
         if self.low is not None and (x <= self.low if self.open_low else x < self.low):
             return False
         return self.high is None or (x < self.high if self.open_high else x <= self.high)

@@ -166,20 +166,21 @@ class Stack:
         all that the next update reads from earlier ones. Saved in checkpoints."""
         return {name: a[: keep + (a.shape[0] - self.T)].copy() for name, a in self._time_buffers().items()}
 
-    def load_kept_arrays(self, arrays):
-        """Restore what kept_arrays saved. A window saved by a charrnn whose buffers were laid
-        out differently cannot be resumed exactly: that is an error, not a silent restart."""
+    def load_kept_arrays(self, arrays, keep):
+        """Restore what kept_arrays(keep) saved. A window saved by a charrnn whose buffers were
+        laid out differently cannot be resumed exactly: that is an error, not a silent restart."""
         for name, a in self._time_buffers().items():
+            rows = keep + (a.shape[0] - self.T)
             kept = arrays.get(name)
-            if kept is not None and kept.shape[0] == 0:
+            if kept is not None and kept.shape[0] == rows == 0:
                 continue  # nothing kept (k1 >= k2 keeps no steps): any layout will do
-            if kept is None or kept.shape[1:] != a.shape[1:] or kept.shape[0] > a.shape[0]:
+            if kept is None or kept.shape != (rows,) + a.shape[1:]:
                 found = "missing" if kept is None else f"shaped {kept.shape}"
                 raise CharrnnError(
                     f"the checkpoint's saved window does not fit this charrnn (buffer {name} is {found}, "
-                    f"expected (<= {a.shape[0]},) + {a.shape[1:]}); resume it with the charrnn that "
-                    f"wrote it (sampling and eval still work)")
-            a[: kept.shape[0]] = kept
+                    f"expected {(rows,) + a.shape[1:]}); resume it with the charrnn that wrote it "
+                    f"(sampling and eval still work)")
+            a[:rows] = kept
 
     # -- forward -----------------------------------------------------------------------------
     def _layer_input(self, l, t0, t1, rng):

@@ -33,6 +33,7 @@ from .corpus import Vocab
 from .errors import CharrnnError
 from .kernels.generate import CELL_CODES, GATES, generate, offsets_table, teacher_force
 from .model import Layout, ModelSpec
+from .schema import MODEL, model_spec
 
 CHUNK = 128  # characters per jitted call: enough that Python's share is tiny, small enough to stream
 SAMPLE_THREADS = 2  # BLAS threads for `charrnn sample`: a fixed number, so the text depends only
@@ -57,23 +58,9 @@ def load_model(path) -> Model:
 
     The checkpoint carries its own vocabulary, so it samples correctly wherever it is copied."""
     path = resolve_checkpoint(path, prefer="best")
-    arrays, meta = load_checkpoint(path)
-    cfg, chars = meta.get("config"), meta.get("vocab")
-    if not isinstance(cfg, dict) or chars is None or "params" not in arrays:
-        raise CharrnnError(f"{path} holds no model (no config, vocabulary or parameters); "
-                           "pass a checkpoint written by charrnn train")
-    vocab = Vocab.from_json(chars)
-    try:
-        spec = ModelSpec(str(cfg["cell"]), len(vocab), int(cfg["hidden"]), int(cfg["layers"]))
-    except (KeyError, TypeError, ValueError) as e:
-        raise CharrnnError(f"{path} has an unusable model config ({e}); the file is corrupt") from None
-    params = arrays["params"]
-    size = Layout(spec).size
-    if params.shape != (size,) or params.dtype not in (np.float32, np.float64):
-        raise CharrnnError(f"{path} holds {params.size:,} {params.dtype} parameters, but its config "
-                           f"({spec.cell} {spec.layers}x{spec.hidden}, vocabulary {spec.vocab_size}) "
-                           f"needs {size:,} floats; the file is corrupt")
-    return Model(spec, np.ascontiguousarray(params), vocab, cfg, path)
+    arrays, meta = load_checkpoint(path, schema=MODEL)
+    params = np.ascontiguousarray(arrays["params"])
+    return Model(model_spec(meta), params, Vocab.from_json(meta["vocab"]), meta["config"], path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from .evaluate import bits, evaluate
 from .model import ModelSpec, Stack, init_params
 from .optim import Optimizer, clip_by_norm, clip_by_value, learning_rate
 from .runlock import RunLock
+from .schema import TRAINING
 from .tbptt import Scheduler
 
 LOG_EVERY = 10  # updates per line of the metrics log
@@ -143,7 +144,7 @@ class Trainer:
 
     @classmethod
     def _restore(cls, path, say, overrides):
-        arrays, meta = load_checkpoint(path)
+        arrays, meta = load_checkpoint(path, schema=TRAINING)
         cfg = TrainConfig.from_dict(meta["config"])
         for k, v in overrides.items():
             setattr(cfg, k, v)
@@ -152,11 +153,10 @@ class Trainer:
         if self.corpus_info["sha256"] != meta["corpus"]["sha256"]:
             raise CharrnnError(f"the corpus {self.corpus_info['path']} is not the text this run was trained on; "
                                f"resume with the original file")
-        if self.params.size != arrays["params"].size:
-            raise CharrnnError(f"{path} does not match its own config (parameter count differs)")
         self.params[:] = arrays["params"]
         self.opt.load_state({k[4:]: v for k, v in arrays.items() if k.startswith("opt.")}, meta["optimizer"])
-        self.stack.load_kept_arrays({k[5:]: v for k, v in arrays.items() if k.startswith("kept.")})
+        self.stack.load_kept_arrays({k[5:]: v for k, v in arrays.items() if k.startswith("kept.")},
+                                    self.sched.window - self.sched.k1)
         self.sched.filled = meta["scheduler"]["filled"]
         self.streams.load_state_dict(meta["streams"])
         self.rng.bit_generator.state = meta["rng"]
