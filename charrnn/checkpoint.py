@@ -297,12 +297,14 @@ def _check_header(f, info: zipfile.ZipInfo, path: Path, name: str, size: int):
     if info.file_size != info.compress_size or info.header_offset + info.compress_size > size:
         raise CharrnnError(_corrupt(path, f"array {name!r} claims more bytes than the file holds"))
     version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-    elif version == (2, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-    else:
+    if version not in ((1, 0), (2, 0)):
         raise CharrnnError(_corrupt(path, f"array {name!r} has .npy format version {version}"))
+    try:
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+    except Exception as e:  # the header is a Python literal; a damaged one can raise SyntaxError,
+        # TypeError or tokenize's TokenError from numpy's parser, besides its ValueError
+        raise CharrnnError(_corrupt(path, f"array {name!r} has a damaged .npy header ({type(e).__name__})")) from e
     if dtype.hasobject:  # stored by pickling; loading a pickle can run code
         raise CharrnnError(
             f"{path} holds pickled Python objects (array {name!r}); charrnn refuses to load them "

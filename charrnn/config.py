@@ -15,6 +15,8 @@ CELLS = ("rnn", "lstm", "gru")
 OPTIMIZERS = ("adam", "rmsprop", "adagrad", "sgd")
 # learning-rate schedules (optim.learning_rate); linear and cosine run over the whole budget
 SCHEDULES = ("linear", "cosine", "step", "constant")
+# the settings that take one of a few names
+CHOICES = {"cell": CELLS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
 # `charrnn inspect` reads INSPECT_CHARS characters unless told otherwise, and the terminal colours
 # at most that many; it reads at most INSPECT_MAX_CHARS, up to which its page stays quick
 INSPECT_CHARS, INSPECT_MAX_CHARS = 2_000, 20_000
@@ -137,12 +139,9 @@ class TrainConfig:
         def bad(option, value, need):
             raise CharrnnError(f"--{option.replace('_', '-')} {value} is out of range: {need}")
 
-        if self.cell not in CELLS:
-            bad("cell", self.cell, f"choose one of {', '.join(CELLS)}")
-        if self.optimizer not in OPTIMIZERS:
-            bad("optimizer", self.optimizer, f"choose one of {', '.join(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
-            bad("schedule", self.schedule, f"choose one of {', '.join(SCHEDULES)}")
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                bad(name, getattr(self, name), f"choose one of {', '.join(choices)}")
         from .corpus import check_encoding
 
         self.encoding = check_encoding(self.encoding)
@@ -163,5 +162,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d):
         known = {f.name for f in fields(cls)}
-        d = {"schedule": "step", **d}  # written before schedules had a name: the step decay it ran
+        d = {**OLDER_CHECKPOINTS, **d}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# Settings added after checkpoints were first written, and what a checkpoint without one ran.
+OLDER_CHECKPOINTS = {"schedule": "step"}  # before schedules had a name: the step decay

@@ -17,7 +17,7 @@ from dataclasses import fields
 
 import numpy as np
 
-from .config import CELLS, OPTIMIZERS, RANGES, Range, TrainConfig
+from .config import CHOICES, OLDER_CHECKPOINTS, RANGES, Range, TrainConfig
 from .errors import CharrnnError
 from .model import Layout, ModelSpec
 from .optim import check_hyper, moment_names
@@ -73,7 +73,7 @@ def check_config(config, required) -> dict:
             _number(value, where, RANGES.get(f.name, Range()))
         else:
             _str(value, where)
-    for name, choices in (("cell", CELLS), ("optimizer", OPTIMIZERS)):
+    for name, choices in CHOICES.items():
         if name in config and config[name] not in choices:
             raise CharrnnError(f"config.{name} is {_show(config[name])}, not one of {', '.join(choices)}")
     if "encoding" in config:
@@ -127,9 +127,10 @@ class Training(Model):
     """A run to resume: the model, and everything that decides what happens next."""
 
     def headers(self, meta, headers):
-        config = check_config(meta.get("config"), required=[f.name for f in fields(TrainConfig)])
-        try:
-            TrainConfig.from_dict(config).validate()  # what involves several fields
+        config = check_config(meta.get("config"),
+                              required=[f.name for f in fields(TrainConfig) if f.name not in OLDER_CHECKPOINTS])
+        try:  # what involves several fields; the settings older checkpoints lack filled in
+            config = TrainConfig.from_dict(config).validate().to_dict()
         except CharrnnError as e:
             raise CharrnnError(f"its config is refused: {e}") from None
         check_vocab(meta.get("vocab"))

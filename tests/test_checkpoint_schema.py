@@ -283,6 +283,13 @@ def test_arrays_that_do_not_fit_the_document_are_refused(original, tmp_path, cha
         load_checkpoint(path, TRAINING)
 
 
+def test_a_checkpoint_from_before_a_setting_existed_resumes_with_what_it_ran(original, tmp_path):
+    path = edited(original, tmp_path, change_meta=lambda m: m["config"].pop("schedule"))
+    trainer = Trainer.resume(path, say=lambda *_: None)
+    trainer.lock.release()
+    assert trainer.cfg.schedule == "step"
+
+
 def test_non_finite_parameters_are_refused_by_sample(original, tmp_path):
     def poison(arrays):
         arrays["params"] = arrays["params"].copy()
@@ -302,3 +309,21 @@ def test_a_huge_declared_shape_is_refused_without_allocating(original, tmp_path,
         error, peak = peak_of(load, path)
         assert isinstance(error, CharrnnError) and f"array '{name}' is cut short" in str(error)
         assert peak < 2**20
+
+
+@pytest.mark.parametrize("header", [b"{'descr': '<f4', 'fortran_order': False, 'shape': (3,",  # TokenError
+                                    b"{[1]: 2}",  # TypeError
+                                    b"{'descr': '<g4', 'fortran_order': False, 'shape': (3,), }",  # ValueError
+                                    b"(" * 300])  # too deeply nested for the parser
+def test_a_damaged_npy_header_is_one_line(tmp_path, header):
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, {"x": np.zeros(3, np.float32)}, {})
+    with zipfile.ZipFile(path) as zf:
+        members = {info.filename: zf.read(info) for info in zf.infolist()}
+    text = header + b" " * ((64 - (10 + len(header) + 1) % 64) % 64) + b"\n"
+    members["x.npy"] = b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text + bytes(12)
+    with zipfile.ZipFile(path, "w") as zf:
+        for member, content in members.items():
+            zf.writestr(member, content)
+    with pytest.raises(CharrnnError, match=r"c\.npz is corrupt \(array 'x' has a damaged \.npy header"):
+        load_checkpoint(path)

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from charrnn import cells
 from charrnn.cli import app
-from charrnn.config import CELLS, OPTIMIZERS, RANGES, SAMPLE_RANGES, Range, TrainConfig
+from charrnn.config import CELLS, CHOICES, RANGES, SAMPLE_RANGES, Range, TrainConfig
 from charrnn.errors import CharrnnError
 from charrnn.sampling import check_options
 
@@ -96,12 +96,15 @@ def test_sample_cli_and_check_options_agree_at_each_bound(name, tmp_path):
 def test_choices_come_from_the_registries(tmp_path):
     assert tuple(cells.CELLS) == CELLS  # the kernels' registry and the light one name the same cells
     missing = str(tmp_path / "missing.txt")
-    for option, names in (("--cell", CELLS), ("--optimizer", OPTIMIZERS)):
+    for setting, names in CHOICES.items():
+        option = f"--{setting}"
         for name in names + (names[0].upper(),):
             r = runner.invoke(app, ["train", missing, option, name])
             assert r.exit_code == 1 and "missing.txt" in str(r.exception), r.output
         r = runner.invoke(app, ["train", missing, option, "transformer"])
         assert r.exit_code == 2 and "transformer" in r.output
+        with pytest.raises(CharrnnError, match=f"{option} transformer is out of range"):
+            TrainConfig(**{setting: "transformer"}).validate()
     assert runner.invoke(app, ["train", missing, "--encoding", "UTF8"]).exit_code == 1
     r = runner.invoke(app, ["train", missing, "--encoding", "ebcdic"])
     assert r.exit_code == 2 and re.search(r"utf-8, latin-1, bytes", r.output)
