@@ -11,7 +11,6 @@ document implies, before any array is read; after reading, the numbers must be f
     TRAINING   what a resume reads: all of MODEL, the whole config, and the optimizer, streams,
                scheduler, random state, kept window and metrics
 """
-import math
 import typing
 from dataclasses import fields
 
