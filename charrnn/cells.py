@@ -1,7 +1,7 @@
 """Cell adapters: what the layer stack needs to know about each cell type.
 
-Each adapter names its parameter tensors and their initialisation, allocates the per-window
-buffers its kernels use, and calls its forward and backward kernels on a range of steps
+Each adapter names its parameter tensors and their initialisation, gives the shapes of the
+per-window buffers its kernels use (allocated by `buffers`, counted by Stack.nbytes), and calls its forward and backward kernels on a range of steps
 [t0, t1) of those buffers. The forward reads the input projection of step t0+t, stream r, as
 row xindex[t, r] of xtable (see Stack.forward). The stack, the scheduler and the optimizer
 never look inside.
@@ -15,8 +15,8 @@ from .kernels._jit import threads
 from .kernels.blas import column_sums_acc, matmul_tn_acc
 from .kernels.gru import gru_backward, gru_forward
 from .kernels.lstm import SAVED, lstm_backward, lstm_forward
-from .kernels.panels import (LANES, gate_panels, n_panels, pack_gate_panels, pack_transposed_panels,
-                             transposed_panels)
+from .kernels.panels import (LANES, gate_panels_shape, n_panels, pack_gate_panels, pack_transposed_panels,
+                             transposed_panels_shape)
 from .kernels.rnn import rnn_backward, rnn_forward
 
 
@@ -24,13 +24,21 @@ def _uniform(rng, shape, bound, dtype):
     return rng.uniform(-bound, bound, size=shape).astype(dtype)
 
 
-def _panel_buffers(H, gates, dtype):
+def _panel_shapes(H, gates):
     """Wh packed for the forward product (Wp) and Wh^T for the backward one (WTp), refreshed
     from the parameters at every call (kernels/panels.py)."""
-    return {"Wp": gate_panels(H, H, gates, dtype), "WTp": transposed_panels(H, gates * H, dtype)}
+    return {"Wp": gate_panels_shape(H, H, gates), "WTp": transposed_panels_shape(H, gates * H)}
 
 
-class RNNCell:
+class Cell:
+    """What every cell adapter shares."""
+
+    def buffers(self, T, B, H, dtype):
+        """Zeroed ({name: buffer}, {name: scratch}) of the shapes buffer_shapes gives."""
+        return tuple({k: np.zeros(s, dtype) for k, s in shapes.items()} for shapes in self.buffer_shapes(T, B, H))
+
+
+class RNNCell(Cell):
     name = "rnn"
     gates = 1
     blocks = ("h",)  # names of the column blocks of Wh (and of their activations), in storage order
@@ -44,8 +52,8 @@ class RNNCell:
         for v in p.values():
             v[...] = _uniform(rng, v.shape, 1.0 / np.sqrt(H), v.dtype)
 
-    def buffers(self, T, B, H, dtype):
-        return {"hs": np.zeros((T + 1, B, H), dtype)}, _panel_buffers(H, 1, dtype)
+    def buffer_shapes(self, T, B, H):
+        return {"hs": (T + 1, B, H)}, _panel_shapes(H, 1)
 
     def activations(self, buf, H):
         """{name: (T,B,H)} of the activations of the window's steps."""
@@ -63,7 +71,7 @@ class RNNCell:
         matmul_tn_acc(g["Wh"], hs[t0:t1].reshape(-1, H), dxproj[t0:t1].reshape(-1, H), threads())
 
 
-class LSTMCell:
+class LSTMCell(Cell):
     name = "lstm"
     gates = 4
     blocks = ("i", "f", "g", "o")
@@ -81,13 +89,9 @@ class LSTMCell:
         for v in p.values():
             v[...] = _uniform(rng, v.shape, 1.0 / np.sqrt(H), v.dtype)
 
-    def buffers(self, T, B, H, dtype):
-        buf = {
-            "hs": np.zeros((T + 1, B, H), dtype),
-            "cs": np.zeros((T + 1, B, H), dtype),
-            "acts": np.zeros((T, B, n_panels(H) * SAVED * LANES), dtype),
-        }
-        return buf, _panel_buffers(H, 4, dtype)
+    def buffer_shapes(self, T, B, H):
+        buf = {"hs": (T + 1, B, H), "cs": (T + 1, B, H), "acts": (T, B, n_panels(H) * SAVED * LANES)}
+        return buf, _panel_shapes(H, 4)
 
     def activations(self, buf, H):
         """{name: (T,B,H)} of the gates and tanh(c_t), from their panel-major buffer."""
@@ -110,7 +114,7 @@ class LSTMCell:
         matmul_tn_acc(g["Wh"], hs[t0:t1].reshape(-1, H), dxproj[t0:t1].reshape(-1, 4 * H), threads())
 
 
-class GRUCell:
+class GRUCell(Cell):
     name = "gru"
     gates = 3
     blocks = ("r", "z", "n")
@@ -124,14 +128,9 @@ class GRUCell:
         for v in p.values():
             v[...] = _uniform(rng, v.shape, 1.0 / np.sqrt(H), v.dtype)
 
-    def buffers(self, T, B, H, dtype):
-        buf = {
-            "hs": np.zeros((T + 1, B, H), dtype),
-            "acts": np.zeros((T, B, 3 * H), dtype),
-            "hn": np.zeros((T, B, H), dtype),
-        }
-        scratch = {"dhp": np.zeros((T, B, 3 * H), dtype), **_panel_buffers(H, 3, dtype)}
-        return buf, scratch
+    def buffer_shapes(self, T, B, H):
+        buf = {"hs": (T + 1, B, H), "acts": (T, B, 3 * H), "hn": (T, B, H)}
+        return buf, {"dhp": (T, B, 3 * H), **_panel_shapes(H, 3)}
 
     def activations(self, buf, H):
         """{name: (T,B,H)} of the gates r, z and the candidate n."""

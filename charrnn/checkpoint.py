@@ -8,9 +8,14 @@ A checkpoint is a standard uncompressed .npz (a zip archive that np.load can rea
                     over its dtype string, shape and raw bytes)
 
 save_checkpoint writes a hidden temporary file beside the target, fsyncs it and renames it over
-the target, so a crash leaves either the old or the new complete file. load_checkpoint reads with
-allow_pickle=False, verifies every checksum and turns every problem with the file into one
-CharrnnError line that names the file.
+the target, so a crash leaves either the old or the new complete file; remove_stale_temporaries
+clears the temporaries of saves killed outright (kill -9).
+
+load_checkpoint reads with allow_pickle=False, verifies every checksum and turns every problem
+with the file into one CharrnnError line that names the file. It checks each array's .npy header
+against the bytes its member holds before allocating the array, so no header can make it
+allocate more than the file's size. A schema (schema.py) checks the document and the declared
+shapes before any array is read, and the values after.
 
 The archive is written and read with zipfile + numpy.lib.format, which is exactly what np.savez
 and np.load do internally, but without their limits on names: np.savez cannot take arrays named
@@ -20,7 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import secrets
 import zipfile
 import zlib
@@ -37,6 +44,9 @@ FORMAT_NAME = "charrnn-checkpoint"
 _META = "__meta__"  # array name of the JSON document; reserved
 _CHECKSUMS = "array_sha256"  # meta key of the checksum table; added by save, removed by load
 _ZIP_MAGIC = b"PK\x03\x04"
+_READ_CHUNK = 1 << 24  # bytes read at a time into an array being loaded
+# The temporary a save writes beside its target: .<name>.npz.<12 hex digits>.tmp
+_TEMPORARY = re.compile(r"\..+" + re.escape(SUFFIX) + r"\.[0-9a-f]{12}\.tmp")
 # What a damaged or truncated archive raises while it is read: numpy raises ValueError/EOFError
 # for short or malformed .npy data, zipfile BadZipFile for a broken archive or a bad CRC,
 # NotImplementedError for an unknown compression method, RuntimeError for a flipped "encrypted" bit.
@@ -71,7 +81,7 @@ def save_checkpoint(path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Same folder as the target so that os.replace is a rename within one filesystem.
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")  # matches _TEMPORARY
         # O_EXCL: never write into a file someone else owns; 0o666 leaves the mode to the umask.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     except OSError as e:
@@ -91,6 +101,16 @@ def save_checkpoint(path, arrays: dict[str, np.ndarray], meta: dict) -> None:
             raise CharrnnError(_write_error(path, e)) from e
         raise
     _fsync_dir(path.parent)
+
+
+def remove_stale_temporaries(directory) -> list[Path]:
+    """Delete the temporaries that killed saves left in `directory` (each as large as a
+    checkpoint, hidden, never read). Only for a folder that no save is writing to, such as a run
+    folder whose lock is held. Returns what was removed."""
+    stale = [p for p in Path(directory).iterdir() if _TEMPORARY.fullmatch(p.name) and p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def _checked_array(name, a) -> np.ndarray:
@@ -164,8 +184,12 @@ def _write_error(path: Path, e: OSError) -> str:
 # load
 
 
-def load_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
-    """Read a checkpoint into memory: (arrays, meta). Any problem with the file -> CharrnnError."""
+def load_checkpoint(path, schema=None) -> tuple[dict[str, np.ndarray], dict]:
+    """Read a checkpoint into memory: (arrays, meta). Any problem with the file -> CharrnnError.
+
+    schema, if given, has two hooks that raise CharrnnError("what is wrong"), reported as the
+    file being corrupt: headers(meta, {name: (shape, dtype)}), called before any array is read,
+    and arrays(meta, arrays), called once every checksum has passed."""
     path = Path(path)
     if path.is_dir():
         raise CharrnnError(
@@ -183,13 +207,14 @@ def load_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
             raise CharrnnError(_not_an_archive(path, head))
         f.seek(0)
         try:
-            with zipfile.ZipFile(f) as zf:
-                return _read_archive(zf, path)
+            zf = zipfile.ZipFile(f)
         except (*_READ_ERRORS, OSError) as e:  # OSError: a damaged offset can make a seek fail
             raise CharrnnError(_corrupt(path, f"not a complete zip archive: {e}")) from e
+        with zf:
+            return _read_archive(zf, path, os.fstat(f.fileno()).st_size, schema)
 
 
-def _read_archive(zf: zipfile.ZipFile, path: Path) -> tuple[dict[str, np.ndarray], dict]:
+def _read_archive(zf: zipfile.ZipFile, path: Path, size: int, schema) -> tuple[dict[str, np.ndarray], dict]:
     members: dict[str, zipfile.ZipInfo] = {}
     for info in zf.infolist():
         if not info.filename.endswith(".npy") or info.filename[:-4] in members:
@@ -199,18 +224,18 @@ def _read_archive(zf: zipfile.ZipFile, path: Path) -> tuple[dict[str, np.ndarray
         raise CharrnnError(_corrupt(path, f"it has no {_META} document; is it a charrnn checkpoint?"))
 
     # The meta document first: format and version decide how the rest may be read.
-    raw = _read_member(zf, members.pop(_META), path, _META)
+    raw = _read_member(zf, members.pop(_META), path, _META, size)
     if raw.dtype != np.uint8 or raw.ndim != 1:
         raise CharrnnError(_corrupt(path, f"its {_META} document is not a byte string"))
     try:
         meta = json.loads(raw.tobytes().decode("utf-8"))
-    except ValueError:  # includes UnicodeDecodeError and JSONDecodeError
+    except (ValueError, RecursionError):  # ValueError includes UnicodeDecodeError and JSONDecodeError
         raise CharrnnError(_corrupt(path, f"its {_META} document is not valid JSON")) from None
     if not isinstance(meta, dict):
         raise CharrnnError(_corrupt(path, f"its {_META} document is not a JSON object"))
     if meta.get("format") != FORMAT_NAME:
         raise CharrnnError(
-            f"{path} is not a charrnn checkpoint (format {meta.get('format')!r}, expected {FORMAT_NAME!r})"
+            f"{path} is not a charrnn checkpoint (format {_show(meta.get('format'))}, expected {FORMAT_NAME!r})"
         )
     version = meta.get("format_version")
     if type(version) is not int or version != FORMAT_VERSION:  # type(): True == 1 in Python
@@ -218,7 +243,7 @@ def _read_archive(zf: zipfile.ZipFile, path: Path) -> tuple[dict[str, np.ndarray
             "use the charrnn release that wrote it"
         )
         raise CharrnnError(
-            f"{path} has checkpoint format version {version!r}, but this charrnn reads "
+            f"{path} has checkpoint format version {_show(version)}, but this charrnn reads "
             f"version {FORMAT_VERSION} only; {advice}"
         )
 
@@ -227,36 +252,100 @@ def _read_archive(zf: zipfile.ZipFile, path: Path) -> tuple[dict[str, np.ndarray
         raise CharrnnError(_corrupt(path, "its checksum table is missing or malformed"))
     for name in checksums:
         if name not in members:
-            raise CharrnnError(_corrupt(path, f"array {name!r} is missing"))
+            raise CharrnnError(_corrupt(path, f"array {_show(name)} is missing"))
     for name in members:
         if name not in checksums:
             raise CharrnnError(_corrupt(path, f"array {name!r} has no checksum"))
 
+    if schema is not None:
+        headers = {name: _read_header(zf, info, path, name, size) for name, info in members.items()}
+        _apply(schema.headers, path, meta, headers)
     arrays = {}
     for name, info in members.items():
-        a = _read_member(zf, info, path, name)
+        a = _read_member(zf, info, path, name, size)
         if _sha256(a) != checksums[name]:
             raise CharrnnError(_corrupt(path, f"array {name!r} fails its checksum"))
         arrays[name] = a
+    if schema is not None:
+        _apply(schema.arrays, path, meta, arrays)
     return arrays, meta
 
 
-def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, name: str) -> np.ndarray:
+def _apply(check, path: Path, *args) -> None:
+    try:
+        check(*args)
+    except CharrnnError as e:
+        raise CharrnnError(_corrupt(path, str(e))) from None
+
+
+def _read_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, name: str, size: int):
+    """(shape, dtype) as the member's .npy header declares them; see _check_header."""
     try:
         with zf.open(info) as f:
-            # allow_pickle=False: an object array raises ValueError before anything is unpickled
-            a = np.lib.format.read_array(f, allow_pickle=False)
+            shape, _, dtype = _check_header(f, info, path, name, size)
+    except (*_READ_ERRORS, OSError) as e:
+        raise CharrnnError(_corrupt(path, f"array {name!r} cannot be read: {e}")) from e
+    return shape, dtype
+
+
+def _check_header(f, info: zipfile.ZipInfo, path: Path, name: str, size: int):
+    """Read the .npy header at the start of member f and check that the data it declares is
+    exactly what the member holds, and the member no more than the file: only then may the
+    array be allocated. Returns (shape, fortran_order, dtype)."""
+    if info.compress_type != zipfile.ZIP_STORED:  # a compressed member could expand without bound
+        raise CharrnnError(_corrupt(path, f"array {name!r} is compressed; charrnn writes uncompressed archives"))
+    if info.file_size != info.compress_size or info.header_offset + info.compress_size > size:
+        raise CharrnnError(_corrupt(path, f"array {name!r} claims more bytes than the file holds"))
+    version = np.lib.format.read_magic(f)
+    if version not in ((1, 0), (2, 0)):
+        raise CharrnnError(_corrupt(path, f"array {name!r} has .npy format version {version}"))
+    try:
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+    except Exception as e:  # the header is a Python literal; a damaged one can raise SyntaxError,
+        # TypeError or tokenize's TokenError from numpy's parser, besides its ValueError
+        raise CharrnnError(_corrupt(path, f"array {name!r} has a damaged .npy header ({type(e).__name__})")) from e
+    if dtype.hasobject:  # stored by pickling; loading a pickle can run code
+        raise CharrnnError(
+            f"{path} holds pickled Python objects (array {name!r}); charrnn refuses to load them "
+            "because unpickling can run arbitrary code; use a checkpoint written by charrnn"
+        )
+    if any(n < 0 for n in shape) or dtype.itemsize == 0:
+        raise CharrnnError(_corrupt(path, f"array {name!r} declares {_show(shape)} {dtype}"))
+    declared, held = math.prod(shape) * dtype.itemsize, info.file_size - f.tell()
+    if declared > held:
+        raise CharrnnError(_corrupt(path, f"array {name!r} is cut short: its header declares {_show(shape)} "
+                                          f"{dtype}, {declared:,} bytes, and it holds {held:,}"))
+    if declared < held:
+        raise CharrnnError(_corrupt(path, f"array {name!r} has trailing bytes"))
+    return shape, fortran, dtype
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, name: str, size: int) -> np.ndarray:
+    """The member's array, allocated as its checked header declares and filled chunk by chunk
+    (numpy's read_array does the same, but would parse the header a second time)."""
+    try:
+        with zf.open(info) as f:
+            shape, fortran, dtype = _check_header(f, info, path, name, size)
+            a = np.empty(math.prod(shape), dtype)
+            raw = a.view(np.uint8)
+            for start in range(0, raw.size, _READ_CHUNK):
+                chunk = f.read(min(_READ_CHUNK, raw.size - start))
+                raw[start : start + len(chunk)] = np.frombuffer(chunk, np.uint8)
+                if len(chunk) < min(_READ_CHUNK, raw.size - start):
+                    raise EOFError("the member ends early")
             # Reading to the end of the member makes zipfile check its CRC.
             if f.read(1):
                 raise CharrnnError(_corrupt(path, f"array {name!r} has trailing bytes"))
     except (*_READ_ERRORS, OSError) as e:
-        if isinstance(e, ValueError) and "allow_pickle" in str(e):
-            raise CharrnnError(
-                f"{path} holds pickled Python objects (array {name!r}); charrnn refuses to load them "
-                "because unpickling can run arbitrary code; use a checkpoint written by charrnn"
-            ) from None
         raise CharrnnError(_corrupt(path, f"array {name!r} cannot be read: {e}")) from e
-    return a
+    return a.reshape(shape[::-1]).T if fortran else a.reshape(shape)
+
+
+def _show(value, limit=60) -> str:
+    """repr() of a value from a file, cut short: a hostile file can hold a megabyte of digits."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _not_an_archive(path: Path, head: bytes) -> str:

@@ -1,22 +1,25 @@
-"""The command line: parse, call, print. Known errors print one red line and exit 1."""
+"""The command line: parse, call, print. Known errors, and failures of the system such as a full
+disk, print one red line and exit 1."""
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from .config import INSPECT_CHARS, INSPECT_MAX_CHARS
+from .config import (CELLS, INSPECT_CHARS, INSPECT_MAX_CHARS, OPTIMIZERS, RANGES, SAMPLE_RANGES, SCHEDULES,
+                     Range)
 from .config import TrainConfig as _C  # the defaults of train's options
-from .errors import CharrnnError
+from .errors import CharrnnError, os_error_message
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Character-level RNN, LSTM and GRU language models, trained on the CPU.")
-out = Console()
-err = Console(stderr=True)
-
-CELL_CHOICES = ("rnn", "lstm", "gru")
+# markup=False: run names, paths and messages print as they are, brackets and all; styled
+# text is built as rich Text. soft_wrap: a message is one line, wrapped by the terminal alone.
+out = Console(markup=False, soft_wrap=True)
+err = Console(stderr=True, markup=False, soft_wrap=True)
 
 
 @app.callback()
@@ -27,70 +30,97 @@ def _root():
 def _cells(cell: str):
     cell = cell.lower()
     if cell == "all":
-        return list(CELL_CHOICES)
-    if cell not in CELL_CHOICES:
-        raise typer.BadParameter(f"{cell!r} is not one of rnn, lstm, gru, all", param_hint="--cell")
+        return list(CELLS)
+    if cell not in CELLS:
+        raise typer.BadParameter(f"{cell!r} is not one of {', '.join(CELLS)}, all", param_hint="--cell")
     return [cell]
+
+
+def _ranged(default, allowed: Range, help: str, kind: str = ""):
+    """An option bounded by `allowed` (config.py): the help shows the range as typer shows its
+    own, and a value outside it is a usage error (exit 2)."""
+    def check(value):
+        if value is not None and value not in allowed:
+            raise typer.BadParameter(f"{value} is not in the range {allowed}.")
+        return value
+
+    kind = kind or type(default).__name__
+    return typer.Option(default, help=help, callback=check, metavar=f"<{kind} range> [{allowed}]")
+
+
+def _encoding(value: Optional[str]):
+    """The canonical encoding name; an unknown one is a usage error."""
+    from .corpus import check_encoding
+
+    if value is None:
+        return None
+    try:
+        return check_encoding(value)
+    except CharrnnError as e:
+        raise typer.BadParameter(str(e)) from None
+
 
 @app.command()
 def train(
+    ctx: typer.Context,
     corpus: Optional[Path] = typer.Argument(None, help="Text file to learn from. Default: the shipped corpora/tinyshakespeare.txt."),
-    cell: str = typer.Option(_C.cell, help="rnn, lstm or gru."),
-    hidden: int = typer.Option(_C.hidden, min=1, max=8192, help="Hidden units per layer."),
-    layers: int = typer.Option(_C.layers, min=1, max=16, help="Stacked layers."),
-    dropout: float = typer.Option(_C.dropout, min=0.0, max=0.99, help="Dropout between layers and before the output layer."),
-    batch: int = typer.Option(_C.batch, min=1, max=4096, help="Parallel streams of text."),
-    k1: int = typer.Option(_C.k1, min=1, max=10000, help="Steps between updates (the loss of these steps is averaged)."),
-    k2: int = typer.Option(_C.k2, min=1, max=10000, help="Steps the gradient flows back (k2 > k1: overlapping windows)."),
-    optimizer: str = typer.Option(_C.optimizer, help="adam, rmsprop, adagrad or sgd (with momentum 0.9)."),
-    lr: float = typer.Option(_C.lr, min=0.0, help="Learning rate."),
-    schedule: str = typer.Option(_C.schedule, help="The learning rate over the run: linear (down to zero at the end of the budget: time, steps or epochs), cosine (the same ends, a slower start), step (--lr-decay every --decay-every updates) or constant."),
-    lr_decay: float = typer.Option(_C.lr_decay, min=0.0, max=1.0, help="With --schedule step: multiply the learning rate by this every --decay-every updates."),
-    decay_every: int = typer.Option(_C.decay_every, min=0, help="With --schedule step: updates between learning-rate decays (0: never)."),
-    clip_norm: float = typer.Option(_C.clip_norm, min=0.0, help="Clip the global gradient norm to this (0: off)."),
-    clip_value: float = typer.Option(_C.clip_value, min=0.0, help="Clip each gradient element to +-this (0: off)."),
-    epochs: Optional[float] = typer.Option(None, min=0.0, help="Stop after this many passes over the training text."),
-    max_steps: Optional[int] = typer.Option(None, min=0, help="Stop after this many updates."),
-    time_limit: Optional[float] = typer.Option(None, min=0.0, help=f"Stop after this many seconds of training (default {_C.time_limit:g})."),
-    eval_every: int = typer.Option(_C.eval_every, min=1, help="Updates between validation runs."),
-    eval_chars: int = typer.Option(_C.eval_chars, min=0, help="Validate on at most this many characters (0: all)."),
-    checkpoint_every: int = typer.Option(_C.checkpoint_every, min=1, help="Updates between saves of latest.npz."),
-    val_fraction: float = typer.Option(_C.val_fraction, min=0.0, max=0.45, help="Part of the text held out for validation."),
-    test_fraction: float = typer.Option(_C.test_fraction, min=0.0, max=0.45, help="Part of the text held out for the final test."),
-    encoding: str = typer.Option(_C.encoding, help="utf-8, latin-1 or bytes (each byte one character)."),
-    seed: int = typer.Option(_C.seed, help="Seed for initialisation and dropout."),
+    cell: Literal[CELLS] = typer.Option(_C.cell, case_sensitive=False, help="Recurrent cell."),
+    hidden: int = _ranged(_C.hidden, RANGES["hidden"], "Hidden units per layer."),
+    layers: int = _ranged(_C.layers, RANGES["layers"], "Stacked layers."),
+    dropout: float = _ranged(_C.dropout, RANGES["dropout"], "Dropout between layers and before the output layer."),
+    batch: int = _ranged(_C.batch, RANGES["batch"], "Parallel streams of text."),
+    k1: int = _ranged(_C.k1, RANGES["k1"], "Steps between updates (the loss of these steps is averaged)."),
+    k2: int = _ranged(_C.k2, RANGES["k2"], "Steps the gradient flows back (k2 > k1: overlapping windows)."),
+    optimizer: Literal[OPTIMIZERS] = typer.Option(_C.optimizer, case_sensitive=False, help="Optimizer (sgd: with momentum 0.9)."),
+    lr: float = _ranged(_C.lr, RANGES["lr"], "Learning rate."),
+    schedule: Literal[SCHEDULES] = typer.Option(_C.schedule, case_sensitive=False, help="The learning rate over the run: linear (down to zero at the end of the budget: time, steps or epochs), cosine (the same ends, a slower start), step (--lr-decay every --decay-every updates) or constant."),
+    lr_decay: float = _ranged(_C.lr_decay, RANGES["lr_decay"], "With --schedule step: multiply the learning rate by this every --decay-every updates."),
+    decay_every: int = _ranged(_C.decay_every, RANGES["decay_every"], "With --schedule step: updates between learning-rate decays (0: never)."),
+    clip_norm: float = _ranged(_C.clip_norm, RANGES["clip_norm"], "Clip the global gradient norm to this (0: off)."),
+    clip_value: float = _ranged(_C.clip_value, RANGES["clip_value"], "Clip each gradient element to +-this (0: off)."),
+    epochs: Optional[float] = _ranged(None, RANGES["epochs"], "Stop after this many passes over the training text.", "float"),
+    max_steps: Optional[int] = _ranged(None, RANGES["max_steps"], "Stop after this many updates.", "int"),
+    time_limit: Optional[float] = _ranged(None, RANGES["time_limit"], f"Stop after this many seconds of training (default {_C.time_limit:g}).", "float"),
+    eval_every: int = _ranged(_C.eval_every, RANGES["eval_every"], "Updates between validation runs."),
+    eval_chars: int = _ranged(_C.eval_chars, RANGES["eval_chars"], "Validate on at most this many characters (0: all)."),
+    checkpoint_every: int = _ranged(_C.checkpoint_every, RANGES["checkpoint_every"], "Updates between saves of latest.npz."),
+    val_fraction: float = _ranged(_C.val_fraction, RANGES["val_fraction"], "Part of the text held out for validation."),
+    test_fraction: float = _ranged(_C.test_fraction, RANGES["test_fraction"], "Part of the text held out for the final test."),
+    encoding: str = typer.Option(_C.encoding, callback=_encoding, help="utf-8, latin-1 or bytes (each byte one character)."),
+    seed: int = _ranged(_C.seed, RANGES["seed"], "Seed for initialisation and dropout."),
     run: str = typer.Option("", help="Run name: checkpoints go to OUT_DIR/RUN. Default: CELL-DATE-TIME."),
     out_dir: Path = typer.Option(Path(_C.out_dir), help="Folder for run folders."),
     resume: Optional[Path] = typer.Option(None, help="Continue a run (its folder or a checkpoint). Only the stopping rules may change."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display; print only the summary."),
 ):
     """Train a model on a text file, saving latest.npz and best.npz under OUT_DIR/RUN."""
-    from .config import TrainConfig
+    from .config import TrainConfig, check_resume_overrides
     from .train import Interrupted, Trainer, new_run_dir
 
     say = (lambda *a: None) if quiet else (lambda msg: err.print(msg, highlight=False))
     stops = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps), ("time_limit", time_limit)) if v is not None}
     if resume is not None:
+        given = [name for name in ctx.params if name not in ("resume", "quiet")
+                 and ctx.get_parameter_source(name).name != "DEFAULT"]
+        try:
+            check_resume_overrides(given)
+        except CharrnnError as e:
+            raise typer.BadParameter(str(e), param_hint="--resume") from None
         with err.status("loading the checkpoint and the corpus..."):
             trainer = Trainer.resume(resume, say=say, **stops)
         say(f"resuming {trainer.run_dir} at update {trainer.step}")
     else:
         cfg = TrainConfig(corpus=str(corpus or ""), encoding=encoding, val_fraction=val_fraction,
-                          test_fraction=test_fraction, cell=cell.lower(), hidden=hidden, layers=layers,
-                          dropout=dropout, batch=batch, k1=k1, k2=k2, optimizer=optimizer.lower(), lr=lr,
-                          schedule=schedule.lower(), lr_decay=lr_decay, decay_every=decay_every, clip_norm=clip_norm,
-                          clip_value=clip_value,
+                          test_fraction=test_fraction, cell=cell, hidden=hidden, layers=layers,
+                          dropout=dropout, batch=batch, k1=k1, k2=k2, optimizer=optimizer, lr=lr, schedule=schedule,
+                          lr_decay=lr_decay, decay_every=decay_every, clip_norm=clip_norm, clip_value=clip_value,
                           eval_every=eval_every, eval_chars=eval_chars, checkpoint_every=checkpoint_every,
                           seed=seed, run=run, out_dir=str(out_dir), **stops).validate()
-        run_dir = new_run_dir(cfg)
-        if (run_dir / "latest.npz").exists() or (run_dir / "best.npz").exists():
-            raise CharrnnError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
-                               f"or choose another --run name")
-        trainer = Trainer(cfg, run_dir, say=say)
+        trainer = Trainer(cfg, new_run_dir(cfg), say=say)
     cfg = trainer.cfg
     if not quiet:
         settings = " ".join(f"{k}={v}" for k, v in cfg.to_dict().items())
-        err.print(f"[dim]{settings}[/]", highlight=False)
+        err.print(Text(settings, style="dim"))
         err.print(f"{trainer.spec.cell} {cfg.layers}x{cfg.hidden}, vocabulary {trainer.vocab.size}, "
                   f"{trainer.params.size:,} parameters; train/val/test {len(trainer.train_ids):,}/"
                   f"{len(trainer.val_ids):,}/{len(trainer.test_ids):,} characters -> {trainer.run_dir}",
@@ -174,13 +204,13 @@ def _first_call(warm):
 @app.command()
 def sample(
     checkpoint: Path = typer.Argument(..., help="A checkpoint file, or a run folder (its best.npz, else latest.npz)."),
-    length: int = typer.Option(500, min=0, max=100_000_000, help="Characters to generate after the prime."),
-    temperature: float = typer.Option(1.0, min=0.0, max=1000.0, help="Divide the logits by this: below 1 is more conservative, above 1 wilder; 0 always picks the most probable character."),
-    top_k: int = typer.Option(0, min=0, help="Choose only among the K most probable characters (0: off)."),
-    top_p: float = typer.Option(1.0, min=0.0, max=1.0, help="Nucleus sampling: choose only among the most probable characters that together reach this probability (1: off)."),
+    length: int = _ranged(500, SAMPLE_RANGES["length"], "Characters to generate after the prime."),
+    temperature: float = _ranged(1.0, SAMPLE_RANGES["temperature"], "Divide the logits by this: below 1 is more conservative, above 1 wilder; 0 always picks the most probable character."),
+    top_k: int = _ranged(0, SAMPLE_RANGES["top_k"], "Choose only among the K most probable characters (0: off)."),
+    top_p: float = _ranged(1.0, SAMPLE_RANGES["top_p"], "Nucleus sampling: choose only among the most probable characters that together reach this probability (1: off)."),
     prime: str = typer.Option("", help="Text the model reads first; it is printed, then the continuation. Without it, generation starts as if at the beginning of a line."),
-    seed: int = typer.Option(0, min=0, help="Seed of the random choices: the same checkpoint, seed and options give the same text."),
-    num_samples: int = typer.Option(1, min=1, max=100_000, help="Samples to generate, each from a fresh state, separated by a line of dashes."),
+    seed: int = _ranged(0, SAMPLE_RANGES["seed"], "Seed of the random choices: the same checkpoint, seed and options give the same text."),
+    num_samples: int = _ranged(1, SAMPLE_RANGES["num_samples"], "Samples to generate, each from a fresh state, separated by a line of dashes."),
 ):
     """Generate text from a trained model, streaming it to stdout."""
     import os
@@ -217,15 +247,16 @@ def sample(
 def eval_(
     checkpoint: Path = typer.Argument(..., help="A checkpoint file, or a run folder (its best.npz, else latest.npz)."),
     file: Path = typer.Argument(..., help="Text file to score."),
-    batch: Optional[int] = typer.Option(None, min=1, max=4096, help="Parallel streams the text is cut into (default: the checkpoint's batch)."),
+    batch: Optional[int] = _ranged(None, RANGES["batch"], "Parallel streams the text is cut into (default: the checkpoint's batch).", "int"),
     window: Optional[int] = typer.Option(None, min=1, max=100_000, help="Steps per forward window (default: the checkpoint's k1)."),
-    encoding: Optional[str] = typer.Option(None, help="utf-8, latin-1 or bytes (each byte one character); default: the checkpoint's."),
+    encoding: Optional[str] = typer.Option(None, callback=_encoding, help="utf-8, latin-1 or bytes (each byte one character); default: the checkpoint's."),
     skip_unknown: bool = typer.Option(False, "--skip-unknown", help="Drop characters the model does not know (and count them) instead of stopping."),
 ):
     """Score a model on a text file: nats and bits per character, and perplexity.
 
     With the checkpoint's batch and window, its run's validation text scores the run's own validation figure. The text is cut into batch contiguous streams, each read from a zero state; the very first character is only an input and a tail shorter than the batch is left out, so the count is up to batch characters below the file's length.
     """
+    from . import memory
     from .corpus import read_text
     from .evaluate import bits, evaluate
     from .sampling import load_model, warm_up_evaluate
@@ -241,9 +272,11 @@ def eval_(
             ids = model.vocab.encode(text, what=str(file))
         except CharrnnError as e:
             raise CharrnnError(f"{e} (or pass --skip-unknown to leave them out)") from None
+    batch, window = batch or int(cfg.get("batch", 32)), window or int(cfg.get("k1", 100))
+    memory.require(memory.evaluation_needs(model.spec, batch, window, model.params.dtype), "evaluating",
+                   "use a smaller --batch or --window")
     _first_call(lambda: warm_up_evaluate(model.spec, model.params.dtype))
-    nats, count = evaluate(model.spec, model.params, ids, batch or int(cfg.get("batch", 32)),
-                           window or int(cfg.get("k1", 100)))
+    nats, count = evaluate(model.spec, model.params, ids, batch, window)
     note = f"; {skipped:,} unknown character(s) skipped" if skip_unknown else ""
     out.print(f"{file}: {count:,} characters, {nats:.4f} nats/char, {bits(nats):.4f} bits/char, "
               f"perplexity {math.exp(nats):.2f}{note}", markup=False, highlight=False, soft_wrap=True)
@@ -321,14 +354,14 @@ def gradcheck(
                                    steps=steps, tolerance=tolerance, max_per_tensor=per_tensor)
         for r in rows:
             failed += not r.passed
-            verdict = "[green]pass[/]" if r.passed else "[bold red]FAIL[/]"
+            verdict = Text("pass", style="green") if r.passed else Text("FAIL", style="bold red")
             table.add_row(r.cell, r.tensor, str(r.checked), f"{r.max_rel:.2e}", f"{r.mean_rel:.2e}",
                           str(list(r.worst)), verdict)
     out.print(table)
     if failed:
-        err.print(f"[bold red]error:[/] {failed} tensor(s) failed the gradient check (tolerance {tolerance:g})")
+        _print_error(f"{failed} tensor(s) failed the gradient check (tolerance {tolerance:g})")
         raise typer.Exit(1)
-    out.print(f"[green]all tensors pass[/] (max relative error <= {tolerance:g})")
+    out.print(Text.assemble(("all tensors pass", "green"), f" (max relative error <= {tolerance:g})"))
 
 
 @app.command()
@@ -401,13 +434,22 @@ def plot(
         out.print(f"wrote {png}", markup=False, highlight=False)
 
 
+def _print_error(message: str):
+    err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False)
+
+
 def main():
-    """Entry point: known errors become one line on stderr and exit code 1."""
+    """Entry point: a known error, or a failure of the system (a full disk, a folder that cannot
+    be written, too little memory), becomes one line on stderr and exit code 1. Ctrl-C exits
+    130 (typer turns KeyboardInterrupt into it)."""
     try:
         app()
     except CharrnnError as e:
-        from rich.markup import escape
-
-        # escaped: a path or a hint with [brackets] must print as it is
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        _print_error(str(e))
+        raise SystemExit(1)
+    except OSError as e:
+        _print_error(os_error_message(e))
+        raise SystemExit(1)
+    except MemoryError:
+        _print_error("out of memory; use a smaller model, batch or window, or free some memory")
         raise SystemExit(1)

@@ -1,8 +1,10 @@
-"""Training settings: one typed, commented dataclass, validated in one place.
+"""Training settings: one typed, commented dataclass, validated in one place; and the bounds of
+every numeric option, which the CLI's help, its checks and validate() all read from here.
 
 The resolved config is printed at the start of a run and stored in every checkpoint, together
 with the vocabulary, so that a checkpoint carries everything needed to resume or sample.
 """
+import math
 from dataclasses import asdict, dataclass, fields
 
 from .errors import CharrnnError
@@ -13,9 +15,85 @@ CELLS = ("rnn", "lstm", "gru")
 OPTIMIZERS = ("adam", "rmsprop", "adagrad", "sgd")
 # learning-rate schedules (optim.learning_rate); linear and cosine run over the whole budget
 SCHEDULES = ("linear", "cosine", "step", "constant")
+# the settings that take one of a few names
+CHOICES = {"cell": CELLS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
 # `charrnn inspect` reads INSPECT_CHARS characters unless told otherwise, and the terminal colours
 # at most that many; it reads at most INSPECT_MAX_CHARS, up to which its page stays quick
 INSPECT_CHARS, INSPECT_MAX_CHARS = 2_000, 20_000
+
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers an option accepts: low to high, an end left out when open; None: unbounded.
+    NaN and infinities are never inside."""
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def __contains__(self, x):
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or (isinstance(x, float) and not math.isfinite(x)):
+            return False  # (an int is finite, and may be too large for math.isfinite)
+        if self.low is not None and (x <= self.low if self.open_low else x < self.low):
+            return False
+        return self.high is None or (x < self.high if self.open_high else x <= self.high)
+
+    def __str__(self):
+        """typer's notation for a range (1<=x<=8192, x>=0), with < for an open end."""
+        if self.high is None:
+            return "x" if self.low is None else f"x{'>' if self.open_low else '>='}{self.low}"
+        high = f"x{'<' if self.open_high else '<='}{self.high}"
+        return high if self.low is None else f"{self.low}{'<' if self.open_low else '<='}{high}"
+
+
+# The bounds of TrainConfig's numeric fields.
+RANGES = {
+    "val_fraction": Range(0, 0.45),
+    "test_fraction": Range(0, 0.45),
+    "hidden": Range(1, 8192),
+    "layers": Range(1, 16),
+    "dropout": Range(0, 1, open_high=True),
+    "batch": Range(1, 4096),
+    "k1": Range(1, 10000),
+    "k2": Range(1, 10000),
+    "lr": Range(0, 10, open_low=True),
+    "lr_decay": Range(0, 1, open_low=True),
+    "decay_every": Range(0),
+    "warmup": Range(0),
+    "clip_norm": Range(0),
+    "clip_value": Range(0),
+    "weight_decay": Range(0),
+    "epochs": Range(0),
+    "max_steps": Range(0),
+    "time_limit": Range(0),
+    "eval_every": Range(1),
+    "eval_chars": Range(0),
+    "checkpoint_every": Range(1),
+    "seed": Range(0),  # numpy seeds are non-negative
+}
+
+# The bounds of `charrnn sample`'s options (sampling.check_options reads them too).
+SAMPLE_RANGES = {
+    "length": Range(0, 100_000_000),
+    "temperature": Range(0, 1000),  # 0: always the most probable character
+    "top_k": Range(0),  # 0: off
+    "top_p": Range(0, 1, open_low=True),  # 1: off
+    "seed": Range(0),
+    "num_samples": Range(1, 100_000),
+}
+
+# What `train --resume` may change: the stopping rules. Every other setting decides what the run
+# computes, and a resumed run continues exactly as the uninterrupted one would have.
+RESUME_MAY_CHANGE = ("epochs", "max_steps", "time_limit")
+
+
+def check_resume_overrides(names):
+    """A CharrnnError if any of these settings may not change on resume (RESUME_MAY_CHANGE)."""
+    fixed = [n for n in names if n not in RESUME_MAY_CHANGE]
+    if fixed:
+        options = lambda ns: ", ".join(f"--{n.replace('_', '-')}" for n in ns)
+        raise CharrnnError(f"a resumed run keeps its own settings; leave out {options(fixed)} "
+                           f"(only {options(RESUME_MAY_CHANGE)} may change)")
 
 
 @dataclass
@@ -61,38 +139,21 @@ class TrainConfig:
         def bad(option, value, need):
             raise CharrnnError(f"--{option.replace('_', '-')} {value} is out of range: {need}")
 
-        if self.cell not in CELLS:
-            bad("cell", self.cell, f"choose one of {', '.join(CELLS)}")
-        if self.optimizer not in OPTIMIZERS:
-            bad("optimizer", self.optimizer, f"choose one of {', '.join(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
-            bad("schedule", self.schedule, f"choose one of {', '.join(SCHEDULES)}")
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                bad(name, getattr(self, name), f"choose one of {', '.join(choices)}")
         from .corpus import check_encoding
 
         self.encoding = check_encoding(self.encoding)
-        for name, low in (("hidden", 1), ("layers", 1), ("batch", 1), ("k1", 1), ("k2", 1), ("eval_every", 1),
-                          ("checkpoint_every", 1)):
-            if getattr(self, name) < low:
-                bad(name, getattr(self, name), f"it must be at least {low}")
-        for name in ("max_steps", "eval_chars", "warmup", "decay_every"):
-            if getattr(self, name) < 0:
-                bad(name, getattr(self, name), "it must be 0 or more")
-        for name in ("epochs", "time_limit", "clip_norm", "clip_value", "weight_decay"):
-            if getattr(self, name) < 0:
-                bad(name, getattr(self, name), "it must be 0 or more")
-        if not 0.0 <= self.dropout < 1.0:
-            bad("dropout", self.dropout, "it must be in [0, 1)")
-        if not 0.0 < self.lr <= 10.0:
-            bad("lr", self.lr, "it must be in (0, 10]")
-        if not 0.0 < self.lr_decay <= 1.0:
-            bad("lr_decay", self.lr_decay, "it must be in (0, 1]")
-        for name in ("val_fraction", "test_fraction"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                bad(name, getattr(self, name), "it must be in [0, 1)")
+        for name, allowed in RANGES.items():
+            if getattr(self, name) not in allowed:
+                bad(name, getattr(self, name), f"it must be in {allowed}")
         if self.val_fraction + self.test_fraction >= 0.5:
             raise CharrnnError("--val-fraction plus --test-fraction must leave at least half the text for training")
-        if self.hidden > 8192 or self.layers > 16 or max(self.k1, self.k2) > 10000:
-            raise CharrnnError("model or window too large: --hidden <= 8192, --layers <= 16, --k1/--k2 <= 10000")
+        if self.run in (".", "..") or any(c in self.run for c in ("/", "\\", "\0")):
+            # the run's folder is OUT_DIR/RUN: a separator, '..' or an absolute path would leave OUT_DIR
+            raise CharrnnError(f"--run {self.run!r} is not a plain folder name; give a name without '/', "
+                               f"'\\' or '..' (the run's folder is made inside --out-dir)")
         return self
 
     def to_dict(self):
@@ -101,5 +162,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d):
         known = {f.name for f in fields(cls)}
-        d = {"schedule": "step", **d}  # written before schedules had a name: the step decay it ran
+        d = {**OLDER_CHECKPOINTS, **d}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# Settings added after checkpoints were first written, and what a checkpoint without one ran.
+OLDER_CHECKPOINTS = {"schedule": "step"}  # before schedules had a name: the step decay

@@ -1,5 +1,33 @@
 """Errors the user can fix. The CLI prints the message as one line and exits 1."""
+import errno
 
 
 class CharrnnError(Exception):
     """A known problem with the user's input: say what went wrong and what to do about it."""
+
+
+# What to do about the failures of the system a user meets most.
+_OS_ADVICE = {
+    errno.ENOSPC: "free some disk space",
+    errno.EDQUOT: "free some space in your disk quota",
+    errno.EACCES: "check the permissions of the path",
+    errno.EPERM: "check the permissions of the path",
+    errno.EROFS: "the file system is read-only; choose another place",
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EEXIST: "a file is in the way of a folder",
+    errno.EISDIR: "it is a folder, not a file",
+    errno.ENAMETOOLONG: "choose a shorter name",
+}
+
+
+def os_error_message(e: OSError, path=None) -> str:
+    """One line for an OSError: the path (its own, else `path`), the system's reason, and what to
+    do about it."""
+    if e.filename is not None:
+        path = e.filename if e.filename2 is None else f"{e.filename} -> {e.filename2}"
+    line = e.strerror or str(e) or type(e).__name__
+    if path is not None:
+        line = f"{path}: {line}"
+    advice = _OS_ADVICE.get(e.errno)
+    return f"{line}; {advice}" if advice else line

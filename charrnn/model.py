@@ -11,6 +11,7 @@ The stack runs a window of steps held in per-layer buffers (time axis first):
     shift(k)                   drop the oldest k steps so that newer ones can follow
 Shapes (legend): T window steps, B streams, H hidden units, V vocabulary, G gate width.
 """
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,6 +113,24 @@ class Stack:
         self.logits = np.zeros((T * B, V), dtype)
         self.row_loss = np.zeros(T * B, dtype)
 
+    @staticmethod
+    def nbytes(spec: ModelSpec, batch: int, window: int, dtype=np.float32, dropout=0.0) -> int:
+        """The bytes a Stack of these sizes allocates, counted without allocating them (a run
+        checks that it fits before it starts). It follows __init__ line by line; a test holds
+        the two equal."""
+        L, B, T, H, V = spec.layers, batch, window, spec.hidden, spec.vocab_size
+        cell = CELLS[spec.cell]
+        G = cell.gates * H
+        ints = 3 * T * B  # ids, targets, positions
+        floats = L * sum(math.prod(s) for shapes in cell.buffer_shapes(T, B, H) for s in shapes.values())
+        floats += V * G  # onehot_table
+        floats += (L - 1) * T * B * G + L * T * B * G  # xproj, dxproj
+        floats += L * T * B * H + L * len(cell.states) * B * H  # dhs, dstate
+        if dropout > 0:
+            floats += 2 * L * T * B * H  # masks, dropped
+        floats += T * B * V + T * B  # logits, row_loss
+        return ints * np.dtype(np.int32).itemsize + floats * np.dtype(dtype).itemsize
+
     # -- state -------------------------------------------------------------------------------
     def get_state(self, slot):
         """Copies of every layer's state arrays at `slot`: [[(B,H), ...] per layer]."""
@@ -147,20 +166,21 @@ class Stack:
         all that the next update reads from earlier ones. Saved in checkpoints."""
         return {name: a[: keep + (a.shape[0] - self.T)].copy() for name, a in self._time_buffers().items()}
 
-    def load_kept_arrays(self, arrays):
-        """Restore what kept_arrays saved. A window saved by a charrnn whose buffers were laid
-        out differently cannot be resumed exactly: that is an error, not a silent restart."""
+    def load_kept_arrays(self, arrays, keep):
+        """Restore what kept_arrays(keep) saved. A window saved by a charrnn whose buffers were
+        laid out differently cannot be resumed exactly: that is an error, not a silent restart."""
         for name, a in self._time_buffers().items():
+            rows = keep + (a.shape[0] - self.T)
             kept = arrays.get(name)
-            if kept is not None and kept.shape[0] == 0:
+            if kept is not None and kept.shape[0] == rows == 0:
                 continue  # nothing kept (k1 >= k2 keeps no steps): any layout will do
-            if kept is None or kept.shape[1:] != a.shape[1:] or kept.shape[0] > a.shape[0]:
+            if kept is None or kept.shape != (rows,) + a.shape[1:]:
                 found = "missing" if kept is None else f"shaped {kept.shape}"
                 raise CharrnnError(
                     f"the checkpoint's saved window does not fit this charrnn (buffer {name} is {found}, "
-                    f"expected (<= {a.shape[0]},) + {a.shape[1:]}); resume it with the charrnn that "
-                    f"wrote it (sampling and eval still work)")
-            a[: kept.shape[0]] = kept
+                    f"expected {(rows,) + a.shape[1:]}); resume it with the charrnn that wrote it "
+                    f"(sampling and eval still work)")
+            a[:rows] = kept
 
     # -- forward -----------------------------------------------------------------------------
     def _layer_input(self, l, t0, t1, rng):

@@ -194,6 +194,32 @@ def _check_flat(arr, name, size=None, dtype=None):
         raise ValueError(f"{name} must be float32 or float64, not {arr.dtype}")
 
 
+def moment_names(name: str, momentum: float = 0.9) -> tuple[str, ...]:
+    """The moment arrays an optimizer keeps, each the size of the parameters."""
+    if name == "adam":
+        return ("m", "v")
+    if name in ("rmsprop", "adagrad"):
+        return ("v",)
+    return ("m",) if momentum > 0.0 else ()
+
+
+def check_hyper(*, lr, momentum, beta1, beta2, alpha, eps, weight_decay) -> dict:
+    """The hyperparameters as floats, or a ValueError naming the first one out of its range."""
+    hyper = {"lr": lr, "momentum": momentum, "beta1": beta1, "beta2": beta2, "alpha": alpha, "eps": eps,
+             "weight_decay": weight_decay}
+    hyper = {key: float(value) for key, value in hyper.items()}
+    for key, value in hyper.items():
+        if not math.isfinite(value):
+            raise ValueError(f"{key} must be a finite number, got {value}")
+    for key in ("lr", "weight_decay", "eps"):
+        if not hyper[key] >= 0.0:
+            raise ValueError(f"{key} must be >= 0, got {hyper[key]}")
+    for key in ("momentum", "beta1", "beta2", "alpha"):
+        if not 0.0 <= hyper[key] < 1.0:
+            raise ValueError(f"{key} must be in [0, 1), got {hyper[key]}")
+    return hyper
+
+
 class Optimizer:
     """One optimizer over the flat parameter array: moments are flat arrays of the same size.
 
@@ -217,32 +243,11 @@ class Optimizer:
         self.t = 0  # number of updates taken; Adam's bias correction uses t counted from 1
         self._state = self._zero_state()
 
-    def _set_hyper(self, *, lr, momentum, beta1, beta2, alpha, eps, weight_decay):
-        self.lr = float(lr)
-        self.momentum = float(momentum)
-        self.beta1 = float(beta1)
-        self.beta2 = float(beta2)
-        self.alpha = float(alpha)
-        self.eps = float(eps)
-        self.weight_decay = float(weight_decay)
-        if not self.lr >= 0.0:
-            raise ValueError(f"learning rate must be >= 0, got {lr}")
-        if not self.weight_decay >= 0.0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        if not self.eps >= 0.0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        for key in ("beta1", "beta2", "alpha"):
-            if not 0.0 <= getattr(self, key) < 1.0:
-                raise ValueError(f"{key} must be in [0, 1), got {getattr(self, key)}")
+    def _set_hyper(self, **hyper):
+        self.__dict__.update(check_hyper(**hyper))
 
     def _state_names(self):
-        if self.name == "adam":
-            return ("m", "v")
-        if self.name in ("rmsprop", "adagrad"):
-            return ("v",)
-        return ("m",) if self.momentum > 0.0 else ()
+        return moment_names(self.name, self.momentum)
 
     def _zero_state(self):
         return {key: np.zeros(self.size, self.dtype) for key in self._state_names()}

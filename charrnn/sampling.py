@@ -20,7 +20,6 @@ How a sample is made:
 """
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +28,12 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from .checkpoint import load_checkpoint, resolve_checkpoint
+from .config import SAMPLE_RANGES
 from .corpus import Vocab
 from .errors import CharrnnError
 from .kernels.generate import CELL_CODES, GATES, generate, offsets_table, teacher_force
 from .model import Layout, ModelSpec
+from .schema import MODEL, model_spec
 
 CHUNK = 128  # characters per jitted call: enough that Python's share is tiny, small enough to stream
 SAMPLE_THREADS = 2  # BLAS threads for `charrnn sample`: a fixed number, so the text depends only
@@ -57,23 +58,9 @@ def load_model(path) -> Model:
 
     The checkpoint carries its own vocabulary, so it samples correctly wherever it is copied."""
     path = resolve_checkpoint(path, prefer="best")
-    arrays, meta = load_checkpoint(path)
-    cfg, chars = meta.get("config"), meta.get("vocab")
-    if not isinstance(cfg, dict) or chars is None or "params" not in arrays:
-        raise CharrnnError(f"{path} holds no model (no config, vocabulary or parameters); "
-                           "pass a checkpoint written by charrnn train")
-    vocab = Vocab.from_json(chars)
-    try:
-        spec = ModelSpec(str(cfg["cell"]), len(vocab), int(cfg["hidden"]), int(cfg["layers"]))
-    except (KeyError, TypeError, ValueError) as e:
-        raise CharrnnError(f"{path} has an unusable model config ({e}); the file is corrupt") from None
-    params = arrays["params"]
-    size = Layout(spec).size
-    if params.shape != (size,) or params.dtype not in (np.float32, np.float64):
-        raise CharrnnError(f"{path} holds {params.size:,} {params.dtype} parameters, but its config "
-                           f"({spec.cell} {spec.layers}x{spec.hidden}, vocabulary {spec.vocab_size}) "
-                           f"needs {size:,} floats; the file is corrupt")
-    return Model(spec, np.ascontiguousarray(params), vocab, cfg, path)
+    arrays, meta = load_checkpoint(path, schema=MODEL)
+    params = np.ascontiguousarray(arrays["params"])
+    return Model(model_spec(meta), params, Vocab.from_json(meta["vocab"]), meta["config"], path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,20 +138,11 @@ class Sampler:
 
 
 def check_options(length=0, temperature=1.0, top_k=0, top_p=1.0, num_samples=1):
-    """A CharrnnError naming the first option out of range."""
-    def bad(option, value, need):
-        raise CharrnnError(f"--{option} {value} is out of range: {need}")
-
-    if length < 0:
-        bad("length", length, "it must be 0 or more")
-    if not (math.isfinite(temperature) and temperature >= 0.0):
-        bad("temperature", temperature, "it must be a number >= 0 (0 picks the most probable character)")
-    if top_k < 0:
-        bad("top-k", top_k, "it must be 0 (off) or more")
-    if not (math.isfinite(top_p) and 0.0 < top_p <= 1.0):
-        bad("top-p", top_p, "it must be in (0, 1]; 1 turns nucleus sampling off")
-    if num_samples < 1:
-        bad("num-samples", num_samples, "it must be at least 1")
+    """A CharrnnError naming the first option out of its range (config.SAMPLE_RANGES)."""
+    given = {"length": length, "temperature": temperature, "top_k": top_k, "top_p": top_p, "num_samples": num_samples}
+    for name, value in given.items():
+        if value not in SAMPLE_RANGES[name]:
+            raise CharrnnError(f"--{name.replace('_', '-')} {value} is out of range: it must be in {SAMPLE_RANGES[name]}")
 
 
 def start_id(vocab: Vocab) -> int:

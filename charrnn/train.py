@@ -14,17 +14,20 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
-from .config import TrainConfig
+from . import __version__, memory
+from .checkpoint import load_checkpoint, remove_stale_temporaries, resolve_checkpoint, save_checkpoint
+from .config import TrainConfig, check_resume_overrides
 from .corpus import Streams, Vocab, default_corpus, fit_batch_and_window, read_text, split
-from .errors import CharrnnError
+from .errors import CharrnnError, os_error_message
 from .evaluate import bits, evaluate
 from .model import ModelSpec, Stack, init_params
 from .optim import Optimizer, clip_by_norm, clip_by_value, learning_rate
+from .runlock import RunLock
+from .schema import TRAINING
 from .tbptt import Scheduler
 
 LOG_EVERY = 10  # updates per line of the metrics log
+METRICS_FILE = "metrics.jsonl"
 
 
 class Interrupted(Exception):
@@ -33,6 +36,31 @@ class Interrupted(Exception):
     def __init__(self, path):
         super().__init__(f"interrupted; saved {path}")
         self.path = path
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON record per line, flushed as it is written. A write that fails
+    (a full disk) is a CharrnnError naming the file."""
+
+    def __init__(self, path: Path, mode="a"):
+        self.path = path
+        try:
+            self.file = open(path, mode, encoding="utf-8")
+        except OSError as e:
+            raise CharrnnError(os_error_message(e)) from None
+
+    def write(self, record: dict):
+        try:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        except OSError as e:
+            raise CharrnnError(os_error_message(e, self.path)) from None
+
+    def close(self):
+        try:
+            self.file.close()
+        except OSError:
+            pass  # every record was flushed already, or its write failed and said so
 
 
 class Trainer:
@@ -55,6 +83,8 @@ class Trainer:
             cfg.k2 = k1 if cfg.k2 == cfg.k1 else cfg.k2  # keep the classic scheme classic
             cfg.batch, cfg.k1 = batch, k1
         self.spec = ModelSpec(cfg.cell, self.vocab.size, cfg.hidden, cfg.layers)
+        memory.require(memory.training_needs(self.spec, cfg), "this run",
+                       "use a smaller --hidden, --layers, --batch or --k1/--k2")
         self.rng = np.random.Generator(np.random.PCG64(cfg.seed))
         self.params = init_params(self.spec, self.rng, np.float32)
         self.grads = np.zeros_like(self.params)
@@ -68,6 +98,8 @@ class Trainer:
         self.best_val = math.inf
         self.last_val = math.inf
         self.stop_requested = False
+        self.fresh = True  # False once the run folder holds this run (resumed, or run() started)
+        self.lock = None  # the run folder's RunLock while this trainer reads or writes it
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _checkpoint(self):
@@ -97,9 +129,22 @@ class Trainer:
 
     @classmethod
     def resume(cls, path, say=print, **overrides):
-        """A trainer restored from a checkpoint (a file or a run folder, meaning its latest)."""
+        """A trainer restored from a checkpoint (a file or a run folder, meaning its latest).
+        Only the stopping rules may be overridden. The run folder stays locked until run() ends."""
+        check_resume_overrides(overrides)
         path = resolve_checkpoint(path, prefer="latest")
-        arrays, meta = load_checkpoint(path)
+        lock = RunLock(path.parent).acquire()  # before reading: no other process is writing it now
+        try:
+            self = cls._restore(path, say, overrides)
+        except BaseException:
+            lock.release()
+            raise
+        self.lock, self.fresh = lock, False
+        return self
+
+    @classmethod
+    def _restore(cls, path, say, overrides):
+        arrays, meta = load_checkpoint(path, schema=TRAINING)
         cfg = TrainConfig.from_dict(meta["config"])
         for k, v in overrides.items():
             setattr(cfg, k, v)
@@ -108,11 +153,10 @@ class Trainer:
         if self.corpus_info["sha256"] != meta["corpus"]["sha256"]:
             raise CharrnnError(f"the corpus {self.corpus_info['path']} is not the text this run was trained on; "
                                f"resume with the original file")
-        if self.params.size != arrays["params"].size:
-            raise CharrnnError(f"{path} does not match its own config (parameter count differs)")
         self.params[:] = arrays["params"]
         self.opt.load_state({k[4:]: v for k, v in arrays.items() if k.startswith("opt.")}, meta["optimizer"])
-        self.stack.load_kept_arrays({k[5:]: v for k, v in arrays.items() if k.startswith("kept.")})
+        self.stack.load_kept_arrays({k[5:]: v for k, v in arrays.items() if k.startswith("kept.")},
+                                    self.sched.window - self.sched.k1)
         self.sched.filled = meta["scheduler"]["filled"]
         self.streams.load_state_dict(meta["streams"])
         self.rng.bit_generator.state = meta["rng"]
@@ -173,18 +217,24 @@ class Trainer:
         cfg = self.cfg
         if not (cfg.max_steps or cfg.epochs or cfg.time_limit):
             raise CharrnnError("no stopping rule: give --max-steps, --epochs or --time-limit")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        lock, self.lock = self.lock or RunLock(self.run_dir).acquire(), None
+        try:
+            log = self._open_run_dir()
+        except BaseException:
+            lock.release()
+            raise
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         window_stats = []
         chars_per_update = cfg.k1 * cfg.batch
         train_time = 0.0  # time in updates only, for the throughput figure
+        updates = 0  # of this session: a resumed run's earlier ones took no part of train_time
         try:
             while self.done_fraction() < 1.0:
                 t0 = time.perf_counter()
                 loss, norm, clipped, lr = self.update()
                 dt = time.perf_counter() - t0
                 train_time += dt
+                updates += 1
                 self.elapsed += dt
                 window_stats.append((loss, norm, clipped, dt))
                 if self.step % LOG_EVERY == 0 or self.done_fraction() >= 1.0:
@@ -194,8 +244,7 @@ class Trainer:
                               "grad_norm": float(np.mean(norms)), "clipped": float(np.mean(clips)),
                               "lr": lr, "chars_per_sec": chars_per_update * len(dts) / sum(dts),
                               "time": round(self.elapsed, 3)}
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
+                    log.write(record)
                     window_stats = []
                     if progress:
                         progress(self, record)
@@ -204,9 +253,7 @@ class Trainer:
                     t1 = time.perf_counter()
                     self.last_val = self.validate()
                     self.elapsed += time.perf_counter() - t1
-                    log.write(json.dumps({"kind": "val", "step": self.step, "loss": self.last_val,
-                                          "bpc": bits(self.last_val)}) + "\n")
-                    log.flush()
+                    log.write({"kind": "val", "step": self.step, "loss": self.last_val, "bpc": bits(self.last_val)})
                     if self.last_val < self.best_val:
                         self.best_val = self.last_val
                         self.save("best")
@@ -219,14 +266,30 @@ class Trainer:
             test = math.nan
             if len(self.test_ids) >= 2:
                 test, _ = evaluate(self.spec, self.params, self.test_ids, cfg.batch, cfg.k1)
-                log.write(json.dumps({"kind": "test", "step": self.step, "loss": test, "bpc": bits(test)}) + "\n")
+                log.write({"kind": "test", "step": self.step, "loss": test, "bpc": bits(test)})
             return {"steps": self.step, "epochs": self.epoch(), "val_loss": self.last_val,
                     "best_val_loss": self.best_val, "test_loss": test, "elapsed": self.elapsed,
-                    "train_chars_per_sec": (self.step and chars_per_update * self.step / max(train_time, 1e-9)),
+                    "train_chars_per_sec": (updates and chars_per_update * updates / max(train_time, 1e-9)),
                     "run_dir": str(self.run_dir)}
         finally:
             signal.signal(signal.SIGINT, previous)
             log.close()
+            lock.release()
+
+    def _open_run_dir(self):
+        """With the folder locked: refuse to overwrite another run, remove what killed saves left,
+        and open the metrics log. A fresh run starts a fresh log: one left by a run of the same
+        name that never saved a checkpoint describes no model that exists."""
+        if self.fresh:
+            if any((self.run_dir / f"{name}.npz").exists() for name in ("latest", "best")):
+                raise CharrnnError(f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir} "
+                                   f"or choose another --run name")
+            if (self.run_dir / METRICS_FILE).exists():
+                self.say(f"replacing {self.run_dir / METRICS_FILE}, left by a run that saved no checkpoint")
+        remove_stale_temporaries(self.run_dir)
+        log = MetricsLog(self.run_dir / METRICS_FILE, "w" if self.fresh else "a")
+        self.fresh = False
+        return log
 
     def _on_sigint(self, signum, frame):
         if self.stop_requested:  # a second Ctrl-C: stop now, whatever the state

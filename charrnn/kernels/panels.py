@@ -250,14 +250,14 @@ def prefetch(typingctx, arr, offset):
     return sig, codegen
 
 
-def gate_panels(H, K, gates, dtype):
-    """A buffer for pack_gate_panels."""
-    return np.zeros((n_panels(H), gates, K, LANES), dtype)
+def gate_panels_shape(H, K, gates):
+    """The shape of pack_gate_panels' output buffer."""
+    return (n_panels(H), gates, K, LANES)
 
 
-def transposed_panels(H, G, dtype):
-    """A buffer for pack_transposed_panels."""
-    return np.zeros((n_panels(H), G, LANES), dtype)
+def transposed_panels_shape(H, G):
+    """The shape of pack_transposed_panels' output buffer."""
+    return (n_panels(H), G, LANES)
 
 
 @kernel

@@ -1,0 +1,74 @@
+"""Whether a run fits in memory, decided before anything large is allocated.
+
+Sizes inside the advertised ranges can need far more memory than the machine has (--hidden 8192
+--layers 16 is 8.6e9 parameters); numpy's allocator would then fail midway, or the kernel's
+out-of-memory killer end the process. The estimates here add up what a run allocates, and
+require() refuses with the estimate and what is available.
+"""
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CharrnnError
+from .evaluate import WARMUP
+from .model import Layout, ModelSpec, Stack
+from .optim import moment_names
+
+
+def available_bytes(proc=Path("/proc"), cgroup_root=Path("/sys/fs/cgroup")):
+    """Memory this process can still take: the kernel's MemAvailable, capped by the room left
+    under a cgroup v2 memory limit (a container's). None where neither can be read."""
+    found = []
+    try:
+        for line in (proc / "meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)  # in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        # "0::/path" is the process's cgroup in the v2 hierarchy
+        group = next(l[3:] for l in (proc / "self" / "cgroup").read_text().splitlines() if l.startswith("0::"))
+        folder = cgroup_root / group.strip().lstrip("/")
+        limit = (folder / "memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int((folder / "memory.current").read_text()))
+    except (OSError, ValueError, StopIteration):
+        pass
+    return max(0, min(found)) if found else None
+
+
+def training_needs(spec: ModelSpec, cfg) -> dict:
+    """Bytes a training run allocates, by part."""
+    f32 = np.dtype(np.float32).itemsize
+    P = Layout(spec).size
+    moments = len(moment_names(cfg.optimizer))
+    return {
+        "parameters and gradients": 2 * P * f32,
+        "optimizer state": moments * P * f32,
+        "window buffers": Stack.nbytes(spec, cfg.batch, max(cfg.k1, cfg.k2), np.float32, cfg.dropout)
+        + evaluation_needs(spec, cfg.batch, cfg.k1, np.float32)["window buffers"],
+        "checkpoint copies": (moments + 1) * P * f32,  # the moments and one array's bytes, while saving
+    }
+
+
+def evaluation_needs(spec: ModelSpec, batch: int, window: int, dtype) -> dict:
+    """Bytes evaluate() allocates: its window, and the window that warms up each stream's state."""
+    warm = Stack.nbytes(spec, batch - 1, WARMUP, dtype) if batch > 1 else 0
+    return {"window buffers": Stack.nbytes(spec, batch, window, dtype) + warm}
+
+
+def require(needs: dict, what: str, advice: str):
+    """A CharrnnError if the parts of `needs` add up to more than is available (when known)."""
+    need = sum(needs.values())
+    have = available_bytes()
+    if have is not None and need > have:
+        parts = ", ".join(f"{name} {_size(n)}" for name, n in needs.items() if n)
+        raise CharrnnError(f"{what} needs about {_size(need)} of memory ({parts}), but {_size(have)} is "
+                           f"available; {advice}")
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n} bytes"

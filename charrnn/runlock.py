@@ -1,0 +1,61 @@
+"""One process at a time in a run folder.
+
+A trainer holds an exclusive flock on RUN/.lock while it reads or writes the run, so two
+trainers cannot train, or resume, the same run. The lock belongs to an open file: the kernel
+drops it when the process ends, however it ends (kill -9 included), so a crash never leaves a
+stale lock behind. The file itself stays (removing it would let a third process lock a new
+file while a second still holds the old one); it holds the pid of the last holder.
+"""
+import errno
+import os
+from pathlib import Path
+
+from .errors import CharrnnError, os_error_message
+
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: no lock, as before
+    fcntl = None
+
+LOCK_FILE = ".lock"
+
+
+class RunLock:
+    def __init__(self, run_dir):
+        self.run_dir = Path(run_dir)
+        self.fd = None
+
+    def acquire(self):
+        """Take the lock, making the folder if needed. A CharrnnError if another process holds it
+        or the folder cannot be written."""
+        path = self.run_dir / LOCK_FILE
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise CharrnnError(os_error_message(e)) from None
+        if fcntl is None:
+            self.fd = fd
+            return self
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                pid = f" (pid {holder})" if holder.isdigit() else ""
+                raise CharrnnError(f"{self.run_dir} is in use by another charrnn process{pid}; wait for it to "
+                                   f"finish, or choose another --run name") from None
+            raise CharrnnError(os_error_message(e, path)) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)  # closing the file drops the lock
+            self.fd = None
+
+    def __del__(self):
+        self.release()

@@ -1,0 +1,240 @@
+"""Hostile inputs and environments at the command line: each ends in one line naming the problem
+and a non-zero exit, never a traceback, and leaves what the user had in place."""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from charrnn import cli
+from charrnn import train as train_module
+from charrnn.cli import app
+from charrnn.config import RESUME_MAY_CHANGE, TrainConfig
+from charrnn.errors import CharrnnError
+from charrnn.train import Trainer
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXT = "".join(f"{w} the {i % 7} quick brown fox jumps over {i % 13} lazy dogs.\n"
+               for i, w in enumerate(["Alas", "Lo", "Hark", "Sing"] * 3))
+TINY = ["--hidden", "8", "--batch", "4", "--k1", "8", "--k2", "8"]
+runner = CliRunner()
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "tiny.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+def run_cli(*args, **kw):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="300")
+    return subprocess.run([sys.executable, "-m", "charrnn", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300, **kw)
+
+
+def one_line(stderr):
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("name", ["../outside", "a/b", "/tmp/absolute", "..", ".", "back\\slash"])
+def test_run_names_stay_inside_out_dir(name, corpus, tmp_path):
+    with pytest.raises(CharrnnError, match="not a plain folder name"):
+        TrainConfig(run=name).validate()
+    before = sorted(tmp_path.rglob("*"))
+    r = runner.invoke(app, ["train", str(corpus), "--out-dir", str(tmp_path / "out"), "--run", name, "--max-steps", "1"])
+    assert r.exit_code == 1 and "not a plain folder name" in str(r.exception)
+    assert sorted(tmp_path.rglob("*")) == before  # nothing made, inside or outside
+
+
+def test_an_output_folder_that_is_a_file(corpus, tmp_path):
+    blocker = tmp_path / "out"
+    blocker.write_text("mine\n")
+    r = run_cli("train", corpus, *TINY, "--max-steps", "2", "--out-dir", blocker, "--run", "r", "--quiet")
+    assert r.returncode == 1
+    line = one_line(r.stderr)
+    assert str(blocker) in line and "not a folder" in line
+    assert blocker.read_text() == "mine\n"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_metrics_on_a_full_disk(corpus, tmp_path):
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").symlink_to("/dev/full")  # every write fails with ENOSPC
+    r = run_cli("train", corpus, *TINY, "--max-steps", "2", "--out-dir", tmp_path, "--run", "r", "--quiet")
+    assert r.returncode == 1
+    line = one_line(r.stderr)
+    assert "metrics.jsonl" in line and "No space left on device" in line
+
+
+def test_a_folder_that_cannot_be_written(corpus, tmp_path, monkeypatch, capsys):
+    # root ignores permission bits, so the refusal is simulated where the run folder is made
+    def refuse(self, *a, **kw):
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    monkeypatch.setattr(sys, "argv", ["charrnn", "train", str(corpus), *TINY, "--max-steps", "1",
+                                      "--out-dir", str(tmp_path / "ro"), "--run", "r", "-q"])
+    with pytest.raises(SystemExit) as exit:
+        cli.main()
+    assert exit.value.code == 1
+    line = one_line(capsys.readouterr().err)
+    assert str(tmp_path / "ro" / "r") in line and "Permission denied" in line and "permissions" in line
+
+
+def test_brackets_in_names_print_as_they_are(corpus, tmp_path):
+    # rich would read "[red]" as a style and fail on "[/oops]", a closing tag without an opening one
+    out_dir, name = tmp_path / "[/oops]", "[red]x[y]"
+    r = runner.invoke(app, ["train", str(corpus), *TINY, "--max-steps", "2", "--out-dir", str(out_dir),
+                            "--run", name])
+    assert r.exit_code == 0, r.output
+    assert f"checkpoints in {out_dir / name}" in r.stdout
+    assert f"run={name}" in r.stderr and (out_dir / name / "latest.npz").is_file()
+
+
+def test_ctrl_c_saves_and_exits_130_whatever_the_run_is_called(corpus, tmp_path):
+    run_dir = tmp_path / "[/oops]" / "[red]x"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="300")
+    proc = subprocess.Popen([sys.executable, "-m", "charrnn", "train", str(corpus), *TINY, "--time-limit", "600",
+                             "--out-dir", str(run_dir.parent), "--run", run_dir.name], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 240
+    while not (metrics.exists() and metrics.stat().st_size) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert f"saved {run_dir / 'latest.npz'}" in stderr and "Traceback" not in stderr
+    assert (run_dir / "latest.npz").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# Two processes, one run; what a killed process leaves behind; resuming
+
+
+def config(corpus, out, **kw):
+    base = dict(corpus=str(corpus), hidden=8, layers=1, batch=4, k1=8, k2=8, time_limit=0, eval_every=4,
+                checkpoint_every=3, out_dir=str(out), run="r", seed=7)
+    return TrainConfig(**{**base, **kw}).validate()
+
+
+def trained_run(corpus, out, steps=3, **kw):
+    trainer = Trainer(config(corpus, out, max_steps=steps, **kw), out / "r", say=lambda *_: None)
+    trainer.run()
+    return out / "r"
+
+
+def hold_lock(run_dir):
+    """Another process holding the run's lock, as a training charrnn does."""
+    code = ("import sys, time; from charrnn.runlock import RunLock; lock = RunLock(sys.argv[1]).acquire(); "
+            "print('locked', flush=True); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_run_is_trained_by_one_process_at_a_time(corpus, tmp_path):
+    run_dir = trained_run(corpus, tmp_path)
+    other = hold_lock(run_dir)
+    try:
+        with pytest.raises(CharrnnError, match=rf"in use by another charrnn process \(pid {other.pid}\)"):
+            Trainer.resume(run_dir, say=lambda *_: None)
+        fresh = Trainer(config(corpus, tmp_path, run="r", max_steps=3), run_dir, say=lambda *_: None)
+        with pytest.raises(CharrnnError, match="in use by another charrnn process"):
+            fresh.run()
+        r = runner.invoke(app, ["train", str(corpus), *TINY, "--max-steps", "3", "--out-dir", str(tmp_path),
+                                "--run", "r"])
+        assert r.exit_code == 1 and "in use by another charrnn process" in str(r.exception)
+    finally:
+        other.kill()  # SIGKILL: the lock goes with the process
+        other.wait()
+    resumed = Trainer.resume(run_dir, say=lambda *_: None, max_steps=6)
+    resumed.run()
+    assert resumed.step == 6
+
+
+def test_a_save_killed_midway_leaves_no_temporary_for_long(corpus, tmp_path):
+    run_dir = trained_run(corpus, tmp_path)
+    # a save that hangs where the data is complete but not yet renamed, then kill -9
+    code = ("import os, sys, time, numpy as np; from charrnn import checkpoint; "
+            "os.fsync = lambda fd: (print('writing', flush=True), time.sleep(600)); "
+            "checkpoint.save_checkpoint(sys.argv[1], {'params': np.zeros(100_000, np.float32)}, {})")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir / "latest.npz")], stdout=subprocess.PIPE,
+                            text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.stdout.readline().strip() == "writing"
+    proc.kill()
+    proc.wait()
+    stale = [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+    assert len(stale) == 1 and stale[0].name.startswith(".latest.npz.") and stale[0].stat().st_size > 400_000
+    resumed = Trainer.resume(run_dir, say=lambda *_: None, max_steps=4)  # latest.npz is the old, whole one
+    resumed.run()
+    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+    assert resumed.step == 4
+
+
+def test_a_new_run_does_not_append_to_a_dead_runs_metrics(corpus, tmp_path):
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text('{"kind": "train", "step": 990, "loss": 9.0}\n')  # no checkpoint
+    notes = []
+    trainer = Trainer(config(corpus, tmp_path, max_steps=3), run_dir, say=notes.append)
+    trainer.run()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [3]
+    assert any("replacing" in n and "metrics.jsonl" in n for n in notes)
+    resumed = Trainer.resume(run_dir, say=lambda *_: None, max_steps=6)  # a resumed run appends
+    resumed.run()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [3, 6]
+
+
+def train_options():
+    """Every option of `charrnn train` and a value for it (its default, or a path)."""
+    for p in typer.main.get_command(app).commands["train"].params:
+        if p.name not in ("resume", "quiet"):
+            yield p.name, p.default
+
+
+@pytest.mark.parametrize("name, value", list(train_options()), ids=lambda v: str(v))
+def test_resume_refuses_every_option_but_the_stopping_rules(name, value, corpus, tmp_path):
+    run_dir = tmp_path / "r"
+    if name == "corpus":
+        args = [str(corpus)]
+    else:
+        value = {"epochs": 1.0, "max_steps": 5, "time_limit": 60.0}.get(name, value)
+        args = [f"--{name.replace('_', '-')}", str(value)]
+    r = runner.invoke(app, ["train", "--resume", str(run_dir), *args])
+    if name in RESUME_MAY_CHANGE:  # accepted: it gets as far as looking for the checkpoint
+        assert r.exit_code == 1 and "no checkpoint at" in str(r.exception), r.output
+    else:
+        assert r.exit_code == 2 and f"--{name.replace('_', '-')}" in r.output.split("leave out")[1], r.output
+
+
+def test_resume_api_refuses_settings_that_change_the_run(corpus, tmp_path):
+    run_dir = trained_run(corpus, tmp_path)
+    with pytest.raises(CharrnnError, match="leave out --hidden, --lr "):
+        Trainer.resume(run_dir, hidden=16, lr=0.1)
+    assert Trainer.resume(run_dir, say=lambda *_: None, max_steps=9).cfg.max_steps == 9
+
+
+def test_chars_per_second_after_resume_counts_this_sessions_updates(corpus, tmp_path, monkeypatch):
+    clock = iter(range(10**6))  # every reading of the clock is one second later
+    monkeypatch.setattr(train_module, "time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    run_dir = trained_run(corpus, tmp_path, steps=4)
+    resumed = Trainer.resume(run_dir, say=lambda *_: None, max_steps=8)
+    summary = resumed.run()
+    # 4 updates of 1 s, each of k1 * batch = 8 * 4 characters
+    assert summary["train_chars_per_sec"] == 32

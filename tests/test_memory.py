@@ -1,0 +1,114 @@
+"""The memory estimate: exact for the window buffers, checked before anything large is allocated,
+and read from /proc and the cgroup where they can be read."""
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from charrnn import memory
+from charrnn.config import CELLS, TrainConfig
+from charrnn.errors import CharrnnError
+from charrnn.model import ModelSpec, Stack
+from charrnn.train import Trainer
+
+TEXT = "".join(f"{w} the {i % 7} quick brown fox jumps over {i % 13} lazy dogs.\n"
+               for i, w in enumerate(["Alas", "Lo", "Hark", "Sing"] * 3))
+
+
+def allocated(obj, seen=None):
+    """Bytes of every numpy array reachable from obj's attributes, lists, tuples and dicts."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        return sum(allocated(v, seen) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(allocated(v, seen) for v in obj)
+    if hasattr(obj, "__dict__") and not isinstance(obj, type):
+        return sum(allocated(v, seen) for k, v in vars(obj).items() if k not in ("spec", "layout", "cell"))
+    return 0
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("layers, H, B, T, dropout, dtype", [(1, 5, 3, 7, 0.0, np.float32),
+                                                             (3, 37, 2, 4, 0.5, np.float64),
+                                                             (2, 16, 1, 1, 0.0, np.float32)])
+def test_stack_nbytes_is_what_a_stack_allocates(cell, layers, H, B, T, dropout, dtype):
+    spec = ModelSpec(cell, 11, H, layers)
+    stack = Stack(spec, B, T, dtype, dropout)
+    assert Stack.nbytes(spec, B, T, dtype, dropout) == allocated(stack)
+
+
+def corpus_config(tmp_path, **kw):
+    path = tmp_path / "tiny.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return TrainConfig(corpus=str(path), time_limit=0, max_steps=1, out_dir=str(tmp_path), run="r", **kw).validate()
+
+
+def test_a_run_too_large_is_refused_before_allocating(tmp_path):
+    cfg = corpus_config(tmp_path, hidden=8192, layers=16, batch=4)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CharrnnError, match=r"this run needs about [\d,.]+ GiB of memory \(parameters and "
+                                               r"gradients [\d,.]+ GiB, .*\), but [\d,.]+ .iB is available; "
+                                               r"use a smaller --hidden"):
+            Trainer(cfg, tmp_path / "r", say=lambda *_: None)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20  # the parameters alone would be 34 GB
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_estimate_counts_every_part(tmp_path, monkeypatch):
+    cfg = corpus_config(tmp_path, hidden=32, batch=4, k1=8, k2=16)
+    spec = ModelSpec("lstm", 30, 32, 1)
+    needs = memory.training_needs(spec, cfg)
+    P = (30 * 128 + 32 * 128 + 128) + (32 * 30 + 30)  # Wx, Wh, b of the LSTM (4H = 128); Wy, by
+    assert needs["parameters and gradients"] == 2 * 4 * P
+    assert needs["optimizer state"] == 2 * 4 * P  # adam: m and v
+    assert needs["window buffers"] > Stack.nbytes(spec, 4, 16)
+    # refused just below the estimate, accepted at it, and accepted where nothing is known
+    total = sum(needs.values())
+    monkeypatch.setattr(memory, "available_bytes", lambda: total - 1)
+    with pytest.raises(CharrnnError, match="is available"):
+        memory.require(needs, "this run", "advice")
+    monkeypatch.setattr(memory, "available_bytes", lambda: total)
+    memory.require(needs, "this run", "advice")
+    monkeypatch.setattr(memory, "available_bytes", lambda: None)
+    memory.require(needs, "this run", "advice")
+
+
+def fake_system(tmp_path, meminfo, cgroup=None, limit=None, current=None):
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    if meminfo is not None:
+        (proc / "meminfo").write_text(meminfo)
+    if cgroup is not None:
+        (proc / "self" / "cgroup").write_text(f"0::{cgroup}\n")
+        folder = tmp_path / "cg" / cgroup.lstrip("/")
+        folder.mkdir(parents=True)
+        (folder / "memory.max").write_text(limit)
+        (folder / "memory.current").write_text(current)
+    return dict(proc=proc, cgroup_root=tmp_path / "cg")
+
+
+MEMINFO = "MemTotal:       24683584 kB\nMemFree:        22395972 kB\nMemAvailable:   1000 kB\n"
+
+
+def test_available_memory_from_meminfo_and_cgroup(tmp_path):
+    assert memory.available_bytes(**fake_system(tmp_path / "a", MEMINFO)) == 1000 * 1024
+    tight = fake_system(tmp_path / "b", MEMINFO, "/box", "600000\n", "100000\n")
+    assert memory.available_bytes(**tight) == 500000
+    unlimited = fake_system(tmp_path / "c", MEMINFO, "/box", "max\n", "100000\n")
+    assert memory.available_bytes(**unlimited) == 1000 * 1024
+    only_cgroup = fake_system(tmp_path / "d", None, "/", "600000\n", "100000\n")
+    assert memory.available_bytes(**only_cgroup) == 500000
+
+
+@pytest.mark.parametrize("meminfo", [None, "", "MemAvailable: lots\n", "MemAvailable:\n"])
+def test_unknown_memory_is_none(tmp_path, meminfo):
+    assert memory.available_bytes(**fake_system(tmp_path, meminfo)) is None

@@ -1,0 +1,110 @@
+"""One source for every option's bounds and choices: the help prints them, the CLI refuses what
+lies outside them with the usage code 2, and TrainConfig.validate / check_options agree."""
+import re
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from charrnn import cells
+from charrnn.cli import app
+from charrnn.config import CELLS, CHOICES, RANGES, SAMPLE_RANGES, Range, TrainConfig
+from charrnn.errors import CharrnnError
+from charrnn.sampling import check_options
+
+runner = CliRunner()
+COMMAND = typer.main.get_command(app)
+
+
+def cli_options(command):
+    return {p.name for p in COMMAND.commands[command].params}
+
+
+def around(r: Range, integer: bool):
+    """(value, inside?) pairs at and just beyond each end of r."""
+    step = 1 if integer else 1e-3
+    pairs = []
+    if r.low is not None:
+        pairs += [(r.low, not r.open_low), (r.low - step, False), (r.low + step, True)]
+    if r.high is not None:
+        pairs += [(r.high, not r.open_high), (r.high + step, False), (r.high - step, True)]
+    return pairs
+
+
+def is_int(name):
+    return isinstance(getattr(TrainConfig, name), int)
+
+
+def test_range_membership():
+    closed, half_open = Range(1, 3), Range(0, 1, open_low=True)
+    assert 1 in closed and 3 in closed and 0 not in closed and 4 not in closed
+    assert 0 not in half_open and 1e-9 in half_open and 1 in half_open
+    for odd in (float("nan"), float("inf"), -float("inf"), True, "1", None):
+        assert odd not in Range()
+    assert [str(r) for r in (Range(0), Range(0, open_low=True), Range(1, 16), Range(0, 1, open_high=True))] == \
+        ["x>=0", "x>0", "1<=x<=16", "0<=x<1"]
+
+
+@pytest.mark.parametrize("command, ranges", [("train", RANGES), ("sample", SAMPLE_RANGES)])
+def test_help_prints_each_range(command, ranges):
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "250"}, terminal_width=250)
+    assert result.exit_code == 0
+    shown = 0
+    for name in ranges.keys() & cli_options(command):
+        line = next(l for l in result.stdout.splitlines() if re.match(rf"\W*--{name.replace('_', '-')}\s", l))
+        assert f"[{ranges[name]}]" in line, line
+        shown += 1
+    assert shown >= 5
+
+
+@pytest.mark.parametrize("name", sorted(RANGES))
+def test_train_cli_and_validate_agree_at_each_bound(name, tmp_path):
+    on_cli = name in cli_options("train")
+    other = {"test_fraction": 0.0} if name == "val_fraction" else {"val_fraction": 0.0} if name == "test_fraction" else {}
+    for value, inside in around(RANGES[name], is_int(name)):
+        if inside:
+            TrainConfig(**{name: value}, **other).validate()
+        else:
+            with pytest.raises(CharrnnError, match=f"--{name.replace('_', '-')} "):
+                TrainConfig(**{name: value}, **other).validate()
+        if on_cli:
+            args = [f"--{k.replace('_', '-')}={v}" for k, v in {name: value, **other}.items()]
+            # a missing corpus: an accepted value gets as far as reading it (exit 1)
+            r = runner.invoke(app, ["train", str(tmp_path / "missing.txt"), *args])
+            if inside:
+                assert r.exit_code == 1 and "missing.txt" in str(r.exception), (value, r.output)
+            else:
+                assert r.exit_code == 2 and str(RANGES[name]) in r.output, (value, r.output)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLE_RANGES))
+def test_sample_cli_and_check_options_agree_at_each_bound(name, tmp_path):
+    checked = name in ("length", "temperature", "top_k", "top_p", "num_samples")
+    for value, inside in around(SAMPLE_RANGES[name], name not in ("temperature", "top_p")):
+        if checked and inside:
+            check_options(**{name: value})
+        elif checked:
+            with pytest.raises(CharrnnError, match=f"--{name.replace('_', '-')} "):
+                check_options(**{name: value})
+        r = runner.invoke(app, ["sample", str(tmp_path / "missing.npz"), f"--{name.replace('_', '-')}={value}"])
+        if inside:
+            assert r.exit_code == 1 and "missing.npz" in str(r.exception), (value, r.output)
+        else:
+            assert r.exit_code == 2, (value, r.output)
+
+
+def test_choices_come_from_the_registries(tmp_path):
+    assert tuple(cells.CELLS) == CELLS  # the kernels' registry and the light one name the same cells
+    missing = str(tmp_path / "missing.txt")
+    for setting, names in CHOICES.items():
+        option = f"--{setting}"
+        for name in names + (names[0].upper(),):
+            r = runner.invoke(app, ["train", missing, option, name])
+            assert r.exit_code == 1 and "missing.txt" in str(r.exception), r.output
+        r = runner.invoke(app, ["train", missing, option, "transformer"])
+        assert r.exit_code == 2 and "transformer" in r.output
+        with pytest.raises(CharrnnError, match=f"{option} transformer is out of range"):
+            TrainConfig(**{setting: "transformer"}).validate()
+    assert runner.invoke(app, ["train", missing, "--encoding", "UTF8"]).exit_code == 1
+    r = runner.invoke(app, ["train", missing, "--encoding", "ebcdic"])
+    assert r.exit_code == 2 and re.search(r"utf-8, latin-1, bytes", r.output)
