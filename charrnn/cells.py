@@ -1,10 +1,10 @@
 """Cell adapters: what the layer stack needs to know about each cell type.
 
 Each adapter names its parameter tensors and their initialisation, gives the shapes of the
-per-window buffers its kernels use (allocated by `buffers`, counted by Stack.nbytes), and calls its forward and backward kernels on a range of steps
-[t0, t1) of those buffers. The forward reads the input projection of step t0+t, stream r, as
-row xindex[t, r] of xtable (see Stack.forward). The stack, the scheduler and the optimizer
-never look inside.
+per-window buffers its kernels use (allocated by `buffers`, counted by Stack.nbytes), and calls
+its forward and backward kernels on a range of steps [t0, t1) of those buffers. The forward
+reads the input projection of step t0+t, stream r, as row xindex[t, r] of xtable (see
+Stack.forward). The stack, the scheduler and the optimizer never look inside.
 
 Buffers with a time axis put it first. State buffers (listed in `states`) have T+1 slots, slot t
 holding the state before step t; every other time buffer has T slots.
