@@ -103,12 +103,16 @@ def test_float32_close_to_float64(cell, T, H):
     assert rel_err(g32, g64) < 1e-4
 
 
-def test_lstm_forget_bias_starts_at_one():
-    spec = ModelSpec("lstm", 5, 3, 2)
+def test_lstm_forget_bias_is_drawn_like_every_bias():
+    # PyTorch's initialisation, the forget gate included (no +1): U(-1/sqrt(H), 1/sqrt(H))
+    H = 64
+    spec = ModelSpec("lstm", 5, H, 2)
     layers, _ = Layout(spec).layer_views(init_params(spec, np.random.default_rng(0)))
+    bound = 1.0 / np.sqrt(H)
     for p in layers:
-        assert np.all(p["b"][3:6] == 1.0)
-        assert not np.any(p["b"][:3] == 1.0)
+        forget = p["b"][H : 2 * H]
+        assert np.all(np.abs(forget) <= bound) and forget.std() > 0.4 * bound
+        assert abs(forget.mean()) < 0.3 * bound
 
 
 def test_layout_views_cover_the_buffer_once():
