@@ -7,7 +7,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .config import INSPECT_CHARS, INSPECT_MAX_CHARS
+from .cells import NAMES as CELL_CHOICES
+from .cells import OPTIONS as CELL_OPTIONS
+from .cells import choices_help
+from .config import BOUNDS, INSPECT_CHARS, INSPECT_MAX_CHARS
 from .config import TrainConfig as _C  # the defaults of train's options
 from .errors import CharrnnError
 
@@ -15,8 +18,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Character-level RNN, LSTM and GRU language models, trained on the CPU.")
 out = Console()
 err = Console(stderr=True)
-
-CELL_CHOICES = ("rnn", "lstm", "gru")
 
 
 @app.callback()
@@ -29,23 +30,27 @@ def _cells(cell: str):
     if cell == "all":
         return list(CELL_CHOICES)
     if cell not in CELL_CHOICES:
-        raise typer.BadParameter(f"{cell!r} is not one of rnn, lstm, gru, all", param_hint="--cell")
+        raise typer.BadParameter(f"{cell!r} is not one of {', '.join(CELL_CHOICES)}, all", param_hint="--cell")
     return [cell]
 
 @app.command()
 def train(
     corpus: Optional[Path] = typer.Argument(None, help="Text file to learn from. Default: the shipped corpora/tinyshakespeare.txt."),
-    cell: str = typer.Option(_C.cell, help="rnn, lstm or gru."),
+    cell: str = typer.Option(_C.cell, help=f"The recurrent cell. {choices_help()}."),
     hidden: int = typer.Option(_C.hidden, min=1, max=8192, help="Hidden units per layer."),
     layers: int = typer.Option(_C.layers, min=1, max=16, help="Stacked layers."),
-    dropout: float = typer.Option(_C.dropout, min=0.0, max=0.99, help="Dropout between layers and before the output layer."),
+    tau: str = typer.Option(_C.tau, help=CELL_OPTIONS["tau"].help + "."),
+    spectral_radius: float = typer.Option(_C.spectral_radius, min=CELL_OPTIONS["spectral_radius"].low, max=CELL_OPTIONS["spectral_radius"].high, help=CELL_OPTIONS["spectral_radius"].help + "."),
+    leak: float = typer.Option(_C.leak, min=CELL_OPTIONS["leak"].low, max=CELL_OPTIONS["leak"].high, help=CELL_OPTIONS["leak"].help + "."),
+    u_max: float = typer.Option(_C.u_max, min=CELL_OPTIONS["u_max"].low, max=CELL_OPTIONS["u_max"].high, help=CELL_OPTIONS["u_max"].help + "."),
+    dropout: float = typer.Option(_C.dropout, min=BOUNDS["dropout"][0], max=BOUNDS["dropout"][1], help="Dropout between layers and before the output layer."),
     batch: int = typer.Option(_C.batch, min=1, max=4096, help="Parallel streams of text."),
     k1: int = typer.Option(_C.k1, min=1, max=10000, help="Steps between updates (the loss of these steps is averaged)."),
     k2: int = typer.Option(_C.k2, min=1, max=10000, help="Steps the gradient flows back (k2 > k1: overlapping windows)."),
     optimizer: str = typer.Option(_C.optimizer, help="adam, rmsprop, adagrad or sgd (with momentum 0.9)."),
     lr: float = typer.Option(_C.lr, min=0.0, help="Learning rate."),
     schedule: str = typer.Option(_C.schedule, help="The learning rate over the run: linear (down to zero at the end of the budget: time, steps or epochs), cosine (the same ends, a slower start), step (--lr-decay every --decay-every updates) or constant."),
-    lr_decay: float = typer.Option(_C.lr_decay, min=0.0, max=1.0, help="With --schedule step: multiply the learning rate by this every --decay-every updates."),
+    lr_decay: float = typer.Option(_C.lr_decay, min=BOUNDS["lr_decay"][0], max=BOUNDS["lr_decay"][1], help="With --schedule step: multiply the learning rate by this every --decay-every updates."),
     decay_every: int = typer.Option(_C.decay_every, min=0, help="With --schedule step: updates between learning-rate decays (0: never)."),
     clip_norm: float = typer.Option(_C.clip_norm, min=0.0, help="Clip the global gradient norm to this (0: off)."),
     clip_value: float = typer.Option(_C.clip_value, min=0.0, help="Clip each gradient element to +-this (0: off)."),
@@ -77,6 +82,7 @@ def train(
     else:
         cfg = TrainConfig(corpus=str(corpus or ""), encoding=encoding, val_fraction=val_fraction,
                           test_fraction=test_fraction, cell=cell.lower(), hidden=hidden, layers=layers,
+                          tau=tau, spectral_radius=spectral_radius, leak=leak, u_max=u_max,
                           dropout=dropout, batch=batch, k1=k1, k2=k2, optimizer=optimizer.lower(), lr=lr,
                           schedule=schedule.lower(), lr_decay=lr_decay, decay_every=decay_every, clip_norm=clip_norm,
                           clip_value=clip_value,
@@ -224,7 +230,7 @@ def eval_(
 ):
     """Score a model on a text file: nats and bits per character, and perplexity.
 
-    With the checkpoint's batch and window, its run's validation text scores the run's own validation figure. The text is cut into batch contiguous streams, each read from a zero state; the very first character is only an input and a tail shorter than the batch is left out, so the count is up to batch characters below the file's length.
+    With the checkpoint's batch and window, its run's validation text scores the run's own validation figure. The text is cut into batch contiguous streams; the first starts from a zero state, each other one from the state left by reading the 200 characters before it (uncounted: they are scored in the stream before), so the figure is close to reading the text as one stream. The very first character is only an input and a tail shorter than the batch is left out, so the count is up to batch characters below the file's length.
     """
     from .corpus import read_text
     from .evaluate import bits, evaluate
@@ -292,7 +298,7 @@ def inspect_(
 
 @app.command()
 def gradcheck(
-    cell: str = typer.Option("all", help="Cell to check: rnn, lstm, gru or all."),
+    cell: str = typer.Option("all", help=f"Cell to check: {', '.join(CELL_CHOICES)} or all."),
     layers: int = typer.Option(2, min=1, max=8, help="Stacked layers."),
     hidden: int = typer.Option(8, min=1, max=256, help="Hidden units per layer."),
     steps: int = typer.Option(6, min=1, max=200, help="Steps per window (k1 = k2 = steps unless set)."),
@@ -322,7 +328,8 @@ def gradcheck(
         for r in rows:
             failed += not r.passed
             verdict = "[green]pass[/]" if r.passed else "[bold red]FAIL[/]"
-            table.add_row(r.cell, r.tensor, str(r.checked), f"{r.max_rel:.2e}", f"{r.mean_rel:.2e}",
+            checked = str(r.checked) + (f" (+{r.kinked} at a kink)" if r.kinked else "")
+            table.add_row(r.cell, r.tensor, checked, f"{r.max_rel:.2e}", f"{r.mean_rel:.2e}",
                           str(list(r.worst)), verdict)
     out.print(table)
     if failed:
@@ -334,11 +341,15 @@ def gradcheck(
 @app.command()
 def gradflow(
     checkpoint: Optional[Path] = typer.Argument(None, help="A trained checkpoint (file or run folder) to measure instead of fresh models."),
-    cell: Optional[str] = typer.Option(None, help="Fresh models to compare, comma-separated: rnn,lstm,gru (default) or all."),
+    cell: Optional[str] = typer.Option(None, help=f"Fresh models to compare, comma-separated names ({', '.join(CELL_CHOICES)}) or all. Default: rnn,lstm,gru."),
     hidden: Optional[int] = typer.Option(None, min=1, max=4096, help="Hidden units per layer of the fresh models (default 64)."),
     layers: Optional[int] = typer.Option(None, min=1, max=16, help="Stacked layers of the fresh models (default 1)."),
     seed: int = typer.Option(0, help="Seed for the fresh models and the choice of windows."),
-    radius: Optional[float] = typer.Option(None, min=0.0, help="First rescale each recurrent matrix (each gate block) to this spectral radius."),
+    radius: Optional[float] = typer.Option(None, min=0.0, help="First rescale each recurrent matrix (each gate block; IndRNN's u) to this spectral radius."),
+    tau: Optional[str] = typer.Option(None, help=f"Fresh leaky models: {CELL_OPTIONS['tau'].help}."),
+    spectral_radius: Optional[float] = typer.Option(None, min=CELL_OPTIONS["spectral_radius"].low, max=CELL_OPTIONS["spectral_radius"].high, help=f"Fresh esn models: {CELL_OPTIONS['spectral_radius'].help} (default {CELL_OPTIONS['spectral_radius'].default:g})."),
+    leak: Optional[float] = typer.Option(None, min=CELL_OPTIONS["leak"].low, max=CELL_OPTIONS["leak"].high, help=f"Fresh esn models: {CELL_OPTIONS['leak'].help}."),
+    u_max: Optional[float] = typer.Option(None, min=CELL_OPTIONS["u_max"].low, max=CELL_OPTIONS["u_max"].high, help="Fresh indrnn models: bound on |u|, which starts U(0, bound); default 2^(1/(K+1)), Li et al. (2018)'s bound for the measured window."),
     corpus: Optional[Path] = typer.Option(None, help="Text to take the windows from. Default: the shipped corpora/tinyshakespeare.txt."),
     max_k: int = typer.Option(100, "--max-k", min=1, max=1000, help="Measure k = 0..K steps back from the last step."),
     windows: int = typer.Option(8, min=1, max=10000, help="Windows of text to average over."),
@@ -353,8 +364,16 @@ def gradflow(
     from .corpus import read_text
     from .plot import require_pyplot
 
-    if checkpoint is not None and (cell is not None or hidden is not None or layers is not None):
-        raise CharrnnError("--cell, --hidden and --layers describe fresh models; leave them out when measuring a checkpoint")
+    given = {k: v for k, v in (("tau", tau), ("spectral_radius", spectral_radius), ("leak", leak), ("u_max", u_max))
+             if v is not None}
+    if checkpoint is not None and (cell is not None or hidden is not None or layers is not None or given):
+        raise CharrnnError("--cell, --hidden, --layers and the cell options describe fresh models; leave them out "
+                           "when measuring a checkpoint")
+    from .cells import check_option
+
+    for name, value in given.items():
+        check_option(name, value)
+    given.setdefault("u_max", 2.0 ** (1.0 / (max_k + 1)))
     cells = []
     for c in (cell or "rnn,lstm,gru").lower().split(","):
         for name in _cells(c.strip()):
@@ -368,7 +387,8 @@ def gradflow(
     text = read_text(corpus)
     with err.status("measuring gradient flow (the first run compiles the kernels)..."):
         flows = gf.run(text, cells=cells, checkpoint=checkpoint, hidden=hidden or 64, layers=layers or 1,
-                       seed=seed, radius=radius, max_k=max_k, windows=windows, batch=batch)
+                       seed=seed, radius=radius, max_k=max_k, windows=windows, batch=batch,
+                       options=tuple(given.items()))
     if png is not None:
         gf.write_png(flows, png)
     if json_out:

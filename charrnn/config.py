@@ -5,9 +5,11 @@ with the vocabulary, so that a checkpoint carries everything needed to resume or
 """
 from dataclasses import asdict, dataclass, fields
 
+from .cells import NAMES as CELLS  # the registry's names; cells.py imports no kernels
+from .cells import OPTIONS as CELL_OPTIONS
+from .cells import check_option
 from .errors import CharrnnError
 
-CELLS = ("rnn", "lstm", "gru")
 # the optimizers optim.py implements, named here so that reading the defaults (the CLI does,
 # for its help) imports no kernels
 OPTIMIZERS = ("adam", "rmsprop", "adagrad", "sgd")
@@ -16,6 +18,11 @@ SCHEDULES = ("linear", "cosine", "step", "constant")
 # `charrnn inspect` reads INSPECT_CHARS characters unless told otherwise, and the terminal colours
 # at most that many; it reads at most INSPECT_MAX_CHARS, up to which its page stays quick
 INSPECT_CHARS, INSPECT_MAX_CHARS = 2_000, 20_000
+# closed ranges [low, high] that the CLI's options and validate() both read
+BOUNDS = {
+    "dropout": (0.0, 0.99),  # 1 would drop everything
+    "lr_decay": (0.0, 1.0),  # 0: the learning rate falls to zero at the first decay
+}
 
 
 @dataclass
@@ -30,7 +37,12 @@ class TrainConfig:
     hidden: int = 512
     layers: int = 1
     dropout: float = 0.0  # on the input of every layer above the first and of the output layer
-    # truncated BPTT (DESIGN.md): an update every k1 steps, gradients flow back k2 steps
+    # options of particular cells (cells.OPTIONS says what each means)
+    tau: str = CELL_OPTIONS["tau"].default  # leaky
+    spectral_radius: float = CELL_OPTIONS["spectral_radius"].default  # esn
+    leak: float = CELL_OPTIONS["leak"].default  # esn
+    u_max: float = CELL_OPTIONS["u_max"].default  # indrnn; 0: 2^(1/k2)
+    # truncated BPTT (tbptt.py, and the README): an update every k1 steps, gradients flow back k2 steps
     batch: int = 32  # parallel streams
     k1: int = 50  # char-rnn's sequence length; twice the updates per character of 100
     k2: int = 50
@@ -67,6 +79,8 @@ class TrainConfig:
             bad("optimizer", self.optimizer, f"choose one of {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
             bad("schedule", self.schedule, f"choose one of {', '.join(SCHEDULES)}")
+        for name in CELL_OPTIONS:
+            check_option(name, getattr(self, name))
         from .corpus import check_encoding
 
         self.encoding = check_encoding(self.encoding)
@@ -80,12 +94,11 @@ class TrainConfig:
         for name in ("epochs", "time_limit", "clip_norm", "clip_value", "weight_decay"):
             if getattr(self, name) < 0:
                 bad(name, getattr(self, name), "it must be 0 or more")
-        if not 0.0 <= self.dropout < 1.0:
-            bad("dropout", self.dropout, "it must be in [0, 1)")
+        for name, (low, high) in BOUNDS.items():
+            if not low <= getattr(self, name) <= high:
+                bad(name, getattr(self, name), f"it must be in [{low:g}, {high:g}]")
         if not 0.0 < self.lr <= 10.0:
             bad("lr", self.lr, "it must be in (0, 10]")
-        if not 0.0 < self.lr_decay <= 1.0:
-            bad("lr_decay", self.lr_decay, "it must be in (0, 1]")
         for name in ("val_fraction", "test_fraction"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 bad(name, getattr(self, name), "it must be in [0, 1)")
@@ -94,6 +107,11 @@ class TrainConfig:
         if self.hidden > 8192 or self.layers > 16 or max(self.k1, self.k2) > 10000:
             raise CharrnnError("model or window too large: --hidden <= 8192, --layers <= 16, --k1/--k2 <= 10000")
         return self
+
+    def cell_options(self):
+        """The ModelSpec options of this run, the bound on |u| resolved for the window."""
+        u_max = self.u_max or 2.0 ** (1.0 / self.k2)
+        return (("tau", self.tau), ("spectral_radius", self.spectral_radius), ("leak", self.leak), ("u_max", u_max))
 
     def to_dict(self):
         return asdict(self)

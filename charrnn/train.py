@@ -54,7 +54,7 @@ class Trainer:
             say(notice)
             cfg.k2 = k1 if cfg.k2 == cfg.k1 else cfg.k2  # keep the classic scheme classic
             cfg.batch, cfg.k1 = batch, k1
-        self.spec = ModelSpec(cfg.cell, self.vocab.size, cfg.hidden, cfg.layers)
+        self.spec = ModelSpec(cfg.cell, self.vocab.size, cfg.hidden, cfg.layers, cfg.cell_options())
         self.rng = np.random.Generator(np.random.PCG64(cfg.seed))
         self.params = init_params(self.spec, self.rng, np.float32)
         self.grads = np.zeros_like(self.params)
@@ -132,6 +132,7 @@ class Trainer:
             sched.reset(stack)  # a new epoch: the text jumped back to the start
         loss = sched.update(stack, self.params, self.grads, self.rng if cfg.dropout > 0 else None)
         loss /= cfg.k1 * stack.B
+        stack.layout.zero_frozen(self.grads)
         norm, clipped = clip_by_norm(self.grads, cfg.clip_norm)
         if not (math.isfinite(loss) and math.isfinite(norm)):
             raise CharrnnError(
@@ -140,7 +141,8 @@ class Trainer:
         clipped_values = clip_by_value(self.grads, cfg.clip_value)
         lr = learning_rate(cfg.lr, self.step, self.done_fraction(), schedule=cfg.schedule, decay=cfg.lr_decay,
                            decay_every=cfg.decay_every, warmup=cfg.warmup)
-        self.opt.step(self.params, self.grads, lr)
+        self.opt.step(self.params, self.grads, lr, stack.layout.segments)
+        stack.constrain(self.params)
         sched.advance(stack)
         self.step += 1
         return loss, norm, bool(clipped or clipped_values > 0), lr

@@ -1,8 +1,9 @@
 """Slow, obvious float64 numpy references for every cell, the output layer and the loss.
 
-Written straight from the equations in DESIGN.md, step by step, gate by gate, with the one-hot
-input as an explicit matrix product: nothing is shared with the kernels except the parameter
-names and storage orientation (W stored input-major, so x @ W).
+Written straight from the equations in each cell's module docstring (charrnn/kernels/), step
+by step, gate by gate, with the one-hot input as an explicit matrix product: nothing is shared
+with the kernels except the parameter names and storage orientation (W stored input-major, so
+x @ W).
 Full BPTT over the window, loss = mean over all T*B predictions.
 """
 import numpy as np
@@ -14,7 +15,7 @@ def sigmoid(x):
 
 def _cell_step(cell, x, state, p):
     """One step. x (B,In), state tuple of (B,H). Returns new state tuple and a cache."""
-    H = p["Wh"].shape[0]
+    H = state[0].shape[1]
     if cell == "rnn":
         (h,) = state
         h_new = np.tanh(x @ p["Wx"] + h @ p["Wh"] + p["b"])

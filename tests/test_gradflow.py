@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 import reference
 from charrnn import gradflow as gf
 from charrnn.checkpoint import save_checkpoint
+from charrnn.cells import CELLS, NAMES
 from charrnn.cli import app
 from charrnn.corpus import Vocab, default_corpus, read_text
 from charrnn.errors import CharrnnError
@@ -49,7 +50,7 @@ def _rel(a, b):
     return np.linalg.norm(a - b) / max(np.linalg.norm(a), np.linalg.norm(b))
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", NAMES)
 def test_single_layer_series_matches_finite_differences(cell):
     # Move one entry of the state in slot s = T-k, rerun the window from that slot and take the
     # loss of the last step: the whole gradient vector must agree, not only its norm.
@@ -99,7 +100,7 @@ def _reference_last_loss(cell, spec, params, stack, s, bump):
     return -logp[np.arange(stack.B), stack.targets[stack.T - 1]].sum()
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", NAMES)
 def test_stacked_series_matches_an_independent_reference(cell):
     spec, params, stack = _tiny_stack(cell, layers=2, T=6, H=3, seed=1)
     T, B, H = stack.T, stack.B, spec.hidden
@@ -148,7 +149,7 @@ def test_rnn_at_radius_half_decays_geometrically_and_lstm_keeps_more(shakespeare
 
 def test_set_spectral_radius_rescales_every_gate_block(shakespeare):
     vocab, _ = shakespeare
-    for cell, names in gf.BLOCKS.items():
+    for cell, names in ((name, CELLS[name].blocks) for name in ("rnn", "lstm", "gru")):
         model = gf.fresh_model(cell, vocab, 8, 2, seed=3)
         gf.set_spectral_radius(model, 1.5)
         for blocks in gf.recurrent_blocks(model.spec, model.params):

@@ -260,6 +260,12 @@ def transposed_panels(H, G, dtype):
     return np.zeros((n_panels(H), G, LANES), dtype)
 
 
+def panel_buffers(H, gates, dtype):
+    """Wh packed for the forward product (Wp) and Wh^T for the backward one (WTp), refreshed
+    from the parameters at every call of a cell's forward and backward."""
+    return {"Wp": gate_panels(H, H, gates, dtype), "WTp": transposed_panels(H, gates * H, dtype)}
+
+
 @kernel
 def scratch_rows(n_blocks, B, width, like):
     """Scratch for the time loops: (n_blocks, B, width) zeros of like's dtype. Thread i works
