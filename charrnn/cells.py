@@ -49,7 +49,12 @@ Tensor = namedtuple("Tensor", "name shape trains", defaults=(True,))
 REGISTRY = {
     "rnn": ("rnn", "tanh RNN (Elman)"),
     "lstm": ("lstm", "LSTM, forget-gate bias 1"),
+    "peephole": ("peephole", "LSTM whose gates see the cell through diagonal peephole weights (Gers & Schmidhuber 2000)"),
     "gru": ("gru", "GRU as PyTorch and cuDNN write it: the reset gate applied after the recurrent product"),
+    "gru-cho": ("gru_cho", "GRU as Cho et al. (2014) and the lectures write it: the reset gate applied to h before the product"),
+    "leaky": ("leaky", "leaky-integrator tanh units, h = (1-a) h + a tanh(...), a = 1/tau per unit (--tau)"),
+    "indrnn": ("indrnn", "IndRNN, h = relu(W_x x + u * h + b) with u a vector bounded by --u-max: no (H,H) product"),
+    "esn": ("esn", "echo-state network: a frozen random reservoir at --spectral-radius, leak --leak; only the readout trains"),
 }
 NAMES = tuple(REGISTRY)
 

@@ -182,7 +182,34 @@ def test_short_corpus_is_a_clear_error(shakespeare):
         gf.measure(gf.fresh_model("rnn", vocab, 4, 1, 0), ids[:50], 100, 1, 1, 0)
 
 
+@pytest.mark.parametrize("cell, fast, slow", [("leaky", (("tau", "1"),), (("tau", "30"),)),
+                                             ("esn", (("spectral_radius", 0.5),), (("spectral_radius", 0.99),)),
+                                             ("indrnn", (("u_max", 0.5),), (("u_max", 1.0),))])
+def test_what_the_lectures_vary_sets_how_far_the_gradient_reaches(shakespeare, cell, fast, slow):
+    # a long time constant, a spectral radius near 1, |u| near 1: each lets the gradient travel
+    # further back than its short, contractive or small counterpart
+    vocab, ids = shakespeare
+    K = 30
+    series = [gf.measure(gf.fresh_model(cell, vocab, 16, 1, 0, options), ids, K, 2, 4, 0).layers[0].norms
+              for options in (fast, slow)]
+    ratio = [n[K] / n[0] for n in series]
+    assert ratio[1] > 100 * ratio[0], ratio
+
+
 # -- CLI --------------------------------------------------------------------------------------
+
+
+def test_cli_all_charts_every_family():
+    r = runner.invoke(app, ["gradflow", "--cell", "all", "--max-k", "6", "--hidden", "8", "--windows", "1",
+                            "--batch", "2", "--tau", "5", "--spectral-radius", "0.9", "--u-max", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert [m["cell"] for m in data["models"]] == list(NAMES)
+    for m in data["models"]:
+        assert all(np.isfinite(m["per_layer"][0]["norm"])) and m["per_layer"][0]["norm"][0] > 0
+    radius = {m["cell"]: m["per_layer"][0]["spectral_radius"] for m in data["models"]}
+    assert radius["esn"]["h"] == pytest.approx(0.9)
+    assert radius["indrnn"]["u"] <= 1.0
 
 
 def test_cli_prints_chart_and_table():

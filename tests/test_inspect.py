@@ -33,7 +33,8 @@ runner = CliRunner()
 QUOTED = ('They said "the owls sang" and left (at dawn).\n'
           '  Nobody spoke; then "quick, the moon!" she cried, and "hush" came back.\n') * 4
 QUOTE_UNIT = 2
-GATES = {"rnn": set(), "lstm": {"i", "f", "o"}, "gru": {"r", "z"}}  # the sigmoid activations of each cell
+GATES = {"rnn": set(), "lstm": {"i", "f", "o"}, "gru": {"r", "z"}, "peephole": {"i", "f", "o"}, "leaky": set(),
+         "indrnn": set(), "esn": set()}  # the sigmoid activations of each cell
 
 
 def planted_lstm(vocab, layers=1, H=4, seed=0):

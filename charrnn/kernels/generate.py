@@ -45,11 +45,16 @@ import numpy as np
 
 from ._jit import kernel
 from .gru import step as gru_step
+from .gru_cho import step as gru_cho_step
+from .indrnn import step as indrnn_step
+from .leaky import step as leaky_step
 from .lstm import step as lstm_step
 from .matvec import matvec
+from .peephole import step as peephole_step
 from .rnn import step as rnn_step
 
-CODES = {"rnn": 0, "lstm": 1, "gru": 2}  # the branches of _step
+# the branches of _step; esn runs the leaky unit's step on its frozen tensors
+CODES = {"rnn": 0, "lstm": 1, "gru": 2, "leaky": 3, "esn": 3, "indrnn": 4, "peephole": 5, "gru-cho": 6}
 
 
 def offsets_table(layout):
@@ -98,6 +103,14 @@ def _step(h, c, xg, hg, x_id, params, offs, cell, V, blas):
             lstm_step(h[l], c[l], xg, hg, params, o, blas)
         elif cell == 2:
             gru_step(h[l], c[l], xg, hg, params, o, blas)
+        elif cell == 3:
+            leaky_step(h[l], c[l], xg, hg, params, o, blas)
+        elif cell == 4:
+            indrnn_step(h[l], c[l], xg, hg, params, o, blas)
+        elif cell == 5:
+            peephole_step(h[l], c[l], xg, hg, params, o, blas)
+        elif cell == 6:
+            gru_cho_step(h[l], c[l], xg, hg, params, o, blas)
 
 
 @kernel
