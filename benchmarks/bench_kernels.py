@@ -110,7 +110,7 @@ def main():
     print(f"float32 matmul (numpy, 2048x2048): {peak:.0f} GFLOP/s; T={T} B={B}, one layer")
     if torch is not None:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    header = f"{'cell':5} {'H':>4} {'V':>5} {'chars/s':>9} {'GFLOP/s':>8} {'of peak':>7}"
+    header = f"{'cell':8} {'H':>4} {'V':>5} {'chars/s':>9} {'GFLOP/s':>8} {'of peak':>7}"
     print(header + (f" {'torch chars/s':>13} {'ratio':>6}" if torch else ""))
     cells = list(CELLS) if args.cell == "all" else [args.cell]
     for cell in cells:
@@ -130,7 +130,7 @@ def main():
                     ts_other.append(_timed(other, n_other))
             cps = T * B / statistics.median(ts_mine)
             gflops = (CELLS[cell].update_flops(H) + 6 * H * V) * cps / 1e9
-            line = f"{cell:5} {H:4d} {V:5d} {cps:9.0f} {gflops:8.1f} {gflops / peak:7.0%}"
+            line = f"{cell:8} {H:4d} {V:5d} {cps:9.0f} {gflops:8.1f} {gflops / peak:7.0%}"
             if other:
                 cps_t = T * B / statistics.median(ts_other)
                 line += f" {cps_t:13.0f} {cps / cps_t:5.2f}x"
