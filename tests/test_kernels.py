@@ -30,7 +30,15 @@ def make_case(cell, T, B, H, V, L, seed=0):
     rng = np.random.default_rng(seed)
     spec = ModelSpec(cell, V, H, L)
     flat = init_params(spec, rng, np.float64)
-    flat += rng.normal(0, 0.3, flat.shape)  # move away from the init so no term is trivially 0
+    # move away from the init so no term is trivially 0; frozen tensors keep what their cell drew
+    # (an echo-state reservoir is defined by its spectral radius), trained ones go back into
+    # their cell's domain (rates in (0, 1], |u| bound)
+    noise = rng.normal(0, 0.3, flat.shape)
+    for name, v in Layout(spec).views(noise).items():
+        if name in Layout(spec).frozen:
+            v[...] = 0.0
+    flat += noise
+    Stack(spec, 1, 1, np.float64).constrain(flat)
     ids = rng.integers(0, V, (T, B)).astype(np.int32)
     targets = rng.integers(0, V, (T, B)).astype(np.int32)
     state0 = [[rng.normal(0, 0.5, (B, H)) for _ in range(n_states(cell))] for _ in range(L)]
