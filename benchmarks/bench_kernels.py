@@ -1,8 +1,9 @@
 """Throughput of one training update (forward + backward + gradient accumulation) of the
 kernels, in characters per second, for T=100 steps and B=32 streams, one layer.
 
-Beside it: the achieved GFLOP/s of the matrix work (6*H*G recurrent + 6*H*V output FLOPs per
-character: forward, input-gradient and weight-gradient products), the machine's float32
+Beside it: the achieved GFLOP/s of the matrix work (the cell's recurrent FLOPs, 6*H*G for a
+full (H,G) recurrent matrix, + 6*H*V output FLOPs per character: forward, input-gradient and
+weight-gradient products), the machine's float32
 matrix-multiply rate (numpy, 2048x2048), and, if torch is installed, the same shapes through
 torch.nn.RNN/LSTM/GRU with one-hot inputs on 2 threads, timed in alternation with ours.
 
@@ -68,8 +69,13 @@ def ours(cell, H, V):
     return update
 
 
+TORCH_MODULES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}  # the cells torch has a module for
+
+
 def theirs(torch, cell, H, V):
-    module = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](V, H)
+    if cell not in TORCH_MODULES:
+        return None
+    module = getattr(torch.nn, TORCH_MODULES[cell])(V, H)
     head = torch.nn.Linear(H, V)
     params = list(module.parameters()) + list(head.parameters())
     ids = torch.randint(0, V, (T + 1, B))
@@ -88,7 +94,7 @@ def theirs(torch, cell, H, V):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cell", default="all", choices=["all", "rnn", "lstm", "gru"])
+    ap.add_argument("--cell", default="all", choices=["all", *CELLS])
     ap.add_argument("--repeats", type=int, default=5, help="timed samples per side (median reported)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     args = ap.parse_args()
@@ -104,11 +110,10 @@ def main():
     print(f"float32 matmul (numpy, 2048x2048): {peak:.0f} GFLOP/s; T={T} B={B}, one layer")
     if torch is not None:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    header = f"{'cell':5} {'H':>4} {'V':>5} {'chars/s':>9} {'GFLOP/s':>8} {'of peak':>7}"
+    header = f"{'cell':8} {'H':>4} {'V':>5} {'chars/s':>9} {'GFLOP/s':>8} {'of peak':>7}"
     print(header + (f" {'torch chars/s':>13} {'ratio':>6}" if torch else ""))
     cells = list(CELLS) if args.cell == "all" else [args.cell]
     for cell in cells:
-        G = CELLS[cell].gates
         for H, V in SHAPES:
             reps = args.repeats if V < 1000 else max(2, args.repeats // 2)
             mine = ours(cell, H, V)
@@ -124,8 +129,8 @@ def main():
                 if other:
                     ts_other.append(_timed(other, n_other))
             cps = T * B / statistics.median(ts_mine)
-            gflops = (6 * H * G * H + 6 * H * V) * cps / 1e9
-            line = f"{cell:5} {H:4d} {V:5d} {cps:9.0f} {gflops:8.1f} {gflops / peak:7.0%}"
+            gflops = (CELLS[cell].update_flops(H) + 6 * H * V) * cps / 1e9
+            line = f"{cell:8} {H:4d} {V:5d} {cps:9.0f} {gflops:8.1f} {gflops / peak:7.0%}"
             if other:
                 cps_t = T * B / statistics.median(ts_other)
                 line += f" {cps_t:13.0f} {cps / cps_t:5.2f}x"

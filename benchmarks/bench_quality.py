@@ -93,11 +93,11 @@ def machine():
 
 
 def blas_kernel():
-    import importlib
+    from importlib import import_module
 
     from threadpoolctl import threadpool_info
 
-    importlib.import_module("charrnn.kernels._jit")  # loads the BLAS charrnn uses
+    import_module("charrnn.kernels._jit")  # loads the BLAS charrnn uses
     return "; ".join(f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')})"
                      for i in threadpool_info() if i.get("user_api") == "blas")
 

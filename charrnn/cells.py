@@ -1,156 +1,161 @@
-"""Cell adapters: what the layer stack needs to know about each cell type.
+"""The cell contract and the one registry of cells.
 
-Each adapter names its parameter tensors and their initialisation, gives the shapes of the
-per-window buffers its kernels use (allocated by `buffers`, counted by Stack.nbytes), and calls
-its forward and backward kernels on a range of steps [t0, t1) of those buffers. The forward
-reads the input projection of step t0+t, stream r, as row xindex[t, r] of xtable (see
-Stack.forward). The stack, the scheduler and the optimizer never look inside.
+A cell is one module, charrnn/kernels/<module>.py, that owns all of its math: its forward and
+backward kernels side by side, and at the end of the module an adapter object `CELL` that the
+layer stack, sampling and diagnostics talk to. The contract of `CELL`:
 
-Buffers with a time axis put it first. State buffers (listed in `states`) have T+1 slots, slot t
-holding the state before step t; every other time buffer has T slots.
+    name, gates          --cell name; the input projection of a layer is (In, gates * H)
+    blocks               names of the gate blocks of the input projection, in storage order
+    states               state buffers; slot t holds the state before step t. "hs" comes first
+                         (the layer's output); a second one (the LSTM's "cs") is carried too
+    code                 the cell's branch in the sampling kernels (kernels/generate.py)
+    param_shapes(n_in, H, spec)
+                         [Tensor(name, shape, trains)] in storage order; every cell has Wx
+                         (n_in, G) and b (G,) (the stack computes the input projection x @ Wx + b
+                         itself), beside its own tensors. A tensor with trains=False is frozen:
+                         the optimizer, weight decay, clipping and gradcheck leave it alone.
+    init(p, H, rng, spec)  fill the tensors of one layer ({name: view})
+    buffer_shapes(T, B, H) -> ({name: shape}, {name: shape})
+                         the shapes of the per-window buffers (time axis first) and of the
+                         scratch; buf holds the states. Stack.nbytes counts them unallocated
+    buffers(T, B, H, dtype) -> (buf, scratch)
+                         those buffers, zeroed (`zeros` below)
+    activations(buf, H)  {name: (T,B,H)} of what diagnostics show (gates, ...)
+    forward(buf, scratch, p, xtable, xindex, t0, t1)
+                         steps [t0, t1) from the state in slot t0; the input projection of step
+                         t0+t, stream r is row xindex[t, r] of xtable
+    backward(buf, scratch, p, g, dxproj, dhs, dstate, t0, t1)
+                         back over [t0, t1): dxproj (dLoss/d(input projection)) out, every
+                         gradient of the cell's own tensors but Wx and b accumulated into g, and
+                         dstate ({state: (B,H)}) left holding the gradient w.r.t. the entering state
+    recurrent(p, H)      {name: recurrent weight}: (H,H) blocks, or a vector for a diagonal
+                         recurrence; gradflow reports and rescales their spectral radius
+    update_flops(H)      FLOPs per character of a training update's recurrent work (benchmarks)
+    constrain(p, spec)   optional: keep the tensors in their domain after each optimizer step
+    kinks(buf)           optional, for a cell with a relu: a boolean array that changes when a
+                         unit switches on or off (gradcheck leaves such differences out)
+    step                 a jitted kernel, one step of one layer for sampling (generate.py)
+
+Adding a cell: its module, one line in REGISTRY below, its float64 reference in
+tests/reference.py, its row in the README (and its branch in kernels/generate.py, see there).
+This module imports no kernels: the CLI reads the names without compiling anything.
 """
-import numpy as np
+from collections import namedtuple
+from collections.abc import Mapping
+from importlib import import_module
 
-from .kernels._jit import threads
-from .kernels.blas import column_sums_acc, matmul_tn_acc
-from .kernels.gru import gru_backward, gru_forward
-from .kernels.lstm import SAVED, lstm_backward, lstm_forward
-from .kernels.panels import (LANES, gate_panels_shape, n_panels, pack_gate_panels, pack_transposed_panels,
-                             transposed_panels_shape)
-from .kernels.rnn import rnn_backward, rnn_forward
+from .errors import CharrnnError
 
+Tensor = namedtuple("Tensor", "name shape trains", defaults=(True,))
 
-def _uniform(rng, shape, bound, dtype):
-    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+# name -> (module under charrnn/kernels, one line of help)
+REGISTRY = {
+    "rnn": ("rnn", "tanh RNN (Elman)"),
+    "lstm": ("lstm", "LSTM, every tensor drawn as PyTorch draws it (no forget-gate +1)"),
+    "peephole": ("peephole", "LSTM whose gates see the cell through diagonal peephole weights (Gers & Schmidhuber 2000)"),
+    "gru": ("gru", "GRU as PyTorch and cuDNN write it: the reset gate applied after the recurrent product"),
+    "gru-cho": ("gru_cho", "GRU as Cho et al. (2014) and the lectures write it: the reset gate applied to h before the product"),
+    "leaky": ("leaky", "leaky-integrator tanh units, h = (1-a) h + a tanh(...), a = 1/tau per unit (--tau)"),
+    "indrnn": ("indrnn", "IndRNN, h = relu(W_x x + u * h + b) with u a vector bounded by --u-max: no (H,H) product"),
+    "esn": ("esn", "echo-state network: a frozen random reservoir at --spectral-radius, leak --leak; only the readout trains"),
+}
+NAMES = tuple(REGISTRY)
 
-
-def _panel_shapes(H, gates):
-    """Wh packed for the forward product (Wp) and Wh^T for the backward one (WTp), refreshed
-    from the parameters at every call (kernels/panels.py)."""
-    return {"Wp": gate_panels_shape(H, H, gates), "WTp": transposed_panels_shape(H, gates * H)}
-
-
-class Cell:
-    """What every cell adapter shares."""
-
-    def buffers(self, T, B, H, dtype):
-        """Zeroed ({name: buffer}, {name: scratch}) of the shapes buffer_shapes gives."""
-        return tuple({k: np.zeros(s, dtype) for k, s in shapes.items()} for shapes in self.buffer_shapes(T, B, H))
-
-
-class RNNCell(Cell):
-    name = "rnn"
-    gates = 1
-    blocks = ("h",)  # names of the column blocks of Wh (and of their activations), in storage order
-    states = ("hs",)
-
-    def param_shapes(self, n_in, H):
-        return [("Wx", (n_in, H)), ("Wh", (H, H)), ("b", (H,))]
-
-    def init(self, p, H, rng):
-        # PyTorch's default: U(-1/sqrt(H), 1/sqrt(H)) for every tensor
-        for v in p.values():
-            v[...] = _uniform(rng, v.shape, 1.0 / np.sqrt(H), v.dtype)
-
-    def buffer_shapes(self, T, B, H):
-        return {"hs": (T + 1, B, H)}, _panel_shapes(H, 1)
-
-    def activations(self, buf, H):
-        """{name: (T,B,H)} of the activations of the window's steps."""
-        return {"h": buf["hs"][1:]}
-
-    def forward(self, buf, scratch, p, xtable, xindex, t0, t1):
-        pack_gate_panels(p["Wh"], scratch["Wp"])
-        rnn_forward(buf["hs"][t0 : t1 + 1], xtable, xindex, scratch["Wp"], threads())
-
-    def backward(self, buf, scratch, p, g, dxproj, dhs, dstate, t0, t1):
-        hs, H = buf["hs"], p["Wh"].shape[0]
-        pack_transposed_panels(p["Wh"], scratch["WTp"])
-        rnn_backward(dxproj[t0:t1], dstate["hs"], dhs[t0:t1], hs[t0 : t1 + 1], scratch["WTp"], threads())
-        # dWh = sum_t h_{t-1}^T da_t, one product over the whole window
-        matmul_tn_acc(g["Wh"], hs[t0:t1].reshape(-1, H), dxproj[t0:t1].reshape(-1, H), threads())
+# Options of particular cells: what the lectures vary. Each is a TrainConfig field, a --option
+# of train and gradflow, and a ModelSpec option; the default, the range and the help live here.
+Option = namedtuple("Option", "default low high help")
+OPTIONS = {
+    "tau": Option("1:50", 1.0, 10000.0,
+                  "leaky: the time constants tau >= 1 (rate 1/tau): one value for every unit, LO:HI spread "
+                  "log-evenly over the units, or 'learned' (starting from 1:50). Default 1:50, fixed: a layer "
+                  "then has fast and slow units from the first update, and the time scales stay a setting "
+                  "one can compare rather than something the optimizer drifts"),
+    "spectral_radius": Option(0.95, 0.0, 10.0,
+                              "esn: the spectral radius the frozen recurrent matrix is rescaled to; below 1 "
+                              "(slightly contractive) the reservoir forgets its start (the echo-state property)"),
+    "leak": Option(1.0, 1e-4, 1.0, "esn: the leak rate a of h = (1-a) h + a tanh(...); 1: no leak"),
+    "u_max": Option(0.0, 0.0, 100.0,
+                    "indrnn: bound on |u|, the recurrent weights; 0: 2^(1/k2), Li et al. (2018)'s bound "
+                    "for the window, so that a gradient grows at most 2x over k2 steps"),
+}
 
 
-class LSTMCell(Cell):
-    name = "lstm"
-    gates = 4
-    blocks = ("i", "f", "g", "o")
-    states = ("hs", "cs")
-
-    def param_shapes(self, n_in, H):
-        return [("Wx", (n_in, 4 * H)), ("Wh", (H, 4 * H)), ("b", (4 * H,))]
-
-    def init(self, p, H, rng):
-        # PyTorch's default, the forget gate included. A forget-gate bias of 1 (Gers et al. 2000;
-        # Jozefowicz et al. 2015) keeps more gradient at the start, yet here it cost 0.22 nats
-        # at update 100 and still 0.08 at update 1000 of the default run, the same weights and
-        # batches otherwise (benchmarks/parity.py); the model learns to open the gate itself.
-        # `charrnn gradflow --forget-bias 1` shows what the +1 does to fresh models.
-        for v in p.values():
-            v[...] = _uniform(rng, v.shape, 1.0 / np.sqrt(H), v.dtype)
-
-    def buffer_shapes(self, T, B, H):
-        buf = {"hs": (T + 1, B, H), "cs": (T + 1, B, H), "acts": (T, B, n_panels(H) * SAVED * LANES)}
-        return buf, _panel_shapes(H, 4)
-
-    def activations(self, buf, H):
-        """{name: (T,B,H)} of the gates and tanh(c_t), from their panel-major buffer."""
-        T, B = buf["acts"].shape[:2]
-        saved = buf["acts"].reshape(T, B, -1, SAVED, LANES).transpose(0, 1, 3, 2, 4)
-        saved = saved.reshape(T, B, SAVED, -1)[..., :H]
-        return {name: saved[:, :, k] for k, name in enumerate(self.blocks + ("tanh(c)",))}
-
-    def forward(self, buf, scratch, p, xtable, xindex, t0, t1):
-        pack_gate_panels(p["Wh"], scratch["Wp"])
-        lstm_forward(buf["hs"][t0 : t1 + 1], buf["cs"][t0 : t1 + 1], buf["acts"][t0:t1], xtable, xindex,
-                     scratch["Wp"], threads())
-
-    def backward(self, buf, scratch, p, g, dxproj, dhs, dstate, t0, t1):
-        hs, H = buf["hs"], p["Wh"].shape[0]
-        pack_transposed_panels(p["Wh"], scratch["WTp"])
-        lstm_backward(dxproj[t0:t1], dstate["hs"], dstate["cs"], dhs[t0:t1], buf["cs"][t0 : t1 + 1],
-                      buf["acts"][t0:t1], scratch["WTp"], threads())
-        # dWh = sum_t h_{t-1}^T da_t, one product over the whole window
-        matmul_tn_acc(g["Wh"], hs[t0:t1].reshape(-1, H), dxproj[t0:t1].reshape(-1, 4 * H), threads())
+def check_option(name, value):
+    """Raise CharrnnError unless `value` is in the range of option `name`."""
+    opt = OPTIONS[name]
+    flag = f"--{name.replace('_', '-')}"
+    if name == "tau":
+        parts = str(value).split(":")
+        if str(value) == "learned":
+            return
+        try:
+            taus = [float(x) for x in parts]
+        except ValueError:
+            taus = []
+        if len(parts) not in (1, 2) or len(taus) != len(parts) or not all(opt.low <= t <= opt.high for t in taus):
+            raise CharrnnError(f"{flag} {value} is out of range: give a value, LO:HI or 'learned', "
+                               f"with every tau in [{opt.low:g}, {opt.high:g}]")
+        return
+    if not opt.low <= value <= opt.high:
+        raise CharrnnError(f"{flag} {value} is out of range: it must be in [{opt.low:g}, {opt.high:g}]")
 
 
-class GRUCell(Cell):
-    name = "gru"
-    gates = 3
-    blocks = ("r", "z", "n")
-    states = ("hs",)
-
-    def param_shapes(self, n_in, H):
-        # b = [b_r | b_z | b_xn]; b_hn sits inside the reset product, so it is a tensor of its own
-        return [("Wx", (n_in, 3 * H)), ("Wh", (H, 3 * H)), ("b", (3 * H,)), ("bhn", (H,))]
-
-    def init(self, p, H, rng):
-        for v in p.values():
-            v[...] = _uniform(rng, v.shape, 1.0 / np.sqrt(H), v.dtype)
-
-    def buffer_shapes(self, T, B, H):
-        buf = {"hs": (T + 1, B, H), "acts": (T, B, 3 * H), "hn": (T, B, H)}
-        return buf, {"dhp": (T, B, 3 * H), **_panel_shapes(H, 3)}
-
-    def activations(self, buf, H):
-        """{name: (T,B,H)} of the gates r, z and the candidate n."""
-        return {name: buf["acts"][..., k * H : (k + 1) * H] for k, name in enumerate(self.blocks)}
-
-    def forward(self, buf, scratch, p, xtable, xindex, t0, t1):
-        pack_gate_panels(p["Wh"], scratch["Wp"])
-        gru_forward(buf["hs"][t0 : t1 + 1], buf["acts"][t0:t1], buf["hn"][t0:t1], xtable, xindex,
-                    scratch["Wp"], p["bhn"], threads())
-
-    def backward(self, buf, scratch, p, g, dxproj, dhs, dstate, t0, t1):
-        hs, H, dhp = buf["hs"], p["Wh"].shape[0], scratch["dhp"]
-        pack_transposed_panels(p["Wh"], scratch["WTp"])
-        gru_backward(dxproj[t0:t1], dhp[t0:t1], dstate["hs"], dhs[t0:t1], hs[t0 : t1 + 1],
-                     buf["acts"][t0:t1], buf["hn"][t0:t1], scratch["WTp"], threads())
-        # dWh = sum_t h_{t-1}^T dhp_t, one product over the whole window; b_hn enters beside
-        # hp_n, so its gradient is the column sum of dhp's n block
-        dhp2d = dhp[t0:t1].reshape(-1, 3 * H)
-        matmul_tn_acc(g["Wh"], hs[t0:t1].reshape(-1, H), dhp2d, threads())
-        column_sums_acc(g["bhn"], dhp2d[:, 2 * H :], threads())
+def choices_help():
+    """The cells for a --cell help text, one line each."""
+    return "; ".join(f"{name}: {text}" for name, (_, text) in REGISTRY.items())
 
 
-CELLS = {c.name: c for c in (RNNCell(), LSTMCell(), GRUCell())}
+def check_name(cell):
+    """Raise CharrnnError unless `cell` is a registered cell."""
+    if cell not in REGISTRY:
+        raise CharrnnError(f"unknown cell {cell!r}; choose one of {', '.join(NAMES)}")
+
+
+class _Cells(Mapping):
+    """{name: CELL adapter}, each cell's module imported on first use."""
+
+    def __init__(self):
+        self._loaded = {}
+
+    def __getitem__(self, name):
+        if name not in self._loaded:
+            check_name(name)
+            self._loaded[name] = import_module(f".kernels.{REGISTRY[name][0]}", __package__).CELL
+        return self._loaded[name]
+
+    def __iter__(self):
+        return iter(NAMES)
+
+    def __len__(self):
+        return len(NAMES)
+
+
+CELLS = _Cells()
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers the cell modules share
+
+
+def uniform_(p, H, rng):
+    """PyTorch's default: every tensor U(-1/sqrt(H), 1/sqrt(H))."""
+    bound = 1.0 / H**0.5
+    for v in p.values():
+        v[...] = rng.uniform(-bound, bound, size=v.shape).astype(v.dtype)
+
+
+def zeros(shapes, dtype):
+    """({name: buffer}, {name: scratch}), zeroed, of the shapes a cell's buffer_shapes gives."""
+    import numpy as np
+
+    return tuple({k: np.zeros(s, dtype) for k, s in part.items()} for part in shapes)
+
+
+def standard_shapes(n_in, H, gates):
+    """Wx (n_in, G), Wh (H, G), b (G,) with G = gates * H, all trained."""
+    return [Tensor("Wx", (n_in, gates * H)), Tensor("Wh", (H, gates * H)), Tensor("b", (gates * H,))]
+
+
+def gate_blocks(p, H, blocks):
+    """{block: (H,H) view of Wh} for a cell whose Wh is (H, len(blocks) * H)."""
+    return {name: p["Wh"][:, n * H : (n + 1) * H] for n, name in enumerate(blocks)}

@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .cells import OPTIONS as CELL_OPTIONS
+from .cells import choices_help
 from .config import (CELLS, INSPECT_CHARS, INSPECT_MAX_CHARS, OPTIMIZERS, RANGES, SAMPLE_RANGES, SCHEDULES,
                      Range)
 from .config import TrainConfig as _C  # the defaults of train's options
@@ -64,9 +66,13 @@ def _encoding(value: Optional[str]):
 def train(
     ctx: typer.Context,
     corpus: Optional[Path] = typer.Argument(None, help="Text file to learn from. Default: the shipped corpora/tinyshakespeare.txt."),
-    cell: Literal[CELLS] = typer.Option(_C.cell, case_sensitive=False, help="Recurrent cell."),
+    cell: Literal[CELLS] = typer.Option(_C.cell, case_sensitive=False, help=f"The recurrent cell. {choices_help()}."),
     hidden: int = _ranged(_C.hidden, RANGES["hidden"], "Hidden units per layer."),
     layers: int = _ranged(_C.layers, RANGES["layers"], "Stacked layers."),
+    tau: str = typer.Option(_C.tau, help=CELL_OPTIONS["tau"].help + "."),
+    spectral_radius: float = _ranged(_C.spectral_radius, RANGES["spectral_radius"], CELL_OPTIONS["spectral_radius"].help + "."),
+    leak: float = _ranged(_C.leak, RANGES["leak"], CELL_OPTIONS["leak"].help + "."),
+    u_max: float = _ranged(_C.u_max, RANGES["u_max"], CELL_OPTIONS["u_max"].help + "."),
     dropout: float = _ranged(_C.dropout, RANGES["dropout"], "Dropout between layers and before the output layer."),
     batch: int = _ranged(_C.batch, RANGES["batch"], "Parallel streams of text."),
     k1: int = _ranged(_C.k1, RANGES["k1"], "Steps between updates (the loss of these steps is averaged)."),
@@ -112,6 +118,7 @@ def train(
     else:
         cfg = TrainConfig(corpus=str(corpus or ""), encoding=encoding, val_fraction=val_fraction,
                           test_fraction=test_fraction, cell=cell, hidden=hidden, layers=layers,
+                          tau=tau, spectral_radius=spectral_radius, leak=leak, u_max=u_max,
                           dropout=dropout, batch=batch, k1=k1, k2=k2, optimizer=optimizer, lr=lr, schedule=schedule,
                           lr_decay=lr_decay, decay_every=decay_every, clip_norm=clip_norm, clip_value=clip_value,
                           eval_every=eval_every, eval_chars=eval_chars, checkpoint_every=checkpoint_every,
@@ -254,7 +261,7 @@ def eval_(
 ):
     """Score a model on a text file: nats and bits per character, and perplexity.
 
-    With the checkpoint's batch and window, its run's validation text scores the run's own validation figure. The text is cut into batch contiguous streams, each read from a zero state; the very first character is only an input and a tail shorter than the batch is left out, so the count is up to batch characters below the file's length.
+    With the checkpoint's batch and window, its run's validation text scores the run's own validation figure. The text is cut into batch contiguous streams; the first starts from a zero state, each other one from the state left by reading the 200 characters before it (uncounted: they are scored in the stream before), so the figure is close to reading the text as one stream. The very first character is only an input and a tail shorter than the batch is left out, so the count is up to batch characters below the file's length.
     """
     from . import memory
     from .corpus import read_text
@@ -325,7 +332,7 @@ def inspect_(
 
 @app.command()
 def gradcheck(
-    cell: str = typer.Option("all", help="Cell to check: rnn, lstm, gru or all."),
+    cell: str = typer.Option("all", help=f"Cell to check: {', '.join(CELLS)} or all."),
     layers: int = typer.Option(2, min=1, max=8, help="Stacked layers."),
     hidden: int = typer.Option(8, min=1, max=256, help="Hidden units per layer."),
     steps: int = typer.Option(6, min=1, max=200, help="Steps per window (k1 = k2 = steps unless set)."),
@@ -355,7 +362,8 @@ def gradcheck(
         for r in rows:
             failed += not r.passed
             verdict = Text("pass", style="green") if r.passed else Text("FAIL", style="bold red")
-            table.add_row(r.cell, r.tensor, str(r.checked), f"{r.max_rel:.2e}", f"{r.mean_rel:.2e}",
+            checked = str(r.checked) + (f" (+{r.kinked} at a kink)" if r.kinked else "")
+            table.add_row(r.cell, r.tensor, checked, f"{r.max_rel:.2e}", f"{r.mean_rel:.2e}",
                           str(list(r.worst)), verdict)
     out.print(table)
     if failed:
@@ -367,11 +375,15 @@ def gradcheck(
 @app.command()
 def gradflow(
     checkpoint: Optional[Path] = typer.Argument(None, help="A trained checkpoint (file or run folder) to measure instead of fresh models."),
-    cell: Optional[str] = typer.Option(None, help="Fresh models to compare, comma-separated: rnn,lstm,gru (default) or all."),
+    cell: Optional[str] = typer.Option(None, help=f"Fresh models to compare, comma-separated names ({', '.join(CELLS)}) or all. Default: rnn,lstm,gru."),
     hidden: Optional[int] = typer.Option(None, min=1, max=4096, help="Hidden units per layer of the fresh models (default 64)."),
     layers: Optional[int] = typer.Option(None, min=1, max=16, help="Stacked layers of the fresh models (default 1)."),
     seed: int = typer.Option(0, help="Seed for the fresh models and the choice of windows."),
-    radius: Optional[float] = typer.Option(None, min=0.0, help="First rescale each recurrent matrix (each gate block) to this spectral radius."),
+    radius: Optional[float] = typer.Option(None, min=0.0, help="First rescale each recurrent matrix (each gate block; IndRNN's u) to this spectral radius."),
+    tau: Optional[str] = typer.Option(None, help=f"Fresh leaky models: {CELL_OPTIONS['tau'].help}."),
+    spectral_radius: Optional[float] = _ranged(None, RANGES["spectral_radius"], kind="float", help=f"Fresh esn models: {CELL_OPTIONS['spectral_radius'].help} (default {CELL_OPTIONS['spectral_radius'].default:g})."),
+    leak: Optional[float] = _ranged(None, RANGES["leak"], kind="float", help=f"Fresh esn models: {CELL_OPTIONS['leak'].help}."),
+    u_max: Optional[float] = _ranged(None, RANGES["u_max"], kind="float", help="Fresh indrnn models: bound on |u|, which starts U(0, bound); default 2^(1/(K+1)), Li et al. (2018)'s bound for the measured window."),
     forget_bias: Optional[float] = typer.Option(None, help="Set the fresh LSTMs' forget-gate bias to this (training starts it like every bias, near 0; 1 is the classic remedy that keeps the gate open)."),
     corpus: Optional[Path] = typer.Option(None, help="Text to take the windows from. Default: the shipped corpora/tinyshakespeare.txt."),
     max_k: int = typer.Option(100, "--max-k", min=1, max=1000, help="Measure k = 0..K steps back from the last step."),
@@ -387,10 +399,17 @@ def gradflow(
     from .corpus import read_text
     from .plot import require_pyplot
 
+    given = {k: v for k, v in (("tau", tau), ("spectral_radius", spectral_radius), ("leak", leak), ("u_max", u_max))
+             if v is not None}
     if checkpoint is not None and (cell is not None or hidden is not None or layers is not None
-                                   or forget_bias is not None):
-        raise CharrnnError("--cell, --hidden, --layers and --forget-bias describe fresh models; leave them out when "
-                           "measuring a checkpoint")
+                                   or forget_bias is not None or given):
+        raise CharrnnError("--cell, --hidden, --layers, --forget-bias and the cell options describe fresh models; "
+                           "leave them out when measuring a checkpoint")
+    from .cells import check_option
+
+    for name, value in given.items():
+        check_option(name, value)
+    given.setdefault("u_max", 2.0 ** (1.0 / (max_k + 1)))
     cells = []
     for c in (cell or "rnn,lstm,gru").lower().split(","):
         for name in _cells(c.strip()):
@@ -405,7 +424,7 @@ def gradflow(
     with err.status("measuring gradient flow (the first run compiles the kernels)..."):
         flows = gf.run(text, cells=cells, checkpoint=checkpoint, hidden=hidden or 64, layers=layers or 1,
                        seed=seed, radius=radius, max_k=max_k, windows=windows, batch=batch,
-                       forget_bias=forget_bias)
+                       forget_bias=forget_bias, options=tuple(given.items()))
     if png is not None:
         gf.write_png(flows, png)
     if json_out:

@@ -7,9 +7,11 @@ with the vocabulary, so that a checkpoint carries everything needed to resume or
 import math
 from dataclasses import asdict, dataclass, fields
 
+from .cells import NAMES as CELLS  # the registry's names; cells.py imports no kernels
+from .cells import OPTIONS as CELL_OPTIONS
+from .cells import check_option
 from .errors import CharrnnError
 
-CELLS = ("rnn", "lstm", "gru")
 # the optimizers optim.py implements, named here so that reading the defaults (the CLI does,
 # for its help) imports no kernels
 OPTIMIZERS = ("adam", "rmsprop", "adagrad", "sgd")
@@ -70,6 +72,9 @@ RANGES = {
     "eval_chars": Range(0),
     "checkpoint_every": Range(1),
     "seed": Range(0),  # numpy seeds are non-negative
+    # the numeric options of particular cells, from their entries in cells.OPTIONS (tau, a
+    # string, is checked by cells.check_option)
+    **{name: Range(opt.low, opt.high) for name, opt in CELL_OPTIONS.items() if name != "tau"},
 }
 
 # The bounds of `charrnn sample`'s options (sampling.check_options reads them too).
@@ -108,7 +113,12 @@ class TrainConfig:
     hidden: int = 512
     layers: int = 1
     dropout: float = 0.25  # on the input of every layer above the first and of the output layer
-    # truncated BPTT (DESIGN.md): an update every k1 steps, gradients flow back k2 steps
+    # options of particular cells (cells.OPTIONS says what each means)
+    tau: str = CELL_OPTIONS["tau"].default  # leaky
+    spectral_radius: float = CELL_OPTIONS["spectral_radius"].default  # esn
+    leak: float = CELL_OPTIONS["leak"].default  # esn
+    u_max: float = CELL_OPTIONS["u_max"].default  # indrnn; 0: 2^(1/k2)
+    # truncated BPTT (tbptt.py, and the README): an update every k1 steps, gradients flow back k2 steps
     batch: int = 32  # parallel streams
     k1: int = 50  # char-rnn's sequence length; twice the updates per character of 100
     k2: int = 50
@@ -139,6 +149,8 @@ class TrainConfig:
         def bad(option, value, need):
             raise CharrnnError(f"--{option.replace('_', '-')} {value} is out of range: {need}")
 
+        for name in CELL_OPTIONS:
+            check_option(name, getattr(self, name))
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 bad(name, getattr(self, name), f"choose one of {', '.join(choices)}")
@@ -156,6 +168,11 @@ class TrainConfig:
                                f"'\\' or '..' (the run's folder is made inside --out-dir)")
         return self
 
+    def cell_options(self):
+        """The ModelSpec options of this run, the bound on |u| resolved for the window."""
+        u_max = self.u_max or 2.0 ** (1.0 / self.k2)
+        return (("tau", self.tau), ("spectral_radius", self.spectral_radius), ("leak", self.leak), ("u_max", u_max))
+
     def to_dict(self):
         return asdict(self)
 
@@ -167,4 +184,8 @@ class TrainConfig:
 
 
 # Settings added after checkpoints were first written, and what a checkpoint without one ran.
-OLDER_CHECKPOINTS = {"schedule": "step"}  # before schedules had a name: the step decay
+OLDER_CHECKPOINTS = {
+    "schedule": "step",  # before schedules had a name: the step decay
+    # before cells had options: their defaults (the cells that read them came with them)
+    **{name: opt.default for name, opt in CELL_OPTIONS.items()},
+}

@@ -36,11 +36,12 @@ class TensorCheck:
     analytic: float  # the two gradients at the worst element
     numeric: float
     passed: bool
+    kinked: int = 0  # elements left out: their finite difference crossed a relu's kink
 
 
 def check_gradients(cell="lstm", layers=2, hidden=8, steps=6, batch=3, vocab=7, seed=0,
                     k1=None, k2=None, eps=1e-2, tolerance=1e-6, max_per_tensor=200,
-                    warmup_updates=None):
+                    warmup_updates=None, options=()):
     """Check every parameter tensor; returns a list of TensorCheck.
 
     Tensors with more than `max_per_tensor` elements are checked on that many elements drawn at
@@ -48,7 +49,7 @@ def check_gradients(cell="lstm", layers=2, hidden=8, steps=6, batch=3, vocab=7, 
     k1 = steps if k1 is None else k1
     k2 = steps if k2 is None else k2
     rng = np.random.default_rng(seed)
-    spec = ModelSpec(cell, vocab, hidden, layers)
+    spec = ModelSpec(cell, vocab, hidden, layers, options)
     params = init_params(spec, rng, np.float64)
     params += rng.normal(0.0, 0.2, params.shape)  # off the init, so no gradient is trivially 0
     sched = Scheduler(k1, k2)
@@ -70,41 +71,59 @@ def check_gradients(cell="lstm", layers=2, hidden=8, steps=6, batch=3, vocab=7, 
     analytic = grads.copy()
     entering = stack.get_state(sched.g0)
 
+    kinks = getattr(stack.cell, "kinks", None)
+
+    def pattern():
+        """Which side of its kink every relu unit of the window is on (None: a smooth cell)."""
+        return None if kinks is None else b"".join(np.packbits(kinks(buf)).tobytes() for buf in stack.bufs)
+
     def objective(theta):
         stack.set_state(sched.g0, entering)
         return sched.objective(stack, theta)
 
     def central(k, h):
+        """The central difference, and whether it crossed a kink: a relu that switched on or
+        off between theta - h and theta + h (then the difference is no derivative; CS231n)."""
         saved = params[k]
         params[k] = saved + h
         f_plus = objective(params)
+        crossed = pattern() != base
         params[k] = saved - h
         f_minus = objective(params)
+        crossed = crossed or pattern() != base
         params[k] = saved
-        return (f_plus - f_minus) / (2.0 * h)
+        return (f_plus - f_minus) / (2.0 * h), crossed
 
     f0 = objective(params)
     assert np.isfinite(f0), "the objective is not finite"
+    base = pattern()
     layout = Layout(spec)
     results = []
     for name, shape, offset in layout.entries:
+        if name in layout.frozen:
+            continue  # not a parameter that trains: its gradient is never used
         size = int(np.prod(shape))
         if size <= max_per_tensor:
             picks = np.arange(size)
         else:
             picks = np.sort(rng.choice(size, max_per_tensor, replace=False))
-        rel = np.empty(len(picks))
-        nums = np.empty(len(picks))
+        rel, nums, smooth = np.empty(len(picks)), np.empty(len(picks)), np.ones(len(picks), bool)
         for n, i in enumerate(picks):
             k = offset + i
-            num = (4.0 * central(k, eps / 2) - central(k, eps)) / 3.0
+            (half, crossed_half), (full, crossed_full) = central(k, eps / 2), central(k, eps)
+            num = (4.0 * half - full) / 3.0
             ana = analytic[k]
             nums[n] = num
             rel[n] = abs(ana - num) / max(abs(ana), abs(num), TINY)
+            smooth[n] = not (crossed_half or crossed_full)
+        kinked = int((~smooth).sum())
+        picks, rel, nums = picks[smooth], rel[smooth], nums[smooth]
+        if picks.size == 0:  # every element crossed a kink: nothing to compare
+            picks, rel, nums = np.zeros(1, int), np.full(1, np.nan), np.full(1, np.nan)
         w = int(np.argmax(rel))
         worst_flat = int(picks[w])
         results.append(TensorCheck(
-            cell=cell, tensor=name, checked=len(picks), max_rel=float(rel.max()),
+            cell=cell, tensor=name, checked=len(picks) if smooth.any() else 0, kinked=kinked, max_rel=float(rel.max()),
             mean_rel=float(rel.mean()), worst=tuple(int(x) for x in np.unravel_index(worst_flat, shape)),
             analytic=float(analytic[offset + worst_flat]), numeric=float(nums[w]),
             passed=bool(rel.max() <= tolerance and np.isfinite(rel).all()),

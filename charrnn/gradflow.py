@@ -45,9 +45,8 @@ VANISH_RATIO = 1e-3  # "vanished": the norm fell below this fraction of its valu
 TANH_SAT = 0.99  # |tanh| above this: derivative 1 - y^2 < 0.02
 GATE_SAT = 0.01  # sigmoid below this or above 1 - this: derivative y (1 - y) < 0.01
 
-# Names of the (H,H) blocks of Wh (H, G*H), in storage order, and how each activation saturates.
-BLOCKS = {name: cell.blocks for name, cell in CELLS.items()}
-TANH_UNITS = {"h", "g", "n", "tanh(c)"}
+# How each activation saturates: these are tanh-like, the others sigmoid gates.
+TANH_UNITS = {"h", "g", "n", "tanh(c)", "k"}
 
 
 @dataclass
@@ -93,8 +92,8 @@ class Flow:
 # Models
 
 
-def fresh_model(cell: str, vocab: Vocab, hidden: int, layers: int, seed: int) -> Model:
-    spec = ModelSpec(cell, vocab.size, hidden, layers)
+def fresh_model(cell: str, vocab: Vocab, hidden: int, layers: int, seed: int, options=()) -> Model:
+    spec = ModelSpec(cell, vocab.size, hidden, layers, options)
     params = init_params(spec, np.random.default_rng(seed), np.float64)
     return Model(cell, spec, params, vocab)
 
@@ -109,14 +108,15 @@ def checkpoint_model(path) -> Model:
 
 
 def recurrent_blocks(spec: ModelSpec, params):
-    """Per layer {block name: (H,H) view of Wh}. Writing to a view writes to params."""
+    """Per layer the cell's recurrent weights, {name: (H,H) block of Wh, or a vector u of a
+    diagonal recurrence} (cells.py). Writing to a view writes to params."""
     layers, _ = Layout(spec).layer_views(params)
-    H = spec.hidden
-    return [{name: p["Wh"][:, n * H : (n + 1) * H] for n, name in enumerate(BLOCKS[spec.cell])}
-            for p in layers]
+    return [CELLS[spec.cell].recurrent(p, spec.hidden) for p in layers]
 
 
 def spectral_radius(m) -> float:
+    if m.ndim == 1:  # the diagonal matrix diag(u): its eigenvalues are the u_j
+        return float(np.max(np.abs(m)))
     # h @ Wh, so the map is Wh^T; it has the same eigenvalues
     return float(np.max(np.abs(np.linalg.eigvals(m))))
 
@@ -153,7 +153,7 @@ def state_gradients(stack: Stack, params, max_k: int):
     # backward from slot T-max_k-1 provides; a single layer stops at slot T-max_k.
     last = T - max_k - 1 if L > 1 else T - max_k
     for g0 in range(T - 1, last - 1, -1):
-        dstate = stack.backward(params, scratch, g0, T)
+        dstate = stack.backward(params, scratch, g0, T, through_frozen=True)
         k = T - g0
         for l in range(L):
             if k <= max_k:
@@ -239,13 +239,13 @@ def set_forget_bias(model: Model, bias: float) -> None:
 
 
 def run(text: str, cells=None, checkpoint=None, hidden=64, layers=1, seed=0, radius=None,
-        max_k=100, windows=8, batch=8, forget_bias=None):
+        max_k=100, windows=8, batch=8, forget_bias=None, options=()):
     """Measure fresh models (one per cell) or a checkpoint on `text`; a list of Flow."""
     if checkpoint is not None:
         models = [checkpoint_model(checkpoint)]
     else:
         vocab = Vocab.from_text(text)
-        models = [fresh_model(c, vocab, hidden, layers, seed) for c in cells]
+        models = [fresh_model(c, vocab, hidden, layers, seed, options) for c in cells]
     flows = []
     for m in models:
         if radius is not None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cells import CELLS
+from .cells import CELLS, NAMES, OPTIONS
 from .errors import CharrnnError
 from .kernels.inputs import dense_backward, dense_forward, onehot_backward, onehot_backward_blocks
 from .kernels.output import logits_backward, logits_forward, softmax_xent, xent
@@ -24,36 +24,61 @@ from .kernels.output import logits_backward, logits_forward, softmax_xent, xent
 
 @dataclass(frozen=True)
 class ModelSpec:
-    cell: str  # "rnn" | "lstm" | "gru"
+    cell: str  # a name in cells.REGISTRY
     vocab_size: int  # V
     hidden: int  # H, the same for every layer
     layers: int  # L
+    options: tuple = ()  # ((name, value), ...) of cells.OPTIONS; an option left out has its default
+
+    def option(self, name):
+        return dict(self.options).get(name, OPTIONS[name].default)
 
     def __post_init__(self):
-        if self.cell not in CELLS:
-            raise ValueError(f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
+        if self.cell not in NAMES:
+            raise ValueError(f"unknown cell {self.cell!r}; choose one of {', '.join(NAMES)}")
         if self.vocab_size < 2 or self.hidden < 1 or self.layers < 1:
             raise ValueError(f"model sizes must be positive (vocab >= 2): {self}")
 
 
 class Layout:
-    """Names, shapes and offsets of every parameter tensor in the flat buffer."""
+    """Names, shapes and offsets of every parameter tensor in the flat buffer, and which of
+    them train. A frozen tensor (an echo-state network's reservoir, a fixed time constant) is
+    part of the model and of its checkpoints, but the optimizer, weight decay, clipping's norm
+    and gradcheck leave it alone: they work on `segments`, the trained ranges of the buffer."""
 
     def __init__(self, spec: ModelSpec):
         self.spec = spec
         cell = CELLS[spec.cell]
         self.entries = []  # (name, shape, offset)
+        self.frozen = set()  # names of the tensors that do not train
         offset = 0
         for layer in range(spec.layers):
             n_in = spec.vocab_size if layer == 0 else spec.hidden
-            for name, shape in cell.param_shapes(n_in, spec.hidden):
+            for name, shape, trains in cell.param_shapes(n_in, spec.hidden, spec):
                 self.entries.append((f"layer{layer}.{name}", shape, offset))
+                if not trains:
+                    self.frozen.add(f"layer{layer}.{name}")
                 offset += int(np.prod(shape))
         for name, shape in (("output.Wy", (spec.hidden, spec.vocab_size)), ("output.by", (spec.vocab_size,))):
             self.entries.append((name, shape, offset))
             offset += int(np.prod(shape))
         self.size = offset
         self._sizes = [int(np.prod(shape)) for _, shape, _ in self.entries]
+        self.segments = []  # [(lo, hi)]: the trained ranges of the flat buffer, adjacent ones merged
+        for (name, _, o), n in zip(self.entries, self._sizes):
+            if name in self.frozen or n == 0:
+                continue
+            if self.segments and self.segments[-1][1] == o:
+                self.segments[-1] = (self.segments[-1][0], o + n)
+            else:
+                self.segments.append((o, o + n))
+
+    def zero_frozen(self, grads):
+        """Set the gradient of every frozen tensor to zero, so that clipping's norm and the
+        optimizer see only what trains."""
+        for (name, _, o), n in zip(self.entries, self._sizes):
+            if name in self.frozen:
+                grads[o : o + n] = 0.0
 
     def views(self, flat):
         """{name: view into flat}; writing to a view writes to the buffer. Called a few times per
@@ -77,7 +102,7 @@ def init_params(spec: ModelSpec, rng: np.random.Generator, dtype=np.float32):
     layers, out = layout.layer_views(flat)
     cell = CELLS[spec.cell]
     for p in layers:
-        cell.init(p, spec.hidden, rng)
+        cell.init(p, spec.hidden, rng, spec)
     bound = 1.0 / np.sqrt(spec.hidden)
     out["Wy"][...] = rng.uniform(-bound, bound, out["Wy"].shape)
     out["by"][...] = rng.uniform(-bound, bound, out["by"].shape)
@@ -91,6 +116,8 @@ class Stack:
         self.spec, self.B, self.T, self.dtype = spec, batch, window, np.dtype(dtype)
         self.layout = Layout(spec)
         self.cell = CELLS[spec.cell]
+        self.layers_frozen = all(name in self.layout.frozen for name, _, _ in self.layout.entries
+                                 if name.startswith("layer"))
         self.dropout = float(dropout)
         L, B, T, H, V = spec.layers, batch, window, spec.hidden, spec.vocab_size
         G = self.cell.gates * H
@@ -182,6 +209,14 @@ class Stack:
                     f"(sampling and eval still work)")
             a[:rows] = kept
 
+    def constrain(self, params):
+        """After an optimizer step: each layer's cell keeps its tensors in their domain (a rate in
+        (0, 1], a bounded recurrent weight), if it has such a rule."""
+        rule = getattr(self.cell, "constrain", None)
+        if rule is not None:
+            for p in self.layout.layer_views(params)[0]:
+                rule(p, self.spec)
+
     # -- forward -----------------------------------------------------------------------------
     def _layer_input(self, l, t0, t1, rng):
         """Input of layer l (l = L: the output layer) for steps [t0, t1): (n*B, H), C-contiguous."""
@@ -242,12 +277,18 @@ class Stack:
         return float(self.row_loss[:n].sum(dtype=np.float64))
 
     # -- backward -----------------------------------------------------------------------------
-    def backward(self, params, grads, g0, t1):
+    def backward(self, params, grads, g0, t1, through_frozen=False):
         """Back through the recurrence over [g0, t1), accumulating into `grads`.
 
         Gradients arriving at dhs of the top layer outside [g0, t1) are dropped: the state in
         slot g0 is a constant of the truncated objective. Returns per layer the gradient w.r.t.
-        the state entering the window (used by the gradient-flow diagnostics)."""
+        the state entering the window (used by the gradient-flow diagnostics).
+
+        When no tensor of any layer trains (an echo-state network: only the output layer
+        learns), there is nothing to compute below the output layer and this returns at once,
+        unless `through_frozen` asks for the state gradients anyway."""
+        if not through_frozen and self.layers_frozen:
+            return self.dstate
         layers, _ = self.layout.layer_views(params)
         glayers, _ = self.layout.layer_views(grads)
         H = self.spec.hidden

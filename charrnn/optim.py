@@ -252,29 +252,33 @@ class Optimizer:
     def _zero_state(self):
         return {key: np.zeros(self.size, self.dtype) for key in self._state_names()}
 
-    def step(self, params: np.ndarray, grads: np.ndarray, lr: float) -> None:
-        """One update of params in place from grads (left unchanged) at learning rate lr."""
+    def step(self, params: np.ndarray, grads: np.ndarray, lr: float, segments=None) -> None:
+        """One update of params in place from grads (left unchanged) at learning rate lr.
+
+        segments: the [(lo, hi)] ranges that train (model.Layout.segments); elements outside
+        them, frozen tensors, keep their values and their moments stay zero. Default: all."""
         _check_flat(params, "params", self.size, self.dtype)
         _check_flat(grads, "grads", self.size, self.dtype)
         s = self.dtype.type  # scalars go in with the arrays' dtype: float32 math in training
         wd = s(self.weight_decay)
         self.t += 1
-        if self.name == "adam":
-            # bias corrections in float64, whatever the dtype of the arrays
-            bc1 = 1.0 - self.beta1**self.t
-            bc2 = 1.0 - self.beta2**self.t
-            adam_step(params, self._state["m"], self._state["v"], grads, s(lr / bc1),
-                      s(1.0 / math.sqrt(bc2)), s(self.beta1), s(1.0 - self.beta1), s(self.beta2),
-                      s(1.0 - self.beta2), s(self.eps), wd, CHUNK)
-        elif self.name == "rmsprop":
-            rmsprop_step(params, self._state["v"], grads, s(lr), s(self.alpha),
-                         s(1.0 - self.alpha), s(self.eps), wd, CHUNK)
-        elif self.name == "adagrad":
-            adagrad_step(params, self._state["v"], grads, s(lr), s(self.eps), wd, CHUNK)
-        elif self._state:
-            momentum_step(params, self._state["m"], grads, s(lr), s(self.momentum), wd, CHUNK)
-        else:
-            sgd_step(params, grads, s(lr), wd, CHUNK)
+        for lo, hi in [(0, self.size)] if segments is None else segments:
+            p, g = params[lo:hi], grads[lo:hi]
+            m = {k: a[lo:hi] for k, a in self._state.items()}
+            if self.name == "adam":
+                # bias corrections in float64, whatever the dtype of the arrays
+                bc1 = 1.0 - self.beta1**self.t
+                bc2 = 1.0 - self.beta2**self.t
+                adam_step(p, m["m"], m["v"], g, s(lr / bc1), s(1.0 / math.sqrt(bc2)), s(self.beta1),
+                          s(1.0 - self.beta1), s(self.beta2), s(1.0 - self.beta2), s(self.eps), wd, CHUNK)
+            elif self.name == "rmsprop":
+                rmsprop_step(p, m["v"], g, s(lr), s(self.alpha), s(1.0 - self.alpha), s(self.eps), wd, CHUNK)
+            elif self.name == "adagrad":
+                adagrad_step(p, m["v"], g, s(lr), s(self.eps), wd, CHUNK)
+            elif m:
+                momentum_step(p, m["m"], g, s(lr), s(self.momentum), wd, CHUNK)
+            else:
+                sgd_step(p, g, s(lr), wd, CHUNK)
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Copies of the moment arrays by name ({} for plain SGD), safe to keep across steps."""

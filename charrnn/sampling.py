@@ -31,7 +31,8 @@ from .checkpoint import load_checkpoint, resolve_checkpoint
 from .config import SAMPLE_RANGES
 from .corpus import Vocab
 from .errors import CharrnnError
-from .kernels.generate import CELL_CODES, GATES, generate, offsets_table, teacher_force
+from .cells import CELLS
+from .kernels.generate import CODES, generate, offsets_table, teacher_force
 from .model import Layout, ModelSpec
 from .schema import MODEL, model_spec
 
@@ -87,11 +88,13 @@ class Sampler:
         self.threads = int(threads)
         self._controller = ThreadpoolController() if self.threads > 1 else None
         self.offs = offsets_table(layout)
-        self.cell = CELL_CODES[spec.cell]
+        if spec.cell not in CODES:
+            raise CharrnnError(f"the {spec.cell} cell has no sampling step (kernels/generate.py); it cannot be sampled")
+        self.cell = CODES[spec.cell]
         L, H, V, dt = spec.layers, spec.hidden, spec.vocab_size, params.dtype
-        G = GATES[self.cell] * H
+        G = CELLS[spec.cell].gates * H
         self.h = np.zeros((L, H), dt)  # every layer's hidden state
-        self.c = np.zeros((L, H), dt)  # LSTM cell states (unused by rnn and gru)
+        self.c = np.zeros((L, H), dt)  # a second state per layer, for the cells that have one
         self.xg = np.zeros(G, dt)  # input term of the gates
         self.hg = np.zeros(G, dt)  # recurrent term of the gates
         self.z = np.zeros(V, dt)  # logits
@@ -188,7 +191,7 @@ def sample_text(sampler, vocab, **options) -> list[str]:
 def warm_up(spec: ModelSpec, dtype=np.float32):
     """Call the generation kernels once on a tiny model of the same cell and dtype, so that
     numba compiles them (or loads them from its cache) before the first real character."""
-    tiny = ModelSpec(spec.cell, 2, 1, spec.layers)
+    tiny = ModelSpec(spec.cell, 2, 1, spec.layers, spec.options)
     sampler = Sampler(tiny, np.zeros(Layout(tiny).size, dtype))
     sampler.feed(np.zeros(2, np.int32))
     sampler.feed(np.zeros(2, np.int32), keep_logits=True)
@@ -199,5 +202,5 @@ def warm_up_evaluate(spec: ModelSpec, dtype=np.float32):
     """The same for the training kernels that `charrnn eval` runs (evaluate.evaluate)."""
     from .evaluate import evaluate
 
-    tiny = ModelSpec(spec.cell, 2, 1, spec.layers)
+    tiny = ModelSpec(spec.cell, 2, 1, spec.layers, spec.options)
     evaluate(tiny, np.zeros(Layout(tiny).size, dtype), np.array([0, 1, 0, 1], np.int32), 1, 2)

@@ -16,6 +16,8 @@ from dataclasses import fields
 
 import numpy as np
 
+from .cells import OPTIONS as CELL_OPTIONS
+from .cells import check_option
 from .config import CHOICES, OLDER_CHECKPOINTS, RANGES, Range, TrainConfig
 from .errors import CharrnnError
 from .model import Layout, ModelSpec
@@ -75,6 +77,12 @@ def check_config(config, required) -> dict:
     for name, choices in CHOICES.items():
         if name in config and config[name] not in choices:
             raise CharrnnError(f"config.{name} is {_show(config[name])}, not one of {', '.join(choices)}")
+    for name in CELL_OPTIONS:  # the numeric ones are in RANGES too; tau is a string
+        if name in config:
+            try:
+                check_option(name, config[name])
+            except CharrnnError as e:
+                raise CharrnnError(f"config.{name}: {e}") from None
     if "encoding" in config:
         from .corpus import check_encoding
 
@@ -92,7 +100,8 @@ def check_vocab(vocab) -> list:
 def model_spec(meta) -> ModelSpec:
     """The model a checked document describes."""
     config = meta["config"]
-    return ModelSpec(config["cell"], len(meta["vocab"]), config["hidden"], config["layers"])
+    options = tuple((k, config[k]) for k in CELL_OPTIONS if k in config)
+    return ModelSpec(config["cell"], len(meta["vocab"]), config["hidden"], config["layers"], options)
 
 
 def _expect(headers, name, shape, dtypes):

@@ -82,7 +82,7 @@ class Trainer:
             say(notice)
             cfg.k2 = k1 if cfg.k2 == cfg.k1 else cfg.k2  # keep the classic scheme classic
             cfg.batch, cfg.k1 = batch, k1
-        self.spec = ModelSpec(cfg.cell, self.vocab.size, cfg.hidden, cfg.layers)
+        self.spec = ModelSpec(cfg.cell, self.vocab.size, cfg.hidden, cfg.layers, cfg.cell_options())
         memory.require(memory.training_needs(self.spec, cfg), "this run",
                        "use a smaller --hidden, --layers, --batch or --k1/--k2")
         self.rng = np.random.Generator(np.random.PCG64(cfg.seed))
@@ -176,6 +176,7 @@ class Trainer:
             sched.reset(stack)  # a new epoch: the text jumped back to the start
         loss = sched.update(stack, self.params, self.grads, self.rng if cfg.dropout > 0 else None)
         loss /= cfg.k1 * stack.B
+        stack.layout.zero_frozen(self.grads)
         norm, clipped = clip_by_norm(self.grads, cfg.clip_norm)
         if not (math.isfinite(loss) and math.isfinite(norm)):
             raise CharrnnError(
@@ -184,7 +185,8 @@ class Trainer:
         clipped_values = clip_by_value(self.grads, cfg.clip_value)
         lr = learning_rate(cfg.lr, self.step, self.done_fraction(), schedule=cfg.schedule, decay=cfg.lr_decay,
                            decay_every=cfg.decay_every, warmup=cfg.warmup)
-        self.opt.step(self.params, self.grads, lr)
+        self.opt.step(self.params, self.grads, lr, stack.layout.segments)
+        stack.constrain(self.params)
         sched.advance(stack)
         self.step += 1
         return loss, norm, bool(clipped or clipped_values > 0), lr

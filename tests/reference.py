@@ -1,8 +1,9 @@
 """Slow, obvious float64 numpy references for every cell, the output layer and the loss.
 
-Written straight from the equations in DESIGN.md, step by step, gate by gate, with the one-hot
-input as an explicit matrix product: nothing is shared with the kernels except the parameter
-names and storage orientation (W stored input-major, so x @ W).
+Written straight from the equations in each cell's module docstring (charrnn/kernels/), step
+by step, gate by gate, with the one-hot input as an explicit matrix product: nothing is shared
+with the kernels except the parameter names and storage orientation (W stored input-major, so
+x @ W).
 Full BPTT over the window, loss = mean over all T*B predictions.
 """
 import numpy as np
@@ -14,7 +15,7 @@ def sigmoid(x):
 
 def _cell_step(cell, x, state, p):
     """One step. x (B,In), state tuple of (B,H). Returns new state tuple and a cache."""
-    H = p["Wh"].shape[0]
+    H = state[0].shape[1]
     if cell == "rnn":
         (h,) = state
         h_new = np.tanh(x @ p["Wx"] + h @ p["Wh"] + p["b"])
@@ -29,6 +30,17 @@ def _cell_step(cell, x, state, p):
         c_new = f * c + i * g
         h_new = o * np.tanh(c_new)
         return (h_new, c_new), (x, h, c, i, f, g, o, c_new)
+    if cell == "peephole":
+        h, c = state
+        a = x @ p["Wx"] + h @ p["Wh"] + p["b"]
+        pi, pf, po = p["peep"][:H], p["peep"][H : 2 * H], p["peep"][2 * H :]
+        i = sigmoid(a[:, :H] + pi * c)
+        f = sigmoid(a[:, H : 2 * H] + pf * c)
+        g = np.tanh(a[:, 2 * H : 3 * H])
+        c_new = f * c + i * g
+        o = sigmoid(a[:, 3 * H :] + po * c_new)
+        h_new = o * np.tanh(c_new)
+        return (h_new, c_new), (x, h, c, i, f, g, o, c_new)
     if cell == "gru":
         (h,) = state
         ax = x @ p["Wx"] + p["b"]
@@ -39,6 +51,25 @@ def _cell_step(cell, x, state, p):
         n = np.tanh(ax[:, 2 * H :] + r * hn)
         h_new = (1 - z) * n + z * h
         return (h_new,), (x, h, r, z, n, hn)
+    if cell == "gru-cho":
+        (h,) = state
+        ax = x @ p["Wx"] + p["b"]
+        ah = h @ p["Wh"]
+        r = sigmoid(ax[:, :H] + ah[:, :H])
+        z = sigmoid(ax[:, H : 2 * H] + ah[:, H:])
+        rh = r * h  # the reset before the product
+        n = np.tanh(ax[:, 2 * H :] + rh @ p["Whn"])
+        h_new = (1 - z) * n + z * h
+        return (h_new,), (x, h, r, z, n, rh)
+    if cell in ("leaky", "esn"):  # an echo-state network is leaky units with frozen tensors
+        (h,) = state
+        k = np.tanh(x @ p["Wx"] + h @ p["Wh"] + p["b"])
+        h_new = (1 - p["a"]) * h + p["a"] * k
+        return (h_new,), (x, h, k)
+    if cell == "indrnn":
+        (h,) = state
+        pre = x @ p["Wx"] + p["u"] * h + p["b"]
+        return (np.maximum(pre, 0.0),), (x, h, pre)
     raise ValueError(cell)
 
 
@@ -65,6 +96,23 @@ def _cell_step_back(cell, dstate, cache, p, g):
         g["Wh"] += h.T @ da
         g["b"] += da.sum(0)
         return da @ p["Wx"].T, (da @ p["Wh"].T, dc * f)
+    if cell == "peephole":
+        x, h, c, i, f, gg, o, c_new = cache
+        dh_new, dc_new = dstate
+        H = h.shape[1]
+        pi, pf, po = p["peep"][:H], p["peep"][H : 2 * H], p["peep"][2 * H :]
+        tc = np.tanh(c_new)
+        dao = dh_new * tc * o * (1 - o)
+        dc = dc_new + dh_new * o * (1 - tc**2) + dao * po  # o sees c_t
+        dai = dc * gg * i * (1 - i)
+        daf = dc * c * f * (1 - f)
+        dag = dc * i * (1 - gg**2)
+        da = np.concatenate([dai, daf, dag, dao], 1)
+        g["Wx"] += x.T @ da
+        g["Wh"] += h.T @ da
+        g["b"] += da.sum(0)
+        g["peep"] += np.concatenate([(dai * c).sum(0), (daf * c).sum(0), (dao * c_new).sum(0)])
+        return da @ p["Wx"].T, (da @ p["Wh"].T, dc * f + dai * pi + daf * pf)
     if cell == "gru":
         x, h, r, z, n, hn = cache
         (dh_new,) = dstate
@@ -80,11 +128,42 @@ def _cell_step_back(cell, dstate, cache, p, g):
         g["Wh"] += h.T @ dah
         g["bhn"] += (dn_pre * r).sum(0)
         return dax @ p["Wx"].T, (dh_new * z + dah @ p["Wh"].T,)
+    if cell == "gru-cho":
+        x, h, r, z, n, rh = cache
+        (dh_new,) = dstate
+        dn_pre = dh_new * (1 - z) * (1 - n**2)
+        dz_pre = dh_new * (h - n) * z * (1 - z)
+        drh = dn_pre @ p["Whn"].T
+        dr_pre = drh * h * r * (1 - r)
+        dax = np.concatenate([dr_pre, dz_pre, dn_pre], 1)
+        dah = np.concatenate([dr_pre, dz_pre], 1)
+        g["Wx"] += x.T @ dax
+        g["b"] += dax.sum(0)
+        g["Wh"] += h.T @ dah
+        g["Whn"] += rh.T @ dn_pre
+        return dax @ p["Wx"].T, (dh_new * z + drh * r + dah @ p["Wh"].T,)
+    if cell in ("leaky", "esn"):
+        x, h, k = cache
+        (dh_new,) = dstate
+        g["a"] += (dh_new * (k - h)).sum(0)
+        dpre = dh_new * p["a"] * (1 - k**2)
+        g["Wx"] += x.T @ dpre
+        g["Wh"] += h.T @ dpre
+        g["b"] += dpre.sum(0)
+        return dpre @ p["Wx"].T, (dpre @ p["Wh"].T + dh_new * (1 - p["a"]),)
+    if cell == "indrnn":
+        x, h, pre = cache
+        (dh_new,) = dstate
+        dpre = dh_new * (pre > 0)
+        g["Wx"] += x.T @ dpre
+        g["u"] += (dpre * h).sum(0)
+        g["b"] += dpre.sum(0)
+        return dpre @ p["Wx"].T, (dpre * p["u"],)
     raise ValueError(cell)
 
 
 def n_states(cell):
-    return 2 if cell == "lstm" else 1
+    return 2 if cell in ("lstm", "peephole") else 1
 
 
 def reference_loss_and_grads(cell, layers, out, ids, targets, state0):

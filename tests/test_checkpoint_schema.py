@@ -249,7 +249,7 @@ def edited(original, tmp_path, change_meta=None, change_arrays=None):
     (lambda m: m["config"].update(hidden=9000), r"config.hidden is 9000, not an integer in 1<=x<=8192"),
     (lambda m: m["config"].update(lr=float("inf")), r"config.lr is inf, not a finite number in 0<x<=10"),
     (lambda m: m["config"].pop("cell"), r"it has no config.cell"),
-    (lambda m: m["config"].update(cell="transformer"), r"config.cell is 'transformer', not one of rnn, lstm, gru"),
+    (lambda m: m["config"].update(cell="transformer"), r"config.cell is 'transformer', not one of rnn, lstm, peephole, gru, gru-cho"),
     (lambda m: m["config"].update(corpus="a\0b"), r"config.corpus is 'a\\x00b', not a string"),
     (lambda m: m.pop("vocab"), r"its vocabulary is not a list"),
     (lambda m: m["optimizer"].update(size=7), r"optimizer state is for 7 parameters of 'float32', but the model has \d+ float32"),

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from charrnn import cells
+from charrnn.cells import CELLS, NAMES
+from charrnn.kernels import lstm
 from charrnn.cli import app
 from charrnn.gradcheck import check_gradients
 from charrnn.model import ModelSpec, Stack, init_params
@@ -12,11 +13,12 @@ from charrnn.tbptt import Scheduler
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", NAMES)
 @pytest.mark.parametrize("k1,k2", [(6, 6), (3, 7), (6, 2)], ids=["k1=k2", "k1<k2", "k1>k2"])
 def test_truncated_gradient_matches_finite_differences(cell, k1, k2):
     rows = check_gradients(cell, layers=2, hidden=6, batch=2, k1=k1, k2=k2, seed=3)
-    assert len(rows) == (4 if cell == "gru" else 3) * 2 + 2  # every tensor is checked
+    trained = [t for layer in (7, 6) for t in CELLS[cell].param_shapes(layer, 6, ModelSpec(cell, 7, 6, 2)) if t.trains]
+    assert len(rows) == len(trained) + 2  # every trained tensor is checked
     for r in rows:
         assert r.checked > 0
         assert r.max_rel <= 1e-6, (r.tensor, r.max_rel)
@@ -62,13 +64,13 @@ def test_cli_passes_and_prints_table():
 
 
 def test_cli_exits_1_on_a_broken_gradient(monkeypatch):
-    original = cells.LSTMCell.backward
+    original = lstm.LSTMCell.backward
 
     def broken(self, buf, scratch, p, g, *args):
         original(self, buf, scratch, p, g, *args)
         g["Wh"] *= 1.001  # a 0.1% error in one tensor's gradient
 
-    monkeypatch.setattr(cells.LSTMCell, "backward", broken)
+    monkeypatch.setattr(lstm.LSTMCell, "backward", broken)
     result = runner.invoke(app, ["gradcheck", "--cell", "lstm", "--layers", "2"])
     assert result.exit_code == 1
     assert "FAIL" in result.output

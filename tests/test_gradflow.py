@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 import reference
 from charrnn import gradflow as gf
 from charrnn.checkpoint import save_checkpoint
+from charrnn.cells import CELLS, NAMES
 from charrnn.cli import app
 from charrnn.corpus import Vocab, default_corpus, read_text
 from charrnn.errors import CharrnnError
@@ -30,6 +31,11 @@ def _tiny_stack(cell, layers, T=7, B=2, H=4, V=5, seed=0):
     spec = ModelSpec(cell, V, H, layers)
     params = init_params(spec, rng, np.float64)
     params += rng.normal(0.0, 0.3, params.shape)  # off the init, so nothing is trivially small
+    if getattr(CELLS[cell], "kinks", None) is not None:
+        # relu units (IndRNN): lift the biases so that they are active. A dead unit passes no
+        # gradient back, and a series of zeros would compare nothing.
+        for p in Layout(spec).layer_views(params)[0]:
+            p["b"] += 1.5
     stack = Stack(spec, B, T, np.float64)
     stack.ids[:] = rng.integers(0, V, (T, B))
     stack.targets[:] = rng.integers(0, V, (T, B))
@@ -39,7 +45,8 @@ def _tiny_stack(cell, layers, T=7, B=2, H=4, V=5, seed=0):
 
 
 def _richardson(f, eps=1e-3):
-    """Central difference with the h^2 error term cancelled: error O(eps^4)."""
+    """Central difference with the h^2 error term cancelled: error O(eps^4). (Also for the relu
+    cell: with its units lifted into the active side, no step of 1e-3 reaches a kink.)"""
     def central(h):
         return (f(h) - f(-h)) / (2 * h)
     return (4 * central(eps / 2) - central(eps)) / 3
@@ -49,7 +56,7 @@ def _rel(a, b):
     return np.linalg.norm(a - b) / max(np.linalg.norm(a), np.linalg.norm(b))
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", NAMES)
 def test_single_layer_series_matches_finite_differences(cell):
     # Move one entry of the state in slot s = T-k, rerun the window from that slot and take the
     # loss of the last step: the whole gradient vector must agree, not only its norm.
@@ -99,7 +106,7 @@ def _reference_last_loss(cell, spec, params, stack, s, bump):
     return -logp[np.arange(stack.B), stack.targets[stack.T - 1]].sum()
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", NAMES)
 def test_stacked_series_matches_an_independent_reference(cell):
     spec, params, stack = _tiny_stack(cell, layers=2, T=6, H=3, seed=1)
     T, B, H = stack.T, stack.B, spec.hidden
@@ -149,7 +156,7 @@ def test_rnn_at_radius_half_decays_geometrically_and_lstm_keeps_more(shakespeare
 
 def test_set_spectral_radius_rescales_every_gate_block(shakespeare):
     vocab, _ = shakespeare
-    for cell, names in gf.BLOCKS.items():
+    for cell, names in ((name, CELLS[name].blocks) for name in ("rnn", "lstm", "gru")):
         model = gf.fresh_model(cell, vocab, 8, 2, seed=3)
         gf.set_spectral_radius(model, 1.5)
         for blocks in gf.recurrent_blocks(model.spec, model.params):
@@ -182,7 +189,34 @@ def test_short_corpus_is_a_clear_error(shakespeare):
         gf.measure(gf.fresh_model("rnn", vocab, 4, 1, 0), ids[:50], 100, 1, 1, 0)
 
 
+@pytest.mark.parametrize("cell, fast, slow", [("leaky", (("tau", "1"),), (("tau", "30"),)),
+                                             ("esn", (("spectral_radius", 0.5),), (("spectral_radius", 0.99),)),
+                                             ("indrnn", (("u_max", 0.5),), (("u_max", 1.0),))])
+def test_what_the_lectures_vary_sets_how_far_the_gradient_reaches(shakespeare, cell, fast, slow):
+    # a long time constant, a spectral radius near 1, |u| near 1: each lets the gradient travel
+    # further back than its short, contractive or small counterpart
+    vocab, ids = shakespeare
+    K = 30
+    series = [gf.measure(gf.fresh_model(cell, vocab, 16, 1, 0, options), ids, K, 2, 4, 0).layers[0].norms
+              for options in (fast, slow)]
+    ratio = [n[K] / n[0] for n in series]
+    assert ratio[1] > 100 * ratio[0], ratio
+
+
 # -- CLI --------------------------------------------------------------------------------------
+
+
+def test_cli_all_charts_every_family():
+    r = runner.invoke(app, ["gradflow", "--cell", "all", "--max-k", "6", "--hidden", "8", "--windows", "1",
+                            "--batch", "2", "--tau", "5", "--spectral-radius", "0.9", "--u-max", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert [m["cell"] for m in data["models"]] == list(NAMES)
+    for m in data["models"]:
+        assert all(np.isfinite(m["per_layer"][0]["norm"])) and m["per_layer"][0]["norm"][0] > 0
+    radius = {m["cell"]: m["per_layer"][0]["spectral_radius"] for m in data["models"]}
+    assert radius["esn"]["h"] == pytest.approx(0.9)
+    assert radius["indrnn"]["u"] <= 1.0
 
 
 def test_cli_prints_chart_and_table():

@@ -33,7 +33,8 @@ runner = CliRunner()
 QUOTED = ('They said "the owls sang" and left (at dawn).\n'
           '  Nobody spoke; then "quick, the moon!" she cried, and "hush" came back.\n') * 4
 QUOTE_UNIT = 2
-GATES = {"rnn": set(), "lstm": {"i", "f", "o"}, "gru": {"r", "z"}}  # the sigmoid activations of each cell
+GATES = {"rnn": set(), "lstm": {"i", "f", "o"}, "gru": {"r", "z"}, "gru-cho": {"r", "z"}, "peephole": {"i", "f", "o"},
+         "leaky": set(), "indrnn": set(), "esn": set()}  # the sigmoid activations of each cell
 
 
 def planted_lstm(vocab, layers=1, H=4, seed=0):
@@ -61,6 +62,7 @@ def random_model(cell, vocab, layers=2, H=5, seed=1):
     params = init_params(spec, np.random.default_rng(seed), np.float64)
     # off the init, and wide enough that gates are sometimes open (> 0.9) and sometimes closed
     params += np.random.default_rng(seed + 1).normal(0.0, 1.5, params.shape)
+    Stack(spec, 1, 1, np.float64).constrain(params)  # back into the cell's domain (rates in (0, 1], |u| bound)
     return spec, params
 
 

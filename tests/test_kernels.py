@@ -3,12 +3,13 @@ import numba
 import numpy as np
 import pytest
 
+from charrnn.cells import NAMES
 from charrnn.kernels.output import softmax_xent, xent
 from charrnn.kernels.panels import LANES, copy_block, copy_lanes
 from charrnn.model import Layout, ModelSpec, Stack, init_params
 from reference import n_states, reference_loss_and_grads
 
-CELLS = ["rnn", "lstm", "gru"]
+CELLS = list(NAMES)  # every registered cell
 # (T, B, H, V, L): ordinary, then T=1, B=1, H=1, V=2, three layers, and H=37 over three weight
 # panels of 16 units (the last one partial) with streams enough for the 4-row tile and its
 # 1-row remainder on every thread
@@ -29,7 +30,15 @@ def make_case(cell, T, B, H, V, L, seed=0):
     rng = np.random.default_rng(seed)
     spec = ModelSpec(cell, V, H, L)
     flat = init_params(spec, rng, np.float64)
-    flat += rng.normal(0, 0.3, flat.shape)  # move away from the init so no term is trivially 0
+    # move away from the init so no term is trivially 0; frozen tensors keep what their cell drew
+    # (an echo-state reservoir is defined by its spectral radius), trained ones go back into
+    # their cell's domain (rates in (0, 1], |u| bound)
+    noise = rng.normal(0, 0.3, flat.shape)
+    for name, v in Layout(spec).views(noise).items():
+        if name in Layout(spec).frozen:
+            v[...] = 0.0
+    flat += noise
+    Stack(spec, 1, 1, np.float64).constrain(flat)
     ids = rng.integers(0, V, (T, B)).astype(np.int32)
     targets = rng.integers(0, V, (T, B)).astype(np.int32)
     state0 = [[rng.normal(0, 0.5, (B, H)) for _ in range(n_states(cell))] for _ in range(L)]
@@ -48,7 +57,7 @@ def run_stack(spec, flat, ids, targets, state0, dtype):
     grads = np.zeros_like(params)
     stack.forward(params, 0, T)
     loss = stack.output_grad(params, grads, 0, T, 1.0 / (T * B))
-    dstate = stack.backward(params, grads, 0, T)
+    dstate = stack.backward(params, grads, 0, T, through_frozen=True)  # every tensor's gradient
     dstate0 = [[d[k].copy() for k in stack.cell.states] for d in dstate]
     return loss / (T * B), grads, stack.get_state(T), stack.bufs[-1]["hs"][1:].copy(), dstate0
 

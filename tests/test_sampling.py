@@ -15,6 +15,7 @@ from charrnn.cli import app
 from charrnn.corpus import Vocab
 from charrnn.errors import CharrnnError
 from charrnn.kernels.generate import select
+from charrnn.cells import NAMES
 from charrnn.model import ModelSpec, Stack, init_params
 from charrnn.sampling import Sampler, load_model, sample_text, start_id
 
@@ -45,7 +46,7 @@ def stack_logits(spec, params, ids):
 # The step kernel agrees with the training forward kernels
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", NAMES)
 @pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-5)], ids=["f64", "f32"])
 @pytest.mark.parametrize("shape", [(11, 7, 1), (2, 1, 1), (5, 6, 3), (9, 33, 2)], ids=lambda s: "V{}-H{}-L{}".format(*s))
 def test_step_logits_match_stack(cell, dtype, tol, shape):
@@ -62,7 +63,7 @@ def test_step_logits_match_stack(cell, dtype, tol, shape):
         assert np.abs(got - ref).max() <= tol * max(1.0, np.abs(ref).max()), (blas, np.abs(got - ref).max())
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", NAMES)
 def test_generated_text_follows_the_stack_loss(cell):
     """-log p of a sampled text under the training path (stack.loss) equals the step kernel's."""
     spec, params = random_model(cell, len(CHARS), 12, 2, np.float32, seed=5, scale=0.2)

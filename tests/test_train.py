@@ -37,8 +37,11 @@ def train_steps(cfg, run_dir, steps):
 
 
 @pytest.mark.parametrize("scheme", [dict(k1=8, k2=8), dict(k1=5, k2=12, dropout=0.3, cell="gru"),
-                                    dict(k1=9, k2=4, cell="rnn", optimizer="rmsprop")],
-                         ids=["k1=k2", "k1<k2+dropout", "k1>k2"])
+                                    dict(k1=9, k2=4, cell="rnn", optimizer="rmsprop"),
+                                    dict(cell="leaky", tau="learned"), dict(k1=5, k2=12, cell="indrnn"),
+                                    dict(cell="esn", dropout=0.3), dict(cell="peephole", k1=5, k2=12),
+                                    dict(cell="gru-cho", dropout=0.3)],
+                         ids=["k1=k2", "k1<k2+dropout", "k1>k2", "leaky", "indrnn", "esn", "peephole", "gru-cho"])
 def test_resume_is_bit_for_bit(corpus, tmp_path, scheme):
     n = 16  # resumes mid-epoch and crosses an epoch boundary (an epoch here is 15 to 27 updates)
     straight = train_steps(config(corpus, tmp_path / "a", **scheme), tmp_path / "a" / "r", 2 * n)
@@ -56,6 +59,45 @@ def test_resume_is_bit_for_bit(corpus, tmp_path, scheme):
     for (ka, a), (kb, b) in zip(straight.opt.state_arrays().items(), resumed.opt.state_arrays().items()):
         np.testing.assert_array_equal(a, b)
     assert resumed.last_val == straight.last_val
+
+
+@pytest.mark.parametrize("cell, options", [("esn", {}), ("leaky", dict(tau="2:20"))])
+def test_frozen_tensors_stay_bit_identical_through_training(corpus, tmp_path, cell, options, monkeypatch):
+    # weight decay and both kinds of clipping on, so that anything walking the whole flat buffer
+    # would move a frozen tensor
+    cfg = config(corpus, tmp_path, cell=cell, weight_decay=0.1, clip_value=1e-3, clip_norm=0.5, **options)
+    trainer = Trainer(cfg, tmp_path / "r", say=lambda *_: None)
+    layout = trainer.stack.layout
+    assert layout.frozen
+    before = {name: v.copy() for name, v in layout.views(trainer.params).items()}
+    if cell == "esn":  # nothing below the readout trains: no backward through the reservoir
+        monkeypatch.setattr(type(trainer.stack.cell), "backward", lambda *a: pytest.fail("backward ran"))
+    cfg.max_steps = 12
+    trainer.run()
+    after = layout.views(trainer.params)
+    moments = {k: layout.views(v) for k, v in trainer.opt.state_arrays().items()}
+    saved = layout.views(load_checkpoint(tmp_path / "r" / "latest.npz")[0]["params"])
+    for name in before:
+        if name in layout.frozen:
+            np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+            np.testing.assert_array_equal(saved[name], before[name], err_msg=name)
+            assert all(not m[name].any() for m in moments.values()), name
+        else:
+            assert not np.array_equal(after[name], before[name]), name
+
+
+@pytest.mark.parametrize("cell, tensor, low, high", [("indrnn", "u", -2 ** (1 / 8), 2 ** (1 / 8)),
+                                                      ("leaky", "a", 1e-4, 1.0)])
+def test_cells_keep_their_tensors_in_their_domain(corpus, tmp_path, cell, tensor, low, high):
+    # a learning rate large enough to throw them out: u bounded by 2^(1/k2) (Li et al. 2018),
+    # rates a = 1/tau in (0, 1]
+    trainer = train_steps(config(corpus, tmp_path, cell=cell, tau="learned", lr=0.2, schedule="constant",
+                                 k1=8, k2=8), tmp_path / "r", 12)
+    layers = trainer.stack.layout.layer_views(trainer.params)[0]
+    for p in layers:
+        assert low <= p[tensor].min() and p[tensor].max() <= high
+    if cell == "indrnn":  # u starts inside U(0, bound): some of it was pushed to the bound
+        assert any(np.isclose(np.abs(p["u"]).max(), high, rtol=1e-6) for p in layers)
 
 
 def test_latest_and_best_checkpoints_are_complete(corpus, tmp_path):

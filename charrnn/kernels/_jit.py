@@ -13,9 +13,12 @@ Cache: numba checks only a function's own file for changes. After editing a modu
 kernels inline (activations.py, panels.py), delete the __pycache__ folders, or set a fresh
 NUMBA_CACHE_DIR as CI does.
 """
+from importlib import import_module
+
 import numba
-import scipy.linalg.cython_blas  # noqa: F401  loads the BLAS that numba's np.dot calls
 from threadpoolctl import threadpool_limits
+
+import_module("scipy.linalg.cython_blas")  # loads the BLAS that numba's np.dot calls
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 # IEEE division (x/0 is inf or NaN) instead of Python's ZeroDivisionError: the check for the

@@ -2,43 +2,41 @@
 
 The training kernels work on (T, B) windows and reach BLAS through large matrix products; a
 sampler has one stream and must choose each character before it can feed the next, so its
-work per character is a chain of vector-matrix products. These kernels run that chain for a
-whole chunk of characters inside numba (no Python between characters). They follow the
-training kernels' equations and the order of their additions (see rnn.py, lstm.py, gru.py,
-inputs.py, output.py); only the summation inside the products differs, so the logits agree to
-rounding (tests/test_sampling.py holds them to the training path):
+work per character is a chain of vector-matrix products (kernels/matvec.py). These kernels run
+that chain for a whole chunk of characters inside numba (no Python between characters):
 
     layer 0:   xg = Wx[id] + b                 (a row lookup: the input is one-hot)
     layer l>0: xg = h_{l-1} @ Wx + b           (the new state of the layer below)
-    every l:   hg = h_l @ Wh                   (the recurrent product, from the old state)
-               rnn:  h = tanh(hg + xg)
-               lstm: i,f,o = sigmoid, g = tanh of (hg + xg), blocks [i | f | g | o];
-                     c = f * c + i * g;  h = o * tanh(c)
-               gru:  r, z = sigmoid(xg + hg) of blocks r, z;
-                     n = tanh(xg_n + r * (hg_n + b_hn));  h = (1 - z) * n + z * h
+    every l:   the cell's own `step` kernel, in its module beside its training kernels, from
+               the old state of layer l: the cell's equations are written there once
     output:    logits = h_{L-1} @ Wy + by
 
-Shapes (legend): L layers, H hidden units, V vocabulary, G = gates * H (rnn 1, lstm 4, gru 3),
-N characters in a chunk.
+They follow the training kernels' order of additions (inputs.py, output.py and each cell's
+step); only the summation inside the products differs, so the logits agree to rounding
+(tests/test_sampling.py holds them to the training path).
 
-State: h (L,H) holds every layer's hidden state, c (L,H) the LSTM cell states (allocated but
-unused for rnn and gru, so that one signature serves all three cells).
+Shapes (legend): L layers, H hidden units, V vocabulary, G = gates * H, N characters in a chunk.
+
+State: h (L,H) holds every layer's hidden state, c (L,H) a second state per layer for the
+cells that have one (the LSTM's cell state; unused by the others, so that one signature serves
+every cell).
 
 Weights: the model's flat parameter buffer itself plus a table of offsets into it, which works
 for any number of layers without building tuples or typed lists in Python:
-    offs (L+1, 4) int64   row l < L: offsets of layer l's Wx, Wh, b, bhn (bhn -1 unless gru)
-                          row L:     offsets of Wy, by (then two unused entries)
-Each tensor is viewed inside the kernel as params[o : o + size].reshape(shape), input-major
-like the training layout: Wx (In,G) with In = V for layer 0 and H above, Wh (H,G), b (G,),
-bhn (H,), Wy (H,V), by (V,).
+    offs (L+1, K) int64   row l < L: offsets of layer l's Wx, b, then of the cell's other
+                          tensors in storage order (-1 past them)
+                          row L:     offsets of Wy, by (then unused entries)
+Each tensor is viewed inside the kernels as params[o : o + size].reshape(shape), input-major
+like the training layout: Wx (In,G) with In = V for layer 0 and H above, b (G,), Wy (H,V), by (V,).
 
-Vector-matrix products: with `blas` true, np.dot, which numba hands to BLAS sgemv/dgemv (held
-to one thread by _jit.py); otherwise a hand loop that adds rows of W scaled by x[i], four rows
-per pass over the output (contiguous, vectorised). With H=512 each LSTM matrix is 4 MB of
-float32, so both are bound by memory bandwidth and run at about the same speed
-(benchmarks/bench_sample.py measures both). The sampler uses the hand loop, which does not
-depend on BLAS or its threads: two BLAS threads were about 1.7x faster on an idle machine and
-several times slower on a busy one, where each small product waits for the other thread.
+The cell's step is chosen by an integer code (CODES): numba compiles a function passed as an
+argument afresh in every process (its cache does not keep it), so the dispatch is a branch per
+cell in _step. A cell without a branch cannot be sampled: Sampler refuses it by name.
+
+Products: `blas` picks BLAS gemv or the hand-written loop of kernels/matvec.py. `charrnn sample`
+runs gemv on SAMPLE_THREADS = 2 BLAS threads (sampling.py), about 1.7x faster than one core on
+an idle machine, since a stream's products are bound by memory bandwidth; a Sampler on one
+thread uses the hand loop, which depends on neither BLAS nor its threads.
 
 Randomness: kernels never own RNG state. The caller passes one uniform number in [0, 1) per
 character to be chosen, drawn from its numpy Generator.
@@ -46,54 +44,35 @@ character to be chosen, drawn from its numpy Generator.
 import numpy as np
 
 from ._jit import kernel
-from .activations import sigmoid, tanh
+from .gru import step as gru_step
+from .gru_cho import step as gru_cho_step
+from .indrnn import step as indrnn_step
+from .leaky import step as leaky_step
+from .lstm import step as lstm_step
+from .matvec import matvec
+from .peephole import step as peephole_step
+from .rnn import step as rnn_step
 
-RNN, LSTM, GRU = 0, 1, 2
-CELL_CODES = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
-GATES = {RNN: 1, LSTM: 4, GRU: 3}
+# the branches of _step; esn runs the leaky unit's step on its frozen tensors
+CODES = {"rnn": 0, "lstm": 1, "gru": 2, "leaky": 3, "esn": 3, "indrnn": 4, "peephole": 5, "gru-cho": 6}
 
 
 def offsets_table(layout):
-    """offs (L+1, 4) int64 for a model.Layout: see the module docstring."""
+    """offs (L+1, K) int64 for a model.Layout: see the module docstring."""
     L = layout.spec.layers
+    rows = [[] for _ in range(L)]
+    for name, _, offset in layout.entries:
+        if name.startswith("layer"):
+            layer, short = name.split(".", 1)
+            rows[int(layer[5:])].append((short, offset))
+    order = [[dict(r)["Wx"], dict(r)["b"]] + [o for short, o in r if short not in ("Wx", "b")] for r in rows]
+    offs = np.full((L + 1, max(2, *(len(r) for r in order))), -1, np.int64)
+    for l, r in enumerate(order):
+        offs[l, : len(r)] = r
     where = {name: offset for name, _, offset in layout.entries}
-    offs = np.full((L + 1, 4), -1, np.int64)
-    for l in range(L):
-        for k, name in enumerate(("Wx", "Wh", "b", "bhn")):
-            offs[l, k] = where.get(f"layer{l}.{name}", -1)
     offs[L, 0] = where["output.Wy"]
     offs[L, 1] = where["output.by"]
     return offs
-
-
-# ---------------------------------------------------------------------------------------------
-# Vector-matrix product
-
-
-@kernel
-def matvec(out, x, W, blas):
-    # out (G,) = x (n,) @ W (n,G), W C-contiguous (input-major, as every weight here)
-    if blas:
-        np.dot(x, W, out)
-        return
-    n, G = W.shape
-    for k in range(G):
-        out[k] = 0.0
-    # Four rows per pass: out is read and written once for four rows of W, so the loop is
-    # bound by W's stream from memory rather than by loads and stores of out.
-    i = 0
-    while i + 4 <= n:
-        x0, x1, x2, x3 = x[i], x[i + 1], x[i + 2], x[i + 3]
-        r0, r1, r2, r3 = W[i], W[i + 1], W[i + 2], W[i + 3]
-        for k in range(G):
-            out[k] += x0 * r0[k] + x1 * r1[k] + x2 * r2[k] + x3 * r3[k]
-        i += 4
-    while i < n:
-        xi = x[i]
-        row = W[i]
-        for k in range(G):
-            out[k] += xi * row[k]
-        i += 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,42 +85,32 @@ def _step(h, c, xg, hg, x_id, params, offs, cell, V, blas):
     L, H = h.shape
     G = xg.shape[0]
     for l in range(L):
-        o_wx, o_wh, o_b, o_bhn = offs[l, 0], offs[l, 1], offs[l, 2], offs[l, 3]
-        b = params[o_b : o_b + G]
+        o = offs[l]
+        b = params[o[1] : o[1] + G]
         # xg = x @ Wx + b, exactly as kernels/inputs.py: a row lookup for the one-hot layer 0
         if l == 0:
-            row = params[o_wx + x_id * G : o_wx + (x_id + 1) * G]
+            row = params[o[0] + x_id * G : o[0] + (x_id + 1) * G]
             for k in range(G):
                 xg[k] = row[k] + b[k]
         else:
-            Wx = params[o_wx : o_wx + H * G].reshape((H, G))
+            Wx = params[o[0] : o[0] + H * G].reshape((H, G))
             matvec(xg, h[l - 1], Wx, blas)
             for k in range(G):
                 xg[k] += b[k]
-        # hg = h @ Wh from the old state, before h is overwritten below
-        Wh = params[o_wh : o_wh + H * G].reshape((H, G))
-        matvec(hg, h[l], Wh, blas)
-        hl = h[l]
-        if cell == RNN:
-            for j in range(H):
-                hl[j] = tanh(hg[j] + xg[j])
-        elif cell == LSTM:
-            cl = c[l]
-            for j in range(H):
-                i = sigmoid(hg[j] + xg[j])
-                f = sigmoid(hg[H + j] + xg[H + j])
-                g = tanh(hg[2 * H + j] + xg[2 * H + j])
-                o = sigmoid(hg[3 * H + j] + xg[3 * H + j])
-                cj = f * cl[j] + i * g
-                cl[j] = cj
-                hl[j] = o * tanh(cj)
-        else:
-            bhn = params[o_bhn : o_bhn + H]
-            for j in range(H):
-                r = sigmoid(xg[j] + hg[j])
-                z = sigmoid(xg[H + j] + hg[H + j])
-                n = tanh(xg[2 * H + j] + r * (hg[2 * H + j] + bhn[j]))
-                hl[j] = (1.0 - z) * n + z * hl[j]
+        if cell == 0:
+            rnn_step(h[l], c[l], xg, hg, params, o, blas)
+        elif cell == 1:
+            lstm_step(h[l], c[l], xg, hg, params, o, blas)
+        elif cell == 2:
+            gru_step(h[l], c[l], xg, hg, params, o, blas)
+        elif cell == 3:
+            leaky_step(h[l], c[l], xg, hg, params, o, blas)
+        elif cell == 4:
+            indrnn_step(h[l], c[l], xg, hg, params, o, blas)
+        elif cell == 5:
+            peephole_step(h[l], c[l], xg, hg, params, o, blas)
+        elif cell == 6:
+            gru_cho_step(h[l], c[l], xg, hg, params, o, blas)
 
 
 @kernel

@@ -16,12 +16,15 @@ Each thread runs the whole window for its own block of streams [r0, r1), one pan
 units at a time (panels.py). It works on a scratch row per stream holding LANES units of a few
 quantities ("slots"), so the gate math runs in constant-length vector loops.
 """
-import numpy as np
 from numba import prange
 
-from ._jit import block, kernel, parallel_kernel
+from ..cells import Tensor, gate_blocks, standard_shapes, uniform_, zeros
+from ._jit import block, kernel, parallel_kernel, threads
 from .activations import sigmoid, tanh
+from .blas import column_sums_acc, matmul_tn_acc
+from .matvec import matvec
 from .panels import LANES, add_entering_grad, copy_lanes, prefetch, recurrent_grad, recurrent_product, scratch_rows
+from .panels import pack_gate_panels, pack_transposed_panels, panel_shapes
 
 # forward slots: r, z, hp_n + b_hn, xproj_n, h_{t-1} (then n, h_t in the last two)
 F_R, F_Z, F_HN, F_XN, F_H = range(5)
@@ -145,3 +148,76 @@ def gru_backward(dxproj, dhp, dh, dhs, hs, acts, hn, WTp, n_blocks):
                 _gru_backward_panel(dxproj, dhp, dh, dhs, hs, acts, hn, WTp, S[i], t, p, r0, r1)
         if T > 0:
             add_entering_grad(dh, dhp, WTp, S[i], r0, r1)
+
+
+@kernel
+def step(h, c, xg, hg, params, o, blas):
+    """One step of one layer for sampling: the equations above, blocks [r | z | n].
+    h (H,) in/out; c unused; xg (3H,) in: x @ Wx + b; hg (3H,) scratch;
+    o: offsets into params of Wx, b, then Wh, bhn (generate.offsets_table)."""
+    H = h.shape[0]
+    Wh = params[o[2] : o[2] + H * 3 * H].reshape((H, 3 * H))
+    bhn = params[o[3] : o[3] + H]
+    matvec(hg, h, Wh, blas)  # from the old state, before h is overwritten
+    for j in range(H):
+        r = sigmoid(xg[j] + hg[j])
+        z = sigmoid(xg[H + j] + hg[H + j])
+        n = tanh(xg[2 * H + j] + r * (hg[2 * H + j] + bhn[j]))
+        h[j] = (1.0 - z) * n + z * h[j]
+
+
+# ---------------------------------------------------------------------------------------------
+# The cell's adapter (the contract is in cells.py)
+
+
+class GRUCell:
+    name = "gru"
+    gates = 3
+    blocks = ("r", "z", "n")
+    states = ("hs",)
+    step = step
+
+    def param_shapes(self, n_in, H, spec=None):
+        # b = [b_r | b_z | b_xn]; b_hn sits inside the reset product, so it is a tensor of its own
+        return standard_shapes(n_in, H, 3) + [Tensor("bhn", (H,))]
+
+    def init(self, p, H, rng, spec=None):
+        uniform_(p, H, rng)
+
+    def buffer_shapes(self, T, B, H):
+        buf = {"hs": (T + 1, B, H), "acts": (T, B, 3 * H), "hn": (T, B, H)}
+        return buf, {"dhp": (T, B, 3 * H), **panel_shapes(H, 3)}
+
+    def buffers(self, T, B, H, dtype):
+        return zeros(self.buffer_shapes(T, B, H), dtype)
+
+    def activations(self, buf, H):
+        """{name: (T,B,H)} of the gates r, z and the candidate n."""
+        return {name: buf["acts"][..., k * H : (k + 1) * H] for k, name in enumerate(self.blocks)}
+
+    def recurrent(self, p, H):
+        return gate_blocks(p, H, self.blocks)
+
+    def update_flops(self, H):
+        """FLOPs per character of an update's recurrent products: forward, input gradient and
+        weight gradient, 2*H*G each."""
+        return 6 * H * self.gates * H
+
+    def forward(self, buf, scratch, p, xtable, xindex, t0, t1):
+        pack_gate_panels(p["Wh"], scratch["Wp"])
+        gru_forward(buf["hs"][t0 : t1 + 1], buf["acts"][t0:t1], buf["hn"][t0:t1], xtable, xindex,
+                    scratch["Wp"], p["bhn"], threads())
+
+    def backward(self, buf, scratch, p, g, dxproj, dhs, dstate, t0, t1):
+        hs, H, dhp = buf["hs"], p["Wh"].shape[0], scratch["dhp"]
+        pack_transposed_panels(p["Wh"], scratch["WTp"])
+        gru_backward(dxproj[t0:t1], dhp[t0:t1], dstate["hs"], dhs[t0:t1], hs[t0 : t1 + 1],
+                     buf["acts"][t0:t1], buf["hn"][t0:t1], scratch["WTp"], threads())
+        # dWh = sum_t h_{t-1}^T dhp_t, one product over the whole window; b_hn enters beside
+        # hp_n, so its gradient is the column sum of dhp's n block
+        dhp2d = dhp[t0:t1].reshape(-1, 3 * H)
+        matmul_tn_acc(g["Wh"], hs[t0:t1].reshape(-1, H), dhp2d, threads())
+        column_sums_acc(g["bhn"], dhp2d[:, 2 * H :], threads())
+
+
+CELL = GRUCell()

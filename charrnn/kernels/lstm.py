@@ -15,12 +15,15 @@ Each thread runs the whole window for its own block of streams [r0, r1), one pan
 units at a time (panels.py): the four gate pre-activations of the panel's units, then their
 gate math.
 """
-import numpy as np
 from numba import prange
 
-from ._jit import block, kernel, parallel_kernel
+from ..cells import gate_blocks, standard_shapes, uniform_, zeros
+from ._jit import block, kernel, parallel_kernel, threads
 from .activations import sigmoid, tanh
+from .blas import matmul_tn_acc
+from .matvec import matvec
 from .panels import LANES, add_entering_grad, copy_block, copy_lanes, prefetch, recurrent_grad, recurrent_product, scratch_rows
+from .panels import n_panels, pack_gate_panels, pack_transposed_panels, panel_shapes
 
 
 # The scratch row of a stream, for the panel at hand, holds LANES units of several quantities
@@ -158,3 +161,82 @@ def lstm_backward(dxproj, dh, dc, dhs, cs, acts, WTp, n_blocks):
                 _lstm_backward_panel(dxproj, dh, dc, dhs, cs, acts, WTp, S[i], t, p, r0, r1)
         if T > 0:
             add_entering_grad(dh, dxproj, WTp, S[i], r0, r1)
+
+
+@kernel
+def step(h, c, xg, hg, params, o, blas):
+    """One step of one layer for sampling: the equations above, blocks [i | f | g | o].
+    h, c (H,) in/out; xg (4H,) in: x @ Wx + b; hg (4H,) scratch;
+    o: offsets into params of Wx, b, then Wh (generate.offsets_table)."""
+    H = h.shape[0]
+    Wh = params[o[2] : o[2] + H * 4 * H].reshape((H, 4 * H))
+    matvec(hg, h, Wh, blas)  # from the old state, before h is overwritten
+    for j in range(H):
+        i = sigmoid(hg[j] + xg[j])
+        f = sigmoid(hg[H + j] + xg[H + j])
+        g = tanh(hg[2 * H + j] + xg[2 * H + j])
+        o_ = sigmoid(hg[3 * H + j] + xg[3 * H + j])
+        cj = f * c[j] + i * g
+        c[j] = cj
+        h[j] = o_ * tanh(cj)
+
+
+# ---------------------------------------------------------------------------------------------
+# The cell's adapter (the contract is in cells.py)
+
+
+class LSTMCell:
+    name = "lstm"
+    gates = 4
+    blocks = ("i", "f", "g", "o")
+    states = ("hs", "cs")
+    step = step
+
+    def param_shapes(self, n_in, H, spec=None):
+        return standard_shapes(n_in, H, 4)
+
+    def init(self, p, H, rng, spec=None):
+        # PyTorch's default, the forget gate included. A forget-gate bias of 1 (Gers et al. 2000;
+        # Jozefowicz et al. 2015) keeps more gradient at the start, yet here it cost 0.22 nats
+        # at update 100 and still 0.08 at update 1000 of the default run, the same weights and
+        # batches otherwise (benchmarks/parity.py); the model learns to open the gate itself.
+        # `charrnn gradflow --forget-bias 1` shows what the +1 does to fresh models.
+        uniform_(p, H, rng)
+
+    def buffer_shapes(self, T, B, H):
+        buf = {"hs": (T + 1, B, H), "cs": (T + 1, B, H), "acts": (T, B, n_panels(H) * SAVED * LANES)}
+        return buf, panel_shapes(H, 4)
+
+    def buffers(self, T, B, H, dtype):
+        return zeros(self.buffer_shapes(T, B, H), dtype)
+
+    def activations(self, buf, H):
+        """{name: (T,B,H)} of the gates and tanh(c_t), from their panel-major buffer."""
+        T, B = buf["acts"].shape[:2]
+        saved = buf["acts"].reshape(T, B, -1, SAVED, LANES).transpose(0, 1, 3, 2, 4)
+        saved = saved.reshape(T, B, SAVED, -1)[..., :H]
+        return {name: saved[:, :, k] for k, name in enumerate(self.blocks + ("tanh(c)",))}
+
+    def recurrent(self, p, H):
+        return gate_blocks(p, H, self.blocks)
+
+    def update_flops(self, H):
+        """FLOPs per character of an update's recurrent products: forward, input gradient and
+        weight gradient, 2*H*G each."""
+        return 6 * H * self.gates * H
+
+    def forward(self, buf, scratch, p, xtable, xindex, t0, t1):
+        pack_gate_panels(p["Wh"], scratch["Wp"])
+        lstm_forward(buf["hs"][t0 : t1 + 1], buf["cs"][t0 : t1 + 1], buf["acts"][t0:t1], xtable, xindex,
+                     scratch["Wp"], threads())
+
+    def backward(self, buf, scratch, p, g, dxproj, dhs, dstate, t0, t1):
+        hs, H = buf["hs"], p["Wh"].shape[0]
+        pack_transposed_panels(p["Wh"], scratch["WTp"])
+        lstm_backward(dxproj[t0:t1], dstate["hs"], dstate["cs"], dhs[t0:t1], buf["cs"][t0 : t1 + 1],
+                      buf["acts"][t0:t1], scratch["WTp"], threads())
+        # dWh = sum_t h_{t-1}^T da_t, one product over the whole window
+        matmul_tn_acc(g["Wh"], hs[t0:t1].reshape(-1, H), dxproj[t0:t1].reshape(-1, 4 * H), threads())
+
+
+CELL = LSTMCell()

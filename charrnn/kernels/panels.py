@@ -260,6 +260,12 @@ def transposed_panels_shape(H, G):
     return (n_panels(H), G, LANES)
 
 
+def panel_shapes(H, gates):
+    """The shapes of Wh packed for the forward product (Wp) and of Wh^T for the backward one
+    (WTp), refreshed from the parameters at every call of a cell's forward and backward."""
+    return {"Wp": gate_panels_shape(H, H, gates), "WTp": transposed_panels_shape(H, gates * H)}
+
+
 @kernel
 def scratch_rows(n_blocks, B, width, like):
     """Scratch for the time loops: (n_blocks, B, width) zeros of like's dtype. Thread i works

@@ -10,12 +10,15 @@ Each thread runs the whole window for its own block of streams [r0, r1), one pan
 units at a time (panels.py). It works on a scratch row per stream holding LANES units of a few
 quantities ("slots"), so the elementwise math runs in constant-length vector loops.
 """
-import numpy as np
 from numba import prange
 
-from ._jit import block, kernel, parallel_kernel
+from ..cells import gate_blocks, standard_shapes, uniform_, zeros
+from ._jit import block, kernel, parallel_kernel, threads
 from .activations import tanh
+from .blas import matmul_tn_acc
+from .matvec import matvec
 from .panels import LANES, add_entering_grad, copy_lanes, prefetch, recurrent_grad, recurrent_product, scratch_rows
+from .panels import pack_gate_panels, pack_transposed_panels, panel_shapes
 
 FORWARD_SLOTS = 1  # the pre-activation, then h_t
 B_REC, B_DH, B_DHUP, B_H = range(4)  # backward: recurrent gradient, carried, from above, h_t
@@ -94,3 +97,65 @@ def rnn_backward(dxproj, dh, dhs, hs, WTp, n_blocks):
                 _rnn_backward_panel(dxproj, dh, dhs, hs, WTp, S[i], t, p, r0, r1)
         if T > 0:
             add_entering_grad(dh, dxproj, WTp, S[i], r0, r1)
+
+
+@kernel
+def step(h, c, xg, hg, params, o, blas):
+    """One step of one layer for sampling: h = tanh(h @ Wh + xg).
+    h (H,) in/out; c unused; xg (H,) in: x @ Wx + b; hg (H,) scratch;
+    o: offsets into params of Wx, b, then Wh (generate.offsets_table)."""
+    H = h.shape[0]
+    Wh = params[o[2] : o[2] + H * H].reshape((H, H))
+    matvec(hg, h, Wh, blas)  # from the old state, before h is overwritten
+    for j in range(H):
+        h[j] = tanh(hg[j] + xg[j])
+
+
+# ---------------------------------------------------------------------------------------------
+# The cell's adapter (the contract is in cells.py)
+
+
+class RNNCell:
+    name = "rnn"
+    gates = 1
+    blocks = ("h",)  # names of the column blocks of Wh (and of their activations), in storage order
+    states = ("hs",)
+    step = step
+
+    def param_shapes(self, n_in, H, spec=None):
+        return standard_shapes(n_in, H, 1)
+
+    def init(self, p, H, rng, spec=None):
+        uniform_(p, H, rng)
+
+    def buffer_shapes(self, T, B, H):
+        return {"hs": (T + 1, B, H)}, panel_shapes(H, 1)
+
+    def buffers(self, T, B, H, dtype):
+        return zeros(self.buffer_shapes(T, B, H), dtype)
+
+    def activations(self, buf, H):
+        """{name: (T,B,H)} of the activations of the window's steps."""
+        return {"h": buf["hs"][1:]}
+
+    def recurrent(self, p, H):
+        return gate_blocks(p, H, self.blocks)
+
+    def update_flops(self, H):
+        """FLOPs per character of an update's recurrent products: forward, input gradient and
+        weight gradient, 2*H*G each."""
+        return 6 * H * self.gates * H
+
+    def forward(self, buf, scratch, p, xtable, xindex, t0, t1):
+        pack_gate_panels(p["Wh"], scratch["Wp"])
+        rnn_forward(buf["hs"][t0 : t1 + 1], xtable, xindex, scratch["Wp"], threads())
+
+    def backward(self, buf, scratch, p, g, dxproj, dhs, dstate, t0, t1):
+        hs, H = buf["hs"], p["Wh"].shape[0]
+        pack_transposed_panels(p["Wh"], scratch["WTp"])
+        rnn_backward(dxproj[t0:t1], dstate["hs"], dhs[t0:t1], hs[t0 : t1 + 1], scratch["WTp"], threads())
+        # dWh = sum_t h_{t-1}^T da_t, one product over the whole window
+        matmul_tn_acc(g["Wh"], hs[t0:t1].reshape(-1, H), dxproj[t0:t1].reshape(-1, H), threads())
+
+
+CELL = RNNCell()

@@ -1,0 +1,216 @@
+"""Peephole LSTM (Gers & Schmidhuber 2000) over a window of steps: forward and backward side
+by side. The gates see the cell through diagonal weights (vectors) p_i, p_f, p_o:
+
+    a_t = xproj_t + h_{t-1} @ Wh          xproj_t = W_x x_t + b, blocks [i | f | g | o]
+    i = sigmoid(a_i + p_i * c_{t-1})
+    f = sigmoid(a_f + p_f * c_{t-1})
+    g = tanh(a_g)
+    c_t = f * c_{t-1} + i * g
+    o = sigmoid(a_o + p_o * c_t)           the output gate sees the new cell
+    h_t = o * tanh(c_t)
+
+The peephole weights are one tensor `peep` (3H,), blocks [p_i | p_f | p_o].
+
+Shapes (legend): T steps in the window, B streams, H hidden units, G = 4H gate width.
+Buffers and threads as in lstm.py, whose layout of the saved activations (SAVED) this module
+shares, so that diagnostics read both alike.
+"""
+from numba import prange
+
+from ..cells import Tensor, gate_blocks, standard_shapes, uniform_
+from ._jit import block, kernel, parallel_kernel, threads
+from .activations import sigmoid, tanh
+from .blas import column_sums_acc, matmul_tn_acc
+from .lstm import SAVED, LSTMCell
+from .matvec import matvec
+from .panels import LANES, add_entering_grad, copy_block, copy_lanes, recurrent_grad, recurrent_product, scratch_rows
+from .panels import n_panels, pack_gate_panels, pack_transposed_panels, panel_shapes
+
+# forward slots: the gates, tanh(c_t), c (c_{t-1}, then c_t), h_t, the peephole weights
+F_I, F_F, F_G, F_O, F_TC, F_C, F_H, F_PI, F_PF, F_PO = range(10)
+FORWARD_SLOTS = 10
+# backward slots: the recurrent gradient, the gates (then their gradients), tanh(c_t), c_{t-1},
+# the gradient carried into h_t, the one from above, the one carried into c_t, c_t, the
+# peephole weights (then their gradients)
+B_REC, B_I, B_F, B_G, B_O, B_TC, B_CPREV, B_DH, B_DHUP, B_DC, B_C, B_PI, B_PF, B_PO = range(14)
+BACKWARD_SLOTS = 14
+
+
+@kernel
+def _peephole_forward_panel(hs, cs, acts, xtable, xindex, Wp, peep, S, t, p, r0, r1):
+    # step t for the units of panel p and the streams [r0, r1)
+    H = hs.shape[2]
+    u0 = p * LANES
+    n = min(LANES, H - u0)
+    for r in range(r0, r1):
+        x = xtable[xindex[t, r]]
+        for g in range(4):
+            copy_lanes(S[r], g * LANES, x, g * H + u0, n)
+        copy_lanes(S[r], F_C * LANES, cs[t, r], u0, n)
+        for k in range(3):
+            copy_lanes(S[r], (F_PI + k) * LANES, peep, k * H + u0, n)
+    recurrent_product(hs, t, Wp, S, p, r0, r1)  # the only matrix work
+    for r in range(r0, r1):
+        s = S[r]
+        for j in range(LANES):
+            c_prev = s[F_C * LANES + j]
+            i = sigmoid(s[F_I * LANES + j] + s[F_PI * LANES + j] * c_prev)
+            f = sigmoid(s[F_F * LANES + j] + s[F_PF * LANES + j] * c_prev)
+            g = tanh(s[F_G * LANES + j])
+            c = f * c_prev + i * g
+            o = sigmoid(s[F_O * LANES + j] + s[F_PO * LANES + j] * c)
+            tc = tanh(c)
+            s[F_I * LANES + j] = i
+            s[F_F * LANES + j] = f
+            s[F_G * LANES + j] = g
+            s[F_O * LANES + j] = o
+            s[F_C * LANES + j] = c
+            s[F_TC * LANES + j] = tc
+            s[F_H * LANES + j] = o * tc
+        copy_block(acts[t, r], p * SAVED * LANES, s, 0, SAVED * LANES)
+        copy_lanes(cs[t + 1, r], u0, s, F_C * LANES, n)
+        copy_lanes(hs[t + 1, r], u0, s, F_H * LANES, n)
+
+
+@parallel_kernel
+def peephole_forward(hs, cs, acts, xtable, xindex, Wp, peep, n_blocks):
+    # hs, cs (T+1,B,H) in/out: slot 0 read, slots 1..T written
+    # acts (T,B,panels*SAVED*LANES) out: i, f, g, o and tanh(c_t), as lstm.py saves them
+    # xtable (N,4H), xindex (T,B): the input projection (see Stack.forward)
+    # Wp: Wh packed by pack_gate_panels      peep (3H,): [p_i | p_f | p_o]
+    T, B = acts.shape[0], hs.shape[1]
+    S = scratch_rows(n_blocks, B, FORWARD_SLOTS * LANES, hs)
+    for i in prange(n_blocks):
+        r0, r1 = block(B, n_blocks, i)
+        for t in range(T):
+            for p in range(Wp.shape[0]):
+                _peephole_forward_panel(hs, cs, acts, xtable, xindex, Wp, peep, S[i], t, p, r0, r1)
+
+
+@kernel
+def _peephole_backward_panel(dxproj, dpeep, dh, dc, dhs, cs, acts, peep, WTp, S, t, p, r0, r1):
+    # step t for the units of panel p and the streams [r0, r1)
+    H = dh.shape[1]
+    u0 = p * LANES
+    n = min(LANES, H - u0)
+    recurrent_grad(dxproj, t + 1, WTp, S, p, r0, r1)  # a_{t+1} = ... + h_t @ Wh
+    for r in range(r0, r1):
+        s = S[r]
+        copy_block(s, B_I * LANES, acts[t, r], p * SAVED * LANES, SAVED * LANES)
+        copy_lanes(s, B_CPREV * LANES, cs[t, r], u0, n)
+        copy_lanes(s, B_C * LANES, cs[t + 1, r], u0, n)
+        copy_lanes(s, B_DH * LANES, dh[r], u0, n)
+        copy_lanes(s, B_DHUP * LANES, dhs[t, r], u0, n)
+        copy_lanes(s, B_DC * LANES, dc[r], u0, n)
+        for k in range(3):
+            copy_lanes(s, (B_PI + k) * LANES, peep, k * H + u0, n)
+        for j in range(LANES):
+            i = s[B_I * LANES + j]
+            f = s[B_F * LANES + j]
+            g = s[B_G * LANES + j]
+            o = s[B_O * LANES + j]
+            tc = s[B_TC * LANES + j]
+            c_prev = s[B_CPREV * LANES + j]
+            dh_t = s[B_DH * LANES + j] + s[B_REC * LANES + j] + s[B_DHUP * LANES + j]
+            s[B_DH * LANES + j] = 0.0  # consumed (no path to h_{t-1} but the product)
+            # h_t = o * tanh(c_t);  o = sigmoid(a_o + p_o * c_t)
+            da_o = dh_t * tc * o * (1.0 - o)
+            dc_t = s[B_DC * LANES + j] + dh_t * o * (1.0 - tc * tc) + da_o * s[B_PO * LANES + j]
+            # c_t = f * c_{t-1} + i * g
+            da_i = dc_t * g * i * (1.0 - i)
+            da_f = dc_t * c_prev * f * (1.0 - f)
+            da_g = dc_t * i * (1.0 - g * g)
+            # i, f = sigmoid(a + p * c_{t-1}): c_{t-1} reaches them through the peepholes too
+            s[B_DC * LANES + j] = dc_t * f + da_i * s[B_PI * LANES + j] + da_f * s[B_PF * LANES + j]
+            s[B_PI * LANES + j] = da_i * c_prev
+            s[B_PF * LANES + j] = da_f * c_prev
+            s[B_PO * LANES + j] = da_o * s[B_C * LANES + j]
+            s[B_I * LANES + j] = da_i
+            s[B_F * LANES + j] = da_f
+            s[B_G * LANES + j] = da_g
+            s[B_O * LANES + j] = da_o
+        for g in range(4):
+            copy_lanes(dxproj[t, r], g * H + u0, s, (B_I + g) * LANES, n)
+        for k in range(3):
+            copy_lanes(dpeep[t, r], k * H + u0, s, (B_PI + k) * LANES, n)
+        copy_lanes(dc[r], u0, s, B_DC * LANES, n)
+        copy_lanes(dh[r], u0, s, B_DH * LANES, n)  # after the window, add_entering_grad fills it
+
+
+@parallel_kernel
+def peephole_backward(dxproj, dpeep, dh, dc, dhs, cs, acts, peep, WTp, n_blocks):
+    # dxproj (T,B,4H) out: dLoss/d(a), which is also dLoss/d(xproj)
+    # dpeep (T,B,3H) out: each step's share of dLoss/dpeep, summed over steps and streams after
+    # dh, dc (B,H) in/out: gradient arriving at the window's last state from later steps
+    #     (zero under truncation); on return, the gradient w.r.t. the entering state
+    # dhs (T,B,H) in: gradient w.r.t. h_t from above     WTp: Wh^T by pack_transposed_panels
+    T, B = dxproj.shape[0], dh.shape[0]
+    S = scratch_rows(n_blocks, B, BACKWARD_SLOTS * LANES, dh)
+    for i in prange(n_blocks):
+        r0, r1 = block(B, n_blocks, i)
+        for t in range(T - 1, -1, -1):
+            for p in range(WTp.shape[0]):
+                _peephole_backward_panel(dxproj, dpeep, dh, dc, dhs, cs, acts, peep, WTp, S[i], t, p, r0, r1)
+        if T > 0:
+            add_entering_grad(dh, dxproj, WTp, S[i], r0, r1)
+
+
+@kernel
+def step(h, c, xg, hg, params, o, blas):
+    """One step of one layer for sampling: the equations above.
+    h, c (H,) in/out; xg (4H,) in: x @ Wx + b; hg (4H,) scratch;
+    o: offsets into params of Wx, b, then Wh, peep (generate.offsets_table)."""
+    H = h.shape[0]
+    Wh = params[o[2] : o[2] + H * 4 * H].reshape((H, 4 * H))
+    peep = params[o[3] : o[3] + 3 * H]
+    matvec(hg, h, Wh, blas)  # from the old state, before h is overwritten
+    for j in range(H):
+        c_prev = c[j]
+        i = sigmoid(xg[j] + hg[j] + peep[j] * c_prev)
+        f = sigmoid(xg[H + j] + hg[H + j] + peep[H + j] * c_prev)
+        g = tanh(xg[2 * H + j] + hg[2 * H + j])
+        cj = f * c_prev + i * g
+        o_ = sigmoid(xg[3 * H + j] + hg[3 * H + j] + peep[2 * H + j] * cj)
+        c[j] = cj
+        h[j] = o_ * tanh(cj)
+
+
+# ---------------------------------------------------------------------------------------------
+# The cell's adapter (the contract is in cells.py)
+
+
+class PeepholeCell(LSTMCell):
+    name = "peephole"
+    step = step
+
+    def param_shapes(self, n_in, H, spec=None):
+        return standard_shapes(n_in, H, 4) + [Tensor("peep", (3 * H,))]
+
+    def init(self, p, H, rng, spec=None):
+        uniform_(p, H, rng)
+        p["b"][H : 2 * H] = 1.0  # forget-gate bias 1 (Gers et al. 2000); the plain LSTM has none
+
+    def buffer_shapes(self, T, B, H):
+        buf = {"hs": (T + 1, B, H), "cs": (T + 1, B, H), "acts": (T, B, n_panels(H) * SAVED * LANES)}
+        return buf, {"dpeep": (T, B, 3 * H), **panel_shapes(H, 4)}
+
+    def recurrent(self, p, H):
+        return gate_blocks(p, H, self.blocks)
+
+    def forward(self, buf, scratch, p, xtable, xindex, t0, t1):
+        pack_gate_panels(p["Wh"], scratch["Wp"])
+        peephole_forward(buf["hs"][t0 : t1 + 1], buf["cs"][t0 : t1 + 1], buf["acts"][t0:t1], xtable, xindex,
+                         scratch["Wp"], p["peep"], threads())
+
+    def backward(self, buf, scratch, p, g, dxproj, dhs, dstate, t0, t1):
+        hs, H, dpeep = buf["hs"], p["Wh"].shape[0], scratch["dpeep"]
+        pack_transposed_panels(p["Wh"], scratch["WTp"])
+        peephole_backward(dxproj[t0:t1], dpeep[t0:t1], dstate["hs"], dstate["cs"], dhs[t0:t1],
+                          buf["cs"][t0 : t1 + 1], buf["acts"][t0:t1], p["peep"], scratch["WTp"], threads())
+        # dWh = sum_t h_{t-1}^T da_t, one product over the whole window; dpeep summed over steps
+        # and streams
+        matmul_tn_acc(g["Wh"], hs[t0:t1].reshape(-1, H), dxproj[t0:t1].reshape(-1, 4 * H), threads())
+        column_sums_acc(g["peep"], dpeep[t0:t1].reshape(-1, 3 * H), threads())
+
+
+CELL = PeepholeCell()
