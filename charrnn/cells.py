@@ -151,6 +151,21 @@ def zeros(shapes, dtype):
     return tuple({k: np.zeros(s, dtype) for k, s in part.items()} for part in shapes)
 
 
+class Adapter:
+    """What most cells' adapters share; a cell overrides what differs."""
+
+    def buffers(self, T, B, H, dtype):
+        return zeros(self.buffer_shapes(T, B, H), dtype)
+
+    def recurrent(self, p, H):
+        return gate_blocks(p, H, self.blocks)
+
+    def update_flops(self, H):
+        """FLOPs per character of an update's recurrent products: forward, input gradient and
+        weight gradient, 2*H*G each."""
+        return 6 * H * self.gates * H
+
+
 def standard_shapes(n_in, H, gates):
     """Wx (n_in, G), Wh (H, G), b (G,) with G = gates * H, all trained."""
     return [Tensor("Wx", (n_in, gates * H)), Tensor("Wh", (H, gates * H)), Tensor("b", (gates * H,))]

@@ -18,7 +18,7 @@ quantities ("slots"), so the gate math runs in constant-length vector loops.
 """
 from numba import prange
 
-from ..cells import Tensor, gate_blocks, standard_shapes, uniform_, zeros
+from ..cells import Adapter, Tensor, standard_shapes, uniform_
 from ._jit import block, kernel, parallel_kernel, threads
 from .activations import sigmoid, tanh
 from .blas import column_sums_acc, matmul_tn_acc
@@ -170,7 +170,7 @@ def step(h, c, xg, hg, params, o, blas):
 # The cell's adapter (the contract is in cells.py)
 
 
-class GRUCell:
+class GRUCell(Adapter):
     name = "gru"
     gates = 3
     blocks = ("r", "z", "n")
@@ -188,20 +188,9 @@ class GRUCell:
         buf = {"hs": (T + 1, B, H), "acts": (T, B, 3 * H), "hn": (T, B, H)}
         return buf, {"dhp": (T, B, 3 * H), **panel_shapes(H, 3)}
 
-    def buffers(self, T, B, H, dtype):
-        return zeros(self.buffer_shapes(T, B, H), dtype)
-
     def activations(self, buf, H):
         """{name: (T,B,H)} of the gates r, z and the candidate n."""
         return {name: buf["acts"][..., k * H : (k + 1) * H] for k, name in enumerate(self.blocks)}
-
-    def recurrent(self, p, H):
-        return gate_blocks(p, H, self.blocks)
-
-    def update_flops(self, H):
-        """FLOPs per character of an update's recurrent products: forward, input gradient and
-        weight gradient, 2*H*G each."""
-        return 6 * H * self.gates * H
 
     def forward(self, buf, scratch, p, xtable, xindex, t0, t1):
         pack_gate_panels(p["Wh"], scratch["Wp"])

@@ -18,7 +18,7 @@ Threads split the streams, one panel of LANES units at a time (panels.py), as in
 """
 from numba import prange
 
-from ..cells import Tensor, uniform_, zeros
+from ..cells import Adapter, Tensor, uniform_
 from ._jit import block, kernel, parallel_kernel, threads
 from .activations import sigmoid, tanh
 from .blas import matmul_tn_acc
@@ -198,7 +198,7 @@ def step(h, c, xg, hg, params, o, blas):
 # The cell's adapter (the contract is in cells.py)
 
 
-class GRUChoCell:
+class GRUChoCell(Adapter):
     name = "gru-cho"
     gates = 3
     blocks = ("r", "z", "n")
@@ -220,18 +220,12 @@ class GRUChoCell:
                    "WTp": transposed_panels_shape(H, 2 * H), "WnTp": transposed_panels_shape(H, H)}
         return buf, scratch
 
-    def buffers(self, T, B, H, dtype):
-        return zeros(self.buffer_shapes(T, B, H), dtype)
-
     def activations(self, buf, H):
         """{name: (T,B,H)} of the gates r, z and the candidate n."""
         return {name: buf["acts"][..., k * H : (k + 1) * H] for k, name in enumerate(self.blocks)}
 
     def recurrent(self, p, H):
         return {"r": p["Wh"][:, :H], "z": p["Wh"][:, H:], "n": p["Whn"]}
-
-    def update_flops(self, H):
-        return 6 * H * 3 * H
 
     def forward(self, buf, scratch, p, xtable, xindex, t0, t1):
         pack_gate_panels(p["Wh"], scratch["Wp"])

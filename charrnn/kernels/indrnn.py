@@ -15,7 +15,7 @@ Threads split the streams; each runs the whole window for its block of streams.
 import numpy as np
 from numba import prange
 
-from ..cells import Tensor, uniform_, zeros
+from ..cells import Adapter, Tensor, uniform_
 from ._jit import block, kernel, parallel_kernel, threads
 from .blas import column_sums_acc
 
@@ -87,7 +87,7 @@ def u_bound(spec):
     return spec.option("u_max") or 2.0 ** (1.0 / TrainConfig.k2)
 
 
-class IndRNNCell:
+class IndRNNCell(Adapter):
     name = "indrnn"
     gates = 1
     blocks = ("h",)
@@ -108,9 +108,6 @@ class IndRNNCell:
 
     def buffer_shapes(self, T, B, H):
         return {"hs": (T + 1, B, H)}, {"du": (T, B, H)}
-
-    def buffers(self, T, B, H, dtype):
-        return zeros(self.buffer_shapes(T, B, H), dtype)
 
     def activations(self, buf, H):
         return {}  # relu units: neither a gate nor a tanh that saturates

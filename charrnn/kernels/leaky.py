@@ -18,7 +18,7 @@ block of streams, one panel of LANES units at a time (panels.py), on scratch row
 import numpy as np
 from numba import prange
 
-from ..cells import Tensor, check_option, gate_blocks, uniform_, zeros
+from ..cells import Adapter, Tensor, check_option, uniform_
 from ._jit import block, kernel, parallel_kernel, threads
 from .activations import tanh
 from .blas import column_sums_acc, matmul_tn_acc
@@ -150,7 +150,7 @@ def rates(tau, H):
     return 1.0 / np.geomspace(lo, hi, H)
 
 
-class LeakyCell:
+class LeakyCell(Adapter):
     name = "leaky"
     gates = 1
     blocks = ("h",)
@@ -171,18 +171,9 @@ class LeakyCell:
     def buffer_shapes(self, T, B, H):
         return {"hs": (T + 1, B, H), "ks": (T, B, H)}, {"da": (T, B, H), **panel_shapes(H, 1)}
 
-    def buffers(self, T, B, H, dtype):
-        return zeros(self.buffer_shapes(T, B, H), dtype)
-
     def activations(self, buf, H):
         """{name: (T,B,H)}: k_t, the tanh each unit moves towards."""
         return {"k": buf["ks"]}
-
-    def recurrent(self, p, H):
-        return gate_blocks(p, H, self.blocks)
-
-    def update_flops(self, H):
-        return 6 * H * H
 
     def forward(self, buf, scratch, p, xtable, xindex, t0, t1):
         pack_gate_panels(p["Wh"], scratch["Wp"])

@@ -17,7 +17,7 @@ gate math.
 """
 from numba import prange
 
-from ..cells import gate_blocks, standard_shapes, uniform_, zeros
+from ..cells import Adapter, standard_shapes, uniform_
 from ._jit import block, kernel, parallel_kernel, threads
 from .activations import sigmoid, tanh
 from .blas import matmul_tn_acc
@@ -185,7 +185,7 @@ def step(h, c, xg, hg, params, o, blas):
 # The cell's adapter (the contract is in cells.py)
 
 
-class LSTMCell:
+class LSTMCell(Adapter):
     name = "lstm"
     gates = 4
     blocks = ("i", "f", "g", "o")
@@ -207,23 +207,12 @@ class LSTMCell:
         buf = {"hs": (T + 1, B, H), "cs": (T + 1, B, H), "acts": (T, B, n_panels(H) * SAVED * LANES)}
         return buf, panel_shapes(H, 4)
 
-    def buffers(self, T, B, H, dtype):
-        return zeros(self.buffer_shapes(T, B, H), dtype)
-
     def activations(self, buf, H):
         """{name: (T,B,H)} of the gates and tanh(c_t), from their panel-major buffer."""
         T, B = buf["acts"].shape[:2]
         saved = buf["acts"].reshape(T, B, -1, SAVED, LANES).transpose(0, 1, 3, 2, 4)
         saved = saved.reshape(T, B, SAVED, -1)[..., :H]
         return {name: saved[:, :, k] for k, name in enumerate(self.blocks + ("tanh(c)",))}
-
-    def recurrent(self, p, H):
-        return gate_blocks(p, H, self.blocks)
-
-    def update_flops(self, H):
-        """FLOPs per character of an update's recurrent products: forward, input gradient and
-        weight gradient, 2*H*G each."""
-        return 6 * H * self.gates * H
 
     def forward(self, buf, scratch, p, xtable, xindex, t0, t1):
         pack_gate_panels(p["Wh"], scratch["Wp"])

@@ -17,7 +17,7 @@ shares, so that diagnostics read both alike.
 """
 from numba import prange
 
-from ..cells import Tensor, gate_blocks, standard_shapes, uniform_
+from ..cells import Tensor, standard_shapes, uniform_
 from ._jit import block, kernel, parallel_kernel, threads
 from .activations import sigmoid, tanh
 from .blas import column_sums_acc, matmul_tn_acc
@@ -193,9 +193,6 @@ class PeepholeCell(LSTMCell):
     def buffer_shapes(self, T, B, H):
         buf = {"hs": (T + 1, B, H), "cs": (T + 1, B, H), "acts": (T, B, n_panels(H) * SAVED * LANES)}
         return buf, {"dpeep": (T, B, 3 * H), **panel_shapes(H, 4)}
-
-    def recurrent(self, p, H):
-        return gate_blocks(p, H, self.blocks)
 
     def forward(self, buf, scratch, p, xtable, xindex, t0, t1):
         pack_gate_panels(p["Wh"], scratch["Wp"])

@@ -12,7 +12,7 @@ quantities ("slots"), so the elementwise math runs in constant-length vector loo
 """
 from numba import prange
 
-from ..cells import gate_blocks, standard_shapes, uniform_, zeros
+from ..cells import Adapter, standard_shapes, uniform_
 from ._jit import block, kernel, parallel_kernel, threads
 from .activations import tanh
 from .blas import matmul_tn_acc
@@ -115,7 +115,7 @@ def step(h, c, xg, hg, params, o, blas):
 # The cell's adapter (the contract is in cells.py)
 
 
-class RNNCell:
+class RNNCell(Adapter):
     name = "rnn"
     gates = 1
     blocks = ("h",)  # names of the column blocks of Wh (and of their activations), in storage order
@@ -131,20 +131,9 @@ class RNNCell:
     def buffer_shapes(self, T, B, H):
         return {"hs": (T + 1, B, H)}, panel_shapes(H, 1)
 
-    def buffers(self, T, B, H, dtype):
-        return zeros(self.buffer_shapes(T, B, H), dtype)
-
     def activations(self, buf, H):
         """{name: (T,B,H)} of the activations of the window's steps."""
         return {"h": buf["hs"][1:]}
-
-    def recurrent(self, p, H):
-        return gate_blocks(p, H, self.blocks)
-
-    def update_flops(self, H):
-        """FLOPs per character of an update's recurrent products: forward, input gradient and
-        weight gradient, 2*H*G each."""
-        return 6 * H * self.gates * H
 
     def forward(self, buf, scratch, p, xtable, xindex, t0, t1):
         pack_gate_panels(p["Wh"], scratch["Wp"])
