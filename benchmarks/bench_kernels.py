@@ -7,19 +7,39 @@ weight-gradient products), the machine's float32
 matrix-multiply rate (numpy, 2048x2048), and, if torch is installed, the same shapes through
 torch.nn.RNN/LSTM/GRU with one-hot inputs on 2 threads, timed in alternation with ours.
 
+With --against REV, the kernels as they were at git revision REV run too, in the same process
+and in alternation (the package at REV is extracted to benchmarks/results/versions/ and imported
+under another name), for a before-and-after comparison on one machine under one load.
+
+The OpenBLAS override some machines set is lifted for the run, as users run (machine.py).
+
     python benchmarks/bench_kernels.py            # all cells and shapes
     python benchmarks/bench_kernels.py --cell lstm --repeats 7
+    python benchmarks/bench_kernels.py --against 4920ba3 --no-torch
 """
 import argparse
+import importlib
+import io
 import os
+import shutil
 import statistics
+import subprocess
+import sys
+import tarfile
 import time
+from pathlib import Path
 
-import numpy as np
-from threadpoolctl import threadpool_limits
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from machine import describe, lift_openblas  # noqa: E402
 
-from charrnn.cells import CELLS
-from charrnn.model import ModelSpec, Stack, init_params
+lift_openblas()  # before numpy loads OpenBLAS
+
+import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+import charrnn.model  # noqa: E402
+from charrnn.cells import CELLS  # noqa: E402
 
 SHAPES = [(128, 65), (256, 65), (512, 65), (256, 6000)]  # (H, V)
 T, B = 100, 32
@@ -50,13 +70,33 @@ def _calls_per_sample(fn, seconds=SAMPLE_SECONDS):
     return max(1, round(seconds / _timed(fn)))
 
 
-def ours(cell, H, V):
-    """A closure running one update on fixed random text."""
+def package_at(rev):
+    """charrnn as it was at git revision `rev`, importable beside today's as charrnn_<hash>;
+    returns its model module."""
+    sha = subprocess.run(["git", "rev-parse", "--short", rev], cwd=HERE.parent, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    name, base = f"charrnn_{sha}", HERE / "results" / "versions"
+    if not (base / name).exists():
+        tmp = base / f"{name}.part"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        archive = subprocess.run(["git", "archive", sha, "charrnn"], cwd=HERE.parent, capture_output=True,
+                                 check=True).stdout
+        tarfile.open(fileobj=io.BytesIO(archive)).extractall(tmp, filter="data")
+        (tmp / "charrnn").rename(base / name)
+        tmp.rmdir()
+    sys.path.insert(0, str(base))
+    return importlib.import_module(f"{name}.model"), sha
+
+
+def ours(model, cell, H, V):
+    """A closure running one update on fixed random text, with the kernels of `model` (the
+    charrnn.model module of today or of another revision)."""
     rng = np.random.default_rng(0)
-    spec = ModelSpec(cell, V, H, 1)
-    params = init_params(spec, rng)
+    spec = model.ModelSpec(cell, V, H, 1)
+    params = model.init_params(spec, rng)
     grads = np.zeros_like(params)
-    stack = Stack(spec, B, T)
+    stack = model.Stack(spec, B, T)
     stack.ids[:] = rng.integers(0, V, (T, B))
     stack.targets[:] = rng.integers(0, V, (T, B))
 
@@ -73,8 +113,6 @@ TORCH_MODULES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}  # the cells torch 
 
 
 def theirs(torch, cell, H, V):
-    if cell not in TORCH_MODULES:
-        return None
     module = getattr(torch.nn, TORCH_MODULES[cell])(V, H)
     head = torch.nn.Linear(H, V)
     params = list(module.parameters()) + list(head.parameters())
@@ -97,6 +135,7 @@ def main():
     ap.add_argument("--cell", default="all", choices=["all", *CELLS])
     ap.add_argument("--repeats", type=int, default=5, help="timed samples per side (median reported)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    ap.add_argument("--against", metavar="REV", help="also time the kernels of this git revision")
     args = ap.parse_args()
     try:
         if args.no_torch:
@@ -106,34 +145,41 @@ def main():
         torch.set_num_threads(2)
     except ImportError:
         torch = None
+    before, rev = package_at(args.against) if args.against else (None, None)
+    print(describe())
     peak = matmul_gflops()
     print(f"float32 matmul (numpy, 2048x2048): {peak:.0f} GFLOP/s; T={T} B={B}, one layer")
     if torch is not None:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     header = f"{'cell':8} {'H':>4} {'V':>5} {'chars/s':>9} {'GFLOP/s':>8} {'of peak':>7}"
+    if before:
+        header += f" {rev + ' chars/s':>15} {'now/then':>8}"
     print(header + (f" {'torch chars/s':>13} {'ratio':>6}" if torch else ""))
     cells = list(CELLS) if args.cell == "all" else [args.cell]
     for cell in cells:
         for H, V in SHAPES:
             reps = args.repeats if V < 1000 else max(2, args.repeats // 2)
-            mine = ours(cell, H, V)
-            mine()  # compile and warm up
-            n_mine = _calls_per_sample(mine)
-            other = theirs(torch, cell, H, V) if torch else None
-            if other:
-                other()
-                n_other = _calls_per_sample(other)
-            ts_mine, ts_other = [], []
-            for _ in range(reps):  # alternate, so that both see the same machine load
-                ts_mine.append(_timed(mine, n_mine))
-                if other:
-                    ts_other.append(_timed(other, n_other))
-            cps = T * B / statistics.median(ts_mine)
-            gflops = (CELLS[cell].update_flops(H) + 6 * H * V) * cps / 1e9
-            line = f"{cell:8} {H:4d} {V:5d} {cps:9.0f} {gflops:8.1f} {gflops / peak:7.0%}"
-            if other:
-                cps_t = T * B / statistics.median(ts_other)
-                line += f" {cps_t:13.0f} {cps / cps_t:5.2f}x"
+            sides = {"now": ours(charrnn.model, cell, H, V)}
+            if before and cell in before.CELLS:
+                sides["then"] = ours(before, cell, H, V)
+            if torch and cell in TORCH_MODULES:
+                sides["torch"] = theirs(torch, cell, H, V)
+            calls = {}
+            for name, fn in sides.items():
+                fn()  # compile and warm up
+                calls[name] = _calls_per_sample(fn)
+            times = {name: [] for name in sides}
+            for _ in range(reps):  # alternate, so that every side sees the same machine load
+                for name, fn in sides.items():
+                    times[name].append(_timed(fn, calls[name]))
+            cps = {name: T * B / statistics.median(ts) for name, ts in times.items()}
+            gflops = (CELLS[cell].update_flops(H) + 6 * H * V) * cps["now"] / 1e9
+            line = f"{cell:8} {H:4d} {V:5d} {cps['now']:9.0f} {gflops:8.1f} {gflops / peak:7.0%}"
+            if before:
+                line += (f" {cps['then']:15.0f} {cps['now'] / cps['then']:7.2f}x" if "then" in cps
+                         else f" {'-':>15} {'-':>8}")
+            if "torch" in cps:
+                line += f" {cps['torch']:13.0f} {cps['now'] / cps['torch']:5.2f}x"
             print(line, flush=True)
 
 

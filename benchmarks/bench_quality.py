@@ -26,8 +26,6 @@ import argparse
 import ast
 import json
 import math
-import os
-import platform
 import subprocess
 import sys
 import sysconfig
@@ -37,8 +35,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
-LIFTED = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 STDLIB_CHARS = 2_500_000
+sys.path.insert(0, str(HERE))
+from machine import blas_kernel, cpu, describe, lift_openblas  # noqa: E402
+
 _SKIP = {"test", "tests", "idlelib", "site-packages", "lib2to3", "__pycache__", "pydoc_data", "turtledemo",
          "ensurepip"}
 
@@ -82,24 +82,6 @@ def build_corpus(name):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
-
-
-def machine():
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
-    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE"
-    return f"{cpu}, {os.cpu_count()} cores, {vector}"
-
-
-def blas_kernel():
-    from importlib import import_module
-
-    from threadpoolctl import threadpool_info
-
-    import_module("charrnn.kernels._jit")  # loads the BLAS charrnn uses
-    return "; ".join(f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')})"
-                     for i in threadpool_info() if i.get("user_api") == "blas")
 
 
 def run_charrnn(corpus, seconds, name, extra):
@@ -187,17 +169,12 @@ def main():
     ap.add_argument("--corpora", default="shakespeare,stdlib,docstrings")
     ap.add_argument("charrnn_args", nargs="*", help="extra options for charrnn train (after --)")
     args = ap.parse_args()
-    if any(k in os.environ for k in LIFTED):
-        env = {k: v for k, v in os.environ.items() if k not in LIFTED}
-        env["BENCH_LIFTED"] = " ".join(f"{k}={os.environ[k]}" for k in LIFTED if k in os.environ)
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
-    sys.path.insert(0, str(HERE))
+    lift_openblas()
     import torch
 
     torch.set_num_threads(2)
-    lifted = os.environ.get("BENCH_LIFTED")
-    print(f"CPU: {machine()}; " + (f"{lifted} lifted for this run" if lifted else f"{' and '.join(LIFTED)} not set"))
-    print(f"BLAS: {blas_kernel()}; torch {torch.__version__} on {torch.get_num_threads()} threads")
+    print(describe())
+    print(f"torch {torch.__version__} on {torch.get_num_threads()} threads")
     print(f"{args.minutes:g} minutes per side; both selected models scored by charrnn's evaluator", flush=True)
     rows = []
     for name in args.corpora.split(","):
@@ -212,7 +189,7 @@ def main():
               flush=True)
     RESULTS.mkdir(exist_ok=True)
     with open(RESULTS / f"quality-{time.strftime('%Y%m%d-%H%M%S')}.json", "w") as f:
-        json.dump({"cpu": machine(), "blas": blas_kernel(), "minutes": args.minutes, "rows": rows}, f, indent=1)
+        json.dump({"cpu": cpu(), "blas": blas_kernel(), "minutes": args.minutes, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,7 @@ def train(
     schedule: Literal[SCHEDULES] = typer.Option(_C.schedule, case_sensitive=False, help="The learning rate over the run: linear (down to zero at the end of the budget: time, steps or epochs), cosine (the same ends, a slower start), step (--lr-decay every --decay-every updates) or constant."),
     lr_decay: float = _ranged(_C.lr_decay, RANGES["lr_decay"], "With --schedule step: multiply the learning rate by this every --decay-every updates."),
     decay_every: int = _ranged(_C.decay_every, RANGES["decay_every"], "With --schedule step: updates between learning-rate decays (0: never)."),
+    decay_start: float = _ranged(_C.decay_start, RANGES["decay_start"], "With --schedule linear or cosine: hold the learning rate for this fraction of the budget, then decay it to zero over the rest."),
     clip_norm: float = _ranged(_C.clip_norm, RANGES["clip_norm"], "Clip the global gradient norm to this (0: off)."),
     clip_value: float = _ranged(_C.clip_value, RANGES["clip_value"], "Clip each gradient element to +-this (0: off)."),
     epochs: Optional[float] = _ranged(None, RANGES["epochs"], "Stop after this many passes over the training text.", "float"),
@@ -120,7 +121,7 @@ def train(
                           test_fraction=test_fraction, cell=cell, hidden=hidden, layers=layers,
                           tau=tau, spectral_radius=spectral_radius, leak=leak, u_max=u_max,
                           dropout=dropout, batch=batch, k1=k1, k2=k2, optimizer=optimizer, lr=lr, schedule=schedule,
-                          lr_decay=lr_decay, decay_every=decay_every, clip_norm=clip_norm, clip_value=clip_value,
+                          lr_decay=lr_decay, decay_every=decay_every, decay_start=decay_start, clip_norm=clip_norm, clip_value=clip_value,
                           eval_every=eval_every, eval_chars=eval_chars, checkpoint_every=checkpoint_every,
                           seed=seed, run=run, out_dir=str(out_dir), **stops).validate()
         trainer = Trainer(cfg, new_run_dir(cfg), say=say)

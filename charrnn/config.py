@@ -62,6 +62,7 @@ RANGES = {
     "lr_decay": Range(0, 1, open_low=True),
     "decay_every": Range(0),
     "warmup": Range(0),
+    "decay_start": Range(0, 1, open_high=True),
     "clip_norm": Range(0),
     "clip_value": Range(0),
     "weight_decay": Range(0),
@@ -129,6 +130,7 @@ class TrainConfig:
     lr_decay: float = 0.95  # schedule "step": multiply the learning rate by this ...
     decay_every: int = 500  # ... every this many updates (0: never)
     warmup: int = 0  # linear warm-up over this many updates
+    decay_start: float = 0.0  # linear, cosine: hold lr for this fraction of the budget, then decay
     clip_norm: float = 5.0  # global-norm clipping (Pascanu et al. 2013); 0 turns it off
     clip_value: float = 0.0  # element clipping (Mikolov 2012); 0 turns it off
     weight_decay: float = 0.0
@@ -186,6 +188,7 @@ class TrainConfig:
 # Settings added after checkpoints were first written, and what a checkpoint without one ran.
 OLDER_CHECKPOINTS = {
     "schedule": "step",  # before schedules had a name: the step decay
+    "decay_start": 0.0,  # linear and cosine decayed from the start
     # before cells had options: their defaults (the cells that read them came with them)
     **{name: opt.default for name, opt in CELL_OPTIONS.items()},
 }

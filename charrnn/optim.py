@@ -366,11 +366,13 @@ def clip_by_value(grads, limit: float) -> float:
 
 
 def learning_rate(base_lr: float, step: int, progress: float = 0.0, *, schedule: str = "constant",
-                  decay: float = 1.0, decay_every: int = 0, warmup: int = 0) -> float:
-    """Learning rate for update `step` (counted from 0), `progress` in [0, 1) of the run's budget:
+                  decay: float = 1.0, decay_every: int = 0, warmup: int = 0, decay_start: float = 0.0) -> float:
+    """Learning rate for update `step` (counted from 0), `progress` in [0, 1) of the run's budget.
+    Linear and cosine hold base_lr until progress reaches decay_start, then decay over the rest,
+    where p = (progress - decay_start) / (1 - decay_start), clamped to [0, 1]:
 
-        linear     base_lr * (1 - progress)                  down to zero at the end of the budget
-        cosine     base_lr * (1 + cos(pi * progress)) / 2    the same ends, a slower start
+        linear     base_lr * (1 - p)                         down to zero at the end of the budget
+        cosine     base_lr * (1 + cos(pi * p)) / 2           the same ends, a slower start
         step       base_lr * decay ** (step // decay_every)  (decay_every 0: constant)
         constant   base_lr
     each times min(1, (step + 1) / warmup) when warmup > 0.
@@ -378,7 +380,7 @@ def learning_rate(base_lr: float, step: int, progress: float = 0.0, *, schedule:
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     lr = float(base_lr)
-    progress = min(max(float(progress), 0.0), 1.0)
+    progress = min(max((float(progress) - decay_start) / (1.0 - decay_start), 0.0), 1.0)
     if schedule == "linear":
         lr *= 1.0 - progress
     elif schedule == "cosine":

@@ -184,7 +184,8 @@ class Trainer:
                 f"the last good checkpoint is in {self.run_dir}; try a lower --lr or --clip-norm")
         clipped_values = clip_by_value(self.grads, cfg.clip_value)
         lr = learning_rate(cfg.lr, self.step, self.done_fraction(), schedule=cfg.schedule, decay=cfg.lr_decay,
-                           decay_every=cfg.decay_every, warmup=cfg.warmup)
+                           decay_every=cfg.decay_every, warmup=cfg.warmup,
+                           decay_start=cfg.decay_start)
         self.opt.step(self.params, self.grads, lr, stack.layout.segments)
         stack.constrain(self.params)
         sched.advance(stack)

@@ -7,6 +7,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_pyflakes_finds_nothing():
-    result = subprocess.run([sys.executable, "-m", "pyflakes", "charrnn", "tests", "benchmarks"], cwd=ROOT,
-                            capture_output=True, text=True)
+    # benchmarks/results holds what benchmarks write, old revisions of the package included
+    files = [str(f) for folder in ("charrnn", "tests", "benchmarks") for f in sorted((ROOT / folder).rglob("*.py"))
+             if "results" not in f.relative_to(ROOT).parts]
+    result = subprocess.run([sys.executable, "-m", "pyflakes", *files], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0 and not result.stdout, result.stdout + result.stderr

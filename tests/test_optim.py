@@ -356,6 +356,13 @@ def test_learning_rate_over_the_budget():
     # the step and constant schedules ignore progress
     assert learning_rate(0.1, 10, 0.9, schedule="step", decay=0.5, decay_every=10) == 0.05
     assert learning_rate(0.1, 10, 0.9, schedule="constant") == 0.1
+    # decay_start: the base rate held until then, the decay squeezed into the rest of the budget
+    for schedule in ("linear", "cosine"):
+        assert learning_rate(0.1, 9, 0.59, schedule=schedule, decay_start=0.6) == 0.1
+        assert learning_rate(0.1, 9, 0.8, schedule=schedule, decay_start=0.6) == pytest.approx(0.05, rel=1e-12)
+        assert learning_rate(0.1, 9, 1.0, schedule=schedule, decay_start=0.6) == 0.0
+    assert learning_rate(0.1, 9, 0.9, schedule="linear", decay_start=0.6) == pytest.approx(0.025, rel=1e-12)
+    assert learning_rate(0.1, 9, 0.9, schedule="step", decay_start=0.6) == 0.1  # only linear and cosine
     # warm-up multiplies any schedule
     assert learning_rate(0.1, 0, 0.5, schedule="linear", warmup=4) == pytest.approx(0.0125, rel=1e-15)
     with pytest.raises(ValueError, match="unknown schedule"):

@@ -1,0 +1,55 @@
+"""What every benchmark prints first: the CPU, its vector extensions and the BLAS kernel that
+runs, with the OpenBLAS override some machines set lifted, as users run.
+
+OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE force OpenBLAS onto older kernels; users do not set
+them. `lift_openblas()` re-executes the benchmark without them and remembers what was lifted,
+so that `describe()` can say so.
+"""
+import os
+import platform
+import sys
+
+LIFTED = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+_NOTE = "BENCH_LIFTED"
+
+
+def lift_openblas():
+    """Re-run this process without the override (a no-op when it is not set). Call before numpy
+    is imported: OpenBLAS reads the variables when it loads."""
+    if any(k in os.environ for k in LIFTED):
+        env = {k: v for k, v in os.environ.items() if k not in LIFTED}
+        env[_NOTE] = " ".join(f"{k}={os.environ[k]}" for k in LIFTED if k in os.environ)
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def _cpuinfo(key):
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith(key)), "")
+    except OSError:
+        return ""
+
+
+def cpu():
+    """Model name, core count and the widest vector extension: 'AMD EPYC, 2 cores, AVX2'."""
+    flags = _cpuinfo("flags").split()
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE"
+    return f"{_cpuinfo('model name') or platform.processor()}, {os.cpu_count()} cores, {vector}"
+
+
+def blas_kernel():
+    """The BLAS libraries loaded by charrnn's kernels, with the kernel family each picked."""
+    from importlib import import_module
+
+    from threadpoolctl import threadpool_info
+
+    import_module("charrnn.kernels._jit")  # loads the BLAS that numba's products use
+    return "; ".join(f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')})"
+                     for i in threadpool_info() if i.get("user_api") == "blas")
+
+
+def describe():
+    """Two lines: the CPU and override, then the BLAS kernel."""
+    lifted = os.environ.get(_NOTE)
+    override = f"{lifted} lifted for this run" if lifted else f"{' and '.join(LIFTED)} not set"
+    return f"CPU: {cpu()}; {override}\nBLAS: {blas_kernel()}"
