@@ -277,7 +277,10 @@ def chart(flows, width=64, height=16):
 
 
 def _per_block(values: dict, fmt) -> str:
-    """One line per block, so that the table stays narrow: "i 1.02\nf 0.98..."."""
+    """One line per block, so that the table stays narrow: "i 1.02\nf 0.98..."; "-" for none
+    (IndRNN has no (H,H) block, and relu no saturation)."""
+    if not values:
+        return "-"
     if len(values) == 1:
         return fmt(next(iter(values.values())))
     width = max(len(name) for name in values)

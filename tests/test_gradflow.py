@@ -219,6 +219,16 @@ def test_cli_all_charts_every_family():
     assert radius["indrnn"]["u"] <= 1.0
 
 
+def test_cli_all_prints_a_table_row_for_every_family():
+    # IndRNN has neither an (H,H) block nor a saturating activation: its cells read "-"
+    r = runner.invoke(app, ["gradflow", "--cell", "all", "--max-k", "6", "--hidden", "8", "--windows", "1",
+                            "--batch", "2"], env={"COLUMNS": "160"})
+    assert r.exit_code == 0, r.output
+    rows = [line for line in r.output.splitlines() if line.startswith("│ ") and not line.startswith("│  ")]
+    assert [row.split("│")[1].strip() for row in rows] == list(NAMES)
+    assert "│ -" in next(row for row in rows if "indrnn" in row)
+
+
 def test_cli_prints_chart_and_table():
     r = runner.invoke(app, ["gradflow", "--cell", "rnn,lstm,gru", "--max-k", "20", "--hidden", "16"])
     assert r.exit_code == 0, r.output
