@@ -1,5 +1,6 @@
 """The command line: parse, call, print. Known errors, and failures of the system such as a full
 disk, print one red line and exit 1."""
+import os
 import math
 from pathlib import Path
 from typing import Literal, Optional
@@ -460,8 +461,9 @@ def _print_error(message: str):
 
 def main():
     """Entry point: a known error, or a failure of the system (a full disk, a folder that cannot
-    be written, too little memory), becomes one line on stderr and exit code 1. Ctrl-C exits
-    130 (typer turns KeyboardInterrupt into it)."""
+    be written, too little memory), becomes one line on stderr and exit code 1; so does a bug of
+    ours, whose traceback CHARRNN_TRACEBACK=1 shows. Ctrl-C exits 130 (typer turns
+    KeyboardInterrupt into it)."""
     try:
         app()
     except CharrnnError as e:
@@ -472,4 +474,10 @@ def main():
         raise SystemExit(1)
     except MemoryError:
         _print_error("out of memory; use a smaller model, batch or window, or free some memory")
+        raise SystemExit(1)
+    except Exception as e:  # a bug of ours: still one line, and the way to see the rest
+        if os.environ.get("CHARRNN_TRACEBACK"):
+            raise
+        _print_error(f"internal error ({type(e).__name__}: {e}); please report it with the output of the same "
+                     "command run with CHARRNN_TRACEBACK=1")
         raise SystemExit(1)

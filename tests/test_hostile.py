@@ -93,6 +93,23 @@ def test_a_folder_that_cannot_be_written(corpus, tmp_path, monkeypatch, capsys):
     assert str(tmp_path / "ro" / "r") in line and "Permission denied" in line and "permissions" in line
 
 
+def test_a_bug_of_ours_is_one_line_and_can_show_its_traceback(tmp_path, monkeypatch, capsys):
+    def broken(*a, **kw):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr("charrnn.gradflow.measure", broken)
+    monkeypatch.setattr(sys, "argv", ["charrnn", "gradflow", "--cell", "rnn", "--hidden", "4", "--max-k", "2"])
+    monkeypatch.delenv("CHARRNN_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as exit:
+        cli.main()
+    assert exit.value.code == 1
+    line = one_line(capsys.readouterr().err)
+    assert "internal error (ZeroDivisionError: division by zero)" in line and "CHARRNN_TRACEBACK=1" in line
+    monkeypatch.setenv("CHARRNN_TRACEBACK", "1")
+    with pytest.raises(ZeroDivisionError):
+        cli.main()
+
+
 def test_brackets_in_names_print_as_they_are(corpus, tmp_path):
     # rich would read "[red]" as a style and fail on "[/oops]", a closing tag without an opening one
     out_dir, name = tmp_path / "[/oops]", "[red]x[y]"
