@@ -95,6 +95,23 @@ def _tile_intrinsic(rows):
     return tile
 
 
+def tile_rows(features: str) -> int:
+    """Rows of the register tile on a CPU with these LLVM features ("+avx2,-avx512f,..."). Each
+    row keeps LANES float32 sums in registers: two 8-wide vectors with AVX2, one 16-wide with
+    AVX-512. Two FMA pipes with a latency of about 4 cycles need 8 independent sums in flight:
+    4 rows with AVX2 (8 of its 16 registers; 8 rows would spill), 8 with AVX-512 (8 of 32)."""
+    return 8 if "+avx512f" in features.split(",") else 4
+
+
+def host_features() -> str:
+    """The features numba compiles for: NUMBA_CPU_FEATURES when set, else the host's."""
+    from numba.core import config
+
+    return config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
+
+
+TILE_ROWS = tile_rows(host_features())  # a constant of the compiled kernels (numba's cache is per CPU)
+_tile8 = _tile_intrinsic(8)
 _tile4 = _tile_intrinsic(4)
 _tile1 = _tile_intrinsic(1)
 
@@ -102,8 +119,13 @@ _tile1 = _tile_intrinsic(1)
 @kernel
 def panel_product(A, a0, lda, rows, K, P, p0, C, c0, ldc):
     """C[i, :LANES] += A[i, :K] @ panel for i < rows: A's row i starts at a0 + i*lda, C's at
-    c0 + i*ldc, and the (K, LANES) panel at p0 of P. Arrays are contiguous."""
+    c0 + i*ldc, and the (K, LANES) panel at p0 of P. Arrays are contiguous. Tiles of TILE_ROWS
+    rows, then of 4, then single rows."""
     r = 0
+    if TILE_ROWS == 8:  # compiled in only where the host chose it
+        while r + 8 <= rows:
+            _tile8(A, a0 + r * lda, lda, P, p0, C, c0 + r * ldc, ldc, K)
+            r += 8
     while r + 4 <= rows:
         _tile4(A, a0 + r * lda, lda, P, p0, C, c0 + r * ldc, ldc, K)
         r += 4

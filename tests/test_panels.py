@@ -1,0 +1,62 @@
+"""The recurrent product's register tile: chosen from the host's vector width, and every variant
+correct on any machine (LLVM splits vectors wider than the hardware's, so all of them run here;
+only their speed differs by machine)."""
+import os
+import subprocess
+import sys
+import types
+
+import numba
+import numpy as np
+import pytest
+
+from charrnn.kernels import panels
+from charrnn.kernels.panels import LANES, tile_rows
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AVX2 = "+avx,+avx2,+fma,-avx512f,-avx512vl,+avx512fp16"  # the last, alone, is no reason for the wide tile
+AVX512 = "+avx,+avx2,+fma,+avx512f,+avx512vl,+avx512bw,+avx512dq"
+
+
+def test_tile_rows_follow_the_vector_width():
+    assert tile_rows(AVX2) == 4
+    assert tile_rows(AVX512) == 8
+    assert tile_rows("") == 4
+
+
+def test_a_host_reporting_avx512_selects_the_8_row_tile(tmp_path):
+    # numba compiles for NUMBA_CPU_FEATURES when set, and so the tile follows it; nothing is compiled
+    env = dict(os.environ, NUMBA_CPU_FEATURES=AVX512, NUMBA_CACHE_DIR=str(tmp_path), PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", "from charrnn.kernels import panels; print(panels.TILE_ROWS)"],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["8"]
+    env["NUMBA_CPU_FEATURES"] = AVX2
+    out = subprocess.run([sys.executable, "-c", "from charrnn.kernels import panels; print(panels.TILE_ROWS)"],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["4"]
+
+
+def panel_product_with(rows):
+    """panel_product compiled with TILE_ROWS = rows, whatever this host chose (uncached)."""
+    fn = panels.panel_product.py_func
+    scope = dict(fn.__globals__, TILE_ROWS=rows)
+    return numba.njit(types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__))
+
+
+@pytest.mark.parametrize("tile", [4, 8])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_tile_variant_multiplies_like_numpy(tile, dtype):
+    product = panel_product_with(tile)
+    rng = np.random.default_rng(tile)
+    for rows in (0, 1, 3, 4, 5, 7, 8, 9, 12, 13, 16, 17, 21):  # whole tiles of 8, of 4, and single rows
+        for K in (1, 5, 37):
+            lda, ldc = K + 3, 2 * LANES + 5  # rows spaced wider than they are, as the cells lay them out
+            A = rng.normal(size=rows * lda + 2).astype(dtype)
+            P = rng.normal(size=(2, K, LANES)).astype(dtype)  # the second panel is the one multiplied
+            C = rng.normal(size=rows * ldc + LANES + 1).astype(dtype)
+            want = C.copy()
+            for i in range(rows):
+                want[1 + i * ldc: 1 + i * ldc + LANES] += A[2 + i * lda: 2 + i * lda + K] @ P[1]
+            product(A, 2, lda, rows, K, P, K * LANES, C, 1, ldc)
+            tol = 1e-12 if dtype == np.float64 else 2e-5
+            np.testing.assert_allclose(C, want, rtol=tol, atol=tol, err_msg=f"rows={rows} K={K}")
