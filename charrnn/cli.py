@@ -386,7 +386,7 @@ def gradflow(
     spectral_radius: Optional[float] = _ranged(None, RANGES["spectral_radius"], kind="float", help=f"Fresh esn models: {CELL_OPTIONS['spectral_radius'].help} (default {CELL_OPTIONS['spectral_radius'].default:g})."),
     leak: Optional[float] = _ranged(None, RANGES["leak"], kind="float", help=f"Fresh esn models: {CELL_OPTIONS['leak'].help}."),
     u_max: Optional[float] = _ranged(None, RANGES["u_max"], kind="float", help="Fresh indrnn models: bound on |u|, which starts U(0, bound); default 2^(1/(K+1)), Li et al. (2018)'s bound for the measured window."),
-    forget_bias: Optional[float] = typer.Option(None, help="Set the fresh LSTMs' forget-gate bias to this (training starts it like every bias, near 0; 1 is the classic remedy that keeps the gate open)."),
+    forget_bias: Optional[float] = typer.Option(None, help="Set the forget-gate bias of fresh lstm and peephole models to this (training starts it like every bias, near 0; 1 is the classic remedy that keeps the gate open)."),
     corpus: Optional[Path] = typer.Option(None, help="Text to take the windows from. Default: the shipped corpora/tinyshakespeare.txt."),
     max_k: int = typer.Option(100, "--max-k", min=1, max=1000, help="Measure k = 0..K steps back from the last step."),
     windows: int = typer.Option(8, min=1, max=10000, help="Windows of text to average over."),

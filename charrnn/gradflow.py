@@ -230,12 +230,14 @@ def corpus_ids(text: str, vocab: Vocab):
 
 
 def set_forget_bias(model: Model, bias: float) -> None:
-    """Set the forget-gate bias of every LSTM layer (a no-op for other cells)."""
-    if model.spec.cell != "lstm":
+    """Set the forget-gate bias of every layer of a cell with a forget gate (the block "f" of
+    its recurrent matrix: lstm, peephole); a no-op for other cells."""
+    blocks = getattr(CELLS[model.spec.cell], "blocks", ())
+    if "f" not in blocks:
         return
-    H = model.spec.hidden
+    H, f = model.spec.hidden, blocks.index("f")
     for p in Layout(model.spec).layer_views(model.params)[0]:
-        p["b"][H : 2 * H] = bias
+        p["b"][f * H : (f + 1) * H] = bias
 
 
 def run(text: str, cells=None, checkpoint=None, hidden=64, layers=1, seed=0, radius=None,

@@ -112,10 +112,11 @@ def test_float32_close_to_float64(cell, T, H):
     assert rel_err(g32, g64) < 1e-4
 
 
-def test_lstm_forget_bias_is_drawn_like_every_bias():
+@pytest.mark.parametrize("cell", ["lstm", "peephole"])
+def test_forget_bias_is_drawn_like_every_bias(cell):
     # PyTorch's initialisation, the forget gate included (no +1): U(-1/sqrt(H), 1/sqrt(H))
     H = 64
-    spec = ModelSpec("lstm", 5, H, 2)
+    spec = ModelSpec(cell, 5, H, 2)
     layers, _ = Layout(spec).layer_views(init_params(spec, np.random.default_rng(0)))
     bound = 1.0 / np.sqrt(H)
     for p in layers:

@@ -187,8 +187,10 @@ class PeepholeCell(LSTMCell):
         return standard_shapes(n_in, H, 4) + [Tensor("peep", (3 * H,))]
 
     def init(self, p, H, rng, spec=None):
+        # Every tensor, peepholes included, drawn as the LSTM's are, with no forget-gate +1 either:
+        # at H=128 the +1 cost 0.082 and 0.046 nats of validation loss after 600 updates (two
+        # seeds, otherwise the same run). `charrnn gradflow --forget-bias 1` shows what it does.
         uniform_(p, H, rng)
-        p["b"][H : 2 * H] = 1.0  # forget-gate bias 1 (Gers et al. 2000); the plain LSTM has none
 
     def buffer_shapes(self, T, B, H):
         buf = {"hs": (T + 1, B, H), "cs": (T + 1, B, H), "acts": (T, B, n_panels(H) * SAVED * LANES)}
