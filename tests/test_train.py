@@ -126,14 +126,14 @@ def test_training_lowers_the_loss(corpus, tmp_path):
 def test_the_learning_rate_runs_down_over_the_budget(corpus, tmp_path, schedule):
     import math
 
-    cfg = config(corpus, tmp_path, schedule=schedule, lr=0.01)
+    cfg = config(corpus, tmp_path, schedule=schedule, lr=0.01, decay_start=0.5)
     trainer = train_steps(cfg, tmp_path / "r", 40)
     lines = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     logged = {l["step"]: l["lr"] for l in lines if l["kind"] == "train"}
     assert sorted(logged) == [10, 20, 30, 40]
     for step, lr in logged.items():  # the rate of the update that ended at `step`: progress (step-1)/40
-        progress = (step - 1) / 40
-        want = 1 - progress if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+        p = max(0.0, ((step - 1) / 40 - 0.5) / 0.5)  # held for the first half, then run down
+        want = 1 - p if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * p))
         assert lr == pytest.approx(0.01 * want, rel=1e-12)
     assert trainer.step == 40
 
