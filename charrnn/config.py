@@ -113,7 +113,7 @@ class TrainConfig:
     cell: str = "lstm"
     hidden: int = 512
     layers: int = 1
-    dropout: float = 0.25  # on the input of every layer above the first and of the output layer
+    dropout: float = 0.4  # on the input of every layer above the first and of the output layer
     # options of particular cells (cells.OPTIONS says what each means)
     tau: str = CELL_OPTIONS["tau"].default  # leaky
     spectral_radius: float = CELL_OPTIONS["spectral_radius"].default  # esn
