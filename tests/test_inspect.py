@@ -86,7 +86,9 @@ def test_trace_equals_the_stacks_forward_pass_and_the_reference(cell, monkeypatc
     monkeypatch.setattr(ins, "WINDOW", 7)  # 40 characters: six windows, the state carried across
     text = QUOTED[:40]
     vocab = Vocab.from_text(text)
-    spec, params = random_model(cell, vocab)
+    # a draw in which every gate of every layer is open, half-open and closed somewhere (checked
+    # below): on 40 characters and 5 units not every draw has that
+    spec, params = random_model(cell, vocab, seed=4)
     ids = vocab.encode(text)
     N, H = ids.size, spec.hidden
 
