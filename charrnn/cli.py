@@ -3,7 +3,7 @@ disk, print one red line and exit 1."""
 import os
 import math
 from pathlib import Path
-from typing import Literal, Optional
+from typing import List, Literal, Optional
 
 import typer
 from rich.console import Console
@@ -63,10 +63,25 @@ def _encoding(value: Optional[str]):
         raise typer.BadParameter(str(e)) from None
 
 
+def _doc_sep(value: str):
+    """The separator with its backslash escapes read; a bad escape is a usage error."""
+    from .corpus import parse_doc_sep
+
+    try:
+        return parse_doc_sep(value)
+    except CharrnnError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+def _shown(value):
+    """A setting in the start-up line: text with control characters (a separator) escaped."""
+    return repr(value) if isinstance(value, str) and not value.isprintable() else value
+
+
 @app.command()
 def train(
     ctx: typer.Context,
-    corpus: Optional[Path] = typer.Argument(None, help="Text file to learn from. Default: the shipped corpora/tinyshakespeare.txt."),
+    corpus: Optional[List[Path]] = typer.Argument(None, show_default=False, help="Text files and folders to learn from, read in the order given; a folder means every file below it, sorted by path, leaving out hidden files and folders and (with a note) files that are not UTF-8 text. Default: the shipped corpora/tinyshakespeare.txt."),
     cell: Literal[CELLS] = typer.Option(_C.cell, case_sensitive=False, help=f"The recurrent cell. {choices_help()}."),
     hidden: int = _ranged(_C.hidden, RANGES["hidden"], "Hidden units per layer."),
     layers: int = _ranged(_C.layers, RANGES["layers"], "Stacked layers."),
@@ -95,42 +110,56 @@ def train(
     val_fraction: float = _ranged(_C.val_fraction, RANGES["val_fraction"], "Part of the text held out for validation."),
     test_fraction: float = _ranged(_C.test_fraction, RANGES["test_fraction"], "Part of the text held out for the final test."),
     encoding: str = typer.Option(_C.encoding, callback=_encoding, help="utf-8, latin-1 or bytes (each byte one character)."),
+    doc_sep: str = typer.Option(repr(_C.doc_sep)[1:-1], callback=_doc_sep, help="Put between documents (files), where the model learns that one ends; backslash escapes such as \\n and \\x03 are read. Default: the one character ETX (U+0003, 'end of text'), which no text holds, so a sample can stop exactly where a document would end; '\\n\\n' (a blank line) is also a paragraph break."),
+    init_from: Optional[Path] = typer.Option(None, help="Fine-tune: start from this trained model (a checkpoint, or a run folder's best) with a fresh optimizer and schedule. Its cell, sizes and cell options are kept; characters of the new text it lacks are added to its vocabulary."),
+    sample_every: int = _ranged(_C.sample_every, RANGES["sample_every"], "Every this many updates, print a sample and add it to RUN/samples.txt (0: never). A 200-character sample of the default 1x512 LSTM takes about as long as one update (README)."),
+    sample_length: int = _ranged(_C.sample_length, RANGES["sample_length"], "Characters per sample while training."),
+    sample_temperature: float = _ranged(_C.sample_temperature, RANGES["sample_temperature"], "Temperature of the samples while training."),
     seed: int = _ranged(_C.seed, RANGES["seed"], "Seed for initialisation and dropout."),
     run: str = typer.Option("", help="Run name: checkpoints go to OUT_DIR/RUN. Default: CELL-DATE-TIME."),
     out_dir: Path = typer.Option(Path(_C.out_dir), help="Folder for run folders."),
-    resume: Optional[Path] = typer.Option(None, help="Continue a run (its folder or a checkpoint). Only the stopping rules may change."),
+    resume: Optional[Path] = typer.Option(None, help="Continue a run (its folder or a checkpoint), from any folder. The learning rate and its schedule, clipping, the stopping rules, evaluation, saves and samples may change; one line says what changed. Give the corpus again only if it moved: it is checked by its hash."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display; print only the summary."),
 ):
-    """Train a model on a text file, saving latest.npz and best.npz under OUT_DIR/RUN."""
+    """Train a model on text files, saving latest.npz and best.npz under OUT_DIR/RUN."""
     from .config import TrainConfig, check_resume_overrides
-    from .train import Interrupted, Trainer, new_run_dir
+    from .errors import UsageError
+    from .train import Interrupted, Trainer, fine_tune_settings, new_run_dir
 
     say = (lambda *a: None) if quiet else (lambda msg: err.print(msg, highlight=False))
-    stops = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps), ("time_limit", time_limit)) if v is not None}
+    given = {name: value for name, value in ctx.params.items() if name not in ("resume", "quiet")
+             and ctx.get_parameter_source(name).name != "DEFAULT"}
     if resume is not None:
-        given = [name for name in ctx.params if name not in ("resume", "quiet")
-                 and ctx.get_parameter_source(name).name != "DEFAULT"]
-        try:
-            check_resume_overrides(given)
-        except CharrnnError as e:
-            raise typer.BadParameter(str(e), param_hint="--resume") from None
+        if init_from is not None:
+            raise UsageError("--init-from starts a new run from a trained model; leave it out with --resume")
+        overrides = {k: v for k, v in given.items() if k != "corpus"}
+        check_resume_overrides(overrides)
         with err.status("loading the checkpoint and the corpus..."):
-            trainer = Trainer.resume(resume, say=say, **stops)
+            trainer = Trainer.resume(resume, say=say, corpus=corpus or None, **overrides)
         say(f"resuming {trainer.run_dir} at update {trainer.step}")
     else:
-        cfg = TrainConfig(corpus=str(corpus or ""), encoding=encoding, val_fraction=val_fraction,
-                          test_fraction=test_fraction, cell=cell, hidden=hidden, layers=layers,
-                          tau=tau, spectral_radius=spectral_radius, leak=leak, u_max=u_max,
-                          dropout=dropout, batch=batch, k1=k1, k2=k2, optimizer=optimizer, lr=lr, schedule=schedule,
-                          lr_decay=lr_decay, decay_every=decay_every, decay_start=decay_start, clip_norm=clip_norm, clip_value=clip_value,
-                          eval_every=eval_every, eval_chars=eval_chars, checkpoint_every=checkpoint_every,
-                          seed=seed, run=run, out_dir=str(out_dir), **stops).validate()
+        settings = dict(corpus=[str(p) for p in corpus or ()], encoding=encoding, doc_sep=doc_sep,
+                        val_fraction=val_fraction, test_fraction=test_fraction, cell=cell, hidden=hidden,
+                        layers=layers, tau=tau, spectral_radius=spectral_radius, leak=leak, u_max=u_max,
+                        dropout=dropout, batch=batch, k1=k1, k2=k2, optimizer=optimizer, lr=lr,
+                        schedule=schedule, lr_decay=lr_decay, decay_every=decay_every, decay_start=decay_start,
+                        clip_norm=clip_norm,
+                        clip_value=clip_value, eval_every=eval_every, eval_chars=eval_chars,
+                        checkpoint_every=checkpoint_every, sample_every=sample_every, sample_length=sample_length,
+                        sample_temperature=sample_temperature, seed=seed, run=run, out_dir=str(out_dir))
+        if init_from is not None:
+            settings.update(fine_tune_settings(init_from, given))
+        stops = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps), ("time_limit", time_limit))
+                 if v is not None}
+        cfg = TrainConfig(**settings, **stops).validate()
         trainer = Trainer(cfg, new_run_dir(cfg), say=say)
     cfg = trainer.cfg
     if not quiet:
-        settings = " ".join(f"{k}={v}" for k, v in cfg.to_dict().items())
+        settings = " ".join(f"{k}={_shown(v)}" for k, v in cfg.to_dict().items())
         err.print(Text(settings, style="dim"))
-        err.print(f"{trainer.spec.cell} {cfg.layers}x{cfg.hidden}, vocabulary {trainer.vocab.size}, "
+        origin = f" from {cfg.init_from}" if cfg.init_from and trainer.fresh else ""
+        added = f" ({trainer.vocab_added} added)" if origin else ""
+        err.print(f"{trainer.spec.cell} {cfg.layers}x{cfg.hidden}{origin}, vocabulary {trainer.vocab.size}{added}, "
                   f"{trainer.params.size:,} parameters; train/val/test {len(trainer.train_ids):,}/"
                   f"{len(trainer.val_ids):,}/{len(trainer.test_ids):,} characters -> {trainer.run_dir}",
                   highlight=False)
@@ -468,7 +497,7 @@ def main():
         app()
     except CharrnnError as e:
         _print_error(str(e))
-        raise SystemExit(1)
+        raise SystemExit(e.exit_code)
     except OSError as e:
         _print_error(os_error_message(e))
         raise SystemExit(1)

@@ -5,12 +5,12 @@ The resolved config is printed at the start of a run and stored in every checkpo
 with the vocabulary, so that a checkpoint carries everything needed to resume or sample.
 """
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from .cells import NAMES as CELLS  # the registry's names; cells.py imports no kernels
 from .cells import OPTIONS as CELL_OPTIONS
 from .cells import check_option
-from .errors import CharrnnError
+from .errors import CharrnnError, UsageError
 
 # the optimizers optim.py implements, named here so that reading the defaults (the CLI does,
 # for its help) imports no kernels
@@ -19,6 +19,14 @@ OPTIMIZERS = ("adam", "rmsprop", "adagrad", "sgd")
 SCHEDULES = ("linear", "cosine", "step", "constant")
 # the settings that take one of a few names
 CHOICES = {"cell": CELLS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
+# What goes between documents when a run reads several files: one character of its own, ETX
+# ("end of text", U+0003). textgenrnn wraps every text in a meta token that is no character of
+# any text, and GPT-2 ends documents with <|endoftext|>, for the same reason: a model that
+# learns one unambiguous symbol for "a document ends here" can be stopped there when sampling
+# (`charrnn sample --stop-at`). A blank line, the other common choice, is also a paragraph break
+# inside documents. ETX is no whitespace and no line break to Python (str.split and splitlines
+# leave it alone, as they would not U+001C..U+001E), and no text file holds it.
+DOC_SEP = "\x03"
 # `charrnn inspect` reads INSPECT_CHARS characters unless told otherwise, and the terminal colours
 # at most that many; it reads at most INSPECT_MAX_CHARS, up to which its page stays quick
 INSPECT_CHARS, INSPECT_MAX_CHARS = 2_000, 20_000
@@ -72,6 +80,9 @@ RANGES = {
     "eval_every": Range(1),
     "eval_chars": Range(0),
     "checkpoint_every": Range(1),
+    "sample_every": Range(0),
+    "sample_length": Range(1, 100_000),
+    "sample_temperature": Range(0, 1000),  # as `charrnn sample --temperature`
     "seed": Range(0),  # numpy seeds are non-negative
     # the numeric options of particular cells, from their entries in cells.OPTIONS (tau, a
     # string, is checked by cells.check_option)
@@ -88,25 +99,50 @@ SAMPLE_RANGES = {
     "num_samples": Range(1, 100_000),
 }
 
-# What `train --resume` may change: the stopping rules. Every other setting decides what the run
-# computes, and a resumed run continues exactly as the uninterrupted one would have.
-RESUME_MAY_CHANGE = ("epochs", "max_steps", "time_limit")
+# What `train --resume` may change: how the run goes on from the saved state (the learning rate,
+# its schedule, clipping, the stopping rules) and its bookkeeping (evaluation, saves, samples).
+# The rest decides what the saved state is: the model, the text and how it is cut into streams
+# and windows, the optimizer and the random draws. Resumed without changes, a run continues
+# exactly as the uninterrupted one would have.
+RESUME_MAY_CHANGE = ("lr", "schedule", "lr_decay", "decay_every", "decay_start", "clip_norm", "clip_value",
+                     "epochs", "max_steps", "time_limit", "eval_every", "eval_chars", "checkpoint_every",
+                     "sample_every", "sample_length", "sample_temperature")
+# What a fine-tuned run (--init-from) takes from its checkpoint: the model itself.
+MODEL_SETTINGS = ("cell", "hidden", "layers", *CELL_OPTIONS)
+
+
+def flag(name):
+    """The command-line spelling of a setting: max_steps -> --max-steps."""
+    return f"--{name.replace('_', '-')}"
 
 
 def check_resume_overrides(names):
-    """A CharrnnError if any of these settings may not change on resume (RESUME_MAY_CHANGE)."""
+    """A UsageError if any of these settings may not change on resume (RESUME_MAY_CHANGE)."""
     fixed = [n for n in names if n not in RESUME_MAY_CHANGE]
     if fixed:
-        options = lambda ns: ", ".join(f"--{n.replace('_', '-')}" for n in ns)
-        raise CharrnnError(f"a resumed run keeps its own settings; leave out {options(fixed)} "
-                           f"(only {options(RESUME_MAY_CHANGE)} may change)")
+        raise UsageError(f"a resumed run keeps its model, text, batch, windows, optimizer and seed; leave out "
+                         f"{', '.join(map(flag, fixed))} (these may change: {', '.join(map(flag, RESUME_MAY_CHANGE))})")
+
+
+def check_init_overrides(given: dict, saved: dict, checkpoint):
+    """A UsageError if `given` sets any of the model's settings (MODEL_SETTINGS) otherwise than the
+    checkpoint `saved` (its config) that a run fine-tunes."""
+    saved = {**OLDER_CHECKPOINTS, **saved}
+    conflicts = [f"{flag(n)} {given[n]} (it has {saved[n]})" for n in MODEL_SETTINGS
+                 if n in given and given[n] != saved[n]]
+    if conflicts:
+        raise UsageError(f"--init-from {checkpoint} holds the model {saved['cell']} {saved['layers']}x{saved['hidden']}, "
+                         f"whose cell, sizes and cell options a fine-tuned run keeps; leave out {', '.join(conflicts)}")
 
 
 @dataclass
 class TrainConfig:
     # data
-    corpus: str = ""  # text file; "" means the shipped corpora/tinyshakespeare.txt
+    # text files and folders, as absolute paths once a run has read them; none: the shipped
+    # corpora/tinyshakespeare.txt (a single path may be given as a string)
+    corpus: list[str] = field(default_factory=list)
     encoding: str = "utf-8"  # utf-8 | latin-1 | bytes
+    doc_sep: str = DOC_SEP  # put between documents (files); corpus.DOC_SEP says why this default
     val_fraction: float = 0.05  # contiguous validation part, after the training part
     test_fraction: float = 0.05  # contiguous test part, at the end of the file
     # model
@@ -114,6 +150,7 @@ class TrainConfig:
     hidden: int = 512
     layers: int = 1
     dropout: float = 0.4  # on the input of every layer above the first and of the output layer
+    init_from: str = ""  # fine-tune: the checkpoint whose model (cell, sizes, weights) the run starts from
     # options of particular cells (cells.OPTIONS says what each means)
     tau: str = CELL_OPTIONS["tau"].default  # leaky
     spectral_radius: float = CELL_OPTIONS["spectral_radius"].default  # esn
@@ -142,9 +179,17 @@ class TrainConfig:
     eval_every: int = 200  # updates between validation runs
     eval_chars: int = 0  # validate on at most this many characters (0: the whole split)
     checkpoint_every: int = 200  # updates between saves of latest.npz
+    sample_every: int = 0  # updates between samples printed and added to samples.txt (0: none)
+    sample_length: int = 200  # characters per sample
+    sample_temperature: float = 0.8
     seed: int = 1234
     run: str = ""  # run name under out_dir; "" means a fresh dated name
     out_dir: str = "checkpoints"
+
+    def __post_init__(self):
+        if isinstance(self.corpus, str):  # one path (older checkpoints hold one, "" for the shipped text)
+            self.corpus = [self.corpus] if self.corpus else []
+        self.corpus = [str(p) for p in self.corpus]
 
     def validate(self):
         """Raise CharrnnError naming the first option out of range."""
@@ -156,12 +201,13 @@ class TrainConfig:
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 bad(name, getattr(self, name), f"choose one of {', '.join(choices)}")
-        from .corpus import check_encoding
+        from .corpus import check_doc_sep, check_encoding
 
         self.encoding = check_encoding(self.encoding)
         for name, allowed in RANGES.items():
             if getattr(self, name) not in allowed:
                 bad(name, getattr(self, name), f"it must be in {allowed}")
+        check_doc_sep(self.doc_sep, self.encoding)
         if self.val_fraction + self.test_fraction >= 0.5:
             raise CharrnnError("--val-fraction plus --test-fraction must leave at least half the text for training")
         if self.run in (".", "..") or any(c in self.run for c in ("/", "\\", "\0")):
@@ -189,6 +235,11 @@ class TrainConfig:
 OLDER_CHECKPOINTS = {
     "schedule": "step",  # before schedules had a name: the step decay
     "decay_start": 0.0,  # linear and cosine decayed from the start
+    "doc_sep": "",  # before many files: one file, nothing between documents
+    "init_from": "",  # before fine-tuning: every run started from a fresh model
+    "sample_every": 0,  # before samples while training: none
+    "sample_length": 200,
+    "sample_temperature": 0.8,
     # before cells had options: their defaults (the cells that read them came with them)
     **{name: opt.default for name, opt in CELL_OPTIONS.items()},
 }

@@ -1,6 +1,7 @@
 """The text side of training: read a file, map characters to ids, split, and cut into streams.
 
     read_text(path, encoding)       strict decoding; every bad input is a one-line CharrnnError
+    read_corpus(paths, ...)         many files and folders, in a fixed order, joined by a separator
     Vocab                           characters <-> int32 ids (id = index into vocab.chars)
     split(ids, fractions)           contiguous train / validation / test slices
     fit_batch_and_window(...)       shrink batch and window so that small corpora still train
@@ -19,11 +20,16 @@ Encodings:
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .config import DOC_SEP
 from .errors import CharrnnError
 
 ENCODINGS = ("utf-8", "latin-1", "bytes")
@@ -66,26 +72,33 @@ def check_encoding(encoding: str) -> str:
     return name
 
 
+class NotText(CharrnnError):
+    """A file that holds no text in the encoding asked for: empty, binary or not valid UTF-8.
+    read_corpus skips such files inside folders."""
+
+
 def read_text(path, encoding: str = "utf-8") -> str:
     """The whole file as a string, decoded strictly; a CharrnnError for anything the user can fix."""
-    encoding = check_encoding(encoding)
-    data = _read_bytes(path)
-    name = str(path)
+    return decode_text(_read_bytes(path), encoding, str(path))
 
+
+def decode_text(data: bytes, encoding: str, name: str) -> str:
+    """A file's bytes as text; a NotText error naming `name` if they are none."""
+    encoding = check_encoding(encoding)
     if encoding == "utf-8":
         # Check for NUL before decoding: a binary file usually also holds invalid UTF-8, and
         # "binary file" is the more useful diagnosis than "bad byte at offset 0". In valid
         # UTF-8 a NUL byte can only be a NUL character, so this is the same test as on the text.
         nul = data.find(b"\x00")
         if nul >= 0:
-            raise CharrnnError(
+            raise NotText(
                 f"{name} looks like a binary file (NUL byte at offset {nul}); "
                 "pass a text file, or --encoding bytes to model its raw bytes"
             )
         try:
             text = data.decode("utf-8", errors="strict")
         except UnicodeDecodeError as e:
-            raise CharrnnError(_utf8_error_message(name, data, e)) from None
+            raise NotText(_utf8_error_message(name, data, e)) from None
         if text.startswith("\ufeff"):
             text = text[1:]
     else:
@@ -93,7 +106,7 @@ def read_text(path, encoding: str = "utf-8") -> str:
         text = data.decode("latin-1")
 
     if not text:
-        raise CharrnnError(f"{name} is empty; give a file with some text in it")
+        raise NotText(f"{name} is empty; give a file with some text in it")
     return text
 
 
@@ -129,6 +142,143 @@ def _utf8_error_message(name: str, data: bytes, e: UnicodeDecodeError) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Many files
+
+
+@dataclass
+class Corpus:
+    """The text of a run: its files read in order and joined by the document separator."""
+    text: str
+    files: list = field(default_factory=list)  # [{"path", "chars", "sha256"}]: absolute path, characters, SHA-256 of its bytes
+    notes: list = field(default_factory=list)  # what was skipped, for the user
+
+    @property
+    def name(self) -> str:
+        """The corpus in a message: its file's name, or how many files it has."""
+        return Path(self.files[0]["path"]).name if len(self.files) == 1 else f"the {len(self.files)} files"
+
+    def info(self) -> dict:
+        """What a checkpoint records of it: the files, and the length and SHA-256 of the whole text."""
+        return {"files": self.files, "chars": len(self.text), "sha256": text_sha256(self.text)}
+
+
+def text_sha256(text: str) -> str:
+    """The digest a run keeps of its whole text (surrogatepass: byte files may decode to anything)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def list_files(inputs) -> tuple[list[Path], list[str]]:
+    """The files that `inputs` (files and folders) name, in reading order, and notes on what was
+    left out.
+
+    The order is the inputs' order; a folder stands for every file below it, at any depth, sorted
+    by path (component by component, by code point: the same on every machine, whatever order
+    the file system lists them in). Inside folders, hidden files and folders (a name starting
+    with '.', such as .git) and what is not a regular file are left out. A file met twice is
+    read once, where it first appears."""
+    files, seen, hidden, special, repeated = [], set(), 0, 0, []
+    for given in map(Path, inputs):
+        if given.is_dir():
+            found = []
+            for folder, dirs, names in os.walk(given):
+                hidden += sum(map(_hidden, dirs)) + sum(map(_hidden, names))
+                dirs[:] = [d for d in dirs if not _hidden(d)]
+                for n in names:
+                    path = Path(folder) / n
+                    if _hidden(n):
+                        continue
+                    if not path.is_file():  # a fifo would block, a broken link cannot be read
+                        special += 1
+                        continue
+                    found.append(path)
+            found.sort(key=lambda p: p.relative_to(given).parts)
+        else:
+            found = [given]  # a missing or unreadable file says so when it is read
+        for path in found:
+            key = path.resolve()
+            if key in seen:
+                repeated.append(str(path))
+                continue
+            seen.add(key)
+            files.append(path)
+    notes = []
+    if hidden:
+        notes.append(f"left out {hidden} hidden file(s) and folder(s) inside the folders (names starting with '.')")
+    if special:
+        notes.append(f"left out {special} entries inside the folders that are not regular files")
+    if repeated:
+        notes.append(f"read once each: {_some(repeated)} (named twice)")
+    return files, notes
+
+
+def _some(names, n=3) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP) -> Corpus:
+    """The text of files and folders (list_files says which, in what order), the documents joined
+    by doc_sep. A file named in `inputs` must be text; a file found inside a folder that is empty,
+    binary or not valid UTF-8 is left out with a note."""
+    inputs = [Path(p) for p in inputs]
+    files, notes = list_files(inputs)
+    named = {p.resolve() for p in inputs}
+    texts, infos, not_text = [], [], []
+    for path in files:
+        data = _read_bytes(path)
+        try:
+            text = decode_text(data, encoding, str(path))
+        except NotText:
+            if path.resolve() in named:
+                raise
+            not_text.append(str(path))
+            continue
+        texts.append(text)
+        infos.append({"path": str(path.resolve()), "chars": len(text), "sha256": hashlib.sha256(data).hexdigest()})
+    if not_text:
+        what = "empty or binary" if encoding != "utf-8" else "empty, binary or not UTF-8"
+        notes.append(f"left out {len(not_text)} file(s) that are {what}: {_some(not_text)}")
+    if not texts:
+        raise CharrnnError(f"no text files in {_some([str(p) for p in inputs])}"
+                           + (f" ({'; '.join(notes)})" if notes else "") + "; give files or folders that hold text")
+    return Corpus(doc_sep.join(texts), infos, notes)
+
+
+_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|.?)", re.DOTALL)
+_SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def parse_doc_sep(text: str) -> str:
+    """A separator typed on the command line: backslash escapes \\n, \\t, \\r, \\\\, \\xHH, \\uHHHH and
+    \\UHHHHHHHH stand for their characters (so that '\\n\\n' is a blank line); a CharrnnError for
+    any other escape."""
+    def one(m):
+        code = m.group(1)
+        if code in _SIMPLE_ESCAPES:
+            return _SIMPLE_ESCAPES[code]
+        if len(code) > 1 and int(code[1:], 16) < 0x110000:
+            return chr(int(code[1:], 16))
+        what = f"unknown escape \\{code}" if code else "a lone backslash at the end"
+        raise CharrnnError(f"--doc-sep {text!r}: {what}; use \\n, \\t, \\r, \\\\, \\xHH or \\uHHHH")
+
+    return _ESCAPE.sub(one, text)
+
+
+def check_doc_sep(sep: str, encoding: str = "utf-8") -> None:
+    """A CharrnnError unless `sep` can stand between documents read in `encoding`."""
+    if len(sep) > 100:
+        raise CharrnnError(f"--doc-sep is {len(sep)} characters long; give at most 100")
+    if "\0" in sep or any(0xD800 <= ord(c) <= 0xDFFF for c in sep):
+        raise CharrnnError(f"--doc-sep {sep!r} holds a NUL or a lone surrogate, which no text file holds; choose another")
+    if encoding != "utf-8" and any(ord(c) > 0xFF for c in sep):
+        raise CharrnnError(f"--doc-sep {sep!r} is not made of bytes, but --encoding {encoding} reads every "
+                           f"character as a byte; choose characters up to \\xff")
+
+
+# ---------------------------------------------------------------------------------------------
 # Vocabulary
 
 
@@ -154,6 +304,12 @@ class Vocab:
     @classmethod
     def from_text(cls, text: str) -> "Vocab":
         return cls(set(text))
+
+    def extended(self, text: str) -> "Vocab":
+        """This vocabulary and the characters of `text` it lacks, appended in code-point order:
+        every character it had keeps its id (a fine-tuned model keeps its rows)."""
+        codes, _, known = self._lookup(text)
+        return Vocab.from_json(self.chars + [chr(c) for c in np.unique(codes[~known]).tolist()])
 
     @property
     def size(self) -> int:

@@ -1,9 +1,19 @@
-"""Errors the user can fix. The CLI prints the message as one line and exits 1."""
+"""Errors the user can fix. The CLI prints the message as one line and exits 1 (2 for a UsageError)."""
 import errno
 
 
 class CharrnnError(Exception):
     """A known problem with the user's input: say what went wrong and what to do about it."""
+
+    exit_code = 1
+
+
+class UsageError(CharrnnError):
+    """Options that cannot go together (a setting a resumed run cannot change, a size that is not
+    the checkpoint's): a usage error, exit 2, but one line like every other error rather than
+    typer's usage box."""
+
+    exit_code = 2
 
 
 # What to do about the failures of the system a user meets most.

@@ -96,6 +96,27 @@ class Layout:
         return layers, {"Wy": named["output.Wy"], "by": named["output.by"]}
 
 
+# The tensors with an axis over the vocabulary, and which axis: layer 0's input weights (a row
+# per character), the output layer's weights (a column per character) and biases.
+VOCAB_AXES = {"layer0.Wx": 0, "output.Wy": 1, "output.by": 0}
+
+
+def transplant(old_spec: ModelSpec, old_params, spec: ModelSpec, params):
+    """Copy a model into `params`, the same model over a larger vocabulary whose first
+    old_spec.vocab_size characters are the old ones (corpus.Vocab.extended): every tensor whole,
+    and of the tensors over the vocabulary (VOCAB_AXES) the old characters' rows. The rows of the
+    new characters keep what `params` held (a fresh model's, for fine-tuning)."""
+    if (old_spec.cell, old_spec.hidden, old_spec.layers) != (spec.cell, spec.hidden, spec.layers) \
+            or old_spec.vocab_size > spec.vocab_size:
+        raise ValueError(f"cannot grow {old_spec} into {spec}")
+    new = Layout(spec).views(params)
+    for name, old in Layout(old_spec).views(old_params).items():
+        where = [slice(None)] * old.ndim
+        if name in VOCAB_AXES:
+            where[VOCAB_AXES[name]] = slice(0, old_spec.vocab_size)
+        new[name][tuple(where)] = old
+
+
 def init_params(spec: ModelSpec, rng: np.random.Generator, dtype=np.float32):
     layout = Layout(spec)
     flat = np.zeros(layout.size, dtype)

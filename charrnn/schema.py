@@ -68,7 +68,10 @@ def check_config(config, required) -> dict:
                 raise CharrnnError(f"it has no {where}")
             continue
         value = config[f.name]
-        if types[f.name] is int:
+        if f.name == "corpus":  # paths; a single one, a string, in older checkpoints
+            for i, path in enumerate(value if isinstance(value, list) else [value]):
+                _str(path, f"{where}[{i}]" if isinstance(value, list) else where)
+        elif types[f.name] is int:
             _int(value, where, RANGES.get(f.name, INT64))
         elif types[f.name] is float:
             _number(value, where, RANGES.get(f.name, Range()))
@@ -180,9 +183,15 @@ class Training(Model):
             _int(streams.get(key), f"streams.{key}")
         _int(_dict(meta.get("scheduler"), "scheduler").get("filled"), "scheduler.filled", Range(0, W))
         corpus = _dict(meta.get("corpus"), "corpus")
-        sha = _str(corpus.get("sha256"), "corpus.sha256")
-        if len(sha) != 64 or not all(c in "0123456789abcdef" for c in sha):
-            raise CharrnnError(f"corpus.sha256 is {_show(sha)}, not a SHA-256 digest")
+        _digest(corpus.get("sha256"), "corpus.sha256")
+        files = corpus.get("files", [])  # older checkpoints: none listed
+        if not isinstance(files, list):
+            raise CharrnnError(f"corpus.files is {_show(files)}, not a list")
+        for i, f in enumerate(files):
+            where = f"corpus.files[{i}]"
+            _str(_dict(f, where).get("path"), f"{where}.path")
+            _int(f.get("chars"), f"{where}.chars")
+            _digest(f.get("sha256"), f"{where}.sha256")
         metrics = _dict(meta.get("metrics"), "metrics")
         for key in ("best_val", "last_val"):  # None: not measured yet
             if key not in metrics:
@@ -202,6 +211,12 @@ class Training(Model):
             a = arrays.get(name)
             if a is not None and a.size and not (0 <= a.min() and a.max() < V):
                 raise CharrnnError(f"array {name!r} holds character ids outside the vocabulary of {V}")
+
+
+def _digest(value, where):
+    sha = _str(value, where)
+    if len(sha) != 64 or not all(c in "0123456789abcdef" for c in sha):
+        raise CharrnnError(f"{where} is {_show(sha)}, not a SHA-256 digest")
 
 
 def _check_rng(rng):

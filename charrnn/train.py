@@ -4,9 +4,10 @@ The loop is plain Python; each update is a few jitted calls (forward, loss, back
 optimizer step). Everything that decides what happens next lives in the checkpoint, so a
 resumed run continues exactly as the uninterrupted run would have.
 """
-import hashlib
 import json
 import math
+import os
+import re
 import signal
 import time
 from datetime import datetime
@@ -16,11 +17,11 @@ import numpy as np
 
 from . import __version__, memory
 from .checkpoint import load_checkpoint, remove_stale_temporaries, resolve_checkpoint, save_checkpoint
-from .config import TrainConfig, check_resume_overrides
-from .corpus import Streams, Vocab, default_corpus, fit_batch_and_window, read_text, split
+from .config import MODEL_SETTINGS, OLDER_CHECKPOINTS, TrainConfig, check_init_overrides, check_resume_overrides, flag
+from .corpus import Streams, Vocab, default_corpus, fit_batch_and_window, read_corpus, split
 from .errors import CharrnnError, os_error_message
 from .evaluate import bits, evaluate
-from .model import ModelSpec, Stack, init_params
+from .model import ModelSpec, Stack, init_params, transplant
 from .optim import Optimizer, clip_by_norm, clip_by_value, learning_rate
 from .runlock import RunLock
 from .schema import TRAINING
@@ -28,6 +29,11 @@ from .tbptt import Scheduler
 
 LOG_EVERY = 10  # updates per line of the metrics log
 METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "samples.txt"
+# the line that opens each entry of samples.txt; a resumed run cuts the file at the first entry
+# after its checkpoint
+SAMPLE_HEADER = "--- step {step}, epoch {epoch:.2f}, latest val loss {val}, temperature {temperature:g}, seed {step} ---"
+_SAMPLE_HEADER_STEP = re.compile(r"--- step (\d+), epoch ")
 
 
 class Interrupted(Exception):
@@ -66,14 +72,26 @@ class MetricsLog:
 class Trainer:
     """One training run: its data, model, optimizer, scheduler and bookkeeping."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, say=print):
+    def __init__(self, cfg: TrainConfig, run_dir: Path, say=print, corpus=None, vocab=None):
+        """A new run of `cfg` in run_dir, from a fresh model or, with cfg.init_from, from a
+        trained one (fine_tune_settings gives the settings that must then match it). `corpus`:
+        the text already read (a resume reads and checks it first); by default cfg.corpus is
+        read. `vocab`: the checkpoint's, when resuming; by default the text's, or for a
+        fine-tuned run the trained model's extended by the text's."""
         self.cfg, self.run_dir, self.say = cfg, Path(run_dir), say
-        corpus = Path(cfg.corpus) if cfg.corpus else default_corpus()
-        text = read_text(corpus, cfg.encoding)
-        self.corpus_info = {"path": str(corpus), "chars": len(text),
-                            "sha256": hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()}
-        self.vocab = Vocab.from_text(text)
-        ids = self.vocab.encode(text)
+        if corpus is None:
+            corpus = read_corpus(cfg.corpus or [default_corpus()], cfg.encoding, cfg.doc_sep)
+            for note in corpus.notes:
+                say(note)
+        cfg.corpus = [str(Path(p).resolve()) for p in cfg.corpus]  # a resume may start anywhere
+        self.corpus_info = corpus.info()
+        base = None
+        if vocab is None and cfg.init_from:
+            base = _load_init(cfg)
+            vocab = base.vocab.extended(corpus.text)
+        self.vocab = vocab or Vocab.from_text(corpus.text)
+        self.vocab_added = self.vocab.size - base.vocab.size if base is not None else 0
+        ids = self.vocab.encode(corpus.text)
         self.train_ids, self.val_ids, self.test_ids = split(
             ids, (1.0 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction),
             name=corpus.name)
@@ -87,6 +105,8 @@ class Trainer:
                        "use a smaller --hidden, --layers, --batch or --k1/--k2")
         self.rng = np.random.Generator(np.random.PCG64(cfg.seed))
         self.params = init_params(self.spec, self.rng, np.float32)
+        if base is not None:  # the trained model; a fresh model's rows for the characters it lacked
+            transplant(base.spec, base.params, self.spec, self.params)
         self.grads = np.zeros_like(self.params)
         self.opt = Optimizer(cfg.optimizer, self.params.size, np.float32, cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = Scheduler(cfg.k1, cfg.k2)
@@ -100,6 +120,7 @@ class Trainer:
         self.stop_requested = False
         self.fresh = True  # False once the run folder holds this run (resumed, or run() started)
         self.lock = None  # the run folder's RunLock while this trainer reads or writes it
+        self._sampler = None  # made at the first sample
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _checkpoint(self):
@@ -128,14 +149,16 @@ class Trainer:
         return path
 
     @classmethod
-    def resume(cls, path, say=print, **overrides):
+    def resume(cls, path, say=print, corpus=None, **overrides):
         """A trainer restored from a checkpoint (a file or a run folder, meaning its latest).
-        Only the stopping rules may be overridden. The run folder stays locked until run() ends."""
+        The settings in config.RESUME_MAY_CHANGE may be overridden; `say` is told which changed.
+        `corpus`: the run's text (files and folders) if it is no longer where the checkpoint
+        says, checked by its SHA-256. The run folder stays locked until run() ends."""
         check_resume_overrides(overrides)
         path = resolve_checkpoint(path, prefer="latest")
         lock = RunLock(path.parent).acquire()  # before reading: no other process is writing it now
         try:
-            self = cls._restore(path, say, overrides)
+            self = cls._restore(path, say, corpus, overrides)
         except BaseException:
             lock.release()
             raise
@@ -143,16 +166,23 @@ class Trainer:
         return self
 
     @classmethod
-    def _restore(cls, path, say, overrides):
+    def _restore(cls, path, say, inputs, overrides):
         arrays, meta = load_checkpoint(path, schema=TRAINING)
         cfg = TrainConfig.from_dict(meta["config"])
+        changes = [f"{flag(k)} {_shown(getattr(cfg, k))} -> {_shown(v)}" for k, v in overrides.items()
+                   if v != getattr(cfg, k)]
         for k, v in overrides.items():
             setattr(cfg, k, v)
         cfg.validate()
-        self = cls(cfg, path.parent, say)
-        if self.corpus_info["sha256"] != meta["corpus"]["sha256"]:
-            raise CharrnnError(f"the corpus {self.corpus_info['path']} is not the text this run was trained on; "
-                               f"resume with the original file")
+        corpus = _corpus_to_resume(meta, cfg, inputs, path.parent)
+        if inputs:
+            moved = [str(Path(p).resolve()) for p in inputs]
+            if moved != cfg.corpus:
+                changes.append(f"corpus {' '.join(cfg.corpus) or 'the shipped text'} -> {' '.join(moved)}")
+            cfg.corpus = moved
+        if changes:
+            say(f"changed on resume: {', '.join(changes)}")
+        self = cls(cfg, path.parent, say, corpus=corpus, vocab=Vocab.from_json(meta["vocab"]))
         self.params[:] = arrays["params"]
         self.opt.load_state({k[4:]: v for k, v in arrays.items() if k.startswith("opt.")}, meta["optimizer"])
         self.stack.load_kept_arrays({k[5:]: v for k, v in arrays.items() if k.startswith("kept.")},
@@ -221,6 +251,7 @@ class Trainer:
         if not (cfg.max_steps or cfg.epochs or cfg.time_limit):
             raise CharrnnError("no stopping rule: give --max-steps, --epochs or --time-limit")
         lock, self.lock = self.lock or RunLock(self.run_dir).acquire(), None
+        starting = self.fresh
         try:
             log = self._open_run_dir()
         except BaseException:
@@ -232,6 +263,8 @@ class Trainer:
         train_time = 0.0  # time in updates only, for the throughput figure
         updates = 0  # of this session: a resumed run's earlier ones took no part of train_time
         try:
+            if starting and cfg.init_from:  # where fine-tuning starts: the trained model on the new text
+                self._validate(log, progress)
             while self.done_fraction() < 1.0:
                 t0 = time.perf_counter()
                 loss, norm, clipped, lr = self.update()
@@ -253,15 +286,9 @@ class Trainer:
                         progress(self, record)
                 end = self.done_fraction() >= 1.0
                 if self.step % cfg.eval_every == 0 or end:
-                    t1 = time.perf_counter()
-                    self.last_val = self.validate()
-                    self.elapsed += time.perf_counter() - t1
-                    log.write({"kind": "val", "step": self.step, "loss": self.last_val, "bpc": bits(self.last_val)})
-                    if self.last_val < self.best_val:
-                        self.best_val = self.last_val
-                        self.save("best")
-                    if progress:
-                        progress(self, None)
+                    self._validate(log, progress)
+                if cfg.sample_every and self.step % cfg.sample_every == 0:
+                    self._write_sample()
                 if self.step % cfg.checkpoint_every == 0 or end:
                     self.save("latest")
                 if self.stop_requested:
@@ -279,10 +306,53 @@ class Trainer:
             log.close()
             lock.release()
 
+    def _validate(self, log, progress):
+        """Measure the validation loss, log it, and save best.npz if it is the best so far."""
+        t1 = time.perf_counter()
+        self.last_val = self.validate()
+        self.elapsed += time.perf_counter() - t1
+        log.write({"kind": "val", "step": self.step, "loss": self.last_val, "bpc": bits(self.last_val)})
+        if self.last_val < self.best_val:
+            self.best_val = self.last_val
+            self.save("best")
+        if progress:
+            progress(self, None)
+
+    # -- samples -------------------------------------------------------------------------------
+    def sample(self):
+        """cfg.sample_length characters sampled from the model as it is now, with the seed set to
+        the step: what `charrnn sample --seed STEP` (same length and temperature) prints from a
+        checkpoint of this step. Its random numbers are its own, so sampling changes nothing in
+        training."""
+        from .sampling import SAMPLE_THREADS, Sampler, sample_text
+
+        if self._sampler is None:  # reads self.params as they are at each call
+            self._sampler = Sampler(self.spec, self.params, threads=SAMPLE_THREADS)
+        return sample_text(self._sampler, self.vocab, length=self.cfg.sample_length,
+                           temperature=self.cfg.sample_temperature, seed=self.step)[0]
+
+    def _write_sample(self):
+        """A sample, shown and appended to samples.txt under a line saying where it was taken.
+        Its time counts towards the time limit."""
+        t1 = time.perf_counter()
+        text = self.sample()
+        self.elapsed += time.perf_counter() - t1
+        val = f"{self.last_val:.4f}" if math.isfinite(self.last_val) else "-"
+        header = SAMPLE_HEADER.format(step=self.step, epoch=self.epoch(), val=val,
+                                      temperature=self.cfg.sample_temperature)
+        path = self.run_dir / SAMPLES_FILE
+        try:
+            with open(path, "a", encoding="utf-8", errors="surrogatepass") as f:
+                f.write(f"{header}\n{text}\n\n")
+        except OSError as e:
+            raise CharrnnError(os_error_message(e, path)) from None
+        self.say(f"{header}\n{text}")
+
     def _open_run_dir(self):
         """With the folder locked: refuse to overwrite another run, remove what killed saves left,
         and open the metrics log. A fresh run starts a fresh log: one left by a run of the same
-        name that never saved a checkpoint describes no model that exists."""
+        name that never saved a checkpoint describes no model that exists. A resumed run drops
+        from its logs what was written after its checkpoint: that part of the run is redone."""
         if self.fresh:
             if any((self.run_dir / f"{name}.npz").exists() for name in ("latest", "best")):
                 raise CharrnnError(f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir} "
@@ -290,6 +360,11 @@ class Trainer:
             if (self.run_dir / METRICS_FILE).exists():
                 self.say(f"replacing {self.run_dir / METRICS_FILE}, left by a run that saved no checkpoint")
         remove_stale_temporaries(self.run_dir)
+        if self.fresh:
+            (self.run_dir / SAMPLES_FILE).unlink(missing_ok=True)  # a dead run's, as its metrics
+        else:
+            _cut_log(self.run_dir / METRICS_FILE, lambda line: _record_step(line) > self.step, every_line=True)
+            _cut_log(self.run_dir / SAMPLES_FILE, lambda line: _sample_step(line) > self.step)
         log = MetricsLog(self.run_dir / METRICS_FILE, "w" if self.fresh else "a")
         self.fresh = False
         return log
@@ -300,9 +375,103 @@ class Trainer:
         self.stop_requested = True  # finish this update, save, then stop
 
 
+def fine_tune_settings(checkpoint, given: dict) -> dict:
+    """The settings of a run that fine-tunes `checkpoint` (a file or a run folder, its best):
+    the model's cell, sizes and cell options, its encoding unless `given` names one, and
+    init_from, the checkpoint's absolute path. A UsageError if `given` (the settings the user
+    set) asks for another model."""
+    from .sampling import load_model
+
+    model = load_model(checkpoint)
+    saved = {**OLDER_CHECKPOINTS, **model.config}
+    check_init_overrides(given, saved, checkpoint)
+    settings = {name: saved[name] for name in MODEL_SETTINGS}
+    settings["encoding"] = given.get("encoding") or saved.get("encoding", "utf-8")
+    settings["init_from"] = str(model.path.resolve())
+    return settings
+
+
+def _load_init(cfg):
+    """The trained model a run fine-tunes, which cfg must describe."""
+    from .sampling import load_model
+
+    model = load_model(cfg.init_from)
+    check_init_overrides({name: getattr(cfg, name) for name in MODEL_SETTINGS}, model.config, cfg.init_from)
+    return model
+
+
+def _corpus_to_resume(meta, cfg, inputs, run_dir):
+    """The text a run resumes on, checked against the SHA-256 its checkpoint keeps: `inputs` if
+    given; else the files the checkpoint lists, or (older checkpoints) its corpus setting."""
+    saved = meta["corpus"]
+    if inputs:
+        corpus = read_corpus(inputs, cfg.encoding, cfg.doc_sep)
+        if corpus.info()["sha256"] != saved["sha256"]:
+            raise CharrnnError(f"{' '.join(map(str, inputs))} is not the text this run was trained on (its SHA-256 "
+                               f"differs); give the files it read, in the same order")
+        return corpus
+    stored = [f["path"] for f in saved.get("files", [])] or cfg.corpus or [str(default_corpus())]
+    missing = [p for p in stored if not Path(p).exists()]
+    if missing:
+        raise CharrnnError(f"{missing[0]}, part of the text this run was trained on, is not there; give the text "
+                           f"again after --resume (charrnn train --resume {run_dir} FILE...), it is checked by its hash")
+    corpus = read_corpus(stored, cfg.encoding, cfg.doc_sep)
+    for old, now in zip(saved.get("files", []), corpus.files):
+        if old["sha256"] != now["sha256"]:
+            raise CharrnnError(f"{now['path']} has changed since this run read it; resume with the text it was "
+                               f"trained on")
+    if corpus.info()["sha256"] != saved["sha256"]:
+        raise CharrnnError(f"{' '.join(stored)} is not the text this run was trained on (its SHA-256 differs); "
+                           f"resume with the original text")
+    return corpus
+
+
+def _record_step(line):
+    """The step of a metrics.jsonl line; a line that is no record (torn by a crash) counts as later."""
+    try:
+        step = json.loads(line).get("step")
+    except (ValueError, AttributeError):
+        return math.inf
+    return step if isinstance(step, int) else math.inf
+
+
+def _sample_step(line):
+    m = _SAMPLE_HEADER_STEP.match(line)
+    return int(m.group(1)) if m else -1
+
+
+def _cut_log(path, after, every_line=False):
+    """Drop from a log what a resumed run redoes: the lines for which after(line) holds
+    (every_line), or everything from the first such line on. Rewritten atomically."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="surrogateescape").splitlines(keepends=True)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise CharrnnError(os_error_message(e, path)) from None
+    if every_line:
+        kept = [line for line in lines if not after(line)]
+    else:
+        cut = next((i for i, line in enumerate(lines) if after(line)), len(lines))
+        kept = lines[:cut]
+    if len(kept) == len(lines):
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text("".join(kept), encoding="utf-8", errors="surrogateescape")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CharrnnError(os_error_message(e, path)) from None
+
+
 def new_run_dir(cfg: TrainConfig) -> Path:
     name = cfg.run or f"{cfg.cell}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     return Path(cfg.out_dir) / name
+
+
+def _shown(value):
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _json_float(x):
