@@ -1,0 +1,98 @@
+"""Fine-tuning (train --init-from): the trained model carries over bit for bit, characters it
+lacked get a fresh model's rows, it trains, and options that ask for another model are refused."""
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from charrnn.checkpoint import load_checkpoint
+from charrnn.cli import app
+from charrnn.model import VOCAB_AXES, Layout, init_params
+from charrnn.train import Trainer, fine_tune_settings
+from test_hostile import main_exits
+from test_train import TEXT, config, train_steps
+
+NEW_TEXT = "".join(f"DEF F{i}(X): RETURN X * {i % 9} + Y[{i % 5}]  # ÉTÉ\n" for i in range(14))
+
+
+@pytest.fixture
+def texts(tmp_path):
+    old, new = tmp_path / "old.txt", tmp_path / "new.txt"
+    old.write_text(TEXT, encoding="utf-8")
+    new.write_text(NEW_TEXT, encoding="utf-8")
+    return old, new
+
+
+def fine_tuned(base_dir, new, out, given=None, **kw):
+    settings = fine_tune_settings(base_dir, given or {})
+    return Trainer(config(new, out, **{**settings, **kw}), out / "ft", say=lambda *_: None)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "esn"])
+def test_the_old_rows_are_kept_bit_identical_and_new_characters_start_as_a_fresh_model(texts, tmp_path, cell):
+    old, new = texts
+    base = train_steps(config(old, tmp_path / "a", cell=cell), tmp_path / "a" / "r", 6)
+    saved, meta = load_checkpoint(tmp_path / "a" / "r" / "best.npz")
+    V = len(meta["vocab"])
+    trainer = fine_tuned(tmp_path / "a" / "r", new, tmp_path / "b", seed=99)
+    added = sorted(set(NEW_TEXT) - set(TEXT))
+    assert trainer.vocab.chars == meta["vocab"] + added and trainer.vocab_added == len(added) > 0
+    assert trainer.cfg.cell == cell and trainer.cfg.init_from == str((tmp_path / "a" / "r" / "best.npz").resolve())
+    layout = trainer.stack.layout
+    now = layout.views(trainer.params)
+    fresh = layout.views(init_params(trainer.spec, np.random.Generator(np.random.PCG64(99))))
+    for name, before in Layout(base.spec).views(saved["params"]).items():
+        if name in VOCAB_AXES:  # old rows bit-identical, new rows a fresh model's of the run's seed
+            axis = VOCAB_AXES[name]
+            np.testing.assert_array_equal(np.take(now[name], range(V), axis), before, err_msg=name)
+            np.testing.assert_array_equal(np.take(now[name], range(V, trainer.vocab.size), axis),
+                                          np.take(fresh[name], range(V, trainer.vocab.size), axis), err_msg=name)
+        else:
+            np.testing.assert_array_equal(now[name], before, err_msg=name)
+    assert trainer.opt.t == 0 and all(not m.any() for m in trainer.opt.state_arrays().values())  # a fresh optimizer
+
+
+def test_a_fine_tuned_model_trains_on_the_new_text(texts, tmp_path):
+    old, new = texts
+    train_steps(config(old, tmp_path / "a", hidden=32, layers=1, lr=1e-2, schedule="constant"), tmp_path / "a" / "r", 30)
+    trainer = fine_tuned(tmp_path / "a" / "r", new, tmp_path / "b", lr=1e-2, schedule="constant", eval_every=10)
+    trainer.cfg.max_steps = 40
+    trainer.run()
+    lines = [json.loads(l) for l in (tmp_path / "b" / "ft" / "metrics.jsonl").read_text().splitlines()]
+    val = {l["step"]: l["loss"] for l in lines if l["kind"] == "val"}
+    train = [l["loss"] for l in lines if l["kind"] == "train"]
+    assert sorted(val) == [0, 10, 20, 30, 40]  # step 0: the trained model on the new text, before any update
+    assert val[40] < 0.8 * val[0] and train[-1] < 0.8 * train[0]
+    _, meta = load_checkpoint(tmp_path / "b" / "ft" / "latest.npz")
+    assert meta["config"]["init_from"].endswith("best.npz") and meta["step"] == 40
+
+
+@pytest.mark.parametrize("option, value", [("--hidden", "16"), ("--layers", "1"), ("--cell", "gru"),
+                                           ("--tau", "4")])
+def test_options_that_ask_for_another_model_are_refused_in_one_line(texts, tmp_path, monkeypatch, capsys, option,
+                                                                     value):
+    old, new = texts
+    train_steps(config(old, tmp_path / "a"), tmp_path / "a" / "r", 3)  # lstm 2x12
+    code, err = main_exits(monkeypatch, capsys, "train", new, "--init-from", tmp_path / "a" / "r", option, value,
+                           "--out-dir", tmp_path / "b")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert "holds the model lstm 2x12" in lines[0] and f"leave out {option} {value}" in lines[0]
+    assert not (tmp_path / "b").exists()
+    code, err = main_exits(monkeypatch, capsys, "train", new, "--init-from", tmp_path / "a" / "r", "--resume",
+                           tmp_path / "a" / "r")
+    assert code == 2 and "leave it out with --resume" in err
+
+
+def test_the_start_up_line_says_how_many_characters_were_added(texts, tmp_path):
+    old, new = texts
+    train_steps(config(old, tmp_path / "a"), tmp_path / "a" / "r", 3)
+    r = CliRunner().invoke(app, ["train", str(new), "--init-from", str(tmp_path / "a" / "r"), "--hidden", "12",
+                                 "--batch", "4", "--k1", "8", "--k2", "8", "--max-steps", "2", "--out-dir",
+                                 str(tmp_path / "b"), "--run", "ft"])  # the same --hidden is no conflict
+    assert r.exit_code == 0, r.output
+    added = len(set(NEW_TEXT) - set(TEXT))
+    vocab = len(set(NEW_TEXT) | set(TEXT))
+    line = next(l for l in r.stderr.splitlines() if l.startswith("lstm 2x12 from "))
+    assert f"best.npz, vocabulary {vocab} ({added} added)" in line
