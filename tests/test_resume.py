@@ -1,0 +1,146 @@
+"""Resuming with changes: a new learning rate and clipping take over from the saved state; the
+run resumes from any working folder; its text is found by its absolute path or given again and
+checked by its hash; what the logs hold after the checkpoint is dropped; older checkpoints resume."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from charrnn.checkpoint import load_checkpoint, save_checkpoint
+from charrnn.config import OLDER_CHECKPOINTS
+from charrnn.errors import CharrnnError
+from charrnn.train import Interrupted, Trainer
+from test_train import TEXT, config, train_steps
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--hidden", "8", "--batch", "4", "--k1", "8", "--k2", "8"]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "tiny.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+def stop_at(step):
+    """A progress callback that presses Ctrl-C at `step`: the run saves latest.npz and stops."""
+    return lambda t, record: t.step == step and t._on_sigint(2, None)
+
+
+def test_a_lower_learning_rate_continues_from_the_saved_state(corpus, tmp_path):
+    settings = dict(lr=1e-2, schedule="constant", clip_norm=5.0, max_steps=16, eval_every=4, checkpoint_every=4)
+    # the run we want: 8 updates at 1e-2, then 8 at 1e-3 and clipping at 0.5, in one go
+    straight = Trainer(config(corpus, tmp_path / "a", **settings), tmp_path / "a" / "r", say=lambda *_: None)
+
+    def lower(t, record):
+        if t.step == 8 and record is None:
+            t.cfg.lr, t.cfg.clip_norm = 1e-3, 0.5
+
+    straight.run(lower)
+    # the same run stopped at 8, then resumed with the lower rate
+    first = Trainer(config(corpus, tmp_path / "b", **settings), tmp_path / "b" / "r", say=lambda *_: None)
+    with pytest.raises(Interrupted):
+        first.run(stop_at(8))
+    saved, meta = load_checkpoint(tmp_path / "b" / "r" / "latest.npz")
+    said = []
+    resumed = Trainer.resume(tmp_path / "b" / "r", say=said.append, lr=1e-3, clip_norm=0.5, max_steps=16)
+    assert said == ["changed on resume: --lr 0.01 -> 0.001, --clip-norm 5 -> 0.5"]
+    assert resumed.step == 8 and resumed.opt.t == meta["optimizer"]["t"] == 8
+    for name, moment in resumed.opt.state_arrays().items():
+        np.testing.assert_array_equal(moment, saved[f"opt.{name}"])
+    np.testing.assert_array_equal(resumed.params, saved["params"])
+    resumed.run()
+    np.testing.assert_array_equal(resumed.params, straight.params)
+    records = [json.loads(l) for l in (tmp_path / "b" / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["lr"]) for r in records if r["kind"] == "train"] == [(10, 1e-3), (16, 1e-3)]
+    _, meta = load_checkpoint(tmp_path / "b" / "r" / "latest.npz")
+    assert meta["config"]["lr"] == 1e-3 and meta["config"]["clip_norm"] == 0.5  # and so on the next resume
+
+
+def run_cli(*args, cwd):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="300")
+    return subprocess.run([sys.executable, "-m", "charrnn", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=600)
+
+
+def test_a_run_resumes_from_another_folder_and_finds_a_moved_corpus_by_its_hash(tmp_path):
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir()
+    elsewhere.mkdir()
+    (here / "tiny.txt").write_text(TEXT, encoding="utf-8")
+    first = run_cli("train", "tiny.txt", *TINY, "--max-steps", "3", "--out-dir", "out", "--run", "r", "-q", cwd=here)
+    assert first.returncode == 0, first.stderr
+    run_dir = here / "out" / "r"
+    _, meta = load_checkpoint(run_dir / "latest.npz")
+    assert meta["config"]["corpus"] == [str(here / "tiny.txt")]
+    assert meta["corpus"]["files"][0]["path"] == str(here / "tiny.txt")
+    again = run_cli("train", "--resume", run_dir, "--max-steps", "5", "-q", cwd=elsewhere)
+    assert again.returncode == 0, again.stderr
+    assert "5 updates" in again.stdout
+
+    (here / "tiny.txt").rename(elsewhere / "moved.txt")
+    lost = run_cli("train", "--resume", run_dir, "--max-steps", "7", cwd=elsewhere)
+    assert lost.returncode == 1 and len(lost.stderr.strip().splitlines()) == 1, lost.stderr
+    assert "tiny.txt, part of the text this run was trained on, is not there" in lost.stderr
+    (elsewhere / "other.txt").write_text(TEXT.replace("fox", "cat"), encoding="utf-8")
+    wrong = run_cli("train", "--resume", run_dir, "other.txt", "--max-steps", "7", cwd=elsewhere)
+    assert wrong.returncode == 1 and "other.txt is not the text this run was trained on" in wrong.stderr
+    found = run_cli("train", "--resume", run_dir, "moved.txt", "--max-steps", "7", cwd=elsewhere)
+    assert found.returncode == 0, found.stderr
+    assert f"corpus {here / 'tiny.txt'} -> {elsewhere / 'moved.txt'}" in found.stderr
+    _, meta = load_checkpoint(run_dir / "latest.npz")
+    assert meta["step"] == 7 and meta["corpus"]["files"][0]["path"] == str(elsewhere / "moved.txt")
+
+
+def test_a_corpus_that_changed_is_refused(corpus, tmp_path):
+    train_steps(config(corpus, tmp_path), tmp_path / "r", 3)
+    corpus.write_text(TEXT.replace("lazy", "busy"), encoding="utf-8")
+    with pytest.raises(CharrnnError, match=r"tiny.txt has changed since this run read it"):
+        Trainer.resume(tmp_path / "r", say=lambda *_: None)
+
+
+def test_a_resumed_run_drops_what_its_logs_hold_after_the_checkpoint(corpus, tmp_path):
+    cfg = config(corpus, tmp_path, max_steps=12, eval_every=3, checkpoint_every=4, sample_every=3, sample_length=5)
+    trainer = Trainer(cfg, tmp_path / "r", say=lambda *_: None)
+
+    def crash(t, record):  # killed after step 10's record, the last save at step 8
+        if t.step == 10 and record is not None:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        trainer.run(crash)
+    metrics, samples = tmp_path / "r" / "metrics.jsonl", tmp_path / "r" / "samples.txt"
+    with open(metrics, "a") as f:
+        f.write('{"kind": "train", "st')  # a record torn by the kill
+    steps = lambda kind: [json.loads(l)["step"] for l in metrics.read_text().splitlines()[:-1]
+                          if json.loads(l)["kind"] == kind]
+    assert steps("val") == [3, 6, 9] and steps("train") == [10]
+    assert samples.read_text().count("--- step ") == 3
+    Trainer.resume(tmp_path / "r", say=lambda *_: None).run()
+    records = [json.loads(l) for l in metrics.read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "val"] == [3, 6, 9, 12]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [10, 12]
+    headers = [l for l in samples.read_text().splitlines() if l.startswith("--- step ")]
+    assert [h.split(",")[0] for h in headers] == ["--- step 3", "--- step 6", "--- step 9", "--- step 12"]
+
+
+def test_a_checkpoint_from_before_many_files_resumes(corpus, tmp_path, monkeypatch):
+    train_steps(config(corpus, tmp_path), tmp_path / "r", 3)
+    latest = tmp_path / "r" / "latest.npz"
+    arrays, meta = load_checkpoint(latest)
+    # as older charrnn wrote it: the corpus as typed (relative), no list of files, no newer settings
+    monkeypatch.chdir(tmp_path)
+    meta["config"]["corpus"] = "tiny.txt"
+    for name in OLDER_CHECKPOINTS:
+        meta["config"].pop(name, None)
+    meta["corpus"] = {"path": "tiny.txt", "chars": len(TEXT), "sha256": meta["corpus"]["sha256"]}
+    save_checkpoint(latest, arrays, meta)
+    resumed = Trainer.resume(latest, say=lambda *_: None, max_steps=5)
+    assert resumed.cfg.doc_sep == "" and resumed.cfg.corpus == [str(corpus)]
+    resumed.run()
+    assert resumed.step == 5
