@@ -127,6 +127,7 @@ def train(
     from .train import Interrupted, Trainer, fine_tune_settings, new_run_dir
 
     say = (lambda *a: None) if quiet else (lambda msg: err.print(msg, highlight=False))
+    stops = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps), ("time_limit", time_limit)) if v is not None}
     given = {name: value for name, value in ctx.params.items() if name not in ("resume", "quiet")
              and ctx.get_parameter_source(name).name != "DEFAULT"}
     if resume is not None:
@@ -138,21 +139,17 @@ def train(
             trainer = Trainer.resume(resume, say=say, corpus=corpus or None, **overrides)
         say(f"resuming {trainer.run_dir} at update {trainer.step}")
     else:
-        settings = dict(corpus=[str(p) for p in corpus or ()], encoding=encoding, doc_sep=doc_sep,
-                        val_fraction=val_fraction, test_fraction=test_fraction, cell=cell, hidden=hidden,
-                        layers=layers, tau=tau, spectral_radius=spectral_radius, leak=leak, u_max=u_max,
-                        dropout=dropout, batch=batch, k1=k1, k2=k2, optimizer=optimizer, lr=lr,
-                        schedule=schedule, lr_decay=lr_decay, decay_every=decay_every, decay_start=decay_start,
-                        clip_norm=clip_norm,
-                        clip_value=clip_value, eval_every=eval_every, eval_chars=eval_chars,
-                        checkpoint_every=checkpoint_every, sample_every=sample_every, sample_length=sample_length,
-                        sample_temperature=sample_temperature, seed=seed, run=run, out_dir=str(out_dir))
-        if init_from is not None:
-            settings.update(fine_tune_settings(init_from, given))
-        stops = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps), ("time_limit", time_limit))
-                 if v is not None}
-        cfg = TrainConfig(**settings, **stops).validate()
-        trainer = Trainer(cfg, new_run_dir(cfg), say=say)
+        cfg = TrainConfig(corpus=[str(p) for p in corpus or ()], encoding=encoding, val_fraction=val_fraction,
+                          test_fraction=test_fraction, cell=cell, hidden=hidden, layers=layers,
+                          tau=tau, spectral_radius=spectral_radius, leak=leak, u_max=u_max,
+                          dropout=dropout, batch=batch, k1=k1, k2=k2, optimizer=optimizer, lr=lr, schedule=schedule,
+                          lr_decay=lr_decay, decay_every=decay_every, decay_start=decay_start, clip_norm=clip_norm, clip_value=clip_value,
+                          eval_every=eval_every, eval_chars=eval_chars, checkpoint_every=checkpoint_every,
+                          seed=seed, run=run, out_dir=str(out_dir), doc_sep=doc_sep, sample_every=sample_every,
+                          sample_length=sample_length, sample_temperature=sample_temperature, **stops)
+        if init_from is not None:  # the model's settings, from the trained model
+            cfg = TrainConfig(**{**cfg.to_dict(), **fine_tune_settings(init_from, given)})
+        trainer = Trainer(cfg.validate(), new_run_dir(cfg), say=say)
     cfg = trainer.cfg
     if not quiet:
         settings = " ".join(f"{k}={_shown(v)}" for k, v in cfg.to_dict().items())
