@@ -155,7 +155,7 @@ class Corpus:
     @property
     def name(self) -> str:
         """The corpus in a message: its file's name, or how many files it has."""
-        return Path(self.files[0]["path"]).name if len(self.files) == 1 else f"the {len(self.files)} files"
+        return Path(self.files[0]["path"]).name if len(self.files) == 1 else f"the text of {len(self.files)} files"
 
     def info(self) -> dict:
         """What a checkpoint records of it: the files, and the length and SHA-256 of the whole text."""

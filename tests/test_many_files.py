@@ -1,0 +1,118 @@
+"""Many files: which files a run reads and in what order (the same whatever order the file
+system lists them in), the separator between documents, what is left out and what is refused,
+and what the checkpoint records of them."""
+import hashlib
+import os
+
+import pytest
+
+from charrnn import corpus as corpus_module
+from charrnn.checkpoint import load_checkpoint
+from charrnn.config import DOC_SEP, TrainConfig
+from charrnn.corpus import list_files, parse_doc_sep, read_corpus
+from charrnn.errors import CharrnnError
+from charrnn.train import Trainer
+from test_hostile import main_exits
+from test_train import TEXT, config
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """b.txt, notes/ (nested, with hidden, binary and empty files) and a.txt."""
+    files = {"b.txt": "bee\n", "a.txt": "ay\n", "notes/z.txt": "zed\n", "notes/a b.txt": "space\n",
+             "notes/sub/x.md": "ex\n", "notes/sub/deeper/y.txt": "why\n", "notes/B.txt": "upper\n",
+             "notes/.hidden.txt": "no\n", "notes/.git/config": "no\n", "notes/empty.txt": ""}
+    for name, text in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    (tmp_path / "notes" / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    os.mkfifo(tmp_path / "notes" / "pipe")  # reading it would block
+    return tmp_path
+
+
+ORDER = ["b.txt", "notes/B.txt", "notes/a b.txt", "notes/sub/deeper/y.txt", "notes/sub/x.md", "notes/z.txt",
+         "a.txt"]
+
+
+def test_files_come_in_the_order_given_and_folders_sorted_by_path(tree, monkeypatch):
+    inputs = [tree / "b.txt", tree / "notes", tree / "a.txt", tree / "notes" / "z.txt"]  # z.txt a second time
+    files, notes = list_files(inputs)
+    # empty.txt and logo.png are listed too: read_corpus decides what is text
+    assert [p.relative_to(tree).as_posix() for p in files] == \
+        ORDER[:3] + ["notes/empty.txt", "notes/logo.png"] + ORDER[3:]
+    assert any("2 hidden" in n for n in notes) and any("not regular files" in n for n in notes)
+    assert any("read once each" in n and "z.txt" in n for n in notes)
+
+    walk = os.walk
+
+    def backwards(top, *a, **kw):  # a file system that lists every folder in the opposite order
+        for folder, dirs, names in walk(top, *a, **kw):
+            dirs.reverse()
+            names.reverse()
+            yield folder, dirs, names
+
+    monkeypatch.setattr(corpus_module.os, "walk", backwards)
+    again, _ = list_files(inputs)
+    assert again == files
+
+
+def test_the_text_joins_the_documents_with_the_separator_and_leaves_out_what_is_not_text(tree):
+    corpus = read_corpus([tree / "b.txt", tree / "notes", tree / "a.txt"], doc_sep=DOC_SEP)
+    texts = [(tree / name).read_text() for name in ORDER]
+    assert corpus.text == DOC_SEP.join(texts)
+    assert [f["path"] for f in corpus.files] == [str((tree / name).resolve()) for name in ORDER]
+    assert corpus.files[0] == {"path": str(tree / "b.txt"), "chars": 4,
+                               "sha256": hashlib.sha256(b"bee\n").hexdigest()}
+    assert any("left out 2 file(s) that are empty, binary or not UTF-8" in n and "logo.png" in n
+               for n in corpus.notes)
+    assert read_corpus([tree / "a.txt"]).text == "ay\n"  # one document: nothing added
+    assert read_corpus([tree / "b.txt", tree / "a.txt"], doc_sep="\n\n").text == "bee\n\n\nay\n"
+
+
+def test_a_file_named_on_the_command_line_must_be_text(tree):
+    with pytest.raises(CharrnnError, match=r"logo.png looks like a binary file"):
+        read_corpus([tree / "a.txt", tree / "notes" / "logo.png"])
+    with pytest.raises(CharrnnError, match=r"empty.txt is empty"):
+        read_corpus([tree / "notes" / "empty.txt"])
+    with pytest.raises(CharrnnError, match=r"missing.txt does not exist"):
+        read_corpus([tree / "a.txt", tree / "missing.txt"])
+    (tree / "only").mkdir()
+    (tree / "only" / "data.bin").write_bytes(b"\x00\x01")
+    with pytest.raises(CharrnnError, match=r"no text files in .*only \(left out 1 file"):
+        read_corpus([tree / "only"])
+
+
+def test_separators_typed_with_escapes():
+    assert parse_doc_sep(r"\n\n") == "\n\n" and parse_doc_sep(r"\x03") == "\x03" == DOC_SEP
+    assert parse_doc_sep(r"<\u00e9>\\") == "<é>\\" and parse_doc_sep("") == ""
+    for bad in (r"\q", "end\\", r"\UFFFFFFFF"):
+        with pytest.raises(CharrnnError, match="--doc-sep"):
+            parse_doc_sep(bad)
+    with pytest.raises(CharrnnError, match="not made of bytes"):
+        TrainConfig(encoding="bytes", doc_sep="€").validate()
+    with pytest.raises(CharrnnError, match="NUL"):
+        TrainConfig(doc_sep="\0").validate()
+
+
+def test_a_run_on_many_files_records_them_and_resumes_from_that_list(tree, tmp_path, monkeypatch, capsys):
+    for i in range(3):
+        (tree / "notes" / f"poem{i}.txt").write_text(TEXT[i * 150:(i + 1) * 150 + 100], encoding="utf-8")
+    notes = []
+    cfg = config(tree / "b.txt", tmp_path / "out", max_steps=3)
+    cfg.corpus = [str(tree / "notes"), str(tree / "b.txt")]
+    trainer = Trainer(cfg.validate(), tmp_path / "out" / "r", say=notes.append)
+    assert any("logo.png" in n for n in notes)
+    assert DOC_SEP in trainer.vocab.chars
+    trainer.run()
+    _, meta = load_checkpoint(tmp_path / "out" / "r" / "latest.npz")
+    listed = [f["path"] for f in meta["corpus"]["files"]]
+    assert listed[-1] == str(tree / "b.txt") and listed[:2] == [str(tree / "notes" / "B.txt"),
+                                                                 str(tree / "notes" / "a b.txt")]
+    assert meta["config"]["corpus"] == cfg.corpus and meta["config"]["doc_sep"] == DOC_SEP
+    (tree / "notes" / "new.txt").write_text("added later\n")  # the folder grows; the run keeps its list
+    resumed = Trainer.resume(tmp_path / "out" / "r", say=lambda *_: None, max_steps=5)
+    assert [f["path"] for f in resumed.corpus_info["files"]] == listed
+    resumed.run()
+    code, err = main_exits(monkeypatch, capsys, "train", tree / "a.txt", "--doc-sep", r"\q")
+    assert code == 2 and "unknown escape" in err
