@@ -1,0 +1,54 @@
+"""train --sample-every: samples are shown and appended to samples.txt, each what `charrnn sample`
+gives from a checkpoint of that step, and taking them changes nothing in training."""
+import numpy as np
+import pytest
+
+from charrnn.sampling import SAMPLE_THREADS, Sampler, load_model, sample_text
+from charrnn.train import SAMPLES_FILE, Trainer
+from test_train import TEXT, config, train_steps
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "tiny.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+def test_samples_txt_gets_an_entry_every_n_updates(corpus, tmp_path):
+    said = []
+    cfg = config(corpus, tmp_path, max_steps=9, sample_every=3, sample_length=50, sample_temperature=0.5,
+                 eval_every=3, checkpoint_every=3)
+    trainer = Trainer(cfg, tmp_path / "r", say=said.append)
+    samples = {}
+
+    def keep(t, record):  # the checkpoint of each step that has a sample is saved after it: keep a copy
+        if record is None:
+            samples[t.step] = t.params.copy()
+
+    trainer.run(keep)
+    text = (tmp_path / "r" / SAMPLES_FILE).read_text(encoding="utf-8")
+    entries = text.split("--- step ")[1:]
+    assert len(entries) == 3
+    for entry, step in zip(entries, (3, 6, 9)):
+        header, body = entry.split("\n", 1)
+        assert header.startswith(f"{step}, epoch ") and "latest val loss" in header
+        assert "temperature 0.5" in header and header.endswith(f"seed {step} ---")
+        assert body.endswith("\n\n") and len(body[:-2]) == 50
+        # what `charrnn sample --seed STEP --length 50 --temperature 0.5` prints from this step's model
+        model = load_model(tmp_path / "r" / "latest.npz")
+        expected = sample_text(Sampler(model.spec, samples[step], threads=SAMPLE_THREADS), model.vocab, length=50,
+                               temperature=0.5, seed=step)[0]
+        assert body[:-2] == expected
+        assert any(s.startswith(f"--- step {step}, ") and s.endswith(expected) for s in said)
+    val = [l for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines() if '"val"' in l]
+    assert f"latest val loss {trainer.last_val:.4f}" in entries[-1] and len(val) == 3
+
+
+def test_sampling_changes_nothing_in_training(corpus, tmp_path):
+    quiet = train_steps(config(corpus, tmp_path / "a", dropout=0.3), tmp_path / "a" / "r", 12)
+    sampled = train_steps(config(corpus, tmp_path / "b", dropout=0.3, sample_every=2), tmp_path / "b" / "r", 12)
+    assert (tmp_path / "b" / "r" / SAMPLES_FILE).read_text().count("--- step ") == 6
+    assert not (tmp_path / "a" / "r" / SAMPLES_FILE).exists()
+    np.testing.assert_array_equal(quiet.params, sampled.params)
+    assert quiet.rng.bit_generator.state == sampled.rng.bit_generator.state
