@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 
 from charrnn.checkpoint import load_checkpoint
 from charrnn.cli import app
-from charrnn.model import VOCAB_AXES, Layout, init_params
+from charrnn.cells import NAMES
+from charrnn.model import VOCAB_AXES, Layout, ModelSpec, init_params
 from charrnn.train import Trainer, fine_tune_settings
 from test_hostile import main_exits
 from test_train import TEXT, config, train_steps
@@ -27,6 +28,19 @@ def texts(tmp_path):
 def fine_tuned(base_dir, new, out, given=None, **kw):
     settings = fine_tune_settings(base_dir, given or {})
     return Trainer(config(new, out, **{**settings, **kw}), out / "ft", say=lambda *_: None)
+
+
+@pytest.mark.parametrize("cell", NAMES)
+def test_the_tensors_over_the_vocabulary_are_the_ones_the_layout_grows(cell):
+    def shapes(V):
+        return {name: shape for name, shape, _ in Layout(ModelSpec(cell, V, 6, 2)).entries}
+
+    small, large = shapes(5), shapes(7)
+    grown = {name for name in small if small[name] != large[name]}
+    assert grown == set(VOCAB_AXES)
+    for name, axis in VOCAB_AXES.items():
+        assert small[name][axis] == 5 and large[name][axis] == 7
+        assert [n for i, n in enumerate(small[name]) if i != axis] == [n for i, n in enumerate(large[name]) if i != axis]
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "esn"])
