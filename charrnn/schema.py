@@ -198,6 +198,8 @@ class Training(Model):
                 raise CharrnnError(f"it has no metrics.{key}")
             if metrics[key] is not None:
                 _number(metrics[key], f"metrics.{key}", Range(0))
+        if metrics.get("last_val_step") is not None:  # older checkpoints: none
+            _int(metrics["last_val_step"], "metrics.last_val_step")
         _check_rng(meta.get("rng"))
 
     def arrays(self, meta, arrays):

@@ -32,7 +32,7 @@ METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.txt"
 # the line that opens each entry of samples.txt; a resumed run cuts the file at the first entry
 # after its checkpoint
-SAMPLE_HEADER = "--- step {step}, epoch {epoch:.2f}, latest val loss {val}, temperature {temperature:g}, seed {step} ---"
+SAMPLE_HEADER = "--- step {step}, epoch {epoch:.2f}, val loss {val}, temperature {temperature:g}, seed {step} ---"
 _SAMPLE_HEADER_STEP = re.compile(r"--- step (\d+), epoch ")
 
 
@@ -117,6 +117,7 @@ class Trainer:
         self.elapsed = 0.0  # seconds of training so far, across resumes
         self.best_val = math.inf
         self.last_val = math.inf
+        self.last_val_step = None  # the update after which last_val was measured
         self.stop_requested = False
         self.fresh = True  # False once the run folder holds this run (resumed, or run() started)
         self.lock = None  # the run folder's RunLock while this trainer reads or writes it
@@ -139,7 +140,8 @@ class Trainer:
             "scheduler": {"filled": self.sched.filled},
             "rng": self.rng.bit_generator.state,
             "optimizer": self.opt.state_meta(),
-            "metrics": {"best_val": _json_float(self.best_val), "last_val": _json_float(self.last_val)},
+            "metrics": {"best_val": _json_float(self.best_val), "last_val": _json_float(self.last_val),
+                        "last_val_step": self.last_val_step},
         }
         return arrays, meta
 
@@ -194,6 +196,7 @@ class Trainer:
         self.elapsed = meta["elapsed"]
         self.best_val = _from_json_float(meta["metrics"]["best_val"])
         self.last_val = _from_json_float(meta["metrics"]["last_val"])
+        self.last_val_step = meta["metrics"].get("last_val_step")  # older checkpoints: not known
         return self
 
     # -- the loop ------------------------------------------------------------------------------
@@ -309,7 +312,7 @@ class Trainer:
     def _validate(self, log, progress):
         """Measure the validation loss, log it, and save best.npz if it is the best so far."""
         t1 = time.perf_counter()
-        self.last_val = self.validate()
+        self.last_val, self.last_val_step = self.validate(), self.step
         self.elapsed += time.perf_counter() - t1
         log.write({"kind": "val", "step": self.step, "loss": self.last_val, "bpc": bits(self.last_val)})
         if self.last_val < self.best_val:
@@ -337,7 +340,9 @@ class Trainer:
         t1 = time.perf_counter()
         text = self.sample()
         self.elapsed += time.perf_counter() - t1
-        val = f"{self.last_val:.4f}" if math.isfinite(self.last_val) else "-"
+        val = "-"  # none measured yet
+        if math.isfinite(self.last_val):
+            val = f"{self.last_val:.4f}" + (f" (step {self.last_val_step})" if self.last_val_step != self.step else "")
         header = SAMPLE_HEADER.format(step=self.step, epoch=self.epoch(), val=val,
                                       temperature=self.cfg.sample_temperature)
         path = self.run_dir / SAMPLES_FILE

@@ -32,7 +32,7 @@ def test_samples_txt_gets_an_entry_every_n_updates(corpus, tmp_path):
     assert len(entries) == 3
     for entry, step in zip(entries, (3, 6, 9)):
         header, body = entry.split("\n", 1)
-        assert header.startswith(f"{step}, epoch ") and "latest val loss" in header
+        assert header.startswith(f"{step}, epoch ") and "val loss" in header
         assert "temperature 0.5" in header and header.endswith(f"seed {step} ---")
         assert body.endswith("\n\n") and len(body[:-2]) == 50
         # what `charrnn sample --seed STEP --length 50 --temperature 0.5` prints from this step's model
@@ -42,7 +42,15 @@ def test_samples_txt_gets_an_entry_every_n_updates(corpus, tmp_path):
         assert body[:-2] == expected
         assert any(s.startswith(f"--- step {step}, ") and s.endswith(expected) for s in said)
     val = [l for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines() if '"val"' in l]
-    assert f"latest val loss {trainer.last_val:.4f}" in entries[-1] and len(val) == 3
+    assert f"val loss {trainer.last_val:.4f}, " in entries[-1] and len(val) == 3  # measured at this step
+
+
+def test_a_sample_between_validations_says_which_step_its_loss_is_from(corpus, tmp_path):
+    train_steps(config(corpus, tmp_path, sample_every=3, sample_length=5, eval_every=4, checkpoint_every=4),
+                tmp_path / "r", 7)  # validation at 4 and at the end, 7
+    headers = [l for l in (tmp_path / "r" / SAMPLES_FILE).read_text().splitlines() if l.startswith("--- step ")]
+    assert headers[0].startswith("--- step 3, epoch ") and ", val loss -, " in headers[0]
+    assert headers[1].startswith("--- step 6, epoch ") and " (step 4), temperature " in headers[1]
 
 
 def test_sampling_changes_nothing_in_training(corpus, tmp_path):
