@@ -88,6 +88,12 @@ SAMPLE_RANGES = {
     "num_samples": Range(1, 100_000),
 }
 
+# The bounds of `charrnn eval`'s options (the API's score and score_lines check them too).
+EVAL_RANGES = {
+    "batch": RANGES["batch"],
+    "window": Range(1, 100_000),
+}
+
 # What `train --resume` may change: the stopping rules. Every other setting decides what the run
 # computes, and a resumed run continues exactly as the uninterrupted one would have.
 RESUME_MAY_CHANGE = ("epochs", "max_steps", "time_limit")
