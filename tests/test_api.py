@@ -314,7 +314,7 @@ def test_state_can_be_saved_and_restored(model):
     assert not model.state["h"].any()
     fresh = model.step("t")
     model.reset()
-    model.feed("xyz" if "x" in model.vocab else "the")
+    model.feed("the fox")
     model.reset()
     assert np.array_equal(model.step("t"), fresh)
 
