@@ -2,6 +2,8 @@
 disk, print one red line and exit 1."""
 import os
 import math
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Literal, Optional
 
@@ -12,7 +14,7 @@ from rich.text import Text
 
 from .cells import OPTIONS as CELL_OPTIONS
 from .cells import choices_help
-from .config import (CELLS, INSPECT_CHARS, INSPECT_MAX_CHARS, OPTIMIZERS, RANGES, SAMPLE_RANGES, SCHEDULES,
+from .config import (CELLS, EVAL_RANGES, INSPECT_CHARS, INSPECT_MAX_CHARS, OPTIMIZERS, RANGES, SAMPLE_RANGES, SCHEDULES,
                      Range)
 from .config import TrainConfig as _C  # the defaults of train's options
 from .errors import CharrnnError, os_error_message
@@ -236,28 +238,66 @@ def _first_call(warm):
         raise failure[0]
 
 
+# --stop-at's escapes: a shell passes '\n' as a backslash and an n
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def _unescape(value: str) -> str:
+    """TEXT with \\n, \\t, \\r, \\\\, \\xHH and \\uHHHH replaced by what they stand for; any other
+    backslash is a usage error."""
+    import re
+
+    def one(m):
+        code = m.group(1)
+        if code in _ESCAPES:
+            return _ESCAPES[code]
+        if code[:1] in ("x", "u") and len(code) > 1:
+            return chr(int(code[1:], 16))
+        shown = "a backslash at the end" if not code else f"\\{code}"
+        raise typer.BadParameter(f"{shown} in '{value}' is no escape this option knows; use \\n, \\t, \\r, "
+                                 f"\\xHH, \\uHHHH, or \\\\ for a backslash")
+
+    return re.sub(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|.|$)", one, value, flags=re.DOTALL)
+
+
+@contextmanager
+def _printing(newline_on_interrupt=False):
+    """Around printing a stream of text: a reader that stops reading (`| head`) ends it quietly
+    with exit 1; Ctrl-C ends it with 130."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # nothing left to flush: send what is still buffered nowhere
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        if newline_on_interrupt:
+            sys.stdout.write("\n")
+        raise typer.Exit(130)
+
+
 @app.command()
 def sample(
     checkpoint: Path = typer.Argument(..., help="A checkpoint file, or a run folder (its best.npz, else latest.npz)."),
-    length: int = _ranged(500, SAMPLE_RANGES["length"], "Characters to generate after the prime."),
+    length: int = _ranged(500, SAMPLE_RANGES["length"], "Characters to generate after the prime (at most, with --stop-at)."),
     temperature: float = _ranged(1.0, SAMPLE_RANGES["temperature"], "Divide the logits by this: below 1 is more conservative, above 1 wilder; 0 always picks the most probable character."),
     top_k: int = _ranged(0, SAMPLE_RANGES["top_k"], "Choose only among the K most probable characters (0: off)."),
     top_p: float = _ranged(1.0, SAMPLE_RANGES["top_p"], "Nucleus sampling: choose only among the most probable characters that together reach this probability (1: off)."),
     prime: str = typer.Option("", help="Text the model reads first; it is printed, then the continuation. Without it, generation starts as if at the beginning of a line."),
     seed: int = _ranged(0, SAMPLE_RANGES["seed"], "Seed of the random choices: the same checkpoint, seed and options give the same text."),
     num_samples: int = _ranged(1, SAMPLE_RANGES["num_samples"], "Samples to generate, each from a fresh state, separated by a line of dashes."),
+    stop_at: str = typer.Option("", "--stop-at", metavar="TEXT", callback=_unescape, help="End a sample where the model writes TEXT, which is left out (the prime is not searched). Escapes: \\n, \\t, \\r, \\xHH, \\uHHHH, \\\\; e.g. --stop-at '\\n\\n' stops at a blank line. The text before it is what a sample without --stop-at begins with."),
 ):
     """Generate text from a trained model, streaming it to stdout."""
-    import os
-    import sys
+    from .api import load
+    from .sampling import warm_up
 
-    from .sampling import SAMPLE_THREADS, Sampler, load_model, samples, warm_up
-
-    model = load_model(checkpoint)
-    texts = samples(Sampler(model.spec, model.params, threads=SAMPLE_THREADS), model.vocab, length=length, prime=prime, seed=seed,
-                    temperature=temperature, top_k=top_k, top_p=top_p, num_samples=num_samples)
+    model = load(checkpoint)
+    texts = model.stream(length, temperature=temperature, top_k=top_k, top_p=top_p, prime=prime, seed=seed,
+                         stop_at=stop_at, num_samples=num_samples)
     _first_call(lambda: warm_up(model.spec, model.params.dtype))
-    try:
+    with _printing(newline_on_interrupt=True):
         for i, pieces in enumerate(texts):
             if i:
                 sys.stdout.write("-" * 40 + "\n")
@@ -268,53 +308,48 @@ def sample(
                 last = piece[-1:] or last
             if last != "\n":
                 sys.stdout.write("\n")
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # the reader stopped reading (`| head`): end quietly, with nothing left to flush
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise typer.Exit(1)
-    except KeyboardInterrupt:
-        sys.stdout.write("\n")
-        raise typer.Exit(130)
 
 
 @app.command("eval")
 def eval_(
     checkpoint: Path = typer.Argument(..., help="A checkpoint file, or a run folder (its best.npz, else latest.npz)."),
     file: Path = typer.Argument(..., help="Text file to score."),
-    batch: Optional[int] = _ranged(None, RANGES["batch"], "Parallel streams the text is cut into (default: the checkpoint's batch).", "int"),
-    window: Optional[int] = typer.Option(None, min=1, max=100_000, help="Steps per forward window (default: the checkpoint's k1)."),
+    batch: Optional[int] = _ranged(None, EVAL_RANGES["batch"], "Parallel streams the text is cut into (default: the checkpoint's batch); with --per-line, lines read side by side.", "int"),
+    window: Optional[int] = _ranged(None, EVAL_RANGES["window"], "Steps per forward window (default: the checkpoint's k1).", "int"),
     encoding: Optional[str] = typer.Option(None, callback=_encoding, help="utf-8, latin-1 or bytes (each byte one character); default: the checkpoint's."),
     skip_unknown: bool = typer.Option(False, "--skip-unknown", help="Drop characters the model does not know (and count them) instead of stopping."),
+    per_line: bool = typer.Option(False, "--per-line", help="Score each non-empty line on its own and print one line per line: nats per character, a tab, the line. Each is read from a fresh state that has read a line break, so all its characters are predicted (not the line break after it). Rank with: sort -n."),
 ):
     """Score a model on a text file: nats and bits per character, and perplexity.
 
     With the checkpoint's batch and window, its run's validation text scores the run's own validation figure. The text is cut into batch contiguous streams; the first starts from a zero state, each other one from the state left by reading the 200 characters before it (uncounted: they are scored in the stream before), so the figure is close to reading the text as one stream. The very first character is only an input and a tail shorter than the batch is left out, so the count is up to batch characters below the file's length.
     """
-    from . import memory
+    from .api import UnknownCharacters, load
     from .corpus import read_text
-    from .evaluate import bits, evaluate
-    from .sampling import load_model, warm_up_evaluate
+    from .sampling import warm_up_evaluate
 
-    model = load_model(checkpoint)
-    cfg = model.config
-    text = read_text(file, encoding or cfg.get("encoding", "utf-8"))
-    skipped = 0
-    if skip_unknown:
-        ids, skipped = model.vocab.encode_skip_unknown(text)
-    else:
-        try:
-            ids = model.vocab.encode(text, what=str(file))
-        except CharrnnError as e:
-            raise CharrnnError(f"{e} (or pass --skip-unknown to leave them out)") from None
-    batch, window = batch or int(cfg.get("batch", 32)), window or int(cfg.get("k1", 100))
-    memory.require(memory.evaluation_needs(model.spec, batch, window, model.params.dtype), "evaluating",
-                   "use a smaller --batch or --window")
+    model = load(checkpoint)
+    text = read_text(file, encoding or model.config.get("encoding", "utf-8"))
+    try:
+        if per_line:
+            lines = [line for line in text.split("\n") if line]
+            if not lines:
+                raise CharrnnError(f"{file} has no line with a character in it; there is nothing to score")
+            scores = model.score_lines(lines, batch=batch, window=window, skip_unknown=skip_unknown, what=str(file))
+        else:
+            ids, skipped = model.encode(text, skip_unknown=skip_unknown, what=str(file))
+    except UnknownCharacters as e:
+        raise CharrnnError(f"{e} (or pass --skip-unknown to leave them out)") from None
     _first_call(lambda: warm_up_evaluate(model.spec, model.params.dtype))
-    nats, count = evaluate(model.spec, model.params, ids, batch, window)
+    if per_line:
+        with _printing():
+            for nats, line in zip(scores, lines):
+                sys.stdout.write(f"{nats:.4f}\t{line}\n")
+        return
+    result = model.evaluate(ids, batch=batch, window=window)
     note = f"; {skipped:,} unknown character(s) skipped" if skip_unknown else ""
-    out.print(f"{file}: {count:,} characters, {nats:.4f} nats/char, {bits(nats):.4f} bits/char, "
-              f"perplexity {math.exp(nats):.2f}{note}", markup=False, highlight=False, soft_wrap=True)
+    out.print(f"{file}: {result.chars:,} characters, {result.nats:.4f} nats/char, {result.bits:.4f} bits/char, "
+              f"perplexity {result.perplexity:.2f}{note}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("inspect")

@@ -99,6 +99,12 @@ SAMPLE_RANGES = {
     "num_samples": Range(1, 100_000),
 }
 
+# The bounds of `charrnn eval`'s options (the API's score and score_lines check them too).
+EVAL_RANGES = {
+    "batch": RANGES["batch"],
+    "window": Range(1, 100_000),
+}
+
 # What `train --resume` may change: how the run goes on from the saved state (the learning rate,
 # its schedule, clipping, the stopping rules) and its bookkeeping (evaluation, saves, samples).
 # The rest decides what the saved state is: the model, the text and how it is cut into streams

@@ -1,4 +1,5 @@
-"""Loss of a model on a stretch of text: forward only, the state carried across windows."""
+"""Loss of a model on text, forward only: on one stretch of text, the state carried across
+windows (evaluate), or on many short texts, each read on its own (line_losses)."""
 import math
 
 import numpy as np
@@ -51,6 +52,49 @@ def _warm_state(spec, params, ids, streams, warmup):
     warm.forward(params, 0, w)
     return [[np.concatenate([np.zeros((1, spec.hidden), a.dtype), a]) for a in layer]
             for layer in warm.get_state(w)]
+
+
+def line_losses(spec: ModelSpec, params: np.ndarray, lines, start: int, batch=32, window=100):
+    """Mean loss in nats per character of each of `lines` (int32 id arrays), float64, nan for an
+    empty one.
+
+    Each line is read on its own, from a zero state that first reads `start` (a line break, as
+    where a sample begins), so every character of the line is predicted, its first one too; the
+    line break after it is not. That is evaluate() of start + line with one stream. Here `batch`
+    lines are read side by side, longest in `window`-step pieces; they are taken in order of
+    length, so that lines of similar length share a batch and little is padded."""
+    lengths = np.fromiter((len(line) for line in lines), np.int64, len(lines))
+    losses = np.full(len(lines), np.nan)
+    order = np.argsort(lengths, kind="stable")
+    order = order[lengths[order] > 0]
+    if order.size == 0:
+        return losses
+    B, W = min(batch, order.size), min(window, int(lengths.max()))
+    stack = Stack(spec, B, W, params.dtype)
+    zero = [[np.zeros((B, spec.hidden), params.dtype) for _ in CELLS[spec.cell].states] for _ in range(spec.layers)]
+    for g in range(0, order.size, B):
+        rows = order[g : g + B]
+        texts = [np.concatenate(([start], lines[r])).astype(np.int32) for r in rows]  # (n_j + 1,)
+        n = np.zeros(B, np.int64)  # predictions per column; a column without a line counts none
+        n[: rows.size] = lengths[rows]
+        total = np.zeros(B)
+        stack.set_state(0, zero)
+        for p in range(0, int(n.max()), W):
+            k = min(W, int(n.max()) - p)
+            stack.ids[:k] = start  # padding after a line's end: read, not counted
+            stack.targets[:k] = start
+            for j, text in enumerate(texts):
+                piece = text[p : p + k + 1]  # inputs piece[:-1] (T,), targets piece[1:] (T,)
+                if piece.size > 1:
+                    stack.ids[: piece.size - 1, j] = piece[:-1]
+                    stack.targets[: piece.size - 1, j] = piece[1:]
+            stack.forward(params, 0, k)
+            stack.loss(params, 0, k)  # -log p of each (step, column) in row_loss (k*B,)
+            counted = (p + np.arange(k))[:, None] < n[None, :]  # (k, B)
+            total += np.where(counted, stack.row_loss[: k * B].reshape(k, B), 0.0).sum(axis=0, dtype=np.float64)
+            stack.set_state(0, stack.get_state(k))
+        losses[rows] = total[: rows.size] / n[: rows.size]
+    return losses
 
 
 def bits(nats):

@@ -17,6 +17,10 @@ How a sample is made:
 - temperature 0 picks the most probable character every time (no randomness); otherwise the
   logits are divided by the temperature, then top-k and top-p (nucleus) restrict the choice
   (see kernels.generate.select).
+- stop_at ends a sample where the generated text first contains it; the stop text itself is left
+  out, as is everything after it. Only generated text is searched, never the prime. A sample
+  that stops early is a prefix of the one without stop_at, and the random stream then skips the
+  numbers its remaining characters would have used, so every later sample is unchanged too.
 """
 from __future__ import annotations
 
@@ -157,15 +161,18 @@ def start_id(vocab: Vocab) -> int:
 
 
 def samples(sampler: Sampler, vocab: Vocab, length=500, prime="", seed=0, temperature=1.0, top_k=0,
-            top_p=1.0, num_samples=1, chunk=CHUNK):
+            top_p=1.0, num_samples=1, chunk=CHUNK, stop_at=""):
     """num_samples iterators, each yielding one sample's text in pieces: the prime (if any), then
-    `length` generated characters, `chunk` at a time. Consume each before the next.
+    `length` generated characters, `chunk` at a time, or fewer if stop_at ends it (see above).
+    Consume each before the next.
 
-    The options and the prime are checked here, before anything is generated."""
+    The options, the prime and the stop text are checked here, before anything is generated."""
     check_options(length, temperature, top_k, top_p, num_samples)
     if int(seed) != seed or seed < 0:
         raise CharrnnError(f"--seed {seed} is out of range: it must be a whole number >= 0")
     context = vocab.encode(prime, what="priming text") if prime else np.array([start_id(vocab)], np.int32)
+    if stop_at:
+        vocab.encode(stop_at, what="the stop text")  # a character the model lacks would never be written
     rng = np.random.Generator(np.random.PCG64(int(seed)))
 
     def one():
@@ -174,11 +181,25 @@ def samples(sampler: Sampler, vocab: Vocab, length=500, prime="", seed=0, temper
         if prime:
             yield prime
         last, left = int(context[-1]), length
+        held = ""  # the end of the text so far, which may be the start of stop_at: not yet printed
         while left > 0:
             n = min(chunk, left)
             ids = sampler.generate(last, rng.random(n), temperature, top_k, top_p)
             last, left = int(ids[-1]), left - n
-            yield vocab.decode(ids)
+            text = held + vocab.decode(ids)
+            if stop_at:
+                at = text.find(stop_at)
+                if at >= 0:
+                    # PCG64 spends one step per float64 drawn: skip what the rest would have drawn
+                    rng.bit_generator.advance(left)
+                    held, text, left = "", text[:at], 0
+                else:
+                    cut = max(0, len(text) - (len(stop_at) - 1))
+                    held, text = text[cut:], text[:cut]
+            if text:
+                yield text
+        if held:
+            yield held
 
     return (one() for _ in range(num_samples))
 

@@ -13,12 +13,41 @@ Cache: numba checks only a function's own file for changes. After editing a modu
 kernels inline (activations.py, panels.py), delete the __pycache__ folders, or set a fresh
 NUMBA_CACHE_DIR as CI does.
 """
+import sys
 from importlib import import_module
+from importlib.machinery import EXTENSION_SUFFIXES
+from importlib.util import find_spec, module_from_spec, spec_from_file_location
+from pathlib import Path
 
 import numba
 from threadpoolctl import threadpool_limits
 
-import_module("scipy.linalg.cython_blas")  # loads the BLAS that numba's np.dot calls
+
+def _load_blas():
+    """Load scipy.linalg.cython_blas, the module whose BLAS numba's np.dot calls (numba imports it
+    by that name when it compiles a product and on the first call), so that threadpool_limits
+    below finds that library. The extension module alone: `import scipy.linalg.cython_blas` first
+    runs scipy.linalg's __init__, which imports much of scipy, none of it used here (0.2 s of CPU
+    at every start, a sixth of `charrnn sample`'s). Should scipy.linalg be imported later, it
+    works, but lacks the attribute cython_blas (`from scipy.linalg import cython_blas` finds it)."""
+    name = "scipy.linalg.cython_blas"
+    if name in sys.modules or "scipy.linalg" in sys.modules:
+        import_module(name)
+        return
+    try:
+        folder = Path(find_spec("scipy").submodule_search_locations[0]) / "linalg"
+        path = next(folder / f"cython_blas{suffix}" for suffix in EXTENSION_SUFFIXES
+                    if (folder / f"cython_blas{suffix}").is_file())
+        spec = spec_from_file_location(name, path)
+        module = module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    except Exception:  # a scipy laid out otherwise: the ordinary import
+        sys.modules.pop(name, None)
+        import_module(name)
+
+
+_load_blas()
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 # IEEE division (x/0 is inf or NaN) instead of Python's ZeroDivisionError: the check for the

@@ -1,0 +1,238 @@
+"""The Python API: a trained model in a few lines.
+
+    import charrnn
+    m = charrnn.load("checkpoints/RUN")         # a run folder (its best.npz) or a .npz file
+    m.sample(length=300, temperature=0.8, seed=1)
+    m.score("To be, or not to be")              # nats per character, as `charrnn eval` prints
+    m.reset(); p = m.step("T")                  # p[i]: how likely m.vocab[i] comes next
+
+`charrnn sample` and `charrnn eval` are this module with a command line around it: the same
+arguments give the same text and the same figures. The work is sampling.py's (one stream on the
+generation kernels) and evaluate.py's (the training kernels, forward only); `import charrnn`
+loads none of it until a model is (charrnn/__init__.py).
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from . import memory
+from .cells import CELLS
+from .config import EVAL_RANGES
+from .errors import CharrnnError
+from .evaluate import evaluate, line_losses
+from .model import Stack
+from .sampling import SAMPLE_THREADS, Sampler, load_model, samples, start_id
+
+LINES_PER_PASS = 4096  # score_lines sorts this many lines by length at a time, then yields their scores
+STATE_NAMES = {"hs": "h", "cs": "c"}  # a cell's state buffers, as `state` names them
+
+
+class UnknownCharacters(CharrnnError):
+    """The text holds characters the model never saw; the message names them."""
+
+
+class Evaluation(NamedTuple):
+    """A model's loss on a text."""
+
+    nats: float  # mean -log p of each predicted character, natural logarithm
+    chars: int  # how many characters were predicted
+    skipped: int  # unknown characters left out (skip_unknown)
+
+    @property
+    def bits(self) -> float:
+        return self.nats / math.log(2.0)
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nats)
+
+
+def load(path) -> TrainedModel:
+    """The model in a checkpoint: a .npz file, or a run folder (its best.npz, else latest.npz).
+    It carries its own vocabulary and settings; a file that cannot be read is a CharrnnError."""
+    return TrainedModel(load_model(path))
+
+
+class TrainedModel:
+    """A trained model: sample text from it, score text with it, or read text one character at a
+    time and see what it expects next.
+
+        vocab    the characters it knows, a tuple: character id i is vocab[i]
+        spec     its cell, vocabulary size, hidden units and layers (model.ModelSpec)
+        config   the settings of the run that trained it;  path  the checkpoint file read
+    """
+
+    def __init__(self, loaded):
+        """From sampling.load_model's result; use charrnn.load(path)."""
+        self.spec, self.params, self.config, self.path = loaded.spec, loaded.params, loaded.config, loaded.path
+        self._vocab = loaded.vocab
+        self.vocab = tuple(loaded.vocab.chars)
+        self._stream = None  # the Sampler whose state reset/step/feed move, made on first use
+
+    def __repr__(self):
+        s = self.spec
+        return f"<charrnn model: {s.cell} {s.layers}x{s.hidden}, vocabulary {s.vocab_size}, {self.path}>"
+
+    # -----------------------------------------------------------------------------------------
+    # Text out
+
+    def sample(self, length=500, *, temperature=1.0, top_k=0, top_p=1.0, prime="", seed=0, stop_at="") -> str:
+        """Generated text: the prime (if any), then up to `length` characters.
+
+        temperature divides the logits (0: always the most probable character); top_k and top_p
+        keep only the k most probable characters, or the fewest most probable ones that reach
+        probability top_p (0 and 1: off). Without a prime the text starts as if after a line
+        break. stop_at ends the text where the generated part first contains it, leaving it out.
+        The same arguments give the same text, which is what `charrnn sample` prints."""
+        pieces = next(iter(self.stream(length, temperature=temperature, top_k=top_k, top_p=top_p, prime=prime,
+                                       seed=seed, stop_at=stop_at)))
+        return "".join(pieces)
+
+    def stream(self, length=500, *, temperature=1.0, top_k=0, top_p=1.0, prime="", seed=0, stop_at="",
+               num_samples=1):
+        """num_samples samples, each an iterator of pieces of text as they are generated (what
+        `charrnn sample` prints as it goes); consume each before the next. Each starts from a
+        fresh state; the random numbers run on from one to the next, so sample 1 is sample()'s
+        text. The options are checked at once, before anything is generated."""
+        sampler = Sampler(self.spec, self.params, threads=SAMPLE_THREADS)
+        return samples(sampler, self._vocab, length=length, prime=prime, seed=seed, temperature=temperature,
+                       top_k=top_k, top_p=top_p, num_samples=num_samples, stop_at=stop_at)
+
+    # -----------------------------------------------------------------------------------------
+    # Text in
+
+    def score(self, text, *, batch=None, window=None, skip_unknown=False) -> float:
+        """Nats per character of `text`: the figure `charrnn eval` prints for it (see evaluate)."""
+        return self.evaluate(text, batch=batch, window=window, skip_unknown=skip_unknown).nats
+
+    def evaluate(self, text, *, batch=None, window=None, skip_unknown=False) -> Evaluation:
+        """The loss on `text` (a str, or ids from encode()) as `charrnn eval` measures it. The
+        text is cut into `batch` contiguous streams (default: the checkpoint's batch; fewer for a
+        short text), read `window` steps at a time (default: its k1); the first character is
+        only read, every other one predicted, and a tail shorter than the batch is left out
+        (evaluate.evaluate). Characters the model lacks raise UnknownCharacters, naming them,
+        unless skip_unknown leaves them out."""
+        batch, window = self._batch_window(batch, window)
+        ids, skipped = self.encode(text, skip_unknown=skip_unknown) if isinstance(text, str) else (self._ids(text), 0)
+        memory.require(memory.evaluation_needs(self.spec, batch, window, self.params.dtype), "evaluating",
+                       "use a smaller batch or window (--batch, --window)")
+        nats, count = evaluate(self.spec, self.params, ids, batch, window)
+        return Evaluation(nats, count, skipped)
+
+    def encode(self, text, *, skip_unknown=False, what="text"):
+        """(ids, skipped): the int32 id of each character of `text` (vocab[id] is the character),
+        and how many unknown characters skip_unknown left out. Without it, a character the model
+        lacks raises UnknownCharacters, which names each one and calls the text `what`."""
+        if not isinstance(text, str):
+            raise CharrnnError(f"{what} must be a str, not {type(text).__name__}")
+        if skip_unknown:
+            return self._vocab.encode_skip_unknown(text)
+        try:
+            return self._vocab.encode(text, what=what), 0
+        except CharrnnError as e:
+            raise UnknownCharacters(str(e)) from None
+
+    def score_lines(self, lines, *, batch=None, window=None, skip_unknown=False, what="text"):
+        """Nats per character of each line on its own, for ranking many short texts: an iterator
+        of floats in the order of `lines`, nan for an empty line.
+
+        Each line is read from a fresh state that has first read a line break (as a sample
+        without a prime starts), so every character of it is predicted, the first one too, and
+        the line break after it is not: the score of a line is score("\\n" + line, batch=1).
+        `batch` lines are read side by side (default: the checkpoint's batch), which changes the
+        figures only by rounding. Every line is encoded before the first score, so an unknown
+        character raises UnknownCharacters at once (see encode)."""
+        batch, window = self._batch_window(batch, window)
+        lines = list(lines)
+        if not all(isinstance(line, str) for line in lines):
+            raise CharrnnError("score_lines() reads strs, one per line")
+        if skip_unknown:
+            encoded = [self.encode(line, skip_unknown=True, what=what)[0] for line in lines]
+        else:  # one pass over all of them, so that the error names every unknown character
+            ids, _ = self.encode("".join(lines), what=what)
+            encoded = np.split(ids, np.cumsum([len(line) for line in lines])[:-1]) if lines else []
+        memory.require({"window buffers": Stack.nbytes(self.spec, batch, window, self.params.dtype)}, "scoring",
+                       "use a smaller batch or window (--batch, --window)")
+        return self._line_scores(encoded, batch, window)
+
+    def _line_scores(self, encoded, batch, window):
+        start = start_id(self._vocab)
+        per_pass = max(LINES_PER_PASS, batch)
+        for i in range(0, len(encoded), per_pass):
+            yield from line_losses(self.spec, self.params, encoded[i : i + per_pass], start, batch, window).tolist()
+
+    # -----------------------------------------------------------------------------------------
+    # One character at a time
+
+    def reset(self):
+        """Back to the zero state, where training starts every stream: nothing read yet."""
+        self._state_stream().reset()
+
+    def step(self, ch: str) -> np.ndarray:
+        """Read one character; return the probabilities of the next one: an array of len(vocab)
+        float64, p[i] for vocab[i] (dict(zip(m.vocab, p)) names them)."""
+        if not isinstance(ch, str) or len(ch) != 1:
+            raise CharrnnError(f"step() reads one character, not {ch!r}; feed() reads a text")
+        return self.feed(ch)
+
+    def feed(self, text: str) -> np.ndarray:
+        """Read every character of `text` in turn; return the probabilities of the one after it,
+        as step() does."""
+        ids, _ = self.encode(text, what="the text fed")
+        if ids.size == 0:
+            raise CharrnnError("feed() needs at least one character")
+        stream = self._state_stream()
+        stream.feed(ids[:-1])
+        logits = stream.feed(ids[-1:], keep_logits=True)[0].astype(np.float64)
+        p = np.exp(logits - logits.max())  # as sampling's select() at temperature 1
+        return p / p.sum()
+
+    @property
+    def state(self) -> dict:
+        """A copy of the state: {"h": (layers, hidden)} every layer's output, and for the cells
+        with a second state (the LSTMs) "c": the cell state. Assign it back to return there."""
+        stream = self._state_stream()
+        arrays = {"hs": stream.h, "cs": stream.c}
+        return {STATE_NAMES[k]: arrays[k].copy() for k in CELLS[self.spec.cell].states}
+
+    @state.setter
+    def state(self, value):
+        stream = self._state_stream()
+        names = [STATE_NAMES[k] for k in CELLS[self.spec.cell].states]
+        shape = (self.spec.layers, self.spec.hidden)
+        if not isinstance(value, dict) or sorted(value) != sorted(names):
+            raise CharrnnError(f"a state of this {self.spec.cell} model is a dict with the keys {', '.join(names)}")
+        for name, a in value.items():
+            if np.shape(a) != shape:
+                raise CharrnnError(f"state[{name!r}] has shape {np.shape(a)}; this model's is {shape}")
+        stream.reset()
+        stream.h[:] = value["h"]
+        if "c" in value:
+            stream.c[:] = value["c"]
+
+    # -----------------------------------------------------------------------------------------
+
+    def _state_stream(self):
+        if self._stream is None:
+            self._stream = Sampler(self.spec, self.params, threads=SAMPLE_THREADS)
+        return self._stream
+
+    def _ids(self, ids):
+        """ids given instead of text, checked: a 1-D array of whole numbers in [0, vocabulary)."""
+        a = np.asarray(ids)
+        if a.ndim != 1 or a.dtype.kind not in "iu" or (a.size and (a.min() < 0 or a.max() >= self.spec.vocab_size)):
+            raise CharrnnError(f"give a str, or ids from encode(): a 1-D array of whole numbers in "
+                               f"[0, {self.spec.vocab_size})")
+        return np.ascontiguousarray(a, dtype=np.int32)
+
+    def _batch_window(self, batch, window):
+        """The batch and window to read text with: the checkpoint's unless given."""
+        batch = int(self.config.get("batch", 32)) if batch is None else batch
+        window = int(self.config.get("k1", 100)) if window is None else window
+        for name, value in (("batch", batch), ("window", window)):
+            if value not in EVAL_RANGES[name] or int(value) != value:
+                raise CharrnnError(f"{name} {value} is out of range: it must be a whole number in {EVAL_RANGES[name]}")
+        return int(batch), int(window)

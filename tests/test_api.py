@@ -1,0 +1,330 @@
+"""The Python API (charrnn.load) and the commands built on it: `charrnn sample` prints what
+sample() returns, `charrnn eval` what score() returns, `--stop-at` ends a sample without changing
+what comes before, `--per-line` scores each line as the API scores it alone; and `import charrnn`
+stays light."""
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import charrnn
+from charrnn.cli import _unescape, app
+from charrnn.config import EVAL_RANGES, TrainConfig
+from charrnn.corpus import Vocab, read_text
+from charrnn.errors import CharrnnError
+from charrnn.model import ModelSpec, init_params
+from charrnn.sampling import Sampler, sample_text
+from charrnn.train import Trainer
+from test_eval import write_corpus
+from test_options import around
+
+ROOT = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny run, trained far enough (a second) that its samples have words and lines."""
+    tmp = tmp_path_factory.mktemp("api")
+    corpus = write_corpus(tmp / "corpus.txt", size=8_000)
+    cfg = TrainConfig(corpus=str(corpus), hidden=16, layers=2, max_steps=300, time_limit=0, eval_every=100, k1=20,
+                      k2=20, batch=4, lr=0.01, dropout=0.0, run="tiny", out_dir=str(tmp)).validate()
+    Trainer(cfg, tmp / "tiny", say=lambda *a: None).run()
+    return {"dir": tmp / "tiny", "corpus": corpus}
+
+
+@pytest.fixture(scope="module")
+def model(run):
+    return charrnn.load(run["dir"])
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def printed(text):
+    """What `charrnn sample` prints of a sample: it, and a line break if it did not end with one."""
+    return text if text.endswith("\n") else text + "\n"
+
+
+def run_module(*args):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), COLUMNS="300")
+    return subprocess.run([sys.executable, "-m", "charrnn", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=120)
+
+
+# ---------------------------------------------------------------------------------------------
+# Import
+
+
+def test_import_charrnn_loads_nothing_heavy():
+    code = ("import sys, charrnn\n"
+            "heavy = sorted(m for m in ('numpy', 'numba', 'scipy', 'llvmlite', 'typer', 'rich') if m in sys.modules)\n"
+            "assert not heavy, heavy\n"
+            "assert not [m for m in sys.modules if m.startswith('charrnn.') and m != 'charrnn.errors'], sys.modules\n"
+            "load = charrnn.load\n"
+            "assert 'numba' in sys.modules and callable(load) and 'load' in dir(charrnn)\n"
+            "assert charrnn.CharrnnError is __import__('charrnn.errors').errors.CharrnnError\n"
+            "try:\n    charrnn.nothing\nexcept AttributeError:\n    pass\nelse:\n    raise SystemExit(1)\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# sample() and `charrnn sample`
+
+
+def test_load_reads_a_run_folder_or_a_file(run, model):
+    assert model.path == run["dir"] / "best.npz"
+    same = charrnn.load(run["dir"] / "best.npz")
+    assert same.vocab == model.vocab and np.array_equal(same.params, model.params)
+    assert "".join(model.vocab) == "".join(sorted(set(read_text(run["corpus"]))))
+    with pytest.raises(CharrnnError, match="nowhere"):
+        charrnn.load(run["dir"] / "nowhere")
+
+
+@pytest.mark.parametrize("options", [{"seed": 3}, {"seed": 5, "temperature": 0.7, "top_k": 5, "top_p": 0.9, "prime": "The "}])
+def test_sample_is_what_the_command_prints(run, model, options):
+    text = model.sample(length=300, **options)
+    assert len(text) == 300 + len(options.get("prime", ""))
+    args = [a for k, v in options.items() for a in (f"--{k.replace('_', '-')}", v)]
+    assert invoke("sample", run["dir"], "--length", 300, *args) == printed(text)
+    assert model.sample(length=300, seed=options["seed"] + 1) != model.sample(length=300, seed=options["seed"])
+
+
+def test_sample_in_a_process_of_its_own(run, model):
+    r = run_module("sample", run["dir"], "--length", 200, "--seed", 9, "--num-samples", 2)
+    assert r.returncode == 0, r.stderr
+    texts = ["".join(pieces) for pieces in model.stream(200, seed=9, num_samples=2)]
+    assert texts[0] == model.sample(length=200, seed=9) and texts[1] != texts[0]
+    assert r.stdout == ("-" * 40 + "\n").join(map(printed, texts))
+
+
+# ---------------------------------------------------------------------------------------------
+# stop_at and `--stop-at`
+
+
+@pytest.mark.parametrize("stop", ["\n", "e ", " t"])
+def test_stop_at_ends_a_sample_and_changes_nothing_before(model, stop):
+    stopped = 0
+    for seed in range(6):
+        full = model.sample(length=400, seed=seed)
+        cut = model.sample(length=400, seed=seed, stop_at=stop)
+        assert stop not in cut
+        at = full.find(stop)
+        assert cut == (full if at < 0 else full[:at])
+        stopped += at >= 0
+    assert stopped >= 3  # the test means something: most of these samples did stop
+
+
+def test_stop_at_searches_only_the_generated_text(model):
+    full = model.sample(length=200, seed=2, prime="the ")
+    cut = model.sample(length=200, seed=2, prime="the ", stop_at="e")
+    assert cut == "the " + full[4:][: full[4:].find("e")]
+
+
+def test_later_samples_do_not_depend_on_where_earlier_ones_stopped(model):
+    full = [("".join(s)) for s in model.stream(300, seed=4, num_samples=3)]
+    cut = [("".join(s)) for s in model.stream(300, seed=4, num_samples=3, stop_at="a")]
+    assert len(set(full)) == 3
+    for f, c in zip(full, cut):
+        assert c == f[: f.find("a")] if "a" in f else c == f
+    assert sum(len(c) < len(f) for f, c in zip(full, cut)) >= 2
+
+
+def test_stop_text_across_chunks():
+    """A stop text that straddles two of the kernel's chunks stops the sample, and nothing of it is
+    printed first: the pieces are the same whatever the chunk size."""
+    vocab = Vocab("ab\n")
+    spec = ModelSpec("gru", vocab.size, 6, 1)
+    params = init_params(spec, np.random.default_rng(0))
+    for stop in ("ab", "aab", "b\nb"):
+        want = sample_text(Sampler(spec, params), vocab, length=200, seed=1, stop_at=stop)[0]
+        full = sample_text(Sampler(spec, params), vocab, length=200, seed=1)[0]
+        assert stop in full and want == full[: full.find(stop)]
+        for chunk in (1, 2, 3, 7):
+            assert sample_text(Sampler(spec, params), vocab, length=200, seed=1, stop_at=stop, chunk=chunk)[0] == want
+
+
+def test_skipping_random_numbers_is_drawing_them():
+    """stop_at relies on PCG64 spending one step per float64 that Generator.random draws."""
+    a, b = (np.random.Generator(np.random.PCG64(7)) for _ in range(2))
+    a.random(1000)
+    b.bit_generator.advance(1000)
+    assert np.array_equal(a.random(50), b.random(50))
+
+
+def test_cli_stop_at_with_escapes(run, model):
+    want = model.sample(length=300, seed=1, stop_at="\n")
+    assert "\n" in model.sample(length=300, seed=1)  # it does stop
+    assert invoke("sample", run["dir"], "--length", 300, "--seed", 1, "--stop-at", r"\n") == printed(want)
+    assert invoke("sample", run["dir"], "--length", 300, "--seed", 1, "--stop-at", r"\x0a") == printed(want)
+    assert _unescape(r"a\n\tb\\n\x03\u00e9\r") == "a\n\tb\\n\x03\u00e9\r"
+
+
+@pytest.mark.parametrize("text", [r"a\q", "a\\", r"\x4", r"\u12"])
+def test_a_bad_escape_is_a_usage_error(run, text):
+    r = runner.invoke(app, ["sample", str(run["dir"]), "--stop-at", text])
+    assert r.exit_code == 2 and "escape" in r.output
+
+
+def test_a_stop_text_the_model_cannot_write_is_refused(run):
+    r = run_module("sample", run["dir"], "--stop-at", "<END>")
+    assert r.returncode == 1 and r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1 and "stop text" in r.stderr and "'<'" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# score() and `charrnn eval`
+
+
+def test_score_is_what_eval_prints(run, model, tmp_path):
+    text = read_text(run["corpus"])[:3000]
+    path = tmp_path / "part.txt"
+    path.write_text(text, encoding="utf-8")
+    result = model.evaluate(text)
+    assert result.nats == model.score(text) and result.bits == pytest.approx(result.nats / math.log(2))
+    line = invoke("eval", run["dir"], path)
+    assert f"{result.chars:,} characters, {result.nats:.4f} nats/char, {result.bits:.4f} bits/char" in line
+    assert f"perplexity {math.exp(result.nats):.2f}" in line
+    ids, skipped = model.encode(text)
+    assert skipped == 0 and model.score(ids) == result.nats
+    other = model.evaluate(text, batch=1, window=7)
+    assert other.chars == len(text) - 1
+    assert f"{other.chars:,} characters, {other.nats:.4f} nats/char" in invoke("eval", run["dir"], path, "--batch", 1,
+                                                                             "--window", 7)
+
+
+def test_score_errors(model):
+    with pytest.raises(charrnn.UnknownCharacters, match="'€'"):
+        model.score("the cat €")
+    assert model.evaluate("the cat €€ sat", batch=1, skip_unknown=True).skipped == 2
+    assert model.score("the cat €€ sat", batch=1, skip_unknown=True) == model.score("the cat  sat", batch=1)
+    for bad in ({"batch": 0}, {"window": 0}, {"batch": 2.5}):
+        with pytest.raises(CharrnnError, match="out of range"):
+            model.score("the cat", **bad)
+    with pytest.raises(CharrnnError, match="at least 2"):
+        model.score("t")
+    for bad in (b"the cat", np.array([[1, 2]]), np.array([0.5, 1.0]), np.array([1, len(model.vocab)])):
+        with pytest.raises(CharrnnError, match="a str, or ids"):
+            model.score(bad)
+    with pytest.raises(CharrnnError, match="must be a str"):
+        model.encode(b"the cat")
+
+
+@pytest.mark.parametrize("name", sorted(EVAL_RANGES))
+def test_eval_cli_and_the_api_agree_at_each_bound(name, model, tmp_path):
+    for value, inside in around(EVAL_RANGES[name], integer=True):
+        r = runner.invoke(app, ["eval", str(tmp_path / "missing.npz"), str(tmp_path / "t.txt"), f"--{name}={value}"])
+        if inside:
+            assert r.exit_code == 1 and "missing.npz" in str(r.exception), (value, r.output)
+            assert len(list(model.score_lines(["the cat"], **{name: value}))) == 1
+        else:
+            assert r.exit_code == 2 and str(EVAL_RANGES[name]) in r.output, (value, r.output)
+            with pytest.raises(CharrnnError, match=f"{name} {value} is out of range"):
+                model.score_lines(["the cat"], **{name: value})
+
+
+# ---------------------------------------------------------------------------------------------
+# score_lines() and `charrnn eval --per-line`
+
+
+LINES = ["The cat sat on a warm mat.", "", "owls", "T", "brown foxes jumped over the lazy dogs by the river bank!",
+         "the the the the", "", "Seven quick foxes."]
+
+
+def test_per_line_is_each_line_scored_alone(run, model, tmp_path):
+    path = tmp_path / "lines.txt"
+    path.write_text("\n".join(LINES) + "\n", encoding="utf-8")
+    alone = [model.score("\n" + line, batch=1) for line in LINES if line]  # the evaluator, one stream each
+    for options in ([], ["--batch", 1], ["--batch", 3, "--window", 5]):
+        rows = invoke("eval", run["dir"], path, "--per-line", *options).splitlines()
+        assert [p.split("\t", 1)[1] for p in rows] == [line for line in LINES if line]
+        np.testing.assert_allclose([float(p.split("\t")[0]) for p in rows], alone, atol=5.1e-5)
+    for batch, window in ((None, None), (1, 3), (3, 100)):
+        got = list(model.score_lines(LINES, batch=batch, window=window))
+        assert math.isnan(got[1]) and math.isnan(got[6])
+        np.testing.assert_allclose([g for g in got if not math.isnan(g)], alone, rtol=1e-5)
+    # and a line's score is its own: the others change nothing
+    assert list(model.score_lines(["owls"]))[0] == pytest.approx(alone[1], rel=1e-5)
+
+
+def test_per_line_on_a_bigger_file(run, model, tmp_path):
+    lines = read_text(run["corpus"]).split("\n")[:300]
+    path = tmp_path / "many.txt"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    rows = invoke("eval", run["dir"], path, "--per-line").splitlines()
+    assert len(rows) == sum(1 for line in lines if line)
+    some = [i for i in range(0, len(rows), 37)]
+    for i in some:
+        nats, line = rows[i].split("\t", 1)
+        assert float(nats) == pytest.approx(model.score("\n" + line, batch=1), abs=5.1e-5)
+
+
+def test_per_line_unknown_characters(run, tmp_path):
+    path = tmp_path / "odd.txt"
+    path.write_text("the cat\nthe €at\n\nZZ\n", encoding="utf-8")
+    r = run_module("eval", run["dir"], path, "--per-line")
+    assert r.returncode == 1 and r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1 and "'€'" in r.stderr and "--skip-unknown" in r.stderr
+    rows = invoke("eval", run["dir"], path, "--per-line", "--skip-unknown").splitlines()
+    assert [p.split("\t", 1)[1] for p in rows] == ["the cat", "the €at", "ZZ"]
+    assert rows[2].startswith("nan\t")  # nothing left of it to score
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n", encoding="utf-8")
+    r = run_module("eval", run["dir"], empty, "--per-line")
+    assert r.returncode == 1 and "no line" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# One character at a time
+
+
+def test_step_is_what_sampling_chooses_from(model):
+    greedy = model.sample(length=40, temperature=0, prime="The")
+    model.reset()
+    p = model.feed("The")
+    text = "The"
+    for _ in range(40):
+        ch = model.vocab[int(np.argmax(p))]
+        text += ch
+        p = model.step(ch)
+    assert text == greedy
+    assert p.shape == (len(model.vocab),) and p.dtype == np.float64 and abs(p.sum() - 1) < 1e-12
+
+
+def test_state_can_be_saved_and_restored(model):
+    model.reset()
+    model.feed("the cat")
+    saved = model.state
+    assert set(saved) == {"h", "c"} and saved["h"].shape == (2, 16)  # a 2x16 LSTM
+    after = model.step(" ")
+    model.feed("sat on a mat")
+    model.state = saved
+    assert np.array_equal(model.step(" "), after)
+    model.reset()
+    assert not model.state["h"].any()
+    fresh = model.step("t")
+    model.reset()
+    model.feed("the fox")
+    model.reset()
+    assert np.array_equal(model.step("t"), fresh)
+
+
+def test_step_errors(model):
+    with pytest.raises(CharrnnError, match="one character"):
+        model.step("ab")
+    with pytest.raises(charrnn.UnknownCharacters):
+        model.step("€")
+    with pytest.raises(CharrnnError, match="keys h, c"):
+        model.state = {"h": np.zeros((2, 16))}
+    with pytest.raises(CharrnnError, match="shape"):
+        model.state = {"h": np.zeros((2, 16)), "c": np.zeros(16)}
