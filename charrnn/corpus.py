@@ -262,7 +262,7 @@ def parse_doc_sep(text: str) -> str:
         if len(code) > 1 and int(code[1:], 16) < 0x110000:
             return chr(int(code[1:], 16))
         what = f"unknown escape \\{code}" if code else "a lone backslash at the end"
-        raise CharrnnError(f"--doc-sep {text!r}: {what}; use \\n, \\t, \\r, \\\\, \\xHH or \\uHHHH")
+        raise CharrnnError(f"{what} in {text!r}; use \\n, \\t, \\r, \\\\, \\xHH or \\uHHHH")
 
     return _ESCAPE.sub(one, text)
 
