@@ -65,14 +65,26 @@ def _encoding(value: Optional[str]):
         raise typer.BadParameter(str(e)) from None
 
 
-def _doc_sep(value: str):
-    """The separator with its backslash escapes read; a bad escape is a usage error."""
-    from .corpus import parse_doc_sep
+# the escapes of --stop-at and --doc-sep: a shell passes '\n' as a backslash and an n
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 
-    try:
-        return parse_doc_sep(value)
-    except CharrnnError as e:
-        raise typer.BadParameter(str(e)) from None
+
+def _unescape(value: str) -> str:
+    """TEXT with \\n, \\t, \\r, \\\\, \\xHH and \\uHHHH replaced by what they stand for; any other
+    backslash is a usage error."""
+    import re
+
+    def one(m):
+        code = m.group(1)
+        if code in _ESCAPES:
+            return _ESCAPES[code]
+        if code[:1] in ("x", "u") and len(code) > 1:
+            return chr(int(code[1:], 16))
+        shown = "a backslash at the end" if not code else f"\\{code}"
+        raise typer.BadParameter(f"{shown} in '{value}' is no escape this option knows; use \\n, \\t, \\r, "
+                                 f"\\xHH, \\uHHHH, or \\\\ for a backslash")
+
+    return re.sub(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|.|$)", one, value, flags=re.DOTALL)
 
 
 def _shown(value):
@@ -112,7 +124,7 @@ def train(
     val_fraction: float = _ranged(_C.val_fraction, RANGES["val_fraction"], "Part of the text held out for validation."),
     test_fraction: float = _ranged(_C.test_fraction, RANGES["test_fraction"], "Part of the text held out for the final test."),
     encoding: str = typer.Option(_C.encoding, callback=_encoding, help="utf-8, latin-1 or bytes (each byte one character)."),
-    doc_sep: str = typer.Option(repr(_C.doc_sep)[1:-1], callback=_doc_sep, help="Put between documents (files), where the model learns that one ends; backslash escapes such as \\n and \\x03 are read. Default: the one character ETX (U+0003, 'end of text'), which no text holds, so a sample can stop exactly where a document would end; '\\n\\n' (a blank line) is also a paragraph break."),
+    doc_sep: str = typer.Option(repr(_C.doc_sep)[1:-1], callback=_unescape, help="Put between documents (files), where the model learns that one ends; backslash escapes such as \\n and \\x03 are read. Default: the one character ETX (U+0003, 'end of text'), which no text holds, so a sample can stop exactly where a document would end; '\\n\\n' (a blank line) is also a paragraph break."),
     init_from: Optional[Path] = typer.Option(None, help="Fine-tune: start from this trained model (a checkpoint, or a run folder's best) with a fresh optimizer and schedule. Its cell, sizes and cell options are kept; characters of the new text it lacks are added to its vocabulary."),
     sample_every: int = _ranged(_C.sample_every, RANGES["sample_every"], "Every this many updates, print a sample and add it to RUN/samples.txt with the step and validation loss (0: never). Off by default: a 200-character sample of the default model costs a tenth of an update on a quiet machine and more when other processes share the cores, and the first run compiles the generation kernels (about 12 s). 200, with the default --eval-every, shows each sample beside its step's validation loss."),
     sample_length: int = _ranged(_C.sample_length, RANGES["sample_length"], "Characters per sample while training."),
@@ -238,26 +250,6 @@ def _first_call(warm):
         raise failure[0]
 
 
-# --stop-at's escapes: a shell passes '\n' as a backslash and an n
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
-
-
-def _unescape(value: str) -> str:
-    """TEXT with \\n, \\t, \\r, \\\\, \\xHH and \\uHHHH replaced by what they stand for; any other
-    backslash is a usage error."""
-    import re
-
-    def one(m):
-        code = m.group(1)
-        if code in _ESCAPES:
-            return _ESCAPES[code]
-        if code[:1] in ("x", "u") and len(code) > 1:
-            return chr(int(code[1:], 16))
-        shown = "a backslash at the end" if not code else f"\\{code}"
-        raise typer.BadParameter(f"{shown} in '{value}' is no escape this option knows; use \\n, \\t, \\r, "
-                                 f"\\xHH, \\uHHHH, or \\\\ for a backslash")
-
-    return re.sub(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|.|$)", one, value, flags=re.DOTALL)
 
 
 @contextmanager

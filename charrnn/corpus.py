@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -245,26 +244,6 @@ def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP) -> Corpus:
         raise CharrnnError(f"no text files in {_some([str(p) for p in inputs])}"
                            + (f" ({'; '.join(notes)})" if notes else "") + "; give files or folders that hold text")
     return Corpus(doc_sep.join(texts), infos, notes)
-
-
-_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|.?)", re.DOTALL)
-_SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
-
-
-def parse_doc_sep(text: str) -> str:
-    """A separator typed on the command line: backslash escapes \\n, \\t, \\r, \\\\, \\xHH, \\uHHHH and
-    \\UHHHHHHHH stand for their characters (so that '\\n\\n' is a blank line); a CharrnnError for
-    any other escape."""
-    def one(m):
-        code = m.group(1)
-        if code in _SIMPLE_ESCAPES:
-            return _SIMPLE_ESCAPES[code]
-        if len(code) > 1 and int(code[1:], 16) < 0x110000:
-            return chr(int(code[1:], 16))
-        what = f"unknown escape \\{code}" if code else "a lone backslash at the end"
-        raise CharrnnError(f"{what} in {text!r}; use \\n, \\t, \\r, \\\\, \\xHH or \\uHHHH")
-
-    return _ESCAPE.sub(one, text)
 
 
 def check_doc_sep(sep: str, encoding: str = "utf-8") -> None:

@@ -5,11 +5,13 @@ import hashlib
 import os
 
 import pytest
+from typer.testing import CliRunner
 
 from charrnn import corpus as corpus_module
 from charrnn.checkpoint import load_checkpoint
 from charrnn.config import DOC_SEP, TrainConfig
-from charrnn.corpus import list_files, parse_doc_sep, read_corpus
+from charrnn.cli import app
+from charrnn.corpus import list_files, read_corpus
 from charrnn.errors import CharrnnError
 from charrnn.train import Trainer
 from test_hostile import main_exits
@@ -83,12 +85,18 @@ def test_a_file_named_on_the_command_line_must_be_text(tree):
         read_corpus([tree / "only"])
 
 
-def test_separators_typed_with_escapes():
-    assert parse_doc_sep(r"\n\n") == "\n\n" and parse_doc_sep(r"\x03") == "\x03" == DOC_SEP
-    assert parse_doc_sep(r"<\u00e9>\\") == "<é>\\" and parse_doc_sep("") == ""
-    for bad in (r"\q", "end\\", r"\UFFFFFFFF"):
-        with pytest.raises(CharrnnError, match=r"(unknown escape|a lone backslash) .*; use \\n"):
-            parse_doc_sep(bad)
+def test_separators_typed_with_escapes_and_what_is_refused(tmp_path):
+    first, second = tmp_path / "1.txt", tmp_path / "2.txt"
+    first.write_text(TEXT[:300], encoding="utf-8")
+    second.write_text(TEXT[300:], encoding="utf-8")
+    for typed, sep in ((r"\n\n", "\n\n"), (r"<\u00e9>\\", "<é>\\"), ("", "")):
+        out = tmp_path / str(len(sep))
+        r = CliRunner().invoke(app, ["train", str(first), str(second), "--doc-sep", typed, "--hidden", "4",
+                                     "--batch", "2", "--k1", "8", "--k2", "8", "--max-steps", "1", "--out-dir", str(out),
+                                     "--run", "r"])
+        assert r.exit_code == 0, r.output
+        _, meta = load_checkpoint(out / "r" / "latest.npz")
+        assert meta["config"]["doc_sep"] == sep and meta["corpus"]["chars"] == len(TEXT) + len(sep)
     with pytest.raises(CharrnnError, match="not made of bytes"):
         TrainConfig(encoding="bytes", doc_sep="€").validate()
     with pytest.raises(CharrnnError, match="NUL"):
@@ -115,4 +123,4 @@ def test_a_run_on_many_files_records_them_and_resumes_from_that_list(tree, tmp_p
     assert [f["path"] for f in resumed.corpus_info["files"]] == listed
     resumed.run()
     code, err = main_exits(monkeypatch, capsys, "train", tree / "a.txt", "--doc-sep", r"\q")
-    assert code == 2 and "unknown escape" in err
+    assert code == 2 and "is no escape this option knows" in err
