@@ -3,6 +3,7 @@ gives from a checkpoint of that step, and taking them changes nothing in trainin
 import numpy as np
 import pytest
 
+from charrnn.api import load
 from charrnn.sampling import SAMPLE_THREADS, Sampler, load_model, sample_text
 from charrnn.train import SAMPLES_FILE, Trainer
 from test_train import TEXT, config, train_steps
@@ -41,6 +42,8 @@ def test_samples_txt_gets_an_entry_every_n_updates(corpus, tmp_path):
                                temperature=0.5, seed=step)[0]
         assert body[:-2] == expected
         assert any(s.startswith(f"--- step {step}, ") and s.endswith(expected) for s in said)
+    # and through the API that `charrnn sample` runs on, from the checkpoint of the last step
+    assert load(tmp_path / "r" / "latest.npz").sample(50, temperature=0.5, seed=9) == body[:-2]
     val = [l for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines() if '"val"' in l]
     assert f"val loss {trainer.last_val:.4f}, " in entries[-1] and len(val) == 3  # measured at this step
 
