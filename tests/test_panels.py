@@ -24,16 +24,18 @@ def test_tile_rows_follow_the_vector_width():
     assert tile_rows("") == 4
 
 
+def tile_rows_for(features, cache_dir):
+    """panels.TILE_ROWS in a fresh process whose numba compiles for `features` (nothing is compiled)."""
+    env = dict(os.environ, NUMBA_CPU_FEATURES=features, NUMBA_CACHE_DIR=str(cache_dir), PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", "from charrnn.kernels import panels; print(panels.TILE_ROWS)"],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    return out.split()
+
+
 def test_a_host_reporting_avx512_selects_the_8_row_tile(tmp_path):
-    # numba compiles for NUMBA_CPU_FEATURES when set, and so the tile follows it; nothing is compiled
-    env = dict(os.environ, NUMBA_CPU_FEATURES=AVX512, NUMBA_CACHE_DIR=str(tmp_path), PYTHONPATH=ROOT)
-    out = subprocess.run([sys.executable, "-c", "from charrnn.kernels import panels; print(panels.TILE_ROWS)"],
-                         env=env, capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["8"]
-    env["NUMBA_CPU_FEATURES"] = AVX2
-    out = subprocess.run([sys.executable, "-c", "from charrnn.kernels import panels; print(panels.TILE_ROWS)"],
-                         env=env, capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["4"]
+    # numba compiles for NUMBA_CPU_FEATURES when set, and so the tile follows it
+    assert tile_rows_for(AVX512, tmp_path) == ["8"]
+    assert tile_rows_for(AVX2, tmp_path) == ["4"]
 
 
 def panel_product_with(rows):
