@@ -38,9 +38,9 @@ def test_a_host_reporting_avx512_selects_the_8_row_tile(tmp_path):
     assert tile_rows_for(AVX2, tmp_path) == ["4"]
 
 
-def panel_product_with(rows):
-    """panel_product compiled with TILE_ROWS = rows, whatever this host chose (uncached)."""
-    fn = panels.panel_product.py_func
+def compiled_with(kernel, rows):
+    """A kernel of panels.py compiled with TILE_ROWS = rows, whatever this host chose (uncached)."""
+    fn = kernel.py_func
     scope = dict(fn.__globals__, TILE_ROWS=rows)
     return numba.njit(types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__))
 
@@ -48,7 +48,7 @@ def panel_product_with(rows):
 @pytest.mark.parametrize("tile", [4, 8])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_every_tile_variant_multiplies_like_numpy(tile, dtype):
-    product = panel_product_with(tile)
+    product = compiled_with(panels.panel_product, tile)
     rng = np.random.default_rng(tile)
     for rows in (0, 1, 3, 4, 5, 7, 8, 9, 12, 13, 16, 17, 21):  # whole tiles of 8, of 4, and single rows
         for K in (1, 5, 37):
@@ -59,6 +59,28 @@ def test_every_tile_variant_multiplies_like_numpy(tile, dtype):
             want = C.copy()
             for i in range(rows):
                 want[1 + i * ldc: 1 + i * ldc + LANES] += A[2 + i * lda: 2 + i * lda + K] @ P[1]
+            product(A, 2, lda, rows, K, P, K * LANES, C, 1, ldc)
+            tol = 1e-12 if dtype == np.float64 else 2e-5
+            np.testing.assert_allclose(C, want, rtol=tol, atol=tol, err_msg=f"rows={rows} K={K}")
+
+
+@pytest.mark.parametrize("tile", [4, 8])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_tile_variant_multiplies_two_panels_like_numpy(tile, dtype):
+    # the forward product's gate blocks two by two: two panels, one after the other in P, into
+    # neighbouring columns of C (8 rows and both panels at once in the wide tile)
+    product = compiled_with(panels.panel_pair_product, tile)
+    rng = np.random.default_rng(10 + tile)
+    for rows in (0, 1, 7, 8, 9, 16, 21):
+        for K in (1, 5, 37):
+            lda, ldc = K + 3, 3 * LANES + 5
+            A = rng.normal(size=rows * lda + 2).astype(dtype)
+            P = rng.normal(size=(3, K, LANES)).astype(dtype)  # panels 1 and 2 are multiplied
+            C = rng.normal(size=rows * ldc + 2 * LANES + 1).astype(dtype)
+            want = C.copy()
+            for i in range(rows):
+                a = A[2 + i * lda: 2 + i * lda + K]
+                want[1 + i * ldc: 1 + i * ldc + 2 * LANES] += np.concatenate([a @ P[1], a @ P[2]])
             product(A, 2, lda, rows, K, P, K * LANES, C, 1, ldc)
             tol = 1e-12 if dtype == np.float64 else 2e-5
             np.testing.assert_allclose(C, want, rtol=tol, atol=tol, err_msg=f"rows={rows} K={K}")
