@@ -67,20 +67,47 @@ def test_every_tile_variant_multiplies_like_numpy(tile, dtype):
 @pytest.mark.parametrize("tile", [4, 8])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_every_tile_variant_multiplies_two_panels_like_numpy(tile, dtype):
-    # the forward product's gate blocks two by two: two panels, one after the other in P, into
-    # neighbouring columns of C (8 rows and both panels at once in the wide tile)
+    # two panels, one after the other in P, each into its own columns of C: side by side for the
+    # forward's gate blocks, apart for the backward's next panel (8 rows and both panels at once
+    # in the wide tile)
     product = compiled_with(panels.panel_pair_product, tile)
     rng = np.random.default_rng(10 + tile)
     for rows in (0, 1, 7, 8, 9, 16, 21):
         for K in (1, 5, 37):
-            lda, ldc = K + 3, 3 * LANES + 5
-            A = rng.normal(size=rows * lda + 2).astype(dtype)
-            P = rng.normal(size=(3, K, LANES)).astype(dtype)  # panels 1 and 2 are multiplied
-            C = rng.normal(size=rows * ldc + 2 * LANES + 1).astype(dtype)
-            want = C.copy()
-            for i in range(rows):
-                a = A[2 + i * lda: 2 + i * lda + K]
-                want[1 + i * ldc: 1 + i * ldc + 2 * LANES] += np.concatenate([a @ P[1], a @ P[2]])
-            product(A, 2, lda, rows, K, P, K * LANES, C, 1, ldc)
-            tol = 1e-12 if dtype == np.float64 else 2e-5
-            np.testing.assert_allclose(C, want, rtol=tol, atol=tol, err_msg=f"rows={rows} K={K}")
+            for c1 in (1 + LANES, 1 + 3 * LANES + 2):
+                lda, ldc = K + 3, 4 * LANES + 5
+                A = rng.normal(size=rows * lda + 2).astype(dtype)
+                P = rng.normal(size=(3, K, LANES)).astype(dtype)  # panels 1 and 2 are multiplied
+                C = rng.normal(size=rows * ldc + 4 * LANES).astype(dtype)
+                want = C.copy()
+                for i in range(rows):
+                    a = A[2 + i * lda: 2 + i * lda + K]
+                    want[1 + i * ldc: 1 + i * ldc + LANES] += a @ P[1]
+                    want[c1 + i * ldc: c1 + i * ldc + LANES] += a @ P[2]
+                product(A, 2, lda, rows, K, P, K * LANES, C, 1, c1, ldc)
+                tol = 1e-12 if dtype == np.float64 else 2e-5
+                np.testing.assert_allclose(C, want, rtol=tol, atol=tol, err_msg=f"rows={rows} K={K} c1={c1}")
+
+
+@pytest.mark.parametrize("tile", [4, 8])
+def test_recurrent_grad_gives_every_panel_its_product_in_order(tile):
+    # the backward visits panels 0, 1, 2, ... of a step; with the wide tile an even panel also
+    # computes the next one into the spare slot, and the odd one takes it from there: each
+    # panel must still find its own product in slot 0, and nothing in the slots between
+    grad = compiled_with(panels.recurrent_grad, tile)
+    rng = np.random.default_rng(3)
+    T, B, H, slots, spare = 3, 21, 37, 4, 3
+    G = 4 * H
+    W = rng.normal(size=(H, G))
+    WTp = np.zeros(panels.transposed_panels_shape(H, G))
+    panels.pack_transposed_panels(W, WTp)
+    dA = rng.normal(size=(T, B, G))
+    S = rng.normal(size=(B, slots * LANES))
+    between = S[:, LANES:spare * LANES].copy()
+    for t in (1, T):  # T: past the window, zero
+        for p in range(WTp.shape[0]):
+            grad(dA, t, WTp, S, p, 2, B, spare)
+            n = min(LANES, H - p * LANES)
+            want = dA[t, 2:] @ W[p * LANES: p * LANES + n].T if t < T else np.zeros((B - 2, n))
+            np.testing.assert_allclose(S[2:, :n], want, rtol=1e-12, atol=1e-12, err_msg=f"t={t} p={p}")
+            np.testing.assert_array_equal(S[:, LANES:spare * LANES], between)

@@ -31,8 +31,8 @@ F_R, F_Z, F_HN, F_XN, F_H = range(5)
 FORWARD_SLOTS = 5
 # backward slots: the recurrent gradient, r, z, n, hp_n + b_hn, h_{t-1}, the gradient carried
 # into h_t and the one from above (then dr, dz, dn, r * dn and the carry to h_{t-1})
-B_REC, B_R, B_Z, B_N, B_HN, B_HPREV, B_DH, B_DHUP = range(8)
-BACKWARD_SLOTS = 8
+B_REC, B_R, B_Z, B_N, B_HN, B_HPREV, B_DH, B_DHUP, B_SPARE = range(9)
+BACKWARD_SLOTS = 9  # B_SPARE: the next panel's recurrent gradient (recurrent_grad)
 
 
 @kernel
@@ -89,7 +89,7 @@ def _gru_backward_panel(dxproj, dhp, dh, dhs, hs, acts, hn, WTp, S, t, p, r0, r1
     H = dh.shape[1]
     u0 = p * LANES
     n = min(LANES, H - u0)
-    recurrent_grad(dhp, t + 1, WTp, S, p, r0, r1)  # hp_{t+1} = h_t @ Wh
+    recurrent_grad(dhp, t + 1, WTp, S, p, r0, r1, B_SPARE)  # hp_{t+1} = h_t @ Wh
     for r in range(r0, r1):
         s = S[r]
         if t > 0:  # the lines step t-1 reads
@@ -147,7 +147,7 @@ def gru_backward(dxproj, dhp, dh, dhs, hs, acts, hn, WTp, n_blocks):
             for p in range(WTp.shape[0]):
                 _gru_backward_panel(dxproj, dhp, dh, dhs, hs, acts, hn, WTp, S[i], t, p, r0, r1)
         if T > 0:
-            add_entering_grad(dh, dhp, WTp, S[i], r0, r1)
+            add_entering_grad(dh, dhp, WTp, S[i], r0, r1, B_SPARE)
 
 
 @kernel

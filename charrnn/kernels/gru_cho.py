@@ -33,8 +33,8 @@ F_N = 0
 FORWARD_SLOTS = 3
 # backward slots: the recurrent gradient, the gradient carried into h_t, the one from above,
 # r, z, n, h_{t-1}
-B_REC, B_DH, B_DHUP, B_R, B_Z, B_N, B_HPREV = range(7)
-BACKWARD_SLOTS = 7
+B_REC, B_DH, B_DHUP, B_R, B_Z, B_N, B_HPREV, B_SPARE = range(8)
+BACKWARD_SLOTS = 8  # B_SPARE: the next panel's recurrent gradient (recurrent_grad)
 
 
 @kernel
@@ -106,7 +106,7 @@ def _backward_z_n_panel(dxproj, drz, dn, dh, dhs, hs, acts, WTp, S, t, p, r0, r1
     H = dh.shape[1]
     u0 = p * LANES
     n = min(LANES, H - u0)
-    recurrent_grad(drz, t + 1, WTp, S, p, r0, r1)  # [r|z]_{t+1} from h_t @ [Wh_r | Wh_z]
+    recurrent_grad(drz, t + 1, WTp, S, p, r0, r1, B_SPARE)  # [r|z]_{t+1} from h_t @ [Wh_r | Wh_z]
     for r in range(r0, r1):
         s = S[r]
         copy_lanes(s, B_DH * LANES, dh[r], u0, n)
@@ -136,7 +136,7 @@ def _backward_r_panel(dxproj, drz, dn, dh, hs, acts, WnTp, S, t, p, r0, r1):
     H = dh.shape[1]
     u0 = p * LANES
     n = min(LANES, H - u0)
-    recurrent_grad(dn, t, WnTp, S, p, r0, r1)  # this step's candidate product, all of dn known
+    recurrent_grad(dn, t, WnTp, S, p, r0, r1, B_SPARE)  # this step's candidate product, all of dn known
     for r in range(r0, r1):
         s = S[r]
         copy_lanes(s, B_DH * LANES, dh[r], u0, n)
@@ -171,7 +171,7 @@ def gru_cho_backward(dxproj, drz, dn, dh, dhs, hs, acts, WTp, WnTp, n_blocks):
             for p in range(WnTp.shape[0]):
                 _backward_r_panel(dxproj, drz, dn, dh, hs, acts, WnTp, S[i], t, p, r0, r1)
         if T > 0:
-            add_entering_grad(dh, drz, WTp, S[i], r0, r1)
+            add_entering_grad(dh, drz, WTp, S[i], r0, r1, B_SPARE)
 
 
 @kernel

@@ -30,8 +30,8 @@ F_K, F_H, F_A = range(3)  # forward slots: the pre-activation (then k_t), h_{t-1
 FORWARD_SLOTS = 3
 # backward slots: the recurrent gradient, the gradient carried into h_t, the one from above,
 # k_t, h_{t-1}, a (then the gradient of the pre-activation and of a)
-B_REC, B_DH, B_DHUP, B_K, B_HPREV, B_A = range(6)
-BACKWARD_SLOTS = 6
+B_REC, B_DH, B_DHUP, B_K, B_HPREV, B_A, B_SPARE = range(7)
+BACKWARD_SLOTS = 7  # B_SPARE: the next panel's recurrent gradient (recurrent_grad)
 
 
 @kernel
@@ -77,7 +77,7 @@ def _leaky_backward_panel(dxproj, da, dh, dhs, hs, ks, a, WTp, S, t, p, r0, r1):
     H = dh.shape[1]
     u0 = p * LANES
     n = min(LANES, H - u0)
-    recurrent_grad(dxproj, t + 1, WTp, S, p, r0, r1)  # k_{t+1} = tanh(... + h_t @ Wh)
+    recurrent_grad(dxproj, t + 1, WTp, S, p, r0, r1, B_SPARE)  # k_{t+1} = tanh(... + h_t @ Wh)
     for r in range(r0, r1):
         s = S[r]
         copy_lanes(s, B_DH * LANES, dh[r], u0, n)
@@ -114,7 +114,7 @@ def leaky_backward(dxproj, da, dh, dhs, hs, ks, a, WTp, n_blocks):
             for p in range(WTp.shape[0]):
                 _leaky_backward_panel(dxproj, da, dh, dhs, hs, ks, a, WTp, S[i], t, p, r0, r1)
         if T > 0:
-            add_entering_grad(dh, dxproj, WTp, S[i], r0, r1)
+            add_entering_grad(dh, dxproj, WTp, S[i], r0, r1, B_SPARE)
 
 
 @kernel

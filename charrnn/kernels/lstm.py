@@ -38,8 +38,8 @@ FORWARD_SLOTS = 7
 SAVED = 5
 # backward slots: the recurrent gradient, the gates (then their gradients), tanh(c_t), c_{t-1},
 # the gradient carried into h_t, the one from above, and the one carried into c_t
-B_REC, B_I, B_F, B_G, B_O, B_TC, B_CPREV, B_DH, B_DHUP, B_DC = range(10)
-BACKWARD_SLOTS = 10
+B_REC, B_I, B_F, B_G, B_O, B_TC, B_CPREV, B_DH, B_DHUP, B_DC, B_SPARE = range(11)
+BACKWARD_SLOTS = 11  # B_SPARE: the next panel's recurrent gradient (recurrent_grad)
 
 
 @kernel
@@ -104,7 +104,7 @@ def _lstm_backward_panel(dxproj, dh, dc, dhs, cs, acts, WTp, S, t, p, r0, r1):
     H = dh.shape[1]
     u0 = p * LANES
     n = min(LANES, H - u0)
-    recurrent_grad(dxproj, t + 1, WTp, S, p, r0, r1)  # a_{t+1} = ... + h_t @ Wh
+    recurrent_grad(dxproj, t + 1, WTp, S, p, r0, r1, B_SPARE)  # a_{t+1} = ... + h_t @ Wh
     for r in range(r0, r1):
         s = S[r]
         if t > 0:  # the lines step t-1 reads
@@ -160,7 +160,7 @@ def lstm_backward(dxproj, dh, dc, dhs, cs, acts, WTp, n_blocks):
             for p in range(WTp.shape[0]):
                 _lstm_backward_panel(dxproj, dh, dc, dhs, cs, acts, WTp, S[i], t, p, r0, r1)
         if T > 0:
-            add_entering_grad(dh, dxproj, WTp, S[i], r0, r1)
+            add_entering_grad(dh, dxproj, WTp, S[i], r0, r1, B_SPARE)
 
 
 @kernel

@@ -41,21 +41,21 @@ def _same_contiguous_arrays(*arrays):
 def _tile_intrinsic(rows, panels=1):
     """An intrinsic computing, for r < rows, q < panels and j < LANES,
 
-        C[c0 + r*ldc + q*LANES + j] += sum_{k < K} A[a0 + r*lda + k] * P[p0 + (q*K + k)*LANES + j]
+        C[c0 + r*ldc + q*cstep + j] += sum_{k < K} A[a0 + r*lda + k] * P[p0 + (q*K + k)*LANES + j]
 
     on the data of contiguous arrays A, P, C (any number of dimensions; offsets in elements):
-    `panels` panels lying one after the other in P, into neighbouring columns of C. The
+    `panels` panels lying one after the other in P, each into LANES columns of C, cstep apart. The
     rows x panels x LANES partial sums live in vector registers for the whole loop over k:
     written with LLVM vector types, because numba's loops would be vectorised along k instead."""
 
     @intrinsic
-    def tile(typingctx, A, a0, lda, P, p0, C, c0, ldc, K):
+    def tile(typingctx, A, a0, lda, P, p0, C, c0, ldc, K, cstep):
         _same_contiguous_arrays(A, P, C)
         intp = types.intp
-        sig = types.void(A, intp, intp, P, intp, C, intp, intp, intp)
+        sig = types.void(A, intp, intp, P, intp, C, intp, intp, intp, intp)
 
         def codegen(context, builder, signature, args):
-            A_, a0_, lda_, P_, p0_, C_, c0_, ldc_, K_ = args
+            A_, a0_, lda_, P_, p0_, C_, c0_, ldc_, K_, cstep_ = args
             dtype = signature.args[0].dtype
             scalar = context.get_value_type(dtype)
             vec = ir.VectorType(scalar, LANES)
@@ -90,7 +90,7 @@ def _tile_intrinsic(rows, panels=1):
                         builder.store(builder.call(fma, [a, b[q], builder.load(acc[r][q])]), acc[r][q])
             for r in range(rows):
                 for q in range(panels):
-                    at = builder.add(builder.mul(ir.Constant(intp_t, r), ldc_), ir.Constant(intp_t, q * LANES))
+                    at = builder.add(builder.mul(ir.Constant(intp_t, r), ldc_), builder.mul(ir.Constant(intp_t, q), cstep_))
                     out = builder.bitcast(builder.gep(c_ptr, [at]), vec.as_pointer())
                     builder.store(builder.fadd(builder.load(out, align=align), builder.load(acc[r][q])), out,
                                   align=align)
@@ -133,30 +133,30 @@ def panel_product(A, a0, lda, rows, K, P, p0, C, c0, ldc):
     r = 0
     if TILE_ROWS == 8:  # compiled in only where the host chose it
         while r + 8 <= rows:
-            _tile8(A, a0 + r * lda, lda, P, p0, C, c0 + r * ldc, ldc, K)
+            _tile8(A, a0 + r * lda, lda, P, p0, C, c0 + r * ldc, ldc, K, LANES)
             r += 8
     while r + 4 <= rows:
-        _tile4(A, a0 + r * lda, lda, P, p0, C, c0 + r * ldc, ldc, K)
+        _tile4(A, a0 + r * lda, lda, P, p0, C, c0 + r * ldc, ldc, K, LANES)
         r += 4
     while r < rows:
-        _tile1(A, a0 + r * lda, lda, P, p0, C, c0 + r * ldc, ldc, K)
+        _tile1(A, a0 + r * lda, lda, P, p0, C, c0 + r * ldc, ldc, K, LANES)
         r += 1
 
 
 @kernel
-def panel_pair_product(A, a0, lda, rows, K, P, p0, C, c0, ldc):
+def panel_pair_product(A, a0, lda, rows, K, P, p0, C, c0, c1, ldc):
     """panel_product of two panels lying one after the other in P (at p0 and p0 + K*LANES),
-    into neighbouring columns of C (at c0 and c0 + LANES). With the 8-row tile, whole tiles
+    into C's columns at c0 and c1 (+ i*ldc for row i). With the 8-row tile, whole tiles
     take both panels at once (measured alone on AVX-512, K=128..512: 160-190 GFLOP/s a core
     panel by panel, 210-220 both at once); the other rows, and AVX2, go panel by panel."""
     r = 0
     if TILE_ROWS == 8:
         while r + 8 <= rows:
-            _tile8x2(A, a0 + r * lda, lda, P, p0, C, c0 + r * ldc, ldc, K)
+            _tile8x2(A, a0 + r * lda, lda, P, p0, C, c0 + r * ldc, ldc, K, c1 - c0)
             r += 8
     rest = rows - r
     panel_product(A, a0 + r * lda, lda, rest, K, P, p0, C, c0 + r * ldc, ldc)
-    panel_product(A, a0 + r * lda, lda, rest, K, P, p0 + K * LANES, C, c0 + r * ldc + LANES, ldc)
+    panel_product(A, a0 + r * lda, lda, rest, K, P, p0 + K * LANES, C, c1 + r * ldc, ldc)
 
 
 def n_panels(H):
@@ -210,24 +210,42 @@ def recurrent_product(hs, t, P, S, p, r0, r1):
     H, W, gates = hs.shape[2], S.shape[1], P.shape[1]
     g = 0
     while g + 2 <= gates:  # the gate blocks two by two: their panels and slots are neighbours
-        panel_pair_product(hs[t], r0 * H, H, r1 - r0, H, P[p], g * H * LANES, S, r0 * W + g * LANES, W)
+        c0 = r0 * W + g * LANES
+        panel_pair_product(hs[t], r0 * H, H, r1 - r0, H, P[p], g * H * LANES, S, c0, c0 + LANES, W)
         g += 2
     if g < gates:
         panel_product(hs[t], r0 * H, H, r1 - r0, H, P[p, g], 0, S, r0 * W + g * LANES, W)
 
 
 @kernel
-def recurrent_grad(dA, t, P, S, p, r0, r1):
+def recurrent_grad(dA, t, P, S, p, r0, r1, spare):
     """S[r, :LANES] = dA[t, r] @ W^T for the units of panel p and the streams r in [r0, r1): the
     gradient reaching the state before step t through step t's recurrent product, from dA
     (T, B, G), the gradient of the products' outputs; zero for t = T, past the window.
-    S holds scratch rows (B, k*LANES); the caller's are [r0, r1)."""
+    S holds scratch rows (B, k*LANES); the caller's are [r0, r1).
+
+    With the 8-row tile the panels go two by two, as in the forward (panel_pair_product): at an
+    even p, panel p+1's product goes to slot `spare` of S, and the odd p after it takes it from
+    there. So a caller visits p = 0, 1, 2, ... in order, and keeps slot `spare` for this alone.
+    (dA[t] is whole before the first panel: the step after, or an earlier pass of this one,
+    wrote it.) With AVX2's tile a pair is two panels' work anyway: each panel is its own."""
     G, W = dA.shape[2], S.shape[1]
+    if TILE_ROWS == 8 and p % 2 == 1:
+        for r in range(r0, r1):
+            copy_lanes(S[r], 0, S[r], spare * LANES, LANES)
+        return
+    paired = TILE_ROWS == 8 and p + 1 < P.shape[0]
     for r in range(r0, r1):
         for j in range(LANES):
             S[r, j] = 0.0
+            if paired:
+                S[r, spare * LANES + j] = 0.0
     if t < dA.shape[0]:
-        panel_product(dA[t], r0 * G, G, r1 - r0, G, P[p], 0, S, r0 * W, W)
+        if paired:
+            c0 = r0 * W
+            panel_pair_product(dA[t], r0 * G, G, r1 - r0, G, P, p * G * LANES, S, c0, c0 + spare * LANES, W)
+        else:
+            panel_product(dA[t], r0 * G, G, r1 - r0, G, P[p], 0, S, r0 * W, W)
 
 
 def _copy_intrinsic(whole_panels):
@@ -328,14 +346,14 @@ def scratch_rows(n_blocks, B, width, like):
 
 
 @kernel
-def add_entering_grad(dh, dA, WTp, S, r0, r1):
+def add_entering_grad(dh, dA, WTp, S, r0, r1, spare):
     """dh[r] += dA[0, r] @ Wh^T for the streams r in [r0, r1): the gradient reaching a window's
     entering state through the recurrent product of its first step, from dA (T, B, G), the
     gradient of the products' outputs. S holds scratch rows, as in recurrent_grad."""
     H = dh.shape[1]
     for p in range(WTp.shape[0]):
         u0 = p * LANES
-        recurrent_grad(dA, 0, WTp, S, p, r0, r1)
+        recurrent_grad(dA, 0, WTp, S, p, r0, r1, spare)
         for r in range(r0, r1):
             for j in range(min(LANES, H - u0)):
                 dh[r, u0 + j] += S[r, j]

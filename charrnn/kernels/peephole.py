@@ -32,8 +32,8 @@ FORWARD_SLOTS = 10
 # backward slots: the recurrent gradient, the gates (then their gradients), tanh(c_t), c_{t-1},
 # the gradient carried into h_t, the one from above, the one carried into c_t, c_t, the
 # peephole weights (then their gradients)
-B_REC, B_I, B_F, B_G, B_O, B_TC, B_CPREV, B_DH, B_DHUP, B_DC, B_C, B_PI, B_PF, B_PO = range(14)
-BACKWARD_SLOTS = 14
+B_REC, B_I, B_F, B_G, B_O, B_TC, B_CPREV, B_DH, B_DHUP, B_DC, B_C, B_PI, B_PF, B_PO, B_SPARE = range(15)
+BACKWARD_SLOTS = 15  # B_SPARE: the next panel's recurrent gradient (recurrent_grad)
 
 
 @kernel
@@ -93,7 +93,7 @@ def _peephole_backward_panel(dxproj, dpeep, dh, dc, dhs, cs, acts, peep, WTp, S,
     H = dh.shape[1]
     u0 = p * LANES
     n = min(LANES, H - u0)
-    recurrent_grad(dxproj, t + 1, WTp, S, p, r0, r1)  # a_{t+1} = ... + h_t @ Wh
+    recurrent_grad(dxproj, t + 1, WTp, S, p, r0, r1, B_SPARE)  # a_{t+1} = ... + h_t @ Wh
     for r in range(r0, r1):
         s = S[r]
         copy_block(s, B_I * LANES, acts[t, r], p * SAVED * LANES, SAVED * LANES)
@@ -152,7 +152,7 @@ def peephole_backward(dxproj, dpeep, dh, dc, dhs, cs, acts, peep, WTp, n_blocks)
             for p in range(WTp.shape[0]):
                 _peephole_backward_panel(dxproj, dpeep, dh, dc, dhs, cs, acts, peep, WTp, S[i], t, p, r0, r1)
         if T > 0:
-            add_entering_grad(dh, dxproj, WTp, S[i], r0, r1)
+            add_entering_grad(dh, dxproj, WTp, S[i], r0, r1, B_SPARE)
 
 
 @kernel

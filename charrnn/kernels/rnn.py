@@ -21,8 +21,8 @@ from .panels import LANES, add_entering_grad, copy_lanes, prefetch, recurrent_gr
 from .panels import pack_gate_panels, pack_transposed_panels, panel_shapes
 
 FORWARD_SLOTS = 1  # the pre-activation, then h_t
-B_REC, B_DH, B_DHUP, B_H = range(4)  # backward: recurrent gradient, carried, from above, h_t
-BACKWARD_SLOTS = 4
+B_REC, B_DH, B_DHUP, B_H, B_SPARE = range(5)  # backward: recurrent gradient, carried, from above, h_t
+BACKWARD_SLOTS = 5  # B_SPARE: the next panel's recurrent gradient (recurrent_grad)
 
 
 @kernel
@@ -62,7 +62,7 @@ def _rnn_backward_panel(dxproj, dh, dhs, hs, WTp, S, t, p, r0, r1):
     H = dh.shape[1]
     u0 = p * LANES
     n = min(LANES, H - u0)
-    recurrent_grad(dxproj, t + 1, WTp, S, p, r0, r1)  # a_{t+1} = ... + h_t @ Wh
+    recurrent_grad(dxproj, t + 1, WTp, S, p, r0, r1, B_SPARE)  # a_{t+1} = ... + h_t @ Wh
     for r in range(r0, r1):
         s = S[r]
         if t > 0:  # the lines step t-1 reads
@@ -96,7 +96,7 @@ def rnn_backward(dxproj, dh, dhs, hs, WTp, n_blocks):
             for p in range(WTp.shape[0]):
                 _rnn_backward_panel(dxproj, dh, dhs, hs, WTp, S[i], t, p, r0, r1)
         if T > 0:
-            add_entering_grad(dh, dxproj, WTp, S[i], r0, r1)
+            add_entering_grad(dh, dxproj, WTp, S[i], r0, r1, B_SPARE)
 
 
 @kernel
