@@ -518,7 +518,7 @@ def main():
     ours, whose traceback CHARRNN_TRACEBACK=1 shows. Ctrl-C exits 130 (typer turns
     KeyboardInterrupt into it)."""
     try:
-        app()
+        code = app(standalone_mode=False)  # usage errors come here, to be said in one line
     except CharrnnError as e:
         _print_error(str(e))
         raise SystemExit(e.exit_code)
@@ -529,8 +529,25 @@ def main():
         _print_error("out of memory; use a smaller model, batch or window, or free some memory")
         raise SystemExit(1)
     except Exception as e:  # a bug of ours: still one line, and the way to see the rest
+        if _is_usage_error(e):
+            _print_error(_usage_line(e))
+            raise SystemExit(e.exit_code)
         if os.environ.get("CHARRNN_TRACEBACK"):
             raise
         _print_error(f"internal error ({type(e).__name__}: {e}); please report it with the output of the same "
                      "command run with CHARRNN_TRACEBACK=1")
         raise SystemExit(1)
+    raise SystemExit(code if isinstance(code, int) else 0)  # typer.Exit's code, or 0
+
+
+def _is_usage_error(e: Exception) -> bool:
+    """A bad command line, as typer's click reports it (a ClickException: a bad or missing value,
+    an unknown option or command). By name, as typer bundles its own click."""
+    return any(c.__name__ == "ClickException" for c in type(e).__mro__)
+
+
+def _usage_line(e) -> str:
+    """typer's usage error as one line: its message (its own lines joined), and where help is."""
+    message = " ".join(e.format_message().split())
+    ctx = getattr(e, "ctx", None)
+    return f"{message} (see '{ctx.command_path} --help')" if ctx is not None else message

@@ -264,3 +264,17 @@ def test_chars_per_second_after_resume_counts_this_sessions_updates(corpus, tmp_
     summary = resumed.run()
     # 4 updates of 1 s, each of k1 * batch = 8 * 4 characters
     assert summary["train_chars_per_sec"] == 32
+
+
+@pytest.mark.parametrize("args, says", [
+    (["train", "--hidden", "abc"], "'--hidden'"),
+    (["train", "--hidden", "0"], "'--hidden': 0 is not in the range"),
+    (["train", "--doc-sep", "\\q"], "'--doc-sep': \\q"),
+    (["train", "--no-such-option"], "No such option: --no-such-option"),
+    (["sample"], "Missing argument 'checkpoint'"),
+    (["smaple"], "Did you mean 'sample'?"),
+], ids=["not-a-number", "out-of-range", "bad-escape", "unknown-option", "missing-argument", "unknown-command"])
+def test_a_bad_command_line_is_one_line_and_exit_2(args, says, monkeypatch, capsys):
+    code, stderr = main_exits(monkeypatch, capsys, *args)
+    line = one_line(stderr)
+    assert code == 2 and line.startswith("error: ") and says in line and "--help" in line, line
