@@ -3,9 +3,10 @@ kernels, in characters per second, for T=100 steps and B=32 streams, one layer.
 
 Beside it: the achieved GFLOP/s of the matrix work (the cell's recurrent FLOPs, 6*H*G for a
 full (H,G) recurrent matrix, + 6*H*V output FLOPs per character: forward, input-gradient and
-weight-gradient products), the machine's float32
-matrix-multiply rate (numpy, 2048x2048), and, if torch is installed, the same shapes through
-torch.nn.RNN/LSTM/GRU with one-hot inputs on 2 threads, timed in alternation with ours.
+weight-gradient products) as a share of the machine's float32 matrix-multiply rate (numpy,
+2048x2048, every core), and, if torch is installed, the same shapes through
+torch.nn.RNN/LSTM/GRU with one-hot inputs on 2 threads, timed in alternation with ours (the
+matrix rate is measured before each row).
 
 With --against REV, the kernels as they were at git revision REV run too, in the same process
 and in alternation (the package at REV is extracted to benchmarks/results/versions/ and imported
@@ -36,7 +37,7 @@ from machine import describe, lift_openblas  # noqa: E402
 lift_openblas()  # before numpy loads OpenBLAS
 
 import numpy as np  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
+from threadpoolctl import ThreadpoolController  # noqa: E402
 
 import charrnn.model  # noqa: E402
 from charrnn.cells import CELLS  # noqa: E402
@@ -46,14 +47,26 @@ T, B = 100, 32
 SAMPLE_SECONDS = 0.25  # length of one timed sample; the two sides alternate sample by sample
 
 
-def matmul_gflops():
-    """The machine's float32 rate: numpy's @ on 2048x2048 with BLAS on every core (charrnn
-    holds BLAS to one thread, so lift that for this measurement)."""
-    a = np.random.default_rng(0).random((2048, 2048), dtype=np.float32)
-    with threadpool_limits(os.cpu_count(), user_api="blas"):
-        a @ a
-        best = min(_timed(lambda: a @ a) for _ in range(5))
-    return 2 * 2048**3 / best / 1e9
+PEAK_N = 2048
+PEAK_FLOPS = 2 * PEAK_N**3
+
+
+def matmul_rate():
+    """A function measuring the machine's float32 rate in GFLOP/s: numpy's @ on 2048x2048 with
+    BLAS on every core (charrnn holds BLAS to one thread, so lift that for it), the best of 3.
+    It runs before every row: a virtual machine's speed drifts over minutes, and a rate
+    measured once at the start made the "of peak" column move by a quarter. Not inside the
+    alternation: BLAS's threads spin for a while after a product, and would slow the next side."""
+    a = np.random.default_rng(0).random((PEAK_N, PEAK_N), dtype=np.float32)
+    controller = ThreadpoolController()
+
+    def rate():
+        with controller.limit(limits=os.cpu_count(), user_api="blas"):
+            best = min(_timed(lambda: a @ a) for _ in range(3))
+        time.sleep(0.5)  # BLAS's threads go back to sleep
+        return PEAK_FLOPS / best / 1e9
+
+    return rate
 
 
 def _timed(fn, n=1):
@@ -147,8 +160,9 @@ def main():
         torch = None
     before, rev = package_at(args.against) if args.against else (None, None)
     print(describe())
-    peak = matmul_gflops()
-    print(f"float32 matmul (numpy, 2048x2048): {peak:.0f} GFLOP/s; T={T} B={B}, one layer")
+    matmul_gflops = matmul_rate()
+    print(f"of peak: of the best float32 matmul rate of the run (numpy, {PEAK_N}x{PEAK_N}, every core, "
+          f"measured before each row); T={T} B={B}, one layer")
     if torch is not None:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     header = f"{'cell':8} {'H':>4} {'V':>5} {'chars/s':>9} {'GFLOP/s':>8} {'of peak':>7}"
@@ -156,9 +170,11 @@ def main():
         header += f" {rev + ' chars/s':>15} {'now/then':>8}"
     print(header + (f" {'torch chars/s':>13} {'ratio':>6}" if torch else ""))
     cells = list(CELLS) if args.cell == "all" else [args.cell]
+    peaks, rows = [], []
     for cell in cells:
         for H, V in SHAPES:
             reps = args.repeats if V < 1000 else max(2, args.repeats // 2)
+            peaks.append(matmul_gflops())
             sides = {"now": ours(charrnn.model, cell, H, V)}
             if before and cell in before.CELLS:
                 sides["then"] = ours(before, cell, H, V)
@@ -174,14 +190,18 @@ def main():
                     times[name].append(_timed(fn, calls[name]))
             cps = {name: T * B / statistics.median(ts) for name, ts in times.items()}
             gflops = (CELLS[cell].update_flops(H) + 6 * H * V) * cps["now"] / 1e9
-            line = f"{cell:8} {H:4d} {V:5d} {cps['now']:9.0f} {gflops:8.1f} {gflops / peak:7.0%}"
+            rest = ""
             if before:
-                line += (f" {cps['then']:15.0f} {cps['now'] / cps['then']:7.2f}x" if "then" in cps
+                rest += (f" {cps['then']:15.0f} {cps['now'] / cps['then']:7.2f}x" if "then" in cps
                          else f" {'-':>15} {'-':>8}")
             if "torch" in cps:
-                line += f" {cps['torch']:13.0f} {cps['now'] / cps['torch']:5.2f}x"
-            print(line, flush=True)
-
+                rest += f" {cps['torch']:13.0f} {cps['now'] / cps['torch']:5.2f}x"
+            rows.append((f"{cell:8} {H:4d} {V:5d} {cps['now']:9.0f} {gflops:8.1f}", gflops, rest))
+            print(f"{rows[-1][0]} {'...':>7}{rest}", file=sys.stderr, flush=True)  # progress; the table follows
+    peak = max(peaks)
+    for start, gflops, rest in rows:
+        print(f"{start} {gflops / peak:7.0%}{rest}")
+    print(f"matmul rate before the rows: {min(peaks):.0f} to {peak:.0f} GFLOP/s, median {statistics.median(peaks):.0f}")
 
 if __name__ == "__main__":
     main()
