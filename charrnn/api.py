@@ -84,7 +84,8 @@ class TrainedModel:
 
         temperature divides the logits (0: always the most probable character); top_k and top_p
         keep only the k most probable characters, or the fewest most probable ones that reach
-        probability top_p (0 and 1: off). Without a prime the text starts as if after a line
+        probability top_p (0 and 1: off). Without a prime the text starts as a document of the
+        run's does (after its --doc-sep, for a run on several files), else as if after a line
         break. stop_at ends the text where the generated part first contains it, leaving it out.
         The same arguments give the same text, which is what `charrnn sample` prints."""
         pieces = next(iter(self.stream(length, temperature=temperature, top_k=top_k, top_p=top_p, prime=prime,
@@ -99,7 +100,8 @@ class TrainedModel:
         text. The options are checked at once, before anything is generated."""
         sampler = Sampler(self.spec, self.params, threads=SAMPLE_THREADS)
         return samples(sampler, self._vocab, length=length, prime=prime, seed=seed, temperature=temperature,
-                       top_k=top_k, top_p=top_p, num_samples=num_samples, stop_at=stop_at)
+                       top_k=top_k, top_p=top_p, num_samples=num_samples, stop_at=stop_at,
+                       doc_sep=self.config.get("doc_sep", ""))
 
     # -----------------------------------------------------------------------------------------
     # Text in

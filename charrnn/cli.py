@@ -276,7 +276,7 @@ def sample(
     temperature: float = _ranged(1.0, SAMPLE_RANGES["temperature"], "Divide the logits by this: below 1 is more conservative, above 1 wilder; 0 always picks the most probable character."),
     top_k: int = _ranged(0, SAMPLE_RANGES["top_k"], "Choose only among the K most probable characters (0: off)."),
     top_p: float = _ranged(1.0, SAMPLE_RANGES["top_p"], "Nucleus sampling: choose only among the most probable characters that together reach this probability (1: off)."),
-    prime: str = typer.Option("", help="Text the model reads first; it is printed, then the continuation. Without it, generation starts as if at the beginning of a line."),
+    prime: str = typer.Option("", help="Text the model reads first; it is printed, then the continuation. Without it, generation starts as a document of the run does (after its --doc-sep, for a model trained on several files), else as if at the beginning of a line."),
     seed: int = _ranged(0, SAMPLE_RANGES["seed"], "Seed of the random choices: the same checkpoint, seed and options give the same text."),
     num_samples: int = _ranged(1, SAMPLE_RANGES["num_samples"], "Samples to generate, each from a fresh state, separated by a line of dashes."),
     stop_at: str = typer.Option("", "--stop-at", metavar="TEXT", callback=_unescape, help="End a sample where the model writes TEXT, which is left out (the prime is not searched). Escapes: \\n, \\t, \\r, \\xHH, \\uHHHH, \\\\; e.g. --stop-at '\\n\\n' stops at a blank line. The text before it is what a sample without --stop-at begins with."),

@@ -153,24 +153,33 @@ def check_options(length=0, temperature=1.0, top_k=0, top_p=1.0, num_samples=1):
 
 
 def start_id(vocab: Vocab) -> int:
-    """The unprinted character the state is warmed up on when there is no prime."""
+    """The unprinted character a line is read after: a line break, else a space, else id 0."""
     for ch in ("\n", " "):
         if ch in vocab.chars:
             return vocab.chars.index(ch)
     return 0
 
 
+def start_context(vocab: Vocab, doc_sep: str = "") -> np.ndarray:
+    """What the state reads, unprinted, when a sample has no prime: the run's document separator
+    if the model read one (a run on several files has its characters), so that the sample starts
+    as a document does; else start_id's character, as at the start of a line."""
+    if doc_sep and all(c in vocab.chars for c in doc_sep):
+        return vocab.encode(doc_sep)
+    return np.array([start_id(vocab)], np.int32)
+
+
 def samples(sampler: Sampler, vocab: Vocab, length=500, prime="", seed=0, temperature=1.0, top_k=0,
-            top_p=1.0, num_samples=1, chunk=CHUNK, stop_at=""):
+            top_p=1.0, num_samples=1, chunk=CHUNK, stop_at="", doc_sep=""):
     """num_samples iterators, each yielding one sample's text in pieces: the prime (if any), then
     `length` generated characters, `chunk` at a time, or fewer if stop_at ends it (see above).
-    Consume each before the next.
+    Consume each before the next. doc_sep: the separator of the run's documents (start_context).
 
     The options, the prime and the stop text are checked here, before anything is generated."""
     check_options(length, temperature, top_k, top_p, num_samples)
     if int(seed) != seed or seed < 0:
         raise CharrnnError(f"--seed {seed} is out of range: it must be a whole number >= 0")
-    context = vocab.encode(prime, what="priming text") if prime else np.array([start_id(vocab)], np.int32)
+    context = vocab.encode(prime, what="priming text") if prime else start_context(vocab, doc_sep)
     if stop_at:
         vocab.encode(stop_at, what="the stop text")  # a character the model lacks would never be written
     rng = np.random.Generator(np.random.PCG64(int(seed)))

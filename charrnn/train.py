@@ -332,7 +332,7 @@ class Trainer:
         if self._sampler is None:  # reads self.params as they are at each call
             self._sampler = Sampler(self.spec, self.params, threads=SAMPLE_THREADS)
         return sample_text(self._sampler, self.vocab, length=self.cfg.sample_length,
-                           temperature=self.cfg.sample_temperature, seed=self.step)[0]
+                           temperature=self.cfg.sample_temperature, seed=self.step, doc_sep=self.cfg.doc_sep)[0]
 
     def _write_sample(self):
         """A sample, shown and appended to samples.txt under a line saying where it was taken.

@@ -124,3 +124,21 @@ def test_a_run_on_many_files_records_them_and_resumes_from_that_list(tree, tmp_p
     resumed.run()
     code, err = main_exits(monkeypatch, capsys, "train", tree / "a.txt", "--doc-sep", r"\q")
     assert code == 2 and "is no escape this option knows" in err
+
+
+def test_a_sample_without_a_prime_starts_as_a_document_of_the_run_does(tree, tmp_path):
+    # a model of many files read the separator before each document but the first: unprimed, it
+    # starts after one, as primed with it; a model of one file has no separator: after a line break
+    from charrnn.api import load
+
+    (tree / "one.txt").write_text(TEXT, encoding="utf-8")
+    for name, corpus in (("many", [str(tree / "notes"), str(tree / "b.txt")]), ("one", [str(tree / "one.txt")])):
+        cfg = config(tree / "b.txt", tmp_path / "out", max_steps=60, lr=0.02, dropout=0.0, eval_every=60)
+        cfg.corpus = corpus
+        Trainer(cfg.validate(), tmp_path / "out" / name, say=lambda *_: None).run()
+    many, one = load(tmp_path / "out" / "many"), load(tmp_path / "out" / "one")
+    assert DOC_SEP in many.vocab and DOC_SEP not in one.vocab
+    for model, start, other in ((many, DOC_SEP, "\n"), (one, "\n", " ")):
+        unprimed = model.sample(60, seed=4)
+        assert unprimed == model.sample(60, seed=4, prime=start)[len(start):]
+        assert unprimed != model.sample(60, seed=4, prime=other)[len(other):]  # where it starts shows
