@@ -234,7 +234,7 @@ def test_kernels_see_int32_ids_only(tmp_path):
     assert trainer.train_ids.dtype == np.uint8
     trainer.update()
     trainer.validate()
-    narrow = {"uint8", "uint16", "uint32", "int64"}
+    narrow = {"uint8", "uint16", "uint32"}  # what a corpus's ids may be
     seen = 0
     for info in pkgutil.iter_modules(charrnn.kernels.__path__):
         module = importlib.import_module(f"charrnn.kernels.{info.name}")
