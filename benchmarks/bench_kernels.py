@@ -20,19 +20,15 @@ The OpenBLAS override some machines set is lifted for the run, as users run (mac
 """
 import argparse
 import importlib
-import io
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from machine import describe, lift_openblas  # noqa: E402
+from machine import describe, extract_revision, lift_openblas  # noqa: E402
 
 lift_openblas()  # before numpy loads OpenBLAS
 
@@ -86,18 +82,7 @@ def _calls_per_sample(fn, seconds=SAMPLE_SECONDS):
 def package_at(rev):
     """charrnn as it was at git revision `rev`, importable beside today's as charrnn_<hash>;
     returns its model module."""
-    sha = subprocess.run(["git", "rev-parse", "--short", rev], cwd=HERE.parent, capture_output=True, text=True,
-                         check=True).stdout.strip()
-    name, base = f"charrnn_{sha}", HERE / "results" / "versions"
-    if not (base / name).exists():
-        tmp = base / f"{name}.part"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        archive = subprocess.run(["git", "archive", sha, "charrnn"], cwd=HERE.parent, capture_output=True,
-                                 check=True).stdout
-        tarfile.open(fileobj=io.BytesIO(archive)).extractall(tmp, filter="data")
-        (tmp / "charrnn").rename(base / name)
-        tmp.rmdir()
+    base, name, sha = extract_revision(rev)
     sys.path.insert(0, str(base))
     return importlib.import_module(f"{name}.model"), sha
 

@@ -5,9 +5,14 @@ OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE force OpenBLAS onto older kernels; users 
 them. `lift_openblas()` re-executes the benchmark without them and remembers what was lifted,
 so that `describe()` can say so.
 """
+import io
 import os
 import platform
+import shutil
+import subprocess
 import sys
+import tarfile
+from pathlib import Path
 
 LIFTED = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 _NOTE = "BENCH_LIFTED"
@@ -53,3 +58,21 @@ def describe():
     lifted = os.environ.get(_NOTE)
     override = f"{lifted} lifted for this run" if lifted else f"{' and '.join(LIFTED)} not set"
     return f"CPU: {cpu()}; {override}\nBLAS: {blas_kernel()}"
+
+
+def extract_revision(rev):
+    """(folder, name, short hash): the charrnn package as it was at git revision `rev`, extracted
+    once to benchmarks/results/versions/charrnn_<hash>, importable from `folder` as `name`."""
+    root = Path(__file__).resolve().parent.parent
+    sha = subprocess.run(["git", "rev-parse", "--short", rev], cwd=root, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    name, base = f"charrnn_{sha}", root / "benchmarks" / "results" / "versions"
+    if not (base / name).exists():
+        tmp = base / f"{name}.part"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        archive = subprocess.run(["git", "archive", sha, "charrnn"], cwd=root, capture_output=True, check=True).stdout
+        tarfile.open(fileobj=io.BytesIO(archive)).extractall(tmp, filter="data")
+        (tmp / "charrnn").rename(base / name)
+        tmp.rmdir()
+    return base, name, sha

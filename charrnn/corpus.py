@@ -1,8 +1,10 @@
 """The text side of training: read a file, map characters to ids, split, and cut into streams.
 
     read_text(path, encoding)       strict decoding; every bad input is a one-line CharrnnError
-    read_corpus(paths, ...)         many files and folders, in a fixed order, joined by a separator
+    read_corpus(paths, ...)         many files and folders, in a fixed order, joined by a separator,
+                                    read and encoded a chunk at a time into ids
     Vocab                           characters <-> int32 ids (id = index into vocab.chars)
+    ids_dtype(vocab_size)           the smallest unsigned integer type that holds a corpus's ids
     split(ids, fractions)           contiguous train / validation / test slices
     fit_batch_and_window(...)       shrink batch and window so that small corpora still train
     Streams(ids, batch)             B contiguous streams for training, read k1 steps at a time
@@ -10,6 +12,11 @@
 
 Arrays of ids are time-major, shape (T, B): row t holds step t of every stream, which is the
 layout the model's buffers use.
+
+A corpus costs about one byte a character (two with more than 256 distinct characters): its ids
+are kept in the smallest unsigned type, the split and the streams are views of them, and the
+text itself is never held whole. Only the few ids of one update are copied, into the model's
+int32 buffers, so the kernels see one integer type whatever the corpus.
 
 Encodings:
     "utf-8"    strict; a leading BOM is dropped; a NUL byte means "binary file" and is refused
@@ -20,6 +27,7 @@ Encodings:
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
 import math
 import os
@@ -90,14 +98,11 @@ def decode_text(data: bytes, encoding: str, name: str) -> str:
         # UTF-8 a NUL byte can only be a NUL character, so this is the same test as on the text.
         nul = data.find(b"\x00")
         if nul >= 0:
-            raise NotText(
-                f"{name} looks like a binary file (NUL byte at offset {nul}); "
-                "pass a text file, or --encoding bytes to model its raw bytes"
-            )
+            raise _binary(name, nul)
         try:
             text = data.decode("utf-8", errors="strict")
         except UnicodeDecodeError as e:
-            raise NotText(_utf8_error_message(name, data, e)) from None
+            raise _not_utf8(name, e, 0, data.count(b"\n", 0, e.start)) from None
         if text.startswith("\ufeff"):
             text = text[1:]
     else:
@@ -105,37 +110,61 @@ def decode_text(data: bytes, encoding: str, name: str) -> str:
         text = data.decode("latin-1")
 
     if not text:
-        raise NotText(f"{name} is empty; give a file with some text in it")
+        raise _empty(name)
     return text
 
 
+def _binary(name: str, offset: int) -> NotText:
+    return NotText(f"{name} looks like a binary file (NUL byte at offset {offset}); "
+                   "pass a text file, or --encoding bytes to model its raw bytes")
+
+
+def _empty(name: str) -> NotText:
+    return NotText(f"{name} is empty; give a file with some text in it")
+
+
 def _read_bytes(path) -> bytes:
-    name = str(path)
+    with _open(path) as f:
+        return _read(f, path)
+
+
+def _open(path):
+    """The file, opened to read its bytes; a CharrnnError for what the user can fix."""
     p = Path(path)
     # Test for a directory first: open() reports it differently on each platform.
     if p.is_dir():
-        raise CharrnnError(f"{name} is a directory; give the path of a text file")
+        raise CharrnnError(f"{path} is a directory; give the path of a text file")
     try:
-        with open(p, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise CharrnnError(f"{name} does not exist; check the path") from None
-    except IsADirectoryError:
-        raise CharrnnError(f"{name} is a directory; give the path of a text file") from None
-    except PermissionError:
-        raise CharrnnError(f"cannot read {name}: permission denied; check its permissions") from None
+        return open(p, "rb")
     except OSError as e:
-        reason = e.strerror or e.__class__.__name__
-        raise CharrnnError(f"cannot read {name}: {reason}") from None
+        raise _cannot_read(path, e) from None
 
 
-def _utf8_error_message(name: str, data: bytes, e: UnicodeDecodeError) -> str:
-    bad = data[e.start : e.end]
+def _read(f, path, size=-1) -> bytes:
+    try:
+        return f.read(size)
+    except OSError as e:
+        raise _cannot_read(path, e) from None
+
+
+def _cannot_read(path, e: OSError) -> CharrnnError:
+    if isinstance(e, FileNotFoundError):
+        return CharrnnError(f"{path} does not exist; check the path")
+    if isinstance(e, IsADirectoryError):
+        return CharrnnError(f"{path} is a directory; give the path of a text file")
+    if isinstance(e, PermissionError):
+        return CharrnnError(f"cannot read {path}: permission denied; check its permissions")
+    return CharrnnError(f"cannot read {path}: {e.strerror or e.__class__.__name__}")
+
+
+def _not_utf8(name: str, e: UnicodeDecodeError, offset: int, newlines: int) -> NotText:
+    """The error for bytes that are not UTF-8: e from decoding a piece of the file that starts at
+    byte `offset`, with `newlines` line breaks before the bad bytes."""
+    bad = e.object[e.start : e.end]
     hex_bytes = " ".join(f"0x{b:02X}" for b in bad)
-    line = data.count(b"\n", 0, e.start) + 1
     what = "byte" if len(bad) == 1 else "bytes"
-    return (
-        f"{name} is not valid UTF-8: {e.reason} at byte offset {e.start} (line {line}), "
+    return NotText(
+        f"{name} is not valid UTF-8: {e.reason} at byte offset {offset + e.start} (line {newlines + 1}), "
         f"{what} {hex_bytes}; {_UTF8_FIX}"
     )
 
@@ -144,10 +173,27 @@ def _utf8_error_message(name: str, data: bytes, e: UnicodeDecodeError) -> str:
 # Many files
 
 
+# Bytes of a file read, decoded and encoded at a time, and ids renumbered at a time: the text is
+# never held whole, and a piece costs a few times its size while it is encoded (as bytes, as a
+# str, as code points, as ids).
+CHUNK_BYTES = 1 << 22
+
+
+def ids_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned integer type that holds the ids 0 .. vocab_size-1."""
+    for dtype in (np.uint8, np.uint16):
+        if vocab_size <= np.iinfo(dtype).max + 1:
+            return np.dtype(dtype)
+    return np.dtype(np.uint32)
+
+
 @dataclass
 class Corpus:
-    """The text of a run: its files read in order and joined by the document separator."""
-    text: str
+    """The text of a run: its files read in order and joined by the document separator, held as
+    one id per character."""
+    ids: np.ndarray  # (N,) of type ids_dtype(len(chars)): ids[i] is the index of character i in chars
+    chars: list  # the text's distinct characters in code-point order, as Vocab numbers them
+    sha256: str  # of the whole text, as text_sha256 computes it
     files: list = field(default_factory=list)  # [{"path", "chars", "sha256"}]: absolute path, characters, SHA-256 of its bytes
     notes: list = field(default_factory=list)  # what was skipped, for the user
 
@@ -156,14 +202,173 @@ class Corpus:
         """The corpus in a message: its file's name, or how many files it has."""
         return Path(self.files[0]["path"]).name if len(self.files) == 1 else f"the text of {len(self.files)} files"
 
+    @property
+    def vocab(self) -> "Vocab":
+        """The text's own vocabulary, whose ids `ids` holds."""
+        return Vocab.from_json(self.chars)
+
+    @property
+    def text(self) -> str:
+        """The whole text as one string: several bytes a character, for small texts."""
+        return self.vocab.decode(self.ids)
+
     def info(self) -> dict:
         """What a checkpoint records of it: the files, and the length and SHA-256 of the whole text."""
-        return {"files": self.files, "chars": len(self.text), "sha256": text_sha256(self.text)}
+        return {"files": self.files, "chars": int(self.ids.size), "sha256": self.sha256}
+
+    def ids_for(self, vocab: "Vocab", what: str = "the training text") -> np.ndarray:
+        """The text as ids of `vocab`, which may hold more characters in another order (a trained
+        model's), of type ids_dtype(vocab.size); a CharrnnError if it lacks some."""
+        if vocab.chars == self.chars:
+            return self.ids
+        _, table, known = vocab._lookup("".join(self.chars))  # (len(chars),): our id -> vocab's id
+        if not known.all():
+            first, count = _first_and_count(self.ids, len(self.chars))
+            lacking = np.flatnonzero(~known)
+            lacking = lacking[np.argsort(first[lacking], kind="stable")]
+            raise _unknown([self.chars[i] for i in lacking], int(count[lacking].sum()), what)
+        out = np.empty(self.ids.size, ids_dtype(vocab.size))
+        _renumber(out, self.ids, table.astype(out.dtype))
+        return out
+
+
+def _renumber(out: np.ndarray, ids: np.ndarray, table: np.ndarray) -> None:
+    """out[i] = table[ids[i]], a piece at a time (indexing a whole corpus at once would hold its
+    ids as int64 for a moment); out may be ids."""
+    for i in range(0, ids.size, CHUNK_BYTES):
+        out[i : i + CHUNK_BYTES] = table[ids[i : i + CHUNK_BYTES]]
+
+
+def _first_and_count(ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each id 0..n-1: where it first occurs in ids (ids.size if never), and how often."""
+    first, count = np.full(n, ids.size, np.int64), np.zeros(n, np.int64)
+    for i in range(0, ids.size, CHUNK_BYTES):
+        piece = ids[i : i + CHUNK_BYTES]
+        seen, at = np.unique(piece, return_index=True)
+        first[seen] = np.minimum(first[seen], at + i)
+        count += np.bincount(piece, minlength=n)
+    return first, count
 
 
 def text_sha256(text: str) -> str:
-    """The digest a run keeps of its whole text (surrogatepass: byte files may decode to anything)."""
+    """The digest a run keeps of its whole text (surrogatepass: byte files may decode to anything).
+    read_corpus computes the same digest a piece at a time."""
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class _Encoder:
+    """The ids of a text given a piece at a time. Ids are handed out as characters first appear,
+    and the ids' type widens when the characters outgrow it; finish() renumbers them in
+    code-point order, as Vocab numbers them."""
+
+    def __init__(self, capacity: int):
+        self.slot = np.full(0x110000, -1, np.int32)  # code point -> its id, -1 while unseen (4 MiB)
+        self.codes = []  # the code point of each id
+        # Room for `capacity` ids; pages never written take no memory, so a generous guess is free.
+        self.ids = np.empty(max(capacity, 1), np.uint8)
+        self.n = 0  # ids written
+
+    def mark(self):
+        return self.n, len(self.codes)
+
+    def undo(self, mark) -> None:
+        """Forget what was added since mark() (a file that turned out to hold no text)."""
+        self.n, seen = mark
+        self.slot[self.codes[seen:]] = -1
+        del self.codes[seen:]
+
+    def add(self, codes: np.ndarray) -> None:
+        """Append the characters with these code points (a 1-D unsigned array)."""
+        ids = self.slot[codes]
+        if ids.size and ids.min() < 0:
+            flags = np.zeros(self.slot.size, bool)  # (a sort of the unseen would cost more)
+            flags[codes[ids < 0]] = True
+            new = np.flatnonzero(flags)
+            self.slot[new] = np.arange(len(self.codes), len(self.codes) + new.size)
+            self.codes.extend(new.tolist())
+            ids = self.slot[codes]
+        self._reserve(self.n + codes.size, ids_dtype(len(self.codes)))
+        self.ids[self.n : self.n + codes.size] = ids
+        self.n += codes.size
+
+    def _reserve(self, size: int, dtype: np.dtype) -> None:
+        if dtype != self.ids.dtype:  # more characters than the type holds: copy the ids so far
+            wider = np.empty(max(size, self.ids.size), dtype)
+            wider[: self.n] = self.ids[: self.n]
+            self.ids = wider
+        elif size > self.ids.size:  # more text than the files' sizes promised (one grew)
+            self.ids.resize(max(size, 2 * self.ids.size), refcheck=False)
+
+    def finish(self) -> tuple[np.ndarray, list]:
+        """(ids, chars): chars in code-point order, ids of type ids_dtype(len(chars)) into them."""
+        dtype = ids_dtype(len(self.codes))
+        if self.ids.dtype != dtype:  # undo() left fewer characters than the type was widened for
+            ids = self.ids[: self.n].astype(dtype)
+        else:
+            ids = self.ids
+            ids.resize(self.n, refcheck=False)  # gives back the room that was not used
+        self.ids = None
+        order = np.argsort(self.codes, kind="stable")  # the ids in code-point order
+        rank = np.empty(order.size, np.int64)
+        rank[order] = np.arange(order.size)
+        if (rank != np.arange(order.size)).any():
+            _renumber(ids, ids, rank.astype(dtype))
+        return ids, [chr(c) for c in sorted(self.codes)]
+
+
+def _read_document(path, encoding: str, encoder: _Encoder, text_hash) -> tuple[int, str]:
+    """Append the text of one file to `encoder` and to the whole text's `text_hash`, CHUNK_BYTES
+    at a time. Returns its characters and the SHA-256 of its bytes; a CharrnnError if it cannot
+    be read, a NotText if it holds no text. Errors give the byte offset in the file, as
+    decode_text does for the whole file."""
+    chars, file_hash = 0, hashlib.sha256()
+    offset, pending, newlines = 0, b"", 0  # the file offset of `pending`, bytes not yet decoded
+    with _open(path) as f:
+        while True:
+            block = _read(f, path, CHUNK_BYTES)
+            file_hash.update(block)
+            if encoding != "utf-8":  # byte b is character chr(b)
+                codes = np.frombuffer(block, np.uint8)
+                text_hash.update(block.decode("latin-1").encode("utf-8"))
+            else:
+                nul = block.find(b"\x00")
+                if nul >= 0:
+                    raise _binary(path, offset + len(pending) + nul)
+                data = pending + block if pending else block
+                try:
+                    # A character cut by the end of the block is left in `pending` for the next.
+                    text, used = codecs.utf_8_decode(data, "strict", not block)
+                except UnicodeDecodeError as e:
+                    nul = _find_nul(f, path)  # decode_text says "binary" for a NUL anywhere
+                    if nul >= 0:
+                        raise _binary(path, offset + len(data) + nul) from None
+                    raise _not_utf8(path, e, offset, newlines + data.count(b"\n", 0, e.start)) from None
+                bom = 3 if offset == 0 and text.startswith("\ufeff") else 0
+                text_hash.update(memoryview(data)[bom:used])  # valid UTF-8: the text's own encoding
+                if text.isascii():
+                    codes = np.frombuffer(data, np.uint8, count=used)
+                else:
+                    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), "<u4")[bom // 3 :]
+                newlines += data.count(b"\n", 0, used)
+                pending, offset = data[used:], offset + used
+            encoder.add(codes)
+            chars += codes.size
+            if not block:
+                break
+    if not chars:
+        raise _empty(path)
+    return chars, file_hash.hexdigest()
+
+
+def _find_nul(f, path) -> int:
+    """The offset of the first NUL byte in the rest of file f, from where it is now; -1 if none."""
+    skipped = 0
+    while block := _read(f, path, CHUNK_BYTES):
+        at = block.find(b"\x00")
+        if at >= 0:
+            return skipped + at
+        skipped += len(block)
+    return -1
 
 
 def _hidden(name: str) -> bool:
@@ -220,30 +425,50 @@ def _some(names, n=3) -> str:
 
 def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP) -> Corpus:
     """The text of files and folders (list_files says which, in what order), the documents joined
-    by doc_sep. A file named in `inputs` must be text; a file found inside a folder that is empty,
-    binary or not valid UTF-8 is left out with a note."""
+    by doc_sep, as ids. A file named in `inputs` must be text; a file found inside a folder that
+    is empty, binary or not valid UTF-8 is left out with a note.
+
+    The files are read and encoded CHUNK_BYTES at a time, so the peak memory is the ids (one or
+    two bytes a character) and a few pieces; the SHA-256 of the whole text is computed alongside."""
+    encoding = check_encoding(encoding)
     inputs = [Path(p) for p in inputs]
     files, notes = list_files(inputs)
     named = {p.resolve() for p in inputs}
-    texts, infos, not_text = [], [], []
+    # As many ids as the files have bytes is an upper bound: a character takes at least one byte.
+    encoder = _Encoder(sum(_size(p) for p in files) + len(doc_sep) * max(len(files) - 1, 0))
+    text_hash = hashlib.sha256()
+    sep_codes = np.array([ord(c) for c in doc_sep], np.uint32)
+    infos, not_text = [], []
     for path in files:
-        data = _read_bytes(path)
+        mark, hashed = encoder.mark(), text_hash.copy()
+        if infos:
+            encoder.add(sep_codes)
+            text_hash.update(doc_sep.encode("utf-8", "surrogatepass"))
         try:
-            text = decode_text(data, encoding, str(path))
+            chars, sha = _read_document(path, encoding, encoder, text_hash)
         except NotText:
             if path.resolve() in named:
                 raise
+            encoder.undo(mark)
+            text_hash = hashed
             not_text.append(str(path))
             continue
-        texts.append(text)
-        infos.append({"path": str(path.resolve()), "chars": len(text), "sha256": hashlib.sha256(data).hexdigest()})
+        infos.append({"path": str(path.resolve()), "chars": chars, "sha256": sha})
     if not_text:
         what = "empty or binary" if encoding != "utf-8" else "empty, binary or not UTF-8"
         notes.append(f"left out {len(not_text)} file(s) that are {what}: {_some(not_text)}")
-    if not texts:
+    if not infos:
         raise CharrnnError(f"no text files in {_some([str(p) for p in inputs])}"
                            + (f" ({'; '.join(notes)})" if notes else "") + "; give files or folders that hold text")
-    return Corpus(doc_sep.join(texts), infos, notes)
+    ids, chars = encoder.finish()
+    return Corpus(ids, chars, text_hash.hexdigest(), infos, notes)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # reading it will say what is wrong
 
 
 def check_doc_sep(sep: str, encoding: str = "utf-8") -> None:
@@ -323,13 +548,7 @@ class Vocab:
             unknown_codes = codes[~known]
             distinct, first = np.unique(unknown_codes, return_index=True)
             distinct = distinct[np.argsort(first)]  # in order of first appearance
-            shown = ", ".join(repr(chr(int(c))) for c in distinct[:10])
-            more = f" and {len(distinct) - 10} more" if len(distinct) > 10 else ""
-            raise CharrnnError(
-                f"{what} has {len(distinct)} character(s) the model does not know "
-                f"({len(unknown_codes)} occurrence(s)): {shown}{more}; "
-                "use only characters that occur in the training text"
-            )
+            raise _unknown([chr(int(c)) for c in distinct], len(unknown_codes), what)
         return np.ascontiguousarray(ids, dtype=np.int32)
 
     def encode_skip_unknown(self, text: str) -> tuple[np.ndarray, int]:
@@ -357,6 +576,16 @@ class Vocab:
         vocab = cls.__new__(cls)
         vocab._set_chars(list(data))
         return vocab
+
+
+def _unknown(chars: list, occurrences: int, what: str) -> CharrnnError:
+    """The error for a text with characters (in order of first appearance) a model lacks."""
+    shown = ", ".join(repr(c) for c in chars[:10])
+    more = f" and {len(chars) - 10} more" if len(chars) > 10 else ""
+    return CharrnnError(
+        f"{what} has {len(chars)} character(s) the model does not know ({occurrences} occurrence(s)): "
+        f"{shown}{more}; use only characters that occur in the training text"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,7 +646,7 @@ def split(ids, fractions=(0.9, 0.05, 0.05), *, name: str = "the corpus"):
     fr = _check_fractions(fractions)
     ids = np.asarray(ids)
     n = int(ids.size)
-    if n and np.unique(ids).size < 2:
+    if n and ids.min() == ids.max():  # (not np.unique: it would sort a copy of the whole corpus)
         raise CharrnnError(
             f"{name} has only one distinct character; the model needs at least two different "
             "characters to learn anything"
@@ -476,12 +705,12 @@ def fit_batch_and_window(n_train: int, batch: int, window: int) -> tuple[int, in
 
 def _stream_matrix(ids: np.ndarray, batch: int, S: int) -> np.ndarray:
     # (S+1, B), time-major: column b is ids[b*S : b*S + S + 1]. Neighbouring streams share one
-    # boundary character (the last target of one is the first input of the next). Copied once,
-    # so every window is a contiguous slice of rows.
-    rows = np.arange(S + 1)[:, None] + (np.arange(batch) * S)[None, :]
-    m = np.ascontiguousarray(ids[rows], dtype=np.int32)
-    m.setflags(write=False)
-    return m
+    # boundary character (the last target of one is the first input of the next). A read-only
+    # view of ids, not a copy: row t is every S-th id from t, so a window of rows is gathered
+    # when it is copied into the model's int32 buffers.
+    ids = np.ascontiguousarray(ids)
+    step = ids.strides[0]
+    return np.lib.stride_tricks.as_strided(ids, shape=(S + 1, batch), strides=(step, S * step), writeable=False)
 
 
 def _as_ids(ids) -> np.ndarray:
@@ -583,10 +812,10 @@ class EvalStreams:
         self._m = _stream_matrix(ids, self.batch, self.stream_length)
 
     def windows(self, k: int):
-        """Yield (inputs, targets), each (k', batch) read-only int32, k' = k except maybe the last."""
+        """Yield (inputs, targets), each (k', batch) int32, k' = k except maybe the last."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         S = self.stream_length
         for p in range(0, S, k):
             q = min(p + k, S)
-            yield self._m[p:q], self._m[p + 1 : q + 1]
+            yield np.array(self._m[p:q], np.int32), np.array(self._m[p + 1 : q + 1], np.int32)

@@ -88,10 +88,10 @@ class Trainer:
         base = None
         if vocab is None and cfg.init_from:
             base = _load_init(cfg)
-            vocab = base.vocab.extended(corpus.text)
-        self.vocab = vocab or Vocab.from_text(corpus.text)
+            vocab = base.vocab.extended("".join(corpus.chars))
+        self.vocab = vocab or corpus.vocab
         self.vocab_added = self.vocab.size - base.vocab.size if base is not None else 0
-        ids = self.vocab.encode(corpus.text)
+        ids = corpus.ids_for(self.vocab)  # of the smallest integer type; split and streams are views
         self.train_ids, self.val_ids, self.test_ids = split(
             ids, (1.0 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction),
             name=corpus.name)
