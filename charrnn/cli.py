@@ -137,9 +137,11 @@ def train(
 ):
     """Train a model on text files, saving latest.npz and best.npz under OUT_DIR/RUN."""
     from .config import TrainConfig, check_resume_overrides
+    from .distributed import world
     from .errors import UsageError
     from .train import Interrupted, Trainer, fine_tune_settings, new_run_dir
 
+    quiet = quiet or not world().root  # under MPI rank 0 speaks for every rank
     say = (lambda *a: None) if quiet else (lambda msg: err.print(msg, highlight=False))
     stops = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps), ("time_limit", time_limit)) if v is not None}
     given = {name: value for name, value in ctx.params.items() if name not in ("resume", "quiet")
@@ -509,14 +511,35 @@ def plot(
 
 
 def _print_error(message: str):
-    err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False)
+    from .distributed import error_prefix
+
+    err.print(Text.assemble(("error:", "bold red"), " ", error_prefix() + message), highlight=False)
 
 
 def main():
     """Entry point: a known error, or a failure of the system (a full disk, a folder that cannot
     be written, too little memory), becomes one line on stderr and exit code 1; so does a bug of
     ours, whose traceback CHARRNN_TRACEBACK=1 shows. Ctrl-C exits 130 (typer turns
-    KeyboardInterrupt into it)."""
+    KeyboardInterrupt into it).
+
+    Started by an MPI launcher, every rank runs this; a rank that ends with an error, or stops
+    with 130, aborts the whole job, since the others may be waiting for it in an all-reduce."""
+    from .distributed import world
+
+    try:
+        job = world()  # joins the other ranks, if an MPI launcher started this
+    except CharrnnError as e:
+        _print_error(str(e))
+        raise SystemExit(e.exit_code)
+    try:
+        _main()
+    except SystemExit as e:
+        if job.size > 1 and e.code not in (0, None):
+            job.abort(e.code if isinstance(e.code, int) else 1)
+        raise
+
+
+def _main():
     try:
         app()
     except CharrnnError as e:
