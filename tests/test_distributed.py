@@ -232,3 +232,19 @@ def test_a_launcher_of_another_mpi_is_explained(corpus, tmp_path):
     r = launch(1, corpus, tmp_path / "r", "--max-steps", 1, env={"PMI_SIZE": "2", "PMI_RANK": "1"})
     assert r.returncode == 1 and r.stderr == ""
     assert not (tmp_path / "r").exists()
+
+
+@needs_mpi
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="reads the cores this process may run on")
+def test_each_rank_takes_its_share_of_the_cores_unless_told(tmp_path):
+    probe = ("import sys; from charrnn import distributed; w = distributed.world(); import numba; "
+             f"open(f'{tmp_path}/threads.{{w.rank}}', 'w').write(str(numba.get_num_threads()))")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_NUM_THREADS"}
+    env["PYTHONPATH"] = str(ROOT)
+    cores = len(os.sched_getaffinity(0))  # both ranks may run on all of them: they share them out
+    for told, want in ((None, max(1, cores // 2)), ("3", 3)):
+        if told:
+            env["NUMBA_NUM_THREADS"] = told
+        ok(subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", probe], capture_output=True, text=True,
+                          env=env, timeout=120))
+        assert [(tmp_path / f"threads.{r}").read_text() for r in (0, 1)] == [str(want)] * 2
