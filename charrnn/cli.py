@@ -104,7 +104,7 @@ def train(
     leak: float = _ranged(_C.leak, RANGES["leak"], CELL_OPTIONS["leak"].help + "."),
     u_max: float = _ranged(_C.u_max, RANGES["u_max"], CELL_OPTIONS["u_max"].help + "."),
     dropout: float = _ranged(_C.dropout, RANGES["dropout"], "Dropout between layers and before the output layer."),
-    batch: int = _ranged(_C.batch, RANGES["batch"], "Parallel streams of text."),
+    batch: int = _ranged(_C.batch, RANGES["batch"], "Parallel streams of text; under MPI the total over all processes."),
     k1: int = _ranged(_C.k1, RANGES["k1"], "Steps between updates (the loss of these steps is averaged)."),
     k2: int = _ranged(_C.k2, RANGES["k2"], "Steps the gradient flows back (k2 > k1: overlapping windows)."),
     optimizer: Literal[OPTIMIZERS] = typer.Option(_C.optimizer, case_sensitive=False, help="Optimizer (sgd: with momentum 0.9)."),
@@ -135,7 +135,10 @@ def train(
     resume: Optional[Path] = typer.Option(None, help="Continue a run (its folder or a checkpoint), from any folder. The learning rate and its schedule, clipping, the stopping rules, evaluation, saves and samples may change; one line says what changed. Give the corpus again only if it moved: it is checked by its hash."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display; print only the summary."),
 ):
-    """Train a model on text files, saving latest.npz and best.npz under OUT_DIR/RUN."""
+    """Train a model on text files, saving latest.npz and best.npz under OUT_DIR/RUN.
+
+    Started by `mpiexec -n R` (or srun), R processes train one model, each on its share of the --batch streams; this needs mpi4py (README: Training on a cluster).
+    """
     from .config import TrainConfig, check_resume_overrides
     from .distributed import world
     from .errors import UsageError
