@@ -540,6 +540,14 @@ def main():
         if job.size > 1 and e.code not in (0, None):
             job.abort(e.code if isinstance(e.code, int) else 1)
         raise
+    except BaseException:  # a traceback CHARRNN_TRACEBACK=1 asked for
+        if job.size > 1:
+            import traceback
+
+            job.unmute()
+            traceback.print_exc()
+            job.abort(1)
+        raise
 
 
 def _main():
