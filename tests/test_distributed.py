@@ -141,6 +141,19 @@ def test_two_ranks_train_what_one_process_trains(corpus, straight, tmp_path):
 
 
 @needs_mpi
+def test_a_time_limit_stops_every_rank_on_the_same_update(corpus, tmp_path):
+    # the linear schedule reads the clock, and rank 0 alone spends time on samples: ranks that
+    # each read their own clock would take other steps, and stop on other updates
+    run_dir, dump = tmp_path / "r", tmp_path / "params"
+    ok(launch(2, corpus, run_dir, "--time-limit", "2", "--schedule", "linear", "--sample-every", "7",
+              "--sample-length", "20", env={"CHARRNN_TEST_DUMP_PARAMS": str(dump)}))
+    np.testing.assert_array_equal(np.load(f"{dump}.rank0.npy"), np.load(f"{dump}.rank1.npy"))
+    arrays, meta = load_checkpoint(run_dir / "latest.npz")
+    np.testing.assert_array_equal(arrays["params"], np.load(f"{dump}.rank0.npy"))
+    assert meta["elapsed"] >= 2 and meta["step"] == records(run_dir, "train")[-1]["step"]
+
+
+@needs_mpi
 def test_a_run_of_two_ranks_resumes_in_one_process(corpus, straight, tmp_path):
     run_dir = tmp_path / "r"
     ok(launch(2, corpus, run_dir, "--max-steps", STEPS // 2))
