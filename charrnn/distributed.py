@@ -35,6 +35,9 @@ FAIL_RANK, FAIL_AT, DUMP_PARAMS = "CHARRNN_TEST_FAIL_RANK", "CHARRNN_TEST_FAIL_A
 # every rank meets the failure (a bad option), or stops (Ctrl-C), rank 0 says it first and its
 # abort ends this process.
 QUIET_WAIT = 1.0
+# Between the last line a rank prints and its abort: the launcher forwards a rank's output
+# through a pipe, and an abort that tears the job down first loses the line.
+FORWARD_WAIT = 0.3
 
 _world = None
 
@@ -189,6 +192,7 @@ class Mpi(Solo):
             self._yield_to_root()
         sys.stdout.flush()
         sys.stderr.flush()
+        time.sleep(FORWARD_WAIT)
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, 2)
         self.comm.Abort(code)

@@ -203,6 +203,9 @@ def test_sigterm_to_one_rank_saves_and_stops_every_rank(corpus, tmp_path):
     step = int(line.split("interrupted at update ")[1].split(";")[0])
     _, meta = load_checkpoint(run_dir / "latest.npz")
     assert meta["step"] == step > 0
+    gone = time.time() + 10  # the launcher has returned; its ranks are ending, or have
+    while any(_rank_pid(str(tmp_path), r) for r in (0, 1)) and time.time() < gone:
+        time.sleep(0.1)
     assert _rank_pid(str(tmp_path), 0) is None and _rank_pid(str(tmp_path), 1) is None
     resume(2, run_dir, step + 2)  # and it goes on from there
     assert load_checkpoint(run_dir / "latest.npz")[1]["step"] == step + 2
