@@ -347,9 +347,10 @@ class Trainer:
                     self._validate(log, progress)
                 if cfg.sample_every and self.step % cfg.sample_every == 0 and root:
                     self._write_sample()
-                if self.step % cfg.checkpoint_every == 0 or end:
-                    self.save("latest")
                 self._agree()
+                # `end` again: the time the validation or sample took may have used up a time limit
+                if self.step % cfg.checkpoint_every == 0 or self.done_fraction() >= 1.0:
+                    self.save("latest")
                 if self.stop_requested:
                     raise Interrupted(self.save("latest"))
             self.world.dump_params(self.params)
