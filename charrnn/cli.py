@@ -104,7 +104,7 @@ def train(
     leak: float = _ranged(_C.leak, RANGES["leak"], CELL_OPTIONS["leak"].help + "."),
     u_max: float = _ranged(_C.u_max, RANGES["u_max"], CELL_OPTIONS["u_max"].help + "."),
     dropout: float = _ranged(_C.dropout, RANGES["dropout"], "Dropout between layers and before the output layer."),
-    batch: int = _ranged(_C.batch, RANGES["batch"], "Parallel streams of text."),
+    batch: int = _ranged(_C.batch, RANGES["batch"], "Parallel streams of text; under MPI the total over all processes."),
     k1: int = _ranged(_C.k1, RANGES["k1"], "Steps between updates (the loss of these steps is averaged)."),
     k2: int = _ranged(_C.k2, RANGES["k2"], "Steps the gradient flows back (k2 > k1: overlapping windows)."),
     optimizer: Literal[OPTIMIZERS] = typer.Option(_C.optimizer, case_sensitive=False, help="Optimizer (sgd: with momentum 0.9)."),
@@ -135,11 +135,16 @@ def train(
     resume: Optional[Path] = typer.Option(None, help="Continue a run (its folder or a checkpoint), from any folder. The learning rate and its schedule, clipping, the stopping rules, evaluation, saves and samples may change; one line says what changed. Give the corpus again only if it moved: it is checked by its hash."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display; print only the summary."),
 ):
-    """Train a model on text files, saving latest.npz and best.npz under OUT_DIR/RUN."""
+    """Train a model on text files, saving latest.npz and best.npz under OUT_DIR/RUN.
+
+    Started by `mpiexec -n R` (or srun), R processes train one model, each on its share of the --batch streams; this needs mpi4py (README: Training on a cluster).
+    """
     from .config import TrainConfig, check_resume_overrides
+    from .distributed import world
     from .errors import UsageError
     from .train import Interrupted, Trainer, fine_tune_settings, new_run_dir
 
+    quiet = quiet or not world().root  # under MPI rank 0 speaks for every rank
     say = (lambda *a: None) if quiet else (lambda msg: err.print(msg, highlight=False))
     stops = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps), ("time_limit", time_limit)) if v is not None}
     given = {name: value for name, value in ctx.params.items() if name not in ("resume", "quiet")
@@ -509,14 +514,43 @@ def plot(
 
 
 def _print_error(message: str):
-    err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False)
+    from .distributed import error_prefix
+
+    err.print(Text.assemble(("error:", "bold red"), " ", error_prefix() + message), highlight=False)
 
 
 def main():
     """Entry point: a known error, or a failure of the system (a full disk, a folder that cannot
     be written, too little memory), becomes one line on stderr and exit code 1; so does a bug of
     ours, whose traceback CHARRNN_TRACEBACK=1 shows. Ctrl-C exits 130 (typer turns
-    KeyboardInterrupt into it)."""
+    KeyboardInterrupt into it).
+
+    Started by an MPI launcher, every rank runs this; a rank that ends with an error, or stops
+    with 130, aborts the whole job, since the others may be waiting for it in an all-reduce."""
+    from .distributed import world
+
+    try:
+        job = world()  # joins the other ranks, if an MPI launcher started this
+    except CharrnnError as e:
+        _print_error(str(e))
+        raise SystemExit(e.exit_code)
+    try:
+        _main()
+    except SystemExit as e:
+        if job.size > 1 and e.code not in (0, None):
+            job.abort(e.code if isinstance(e.code, int) else 1)
+        raise
+    except BaseException:  # a traceback CHARRNN_TRACEBACK=1 asked for
+        if job.size > 1:
+            import traceback
+
+            job.unmute()
+            traceback.print_exc()
+            job.abort(1)
+        raise
+
+
+def _main():
     try:
         code = app(standalone_mode=False)  # usage errors come here, to be said in one line
     except CharrnnError as e:

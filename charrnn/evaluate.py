@@ -13,7 +13,7 @@ WARMUP = 200  # characters each stream reads, uncounted, before its own text
 
 
 def evaluate(spec: ModelSpec, params: np.ndarray, ids: np.ndarray, batch=32, window=100, max_chars=0,
-             warmup=WARMUP):
+             warmup=WARMUP, part=(0, 1)):
     """Mean loss in nats per character over every prediction in `ids`, and how many there were.
 
     The text is cut into `batch` contiguous streams and read `window` steps at a time, the state
@@ -21,36 +21,44 @@ def evaluate(spec: ModelSpec, params: np.ndarray, ids: np.ndarray, batch=32, win
     `warmup` characters just before it (the end of the previous stream; those predictions are
     counted there, not here), so the figure is close to reading the text as one stream: a model
     trained on long streams is much worse from a zero state than from a warm one, and 32 cold
-    starts in 55k characters cost it up to 0.3 nats."""
+    starts in 55k characters cost it up to 0.3 nats.
+
+    part=(r, R): read only the r-th of R contiguous shares of the streams (a rank's, under MPI);
+    the first value is then that share's part of the mean, and the R parts sum to the mean."""
     if max_chars:
         ids = ids[: max_chars + 1]
     streams = EvalStreams(ids, batch)
-    stack = Stack(spec, streams.batch, window, params.dtype)
-    stack.set_state(0, _warm_state(spec, params, ids, streams, warmup))
+    r, R = part
+    lo, hi = r * streams.batch // R, (r + 1) * streams.batch // R
+    if hi == lo:  # more ranks than streams: nothing for this one
+        return 0.0, streams.count
+    stack = Stack(spec, hi - lo, window, params.dtype)
+    stack.set_state(0, _warm_state(spec, params, ids, streams, warmup, lo, hi))
     total = 0.0
     for inputs, targets in streams.windows(window):
         n = inputs.shape[0]
-        stack.ids[:n] = inputs
-        stack.targets[:n] = targets
+        stack.ids[:n] = inputs[:, lo:hi]
+        stack.targets[:n] = targets[:, lo:hi]
         stack.forward(params, 0, n)
         total += stack.loss(params, 0, n)
         stack.set_state(0, stack.get_state(n))
     return total / streams.count, streams.count
 
 
-def _warm_state(spec, params, ids, streams, warmup):
-    """The state entering each stream: zeros for the first, and for stream b >= 1 the state after
-    reading the `warmup` characters before it, from a zero state."""
-    B, S = streams.batch, streams.stream_length
+def _warm_state(spec, params, ids, streams, warmup, lo, hi):
+    """The state entering streams [lo, hi): zeros for the first stream, and for stream b >= 1 the
+    state after reading the `warmup` characters before it, from a zero state."""
+    S = streams.stream_length
     w = min(warmup, S)
     n_states = len(CELLS[spec.cell].states)
-    if B == 1 or w == 0:
-        return [[np.zeros((B, spec.hidden), params.dtype) for _ in range(n_states)] for _ in range(spec.layers)]
-    warm = Stack(spec, B - 1, w, params.dtype)
-    starts = np.arange(1, B) * S  # stream b begins at ids[b * S]
+    first = max(lo, 1)  # the first stream that starts warm
+    if first >= hi or w == 0:
+        return [[np.zeros((hi - lo, spec.hidden), params.dtype) for _ in range(n_states)] for _ in range(spec.layers)]
+    warm = Stack(spec, hi - first, w, params.dtype)
+    starts = np.arange(first, hi) * S  # stream b begins at ids[b * S]
     warm.ids[:] = ids[starts[None, :] - w + np.arange(w)[:, None]]
     warm.forward(params, 0, w)
-    return [[np.concatenate([np.zeros((1, spec.hidden), a.dtype), a]) for a in layer]
+    return [[np.concatenate([np.zeros((first - lo, spec.hidden), a.dtype), a]) for a in layer]
             for layer in warm.get_state(w)]
 
 

@@ -131,9 +131,16 @@ def init_params(spec: ModelSpec, rng: np.random.Generator, dtype=np.float32):
 
 
 class Stack:
-    """The per-window buffers of one model for B streams and a window of T steps."""
+    """The per-window buffers of one model for B streams and a window of T steps.
 
-    def __init__(self, spec: ModelSpec, batch: int, window: int, dtype=np.float32, dropout=0.0):
+    `rows`: the streams of a batch of `batch` that this stack holds (a rank's share under MPI),
+    all by default; B = their number. Dropout masks are drawn for the whole batch and cut to
+    these rows, so that R ranks draw what one process draws."""
+
+    def __init__(self, spec: ModelSpec, batch: int, window: int, dtype=np.float32, dropout=0.0, rows=None):
+        self.rows = slice(0, batch) if rows is None else rows
+        self.total = batch  # streams in the whole batch
+        batch = self.rows.stop - self.rows.start
         self.spec, self.B, self.T, self.dtype = spec, batch, window, np.dtype(dtype)
         self.layout = Layout(spec)
         self.cell = CELLS[spec.cell]
@@ -246,7 +253,8 @@ class Stack:
             return below.reshape(-1, self.spec.hidden)
         if rng is not None:  # a training forward draws fresh masks (inverted dropout)
             keep = 1.0 - self.dropout
-            self.masks[l][t0:t1] = (rng.random(below.shape) < keep) / keep
+            every_row = rng.random((below.shape[0], self.total, below.shape[2]))
+            self.masks[l][t0:t1] = (every_row[:, self.rows] < keep) / keep
         else:
             self.masks[l][t0:t1] = 1.0
         np.multiply(below, self.masks[l][t0:t1], out=self.dropped[l][t0:t1])

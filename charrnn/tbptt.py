@@ -42,13 +42,14 @@ class Scheduler:
 
     def update(self, stack, params, grads, rng=None):
         """Forward the k1 new steps, then the truncated gradient into `grads` (zeroed first).
-        Returns the sum of the counted losses in nats; the gradient is of their mean."""
+        Returns the sum of the counted losses in nats; the gradient is of their mean over the
+        whole batch (stack.total streams), of which the stack may hold a share."""
         W, k1 = self.window, self.k1
         stack.forward(params, self.c0, W, rng)
         self.filled = min(self.filled + k1, W)
         self.g0 = max(W - self.k2, W - self.filled)
         grads[:] = 0.0
-        loss = stack.output_grad(params, grads, self.c0, W, 1.0 / (k1 * stack.B))
+        loss = stack.output_grad(params, grads, self.c0, W, 1.0 / (k1 * stack.total))
         stack.backward(params, grads, self.g0, W)
         return loss
 

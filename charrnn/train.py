@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, memory
+from . import __version__, distributed, memory
 from .checkpoint import load_checkpoint, remove_stale_temporaries, resolve_checkpoint, save_checkpoint
 from .config import MODEL_SETTINGS, OLDER_CHECKPOINTS, TrainConfig, check_init_overrides, check_resume_overrides, flag
 from .corpus import Streams, Vocab, default_corpus, fit_batch_and_window, read_corpus, split
@@ -37,7 +37,7 @@ _SAMPLE_HEADER_STEP = re.compile(r"--- step (\d+), epoch ")
 
 
 class Interrupted(Exception):
-    """Ctrl-C during training, after the latest checkpoint was saved."""
+    """Ctrl-C or SIGTERM during training, after the latest checkpoint was saved."""
 
     def __init__(self, path):
         super().__init__(f"interrupted; saved {path}")
@@ -69,8 +69,21 @@ class MetricsLog:
             pass  # every record was flushed already, or its write failed and said so
 
 
+class _NoLog:
+    """The metrics log of an MPI rank other than 0: rank 0 writes it."""
+
+    def write(self, record):
+        pass
+
+    def close(self):
+        pass
+
+
 class Trainer:
-    """One training run: its data, model, optimizer, scheduler and bookkeeping."""
+    """One training run: its data, model, optimizer, scheduler and bookkeeping.
+
+    Under MPI (distributed.py) each rank holds one of these: the whole model and optimizer, and
+    its share of the streams (stack.rows); only rank 0 writes the run folder."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, say=print, corpus=None, vocab=None):
         """A new run of `cfg` in run_dir, from a fresh model or, with cfg.init_from, from a
@@ -79,6 +92,7 @@ class Trainer:
         read. `vocab`: the checkpoint's, when resuming; by default the text's, or for a
         fine-tuned run the trained model's extended by the text's."""
         self.cfg, self.run_dir, self.say = cfg, Path(run_dir), say
+        self.world = distributed.world()
         if corpus is None:
             corpus = read_corpus(cfg.corpus or [default_corpus()], cfg.encoding, cfg.doc_sep)
             for note in corpus.notes:
@@ -103,32 +117,42 @@ class Trainer:
         self.spec = ModelSpec(cfg.cell, self.vocab.size, cfg.hidden, cfg.layers, cfg.cell_options())
         memory.require(memory.training_needs(self.spec, cfg), "this run",
                        "use a smaller --hidden, --layers, --batch or --k1/--k2")
+        rows = self.world.rows(cfg.batch)  # this rank's streams: all of them in one process
         self.rng = np.random.Generator(np.random.PCG64(cfg.seed))
         self.params = init_params(self.spec, self.rng, np.float32)
         if base is not None:  # the trained model; a fresh model's rows for the characters it lacked
             transplant(base.spec, base.params, self.spec, self.params)
+        self.world.bcast(self.params)  # every rank starts from rank 0's model
         self.grads = np.zeros_like(self.params)
         self.opt = Optimizer(cfg.optimizer, self.params.size, np.float32, cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = Scheduler(cfg.k1, cfg.k2)
-        self.stack = Stack(self.spec, cfg.batch, self.sched.window, np.float32, cfg.dropout)
+        self.stack = Stack(self.spec, cfg.batch, self.sched.window, np.float32, cfg.dropout, rows=rows)
         self.streams = Streams(self.train_ids, cfg.batch)
+        if self.stack.B < cfg.batch:  # where this rank's share of each batch of text is read first
+            self.batch_text = np.zeros((2, cfg.k1, cfg.batch), np.int32)  # ids, targets
         self.sched.reset(self.stack)
         self.step = 0
         self.elapsed = 0.0  # seconds of training so far, across resumes
         self.best_val = math.inf
         self.last_val = math.inf
         self.last_val_step = None  # the update after which last_val was measured
-        self.stop_requested = False
+        self.signalled = False  # Ctrl-C or SIGTERM reached this process
+        self.stop_requested = False  # whether to stop after this update: agreed by every rank under MPI
         self.fresh = True  # False once the run folder holds this run (resumed, or run() started)
         self.lock = None  # the run folder's RunLock while this trainer reads or writes it
         self._sampler = None  # made at the first sample
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _checkpoint(self):
+        """(arrays, meta) of a checkpoint; under MPI, None on the ranks other than 0, which send
+        rank 0 their streams' part of the window."""
+        keep = self.sched.window - self.sched.k1
+        kept = self.world.gather_rows(self.stack.kept_arrays(keep))  # every rank's streams, in order
+        if kept is None:
+            return None
         arrays = {"params": self.params}
         arrays.update({f"opt.{k}": v for k, v in self.opt.state_arrays().items()})
-        keep = self.sched.window - self.sched.k1
-        arrays.update({f"kept.{k}": v for k, v in self.stack.kept_arrays(keep).items()})
+        arrays.update({f"kept.{k}": v for k, v in kept.items()})
         meta = {
             "charrnn_version": __version__,
             "config": self.cfg.to_dict(),
@@ -147,7 +171,9 @@ class Trainer:
 
     def save(self, name):
         path = self.run_dir / f"{name}.npz"
-        save_checkpoint(path, *self._checkpoint())
+        checkpoint = self._checkpoint()
+        if checkpoint is not None:
+            save_checkpoint(path, *checkpoint)
         return path
 
     @classmethod
@@ -158,7 +184,9 @@ class Trainer:
         says, checked by its SHA-256. The run folder stays locked until run() ends."""
         check_resume_overrides(overrides)
         path = resolve_checkpoint(path, prefer="latest")
-        lock = RunLock(path.parent).acquire()  # before reading: no other process is writing it now
+        lock = RunLock(path.parent)
+        if distributed.world().root:  # before reading: no other process is writing it now
+            lock.acquire()
         try:
             self = cls._restore(path, say, corpus, overrides)
         except BaseException:
@@ -187,7 +215,8 @@ class Trainer:
         self = cls(cfg, path.parent, say, corpus=corpus, vocab=Vocab.from_json(meta["vocab"]))
         self.params[:] = arrays["params"]
         self.opt.load_state({k[4:]: v for k, v in arrays.items() if k.startswith("opt.")}, meta["optimizer"])
-        self.stack.load_kept_arrays({k[5:]: v for k, v in arrays.items() if k.startswith("kept.")},
+        rows = self.stack.rows  # this rank's streams of the saved window's
+        self.stack.load_kept_arrays({k[5:]: v[:, rows] for k, v in arrays.items() if k.startswith("kept.")},
                                     self.sched.window - self.sched.k1)
         self.sched.filled = meta["scheduler"]["filled"]
         self.streams.load_state_dict(meta["streams"])
@@ -204,11 +233,11 @@ class Trainer:
         """One k1/k2 update. Returns (mean loss in nats, gradient norm before clipping, whether
         clipping fired, the learning rate used)."""
         cfg, stack, sched = self.cfg, self.stack, self.sched
-        ids, targets = sched.inputs(stack)
-        if self.streams.next(cfg.k1, ids, targets):
+        if self._read_text(*sched.inputs(stack)):
             sched.reset(stack)  # a new epoch: the text jumped back to the start
         loss = sched.update(stack, self.params, self.grads, self.rng if cfg.dropout > 0 else None)
-        loss /= cfg.k1 * stack.B
+        self.world.sum(self.grads)  # the ranks' shares: the gradient of the whole batch
+        loss = self.world.sum_float(loss) / (cfg.k1 * stack.total)
         stack.layout.zero_frozen(self.grads)
         norm, clipped = clip_by_norm(self.grads, cfg.clip_norm)
         if not (math.isfinite(loss) and math.isfinite(norm)):
@@ -224,6 +253,16 @@ class Trainer:
         sched.advance(stack)
         self.step += 1
         return loss, norm, bool(clipped or clipped_values > 0), lr
+
+    def _read_text(self, ids, targets):
+        """The next k1 steps of text into the stack's (k1, B) ids and targets: of every stream,
+        or under MPI of this rank's. True if the text wrapped to its start."""
+        if self.stack.B == self.cfg.batch:
+            return self.streams.next(self.cfg.k1, ids, targets)
+        wrapped = self.streams.next(self.cfg.k1, *self.batch_text)
+        ids[:] = self.batch_text[0][:, self.stack.rows]
+        targets[:] = self.batch_text[1][:, self.stack.rows]
+        return wrapped
 
     def epoch(self):
         """Fractional epochs of training text read so far."""
@@ -244,23 +283,37 @@ class Trainer:
     def validate(self):
         if len(self.val_ids) < 2:
             return math.nan
-        loss, _ = evaluate(self.spec, self.params, self.val_ids, self.cfg.batch, self.cfg.k1, self.cfg.eval_chars)
-        return loss
+        return self._evaluate(self.val_ids, self.cfg.eval_chars)
+
+    def _evaluate(self, ids, max_chars=0):
+        """Mean loss on `ids`; under MPI each rank reads its share of the streams."""
+        part, _ = evaluate(self.spec, self.params, ids, self.cfg.batch, self.cfg.k1, max_chars,
+                           part=(self.world.rank, self.world.size))
+        return self.world.sum_float(part)
+
+    def _agree(self):
+        """Whether to stop, and under MPI rank 0's clock, the same on every rank before they decide
+        whether to go on. A signal changes only `signalled`: one that came between this and the
+        decision would otherwise stop one rank and leave the others waiting for it."""
+        self.elapsed, self.stop_requested = self.world.agree(self.elapsed, self.stop_requested or self.signalled)
 
     def run(self, progress=None):
-        """Train until a stopping rule fires. Returns a summary dict. Ctrl-C saves and raises
-        Interrupted; a NaN or Inf stops with a CharrnnError and leaves the last checkpoint."""
+        """Train until a stopping rule fires. Returns a summary dict. Ctrl-C or SIGTERM saves and
+        raises Interrupted; a NaN or Inf stops with a CharrnnError and leaves the last checkpoint."""
         cfg = self.cfg
         if not (cfg.max_steps or cfg.epochs or cfg.time_limit):
             raise CharrnnError("no stopping rule: give --max-steps, --epochs or --time-limit")
-        lock, self.lock = self.lock or RunLock(self.run_dir).acquire(), None
+        root = self.world.root  # under MPI rank 0 alone holds the lock and writes the folder
+        lock, self.lock = self.lock or RunLock(self.run_dir), None
+        if root and lock.fd is None:
+            lock.acquire()
         starting = self.fresh
         try:
             log = self._open_run_dir()
         except BaseException:
             lock.release()
             raise
-        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        previous = [signal.signal(s, self._on_sigint) for s in (signal.SIGINT, signal.SIGTERM)]
         window_stats = []
         chars_per_update = cfg.k1 * cfg.batch
         train_time = 0.0  # time in updates only, for the throughput figure
@@ -268,6 +321,7 @@ class Trainer:
         try:
             if starting and cfg.init_from:  # where fine-tuning starts: the trained model on the new text
                 self._validate(log, progress)
+            self._agree()
             while self.done_fraction() < 1.0:
                 t0 = time.perf_counter()
                 loss, norm, clipped, lr = self.update()
@@ -275,6 +329,7 @@ class Trainer:
                 train_time += dt
                 updates += 1
                 self.elapsed += dt
+                self._agree()
                 window_stats.append((loss, norm, clipped, dt))
                 if self.step % LOG_EVERY == 0 or self.done_fraction() >= 1.0:
                     losses, norms, clips, dts = zip(*window_stats)
@@ -290,22 +345,26 @@ class Trainer:
                 end = self.done_fraction() >= 1.0
                 if self.step % cfg.eval_every == 0 or end:
                     self._validate(log, progress)
-                if cfg.sample_every and self.step % cfg.sample_every == 0:
+                if cfg.sample_every and self.step % cfg.sample_every == 0 and root:
                     self._write_sample()
-                if self.step % cfg.checkpoint_every == 0 or end:
+                self._agree()
+                # `end` again: the time the validation or sample took may have used up a time limit
+                if self.step % cfg.checkpoint_every == 0 or self.done_fraction() >= 1.0:
                     self.save("latest")
                 if self.stop_requested:
                     raise Interrupted(self.save("latest"))
+            self.world.dump_params(self.params)
             test = math.nan
             if len(self.test_ids) >= 2:
-                test, _ = evaluate(self.spec, self.params, self.test_ids, cfg.batch, cfg.k1)
+                test = self._evaluate(self.test_ids)
                 log.write({"kind": "test", "step": self.step, "loss": test, "bpc": bits(test)})
             return {"steps": self.step, "epochs": self.epoch(), "val_loss": self.last_val,
                     "best_val_loss": self.best_val, "test_loss": test, "elapsed": self.elapsed,
                     "train_chars_per_sec": (updates and chars_per_update * updates / max(train_time, 1e-9)),
                     "run_dir": str(self.run_dir)}
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for s, handler in zip((signal.SIGINT, signal.SIGTERM), previous):
+                signal.signal(s, handler)
             log.close()
             lock.release()
 
@@ -357,7 +416,11 @@ class Trainer:
         """With the folder locked: refuse to overwrite another run, remove what killed saves left,
         and open the metrics log. A fresh run starts a fresh log: one left by a run of the same
         name that never saved a checkpoint describes no model that exists. A resumed run drops
-        from its logs what was written after its checkpoint: that part of the run is redone."""
+        from its logs what was written after its checkpoint: that part of the run is redone.
+        Under MPI the ranks other than 0 leave the folder alone."""
+        if not self.world.root:
+            self.fresh = False
+            return _NoLog()
         if self.fresh:
             if any((self.run_dir / f"{name}.npz").exists() for name in ("latest", "best")):
                 raise CharrnnError(f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir} "
@@ -375,9 +438,9 @@ class Trainer:
         return log
 
     def _on_sigint(self, signum, frame):
-        if self.stop_requested:  # a second Ctrl-C: stop now, whatever the state
+        if self.signalled:  # a second Ctrl-C: stop now, whatever the state
             raise KeyboardInterrupt
-        self.stop_requested = True  # finish this update, save, then stop
+        self.signalled = True  # finish this update, save, then stop
 
 
 def fine_tune_settings(checkpoint, given: dict) -> dict:
@@ -471,7 +534,7 @@ def _cut_log(path, after, every_line=False):
 
 
 def new_run_dir(cfg: TrainConfig) -> Path:
-    name = cfg.run or f"{cfg.cell}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    name = cfg.run or distributed.world().from_root(f"{cfg.cell}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     return Path(cfg.out_dir) / name
 
 

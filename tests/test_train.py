@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -154,6 +155,21 @@ def test_ctrl_c_saves_and_resume_continues(corpus, tmp_path):
     resumed.run()
     straight = train_steps(config(corpus, tmp_path / "s"), tmp_path / "s" / "r", 20)
     np.testing.assert_array_equal(resumed.params, straight.params)
+
+
+def test_a_time_limit_used_up_by_validation_still_saves_the_last_update(corpus, tmp_path):
+    cfg = config(corpus, tmp_path, time_limit=1.0, eval_every=3, checkpoint_every=1000)
+    trainer = Trainer(cfg, tmp_path / "r", say=lambda *_: None)
+    measure = trainer.validate
+
+    def slow_validate():  # validation time counts towards the limit; this one uses it up
+        time.sleep(1.1 if trainer.step == 3 else 0)
+        return measure()
+
+    trainer.validate = slow_validate
+    summary = trainer.run()
+    _, meta = load_checkpoint(tmp_path / "r" / "latest.npz")
+    assert summary["steps"] == meta["step"] == 3
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(corpus, tmp_path):

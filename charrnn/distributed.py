@@ -1,0 +1,249 @@
+"""Training over MPI: the one module that touches it.
+
+`mpiexec -n R charrnn train ...` (or srun) runs R processes, the ranks, that train one model by
+synchronous data parallelism on the flat buffer, as Horovod and llm.c do it:
+
+    every rank starts from rank 0's parameters;
+    rank r reads rows [r*B/R, (r+1)*B/R) of the B streams of each global batch (B = --batch);
+    its gradient is scaled by 1/(k1*B), for the global batch, so the sum over ranks is the
+        gradient one process computes; one in-place Allreduce(SUM) on the flat buffer per update;
+    clipping, the NaN check, the learning rate and the optimizer step then run identically on
+        every rank (the same numbers in, the same numbers out).
+
+Rank 0 alone prints, logs and writes; the others run with stdout and stderr silenced. Whatever
+a decision reads that could differ between ranks (the clock of a time limit, a Ctrl-C or SIGTERM
+that reached one rank) is agreed in a tiny all-reduce, so that every rank stops on the same
+update: a rank that stopped alone would leave the others waiting in an all-reduce forever.
+
+A process that no MPI launcher started is a World of one (`Solo`): mpi4py is never imported and
+every method below does nothing, so a plain `charrnn train` runs exactly as it always has.
+"""
+import os
+import sys
+import time
+
+# (size, rank) of the variables an MPI launcher sets in every process it starts: MPICH's and
+# Intel MPI's hydra (and srun with PMI-2), Open MPI's mpirun, srun. A Slurm batch script has
+# SLURM_NTASKS but is one process: only srun sets SLURM_STEP_NUM_TASKS.
+LAUNCHERS = (("PMI_SIZE", "PMI_RANK"), ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"),
+             ("SLURM_STEP_NUM_TASKS", "SLURM_PROCID"))
+
+# Hidden hooks for tests: fail on one rank at an update, and dump each rank's final parameters.
+FAIL_RANK, FAIL_AT, DUMP_PARAMS = "CHARRNN_TEST_FAIL_RANK", "CHARRNN_TEST_FAIL_AT", "CHARRNN_TEST_DUMP_PARAMS"
+
+# A rank other than 0 that fails or stops waits this long before it says so and aborts: when
+# every rank meets the failure (a bad option), or stops (Ctrl-C), rank 0 says it first and its
+# abort ends this process.
+QUIET_WAIT = 1.0
+# Between the last line a rank prints and its abort: the launcher forwards a rank's output
+# through a pipe, and an abort that tears the job down first loses the line.
+FORWARD_WAIT = 0.3
+
+_world = None
+
+
+def launched():
+    """(size, rank) as the launcher's variables give them, or None outside a launcher."""
+    for size, rank in LAUNCHERS:
+        if size in os.environ:
+            try:
+                return int(os.environ[size]), int(os.environ.get(rank, "0"))
+            except ValueError:
+                return None
+    return None
+
+
+def world():
+    """This process's World, made at the first call: Solo unless an MPI launcher started more
+    than one process. A CharrnnError if it did but mpi4py cannot join them."""
+    global _world
+    if _world is None:
+        env = launched()
+        _world = Solo() if env is None or env[0] <= 1 else Mpi(*env)
+    return _world
+
+
+class Solo:
+    """One process: nothing to share, nothing to agree."""
+
+    size, rank, root = 1, 0, True
+
+    def rows(self, batch):
+        """The streams of a batch of `batch` this rank reads: all."""
+        return slice(0, batch)
+
+    def bcast(self, array):
+        """Give every rank rank 0's values of `array` (in place)."""
+
+    def sum(self, array):
+        """Sum `array` over the ranks, in place."""
+
+    def sum_float(self, x):
+        return x
+
+    def agree(self, elapsed, stop):
+        """(rank 0's clock, whether any rank was asked to stop)."""
+        return elapsed, stop
+
+    def from_root(self, value):
+        """Rank 0's `value` (a picklable object)."""
+        return value
+
+    def gather_rows(self, arrays):
+        """{name: array with the streams on axis 1}: every rank's rows, in rank order, on rank 0;
+        None on the other ranks."""
+        return arrays
+
+    def unmute(self):
+        """Before printing an error: let this rank be heard."""
+
+    def dump_params(self, params):
+        pass
+
+
+class Mpi(Solo):
+    """R processes started by an MPI launcher, joined through mpi4py's COMM_WORLD."""
+
+    def __init__(self, size, rank):
+        try:
+            from mpi4py import MPI
+        except ImportError:
+            raise _alone(rank, f"an MPI launcher started this as rank {rank} of {size}, but mpi4py is not "
+                               f"installed; install it with pip install 'charrnn[mpi]' (or your cluster's "
+                               f"mpi4py module)") from None
+        comm = MPI.COMM_WORLD
+        if comm.Get_size() != size:
+            library = MPI.Get_library_version().splitlines()[0].strip()
+            raise _alone(rank, f"the MPI launcher started {size} processes but mpi4py's MPI ({library}) sees "
+                               f"{comm.Get_size()}: the launcher belongs to another MPI; launch with the mpiexec "
+                               f"of the MPI mpi4py was built with, or build mpi4py against the cluster's MPI")
+        self.MPI, self.comm = MPI, comm
+        self.size, self.rank, self.root = comm.Get_size(), comm.Get_rank(), comm.Get_rank() == 0
+        self.reduce_seconds = 0.0  # time spent in the gradient all-reduce (benchmarks read it)
+        self.reductions = 0
+        self._fail_at = int(os.environ.get(FAIL_AT, "0")) if os.environ.get(FAIL_RANK) == str(self.rank) else 0
+        self._stderr = None
+        self._waited = False
+        if not self.root:  # quiet: rank 0 speaks for the job
+            sys.stdout.flush()
+            sys.stderr.flush()
+            self._stderr = os.dup(2)
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)
+            os.dup2(null, 2)
+            os.close(null)
+        _set_threads(comm, MPI)
+
+    def rows(self, batch):
+        if batch % self.size:
+            valid = ", ".join(str(r) for r in range(1, batch + 1) if batch % r == 0)
+            from .errors import UsageError
+
+            raise UsageError(f"--batch {batch} (the total over all processes) cannot be split over {self.size} "
+                             f"processes; launch a number that divides it ({valid}) or give a --batch that "
+                             f"{self.size} divides")
+        n = batch // self.size
+        return slice(self.rank * n, (self.rank + 1) * n)
+
+    def bcast(self, array):
+        self.comm.Bcast(array, root=0)
+
+    def sum(self, array):
+        self.reductions += 1
+        if self.reductions == self._fail_at:
+            from .errors import CharrnnError
+
+            raise CharrnnError(f"failure injected by {FAIL_RANK} on rank {self.rank} at update {self._fail_at}")
+        t0 = time.perf_counter()
+        self.comm.Allreduce(self.MPI.IN_PLACE, array, op=self.MPI.SUM)
+        self.reduce_seconds += time.perf_counter() - t0
+
+    def sum_float(self, x):
+        return self.comm.allreduce(float(x), op=self.MPI.SUM)
+
+    def agree(self, elapsed, stop):
+        import numpy as np
+
+        both = np.array([elapsed if self.root else 0.0, 1.0 if stop else 0.0])
+        self.comm.Allreduce(self.MPI.IN_PLACE, both, op=self.MPI.SUM)
+        return float(both[0]), bool(both[1] > 0)
+
+    def from_root(self, value):
+        return self.comm.bcast(value, root=0)
+
+    def gather_rows(self, arrays):
+        import numpy as np
+
+        every = self.comm.gather(arrays, root=0)
+        if not self.root:
+            return None
+        return {name: np.concatenate([a[name] for a in every], axis=1) for name in arrays}
+
+    def unmute(self):
+        if self._stderr is not None:
+            self._yield_to_root()
+            sys.stderr.flush()
+            os.dup2(self._stderr, 2)
+
+    def abort(self, code):
+        """End every rank of the job now, with exit code `code`, without MPI's own report (the
+        error has been said in one line)."""
+        if not self.root:
+            self._yield_to_root()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        time.sleep(FORWARD_WAIT)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        self.comm.Abort(code)
+
+    def dump_params(self, params):
+        prefix = os.environ.get(DUMP_PARAMS)
+        if prefix:
+            import numpy as np
+
+            np.save(f"{prefix}.rank{self.rank}.npy", params)
+
+
+    def _yield_to_root(self):
+        if not self._waited:
+            self._waited = True
+            time.sleep(QUIET_WAIT)
+
+
+def error_prefix():
+    """'rank R: ' before an error said by a rank other than 0, after letting it be heard."""
+    w = _world
+    if w is None or w.root:
+        return ""
+    w.unmute()
+    return f"rank {w.rank}: "
+
+
+def _alone(rank, message):
+    """The CharrnnError a process that cannot join the others raises: each of them is alone and
+    would say it, so only the one the launcher calls rank 0 does; the others exit quietly."""
+    from .errors import CharrnnError
+
+    if rank != 0:
+        sys.stderr = open(os.devnull, "w")
+    return CharrnnError(message)
+
+
+def _set_threads(comm, MPI):
+    """numba threads per rank: NUMBA_NUM_THREADS if the user set it, else the cores this rank
+    has. A rank the launcher bound to its own cores has them all; ranks on one node that share
+    the same cores split them."""
+    if "NUMBA_NUM_THREADS" in os.environ:
+        return
+    mine = frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else frozenset(range(os.cpu_count() or 1))
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    sharing = sum(other == mine for other in node.allgather(mine))
+    node.Free()
+    threads = max(1, len(mine) // sharing)
+    if "numba" in sys.modules:  # too late for the variable: numba has started
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    else:
+        os.environ["NUMBA_NUM_THREADS"] = str(threads)

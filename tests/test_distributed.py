@@ -1,0 +1,270 @@
+"""Training over MPI (charrnn/distributed.py): `mpiexec -n 2` trains the model one process
+trains, at the same total batch; checkpoints resume with any number of ranks; SIGTERM, a failing
+rank and a refused launch end every rank with one line. Each launch is a real mpiexec of
+`python -m charrnn train`, on this machine, over shared memory or TCP on loopback."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from charrnn.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _mpiexec():
+    """The mpiexec beside this Python (the MPICH wheel puts it there), else the one on PATH."""
+    from importlib.util import find_spec
+
+    if find_spec("mpi4py") is None:
+        return None
+    beside = Path(sys.executable).parent / "mpiexec"
+    return str(beside) if beside.exists() else shutil.which("mpiexec")
+
+
+MPIEXEC = _mpiexec()
+needs_mpi = pytest.mark.skipif(MPIEXEC is None, reason="needs mpi4py and its mpiexec: pip install -e '.[mpi]'")
+
+# MPICH over its network module, TCP on the loopback interface, instead of shared memory
+TCP = {"MPIR_CVAR_NOLOCAL": "1", "MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp", "FI_TCP_IFACE": "lo"}
+
+# ~1200 characters: 960 of training text are 48 updates of 4 streams x 5 steps, so 60 updates
+# cross an epoch
+TEXT = "".join(f"{w} the {i % 7} quick brown fox jumps over {i % 13} lazy dogs.\n"
+               for i, w in enumerate(["Alas", "Lo", "Hark", "Sing", "Now", "Hence"] * 4))
+# LSTM, two layers, k2 > k1 (a kept window), dropout on (masks drawn for all streams); the
+# learning rate falls by step, so a run stopped at 30 and resumed follows the straight run
+MODEL = ["--cell", "lstm", "--layers", "2", "--hidden", "16", "--batch", "4", "--k1", "5", "--k2", "9",
+         "--dropout", "0.3", "--lr", "0.01", "--schedule", "step", "--decay-every", "10", "--lr-decay", "0.8",
+         "--val-fraction", "0.1", "--test-fraction", "0.1", "--eval-every", "20", "--checkpoint-every", "30",
+         "--time-limit", "0", "--seed", "3", "-q"]
+STEPS = 60
+
+
+def launch(ranks, corpus, run_dir, *args, env=(), wait=True):
+    """`charrnn train` in `ranks` processes (1: no launcher at all), into run_dir."""
+    cmd = [sys.executable, "-m", "charrnn", "train", str(corpus), *MODEL, "--out-dir", str(run_dir.parent),
+           "--run", run_dir.name, *map(str, args)]
+    if ranks > 1:
+        cmd = [MPIEXEC, "-n", str(ranks), *cmd]
+    full_env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="300", **dict(env))
+    if not wait:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env)
+    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=240)
+
+
+def ok(r):
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    return r
+
+
+def resume(ranks, run_dir, steps, env=()):
+    cmd = [sys.executable, "-m", "charrnn", "train", "--resume", str(run_dir), "--max-steps", str(steps), "-q"]
+    if ranks > 1:
+        cmd = [MPIEXEC, "-n", str(ranks), *cmd]
+    return ok(subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                             env=dict(os.environ, PYTHONPATH=str(ROOT), **dict(env))))
+
+
+def records(run_dir, kind):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def assert_same_run(run_dir, straight):
+    """The checkpoint in run_dir holds what the one-process run saved, to float32 rounding:
+    the model, Adam's moments, the kept window of every stream, and where the text is. Each
+    array to 1e-4 of its largest element: sums taken in another order differ in the last bits,
+    and 60 updates grow that to some 1e-6 (a gradient off by a factor, or another stream's
+    rows, is off by far more); the ids and dropout masks exactly."""
+    arrays, meta = load_checkpoint(run_dir / "latest.npz")
+    want, want_meta = load_checkpoint(straight / "latest.npz")
+    assert meta["step"] == want_meta["step"] == STEPS and meta["streams"] == want_meta["streams"]
+    assert meta["rng"] == want_meta["rng"]  # the same dropout draws, however many ranks drew them
+    assert arrays.keys() == want.keys()
+    for name in want:
+        np.testing.assert_allclose(arrays[name], want[name], rtol=0, atol=1e-4 * np.abs(want[name]).max(),
+                                   err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "tiny.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def straight(corpus, tmp_path_factory):
+    """The run in one process: 60 updates, no MPI."""
+    run_dir = tmp_path_factory.mktemp("one") / "r"
+    ok(launch(1, corpus, run_dir, "--max-steps", STEPS))
+    return run_dir
+
+
+def test_a_plain_run_never_imports_mpi4py(corpus, tmp_path):
+    probe = (f"import sys; from charrnn.cli import main; sys.argv = ['charrnn', 'train', {str(corpus)!r}, "
+             f"'--hidden', '4', '--layers', '1', '--batch', '2', '--max-steps', '1', '--time-limit', '0', "
+             f"'--out-dir', {str(tmp_path)!r}, '--run', 'r', '-q']\n"
+             "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+             "print('mpi4py' in sys.modules)")
+    r = ok(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=240,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT))))
+    assert r.stdout.splitlines()[-1] == "False" and (tmp_path / "r" / "latest.npz").is_file()
+
+
+@needs_mpi
+def test_two_ranks_train_what_one_process_trains(corpus, straight, tmp_path):
+    run_dir = tmp_path / "r"
+    dump = tmp_path / "params"
+    ok(launch(2, corpus, run_dir, "--max-steps", STEPS, env={"CHARRNN_TEST_DUMP_PARAMS": str(dump)}))
+    assert_same_run(run_dir, straight)
+    # every rank ends with the same model, bit for bit, and it is the one rank 0 saved
+    rank0, rank1 = np.load(f"{dump}.rank0.npy"), np.load(f"{dump}.rank1.npy")
+    np.testing.assert_array_equal(rank0, rank1)
+    np.testing.assert_array_equal(rank0, load_checkpoint(run_dir / "latest.npz")[0]["params"])
+    # the same losses and gradient norms on the way (a gradient summed but not scaled for the
+    # whole batch would show here, even where Adam's steps hide it); validation and test too
+    for kind, fields in (("train", ("loss", "grad_norm", "epoch", "lr")), ("val", ("loss",)), ("test", ("loss",))):
+        got, want = records(run_dir, kind), records(straight, kind)
+        assert [r["step"] for r in got] == [r["step"] for r in want] and want
+        for name in fields:
+            np.testing.assert_allclose([r[name] for r in got], [r[name] for r in want], rtol=1e-5, err_msg=name)
+    assert records(run_dir, "train")[-1]["epoch"] > 1  # the text wrapped: the hidden state was reset
+
+
+@needs_mpi
+def test_a_time_limit_stops_every_rank_on_the_same_update(corpus, tmp_path):
+    # the linear schedule reads the clock, and rank 0 alone spends time on samples: ranks that
+    # each read their own clock would take other steps, and stop on other updates
+    run_dir, dump = tmp_path / "r", tmp_path / "params"
+    ok(launch(2, corpus, run_dir, "--time-limit", "2", "--schedule", "linear", "--sample-every", "7",
+              "--sample-length", "20", env={"CHARRNN_TEST_DUMP_PARAMS": str(dump)}))
+    np.testing.assert_array_equal(np.load(f"{dump}.rank0.npy"), np.load(f"{dump}.rank1.npy"))
+    arrays, meta = load_checkpoint(run_dir / "latest.npz")
+    np.testing.assert_array_equal(arrays["params"], np.load(f"{dump}.rank0.npy"))
+    assert meta["elapsed"] >= 2 and meta["step"] > 0
+
+
+@needs_mpi
+def test_a_run_of_two_ranks_resumes_in_one_process(corpus, straight, tmp_path):
+    run_dir = tmp_path / "r"
+    ok(launch(2, corpus, run_dir, "--max-steps", STEPS // 2))
+    resume(1, run_dir, STEPS)
+    assert_same_run(run_dir, straight)
+
+
+@needs_mpi
+def test_a_run_of_one_process_resumes_on_two_ranks_over_tcp(corpus, straight, tmp_path):
+    run_dir = tmp_path / "r"
+    ok(launch(1, corpus, run_dir, "--max-steps", STEPS // 2))
+    resume(2, run_dir, STEPS, env=TCP)
+    assert_same_run(run_dir, straight)
+
+
+def _rank_pid(marker, rank):
+    """The pid of rank `rank` of the job whose command line holds `marker`."""
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if marker.encode() in cmdline and b"mpiexec" not in cmdline and f"PMI_RANK={rank}".encode() in environ:
+            return int(entry.name)
+    return None
+
+
+@needs_mpi
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process in /proc")
+def test_sigterm_to_one_rank_saves_and_stops_every_rank(corpus, tmp_path):
+    run_dir = tmp_path / "r"
+    job = launch(2, corpus, run_dir, "--max-steps", 100000, wait=False)
+    try:
+        deadline = time.time() + 120
+        while not records_exist(run_dir) and job.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        pid = _rank_pid(str(tmp_path), 1)
+        assert pid is not None, "rank 1 not found"
+        os.kill(pid, signal.SIGTERM)  # rank 0 was not told: it stops because rank 1 asks
+        _, stderr = job.communicate(timeout=60)
+    finally:
+        job.kill()
+    assert job.returncode == 130, stderr
+    line = stderr.strip().splitlines()[-1]
+    assert f"saved {run_dir / 'latest.npz'}" in line and "Traceback" not in stderr
+    step = int(line.split("interrupted at update ")[1].split(";")[0])
+    _, meta = load_checkpoint(run_dir / "latest.npz")
+    assert meta["step"] == step > 0
+    gone = time.time() + 10  # the launcher has returned; its ranks are ending, or have
+    while any(_rank_pid(str(tmp_path), r) for r in (0, 1)) and time.time() < gone:
+        time.sleep(0.1)
+    assert _rank_pid(str(tmp_path), 0) is None and _rank_pid(str(tmp_path), 1) is None
+    resume(2, run_dir, step + 2)  # and it goes on from there
+    assert load_checkpoint(run_dir / "latest.npz")[1]["step"] == step + 2
+
+
+def records_exist(run_dir):
+    path = run_dir / "metrics.jsonl"
+    return path.exists() and path.stat().st_size > 0
+
+
+@needs_mpi
+def test_a_failure_on_one_rank_ends_the_job_with_one_line(corpus, tmp_path):
+    t0 = time.time()
+    job = launch(2, corpus, tmp_path / "r", "--max-steps", 100000, wait=False,
+                 env={"CHARRNN_TEST_FAIL_RANK": "1", "CHARRNN_TEST_FAIL_AT": "3"})
+    try:
+        _, stderr = job.communicate(timeout=120)  # without the abort, rank 0 would wait for rank 1 forever
+    finally:
+        job.kill()
+    assert job.returncode == 1, stderr
+    lines = stderr.strip().splitlines()
+    assert lines == ["error: rank 1: failure injected by CHARRNN_TEST_FAIL_RANK on rank 1 at update 3"], stderr
+    print(f"failed job ended after {time.time() - t0:.1f} s, start-up included")
+
+
+@needs_mpi
+def test_ranks_that_do_not_divide_the_batch_are_refused(corpus, tmp_path):
+    r = launch(3, corpus, tmp_path / "r", "--max-steps", 1)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "error: --batch 4 (the total over all processes) cannot be split over 3 processes; launch a number "
+        "that divides it (1, 2, 4) or give a --batch that 3 divides"], r.stderr
+    assert not (tmp_path / "r").exists()
+
+
+@needs_mpi
+def test_a_launcher_of_another_mpi_is_explained(corpus, tmp_path):
+    # what a launcher whose MPI is not mpi4py's leaves: its variables, and a world of one
+    r = launch(1, corpus, tmp_path / "r", "--max-steps", 1, env={"PMI_SIZE": "2", "PMI_RANK": "0"})
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "started 2 processes but mpi4py's MPI" in lines[0] and "sees 1" in lines[0], r.stderr
+    # the other copy says nothing: the user reads the line once
+    r = launch(1, corpus, tmp_path / "r", "--max-steps", 1, env={"PMI_SIZE": "2", "PMI_RANK": "1"})
+    assert r.returncode == 1 and r.stderr == ""
+    assert not (tmp_path / "r").exists()
+
+
+@needs_mpi
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="reads the cores this process may run on")
+def test_each_rank_takes_its_share_of_the_cores_unless_told(tmp_path):
+    probe = ("import sys; from charrnn import distributed; w = distributed.world(); import numba; "
+             f"open(f'{tmp_path}/threads.{{w.rank}}', 'w').write(str(numba.get_num_threads()))")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_NUM_THREADS"}
+    env["PYTHONPATH"] = str(ROOT)
+    cores = len(os.sched_getaffinity(0))  # both ranks may run on all of them: they share them out
+    for told, want in ((None, max(1, cores // 2)), ("3", 3)):
+        if told:
+            env["NUMBA_NUM_THREADS"] = told
+        ok(subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", probe], capture_output=True, text=True,
+                          env=env, timeout=120))
+        assert [(tmp_path / f"threads.{r}").read_text() for r in (0, 1)] == [str(want)] * 2
