@@ -525,15 +525,19 @@ def main():
     ours, whose traceback CHARRNN_TRACEBACK=1 shows. Ctrl-C exits 130 (typer turns
     KeyboardInterrupt into it).
 
-    Started by an MPI launcher, every rank runs this; a rank that ends with an error, or stops
-    with 130, aborts the whole job, since the others may be waiting for it in an all-reduce."""
-    from .distributed import world
+    `train` started by an MPI launcher runs in every rank; a rank that ends with an error, or
+    stops with 130, aborts the whole job, since the others may be waiting for it in an
+    all-reduce. Another command started by a launcher is just the process it is (srun charrnn
+    sample ... samples in every process)."""
+    from .distributed import Solo, world
 
-    try:
-        job = world()  # joins the other ranks, if an MPI launcher started this
-    except CharrnnError as e:
-        _print_error(str(e))
-        raise SystemExit(e.exit_code)
+    job = Solo()
+    if _command(sys.argv[1:]) == "train":
+        try:
+            job = world()  # joins the other ranks, if an MPI launcher started this
+        except CharrnnError as e:
+            _print_error(str(e))
+            raise SystemExit(e.exit_code)
     try:
         _main()
     except SystemExit as e:
@@ -548,6 +552,12 @@ def main():
             traceback.print_exc()
             job.abort(1)
         raise
+
+
+def _command(args) -> str:
+    """The command a command line names: its first word that is not an option (the app itself
+    takes none but --help)."""
+    return next((a for a in args if not a.startswith("-")), "")
 
 
 def _main():

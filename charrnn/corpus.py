@@ -666,29 +666,33 @@ def split(ids, fractions=(0.9, 0.05, 0.05), *, name: str = "the corpus"):
 # Batch and window for small corpora
 
 
-def fit_batch_and_window(n_train: int, batch: int, window: int) -> tuple[int, int, str | None]:
+def fit_batch_and_window(n_train: int, batch: int, window: int, ranks: int = 1) -> tuple[int, int, str | None]:
     """(batch, window, notice): shrink batch first, then window, until the streams fit.
 
     Nothing changes while every stream holds window + 1 characters. Otherwise aim for
     _WINDOWS_PER_STREAM windows per stream, windows of at least _MIN_GOOD_WINDOW steps, so that
-    the hidden state carries across updates; when even that cannot be had, just fit.
+    the hidden state carries across updates; when even that cannot be had, just fit. A batch
+    shrunk for `ranks` MPI processes stays a multiple of them (each reads as many streams).
     """
     if batch < 1 or window < 1:
         raise ValueError(f"batch and window must be at least 1, got {batch} and {window}")
-    if n_train < 2:
+    if n_train < 2 * ranks:
         raise CharrnnError(
             f"the training text has {n_train} character(s); it needs at least 2 (one input, one target)"
+            + (f" for each of {ranks} processes" if ranks > 1 else "")
         )
     if n_train >= batch * (window + 1):
         return batch, window, None
 
     new_batch = min(batch, n_train // ((window + 1) * _WINDOWS_PER_STREAM))
+    new_batch -= new_batch % ranks
     new_window = window
-    if new_batch < 1:
-        # One stream only; shorten the window to give it a few windows, but not below
+    if new_batch < ranks:
+        # One stream (a rank) only; shorten the window to give it a few windows, but not below
         # _MIN_GOOD_WINDOW unless the text itself is shorter.
-        new_batch = 1
-        new_window = min(window, n_train - 1, max(_MIN_GOOD_WINDOW, n_train // _WINDOWS_PER_STREAM - 1))
+        new_batch = ranks
+        per_stream = n_train // ranks
+        new_window = min(window, per_stream - 1, max(_MIN_GOOD_WINDOW, per_stream // _WINDOWS_PER_STREAM - 1))
 
     changes = []
     if new_batch != batch:

@@ -67,6 +67,7 @@ class Solo:
     """One process: nothing to share, nothing to agree."""
 
     size, rank, root = 1, 0, True
+    node_size = 1  # processes of the job on this machine
 
     def rows(self, batch):
         """The streams of a batch of `batch` this rank reads: all."""
@@ -132,7 +133,10 @@ class Mpi(Solo):
             os.dup2(null, 1)
             os.dup2(null, 2)
             os.close(null)
-        _set_threads(comm, MPI)
+        node = comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this machine
+        self.node_size = node.Get_size()
+        _set_threads(node)
+        node.Free()
 
     def rows(self, batch):
         if batch % self.size:
@@ -230,16 +234,14 @@ def _alone(rank, message):
     return CharrnnError(message)
 
 
-def _set_threads(comm, MPI):
+def _set_threads(node):
     """numba threads per rank: NUMBA_NUM_THREADS if the user set it, else the cores this rank
-    has. A rank the launcher bound to its own cores has them all; ranks on one node that share
-    the same cores split them."""
+    has. A rank the launcher bound to its own cores has them all; ranks on one node (the
+    communicator of this machine's ranks) that share the same cores split them."""
     if "NUMBA_NUM_THREADS" in os.environ:
         return
     mine = frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else frozenset(range(os.cpu_count() or 1))
-    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
     sharing = sum(other == mine for other in node.allgather(mine))
-    node.Free()
     threads = max(1, len(mine) // sharing)
     if "numba" in sys.modules:  # too late for the variable: numba has started
         import numba

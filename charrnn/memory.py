@@ -37,18 +37,20 @@ def available_bytes(proc=Path("/proc"), cgroup_root=Path("/sys/fs/cgroup")):
     return max(0, min(found)) if found else None
 
 
-def training_needs(spec: ModelSpec, cfg) -> dict:
-    """Bytes a training run allocates, by part."""
+def training_needs(spec: ModelSpec, cfg, streams=None, processes=1) -> dict:
+    """Bytes a training run allocates, by part: of `processes` that each hold the model and
+    `streams` of the batch (MPI ranks on one machine; by default one process, all of them)."""
     f32 = np.dtype(np.float32).itemsize
     P = Layout(spec).size
     moments = len(moment_names(cfg.optimizer))
-    return {
+    streams = cfg.batch if streams is None else streams
+    return {name: processes * n for name, n in {
         "parameters and gradients": 2 * P * f32,
         "optimizer state": moments * P * f32,
-        "window buffers": Stack.nbytes(spec, cfg.batch, max(cfg.k1, cfg.k2), np.float32, cfg.dropout)
+        "window buffers": Stack.nbytes(spec, streams, max(cfg.k1, cfg.k2), np.float32, cfg.dropout)
         + evaluation_needs(spec, cfg.batch, cfg.k1, np.float32)["window buffers"],
         "checkpoint copies": (moments + 1) * P * f32,  # the moments and one array's bytes, while saving
-    }
+    }.items()}
 
 
 def evaluation_needs(spec: ModelSpec, batch: int, window: int, dtype) -> dict:

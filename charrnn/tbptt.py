@@ -63,4 +63,4 @@ class Scheduler:
         gradcheck; it overwrites the activations of [g0, W)."""
         W = self.window
         stack.forward(params, self.g0, W)
-        return stack.loss(params, self.c0, W) / (self.k1 * stack.B)
+        return stack.loss(params, self.c0, W) / (self.k1 * stack.total)  # as update() scales it

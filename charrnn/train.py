@@ -109,15 +109,15 @@ class Trainer:
         self.train_ids, self.val_ids, self.test_ids = split(
             ids, (1.0 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction),
             name=corpus.name)
-        batch, k1, notice = fit_batch_and_window(len(self.train_ids), cfg.batch, cfg.k1)
+        batch, k1, notice = fit_batch_and_window(len(self.train_ids), cfg.batch, cfg.k1, self.world.size)
         if notice:
             say(notice)
             cfg.k2 = k1 if cfg.k2 == cfg.k1 else cfg.k2  # keep the classic scheme classic
             cfg.batch, cfg.k1 = batch, k1
         self.spec = ModelSpec(cfg.cell, self.vocab.size, cfg.hidden, cfg.layers, cfg.cell_options())
-        memory.require(memory.training_needs(self.spec, cfg), "this run",
-                       "use a smaller --hidden, --layers, --batch or --k1/--k2")
         rows = self.world.rows(cfg.batch)  # this rank's streams: all of them in one process
+        memory.require(memory.training_needs(self.spec, cfg, rows.stop - rows.start, self.world.node_size),
+                       "this run", "use a smaller --hidden, --layers, --batch or --k1/--k2")
         self.rng = np.random.Generator(np.random.PCG64(cfg.seed))
         self.params = init_params(self.spec, self.rng, np.float32)
         if base is not None:  # the trained model; a fresh model's rows for the characters it lacked
@@ -146,6 +146,9 @@ class Trainer:
     def _checkpoint(self):
         """(arrays, meta) of a checkpoint; under MPI, None on the ranks other than 0, which send
         rank 0 their streams' part of the window."""
+        # Ranks on CPUs whose kernels round differently (AVX2 and AVX-512 nodes of one cluster)
+        # could drift apart in the last bits: at every save they all take rank 0's model again.
+        self.world.bcast(self.params)
         keep = self.sched.window - self.sched.k1
         kept = self.world.gather_rows(self.stack.kept_arrays(keep))  # every rank's streams, in order
         if kept is None:

@@ -498,3 +498,14 @@ def test_eval_streams_count_with_leftover_characters():
     first = [y.copy() for _, y in ev.windows(50)]
     second = [y for _, y in ev.windows(50)]
     assert all(np.array_equal(a, b) for a, b in zip(first, second))
+
+
+def test_a_batch_shrunk_for_ranks_stays_a_multiple_of_them():
+    # each MPI rank reads as many streams: a short text keeps a batch the ranks divide, and a
+    # tiny one gives each rank one stream with a window that fits it
+    assert fit_batch_and_window(640, 32, 20, ranks=2)[0] == 6  # 7 streams alone
+    assert fit_batch_and_window(640, 32, 20)[0] == 7
+    batch, window, notice = fit_batch_and_window(30, 32, 50, ranks=2)
+    assert batch == 2 and batch * (window + 1) <= 30 and "batch 32 -> 2" in notice
+    with pytest.raises(CharrnnError, match="for each of 4 processes"):
+        fit_batch_and_window(5, 32, 50, ranks=4)

@@ -254,6 +254,25 @@ def test_a_launcher_of_another_mpi_is_explained(corpus, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_only_train_joins_the_ranks_of_a_launcher(corpus, tmp_path):
+    # srun charrnn sample ... is a sample in every process, not a job that waits for MPI (nor
+    # refuses to start without mpi4py)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PMI_SIZE="2", PMI_RANK="0")
+    r = subprocess.run([sys.executable, "-m", "charrnn", "sample", "--help"], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 0 and "Generate text" in r.stdout and r.stderr == "", r.stderr
+
+
+@needs_mpi
+def test_a_text_too_small_for_the_batch_keeps_a_batch_every_rank_shares(tmp_path):
+    # a short text shrinks --batch 32 to 7 streams in one process, to 6 for 2 ranks: 3 each
+    corpus = tmp_path / "small.txt"
+    corpus.write_text(TEXT[:800], encoding="utf-8")  # 640 training characters: 7 streams of 4 windows
+    r = ok(launch(2, corpus, tmp_path / "r", "--max-steps", 2, "--batch", "32", "--k1", "20", "--k2", "20"))
+    _, meta = load_checkpoint(tmp_path / "r" / "latest.npz")
+    assert meta["step"] == 2 and meta["config"]["batch"] == 6, meta["config"]
+
+
 @needs_mpi
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="reads the cores this process may run on")
 def test_each_rank_takes_its_share_of_the_cores_unless_told(tmp_path):

@@ -112,3 +112,16 @@ def test_available_memory_from_meminfo_and_cgroup(tmp_path):
 @pytest.mark.parametrize("meminfo", [None, "", "MemAvailable: lots\n", "MemAvailable:\n"])
 def test_unknown_memory_is_none(tmp_path, meminfo):
     assert memory.available_bytes(**fake_system(tmp_path, meminfo)) is None
+
+
+def test_ranks_on_one_machine_need_the_model_each_and_their_own_streams():
+    # under MPI a rank holds the whole model but only its streams' window; the ranks on one
+    # machine draw on the same memory
+    spec = ModelSpec("lstm", 65, 64, 2)
+    cfg = TrainConfig(hidden=64, layers=2, batch=32).validate()
+    one = memory.training_needs(spec, cfg)
+    half = memory.training_needs(spec, cfg, streams=16)
+    pair = memory.training_needs(spec, cfg, streams=16, processes=2)
+    assert half["parameters and gradients"] == one["parameters and gradients"]
+    assert half["window buffers"] < one["window buffers"]
+    assert {k: 2 * v for k, v in half.items()} == pair
