@@ -268,7 +268,7 @@ def test_a_text_too_small_for_the_batch_keeps_a_batch_every_rank_shares(tmp_path
     # a short text shrinks --batch 32 to 7 streams in one process, to 6 for 2 ranks: 3 each
     corpus = tmp_path / "small.txt"
     corpus.write_text(TEXT[:800], encoding="utf-8")  # 640 training characters: 7 streams of 4 windows
-    r = ok(launch(2, corpus, tmp_path / "r", "--max-steps", 2, "--batch", "32", "--k1", "20", "--k2", "20"))
+    ok(launch(2, corpus, tmp_path / "r", "--max-steps", 2, "--batch", "32", "--k1", "20", "--k2", "20"))
     _, meta = load_checkpoint(tmp_path / "r" / "latest.npz")
     assert meta["step"] == 2 and meta["config"]["batch"] == 6, meta["config"]
 
