@@ -53,6 +53,12 @@ def launched():
     return None
 
 
+def share(n, rank, size) -> slice:
+    """Rank `rank`'s contiguous share of n streams split over `size` ranks: equal shares when
+    size divides n (training requires it), else some one longer (evaluation allows it)."""
+    return slice(rank * n // size, (rank + 1) * n // size)
+
+
 def world():
     """This process's World, made at the first call: Solo unless an MPI launcher started more
     than one process. A CharrnnError if it did but mpi4py cannot join them."""
@@ -71,7 +77,7 @@ class Solo:
 
     def rows(self, batch):
         """The streams of a batch of `batch` this rank reads: all."""
-        return slice(0, batch)
+        return share(batch, 0, 1)
 
     def bcast(self, array):
         """Give every rank rank 0's values of `array` (in place)."""
@@ -146,8 +152,7 @@ class Mpi(Solo):
             raise UsageError(f"--batch {batch} (the total over all processes) cannot be split over {self.size} "
                              f"processes; launch a number that divides it ({valid}) or give a --batch that "
                              f"{self.size} divides")
-        n = batch // self.size
-        return slice(self.rank * n, (self.rank + 1) * n)
+        return share(batch, self.rank, self.size)
 
     def bcast(self, array):
         self.comm.Bcast(array, root=0)

@@ -6,6 +6,7 @@ import numpy as np
 
 from .cells import CELLS
 from .corpus import EvalStreams
+from .distributed import share
 from .model import ModelSpec, Stack
 
 LN2 = math.log(2.0)
@@ -28,8 +29,8 @@ def evaluate(spec: ModelSpec, params: np.ndarray, ids: np.ndarray, batch=32, win
     if max_chars:
         ids = ids[: max_chars + 1]
     streams = EvalStreams(ids, batch)
-    r, R = part
-    lo, hi = r * streams.batch // R, (r + 1) * streams.batch // R
+    rows = share(streams.batch, *part)
+    lo, hi = rows.start, rows.stop
     if hi == lo:  # more ranks than streams: nothing for this one
         return 0.0, streams.count
     stack = Stack(spec, hi - lo, window, params.dtype)
