@@ -85,33 +85,18 @@ class NotText(CharrnnError):
 
 
 def read_text(path, encoding: str = "utf-8") -> str:
-    """The whole file as a string, decoded strictly; a CharrnnError for anything the user can fix."""
-    return decode_text(_read_bytes(path), encoding, str(path))
+    """The whole file as a string, decoded strictly by the corpus reader (so a file says what is
+    wrong with it in the same words here as in training); a CharrnnError for anything the user
+    can fix."""
+    encoder = _Encoder(_size(Path(path)))
+    _read_document(path, check_encoding(encoding), encoder, hashlib.sha256())
+    ids, chars = encoder.finish()
+    return _decode(Vocab.from_json(chars), ids)
 
 
-def decode_text(data: bytes, encoding: str, name: str) -> str:
-    """A file's bytes as text; a NotText error naming `name` if they are none."""
-    encoding = check_encoding(encoding)
-    if encoding == "utf-8":
-        # Check for NUL before decoding: a binary file usually also holds invalid UTF-8, and
-        # "binary file" is the more useful diagnosis than "bad byte at offset 0". In valid
-        # UTF-8 a NUL byte can only be a NUL character, so this is the same test as on the text.
-        nul = data.find(b"\x00")
-        if nul >= 0:
-            raise _binary(name, nul)
-        try:
-            text = data.decode("utf-8", errors="strict")
-        except UnicodeDecodeError as e:
-            raise _not_utf8(name, e, 0, data.count(b"\n", 0, e.start)) from None
-        if text.startswith("\ufeff"):
-            text = text[1:]
-    else:
-        # Both map byte b to chr(b); "bytes" is kept apart only for what it tells the reader.
-        text = data.decode("latin-1")
-
-    if not text:
-        raise _empty(name)
-    return text
+def _decode(vocab, ids) -> str:
+    """The text of `ids`, a piece at a time (Vocab.decode widens its ids to int64)."""
+    return "".join(vocab.decode(ids[i : i + CHUNK_BYTES]) for i in range(0, ids.size, CHUNK_BYTES))
 
 
 def _binary(name: str, offset: int) -> NotText:
@@ -121,11 +106,6 @@ def _binary(name: str, offset: int) -> NotText:
 
 def _empty(name: str) -> NotText:
     return NotText(f"{name} is empty; give a file with some text in it")
-
-
-def _read_bytes(path) -> bytes:
-    with _open(path) as f:
-        return _read(f, path)
 
 
 def _open(path):
@@ -140,7 +120,7 @@ def _open(path):
         raise _cannot_read(path, e) from None
 
 
-def _read(f, path, size=-1) -> bytes:
+def _read(f, path, size) -> bytes:
     try:
         return f.read(size)
     except OSError as e:
@@ -210,7 +190,7 @@ class Corpus:
     @property
     def text(self) -> str:
         """The whole text as one string: several bytes a character, for small texts."""
-        return self.vocab.decode(self.ids)
+        return _decode(self.vocab, self.ids)
 
     def info(self) -> dict:
         """What a checkpoint records of it: the files, and the length and SHA-256 of the whole text."""
@@ -319,8 +299,8 @@ class _Encoder:
 def _read_document(path, encoding: str, encoder: _Encoder, text_hash) -> tuple[int, str]:
     """Append the text of one file to `encoder` and to the whole text's `text_hash`, CHUNK_BYTES
     at a time. Returns its characters and the SHA-256 of its bytes; a CharrnnError if it cannot
-    be read, a NotText if it holds no text. Errors give the byte offset in the file, as
-    decode_text does for the whole file."""
+    be read, a NotText if it holds no text. Errors give the byte offset and line in the whole
+    file. (read_text reads a single file through this too.)"""
     chars, file_hash = 0, hashlib.sha256()
     offset, pending, newlines = 0, b"", 0  # the file offset of `pending`, bytes not yet decoded
     with _open(path) as f:
@@ -339,7 +319,8 @@ def _read_document(path, encoding: str, encoder: _Encoder, text_hash) -> tuple[i
                     # A character cut by the end of the block is left in `pending` for the next.
                     text, used = codecs.utf_8_decode(data, "strict", not block)
                 except UnicodeDecodeError as e:
-                    nul = _find_nul(f, path)  # decode_text says "binary" for a NUL anywhere
+                    # a NUL anywhere means "binary", a more useful diagnosis than the bad byte
+                    nul = _find_nul(f, path)
                     if nul >= 0:
                         raise _binary(path, offset + len(data) + nul) from None
                     raise _not_utf8(path, e, offset, newlines + data.count(b"\n", 0, e.start)) from None

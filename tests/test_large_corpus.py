@@ -113,7 +113,7 @@ def test_byte_encodings_in_pieces(tmp_path, small_chunks, encoding):
     path = tmp_path / "b.bin"
     path.write_bytes(data)
     corpus = read_corpus([path, path.parent / "b.bin"], encoding=encoding)  # named twice: read once
-    text = read_text(path, encoding)
+    text = data.decode("latin-1")  # both: byte b is the character chr(b)
     vocab, ids = straight(text)
     assert corpus.chars == vocab.chars and np.array_equal(corpus.ids, ids)
     assert corpus.sha256 == text_sha256(text)  # the UTF-8 of the characters, not the bytes
@@ -145,11 +145,12 @@ GOOD = ("ab\ncd é\n" * 500).encode("utf-8")  # 4,500 bytes, 1,000 lines
 ])
 @pytest.mark.parametrize("chunk", [1, 5, 64, 1000])
 def test_an_error_in_a_later_piece_names_the_offset_of_the_whole_file(tmp_path, small_chunks, bad, offset, chunk):
-    small_chunks(chunk)
     path = tmp_path / "bad.txt"
     path.write_bytes(bad)
+    small_chunks(len(bad))  # the whole file in one piece
     with pytest.raises(CharrnnError) as whole:
         read_text(path)
+    small_chunks(chunk)
     with pytest.raises(CharrnnError) as pieces:
         read_corpus([path])
     assert str(pieces.value) == str(whole.value)
