@@ -8,11 +8,13 @@ at a time, sampling with torch.multinomial, torch.set_num_threads(2), inside tor
 The two are timed in alternation in the same run; the ratio is ours (default) / torch.
 
 Then the wall time of `charrnn sample CKPT --length 200` as a whole process (start-up, imports,
-loading the kernels from numba's cache, generating, printing), on a checkpoint written here;
-the first run warms the cache and is not counted.
+loading the kernels from numba's cache, generating, printing, exit), on a checkpoint written
+here; the first run of each version warms its cache and is not counted. With --against REV the
+package at git revision REV is timed too, the two versions in alternation.
 
     python benchmarks/bench_sample.py
     python benchmarks/bench_sample.py --chars 4000 --repeats 7 --no-torch
+    python benchmarks/bench_sample.py --cli-only --cli-runs 15 --against 59b7d62
 """
 import argparse
 import os
@@ -24,8 +26,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from threadpoolctl import threadpool_limits
+from machine import describe, extract_revision, lift_openblas
+
+lift_openblas()  # before numpy loads OpenBLAS
+
+import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -66,24 +72,30 @@ def theirs(torch, model, n):
         return n / (time.perf_counter() - t)
 
 
-def cli_wall_times(params, runs):
+def cli_wall_times(params, runs, versions):
+    """{label: [seconds]}: `charrnn sample` of each version in versions [(label, rev or None)],
+    taking turns, so that a slow phase of the machine falls on all of them alike."""
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "run" / "best.npz"
         config = {"cell": CELL, "hidden": H, "layers": L, "batch": 32, "k1": 100, "k2": 100, "encoding": "utf-8"}
         save_checkpoint(ckpt, {"params": params}, {"config": config, "vocab": list(string.printable[:V])})
-        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        cmd = [sys.executable, "-m", "charrnn", "sample", str(ckpt), "--length", "200"]
-        times = []
+        commands = {}
+        for label, rev in versions:
+            folder, package = (str(ROOT), "charrnn") if rev is None else extract_revision(rev)[:2]
+            env = dict(os.environ, PYTHONPATH=str(folder) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+            commands[label] = ([sys.executable, "-m", package, "sample", str(ckpt), "--length", "200"], env)
+        times = {label: [] for label in commands}
         for i in range(runs + 1):
-            t = time.perf_counter()
-            r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-            dt = time.perf_counter() - t
-            if r.returncode != 0 or len(r.stdout.rstrip("\n")) < 199:
-                raise SystemExit(f"charrnn sample failed ({r.returncode}): {r.stderr.strip()}")
-            if i == 0:
-                print(f"  first run (warms numba's cache if it is cold): {dt:.2f} s")
-            else:
-                times.append(dt)
+            for label, (cmd, env) in commands.items():
+                t = time.perf_counter()
+                r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+                dt = time.perf_counter() - t
+                if r.returncode != 0 or len(r.stdout.rstrip("\n")) < 199:
+                    raise SystemExit(f"charrnn sample ({label}) failed ({r.returncode}): {r.stderr.strip()}")
+                if i == 0:
+                    print(f"  {label}: first run (warms numba's cache if it is cold): {dt:.2f} s")
+                else:
+                    times[label].append(dt)
         return times
 
 
@@ -94,8 +106,26 @@ def main():
     ap.add_argument("--repeats", type=int, default=5, help="timed runs per side (median reported)")
     ap.add_argument("--cli-runs", type=int, default=5, help="timed runs of the whole command")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    ap.add_argument("--cli-only", action="store_true", help="time only the whole command")
+    ap.add_argument("--against", metavar="REV", help="also time `charrnn sample` of the package at this git revision")
     args = ap.parse_args()
+    print(describe())
+    if not args.cli_only:
+        generation(args)
+    versions = ([("before " + args.against, args.against)] if args.against else []) + [("now", None)]
+    print(f"`charrnn sample CKPT --length 200`, whole process, warm cache, {args.cli_runs} runs each:")
+    params = init_params(ModelSpec(CELL, V, H, L), np.random.default_rng(0), np.float32)
+    times = cli_wall_times(params, args.cli_runs, versions)
+    for label, t in times.items():
+        print(f"  {label:12s} {', '.join(f'{x:.2f}' for x in t)} s; median {statistics.median(t):.2f} s")
+    if args.against:
+        then, now = (statistics.median(t) for t in times.values())
+        print(f"  before / now: {then / now:.2f}x")
+    print("  target: under 0.6 s")
 
+
+def generation(args):
+    """Characters per second of one stream: ours (three ways) and torch's, in alternation."""
     params = init_params(ModelSpec(CELL, V, H, L), np.random.default_rng(0), np.float32)
     print(f"one stream, {CELL} {L}x{H}, V={V}, float32, chunks of {CHUNK} characters")
     torch = model = None
@@ -132,10 +162,6 @@ def main():
         print(f"  ratio charrnn sample (2 BLAS threads) / torch: {med['BLAS gemv x2'] / med['torch']:.1f}x "
               f"(target: 10x or better); on one thread {med['hand loop'] / med['torch']:.1f}x")
 
-    print(f"`charrnn sample CKPT --length 200`, whole process, warm cache, {args.cli_runs} runs:")
-    times = cli_wall_times(params, args.cli_runs)
-    print(f"  {', '.join(f'{t:.2f}' for t in times)} s; median {statistics.median(times):.2f} s "
-          f"(target: under 2 s)")
 
 
 if __name__ == "__main__":
