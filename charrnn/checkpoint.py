@@ -11,11 +11,12 @@ save_checkpoint writes a hidden temporary file beside the target, fsyncs it and 
 the target, so a crash leaves either the old or the new complete file; remove_stale_temporaries
 clears the temporaries of saves killed outright (kill -9).
 
-load_checkpoint reads with allow_pickle=False, verifies every checksum and turns every problem
-with the file into one CharrnnError line that names the file. It checks each array's .npy header
-against the bytes its member holds before allocating the array, so no header can make it
-allocate more than the file's size. A schema (schema.py) checks the document and the declared
-shapes before any array is read, and the values after.
+load_checkpoint reads with allow_pickle=False, verifies the checksum of every array it reads and
+turns every problem with the file into one CharrnnError line that names the file. It checks each
+array's .npy header against the bytes its member holds before allocating the array, so no header
+can make it allocate more than the file's size. A schema (schema.py) checks the document and the
+declared shapes before any array is read, and the values after; it also names the arrays its
+reader needs (a model to sample: the parameters alone), and only those are read.
 
 The archive is written and read with zipfile + numpy.lib.format, which is exactly what np.savez
 and np.load do internally, but without their limits on names: np.savez cannot take arrays named
@@ -189,7 +190,9 @@ def load_checkpoint(path, schema=None) -> tuple[dict[str, np.ndarray], dict]:
 
     schema, if given, has two hooks that raise CharrnnError("what is wrong"), reported as the
     file being corrupt: headers(meta, {name: (shape, dtype)}), called before any array is read,
-    and arrays(meta, arrays), called once every checksum has passed."""
+    and arrays(meta, arrays), called once every checksum has passed; and `reads`, the names of
+    the arrays it needs (None: all). Only those are read and checksummed: a model to sample
+    needs its parameters, not the optimizer's moments, which are twice their size."""
     path = Path(path)
     if path.is_dir():
         raise CharrnnError(
@@ -261,7 +264,10 @@ def _read_archive(zf: zipfile.ZipFile, path: Path, size: int, schema) -> tuple[d
         headers = {name: _read_header(zf, info, path, name, size) for name, info in members.items()}
         _apply(schema.headers, path, meta, headers)
     arrays = {}
+    reads = None if schema is None else schema.reads
     for name, info in members.items():
+        if reads is not None and name not in reads:
+            continue
         a = _read_member(zf, info, path, name, size)
         if _sha256(a) != checksums[name]:
             raise CharrnnError(_corrupt(path, f"array {name!r} fails its checksum"))

@@ -125,6 +125,8 @@ def _finite(arrays, names):
 class Model:
     """A model to sample or score: config (cell, hidden, layers), vocabulary, parameters."""
 
+    reads = ("params",)  # the arrays load_checkpoint reads; the others' headers are checked
+
     def headers(self, meta, headers):
         check_config(meta.get("config"), required=("cell", "hidden", "layers"))
         check_vocab(meta.get("vocab"))
@@ -136,6 +138,8 @@ class Model:
 
 class Training(Model):
     """A run to resume: the model, and everything that decides what happens next."""
+
+    reads = None  # every array
 
     def headers(self, meta, headers):
         config = check_config(meta.get("config"),

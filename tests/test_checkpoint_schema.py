@@ -1,6 +1,7 @@
 """Checkpoints that lie: a valid checkpoint damaged or edited in many ways, the checksums made
 valid again where that is the point. Every load must end in one clear CharrnnError or in the
 model or run the file describes; never another exception, and never a large allocation."""
+import io
 import json
 import math
 import tracemalloc
@@ -14,7 +15,7 @@ from charrnn.config import TrainConfig
 from charrnn.errors import CharrnnError
 from charrnn.model import Layout, ModelSpec
 from charrnn.sampling import Sampler, load_model, sample_text
-from charrnn.schema import TRAINING
+from charrnn.schema import MODEL, TRAINING
 from charrnn.train import Trainer
 
 TEXT = "".join(f"{w} the {i % 7} quick brown fox jumps over {i % 13} lazy dogs.\n"
@@ -53,6 +54,15 @@ def peak_of(load, *args):
     return result, peak
 
 
+def what_it_says(path):
+    """The parameters and the document the file holds, read by zipfile and numpy alone (a model
+    reader reads no other array, so another one may be damaged)."""
+    with zipfile.ZipFile(path) as zf:
+        params = np.load(io.BytesIO(zf.read("params.npy")), allow_pickle=False)
+        meta = json.loads(np.load(io.BytesIO(zf.read("__meta__.npy")), allow_pickle=False).tobytes())
+    return params, meta
+
+
 def check_outcome(path, description):
     """Every reader of the file refuses it with one line, or reads what it says."""
     model, peak = peak_of(load_model, path)
@@ -60,8 +70,8 @@ def check_outcome(path, description):
     if isinstance(model, CharrnnError):
         assert "\n" not in str(model) and str(path) in str(model), (description, model)
     else:
-        arrays, meta = load_checkpoint(path)  # what the file says, read without a schema
-        assert np.array_equal(model.params, arrays["params"]) and np.isfinite(model.params).all()
+        params, meta = what_it_says(path)
+        assert np.array_equal(model.params, params) and np.isfinite(model.params).all()
         assert model.vocab.chars == meta["vocab"] and model.spec.cell == meta["config"]["cell"]
         assert len(sample_text(Sampler(model.spec, model.params), model.vocab, length=3)[0]) == 3
     # a resume reads the file with this schema first, and allocates its run only if it passes
@@ -327,3 +337,21 @@ def test_a_damaged_npy_header_is_one_line(tmp_path, header):
             zf.writestr(member, content)
     with pytest.raises(CharrnnError, match=r"c\.npz is corrupt \(array 'x' has a damaged \.npy header"):
         load_checkpoint(path)
+
+
+def test_a_model_reader_reads_and_checks_only_the_parameters(original, tmp_path):
+    """sample and eval read `params` alone (the moments are twice its size); a resume reads and
+    checksums every array, so a flipped byte in a moment is refused there and harmless here."""
+    blob = bytearray(original["bytes"])
+    data = original["arrays"]["opt.m"].tobytes()
+    start = blob.find(data)
+    assert start > 0 and blob.find(data, start + 1) == -1
+    blob[start + len(data) // 2] ^= 0x10
+    path = tmp_path / "moment.npz"
+    path.write_bytes(bytes(blob))
+    model = load_model(path)
+    assert np.array_equal(model.params, original["arrays"]["params"])
+    with pytest.raises(CharrnnError, match=r"is corrupt \(array 'opt.m'"):
+        load_checkpoint(path, TRAINING)
+    arrays, _ = load_checkpoint(original["dir"] / "r" / "latest.npz", MODEL)
+    assert list(arrays) == ["params"]
