@@ -111,3 +111,26 @@ def test_recurrent_grad_gives_every_panel_its_product_in_order(tile):
             want = dA[t, 2:] @ W[p * LANES: p * LANES + n].T if t < T else np.zeros((B - 2, n))
             np.testing.assert_allclose(S[2:, :n], want, rtol=1e-12, atol=1e-12, err_msg=f"t={t} p={p}")
             np.testing.assert_array_equal(S[:, LANES:spare * LANES], between)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("H, K, gates", [(5, 5, 4), (16, 16, 3), (37, 37, 1), (40, 21, 2), (128, 128, 4)])
+def test_both_packs_are_the_matrix_cut_into_panels(H, K, gates, dtype):
+    """Every element of both packed buffers is written (they start as NaN): the matrix's, and
+    zero past unit H in the last panel, whether H, K and G are multiples of LANES or not."""
+    rng = np.random.default_rng(H + K + gates)
+    W = rng.standard_normal((K, gates * H)).astype(dtype)
+    P = np.full(panels.gate_panels_shape(H, K, gates), np.nan, dtype)
+    panels.pack_gate_panels(W, P)
+    padded = np.zeros((K, gates, panels.n_panels(H) * LANES), dtype)
+    padded[:, :, :H] = W.reshape(K, gates, H)
+    want = padded.reshape(K, gates, -1, LANES).transpose(2, 1, 0, 3)
+    assert np.array_equal(P, want)
+
+    W = rng.standard_normal((H, gates * H)).astype(dtype)  # Wh (H, G): its transpose's panels
+    P = np.full(panels.transposed_panels_shape(H, gates * H), np.nan, dtype)
+    panels.pack_transposed_panels(W, P)
+    rows = np.zeros((panels.n_panels(H) * LANES, gates * H), dtype)
+    rows[:H] = W
+    want = rows.reshape(-1, LANES, gates * H).transpose(0, 2, 1)
+    assert np.array_equal(P, want)
