@@ -170,9 +170,11 @@ def main():
                 fn()  # compile and warm up
                 calls[name] = _calls_per_sample(fn)
             times = {name: [] for name in sides}
-            for _ in range(reps):  # alternate, so that every side sees the same machine load
-                for name, fn in sides.items():
-                    times[name].append(_timed(fn, calls[name]))
+            order = list(sides)
+            for rep in range(reps):  # alternate, so that every side sees the same machine load,
+                # each side first in turn, so that none always runs right after the same other one
+                for name in order[rep % len(order):] + order[: rep % len(order)]:
+                    times[name].append(_timed(sides[name], calls[name]))
             cps = {name: T * B / statistics.median(ts) for name, ts in times.items()}
             gflops = (CELLS[cell].update_flops(H) + 6 * H * V) * cps["now"] / 1e9
             rest = ""
