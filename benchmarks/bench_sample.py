@@ -9,8 +9,9 @@ The two are timed in alternation in the same run; the ratio is ours (default) / 
 
 Then the wall time of `charrnn sample CKPT --length 200` as a whole process (start-up, imports,
 loading the kernels from numba's cache, generating, printing, exit), on a checkpoint written
-here; the first run of each version warms its cache and is not counted. With --against REV the
-package at git revision REV is timed too, the two versions in alternation.
+here; the first run of each version warms its caches (numba's, and Python's compiled modules:
+PYTHONDONTWRITEBYTECODE, if set, is lifted for these runs) and is not counted. With --against
+REV the package at git revision REV is timed too, the two versions in alternation.
 
     python benchmarks/bench_sample.py
     python benchmarks/bench_sample.py --chars 4000 --repeats 7 --no-torch
@@ -83,6 +84,7 @@ def cli_wall_times(params, runs, versions):
         for label, rev in versions:
             folder, package = (str(ROOT), "charrnn") if rev is None else extract_revision(rev)[:2]
             env = dict(os.environ, PYTHONPATH=str(folder) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+            env.pop("PYTHONDONTWRITEBYTECODE", None)  # see main()
             commands[label] = ([sys.executable, "-m", package, "sample", str(ckpt), "--length", "200"], env)
         times = {label: [] for label in commands}
         for i in range(runs + 1):
@@ -114,6 +116,9 @@ def main():
         generation(args)
     versions = ([("before " + args.against, args.against)] if args.against else []) + [("now", None)]
     print(f"`charrnn sample CKPT --length 200`, whole process, warm cache, {args.cli_runs} runs each:")
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        # which would compile charrnn's modules from source at every start, as no user's Python does
+        print("  PYTHONDONTWRITEBYTECODE lifted for these runs: Python keeps charrnn's compiled modules")
     params = init_params(ModelSpec(CELL, V, H, L), np.random.default_rng(0), np.float32)
     times = cli_wall_times(params, args.cli_runs, versions)
     for label, t in times.items():
