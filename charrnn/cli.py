@@ -250,11 +250,14 @@ def _first_call(warm):
     worker = threading.Thread(target=run, daemon=True)
     worker.start()
     worker.join(0.5)
-    if worker.is_alive():
+    compiling = worker.is_alive()
+    if compiling:
         with err.status("compiling kernels (the first run only; later runs reuse numba's cache)..."):
             worker.join()
     if failure:
         raise failure[0]
+    if compiling:  # the compiler's garbage, made while the collector was held off: not to be frozen
+        gc.collect()
     _set_up()
 
 
@@ -556,9 +559,6 @@ def main():
     from .distributed import Solo, world
 
     global _collector_held
-    if gc.isenabled():
-        gc.disable()  # until the command is set up (_set_up)
-        _collector_held = True
     job = Solo()
     if _command(sys.argv[1:]) == "train":
         try:
@@ -566,6 +566,9 @@ def main():
         except CharrnnError as e:
             _print_error(str(e))
             raise SystemExit(e.exit_code)
+    if gc.isenabled():
+        gc.disable()  # until the command is set up (_set_up)
+        _collector_held = True
     try:
         _main()
     except SystemExit as e:

@@ -181,7 +181,7 @@ def _pack_gate_panel(W, P, p):
     for g in range(gates):
         for k in range(K):
             dst = P[p, g, k]
-            copy_lanes(dst, 0, W[k], g * H + u0, n)  # one vector load and store
+            copy_lanes(dst, 0, W[k], g * H + u0, n)  # a whole panel: one vector load and store
             for j in range(n, LANES):
                 dst[j] = 0.0
 
