@@ -21,6 +21,7 @@ import numpy as np
 from . import memory
 from .cells import CELLS
 from .config import EVAL_RANGES
+from .corpus import read_ids
 from .errors import CharrnnError
 from .evaluate import evaluate, line_losses
 from .model import Stack
@@ -137,6 +138,17 @@ class TrainedModel:
         except CharrnnError as e:
             raise UnknownCharacters(str(e)) from None
 
+    def encode_file(self, path, *, encoding=None, skip_unknown=False):
+        """(ids, skipped) of a text file, as encode() gives them for its text, read a piece at a
+        time into a byte or two a character (the string and encode() take some 25 bytes a
+        character): for evaluate() on files of any size. `encoding`: utf-8, latin-1 or bytes;
+        default: the checkpoint's. Unknown characters: as in encode(), the file named by its path."""
+        ids, chars = read_ids(path, encoding or self.config.get("encoding", "utf-8"))
+        try:
+            return self._vocab.translate(ids, chars, skip_unknown=skip_unknown, what=str(path))
+        except CharrnnError as e:
+            raise UnknownCharacters(str(e)) from None
+
     def score_lines(self, lines, *, batch=None, window=None, skip_unknown=False, what="text"):
         """Nats per character of each line on its own, for ranking many short texts: an iterator
         of floats in the order of `lines`, nan for an empty line.
@@ -223,12 +235,13 @@ class TrainedModel:
         return self._stream
 
     def _ids(self, ids):
-        """ids given instead of text, checked: a 1-D array of whole numbers in [0, vocabulary)."""
+        """ids given instead of text, checked: a 1-D array of whole numbers in [0, vocabulary),
+        kept in their own type (encode_file's are a byte or two each)."""
         a = np.asarray(ids)
         if a.ndim != 1 or a.dtype.kind not in "iu" or (a.size and (a.min() < 0 or a.max() >= self.spec.vocab_size)):
             raise CharrnnError(f"give a str, or ids from encode(): a 1-D array of whole numbers in "
                                f"[0, {self.spec.vocab_size})")
-        return np.ascontiguousarray(a, dtype=np.int32)
+        return np.ascontiguousarray(a)
 
     def _batch_window(self, batch, window):
         """The batch and window to read text with: the checkpoint's unless given."""

@@ -350,15 +350,15 @@ def eval_(
     from .sampling import warm_up_evaluate
 
     model = load(checkpoint)
-    text = read_text(file, encoding or model.config.get("encoding", "utf-8"))
     try:
         if per_line:
+            text = read_text(file, encoding or model.config.get("encoding", "utf-8"))
             lines = [line for line in text.split("\n") if line]
             if not lines:
                 raise CharrnnError(f"{file} has no line with a character in it; there is nothing to score")
             scores = model.score_lines(lines, batch=batch, window=window, skip_unknown=skip_unknown, what=str(file))
-        else:
-            ids, skipped = model.encode(text, skip_unknown=skip_unknown, what=str(file))
+        else:  # never the whole file as a string: a byte or two a character
+            ids, skipped = model.encode_file(file, encoding=encoding, skip_unknown=skip_unknown)
     except UnknownCharacters as e:
         raise CharrnnError(f"{e} (or pass --skip-unknown to leave them out)") from None
     _first_call(lambda: warm_up_evaluate(model.spec, model.params.dtype))

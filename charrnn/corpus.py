@@ -84,13 +84,20 @@ class NotText(CharrnnError):
     read_corpus skips such files inside folders."""
 
 
-def read_text(path, encoding: str = "utf-8") -> str:
-    """The whole file as a string, decoded strictly by the corpus reader (so a file says what is
-    wrong with it in the same words here as in training); a CharrnnError for anything the user
+def read_ids(path, encoding: str = "utf-8") -> tuple[np.ndarray, list]:
+    """(ids, chars): the file's text as ids of its own characters (chars in code-point order, as
+    Vocab numbers them), of the smallest type: a byte or two a character, read a piece at a time,
+    never the whole text as a string. Decoded strictly by the corpus reader, so a file says what
+    is wrong with it in the same words here as in training; a CharrnnError for anything the user
     can fix."""
     encoder = _Encoder(_size(Path(path)))
     _read_document(path, check_encoding(encoding), encoder, hashlib.sha256())
-    ids, chars = encoder.finish()
+    return encoder.finish()
+
+
+def read_text(path, encoding: str = "utf-8") -> str:
+    """The whole file as a string (see read_ids)."""
+    ids, chars = read_ids(path, encoding)
     return _decode(Vocab.from_json(chars), ids)
 
 
@@ -201,15 +208,7 @@ class Corpus:
         model's), of type ids_dtype(vocab.size); a CharrnnError if it lacks some."""
         if vocab.chars == self.chars:
             return self.ids
-        _, table, known = vocab._lookup("".join(self.chars))  # (len(chars),): our id -> vocab's id
-        if not known.all():
-            first, count = _first_and_count(self.ids, len(self.chars))
-            lacking = np.flatnonzero(~known)
-            lacking = lacking[np.argsort(first[lacking], kind="stable")]
-            raise _unknown([self.chars[i] for i in lacking], int(count[lacking].sum()), what)
-        out = np.empty(self.ids.size, ids_dtype(vocab.size))
-        _renumber(out, self.ids, table.astype(out.dtype))
-        return out
+        return vocab.translate(self.ids, self.chars, what=what)[0]
 
 
 def _renumber(out: np.ndarray, ids: np.ndarray, table: np.ndarray) -> None:
@@ -531,6 +530,31 @@ class Vocab:
             distinct = distinct[np.argsort(first)]  # in order of first appearance
             raise _unknown([chr(int(c)) for c in distinct], len(unknown_codes), what)
         return np.ascontiguousarray(ids, dtype=np.int32)
+
+    def translate(self, ids: np.ndarray, chars: list, *, skip_unknown: bool = False,
+                  what: str = "text") -> tuple[np.ndarray, int]:
+        """(ids, skipped): `ids` of the characters `chars` (another vocabulary's, such as a file's
+        own from read_ids) as ids of this one, of type ids_dtype(self.size), a piece at a time.
+        A character this vocabulary lacks raises the CharrnnError encode() raises for it (each
+        one named, in order of first appearance), unless skip_unknown leaves it out and counts it."""
+        _, table, known = self._lookup("".join(chars))  # (len(chars),): their id -> our id
+        dtype = ids_dtype(self.size)
+        table = table.astype(dtype)
+        if known.all():
+            out = np.empty(ids.size, dtype)
+            _renumber(out, ids, table)
+            return out, 0
+        if not skip_unknown:
+            first, count = _first_and_count(ids, len(chars))
+            lacking = np.flatnonzero(~known)
+            lacking = lacking[np.argsort(first[lacking], kind="stable")]
+            raise _unknown([chars[i] for i in lacking], int(count[lacking].sum()), what)
+        pieces = []
+        for i in range(0, ids.size, CHUNK_BYTES):
+            piece = ids[i : i + CHUNK_BYTES]
+            pieces.append(table[piece[known[piece]]])
+        out = np.concatenate(pieces) if pieces else np.empty(0, dtype)
+        return out, int(ids.size - out.size)
 
     def encode_skip_unknown(self, text: str) -> tuple[np.ndarray, int]:
         """int32 ids of the known characters, and how many unknown characters were dropped."""

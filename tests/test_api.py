@@ -220,6 +220,57 @@ def test_score_errors(model):
         model.encode(b"the cat")
 
 
+def test_encode_file_is_encode_of_the_files_text(run, model, tmp_path):
+    """A file read as ids of a byte a character gives encode()'s ids, skips and errors, and the
+    same score; `charrnn eval` reads it so."""
+    text = read_text(run["corpus"])[:4000]
+    path = tmp_path / "t.txt"
+    path.write_text(text, encoding="utf-8")
+    ids, skipped = model.encode_file(path)
+    assert ids.dtype == np.uint8 and skipped == 0 and np.array_equal(ids, model.encode(text)[0])
+    assert model.evaluate(ids) == model.evaluate(text)
+
+    odd = "€" + text[:500] + "ßß" + text[500:900] + "€\u00e9"
+    path.write_text(odd, encoding="utf-8")
+    with pytest.raises(charrnn.UnknownCharacters) as from_file:
+        model.encode_file(path)
+    with pytest.raises(charrnn.UnknownCharacters) as from_text:
+        model.encode(odd, what=str(path))
+    assert str(from_file.value) == str(from_text.value)
+    assert "3 character(s) the model does not know (5 occurrence(s)): '€', 'ß', 'é'" in str(from_file.value)
+    ids, skipped = model.encode_file(path, skip_unknown=True)
+    assert skipped == 5 and np.array_equal(ids, model.encode(odd, skip_unknown=True)[0])
+    r = runner.invoke(app, ["eval", str(run["dir"]), str(path), "--skip-unknown"])
+    assert r.exit_code == 0 and f"{model.evaluate(odd, skip_unknown=True).nats:.4f} nats/char" in r.stdout
+    assert "5 unknown character(s) skipped" in r.stdout
+
+
+def test_encode_file_holds_a_byte_or_two_a_character(model, tmp_path, monkeypatch):
+    """Reading a file for evaluation holds its ids and the model's (a byte each a character here)
+    and a fixed few MiB (the reader's table of code points, the piece being read; pieces are
+    small here, so that the file is many of them, as a large one is), never the text as a string
+    and its code points, which encode() of read_text() holds: some 25 bytes a character."""
+    import tracemalloc
+
+    import charrnn.corpus
+
+    monkeypatch.setattr(charrnn.corpus, "CHUNK_BYTES", 1 << 16)
+    n = 2_000_000
+    path = tmp_path / "big.txt"
+    path.write_text(("the cat sat on the mat, " * (n // 20))[:n], encoding="utf-8")
+
+    def peak(fn):
+        tracemalloc.start()
+        try:
+            fn()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    assert peak(lambda: model.encode_file(path)) < 2 * n + 8 * 2**20
+    assert peak(lambda: model.encode(read_text(path))) > 15 * n
+
+
 @pytest.mark.parametrize("name", sorted(EVAL_RANGES))
 def test_eval_cli_and_the_api_agree_at_each_bound(name, model, tmp_path):
     for value, inside in around(EVAL_RANGES[name], integer=True):
