@@ -84,15 +84,17 @@ class NotText(CharrnnError):
     read_corpus skips such files inside folders."""
 
 
-def read_ids(path, encoding: str = "utf-8") -> tuple[np.ndarray, list]:
-    """(ids, chars): the file's text as ids of its own characters (chars in code-point order, as
-    Vocab numbers them), of the smallest type: a byte or two a character, read a piece at a time,
-    never the whole text as a string. Decoded strictly by the corpus reader, so a file says what
-    is wrong with it in the same words here as in training; a CharrnnError for anything the user
-    can fix."""
+def read_ids(path, encoding: str = "utf-8", max_chars: int | None = None) -> tuple[np.ndarray, list]:
+    """(ids, chars): the file's text as ids of characters `chars` (in code-point order, as Vocab
+    numbers them; some may not occur in ids), of the smallest type: a byte or two a character,
+    read a piece at a time, never the whole text as a string. With max_chars, only the file's
+    start: the pieces that hold its first max_chars characters. Decoded strictly by the corpus
+    reader, so a file says what is wrong with it in the same words here as in training; a
+    CharrnnError for anything the user can fix."""
     encoder = _Encoder(_size(Path(path)))
-    _read_document(path, check_encoding(encoding), encoder, hashlib.sha256())
-    return encoder.finish()
+    _read_document(path, check_encoding(encoding), encoder, hashlib.sha256(), limit=max_chars)
+    ids, chars = encoder.finish()
+    return (ids if max_chars is None else ids[:max_chars]), chars
 
 
 def read_text(path, encoding: str = "utf-8") -> str:
@@ -295,11 +297,12 @@ class _Encoder:
         return ids, [chr(c) for c in sorted(self.codes)]
 
 
-def _read_document(path, encoding: str, encoder: _Encoder, text_hash) -> tuple[int, str]:
+def _read_document(path, encoding: str, encoder: _Encoder, text_hash, limit=None) -> tuple[int, str]:
     """Append the text of one file to `encoder` and to the whole text's `text_hash`, CHUNK_BYTES
     at a time. Returns its characters and the SHA-256 of its bytes; a CharrnnError if it cannot
     be read, a NotText if it holds no text. Errors give the byte offset and line in the whole
-    file. (read_text reads a single file through this too.)"""
+    file. (read_ids reads a single file through this too.) With a limit, it stops after the
+    piece that reaches `limit` characters; the counts and digests are then of what was read."""
     chars, file_hash = 0, hashlib.sha256()
     offset, pending, newlines = 0, b"", 0  # the file offset of `pending`, bytes not yet decoded
     with _open(path) as f:
@@ -333,7 +336,7 @@ def _read_document(path, encoding: str, encoder: _Encoder, text_hash) -> tuple[i
                 pending, offset = data[used:], offset + used
             encoder.add(codes)
             chars += codes.size
-            if not block:
+            if not block or (limit is not None and chars >= limit):
                 break
     if not chars:
         raise _empty(path)
@@ -540,12 +543,14 @@ class Vocab:
         _, table, known = self._lookup("".join(chars))  # (len(chars),): their id -> our id
         dtype = ids_dtype(self.size)
         table = table.astype(dtype)
+        if not known.all():
+            first, count = _first_and_count(ids, len(chars))
+            known |= count == 0  # what does not occur is no matter
         if known.all():
             out = np.empty(ids.size, dtype)
             _renumber(out, ids, table)
             return out, 0
         if not skip_unknown:
-            first, count = _first_and_count(ids, len(chars))
             lacking = np.flatnonzero(~known)
             lacking = lacking[np.argsort(first[lacking], kind="stable")]
             raise _unknown([chars[i] for i in lacking], int(count[lacking].sum()), what)

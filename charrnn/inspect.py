@@ -68,16 +68,14 @@ def _layer_signals(cell, buf, H) -> dict:
 def read_start(path, vocab, chars: int, encoding: str, skip_unknown: bool) -> tuple[str, int]:
     """The first `chars` characters of a file, and how many of them were dropped as unknown to
     the model (only with skip_unknown; otherwise an unknown character is a CharrnnError)."""
-    from .corpus import read_text
+    from .corpus import read_ids
 
-    text = read_text(path, encoding)[:chars]
-    if not skip_unknown:
-        try:
-            vocab.encode(text, what=f"the first {len(text):,} characters of {path}")
-        except CharrnnError as e:
-            raise CharrnnError(f"{e} (or pass --skip-unknown to leave them out)") from None
-        return text, 0
-    ids, skipped = vocab.encode_skip_unknown(text)
+    ids, file_chars = read_ids(path, encoding, max_chars=chars)  # only the start of the file
+    try:
+        ids, skipped = vocab.translate(ids, file_chars, skip_unknown=skip_unknown,
+                                       what=f"the first {ids.size:,} characters of {path}")
+    except CharrnnError as e:
+        raise CharrnnError(f"{e} (or pass --skip-unknown to leave them out)") from None
     return vocab.decode(ids), skipped
 
 

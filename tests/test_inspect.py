@@ -287,6 +287,26 @@ def test_a_model_that_computes_nan_is_one_line(planted, tmp_path):
     assert r.exit_code == 1 and "NaN or Inf" in str(r.exception)
 
 
+def test_only_the_start_of_the_file_is_read(planted, monkeypatch):
+    """inspect reads the pieces of the file that hold the characters it shows: what comes after
+    them (an unknown character, bytes that are not UTF-8) is no matter, and what it reads is
+    the text's start exactly."""
+    import charrnn.corpus
+
+    monkeypatch.setattr(charrnn.corpus, "CHUNK_BYTES", 64)
+    start = QUOTED[:200]
+    path = planted["dir"] / "long.txt"
+    path.write_bytes(start.encode("utf-8") + QUOTED.encode("utf-8") * 3 + "€".encode("utf-8") + b"\xff\xfe")
+    r = invoke(planted["checkpoint"], path, "--chars", 200)
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines()[0].endswith(f"read 200 characters of {path} from a zero state")
+    assert start.splitlines()[1] in r.stdout.splitlines()
+    ids, chars = charrnn.corpus.read_ids(path, max_chars=200)
+    assert Vocab.from_json(chars).decode(ids) == start
+    r = invoke(planted["checkpoint"], path, "--chars", 20_000)  # the whole file: refused, in one line
+    assert r.exit_code == 1 and "not valid UTF-8" in str(r.exception)
+
+
 def test_unknown_characters_and_usage_errors(planted):
     text = _write(planted["dir"] / "euro.txt", "€ said \"hi\"\n")
     r = invoke(planted["checkpoint"], text)

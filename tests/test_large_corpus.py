@@ -16,6 +16,7 @@ from charrnn.corpus import (
     Vocab,
     ids_dtype,
     read_corpus,
+    read_ids,
     read_text,
     split,
     text_sha256,
@@ -245,3 +246,19 @@ def test_kernels_see_int32_ids_only(tmp_path):
                 arrays = [t for t in signature if hasattr(t, "dtype") and hasattr(t, "ndim")]
                 assert not [t for t in arrays if str(t.dtype) in narrow], (fn, signature)
     assert seen > 0  # the kernels were compiled or loaded, and looked at
+
+
+def test_the_start_of_a_file_names_only_the_unknown_characters_it_holds(tmp_path):
+    """read_ids(max_chars) stops after the piece that holds the first max_chars characters; the
+    piece may hold more characters, which translate() ignores unless they occur in the ids."""
+    path = tmp_path / "t.txt"
+    path.write_text("abcab€ßc", encoding="utf-8")
+    ids, chars = read_ids(path, max_chars=5)
+    assert ids.size == 5 and "€" in chars  # one piece: read whole, cut to its start
+    vocab = Vocab("abc")
+    assert vocab.decode(vocab.translate(ids, chars)[0]) == "abcab"
+    ids, chars = read_ids(path, max_chars=7)
+    with pytest.raises(CharrnnError, match=r"2 character\(s\) the model does not know \(2 occurrence\(s\)\): '€', 'ß'"):
+        vocab.translate(ids, chars)
+    kept, skipped = vocab.translate(ids, chars, skip_unknown=True)
+    assert vocab.decode(kept) == "abcab" and skipped == 2
