@@ -481,7 +481,7 @@ def gradflow(
     import json
 
     from . import gradflow as gf
-    from .corpus import read_text
+    from .corpus import read_ids
     from .plot import require_pyplot
 
     _set_up()
@@ -506,9 +506,9 @@ def gradflow(
     from .corpus import default_corpus
 
     corpus = corpus or default_corpus()
-    text = read_text(corpus)
+    ids, chars = read_ids(corpus)  # a byte or two a character, never the text as a string
     with err.status("measuring gradient flow (the first run compiles the kernels)..."):
-        flows = gf.run(text, cells=cells, checkpoint=checkpoint, hidden=hidden or 64, layers=layers or 1,
+        flows = gf.run(ids, chars, cells=cells, checkpoint=checkpoint, hidden=hidden or 64, layers=layers or 1,
                        seed=seed, radius=radius, max_k=max_k, windows=windows, batch=batch,
                        forget_bias=forget_bias, options=tuple(given.items()))
     if png is not None:

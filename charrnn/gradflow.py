@@ -223,10 +223,10 @@ def measure(model: Model, ids, max_k: int, windows: int, batch: int, seed: int) 
     return Flow(model.label, spec, layers)
 
 
-def corpus_ids(text: str, vocab: Vocab):
-    """The corpus in the model's ids; characters the model does not know are dropped."""
-    ids, _ = vocab.encode_skip_unknown(text)
-    return ids
+def corpus_ids(ids, chars, vocab: Vocab):
+    """The corpus (ids of the characters `chars`, as corpus.read_ids gives them) in the model's
+    ids; characters the model does not know are dropped."""
+    return vocab.translate(ids, chars, skip_unknown=True)[0]
 
 
 def set_forget_bias(model: Model, bias: float) -> None:
@@ -240,13 +240,14 @@ def set_forget_bias(model: Model, bias: float) -> None:
         p["b"][f * H : (f + 1) * H] = bias
 
 
-def run(text: str, cells=None, checkpoint=None, hidden=64, layers=1, seed=0, radius=None,
+def run(ids, chars, cells=None, checkpoint=None, hidden=64, layers=1, seed=0, radius=None,
         max_k=100, windows=8, batch=8, forget_bias=None, options=()):
-    """Measure fresh models (one per cell) or a checkpoint on `text`; a list of Flow."""
+    """Measure fresh models (one per cell, knowing the text's characters) or a checkpoint on the
+    text whose ids of the characters `chars` corpus.read_ids gives; a list of Flow."""
     if checkpoint is not None:
         models = [checkpoint_model(checkpoint)]
     else:
-        vocab = Vocab.from_text(text)
+        vocab = Vocab(chars)
         models = [fresh_model(c, vocab, hidden, layers, seed, options) for c in cells]
     flows = []
     for m in models:
@@ -254,7 +255,7 @@ def run(text: str, cells=None, checkpoint=None, hidden=64, layers=1, seed=0, rad
             set_spectral_radius(m, radius)
         if forget_bias is not None:
             set_forget_bias(m, forget_bias)
-        flows.append(measure(m, corpus_ids(text, m.vocab), max_k, windows, batch, seed))
+        flows.append(measure(m, corpus_ids(ids, chars, m.vocab), max_k, windows, batch, seed))
     return flows
 
 

@@ -22,7 +22,7 @@ runner = CliRunner()
 def shakespeare():
     text = read_text(default_corpus())[:20000]
     vocab = Vocab.from_text(text)
-    return vocab, gf.corpus_ids(text, vocab)
+    return vocab, vocab.encode(text)
 
 
 def _tiny_stack(cell, layers, T=7, B=2, H=4, V=5, seed=0):
