@@ -117,6 +117,24 @@ def transplant(old_spec: ModelSpec, old_params, spec: ModelSpec, params):
         new[name][tuple(where)] = old
 
 
+def uniform_rows(rng: np.random.Generator, n: int, total: int, width: int, rows: slice) -> np.ndarray:
+    """rng.random((n, total, width))[:, rows], leaving rng as that leaves it, without drawing the
+    other rows: under MPI each rank draws the dropout masks of its own streams only, the same
+    numbers whatever the number of ranks. A PCG64 draws one 64-bit number per float64 and can
+    skip ahead by any count; skipping drops its buffered 32-bit half, which is put back."""
+    if rows.start == 0 and rows.stop == total:
+        return rng.random((n, total, width))
+    bits = rng.bit_generator
+    buffered = {k: bits.state[k] for k in ("has_uint32", "uinteger")}
+    out = np.empty((n, rows.stop - rows.start, width))
+    for t in range(n):
+        bits.advance(rows.start * width)
+        out[t] = rng.random((rows.stop - rows.start, width))
+        bits.advance((total - rows.stop) * width)
+    bits.state = {**bits.state, **buffered}
+    return out
+
+
 def init_params(spec: ModelSpec, rng: np.random.Generator, dtype=np.float32):
     layout = Layout(spec)
     flat = np.zeros(layout.size, dtype)
@@ -253,8 +271,8 @@ class Stack:
             return below.reshape(-1, self.spec.hidden)
         if rng is not None:  # a training forward draws fresh masks (inverted dropout)
             keep = 1.0 - self.dropout
-            every_row = rng.random((below.shape[0], self.total, below.shape[2]))
-            self.masks[l][t0:t1] = (every_row[:, self.rows] < keep) / keep
+            rows = uniform_rows(rng, below.shape[0], self.total, below.shape[2], self.rows)
+            self.masks[l][t0:t1] = (rows < keep) / keep
         else:
             self.masks[l][t0:t1] = 1.0
         np.multiply(below, self.masks[l][t0:t1], out=self.dropped[l][t0:t1])

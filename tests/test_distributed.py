@@ -287,3 +287,19 @@ def test_each_rank_takes_its_share_of_the_cores_unless_told(tmp_path):
         ok(subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", probe], capture_output=True, text=True,
                           env=env, timeout=120))
         assert [(tmp_path / f"threads.{r}").read_text() for r in (0, 1)] == [str(want)] * 2
+
+
+@pytest.mark.parametrize("rows", [slice(0, 6), slice(0, 2), slice(2, 4), slice(4, 6), slice(3, 3)])
+def test_a_rank_draws_only_its_rows_of_the_dropout_masks(rows):
+    """uniform_rows gives a rank's rows of what one process draws for the whole batch, and leaves
+    the generator where that leaves it, buffered 32-bit half and all."""
+    from charrnn.model import uniform_rows
+
+    whole = np.random.Generator(np.random.PCG64(7))
+    whole.random(3, dtype=np.float32)  # an odd number of 32-bit draws: half a 64-bit one is buffered
+    part = np.random.Generator(np.random.PCG64(7))
+    part.bit_generator.state = whole.bit_generator.state
+    want = whole.random((5, 6, 4))[:, rows]
+    got = uniform_rows(part, 5, 6, 4, rows)
+    assert np.array_equal(got, want) and part.bit_generator.state == whole.bit_generator.state
+    assert part.random(dtype=np.float32) == whole.random(dtype=np.float32)
