@@ -140,9 +140,11 @@ class TrainedModel:
 
     def encode_file(self, path, *, encoding=None, skip_unknown=False):
         """(ids, skipped) of a text file, as encode() gives them for its text, read a piece at a
-        time into a byte or two a character (the string and encode() take some 25 bytes a
-        character): for evaluate() on files of any size. `encoding`: utf-8, latin-1 or bytes;
-        default: the checkpoint's. Unknown characters: as in encode(), the file named by its path."""
+        time: the file's ids and the model's, a byte or two a character each, and a fixed few tens
+        of MiB (the piece being read, the reader's table of code points), where the string and
+        encode() take some 25 bytes a character. For evaluate() on files of any size. `encoding`:
+        utf-8, latin-1 or bytes; default: the checkpoint's. Unknown characters: as in encode(),
+        the file named by its path."""
         ids, chars = read_ids(path, encoding or self.config.get("encoding", "utf-8"))
         try:
             return self._vocab.translate(ids, chars, skip_unknown=skip_unknown, what=str(path))

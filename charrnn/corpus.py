@@ -88,10 +88,13 @@ def read_ids(path, encoding: str = "utf-8", max_chars: int | None = None) -> tup
     """(ids, chars): the file's text as ids of characters `chars` (in code-point order, as Vocab
     numbers them; some may not occur in ids), of the smallest type: a byte or two a character,
     read a piece at a time, never the whole text as a string. With max_chars, only the file's
-    start: the pieces that hold its first max_chars characters. Decoded strictly by the corpus
-    reader, so a file says what is wrong with it in the same words here as in training; a
-    CharrnnError for anything the user can fix."""
-    encoder = _Encoder(_size(Path(path)))
+    start: the pieces (CHUNK_BYTES each) that hold its first max_chars characters, so what lies
+    beyond them is never read. Decoded strictly by the corpus reader, so a file says what is
+    wrong with what it reads in the same words here as in training; a CharrnnError for anything
+    the user can fix."""
+    size = _size(Path(path))
+    # room for the pieces read: up to the one that reaches max_chars (the encoder grows if need be)
+    encoder = _Encoder(size if max_chars is None else min(size, max_chars + CHUNK_BYTES))
     _read_document(path, check_encoding(encoding), encoder, hashlib.sha256(), limit=max_chars)
     ids, chars = encoder.finish()
     return (ids if max_chars is None else ids[:max_chars]), chars

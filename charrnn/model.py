@@ -122,9 +122,9 @@ def uniform_rows(rng: np.random.Generator, n: int, total: int, width: int, rows:
     other rows: under MPI each rank draws the dropout masks of its own streams only, the same
     numbers whatever the number of ranks. A PCG64 draws one 64-bit number per float64 and can
     skip ahead by any count; skipping drops its buffered 32-bit half, which is put back."""
-    if rows.start == 0 and rows.stop == total:
-        return rng.random((n, total, width))
     bits = rng.bit_generator
+    if (rows.start == 0 and rows.stop == total) or not isinstance(bits, (np.random.PCG64, np.random.PCG64DXSM)):
+        return rng.random((n, total, width))[:, rows]  # (another generator: every row, as before)
     buffered = {k: bits.state[k] for k in ("has_uint32", "uinteger")}
     out = np.empty((n, rows.stop - rows.start, width))
     for t in range(n):
@@ -152,8 +152,8 @@ class Stack:
     """The per-window buffers of one model for B streams and a window of T steps.
 
     `rows`: the streams of a batch of `batch` that this stack holds (a rank's share under MPI),
-    all by default; B = their number. Dropout masks are drawn for the whole batch and cut to
-    these rows, so that R ranks draw what one process draws."""
+    all by default; B = their number. Dropout masks are drawn for these rows alone, the numbers
+    one process draws for them (uniform_rows), so that R ranks draw what one process draws."""
 
     def __init__(self, spec: ModelSpec, batch: int, window: int, dtype=np.float32, dropout=0.0, rows=None):
         self.rows = slice(0, batch) if rows is None else rows

@@ -247,9 +247,9 @@ def test_encode_file_is_encode_of_the_files_text(run, model, tmp_path):
 
 def test_encode_file_holds_a_byte_or_two_a_character(model, tmp_path, monkeypatch):
     """Reading a file for evaluation holds its ids and the model's (a byte each a character here)
-    and a fixed few MiB (the reader's table of code points, the piece being read; pieces are
-    small here, so that the file is many of them, as a large one is), never the text as a string
-    and its code points, which encode() of read_text() holds: some 25 bytes a character."""
+    and a fixed part (the reader's table of code points, the piece being read; pieces are small
+    here, so that the file is many of them, as a large one is), never the text as a string and
+    its code points, which encode() of read_text() holds: some 25 bytes a character."""
     import tracemalloc
 
     import charrnn.corpus

@@ -39,7 +39,7 @@ TCP = {"MPIR_CVAR_NOLOCAL": "1", "MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "
 # cross an epoch
 TEXT = "".join(f"{w} the {i % 7} quick brown fox jumps over {i % 13} lazy dogs.\n"
                for i, w in enumerate(["Alas", "Lo", "Hark", "Sing", "Now", "Hence"] * 4))
-# LSTM, two layers, k2 > k1 (a kept window), dropout on (masks drawn for all streams); the
+# LSTM, two layers, k2 > k1 (a kept window), dropout on (each rank draws its rows' masks); the
 # learning rate falls by step, so a run stopped at 30 and resumed follows the straight run
 MODEL = ["--cell", "lstm", "--layers", "2", "--hidden", "16", "--batch", "4", "--k1", "5", "--k2", "9",
          "--dropout", "0.3", "--lr", "0.01", "--schedule", "step", "--decay-every", "10", "--lr-decay", "0.8",
@@ -303,3 +303,11 @@ def test_a_rank_draws_only_its_rows_of_the_dropout_masks(rows):
     got = uniform_rows(part, 5, 6, 4, rows)
     assert np.array_equal(got, want) and part.bit_generator.state == whole.bit_generator.state
     assert part.random(dtype=np.float32) == whole.random(dtype=np.float32)
+
+
+def test_another_generator_draws_every_row_as_before():
+    from charrnn.model import uniform_rows
+
+    whole, part = (np.random.Generator(np.random.MT19937(3)) for _ in range(2))
+    assert np.array_equal(uniform_rows(part, 3, 4, 2, slice(1, 3)), whole.random((3, 4, 2))[:, 1:3])
+    assert part.random() == whole.random()

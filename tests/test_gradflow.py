@@ -290,3 +290,13 @@ def test_cli_png(tmp_path):
                             "--windows", "1", "--png", str(out)])
     assert r.exit_code == 0, r.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_checkpoints_corpus_ids_drop_what_it_does_not_know():
+    """corpus_ids renumbers a file's ids (corpus.read_ids) into a model's vocabulary, dropping the
+    characters it lacks, as encode_skip_unknown does with the text."""
+    text = "the cat € sat ß"
+    file_vocab = Vocab.from_text(text)
+    model_vocab = Vocab("abcdefghijklmnopqrstuvwxyz ")
+    ids = gf.corpus_ids(file_vocab.encode(text).astype(np.uint8), file_vocab.chars, model_vocab)
+    assert ids.dtype == np.uint8 and np.array_equal(ids, model_vocab.encode_skip_unknown(text)[0])

@@ -288,9 +288,9 @@ def test_a_model_that_computes_nan_is_one_line(planted, tmp_path):
 
 
 def test_only_the_start_of_the_file_is_read(planted, monkeypatch):
-    """inspect reads the pieces of the file that hold the characters it shows: what comes after
-    them (an unknown character, bytes that are not UTF-8) is no matter, and what it reads is
-    the text's start exactly."""
+    """inspect reads the pieces of the file (64 bytes here, 4 MiB in use) that hold the characters
+    it shows: what lies beyond them (an unknown character, bytes that are not UTF-8) is never
+    read, and what it reads is the text's start exactly."""
     import charrnn.corpus
 
     monkeypatch.setattr(charrnn.corpus, "CHUNK_BYTES", 64)
