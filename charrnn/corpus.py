@@ -95,7 +95,7 @@ def read_ids(path, encoding: str = "utf-8", max_chars: int | None = None) -> tup
     size = _size(Path(path))
     # room for the pieces read: up to the one that reaches max_chars (the encoder grows if need be)
     encoder = _Encoder(size if max_chars is None else min(size, max_chars + CHUNK_BYTES))
-    _read_document(path, check_encoding(encoding), encoder, hashlib.sha256(), limit=max_chars)
+    _read_document(path, check_encoding(encoding), encoder, limit=max_chars)
     ids, chars = encoder.finish()
     return (ids if max_chars is None else ids[:max_chars]), chars
 
@@ -211,8 +211,6 @@ class Corpus:
     def ids_for(self, vocab: "Vocab", what: str = "the training text") -> np.ndarray:
         """The text as ids of `vocab`, which may hold more characters in another order (a trained
         model's), of type ids_dtype(vocab.size); a CharrnnError if it lacks some."""
-        if vocab.chars == self.chars:
-            return self.ids
         return vocab.translate(self.ids, self.chars, what=what)[0]
 
 
@@ -297,24 +295,27 @@ class _Encoder:
         rank[order] = np.arange(order.size)
         if (rank != np.arange(order.size)).any():
             _renumber(ids, ids, rank.astype(dtype))
-        return ids, [chr(c) for c in sorted(self.codes)]
+        return ids, [chr(self.codes[i]) for i in order]
 
 
-def _read_document(path, encoding: str, encoder: _Encoder, text_hash, limit=None) -> tuple[int, str]:
-    """Append the text of one file to `encoder` and to the whole text's `text_hash`, CHUNK_BYTES
-    at a time. Returns its characters and the SHA-256 of its bytes; a CharrnnError if it cannot
-    be read, a NotText if it holds no text. Errors give the byte offset and line in the whole
-    file. (read_ids reads a single file through this too.) With a limit, it stops after the
-    piece that reaches `limit` characters; the counts and digests are then of what was read."""
-    chars, file_hash = 0, hashlib.sha256()
+def _read_document(path, encoding: str, encoder: _Encoder, text_hash=None, limit=None) -> tuple[int, str | None]:
+    """Append the text of one file to `encoder`, and to the whole text's `text_hash` if given,
+    CHUNK_BYTES at a time. Returns its characters and, with text_hash, the SHA-256 of its bytes
+    (without it, nothing is hashed: read_ids keeps no digest); a CharrnnError if it cannot be
+    read, a NotText if it holds no text. Errors give the byte offset and line in the whole file.
+    With a limit, it stops after the piece that reaches `limit` characters."""
+    chars = 0
+    file_hash = hashlib.sha256() if text_hash is not None else None
     offset, pending, newlines = 0, b"", 0  # the file offset of `pending`, bytes not yet decoded
     with _open(path) as f:
         while True:
             block = _read(f, path, CHUNK_BYTES)
-            file_hash.update(block)
+            if file_hash is not None:
+                file_hash.update(block)
             if encoding != "utf-8":  # byte b is character chr(b)
                 codes = np.frombuffer(block, np.uint8)
-                text_hash.update(block.decode("latin-1").encode("utf-8"))
+                if text_hash is not None:
+                    text_hash.update(block.decode("latin-1").encode("utf-8"))
             else:
                 nul = block.find(b"\x00")
                 if nul >= 0:
@@ -330,7 +331,8 @@ def _read_document(path, encoding: str, encoder: _Encoder, text_hash, limit=None
                         raise _binary(path, offset + len(data) + nul) from None
                     raise _not_utf8(path, e, offset, newlines + data.count(b"\n", 0, e.start)) from None
                 bom = 3 if offset == 0 and text.startswith("\ufeff") else 0
-                text_hash.update(memoryview(data)[bom:used])  # valid UTF-8: the text's own encoding
+                if text_hash is not None:
+                    text_hash.update(memoryview(data)[bom:used])  # valid UTF-8: the text's own encoding
                 if text.isascii():
                     codes = np.frombuffer(data, np.uint8, count=used)
                 else:
@@ -343,7 +345,7 @@ def _read_document(path, encoding: str, encoder: _Encoder, text_hash, limit=None
                 break
     if not chars:
         raise _empty(path)
-    return chars, file_hash.hexdigest()
+    return chars, file_hash.hexdigest() if file_hash is not None else None
 
 
 def _find_nul(f, path) -> int:
@@ -543,20 +545,21 @@ class Vocab:
         own from read_ids) as ids of this one, of type ids_dtype(self.size), a piece at a time.
         A character this vocabulary lacks raises the CharrnnError encode() raises for it (each
         one named, in order of first appearance), unless skip_unknown leaves it out and counts it."""
+        if list(chars) == self.chars:  # the same numbering: nothing to renumber
+            return ids, 0
         _, table, known = self._lookup("".join(chars))  # (len(chars),): their id -> our id
         dtype = ids_dtype(self.size)
         table = table.astype(dtype)
-        if not known.all():
+        if not known.all() and not skip_unknown:  # an error, if a character it lacks occurs
             first, count = _first_and_count(ids, len(chars))
-            known |= count == 0  # what does not occur is no matter
-        if known.all():
+            lacking = np.flatnonzero(~known & (count > 0))
+            if lacking.size:
+                lacking = lacking[np.argsort(first[lacking], kind="stable")]
+                raise _unknown([chars[i] for i in lacking], int(count[lacking].sum()), what)
+        if known.all() or not skip_unknown:
             out = np.empty(ids.size, dtype)
             _renumber(out, ids, table)
             return out, 0
-        if not skip_unknown:
-            lacking = np.flatnonzero(~known)
-            lacking = lacking[np.argsort(first[lacking], kind="stable")]
-            raise _unknown([chars[i] for i in lacking], int(count[lacking].sum()), what)
         pieces = []
         for i in range(0, ids.size, CHUNK_BYTES):
             piece = ids[i : i + CHUNK_BYTES]
