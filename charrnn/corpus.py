@@ -762,17 +762,19 @@ class Streams:
     def steps_per_epoch(self, k: int) -> int:
         return self.stream_length // k
 
-    def next(self, k: int, out_inputs: np.ndarray, out_targets: np.ndarray) -> bool:
-        """Fill out_inputs[:k], out_targets[:k] with the next k steps; True if it wrapped first.
+    def next(self, k: int, out_inputs: np.ndarray, out_targets: np.ndarray, rows: slice = slice(None)) -> bool:
+        """Fill out_inputs[:k], out_targets[:k] with the next k steps of the streams `rows` (all
+        of them by default; under MPI a rank's share); True if it wrapped first.
 
         A wrap means the text jumped back to the start: the caller resets the hidden state.
         """
         S = self.stream_length
         if not 1 <= k <= S:
             raise ValueError(f"k must lie in [1, {S}] (the stream length), got {k}")
+        width = len(range(self.batch)[rows])
         for out in (out_inputs, out_targets):
-            if out.ndim != 2 or out.shape[0] < k or out.shape[1] != self.batch:
-                raise ValueError(f"output arrays must have shape (>= {k}, {self.batch}), got {out.shape}")
+            if out.ndim != 2 or out.shape[0] < k or out.shape[1] != width:
+                raise ValueError(f"output arrays must have shape (>= {k}, {width}), got {out.shape}")
         wrapped = False
         if self.position + k > S:
             # The tail shorter than k is skipped rather than read with a jump inside a window.
@@ -780,8 +782,8 @@ class Streams:
             self.epoch += 1
             wrapped = True
         p = self.position
-        out_inputs[:k] = self._m[p : p + k]
-        out_targets[:k] = self._m[p + 1 : p + k + 1]
+        out_inputs[:k] = self._m[p : p + k, rows]
+        out_targets[:k] = self._m[p + 1 : p + k + 1, rows]
         self.position = p + k
         return wrapped
 
@@ -831,11 +833,12 @@ class EvalStreams:
         self.count = self.batch * self.stream_length  # predictions per pass
         self._m = _stream_matrix(ids, self.batch, self.stream_length)
 
-    def windows(self, k: int):
-        """Yield (inputs, targets), each (k', batch) int32, k' = k except maybe the last."""
+    def windows(self, k: int, rows: slice = slice(None)):
+        """Yield (inputs, targets) of the streams `rows` (all by default; under MPI a rank's
+        share), each (k', streams) int32, k' = k except maybe the last."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         S = self.stream_length
         for p in range(0, S, k):
             q = min(p + k, S)
-            yield np.array(self._m[p:q], np.int32), np.array(self._m[p + 1 : q + 1], np.int32)
+            yield np.array(self._m[p:q, rows], np.int32), np.array(self._m[p + 1 : q + 1, rows], np.int32)

@@ -41,10 +41,10 @@ def evaluate(spec: ModelSpec, params: np.ndarray, ids: np.ndarray, batch=32, win
     stack = Stack(spec, hi - lo, window, params.dtype)
     stack.set_state(0, _warm_state(spec, params, ids, streams, warmup, lo, hi))
     total = 0.0
-    for inputs, targets in streams.windows(window):
+    for inputs, targets in streams.windows(window, rows):
         n = inputs.shape[0]
-        stack.ids[:n] = inputs[:, lo:hi]
-        stack.targets[:n] = targets[:, lo:hi]
+        stack.ids[:n] = inputs
+        stack.targets[:n] = targets
         stack.forward(params, 0, n)
         total += stack.loss(params, 0, n)
         stack.set_state(0, stack.get_state(n))

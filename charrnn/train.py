@@ -128,8 +128,6 @@ class Trainer:
         self.sched = Scheduler(cfg.k1, cfg.k2)
         self.stack = Stack(self.spec, cfg.batch, self.sched.window, np.float32, cfg.dropout, rows=rows)
         self.streams = Streams(self.train_ids, cfg.batch)
-        if self.stack.B < cfg.batch:  # where this rank's share of each batch of text is read first
-            self.batch_text = np.zeros((2, cfg.k1, cfg.batch), np.int32)  # ids, targets
         self.sched.reset(self.stack)
         self.step = 0
         self.elapsed = 0.0  # seconds of training so far, across resumes
@@ -236,7 +234,7 @@ class Trainer:
         """One k1/k2 update. Returns (mean loss in nats, gradient norm before clipping, whether
         clipping fired, the learning rate used)."""
         cfg, stack, sched = self.cfg, self.stack, self.sched
-        if self._read_text(*sched.inputs(stack)):
+        if self.streams.next(cfg.k1, *sched.inputs(stack), rows=stack.rows):  # under MPI, this rank's streams
             sched.reset(stack)  # a new epoch: the text jumped back to the start
         loss = sched.update(stack, self.params, self.grads, self.rng if cfg.dropout > 0 else None)
         self.world.sum(self.grads)  # the ranks' shares: the gradient of the whole batch
@@ -256,16 +254,6 @@ class Trainer:
         sched.advance(stack)
         self.step += 1
         return loss, norm, bool(clipped or clipped_values > 0), lr
-
-    def _read_text(self, ids, targets):
-        """The next k1 steps of text into the stack's (k1, B) ids and targets: of every stream,
-        or under MPI of this rank's. True if the text wrapped to its start."""
-        if self.stack.B == self.cfg.batch:
-            return self.streams.next(self.cfg.k1, ids, targets)
-        wrapped = self.streams.next(self.cfg.k1, *self.batch_text)
-        ids[:] = self.batch_text[0][:, self.stack.rows]
-        targets[:] = self.batch_text[1][:, self.stack.rows]
-        return wrapped
 
     def epoch(self):
         """Fractional epochs of training text read so far."""
