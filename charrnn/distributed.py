@@ -72,12 +72,25 @@ def world():
 class Solo:
     """One process: nothing to share, nothing to agree."""
 
-    size, rank, root = 1, 0, True
+    size, rank = 1, 0
     node_size = 1  # processes of the job on this machine
 
+    @property
+    def root(self):
+        """Whether this is rank 0, which speaks and writes for the job."""
+        return self.rank == 0
+
     def rows(self, batch):
-        """The streams of a batch of `batch` this rank reads: all."""
-        return share(batch, 0, 1)
+        """The streams of a batch of `batch` this rank reads (all, in one process); a UsageError
+        if the ranks cannot share them equally."""
+        if batch % self.size:
+            valid = ", ".join(str(r) for r in range(1, batch + 1) if batch % r == 0)
+            from .errors import UsageError
+
+            raise UsageError(f"--batch {batch} (the total over all processes) cannot be split over {self.size} "
+                             f"processes; launch a number that divides it ({valid}) or give a --batch that "
+                             f"{self.size} divides")
+        return share(batch, self.rank, self.size)
 
     def bcast(self, array):
         """Give every rank rank 0's values of `array` (in place)."""
@@ -125,7 +138,7 @@ class Mpi(Solo):
                                f"{comm.Get_size()}: the launcher belongs to another MPI; launch with the mpiexec "
                                f"of the MPI mpi4py was built with, or build mpi4py against the cluster's MPI")
         self.MPI, self.comm = MPI, comm
-        self.size, self.rank, self.root = comm.Get_size(), comm.Get_rank(), comm.Get_rank() == 0
+        self.size, self.rank = comm.Get_size(), comm.Get_rank()
         self.reduce_seconds = 0.0  # time spent in the gradient all-reduce (benchmarks read it)
         self.reductions = 0
         self._fail_at = int(os.environ.get(FAIL_AT, "0")) if os.environ.get(FAIL_RANK) == str(self.rank) else 0
@@ -143,16 +156,6 @@ class Mpi(Solo):
         self.node_size = node.Get_size()
         _set_threads(node)
         node.Free()
-
-    def rows(self, batch):
-        if batch % self.size:
-            valid = ", ".join(str(r) for r in range(1, batch + 1) if batch % r == 0)
-            from .errors import UsageError
-
-            raise UsageError(f"--batch {batch} (the total over all processes) cannot be split over {self.size} "
-                             f"processes; launch a number that divides it ({valid}) or give a --batch that "
-                             f"{self.size} divides")
-        return share(batch, self.rank, self.size)
 
     def bcast(self, array):
         self.comm.Bcast(array, root=0)
