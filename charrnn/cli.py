@@ -279,8 +279,6 @@ def _set_up():
         gc.enable()
 
 
-
-
 @contextmanager
 def _printing(newline_on_interrupt=False):
     """Around printing a stream of text: a reader that stops reading (`| head`) ends it quietly

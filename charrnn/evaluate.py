@@ -73,7 +73,7 @@ def line_losses(spec: ModelSpec, params: np.ndarray, lines, start: int, batch=32
     empty one.
 
     Each line is read on its own, from a zero state that first reads `start` (a line break, as
-    where a sample begins), so every character of the line is predicted, its first one too; the
+    at the start of a line of text), so every character of the line is predicted, its first one too; the
     line break after it is not. That is evaluate() of start + line with one stream. Here `batch`
     lines are read side by side, longest in `window`-step pieces; they are taken in order of
     length, so that lines of similar length share a batch and little is padded."""

@@ -8,9 +8,10 @@ How a sample is made:
 - The state starts at zero and is warmed up on the priming text by teacher forcing: every
   character but the last is fed in; the last one is the first input of generation. The prime
   is part of the printed text, the continuation follows it.
-- Without a prime, the state is warmed up on one line break (or, if the model has none, a
-  space, or else its first character), as if the text began at the start of a line. That
-  character is not printed; the first printed character is already sampled.
+- Without a prime, the state is warmed up on the run's document separator, for a model that
+  read one (a run on several files), else on one line break (or, if the model has none, a
+  space, or else its first character), as if the text began at the start of a line
+  (start_context). That is not printed; the first printed character is already sampled.
 - Each chosen character uses one uniform number from a numpy Generator seeded with `seed`
   (PCG64), drawn in chunks in order. The text depends only on the seed and the options, not on
   the chunk size, and with several samples sample 1 is what a single sample would have been.
