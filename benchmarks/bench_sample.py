@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import describe, extract_revision, lift_openblas
+from machine import describe, lift_openblas, version_path
 
 lift_openblas()  # before numpy loads OpenBLAS
 
@@ -82,7 +82,7 @@ def cli_wall_times(params, runs, versions):
         save_checkpoint(ckpt, {"params": params}, {"config": config, "vocab": list(string.printable[:V])})
         commands = {}
         for label, rev in versions:
-            folder, package = (str(ROOT), "charrnn") if rev is None else extract_revision(rev)[:2]
+            folder, package = version_path(rev)
             env = dict(os.environ, PYTHONPATH=str(folder) + os.pathsep + os.environ.get("PYTHONPATH", ""))
             env.pop("PYTHONDONTWRITEBYTECODE", None)  # see main()
             commands[label] = ([sys.executable, "-m", package, "sample", str(ckpt), "--length", "200"], env)
@@ -112,14 +112,14 @@ def main():
     ap.add_argument("--against", metavar="REV", help="also time `charrnn sample` of the package at this git revision")
     args = ap.parse_args()
     print(describe())
+    params = init_params(ModelSpec(CELL, V, H, L), np.random.default_rng(0), np.float32)
     if not args.cli_only:
-        generation(args)
+        generation(args, params)
     versions = ([("before " + args.against, args.against)] if args.against else []) + [("now", None)]
     print(f"`charrnn sample CKPT --length 200`, whole process, warm cache, {args.cli_runs} runs each:")
     if os.environ.get("PYTHONDONTWRITEBYTECODE"):
         # which would compile charrnn's modules from source at every start, as no user's Python does
         print("  PYTHONDONTWRITEBYTECODE lifted for these runs: Python keeps charrnn's compiled modules")
-    params = init_params(ModelSpec(CELL, V, H, L), np.random.default_rng(0), np.float32)
     times = cli_wall_times(params, args.cli_runs, versions)
     for label, t in times.items():
         print(f"  {label:12s} {', '.join(f'{x:.2f}' for x in t)} s; median {statistics.median(t):.2f} s")
@@ -129,9 +129,8 @@ def main():
     print("  target: under 0.6 s")
 
 
-def generation(args):
+def generation(args, params):
     """Characters per second of one stream: ours (three ways) and torch's, in alternation."""
-    params = init_params(ModelSpec(CELL, V, H, L), np.random.default_rng(0), np.float32)
     print(f"one stream, {CELL} {L}x{H}, V={V}, float32, chunks of {CHUNK} characters")
     torch = model = None
     if not args.no_torch:

@@ -37,12 +37,10 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from machine import cpu, extract_revision  # noqa: E402
+from machine import cpu, version_path  # noqa: E402
 
 ROOT = HERE.parent
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
-ALPHABET_EXTRA = "éüß—“”"
-PUNCTUATION = ".,;:!?"
 TICK = 1.0 / os.sysconf("SC_CLK_TCK")  # seconds per clock tick of /proc/<pid>/stat
 
 # The run: the default model, one update, nothing written or evaluated before it.
@@ -100,14 +98,6 @@ def generate(path: Path, chars: int, seed=0):
             f.write(block)
             written += len(block)
     tmp.rename(path)
-
-
-def version_path(rev):
-    """(PYTHONPATH entry, package name): today's charrnn, or the package at git revision `rev`."""
-    if rev is None:
-        return str(ROOT), "charrnn"
-    base, name, _ = extract_revision(rev)
-    return str(base), name
 
 
 def _env(pythonpath):

@@ -60,6 +60,15 @@ def describe():
     return f"CPU: {cpu()}; {override}\nBLAS: {blas_kernel()}"
 
 
+def version_path(rev):
+    """(PYTHONPATH entry, package name): this tree's charrnn (rev None), or the package at git
+    revision `rev` (extract_revision)."""
+    if rev is None:
+        return str(Path(__file__).resolve().parent.parent), "charrnn"
+    base, name, _ = extract_revision(rev)
+    return str(base), name
+
+
 def extract_revision(rev):
     """(folder, name, short hash): the charrnn package as it was at git revision `rev`, extracted
     once to benchmarks/results/versions/charrnn_<hash>, importable from `folder` as `name`."""

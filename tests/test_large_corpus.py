@@ -9,7 +9,6 @@ import pytest
 
 import charrnn.corpus as corpus_module
 import charrnn.kernels
-from charrnn.config import TrainConfig
 from charrnn.corpus import (
     EvalStreams,
     Streams,
@@ -23,6 +22,7 @@ from charrnn.corpus import (
 )
 from charrnn.errors import CharrnnError
 from charrnn.train import Trainer
+from test_train import config
 
 # 1-, 2-, 3- and 4-byte characters, line breaks, a BOM inside the text (kept: only a leading
 # one is dropped), and a character above U+FFFF.
@@ -203,8 +203,7 @@ TRAIN_TEXT = "".join(f"{w} the {i % 7} quick brown fox — jumps over {i % 13} l
 
 
 def _trainer(path, tmp_path, run, corpus=None):
-    cfg = TrainConfig(corpus=str(path), hidden=12, layers=2, batch=4, k1=8, k2=13, time_limit=0, eval_every=1000,
-                      checkpoint_every=1000, out_dir=str(tmp_path), run=run, seed=3, dropout=0.1).validate()
+    cfg = config(path, tmp_path, k2=13, eval_every=1000, checkpoint_every=1000, run=run, seed=3, dropout=0.1)
     return Trainer(cfg, tmp_path / run, say=lambda *_: None, corpus=corpus)
 
 

@@ -2,25 +2,16 @@
 up (imports, numba's types, the kernels loaded), then freezes what that made and runs the
 collector again for the command's own work; at exit it freezes what is left."""
 import gc
-import sys
 import time
 import weakref
 
-import pytest
-
 import charrnn.cli as cli
 from charrnn.errors import CharrnnError
+from test_hostile import main_exits
 from test_plot import _write_run
 
 
-def _main(monkeypatch, *args):
-    monkeypatch.setattr(sys, "argv", ["charrnn", *map(str, args)])
-    with pytest.raises(SystemExit) as exit:
-        cli.main()
-    return exit.value.code
-
-
-def test_the_collector_is_held_while_a_command_sets_up_and_runs_after(tmp_path, monkeypatch):
+def test_the_collector_is_held_while_a_command_sets_up_and_runs_after(tmp_path, monkeypatch, capsys):
     seen = {}
 
     def load(path):  # sample's first step, before its kernels are loaded
@@ -29,7 +20,7 @@ def test_the_collector_is_held_while_a_command_sets_up_and_runs_after(tmp_path, 
 
     monkeypatch.setattr("charrnn.api.load", load)
     assert gc.isenabled()
-    assert _main(monkeypatch, "sample", tmp_path / "x.npz") == 1
+    assert main_exits(monkeypatch, capsys, "sample", tmp_path / "x.npz")[0] == 1
     assert seen == {"setting up": False}
     assert gc.isenabled()  # an error during set-up does not leave it off
 
@@ -46,7 +37,7 @@ def test_the_collector_is_held_while_a_command_sets_up_and_runs_after(tmp_path, 
 
     monkeypatch.setattr(plot, "charts", charts)
     gc.unfreeze()
-    assert _main(monkeypatch, "plot", _write_run(tmp_path / "run")) == 0
+    assert main_exits(monkeypatch, capsys, "plot", _write_run(tmp_path / "run"))[0] == 0
     assert seen["working"] is True
     assert seen["frozen"] > 1000  # start-up's objects: out of the collector's sight
     assert seen["in sight while working"]  # what the command makes: in it
@@ -86,10 +77,10 @@ def test_the_app_called_in_this_process_leaves_the_collector_alone(tmp_path):
     assert gc.isenabled() and gc.get_freeze_count() == 0
 
 
-def test_a_failed_join_of_the_mpi_ranks_leaves_the_collector_on(monkeypatch):
+def test_a_failed_join_of_the_mpi_ranks_leaves_the_collector_on(monkeypatch, capsys):
     def refuse():
         raise CharrnnError("this launcher's MPI is not the one mpi4py was built with")
 
     monkeypatch.setattr("charrnn.distributed.world", refuse)
-    assert _main(monkeypatch, "train", "--max-steps", "1") == 1
+    assert main_exits(monkeypatch, capsys, "train", "--max-steps", "1")[0] == 1
     assert gc.isenabled() and not cli._collector_held
