@@ -79,6 +79,13 @@ class _NoLog:
         pass
 
 
+def _locked(folder):
+    """The run folder's RunLock, held by rank 0: under MPI it alone writes the folder."""
+    lock = RunLock(folder)
+    if distributed.world().root:
+        lock.acquire()
+    return lock
+
 class Trainer:
     """One training run: its data, model, optimizer, scheduler and bookkeeping.
 
@@ -185,9 +192,7 @@ class Trainer:
         says, checked by its SHA-256. The run folder stays locked until run() ends."""
         check_resume_overrides(overrides)
         path = resolve_checkpoint(path, prefer="latest")
-        lock = RunLock(path.parent)
-        if distributed.world().root:  # before reading: no other process is writing it now
-            lock.acquire()
+        lock = _locked(path.parent)  # before reading: no other process is writing it now
         try:
             self = cls._restore(path, say, corpus, overrides)
         except BaseException:
@@ -294,10 +299,8 @@ class Trainer:
         cfg = self.cfg
         if not (cfg.max_steps or cfg.epochs or cfg.time_limit):
             raise CharrnnError("no stopping rule: give --max-steps, --epochs or --time-limit")
-        root = self.world.root  # under MPI rank 0 alone holds the lock and writes the folder
-        lock, self.lock = self.lock or RunLock(self.run_dir), None
-        if root and lock.fd is None:
-            lock.acquire()
+        root = self.world.root  # under MPI rank 0 alone writes the folder
+        lock, self.lock = self.lock or _locked(self.run_dir), None
         starting = self.fresh
         try:
             log = self._open_run_dir()
