@@ -86,6 +86,7 @@ def _locked(folder):
         lock.acquire()
     return lock
 
+
 class Trainer:
     """One training run: its data, model, optimizer, scheduler and bookkeeping.
 
