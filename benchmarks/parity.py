@@ -111,6 +111,9 @@ def main():
     if cfg.dropout > 0:  # the two engines cannot draw the same masks: compare without dropout
         print(f"dropout {cfg.dropout} set to 0 for this comparison")
         cfg.dropout = 0.0
+    if cfg.reset_every:  # the PyTorch loops carry the state on: compare without fresh starts
+        print(f"reset_every {cfg.reset_every} set to 0 for this comparison")
+        cfg.reset_every = 0
     cfg.validate()
     print(f"charrnn {cfg.cell} {cfg.layers}x{cfg.hidden}, batch {cfg.batch}, k1 {cfg.k1}, lr {cfg.lr}, "
           f"{args.updates} updates; torch {torch.__version__} on {torch.get_num_threads()} threads", flush=True)

@@ -66,6 +66,7 @@ RANGES = {
     "batch": Range(1, 4096),
     "k1": Range(1, 10000),
     "k2": Range(1, 10000),
+    "reset_every": Range(0),
     "lr": Range(0, 10, open_low=True),
     "lr_decay": Range(0, 1, open_low=True),
     "decay_every": Range(0),
@@ -166,6 +167,10 @@ class TrainConfig:
     batch: int = 32  # parallel streams
     k1: int = 50  # char-rnn's sequence length; twice the updates per character of 100
     k2: int = 50
+    # every reset_every updates each stream starts again from a zero state where it is, as sampling,
+    # evaluation and a new epoch start: a model that never learnt to start from one can run away
+    # from it (README: Truncated backpropagation through time). 0: only at each new epoch
+    reset_every: int = 50
     # optimization
     optimizer: str = "adam"
     lr: float = 3e-3  # measured best in the default budget (README); char-rnn's 2e-3 learnt less
@@ -246,6 +251,7 @@ OLDER_CHECKPOINTS = {
     "sample_every": 0,  # before samples while training: none
     "sample_length": 200,
     "sample_temperature": 0.8,
+    "reset_every": 0,  # before fresh starts: the state ran on but for a new epoch
     # before cells had options: their defaults (the cells that read them came with them)
     **{name: opt.default for name, opt in CELL_OPTIONS.items()},
 }

@@ -22,12 +22,11 @@ def evaluate(spec: ModelSpec, params: np.ndarray, ids: np.ndarray, batch=32, win
     `warmup` characters just before it (the end of the previous stream; those predictions are
     counted there, not here), so the figure is close to reading the text as one stream: a model
     trained on long streams is much worse from a zero state than from a warm one, and 32 cold
-    starts in 55k characters cost it up to 0.3 nats. Not always: a model whose state runs away
-    from a zero start at some context (an LSTM cell counting up without bound) scores that
-    stream far worse than reading on from the stream before would. Seen once: the default
-    model after 627 updates with its learning rate decayed from update 330, one of 32 validation
-    streams at 13.3 nats a character (|c| past 380), 2.26 for the whole text against 1.91 with 4
-    streams.
+    starts in 55k characters cost it up to 0.3 nats. That needs a model that starts well from
+    a zero state at any context: one that has met zero states only at its epochs' starts can
+    run away from one (an LSTM cell counting up without bound) and score that stream far worse
+    than reading on from the stream before would. Training's fresh starts (--reset-every, on by
+    default) are what make the models this figure is for meet zero states at many contexts.
 
     part=(r, R): read only the r-th of R contiguous shares of the streams (a rank's, under MPI);
     the first value is then that share's part of the mean, and the R parts sum to the mean."""

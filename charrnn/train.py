@@ -240,8 +240,9 @@ class Trainer:
         """One k1/k2 update. Returns (mean loss in nats, gradient norm before clipping, whether
         clipping fired, the learning rate used)."""
         cfg, stack, sched = self.cfg, self.stack, self.sched
-        if self.streams.next(cfg.k1, *sched.inputs(stack), rows=stack.rows):  # under MPI, this rank's streams
-            sched.reset(stack)  # a new epoch: the text jumped back to the start
+        wrapped = self.streams.next(cfg.k1, *sched.inputs(stack), rows=stack.rows)  # under MPI, this rank's streams
+        if wrapped or self.fresh_start():  # a new epoch (the text jumped back to the start), or a fresh start
+            sched.reset(stack)
         loss = sched.update(stack, self.params, self.grads, self.rng if cfg.dropout > 0 else None)
         self.world.sum(self.grads)  # the ranks' shares: the gradient of the whole batch
         loss = self.world.sum_float(loss) / (cfg.k1 * stack.total)
@@ -260,6 +261,14 @@ class Trainer:
         sched.advance(stack)
         self.step += 1
         return loss, norm, bool(clipped or clipped_values > 0), lr
+
+    def fresh_start(self):
+        """Whether every stream starts the next update from a zero state where it is in the text
+        (--reset-every): the model meets the state that sampling and evaluation start from at
+        many contexts, not only at each epoch's first. Models trained without it could run away
+        from a zero state: an LSTM's cell counting up without bound, the text garbage after it."""
+        every = self.cfg.reset_every
+        return bool(every) and self.step > 0 and self.step % every == 0
 
     def epoch(self):
         """Fractional epochs of training text read so far."""

@@ -39,9 +39,10 @@ TCP = {"MPIR_CVAR_NOLOCAL": "1", "MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "
 # cross an epoch
 TEXT = "".join(f"{w} the {i % 7} quick brown fox jumps over {i % 13} lazy dogs.\n"
                for i, w in enumerate(["Alas", "Lo", "Hark", "Sing", "Now", "Hence"] * 4))
-# LSTM, two layers, k2 > k1 (a kept window), dropout on (each rank draws its rows' masks); the
-# learning rate falls by step, so a run stopped at 30 and resumed follows the straight run
-MODEL = ["--cell", "lstm", "--layers", "2", "--hidden", "16", "--batch", "4", "--k1", "5", "--k2", "9",
+# LSTM, two layers, k2 > k1 (a kept window), dropout on (each rank draws its rows' masks), fresh
+# starts every 7 updates; the learning rate falls by step, so a run stopped at 30 and resumed
+# follows the straight run
+MODEL = ["--cell", "lstm", "--layers", "2", "--hidden", "16", "--batch", "4", "--k1", "5", "--k2", "9", "--reset-every", "7",
          "--dropout", "0.3", "--lr", "0.01", "--schedule", "step", "--decay-every", "10", "--lr-decay", "0.8",
          "--val-fraction", "0.1", "--test-fraction", "0.1", "--eval-every", "20", "--checkpoint-every", "30",
          "--time-limit", "0", "--seed", "3", "-q"]

@@ -142,5 +142,6 @@ def test_a_checkpoint_from_before_many_files_resumes(corpus, tmp_path, monkeypat
     save_checkpoint(latest, arrays, meta)
     resumed = Trainer.resume(latest, say=lambda *_: None, max_steps=5)
     assert resumed.cfg.doc_sep == "" and resumed.cfg.corpus == [str(corpus)]
+    assert resumed.cfg.reset_every == 0  # it goes on as it ran: no fresh starts but at a new epoch
     resumed.run()
     assert resumed.step == 5

@@ -10,6 +10,7 @@ import pytest
 from charrnn.checkpoint import load_checkpoint, save_checkpoint
 from charrnn.config import TrainConfig
 from charrnn.errors import CharrnnError
+from charrnn.tbptt import Scheduler
 from charrnn.train import Interrupted, Trainer
 
 TEXT = "".join(f"{w} the {i % 7} quick brown fox jumps over {i % 13} lazy dogs.\n"
@@ -41,8 +42,9 @@ def train_steps(cfg, run_dir, steps):
                                     dict(k1=9, k2=4, cell="rnn", optimizer="rmsprop"),
                                     dict(cell="leaky", tau="learned"), dict(k1=5, k2=12, cell="indrnn"),
                                     dict(cell="esn", dropout=0.3), dict(cell="peephole", k1=5, k2=12),
-                                    dict(cell="gru-cho", dropout=0.3)],
-                         ids=["k1=k2", "k1<k2+dropout", "k1>k2", "leaky", "indrnn", "esn", "peephole", "gru-cho"])
+                                    dict(cell="gru-cho", dropout=0.3), dict(k1=5, k2=12, reset_every=3)],
+                         ids=["k1=k2", "k1<k2+dropout", "k1>k2", "leaky", "indrnn", "esn", "peephole", "gru-cho",
+                              "fresh starts"])
 def test_resume_is_bit_for_bit(corpus, tmp_path, scheme):
     n = 16  # resumes mid-epoch and crosses an epoch boundary (an epoch here is 15 to 27 updates)
     straight = train_steps(config(corpus, tmp_path / "a", **scheme), tmp_path / "a" / "r", 2 * n)
@@ -60,6 +62,26 @@ def test_resume_is_bit_for_bit(corpus, tmp_path, scheme):
     for (ka, a), (kb, b) in zip(straight.opt.state_arrays().items(), resumed.opt.state_arrays().items()):
         np.testing.assert_array_equal(a, b)
     assert resumed.last_val == straight.last_val
+
+
+@pytest.mark.parametrize("reset_every, fresh", [(4, [0, 4, 8, 12]), (0, [0])])
+def test_every_stream_starts_from_a_zero_state_every_reset_every_updates(corpus, tmp_path, monkeypatch,
+                                                                          reset_every, fresh):
+    entering, reach = [], []  # per update: whether it starts from zeros; the first step its gradient reaches
+    update = Scheduler.update
+
+    def spy(sched, stack, *args):
+        entering.append(all(not a.any() for layer in stack.get_state(sched.c0) for a in layer))
+        loss = update(sched, stack, *args)
+        reach.append(sched.g0)
+        return loss
+
+    monkeypatch.setattr(Scheduler, "update", spy)
+    trainer = train_steps(config(corpus, tmp_path, k1=5, k2=12, reset_every=reset_every), tmp_path / "r", 14)
+    assert trainer.streams.epoch == 0  # no new epoch: these zero states are the fresh starts
+    assert [i for i, zero in enumerate(entering) if zero] == fresh
+    c0 = trainer.sched.c0  # after a fresh start the gradient stops where the zero state entered
+    assert [i for i, g in enumerate(reach) if g == c0] == fresh
 
 
 @pytest.mark.parametrize("cell, options", [("esn", {}), ("leaky", dict(tau="2:20"))])
