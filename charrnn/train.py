@@ -154,6 +154,7 @@ class Trainer:
         rank 0 their streams' part of the window."""
         # Ranks on CPUs whose kernels round differently (AVX2 and AVX-512 nodes of one cluster)
         # could drift apart in the last bits: at every save they all take rank 0's model again.
+        self.world.dump_params(self.params)  # (tests: what each rank had before that)
         self.world.bcast(self.params)
         keep = self.sched.window - self.sched.k1
         kept = self.world.gather_rows(self.stack.kept_arrays(keep))  # every rank's streams, in order
@@ -357,7 +358,6 @@ class Trainer:
                     self.save("latest")
                 if self.stop_requested:
                     raise Interrupted(self.save("latest"))
-            self.world.dump_params(self.params)
             test = math.nan
             if len(self.test_ids) >= 2:
                 test = self._evaluate(self.test_ids)
