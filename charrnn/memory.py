@@ -39,7 +39,8 @@ def available_bytes(proc=Path("/proc"), cgroup_root=Path("/sys/fs/cgroup")):
 
 def training_needs(spec: ModelSpec, cfg, streams=None, processes=1) -> dict:
     """Bytes a training run allocates, by part: of `processes` that each hold the model and
-    `streams` of the batch (MPI ranks on one machine; by default one process, all of them)."""
+    `streams` of the batch (MPI ranks on one machine; by default one process, all of them).
+    Each also validates only its share of the evaluation streams, as many as it trains."""
     f32 = np.dtype(np.float32).itemsize
     P = Layout(spec).size
     moments = len(moment_names(cfg.optimizer))
@@ -48,7 +49,7 @@ def training_needs(spec: ModelSpec, cfg, streams=None, processes=1) -> dict:
         "parameters and gradients": 2 * P * f32,
         "optimizer state": moments * P * f32,
         "window buffers": Stack.nbytes(spec, streams, max(cfg.k1, cfg.k2), np.float32, cfg.dropout)
-        + evaluation_needs(spec, cfg.batch, cfg.k1, np.float32)["window buffers"],
+        + evaluation_needs(spec, streams, cfg.k1, np.float32)["window buffers"],
         "checkpoint copies": (moments + 1) * P * f32,  # the moments and one array's bytes, while saving
     }.items()}
 

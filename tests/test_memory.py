@@ -123,5 +123,7 @@ def test_ranks_on_one_machine_need_the_model_each_and_their_own_streams():
     half = memory.training_needs(spec, cfg, streams=16)
     pair = memory.training_needs(spec, cfg, streams=16, processes=2)
     assert half["parameters and gradients"] == one["parameters and gradients"]
-    assert half["window buffers"] < one["window buffers"]
+    # half the streams, half the window buffers: for training and for validation, whose warm-up
+    # window is the larger part here (each rank validates its share of the streams)
+    assert 0.45 < half["window buffers"] / one["window buffers"] < 0.55
     assert {k: 2 * v for k, v in half.items()} == pair
