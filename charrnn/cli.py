@@ -134,7 +134,7 @@ def train(
     seed: int = _ranged(_C.seed, RANGES["seed"], "Seed for initialisation and dropout."),
     run: str = typer.Option("", help="Run name: checkpoints go to OUT_DIR/RUN. Default: CELL-DATE-TIME."),
     out_dir: Path = typer.Option(Path(_C.out_dir), help="Folder for run folders."),
-    resume: Optional[Path] = typer.Option(None, help="Continue a run (its folder or a checkpoint), from any folder. The learning rate and its schedule, clipping, the stopping rules, evaluation, saves and samples may change; one line says what changed. Give the corpus again only if it moved: it is checked by its hash."),
+    resume: Optional[Path] = typer.Option(None, help="Continue a run (its folder or a checkpoint), from any folder. The learning rate and its schedule, clipping, fresh starts, the stopping rules, evaluation, saves and samples may change; one line says what changed. Give the corpus again only if it moved: it is checked by its hash."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display; print only the summary."),
 ):
     """Train a model on text files, saving latest.npz and best.npz under OUT_DIR/RUN.
