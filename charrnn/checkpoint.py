@@ -148,7 +148,9 @@ def _check_json(value, where: str) -> None:
 
 def _sha256(a: np.ndarray) -> str:
     h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
-    h.update(a.tobytes())  # C order whatever the memory layout, so save and load agree
+    # the bytes in C order whatever the memory layout, so save and load agree; no copy of a
+    # C-contiguous array (the parameters are one), so loading a model does not hold it twice
+    h.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
     return h.hexdigest()
 
 
