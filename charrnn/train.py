@@ -131,6 +131,7 @@ class Trainer:
         if base is not None:  # the trained model; a fresh model's rows for the characters it lacked
             transplant(base.spec, base.params, self.spec, self.params)
         self.world.bcast(self.params)  # every rank starts from rank 0's model
+        self._synced_at = None  # the update whose model every rank last took from rank 0
         self.grads = np.zeros_like(self.params)
         self.opt = Optimizer(cfg.optimizer, self.params.size, np.float32, cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = Scheduler(cfg.k1, cfg.k2)
@@ -153,9 +154,12 @@ class Trainer:
         """(arrays, meta) of a checkpoint; under MPI, None on the ranks other than 0, which send
         rank 0 their streams' part of the window."""
         # Ranks on CPUs whose kernels round differently (AVX2 and AVX-512 nodes of one cluster)
-        # could drift apart in the last bits: at every save they all take rank 0's model again.
-        self.world.dump_params(self.params)  # (tests: what each rank had before that)
-        self.world.bcast(self.params)
+        # could drift apart in the last bits: at the first save of an update (best.npz, then
+        # latest.npz) they all take rank 0's model again.
+        if self._synced_at != self.step:
+            self.world.dump_params(self.params)  # (tests: what each rank computed before that)
+            self.world.bcast(self.params)
+            self._synced_at = self.step
         keep = self.sched.window - self.sched.k1
         kept = self.world.gather_rows(self.stack.kept_arrays(keep))  # every rank's streams, in order
         if kept is None:

@@ -127,8 +127,9 @@ def test_two_ranks_train_what_one_process_trains(corpus, straight, tmp_path):
     dump = tmp_path / "params"
     ok(launch(2, corpus, run_dir, "--max-steps", STEPS, env={"CHARRNN_TEST_DUMP_PARAMS": str(dump)}))
     assert_same_run(run_dir, straight)
-    # every rank comes to the last save with the same model, bit for bit, computed on its own
-    # since the save before (each save gives every rank rank 0's), and rank 0 saved it
+    # every rank comes to the last update's saves with the same model, bit for bit, computed on
+    # its own since the update of the save before (the first save of an update gives every rank
+    # rank 0's), and rank 0 saved it
     rank0, rank1 = np.load(f"{dump}.rank0.npy"), np.load(f"{dump}.rank1.npy")
     np.testing.assert_array_equal(rank0, rank1)
     np.testing.assert_array_equal(rank0, load_checkpoint(run_dir / "latest.npz")[0]["params"])
