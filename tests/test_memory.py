@@ -126,4 +126,9 @@ def test_ranks_on_one_machine_need_the_model_each_and_their_own_streams():
     # half the streams, half the window buffers: for training and for validation, whose warm-up
     # window is the larger part here (each rank validates its share of the streams)
     assert 0.45 < half["window buffers"] / one["window buffers"] < 0.55
+    # a rank holding one stream that is not the text's first warms it up: one process of one
+    # stream (nothing to warm) needs less than such a rank
+    alone = memory.training_needs(spec, TrainConfig(hidden=64, layers=2, batch=1).validate())
+    rank_of_32 = memory.training_needs(spec, cfg, streams=1)
+    assert rank_of_32["window buffers"] > alone["window buffers"]
     assert {k: 2 * v for k, v in half.items()} == pair
