@@ -127,6 +127,23 @@ def test_file_is_a_standard_npz_with_a_json_document(tmp_path):
     assert set(document["array_sha256"]) == {"params", "state.layer0.hs"}
 
 
+def test_each_checksum_is_the_sha256_of_dtype_shape_and_c_order_bytes(tmp_path):
+    # the format's definition, which checkpoints written by any version are checked against
+    import hashlib
+
+    arrays = {**sample_arrays(), "big-endian": np.arange(6, dtype=">f8").reshape(2, 3),
+              "strided": np.arange(20, dtype=np.float32)[::3]}
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, arrays, {})
+    checksums = read_document(path)["array_sha256"]
+    for name, a in arrays.items():
+        want = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode() + a.tobytes(order="C")).hexdigest()
+        assert checksums[name] == want, name
+    got, _ = load_checkpoint(path)  # and a load checks them
+    for name, a in arrays.items():
+        np.testing.assert_array_equal(got[name], a)
+
+
 def test_saving_the_same_content_twice_gives_identical_files(tmp_path):
     save_checkpoint(tmp_path / "a.npz", sample_arrays(), sample_meta())
     save_checkpoint(tmp_path / "b.npz", sample_arrays(), sample_meta())
