@@ -269,9 +269,7 @@ class Trainer:
 
     def fresh_start(self):
         """Whether every stream starts the next update from a zero state where it is in the text
-        (--reset-every): the model meets the state that sampling and evaluation start from at
-        many contexts, not only at each epoch's first. Models trained without it could run away
-        from a zero state: an LSTM's cell counting up without bound, the text garbage after it."""
+        (TrainConfig.reset_every says why)."""
         every = self.cfg.reset_every
         return bool(every) and self.step > 0 and self.step % every == 0
 
