@@ -50,13 +50,18 @@ def evaluate(spec: ModelSpec, params: np.ndarray, ids: np.ndarray, batch=32, win
     return total / streams.count, streams.count
 
 
+def first_warm(lo):
+    """The first of the streams [lo, ...) that starts warm: every one but the text's first."""
+    return max(lo, 1)
+
+
 def _warm_state(spec, params, ids, streams, warmup, lo, hi):
     """The state entering streams [lo, hi): zeros for the first stream, and for stream b >= 1 the
     state after reading the `warmup` characters before it, from a zero state."""
     S = streams.stream_length
     w = min(warmup, S)
     n_states = len(CELLS[spec.cell].states)
-    first = max(lo, 1)  # the first stream that starts warm
+    first = first_warm(lo)
     if first >= hi or w == 0:
         return [[np.zeros((hi - lo, spec.hidden), params.dtype) for _ in range(n_states)] for _ in range(spec.layers)]
     warm = Stack(spec, hi - first, w, params.dtype)

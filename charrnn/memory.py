@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CharrnnError
-from .evaluate import WARMUP
+from .evaluate import WARMUP, first_warm
 from .model import Layout, ModelSpec, Stack
 from .optim import moment_names
 
@@ -40,8 +40,8 @@ def available_bytes(proc=Path("/proc"), cgroup_root=Path("/sys/fs/cgroup")):
 def training_needs(spec: ModelSpec, cfg, streams=None, processes=1) -> dict:
     """Bytes a training run allocates, by part: of `processes` that each hold the model and
     `streams` of the batch (MPI ranks on one machine; by default one process, all of them).
-    Each also validates only its share of the evaluation streams, as many as it trains; on a
-    rank other than 0 every one of them starts warm, since none is the text's first stream."""
+    Each also validates only its share of the evaluation streams, as many as it trains; counted
+    as the last share, which holds the text's first stream only if it is the whole batch."""
     f32 = np.dtype(np.float32).itemsize
     P = Layout(spec).size
     moments = len(moment_names(cfg.optimizer))
@@ -50,17 +50,18 @@ def training_needs(spec: ModelSpec, cfg, streams=None, processes=1) -> dict:
         "parameters and gradients": 2 * P * f32,
         "optimizer state": moments * P * f32,
         "window buffers": Stack.nbytes(spec, streams, max(cfg.k1, cfg.k2), np.float32, cfg.dropout)
-        + evaluation_needs(spec, streams, cfg.k1, np.float32, warm=min(streams, cfg.batch - 1))["window buffers"],
+        + evaluation_needs(spec, cfg.batch, cfg.k1, np.float32, rows=slice(cfg.batch - streams, cfg.batch))["window buffers"],
         "checkpoint copies": (moments + 1) * P * f32,  # the moments and one array's bytes, while saving
     }.items()}
 
 
-def evaluation_needs(spec: ModelSpec, batch: int, window: int, dtype, warm=None) -> dict:
-    """Bytes evaluate() allocates: its window, and the window that warms up the state of each
-    stream that starts warm (`warm` of them; by default all but the first)."""
-    warm = batch - 1 if warm is None else warm
+def evaluation_needs(spec: ModelSpec, batch: int, window: int, dtype, rows=None) -> dict:
+    """Bytes evaluate() allocates for the streams `rows` of `batch` (all by default; under MPI a
+    rank's share): their window, and the window that warms up those that start warm."""
+    lo, hi = (0, batch) if rows is None else (rows.start, rows.stop)
+    warm = hi - first_warm(lo)
     warming = Stack.nbytes(spec, warm, WARMUP, dtype) if warm > 0 else 0
-    return {"window buffers": Stack.nbytes(spec, batch, window, dtype) + warming}
+    return {"window buffers": Stack.nbytes(spec, hi - lo, window, dtype) + warming}
 
 
 def require(needs: dict, what: str, advice: str):
