@@ -67,26 +67,66 @@ def test_every_tile_variant_multiplies_like_numpy(tile, dtype):
 @pytest.mark.parametrize("tile", [4, 8])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_every_tile_variant_multiplies_two_panels_like_numpy(tile, dtype):
-    # two panels, one after the other in P, each into its own columns of C: side by side for the
-    # forward's gate blocks, apart for the backward's next panel (8 rows and both panels at once
-    # in the wide tile)
+    # two panels of P, each into its own columns of C: neighbours in P and side by side in C for
+    # the forward's gate blocks, a whole panel of P apart for the next panel of one gate, and
+    # apart in C for the spare slot (8 rows and both panels at once in the wide tile)
     product = compiled_with(panels.panel_pair_product, tile)
     rng = np.random.default_rng(10 + tile)
     for rows in (0, 1, 7, 8, 9, 16, 21):
         for K in (1, 5, 37):
             for c1 in (1 + LANES, 1 + 3 * LANES + 2):
-                lda, ldc = K + 3, 4 * LANES + 5
-                A = rng.normal(size=rows * lda + 2).astype(dtype)
-                P = rng.normal(size=(3, K, LANES)).astype(dtype)  # panels 1 and 2 are multiplied
-                C = rng.normal(size=rows * ldc + 4 * LANES).astype(dtype)
-                want = C.copy()
-                for i in range(rows):
-                    a = A[2 + i * lda: 2 + i * lda + K]
-                    want[1 + i * ldc: 1 + i * ldc + LANES] += a @ P[1]
-                    want[c1 + i * ldc: c1 + i * ldc + LANES] += a @ P[2]
-                product(A, 2, lda, rows, K, P, K * LANES, C, 1, c1, ldc)
-                tol = 1e-12 if dtype == np.float64 else 2e-5
-                np.testing.assert_allclose(C, want, rtol=tol, atol=tol, err_msg=f"rows={rows} K={K} c1={c1}")
+                for second in (2, 3):  # panel 1 with panel 2 or 3
+                    lda, ldc = K + 3, 4 * LANES + 5
+                    A = rng.normal(size=rows * lda + 2).astype(dtype)
+                    P = rng.normal(size=(4, K, LANES)).astype(dtype)
+                    C = rng.normal(size=rows * ldc + 4 * LANES).astype(dtype)
+                    want = C.copy()
+                    for i in range(rows):
+                        a = A[2 + i * lda: 2 + i * lda + K]
+                        want[1 + i * ldc: 1 + i * ldc + LANES] += a @ P[1]
+                        want[c1 + i * ldc: c1 + i * ldc + LANES] += a @ P[second]
+                    product(A, 2, lda, rows, K, P, K * LANES, second * K * LANES, C, 1, c1, ldc)
+                    tol = 1e-12 if dtype == np.float64 else 2e-5
+                    np.testing.assert_allclose(C, want, rtol=tol, atol=tol,
+                                               err_msg=f"rows={rows} K={K} c1={c1} second={second}")
+
+
+@pytest.mark.parametrize("tile", [4, 8])
+@pytest.mark.parametrize("gates", [1, 2, 3, 4])
+@pytest.mark.parametrize("H", [37, 48])  # an odd and an even number of panels, the last one short or whole
+def test_recurrent_product_gives_every_panel_its_product_in_order(tile, gates, H):
+    # the forward visits panels 0, 1, 2, ... of a step, each adding its product of every gate
+    # block into that gate's slot; with the wide tile, an odd gate block left over (every block
+    # of a one-gate cell) is computed for the next panel too, into the spare slot: each panel
+    # must still find exactly its own product added to its slots, bit for bit as panel by panel
+    # computes it, and nothing in the other slots
+    product = compiled_with(panels.recurrent_product, tile)
+    one_by_one = compiled_with(panels.recurrent_product, 4)
+    rng = np.random.default_rng(gates + H)
+    T, B, slots = 2, 21, gates + 3
+    spare = slots - 1
+    W = rng.normal(size=(H, gates * H))
+    Wp = np.zeros(panels.gate_panels_shape(H, H, gates))
+    panels.pack_gate_panels(W, Wp)
+    hs = rng.normal(size=(T, B, H))
+    S = rng.normal(size=(B, slots * LANES))
+    for p in range(Wp.shape[0]):
+        S[:, : gates * LANES] = rng.normal(size=(B, gates * LANES))  # what a cell puts there first
+        before = S.copy()
+        product(hs, 1, Wp, S, p, 2, B, spare)
+        n = min(LANES, H - p * LANES)
+        for g in range(gates):
+            cols = slice(g * H + p * LANES, g * H + p * LANES + n)
+            want = before[2:, g * LANES: g * LANES + n] + hs[1, 2:] @ W[:, cols]
+            np.testing.assert_allclose(S[2:, g * LANES: g * LANES + n], want, rtol=1e-12, atol=1e-12,
+                                       err_msg=f"p={p} g={g}")
+        np.testing.assert_array_equal(S[:2], before[:2])  # another thread's rows
+        np.testing.assert_array_equal(S[:, gates * LANES: spare * LANES], before[:, gates * LANES: spare * LANES])
+        if tile == 4:
+            continue
+        exact = before.copy()  # panel by panel, the same sums to the last bit
+        one_by_one(hs, 1, Wp, exact, p, 2, B, spare)
+        np.testing.assert_array_equal(S[:, : gates * LANES], exact[:, : gates * LANES])
 
 
 @pytest.mark.parametrize("tile", [4, 8])

@@ -26,9 +26,10 @@ from .matvec import matvec
 from .panels import LANES, add_entering_grad, copy_lanes, prefetch, recurrent_grad, recurrent_product, scratch_rows
 from .panels import pack_gate_panels, pack_transposed_panels, panel_shapes
 
-# forward slots: r, z, hp_n + b_hn, xproj_n, h_{t-1} (then n, h_t in the last two)
-F_R, F_Z, F_HN, F_XN, F_H = range(5)
-FORWARD_SLOTS = 5
+# forward slots: r, z, hp_n + b_hn, xproj_n, h_{t-1} (then n, h_t in the last two), the next
+# panel's hp_n
+F_R, F_Z, F_HN, F_XN, F_H, F_SPARE = range(6)
+FORWARD_SLOTS = 6  # F_SPARE: for recurrent_product
 # backward slots: the recurrent gradient, r, z, n, hp_n + b_hn, h_{t-1}, the gradient carried
 # into h_t and the one from above (then dr, dz, dn, r * dn and the carry to h_{t-1})
 B_REC, B_R, B_Z, B_N, B_HN, B_HPREV, B_DH, B_DHUP, B_SPARE = range(9)
@@ -49,7 +50,7 @@ def _gru_forward_panel(hs, acts, hn, xtable, xindex, Wp, bhn, S, t, p, r0, r1):
         copy_lanes(s, F_HN * LANES, bhn, u0, n)
         copy_lanes(s, F_XN * LANES, x, 2 * H + u0, n)
         copy_lanes(s, F_H * LANES, hs[t, r], u0, n)
-    recurrent_product(hs, t, Wp, S, p, r0, r1)  # the only matrix work
+    recurrent_product(hs, t, Wp, S, p, r0, r1, F_SPARE)  # the only matrix work
     for r in range(r0, r1):
         s = S[r]
         for j in range(LANES):

@@ -27,10 +27,10 @@ from .panels import LANES, add_entering_grad, copy_lanes, recurrent_grad, recurr
 from .panels import gate_panels_shape, pack_gate_panels, pack_transposed_panels, transposed_panels_shape
 
 # forward slots: pass 1 the pre-activations of r and z (then r, z), h_{t-1};
-# pass 2 the candidate's pre-activation (then n), z, h_{t-1} (then h_t)
+# pass 2 the candidate's pre-activation (then n), z, h_{t-1} (then h_t), the next panel's product
 F_R, F_Z, F_H = range(3)
-F_N = 0
-FORWARD_SLOTS = 3
+F_N, F_SPARE = 0, 3
+FORWARD_SLOTS = 4  # F_SPARE: for pass 2's recurrent_product (pass 1 has two gates: no spare)
 # backward slots: the recurrent gradient, the gradient carried into h_t, the one from above,
 # r, z, n, h_{t-1}
 B_REC, B_DH, B_DHUP, B_R, B_Z, B_N, B_HPREV, B_SPARE = range(8)
@@ -48,7 +48,7 @@ def _gates_panel(hs, acts, rh, xtable, xindex, Wp, S, t, p, r0, r1):
         copy_lanes(S[r], F_R * LANES, x, u0, n)
         copy_lanes(S[r], F_Z * LANES, x, H + u0, n)
         copy_lanes(S[r], F_H * LANES, hs[t, r], u0, n)
-    recurrent_product(hs, t, Wp, S, p, r0, r1)  # h_{t-1} @ [Wh_r | Wh_z]
+    recurrent_product(hs, t, Wp, S, p, r0, r1, -1)  # h_{t-1} @ [Wh_r | Wh_z]
     for r in range(r0, r1):
         s = S[r]
         for j in range(LANES):
@@ -71,7 +71,7 @@ def _candidate_panel(hs, acts, rh, xtable, xindex, Wnp, S, t, p, r0, r1):
         copy_lanes(S[r], F_N * LANES, xtable[xindex[t, r]], 2 * H + u0, n)
         copy_lanes(S[r], 1 * LANES, acts[t, r], H + u0, n)  # z
         copy_lanes(S[r], 2 * LANES, hs[t, r], u0, n)  # h_{t-1}
-    recurrent_product(rh, t, Wnp, S, p, r0, r1)  # (r * h_{t-1}) @ Whn
+    recurrent_product(rh, t, Wnp, S, p, r0, r1, F_SPARE)  # (r * h_{t-1}) @ Whn
     for r in range(r0, r1):
         s = S[r]
         for j in range(LANES):

@@ -26,8 +26,9 @@ from .matvec import matvec
 from .panels import LANES, add_entering_grad, copy_lanes, recurrent_grad, recurrent_product, scratch_rows
 from .panels import pack_gate_panels, pack_transposed_panels, panel_shapes
 
-F_K, F_H, F_A = range(3)  # forward slots: the pre-activation (then k_t), h_{t-1} (then h_t), a
-FORWARD_SLOTS = 3
+# forward slots: the pre-activation (then k_t), h_{t-1} (then h_t), a, the next panel's product
+F_K, F_H, F_A, F_SPARE = range(4)
+FORWARD_SLOTS = 4  # F_SPARE: for recurrent_product
 # backward slots: the recurrent gradient, the gradient carried into h_t, the one from above,
 # k_t, h_{t-1}, a (then the gradient of the pre-activation and of a)
 B_REC, B_DH, B_DHUP, B_K, B_HPREV, B_A, B_SPARE = range(7)
@@ -44,7 +45,7 @@ def _leaky_forward_panel(hs, ks, xtable, xindex, Wp, a, S, t, p, r0, r1):
         copy_lanes(S[r], F_K * LANES, xtable[xindex[t, r]], u0, n)
         copy_lanes(S[r], F_H * LANES, hs[t, r], u0, n)
         copy_lanes(S[r], F_A * LANES, a, u0, n)
-    recurrent_product(hs, t, Wp, S, p, r0, r1)  # the only matrix work
+    recurrent_product(hs, t, Wp, S, p, r0, r1, F_SPARE)  # the only matrix work
     for r in range(r0, r1):
         s = S[r]
         for j in range(LANES):

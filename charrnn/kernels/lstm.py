@@ -59,7 +59,7 @@ def _lstm_forward_panel(hs, cs, acts, xtable, xindex, Wp, S, t, p, r0, r1):
             for g in range(4):
                 prefetch(x_next, g * H + u0)  # the lines step t+1 reads
         copy_lanes(S[r], F_C * LANES, cs[t, r], u0, n)
-    recurrent_product(hs, t, Wp, S, p, r0, r1)  # the only matrix work
+    recurrent_product(hs, t, Wp, S, p, r0, r1, -1)  # the only matrix work (four gates: no spare)
     for r in range(r0, r1):
         s = S[r]
         for j in range(LANES):

@@ -41,21 +41,21 @@ def _same_contiguous_arrays(*arrays):
 def _tile_intrinsic(rows, panels=1):
     """An intrinsic computing, for r < rows, q < panels and j < LANES,
 
-        C[c0 + r*ldc + q*cstep + j] += sum_{k < K} A[a0 + r*lda + k] * P[p0 + (q*K + k)*LANES + j]
+        C[c0 + r*ldc + q*cstep + j] += sum_{k < K} A[a0 + r*lda + k] * P[p0 + q*pstep + k*LANES + j]
 
     on the data of contiguous arrays A, P, C (any number of dimensions; offsets in elements):
-    `panels` panels lying one after the other in P, each into LANES columns of C, cstep apart. The
+    `panels` (K, LANES) panels, pstep apart in P, each into LANES columns of C, cstep apart. The
     rows x panels x LANES partial sums live in vector registers for the whole loop over k:
     written with LLVM vector types, because numba's loops would be vectorised along k instead."""
 
     @intrinsic
-    def tile(typingctx, A, a0, lda, P, p0, C, c0, ldc, K, cstep):
+    def tile(typingctx, A, a0, lda, P, p0, pstep, C, c0, ldc, K, cstep):
         _same_contiguous_arrays(A, P, C)
         intp = types.intp
-        sig = types.void(A, intp, intp, P, intp, C, intp, intp, intp, intp)
+        sig = types.void(A, intp, intp, P, intp, intp, C, intp, intp, intp, intp)
 
         def codegen(context, builder, signature, args):
-            A_, a0_, lda_, P_, p0_, C_, c0_, ldc_, K_, cstep_ = args
+            A_, a0_, lda_, P_, p0_, pstep_, C_, c0_, ldc_, K_, cstep_ = args
             dtype = signature.args[0].dtype
             scalar = context.get_value_type(dtype)
             vec = ir.VectorType(scalar, LANES)
@@ -69,7 +69,7 @@ def _tile_intrinsic(rows, panels=1):
                 ptr = context.make_array(signature.args[i])(context, builder, value).data
                 return builder.gep(ptr, [offset])
 
-            a_ptr, p_ptr, c_ptr = data(0, A_, a0_), data(3, P_, p0_), data(5, C_, c0_)
+            a_ptr, p_ptr, c_ptr = data(0, A_, a0_), data(3, P_, p0_), data(6, C_, c0_)
             intp_t = a0_.type
             zero = ir.Constant(vec, [0.0] * LANES)
             broadcast = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
@@ -79,7 +79,7 @@ def _tile_intrinsic(rows, panels=1):
                 k = loop.index
                 b = []  # row k of each panel
                 for q in range(panels):
-                    at = builder.mul(builder.add(builder.mul(ir.Constant(intp_t, q), K_), k), lanes)
+                    at = builder.add(builder.mul(ir.Constant(intp_t, q), pstep_), builder.mul(k, lanes))
                     b.append(builder.load(builder.bitcast(builder.gep(p_ptr, [at]), vec.as_pointer()), align=align))
                 for r in range(rows):
                     a_at = builder.add(builder.mul(ir.Constant(intp_t, r), lda_), k)
@@ -133,30 +133,33 @@ def panel_product(A, a0, lda, rows, K, P, p0, C, c0, ldc):
     r = 0
     if TILE_ROWS == 8:  # compiled in only where the host chose it
         while r + 8 <= rows:
-            _tile8(A, a0 + r * lda, lda, P, p0, C, c0 + r * ldc, ldc, K, LANES)
+            _tile8(A, a0 + r * lda, lda, P, p0, 0, C, c0 + r * ldc, ldc, K, 0)
             r += 8
     while r + 4 <= rows:
-        _tile4(A, a0 + r * lda, lda, P, p0, C, c0 + r * ldc, ldc, K, LANES)
+        _tile4(A, a0 + r * lda, lda, P, p0, 0, C, c0 + r * ldc, ldc, K, 0)
         r += 4
     while r < rows:
-        _tile1(A, a0 + r * lda, lda, P, p0, C, c0 + r * ldc, ldc, K, LANES)
+        _tile1(A, a0 + r * lda, lda, P, p0, 0, C, c0 + r * ldc, ldc, K, 0)
         r += 1
 
 
 @kernel
-def panel_pair_product(A, a0, lda, rows, K, P, p0, C, c0, c1, ldc):
-    """panel_product of two panels lying one after the other in P (at p0 and p0 + K*LANES),
-    into C's columns at c0 and c1 (+ i*ldc for row i). With the 8-row tile, whole tiles
-    take both panels at once (measured alone on AVX-512, K=128..512: 160-190 GFLOP/s a core
-    panel by panel, 210-220 both at once); the other rows, and AVX2, go panel by panel."""
+def panel_pair_product(A, a0, lda, rows, K, P, p0, p1, C, c0, c1, ldc):
+    """panel_product of two panels of P (at p0 and p1) into C's columns at c0 and c1
+    (+ i*ldc for row i). With the 8-row tile, whole tiles take both panels at once: 8 rows of
+    one panel load a row of the panel and 8 of A for 8 multiply-adds, more loads than the two
+    load ports issue while the two FMA pipes do 8; two panels share the 8 loads of A. Measured
+    alone on AVX-512 (Zen 5), K=128..512, rows of 16: 150-190 GFLOP/s a core panel by panel,
+    230-240 both at once, as fast as 3 or 4 panels at once. The other rows, and AVX2 (whose
+    16 registers hold no second panel's sums), go panel by panel."""
     r = 0
     if TILE_ROWS == 8:
         while r + 8 <= rows:
-            _tile8x2(A, a0 + r * lda, lda, P, p0, C, c0 + r * ldc, ldc, K, c1 - c0)
+            _tile8x2(A, a0 + r * lda, lda, P, p0, p1 - p0, C, c0 + r * ldc, ldc, K, c1 - c0)
             r += 8
     rest = rows - r
     panel_product(A, a0 + r * lda, lda, rest, K, P, p0, C, c0 + r * ldc, ldc)
-    panel_product(A, a0 + r * lda, lda, rest, K, P, p0 + K * LANES, C, c1 + r * ldc, ldc)
+    panel_product(A, a0 + r * lda, lda, rest, K, P, p1, C, c1 + r * ldc, ldc)
 
 
 def n_panels(H):
@@ -220,18 +223,43 @@ def _pack_transposed_panel(W, P, p):
 
 
 @kernel
-def recurrent_product(hs, t, P, S, p, r0, r1):
+def recurrent_product(hs, t, P, S, p, r0, r1, spare):
     """S[r, g*LANES : (g+1)*LANES] += hs[t, r] @ W for every gate block g of W, the units of
     panel p and the streams r in [r0, r1): step t's recurrent product, added into the first
-    slots of the scratch rows S (B, k*LANES), from the panels P of pack_gate_panels."""
-    H, W, gates = hs.shape[2], S.shape[1], P.shape[1]
+    slots of the scratch rows S (B, k*LANES), from the panels P of pack_gate_panels.
+
+    The gate blocks go two by two (panel_pair_product). A block left over (the only one of a
+    one-gate cell) pairs with the same block of the next panel, as recurrent_grad does: with the 8-row
+    tile, an even p also computes panel p+1's product of that gate into slot `spare` of S, and
+    the odd p after it adds it from there. So a caller visits p = 0, 1, 2, ... in order, keeps
+    slot `spare` for this alone, and has nothing in it between two panels; with an even number
+    of gates, `spare` is never touched. (hs[t] is whole before the first panel: the step before
+    wrote it.) The sums are those of panel by panel, bit for bit: a product starts from zero
+    in registers and is added once to its slot, directly or from `spare`."""
+    H, W, gates, n_panels = hs.shape[2], S.shape[1], P.shape[1], P.shape[0]
+    panel = gates * H * LANES  # from a panel of P to the next one
     g = 0
     while g + 2 <= gates:  # the gate blocks two by two: their panels and slots are neighbours
         c0 = r0 * W + g * LANES
-        panel_pair_product(hs[t], r0 * H, H, r1 - r0, H, P[p], g * H * LANES, S, c0, c0 + LANES, W)
+        at = p * panel + g * H * LANES
+        panel_pair_product(hs[t], r0 * H, H, r1 - r0, H, P, at, at + H * LANES, S, c0, c0 + LANES, W)
         g += 2
-    if g < gates:
-        panel_product(hs[t], r0 * H, H, r1 - r0, H, P[p, g], 0, S, r0 * W + g * LANES, W)
+    if g == gates:
+        return
+    if TILE_ROWS == 8 and p % 2 == 1:  # computed with panel p-1
+        for r in range(r0, r1):
+            for j in range(LANES):
+                S[r, g * LANES + j] += S[r, spare * LANES + j]
+        return
+    at = p * panel + g * H * LANES
+    if TILE_ROWS == 8 and p + 1 < n_panels:
+        for r in range(r0, r1):
+            for j in range(LANES):
+                S[r, spare * LANES + j] = 0.0
+        c0 = r0 * W
+        panel_pair_product(hs[t], r0 * H, H, r1 - r0, H, P, at, at + panel, S, c0 + g * LANES, c0 + spare * LANES, W)
+    else:
+        panel_product(hs[t], r0 * H, H, r1 - r0, H, P, at, S, r0 * W + g * LANES, W)
 
 
 @kernel
@@ -260,7 +288,8 @@ def recurrent_grad(dA, t, P, S, p, r0, r1, spare):
     if t < dA.shape[0]:
         if paired:
             c0 = r0 * W
-            panel_pair_product(dA[t], r0 * G, G, r1 - r0, G, P, p * G * LANES, S, c0, c0 + spare * LANES, W)
+            panel_pair_product(dA[t], r0 * G, G, r1 - r0, G, P, p * G * LANES, (p + 1) * G * LANES, S, c0,
+                               c0 + spare * LANES, W)
         else:
             panel_product(dA[t], r0 * G, G, r1 - r0, G, P[p], 0, S, r0 * W, W)
 

@@ -49,7 +49,7 @@ def _peephole_forward_panel(hs, cs, acts, xtable, xindex, Wp, peep, S, t, p, r0,
         copy_lanes(S[r], F_C * LANES, cs[t, r], u0, n)
         for k in range(3):
             copy_lanes(S[r], (F_PI + k) * LANES, peep, k * H + u0, n)
-    recurrent_product(hs, t, Wp, S, p, r0, r1)  # the only matrix work
+    recurrent_product(hs, t, Wp, S, p, r0, r1, -1)  # the only matrix work (four gates: no spare)
     for r in range(r0, r1):
         s = S[r]
         for j in range(LANES):

@@ -20,7 +20,8 @@ from .matvec import matvec
 from .panels import LANES, add_entering_grad, copy_lanes, prefetch, recurrent_grad, recurrent_product, scratch_rows
 from .panels import pack_gate_panels, pack_transposed_panels, panel_shapes
 
-FORWARD_SLOTS = 1  # the pre-activation, then h_t
+F_A, F_SPARE = range(2)  # forward slots: the pre-activation (then h_t), the next panel's product
+FORWARD_SLOTS = 2  # F_SPARE: for recurrent_product
 B_REC, B_DH, B_DHUP, B_H, B_SPARE = range(5)  # backward: recurrent gradient, carried, from above, h_t
 BACKWARD_SLOTS = 5  # B_SPARE: the next panel's recurrent gradient (recurrent_grad)
 
@@ -32,13 +33,13 @@ def _rnn_forward_panel(hs, xtable, xindex, Wp, S, t, p, r0, r1):
     u0 = p * LANES
     n = min(LANES, H - u0)
     for r in range(r0, r1):
-        copy_lanes(S[r], 0, xtable[xindex[t, r]], u0, n)
-    recurrent_product(hs, t, Wp, S, p, r0, r1)  # the only matrix work
+        copy_lanes(S[r], F_A * LANES, xtable[xindex[t, r]], u0, n)
+    recurrent_product(hs, t, Wp, S, p, r0, r1, F_SPARE)  # the only matrix work
     for r in range(r0, r1):
         s = S[r]
         for j in range(LANES):
-            s[j] = tanh(s[j])
-        copy_lanes(hs[t + 1, r], u0, s, 0, n)
+            s[F_A * LANES + j] = tanh(s[F_A * LANES + j])
+        copy_lanes(hs[t + 1, r], u0, s, F_A * LANES, n)
 
 
 @parallel_kernel
