@@ -26,8 +26,8 @@ from .matvec import matvec
 from .panels import LANES, add_entering_grad, copy_lanes, prefetch, recurrent_grad, recurrent_product, scratch_rows
 from .panels import pack_gate_panels, pack_transposed_panels, panel_shapes
 
-# forward slots: r, z, hp_n + b_hn, xproj_n, h_{t-1} (then n, h_t in the last two), the next
-# panel's hp_n
+# forward slots: r, z, hp_n + b_hn, xproj_n (then n), h_{t-1} (then h_t), and the next panel's
+# hp_n (recurrent_product's spare)
 F_R, F_Z, F_HN, F_XN, F_H, F_SPARE = range(6)
 FORWARD_SLOTS = 6  # F_SPARE: for recurrent_product
 # backward slots: the recurrent gradient, r, z, n, hp_n + b_hn, h_{t-1}, the gradient carried

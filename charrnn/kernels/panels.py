@@ -107,7 +107,8 @@ def tile_rows(features: str) -> int:
     AVX-512. Two FMA pipes with a latency of about 4 cycles need 8 independent sums in flight:
     4 rows with AVX2 (8 of its 16 registers; 8 rows would spill), 8 with AVX-512 (8 of 32).
     AVX-512 has registers for more: where two panels are multiplied by the same rows (the
-    gates of the forward product), its tile takes both at once, 16 sums (panel_pair_product)."""
+    forward's gate blocks two by two, a block left over with its next panel, and the backward's
+    neighbouring panels), its tile takes both at once, 16 sums (panel_pair_product)."""
     return 8 if "+avx512f" in features.split(",") else 4
 
 
