@@ -230,9 +230,9 @@ def recurrent_product(hs, t, P, S, p, r0, r1, spare):
     slots of the scratch rows S (B, k*LANES), from the panels P of pack_gate_panels.
 
     The gate blocks go two by two (panel_pair_product). A block left over (the only one of a
-    one-gate cell) pairs with the same block of the next panel, as recurrent_grad does: with the 8-row
-    tile, an even p also computes panel p+1's product of that gate into slot `spare` of S, and
-    the odd p after it adds it from there. So a caller visits p = 0, 1, 2, ... in order, keeps
+    one-gate cell) pairs with the same block of the next panel, as recurrent_grad does: with
+    the 8-row tile, an even p also computes panel p+1's product of that gate into slot `spare`
+    of S, and the odd p after it adds it from there. So a caller visits p = 0, 1, 2, ... in order, keeps
     slot `spare` for this alone, and has nothing in it between two panels; with an even number
     of gates, `spare` is never touched. (hs[t] is whole before the first panel: the step before
     wrote it.) The sums are those of panel by panel, bit for bit: a product starts from zero
