@@ -148,10 +148,10 @@ def panel_product(A, a0, lda, rows, K, P, p0, C, c0, ldc):
 def panel_pair_product(A, a0, lda, rows, K, P, p0, p1, C, c0, c1, ldc):
     """panel_product of two panels of P (at p0 and p1) into C's columns at c0 and c1
     (+ i*ldc for row i). With the 8-row tile, whole tiles take both panels at once: 8 rows of
-    one panel load a row of the panel and 8 of A for 8 multiply-adds, more loads than the two
-    load ports issue while the two FMA pipes do 8; two panels share the 8 loads of A. Measured
-    alone on AVX-512 (Zen 5), K=128..512, rows of 16: 150-190 GFLOP/s a core panel by panel,
-    230-240 both at once, as fast as 3 or 4 panels at once. The other rows, and AVX2 (whose
+    one panel load a row of the panel and 8 of A for 8 multiply-adds, and (our reading of the
+    figures) wait on those loads; two panels share the 8 loads of A. Measured alone on AVX-512
+    (Zen 5), K=128..512, rows of 16: 150-200 GFLOP/s a core panel by panel, 230-248 both at
+    once, as fast as 3 or 4 panels at once. The other rows, and AVX2 (whose
     16 registers hold no second panel's sums), go panel by panel."""
     r = 0
     if TILE_ROWS == 8:
