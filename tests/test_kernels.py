@@ -5,7 +5,7 @@ import pytest
 
 from charrnn.cells import NAMES
 from charrnn.kernels.output import softmax_xent, xent
-from charrnn.kernels.panels import LANES, copy_block, copy_lanes
+from charrnn.kernels.panels import LANES, add_panel, copy_block, copy_lanes
 from charrnn.model import Layout, ModelSpec, Stack, init_params
 from reference import n_states, reference_loss_and_grads
 
@@ -177,6 +177,26 @@ def test_copy_intrinsics_copy_exactly_n_elements(dtype, kind, lengths):
             expected[d0 : d0 + n] = src[s0 : s0 + n]
             _copy_with(kind, dst, d0, src, s0, n)
             np.testing.assert_array_equal(dst, expected, err_msg=f"n={n} s0={s0} d0={d0}")
+
+
+@numba.njit(cache=False)
+def _add_panel_at(dst, d0, src, s0):
+    add_panel(dst, d0, src, s0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_add_panel_adds_one_panel_exactly(dtype):
+    # a panel of LANES sums at any offset, unaligned too, and nothing outside it; NaN and inf
+    # arrive as they are
+    rng = np.random.default_rng(4)
+    src = rng.standard_normal(3 * LANES + 5).astype(dtype)
+    src[LANES + 3], src[LANES + 4] = np.nan, np.inf
+    for s0, d0 in [(0, 0), (3, 5), (LANES + 1, 2 * LANES), (2 * LANES + 5, 1)]:
+        dst = rng.standard_normal(3 * LANES + 7).astype(dtype)
+        expected = dst.copy()
+        expected[d0 : d0 + LANES] += src[s0 : s0 + LANES]
+        _add_panel_at(dst, d0, src, s0)
+        np.testing.assert_array_equal(dst, expected, err_msg=f"s0={s0} d0={d0}")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -15,15 +15,17 @@ Shapes (legend): T steps in the window, B streams, H hidden units, G = 4H gate w
 Buffers and threads as in lstm.py, whose layout of the saved activations (SAVED) this module
 shares, so that diagnostics read both alike.
 """
+import numpy as np
 from numba import prange
 
 from ..cells import Tensor, standard_shapes, uniform_
 from ._jit import block, kernel, parallel_kernel, threads
 from .activations import sigmoid, tanh
-from .blas import column_sums_acc, matmul_tn_acc
+from .blas import matmul_tn_acc
 from .lstm import SAVED, LSTMCell
 from .matvec import matvec
-from .panels import LANES, add_entering_grad, copy_block, copy_lanes, recurrent_grad, recurrent_product, scratch_rows
+from .panels import LANES, add_entering_grad, add_panel, copy_block, copy_lanes, recurrent_grad, recurrent_product
+from .panels import scratch_rows
 from .panels import n_panels, pack_gate_panels, pack_transposed_panels, panel_shapes
 
 # forward slots: the gates, tanh(c_t), c (c_{t-1}, then c_t), h_t, the peephole weights
@@ -90,7 +92,9 @@ def peephole_forward(hs, cs, acts, xtable, xindex, Wp, peep, n_blocks):
 @kernel
 def _peephole_backward_panel(dxproj, dpeep, dh, dc, dhs, cs, acts, peep, WTp, S, t, p, r0, r1):
     # step t for the units of panel p and the streams [r0, r1)
+    # dpeep (3 * panels*LANES,): this thread's sums of the peephole gradients, added to here
     H = dh.shape[1]
+    P = WTp.shape[0] * LANES  # units, padded to whole panels
     u0 = p * LANES
     n = min(LANES, H - u0)
     recurrent_grad(dxproj, t + 1, WTp, S, p, r0, r1, B_SPARE)  # a_{t+1} = ... + h_t @ Wh
@@ -131,8 +135,8 @@ def _peephole_backward_panel(dxproj, dpeep, dh, dc, dhs, cs, acts, peep, WTp, S,
             s[B_O * LANES + j] = da_o
         for g in range(4):
             copy_lanes(dxproj[t, r], g * H + u0, s, (B_I + g) * LANES, n)
-        for k in range(3):
-            copy_lanes(dpeep[t, r], k * H + u0, s, (B_PI + k) * LANES, n)
+        for k in range(3):  # whole panels: the lanes past unit H are never read
+            add_panel(dpeep, k * P + u0, s, (B_PI + k) * LANES)
         copy_lanes(dc[r], u0, s, B_DC * LANES, n)
         copy_lanes(dh[r], u0, s, B_DH * LANES, n)  # after the window, add_entering_grad fills it
 
@@ -140,19 +144,28 @@ def _peephole_backward_panel(dxproj, dpeep, dh, dc, dhs, cs, acts, peep, WTp, S,
 @parallel_kernel
 def peephole_backward(dxproj, dpeep, dh, dc, dhs, cs, acts, peep, WTp, n_blocks):
     # dxproj (T,B,4H) out: dLoss/d(a), which is also dLoss/d(xproj)
-    # dpeep (T,B,3H) out: each step's share of dLoss/dpeep, summed over steps and streams after
+    # dpeep (3H,) accumulated with +=: dLoss/dpeep, summed over steps and streams. Each thread
+    #     sums its streams into its own row of 3 * panels*LANES as it goes, added up at the end:
+    #     with a (T,B,3H) buffer summed after, the backward wrote and then read 3H floats a
+    #     character (19 MB a window at H=512)
     # dh, dc (B,H) in/out: gradient arriving at the window's last state from later steps
     #     (zero under truncation); on return, the gradient w.r.t. the entering state
     # dhs (T,B,H) in: gradient w.r.t. h_t from above     WTp: Wh^T by pack_transposed_panels
-    T, B = dxproj.shape[0], dh.shape[0]
+    T, B, H = dxproj.shape[0], dh.shape[0], dh.shape[1]
     S = scratch_rows(n_blocks, B, BACKWARD_SLOTS * LANES, dh)
+    P = WTp.shape[0] * LANES
+    sums = np.zeros((n_blocks, 3 * P), dh.dtype)
     for i in prange(n_blocks):
         r0, r1 = block(B, n_blocks, i)
         for t in range(T - 1, -1, -1):
             for p in range(WTp.shape[0]):
-                _peephole_backward_panel(dxproj, dpeep, dh, dc, dhs, cs, acts, peep, WTp, S[i], t, p, r0, r1)
+                _peephole_backward_panel(dxproj, sums[i], dh, dc, dhs, cs, acts, peep, WTp, S[i], t, p, r0, r1)
         if T > 0:
             add_entering_grad(dh, dxproj, WTp, S[i], r0, r1, B_SPARE)
+    for i in range(n_blocks):
+        for k in range(3):
+            for u in range(H):
+                dpeep[k * H + u] += sums[i, k * P + u]
 
 
 @kernel
@@ -194,7 +207,7 @@ class PeepholeCell(LSTMCell):
 
     def buffer_shapes(self, T, B, H):
         buf = {"hs": (T + 1, B, H), "cs": (T + 1, B, H), "acts": (T, B, n_panels(H) * SAVED * LANES)}
-        return buf, {"dpeep": (T, B, 3 * H), **panel_shapes(H, 4)}
+        return buf, panel_shapes(H, 4)
 
     def forward(self, buf, scratch, p, xtable, xindex, t0, t1):
         pack_gate_panels(p["Wh"], scratch["Wp"])
@@ -202,14 +215,12 @@ class PeepholeCell(LSTMCell):
                          scratch["Wp"], p["peep"], threads())
 
     def backward(self, buf, scratch, p, g, dxproj, dhs, dstate, t0, t1):
-        hs, H, dpeep = buf["hs"], p["Wh"].shape[0], scratch["dpeep"]
+        hs, H = buf["hs"], p["Wh"].shape[0]
         pack_transposed_panels(p["Wh"], scratch["WTp"])
-        peephole_backward(dxproj[t0:t1], dpeep[t0:t1], dstate["hs"], dstate["cs"], dhs[t0:t1],
+        peephole_backward(dxproj[t0:t1], g["peep"], dstate["hs"], dstate["cs"], dhs[t0:t1],
                           buf["cs"][t0 : t1 + 1], buf["acts"][t0:t1], p["peep"], scratch["WTp"], threads())
-        # dWh = sum_t h_{t-1}^T da_t, one product over the whole window; dpeep summed over steps
-        # and streams
+        # dWh = sum_t h_{t-1}^T da_t, one product over the whole window
         matmul_tn_acc(g["Wh"], hs[t0:t1].reshape(-1, H), dxproj[t0:t1].reshape(-1, 4 * H), threads())
-        column_sums_acc(g["peep"], dpeep[t0:t1].reshape(-1, 3 * H), threads())
 
 
 CELL = PeepholeCell()
