@@ -17,7 +17,6 @@ from numba import prange
 
 from ..cells import Adapter, Tensor, uniform_
 from ._jit import block, kernel, parallel_kernel, threads
-from .blas import column_sums_acc
 
 
 @kernel
@@ -44,25 +43,32 @@ def indrnn_forward(hs, xtable, xindex, u, n_blocks):
 @parallel_kernel
 def indrnn_backward(dxproj, du, dh, dhs, hs, u, n_blocks):
     # dxproj (T,B,H) out: dLoss/d(pre-activation) = dLoss/d(xproj)
-    # du (T,B,H) out: each step's share of dLoss/du, summed over steps and streams after this
+    # du (H,) accumulated with +=: dLoss/du, summed over steps and streams, each thread into a
+    #     row of its own as it goes (a (T,B,H) buffer summed after wrote and read H floats a
+    #     character)
     # dh (B,H) in/out: gradient arriving at hs[T] from later steps (zero under truncation);
     #     on return, the gradient w.r.t. the entering state hs[0]
     # dhs (T,B,H) in: gradient w.r.t. h_t from above
     T, B, H = dxproj.shape[0], dh.shape[0], dh.shape[1]
+    sums = np.zeros((n_blocks, H), dh.dtype)
     for i in prange(n_blocks):
         r0, r1 = block(B, n_blocks, i)
+        dur = sums[i]
         for t in range(T - 1, -1, -1):
             for r in range(r0, r1):
                 d, carry, h, h_prev = dxproj[t, r], dh[r], hs[t + 1, r], hs[t, r]
-                up, dur = dhs[t, r], du[t, r]
+                up = dhs[t, r]
                 for j in range(H):
                     dh_t = carry[j] + up[j]
                     # h_t = relu(pre): the gradient passes where the unit is active
                     dpre = dh_t if h[j] > 0.0 else 0.0
                     d[j] = dpre
                     # pre = xproj + u * h_{t-1}
-                    dur[j] = dpre * h_prev[j]
+                    dur[j] += dpre * h_prev[j]
                     carry[j] = dpre * u[j]
+    for i in range(n_blocks):
+        for j in range(H):
+            du[j] += sums[i, j]
 
 
 @kernel
@@ -107,7 +113,7 @@ class IndRNNCell(Adapter):
         np.clip(p["u"], -bound, bound, out=p["u"])
 
     def buffer_shapes(self, T, B, H):
-        return {"hs": (T + 1, B, H)}, {"du": (T, B, H)}
+        return {"hs": (T + 1, B, H)}, {}
 
     def activations(self, buf, H):
         return {}  # relu units: neither a gate nor a tanh that saturates
@@ -127,10 +133,8 @@ class IndRNNCell(Adapter):
         indrnn_forward(buf["hs"][t0 : t1 + 1], xtable, xindex, p["u"], threads())
 
     def backward(self, buf, scratch, p, g, dxproj, dhs, dstate, t0, t1):
-        H, du = p["u"].shape[0], scratch["du"]
-        indrnn_backward(dxproj[t0:t1], du[t0:t1], dstate["hs"], dhs[t0:t1], buf["hs"][t0 : t1 + 1], p["u"],
+        indrnn_backward(dxproj[t0:t1], g["u"], dstate["hs"], dhs[t0:t1], buf["hs"][t0 : t1 + 1], p["u"],
                         threads())
-        column_sums_acc(g["u"], du[t0:t1].reshape(-1, H), threads())
 
 
 CELL = IndRNNCell()

@@ -21,9 +21,9 @@ from numba import prange
 from ..cells import Adapter, Tensor, check_option, uniform_
 from ._jit import block, kernel, parallel_kernel, threads
 from .activations import tanh
-from .blas import column_sums_acc, matmul_tn_acc
+from .blas import matmul_tn_acc
 from .matvec import matvec
-from .panels import LANES, add_entering_grad, copy_lanes, recurrent_grad, recurrent_product, scratch_rows
+from .panels import LANES, add_entering_grad, add_panel, copy_lanes, recurrent_grad, recurrent_product, scratch_rows
 from .panels import pack_gate_panels, pack_transposed_panels, panel_shapes
 
 # forward slots: the pre-activation (then k_t), h_{t-1} (then h_t), a, the next panel's product
@@ -75,6 +75,7 @@ def leaky_forward(hs, ks, xtable, xindex, Wp, a, n_blocks):
 @kernel
 def _leaky_backward_panel(dxproj, da, dh, dhs, hs, ks, a, WTp, S, t, p, r0, r1):
     # step t for the units of panel p and the streams [r0, r1)
+    # da (panels*LANES,): this thread's sums of the rates' gradient, added to here
     H = dh.shape[1]
     u0 = p * LANES
     n = min(LANES, H - u0)
@@ -96,26 +97,31 @@ def _leaky_backward_panel(dxproj, da, dh, dhs, hs, ks, a, WTp, S, t, p, r0, r1):
             # k_t = tanh(pre-activation)
             s[B_K * LANES + j] = dh_t * rate * (1.0 - k * k)
         copy_lanes(dxproj[t, r], u0, s, B_K * LANES, n)
-        copy_lanes(da[t, r], u0, s, B_A * LANES, n)
+        add_panel(da, u0, s, B_A * LANES)  # a whole panel: the lanes past unit H are never read
         copy_lanes(dh[r], u0, s, B_DH * LANES, n)  # after the window, add_entering_grad adds to it
 
 
 @parallel_kernel
 def leaky_backward(dxproj, da, dh, dhs, hs, ks, a, WTp, n_blocks):
     # dxproj (T,B,H) out: dLoss/d(pre-activation) = dLoss/d(xproj)
-    # da (T,B,H) out: each step's share of dLoss/da, summed over steps and streams after this
+    # da (H,) accumulated with +=: dLoss/da, summed over steps and streams, each thread into a
+    #     row of its own as it goes (as peephole.py sums its weights' gradient)
     # dh (B,H) in/out: gradient arriving at hs[T] from later steps (zero under truncation);
     #     on return, the gradient w.r.t. the entering state hs[0]
     # dhs (T,B,H) in: gradient w.r.t. h_t from above     WTp: Wh^T by pack_transposed_panels
-    T, B = dxproj.shape[0], dh.shape[0]
+    T, B, H = dxproj.shape[0], dh.shape[0], dh.shape[1]
     S = scratch_rows(n_blocks, B, BACKWARD_SLOTS * LANES, dh)
+    sums = np.zeros((n_blocks, WTp.shape[0] * LANES), dh.dtype)
     for i in prange(n_blocks):
         r0, r1 = block(B, n_blocks, i)
         for t in range(T - 1, -1, -1):
             for p in range(WTp.shape[0]):
-                _leaky_backward_panel(dxproj, da, dh, dhs, hs, ks, a, WTp, S[i], t, p, r0, r1)
+                _leaky_backward_panel(dxproj, sums[i], dh, dhs, hs, ks, a, WTp, S[i], t, p, r0, r1)
         if T > 0:
             add_entering_grad(dh, dxproj, WTp, S[i], r0, r1, B_SPARE)
+    for i in range(n_blocks):
+        for u in range(H):
+            da[u] += sums[i, u]
 
 
 @kernel
@@ -170,7 +176,7 @@ class LeakyCell(Adapter):
         np.clip(p["a"], MIN_RATE, 1.0, out=p["a"])
 
     def buffer_shapes(self, T, B, H):
-        return {"hs": (T + 1, B, H), "ks": (T, B, H)}, {"da": (T, B, H), **panel_shapes(H, 1)}
+        return {"hs": (T + 1, B, H), "ks": (T, B, H)}, panel_shapes(H, 1)
 
     def activations(self, buf, H):
         """{name: (T,B,H)}: k_t, the tanh each unit moves towards."""
@@ -181,14 +187,12 @@ class LeakyCell(Adapter):
         leaky_forward(buf["hs"][t0 : t1 + 1], buf["ks"][t0:t1], xtable, xindex, scratch["Wp"], p["a"], threads())
 
     def backward(self, buf, scratch, p, g, dxproj, dhs, dstate, t0, t1):
-        hs, H, da = buf["hs"], p["Wh"].shape[0], scratch["da"]
+        hs, H = buf["hs"], p["Wh"].shape[0]
         pack_transposed_panels(p["Wh"], scratch["WTp"])
-        leaky_backward(dxproj[t0:t1], da[t0:t1], dstate["hs"], dhs[t0:t1], hs[t0 : t1 + 1], buf["ks"][t0:t1],
+        leaky_backward(dxproj[t0:t1], g["a"], dstate["hs"], dhs[t0:t1], hs[t0 : t1 + 1], buf["ks"][t0:t1],
                        p["a"], scratch["WTp"], threads())
-        # dWh = sum_t h_{t-1}^T dpre_t, one product over the whole window; da summed over steps
-        # and streams
+        # dWh = sum_t h_{t-1}^T dpre_t, one product over the whole window
         matmul_tn_acc(g["Wh"], hs[t0:t1].reshape(-1, H), dxproj[t0:t1].reshape(-1, H), threads())
-        column_sums_acc(g["a"], da[t0:t1].reshape(-1, H), threads())
 
 
 CELL = LeakyCell()
