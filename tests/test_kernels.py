@@ -1,7 +1,12 @@
 """Every kernel against the slow float64 reference, on ordinary and awkward shapes."""
+import importlib
+import pkgutil
+
 import numba
 import numpy as np
 import pytest
+
+import charrnn.kernels
 
 from charrnn.cells import NAMES
 from charrnn.kernels.output import softmax_xent, xent
@@ -19,12 +24,25 @@ SHAPES = [(7, 4, 5, 11, 1), (1, 3, 4, 6, 2), (5, 1, 3, 5, 1), (4, 3, 1, 4, 2), (
           (3, 21, 37, 5, 2), (3, 21, 20, 5, 1)]
 
 
-@pytest.fixture(params=["1 thread", "all threads"])
-def n_threads(request):
-    """Threads split the streams: one thread takes them all; several take uneven blocks."""
+# the kernel modules that split their work into threads() blocks
+BLOCKED_MODULES = [m for m in (importlib.import_module(f"charrnn.kernels.{info.name}")
+                               for info in pkgutil.iter_modules(charrnn.kernels.__path__))
+                   if "threads" in vars(m)]
+
+
+@pytest.fixture(params=["1 thread", "all threads", "5 blocks"])
+def n_threads(request, monkeypatch):
+    """Threads split the streams: one thread takes them all; several take uneven blocks. Five
+    blocks, whatever the machine's thread count (prange shares blocks out among the threads
+    there are), split 21 streams unevenly and leave blocks without a stream where B < 5: so a
+    block's share lost in a sum fails here on a one-core machine too."""
     before = numba.get_num_threads()
     numba.set_num_threads(1 if request.param == "1 thread" else numba.config.NUMBA_NUM_THREADS)
-    yield numba.get_num_threads()
+    if request.param == "5 blocks":
+        assert BLOCKED_MODULES
+        for module in BLOCKED_MODULES:
+            monkeypatch.setattr(module, "threads", lambda: 5)
+    yield request.param
     numba.set_num_threads(before)
 
 
@@ -97,6 +115,29 @@ def test_float64_matches_reference(cell, shape, n_threads):
     views, ref_views = Layout(spec).views(grads), Layout(spec).views(ref_grads)
     for name in views:
         np.testing.assert_allclose(views[name], ref_views[name], rtol=1e-9, atol=1e-13, err_msg=name)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradients_are_added_to_what_the_buffer_holds(cell, n_threads):
+    """Every gradient kernel adds (+=) into the gradient buffer: accumulating two windows, or
+    two ranks' shares, relies on it; a kernel that overwrote its share would pass every test
+    that starts from zeros."""
+    T, B, H, V, L = 3, 21, 37, 5, 2
+    spec, flat, ids, targets, state0 = make_case(cell, T, B, H, V, L)
+    _, from_zero, _, _, _ = run_stack(spec, flat, ids, targets, state0, np.float64)
+    held = np.random.default_rng(1).normal(0, 1.0, flat.shape)
+    stack = Stack(spec, B, T, np.float64)
+    stack.ids[:] = ids
+    stack.targets[:] = targets
+    stack.set_state(0, state0)
+    grads = held.copy()
+    stack.forward(flat, 0, T)
+    stack.output_grad(flat, grads, 0, T, 1.0 / (T * B))
+    stack.backward(flat, grads, 0, T, through_frozen=True)
+    views, ref_views, held_views = (Layout(spec).views(a) for a in (grads, from_zero, held))
+    for name in views:
+        np.testing.assert_allclose(views[name] - held_views[name], ref_views[name], rtol=1e-9, atol=1e-12,
+                                   err_msg=name)
 
 
 @pytest.mark.parametrize("cell", CELLS)
