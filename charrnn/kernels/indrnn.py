@@ -17,6 +17,7 @@ from numba import prange
 
 from ..cells import Adapter, Tensor, uniform_
 from ._jit import block, kernel, parallel_kernel, threads
+from .panels import thread_sums
 
 
 @kernel
@@ -50,7 +51,7 @@ def indrnn_backward(dxproj, du, dh, dhs, hs, u, n_blocks):
     #     on return, the gradient w.r.t. the entering state hs[0]
     # dhs (T,B,H) in: gradient w.r.t. h_t from above
     T, B, H = dxproj.shape[0], dh.shape[0], dh.shape[1]
-    sums = np.zeros((n_blocks, H), dh.dtype)
+    sums = thread_sums(n_blocks, H, dh)
     for i in prange(n_blocks):
         r0, r1 = block(B, n_blocks, i)
         dur = sums[i]

@@ -24,7 +24,7 @@ from .activations import tanh
 from .blas import matmul_tn_acc
 from .matvec import matvec
 from .panels import LANES, add_entering_grad, add_panel, copy_lanes, recurrent_grad, recurrent_product, scratch_rows
-from .panels import pack_gate_panels, pack_transposed_panels, panel_shapes
+from .panels import pack_gate_panels, pack_transposed_panels, panel_shapes, thread_sums
 
 # forward slots: the pre-activation (then k_t), h_{t-1} (then h_t), a, the next panel's product
 F_K, F_H, F_A, F_SPARE = range(4)
@@ -111,7 +111,7 @@ def leaky_backward(dxproj, da, dh, dhs, hs, ks, a, WTp, n_blocks):
     # dhs (T,B,H) in: gradient w.r.t. h_t from above     WTp: Wh^T by pack_transposed_panels
     T, B, H = dxproj.shape[0], dh.shape[0], dh.shape[1]
     S = scratch_rows(n_blocks, B, BACKWARD_SLOTS * LANES, dh)
-    sums = np.zeros((n_blocks, WTp.shape[0] * LANES), dh.dtype)
+    sums = thread_sums(n_blocks, WTp.shape[0] * LANES, dh)
     for i in prange(n_blocks):
         r0, r1 = block(B, n_blocks, i)
         for t in range(T - 1, -1, -1):

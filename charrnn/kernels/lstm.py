@@ -141,7 +141,7 @@ def _lstm_backward_panel(dxproj, dh, dc, dhs, cs, acts, WTp, S, t, p, r0, r1):
         for g in range(4):
             copy_lanes(dxproj[t, r], g * H + u0, s, (B_I + g) * LANES, n)
         copy_lanes(dc[r], u0, s, B_DC * LANES, n)
-        copy_lanes(dh[r], u0, s, B_DH * LANES, n)  # after the window, add_entering_grad fills it
+        copy_lanes(dh[r], u0, s, B_DH * LANES, n)  # after the window, add_entering_grad adds to it
 
 
 @parallel_kernel

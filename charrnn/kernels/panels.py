@@ -350,7 +350,8 @@ def add_panel(typingctx, dst, d0, src, s0):
     """dst[d0 : d0+LANES] += src[s0 : s0+LANES] on 1-D arrays, as one vector load, add and
     store. For sums kept in a buffer of their own across a time loop: the same loop over the
     lanes stays scalar, since LLVM cannot tell that the buffer and the scratch row it adds
-    from do not overlap (a peephole LSTM update at H=256 took 7% longer)."""
+    from do not overlap (a peephole LSTM update at H=256 took 7% longer). Like the tile, it
+    checks no bounds: the callers size dst and src in whole panels (thread_sums, scratch rows)."""
     _same_contiguous_arrays(dst, src)
     sig = types.void(dst, types.intp, src, types.intp)
 
@@ -415,6 +416,14 @@ def scratch_rows(n_blocks, B, width, like):
     thread's cache at every step, by its prefetcher running on past its own rows: the second
     block of streams took 12% longer in the LSTM forward at H=128, and the first waited.)"""
     return np.zeros((n_blocks, B, width), like.dtype)
+
+
+@kernel
+def thread_sums(n_blocks, width, like):
+    """Zeros of like's dtype, a row of `width` for each thread's partial sums of a gradient,
+    the rows two panels apart: rows side by side would share a cache line at each boundary,
+    written by two threads at every step."""
+    return np.zeros((n_blocks, width + 2 * LANES), like.dtype)
 
 
 @kernel

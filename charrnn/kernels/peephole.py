@@ -15,7 +15,6 @@ Shapes (legend): T steps in the window, B streams, H hidden units, G = 4H gate w
 Buffers and threads as in lstm.py, whose layout of the saved activations (SAVED) this module
 shares, so that diagnostics read both alike.
 """
-import numpy as np
 from numba import prange
 
 from ..cells import Tensor, standard_shapes, uniform_
@@ -25,7 +24,7 @@ from .blas import matmul_tn_acc
 from .lstm import SAVED, LSTMCell
 from .matvec import matvec
 from .panels import LANES, add_entering_grad, add_panel, copy_block, copy_lanes, recurrent_grad, recurrent_product
-from .panels import scratch_rows
+from .panels import scratch_rows, thread_sums
 from .panels import n_panels, pack_gate_panels, pack_transposed_panels, panel_shapes
 
 # forward slots: the gates, tanh(c_t), c (c_{t-1}, then c_t), h_t, the peephole weights
@@ -90,9 +89,9 @@ def peephole_forward(hs, cs, acts, xtable, xindex, Wp, peep, n_blocks):
 
 
 @kernel
-def _peephole_backward_panel(dxproj, dpeep, dh, dc, dhs, cs, acts, peep, WTp, S, t, p, r0, r1):
+def _peephole_backward_panel(dxproj, sums, dh, dc, dhs, cs, acts, peep, WTp, S, t, p, r0, r1):
     # step t for the units of panel p and the streams [r0, r1)
-    # dpeep (3 * panels*LANES,): this thread's sums of the peephole gradients, added to here
+    # sums (3 * panels*LANES,): this thread's sums of the peephole gradients, added to here
     H = dh.shape[1]
     P = WTp.shape[0] * LANES  # units, padded to whole panels
     u0 = p * LANES
@@ -136,9 +135,9 @@ def _peephole_backward_panel(dxproj, dpeep, dh, dc, dhs, cs, acts, peep, WTp, S,
         for g in range(4):
             copy_lanes(dxproj[t, r], g * H + u0, s, (B_I + g) * LANES, n)
         for k in range(3):  # whole panels: the lanes past unit H are never read
-            add_panel(dpeep, k * P + u0, s, (B_PI + k) * LANES)
+            add_panel(sums, k * P + u0, s, (B_PI + k) * LANES)
         copy_lanes(dc[r], u0, s, B_DC * LANES, n)
-        copy_lanes(dh[r], u0, s, B_DH * LANES, n)  # after the window, add_entering_grad fills it
+        copy_lanes(dh[r], u0, s, B_DH * LANES, n)  # after the window, add_entering_grad adds to it
 
 
 @parallel_kernel
@@ -147,14 +146,14 @@ def peephole_backward(dxproj, dpeep, dh, dc, dhs, cs, acts, peep, WTp, n_blocks)
     # dpeep (3H,) accumulated with +=: dLoss/dpeep, summed over steps and streams. Each thread
     #     sums its streams into its own row of 3 * panels*LANES as it goes, added up at the end:
     #     with a (T,B,3H) buffer summed after, the backward wrote and then read 3H floats a
-    #     character (19 MB a window at H=512)
+    #     character (19.7 MB a window at H=512, T=100, B=32)
     # dh, dc (B,H) in/out: gradient arriving at the window's last state from later steps
     #     (zero under truncation); on return, the gradient w.r.t. the entering state
     # dhs (T,B,H) in: gradient w.r.t. h_t from above     WTp: Wh^T by pack_transposed_panels
     T, B, H = dxproj.shape[0], dh.shape[0], dh.shape[1]
     S = scratch_rows(n_blocks, B, BACKWARD_SLOTS * LANES, dh)
     P = WTp.shape[0] * LANES
-    sums = np.zeros((n_blocks, 3 * P), dh.dtype)
+    sums = thread_sums(n_blocks, 3 * P, dh)
     for i in prange(n_blocks):
         r0, r1 = block(B, n_blocks, i)
         for t in range(T - 1, -1, -1):

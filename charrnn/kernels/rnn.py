@@ -79,7 +79,7 @@ def _rnn_backward_panel(dxproj, dh, dhs, hs, WTp, S, t, p, r0, r1):
             s[B_DH * LANES + j] = 0.0  # consumed (no path to h_{t-1} but the product)
             s[B_H * LANES + j] = dh_t * (1.0 - h * h)
         copy_lanes(dxproj[t, r], u0, s, B_H * LANES, n)
-        copy_lanes(dh[r], u0, s, B_DH * LANES, n)  # after the window, add_entering_grad fills it
+        copy_lanes(dh[r], u0, s, B_DH * LANES, n)  # after the window, add_entering_grad adds to it
 
 
 @parallel_kernel
