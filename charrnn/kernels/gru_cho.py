@@ -23,7 +23,7 @@ from ._jit import block, kernel, parallel_kernel, threads
 from .activations import sigmoid, tanh
 from .blas import matmul_tn_acc
 from .matvec import matvec
-from .panels import LANES, add_entering_grad, copy_lanes, recurrent_grad, recurrent_product, scratch_rows
+from .panels import LANES, add_entering_grad, copy_lanes, recurrent_grad, recurrent_product, scratch_rows, slot_width
 from .panels import gate_panels_shape, pack_gate_panels, pack_transposed_panels, transposed_panels_shape
 
 # forward slots: pass 1 the pre-activations of r and z (then r, z), h_{t-1};
@@ -137,12 +137,13 @@ def _backward_r_panel(dxproj, drz, dn, dh, hs, acts, WnTp, S, t, p, r0, r1):
     u0 = p * LANES
     n = min(LANES, H - u0)
     recurrent_grad(dn, t, WnTp, S, p, r0, r1, B_SPARE)  # this step's candidate product, all of dn known
+    lanes = slot_width(S, BACKWARD_SLOTS)
     for r in range(r0, r1):
         s = S[r]
         copy_lanes(s, B_DH * LANES, dh[r], u0, n)
         copy_lanes(s, B_R * LANES, acts[t, r], u0, n)
         copy_lanes(s, B_HPREV * LANES, hs[t, r], u0, n)
-        for j in range(LANES):
+        for j in range(lanes):
             r_ = s[B_R * LANES + j]
             drh = s[B_REC * LANES + j]
             # (r * h_{t-1}) @ Whn: to r, and to h_{t-1} through the reset

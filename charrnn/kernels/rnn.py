@@ -18,7 +18,7 @@ from .activations import tanh
 from .blas import matmul_tn_acc
 from .matvec import matvec
 from .panels import LANES, add_entering_grad, copy_lanes, prefetch, recurrent_grad, recurrent_product, scratch_rows
-from .panels import pack_gate_panels, pack_transposed_panels, panel_shapes
+from .panels import pack_gate_panels, pack_transposed_panels, panel_shapes, slot_width
 
 F_A, F_SPARE = range(2)  # forward slots: the pre-activation (then h_t), the next panel's product
 FORWARD_SLOTS = 2  # F_SPARE: for recurrent_product
@@ -35,9 +35,10 @@ def _rnn_forward_panel(hs, xtable, xindex, Wp, S, t, p, r0, r1):
     for r in range(r0, r1):
         copy_lanes(S[r], F_A * LANES, xtable[xindex[t, r]], u0, n)
     recurrent_product(hs, t, Wp, S, p, r0, r1, F_SPARE)  # the only matrix work
+    lanes = slot_width(S, FORWARD_SLOTS)
     for r in range(r0, r1):
         s = S[r]
-        for j in range(LANES):
+        for j in range(lanes):
             s[F_A * LANES + j] = tanh(s[F_A * LANES + j])
         copy_lanes(hs[t + 1, r], u0, s, F_A * LANES, n)
 
@@ -64,6 +65,7 @@ def _rnn_backward_panel(dxproj, dh, dhs, hs, WTp, S, t, p, r0, r1):
     u0 = p * LANES
     n = min(LANES, H - u0)
     recurrent_grad(dxproj, t + 1, WTp, S, p, r0, r1, B_SPARE)  # a_{t+1} = ... + h_t @ Wh
+    lanes = slot_width(S, BACKWARD_SLOTS)
     for r in range(r0, r1):
         s = S[r]
         if t > 0:  # the lines step t-1 reads
@@ -72,7 +74,7 @@ def _rnn_backward_panel(dxproj, dh, dhs, hs, WTp, S, t, p, r0, r1):
         copy_lanes(s, B_DH * LANES, dh[r], u0, n)
         copy_lanes(s, B_DHUP * LANES, dhs[t, r], u0, n)
         copy_lanes(s, B_H * LANES, hs[t + 1, r], u0, n)
-        for j in range(LANES):
+        for j in range(lanes):
             h = s[B_H * LANES + j]
             # h_t = tanh(a_t)
             dh_t = s[B_DH * LANES + j] + s[B_REC * LANES + j] + s[B_DHUP * LANES + j]
