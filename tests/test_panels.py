@@ -38,6 +38,16 @@ def test_a_host_reporting_avx512_selects_the_8_row_tile(tmp_path):
     assert tile_rows_for(AVX2, tmp_path) == ["4"]
 
 
+def test_a_generic_cpu_name_selects_the_narrow_tile(tmp_path):
+    # NUMBA_CPU_NAME=generic (portable caches) compiles for no extension at all: numba sets
+    # the features to "" itself, whatever this host has
+    env = dict(os.environ, NUMBA_CPU_NAME="generic", NUMBA_CACHE_DIR=str(tmp_path), PYTHONPATH=ROOT)
+    env.pop("NUMBA_CPU_FEATURES", None)
+    out = subprocess.run([sys.executable, "-c", "from charrnn.kernels import panels; print(panels.TILE_ROWS)"],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["4"]
+
+
 def compiled_with(kernel, rows):
     """A kernel of panels.py compiled with TILE_ROWS = rows, whatever this host chose (uncached)."""
     fn = kernel.py_func

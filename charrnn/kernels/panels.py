@@ -113,10 +113,14 @@ def tile_rows(features: str) -> int:
 
 
 def host_features() -> str:
-    """The features numba compiles for: NUMBA_CPU_FEATURES when set, else the host's."""
+    """The features numba compiles for: NUMBA_CPU_FEATURES when set, else the host's. numba
+    sets it to "" itself for NUMBA_CPU_NAME=generic (portable caches): then none, and the
+    narrow tile."""
     from numba.core import config
 
-    return config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
+    if config.CPU_FEATURES is not None:
+        return config.CPU_FEATURES
+    return llvm.get_host_cpu_features().flatten()
 
 
 TILE_ROWS = tile_rows(host_features())  # a constant of the compiled kernels (numba's cache is per CPU)
@@ -350,7 +354,9 @@ def add_panel(typingctx, dst, d0, src, s0):
     store. For sums kept in a buffer of their own across a time loop: the same loop over the
     lanes stays scalar, since LLVM cannot tell that the buffer and the scratch row it adds
     from do not overlap (a peephole LSTM update at H=256 took 7% longer). Like the tile, it
-    checks no bounds: the callers size dst and src in whole panels (thread_sums, scratch rows)."""
+    checks no bounds: the callers size dst and src in whole panels (thread_sums, scratch rows).
+    Also for two slots of one scratch row (recurrent_product's spare): both are loaded before
+    the store, so dst and src may be one array."""
     _same_contiguous_arrays(dst, src)
     sig = types.void(dst, types.intp, src, types.intp)
 
@@ -413,10 +419,12 @@ def slot_width(S, slots):
     cannot see at compile time. A cell's loop over a slot's units `for j in range(LANES)` with
     a short body, LLVM unrolls into 16 scalar copies of the body, and its straight-line
     vectoriser then leaves the activations' clamps scalar: the RNN's tanh ran one unit at a
-    time. A loop of `slot_width` steps its loop vectoriser takes, one vector for all 16: a
-    whole RNN update 1.09x-1.19x as fast on AVX-512 (Zen 5), the Cho GRU's 1.02x-1.09x. (Long
-    bodies, the LSTM's and GRU's, are not unrolled and were vector code either way;
-    tests/test_vector_code.py reads the machine code of every cell's panel steps.)"""
+    time. A loop of `slot_width` steps its loop vectoriser takes, one vector for all 16 on
+    AVX-512 (two 8-wide ones on AVX2): a whole RNN update 1.09x-1.19x as fast on AVX-512
+    (Zen 5), the Cho GRU's 1.02x-1.09x. (Long bodies, the LSTM's and GRU's, are not unrolled
+    and were vector code either way; tests/test_vector_code.py reads the machine code of every
+    cell's panel steps.) The caller's S must be exactly `slots` slots wide, as scratch_rows
+    makes it: a wider S would run the loop past the slot."""
     return S.shape[1] // slots
 
 
