@@ -1,7 +1,7 @@
-"""The cells' per-step gate math compiles to vector code on x86: one instruction for a panel's
-16 units, not 16 scalar ones. No test of speed, but of what LLVM made of the loops: a loop over
-a slot's units with a short body was once unrolled into scalar code (panels.slot_width), and
-the RNN's update took 1.1x-1.2x as long."""
+"""The cells' per-step gate math compiles to vector code on x86 with AVX: one instruction for a
+panel's 16 units on AVX-512 (two on AVX2), not 16 scalar ones. No test of speed, but of what
+LLVM made of the loops: a loop over a slot's units with a short body was once unrolled into
+scalar code (panels.slot_width), and the RNN's update took 1.1x-1.2x as long."""
 import importlib
 import platform
 import re
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from charrnn.kernels._jit import ERROR_MODEL, FASTMATH
+from charrnn.kernels.panels import host_features
 from charrnn.model import ModelSpec, Stack, init_params
 
 # the time loops, and the functions of a step's work on one panel that they call: every cell on panels
@@ -26,8 +27,9 @@ ARITHMETIC = re.compile(r"^\s+v(?:add|sub|mul|div|f(?:n)?m(?:add|sub)\d+)(ss|ps)
 
 
 def float32_signature(fn):
-    (sig,) = [s for s in fn.signatures if numba.float32 in [getattr(a, "dtype", None) for a in s]]
-    return sig
+    sigs = [s for s in fn.signatures if numba.float32 in [getattr(a, "dtype", None) for a in s]]
+    assert len(sigs) == 1, f"{fn.__name__}: float32 signatures {sigs}"
+    return sigs[0]
 
 
 def fresh(fn):
@@ -36,7 +38,12 @@ def fresh(fn):
     return numba.njit(fastmath=FASTMATH, error_model=ERROR_MODEL)(fn.py_func)
 
 
-@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="reads x86 instructions")
+# the AVX instructions' names (vaddps, vfmadd231ss, ...): without AVX (NUMBA_CPU_NAME=generic,
+# for portable caches) numba compiles SSE, whose names have no v
+AVX = platform.machine().lower() in ("x86_64", "amd64") and "+avx" in host_features().split(",")
+
+
+@pytest.mark.skipif(not AVX, reason="reads x86 AVX instructions")
 @pytest.mark.parametrize("cell", sorted(PANEL_STEPS))
 def test_gate_math_is_vector_code(cell):
     spec = ModelSpec(cell, 5, 40, 1)
@@ -58,6 +65,7 @@ def test_gate_math_is_vector_code(cell):
         compiled.compile(sig)
         kinds = ARITHMETIC.findall(compiled.inspect_asm(sig))
         scalar, vector = kinds.count("ss"), kinds.count("ps")
-        # a loop's remainder may stay scalar; a panel's 16 units unrolled one by one, with
-        # 1 to 10 operations each, would be 16 scalar operations at least
+        # a loop's remainder may stay scalar (12 operations in the RNN forward's tanh); a
+        # panel's 16 units unrolled one by one, with 1 to 10 operations each, are 16 scalar
+        # operations at least (16: the spare panel's add as a loop, 48: the RNN's backward)
         assert scalar < 16 and vector > 0, f"{cell} {name}: {scalar} scalar, {vector} vector"

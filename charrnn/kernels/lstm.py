@@ -29,7 +29,8 @@ from .panels import n_panels, pack_gate_panels, pack_transposed_panels, panel_sh
 # The scratch row of a stream, for the panel at hand, holds LANES units of several quantities
 # ("slots"), so that the gate math runs on one array in loops of constant length: LLVM turns
 # them into straight vector code, where the same loops over the panel's units in the big
-# buffers (several arrays that might alias, a few units at a time) would stay scalar.
+# buffers (several arrays that might alias, a few units at a time) would stay scalar. (A short
+# loop body of constant length it unrolls into scalar code instead: see panels.slot_width.)
 F_I, F_F, F_G, F_O, F_TC, F_C, F_H = range(7)  # forward slots: gates, tanh(c_t), c_t, h_t
 FORWARD_SLOTS = 7
 # The first SAVED forward slots (the gates and tanh(c_t)) are what the backward needs: `acts`

@@ -8,7 +8,8 @@ Wh is stored input-major, (H, H), so the recurrent product is a plain (B,H) @ (H
 
 Each thread runs the whole window for its own block of streams [r0, r1), one panel of LANES
 units at a time (panels.py). It works on a scratch row per stream holding LANES units of a few
-quantities ("slots"), so the elementwise math runs in constant-length vector loops.
+quantities ("slots"), so the elementwise math runs in vector loops on one array (their
+count read by panels.slot_width: a constant 16, LLVM unrolled into scalar code).
 """
 from numba import prange
 
