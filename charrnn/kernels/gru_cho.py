@@ -137,7 +137,7 @@ def _backward_r_panel(dxproj, drz, dn, dh, hs, acts, WnTp, S, t, p, r0, r1):
     u0 = p * LANES
     n = min(LANES, H - u0)
     recurrent_grad(dn, t, WnTp, S, p, r0, r1, B_SPARE)  # this step's candidate product, all of dn known
-    lanes = slot_width(S, BACKWARD_SLOTS)
+    lanes = slot_width(S)
     for r in range(r0, r1):
         s = S[r]
         copy_lanes(s, B_DH * LANES, dh[r], u0, n)

@@ -17,7 +17,7 @@ from numba import prange
 
 from ..cells import Adapter, Tensor, uniform_
 from ._jit import block, kernel, parallel_kernel, threads
-from .panels import thread_sums
+from .panels import add_thread_sums, thread_sums
 
 
 @kernel
@@ -67,9 +67,7 @@ def indrnn_backward(dxproj, du, dh, dhs, hs, u, n_blocks):
                     # pre = xproj + u * h_{t-1}
                     dur[j] += dpre * h_prev[j]
                     carry[j] = dpre * u[j]
-    for i in range(n_blocks):
-        for j in range(H):
-            du[j] += sums[i, j]
+    add_thread_sums(du, 0, sums, 0, H)
 
 
 @kernel

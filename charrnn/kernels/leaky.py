@@ -24,7 +24,7 @@ from .activations import tanh
 from .blas import matmul_tn_acc
 from .matvec import matvec
 from .panels import LANES, add_entering_grad, add_panel, copy_lanes, recurrent_grad, recurrent_product, scratch_rows
-from .panels import pack_gate_panels, pack_transposed_panels, panel_shapes, thread_sums
+from .panels import add_thread_sums, pack_gate_panels, pack_transposed_panels, panel_shapes, thread_sums
 
 # forward slots: the pre-activation (then k_t), h_{t-1} (then h_t), a, the next panel's product
 F_K, F_H, F_A, F_SPARE = range(4)
@@ -119,9 +119,7 @@ def leaky_backward(dxproj, da, dh, dhs, hs, ks, a, WTp, n_blocks):
                 _leaky_backward_panel(dxproj, sums[i], dh, dhs, hs, ks, a, WTp, S[i], t, p, r0, r1)
         if T > 0:
             add_entering_grad(dh, dxproj, WTp, S[i], r0, r1, B_SPARE)
-    for i in range(n_blocks):
-        for u in range(H):
-            da[u] += sums[i, u]
+    add_thread_sums(da, 0, sums, 0, H)
 
 
 @kernel

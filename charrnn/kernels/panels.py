@@ -414,18 +414,17 @@ def panel_shapes(H, gates):
 
 
 @kernel
-def slot_width(S, slots):
+def slot_width(S):
     """LANES, the width of a slot of the scratch rows S (B, slots * LANES), as a number LLVM
-    cannot see at compile time. A cell's loop over a slot's units `for j in range(LANES)` with
-    a short body, LLVM unrolls into 16 scalar copies of the body, and its straight-line
-    vectoriser then leaves the activations' clamps scalar: the RNN's tanh ran one unit at a
-    time. A loop of `slot_width` steps its loop vectoriser takes, one vector for all 16 on
-    AVX-512 (two 8-wide ones on AVX2): a whole RNN update 1.09x-1.19x as fast on AVX-512
-    (Zen 5), the Cho GRU's 1.02x-1.09x. (Long bodies, the LSTM's and GRU's, are not unrolled
-    and were vector code either way; tests/test_vector_code.py reads the machine code of every
-    cell's panel steps.) The caller's S must be exactly `slots` slots wide, as scratch_rows
-    makes it: a wider S would run the loop past the slot."""
-    return S.shape[1] // slots
+    cannot see at compile time (S is at least a slot wide). A cell's loop over a slot's units
+    `for j in range(LANES)` with a short body, LLVM unrolls into 16 scalar copies of the body,
+    and its straight-line vectoriser then leaves the activations' clamps scalar: the RNN's tanh
+    ran one unit at a time. A loop of `slot_width` steps its loop vectoriser takes, one vector
+    for all 16 on AVX-512 (two 8-wide ones on AVX2): a whole RNN update 1.09x-1.19x as fast on
+    AVX-512 (Zen 5), the Cho GRU's 1.02x-1.09x. (Long bodies, the LSTM's and GRU's, are not
+    unrolled and were vector code either way; tests/test_vector_code.py reads the machine code
+    of every cell's panel steps.)"""
+    return min(LANES, S.shape[1])
 
 
 @kernel
@@ -444,6 +443,15 @@ def thread_sums(n_blocks, width, like):
     the rows two panels apart: rows side by side would share a cache line at each boundary,
     written by two threads at every step."""
     return np.zeros((n_blocks, width + 2 * LANES), like.dtype)
+
+
+@kernel
+def add_thread_sums(out, o0, sums, s0, n):
+    """out[o0 : o0+n] += every thread's row of sums (thread_sums), columns [s0, s0+n): a
+    gradient's partial sums added up after the window, thread by thread."""
+    for i in range(sums.shape[0]):
+        for u in range(n):
+            out[o0 + u] += sums[i, s0 + u]
 
 
 @kernel

@@ -24,7 +24,7 @@ from .blas import matmul_tn_acc
 from .lstm import SAVED, LSTMCell
 from .matvec import matvec
 from .panels import LANES, add_entering_grad, add_panel, copy_block, copy_lanes, recurrent_grad, recurrent_product
-from .panels import scratch_rows, thread_sums
+from .panels import add_thread_sums, scratch_rows, thread_sums
 from .panels import n_panels, pack_gate_panels, pack_transposed_panels, panel_shapes
 
 # forward slots: the gates, tanh(c_t), c (c_{t-1}, then c_t), h_t, the peephole weights
@@ -161,10 +161,8 @@ def peephole_backward(dxproj, dpeep, dh, dc, dhs, cs, acts, peep, WTp, n_blocks)
                 _peephole_backward_panel(dxproj, sums[i], dh, dc, dhs, cs, acts, peep, WTp, S[i], t, p, r0, r1)
         if T > 0:
             add_entering_grad(dh, dxproj, WTp, S[i], r0, r1, B_SPARE)
-    for i in range(n_blocks):
-        for k in range(3):
-            for u in range(H):
-                dpeep[k * H + u] += sums[i, k * P + u]
+    for k in range(3):
+        add_thread_sums(dpeep, k * H, sums, k * P, H)
 
 
 @kernel

@@ -36,7 +36,7 @@ def _rnn_forward_panel(hs, xtable, xindex, Wp, S, t, p, r0, r1):
     for r in range(r0, r1):
         copy_lanes(S[r], F_A * LANES, xtable[xindex[t, r]], u0, n)
     recurrent_product(hs, t, Wp, S, p, r0, r1, F_SPARE)  # the only matrix work
-    lanes = slot_width(S, FORWARD_SLOTS)
+    lanes = slot_width(S)
     for r in range(r0, r1):
         s = S[r]
         for j in range(lanes):
@@ -66,7 +66,7 @@ def _rnn_backward_panel(dxproj, dh, dhs, hs, WTp, S, t, p, r0, r1):
     u0 = p * LANES
     n = min(LANES, H - u0)
     recurrent_grad(dxproj, t + 1, WTp, S, p, r0, r1, B_SPARE)  # a_{t+1} = ... + h_t @ Wh
-    lanes = slot_width(S, BACKWARD_SLOTS)
+    lanes = slot_width(S)
     for r in range(r0, r1):
         s = S[r]
         if t > 0:  # the lines step t-1 reads
