@@ -37,7 +37,9 @@ def onehot_backward(dWx, db, dxproj, ids, n_blocks):
     # after; a copy holds every row it scattered, so db's share is the sum of its V rows, not
     # of its T*B/n (0.08 ms on 2 threads at V=65, G=512, T*B=3200, against 0.14 adding every
     # row to db too). When the copies would outweigh the rows scattered, the caller passes
-    # n_blocks=1 and the rows go into dWx directly.
+    # n_blocks=1, and if there are more rows of dWx than rows to scatter (V > T*B) they go
+    # into dWx and db directly; one thread with fewer, V=65, still takes a copy (1.36x-1.53x
+    # as fast as adding every row to db).
     T, B, G = dxproj.shape
     V = dWx.shape[0]
     if n_blocks == 1 and V > T * B:
