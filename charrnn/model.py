@@ -19,7 +19,7 @@ import numpy as np
 from .cells import CELLS, NAMES, OPTIONS
 from .errors import CharrnnError
 from .kernels.inputs import dense_backward, dense_forward, onehot_backward, onehot_backward_blocks
-from .kernels.output import logits_backward, logits_forward, softmax_xent, xent
+from .kernels.output import logits_forward, output_layer, xent
 
 
 @dataclass(frozen=True)
@@ -312,12 +312,11 @@ class Stack:
         h2d = self._stored_input(self.spec.layers, c0, t1)
         n = h2d.shape[0]
         dlogits = self.logits[:n]
-        logits_forward(dlogits, h2d, out["Wy"], out["by"])
-        softmax_xent(dlogits, self.row_loss[:n], self.targets[c0:t1].reshape(-1), self.dtype.type(scale))
         dtop = self.dhs[-1]
         dtop[:c0] = 0.0  # steps without a counted prediction send nothing down
         dtop[t1:] = 0.0
-        logits_backward(dtop[c0:t1].reshape(n, -1), gout["Wy"], gout["by"], dlogits, h2d, out["Wy"])
+        output_layer(dlogits, self.row_loss[:n], self.targets[c0:t1].reshape(-1), self.dtype.type(scale), h2d,
+                     out["Wy"], out["by"], dtop[c0:t1].reshape(n, -1), gout["Wy"], gout["by"])
         L = self.spec.layers
         if self.masks[L] is not None:
             dtop[c0:t1] *= self.masks[L][c0:t1]
