@@ -287,3 +287,35 @@ def test_softmax_xent_matches_numpy_and_keeps_nan(dtype, N, V):
     np.testing.assert_allclose(eval_loss[good], expected_loss[good], rtol=tol, atol=tol)
     np.testing.assert_allclose(grad[good | (np.arange(N) == 9)], expected_grad[good | (np.arange(N) == 9)],
                                rtol=tol, atol=tol * scale)
+
+
+def _zeros_then_prange(a):
+    z = np.zeros(a.shape[0])  # an allocation numba parallelises (a second parfor) unless told not to
+    for i in numba.prange(a.shape[0]):
+        a[i] += 1.0 + z[i]
+
+
+def _prange_only(a):
+    for i in numba.prange(a.shape[0]):
+        a[i] *= 2.0
+
+
+def test_every_parallel_compile_keeps_the_kernels_options():
+    """The parallel kernels' options (_jit.PARALLEL: prange loops only) hold for every compile in
+    a process, not just the first: given as a dict, numba popped its keys while reading it, and
+    a kernel's second signature, or any other kernel compiled after, got numba's defaults, under
+    which the allocation becomes a loop of its own, fused with the prange. (Compiled here with
+    PARALLEL but without numba's cache, whose kernels carry no diagnostics.)"""
+    from charrnn.kernels._jit import ERROR_MODEL, FASTMATH, PARALLEL
+
+    first, second = (numba.njit(fastmath=FASTMATH, error_model=ERROR_MODEL, parallel=PARALLEL)(f)
+                     for f in (_prange_only, _zeros_then_prange))
+    first(np.zeros(3))  # the first compile of the process's PARALLEL, if nothing compiled before
+    for dtype in (np.float64, np.float32):
+        a = np.zeros(5, dtype)
+        second(a)
+        assert (a == 1.0).all()
+    for kernel in (first, second):
+        for sig in kernel.signatures:
+            diagnostics = kernel.get_metadata(sig)["parfor_diagnostics"]
+            assert len(diagnostics.initial_parfors) == 1 and not diagnostics.fusion_enabled, sig

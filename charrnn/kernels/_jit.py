@@ -20,6 +20,7 @@ from importlib.util import find_spec, module_from_spec, spec_from_file_location
 from pathlib import Path
 
 import numba
+from numba.core.cpu_options import ParallelOptions
 from threadpoolctl import threadpool_limits
 
 
@@ -55,9 +56,12 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 ERROR_MODEL = "numpy"
 
 # Only explicit `prange` loops run in parallel: numba's automatic parallelisation of array
-# expressions and allocations would add nothing here but compile time.
-PARALLEL = {"prange": True, "comprehension": False, "reduction": False, "inplace_binop": False,
-            "setitem": False, "numpy": False, "stencil": False, "fusion": False}
+# expressions and allocations would add nothing here but compile time. As numba's own options
+# object, not a dict: numba pops a dict's keys as it reads them, so the first parallel kernel
+# compiled in a process emptied the dict, and every later compile (every other kernel, a
+# kernel's second dtype) got numba's defaults, every transformation on.
+PARALLEL = ParallelOptions({"prange": True, "comprehension": False, "reduction": False, "inplace_binop": False,
+                            "setitem": False, "numpy": False, "stencil": False, "fusion": False})
 
 threadpool_limits(1, user_api="blas")
 
