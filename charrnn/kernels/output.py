@@ -129,9 +129,9 @@ def output_layer(logits, row_loss, targets, scale, h2d, Wy, by, dh2d, dWy, dby):
     """The output layer of a training step, forward and backward: logits (N,V) out, overwritten
     with dloss/dlogits = scale * (softmax - onehot); row_loss (N,) out: -log p(target) per row,
     in nats; dh2d (N,H) out; dWy (H,V) and dby (V,) accumulated with +=; h2d (N,H), Wy, by,
-    targets (N,) in. One pass of the threads, each from its rows' product to their gradients,
-    where the product, softmax and gradient kernels one after another woke the threads six
-    times: measured side by side (Zen 5), the output layer 1.33x-1.43x as fast at T=50, B=8,
+    targets (N,) in. One pass of the threads, each from its rows' product to their gradients
+    (two parallel loops), where the product, softmax and gradient kernels one after another ran
+    seven (six with a small output's serial softmax): measured side by side (Zen 5), the output layer 1.33x-1.43x as fast at T=50, B=8,
     H=64 and T=20, B=4, H=32 (a small model's whole update 1.06x-1.14x), the same at T=100,
     B=32 (1.00x at V=65, 1.04x at V=6000), where BLAS's products are nearly all of it."""
     _output_layer_parallel(logits, row_loss, targets, scale, h2d, Wy, by, dh2d, dWy, dby, threads())
