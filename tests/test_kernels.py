@@ -319,3 +319,27 @@ def test_every_parallel_compile_keeps_the_kernels_options():
         for sig in kernel.signatures:
             diagnostics = kernel.get_metadata(sig)["parfor_diagnostics"]
             assert len(diagnostics.initial_parfors) == 1 and not diagnostics.fusion_enabled, sig
+
+
+@pytest.mark.parametrize("n_blocks", [1, 2, 5])
+def test_output_layer_lets_a_nan_through_its_rows_and_the_weight_gradients(n_blocks):
+    """A NaN in one row of the top layer's states makes that row's loss and logits gradient and
+    its dh row NaN, and with them every weight gradient of the output layer (each sums over all
+    rows); the other rows' losses and dh stay finite."""
+    from charrnn.kernels.output import _output_layer_parallel
+
+    rng = np.random.default_rng(4)
+    N, H, V = 23, 6, 9
+    h2d = rng.standard_normal((N, H)).astype(np.float32)
+    h2d[7, 2] = np.nan
+    Wy = rng.standard_normal((H, V)).astype(np.float32)
+    by = rng.standard_normal(V).astype(np.float32)
+    targets = rng.integers(0, V, N).astype(np.int32)
+    logits, row_loss, dh2d = np.zeros((N, V), np.float32), np.zeros(N, np.float32), np.zeros((N, H), np.float32)
+    dWy, dby = np.ones((H, V), np.float32), np.ones(V, np.float32)
+    _output_layer_parallel(logits, row_loss, targets, np.float32(1.0 / N), h2d, Wy, by, dh2d, dWy, dby, n_blocks)
+    bad = np.arange(N) == 7
+    assert np.isnan(row_loss[bad]).all() and np.isfinite(row_loss[~bad]).all()
+    assert np.isnan(logits[bad]).all() and np.isfinite(logits[~bad]).all()
+    assert np.isnan(dh2d[bad]).all() and np.isfinite(dh2d[~bad]).all()
+    assert np.isnan(dWy).all() and np.isnan(dby).all()

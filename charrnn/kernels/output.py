@@ -131,7 +131,8 @@ def output_layer(logits, row_loss, targets, scale, h2d, Wy, by, dh2d, dWy, dby):
     in nats; dh2d (N,H) out; dWy (H,V) and dby (V,) accumulated with +=; h2d (N,H), Wy, by,
     targets (N,) in. One pass of the threads, each from its rows' product to their gradients
     (two parallel loops), where the product, softmax and gradient kernels one after another ran
-    seven (six with a small output's serial softmax): measured side by side (Zen 5), the output layer 1.33x-1.43x as fast at T=50, B=8,
-    H=64 and T=20, B=4, H=32 (a small model's whole update 1.06x-1.14x), the same at T=100,
-    B=32 (1.00x at V=65, 1.04x at V=6000), where BLAS's products are nearly all of it."""
+    seven (six with a small output's serial softmax). Measured side by side (Zen 5): the output
+    layer 1.33x-1.43x as fast at T=50, B=8, H=64 and T=20, B=4, H=32 (a small model's whole
+    update 1.06x-1.14x); the same at T=100, B=32 (1.00x at V=65, 1.04x at V=6000), where BLAS's
+    products are nearly all of it."""
     _output_layer_parallel(logits, row_loss, targets, scale, h2d, Wy, by, dh2d, dWy, dby, threads())
