@@ -24,9 +24,13 @@ def test_tile_rows_follow_the_vector_width():
     assert tile_rows("") == 4
 
 
-def tile_rows_for(features, cache_dir):
-    """panels.TILE_ROWS in a fresh process whose numba compiles for `features` (nothing is compiled)."""
-    env = dict(os.environ, NUMBA_CPU_FEATURES=features, NUMBA_CACHE_DIR=str(cache_dir), PYTHONPATH=ROOT)
+def tile_rows_in(cache_dir, **settings):
+    """panels.TILE_ROWS in a fresh process with these NUMBA_* settings and no others of the
+    CPU's (nothing is compiled)."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir), PYTHONPATH=ROOT)
+    for name in ("NUMBA_CPU_FEATURES", "NUMBA_CPU_NAME"):
+        env.pop(name, None)
+    env.update(settings)
     out = subprocess.run([sys.executable, "-c", "from charrnn.kernels import panels; print(panels.TILE_ROWS)"],
                          env=env, capture_output=True, text=True, check=True).stdout
     return out.split()
@@ -34,18 +38,14 @@ def tile_rows_for(features, cache_dir):
 
 def test_a_host_reporting_avx512_selects_the_8_row_tile(tmp_path):
     # numba compiles for NUMBA_CPU_FEATURES when set, and so the tile follows it
-    assert tile_rows_for(AVX512, tmp_path) == ["8"]
-    assert tile_rows_for(AVX2, tmp_path) == ["4"]
+    assert tile_rows_in(tmp_path, NUMBA_CPU_FEATURES=AVX512) == ["8"]
+    assert tile_rows_in(tmp_path, NUMBA_CPU_FEATURES=AVX2) == ["4"]
 
 
 def test_a_generic_cpu_name_selects_the_narrow_tile(tmp_path):
     # NUMBA_CPU_NAME=generic (portable caches) compiles for no extension at all: numba sets
     # the features to "" itself, whatever this host has
-    env = dict(os.environ, NUMBA_CPU_NAME="generic", NUMBA_CACHE_DIR=str(tmp_path), PYTHONPATH=ROOT)
-    env.pop("NUMBA_CPU_FEATURES", None)
-    out = subprocess.run([sys.executable, "-c", "from charrnn.kernels import panels; print(panels.TILE_ROWS)"],
-                         env=env, capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["4"]
+    assert tile_rows_in(tmp_path, NUMBA_CPU_NAME="generic") == ["4"]
 
 
 def compiled_with(kernel, rows):

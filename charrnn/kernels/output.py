@@ -13,6 +13,7 @@ from numba import prange
 from ._jit import block, kernel, parallel_kernel, threads
 from .activations import exp, maxnum
 from .blas import add_partials, add_row, matmul
+from .panels import add_thread_sums
 
 
 def logits_forward(logits, h2d, Wy, by):
@@ -97,11 +98,9 @@ def _output_rows(logits, row_loss, targets, scale, h2d, Wy, by, dh2d, dWy_part, 
         for v in range(V):
             row[v] += by[v]
         row_loss[n] = _softmax_xent_row(row, targets[n], scale)
-    np.dot(h.T, z, dWy_part)
-    for n in range(lo, hi):
-        row = logits[n]
-        for v in range(V):
+        for v in range(V):  # the row's gradient, while it is at hand
             dby_part[v] += row[v]
+    np.dot(h.T, z, dWy_part)
     np.dot(z, Wy.T, dh2d[lo:hi])
 
 
@@ -120,9 +119,7 @@ def _output_layer_parallel(logits, row_loss, targets, scale, h2d, Wy, by, dh2d, 
     for i in prange(n_blocks):
         k_lo, k_hi = block(H, n_blocks, i)
         add_partials(dWy, dWy_part, k_lo, k_hi)
-    for j in range(n_blocks):
-        for v in range(V):
-            dby[v] += dby_part[j, v]
+    add_thread_sums(dby, 0, dby_part, 0, V)
 
 
 def output_layer(logits, row_loss, targets, scale, h2d, Wy, by, dh2d, dWy, dby):

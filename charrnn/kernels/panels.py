@@ -447,8 +447,9 @@ def thread_sums(n_blocks, width, like):
 
 @kernel
 def add_thread_sums(out, o0, sums, s0, n):
-    """out[o0 : o0+n] += every thread's row of sums (thread_sums), columns [s0, s0+n): a
-    gradient's partial sums added up after the window, thread by thread."""
+    """out[o0 : o0+n] += every thread's row of sums (thread_sums, or any array of a row per
+    thread), columns [s0, s0+n): a gradient's partial sums added up after the work, thread by
+    thread."""
     for i in range(sums.shape[0]):
         for u in range(n):
             out[o0 + u] += sums[i, s0 + u]
