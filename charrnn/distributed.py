@@ -11,8 +11,8 @@ synchronous data parallelism on the flat buffer, as Horovod and llm.c do it:
         every rank (the same numbers in, the same numbers out).
 
 Rank 0 alone prints, logs and writes; the others run with stdout and stderr silenced. Whatever
-a decision reads that could differ between ranks (the clock of a time limit, a Ctrl-C or SIGTERM
-that reached one rank) is agreed in a tiny all-reduce, so that every rank stops on the same
+a decision reads that could differ between ranks (the clock of a time limit, a stop signal that
+reached one rank) is agreed in a tiny all-reduce, so that every rank stops on the same
 update: a rank that stopped alone would leave the others waiting in an all-reduce forever.
 
 A process that no MPI launcher started is a World of one (`Solo`): mpi4py is never imported and
@@ -21,6 +21,7 @@ every method below does nothing, so a plain `charrnn train` runs exactly as it a
 import os
 import sys
 import time
+import warnings
 
 # (size, rank) of the variables an MPI launcher sets in every process it starts: MPICH's and
 # Intel MPI's hydra (and srun with PMI-2), Open MPI's mpirun, srun. A Slurm batch script has
@@ -126,17 +127,30 @@ class Mpi(Solo):
 
     def __init__(self, size, rank):
         try:
-            from mpi4py import MPI
+            import mpi4py
         except ImportError:
             raise _alone(rank, f"an MPI launcher started this as rank {rank} of {size}, but mpi4py is not "
                                f"installed; install it with pip install 'charrnn[mpi]' (or your cluster's "
                                f"mpi4py module)") from None
+        # MPI starts below, once the launcher is known to be of mpi4py's MPI: under another's,
+        # MPI_Init can end the process before a word is said (MPICH's, under Open MPI's mpiexec)
+        mpi4py.rc.initialize = False
+        mpi4py.rc.finalize = True
+        with warnings.catch_warnings():  # mpi4py's own, about the same mismatch
+            warnings.filterwarnings("ignore", "suspicious MPI execution environment", RuntimeWarning)
+            from mpi4py import MPI
+
+            vendor = MPI.get_vendor()[0]
+            # its first line ("MPICH Version: 5.0.2", "Open MPI v5.0.11, ..."); Open MPI's ends in a NUL
+            library = (MPI.Get_library_version().strip("\0 \n").splitlines() or [vendor])[0].strip()
+            if launcher_of_another_mpi(os.environ, vendor):
+                raise _alone(rank, _another_mpi(size, library))
+            if not MPI.Is_initialized():
+                MPI.Init_thread()
         comm = MPI.COMM_WORLD
         if comm.Get_size() != size:
-            library = MPI.Get_library_version().splitlines()[0].strip()
-            raise _alone(rank, f"the MPI launcher started {size} processes but mpi4py's MPI ({library}) sees "
-                               f"{comm.Get_size()}: the launcher belongs to another MPI; launch with the mpiexec "
-                               f"of the MPI mpi4py was built with, or build mpi4py against the cluster's MPI")
+            raise _alone(rank, _another_mpi(size, library, comm.Get_size()))
+        self.open_mpi = vendor == "Open MPI"
         self.MPI, self.comm = MPI, comm
         self.size, self.rank = comm.Get_size(), comm.Get_rank()
         self.reduce_seconds = 0.0  # time spent in the gradient all-reduce (benchmarks read it)
@@ -205,6 +219,10 @@ class Mpi(Solo):
         sys.stdout.flush()
         sys.stderr.flush()
         time.sleep(FORWARD_WAIT)
+        if self.open_mpi:
+            # Open MPI's launcher reports an abort in 15 lines of its own, whatever this process's
+            # stderr is; a rank that exits with an error it reports in 6, and ends the others
+            os._exit(code)
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, 2)
         self.comm.Abort(code)
@@ -230,6 +248,31 @@ def error_prefix():
         return ""
     w.unmute()
     return f"rank {w.rank}: "
+
+
+def launcher_of_another_mpi(environ, vendor) -> bool:
+    """Whether the launcher that started this process, as its variables in `environ` tell, is
+    of another MPI than mpi4py's (`vendor`, MPI.get_vendor()'s name), where that is certain
+    before MPI starts: Open MPI's mpiexec (the only one to set OMPI_COMM_WORLD_SIZE) with another
+    MPI, or Open MPI under a launcher that is neither its own nor srun (MPICH's or Intel's hydra:
+    Open MPI cannot join its processes). Any other mismatch shows after MPI starts, as a world
+    of one."""
+    if "OMPI_COMM_WORLD_SIZE" in environ:
+        return vendor != "Open MPI"
+    if vendor == "Open MPI":
+        return "SLURM_STEP_NUM_TASKS" not in environ and not any(k.startswith("PMIX_") for k in environ)
+    return False
+
+
+def _another_mpi(size, library, seen=None):
+    """What a process says when its launcher is of another MPI than mpi4py's `library`: known
+    before MPI starts, or found after it, when MPI sees `seen` processes instead of `size`."""
+    if seen is None:
+        what = f"belongs to another MPI than mpi4py's ({library})"
+    else:
+        what = f"mpi4py's MPI ({library}) sees {seen}: the launcher belongs to another MPI"
+    return (f"the MPI launcher started {size} processes but {what}; launch with the mpiexec of the MPI mpi4py "
+            f"was built with, or build mpi4py against the cluster's MPI")
 
 
 def _alone(rank, message):

@@ -34,10 +34,14 @@ SAMPLES_FILE = "samples.txt"
 # after its checkpoint
 SAMPLE_HEADER = "--- step {step}, epoch {epoch:.2f}, val loss {val}, temperature {temperature:g}, seed {step} ---"
 _SAMPLE_HEADER_STEP = re.compile(r"--- step (\d+), epoch ")
+# The signals that stop a run at the end of its update, with a save: Ctrl-C, SIGTERM (what a
+# scheduler sends), and SIGUSR1, which Open MPI's mpiexec passes on to every rank (on SIGINT
+# and SIGTERM it kills the ranks itself a quarter of a second later) and Slurm's --signal sends
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
 
 
 class Interrupted(Exception):
-    """Ctrl-C or SIGTERM during training, after the latest checkpoint was saved."""
+    """Ctrl-C, SIGTERM or SIGUSR1 during training, after the latest checkpoint was saved."""
 
     def __init__(self, path):
         super().__init__(f"interrupted; saved {path}")
@@ -143,7 +147,7 @@ class Trainer:
         self.best_val = math.inf
         self.last_val = math.inf
         self.last_val_step = None  # the update after which last_val was measured
-        self.signalled = False  # Ctrl-C or SIGTERM reached this process
+        self.signalled = False  # one of STOP_SIGNALS reached this process
         self.stop_requested = False  # whether to stop after this update: agreed by every rank under MPI
         self.fresh = True  # False once the run folder holds this run (resumed, or run() started)
         self.lock = None  # the run folder's RunLock while this trainer reads or writes it
@@ -307,8 +311,9 @@ class Trainer:
         self.elapsed, self.stop_requested = self.world.agree(self.elapsed, self.stop_requested or self.signalled)
 
     def run(self, progress=None):
-        """Train until a stopping rule fires. Returns a summary dict. Ctrl-C or SIGTERM saves and
-        raises Interrupted; a NaN or Inf stops with a CharrnnError and leaves the last checkpoint."""
+        """Train until a stopping rule fires. Returns a summary dict. A stop signal (STOP_SIGNALS)
+        saves and raises Interrupted; a NaN or Inf stops with a CharrnnError and leaves the last
+        checkpoint."""
         cfg = self.cfg
         if not (cfg.max_steps or cfg.epochs or cfg.time_limit):
             raise CharrnnError("no stopping rule: give --max-steps, --epochs or --time-limit")
@@ -320,7 +325,7 @@ class Trainer:
         except BaseException:
             lock.release()
             raise
-        previous = [signal.signal(s, self._on_sigint) for s in (signal.SIGINT, signal.SIGTERM)]
+        previous = [signal.signal(s, self._on_stop_signal) for s in STOP_SIGNALS]
         window_stats = []
         chars_per_update = cfg.k1 * cfg.batch
         train_time = 0.0  # time in updates only, for the throughput figure
@@ -369,7 +374,7 @@ class Trainer:
                     "train_chars_per_sec": (updates and chars_per_update * updates / max(train_time, 1e-9)),
                     "run_dir": str(self.run_dir)}
         finally:
-            for s, handler in zip((signal.SIGINT, signal.SIGTERM), previous):
+            for s, handler in zip(STOP_SIGNALS, previous):
                 signal.signal(s, handler)
             log.close()
             lock.release()
@@ -443,8 +448,8 @@ class Trainer:
         self.fresh = False
         return log
 
-    def _on_sigint(self, signum, frame):
-        if self.signalled:  # a second Ctrl-C: stop now, whatever the state
+    def _on_stop_signal(self, signum, frame):
+        if self.signalled:  # a second signal: stop now, whatever the state
             raise KeyboardInterrupt
         self.signalled = True  # finish this update, save, then stop
 

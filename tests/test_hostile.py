@@ -120,7 +120,11 @@ def test_brackets_in_names_print_as_they_are(corpus, tmp_path):
     assert f"run={name}" in r.stderr and (out_dir / name / "latest.npz").is_file()
 
 
-def test_ctrl_c_saves_and_exits_130_whatever_the_run_is_called(corpus, tmp_path):
+# Ctrl-C; and SIGUSR1, which Open MPI's mpiexec passes on to the ranks (README: Training on a
+# cluster) and Slurm's --signal sends
+@pytest.mark.parametrize("stop", ["SIGINT", pytest.param("SIGUSR1", marks=pytest.mark.skipif(
+    not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1 on this system"))])
+def test_a_stop_signal_saves_and_exits_130_whatever_the_run_is_called(corpus, tmp_path, stop):
     run_dir = tmp_path / "[/oops]" / "[red]x"
     env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="300")
     proc = subprocess.Popen([sys.executable, "-m", "charrnn", "train", str(corpus), *TINY, "--time-limit", "600",
@@ -130,7 +134,7 @@ def test_ctrl_c_saves_and_exits_130_whatever_the_run_is_called(corpus, tmp_path)
     deadline = time.time() + 240
     while not (metrics.exists() and metrics.stat().st_size) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, stop))
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert f"saved {run_dir / 'latest.npz'}" in stderr and "Traceback" not in stderr

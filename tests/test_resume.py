@@ -29,7 +29,7 @@ def corpus(tmp_path):
 
 def stop_at(step):
     """A progress callback that presses Ctrl-C at `step`: the run saves latest.npz and stops."""
-    return lambda t, record: t.step == step and t._on_sigint(2, None)
+    return lambda t, record: t.step == step and t._on_stop_signal(2, None)
 
 
 def test_a_lower_learning_rate_continues_from_the_saved_state(corpus, tmp_path):

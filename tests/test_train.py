@@ -52,7 +52,7 @@ def test_resume_is_bit_for_bit(corpus, tmp_path, scheme):
     interrupted = Trainer(config(corpus, tmp_path / "b", max_steps=2 * n, **scheme), tmp_path / "b" / "r",
                           say=lambda *_: None)
     with pytest.raises(Interrupted):
-        interrupted.run(lambda t, record: t.step == n and t._on_sigint(2, None))
+        interrupted.run(lambda t, record: t.step == n and t._on_stop_signal(2, None))
     resumed = Trainer.resume(tmp_path / "b" / "r", say=lambda *_: None)
     assert resumed.step == n
     resumed.run()
@@ -167,7 +167,7 @@ def test_ctrl_c_saves_and_resume_continues(corpus, tmp_path):
 
     def press_ctrl_c(t, record):
         if t.step == 10:
-            t._on_sigint(2, None)
+            t._on_stop_signal(2, None)
 
     with pytest.raises(Interrupted):
         trainer.run(press_ctrl_c)
