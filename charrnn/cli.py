@@ -3,6 +3,7 @@ disk, print one red line and exit 1."""
 import gc
 import os
 import math
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -559,12 +560,19 @@ def main():
 
     global _collector_held
     job = Solo()
+    replaced = {}
     if _command(sys.argv[1:]) == "train":
+        from .train import stop_at_once_until_training
+
+        replaced = stop_at_once_until_training()
         try:
             job = world()  # joins the other ranks, if an MPI launcher started this
         except CharrnnError as e:
             _print_error(str(e))
             raise SystemExit(e.exit_code)
+        except KeyboardInterrupt:
+            raise SystemExit(130)
+        stop_at_once_until_training()  # again: MPI_Init may have taken one for itself
     if gc.isenabled():
         gc.disable()  # until the command is set up (_set_up)
         _collector_held = True
@@ -583,6 +591,8 @@ def main():
             job.abort(1)
         raise
     finally:
+        for s, handler in replaced.items():
+            signal.signal(s, handler)
         _set_up()
         gc.freeze()  # nothing to collect on the way out: exit without walking every object again
 

@@ -133,24 +133,28 @@ class Mpi(Solo):
                                f"installed; install it with pip install 'charrnn[mpi]' (or your cluster's "
                                f"mpi4py module)") from None
         # MPI starts below, once the launcher is known to be of mpi4py's MPI: under another's,
-        # MPI_Init can end the process before a word is said (MPICH's, under Open MPI's mpiexec)
-        mpi4py.rc.initialize = False
-        mpi4py.rc.finalize = True
+        # MPI_Init can end the process before a word is said (MPICH's, under Open MPI's mpiexec).
+        # A program that imported mpi4py.MPI itself has chosen how it starts: left as it is.
+        if "mpi4py.MPI" not in sys.modules:
+            mpi4py.rc.initialize = False
         with warnings.catch_warnings():  # mpi4py's own, about the same mismatch
             warnings.filterwarnings("ignore", "suspicious MPI execution environment", RuntimeWarning)
             from mpi4py import MPI
 
             vendor = MPI.get_vendor()[0]
-            # its first line ("MPICH Version: 5.0.2", "Open MPI v5.0.11, ..."); Open MPI's ends in a NUL
-            library = (MPI.Get_library_version().strip("\0 \n").splitlines() or [vendor])[0].strip()
-            if launcher_of_another_mpi(os.environ, vendor):
+            version = MPI.Get_library_version()
+            # its first line, spaces collapsed ("MPICH Version: 5.0.2"); Open MPI's ends in a NUL
+            library = " ".join((version.strip("\0 \n").splitlines() or [vendor])[0].split())
+            if launcher_of_another_mpi(os.environ, vendor, version):
                 raise _alone(rank, _another_mpi(size, library))
             if not MPI.Is_initialized():
-                MPI.Init_thread()
+                _start(MPI, mpi4py.rc)
         comm = MPI.COMM_WORLD
         if comm.Get_size() != size:
             raise _alone(rank, _another_mpi(size, library, comm.Get_size()))
-        self.open_mpi = vendor == "Open MPI"
+        # Open MPI's mpiexec reports an MPI_Abort in 15 lines of its own; a rank that exits with
+        # an error it reports in 7, and ends the others. (srun, by default, would not end them.)
+        self.exit_to_abort = vendor == "Open MPI" and "OMPI_COMM_WORLD_SIZE" in os.environ
         self.MPI, self.comm = MPI, comm
         self.size, self.rank = comm.Get_size(), comm.Get_rank()
         self.reduce_seconds = 0.0  # time spent in the gradient all-reduce (benchmarks read it)
@@ -219,9 +223,7 @@ class Mpi(Solo):
         sys.stdout.flush()
         sys.stderr.flush()
         time.sleep(FORWARD_WAIT)
-        if self.open_mpi:
-            # Open MPI's launcher reports an abort in 15 lines of its own, whatever this process's
-            # stderr is; a rank that exits with an error it reports in 6, and ends the others
+        if self.exit_to_abort:
             os._exit(code)
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, 2)
@@ -250,29 +252,52 @@ def error_prefix():
     return f"rank {w.rank}: "
 
 
-def launcher_of_another_mpi(environ, vendor) -> bool:
+# mpi4py's names (MPI.get_vendor) of the MPIs of MPICH's family, which speak PMI-1/2 to their
+# launcher, and PMIx only if built for it
+MPICH_FAMILY = ("MPICH", "Intel MPI", "MVAPICH", "MVAPICH2", "Cray MPICH", "Microsoft MPI")
+
+
+def launcher_of_another_mpi(environ, vendor, version) -> bool:
     """Whether the launcher that started this process, as its variables in `environ` tell, is
-    of another MPI than mpi4py's (`vendor`, MPI.get_vendor()'s name), where that is certain
-    before MPI starts: Open MPI's mpiexec (the only one to set OMPI_COMM_WORLD_SIZE) with another
-    MPI, or Open MPI under a launcher that is neither its own nor srun (MPICH's or Intel's hydra:
-    Open MPI cannot join its processes). Any other mismatch shows after MPI starts, as a world
-    of one."""
+    of another MPI than mpi4py's (`vendor`, MPI.get_vendor()'s name; `version`, its
+    Get_library_version()), where that is certain before MPI starts: Open MPI's mpiexec (the
+    only one to set OMPI_COMM_WORLD_SIZE), whose processes meet through PMIx, with an MPI of
+    MPICH's family not configured for PMIx; or MPICH's or Intel MPI's hydra (HYDI_CONTROL_FD)
+    with Open MPI, which cannot join its processes. Any other mismatch shows after MPI starts,
+    as a world of one."""
     if "OMPI_COMM_WORLD_SIZE" in environ:
-        return vendor != "Open MPI"
-    if vendor == "Open MPI":
-        return "SLURM_STEP_NUM_TASKS" not in environ and not any(k.startswith("PMIX_") for k in environ)
+        return vendor in MPICH_FAMILY and "pmix" not in version.lower()
+    if "HYDI_CONTROL_FD" in environ:
+        return vendor == "Open MPI"
     return False
+
+
+def _start(MPI, rc):
+    """Start MPI as mpi4py would have at its import: MPI_Init_thread with the thread support its
+    rc asks for (or the variables MPI4PY_RC_THREADS and MPI4PY_RC_THREAD_LEVEL), and
+    MPI_Finalize at exit."""
+    import atexit
+
+    threads = os.environ.get("MPI4PY_RC_THREADS", str(rc.threads)).strip().lower()
+    level = os.environ.get("MPI4PY_RC_THREAD_LEVEL", rc.thread_level).strip().lower()
+    levels = {"single": MPI.THREAD_SINGLE, "funneled": MPI.THREAD_FUNNELED, "serialized": MPI.THREAD_SERIALIZED,
+              "multiple": MPI.THREAD_MULTIPLE}
+    if threads in ("0", "false", "no", "off", "n"):
+        MPI.Init()
+    else:
+        MPI.Init_thread(levels.get(level, MPI.THREAD_MULTIPLE))
+    atexit.register(lambda: MPI.Is_finalized() or MPI.Finalize())
 
 
 def _another_mpi(size, library, seen=None):
     """What a process says when its launcher is of another MPI than mpi4py's `library`: known
     before MPI starts, or found after it, when MPI sees `seen` processes instead of `size`."""
     if seen is None:
-        what = f"belongs to another MPI than mpi4py's ({library})"
+        what = f"this is one of {size} processes started by the launcher of another MPI than mpi4py's ({library})"
     else:
-        what = f"mpi4py's MPI ({library}) sees {seen}: the launcher belongs to another MPI"
-    return (f"the MPI launcher started {size} processes but {what}; launch with the mpiexec of the MPI mpi4py "
-            f"was built with, or build mpi4py against the cluster's MPI")
+        what = (f"the MPI launcher started {size} processes but mpi4py's MPI ({library}) sees {seen}: the "
+                f"launcher belongs to another MPI")
+    return f"{what}; launch with the mpiexec of the MPI mpi4py was built with, or build mpi4py against the cluster's MPI"
 
 
 def _alone(rank, message):

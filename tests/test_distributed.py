@@ -42,7 +42,8 @@ def _open_mpi():
 
 
 OPEN_MPI = _open_mpi()
-# Open MPI's mpiexec: as many ranks as asked on a small machine, and as root in a container
+# Open MPI's mpiexec: as many ranks as asked on a small machine (and so, not bound to a core
+# each, as it binds 2 ranks or fewer otherwise), and as root in a container
 LAUNCH = ["--oversubscribe"] if OPEN_MPI else []
 LAUNCH_ENV = ({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
               if OPEN_MPI and hasattr(os, "geteuid") and os.geteuid() == 0 else {})
@@ -211,33 +212,53 @@ def _rank_pid(marker, rank):
     return None
 
 
-@needs_mpi
-@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process in /proc")
-def test_sigterm_to_one_rank_saves_and_stops_every_rank(corpus, tmp_path):
-    run_dir = tmp_path / "r"
+def stop_training(corpus, run_dir, send):
+    """Start a 2-rank job that would train for long, call send(job) once it has logged an
+    update, and return its exit code, stderr, and the update its last line says it saved."""
     job = launch(2, corpus, run_dir, "--max-steps", 100000, wait=False)
     try:
         deadline = time.time() + 120
         while not records_exist(run_dir) and job.poll() is None and time.time() < deadline:
             time.sleep(0.2)
-        pid = _rank_pid(str(tmp_path), 1)
-        assert pid is not None, "rank 1 not found"
-        os.kill(pid, signal.SIGTERM)  # rank 0 was not told: it stops because rank 1 asks
+        send(job)
         _, stderr = job.communicate(timeout=60)
     finally:
         job.kill()
-    assert job.returncode == 130, stderr
-    line = charrnn_lines(stderr)[-1]
-    assert f"saved {run_dir / 'latest.npz'}" in line and "Traceback" not in stderr
-    step = int(line.split("interrupted at update ")[1].split(";")[0])
-    _, meta = load_checkpoint(run_dir / "latest.npz")
-    assert meta["step"] == step > 0
+    line = (charrnn_lines(stderr) or [""])[-1]
+    saved = "interrupted at update " in line and f"saved {run_dir / 'latest.npz'}" in line
+    return job.returncode, stderr, int(line.split("interrupted at update ")[1].split(";")[0]) if saved else None
+
+
+@needs_mpi
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process in /proc")
+def test_sigterm_to_one_rank_saves_and_stops_every_rank(corpus, tmp_path):
+    run_dir = tmp_path / "r"
+
+    def to_rank_1(job):
+        pid = _rank_pid(str(tmp_path), 1)
+        assert pid is not None, "rank 1 not found"
+        os.kill(pid, signal.SIGTERM)  # rank 0 was not told: it stops because rank 1 asks
+
+    code, stderr, step = stop_training(corpus, run_dir, to_rank_1)
+    assert code == 130 and step is not None and "Traceback" not in stderr, stderr
+    assert load_checkpoint(run_dir / "latest.npz")[1]["step"] == step > 0
     gone = time.time() + 10  # the launcher has returned; its ranks are ending, or have
     while any(_rank_pid(str(tmp_path), r) for r in (0, 1)) and time.time() < gone:
         time.sleep(0.1)
     assert _rank_pid(str(tmp_path), 0) is None and _rank_pid(str(tmp_path), 1) is None
     resume(2, run_dir, step + 2)  # and it goes on from there
     assert load_checkpoint(run_dir / "latest.npz")[1]["step"] == step + 2
+
+
+@needs_mpi
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1 on this system")
+def test_sigusr1_to_the_launcher_saves_and_stops_every_rank(corpus, tmp_path):
+    # the way to stop a job under Open MPI's mpiexec, which kills the ranks itself after SIGINT
+    # or SIGTERM; MPICH's passes SIGUSR1 on too
+    run_dir = tmp_path / "r"
+    code, stderr, step = stop_training(corpus, run_dir, lambda job: job.send_signal(signal.SIGUSR1))
+    assert code == 130 and step is not None and len(charrnn_lines(stderr)) == 1, stderr
+    assert load_checkpoint(run_dir / "latest.npz")[1]["step"] == step > 0
 
 
 def charrnn_lines(stderr):
@@ -267,6 +288,9 @@ def test_a_failure_on_one_rank_ends_the_job_with_one_line(corpus, tmp_path):
     assert job.returncode == 1, stderr
     lines = charrnn_lines(stderr)
     assert lines == ["error: rank 1: failure injected by CHARRNN_TEST_FAIL_RANK on rank 1 at update 3"], stderr
+    # under Open MPI's mpiexec the rank exits rather than abort: its report of an MPI_Abort is
+    # 15 lines and a NUL
+    assert "MPI_ABORT" not in stderr and "\0" not in stderr, stderr
     print(f"failed job ended after {time.time() - t0:.1f} s, start-up included")
 
 
@@ -282,16 +306,19 @@ def test_ranks_that_do_not_divide_the_batch_are_refused(corpus, tmp_path):
 
 @needs_mpi
 def test_a_launcher_of_another_mpi_is_explained(corpus, tmp_path):
-    # what a launcher whose MPI is not mpi4py's leaves: its variables, and a world of one
-    r = launch(1, corpus, tmp_path / "r", "--max-steps", 1, env={"PMI_SIZE": "2", "PMI_RANK": "0"})
+    # what a launcher of MPICH's family (hydra) whose MPI is not mpi4py's leaves: its variables
+    hydra = {"PMI_SIZE": "2", "PMI_RANK": "0", "HYDI_CONTROL_FD": "7"}
+    r = launch(1, corpus, tmp_path / "r", "--max-steps", 1, env=hydra)
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
-    # Open MPI cannot join a hydra's processes: known before it starts; MPICH starts alone
-    found = "but belongs to another MPI than mpi4py's" if mpi_vendor() == "Open MPI" else "but mpi4py's MPI"
-    assert len(lines) == 1 and f"started 2 processes {found}" in lines[0], r.stderr
-    assert found != "but mpi4py's MPI" or "sees 1: the launcher belongs to another MPI" in lines[0], r.stderr
+    if mpi_vendor() == "Open MPI":  # which cannot join a hydra's processes: known before it starts
+        want = "this is one of 2 processes started by the launcher of another MPI than mpi4py's (Open MPI v"
+    else:  # MPICH, which starts as a world of one
+        want = "the MPI launcher started 2 processes but mpi4py's MPI (MPICH Version: "
+    assert len(lines) == 1 and lines[0].startswith(f"error: {want}"), r.stderr
+    assert "Open MPI" in want or "sees 1: the launcher belongs to another MPI" in lines[0], r.stderr
     # the other copy says nothing: the user reads the line once
-    r = launch(1, corpus, tmp_path / "r", "--max-steps", 1, env={"PMI_SIZE": "2", "PMI_RANK": "1"})
+    r = launch(1, corpus, tmp_path / "r", "--max-steps", 1, env={**hydra, "PMI_RANK": "1"})
     assert r.returncode == 1 and r.stderr == ""
     assert not (tmp_path / "r").exists()
 
@@ -306,26 +333,39 @@ def test_open_mpis_launcher_with_another_mpi_is_explained_before_mpi_starts(corp
     r = launch(1, corpus, tmp_path / "r", "--max-steps", 1, env=env)
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "started 2 processes but belongs to another MPI than mpi4py's" in lines[0], r.stderr
+    assert len(lines) == 1 and "one of 2 processes started by the launcher of another MPI than mpi4py's (MPICH" in lines[0], r.stderr
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("variables, vendor, other", [
-    ({"OMPI_COMM_WORLD_SIZE": "4", "PMIX_RANK": "0"}, "MPICH", True),  # Open MPI's mpiexec
-    ({"OMPI_COMM_WORLD_SIZE": "4", "PMIX_RANK": "0"}, "Intel MPI", True),
-    ({"OMPI_COMM_WORLD_SIZE": "4", "PMIX_RANK": "0"}, "Open MPI", False),
-    ({"PMI_SIZE": "4", "PMI_RANK": "0", "PMI_FD": "5"}, "Open MPI", True),  # MPICH's or Intel's hydra
-    ({"PMI_SIZE": "4", "PMI_RANK": "0", "PMI_FD": "5"}, "MPICH", False),
-    ({"PMI_SIZE": "4", "PMI_RANK": "0"}, "Intel MPI", False),
-    # srun: PMI-2 or PMIx, whichever the cluster set up; MPI itself tells after it starts
-    ({"SLURM_STEP_NUM_TASKS": "4", "SLURM_PROCID": "0", "PMI_SIZE": "4"}, "Open MPI", False),
-    ({"SLURM_STEP_NUM_TASKS": "4", "SLURM_PROCID": "0", "PMIX_RANK": "0"}, "Open MPI", False),
-    ({"SLURM_STEP_NUM_TASKS": "4", "SLURM_PROCID": "0", "PMIX_RANK": "0"}, "MPICH", False),
+MPICH_WHEEL = "MPICH Version:      5.0.2\nMPICH configure:    --with-device=ch4:ucx,ofi --with-pm=hydra:gforker\n"
+OPEN_MPI_5 = "Open MPI v5.0.11, package: Open MPI Distribution, ident: 5.0.11\0"
+
+
+@pytest.mark.parametrize("variables, vendor, version, other", [
+    # Open MPI's mpiexec: its variables, and a PMIx server's
+    ({"OMPI_COMM_WORLD_SIZE": "4", "PMIX_RANK": "0"}, "MPICH", MPICH_WHEEL, True),
+    ({"OMPI_COMM_WORLD_SIZE": "4", "PMIX_RANK": "0"}, "Intel MPI", "Intel(R) MPI Library 2021.14", True),
+    ({"OMPI_COMM_WORLD_SIZE": "4", "PMIX_RANK": "0"}, "MPICH", MPICH_WHEEL.replace("gforker", "gforker --with-pmix"),
+     False),  # an MPICH built for PMIx may join them
+    ({"OMPI_COMM_WORLD_SIZE": "4", "PMIX_RANK": "0"}, "Open MPI", OPEN_MPI_5, False),
+    ({"OMPI_COMM_WORLD_SIZE": "4", "PMIX_RANK": "0"}, "unknown", "IBM Spectrum MPI 10.4", False),  # Open MPI's kin
+    # MPICH's or Intel MPI's hydra
+    ({"PMI_SIZE": "4", "PMI_RANK": "0", "PMI_FD": "9", "HYDI_CONTROL_FD": "7"}, "Open MPI", OPEN_MPI_5, True),
+    ({"PMI_SIZE": "4", "PMI_RANK": "0", "PMI_FD": "9", "HYDI_CONTROL_FD": "7"}, "MPICH", MPICH_WHEEL, False),
+    ({"PMI_SIZE": "4", "PMI_RANK": "0", "HYDI_CONTROL_FD": "7", "PMIX_MCA_gds": "hash"}, "Open MPI", OPEN_MPI_5,
+     True),  # a PMIx setting from a site's module changes nothing
+    # srun (PMI-2 or PMIx, whichever the cluster set up) or another PMI launcher: MPI itself tells
+    ({"SLURM_STEP_NUM_TASKS": "4", "SLURM_PROCID": "0", "PMI_SIZE": "4", "PMI_FD": "9"}, "Open MPI", OPEN_MPI_5,
+     False),
+    ({"SLURM_STEP_NUM_TASKS": "4", "SLURM_PROCID": "0", "PMIX_RANK": "0"}, "Open MPI", OPEN_MPI_5, False),
+    ({"SLURM_STEP_NUM_TASKS": "4", "SLURM_PROCID": "0", "PMIX_RANK": "0"}, "Cray MPICH", "MPI VERSION : CRAY MPICH",
+     False),
+    ({"PMI_SIZE": "4", "PMI_RANK": "0", "PMI_FD": "9"}, "Open MPI", OPEN_MPI_5, False),  # Flux, say
 ])
-def test_a_launcher_of_another_mpi_is_known_where_its_variables_tell(variables, vendor, other):
+def test_a_launcher_of_another_mpi_is_known_where_its_variables_tell(variables, vendor, version, other):
     from charrnn.distributed import launcher_of_another_mpi
 
-    assert launcher_of_another_mpi(variables, vendor) is other
+    assert launcher_of_another_mpi(variables, vendor, version) is other
 
 
 def test_only_train_joins_the_ranks_of_a_launcher(corpus, tmp_path):
@@ -355,12 +395,11 @@ def test_each_rank_takes_its_share_of_the_cores_unless_told(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_NUM_THREADS"}
     env.update(LAUNCH_ENV, PYTHONPATH=str(ROOT))
     cores = len(os.sched_getaffinity(0))  # both ranks may run on all of them: they share them out
-    unbound = ["--bind-to", "none"] if OPEN_MPI else []  # Open MPI binds each of 2 ranks to a core
     for told, want in ((None, max(1, cores // 2)), ("3", 3)):
         if told:
             env["NUMBA_NUM_THREADS"] = told
-        ok(subprocess.run([MPIEXEC, *LAUNCH, *unbound, "-n", "2", sys.executable, "-c", probe], capture_output=True,
-                          text=True, env=env, timeout=120))
+        ok(subprocess.run([MPIEXEC, *LAUNCH, "-n", "2", sys.executable, "-c", probe], capture_output=True, text=True,
+                          env=env, timeout=120))
         assert [(tmp_path / f"threads.{r}").read_text() for r in (0, 1)] == [str(want)] * 2
 
 

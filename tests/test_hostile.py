@@ -141,6 +141,24 @@ def test_a_stop_signal_saves_and_exits_130_whatever_the_run_is_called(corpus, tm
     assert (run_dir / "latest.npz").is_file()
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1 on this system")
+def test_before_training_starts_sigusr1_ends_the_command_as_ctrl_c_does():
+    # SIGUSR1, set up by `charrnn train` as it starts, and again after MPI has (MPICH's MPI_Init
+    # takes it for itself): KeyboardInterrupt, which ends the command with exit 130
+    from charrnn.train import stop_at_once_until_training
+
+    replaced = stop_at_once_until_training()
+    try:
+        assert list(replaced) == [signal.SIGUSR1]
+        for s in replaced:
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), s)
+                time.sleep(5)
+    finally:
+        for s, handler in replaced.items():
+            signal.signal(s, handler)
+
+
 # ---------------------------------------------------------------------------------------------
 # Two processes, one run; what a killed process leaves behind; resuming
 
