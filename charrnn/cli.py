@@ -192,6 +192,7 @@ def train(
     except Interrupted as e:
         err.print(f"interrupted at update {trainer.step}; saved {e.path}. Continue with: "
                   f"charrnn train --resume {trainer.run_dir}", highlight=False)
+        trainer.world.stop_together()
         raise typer.Exit(130)
     val, test = summary["val_loss"], summary["test_loss"]
     out.print(f"done: {summary['steps']} updates, {summary['epochs']:.2f} epochs, {summary['elapsed']:.0f} s, "
@@ -552,9 +553,9 @@ def main():
     ours, whose traceback CHARRNN_TRACEBACK=1 shows. Ctrl-C exits 130 (typer turns
     KeyboardInterrupt into it).
 
-    `train` started by an MPI launcher runs in every rank; a rank that ends with an error, or
-    stops with 130, aborts the whole job, since the others may be waiting for it in an
-    all-reduce. Another command started by a launcher is just the process it is (srun charrnn
+    `train` started by an MPI launcher runs in every rank; a rank that ends with an error aborts
+    the whole job, since the others may be waiting for it in an all-reduce. A stop signal ends
+    every rank at the same update: they exit 130 together. Another command started by a launcher is just the process it is (srun charrnn
     sample ... samples in every process)."""
     from .distributed import Solo, world
 
@@ -579,7 +580,7 @@ def main():
     try:
         _main()
     except SystemExit as e:
-        if job.size > 1 and e.code not in (0, None):
+        if job.size > 1 and e.code not in (0, None) and not job.stopped_together:
             job.abort(e.code if isinstance(e.code, int) else 1)
         raise
     except BaseException:  # a traceback CHARRNN_TRACEBACK=1 asked for

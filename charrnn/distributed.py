@@ -75,6 +75,7 @@ class Solo:
 
     size, rank = 1, 0
     node_size = 1  # processes of the job on this machine
+    stopped_together = False  # every rank is ending at the same update, as they agreed (stop_together)
 
     @property
     def root(self):
@@ -117,6 +118,12 @@ class Solo:
 
     def unmute(self):
         """Before printing an error: let this rank be heard."""
+
+    def stop_together(self):
+        """Every rank stops here, at the update they agreed on (a stop signal): the job can end as
+        MPI programs do, each rank finalizing and exiting with the same code, instead of by an
+        abort, which under MPICH leaves its shared memory behind in /dev/shm."""
+        self.stopped_together = True
 
     def dump_params(self, params):
         pass

@@ -256,9 +256,28 @@ def test_sigusr1_to_the_launcher_saves_and_stops_every_rank(corpus, tmp_path):
     # the way to stop a job under Open MPI's mpiexec, which kills the ranks itself after SIGINT
     # or SIGTERM; MPICH's passes SIGUSR1 on too
     run_dir = tmp_path / "r"
+    before = shared_memory()
     code, stderr, step = stop_training(corpus, run_dir, lambda job: job.send_signal(signal.SIGUSR1))
     assert code == 130 and step is not None and len(charrnn_lines(stderr)) == 1, stderr
     assert load_checkpoint(run_dir / "latest.npz")[1]["step"] == step > 0
+    # the ranks, stopping together, end as MPI programs do: an abort would have left MPICH's
+    # shared memory (a few MB a job) in /dev/shm
+    assert shared_memory() - before == set()
+
+
+@pytest.fixture
+def aborted_jobs_tidied():
+    """Remove the shared memory that the test's aborted jobs leave in /dev/shm (MPICH's)."""
+    before = shared_memory()
+    yield
+    for name in shared_memory() - before:
+        Path("/dev/shm", name).unlink(missing_ok=True)
+
+
+def shared_memory():
+    """The names of MPI's shared-memory segments in /dev/shm (MPICH's, Open MPI's)."""
+    shm = Path("/dev/shm")
+    return {p.name for p in shm.iterdir() if p.name.startswith(("mpich_shm_", "sm_segment"))} if shm.is_dir() else set()
 
 
 def charrnn_lines(stderr):
@@ -277,7 +296,7 @@ def records_exist(run_dir):
 
 
 @needs_mpi
-def test_a_failure_on_one_rank_ends_the_job_with_one_line(corpus, tmp_path):
+def test_a_failure_on_one_rank_ends_the_job_with_one_line(corpus, tmp_path, aborted_jobs_tidied):
     t0 = time.time()
     job = launch(2, corpus, tmp_path / "r", "--max-steps", 100000, wait=False,
                  env={"CHARRNN_TEST_FAIL_RANK": "1", "CHARRNN_TEST_FAIL_AT": "3"})
@@ -295,7 +314,7 @@ def test_a_failure_on_one_rank_ends_the_job_with_one_line(corpus, tmp_path):
 
 
 @needs_mpi
-def test_ranks_that_do_not_divide_the_batch_are_refused(corpus, tmp_path):
+def test_ranks_that_do_not_divide_the_batch_are_refused(corpus, tmp_path, aborted_jobs_tidied):
     r = launch(3, corpus, tmp_path / "r", "--max-steps", 1)
     assert r.returncode == 2
     assert charrnn_lines(r.stderr) == [
