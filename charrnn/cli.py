@@ -192,7 +192,6 @@ def train(
     except Interrupted as e:
         err.print(f"interrupted at update {trainer.step}; saved {e.path}. Continue with: "
                   f"charrnn train --resume {trainer.run_dir}", highlight=False)
-        trainer.world.stop_together()
         raise typer.Exit(130)
     val, test = summary["val_loss"], summary["test_loss"]
     out.print(f"done: {summary['steps']} updates, {summary['epochs']:.2f} epochs, {summary['elapsed']:.0f} s, "
@@ -555,8 +554,9 @@ def main():
 
     `train` started by an MPI launcher runs in every rank; a rank that ends with an error aborts
     the whole job, since the others may be waiting for it in an all-reduce. A stop signal ends
-    every rank at the same update: they exit 130 together. Another command started by a launcher is just the process it is (srun charrnn
-    sample ... samples in every process)."""
+    every rank at the same update (Trainer.run): they exit 130 together. Another command
+    started by a launcher is just the process it is (srun charrnn sample ... samples in every
+    process)."""
     from .distributed import Solo, world
 
     global _collector_held

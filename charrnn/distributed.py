@@ -120,9 +120,9 @@ class Solo:
         """Before printing an error: let this rank be heard."""
 
     def stop_together(self):
-        """Every rank stops here, at the update they agreed on (a stop signal): the job can end as
-        MPI programs do, each rank finalizing and exiting with the same code, instead of by an
-        abort, which under MPICH leaves its shared memory behind in /dev/shm."""
+        """Every rank stops at this update, as they agreed (a stop signal; Trainer.run): the job
+        can end as MPI programs do, each rank finalizing and exiting with the same code, instead
+        of by an abort, which under MPICH leaves its shared memory behind in /dev/shm."""
         self.stopped_together = True
 
     def dump_params(self, params):

@@ -45,9 +45,11 @@ def stop_at_once_until_training():
     Ctrl-C does (KeyboardInterrupt): nothing is trained yet, nothing to save. Otherwise it would
     kill the command without a word, or go unheard (MPICH's MPI_Init takes it for itself).
     SIGTERM keeps its default there: a launcher ending the other ranks of a failed job sends it,
-    and they end without a word. Returns the handlers it replaced."""
-    return {s: signal.signal(s, signal.default_int_handler) for s in STOP_SIGNALS
-            if s not in (signal.SIGINT, signal.SIGTERM)}
+    and they end without a word. Returns the handler it replaced, by signal (none without
+    SIGUSR1)."""
+    if not hasattr(signal, "SIGUSR1"):
+        return {}
+    return {signal.SIGUSR1: signal.signal(signal.SIGUSR1, signal.default_int_handler)}
 
 
 class Interrupted(Exception):
@@ -373,8 +375,10 @@ class Trainer:
                 # `end` again: the time the validation or sample took may have used up a time limit
                 if self.step % cfg.checkpoint_every == 0 or self.done_fraction() >= 1.0:
                     self.save("latest")
-                if self.stop_requested:
-                    raise Interrupted(self.save("latest"))
+                if self.stop_requested:  # every rank, at this update
+                    path = self.save("latest")
+                    self.world.stop_together()
+                    raise Interrupted(path)
             test = math.nan
             if len(self.test_ids) >= 2:
                 test = self._evaluate(self.test_ids)
