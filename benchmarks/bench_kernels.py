@@ -4,7 +4,9 @@ kernels, in characters per second, for T=100 steps and B=32 streams, one layer.
 Beside it: the achieved GFLOP/s of the matrix work (the cell's recurrent FLOPs, 6*H*G for a
 full (H,G) recurrent matrix, + 6*H*V output FLOPs per character: forward, input-gradient and
 weight-gradient products) as a share of the machine's float32 matrix-multiply rate (numpy,
-2048x2048, every core), and, if torch is installed, the same shapes through
+2048x2048, every core): of the best rate of the run ("of peak"), and of the rate measured just
+before the row ("of rate before"), which a virtual machine's drift over minutes moves with the
+row's own speed; and, if torch is installed, the same shapes through
 torch.nn.RNN/LSTM/GRU with one-hot inputs on 2 threads, timed in alternation with ours (the
 matrix rate is measured before each row).
 
@@ -147,10 +149,11 @@ def main():
     print(describe())
     matmul_gflops = matmul_rate()
     print(f"of peak: of the best float32 matmul rate of the run (numpy, {PEAK_N}x{PEAK_N}, every core, "
-          f"measured before each row); T={T} B={B}, one layer")
+          f"measured before each row); of rate before: of the rate measured just before the row; "
+          f"T={T} B={B}, one layer")
     if torch is not None:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    header = f"{'cell':8} {'H':>4} {'V':>5} {'chars/s':>9} {'GFLOP/s':>8} {'of peak':>7}"
+    header = f"{'cell':8} {'H':>4} {'V':>5} {'chars/s':>9} {'GFLOP/s':>8} {'of peak':>7} {'of rate before':>14}"
     if before:
         header += f" {rev + ' chars/s':>15} {'now/then':>8}"
     print(header + (f" {'torch chars/s':>13} {'ratio':>6}" if torch else ""))
@@ -183,11 +186,12 @@ def main():
                          else f" {'-':>15} {'-':>8}")
             if "torch" in cps:
                 rest += f" {cps['torch']:13.0f} {cps['now'] / cps['torch']:5.2f}x"
-            rows.append((f"{cell:8} {H:4d} {V:5d} {cps['now']:9.0f} {gflops:8.1f}", gflops, rest))
-            print(f"{rows[-1][0]} {'...':>7}{rest}", file=sys.stderr, flush=True)  # progress; the table follows
+            rows.append((f"{cell:8} {H:4d} {V:5d} {cps['now']:9.0f} {gflops:8.1f}", gflops, peaks[-1], rest))
+            print(f"{rows[-1][0]} {'...':>7} {gflops / peaks[-1]:14.0%}{rest}", file=sys.stderr,
+                  flush=True)  # progress; the table follows
     peak = max(peaks)
-    for start, gflops, rest in rows:
-        print(f"{start} {gflops / peak:7.0%}{rest}")
+    for start, gflops, before_row, rest in rows:
+        print(f"{start} {gflops / peak:7.0%} {gflops / before_row:14.0%}{rest}")
     print(f"matmul rate before the rows: {min(peaks):.0f} to {peak:.0f} GFLOP/s, median {statistics.median(peaks):.0f}")
 
 if __name__ == "__main__":
