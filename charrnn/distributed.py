@@ -10,6 +10,9 @@ synchronous data parallelism on the flat buffer, as Horovod and llm.c do it:
     clipping, the NaN check, the learning rate and the optimizer step then run identically on
         every rank (the same numbers in, the same numbers out).
 
+The text is read once per machine, by the first rank on it, into shared memory that the
+machine's other ranks map (node_shared): one copy a machine, not one a rank.
+
 Rank 0 alone prints, logs and writes; the others run with stdout and stderr silenced. Whatever
 a decision reads that could differ between ranks (the clock of a time limit, a stop signal that
 reached one rank) is agreed in a tiny all-reduce, so that every rank stops on the same
@@ -39,6 +42,12 @@ QUIET_WAIT = 1.0
 # Between the last line a rank prints and its abort: the launcher forwards a rank's output
 # through a pipe, and an abort that tears the job down first loses the line.
 FORWARD_WAIT = 0.3
+
+# Where a machine's first rank puts an array its other ranks map (node_shared): a RAM file
+# system, as MPI's own shared memory uses. The file is unlinked as soon as every rank has
+# mapped it, so that nothing is left behind however the job ends; the memory goes back when
+# the last rank exits.
+SHARED_DIR = "/dev/shm"
 
 _world = None
 
@@ -93,6 +102,15 @@ class Solo:
                              f"processes; launch a number that divides it ({valid}) or give a --batch that "
                              f"{self.size} divides")
         return share(batch, self.rank, self.size)
+
+    def node_shared(self, make):
+        """(array, extra, why_not) from make() -> (array, extra), run by one rank per machine: the
+        array in memory that the machine's ranks share, read-only (the text of a run, read once
+        a machine instead of once a rank), `extra` picklable. `why_not` says why the array
+        could not be shared, if so (every rank then ran make() itself); None otherwise. One
+        process has nothing to share: make()'s own array."""
+        array, extra = make()
+        return array, extra, None
 
     def bcast(self, array):
         """Give every rank rank 0's values of `array` (in place)."""
@@ -177,10 +195,63 @@ class Mpi(Solo):
             os.dup2(null, 1)
             os.dup2(null, 2)
             os.close(null)
-        node = comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this machine
-        self.node_size = node.Get_size()
-        _set_threads(node)
-        node.Free()
+        self.node = comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this machine
+        self.node_size = self.node.Get_size()
+        self._shared = []  # the arrays node_shared mapped, which this process keeps until it ends
+        _set_threads(self.node)
+
+    def node_shared(self, make):
+        # The machine's first rank runs make() while the others wait in a broadcast for one of:
+        #   ("shared", path, dtype, shape, extra)   map the file, then meet so that it is unlinked
+        #   ("again", index, extra)                 make() gave an array shared before
+        #   ("private", note)                       it could not be shared: run make() too
+        #   ("failed", message, interrupted)        raise what make() raised (Ctrl-C included,
+        #                                           which reaches the waiting ranks only after it)
+        node = self.node
+        if node.Get_rank() != 0:
+            kind, *rest = node.bcast(None, root=0)
+            if kind == "failed":
+                message, interrupted = rest
+                if interrupted:
+                    raise KeyboardInterrupt
+                from .errors import CharrnnError
+
+                raise CharrnnError(message)
+            if kind == "private":
+                array, extra = make()
+                return array, extra, rest[0]
+            if kind == "again":
+                return self._shared[rest[0]], rest[1], None
+            path, dtype, shape, extra = rest
+            try:
+                array = _map_shared(path, dtype, shape)
+            finally:
+                node.Barrier()  # the first rank unlinks the file once every rank has passed here
+            self._shared.append(array)
+            return array, extra, None
+        try:
+            array, extra = make()
+        except BaseException as e:
+            node.bcast(("failed", str(e), isinstance(e, KeyboardInterrupt)), root=0)
+            raise
+        for i, mine in enumerate(self._shared):
+            if array is mine:
+                node.bcast(("again", i, extra), root=0)
+                return array, extra, None
+        try:
+            path = _write_shared(array)
+        except OSError as e:
+            why = f"{SHARED_DIR}: {e.strerror or e}"
+            node.bcast(("private", why), root=0)
+            return array, extra, why
+        try:
+            shared = _map_shared(path, array.dtype.str, array.shape)
+            node.bcast(("shared", path, array.dtype.str, array.shape, extra), root=0)
+            node.Barrier()
+        finally:
+            os.unlink(path)
+        self._shared.append(shared)
+        return shared, extra, None
 
     def bcast(self, array):
         self.comm.Bcast(array, root=0)
@@ -332,3 +403,42 @@ def _set_threads(node):
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     else:
         os.environ["NUMBA_NUM_THREADS"] = str(threads)
+
+
+def _write_shared(array):
+    """Path of a new file in SHARED_DIR holding the bytes of `array`. Its room is taken before a
+    byte is written, so that a RAM file system too small for it (a container's 64 MB) is an
+    OSError here, not a crash on writing; the file is gone again after an error."""
+    import tempfile
+
+    import numpy as np
+
+    fd, path = tempfile.mkstemp(prefix="charrnn-", dir=SHARED_DIR)
+    try:
+        if array.nbytes:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fd, 0, array.nbytes)
+            with open(fd, "wb", closefd=False) as f:
+                f.write(memoryview(np.ascontiguousarray(array)).cast("B"))
+    except BaseException:
+        os.unlink(path)
+        raise
+    finally:
+        os.close(fd)
+    return path
+
+
+def _map_shared(path, dtype, shape):
+    """The array of `shape` and `dtype` in the file at `path`, mapped read-only: every process
+    that maps it reads the same pages."""
+    import mmap
+
+    import numpy as np
+
+    dtype = np.dtype(dtype)
+    size = dtype.itemsize * int(np.prod(shape))
+    if size == 0:
+        return np.empty(shape, dtype)
+    with open(path, "rb") as f:
+        buffer = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+    return np.frombuffer(buffer, dtype).reshape(shape)

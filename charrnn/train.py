@@ -18,7 +18,7 @@ import numpy as np
 from . import __version__, distributed, memory
 from .checkpoint import load_checkpoint, remove_stale_temporaries, resolve_checkpoint, save_checkpoint
 from .config import MODEL_SETTINGS, OLDER_CHECKPOINTS, TrainConfig, check_init_overrides, check_resume_overrides, flag
-from .corpus import Streams, Vocab, default_corpus, fit_batch_and_window, read_corpus, split
+from .corpus import Corpus, Streams, Vocab, default_corpus, fit_batch_and_window, read_corpus, split
 from .errors import CharrnnError, os_error_message
 from .evaluate import bits, evaluate
 from .model import ModelSpec, Stack, init_params, transplant
@@ -118,7 +118,7 @@ class Trainer:
         self.cfg, self.run_dir, self.say = cfg, Path(run_dir), say
         self.world = distributed.world()
         if corpus is None:
-            corpus = read_corpus(cfg.corpus or [default_corpus()], cfg.encoding, cfg.doc_sep)
+            corpus = _read_corpus(cfg.corpus or [default_corpus()], cfg.encoding, cfg.doc_sep)
             for note in corpus.notes:
                 say(note)
         cfg.corpus = [str(Path(p).resolve()) for p in cfg.corpus]  # a resume may start anywhere
@@ -129,7 +129,10 @@ class Trainer:
             vocab = base.vocab.extended("".join(corpus.chars))
         self.vocab = vocab or corpus.vocab
         self.vocab_added = self.vocab.size - base.vocab.size if base is not None else 0
-        ids = corpus.ids_for(self.vocab)  # of the smallest integer type; split and streams are views
+        # of the smallest integer type; split and streams are views. The text's own ids unless
+        # the vocabulary numbers its characters otherwise (a fine-tuned or resumed model's): then
+        # renumbered, under MPI once a machine too
+        ids = self.world.node_shared(lambda: (corpus.ids_for(self.vocab), None))[0]
         self.train_ids, self.val_ids, self.test_ids = split(
             ids, (1.0 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction),
             name=corpus.name)
@@ -493,12 +496,28 @@ def _load_init(cfg):
     return model
 
 
+def _read_corpus(inputs, encoding, doc_sep):
+    """read_corpus; under MPI once a machine, by its first rank, whose ids the machine's other
+    ranks map (distributed.Mpi.node_shared): one copy of the text a machine, not one a rank."""
+    world = distributed.world()
+
+    def read():
+        corpus = read_corpus(inputs, encoding, doc_sep)
+        return corpus.ids, (corpus.chars, corpus.sha256, corpus.files, corpus.notes)
+
+    ids, (chars, sha256, files, notes), why_not = world.node_shared(read)
+    if why_not:
+        notes = notes + [f"the text could not be put in memory the processes on this machine share ({why_not}), "
+                         f"so each of its {world.node_size} processes holds a copy"]
+    return Corpus(ids, chars, sha256, files, notes)
+
+
 def _corpus_to_resume(meta, cfg, inputs, run_dir):
     """The text a run resumes on, checked against the SHA-256 its checkpoint keeps: `inputs` if
     given; else the files the checkpoint lists, or (older checkpoints) its corpus setting."""
     saved = meta["corpus"]
     if inputs:
-        corpus = read_corpus(inputs, cfg.encoding, cfg.doc_sep)
+        corpus = _read_corpus(inputs, cfg.encoding, cfg.doc_sep)
         if corpus.info()["sha256"] != saved["sha256"]:
             raise CharrnnError(f"{' '.join(map(str, inputs))} is not the text this run was trained on (its SHA-256 "
                                f"differs); give the files it read, in the same order")
@@ -508,7 +527,7 @@ def _corpus_to_resume(meta, cfg, inputs, run_dir):
     if missing:
         raise CharrnnError(f"{missing[0]}, part of the text this run was trained on, is not there; give the text "
                            f"again after --resume (charrnn train --resume {run_dir} FILE...), it is checked by its hash")
-    corpus = read_corpus(stored, cfg.encoding, cfg.doc_sep)
+    corpus = _read_corpus(stored, cfg.encoding, cfg.doc_sep)
     for old, now in zip(saved.get("files", []), corpus.files):
         if old["sha256"] != now["sha256"]:
             raise CharrnnError(f"{now['path']} has changed since this run read it; resume with the text it was "

@@ -444,3 +444,87 @@ def test_another_generator_draws_every_row_as_before():
     whole, part = (np.random.Generator(np.random.MT19937(3)) for _ in range(2))
     assert np.array_equal(uniform_rows(part, 3, 4, 2, slice(1, 3)), whole.random((3, 4, 2))[:, 1:3])
     assert part.random() == whole.random()
+
+
+# A probe run by each rank of `mpiexec -n 2`: the text as train._read_corpus gives it, and where
+# its ids live, written to a file per rank (the ranks other than 0 are silenced). `setup` runs
+# first: it may change distributed or train.
+SHARED_TEXT_PROBE = """
+import json, sys
+from charrnn import distributed, train
+from charrnn.errors import CharrnnError
+world = distributed.world()
+reads = []
+real_read = train.read_corpus
+def read_corpus(*args):
+    reads.append(1)
+    return real_read(*args)
+train.read_corpus = read_corpus
+{setup}
+out = {{"rank": world.rank}}
+try:
+    corpus = train._read_corpus([{corpus!r}], "utf-8", "\\x03")
+except (CharrnnError, KeyboardInterrupt) as e:
+    out["raised"] = [type(e).__name__, str(e)]
+else:
+    address = corpus.ids.__array_interface__["data"][0]
+    for line in open("/proc/self/maps"):
+        low, high = (int(a, 16) for a in line.split()[0].split("-"))
+        if low <= address < high:
+            out["mapping"] = line.rstrip("\\n").split(maxsplit=5)[3:]  # device, inode, path
+    out.update(reads=len(reads), writeable=bool(corpus.ids.flags.writeable), notes=corpus.notes,
+               text="".join(corpus.chars[i] for i in corpus.ids))
+json.dump(out, open({folder!r} + f"/rank{{world.rank}}.json", "w"))
+"""
+
+
+def probe_shared_text(corpus, folder, setup=""):
+    """Each rank's view of the text read by train._read_corpus under `mpiexec -n 2`."""
+    probe = SHARED_TEXT_PROBE.format(setup=setup, corpus=str(corpus), folder=str(folder))
+    ok(subprocess.run([MPIEXEC, *LAUNCH, "-n", "2", sys.executable, "-c", probe], capture_output=True, text=True,
+                      env=dict(os.environ, PYTHONPATH=str(ROOT), **LAUNCH_ENV), timeout=120))
+    return [json.loads((folder / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def shared_text_files():
+    shm = Path("/dev/shm")
+    return {p.name for p in shm.iterdir() if p.name.startswith("charrnn-")} if shm.is_dir() else set()
+
+
+@needs_mpi
+@pytest.mark.skipif(not Path("/dev/shm").is_dir() or not Path("/proc/self/maps").exists(),
+                    reason="shares through /dev/shm, seen in /proc")
+def test_the_ranks_of_a_machine_share_one_copy_of_the_text(corpus, tmp_path):
+    before = shared_text_files()
+    ranks = probe_shared_text(corpus, tmp_path)
+    assert [r["reads"] for r in ranks] == [1, 0]  # rank 0 read the files, rank 1 did not
+    for r in ranks:
+        assert r["text"] == TEXT and r["notes"] == [] and not r["writeable"], r
+        device, inode, path = r["mapping"]
+        assert path.startswith("/dev/shm/charrnn-") and path.endswith("(deleted)"), r
+    assert ranks[0]["mapping"][:2] == ranks[1]["mapping"][:2]  # the same file: the same pages
+    assert shared_text_files() == before  # unlinked once both had mapped it
+
+
+@needs_mpi
+def test_a_text_that_cannot_be_shared_is_read_by_every_rank_with_a_note(corpus, tmp_path):
+    ranks = probe_shared_text(corpus, tmp_path, setup=f"distributed.SHARED_DIR = {str(tmp_path / 'none')!r}")
+    for r in ranks:
+        assert r["reads"] == 1 and r["text"] == TEXT and r["writeable"], r
+        assert r["notes"] == [f"the text could not be put in memory the processes on this machine share "
+                              f"({tmp_path / 'none'}: No such file or directory), so each of its 2 processes "
+                              f"holds a copy"], r
+
+
+@needs_mpi
+@pytest.mark.parametrize("setup, raised", [
+    ("", ["CharrnnError", "{corpus}"]),
+    ("if world.rank == 0:\n    def read_corpus(*args):\n        raise KeyboardInterrupt\n"
+     "    train.read_corpus = read_corpus", ["KeyboardInterrupt", ""]),
+], ids=["error", "interrupted"])
+def test_what_stops_the_first_rank_reading_the_text_stops_the_others(tmp_path, setup, raised):
+    missing = tmp_path / "missing.txt"
+    ranks = probe_shared_text(missing, tmp_path, setup=setup)
+    assert ranks[0]["raised"][0] == raised[0] and raised[1].format(corpus=missing) in ranks[0]["raised"][1], ranks
+    assert ranks[1]["raised"] == ranks[0]["raised"]  # rank 1, which did not read, raises what rank 0 did
+    assert [r.get("reads") for r in ranks] == [None, None]
