@@ -539,13 +539,18 @@ class Vocab:
             raise _unknown([chr(int(c)) for c in distinct], len(unknown_codes), what)
         return np.ascontiguousarray(ids, dtype=np.int32)
 
+    def numbers_as(self, chars: list) -> bool:
+        """Whether this vocabulary numbers its characters as `chars` (another vocabulary's, in
+        its order) does: ids of those need no renumbering."""
+        return list(chars) == self.chars
+
     def translate(self, ids: np.ndarray, chars: list, *, skip_unknown: bool = False,
                   what: str = "text") -> tuple[np.ndarray, int]:
         """(ids, skipped): `ids` of the characters `chars` (another vocabulary's, such as a file's
         own from read_ids) as ids of this one, of type ids_dtype(self.size), a piece at a time.
         A character this vocabulary lacks raises the CharrnnError encode() raises for it (each
         one named, in order of first appearance), unless skip_unknown leaves it out and counts it."""
-        if list(chars) == self.chars:  # the same numbering: nothing to renumber
+        if self.numbers_as(chars):
             return ids, 0
         _, table, known = self._lookup("".join(chars))  # (len(chars),): their id -> our id
         dtype = ids_dtype(self.size)

@@ -10,8 +10,8 @@ synchronous data parallelism on the flat buffer, as Horovod and llm.c do it:
     clipping, the NaN check, the learning rate and the optimizer step then run identically on
         every rank (the same numbers in, the same numbers out).
 
-The text is read once per machine, by the first rank on it, into shared memory that the
-machine's other ranks map (node_shared): one copy a machine, not one a rank.
+The text is read once per machine, by the first rank on it, into memory that the machine's
+other ranks map (node_shared): one copy a machine, not one a rank.
 
 Rank 0 alone prints, logs and writes; the others run with stdout and stderr silenced. Whatever
 a decision reads that could differ between ranks (the clock of a time limit, a stop signal that
@@ -43,11 +43,12 @@ QUIET_WAIT = 1.0
 # through a pipe, and an abort that tears the job down first loses the line.
 FORWARD_WAIT = 0.3
 
-# Where a machine's first rank puts an array its other ranks map (node_shared): a RAM file
-# system, as MPI's own shared memory uses. The file is unlinked as soon as every rank has
-# mapped it, so that nothing is left behind however the job ends; the memory goes back when
-# the last rank exits.
-SHARED_DIR = "/dev/shm"
+# A machine's first rank puts an array the machine's other ranks map (node_shared) in an
+# anonymous file in memory (Linux's memfd_create), which they open through /proc: it has no
+# name, so nothing is left behind however the job ends, and it is not bounded by the size of
+# /dev/shm (64 MB in a container by default). Its memory goes back when the last rank that
+# maps it lets go.
+SHARED_NAME = "charrnn-shared"
 
 _world = None
 
@@ -107,8 +108,8 @@ class Solo:
         """(array, extra, why_not) from make() -> (array, extra), run by one rank per machine: the
         array in memory that the machine's ranks share, read-only (the text of a run, read once
         a machine instead of once a rank), `extra` picklable. `why_not` says why the array
-        could not be shared, if so (every rank then ran make() itself); None otherwise. One
-        process has nothing to share: make()'s own array."""
+        could not be shared, if so (every rank then ran make() itself); None otherwise. Alone on
+        a machine, a process has nothing to share: make()'s own array."""
         array, extra = make()
         return array, extra, None
 
@@ -197,16 +198,18 @@ class Mpi(Solo):
             os.close(null)
         self.node = comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this machine
         self.node_size = self.node.Get_size()
-        self._shared = []  # the arrays node_shared mapped, which this process keeps until it ends
         _set_threads(self.node)
 
     def node_shared(self, make):
         # The machine's first rank runs make() while the others wait in a broadcast for one of:
-        #   ("shared", path, dtype, shape, extra)   map the file, then meet so that it is unlinked
-        #   ("again", index, extra)                 make() gave an array shared before
-        #   ("private", note)                       it could not be shared: run make() too
-        #   ("failed", message, interrupted)        raise what make() raised (Ctrl-C included,
-        #                                           which reaches the waiting ranks only after it)
+        #   ("shared", path, dtype, shape, extra)   map the file at path (the first rank's open
+        #                                           memfd), then meet, after which it closes it
+        #   ("private", why)                        it could not be shared: run make() too
+        #   ("failed", message, interrupted)        raise what the first rank raised (Ctrl-C
+        #                                           included, which reaches the waiting ranks
+        #                                           only after it)
+        if self.node_size == 1 or not hasattr(os, "memfd_create"):
+            return Solo.node_shared(self, make)
         node = self.node
         if node.Get_rank() != 0:
             kind, *rest = node.bcast(None, root=0)
@@ -220,38 +223,44 @@ class Mpi(Solo):
             if kind == "private":
                 array, extra = make()
                 return array, extra, rest[0]
-            if kind == "again":
-                return self._shared[rest[0]], rest[1], None
             path, dtype, shape, extra = rest
             try:
                 array = _map_shared(path, dtype, shape)
+            except OSError as e:  # not this process's to open (another /proc): its own copy then
+                array = None
+                why = f"{path}: {e.strerror or e}"
             finally:
-                node.Barrier()  # the first rank unlinks the file once every rank has passed here
-            self._shared.append(array)
+                node.Barrier()  # every rank has mapped it: the first rank may close it
+            if array is None:
+                array, extra = make()
+                return array, extra, why
             return array, extra, None
+        said = False
         try:
             array, extra = make()
+            try:
+                fd = _write_shared(array)
+            except OSError as e:
+                why = f"memory for {array.nbytes:,} bytes: {e.strerror or e}"
+                node.bcast(("private", why), root=0)
+                said = True
+                return array, extra, why
+            try:
+                path = f"/proc/{os.getpid()}/fd/{fd}"
+                shared = _map_shared(path, array.dtype.str, array.shape)
+                node.bcast(("shared", path, array.dtype.str, array.shape, extra), root=0)
+                said = True
+                node.Barrier()
+            finally:
+                os.close(fd)
+            return shared, extra, None
         except BaseException as e:
-            node.bcast(("failed", str(e), isinstance(e, KeyboardInterrupt)), root=0)
+            if not said:
+                from .errors import CharrnnError
+
+                message = str(e) if isinstance(e, CharrnnError) else f"{type(e).__name__} {e}".strip()
+                node.bcast(("failed", message, isinstance(e, KeyboardInterrupt)), root=0)
             raise
-        for i, mine in enumerate(self._shared):
-            if array is mine:
-                node.bcast(("again", i, extra), root=0)
-                return array, extra, None
-        try:
-            path = _write_shared(array)
-        except OSError as e:
-            why = f"{SHARED_DIR}: {e.strerror or e}"
-            node.bcast(("private", why), root=0)
-            return array, extra, why
-        try:
-            shared = _map_shared(path, array.dtype.str, array.shape)
-            node.bcast(("shared", path, array.dtype.str, array.shape, extra), root=0)
-            node.Barrier()
-        finally:
-            os.unlink(path)
-        self._shared.append(shared)
-        return shared, extra, None
 
     def bcast(self, array):
         self.comm.Bcast(array, root=0)
@@ -406,26 +415,18 @@ def _set_threads(node):
 
 
 def _write_shared(array):
-    """Path of a new file in SHARED_DIR holding the bytes of `array`. Its room is taken before a
-    byte is written, so that a RAM file system too small for it (a container's 64 MB) is an
-    OSError here, not a crash on writing; the file is gone again after an error."""
-    import tempfile
-
+    """An open anonymous file in memory (memfd) holding the bytes of `array`; an OSError if
+    there is no room for it."""
     import numpy as np
 
-    fd, path = tempfile.mkstemp(prefix="charrnn-", dir=SHARED_DIR)
+    fd = os.memfd_create(SHARED_NAME, os.MFD_CLOEXEC)
     try:
-        if array.nbytes:
-            if hasattr(os, "posix_fallocate"):
-                os.posix_fallocate(fd, 0, array.nbytes)
-            with open(fd, "wb", closefd=False) as f:
-                f.write(memoryview(np.ascontiguousarray(array)).cast("B"))
+        with open(fd, "wb", closefd=False) as f:
+            f.write(memoryview(np.ascontiguousarray(array)).cast("B"))
     except BaseException:
-        os.unlink(path)
-        raise
-    finally:
         os.close(fd)
-    return path
+        raise
+    return fd
 
 
 def _map_shared(path, dtype, shape):
@@ -438,7 +439,9 @@ def _map_shared(path, dtype, shape):
     dtype = np.dtype(dtype)
     size = dtype.itemsize * int(np.prod(shape))
     if size == 0:
-        return np.empty(shape, dtype)
+        array = np.empty(shape, dtype)
+        array.flags.writeable = False
+        return array
     with open(path, "rb") as f:
         buffer = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
     return np.frombuffer(buffer, dtype).reshape(shape)

@@ -129,10 +129,12 @@ class Trainer:
             vocab = base.vocab.extended("".join(corpus.chars))
         self.vocab = vocab or corpus.vocab
         self.vocab_added = self.vocab.size - base.vocab.size if base is not None else 0
-        # of the smallest integer type; split and streams are views. The text's own ids unless
-        # the vocabulary numbers its characters otherwise (a fine-tuned or resumed model's): then
-        # renumbered, under MPI once a machine too
-        ids = self.world.node_shared(lambda: (corpus.ids_for(self.vocab), None))[0]
+        ids = corpus.ids  # of the smallest integer type; split and streams are views
+        if not self.vocab.numbers_as(corpus.chars):  # a fine-tuned or resumed model's numbering:
+            # the text renumbered, under MPI once a machine too (its own ids, once unused, go)
+            ids, _, why_not = self.world.node_shared(lambda: (corpus.ids_for(self.vocab), None))
+            if why_not:
+                say(_unshared("the renumbered text", why_not))
         self.train_ids, self.val_ids, self.test_ids = split(
             ids, (1.0 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction),
             name=corpus.name)
@@ -507,9 +509,14 @@ def _read_corpus(inputs, encoding, doc_sep):
 
     ids, (chars, sha256, files, notes), why_not = world.node_shared(read)
     if why_not:
-        notes = notes + [f"the text could not be put in memory the processes on this machine share ({why_not}), "
-                         f"so each of its {world.node_size} processes holds a copy"]
+        notes = notes + [_unshared("the text", why_not)]
     return Corpus(ids, chars, sha256, files, notes)
+
+
+def _unshared(what, why_not):
+    """The note of an array that the processes of a machine could not share (node_shared)."""
+    return (f"{what} could not be put in memory the processes on this machine share ({why_not}), so each of its "
+            f"{distributed.world().node_size} processes holds a copy")
 
 
 def _corpus_to_resume(meta, cfg, inputs, run_dir):

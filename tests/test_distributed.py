@@ -448,9 +448,9 @@ def test_another_generator_draws_every_row_as_before():
 
 # A probe run by each rank of `mpiexec -n 2`: the text as train._read_corpus gives it, and where
 # its ids live, written to a file per rank (the ranks other than 0 are silenced). `setup` runs
-# first: it may change distributed or train.
+# first: it may change distributed, train or os.
 SHARED_TEXT_PROBE = """
-import json, sys
+import errno, json, os, sys
 from charrnn import distributed, train
 from charrnn.errors import CharrnnError
 world = distributed.world()
@@ -461,70 +461,113 @@ def read_corpus(*args):
     return real_read(*args)
 train.read_corpus = read_corpus
 {setup}
-out = {{"rank": world.rank}}
-try:
-    corpus = train._read_corpus([{corpus!r}], "utf-8", "\\x03")
-except (CharrnnError, KeyboardInterrupt) as e:
-    out["raised"] = [type(e).__name__, str(e)]
-else:
-    address = corpus.ids.__array_interface__["data"][0]
+def mapping(array):
+    address = array.__array_interface__["data"][0]
     for line in open("/proc/self/maps"):
         low, high = (int(a, 16) for a in line.split()[0].split("-"))
         if low <= address < high:
-            out["mapping"] = line.rstrip("\\n").split(maxsplit=5)[3:]  # device, inode, path
-    out.update(reads=len(reads), writeable=bool(corpus.ids.flags.writeable), notes=corpus.notes,
-               text="".join(corpus.chars[i] for i in corpus.ids))
+            return line.rstrip("\\n").split(maxsplit=5)[3:]  # device, inode, path
+out = {{"rank": world.rank}}
+try:
+    {read}
+except (Exception, KeyboardInterrupt) as e:
+    out["raised"] = [type(e).__name__, str(e)]
+else:
+    out.update(mapping=mapping(ids), reads=len(reads), writeable=bool(ids.flags.writeable), notes=notes,
+               text="".join(chars[i] for i in ids))
+    import gc
+    gc.collect()
+    out["shared"] = sorted({{line.split()[4] for line in open("/proc/self/maps") if "charrnn-shared" in line}})
 json.dump(out, open({folder!r} + f"/rank{{world.rank}}.json", "w"))
 """
+READ_TEXT = ("corpus = train._read_corpus([{corpus!r}], 'utf-8', '\\x03')\n"
+             "    ids, chars, notes = corpus.ids, corpus.chars, corpus.notes")
 
 
-def probe_shared_text(corpus, folder, setup=""):
-    """Each rank's view of the text read by train._read_corpus under `mpiexec -n 2`."""
-    probe = SHARED_TEXT_PROBE.format(setup=setup, corpus=str(corpus), folder=str(folder))
+def probe_shared_text(folder, setup="", read=READ_TEXT, **names):
+    """Each rank's view of the text read by `read` under `mpiexec -n 2`."""
+    probe = SHARED_TEXT_PROBE.format(setup=setup, read=read.format(**names), folder=str(folder))
     ok(subprocess.run([MPIEXEC, *LAUNCH, "-n", "2", sys.executable, "-c", probe], capture_output=True, text=True,
-                      env=dict(os.environ, PYTHONPATH=str(ROOT), **LAUNCH_ENV), timeout=120))
+                      env=dict(os.environ, PYTHONPATH=str(ROOT), **LAUNCH_ENV), timeout=60))
     return [json.loads((folder / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 
-def shared_text_files():
-    shm = Path("/dev/shm")
-    return {p.name for p in shm.iterdir() if p.name.startswith("charrnn-")} if shm.is_dir() else set()
+def failing(rank, target, error):
+    """Probe set-up code: on `rank`, the function `target` (e.g. "os.memfd_create") raises `error`."""
+    return (f"if world.rank == {rank}:\n    def replaced(*args):\n        raise {error}\n"
+            f"    {target} = replaced")
+
+
+on_linux = pytest.mark.skipif(not hasattr(os, "memfd_create") or not Path("/proc/self/maps").exists(),
+                              reason="shares through memfd_create, seen in /proc")
 
 
 @needs_mpi
-@pytest.mark.skipif(not Path("/dev/shm").is_dir() or not Path("/proc/self/maps").exists(),
-                    reason="shares through /dev/shm, seen in /proc")
+@on_linux
 def test_the_ranks_of_a_machine_share_one_copy_of_the_text(corpus, tmp_path):
-    before = shared_text_files()
-    ranks = probe_shared_text(corpus, tmp_path)
+    ranks = probe_shared_text(tmp_path, corpus=str(corpus))
     assert [r["reads"] for r in ranks] == [1, 0]  # rank 0 read the files, rank 1 did not
     for r in ranks:
         assert r["text"] == TEXT and r["notes"] == [] and not r["writeable"], r
         device, inode, path = r["mapping"]
-        assert path.startswith("/dev/shm/charrnn-") and path.endswith("(deleted)"), r
+        assert path == "/memfd:charrnn-shared (deleted)", r  # no name anywhere: nothing to leave behind
+        assert r["shared"] == [inode], r
     assert ranks[0]["mapping"][:2] == ranks[1]["mapping"][:2]  # the same file: the same pages
-    assert shared_text_files() == before  # unlinked once both had mapped it
 
 
 @needs_mpi
+@on_linux
+def test_a_fine_tuned_models_renumbered_text_is_shared_and_the_texts_own_ids_let_go(corpus, tmp_path):
+    ok(launch(1, corpus, tmp_path / "base", "--max-steps", 2))
+    new = tmp_path / "new.txt"
+    new.write_text(TEXT.upper() + "ÉTÉ\n" * 20, encoding="utf-8")  # characters the model lacks: renumbered
+    read = ("from charrnn.config import TrainConfig\n"
+            "    settings = train.fine_tune_settings({base!r}, {{}})\n"
+            "    cfg = TrainConfig(corpus=[{new!r}], batch=4, k1=5, k2=5, time_limit=0, out_dir={out!r}, run='ft',\n"
+            "                      **settings).validate()\n"
+            "    trainer = train.Trainer(cfg, cfg.out_dir + '/ft', say=lambda *a: None)\n"
+            "    ids, chars, notes = trainer.train_ids, trainer.vocab.chars, []")
+    ranks = probe_shared_text(tmp_path, read=read, base=str(tmp_path / "base"), new=str(new), out=str(tmp_path))
+    assert [r["reads"] for r in ranks] == [1, 0]
+    for r in ranks:
+        assert "raised" not in r, r
+        assert r["text"] == new.read_text(encoding="utf-8")[: len(r["text"])] and len(r["text"]) > 0.8 * len(TEXT)
+        assert r["mapping"][2] == "/memfd:charrnn-shared (deleted)" and r["shared"] == [r["mapping"][1]], r
+    assert ranks[0]["mapping"][:2] == ranks[1]["mapping"][:2]
+
+
+@needs_mpi
+@on_linux
 def test_a_text_that_cannot_be_shared_is_read_by_every_rank_with_a_note(corpus, tmp_path):
-    ranks = probe_shared_text(corpus, tmp_path, setup=f"distributed.SHARED_DIR = {str(tmp_path / 'none')!r}")
+    no_room = failing(0, "os.memfd_create", "OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))")
+    ranks = probe_shared_text(tmp_path, setup=no_room, corpus=str(corpus))
     for r in ranks:
         assert r["reads"] == 1 and r["text"] == TEXT and r["writeable"], r
-        assert r["notes"] == [f"the text could not be put in memory the processes on this machine share "
-                              f"({tmp_path / 'none'}: No such file or directory), so each of its 2 processes "
-                              f"holds a copy"], r
+        assert r["notes"] == [f"the text could not be put in memory the processes on this machine share (memory "
+                              f"for {len(TEXT):,} bytes: Cannot allocate memory), so each of its 2 processes holds "
+                              f"a copy"], r
 
 
 @needs_mpi
+@on_linux
+def test_a_rank_that_cannot_open_the_shared_text_reads_its_own(corpus, tmp_path):
+    refused = failing(1, "distributed._map_shared", "OSError(errno.EACCES, os.strerror(errno.EACCES))")
+    ranks = probe_shared_text(tmp_path, setup=refused, corpus=str(corpus))
+    assert [r["reads"] for r in ranks] == [1, 1] and [r["text"] for r in ranks] == [TEXT, TEXT]
+    assert ranks[0]["notes"] == [] and "Permission denied" in ranks[1]["notes"][0], ranks
+
+
+@needs_mpi
+@on_linux
 @pytest.mark.parametrize("setup, raised", [
-    ("", ["CharrnnError", "{corpus}"]),
-    ("if world.rank == 0:\n    def read_corpus(*args):\n        raise KeyboardInterrupt\n"
-     "    train.read_corpus = read_corpus", ["KeyboardInterrupt", ""]),
-], ids=["error", "interrupted"])
-def test_what_stops_the_first_rank_reading_the_text_stops_the_others(tmp_path, setup, raised):
-    missing = tmp_path / "missing.txt"
-    ranks = probe_shared_text(missing, tmp_path, setup=setup)
-    assert ranks[0]["raised"][0] == raised[0] and raised[1].format(corpus=missing) in ranks[0]["raised"][1], ranks
-    assert ranks[1]["raised"] == ranks[0]["raised"]  # rank 1, which did not read, raises what rank 0 did
-    assert [r.get("reads") for r in ranks] == [None, None]
+    ("", ["CharrnnError", "missing.txt"]),
+    (failing(0, "train.read_corpus", "KeyboardInterrupt"), ["KeyboardInterrupt", ""]),
+    (failing(0, "distributed._write_shared", "MemoryError('no memory left')"), ["MemoryError", "no memory left"]),
+], ids=["error", "interrupted", "failed after reading"])
+def test_what_stops_the_first_rank_sharing_the_text_stops_the_others(corpus, tmp_path, setup, raised):
+    text = tmp_path / "missing.txt" if raised[0] == "CharrnnError" else corpus
+    ranks = probe_shared_text(tmp_path, setup=setup, corpus=str(text))
+    assert ranks[0]["raised"][0] == raised[0] and raised[1] in ranks[0]["raised"][1], ranks
+    # rank 1, which did not read, raises what rank 0 did: a CharrnnError saying it, if another error
+    want = ranks[0]["raised"] if raised[0] != "MemoryError" else ["CharrnnError", "MemoryError no memory left"]
+    assert ranks[1]["raised"] == want, ranks
