@@ -225,16 +225,13 @@ class Mpi(Solo):
                 return array, extra, rest[0]
             path, dtype, shape, extra = rest
             try:
-                array = _map_shared(path, dtype, shape)
+                return _map_shared(path, dtype, shape), extra, None
             except OSError as e:  # not this process's to open (another /proc): its own copy then
-                array = None
                 why = f"{path}: {e.strerror or e}"
             finally:
                 node.Barrier()  # every rank has mapped it: the first rank may close it
-            if array is None:
-                array, extra = make()
-                return array, extra, why
-            return array, extra, None
+            array, extra = make()
+            return array, extra, why
         said = False
         try:
             array, extra = make()
