@@ -107,9 +107,9 @@ class Solo:
     def node_shared(self, make):
         """(array, extra, why_not) from make() -> (array, extra), run by one rank per machine: the
         array in memory that the machine's ranks share, read-only (the text of a run, read once
-        a machine instead of once a rank), `extra` picklable. `why_not` says why the array
-        could not be shared, if so (every rank then ran make() itself); None otherwise. Alone on
-        a machine, a process has nothing to share: make()'s own array."""
+        a machine instead of once a rank), `extra` picklable. `why_not`, if this process holds a
+        copy of its own after all (it ran make() itself), says so and why; None otherwise. Alone
+        on a machine, a process has nothing to share: make()'s own array."""
         array, extra = make()
         return array, extra, None
 
@@ -202,8 +202,10 @@ class Mpi(Solo):
 
     def node_shared(self, make):
         # The machine's first rank runs make() while the others wait in a broadcast for one of:
-        #   ("shared", path, dtype, shape, extra)   map the file at path (the first rank's open
-        #                                           memfd), then meet, after which it closes it
+        #   ("shared", path, identity, dtype, shape, extra)
+        #                                           map the file at path (the first rank's open
+        #                                           memfd, whose (device, inode) is identity),
+        #                                           then meet, after which it closes it
         #   ("private", why)                        it could not be shared: run make() too
         #   ("failed", message, interrupted)        raise what the first rank raised (Ctrl-C
         #                                           included, which reaches the waiting ranks
@@ -223,11 +225,15 @@ class Mpi(Solo):
             if kind == "private":
                 array, extra = make()
                 return array, extra, rest[0]
-            path, dtype, shape, extra = rest
+            path, identity, dtype, shape, extra = rest
             try:
-                return _map_shared(path, dtype, shape), extra, None
-            except OSError as e:  # not this process's to open (another /proc): its own copy then
-                why = f"{path}: {e.strerror or e}"
+                with open(path, "rb") as f:
+                    found = os.fstat(f.fileno())
+                    if (found.st_dev, found.st_ino) != tuple(identity):  # another /proc's fd
+                        raise OSError("not the first rank's file (another process namespace)")
+                    return _map(f.fileno(), dtype, shape), extra, None
+            except OSError as e:  # not this process's to open: a copy of its own then
+                why = f"this process holds its own copy ({path}: {e.strerror or e})"
             finally:
                 node.Barrier()  # every rank has mapped it: the first rank may close it
             array, extra = make()
@@ -238,14 +244,16 @@ class Mpi(Solo):
             try:
                 fd = _write_shared(array)
             except OSError as e:
-                why = f"memory for {array.nbytes:,} bytes: {e.strerror or e}"
+                why = (f"each of the {self.node_size} processes on this machine holds its own copy (a memory file "
+                       f"of {array.nbytes:,} bytes: {e.strerror or e})")
                 node.bcast(("private", why), root=0)
                 said = True
                 return array, extra, why
             try:
-                path = f"/proc/{os.getpid()}/fd/{fd}"
-                shared = _map_shared(path, array.dtype.str, array.shape)
-                node.bcast(("shared", path, array.dtype.str, array.shape, extra), root=0)
+                shared = _map(fd, array.dtype.str, array.shape)
+                found = os.fstat(fd)
+                node.bcast(("shared", f"/proc/{os.getpid()}/fd/{fd}", (found.st_dev, found.st_ino), array.dtype.str,
+                            array.shape, extra), root=0)
                 said = True
                 node.Barrier()
             finally:
@@ -426,9 +434,9 @@ def _write_shared(array):
     return fd
 
 
-def _map_shared(path, dtype, shape):
-    """The array of `shape` and `dtype` in the file at `path`, mapped read-only: every process
-    that maps it reads the same pages."""
+def _map(fd, dtype, shape):
+    """The array of `shape` and `dtype` in the open file `fd`, mapped read-only: every process
+    that maps the file reads the same pages."""
     import mmap
 
     import numpy as np
@@ -439,6 +447,4 @@ def _map_shared(path, dtype, shape):
         array = np.empty(shape, dtype)
         array.flags.writeable = False
         return array
-    with open(path, "rb") as f:
-        buffer = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
-    return np.frombuffer(buffer, dtype).reshape(shape)
+    return np.frombuffer(mmap.mmap(fd, size, access=mmap.ACCESS_READ), dtype).reshape(shape)

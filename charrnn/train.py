@@ -514,9 +514,8 @@ def _read_corpus(inputs, encoding, doc_sep):
 
 
 def _unshared(what, why_not):
-    """The note of an array that the processes of a machine could not share (node_shared)."""
-    return (f"{what} could not be put in memory the processes on this machine share ({why_not}), so each of its "
-            f"{distributed.world().node_size} processes holds a copy")
+    """The note of an array this process could not share with the others of its machine."""
+    return f"{what} is not shared in memory: {why_not}"
 
 
 def _corpus_to_resume(meta, cfg, inputs, run_dir):

@@ -478,6 +478,8 @@ else:
     import gc
     gc.collect()
     out["shared"] = sorted({{line.split()[4] for line in open("/proc/self/maps") if "charrnn-shared" in line}})
+    out["fds"] = sum("charrnn-shared" in os.readlink(f"/proc/self/fd/{{fd}}") for fd in os.listdir("/proc/self/fd")
+                     if os.path.exists(f"/proc/self/fd/{{fd}}"))
 json.dump(out, open({folder!r} + f"/rank{{world.rank}}.json", "w"))
 """
 READ_TEXT = ("corpus = train._read_corpus([{corpus!r}], 'utf-8', '\\x03')\n"
@@ -512,6 +514,7 @@ def test_the_ranks_of_a_machine_share_one_copy_of_the_text(corpus, tmp_path):
         device, inode, path = r["mapping"]
         assert path == "/memfd:charrnn-shared (deleted)", r  # no name anywhere: nothing to leave behind
         assert r["shared"] == [inode], r
+        assert r["fds"] == 1, r  # the mapping's own: rank 0 closed the file it wrote, rank 1 the one it opened
     assert ranks[0]["mapping"][:2] == ranks[1]["mapping"][:2]  # the same file: the same pages
 
 
@@ -543,18 +546,29 @@ def test_a_text_that_cannot_be_shared_is_read_by_every_rank_with_a_note(corpus, 
     ranks = probe_shared_text(tmp_path, setup=no_room, corpus=str(corpus))
     for r in ranks:
         assert r["reads"] == 1 and r["text"] == TEXT and r["writeable"], r
-        assert r["notes"] == [f"the text could not be put in memory the processes on this machine share (memory "
-                              f"for {len(TEXT):,} bytes: Cannot allocate memory), so each of its 2 processes holds "
-                              f"a copy"], r
+        assert r["notes"] == [f"the text is not shared in memory: each of the 2 processes on this machine holds its "
+                              f"own copy (a memory file of {len(TEXT):,} bytes: Cannot allocate memory)"], r
+
+
+# rank 1 cannot open the first rank's file; or opens another (its own fd of that number, as in a
+# process namespace of its own, where /proc/<pid> is another process)
+ANOTHER_FILE = ("if world.rank == 1:\n"
+                "    class Another:\n        st_dev, st_ino = 0, 0\n"
+                "    os.fstat = lambda fd: Another")
 
 
 @needs_mpi
 @on_linux
-def test_a_rank_that_cannot_open_the_shared_text_reads_its_own(corpus, tmp_path):
-    refused = failing(1, "distributed._map_shared", "OSError(errno.EACCES, os.strerror(errno.EACCES))")
-    ranks = probe_shared_text(tmp_path, setup=refused, corpus=str(corpus))
+@pytest.mark.parametrize("setup, why", [
+    (failing(1, "distributed._map", "OSError(errno.EACCES, os.strerror(errno.EACCES))"), "Permission denied"),
+    (ANOTHER_FILE, "not the first rank's file (another process namespace)"),
+], ids=["refused", "another file"])
+def test_a_rank_that_cannot_open_the_shared_text_reads_its_own(corpus, tmp_path, setup, why):
+    ranks = probe_shared_text(tmp_path, setup=setup, corpus=str(corpus))
     assert [r["reads"] for r in ranks] == [1, 1] and [r["text"] for r in ranks] == [TEXT, TEXT]
-    assert ranks[0]["notes"] == [] and "Permission denied" in ranks[1]["notes"][0], ranks
+    assert ranks[0]["notes"] == [], ranks
+    assert [n.split("(")[0] for n in ranks[1]["notes"]] == ["the text is not shared in memory: this process holds "
+                                                             "its own copy "] and why in ranks[1]["notes"][0], ranks
 
 
 @needs_mpi
