@@ -19,13 +19,22 @@ extracted to benchmarks/results/versions/ as bench_kernels.py does):
      (read_corpus, and where the version's Corpus holds text rather than ids, Vocab.from_text
      and Vocab.encode).
 
+With --ranks R (R > 1) the run is `mpiexec -n R python -m charrnn train ...` (mpi4py and its
+mpiexec installed), each rank on one thread, and the memory column is the peak of the ranks'
+proportional set sizes added up (Pss, from /proc/<pid>/smaps_rollup, polled every 10 ms):
+pages the ranks share count once in all, so the sum is the job's memory, as R peak resident
+sets would not be. CPU seconds are then left out. --repeats N measures each version N times,
+taking turns.
+
     python benchmarks/bench_startup.py                      # today's package only
     python benchmarks/bench_startup.py --against main       # before (main) and after, one run
     python benchmarks/bench_startup.py --chars 10000000 --dir /tmp/x
+    python benchmarks/bench_startup.py --ranks 4 --against 6e37c08 --repeats 2
 """
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -113,9 +122,37 @@ def _proc(pid):
     return hwm, (int(fields[11]) + int(fields[12])) * TICK  # utime, stime
 
 
-def train_startup(pythonpath, package, corpus, out_dir, run):
-    """Peak RSS (bytes), wall and CPU seconds of `charrnn train` at its first update."""
+def _job_pss(marker):
+    """Bytes of the proportional set sizes of the Python processes whose command line holds
+    `marker` (the ranks of one job), added up."""
+    total = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            if argv[0] != sys.executable.encode() or marker.encode() not in argv:
+                continue
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
+        except (OSError, StopIteration):
+            pass
+    return total
+
+
+def _mpiexec():
+    beside = Path(sys.executable).parent / "mpiexec"
+    found = str(beside) if beside.exists() else shutil.which("mpiexec")
+    if found is None:
+        raise SystemExit("--ranks needs mpiexec (pip install -e '.[mpi]')")
+    return found
+
+
+def train_startup(pythonpath, package, corpus, out_dir, run, ranks=1):
+    """Peak memory (bytes: one process's peak RSS, or with ranks > 1 the ranks' summed Pss),
+    wall and CPU seconds (None for ranks > 1) of `charrnn train` at its first update."""
     cmd = [sys.executable, "-m", package, "train", str(corpus), *TRAIN_ARGS, "--out-dir", str(out_dir), "--run", run]
+    if ranks > 1:
+        cmd = [_mpiexec(), "-n", str(ranks), *cmd]
     metrics = Path(out_dir) / run / "metrics.jsonl"
     t = time.perf_counter()
     log = Path(out_dir) / f"{run}.stderr"
@@ -123,13 +160,16 @@ def train_startup(pythonpath, package, corpus, out_dir, run):
         child = subprocess.Popen(cmd, env=_env(pythonpath), stdout=subprocess.DEVNULL, stderr=err)
     peak = cpu_s = 0
     while child.poll() is None:
-        try:
-            peak, cpu_s = _proc(child.pid)
-        except (OSError, StopIteration, IndexError):
-            pass
+        if ranks > 1:
+            peak, cpu_s = max(peak, _job_pss(str(out_dir))), None
+        else:
+            try:
+                peak, cpu_s = _proc(child.pid)
+            except (OSError, StopIteration, IndexError):
+                pass
         if metrics.exists() and '"kind": "train"' in metrics.read_text():
             wall = time.perf_counter() - t
-            child.send_signal(signal.SIGKILL)
+            child.send_signal(signal.SIGINT if ranks > 1 else signal.SIGKILL)  # mpiexec passes it on
             child.wait()
             return peak, wall, cpu_s
         time.sleep(0.01)
@@ -150,6 +190,8 @@ def main():
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "charrnn-bench-startup",
                     help="where the corpus is generated (kept for later runs) and runs write")
     ap.add_argument("--against", metavar="REV", help="also measure the package at this git revision (before)")
+    ap.add_argument("--ranks", type=int, default=1, help="MPI ranks of the run (mpiexec -n RANKS), one thread each")
+    ap.add_argument("--repeats", type=int, default=1, help="measurements of each version, taking turns")
     args = ap.parse_args()
     print(f"CPU: {cpu()}")
     args.dir.mkdir(parents=True, exist_ok=True)
@@ -161,19 +203,24 @@ def main():
     small = args.dir / "warm-up.txt"
     if not small.exists():
         generate(small, 200_000)
+    launch = f"mpiexec -n {args.ranks} " if args.ranks > 1 else ""
     print(f"corpus: {corpus}, {args.chars:,} characters, {corpus.stat().st_size:,} bytes; "
-          f"charrnn train {' '.join(TRAIN_ARGS)}")
+          f"{launch}charrnn train {' '.join(TRAIN_ARGS)}")
     versions = ([("before " + args.against, args.against)] if args.against else []) + [("after (this tree)", None)]
-    print(f"{'version':24} {'peak RSS MiB':>12} {'B/char':>6} {'wall s':>7} {'CPU s':>6} {'read s':>7} "
+    memory = "peak RSS MiB" if args.ranks == 1 else "summed Pss MiB"
+    print(f"{'version':24} {memory:>14} {'B/char':>6} {'wall s':>7} {'CPU s':>6} {'read s':>7} "
           f"{'read+encode s':>13}  ids")
-    for label, rev in versions:
-        pythonpath, package = version_path(rev)
-        with tempfile.TemporaryDirectory(dir=args.dir) as out_dir:
-            train_startup(pythonpath, package, small, out_dir, "warm")  # compile into numba's cache
-            peak, wall, cpu_s = train_startup(pythonpath, package, corpus, out_dir, "big")
-        timing = read_and_encode(pythonpath, package, corpus)
-        print(f"{label:24} {peak / 2**20:12.0f} {peak / args.chars:6.1f} {wall:7.1f} {cpu_s:6.1f} {timing['read']:7.1f} "
-              f"{timing['total']:13.1f}  {timing['dtype']}, vocabulary {timing['vocab']}", flush=True)
+    for _ in range(args.repeats):
+        for label, rev in versions:
+            pythonpath, package = version_path(rev)
+            with tempfile.TemporaryDirectory(dir=args.dir) as out_dir:
+                train_startup(pythonpath, package, small, out_dir, "warm")  # compile into numba's cache
+                peak, wall, cpu_s = train_startup(pythonpath, package, corpus, out_dir, "big", args.ranks)
+            timing = read_and_encode(pythonpath, package, corpus)
+            cpu_text = f"{cpu_s:6.1f}" if cpu_s is not None else f"{'-':>6}"
+            print(f"{label:24} {peak / 2**20:14.0f} {peak / args.chars:6.1f} {wall:7.1f} {cpu_text} "
+                  f"{timing['read']:7.1f} {timing['total']:13.1f}  {timing['dtype']}, vocabulary {timing['vocab']}",
+                  flush=True)
 
 
 if __name__ == "__main__":
