@@ -15,7 +15,6 @@ so it counts that wait too) and alone, the same buffer summed --updates times af
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from machine import describe, lift_openblas  # noqa: E402
+from machine import describe, lift_openblas, mpiexec  # noqa: E402
 
 # MPICH over its network module, TCP on the loopback interface, instead of shared memory
 TCP = {"MPIR_CVAR_NOLOCAL": "1", "MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp", "FI_TCP_IFACE": "lo"}
@@ -76,8 +75,7 @@ def launch(ranks, threads, transport, args):
            "--warmup", str(args.warmup), "--hidden", str(args.hidden)]
     env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT))
     if ranks > 1:
-        mpiexec = Path(sys.executable).parent / "mpiexec"
-        cmd = [str(mpiexec) if mpiexec.exists() else shutil.which("mpiexec") or "mpiexec", "-n", str(ranks), *cmd]
+        cmd = [mpiexec() or "mpiexec", "-n", str(ranks), *cmd]
         if transport == "tcp":
             env.update(TCP)
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)

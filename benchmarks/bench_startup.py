@@ -34,7 +34,6 @@ taking turns.
 import argparse
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -46,7 +45,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from machine import cpu, version_path  # noqa: E402
+from machine import cpu, mpiexec, version_path  # noqa: E402
 
 ROOT = HERE.parent
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -139,20 +138,15 @@ def _job_pss(marker):
     return total
 
 
-def _mpiexec():
-    beside = Path(sys.executable).parent / "mpiexec"
-    found = str(beside) if beside.exists() else shutil.which("mpiexec")
-    if found is None:
-        raise SystemExit("--ranks needs mpiexec (pip install -e '.[mpi]')")
-    return found
-
-
 def train_startup(pythonpath, package, corpus, out_dir, run, ranks=1):
     """Peak memory (bytes: one process's peak RSS, or with ranks > 1 the ranks' summed Pss),
     wall and CPU seconds (None for ranks > 1) of `charrnn train` at its first update."""
     cmd = [sys.executable, "-m", package, "train", str(corpus), *TRAIN_ARGS, "--out-dir", str(out_dir), "--run", run]
     if ranks > 1:
-        cmd = [_mpiexec(), "-n", str(ranks), *cmd]
+        launcher = mpiexec()
+        if launcher is None:
+            raise SystemExit("--ranks needs mpiexec (pip install -e '.[mpi]')")
+        cmd = [launcher, "-n", str(ranks), *cmd]
     metrics = Path(out_dir) / run / "metrics.jsonl"
     t = time.perf_counter()
     log = Path(out_dir) / f"{run}.stderr"

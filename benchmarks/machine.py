@@ -27,6 +27,13 @@ def lift_openblas():
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
+def mpiexec():
+    """The mpiexec beside this Python (the MPICH wheel puts it there), else the one on PATH;
+    None if there is none."""
+    beside = Path(sys.executable).parent / "mpiexec"
+    return str(beside) if beside.exists() else shutil.which("mpiexec")
+
+
 def _cpuinfo(key):
     try:
         with open("/proc/cpuinfo") as f:

@@ -23,8 +23,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 
 class _Console:
-    """A rich Console made at its first use: importing rich takes 30-40 ms, 7% of a `charrnn
-    sample` that prints its text with sys.stdout and so never needs it."""
+    """A rich Console made at its first use: importing rich takes 20-60 ms, which a `charrnn
+    sample` that prints its text with sys.stdout and goes well never needs."""
 
     def __init__(self, **options):
         self._options, self._console = options, None
@@ -565,9 +565,9 @@ def plot(
 
 
 def _print_error(message: str):
-    from .distributed import error_prefix
-
     from rich.text import Text
+
+    from .distributed import error_prefix
 
     err.print(Text.assemble(("error:", "bold red"), " ", error_prefix() + message), highlight=False)
 

@@ -26,6 +26,8 @@ import sys
 import time
 import warnings
 
+from .errors import CharrnnError, UsageError
+
 # (size, rank) of the variables an MPI launcher sets in every process it starts: MPICH's and
 # Intel MPI's hydra (and srun with PMI-2), Open MPI's mpirun, srun. A Slurm batch script has
 # SLURM_NTASKS but is one process: only srun sets SLURM_STEP_NUM_TASKS.
@@ -97,8 +99,6 @@ class Solo:
         if the ranks cannot share them equally."""
         if batch % self.size:
             valid = ", ".join(str(r) for r in range(1, batch + 1) if batch % r == 0)
-            from .errors import UsageError
-
             raise UsageError(f"--batch {batch} (the total over all processes) cannot be split over {self.size} "
                              f"processes; launch a number that divides it ({valid}) or give a --batch that "
                              f"{self.size} divides")
@@ -219,8 +219,6 @@ class Mpi(Solo):
                 message, interrupted = rest
                 if interrupted:
                     raise KeyboardInterrupt
-                from .errors import CharrnnError
-
                 raise CharrnnError(message)
             if kind == "private":
                 array, extra = make()
@@ -261,8 +259,6 @@ class Mpi(Solo):
             return shared, extra, None
         except BaseException as e:
             if not said:
-                from .errors import CharrnnError
-
                 message = str(e) if isinstance(e, CharrnnError) else f"{type(e).__name__} {e}".strip()
                 node.bcast(("failed", message, isinstance(e, KeyboardInterrupt)), root=0)
             raise
@@ -273,8 +269,6 @@ class Mpi(Solo):
     def sum(self, array):
         self.reductions += 1
         if self.reductions == self._fail_at:
-            from .errors import CharrnnError
-
             raise CharrnnError(f"failure injected by {FAIL_RANK} on rank {self.rank} at update {self._fail_at}")
         t0 = time.perf_counter()
         self.comm.Allreduce(self.MPI.IN_PLACE, array, op=self.MPI.SUM)
@@ -395,8 +389,6 @@ def _another_mpi(size, library, seen=None):
 def _alone(rank, message):
     """The CharrnnError a process that cannot join the others raises: each of them is alone and
     would say it, so only the one the launcher calls rank 0 does; the others exit quietly."""
-    from .errors import CharrnnError
-
     if rank != 0:
         sys.stderr = open(os.devnull, "w")
     return CharrnnError(message)

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 import weakref
-from pathlib import Path
 
 import numpy as np
 
@@ -15,7 +14,7 @@ import charrnn.cli as cli
 from charrnn.checkpoint import save_checkpoint
 from charrnn.errors import CharrnnError
 from charrnn.model import ModelSpec, init_params
-from test_hostile import main_exits
+from test_hostile import ROOT, main_exits
 from test_plot import _write_run
 
 
@@ -108,8 +107,7 @@ def test_sample_imports_neither_pydantic_nor_rich(tmp_path):
             "try:\n    runpy.run_module('charrnn', run_name='__main__')\n"
             "except SystemExit as e:\n    assert not e.code, e.code\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pydantic', 'rich')), file=sys.stderr)\n")
-    root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.rstrip("\n")) >= 20  # it sampled
