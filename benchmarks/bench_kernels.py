@@ -19,6 +19,7 @@ The OpenBLAS override some machines set is lifted for the run, as users run (mac
     python benchmarks/bench_kernels.py            # all cells and shapes
     python benchmarks/bench_kernels.py --cell lstm --repeats 7
     python benchmarks/bench_kernels.py --against 4920ba3 --no-torch
+    python benchmarks/bench_kernels.py --cell lstm --dropout 0.4   # as the default run trains
 """
 import argparse
 import importlib
@@ -89,20 +90,22 @@ def package_at(rev):
     return importlib.import_module(f"{name}.model"), sha
 
 
-def ours(model, cell, H, V):
+def ours(model, cell, H, V, dropout=0.0):
     """A closure running one update on fixed random text, with the kernels of `model` (the
-    charrnn.model module of today or of another revision)."""
+    charrnn.model module of today or of another revision); with dropout, fresh masks on the
+    output layer's input at every update, as a training run draws them."""
     rng = np.random.default_rng(0)
     spec = model.ModelSpec(cell, V, H, 1)
     params = model.init_params(spec, rng)
     grads = np.zeros_like(params)
-    stack = model.Stack(spec, B, T)
+    stack = model.Stack(spec, B, T, dropout=dropout)
     stack.ids[:] = rng.integers(0, V, (T, B))
     stack.targets[:] = rng.integers(0, V, (T, B))
+    masks = np.random.default_rng(1) if dropout > 0 else None
 
     def update():
         grads[:] = 0.0
-        stack.forward(params, 0, T)
+        stack.forward(params, 0, T, masks)
         stack.output_grad(params, grads, 0, T, 1.0 / (T * B))
         stack.backward(params, grads, 0, T)
 
@@ -112,8 +115,9 @@ def ours(model, cell, H, V):
 TORCH_MODULES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}  # the cells torch has a module for
 
 
-def theirs(torch, cell, H, V):
+def theirs(torch, cell, H, V, dropout=0.0):
     module = getattr(torch.nn, TORCH_MODULES[cell])(V, H)
+    drop = torch.nn.Dropout(dropout)  # training mode: fresh masks at every call
     head = torch.nn.Linear(H, V)
     params = list(module.parameters()) + list(head.parameters())
     ids = torch.randint(0, V, (T + 1, B))
@@ -124,7 +128,7 @@ def theirs(torch, cell, H, V):
         for p in params:
             p.grad = None
         y, _ = module(x)
-        loss = torch.nn.functional.cross_entropy(head(y).reshape(-1, V), targets)
+        loss = torch.nn.functional.cross_entropy(head(drop(y)).reshape(-1, V), targets)
         loss.backward()
 
     return update
@@ -136,6 +140,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=5, help="timed samples per side (median reported)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     ap.add_argument("--against", metavar="REV", help="also time the kernels of this git revision")
+    ap.add_argument("--dropout", type=float, default=0.0, metavar="P",
+                    help="dropout on the output layer's input, both sides (a training run's default is 0.4)")
     args = ap.parse_args()
     try:
         if args.no_torch:
@@ -150,7 +156,7 @@ def main():
     matmul_gflops = matmul_rate()
     print(f"of peak: of the best float32 matmul rate of the run (numpy, {PEAK_N}x{PEAK_N}, every core, "
           f"measured before each row); of rate before: of the rate measured just before the row; "
-          f"T={T} B={B}, one layer")
+          f"T={T} B={B}, one layer" + (f", dropout {args.dropout} on the output layer's input" if args.dropout else ""))
     if torch is not None:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     header = f"{'cell':8} {'H':>4} {'V':>5} {'chars/s':>9} {'GFLOP/s':>8} {'of peak':>7} {'of rate before':>14}"
@@ -163,11 +169,11 @@ def main():
         for H, V in SHAPES:
             reps = args.repeats if V < 1000 else max(2, args.repeats // 2)
             peaks.append(matmul_gflops())
-            sides = {"now": ours(charrnn.model, cell, H, V)}
+            sides = {"now": ours(charrnn.model, cell, H, V, args.dropout)}
             if before and cell in before.CELLS:
-                sides["then"] = ours(before, cell, H, V)
+                sides["then"] = ours(before, cell, H, V, args.dropout)
             if torch and cell in TORCH_MODULES:
-                sides["torch"] = theirs(torch, cell, H, V)
+                sides["torch"] = theirs(torch, cell, H, V, args.dropout)
             calls = {}
             for name, fn in sides.items():
                 fn()  # compile and warm up

@@ -18,6 +18,8 @@ import numpy as np
 
 from .cells import CELLS, NAMES, OPTIONS
 from .errors import CharrnnError
+from .kernels._jit import threads
+from .kernels.dropout import drop, drop_grad
 from .kernels.inputs import dense_backward, dense_forward, onehot_backward, onehot_backward_blocks
 from .kernels.output import logits_forward, output_layer, xent
 
@@ -117,19 +119,25 @@ def transplant(old_spec: ModelSpec, old_params, spec: ModelSpec, params):
         new[name][tuple(where)] = old
 
 
-def uniform_rows(rng: np.random.Generator, n: int, total: int, width: int, rows: slice) -> np.ndarray:
+def uniform_rows(rng: np.random.Generator, n: int, total: int, width: int, rows: slice, out=None) -> np.ndarray:
     """rng.random((n, total, width))[:, rows], leaving rng as that leaves it, without drawing the
     other rows: under MPI each rank draws the dropout masks of its own streams only, the same
     numbers whatever the number of ranks. A PCG64 draws one 64-bit number per float64 and can
-    skip ahead by any count; skipping drops its buffered 32-bit half, which is put back."""
+    skip ahead by any count; skipping drops its buffered 32-bit half, which is put back.
+    `out`: a C-contiguous float64 array of the result's shape to draw into (none allocated)."""
+    if out is None:
+        out = np.empty((n, rows.stop - rows.start, width))
     bits = rng.bit_generator
-    if (rows.start == 0 and rows.stop == total) or not isinstance(bits, (np.random.PCG64, np.random.PCG64DXSM)):
-        return rng.random((n, total, width))[:, rows]  # (another generator: every row, as before)
+    if rows.start == 0 and rows.stop == total:
+        rng.random(out=out)
+        return out
+    if not isinstance(bits, (np.random.PCG64, np.random.PCG64DXSM)):
+        out[...] = rng.random((n, total, width))[:, rows]  # (another generator: every row, as before)
+        return out
     buffered = {k: bits.state[k] for k in ("has_uint32", "uinteger")}
-    out = np.empty((n, rows.stop - rows.start, width))
     for t in range(n):
         bits.advance(rows.start * width)
-        out[t] = rng.random((rows.stop - rows.start, width))
+        rng.random(out=out[t])
         bits.advance((total - rows.stop) * width)
     bits.state = {**bits.state, **buffered}
     return out
@@ -183,6 +191,7 @@ class Stack:
         # input (as in char-rnn); index l = the input of layer l, index L = the output layer's.
         self.masks = [None] + [np.ones((T, B, H), dtype) if dropout > 0 else None for _ in range(L)]
         self.dropped = [None] + [np.zeros((T, B, H), dtype) if dropout > 0 else None for _ in range(L)]
+        self.uniform = np.zeros((T, B, H)) if dropout > 0 else None  # the draws behind a mask (float64)
         self.logits = np.zeros((T * B, V), dtype)
         self.row_loss = np.zeros(T * B, dtype)
 
@@ -202,7 +211,8 @@ class Stack:
         if dropout > 0:
             floats += 2 * L * T * B * H  # masks, dropped
         floats += T * B * V + T * B  # logits, row_loss
-        return ints * np.dtype(np.int32).itemsize + floats * np.dtype(dtype).itemsize
+        uniform = T * B * H * np.dtype(np.float64).itemsize if dropout > 0 else 0
+        return ints * np.dtype(np.int32).itemsize + floats * np.dtype(dtype).itemsize + uniform
 
     # -- state -------------------------------------------------------------------------------
     def get_state(self, slot):
@@ -271,11 +281,11 @@ class Stack:
             return below.reshape(-1, self.spec.hidden)
         if rng is not None:  # a training forward draws fresh masks (inverted dropout)
             keep = 1.0 - self.dropout
-            rows = uniform_rows(rng, below.shape[0], self.total, below.shape[2], self.rows)
-            self.masks[l][t0:t1] = (rows < keep) / keep
+            u = uniform_rows(rng, below.shape[0], self.total, below.shape[2], self.rows, self.uniform[: t1 - t0])
+            drop(self.dropped[l][t0:t1], self.masks[l][t0:t1], below, u, keep, self.dtype.type(1.0 / keep), threads())
         else:
             self.masks[l][t0:t1] = 1.0
-        np.multiply(below, self.masks[l][t0:t1], out=self.dropped[l][t0:t1])
+            np.multiply(below, self.masks[l][t0:t1], out=self.dropped[l][t0:t1])
         return self.dropped[l][t0:t1].reshape(-1, self.spec.hidden)
 
     def forward(self, params, t0, t1, rng=None):
@@ -319,7 +329,7 @@ class Stack:
                      out["Wy"], out["by"], dtop[c0:t1].reshape(n, -1), gout["Wy"], gout["by"])
         L = self.spec.layers
         if self.masks[L] is not None:
-            dtop[c0:t1] *= self.masks[L][c0:t1]
+            drop_grad(dtop[c0:t1], self.masks[L][c0:t1], threads())
         return float(self.row_loss[:n].sum(dtype=np.float64))
 
     # -- backward -----------------------------------------------------------------------------
@@ -354,7 +364,7 @@ class Stack:
                 dense_backward(dbelow.reshape(-1, H), g["Wx"], g["b"], dx.reshape(x2d.shape[0], -1),
                                x2d, p["Wx"])
                 if self.masks[l] is not None:
-                    dbelow *= self.masks[l][g0:t1]
+                    drop_grad(dbelow, self.masks[l][g0:t1], threads())
         return self.dstate
 
     def _stored_input(self, l, t0, t1):

@@ -343,3 +343,56 @@ def test_output_layer_lets_a_nan_through_its_rows_and_the_weight_gradients(n_blo
     assert np.isnan(logits[bad]).all() and np.isfinite(logits[~bad]).all()
     assert np.isnan(dh2d[bad]).all() and np.isfinite(dh2d[~bad]).all()
     assert np.isnan(dWy).all() and np.isnan(dby).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_blocks", [1, 2, 5])
+def test_dropout_is_numpys_formula_bit_for_bit_and_keeps_nan(dtype, n_blocks):
+    """The dropout kernels give what NumPy's `(u < keep) / keep` cast to the model's dtype and
+    its multiplies give, bit for bit: a draw equal to keep drops its unit, the draw just below
+    it keeps it; a NaN or inf input stays NaN where its unit is dropped (NaN * 0, inf * 0)."""
+    from charrnn.kernels.dropout import drop, drop_grad
+
+    rng = np.random.default_rng(6)
+    n, B, H, keep = 7, 5, 37, 0.7  # 7 steps over 5 blocks: uneven, and some blocks hold none
+    u = rng.random((n, B, H))
+    u[0, 0, :4] = [keep, np.nextafter(keep, 0.0), 0.0, np.nextafter(1.0, 0.0)]
+    x = rng.standard_normal((n, B, H)).astype(dtype)
+    x[0, 0, 0], x[0, 0, 1], x[0, 0, 3] = np.nan, np.nan, np.inf  # dropped, kept, dropped
+    expected_mask = ((u < keep) / keep).astype(dtype)
+    with np.errstate(invalid="ignore"):
+        expected = x * expected_mask
+    mask, dropped = np.full_like(x, 9.0), np.full_like(x, 9.0)
+    drop(dropped, mask, x, u, keep, dtype(1.0 / keep), n_blocks)
+    np.testing.assert_array_equal(mask, expected_mask)
+    np.testing.assert_array_equal(dropped, expected)
+    assert mask[0, 0, 0] == 0.0 and mask[0, 0, 1] == dtype(1.0 / keep)
+    assert np.isnan(dropped[0, 0, [0, 1, 3]]).all()
+    assert 0.0 < (mask == 0.0).mean() < 0.5
+
+    d = rng.standard_normal((n, B, H)).astype(dtype)
+    d[1, 2, 3] = np.nan
+    with np.errstate(invalid="ignore"):
+        expected_d = d * mask
+    drop_grad(d, mask, n_blocks)
+    np.testing.assert_array_equal(d, expected_d)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_training_forward_draws_each_layers_mask_in_order(dtype):
+    """A training forward draws the masks of the layers' inputs, bottom to top, then the output
+    layer's, each from the generator as NumPy's `rng.random` draws them, and leaves the generator
+    where those draws leave it."""
+    T, B, H, L, V = 9, 6, 24, 2, 20
+    spec = ModelSpec("gru", V, H, L)
+    params = init_params(spec, np.random.default_rng(0), dtype)
+    stack = Stack(spec, B, T, dtype, dropout=0.3)
+    rng = np.random.default_rng(3)
+    stack.ids[:] = rng.integers(0, V, (T, B))
+    drawn, again = np.random.default_rng(7), np.random.default_rng(7)
+    stack.forward(params, 0, T, drawn)
+    for l in range(1, L + 1):
+        mask = ((again.random((T, B, H)) < 0.7) / 0.7).astype(dtype)
+        np.testing.assert_array_equal(stack.masks[l], mask)
+        np.testing.assert_array_equal(stack.dropped[l], stack.bufs[l - 1]["hs"][1:] * mask)
+    assert drawn.random() == again.random()
