@@ -19,7 +19,7 @@ import numpy as np
 from .cells import CELLS, NAMES, OPTIONS
 from .errors import CharrnnError
 from .kernels._jit import threads
-from .kernels.dropout import drop, drop_grad
+from .kernels.dropout import drop, drop_grad, drop_pcg64, pcg64_starts
 from .kernels.inputs import dense_backward, dense_forward, onehot_backward, onehot_backward_blocks
 from .kernels.output import logits_forward, output_layer, xent
 
@@ -119,25 +119,19 @@ def transplant(old_spec: ModelSpec, old_params, spec: ModelSpec, params):
         new[name][tuple(where)] = old
 
 
-def uniform_rows(rng: np.random.Generator, n: int, total: int, width: int, rows: slice, out=None) -> np.ndarray:
+def uniform_rows(rng: np.random.Generator, n: int, total: int, width: int, rows: slice) -> np.ndarray:
     """rng.random((n, total, width))[:, rows], leaving rng as that leaves it, without drawing the
     other rows: under MPI each rank draws the dropout masks of its own streams only, the same
     numbers whatever the number of ranks. A PCG64 draws one 64-bit number per float64 and can
-    skip ahead by any count; skipping drops its buffered 32-bit half, which is put back.
-    `out`: a C-contiguous float64 array of the result's shape to draw into (none allocated)."""
-    if out is None:
-        out = np.empty((n, rows.stop - rows.start, width))
+    skip ahead by any count; skipping drops its buffered 32-bit half, which is put back."""
     bits = rng.bit_generator
-    if rows.start == 0 and rows.stop == total:
-        rng.random(out=out)
-        return out
-    if not isinstance(bits, (np.random.PCG64, np.random.PCG64DXSM)):
-        out[...] = rng.random((n, total, width))[:, rows]  # (another generator: every row, as before)
-        return out
+    if (rows.start == 0 and rows.stop == total) or not isinstance(bits, (np.random.PCG64, np.random.PCG64DXSM)):
+        return rng.random((n, total, width))[:, rows]  # (another generator: every row, as before)
     buffered = {k: bits.state[k] for k in ("has_uint32", "uinteger")}
+    out = np.empty((n, rows.stop - rows.start, width))
     for t in range(n):
         bits.advance(rows.start * width)
-        rng.random(out=out[t])
+        out[t] = rng.random((rows.stop - rows.start, width))
         bits.advance((total - rows.stop) * width)
     bits.state = {**bits.state, **buffered}
     return out
@@ -191,7 +185,6 @@ class Stack:
         # input (as in char-rnn); index l = the input of layer l, index L = the output layer's.
         self.masks = [None] + [np.ones((T, B, H), dtype) if dropout > 0 else None for _ in range(L)]
         self.dropped = [None] + [np.zeros((T, B, H), dtype) if dropout > 0 else None for _ in range(L)]
-        self.uniform = np.zeros((T, B, H)) if dropout > 0 else None  # the draws behind a mask (float64)
         self.logits = np.zeros((T * B, V), dtype)
         self.row_loss = np.zeros(T * B, dtype)
 
@@ -211,8 +204,7 @@ class Stack:
         if dropout > 0:
             floats += 2 * L * T * B * H  # masks, dropped
         floats += T * B * V + T * B  # logits, row_loss
-        uniform = T * B * H * np.dtype(np.float64).itemsize if dropout > 0 else 0
-        return ints * np.dtype(np.int32).itemsize + floats * np.dtype(dtype).itemsize + uniform
+        return ints * np.dtype(np.int32).itemsize + floats * np.dtype(dtype).itemsize
 
     # -- state -------------------------------------------------------------------------------
     def get_state(self, slot):
@@ -280,9 +272,13 @@ class Stack:
         if self.masks[l] is None:
             return below.reshape(-1, self.spec.hidden)
         if rng is not None:  # a training forward draws fresh masks (inverted dropout)
-            keep = 1.0 - self.dropout
-            u = uniform_rows(rng, below.shape[0], self.total, below.shape[2], self.rows, self.uniform[: t1 - t0])
-            drop(self.dropped[l][t0:t1], self.masks[l][t0:t1], below, u, keep, self.dtype.type(1.0 / keep), threads())
+            keep, (n, _, width) = 1.0 - self.dropout, below.shape
+            arrays, scale = (self.dropped[l][t0:t1], self.masks[l][t0:t1], below), self.dtype.type(1.0 / keep)
+            drawn = pcg64_starts(rng, n, self.total, width, self.rows)  # the kernel draws the uniforms itself
+            if drawn is not None:
+                drop_pcg64(*arrays, *drawn, keep, scale, threads())
+            else:
+                drop(*arrays, uniform_rows(rng, n, self.total, width, self.rows), keep, scale, threads())
         else:
             self.masks[l][t0:t1] = 1.0
             np.multiply(below, self.masks[l][t0:t1], out=self.dropped[l][t0:t1])

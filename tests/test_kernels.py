@@ -378,8 +378,57 @@ def test_dropout_is_numpys_formula_bit_for_bit_and_keeps_nan(dtype, n_blocks):
     np.testing.assert_array_equal(d, expected_d)
 
 
+def test_pcg64_fill_draws_numpys_doubles_and_advances_the_state():
+    from charrnn.kernels.dropout import WORD, pcg64_fill
+
+    rng = np.random.default_rng(11)
+    state = rng.bit_generator.state["state"]
+    words = np.array([state["state"] & WORD, state["state"] >> 64], np.uint64)
+    inc = np.array([state["inc"] & WORD, state["inc"] >> 64], np.uint64)
+    out = np.full(1001, 9.0)
+    fill = numba.njit(lambda s, i, o, n: pcg64_fill(s, i, o, n))
+    fill(words, inc, out, 0)
+    assert (out == 9.0).all()
+    fill(words, inc, out, 1000)
+    np.testing.assert_array_equal(out[:1000], rng.random(1000))
+    assert out[1000] == 9.0
+    after = rng.bit_generator.state["state"]["state"]
+    assert int(words[0]) | int(words[1]) << 64 == after
+
+
+@pytest.mark.parametrize("rows", [slice(0, 6), slice(2, 5), slice(5, 6)])
+def test_pcg64_starts_are_where_numpy_draws_each_steps_rows(rows):
+    """From each start, a step's rows of what rng.random((n, total, width)) draws, in a row; the
+    generator left where that draw leaves it, its buffered 32-bit half included."""
+    from charrnn.kernels.dropout import pcg64_fill, pcg64_starts
+
+    n, total, width = 4, 6, 7
+    drawn, again = np.random.default_rng(3), np.random.default_rng(3)
+    for g in (drawn, again):
+        g.random(3, dtype=np.float32)  # leaves a 32-bit half buffered
+    starts, inc = pcg64_starts(drawn, n, total, width, rows)
+    whole = again.random((n, total, width))
+    fill = numba.njit(lambda s, i, o, k: pcg64_fill(s, i, o, k))
+    for t in range(n):
+        out = np.empty((rows.stop - rows.start) * width)
+        fill(starts[t].copy(), inc, out, out.size)
+        np.testing.assert_array_equal(out, whole[t, rows].reshape(-1))
+    assert drawn.bit_generator.state == again.bit_generator.state
+    assert drawn.random(dtype=np.float32) == again.random(dtype=np.float32)
+
+
+def test_pcg64_starts_leaves_other_generators_alone():
+    from charrnn.kernels.dropout import pcg64_starts
+
+    for bits in (np.random.PCG64DXSM, np.random.MT19937, np.random.Philox):
+        rng, twin = np.random.Generator(bits(1)), np.random.Generator(bits(1))
+        assert pcg64_starts(rng, 2, 3, 4, slice(0, 3)) is None
+        np.testing.assert_array_equal(rng.random(5), twin.random(5))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_training_forward_draws_each_layers_mask_in_order(dtype):
+@pytest.mark.parametrize("bits", [np.random.PCG64, np.random.MT19937])  # drawn by the kernel; by NumPy
+def test_training_forward_draws_each_layers_mask_in_order(dtype, bits):
     """A training forward draws the masks of the layers' inputs, bottom to top, then the output
     layer's, each from the generator as NumPy's `rng.random` draws them, and leaves the generator
     where those draws leave it."""
@@ -389,10 +438,27 @@ def test_training_forward_draws_each_layers_mask_in_order(dtype):
     stack = Stack(spec, B, T, dtype, dropout=0.3)
     rng = np.random.default_rng(3)
     stack.ids[:] = rng.integers(0, V, (T, B))
-    drawn, again = np.random.default_rng(7), np.random.default_rng(7)
+    drawn, again = np.random.Generator(bits(7)), np.random.Generator(bits(7))
     stack.forward(params, 0, T, drawn)
     for l in range(1, L + 1):
         mask = ((again.random((T, B, H)) < 0.7) / 0.7).astype(dtype)
         np.testing.assert_array_equal(stack.masks[l], mask)
         np.testing.assert_array_equal(stack.dropped[l], stack.bufs[l - 1]["hs"][1:] * mask)
     assert drawn.random() == again.random()
+
+
+def test_a_stack_of_some_streams_draws_their_rows_of_the_whole_batchs_masks():
+    """Under MPI a rank's stack holds some of the batch's streams: its masks are those streams'
+    rows of the masks one stack of the whole batch draws."""
+    T, B, H, V, rows = 5, 7, 20, 11, slice(2, 5)
+    spec = ModelSpec("lstm", V, H, 1)
+    params = init_params(spec, np.random.default_rng(0))
+    whole, part = Stack(spec, B, T, dropout=0.5), Stack(spec, B, T, dropout=0.5, rows=rows)
+    whole.ids[:] = np.random.default_rng(1).integers(0, V, (T, B))
+    part.ids[:] = whole.ids[:, rows]
+    one, other = np.random.default_rng(9), np.random.default_rng(9)
+    whole.forward(params, 0, T, one)
+    part.forward(params, 0, T, other)
+    np.testing.assert_array_equal(part.masks[1], whole.masks[1][:, rows])
+    np.testing.assert_array_equal(part.dropped[1], whole.dropped[1][:, rows])
+    assert one.bit_generator.state == other.bit_generator.state
