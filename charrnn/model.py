@@ -19,7 +19,7 @@ import numpy as np
 from .cells import CELLS, NAMES, OPTIONS
 from .errors import CharrnnError
 from .kernels._jit import threads
-from .kernels.dropout import drop, drop_grad, drop_pcg64, pcg64_starts
+from .kernels.dropout import drop, drop_grad, pcg64_starts
 from .kernels.inputs import dense_backward, dense_forward, onehot_backward, onehot_backward_blocks
 from .kernels.output import logits_forward, output_layer, xent
 
@@ -119,24 +119,6 @@ def transplant(old_spec: ModelSpec, old_params, spec: ModelSpec, params):
         new[name][tuple(where)] = old
 
 
-def uniform_rows(rng: np.random.Generator, n: int, total: int, width: int, rows: slice) -> np.ndarray:
-    """rng.random((n, total, width))[:, rows], leaving rng as that leaves it, without drawing the
-    other rows: under MPI each rank draws the dropout masks of its own streams only, the same
-    numbers whatever the number of ranks. A PCG64 draws one 64-bit number per float64 and can
-    skip ahead by any count; skipping drops its buffered 32-bit half, which is put back."""
-    bits = rng.bit_generator
-    if (rows.start == 0 and rows.stop == total) or not isinstance(bits, (np.random.PCG64, np.random.PCG64DXSM)):
-        return rng.random((n, total, width))[:, rows]  # (another generator: every row, as before)
-    buffered = {k: bits.state[k] for k in ("has_uint32", "uinteger")}
-    out = np.empty((n, rows.stop - rows.start, width))
-    for t in range(n):
-        bits.advance(rows.start * width)
-        out[t] = rng.random((rows.stop - rows.start, width))
-        bits.advance((total - rows.stop) * width)
-    bits.state = {**bits.state, **buffered}
-    return out
-
-
 def init_params(spec: ModelSpec, rng: np.random.Generator, dtype=np.float32):
     layout = Layout(spec)
     flat = np.zeros(layout.size, dtype)
@@ -155,7 +137,7 @@ class Stack:
 
     `rows`: the streams of a batch of `batch` that this stack holds (a rank's share under MPI),
     all by default; B = their number. Dropout masks are drawn for these rows alone, the numbers
-    one process draws for them (uniform_rows), so that R ranks draw what one process draws."""
+    one process draws for them (kernels/dropout.py), so that R ranks draw what one process draws."""
 
     def __init__(self, spec: ModelSpec, batch: int, window: int, dtype=np.float32, dropout=0.0, rows=None):
         self.rows = slice(0, batch) if rows is None else rows
@@ -272,13 +254,10 @@ class Stack:
         if self.masks[l] is None:
             return below.reshape(-1, self.spec.hidden)
         if rng is not None:  # a training forward draws fresh masks (inverted dropout)
-            keep, (n, _, width) = 1.0 - self.dropout, below.shape
-            arrays, scale = (self.dropped[l][t0:t1], self.masks[l][t0:t1], below), self.dtype.type(1.0 / keep)
-            drawn = pcg64_starts(rng, n, self.total, width, self.rows)  # the kernel draws the uniforms itself
-            if drawn is not None:
-                drop_pcg64(*arrays, *drawn, keep, scale, threads())
-            else:
-                drop(*arrays, uniform_rows(rng, n, self.total, width, self.rows), keep, scale, threads())
+            keep = 1.0 - self.dropout
+            starts, inc = pcg64_starts(rng, t1 - t0, self.total, self.spec.hidden, self.rows)
+            drop(self.dropped[l][t0:t1], self.masks[l][t0:t1], below, starts, inc, keep, self.dtype.type(1.0 / keep),
+                 threads())
         else:
             self.masks[l][t0:t1] = 1.0
             np.multiply(below, self.masks[l][t0:t1], out=self.dropped[l][t0:t1])

@@ -422,28 +422,24 @@ def test_each_rank_takes_its_share_of_the_cores_unless_told(tmp_path):
         assert [(tmp_path / f"threads.{r}").read_text() for r in (0, 1)] == [str(want)] * 2
 
 
-@pytest.mark.parametrize("rows", [slice(0, 6), slice(0, 2), slice(2, 4), slice(4, 6), slice(3, 3)])
-def test_a_rank_draws_only_its_rows_of_the_dropout_masks(rows):
-    """uniform_rows gives a rank's rows of what one process draws for the whole batch, and leaves
-    the generator where that leaves it, buffered 32-bit half and all."""
-    from charrnn.model import uniform_rows
+def test_a_rank_draws_its_streams_rows_of_the_whole_batchs_dropout_masks():
+    """Under MPI a rank's stack holds some of the batch's streams: its masks are those streams'
+    rows of the masks one stack of the whole batch draws, and the generator ends where one
+    process's does (kernels/dropout.py)."""
+    from charrnn.model import ModelSpec, Stack, init_params
 
-    whole = np.random.Generator(np.random.PCG64(7))
-    whole.random(3, dtype=np.float32)  # an odd number of 32-bit draws: half a 64-bit one is buffered
-    part = np.random.Generator(np.random.PCG64(7))
-    part.bit_generator.state = whole.bit_generator.state
-    want = whole.random((5, 6, 4))[:, rows]
-    got = uniform_rows(part, 5, 6, 4, rows)
-    assert np.array_equal(got, want) and part.bit_generator.state == whole.bit_generator.state
-    assert part.random(dtype=np.float32) == whole.random(dtype=np.float32)
-
-
-def test_another_generator_draws_every_row_as_before():
-    from charrnn.model import uniform_rows
-
-    whole, part = (np.random.Generator(np.random.MT19937(3)) for _ in range(2))
-    assert np.array_equal(uniform_rows(part, 3, 4, 2, slice(1, 3)), whole.random((3, 4, 2))[:, 1:3])
-    assert part.random() == whole.random()
+    T, B, H, V, rows = 5, 7, 20, 11, slice(2, 5)
+    spec = ModelSpec("lstm", V, H, 1)
+    params = init_params(spec, np.random.default_rng(0))
+    whole, part = Stack(spec, B, T, dropout=0.5), Stack(spec, B, T, dropout=0.5, rows=rows)
+    whole.ids[:] = np.random.default_rng(1).integers(0, V, (T, B))
+    part.ids[:] = whole.ids[:, rows]
+    one, other = np.random.default_rng(9), np.random.default_rng(9)
+    whole.forward(params, 0, T, one)
+    part.forward(params, 0, T, other)
+    np.testing.assert_array_equal(part.masks[1], whole.masks[1][:, rows])
+    np.testing.assert_array_equal(part.dropped[1], whole.dropped[1][:, rows])
+    assert one.bit_generator.state == other.bit_generator.state
 
 
 # A probe run by each rank of `mpiexec -n 2`: the text as train._read_corpus gives it, and where

@@ -345,32 +345,40 @@ def test_output_layer_lets_a_nan_through_its_rows_and_the_weight_gradients(n_blo
     assert np.isnan(dWy).all() and np.isnan(dby).all()
 
 
+def _pcg64_words(x):
+    from charrnn.kernels.dropout import WORD
+
+    return np.array([x & WORD, x >> 64], np.uint64)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_blocks", [1, 2, 5])
 def test_dropout_is_numpys_formula_bit_for_bit_and_keeps_nan(dtype, n_blocks):
-    """The dropout kernels give what NumPy's `(u < keep) / keep` cast to the model's dtype and
-    its multiplies give, bit for bit: a draw equal to keep drops its unit, the draw just below
-    it keeps it; a NaN or inf input stays NaN where its unit is dropped (NaN * 0, inf * 0)."""
-    from charrnn.kernels.dropout import drop, drop_grad
+    """The dropout kernels give what NumPy's draws, `(u < keep) / keep` cast to the model's dtype
+    and its multiplies give, bit for bit, each thread drawing its own steps' uniforms (a window
+    large enough that the threads draw at once): a draw equal to keep drops its unit; a NaN or
+    inf input stays NaN where its unit is dropped (NaN * 0, inf * 0)."""
+    from charrnn.kernels.dropout import drop, drop_grad, pcg64_starts
 
-    rng = np.random.default_rng(6)
-    n, B, H, keep = 7, 5, 37, 0.7  # 7 steps over 5 blocks: uneven, and some blocks hold none
-    u = rng.random((n, B, H))
-    u[0, 0, :4] = [keep, np.nextafter(keep, 0.0), 0.0, np.nextafter(1.0, 0.0)]
-    x = rng.standard_normal((n, B, H)).astype(dtype)
-    x[0, 0, 0], x[0, 0, 1], x[0, 0, 3] = np.nan, np.nan, np.inf  # dropped, kept, dropped
+    n, B, H = 20, 16, 512  # 20 steps over 5 blocks: uneven; over 2: both threads draw at once
+    drawn, again = np.random.default_rng(6), np.random.default_rng(6)
+    u = again.random((n, B, H))
+    keep = float(u[0, 0, 1])  # the unit whose draw is keep itself is dropped
+    kept, dropped_at = np.argwhere(u < keep)[0], np.argwhere(u > keep)[0]
+    x = np.random.default_rng(7).standard_normal((n, B, H)).astype(dtype)
+    x[0, 0, 1] = np.nan
+    x[tuple(kept)], x[tuple(dropped_at)] = np.nan, np.inf
     expected_mask = ((u < keep) / keep).astype(dtype)
     with np.errstate(invalid="ignore"):
         expected = x * expected_mask
     mask, dropped = np.full_like(x, 9.0), np.full_like(x, 9.0)
-    drop(dropped, mask, x, u, keep, dtype(1.0 / keep), n_blocks)
+    drop(dropped, mask, x, *pcg64_starts(drawn, n, B, H, slice(0, B)), keep, dtype(1.0 / keep), n_blocks)
     np.testing.assert_array_equal(mask, expected_mask)
     np.testing.assert_array_equal(dropped, expected)
-    assert mask[0, 0, 0] == 0.0 and mask[0, 0, 1] == dtype(1.0 / keep)
-    assert np.isnan(dropped[0, 0, [0, 1, 3]]).all()
-    assert 0.0 < (mask == 0.0).mean() < 0.5
+    assert mask[0, 0, 1] == 0.0 and mask[tuple(kept)] == dtype(1.0 / keep)
+    assert np.isnan(dropped[0, 0, 1]) and np.isnan(dropped[tuple(kept)]) and np.isnan(dropped[tuple(dropped_at)])
 
-    d = rng.standard_normal((n, B, H)).astype(dtype)
+    d = np.random.default_rng(8).standard_normal((n, B, H)).astype(dtype)
     d[1, 2, 3] = np.nan
     with np.errstate(invalid="ignore"):
         expected_d = d * mask
@@ -379,12 +387,11 @@ def test_dropout_is_numpys_formula_bit_for_bit_and_keeps_nan(dtype, n_blocks):
 
 
 def test_pcg64_fill_draws_numpys_doubles_and_advances_the_state():
-    from charrnn.kernels.dropout import WORD, pcg64_fill
+    from charrnn.kernels.dropout import pcg64_fill
 
     rng = np.random.default_rng(11)
     state = rng.bit_generator.state["state"]
-    words = np.array([state["state"] & WORD, state["state"] >> 64], np.uint64)
-    inc = np.array([state["inc"] & WORD, state["inc"] >> 64], np.uint64)
+    words, inc = _pcg64_words(state["state"]), _pcg64_words(state["inc"])
     out = np.full(1001, 9.0)
     fill = numba.njit(lambda s, i, o, n: pcg64_fill(s, i, o, n))
     fill(words, inc, out, 0)
@@ -392,20 +399,20 @@ def test_pcg64_fill_draws_numpys_doubles_and_advances_the_state():
     fill(words, inc, out, 1000)
     np.testing.assert_array_equal(out[:1000], rng.random(1000))
     assert out[1000] == 9.0
-    after = rng.bit_generator.state["state"]["state"]
-    assert int(words[0]) | int(words[1]) << 64 == after
+    assert int(words[0]) | int(words[1]) << 64 == rng.bit_generator.state["state"]["state"]
 
 
-@pytest.mark.parametrize("rows", [slice(0, 6), slice(2, 5), slice(5, 6)])
+@pytest.mark.parametrize("rows", [slice(0, 6), slice(0, 2), slice(2, 5), slice(5, 6), slice(3, 3)])
 def test_pcg64_starts_are_where_numpy_draws_each_steps_rows(rows):
-    """From each start, a step's rows of what rng.random((n, total, width)) draws, in a row; the
-    generator left where that draw leaves it, its buffered 32-bit half included."""
+    """From each start, a step's rows of what rng.random((n, total, width)) draws, in a row (a
+    rank's streams under MPI); the generator left where that draw leaves it, its buffered 32-bit
+    half included."""
     from charrnn.kernels.dropout import pcg64_fill, pcg64_starts
 
     n, total, width = 4, 6, 7
     drawn, again = np.random.default_rng(3), np.random.default_rng(3)
     for g in (drawn, again):
-        g.random(3, dtype=np.float32)  # leaves a 32-bit half buffered
+        g.random(3, dtype=np.float32)  # an odd number of 32-bit draws: half a 64-bit one is buffered
     starts, inc = pcg64_starts(drawn, n, total, width, rows)
     whole = again.random((n, total, width))
     fill = numba.njit(lambda s, i, o, k: pcg64_fill(s, i, o, k))
@@ -417,28 +424,32 @@ def test_pcg64_starts_are_where_numpy_draws_each_steps_rows(rows):
     assert drawn.random(dtype=np.float32) == again.random(dtype=np.float32)
 
 
-def test_pcg64_starts_leaves_other_generators_alone():
+def test_pcg64_starts_refuses_other_generators_and_leaves_them_alone():
     from charrnn.kernels.dropout import pcg64_starts
 
     for bits in (np.random.PCG64DXSM, np.random.MT19937, np.random.Philox):
         rng, twin = np.random.Generator(bits(1)), np.random.Generator(bits(1))
-        assert pcg64_starts(rng, 2, 3, 4, slice(0, 3)) is None
+        with pytest.raises(TypeError, match="PCG64"):
+            pcg64_starts(rng, 2, 3, 4, slice(0, 3))
         np.testing.assert_array_equal(rng.random(5), twin.random(5))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("bits", [np.random.PCG64, np.random.MT19937])  # drawn by the kernel; by NumPy
-def test_training_forward_draws_each_layers_mask_in_order(dtype, bits):
-    """A training forward draws the masks of the layers' inputs, bottom to top, then the output
-    layer's, each from the generator as NumPy's `rng.random` draws them, and leaves the generator
-    where those draws leave it."""
-    T, B, H, L, V = 9, 6, 24, 2, 20
+def _dropout_case(dtype, T=9, B=6, H=24, L=2, V=20):
     spec = ModelSpec("gru", V, H, L)
     params = init_params(spec, np.random.default_rng(0), dtype)
     stack = Stack(spec, B, T, dtype, dropout=0.3)
-    rng = np.random.default_rng(3)
-    stack.ids[:] = rng.integers(0, V, (T, B))
-    drawn, again = np.random.Generator(bits(7)), np.random.Generator(bits(7))
+    stack.ids[:] = np.random.default_rng(3).integers(0, V, (T, B))
+    return params, stack
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_training_forward_draws_each_layers_mask_in_order(dtype):
+    """A training forward draws the masks of the layers' inputs, bottom to top, then the output
+    layer's, each from the generator as NumPy's `rng.random` draws them, and leaves the generator
+    where those draws leave it."""
+    params, stack = _dropout_case(dtype)
+    T, B, H, L = stack.T, stack.B, stack.spec.hidden, stack.spec.layers
+    drawn, again = np.random.default_rng(7), np.random.default_rng(7)
     stack.forward(params, 0, T, drawn)
     for l in range(1, L + 1):
         mask = ((again.random((T, B, H)) < 0.7) / 0.7).astype(dtype)
@@ -447,18 +458,20 @@ def test_training_forward_draws_each_layers_mask_in_order(dtype, bits):
     assert drawn.random() == again.random()
 
 
-def test_a_stack_of_some_streams_draws_their_rows_of_the_whole_batchs_masks():
-    """Under MPI a rank's stack holds some of the batch's streams: its masks are those streams'
-    rows of the masks one stack of the whole batch draws."""
-    T, B, H, V, rows = 5, 7, 20, 11, slice(2, 5)
-    spec = ModelSpec("lstm", V, H, 1)
-    params = init_params(spec, np.random.default_rng(0))
-    whole, part = Stack(spec, B, T, dropout=0.5), Stack(spec, B, T, dropout=0.5, rows=rows)
-    whole.ids[:] = np.random.default_rng(1).integers(0, V, (T, B))
-    part.ids[:] = whole.ids[:, rows]
-    one, other = np.random.default_rng(9), np.random.default_rng(9)
-    whole.forward(params, 0, T, one)
-    part.forward(params, 0, T, other)
-    np.testing.assert_array_equal(part.masks[1], whole.masks[1][:, rows])
-    np.testing.assert_array_equal(part.dropped[1], whole.dropped[1][:, rows])
-    assert one.bit_generator.state == other.bit_generator.state
+def test_a_window_from_a_later_step_draws_the_masks_of_its_steps_only():
+    """Truncated BPTT with k1 < k2 runs the forward from a later step of the window: the masks of
+    the steps before it stay as the last forward drew them, those after are drawn afresh."""
+    params, stack = _dropout_case(np.float32)
+    T, B, H, L, t0 = stack.T, stack.B, stack.spec.hidden, stack.spec.layers, 4
+    drawn, again = np.random.default_rng(5), np.random.default_rng(5)
+    stack.forward(params, 0, T, drawn)
+    first = [m.copy() for m in stack.masks[1:]]
+    stack.forward(params, t0, T, drawn)
+    for l in range(1, L + 1):
+        again.random((T, B, H))  # the first forward's draws
+    for l in range(1, L + 1):
+        mask = ((again.random((T - t0, B, H)) < 0.7) / 0.7).astype(np.float32)
+        np.testing.assert_array_equal(stack.masks[l][:t0], first[l - 1][:t0])
+        np.testing.assert_array_equal(stack.masks[l][t0:], mask)
+        np.testing.assert_array_equal(stack.dropped[l][t0:], stack.bufs[l - 1]["hs"][t0 + 1 :] * mask)
+    assert drawn.random() == again.random()

@@ -4,14 +4,15 @@
     dropped = x * mask                        forward
     dx = dx * mask                            backward (the gradient of dropped w.r.t. x)
 
-The numbers are NumPy's: u is what `rng.random` draws (model.uniform_rows says which of them a
-stack's rows take), the mask `(u < keep) / keep` cast to the model's dtype, the products its
+The numbers are NumPy's: u is what `rng.random((n, total, width))[:, rows]` draws (rows: the
+streams a stack holds of the whole batch, a rank's share under MPI, so that R ranks draw what one
+process draws), the mask `(u < keep) / keep` cast to the model's dtype, the products its
 multiply, bit for bit, NaN included (a NaN input stays NaN where its unit is dropped: NaN * 0).
 
-A run's generator is a PCG64, whose steps are an affine map of a 128-bit state: the kernel
-computes each step's draws itself, the threads starting where NumPy would be at their steps'
-first draw (`pcg64_starts` jumps there in O(log n)), so that drawing runs on every thread and
-no buffer of uniforms is needed. Another generator draws through NumPy into a buffer first.
+A run's generator is a PCG64 (train.py; a checkpoint holds no other), whose steps are an affine
+map of a 128-bit state: the kernel draws the uniforms itself, each thread starting where NumPy
+would be at its steps' first draw (`pcg64_starts` jumps there in O(log n)), so that drawing runs
+on every thread and no buffer of uniforms is needed.
 
 In NumPy this was the draw on one thread and four serial passes over the window with three
 temporaries of its size, the other core waiting: at T=50, B=32, H=512 (Zen 5) the output layer's
@@ -26,7 +27,7 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
-from ._jit import block, kernel, parallel_kernel
+from ._jit import block, parallel_kernel
 
 # PCG64 (O'Neill 2014) as NumPy implements it: state <- state * MULTIPLIER + inc (mod 2^128),
 # then the 64-bit output XSL-RR of the new state; a double is (output >> 11) * 2^-53
@@ -39,10 +40,14 @@ WORD = (1 << 64) - 1
 def pcg64_fill(typingctx, state, inc, out, count):
     """out[:count] = the next count doubles of a PCG64 with this state and increment (uint64
     arrays of two words, low first), as NumPy's PCG64 draws them; state advanced in place.
-    Written in LLVM's 128-bit integers, which numba has no type for."""
+    Written in LLVM's 128-bit integers, which numba has no type for. No bounds check: count is
+    at most out's length."""
     for a, dtype in ((state, types.uint64), (inc, types.uint64), (out, types.float64)):
-        if not isinstance(a, types.Array) or a.dtype != dtype or a.layout != "C":
-            raise TypingError(f"pcg64_fill: expected a C-contiguous {dtype} array, got {a}")
+        if (not isinstance(a, types.Array) or a.dtype != dtype or a.ndim != 1 or a.layout != "C"
+                or not a.aligned):
+            raise TypingError(f"pcg64_fill: expected an aligned C-contiguous 1-D {dtype} array, got {a}")
+    if not (state.mutable and out.mutable and isinstance(count, types.Integer)):
+        raise TypingError(f"pcg64_fill: state and out are written, count is an integer (got {state}, {out}, {count})")
     sig = types.void(state, inc, out, types.intp)
 
     def codegen(context, builder, signature, args):
@@ -92,13 +97,12 @@ def _jump(steps):
 
 
 def pcg64_starts(rng, n, total, width, rows):
-    """For a generator whose bit generator is a PCG64: the states (n, 2) uint64 from which it
-    draws, as rng.random((n, total, width)) would, the numbers of rows[r] of step t (each step's
-    rows in a row), and its increment (2,) uint64; rng is left where that draw leaves it. Any
-    other generator: None, rng untouched."""
+    """The states (n, 2) uint64 from which a generator on a PCG64 draws, as
+    rng.random((n, total, width)) would, the numbers of the rows `rows` of step t (a step's rows
+    follow each other), and its increment (2,) uint64; rng is left where that draw leaves it."""
     bits = rng.bit_generator
     if type(bits) is not np.random.PCG64:
-        return None
+        raise TypeError(f"dropout draws from a PCG64 generator, not {type(bits).__name__}")
     state = bits.state
     s, inc = state["state"]["state"], state["state"]["inc"]
     A0, S0 = _jump(rows.start * width)
@@ -114,40 +118,25 @@ def pcg64_starts(rng, n, total, width, rows):
     return starts, np.array([inc & WORD, inc >> 64], np.uint64)
 
 
-@kernel
-def _drop_row(dropped, mask, x, u, keep, scale):
-    zero = scale - scale
-    for j in range(x.shape[0]):
-        m = scale if u[j] < keep else zero
-        mask[j] = m
-        dropped[j] = x[j] * m
-
-
 @parallel_kernel
-def drop_pcg64(dropped, mask, x, starts, inc, keep, scale, n_blocks):
+def drop(dropped, mask, x, starts, inc, keep, scale, n_blocks):
     # dropped, mask (n,B,H) out; x (n,B,H) in; starts (n,2), inc (2,) from pcg64_starts;
     # keep float64; scale = 1/keep in the model's dtype. Threads split the steps.
     n, B, H = x.shape
+    zero = scale - scale  # a zero of the model's dtype, as scale is
     for i in prange(n_blocks):
         t0, t1 = block(n, n_blocks, i)
-        state = np.empty(2, np.uint64)
+        state = np.empty(2, np.uint64)  # each thread's own generator and draws
         u = np.empty(H)
         for t in range(t0, t1):
             state[:] = starts[t]
             for r in range(B):
                 pcg64_fill(state, inc, u, H)
-                _drop_row(dropped[t, r], mask[t, r], x[t, r], u, keep, scale)
-
-
-@parallel_kernel
-def drop(dropped, mask, x, u, keep, scale, n_blocks):
-    # as drop_pcg64, the uniforms u (n,B,H) float64 drawn beforehand
-    n = x.shape[0]
-    for i in prange(n_blocks):
-        t0, t1 = block(n, n_blocks, i)
-        for t in range(t0, t1):
-            for r in range(x.shape[1]):
-                _drop_row(dropped[t, r], mask[t, r], x[t, r], u[t, r], keep, scale)
+                mr, xr, dr = mask[t, r], x[t, r], dropped[t, r]
+                for j in range(H):
+                    m = scale if u[j] < keep else zero
+                    mr[j] = m
+                    dr[j] = xr[j] * m
 
 
 @parallel_kernel
