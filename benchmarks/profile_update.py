@@ -1,0 +1,135 @@
+"""Where one training update's time goes, function by function: Linux `perf` samples a process
+running updates (T=100, B=32, one layer, as bench_kernels.py), and the share of the samples in
+each function is printed, both threads together.
+
+perf names the compiled kernels only through a map of their addresses, which this script
+writes for perf (/tmp/perf-<pid>.map) from numba's compiled libraries. Code numba loads from
+its cache has no such library, so the kernels compile afresh here, in a temporary cache (about
+a minute). "[waiting]" is the time threads spent in the OpenMP runtime, mostly a thread waiting
+for the other at the end of a parallel loop; "python" the interpreter. The OpenBLAS override some machines set is lifted, as users run.
+
+    python benchmarks/profile_update.py lstm 128
+    python benchmarks/profile_update.py gru 256 --seconds 10 --dropout 0.4
+
+Needs `perf` (linux-tools) and the permission to sample one's own processes
+(/proc/sys/kernel/perf_event_paranoid at most 2).
+"""
+import argparse
+import gc
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from machine import describe, lift_openblas  # noqa: E402
+
+lift_openblas()
+if "CHARRNN_PROFILE_CACHE" not in os.environ:  # compile afresh (see above), in a cache of our own
+    cache = tempfile.mkdtemp(prefix="charrnn-profile-")
+    os.execve(sys.executable, [sys.executable, *sys.argv],
+              {**os.environ, "NUMBA_CACHE_DIR": cache, "CHARRNN_PROFILE_CACHE": cache})
+
+
+def perf_map(path):
+    """Write the addresses of every function numba compiled in this process, for perf."""
+    from numba.core.dispatcher import Dispatcher
+
+    entries, seen = [], set()
+    for obj in gc.get_objects():
+        if not isinstance(obj, Dispatcher):
+            continue
+        for result in list(obj.overloads.values()):
+            library = result.library
+            if id(library) in seen:
+                continue
+            seen.add(id(library))
+            for fn in library._final_module.functions:
+                if not fn.is_declaration:
+                    address = library.get_pointer_to_function(fn.name)
+                    if address:
+                        entries.append((address, fn.name))
+    entries.sort()
+    with open(path, "w") as f:
+        for (address, name), (following, _) in zip(entries, entries[1:] + [(entries[-1][0] + 4096, "")]):
+            f.write(f"{address:x} {following - address:x} {name}\n")
+
+
+def readable(line):
+    """A name for a line of `perf script -F ip,sym,dso`: numba's mangled names as
+    'charrnn.kernels.lstm._lstm_forward_panel', libraries' functions as they are."""
+    m = re.match(r"\s*[0-9a-f]+ (.*) \((.*)\)$", line)
+    if not m:
+        return "[unknown]"
+    symbol, dso = m.groups()
+    if "libgomp" in dso:
+        return "[waiting]"  # the OpenMP runtime: perf finds no symbols in it
+    if "libpython" in dso:
+        return "python"
+    m = re.match(r"(?:cfunc\.|__gufunc__\.)?_ZN(.*?)B\d+v\d+", symbol)
+    if not m:
+        return symbol
+    parts, rest = [], m.group(1)
+    while rest[:1].isdigit():
+        digits = re.match(r"\d+", rest).group()
+        n, rest = int(digits), rest[len(digits):]
+        parts.append(rest[:n])
+        rest = rest[n:]
+    name = ".".join(parts)
+    return "[a parallel loop's body]" if "numba_parfor_gufunc" in name else name
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("cell")
+    ap.add_argument("hidden", type=int)
+    ap.add_argument("--vocab", type=int, default=65)
+    ap.add_argument("--dropout", type=float, default=0.0)
+    ap.add_argument("--seconds", type=float, default=5.0, help="how long perf samples")
+    ap.add_argument("--top", type=int, default=20)
+    args = ap.parse_args()
+    if shutil.which("perf") is None:
+        sys.exit("profile_update: perf is not installed (linux-tools)")
+    import charrnn.model
+    from bench_kernels import B, T, ours
+
+    print(describe())
+    update = ours(charrnn.model, args.cell, args.hidden, args.vocab, args.dropout)
+    for _ in range(5):
+        update()  # compiles, then warm
+    seconds = time.perf_counter()
+    update()
+    per_update = time.perf_counter() - seconds
+    perf_map(f"/tmp/perf-{os.getpid()}.map")
+    data = Path(os.environ["CHARRNN_PROFILE_CACHE"]) / "perf.data"
+    record = subprocess.Popen(["perf", "record", "-q", "-F", "4999", "-p", str(os.getpid()), "-o", str(data)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # perf attaches
+    end, updates = time.perf_counter() + args.seconds, 0
+    while time.perf_counter() < end:
+        update()
+        updates += 1
+    record.send_signal(2)
+    _, err = record.communicate()
+    if record.returncode not in (0, -2) or not data.exists():
+        sys.exit(f"profile_update: perf record failed: {err.strip()}")
+    script = subprocess.run(["perf", "script", "-i", str(data), "-F", "ip,sym,dso"], capture_output=True, text=True)
+    shares = Counter(readable(line.strip()) for line in script.stdout.splitlines())
+    total = sum(shares.values())
+    print(f"{args.cell} H={args.hidden} V={args.vocab} T={T} B={B}"
+          + (f" dropout {args.dropout}" if args.dropout else "")
+          + f": {per_update * 1e3:.2f} ms an update, {updates} updates sampled, {total} samples")
+    for name, n in shares.most_common(args.top):
+        print(f"{100 * n / total:6.2f}%  {name}")
+    os.unlink(f"/tmp/perf-{os.getpid()}.map")
+    shutil.rmtree(os.environ["CHARRNN_PROFILE_CACHE"], ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
