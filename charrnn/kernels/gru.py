@@ -21,10 +21,10 @@ from numba import prange
 from ..cells import Adapter, Tensor, standard_shapes, uniform_
 from ._jit import block, kernel, parallel_kernel, threads
 from .activations import sigmoid, tanh
-from .blas import column_sums_acc, matmul_tn_acc
+from .blas import matmul_tn_acc
 from .matvec import matvec
-from .panels import LANES, add_entering_grad, copy_lanes, prefetch, recurrent_grad, recurrent_product, scratch_rows
-from .panels import pack_gate_panels, pack_transposed_panels, panel_shapes
+from .panels import LANES, add_entering_grad, add_panel, copy_lanes, prefetch, recurrent_grad, recurrent_product
+from .panels import add_thread_sums, pack_gate_panels, pack_transposed_panels, panel_shapes, scratch_rows, thread_sums
 
 # forward slots: r, z, hp_n + b_hn, xproj_n (then n), h_{t-1} (then h_t), and the next panel's
 # hp_n (recurrent_product's spare)
@@ -85,8 +85,9 @@ def gru_forward(hs, acts, hn, xtable, xindex, Wp, bhn, n_blocks):
 
 
 @kernel
-def _gru_backward_panel(dxproj, dhp, dh, dhs, hs, acts, hn, WTp, S, t, p, r0, r1):
+def _gru_backward_panel(dxproj, dhp, sums, dh, dhs, hs, acts, hn, WTp, S, t, p, r0, r1):
     # step t for the units of panel p and the streams [r0, r1)
+    # sums (panels*LANES,): this thread's sums of the gradient of b_hn, added to here
     H = dh.shape[1]
     u0 = p * LANES
     n = min(LANES, H - u0)
@@ -129,26 +130,32 @@ def _gru_backward_panel(dxproj, dhp, dh, dhs, hs, acts, hn, WTp, S, t, p, r0, r1
         copy_lanes(dhp[t, r], u0, s, B_R * LANES, n)
         copy_lanes(dhp[t, r], H + u0, s, B_Z * LANES, n)
         copy_lanes(dhp[t, r], 2 * H + u0, s, B_HN * LANES, n)
+        add_panel(sums, u0, s, B_HN * LANES)  # b_hn enters beside hp_n: the same gradient
         copy_lanes(dh[r], u0, s, B_DH * LANES, n)
 
 
 @parallel_kernel
-def gru_backward(dxproj, dhp, dh, dhs, hs, acts, hn, WTp, n_blocks):
+def gru_backward(dxproj, dhp, dbhn, dh, dhs, hs, acts, hn, WTp, n_blocks):
     # dxproj (T,B,3H) out: dLoss/d(xproj)     dhp (T,B,3H) out: dLoss/d(hp), the recurrent product
+    # dbhn (H,) accumulated with +=: the gradient of b_hn, the sum of dhp's n block over steps
+    #     and streams; each thread sums its streams into its own row as it goes, added up at
+    #     the end (summed over dhp afterwards, a pass reading every third of its rows' floats
+    #     was 4% of the samples of an update at H=256, benchmarks/profile_update.py)
     # dh (B,H) in/out: gradient arriving at hs[T] from later steps (zero under truncation);
     #     on return, the gradient w.r.t. the entering state hs[0]
     # dhs (T,B,H) in: gradient w.r.t. h_t from above     WTp: Wh^T by pack_transposed_panels
-    # dWh = sum_t h_{t-1}^T dhp_t and db_hn (the column sums of dhp's n block, since b_hn
-    # enters beside hp_n) follow as one product and one sum after this (cells.py).
-    T, B = dxproj.shape[0], dh.shape[0]
+    # dWh = sum_t h_{t-1}^T dhp_t follows as one product after this (cells.py).
+    T, B, H = dxproj.shape[0], dh.shape[0], dh.shape[1]
     S = scratch_rows(n_blocks, B, BACKWARD_SLOTS * LANES, dh)
+    sums = thread_sums(n_blocks, WTp.shape[0] * LANES, dh)
     for i in prange(n_blocks):
         r0, r1 = block(B, n_blocks, i)
         for t in range(T - 1, -1, -1):
             for p in range(WTp.shape[0]):
-                _gru_backward_panel(dxproj, dhp, dh, dhs, hs, acts, hn, WTp, S[i], t, p, r0, r1)
+                _gru_backward_panel(dxproj, dhp, sums[i], dh, dhs, hs, acts, hn, WTp, S[i], t, p, r0, r1)
         if T > 0:
             add_entering_grad(dh, dhp, WTp, S[i], r0, r1, B_SPARE)
+    add_thread_sums(dbhn, 0, sums, 0, H)
 
 
 @kernel
@@ -201,13 +208,10 @@ class GRUCell(Adapter):
     def backward(self, buf, scratch, p, g, dxproj, dhs, dstate, t0, t1):
         hs, H, dhp = buf["hs"], p["Wh"].shape[0], scratch["dhp"]
         pack_transposed_panels(p["Wh"], scratch["WTp"])
-        gru_backward(dxproj[t0:t1], dhp[t0:t1], dstate["hs"], dhs[t0:t1], hs[t0 : t1 + 1],
+        gru_backward(dxproj[t0:t1], dhp[t0:t1], g["bhn"], dstate["hs"], dhs[t0:t1], hs[t0 : t1 + 1],
                      buf["acts"][t0:t1], buf["hn"][t0:t1], scratch["WTp"], threads())
-        # dWh = sum_t h_{t-1}^T dhp_t, one product over the whole window; b_hn enters beside
-        # hp_n, so its gradient is the column sum of dhp's n block
-        dhp2d = dhp[t0:t1].reshape(-1, 3 * H)
-        matmul_tn_acc(g["Wh"], hs[t0:t1].reshape(-1, H), dhp2d, threads())
-        column_sums_acc(g["bhn"], dhp2d[:, 2 * H :], threads())
+        # dWh = sum_t h_{t-1}^T dhp_t, one product over the whole window
+        matmul_tn_acc(g["Wh"], hs[t0:t1].reshape(-1, H), dhp[t0:t1].reshape(-1, 3 * H), threads())
 
 
 CELL = GRUCell()
