@@ -4,9 +4,12 @@ each function is printed, both threads together.
 
 perf names the compiled kernels only through a map of their addresses, which this script
 writes for perf (/tmp/perf-<pid>.map) from numba's compiled libraries. Code numba loads from
-its cache has no such library, so the kernels compile afresh here, in a temporary cache (about
-a minute). "[waiting]" is the time threads spent in the OpenMP runtime, mostly a thread waiting
-for the other at the end of a parallel loop; "python" the interpreter. The OpenBLAS override some machines set is lifted, as users run.
+its cache has no such library, so the kernels compile afresh here, in a temporary cache (10-20
+s). "[waiting]" is the time threads spent in the OpenMP runtime: a thread waiting for the other
+at the end of a parallel loop, or the worker idle while the main thread runs serial code (with
+numba's OpenMP threading layer; another layer's time shows under its own library's name).
+"[a parallel loop's body]" is the code numba wrote around the loops' calls, every loop together;
+"python" the interpreter. The OpenBLAS override some machines set is lifted, as users run.
 
     python benchmarks/profile_update.py lstm 128
     python benchmarks/profile_update.py gru 256 --seconds 10 --dropout 0.4
@@ -30,8 +33,25 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from machine import describe, lift_openblas  # noqa: E402
 
+
+
+def perf_refusal():
+    """Why perf cannot sample here (one line), or None: tried on a process of its own."""
+    if shutil.which("perf") is None:
+        return "perf is not installed (linux-tools)"
+    with tempfile.TemporaryDirectory() as tmp:
+        trial = subprocess.run(["perf", "record", "-q", "-N", "-o", f"{tmp}/trial.data", "--", "true"],
+                               capture_output=True, text=True)
+    if trial.returncode != 0:
+        lines = [line.strip() for line in trial.stderr.splitlines() if line.strip()]
+        return f"perf cannot sample here: {' '.join(lines[:2]) or 'exit status ' + str(trial.returncode)}"
+    return None
+
+
 lift_openblas()
 if "CHARRNN_PROFILE_CACHE" not in os.environ:  # compile afresh (see above), in a cache of our own
+    if "-h" not in sys.argv and "--help" not in sys.argv and (refusal := perf_refusal()):
+        sys.exit(f"profile_update: {refusal}")
     cache = tempfile.mkdtemp(prefix="charrnn-profile-")
     os.execve(sys.executable, [sys.executable, *sys.argv],
               {**os.environ, "NUMBA_CACHE_DIR": cache, "CHARRNN_PROFILE_CACHE": cache})
@@ -94,8 +114,15 @@ def main():
     ap.add_argument("--seconds", type=float, default=5.0, help="how long perf samples")
     ap.add_argument("--top", type=int, default=20)
     args = ap.parse_args()
-    if shutil.which("perf") is None:
-        sys.exit("profile_update: perf is not installed (linux-tools)")
+    cache, perf_map_path = Path(os.environ["CHARRNN_PROFILE_CACHE"]), Path(f"/tmp/perf-{os.getpid()}.map")
+    try:
+        profile(args, cache, perf_map_path)
+    finally:
+        perf_map_path.unlink(missing_ok=True)
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def profile(args, cache, perf_map_path):
     import charrnn.model
     from bench_kernels import B, T, ours
 
@@ -103,12 +130,15 @@ def main():
     update = ours(charrnn.model, args.cell, args.hidden, args.vocab, args.dropout)
     for _ in range(5):
         update()  # compiles, then warm
-    seconds = time.perf_counter()
-    update()
-    per_update = time.perf_counter() - seconds
-    perf_map(f"/tmp/perf-{os.getpid()}.map")
-    data = Path(os.environ["CHARRNN_PROFILE_CACHE"]) / "perf.data"
-    record = subprocess.Popen(["perf", "record", "-q", "-F", "4999", "-p", str(os.getpid()), "-o", str(data)],
+    times = []
+    for _ in range(9):
+        start = time.perf_counter()
+        update()
+        times.append(time.perf_counter() - start)
+    per_update = sorted(times)[len(times) // 2]
+    perf_map(perf_map_path)
+    data = cache / "perf.data"
+    record = subprocess.Popen(["perf", "record", "-q", "-N", "-F", "4999", "-p", str(os.getpid()), "-o", str(data)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(0.5)  # perf attaches
     end, updates = time.perf_counter() + args.seconds, 0
@@ -118,17 +148,17 @@ def main():
     record.send_signal(2)
     _, err = record.communicate()
     if record.returncode not in (0, -2) or not data.exists():
-        sys.exit(f"profile_update: perf record failed: {err.strip()}")
+        sys.exit(f"profile_update: perf record failed: {' '.join(err.split())[:200]}")
     script = subprocess.run(["perf", "script", "-i", str(data), "-F", "ip,sym,dso"], capture_output=True, text=True)
+    if script.returncode != 0:
+        sys.exit(f"profile_update: perf script failed: {' '.join(script.stderr.split())[:200]}")
     shares = Counter(readable(line.strip()) for line in script.stdout.splitlines())
     total = sum(shares.values())
     print(f"{args.cell} H={args.hidden} V={args.vocab} T={T} B={B}"
           + (f" dropout {args.dropout}" if args.dropout else "")
-          + f": {per_update * 1e3:.2f} ms an update, {updates} updates sampled, {total} samples")
+          + f": {per_update * 1e3:.2f} ms an update (median of 9), {updates} updates sampled, {total} samples")
     for name, n in shares.most_common(args.top):
         print(f"{100 * n / total:6.2f}%  {name}")
-    os.unlink(f"/tmp/perf-{os.getpid()}.map")
-    shutil.rmtree(os.environ["CHARRNN_PROFILE_CACHE"], ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ def gru_forward(hs, acts, hn, xtable, xindex, Wp, bhn, n_blocks):
 @kernel
 def _gru_backward_panel(dxproj, dhp, sums, dh, dhs, hs, acts, hn, WTp, S, t, p, r0, r1):
     # step t for the units of panel p and the streams [r0, r1)
-    # sums (panels*LANES,): this thread's sums of the gradient of b_hn, added to here
+    # sums: this thread's row of thread_sums, the gradient of b_hn, added to here
     H = dh.shape[1]
     u0 = p * LANES
     n = min(LANES, H - u0)
@@ -139,12 +139,12 @@ def gru_backward(dxproj, dhp, dbhn, dh, dhs, hs, acts, hn, WTp, n_blocks):
     # dxproj (T,B,3H) out: dLoss/d(xproj)     dhp (T,B,3H) out: dLoss/d(hp), the recurrent product
     # dbhn (H,) accumulated with +=: the gradient of b_hn, the sum of dhp's n block over steps
     #     and streams; each thread sums its streams into its own row as it goes, added up at
-    #     the end (summed over dhp afterwards, a pass reading every third of its rows' floats
-    #     was 4% of the samples of an update at H=256, benchmarks/profile_update.py)
+    #     the end (summed over dhp afterwards, a pass over the last third of each of its rows
+    #     was about 2% of an update at H=256, benchmarks/profile_update.py)
     # dh (B,H) in/out: gradient arriving at hs[T] from later steps (zero under truncation);
     #     on return, the gradient w.r.t. the entering state hs[0]
     # dhs (T,B,H) in: gradient w.r.t. h_t from above     WTp: Wh^T by pack_transposed_panels
-    # dWh = sum_t h_{t-1}^T dhp_t follows as one product after this (cells.py).
+    # dWh = sum_t h_{t-1}^T dhp_t follows as one product after this (GRUCell.backward).
     T, B, H = dxproj.shape[0], dh.shape[0], dh.shape[1]
     S = scratch_rows(n_blocks, B, BACKWARD_SLOTS * LANES, dh)
     sums = thread_sums(n_blocks, WTp.shape[0] * LANES, dh)
