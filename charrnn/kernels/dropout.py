@@ -16,7 +16,7 @@ on every thread and no buffer of uniforms is needed.
 
 In NumPy this was the draw on one thread and four serial passes over the window with three
 temporaries of its size, the other core waiting: at T=50, B=32, H=512 (Zen 5) the output layer's
-masks took 1.5-3.8 ms of a 34-37 ms LSTM update, now 0.64-0.68 ms.
+masks took 2.3-3.8 ms of a 34-37 ms LSTM update, now 0.64-0.68 ms.
 """
 from functools import lru_cache
 
