@@ -54,10 +54,20 @@ def printed(text):
     return text if text.endswith("\n") else text + "\n"
 
 
+def _fresh_env(**extra):
+    """The environment of a fresh Python process with this checkout first on its path."""
+    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
+
+
 def run_module(*args):
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), COLUMNS="300")
     return subprocess.run([sys.executable, "-m", "charrnn", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=120)
+                          env=_fresh_env(COLUMNS="300"), cwd=ROOT, timeout=120)
+
+
+def fresh_python(code, timeout=120):
+    """`python -c code` in a fresh process, this checkout first on its path."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_fresh_env(),
+                          timeout=timeout)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,8 +83,7 @@ def test_import_charrnn_loads_nothing_heavy():
             "assert 'numba' in sys.modules and callable(load) and 'load' in dir(charrnn)\n"
             "assert charrnn.CharrnnError is __import__('charrnn.errors').errors.CharrnnError\n"
             "try:\n    charrnn.nothing\nexcept AttributeError:\n    pass\nelse:\n    raise SystemExit(1)\n")
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    r = fresh_python(code)
     assert r.returncode == 0, r.stderr
 
 

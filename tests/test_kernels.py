@@ -9,6 +9,7 @@ import pytest
 import charrnn.kernels
 
 from charrnn.cells import NAMES
+from charrnn.kernels.dropout import pcg64_fill
 from charrnn.kernels.output import _softmax_xent_row, xent
 from charrnn.kernels.panels import LANES, add_panel, copy_block, copy_lanes
 from charrnn.model import Layout, ModelSpec, Stack, init_params
@@ -351,6 +352,11 @@ def _pcg64_words(x):
     return np.array([x & WORD, x >> 64], np.uint64)
 
 
+@numba.njit
+def _pcg64_fill(state, inc, out, count):
+    pcg64_fill(state, inc, out, count)  # an intrinsic: callable from jitted code only
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_blocks", [1, 2, 5])
 def test_dropout_is_numpys_formula_bit_for_bit_and_keeps_nan(dtype, n_blocks):
@@ -387,16 +393,13 @@ def test_dropout_is_numpys_formula_bit_for_bit_and_keeps_nan(dtype, n_blocks):
 
 
 def test_pcg64_fill_draws_numpys_doubles_and_advances_the_state():
-    from charrnn.kernels.dropout import pcg64_fill
-
     rng = np.random.default_rng(11)
     state = rng.bit_generator.state["state"]
     words, inc = _pcg64_words(state["state"]), _pcg64_words(state["inc"])
     out = np.full(1001, 9.0)
-    fill = numba.njit(lambda s, i, o, n: pcg64_fill(s, i, o, n))
-    fill(words, inc, out, 0)
+    _pcg64_fill(words, inc, out, 0)
     assert (out == 9.0).all()
-    fill(words, inc, out, 1000)
+    _pcg64_fill(words, inc, out, 1000)
     np.testing.assert_array_equal(out[:1000], rng.random(1000))
     assert out[1000] == 9.0
     assert int(words[0]) | int(words[1]) << 64 == rng.bit_generator.state["state"]["state"]
@@ -407,7 +410,7 @@ def test_pcg64_starts_are_where_numpy_draws_each_steps_rows(rows):
     """From each start, a step's rows of what rng.random((n, total, width)) draws, in a row (a
     rank's streams under MPI); the generator left where that draw leaves it, its buffered 32-bit
     half included."""
-    from charrnn.kernels.dropout import pcg64_fill, pcg64_starts
+    from charrnn.kernels.dropout import pcg64_starts
 
     n, total, width = 4, 6, 7
     drawn, again = np.random.default_rng(3), np.random.default_rng(3)
@@ -415,10 +418,9 @@ def test_pcg64_starts_are_where_numpy_draws_each_steps_rows(rows):
         g.random(3, dtype=np.float32)  # an odd number of 32-bit draws: half a 64-bit one is buffered
     starts, inc = pcg64_starts(drawn, n, total, width, rows)
     whole = again.random((n, total, width))
-    fill = numba.njit(lambda s, i, o, k: pcg64_fill(s, i, o, k))
     for t in range(n):
         out = np.empty((rows.stop - rows.start) * width)
-        fill(starts[t].copy(), inc, out, out.size)
+        _pcg64_fill(starts[t].copy(), inc, out, out.size)
         np.testing.assert_array_equal(out, whole[t, rows].reshape(-1))
     assert drawn.bit_generator.state == again.bit_generator.state
     assert drawn.random(dtype=np.float32) == again.random(dtype=np.float32)

@@ -2,9 +2,6 @@
 up (imports, numba's types, the kernels loaded), then freezes what that made and runs the
 collector again for the command's own work; at exit it freezes what is left."""
 import gc
-import os
-import subprocess
-import sys
 import time
 import weakref
 
@@ -14,7 +11,8 @@ import charrnn.cli as cli
 from charrnn.checkpoint import save_checkpoint
 from charrnn.errors import CharrnnError
 from charrnn.model import ModelSpec, init_params
-from test_hostile import ROOT, main_exits
+from test_api import fresh_python
+from test_hostile import main_exits
 from test_plot import _write_run
 
 
@@ -107,8 +105,7 @@ def test_sample_imports_neither_pydantic_nor_rich(tmp_path):
             "try:\n    runpy.run_module('charrnn', run_name='__main__')\n"
             "except SystemExit as e:\n    assert not e.code, e.code\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pydantic', 'rich')), file=sys.stderr)\n")
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    r = fresh_python(code, timeout=300)
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.rstrip("\n")) >= 20  # it sampled
     assert r.stderr.strip().splitlines()[-1] == "[]"
