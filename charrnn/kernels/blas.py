@@ -8,11 +8,16 @@ small product, slows down many times over.
 Row blocks of a C-contiguous matrix are contiguous (and their transposes Fortran-contiguous),
 so BLAS reads them in place. `n_blocks` comes from the caller (numba.get_num_threads() read
 inside a kernel would keep it from being cached).
+
+The weight gradients' product, where the 8-row tile was chosen, runs on that tile instead
+(weight_grad.py, chosen by matmul_tn_acc).
 """
 import numpy as np
 from numba import prange
 
 from ._jit import block, kernel, parallel_kernel
+from .panels import TILE_ROWS
+from .weight_grad import tiled_tn_acc
 
 
 @parallel_kernel
@@ -36,11 +41,20 @@ def matmul_nt(out, a, b, n_blocks):
             np.dot(a[lo:hi], bt, out[lo:hi])
 
 
-@parallel_kernel
 def matmul_tn_acc(out, a, b, n_blocks):
-    # out (K,N) += a.T @ b with a (M,K), b (M,N): a weight gradient summed over M rows.
-    # Each thread sums its block of rows into its own partial; the partials are then added
-    # up with threads splitting the rows of out.
+    """out (K,N) += a.T @ b with a (M,K), b (M,N): a weight gradient summed over M rows. Where
+    the 8-row tile was chosen (AVX-512), on it (weight_grad.py), which BLAS's kernels trail
+    there; elsewhere, or for arrays that are not C-contiguous, BLAS."""
+    if TILE_ROWS == 8 and out.flags.c_contiguous and a.flags.c_contiguous and b.flags.c_contiguous:
+        tiled_tn_acc(out, a, b, n_blocks)
+    else:
+        blas_tn_acc(out, a, b, n_blocks)
+
+
+@parallel_kernel
+def blas_tn_acc(out, a, b, n_blocks):
+    # matmul_tn_acc on BLAS: each thread sums its block of rows into its own partial; the
+    # partials are then added up with threads splitting the rows of out.
     M = a.shape[0]
     K, N = out.shape
     partial = np.zeros((n_blocks, K, N), out.dtype)

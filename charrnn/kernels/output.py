@@ -106,7 +106,7 @@ def _output_rows(logits, row_loss, targets, scale, h2d, Wy, by, dh2d, dWy_part, 
 
 @parallel_kernel
 def _output_layer_parallel(logits, row_loss, targets, scale, h2d, Wy, by, dh2d, dWy, dby, n_blocks):
-    # threads split the rows, as matmul, matmul_tn_acc and column_sums_acc do (the same blocks,
+    # threads split the rows, as matmul, blas_tn_acc and column_sums_acc do (the same blocks,
     # so the same sums, bit for bit): each thread's weight gradients go to its own partials,
     # added up after
     N, (H, V) = logits.shape[0], Wy.shape

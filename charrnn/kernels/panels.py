@@ -38,7 +38,7 @@ def _same_contiguous_arrays(*arrays):
             raise TypingError(f"mixed dtypes: {arrays[0].dtype} and {a.dtype}")
 
 
-def _tile_intrinsic(rows, panels=1):
+def _tile_intrinsic(rows, panels=1, a_step=False):
     """An intrinsic computing, for r < rows, q < panels and j < LANES,
 
         C[c0 + r*ldc + q*cstep + j] += sum_{k < K} A[a0 + r*lda + k] * P[p0 + q*pstep + k*LANES + j]
@@ -46,57 +46,70 @@ def _tile_intrinsic(rows, panels=1):
     on the data of contiguous arrays A, P, C (any number of dimensions; offsets in elements):
     `panels` (K, LANES) panels, pstep apart in P, each into LANES columns of C, cstep apart. The
     rows x panels x LANES partial sums live in vector registers for the whole loop over k:
-    written with LLVM vector types, because numba's loops would be vectorised along k instead."""
+    written with LLVM vector types, because numba's loops would be vectorised along k instead.
+    With a_step, A's elements along k are `ka` apart (an argument after lda), A[a0 + r*lda +
+    k*ka]: a transposed A read in place (weight_grad.py)."""
 
-    @intrinsic
-    def tile(typingctx, A, a0, lda, P, p0, pstep, C, c0, ldc, K, cstep):
+    def codegen(context, builder, signature, args):
+        if a_step:
+            A_, a0_, lda_, ka_, P_, p0_, pstep_, C_, c0_, ldc_, K_, cstep_ = args
+        else:
+            A_, a0_, lda_, P_, p0_, pstep_, C_, c0_, ldc_, K_, cstep_ = args
+        p_arg, c_arg = (4, 7) if a_step else (3, 6)
+        dtype = signature.args[0].dtype
+        scalar = context.get_value_type(dtype)
+        vec = ir.VectorType(scalar, LANES)
+        align = dtype.bitwidth // 8
+        bits = 32 if dtype == types.float32 else 64
+        # fmuladd: a fused multiply-add where the target has one; NaN and Inf propagate
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fmuladd.v{LANES}f{bits}")
+
+        def data(i, value, offset):
+            ptr = context.make_array(signature.args[i])(context, builder, value).data
+            return builder.gep(ptr, [offset])
+
+        a_ptr, p_ptr, c_ptr = data(0, A_, a0_), data(p_arg, P_, p0_), data(c_arg, C_, c0_)
+        intp_t = a0_.type
+        zero = ir.Constant(vec, [0.0] * LANES)
+        broadcast = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
+        lanes = ir.Constant(intp_t, LANES)
+        acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(panels)] for _ in range(rows)]
+        with cgutils.for_range(builder, K_) as loop:
+            k = loop.index
+            b = []  # row k of each panel
+            for q in range(panels):
+                at = builder.add(builder.mul(ir.Constant(intp_t, q), pstep_), builder.mul(k, lanes))
+                b.append(builder.load(builder.bitcast(builder.gep(p_ptr, [at]), vec.as_pointer()), align=align))
+            a_k = builder.mul(k, ka_) if a_step else k
+            for r in range(rows):
+                a_at = builder.add(builder.mul(ir.Constant(intp_t, r), lda_), a_k)
+                a = builder.load(builder.gep(a_ptr, [a_at]))
+                a = builder.insert_element(ir.Constant(vec, ir.Undefined), a, ir.Constant(ir.IntType(32), 0))
+                a = builder.shuffle_vector(a, ir.Constant(vec, ir.Undefined), broadcast)
+                for q in range(panels):
+                    builder.store(builder.call(fma, [a, b[q], builder.load(acc[r][q])]), acc[r][q])
+        for r in range(rows):
+            for q in range(panels):
+                at = builder.add(builder.mul(ir.Constant(intp_t, r), ldc_), builder.mul(ir.Constant(intp_t, q), cstep_))
+                out = builder.bitcast(builder.gep(c_ptr, [at]), vec.as_pointer())
+                builder.store(builder.fadd(builder.load(out, align=align), builder.load(acc[r][q])), out,
+                              align=align)
+        return context.get_dummy_value()
+
+    def typed(A, P, C):  # the signature, once the arrays are checked
         _same_contiguous_arrays(A, P, C)
         intp = types.intp
-        sig = types.void(A, intp, intp, P, intp, intp, C, intp, intp, intp, intp)
+        return types.void(A, intp, intp, *([intp] if a_step else []), P, intp, intp, C, intp, intp, intp, intp)
 
-        def codegen(context, builder, signature, args):
-            A_, a0_, lda_, P_, p0_, pstep_, C_, c0_, ldc_, K_, cstep_ = args
-            dtype = signature.args[0].dtype
-            scalar = context.get_value_type(dtype)
-            vec = ir.VectorType(scalar, LANES)
-            align = dtype.bitwidth // 8
-            bits = 32 if dtype == types.float32 else 64
-            # fmuladd: a fused multiply-add where the target has one; NaN and Inf propagate
-            fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fmuladd.v{LANES}f{bits}")
-
-            def data(i, value, offset):
-                ptr = context.make_array(signature.args[i])(context, builder, value).data
-                return builder.gep(ptr, [offset])
-
-            a_ptr, p_ptr, c_ptr = data(0, A_, a0_), data(3, P_, p0_), data(6, C_, c0_)
-            intp_t = a0_.type
-            zero = ir.Constant(vec, [0.0] * LANES)
-            broadcast = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
-            lanes = ir.Constant(intp_t, LANES)
-            acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(panels)] for _ in range(rows)]
-            with cgutils.for_range(builder, K_) as loop:
-                k = loop.index
-                b = []  # row k of each panel
-                for q in range(panels):
-                    at = builder.add(builder.mul(ir.Constant(intp_t, q), pstep_), builder.mul(k, lanes))
-                    b.append(builder.load(builder.bitcast(builder.gep(p_ptr, [at]), vec.as_pointer()), align=align))
-                for r in range(rows):
-                    a_at = builder.add(builder.mul(ir.Constant(intp_t, r), lda_), k)
-                    a = builder.load(builder.gep(a_ptr, [a_at]))
-                    a = builder.insert_element(ir.Constant(vec, ir.Undefined), a, ir.Constant(ir.IntType(32), 0))
-                    a = builder.shuffle_vector(a, ir.Constant(vec, ir.Undefined), broadcast)
-                    for q in range(panels):
-                        builder.store(builder.call(fma, [a, b[q], builder.load(acc[r][q])]), acc[r][q])
-            for r in range(rows):
-                for q in range(panels):
-                    at = builder.add(builder.mul(ir.Constant(intp_t, r), ldc_), builder.mul(ir.Constant(intp_t, q), cstep_))
-                    out = builder.bitcast(builder.gep(c_ptr, [at]), vec.as_pointer())
-                    builder.store(builder.fadd(builder.load(out, align=align), builder.load(acc[r][q])), out,
-                                  align=align)
-            return context.get_dummy_value()
-
-        return sig, codegen
+    if a_step:
+        @intrinsic
+        def tile(typingctx, A, a0, lda, ka, P, p0, pstep, C, c0, ldc, K, cstep):
+            return typed(A, P, C), codegen
+    else:
+        @intrinsic
+        def tile(typingctx, A, a0, lda, P, p0, pstep, C, c0, ldc, K, cstep):
+            return typed(A, P, C), codegen
 
     return tile
 
