@@ -37,7 +37,8 @@ def test_it_adds_a_transposed_product_like_numpy(dtype):
 
 def test_the_sums_do_not_depend_on_the_number_of_threads():
     # each thread owns whole columns of out, and every element is summed over the rows in one
-    # order: the same bits from 1, 2, 3 or 5 threads (more threads than pairs of panels, too)
+    # order: the same bits from 1, 2, 3 or 5 threads (more threads than pairs of panels, too;
+    # the last pair, partial, is the one pair whose sums are added to out after the threads)
     rng = np.random.default_rng(1)
     a = rng.normal(size=(2 * KC + 37, 21)).astype(np.float32)
     b = rng.normal(size=(2 * KC + 37, 3 * PAIR - 5)).astype(np.float32)
@@ -74,10 +75,22 @@ def test_matmul_tn_acc_takes_the_tile_only_where_it_was_chosen(monkeypatch):
     a, b, out = np.zeros((6, 4), np.float32), np.zeros((6, 5), np.float32), np.zeros((4, 5), np.float32)
     monkeypatch.setattr(blas, "TILE_ROWS", 8)  # AVX-512
     blas.matmul_tn_acc(out, a, b, 2)
-    blas.matmul_tn_acc(out, a, np.zeros((6, 10), np.float32)[:, ::2], 2)  # not contiguous: BLAS
+    # any array not C-contiguous: BLAS
+    blas.matmul_tn_acc(out, a, np.zeros((6, 10), np.float32)[:, ::2], 2)
+    blas.matmul_tn_acc(out, np.asfortranarray(a), b, 2)
+    blas.matmul_tn_acc(np.zeros((4, 10), np.float32)[:, ::2], a, b, 2)
     monkeypatch.setattr(blas, "TILE_ROWS", 4)  # AVX2 or no extension: BLAS
     blas.matmul_tn_acc(out, a, b, 2)
-    assert calls == ["tile", "blas", "blas"]
+    assert calls == ["tile", "blas", "blas", "blas", "blas"]
+
+
+@pytest.mark.parametrize("a_rows, out_shape", [(5, (4, 5)), (6, (4, 6)), (6, (5, 5))])
+def test_shapes_that_do_not_fit_are_refused_before_any_product(a_rows, out_shape):
+    # the tile checks no bounds: a b shorter than a, or an out of the wrong shape, would have
+    # it read and write past their ends
+    a, b, out = np.zeros((a_rows, 4), np.float32), np.zeros((6, 5), np.float32), np.zeros(out_shape, np.float32)
+    with pytest.raises(ValueError, match="shapes do not fit"):
+        blas.matmul_tn_acc(out, a, b, 2)
 
 
 @pytest.mark.parametrize("tile_rows", [4, 8])

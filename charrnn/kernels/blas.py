@@ -42,9 +42,13 @@ def matmul_nt(out, a, b, n_blocks):
 
 
 def matmul_tn_acc(out, a, b, n_blocks):
-    """out (K,N) += a.T @ b with a (M,K), b (M,N): a weight gradient summed over M rows. Where
-    the 8-row tile was chosen (AVX-512), on it (weight_grad.py), which BLAS's kernels trail
-    there; elsewhere, or for arrays that are not C-contiguous, BLAS."""
+    """out (K,N) += a.T @ b with a (M,K), b (M,N): a weight gradient summed over M rows; out
+    shares no memory with a or b (the tile adds into it as it goes). Where the 8-row tile was
+    chosen (AVX-512), on it (weight_grad.py), which BLAS's kernels trail there; elsewhere, or
+    for arrays that are not C-contiguous, BLAS."""
+    # the tile checks no bounds: shapes that do not fit would write past out
+    if a.shape[0] != b.shape[0] or out.shape != (a.shape[1], b.shape[1]):
+        raise ValueError(f"out {out.shape} += a.T @ b with a {a.shape} and b {b.shape}: shapes do not fit")
     if TILE_ROWS == 8 and out.flags.c_contiguous and a.flags.c_contiguous and b.flags.c_contiguous:
         tiled_tn_acc(out, a, b, n_blocks)
     else:

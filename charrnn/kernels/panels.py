@@ -28,8 +28,10 @@ _PREFETCH = "llvm.prefetch.p0" if llvm.llvm_version_info >= (15,) else "llvm.pre
 
 def _same_contiguous_arrays(*arrays):
     """The intrinsics compute raw element offsets and load whole vectors aligned to the element
-    size: refuse, at compile time, anything but aligned C-contiguous float arrays of one dtype,
-    instead of reading memory under the wrong type."""
+    size: refuse, at compile time, anything but C-contiguous float arrays of one dtype, instead
+    of reading memory under the wrong type. (numba types every NumPy array as aligned, so a
+    view starting between two elements would pass; every caller's arrays are whole elements
+    apart, from np.zeros and slices of it.)"""
     for a in arrays:
         if (not isinstance(a, types.Array) or a.layout != "C" or not a.aligned
                 or a.dtype not in (types.float32, types.float64)):

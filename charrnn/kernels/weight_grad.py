@@ -70,16 +70,16 @@ def _pair_rows(a, m0, kc, Bp, C, c0, ldc):
 def tiled_tn_acc(out, a, b, n_blocks):
     # out (K,N) += a.T @ b with a (M,K), b (M,N), all C-contiguous: threads split out's columns
     # a pair of panels at a time. A last pair that out cannot hold whole is summed into `edge`
-    # and its columns added from there.
+    # by the thread whose block holds it, and added to out after the threads are done: no
+    # thread writes where another does.
     M, K = a.shape
     N = b.shape[1]
     pairs = (N + PAIR - 1) // PAIR
     whole = N // PAIR
+    edge = np.zeros((K if whole < pairs else 0, PAIR), out.dtype)
     for i in prange(n_blocks):
         q0, q1 = block(pairs, n_blocks, i)
-        last = q0 < q1 and q1 > whole  # this thread's pairs end with the partial one
         Bp = np.empty((2, KC, LANES), out.dtype)
-        edge = np.zeros((K if last else 0, PAIR), out.dtype)
         for m0 in range(0, M, KC):
             kc = min(KC, M - m0)
             for q in range(q0, q1):
@@ -88,8 +88,7 @@ def tiled_tn_acc(out, a, b, n_blocks):
                     _pair_rows(a, m0, kc, Bp, out, q * PAIR, N)
                 else:
                     _pair_rows(a, m0, kc, Bp, edge, 0, PAIR)
-        if last:
-            c = whole * PAIR
-            for r in range(K):
-                for j in range(N - c):
-                    out[r, c + j] += edge[r, j]
+    c = whole * PAIR
+    for r in range(edge.shape[0]):
+        for j in range(N - c):
+            out[r, c + j] += edge[r, j]
