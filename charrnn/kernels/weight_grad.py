@@ -3,8 +3,8 @@
 Every cell's backward ends in one: dWh = sum_t h_{t-1}^T da_t over the window, with a the
 states (T*B, H) and b the gradients of the recurrent products' outputs (T*B, G); a layer above
 the first has one more for its input weights. Measured on AVX-512 (Zen 5), T*B = 3200: BLAS ran
-it at 340-390 GFLOP/s (threads splitting the T*B rows, each summing into a partial of out's
-size, added up after), this at 400-430, as fast as the per-step products.
+it at 330-390 GFLOP/s (threads splitting the T*B rows, each summing into a partial of out's
+size, added up after), this at 380-430, as fast as the per-step products.
 
 Threads split out's columns, two panels (2 * LANES columns) at a time, so that each owns what it
 writes: no partials, no pass adding them up, and every element summed over the rows in the same
