@@ -7,7 +7,8 @@ let LLVM vectorise reductions and fuse multiply-adds; `afn` allows faster exp/ta
 Threads: numba's threads split the work (batch rows in the time loops, output rows in the large
 products). The large products call BLAS on each thread's own block, so BLAS itself is held to
 one thread: a pool of its own would meet inside every product, which on a busy machine costs
-many times the product itself. The per-step products do not use BLAS (kernels/panels.py).
+many times the product itself. The per-step products do not use BLAS (kernels/panels.py), nor,
+on AVX-512, the weight gradients' (kernels/weight_grad.py).
 
 Cache: numba checks only a function's own file for changes. After editing a module that other
 kernels inline (activations.py, panels.py), delete the __pycache__ folders, or set a fresh

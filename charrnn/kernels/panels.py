@@ -53,11 +53,11 @@ def _tile_intrinsic(rows, panels=1, a_step=False):
     k*ka]: a transposed A read in place (weight_grad.py)."""
 
     def codegen(context, builder, signature, args):
-        if a_step:
-            A_, a0_, lda_, ka_, P_, p0_, pstep_, C_, c0_, ldc_, K_, cstep_ = args
-        else:
-            A_, a0_, lda_, P_, p0_, pstep_, C_, c0_, ldc_, K_, cstep_ = args
-        p_arg, c_arg = (4, 7) if a_step else (3, 6)
+        args, arg_types = list(args), list(signature.args)
+        if a_step:  # ka, after lda: set aside, the other arguments as without it
+            ka_ = args.pop(3)
+            arg_types.pop(3)
+        A_, a0_, lda_, P_, p0_, pstep_, C_, c0_, ldc_, K_, cstep_ = args
         dtype = signature.args[0].dtype
         scalar = context.get_value_type(dtype)
         vec = ir.VectorType(scalar, LANES)
@@ -68,10 +68,10 @@ def _tile_intrinsic(rows, panels=1, a_step=False):
             builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fmuladd.v{LANES}f{bits}")
 
         def data(i, value, offset):
-            ptr = context.make_array(signature.args[i])(context, builder, value).data
+            ptr = context.make_array(arg_types[i])(context, builder, value).data
             return builder.gep(ptr, [offset])
 
-        a_ptr, p_ptr, c_ptr = data(0, A_, a0_), data(p_arg, P_, p0_), data(c_arg, C_, c0_)
+        a_ptr, p_ptr, c_ptr = data(0, A_, a0_), data(3, P_, p0_), data(6, C_, c0_)
         intp_t = a0_.type
         zero = ir.Constant(vec, [0.0] * LANES)
         broadcast = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
@@ -203,10 +203,16 @@ def _pack_gate_panel(W, P, p):
     n = min(LANES, H - u0)
     for g in range(gates):
         for k in range(K):
-            dst = P[p, g, k]
-            copy_lanes(dst, 0, W[k], g * H + u0, n)  # a whole panel: one vector load and store
-            for j in range(n, LANES):
-                dst[j] = 0.0
+            copy_padded(P[p, g, k], W[k], g * H + u0, n)
+
+
+@kernel
+def copy_padded(dst, src, s0, n):
+    """dst[:LANES] = src[s0 : s0+n], zeros past n (n <= LANES): a row of a panel, cut from a
+    row of a matrix whose last panel may be partial. A whole panel is one vector load and store."""
+    copy_lanes(dst, 0, src, s0, n)
+    for j in range(n, LANES):
+        dst[j] = 0.0
 
 
 @parallel_kernel

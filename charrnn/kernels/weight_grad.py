@@ -21,7 +21,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import block, kernel, parallel_kernel
-from .panels import LANES, _tile_intrinsic, copy_lanes
+from .panels import LANES, _tile_intrinsic, copy_padded
 
 KC = 256  # rows of a and b a block: 192-256 measured best at H=128-512 (96-128 and 512: 2%-7% slower)
 PAIR = 2 * LANES  # columns of out a thread takes at a time
@@ -38,14 +38,7 @@ def _pack_pair(b, m0, kc, c0, Bp):
         c = c0 + q * LANES
         n = max(0, min(LANES, N - c))
         for k in range(kc):
-            dst, src = Bp[q, k], b[m0 + k]
-            if n == LANES:
-                copy_lanes(dst, 0, src, c, LANES)  # one vector load and store
-            else:
-                for j in range(n):
-                    dst[j] = src[c + j]
-                for j in range(n, LANES):
-                    dst[j] = 0.0
+            copy_padded(Bp[q, k], b[m0 + k], c, n)
 
 
 @kernel
