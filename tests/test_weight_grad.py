@@ -5,14 +5,15 @@ import pytest
 
 from charrnn.kernels import blas
 from charrnn.kernels.panels import LANES
-from charrnn.kernels.weight_grad import KC, PAIR, tiled_tn_acc
+from charrnn.kernels.weight_grad import KC, MIN_PAIRS_COPIED, PAIR, tiled_tn_acc
 
 # rows of a and b: none, fewer than a block, a block and one more, several blocks and a part
 ROWS = (0, 1, 7, KC, KC + 1, 2 * KC + 37)
 # out's rows (a's columns): tiles of 8, of 4 and single rows, and mixes of them
 UNITS = (1, 3, 4, 8, 13, 21)
-# out's columns: part of a panel, one, one and a part, a pair, a pair and a part, several
-COLUMNS = (1, LANES - 1, LANES + 1, PAIR, PAIR + 1, 3 * PAIR - 5, 4 * PAIR)
+# out's columns: part of a panel, one, one and a part, a pair, a pair and a part, several, and
+# enough that each of two threads copies a's blocks (MIN_PAIRS_COPIED), a partial pair last
+COLUMNS = (1, LANES - 1, LANES + 1, PAIR, PAIR + 1, 3 * PAIR - 5, 4 * PAIR, (2 * MIN_PAIRS_COPIED + 1) * PAIR - 5)
 
 
 def expected(out, a, b):
@@ -37,14 +38,16 @@ def test_it_adds_a_transposed_product_like_numpy(dtype):
 
 def test_the_sums_do_not_depend_on_the_number_of_threads():
     # each thread owns whole columns of out, and every element is summed over the rows in one
-    # order: the same bits from 1, 2, 3 or 5 threads (more threads than pairs of panels, too;
-    # the last pair, partial, is the one pair whose sums are added to out after the threads)
+    # order: the same bits from 1 to 5 threads and more threads than pairs of panels; the last
+    # pair, partial, is the one pair whose sums are added to out after the threads. With 17
+    # pairs, 1 and 2 threads copy a's blocks, 3 and more read a in place: the same bits too.
     rng = np.random.default_rng(1)
+    pairs = 2 * MIN_PAIRS_COPIED + 1
     a = rng.normal(size=(2 * KC + 37, 21)).astype(np.float32)
-    b = rng.normal(size=(2 * KC + 37, 3 * PAIR - 5)).astype(np.float32)
-    start = rng.normal(size=(21, 3 * PAIR - 5)).astype(np.float32)
+    b = rng.normal(size=(2 * KC + 37, pairs * PAIR - 5)).astype(np.float32)
+    start = rng.normal(size=(21, pairs * PAIR - 5)).astype(np.float32)
     results = []
-    for n_blocks in (1, 2, 3, 5):
+    for n_blocks in (1, 2, 3, 5, pairs + 2):
         out = start.copy()
         tiled_tn_acc(out, a, b, n_blocks)
         results.append(out)
