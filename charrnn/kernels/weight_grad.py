@@ -51,8 +51,9 @@ def _pack_pair(b, m0, kc, c0, Bp):
 
 @kernel
 def _pack_strips(a, m0, kc, Ap):
-    # Ap[s, k, i] = a[m0 + k, s*STRIP + i] for k < kc, zero past a's last column; strip by strip,
-    # so that the writes run on (row by row, the 8-byte-apart strips fell into one cache set)
+    # Ap[s, k, i] = a[m0 + k, s*STRIP + i] for k < kc, zero past a's last column. Strip by strip:
+    # copied row by row, the tile ran at 0.75x BLAS's speed, strip by strip at 0.86x (H=128, 128
+    # columns, copying on both threads); our reading: a row's writes, 8 KB apart, share a cache set
     K = a.shape[1]
     whole = K // STRIP
     for s in range(whole):
