@@ -60,11 +60,22 @@ def blas_kernel():
                      for i in threadpool_info() if i.get("user_api") == "blas")
 
 
+def kernels_target():
+    """What numba compiles the kernels for (LLVM's name of the CPU, which may differ from the
+    model's: a virtual machine can report another model) and the tile that follows from it."""
+    from llvmlite import binding as llvm
+    from numba.core import config
+
+    from charrnn.kernels.panels import TILE_ROWS
+
+    return f"{config.CPU_NAME or llvm.get_host_cpu_name()}, the {TILE_ROWS}-row tile"
+
+
 def describe():
-    """Two lines: the CPU and override, then the BLAS kernel."""
+    """Three lines: the CPU and override, the BLAS kernel, what the kernels are compiled for."""
     lifted = os.environ.get(_NOTE)
     override = f"{lifted} lifted for this run" if lifted else f"{' and '.join(LIFTED)} not set"
-    return f"CPU: {cpu()}; {override}\nBLAS: {blas_kernel()}"
+    return f"CPU: {cpu()}; {override}\nBLAS: {blas_kernel()}\nkernels: compiled for {kernels_target()}"
 
 
 def version_path(rev):
