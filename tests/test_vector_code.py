@@ -58,9 +58,8 @@ def fresh(fn):
 AVX = platform.machine().lower() in ("x86_64", "amd64") and "+avx" in host_features().split(",")
 
 
-@pytest.mark.skipif(not AVX, reason="reads x86 AVX instructions")
-@pytest.mark.parametrize("cell", panel_cells())
-def test_gate_math_is_vector_code(cell):
+def panel_step_code(cell):
+    """{name: machine code} of a cell's panel steps, float32."""
     spec = ModelSpec(cell, 5, 40, 1)
     params = init_params(spec, np.random.default_rng(0), np.float32)
     grads = np.zeros_like(params)
@@ -72,14 +71,39 @@ def test_gate_math_is_vector_code(cell):
     for name in loops:  # typing a loop (serially: faster) compiles the panel steps it calls
         loop = getattr(kernels, name)
         fresh(loop).compile(float32_signature(loop))
+    code = {}
     for name in steps:
         step = getattr(kernels, name)
         sig = float32_signature(step)
         compiled = fresh(step)
         compiled.compile(sig)
-        kinds = ARITHMETIC.findall(compiled.inspect_asm(sig))
+        code[name] = compiled.inspect_asm(sig)
+    return code
+
+
+@pytest.mark.skipif(not AVX, reason="reads x86 AVX instructions")
+@pytest.mark.parametrize("cell", panel_cells())
+def test_gate_math_is_vector_code(cell):
+    for name, code in panel_step_code(cell).items():
+        kinds = ARITHMETIC.findall(code)
         scalar, vector = kinds.count("ss"), kinds.count("ps")
         # a loop's remainder may stay scalar (12 operations in the RNN forward's tanh); a
         # panel's 16 units unrolled one by one, with 1 to 10 operations each, are 16 scalar
         # operations at least (16: the spare panel's add as a loop, 48: the RNN's backward)
         assert scalar < 16 and vector > 0, f"{cell} {name}: {scalar} scalar, {vector} vector"
+
+
+# x86's prefetch for writing (PREFETCHW), where the CPU numba compiles for has it
+PREFETCHW = AVX and "+prfchw" in host_features().split(",")
+
+
+@pytest.mark.skipif(not PREFETCHW, reason="reads x86 code for a CPU with PREFETCHW")
+@pytest.mark.parametrize("cell", panel_cells())
+def test_the_backward_fetches_for_writing_the_lines_its_next_step_writes(cell):
+    # panels.prefetch_for_write: a prefetch for reading would not take the lines' ownership
+    code = panel_step_code(cell)
+    backward = [name for name in code if "backward" in name]
+    assert backward, f"{cell}: no backward panel step among {sorted(code)}"
+    assert any(re.search(r"^\s+prefetchw\s", code[name], re.M) for name in backward), cell
+    forward = [name for name in code if "forward" in name]
+    assert not any(re.search(r"^\s+prefetchw\s", code[name], re.M) for name in forward), cell

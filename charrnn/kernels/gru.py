@@ -23,7 +23,8 @@ from ._jit import block, kernel, parallel_kernel, threads
 from .activations import sigmoid, tanh
 from .blas import matmul_tn_acc
 from .matvec import matvec
-from .panels import LANES, add_entering_grad, add_panel, copy_lanes, prefetch, recurrent_grad, recurrent_product
+from .panels import LANES, add_entering_grad, add_panel, copy_lanes, prefetch, prefetch_for_write, recurrent_grad
+from .panels import recurrent_product
 from .panels import add_thread_sums, pack_gate_panels, pack_transposed_panels, panel_shapes, scratch_rows, thread_sums
 
 # forward slots: r, z, hp_n + b_hn, xproj_n (then n), h_{t-1} (then h_t), and the next panel's
@@ -94,9 +95,11 @@ def _gru_backward_panel(dxproj, dhp, sums, dh, dhs, hs, acts, hn, WTp, S, t, p, 
     recurrent_grad(dhp, t + 1, WTp, S, p, r0, r1, B_SPARE)  # hp_{t+1} = h_t @ Wh
     for r in range(r0, r1):
         s = S[r]
-        if t > 0:  # the lines step t-1 reads
+        if t > 0:  # the lines step t-1 reads, and those it writes
             for g in range(3):
                 prefetch(acts[t - 1, r], g * H + u0)
+                prefetch_for_write(dxproj[t - 1, r], g * H + u0)
+                prefetch_for_write(dhp[t - 1, r], g * H + u0)
             prefetch(hn[t - 1, r], u0)
             prefetch(hs[t - 1, r], u0)
             prefetch(dhs[t - 1, r], u0)

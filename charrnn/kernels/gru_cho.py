@@ -23,7 +23,8 @@ from ._jit import block, kernel, parallel_kernel, threads
 from .activations import sigmoid, tanh
 from .blas import matmul_tn_acc
 from .matvec import matvec
-from .panels import LANES, add_entering_grad, copy_lanes, recurrent_grad, recurrent_product, scratch_rows, slot_width
+from .panels import LANES, add_entering_grad, copy_lanes, prefetch_for_write, recurrent_grad, recurrent_product
+from .panels import scratch_rows, slot_width
 from .panels import gate_panels_shape, pack_gate_panels, pack_transposed_panels, transposed_panels_shape
 
 # forward slots: pass 1 the pre-activations of r and z (then r, z), h_{t-1};
@@ -109,6 +110,12 @@ def _backward_z_n_panel(dxproj, drz, dn, dh, dhs, hs, acts, WTp, S, t, p, r0, r1
     recurrent_grad(drz, t + 1, WTp, S, p, r0, r1, B_SPARE)  # [r|z]_{t+1} from h_t @ [Wh_r | Wh_z]
     for r in range(r0, r1):
         s = S[r]
+        if t > 0:  # the lines step t-1 writes, in this pass and the next
+            for g in range(3):
+                prefetch_for_write(dxproj[t - 1, r], g * H + u0)
+            prefetch_for_write(drz[t - 1, r], u0)
+            prefetch_for_write(drz[t - 1, r], H + u0)
+            prefetch_for_write(dn[t - 1, r], u0)
         copy_lanes(s, B_DH * LANES, dh[r], u0, n)
         copy_lanes(s, B_DHUP * LANES, dhs[t, r], u0, n)
         copy_lanes(s, B_Z * LANES, acts[t, r], H + u0, n)

@@ -23,7 +23,8 @@ from ._jit import block, kernel, parallel_kernel, threads
 from .activations import tanh
 from .blas import matmul_tn_acc
 from .matvec import matvec
-from .panels import LANES, add_entering_grad, add_panel, copy_lanes, recurrent_grad, recurrent_product, scratch_rows
+from .panels import LANES, add_entering_grad, add_panel, copy_lanes, prefetch_for_write, recurrent_grad, recurrent_product
+from .panels import scratch_rows
 from .panels import add_thread_sums, pack_gate_panels, pack_transposed_panels, panel_shapes, thread_sums
 
 # forward slots: the pre-activation (then k_t), h_{t-1} (then h_t), a, the next panel's product
@@ -82,6 +83,8 @@ def _leaky_backward_panel(dxproj, da, dh, dhs, hs, ks, a, WTp, S, t, p, r0, r1):
     recurrent_grad(dxproj, t + 1, WTp, S, p, r0, r1, B_SPARE)  # k_{t+1} = tanh(... + h_t @ Wh)
     for r in range(r0, r1):
         s = S[r]
+        if t > 0:  # the line step t-1 writes
+            prefetch_for_write(dxproj[t - 1, r], u0)
         copy_lanes(s, B_DH * LANES, dh[r], u0, n)
         copy_lanes(s, B_DHUP * LANES, dhs[t, r], u0, n)
         copy_lanes(s, B_K * LANES, ks[t, r], u0, n)

@@ -22,7 +22,8 @@ from ._jit import block, kernel, parallel_kernel, threads
 from .activations import sigmoid, tanh
 from .blas import matmul_tn_acc
 from .matvec import matvec
-from .panels import LANES, add_entering_grad, copy_block, copy_lanes, prefetch, recurrent_grad, recurrent_product, scratch_rows
+from .panels import LANES, add_entering_grad, copy_block, copy_lanes, prefetch, prefetch_for_write, recurrent_grad
+from .panels import recurrent_product, scratch_rows
 from .panels import n_panels, pack_gate_panels, pack_transposed_panels, panel_shapes
 
 
@@ -108,11 +109,13 @@ def _lstm_backward_panel(dxproj, dh, dc, dhs, cs, acts, WTp, S, t, p, r0, r1):
     recurrent_grad(dxproj, t + 1, WTp, S, p, r0, r1, B_SPARE)  # a_{t+1} = ... + h_t @ Wh
     for r in range(r0, r1):
         s = S[r]
-        if t > 0:  # the lines step t-1 reads
+        if t > 0:  # the lines step t-1 reads, and those it writes
             for k in range(SAVED):
                 prefetch(acts[t - 1, r], (p * SAVED + k) * LANES)
             prefetch(cs[t - 1, r], u0)
             prefetch(dhs[t - 1, r], u0)
+            for g in range(4):
+                prefetch_for_write(dxproj[t - 1, r], g * H + u0)
         copy_block(s, B_I * LANES, acts[t, r], p * SAVED * LANES, SAVED * LANES)
         copy_lanes(s, B_CPREV * LANES, cs[t, r], u0, n)
         copy_lanes(s, B_DH * LANES, dh[r], u0, n)

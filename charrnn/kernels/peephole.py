@@ -23,7 +23,8 @@ from .activations import sigmoid, tanh
 from .blas import matmul_tn_acc
 from .lstm import SAVED, LSTMCell
 from .matvec import matvec
-from .panels import LANES, add_entering_grad, add_panel, copy_block, copy_lanes, recurrent_grad, recurrent_product
+from .panels import LANES, add_entering_grad, add_panel, copy_block, copy_lanes, prefetch_for_write, recurrent_grad
+from .panels import recurrent_product
 from .panels import add_thread_sums, scratch_rows, thread_sums
 from .panels import n_panels, pack_gate_panels, pack_transposed_panels, panel_shapes
 
@@ -99,6 +100,9 @@ def _peephole_backward_panel(dxproj, sums, dh, dc, dhs, cs, acts, peep, WTp, S, 
     recurrent_grad(dxproj, t + 1, WTp, S, p, r0, r1, B_SPARE)  # a_{t+1} = ... + h_t @ Wh
     for r in range(r0, r1):
         s = S[r]
+        if t > 0:  # the lines step t-1 writes
+            for g in range(4):
+                prefetch_for_write(dxproj[t - 1, r], g * H + u0)
         copy_block(s, B_I * LANES, acts[t, r], p * SAVED * LANES, SAVED * LANES)
         copy_lanes(s, B_CPREV * LANES, cs[t, r], u0, n)
         copy_lanes(s, B_C * LANES, cs[t + 1, r], u0, n)

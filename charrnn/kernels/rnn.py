@@ -18,7 +18,8 @@ from ._jit import block, kernel, parallel_kernel, threads
 from .activations import tanh
 from .blas import matmul_tn_acc
 from .matvec import matvec
-from .panels import LANES, add_entering_grad, copy_lanes, prefetch, recurrent_grad, recurrent_product, scratch_rows
+from .panels import LANES, add_entering_grad, copy_lanes, prefetch, prefetch_for_write, recurrent_grad, recurrent_product
+from .panels import scratch_rows
 from .panels import pack_gate_panels, pack_transposed_panels, panel_shapes, slot_width
 
 F_A, F_SPARE = range(2)  # forward slots: the pre-activation (then h_t), the next panel's product
@@ -69,9 +70,10 @@ def _rnn_backward_panel(dxproj, dh, dhs, hs, WTp, S, t, p, r0, r1):
     lanes = slot_width(S)
     for r in range(r0, r1):
         s = S[r]
-        if t > 0:  # the lines step t-1 reads
+        if t > 0:  # the lines step t-1 reads, and those it writes
             prefetch(hs[t, r], u0)
             prefetch(dhs[t - 1, r], u0)
+            prefetch_for_write(dxproj[t - 1, r], u0)
         copy_lanes(s, B_DH * LANES, dh[r], u0, n)
         copy_lanes(s, B_DHUP * LANES, dhs[t, r], u0, n)
         copy_lanes(s, B_H * LANES, hs[t + 1, r], u0, n)
