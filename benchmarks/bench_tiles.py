@@ -22,6 +22,7 @@ from machine import describe, lift_openblas  # noqa: E402
 
 lift_openblas()
 
+import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from numba import prange  # noqa: E402
 
@@ -60,9 +61,17 @@ def timed_steps(rows, panels):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hidden", type=int, nargs="+", default=[128, 256, 512])
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                        help="threads, each taking an equal block of the 32 streams: 1, 2, 4, 8, ...")
     parser.add_argument("--repeats", type=int, default=5, help="samples per candidate (best reported)")
     args = parser.parse_args()
+    for n in args.threads:
+        if n < 1 or B % n or n > numba.config.NUMBA_NUM_THREADS:
+            parser.error(f"--threads {n}: the {B} streams split evenly among at most "
+                         f"{numba.config.NUMBA_NUM_THREADS} threads")
+    for H in args.hidden:
+        if H < 4 or H % 4:
+            parser.error(f"--hidden {H}: a multiple of 4, so that the 4H columns are whole panels")
     print(describe())
     chosen = (8, 2) if TILE_ROWS == 8 else (4, 1)
     print(f"the kernels' tile here: {chosen[0]}x{chosen[1]} (rows x panels); GFLOP/s, best of {args.repeats}, "
@@ -74,10 +83,11 @@ def main():
         P = rng.random((4 * H // LANES, H, LANES), dtype=np.float32)
         C = np.zeros((B, 4 * H), np.float32)
         for n_blocks in args.threads:
+            numba.set_num_threads(n_blocks)
             rates = {}
             for (rows, panels), run in kernels.items():
                 if (B // n_blocks) % rows or P.shape[0] % panels:
-                    continue  # the shape does not divide this product: not comparable
+                    continue  # the tile does not divide a thread's share of the product
                 run(A, P, C, 1, n_blocks)  # compiled
                 t0 = time.perf_counter()
                 run(A, P, C, 10, n_blocks)
@@ -86,12 +96,12 @@ def main():
                 for _ in range(args.repeats):
                     t0 = time.perf_counter()
                     run(A, P, C, n_steps, n_blocks)
-                    best = max(best, 2 * B * H * 4 * H * n_steps / (time.perf_counter() - t0) / 1e9)
+                    best = max(best, 2 * B * H * C.shape[1] * n_steps / (time.perf_counter() - t0) / 1e9)
                 rates[(rows, panels)] = best
-            top = max(rates.values())
             cells = "  ".join(f"{r}x{p} {v:5.0f}{'*' if (r, p) == chosen else ' '}" for (r, p), v in rates.items())
-            print(f"H={H:4d} threads={n_blocks}: {cells}   (* the kernels' tile: "
-                  f"{rates.get(chosen, float('nan')) / top:.0%} of the best)")
+            verdict = (f"the kernels' tile: {rates[chosen] / max(rates.values()):.0%} of the best"
+                       if chosen in rates else "the kernels' tile does not divide this product")
+            print(f"H={H:4d} threads={n_blocks}: {cells}   (* {verdict})")
 
 
 if __name__ == "__main__":

@@ -4,13 +4,14 @@ import numpy as np
 import pytest
 
 from charrnn.kernels import blas
+from charrnn.kernels._jit import block
 from charrnn.kernels.panels import LANES
 from charrnn.kernels.weight_grad import KC, MIN_PAIRS_COPIED, PAIR, tiled_tn_acc
 
 # rows of a and b: none, fewer than a block, a block and one more, several blocks and a part
 ROWS = (0, 1, 7, KC, KC + 1, 2 * KC + 37)
 # out's rows (a's columns): tiles of 8, of 4 and single rows, and mixes of them
-UNITS = (1, 3, 4, 8, 13, 21)
+UNITS = (1, 3, 4, 8, 13, 15, 21)  # 15: single rows at the 5th to 7th places of a strip
 # out's columns: part of a panel, one, one and a part, a pair, a pair and a part, several, and
 # enough that each of two threads copies a's blocks (MIN_PAIRS_COPIED), a partial pair last
 COLUMNS = (1, LANES - 1, LANES + 1, PAIR, PAIR + 1, 3 * PAIR - 5, 4 * PAIR, (2 * MIN_PAIRS_COPIED + 1) * PAIR - 5)
@@ -36,16 +37,20 @@ def test_it_adds_a_transposed_product_like_numpy(dtype):
                 np.testing.assert_allclose(out, want, rtol=0, atol=tol * scale, err_msg=f"M={M} K={K} N={N}")
 
 
-def test_the_sums_do_not_depend_on_the_number_of_threads():
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_sums_do_not_depend_on_the_number_of_threads(dtype):
     # each thread owns whole columns of out, and every element is summed over the rows in one
     # order: the same bits from 1 to 5 threads and more threads than pairs of panels; the last
     # pair, partial, is the one pair whose sums are added to out after the threads. With 17
     # pairs, 1 and 2 threads copy a's blocks, 3 and more read a in place: the same bits too.
     rng = np.random.default_rng(1)
     pairs = 2 * MIN_PAIRS_COPIED + 1
-    a = rng.normal(size=(2 * KC + 37, 21)).astype(np.float32)
-    b = rng.normal(size=(2 * KC + 37, pairs * PAIR - 5)).astype(np.float32)
-    start = rng.normal(size=(21, pairs * PAIR - 5)).astype(np.float32)
+    a = rng.normal(size=(2 * KC + 37, 21)).astype(dtype)
+    b = rng.normal(size=(2 * KC + 37, pairs * PAIR - 5)).astype(dtype)
+    start = rng.normal(size=(21, pairs * PAIR - 5)).astype(dtype)
+    fewest = {n: min(hi - lo for lo, hi in (block(pairs, n, i) for i in range(n))) for n in (1, 2, 3)}
+    assert fewest[1] >= MIN_PAIRS_COPIED and fewest[2] >= MIN_PAIRS_COPIED  # every thread copies
+    assert max(hi - lo for lo, hi in (block(pairs, 3, i) for i in range(3))) < MIN_PAIRS_COPIED  # none does
     results = []
     for n_blocks in (1, 2, 3, 5, pairs + 2):
         out = start.copy()

@@ -428,7 +428,7 @@ def _prefetch_intrinsic(write):
 # H=128, 4.6 ms -> 4.1). The backward kernels also fetch for writing the lines of the gradients
 # the next step writes: on an Intel Xeon (AVX-512), the LSTM backward alone ran 1.17x as fast at
 # H=512 (1.11x-1.29x, nine alternations), 1.00x-1.02x at H=128-256; whole updates of the LSTM and
-# the GRU 1.05x-1.13x at H=256-512, the other cells 0.98x-1.06x. The forward's stores (the saved
+# the GRU 1.07x-1.13x at H=256-512, the other cells 0.96x-1.08x. The forward's stores (the saved
 # gates, the states) fetched so gained nothing in alternation (0.98x-0.99x; on the Zen 5 earlier,
 # 0.99x-1.02x).
 prefetch = _prefetch_intrinsic(write=False)
