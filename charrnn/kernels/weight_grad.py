@@ -15,10 +15,10 @@ Where a thread has at least MIN_PAIRS_COPIED pairs, it also copies each block of
 transposed into strips of 8 of a's columns (a tile's 8 rows of out), so that a tile reads 32
 contiguous bytes for each k. Read in place, a's rows are 4H bytes apart, and the same lines were
 fetched again for every pair. Measured on an Intel Xeon with AVX-512 (and AMX: Sapphire Rapids
-or later), T*B = 3200: in place, the tile ran at 0.81x-0.94x BLAS's speed at H=256-512 (4H columns); with
-the copy 0.96x-1.02x, and whole updates were 1.00x-1.06x as fast (LSTM, GRU, RNN, H=128-512).
-With 2 to 4 pairs a thread, the copy cost more than it saved (0.75x-0.94x). The Zen 5's figures
-above are of the tile reading a in place; the copy has not run there.
+or later), T*B = 3200: in place, the tile ran at 0.81x-0.94x BLAS's speed at H=256-512 (4H
+columns); with the copy 0.96x-1.02x, and whole updates were 1.00x-1.06x as fast (LSTM, GRU,
+RNN, H=128-512). With 2 to 4 pairs a thread, the copy cost more than it saved (0.75x-0.94x).
+The Zen 5's figures above are of the tile reading a in place; the copy has not run there.
 
 Only where the 8-row tile was chosen (AVX-512): with AVX2's 16 registers the tile holds half as
 many sums, and BLAS keeps the product there (blas.matmul_tn_acc).
