@@ -50,7 +50,7 @@ def _tile_intrinsic(rows, panels=1, a_step=False):
     rows x panels x LANES partial sums live in vector registers for the whole loop over k:
     written with LLVM vector types, because numba's loops would be vectorised along k instead.
     With a_step, A's elements along k are `ka` apart (an argument after lda), A[a0 + r*lda +
-    k*ka]: a transposed A read in place (weight_grad.py)."""
+    k*ka]: a transposed A, read in place or from a copy in strips (weight_grad.py)."""
 
     def codegen(context, builder, signature, args):
         args, arg_types = list(args), list(signature.args)

@@ -51,20 +51,17 @@ def _pack_pair(b, m0, kc, c0, Bp):
 
 @kernel
 def _pack_strips(a, m0, kc, Ap):
-    # Ap[s, k, i] = a[m0 + k, s*STRIP + i] for k < kc, zero past a's last column. Strip by strip:
-    # copied row by row, the tile ran at 0.75x BLAS's speed, strip by strip at 0.86x (H=128, 128
-    # columns, copying on both threads); our reading: a row's writes, 8 KB apart, share a cache set
+    # Ap[s, k, i] = a[m0 + k, s*STRIP + i] for k < kc and every column of a (a last, partial
+    # strip's other places are never read: its rows go in tiles of 4 and single rows). Strip by
+    # strip: copied row by row, the tile ran at 0.75x BLAS's speed, strip by strip at 0.86x
+    # (H=128, 128 columns, copying on both threads); our reading: a row's writes, 8 KB apart,
+    # share a cache set
     K = a.shape[1]
-    whole = K // STRIP
-    for s in range(whole):
+    for s in range(Ap.shape[0]):
+        c0 = s * STRIP
         for k in range(kc):
-            for i in range(STRIP):
-                Ap[s, k, i] = a[m0 + k, s * STRIP + i]
-    for s in range(whole, Ap.shape[0]):
-        for k in range(kc):
-            for i in range(STRIP):
-                c = s * STRIP + i
-                Ap[s, k, i] = a[m0 + k, c] if c < K else 0.0
+            for i in range(min(STRIP, K - c0)):
+                Ap[s, k, i] = a[m0 + k, c0 + i]
 
 
 @kernel
@@ -75,17 +72,17 @@ def _pair_rows(A, a0, ka, strip_step, K, kc, Bp, C, c0, ldc):
     # (a0 = m0 * K, strip_step = STRIP, ka = K) or its block's copy (a0 = 0, ka = STRIP)
     pstep = Bp.shape[1] * LANES
     r = 0
-    while r + 8 <= K:
-        _tile8(A, a0 + (r // STRIP) * strip_step, 1, ka, Bp, 0, pstep, C, c0 + r * ldc, ldc, kc, LANES)
-        r += 8
-    while r + 4 <= K:
-        at = a0 + (r // STRIP) * strip_step + r % STRIP
-        _tile4(A, at, 1, ka, Bp, 0, pstep, C, c0 + r * ldc, ldc, kc, LANES)
-        r += 4
     while r < K:
         at = a0 + (r // STRIP) * strip_step + r % STRIP
-        _tile1(A, at, 1, ka, Bp, 0, pstep, C, c0 + r * ldc, ldc, kc, LANES)
-        r += 1
+        if r + 8 <= K:
+            _tile8(A, at, 1, ka, Bp, 0, pstep, C, c0 + r * ldc, ldc, kc, LANES)
+            r += 8
+        elif r + 4 <= K:
+            _tile4(A, at, 1, ka, Bp, 0, pstep, C, c0 + r * ldc, ldc, kc, LANES)
+            r += 4
+        else:
+            _tile1(A, at, 1, ka, Bp, 0, pstep, C, c0 + r * ldc, ldc, kc, LANES)
+            r += 1
 
 
 @kernel
