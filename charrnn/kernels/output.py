@@ -120,7 +120,7 @@ def _output_rows_transposed(logits, row_loss, targets, scale, h2d, Wy, by, dh2d,
     n_rows, V = hi - lo, Wy.shape[1]
     zT, h = logits[lo:hi].reshape(V, n_rows), h2d[lo:hi]
     np.dot(Wy.T, h.T, zT)
-    m = np.empty(n_rows, logits.dtype)  # the row's maximum, then its loss's target term
+    m = np.empty(n_rows, logits.dtype)  # the row's maximum (its loss's target term waits in row_loss)
     total = np.empty(n_rows, logits.dtype)  # the row's sum of exponentials, then scale / sum
     for n in range(n_rows):
         m[n] = zT[0, n] + by[0]
