@@ -62,13 +62,15 @@ def blas_kernel():
 
 def kernels_target():
     """What numba compiles the kernels for (LLVM's name of the CPU, which may differ from the
-    model's: a virtual machine can report another model) and the tile that follows from it."""
+    model's: a virtual machine can report another model), the tile that follows from it, and
+    above which size the wide tile fetches the recurrent weights ahead (a core's L2)."""
     from llvmlite import binding as llvm
     from numba.core import config
 
-    from charrnn.kernels.panels import TILE_ROWS
+    from charrnn.kernels.panels import FETCH_AHEAD_ABOVE, TILE_ROWS
 
-    return f"{config.CPU_NAME or llvm.get_host_cpu_name()}, the {TILE_ROWS}-row tile"
+    ahead = f", weights above {FETCH_AHEAD_ABOVE >> 10} KiB fetched ahead" if TILE_ROWS == 8 else ""
+    return f"{config.CPU_NAME or llvm.get_host_cpu_name()}, the {TILE_ROWS}-row tile{ahead}"
 
 
 def describe():

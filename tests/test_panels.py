@@ -48,11 +48,53 @@ def test_a_generic_cpu_name_selects_the_narrow_tile(tmp_path):
     assert tile_rows_in(tmp_path, NUMBA_CPU_NAME="generic") == ["4"]
 
 
-def compiled_with(kernel, rows):
-    """A kernel of panels.py compiled with TILE_ROWS = rows, whatever this host chose (uncached)."""
+def _recompiled(kernel, **names):
     fn = kernel.py_func
-    scope = dict(fn.__globals__, TILE_ROWS=rows)
+    scope = dict(fn.__globals__, **names)
     return numba.njit(types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__))
+
+
+def compiled_with(kernel, rows, fetch_ahead_above=None):
+    """A kernel of panels.py compiled with TILE_ROWS = rows, whatever this host chose, and if
+    given, FETCH_AHEAD_ABOVE for its choice to fetch the weights ahead (uncached)."""
+    if fetch_ahead_above is None:
+        return _recompiled(kernel, TILE_ROWS=rows)
+    fetches_ahead = _recompiled(panels.fetches_ahead, FETCH_AHEAD_ABOVE=fetch_ahead_above)
+    return _recompiled(kernel, TILE_ROWS=rows, fetches_ahead=fetches_ahead)
+
+
+def test_weights_larger_than_l2_are_fetched_ahead():
+    lstm_weights = lambda H: np.zeros(panels.gate_panels_shape(H, H, 4), np.float32)  # 16 H^2 bytes
+    assert panels.fetches_ahead(np.zeros(panels.FETCH_AHEAD_ABOVE // 4 + 1, np.float32))
+    assert not panels.fetches_ahead(np.zeros(panels.FETCH_AHEAD_ABOVE // 4, np.float32))
+    if panels.FETCH_AHEAD_ABOVE == 2 << 20:  # this machine's L2 of 2 MiB: an LSTM's 4 MiB at H=512
+        assert panels.fetches_ahead(lstm_weights(512)) and not panels.fetches_ahead(lstm_weights(256))
+
+
+def test_the_l2_size_is_read_from_sysfs(tmp_path):
+    for name, level, size in (("index0", "1", "48K"), ("index1", "1", "32K"), ("index2", "2", "2048K"),
+                              ("index3", "3", "32M")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "level").write_text(level + "\n")
+        (tmp_path / name / "size").write_text(size + "\n")
+    assert panels.l2_bytes(tmp_path) == 2 << 20
+    (tmp_path / "index2" / "size").write_text("1M\n")
+    assert panels.l2_bytes(tmp_path) == 1 << 20
+    (tmp_path / "index2" / "size").write_text("garbled\n")
+    assert panels.l2_bytes(tmp_path) == 1 << 20  # unreadable: the fallback
+    assert panels.l2_bytes(tmp_path / "missing") == 1 << 20
+
+
+@pytest.mark.skipif(panels.TILE_ROWS != 8 or "+avx512f" not in panels.host_features().split(","),
+                    reason="the wide tile compiles as x86 AVX-512 code only on such a host")
+def test_the_wide_tile_fetching_ahead_prefetches_into_l2():
+    # prefetcht1: LLVM's prefetch with locality 2, only in the tile that fetches ahead
+    args = (np.zeros(64, np.float32), 0, 2, 8, 2, np.zeros((4, 2, LANES), np.float32), 0, 32,
+            np.zeros(64, np.float32), 0, 16, 4, False)
+    for tile, expected in ((panels._tile8x2_ahead, True), (panels._tile8x2, False)):
+        product = _recompiled(panels.panel_pair_product, TILE_ROWS=8, _tile8x2_ahead=tile)
+        product(*args)
+        assert ("prefetcht1" in product.inspect_asm(product.signatures[0])) == expected
 
 
 @pytest.mark.parametrize("tile", [4, 8])
@@ -74,12 +116,14 @@ def test_every_tile_variant_multiplies_like_numpy(tile, dtype):
             np.testing.assert_allclose(C, want, rtol=tol, atol=tol, err_msg=f"rows={rows} K={K}")
 
 
+@pytest.mark.parametrize("ahead", [False, True])
 @pytest.mark.parametrize("tile", [4, 8])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_every_tile_variant_multiplies_two_panels_like_numpy(tile, dtype):
+def test_every_tile_variant_multiplies_two_panels_like_numpy(tile, dtype, ahead):
     # two panels of P, each into its own columns of C: neighbours in P and side by side in C for
     # the forward's gate blocks, a whole panel of P apart for the next panel of one gate, and
-    # apart in C for the spare slot (8 rows and both panels at once in the wide tile)
+    # apart in C for the spare slot (8 rows and both panels at once in the wide tile); fetching
+    # the panels beyond into L2 (ahead), past the end of P too, changes nothing
     product = compiled_with(panels.panel_pair_product, tile)
     rng = np.random.default_rng(10 + tile)
     for rows in (0, 1, 7, 8, 9, 16, 21):
@@ -95,16 +139,17 @@ def test_every_tile_variant_multiplies_two_panels_like_numpy(tile, dtype):
                         a = A[2 + i * lda: 2 + i * lda + K]
                         want[1 + i * ldc: 1 + i * ldc + LANES] += a @ P[1]
                         want[c1 + i * ldc: c1 + i * ldc + LANES] += a @ P[second]
-                    product(A, 2, lda, rows, K, P, K * LANES, second * K * LANES, C, 1, c1, ldc)
+                    product(A, 2, lda, rows, K, P, K * LANES, second * K * LANES, C, 1, c1, ldc, ahead)
                     tol = 1e-12 if dtype == np.float64 else 2e-5
                     np.testing.assert_allclose(C, want, rtol=tol, atol=tol,
                                                err_msg=f"rows={rows} K={K} c1={c1} second={second}")
 
 
+@pytest.mark.parametrize("ahead", [False, True], ids=["in L2", "fetched ahead"])
 @pytest.mark.parametrize("tile", [4, 8])
 @pytest.mark.parametrize("gates", [1, 2, 3, 4])
 @pytest.mark.parametrize("H", [20, 37, 48, 64])  # 2, 3, 3 and 4 panels, the last one short or whole
-def test_recurrent_product_gives_every_panel_its_product_in_order(tile, gates, H):
+def test_recurrent_product_gives_every_panel_its_product_in_order(tile, gates, H, ahead):
     # the forward visits panels 0, 1, 2, ... of a step, each adding its product of every gate
     # block into that gate's slot; with the wide tile, an odd gate block left over (every block
     # of a one-gate cell) is computed for the next panel too, into the spare slot: each panel
@@ -112,7 +157,8 @@ def test_recurrent_product_gives_every_panel_its_product_in_order(tile, gates, H
     # computes it, and nothing in the other slots or in another thread's rows, before or after.
     # (compiled_with sets the tile of recurrent_product alone: on an AVX2 host the products it
     # calls keep 4 rows, and the test checks the spare slot's bookkeeping, not the wide tile.)
-    product = compiled_with(panels.recurrent_product, tile)
+    # (ahead: weights of any size count as larger than L2, so the wide tile fetches ahead)
+    product = compiled_with(panels.recurrent_product, tile, 0 if ahead else 1 << 62)
     one_by_one = compiled_with(panels.recurrent_product, 4)
     rng = np.random.default_rng(gates + H)
     T, B, slots = 2, 22, gates + 3  # rows 2..19: tiles of 8 and a single row
@@ -142,12 +188,13 @@ def test_recurrent_product_gives_every_panel_its_product_in_order(tile, gates, H
         np.testing.assert_array_equal(S[:, : gates * LANES], exact[:, : gates * LANES])
 
 
+@pytest.mark.parametrize("ahead", [False, True], ids=["in L2", "fetched ahead"])
 @pytest.mark.parametrize("tile", [4, 8])
-def test_recurrent_grad_gives_every_panel_its_product_in_order(tile):
+def test_recurrent_grad_gives_every_panel_its_product_in_order(tile, ahead):
     # the backward visits panels 0, 1, 2, ... of a step; with the wide tile an even panel also
     # computes the next one into the spare slot, and the odd one takes it from there: each
     # panel must still find its own product in slot 0, and nothing in the slots between
-    grad = compiled_with(panels.recurrent_grad, tile)
+    grad = compiled_with(panels.recurrent_grad, tile, 0 if ahead else 1 << 62)
     rng = np.random.default_rng(3)
     T, B, H, slots, spare = 3, 21, 37, 4, 3
     G = 4 * H

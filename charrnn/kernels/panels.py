@@ -9,9 +9,13 @@ of the state at a time.
 The cells walk a step panel by panel: the products of one panel's units (LANES units of every
 gate), then the gate math of those units while they are still in cache. Threads split the
 streams, so no thread waits for another until the window is done. (Splitting the units
-instead needs a meeting of the threads after every step; measured side by side it was no
-faster, even at H=512 where each thread then reads only half the weights.)
+instead needs a meeting of the threads after every step; measured side by side on a Zen 5 it
+was no faster, even at H=512 where each thread then reads only half the weights; on an Intel
+Xeon, where weights beyond L2 come from L3, the product alone could gain at most 1.12x.) Weights
+larger than a core's L2 are fetched into it ahead of their use (FETCH_AHEAD_ABOVE).
 """
+from pathlib import Path
+
 import numpy as np
 from llvmlite import binding as llvm, ir
 from numba import prange, types
@@ -40,7 +44,47 @@ def _same_contiguous_arrays(*arrays):
             raise TypingError(f"mixed dtypes: {arrays[0].dtype} and {a.dtype}")
 
 
-def _tile_intrinsic(rows, panels=1, a_step=False):
+def _emit_tile(builder, dtype, rows, panels, a_ptr, lda, ka, p_ptr, pstep, c_ptr, ldc, K, cstep, fetch_ahead):
+    """The code of _tile_intrinsic's tile at `builder`, on pointers to A's, P's and C's first
+    elements; ka None for A's elements along k next to each other."""
+    scalar = a_ptr.type.pointee
+    vec = ir.VectorType(scalar, LANES)
+    align = dtype.bitwidth // 8
+    bits = 32 if dtype == types.float32 else 64
+    # fmuladd: a fused multiply-add where the target has one; NaN and Inf propagate
+    fma = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fmuladd.v{LANES}f{bits}")
+    intp_t = lda.type
+    zero = ir.Constant(vec, [0.0] * LANES)
+    broadcast = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
+    lanes = ir.Constant(intp_t, LANES)
+    acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(panels)] for _ in range(rows)]
+    with cgutils.for_range(builder, K) as loop:
+        k = loop.index
+        b = []  # row k of each panel
+        for q in range(panels):
+            at = builder.add(builder.mul(ir.Constant(intp_t, q), pstep), builder.mul(k, lanes))
+            b.append(builder.load(builder.bitcast(builder.gep(p_ptr, [at]), vec.as_pointer()), align=align))
+        if fetch_ahead:
+            for q in range(panels):
+                at = builder.add(builder.mul(ir.Constant(intp_t, q + panels), pstep), builder.mul(k, lanes))
+                _emit_prefetch(builder, builder.gep(p_ptr, [at]), write=False, locality=2)
+        a_k = k if ka is None else builder.mul(k, ka)
+        for r in range(rows):
+            a_at = builder.add(builder.mul(ir.Constant(intp_t, r), lda), a_k)
+            a = builder.load(builder.gep(a_ptr, [a_at]))
+            a = builder.insert_element(ir.Constant(vec, ir.Undefined), a, ir.Constant(ir.IntType(32), 0))
+            a = builder.shuffle_vector(a, ir.Constant(vec, ir.Undefined), broadcast)
+            for q in range(panels):
+                builder.store(builder.call(fma, [a, b[q], builder.load(acc[r][q])]), acc[r][q])
+    for r in range(rows):
+        for q in range(panels):
+            at = builder.add(builder.mul(ir.Constant(intp_t, r), ldc), builder.mul(ir.Constant(intp_t, q), cstep))
+            out = builder.bitcast(builder.gep(c_ptr, [at]), vec.as_pointer())
+            builder.store(builder.fadd(builder.load(out, align=align), builder.load(acc[r][q])), out, align=align)
+
+
+def _tile_intrinsic(rows, panels=1, a_step=False, fetch_ahead=False):
     """An intrinsic computing, for r < rows, q < panels and j < LANES,
 
         C[c0 + r*ldc + q*cstep + j] += sum_{k < K} A[a0 + r*lda + k] * P[p0 + q*pstep + k*LANES + j]
@@ -50,53 +94,45 @@ def _tile_intrinsic(rows, panels=1, a_step=False):
     rows x panels x LANES partial sums live in vector registers for the whole loop over k:
     written with LLVM vector types, because numba's loops would be vectorised along k instead.
     With a_step, A's elements along k are `ka` apart (an argument after lda), A[a0 + r*lda +
-    k*ka]: a transposed A, read in place or from a copy in strips (weight_grad.py)."""
+    k*ka]: a transposed A, read in place or from a copy in strips (weight_grad.py).
+    With fetch_ahead, row k of the panels `panels * pstep` further on is fetched into L2 as row k
+    of these is read (see FETCH_AHEAD_ABOVE): there, the next panels a step reads. A prefetch is
+    a hint, even past the end of P: it reads nothing into the sums and never faults."""
+    if fetch_ahead and a_step:
+        raise ValueError("a tile fetching ahead reads A's rows in place")
 
     def codegen(context, builder, signature, args):
         args, arg_types = list(args), list(signature.args)
-        if a_step:  # ka, after lda: set aside, the other arguments as without it
-            ka_ = args.pop(3)
+        ka_ = args.pop(3) if a_step else None  # ka, after lda: set aside, the others as without it
+        if a_step:
             arg_types.pop(3)
         A_, a0_, lda_, P_, p0_, pstep_, C_, c0_, ldc_, K_, cstep_ = args
-        dtype = signature.args[0].dtype
-        scalar = context.get_value_type(dtype)
-        vec = ir.VectorType(scalar, LANES)
-        align = dtype.bitwidth // 8
-        bits = 32 if dtype == types.float32 else 64
-        # fmuladd: a fused multiply-add where the target has one; NaN and Inf propagate
-        fma = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fmuladd.v{LANES}f{bits}")
 
         def data(i, value, offset):
             ptr = context.make_array(arg_types[i])(context, builder, value).data
             return builder.gep(ptr, [offset])
 
         a_ptr, p_ptr, c_ptr = data(0, A_, a0_), data(3, P_, p0_), data(6, C_, c0_)
-        intp_t = a0_.type
-        zero = ir.Constant(vec, [0.0] * LANES)
-        broadcast = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
-        lanes = ir.Constant(intp_t, LANES)
-        acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(panels)] for _ in range(rows)]
-        with cgutils.for_range(builder, K_) as loop:
-            k = loop.index
-            b = []  # row k of each panel
-            for q in range(panels):
-                at = builder.add(builder.mul(ir.Constant(intp_t, q), pstep_), builder.mul(k, lanes))
-                b.append(builder.load(builder.bitcast(builder.gep(p_ptr, [at]), vec.as_pointer()), align=align))
-            a_k = builder.mul(k, ka_) if a_step else k
-            for r in range(rows):
-                a_at = builder.add(builder.mul(ir.Constant(intp_t, r), lda_), a_k)
-                a = builder.load(builder.gep(a_ptr, [a_at]))
-                a = builder.insert_element(ir.Constant(vec, ir.Undefined), a, ir.Constant(ir.IntType(32), 0))
-                a = builder.shuffle_vector(a, ir.Constant(vec, ir.Undefined), broadcast)
-                for q in range(panels):
-                    builder.store(builder.call(fma, [a, b[q], builder.load(acc[r][q])]), acc[r][q])
-        for r in range(rows):
-            for q in range(panels):
-                at = builder.add(builder.mul(ir.Constant(intp_t, r), ldc_), builder.mul(ir.Constant(intp_t, q), cstep_))
-                out = builder.bitcast(builder.gep(c_ptr, [at]), vec.as_pointer())
-                builder.store(builder.fadd(builder.load(out, align=align), builder.load(acc[r][q])), out,
-                              align=align)
+        dtype = signature.args[0].dtype
+        if not fetch_ahead:
+            _emit_tile(builder, dtype, rows, panels, a_ptr, lda_, ka_, p_ptr, pstep_, c_ptr, ldc_, K_, cstep_,
+                       fetch_ahead=False)
+            return context.get_dummy_value()
+        # Out of line, in a function of its own that LLVM does not inline: the same tile inlined
+        # beside the other in the cells' steps made them 2% slower at H=128-256, where it never runs.
+        ptr_t, intp_t = a_ptr.type, a0_.type
+        name = f"charrnn_tile{rows}x{panels}_ahead_f{dtype.bitwidth}"
+        fn = builder.module.globals.get(name)
+        if fn is None:
+            fn = ir.Function(builder.module, ir.FunctionType(ir.VoidType(), [ptr_t, intp_t, ptr_t, intp_t, ptr_t,
+                                                                            intp_t, intp_t, intp_t]), name)
+            fn.linkage = "linkonce_odr"
+            fn.attributes.add("noinline")
+            body = ir.IRBuilder(fn.append_basic_block("entry"))
+            a, lda, p, pstep, c, ldc, K, cstep = fn.args
+            _emit_tile(body, dtype, rows, panels, a, lda, None, p, pstep, c, ldc, K, cstep, fetch_ahead=True)
+            body.ret_void()
+        builder.call(fn, [a_ptr, lda_, p_ptr, pstep_, c_ptr, ldc_, K_, cstep_])
         return context.get_dummy_value()
 
     def typed(A, P, C):  # the signature, once the arrays are checked
@@ -138,8 +174,36 @@ def host_features() -> str:
     return llvm.get_host_cpu_features().flatten()
 
 
+def l2_bytes(caches="/sys/devices/system/cpu/cpu0/cache") -> int:
+    """A core's L2 cache in bytes as Linux reports it (sysfs); 1 MiB where it does not."""
+    for index in sorted(Path(caches).glob("index*")):
+        try:
+            if (index / "level").read_text().strip() == "2":
+                size = (index / "size").read_text().strip().upper()
+                scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
+                return int(size.rstrip("KMG")) * scale
+        except (OSError, ValueError):
+            continue
+    return 1 << 20
+
+
 TILE_ROWS = tile_rows(host_features())  # a constant of the compiled kernels (numba's cache is per CPU)
+# Recurrent weights larger than a core's L2 come from L3 at every step, as each thread reads all
+# of them for its streams. Above this size the wide tile fetches the panels after the ones it
+# multiplies into L2 as it goes (only its first 8 rows: the next 8 find them there). The
+# per-step product alone, two threads, 100 steps (Intel Xeon, L2 2 MiB): 1.08x as fast at H=512
+# (4 MiB of an LSTM's weights), 1.07x at 448, 1.03x at 384 (2.3 MiB), 1.00x at 320 (1.6 MiB); at
+# H=128-256, within L2, 0.98x, hence the bound. (Like TILE_ROWS, fixed when the kernels compile:
+# a numba cache carried to a machine with another L2 keeps this one's bound, for speed only.)
+FETCH_AHEAD_ABOVE = l2_bytes()
 _tile8x2 = _tile_intrinsic(8, panels=2)
+_tile8x2_ahead = _tile_intrinsic(8, panels=2, fetch_ahead=True)
+
+
+@kernel
+def fetches_ahead(P):
+    """Whether the products on these packed weights fetch the next panels ahead into L2."""
+    return P.size * P.itemsize > FETCH_AHEAD_ABOVE
 _tile8 = _tile_intrinsic(8)
 _tile4 = _tile_intrinsic(4)
 _tile1 = _tile_intrinsic(1)
@@ -164,16 +228,21 @@ def panel_product(A, a0, lda, rows, K, P, p0, C, c0, ldc):
 
 
 @kernel
-def panel_pair_product(A, a0, lda, rows, K, P, p0, p1, C, c0, c1, ldc):
+def panel_pair_product(A, a0, lda, rows, K, P, p0, p1, C, c0, c1, ldc, ahead):
     """panel_product of two panels of P (at p0 and p1) into C's columns at c0 and c1
     (+ i*ldc for row i). With the 8-row tile, whole tiles take both panels at once: 8 rows of
     one panel load a row of the panel and 8 of A for 8 multiply-adds, and (our reading of the
     figures) wait on those loads; two panels share the 8 loads of A. Measured alone on AVX-512
     (Zen 5), K=128..512, rows of 16: 150-200 GFLOP/s a core panel by panel, 230-248 both at
     once, as fast as 3 or 4 panels at once. The other rows, and AVX2 (whose
-    16 registers hold no second panel's sums), go panel by panel."""
+    16 registers hold no second panel's sums), go panel by panel. With `ahead`, the first tile
+    also fetches into L2 the two panels as far beyond these as p1 is from p0 (FETCH_AHEAD_ABOVE);
+    the sums are the same."""
     r = 0
     if TILE_ROWS == 8:
+        if ahead and r + 8 <= rows:
+            _tile8x2_ahead(A, a0, lda, P, p0, p1 - p0, C, c0, ldc, K, c1 - c0)
+            r += 8
         while r + 8 <= rows:
             _tile8x2(A, a0 + r * lda, lda, P, p0, p1 - p0, C, c0 + r * ldc, ldc, K, c1 - c0)
             r += 8
@@ -264,11 +333,12 @@ def recurrent_product(hs, t, P, S, p, r0, r1, spare):
     in registers and is added once to its slot, directly or from `spare`."""
     H, W, gates, n_panels = hs.shape[2], S.shape[1], P.shape[1], P.shape[0]
     panel = gates * H * LANES  # from a panel of P to the next one
+    ahead = fetches_ahead(P)
     g = 0
     while g + 2 <= gates:  # the gate blocks two by two: their panels and slots are neighbours
         c0 = r0 * W + g * LANES
         at = p * panel + g * H * LANES
-        panel_pair_product(hs[t], r0 * H, H, r1 - r0, H, P, at, at + H * LANES, S, c0, c0 + LANES, W)
+        panel_pair_product(hs[t], r0 * H, H, r1 - r0, H, P, at, at + H * LANES, S, c0, c0 + LANES, W, ahead)
         g += 2
     if g == gates:
         return
@@ -282,7 +352,8 @@ def recurrent_product(hs, t, P, S, p, r0, r1, spare):
             for j in range(LANES):
                 S[r, spare * LANES + j] = 0.0
         c0 = r0 * W
-        panel_pair_product(hs[t], r0 * H, H, r1 - r0, H, P, at, at + panel, S, c0 + g * LANES, c0 + spare * LANES, W)
+        panel_pair_product(hs[t], r0 * H, H, r1 - r0, H, P, at, at + panel, S, c0 + g * LANES, c0 + spare * LANES, W,
+                           ahead)
     else:
         panel_product(hs[t], r0 * H, H, r1 - r0, H, P, at, S, r0 * W + g * LANES, W)
 
@@ -314,7 +385,7 @@ def recurrent_grad(dA, t, P, S, p, r0, r1, spare):
         if paired:
             c0 = r0 * W
             panel_pair_product(dA[t], r0 * G, G, r1 - r0, G, P, p * G * LANES, (p + 1) * G * LANES, S, c0,
-                               c0 + spare * LANES, W)
+                               c0 + spare * LANES, W, fetches_ahead(P))
         else:
             panel_product(dA[t], r0 * G, G, r1 - r0, G, P[p], 0, S, r0 * W, W)
 
@@ -397,6 +468,16 @@ def add_panel(typingctx, dst, d0, src, s0):
     return sig, codegen
 
 
+def _emit_prefetch(builder, ptr, write, locality):
+    """LLVM's prefetch of the line at ptr, to read or to write; locality 3 fetches into L1 (x86's
+    PREFETCHT0, or PREFETCHW to write), 2 into L2 (PREFETCHT1)."""
+    i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                        _PREFETCH)
+    builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, int(write)), ir.Constant(i32, locality),
+                      ir.Constant(i32, 1)])  # the data cache
+
+
 def _prefetch_intrinsic(write):
     """An intrinsic asking for the cache line holding arr[offset] ahead of its use: to read it,
     or with `write`, to write it (the line is fetched for ownership, so that the store later
@@ -410,12 +491,7 @@ def _prefetch_intrinsic(write):
         def codegen(context, builder, signature, args):
             arr_, offset_ = args
             ptr = builder.gep(context.make_array(signature.args[0])(context, builder, arr_).data, [offset_])
-            i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-            fn = cgutils.get_or_insert_function(builder.module,
-                                                ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), _PREFETCH)
-            # read or write, high locality, data cache
-            builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, int(write)), ir.Constant(i32, 3),
-                              ir.Constant(i32, 1)])
+            _emit_prefetch(builder, ptr, write, locality=3)  # into L1
             return context.get_dummy_value()
 
         return sig, codegen
