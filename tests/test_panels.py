@@ -82,6 +82,11 @@ def test_the_l2_size_is_read_from_sysfs(tmp_path):
     assert panels.l2_bytes(tmp_path) == 1 << 20
     (tmp_path / "index2" / "size").write_text("garbled\n")
     assert panels.l2_bytes(tmp_path) == 1 << 20  # unreadable: the fallback
+    (tmp_path / "index2" / "size").write_text("0K\n")
+    assert panels.l2_bytes(tmp_path) == 1 << 20
+    (tmp_path / "index2" / "size").write_text("2048K\n")
+    (tmp_path / "index2" / "type").write_text("Instruction\n")  # an L2 for instructions only: not this
+    assert panels.l2_bytes(tmp_path) == 1 << 20
     assert panels.l2_bytes(tmp_path / "missing") == 1 << 20
 
 

@@ -11,8 +11,9 @@ gate), then the gate math of those units while they are still in cache. Threads 
 streams, so no thread waits for another until the window is done. (Splitting the units
 instead needs a meeting of the threads after every step; measured side by side on a Zen 5 it
 was no faster, even at H=512 where each thread then reads only half the weights; on an Intel
-Xeon, where weights beyond L2 come from L3, the product alone could gain at most 1.12x.) Weights
-larger than a core's L2 are fetched into it ahead of their use (FETCH_AHEAD_ABOVE).
+Xeon, where weights beyond L2 come from L3, the product alone could gain at most 1.12x.) With
+AVX-512's tile, weights larger than a core's L2 are fetched into it ahead of their use
+(FETCH_AHEAD_ABOVE).
 """
 from pathlib import Path
 
@@ -120,13 +121,15 @@ def _tile_intrinsic(rows, panels=1, a_step=False, fetch_ahead=False):
             return context.get_dummy_value()
         # Out of line, in a function of its own that LLVM does not inline: the same tile inlined
         # beside the other in the cells' steps made them 2% slower at H=128-256, where it never runs.
+        # Internal to each module: modules compiled with and without fastmath (numba flags a
+        # module's instructions after this) hold different code under the one name.
         ptr_t, intp_t = a_ptr.type, a0_.type
         name = f"charrnn_tile{rows}x{panels}_ahead_f{dtype.bitwidth}"
         fn = builder.module.globals.get(name)
         if fn is None:
             fn = ir.Function(builder.module, ir.FunctionType(ir.VoidType(), [ptr_t, intp_t, ptr_t, intp_t, ptr_t,
                                                                             intp_t, intp_t, intp_t]), name)
-            fn.linkage = "linkonce_odr"
+            fn.linkage = "internal"
             fn.attributes.add("noinline")
             body = ir.IRBuilder(fn.append_basic_block("entry"))
             a, lda, p, pstep, c, ldc, K, cstep = fn.args
@@ -175,15 +178,19 @@ def host_features() -> str:
 
 
 def l2_bytes(caches="/sys/devices/system/cpu/cpu0/cache") -> int:
-    """A core's L2 cache in bytes as Linux reports it (sysfs); 1 MiB where it does not."""
+    """A core's L2 data cache in bytes as Linux reports it (sysfs); 1 MiB where it does not."""
     for index in sorted(Path(caches).glob("index*")):
         try:
-            if (index / "level").read_text().strip() == "2":
-                size = (index / "size").read_text().strip().upper()
-                scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
-                return int(size.rstrip("KMG")) * scale
-        except (OSError, ValueError):
+            kind = index / "type"  # Data, Instruction or Unified
+            if (index / "level").read_text().strip() != "2" or (kind.exists() and kind.read_text().strip() == "Instruction"):
+                continue
+            size = (index / "size").read_text().strip().upper()
+            scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
+            size = int(size.rstrip("KMG")) * scale
+        except (OSError, ValueError, UnicodeDecodeError):
             continue
+        if size > 0:
+            return size
     return 1 << 20
 
 
@@ -198,15 +205,15 @@ TILE_ROWS = tile_rows(host_features())  # a constant of the compiled kernels (nu
 FETCH_AHEAD_ABOVE = l2_bytes()
 _tile8x2 = _tile_intrinsic(8, panels=2)
 _tile8x2_ahead = _tile_intrinsic(8, panels=2, fetch_ahead=True)
+_tile8 = _tile_intrinsic(8)
+_tile4 = _tile_intrinsic(4)
+_tile1 = _tile_intrinsic(1)
 
 
 @kernel
 def fetches_ahead(P):
-    """Whether the products on these packed weights fetch the next panels ahead into L2."""
+    """Whether the wide tile's products on these packed weights fetch the next panels ahead."""
     return P.size * P.itemsize > FETCH_AHEAD_ABOVE
-_tile8 = _tile_intrinsic(8)
-_tile4 = _tile_intrinsic(4)
-_tile1 = _tile_intrinsic(1)
 
 
 @kernel
