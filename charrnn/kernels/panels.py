@@ -45,13 +45,14 @@ def _same_contiguous_arrays(*arrays):
             raise TypingError(f"mixed dtypes: {arrays[0].dtype} and {a.dtype}")
 
 
-def _emit_tile(builder, dtype, rows, panels, a_ptr, lda, ka, p_ptr, pstep, c_ptr, ldc, K, cstep, fetch_ahead):
+def _emit_tile(builder, rows, panels, a_ptr, lda, ka, p_ptr, pstep, c_ptr, ldc, K, cstep, fetch_ahead):
     """The code of _tile_intrinsic's tile at `builder`, on pointers to A's, P's and C's first
-    elements; ka None for A's elements along k next to each other."""
+    elements (float or double, the same for all three); ka None for A's elements along k next
+    to each other."""
     scalar = a_ptr.type.pointee
     vec = ir.VectorType(scalar, LANES)
-    align = dtype.bitwidth // 8
-    bits = 32 if dtype == types.float32 else 64
+    bits = 32 if isinstance(scalar, ir.FloatType) else 64
+    align = bits // 8
     # fmuladd: a fused multiply-add where the target has one; NaN and Inf propagate
     fma = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fmuladd.v{LANES}f{bits}")
@@ -104,8 +105,9 @@ def _tile_intrinsic(rows, panels=1, a_step=False, fetch_ahead=False):
 
     def codegen(context, builder, signature, args):
         args, arg_types = list(args), list(signature.args)
-        ka_ = args.pop(3) if a_step else None  # ka, after lda: set aside, the others as without it
-        if a_step:
+        ka_ = None
+        if a_step:  # ka, after lda: set aside, the other arguments as without it
+            ka_ = args.pop(3)
             arg_types.pop(3)
         A_, a0_, lda_, P_, p0_, pstep_, C_, c0_, ldc_, K_, cstep_ = args
 
@@ -114,17 +116,15 @@ def _tile_intrinsic(rows, panels=1, a_step=False, fetch_ahead=False):
             return builder.gep(ptr, [offset])
 
         a_ptr, p_ptr, c_ptr = data(0, A_, a0_), data(3, P_, p0_), data(6, C_, c0_)
-        dtype = signature.args[0].dtype
         if not fetch_ahead:
-            _emit_tile(builder, dtype, rows, panels, a_ptr, lda_, ka_, p_ptr, pstep_, c_ptr, ldc_, K_, cstep_,
-                       fetch_ahead=False)
+            _emit_tile(builder, rows, panels, a_ptr, lda_, ka_, p_ptr, pstep_, c_ptr, ldc_, K_, cstep_, fetch_ahead=False)
             return context.get_dummy_value()
         # Out of line, in a function of its own that LLVM does not inline: the same tile inlined
         # beside the other in the cells' steps made them 2% slower at H=128-256, where it never runs.
         # Internal to each module: modules compiled with and without fastmath (numba flags a
         # module's instructions after this) hold different code under the one name.
         ptr_t, intp_t = a_ptr.type, a0_.type
-        name = f"charrnn_tile{rows}x{panels}_ahead_f{dtype.bitwidth}"
+        name = f"charrnn_tile{rows}x{panels}_ahead_f{signature.args[0].dtype.bitwidth}"
         fn = builder.module.globals.get(name)
         if fn is None:
             fn = ir.Function(builder.module, ir.FunctionType(ir.VoidType(), [ptr_t, intp_t, ptr_t, intp_t, ptr_t,
@@ -133,7 +133,7 @@ def _tile_intrinsic(rows, panels=1, a_step=False, fetch_ahead=False):
             fn.attributes.add("noinline")
             body = ir.IRBuilder(fn.append_basic_block("entry"))
             a, lda, p, pstep, c, ldc, K, cstep = fn.args
-            _emit_tile(body, dtype, rows, panels, a, lda, None, p, pstep, c, ldc, K, cstep, fetch_ahead=True)
+            _emit_tile(body, rows, panels, a, lda, None, p, pstep, c, ldc, K, cstep, fetch_ahead=True)
             body.ret_void()
         builder.call(fn, [a_ptr, lda_, p_ptr, pstep_, c_ptr, ldc_, K_, cstep_])
         return context.get_dummy_value()
@@ -181,8 +181,10 @@ def l2_bytes(caches="/sys/devices/system/cpu/cpu0/cache") -> int:
     """A core's L2 data cache in bytes as Linux reports it (sysfs); 1 MiB where it does not."""
     for index in sorted(Path(caches).glob("index*")):
         try:
+            if (index / "level").read_text().strip() != "2":
+                continue
             kind = index / "type"  # Data, Instruction or Unified
-            if (index / "level").read_text().strip() != "2" or (kind.exists() and kind.read_text().strip() == "Instruction"):
+            if kind.exists() and kind.read_text().strip() == "Instruction":
                 continue
             size = (index / "size").read_text().strip().upper()
             scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
@@ -247,7 +249,7 @@ def panel_pair_product(A, a0, lda, rows, K, P, p0, p1, C, c0, c1, ldc, ahead):
     the sums are the same."""
     r = 0
     if TILE_ROWS == 8:
-        if ahead and r + 8 <= rows:
+        if ahead and rows >= 8:
             _tile8x2_ahead(A, a0, lda, P, p0, p1 - p0, C, c0, ldc, K, c1 - c0)
             r += 8
         while r + 8 <= rows:
