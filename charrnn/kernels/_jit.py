@@ -1,8 +1,13 @@
 """The one place numba options live.
 
 fastmath is the explicit flag set that keeps NaN and Inf visible: no `nnan`/`ninf`, so a
-diverging run shows a NaN loss instead of silently computing garbage. `reassoc` and `contract`
-let LLVM vectorise reductions and fuse multiply-adds; `afn` allows faster exp/tanh.
+diverging run shows a NaN loss instead of silently computing garbage. `reassoc` lets LLVM
+vectorise reductions; `afn` allows faster exp/tanh. Not `contract`: numba links a copy of every
+kernel a kernel calls into the caller and optimises it again there, and which copy runs depends
+on what this process compiled or loaded from the cache first. LLVM fused multiply-adds as the
+code around allowed, so the copies rounded differently and a run's numbers changed with the
+state of the cache (the peephole LSTM's did: tests/test_cache.py). The multiply-adds that pay
+(the activations' polynomials) are fused where they are written (activations.muladd).
 
 Threads: numba's threads split the work (batch rows in the time loops, output rows in the large
 products). The large products call BLAS on each thread's own block, so BLAS itself is held to
@@ -51,7 +56,7 @@ def _load_blas():
 
 _load_blas()
 
-FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+FASTMATH = {"nsz", "arcp", "afn", "reassoc"}
 # IEEE division (x/0 is inf or NaN) instead of Python's ZeroDivisionError: the check for the
 # exception is a branch in every division, and it kept LLVM from vectorising the gate math
 ERROR_MODEL = "numpy"

@@ -34,8 +34,9 @@ def _tanh_f32(x):
     elif x < -CLAMP:
         x = -CLAMP
     x2 = x * x
-    p = ((((((P0 * x2 + P1) * x2 + P2) * x2 + P3) * x2 + P4) * x2 + P5) * x2 + P6) * x
-    q = ((Q0 * x2 + Q1) * x2 + Q2) * x2 + Q3
+    p = muladd(muladd(muladd(P0, x2, P1), x2, P2), x2, P3)  # Horner's steps, each fused
+    p = muladd(muladd(muladd(p, x2, P4), x2, P5), x2, P6) * x
+    q = muladd(muladd(muladd(Q0, x2, Q1), x2, Q2), x2, Q3)
     return p / q
 
 
@@ -46,6 +47,24 @@ def _float32_from_bits(typingctx, bits):
 
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+@intrinsic
+def muladd(typingctx, a, b, c):
+    """a * b + c, fused into one rounding where the machine has FMA (LLVM's fmuladd). Written
+    out because the fastmath flags leave out `contract` (see _jit.py): where LLVM fuses on its
+    own depends on the code around, so two compiles of one function could round differently."""
+    if not (a == b == c) or a not in (types.float32, types.float64):
+        return None
+    sig = a(a, b, c)
+
+    def codegen(context, builder, signature, args):
+        t = context.get_value_type(signature.args[0])
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(t, [t, t, t]),
+                                            f"llvm.fmuladd.f{signature.args[0].bitwidth}")
+        return builder.call(fn, args)
 
     return sig, codegen
 
@@ -91,9 +110,9 @@ def _exp_f32(x):
     elif tiny:
         x = EXP_MIN
     n = np.floor(x * LOG2E + HALF)
-    r = x - n * LN2_HI - n * LN2_LO
-    p = ((((E0 * r + E1) * r + E2) * r + E3) * r + E4) * r + E5
-    p = p * r * r + r + ONE
+    r = muladd(-n, LN2_LO, muladd(-n, LN2_HI, x))
+    p = muladd(muladd(muladd(muladd(muladd(E0, r, E1), r, E2), r, E3), r, E4), r, E5)
+    p = muladd(p * r, r, r) + ONE
     # 2^n from its bits, as 2 * 2^(n-1): just below the overflow n is 128, past float32's
     # exponents. maxnum changes no n the clamps let through; a NaN x, whose n would convert
     # to no defined integer, becomes the floor, and p, already NaN, makes y NaN.
@@ -139,7 +158,7 @@ def _exp_impl(x):
 @overload(sigmoid, jit_options={"fastmath": FASTMATH, "error_model": ERROR_MODEL})
 def _sigmoid_impl(x):
     if x == types.float32:
-        return lambda x: HALF * tanh(HALF * x) + HALF
+        return lambda x: muladd(HALF, tanh(HALF * x), HALF)
     # exp(-x) overflows to inf for very negative x, and 1/(1+inf) is exactly 0: no NaN
     return lambda x: 1.0 / (1.0 + np.exp(-x))
 

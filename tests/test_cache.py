@@ -1,0 +1,61 @@
+"""The same numbers whether numba compiled the kernels in this process or loaded them from its
+cache: a run started on a cold cache and resumed on a warm one continues exactly, and a seed
+gives the same text after the first run as in it.
+
+numba links a copy of each kernel a kernel calls into the caller and optimises it again there;
+in the process that compiled them, calls go to the callee's own compile, in a process that
+loaded the caller from the cache, to the copy. With `contract` among the fastmath flags, LLVM's
+fusing of multiply-adds followed the code around, and the peephole LSTM's copies rounded
+differently from its own compile (kernels/_jit.py)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from charrnn.cells import CELLS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# every cell: a few float32 updates on two threads (dropout, clipping, the optimizer, the output
+# layer), then text sampled from the result; a digest of each, and how much numba compiled
+PROBE = r"""
+import hashlib, sys, tempfile
+from pathlib import Path
+import numba
+sys.path.insert(0, sys.argv[1])
+import charrnn
+from charrnn.cells import CELLS
+from test_train import TEXT, config, train_steps
+numba.set_num_threads(2)
+with tempfile.TemporaryDirectory() as tmp:
+    corpus = Path(tmp) / "tiny.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    for cell in CELLS:
+        cfg = config(corpus, Path(tmp) / cell, cell=cell, hidden=40, layers=2, dropout=0.3, clip_norm=0.5)
+        trainer = train_steps(cfg, Path(tmp) / cell / "r", 5)
+        text = charrnn.load(Path(tmp) / cell / "r" / "latest.npz").sample(length=100, seed=3)
+        print(cell, hashlib.md5(trainer.params.tobytes()).hexdigest(), hashlib.md5(text.encode()).hexdigest())
+from numba.core.registry import CPUDispatcher
+kernels = [v for m in list(sys.modules.values()) if m and m.__name__.startswith("charrnn.kernels")
+           for v in vars(m).values() if isinstance(v, CPUDispatcher)]
+print("compiled", sum(sum(k.stats.cache_misses.values()) for k in kernels),
+      "loaded", sum(sum(k.stats.cache_hits.values()) for k in kernels))
+"""
+
+
+def run_probe(cache_dir):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir), PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-c", PROBE, str(ROOT / "tests")], capture_output=True, text=True,
+                       env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    *digests, counts = r.stdout.splitlines()
+    _, compiled, _, loaded = counts.split()
+    return digests, int(compiled), int(loaded)
+
+
+def test_a_warm_cache_gives_the_numbers_of_a_cold_one(tmp_path):
+    cold, compiled, _ = run_probe(tmp_path)
+    warm, recompiled, loaded = run_probe(tmp_path)
+    assert compiled > 0 and recompiled == 0 and loaded > 0  # the second process compiled nothing
+    assert [d.split()[0] for d in cold] == list(CELLS)
+    assert warm == cold
