@@ -16,17 +16,16 @@ from charrnn.cells import CELLS
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# every cell: a few float32 updates on two threads (dropout, clipping, the optimizer, the output
-# layer), then text sampled from the result; a digest of each, and how much numba compiled
+# every cell: a few float32 updates (dropout, clipping, the optimizer, the output layer) on
+# numba's two threads (NUMBA_NUM_THREADS below), then text sampled from the result; a digest of
+# each, and how much numba compiled
 PROBE = r"""
 import hashlib, sys, tempfile
 from pathlib import Path
-import numba
 sys.path.insert(0, sys.argv[1])
 import charrnn
 from charrnn.cells import CELLS
 from test_train import TEXT, config, train_steps
-numba.set_num_threads(2)
 with tempfile.TemporaryDirectory() as tmp:
     corpus = Path(tmp) / "tiny.txt"
     corpus.write_text(TEXT, encoding="utf-8")
@@ -44,7 +43,7 @@ print("compiled", sum(sum(k.stats.cache_misses.values()) for k in kernels),
 
 
 def run_probe(cache_dir):
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir), PYTHONPATH=str(ROOT))
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir), NUMBA_NUM_THREADS="2", PYTHONPATH=str(ROOT))
     r = subprocess.run([sys.executable, "-c", PROBE, str(ROOT / "tests")], capture_output=True, text=True,
                        env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
