@@ -11,10 +11,10 @@ state of the cache (the peephole LSTM's did: tests/test_cache.py). The multiply-
 `reassoc` carries the same risk in principle: a copy may vectorise a sum in another order than
 the callee's own compile. In float32 (training, evaluation, the network that samples) every
 probe gave the same bits from a cold cache as from a warm one (tests/test_cache.py checks it).
-In float64 (gradcheck) the output layer's and the evaluation's sums over a row differed in
-their last bits, and agreed without `reassoc`; dropping it cost 4%-6% of the output layer at
-V=6000 and would leave the loops that sum exponentials scalar, so it stays for now. Sampling
-sums its probabilities in float64 (kernels/generate.py): no text differed.
+In float64 (gradcheck, gradflow) the evaluation's sums over a row, and the output layer's at
+V >= 512, differed in their last bits, and agreed without `reassoc`; dropping it cost 4%-6% of
+the output layer at V=6000 and would leave the loops that sum exponentials scalar, so it stays
+for now. Sampling sums its probabilities in float64 (kernels/generate.py): no text differed.
 
 Threads: numba's threads split the work (batch rows in the time loops, output rows in the large
 products). The large products call BLAS on each thread's own block, so BLAS itself is held to
