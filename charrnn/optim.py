@@ -20,6 +20,7 @@ from numba import prange
 
 from .config import OPTIMIZERS, SCHEDULES  # the names; their rules are below
 from .kernels._jit import parallel_kernel
+from .kernels.sums import ordered_sum_squares
 
 
 CHUNK = 1 << 14  # elements per parallel work item: 64 KiB of float32, a few hundred per 5e6
@@ -127,12 +128,7 @@ def sum_squares(grads, chunk):
     partial = np.zeros(n_chunks, np.float64)  # (n_chunks,) one slot per prange iteration
     for c in prange(n_chunks):
         lo, hi = c * chunk, min(c * chunk + chunk, n)
-        gc = grads[lo:hi]
-        s = 0.0
-        for i in range(gc.shape[0]):
-            x = np.float64(gc[i])
-            s += x * x
-        partial[c] = s
+        partial[c] = ordered_sum_squares(grads[lo:hi])  # in a fixed order (kernels/sums.py)
     total = 0.0
     for c in range(n_chunks):
         total += partial[c]

@@ -1,20 +1,16 @@
 """The one place numba options live.
 
 fastmath is the explicit flag set that keeps NaN and Inf visible: no `nnan`/`ninf`, so a
-diverging run shows a NaN loss instead of silently computing garbage. `reassoc` lets LLVM
-vectorise reductions; `afn` allows faster exp/tanh. Not `contract`: numba links a copy of every
-kernel a kernel calls into the caller and optimises it again there, and which copy runs depends
-on what this process compiled or loaded from the cache first. LLVM fused multiply-adds as the
-code around allowed, so the copies rounded differently and a run's numbers changed with the
-state of the cache (the peephole LSTM's did: tests/test_cache.py). The multiply-adds that pay
-(the activations' polynomials) are fused where they are written (activations.muladd).
-`reassoc` carries the same risk in principle: a copy may vectorise a sum in another order than
-the callee's own compile. In float32 (training, evaluation, the network that samples) every
-probe gave the same bits from a cold cache as from a warm one (tests/test_cache.py checks it).
-In float64 (gradcheck, gradflow) the evaluation's sums over a row, and the output layer's at
-V >= 512, differed in their last bits, and agreed without `reassoc`; dropping it cost 4%-6% of
-the output layer at V=6000 and would leave the loops that sum exponentials scalar, so it stays
-for now. Sampling sums its probabilities in float64 (kernels/generate.py): no text differed.
+diverging run shows a NaN loss instead of silently computing garbage; `afn` allows faster
+exp/tanh. Neither `contract` nor `reassoc`: numba links a copy of every kernel a kernel calls
+into the caller and optimises it again there, and which copy runs depends on what this process
+compiled or loaded from the cache first. With `contract`, LLVM fused multiply-adds as the code
+around allowed, so the copies rounded differently and a run's numbers changed with the state of
+the cache (the peephole LSTM's did); with `reassoc`, it vectorised sums in another order in
+some copies (float64 sums over a row did). Without them every copy computes in the order
+written: the multiply-adds that pay are fused where they are written (activations.muladd), and
+the sums that must be fast run in lanes in a fixed order (sums.py). tests/test_cache.py checks
+that a warm cache gives a cold one's numbers.
 
 Threads: numba's threads split the work (batch rows in the time loops, output rows in the large
 products). The large products call BLAS on each thread's own block, so BLAS itself is held to
@@ -63,7 +59,7 @@ def _load_blas():
 
 _load_blas()
 
-FASTMATH = {"nsz", "arcp", "afn", "reassoc"}
+FASTMATH = {"nsz", "arcp", "afn"}
 # IEEE division (x/0 is inf or NaN) instead of Python's ZeroDivisionError: the check for the
 # exception is a branch in every division, and it kept LLVM from vectorising the gate math
 ERROR_MODEL = "numpy"

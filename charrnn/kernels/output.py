@@ -14,6 +14,7 @@ from ._jit import block, kernel, parallel_kernel, threads
 from .activations import exp, maxnum
 from .blas import add_partials, add_row, matmul
 from .panels import add_thread_sums
+from .sums import ordered_sum
 
 
 def logits_forward(logits, h2d, Wy, by):
@@ -43,9 +44,7 @@ def _softmax_xent_row(z, target, scale):
         m = maxnum(m, z[v])
     for v in range(V):
         z[v] = exp(z[v] - m)
-    total = 0.0
-    for v in range(V):
-        total += z[v]
+    total = ordered_sum(z)
     inv = scale / total
     for v in range(V):
         z[v] *= inv
@@ -56,34 +55,38 @@ def _softmax_xent_row(z, target, scale):
 
 
 @kernel
-def _xent_row(z, target):
-    # forward only: -log softmax(z)[target], z left as it is (so its sum stays in one loop)
+def _xent_row(z, target, e):
+    # forward only: -log softmax(z)[target], z left as it is; e (V,) scratch for the
+    # exponentials, summed in a fixed order (sums.py)
     V = z.shape[0]
     m = z[0]
     for v in range(1, V):
         m = maxnum(m, z[v])
-    total = 0.0
     for v in range(V):
-        total += exp(z[v] - m)
-    return np.log(total) - (z[target] - m)
+        e[v] = exp(z[v] - m)
+    return np.log(ordered_sum(e)) - (z[target] - m)
 
 
 @kernel
-def _xent_serial(logits, row_loss, targets):
-    for n in range(logits.shape[0]):
-        row_loss[n] = _xent_row(logits[n], targets[n])
+def _xent_rows(logits, row_loss, targets, lo, hi):
+    e = np.empty(logits.shape[1], logits.dtype)
+    for n in range(lo, hi):
+        row_loss[n] = _xent_row(logits[n], targets[n], e)
 
 
 @parallel_kernel
-def _xent_parallel(logits, row_loss, targets):
-    for n in prange(logits.shape[0]):
-        row_loss[n] = _xent_row(logits[n], targets[n])
+def _xent_parallel(logits, row_loss, targets, n_blocks):
+    for i in prange(n_blocks):
+        lo, hi = block(logits.shape[0], n_blocks, i)
+        _xent_rows(logits, row_loss, targets, lo, hi)
 
 
 def xent(logits, row_loss, targets):
     """Forward only (evaluation): row_loss (N,) out; logits left as they are."""
-    big = logits.size >= PARALLEL_MIN_ELEMENTS
-    (_xent_parallel if big else _xent_serial)(logits, row_loss, targets)
+    if logits.size >= PARALLEL_MIN_ELEMENTS:
+        _xent_parallel(logits, row_loss, targets, threads())
+    else:
+        _xent_rows(logits, row_loss, targets, 0, logits.shape[0])
 
 
 @kernel
@@ -150,11 +153,7 @@ def _output_rows_transposed(logits, row_loss, targets, scale, h2d, Wy, by, dh2d,
     for n in range(n_rows):
         zT[targets[lo + n], n] -= scale
     for v in range(V):
-        z = zT[v]
-        s = dby_part[v]
-        for n in range(n_rows):
-            s += z[n]
-        dby_part[v] = s
+        dby_part[v] += ordered_sum(zT[v])
     np.dot(h.T, zT.T, dWy_part)
     np.dot(zT.T, Wy.T, dh2d[lo:hi])
 
