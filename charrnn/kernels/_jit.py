@@ -7,9 +7,11 @@ into the caller and optimises it again there, and which copy runs depends on wha
 compiled or loaded from the cache first. With `contract`, LLVM fused multiply-adds as the code
 around allowed, so the copies rounded differently and a run's numbers changed with the state of
 the cache (the peephole LSTM's did); with `reassoc`, it vectorised sums in another order in
-some copies (float64 sums over a row did). Without them every copy computes in the order
-written: the multiply-adds that pay are fused where they are written (activations.muladd), and
-the sums that must be fast run in lanes in a fixed order (sums.py). tests/test_cache.py checks
+some copies (float64 sums over a row did). Without them LLVM keeps the order of additions and
+multiplications as written: the multiply-adds that pay are fused where they are written
+(activations.muladd), and the sums that must be fast run in lanes in a fixed order (sums.py).
+The flags left still let a copy differ in principle (a zero's sign under `nsz`, a division
+turned into a product by a reciprocal under `arcp`), far less often; tests/test_cache.py checks
 that a warm cache gives a cold one's numbers.
 
 Threads: numba's threads split the work (batch rows in the time loops, output rows in the large
