@@ -120,7 +120,7 @@ def sgd_step(params, grads, lr, weight_decay, chunk):
 @parallel_kernel
 def sum_squares(grads, chunk):
     """sum_i grads_i^2, accumulated in float64 whatever the dtype of grads.
-    No nnan/ninf in the fastmath flags, so one NaN makes the sum NaN and one Inf makes it Inf.
+    No fast-math flags (kernels/_jit.py), so one NaN makes the sum NaN and one Inf makes it Inf.
     """
     # grads (N,) in
     n = grads.shape[0]

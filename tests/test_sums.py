@@ -31,9 +31,10 @@ def lane_order(x, square=False):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n", [0, 1, SUM_LANES - 1, SUM_LANES, SUM_LANES + 1, 3 * SUM_LANES + 5, 6000])
-def test_ordered_sums_in_their_order(n, dtype):
-    rng = np.random.default_rng(n)
+@pytest.mark.parametrize("n", [0, 1, SUM_LANES - 1, SUM_LANES, SUM_LANES + 1, 3 * SUM_LANES + 5, 600, 6000, 6003])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ordered_sums_in_their_order(n, dtype, seed):
+    rng = np.random.default_rng([n, seed])
     x = (rng.standard_normal(n) * 10.0 ** rng.integers(-3, 4, n)).astype(dtype)  # where order shows
     got = ordered_sum(x)
     assert got == lane_order(x)  # bit for bit: the order is the promise

@@ -55,8 +55,9 @@ def _float32_from_bits(typingctx, bits):
 @intrinsic
 def muladd(typingctx, a, b, c):
     """a * b + c, fused into one rounding where the machine has FMA (LLVM's fmuladd). Written
-    out because the fastmath flags leave out `contract` (see _jit.py): where LLVM fuses on its
-    own depends on the code around, so two compiles of one function could round differently."""
+    out because the kernels compile without fast-math flags, `contract` among them (_jit.py):
+    where LLVM fuses on its own depends on the code around, so two compiles of one function
+    could round differently."""
     if not (a == b == c) or a not in (types.float32, types.float64):
         return None
     sig = a(a, b, c)

@@ -121,7 +121,7 @@ def _tile_intrinsic(rows, panels=1, a_step=False, fetch_ahead=False):
             return context.get_dummy_value()
         # Out of line, in a function of its own that LLVM does not inline: the same tile inlined
         # beside the other in the cells' steps made them 2% slower at H=128-256, where it never runs.
-        # Internal to each module: modules compiled with and without fastmath (numba flags a
+        # Internal to each module: modules compiled with other options (numba flags a
         # module's instructions after this) hold different code under the one name.
         ptr_t, intp_t = a_ptr.type, a0_.type
         name = f"charrnn_tile{rows}x{panels}_ahead_f{signature.args[0].dtype.bitwidth}"

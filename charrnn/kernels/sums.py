@@ -1,12 +1,12 @@
 """Sums in a fixed order: the same bits from every compile of a kernel.
 
-The fastmath flags leave out `reassoc` (_jit.py), so LLVM keeps the order of a sum as written,
-in every copy of a kernel, and a plain `total += x[i]` loop stays scalar. A sum that must be
-fast runs here instead: SUM_LANES running sums in vector registers, lane j taking the terms j,
+The kernels compile without fast-math flags (_jit.py), so LLVM keeps the order of a sum as
+written, in every copy of a kernel, and a plain `total += x[i]` loop stays scalar. A sum that
+must be fast runs here instead: SUM_LANES running sums in vector registers, lane j taking the terms j,
 j + SUM_LANES, j + 2*SUM_LANES, ... in float64; then the lanes pairwise, halving (lane j plus
 lane j + n for n = 8, 4, 2, 1); then the terms past the last whole round, one by one. Written
 as LLVM vector code, as the tiles are (panels.py): a loop of a few running sums in numba
-is unrolled into scalar code, which LLVM does not vectorise without `reassoc`.
+is unrolled into scalar code, which LLVM may not vectorise without reordering the sum.
 """
 import numpy as np
 from llvmlite import ir
