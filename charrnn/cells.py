@@ -145,10 +145,11 @@ def uniform_(p, H, rng):
 
 
 def zeros(shapes, dtype):
-    """({name: buffer}, {name: scratch}), zeroed, of the shapes a cell's buffer_shapes gives."""
-    import numpy as np
+    """({name: buffer}, {name: scratch}), zeroed, of the shapes a cell's buffer_shapes gives, each
+    starting on a cache line (aligned.py)."""
+    from . import aligned
 
-    return tuple({k: np.zeros(s, dtype) for k, s in part.items()} for part in shapes)
+    return tuple({k: aligned.zeros(s, dtype) for k, s in part.items()} for part in shapes)
 
 
 class Adapter:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import aligned
 from .cells import CELLS, NAMES, OPTIONS
 from .errors import CharrnnError
 from .kernels._jit import threads
@@ -157,18 +158,18 @@ class Stack:
         # The input projection of layer 0 is a lookup: row v of the table is Wx[v] + b, indexed
         # by the input characters. A layer above computes its (T*B, G) projection and indexes
         # it by position t*B + r.
-        self.onehot_table = np.zeros((V, G), dtype)
-        self.xproj = [None] + [np.zeros((T, B, G), dtype) for _ in range(L - 1)]
+        self.onehot_table = aligned.zeros((V, G), dtype)
+        self.xproj = [None] + [aligned.zeros((T, B, G), dtype) for _ in range(L - 1)]
         self.positions = np.arange(T * B, dtype=np.int32).reshape(T, B)
-        self.dxproj = [np.zeros((T, B, G), dtype) for _ in range(L)]
-        self.dhs = [np.zeros((T, B, H), dtype) for _ in range(L)]  # dLoss/dh_t from above
-        self.dstate = [{k: np.zeros((B, H), dtype) for k in self.cell.states} for _ in range(L)]
+        self.dxproj = [aligned.zeros((T, B, G), dtype) for _ in range(L)]
+        self.dhs = [aligned.zeros((T, B, H), dtype) for _ in range(L)]  # dLoss/dh_t from above
+        self.dstate = [{k: aligned.zeros((B, H), dtype) for k in self.cell.states} for _ in range(L)]
         # Dropout sits on the input of every layer above the first and on the output layer's
         # input (as in char-rnn); index l = the input of layer l, index L = the output layer's.
-        self.masks = [None] + [np.ones((T, B, H), dtype) if dropout > 0 else None for _ in range(L)]
-        self.dropped = [None] + [np.zeros((T, B, H), dtype) if dropout > 0 else None for _ in range(L)]
-        self.logits = np.zeros((T * B, V), dtype)
-        self.row_loss = np.zeros(T * B, dtype)
+        self.masks = [None] + [aligned.ones((T, B, H), dtype) if dropout > 0 else None for _ in range(L)]
+        self.dropped = [None] + [aligned.zeros((T, B, H), dtype) if dropout > 0 else None for _ in range(L)]
+        self.logits = aligned.zeros((T * B, V), dtype)
+        self.row_loss = aligned.zeros(T * B, dtype)
 
     @staticmethod
     def nbytes(spec: ModelSpec, batch: int, window: int, dtype=np.float32, dropout=0.0) -> int:

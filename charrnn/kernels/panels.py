@@ -24,6 +24,7 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
+from ..aligned import LINE
 from ._jit import kernel, parallel_kernel
 
 LANES = 16  # columns per panel: two 8-wide float32 vectors on AVX2 (float64, for checks, spills)
@@ -551,13 +552,23 @@ def slot_width(S):
 
 
 @kernel
+def line_zeros(n, like):
+    """n zeros of like's dtype, starting on a cache line (aligned.py says why: numba's
+    allocator, like numpy's, may start an array in the middle of one)."""
+    itemsize = like.itemsize
+    raw = np.zeros(n + LINE // itemsize, like.dtype)
+    start = (LINE - raw.ctypes.data % LINE) % LINE // itemsize
+    return raw[start : start + n]
+
+
+@kernel
 def scratch_rows(n_blocks, B, width, like):
     """Scratch for the time loops: (n_blocks, B, width) zeros of like's dtype. Thread i works
     on rows [r0, r1) of block i, so no two threads write neighbouring lines. (With one shared
     (B, width) array, the lines of the second thread's first rows were pulled into the first
     thread's cache at every step, by its prefetcher running on past its own rows: the second
     block of streams took 12% longer in the LSTM forward at H=128, and the first waited.)"""
-    return np.zeros((n_blocks, B, width), like.dtype)
+    return line_zeros(n_blocks * B * width, like).reshape((n_blocks, B, width))
 
 
 @kernel
@@ -565,7 +576,7 @@ def thread_sums(n_blocks, width, like):
     """Zeros of like's dtype, a row of `width` for each thread's partial sums of a gradient,
     the rows two panels apart: rows side by side would share a cache line at each boundary,
     written by two threads at every step."""
-    return np.zeros((n_blocks, width + 2 * LANES), like.dtype)
+    return line_zeros(n_blocks * (width + 2 * LANES), like).reshape((n_blocks, width + 2 * LANES))
 
 
 @kernel
