@@ -147,7 +147,7 @@ def uniform_(p, H, rng):
 def zeros(shapes, dtype):
     """({name: buffer}, {name: scratch}), zeroed, of the shapes a cell's buffer_shapes gives, each
     starting on a cache line (aligned.py)."""
-    from . import aligned
+    from . import aligned  # here, not at the top: the CLI imports this module, and starts faster without numpy
 
     return tuple({k: aligned.zeros(s, dtype) for k, s in part.items()} for part in shapes)
 

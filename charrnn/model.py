@@ -168,14 +168,18 @@ class Stack:
         # input (as in char-rnn); index l = the input of layer l, index L = the output layer's.
         self.masks = [None] + [aligned.ones((T, B, H), dtype) if dropout > 0 else None for _ in range(L)]
         self.dropped = [None] + [aligned.zeros((T, B, H), dtype) if dropout > 0 else None for _ in range(L)]
-        self.logits = aligned.zeros((T * B, V), dtype)
+        # numpy's allocation, not aligned.zeros: on a cache line, BLAS's product reading it for
+        # dWy ran 0.90x as fast at V=6000 (two threads, Intel Xeon; the cause is inside OpenBLAS,
+        # not found), and the output layer 0.95x-0.96x; at V=65 and 1003 the same either way
+        self.logits = np.zeros((T * B, V), dtype)
         self.row_loss = aligned.zeros(T * B, dtype)
 
     @staticmethod
     def nbytes(spec: ModelSpec, batch: int, window: int, dtype=np.float32, dropout=0.0) -> int:
         """The bytes a Stack of these sizes allocates, counted without allocating them (a run
         checks that it fits before it starts). It follows __init__ line by line; a test holds
-        the two equal."""
+        the two equal. (Each float buffer also takes 64 bytes more, to start on a cache line:
+        aligned.py; not counted.)"""
         L, B, T, H, V = spec.layers, batch, window, spec.hidden, spec.vocab_size
         cell = CELLS[spec.cell]
         G = cell.gates * H

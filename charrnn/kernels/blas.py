@@ -16,7 +16,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import block, kernel, parallel_kernel
-from .panels import TILE_ROWS
+from .panels import TILE_ROWS, line_zeros
 from .weight_grad import tiled_tn_acc
 
 
@@ -98,7 +98,7 @@ def column_sums_acc(out, a, n_blocks):
     # so that the inner loop runs along whole rows (split by columns, a thread of a 65-wide
     # output had 33-element loops: 0.17 ms for 3200 rows)
     M, N = a.shape
-    partial = np.zeros((n_blocks, N), out.dtype)
+    partial = line_zeros(n_blocks * N, out).reshape((n_blocks, N))
     for i in prange(n_blocks):
         lo, hi = block(M, n_blocks, i)
         part = partial[i]

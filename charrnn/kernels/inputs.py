@@ -7,11 +7,11 @@ large (T*B, H_in) @ (H_in, G) product for the whole window.
 
 Shapes (legend): T steps, B streams, V vocabulary, H_in input width, G gate width of the cell.
 """
-import numpy as np
 from numba import prange
 
 from ._jit import block, kernel, parallel_kernel, threads
 from .blas import add_partials, add_row, column_sums_acc, matmul, matmul_nt, matmul_tn_acc
+from .panels import line_zeros
 
 
 @kernel
@@ -45,7 +45,7 @@ def onehot_backward(dWx, db, dxproj, ids, n_blocks):
     if n_blocks == 1 and V > T * B:
         _scatter_rows(dWx, db, True, dxproj, ids, 0, T)
         return
-    partial = np.zeros((n_blocks, V, G), dWx.dtype)
+    partial = line_zeros(n_blocks * V * G, dWx).reshape((n_blocks, V, G))  # rows scattered whole
     for i in prange(n_blocks):
         lo, hi = block(T, n_blocks, i)
         _scatter_rows(partial[i], db, False, dxproj, ids, lo, hi)

@@ -37,7 +37,8 @@ def _same_contiguous_arrays(*arrays):
     size: refuse, at compile time, anything but C-contiguous float arrays of one dtype, instead
     of reading memory under the wrong type. (numba types every NumPy array as aligned, so a
     view starting between two elements would pass; every caller's arrays are whole elements
-    apart, from np.zeros and slices of it.)"""
+    apart: from np.zeros, aligned.zeros or line_zeros, whose floats start on a cache line, and
+    slices of them.)"""
     for a in arrays:
         if (not isinstance(a, types.Array) or a.layout != "C" or not a.aligned
                 or a.dtype not in (types.float32, types.float64)):
