@@ -1,6 +1,6 @@
 """Arrays whose data begin on a cache line, for the buffers the kernels read and write in whole
 vectors (the states, the saved gates, the packed weight panels, the gradients flowing back).
-Inside kernels, panels.line_zeros does the same for what they allocate themselves.
+Inside kernels, panels.line_empty and line_zeros do the same for what they allocate themselves.
 
 numpy guarantees 16 bytes: with glibc, a large array is memory mapped for it and begins 16 bytes
 past a page boundary (the allocator's header), so each 64-byte vector of 16 float32s that a

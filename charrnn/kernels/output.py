@@ -13,7 +13,7 @@ from numba import prange
 from ._jit import block, kernel, parallel_kernel, threads
 from .activations import exp, maxnum
 from .blas import add_partials, add_row, matmul
-from .panels import add_thread_sums, line_zeros
+from .panels import add_thread_sums, line_empty
 from .sums import ordered_sum
 
 
@@ -125,8 +125,8 @@ def _output_rows_transposed(logits, row_loss, targets, scale, h2d, Wy, by, dh2d,
     n_rows, V = hi - lo, Wy.shape[1]
     zT, h = logits[lo:hi].reshape(V, n_rows), h2d[lo:hi]
     np.dot(Wy.T, h.T, zT)
-    m = line_zeros(n_rows, logits)  # the row's maximum (its loss's target term waits in row_loss)
-    total = line_zeros(n_rows, logits)  # the row's sum of exponentials, then scale / sum
+    m = line_empty(n_rows, logits)  # the row's maximum (its loss's target term waits in row_loss)
+    total = line_empty(n_rows, logits)  # the row's sum of exponentials, then scale / sum
     for n in range(n_rows):
         m[n] = zT[0, n] + by[0]
     for v in range(V):

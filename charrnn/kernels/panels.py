@@ -37,7 +37,7 @@ def _same_contiguous_arrays(*arrays):
     size: refuse, at compile time, anything but C-contiguous float arrays of one dtype, instead
     of reading memory under the wrong type. (numba types every NumPy array as aligned, so a
     view starting between two elements would pass; every caller's arrays are whole elements
-    apart: from np.zeros, aligned.zeros or line_zeros, whose floats start on a cache line, and
+    apart: from np.zeros, aligned.zeros or line_empty, whose floats start on a cache line, and
     slices of them.)"""
     for a in arrays:
         if (not isinstance(a, types.Array) or a.layout != "C" or not a.aligned
@@ -553,13 +553,21 @@ def slot_width(S):
 
 
 @kernel
-def line_zeros(n, like):
-    """n zeros of like's dtype, starting on a cache line (aligned.py says why: numba's
-    allocator, like numpy's, may start an array in the middle of one)."""
+def line_empty(n, like):
+    """n uninitialised elements of like's dtype, starting on a cache line (aligned.py says why:
+    numba's allocator, like numpy's, may start an array in the middle of one)."""
     itemsize = like.itemsize
-    raw = np.zeros(n + LINE // itemsize, like.dtype)
+    raw = np.empty(n + LINE // itemsize, like.dtype)
     start = (LINE - raw.ctypes.data % LINE) % LINE // itemsize
     return raw[start : start + n]
+
+
+@kernel
+def line_zeros(n, like):
+    """line_empty's, zeroed."""
+    a = line_empty(n, like)
+    a[:] = 0
+    return a
 
 
 @kernel

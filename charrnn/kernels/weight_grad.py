@@ -27,7 +27,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import block, kernel, parallel_kernel
-from .panels import LANES, _tile_intrinsic, copy_padded, line_zeros
+from .panels import LANES, _tile_intrinsic, copy_padded, line_empty
 
 KC = 256  # rows of a and b a block: 192-256 measured best at H=128-512 (96-128 and 512: 2%-7% slower)
 PAIR = 2 * LANES  # columns of out a thread takes at a time
@@ -112,9 +112,9 @@ def tiled_tn_acc(out, a, b, n_blocks):
         q0, q1 = block(pairs, n_blocks, i)
         # the copy of a's blocks pays where a thread has many pairs to run over it
         copied = q1 - q0 >= MIN_PAIRS_COPIED
-        Bp = line_zeros(2 * KC * LANES, out).reshape((2, KC, LANES))
+        Bp = line_empty(2 * KC * LANES, out).reshape((2, KC, LANES))
         strips = (K + STRIP - 1) // STRIP if copied else 0
-        Ap = line_zeros(strips * KC * STRIP, out).reshape((strips, KC, STRIP))
+        Ap = line_empty(strips * KC * STRIP, out).reshape((strips, KC, STRIP))
         for m0 in range(0, M, KC):
             kc = min(KC, M - m0)
             if copied:
