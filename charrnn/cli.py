@@ -203,6 +203,9 @@ def train(
                   f"{trainer.params.size:,} parameters; train/val/test {len(trainer.train_ids):,}/"
                   f"{len(trainer.val_ids):,}/{len(trainer.test_ids):,} characters -> {trainer.run_dir}",
                   highlight=False)
+        note = trainer.streams_notice()
+        if note:
+            err.print(Text(note, style="dim"))
     _set_up()
     try:
         if quiet:

@@ -204,6 +204,18 @@ class Trainer:
         }
         return arrays, meta
 
+    def streams_notice(self):
+        """A line for a run whose threads get fewer streams each than keep one busy, suggesting
+        a --batch that does, if the text holds that many streams; else None (streams_notice)."""
+        from .kernels._jit import threads
+        from .kernels.panels import TILE_ROWS
+
+        n, ranks = threads(), self.world.size
+        batch = n * TILE_ROWS * ranks
+        if fit_batch_and_window(len(self.train_ids), batch, self.cfg.k1, ranks)[2] is not None:
+            return None  # a text too short for so many streams of a window each
+        return streams_notice(self.stack.rows.stop - self.stack.rows.start, n, TILE_ROWS, batch)
+
     def save(self, name):
         path = self.run_dir / f"{name}.npz"
         checkpoint = self._checkpoint()
@@ -471,6 +483,17 @@ class Trainer:
         if self.signalled:  # a second signal: stop now, whatever the state
             raise KeyboardInterrupt
         self.signalled = True  # finish this update, save, then stop
+
+
+def streams_notice(streams: int, n_threads: int, fill: int, batch: int) -> str | None:
+    """A line for `streams` streams shared by n_threads threads, fewer than `fill` a thread (the
+    rows of the recurrent product's tile), suggesting --batch `batch`; else None. Each thread
+    reads all the recurrent weights at every step for its streams, and with fewer than a tile's
+    rows an update took about as long as with a tile's worth (README: Many cores)."""
+    if n_threads < 2 or streams >= n_threads * fill:
+        return None
+    return (f"note: {streams / n_threads:.2g} stream(s) a thread ({streams} on {n_threads} threads); "
+            f"{fill} or more keep a thread busy: --batch {batch} (README: Many cores)")
 
 
 def fine_tune_settings(checkpoint, given: dict) -> dict:

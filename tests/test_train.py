@@ -284,3 +284,36 @@ def test_cli_trains_and_refuses_to_overwrite_a_run(corpus, tmp_path):
     again = run_cli(*args)
     assert again.returncode == 1 and "--resume" in again.stderr
     assert (tmp_path / "x" / "latest.npz").exists()
+
+
+def test_streams_notice_names_streams_a_thread_and_a_batch_that_fills_them():
+    from charrnn.train import streams_notice
+
+    assert streams_notice(32, 2, 8, 16) is None  # 16 a thread
+    assert streams_notice(16, 2, 8, 16) is None  # exactly a tile's rows each
+    assert streams_notice(64, 1, 8, 8) is None and streams_notice(2, 1, 8, 8) is None  # one thread waits on no other
+    assert streams_notice(15, 2, 8, 16) == ("note: 7.5 stream(s) a thread (15 on 2 threads); 8 or more keep a thread "
+                                            "busy: --batch 16 (README: Many cores)")
+    assert "2 stream(s) a thread (32 on 16 threads)" in streams_notice(32, 16, 8, 128)
+    assert "0.5 stream(s) a thread (1 on 2 threads)" in streams_notice(1, 2, 8, 16)
+    assert streams_notice(8, 2, 4, 8) is None and "3 stream(s) a thread" in streams_notice(6, 2, 4, 8)  # AVX2's tile
+
+
+def test_cli_says_when_the_threads_have_too_few_streams(corpus, tmp_path):
+    import os
+
+    from charrnn.kernels.panels import TILE_ROWS
+
+    def run(run, batch, k1=8):
+        env = {**os.environ, "NUMBA_NUM_THREADS": "4"}
+        args = [sys.executable, "-m", "charrnn", "train", str(corpus), "--hidden", "8", "--max-steps", "1",
+                "--k1", str(k1), "--k2", str(k1), "--batch", str(batch), "--out-dir", str(tmp_path), "--run", run]
+        r = subprocess.run(args, capture_output=True, text=True, env=env)
+        assert r.returncode == 0, r.stderr
+        return r.stderr
+
+    assert f"note: 1 stream(s) a thread (4 on 4 threads); {TILE_ROWS} or more keep a thread busy: " \
+           f"--batch {4 * TILE_ROWS} (README: Many cores)" in run("few", 4)
+    assert "note:" not in run("enough", 4 * TILE_ROWS)
+    # a text too short for 4 * TILE_ROWS streams of 51 characters: no batch to suggest
+    assert len(TEXT) < 4 * TILE_ROWS * 51 and "note:" not in run("short", 4, k1=50)
