@@ -488,8 +488,9 @@ class Trainer:
 def streams_notice(streams: int, n_threads: int, fill: int, batch: int) -> str | None:
     """A line for `streams` streams shared by n_threads threads, fewer than `fill` a thread (the
     rows of the recurrent product's tile), suggesting --batch `batch`; else None. Each thread
-    reads all the recurrent weights at every step for its streams, and with fewer than a tile's
-    rows an update took about as long as with a tile's worth (README: Many cores)."""
+    reads all the recurrent weights at every step for its streams: with 2 or 4 streams a thread
+    an LSTM update took about as long as with the other, with 8 not twice as long (README: Many
+    cores)."""
     if n_threads < 2 or streams >= n_threads * fill:
         return None
     return (f"note: {streams / n_threads:.2g} stream(s) a thread ({streams} on {n_threads} threads); "
