@@ -203,7 +203,7 @@ def train(
                   f"{trainer.params.size:,} parameters; train/val/test {len(trainer.train_ids):,}/"
                   f"{len(trainer.val_ids):,}/{len(trainer.test_ids):,} characters -> {trainer.run_dir}",
                   highlight=False)
-        note = trainer.streams_notice()
+        note = trainer.few_streams_notice()
         if note:
             err.print(Text(note, style="dim"))
     _set_up()

@@ -687,6 +687,12 @@ def split(ids, fractions=(0.9, 0.05, 0.05), *, name: str = "the corpus"):
 # Batch and window for small corpora
 
 
+def streams_held(n_train: int, window: int) -> int:
+    """The most streams a text of n_train characters holds with _WINDOWS_PER_STREAM windows of
+    `window` steps each: what fit_batch_and_window shrinks a batch to."""
+    return n_train // ((window + 1) * _WINDOWS_PER_STREAM)
+
+
 def fit_batch_and_window(n_train: int, batch: int, window: int, ranks: int = 1) -> tuple[int, int, str | None]:
     """(batch, window, notice): shrink batch first, then window, until the streams fit.
 
@@ -705,7 +711,7 @@ def fit_batch_and_window(n_train: int, batch: int, window: int, ranks: int = 1) 
     if n_train >= batch * (window + 1):
         return batch, window, None
 
-    new_batch = min(batch, n_train // ((window + 1) * _WINDOWS_PER_STREAM))
+    new_batch = min(batch, streams_held(n_train, window))
     new_batch -= new_batch % ranks
     new_window = window
     if new_batch < ranks:

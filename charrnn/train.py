@@ -18,7 +18,7 @@ import numpy as np
 from . import __version__, distributed, memory
 from .checkpoint import load_checkpoint, remove_stale_temporaries, resolve_checkpoint, save_checkpoint
 from .config import MODEL_SETTINGS, OLDER_CHECKPOINTS, TrainConfig, check_init_overrides, check_resume_overrides, flag
-from .corpus import Corpus, Streams, Vocab, default_corpus, fit_batch_and_window, read_corpus, split
+from .corpus import Corpus, Streams, Vocab, default_corpus, fit_batch_and_window, read_corpus, split, streams_held
 from .errors import CharrnnError, os_error_message
 from .evaluate import bits, evaluate
 from .model import ModelSpec, Stack, init_params, transplant
@@ -204,17 +204,17 @@ class Trainer:
         }
         return arrays, meta
 
-    def streams_notice(self):
-        """A line for a run whose threads get fewer streams each than keep one busy, suggesting
-        a --batch that does, if the text holds that many streams; else None (streams_notice)."""
+    def few_streams_notice(self):
+        """few_streams_line for a new run of a cell with a recurrent matrix, where the text
+        holds the streams it suggests (corpus.streams_held); else None. A resumed run keeps its
+        batch, and a cell without a matrix (IndRNN) reads no weights at every step."""
         from .kernels._jit import threads
-        from .kernels.panels import TILE_ROWS
 
-        n, ranks = threads(), self.world.size
-        batch = n * TILE_ROWS * ranks
-        if fit_batch_and_window(len(self.train_ids), batch, self.cfg.k1, ranks)[2] is not None:
-            return None  # a text too short for so many streams of a window each
-        return streams_notice(self.stack.rows.stop - self.stack.rows.start, n, TILE_ROWS, batch)
+        suggested = FILLING_STREAMS * threads() * self.world.size  # --batch is the total over processes
+        if (not self.fresh or "Wh" not in self.stack.layout.layer_views(self.params)[0][0]
+                or suggested > streams_held(len(self.train_ids), self.cfg.k1)):
+            return None
+        return few_streams_line(self.cfg.batch, self.world.size, threads())
 
     def save(self, name):
         path = self.run_dir / f"{name}.npz"
@@ -485,16 +485,27 @@ class Trainer:
         self.signalled = True  # finish this update, save, then stop
 
 
-def streams_notice(streams: int, n_threads: int, fill: int, batch: int) -> str | None:
-    """A line for `streams` streams shared by n_threads threads, fewer than `fill` a thread (the
-    rows of the recurrent product's tile), suggesting --batch `batch`; else None. Each thread
-    reads all the recurrent weights at every step for its streams: with 2 or 4 streams a thread
-    an LSTM update took about as long as with the other, with 8 not twice as long (README: Many
-    cores)."""
-    if n_threads < 2 or streams >= n_threads * fill:
+# The streams a thread needs for the recurrent product to pay for reading the weights at every
+# step (each thread reads all of them for its own streams). Whole LSTM updates on two threads
+# (Intel Xeon, H=128 and 512) with 8 streams a thread ran at 90%-99% of the speed with 16, with 2
+# at 28%-36%; the same with AVX2's 4-row tile (compiled for haswell on that machine), where 4
+# reached 75%-88% (README: Many cores).
+FILLING_STREAMS = 8
+
+
+def few_streams_line(batch: int, ranks: int, n_threads: int) -> str | None:
+    """A line for a run of `batch` streams over `ranks` processes of n_threads threads each that
+    gives a thread fewer than FILLING_STREAMS, naming the --batch that gives each that many;
+    else None."""
+    per_thread = batch / (ranks * n_threads)
+    if per_thread >= FILLING_STREAMS:
         return None
-    return (f"note: {streams / n_threads:.2g} stream(s) a thread ({streams} on {n_threads} threads); "
-            f"{fill} or more keep a thread busy: --batch {batch} (README: Many cores)")
+    threads = f"{n_threads} thread{'' if n_threads == 1 else 's'}"
+    where = threads if ranks == 1 else f"{ranks} processes of {threads}"
+    streams = f"{per_thread:.2g} stream{'' if per_thread == 1 else 's'}"
+    return (f"note: {streams} a thread (--batch {batch} on {where}); a thread needs {FILLING_STREAMS} or more to "
+            f"pay for reading the weights at every step: try --batch {FILLING_STREAMS * n_threads * ranks}, "
+            f"usually with a larger --lr (README: Many cores)")
 
 
 def fine_tune_settings(checkpoint, given: dict) -> dict:

@@ -286,34 +286,48 @@ def test_cli_trains_and_refuses_to_overwrite_a_run(corpus, tmp_path):
     assert (tmp_path / "x" / "latest.npz").exists()
 
 
-def test_streams_notice_names_streams_a_thread_and_a_batch_that_fills_them():
-    from charrnn.train import streams_notice
+def test_few_streams_line_names_streams_a_thread_and_a_batch_that_fills_them():
+    from charrnn.train import FILLING_STREAMS, few_streams_line
 
-    assert streams_notice(32, 2, 8, 16) is None  # 16 a thread
-    assert streams_notice(16, 2, 8, 16) is None  # exactly a tile's rows each
-    assert streams_notice(64, 1, 8, 8) is None and streams_notice(2, 1, 8, 8) is None  # one thread waits on no other
-    assert streams_notice(15, 2, 8, 16) == ("note: 7.5 stream(s) a thread (15 on 2 threads); 8 or more keep a thread "
-                                            "busy: --batch 16 (README: Many cores)")
-    assert "2 stream(s) a thread (32 on 16 threads)" in streams_notice(32, 16, 8, 128)
-    assert "0.5 stream(s) a thread (1 on 2 threads)" in streams_notice(1, 2, 8, 16)
-    assert streams_notice(8, 2, 4, 8) is None and "3 stream(s) a thread" in streams_notice(6, 2, 4, 8)  # AVX2's tile
+    assert FILLING_STREAMS == 8
+    assert few_streams_line(32, 1, 2) is None and few_streams_line(16, 1, 2) is None  # 16 and 8 a thread
+    assert few_streams_line(15, 1, 2) == (
+        "note: 7.5 streams a thread (--batch 15 on 2 threads); a thread needs 8 or more to pay for reading the "
+        "weights at every step: try --batch 16, usually with a larger --lr (README: Many cores)")
+    sixteen = few_streams_line(32, 1, 16)
+    assert "2 streams a thread (--batch 32 on 16 threads)" in sixteen and "try --batch 128," in sixteen
+    one = few_streams_line(4, 1, 1)
+    assert "4 streams a thread (--batch 4 on 1 thread)" in one and "try --batch 8," in one
+    # under MPI --batch is the total: 2 processes of 2 threads, 1 stream each
+    ranks = few_streams_line(4, 2, 2)
+    assert "1 stream a thread (--batch 4 on 2 processes of 2 threads)" in ranks and "try --batch 32," in ranks
+    assert few_streams_line(32, 4, 1) is None
+    assert "0.5 streams a thread" in few_streams_line(1, 1, 2)
 
 
-def test_cli_says_when_the_threads_have_too_few_streams(corpus, tmp_path):
+def test_cli_says_when_the_threads_have_too_few_streams(tmp_path):
     import os
 
-    from charrnn.kernels.panels import TILE_ROWS
+    corpus = tmp_path / "text.txt"
+    corpus.write_text(TEXT * 3, encoding="utf-8")  # holds 32 streams of 4 windows of 9 characters
 
-    def run(run, batch, k1=8):
+    def run(run, *options, k1=8):
         env = {**os.environ, "NUMBA_NUM_THREADS": "4"}
         args = [sys.executable, "-m", "charrnn", "train", str(corpus), "--hidden", "8", "--max-steps", "1",
-                "--k1", str(k1), "--k2", str(k1), "--batch", str(batch), "--out-dir", str(tmp_path), "--run", run]
+                "--k1", str(k1), "--k2", str(k1), "--out-dir", str(tmp_path), "--run", run, *options]
         r = subprocess.run(args, capture_output=True, text=True, env=env)
         assert r.returncode == 0, r.stderr
         return r.stderr
 
-    assert f"note: 1 stream(s) a thread (4 on 4 threads); {TILE_ROWS} or more keep a thread busy: " \
-           f"--batch {4 * TILE_ROWS} (README: Many cores)" in run("few", 4)
-    assert "note:" not in run("enough", 4 * TILE_ROWS)
-    # a text too short for 4 * TILE_ROWS streams of 51 characters: no batch to suggest
-    assert len(TEXT) < 4 * TILE_ROWS * 51 and "note:" not in run("short", 4, k1=50)
+    assert ("note: 1 stream a thread (--batch 4 on 4 threads); a thread needs 8 or more to pay for reading the "
+            "weights at every step: try --batch 32, usually with a larger --lr (README: Many cores)") \
+        in run("few", "--batch", "4")
+    assert "note:" not in run("enough", "--batch", "32")
+    # a resumed run keeps its batch; IndRNN reads no recurrent matrix at every step
+    env = {**os.environ, "NUMBA_NUM_THREADS": "4"}
+    again = subprocess.run([sys.executable, "-m", "charrnn", "train", "--resume", str(tmp_path / "few"),
+                            "--max-steps", "2"], capture_output=True, text=True, env=env)
+    assert again.returncode == 0 and "resuming" in again.stderr and "note:" not in again.stderr, again.stderr
+    assert "note:" not in run("indrnn", "--batch", "4", "--cell", "indrnn")
+    # a text too short for 32 streams of 4 windows of 51 characters: no batch to suggest
+    assert "note:" not in run("short", "--batch", "4", k1=50)
