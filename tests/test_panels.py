@@ -71,6 +71,15 @@ def test_weights_larger_than_l2_are_fetched_ahead():
         assert panels.fetches_ahead(lstm_weights(512)) and not panels.fetches_ahead(lstm_weights(256))
 
 
+def test_backward_loops_take_streams_a_few_at_a_time_where_the_weights_fit_in_l2():
+    l2 = panels.FETCH_AHEAD_ABOVE
+    assert panels.PASS_ROWS == 8
+    for rows in (1, 8, 16, 21):
+        assert panels.pass_rows(l2, rows) == 8  # within L2: 8 at a time
+        assert panels.pass_rows(l2 + 1, rows) == rows  # beyond it: all of the thread's in one pass
+    assert panels.pass_rows(l2 + 1, 0) == 1  # a block without streams still steps its (empty) range
+
+
 def test_the_l2_size_is_read_from_sysfs(tmp_path):
     for name, level, size in (("index0", "1", "48K"), ("index1", "1", "32K"), ("index2", "2", "2048K"),
                               ("index3", "3", "32M")):

@@ -24,6 +24,7 @@ from .activations import sigmoid, tanh
 from .blas import matmul_tn_acc
 from .matvec import matvec
 from .panels import LANES, add_entering_grad, add_panel, copy_lanes, prefetch, prefetch_for_write, recurrent_grad
+from .panels import pass_rows
 from .panels import recurrent_product
 from .panels import add_thread_sums, pack_gate_panels, pack_transposed_panels, panel_shapes, scratch_rows, thread_sums
 
@@ -152,12 +153,15 @@ def gru_backward(dxproj, dhp, dbhn, dh, dhs, hs, acts, hn, WTp, n_blocks):
     S = scratch_rows(n_blocks, B, BACKWARD_SLOTS * LANES, dh)
     sums = thread_sums(n_blocks, WTp.shape[0] * LANES, dh)
     for i in prange(n_blocks):
-        r0, r1 = block(B, n_blocks, i)
-        for t in range(T - 1, -1, -1):
-            for p in range(WTp.shape[0]):
-                _gru_backward_panel(dxproj, dhp, sums[i], dh, dhs, hs, acts, hn, WTp, S[i], t, p, r0, r1)
-        if T > 0:
-            add_entering_grad(dh, dhp, WTp, S[i], r0, r1, B_SPARE)
+        b0, b1 = block(B, n_blocks, i)
+        rows = pass_rows(WTp.size * WTp.itemsize, b1 - b0)
+        for r0 in range(b0, b1, rows):  # the streams a few at a time (pass_rows)
+            r1 = min(r0 + rows, b1)
+            for t in range(T - 1, -1, -1):
+                for p in range(WTp.shape[0]):
+                    _gru_backward_panel(dxproj, dhp, sums[i], dh, dhs, hs, acts, hn, WTp, S[i], t, p, r0, r1)
+            if T > 0:
+                add_entering_grad(dh, dhp, WTp, S[i], r0, r1, B_SPARE)
     add_thread_sums(dbhn, 0, sums, 0, H)
 
 

@@ -23,6 +23,7 @@ from .activations import sigmoid, tanh
 from .blas import matmul_tn_acc
 from .matvec import matvec
 from .panels import LANES, add_entering_grad, copy_block, copy_lanes, prefetch, prefetch_for_write, recurrent_grad
+from .panels import pass_rows
 from .panels import recurrent_product, scratch_rows
 from .panels import n_panels, pack_gate_panels, pack_transposed_panels, panel_shapes
 
@@ -159,12 +160,15 @@ def lstm_backward(dxproj, dh, dc, dhs, cs, acts, WTp, n_blocks):
     T, B = dxproj.shape[0], dh.shape[0]
     S = scratch_rows(n_blocks, B, BACKWARD_SLOTS * LANES, dh)
     for i in prange(n_blocks):
-        r0, r1 = block(B, n_blocks, i)
-        for t in range(T - 1, -1, -1):
-            for p in range(WTp.shape[0]):
-                _lstm_backward_panel(dxproj, dh, dc, dhs, cs, acts, WTp, S[i], t, p, r0, r1)
-        if T > 0:
-            add_entering_grad(dh, dxproj, WTp, S[i], r0, r1, B_SPARE)
+        b0, b1 = block(B, n_blocks, i)
+        rows = pass_rows(WTp.size * WTp.itemsize, b1 - b0)
+        for r0 in range(b0, b1, rows):  # the streams a few at a time (pass_rows)
+            r1 = min(r0 + rows, b1)
+            for t in range(T - 1, -1, -1):
+                for p in range(WTp.shape[0]):
+                    _lstm_backward_panel(dxproj, dh, dc, dhs, cs, acts, WTp, S[i], t, p, r0, r1)
+            if T > 0:
+                add_entering_grad(dh, dxproj, WTp, S[i], r0, r1, B_SPARE)
 
 
 @kernel

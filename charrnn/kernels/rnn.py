@@ -19,6 +19,7 @@ from .activations import tanh
 from .blas import matmul_tn_acc
 from .matvec import matvec
 from .panels import LANES, add_entering_grad, copy_lanes, prefetch, prefetch_for_write, recurrent_grad, recurrent_product
+from .panels import pass_rows
 from .panels import scratch_rows
 from .panels import pack_gate_panels, pack_transposed_panels, panel_shapes, slot_width
 
@@ -97,12 +98,15 @@ def rnn_backward(dxproj, dh, dhs, hs, WTp, n_blocks):
     T, B = dxproj.shape[0], dh.shape[0]
     S = scratch_rows(n_blocks, B, BACKWARD_SLOTS * LANES, dh)
     for i in prange(n_blocks):
-        r0, r1 = block(B, n_blocks, i)
-        for t in range(T - 1, -1, -1):
-            for p in range(WTp.shape[0]):
-                _rnn_backward_panel(dxproj, dh, dhs, hs, WTp, S[i], t, p, r0, r1)
-        if T > 0:
-            add_entering_grad(dh, dxproj, WTp, S[i], r0, r1, B_SPARE)
+        b0, b1 = block(B, n_blocks, i)
+        rows = pass_rows(WTp.size * WTp.itemsize, b1 - b0)
+        for r0 in range(b0, b1, rows):  # the streams a few at a time (pass_rows)
+            r1 = min(r0 + rows, b1)
+            for t in range(T - 1, -1, -1):
+                for p in range(WTp.shape[0]):
+                    _rnn_backward_panel(dxproj, dh, dhs, hs, WTp, S[i], t, p, r0, r1)
+            if T > 0:
+                add_entering_grad(dh, dxproj, WTp, S[i], r0, r1, B_SPARE)
 
 
 @kernel
