@@ -19,8 +19,9 @@ CELLS = list(NAMES)  # every registered cell
 # (T, B, H, V, L): ordinary, then T=1, B=1, H=1, V=2, three layers, and H=37 over three weight
 # panels of 16 units (the last one partial: two panels taken as a pair, one alone) with streams
 # enough for every tile: 21 rows on one thread are 8 + 8 + 4 + 1 with AVX-512 (5 x 4 + 1 with
-# AVX2), and on two threads 11 + 10; H=20, two panels, the second (partial) one's product made
-# with the first's and kept for it (panels.recurrent_product, recurrent_grad)
+# AVX2) in the forward, and the backward's groups of 8, 8 and 5 (panels.stream_group); on two
+# threads 11 + 10, groups 8 + 3 and 8 + 2; H=20, two panels, the second (partial) one's product
+# made with the first's and kept for it (panels.recurrent_product, recurrent_grad)
 SHAPES = [(7, 4, 5, 11, 1), (1, 3, 4, 6, 2), (5, 1, 3, 5, 1), (4, 3, 1, 4, 2), (6, 2, 3, 2, 1), (5, 2, 4, 7, 3),
           (3, 21, 37, 5, 2), (3, 21, 20, 5, 1)]
 

@@ -71,13 +71,13 @@ def test_weights_larger_than_l2_are_fetched_ahead():
         assert panels.fetches_ahead(lstm_weights(512)) and not panels.fetches_ahead(lstm_weights(256))
 
 
-def test_backward_loops_take_streams_a_few_at_a_time_where_the_weights_fit_in_l2():
+def test_backward_loops_take_streams_a_group_at_a_time_where_the_weights_fit_in_l2():
     l2 = panels.FETCH_AHEAD_ABOVE
-    assert panels.PASS_ROWS == 8
+    assert panels.STREAM_GROUP == 8
     for rows in (1, 8, 16, 21):
-        assert panels.pass_rows(l2, rows) == 8  # within L2: 8 at a time
-        assert panels.pass_rows(l2 + 1, rows) == rows  # beyond it: all of the thread's in one pass
-    assert panels.pass_rows(l2 + 1, 0) == 1  # a block without streams still steps its (empty) range
+        assert panels.stream_group(l2, rows) == 8  # within L2: 8 at a time
+        assert panels.stream_group(l2 + 1, rows) == rows  # beyond it: all of the thread's at once
+    assert panels.stream_group(l2 + 1, 0) == 1  # a block without streams still steps its (empty) range
 
 
 def test_the_l2_size_is_read_from_sysfs(tmp_path):

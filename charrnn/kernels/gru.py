@@ -12,8 +12,8 @@ product *after* it is taken, together with its own bias b_hn.
 Shapes (legend): T steps in the window, B streams, H hidden units, G = 3H gate width.
 Slot t of `hs` holds the state *before* step t: hs[0] enters the window, hs[T] leaves it.
 
-Each thread runs the whole window for its own block of streams [r0, r1), one panel of LANES
-units at a time (panels.py). It works on a scratch row per stream holding LANES units of a few
+Each thread runs the whole window for its own block of streams [r0, r1) (the backward a group
+of them at a time: panels.stream_group), one panel of LANES units at a time (panels.py). It works on a scratch row per stream holding LANES units of a few
 quantities ("slots"), so the gate math runs in constant-length vector loops.
 """
 from numba import prange
@@ -24,7 +24,7 @@ from .activations import sigmoid, tanh
 from .blas import matmul_tn_acc
 from .matvec import matvec
 from .panels import LANES, add_entering_grad, add_panel, copy_lanes, prefetch, prefetch_for_write, recurrent_grad
-from .panels import pass_rows
+from .panels import stream_group
 from .panels import recurrent_product
 from .panels import add_thread_sums, pack_gate_panels, pack_transposed_panels, panel_shapes, scratch_rows, thread_sums
 
@@ -154,8 +154,8 @@ def gru_backward(dxproj, dhp, dbhn, dh, dhs, hs, acts, hn, WTp, n_blocks):
     sums = thread_sums(n_blocks, WTp.shape[0] * LANES, dh)
     for i in prange(n_blocks):
         b0, b1 = block(B, n_blocks, i)
-        rows = pass_rows(WTp.size * WTp.itemsize, b1 - b0)
-        for r0 in range(b0, b1, rows):  # the streams a few at a time (pass_rows)
+        rows = stream_group(WTp.nbytes, b1 - b0)
+        for r0 in range(b0, b1, rows):  # the block's streams a group at a time (stream_group)
             r1 = min(r0 + rows, b1)
             for t in range(T - 1, -1, -1):
                 for p in range(WTp.shape[0]):

@@ -13,7 +13,8 @@ The echo-state network (esn.py) runs these same kernels with every tensor frozen
 Shapes (legend): T steps in the window, B streams, H hidden units.
 Slot t of `hs` holds the state *before* step t: hs[0] enters the window, hs[T] leaves it.
 Wh is stored input-major, (H, H). As in rnn.py, each thread runs the whole window for its own
-block of streams, one panel of LANES units at a time (panels.py), on scratch rows of "slots".
+block of streams (the backward a group of them at a time), one panel of LANES units at a time
+(panels.py), on scratch rows of "slots".
 """
 import numpy as np
 from numba import prange
@@ -24,7 +25,7 @@ from .activations import tanh
 from .blas import matmul_tn_acc
 from .matvec import matvec
 from .panels import LANES, add_entering_grad, add_panel, copy_lanes, prefetch_for_write, recurrent_grad, recurrent_product
-from .panels import pass_rows
+from .panels import stream_group
 from .panels import scratch_rows
 from .panels import add_thread_sums, pack_gate_panels, pack_transposed_panels, panel_shapes, thread_sums
 
@@ -118,8 +119,8 @@ def leaky_backward(dxproj, da, dh, dhs, hs, ks, a, WTp, n_blocks):
     sums = thread_sums(n_blocks, WTp.shape[0] * LANES, dh)
     for i in prange(n_blocks):
         b0, b1 = block(B, n_blocks, i)
-        rows = pass_rows(WTp.size * WTp.itemsize, b1 - b0)
-        for r0 in range(b0, b1, rows):  # the streams a few at a time (pass_rows)
+        rows = stream_group(WTp.nbytes, b1 - b0)
+        for r0 in range(b0, b1, rows):  # the block's streams a group at a time (stream_group)
             r1 = min(r0 + rows, b1)
             for t in range(T - 1, -1, -1):
                 for p in range(WTp.shape[0]):

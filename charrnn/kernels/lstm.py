@@ -11,8 +11,8 @@ Slot t of `hs`/`cs` holds the state *before* step t, so hs[0] is the state enter
 and hs[T] the state leaving it. Weights are stored input-major: Wh is (H, 4H) so that the
 recurrent product is a plain (B,H) @ (H,4H).
 
-Each thread runs the whole window for its own block of streams [r0, r1), one panel of LANES
-units at a time (panels.py): the four gate pre-activations of the panel's units, then their
+Each thread runs the whole window for its own block of streams [r0, r1) (the backward a group
+of them at a time: panels.stream_group), one panel of LANES units at a time (panels.py): the four gate pre-activations of the panel's units, then their
 gate math.
 """
 from numba import prange
@@ -23,7 +23,7 @@ from .activations import sigmoid, tanh
 from .blas import matmul_tn_acc
 from .matvec import matvec
 from .panels import LANES, add_entering_grad, copy_block, copy_lanes, prefetch, prefetch_for_write, recurrent_grad
-from .panels import pass_rows
+from .panels import stream_group
 from .panels import recurrent_product, scratch_rows
 from .panels import n_panels, pack_gate_panels, pack_transposed_panels, panel_shapes
 
@@ -161,8 +161,8 @@ def lstm_backward(dxproj, dh, dc, dhs, cs, acts, WTp, n_blocks):
     S = scratch_rows(n_blocks, B, BACKWARD_SLOTS * LANES, dh)
     for i in prange(n_blocks):
         b0, b1 = block(B, n_blocks, i)
-        rows = pass_rows(WTp.size * WTp.itemsize, b1 - b0)
-        for r0 in range(b0, b1, rows):  # the streams a few at a time (pass_rows)
+        rows = stream_group(WTp.nbytes, b1 - b0)
+        for r0 in range(b0, b1, rows):  # the block's streams a group at a time (stream_group)
             r1 = min(r0 + rows, b1)
             for t in range(T - 1, -1, -1):
                 for p in range(WTp.shape[0]):

@@ -206,6 +206,7 @@ TILE_ROWS = tile_rows(host_features())  # a constant of the compiled kernels (nu
 # (4 MiB of an LSTM's weights), 1.07x at 448, 1.03x at 384 (2.3 MiB), 1.00x at 320 (1.6 MiB); at
 # H=128-256, within L2, 0.98x, hence the bound. (Like TILE_ROWS, fixed when the kernels compile:
 # a numba cache carried to a machine with another L2 keeps this one's bound, for speed only.)
+# The backward's groups of streams (stream_group) use the same bound.
 FETCH_AHEAD_ABOVE = l2_bytes()
 _tile8x2 = _tile_intrinsic(8, panels=2)
 _tile8x2_ahead = _tile_intrinsic(8, panels=2, fetch_ahead=True)
@@ -220,24 +221,27 @@ def fetches_ahead(P):
     return P.size * P.itemsize > FETCH_AHEAD_ABOVE
 
 
-# Streams a backward time loop takes through the window at a time, where the recurrent weights
-# fit in a core's L2 (pass_rows).
-PASS_ROWS = 8
+# Streams a backward time loop takes through the whole window at a time, where the recurrent
+# weights fit in a core's L2 (stream_group).
+STREAM_GROUP = 8
 
 
 @kernel
-def pass_rows(weight_bytes, rows):
-    """How many of a thread's `rows` streams a backward time loop takes through the whole window
-    before the next ones (at least 1), for packed weights of weight_bytes. A step reads and
-    writes a row of the window's buffers for each stream (the GRU's at H=256: 9 KB), and with
-    16 streams a thread these pushed the weights, re-read at every step, out of L2: the GRU's
-    backward kernel took 2.65 us a character with 16 streams a thread against 2.08 with 8, and
-    2.25 with 16 taken 8 at a time (Intel Xeon, L2 2 MiB, two threads). Weights larger than L2
-    come from L3 at every step anyway, and there each pass would read them again: all streams
-    in one pass (the LSTM at H=512, in passes of 8: 0.92x as fast)."""
+def stream_group(weight_bytes, rows):
+    """How many of a thread's `rows` streams its backward time loop takes through the whole
+    window before the next ones (at least 1), for packed recurrent weights of weight_bytes.
+    A backward step reads and writes a row of several window buffers for each stream (the GRU's
+    at H=256: about 16 KB a stream), and the weights are read again at every step. The GRU's
+    backward kernel at H=256 (768 KB of weights) took 2.65 us a character with 16 streams a
+    thread, 2.08 with 8, and 2.25 with 16 taken 8 at a time; with the window's buffers cut to
+    two steps' rows (a probe), 1.8 with 16 (Intel Xeon, L2 2 MiB, two threads). Our reading: a
+    step of 16 streams' rows pushes some of the weights out of L2, although both would fit by
+    size. Weights larger than L2 come from L3 at every step anyway, and every group would read
+    them again (the LSTM at H=512, 4 MiB, in groups of 8: 0.92x as fast): there all the streams
+    go at once. Measured at 768 KB-1 MB and at 3-4 MiB only, not in between."""
     if weight_bytes > FETCH_AHEAD_ABOVE:
         return max(rows, 1)
-    return PASS_ROWS
+    return STREAM_GROUP
 
 
 @kernel
