@@ -210,7 +210,7 @@ class Trainer:
         batch, and a cell without a matrix (IndRNN) reads no weights at every step."""
         from .kernels._jit import threads
 
-        suggested = FILLING_STREAMS * threads() * self.world.size  # --batch is the total over processes
+        suggested = filling_batch(threads(), self.world.size)
         if (not self.fresh or "Wh" not in self.stack.layout.layer_views(self.params)[0][0]
                 or suggested > streams_held(len(self.train_ids), self.cfg.k1)):
             return None
@@ -493,6 +493,12 @@ class Trainer:
 FILLING_STREAMS = 8
 
 
+def filling_batch(n_threads: int, ranks: int) -> int:
+    """The --batch giving every thread FILLING_STREAMS streams (--batch is the total over
+    `ranks` processes of n_threads threads each)."""
+    return FILLING_STREAMS * n_threads * ranks
+
+
 def few_streams_line(batch: int, ranks: int, n_threads: int) -> str | None:
     """A line for a run of `batch` streams over `ranks` processes of n_threads threads each that
     gives a thread fewer than FILLING_STREAMS, naming the --batch that gives each that many;
@@ -504,7 +510,7 @@ def few_streams_line(batch: int, ranks: int, n_threads: int) -> str | None:
     where = threads if ranks == 1 else f"{ranks} processes of {threads}"
     streams = f"{per_thread:.2g} stream{'' if per_thread == 1 else 's'}"
     return (f"note: {streams} a thread (--batch {batch} on {where}); a thread needs {FILLING_STREAMS} or more to "
-            f"pay for reading the weights at every step: try --batch {FILLING_STREAMS * n_threads * ranks}, "
+            f"pay for reading the weights at every step: try --batch {filling_batch(n_threads, ranks)}, "
             f"usually with a larger --lr (README: Many cores)")
 
 

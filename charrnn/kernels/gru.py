@@ -12,9 +12,10 @@ product *after* it is taken, together with its own bias b_hn.
 Shapes (legend): T steps in the window, B streams, H hidden units, G = 3H gate width.
 Slot t of `hs` holds the state *before* step t: hs[0] enters the window, hs[T] leaves it.
 
-Each thread runs the whole window for its own block of streams [r0, r1) (the backward a group
-of them at a time: panels.stream_group), one panel of LANES units at a time (panels.py). It works on a scratch row per stream holding LANES units of a few
-quantities ("slots"), so the gate math runs in constant-length vector loops.
+Each thread runs the whole window for its own block of streams [r0, r1) (the backward a group of
+them at a time: panels.stream_group), one panel of LANES units at a time (panels.py). It works
+on a scratch row per stream holding LANES units of a few quantities ("slots"), so the gate math
+runs in constant-length vector loops.
 """
 from numba import prange
 

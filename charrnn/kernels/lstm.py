@@ -11,9 +11,9 @@ Slot t of `hs`/`cs` holds the state *before* step t, so hs[0] is the state enter
 and hs[T] the state leaving it. Weights are stored input-major: Wh is (H, 4H) so that the
 recurrent product is a plain (B,H) @ (H,4H).
 
-Each thread runs the whole window for its own block of streams [r0, r1) (the backward a group
-of them at a time: panels.stream_group), one panel of LANES units at a time (panels.py): the four gate pre-activations of the panel's units, then their
-gate math.
+Each thread runs the whole window for its own block of streams [r0, r1) (the backward a group of
+them at a time: panels.stream_group), one panel of LANES units at a time (panels.py): the four
+gate pre-activations of the panel's units, then their gate math.
 """
 from numba import prange
 

@@ -6,10 +6,11 @@ Shapes (legend): T steps in the window, B streams, H hidden units.
 Slot t of `hs` holds the state *before* step t: hs[0] enters the window, hs[T] leaves it.
 Wh is stored input-major, (H, H), so the recurrent product is a plain (B,H) @ (H,H).
 
-Each thread runs the whole window for its own block of streams [r0, r1) (the backward a group
-of them at a time: panels.stream_group), one panel of LANES units at a time (panels.py). It works on a scratch row per stream holding LANES units of a few
-quantities ("slots"), so the elementwise math runs in vector loops on one array (their
-count read by panels.slot_width: a constant 16, LLVM unrolled into scalar code).
+Each thread runs the whole window for its own block of streams [r0, r1) (the backward a group of
+them at a time: panels.stream_group), one panel of LANES units at a time (panels.py). It works
+on a scratch row per stream holding LANES units of a few quantities ("slots"), so the
+elementwise math runs in vector loops on one array (their count read by panels.slot_width: a
+constant 16, LLVM unrolled into scalar code).
 """
 from numba import prange
 
