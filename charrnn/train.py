@@ -210,11 +210,12 @@ class Trainer:
         batch, and a cell without a matrix (IndRNN) reads no weights at every step."""
         from .kernels._jit import threads
 
-        suggested = filling_batch(threads(), self.world.size)
-        if (not self.fresh or "Wh" not in self.stack.layout.layer_views(self.params)[0][0]
-                or suggested > streams_held(len(self.train_ids), self.cfg.k1)):
+        n_threads, ranks = threads(), self.world.size
+        has_matrix = any(name == "layer0.Wh" for name, _, _ in self.stack.layout.entries)
+        if (not self.fresh or not has_matrix
+                or filling_batch(n_threads, ranks) > streams_held(len(self.train_ids), self.cfg.k1)):
             return None
-        return few_streams_line(self.cfg.batch, self.world.size, threads())
+        return few_streams_line(self.cfg.batch, ranks, n_threads)
 
     def save(self, name):
         path = self.run_dir / f"{name}.npz"

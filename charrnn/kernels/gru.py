@@ -13,7 +13,7 @@ Shapes (legend): T steps in the window, B streams, H hidden units, G = 3H gate w
 Slot t of `hs` holds the state *before* step t: hs[0] enters the window, hs[T] leaves it.
 
 Each thread runs the whole window for its own block of streams [r0, r1) (the backward a group of
-them at a time: panels.stream_group), one panel of LANES units at a time (panels.py). It works
+them at a time: panels.stream_groups), one panel of LANES units at a time (panels.py). It works
 on a scratch row per stream holding LANES units of a few quantities ("slots"), so the gate math
 runs in constant-length vector loops.
 """
@@ -25,7 +25,7 @@ from .activations import sigmoid, tanh
 from .blas import matmul_tn_acc
 from .matvec import matvec
 from .panels import LANES, add_entering_grad, add_panel, copy_lanes, prefetch, prefetch_for_write, recurrent_grad
-from .panels import stream_group
+from .panels import stream_groups
 from .panels import recurrent_product
 from .panels import add_thread_sums, pack_gate_panels, pack_transposed_panels, panel_shapes, scratch_rows, thread_sums
 
@@ -155,9 +155,7 @@ def gru_backward(dxproj, dhp, dbhn, dh, dhs, hs, acts, hn, WTp, n_blocks):
     sums = thread_sums(n_blocks, WTp.shape[0] * LANES, dh)
     for i in prange(n_blocks):
         b0, b1 = block(B, n_blocks, i)
-        rows = stream_group(WTp.nbytes, b1 - b0)
-        for r0 in range(b0, b1, rows):  # the block's streams a group at a time (stream_group)
-            r1 = min(r0 + rows, b1)
+        for r0, r1 in stream_groups(b0, b1, WTp.nbytes):  # one group after another
             for t in range(T - 1, -1, -1):
                 for p in range(WTp.shape[0]):
                     _gru_backward_panel(dxproj, dhp, sums[i], dh, dhs, hs, acts, hn, WTp, S[i], t, p, r0, r1)

@@ -24,7 +24,7 @@ from .activations import sigmoid, tanh
 from .blas import matmul_tn_acc
 from .matvec import matvec
 from .panels import LANES, add_entering_grad, copy_lanes, prefetch_for_write, recurrent_grad, recurrent_product
-from .panels import stream_group
+from .panels import stream_groups
 from .panels import scratch_rows, slot_width
 from .panels import gate_panels_shape, pack_gate_panels, pack_transposed_panels, transposed_panels_shape
 
@@ -174,9 +174,7 @@ def gru_cho_backward(dxproj, drz, dn, dh, dhs, hs, acts, WTp, WnTp, n_blocks):
     S = scratch_rows(n_blocks, B, BACKWARD_SLOTS * LANES, dh)
     for i in prange(n_blocks):
         b0, b1 = block(B, n_blocks, i)
-        rows = stream_group(WTp.nbytes + WnTp.nbytes, b1 - b0)
-        for r0 in range(b0, b1, rows):  # the block's streams a group at a time (stream_group)
-            r1 = min(r0 + rows, b1)
+        for r0, r1 in stream_groups(b0, b1, WTp.nbytes + WnTp.nbytes):  # one group after another
             for t in range(T - 1, -1, -1):
                 for p in range(WTp.shape[0]):
                     _backward_z_n_panel(dxproj, drz, dn, dh, dhs, hs, acts, WTp, S[i], t, p, r0, r1)

@@ -25,7 +25,7 @@ from .activations import tanh
 from .blas import matmul_tn_acc
 from .matvec import matvec
 from .panels import LANES, add_entering_grad, add_panel, copy_lanes, prefetch_for_write, recurrent_grad, recurrent_product
-from .panels import stream_group
+from .panels import stream_groups
 from .panels import scratch_rows
 from .panels import add_thread_sums, pack_gate_panels, pack_transposed_panels, panel_shapes, thread_sums
 
@@ -119,9 +119,7 @@ def leaky_backward(dxproj, da, dh, dhs, hs, ks, a, WTp, n_blocks):
     sums = thread_sums(n_blocks, WTp.shape[0] * LANES, dh)
     for i in prange(n_blocks):
         b0, b1 = block(B, n_blocks, i)
-        rows = stream_group(WTp.nbytes, b1 - b0)
-        for r0 in range(b0, b1, rows):  # the block's streams a group at a time (stream_group)
-            r1 = min(r0 + rows, b1)
+        for r0, r1 in stream_groups(b0, b1, WTp.nbytes):  # one group after another
             for t in range(T - 1, -1, -1):
                 for p in range(WTp.shape[0]):
                     _leaky_backward_panel(dxproj, sums[i], dh, dhs, hs, ks, a, WTp, S[i], t, p, r0, r1)

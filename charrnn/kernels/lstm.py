@@ -12,7 +12,7 @@ and hs[T] the state leaving it. Weights are stored input-major: Wh is (H, 4H) so
 recurrent product is a plain (B,H) @ (H,4H).
 
 Each thread runs the whole window for its own block of streams [r0, r1) (the backward a group of
-them at a time: panels.stream_group), one panel of LANES units at a time (panels.py): the four
+them at a time: panels.stream_groups), one panel of LANES units at a time (panels.py): the four
 gate pre-activations of the panel's units, then their gate math.
 """
 from numba import prange
@@ -23,7 +23,7 @@ from .activations import sigmoid, tanh
 from .blas import matmul_tn_acc
 from .matvec import matvec
 from .panels import LANES, add_entering_grad, copy_block, copy_lanes, prefetch, prefetch_for_write, recurrent_grad
-from .panels import stream_group
+from .panels import stream_groups
 from .panels import recurrent_product, scratch_rows
 from .panels import n_panels, pack_gate_panels, pack_transposed_panels, panel_shapes
 
@@ -161,9 +161,7 @@ def lstm_backward(dxproj, dh, dc, dhs, cs, acts, WTp, n_blocks):
     S = scratch_rows(n_blocks, B, BACKWARD_SLOTS * LANES, dh)
     for i in prange(n_blocks):
         b0, b1 = block(B, n_blocks, i)
-        rows = stream_group(WTp.nbytes, b1 - b0)
-        for r0 in range(b0, b1, rows):  # the block's streams a group at a time (stream_group)
-            r1 = min(r0 + rows, b1)
+        for r0, r1 in stream_groups(b0, b1, WTp.nbytes):  # one group after another
             for t in range(T - 1, -1, -1):
                 for p in range(WTp.shape[0]):
                     _lstm_backward_panel(dxproj, dh, dc, dhs, cs, acts, WTp, S[i], t, p, r0, r1)

@@ -246,6 +246,14 @@ def stream_group(weight_bytes, rows):
 
 
 @kernel
+def stream_groups(lo, hi, weight_bytes):
+    """[(r0, r1)]: a thread's block of streams [lo, hi) cut into groups of stream_group's size,
+    which its backward time loop takes through the whole window one after another."""
+    rows = stream_group(weight_bytes, hi - lo)
+    return [(r0, min(r0 + rows, hi)) for r0 in range(lo, hi, rows)]
+
+
+@kernel
 def panel_product(A, a0, lda, rows, K, P, p0, C, c0, ldc):
     """C[i, :LANES] += A[i, :K] @ panel for i < rows: A's row i starts at a0 + i*lda, C's at
     c0 + i*ldc, and the (K, LANES) panel at p0 of P. Arrays are contiguous. Tiles of TILE_ROWS

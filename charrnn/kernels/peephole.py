@@ -24,7 +24,7 @@ from .blas import matmul_tn_acc
 from .lstm import SAVED, LSTMCell
 from .matvec import matvec
 from .panels import LANES, add_entering_grad, add_panel, copy_block, copy_lanes, prefetch_for_write, recurrent_grad
-from .panels import stream_group
+from .panels import stream_groups
 from .panels import recurrent_product
 from .panels import add_thread_sums, scratch_rows, thread_sums
 from .panels import n_panels, pack_gate_panels, pack_transposed_panels, panel_shapes
@@ -161,9 +161,7 @@ def peephole_backward(dxproj, dpeep, dh, dc, dhs, cs, acts, peep, WTp, n_blocks)
     sums = thread_sums(n_blocks, 3 * P, dh)
     for i in prange(n_blocks):
         b0, b1 = block(B, n_blocks, i)
-        rows = stream_group(WTp.nbytes, b1 - b0)
-        for r0 in range(b0, b1, rows):  # the block's streams a group at a time (stream_group)
-            r1 = min(r0 + rows, b1)
+        for r0, r1 in stream_groups(b0, b1, WTp.nbytes):  # one group after another
             for t in range(T - 1, -1, -1):
                 for p in range(WTp.shape[0]):
                     _peephole_backward_panel(dxproj, sums[i], dh, dc, dhs, cs, acts, peep, WTp, S[i], t, p, r0, r1)

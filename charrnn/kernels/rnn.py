@@ -7,7 +7,7 @@ Slot t of `hs` holds the state *before* step t: hs[0] enters the window, hs[T] l
 Wh is stored input-major, (H, H), so the recurrent product is a plain (B,H) @ (H,H).
 
 Each thread runs the whole window for its own block of streams [r0, r1) (the backward a group of
-them at a time: panels.stream_group), one panel of LANES units at a time (panels.py). It works
+them at a time: panels.stream_groups), one panel of LANES units at a time (panels.py). It works
 on a scratch row per stream holding LANES units of a few quantities ("slots"), so the
 elementwise math runs in vector loops on one array (their count read by panels.slot_width: a
 constant 16, LLVM unrolled into scalar code).
@@ -20,7 +20,7 @@ from .activations import tanh
 from .blas import matmul_tn_acc
 from .matvec import matvec
 from .panels import LANES, add_entering_grad, copy_lanes, prefetch, prefetch_for_write, recurrent_grad, recurrent_product
-from .panels import stream_group
+from .panels import stream_groups
 from .panels import scratch_rows
 from .panels import pack_gate_panels, pack_transposed_panels, panel_shapes, slot_width
 
@@ -100,9 +100,7 @@ def rnn_backward(dxproj, dh, dhs, hs, WTp, n_blocks):
     S = scratch_rows(n_blocks, B, BACKWARD_SLOTS * LANES, dh)
     for i in prange(n_blocks):
         b0, b1 = block(B, n_blocks, i)
-        rows = stream_group(WTp.nbytes, b1 - b0)
-        for r0 in range(b0, b1, rows):  # the block's streams a group at a time (stream_group)
-            r1 = min(r0 + rows, b1)
+        for r0, r1 in stream_groups(b0, b1, WTp.nbytes):  # one group after another
             for t in range(T - 1, -1, -1):
                 for p in range(WTp.shape[0]):
                     _rnn_backward_panel(dxproj, dh, dhs, hs, WTp, S[i], t, p, r0, r1)
