@@ -11,13 +11,22 @@ numba's OpenMP threading layer; another layer's time shows under its own library
 "[a parallel loop's body]" is the code numba wrote around the loops' calls, every loop together;
 "python" the interpreter. The OpenBLAS override some machines set is lifted, as users run.
 
+With --annotate NAME, the instructions of each function whose name holds NAME (as printed, e.g.
+`lstm._lstm_forward_panel`) follow, by their share of that function's samples: the machine code
+is read from this process and disassembled with objdump (binutils). A sample names the
+instruction that was to retire next: a stalled load or store shows as itself, a long
+computation on the instruction that waits for its result.
+
     python benchmarks/profile_update.py lstm 128
     python benchmarks/profile_update.py gru 256 --seconds 10 --dropout 0.4
+    python benchmarks/profile_update.py lstm 128 --annotate _lstm_forward_panel
 
 Needs `perf` (linux-tools) and the permission to sample one's own processes
 (/proc/sys/kernel/perf_event_paranoid at most 2).
 """
 import argparse
+import bisect
+import ctypes
 import gc
 import os
 import re
@@ -58,7 +67,8 @@ if "CHARRNN_PROFILE_CACHE" not in os.environ:  # compile afresh (see above), in 
 
 
 def perf_map(path):
-    """Write the addresses of every function numba compiled in this process, for perf."""
+    """Write the addresses of every function numba compiled in this process, for perf; return
+    them as (address, size, mangled name), in order of address."""
     from numba.core.dispatcher import Dispatcher
 
     entries, seen = [], set()
@@ -76,9 +86,12 @@ def perf_map(path):
                     if address:
                         entries.append((address, fn.name))
     entries.sort()
+    spans = [(address, following - address, name) for (address, name), (following, _)
+             in zip(entries, entries[1:] + [(entries[-1][0] + 4096, "")])]
     with open(path, "w") as f:
-        for (address, name), (following, _) in zip(entries, entries[1:] + [(entries[-1][0] + 4096, "")]):
-            f.write(f"{address:x} {following - address:x} {name}\n")
+        for address, size, name in spans:
+            f.write(f"{address:x} {size:x} {name}\n")
+    return spans
 
 
 def readable(line):
@@ -92,6 +105,11 @@ def readable(line):
         return "[waiting]"  # the OpenMP runtime: perf finds no symbols in it
     if "libpython" in dso:
         return "python"
+    return kernel_name(symbol)
+
+
+def kernel_name(symbol):
+    """numba's mangled name made readable: 'charrnn.kernels.lstm._lstm_forward_panel'."""
     m = re.match(r"(?:cfunc\.|__gufunc__\.)?_ZN(.*?)B\d+v\d+", symbol)
     if not m:
         return symbol
@@ -113,7 +131,10 @@ def main():
     ap.add_argument("--dropout", type=float, default=0.0)
     ap.add_argument("--seconds", type=float, default=5.0, help="how long perf samples")
     ap.add_argument("--top", type=int, default=20)
+    ap.add_argument("--annotate", metavar="NAME", help="also the instructions of the functions whose name holds NAME")
     args = ap.parse_args()
+    if args.annotate and shutil.which("objdump") is None:
+        sys.exit("profile_update: --annotate needs objdump (binutils)")
     cache, perf_map_path = Path(os.environ["CHARRNN_PROFILE_CACHE"]), Path(f"/tmp/perf-{os.getpid()}.map")
     try:
         profile(args, cache, perf_map_path)
@@ -136,7 +157,7 @@ def profile(args, cache, perf_map_path):
         update()
         times.append(time.perf_counter() - start)
     per_update = sorted(times)[len(times) // 2]
-    perf_map(perf_map_path)
+    spans = perf_map(perf_map_path)
     data = cache / "perf.data"
     record = subprocess.Popen(["perf", "record", "-q", "-N", "-F", "4999", "-p", str(os.getpid()), "-o", str(data)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -150,15 +171,51 @@ def profile(args, cache, perf_map_path):
     if record.returncode not in (0, -2) or not data.exists():
         sys.exit(f"profile_update: perf record failed: {' '.join(err.split())[:200]}")
     script = subprocess.run(["perf", "script", "-i", str(data), "-F", "ip,sym,dso"], capture_output=True, text=True)
+    lines = script.stdout.splitlines()
     if script.returncode != 0:
         sys.exit(f"profile_update: perf script failed: {' '.join(script.stderr.split())[:200]}")
-    shares = Counter(readable(line.strip()) for line in script.stdout.splitlines())
+    shares = Counter(readable(line.strip()) for line in lines)
     total = sum(shares.values())
     print(f"{args.cell} H={args.hidden} V={args.vocab} T={T} B={B}"
           + (f" dropout {args.dropout}" if args.dropout else "")
           + f": {per_update * 1e3:.2f} ms an update (median of 9), {updates} updates sampled, {total} samples")
     for name, n in shares.most_common(args.top):
         print(f"{100 * n / total:6.2f}%  {name}")
+    if args.annotate:
+        annotate(args.annotate, spans, lines, total, args.top, cache)
+
+
+def annotate(name, spans, lines, total, top, cache):
+    """Print the `top` instructions of each sampled function whose name holds `name`, by share of
+    its samples, disassembled from this process's memory."""
+    ips = [int(line.split()[0], 16) for line in lines if line.strip()[:1].isalnum()]
+    starts = [address for address, _, _ in spans]
+    hits = Counter()
+    for ip in ips:
+        i = bisect.bisect_right(starts, ip) - 1
+        if i >= 0 and ip < starts[i] + spans[i][1]:
+            hits[i, ip - starts[i]] += 1
+    shown = 0
+    for i, (address, size, mangled) in enumerate(spans):
+        here = {offset: n for (j, offset), n in hits.items() if j == i}
+        if name not in kernel_name(mangled) or not here:
+            continue
+        shown += 1
+        code = cache / f"function{i}.bin"
+        code.write_bytes(ctypes.string_at(address, size))
+        listing = subprocess.run(["objdump", "-D", "-b", "binary", "-m", "i386:x86-64", "-M", "intel", str(code)],
+                                 capture_output=True, text=True).stdout
+        instructions = {}
+        for line in listing.splitlines():
+            m = re.match(r"\s*([0-9a-f]+):\t[0-9a-f ]+\t(.*)", line)
+            if m:
+                instructions[int(m.group(1), 16)] = " ".join(m.group(2).split())
+        n = sum(here.values())
+        print(f"\n{kernel_name(mangled)} ({size} bytes): {100 * n / total:.2f}% of all samples; its instructions")
+        for offset, k in sorted(here.items(), key=lambda item: -item[1])[:top]:
+            print(f"{100 * k / n:6.2f}%  {offset:5x}  {instructions.get(offset, '?')}")
+    if not shown:
+        print(f"\nno sampled function's name holds {name!r}")
 
 
 if __name__ == "__main__":
