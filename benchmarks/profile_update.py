@@ -13,9 +13,9 @@ numba's OpenMP threading layer; another layer's time shows under its own library
 
 With --annotate NAME, the instructions of each function whose name holds NAME (as printed, e.g.
 `lstm._lstm_forward_panel`) follow, by their share of that function's samples: the machine code
-is read from this process and disassembled with objdump (binutils). A sample names the
-instruction that was to retire next: a stalled load or store shows as itself, a long
-computation on the instruction that waits for its result.
+is read from this process and disassembled with objdump (binutils). A sample names the oldest
+instruction not yet finished when it was taken: mostly one waiting, for memory or for an
+earlier result, so the time is that instruction's or its neighbours' just before it.
 
     python benchmarks/profile_update.py lstm 128
     python benchmarks/profile_update.py gru 256 --seconds 10 --dropout 0.4
@@ -25,8 +25,6 @@ Needs `perf` (linux-tools) and the permission to sample one's own processes
 (/proc/sys/kernel/perf_event_paranoid at most 2).
 """
 import argparse
-import bisect
-import ctypes
 import gc
 import os
 import re
@@ -171,9 +169,9 @@ def profile(args, cache, perf_map_path):
     if record.returncode not in (0, -2) or not data.exists():
         sys.exit(f"profile_update: perf record failed: {' '.join(err.split())[:200]}")
     script = subprocess.run(["perf", "script", "-i", str(data), "-F", "ip,sym,dso"], capture_output=True, text=True)
-    lines = script.stdout.splitlines()
     if script.returncode != 0:
         sys.exit(f"profile_update: perf script failed: {' '.join(script.stderr.split())[:200]}")
+    lines = script.stdout.splitlines()
     shares = Counter(readable(line.strip()) for line in lines)
     total = sum(shares.values())
     print(f"{args.cell} H={args.hidden} V={args.vocab} T={T} B={B}"
@@ -188,34 +186,32 @@ def profile(args, cache, perf_map_path):
 def annotate(name, spans, lines, total, top, cache):
     """Print the `top` instructions of each sampled function whose name holds `name`, by share of
     its samples, disassembled from this process's memory."""
-    ips = [int(line.split()[0], 16) for line in lines if line.strip()[:1].isalnum()]
-    starts = [address for address, _, _ in spans]
-    hits = Counter()
-    for ip in ips:
-        i = bisect.bisect_right(starts, ip) - 1
-        if i >= 0 and ip < starts[i] + spans[i][1]:
-            hits[i, ip - starts[i]] += 1
-    shown = 0
-    for i, (address, size, mangled) in enumerate(spans):
-        here = {offset: n for (j, offset), n in hits.items() if j == i}
-        if name not in kernel_name(mangled) or not here:
-            continue
-        shown += 1
-        code = cache / f"function{i}.bin"
-        code.write_bytes(ctypes.string_at(address, size))
-        listing = subprocess.run(["objdump", "-D", "-b", "binary", "-m", "i386:x86-64", "-M", "intel", str(code)],
-                                 capture_output=True, text=True).stdout
-        instructions = {}
-        for line in listing.splitlines():
-            m = re.match(r"\s*([0-9a-f]+):\t[0-9a-f ]+\t(.*)", line)
-            if m:
-                instructions[int(m.group(1), 16)] = " ".join(m.group(2).split())
-        n = sum(here.values())
-        print(f"\n{kernel_name(mangled)} ({size} bytes): {100 * n / total:.2f}% of all samples; its instructions")
-        for offset, k in sorted(here.items(), key=lambda item: -item[1])[:top]:
-            print(f"{100 * k / n:6.2f}%  {offset:5x}  {instructions.get(offset, '?')}")
-    if not shown:
+    address = {mangled: at for at, _, mangled in spans}
+    hits = {}  # mangled name: Counter of offsets
+    for line in lines:
+        m = re.match(r"\s*([0-9a-f]+) (\S+)", line)
+        if m and m.group(2) in address and name in kernel_name(m.group(2)):
+            hits.setdefault(m.group(2), Counter())[int(m.group(1), 16) - address[m.group(2)]] += 1
+    if not hits:
         print(f"\nno sampled function's name holds {name!r}")
+    memory = os.open("/proc/self/mem", os.O_RDONLY)  # reading it, an unmapped page is an error, not a crash
+    try:
+        for mangled, here in sorted(hits.items(), key=lambda item: -sum(item[1].values())):
+            code = cache / "function.bin"
+            code.write_bytes(os.pread(memory, max(here) + 16, address[mangled]))
+            listing = subprocess.run(["objdump", "-D", "-b", "binary", "-m", "i386:x86-64", "-M", "intel", str(code)],
+                                     capture_output=True, text=True).stdout
+            instructions = {}
+            for line in listing.splitlines():
+                m = re.match(r"\s*([0-9a-f]+):\t[0-9a-f ]+\t(.*)", line)
+                if m:
+                    instructions[int(m.group(1), 16)] = " ".join(m.group(2).split())
+            n = sum(here.values())
+            print(f"\n{kernel_name(mangled)}: {100 * n / total:.2f}% of all samples; its instructions")
+            for offset, k in here.most_common(top):
+                print(f"{100 * k / n:6.2f}%  {offset:5x}  {instructions.get(offset, '?')}")
+    finally:
+        os.close(memory)
 
 
 if __name__ == "__main__":
