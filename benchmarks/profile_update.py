@@ -198,7 +198,10 @@ def annotate(name, spans, lines, total, top, cache):
     try:
         for mangled, here in sorted(hits.items(), key=lambda item: -sum(item[1].values())):
             code = cache / "function.bin"
-            code.write_bytes(os.pread(memory, max(here) + 16, address[mangled]))
+            try:
+                code.write_bytes(os.pread(memory, max(here) + 16, address[mangled]))
+            except OSError:  # not readable after all: the offsets alone
+                code.write_bytes(b"")
             listing = subprocess.run(["objdump", "-D", "-b", "binary", "-m", "i386:x86-64", "-M", "intel", str(code)],
                                      capture_output=True, text=True).stdout
             instructions = {}
