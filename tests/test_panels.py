@@ -2,6 +2,7 @@
 correct on any machine (LLVM splits vectors wider than the hardware's, so all of them run here;
 only their speed differs by machine)."""
 import os
+import platform
 import subprocess
 import sys
 import types
@@ -27,11 +28,17 @@ def test_tile_rows_follow_the_vector_width():
 def tile_rows_in(cache_dir, **settings):
     """panels.TILE_ROWS in a fresh process with these NUMBA_* settings and no others of the
     CPU's (nothing is compiled)."""
+    return panels_in(cache_dir, "panels.TILE_ROWS", **settings)
+
+
+def panels_in(cache_dir, expression, **settings):
+    """The printed value of an expression of `panels` in a fresh process with these NUMBA_*
+    settings and no others of the CPU's."""
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir), PYTHONPATH=ROOT)
     for name in ("NUMBA_CPU_FEATURES", "NUMBA_CPU_NAME"):
         env.pop(name, None)
     env.update(settings)
-    out = subprocess.run([sys.executable, "-c", "from charrnn.kernels import panels; print(panels.TILE_ROWS)"],
+    out = subprocess.run([sys.executable, "-c", f"from charrnn.kernels import panels; print({expression})"],
                          env=env, capture_output=True, text=True, check=True).stdout
     return out.split()
 
@@ -46,6 +53,30 @@ def test_a_generic_cpu_name_selects_the_narrow_tile(tmp_path):
     # NUMBA_CPU_NAME=generic (portable caches) compiles for no extension at all: numba sets
     # the features to "" itself, whatever this host has
     assert tile_rows_in(tmp_path, NUMBA_CPU_NAME="generic") == ["4"]
+
+
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+# llvmlite's new pass manager (0.44 on), which loop_vector_bits compiles its loop with
+PROBES = hasattr(panels.llvm, "create_pass_builder")
+
+
+@pytest.mark.skipif(not (X86 and PROBES), reason="LLVM's x86 CPUs, llvmlite's new pass manager")
+@pytest.mark.parametrize("cpu, bits", [("skylake-avx512", 256), ("sapphirerapids", 256), ("znver4", 512),
+                                       ("znver5", 512), ("haswell", 256), ("x86-64", 128)])
+def test_the_loop_vectors_follow_the_cpus_tuning_not_only_its_extensions(cpu, bits):
+    # each CPU with its own features (""): Intel's AVX-512 CPUs have 512-bit vectors, yet LLVM
+    # vectorises loops for them 256 bits wide; for AMD's Zen 4 and 5, 512
+    assert panels.loop_vector_bits(cpu, "") == bits
+
+
+@pytest.mark.skipif(not (X86 and PROBES), reason="LLVM's x86 CPUs, llvmlite's new pass manager")
+def test_copies_take_the_loop_vectors_width_of_the_cpu_numba_compiles_for(tmp_path):
+    # float32 elements: a panel of 16 in one piece for Zen 4, in two for an Intel Xeon, with
+    # AVX-512 either way; float64 in pieces of 8 and 4
+    pieces = "panels.copy_piece(32), panels.copy_piece(64)"
+    assert panels_in(tmp_path, pieces, NUMBA_CPU_NAME="znver4") == ["16", "8"]
+    assert panels_in(tmp_path, pieces, NUMBA_CPU_NAME="skylake-avx512") == ["8", "4"]
+    assert panels_in(tmp_path, pieces, NUMBA_CPU_NAME="generic") == ["4", "2"]
 
 
 def _recompiled(kernel, **names):

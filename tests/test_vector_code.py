@@ -13,7 +13,8 @@ import pytest
 
 from charrnn.cells import NAMES
 from charrnn.kernels._jit import ERROR_MODEL, FASTMATH
-from charrnn.kernels.panels import host_features
+from charrnn.kernels import panels
+from charrnn.kernels.panels import copy_lanes, host_features
 from charrnn.model import CELLS, ModelSpec, Stack, init_params
 
 
@@ -107,3 +108,45 @@ def test_the_backward_fetches_for_writing_the_lines_its_next_step_writes(cell):
     assert any(re.search(r"^\s+prefetchw\s", code[name], re.M) for name in backward), cell
     others = [name for name in code if "backward" not in name]  # the forward's steps
     assert not any(re.search(r"^\s+prefetchw\s", code[name], re.M) for name in others), cell
+
+
+def _scale_add(a, b):
+    for i in range(a.shape[0]):
+        a[i] = a[i] * b[i] + np.float32(1.0)
+
+
+def _copy(dst, d0, src, s0, n):
+    copy_lanes(dst, d0, src, s0, n)
+
+
+def machine_code(fn, sig):
+    compiled = fresh(numba.njit(fn))
+    compiled.compile(sig)
+    return compiled.inspect_asm(sig)
+
+
+REGISTER_BITS = {"xmm": 128, "ymm": 256, "zmm": 512}
+
+
+def widest(pattern, code):
+    """The widest vector register in the instructions matching `pattern` (its operands after)."""
+    return max(REGISTER_BITS[r] for r in re.findall(pattern + r"\s+[^\n]*?\b([xyz]mm)\d+", code, re.M))
+
+
+@pytest.mark.skipif(not AVX or panels.loop_vector_bits("x86-64", "") is None,
+                    reason="reads x86 AVX instructions; needs llvmlite's new pass manager")
+def test_the_probe_finds_the_width_numba_vectorises_a_loop_to():
+    # panels.loop_vector_bits compiles its own loop with llvmlite; numba's, as the gate math's
+    f32 = numba.float32[::1]
+    code = machine_code(_scale_add, (f32, f32))
+    assert widest(r"^\s+v(?:mul|add|fmadd\d+)ps", code) == panels.loop_vector_bits(panels.host_cpu_name(),
+                                                                                    host_features())
+
+
+@pytest.mark.skipif(not AVX, reason="reads x86 AVX instructions")
+def test_copies_load_and_store_no_wider_than_the_gate_maths_vectors():
+    # a load spanning two of the gate math's stores waits for both to reach the cache
+    # (panels.copy_piece); LLVM may not merge the pieces back into wider loads or stores
+    f32, intp = numba.float32[::1], numba.intp
+    code = machine_code(_copy, (f32, intp, f32, intp, intp))
+    assert widest(r"^\s+vmovu[pd]s", code) == panels.copy_piece(32) * 32
