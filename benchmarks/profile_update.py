@@ -27,6 +27,7 @@ Needs `perf` (linux-tools) and the permission to sample one's own processes
 import argparse
 import gc
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -131,6 +132,8 @@ def main():
     ap.add_argument("--top", type=int, default=20)
     ap.add_argument("--annotate", metavar="NAME", help="also the instructions of the functions whose name holds NAME")
     args = ap.parse_args()
+    if args.annotate and platform.machine().lower() not in ("x86_64", "amd64"):
+        sys.exit("profile_update: --annotate reads x86-64 code only")
     if args.annotate and shutil.which("objdump") is None:
         sys.exit("profile_update: --annotate needs objdump (binutils)")
     cache, perf_map_path = Path(os.environ["CHARRNN_PROFILE_CACHE"]), Path(f"/tmp/perf-{os.getpid()}.map")

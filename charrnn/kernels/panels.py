@@ -180,21 +180,18 @@ def host_features() -> str:
     return llvm.get_host_cpu_features().flatten()
 
 
-def host_cpu_name() -> str:
-    """The CPU numba compiles for: NUMBA_CPU_NAME when set, else the host's (LLVM's name)."""
-    from numba.core import config
-
-    return config.CPU_NAME or llvm.get_host_cpu_name()
-
-
-def loop_vector_bits(cpu: str, features: str) -> int:
+def loop_vector_bits(cpu: str, features: str) -> int | None:
     """The width, in bits, of the vectors LLVM's loop vectoriser makes of a float32 loop for this
     CPU and these features: found by compiling one, since it follows LLVM's tuning for the CPU
     as well as its vector extensions. For Intel's CPUs with AVX-512 (Skylake-SP to Sapphire
     Rapids and after) LLVM prefers 256-bit vectors where it vectorises loops itself, so the
     cells' gate math runs 8 floats wide there, beside the tiles' 16; for AMD's Zen 4 and 5 it
-    uses all 512 bits; with AVX2, 256; with SSE, 128. None where this llvmlite has no new pass
-    manager to compile it with (llvmlite before 0.44)."""
+    uses all 512 bits; with AVX2, 256; with SSE, and on any other architecture (no ymm or zmm
+    in its code), 128. The probe's loop is long; the cells' gate-math loops are at most a panel
+    (16 units, slot_width) long, which a vector of this width divides. None where this
+    llvmlite has no new pass manager to compile it with (llvmlite before 0.44)."""
+    if not hasattr(llvm, "create_pass_builder"):
+        return None
     module = ir.Module("vector_width_probe")
     f32, i64 = ir.FloatType(), ir.IntType(64)
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [f32.as_pointer(), f32.as_pointer(), i64]), "probe")
@@ -218,8 +215,6 @@ def loop_vector_bits(cpu: str, features: str) -> int:
     compiled = llvm.parse_assembly(str(module))
     machine = llvm.Target.from_triple(llvm.get_process_triple()).create_target_machine(cpu=cpu, features=features,
                                                                                        opt=3)
-    if not hasattr(llvm, "create_pass_builder"):
-        return None
     passes = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(speed_level=3))
     passes.getModulePassManager().run(compiled, passes)
     code = machine.emit_assembly(compiled)
@@ -227,20 +222,38 @@ def loop_vector_bits(cpu: str, features: str) -> int:
 
 
 @functools.cache
+def loop_bits() -> int | None:
+    """loop_vector_bits for the CPU and features numba compiles the kernels for, as its cache
+    key names them; None where it cannot be found. A probe that fails (an llvmlite whose API
+    moved) leaves the copies whole panels, as they were before, rather than failing every
+    kernel's compilation: the tests of the probe fail instead."""
+    from numba.core.registry import cpu_target
+
+    _, cpu, features = cpu_target.target_context.codegen().magic_tuple()
+    try:
+        return loop_vector_bits(cpu, features)
+    except Exception:  # noqa: BLE001 (see above)
+        return None
+
+
+@functools.cache
 def copy_piece(element_bits: int) -> int:
-    """How many elements the copies below move at a time, of elements this wide: as many as one
-    of the loop vectoriser's vectors holds for the CPU numba compiles for, at most a panel.
+    """How many elements the copies below (and add_panel) move at a time, of elements this
+    wide: as many as one of the loop vectoriser's vectors holds (loop_bits), at most a panel.
     The cells' gate math writes a scratch row's slots in such vectors, and the copies that save
     them read the slots right after: a load that spans two stores still in flight cannot take
     their data from the store buffer, and waits until both reach the cache, behind the window's
-    stores to memory. On an Intel Xeon with AVX-512 (8-wide gate math), whole-panel copies spent
-    19%-31% of the LSTM forward's panel steps on that wait; in halves, whole updates of every
-    cell ran 0.98x-1.07x as fast at H=128-256 (most 1.02x-1.05x), 0.97x-1.07x at H=512 and
-    0.97x-1.02x at V=6000, side by side; AVX2 code (8-wide already) 0.96x-1.02x, unchanged.
-    Called at compile time only: code loaded from numba's cache, whose key holds the CPU and
-    its features, was compiled for the same width. A whole panel where the width is unknown."""
-    bits = loop_vector_bits(host_cpu_name(), host_features())
-    return LANES if bits is None else max(1, min(LANES, bits // element_bits))
+    stores to memory. On an Intel Xeon with AVX-512 (8-wide gate math), with whole-panel copies
+    the store right after such a load held 19%-31% of the LSTM forward's panel samples; in
+    pieces, whole updates of every cell ran 0.98x-1.07x as fast at H=128-256 (most
+    1.02x-1.05x), 0.97x-1.07x at H=512 and 0.97x-1.02x at V=6000, side by side; AVX2 code
+    (8-wide already) 0.96x-1.02x, unchanged. Called at compile time only: code loaded from
+    numba's cache was compiled for the same CPU and features. A whole panel where the width is
+    unknown."""
+    bits = loop_bits()
+    piece = LANES if bits is None else max(1, min(LANES, bits // element_bits))
+    assert LANES % piece == 0, (LANES, piece)
+    return piece
 
 
 def l2_bytes(caches="/sys/devices/system/cpu/cpu0/cache") -> int:
@@ -555,13 +568,14 @@ copy_block = _copy_intrinsic(whole_panels=True)  # several slots at once
 
 @intrinsic
 def add_panel(typingctx, dst, d0, src, s0):
-    """dst[d0 : d0+LANES] += src[s0 : s0+LANES] on 1-D arrays, as one vector load, add and
-    store. For sums kept in a buffer of their own across a time loop: the same loop over the
+    """dst[d0 : d0+LANES] += src[s0 : s0+LANES] on 1-D arrays, as vector loads, adds and stores
+    as wide as the gate math's vectors (copy_piece: it too reads slots the gate math has just
+    written). For sums kept in a buffer of their own across a time loop: the same loop over the
     lanes stays scalar, since LLVM cannot tell that the buffer and the scratch row it adds
     from do not overlap (a peephole LSTM update at H=256 took 7% longer). Like the tile, it
     checks no bounds: the callers size dst and src in whole panels (thread_sums, scratch rows).
-    Also for two slots of one scratch row (recurrent_product's spare): both are loaded before
-    the store, so dst and src may be one array."""
+    Also for two slots of one scratch row (recurrent_product's spare): each piece of both is
+    loaded before its store, so dst and src may be one array."""
     _same_contiguous_arrays(dst, src)
     sig = types.void(dst, types.intp, src, types.intp)
 
@@ -569,13 +583,16 @@ def add_panel(typingctx, dst, d0, src, s0):
         dst_, d0_, src_, s0_ = args
         dtype = signature.args[0].dtype
         itemsize = dtype.bitwidth // 8
-        vec_ptr = ir.VectorType(context.get_value_type(dtype), LANES).as_pointer()
-        to = builder.bitcast(builder.gep(context.make_array(signature.args[0])(context, builder, dst_).data, [d0_]),
-                             vec_ptr)
-        frm = builder.bitcast(builder.gep(context.make_array(signature.args[2])(context, builder, src_).data, [s0_]),
-                              vec_ptr)
-        total = builder.fadd(builder.load(to, align=itemsize), builder.load(frm, align=itemsize))
-        builder.store(total, to, align=itemsize)
+        piece = copy_piece(dtype.bitwidth)
+        piece_ptr = ir.VectorType(context.get_value_type(dtype), piece).as_pointer()
+        to = builder.gep(context.make_array(signature.args[0])(context, builder, dst_).data, [d0_])
+        frm = builder.gep(context.make_array(signature.args[2])(context, builder, src_).data, [s0_])
+        for k in range(0, LANES, piece):
+            at = ir.Constant(d0_.type, k)
+            here = builder.bitcast(builder.gep(to, [at]), piece_ptr)
+            there = builder.bitcast(builder.gep(frm, [at]), piece_ptr)
+            total = builder.fadd(builder.load(here, align=itemsize), builder.load(there, align=itemsize))
+            builder.store(total, here, align=itemsize)
         return context.get_dummy_value()
 
     return sig, codegen
