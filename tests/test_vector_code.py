@@ -49,9 +49,16 @@ def float32_signature(fn):
 
 
 def fresh(fn):
-    """fn compiled anew, not from numba's cache (which keeps no machine code to show), with the
-    kernels' options; serial, as the panel steps are."""
-    return numba.njit(fastmath=FASTMATH, error_model=ERROR_MODEL)(fn.py_func)
+    """fn (a kernel, or a plain function) compiled anew, not from numba's cache (which keeps no
+    machine code to show), with the kernels' options; serial, as the panel steps are."""
+    return numba.njit(fastmath=FASTMATH, error_model=ERROR_MODEL)(getattr(fn, "py_func", fn))
+
+
+def machine_code(fn, sig):
+    """fresh(fn)'s machine code for the signature sig."""
+    compiled = fresh(fn)
+    compiled.compile(sig)
+    return compiled.inspect_asm(sig)
 
 
 # the AVX instructions' names (vaddps, vfmadd231ss, ...): without AVX (NUMBA_CPU_NAME=generic,
@@ -72,14 +79,7 @@ def panel_step_code(cell):
     for name in loops:  # typing a loop (serially: faster) compiles the panel steps it calls
         loop = getattr(kernels, name)
         fresh(loop).compile(float32_signature(loop))
-    code = {}
-    for name in steps:
-        step = getattr(kernels, name)
-        sig = float32_signature(step)
-        compiled = fresh(step)
-        compiled.compile(sig)
-        code[name] = compiled.inspect_asm(sig)
-    return code
+    return {name: machine_code(getattr(kernels, name), float32_signature(getattr(kernels, name))) for name in steps}
 
 
 @pytest.mark.skipif(not AVX, reason="reads x86 AVX instructions")
@@ -117,12 +117,6 @@ def _scale_add(a, b):
 
 def _copy(dst, d0, src, s0, n):
     copy_lanes(dst, d0, src, s0, n)
-
-
-def machine_code(fn, sig):
-    compiled = fresh(numba.njit(fn))
-    compiled.compile(sig)
-    return compiled.inspect_asm(sig)
 
 
 REGISTER_BITS = {"xmm": 128, "ymm": 256, "zmm": 512}

@@ -512,6 +512,25 @@ def recurrent_grad(dA, t, P, S, p, r0, r1, spare):
             panel_product(dA[t], r0 * G, G, r1 - r0, G, P[p], 0, S, r0 * W, W)
 
 
+def _panel_pieces(context, builder, signature, args):
+    """For the codegen of an intrinsic (dst, d0, src, s0, ...) on 1-D arrays of one dtype:
+    pointers to dst[d0] and src[s0], the element size (the vectors' alignment), and pieces(at),
+    the vector pointers into dst and src, copy_piece wide, of each piece of the panel `at`
+    elements (an LLVM integer) past them."""
+    dtype = signature.args[0].dtype
+    to = builder.gep(context.make_array(signature.args[0])(context, builder, args[0]).data, [args[1]])
+    frm = builder.gep(context.make_array(signature.args[2])(context, builder, args[2]).data, [args[3]])
+    piece = copy_piece(dtype.bitwidth)
+    piece_ptr = ir.VectorType(context.get_value_type(dtype), piece).as_pointer()
+
+    def pieces(at):
+        for k in range(0, LANES, piece):
+            at_k = builder.add(at, ir.Constant(at.type, k))
+            yield builder.bitcast(builder.gep(to, [at_k]), piece_ptr), builder.bitcast(builder.gep(frm, [at_k]), piece_ptr)
+
+    return to, frm, dtype.bitwidth // 8, pieces
+
+
 def _copy_intrinsic(whole_panels):
     """An intrinsic copy(dst, d0, src, s0, n): dst[d0 : d0+n] = src[s0 : s0+n] on 1-D arrays
     whose ranges do not overlap (every caller copies between a scratch row and another buffer).
@@ -530,20 +549,13 @@ def _copy_intrinsic(whole_panels):
         sig = types.void(dst, intp, src, intp, intp)
 
         def codegen(context, builder, signature, args):
-            dst_, d0_, src_, s0_, n_ = args
-            dtype = signature.args[0].dtype
-            itemsize = dtype.bitwidth // 8
-            to = builder.gep(context.make_array(signature.args[0])(context, builder, dst_).data, [d0_])
-            frm = builder.gep(context.make_array(signature.args[2])(context, builder, src_).data, [s0_])
+            n_ = args[4]
+            to, frm, itemsize, pieces = _panel_pieces(context, builder, signature, args)
             lanes = ir.Constant(n_.type, LANES)
-            piece = copy_piece(dtype.bitwidth)
-            piece_ptr = ir.VectorType(context.get_value_type(dtype), piece).as_pointer()
 
-            def copy_panel(at):  # in pieces of copy_piece's width, each its own load and store
-                for k in range(0, LANES, piece):
-                    at_k = builder.add(at, ir.Constant(at.type, k))
-                    part = builder.load(builder.bitcast(builder.gep(frm, [at_k]), piece_ptr), align=itemsize)
-                    builder.store(part, builder.bitcast(builder.gep(to, [at_k]), piece_ptr), align=itemsize)
+            def copy_panel(at):  # each piece its own load and store
+                for here, there in pieces(at):
+                    builder.store(builder.load(there, align=itemsize), here, align=itemsize)
 
             if whole_panels:
                 n_whole = builder.sdiv(n_, lanes)
@@ -580,17 +592,8 @@ def add_panel(typingctx, dst, d0, src, s0):
     sig = types.void(dst, types.intp, src, types.intp)
 
     def codegen(context, builder, signature, args):
-        dst_, d0_, src_, s0_ = args
-        dtype = signature.args[0].dtype
-        itemsize = dtype.bitwidth // 8
-        piece = copy_piece(dtype.bitwidth)
-        piece_ptr = ir.VectorType(context.get_value_type(dtype), piece).as_pointer()
-        to = builder.gep(context.make_array(signature.args[0])(context, builder, dst_).data, [d0_])
-        frm = builder.gep(context.make_array(signature.args[2])(context, builder, src_).data, [s0_])
-        for k in range(0, LANES, piece):
-            at = ir.Constant(d0_.type, k)
-            here = builder.bitcast(builder.gep(to, [at]), piece_ptr)
-            there = builder.bitcast(builder.gep(frm, [at]), piece_ptr)
+        _, _, itemsize, pieces = _panel_pieces(context, builder, signature, args)
+        for here, there in pieces(ir.Constant(args[1].type, 0)):
             total = builder.fadd(builder.load(here, align=itemsize), builder.load(there, align=itemsize))
             builder.store(total, here, align=itemsize)
         return context.get_dummy_value()
