@@ -20,6 +20,7 @@ The OpenBLAS override some machines set is lifted for the run, as users run (mac
     python benchmarks/bench_kernels.py --cell lstm --repeats 7
     python benchmarks/bench_kernels.py --against 4920ba3 --no-torch
     python benchmarks/bench_kernels.py --cell lstm --dropout 0.4   # as the default run trains
+    python benchmarks/bench_kernels.py --avx2    # both sides on AVX2 code only (machine.py)
 """
 import argparse
 import importlib
@@ -33,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from machine import describe, extract_revision, lift_openblas  # noqa: E402
 
-lift_openblas()  # before numpy loads OpenBLAS
+lift_openblas(avx2="--avx2" in sys.argv[1:])  # before numpy loads OpenBLAS, numba and torch their code
 
 import numpy as np  # noqa: E402
 from threadpoolctl import ThreadpoolController  # noqa: E402
@@ -142,6 +143,8 @@ def main():
     ap.add_argument("--against", metavar="REV", help="also time the kernels of this git revision")
     ap.add_argument("--dropout", type=float, default=0.0, metavar="P",
                     help="dropout on the output layer's input, both sides (a training run's default is 0.4)")
+    ap.add_argument("--avx2", action="store_true",
+                    help="both sides on AVX2 code only, as on a machine without AVX-512 (machine.py)")
     args = ap.parse_args()
     try:
         if args.no_torch:
@@ -158,7 +161,8 @@ def main():
           f"measured before each row); of rate before: of the rate measured just before the row; "
           f"T={T} B={B}, one layer" + (f", dropout {args.dropout} on the output layer's input" if args.dropout else ""))
     if torch is not None:
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+              f"{torch.backends.cpu.get_cpu_capability()} code")
     header = f"{'cell':8} {'H':>4} {'V':>5} {'chars/s':>9} {'GFLOP/s':>8} {'of peak':>7} {'of rate before':>14}"
     if before:
         header += f" {rev + ' chars/s':>15} {'now/then':>8}"

@@ -4,6 +4,12 @@ runs, with the OpenBLAS override some machines set lifted, as users run.
 OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE force OpenBLAS onto older kernels; users do not set
 them. `lift_openblas()` re-executes the benchmark without them and remembers what was lifted,
 so that `describe()` can say so.
+
+`lift_openblas(avx2=True)` instead holds every library of both sides to AVX2 and FMA code, as
+on a machine without AVX-512: numba compiles for Haswell (with its features only, not the
+host's), OpenBLAS runs its Haswell kernels, PyTorch, MKL and oneDNN their AVX2 paths. The caches
+and execution units stay this machine's, so the figures say how the AVX2 code compares with
+PyTorch's, not what an AVX2 machine measures.
 """
 import io
 import os
@@ -16,11 +22,24 @@ from pathlib import Path
 
 LIFTED = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 _NOTE = "BENCH_LIFTED"
+AVX2_ONLY = {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "", "OPENBLAS_CORETYPE": "Haswell",
+             "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+_AVX2_NOTE = "BENCH_AVX2_ONLY"
 
 
-def lift_openblas():
-    """Re-run this process without the override (a no-op when it is not set). Call before numpy
-    is imported: OpenBLAS reads the variables when it loads."""
+def lift_openblas(avx2=False):
+    """Re-run this process without the override (a no-op when it is not set), or with AVX2
+    code only (above). Call before numpy is imported: OpenBLAS reads the variables when it
+    loads, numba and PyTorch theirs when they are imported."""
+    if avx2:
+        if os.environ.get(_AVX2_NOTE):
+            return
+        if "avx2" not in _cpuinfo("flags").split():
+            sys.exit("--avx2: this CPU has no AVX2")
+        env = {k: v for k, v in os.environ.items() if k not in LIFTED}
+        env.update(AVX2_ONLY)
+        env[_AVX2_NOTE] = "1"
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     if any(k in os.environ for k in LIFTED):
         env = {k: v for k, v in os.environ.items() if k not in LIFTED}
         env[_NOTE] = " ".join(f"{k}={os.environ[k]}" for k in LIFTED if k in os.environ)
@@ -79,6 +98,8 @@ def describe():
     """Three lines: the CPU and override, the BLAS kernel, what the kernels are compiled for."""
     lifted = os.environ.get(_NOTE)
     override = f"{lifted} lifted for this run" if lifted else f"{' and '.join(LIFTED)} not set"
+    if os.environ.get(_AVX2_NOTE):
+        override = "AVX2 code only, both sides (" + ", ".join(f"{k}={v}" for k, v in AVX2_ONLY.items()) + ")"
     return f"CPU: {cpu()}; {override}\nBLAS: {blas_kernel()}\nkernels: compiled for {kernels_target()}"
 
 
