@@ -14,7 +14,8 @@ With --against REV, the kernels as they were at git revision REV run too, in the
 and in alternation (the package at REV is extracted to benchmarks/results/versions/ and imported
 under another name), for a before-and-after comparison on one machine under one load.
 
-The OpenBLAS override some machines set is lifted for the run, as users run (machine.py).
+The OpenBLAS override some machines set is lifted for the run, as users run (machine.py); with
+--avx2, both sides run AVX2 code only, OpenBLAS its Haswell kernels (machine.py).
 
     python benchmarks/bench_kernels.py            # all cells and shapes
     python benchmarks/bench_kernels.py --cell lstm --repeats 7
@@ -32,9 +33,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from machine import describe, extract_revision, lift_openblas  # noqa: E402
+from machine import describe, extract_revision, hold_to_avx2, lift_openblas  # noqa: E402
 
-lift_openblas(avx2="--avx2" in sys.argv[1:])  # before numpy loads OpenBLAS, numba and torch their code
+# before numpy loads OpenBLAS (main() refuses abbreviations: "--avx2" is read here as written)
+if "--avx2" in sys.argv[1:]:
+    hold_to_avx2()
+else:
+    lift_openblas()
 
 import numpy as np  # noqa: E402
 from threadpoolctl import ThreadpoolController  # noqa: E402
@@ -136,7 +141,8 @@ def theirs(torch, cell, H, V, dropout=0.0):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                             allow_abbrev=False)
     ap.add_argument("--cell", default="all", choices=["all", *CELLS])
     ap.add_argument("--repeats", type=int, default=5, help="timed samples per side (median reported)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
@@ -161,8 +167,8 @@ def main():
           f"measured before each row); of rate before: of the rate measured just before the row; "
           f"T={T} B={B}, one layer" + (f", dropout {args.dropout} on the output layer's input" if args.dropout else ""))
     if torch is not None:
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-              f"{torch.backends.cpu.get_cpu_capability()} code")
+        capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "its default")()
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {capability} code")
     header = f"{'cell':8} {'H':>4} {'V':>5} {'chars/s':>9} {'GFLOP/s':>8} {'of peak':>7} {'of rate before':>14}"
     if before:
         header += f" {rev + ' chars/s':>15} {'now/then':>8}"

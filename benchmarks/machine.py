@@ -5,11 +5,12 @@ OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE force OpenBLAS onto older kernels; users 
 them. `lift_openblas()` re-executes the benchmark without them and remembers what was lifted,
 so that `describe()` can say so.
 
-`lift_openblas(avx2=True)` instead holds every library of both sides to AVX2 and FMA code, as
-on a machine without AVX-512: numba compiles for Haswell (with its features only, not the
-host's), OpenBLAS runs its Haswell kernels, PyTorch, MKL and oneDNN their AVX2 paths. The caches
-and execution units stay this machine's, so the figures say how the AVX2 code compares with
-PyTorch's, not what an AVX2 machine measures.
+`hold_to_avx2()` instead re-executes it with the compute code of both sides held to AVX2 and
+FMA, as on a machine without AVX-512: numba compiles for Haswell (with its features only, not the
+host's), OpenBLAS runs its Haswell kernels, numpy's loops skip their AVX-512 versions, PyTorch,
+MKL and oneDNN run their AVX2 paths. The C library's copies, and the caches and execution units,
+stay this machine's: the figures say how the AVX2 code compares with PyTorch's, not what an
+AVX2 machine measures.
 """
 import io
 import os
@@ -24,26 +25,49 @@ LIFTED = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 _NOTE = "BENCH_LIFTED"
 AVX2_ONLY = {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "", "OPENBLAS_CORETYPE": "Haswell",
              "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-_AVX2_NOTE = "BENCH_AVX2_ONLY"
+NUMPY_DISABLED = "NPY_DISABLE_CPU_FEATURES"  # numpy's names for its targets differ by version
 
 
-def lift_openblas(avx2=False):
-    """Re-run this process without the override (a no-op when it is not set), or with AVX2
-    code only (above). Call before numpy is imported: OpenBLAS reads the variables when it
-    loads, numba and PyTorch theirs when they are imported."""
-    if avx2:
-        if os.environ.get(_AVX2_NOTE):
-            return
-        if "avx2" not in _cpuinfo("flags").split():
-            sys.exit("--avx2: this CPU has no AVX2")
-        env = {k: v for k, v in os.environ.items() if k not in LIFTED}
-        env.update(AVX2_ONLY)
-        env[_AVX2_NOTE] = "1"
+def lift_openblas():
+    """Re-run this process without the override (a no-op when it is not set). Call before numpy
+    is imported: OpenBLAS reads the variables when it loads."""
+    _run_with({})
+
+
+def hold_to_avx2():
+    """Re-run this process with AVX2 code only (above; a no-op once it runs so). Call before
+    numpy is imported: numba and PyTorch too read their variables when they load."""
+    if "avx2" not in _cpuinfo("flags").split():
+        sys.exit("--avx2: this CPU has no AVX2")
+    numpy_targets = os.environ.get(NUMPY_DISABLED) or _numpy_targets_beyond_avx2()
+    _run_with({**AVX2_ONLY, NUMPY_DISABLED: numpy_targets})
+
+
+def avx2_only():
+    """Whether this process runs as hold_to_avx2() sets it: read from the settings themselves."""
+    return all(os.environ.get(k) == v for k, v in AVX2_ONLY.items())
+
+
+def _run_with(settings):
+    # re-execute without the override and with `settings`, noting what was lifted (for
+    # describe); where the environment is already so, nothing happens: no loop
+    env = {k: v for k, v in os.environ.items() if k not in LIFTED}
+    env.update(settings)
+    lifted = " ".join(f"{k}={os.environ[k]}" for k in LIFTED if k in os.environ and settings.get(k) != os.environ[k])
+    if lifted:
+        env[_NOTE] = lifted
+    if env != dict(os.environ):
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
-    if any(k in os.environ for k in LIFTED):
-        env = {k: v for k, v in os.environ.items() if k not in LIFTED}
-        env[_NOTE] = " ".join(f"{k}={os.environ[k]}" for k in LIFTED if k in os.environ)
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def _numpy_targets_beyond_avx2():
+    """numpy's dispatch targets above AVX2 ("X86_V4 AVX512_ICL AVX512_SPR" in numpy 2.4, other
+    names before), asked of another interpreter: this one must not load numpy yet."""
+    code = ("try:\n    from numpy._core._multiarray_umath import __cpu_dispatch__ as targets\n"
+            "except ImportError:\n    from numpy.core._multiarray_umath import __cpu_dispatch__ as targets\n"
+            "print(' '.join(t for t in targets if 'AVX512' in t or t == 'X86_V4'))")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return found.stdout.strip() if found.returncode == 0 else ""
 
 
 def mpiexec():
@@ -98,8 +122,9 @@ def describe():
     """Three lines: the CPU and override, the BLAS kernel, what the kernels are compiled for."""
     lifted = os.environ.get(_NOTE)
     override = f"{lifted} lifted for this run" if lifted else f"{' and '.join(LIFTED)} not set"
-    if os.environ.get(_AVX2_NOTE):
-        override = "AVX2 code only, both sides (" + ", ".join(f"{k}={v}" for k, v in AVX2_ONLY.items()) + ")"
+    if avx2_only():
+        settings = ", ".join(f"{k}={os.environ.get(k)}" for k in (*AVX2_ONLY, NUMPY_DISABLED))
+        override = f"AVX2 code only, both sides ({settings})" + (f"; {lifted} lifted" if lifted else "")
     return f"CPU: {cpu()}; {override}\nBLAS: {blas_kernel()}\nkernels: compiled for {kernels_target()}"
 
 
