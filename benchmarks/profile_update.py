@@ -9,7 +9,9 @@ s). "[waiting]" is the time threads spent in the OpenMP runtime: a thread waitin
 at the end of a parallel loop, or the worker idle while the main thread runs serial code (with
 numba's OpenMP threading layer; another layer's time shows under its own library's name).
 "[a parallel loop's body]" is the code numba wrote around the loops' calls, every loop together;
-"python" the interpreter. The OpenBLAS override some machines set is lifted, as users run.
+"python" the interpreter. A last line gives each thread's share of "[waiting]" and "python" among
+its own samples: the main thread's waiting is for the others at the end of a loop, the others'
+includes the main thread's serial code. The OpenBLAS override some machines set is lifted, as users run.
 
 With --annotate NAME, the instructions of each function whose name holds NAME (as printed, e.g.
 `lstm._lstm_forward_panel`) follow, by their share of that function's samples: the machine code
@@ -171,19 +173,39 @@ def profile(args, cache, perf_map_path):
     _, err = record.communicate()
     if record.returncode not in (0, -2) or not data.exists():
         sys.exit(f"profile_update: perf record failed: {' '.join(err.split())[:200]}")
-    script = subprocess.run(["perf", "script", "-i", str(data), "-F", "ip,sym,dso"], capture_output=True, text=True)
+    script = subprocess.run(["perf", "script", "-i", str(data), "-F", "tid,ip,sym,dso"], capture_output=True,
+                            text=True)
     if script.returncode != 0:
         sys.exit(f"profile_update: perf script failed: {' '.join(script.stderr.split())[:200]}")
-    lines = script.stdout.splitlines()
-    shares = Counter(readable(line.strip()) for line in lines)
+    threads, lines = [], []
+    for line in script.stdout.splitlines():
+        tid, _, rest = line.strip().partition(" ")
+        threads.append(tid)
+        lines.append(rest)
+    names = [readable(line) for line in lines]
+    shares = Counter(names)
     total = sum(shares.values())
     print(f"{args.cell} H={args.hidden} V={args.vocab} T={T} B={B}"
           + (f" dropout {args.dropout}" if args.dropout else "")
           + f": {per_update * 1e3:.2f} ms an update (median of 9), {updates} updates sampled, {total} samples")
     for name, n in shares.most_common(args.top):
         print(f"{100 * n / total:6.2f}%  {name}")
+    print(by_thread(threads, names, str(os.getpid())))
     if args.annotate:
         annotate(args.annotate, spans, lines, total, args.top, cache)
+
+
+def by_thread(threads, names, main):
+    """One line: each thread's share of "[waiting]" and of "python" among its own samples. The
+    main thread waits at the end of a parallel loop for the others (their blocks took longer);
+    the others also wait while it runs serial code, Python's among it."""
+    parts = []
+    for tid in sorted(set(threads), key=lambda t: (t != main, t)):
+        own = Counter(name for t, name in zip(threads, names) if t == tid)
+        n = sum(own.values())
+        parts.append(f"{'main' if tid == main else 'thread ' + tid} {100 * own['[waiting]'] / n:.1f}% waiting, "
+                     f"{100 * own['python'] / n:.1f}% python")
+    return "by thread: " + "; ".join(parts)
 
 
 def annotate(name, spans, lines, total, top, cache):
