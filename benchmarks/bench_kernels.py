@@ -142,7 +142,7 @@ def theirs(torch, cell, H, V, dropout=0.0):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                             allow_abbrev=False)
+                                 allow_abbrev=False)
     ap.add_argument("--cell", default="all", choices=["all", *CELLS])
     ap.add_argument("--repeats", type=int, default=5, help="timed samples per side (median reported)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
