@@ -27,6 +27,7 @@ Needs `perf` (linux-tools) and the permission to sample one's own processes
 (/proc/sys/kernel/perf_event_paranoid at most 2).
 """
 import argparse
+import bisect
 import gc
 import os
 import platform
@@ -95,13 +96,21 @@ def perf_map(path):
     return spans
 
 
-def readable(line):
-    """A name for a line of `perf script -F ip,sym,dso`: numba's mangled names as
-    'charrnn.kernels.lstm._lstm_forward_panel', libraries' functions as they are."""
-    m = re.match(r"\s*[0-9a-f]+ (.*) \((.*)\)$", line)
+def parse(line):
+    """A line of `perf script -F tid,ip,sym,dso` as (thread, address, symbol, library); symbol
+    and library empty where the line has none."""
+    m = re.match(r"\s*(\d+)\s+([0-9a-f]+) (.*) \((.*)\)$", line)
     if not m:
+        return line.split(" ", 1)[0], 0, "", ""
+    tid, ip, symbol, dso = m.groups()
+    return tid, int(ip, 16), symbol, dso
+
+
+def readable(symbol, dso):
+    """A name for a sample's function: numba's mangled names as
+    'charrnn.kernels.lstm._lstm_forward_panel', libraries' functions as they are."""
+    if not dso:
         return "[unknown]"
-    symbol, dso = m.groups()
     if "libgomp" in dso:
         return "[waiting]"  # the OpenMP runtime: perf finds no symbols in it
     if "libpython" in dso:
@@ -177,12 +186,9 @@ def profile(args, cache, perf_map_path):
                             text=True)
     if script.returncode != 0:
         sys.exit(f"profile_update: perf script failed: {' '.join(script.stderr.split())[:200]}")
-    threads, lines = [], []
-    for line in script.stdout.splitlines():
-        tid, _, rest = line.strip().partition(" ")
-        threads.append(tid)
-        lines.append(rest)
-    names = [readable(line) for line in lines]
+    samples = [parse(line) for line in script.stdout.splitlines()]
+    threads = [tid for tid, _, _, _ in samples]
+    names = [readable(symbol, dso) for _, _, symbol, dso in samples]
     shares = Counter(names)
     total = sum(shares.values())
     print(f"{args.cell} H={args.hidden} V={args.vocab} T={T} B={B}"
@@ -192,7 +198,7 @@ def profile(args, cache, perf_map_path):
         print(f"{100 * n / total:6.2f}%  {name}")
     print(by_thread(threads, names, str(os.getpid())))
     if args.annotate:
-        annotate(args.annotate, spans, lines, total, args.top, cache)
+        annotate(args.annotate, spans, [ip for _, ip, _, _ in samples], total, args.top, cache)
 
 
 def by_thread(threads, names, main):
@@ -208,23 +214,25 @@ def by_thread(threads, names, main):
     return "by thread: " + "; ".join(parts)
 
 
-def annotate(name, spans, lines, total, top, cache):
+def annotate(name, spans, addresses, total, top, cache):
     """Print the `top` instructions of each sampled function whose name holds `name`, by share of
-    its samples, disassembled from this process's memory."""
-    address = {mangled: at for at, _, mangled in spans}
-    hits = {}  # mangled name: Counter of offsets
-    for line in lines:
-        m = re.match(r"\s*([0-9a-f]+) (\S+)", line)
-        if m and m.group(2) in address and name in kernel_name(m.group(2)):
-            hits.setdefault(m.group(2), Counter())[int(m.group(1), 16) - address[m.group(2)]] += 1
+    its samples, disassembled from this process's memory. A sample belongs to the span (perf_map)
+    that holds its address: a function numba compiled into several libraries has a span, and
+    code, in each."""
+    starts = [at for at, _, _ in spans]
+    hits = {}  # span: Counter of offsets into it
+    for ip in addresses:
+        i = bisect.bisect_right(starts, ip) - 1
+        if i >= 0 and ip < spans[i][0] + spans[i][1] and name in kernel_name(spans[i][2]):
+            hits.setdefault(spans[i], Counter())[ip - spans[i][0]] += 1
     if not hits:
         print(f"\nno sampled function's name holds {name!r}")
     memory = os.open("/proc/self/mem", os.O_RDONLY)  # reading it, an unmapped page is an error, not a crash
     try:
-        for mangled, here in sorted(hits.items(), key=lambda item: -sum(item[1].values())):
+        for (start, _, mangled), here in sorted(hits.items(), key=lambda item: -sum(item[1].values())):
             code = cache / "function.bin"
             try:
-                code.write_bytes(os.pread(memory, max(here) + 16, address[mangled]))
+                code.write_bytes(os.pread(memory, max(here) + 16, start))
             except OSError:  # not readable after all: the offsets alone
                 code.write_bytes(b"")
             listing = subprocess.run(["objdump", "-D", "-b", "binary", "-m", "i386:x86-64", "-M", "intel", str(code)],
@@ -235,7 +243,7 @@ def annotate(name, spans, lines, total, top, cache):
                 if m:
                     instructions[int(m.group(1), 16)] = " ".join(m.group(2).split())
             n = sum(here.values())
-            print(f"\n{kernel_name(mangled)}: {100 * n / total:.2f}% of all samples; its instructions")
+            print(f"\n{kernel_name(mangled)} at {start:x}: {100 * n / total:.2f}% of all samples; its instructions")
             for offset, k in here.most_common(top):
                 print(f"{100 * k / n:6.2f}%  {offset:5x}  {instructions.get(offset, '?')}")
     finally:
