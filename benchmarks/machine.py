@@ -114,7 +114,8 @@ def kernels_target():
     from charrnn.kernels.panels import FETCH_AHEAD_ABOVE, TILE_ROWS, loop_bits
 
     ahead = f", weights above {FETCH_AHEAD_ABOVE >> 10} KiB fetched ahead" if TILE_ROWS == 8 else ""
-    width = f"loops vectorised {loop_bits()} bits wide" if loop_bits() else "loops' vector width unknown"
+    bits = loop_bits()
+    width = f"loops vectorised {bits} bits wide" if bits else "loops' vector width unknown"
     return f"{config.CPU_NAME or llvm.get_host_cpu_name()}, the {TILE_ROWS}-row tile{ahead}, {width}"
 
 

@@ -58,8 +58,6 @@ def test_a_generic_cpu_name_selects_the_narrow_tile(tmp_path):
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 # llvmlite's new pass manager (0.44 on), which loop_vector_bits compiles its loop with
 PROBES = hasattr(panels.llvm, "create_pass_builder")
-
-
 LLVM = panels.llvm.llvm_version_info
 ZEN4, ZEN5 = LLVM >= (16,), LLVM >= (19,)  # the LLVM that first knows them
 
