@@ -95,7 +95,9 @@ def test_sample_imports_neither_pydantic_nor_rich(tmp_path):
     """typer from 0.29 builds a pydantic validator for every option of the command, importing
     pydantic at every start (60-70 ms of `charrnn sample`'s 0.55 s): pyproject.toml keeps it
     below. rich (20-60 ms) is imported when a command first prints through it, which a sample
-    that goes well never does. The command, run whole in a fresh process, must import neither."""
+    that goes well on a warm cache never does (on a cold one, its spinner shows the compiling).
+    The command, run whole in a fresh process after a first run has filled numba's cache, must
+    import neither."""
     spec = ModelSpec("lstm", 3, 4, 1)
     config = {"cell": "lstm", "hidden": 4, "layers": 1, "batch": 2, "k1": 5, "k2": 5, "encoding": "utf-8"}
     save_checkpoint(tmp_path / "best.npz", {"params": init_params(spec, np.random.default_rng(0), np.float32)},
@@ -105,7 +107,8 @@ def test_sample_imports_neither_pydantic_nor_rich(tmp_path):
             "try:\n    runpy.run_module('charrnn', run_name='__main__')\n"
             "except SystemExit as e:\n    assert not e.code, e.code\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pydantic', 'rich')), file=sys.stderr)\n")
-    r = fresh_python(code, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert len(r.stdout.rstrip("\n")) >= 20  # it sampled
+    for run in ("compiling, or loading from the cache", "loading from the cache"):
+        r = fresh_python(code, timeout=300)
+        assert r.returncode == 0, (run, r.stderr)
+        assert len(r.stdout.rstrip("\n")) >= 20, run  # it sampled
     assert r.stderr.strip().splitlines()[-1] == "[]"
