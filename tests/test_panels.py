@@ -35,7 +35,7 @@ def panels_in(cache_dir, expression, **settings):
     """The printed value of an expression of `panels` in a fresh process with these NUMBA_*
     settings and no others of the CPU's."""
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir), PYTHONPATH=ROOT)
-    for name in ("NUMBA_CPU_FEATURES", "NUMBA_CPU_NAME"):
+    for name in ("NUMBA_CPU_FEATURES", "NUMBA_CPU_NAME", "NUMBA_ENABLE_AVX"):
         env.pop(name, None)
     env.update(settings)
     out = subprocess.run([sys.executable, "-c", f"from charrnn.kernels import panels; print({expression})"],
@@ -47,6 +47,13 @@ def test_a_host_reporting_avx512_selects_the_8_row_tile(tmp_path):
     # numba compiles for NUMBA_CPU_FEATURES when set, and so the tile follows it
     assert tile_rows_in(tmp_path, NUMBA_CPU_FEATURES=AVX512) == ["8"]
     assert tile_rows_in(tmp_path, NUMBA_CPU_FEATURES=AVX2) == ["4"]
+
+
+def test_avx_turned_off_selects_the_narrow_tile(tmp_path):
+    # numba drops every avx* feature of the host's for NUMBA_ENABLE_AVX=0, as by default on CPUs
+    # LLVM names sandybridge, ivybridge or nocona: its code has no AVX-512, whatever the host has
+    assert tile_rows_in(tmp_path, NUMBA_ENABLE_AVX="0") == ["4"]
+    assert "+avx512f" not in panels_in(tmp_path, "panels.host_features()", NUMBA_ENABLE_AVX="0")[0].split(",")
 
 
 def test_a_generic_cpu_name_selects_the_narrow_tile(tmp_path):

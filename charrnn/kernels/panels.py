@@ -170,14 +170,17 @@ def tile_rows(features: str) -> int:
 
 
 def host_features() -> str:
-    """The features numba compiles for: NUMBA_CPU_FEATURES when set, else the host's. numba
-    sets it to "" itself for NUMBA_CPU_NAME=generic (portable caches): then none, and the
-    narrow tile."""
-    from numba.core import config
+    """The features numba compiles for: NUMBA_CPU_FEATURES when set, else the host's as numba
+    takes them, every avx* feature off where it turns AVX off (NUMBA_ENABLE_AVX=0; its default
+    for CPUs LLVM names sandybridge, ivybridge or nocona, as some virtual machines report
+    themselves): then the narrow tile, where the host's own list would have chosen the wide one
+    for code without AVX-512. numba sets the features to "" itself for NUMBA_CPU_NAME=generic
+    (portable caches): then none, and the narrow tile."""
+    from numba.core import codegen, config
 
     if config.CPU_FEATURES is not None:
         return config.CPU_FEATURES
-    return llvm.get_host_cpu_features().flatten()
+    return codegen.get_host_cpu_features()
 
 
 def loop_vector_bits(cpu: str, features: str) -> int | None:
