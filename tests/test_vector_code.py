@@ -61,9 +61,17 @@ def machine_code(fn, sig):
     return compiled.inspect_asm(sig)
 
 
+def avx_code():
+    """Whether numba's code for this CPU is AVX code: its loops vectorised 256 bits wide or more
+    (panels.loop_bits), or where that cannot be found, AVX among its features. (Where numba's AVX
+    is off, the avx* features are gone, yet LLVM brings AVX back from fma or f16c left on.)"""
+    bits = panels.loop_bits()
+    return "+avx" in host_features().split(",") if bits is None else bits >= 256
+
+
 # the AVX instructions' names (vaddps, vfmadd231ss, ...): without AVX (NUMBA_CPU_NAME=generic,
 # for portable caches) numba compiles SSE, whose names have no v
-AVX = platform.machine().lower() in ("x86_64", "amd64") and "+avx" in host_features().split(",")
+AVX = platform.machine().lower() in ("x86_64", "amd64") and avx_code()
 
 
 def panel_step_code(cell):

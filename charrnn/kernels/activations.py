@@ -9,8 +9,8 @@ of libm with its multiply-adds fused, as on every x86 with FMA, and within 4.1e-
 rounds them apart (SSE or AVX only: Nehalem, Sandy Bridge, the Atom-line Celerons); the tests
 allow 3e-7 and 4.2e-7, about 5 and 7 float32 ulps below 1 (+-inf give +-0.99999976, its value at
 the clamp). exp from -86.6 up to float32's overflow is within 8.5e-8 relative (about one float32
-ulp) either way; the tests allow 3.1e-7 (5 ulps). The clamps are written as `if`s, so a NaN falls through them and comes out
-NaN (tests/test_activations.py).
+ulp) either way; the tests allow 3.1e-7 (5 ulps). The clamps are written as `if`s, so a NaN
+falls through them and comes out NaN (tests/test_activations.py).
 """
 import numpy as np
 from llvmlite import ir

@@ -171,11 +171,13 @@ def tile_rows(features: str) -> int:
 
 def host_features() -> str:
     """The features numba compiles for: NUMBA_CPU_FEATURES when set, else the host's as numba
-    takes them, every avx* feature off where it turns AVX off (NUMBA_ENABLE_AVX=0; its default
-    for CPUs LLVM names sandybridge, ivybridge or nocona, as some virtual machines report
-    themselves): then the narrow tile, where the host's own list would have chosen the wide one
-    for code without AVX-512. numba sets the features to "" itself for NUMBA_CPU_NAME=generic
-    (portable caches): then none, and the narrow tile."""
+    takes them. Where numba's AVX is off (NUMBA_ENABLE_AVX=0; its default for the CPUs LLVM
+    names sandybridge, ivybridge, corei7-avx, core-avx-i or nocona, as some virtual machines
+    report themselves, and where the OS does not enable AVX) it drops every avx* feature: no
+    AVX-512 code, and the narrow tile, where the host's own list would have chosen the wide one.
+    (LLVM brings AVX, even AVX2, back from features left on that need it: fma, f16c, vaes.)
+    numba sets the features to "" itself for NUMBA_CPU_NAME=generic (portable caches): then
+    none, and the narrow tile."""
     from numba.core import codegen, config
 
     if config.CPU_FEATURES is not None:
