@@ -313,6 +313,7 @@ class Mpi(Solo):
             os._exit(code)
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, 2)
+        unlink_mapped_segments()
         self.comm.Abort(code)
 
     def dump_params(self, params):
@@ -327,6 +328,29 @@ class Mpi(Solo):
         if not self._waited:
             self._waited = True
             time.sleep(QUIET_WAIT)
+
+
+# the shared-memory segments of MPICH's family in /dev/shm, which stay linked until MPI_Finalize
+SEGMENT_PREFIX = "/dev/shm/mpich_shm_"
+
+
+def unlink_mapped_segments(maps="/proc/self/maps"):
+    """Remove the names of the MPI segments this process maps (SEGMENT_PREFIX), before an abort:
+    MPI_Abort leaves them in /dev/shm, 2 MB a job (MPICH 5), held in memory until someone
+    removes them. The job is ending; a mapping outlives its file's name, so ranks still running
+    are not disturbed, and the last process to unmap frees the memory. Where there is no such
+    file to read (not Linux), nothing."""
+    try:
+        with open(maps) as f:
+            paths = {line.split(None, 5)[5].rstrip("\n") for line in f if SEGMENT_PREFIX in line}
+    except (OSError, IndexError):
+        return
+    for path in paths:
+        if path.startswith(SEGMENT_PREFIX) and not path.endswith(" (deleted)"):
+            try:
+                os.unlink(path)
+            except OSError:  # another rank of the job removed it first, or it is not ours to remove
+                pass
 
 
 def error_prefix():

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from charrnn import distributed
 from charrnn.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -266,18 +267,43 @@ def test_sigusr1_to_the_launcher_saves_and_stops_every_rank(corpus, tmp_path):
 
 
 @pytest.fixture
-def aborted_jobs_tidied():
-    """Remove the shared memory that the test's aborted jobs leave in /dev/shm (MPICH's)."""
+def aborted_jobs_leave_no_shared_memory():
+    """The test's aborted jobs leave none of MPI's shared memory in /dev/shm (an abort skips
+    MPI_Finalize, which would remove it: distributed.unlink_mapped_segments); what they leave
+    is removed, and fails the test."""
     before = shared_memory()
     yield
-    for name in shared_memory() - before:
+    left = shared_memory() - before
+    for name in left:
         Path("/dev/shm", name).unlink(missing_ok=True)
+    assert not left
 
 
 def shared_memory():
     """The names of MPI's shared-memory segments in /dev/shm (MPICH's, Open MPI's)."""
     shm = Path("/dev/shm")
     return {p.name for p in shm.iterdir() if p.name.startswith(("mpich_shm_", "sm_segment"))} if shm.is_dir() else set()
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="Linux's /dev/shm")
+def test_an_abort_removes_the_names_of_the_segments_it_maps(tmp_path):
+    # a copy of /proc/self/maps naming an MPICH segment, one already removed, and other files
+    segment = Path(distributed.SEGMENT_PREFIX + f"test_{os.getpid()}")
+    other = tmp_path / "mpich_shm_elsewhere"
+    for path in (segment, other):
+        path.write_bytes(b"\0")
+    maps = tmp_path / "maps"
+    maps.write_text(f"7f5b425ee000-7f5b427f4000 rw-s 00000000 00:1b 5467   {segment}\n"
+                    f"7f5b42840000-7f5b42849000 rw-s 00000000 00:1b 5463   {distributed.SEGMENT_PREFIX}gone (deleted)\n"
+                    f"7f5b42849000-7f5b42c62000 rw-s 00000000 00:1b 5466   {other}\n"
+                    "7ffd2a1f0000-7ffd2a211000 rw-p 00000000 00:00 0      [stack]\n")
+    try:
+        distributed.unlink_mapped_segments(str(maps))
+        assert not segment.exists() and other.exists()
+        distributed.unlink_mapped_segments(str(maps))  # removed already: quietly nothing
+        distributed.unlink_mapped_segments(str(tmp_path / "no such file"))
+    finally:
+        segment.unlink(missing_ok=True)
 
 
 def charrnn_lines(stderr):
@@ -296,7 +322,7 @@ def records_exist(run_dir):
 
 
 @needs_mpi
-def test_a_failure_on_one_rank_ends_the_job_with_one_line(corpus, tmp_path, aborted_jobs_tidied):
+def test_a_failure_on_one_rank_ends_the_job_with_one_line(corpus, tmp_path, aborted_jobs_leave_no_shared_memory):
     t0 = time.time()
     job = launch(2, corpus, tmp_path / "r", "--max-steps", 100000, wait=False,
                  env={"CHARRNN_TEST_FAIL_RANK": "1", "CHARRNN_TEST_FAIL_AT": "3"})
@@ -314,7 +340,7 @@ def test_a_failure_on_one_rank_ends_the_job_with_one_line(corpus, tmp_path, abor
 
 
 @needs_mpi
-def test_ranks_that_do_not_divide_the_batch_are_refused(corpus, tmp_path, aborted_jobs_tidied):
+def test_ranks_that_do_not_divide_the_batch_are_refused(corpus, tmp_path, aborted_jobs_leave_no_shared_memory):
     r = launch(3, corpus, tmp_path / "r", "--max-steps", 1)
     assert r.returncode == 2
     assert charrnn_lines(r.stderr) == [
