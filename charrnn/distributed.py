@@ -296,6 +296,7 @@ class Mpi(Solo):
         return {name: np.concatenate([a[name] for a in every], axis=1) for name in arrays}
 
     def unmute(self):
+        unlink_mapped_segments()  # an error ends the job, maybe by rank 0's abort in the wait below
         if self._stderr is not None:
             self._yield_to_root()
             sys.stderr.flush()
@@ -304,6 +305,7 @@ class Mpi(Solo):
     def abort(self, code):
         """End every rank of the job now, with exit code `code`, without MPI's own report (the
         error has been said in one line)."""
+        unlink_mapped_segments()  # first: another rank's abort may end this one in the waits below
         if not self.root:
             self._yield_to_root()
         sys.stdout.flush()
@@ -313,7 +315,6 @@ class Mpi(Solo):
             os._exit(code)
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, 2)
-        unlink_mapped_segments()
         self.comm.Abort(code)
 
     def dump_params(self, params):
@@ -336,10 +337,10 @@ SEGMENT_PREFIX = "/dev/shm/mpich_shm_"
 
 def unlink_mapped_segments(maps="/proc/self/maps"):
     """Remove the names of the MPI segments this process maps (SEGMENT_PREFIX), before an abort:
-    MPI_Abort leaves them in /dev/shm, 2 MB a job (MPICH 5), held in memory until someone
-    removes them. The job is ending; a mapping outlives its file's name, so ranks still running
-    are not disturbed, and the last process to unmap frees the memory. Where there is no such
-    file to read (not Linux), nothing."""
+    MPI_Abort leaves them in /dev/shm (MPICH 5: one a machine, about 1 MB for each of its
+    ranks), held in memory until someone removes them. The job is ending; a mapping outlives
+    its file's name, so ranks still running are not disturbed, and the last process to unmap
+    frees the memory. Where there is no such file to read (not Linux), nothing."""
     try:
         with open(maps) as f:
             paths = {line.split(None, 5)[5].rstrip("\n") for line in f if SEGMENT_PREFIX in line}
