@@ -331,20 +331,20 @@ class Mpi(Solo):
             time.sleep(QUIET_WAIT)
 
 
-# the shared-memory segments of MPICH's family in /dev/shm, which stay linked until MPI_Finalize
+# MPICH's shared-memory segments in /dev/shm, which stay linked until MPI_Finalize
 SEGMENT_PREFIX = "/dev/shm/mpich_shm_"
 
 
 def unlink_mapped_segments(maps="/proc/self/maps"):
-    """Remove the names of the MPI segments this process maps (SEGMENT_PREFIX), before an abort:
-    MPI_Abort leaves them in /dev/shm (MPICH 5: one a machine, about 1 MB for each of its
-    ranks), held in memory until someone removes them. The job is ending; a mapping outlives
-    its file's name, so ranks still running are not disturbed, and the last process to unmap
-    frees the memory. Where there is no such file to read (not Linux), nothing."""
+    """Remove the names of the MPI segments this process maps (SEGMENT_PREFIX), as the job ends
+    in an error (unmute, abort): MPI_Abort leaves them in /dev/shm (MPICH 5: one a machine,
+    about 1 MB for each of its ranks), held in memory until someone removes them. A mapping
+    outlives its file's name, so ranks still running are not disturbed, and the last process
+    to unmap frees the memory. Where there is no such file to read (not Linux), nothing."""
     try:
-        with open(maps) as f:
+        with open(maps) as f:  # a line: address, permissions, offset, device, inode, path
             paths = {line.split(None, 5)[5].rstrip("\n") for line in f if SEGMENT_PREFIX in line}
-    except (OSError, IndexError):
+    except OSError:
         return
     for path in paths:
         if path.startswith(SEGMENT_PREFIX) and not path.endswith(" (deleted)"):
