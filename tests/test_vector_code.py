@@ -40,7 +40,10 @@ def panel_cells():
     return sorted(first.values())
 
 
-ARITHMETIC = re.compile(r"^\s+v(add|sub|mul|div|f(?:n)?m(?:add|sub)\d+)(ss|ps)\s", re.M)
+ARITHMETIC = re.compile(r"^\s+v(add|sub|mul|div|fn?m(?:add|sub))\d*(ss|ps)\s", re.M)
+# what each operation does, a fused multiply-add both (whatever its encoding: 132, 213, 231)
+CLASSES = {"add": ("add",), "sub": ("add",), "mul": ("multiply",), "div": ("divide",), "fmadd": ("multiply", "add"),
+           "fmsub": ("multiply", "add"), "fnmadd": ("multiply", "add"), "fnmsub": ("multiply", "add")}
 
 
 def float32_signature(fn):
@@ -96,12 +99,12 @@ def panel_step_code(cell):
 def test_gate_math_is_vector_code(cell):
     for name, code in panel_step_code(cell).items():
         ops = ARITHMETIC.findall(code)
-        scalar = Counter(op for op, kind in ops if kind == "ss")
+        scalar = Counter(c for op, kind in ops if kind == "ss" for c in CLASSES[op])
         vector = sum(kind == "ps" for _, kind in ops)
         # a loop's remainder may stay scalar (the RNN forward's tanh: 12 operations with FMA, 21
-        # without, none of them 16 times); a panel's 16 units unrolled one by one are at least
-        # 16 of one operation (16 adds: the spare panel's add as a loop; 16 each of three: the
-        # RNN's backward)
+        # without, 11 multiplies at most); a panel's 16 units unrolled one by one are at least
+        # 16 multiplies, adds or divisions (16 adds: the spare panel's add as a loop; 16 each of
+        # three operations: the RNN's backward)
         assert max(scalar.values(), default=0) < 16 and vector > 0, f"{cell} {name}: {dict(scalar)} scalar, {vector} vector"
 
 
@@ -139,16 +142,22 @@ def registers(pattern, code):
 
 
 PROBED = AVX and panels.loop_bits() is not None
-# LLVM's names of the CPUs (Sandy and Ivy Bridge) for which it splits unaligned 32-byte loads and
-# stores in two
-SPLIT_32_BYTES = ("sandybridge", "ivybridge", "corei7-avx", "core-avx-i")
-
-
-def numba_cpu():
-    """LLVM's name of the CPU numba compiles for."""
+def splits_32_bytes():
+    """Whether LLVM, for the CPU and features numba compiles for, splits an unaligned 32-byte load
+    and store in two 16-byte halves, as it does for Sandy and Ivy Bridge (found by compiling one)."""
+    from llvmlite import binding as llvm, ir
     from numba.core.registry import cpu_target
 
-    return cpu_target.target_context.codegen().magic_tuple()[1]
+    _, cpu, features = cpu_target.target_context.codegen().magic_tuple()
+    module = ir.Module("split_probe")
+    pointer = ir.VectorType(ir.FloatType(), 8).as_pointer()
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [pointer, pointer]), "copy")
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    builder.store(builder.load(fn.args[1], align=4), fn.args[0], align=4)
+    builder.ret_void()
+    target = llvm.Target.from_triple(llvm.get_process_triple())
+    code = target.create_target_machine(cpu=cpu, features=features, opt=2).emit_assembly(llvm.parse_assembly(str(module)))
+    return "ymm" not in code
 
 
 @pytest.mark.skipif(not PROBED, reason="reads x86 AVX instructions; needs llvmlite's new pass manager")
@@ -169,7 +178,7 @@ def test_a_panels_copy_is_loads_and_stores_as_wide_as_the_loop_vectors():
     body = code[: code.index(".Lfunc_end0")]
     piece = panels.copy_piece(32)
     widths = registers(r"^\s+vmovu[pd]s", body)
-    if piece * 32 == 256 and numba_cpu() in SPLIT_32_BYTES:  # in halves, as LLVM tunes for them
+    if piece * 32 == 256 and splits_32_bytes():  # in halves, as LLVM tunes for the CPU
         assert widths == [128] * (4 * LANES // piece)
     else:
         assert widths == [piece * 32] * (2 * LANES // piece)
