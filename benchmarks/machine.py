@@ -108,15 +108,12 @@ def kernels_target():
     model's: a virtual machine can report another model), the tile that follows from it, above
     which size the wide tile fetches the recurrent weights ahead (a core's L2), and how wide
     LLVM vectorises the gate math's loops (and so the copies)."""
-    from llvmlite import binding as llvm
-    from numba.core import config
-
-    from charrnn.kernels.panels import FETCH_AHEAD_ABOVE, TILE_ROWS, loop_bits
+    from charrnn.kernels.panels import FETCH_AHEAD_ABOVE, TILE_ROWS, loop_bits, numba_target
 
     ahead = f", weights above {FETCH_AHEAD_ABOVE >> 10} KiB fetched ahead" if TILE_ROWS == 8 else ""
     bits = loop_bits()
     width = f"loops vectorised {bits} bits wide" if bits else "loops' vector width unknown"
-    return f"{config.CPU_NAME or llvm.get_host_cpu_name()}, the {TILE_ROWS}-row tile{ahead}, {width}"
+    return f"{numba_target()[0]}, the {TILE_ROWS}-row tile{ahead}, {width}"
 
 
 def describe():

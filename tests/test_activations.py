@@ -77,15 +77,15 @@ def test_float32_exp_within_5_ulps_up_to_overflow():
 COMPILED_FOR = """
 import sys
 import numpy as np
-from numba.core.registry import cpu_target
 from charrnn.kernels.activations import exp_array, sigmoid_array, tanh_array
+from charrnn.kernels.panels import numba_target
 inputs, out = np.load(sys.argv[1]), {}
 for name, fn, x in (("tanh", tanh_array, "gates"), ("sigmoid", sigmoid_array, "gates"), ("exp", exp_array, "exp")):
     for kind in (x, "nan"):
         out[name + " " + kind] = np.empty_like(inputs[kind])
         fn(out[name + " " + kind], inputs[kind])
 np.savez(sys.argv[2], **out)
-print(cpu_target.target_context.codegen().magic_tuple()[1])
+print(numba_target()[0])
 print(" ".join(line.strip() for line in tanh_array.inspect_asm(tanh_array.signatures[0]).splitlines()))
 """
 

@@ -142,22 +142,20 @@ def registers(pattern, code):
 
 
 PROBED = AVX and panels.loop_bits() is not None
+
+
 def splits_32_bytes():
     """Whether LLVM, for the CPU and features numba compiles for, splits an unaligned 32-byte load
     and store in two 16-byte halves, as it does for Sandy and Ivy Bridge (found by compiling one)."""
-    from llvmlite import binding as llvm, ir
-    from numba.core.registry import cpu_target
+    from llvmlite import ir
 
-    _, cpu, features = cpu_target.target_context.codegen().magic_tuple()
     module = ir.Module("split_probe")
     pointer = ir.VectorType(ir.FloatType(), 8).as_pointer()
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [pointer, pointer]), "copy")
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     builder.store(builder.load(fn.args[1], align=4), fn.args[0], align=4)
     builder.ret_void()
-    target = llvm.Target.from_triple(llvm.get_process_triple())
-    code = target.create_target_machine(cpu=cpu, features=features, opt=2).emit_assembly(llvm.parse_assembly(str(module)))
-    return "ymm" not in code
+    return "ymm" not in panels.assembly(module, *panels.numba_target())
 
 
 @pytest.mark.skipif(not PROBED, reason="reads x86 AVX instructions; needs llvmlite's new pass manager")

@@ -215,6 +215,13 @@ def loop_vector_bits(cpu: str, features: str) -> int | None:
     i.add_incoming(following, loop)
     builder.cbranch(builder.icmp_signed("<", following, n), loop, done)
     ir.IRBuilder(done).ret_void()
+    code = assembly(module, cpu, features)
+    return 512 if "zmm" in code else 256 if "ymm" in code else 128
+
+
+def assembly(module, cpu: str, features: str) -> str:
+    """The machine code of an llvmlite IR module for this CPU and these features, optimised as
+    -O3 (llvmlite's new pass manager, 0.44 on)."""
     llvm.initialize_native_target()  # done already where numba has compiled; repeating is harmless
     llvm.initialize_native_asmprinter()
     compiled = llvm.parse_assembly(str(module))
@@ -222,19 +229,24 @@ def loop_vector_bits(cpu: str, features: str) -> int | None:
                                                                                        opt=3)
     passes = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(speed_level=3))
     passes.getModulePassManager().run(compiled, passes)
-    code = machine.emit_assembly(compiled)
-    return 512 if "zmm" in code else 256 if "ymm" in code else 128
+    return machine.emit_assembly(compiled)
+
+
+def numba_target() -> tuple[str, str]:
+    """(cpu, features): what numba compiles the kernels for, as its cache key names them."""
+    from numba.core.registry import cpu_target
+
+    _, cpu, features = cpu_target.target_context.codegen().magic_tuple()
+    return cpu, features
 
 
 @functools.cache
 def loop_bits() -> int | None:
-    """loop_vector_bits for the CPU and features numba compiles the kernels for, as its cache
-    key names them; None where it cannot be found. A probe that fails (an llvmlite whose API
-    moved) leaves the copies whole panels, as they were before, rather than failing every
-    kernel's compilation: the tests of the probe fail instead."""
-    from numba.core.registry import cpu_target
-
-    _, cpu, features = cpu_target.target_context.codegen().magic_tuple()
+    """loop_vector_bits for the CPU and features numba compiles the kernels for (numba_target);
+    None where it cannot be found. A probe that fails (an llvmlite whose API moved) leaves the
+    copies whole panels, as they were before, rather than failing every kernel's compilation:
+    the tests of the probe fail instead."""
+    cpu, features = numba_target()
     try:
         return loop_vector_bits(cpu, features)
     except Exception:  # noqa: BLE001 (see above)
