@@ -34,8 +34,10 @@ from .errors import CharrnnError, UsageError
 LAUNCHERS = (("PMI_SIZE", "PMI_RANK"), ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"),
              ("SLURM_STEP_NUM_TASKS", "SLURM_PROCID"))
 
-# Hidden hooks for tests: fail on one rank at an update, and dump each rank's final parameters.
+# Hidden hooks for tests: fail on one rank at an update, interrupt one rank as MPI starts (as a
+# signal that reached it alone during MPI_Init would), and dump each rank's final parameters.
 FAIL_RANK, FAIL_AT, DUMP_PARAMS = "CHARRNN_TEST_FAIL_RANK", "CHARRNN_TEST_FAIL_AT", "CHARRNN_TEST_DUMP_PARAMS"
+INTERRUPT_RANK = "CHARRNN_TEST_INTERRUPT_RANK"
 
 # A rank other than 0 that fails or stops waits this long before it says so and aborts: when
 # every rank meets the failure (a bad option), or stops (Ctrl-C), rank 0 says it first and its
@@ -173,21 +175,36 @@ class Mpi(Solo):
             library = " ".join((version.strip("\0 \n").splitlines() or [vendor])[0].split())
             if launcher_of_another_mpi(os.environ, vendor, version):
                 raise _alone(rank, _another_mpi(size, library))
-            if not MPI.Is_initialized():
-                _start(MPI, mpi4py.rc)
-        comm = MPI.COMM_WORLD
+            # Open MPI's mpiexec reports an MPI_Abort in 15 lines of its own; a rank that exits with
+            # an error it reports in 7, and ends the others. (srun, by default, would not end them.)
+            self.exit_to_abort = vendor == "Open MPI" and "OMPI_COMM_WORLD_SIZE" in os.environ
+            self.MPI, self.comm = MPI, MPI.COMM_WORLD
+            self.rank = rank
+            self._stderr = None
+            self._waited = False
+            try:
+                if not MPI.Is_initialized():
+                    _start(MPI, mpi4py.rc)
+                if os.environ.get(INTERRUPT_RANK) == str(rank):
+                    raise KeyboardInterrupt
+                self._join(size, library)
+            except KeyboardInterrupt:
+                # a signal that reached this rank alone (a launcher's reaches every rank), maybe
+                # during MPI_Init: the others may be waiting for it in _join's first meeting. End
+                # them all, as a stop before training does later (cli.main), not leave them waiting.
+                if MPI.Is_initialized() and not MPI.Is_finalized():
+                    self.abort(130)
+                raise
+
+    def _join(self, size, library):
+        """Meet the job's other ranks, after MPI has started."""
+        MPI, comm = self.MPI, self.comm
         if comm.Get_size() != size:
-            raise _alone(rank, _another_mpi(size, library, comm.Get_size()))
-        # Open MPI's mpiexec reports an MPI_Abort in 15 lines of its own; a rank that exits with
-        # an error it reports in 7, and ends the others. (srun, by default, would not end them.)
-        self.exit_to_abort = vendor == "Open MPI" and "OMPI_COMM_WORLD_SIZE" in os.environ
-        self.MPI, self.comm = MPI, comm
+            raise _alone(self.rank, _another_mpi(size, library, comm.Get_size()))
         self.size, self.rank = comm.Get_size(), comm.Get_rank()
         self.reduce_seconds = 0.0  # time spent in the gradient all-reduce (benchmarks read it)
         self.reductions = 0
         self._fail_at = int(os.environ.get(FAIL_AT, "0")) if os.environ.get(FAIL_RANK) == str(self.rank) else 0
-        self._stderr = None
-        self._waited = False
         if not self.root:  # quiet: rank 0 speaks for the job
             sys.stdout.flush()
             sys.stderr.flush()
