@@ -583,26 +583,31 @@ def main():
 
     `train` started by an MPI launcher runs in every rank; a rank that ends with an error aborts
     the whole job, since the others may be waiting for it in an all-reduce. A stop signal ends
-    every rank at the same update (Trainer.run): they exit 130 together. Another command
-    started by a launcher is just the process it is (srun charrnn sample ... samples in every
-    process)."""
-    from .distributed import Solo, world
+    every rank at the same update (Trainer.run): they exit 130 together. One before training
+    aborts the job with 130, and one while the ranks join waits until they have (StopsHeld).
+    Another command started by a launcher is just the process it is (srun charrnn sample ...
+    samples in every process)."""
+    from .distributed import Solo, StopsHeld, world
 
     global _collector_held
     job = Solo()
     replaced = {}
     if _command(sys.argv[1:]) == "train":
-        from .train import stop_at_once_until_training
+        with StopsHeld() as held:  # under a launcher, a stop waits until every rank has joined
+            from .train import stop_at_once_until_training
 
-        replaced = stop_at_once_until_training()
-        try:
-            job = world()  # joins the other ranks, if an MPI launcher started this
-        except CharrnnError as e:
-            _print_error(str(e))
-            raise SystemExit(e.exit_code)
-        except KeyboardInterrupt:
+            try:
+                job = world()  # joins the other ranks, if an MPI launcher started this
+            except CharrnnError as e:
+                _print_error(str(e))
+                raise SystemExit(e.exit_code)
+            except KeyboardInterrupt:
+                raise SystemExit(130)
+        if held.noted:
+            if job.size > 1:
+                job.abort(130)
             raise SystemExit(130)
-        stop_at_once_until_training()  # again: MPI_Init may have taken one for itself
+        replaced = stop_at_once_until_training()  # after MPI_Init, which may take SIGUSR1 for itself
     if gc.isenabled():
         gc.disable()  # until the command is set up (_set_up)
         _collector_held = True
@@ -636,6 +641,8 @@ def _command(args) -> str:
 def _main():
     try:
         code = app(standalone_mode=False)  # usage errors come here, to be said in one line
+    except KeyboardInterrupt:  # before typer's own handling starts (it makes it 130 too)
+        raise SystemExit(130)
     except CharrnnError as e:
         _print_error(str(e))
         raise SystemExit(e.exit_code)

@@ -22,6 +22,7 @@ A process that no MPI launcher started is a World of one (`Solo`): mpi4py is nev
 every method below does nothing, so a plain `charrnn train` runs exactly as it always has.
 """
 import os
+import signal
 import sys
 import time
 import warnings
@@ -34,10 +35,10 @@ from .errors import CharrnnError, UsageError
 LAUNCHERS = (("PMI_SIZE", "PMI_RANK"), ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"),
              ("SLURM_STEP_NUM_TASKS", "SLURM_PROCID"))
 
-# Hidden hooks for tests: fail on one rank at an update, interrupt one rank as MPI starts (as a
-# signal that reached it alone during MPI_Init would), and dump each rank's final parameters.
+# Hidden hooks for tests: fail on one rank at an update; send one rank SIGINT as MPI starts,
+# "R before" or "R after" MPI_Init; dump each rank's final parameters.
 FAIL_RANK, FAIL_AT, DUMP_PARAMS = "CHARRNN_TEST_FAIL_RANK", "CHARRNN_TEST_FAIL_AT", "CHARRNN_TEST_DUMP_PARAMS"
-INTERRUPT_RANK = "CHARRNN_TEST_INTERRUPT_RANK"
+INTERRUPT = "CHARRNN_TEST_INTERRUPT"
 
 # A rank other than 0 that fails or stops waits this long before it says so and aborts: when
 # every rank meets the failure (a bad option), or stops (Ctrl-C), rank 0 says it first and its
@@ -72,6 +73,31 @@ def share(n, rank, size) -> slice:
     """Rank `rank`'s contiguous share of n streams split over `size` ranks: equal shares when
     size divides n (training requires it), else some one longer (evaluation allows it)."""
     return slice(rank * n // size, (rank + 1) * n // size)
+
+
+class StopsHeld:
+    """Around joining the job (cli.main, for a train command under a launcher): Ctrl-C and
+    SIGUSR1 are noted, not raised. A rank that ended alone before MPI_Init returned, or before
+    the first meeting after it, would leave the others waiting for it there for ever; once every
+    rank has joined, an abort (exit 130) ends them all. Outside a launcher it holds nothing."""
+
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGUSR1") if hasattr(signal, name))
+
+    def __init__(self):
+        self.noted = False
+        self._replaced = {}
+
+    def __enter__(self):
+        if (launched() or (1, 0))[0] > 1:
+            self._replaced = {s: signal.signal(s, self._note) for s in self.SIGNALS}
+        return self
+
+    def _note(self, signum, frame):
+        self.noted = True
+
+    def __exit__(self, *exc):
+        for s, handler in self._replaced.items():
+            signal.signal(s, handler)
 
 
 def world():
@@ -175,36 +201,23 @@ class Mpi(Solo):
             library = " ".join((version.strip("\0 \n").splitlines() or [vendor])[0].split())
             if launcher_of_another_mpi(os.environ, vendor, version):
                 raise _alone(rank, _another_mpi(size, library))
-            # Open MPI's mpiexec reports an MPI_Abort in 15 lines of its own; a rank that exits with
-            # an error it reports in 7, and ends the others. (srun, by default, would not end them.)
-            self.exit_to_abort = vendor == "Open MPI" and "OMPI_COMM_WORLD_SIZE" in os.environ
-            self.MPI, self.comm = MPI, MPI.COMM_WORLD
-            self.rank = rank
-            self._stderr = None
-            self._waited = False
-            try:
-                if not MPI.Is_initialized():
-                    _start(MPI, mpi4py.rc)
-                if os.environ.get(INTERRUPT_RANK) == str(rank):
-                    raise KeyboardInterrupt
-                self._join(size, library)
-            except KeyboardInterrupt:
-                # a signal that reached this rank alone (a launcher's reaches every rank), maybe
-                # during MPI_Init: the others may be waiting for it in _join's first meeting. End
-                # them all, as a stop before training does later (cli.main), not leave them waiting.
-                if MPI.Is_initialized() and not MPI.Is_finalized():
-                    self.abort(130)
-                raise
-
-    def _join(self, size, library):
-        """Meet the job's other ranks, after MPI has started."""
-        MPI, comm = self.MPI, self.comm
+            _interrupt_for_test(rank, "before")
+            if not MPI.Is_initialized():
+                _start(MPI, mpi4py.rc)
+            _interrupt_for_test(rank, "after")
+        comm = MPI.COMM_WORLD
         if comm.Get_size() != size:
-            raise _alone(self.rank, _another_mpi(size, library, comm.Get_size()))
+            raise _alone(rank, _another_mpi(size, library, comm.Get_size()))
+        # Open MPI's mpiexec reports an MPI_Abort in 15 lines of its own; a rank that exits with
+        # an error it reports in 7, and ends the others. (srun, by default, would not end them.)
+        self.exit_to_abort = vendor == "Open MPI" and "OMPI_COMM_WORLD_SIZE" in os.environ
+        self.MPI, self.comm = MPI, comm
         self.size, self.rank = comm.Get_size(), comm.Get_rank()
         self.reduce_seconds = 0.0  # time spent in the gradient all-reduce (benchmarks read it)
         self.reductions = 0
         self._fail_at = int(os.environ.get(FAIL_AT, "0")) if os.environ.get(FAIL_RANK) == str(self.rank) else 0
+        self._stderr = None
+        self._waited = False
         if not self.root:  # quiet: rank 0 speaks for the job
             sys.stdout.flush()
             sys.stderr.flush()
@@ -322,6 +335,8 @@ class Mpi(Solo):
     def abort(self, code):
         """End every rank of the job now, with exit code `code`, without MPI's own report (the
         error has been said in one line)."""
+        for s in StopsHeld.SIGNALS:  # a second Ctrl-C must not cut the waits below short
+            signal.signal(s, signal.SIG_IGN)
         unlink_mapped_segments()  # first: another rank's abort may end this one in the waits below
         if not self.root:
             self._yield_to_root()
@@ -346,6 +361,11 @@ class Mpi(Solo):
         if not self._waited:
             self._waited = True
             time.sleep(QUIET_WAIT)
+
+
+def _interrupt_for_test(rank, when):
+    if os.environ.get(INTERRUPT) == f"{rank} {when}":
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 # MPICH's shared-memory segments in /dev/shm, which stay linked until MPI_Finalize

@@ -142,6 +142,18 @@ def test_a_stop_signal_saves_and_exits_130_whatever_the_run_is_called(corpus, tm
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1 on this system")
+def test_ctrl_c_before_typer_handles_it_exits_130_without_a_traceback(monkeypatch, capsys):
+    # Ctrl-C while typer still builds the command from the app, before its own handling starts
+    def interrupted(**kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "app", interrupted)
+    monkeypatch.setattr(sys, "argv", ["charrnn", "sample", "checkpoints/none"])
+    with pytest.raises(SystemExit) as exit:
+        cli.main()
+    assert exit.value.code == 130 and capsys.readouterr().err == ""
+
+
 def test_before_training_starts_sigusr1_ends_the_command_as_ctrl_c_does():
     # SIGUSR1, set up by `charrnn train` as it starts, and again after MPI has (MPICH's MPI_Init
     # takes it for itself): KeyboardInterrupt, which ends the command with exit 130
