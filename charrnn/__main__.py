@@ -1,3 +1,17 @@
-from .cli import main
+"""`charrnn` and `python -m charrnn`: the command line (cli.py), behind the one thing that cannot
+wait for its imports. In a process an MPI launcher started, Ctrl-C and SIGUSR1 are held from
+here on (distributed.StopsHeld): one that came while importing would end this rank alone."""
+from .distributed import HELD
 
-main()
+
+def main():
+    HELD.hold()
+    try:
+        from .cli import main as command
+    except KeyboardInterrupt:  # one process (under a launcher, stops are held): as Ctrl-C ends it later
+        raise SystemExit(130)
+    command()
+
+
+if __name__ == "__main__":
+    main()

@@ -587,32 +587,32 @@ def main():
     aborts the job with 130, and one while the ranks join waits until they have (StopsHeld).
     Another command started by a launcher is just the process it is (srun charrnn sample ...
     samples in every process)."""
-    from .distributed import Solo, StopsHeld, world
+    from .distributed import HELD, Solo, world
 
     global _collector_held
     job = Solo()
     replaced = {}
-    if _command(sys.argv[1:]) == "train":
-        with StopsHeld() as held:  # under a launcher, a stop waits until every rank has joined
-            from .train import stop_at_once_until_training
-
+    HELD.hold()  # as the entry point did, for a caller of main() itself
+    try:
+        if _command(sys.argv[1:]) == "train":
             try:
+                from .train import stop_at_once_until_training
+
                 job = world()  # joins the other ranks, if an MPI launcher started this
             except CharrnnError as e:
                 _print_error(str(e))
                 raise SystemExit(e.exit_code)
-            except KeyboardInterrupt:
-                raise SystemExit(130)
-        if held.noted:
-            if job.size > 1:
-                job.abort(130)
-            raise SystemExit(130)
-        replaced = stop_at_once_until_training()  # after MPI_Init, which may take SIGUSR1 for itself
-    if gc.isenabled():
-        gc.disable()  # until the command is set up (_set_up)
-        _collector_held = True
-    try:
+            replaced = stop_at_once_until_training()  # after MPI_Init, which may take SIGUSR1 for itself
+        if HELD.let_go():
+            raise SystemExit(130)  # a stop while the ranks joined: ended now, all together (below)
+        if gc.isenabled():
+            gc.disable()  # until the command is set up (_set_up)
+            _collector_held = True
         _main()
+    except KeyboardInterrupt:  # before the command's own handling, one process or many
+        if job.size > 1:
+            job.abort(130)
+        raise SystemExit(130)
     except SystemExit as e:
         if job.size > 1 and e.code not in (0, None) and not job.stopped_together:
             job.abort(e.code if isinstance(e.code, int) else 1)
@@ -628,6 +628,7 @@ def main():
     finally:
         for s, handler in replaced.items():
             signal.signal(s, handler)
+        HELD.restore()
         _set_up()
         gc.freeze()  # nothing to collect on the way out: exit without walking every object again
 
@@ -641,8 +642,6 @@ def _command(args) -> str:
 def _main():
     try:
         code = app(standalone_mode=False)  # usage errors come here, to be said in one line
-    except KeyboardInterrupt:  # before typer's own handling starts (it makes it 130 too)
-        raise SystemExit(130)
     except CharrnnError as e:
         _print_error(str(e))
         raise SystemExit(e.exit_code)

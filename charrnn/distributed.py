@@ -76,28 +76,44 @@ def share(n, rank, size) -> slice:
 
 
 class StopsHeld:
-    """Around joining the job (cli.main, for a train command under a launcher): Ctrl-C and
-    SIGUSR1 are noted, not raised. A rank that ended alone before MPI_Init returned, or before
-    the first meeting after it, would leave the others waiting for it there for ever; once every
-    rank has joined, an abort (exit 130) ends them all. Outside a launcher it holds nothing."""
+    """Ctrl-C and SIGUSR1 in a process an MPI launcher started, from its first moment (the entry
+    point, charrnn/__main__.py) to the end of the command. While the ranks join (MPI starting,
+    world()), a stop is noted, not raised: a rank that ended alone then would leave the others
+    waiting for it for ever, in MPI_Init or the first meeting after it. Once cli.main has let
+    go, having joined them, a stop raises KeyboardInterrupt at once (until Trainer.run takes
+    the signals over), which ends every rank by an abort. Outside a launcher it holds nothing."""
 
     SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGUSR1") if hasattr(signal, name))
 
     def __init__(self):
+        self.holding = False
         self.noted = False
-        self._replaced = {}
+        self._before = {}
 
-    def __enter__(self):
-        if (launched() or (1, 0))[0] > 1:
-            self._replaced = {s: signal.signal(s, self._note) for s in self.SIGNALS}
-        return self
+    def hold(self):
+        """Hold stops from now on, in a process a launcher started (again: nothing more)."""
+        if not self._before and (launched() or (1, 0))[0] > 1:
+            self._before = {s: signal.signal(s, self._stop) for s in self.SIGNALS}
+            self.holding, self.noted = True, False
 
-    def _note(self, signum, frame):
+    def let_go(self) -> bool:
+        """From now on a stop raises KeyboardInterrupt. Whether one came while held."""
+        self.holding = False
+        return self.noted
+
+    def restore(self):
+        """The handlers as they were before hold()."""
+        for s, handler in self._before.items():
+            signal.signal(s, handler)
+        self._before, self.holding = {}, False
+
+    def _stop(self, signum, frame):
+        if not self.holding:
+            raise KeyboardInterrupt
         self.noted = True
 
-    def __exit__(self, *exc):
-        for s, handler in self._replaced.items():
-            signal.signal(s, handler)
+
+HELD = StopsHeld()  # this process's
 
 
 def world():

@@ -141,19 +141,24 @@ def test_a_stop_signal_saves_and_exits_130_whatever_the_run_is_called(corpus, tm
     assert (run_dir / "latest.npz").is_file()
 
 
-@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1 on this system")
-def test_ctrl_c_before_typer_handles_it_exits_130_without_a_traceback(monkeypatch, capsys):
-    # Ctrl-C while typer still builds the command from the app, before its own handling starts
-    def interrupted(**kw):
-        raise KeyboardInterrupt
+@pytest.mark.parametrize("where", ["as typer builds the command", "as train starts"])
+def test_ctrl_c_before_the_command_handles_it_exits_130_without_a_traceback(where, corpus, monkeypatch, capsys):
+    # a real SIGINT, before typer's own handling starts or before `train` has set up its own
+    def interrupted(*a, **kw):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # the interrupt comes first
 
-    monkeypatch.setattr(cli, "app", interrupted)
-    monkeypatch.setattr(sys, "argv", ["charrnn", "sample", "checkpoints/none"])
+    if where == "as typer builds the command":
+        monkeypatch.setattr(cli, "app", interrupted)
+    else:
+        monkeypatch.setattr("charrnn.train.stop_at_once_until_training", interrupted)
+    monkeypatch.setattr(sys, "argv", ["charrnn", "train", str(corpus), "--max-steps", "1"])
     with pytest.raises(SystemExit) as exit:
         cli.main()
     assert exit.value.code == 130 and capsys.readouterr().err == ""
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1 on this system")
 def test_before_training_starts_sigusr1_ends_the_command_as_ctrl_c_does():
     # SIGUSR1, set up by `charrnn train` as it starts, and again after MPI has (MPICH's MPI_Init
     # takes it for itself): KeyboardInterrupt, which ends the command with exit 130
