@@ -603,7 +603,11 @@ def main():
                 _print_error(str(e))
                 raise SystemExit(e.exit_code)
             replaced = stop_at_once_until_training()  # after MPI_Init, which may take SIGUSR1 for itself
-        if HELD.let_go():
+            stopped = HELD.let_go()
+        else:  # just the process it is: its signals as without a launcher
+            stopped = HELD.let_go()
+            HELD.restore()
+        if stopped:
             raise SystemExit(130)  # a stop while the ranks joined: ended now, all together (below)
         if gc.isenabled():
             gc.disable()  # until the command is set up (_set_up)

@@ -99,13 +99,14 @@ class StopsHeld:
     def let_go(self) -> bool:
         """From now on a stop raises KeyboardInterrupt. Whether one came while held."""
         self.holding = False
-        return self.noted
+        noted, self.noted = self.noted, False
+        return noted
 
     def restore(self):
         """The handlers as they were before hold()."""
         for s, handler in self._before.items():
             signal.signal(s, handler)
-        self._before, self.holding = {}, False
+        self._before, self.holding, self.noted = {}, False, False
 
     def _stop(self, signum, frame):
         if not self.holding:

@@ -339,6 +339,24 @@ def test_a_failure_on_one_rank_ends_the_job_with_one_line(corpus, tmp_path, abor
     print(f"failed job ended after {time.time() - t0:.1f} s, start-up included")
 
 
+def test_stops_are_held_only_under_a_launcher_and_only_until_let_go(monkeypatch):
+    held = distributed.StopsHeld()
+    before = signal.getsignal(signal.SIGINT)
+    monkeypatch.setenv("PMI_SIZE", "2")
+    held.hold()
+    os.kill(os.getpid(), signal.SIGINT)  # noted, not raised
+    time.sleep(0.01)
+    assert held.let_go() is True and held.let_go() is False  # said once
+    with pytest.raises(KeyboardInterrupt):  # once let go, at once
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+    held.restore()
+    assert signal.getsignal(signal.SIGINT) is before
+    monkeypatch.delenv("PMI_SIZE")
+    held.hold()  # one process: nothing held, nothing noted from before
+    assert signal.getsignal(signal.SIGINT) is before and held.let_go() is False
+
+
 @needs_mpi
 @pytest.mark.parametrize("when", ["1 before", "1 after", "0 before", "0 after"])
 def test_a_rank_interrupted_as_mpi_starts_ends_the_job(corpus, tmp_path, aborted_jobs_leave_no_shared_memory, when):
