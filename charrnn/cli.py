@@ -593,8 +593,9 @@ def main():
     job = Solo()
     replaced = {}
     HELD.hold()  # as the entry point did, for a caller of main() itself
+    train = _command(sys.argv[1:]) == "train"
     try:
-        if _command(sys.argv[1:]) == "train":
+        if train:
             try:
                 from .train import stop_at_once_until_training
 
@@ -603,9 +604,8 @@ def main():
                 _print_error(str(e))
                 raise SystemExit(e.exit_code)
             replaced = stop_at_once_until_training()  # after MPI_Init, which may take SIGUSR1 for itself
-            stopped = HELD.let_go()
-        else:  # just the process it is: its signals as without a launcher
-            stopped = HELD.let_go()
+        stopped = HELD.let_go()
+        if not train:  # just the process it is: its signals as without a launcher
             HELD.restore()
         if stopped:
             raise SystemExit(130)  # a stop while the ranks joined: ended now, all together (below)

@@ -160,8 +160,8 @@ def test_ctrl_c_before_the_command_handles_it_exits_130_without_a_traceback(wher
 
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1 on this system")
 def test_before_training_starts_sigusr1_ends_the_command_as_ctrl_c_does():
-    # SIGUSR1, set up by `charrnn train` as it starts, and again after MPI has (MPICH's MPI_Init
-    # takes it for itself): KeyboardInterrupt, which ends the command with exit 130
+    # SIGUSR1, as `charrnn train` sets it up once every rank has joined (cli.main):
+    # KeyboardInterrupt, which ends the command with exit 130
     from charrnn.train import stop_at_once_until_training
 
     replaced = stop_at_once_until_training()
