@@ -10,7 +10,10 @@ def main():
         from .cli import main as command
     except KeyboardInterrupt:  # one process (under a launcher, stops are held): as Ctrl-C ends it later
         raise SystemExit(130)
-    command()
+    try:
+        command()
+    except KeyboardInterrupt:  # in the last lines of cli.main, after its own handling let go
+        raise SystemExit(130)
 
 
 if __name__ == "__main__":

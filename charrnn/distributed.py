@@ -36,7 +36,8 @@ LAUNCHERS = (("PMI_SIZE", "PMI_RANK"), ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD
              ("SLURM_STEP_NUM_TASKS", "SLURM_PROCID"))
 
 # Hidden hooks for tests: fail on one rank at an update; send one rank SIGINT as MPI starts,
-# "R before" or "R after" MPI_Init; dump each rank's final parameters.
+# "R before" or "R after" MPI_Init, or as it shuts down, "R exit"; dump each rank's final
+# parameters.
 FAIL_RANK, FAIL_AT, DUMP_PARAMS = "CHARRNN_TEST_FAIL_RANK", "CHARRNN_TEST_FAIL_AT", "CHARRNN_TEST_DUMP_PARAMS"
 INTERRUPT = "CHARRNN_TEST_INTERRUPT"
 
@@ -106,6 +107,15 @@ class StopsHeld:
         """The handlers as they were before hold()."""
         for s, handler in self._before.items():
             signal.signal(s, handler)
+        self._before, self.holding, self.noted = {}, False, False
+
+    def ignore(self):
+        """Stops ignored from now on, for a job whose ranks are ending together, as agreed: one
+        now (MPI's shutdown at exit) would only cut this rank short, killed by the signal, and
+        the launcher would report that as its failure (MPICH's mpiexec: exit 2). The launcher's
+        own second Ctrl-C still ends every rank by force."""
+        for s in self.SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
         self._before, self.holding, self.noted = {}, False, False
 
     def _stop(self, signum, frame):
@@ -220,7 +230,7 @@ class Mpi(Solo):
                 raise _alone(rank, _another_mpi(size, library))
             _interrupt_for_test(rank, "before")
             if not MPI.Is_initialized():
-                _start(MPI, mpi4py.rc)
+                _start(MPI, mpi4py.rc, rank)
             _interrupt_for_test(rank, "after")
         comm = MPI.COMM_WORLD
         if comm.Get_size() != size:
@@ -437,7 +447,7 @@ def launcher_of_another_mpi(environ, vendor, version) -> bool:
     return False
 
 
-def _start(MPI, rc):
+def _start(MPI, rc, rank):
     """Start MPI as mpi4py would have at its import: MPI_Init_thread with the thread support its
     rc asks for (or the variables MPI4PY_RC_THREADS and MPI4PY_RC_THREAD_LEVEL), and
     MPI_Finalize at exit."""
@@ -451,7 +461,7 @@ def _start(MPI, rc):
         MPI.Init()
     else:
         MPI.Init_thread(levels.get(level, MPI.THREAD_MULTIPLE))
-    atexit.register(lambda: MPI.Is_finalized() or MPI.Finalize())
+    atexit.register(lambda: _interrupt_for_test(rank, "exit") or MPI.Is_finalized() or MPI.Finalize())
 
 
 def _another_mpi(size, library, seen=None):

@@ -141,20 +141,28 @@ def test_a_stop_signal_saves_and_exits_130_whatever_the_run_is_called(corpus, tm
     assert (run_dir / "latest.npz").is_file()
 
 
-@pytest.mark.parametrize("where", ["as typer builds the command", "as train starts"])
-def test_ctrl_c_before_the_command_handles_it_exits_130_without_a_traceback(where, corpus, monkeypatch, capsys):
-    # a real SIGINT, before typer's own handling starts or before `train` has set up its own
+@pytest.mark.parametrize("where", ["as typer builds the command", "as train starts", "as the command ends"])
+def test_ctrl_c_outside_the_commands_handling_exits_130_without_a_traceback(where, corpus, monkeypatch, capsys):
+    # a real SIGINT, before typer's own handling starts, before `train` has set up its own, or
+    # after both, in cli.main's last lines; through the entry point, as `charrnn` runs
+    from charrnn.__main__ import main
+
     def interrupted(*a, **kw):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(5)  # the interrupt comes first
 
+    argv = ["charrnn", "train", str(corpus), "--max-steps", "1"]
     if where == "as typer builds the command":
         monkeypatch.setattr(cli, "app", interrupted)
-    else:
+    elif where == "as train starts":
         monkeypatch.setattr("charrnn.train.stop_at_once_until_training", interrupted)
-    monkeypatch.setattr(sys, "argv", ["charrnn", "train", str(corpus), "--max-steps", "1"])
+    else:
+        set_up = cli._set_up
+        monkeypatch.setattr(cli, "_set_up", lambda: (set_up(), interrupted()))
+        argv = ["charrnn", "train", "--help"]  # a command that ends at once
+    monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit) as exit:
-        cli.main()
+        main()
     assert exit.value.code == 130 and capsys.readouterr().err == ""
 
 
