@@ -14,6 +14,11 @@ def main():
         command()
     except KeyboardInterrupt:  # in the last lines of cli.main, after its own handling let go
         raise SystemExit(130)
+    finally:
+        # The command has ended, its exit code settled: a stop in the exit's last hundredths of
+        # a second (Python's atexit callbacks; MPI's shutdown) would only print a traceback
+        # from one of them, or kill the process by the signal
+        HELD.ignore()
 
 
 if __name__ == "__main__":

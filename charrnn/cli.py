@@ -266,20 +266,27 @@ def _first_call(warm):
     import threading
 
     failure = []
+    # its own end, not the thread's: an interrupted Thread.join marks a thread that is still
+    # running as stopped (Python 3.11)
+    done = threading.Event()
 
     def run():
         try:
             warm()
         except BaseException as e:  # handed to the main thread below
             failure.append(e)
+        finally:
+            done.set()
 
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    worker.join(0.5)
-    compiling = worker.is_alive()
-    if compiling:
-        with err.status("compiling kernels (the first run only; later runs reuse numba's cache)..."):
-            worker.join()
+    threading.Thread(target=run, daemon=True).start()
+    try:
+        compiling = not done.wait(0.5)
+        if compiling:
+            with err.status("compiling kernels (the first run only; later runs reuse numba's cache)..."):
+                done.wait()
+    except KeyboardInterrupt:
+        _interrupted_while(done)
+        raise
     if failure:
         raise failure[0]
     if compiling:  # the compiler's garbage, made while the collector was held off: not to be frozen
@@ -287,8 +294,31 @@ def _first_call(warm):
     _set_up()
 
 
+def _interrupted_while(done):
+    """Ctrl-C while the warm-up's thread may be inside LLVM (compiling, or loading the kernels
+    from numba's cache). A process that exits while it is there can crash as LLVM's C++ runtime
+    is torn down under it: a segmentation fault or an abort instead of exit 130, in about 1 of
+    60 Ctrl-Cs 0.25-0.45 s into a `charrnn sample`. The process main() runs ends at once, past
+    that teardown, having written nothing yet; called in-process, the thread is waited for."""
+    if done.is_set():
+        return
+    if _in_main:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(130)
+    while not done.is_set():
+        try:
+            done.wait()
+        except KeyboardInterrupt:
+            pass
+
+
 # main() holds the cyclic garbage collector off until the command is set up (_set_up)
 _collector_held = False
+_in_main = False  # whether main() runs this process, which it may end at once (_interrupted_while)
 
 
 def _set_up():
@@ -585,11 +615,13 @@ def main():
     the whole job, since the others may be waiting for it in an all-reduce. A stop signal ends
     every rank at the same update (Trainer.run): they exit 130 together. One before training
     aborts the job with 130, and one while the ranks join waits until they have (StopsHeld);
-    once the command has ended, one is ignored while MPI shuts down (StopsHeld.ignore). Another command started by a launcher is just the process it is (srun charrnn sample ...
-    samples in every process)."""
-    from .distributed import HELD, Solo, world
+    once the command has ended, one is ignored while MPI shuts down (StopsHeld.ignore). Another
+    command started by a launcher is just the process it is (srun charrnn sample ... samples in
+    every process)."""
+    from .distributed import HELD, Solo, launched, world
 
-    global _collector_held
+    global _collector_held, _in_main
+    _in_main = True
     job = Solo()
     replaced = {}
     HELD.hold()  # as the entry point did, for a caller of main() itself
@@ -603,6 +635,10 @@ def main():
             except CharrnnError as e:
                 _print_error(str(e))
                 raise SystemExit(e.exit_code)
+            except Exception as e:  # numba that cannot start, in every process: rank 0 says it
+                if (launched() or (1, 0))[1] != 0:
+                    sys.stderr = open(os.devnull, "w")
+                _failed(e)
             replaced = stop_at_once_until_training()  # after MPI_Init, which may take SIGUSR1 for itself
         stopped = HELD.let_go()
         if not train:  # just the process it is: its signals as without a launcher
@@ -658,16 +694,42 @@ def _main():
     except MemoryError:
         _print_error("out of memory; use a smaller model, batch or window, or free some memory")
         raise SystemExit(1)
-    except Exception as e:  # a bug of ours: still one line, and the way to see the rest
+    except Exception as e:
         if _is_usage_error(e):
             _print_error(_usage_line(e))
             raise SystemExit(e.exit_code)
-        if os.environ.get("CHARRNN_TRACEBACK"):
-            raise
-        _print_error(f"internal error ({type(e).__name__}: {e}); please report it with the output of the same "
-                     "command run with CHARRNN_TRACEBACK=1")
-        raise SystemExit(1)
+        _failed(e)
     raise SystemExit(code if isinstance(code, int) else 0)  # typer.Exit's code, or 0
+
+
+def _failed(e: Exception):
+    """Any other exception, from an except clause: numba that cannot start (the environment's
+    fault), or a bug of ours. Still one line and exit 1; for a bug, the way to see the rest."""
+    why = _numba_failure(e)
+    if why:
+        _print_error(f"numba cannot start: {why}; check the NUMBA_* environment variables, and that numba "
+                     "is installed as the README says")
+        raise SystemExit(1)
+    if os.environ.get("CHARRNN_TRACEBACK"):
+        raise
+    message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())  # one line
+    _print_error(f"internal error ({type(e).__name__}: {message}); please report it with the output of the same "
+                 "command run with CHARRNN_TRACEBACK=1")
+    raise SystemExit(1)
+
+
+def _numba_failure(e: Exception):
+    """What went wrong, if e was raised while numba or llvmlite loaded (a bad NUMBA_NUM_THREADS
+    fails its import) or while numba started its threads (NUMBA_THREADING_LAYER naming a layer
+    that is not installed); else None."""
+    tb = e.__traceback__
+    while tb is not None:
+        module, function = tb.tb_frame.f_globals.get("__name__", ""), tb.tb_frame.f_code.co_name
+        if module.split(".")[0] in ("numba", "llvmlite") and function in ("<module>", "_launch_threads"):
+            first = next((line.strip() for line in str(e).splitlines() if line.strip()), "").rstrip(".")
+            return f"{type(e).__name__}: {first}" if first else type(e).__name__
+        tb = tb.tb_next
+    return None
 
 
 def _is_usage_error(e: Exception) -> bool:

@@ -110,10 +110,11 @@ class StopsHeld:
         self._before, self.holding, self.noted = {}, False, False
 
     def ignore(self):
-        """Stops ignored from now on, for a job whose ranks are ending together, as agreed: one
-        now (MPI's shutdown at exit) would only cut this rank short, killed by the signal, and
-        the launcher would report that as its failure (MPICH's mpiexec: exit 2). The launcher's
-        own second Ctrl-C still ends every rank by force."""
+        """Stops ignored from now on, once the command has ended (charrnn/__main__.py), and as
+        soon as a job's ranks are ending together, as agreed (cli.main): one in MPI's shutdown
+        at exit would only cut this rank short, killed by the signal, and the launcher would
+        report that as its failure (MPICH's mpiexec: exit 2). The launcher's own second Ctrl-C
+        still ends every rank by force."""
         for s in self.SIGNALS:
             signal.signal(s, signal.SIG_IGN)
         self._before, self.holding, self.noted = {}, False, False

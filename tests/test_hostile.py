@@ -110,6 +110,30 @@ def test_a_bug_of_ours_is_one_line_and_can_show_its_traceback(tmp_path, monkeypa
         cli.main()
 
 
+def test_an_exception_whose_message_has_several_lines_is_still_one(monkeypatch, capsys):
+    def broken(*a, **kw):
+        raise ValueError("first part\n\nHINT:\n  second part")
+
+    monkeypatch.setattr("charrnn.gradflow.measure", broken)
+    monkeypatch.delenv("CHARRNN_TRACEBACK", raising=False)
+    code, stderr = main_exits(monkeypatch, capsys, "gradflow", "--cell", "rnn", "--hidden", "4", "--max-k", "2")
+    assert code == 1 and "internal error (ValueError: first part HINT: second part)" in one_line(stderr)
+
+
+@pytest.mark.parametrize("variable, value, why", [
+    ("NUMBA_NUM_THREADS", "0", "Number of threads specified must be > 0"),  # numba's import fails
+    ("NUMBA_THREADING_LAYER", "no-such-layer", "The threading layer requested 'no-such-layer' is unknown"),
+])  # the second fails as the first update starts numba's threads
+def test_numba_that_cannot_start_is_the_environments_fault_said_in_one_line(variable, value, why, corpus, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="300", **{variable: value})
+    r = subprocess.run([sys.executable, "-m", "charrnn", "train", str(corpus), "--hidden", "8", "--batch", "2",
+                        "--k1", "8", "--max-steps", "1", "--out-dir", str(tmp_path), "--run", "r", "-q"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 1
+    line = one_line(r.stderr)
+    assert line.startswith(f"error: numba cannot start: ValueError: {why}") and "NUMBA_* environment" in line, line
+
+
 def test_brackets_in_names_print_as_they_are(corpus, tmp_path):
     # rich would read "[red]" as a style and fail on "[/oops]", a closing tag without an opening one
     out_dir, name = tmp_path / "[/oops]", "[red]x[y]"
@@ -146,6 +170,7 @@ def test_ctrl_c_outside_the_commands_handling_exits_130_without_a_traceback(wher
     # a real SIGINT, before typer's own handling starts, before `train` has set up its own, or
     # after both, in cli.main's last lines; through the entry point, as `charrnn` runs
     from charrnn.__main__ import main
+    from charrnn.distributed import StopsHeld
 
     def interrupted(*a, **kw):
         os.kill(os.getpid(), signal.SIGINT)
@@ -161,8 +186,15 @@ def test_ctrl_c_outside_the_commands_handling_exits_130_without_a_traceback(wher
         monkeypatch.setattr(cli, "_set_up", lambda: (set_up(), interrupted()))
         argv = ["charrnn", "train", "--help"]  # a command that ends at once
     monkeypatch.setattr(sys, "argv", argv)
-    with pytest.raises(SystemExit) as exit:
-        main()
+    handlers = {s: signal.getsignal(s) for s in StopsHeld.SIGNALS}
+    try:
+        with pytest.raises(SystemExit) as exit:
+            main()
+        # and then, its exit code settled, the process ignores stops to its end
+        assert [signal.getsignal(s) for s in handlers] == [signal.SIG_IGN] * len(handlers)
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
     assert exit.value.code == 130 and capsys.readouterr().err == ""
 
 
