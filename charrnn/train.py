@@ -9,6 +9,8 @@ import math
 import os
 import re
 import signal
+import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -165,6 +167,7 @@ class Trainer:
         self.last_val = math.inf
         self.last_val_step = None  # the update after which last_val was measured
         self.signalled = False  # one of STOP_SIGNALS reached this process
+        self.stopping_now = 0  # a second one, the signal's number
         self.stop_requested = False  # whether to stop after this update: agreed by every rank under MPI
         self.fresh = True  # False once the run folder holds this run (resumed, or run() started)
         self.lock = None  # the run folder's RunLock while this trainer reads or writes it
@@ -356,6 +359,7 @@ class Trainer:
             lock.release()
             raise
         previous = [signal.signal(s, self._on_stop_signal) for s in STOP_SIGNALS]
+        self._unraisable_before, sys.unraisablehook = sys.unraisablehook, self._unraisable
         window_stats = []
         chars_per_update = cfg.k1 * cfg.batch
         train_time = 0.0  # time in updates only, for the throughput figure
@@ -408,6 +412,7 @@ class Trainer:
         finally:
             for s, handler in zip(STOP_SIGNALS, previous):
                 signal.signal(s, handler)
+            sys.unraisablehook = self._unraisable_before
             log.close()
             lock.release()
 
@@ -482,8 +487,21 @@ class Trainer:
 
     def _on_stop_signal(self, signum, frame):
         if self.signalled:  # a second signal: stop now, whatever the state
+            self.stopping_now = signum
             raise KeyboardInterrupt
         self.signalled = True  # finish this update, save, then stop
+
+    def _unraisable(self, unraisable):
+        """A second signal's KeyboardInterrupt, raised while Python ran a callback of C code
+        (numba loading or compiling kernels: llvmlite's object cache), cannot leave it: the C
+        code drops it ("Exception ignored on calling ctypes callback function") and the update
+        went on. The signal is sent again, to be raised once Python is out of the callback."""
+        if isinstance(unraisable.exc_value, KeyboardInterrupt) and self.stopping_now:
+            again = threading.Timer(0.01, os.kill, (os.getpid(), self.stopping_now))
+            again.daemon = True
+            again.start()
+        else:
+            self._unraisable_before(unraisable)
 
 
 # The streams a thread needs for the recurrent product to pay for reading the weights at every

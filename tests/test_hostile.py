@@ -198,6 +198,39 @@ def test_ctrl_c_outside_the_commands_handling_exits_130_without_a_traceback(wher
     assert exit.value.code == 130 and capsys.readouterr().err == ""
 
 
+def test_a_second_ctrl_c_inside_a_callback_of_c_code_still_stops_at_once(corpus, tmp_path, monkeypatch, capsys):
+    # Python code that C code calls back (numba loading kernels: llvmlite's object cache) cannot
+    # pass an exception on: the second Ctrl-C's KeyboardInterrupt raised there was dropped, with
+    # a traceback, and the update went on to save. libc's qsort stands for that C code here.
+    import ctypes
+    import ctypes.util
+
+    from charrnn.train import Trainer
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    compare = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+
+    def twice(a, b):  # Ctrl-C, then Ctrl-C again, both while the callback runs
+        for _ in range(2):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+        return 0
+
+    update = Trainer.update
+
+    def update_calling_back(self):
+        if self.step == 0:
+            libc.qsort((ctypes.c_int * 2)(), 2, ctypes.sizeof(ctypes.c_int), compare(twice))
+            time.sleep(2)  # back in Python: the stop comes here, at once
+        return update(self)
+
+    monkeypatch.setattr(Trainer, "update", update_calling_back)
+    code, stderr = main_exits(monkeypatch, capsys, "train", corpus, "--hidden", "8", "--batch", "2", "--k1", "8",
+                              "--max-steps", "3", "--out-dir", tmp_path, "--run", "r", "-q")
+    assert code == 130 and "Exception ignored" not in stderr and "interrupted at update" not in stderr, stderr
+    assert not (tmp_path / "r" / "latest.npz").exists()  # stopped at once, nothing saved
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1 on this system")
 def test_before_training_starts_sigusr1_ends_the_command_as_ctrl_c_does():
     # SIGUSR1, as `charrnn train` sets it up once every rank has joined (cli.main):
