@@ -238,11 +238,22 @@ class Trainer:
         lock = _locked(path.parent)  # before reading: no other process is writing it now
         try:
             self = cls._restore(path, say, corpus, overrides)
+            _refuse_to_rewind(path, self.step)
+            self._keep_best(path)
         except BaseException:
             lock.release()
             raise
         self.lock, self.fresh = lock, False
         return self
+
+    def _keep_best(self, path):
+        """best.npz is replaced only by a better model, also one the resumed checkpoint has not
+        seen: saved after it, by a run killed between a validation and its next save (and then
+        resumed with a new learning rate, say)."""
+        best = (_other_meta(path, "best") or {}).get("metrics", {}).get("best_val")
+        value = np.array([best if type(best) in (int, float) else math.inf], dtype=np.float64)
+        self.world.bcast(value)  # rank 0's file: every rank must agree on when to save
+        self.best_val = min(self.best_val, float(value[0]))
 
     @classmethod
     def _restore(cls, path, say, inputs, overrides):
@@ -616,6 +627,47 @@ def _record_step(line):
 def _sample_step(line):
     m = _SAMPLE_HEADER_STEP.match(line)
     return int(m.group(1)) if m else -1
+
+
+class _MetaOnly:
+    """A checkpoint schema that reads the meta document alone (load_checkpoint): a training
+    checkpoint's step and best validation loss."""
+
+    reads = ()
+
+    @staticmethod
+    def headers(meta, headers):
+        if type(meta.get("step")) is not int or not isinstance(meta.get("metrics"), dict):
+            raise CharrnnError("it is not a training checkpoint")
+
+    @staticmethod
+    def arrays(meta, arrays):
+        pass
+
+
+def _other_meta(path, name):
+    """The meta document of the checkpoint `name` beside `path` (not path itself), or None if
+    there is none or it cannot be read: then nothing resuming path would lose."""
+    other = path.parent / f"{name}.npz"
+    try:
+        if other.is_file() and not other.samefile(path):
+            return load_checkpoint(other, schema=_MetaOnly)[1]
+    except (CharrnnError, OSError):
+        pass
+    return None
+
+
+def _refuse_to_rewind(path, step):
+    """A checkpoint resumed in its own folder must not be older than the folder's latest.npz:
+    resuming a copy of an earlier one, or best.npz while latest.npz went on, would replace it
+    and drop its records. A copy resumed in a folder of its own loses nothing."""
+    latest = _other_meta(path, "latest")
+    if latest is not None and latest["step"] > step:
+        new = path.parent.with_name(f"{path.parent.name}-from-{step}")
+        raise CharrnnError(f"{path} was saved at update {step}, before {path.parent / 'latest.npz'} (update "
+                           f"{latest['step']}); resuming it there would replace that. To go on from update {step} "
+                           f"and keep it, resume a copy in a folder of its own: mkdir {new} && cp {path} "
+                           f"{new / 'latest.npz'} && charrnn train --resume {new}")
 
 
 def _cut_log(path, after, every_line=False):

@@ -129,6 +129,49 @@ def test_a_resumed_run_drops_what_its_logs_hold_after_the_checkpoint(corpus, tmp
     assert [h.split(",")[0] for h in headers] == ["--- step 3", "--- step 6", "--- step 9", "--- step 12"]
 
 
+def test_an_earlier_checkpoint_resumed_in_its_own_folder_is_refused_and_a_copy_elsewhere_resumes(corpus, tmp_path):
+    # a copy of update 4's latest.npz, resumed in the folder after the run went on to 8, would
+    # have replaced latest.npz (and best.npz, were 8's the better) and cut their records
+    run = tmp_path / "r"
+    trainer = train_steps(config(corpus, tmp_path, eval_every=4, checkpoint_every=4), run, 4)
+    (run / "at4.npz").write_bytes((run / "latest.npz").read_bytes())
+    Trainer.resume(run, say=lambda *_: None, max_steps=8).run()
+    kept = {name: (run / name).read_bytes() for name in ("latest.npz", "best.npz", "metrics.jsonl")}
+    new = tmp_path / "r-from-4"
+    for earlier in (run / "at4.npz", run / "at4"):  # the file, or its name without .npz
+        with pytest.raises(CharrnnError) as refused:
+            Trainer.resume(earlier, say=lambda *_: None)
+        assert str(refused.value) == (
+            f"{run / 'at4.npz'} was saved at update 4, before {run / 'latest.npz'} (update 8); resuming it there "
+            f"would replace that. To go on from update 4 and keep it, resume a copy in a folder of its own: "
+            f"mkdir {new} && cp {run / 'at4.npz'} {new / 'latest.npz'} && charrnn train --resume {new}")
+    assert {name: (run / name).read_bytes() for name in kept} == kept
+    new.mkdir()
+    (new / "latest.npz").write_bytes((run / "at4.npz").read_bytes())
+    resumed = Trainer.resume(new, say=lambda *_: None, max_steps=6)
+    assert resumed.step == 4 == trainer.step
+    resumed.run()
+    assert load_checkpoint(new / "latest.npz")[1]["step"] == 6
+
+
+def test_a_resumed_run_replaces_best_npz_only_with_a_better_model_than_it_holds(corpus, tmp_path):
+    # best.npz saved after latest.npz (a run killed between a validation and its next save)
+    # holds a lower loss than latest.npz knows of; resumed, with a new learning rate say, the
+    # run replaced it with any model better than latest.npz's best
+    run = tmp_path / "r"
+    train_steps(config(corpus, tmp_path, eval_every=2, checkpoint_every=2), run, 4)
+    arrays, meta = load_checkpoint(run / "latest.npz")
+    assert meta["metrics"]["best_val"] > 0.5
+    meta["metrics"]["best_val"] = meta["metrics"]["last_val"] = 0.5  # a loss this run will not reach
+    meta["step"] = 5
+    save_checkpoint(run / "best.npz", arrays, meta)
+    best = (run / "best.npz").read_bytes()
+    resumed = Trainer.resume(run, say=lambda *_: None, max_steps=10, lr=3e-3)
+    assert resumed.best_val == 0.5
+    resumed.run()
+    assert (run / "best.npz").read_bytes() == best
+
+
 def test_a_checkpoint_from_before_many_files_resumes(corpus, tmp_path, monkeypatch):
     train_steps(config(corpus, tmp_path), tmp_path / "r", 3)
     latest = tmp_path / "r" / "latest.npz"
