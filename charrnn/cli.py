@@ -13,8 +13,8 @@ import typer
 
 from .cells import OPTIONS as CELL_OPTIONS
 from .cells import choices_help
-from .config import (CELLS, EVAL_RANGES, INSPECT_CHARS, INSPECT_MAX_CHARS, OPTIMIZERS, RANGES, SAMPLE_RANGES, SCHEDULES,
-                     Range)
+from .config import (CELLS, DIAGNOSTIC_RANGES, EVAL_RANGES, INSPECT_CHARS, INSPECT_MAX_CHARS, OPTIMIZERS, RANGES,
+                     SAMPLE_RANGES, SCHEDULES, Range)
 from .config import TrainConfig as _C  # the defaults of train's options
 from .errors import CharrnnError, os_error_message
 
@@ -65,13 +65,17 @@ def _cells(cell: str):
 def _ranged(default, allowed: Range, help: str, kind: str = ""):
     """An option bounded by `allowed` (config.py): the help shows the range as typer shows its
     own, and a value outside it is a usage error (exit 2)."""
+    bounded = allowed.low is not None or allowed.high is not None
+
     def check(value):
         if value is not None and value not in allowed:
-            raise typer.BadParameter(f"{value} is not in the range {allowed}.")
+            raise typer.BadParameter(f"{value} is not in the range {allowed}." if bounded else
+                                     f"{value} is not a finite number.")
         return value
 
     kind = kind or type(default).__name__
-    return typer.Option(default, help=help, callback=check, metavar=f"<{kind} range> [{allowed}]")
+    return typer.Option(default, help=help, callback=check,
+                        metavar=f"<{kind} range> [{allowed}]" if bounded else f"<{kind}>")
 
 
 def _encoding(value: Optional[str]):
@@ -476,10 +480,10 @@ def gradcheck(
     steps: int = typer.Option(6, min=1, max=200, help="Steps per window (k1 = k2 = steps unless set)."),
     batch: int = typer.Option(3, min=1, max=64, help="Parallel streams."),
     vocab: int = typer.Option(7, min=2, max=512, help="Characters in the random text."),
-    seed: int = typer.Option(0, help="Seed for the random model and text."),
+    seed: int = _ranged(0, DIAGNOSTIC_RANGES["seed"], "Seed for the random model and text."),
     k1: Optional[int] = typer.Option(None, min=1, max=200, help="Steps between updates (default: --steps)."),
     k2: Optional[int] = typer.Option(None, min=1, max=200, help="Steps the gradient flows back (default: --steps)."),
-    tolerance: float = typer.Option(1e-6, min=0.0, help="Largest relative error that passes."),
+    tolerance: float = _ranged(1e-6, DIAGNOSTIC_RANGES["tolerance"], "Largest relative error that passes."),
     per_tensor: int = typer.Option(200, min=1, help="Elements checked per tensor (all, if it has fewer)."),
 ):
     """Check every gradient against finite differences, in float64. Exits 1 on any failure."""
@@ -520,13 +524,13 @@ def gradflow(
     cell: Optional[str] = typer.Option(None, help=f"Fresh models to compare, comma-separated names ({', '.join(CELLS)}) or all. Default: rnn,lstm,gru."),
     hidden: Optional[int] = typer.Option(None, min=1, max=4096, help="Hidden units per layer of the fresh models (default 64)."),
     layers: Optional[int] = typer.Option(None, min=1, max=16, help="Stacked layers of the fresh models (default 1)."),
-    seed: int = typer.Option(0, help="Seed for the fresh models and the choice of windows."),
-    radius: Optional[float] = typer.Option(None, min=0.0, help="First rescale each recurrent matrix (each gate block; IndRNN's u) to this spectral radius."),
+    seed: int = _ranged(0, DIAGNOSTIC_RANGES["seed"], "Seed for the fresh models and the choice of windows."),
+    radius: Optional[float] = _ranged(None, DIAGNOSTIC_RANGES["radius"], kind="float", help="First rescale each recurrent matrix (each gate block; IndRNN's u) to this spectral radius."),
     tau: Optional[str] = typer.Option(None, help=f"Fresh leaky models: {CELL_OPTIONS['tau'].help}."),
     spectral_radius: Optional[float] = _ranged(None, RANGES["spectral_radius"], kind="float", help=f"Fresh esn models: {CELL_OPTIONS['spectral_radius'].help} (default {CELL_OPTIONS['spectral_radius'].default:g})."),
     leak: Optional[float] = _ranged(None, RANGES["leak"], kind="float", help=f"Fresh esn models: {CELL_OPTIONS['leak'].help}."),
     u_max: Optional[float] = _ranged(None, RANGES["u_max"], kind="float", help="Fresh indrnn models: bound on |u|, which starts U(0, bound); default 2^(1/(K+1)), Li et al. (2018)'s bound for the measured window."),
-    forget_bias: Optional[float] = typer.Option(None, help="Set the forget-gate bias of fresh lstm and peephole models to this (training starts it like every bias, near 0; 1 is the classic remedy that keeps the gate open)."),
+    forget_bias: Optional[float] = _ranged(None, DIAGNOSTIC_RANGES["forget_bias"], kind="float", help="Set the forget-gate bias of fresh lstm and peephole models to this (training starts it like every bias, near 0; 1 is the classic remedy that keeps the gate open)."),
     corpus: Optional[Path] = typer.Option(None, help="Text to take the windows from. Default: the shipped corpora/tinyshakespeare.txt."),
     max_k: int = typer.Option(100, "--max-k", min=1, max=1000, help="Measure k = 0..K steps back from the last step."),
     windows: int = typer.Option(8, min=1, max=10000, help="Windows of text to average over."),

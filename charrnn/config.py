@@ -106,6 +106,15 @@ EVAL_RANGES = {
     "window": Range(1, 100_000),
 }
 
+# The bounds of `charrnn gradcheck`'s and `charrnn gradflow`'s options that typer's own min and
+# max do not bound (they let NaN through)
+DIAGNOSTIC_RANGES = {
+    "seed": RANGES["seed"],
+    "tolerance": Range(0),
+    "radius": Range(0),
+    "forget_bias": Range(),  # any finite value
+}
+
 # What `train --resume` may change: how the run goes on from the saved state (the learning rate,
 # its schedule, clipping, fresh starts, the stopping rules) and its bookkeeping (evaluation, saves,
 # samples).

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from charrnn import cells
 from charrnn.cli import app
-from charrnn.config import CELLS, CHOICES, RANGES, SAMPLE_RANGES, Range, TrainConfig
+from charrnn.config import CELLS, CHOICES, DIAGNOSTIC_RANGES, RANGES, SAMPLE_RANGES, Range, TrainConfig
 from charrnn.errors import CharrnnError
 from charrnn.sampling import check_options
 
@@ -94,6 +94,21 @@ def test_sample_cli_and_check_options_agree_at_each_bound(name, tmp_path):
             assert r.exit_code == 1 and "missing.npz" in str(r.exception), (value, r.output)
         else:
             assert r.exit_code == 2, (value, r.output)
+
+
+@pytest.mark.parametrize("command, name, value", [
+    ("gradcheck", "seed", "-1"), ("gradcheck", "tolerance", "nan"), ("gradcheck", "tolerance", "-0.1"),
+    ("gradflow", "seed", "-1"), ("gradflow", "radius", "nan"), ("gradflow", "radius", "-1"),
+    ("gradflow", "forget_bias", "nan"), ("gradflow", "forget_bias", "inf"),
+])
+def test_gradcheck_and_gradflow_refuse_what_lies_outside_their_ranges(command, name, value):
+    # typer's own min let NaN through, and no bound let a negative seed reach numpy: both were
+    # an internal error, or a chart of nothing
+    assert name in cli_options(command)
+    r = runner.invoke(app, [command, "--cell", "lstm", "--hidden", "2", f"--{name.replace('_', '-')}={value}"])
+    allowed = DIAGNOSTIC_RANGES[name]
+    why = f"is not in the range {allowed}" if allowed.low is not None else "is not a finite number"
+    assert r.exit_code == 2 and why in r.output, r.output
 
 
 def test_choices_come_from_the_registries(tmp_path):
