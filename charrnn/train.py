@@ -302,9 +302,10 @@ class Trainer:
         stack.layout.zero_frozen(self.grads)
         norm, clipped = clip_by_norm(self.grads, cfg.clip_norm)
         if not (math.isfinite(loss) and math.isfinite(norm)):
-            raise CharrnnError(
-                f"training diverged at update {self.step + 1}: the loss is {loss} and the gradient norm {norm}; "
-                f"the last good checkpoint is in {self.run_dir}; try a lower --lr or --clip-norm")
+            saved = (self.run_dir / "latest.npz").is_file() or (self.run_dir / "best.npz").is_file()
+            kept = f"the last good checkpoint is in {self.run_dir}" if saved else "no checkpoint was saved before it"
+            raise CharrnnError(f"training diverged at update {self.step + 1}: the loss is {loss} and the gradient "
+                               f"norm {norm}; {kept}; try a lower --lr or --clip-norm")
         clipped_values = clip_by_value(self.grads, cfg.clip_value)
         lr = learning_rate(cfg.lr, self.step, self.done_fraction(), schedule=cfg.schedule, decay=cfg.lr_decay,
                            decay_every=cfg.decay_every, warmup=cfg.warmup,

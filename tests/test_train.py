@@ -202,10 +202,27 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(corpus, tmp_path):
         if t.step == 10:
             t.params[5] = np.nan
 
-    with pytest.raises(CharrnnError, match="diverged at update 11"):
+    with pytest.raises(CharrnnError, match="diverged at update 11: .*; the last good checkpoint is in "):
         trainer.run(poison)
     arrays, meta = load_checkpoint(tmp_path / "r" / "latest.npz")
     assert meta["step"] == 9 and np.isfinite(arrays["params"]).all()
+
+
+def test_nan_before_the_first_save_says_no_checkpoint_was_saved(corpus, tmp_path):
+    # it named the run folder as where the last good checkpoint was, and it held none
+    trainer = Trainer(config(corpus, tmp_path, max_steps=12, checkpoint_every=5, eval_every=5), tmp_path / "r",
+                      say=lambda *_: None)
+    update = trainer.update
+
+    def poisoned_update():
+        if trainer.step == 2:
+            trainer.params[5] = np.nan
+        return update()
+
+    trainer.update = poisoned_update
+    with pytest.raises(CharrnnError, match=r"diverged at update \d+: .*; no checkpoint was saved before it; try"):
+        trainer.run()
+    assert not list((tmp_path / "r").glob("*.npz"))
 
 
 def test_small_corpus_still_trains(tmp_path):
