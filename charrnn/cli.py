@@ -354,6 +354,9 @@ def _printing(newline_on_interrupt=False):
         if newline_on_interrupt:
             sys.stdout.write("\n")
         raise typer.Exit(130)
+    except UnicodeEncodeError as e:  # PYTHONIOENCODING=ascii, or an old locale without UTF-8
+        raise CharrnnError(f"standard output's encoding ({e.encoding}) cannot write the character "
+                           f"U+{ord(e.object[e.start]):04X}; set PYTHONIOENCODING=utf-8, or a UTF-8 locale") from None
 
 
 @app.command()

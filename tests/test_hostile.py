@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -91,6 +92,28 @@ def test_a_folder_that_cannot_be_written(corpus, tmp_path, monkeypatch, capsys):
     assert exit.value.code == 1
     line = one_line(capsys.readouterr().err)
     assert str(tmp_path / "ro" / "r") in line and "Permission denied" in line and "permissions" in line
+
+
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_an_output_encoding_that_cannot_write_the_text_is_said_in_one_line(command, tmp_path):
+    # PYTHONIOENCODING=ascii (or an old locale): the sample, or eval's lines, could not be
+    # written, an internal error
+    from charrnn.checkpoint import save_checkpoint
+    from charrnn.model import ModelSpec, init_params
+
+    spec = ModelSpec("lstm", 3, 4, 1)
+    config = {"cell": "lstm", "hidden": 4, "layers": 1, "batch": 2, "k1": 5, "k2": 5, "encoding": "utf-8"}
+    save_checkpoint(tmp_path / "best.npz", {"params": init_params(spec, np.random.default_rng(0), np.float32)},
+                    {"config": config, "vocab": ["\u4e2d", "\u6587", "\n"]})
+    (tmp_path / "t.txt").write_text("\u4e2d\u6587\n\u6587\u4e2d\n", encoding="utf-8")
+    args = ["--length", "20"] if command == "sample" else [tmp_path / "t.txt", "--per-line"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="300", PYTHONIOENCODING="ascii")
+    r = subprocess.run([sys.executable, "-m", "charrnn", command, str(tmp_path / "best.npz"), *map(str, args)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 1
+    line = one_line(r.stderr)
+    assert "standard output's encoding (ascii) cannot write the character U+" in line, line
+    assert "PYTHONIOENCODING=utf-8" in line, line
 
 
 def test_a_bug_of_ours_is_one_line_and_can_show_its_traceback(tmp_path, monkeypatch, capsys):
