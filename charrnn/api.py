@@ -14,6 +14,9 @@ loads none of it until a model is (charrnn/__init__.py).
 from __future__ import annotations
 
 import math
+import numbers
+import os
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import numpy as np
@@ -54,7 +57,40 @@ class Evaluation(NamedTuple):
 def load(path) -> TrainedModel:
     """The model in a checkpoint: a .npz file, or a run folder (its best.npz, else latest.npz).
     It carries its own vocabulary and settings; a file that cannot be read is a CharrnnError."""
-    return TrainedModel(load_model(path))
+    return TrainedModel(load_model(_require_path("load()", path)))
+
+
+# Checks of the arguments' types: a wrong type is a CharrnnError, as every error here is, that names
+# the argument as a caller writes it (length=). The bounds stay config.py's, checked where the
+# CLI's values are checked too (sampling.check_options, _batch_window).
+
+
+def _whole_number(name, value) -> int:
+    """`value` as an int: an int, a numpy integer, or a float with a whole value (length=1e4).
+    Never a bool: True is no length and no seed."""
+    whole = isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and float(value).is_integer())
+    if isinstance(value, bool) or not whole:
+        raise CharrnnError(f"{name}= must be a whole number, not {type(value).__name__} {value!r}")
+    return int(value)
+
+
+def _real_number(name, value) -> float:
+    """`value` as a float: any real number, numpy's included, but no bool."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise CharrnnError(f"{name}= must be a number, not {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def _require_str(what, value) -> str:
+    if not isinstance(value, str):
+        raise CharrnnError(f"{what} must be a str, not {type(value).__name__}")
+    return value
+
+
+def _require_path(what, value):
+    if not isinstance(value, (str, os.PathLike)):
+        raise CharrnnError(f"{what} reads a path (a str or a pathlib.Path), not {type(value).__name__}")
+    return value
 
 
 class TrainedModel:
@@ -99,10 +135,12 @@ class TrainedModel:
         `charrnn sample` prints as it goes); consume each before the next. Each starts from a
         fresh state; the random numbers run on from one to the next, so sample 1 is sample()'s
         text. The options are checked at once, before anything is generated."""
+        options = dict(length=_whole_number("length", length), temperature=_real_number("temperature", temperature),
+                       top_k=_whole_number("top_k", top_k), top_p=_real_number("top_p", top_p),
+                       prime=_require_str("prime=", prime), seed=_whole_number("seed", seed),
+                       stop_at=_require_str("stop_at=", stop_at), num_samples=_whole_number("num_samples", num_samples))
         sampler = Sampler(self.spec, self.params, threads=SAMPLE_THREADS)
-        return samples(sampler, self._vocab, length=length, prime=prime, seed=seed, temperature=temperature,
-                       top_k=top_k, top_p=top_p, num_samples=num_samples, stop_at=stop_at,
-                       doc_sep=self.config.get("doc_sep", ""))
+        return samples(sampler, self._vocab, **options, doc_sep=self.config.get("doc_sep", ""))
 
     # -----------------------------------------------------------------------------------------
     # Text in
@@ -129,8 +167,7 @@ class TrainedModel:
         """(ids, skipped): the int32 id of each character of `text` (vocab[id] is the character),
         and how many unknown characters skip_unknown left out. Without it, a character the model
         lacks raises UnknownCharacters, which names each one and calls the text `what`."""
-        if not isinstance(text, str):
-            raise CharrnnError(f"{what} must be a str, not {type(text).__name__}")
+        _require_str(what, text)
         if skip_unknown:
             return self._vocab.encode_skip_unknown(text)
         try:
@@ -145,7 +182,7 @@ class TrainedModel:
         encode() take some 25 bytes a character. For evaluate() on files of any size. `encoding`:
         utf-8, latin-1 or bytes; default: the checkpoint's. Unknown characters: as in encode(),
         the file named by its path."""
-        ids, chars = read_ids(path, encoding or self.config.get("encoding", "utf-8"))
+        ids, chars = read_ids(_require_path("encode_file()", path), encoding or self.config.get("encoding", "utf-8"))
         try:
             return self._vocab.translate(ids, chars, skip_unknown=skip_unknown, what=str(path))
         except CharrnnError as e:
@@ -162,6 +199,11 @@ class TrainedModel:
         figures only by rounding. Every line is encoded before the first score, so an unknown
         character raises UnknownCharacters at once (see encode)."""
         batch, window = self._batch_window(batch, window)
+        if isinstance(lines, str):  # a str is an iterable too: of one-character lines
+            raise CharrnnError("score_lines() reads a list of lines, not one str: score_lines([text]) scores the "
+                               "text as one line, score_lines(text.split('\\n')) each line of it")
+        if not isinstance(lines, Iterable):
+            raise CharrnnError(f"score_lines() reads a list of strs, one per line, not {type(lines).__name__}")
         lines = list(lines)
         if not all(isinstance(line, str) for line in lines):
             raise CharrnnError("score_lines() reads strs, one per line")
@@ -224,6 +266,10 @@ class TrainedModel:
         for name, a in value.items():
             if np.shape(a) != shape:
                 raise CharrnnError(f"state[{name!r}] has shape {np.shape(a)}; this model's is {shape}")
+            # numpy would drop a complex number's imaginary part and keep NaN, which makes every
+            # probability after it nan: no model reaches such a state
+            if np.asarray(a).dtype.kind not in "iuf" or not np.isfinite(a).all():
+                raise CharrnnError(f"state[{name!r}] must hold finite real numbers, as m.state gives them")
         stream.reset()
         stream.h[:] = value["h"]
         if "c" in value:
@@ -247,9 +293,9 @@ class TrainedModel:
 
     def _batch_window(self, batch, window):
         """The batch and window to read text with: the checkpoint's unless given."""
-        batch = int(self.config.get("batch", 32)) if batch is None else batch
-        window = int(self.config.get("k1", 100)) if window is None else window
+        batch = int(self.config.get("batch", 32)) if batch is None else _whole_number("batch", batch)
+        window = int(self.config.get("k1", 100)) if window is None else _whole_number("window", window)
         for name, value in (("batch", batch), ("window", window)):
-            if value not in EVAL_RANGES[name] or int(value) != value:
+            if value not in EVAL_RANGES[name]:
                 raise CharrnnError(f"{name} {value} is out of range: it must be a whole number in {EVAL_RANGES[name]}")
-        return int(batch), int(window)
+        return batch, window

@@ -4,6 +4,7 @@ what comes before, `--per-line` scores each line as the API scores it alone; and
 stays light."""
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -217,9 +218,11 @@ def test_score_errors(model):
         model.score("the cat €")
     assert model.evaluate("the cat €€ sat", batch=1, skip_unknown=True).skipped == 2
     assert model.score("the cat €€ sat", batch=1, skip_unknown=True) == model.score("the cat  sat", batch=1)
-    for bad in ({"batch": 0}, {"window": 0}, {"batch": 2.5}):
+    for bad in ({"batch": 0}, {"window": 0}):
         with pytest.raises(CharrnnError, match="out of range"):
             model.score("the cat", **bad)
+    with pytest.raises(CharrnnError, match=re.escape("batch= must be a whole number, not float 2.5")):
+        model.score("the cat", batch=2.5)
     with pytest.raises(CharrnnError, match="at least 2"):
         model.score("t")
     for bad in (b"the cat", np.array([[1, 2]]), np.array([0.5, 1.0]), np.array([1, len(model.vocab)])):
@@ -388,3 +391,63 @@ def test_step_errors(model):
         model.state = {"h": np.zeros((2, 16))}
     with pytest.raises(CharrnnError, match="shape"):
         model.state = {"h": np.zeros((2, 16)), "c": np.zeros(16)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments of the wrong type: a CharrnnError in the API's own terms, never Python's
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"length": 1.5}, "length= must be a whole number, not float 1.5"),
+    ({"length": "5"}, "length= must be a whole number, not str '5'"),  # not "--length 5 is out of range"
+    ({"length": True}, "length= must be a whole number, not bool True"),
+    ({"seed": "a"}, "seed= must be a whole number, not str 'a'"),
+    ({"top_k": 2.5}, "top_k= must be a whole number, not float 2.5"),
+    ({"temperature": "0.8"}, "temperature= must be a number, not str '0.8'"),
+    ({"prime": b"ab"}, "prime= must be a str, not bytes"),
+    ({"stop_at": b"a"}, "stop_at= must be a str, not bytes"),
+])
+def test_sample_refuses_an_argument_of_the_wrong_type(model, options, message):
+    with pytest.raises(CharrnnError, match=re.escape(message)):
+        model.sample(**options)
+
+
+def test_stream_refuses_a_count_of_samples_that_is_no_whole_number(model):
+    with pytest.raises(CharrnnError, match=re.escape("num_samples= must be a whole number, not float 1.5")):
+        model.stream(10, num_samples=1.5)
+
+
+def test_numpy_numbers_are_numbers(model):
+    want = model.sample(length=60, seed=3, top_k=5, temperature=0.5)
+    assert model.sample(length=np.int64(60), seed=np.int32(3), top_k=np.uint8(5), temperature=np.float32(0.5)) == want
+    assert model.sample(length=60.0, seed=3.0, top_k=5, temperature=0.5) == want  # length=1e4 is a whole number
+    assert len(list(model.stream(10, num_samples=np.int64(2)))) == 2
+    assert model.score("the cat sat", batch=np.int64(2), window=np.int16(4)) == model.score("the cat sat", batch=2,
+                                                                                           window=4)
+
+
+def test_score_lines_refuses_what_is_no_list_of_lines(model):
+    with pytest.raises(CharrnnError, match=re.escape("reads a list of lines, not one str: score_lines([text])")):
+        model.score_lines("abc")  # else each character would be scored as a line
+    with pytest.raises(CharrnnError, match="a list of strs, one per line, not NoneType"):
+        model.score_lines(None)
+
+
+def test_a_path_must_be_a_path(model):
+    for bad in (None, 5):
+        with pytest.raises(CharrnnError, match=f"load\\(\\) reads a path .*, not {type(bad).__name__}"):
+            charrnn.load(bad)
+    with pytest.raises(CharrnnError, match="encode_file\\(\\) reads a path .*, not NoneType"):
+        model.encode_file(None)
+
+
+@pytest.mark.parametrize("fill", ["a", np.nan, np.inf, 1j, True])
+def test_a_state_is_finite_real_numbers(model, fill):
+    model.reset()
+    model.feed("the cat")
+    before = model.state
+    with pytest.raises(CharrnnError, match=re.escape("state['h'] must hold finite real numbers")):
+        model.state = {"h": np.full((2, 16), fill), "c": np.zeros((2, 16))}
+    assert all(np.array_equal(model.state[k], before[k]) for k in before)  # a state refused changes nothing
+    model.state = {"h": before["h"].tolist(), "c": before["c"].astype(np.float64)}  # lists and other floats do
+    assert all(np.array_equal(model.state[k], before[k]) for k in before)
