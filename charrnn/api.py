@@ -137,8 +137,9 @@ class TrainedModel:
         text. The options are checked at once, before anything is generated."""
         options = dict(length=_whole_number("length", length), temperature=_real_number("temperature", temperature),
                        top_k=_whole_number("top_k", top_k), top_p=_real_number("top_p", top_p),
-                       prime=_require_str("prime=", prime), seed=_whole_number("seed", seed),
-                       stop_at=_require_str("stop_at=", stop_at), num_samples=_whole_number("num_samples", num_samples))
+                       prime=_require_str("prime=", "" if prime is None else prime), seed=_whole_number("seed", seed),
+                       stop_at=_require_str("stop_at=", "" if stop_at is None else stop_at),  # None: none, as ""
+                       num_samples=_whole_number("num_samples", num_samples))
         sampler = Sampler(self.spec, self.params, threads=SAMPLE_THREADS)
         return samples(sampler, self._vocab, **options, doc_sep=self.config.get("doc_sep", ""))
 

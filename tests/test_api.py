@@ -412,6 +412,10 @@ def test_sample_refuses_an_argument_of_the_wrong_type(model, options, message):
         model.sample(**options)
 
 
+def test_no_prime_and_no_stop_text_may_be_none(model):
+    assert model.sample(40, seed=1, prime=None, stop_at=None) == model.sample(40, seed=1)
+
+
 def test_stream_refuses_a_count_of_samples_that_is_no_whole_number(model):
     with pytest.raises(CharrnnError, match=re.escape("num_samples= must be a whole number, not float 1.5")):
         model.stream(10, num_samples=1.5)
