@@ -7,11 +7,12 @@ from .distributed import HELD
 def main():
     HELD.hold()
     try:
-        from .cli import main as command
+        from . import cli
     except KeyboardInterrupt:  # one process (under a launcher, stops are held): as Ctrl-C ends it later
         raise SystemExit(130)
+    cli.owns_process = True
     try:
-        command()
+        cli.main()
     except KeyboardInterrupt:  # in the last lines of cli.main, after its own handling let go
         raise SystemExit(130)
     finally:

@@ -302,11 +302,11 @@ def _interrupted_while(done):
     """Ctrl-C while the warm-up's thread may be inside LLVM (compiling, or loading the kernels
     from numba's cache). A process that exits while it is there can crash as LLVM's C++ runtime
     is torn down under it: a segmentation fault or an abort instead of exit 130, in about 1 of
-    60 Ctrl-Cs 0.25-0.45 s into a `charrnn sample`. The process main() runs ends at once, past
+    60 Ctrl-Cs 0.25-0.45 s into a `charrnn sample`. The entry point's process ends at once, past
     that teardown, having written nothing yet; called in-process, the thread is waited for."""
     if done.is_set():
         return
-    if _in_main:
+    if owns_process:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -322,7 +322,9 @@ def _interrupted_while(done):
 
 # main() holds the cyclic garbage collector off until the command is set up (_set_up)
 _collector_held = False
-_in_main = False  # whether main() runs this process, which it may end at once (_interrupted_while)
+# whether the entry point (charrnn/__main__.py) runs this process, which a command may then end
+# at once (_interrupted_while); not so for the app called in-process
+owns_process = False
 
 
 def _set_up():
@@ -354,9 +356,6 @@ def _printing(newline_on_interrupt=False):
         if newline_on_interrupt:
             sys.stdout.write("\n")
         raise typer.Exit(130)
-    except UnicodeEncodeError as e:  # PYTHONIOENCODING=ascii, or an old locale without UTF-8
-        raise CharrnnError(f"standard output's encoding ({e.encoding}) cannot write the character "
-                           f"U+{ord(e.object[e.start]):04X}; set PYTHONIOENCODING=utf-8, or a UTF-8 locale") from None
 
 
 @app.command()
@@ -625,27 +624,29 @@ def main():
     once the command has ended, one is ignored while MPI shuts down (StopsHeld.ignore). Another
     command started by a launcher is just the process it is (srun charrnn sample ... samples in
     every process)."""
-    from .distributed import HELD, Solo, launched, world
+    from .distributed import HELD, Solo, world
 
-    global _collector_held, _in_main
-    _in_main = True
+    global _collector_held
     job = Solo()
     replaced = {}
     HELD.hold()  # as the entry point did, for a caller of main() itself
     train = _command(sys.argv[1:]) == "train"
     try:
         if train:
+            failure = None
             try:
                 from .train import stop_at_once_until_training
-
+            except Exception as e:  # numba that cannot start: said once the ranks have joined
+                failure = e
+            try:
                 job = world()  # joins the other ranks, if an MPI launcher started this
             except CharrnnError as e:
                 _print_error(str(e))
                 raise SystemExit(e.exit_code)
-            except Exception as e:  # numba that cannot start, in every process: rank 0 says it
-                if (launched() or (1, 0))[1] != 0:
-                    sys.stderr = open(os.devnull, "w")
-                _failed(e)
+            except Exception as e:
+                failure = failure or e
+            if failure is not None:  # by rank 0 if it fails too, and the job ends (an abort, below)
+                _failed(failure)
             replaced = stop_at_once_until_training()  # after MPI_Init, which may take SIGUSR1 for itself
         stopped = HELD.let_go()
         if not train:  # just the process it is: its signals as without a launcher
@@ -701,6 +702,10 @@ def _main():
     except MemoryError:
         _print_error("out of memory; use a smaller model, batch or window, or free some memory")
         raise SystemExit(1)
+    except UnicodeEncodeError as e:  # PYTHONIOENCODING=ascii, or an old locale without UTF-8
+        _print_error(f"the character U+{ord(e.object[e.start]):04X} cannot be written in the encoding {e.encoding}; "
+                     "set PYTHONIOENCODING=utf-8, or a UTF-8 locale")
+        raise SystemExit(1)
     except Exception as e:
         if _is_usage_error(e):
             _print_error(_usage_line(e))
@@ -710,15 +715,15 @@ def _main():
 
 
 def _failed(e: Exception):
-    """Any other exception, from an except clause: numba that cannot start (the environment's
-    fault), or a bug of ours. Still one line and exit 1; for a bug, the way to see the rest."""
+    """Any other exception: numba that cannot start (the environment's fault), or a bug of ours.
+    Still one line and exit 1; for a bug, the way to see the rest."""
     why = _numba_failure(e)
     if why:
         _print_error(f"numba cannot start: {why}; check the NUMBA_* environment variables, and that numba "
                      "is installed as the README says")
         raise SystemExit(1)
     if os.environ.get("CHARRNN_TRACEBACK"):
-        raise
+        raise e
     message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())  # one line
     _print_error(f"internal error ({type(e).__name__}: {message}); please report it with the output of the same "
                  "command run with CHARRNN_TRACEBACK=1")

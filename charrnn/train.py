@@ -4,10 +4,12 @@ The loop is plain Python; each update is a few jitted calls (forward, loss, back
 optimizer step). Everything that decides what happens next lives in the checkpoint, so a
 resumed run continues exactly as the uninterrupted run would have.
 """
+import _thread
 import json
 import math
 import os
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -372,6 +374,7 @@ class Trainer:
             raise
         previous = [signal.signal(s, self._on_stop_signal) for s in STOP_SIGNALS]
         self._unraisable_before, sys.unraisablehook = sys.unraisablehook, self._unraisable
+        self._running, self._stops_again = True, []
         window_stats = []
         chars_per_update = cfg.k1 * cfg.batch
         train_time = 0.0  # time in updates only, for the throughput figure
@@ -422,11 +425,14 @@ class Trainer:
                     "train_chars_per_sec": (updates and chars_per_update * updates / max(train_time, 1e-9)),
                     "run_dir": str(self.run_dir)}
         finally:
-            for s, handler in zip(STOP_SIGNALS, previous):
-                signal.signal(s, handler)
-            sys.unraisablehook = self._unraisable_before
-            log.close()
-            lock.release()
+            try:
+                self._end_stops_again()  # (a stop made to arrive again may raise here: the rest still runs)
+            finally:
+                for s, handler in zip(STOP_SIGNALS, previous):
+                    signal.signal(s, handler)
+                sys.unraisablehook = self._unraisable_before
+                log.close()
+                lock.release()
 
     def _validate(self, log, progress):
         """Measure the validation loss, log it, and save best.npz if it is the best so far."""
@@ -507,13 +513,26 @@ class Trainer:
         """A second signal's KeyboardInterrupt, raised while Python ran a callback of C code
         (numba loading or compiling kernels: llvmlite's object cache), cannot leave it: the C
         code drops it ("Exception ignored on calling ctypes callback function") and the update
-        went on. The signal is sent again, to be raised once Python is out of the callback."""
+        went on. The signal is made to arrive again 10 ms later, as if sent then (its handler
+        runs at the next line of Python: out of the callback, or in another, which comes here
+        again), but never once run() has ended, which would end what follows."""
         if isinstance(unraisable.exc_value, KeyboardInterrupt) and self.stopping_now:
-            again = threading.Timer(0.01, os.kill, (os.getpid(), self.stopping_now))
+            again = threading.Timer(0.01, self._stop_again)  # 10 ms on: out of the callback
             again.daemon = True
+            self._stops_again.append(again)
             again.start()
         else:
             self._unraisable_before(unraisable)
+
+    def _stop_again(self):
+        if self._running:  # run() waits for this before it gives the signals back (_end_stops_again)
+            _thread.interrupt_main(self.stopping_now)
+
+    def _end_stops_again(self):
+        self._running = False
+        for again in self._stops_again:
+            again.cancel()
+            again.join()
 
 
 # The streams a thread needs for the recurrent product to pay for reading the weights at every
@@ -664,11 +683,13 @@ def _refuse_to_rewind(path, step):
     and drop its records. A copy resumed in a folder of its own loses nothing."""
     latest = _other_meta(path, "latest")
     if latest is not None and latest["step"] > step:
-        new = path.parent.with_name(f"{path.parent.name}-from-{step}")
+        folder = path.absolute().parent  # path may be a bare file name: "." has no name to extend
+        new = folder.with_name(f"{folder.name}-from-{step}")
+        copy = " && ".join(shlex.join(c) for c in (["mkdir", str(new)], ["cp", str(path), str(new / "latest.npz")],
+                                                   ["charrnn", "train", "--resume", str(new)]))
         raise CharrnnError(f"{path} was saved at update {step}, before {path.parent / 'latest.npz'} (update "
                            f"{latest['step']}); resuming it there would replace that. To go on from update {step} "
-                           f"and keep it, resume a copy in a folder of its own: mkdir {new} && cp {path} "
-                           f"{new / 'latest.npz'} && charrnn train --resume {new}")
+                           f"and keep it, resume a copy in a folder of its own: {copy}")
 
 
 def _cut_log(path, after, every_line=False):

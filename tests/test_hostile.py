@@ -94,10 +94,10 @@ def test_a_folder_that_cannot_be_written(corpus, tmp_path, monkeypatch, capsys):
     assert str(tmp_path / "ro" / "r") in line and "Permission denied" in line and "permissions" in line
 
 
-@pytest.mark.parametrize("command", ["sample", "eval"])
+@pytest.mark.parametrize("command", ["sample", "eval --per-line", "eval"])
 def test_an_output_encoding_that_cannot_write_the_text_is_said_in_one_line(command, tmp_path):
-    # PYTHONIOENCODING=ascii (or an old locale): the sample, or eval's lines, could not be
-    # written, an internal error
+    # PYTHONIOENCODING=ascii (or an old locale): the sample, eval's lines, or its summary naming
+    # the file, could not be written, an internal error
     from charrnn.checkpoint import save_checkpoint
     from charrnn.model import ModelSpec, init_params
 
@@ -105,14 +105,16 @@ def test_an_output_encoding_that_cannot_write_the_text_is_said_in_one_line(comma
     config = {"cell": "lstm", "hidden": 4, "layers": 1, "batch": 2, "k1": 5, "k2": 5, "encoding": "utf-8"}
     save_checkpoint(tmp_path / "best.npz", {"params": init_params(spec, np.random.default_rng(0), np.float32)},
                     {"config": config, "vocab": ["\u4e2d", "\u6587", "\n"]})
-    (tmp_path / "t.txt").write_text("\u4e2d\u6587\n\u6587\u4e2d\n", encoding="utf-8")
-    args = ["--length", "20"] if command == "sample" else [tmp_path / "t.txt", "--per-line"]
+    text = tmp_path / "t\u00fc.txt"
+    text.write_text("\u4e2d\u6587\n\u6587\u4e2d\n", encoding="utf-8")
+    args = {"sample": ["--length", "20"], "eval --per-line": [text, "--per-line"], "eval": [text]}[command]
     env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="300", PYTHONIOENCODING="ascii")
-    r = subprocess.run([sys.executable, "-m", "charrnn", command, str(tmp_path / "best.npz"), *map(str, args)],
+    r = subprocess.run([sys.executable, "-m", "charrnn", command.split()[0], str(tmp_path / "best.npz"),
+                        *map(str, args)],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 1
     line = one_line(r.stderr)
-    assert "standard output's encoding (ascii) cannot write the character U+" in line, line
+    assert "the character U+" in line and "cannot be written in the encoding ascii" in line, line
     assert "PYTHONIOENCODING=utf-8" in line, line
 
 
@@ -209,6 +211,7 @@ def test_ctrl_c_outside_the_commands_handling_exits_130_without_a_traceback(wher
         monkeypatch.setattr(cli, "_set_up", lambda: (set_up(), interrupted()))
         argv = ["charrnn", "train", "--help"]  # a command that ends at once
     monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(cli, "owns_process", False)  # main() claims the process: given back after the test
     handlers = {s: signal.getsignal(s) for s in StopsHeld.SIGNALS}
     try:
         with pytest.raises(SystemExit) as exit:

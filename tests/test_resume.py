@@ -3,6 +3,7 @@ run resumes from any working folder; its text is found by its absolute path or g
 checked by its hash; what the logs hold after the checkpoint is dropped; older checkpoints resume."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -129,7 +130,8 @@ def test_a_resumed_run_drops_what_its_logs_hold_after_the_checkpoint(corpus, tmp
     assert [h.split(",")[0] for h in headers] == ["--- step 3", "--- step 6", "--- step 9", "--- step 12"]
 
 
-def test_an_earlier_checkpoint_resumed_in_its_own_folder_is_refused_and_a_copy_elsewhere_resumes(corpus, tmp_path):
+def test_an_earlier_checkpoint_resumed_in_its_own_folder_is_refused_and_a_copy_elsewhere_resumes(corpus, tmp_path,
+                                                                                                   monkeypatch):
     # a copy of update 4's latest.npz, resumed in the folder after the run went on to 8, would
     # have replaced latest.npz (and best.npz, were 8's the better) and cut their records
     run = tmp_path / "r"
@@ -145,6 +147,9 @@ def test_an_earlier_checkpoint_resumed_in_its_own_folder_is_refused_and_a_copy_e
             f"{run / 'at4.npz'} was saved at update 4, before {run / 'latest.npz'} (update 8); resuming it there "
             f"would replace that. To go on from update 4 and keep it, resume a copy in a folder of its own: "
             f"mkdir {new} && cp {run / 'at4.npz'} {new / 'latest.npz'} && charrnn train --resume {new}")
+    monkeypatch.chdir(run)  # from inside the folder, by its bare name: the copy's folder is named in full
+    with pytest.raises(CharrnnError, match=re.escape(f"resume a copy in a folder of its own: mkdir {new} && cp at4.npz")):
+        Trainer.resume("at4.npz", say=lambda *_: None)
     assert {name: (run / name).read_bytes() for name in kept} == kept
     new.mkdir()
     (new / "latest.npz").write_bytes((run / "at4.npz").read_bytes())

@@ -87,7 +87,7 @@ def warm():
     time.sleep(30)
 atexit.register(lambda: working.is_set() and print("torn down under the warm-up", flush=True))
 threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
-cli._in_main = True
+cli.owns_process = True  # as the entry point sets it
 try:
     cli._first_call(warm)
 except KeyboardInterrupt:
@@ -111,7 +111,7 @@ def test_ctrl_c_while_the_kernels_load_in_process_waits_for_them(monkeypatch):
         finished.set()
 
     threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
-    monkeypatch.setattr(cli, "_in_main", False)
+    monkeypatch.setattr(cli, "owns_process", False)  # the app called in-process
     t0 = time.monotonic()
     try:
         cli._first_call(warm)
