@@ -645,6 +645,7 @@ def main():
                 raise SystemExit(e.exit_code)
             except Exception as e:
                 failure = failure or e
+            failure = failure or job.threads_failure
             if failure is not None:  # by rank 0 if it fails too, and the job ends (an abort, below)
                 _failed(failure)
             replaced = stop_at_once_until_training()  # after MPI_Init, which may take SIGUSR1 for itself

@@ -144,6 +144,7 @@ class Solo:
     size, rank = 1, 0
     node_size = 1  # processes of the job on this machine
     stopped_together = False  # every rank is ending at the same update, as they agreed (stop_together)
+    threads_failure = None  # why numba could not start its threads as the ranks joined (Mpi)
 
     @property
     def root(self):
@@ -256,7 +257,10 @@ class Mpi(Solo):
             os.close(null)
         self.node = comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this machine
         self.node_size = self.node.Get_size()
-        _set_threads(self.node)
+        try:
+            _set_threads(self.node)
+        except Exception as e:  # numba that cannot start its threads: said by cli.main, which can end the job
+            self.threads_failure = e
 
     def node_shared(self, make):
         # The machine's first rank runs make() while the others wait in a broadcast for one of:

@@ -530,8 +530,9 @@ class Trainer:
 
     def _end_stops_again(self):
         self._running = False
-        for again in self._stops_again:
+        for again in self._stops_again:  # all cancelled before any wait, which a stop may cut short
             again.cancel()
+        for again in self._stops_again:
             again.join()
 
 

@@ -388,21 +388,25 @@ def test_a_stop_as_the_job_shuts_down_is_ignored(corpus, tmp_path, aborted_jobs_
 
 @needs_mpi
 @pytest.mark.parametrize("failing", ["rank 1", "every rank"])
+@pytest.mark.parametrize("variable, why", [
+    ("NUMBA_NUM_THREADS=0", "Number of threads specified must be > 0"),  # numba's import fails
+    ("NUMBA_THREADING_LAYER=no-such-layer", "The threading layer requested 'no-such-layer' is unknown to Numba"),
+])  # the second, as the ranks join: numba starts its threads there, after MPI_Init
 def test_numba_that_cannot_start_on_a_rank_ends_the_job_in_one_line(corpus, tmp_path, aborted_jobs_leave_no_shared_memory,
-                                                                    failing):
-    # a rank whose numba cannot start (here NUMBA_NUM_THREADS=0; on a cluster, a node's broken
-    # installation) ended alone, before MPI_Init, without a word, and rank 0 waited for it in
-    # MPI_Init for ever. Now it joins the others, says why, and the job ends
+                                                                    failing, variable, why):
+    # a rank whose numba cannot start (on a cluster, a node's broken installation) ended alone,
+    # without a word: before MPI_Init, or after it with the job left as one process, and rank 0
+    # waited for it for ever. Now it says why once the ranks have joined, and the job ends
     cmd = [sys.executable, "-m", "charrnn", "train", str(corpus), *MODEL, "--out-dir", str(tmp_path), "--run", "r"]
-    broken = ["env", "NUMBA_NUM_THREADS=0", *cmd]
+    broken = ["env", variable, *cmd]
     ranks = ["-n", "1", *cmd, ":", "-n", "1", *broken] if failing == "rank 1" else ["-n", "2", *broken]
     r = subprocess.run([MPIEXEC, *LAUNCH, *ranks], capture_output=True, text=True, timeout=120,
                        env=dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="300", **LAUNCH_ENV))
     assert r.returncode == 1, r.stderr
     said = "rank 1: " if failing == "rank 1" else ""
     assert charrnn_lines(r.stderr) == [
-        f"error: {said}numba cannot start: ValueError: Number of threads specified must be > 0; check the NUMBA_* "
-        "environment variables, and that numba is installed as the README says"], r.stderr
+        f"error: {said}numba cannot start: ValueError: {why}; check the NUMBA_* environment variables, and that numba "
+        "is installed as the README says"], r.stderr
     assert not (tmp_path / "r").exists()
 
 

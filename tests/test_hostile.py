@@ -258,6 +258,44 @@ def test_a_second_ctrl_c_inside_a_callback_of_c_code_still_stops_at_once(corpus,
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1 on this system")
+def test_a_second_stop_made_to_arrive_again_never_outlives_the_run(corpus, tmp_path):
+    # The same in the run's last act, the test figure, with SIGUSR1: the stop made to arrive
+    # again 10 ms on, sent for real then, came after run() had returned and killed the program
+    # that went on. It may end the run (at once) or be dropped with it; never after it.
+    from test_api import fresh_python
+
+    code = f"""
+import ctypes, ctypes.util, os, signal, time
+from charrnn.config import TrainConfig
+from charrnn.train import Trainer
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+compare = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+def twice(a, b):
+    for _ in range(2):
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.05)
+    return 0
+calling_back = compare(twice)
+evaluate = Trainer._evaluate
+def evaluate_calling_back(self, ids, max_chars=0):
+    if ids is self.test_ids:
+        libc.qsort((ctypes.c_int * 2)(), 2, ctypes.sizeof(ctypes.c_int), calling_back)
+    return evaluate(self, ids, max_chars)
+Trainer._evaluate = evaluate_calling_back
+cfg = TrainConfig(corpus=[{str(corpus)!r}], hidden=8, batch=2, k1=8, k2=8, max_steps=2, time_limit=0)
+try:
+    Trainer(cfg, {str(tmp_path / "r")!r}, say=lambda *a: None).run()
+except KeyboardInterrupt:
+    pass
+time.sleep(0.5)
+print("went on", flush=True)
+"""
+    r = fresh_python(code)
+    assert r.returncode == 0 and r.stdout == "went on\n", (r.returncode, r.stdout, r.stderr)
+    assert "Exception ignored" not in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1 on this system")
 def test_before_training_starts_sigusr1_ends_the_command_as_ctrl_c_does():
     # SIGUSR1, as `charrnn train` sets it up once every rank has joined (cli.main):
     # KeyboardInterrupt, which ends the command with exit 130
