@@ -1,11 +1,24 @@
 """`charrnn` and `python -m charrnn`: the command line (cli.py), behind the one thing that cannot
 wait for its imports. In a process an MPI launcher started, Ctrl-C and SIGUSR1 are held from
-here on (distributed.StopsHeld): one that came while importing would end this rank alone."""
+here on (distributed.StopsHeld): one that came while importing would end this rank alone. In
+one process, `train` takes SIGUSR1 as Ctrl-C from here on (train.stop_at_once_until_training):
+by default it would kill the process without a word."""
+import signal
+import sys
+
 from .distributed import HELD
+
+
+def command_named(args) -> str:
+    """The command a command line names: its first word that is not an option (the app itself
+    takes none but --help)."""
+    return next((a for a in args if not a.startswith("-")), "")
 
 
 def main():
     HELD.hold()
+    if not HELD.holding and hasattr(signal, "SIGUSR1") and command_named(sys.argv[1:]) == "train":
+        signal.signal(signal.SIGUSR1, signal.default_int_handler)
     try:
         from . import cli
     except KeyboardInterrupt:  # one process (under a launcher, stops are held): as Ctrl-C ends it later

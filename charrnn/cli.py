@@ -624,13 +624,14 @@ def main():
     once the command has ended, one is ignored while MPI shuts down (StopsHeld.ignore). Another
     command started by a launcher is just the process it is (srun charrnn sample ... samples in
     every process)."""
+    from .__main__ import command_named
     from .distributed import HELD, Solo, world
 
     global _collector_held
     job = Solo()
     replaced = {}
     HELD.hold()  # as the entry point did, for a caller of main() itself
-    train = _command(sys.argv[1:]) == "train"
+    train = command_named(sys.argv[1:]) == "train"
     try:
         if train:
             failure = None
@@ -683,12 +684,6 @@ def main():
             HELD.restore()
         _set_up()
         gc.freeze()  # nothing to collect on the way out: exit without walking every object again
-
-
-def _command(args) -> str:
-    """The command a command line names: its first word that is not an option (the app itself
-    takes none but --help)."""
-    return next((a for a in args if not a.startswith("-")), "")
 
 
 def _main():

@@ -296,6 +296,27 @@ print("went on", flush=True)
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1 on this system")
+def test_sigusr1_while_train_imports_ends_it_as_ctrl_c_does(corpus):
+    # SIGUSR1 in a train command's first few tenths of a second, while cli is imported (here,
+    # as cli.main starts), before train sets it up: by default it killed the process (shell: 138)
+    from test_api import fresh_python
+
+    code = f"""
+import os, signal, sys, time
+import charrnn.cli
+def stopped_at_once():
+    os.kill(os.getpid(), signal.SIGUSR1)
+    time.sleep(5)
+charrnn.cli.main = stopped_at_once
+sys.argv = ["charrnn", "train", {str(corpus)!r}]
+from charrnn.__main__ import main
+main()
+"""
+    r = fresh_python(code)
+    assert r.returncode == 130 and r.stderr == "", (r.returncode, r.stderr)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1 on this system")
 def test_before_training_starts_sigusr1_ends_the_command_as_ctrl_c_does():
     # SIGUSR1, as `charrnn train` sets it up once every rank has joined (cli.main):
     # KeyboardInterrupt, which ends the command with exit 130

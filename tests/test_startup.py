@@ -99,6 +99,13 @@ except KeyboardInterrupt:
     assert r.stderr == "" and time.monotonic() - t0 < 20  # at once, not after the warm-up
 
 
+def test_only_the_entry_point_claims_the_process(monkeypatch, capsys):
+    # cli.main() called in-process (as these tests do) once marked the process as its own for
+    # good: the app called in-process afterwards would end it on a Ctrl-C while kernels load
+    assert main_exits(monkeypatch, capsys, "--help")[0] == 0
+    assert cli.owns_process is False
+
+
 def test_ctrl_c_while_the_kernels_load_in_process_waits_for_them(monkeypatch):
     import os
     import signal
