@@ -620,10 +620,9 @@ def main():
     `train` started by an MPI launcher runs in every rank; a rank that ends with an error aborts
     the whole job, since the others may be waiting for it in an all-reduce. A stop signal ends
     every rank at the same update (Trainer.run): they exit 130 together. One before training
-    aborts the job with 130, and one while the ranks join waits until they have (StopsHeld);
-    once the command has ended, one is ignored while MPI shuts down (StopsHeld.ignore). Another
-    command started by a launcher is just the process it is (srun charrnn sample ... samples in
-    every process)."""
+    aborts the job with 130, and one while the ranks join waits until they have (StopsHeld).
+    Another command started by a launcher is just the process it is (srun charrnn sample ...
+    samples in every process)."""
     from .__main__ import command_named
     from .distributed import HELD, Solo, world
 
@@ -676,12 +675,9 @@ def main():
             job.abort(1)
         raise
     finally:
-        if job.size > 1:  # ending together, as agreed (an abort does not come back)
-            HELD.ignore()
-        else:
-            for s, handler in replaced.items():
-                signal.signal(s, handler)
-            HELD.restore()
+        for s, handler in replaced.items():
+            signal.signal(s, handler)
+        HELD.restore()
         _set_up()
         gc.freeze()  # nothing to collect on the way out: exit without walking every object again
 

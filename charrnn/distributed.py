@@ -110,11 +110,11 @@ class StopsHeld:
         self._before, self.holding, self.noted = {}, False, False
 
     def ignore(self):
-        """Stops ignored from now on, once the command has ended (charrnn/__main__.py), and as
-        soon as a job's ranks are ending together, as agreed (cli.main): one in MPI's shutdown
-        at exit would only cut this rank short, killed by the signal, and the launcher would
-        report that as its failure (MPICH's mpiexec: exit 2). The launcher's own second Ctrl-C
-        still ends every rank by force."""
+        """Stops ignored from now on: once the command has ended (charrnn/__main__.py), one in
+        MPI's shutdown at exit would only cut this rank short, killed by the signal, and the
+        launcher would report that as its failure (MPICH's mpiexec: exit 2); in an abort (Mpi),
+        one would cut its waits short. The launcher's own second Ctrl-C still ends every rank
+        by force."""
         for s in self.SIGNALS:
             signal.signal(s, signal.SIG_IGN)
         self._before, self.holding, self.noted = {}, False, False
@@ -367,8 +367,7 @@ class Mpi(Solo):
     def abort(self, code):
         """End every rank of the job now, with exit code `code`, without MPI's own report (the
         error has been said in one line)."""
-        for s in StopsHeld.SIGNALS:  # a second Ctrl-C must not cut the waits below short
-            signal.signal(s, signal.SIG_IGN)
+        HELD.ignore()  # a second Ctrl-C must not cut the waits below short
         unlink_mapped_segments()  # first: another rank's abort may end this one in the waits below
         if not self.root:
             self._yield_to_root()

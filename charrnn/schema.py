@@ -237,5 +237,13 @@ def _check_rng(rng):
     _int(rng.get("uinteger"), "rng.uinteger", Range(0, 2**32 - 1))
 
 
+class TrainingMeta(Training):
+    """A run's checkpoint as Training checks it, its meta document read alone: what resuming
+    another checkpoint of its folder would lose (train._other_meta)."""
+
+    reads = ()
+
+
 MODEL = Model()
 TRAINING = Training()
+TRAINING_META = TrainingMeta()

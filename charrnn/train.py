@@ -28,7 +28,7 @@ from .evaluate import bits, evaluate
 from .model import ModelSpec, Stack, init_params, transplant
 from .optim import Optimizer, clip_by_norm, clip_by_value, learning_rate
 from .runlock import RunLock
-from .schema import TRAINING
+from .schema import TRAINING, TRAINING_META
 from .tbptt import Scheduler
 
 LOG_EVERY = 10  # updates per line of the metrics log
@@ -252,8 +252,8 @@ class Trainer:
         """best.npz is replaced only by a better model, also one the resumed checkpoint has not
         seen: saved after it, by a run killed between a validation and its next save (and then
         resumed with a new learning rate, say)."""
-        best = (_other_meta(path, "best") or {}).get("metrics", {}).get("best_val")
-        value = np.array([best if type(best) in (int, float) else math.inf], dtype=np.float64)
+        best = _other_meta(path, "best")
+        value = np.array([_from_json_float(best["metrics"]["best_val"]) if best else math.inf], dtype=np.float64)
         self.world.bcast(value)  # rank 0's file: every rank must agree on when to save
         self.best_val = min(self.best_val, float(value[0]))
 
@@ -650,29 +650,13 @@ def _sample_step(line):
     return int(m.group(1)) if m else -1
 
 
-class _MetaOnly:
-    """A checkpoint schema that reads the meta document alone (load_checkpoint): a training
-    checkpoint's step and best validation loss."""
-
-    reads = ()
-
-    @staticmethod
-    def headers(meta, headers):
-        if type(meta.get("step")) is not int or not isinstance(meta.get("metrics"), dict):
-            raise CharrnnError("it is not a training checkpoint")
-
-    @staticmethod
-    def arrays(meta, arrays):
-        pass
-
-
 def _other_meta(path, name):
     """The meta document of the checkpoint `name` beside `path` (not path itself), or None if
     there is none or it cannot be read: then nothing resuming path would lose."""
     other = path.parent / f"{name}.npz"
     try:
         if other.is_file() and not other.samefile(path):
-            return load_checkpoint(other, schema=_MetaOnly)[1]
+            return load_checkpoint(other, schema=TRAINING_META)[1]
     except (CharrnnError, OSError):
         pass
     return None
