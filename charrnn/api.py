@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import re
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from . import memory
 from .cells import CELLS
-from .config import EVAL_RANGES
+from .config import EVAL_RANGES, as_keyword
 from .corpus import read_ids
 from .errors import CharrnnError
 from .evaluate import evaluate, line_losses
@@ -61,8 +62,9 @@ def load(path) -> TrainedModel:
 
 
 # Checks of the arguments' types: a wrong type is a CharrnnError, as every error here is, that names
-# the argument as a caller writes it (length=). The bounds stay config.py's, checked where the
-# CLI's values are checked too (sampling.check_options, _batch_window).
+# the argument as a caller writes it (length=), as do the bounds' messages (config.as_keyword). The
+# bounds stay config.py's, checked where the CLI's values are checked too (sampling.check_options,
+# _batch_window).
 
 
 def _whole_number(name, value) -> int:
@@ -141,7 +143,7 @@ class TrainedModel:
                        stop_at=_require_str("stop_at=", "" if stop_at is None else stop_at),  # None: none, as ""
                        num_samples=_whole_number("num_samples", num_samples))
         sampler = Sampler(self.spec, self.params, threads=SAMPLE_THREADS)
-        return samples(sampler, self._vocab, **options, doc_sep=self.config.get("doc_sep", ""))
+        return samples(sampler, self._vocab, **options, doc_sep=self.config.get("doc_sep", ""), spell=as_keyword)
 
     # -----------------------------------------------------------------------------------------
     # Text in
@@ -160,7 +162,7 @@ class TrainedModel:
         batch, window = self._batch_window(batch, window)
         ids, skipped = self.encode(text, skip_unknown=skip_unknown) if isinstance(text, str) else (self._ids(text), 0)
         memory.require(memory.evaluation_needs(self.spec, batch, window, self.params.dtype), "evaluating",
-                       "use a smaller batch or window (--batch, --window)")
+                       "use a smaller batch= or window=")
         nats, count = evaluate(self.spec, self.params, ids, batch, window)
         return Evaluation(nats, count, skipped)
 
@@ -183,7 +185,10 @@ class TrainedModel:
         encode() take some 25 bytes a character. For evaluate() on files of any size. `encoding`:
         utf-8, latin-1 or bytes; default: the checkpoint's. Unknown characters: as in encode(),
         the file named by its path."""
-        ids, chars = read_ids(_require_path("encode_file()", path), encoding or self.config.get("encoding", "utf-8"))
+        try:
+            ids, chars = read_ids(_require_path("encode_file()", path), encoding or self.config.get("encoding", "utf-8"))
+        except CharrnnError as e:  # the reader's advice names the command line's flag
+            raise type(e)(re.sub(r"--encoding (\S+)", r"encoding='\1'", str(e))) from None
         try:
             return self._vocab.translate(ids, chars, skip_unknown=skip_unknown, what=str(path))
         except CharrnnError as e:
@@ -214,7 +219,7 @@ class TrainedModel:
             ids, _ = self.encode("".join(lines), what=what)
             encoded = np.split(ids, np.cumsum([len(line) for line in lines])[:-1]) if lines else []
         memory.require({"window buffers": Stack.nbytes(self.spec, batch, window, self.params.dtype)}, "scoring",
-                       "use a smaller batch or window (--batch, --window)")
+                       "use a smaller batch= or window=")
         return self._line_scores(encoded, batch, window)
 
     def _line_scores(self, encoded, batch, window):
@@ -298,5 +303,6 @@ class TrainedModel:
         window = int(self.config.get("k1", 100)) if window is None else _whole_number("window", window)
         for name, value in (("batch", batch), ("window", window)):
             if value not in EVAL_RANGES[name]:
-                raise CharrnnError(f"{name} {value} is out of range: it must be a whole number in {EVAL_RANGES[name]}")
+                raise CharrnnError(f"{as_keyword(name, value)} is out of range: it must be a whole number in "
+                                   f"{EVAL_RANGES[name]}")
         return batch, window

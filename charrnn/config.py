@@ -133,6 +133,16 @@ def flag(name):
     return f"--{name.replace('_', '-')}"
 
 
+def as_flag(name, value):
+    """A value as the command line gives it, for messages: --top-k 5."""
+    return f"{flag(name)} {value}"
+
+
+def as_keyword(name, value):
+    """A value as a Python caller gives it, for the API's messages: top_k=5."""
+    return f"{name}={value!r}"
+
+
 def check_resume_overrides(names):
     """A UsageError if any of these settings may not change on resume (RESUME_MAY_CHANGE)."""
     fixed = [n for n in names if n not in RESUME_MAY_CHANGE]

@@ -33,7 +33,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from .checkpoint import load_checkpoint, resolve_checkpoint
-from .config import SAMPLE_RANGES
+from .config import SAMPLE_RANGES, as_flag
 from .corpus import Vocab
 from .errors import CharrnnError
 from .cells import CELLS
@@ -145,12 +145,15 @@ class Sampler:
 # Texts
 
 
-def check_options(length=0, temperature=1.0, top_k=0, top_p=1.0, num_samples=1):
-    """A CharrnnError naming the first option out of its range (config.SAMPLE_RANGES)."""
+def check_options(length=0, temperature=1.0, top_k=0, top_p=1.0, num_samples=1, seed=0, spell=as_flag):
+    """A CharrnnError naming the first option out of its range (config.SAMPLE_RANGES), spelled
+    by `spell` as the caller wrote it (config.as_flag, as_keyword)."""
     given = {"length": length, "temperature": temperature, "top_k": top_k, "top_p": top_p, "num_samples": num_samples}
     for name, value in given.items():
         if value not in SAMPLE_RANGES[name]:
-            raise CharrnnError(f"--{name.replace('_', '-')} {value} is out of range: it must be in {SAMPLE_RANGES[name]}")
+            raise CharrnnError(f"{spell(name, value)} is out of range: it must be in {SAMPLE_RANGES[name]}")
+    if int(seed) != seed or seed < 0:
+        raise CharrnnError(f"{spell('seed', seed)} is out of range: it must be a whole number >= 0")
 
 
 def start_id(vocab: Vocab) -> int:
@@ -171,15 +174,14 @@ def start_context(vocab: Vocab, doc_sep: str = "") -> np.ndarray:
 
 
 def samples(sampler: Sampler, vocab: Vocab, length=500, prime="", seed=0, temperature=1.0, top_k=0,
-            top_p=1.0, num_samples=1, chunk=CHUNK, stop_at="", doc_sep=""):
+            top_p=1.0, num_samples=1, chunk=CHUNK, stop_at="", doc_sep="", spell=as_flag):
     """num_samples iterators, each yielding one sample's text in pieces: the prime (if any), then
     `length` generated characters, `chunk` at a time, or fewer if stop_at ends it (see above).
-    Consume each before the next. doc_sep: the separator of the run's documents (start_context).
+    Consume each before the next. doc_sep: the separator of the run's documents (start_context);
+    spell: how messages name an option (check_options).
 
     The options, the prime and the stop text are checked here, before anything is generated."""
-    check_options(length, temperature, top_k, top_p, num_samples)
-    if int(seed) != seed or seed < 0:
-        raise CharrnnError(f"--seed {seed} is out of range: it must be a whole number >= 0")
+    check_options(length, temperature, top_k, top_p, num_samples, seed, spell)
     context = vocab.encode(prime, what="priming text") if prime else start_context(vocab, doc_sep)
     if stop_at:
         vocab.encode(stop_at, what="the stop text")  # a character the model lacks would never be written

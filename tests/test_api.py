@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 import charrnn
 from charrnn.cli import _unescape, app
 from charrnn.config import EVAL_RANGES, TrainConfig
-from charrnn.corpus import Vocab, read_text
+from charrnn import memory
+from charrnn.corpus import NotText, Vocab, read_text
 from charrnn.errors import CharrnnError
 from charrnn.model import ModelSpec, init_params
 from charrnn.sampling import Sampler, sample_text
@@ -257,6 +258,24 @@ def test_encode_file_is_encode_of_the_files_text(run, model, tmp_path):
     assert "5 unknown character(s) skipped" in r.stdout
 
 
+def test_the_apis_advice_names_arguments_not_flags(model, tmp_path, monkeypatch):
+    """What the reader and the memory check advise is said in the API's terms (encoding=,
+    batch=), where the command line says --encoding and --batch."""
+    path = tmp_path / "latin.txt"
+    path.write_bytes(b"the caf\xe9 sat")
+    with pytest.raises(CharrnnError) as e:
+        model.encode_file(path)
+    assert "not valid UTF-8" in str(e.value) and "encoding='latin-1'" in str(e.value) and "--" not in str(e.value)
+    path.write_bytes(b"the\x00cat")
+    with pytest.raises(CharrnnError, match="encoding='bytes' to model its raw bytes") as e:
+        model.encode_file(path)
+    assert e.type is NotText
+    monkeypatch.setattr(memory, "available_bytes", lambda: 1000)
+    for call in (model.score, lambda text: list(model.score_lines([text]))):
+        with pytest.raises(CharrnnError, match="available; use a smaller batch= or window=$"):
+            call("the cat sat")
+
+
 def test_encode_file_holds_a_byte_or_two_a_character(model, tmp_path, monkeypatch):
     """Reading a file for evaluation holds its ids and the model's (a byte each a character here)
     and a fixed part (the reader's table of code points, the piece being read; pieces are small
@@ -292,7 +311,7 @@ def test_eval_cli_and_the_api_agree_at_each_bound(name, model, tmp_path):
             assert len(list(model.score_lines(["the cat"], **{name: value}))) == 1
         else:
             assert r.exit_code == 2 and str(EVAL_RANGES[name]) in r.output, (value, r.output)
-            with pytest.raises(CharrnnError, match=f"{name} {value} is out of range"):
+            with pytest.raises(CharrnnError, match=f"^{name}={value} is out of range"):
                 model.score_lines(["the cat"], **{name: value})
 
 
@@ -410,6 +429,20 @@ def test_step_errors(model):
 def test_sample_refuses_an_argument_of_the_wrong_type(model, options, message):
     with pytest.raises(CharrnnError, match=re.escape(message)):
         model.sample(**options)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"length": -1}, "length=-1 is out of range"),
+    ({"temperature": float("nan")}, "temperature=nan is out of range"),
+    ({"top_p": 1.5}, "top_p=1.5 is out of range"),
+    ({"seed": -3}, "seed=-3 is out of range"),
+])
+def test_sample_names_an_argument_out_of_range_as_a_caller_wrote_it(model, options, message):
+    """A caller of the API wrote length=, not the command line's --length."""
+    with pytest.raises(CharrnnError, match="^" + re.escape(message)):
+        model.sample(**options)
+    with pytest.raises(CharrnnError, match="^" + re.escape(message)):
+        model.stream(**options)
 
 
 def test_no_prime_and_no_stop_text_may_be_none(model):
