@@ -251,11 +251,17 @@ class Trainer:
     def _keep_best(self, path):
         """best.npz is replaced only by a better model, also one the resumed checkpoint has not
         seen: saved after it, by a run killed between a validation and its next save (and then
-        resumed with a new learning rate, say)."""
-        best = _other_meta(path, "best")
-        value = np.array([_from_json_float(best["metrics"]["best_val"]) if best else math.inf], dtype=np.float64)
-        self.world.bcast(value)  # rank 0's file: every rank must agree on when to save
-        self.best_val = min(self.best_val, float(value[0]))
+        resumed with a new learning rate, say). A folder without best.npz (a checkpoint copied
+        into a folder of its own, or best.npz deleted) has no best yet: the first validation
+        saves one, so that the best the run reports is a model the folder holds."""
+        if not (path.parent / "best.npz").is_file():
+            best_val = math.inf
+        else:
+            best = _other_meta(path, "best")  # None: path is best.npz, or it cannot be read
+            best_val = min(self.best_val, _from_json_float(best["metrics"]["best_val"]) if best else math.inf)
+        value = np.array([best_val], dtype=np.float64)
+        self.world.bcast(value)  # rank 0's folder: every rank must agree on when to save
+        self.best_val = float(value[0])
 
     @classmethod
     def _restore(cls, path, say, inputs, overrides):

@@ -2,6 +2,7 @@
 run resumes from any working folder; its text is found by its absolute path or given again and
 checked by its hash; what the logs hold after the checkpoint is dropped; older checkpoints resume."""
 import json
+import math
 import os
 import re
 import subprocess
@@ -157,6 +158,25 @@ def test_an_earlier_checkpoint_resumed_in_its_own_folder_is_refused_and_a_copy_e
     assert resumed.step == 4 == trainer.step
     resumed.run()
     assert load_checkpoint(new / "latest.npz")[1]["step"] == 6
+
+
+def test_a_copy_in_a_folder_without_best_npz_saves_one_at_its_first_validation(corpus, tmp_path):
+    # the copy's record holds a best loss this run will not reach, from a model the new folder
+    # lacks: the run reports as best, and keeps, what it validates itself
+    run, new = tmp_path / "r", tmp_path / "copy"
+    train_steps(config(corpus, tmp_path, eval_every=2, checkpoint_every=2), run, 4)
+    arrays, meta = load_checkpoint(run / "latest.npz")
+    meta["metrics"]["best_val"] = 0.5
+    new.mkdir()
+    save_checkpoint(new / "latest.npz", arrays, meta)
+    resumed = Trainer.resume(new, say=lambda *_: None, max_steps=6)
+    assert resumed.best_val == math.inf
+    resumed.run()
+    best = load_checkpoint(new / "best.npz")[1]
+    assert best["step"] == 6 and best["metrics"]["best_val"] == resumed.best_val == resumed.last_val > 0.5
+    # resumed from best.npz itself (the folder's newest), its own record stands
+    (new / "latest.npz").unlink()
+    assert Trainer.resume(new / "best.npz", say=lambda *_: None).best_val == best["metrics"]["best_val"]
 
 
 def test_a_resumed_run_replaces_best_npz_only_with_a_better_model_than_it_holds(corpus, tmp_path):
