@@ -5,8 +5,13 @@ one process, `train` takes SIGUSR1 as Ctrl-C from here on (train.stop_at_once_un
 by default it would kill the process without a word."""
 import signal
 import sys
+import warnings
 
 from .distributed import HELD
+
+# numba warns, with a traceback in the text, that it cannot read a NUMBA_* value, and goes on
+# without it; as an error it becomes cli's one line ("numba cannot start"), exit 1
+NUMBA_UNREADABLE = r"Environment variable '\w+' is defined but its associated value"
 
 
 def command_named(args) -> str:
@@ -17,6 +22,7 @@ def command_named(args) -> str:
 
 def main():
     HELD.hold()
+    warnings.filterwarnings("error", NUMBA_UNREADABLE, RuntimeWarning, r"numba\.core\.config")
     if not HELD.holding and hasattr(signal, "SIGUSR1") and command_named(sys.argv[1:]) == "train":
         signal.signal(signal.SIGUSR1, signal.default_int_handler)
     try:

@@ -3,6 +3,7 @@ disk, print one red line and exit 1."""
 import gc
 import os
 import math
+import re
 import signal
 import sys
 from contextlib import contextmanager
@@ -730,7 +731,13 @@ def _numba_failure(e: Exception):
     while tb is not None:
         module, function = tb.tb_frame.f_globals.get("__name__", ""), tb.tb_frame.f_code.co_name
         if module.split(".")[0] in ("numba", "llvmlite") and function in ("<module>", "_launch_threads"):
-            first = next((line.strip() for line in str(e).splitlines() if line.strip()), "").rstrip(".")
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            unreadable = re.match(r"Environment variable '(\w+)' is defined but its associated value '(.*)'",
+                                  lines[0]) if isinstance(e, RuntimeWarning) else None
+            if unreadable:  # numba's warning about a NUMBA_* value, made an error (__main__.py)
+                name, value = unreadable.groups()
+                return f"it cannot read {name}={value!r} ({lines[-1].rstrip('.')})"
+            first = next(iter(lines), "").rstrip(".")
             return f"{type(e).__name__}: {first}" if first else type(e).__name__
         tb = tb.tb_next
     return None

@@ -159,6 +159,25 @@ def test_numba_that_cannot_start_is_the_environments_fault_said_in_one_line(vari
     assert line.startswith(f"error: numba cannot start: ValueError: {why}") and "NUMBA_* environment" in line, line
 
 
+@pytest.mark.parametrize("command", ["train", "gradcheck"])
+@pytest.mark.parametrize("variable, value, why", [
+    ("NUMBA_NUM_THREADS", "abc", "ValueError: invalid literal for int() with base 10: 'abc'"),
+    ("NUMBA_OPT", "x", "ValueError: Environment variable `NUMBA_OPT` is set to an unsupported value 'x', "
+                       "supported values are 0, 1, 2, 3, and 'max'"),
+])
+def test_a_numba_value_numba_cannot_read_is_said_in_one_line(command, variable, value, why, corpus, tmp_path):
+    # numba warned with a traceback in its text, ignored the value and went on
+    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="400", **{variable: value})
+    args = {"train": ["train", str(corpus), "--hidden", "8", "--batch", "2", "--k1", "8", "--max-steps", "1",
+                      "--out-dir", str(tmp_path), "--run", "r", "-q"],
+            "gradcheck": ["gradcheck", "--cell", "rnn", "--hidden", "4"]}[command]
+    r = subprocess.run([sys.executable, "-m", "charrnn", *args], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert one_line(r.stderr) == (f"error: numba cannot start: it cannot read {variable}={value!r} ({why}); check the "
+                                  "NUMBA_* environment variables, and that numba is installed as the README says")
+    assert not (tmp_path / "r").exists()
+
+
 def test_brackets_in_names_print_as_they_are(corpus, tmp_path):
     # rich would read "[red]" as a style and fail on "[/oops]", a closing tag without an opening one
     out_dir, name = tmp_path / "[/oops]", "[red]x[y]"
