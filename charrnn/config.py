@@ -225,7 +225,7 @@ class TrainConfig:
     def validate(self):
         """Raise CharrnnError naming the first option out of range."""
         def bad(option, value, need):
-            raise CharrnnError(f"--{option.replace('_', '-')} {value} is out of range: {need}")
+            raise CharrnnError(f"{as_flag(option, value)} is out of range: {need}")
 
         for name in CELL_OPTIONS:
             check_option(name, getattr(self, name))
