@@ -104,9 +104,11 @@ class TrainedModel:
         config   the settings of the run that trained it;  path  the checkpoint file read
     """
 
-    def __init__(self, loaded):
-        """From sampling.load_model's result; use charrnn.load(path)."""
+    def __init__(self, loaded, spell=as_keyword):
+        """From sampling.load_model's result; use charrnn.load(path). spell: how messages name
+        an argument (config.as_keyword; the command line's as_flag)."""
         self.spec, self.params, self.config, self.path = loaded.spec, loaded.params, loaded.config, loaded.path
+        self._spell = spell
         self._vocab = loaded.vocab
         self.vocab = tuple(loaded.vocab.chars)
         self._stream = None  # the Sampler whose state reset/step/feed move, made on first use
@@ -143,7 +145,7 @@ class TrainedModel:
                        stop_at=_require_str("stop_at=", "" if stop_at is None else stop_at),  # None: none, as ""
                        num_samples=_whole_number("num_samples", num_samples))
         sampler = Sampler(self.spec, self.params, threads=SAMPLE_THREADS)
-        return samples(sampler, self._vocab, **options, doc_sep=self.config.get("doc_sep", ""), spell=as_keyword)
+        return samples(sampler, self._vocab, **options, doc_sep=self.config.get("doc_sep", ""), spell=self._spell)
 
     # -----------------------------------------------------------------------------------------
     # Text in
@@ -162,7 +164,7 @@ class TrainedModel:
         batch, window = self._batch_window(batch, window)
         ids, skipped = self.encode(text, skip_unknown=skip_unknown) if isinstance(text, str) else (self._ids(text), 0)
         memory.require(memory.evaluation_needs(self.spec, batch, window, self.params.dtype), "evaluating",
-                       "use a smaller batch= or window=")
+                       self._smaller_batch_or_window())
         nats, count = evaluate(self.spec, self.params, ids, batch, window)
         return Evaluation(nats, count, skipped)
 
@@ -188,7 +190,7 @@ class TrainedModel:
         try:
             ids, chars = read_ids(_require_path("encode_file()", path), encoding or self.config.get("encoding", "utf-8"))
         except CharrnnError as e:  # the reader's advice names the command line's flag
-            raise type(e)(re.sub(r"--encoding (\S+)", r"encoding='\1'", str(e))) from None
+            raise type(e)(re.sub(r"--encoding (\S+)", lambda m: self._spell("encoding", m[1]), str(e))) from None
         try:
             return self._vocab.translate(ids, chars, skip_unknown=skip_unknown, what=str(path))
         except CharrnnError as e:
@@ -219,7 +221,7 @@ class TrainedModel:
             ids, _ = self.encode("".join(lines), what=what)
             encoded = np.split(ids, np.cumsum([len(line) for line in lines])[:-1]) if lines else []
         memory.require({"window buffers": Stack.nbytes(self.spec, batch, window, self.params.dtype)}, "scoring",
-                       "use a smaller batch= or window=")
+                       self._smaller_batch_or_window())
         return self._line_scores(encoded, batch, window)
 
     def _line_scores(self, encoded, batch, window):
@@ -283,6 +285,9 @@ class TrainedModel:
 
     # -----------------------------------------------------------------------------------------
 
+    def _smaller_batch_or_window(self):
+        return f"use a smaller batch or window ({self._spell('batch')}, {self._spell('window')})"
+
     def _state_stream(self):
         if self._stream is None:
             self._stream = Sampler(self.spec, self.params, threads=SAMPLE_THREADS)
@@ -303,6 +308,6 @@ class TrainedModel:
         window = int(self.config.get("k1", 100)) if window is None else _whole_number("window", window)
         for name, value in (("batch", batch), ("window", window)):
             if value not in EVAL_RANGES[name]:
-                raise CharrnnError(f"{as_keyword(name, value)} is out of range: it must be a whole number in "
+                raise CharrnnError(f"{self._spell(name, value)} is out of range: it must be a whole number in "
                                    f"{EVAL_RANGES[name]}")
         return batch, window

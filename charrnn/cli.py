@@ -15,7 +15,7 @@ import typer
 from .cells import OPTIONS as CELL_OPTIONS
 from .cells import choices_help
 from .config import (CELLS, DIAGNOSTIC_RANGES, EVAL_RANGES, INSPECT_CHARS, INSPECT_MAX_CHARS, OPTIMIZERS, RANGES,
-                     SAMPLE_RANGES, SCHEDULES, Range)
+                     SAMPLE_RANGES, SCHEDULES, Range, as_flag)
 from .config import TrainConfig as _C  # the defaults of train's options
 from .errors import CharrnnError, os_error_message
 
@@ -372,10 +372,10 @@ def sample(
     stop_at: str = typer.Option("", "--stop-at", metavar="TEXT", callback=_unescape, help="End a sample where the model writes TEXT, which is left out (the prime is not searched). Escapes: \\n, \\t, \\r, \\xHH, \\uHHHH, \\\\; e.g. --stop-at '\\n\\n' stops at a blank line. The text before it is what a sample without --stop-at begins with."),
 ):
     """Generate text from a trained model, streaming it to stdout."""
-    from .api import load
-    from .sampling import warm_up
+    from .api import TrainedModel
+    from .sampling import load_model, warm_up
 
-    model = load(checkpoint)
+    model = TrainedModel(load_model(checkpoint), spell=as_flag)
     texts = model.stream(length, temperature=temperature, top_k=top_k, top_p=top_p, prime=prime, seed=seed,
                          stop_at=stop_at, num_samples=num_samples)
     _first_call(lambda: warm_up(model.spec, model.params.dtype))
@@ -406,11 +406,11 @@ def eval_(
 
     With the checkpoint's batch and window, its run's validation text scores the run's own validation figure. The text is cut into batch contiguous streams; the first starts from a zero state, each other one from the state left by reading the 200 characters before it (uncounted: they are scored in the stream before), so the figure is close to reading the text as one stream. The very first character is only an input and a tail shorter than the batch is left out, so the count is up to batch characters below the file's length.
     """
-    from .api import UnknownCharacters, load
+    from .api import TrainedModel, UnknownCharacters
     from .corpus import read_text
-    from .sampling import warm_up_evaluate
+    from .sampling import load_model, warm_up_evaluate
 
-    model = load(checkpoint)
+    model = TrainedModel(load_model(checkpoint), spell=as_flag)
     try:
         if per_line:
             text = read_text(file, encoding or model.config.get("encoding", "utf-8"))

@@ -133,14 +133,14 @@ def flag(name):
     return f"--{name.replace('_', '-')}"
 
 
-def as_flag(name, value):
-    """A value as the command line gives it, for messages: --top-k 5."""
-    return f"{flag(name)} {value}"
+def as_flag(name, value=None):
+    """An option as the command line gives it, for messages: --top-k, or with a value --top-k 5."""
+    return flag(name) if value is None else f"{flag(name)} {value}"
 
 
-def as_keyword(name, value):
-    """A value as a Python caller gives it, for the API's messages: top_k=5."""
-    return f"{name}={value!r}"
+def as_keyword(name, value=None):
+    """An argument as a Python caller gives it, for the API's messages: top_k=, or top_k=5."""
+    return f"{name}=" if value is None else f"{name}={value!r}"
 
 
 def check_resume_overrides(names):

@@ -258,22 +258,30 @@ def test_encode_file_is_encode_of_the_files_text(run, model, tmp_path):
     assert "5 unknown character(s) skipped" in r.stdout
 
 
-def test_the_apis_advice_names_arguments_not_flags(model, tmp_path, monkeypatch):
+def test_the_apis_advice_names_arguments_not_flags(run, model, tmp_path, monkeypatch):
     """What the reader and the memory check advise is said in the API's terms (encoding=,
-    batch=), where the command line says --encoding and --batch."""
+    batch=), and at the command line, which reads text through the API, in its own (--encoding,
+    --batch)."""
     path = tmp_path / "latin.txt"
     path.write_bytes(b"the caf\xe9 sat")
     with pytest.raises(CharrnnError) as e:
         model.encode_file(path)
     assert "not valid UTF-8" in str(e.value) and "encoding='latin-1'" in str(e.value) and "--" not in str(e.value)
+    r = runner.invoke(app, ["eval", str(run["dir"]), str(path)])
+    assert r.exit_code == 1 and "pass --encoding latin-1" in str(r.exception) and "encoding=" not in str(r.exception)
     path.write_bytes(b"the\x00cat")
     with pytest.raises(CharrnnError, match="encoding='bytes' to model its raw bytes") as e:
         model.encode_file(path)
     assert e.type is NotText
+    path.write_text("the cat sat\n", encoding="utf-8")
     monkeypatch.setattr(memory, "available_bytes", lambda: 1000)
     for call in (model.score, lambda text: list(model.score_lines([text]))):
-        with pytest.raises(CharrnnError, match="available; use a smaller batch= or window=$"):
+        with pytest.raises(CharrnnError, match=re.escape("available; use a smaller batch or window (batch=, window=)")):
             call("the cat sat")
+    for per_line in ([], ["--per-line"]):
+        r = runner.invoke(app, ["eval", str(run["dir"]), str(path), *per_line])
+        assert r.exit_code == 1 and str(r.exception).endswith("use a smaller batch or window (--batch, --window)"), \
+            r.exception
 
 
 def test_encode_file_holds_a_byte_or_two_a_character(model, tmp_path, monkeypatch):
