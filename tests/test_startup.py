@@ -23,7 +23,7 @@ def test_the_collector_is_held_while_a_command_sets_up_and_runs_after(tmp_path, 
         seen["setting up"] = gc.isenabled()
         raise CharrnnError("no such model")
 
-    monkeypatch.setattr("charrnn.api.load", load)
+    monkeypatch.setattr("charrnn.sampling.load_model", load)
     assert gc.isenabled()
     assert main_exits(monkeypatch, capsys, "sample", tmp_path / "x.npz")[0] == 1
     assert seen == {"setting up": False}
