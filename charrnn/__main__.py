@@ -23,6 +23,10 @@ def command_named(args) -> str:
 def main():
     HELD.hold()
     warnings.filterwarnings("error", NUMBA_UNREADABLE, RuntimeWarning, r"numba\.core\.config")
+    if sys.stdout is not None and getattr(sys.stdout, "errors", None) == "strict":
+        # a file name that is not UTF-8 (its bytes held as lone surrogates) prints as its bytes,
+        # as Python does in the C locale, rather than failing the command in a UTF-8 locale
+        sys.stdout.reconfigure(errors="surrogateescape")
     if not HELD.holding and hasattr(signal, "SIGUSR1") and command_named(sys.argv[1:]) == "train":
         signal.signal(signal.SIGUSR1, signal.default_int_handler)
     try:

@@ -58,6 +58,9 @@ _READ_ERRORS = (zipfile.BadZipFile, EOFError, ValueError, zlib.error, NotImpleme
 # save
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def save_checkpoint(path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     """Write arrays and meta to `path` atomically; parent folders are created as needed.
 
@@ -77,7 +80,10 @@ def save_checkpoint(path, arrays: dict[str, np.ndarray], meta: dict) -> None:
         _CHECKSUMS: {name: _sha256(a) for name, a in arrays.items()},
     }
     # json writes floats with repr(), which round-trips exactly; big ints (RNG state) are exact too
-    meta_bytes = json.dumps(document, ensure_ascii=False).encode("utf-8")
+    # a path that is not UTF-8 holds lone surrogates (os.fsdecode), which UTF-8 cannot encode:
+    # those, and only those, are written as JSON's \uDCxx escapes, which read back the same
+    text = _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m[0]):04x}", json.dumps(document, ensure_ascii=False))
+    meta_bytes = text.encode("utf-8")
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -444,13 +444,16 @@ def inspect_(
     chars: int = typer.Option(INSPECT_CHARS, min=1, max=INSPECT_MAX_CHARS, help=f"Read at most this many characters; the terminal colours up to {INSPECT_CHARS:,} of them."),
     top: int = typer.Option(1, min=1, max=100, help="Units listed per property and for saturation."),
     html: Optional[Path] = typer.Option(None, "--html", help="Also write one self-contained page: every unit's colours, the gates, and the next-character guesses on hover."),
-    encoding: Optional[str] = typer.Option(None, help="utf-8, latin-1 or bytes (each byte one character); default: the checkpoint's."),
+    encoding: Optional[str] = typer.Option(None, callback=_encoding, help="utf-8, latin-1 or bytes (each byte one character); default: the checkpoint's."),
     skip_unknown: bool = typer.Option(False, "--skip-unknown", help="Drop characters the model does not know instead of stopping."),
 ):
     """See inside a model: which units track quotes, line position, brackets, indent and word starts, and how its gates open and close."""
     from . import inspect as ins
+    from .outputs import HTML, check_output
     from .sampling import load_model, warm_up_evaluate
 
+    if html is not None:  # before the work
+        html = check_output(html, "--html", HTML)
     model = load_model(checkpoint)
     ins.check_options(model.spec, act, layer, unit)
     text, skipped = ins.read_start(file, model.vocab, chars, encoding or model.config.get("encoding", "utf-8"), skip_unknown)
@@ -546,6 +549,7 @@ def gradflow(
 
     from . import gradflow as gf
     from .corpus import read_ids
+    from .outputs import PNG, check_output
     from .plot import require_pyplot
 
     _set_up()
@@ -565,8 +569,9 @@ def gradflow(
         for name in _cells(c.strip()):
             if name not in cells:
                 cells.append(name)
-    if png is not None:
-        require_pyplot()  # fail before the measurement, not after it
+    if png is not None:  # fail before the measurement, not after it
+        png = check_output(png, "--png", PNG)
+        require_pyplot()
     from .corpus import default_corpus
 
     corpus = corpus or default_corpus()
@@ -592,9 +597,13 @@ def plot(
     png: Optional[Path] = typer.Option(None, "--png", help="Also draw the charts into this PNG file (needs matplotlib)."),
 ):
     """Chart a training run: train and val loss, and the gradient norm before clipping, against step."""
-    from .plot import charts, read_metrics, summary, write_png
+    from .outputs import PNG, check_output
+    from .plot import charts, read_metrics, require_pyplot, summary, write_png
 
     _set_up()
+    if png is not None:  # before the charts are printed
+        png = check_output(png, "--png", PNG)
+        require_pyplot()
     metrics = read_metrics(run)
     for chart in charts(metrics):
         out.print(chart)
@@ -696,8 +705,13 @@ def _main():
         _print_error("out of memory; use a smaller model, batch or window, or free some memory")
         raise SystemExit(1)
     except UnicodeEncodeError as e:  # PYTHONIOENCODING=ascii, or an old locale without UTF-8
-        _print_error(f"the character U+{ord(e.object[e.start]):04X} cannot be written in the encoding {e.encoding}; "
-                     "set PYTHONIOENCODING=utf-8, or a UTF-8 locale")
+        code = ord(e.object[e.start])
+        if 0xDC80 <= code <= 0xDCFF:  # a byte of a name that is not UTF-8 (os.fsdecode)
+            _print_error(f"a file or folder name holds the byte 0x{code - 0xDC00:02X}, which is not UTF-8 and cannot "
+                         "be written here; rename it")
+        else:
+            _print_error(f"the character U+{code:04X} cannot be written in the encoding {e.encoding}; "
+                         "set PYTHONIOENCODING=utf-8, or a UTF-8 locale")
         raise SystemExit(1)
     except Exception as e:
         if _is_usage_error(e):

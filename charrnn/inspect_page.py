@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CharrnnError
+from .outputs import shown_name, write_output
 from .inspect import GATE_CLOSED, GATE_OPEN, PROPERTIES, Found, Scores, Trace, label, palette, visible
 
 
@@ -37,6 +37,7 @@ def _round(a, digits=4):
 
 def page(tr: Trace, scores: Scores, found: list[Found], vocab, layer: int, unit: int, source: str) -> str:
     """The whole page as a string; (layer, unit) is the unit shown first."""
+    source = shown_name(source)
     s = tr.spec
     meta = {
         "n": len(tr.text), "k": int(tr.guesses.shape[1]), "layers": s.layers, "hidden": s.hidden, "act": tr.act,
@@ -69,11 +70,9 @@ def page(tr: Trace, scores: Scores, found: list[Found], vocab, layer: int, unit:
 
 
 def write_page(path, *args) -> None:
-    """page(*args) into `path`, UTF-8."""
-    try:
-        Path(path).write_text(page(*args), encoding="utf-8")
-    except OSError as e:
-        raise CharrnnError(f"cannot write {path}: {e.strerror or e}; choose another --html path") from None
+    """page(*args) into `path`, UTF-8 (outputs.check_output has checked the name)."""
+    text = page(*args)
+    write_output(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _found_rows(found: list[Found]) -> str:

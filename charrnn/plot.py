@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CharrnnError
+from .outputs import shown_name, write_output
 
 METRICS_FILE = "metrics.jsonl"
 # No square brackets (as in charrnn[plot]): the CLI prints error messages as rich markup.
@@ -130,15 +131,12 @@ def require_pyplot():
 
 
 def save_figure(fig, path) -> None:
+    """fig into `path` as PNG (outputs.check_output has checked the name)."""
     import matplotlib.pyplot as plt
 
     try:
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
-    except OSError as e:
-        raise CharrnnError(f"cannot write {path}: {e.strerror or e}; check the folder and its permissions") from None
-    except ValueError as e:  # matplotlib's answer to an unknown file extension
-        raise CharrnnError(f"cannot write {path}: {e}; use a .png file name") from None
+        write_output(Path(path), lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     finally:
         plt.close(fig)
 
@@ -161,5 +159,5 @@ def write_png(m: Metrics, path) -> None:
     ax2.set_xlabel("step")
     ax2.set_ylabel("gradient norm")
     ax2.grid(True, which="both", alpha=0.3)
-    fig.suptitle(str(m.path.parent.name or m.path))
+    fig.suptitle(shown_name(m.path.parent.name or m.path))
     save_figure(fig, path)

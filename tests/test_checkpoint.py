@@ -127,6 +127,18 @@ def test_file_is_a_standard_npz_with_a_json_document(tmp_path):
     assert set(document["array_sha256"]) == {"params", "state.layer0.hs"}
 
 
+def test_a_path_that_is_not_utf8_is_kept_in_the_json_as_an_escape(tmp_path):
+    # os.fsdecode holds the byte 0xE9 of a file name as the lone surrogate U+DCE9, which UTF-8
+    # cannot encode: such a path in the meta made every save fail
+    name = os.fsdecode(b"/texts/caf\xe9.txt")
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, {"params": np.zeros(2)}, {"corpus": [name], "vocab": ["\u00e9", "\u4e2d"]})
+    assert load_checkpoint(path)[1]["corpus"] == [name]
+    with np.load(path, allow_pickle=False) as npz:
+        raw = npz["__meta__"].tobytes()
+    assert b"caf\\udce9" in raw and "\u00e9".encode() in raw and "\u4e2d".encode() in raw  # others stay as they are
+
+
 def test_each_checksum_is_the_sha256_of_dtype_shape_and_c_order_bytes(tmp_path):
     # the format's definition, which checkpoints written by any version are checked against
     import hashlib

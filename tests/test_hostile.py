@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from charrnn import cli
 from charrnn import train as train_module
 from charrnn.cli import app
+from charrnn.checkpoint import load_checkpoint
 from charrnn.config import RESUME_MAY_CHANGE, TrainConfig
 from charrnn.errors import CharrnnError
 from charrnn.train import Trainer
@@ -116,6 +117,36 @@ def test_an_output_encoding_that_cannot_write_the_text_is_said_in_one_line(comma
     line = one_line(r.stderr)
     assert "the character U+" in line and "cannot be written in the encoding ascii" in line, line
     assert "PYTHONIOENCODING=utf-8" in line, line
+
+
+def test_a_file_name_that_is_not_utf8_trains_saves_and_resumes(corpus, tmp_path):
+    # its path, in the checkpoint's JSON, could not be encoded: no checkpoint was ever saved, and
+    # the error blamed the locale. In a UTF-8 locale (strict, as PYTHONIOENCODING=utf-8 makes
+    # it) the name prints as its own bytes
+    text = tmp_path / os.fsdecode(b"caf\xe9.txt")
+    text.write_bytes(corpus.read_bytes())
+    run = tmp_path / os.fsdecode(b"r\xe9")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="300", PYTHONIOENCODING="utf-8")
+    base = [sys.executable, "-m", "charrnn", "train"]
+    tiny = ["--hidden", "8", "--batch", "2", "--k1", "8", "--eval-every", "2", "--time-limit", "0"]
+    r = subprocess.run([*base, str(text), *tiny, "--max-steps", "2", "--out-dir", str(tmp_path), "--run", run.name],
+                       capture_output=True, env=env, timeout=300)
+    assert r.returncode == 0 and b"error" not in r.stderr and b"Traceback" not in r.stderr, r.stderr
+    assert os.fsencode(run) in r.stdout
+    assert load_checkpoint(run / "best.npz")[1]["config"]["corpus"] == [str(text)]
+    r = subprocess.run([*base, "--resume", str(run), "--max-steps", "4"], capture_output=True, env=env, timeout=300)
+    assert r.returncode == 0 and b"error" not in r.stderr and b"Traceback" not in r.stderr, r.stderr
+    assert load_checkpoint(run / "latest.npz")[1]["step"] == 4
+
+
+def test_a_name_that_is_not_utf8_and_cannot_be_written_is_not_blamed_on_the_locale(monkeypatch, capsys):
+    def write_a_name(*a, **kw):
+        os.fsdecode(b"caf\xe9").encode("utf-8")
+
+    monkeypatch.setattr("charrnn.gradflow.measure", write_a_name)
+    code, stderr = main_exits(monkeypatch, capsys, "gradflow", "--cell", "rnn", "--hidden", "4", "--max-k", "2")
+    assert code == 1 and one_line(stderr) == ("error: a file or folder name holds the byte 0xE9, which is not UTF-8 "
+                                              "and cannot be written here; rename it")
 
 
 def test_a_bug_of_ours_is_one_line_and_can_show_its_traceback(tmp_path, monkeypatch, capsys):

@@ -22,7 +22,7 @@ from charrnn.cells import CELLS
 from charrnn.checkpoint import save_checkpoint
 from charrnn.cli import app
 from charrnn.corpus import Vocab
-from charrnn.errors import CharrnnError
+from charrnn.errors import CharrnnError, UsageError
 from charrnn.inspect_page import page
 from charrnn.model import Layout, ModelSpec, Stack, init_params
 
@@ -277,6 +277,32 @@ def test_bad_options_exit_1_with_one_line(planted, args, message):
     r = invoke(planted["checkpoint"], planted["text"], *args)
     assert r.exit_code == 1 and isinstance(r.exception, CharrnnError)
     assert str(r.exception).startswith(message)
+
+
+@pytest.mark.parametrize("target", ["checkpoint", "text", "new.txt"])
+def test_an_html_name_that_is_no_page_is_refused_before_the_work(planted, target, tmp_path):
+    # --html wrote the page over whatever the path named: the model inspected, the text read
+    path = planted.get(target, tmp_path / target)
+    kept = path.read_bytes() if path.exists() else None
+    r = invoke(planted["checkpoint"], planted["text"], "--html", path)
+    assert isinstance(r.exception, UsageError) and r.stdout == ""
+    assert str(r.exception) == f"--html {str(path)!r}: give a file name ending in .html or .htm"
+    assert (path.read_bytes() if path.exists() else None) == kept
+
+
+def test_a_text_whose_name_is_not_utf8_gets_its_page(planted, tmp_path):
+    # the page's title could not be encoded: the page was left empty, and the error blamed the
+    # locale; in a UTF-8 locale (strict, as PYTHONIOENCODING=utf-8 makes it) so did the printing
+    text = tmp_path / os.fsdecode(b"quoted-\xe9.txt")
+    text.write_bytes(planted["text"].read_bytes())
+    out = tmp_path / "page.htm"
+    r = subprocess.run([sys.executable, "-m", "charrnn", "inspect", str(planted["checkpoint"]), str(text), "--html",
+                        str(out)], capture_output=True, timeout=300,
+                       env=dict(os.environ, PYTHONIOENCODING="utf-8", PYTHONPATH=str(ROOT)))
+    assert r.returncode == 0 and r.stderr == b"", r.stderr
+    assert f"of {os.fsencode(text).decode('latin-1')} from".encode("latin-1") in r.stdout  # its own bytes
+    assert "quoted-\ufffd.txt" in out.read_text(encoding="utf-8")
+    check_page(out.read_text(encoding="utf-8"), QUOTED)
 
 
 def test_a_model_that_computes_nan_is_one_line(planted, tmp_path):

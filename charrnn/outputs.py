@@ -1,0 +1,50 @@
+"""Files a command writes beside what it prints: `plot --png`, `gradflow --png`, `inspect --html`.
+
+The path is checked before the work, so a name that cannot be written costs no measurement;
+its name must end as the file it will hold (.png, .html), so that a slip of the keyboard never
+writes a chart or a page over a checkpoint or a text. The file is written beside its place and
+renamed onto it: a write that fails (a full disk) leaves what was there.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from .errors import CharrnnError, UsageError, os_error_message
+
+PNG = (".png",)
+HTML = (".html", ".htm")
+
+
+def check_output(path, option: str, endings: tuple[str, ...]) -> Path:
+    """`path` as given to `option` (--png), if it names a file ending in one of `endings` inside
+    a folder that exists; else a one-line error."""
+    p = Path(path)
+    if p.suffix.lower() not in endings or not p.stem:
+        raise UsageError(f"{option} {str(path)!r}: give a file name ending in {' or '.join(endings)}")
+    if p.is_dir():
+        raise UsageError(f"{option} {path} is a folder; give a file name ending in {' or '.join(endings)}")
+    if not p.parent.is_dir():
+        raise CharrnnError(f"cannot write {path}: there is no folder {p.parent}; create it, or choose another "
+                           f"{option} path")
+    return p
+
+
+def write_output(path: Path, write) -> None:
+    """write(temporary path) makes the file beside `path`; then it replaces path."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:  # named by the file asked for, not the temporary
+        e.filename = e.filename2 = None
+        raise CharrnnError(f"cannot write {os_error_message(e, path)}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def shown_name(path) -> str:
+    """A path as text that any page or chart can hold: the bytes of a name that is not UTF-8
+    (kept by Python as lone surrogates, which no encoder writes) shown as U+FFFD."""
+    return os.fsencode(path).decode("utf-8", "replace")

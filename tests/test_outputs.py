@@ -1,0 +1,73 @@
+"""Files written beside what a command prints (`plot --png`, `gradflow --png`, `inspect --html`):
+the name checked before the work, the file replaced whole or not at all."""
+import errno
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from charrnn.cli import app
+from charrnn.errors import CharrnnError, UsageError
+from charrnn.outputs import PNG, check_output, shown_name, write_output
+from test_plot import _write_run
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("name", ["chart", "chart.jpg", "best.npz", ".png", ""])
+def test_a_png_name_that_is_no_png_file_is_a_usage_error_before_anything_is_drawn(name, tmp_path, monkeypatch):
+    # matplotlib wrote "chart" to chart.png and said "wrote chart"; "" wrote ./.png
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "best.npz").write_bytes(b"a model")
+    r = runner.invoke(app, ["plot", str(_write_run(tmp_path / "run")), "--png", name])
+    assert isinstance(r.exception, UsageError) and r.exception.exit_code == 2, r.output  # exit 2 (cli.main)
+    assert str(r.exception) == f"--png {str(Path(name))!r}: give a file name ending in .png"
+    assert r.stdout == ""  # no chart printed first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.npz", "run"]
+    assert (tmp_path / "best.npz").read_bytes() == b"a model"
+
+
+def test_a_png_in_a_missing_folder_fails_before_the_charts(tmp_path):
+    r = runner.invoke(app, ["plot", str(_write_run(tmp_path / "run")), "--png", str(tmp_path / "no" / "p.png")])
+    assert r.exit_code == 1 and r.stdout == ""
+    assert str(r.exception).startswith(f"cannot write {tmp_path / 'no' / 'p.png'}: there is no folder")
+
+
+def test_a_folder_named_as_the_png_is_refused(tmp_path):
+    (tmp_path / "p.png").mkdir()
+    with pytest.raises(UsageError, match="is a folder"):
+        check_output(tmp_path / "p.png", "--png", PNG)
+
+
+def test_plot_without_matplotlib_says_so_before_the_charts(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    r = runner.invoke(app, ["plot", str(_write_run(tmp_path / "run")), "--png", str(tmp_path / "p.png")])
+    assert r.exit_code == 1 and "pip install matplotlib" in str(r.exception) and r.stdout == ""
+
+
+def test_a_write_that_fails_leaves_the_file_that_was_there(tmp_path):
+    path = tmp_path / "p.png"
+    path.write_bytes(b"the chart of yesterday")
+
+    def full_disk(tmp):
+        tmp.write_bytes(b"half a ch")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+
+    with pytest.raises(CharrnnError) as e:
+        write_output(path, full_disk)
+    assert str(e.value) == f"cannot write {path}: No space left on device; free some disk space"
+    assert path.read_bytes() == b"the chart of yesterday" and os.listdir(tmp_path) == ["p.png"]
+    write_output(path, lambda tmp: tmp.write_bytes(b"today's"))
+    assert path.read_bytes() == b"today's" and os.listdir(tmp_path) == ["p.png"]
+
+
+def test_a_run_folder_whose_name_is_not_utf8_is_charted(tmp_path):
+    pytest.importorskip("matplotlib")
+    run = _write_run(tmp_path / os.fsdecode(b"caf\xe9"))
+    out = tmp_path / "p.png"
+    r = runner.invoke(app, ["plot", str(run), "--png", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert shown_name(run.name) == "caf\ufffd"
