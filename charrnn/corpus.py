@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import DOC_SEP
-from .errors import CharrnnError
+from .errors import CharrnnError, os_error_message
 
 ENCODINGS = ("utf-8", "latin-1", "bytes")
 
@@ -371,14 +371,18 @@ def list_files(inputs) -> tuple[list[Path], list[str]]:
     by path (component by component, by code point: the same on every machine, whatever order
     the file system lists them in). Inside folders, hidden files and folders (a name starting
     with '.', such as .git) and what is not a regular file are left out. A file met twice is
-    read once, where it first appears."""
-    files, seen, hidden, special, repeated = [], set(), 0, 0, []
+    read once, where it first appears. A link to a file is read as the file; a link to a folder
+    is not followed (as find and grep -r do not: it may lead up the tree, or round in a loop),
+    and is counted in the notes; name its folder to read it. A folder that cannot be listed is
+    an error, as a file that cannot be read is."""
+    files, seen, hidden, special, linked, repeated = [], set(), 0, 0, 0, []
     for given in map(Path, inputs):
         if given.is_dir():
             found = []
-            for folder, dirs, names in os.walk(given):
+            for folder, dirs, names in os.walk(given, onerror=_unlisted):
                 hidden += sum(map(_hidden, dirs)) + sum(map(_hidden, names))
                 dirs[:] = [d for d in dirs if not _hidden(d)]
+                linked += sum(os.path.islink(os.path.join(folder, d)) for d in dirs)  # os.walk leaves them
                 for n in names:
                     path = Path(folder) / n
                     if _hidden(n):
@@ -391,7 +395,7 @@ def list_files(inputs) -> tuple[list[Path], list[str]]:
         else:
             found = [given]  # a missing or unreadable file says so when it is read
         for path in found:
-            key = path.resolve()
+            key = _real(path)
             if key in seen:
                 repeated.append(str(path))
                 continue
@@ -402,9 +406,22 @@ def list_files(inputs) -> tuple[list[Path], list[str]]:
         notes.append(f"left out {hidden} hidden file(s) and folder(s) inside the folders (names starting with '.')")
     if special:
         notes.append(f"left out {special} entries inside the folders that are not regular files")
+    if linked:
+        notes.append(f"left out {linked} link(s) to folders inside the folders (name a folder to read it)")
     if repeated:
         notes.append(f"read once each: {_some(repeated)} (named twice)")
     return files, notes
+
+
+def _unlisted(e: OSError):
+    """os.walk's report of a folder it cannot list (no permission to read it)."""
+    raise CharrnnError(f"cannot read the folder {os_error_message(e)}")
+
+
+def _real(path: Path) -> Path:
+    """The path with its links followed; a link that loops stays as it is, for reading it to
+    say so (Path.resolve raises RuntimeError there)."""
+    return Path(os.path.realpath(path))
 
 
 def _some(names, n=3) -> str:
@@ -421,7 +438,7 @@ def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP) -> Corpus:
     encoding = check_encoding(encoding)
     inputs = [Path(p) for p in inputs]
     files, notes = list_files(inputs)
-    named = {p.resolve() for p in inputs}
+    named = {_real(p) for p in inputs}
     # As many ids as the files have bytes is an upper bound: a character takes at least one byte.
     encoder = _Encoder(sum(_size(p) for p in files) + len(doc_sep) * max(len(files) - 1, 0))
     text_hash = hashlib.sha256()
@@ -435,13 +452,13 @@ def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP) -> Corpus:
         try:
             chars, sha = _read_document(path, encoding, encoder, text_hash)
         except NotText:
-            if path.resolve() in named:
+            if _real(path) in named:
                 raise
             encoder.undo(mark)
             text_hash = hashed
             not_text.append(str(path))
             continue
-        infos.append({"path": str(path.resolve()), "chars": chars, "sha256": sha})
+        infos.append({"path": str(_real(path)), "chars": chars, "sha256": sha})
     if not_text:
         what = "empty or binary" if encoding != "utf-8" else "empty, binary or not UTF-8"
         notes.append(f"left out {len(not_text)} file(s) that are {what}: {_some(not_text)}")

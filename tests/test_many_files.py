@@ -72,6 +72,54 @@ def test_the_text_joins_the_documents_with_the_separator_and_leaves_out_what_is_
     assert read_corpus([tree / "b.txt", tree / "a.txt"], doc_sep="\n\n").text == "bee\n\n\nay\n"
 
 
+def test_links_to_folders_are_counted_not_followed_and_files_behind_links_are_read(tree, tmp_path):
+    # a link to a folder was left out without a word
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "far.txt").write_text("far\n", encoding="utf-8")
+    os.symlink(tmp_path / "elsewhere", tree / "notes" / "linked")
+    os.symlink("..", tree / "notes" / "sub" / "up")  # followed, it would read notes/ again, and again
+    os.symlink(tmp_path / "elsewhere" / "far.txt", tree / "notes" / "far-link.txt")
+    files, notes = list_files([tree / "notes"])
+    assert [p.relative_to(tree).as_posix() for p in files if p.suffix == ".txt"] == \
+        ["notes/B.txt", "notes/a b.txt", "notes/empty.txt", "notes/far-link.txt", "notes/sub/deeper/y.txt",
+         "notes/z.txt"]
+    assert "left out 2 link(s) to folders inside the folders (name a folder to read it)" in notes
+    assert [p.name for p in list_files([tree / "notes" / "linked"])[0]] == ["far.txt"]  # named: read
+    os.symlink(tmp_path / "elsewhere", tree / "notes" / ".hidden-link")  # hidden: counted as such
+    assert "left out 3 hidden file(s) and folder(s) inside the folders (names starting with '.')" in \
+        list_files([tree / "notes"])[1]
+
+
+def test_a_folder_that_cannot_be_listed_is_an_error_as_a_file_that_cannot_be_read_is(tree, monkeypatch):
+    # it was left out without a word (os.walk skips what it cannot list)
+    walk = os.walk
+
+    def denied(top, onerror=None, **kw):  # as for a folder without read permission, which root ignores
+        for entry in walk(top, onerror=onerror, **kw):
+            if entry[0].endswith("sub"):
+                onerror(PermissionError(13, "Permission denied", entry[0]))
+                continue
+            yield entry
+
+    monkeypatch.setattr(corpus_module.os, "walk", denied)
+    with pytest.raises(CharrnnError) as e:
+        list_files([tree / "notes"])
+    assert str(e.value) == f"cannot read the folder {tree / 'notes' / 'sub'}: Permission denied; check the " \
+                           "permissions of the path"
+
+
+@pytest.mark.parametrize("inputs", [["loop"], ["a.txt", "loop"], ["notes"]])
+def test_a_link_that_loops_is_one_line(tree, inputs):
+    # Path.resolve raised RuntimeError on it: an internal error
+    os.symlink("loop", tree / "loop")
+    os.symlink("../loop", tree / "notes" / "loop")  # inside a folder: not a regular file, left out
+    if inputs == ["notes"]:
+        assert "left out 2 entries inside the folders that are not regular files" in read_corpus([tree / "notes"]).notes
+        return
+    with pytest.raises(CharrnnError, match=f"^cannot read {tree / 'loop'}: Too many levels of symbolic links"):
+        read_corpus([tree / name for name in inputs])
+
+
 def test_a_file_named_on_the_command_line_must_be_text(tree):
     with pytest.raises(CharrnnError, match=r"logo.png looks like a binary file"):
         read_corpus([tree / "a.txt", tree / "notes" / "logo.png"])
