@@ -271,17 +271,26 @@ class TrainedModel:
         shape = (self.spec.layers, self.spec.hidden)
         if not isinstance(value, dict) or sorted(value) != sorted(names):
             raise CharrnnError(f"a state of this {self.spec.cell} model is a dict with the keys {', '.join(names)}")
+        held = {}
         for name, a in value.items():
-            if np.shape(a) != shape:
+            try:
+                a = np.asarray(a)
+            except ValueError:
+                raise CharrnnError(f"state[{name!r}] has rows of different lengths; this model's shape is {shape}") from None
+            if a.shape != shape:
                 raise CharrnnError(f"state[{name!r}] has shape {np.shape(a)}; this model's is {shape}")
-            # numpy would drop a complex number's imaginary part and keep NaN, which makes every
-            # probability after it nan: no model reaches such a state
-            if np.asarray(a).dtype.kind not in "iuf" or not np.isfinite(a).all():
+            # numpy would drop a complex number's imaginary part and keep NaN, and a number
+            # beyond float32's range becomes inf there: each makes every probability after it
+            # nan, and no model reaches such a state
+            if a.dtype.kind in "iuf":
+                with np.errstate(over="ignore"):
+                    held[name] = a.astype(stream.h.dtype)
+            if a.dtype.kind not in "iuf" or not np.isfinite(held[name]).all():
                 raise CharrnnError(f"state[{name!r}] must hold finite real numbers, as m.state gives them")
         stream.reset()
-        stream.h[:] = value["h"]
-        if "c" in value:
-            stream.c[:] = value["c"]
+        stream.h[:] = held["h"]
+        if "c" in held:
+            stream.c[:] = held["c"]
 
     # -----------------------------------------------------------------------------------------
 

@@ -486,7 +486,7 @@ def test_a_path_must_be_a_path(model):
         model.encode_file(None)
 
 
-@pytest.mark.parametrize("fill", ["a", np.nan, np.inf, 1j, True])
+@pytest.mark.parametrize("fill", ["a", np.nan, np.inf, 1j, True, 1e300, 3.5e38])  # the last two: inf as float32
 def test_a_state_is_finite_real_numbers(model, fill):
     model.reset()
     model.feed("the cat")
@@ -496,3 +496,9 @@ def test_a_state_is_finite_real_numbers(model, fill):
     assert all(np.array_equal(model.state[k], before[k]) for k in before)  # a state refused changes nothing
     model.state = {"h": before["h"].tolist(), "c": before["c"].astype(np.float64)}  # lists and other floats do
     assert all(np.array_equal(model.state[k], before[k]) for k in before)
+
+
+def test_a_state_of_ragged_rows_is_refused_by_its_shape(model):
+    with pytest.raises(CharrnnError, match=re.escape("state['h'] has rows of different lengths; this model's shape "
+                                                     "is (2, 16)")):
+        model.state = {"h": [[1.0, 2.0], [3.0]], "c": np.zeros((2, 16))}
