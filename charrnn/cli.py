@@ -414,7 +414,9 @@ def eval_(
     try:
         if per_line:
             text = read_text(file, encoding or model.config.get("encoding", "utf-8"))
-            lines = [line for line in text.split("\n") if line]
+            # "\r\n" ends a line as "\n" does: the line break is not scored
+            lines = [line.removesuffix("\r") for line in text.split("\n")]
+            lines = [line for line in lines if line]
             if not lines:
                 raise CharrnnError(f"{file} has no line with a character in it; there is nothing to score")
             scores = model.score_lines(lines, batch=batch, window=window, skip_unknown=skip_unknown, what=str(file))
@@ -424,9 +426,17 @@ def eval_(
         raise CharrnnError(f"{e} (or pass --skip-unknown to leave them out)") from None
     _first_call(lambda: warm_up_evaluate(model.spec, model.params.dtype))
     if per_line:
+        known = set(model.vocab)  # with --skip-unknown, a line of unknown characters only has nothing to score
+        unscored = 0
         with _printing():
             for nats, line in zip(scores, lines):
+                if skip_unknown and known.isdisjoint(line):
+                    unscored += 1
+                    continue
                 sys.stdout.write(f"{nats:.4f}\t{line}\n")
+        if unscored:
+            err.print(f"note: left out {unscored:,} line(s) made only of characters the model does not know",
+                      markup=False, highlight=False)
         return
     result = model.evaluate(ids, batch=batch, window=window)
     note = f"; {skipped:,} unknown character(s) skipped" if skip_unknown else ""
