@@ -134,9 +134,10 @@ class Sampler:
         The state ends after the last generated character has been chosen (not yet fed)."""
         uniforms = np.ascontiguousarray(uniforms, dtype=np.float64)
         out = np.zeros(uniforms.size, np.int32)
+        top_k = min(int(top_k), self.probs.size)  # as many as the vocabulary keeps them all; any more is no int64
         with self._blas_threads():
             generate(out, self.h, self.c, self.xg, self.hg, self.z, self.probs, self.order, int(first_id),
-                     uniforms, self.params, self.offs, self.cell, float(temperature), int(top_k),
+                     uniforms, self.params, self.offs, self.cell, float(temperature), top_k,
                      float(top_p), self.blas)
         return out
 

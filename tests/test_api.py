@@ -480,6 +480,15 @@ def test_numpy_numbers_are_numbers(model):
                                                                                            window=4)
 
 
+def test_a_top_k_beyond_the_vocabulary_keeps_every_character(run, model):
+    # beyond int64 it was numba's typing error in the API, an internal error at the command line
+    want = model.sample(length=60, seed=3)
+    for top_k in (len(model.vocab), len(model.vocab) + 1, 2**63, 2**70):
+        assert model.sample(length=60, seed=3, top_k=top_k) == want
+    assert invoke("sample", run["dir"], "--length", 60, "--seed", 3, "--top-k", 2**63) == \
+        invoke("sample", run["dir"], "--length", 60, "--seed", 3)
+
+
 def test_score_lines_refuses_what_is_no_list_of_lines(model):
     with pytest.raises(CharrnnError, match=re.escape("reads a list of lines, not one str: score_lines([text])")):
         model.score_lines("abc")  # else each character would be scored as a line
