@@ -34,8 +34,11 @@ class Metrics:
 
 
 def find_metrics(run) -> Path:
-    """metrics.jsonl of a run folder (or the file itself); checkpoints/RUN is tried as well."""
+    """metrics.jsonl of a run folder (or the file itself, or a checkpoint in the folder, as the
+    other commands take one); checkpoints/RUN is tried as well."""
     p = Path(run)
+    if p.suffix == ".npz" and p.is_file():
+        p = p.parent
     candidates = [p] if p.is_file() else [p / METRICS_FILE, Path("checkpoints") / p / METRICS_FILE]
     for c in candidates:
         if c.is_file():
@@ -54,16 +57,16 @@ def _number(v):
 def read_metrics(run) -> Metrics:
     path = find_metrics(run)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise CharrnnError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+        lines = path.read_bytes().splitlines()  # each line decoded alone: a torn last one may end inside a character
+    except OSError as e:
+        raise CharrnnError(f"cannot read {path}: {e.strerror or e}") from None
     m = Metrics(path)
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
-        except ValueError:
+            rec = json.loads(line.decode("utf-8"))
+        except ValueError:  # UnicodeDecodeError too
             if n == len(lines):  # a crash while appending: the record never finished
                 m.torn_last_line = True
                 continue

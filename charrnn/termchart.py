@@ -37,13 +37,19 @@ def _fmt(v: float) -> str:
     return f"{v:.0f}" if float(v).is_integer() and abs(v) < 1e6 else f"{v:.3g}"
 
 
+# Beyond this, a point is left out as a non-finite one is: the axes' arithmetic (hi - lo, and
+# its steps) would overflow to inf between two such points of opposite signs.
+DRAWABLE = 1e150
+
+
 def _runs(xs, ys, log_y):
-    """The series sorted by x and cut into runs of drawable points: a non-finite point (or a
-    non-positive one on a log axis) leaves a gap in the line. y is log10(y) on a log axis."""
+    """The series sorted by x and cut into runs of drawable points: a non-finite point, one
+    beyond ±DRAWABLE (or a non-positive one on a log axis) leaves a gap in the line. y is
+    log10(y) on a log axis."""
     xs, ys = np.asarray(xs, float).reshape(-1), np.asarray(ys, float).reshape(-1)
     order = np.argsort(xs, kind="stable")
     xs, ys = xs[order], ys[order]
-    keep = np.isfinite(xs) & np.isfinite(ys)
+    keep = (np.abs(xs) < DRAWABLE) & (np.abs(ys) < DRAWABLE)  # False for NaN too
     if log_y:
         keep &= ys > 0
         ys = np.log10(np.where(keep, ys, 1.0))
@@ -54,7 +60,8 @@ def _runs(xs, ys, log_y):
 
 def line_chart(series, width=64, height=16, log_y=False, title=None, x_label="", y_label="") -> Text:
     """series: [(label, xs, ys)], drawn in order (a later series covers an earlier one).
-    Non-finite points, and non-positive ones on a log axis, leave a gap in the line."""
+    Non-finite points, those beyond ±DRAWABLE, and non-positive ones on a log axis, leave a gap
+    in the line."""
     data = [(label, _runs(xs, ys, log_y)) for label, xs, ys in series]
     text = Text()
     if title:

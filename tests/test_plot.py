@@ -86,6 +86,32 @@ def test_line_chart_linear_axis_gaps_and_empty_input():
     assert nice_ticks(1, 7, 4) == [2, 4, 6]
 
 
+def test_points_too_large_to_scale_leave_a_gap(tmp_path):
+    # 1e308 and -1e308 on one axis: its span overflowed to inf, an internal error
+    chart = line_chart([("a", [0, 1, 2, 3], [1e308, 1.0, -1e308, 3.0])], width=20, height=6).plain
+    assert "3 ┤" in chart and "1 ┤" in chart and "e+308" not in chart
+    assert "(no data to plot)" in line_chart([("a", [1e308, -1e308], [1.0, 2.0])]).plain
+    (tmp_path / "metrics.jsonl").write_text("".join(
+        json.dumps({"kind": "train", "step": step, "loss": loss, "grad_norm": 1e300}) + "\n"
+        for step, loss in ((5, 1e308), (6, -1e308), (7, 2.0))))
+    r = runner.invoke(app, ["plot", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+
+
+def test_a_checkpoint_names_its_runs_metrics_and_a_torn_line_may_end_inside_a_character(tmp_path):
+    # a checkpoint, as the other commands take one, was read as text: a codec error
+    run = _write_run(tmp_path / "run", torn=False)
+    (run / "best.npz").write_bytes(b"PK\x03\x04\xd5 a checkpoint")
+    with open(run / "metrics.jsonl", "ab") as f:
+        f.write(b'{"kind": "sample", "text": "caf\xc3')  # torn inside the two bytes of an e-acute
+    m = read_metrics(run / "best.npz")
+    assert m.path == run / "metrics.jsonl" and m.torn_last_line and m.train["step"] == list(range(1, 41))
+    with open(run / "metrics.jsonl", "ab") as f:
+        f.write(b"\n{}\n")  # then it is no last line: the file is damaged
+    with pytest.raises(CharrnnError, match="line 47 is not valid JSON; the file is corrupt"):
+        read_metrics(run)
+
+
 def test_cli_plot_draws_both_charts(tmp_path):
     run = _write_run(tmp_path / "run")
     r = runner.invoke(app, ["plot", str(run)])
