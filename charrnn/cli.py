@@ -575,7 +575,7 @@ def gradflow(
         check_option(name, value)
     given.setdefault("u_max", 2.0 ** (1.0 / (max_k + 1)))
     cells = []
-    for c in (cell or "rnn,lstm,gru").lower().split(","):
+    for c in ("rnn,lstm,gru" if cell is None else cell).lower().split(","):  # "" names no cell: _cells says so
         for name in _cells(c.strip()):
             if name not in cells:
                 cells.append(name)
@@ -590,6 +590,10 @@ def gradflow(
         flows = gf.run(ids, chars, cells=cells, checkpoint=checkpoint, hidden=hidden or 64, layers=layers or 1,
                        seed=seed, radius=radius, max_k=max_k, windows=windows, batch=batch,
                        forget_bias=forget_bias, options=tuple(given.items()))
+    unknown = max(f.unknown for f in flows)  # a checkpoint's model, which may lack some of the text's characters
+    if unknown:
+        err.print(f"note: left out {unknown:,} of the {ids.size:,} characters of {corpus} that the model does not "
+                  "know", markup=False, highlight=False)
     if png is not None:
         gf.write_png(flows, png)
     if json_out:

@@ -30,7 +30,7 @@ the measured steps is one the model reaches on real text, not zeros.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -75,11 +75,12 @@ class Flow:
     label: str
     spec: ModelSpec
     layers: list  # [LayerFlow]
+    unknown: int = 0  # characters of the text a checkpoint's model does not know, left out
 
     def to_json(self):
         return {
             "label": self.label, "cell": self.spec.cell, "hidden": self.spec.hidden,
-            "layers": self.spec.layers, "vocab_size": self.spec.vocab_size,
+            "layers": self.spec.layers, "vocab_size": self.spec.vocab_size, "unknown_chars": self.unknown,
             "per_layer": [
                 {"layer": f.layer, "norm": [float(x) for x in f.norms], "vanish_k": f.vanish_k(),
                  "spectral_radius": f.radius, "saturation": f.saturation}
@@ -224,9 +225,9 @@ def measure(model: Model, ids, max_k: int, windows: int, batch: int, seed: int) 
 
 
 def corpus_ids(ids, chars, vocab: Vocab):
-    """The corpus (ids of the characters `chars`, as corpus.read_ids gives them) in the model's
-    ids; characters the model does not know are dropped."""
-    return vocab.translate(ids, chars, skip_unknown=True)[0]
+    """(ids, dropped): the corpus (ids of the characters `chars`, as corpus.read_ids gives them)
+    in the model's ids, and how many characters the model does not know were dropped."""
+    return vocab.translate(ids, chars, skip_unknown=True)
 
 
 def set_forget_bias(model: Model, bias: float) -> None:
@@ -255,7 +256,8 @@ def run(ids, chars, cells=None, checkpoint=None, hidden=64, layers=1, seed=0, ra
             set_spectral_radius(m, radius)
         if forget_bias is not None:
             set_forget_bias(m, forget_bias)
-        flows.append(measure(m, corpus_ids(ids, chars, m.vocab), max_k, windows, batch, seed))
+        known, dropped = corpus_ids(ids, chars, m.vocab)
+        flows.append(replace(measure(m, known, max_k, windows, batch, seed), unknown=dropped))
     return flows
 
 

@@ -265,12 +265,22 @@ def test_cli_measures_a_checkpoint(tmp_path, shakespeare):
     (m,) = json.loads(r.stdout)["models"]
     assert (m["label"], m["cell"], m["hidden"]) == ("run/best.npz", "gru", 8)
 
+    # characters the model does not know were left out without a word
+    text = tmp_path / "odd.txt"
+    text.write_text("the cat sat on the mat \u20ac\u00df " * 40, encoding="utf-8")
+    r = runner.invoke(app, ["gradflow", str(path), "--corpus", str(text), "--max-k", "5", "--windows", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["models"][0]["unknown_chars"] == 80
+    assert r.stderr == f"note: left out 80 of the 1,040 characters of {text} that the model does not know\n"
+
     r = runner.invoke(app, ["gradflow", str(path), "--cell", "lstm"])
     assert r.exit_code == 1 and isinstance(r.exception, CharrnnError)
 
 
 def test_cli_bad_values_are_usage_errors():
     assert runner.invoke(app, ["gradflow", "--cell", "rnn,transformer"]).exit_code == 2
+    assert runner.invoke(app, ["gradflow", "--cell", ""]).exit_code == 2  # it ran the default cells
+    assert runner.invoke(app, ["gradflow", "--cell", "rnn,"]).exit_code == 2
     assert runner.invoke(app, ["gradflow", "--max-k", "0"]).exit_code == 2
     assert runner.invoke(app, ["gradflow", "--radius", "-1"]).exit_code == 2
 
@@ -298,5 +308,5 @@ def test_a_checkpoints_corpus_ids_drop_what_it_does_not_know():
     text = "the cat € sat ß"
     file_vocab = Vocab.from_text(text)
     model_vocab = Vocab("abcdefghijklmnopqrstuvwxyz ")
-    ids = gf.corpus_ids(file_vocab.encode(text).astype(np.uint8), file_vocab.chars, model_vocab)
-    assert ids.dtype == np.uint8 and np.array_equal(ids, model_vocab.encode_skip_unknown(text)[0])
+    ids, dropped = gf.corpus_ids(file_vocab.encode(text).astype(np.uint8), file_vocab.chars, model_vocab)
+    assert ids.dtype == np.uint8 and np.array_equal(ids, model_vocab.encode_skip_unknown(text)[0]) and dropped == 2
