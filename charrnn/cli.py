@@ -17,7 +17,7 @@ from .cells import choices_help
 from .config import (CELLS, DIAGNOSTIC_RANGES, EVAL_RANGES, INSPECT_CHARS, INSPECT_MAX_CHARS, OPTIMIZERS, RANGES,
                      SAMPLE_RANGES, SCHEDULES, Range, as_flag)
 from .config import TrainConfig as _C  # the defaults of train's options
-from .errors import CharrnnError, os_error_message
+from .errors import CharrnnError, UsageError, os_error_message
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Character-level RNN, LSTM and GRU language models, trained on the CPU.")
@@ -168,7 +168,6 @@ def train(
     """
     from .config import TrainConfig, check_resume_overrides
     from .distributed import world
-    from .errors import UsageError
     from .train import Interrupted, Trainer, fine_tune_settings, new_run_dir
 
     quiet = quiet or not world().root  # under MPI rank 0 speaks for every rank
@@ -567,7 +566,7 @@ def gradflow(
              if v is not None}
     if checkpoint is not None and (cell is not None or hidden is not None or layers is not None
                                    or forget_bias is not None or given):
-        raise CharrnnError("--cell, --hidden, --layers, --forget-bias and the cell options describe fresh models; "
+        raise UsageError("--cell, --hidden, --layers, --forget-bias and the cell options describe fresh models; "
                            "leave them out when measuring a checkpoint")
     from .cells import check_option
 

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from .cells import NAMES as CELLS  # the registry's names; cells.py imports no kernels
 from .cells import OPTIONS as CELL_OPTIONS
 from .cells import check_option
-from .errors import CharrnnError, UsageError
+from .errors import UsageError
 
 # the optimizers optim.py implements, named here so that reading the defaults (the CLI does,
 # for its help) imports no kernels
@@ -223,9 +223,9 @@ class TrainConfig:
         self.corpus = [str(p) for p in self.corpus]
 
     def validate(self):
-        """Raise CharrnnError naming the first option out of range."""
+        """Raise a UsageError (exit 2 at the command line) naming the first option out of range."""
         def bad(option, value, need):
-            raise CharrnnError(f"{as_flag(option, value)} is out of range: {need}")
+            raise UsageError(f"{as_flag(option, value)} is out of range: {need}")
 
         for name in CELL_OPTIONS:
             check_option(name, getattr(self, name))
@@ -240,10 +240,10 @@ class TrainConfig:
                 bad(name, getattr(self, name), f"it must be in {allowed}")
         check_doc_sep(self.doc_sep, self.encoding)
         if self.val_fraction + self.test_fraction >= 0.5:
-            raise CharrnnError("--val-fraction plus --test-fraction must leave at least half the text for training")
+            raise UsageError("--val-fraction plus --test-fraction must leave at least half the text for training")
         if self.run in (".", "..") or any(c in self.run for c in ("/", "\\", "\0")):
             # the run's folder is OUT_DIR/RUN: a separator, '..' or an absolute path would leave OUT_DIR
-            raise CharrnnError(f"--run {self.run!r} is not a plain folder name; give a name without '/', "
+            raise UsageError(f"--run {self.run!r} is not a plain folder name; give a name without '/', "
                                f"'\\' or '..' (the run's folder is made inside --out-dir)")
         return self
 

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import DOC_SEP
-from .errors import CharrnnError, os_error_message
+from .errors import CharrnnError, UsageError, os_error_message
 
 ENCODINGS = ("utf-8", "latin-1", "bytes")
 
@@ -477,13 +477,13 @@ def _size(path: Path) -> int:
 
 
 def check_doc_sep(sep: str, encoding: str = "utf-8") -> None:
-    """A CharrnnError unless `sep` can stand between documents read in `encoding`."""
+    """A UsageError (a CharrnnError) unless `sep` can stand between documents read in `encoding`."""
     if len(sep) > 100:
-        raise CharrnnError(f"--doc-sep is {len(sep)} characters long; give at most 100")
+        raise UsageError(f"--doc-sep is {len(sep)} characters long; give at most 100")
     if "\0" in sep or any(0xD800 <= ord(c) <= 0xDFFF for c in sep):
-        raise CharrnnError(f"--doc-sep {sep!r} holds a NUL or a lone surrogate, which no text file holds; choose another")
+        raise UsageError(f"--doc-sep {sep!r} holds a NUL or a lone surrogate, which no text file holds; choose another")
     if encoding != "utf-8" and any(ord(c) > 0xFF for c in sep):
-        raise CharrnnError(f"--doc-sep {sep!r} is not made of bytes, but --encoding {encoding} reads every "
+        raise UsageError(f"--doc-sep {sep!r} is not made of bytes, but --encoding {encoding} reads every "
                            f"character as a byte; choose characters up to \\xff")
 
 

@@ -149,6 +149,26 @@ def test_a_name_that_is_not_utf8_and_cannot_be_written_is_not_blamed_on_the_loca
                                               "and cannot be written here; rename it")
 
 
+@pytest.mark.parametrize("args, message", [
+    (["train", "--cell", "leaky", "--tau", "0"], "--tau 0 is out of range"),
+    (["train", "--doc-sep", r"\x00"], "--doc-sep '\\x00' holds a NUL"),
+    (["train", "--doc-sep", "x" * 101], "--doc-sep is 101 characters long"),
+    (["train", "--doc-sep", r"\u2028", "--encoding", "bytes"], "--doc-sep '\\u2028' is not made of bytes"),
+    (["train", "--run", "a/b"], "--run 'a/b' is not a plain folder name"),
+    (["train", "--val-fraction", "0.3", "--test-fraction", "0.3"], "--val-fraction plus --test-fraction"),
+    (["gradflow", "--cell", "leaky", "--tau", "0"], "--tau 0 is out of range"),
+    (["gradflow", "NOWHERE", "--hidden", "4"], "--cell, --hidden, --layers, --forget-bias and the cell options"),
+])
+def test_options_out_of_range_or_in_conflict_are_usage_errors(args, message, corpus, tmp_path, monkeypatch, capsys):
+    # these were exit 1, where typer's own range errors, and --doc-sep '\q', are exit 2
+    args = [str(tmp_path / a) if a == "NOWHERE" else a for a in args]
+    if args[0] == "train":
+        args += [str(corpus), "--out-dir", str(tmp_path / "out")]
+    code, stderr = main_exits(monkeypatch, capsys, *args)
+    assert code == 2 and one_line(stderr).startswith(f"error: {message}"), stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_bug_of_ours_is_one_line_and_can_show_its_traceback(tmp_path, monkeypatch, capsys):
     def broken(*a, **kw):
         raise ZeroDivisionError("division by zero")
