@@ -375,7 +375,7 @@ def list_files(inputs) -> tuple[list[Path], list[str]]:
     is not followed (as find and grep -r do not: it may lead up the tree, or round in a loop),
     and is counted in the notes; name its folder to read it. A folder that cannot be listed is
     an error, as a file that cannot be read is."""
-    files, seen, hidden, special, linked, repeated = [], set(), 0, 0, 0, []
+    files, seen, hidden, special, linked, repeated, empty = [], set(), 0, 0, 0, [], []
     for given in map(Path, inputs):
         if given.is_dir():
             found = []
@@ -392,6 +392,8 @@ def list_files(inputs) -> tuple[list[Path], list[str]]:
                         continue
                     found.append(path)
             found.sort(key=lambda p: p.relative_to(given).parts)
+            if not found:
+                empty.append(str(given))
         else:
             found = [given]  # a missing or unreadable file says so when it is read
         for path in found:
@@ -406,6 +408,8 @@ def list_files(inputs) -> tuple[list[Path], list[str]]:
         notes.append(f"left out {hidden} hidden file(s) and folder(s) inside the folders (names starting with '.')")
     if special:
         notes.append(f"left out {special} entries inside the folders that are not regular files")
+    if empty:
+        notes.append(f"no files to read in {_some(empty)}")
     if linked:
         notes.append(f"left out {linked} link(s) to folders inside the folders (name a folder to read it)")
     if repeated:

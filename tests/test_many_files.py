@@ -90,6 +90,16 @@ def test_links_to_folders_are_counted_not_followed_and_files_behind_links_are_re
         list_files([tree / "notes"])[1]
 
 
+def test_a_folder_with_no_file_to_read_is_noted(tree):
+    # beside other inputs it was taken without a word (alone, the run stops: no text files)
+    (tree / "empty" / "sub").mkdir(parents=True)
+    (tree / "only-hidden").mkdir()
+    (tree / "only-hidden" / ".x.txt").write_text("x", encoding="utf-8")
+    files, notes = list_files([tree / "a.txt", tree / "empty", tree / "only-hidden"])
+    assert files == [tree / "a.txt"]
+    assert f"no files to read in {tree / 'empty'}, {tree / 'only-hidden'}" in notes
+
+
 def test_a_folder_that_cannot_be_listed_is_an_error_as_a_file_that_cannot_be_read_is(tree, monkeypatch):
     # it was left out without a word (os.walk skips what it cannot list)
     walk = os.walk
