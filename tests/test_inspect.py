@@ -305,6 +305,11 @@ def test_a_text_whose_name_is_not_utf8_gets_its_page(planted, tmp_path):
     check_page(out.read_text(encoding="utf-8"), QUOTED)
 
 
+def test_an_unknown_encoding_is_a_usage_error_as_in_train_and_eval(planted):
+    r = invoke(planted["checkpoint"], planted["text"], "--encoding", "foo")
+    assert r.exit_code == 2 and "unknown encoding 'foo'" in r.output
+
+
 def test_a_model_that_computes_nan_is_one_line(planted, tmp_path):
     vocab = planted["vocab"]
     spec, params = planted_lstm(vocab)
