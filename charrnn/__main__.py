@@ -3,15 +3,31 @@ wait for its imports. In a process an MPI launcher started, Ctrl-C and SIGUSR1 a
 here on (distributed.StopsHeld): one that came while importing would end this rank alone. In
 one process, `train` takes SIGUSR1 as Ctrl-C from here on (train.stop_at_once_until_training):
 by default it would kill the process without a word."""
+import os
+import re
 import signal
 import sys
 import warnings
 
 from .distributed import HELD
 
-# numba warns, with a traceback in the text, that it cannot read a NUMBA_* value, and goes on
-# without it; as an error it becomes cli's one line ("numba cannot start"), exit 1
-NUMBA_UNREADABLE = r"Environment variable '\w+' is defined but its associated value"
+
+
+def numba_unreadable(names=r"\w+") -> str:
+    """The start of numba's warning that it cannot read the value of one of `names` (a regular
+    expression), which it then ignores; the name and the value as groups."""
+    return rf"Environment variable '(?P<name>{names})' is defined but its associated value '(?P<value>.*)'"
+
+
+def numba_values_must_be_read():
+    """numba warns, with a traceback in the text, that it cannot read a NUMBA_* variable, and
+    goes on without it; as an error it becomes cli's one line ("numba cannot start"), exit 1.
+    Only for the variables set, not empty (NUMBA_X= cmd, as to unset it), in the environment:
+    numba reads .numba_config.yaml too, whose `opt: 3` (a number, where numba wants text) it
+    refuses but would use the same setting anyway."""
+    names = [re.escape(k) for k, v in os.environ.items() if k.startswith("NUMBA_") and v]
+    if names:
+        warnings.filterwarnings("error", numba_unreadable("|".join(names)), RuntimeWarning, r"numba\.core\.config")
 
 
 def command_named(args) -> str:
@@ -22,7 +38,7 @@ def command_named(args) -> str:
 
 def main():
     HELD.hold()
-    warnings.filterwarnings("error", NUMBA_UNREADABLE, RuntimeWarning, r"numba\.core\.config")
+    numba_values_must_be_read()
     if sys.stdout is not None and getattr(sys.stdout, "errors", None) == "strict":
         # a file name that is not UTF-8 (its bytes held as lone surrogates) prints as its bytes,
         # as Python does in the C locale, rather than failing the command in a UTF-8 locale

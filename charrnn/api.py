@@ -24,9 +24,9 @@ import numpy as np
 
 from . import memory
 from .cells import CELLS
-from .config import EVAL_RANGES, as_keyword
-from .corpus import read_ids
-from .errors import CharrnnError
+from .config import EVAL_RANGES
+from .corpus import ENCODINGS, read_ids
+from .errors import CharrnnError, as_keyword
 from .evaluate import evaluate, line_losses
 from .model import Stack
 from .sampling import SAMPLE_THREADS, Sampler, load_model, samples, start_id
@@ -72,14 +72,14 @@ def _whole_number(name, value) -> int:
     Never a bool: True is no length and no seed."""
     whole = isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and float(value).is_integer())
     if isinstance(value, bool) or not whole:
-        raise CharrnnError(f"{name}= must be a whole number, not {type(value).__name__} {value!r}")
+        raise CharrnnError(f"{as_keyword(name)} must be a whole number, not {type(value).__name__} {value!r}")
     return int(value)
 
 
 def _real_number(name, value) -> float:
     """`value` as a float: any real number, numpy's included, but no bool."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise CharrnnError(f"{name}= must be a number, not {type(value).__name__} {value!r}")
+        raise CharrnnError(f"{as_keyword(name)} must be a number, not {type(value).__name__} {value!r}")
     return float(value)
 
 
@@ -189,8 +189,9 @@ class TrainedModel:
         the file named by its path."""
         try:
             ids, chars = read_ids(_require_path("encode_file()", path), encoding or self.config.get("encoding", "utf-8"))
-        except CharrnnError as e:  # the reader's advice names the command line's flag
-            raise type(e)(re.sub(r"--encoding (\S+)", lambda m: self._spell("encoding", m[1]), str(e))) from None
+        except CharrnnError as e:  # the reader's advice names the command line's flag and a value
+            said = re.sub(f"--encoding ({'|'.join(ENCODINGS)})", lambda m: self._spell("encoding", m[1]), str(e))
+            raise type(e)(said) from None
         try:
             return self._vocab.translate(ids, chars, skip_unknown=skip_unknown, what=str(path))
         except CharrnnError as e:

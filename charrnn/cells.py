@@ -44,7 +44,7 @@ from collections import namedtuple
 from collections.abc import Mapping
 from importlib import import_module
 
-from .errors import CharrnnError, UsageError
+from .errors import CharrnnError, UsageError, flag
 
 Tensor = namedtuple("Tensor", "name shape trains", defaults=(True,))
 
@@ -84,7 +84,7 @@ def check_option(name, value):
     """Raise a UsageError (a CharrnnError; exit 2 at the command line) unless `value` is in the
     range of option `name`."""
     opt = OPTIONS[name]
-    flag = f"--{name.replace('_', '-')}"
+    option = flag(name)
     if name == "tau":
         parts = str(value).split(":")
         if str(value) == "learned":
@@ -94,11 +94,11 @@ def check_option(name, value):
         except ValueError:
             taus = []
         if len(parts) not in (1, 2) or len(taus) != len(parts) or not all(opt.low <= t <= opt.high for t in taus):
-            raise UsageError(f"{flag} {value} is out of range: give a value, LO:HI or 'learned', "
+            raise UsageError(f"{option} {value} is out of range: give a value, LO:HI or 'learned', "
                                f"with every tau in [{opt.low:g}, {opt.high:g}]")
         return
     if not opt.low <= value <= opt.high:
-        raise UsageError(f"{flag} {value} is out of range: it must be in [{opt.low:g}, {opt.high:g}]")
+        raise UsageError(f"{option} {value} is out of range: it must be in [{opt.low:g}, {opt.high:g}]")
 
 
 def choices_help():

@@ -15,9 +15,9 @@ import typer
 from .cells import OPTIONS as CELL_OPTIONS
 from .cells import choices_help
 from .config import (CELLS, DIAGNOSTIC_RANGES, EVAL_RANGES, INSPECT_CHARS, INSPECT_MAX_CHARS, OPTIMIZERS, RANGES,
-                     SAMPLE_RANGES, SCHEDULES, Range, as_flag)
+                     SAMPLE_RANGES, SCHEDULES, Range)
 from .config import TrainConfig as _C  # the defaults of train's options
-from .errors import CharrnnError, UsageError, os_error_message
+from .errors import CharrnnError, UsageError, as_flag, os_error_message
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Character-level RNN, LSTM and GRU language models, trained on the CPU.")
@@ -418,6 +418,14 @@ def eval_(
             lines = [line for line in lines if line]
             if not lines:
                 raise CharrnnError(f"{file} has no line with a character in it; there is nothing to score")
+            unscored = 0
+            if skip_unknown:  # a line of unknown characters only has nothing to score
+                known = set(model.vocab)
+                scored = [line for line in lines if not known.isdisjoint(line)]
+                unscored, lines = len(lines) - len(scored), scored
+                if not lines:
+                    raise CharrnnError(f"every line of {file} is made only of characters the model does not know; "
+                                       "there is nothing to score")
             scores = model.score_lines(lines, batch=batch, window=window, skip_unknown=skip_unknown, what=str(file))
         else:  # never the whole file as a string: a byte or two a character
             ids, skipped = model.encode_file(file, encoding=encoding, skip_unknown=skip_unknown)
@@ -425,13 +433,8 @@ def eval_(
         raise CharrnnError(f"{e} (or pass --skip-unknown to leave them out)") from None
     _first_call(lambda: warm_up_evaluate(model.spec, model.params.dtype))
     if per_line:
-        known = set(model.vocab)  # with --skip-unknown, a line of unknown characters only has nothing to score
-        unscored = 0
         with _printing():
             for nats, line in zip(scores, lines):
-                if skip_unknown and known.isdisjoint(line):
-                    unscored += 1
-                    continue
                 sys.stdout.write(f"{nats:.4f}\t{line}\n")
         if unscored:
             err.print(f"note: left out {unscored:,} line(s) made only of characters the model does not know",
@@ -754,16 +757,16 @@ def _numba_failure(e: Exception):
     """What went wrong, if e was raised while numba or llvmlite loaded (a bad NUMBA_NUM_THREADS
     fails its import) or while numba started its threads (NUMBA_THREADING_LAYER naming a layer
     that is not installed); else None."""
+    from .__main__ import numba_unreadable
+
     tb = e.__traceback__
     while tb is not None:
         module, function = tb.tb_frame.f_globals.get("__name__", ""), tb.tb_frame.f_code.co_name
         if module.split(".")[0] in ("numba", "llvmlite") and function in ("<module>", "_launch_threads"):
             lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-            unreadable = re.match(r"Environment variable '(\w+)' is defined but its associated value '(.*)'",
-                                  lines[0]) if isinstance(e, RuntimeWarning) else None
+            unreadable = re.match(numba_unreadable(), lines[0]) if isinstance(e, RuntimeWarning) else None
             if unreadable:  # numba's warning about a NUMBA_* value, made an error (__main__.py)
-                name, value = unreadable.groups()
-                return f"it cannot read {name}={value!r} ({lines[-1].rstrip('.')})"
+                return f"it cannot read {unreadable['name']}={unreadable['value']!r} ({lines[-1].rstrip('.')})"
             first = next(iter(lines), "").rstrip(".")
             return f"{type(e).__name__}: {first}" if first else type(e).__name__
         tb = tb.tb_next

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from .cells import NAMES as CELLS  # the registry's names; cells.py imports no kernels
 from .cells import OPTIONS as CELL_OPTIONS
 from .cells import check_option
-from .errors import UsageError
+from .errors import UsageError, as_flag, flag
 
 # the optimizers optim.py implements, named here so that reading the defaults (the CLI does,
 # for its help) imports no kernels
@@ -126,21 +126,6 @@ RESUME_MAY_CHANGE = ("lr", "schedule", "lr_decay", "decay_every", "decay_start",
                      "sample_every", "sample_length", "sample_temperature")
 # What a fine-tuned run (--init-from) takes from its checkpoint: the model itself.
 MODEL_SETTINGS = ("cell", "hidden", "layers", *CELL_OPTIONS)
-
-
-def flag(name):
-    """The command-line spelling of a setting: max_steps -> --max-steps."""
-    return f"--{name.replace('_', '-')}"
-
-
-def as_flag(name, value=None):
-    """An option as the command line gives it, for messages: --top-k, or with a value --top-k 5."""
-    return flag(name) if value is None else f"{flag(name)} {value}"
-
-
-def as_keyword(name, value=None):
-    """An argument as a Python caller gives it, for the API's messages: top_k=, or top_k=5."""
-    return f"{name}=" if value is None else f"{name}={value!r}"
 
 
 def check_resume_overrides(names):

@@ -373,13 +373,13 @@ def list_files(inputs) -> tuple[list[Path], list[str]]:
     with '.', such as .git) and what is not a regular file are left out. A file met twice is
     read once, where it first appears. A link to a file is read as the file; a link to a folder
     is not followed (as find and grep -r do not: it may lead up the tree, or round in a loop),
-    and is counted in the notes; name its folder to read it. A folder that cannot be listed is
-    an error, as a file that cannot be read is."""
-    files, seen, hidden, special, linked, repeated, empty = [], set(), 0, 0, 0, [], []
+    and is counted in the notes; name its folder to read it. A folder inside that cannot be
+    listed (no permission: lost+found at the top of a disk) is left out with a note naming it."""
+    files, seen, hidden, special, linked, repeated, empty, unlisted = [], set(), 0, 0, 0, [], [], []
     for given in map(Path, inputs):
         if given.is_dir():
             found = []
-            for folder, dirs, names in os.walk(given, onerror=_unlisted):
+            for folder, dirs, names in os.walk(given, onerror=unlisted.append):
                 hidden += sum(map(_hidden, dirs)) + sum(map(_hidden, names))
                 dirs[:] = [d for d in dirs if not _hidden(d)]
                 linked += sum(os.path.islink(os.path.join(folder, d)) for d in dirs)  # os.walk leaves them
@@ -410,16 +410,14 @@ def list_files(inputs) -> tuple[list[Path], list[str]]:
         notes.append(f"left out {special} entries inside the folders that are not regular files")
     if empty:
         notes.append(f"no files to read in {_some(empty)}")
+    if unlisted:
+        notes.append(f"left out {len(unlisted)} folder(s) that cannot be read: "
+                     f"{_some([os_error_message(e) for e in unlisted])}")
     if linked:
         notes.append(f"left out {linked} link(s) to folders inside the folders (name a folder to read it)")
     if repeated:
         notes.append(f"read once each: {_some(repeated)} (named twice)")
     return files, notes
-
-
-def _unlisted(e: OSError):
-    """os.walk's report of a folder it cannot list (no permission to read it)."""
-    raise CharrnnError(f"cannot read the folder {os_error_message(e)}")
 
 
 def _real(path: Path) -> Path:

@@ -2,6 +2,21 @@
 import errno
 
 
+def flag(name):
+    """The command-line spelling of a setting, for messages: max_steps -> --max-steps."""
+    return f"--{name.replace('_', '-')}"
+
+
+def as_flag(name, value=None):
+    """An option as the command line gives it, for messages: --top-k, or with a value --top-k 5."""
+    return flag(name) if value is None else f"{flag(name)} {value}"
+
+
+def as_keyword(name, value=None):
+    """An argument as a Python caller gives it, for the API's messages: top_k=, or top_k=5."""
+    return f"{name}=" if value is None else f"{name}={value!r}"
+
+
 class CharrnnError(Exception):
     """A known problem with the user's input: say what went wrong and what to do about it."""
 

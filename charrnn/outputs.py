@@ -1,9 +1,10 @@
 """Files a command writes beside what it prints: `plot --png`, `gradflow --png`, `inspect --html`.
 
-The path is checked before the work, so a name that cannot be written costs no measurement;
-its name must end as the file it will hold (.png, .html), so that a slip of the keyboard never
-writes a chart or a page over a checkpoint or a text. The file is written beside its place and
-renamed onto it: a write that fails (a full disk) leaves what was there.
+The path is checked before the work, so a name that is sure to fail (no such folder, a folder's
+name) costs no measurement; its name must end as the file it will hold (.png, .html), so that a
+slip of the keyboard never writes a chart or a page over a checkpoint or a text. The file is
+written beside its place and renamed onto it: a write that fails (a full disk) leaves what was
+there, and a link at the path is replaced by the file, not written through.
 """
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ def check_output(path, option: str, endings: tuple[str, ...]) -> Path:
     p = Path(path)
     if p.suffix.lower() not in endings or not p.stem:
         raise UsageError(f"{option} {str(path)!r}: give a file name ending in {' or '.join(endings)}")
-    if p.is_dir():
-        raise UsageError(f"{option} {path} is a folder; give a file name ending in {' or '.join(endings)}")
+    if p.is_dir():  # as a file where a folder should be: the file system's, exit 1
+        raise CharrnnError(f"cannot write {path}: it is a folder; give a file name ending in {' or '.join(endings)}")
     if not p.parent.is_dir():
         raise CharrnnError(f"cannot write {path}: there is no folder {p.parent}; create it, or choose another "
                            f"{option} path")

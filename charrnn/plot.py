@@ -106,7 +106,11 @@ def summary(m: Metrics) -> str:
 
 
 def _xy(d, key):
-    pts = [(s, v) for s, v in zip(d["step"], d[key]) if v is not None]
+    """The points of a series that a chart can draw, in the terminal and in the PNG: finite
+    (_number), and within ±DRAWABLE, where matplotlib's axes overflow as the terminal's do."""
+    from .termchart import DRAWABLE
+
+    pts = [(s, v) for s, v in zip(d["step"], d[key]) if v is not None and abs(s) < DRAWABLE and abs(v) < DRAWABLE]
     return [s for s, _ in pts], [v for _, v in pts]
 
 

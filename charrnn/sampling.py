@@ -33,9 +33,9 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from .checkpoint import load_checkpoint, resolve_checkpoint
-from .config import SAMPLE_RANGES, as_flag
+from .config import SAMPLE_RANGES
 from .corpus import Vocab
-from .errors import CharrnnError
+from .errors import CharrnnError, as_flag
 from .cells import CELLS
 from .kernels.generate import CODES, generate, offsets_table, teacher_force
 from .model import Layout, ModelSpec
@@ -153,8 +153,8 @@ def check_options(length=0, temperature=1.0, top_k=0, top_p=1.0, num_samples=1, 
     for name, value in given.items():
         if value not in SAMPLE_RANGES[name]:
             raise CharrnnError(f"{spell(name, value)} is out of range: it must be in {SAMPLE_RANGES[name]}")
-    if int(seed) != seed or seed < 0:
-        raise CharrnnError(f"{spell('seed', seed)} is out of range: it must be a whole number >= 0")
+    if int(seed) != seed or seed not in SAMPLE_RANGES["seed"]:
+        raise CharrnnError(f"{spell('seed', seed)} is out of range: it must be a whole number in {SAMPLE_RANGES['seed']}")
 
 
 def start_id(vocab: Vocab) -> int:

@@ -21,9 +21,9 @@ import numpy as np
 
 from . import __version__, distributed, memory
 from .checkpoint import load_checkpoint, remove_stale_temporaries, resolve_checkpoint, save_checkpoint
-from .config import MODEL_SETTINGS, OLDER_CHECKPOINTS, TrainConfig, check_init_overrides, check_resume_overrides, flag
+from .config import MODEL_SETTINGS, OLDER_CHECKPOINTS, TrainConfig, check_init_overrides, check_resume_overrides
 from .corpus import Corpus, Streams, Vocab, default_corpus, fit_batch_and_window, read_corpus, split, streams_held
-from .errors import CharrnnError, os_error_message
+from .errors import CharrnnError, flag, os_error_message
 from .evaluate import bits, evaluate
 from .model import ModelSpec, Stack, init_params, transplant
 from .optim import Optimizer, clip_by_norm, clip_by_value, learning_rate

@@ -1,5 +1,6 @@
 """Gradient flow: the series against finite differences, the decay theory predicts, and the CLI."""
 import json
+import os
 import sys
 
 import numpy as np
@@ -291,6 +292,15 @@ def test_cli_png_without_matplotlib_says_how_to_install(monkeypatch, tmp_path):
     assert r.exit_code == 1 and isinstance(r.exception, CharrnnError)
     assert "pip install" in str(r.exception) and "\n" not in str(r.exception)
     assert not (tmp_path / "g.png").exists()
+
+
+def test_a_checkpoint_whose_name_is_not_utf8_is_drawn(tmp_path):
+    # the legend held the name's lone surrogates: matplotlib's TypeError, an internal error
+    pytest.importorskip("matplotlib")
+    spec = ModelSpec("rnn", 5, 4, 1)
+    flow = gf.Flow(os.fsdecode(b"caf\xe9/best.npz"), spec, [gf.LayerFlow(0, np.array([1.0, 0.5, 0.25]), {}, {})])
+    gf.write_png([flow], tmp_path / "g.png")
+    assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_png(tmp_path):

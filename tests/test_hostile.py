@@ -119,6 +119,18 @@ def test_an_output_encoding_that_cannot_write_the_text_is_said_in_one_line(comma
     assert "PYTHONIOENCODING=utf-8" in line, line
 
 
+def test_what_numba_reads_but_the_environment_does_not_set_is_left_to_numba(tmp_path):
+    # an empty NUMBA_X= (as to unset it), and .numba_config.yaml's `opt: 3`, which numba warns it
+    # cannot read but whose setting it uses anyway: neither stops a command
+    pytest.importorskip("yaml")
+    (tmp_path / ".numba_config.yaml").write_text("opt: 3\n", encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), NUMBA_DISABLE_PERFORMANCE_WARNINGS="")
+    env.pop("NUMBA_OPT", None)
+    r = subprocess.run([sys.executable, "-m", "charrnn", "gradcheck", "--cell", "rnn", "--hidden", "4"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0 and "all tensors pass" in r.stdout, r.stderr
+
+
 def test_a_file_name_that_is_not_utf8_trains_saves_and_resumes(corpus, tmp_path):
     # its path, in the checkpoint's JSON, could not be encoded: no checkpoint was ever saved, and
     # the error blamed the locale. In a UTF-8 locale (strict, as PYTHONIOENCODING=utf-8 makes

@@ -82,7 +82,7 @@ def test_train_cli_and_validate_agree_at_each_bound(name, tmp_path):
 
 @pytest.mark.parametrize("name", sorted(SAMPLE_RANGES))
 def test_sample_cli_and_check_options_agree_at_each_bound(name, tmp_path):
-    checked = name in ("length", "temperature", "top_k", "top_p", "num_samples")
+    checked = name in ("length", "temperature", "top_k", "top_p", "num_samples", "seed")
     for value, inside in around(SAMPLE_RANGES[name], name not in ("temperature", "top_p")):
         if checked and inside:
             check_options(**{name: value})

@@ -9,22 +9,23 @@ import pytest
 from typer.testing import CliRunner
 
 from charrnn.cli import app
-from charrnn.errors import CharrnnError, UsageError
+from charrnn.errors import CharrnnError
 from charrnn.outputs import PNG, check_output, shown_name, write_output
+from test_hostile import main_exits
 from test_plot import _write_run
 
 runner = CliRunner()
 
 
 @pytest.mark.parametrize("name", ["chart", "chart.jpg", "best.npz", ".png", ""])
-def test_a_png_name_that_is_no_png_file_is_a_usage_error_before_anything_is_drawn(name, tmp_path, monkeypatch):
+def test_a_png_name_that_is_no_png_file_is_a_usage_error_before_anything_is_drawn(name, tmp_path, monkeypatch,
+                                                                                  capsys):
     # matplotlib wrote "chart" to chart.png and said "wrote chart"; "" wrote ./.png
     monkeypatch.chdir(tmp_path)
     (tmp_path / "best.npz").write_bytes(b"a model")
-    r = runner.invoke(app, ["plot", str(_write_run(tmp_path / "run")), "--png", name])
-    assert isinstance(r.exception, UsageError) and r.exception.exit_code == 2, r.output  # exit 2 (cli.main)
-    assert str(r.exception) == f"--png {str(Path(name))!r}: give a file name ending in .png"
-    assert r.stdout == ""  # no chart printed first
+    code, stderr = main_exits(monkeypatch, capsys, "plot", _write_run(tmp_path / "run"), "--png", name)
+    assert code == 2 and stderr == f"error: --png {str(Path(name))!r}: give a file name ending in .png\n"
+    assert capsys.readouterr().out == ""  # no chart printed first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.npz", "run"]
     assert (tmp_path / "best.npz").read_bytes() == b"a model"
 
@@ -37,8 +38,9 @@ def test_a_png_in_a_missing_folder_fails_before_the_charts(tmp_path):
 
 def test_a_folder_named_as_the_png_is_refused(tmp_path):
     (tmp_path / "p.png").mkdir()
-    with pytest.raises(UsageError, match="is a folder"):
+    with pytest.raises(CharrnnError, match="it is a folder") as e:
         check_output(tmp_path / "p.png", "--png", PNG)
+    assert e.value.exit_code == 1
 
 
 def test_plot_without_matplotlib_says_so_before_the_charts(tmp_path, monkeypatch):
