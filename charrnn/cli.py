@@ -372,23 +372,39 @@ def sample(
 ):
     """Generate text from a trained model, streaming it to stdout."""
     from .api import TrainedModel
+    from .corpus import model_text
     from .sampling import load_model, warm_up
 
     model = TrainedModel(load_model(checkpoint), spell=as_flag)
-    texts = model.stream(length, temperature=temperature, top_k=top_k, top_p=top_p, prime=prime, seed=seed,
-                         stop_at=stop_at, num_samples=num_samples)
+    encoding = model.config.get("encoding", "utf-8")
+    texts = model.stream(length, temperature=temperature, top_k=top_k, top_p=top_p, prime=model_text(prime, encoding),
+                         seed=seed, stop_at=model_text(stop_at, encoding), num_samples=num_samples)
     _first_call(lambda: warm_up(model.spec, model.params.dtype))
+    write = _writer(encoding)
     with _printing(newline_on_interrupt=True):
         for i, pieces in enumerate(texts):
             if i:
-                sys.stdout.write("-" * 40 + "\n")
+                write("-" * 40 + "\n")
             last = "\n"
             for piece in pieces:
-                sys.stdout.write(piece)
+                write(piece)
                 sys.stdout.flush()
                 last = piece[-1:] or last
             if last != "\n":
-                sys.stdout.write("\n")
+                write("\n")
+
+
+def _writer(encoding):
+    """How a model's text goes to stdout: a bytes model's characters are bytes, written as they
+    are (a character of UTF-8 text may come in two pieces); any other model's as text."""
+    if encoding != "bytes":
+        return sys.stdout.write
+
+    def write(text):
+        sys.stdout.flush()  # what went before, in order
+        sys.stdout.buffer.write(text.encode("latin-1"))
+
+    return write
 
 
 @app.command("eval")
@@ -433,9 +449,10 @@ def eval_(
         raise CharrnnError(f"{e} (or pass --skip-unknown to leave them out)") from None
     _first_call(lambda: warm_up_evaluate(model.spec, model.params.dtype))
     if per_line:
+        write = _writer(encoding or model.config.get("encoding", "utf-8"))  # the lines as the file holds them
         with _printing():
             for nats, line in zip(scores, lines):
-                sys.stdout.write(f"{nats:.4f}\t{line}\n")
+                write(f"{nats:.4f}\t{line}\n")
         if unscored:
             err.print(f"note: left out {unscored:,} line(s) made only of characters the model does not know",
                       markup=False, highlight=False)

@@ -70,6 +70,18 @@ def default_corpus() -> Path:
                        "pass a text file: charrnn train FILE")
 
 
+def model_text(text: str, encoding: str) -> str:
+    """Text typed by a person (a --prime, a --stop-at) as a model of `encoding` reads it: for a
+    bytes model, the characters of its UTF-8 bytes (a name's own bytes kept, os.fsencode)."""
+    return text.encode("utf-8", "surrogateescape").decode("latin-1") if encoding == "bytes" else text
+
+
+def shown_text(text: str, encoding: str) -> str:
+    """A model's text as a person reads it on a screen: a bytes model's bytes read as UTF-8 where
+    they form it (else U+FFFD); any other model's text as it is."""
+    return text.encode("latin-1").decode("utf-8", "replace") if encoding == "bytes" else text
+
+
 def check_encoding(encoding: str) -> str:
     """The canonical name of an encoding (one of ENCODINGS), or a CharrnnError."""
     name = str(encoding).strip().lower()

@@ -22,7 +22,8 @@ import numpy as np
 from . import __version__, distributed, memory
 from .checkpoint import load_checkpoint, remove_stale_temporaries, resolve_checkpoint, save_checkpoint
 from .config import MODEL_SETTINGS, OLDER_CHECKPOINTS, TrainConfig, check_init_overrides, check_resume_overrides
-from .corpus import Corpus, Streams, Vocab, default_corpus, fit_batch_and_window, read_corpus, split, streams_held
+from .corpus import (Corpus, Streams, Vocab, default_corpus, fit_batch_and_window, read_corpus, shown_text, split,
+                     streams_held)
 from .errors import CharrnnError, flag, os_error_message
 from .evaluate import bits, evaluate
 from .model import ModelSpec, Stack, init_params, transplant
@@ -477,6 +478,7 @@ class Trainer:
         header = SAMPLE_HEADER.format(step=self.step, epoch=self.epoch(), val=val,
                                       temperature=self.cfg.sample_temperature)
         path = self.run_dir / SAMPLES_FILE
+        text = shown_text(text, self.cfg.encoding)  # a bytes model's bytes, as the UTF-8 text they mostly are
         try:
             with open(path, "a", encoding="utf-8", errors="surrogatepass") as f:
                 f.write(f"{header}\n{text}\n\n")

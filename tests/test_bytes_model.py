@@ -1,0 +1,61 @@
+"""A model of `--encoding bytes` (its characters are the bytes 0-255) trained on UTF-8 text: what
+a person types is read as its UTF-8 bytes, and what the model writes goes out as bytes, so that
+the text reads as UTF-8 rather than as one Latin-1 character per byte ('cafÃ©')."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import charrnn
+from charrnn.corpus import model_text, shown_text
+from test_train import config, train_steps
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXT = "".join(f"le café {i % 7} est chaud, naïve {i % 5} 天気\n" for i in range(40))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bytes")
+    (tmp / "t.txt").write_text(TEXT, encoding="utf-8")
+    train_steps(config(tmp / "t.txt", tmp, encoding="bytes", hidden=16, layers=1, eval_every=10), tmp / "r", 10)
+    return tmp
+
+
+def charrnn_cli(*args):
+    return subprocess.run([sys.executable, "-m", "charrnn", *map(str, args)], capture_output=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def test_what_a_person_types_is_read_as_its_utf8_bytes():
+    assert model_text("café", "bytes") == "caf\u00c3\u00a9" and model_text("café", "utf-8") == "café"
+    assert shown_text("caf\u00c3\u00a9 \u00e5\u00a4", "bytes") == "café \ufffd"  # a torn character: U+FFFD
+    assert shown_text("cafÃ©", "latin-1") == "cafÃ©"
+
+
+def test_sample_writes_the_models_bytes_and_reads_its_prime_as_utf8(run):
+    # the prime 'café' was refused (no character U+00E9 among bytes), and samples printed 'cafÃ©'
+    r = charrnn_cli("sample", run / "r", "--length", 80, "--seed", 4, "--prime", "le café", "--stop-at", "天")
+    assert r.returncode == 0, r.stderr
+    model = charrnn.load(run / "r")
+    want = model.sample(80, seed=4, prime=model_text("le café", "bytes"), stop_at=model_text("天", "bytes"))
+    assert r.stdout == want.encode("latin-1") + (b"" if want.endswith("\n") else b"\n")
+    assert r.stdout.startswith("le café".encode("utf-8"))
+
+
+def test_eval_per_line_writes_a_bytes_models_lines_as_the_file_holds_them(run):
+    lines = run / "lines.txt"
+    lines.write_text("le café est chaud\nnaïve 天気\n", encoding="utf-8")
+    r = charrnn_cli("eval", run / "r", lines, "--per-line")
+    assert r.returncode == 0, r.stderr
+    assert [row.split(b"\t", 1)[1] for row in r.stdout.splitlines()] == [l.encode() for l in
+                                                                        ("le café est chaud", "naïve 天気")]
+
+
+def test_samples_while_training_read_as_utf8(run, tmp_path):
+    trainer = train_steps(config(run / "t.txt", tmp_path, encoding="bytes", hidden=16, layers=1, sample_every=2,
+                                 sample_length=60), tmp_path / "s", 2)
+    written = (tmp_path / "s" / "samples.txt").read_text(encoding="utf-8")
+    assert shown_text(trainer.sample(), "bytes") in written
