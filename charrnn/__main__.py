@@ -20,14 +20,26 @@ def numba_unreadable(names=r"\w+") -> str:
 
 
 def numba_values_must_be_read():
-    """numba warns, with a traceback in the text, that it cannot read a NUMBA_* variable, and
-    goes on without it; as an error it becomes cli's one line ("numba cannot start"), exit 1.
-    Only for the variables set, not empty (NUMBA_X= cmd, as to unset it), in the environment:
-    numba reads .numba_config.yaml too, whose `opt: 3` (a number, where numba wants text) it
-    refuses but would use the same setting anyway."""
+    """numba warns, with a traceback in the text, that it cannot read a NUMBA_* value, and goes
+    on without it. For a variable set, not empty, in the environment that is an error, which
+    cli says in one line ("numba cannot start"), exit 1. An empty one (NUMBA_X= cmd, as to
+    unset it) and a value of .numba_config.yaml, which numba reads too (its `opt: 3` is a
+    number, where numba wants text), get one line saying numba goes on without it."""
     names = [re.escape(k) for k, v in os.environ.items() if k.startswith("NUMBA_") and v]
     if names:
         warnings.filterwarnings("error", numba_unreadable("|".join(names)), RuntimeWarning, r"numba\.core\.config")
+    shown = warnings.showwarning
+
+    def one_line(message, category, *args, **kwargs):
+        unreadable = re.match(numba_unreadable(), str(message)) if category is RuntimeWarning else None
+        if unreadable is None:
+            return shown(message, category, *args, **kwargs)
+        why = [line for line in str(message).splitlines() if line.strip()][-1].rstrip(".")
+        where = "" if unreadable["name"] in os.environ else " from .numba_config.yaml"
+        sys.stderr.write(f"note: numba cannot read {unreadable['name']}={unreadable['value']!r}{where} ({why}) "
+                         "and goes on without it\n")
+
+    warnings.showwarning = one_line
 
 
 def command_named(args) -> str:

@@ -98,12 +98,15 @@ _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 def _unescape(value: str) -> str:
     """TEXT with \\n, \\t, \\r, \\\\, \\xHH and \\uHHHH replaced by what they stand for; any other
     backslash is a usage error."""
-    import re
 
     def one(m):
         code = m.group(1)
         if code in _ESCAPES:
             return _ESCAPES[code]
+        if code[:1] == "x" and len(code) > 1 and int(code[1:], 16) >= 0x80:
+            # a byte, held as Python holds one that is no UTF-8: corpus.model_text reads it as
+            # that byte for a bytes model, else as the character of its code
+            return chr(0xDC00 + int(code[1:], 16))
         if code[:1] in ("x", "u") and len(code) > 1:
             return chr(int(code[1:], 16))
         shown = "a backslash at the end" if not code else f"\\{code}"
@@ -167,6 +170,7 @@ def train(
     Started by `mpiexec -n R` (or srun), R processes train one model, each on its share of the --batch streams; this needs mpi4py (README: Training on a cluster).
     """
     from .config import TrainConfig, check_resume_overrides
+    from .corpus import check_encoding, model_text
     from .distributed import world
     from .train import Interrupted, Trainer, fine_tune_settings, new_run_dir
 
@@ -194,6 +198,7 @@ def train(
                           sample_length=sample_length, sample_temperature=sample_temperature, **stops)
         if init_from is not None:  # the model's settings, from the trained model
             cfg = TrainConfig(**{**cfg.to_dict(), **fine_tune_settings(init_from, given)})
+        cfg.doc_sep = model_text(cfg.doc_sep, check_encoding(cfg.encoding), "--doc-sep")
         trainer = Trainer(cfg.validate(), new_run_dir(cfg), say=say)
     cfg = trainer.cfg
     if not quiet:
@@ -344,7 +349,9 @@ def _set_up():
 @contextmanager
 def _printing(newline_on_interrupt=False):
     """Around printing a stream of text: a reader that stops reading (`| head`) ends it quietly
-    with exit 1; Ctrl-C ends it with 130."""
+    with exit 1; Ctrl-C ends it with 130. A closed stdout (`>&-`) is an error before it starts."""
+    if sys.stdout is None:
+        raise CharrnnError("standard output is closed (>&-): there is nowhere to write the text")
     try:
         yield
         sys.stdout.flush()
@@ -377,11 +384,12 @@ def sample(
 
     model = TrainedModel(load_model(checkpoint), spell=as_flag)
     encoding = model.config.get("encoding", "utf-8")
-    texts = model.stream(length, temperature=temperature, top_k=top_k, top_p=top_p, prime=model_text(prime, encoding),
-                         seed=seed, stop_at=model_text(stop_at, encoding), num_samples=num_samples)
+    texts = model.stream(length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                         prime=model_text(prime, encoding, "--prime"), stop_at=model_text(stop_at, encoding, "--stop-at"),
+                         num_samples=num_samples)
     _first_call(lambda: warm_up(model.spec, model.params.dtype))
-    write = _writer(encoding)
     with _printing(newline_on_interrupt=True):
+        write = _writer(encoding)
         for i, pieces in enumerate(texts):
             if i:
                 write("-" * 40 + "\n")
@@ -399,12 +407,8 @@ def _writer(encoding):
     are (a character of UTF-8 text may come in two pieces); any other model's as text."""
     if encoding != "bytes":
         return sys.stdout.write
-
-    def write(text):
-        sys.stdout.flush()  # what went before, in order
-        sys.stdout.buffer.write(text.encode("latin-1"))
-
-    return write
+    sys.stdout.flush()  # what went before, in order; nothing goes through the text layer after
+    return lambda text: sys.stdout.buffer.write(text.encode("latin-1"))
 
 
 @app.command("eval")
@@ -449,8 +453,8 @@ def eval_(
         raise CharrnnError(f"{e} (or pass --skip-unknown to leave them out)") from None
     _first_call(lambda: warm_up_evaluate(model.spec, model.params.dtype))
     if per_line:
-        write = _writer(encoding or model.config.get("encoding", "utf-8"))  # the lines as the file holds them
         with _printing():
+            write = _writer(encoding or model.config.get("encoding", "utf-8"))  # the lines as the file holds them
             for nats, line in zip(scores, lines):
                 write(f"{nats:.4f}\t{line}\n")
         if unscored:

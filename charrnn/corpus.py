@@ -31,6 +31,7 @@ import codecs
 import hashlib
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,16 +71,29 @@ def default_corpus() -> Path:
                        "pass a text file: charrnn train FILE")
 
 
-def model_text(text: str, encoding: str) -> str:
-    """Text typed by a person (a --prime, a --stop-at) as a model of `encoding` reads it: for a
-    bytes model, the characters of its UTF-8 bytes (a name's own bytes kept, os.fsencode)."""
-    return text.encode("utf-8", "surrogateescape").decode("latin-1") if encoding == "bytes" else text
+def model_text(text: str, encoding: str, what: str) -> str:
+    """Text a person typed (--prime, --stop-at, --doc-sep, escapes read: cli._unescape) as a
+    model of `encoding` reads it. A byte typed as \x80-\xff, or typed so that it is no UTF-8,
+    comes as a lone surrogate U+DC80-U+DCFF, as Python holds such bytes: a bytes model reads
+    the text as its UTF-8 bytes and such a byte as itself; any other model reads such a byte
+    as the character of its code, as Latin-1 does (\xe9: e-acute). Any other lone surrogate is
+    no text: a usage error naming `what`."""
+    bad = next((c for c in text if 0xD800 <= ord(c) <= 0xDFFF and not 0xDC80 <= ord(c) <= 0xDCFF), None)
+    if bad is not None:
+        raise UsageError(f"{what} holds the lone surrogate U+{ord(bad):04X}, which no text holds; choose another")
+    if encoding == "bytes":
+        return text.encode("utf-8", "surrogateescape").decode("latin-1")
+    return _BYTE.sub(lambda m: chr(ord(m[0]) - 0xDC00), text)
 
 
-def shown_text(text: str, encoding: str) -> str:
-    """A model's text as a person reads it on a screen: a bytes model's bytes read as UTF-8 where
-    they form it (else U+FFFD); any other model's text as it is."""
-    return text.encode("latin-1").decode("utf-8", "replace") if encoding == "bytes" else text
+_BYTE = re.compile("[\udc80-\udcff]")
+
+
+def shown_text(text: str, encoding: str, errors="replace") -> str:
+    """A model's text as a person reads it: a bytes model's bytes read as UTF-8 where they form
+    it, else U+FFFD (errors="surrogateescape" keeps such bytes, for a file); any other model's
+    text as it is."""
+    return text.encode("latin-1").decode("utf-8", errors) if encoding == "bytes" else text
 
 
 def check_encoding(encoding: str) -> str:
@@ -386,12 +400,19 @@ def list_files(inputs) -> tuple[list[Path], list[str]]:
     read once, where it first appears. A link to a file is read as the file; a link to a folder
     is not followed (as find and grep -r do not: it may lead up the tree, or round in a loop),
     and is counted in the notes; name its folder to read it. A folder inside that cannot be
-    listed (no permission: lost+found at the top of a disk) is left out with a note naming it."""
+    listed (no permission: lost+found at the top of a disk) is left out with a note naming it;
+    a folder given that cannot be listed is an error, as a file given that cannot be read is."""
     files, seen, hidden, special, linked, repeated, empty, unlisted = [], set(), 0, 0, 0, [], [], []
     for given in map(Path, inputs):
         if given.is_dir():
             found = []
-            for folder, dirs, names in os.walk(given, onerror=unlisted.append):
+
+            def unreadable(e: OSError, top=str(given)):
+                if e.filename == top:
+                    raise CharrnnError(f"cannot read {os_error_message(e)}")
+                unlisted.append(e)
+
+            for folder, dirs, names in os.walk(given, onerror=unreadable):
                 hidden += sum(map(_hidden, dirs)) + sum(map(_hidden, names))
                 dirs[:] = [d for d in dirs if not _hidden(d)]
                 linked += sum(os.path.islink(os.path.join(folder, d)) for d in dirs)  # os.walk leaves them
@@ -423,8 +444,9 @@ def list_files(inputs) -> tuple[list[Path], list[str]]:
     if empty:
         notes.append(f"no files to read in {_some(empty)}")
     if unlisted:
+        why = os_error_message(OSError(unlisted[0].errno, unlisted[0].strerror))  # the reason, without a path
         notes.append(f"left out {len(unlisted)} folder(s) that cannot be read: "
-                     f"{_some([os_error_message(e) for e in unlisted])}")
+                     f"{_some(sorted(str(e.filename) for e in unlisted))} ({why})")
     if linked:
         notes.append(f"left out {linked} link(s) to folders inside the folders (name a folder to read it)")
     if repeated:

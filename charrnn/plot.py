@@ -106,11 +106,12 @@ def summary(m: Metrics) -> str:
 
 
 def _xy(d, key):
-    """The points of a series that a chart can draw, in the terminal and in the PNG: finite
-    (_number), and within ±DRAWABLE, where matplotlib's axes overflow as the terminal's do."""
+    """The points of a series: those with a finite value (_number); a value beyond ±DRAWABLE,
+    where matplotlib's axes overflow as the terminal's do, is NaN, a gap in the line on both."""
     from .termchart import DRAWABLE
 
-    pts = [(s, v) for s, v in zip(d["step"], d[key]) if v is not None and abs(s) < DRAWABLE and abs(v) < DRAWABLE]
+    pts = [(s, v if abs(v) < DRAWABLE else math.nan) for s, v in zip(d["step"], d[key])
+           if v is not None and abs(s) < DRAWABLE]  # a step beyond it is no step of a run
     return [s for s, _ in pts], [v for _, v in pts]
 
 

@@ -478,13 +478,12 @@ class Trainer:
         header = SAMPLE_HEADER.format(step=self.step, epoch=self.epoch(), val=val,
                                       temperature=self.cfg.sample_temperature)
         path = self.run_dir / SAMPLES_FILE
-        text = shown_text(text, self.cfg.encoding)  # a bytes model's bytes, as the UTF-8 text they mostly are
-        try:
-            with open(path, "a", encoding="utf-8", errors="surrogatepass") as f:
-                f.write(f"{header}\n{text}\n\n")
+        try:  # a bytes model's bytes, as `charrnn sample` writes them (surrogateescape)
+            with open(path, "a", encoding="utf-8", errors="surrogateescape") as f:
+                f.write(f"{header}\n{shown_text(text, self.cfg.encoding, 'surrogateescape')}\n\n")
         except OSError as e:
             raise CharrnnError(os_error_message(e, path)) from None
-        self.say(f"{header}\n{text}")
+        self.say(f"{header}\n{shown_text(text, self.cfg.encoding)}")  # on a screen, as UTF-8 with U+FFFD
 
     def _open_run_dir(self):
         """With the folder locked: refuse to overwrite another run, remove what killed saves left,

@@ -2,6 +2,7 @@
 a person types is read as its UTF-8 bytes, and what the model writes goes out as bytes, so that
 the text reads as UTF-8 rather than as one Latin-1 character per byte ('cafÃ©')."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,8 @@ import pytest
 
 import charrnn
 from charrnn.corpus import model_text, shown_text
+from charrnn.config import TrainConfig
+from charrnn.errors import UsageError
 from test_train import config, train_steps
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,9 +33,30 @@ def charrnn_cli(*args):
 
 
 def test_what_a_person_types_is_read_as_its_utf8_bytes():
-    assert model_text("café", "bytes") == "caf\u00c3\u00a9" and model_text("café", "utf-8") == "café"
+    assert model_text("café", "bytes", "--prime") == "caf\u00c3\u00a9"
+    assert model_text("café", "utf-8", "--prime") == "café"
+    # a byte typed as \xfe (cli._unescape), or typed as no UTF-8: that byte, or to a text model U+00FE
+    assert model_text("a\udcfe", "bytes", "--stop-at") == "a\u00fe" == model_text("a\udcfe", "utf-8", "--stop-at")
+    with pytest.raises(UsageError, match="--stop-at holds the lone surrogate U\\+D800"):
+        model_text("\ud800", "bytes", "--stop-at")
     assert shown_text("caf\u00c3\u00a9 \u00e5\u00a4", "bytes") == "café \ufffd"  # a torn character: U+FFFD
+    assert shown_text("caf\u00c3\u00a9 \u00e5", "bytes", "surrogateescape") == "café \udce5"  # for a file
     assert shown_text("cafÃ©", "latin-1") == "cafÃ©"
+
+
+@pytest.mark.parametrize("encoding, typed, stored", [("bytes", r"\xfe", "\u00fe"), ("bytes", "§", "\u00c2\u00a7"),
+                                                     ("utf-8", r"\xfe", "\u00fe"), ("utf-8", "§", "§")])
+def test_a_separator_and_a_stop_text_typed_alike_are_read_alike(encoding, typed, stored, tmp_path):
+    # --stop-at read '\xfe' and '§' as UTF-8 bytes where --doc-sep read them as one byte each: a
+    # bytes model could not stop where a document ends
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / name).write_text(TEXT, encoding="utf-8")
+    r = charrnn_cli("train", tmp_path / "a.txt", tmp_path / "b.txt", "--encoding", encoding, "--doc-sep", typed,
+                    "--hidden", 8, "--max-steps", 3, "--time-limit", 0, "--out-dir", tmp_path, "--run", "r", "-q")
+    assert r.returncode == 0, r.stderr
+    assert charrnn.load(tmp_path / "r").config["doc_sep"] == stored
+    r = charrnn_cli("sample", tmp_path / "r", "--length", 30, "--stop-at", typed)
+    assert r.returncode == 0, r.stderr
 
 
 def test_sample_writes_the_models_bytes_and_reads_its_prime_as_utf8(run):
@@ -40,7 +64,7 @@ def test_sample_writes_the_models_bytes_and_reads_its_prime_as_utf8(run):
     r = charrnn_cli("sample", run / "r", "--length", 80, "--seed", 4, "--prime", "le café", "--stop-at", "天")
     assert r.returncode == 0, r.stderr
     model = charrnn.load(run / "r")
-    want = model.sample(80, seed=4, prime=model_text("le café", "bytes"), stop_at=model_text("天", "bytes"))
+    want = model.sample(80, seed=4, prime=model_text("le café", "bytes", ""), stop_at=model_text("天", "bytes", ""))
     assert r.stdout == want.encode("latin-1") + (b"" if want.endswith("\n") else b"\n")
     assert r.stdout.startswith("le café".encode("utf-8"))
 
@@ -57,5 +81,12 @@ def test_eval_per_line_writes_a_bytes_models_lines_as_the_file_holds_them(run):
 def test_samples_while_training_read_as_utf8(run, tmp_path):
     trainer = train_steps(config(run / "t.txt", tmp_path, encoding="bytes", hidden=16, layers=1, sample_every=2,
                                  sample_length=60), tmp_path / "s", 2)
-    written = (tmp_path / "s" / "samples.txt").read_text(encoding="utf-8")
-    assert shown_text(trainer.sample(), "bytes") in written
+    written = (tmp_path / "s" / "samples.txt").read_bytes()
+    assert trainer.sample().encode("latin-1") in written  # every byte, as `charrnn sample` writes them
+
+
+def test_a_separator_of_characters_above_a_byte_is_refused_where_nothing_reads_it_as_utf8():
+    # the command line reads --doc-sep as its UTF-8 bytes for a bytes run (above); a config made
+    # in Python takes the characters as they are, and one above U+00FF is no byte
+    with pytest.raises(UsageError, match=re.escape("--doc-sep '\\u2028' is not made of bytes")):
+        TrainConfig(encoding="bytes", doc_sep="\u2028").validate()

@@ -116,8 +116,11 @@ def test_a_folder_that_cannot_be_listed_is_left_out_with_a_note(tree, monkeypatc
     monkeypatch.setattr(corpus_module.os, "walk", denied)
     files, notes = list_files([tree / "notes"])
     assert [p.relative_to(tree).as_posix() for p in files if "sub" in p.parts] == []
-    assert f"left out 1 folder(s) that cannot be read: {tree / 'notes' / 'sub'}: Permission denied; check the " \
-           "permissions of the path" in notes
+    assert f"left out 1 folder(s) that cannot be read: {tree / 'notes' / 'sub'} (Permission denied; check the " \
+           "permissions of the path)" in notes
+    with pytest.raises(CharrnnError) as e:  # the folder given itself: as a file given that cannot be read
+        list_files([tree / "notes" / "sub"])
+    assert str(e.value) == f"cannot read {tree / 'notes' / 'sub'}: Permission denied; check the permissions of the path"
 
 
 @pytest.mark.parametrize("inputs", [["loop"], ["a.txt", "loop"], ["notes"]])

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from charrnn.cli import app
 from charrnn.errors import CharrnnError
-from charrnn.plot import read_metrics, summary
+from charrnn.plot import _xy, read_metrics, summary
 from charrnn.termchart import MARKERS, line_chart, nice_ticks
 
 runner = CliRunner()
@@ -96,6 +96,10 @@ def test_points_too_large_to_scale_leave_a_gap(tmp_path):
         for step, loss in ((5, 1e308), (6, -1e308), (7, 2.0))))
     r = runner.invoke(app, ["plot", str(tmp_path)])
     assert r.exit_code == 0, r.output
+    # in the metrics, such a value is a gap in the line, as in the terminal's chart, not left out
+    # (which drew a straight line across a blow-up)
+    m = read_metrics(tmp_path)
+    assert _xy(m.train, "loss")[0] == [5, 6, 7] and np.isnan(_xy(m.train, "loss")[1][:2]).all()
     pytest.importorskip("matplotlib")  # whose axes overflowed too: an internal error after the charts
     r = runner.invoke(app, ["plot", str(tmp_path), "--png", str(tmp_path / "p.png")])
     assert r.exit_code == 0, r.output
