@@ -379,11 +379,14 @@ def sample(
 ):
     """Generate text from a trained model, streaming it to stdout."""
     from .api import TrainedModel
-    from .corpus import model_text
+    from .corpus import check_typed_bytes, model_text
     from .sampling import load_model, warm_up
 
     model = TrainedModel(load_model(checkpoint), spell=as_flag)
     encoding = model.config.get("encoding", "utf-8")
+    if encoding == "bytes":  # a character it lacks is named as typed, not as its bytes
+        for option, typed in (("--prime", prime), ("--stop-at", stop_at)):
+            check_typed_bytes(typed, model._vocab, option)
     texts = model.stream(length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                          prime=model_text(prime, encoding, "--prime"), stop_at=model_text(stop_at, encoding, "--stop-at"),
                          num_samples=num_samples)

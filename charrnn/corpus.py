@@ -89,6 +89,22 @@ def model_text(text: str, encoding: str, what: str) -> str:
 _BYTE = re.compile("[\udc80-\udcff]")
 
 
+def check_typed_bytes(text: str, vocab: "Vocab", what: str) -> None:
+    """For a bytes model: a CharrnnError naming each character of typed `text` whose UTF-8 bytes
+    the model never saw, as typed and as bytes (Vocab.encode would name the bytes as Latin-1
+    characters: 'â', '\\x82', '¬' for '€')."""
+    known = set(vocab.chars)
+    lacking = [c for c in dict.fromkeys(text) if not known.issuperset(model_text(c, "bytes", what))]
+    if lacking:
+        def one(c):  # a byte typed as such (a lone surrogate, model_text) as \xHH
+            typed = f"'\\x{ord(c) - 0xDC00:02x}'" if 0xDC80 <= ord(c) <= 0xDCFF else repr(c)
+            return f"{typed} ({model_text(c, 'bytes', what).encode('latin-1').hex(' ')})"
+
+        shown = ", ".join(map(one, lacking))
+        raise CharrnnError(f"{what} has {len(lacking)} character(s) whose bytes the model never saw: {shown}; "
+                           "use only characters that occur in the training text")
+
+
 def shown_text(text: str, encoding: str, errors="replace") -> str:
     """A model's text as a person reads it: a bytes model's bytes read as UTF-8 where they form
     it, else U+FFFD (errors="surrogateescape" keeps such bytes, for a file); any other model's
