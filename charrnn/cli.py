@@ -386,7 +386,7 @@ def sample(
     encoding = model.config.get("encoding", "utf-8")
     if encoding == "bytes":  # a character it lacks is named as typed, not as its bytes
         for option, typed in (("--prime", prime), ("--stop-at", stop_at)):
-            check_typed_bytes(typed, model._vocab, option)
+            check_typed_bytes(typed, model.vocab, option)
     texts = model.stream(length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                          prime=model_text(prime, encoding, "--prime"), stop_at=model_text(stop_at, encoding, "--stop-at"),
                          num_samples=num_samples)

@@ -89,11 +89,11 @@ def model_text(text: str, encoding: str, what: str) -> str:
 _BYTE = re.compile("[\udc80-\udcff]")
 
 
-def check_typed_bytes(text: str, vocab: "Vocab", what: str) -> None:
-    """For a bytes model: a CharrnnError naming each character of typed `text` whose UTF-8 bytes
-    the model never saw, as typed and as bytes (Vocab.encode would name the bytes as Latin-1
+def check_typed_bytes(text: str, chars, what: str) -> None:
+    """For a bytes model, whose characters are `chars`: a CharrnnError naming each character of
+    typed `text` whose UTF-8 bytes the model never saw, as typed and as bytes (Vocab.encode would name the bytes as Latin-1
     characters: 'â', '\\x82', '¬' for '€')."""
-    known = set(vocab.chars)
+    known = set(chars)
     lacking = [c for c in dict.fromkeys(text) if not known.issuperset(model_text(c, "bytes", what))]
     if lacking:
         def one(c):  # a byte typed as such (a lone surrogate, model_text) as \xHH
