@@ -349,9 +349,7 @@ def _set_up():
 @contextmanager
 def _printing(newline_on_interrupt=False):
     """Around printing a stream of text: a reader that stops reading (`| head`) ends it quietly
-    with exit 1; Ctrl-C ends it with 130. A closed stdout (`>&-`) is an error before it starts."""
-    if sys.stdout is None:
-        raise CharrnnError("standard output is closed (>&-): there is nowhere to write the text")
+    with exit 1; Ctrl-C ends it with 130. (A closed stdout is refused before any command: _main.)"""
     try:
         yield
         sys.stdout.flush()
@@ -733,7 +731,12 @@ def main():
 
 
 def _main():
+    from .__main__ import command_named
+
     try:
+        if sys.stdout is None and command_named(sys.argv[1:]) not in ("train", ""):
+            # `>&-`: what the command is for would go nowhere (train's result is its checkpoints)
+            raise CharrnnError("standard output is closed (>&-): there is nowhere to write the result")
         code = app(standalone_mode=False)  # usage errors come here, to be said in one line
     except CharrnnError as e:
         _print_error(str(e))

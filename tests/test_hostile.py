@@ -185,9 +185,9 @@ def test_options_out_of_range_or_in_conflict_are_usage_errors(args, message, cor
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("command", ["sample", "eval --per-line"])
+@pytest.mark.parametrize("command", ["sample", "eval --per-line", "eval", "gradcheck"])
 def test_a_closed_stdout_is_one_line(command, tmp_path):
-    # `charrnn sample CKPT >&-`: an internal error (sys.stdout is None)
+    # `charrnn sample CKPT >&-`: an internal error (sys.stdout is None); eval's figures went nowhere, exit 0
     from charrnn.checkpoint import save_checkpoint
     from charrnn.model import ModelSpec, init_params
 
@@ -196,12 +196,14 @@ def test_a_closed_stdout_is_one_line(command, tmp_path):
     save_checkpoint(tmp_path / "best.npz", {"params": init_params(spec, np.random.default_rng(0), np.float32)},
                     {"config": config, "vocab": ["a", "b", "\n"]})
     (tmp_path / "t.txt").write_text("ab\nba\n", encoding="utf-8")
-    args = {"sample": ["--length", "20"], "eval --per-line": [tmp_path / "t.txt", "--per-line"]}[command]
-    r = subprocess.run([sys.executable, "-m", "charrnn", command.split()[0], str(tmp_path / "best.npz"), *map(str, args)],
+    args = {"sample": [tmp_path / "best.npz", "--length", "20"], "eval": [tmp_path / "best.npz", tmp_path / "t.txt"],
+            "eval --per-line": [tmp_path / "best.npz", tmp_path / "t.txt", "--per-line"],
+            "gradcheck": ["--cell", "rnn", "--hidden", "4"]}[command]
+    r = subprocess.run([sys.executable, "-m", "charrnn", command.split()[0], *map(str, args)],
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300,
                        preexec_fn=lambda: os.close(1), env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert r.returncode == 1 and one_line(r.stderr) == ("error: standard output is closed (>&-): there is nowhere to "
-                                                        "write the text")
+                                                        "write the result")
 
 
 def test_a_bug_of_ours_is_one_line_and_can_show_its_traceback(tmp_path, monkeypatch, capsys):
