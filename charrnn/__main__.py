@@ -19,6 +19,16 @@ def numba_unreadable(names=r"\w+") -> str:
     return rf"Environment variable '(?P<name>{names})' is defined but its associated value '(?P<value>.*)'"
 
 
+def numba_cannot_read(message: str):
+    """(NAME='value', NAME, the reason) from numba's warning text that it cannot read a value;
+    None for any other text."""
+    unreadable = re.match(numba_unreadable(), message)
+    if unreadable is None:
+        return None
+    why = [line.strip() for line in message.splitlines() if line.strip()][-1].rstrip(".")  # its exception's line
+    return f"{unreadable['name']}={unreadable['value']!r}", unreadable["name"], why
+
+
 def numba_values_must_be_read():
     """numba warns, with a traceback in the text, that it cannot read a NUMBA_* value, and goes
     on without it. For a variable set, not empty, in the environment that is an error, which
@@ -31,13 +41,12 @@ def numba_values_must_be_read():
     shown = warnings.showwarning
 
     def one_line(message, category, *args, **kwargs):
-        unreadable = re.match(numba_unreadable(), str(message)) if category is RuntimeWarning else None
+        unreadable = numba_cannot_read(str(message)) if category is RuntimeWarning else None
         if unreadable is None:
             return shown(message, category, *args, **kwargs)
-        why = [line for line in str(message).splitlines() if line.strip()][-1].rstrip(".")
-        where = "" if unreadable["name"] in os.environ else " from .numba_config.yaml"
-        sys.stderr.write(f"note: numba cannot read {unreadable['name']}={unreadable['value']!r}{where} ({why}) "
-                         "and goes on without it\n")
+        value, name, why = unreadable
+        where = "" if name in os.environ else " from .numba_config.yaml"
+        sys.stderr.write(f"note: numba cannot read {value}{where} ({why}) and goes on without it\n")
 
     warnings.showwarning = one_line
 

@@ -62,7 +62,7 @@ def load(path) -> TrainedModel:
 
 
 # Checks of the arguments' types: a wrong type is a CharrnnError, as every error here is, that names
-# the argument as a caller writes it (length=), as do the bounds' messages (config.as_keyword). The
+# the argument as a caller writes it (length=), as do the bounds' messages (errors.as_keyword). The
 # bounds stay config.py's, checked where the CLI's values are checked too (sampling.check_options,
 # _batch_window).
 
@@ -106,7 +106,7 @@ class TrainedModel:
 
     def __init__(self, loaded, spell=as_keyword):
         """From sampling.load_model's result; use charrnn.load(path). spell: how messages name
-        an argument (config.as_keyword; the command line's as_flag)."""
+        an argument (errors.as_keyword; the command line's as_flag)."""
         self.spec, self.params, self.config, self.path = loaded.spec, loaded.params, loaded.config, loaded.path
         self._spell = spell
         self._vocab = loaded.vocab
@@ -188,7 +188,8 @@ class TrainedModel:
         utf-8, latin-1 or bytes; default: the checkpoint's. Unknown characters: as in encode(),
         the file named by its path."""
         try:
-            ids, chars = read_ids(_require_path("encode_file()", path), encoding or self.config.get("encoding", "utf-8"))
+            encoding = encoding or self.config.get("encoding", "utf-8")
+            ids, chars = read_ids(_require_path("encode_file()", path), encoding)
         except CharrnnError as e:  # the reader's advice names the command line's flag and a value
             said = re.sub(f"--encoding ({'|'.join(ENCODINGS)})", lambda m: self._spell("encoding", m[1]), str(e))
             raise type(e)(said) from None
@@ -277,7 +278,8 @@ class TrainedModel:
             try:
                 a = np.asarray(a)
             except ValueError:
-                raise CharrnnError(f"state[{name!r}] has rows of different lengths; this model's shape is {shape}") from None
+                raise CharrnnError(f"state[{name!r}] has rows of different lengths; this model's shape is "
+                                   f"{shape}") from None
             if a.shape != shape:
                 raise CharrnnError(f"state[{name!r}] has shape {np.shape(a)}; this model's is {shape}")
             # numpy would drop a complex number's imaginary part and keep NaN, and a number

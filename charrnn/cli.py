@@ -748,13 +748,15 @@ def _main():
         _print_error("out of memory; use a smaller model, batch or window, or free some memory")
         raise SystemExit(1)
     except UnicodeEncodeError as e:  # PYTHONIOENCODING=ascii, or an old locale without UTF-8
-        code = ord(e.object[e.start])
-        if 0xDC80 <= code <= 0xDCFF:  # a byte of a name that is not UTF-8 (os.fsdecode)
-            _print_error(f"a file or folder name holds the byte 0x{code - 0xDC00:02X}, which is not UTF-8 and cannot "
+        from .corpus import held_byte
+
+        byte = held_byte(e.object[e.start])
+        if byte is not None:  # a byte of a name that is not UTF-8 (os.fsdecode)
+            _print_error(f"a file or folder name holds the byte 0x{byte:02X}, which is not UTF-8 and cannot "
                          "be written here; rename it")
         else:
-            _print_error(f"the character U+{code:04X} cannot be written in the encoding {e.encoding}; "
-                         "set PYTHONIOENCODING=utf-8, or a UTF-8 locale")
+            _print_error(f"the character U+{ord(e.object[e.start]):04X} cannot be written in the encoding "
+                         f"{e.encoding}; set PYTHONIOENCODING=utf-8, or a UTF-8 locale")
         raise SystemExit(1)
     except Exception as e:
         if _is_usage_error(e):
@@ -784,17 +786,17 @@ def _numba_failure(e: Exception):
     """What went wrong, if e was raised while numba or llvmlite loaded (a bad NUMBA_NUM_THREADS
     fails its import) or while numba started its threads (NUMBA_THREADING_LAYER naming a layer
     that is not installed); else None."""
-    from .__main__ import numba_unreadable
+    from .__main__ import numba_cannot_read
 
     tb = e.__traceback__
     while tb is not None:
         module, function = tb.tb_frame.f_globals.get("__name__", ""), tb.tb_frame.f_code.co_name
         if module.split(".")[0] in ("numba", "llvmlite") and function in ("<module>", "_launch_threads"):
-            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-            unreadable = re.match(numba_unreadable(), lines[0]) if isinstance(e, RuntimeWarning) else None
+            unreadable = numba_cannot_read(str(e)) if isinstance(e, RuntimeWarning) else None
             if unreadable:  # numba's warning about a NUMBA_* value, made an error (__main__.py)
-                return f"it cannot read {unreadable['name']}={unreadable['value']!r} ({lines[-1].rstrip('.')})"
-            first = next(iter(lines), "").rstrip(".")
+                value, _, why = unreadable
+                return f"it cannot read {value} ({why})"
+            first = next((line.strip() for line in str(e).splitlines() if line.strip()), "").rstrip(".")
             return f"{type(e).__name__}: {first}" if first else type(e).__name__
         tb = tb.tb_next
     return None

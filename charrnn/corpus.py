@@ -78,7 +78,7 @@ def model_text(text: str, encoding: str, what: str) -> str:
     the text as its UTF-8 bytes and such a byte as itself; any other model reads such a byte
     as the character of its code, as Latin-1 does (\xe9: e-acute). Any other lone surrogate is
     no text: a usage error naming `what`."""
-    bad = next((c for c in text if 0xD800 <= ord(c) <= 0xDFFF and not 0xDC80 <= ord(c) <= 0xDCFF), None)
+    bad = next((c for c in text if 0xD800 <= ord(c) <= 0xDFFF and held_byte(c) is None), None)
     if bad is not None:
         raise UsageError(f"{what} holds the lone surrogate U+{ord(bad):04X}, which no text holds; choose another")
     if encoding == "bytes":
@@ -89,15 +89,21 @@ def model_text(text: str, encoding: str, what: str) -> str:
 _BYTE = re.compile("[\udc80-\udcff]")
 
 
+def held_byte(c: str):
+    """The byte that the lone surrogate `c` holds (U+DC80-U+DCFF, as os.fsdecode and
+    surrogateescape hold a byte that is no UTF-8), else None."""
+    return ord(c) - 0xDC00 if 0xDC80 <= ord(c) <= 0xDCFF else None
+
+
 def check_typed_bytes(text: str, chars, what: str) -> None:
     """For a bytes model, whose characters are `chars`: a CharrnnError naming each character of
-    typed `text` whose UTF-8 bytes the model never saw, as typed and as bytes (Vocab.encode would name the bytes as Latin-1
-    characters: 'â', '\\x82', '¬' for '€')."""
+    typed `text` whose UTF-8 bytes the model never saw, as typed and as bytes (Vocab.encode
+    would name the bytes as Latin-1 characters: 'â', '\\x82', '¬' for '€')."""
     known = set(chars)
     lacking = [c for c in dict.fromkeys(text) if not known.issuperset(model_text(c, "bytes", what))]
     if lacking:
         def one(c):  # a byte typed as such (a lone surrogate, model_text) as \xHH
-            typed = f"'\\x{ord(c) - 0xDC00:02x}'" if 0xDC80 <= ord(c) <= 0xDCFF else repr(c)
+            typed = repr(c) if held_byte(c) is None else f"'\\x{held_byte(c):02x}'"
             return f"{typed} ({model_text(c, 'bytes', what).encode('latin-1').hex(' ')})"
 
         shown = ", ".join(map(one, lacking))

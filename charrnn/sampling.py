@@ -148,7 +148,7 @@ class Sampler:
 
 def check_options(length=0, temperature=1.0, top_k=0, top_p=1.0, num_samples=1, seed=0, spell=as_flag):
     """A CharrnnError naming the first option out of its range (config.SAMPLE_RANGES), spelled
-    by `spell` as the caller wrote it (config.as_flag, as_keyword)."""
+    by `spell` as the caller wrote it (errors.as_flag, as_keyword)."""
     given = {"length": length, "temperature": temperature, "top_k": top_k, "top_p": top_p, "num_samples": num_samples}
     for name, value in given.items():
         if value not in SAMPLE_RANGES[name]:
