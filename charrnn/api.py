@@ -110,6 +110,7 @@ class TrainedModel:
         self.spec, self.params, self.config, self.path = loaded.spec, loaded.params, loaded.config, loaded.path
         self._spell = spell
         self._vocab = loaded.vocab
+        self._of_bytes = self.config.get("encoding") == "bytes"  # each character a byte: unknowns named as bytes
         self.vocab = tuple(loaded.vocab.chars)
         self._stream = None  # the Sampler whose state reset/step/feed move, made on first use
 
@@ -145,7 +146,8 @@ class TrainedModel:
                        stop_at=_require_str("stop_at=", "" if stop_at is None else stop_at),  # None: none, as ""
                        num_samples=_whole_number("num_samples", num_samples))
         sampler = Sampler(self.spec, self.params, threads=SAMPLE_THREADS)
-        return samples(sampler, self._vocab, **options, doc_sep=self.config.get("doc_sep", ""), spell=self._spell)
+        return samples(sampler, self._vocab, **options, doc_sep=self.config.get("doc_sep", ""), spell=self._spell,
+                       as_bytes=self._of_bytes)
 
     # -----------------------------------------------------------------------------------------
     # Text in
@@ -176,7 +178,7 @@ class TrainedModel:
         if skip_unknown:
             return self._vocab.encode_skip_unknown(text)
         try:
-            return self._vocab.encode(text, what=what), 0
+            return self._vocab.encode(text, what=what, as_bytes=self._of_bytes), 0
         except CharrnnError as e:
             raise UnknownCharacters(str(e)) from None
 
@@ -194,7 +196,8 @@ class TrainedModel:
             said = re.sub(f"--encoding ({'|'.join(ENCODINGS)})", lambda m: self._spell("encoding", m[1]), str(e))
             raise type(e)(said) from None
         try:
-            return self._vocab.translate(ids, chars, skip_unknown=skip_unknown, what=str(path))
+            return self._vocab.translate(ids, chars, skip_unknown=skip_unknown, what=str(path),
+                                         as_bytes=encoding == "bytes")
         except CharrnnError as e:
             raise UnknownCharacters(str(e)) from None
 

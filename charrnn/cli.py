@@ -492,7 +492,7 @@ def inspect_(
     ins.check_options(model.spec, act, layer, unit)
     text, skipped = ins.read_start(file, model.vocab, chars, encoding or model.config.get("encoding", "utf-8"), skip_unknown)
     _first_call(lambda: warm_up_evaluate(model.spec, model.params.dtype))
-    tr = ins.trace(model.spec, model.params, model.vocab, text, act)
+    tr = ins.trace(model.spec, model.params, model.vocab, text, act, model.config.get("encoding", "utf-8"))
     scores = ins.score_units(tr)
     found = ins.find_units(scores, top)
     layer, unit = ins.pick_unit(scores, layer, unit)

@@ -256,10 +256,11 @@ class Corpus:
         """What a checkpoint records of it: the files, and the length and SHA-256 of the whole text."""
         return {"files": self.files, "chars": int(self.ids.size), "sha256": self.sha256}
 
-    def ids_for(self, vocab: "Vocab", what: str = "the training text") -> np.ndarray:
+    def ids_for(self, vocab: "Vocab", what: str = "the training text", as_bytes: bool = False) -> np.ndarray:
         """The text as ids of `vocab`, which may hold more characters in another order (a trained
-        model's), of type ids_dtype(vocab.size); a CharrnnError if it lacks some."""
-        return vocab.translate(self.ids, self.chars, what=what)[0]
+        model's), of type ids_dtype(vocab.size); a CharrnnError if it lacks some (as_bytes: the
+        text was read with encoding "bytes", Vocab.translate)."""
+        return vocab.translate(self.ids, self.chars, what=what, as_bytes=as_bytes)[0]
 
 
 def _renumber(out: np.ndarray, ids: np.ndarray, table: np.ndarray) -> None:
@@ -604,14 +605,15 @@ class Vocab:
         known = self._sorted_codes[pos] == codes
         return codes, self._order[pos], known
 
-    def encode(self, text: str, what: str = "text") -> np.ndarray:
-        """int32 ids of every character; a CharrnnError naming any character the model lacks."""
+    def encode(self, text: str, what: str = "text", as_bytes: bool = False) -> np.ndarray:
+        """int32 ids of every character; a CharrnnError naming any character the model lacks (as
+        a byte's value where `as_bytes`: a bytes model's text, one character per byte)."""
         codes, ids, known = self._lookup(text)
         if not known.all():
             unknown_codes = codes[~known]
             distinct, first = np.unique(unknown_codes, return_index=True)
             distinct = distinct[np.argsort(first)]  # in order of first appearance
-            raise _unknown([chr(int(c)) for c in distinct], len(unknown_codes), what)
+            raise _unknown([chr(int(c)) for c in distinct], len(unknown_codes), what, as_bytes)
         return np.ascontiguousarray(ids, dtype=np.int32)
 
     def numbers_as(self, chars: list) -> bool:
@@ -620,11 +622,12 @@ class Vocab:
         return list(chars) == self.chars
 
     def translate(self, ids: np.ndarray, chars: list, *, skip_unknown: bool = False,
-                  what: str = "text") -> tuple[np.ndarray, int]:
+                  what: str = "text", as_bytes: bool = False) -> tuple[np.ndarray, int]:
         """(ids, skipped): `ids` of the characters `chars` (another vocabulary's, such as a file's
         own from read_ids) as ids of this one, of type ids_dtype(self.size), a piece at a time.
         A character this vocabulary lacks raises the CharrnnError encode() raises for it (each
-        one named, in order of first appearance), unless skip_unknown leaves it out and counts it."""
+        one named, in order of first appearance; as its byte's value where `as_bytes`: a text
+        read with encoding "bytes"), unless skip_unknown leaves it out and counts it."""
         if self.numbers_as(chars):
             return ids, 0
         _, table, known = self._lookup("".join(chars))  # (len(chars),): their id -> our id
@@ -635,7 +638,7 @@ class Vocab:
             lacking = np.flatnonzero(~known & (count > 0))
             if lacking.size:
                 lacking = lacking[np.argsort(first[lacking], kind="stable")]
-                raise _unknown([chars[i] for i in lacking], int(count[lacking].sum()), what)
+                raise _unknown([chars[i] for i in lacking], int(count[lacking].sum()), what, as_bytes)
         if known.all() or not skip_unknown:
             out = np.empty(ids.size, dtype)
             _renumber(out, ids, table)
@@ -674,10 +677,18 @@ class Vocab:
         return vocab
 
 
-def _unknown(chars: list, occurrences: int, what: str) -> CharrnnError:
-    """The error for a text with characters (in order of first appearance) a model lacks."""
-    shown = ", ".join(repr(c) for c in chars[:10])
+def _unknown(chars: list, occurrences: int, what: str, as_bytes: bool = False) -> CharrnnError:
+    """The error for a text with characters (in order of first appearance) a model lacks; for a
+    text read as bytes (each byte the character of its code), named as bytes: e2, not 'â'."""
     more = f" and {len(chars) - 10} more" if len(chars) > 10 else ""
+    if as_bytes:  # a character beyond U+00FF (typed in Python) stays a character
+        shown = ", ".join(repr(c) if ord(c) > 0xFF else f"{ord(c):02x}" + (f" ({c!r})" if ord(c) < 0x80 else "")
+                          for c in chars[:10])
+        return CharrnnError(
+            f"{what} has {len(chars)} byte value(s) the model does not know ({occurrences} occurrence(s)): "
+            f"{shown}{more}; use only text whose bytes occur in the training text"
+        )
+    shown = ", ".join(repr(c) for c in chars[:10])
     return CharrnnError(
         f"{what} has {len(chars)} character(s) the model does not know ({occurrences} occurrence(s)): "
         f"{shown}{more}; use only characters that occur in the training text"

@@ -19,6 +19,7 @@ Shapes (legend): N characters read, H hidden units, V vocabulary.
 """
 from __future__ import annotations
 
+import codecs
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,7 +74,8 @@ def read_start(path, vocab, chars: int, encoding: str, skip_unknown: bool) -> tu
     ids, file_chars = read_ids(path, encoding, max_chars=chars)  # only the start of the file
     try:
         ids, skipped = vocab.translate(ids, file_chars, skip_unknown=skip_unknown,
-                                       what=f"the first {ids.size:,} characters of {path}")
+                                       what=f"the first {ids.size:,} characters of {path}",
+                                       as_bytes=encoding == "bytes")
     except CharrnnError as e:
         raise CharrnnError(f"{e} (or pass --skip-unknown to leave them out)") from None
     return vocab.decode(ids), skipped
@@ -91,6 +93,17 @@ class Trace:
     guesses: np.ndarray  # (N,k) ids of the k likeliest next characters after each one, best first
     guess_probs: np.ndarray  # (N,k) their probabilities (float64)
     next_probs: np.ndarray  # (N-1,) the probability the model gave the character that came next
+    encoding: str = "utf-8"  # the model's: "bytes" makes each of the N characters a byte
+
+    @property
+    def shown(self) -> list[str]:
+        """What is drawn at each of the N steps (steps_shown)."""
+        return steps_shown(self.text, self.encoding)
+
+    @property
+    def step(self) -> str:
+        """What one step reads, in words."""
+        return "byte" if self.encoding == "bytes" else "character"
 
     def value_range(self, layer: int) -> tuple[float, float]:
         """The fixed scale of a layer's colours: [0, 1] for a gate, else [-m, m] with m >= 1
@@ -109,8 +122,9 @@ class Trace:
         return np.rint((v - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
-def trace(spec: ModelSpec, params: np.ndarray, vocab, text: str, act: str = "h") -> Trace:
-    """Run the model over `text` (every character known to `vocab`) and keep what inspect shows."""
+def trace(spec: ModelSpec, params: np.ndarray, vocab, text: str, act: str = "h", encoding: str = "utf-8") -> Trace:
+    """Run the model over `text` (every character known to `vocab`) and keep what inspect shows;
+    `encoding`: the model's (for a bytes model, a character of `text` is a byte)."""
     check_options(spec, act, None, None)
     ids = vocab.encode(text)
     if ids.size == 0:
@@ -149,7 +163,7 @@ def trace(spec: ModelSpec, params: np.ndarray, vocab, text: str, act: str = "h")
         raise CharrnnError("the model computes NaN or Inf on this text; its parameters are broken "
                            "(a diverged run?): inspect an earlier checkpoint")
     gates = [{g: c / N for g, c in layer.items()} for layer in counts]
-    return Trace(spec, text, act, values, gates, guesses, guess_probs, next_probs)
+    return Trace(spec, text, act, values, gates, guesses, guess_probs, next_probs, encoding)
 
 
 def _softmax(logits):
@@ -164,30 +178,34 @@ def _softmax(logits):
 # What the units track
 
 
-def text_properties(text: str) -> dict[str, np.ndarray]:
-    """{property: (N,) its value after reading each character}, the properties of PROPERTIES."""
-    N = len(text)
+def text_properties(steps) -> dict[str, np.ndarray]:
+    """{property: (N,) its value after each step}, the properties of PROPERTIES. A step is the
+    text's next character, or as steps_shown gives them, the characters a step completes: none
+    for a byte inside one, where every property stays as it was (a word starts at no byte)."""
+    N = len(steps)
     quotes, column, depth, indent, word = (np.zeros(N) for _ in range(5))
     inside, col, d, ind, leading, in_word = False, 0, 0, 0, True, False
-    for t, ch in enumerate(text):
-        if ch == '"':
-            inside = not inside
-        elif ch in "\u201c\u201d":
-            inside = ch == "\u201c"
-        if ch == "\n":
-            col, ind, leading = 0, 0, True
-        else:
-            col += 1
-            if leading and ch in " \t":
-                ind += 1
+    for t, chars in enumerate(steps):
+        starts = False
+        for ch in chars:
+            if ch == '"':
+                inside = not inside
+            elif ch in "\u201c\u201d":
+                inside = ch == "\u201c"
+            if ch == "\n":
+                col, ind, leading = 0, 0, True
             else:
-                leading = False
-        if ch in "([{":
-            d += 1
-        elif ch in ")]}":
-            d = max(0, d - 1)
-        starts = ch.isalnum() and not in_word
-        in_word = ch.isalnum()
+                col += 1
+                if leading and ch in " \t":
+                    ind += 1
+                else:
+                    leading = False
+            if ch in "([{":
+                d += 1
+            elif ch in ")]}":
+                d = max(0, d - 1)
+            starts = starts or (ch.isalnum() and not in_word)
+            in_word = ch.isalnum()
         quotes[t], column[t], depth[t], indent[t], word[t] = inside, col, d, ind, starts
     return dict(zip(PROPERTIES, (quotes, column, depth, indent, word)))
 
@@ -232,7 +250,7 @@ class Scores:
 
 
 def score_units(tr: Trace) -> Scores:
-    props = text_properties(tr.text)
+    props = text_properties(tr.shown)
     varies = {name: bool(p.size > 1 and p.min() != p.max()) for name, p in props.items()}
     r = [{name: correlations(v, p) for name, p in props.items()} for v in tr.values]
     return Scores(r, varies, [saturation(v, tr.value_range(l)) for l, v in enumerate(tr.values)])
@@ -299,14 +317,27 @@ def palette() -> list[tuple[int, int, int]]:
     return colours
 
 
+def steps_shown(text: str, encoding: str) -> list[str]:
+    """What is drawn at each step of `text`: its character; for a bytes model (a character a
+    byte), the character its UTF-8 bytes make, at the last of them, nothing at the others, and
+    U+FFFD for a byte that makes none (a character cut off at the end is not drawn)."""
+    if encoding != "bytes":
+        return list(text)
+    utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+    return [utf8.decode(bytes((ord(c),))) for c in text]
+
+
 def visible(ch: str) -> str:
     """How a character of the text is drawn: control characters other than line breaks and
     tabs (which could move a terminal's cursor) become a middle dot."""
     return ch if ch in "\n\t" or ch.isprintable() else "\u00b7"
 
 
-def label(ch: str) -> str:
-    """A character as a guess is named: whitespace spelled out."""
+def label(ch: str, of_bytes: bool = False) -> str:
+    """A character as a guess is named: whitespace spelled out; a bytes model's byte above
+    ASCII as \\xHH (as --prime reads it), since alone it is no character."""
+    if of_bytes and ord(ch) >= 0x80:
+        return f"\\x{ord(ch):02x}"
     return {" ": "space", "\n": "newline", "\t": "tab"}.get(ch, visible(ch))
 
 
@@ -324,8 +355,8 @@ def coloured_text(tr: Trace, layer: int, unit: int, limit: int = INSPECT_CHARS):
     styles = [Style(color="black", bgcolor=Color.from_rgb(*rgb)) for rgb in palette()]
     q = tr.quantised(layer, unit)
     out = Text()
-    for ch, level in zip(tr.text[:limit], q):
-        out.append(visible(ch), None if ch == "\n" else styles[level])
+    for chars, level in zip(tr.shown[:limit], q):
+        out.append("".join(map(visible, chars)), None if chars == "\n" else styles[level])
     return out
 
 
@@ -370,7 +401,7 @@ def gates_table(tr: Trace):
     if not tr.gates[0]:
         return None
     t = Table(title="gates, mean over units",
-              caption=f"share of characters open (> {GATE_OPEN:g}),\nin between, closed (< {GATE_CLOSED:g})")
+              caption=f"share of {tr.step}s open (> {GATE_OPEN:g}),\nin between, closed (< {GATE_CLOSED:g})")
     for name in ("layer", "gate", "open", "between", "closed"):
         t.add_column(name, justify="left" if name == "gate" else "right")
     for l, layer in enumerate(tr.gates):
@@ -381,7 +412,7 @@ def gates_table(tr: Trace):
 
 def model_line(tr: Trace, source: str) -> str:
     s = tr.spec
-    return (f"{s.cell} {s.layers}x{s.hidden}, vocabulary {s.vocab_size}; read {len(tr.text):,} characters "
+    return (f"{s.cell} {s.layers}x{s.hidden}, vocabulary {s.vocab_size}; read {len(tr.text):,} {tr.step}s "
             f"of {source} from a zero state")
 
 

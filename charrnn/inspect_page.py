@@ -1,7 +1,8 @@
 """The page of `charrnn inspect --html`: one self-contained file, no network, no other files.
 
 The text is in the page as one <span> per character, HTML-escaped, so it reads without the
-script. Each layer's activations are stored unit by unit, quantised to 0..255 (Trace.quantised),
+script (a bytes model's: one per byte, a character in the span of its last byte, Trace.shown).
+Each layer's activations are stored unit by unit, quantised to 0..255 (Trace.quantised),
 as base64 in a <script type="text/plain"> (base64 has no "<", so nothing in it can end the
 element). The script decodes a layer the first time it is shown; picking a unit only recolours
 the existing spans. At 20,000 characters and 512 units that is 13.7 MB of base64 per layer.
@@ -43,7 +44,7 @@ def page(tr: Trace, scores: Scores, found: list[Found], vocab, layer: int, unit:
         "n": len(tr.text), "k": int(tr.guesses.shape[1]), "layers": s.layers, "hidden": s.hidden, "act": tr.act,
         "range": [tr.value_range(l) for l in range(s.layers)],
         "palette": ["#%02x%02x%02x" % rgb for rgb in palette()],
-        "labels": [label(c) for c in vocab.chars],
+        "labels": [label(c, tr.encoding == "bytes") for c in vocab.chars], "step": tr.step,
         "properties": [p for p in PROPERTIES if scores.varies[p]],
         "r": [{p: _round(r[p], 3) for p in PROPERTIES if scores.varies[p]} for r in scores.r],
         "saturated": [_round(x, 3) for x in scores.saturated],
@@ -56,11 +57,11 @@ def page(tr: Trace, scores: Scores, found: list[Found], vocab, layer: int, unit:
             ("next-p", np.rint(tr.next_probs * 65535).astype("<u2"))]
     data += [(f"act-{l}", tr.quantised(l)) for l in range(s.layers)]
     blobs = "\n".join(f'<script type="text/plain" id="{name}">{_b64(a)}</script>' for name, a in data)
-    text = "".join(f"<span>{html.escape(visible(ch))}</span>" for ch in tr.text)
+    text = "".join(f"<span>{html.escape(''.join(map(visible, chars)))}</span>" for chars in tr.shown)
     parts = {
         "title": html.escape(f"charrnn inspect: {source}"),
         "model": html.escape(f"{s.cell} {s.layers}x{s.hidden}, vocabulary {s.vocab_size}; "
-                             f"{len(tr.text):,} characters of {source}, activation {tr.act}"),
+                             f"{len(tr.text):,} {tr.step}s of {source}, activation {tr.act}"),
         "found": _found_rows(found), "gates": GATES if tr.gates[0] else f"<p class=\"note\">{s.cell} cells have no gates.</p>",
         "meta": _json(meta),
         "blobs": blobs, "text": text,
@@ -275,7 +276,7 @@ function name(id) { return D.labels[id]; }
 document.getElementById("text").addEventListener("mouseover", e => {
   const i = e.target.i;
   if (i === undefined) return;
-  const lines = [`after ${name(textIds.getUint32(4 * i, true))} (character ${i + 1}), unit ${unit} = ${value(q[i]).toFixed(2)}`];
+  const lines = [`after ${name(textIds.getUint32(4 * i, true))} (${D.step} ${i + 1}), unit ${unit} = ${value(q[i]).toFixed(2)}`];
   for (let k = 0; k < K; k++) {
     const id = guessIds.getUint32(4 * (i * K + k), true), p = guessP.getUint16(2 * (i * K + k), true) / 65535;
     lines.push(`  ${name(id).padEnd(8)} ${pct(p).padStart(6)}`);

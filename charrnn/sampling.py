@@ -175,17 +175,18 @@ def start_context(vocab: Vocab, doc_sep: str = "") -> np.ndarray:
 
 
 def samples(sampler: Sampler, vocab: Vocab, length=500, prime="", seed=0, temperature=1.0, top_k=0,
-            top_p=1.0, num_samples=1, chunk=CHUNK, stop_at="", doc_sep="", spell=as_flag):
+            top_p=1.0, num_samples=1, chunk=CHUNK, stop_at="", doc_sep="", spell=as_flag, as_bytes=False):
     """num_samples iterators, each yielding one sample's text in pieces: the prime (if any), then
     `length` generated characters, `chunk` at a time, or fewer if stop_at ends it (see above).
     Consume each before the next. doc_sep: the separator of the run's documents (start_context);
-    spell: how messages name an option (check_options).
+    spell: how messages name an option (check_options); as_bytes: a bytes model's, whose unknown
+    characters are named as bytes (Vocab.encode).
 
     The options, the prime and the stop text are checked here, before anything is generated."""
     check_options(length, temperature, top_k, top_p, num_samples, seed, spell)
-    context = vocab.encode(prime, what="priming text") if prime else start_context(vocab, doc_sep)
+    context = vocab.encode(prime, "priming text", as_bytes) if prime else start_context(vocab, doc_sep)
     if stop_at:
-        vocab.encode(stop_at, what="the stop text")  # a character the model lacks would never be written
+        vocab.encode(stop_at, "the stop text", as_bytes)  # a character the model lacks would never be written
     rng = np.random.Generator(np.random.PCG64(int(seed)))
 
     def one():

@@ -137,7 +137,8 @@ class Trainer:
         ids = corpus.ids  # of the smallest integer type; split and streams are views
         if not self.vocab.numbers_as(corpus.chars):  # a fine-tuned or resumed model's numbering:
             # the text renumbered, under MPI once a machine too (its own ids, once unused, go)
-            ids, _, why_not = self.world.node_shared(lambda: (corpus.ids_for(self.vocab), None))
+            as_bytes = cfg.encoding == "bytes"
+            ids, _, why_not = self.world.node_shared(lambda: (corpus.ids_for(self.vocab, as_bytes=as_bytes), None))
             if why_not:
                 say(_unshared("the renumbered text", why_not))
         self.train_ids, self.val_ids, self.test_ids = split(

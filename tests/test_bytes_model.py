@@ -101,3 +101,42 @@ def test_a_separator_of_characters_above_a_byte_is_refused_where_nothing_reads_i
     # in Python takes the characters as they are, and one above U+00FF is no byte
     with pytest.raises(UsageError, match=re.escape("--doc-sep '\\u2028' is not made of bytes")):
         TrainConfig(encoding="bytes", doc_sep="\u2028").validate()
+
+
+def test_bytes_a_model_lacks_in_a_file_are_named_as_bytes(run):
+    # they were named as the bytes read as Latin-1: "'â', '\x82', '¬'" for '€'
+    odd = run / "odd.txt"
+    odd.write_text("le café €x\n" * 3, encoding="utf-8")
+    named = ("4 byte value(s) the model does not know (12 occurrence(s)): e2, 82, ac, 78 ('x'); use only text whose "
+             "bytes occur in the training text")
+    for args in (("eval", run / "r", odd), ("eval", run / "r", odd, "--per-line"), ("inspect", run / "r", odd)):
+        r = charrnn_cli(*args)
+        assert r.returncode == 1 and named in r.stderr.decode(), (args, r.stderr)
+    model = charrnn.load(run / "r")
+    with pytest.raises(charrnn.UnknownCharacters, match=re.escape(named)):
+        model.encode_file(odd)
+    # in Python a bytes model's text is a character a byte; one above U+00FF is named as it is
+    with pytest.raises(charrnn.UnknownCharacters, match=re.escape(
+            "text has 5 byte value(s) the model does not know (5 occurrence(s)): e2, 82, ac, 78 ('x'), '€';")):
+        model.score(model_text("€x ", "bytes", "") + "€")
+    with pytest.raises(charrnn.CharrnnError, match=re.escape(
+            "priming text has 1 byte value(s) the model does not know (1 occurrence(s)): 7e ('~');")):
+        model.sample(5, prime="le ~")
+
+
+def test_inspect_draws_the_characters_a_bytes_models_bytes_make(run):
+    from charrnn import inspect as ins
+
+    # it drew one Latin-1 character a byte: 'cafÃ©', '天' as 'å¤©'
+    assert ins.steps_shown(model_text("é天a", "bytes", "") + "\u00ff", "bytes") == ["", "é", "", "", "天", "a", "\ufffd"]
+    assert ins.steps_shown("é天", "utf-8") == ["é", "天"]
+    # after a byte inside a character every property stays; a word starts where its first letter ends
+    p = ins.text_properties(["", "é", "t", "", "é", " "])
+    assert p["word start"].tolist() == [0, 1, 0, 0, 0, 0] and p["position in line"].tolist() == [0, 1, 2, 2, 3, 4]
+    r = charrnn_cli("inspect", run / "r", run / "t.txt", "--chars", 40, "--html", run / "page.html")
+    assert r.returncode == 0, r.stderr
+    shown = r.stdout.decode()
+    assert "read 40 bytes of" in shown and "le café 0 est chaud, naïve 0 天" in shown and "Ã" not in shown
+    page = (run / "page.html").read_text(encoding="utf-8")
+    assert "<span>f</span><span></span><span>é</span><span> </span>" in page and "Ã" not in page
+    assert '"\\\\xc3"' in page and '"step":"byte"' in page  # guesses name a byte above ASCII as \xc3
