@@ -25,7 +25,7 @@ import numpy as np
 from . import memory
 from .cells import CELLS
 from .config import EVAL_RANGES
-from .corpus import ENCODINGS, read_ids
+from .corpus import ENCODINGS, check_encoding, check_read_as, read_ids
 from .errors import CharrnnError, as_keyword
 from .evaluate import evaluate, line_losses
 from .model import Stack
@@ -191,13 +191,14 @@ class TrainedModel:
         the file named by its path."""
         try:
             encoding = encoding or self.config.get("encoding", "utf-8")
+            check_read_as(self.config.get("encoding", "utf-8"), check_encoding(encoding), self._spell)
             ids, chars = read_ids(_require_path("encode_file()", path), encoding)
         except CharrnnError as e:  # the reader's advice names the command line's flag and a value
             said = re.sub(f"--encoding ({'|'.join(ENCODINGS)})", lambda m: self._spell("encoding", m[1]), str(e))
             raise type(e)(said) from None
         try:
             return self._vocab.translate(ids, chars, skip_unknown=skip_unknown, what=str(path),
-                                         as_bytes=encoding == "bytes")
+                                         as_bytes=self._of_bytes)
         except CharrnnError as e:
             raise UnknownCharacters(str(e)) from None
 

@@ -427,10 +427,13 @@ def eval_(
     With the checkpoint's batch and window, its run's validation text scores the run's own validation figure. The text is cut into batch contiguous streams; the first starts from a zero state, each other one from the state left by reading the 200 characters before it (uncounted: they are scored in the stream before), so the figure is close to reading the text as one stream. The very first character is only an input and a tail shorter than the batch is left out, so the count is up to batch characters below the file's length.
     """
     from .api import TrainedModel, UnknownCharacters
-    from .corpus import read_text
+    from .corpus import check_read_as, read_text
     from .sampling import load_model, warm_up_evaluate
 
     model = TrainedModel(load_model(checkpoint), spell=as_flag)
+    of_bytes = model.config.get("encoding", "utf-8") == "bytes"
+    if encoding:
+        check_read_as(model.config.get("encoding", "utf-8"), encoding)
     try:
         if per_line:
             text = read_text(file, encoding or model.config.get("encoding", "utf-8"))
@@ -463,8 +466,8 @@ def eval_(
                       markup=False, highlight=False)
         return
     result = model.evaluate(ids, batch=batch, window=window)
-    note = f"; {skipped:,} unknown character(s) skipped" if skip_unknown else ""
-    out.print(f"{file}: {result.chars:,} characters, {result.nats:.4f} nats/char, {result.bits:.4f} bits/char, "
+    note = f"; {skipped:,} unknown {'byte' if of_bytes else 'character'}(s) skipped" if skip_unknown else ""
+    out.print(f"{file}: {result.chars:,} {'bytes' if of_bytes else 'characters'}, {result.nats:.4f} nats/char, {result.bits:.4f} bits/char, "
               f"perplexity {result.perplexity:.2f}{note}", markup=False, highlight=False, soft_wrap=True)
 
 
@@ -475,7 +478,7 @@ def inspect_(
     unit: Optional[int] = typer.Option(None, min=0, help="Colour the text by this unit (default: the unit that tracks a property best)."),
     layer: Optional[int] = typer.Option(None, min=0, help="Layer of the unit, 0 at the bottom (default: the best unit's, or 0 with --unit)."),
     act: str = typer.Option("h", help="Activation to trace: h (the layer's output, every cell) or one of the cell's own, such as tanh(c) or a gate; a wrong name lists them."),
-    chars: int = typer.Option(INSPECT_CHARS, min=1, max=INSPECT_MAX_CHARS, help=f"Read at most this many characters; the terminal colours up to {INSPECT_CHARS:,} of them."),
+    chars: int = typer.Option(INSPECT_CHARS, min=1, max=INSPECT_MAX_CHARS, help=f"Read at most this many characters (a bytes model's: bytes); the terminal colours up to {INSPECT_CHARS:,} of them."),
     top: int = typer.Option(1, min=1, max=100, help="Units listed per property and for saturation."),
     html: Optional[Path] = typer.Option(None, "--html", help="Also write one self-contained page: every unit's colours, the gates, and the next-character guesses on hover."),
     encoding: Optional[str] = typer.Option(None, callback=_encoding, help="utf-8, latin-1 or bytes (each byte one character); default: the checkpoint's."),
@@ -483,6 +486,7 @@ def inspect_(
 ):
     """See inside a model: which units track quotes, line position, brackets, indent and word starts, and how its gates open and close."""
     from . import inspect as ins
+    from .corpus import check_read_as
     from .outputs import HTML, check_output
     from .sampling import load_model, warm_up_evaluate
 
@@ -490,13 +494,17 @@ def inspect_(
         html = check_output(html, "--html", HTML)
     model = load_model(checkpoint)
     ins.check_options(model.spec, act, layer, unit)
-    text, skipped = ins.read_start(file, model.vocab, chars, encoding or model.config.get("encoding", "utf-8"), skip_unknown)
+    model_encoding = model.config.get("encoding", "utf-8")
+    if encoding:
+        check_read_as(model_encoding, encoding)
+    text, skipped = ins.read_start(file, model.vocab, chars, encoding or model_encoding, skip_unknown,
+                                   model_encoding == "bytes")
     _first_call(lambda: warm_up_evaluate(model.spec, model.params.dtype))
-    tr = ins.trace(model.spec, model.params, model.vocab, text, act, model.config.get("encoding", "utf-8"))
+    tr = ins.trace(model.spec, model.params, model.vocab, text, act, model_encoding)
     scores = ins.score_units(tr)
     found = ins.find_units(scores, top)
     layer, unit = ins.pick_unit(scores, layer, unit)
-    note = f"; {skipped:,} unknown character(s) skipped" if skipped else ""
+    note = f"; {skipped:,} unknown {tr.step}(s) skipped" if skipped else ""
     out.print(ins.model_line(tr, str(file)) + note, markup=False, highlight=False)
     out.print(ins.unit_line(tr, scores, layer, unit), markup=False, highlight=False)
     out.print(ins.coloured_text(tr, layer, unit))

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import DOC_SEP
-from .errors import CharrnnError, UsageError, os_error_message
+from .errors import CharrnnError, UsageError, as_flag, os_error_message
 
 ENCODINGS = ("utf-8", "latin-1", "bytes")
 
@@ -98,7 +98,7 @@ def held_byte(c: str):
 def check_typed_bytes(text: str, chars, what: str) -> None:
     """For a bytes model, whose characters are `chars`: a CharrnnError naming each character of
     typed `text` whose UTF-8 bytes the model never saw, as typed and as bytes (Vocab.encode
-    would name the bytes as Latin-1 characters: 'â', '\\x82', '¬' for '€')."""
+    names only the bytes: e2, 82, ac for '€')."""
     known = set(chars)
     lacking = [c for c in dict.fromkeys(text) if not known.issuperset(model_text(c, "bytes", what))]
     if lacking:
@@ -116,6 +116,19 @@ def shown_text(text: str, encoding: str, errors="replace") -> str:
     it, else U+FFFD (errors="surrogateescape" keeps such bytes, for a file); any other model's
     text as it is."""
     return text.encode("latin-1").decode("utf-8", errors) if encoding == "bytes" else text
+
+
+def check_read_as(model_encoding: str, encoding: str, spell=as_flag) -> None:
+    """A UsageError unless a text read in `encoding` is what a model trained on text read in
+    `model_encoding` reads: bytes for a bytes model, characters for any other. latin-1 reads
+    each byte as the character of its code, so it serves both; utf-8 text given to a bytes model
+    would read é as the byte e9, and a text model given bytes would read é as Ã and ©."""
+    if model_encoding == "bytes" and encoding == "utf-8":
+        raise UsageError(f"{spell('encoding', encoding)} reads characters, but this model reads bytes "
+                         f"({spell('encoding', 'bytes')}): leave it out")
+    if model_encoding != "bytes" and encoding == "bytes":
+        raise UsageError(f"{spell('encoding', encoding)} reads bytes, but this model reads characters: leave it out, "
+                         f"or give {spell('encoding', 'utf-8')} or {spell('encoding', 'latin-1')}")
 
 
 def check_encoding(encoding: str) -> str:
@@ -681,9 +694,15 @@ def _unknown(chars: list, occurrences: int, what: str, as_bytes: bool = False) -
     """The error for a text with characters (in order of first appearance) a model lacks; for a
     text read as bytes (each byte the character of its code), named as bytes: e2, not 'â'."""
     more = f" and {len(chars) - 10} more" if len(chars) > 10 else ""
-    if as_bytes:  # a character beyond U+00FF (typed in Python) stays a character
+    if as_bytes:
         shown = ", ".join(repr(c) if ord(c) > 0xFF else f"{ord(c):02x}" + (f" ({c!r})" if ord(c) < 0x80 else "")
                           for c in chars[:10])
+        above = sum(ord(c) > 0xFF for c in chars)  # no byte: only Python's str can hold them
+        if above:
+            return CharrnnError(
+                f"{what} has {len(chars) - above} byte value(s) and {above} character(s) above U+00FF the model "
+                f"does not know ({occurrences} occurrence(s)): {shown}{more}; this model reads bytes, a character "
+                "each: give text.encode('utf-8').decode('latin-1')")
         return CharrnnError(
             f"{what} has {len(chars)} byte value(s) the model does not know ({occurrences} occurrence(s)): "
             f"{shown}{more}; use only text whose bytes occur in the training text"

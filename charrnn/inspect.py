@@ -19,13 +19,13 @@ Shapes (legend): N characters read, H hidden units, V vocabulary.
 """
 from __future__ import annotations
 
-import codecs
 from dataclasses import dataclass
 
 import numpy as np
 
 from .cells import CELLS
 from .config import INSPECT_CHARS
+from .corpus import held_byte
 from .errors import CharrnnError
 from .gradflow import TANH_UNITS
 from .kernels.output import logits_forward
@@ -66,16 +66,17 @@ def _layer_signals(cell, buf, H) -> dict:
 # Running the model
 
 
-def read_start(path, vocab, chars: int, encoding: str, skip_unknown: bool) -> tuple[str, int]:
+def read_start(path, vocab, chars: int, encoding: str, skip_unknown: bool, of_bytes: bool = False) -> tuple[str, int]:
     """The first `chars` characters of a file, and how many of them were dropped as unknown to
-    the model (only with skip_unknown; otherwise an unknown character is a CharrnnError)."""
+    the model (only with skip_unknown; otherwise an unknown character is a CharrnnError).
+    of_bytes: the model is a bytes model, whose characters are bytes."""
     from .corpus import read_ids
 
     ids, file_chars = read_ids(path, encoding, max_chars=chars)  # only the start of the file
     try:
         ids, skipped = vocab.translate(ids, file_chars, skip_unknown=skip_unknown,
-                                       what=f"the first {ids.size:,} characters of {path}",
-                                       as_bytes=encoding == "bytes")
+                                       what=f"the first {ids.size:,} {'byte' if of_bytes else 'character'}s of {path}",
+                                       as_bytes=of_bytes)
     except CharrnnError as e:
         raise CharrnnError(f"{e} (or pass --skip-unknown to leave them out)") from None
     return vocab.decode(ids), skipped
@@ -320,11 +321,16 @@ def palette() -> list[tuple[int, int, int]]:
 def steps_shown(text: str, encoding: str) -> list[str]:
     """What is drawn at each step of `text`: its character; for a bytes model (a character a
     byte), the character its UTF-8 bytes make, at the last of them, nothing at the others, and
-    U+FFFD for a byte that makes none (a character cut off at the end is not drawn)."""
+    U+FFFD at a byte that makes none (such as those of a character cut off at the end)."""
     if encoding != "bytes":
         return list(text)
-    utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-    return [utf8.decode(bytes((ord(c),))) for c in text]
+    shown = []
+    for ch in text.encode("latin-1").decode("utf-8", "surrogateescape"):
+        if held_byte(ch) is not None:  # a byte that is no UTF-8 here
+            shown.append("\ufffd")
+        else:
+            shown += [""] * (len(ch.encode("utf-8")) - 1) + [ch]
+    return shown
 
 
 def visible(ch: str) -> str:
@@ -335,7 +341,7 @@ def visible(ch: str) -> str:
 
 def label(ch: str, of_bytes: bool = False) -> str:
     """A character as a guess is named: whitespace spelled out; a bytes model's byte above
-    ASCII as \\xHH (as --prime reads it), since alone it is no character."""
+    ASCII as \\xHH (as --stop-at reads it), since alone it is no character."""
     if of_bytes and ord(ch) >= 0x80:
         return f"\\x{ord(ch):02x}"
     return {" ": "space", "\n": "newline", "\t": "tab"}.get(ch, visible(ch))

@@ -62,9 +62,9 @@ def page(tr: Trace, scores: Scores, found: list[Found], vocab, layer: int, unit:
         "title": html.escape(f"charrnn inspect: {source}"),
         "model": html.escape(f"{s.cell} {s.layers}x{s.hidden}, vocabulary {s.vocab_size}; "
                              f"{len(tr.text):,} {tr.step}s of {source}, activation {tr.act}"),
-        "found": _found_rows(found), "gates": GATES if tr.gates[0] else f"<p class=\"note\">{s.cell} cells have no gates.</p>",
+        "found": _found_rows(found), "gates": GATES.replace("{step}", tr.step) if tr.gates[0] else f"<p class=\"note\">{s.cell} cells have no gates.</p>",
         "meta": _json(meta),
-        "blobs": blobs, "text": text,
+        "blobs": blobs, "text": text, "step": tr.step,
     }
     # one pass over the template: a "{text}" in the user's text is not a slot
     return re.sub(r"\{(" + "|".join(parts) + r")\}", lambda m: parts[m.group(1)], TEMPLATE)
@@ -92,7 +92,7 @@ def _found_rows(found: list[Found]) -> str:
 
 GATES = f"""<section id="gates">
 <h2>Gates of this layer</h2>
-<p class="note">Each dot is a unit: the share of characters at which the gate is open (&gt; {GATE_OPEN:g})
+<p class="note">Each dot is a unit: the share of {{step}}s at which the gate is open (&gt; {GATE_OPEN:g})
 against the share at which it is closed (&lt; {GATE_CLOSED:g}); the rest of the time it is in between.
 Click a dot to pick its unit.</p>
 <div id="gate-plots"></div>
@@ -119,6 +119,7 @@ main { display: grid; grid-template-columns: minmax(0, 2fr) minmax(340px, 1fr); 
         background: #fff; border: 1px solid #ddd; padding: 10px; max-height: 78vh; overflow: auto; }
 #text span { color: #000; }
 #text span:hover { outline: 1px solid #000; }
+#text span:empty { display: inline-block; min-width: 0.25em; height: 1em; vertical-align: text-bottom; }
 aside table { border-collapse: collapse; width: 100%; }
 aside td, aside th { padding: 2px 6px; border-bottom: 1px solid #eee; text-align: right; }
 aside td:first-child, aside th:first-child { text-align: left; }
@@ -157,7 +158,7 @@ canvas { background: #fff; border: 1px solid #ddd; cursor: crosshair; }
 </table>
 <p class="note">r: Pearson correlation of the unit's activation with the property over the text.
 Saturation: the mean distance of the activation from the middle of its scale, as a share of half the scale.
-Click a row to show its unit; hover over a character for the model's five likeliest next characters.</p>
+Click a row to show its unit; hover over a {step} for the model's five likeliest next {step}s.</p>
 {gates}
 </aside>
 </main>

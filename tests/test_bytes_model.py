@@ -115,9 +115,11 @@ def test_bytes_a_model_lacks_in_a_file_are_named_as_bytes(run):
     model = charrnn.load(run / "r")
     with pytest.raises(charrnn.UnknownCharacters, match=re.escape(named)):
         model.encode_file(odd)
-    # in Python a bytes model's text is a character a byte; one above U+00FF is named as it is
+    # in Python a bytes model's text is a character a byte; one above U+00FF is no byte
     with pytest.raises(charrnn.UnknownCharacters, match=re.escape(
-            "text has 5 byte value(s) the model does not know (5 occurrence(s)): e2, 82, ac, 78 ('x'), '€';")):
+            "text has 4 byte value(s) and 1 character(s) above U+00FF the model does not know (5 occurrence(s)): "
+            "e2, 82, ac, 78 ('x'), '€'; this model reads bytes, a character each: give "
+            "text.encode('utf-8').decode('latin-1')")):
         model.score(model_text("€x ", "bytes", "") + "€")
     with pytest.raises(charrnn.CharrnnError, match=re.escape(
             "priming text has 1 byte value(s) the model does not know (1 occurrence(s)): 7e ('~');")):
@@ -130,6 +132,10 @@ def test_inspect_draws_the_characters_a_bytes_models_bytes_make(run):
     # it drew one Latin-1 character a byte: 'cafÃ©', '天' as 'å¤©'
     assert ins.steps_shown(model_text("é天a", "bytes", "") + "\u00ff", "bytes") == ["", "é", "", "", "天", "a", "\ufffd"]
     assert ins.steps_shown("é天", "utf-8") == ["é", "天"]
+    # a byte that makes no character is U+FFFD at its own step, a character cut off at the end too
+    assert ins.steps_shown("\u00c3\n", "bytes") == ["\ufffd", "\n"]
+    assert ins.steps_shown("\u00e2\u0082A", "bytes") == ["\ufffd", "\ufffd", "A"]
+    assert ins.steps_shown("x\u00e5\u00a4", "bytes") == ["x", "\ufffd", "\ufffd"]
     # after a byte inside a character every property stays; a word starts where its first letter ends
     p = ins.text_properties(["", "é", "t", "", "é", " "])
     assert p["word start"].tolist() == [0, 1, 0, 0, 0, 0] and p["position in line"].tolist() == [0, 1, 2, 2, 3, 4]
@@ -140,3 +146,30 @@ def test_inspect_draws_the_characters_a_bytes_models_bytes_make(run):
     page = (run / "page.html").read_text(encoding="utf-8")
     assert "<span>f</span><span></span><span>é</span><span> </span>" in page and "Ã" not in page
     assert '"\\\\xc3"' in page and '"step":"byte"' in page  # guesses name a byte above ASCII as \xc3
+    assert "the share of bytes at which the gate is open" in page and "next bytes." in page
+    r = charrnn_cli("inspect", run / "r", run / "t.txt", "--chars", 33)  # 天 cut after two of its bytes
+    assert r.returncode == 0 and "naïve 0 \ufffd\ufffd\n" in r.stdout.decode(), r.stderr
+
+
+def test_a_text_is_read_as_the_model_reads_it(run, tmp_path):
+    # a bytes model given --encoding utf-8 read é as the byte e9; a text model given bytes read é as 'Ã', '©'
+    train_steps(config(run / "t.txt", tmp_path, hidden=8, layers=1), tmp_path / "chars", 2)
+    for model, encoding, reads in (("r", "utf-8", "characters, but this model reads bytes (--encoding bytes): "
+                                                  "leave it out"),
+                                   (tmp_path / "chars", "bytes", "bytes, but this model reads characters: leave it "
+                                                                 "out, or give --encoding utf-8 or --encoding latin-1")):
+        for command in (("eval",), ("eval", "--per-line"), ("inspect",)):
+            r = charrnn_cli(command[0], run / model, run / "t.txt", *command[1:], "--encoding", encoding)
+            assert r.returncode == 2 and r.stderr.decode() == f"error: --encoding {encoding} reads {reads}\n", \
+                (command, r.stderr)
+    with pytest.raises(charrnn.CharrnnError, match=re.escape("encoding='utf-8' reads characters, but this model "
+                                                             "reads bytes (encoding='bytes'): leave it out")):
+        charrnn.load(run / "r").encode_file(run / "t.txt", encoding="utf-8")
+    # latin-1 reads a byte as one character, as bytes does: what a bytes model reads
+    odd = tmp_path / "odd.txt"
+    odd.write_text("le café €\n", encoding="utf-8")
+    r = charrnn_cli("eval", run / "r", odd, "--encoding", "latin-1")
+    assert r.returncode == 1 and "3 byte value(s) the model does not know (3 occurrence(s)): e2, 82, ac" in \
+        r.stderr.decode()
+    r = charrnn_cli("eval", run / "r", odd, "--encoding", "latin-1", "--skip-unknown")
+    assert r.returncode == 0 and "8 bytes, " in r.stdout.decode() and "3 unknown byte(s) skipped" in r.stdout.decode()
