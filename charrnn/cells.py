@@ -63,21 +63,30 @@ NAMES = tuple(REGISTRY)
 
 # Options of particular cells: what the lectures vary. Each is a TrainConfig field, a --option
 # of train and gradflow, and a ModelSpec option; the default, the range and the help live here.
-Option = namedtuple("Option", "default low high help")
+Option = namedtuple("Option", "cells default low high help")  # cells: the cells that read it
 OPTIONS = {
-    "tau": Option("1:50", 1.0, 10000.0,
+    "tau": Option(("leaky",), "1:50", 1.0, 10000.0,
                   "leaky: the time constants tau >= 1 (rate 1/tau): one value for every unit, LO:HI spread "
                   "log-evenly over the units, or 'learned' (starting from 1:50). Default 1:50, fixed: a layer "
                   "then has fast and slow units from the first update, and the time scales stay a setting "
                   "one can compare rather than something the optimizer drifts"),
-    "spectral_radius": Option(0.95, 0.0, 10.0,
+    "spectral_radius": Option(("esn",), 0.95, 0.0, 10.0,
                               "esn: the spectral radius the frozen recurrent matrix is rescaled to; below 1 "
                               "(slightly contractive) the reservoir forgets its start (the echo-state property)"),
-    "leak": Option(1.0, 1e-4, 1.0, "esn: the leak rate a of h = (1-a) h + a tanh(...); 1: no leak"),
-    "u_max": Option(0.0, 0.0, 100.0,
+    "leak": Option(("esn",), 1.0, 1e-4, 1.0, "esn: the leak rate a of h = (1-a) h + a tanh(...); 1: no leak"),
+    "u_max": Option(("indrnn",), 0.0, 0.0, 100.0,
                     "indrnn: bound on |u|, the recurrent weights; 0: 2^(1/k2), Li et al. (2018)'s bound "
                     "for the window, so that a gradient grows at most 2x over k2 steps"),
 }
+
+
+def check_options_read(names, cells):
+    """A UsageError for a cell option given (`names`) where none of `cells` reads it: --tau
+    for an rnn would change nothing."""
+    for name in names:
+        if not set(OPTIONS[name].cells) & set(cells):
+            raise UsageError(f"{flag(name)} is an option of --cell {' and '.join(OPTIONS[name].cells)}; "
+                             f"--cell {','.join(cells)} has no use for it")
 
 
 def check_option(name, value):

@@ -145,9 +145,9 @@ def train(
     decay_start: float = _ranged(_C.decay_start, RANGES["decay_start"], "With --schedule linear or cosine: hold the learning rate for this fraction of the budget, then decay it to zero over the rest."),
     clip_norm: float = _ranged(_C.clip_norm, RANGES["clip_norm"], "Clip the global gradient norm to this (0: off)."),
     clip_value: float = _ranged(_C.clip_value, RANGES["clip_value"], "Clip each gradient element to +-this (0: off)."),
-    epochs: Optional[float] = _ranged(None, RANGES["epochs"], "Stop after this many passes over the training text.", "float"),
-    max_steps: Optional[int] = _ranged(None, RANGES["max_steps"], "Stop after this many updates.", "int"),
-    time_limit: Optional[float] = _ranged(None, RANGES["time_limit"], f"Stop after this many seconds of training (default {_C.time_limit:g}).", "float"),
+    epochs: Optional[float] = _ranged(None, RANGES["epochs"], "Stop after this many passes over the training text; 0, the default, sets no limit.", "float"),
+    max_steps: Optional[int] = _ranged(None, RANGES["max_steps"], "Stop after this many updates; 0, the default, sets no limit.", "int"),
+    time_limit: Optional[float] = _ranged(None, RANGES["time_limit"], f"Stop after this many seconds of training (default {_C.time_limit:g}; 0: no limit). The first rule reached stops the run.", "float"),
     eval_every: int = _ranged(_C.eval_every, RANGES["eval_every"], "Updates between validation runs."),
     eval_chars: int = _ranged(_C.eval_chars, RANGES["eval_chars"], "Validate on at most this many characters (0: all)."),
     checkpoint_every: int = _ranged(_C.checkpoint_every, RANGES["checkpoint_every"], "Updates between saves of latest.npz."),
@@ -169,6 +169,7 @@ def train(
 
     Started by `mpiexec -n R` (or srun), R processes train one model, each on its share of the --batch streams; this needs mpi4py (README: Training on a cluster).
     """
+    from .cells import check_options_read
     from .config import TrainConfig, check_resume_overrides
     from .corpus import check_encoding, model_text
     from .distributed import world
@@ -199,7 +200,9 @@ def train(
         if init_from is not None:  # the model's settings, from the trained model
             cfg = TrainConfig(**{**cfg.to_dict(), **fine_tune_settings(init_from, given)})
         cfg.doc_sep = model_text(cfg.doc_sep, check_encoding(cfg.encoding), "--doc-sep")
-        trainer = Trainer(cfg.validate(), new_run_dir(cfg), say=say)
+        check_options_read([name for name in CELL_OPTIONS if name in given], [cfg.cell])
+        cfg.validate().check_stopping()  # before the text is read
+        trainer = Trainer(cfg, new_run_dir(cfg), say=say)
     cfg = trainer.cfg
     if not quiet:
         settings = " ".join(f"{k}={_shown(v)}" for k, v in cfg.to_dict().items())
@@ -601,16 +604,18 @@ def gradflow(
                                    or forget_bias is not None or given):
         raise UsageError("--cell, --hidden, --layers, --forget-bias and the cell options describe fresh models; "
                            "leave them out when measuring a checkpoint")
-    from .cells import check_option
+    from .cells import check_option, check_options_read
 
     for name, value in given.items():
         check_option(name, value)
-    given.setdefault("u_max", 2.0 ** (1.0 / (max_k + 1)))
     cells = []
     for c in ("rnn,lstm,gru" if cell is None else cell).lower().split(","):  # "" names no cell: _cells says so
         for name in _cells(c.strip()):
             if name not in cells:
                 cells.append(name)
+    if checkpoint is None:
+        check_options_read(given, cells)
+    given.setdefault("u_max", 2.0 ** (1.0 / (max_k + 1)))
     if png is not None:  # fail before the measurement, not after it
         png = check_output(png, "--png", PNG)
         require_pyplot()

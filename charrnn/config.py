@@ -232,6 +232,13 @@ class TrainConfig:
                                f"'\\' or '..' (the run's folder is made inside --out-dir)")
         return self
 
+    def check_stopping(self):
+        """A UsageError for a run that nothing would stop (0 means no limit). Apart from
+        validate(), which also checks the settings a checkpoint holds and a config whose
+        stopping rule is set later."""
+        if not (self.max_steps or self.epochs or self.time_limit):
+            raise UsageError("no stopping rule: give --max-steps, --epochs or --time-limit")
+
     def cell_options(self):
         """The ModelSpec options of this run, the bound on |u| resolved for the window."""
         u_max = self.u_max or 2.0 ** (1.0 / self.k2)

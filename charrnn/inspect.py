@@ -26,7 +26,7 @@ import numpy as np
 from .cells import CELLS
 from .config import INSPECT_CHARS
 from .corpus import held_byte
-from .errors import CharrnnError
+from .errors import CharrnnError, UsageError
 from .gradflow import TANH_UNITS
 from .kernels.output import logits_forward
 from .model import ModelSpec, Stack
@@ -279,13 +279,13 @@ def find_units(scores: Scores, top: int = 1) -> list[Found]:
 
 
 def check_options(spec: ModelSpec, act: str, layer: int | None, unit: int | None) -> None:
-    """A CharrnnError for an activation, layer or unit that the model does not have."""
+    """A UsageError for an activation, layer or unit that the model does not have."""
     names = signal_names(spec.cell)
     if act not in names:
-        raise CharrnnError(f"the {spec.cell} cell has no activation {act!r}; choose one of {', '.join(names)}")
+        raise UsageError(f"the {spec.cell} cell has no activation {act!r}; choose one of {', '.join(names)}")
     for what, value, size in (("layer", layer, spec.layers), ("unit", unit, spec.hidden)):
         if value is not None and not 0 <= value < size:
-            raise CharrnnError(f"--{what} {value} does not exist; the model's {what}s are numbered 0 to {size - 1}")
+            raise UsageError(f"--{what} {value} does not exist; the model's {what}s are numbered 0 to {size - 1}")
 
 
 def pick_unit(scores: Scores, layer: int | None, unit: int | None) -> tuple[int, int]:

@@ -273,7 +273,7 @@ class Trainer:
                    if v != getattr(cfg, k)]
         for k, v in overrides.items():
             setattr(cfg, k, v)
-        cfg.validate()
+        cfg.validate().check_stopping()  # before the text is read
         corpus = _corpus_to_resume(meta, cfg, inputs, path.parent)
         if inputs:
             moved = [str(Path(p).resolve()) for p in inputs]
@@ -370,8 +370,7 @@ class Trainer:
         saves and raises Interrupted; a NaN or Inf stops with a CharrnnError and leaves the last
         checkpoint."""
         cfg = self.cfg
-        if not (cfg.max_steps or cfg.epochs or cfg.time_limit):
-            raise CharrnnError("no stopping rule: give --max-steps, --epochs or --time-limit")
+        cfg.check_stopping()  # a config built in Python may not have been validated
         root = self.world.root  # under MPI rank 0 alone writes the folder
         lock, self.lock = self.lock or _locked(self.run_dir), None
         starting = self.fresh

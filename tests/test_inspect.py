@@ -267,15 +267,16 @@ def _write(path, text):
     return path
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--act", "q"], "the lstm cell has no activation 'q'; choose one of h, i, f, g, o, tanh(c)"),
-    (["--unit", 4], "--unit 4 does not exist; the model's units are numbered 0 to 3"),
-    (["--layer", 1], "--layer 1 does not exist; the model's layers are numbered 0 to 0"),
-    (["--html", "/nonexistent-folder/page.html"], "cannot write /nonexistent-folder/page.html"),
+@pytest.mark.parametrize("args, message, code", [
+    # options the model has no use for are usage errors (exit 2), as any option out of range
+    (["--act", "q"], "the lstm cell has no activation 'q'; choose one of h, i, f, g, o, tanh(c)", 2),
+    (["--unit", 4], "--unit 4 does not exist; the model's units are numbered 0 to 3", 2),
+    (["--layer", 1], "--layer 1 does not exist; the model's layers are numbered 0 to 0", 2),
+    (["--html", "/nonexistent-folder/page.html"], "cannot write /nonexistent-folder/page.html", 1),
 ])
-def test_bad_options_exit_1_with_one_line(planted, args, message):
+def test_bad_options_exit_with_one_line(planted, args, message, code):
     r = invoke(planted["checkpoint"], planted["text"], *args)
-    assert r.exit_code == 1 and isinstance(r.exception, CharrnnError)
+    assert isinstance(r.exception, CharrnnError) and r.exception.exit_code == code
     assert str(r.exception).startswith(message)
 
 
@@ -352,7 +353,7 @@ def test_unknown_characters_and_usage_errors(planted):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     p = subprocess.run([sys.executable, "-m", "charrnn", "inspect", str(planted["checkpoint"]), str(planted["text"]),
                         "--unit", "9"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-    assert p.returncode == 1 and p.stderr.startswith("error: --unit 9 does not exist") and len(p.stderr.splitlines()) == 1
+    assert p.returncode == 2 and p.stderr.startswith("error: --unit 9 does not exist") and len(p.stderr.splitlines()) == 1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from charrnn import cells
 from charrnn.cli import app
 from charrnn.config import CELLS, CHOICES, DIAGNOSTIC_RANGES, RANGES, SAMPLE_RANGES, Range, TrainConfig
-from charrnn.errors import CharrnnError
+from charrnn.errors import CharrnnError, UsageError
 from charrnn.sampling import check_options
 
 runner = CliRunner()
@@ -64,6 +64,10 @@ def test_help_prints_each_range(command, ranges):
 def test_train_cli_and_validate_agree_at_each_bound(name, tmp_path):
     on_cli = name in cli_options("train")
     other = {"test_fraction": 0.0} if name == "val_fraction" else {"val_fraction": 0.0} if name == "test_fraction" else {}
+    if name == "time_limit":  # --time-limit 0 alone leaves nothing to stop the run (below)
+        other = {"max_steps": 1}
+    if name in cells.OPTIONS:  # given for a cell that reads it (below)
+        other = {"cell": cells.OPTIONS[name].cells[0]}
     for value, inside in around(RANGES[name], is_int(name)):
         if inside:
             TrainConfig(**{name: value}, **other).validate()
@@ -126,3 +130,29 @@ def test_choices_come_from_the_registries(tmp_path):
     assert runner.invoke(app, ["train", missing, "--encoding", "UTF8"]).exit_code == 1
     r = runner.invoke(app, ["train", missing, "--encoding", "ebcdic"])
     assert r.exit_code == 2 and re.search(r"utf-8, latin-1, bytes", r.output)
+
+
+def test_a_run_nothing_would_stop_is_a_usage_error_before_the_text_is_read(tmp_path):
+    # it was exit 1, from Trainer.run, after the corpus had been read
+    r = runner.invoke(app, ["train", str(tmp_path / "missing.txt"), "--time-limit", "0"])
+    assert isinstance(r.exception, UsageError) and r.exception.exit_code == 2
+    assert str(r.exception) == "no stopping rule: give --max-steps, --epochs or --time-limit"
+    with pytest.raises(UsageError, match="no stopping rule"):
+        TrainConfig(time_limit=0).validate().check_stopping()
+    TrainConfig(time_limit=0, epochs=0.5).validate().check_stopping()
+
+
+@pytest.mark.parametrize("name, value, cell", [("tau", "8", "leaky"), ("spectral_radius", "0.5", "esn"),
+                                               ("leak", "0.5", "esn"), ("u_max", "1.5", "indrnn")])
+def test_a_cell_option_is_refused_for_a_cell_that_does_not_read_it(name, value, cell, tmp_path):
+    # `--cell rnn --tau 8` trained an rnn as if --tau had not been given
+    option = f"--{name.replace('_', '-')}"
+    r = runner.invoke(app, ["train", str(tmp_path / "missing.txt"), "--cell", "lstm", option, value])
+    assert isinstance(r.exception, UsageError) and r.exception.exit_code == 2
+    assert str(r.exception) == f"{option} is an option of --cell {cell}; --cell lstm has no use for it"
+    r = runner.invoke(app, ["train", str(tmp_path / "missing.txt"), "--cell", cell, option, value])
+    assert r.exit_code == 1 and "missing.txt" in str(r.exception)  # accepted: as far as reading the text
+    r = runner.invoke(app, ["gradflow", "--cell", "rnn,gru", option, value, "--corpus", str(tmp_path / "missing.txt")])
+    assert isinstance(r.exception, UsageError) and str(r.exception).endswith("--cell rnn,gru has no use for it")
+    r = runner.invoke(app, ["gradflow", "--cell", f"rnn,{cell}", option, value, "--corpus", str(tmp_path / "m.txt")])
+    assert r.exit_code == 1 and "m.txt" in str(r.exception)
