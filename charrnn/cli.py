@@ -205,7 +205,12 @@ def train(
         trainer = Trainer(cfg, new_run_dir(cfg), say=say)
     cfg = trainer.cfg
     if not quiet:
-        settings = " ".join(f"{k}={_shown(v)}" for k, v in cfg.to_dict().items())
+        shown = cfg.to_dict()
+        if not shown["corpus"]:  # none given: the shipped text, which the run read
+            from .corpus import default_corpus
+
+            shown["corpus"] = [str(default_corpus())]
+        settings = " ".join(f"{k}={_shown(v)}" for k, v in shown.items())
         from rich.text import Text
 
         err.print(Text(settings, style="dim"))

@@ -1,8 +1,10 @@
 """The training loop: exact resume, interruption, divergence, small corpora, CLI errors."""
 import json
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -348,3 +350,15 @@ def test_cli_says_when_the_threads_have_too_few_streams(tmp_path):
     assert "note:" not in run("indrnn", "--batch", "4", "--cell", "indrnn")
     # a text too short for 32 streams of 4 windows of 51 characters: no batch to suggest
     assert "note:" not in run("short", "--batch", "4", k1=50)
+
+
+def test_the_settings_line_names_the_shipped_text_a_run_without_one_reads(tmp_path):
+    # it said corpus=[], as if the run read nothing
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-m", "charrnn", "train", "--hidden", "8", "--max-steps", "1",
+                        "--time-limit", "0", "--eval-every", "1", "--eval-chars", "100", "--out-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(root)})
+    assert r.returncode == 0, r.stderr
+    shipped = str(root / "corpora" / "tinyshakespeare.txt")
+    assert r.stderr.splitlines()[0].startswith(f"corpus=[{shipped!r}] encoding=utf-8 ")
