@@ -80,13 +80,14 @@ OPTIONS = {
 }
 
 
-def check_options_read(names, cells):
+def check_options_read(names, cells, whose=""):
     """A UsageError for a cell option given (`names`) where none of `cells` reads it: --tau
-    for an rnn would change nothing."""
+    for an rnn would change nothing. whose: where the cells come from, if not from --cell
+    (" (the default)")."""
     for name in names:
         if not set(OPTIONS[name].cells) & set(cells):
             raise UsageError(f"{flag(name)} is an option of --cell {' and '.join(OPTIONS[name].cells)}; "
-                             f"--cell {','.join(cells)} has no use for it")
+                             f"--cell {','.join(cells)}{whose} has no use for it")
 
 
 def check_option(name, value):

@@ -200,16 +200,15 @@ def train(
         if init_from is not None:  # the model's settings, from the trained model
             cfg = TrainConfig(**{**cfg.to_dict(), **fine_tune_settings(init_from, given)})
         cfg.doc_sep = model_text(cfg.doc_sep, check_encoding(cfg.encoding), "--doc-sep")
-        check_options_read([name for name in CELL_OPTIONS if name in given], [cfg.cell])
+        whose = " (the --init-from model's)" if init_from is not None else "" if "cell" in given else " (the default)"
+        check_options_read([name for name in CELL_OPTIONS if name in given], [cfg.cell], whose)
         cfg.validate().check_stopping()  # before the text is read
         trainer = Trainer(cfg, new_run_dir(cfg), say=say)
     cfg = trainer.cfg
     if not quiet:
         shown = cfg.to_dict()
-        if not shown["corpus"]:  # none given: the shipped text, which the run read
-            from .corpus import default_corpus
-
-            shown["corpus"] = [str(default_corpus())]
+        if not shown["corpus"]:  # none given: the files the run read (the shipped text)
+            shown["corpus"] = [f["path"] for f in trainer.corpus_info["files"]]
         settings = " ".join(f"{k}={_shown(v)}" for k, v in shown.items())
         from rich.text import Text
 
@@ -475,7 +474,8 @@ def eval_(
         return
     result = model.evaluate(ids, batch=batch, window=window)
     note = f"; {skipped:,} unknown {'byte' if of_bytes else 'character'}(s) skipped" if skip_unknown else ""
-    out.print(f"{file}: {result.chars:,} {'bytes' if of_bytes else 'characters'}, {result.nats:.4f} nats/char, {result.bits:.4f} bits/char, "
+    per = "byte" if of_bytes else "char"
+    out.print(f"{file}: {result.chars:,} {'bytes' if of_bytes else 'characters'}, {result.nats:.4f} nats/{per}, {result.bits:.4f} bits/{per}, "
               f"perplexity {result.perplexity:.2f}{note}", markup=False, highlight=False, soft_wrap=True)
 
 
@@ -619,7 +619,10 @@ def gradflow(
             if name not in cells:
                 cells.append(name)
     if checkpoint is None:
-        check_options_read(given, cells)
+        check_options_read(given, cells, "" if cell is not None else " (the default)")
+        if forget_bias is not None and not any(map(gf.has_forget_gate, cells)):
+            raise UsageError(f"--forget-bias sets the forget gate of lstm and peephole cells; --cell {','.join(cells)}"
+                             f"{'' if cell is not None else ' (the default)'} has none")
     given.setdefault("u_max", 2.0 ** (1.0 / (max_k + 1)))
     if png is not None:  # fail before the measurement, not after it
         png = check_output(png, "--png", PNG)
@@ -627,9 +630,11 @@ def gradflow(
     from .corpus import default_corpus
 
     corpus = corpus or default_corpus()
-    ids, chars = read_ids(corpus)  # a byte or two a character, never the text as a string
+    trained = gf.checkpoint_model(checkpoint) if checkpoint is not None else None
+    # a byte or two a character, never the text as a string; as the trained model reads text
+    ids, chars = read_ids(corpus, trained.encoding if trained else "utf-8")
     with err.status("measuring gradient flow (the first run compiles the kernels)..."):
-        flows = gf.run(ids, chars, cells=cells, checkpoint=checkpoint, hidden=hidden or 64, layers=layers or 1,
+        flows = gf.run(ids, chars, cells=cells, trained=trained, hidden=hidden or 64, layers=layers or 1,
                        seed=seed, radius=radius, max_k=max_k, windows=windows, batch=batch,
                        forget_bias=forget_bias, options=tuple(given.items()))
     unknown = max(f.unknown for f in flows)  # a checkpoint's model, which may lack some of the text's characters

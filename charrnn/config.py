@@ -140,8 +140,9 @@ def check_init_overrides(given: dict, saved: dict, checkpoint):
     """A UsageError if `given` sets any of the model's settings (MODEL_SETTINGS) otherwise than the
     checkpoint `saved` (its config) that a run fine-tunes."""
     saved = {**OLDER_CHECKPOINTS, **saved}
+    unread = {n for n in CELL_OPTIONS if saved["cell"] not in CELL_OPTIONS[n].cells}  # cells.check_options_read's
     conflicts = [f"{flag(n)} {given[n]} (it has {saved[n]})" for n in MODEL_SETTINGS
-                 if n in given and given[n] != saved[n]]
+                 if n in given and given[n] != saved[n] and n not in unread]
     if conflicts:
         raise UsageError(f"--init-from {checkpoint} holds the model {saved['cell']} {saved['layers']}x{saved['hidden']}, "
                          f"whose cell, sizes and cell options a fine-tuned run keeps; leave out {', '.join(conflicts)}")
@@ -237,7 +238,8 @@ class TrainConfig:
         validate(), which also checks the settings a checkpoint holds and a config whose
         stopping rule is set later."""
         if not (self.max_steps or self.epochs or self.time_limit):
-            raise UsageError("no stopping rule: give --max-steps, --epochs or --time-limit")
+            raise UsageError("nothing would stop the run: --max-steps, --epochs and --time-limit are all 0 (no "
+                             "limit); give one of them above 0")
 
     def cell_options(self):
         """The ModelSpec options of this run, the bound on |u| resolved for the window."""

@@ -55,6 +55,7 @@ class Model:
     spec: ModelSpec
     params: np.ndarray  # flat float64 buffer
     vocab: Vocab
+    encoding: str = "utf-8"  # how its text is read: "bytes" for a bytes model
 
 
 @dataclass
@@ -105,7 +106,7 @@ def checkpoint_model(path) -> Model:
 
     m = load_model(path)
     label = f"{Path(m.path).parent.name}/{Path(m.path).name}"  # run/best.npz: which run it was
-    return Model(label, m.spec, np.array(m.params, np.float64), m.vocab)
+    return Model(label, m.spec, np.array(m.params, np.float64), m.vocab, m.config.get("encoding", "utf-8"))
 
 
 def recurrent_blocks(spec: ModelSpec, params):
@@ -230,23 +231,29 @@ def corpus_ids(ids, chars, vocab: Vocab):
     return vocab.translate(ids, chars, skip_unknown=True)
 
 
+def has_forget_gate(cell: str) -> bool:
+    """Whether the cell has a forget gate (a block "f" of its recurrent matrix: lstm, peephole)."""
+    return "f" in getattr(CELLS[cell], "blocks", ())
+
+
 def set_forget_bias(model: Model, bias: float) -> None:
-    """Set the forget-gate bias of every layer of a cell with a forget gate (the block "f" of
-    its recurrent matrix: lstm, peephole); a no-op for other cells."""
-    blocks = getattr(CELLS[model.spec.cell], "blocks", ())
-    if "f" not in blocks:
+    """Set the forget-gate bias of every layer of a cell with a forget gate; a no-op for other
+    cells."""
+    if not has_forget_gate(model.spec.cell):
         return
+    blocks = CELLS[model.spec.cell].blocks
     H, f = model.spec.hidden, blocks.index("f")
     for p in Layout(model.spec).layer_views(model.params)[0]:
         p["b"][f * H : (f + 1) * H] = bias
 
 
-def run(ids, chars, cells=None, checkpoint=None, hidden=64, layers=1, seed=0, radius=None,
+def run(ids, chars, cells=None, trained=None, hidden=64, layers=1, seed=0, radius=None,
         max_k=100, windows=8, batch=8, forget_bias=None, options=()):
-    """Measure fresh models (one per cell, knowing the text's characters) or a checkpoint on the
-    text whose ids of the characters `chars` corpus.read_ids gives; a list of Flow."""
-    if checkpoint is not None:
-        models = [checkpoint_model(checkpoint)]
+    """Measure fresh models (one per cell, knowing the text's characters) or a trained one
+    (checkpoint_model) on the text whose ids of the characters `chars` corpus.read_ids gives
+    (read in the trained model's encoding); a list of Flow."""
+    if trained is not None:
+        models = [trained]
     else:
         vocab = Vocab(chars)
         models = [fresh_model(c, vocab, hidden, layers, seed, options) for c in cells]

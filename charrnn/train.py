@@ -24,7 +24,7 @@ from .checkpoint import load_checkpoint, remove_stale_temporaries, resolve_check
 from .config import MODEL_SETTINGS, OLDER_CHECKPOINTS, TrainConfig, check_init_overrides, check_resume_overrides
 from .corpus import (Corpus, Streams, Vocab, default_corpus, fit_batch_and_window, read_corpus, shown_text, split,
                      streams_held)
-from .errors import CharrnnError, flag, os_error_message
+from .errors import CharrnnError, UsageError, flag, os_error_message
 from .evaluate import bits, evaluate
 from .model import ModelSpec, Stack, init_params, transplant
 from .optim import Optimizer, clip_by_norm, clip_by_value, learning_rate
@@ -583,7 +583,12 @@ def fine_tune_settings(checkpoint, given: dict) -> dict:
     saved = {**OLDER_CHECKPOINTS, **model.config}
     check_init_overrides(given, saved, checkpoint)
     settings = {name: saved[name] for name in MODEL_SETTINGS}
-    settings["encoding"] = given.get("encoding") or saved.get("encoding", "utf-8")
+    encoding = saved.get("encoding", "utf-8")
+    if given.get("encoding") and (given["encoding"] == "bytes") != (encoding == "bytes"):  # its ids' meaning
+        reads = "bytes" if encoding == "bytes" else "characters"
+        raise UsageError(f"--init-from {checkpoint} reads {reads} (--encoding {encoding}), as a fine-tuned run must "
+                         f"too; leave out --encoding {given['encoding']}")
+    settings["encoding"] = given.get("encoding") or encoding
     settings["init_from"] = str(model.path.resolve())
     return settings
 

@@ -1,6 +1,7 @@
 """A model of `--encoding bytes` (its characters are the bytes 0-255) trained on UTF-8 text: what
 a person types is read as its UTF-8 bytes, and what the model writes goes out as bytes, so that
 the text reads as UTF-8 rather than as one Latin-1 character per byte ('cafÃ©')."""
+import json
 import os
 import re
 import subprocess
@@ -173,3 +174,13 @@ def test_a_text_is_read_as_the_model_reads_it(run, tmp_path):
         r.stderr.decode()
     r = charrnn_cli("eval", run / "r", odd, "--encoding", "latin-1", "--skip-unknown")
     assert r.returncode == 0 and "8 bytes, " in r.stdout.decode() and "3 unknown byte(s) skipped" in r.stdout.decode()
+
+
+def test_gradflow_reads_a_bytes_models_text_as_bytes(run):
+    # it read the text as UTF-8 and left out every é and 天 as unknown, although the model knows their bytes
+    r = charrnn_cli("gradflow", run / "r", "--corpus", run / "t.txt", "--max-k", 3, "--windows", 1, "--batch", 2,
+                    "--json")
+    assert r.returncode == 0, r.stderr
+    assert [m["unknown_chars"] for m in json.loads(r.stdout)["models"]] == [0] and b"note:" not in r.stderr
+    r = charrnn_cli("eval", run / "r", run / "t.txt")
+    assert r.returncode == 0 and re.search(rb" bytes, [0-9.]+ nats/byte, [0-9.]+ bits/byte, ", r.stdout), r.stdout

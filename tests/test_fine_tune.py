@@ -82,8 +82,7 @@ def test_a_fine_tuned_model_trains_on_the_new_text(texts, tmp_path):
     assert meta["config"]["init_from"].endswith("best.npz") and meta["step"] == 40
 
 
-@pytest.mark.parametrize("option, value", [("--hidden", "16"), ("--layers", "1"), ("--cell", "gru"),
-                                           ("--tau", "4")])
+@pytest.mark.parametrize("option, value", [("--hidden", "16"), ("--layers", "1"), ("--cell", "gru")])
 def test_options_that_ask_for_another_model_are_refused_in_one_line(texts, tmp_path, monkeypatch, capsys, option,
                                                                      value):
     old, new = texts
@@ -97,6 +96,22 @@ def test_options_that_ask_for_another_model_are_refused_in_one_line(texts, tmp_p
     code, err = main_exits(monkeypatch, capsys, "train", new, "--init-from", tmp_path / "a" / "r", "--resume",
                            tmp_path / "a" / "r")
     assert code == 2 and "leave it out with --resume" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    # the lstm has no tau: it was refused as "leave out --tau 4 (it has 1:50)"
+    (("--tau", "4"), "--tau is an option of --cell leaky; --cell lstm (the --init-from model's) has no use for it"),
+    # its ids are characters: fine-tuned on bytes, its rows for é, à... stood for single bytes
+    (("--encoding", "bytes"), "reads characters (--encoding utf-8), as a fine-tuned run must too; leave out "
+                              "--encoding bytes"),
+])
+def test_options_the_trained_model_cannot_read_are_refused(texts, tmp_path, monkeypatch, capsys, args, message):
+    old, new = texts
+    train_steps(config(old, tmp_path / "a"), tmp_path / "a" / "r", 3)  # lstm 2x12, utf-8
+    code, err = main_exits(monkeypatch, capsys, "train", new, "--init-from", tmp_path / "a" / "r", *args,
+                           "--out-dir", tmp_path / "b")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "b").exists()
 
 
 def test_the_start_up_line_says_how_many_characters_were_added(texts, tmp_path):

@@ -136,8 +136,9 @@ def test_a_run_nothing_would_stop_is_a_usage_error_before_the_text_is_read(tmp_p
     # it was exit 1, from Trainer.run, after the corpus had been read
     r = runner.invoke(app, ["train", str(tmp_path / "missing.txt"), "--time-limit", "0"])
     assert isinstance(r.exception, UsageError) and r.exception.exit_code == 2
-    assert str(r.exception) == "no stopping rule: give --max-steps, --epochs or --time-limit"
-    with pytest.raises(UsageError, match="no stopping rule"):
+    assert str(r.exception) == ("nothing would stop the run: --max-steps, --epochs and --time-limit are all 0 (no "
+                                "limit); give one of them above 0")
+    with pytest.raises(UsageError, match="nothing would stop the run"):
         TrainConfig(time_limit=0).validate().check_stopping()
     TrainConfig(time_limit=0, epochs=0.5).validate().check_stopping()
 
@@ -156,3 +157,15 @@ def test_a_cell_option_is_refused_for_a_cell_that_does_not_read_it(name, value, 
     assert isinstance(r.exception, UsageError) and str(r.exception).endswith("--cell rnn,gru has no use for it")
     r = runner.invoke(app, ["gradflow", "--cell", f"rnn,{cell}", option, value, "--corpus", str(tmp_path / "m.txt")])
     assert r.exit_code == 1 and "m.txt" in str(r.exception)
+    r = runner.invoke(app, ["gradflow", option, value, "--corpus", str(tmp_path / "m.txt")])
+    assert str(r.exception).endswith("--cell rnn,lstm,gru (the default) has no use for it")
+
+
+def test_a_forget_bias_is_refused_where_no_cell_has_a_forget_gate(tmp_path):
+    missing = str(tmp_path / "m.txt")
+    r = runner.invoke(app, ["gradflow", "--cell", "rnn,gru", "--forget-bias", "1", "--corpus", missing])
+    assert isinstance(r.exception, UsageError) and r.exception.exit_code == 2
+    assert str(r.exception) == "--forget-bias sets the forget gate of lstm and peephole cells; --cell rnn,gru has none"
+    for chosen in (["--cell", "rnn,peephole"], []):  # the default cells hold the lstm
+        r = runner.invoke(app, ["gradflow", *chosen, "--forget-bias", "1", "--corpus", missing])
+        assert r.exit_code == 1 and "m.txt" in str(r.exception)
