@@ -397,7 +397,8 @@ def test_numba_that_cannot_start_on_a_rank_ends_the_job_in_one_line(corpus, tmp_
     # a rank whose numba cannot start (on a cluster, a node's broken installation) ended alone,
     # without a word: before MPI_Init, or after it with the job left as one process, and rank 0
     # waited for it for ever. Now it says why once the ranks have joined, and the job ends
-    cmd = [sys.executable, "-m", "charrnn", "train", str(corpus), *MODEL, "--out-dir", str(tmp_path), "--run", "r"]
+    cmd = [sys.executable, "-m", "charrnn", "train", str(corpus), *MODEL, "--max-steps", "2", "--out-dir",
+           str(tmp_path), "--run", "r"]
     broken = ["env", variable, *cmd]
     ranks = ["-n", "1", *cmd, ":", "-n", "1", *broken] if failing == "rank 1" else ["-n", "2", *broken]
     r = subprocess.run([MPIEXEC, *LAUNCH, *ranks], capture_output=True, text=True, timeout=120,
