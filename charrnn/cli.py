@@ -474,8 +474,8 @@ def eval_(
         return
     result = model.evaluate(ids, batch=batch, window=window)
     note = f"; {skipped:,} unknown {'byte' if of_bytes else 'character'}(s) skipped" if skip_unknown else ""
-    per = "byte" if of_bytes else "char"
-    out.print(f"{file}: {result.chars:,} {'bytes' if of_bytes else 'characters'}, {result.nats:.4f} nats/{per}, {result.bits:.4f} bits/{per}, "
+    count, per = ("bytes", "byte") if of_bytes else ("characters", "char")
+    out.print(f"{file}: {result.chars:,} {count}, {result.nats:.4f} nats/{per}, {result.bits:.4f} bits/{per}, "
               f"perplexity {result.perplexity:.2f}{note}", markup=False, highlight=False, soft_wrap=True)
 
 

@@ -271,8 +271,8 @@ class Corpus:
 
     def ids_for(self, vocab: "Vocab", what: str = "the training text", as_bytes: bool = False) -> np.ndarray:
         """The text as ids of `vocab`, which may hold more characters in another order (a trained
-        model's), of type ids_dtype(vocab.size); a CharrnnError if it lacks some (as_bytes: the
-        text was read with encoding "bytes", Vocab.translate)."""
+        model's), of type ids_dtype(vocab.size); a CharrnnError if it lacks some (as_bytes: a
+        bytes model's text, named as bytes, Vocab.translate)."""
         return vocab.translate(self.ids, self.chars, what=what, as_bytes=as_bytes)[0]
 
 
@@ -639,8 +639,8 @@ class Vocab:
         """(ids, skipped): `ids` of the characters `chars` (another vocabulary's, such as a file's
         own from read_ids) as ids of this one, of type ids_dtype(self.size), a piece at a time.
         A character this vocabulary lacks raises the CharrnnError encode() raises for it (each
-        one named, in order of first appearance; as its byte's value where `as_bytes`: a text
-        read with encoding "bytes"), unless skip_unknown leaves it out and counts it."""
+        one named, in order of first appearance; as its byte's value where `as_bytes`: a bytes
+        model's text, a character a byte), unless skip_unknown leaves it out and counts it."""
         if self.numbers_as(chars):
             return ids, 0
         _, table, known = self._lookup("".join(chars))  # (len(chars),): their id -> our id
@@ -692,7 +692,7 @@ class Vocab:
 
 def _unknown(chars: list, occurrences: int, what: str, as_bytes: bool = False) -> CharrnnError:
     """The error for a text with characters (in order of first appearance) a model lacks; for a
-    text read as bytes (each byte the character of its code), named as bytes: e2, not 'â'."""
+    bytes model (each byte the character of its code), named as bytes: e2, not 'â'."""
     more = f" and {len(chars) - 10} more" if len(chars) > 10 else ""
     if as_bytes:
         shown = ", ".join(repr(c) if ord(c) > 0xFF else f"{ord(c):02x}" + (f" ({c!r})" if ord(c) < 0x80 else "")

@@ -62,7 +62,8 @@ def page(tr: Trace, scores: Scores, found: list[Found], vocab, layer: int, unit:
         "title": html.escape(f"charrnn inspect: {source}"),
         "model": html.escape(f"{s.cell} {s.layers}x{s.hidden}, vocabulary {s.vocab_size}; "
                              f"{len(tr.text):,} {tr.step}s of {source}, activation {tr.act}"),
-        "found": _found_rows(found), "gates": GATES.replace("{step}", tr.step) if tr.gates[0] else f"<p class=\"note\">{s.cell} cells have no gates.</p>",
+        "found": _found_rows(found),
+        "gates": GATES.replace("{step}", tr.step) if tr.gates[0] else f"<p class=\"note\">{s.cell} cells have no gates.</p>",
         "meta": _json(meta),
         "blobs": blobs, "text": text, "step": tr.step,
     }
