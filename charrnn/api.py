@@ -52,7 +52,11 @@ class Evaluation(NamedTuple):
 
     @property
     def perplexity(self) -> float:
-        return math.exp(self.nats)
+        """exp(nats): inf beyond float64's range (a model that diverges on the text), nan for nan."""
+        try:
+            return math.exp(self.nats)
+        except OverflowError:
+            return math.inf
 
 
 def load(path) -> TrainedModel:

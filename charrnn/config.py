@@ -116,13 +116,14 @@ DIAGNOSTIC_RANGES = {
 }
 
 # What `train --resume` may change: how the run goes on from the saved state (the learning rate,
-# its schedule, clipping, fresh starts, the stopping rules) and its bookkeeping (evaluation, saves,
-# samples).
+# its schedule, clipping, fresh starts, the stopping rules) and its bookkeeping (how often it
+# validates and saves, samples).
 # The rest decides what the saved state is: the model, the text and how it is cut into streams
-# and windows, the optimizer and the random draws. Resumed without changes, a run continues
-# exactly as the uninterrupted one would have.
+# and windows, the optimizer and the random draws; and what a validation loss measures
+# (--eval-chars), to which best.npz's own figure must compare. Resumed without changes, a run
+# continues exactly as the uninterrupted one would have.
 RESUME_MAY_CHANGE = ("lr", "schedule", "lr_decay", "decay_every", "decay_start", "clip_norm", "clip_value", "reset_every",
-                     "epochs", "max_steps", "time_limit", "eval_every", "eval_chars", "checkpoint_every",
+                     "epochs", "max_steps", "time_limit", "eval_every", "checkpoint_every",
                      "sample_every", "sample_length", "sample_temperature")
 # What a fine-tuned run (--init-from) takes from its checkpoint: the model itself.
 MODEL_SETTINGS = ("cell", "hidden", "layers", *CELL_OPTIONS)

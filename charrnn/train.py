@@ -498,8 +498,13 @@ class Trainer:
             if any((self.run_dir / f"{name}.npz").exists() for name in ("latest", "best")):
                 raise CharrnnError(f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir} "
                                    f"or choose another --run name")
-            if (self.run_dir / METRICS_FILE).exists():
-                self.say(f"replacing {self.run_dir / METRICS_FILE}, left by a run that saved no checkpoint")
+            for name, step in ((METRICS_FILE, _record_step), (SAMPLES_FILE, _sample_step)):
+                if not _left_by_a_run(self.run_dir / name, step):  # a file of the user's: never replaced
+                    raise CharrnnError(f"{self.run_dir / name} is not a log of charrnn's; move it, or choose "
+                                       "another --run name")
+            left = [name for name in (METRICS_FILE, SAMPLES_FILE) if (self.run_dir / name).exists()]
+            if left:
+                self.say(f"replacing {' and '.join(left)} in {self.run_dir}, left by a run that saved no checkpoint")
         remove_stale_temporaries(self.run_dir)
         if self.fresh:
             (self.run_dir / SAMPLES_FILE).unlink(missing_ok=True)  # a dead run's, as its metrics
@@ -662,6 +667,19 @@ def _sample_step(line):
     return int(m.group(1)) if m else -1
 
 
+def _left_by_a_run(path, step) -> bool:
+    """Whether `path` is missing, empty, or a log a run wrote: its first line a record whose step
+    `step` reads (_record_step, _sample_step)."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(4096).decode("utf-8", "replace")
+    except FileNotFoundError:
+        return True
+    except OSError as e:
+        raise CharrnnError(f"cannot read {path}: {e.strerror or e.__class__.__name__}") from None
+    return not first or 0 <= step(first) < math.inf
+
+
 def _other_meta(path, name):
     """The meta document of the checkpoint `name` beside `path` (not path itself), or None if
     there is none or it cannot be read: then nothing resuming path would lose."""
@@ -715,8 +733,15 @@ def _cut_log(path, after, every_line=False):
 
 
 def new_run_dir(cfg: TrainConfig) -> Path:
-    name = cfg.run or distributed.world().from_root(f"{cfg.cell}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-    return Path(cfg.out_dir) / name
+    """OUT_DIR/RUN; without --run, CELL-DATE-TIME, with -2, -3... if a run started in the same
+    second holds that name (rank 0's choice under MPI)."""
+    if cfg.run:
+        return Path(cfg.out_dir) / cfg.run
+    stamp = f"{cfg.cell}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    name, n = stamp, 2
+    while (Path(cfg.out_dir) / name).exists():
+        name, n = f"{stamp}-{n}", n + 1
+    return Path(cfg.out_dir) / distributed.world().from_root(name)
 
 
 def _shown(value):

@@ -523,3 +523,13 @@ def test_a_state_of_ragged_rows_is_refused_by_its_shape(model):
     with pytest.raises(CharrnnError, match=re.escape("state['h'] has rows of different lengths; this model's shape "
                                                      "is (2, 16)")):
         model.state = {"h": [[1.0, 2.0], [3.0]], "c": np.zeros((2, 16))}
+
+
+def test_a_perplexity_beyond_float64_is_inf():
+    # a model that diverges on a text (an IndRNN whose |u| bound is above 1) scored 800 nats a
+    # character, and eval stopped with an internal error (OverflowError from math.exp)
+    from charrnn.api import Evaluation
+
+    assert Evaluation(800.0, 10, 0).perplexity == math.inf
+    assert Evaluation(709.0, 10, 0).perplexity == math.exp(709.0)
+    assert math.isnan(Evaluation(math.nan, 10, 0).perplexity)

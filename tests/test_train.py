@@ -1,6 +1,7 @@
 """The training loop: exact resume, interruption, divergence, small corpora, CLI errors."""
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -362,3 +363,46 @@ def test_the_settings_line_names_the_shipped_text_a_run_without_one_reads(tmp_pa
     assert r.returncode == 0, r.stderr
     shipped = str(root / "corpora" / "tinyshakespeare.txt")
     assert r.stderr.splitlines()[0].startswith(f"corpus=[{shipped!r}] encoding=utf-8 ")
+
+
+def test_a_fresh_run_never_replaces_a_file_it_did_not_write(corpus, tmp_path):
+    # samples.txt of the user's own, in a folder of the run's name without a checkpoint, was deleted
+    # without a word; metrics.jsonl was replaced with a note that blamed a run that never was
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "samples.txt").write_text("my precious notes\n")
+    with pytest.raises(CharrnnError, match=re.escape(f"{run_dir / 'samples.txt'} is not a log of charrnn's; move it")):
+        train_steps(config(corpus, tmp_path), run_dir, 1)
+    assert (run_dir / "samples.txt").read_text() == "my precious notes\n"
+    (run_dir / "samples.txt").unlink()
+    (run_dir / "metrics.jsonl").write_text("not json\n")
+    with pytest.raises(CharrnnError, match="metrics.jsonl is not a log of charrnn's"):
+        train_steps(config(corpus, tmp_path), run_dir, 1)
+    # what a run that saved no checkpoint left is replaced, and said
+    (run_dir / "metrics.jsonl").write_text('{"kind": "train", "step": 10, "loss": 1.0}\n')
+    (run_dir / "samples.txt").write_text("--- step 10, epoch 0.10, val loss 1.0, temperature 0.8, seed 10 ---\nab\n")
+    said = []
+    Trainer(config(corpus, tmp_path, max_steps=1), run_dir, say=said.append).run()
+    assert f"replacing metrics.jsonl and samples.txt in {run_dir}, left by a run that saved no checkpoint" in said
+    assert '"step": 10,' not in (run_dir / "metrics.jsonl").read_text() and not (run_dir / "samples.txt").exists()
+
+
+def test_runs_started_in_the_same_second_get_names_of_their_own(tmp_path, monkeypatch):
+    # the second was refused: "... already holds a run; continue it with --resume", naming the first
+    from datetime import datetime
+
+    from charrnn.train import new_run_dir
+
+    class Then(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2026, 1, 2, 3, 4, 5)
+
+    monkeypatch.setattr("charrnn.train.datetime", Then)
+    cfg = TrainConfig(cell="gru", out_dir=str(tmp_path))
+    assert new_run_dir(cfg) == tmp_path / "gru-20260102-030405"
+    (tmp_path / "gru-20260102-030405").mkdir()
+    assert new_run_dir(cfg) == tmp_path / "gru-20260102-030405-2"
+    (tmp_path / "gru-20260102-030405-2").mkdir()
+    assert new_run_dir(cfg) == tmp_path / "gru-20260102-030405-3"
+    assert new_run_dir(TrainConfig(run="mine", out_dir=str(tmp_path))) == tmp_path / "mine"
