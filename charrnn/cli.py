@@ -187,6 +187,7 @@ def train(
         check_resume_overrides(overrides)
         with err.status("loading the checkpoint and the corpus..."):
             trainer = Trainer.resume(resume, say=say, corpus=corpus or None, **overrides)
+        trainer.check_not_done()
         say(f"resuming {trainer.run_dir} at update {trainer.step}")
     else:
         cfg = TrainConfig(corpus=[str(p) for p in corpus or ()], encoding=encoding, val_fraction=val_fraction,

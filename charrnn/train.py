@@ -298,6 +298,20 @@ class Trainer:
         self.last_val_step = meta["metrics"].get("last_val_step")  # older checkpoints: not known
         return self
 
+    def check_not_done(self):
+        """A UsageError for a resumed run that a stopping rule ends before its first update: it
+        would only test its model again and say it is done (the command line's check; in
+        Python a finished run may be resumed to look at it)."""
+        cfg = self.cfg
+        reached = [f"{flag(name)} {limit:g} ({at})" for name, limit, done, at in (
+            ("max_steps", cfg.max_steps, self.step, f"update {self.step}"),
+            ("epochs", cfg.epochs, self.epoch(), f"{self.epoch():.2f} epochs"),
+            ("time_limit", cfg.time_limit, self.elapsed, f"{self.elapsed:.0f} s of training"))
+            if limit and done >= limit]
+        if reached:
+            raise UsageError(f"{self.run_dir} has already reached {' and '.join(reached)}; to train on, give a "
+                             "larger limit")
+
     # -- the loop ------------------------------------------------------------------------------
     def update(self):
         """One k1/k2 update. Returns (mean loss in nats, gradient norm before clipping, whether
@@ -668,8 +682,10 @@ def _sample_step(line):
 
 
 def _left_by_a_run(path, step) -> bool:
-    """Whether `path` is missing, empty, or a log a run wrote: its first line a record whose step
-    `step` reads (_record_step, _sample_step)."""
+    """Whether `path` is missing, empty, no regular file (a device holds nothing to lose), or a
+    log a run wrote: its first line a record whose step `step` reads (_record_step, _sample_step)."""
+    if not path.is_file():
+        return True
     try:
         with open(path, "rb") as f:
             first = f.readline(4096).decode("utf-8", "replace")

@@ -406,3 +406,16 @@ def test_runs_started_in_the_same_second_get_names_of_their_own(tmp_path, monkey
     (tmp_path / "gru-20260102-030405-2").mkdir()
     assert new_run_dir(cfg) == tmp_path / "gru-20260102-030405-3"
     assert new_run_dir(TrainConfig(run="mine", out_dir=str(tmp_path))) == tmp_path / "mine"
+
+
+def test_resuming_a_run_that_has_reached_its_end_says_so(corpus, tmp_path):
+    # it printed "resuming", tested the model again, appended that record and said done, exit 0
+    train_steps(config(corpus, tmp_path), tmp_path / "r", 5)
+    log = (tmp_path / "r" / "metrics.jsonl").read_bytes()
+    for more, reached in (([], "--max-steps 5 (update 5)"), (["--max-steps", "3"], "--max-steps 3 (update 5)")):
+        r = run_cli("train", "--resume", str(tmp_path / "r"), *more)
+        assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
+            f"error: {tmp_path / 'r'} has already reached {reached}; to train on, give a larger limit"), r.stderr
+    assert (tmp_path / "r" / "metrics.jsonl").read_bytes() == log
+    r = run_cli("train", "--resume", str(tmp_path / "r"), "--max-steps", "6", "-q")
+    assert r.returncode == 0 and "done: 6 updates" in r.stdout, r.stderr
