@@ -137,10 +137,17 @@ def check_resume_overrides(names):
                          f"{', '.join(map(flag, fixed))} (these may change: {', '.join(map(flag, RESUME_MAY_CHANGE))})")
 
 
+def resolved_u_max(u_max: float, k2: int) -> float:
+    """IndRNN's bound on |u|: --u-max, or where it is 0, 2^(1/k2) (Li et al. 2018's bound for the
+    window, cells.OPTIONS)."""
+    return u_max or 2.0 ** (1.0 / k2)
+
+
 def check_init_overrides(given: dict, saved: dict, checkpoint):
     """A UsageError if `given` sets any of the model's settings (MODEL_SETTINGS) otherwise than the
     checkpoint `saved` (its config) that a run fine-tunes."""
     saved = {**OLDER_CHECKPOINTS, **saved}
+    saved["u_max"] = resolved_u_max(saved["u_max"], saved["k2"])  # the bound its u was kept within
     unread = {n for n in CELL_OPTIONS if saved["cell"] not in CELL_OPTIONS[n].cells}  # cells.check_options_read's
     conflicts = [f"{flag(n)} {given[n]} (it has {saved[n]})" for n in MODEL_SETTINGS
                  if n in given and given[n] != saved[n] and n not in unread]
@@ -244,7 +251,7 @@ class TrainConfig:
 
     def cell_options(self):
         """The ModelSpec options of this run, the bound on |u| resolved for the window."""
-        u_max = self.u_max or 2.0 ** (1.0 / self.k2)
+        u_max = resolved_u_max(self.u_max, self.k2)
         return (("tau", self.tau), ("spectral_radius", self.spectral_radius), ("leak", self.leak), ("u_max", u_max))
 
     def to_dict(self):

@@ -21,7 +21,8 @@ import numpy as np
 
 from . import __version__, distributed, memory
 from .checkpoint import load_checkpoint, remove_stale_temporaries, resolve_checkpoint, save_checkpoint
-from .config import MODEL_SETTINGS, OLDER_CHECKPOINTS, TrainConfig, check_init_overrides, check_resume_overrides
+from .config import (MODEL_SETTINGS, OLDER_CHECKPOINTS, TrainConfig, check_init_overrides, check_resume_overrides,
+                     resolved_u_max)
 from .corpus import (Corpus, Streams, Vocab, default_corpus, fit_batch_and_window, read_corpus, shown_text, split,
                      streams_held)
 from .errors import CharrnnError, UsageError, flag, os_error_message
@@ -602,6 +603,8 @@ def fine_tune_settings(checkpoint, given: dict) -> dict:
     saved = {**OLDER_CHECKPOINTS, **model.config}
     check_init_overrides(given, saved, checkpoint)
     settings = {name: saved[name] for name in MODEL_SETTINGS}
+    # the bound u was trained within, not one that follows the new run's --k2
+    settings["u_max"] = resolved_u_max(saved["u_max"], saved["k2"])
     encoding = saved.get("encoding", "utf-8")
     if given.get("encoding") and (given["encoding"] == "bytes") != (encoding == "bytes"):  # its ids' meaning
         reads = "bytes" if encoding == "bytes" else "characters"

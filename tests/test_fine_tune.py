@@ -125,3 +125,19 @@ def test_the_start_up_line_says_how_many_characters_were_added(texts, tmp_path):
     vocab = len(set(NEW_TEXT) | set(TEXT))
     line = next(l for l in r.stderr.splitlines() if l.startswith("lstm 2x12 from "))
     assert f"best.npz, vocabulary {vocab} ({added} added)" in line
+
+
+def test_an_indrnn_keeps_the_bound_its_u_was_trained_within(texts, tmp_path):
+    # --u-max 0 means 2^(1/k2) of the run: fine-tuned with another --k2, u was clipped to a new bound
+    old, new = texts
+    train_steps(config(old, tmp_path / "a", cell="indrnn", k1=8, k2=8), tmp_path / "a" / "r", 3)
+    settings = fine_tune_settings(tmp_path / "a" / "r", {})
+    assert settings["u_max"] == 2.0 ** (1.0 / 8)
+    before = Trainer.resume(tmp_path / "a" / "r", say=lambda *_: None)
+    trainer = fine_tuned(tmp_path / "a" / "r", new, tmp_path / "b", k1=16, k2=16, lr=1e-12)
+    assert trainer.spec.option("u_max") == 2.0 ** (1.0 / 8)
+    trainer.cfg.max_steps = 1
+    trainer.run()
+    u = lambda t: [p["u"] for p in Layout(t.spec).layer_views(t.params)[0]]  # noqa: E731
+    for was, now in zip(u(before), u(trainer)):
+        np.testing.assert_allclose(now, was, rtol=0, atol=1e-9)
