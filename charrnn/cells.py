@@ -96,8 +96,8 @@ def check_option(name, value):
     opt = OPTIONS[name]
     option = flag(name)
     if name == "tau":
-        parts = str(value).split(":")
-        if str(value) == "learned":
+        parts = str(value).strip().lower().split(":")
+        if parts == ["learned"]:
             return
         try:
             taus = [float(x) for x in parts]
@@ -109,6 +109,14 @@ def check_option(name, value):
         return
     if not opt.low <= value <= opt.high:
         raise UsageError(f"{option} {value} is out of range: it must be in [{opt.low:g}, {opt.high:g}]")
+
+
+def normal_tau(value) -> str:
+    """--tau in one spelling, so that equal settings compare equal: 'learned', or its one or two
+    numbers without a trailing .0 (' 5', '5.0' -> '5'; 'LEARNED' -> 'learned'). Checked first."""
+    check_option("tau", value)
+    text = str(value).strip().lower()
+    return text if text == "learned" else ":".join(repr(float(x)).removesuffix(".0") for x in text.split(":"))
 
 
 def choices_help():

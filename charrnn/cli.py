@@ -169,7 +169,7 @@ def train(
 
     Started by `mpiexec -n R` (or srun), R processes train one model, each on its share of the --batch streams; this needs mpi4py (README: Training on a cluster).
     """
-    from .cells import check_options_read
+    from .cells import check_options_read, normal_tau
     from .config import TrainConfig, check_resume_overrides
     from .corpus import check_encoding, model_text
     from .distributed import world
@@ -180,6 +180,8 @@ def train(
     stops = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps), ("time_limit", time_limit)) if v is not None}
     given = {name: value for name, value in ctx.params.items() if name not in ("resume", "quiet")
              and ctx.get_parameter_source(name).name != "DEFAULT"}
+    if "tau" in given:  # one spelling, so that --tau 5.0 is the 5 a model has
+        tau = given["tau"] = normal_tau(tau)
     if resume is not None:
         if init_from is not None:
             raise UsageError("--init-from starts a new run from a trained model; leave it out with --resume")

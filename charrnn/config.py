@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .cells import NAMES as CELLS  # the registry's names; cells.py imports no kernels
 from .cells import OPTIONS as CELL_OPTIONS
-from .cells import check_option
+from .cells import check_option, normal_tau
 from .errors import UsageError, as_flag, flag
 
 # the optimizers optim.py implements, named here so that reading the defaults (the CLI does,
@@ -148,6 +148,7 @@ def check_init_overrides(given: dict, saved: dict, checkpoint):
     checkpoint `saved` (its config) that a run fine-tunes."""
     saved = {**OLDER_CHECKPOINTS, **saved}
     saved["u_max"] = resolved_u_max(saved["u_max"], saved["k2"])  # the bound its u was kept within
+    saved["tau"] = normal_tau(saved["tau"])  # as given["tau"] (cli.train) is
     unread = {n for n in CELL_OPTIONS if saved["cell"] not in CELL_OPTIONS[n].cells}  # cells.check_options_read's
     conflicts = [f"{flag(n)} {given[n]} (it has {saved[n]})" for n in MODEL_SETTINGS
                  if n in given and given[n] != saved[n] and n not in unread]
@@ -223,6 +224,7 @@ class TrainConfig:
 
         for name in CELL_OPTIONS:
             check_option(name, getattr(self, name))
+        self.tau = normal_tau(self.tau)
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 bad(name, getattr(self, name), f"choose one of {', '.join(choices)}")

@@ -169,3 +169,12 @@ def test_a_forget_bias_is_refused_where_no_cell_has_a_forget_gate(tmp_path):
     for chosen in (["--cell", "rnn,peephole"], []):  # the default cells hold the lstm
         r = runner.invoke(app, ["gradflow", *chosen, "--forget-bias", "1", "--corpus", missing])
         assert r.exit_code == 1 and "m.txt" in str(r.exception)
+
+
+@pytest.mark.parametrize("typed, normal", [(" 5", "5"), ("5.0", "5"), ("50.0:1", "50:1"), ("LEARNED", "learned"),
+                                           ("1:50", "1:50"), ("2.5", "2.5"), ("1e4", "10000")])
+def test_tau_has_one_spelling(typed, normal):
+    # ' 5' was stored as typed, so --init-from with --tau 5 found a conflict with ' 5'; LEARNED was
+    # out of range where --cell LEAKY was accepted
+    assert cells.normal_tau(typed) == normal
+    assert TrainConfig(cell="leaky", tau=typed).validate().tau == normal

@@ -19,7 +19,7 @@ block of streams (the backward a group of them at a time), one panel of LANES un
 import numpy as np
 from numba import prange
 
-from ..cells import Adapter, Tensor, check_option, uniform_
+from ..cells import Adapter, Tensor, normal_tau, uniform_
 from ._jit import block, kernel, parallel_kernel, threads
 from .activations import tanh
 from .blas import matmul_tn_acc
@@ -152,7 +152,7 @@ def rates(tau, H):
     """(H,) rates 1/tau for the --tau option: one value, or LO:HI spread log-evenly over the
     units (geometric steps: as many units per octave of time scale); 'learned' starts from the
     default spread."""
-    check_option("tau", tau)
+    tau = normal_tau(tau)  # checked
     if tau == "learned":
         from ..cells import OPTIONS
 
