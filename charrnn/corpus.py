@@ -780,9 +780,12 @@ def split(ids, fractions=(0.9, 0.05, 0.05), *, name: str = "the corpus"):
     if not _split_ok(n, fr):
         need = _min_split_chars(fr)
         shown = "/".join(f"{f:g}" for f in fr)
+        advice = ("use a longer text" if not any(fr[1:]) else
+                  "use a longer text, or give each of the validation and test fractions (--val-fraction, "
+                  "--test-fraction) 0, for no such part, or enough for 2 characters")
         raise CharrnnError(
             f"{name} has {n:,} characters; a {shown} train/val/test split needs at least {need:,} "
-            "(2 per part); use a longer text or lower the validation/test fractions"
+            f"(2 per part); {advice}"
         )
     n_train, n_val, _ = _split_sizes(n, fr)
     return ids[:n_train], ids[n_train : n_train + n_val], ids[n_train + n_val :]

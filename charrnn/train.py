@@ -329,8 +329,9 @@ class Trainer:
         if not (math.isfinite(loss) and math.isfinite(norm)):
             saved = (self.run_dir / "latest.npz").is_file() or (self.run_dir / "best.npz").is_file()
             kept = f"the last good checkpoint is in {self.run_dir}" if saved else "no checkpoint was saved before it"
+            advice = "a lower --lr or --clip-norm" if cfg.clip_norm else "a lower --lr, or clipping (--clip-norm 5)"
             raise CharrnnError(f"training diverged at update {self.step + 1}: the loss is {loss} and the gradient "
-                               f"norm {norm}; {kept}; try a lower --lr or --clip-norm")
+                               f"norm {norm}; {kept}; try {advice}")
         clipped_values = clip_by_value(self.grads, cfg.clip_value)
         lr = learning_rate(cfg.lr, self.step, self.done_fraction(), schedule=cfg.schedule, decay=cfg.lr_decay,
                            decay_every=cfg.decay_every, warmup=cfg.warmup,

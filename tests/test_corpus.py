@@ -509,3 +509,13 @@ def test_a_batch_shrunk_for_ranks_stays_a_multiple_of_them():
     assert batch == 2 and batch * (window + 1) <= 30 and "batch 32 -> 2" in notice
     with pytest.raises(CharrnnError, match="for each of 4 processes"):
         fit_batch_and_window(5, 32, 50, ranks=4)
+
+
+def test_a_split_too_small_advises_what_can_help():
+    # "lower the validation/test fractions" was the advice where both were 0, or where raising
+    # one would have helped
+    with pytest.raises(CharrnnError, match=r"needs at least 20 \(2 per part\); use a longer text$"):
+        split(np.arange(12) % 3, (1.0, 0.0, 0.0))
+    with pytest.raises(CharrnnError, match=r"give each of the validation and test fractions \(--val-fraction, "
+                                           r"--test-fraction\) 0, for no such part, or enough for 2 characters$"):
+        split(np.arange(5000) % 3, (0.9999, 0.0001, 0.0))

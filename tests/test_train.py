@@ -223,9 +223,16 @@ def test_nan_before_the_first_save_says_no_checkpoint_was_saved(corpus, tmp_path
         return update()
 
     trainer.update = poisoned_update
-    with pytest.raises(CharrnnError, match=r"diverged at update \d+: .*; no checkpoint was saved before it; try"):
+    with pytest.raises(CharrnnError, match=r"diverged at update \d+: .*; no checkpoint was saved before it; try "
+                                           r"a lower --lr or --clip-norm$"):
         trainer.run()
     assert not list((tmp_path / "r").glob("*.npz"))
+    # without clipping, the advice is to turn it on ("or --clip-norm" read as lower it, from 0)
+    trainer = Trainer(config(corpus, tmp_path, max_steps=12, clip_norm=0.0), tmp_path / "r2", say=lambda *_: None)
+    update = trainer.update
+    trainer.update = poisoned_update
+    with pytest.raises(CharrnnError, match=r"try a lower --lr, or clipping \(--clip-norm 5\)$"):
+        trainer.run()
 
 
 def test_small_corpus_still_trains(tmp_path):
