@@ -170,7 +170,7 @@ def train(
     Started by `mpiexec -n R` (or srun), R processes train one model, each on its share of the --batch streams; this needs mpi4py (README: Training on a cluster).
     """
     from .cells import check_options_read, normal_tau
-    from .config import TrainConfig, check_resume_overrides
+    from .config import TrainConfig, check_resume_overrides, check_schedule_options
     from .corpus import check_encoding, model_text
     from .distributed import world
     from .train import Interrupted, Trainer, fine_tune_settings, new_run_dir
@@ -205,6 +205,7 @@ def train(
         cfg.doc_sep = model_text(cfg.doc_sep, check_encoding(cfg.encoding), "--doc-sep")
         whose = " (the --init-from model's)" if init_from is not None else "" if "cell" in given else " (the default)"
         check_options_read([name for name in CELL_OPTIONS if name in given], [cfg.cell], whose)
+        check_schedule_options(given, cfg.schedule, "" if "schedule" in given else " (the default)")
         cfg.validate().check_stopping()  # before the text is read
         trainer = Trainer(cfg, new_run_dir(cfg), say=say)
     cfg = trainer.cfg

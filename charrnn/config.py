@@ -17,6 +17,8 @@ from .errors import UsageError, as_flag, flag
 OPTIMIZERS = ("adam", "rmsprop", "adagrad", "sgd")
 # learning-rate schedules (optim.learning_rate); linear and cosine run over the whole budget
 SCHEDULES = ("linear", "cosine", "step", "constant")
+# the settings of particular schedules, and the schedules that read each
+SCHEDULE_OPTIONS = {"lr_decay": ("step",), "decay_every": ("step",), "decay_start": ("linear", "cosine")}
 # the settings that take one of a few names
 CHOICES = {"cell": CELLS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
 # What goes between documents when a run reads several files: one character of its own, ETX
@@ -135,6 +137,16 @@ def check_resume_overrides(names):
     if fixed:
         raise UsageError(f"a resumed run keeps its model, text, batch, windows, optimizer and seed; leave out "
                          f"{', '.join(map(flag, fixed))} (these may change: {', '.join(map(flag, RESUME_MAY_CHANGE))})")
+
+
+def check_schedule_options(names, schedule: str, whose: str = "") -> None:
+    """A UsageError for a schedule's setting given (`names`) with a schedule that does not read
+    it (--lr-decay with linear would change nothing); whose: where the schedule comes from, if
+    not from --schedule (" (the default)")."""
+    for name in names:
+        if name in SCHEDULE_OPTIONS and schedule not in SCHEDULE_OPTIONS[name]:
+            raise UsageError(f"{flag(name)} is a setting of --schedule {' and '.join(SCHEDULE_OPTIONS[name])}; "
+                             f"--schedule {schedule}{whose} has no use for it")
 
 
 def resolved_u_max(u_max: float, k2: int) -> float:

@@ -22,7 +22,7 @@ import numpy as np
 from . import __version__, distributed, memory
 from .checkpoint import load_checkpoint, remove_stale_temporaries, resolve_checkpoint, save_checkpoint
 from .config import (MODEL_SETTINGS, OLDER_CHECKPOINTS, TrainConfig, check_init_overrides, check_resume_overrides,
-                     resolved_u_max)
+                     check_schedule_options, resolved_u_max)
 from .corpus import (Corpus, Streams, Vocab, default_corpus, fit_batch_and_window, read_corpus, shown_text, split,
                      streams_held)
 from .errors import CharrnnError, UsageError, flag, os_error_message
@@ -274,6 +274,7 @@ class Trainer:
                    if v != getattr(cfg, k)]
         for k, v in overrides.items():
             setattr(cfg, k, v)
+        check_schedule_options(overrides, cfg.schedule, "" if "schedule" in overrides else " (the run's)")
         cfg.validate().check_stopping()  # before the text is read
         corpus = _corpus_to_resume(meta, cfg, inputs, path.parent)
         if inputs:

@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 
 from charrnn import cells
 from charrnn.cli import app
-from charrnn.config import CELLS, CHOICES, DIAGNOSTIC_RANGES, RANGES, SAMPLE_RANGES, Range, TrainConfig
+from charrnn.config import (CELLS, CHOICES, DIAGNOSTIC_RANGES, RANGES, SAMPLE_RANGES, SCHEDULE_OPTIONS, Range,
+                            TrainConfig)
 from charrnn.errors import CharrnnError, UsageError
 from charrnn.sampling import check_options
 
@@ -68,6 +69,8 @@ def test_train_cli_and_validate_agree_at_each_bound(name, tmp_path):
         other = {"max_steps": 1}
     if name in cells.OPTIONS:  # given for a cell that reads it (below)
         other = {"cell": cells.OPTIONS[name].cells[0]}
+    if name in SCHEDULE_OPTIONS:  # given for a schedule that reads it
+        other = {"schedule": SCHEDULE_OPTIONS[name][0]}
     for value, inside in around(RANGES[name], is_int(name)):
         if inside:
             TrainConfig(**{name: value}, **other).validate()
@@ -178,3 +181,20 @@ def test_tau_has_one_spelling(typed, normal):
     # out of range where --cell LEAKY was accepted
     assert cells.normal_tau(typed) == normal
     assert TrainConfig(cell="leaky", tau=typed).validate().tau == normal
+
+
+
+@pytest.mark.parametrize("name, value, schedules", [("lr_decay", "0.5", "step"), ("decay_every", "10", "step"),
+                                                    ("decay_start", "0.5", "linear and cosine")])
+def test_a_schedule_setting_is_refused_for_a_schedule_that_does_not_read_it(name, value, schedules, tmp_path):
+    # --lr-decay with the linear schedule changed nothing, without a word
+    option = f"--{name.replace('_', '-')}"
+    other = "constant" if "step" in schedules else "step"
+    r = runner.invoke(app, ["train", str(tmp_path / "missing.txt"), option, value, "--schedule", other])
+    assert isinstance(r.exception, UsageError) and r.exception.exit_code == 2
+    assert str(r.exception) == f"{option} is a setting of --schedule {schedules}; --schedule {other} has no use for it"
+    if "step" in schedules:  # the default schedule is linear
+        r = runner.invoke(app, ["train", str(tmp_path / "missing.txt"), option, value])
+        assert str(r.exception).endswith("--schedule linear (the default) has no use for it")
+    r = runner.invoke(app, ["train", str(tmp_path / "missing.txt"), option, value, "--schedule", schedules.split()[0]])
+    assert r.exit_code == 1 and "missing.txt" in str(r.exception)  # accepted: as far as reading the text

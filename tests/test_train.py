@@ -426,3 +426,14 @@ def test_resuming_a_run_that_has_reached_its_end_says_so(corpus, tmp_path):
     assert (tmp_path / "r" / "metrics.jsonl").read_bytes() == log
     r = run_cli("train", "--resume", str(tmp_path / "r"), "--max-steps", "6", "-q")
     assert r.returncode == 0 and "done: 6 updates" in r.stdout, r.stderr
+
+
+def test_resume_refuses_a_schedule_setting_its_schedule_does_not_read(corpus, tmp_path):
+    # "changed on resume: --lr-decay 0.95 -> 0.3" was said of a linear run, which it did not change
+    train_steps(config(corpus, tmp_path), tmp_path / "r", 3)  # linear, the default
+    r = run_cli("train", "--resume", str(tmp_path / "r"), "--max-steps", "5", "--lr-decay", "0.3")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
+        "error: --lr-decay is a setting of --schedule step; --schedule linear (the run's) has no use for it"), r.stderr
+    r = run_cli("train", "--resume", str(tmp_path / "r"), "--max-steps", "5", "--lr-decay", "0.3", "--schedule", "step",
+                "-q")
+    assert r.returncode == 0 and "done: 5 updates" in r.stdout, r.stderr
