@@ -67,8 +67,9 @@ class Interrupted(Exception):
 
 
 class MetricsLog:
-    """metrics.jsonl: one JSON record per line, flushed as it is written. A write that fails
-    (a full disk) is a CharrnnError naming the file."""
+    """metrics.jsonl: one JSON record per line, flushed as it is written; a value that is no
+    finite number (no validation text: NaN) is null, as JSON has no NaN. A write that fails (a
+    full disk) is a CharrnnError naming the file."""
 
     def __init__(self, path: Path, mode="a"):
         self.path = path
@@ -79,7 +80,8 @@ class MetricsLog:
 
     def write(self, record: dict):
         try:
-            self.file.write(json.dumps(record) + "\n")
+            self.file.write(json.dumps({k: _json_float(v) if isinstance(v, float) else v for k, v in record.items()},
+                                       allow_nan=False) + "\n")
             self.file.flush()
         except OSError as e:
             raise CharrnnError(os_error_message(e, self.path)) from None

@@ -437,3 +437,11 @@ def test_resume_refuses_a_schedule_setting_its_schedule_does_not_read(corpus, tm
     r = run_cli("train", "--resume", str(tmp_path / "r"), "--max-steps", "5", "--lr-decay", "0.3", "--schedule", "step",
                 "-q")
     assert r.returncode == 0 and "done: 5 updates" in r.stdout, r.stderr
+
+
+def test_metrics_are_json_without_a_validation_text(corpus, tmp_path):
+    # --val-fraction 0: the records held bare NaN, which JSON has not
+    train_steps(config(corpus, tmp_path, val_fraction=0.0, eval_every=2), tmp_path / "r", 4)
+    records = [json.loads(line, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+               for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in records if r["kind"] == "val"] == [None, None]
