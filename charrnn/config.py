@@ -253,6 +253,10 @@ class TrainConfig:
             # the run's folder is OUT_DIR/RUN: a separator, '..' or an absolute path would leave OUT_DIR
             raise UsageError(f"--run {self.run!r} is not a plain folder name; give a name without '/', "
                                f"'\\' or '..' (the run's folder is made inside --out-dir)")
+        if self.run and (not self.run.strip() or any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in self.run)):
+            # every message names it (a byte that is no UTF-8, held as a lone surrogate, is kept)
+            raise UsageError(f"--run {self.run!r} is blank or holds a line break or another control character; "
+                             "give a name of printable characters")
         return self
 
     def check_stopping(self):

@@ -198,3 +198,14 @@ def test_a_schedule_setting_is_refused_for_a_schedule_that_does_not_read_it(name
         assert str(r.exception).endswith("--schedule linear (the default) has no use for it")
     r = runner.invoke(app, ["train", str(tmp_path / "missing.txt"), option, value, "--schedule", schedules.split()[0]])
     assert r.exit_code == 1 and "missing.txt" in str(r.exception)  # accepted: as far as reading the text
+
+
+@pytest.mark.parametrize("name", [" ", "a\nb", "tab\there", "del\x7f"])
+def test_a_run_name_that_messages_could_not_show_is_refused(name):
+    with pytest.raises(UsageError, match="is blank or holds a line break or another control character"):
+        TrainConfig(run=name).validate()
+
+
+@pytest.mark.parametrize("name", ["my run", "été", "caf\udce9"])  # the last: a byte that is no UTF-8
+def test_run_names_of_printable_characters_are_kept(name):
+    assert TrainConfig(run=name).validate().run == name
