@@ -162,7 +162,7 @@ def train(
     seed: int = _ranged(_C.seed, RANGES["seed"], "Seed for initialisation and dropout."),
     run: str = typer.Option("", help="Run name: checkpoints go to OUT_DIR/RUN. Default: CELL-DATE-TIME."),
     out_dir: Path = typer.Option(Path(_C.out_dir), help="Folder for run folders."),
-    resume: Optional[Path] = typer.Option(None, help="Continue a run (its folder or a checkpoint), from any folder. The learning rate and its schedule, clipping, fresh starts, the stopping rules, evaluation, saves and samples may change; one line says what changed. Give the corpus again only if it moved: it is checked by its hash."),
+    resume: Optional[Path] = typer.Option(None, help="Continue a run (its folder or a checkpoint), from any folder. The learning rate and its schedule, clipping, fresh starts, the stopping rules, how often it validates and saves, and samples may change; one line says what changed. Give the corpus again only if it moved: it is checked by its hash."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display; print only the summary."),
 ):
     """Train a model on text files, saving latest.npz and best.npz under OUT_DIR/RUN.
@@ -207,6 +207,7 @@ def train(
         check_options_read([name for name in CELL_OPTIONS if name in given], [cfg.cell], whose)
         check_schedule_options(given, cfg.schedule, "" if "schedule" in given else " (the default)")
         cfg.validate().check_stopping()  # before the text is read
+        cfg.check_run_name()
         trainer = Trainer(cfg, new_run_dir(cfg), say=say)
     cfg = trainer.cfg
     if not quiet:
@@ -613,10 +614,12 @@ def gradflow(
                                    or forget_bias is not None or given):
         raise UsageError("--cell, --hidden, --layers, --forget-bias and the cell options describe fresh models; "
                            "leave them out when measuring a checkpoint")
-    from .cells import check_option, check_options_read
+    from .cells import check_option, check_options_read, normal_tau
 
     for name, value in given.items():
         check_option(name, value)
+    if "tau" in given:  # one spelling: LEARNED is learned
+        given["tau"] = normal_tau(given["tau"])
     cells = []
     for c in ("rnn,lstm,gru" if cell is None else cell).lower().split(","):  # "" names no cell: _cells says so
         for name in _cells(c.strip()):

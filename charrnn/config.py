@@ -5,6 +5,7 @@ The resolved config is printed at the start of a run and stored in every checkpo
 with the vocabulary, so that a checkpoint carries everything needed to resume or sample.
 """
 import math
+import unicodedata
 from dataclasses import asdict, dataclass, field, fields
 
 from .cells import NAMES as CELLS  # the registry's names; cells.py imports no kernels
@@ -160,6 +161,8 @@ def check_init_overrides(given: dict, saved: dict, checkpoint):
     checkpoint `saved` (its config) that a run fine-tunes."""
     saved = {**OLDER_CHECKPOINTS, **saved}
     saved["u_max"] = resolved_u_max(saved["u_max"], saved["k2"])  # the bound its u was kept within
+    if "u_max" in given:  # --u-max 0 means the same bound for the same window
+        given = {**given, "u_max": resolved_u_max(given["u_max"], saved["k2"])}
     saved["tau"] = normal_tau(saved["tau"])  # as given["tau"] (cli.train) is
     unread = {n for n in CELL_OPTIONS if saved["cell"] not in CELL_OPTIONS[n].cells}  # cells.check_options_read's
     conflicts = [f"{flag(n)} {given[n]} (it has {saved[n]})" for n in MODEL_SETTINGS
@@ -253,11 +256,15 @@ class TrainConfig:
             # the run's folder is OUT_DIR/RUN: a separator, '..' or an absolute path would leave OUT_DIR
             raise UsageError(f"--run {self.run!r} is not a plain folder name; give a name without '/', "
                                f"'\\' or '..' (the run's folder is made inside --out-dir)")
-        if self.run and (not self.run.strip() or any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in self.run)):
-            # every message names it (a byte that is no UTF-8, held as a lone surrogate, is kept)
+        return self
+
+    def check_run_name(self):
+        """A UsageError for a new run's name that messages could not show on one line: blank, or
+        holding a line break or another control character (a byte that is no UTF-8, held as a
+        lone surrogate, is kept). Apart from validate(): runs named so before keep resuming."""
+        if self.run and (not self.run.strip() or any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in self.run)):
             raise UsageError(f"--run {self.run!r} is blank or holds a line break or another control character; "
                              "give a name of printable characters")
-        return self
 
     def check_stopping(self):
         """A UsageError for a run that nothing would stop (0 means no limit). Apart from

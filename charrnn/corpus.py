@@ -780,7 +780,7 @@ def split(ids, fractions=(0.9, 0.05, 0.05), *, name: str = "the corpus"):
     if not _split_ok(n, fr):
         need = _min_split_chars(fr)
         shown = "/".join(f"{f:g}" for f in fr)
-        advice = ("use a longer text" if not any(fr[1:]) else
+        advice = ("use a longer text" if not any(fr[1:]) or n < MIN_CORPUS_CHARS else
                   "use a longer text, or give each of the validation and test fractions (--val-fraction, "
                   "--test-fraction) 0, for no such part, or enough for 2 characters")
         raise CharrnnError(

@@ -302,6 +302,15 @@ class Trainer:
         self.last_val_step = meta["metrics"].get("last_val_step")  # older checkpoints: not known
         return self
 
+    def _tested(self) -> bool:
+        """Whether metrics.jsonl holds the test record of this update: the run ended."""
+        try:
+            with open(self.run_dir / METRICS_FILE, "rb") as f:
+                return any(b'"test"' in line and _record_step(line) == self.step
+                           and json.loads(line).get("kind") == "test" for line in f)
+        except (OSError, ValueError):
+            return False
+
     def check_not_done(self):
         """A UsageError for a resumed run that a stopping rule ends before its first update: it
         would only test its model again and say it is done (the command line's check; in
@@ -312,6 +321,8 @@ class Trainer:
             ("epochs", cfg.epochs, self.epoch(), f"{self.epoch():.2f} epochs"),
             ("time_limit", cfg.time_limit, self.elapsed, f"{self.elapsed:.0f} s of training"))
             if limit and done >= limit]
+        if reached and len(self.test_ids) >= 2 and not self._tested():
+            return  # stopped at its last update, before its test (Ctrl-C; a kill): the resume tests it
         if reached:
             raise UsageError(f"{self.run_dir} has already reached {' and '.join(reached)}; to train on, give a "
                              "larger limit")
@@ -607,8 +618,8 @@ def fine_tune_settings(checkpoint, given: dict) -> dict:
     saved = {**OLDER_CHECKPOINTS, **model.config}
     check_init_overrides(given, saved, checkpoint)
     settings = {name: saved[name] for name in MODEL_SETTINGS}
-    # the bound u was trained within, not one that follows the new run's --k2
-    settings["u_max"] = resolved_u_max(saved["u_max"], saved["k2"])
+    if saved["cell"] == "indrnn":  # the bound u was trained within, not one that follows the new run's --k2
+        settings["u_max"] = resolved_u_max(saved["u_max"], saved["k2"])
     encoding = saved.get("encoding", "utf-8")
     if given.get("encoding") and (given["encoding"] == "bytes") != (encoding == "bytes"):  # its ids' meaning
         reads = "bytes" if encoding == "bytes" else "characters"
@@ -700,7 +711,8 @@ def _left_by_a_run(path, step) -> bool:
         return True
     except OSError as e:
         raise CharrnnError(f"cannot read {path}: {e.strerror or e.__class__.__name__}") from None
-    return not first or 0 <= step(first) < math.inf
+    torn = not first.endswith("\n") and first.startswith(('{"kind": "', "--- step "))  # a first write cut short
+    return not first or torn or 0 <= step(first) < math.inf
 
 
 def _other_meta(path, name):

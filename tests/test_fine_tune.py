@@ -141,3 +141,12 @@ def test_an_indrnn_keeps_the_bound_its_u_was_trained_within(texts, tmp_path):
     u = lambda t: [p["u"] for p in Layout(t.spec).layer_views(t.params)[0]]  # noqa: E731
     for was, now in zip(u(before), u(trainer)):
         np.testing.assert_allclose(now, was, rtol=0, atol=1e-9)
+
+
+
+def test_an_explicit_u_max_of_0_matches_the_model_it_fine_tunes(texts, tmp_path):
+    old, new = texts
+    train_steps(config(old, tmp_path / "a", cell="indrnn", k1=8, k2=8), tmp_path / "a" / "r", 2)
+    assert fine_tune_settings(tmp_path / "a" / "r", {"u_max": 0.0})["u_max"] == 2.0 ** (1.0 / 8)
+    train_steps(config(old, tmp_path / "b"), tmp_path / "b" / "r", 2)  # an lstm: its u_max is left as it was
+    assert fine_tune_settings(tmp_path / "b" / "r", {})["u_max"] == 0.0

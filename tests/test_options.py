@@ -11,6 +11,7 @@ from charrnn.cli import app
 from charrnn.config import (CELLS, CHOICES, DIAGNOSTIC_RANGES, RANGES, SAMPLE_RANGES, SCHEDULE_OPTIONS, Range,
                             TrainConfig)
 from charrnn.errors import CharrnnError, UsageError
+from charrnn.model import ModelSpec
 from charrnn.sampling import check_options
 
 runner = CliRunner()
@@ -181,6 +182,9 @@ def test_tau_has_one_spelling(typed, normal):
     # out of range where --cell LEAKY was accepted
     assert cells.normal_tau(typed) == normal
     assert TrainConfig(cell="leaky", tau=typed).validate().tau == normal
+    # a spec holding another spelling (gradflow's fresh models) trains its rates as 'learned' does
+    a = cells.CELLS["leaky"].param_shapes(3, 4, ModelSpec("leaky", 3, 4, 1, (("tau", typed),)))[-1]
+    assert a.name == "a" and a.trains == (normal == "learned")
 
 
 
@@ -200,12 +204,13 @@ def test_a_schedule_setting_is_refused_for_a_schedule_that_does_not_read_it(name
     assert r.exit_code == 1 and "missing.txt" in str(r.exception)  # accepted: as far as reading the text
 
 
-@pytest.mark.parametrize("name", [" ", "a\nb", "tab\there", "del\x7f"])
+@pytest.mark.parametrize("name", [" ", "a\nb", "tab\there", "del\x7f", "c1\x85", "line\u2028sep"])
 def test_a_run_name_that_messages_could_not_show_is_refused(name):
     with pytest.raises(UsageError, match="is blank or holds a line break or another control character"):
-        TrainConfig(run=name).validate()
+        TrainConfig(run=name).validate().check_run_name()
+    assert TrainConfig(run=name).validate().run == name  # a run named so before still resumes
 
 
 @pytest.mark.parametrize("name", ["my run", "été", "caf\udce9"])  # the last: a byte that is no UTF-8
 def test_run_names_of_printable_characters_are_kept(name):
-    assert TrainConfig(run=name).validate().run == name
+    TrainConfig(run=name).validate().check_run_name()

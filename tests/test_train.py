@@ -445,3 +445,16 @@ def test_metrics_are_json_without_a_validation_text(corpus, tmp_path):
     records = [json.loads(line, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
                for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in records if r["kind"] == "val"] == [None, None]
+
+
+
+def test_a_run_stopped_at_its_last_update_before_its_test_resumes_to_test(corpus, tmp_path):
+    # Ctrl-C in the last update saves at the limit and exits before the test, and says to resume;
+    # that resume was refused as "already reached"
+    train_steps(config(corpus, tmp_path), tmp_path / "r", 5)
+    log = tmp_path / "r" / "metrics.jsonl"
+    kept = [line for line in log.read_text().splitlines(keepends=True) if '"kind": "test"' not in line]
+    log.write_text("".join(kept))
+    r = run_cli("train", "--resume", str(tmp_path / "r"), "-q")
+    assert r.returncode == 0 and "done: 5 updates" in r.stdout, r.stderr
+    assert json.loads(log.read_text().splitlines()[-1])["kind"] == "test"

@@ -169,7 +169,7 @@ class LeakyCell(Adapter):
     step = step
 
     def param_shapes(self, n_in, H, spec):
-        learned = spec is not None and spec.option("tau") == "learned"
+        learned = spec is not None and normal_tau(spec.option("tau")) == "learned"
         return [Tensor("Wx", (n_in, H)), Tensor("Wh", (H, H)), Tensor("b", (H,)), Tensor("a", (H,), learned)]
 
     def init(self, p, H, rng, spec):
