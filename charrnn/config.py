@@ -18,6 +18,8 @@ from .errors import UsageError, as_flag, flag
 OPTIMIZERS = ("adam", "rmsprop", "adagrad", "sgd")
 # learning-rate schedules (optim.learning_rate); linear and cosine run over the whole budget
 SCHEDULES = ("linear", "cosine", "step", "constant")
+# the stopping rules: the first reached ends a run (0: no limit)
+STOPPING_RULES = ("max_steps", "epochs", "time_limit")
 # the settings of particular schedules, and the schedules that read each
 SCHEDULE_OPTIONS = {"lr_decay": ("step",), "decay_every": ("step",), "decay_start": ("linear", "cosine")}
 # the settings that take one of a few names
@@ -161,12 +163,13 @@ def check_init_overrides(given: dict, saved: dict, checkpoint):
     checkpoint `saved` (its config) that a run fine-tunes."""
     saved = {**OLDER_CHECKPOINTS, **saved}
     saved["u_max"] = resolved_u_max(saved["u_max"], saved["k2"])  # the bound its u was kept within
-    if "u_max" in given:  # --u-max 0 means the same bound for the same window
-        given = {**given, "u_max": resolved_u_max(given["u_max"], saved["k2"])}
     saved["tau"] = normal_tau(saved["tau"])  # as given["tau"] (cli.train) is
+    # --u-max 0 on the command line: the model's bound, which fine_tune_settings keeps
+    compared = {**given, "u_max": resolved_u_max(given["u_max"], saved["k2"])} if "u_max" in given else given
     unread = {n for n in CELL_OPTIONS if saved["cell"] not in CELL_OPTIONS[n].cells}  # cells.check_options_read's
-    conflicts = [f"{flag(n)} {given[n]} (it has {saved[n]})" for n in MODEL_SETTINGS
-                 if n in given and given[n] != saved[n] and n not in unread]
+    conflicts = [f"{flag(n)} {given[n]} (it has {saved[n]:g})" if n == "u_max" else  # a resolved bound
+                 f"{flag(n)} {given[n]} (it has {saved[n]})"
+                 for n in MODEL_SETTINGS if n in given and compared[n] != saved[n] and n not in unread]
     if conflicts:
         raise UsageError(f"--init-from {checkpoint} holds the model {saved['cell']} {saved['layers']}x{saved['hidden']}, "
                          f"whose cell, sizes and cell options a fine-tuned run keeps; leave out {', '.join(conflicts)}")
@@ -270,7 +273,7 @@ class TrainConfig:
         """A UsageError for a run that nothing would stop (0 means no limit). Apart from
         validate(), which also checks the settings a checkpoint holds and a config whose
         stopping rule is set later."""
-        if not (self.max_steps or self.epochs or self.time_limit):
+        if not any(getattr(self, name) for name in STOPPING_RULES):
             raise UsageError("nothing would stop the run: --max-steps, --epochs and --time-limit are all 0 (no "
                              "limit); give one of them above 0")
 

@@ -21,8 +21,8 @@ import numpy as np
 
 from . import __version__, distributed, memory
 from .checkpoint import load_checkpoint, remove_stale_temporaries, resolve_checkpoint, save_checkpoint
-from .config import (MODEL_SETTINGS, OLDER_CHECKPOINTS, TrainConfig, check_init_overrides, check_resume_overrides,
-                     check_schedule_options, resolved_u_max)
+from .config import (MODEL_SETTINGS, OLDER_CHECKPOINTS, STOPPING_RULES, TrainConfig, check_init_overrides,
+                     check_resume_overrides, check_schedule_options, resolved_u_max)
 from .corpus import (Corpus, Streams, Vocab, default_corpus, fit_batch_and_window, read_corpus, shown_text, split,
                      streams_held)
 from .errors import CharrnnError, UsageError, flag, os_error_message
@@ -272,6 +272,7 @@ class Trainer:
     def _restore(cls, path, say, inputs, overrides):
         arrays, meta = load_checkpoint(path, schema=TRAINING)
         cfg = TrainConfig.from_dict(meta["config"])
+        saved_limits = {name: getattr(cfg, name) for name in STOPPING_RULES}  # check_not_done
         changes = [f"{flag(k)} {_shown(getattr(cfg, k))} -> {_shown(v)}" for k, v in overrides.items()
                    if v != getattr(cfg, k)]
         for k, v in overrides.items():
@@ -300,7 +301,16 @@ class Trainer:
         self.best_val = _from_json_float(meta["metrics"]["best_val"])
         self.last_val = _from_json_float(meta["metrics"]["last_val"])
         self.last_val_step = meta["metrics"].get("last_val_step")  # older checkpoints: not known
+        self.saved_limits = saved_limits
         return self
+
+    def _reached(self, limits: dict) -> list[str]:
+        """The stopping rules of `limits` ({name: limit}, 0: none) this run has reached, in words."""
+        done = {"max_steps": (self.step, f"update {self.step}"),
+                "epochs": (self.epoch(), f"{self.epoch():.2f} epochs"),
+                "time_limit": (self.elapsed, f"{self.elapsed:.0f} s of training")}
+        return [f"{flag(name)} {limit:g} ({done[name][1]})" for name, limit in limits.items()
+                if limit and done[name][0] >= limit]
 
     def _tested(self) -> bool:
         """Whether metrics.jsonl holds the test record of this update: the run ended."""
@@ -315,14 +325,12 @@ class Trainer:
         """A UsageError for a resumed run that a stopping rule ends before its first update: it
         would only test its model again and say it is done (the command line's check; in
         Python a finished run may be resumed to look at it)."""
-        cfg = self.cfg
-        reached = [f"{flag(name)} {limit:g} ({at})" for name, limit, done, at in (
-            ("max_steps", cfg.max_steps, self.step, f"update {self.step}"),
-            ("epochs", cfg.epochs, self.epoch(), f"{self.epoch():.2f} epochs"),
-            ("time_limit", cfg.time_limit, self.elapsed, f"{self.elapsed:.0f} s of training"))
-            if limit and done >= limit]
-        if reached and len(self.test_ids) >= 2 and not self._tested():
-            return  # stopped at its last update, before its test (Ctrl-C; a kill): the resume tests it
+        reached = self._reached({name: getattr(self.cfg, name) for name in STOPPING_RULES})
+        if reached and self._reached(self.saved_limits) and len(self.test_ids) >= 2:
+            # the run's own end, at its last update: stopped before its test (Ctrl-C, a kill), the
+            # resume tests it (rank 0 reads the log, every rank does as it says)
+            if not self.world.from_root(self._tested() if self.world.root else None):
+                return
         if reached:
             raise UsageError(f"{self.run_dir} has already reached {' and '.join(reached)}; to train on, give a "
                              "larger limit")
@@ -635,7 +643,9 @@ def _load_init(cfg):
     from .sampling import load_model
 
     model = load_model(cfg.init_from)
-    check_init_overrides({name: getattr(cfg, name) for name in MODEL_SETTINGS}, model.config, cfg.init_from)
+    # the bound on |u| this run will keep, as its window resolves it (cfg.cell_options)
+    setting = {name: getattr(cfg, name) for name in MODEL_SETTINGS}
+    check_init_overrides({**setting, "u_max": resolved_u_max(cfg.u_max, cfg.k2)}, model.config, cfg.init_from)
     return model
 
 
@@ -706,13 +716,16 @@ def _left_by_a_run(path, step) -> bool:
         return True
     try:
         with open(path, "rb") as f:
-            first = f.readline(4096).decode("utf-8", "replace")
+            line = f.readline(4096)
+            whole = not f.read(1)  # the line is all the file holds
     except FileNotFoundError:
         return True
     except OSError as e:
         raise CharrnnError(f"cannot read {path}: {e.strerror or e.__class__.__name__}") from None
-    torn = not first.endswith("\n") and first.startswith(('{"kind": "', "--- step "))  # a first write cut short
-    return not first or torn or 0 <= step(first) < math.inf
+    first = line.decode("utf-8", "replace")
+    # a first write cut short: the whole file, one line without its end, begun as a record
+    torn = whole and not line.endswith(b"\n") and len(line) < 4096 and first.startswith(('{"kind": "', "--- step "))
+    return not first or 0 <= step(first) < math.inf or torn
 
 
 def _other_meta(path, name):

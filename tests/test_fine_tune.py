@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from charrnn.checkpoint import load_checkpoint
+from charrnn.errors import CharrnnError
 from charrnn.cli import app
 from charrnn.cells import NAMES
 from charrnn.model import VOCAB_AXES, Layout, ModelSpec, init_params
@@ -150,3 +151,13 @@ def test_an_explicit_u_max_of_0_matches_the_model_it_fine_tunes(texts, tmp_path)
     assert fine_tune_settings(tmp_path / "a" / "r", {"u_max": 0.0})["u_max"] == 2.0 ** (1.0 / 8)
     train_steps(config(old, tmp_path / "b"), tmp_path / "b" / "r", 2)  # an lstm: its u_max is left as it was
     assert fine_tune_settings(tmp_path / "b" / "r", {})["u_max"] == 0.0
+
+
+
+def test_a_bound_the_python_run_would_resolve_otherwise_is_refused(texts, tmp_path):
+    # TrainConfig(u_max=0, k2=16, init_from=...) would keep 2^(1/16), not the model's 2^(1/8): u clipped
+    old, new = texts
+    train_steps(config(old, tmp_path / "a", cell="indrnn", k1=8, k2=8), tmp_path / "a" / "r", 2)
+    cfg = config(new, tmp_path / "b", cell="indrnn", k1=16, k2=16, init_from=str(tmp_path / "a" / "r"))
+    with pytest.raises(CharrnnError, match=r"leave out --u-max 1\.04427\d* \(it has 1\.09051\)"):
+        Trainer(cfg, tmp_path / "b" / "ft", say=lambda *_: None)

@@ -458,3 +458,30 @@ def test_a_run_stopped_at_its_last_update_before_its_test_resumes_to_test(corpus
     r = run_cli("train", "--resume", str(tmp_path / "r"), "-q")
     assert r.returncode == 0 and "done: 5 updates" in r.stdout, r.stderr
     assert json.loads(log.read_text().splitlines()[-1])["kind"] == "test"
+
+
+def test_a_lower_limit_on_resume_is_refused_even_before_the_test(corpus, tmp_path):
+    # a run stopped at update 4 of 6 has no test record; --max-steps 2 on resume ended it there,
+    # writing a test record in the middle of the run, where 'a larger limit' was the advice
+    train_steps(config(corpus, tmp_path), tmp_path / "r", 4)
+    log = tmp_path / "r" / "metrics.jsonl"
+    log.write_text("".join(l for l in log.read_text().splitlines(keepends=True) if '"kind": "test"' not in l))
+    latest = tmp_path / "r" / "latest.npz"
+    arrays, meta = load_checkpoint(latest)
+    meta["config"]["max_steps"] = 6  # as a run of 6 stopped by Ctrl-C at update 4
+    save_checkpoint(latest, arrays, meta)
+    (tmp_path / "r" / "best.npz").unlink()
+    r = run_cli("train", "--resume", str(tmp_path / "r"), "--max-steps", "2")
+    assert r.returncode == 2 and "has already reached --max-steps 2 (update 4)" in r.stderr, r.stderr
+
+
+def test_only_a_log_a_run_wrote_counts_as_one(tmp_path):
+    from charrnn.train import _left_by_a_run, _record_step
+
+    p = tmp_path / "metrics.jsonl"
+    for text, ours in (("", True), ('{"kind": "train", "step": 10}\n', True), ('{"kind": "val", "step": 0}\n', True),
+                       ('{"kind": "train", "st', True),  # the first write cut short
+                       ('{"kind": "train", "st\nmore\n', False), ('{"kind": "mine"' + "x" * 5000, False),
+                       ("my notes\n", False)):
+        p.write_text(text)
+        assert _left_by_a_run(p, _record_step) == ours, text[:40]
