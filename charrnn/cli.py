@@ -535,6 +535,7 @@ def inspect_(
 
 @app.command()
 def gradcheck(
+    ctx: typer.Context,
     cell: str = typer.Option("all", help=f"Cell to check: {', '.join(CELLS)} or all."),
     layers: int = typer.Option(2, min=1, max=8, help="Stacked layers."),
     hidden: int = typer.Option(8, min=1, max=256, help="Hidden units per layer."),
@@ -553,6 +554,8 @@ def gradcheck(
 
     from .gradcheck import check_gradients
 
+    if k1 is not None and k2 is not None and ctx.get_parameter_source("steps").name != "DEFAULT":
+        raise UsageError("--steps sets --k1 and --k2 where they are not given; with both given it has no use")
     _set_up()
     k1 = steps if k1 is None else k1
     k2 = steps if k2 is None else k2
@@ -590,7 +593,7 @@ def gradflow(
     tau: Optional[str] = typer.Option(None, help=f"Fresh leaky models: {CELL_OPTIONS['tau'].help}."),
     spectral_radius: Optional[float] = _ranged(None, RANGES["spectral_radius"], kind="float", help=f"Fresh esn models: {CELL_OPTIONS['spectral_radius'].help} (default {CELL_OPTIONS['spectral_radius'].default:g})."),
     leak: Optional[float] = _ranged(None, RANGES["leak"], kind="float", help=f"Fresh esn models: {CELL_OPTIONS['leak'].help}."),
-    u_max: Optional[float] = _ranged(None, RANGES["u_max"], kind="float", help="Fresh indrnn models: bound on |u|, which starts U(0, bound); default 2^(1/(K+1)), Li et al. (2018)'s bound for the measured window."),
+    u_max: Optional[float] = _ranged(None, RANGES["u_max"], kind="float", help="Fresh indrnn models: bound on |u|, which starts U(0, bound); 0 or left out: 2^(1/(K+1)), Li et al. (2018)'s bound for the measured window."),
     forget_bias: Optional[float] = _ranged(None, DIAGNOSTIC_RANGES["forget_bias"], kind="float", help="Set the forget-gate bias of fresh lstm and peephole models to this (training starts it like every bias, near 0; 1 is the classic remedy that keeps the gate open)."),
     corpus: Optional[Path] = typer.Option(None, help="Text to take the windows from. Default: the shipped corpora/tinyshakespeare.txt."),
     max_k: int = typer.Option(100, "--max-k", min=1, max=1000, help="Measure k = 0..K steps back from the last step."),
@@ -627,6 +630,11 @@ def gradflow(
                 cells.append(name)
     if checkpoint is None:
         check_options_read(given, cells, "" if cell is not None else " (the default)")
+        for name, owner in (("spectral_radius", "esn"), ("u_max", "indrnn")):
+            if radius is not None and name in given and owner in cells:  # --radius rescales what it set
+                raise UsageError(f"--radius rescales the {owner} recurrence that {as_flag(name)} sets; give one of them")
+        if given.get("u_max") == 0:  # 0: the bound for the measured window, as when left out
+            del given["u_max"]
         if forget_bias is not None and not any(map(gf.has_forget_gate, cells)):
             raise UsageError(f"--forget-bias sets the forget gate of lstm and peephole cells; --cell {','.join(cells)}"
                              f"{'' if cell is not None else ' (the default)'} has none")
@@ -639,11 +647,22 @@ def gradflow(
     corpus = corpus or default_corpus()
     trained = gf.checkpoint_model(checkpoint) if checkpoint is not None else None
     # a byte or two a character, never the text as a string; as the trained model reads text
-    ids, chars = read_ids(corpus, trained.encoding if trained else "utf-8")
+    try:
+        ids, chars = read_ids(corpus, trained.encoding if trained else "utf-8")
+    except CharrnnError as e:  # the reader's advice names train's --encoding, which gradflow has not
+        raise CharrnnError(str(e).split("; ")[0] + "; gradflow reads --corpus as UTF-8 (a checkpoint's text as "
+                           "it was trained): give a UTF-8 text file") from None
+    if trained is None and len(chars) < 2:
+        raise CharrnnError(f"{corpus} holds only {len(chars)} distinct character(s); a fresh model needs at least 2")
     with err.status("measuring gradient flow (the first run compiles the kernels)..."):
         flows = gf.run(ids, chars, cells=cells, trained=trained, hidden=hidden or 64, layers=layers or 1,
                        seed=seed, radius=radius, max_k=max_k, windows=windows, batch=batch,
                        forget_bias=forget_bias, options=tuple(given.items()))
+    for f in flows:
+        bad = next((k for layer in f.layers for k, x in enumerate(layer.norms) if not math.isfinite(float(x))), None)
+        if bad is not None:
+            raise CharrnnError(f"the gradient of {f.label} overflowed (inf or NaN) at k={bad}; use a smaller "
+                               "--radius or --max-k")
     unknown = max(f.unknown for f in flows)  # a checkpoint's model, which may lack some of the text's characters
     if unknown:
         err.print(f"note: left out {unknown:,} of the {ids.size:,} characters of {corpus} that the model does not "

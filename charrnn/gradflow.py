@@ -264,6 +264,9 @@ def run(ids, chars, cells=None, trained=None, hidden=64, layers=1, seed=0, radiu
         if forget_bias is not None:
             set_forget_bias(m, forget_bias)
         known, dropped = corpus_ids(ids, chars, m.vocab)
+        if ids.size and not known.size:
+            raise CharrnnError(f"none of the {ids.size:,} characters of --corpus is one the model knows; give a text "
+                               "like its training text")
         flows.append(replace(measure(m, known, max_k, windows, batch, seed), unknown=dropped))
     return flows
 
@@ -315,7 +318,7 @@ def table(flows, max_k: int):
             vk = f.vanish_k()
             t.add_row(Text(series_label(flow, f.layer)), f"{f.norms[0]:.3g}", f"{f.norms[-1]:.3g}",
                       f"> {max_k}" if vk is None else str(vk),
-                      _per_block(f.radius, lambda v: f"{v:.2f}"),
+                      _per_block(f.radius, lambda v: f"{v:.3g}"),
                       _per_block(f.saturation, lambda v: f"{100 * v:.1f}%"),
                       end_section=True)
     return t

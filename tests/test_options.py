@@ -214,3 +214,31 @@ def test_a_run_name_that_messages_could_not_show_is_refused(name):
 @pytest.mark.parametrize("name", ["my run", "été", "caf\udce9"])  # the last: a byte that is no UTF-8
 def test_run_names_of_printable_characters_are_kept(name):
     TrainConfig(run=name).validate().check_run_name()
+
+
+def test_gradflow_and_gradcheck_say_what_they_cannot_do(tmp_path):
+    ones, latin = tmp_path / "ones.txt", tmp_path / "latin.txt"
+    ones.write_text("a" * 5000)
+    latin.write_bytes(b"caf\xe9 " * 500)
+    small = ["--hidden", "4", "--windows", "1", "--batch", "1"]
+    cases = [
+        # an internal error (ModelSpec: vocab >= 2)
+        (["gradflow", *small, "--corpus", str(ones)], CharrnnError,
+         f"{ones} holds only 1 distinct character(s); a fresh model needs at least 2"),
+        # it advised --encoding latin-1, which gradflow has not
+        (["gradflow", *small, "--corpus", str(latin)], CharrnnError, "; gradflow reads --corpus as UTF-8"),
+        # --radius rescaled the reservoir --spectral-radius had set, and u drawn within --u-max
+        (["gradflow", *small, "--cell", "esn", "--spectral-radius", "0.5", "--radius", "2"], UsageError,
+         "--radius rescales the esn recurrence that --spectral-radius sets; give one of them"),
+        (["gradflow", *small, "--cell", "indrnn", "--u-max", "0.5", "--radius", "1"], UsageError,
+         "--radius rescales the indrnn recurrence that --u-max sets; give one of them"),
+        # NaN norms were a table of nan and 'vanished > 500', exit 0, and JSON with NaN
+        (["gradflow", *small, "--max-k", "500", "--cell", "indrnn", "--radius", "5"], CharrnnError,
+         "the gradient of indrnn overflowed (inf or NaN) at k="),
+        # --steps was ignored where --k1 and --k2 are both given
+        (["gradcheck", "--cell", "lstm", "--steps", "50", "--k1", "3", "--k2", "4"], UsageError,
+         "--steps sets --k1 and --k2 where they are not given; with both given it has no use"),
+    ]
+    for args, kind, message in cases:
+        r = runner.invoke(app, args)
+        assert isinstance(r.exception, kind) and message in str(r.exception), (args, r.exception, r.output)
