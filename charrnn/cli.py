@@ -394,9 +394,11 @@ def sample(
 
     model = TrainedModel(load_model(checkpoint), spell=as_flag)
     encoding = model.config.get("encoding", "utf-8")
-    if encoding == "bytes":  # a character it lacks is named as typed, not as its bytes
-        for option, typed in (("--prime", prime), ("--stop-at", stop_at)):
+    for option, typed in (("--prime", prime), ("--stop-at", stop_at)):  # a character it lacks, named by option
+        if encoding == "bytes":  # as typed, not as its bytes
             check_typed_bytes(typed, model.vocab, option)
+        else:
+            model.encode(model_text(typed, encoding, option), what=option)
     texts = model.stream(length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                          prime=model_text(prime, encoding, "--prime"), stop_at=model_text(stop_at, encoding, "--stop-at"),
                          num_samples=num_samples)

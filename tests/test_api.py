@@ -190,7 +190,7 @@ def test_a_bad_escape_is_a_usage_error(run, text):
 def test_a_stop_text_the_model_cannot_write_is_refused(run):
     r = run_module("sample", run["dir"], "--stop-at", "<END>")
     assert r.returncode == 1 and r.stdout == ""
-    assert len(r.stderr.strip().splitlines()) == 1 and "stop text" in r.stderr and "'<'" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "--stop-at has" in r.stderr and "'<'" in r.stderr
 
 
 # ---------------------------------------------------------------------------------------------

@@ -282,7 +282,10 @@ def test_unknown_priming_characters_exit_1_and_are_named(checkpoint):
     assert r.stdout == ""
     err = r.stderr.strip()
     assert len(err.splitlines()) == 1, err
-    assert "priming text" in err and all(repr(c) in err for c in "WORLD")
+    # named by the option the user typed (it said "priming text")
+    assert err.startswith("error: --prime has 5 character(s)") and all(repr(c) in err for c in "WORLD")
+    r = run_module("sample", checkpoint, "--stop-at", "WORLD")
+    assert r.returncode == 1 and r.stderr.startswith("error: --stop-at has 5 character(s)"), r.stderr
     r = run_module("sample", checkpoint, "--top-p", "0")
     assert r.returncode == 2 and "0<x<=1" in r.stderr
     r = run_module("sample", checkpoint, "--num-samples", "0")
