@@ -44,7 +44,7 @@ from collections import namedtuple
 from collections.abc import Mapping
 from importlib import import_module
 
-from .errors import CharrnnError, UsageError, flag
+from .errors import CharrnnError, UsageError, check_read, flag
 
 Tensor = namedtuple("Tensor", "name shape trains", defaults=(True,))
 
@@ -81,13 +81,9 @@ OPTIONS = {
 
 
 def check_options_read(names, cells, whose=""):
-    """A UsageError for a cell option given (`names`) where none of `cells` reads it: --tau
-    for an rnn would change nothing. whose: where the cells come from, if not from --cell
-    (" (the default)")."""
-    for name in names:
-        if not set(OPTIONS[name].cells) & set(cells):
-            raise UsageError(f"{flag(name)} is an option of --cell {' and '.join(OPTIONS[name].cells)}; "
-                             f"--cell {','.join(cells)}{whose} has no use for it")
+    """A UsageError for a cell option given (`names`) where none of `cells` reads it
+    (errors.check_read)."""
+    check_read(names, {name: opt.cells for name, opt in OPTIONS.items()}, "cell", cells, whose, "an option")
 
 
 def check_option(name, value):

@@ -445,12 +445,13 @@ def eval_(
     from .sampling import load_model, warm_up_evaluate
 
     model = TrainedModel(load_model(checkpoint), spell=as_flag)
-    of_bytes = model.config.get("encoding", "utf-8") == "bytes"
+    model_encoding = model.config.get("encoding", "utf-8")
+    of_bytes = model_encoding == "bytes"
     if encoding:
-        check_read_as(model.config.get("encoding", "utf-8"), encoding)
+        check_read_as(model_encoding, encoding)
     try:
         if per_line:
-            text = read_text(file, encoding or model.config.get("encoding", "utf-8"))
+            text = read_text(file, encoding or model_encoding)
             # "\r\n" ends a line as "\n" does: the line break is not scored
             lines = [line.removesuffix("\r") for line in text.split("\n")]
             lines = [line for line in lines if line]
@@ -472,7 +473,7 @@ def eval_(
     _first_call(lambda: warm_up_evaluate(model.spec, model.params.dtype))
     if per_line:
         with _printing():
-            write = _writer(encoding or model.config.get("encoding", "utf-8"))  # the lines as the file holds them
+            write = _writer(encoding or model_encoding)  # the lines as the file holds them
             for nats, line in zip(scores, lines):
                 write(f"{nats:.4f}\t{line}\n")
         if unscored:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from .cells import NAMES as CELLS  # the registry's names; cells.py imports no kernels
 from .cells import OPTIONS as CELL_OPTIONS
 from .cells import check_option, normal_tau
-from .errors import UsageError, as_flag, flag
+from .errors import UsageError, as_flag, check_read, flag
 
 # the optimizers optim.py implements, named here so that reading the defaults (the CLI does,
 # for its help) imports no kernels
@@ -144,12 +144,8 @@ def check_resume_overrides(names):
 
 def check_schedule_options(names, schedule: str, whose: str = "") -> None:
     """A UsageError for a schedule's setting given (`names`) with a schedule that does not read
-    it (--lr-decay with linear would change nothing); whose: where the schedule comes from, if
-    not from --schedule (" (the default)")."""
-    for name in names:
-        if name in SCHEDULE_OPTIONS and schedule not in SCHEDULE_OPTIONS[name]:
-            raise UsageError(f"{flag(name)} is a setting of --schedule {' and '.join(SCHEDULE_OPTIONS[name])}; "
-                             f"--schedule {schedule}{whose} has no use for it")
+    it: --lr-decay with linear would change nothing (errors.check_read)."""
+    check_read(names, SCHEDULE_OPTIONS, "schedule", [schedule], whose)
 
 
 def resolved_u_max(u_max: float, k2: int) -> float:

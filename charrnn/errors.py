@@ -56,3 +56,13 @@ def os_error_message(e: OSError, path=None) -> str:
         line = f"{path}: {line}"
     advice = _OS_ADVICE.get(e.errno)
     return f"{line}; {advice}" if advice else line
+
+
+def check_read(names, readers: dict, option: str, chosen, whose="", what="a setting"):
+    """A UsageError for a setting in `names` that none of the `chosen` values of `option` reads
+    (readers: {setting: the values that read it}): --tau for --cell rnn would change nothing.
+    whose: where the chosen values come from, if `option` was not given (" (the default)")."""
+    for name in names:
+        if name in readers and not set(readers[name]) & set(chosen):
+            raise UsageError(f"{flag(name)} is {what} of {flag(option)} {' and '.join(readers[name])}; "
+                             f"{flag(option)} {','.join(chosen)}{whose} has no use for it")

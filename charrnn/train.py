@@ -306,11 +306,11 @@ class Trainer:
 
     def _reached(self, limits: dict) -> list[str]:
         """The stopping rules of `limits` ({name: limit}, 0: none) this run has reached, in words."""
-        done = {"max_steps": (self.step, f"update {self.step}"),
-                "epochs": (self.epoch(), f"{self.epoch():.2f} epochs"),
-                "time_limit": (self.elapsed, f"{self.elapsed:.0f} s of training")}
-        return [f"{flag(name)} {limit:g} ({done[name][1]})" for name, limit in limits.items()
-                if limit and done[name][0] >= limit]
+        done = self._done()
+        said = {"max_steps": f"update {self.step}", "epochs": f"{done['epochs']:.2f} epochs",
+                "time_limit": f"{self.elapsed:.0f} s of training"}
+        return [f"{flag(name)} {limit:g} ({said[name]})" for name, limit in limits.items()
+                if limit and done[name] >= limit]
 
     def _tested(self) -> bool:
         """Whether metrics.jsonl holds the test record of this update: the run ended."""
@@ -375,15 +375,13 @@ class Trainer:
         per_epoch = self.streams.steps_per_epoch(self.cfg.k1)
         return self.streams.epoch + self.streams.position / self.cfg.k1 / max(per_epoch, 1)
 
+    def _done(self) -> dict:
+        """How much of each stopping rule's measure the run has used: {rule: amount}."""
+        return {"max_steps": self.step, "epochs": self.epoch(), "time_limit": self.elapsed}
+
     def done_fraction(self):
         """How far along the stopping rules are: 1.0 means stop."""
-        cfg, parts = self.cfg, []
-        if cfg.max_steps:
-            parts.append(self.step / cfg.max_steps)
-        if cfg.epochs:
-            parts.append(self.epoch() / cfg.epochs)
-        if cfg.time_limit:
-            parts.append(self.elapsed / cfg.time_limit)
+        parts = [done / getattr(self.cfg, name) for name, done in self._done().items() if getattr(self.cfg, name)]
         return max(parts) if parts else 0.0
 
     def validate(self):
