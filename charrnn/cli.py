@@ -382,7 +382,7 @@ def sample(
     temperature: float = _ranged(1.0, SAMPLE_RANGES["temperature"], "Divide the logits by this: below 1 is more conservative, above 1 wilder; 0 always picks the most probable character."),
     top_k: int = _ranged(0, SAMPLE_RANGES["top_k"], "Choose only among the K most probable characters (0: off)."),
     top_p: float = _ranged(1.0, SAMPLE_RANGES["top_p"], "Nucleus sampling: choose only among the most probable characters that together reach this probability (1: off)."),
-    prime: str = typer.Option("", help="Text the model reads first; it is printed, then the continuation. Without it, generation starts as a document of the run does (after its --doc-sep, for a model trained on several files), else as if at the beginning of a line."),
+    prime: str = typer.Option("", help="Text the model reads first, as typed (no escapes: in bash, $'a\\nb' holds a line break); it is printed, then the continuation. Without it, generation starts as a document of the run does (after its --doc-sep, for a model trained on several files), else as if at the beginning of a line."),
     seed: int = _ranged(0, SAMPLE_RANGES["seed"], "Seed of the random choices: the same checkpoint, seed and options give the same text."),
     num_samples: int = _ranged(1, SAMPLE_RANGES["num_samples"], "Samples to generate, each from a fresh state, separated by a line of dashes."),
     stop_at: str = typer.Option("", "--stop-at", metavar="TEXT", callback=_unescape, help="End a sample where the model writes TEXT, which is left out (the prime is not searched). Escapes: \\n, \\t, \\r, \\xHH, \\uHHHH, \\\\; e.g. --stop-at '\\n\\n' stops at a blank line. The text before it is what a sample without --stop-at begins with."),
@@ -395,10 +395,13 @@ def sample(
     model = TrainedModel(load_model(checkpoint), spell=as_flag)
     encoding = model.config.get("encoding", "utf-8")
     for option, typed in (("--prime", prime), ("--stop-at", stop_at)):  # a character it lacks, named by option
-        if encoding == "bytes":  # as typed, not as its bytes
-            check_typed_bytes(typed, model.vocab, option)
-        else:
-            model.encode(model_text(typed, encoding, option), what=option)
+        try:
+            if encoding == "bytes":  # as typed, not as its bytes
+                check_typed_bytes(typed, model.vocab, option)
+            else:
+                model.encode(model_text(typed, encoding, option), what=option)
+        except CharrnnError as e:  # an option this model cannot take, as --unit beyond its units
+            raise UsageError(str(e)) from None
     texts = model.stream(length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                          prime=model_text(prime, encoding, "--prime"), stop_at=model_text(stop_at, encoding, "--stop-at"),
                          num_samples=num_samples)

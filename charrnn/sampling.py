@@ -15,7 +15,8 @@ How a sample is made:
 - Each chosen character uses one uniform number from a numpy Generator seeded with `seed`
   (PCG64), drawn in chunks in order. The text depends only on the seed and the options, not on
   the chunk size, and with several samples sample 1 is what a single sample would have been.
-- temperature 0 picks the most probable character every time (no randomness); otherwise the
+- temperature 0 picks the most probable character every time (no randomness; top-k and top-p,
+  which could change nothing, are refused with it); otherwise the
   logits are divided by the temperature, then top-k and top-p (nucleus) restrict the choice
   (see kernels.generate.select).
 - stop_at ends a sample where the generated text first contains it; the stop text itself is left
@@ -35,7 +36,7 @@ from threadpoolctl import ThreadpoolController
 from .checkpoint import load_checkpoint, resolve_checkpoint
 from .config import SAMPLE_RANGES
 from .corpus import Vocab
-from .errors import CharrnnError, as_flag
+from .errors import CharrnnError, UsageError, as_flag
 from .cells import CELLS
 from .kernels.generate import CODES, generate, offsets_table, teacher_force
 from .model import Layout, ModelSpec
@@ -155,6 +156,11 @@ def check_options(length=0, temperature=1.0, top_k=0, top_p=1.0, num_samples=1, 
             raise CharrnnError(f"{spell(name, value)} is out of range: it must be in {SAMPLE_RANGES[name]}")
     if int(seed) != seed or seed not in SAMPLE_RANGES["seed"]:
         raise CharrnnError(f"{spell('seed', seed)} is out of range: it must be a whole number in {SAMPLE_RANGES['seed']}")
+    if temperature == 0:  # the most probable character: a restriction to the likeliest few changes nothing
+        for name, value, off in (("top_k", top_k, 0), ("top_p", top_p, 1.0)):
+            if value != off:
+                raise UsageError(f"{spell(name, value)} has no use with {spell('temperature', 0)}, which always picks "
+                                 f"the most probable character; leave one of them out")
 
 
 def start_id(vocab: Vocab) -> int:

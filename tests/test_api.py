@@ -189,7 +189,7 @@ def test_a_bad_escape_is_a_usage_error(run, text):
 
 def test_a_stop_text_the_model_cannot_write_is_refused(run):
     r = run_module("sample", run["dir"], "--stop-at", "<END>")
-    assert r.returncode == 1 and r.stdout == ""
+    assert r.returncode == 2 and r.stdout == ""  # an option this model cannot take
     assert len(r.stderr.strip().splitlines()) == 1 and "--stop-at has" in r.stderr and "'<'" in r.stderr
 
 
@@ -456,6 +456,8 @@ def test_sample_refuses_an_argument_of_the_wrong_type(model, options, message):
     ({"temperature": float("nan")}, "temperature=nan is out of range"),
     ({"top_p": 1.5}, "top_p=1.5 is out of range"),
     ({"seed": -3}, "seed=-3 is out of range"),
+    ({"temperature": 0, "top_k": 3}, "top_k=3 has no use with temperature=0"),
+    ({"temperature": 0.0, "top_p": 0.5}, "top_p=0.5 has no use with temperature=0"),
 ])
 def test_sample_names_an_argument_out_of_range_as_a_caller_wrote_it(model, options, message):
     """A caller of the API wrote length=, not the command line's --length."""

@@ -73,11 +73,11 @@ def test_sample_writes_the_models_bytes_and_reads_its_prime_as_utf8(run):
 def test_a_character_whose_bytes_the_model_lacks_is_named_as_typed(run):
     # it was named as its bytes read as Latin-1: "'â', '\x82', '¬'" for '€'
     r = charrnn_cli("sample", run / "r", "--length", 10, "--prime", "le €x")
-    assert r.returncode == 1 and r.stderr.decode() == (
+    assert r.returncode == 2 and r.stderr.decode() == (
         "error: --prime has 2 character(s) whose bytes the model never saw: '€' (e2 82 ac), 'x' (78); use only "
         "characters that occur in the training text\n")
     r = charrnn_cli("sample", run / "r", "--length", 10, "--stop-at", r"\xfe")
-    assert r.returncode == 1 and "--stop-at has 1 character(s) whose bytes the model never saw: '\\xfe' (fe)" in \
+    assert r.returncode == 2 and "--stop-at has 1 character(s) whose bytes the model never saw: '\\xfe' (fe)" in \
         r.stderr.decode()
 
 

@@ -276,16 +276,24 @@ def run_module(*args):
                           env=env, cwd=ROOT, timeout=120)
 
 
-def test_unknown_priming_characters_exit_1_and_are_named(checkpoint):
+def test_unknown_priming_characters_are_a_usage_error_and_are_named(checkpoint):
+    # an option this model cannot take, as inspect --unit beyond its units: exit 2
     r = run_module("sample", checkpoint, "--prime", "hello WORLD")
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert r.stdout == ""
     err = r.stderr.strip()
     assert len(err.splitlines()) == 1, err
     # named by the option the user typed (it said "priming text")
     assert err.startswith("error: --prime has 5 character(s)") and all(repr(c) in err for c in "WORLD")
     r = run_module("sample", checkpoint, "--stop-at", "WORLD")
-    assert r.returncode == 1 and r.stderr.startswith("error: --stop-at has 5 character(s)"), r.stderr
+    assert r.returncode == 2 and r.stderr.startswith("error: --stop-at has 5 character(s)"), r.stderr
+    # top-k and top-p restrict a random choice; temperature 0 makes none: refused, not ignored
+    r = run_module("sample", checkpoint, "--temperature", "0", "--top-k", "5")
+    assert r.returncode == 2 and r.stdout == "" and r.stderr == (
+        "error: --top-k 5 has no use with --temperature 0, which always picks the most probable character; "
+        "leave one of them out\n"), r.stderr
+    r = run_module("sample", checkpoint, "--temperature", "0", "--top-p", "0.9")
+    assert r.returncode == 2 and r.stderr.startswith("error: --top-p 0.9 has no use with --temperature 0"), r.stderr
     r = run_module("sample", checkpoint, "--top-p", "0")
     assert r.returncode == 2 and "0<x<=1" in r.stderr
     r = run_module("sample", checkpoint, "--num-samples", "0")
