@@ -17,7 +17,7 @@ from .cells import choices_help
 from .config import (CELLS, DIAGNOSTIC_RANGES, EVAL_RANGES, INSPECT_CHARS, INSPECT_MAX_CHARS, OPTIMIZERS, RANGES,
                      SAMPLE_RANGES, SCHEDULES, Range)
 from .config import TrainConfig as _C  # the defaults of train's options
-from .errors import CharrnnError, UsageError, as_flag, os_error_message
+from .errors import CharrnnError, UsageError, as_flag, flag, os_error_message
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Character-level RNN, LSTM and GRU language models, trained on the CPU.")
@@ -619,10 +619,12 @@ def gradflow(
     _set_up()
     given = {k: v for k, v in (("tau", tau), ("spectral_radius", spectral_radius), ("leak", leak), ("u_max", u_max))
              if v is not None}
-    if checkpoint is not None and (cell is not None or hidden is not None or layers is not None
-                                   or forget_bias is not None or given):
-        raise UsageError("--cell, --hidden, --layers, --forget-bias and the cell options describe fresh models; "
-                           "leave them out when measuring a checkpoint")
+    fresh = [flag(name) for name, value in (("cell", cell), ("hidden", hidden), ("layers", layers),
+                                            ("forget_bias", forget_bias), *given.items()) if value is not None]
+    if checkpoint is not None and fresh:
+        one = len(fresh) == 1
+        raise UsageError(f"{', '.join(fresh)} describe{'s' if one else ''} fresh models; a checkpoint is measured "
+                         f"as it was trained: leave {'it' if one else 'them'} out")
     from .cells import check_option, check_options_read, normal_tau
 
     for name, value in given.items():

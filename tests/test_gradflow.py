@@ -13,7 +13,7 @@ from charrnn.checkpoint import save_checkpoint
 from charrnn.cells import CELLS, NAMES
 from charrnn.cli import app
 from charrnn.corpus import Vocab, default_corpus, read_text
-from charrnn.errors import CharrnnError
+from charrnn.errors import CharrnnError, UsageError
 from charrnn.model import Layout, ModelSpec, Stack, init_params
 
 runner = CliRunner()
@@ -275,7 +275,11 @@ def test_cli_measures_a_checkpoint(tmp_path, shakespeare):
     assert r.stderr == f"note: left out 80 of the 1,040 characters of {text} that the model does not know\n"
 
     r = runner.invoke(app, ["gradflow", str(path), "--cell", "lstm"])
-    assert r.exit_code == 1 and isinstance(r.exception, CharrnnError)
+    assert isinstance(r.exception, UsageError)
+    # named as given (it listed every option of a fresh model)
+    assert str(r.exception) == "--cell describes fresh models; a checkpoint is measured as it was trained: leave it out"
+    r = runner.invoke(app, ["gradflow", str(path), "--tau", "5", "--hidden", "8"])
+    assert str(r.exception).startswith("--hidden, --tau describe fresh models;") and "leave them out" in str(r.exception)
 
 
 def test_cli_bad_values_are_usage_errors():
