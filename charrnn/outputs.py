@@ -27,6 +27,9 @@ def check_output(path, option: str, endings: tuple[str, ...]) -> Path:
     if p.is_dir():  # as a file where a folder should be: the file system's, exit 1
         raise CharrnnError(f"cannot write {path}: it is a folder; give a file name ending in {' or '.join(endings)}")
     if not p.parent.is_dir():
+        up = next((a for a in p.parents if a.exists()), None)  # the part of the path in the way, if any
+        if up is not None and not up.is_dir():
+            raise CharrnnError(f"cannot write {path}: {up} is a file, not a folder; choose another {option} path")
         raise CharrnnError(f"cannot write {path}: there is no folder {p.parent}; create it, or choose another "
                            f"{option} path")
     return p

@@ -36,6 +36,16 @@ def test_a_png_in_a_missing_folder_fails_before_the_charts(tmp_path):
     assert str(r.exception).startswith(f"cannot write {tmp_path / 'no' / 'p.png'}: there is no folder")
 
 
+@pytest.mark.parametrize("parts", [("text.txt", "p.png"), ("text.txt", "a", "p.png")])
+def test_a_file_where_the_png_s_folder_should_be_is_named(tmp_path, parts):
+    (tmp_path / "text.txt").write_text("a text")  # it said "there is no folder text.txt"
+    with pytest.raises(CharrnnError) as e:
+        check_output(tmp_path.joinpath(*parts), "--png", PNG)
+    assert str(e.value) == (f"cannot write {tmp_path.joinpath(*parts)}: {tmp_path / 'text.txt'} is a file, not a "
+                            "folder; choose another --png path")
+    assert e.value.exit_code == 1 and (tmp_path / "text.txt").read_text() == "a text"
+
+
 def test_a_folder_named_as_the_png_is_refused(tmp_path):
     (tmp_path / "p.png").mkdir()
     with pytest.raises(CharrnnError, match="it is a folder") as e:
