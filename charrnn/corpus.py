@@ -831,9 +831,9 @@ def fit_batch_and_window(n_train: int, batch: int, window: int, ranks: int = 1) 
 
     changes = []
     if new_batch != batch:
-        changes.append(f"batch {batch} -> {new_batch}")
+        changes.append(f"--batch {batch} -> {new_batch}")
     if new_window != window:
-        changes.append(f"window {window} -> {new_window}")
+        changes.append(f"--k1 {window} -> {new_window}")  # train's window
     notice = f"corpus is small ({n_train:,} training characters): {', '.join(changes)}"
     return new_batch, new_window, notice
 

@@ -149,8 +149,9 @@ class Trainer:
             name=corpus.name)
         batch, k1, notice = fit_batch_and_window(len(self.train_ids), cfg.batch, cfg.k1, self.world.size)
         if notice:
+            if k1 != cfg.k1 and cfg.k2 == cfg.k1:  # keep the classic scheme classic
+                notice, cfg.k2 = f"{notice}, --k2 {cfg.k2} -> {k1}", k1
             say(notice)
-            cfg.k2 = k1 if cfg.k2 == cfg.k1 else cfg.k2  # keep the classic scheme classic
             cfg.batch, cfg.k1 = batch, k1
         self.spec = ModelSpec(cfg.cell, self.vocab.size, cfg.hidden, cfg.layers, cfg.cell_options())
         rows = self.world.rows(cfg.batch)  # this rank's streams: all of them in one process

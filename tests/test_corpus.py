@@ -323,13 +323,13 @@ def test_fit_leaves_big_corpora_alone():
 def test_fit_shrinks_batch_first():
     batch, window, notice = fit_batch_and_window(3000, 32, 100)
     assert (batch, window) == (7, 100)  # 7 * 101 * 4 <= 3000 < 8 * 101 * 4
-    assert notice == "corpus is small (3,000 training characters): batch 32 -> 7"
+    assert notice == "corpus is small (3,000 training characters): --batch 32 -> 7"
 
 
 def test_fit_then_shrinks_window():
     batch, window, notice = fit_batch_and_window(200, 32, 100)
     assert (batch, window) == (1, 49)  # 1 * 50 * 4 == 200
-    assert notice == "corpus is small (200 training characters): batch 32 -> 1, window 100 -> 49"
+    assert notice == "corpus is small (200 training characters): --batch 32 -> 1, --k1 100 -> 49"
 
 
 def test_fit_tiny_corpora():
@@ -506,7 +506,7 @@ def test_a_batch_shrunk_for_ranks_stays_a_multiple_of_them():
     assert fit_batch_and_window(640, 32, 20, ranks=2)[0] == 6  # 7 streams alone
     assert fit_batch_and_window(640, 32, 20)[0] == 7
     batch, window, notice = fit_batch_and_window(30, 32, 50, ranks=2)
-    assert batch == 2 and batch * (window + 1) <= 30 and "batch 32 -> 2" in notice
+    assert batch == 2 and batch * (window + 1) <= 30 and "--batch 32 -> 2" in notice
     with pytest.raises(CharrnnError, match="for each of 4 processes"):
         fit_batch_and_window(5, 32, 50, ranks=4)
 

@@ -67,6 +67,17 @@ def test_resume_is_bit_for_bit(corpus, tmp_path, scheme):
     assert resumed.last_val == straight.last_val
 
 
+@pytest.mark.parametrize("k2, k2_after", [(400, "k1"), (30, 30)])
+def test_a_small_text_shrinks_the_batch_and_window_and_says_by_which_options(corpus, tmp_path, k2, k2_after):
+    said = []
+    trainer = Trainer(config(corpus, tmp_path, batch=32, k1=400, k2=k2), tmp_path / "r", say=said.append)
+    cfg = trainer.cfg
+    assert cfg.batch < 32 and cfg.k1 < 400 and cfg.k2 == (cfg.k1 if k2_after == "k1" else k2_after)
+    (notice,) = [s for s in said if s.startswith("corpus is small")]
+    want = f"--batch 32 -> {cfg.batch}, --k1 400 -> {cfg.k1}" + (f", --k2 400 -> {cfg.k1}" if k2 == 400 else "")
+    assert notice.endswith(f"training characters): {want}"), notice
+
+
 @pytest.mark.parametrize("reset_every, fresh", [(4, [0, 4, 8, 12]), (0, [0])])
 def test_every_stream_starts_from_a_zero_state_every_reset_every_updates(corpus, tmp_path, monkeypatch,
                                                                           reset_every, fresh):
