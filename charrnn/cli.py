@@ -240,7 +240,8 @@ def train(
         raise typer.Exit(130)
     val, test = summary["val_loss"], summary["test_loss"]
     out.print(f"done: {summary['steps']} updates, {summary['epochs']:.2f} epochs, {summary['elapsed']:.0f} s, "
-              f"{summary['train_chars_per_sec']:,.0f} chars/s; val loss {val:.4f} nats ({val / math.log(2):.3f} bits/char), "
+              f"{summary['train_chars_per_sec']:,.0f} chars/s, stopped by {' and '.join(summary['stopped_by'])}; "
+              f"val loss {val:.4f} nats ({val / math.log(2):.3f} bits/char), "
               f"best {summary['best_val_loss']:.4f}; test {test:.4f} nats ({test / math.log(2):.3f} bits/char); "
               f"checkpoints in {summary['run_dir']}", highlight=False)
 

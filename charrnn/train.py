@@ -305,12 +305,13 @@ class Trainer:
         self.saved_limits = saved_limits
         return self
 
-    def _reached(self, limits: dict) -> list[str]:
-        """The stopping rules of `limits` ({name: limit}, 0: none) this run has reached, in words."""
+    def _reached(self, limits: dict, how_far=True) -> list[str]:
+        """The stopping rules of `limits` ({name: limit}, 0: none) this run has reached, in words:
+        --max-steps 6, and with how_far how far it came (update 6)."""
         done = self._done()
         said = {"max_steps": f"update {self.step}", "epochs": f"{done['epochs']:.2f} epochs",
                 "time_limit": f"{self.elapsed:.0f} s of training"}
-        return [f"{flag(name)} {limit:g} ({said[name]})" for name, limit in limits.items()
+        return [f"{flag(name)} {limit:g}" + (f" ({said[name]})" if how_far else "") for name, limit in limits.items()
                 if limit and done[name] >= limit]
 
     def _tested(self) -> bool:
@@ -465,6 +466,7 @@ class Trainer:
                 test = self._evaluate(self.test_ids)
                 log.write({"kind": "test", "step": self.step, "loss": test, "bpc": bits(test)})
             return {"steps": self.step, "epochs": self.epoch(), "val_loss": self.last_val,
+                    "stopped_by": self._reached({name: getattr(cfg, name) for name in STOPPING_RULES}, how_far=False),
                     "best_val_loss": self.best_val, "test_loss": test, "elapsed": self.elapsed,
                     "train_chars_per_sec": (updates and chars_per_update * updates / max(train_time, 1e-9)),
                     "run_dir": str(self.run_dir)}

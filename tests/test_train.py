@@ -436,7 +436,16 @@ def test_resuming_a_run_that_has_reached_its_end_says_so(corpus, tmp_path):
             f"error: {tmp_path / 'r'} has already reached {reached}; to train on, give a larger limit"), r.stderr
     assert (tmp_path / "r" / "metrics.jsonl").read_bytes() == log
     r = run_cli("train", "--resume", str(tmp_path / "r"), "--max-steps", "6", "-q")
-    assert r.returncode == 0 and "done: 6 updates" in r.stdout, r.stderr
+    assert r.returncode == 0 and "done: 6 updates" in r.stdout and ", stopped by --max-steps 6; val" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("limits, stopped_by", [(dict(epochs=1), ["--epochs 1"]),
+                                                (dict(epochs=0.5, max_steps=4), ["--max-steps 4"]),
+                                                (dict(epochs=1, max_steps=500), ["--epochs 1"])])
+def test_the_summary_names_the_rule_that_ended_the_run(corpus, tmp_path, limits, stopped_by):
+    summary = Trainer(config(corpus, tmp_path, **limits), tmp_path / "r", say=lambda *_: None).run()
+    assert summary["stopped_by"] == stopped_by
+    assert summary["epochs"] >= 1 if "--epochs 1" in stopped_by else summary["steps"] == 4
 
 
 def test_resume_refuses_a_schedule_setting_its_schedule_does_not_read(corpus, tmp_path):
