@@ -20,6 +20,7 @@ from .errors import CharrnnError
 from .outputs import shown_name, write_output
 
 METRICS_FILE = "metrics.jsonl"
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte-order mark, which some editors write first
 # No square brackets (as in charrnn[plot]): the CLI prints error messages as rich markup.
 INSTALL_HINT = "pip install matplotlib (charrnn's optional 'plot' extra installs it too)"
 
@@ -50,7 +51,10 @@ def _number(v):
     """A finite float, or None for anything else (missing, null, NaN, a string)."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
-    v = float(v)
+    try:
+        v = float(v)
+    except OverflowError:  # a whole number of hundreds of digits: no metric
+        return None
     return v if math.isfinite(v) else None
 
 
@@ -60,19 +64,27 @@ def read_metrics(run) -> Metrics:
         lines = path.read_bytes().splitlines()  # each line decoded alone: a torn last one may end inside a character
     except OSError as e:
         raise CharrnnError(f"cannot read {path}: {e.strerror or e}") from None
+    if lines and lines[0].startswith(BOM):  # an editor's byte-order mark
+        lines[0] = lines[0][len(BOM):]
     m = Metrics(path)
+    records = 0  # lines that are records of some kind: a log, not some other file
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line.decode("utf-8"))
-        except ValueError:  # UnicodeDecodeError too
-            if n == len(lines):  # a crash while appending: the record never finished
+        except (ValueError, RecursionError):  # UnicodeDecodeError too; RecursionError: nested too deep
+            if n == len(lines) and (records or line.startswith(b'{"kind": "')):  # a crash while appending: the
+                # record never finished
                 m.torn_last_line = True
                 continue
+            if not records:
+                raise CharrnnError(f"{path} is not a charrnn {METRICS_FILE}: line {n} is no JSON record; "
+                                   "pass the run folder of a training run") from None
             raise CharrnnError(f"{path} line {n} is not valid JSON; the file is corrupt") from None
-        if not isinstance(rec, dict):
+        if not isinstance(rec, dict) or "kind" not in rec:
             continue
+        records += 1
         kind = rec.get("kind")
         if kind == "test":
             m.test = {k: _number(rec.get(k)) for k in ("loss", "bpc")}
@@ -83,6 +95,9 @@ def read_metrics(run) -> Metrics:
             continue
         for key, values in target.items():
             values.append(step if key == "step" else _number(rec.get(key)))
+    if not records and not m.torn_last_line and any(line.strip() for line in lines):
+        raise CharrnnError(f"{path} is not a charrnn {METRICS_FILE}: it holds no train, val or test record; "
+                           "pass the run folder of a training run")
     if not m.train["step"] and not m.val["step"]:
         raise CharrnnError(f"{path} has no train or val records yet; plot again once training has logged some")
     return m
@@ -98,6 +113,8 @@ def summary(m: Metrics) -> str:
     if vals:
         best, step = min(vals)
         parts.append(f"best val {best:.4f} bpc at step {step:.0f}")
+    elif m.val["step"]:
+        parts.append(f"{len(m.val['step'])} val records up to step {m.val['step'][-1]:.0f}, none with a finite bpc")
     if m.test and m.test.get("bpc") is not None:
         parts.append(f"test {m.test['bpc']:.4f} bpc")
     if m.torn_last_line:
@@ -127,15 +144,26 @@ def charts(m: Metrics, width=64, height=14):
 
 
 def require_pyplot():
-    """matplotlib.pyplot on the Agg backend, or a CharrnnError saying how to install it."""
+    """matplotlib.pyplot on the Agg backend, or a CharrnnError saying how to install it, or why
+    an installed one cannot start."""
     try:
         import matplotlib
-    except ImportError:
-        raise CharrnnError(f"--png needs matplotlib, which is not installed; install it with: {INSTALL_HINT}") from None
-    matplotlib.use("Agg")  # files only, no window, works without a display
-    import matplotlib.pyplot as plt
 
+        matplotlib.use("Agg")  # files only, no window, works without a display
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        if e.name == "matplotlib":
+            raise CharrnnError(f"--png needs matplotlib, which is not installed; install it with: {INSTALL_HINT}") from None
+        raise _cannot_start(e) from None  # a part of it missing (kiwisolver)
+    except Exception as e:  # MPLBACKEND=bogus: the environment's, not ours
+        raise _cannot_start(e) from None
     return plt
+
+
+def _cannot_start(e: Exception) -> CharrnnError:
+    why = (str(e).splitlines() or [""])[0].split("; ")[0]  # its first clause: not every backend's name
+    return CharrnnError(f"--png needs matplotlib, which cannot start ({type(e).__name__}: {why}); check the "
+                        f"MPLBACKEND and MPLCONFIGDIR variables, or reinstall it with: {INSTALL_HINT}")
 
 
 def save_figure(fig, path) -> None:

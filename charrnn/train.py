@@ -320,7 +320,7 @@ class Trainer:
             with open(self.run_dir / METRICS_FILE, "rb") as f:
                 return any(b'"test"' in line and _record_step(line) == self.step
                            and json.loads(line).get("kind") == "test" for line in f)
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return False
 
     def check_not_done(self):
@@ -700,7 +700,7 @@ def _record_step(line):
     """The step of a metrics.jsonl line; a line that is no record (torn by a crash) counts as later."""
     try:
         step = json.loads(line).get("step")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):  # RecursionError: nested too deep to read
         return math.inf
     return step if isinstance(step, int) else math.inf
 

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from charrnn.cli import app
 from charrnn.errors import CharrnnError
-from charrnn.plot import _xy, read_metrics, summary
+from charrnn.plot import _xy, read_metrics, require_pyplot, summary
 from charrnn.termchart import MARKERS, line_chart, nice_ticks
 
 runner = CliRunner()
@@ -57,6 +57,46 @@ def test_read_metrics_errors(tmp_path):
     (empty / "metrics.jsonl").write_text('{"kind": "config"}\n')
     with pytest.raises(CharrnnError, match="no train or val"):
         read_metrics(empty)
+
+
+def test_a_file_that_is_no_metrics_log_is_named_so(tmp_path):
+    # "line 1 is not valid JSON; the file is corrupt" of a text; "no train or val records yet" of "hello"
+    text = tmp_path / "small.txt"
+    text.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n")
+    with pytest.raises(CharrnnError) as e:
+        read_metrics(text)
+    assert str(e.value) == (f"{text} is not a charrnn metrics.jsonl: line 1 is no JSON record; pass the run folder "
+                            "of a training run")
+    one = tmp_path / "one.json"
+    one.write_text('"hello"\n[1, 2]\n')
+    with pytest.raises(CharrnnError, match="is not a charrnn metrics.jsonl: it holds no train, val or test record"):
+        read_metrics(one)
+
+
+def test_odd_values_and_lines_of_a_metrics_log_are_no_internal_error(tmp_path):
+    run = _write_run(tmp_path / "run", torn=False)
+    log = run / "metrics.jsonl"
+    good = log.read_bytes()
+    # a byte-order mark, as an editor saves it, is not a corrupt first line
+    log.write_bytes(b"\xef\xbb\xbf" + good)
+    assert read_metrics(run).train["step"] == list(range(1, 41))
+    # a number too large for a float (OverflowError) is no value
+    log.write_bytes(good + b'{"kind": "train", "step": ' + b"9" * 400 + b', "loss": 1}\n'
+                    + b'{"kind": "train", "step": 41, "loss": ' + b"9" * 400 + b'}\n')
+    m = read_metrics(run)
+    assert m.train["step"][-1] == 41 and m.train["loss"][-1] is None
+    # nested too deep for json (RecursionError): a corrupt line, or a torn last one
+    deep = b"[" * 100_000 + b"]" * 100_000
+    log.write_bytes(good + deep + b"\n" + good)
+    with pytest.raises(CharrnnError, match="line 47 is not valid JSON; the file is corrupt"):
+        read_metrics(run)
+    log.write_bytes(good + deep)
+    assert read_metrics(run).torn_last_line
+
+
+def test_a_log_of_val_records_without_a_finite_bpc_is_summarised(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "val", "step": 0, "loss": null, "bpc": null}\n')
+    assert summary(read_metrics(tmp_path)) == "1 val records up to step 0, none with a finite bpc"  # it printed ""
 
 
 def test_line_chart_draws_each_series_with_its_marker_and_a_legend():
@@ -151,3 +191,25 @@ def test_cli_plot_png(tmp_path):
     r = runner.invoke(app, ["plot", str(_write_run(tmp_path / "run")), "--png", str(out)])
     assert r.exit_code == 0, r.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_matplotlib_that_cannot_start_is_one_line_about_the_environment(monkeypatch):
+    # MPLBACKEND=bogus, or a part of matplotlib missing: "internal error ...; please report it"
+    matplotlib = pytest.importorskip("matplotlib")
+    import matplotlib.pyplot  # noqa: F401  (the real one, before it is hidden below)
+
+    def bogus(name):
+        raise ValueError("Key backend: 'bogus' is not a valid value for backend; supported values are [...]")
+
+    monkeypatch.setattr(matplotlib, "use", bogus)
+    with pytest.raises(CharrnnError) as e:
+        require_pyplot()
+    assert str(e.value).startswith("--png needs matplotlib, which cannot start (ValueError: Key backend: 'bogus' is "
+                                   "not a valid value for backend); check the MPLBACKEND")
+    monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)  # `import matplotlib.pyplot` fails
+    with pytest.raises(CharrnnError, match=r"cannot start \((ModuleNotFound|Import)Error"):
+        require_pyplot()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # not installed at all
+    with pytest.raises(CharrnnError, match="which is not installed; install it with: pip install matplotlib"):
+        require_pyplot()

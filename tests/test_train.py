@@ -495,6 +495,19 @@ def test_a_lower_limit_on_resume_is_refused_even_before_the_test(corpus, tmp_pat
     assert r.returncode == 2 and "has already reached --max-steps 2 (update 4)" in r.stderr, r.stderr
 
 
+def test_a_resume_cuts_a_log_line_nested_too_deep_to_read(corpus, tmp_path):
+    # json's RecursionError on such a line was an internal error of the resume
+    train_steps(config(corpus, tmp_path), tmp_path / "r", 3)
+    log = tmp_path / "r" / "metrics.jsonl"
+    kept = log.read_bytes()
+    log.write_bytes(kept + b"[" * 100_000 + b"]" * 100_000 + b"\n")
+    resumed = Trainer.resume(tmp_path / "r", say=lambda *_: None)
+    resumed.cfg.max_steps = 4
+    resumed.run()
+    lines = log.read_bytes().splitlines(keepends=True)
+    assert b"".join(lines[:len(kept.splitlines())]) == kept and all(line.startswith(b"{") for line in lines)
+
+
 def test_only_a_log_a_run_wrote_counts_as_one(tmp_path):
     from charrnn.train import _left_by_a_run, _record_step
 
