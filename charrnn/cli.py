@@ -511,7 +511,7 @@ def inspect_(
     from .sampling import load_model, warm_up_evaluate
 
     if html is not None:  # before the work
-        html = check_output(html, "--html", HTML)
+        html = check_output(html, "--html", HTML, {"FILE": file, "CHECKPOINT": checkpoint})
     model = load_model(checkpoint)
     ins.check_options(model.spec, act, layer, unit)
     model_encoding = model.config.get("encoding", "utf-8")
@@ -649,7 +649,7 @@ def gradflow(
                              f"{'' if cell is not None else ' (the default)'} has none")
     given.setdefault("u_max", 2.0 ** (1.0 / (max_k + 1)))
     if png is not None:  # fail before the measurement, not after it
-        png = check_output(png, "--png", PNG)
+        png = check_output(png, "--png", PNG, {"--corpus": corpus, "CHECKPOINT": checkpoint})
         require_pyplot()
     from .corpus import default_corpus
 
@@ -698,7 +698,7 @@ def plot(
 
     _set_up()
     if png is not None:  # before the charts are printed
-        png = check_output(png, "--png", PNG)
+        png = check_output(png, "--png", PNG, {"RUN": run})
         require_pyplot()
     metrics = read_metrics(run)
     for chart in charts(metrics):

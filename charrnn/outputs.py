@@ -18,12 +18,16 @@ PNG = (".png",)
 HTML = (".html", ".htm")
 
 
-def check_output(path, option: str, endings: tuple[str, ...]) -> Path:
+def check_output(path, option: str, endings: tuple[str, ...], reads: dict | None = None) -> Path:
     """`path` as given to `option` (--png), if it names a file ending in one of `endings` inside
-    a folder that exists; else a one-line error."""
+    a folder that exists, and none of the files the command `reads` ({what: path}, FILE: the
+    text); else a one-line error."""
     p = Path(path)
     if p.suffix.lower() not in endings or not p.stem:
         raise UsageError(f"{option} {str(path)!r}: give a file name ending in {' or '.join(endings)}")
+    for what, read in (reads or {}).items():
+        if read is not None and _same_file(p, Path(read)):  # it would be replaced by what was made of it
+            raise UsageError(f"{option} {path} is {what}, which this command reads; choose another name")
     if p.is_dir():  # as a file where a folder should be: the file system's, exit 1
         raise CharrnnError(f"cannot write {path}: it is a folder; give a file name ending in {' or '.join(endings)}")
     if not p.parent.is_dir():
@@ -33,6 +37,13 @@ def check_output(path, option: str, endings: tuple[str, ...]) -> Path:
         raise CharrnnError(f"cannot write {path}: there is no folder {p.parent}; create it, or choose another "
                            f"{option} path")
     return p
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:  # unreadable: check_output's other checks, or the write, say what is wrong
+        return False
 
 
 def write_output(path: Path, write) -> None:

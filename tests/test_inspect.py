@@ -291,6 +291,20 @@ def test_an_html_name_that_is_no_page_is_refused_before_the_work(planted, target
     assert (path.read_bytes() if path.exists() else None) == kept
 
 
+@pytest.mark.parametrize("how", ["same name", "a link"])
+def test_an_html_page_inspected_is_not_replaced_by_its_own_page(planted, tmp_path, how):
+    # --html page.html on the text page.html wrote the page over the text, exit 0
+    text = _write(tmp_path / "page.html", '<p>"a quote", he said</p>\n')
+    out = text
+    if how == "a link":
+        out = tmp_path / "other.htm"
+        out.symlink_to(text)
+    r = invoke(planted["checkpoint"], text, "--html", out, "--skip-unknown")
+    assert isinstance(r.exception, UsageError) and r.stdout == ""
+    assert str(r.exception) == f"--html {out} is FILE, which this command reads; choose another name"
+    assert text.read_text(encoding="utf-8") == '<p>"a quote", he said</p>\n'
+
+
 def test_a_text_whose_name_is_not_utf8_gets_its_page(planted, tmp_path):
     # the page's title could not be encoded: the page was left empty, and the error blamed the
     # locale; in a UTF-8 locale (strict, as PYTHONIOENCODING=utf-8 makes it) so did the printing

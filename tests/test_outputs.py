@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from charrnn.cli import app
-from charrnn.errors import CharrnnError
+from charrnn.errors import CharrnnError, UsageError
 from charrnn.outputs import PNG, check_output, shown_name, write_output
 from test_hostile import main_exits
 from test_plot import _write_run
@@ -44,6 +44,16 @@ def test_a_file_where_the_png_s_folder_should_be_is_named(tmp_path, parts):
     assert str(e.value) == (f"cannot write {tmp_path.joinpath(*parts)}: {tmp_path / 'text.txt'} is a file, not a "
                             "folder; choose another --png path")
     assert e.value.exit_code == 1 and (tmp_path / "text.txt").read_text() == "a text"
+
+
+def test_a_png_that_is_a_file_the_command_reads_is_refused(tmp_path):
+    # gradflow --corpus chart.png --png chart.png, plot chart.png --png chart.png
+    read = tmp_path / "chart.png"
+    read.write_bytes(b"a text")
+    with pytest.raises(UsageError) as e:
+        check_output(read, "--png", PNG, {"--corpus": read, "CHECKPOINT": None})
+    assert str(e.value) == f"--png {read} is --corpus, which this command reads; choose another name"
+    assert check_output(tmp_path / "new.png", "--png", PNG, {"--corpus": read}) == tmp_path / "new.png"
 
 
 def test_a_folder_named_as_the_png_is_refused(tmp_path):
