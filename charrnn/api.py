@@ -25,7 +25,7 @@ import numpy as np
 from . import memory
 from .cells import CELLS
 from .config import EVAL_RANGES
-from .corpus import ENCODINGS, check_encoding, check_read_as, read_ids
+from .corpus import ENCODINGS, UnknownCharacters, check_encoding, check_read_as, read_ids
 from .errors import CharrnnError, as_keyword
 from .evaluate import evaluate, line_losses
 from .model import Stack
@@ -33,10 +33,6 @@ from .sampling import SAMPLE_THREADS, Sampler, load_model, samples, start_id
 
 LINES_PER_PASS = 4096  # score_lines sorts this many lines by length at a time, then yields their scores
 STATE_NAMES = {"hs": "h", "cs": "c"}  # a cell's state buffers, as `state` names them
-
-
-class UnknownCharacters(CharrnnError):
-    """The text holds characters the model never saw; the message names them."""
 
 
 class Evaluation(NamedTuple):
@@ -141,7 +137,8 @@ class TrainedModel:
     def stream(self, length=500, *, temperature=1.0, top_k=0, top_p=1.0, prime="", seed=0, stop_at="",
                num_samples=1):
         """num_samples samples, each an iterator of pieces of text as they are generated (what
-        `charrnn sample` prints as it goes); consume each before the next. Each starts from a
+        `charrnn sample` prints as it goes); read each to its end before the next
+        begins (else a CharrnnError). Each starts from a
         fresh state; the random numbers run on from one to the next, so sample 1 is sample()'s
         text. The options are checked at once, before anything is generated."""
         options = dict(length=_whole_number("length", length), temperature=_real_number("temperature", temperature),
@@ -263,6 +260,9 @@ class TrainedModel:
         stream = self._state_stream()
         stream.feed(ids[:-1])
         logits = stream.feed(ids[-1:], keep_logits=True)[0].astype(np.float64)
+        if not np.isfinite(logits).all():  # a state assigned far beyond any the model reaches
+            raise CharrnnError("the model's state overflowed: its next-character scores are not finite numbers; "
+                               "reset(), or assign a state that m.state gave")
         p = np.exp(logits - logits.max())  # as sampling's select() at temperature 1
         return p / p.sum()
 
@@ -279,7 +279,7 @@ class TrainedModel:
         stream = self._state_stream()
         names = [STATE_NAMES[k] for k in CELLS[self.spec.cell].states]
         shape = (self.spec.layers, self.spec.hidden)
-        if not isinstance(value, dict) or sorted(value) != sorted(names):
+        if not isinstance(value, dict) or set(value) != set(names):
             raise CharrnnError(f"a state of this {self.spec.cell} model is a dict with the keys {', '.join(names)}")
         held = {}
         for name, a in value.items():

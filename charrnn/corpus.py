@@ -107,7 +107,7 @@ def check_typed_bytes(text: str, chars, what: str) -> None:
             return f"{typed} ({model_text(c, 'bytes', what).encode('latin-1').hex(' ')})"
 
         shown = ", ".join(map(one, lacking))
-        raise CharrnnError(f"{what} has {len(lacking)} character(s) whose bytes the model never saw: {shown}; "
+        raise UnknownCharacters(f"{what} has {len(lacking)} character(s) whose bytes the model never saw: {shown}; "
                            "use only characters that occur in the training text")
 
 
@@ -138,6 +138,10 @@ def check_encoding(encoding: str) -> str:
     if name not in ENCODINGS:
         raise CharrnnError(f"unknown encoding {encoding!r}; choose one of {', '.join(ENCODINGS)}")
     return name
+
+
+class UnknownCharacters(CharrnnError):
+    """The text holds characters the model never saw; the message names them."""
 
 
 class NotText(CharrnnError):
@@ -690,7 +694,7 @@ class Vocab:
         return vocab
 
 
-def _unknown(chars: list, occurrences: int, what: str, as_bytes: bool = False) -> CharrnnError:
+def _unknown(chars: list, occurrences: int, what: str, as_bytes: bool = False) -> UnknownCharacters:
     """The error for a text with characters (in order of first appearance) a model lacks; for a
     bytes model (each byte the character of its code), named as bytes: e2, not 'â'."""
     more = f" and {len(chars) - 10} more" if len(chars) > 10 else ""
@@ -699,16 +703,16 @@ def _unknown(chars: list, occurrences: int, what: str, as_bytes: bool = False) -
                           for c in chars[:10])
         above = sum(ord(c) > 0xFF for c in chars)  # no byte: only Python's str can hold them
         if above:
-            return CharrnnError(
+            return UnknownCharacters(
                 f"{what} has {len(chars) - above} byte value(s) and {above} character(s) above U+00FF the model "
                 f"does not know ({occurrences} occurrence(s)): {shown}{more}; this model reads bytes, a character "
                 "each: give text.encode('utf-8').decode('latin-1')")
-        return CharrnnError(
+        return UnknownCharacters(
             f"{what} has {len(chars)} byte value(s) the model does not know ({occurrences} occurrence(s)): "
             f"{shown}{more}; use only text whose bytes occur in the training text"
         )
     shown = ", ".join(repr(c) for c in chars[:10])
-    return CharrnnError(
+    return UnknownCharacters(
         f"{what} has {len(chars)} character(s) the model does not know ({occurrences} occurrence(s)): "
         f"{shown}{more}; use only characters that occur in the training text"
     )

@@ -184,16 +184,27 @@ def samples(sampler: Sampler, vocab: Vocab, length=500, prime="", seed=0, temper
             top_p=1.0, num_samples=1, chunk=CHUNK, stop_at="", doc_sep="", spell=as_flag, as_bytes=False):
     """num_samples iterators, each yielding one sample's text in pieces: the prime (if any), then
     `length` generated characters, `chunk` at a time, or fewer if stop_at ends it (see above).
-    Consume each before the next. doc_sep: the separator of the run's documents (start_context);
+    Consume each to its end before the next begins (else a CharrnnError). doc_sep: the separator of the run's documents (start_context);
     spell: how messages name an option (check_options); as_bytes: a bytes model's, whose unknown
     characters are named as bytes (Vocab.encode).
 
     The options, the prime and the stop text are checked here, before anything is generated."""
     check_options(length, temperature, top_k, top_p, num_samples, seed, spell)
-    context = vocab.encode(prime, "priming text", as_bytes) if prime else start_context(vocab, doc_sep)
+    context = vocab.encode(prime, spell("prime"), as_bytes) if prime else start_context(vocab, doc_sep)
     if stop_at:
-        vocab.encode(stop_at, "the stop text", as_bytes)  # a character the model lacks would never be written
+        vocab.encode(stop_at, spell("stop_at"), as_bytes)  # a character the model lacks would never be written
     rng = np.random.Generator(np.random.PCG64(int(seed)))
+    turn = {"next": 0, "open": False}  # the samples share the sampler's state and the random numbers
+
+    def in_turn(i):
+        """Sample i's pieces, begun only once every sample before it has ended: begun out of turn
+        its text would be another, without a word."""
+        if i != turn["next"] or turn["open"]:
+            raise CharrnnError(f"sample {i + 1} was begun before sample {turn['next'] + 1} ended; "
+                               "read the samples in order, each to its end: they share one state")
+        turn["open"] = True
+        yield from one()
+        turn["next"], turn["open"] = i + 1, False
 
     def one():
         sampler.reset()
@@ -221,7 +232,7 @@ def samples(sampler: Sampler, vocab: Vocab, length=500, prime="", seed=0, temper
         if held:
             yield held
 
-    return (one() for _ in range(num_samples))
+    return (in_turn(i) for i in range(num_samples))
 
 
 def sample_text(sampler, vocab, **options) -> list[str]:

@@ -521,6 +521,56 @@ def test_a_state_is_finite_real_numbers(model, fill):
     assert all(np.array_equal(model.state[k], before[k]) for k in before)
 
 
+def test_a_state_with_keys_of_other_types_is_refused_in_the_api_s_terms(model):
+    # sorted() of an int and a str key: Python's TypeError
+    with pytest.raises(CharrnnError, match="a state of this lstm model is a dict with the keys h, c"):
+        model.state = {"h": np.zeros((2, 16)), 1: np.zeros((2, 16))}
+
+
+def test_a_state_beyond_any_the_model_reaches_is_an_error_not_nan(tmp_path):
+    # a GRU carries a huge h on through its update gate: every probability was nan, with a
+    # numpy warning
+    vocab = Vocab.from_text("abc de")
+    spec = ModelSpec("gru", vocab.size, 16, 1)
+    flat = init_params(spec, np.random.default_rng(0), np.float32)
+    from charrnn.checkpoint import save_checkpoint
+    from charrnn.model import Layout
+
+    Layout(spec).views(flat)["output.Wy"][:] = 1.0  # every unit adds to every score
+    save_checkpoint(tmp_path / "g.npz", {"params": flat},
+                    {"config": {"cell": "gru", "hidden": 16, "layers": 1}, "vocab": vocab.to_json()})
+    m = charrnn.load(tmp_path / "g.npz")
+    m.state = {"h": np.full((1, 16), 3e38)}
+    with pytest.raises(CharrnnError, match="the model's state overflowed: its next-character scores are not finite"):
+        m.step("a")
+    m.reset()
+    assert np.isfinite(m.step("a")).all()
+
+
+def test_samples_of_a_stream_are_read_in_order_or_refused(model):
+    want = model.sample(200, seed=1), model.stream(200, seed=1, num_samples=2)
+    a, b = model.stream(200, seed=1, num_samples=2)
+    next(a)
+    # sample 2 began while sample 1 was read: both would have been other texts, without a word
+    with pytest.raises(CharrnnError, match="sample 2 was begun before sample 1 ended; read the samples in order"):
+        next(b)
+    a, b = model.stream(200, seed=1, num_samples=2)
+    with pytest.raises(CharrnnError, match="sample 2 was begun before sample 1 ended"):
+        next(b)
+    a, b = model.stream(200, seed=1, num_samples=2)
+    first, second = "".join(a), "".join(b)  # in order: as documented
+    assert first == want[0]
+    assert [first, second] == ["".join(p) for p in want[1]]
+
+
+def test_unknown_characters_in_a_prime_or_stop_text_are_named_by_argument(model):
+    # they said "priming text" and "the stop text", and were no UnknownCharacters
+    with pytest.raises(charrnn.UnknownCharacters, match=r"^prime= has 1 character\(s\) the model does not know"):
+        model.sample(5, prime="€")
+    with pytest.raises(charrnn.UnknownCharacters, match=r"^stop_at= has 1 character\(s\) the model does not know"):
+        model.sample(5, stop_at="€")
+
+
 def test_a_state_of_ragged_rows_is_refused_by_its_shape(model):
     with pytest.raises(CharrnnError, match=re.escape("state['h'] has rows of different lengths; this model's shape "
                                                      "is (2, 16)")):

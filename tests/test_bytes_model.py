@@ -123,7 +123,7 @@ def test_bytes_a_model_lacks_in_a_file_are_named_as_bytes(run):
             "text.encode('utf-8').decode('latin-1')")):
         model.score(model_text("€x ", "bytes", "") + "€")
     with pytest.raises(charrnn.CharrnnError, match=re.escape(
-            "priming text has 1 byte value(s) the model does not know (1 occurrence(s)): 7e ('~');")):
+            "prime= has 1 byte value(s) the model does not know (1 occurrence(s)): 7e ('~');")):
         model.sample(5, prime="le ~")
 
 

@@ -195,7 +195,7 @@ def test_prime_warms_the_state_and_is_printed_first():
     ids = vocab.encode(text)
     logits = stack_logits(spec, params, ids[:-1])
     np.testing.assert_array_equal(np.argmax(logits, axis=1)[len(prime) - 1 :], ids[len(prime) :])
-    with pytest.raises(CharrnnError, match=r"priming text has 2 character\(s\).*'X', '€'"):
+    with pytest.raises(CharrnnError, match=r"--prime has 2 character\(s\).*'X', '€'"):
         sample_text(Sampler(spec, params), vocab, prime="aXb€")
 
 
