@@ -213,7 +213,10 @@ def load_checkpoint(path, schema=None) -> tuple[dict[str, np.ndarray], dict]:
     except OSError as e:
         raise CharrnnError(f"cannot read checkpoint {path}: {e.strerror or e}") from e
     with f:
-        head = f.read(8)
+        try:
+            head = f.read(8)
+        except OSError as e:  # a failing disk, a device that reads nothing (/proc/self/mem)
+            raise CharrnnError(f"cannot read checkpoint {path}: {e.strerror or e}") from e
         if not head.startswith(_ZIP_MAGIC):
             raise CharrnnError(_not_an_archive(path, head))
         f.seek(0)

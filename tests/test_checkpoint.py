@@ -4,6 +4,7 @@ import json
 import os
 import pickle
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -578,3 +579,11 @@ def test_resolve_a_run_folder(tmp_path):
 
 def test_public_api():
     assert checkpoint.FORMAT_VERSION == 1 and checkpoint.SUFFIX == ".npz"
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="no /proc/self/mem")
+def test_a_file_that_fails_as_it_is_read_is_named():
+    # reading /proc/self/mem at offset 0 fails (EIO), as a failing disk does: a raw OSError
+    # from the API, and the command's line did not name the file
+    with pytest.raises(CharrnnError, match=r"^cannot read checkpoint /proc/self/mem: "):
+        load_checkpoint("/proc/self/mem")
