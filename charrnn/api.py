@@ -193,7 +193,8 @@ class TrainedModel:
         try:
             encoding = encoding or self.config.get("encoding", "utf-8")
             check_read_as(self.config.get("encoding", "utf-8"), check_encoding(encoding), self._spell)
-            ids, chars = read_ids(_require_path("encode_file()", path), encoding)
+            ids, chars = read_ids(_require_path("encode_file()", path), encoding,
+                                  model=self.config.get("encoding", "utf-8"))
         except CharrnnError as e:  # the reader's advice names the command line's flag and a value
             said = re.sub(f"--encoding ({'|'.join(ENCODINGS)})", lambda m: self._spell("encoding", m[1]), str(e))
             raise type(e)(said) from None

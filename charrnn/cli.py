@@ -455,7 +455,7 @@ def eval_(
         check_read_as(model_encoding, encoding)
     try:
         if per_line:
-            text = read_text(file, encoding or model_encoding)
+            text = read_text(file, encoding or model_encoding, model=model_encoding)
             # "\r\n" ends a line as "\n" does: the line break is not scored
             lines = [line.removesuffix("\r") for line in text.split("\n")]
             lines = [line for line in lines if line]

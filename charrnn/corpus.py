@@ -46,6 +46,10 @@ ENCODINGS = ("utf-8", "latin-1", "bytes")
 _ENCODING_ALIASES = {"utf8": "utf-8", "latin1": "latin-1", "iso-8859-1": "latin-1"}
 
 _UTF8_FIX = "re-save it as UTF-8, or pass --encoding latin-1 (any byte file) or --encoding bytes"
+_BINARY_FIX = "pass a text file, or --encoding bytes to model its raw bytes"
+# The same for a trained model of characters, which --encoding bytes cannot read (check_read_as)
+_FOR_A_MODEL_OF_CHARACTERS = {_UTF8_FIX: "re-save it as UTF-8, or pass --encoding latin-1 (any byte file)",
+                              _BINARY_FIX: "pass a text file"}
 
 # Below this many characters there is nothing worth learning, whatever the split.
 MIN_CORPUS_CHARS = 20
@@ -149,25 +153,35 @@ class NotText(CharrnnError):
     read_corpus skips such files inside folders."""
 
 
-def read_ids(path, encoding: str = "utf-8", max_chars: int | None = None) -> tuple[np.ndarray, list]:
+def read_ids(path, encoding: str = "utf-8", max_chars: int | None = None,
+             model: str | None = None) -> tuple[np.ndarray, list]:
     """(ids, chars): the file's text as ids of characters `chars` (in code-point order, as Vocab
     numbers them; some may not occur in ids), of the smallest type: a byte or two a character,
     read a piece at a time, never the whole text as a string. With max_chars, only the file's
     start: the pieces (CHUNK_BYTES each) that hold its first max_chars characters, so what lies
     beyond them is never read. Decoded strictly by the corpus reader, so a file says what is
     wrong with what it reads in the same words here as in training; a CharrnnError for anything
-    the user can fix."""
+    the user can fix. model: the encoding of the trained model that reads the text, if any; one
+    of characters is not advised to read it as bytes."""
     size = _size(Path(path))
     # room for the pieces read: up to the one that reaches max_chars (the encoder grows if need be)
     encoder = _Encoder(size if max_chars is None else min(size, max_chars + CHUNK_BYTES))
-    _read_document(path, check_encoding(encoding), encoder, limit=max_chars)
+    try:
+        _read_document(path, check_encoding(encoding), encoder, limit=max_chars)
+    except NotText as e:
+        if model in (None, "bytes"):
+            raise
+        said = str(e)
+        for advice, instead in _FOR_A_MODEL_OF_CHARACTERS.items():
+            said = said.replace(advice, instead)
+        raise NotText(said) from None
     ids, chars = encoder.finish()
     return (ids if max_chars is None else ids[:max_chars]), chars
 
 
-def read_text(path, encoding: str = "utf-8") -> str:
+def read_text(path, encoding: str = "utf-8", model: str | None = None) -> str:
     """The whole file as a string (see read_ids)."""
-    ids, chars = read_ids(path, encoding)
+    ids, chars = read_ids(path, encoding, model=model)
     return _decode(Vocab.from_json(chars), ids)
 
 
@@ -177,8 +191,7 @@ def _decode(vocab, ids) -> str:
 
 
 def _binary(name: str, offset: int) -> NotText:
-    return NotText(f"{name} looks like a binary file (NUL byte at offset {offset}); "
-                   "pass a text file, or --encoding bytes to model its raw bytes")
+    return NotText(f"{name} looks like a binary file (NUL byte at offset {offset}); {_BINARY_FIX}")
 
 
 def _empty(name: str) -> NotText:

@@ -72,7 +72,8 @@ def read_start(path, vocab, chars: int, encoding: str, skip_unknown: bool, of_by
     of_bytes: the model is a bytes model, whose characters are bytes."""
     from .corpus import read_ids
 
-    ids, file_chars = read_ids(path, encoding, max_chars=chars)  # only the start of the file
+    # only the start of the file; as a model of characters or of bytes reads it
+    ids, file_chars = read_ids(path, encoding, max_chars=chars, model="bytes" if of_bytes else encoding)
     try:
         ids, skipped = vocab.translate(ids, file_chars, skip_unknown=skip_unknown,
                                        what=f"the first {ids.size:,} {'byte' if of_bytes else 'character'}s of {path}",

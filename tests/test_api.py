@@ -270,9 +270,9 @@ def test_the_apis_advice_names_arguments_not_flags(run, model, tmp_path, monkeyp
     r = runner.invoke(app, ["eval", str(run["dir"]), str(path)])
     assert r.exit_code == 1 and "pass --encoding latin-1" in str(r.exception) and "encoding=" not in str(r.exception)
     path.write_bytes(b"the\x00cat")
-    with pytest.raises(CharrnnError, match="encoding='bytes' to model its raw bytes") as e:
+    with pytest.raises(CharrnnError, match="; pass a text file$") as e:  # a model of characters reads no bytes
         model.encode_file(path)
-    assert e.type is NotText
+    assert e.type is NotText and "--" not in str(e.value)
     path.write_text("the cat sat\n", encoding="utf-8")
     monkeypatch.setattr(memory, "available_bytes", lambda: 1000)
     for call in (model.score, lambda text: list(model.score_lines([text]))):
@@ -569,6 +569,25 @@ def test_unknown_characters_in_a_prime_or_stop_text_are_named_by_argument(model)
         model.sample(5, prime="€")
     with pytest.raises(charrnn.UnknownCharacters, match=r"^stop_at= has 1 character\(s\) the model does not know"):
         model.sample(5, stop_at="€")
+
+
+def test_a_file_that_is_no_text_is_not_advised_to_a_model_of_characters_as_bytes(model, run, tmp_path):
+    # the advice "or encoding='bytes'" led to a refusal: this model reads characters
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"caf\xe9 au lait\n")
+    binary = tmp_path / "bin.txt"
+    binary.write_bytes(b"ab\0cd")
+    with pytest.raises(NotText) as e:
+        model.encode_file(latin)
+    assert str(e.value).endswith("re-save it as UTF-8, or pass encoding='latin-1' (any byte file)")
+    with pytest.raises(NotText) as e:
+        model.encode_file(binary)
+    assert str(e.value).endswith("(NUL byte at offset 2); pass a text file")
+    for args in ((latin,), (latin, "--per-line"), (binary,)):
+        r = run_module("eval", run["dir"], *args)
+        assert r.returncode == 1 and "bytes" not in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    r = run_module("inspect", run["dir"], latin)
+    assert r.returncode == 1 and r.stderr.endswith("or pass --encoding latin-1 (any byte file)\n"), r.stderr
 
 
 def test_a_state_of_ragged_rows_is_refused_by_its_shape(model):
