@@ -192,7 +192,7 @@ class TrainedModel:
         the file named by its path."""
         try:
             encoding = encoding or self.config.get("encoding", "utf-8")
-            check_read_as(self.config.get("encoding", "utf-8"), check_encoding(encoding), self._spell)
+            check_read_as(self.config.get("encoding", "utf-8"), check_encoding(encoding, self._spell), self._spell)
             ids, chars = read_ids(_require_path("encode_file()", path), encoding,
                                   model=self.config.get("encoding", "utf-8"))
         except CharrnnError as e:  # the reader's advice names the command line's flag and a value

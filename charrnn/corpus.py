@@ -135,12 +135,14 @@ def check_read_as(model_encoding: str, encoding: str, spell=as_flag) -> None:
                          f"or give {spell('encoding', 'utf-8')} or {spell('encoding', 'latin-1')}")
 
 
-def check_encoding(encoding: str) -> str:
-    """The canonical name of an encoding (one of ENCODINGS), or a CharrnnError."""
+def check_encoding(encoding: str, spell=None) -> str:
+    """The canonical name of an encoding (one of ENCODINGS), or a CharrnnError; spell: how it
+    names the argument (errors.as_keyword), if it should."""
     name = str(encoding).strip().lower()
     name = _ENCODING_ALIASES.get(name, name)
     if name not in ENCODINGS:
-        raise CharrnnError(f"unknown encoding {encoding!r}; choose one of {', '.join(ENCODINGS)}")
+        what = f"{spell('encoding', encoding)} is an unknown encoding" if spell else f"unknown encoding {encoding!r}"
+        raise CharrnnError(f"{what}; choose one of {', '.join(ENCODINGS)}")
     return name
 
 

@@ -588,6 +588,8 @@ def test_a_file_that_is_no_text_is_not_advised_to_a_model_of_characters_as_bytes
         assert r.returncode == 1 and "bytes" not in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
     r = run_module("inspect", run["dir"], latin)
     assert r.returncode == 1 and r.stderr.endswith("or pass --encoding latin-1 (any byte file)\n"), r.stderr
+    with pytest.raises(CharrnnError, match=r"^encoding='ascii' is an unknown encoding; choose one of utf-8, "):
+        model.encode_file(latin, encoding="ascii")  # it said "unknown encoding 'ascii'", naming no argument
 
 
 def test_a_state_of_ragged_rows_is_refused_by_its_shape(model):
