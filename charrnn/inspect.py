@@ -76,7 +76,7 @@ def read_start(path, vocab, chars: int, encoding: str, skip_unknown: bool, of_by
     ids, file_chars = read_ids(path, encoding, max_chars=chars, model="bytes" if of_bytes else encoding)
     try:
         ids, skipped = vocab.translate(ids, file_chars, skip_unknown=skip_unknown,
-                                       what=f"the first {ids.size:,} {'byte' if of_bytes else 'character'}s of {path}",
+                                       what=f"{path} (its first {ids.size:,} {'byte' if of_bytes else 'character'}s)",
                                        as_bytes=of_bytes)
     except CharrnnError as e:
         raise CharrnnError(f"{e} (or pass --skip-unknown to leave them out)") from None
@@ -419,7 +419,8 @@ def gates_table(tr: Trace):
 
 def model_line(tr: Trace, source: str) -> str:
     s = tr.spec
-    return (f"{s.cell} {s.layers}x{s.hidden}, vocabulary {s.vocab_size}; read {len(tr.text):,} {tr.step}s "
+    n = len(tr.text)
+    return (f"{s.cell} {s.layers}x{s.hidden}, vocabulary {s.vocab_size}; read {n:,} {tr.step}{'s' * (n != 1)} "
             f"of {source} from a zero state")
 
 

@@ -240,6 +240,16 @@ def test_cli_finds_and_colours_the_planted_unit(planted):
     assert "read 30 characters" in r.stdout
 
 
+def test_the_text_read_is_counted_and_named_in_good_english(planted, tmp_path):
+    # "read 1 characters"; "the first 5 characters of X has 1 character(s) ..."
+    r = invoke(planted["checkpoint"], _write(tmp_path / "one.txt", "a"))
+    assert r.exit_code == 0 and r.stdout.splitlines()[0].endswith(f"read 1 character of {tmp_path / 'one.txt'} "
+                                                                   "from a zero state"), r.output
+    path = _write(tmp_path / "euro.txt", "a \u20ac b")
+    r = invoke(planted["checkpoint"], path)
+    assert str(r.exception).startswith(f"{path} (its first 5 characters) has 1 character(s) the model does not know")
+
+
 def test_user_text_is_never_markup(planted):
     text = planted["dir"] / "markup.txt"
     text.write_text('[bold red]x[/] and "[link=file:///etc]y[/link]" \\[z]\n', encoding="utf-8")
