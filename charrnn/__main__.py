@@ -1,15 +1,14 @@
 """`charrnn` and `python -m charrnn`: the command line (cli.py), behind the one thing that cannot
 wait for its imports. In a process an MPI launcher started, Ctrl-C and SIGUSR1 are held from
 here on (distributed.StopsHeld): one that came while importing would end this rank alone. In
-one process, `train` takes SIGUSR1 as Ctrl-C from here on (train.stop_at_once_until_training):
+one process, `train` takes SIGUSR1 as Ctrl-C from here on (distributed.stop_at_once_until_training):
 by default it would kill the process without a word."""
 import os
 import re
-import signal
 import sys
 import warnings
 
-from .distributed import HELD
+from .distributed import HELD, stop_at_once_until_training
 
 
 
@@ -64,8 +63,8 @@ def main():
         # a file name that is not UTF-8 (its bytes held as lone surrogates) prints as its bytes,
         # as Python does in the C locale, rather than failing the command in a UTF-8 locale
         sys.stdout.reconfigure(errors="surrogateescape")
-    if not HELD.holding and hasattr(signal, "SIGUSR1") and command_named(sys.argv[1:]) == "train":
-        signal.signal(signal.SIGUSR1, signal.default_int_handler)
+    if not HELD.holding and command_named(sys.argv[1:]) == "train":
+        stop_at_once_until_training()
     try:
         from . import cli
     except KeyboardInterrupt:  # one process (under a launcher, stops are held): as Ctrl-C ends it later

@@ -1,6 +1,7 @@
 """The command line: parse, call, print. Known errors, and failures of the system such as a full
 disk, print one red line and exit 1."""
 import gc
+import importlib
 import os
 import math
 import re
@@ -730,7 +731,7 @@ def main():
     Another command started by a launcher is just the process it is (srun charrnn sample ...
     samples in every process)."""
     from .__main__ import command_named
-    from .distributed import HELD, Solo, world
+    from .distributed import HELD, Solo, stop_at_once_until_training, world
 
     global _collector_held
     job = Solo()
@@ -741,7 +742,7 @@ def main():
         if train:
             failure = None
             try:
-                from .train import stop_at_once_until_training
+                importlib.import_module(".train", __package__)  # numba and the kernels
             except Exception as e:  # numba that cannot start: said once the ranks have joined
                 failure = e
             try:

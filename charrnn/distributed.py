@@ -128,6 +128,19 @@ class StopsHeld:
 HELD = StopsHeld()  # this process's
 
 
+def stop_at_once_until_training():
+    """Until Trainer.run takes it over, SIGUSR1 ends a train command (from the entry point,
+    charrnn/__main__.py, in one process; after MPI_Init, cli.main) at once with exit 130, as
+    Ctrl-C does (KeyboardInterrupt): nothing is trained yet, nothing to save. Otherwise it would
+    kill the command without a word, or go unheard (MPICH's MPI_Init takes it for itself).
+    SIGTERM keeps its default there: a launcher ending the other ranks of a failed job sends it,
+    and they end without a word. Returns the handler it replaced, by signal (none without
+    SIGUSR1)."""
+    if not hasattr(signal, "SIGUSR1"):
+        return {}
+    return {signal.SIGUSR1: signal.signal(signal.SIGUSR1, signal.default_int_handler)}
+
+
 def world():
     """This process's World, made at the first call: Solo unless an MPI launcher started more
     than one process. A CharrnnError if it did but mpi4py cannot join them."""

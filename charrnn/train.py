@@ -46,18 +46,6 @@ _SAMPLE_HEADER_STEP = re.compile(r"--- step (\d+), epoch ")
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
 
 
-def stop_at_once_until_training():
-    """Until Trainer.run takes it over, SIGUSR1 ends a train command at once with exit 130, as
-    Ctrl-C does (KeyboardInterrupt): nothing is trained yet, nothing to save. Otherwise it would
-    kill the command without a word, or go unheard (MPICH's MPI_Init takes it for itself).
-    SIGTERM keeps its default there: a launcher ending the other ranks of a failed job sends it,
-    and they end without a word. Returns the handler it replaced, by signal (none without
-    SIGUSR1)."""
-    if not hasattr(signal, "SIGUSR1"):
-        return {}
-    return {signal.SIGUSR1: signal.signal(signal.SIGUSR1, signal.default_int_handler)}
-
-
 class Interrupted(Exception):
     """Ctrl-C, SIGTERM or SIGUSR1 during training, after the latest checkpoint was saved."""
 

@@ -173,7 +173,7 @@ def test_a_name_that_is_not_utf8_and_cannot_be_written_is_not_blamed_on_the_loca
     (["train", "--run", "a/b"], "--run 'a/b' is not a plain folder name"),
     (["train", "--val-fraction", "0.3", "--test-fraction", "0.3"], "--val-fraction plus --test-fraction"),
     (["gradflow", "--cell", "leaky", "--tau", "0"], "--tau 0 is out of range"),
-    (["gradflow", "NOWHERE", "--hidden", "4"], "--cell, --hidden, --layers, --forget-bias and the cell options"),
+    (["gradflow", "NOWHERE", "--hidden", "4"], "--hidden describes fresh models; a checkpoint is measured as it was trained: leave it out"),
 ])
 def test_options_out_of_range_or_in_conflict_are_usage_errors(args, message, corpus, tmp_path, monkeypatch, capsys):
     # these were exit 1, where typer's own range errors, and --doc-sep '\q', are exit 2
@@ -312,7 +312,7 @@ def test_ctrl_c_outside_the_commands_handling_exits_130_without_a_traceback(wher
     if where == "as typer builds the command":
         monkeypatch.setattr(cli, "app", interrupted)
     elif where == "as train starts":
-        monkeypatch.setattr("charrnn.train.stop_at_once_until_training", interrupted)
+        monkeypatch.setattr("charrnn.distributed.stop_at_once_until_training", interrupted)
     else:
         set_up = cli._set_up
         monkeypatch.setattr(cli, "_set_up", lambda: (set_up(), interrupted()))
@@ -427,7 +427,7 @@ main()
 def test_before_training_starts_sigusr1_ends_the_command_as_ctrl_c_does():
     # SIGUSR1, as `charrnn train` sets it up once every rank has joined (cli.main):
     # KeyboardInterrupt, which ends the command with exit 130
-    from charrnn.train import stop_at_once_until_training
+    from charrnn.distributed import stop_at_once_until_training
 
     replaced = stop_at_once_until_training()
     try:
