@@ -818,6 +818,11 @@ def _main():
                          f"{e.encoding}; set PYTHONIOENCODING=utf-8, or a UTF-8 locale")
         raise SystemExit(1)
     except Exception as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # no command: the help, which typer has printed
+            help_text = e.format_message()  # empty where typer printed it itself
+            if help_text.strip():
+                sys.stdout.write(help_text.rstrip("\n") + "\n")
+            raise SystemExit(e.exit_code)
         if _is_usage_error(e):
             _print_error(_usage_line(e))
             raise SystemExit(e.exit_code)

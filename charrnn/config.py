@@ -249,7 +249,7 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 bad(name, getattr(self, name), f"it must be in {allowed}")
         check_doc_sep(self.doc_sep, self.encoding)
-        if self.val_fraction + self.test_fraction >= 0.5:
+        if self.val_fraction + self.test_fraction > 0.5:
             raise UsageError("--val-fraction plus --test-fraction must leave at least half the text for training")
         if self.run in (".", "..") or any(c in self.run for c in ("/", "\\", "\0")):
             # the run's folder is OUT_DIR/RUN: a separator, '..' or an absolute path would leave OUT_DIR

@@ -20,7 +20,7 @@ from charrnn import train as train_module
 from charrnn.cli import app
 from charrnn.checkpoint import load_checkpoint
 from charrnn.config import RESUME_MAY_CHANGE, TrainConfig
-from charrnn.errors import CharrnnError
+from charrnn.errors import CharrnnError, UsageError
 from charrnn.train import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -534,6 +534,22 @@ def main_exits(monkeypatch, capsys, *args):
     with pytest.raises(SystemExit) as exit:
         cli.main()
     return exit.value.code, capsys.readouterr().err
+
+
+def test_no_command_prints_the_help_and_no_empty_error(monkeypatch, capsys):
+    # after the help came "error:  (see 'charrnn --help')", a line with nothing to say
+    monkeypatch.setattr(sys, "argv", ["charrnn"])
+    with pytest.raises(SystemExit) as exit:
+        cli.main()
+    out, err = capsys.readouterr()
+    assert exit.value.code == 2 and "Usage:" in out and "train" in out and err == ""
+
+
+def test_a_split_that_leaves_half_the_text_for_training_is_accepted(corpus):
+    # "must leave at least half the text for training" was said of 0.25 and 0.25
+    assert TrainConfig(corpus=str(corpus), val_fraction=0.25, test_fraction=0.25).validate()
+    with pytest.raises(UsageError, match="must leave at least half the text for training"):
+        TrainConfig(corpus=str(corpus), val_fraction=0.25, test_fraction=0.26).validate()
 
 
 @pytest.mark.parametrize("name, value", list(train_options()), ids=lambda v: str(v))
