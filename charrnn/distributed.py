@@ -164,11 +164,15 @@ class Solo:
         """Whether this is rank 0, which speaks and writes for the job."""
         return self.rank == 0
 
-    def rows(self, batch):
+    def rows(self, batch, resumed=False):
         """The streams of a batch of `batch` this rank reads (all, in one process); a UsageError
-        if the ranks cannot share them equally."""
+        if the ranks cannot share them equally. resumed: the batch is a saved run's, which a
+        resume cannot change."""
         if batch % self.size:
             valid = ", ".join(str(r) for r in range(1, batch + 1) if batch % r == 0)
+            if resumed:
+                raise UsageError(f"this run's batch, {batch} streams in all, cannot be split over {self.size} "
+                                 f"processes; resume it with a number that divides it ({valid})")
             raise UsageError(f"--batch {batch} (the total over all processes) cannot be split over {self.size} "
                              f"processes; launch a number that divides it ({valid}) or give a --batch that "
                              f"{self.size} divides")

@@ -142,7 +142,7 @@ class Trainer:
             say(notice)
             cfg.batch, cfg.k1 = batch, k1
         self.spec = ModelSpec(cfg.cell, self.vocab.size, cfg.hidden, cfg.layers, cfg.cell_options())
-        rows = self.world.rows(cfg.batch)  # this rank's streams: all of them in one process
+        rows = self.world.rows(cfg.batch, resumed=vocab is not None)  # this rank's streams (all, in one process)
         memory.require(memory.training_needs(self.spec, cfg, rows.stop - rows.start, self.world.node_size),
                        "this run", "use a smaller --hidden, --layers, --batch or --k1/--k2")
         self.rng = np.random.Generator(np.random.PCG64(cfg.seed))

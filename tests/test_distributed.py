@@ -1,6 +1,6 @@
 """Training over MPI (charrnn/distributed.py): `mpiexec -n 2` trains the model one process
-trains, at the same total batch; checkpoints resume with any number of ranks; SIGTERM, a failing
-rank and a refused launch end every rank with one line. Each launch is a real mpiexec of
+trains, at the same total batch; checkpoints resume with any number of ranks that divides their
+batch; SIGTERM, a failing rank and a refused launch end every rank with one line. Each launch is a real mpiexec of
 `python -m charrnn train`, on this machine, over shared memory or TCP on loopback."""
 import json
 import os
@@ -426,6 +426,19 @@ def test_ranks_that_do_not_divide_the_batch_are_refused(corpus, tmp_path, aborte
         "error: --batch 4 (the total over all processes) cannot be split over 3 processes; launch a number "
         "that divides it (1, 2, 4) or give a --batch that 3 divides"], r.stderr
     assert not (tmp_path / "r").exists()
+
+
+@needs_mpi
+def test_a_resume_on_ranks_that_do_not_divide_the_batch_names_the_counts_that_do(corpus, tmp_path,
+                                                                                 aborted_jobs_leave_no_shared_memory):
+    # it advised "give a --batch that 3 divides", which a resume refuses
+    ok(launch(1, corpus, tmp_path / "r", "--max-steps", 1))
+    cmd = [sys.executable, "-m", "charrnn", "train", "--resume", str(tmp_path / "r"), "--max-steps", "2", "-q"]
+    r = subprocess.run([MPIEXEC, *LAUNCH, "-n", "3", *cmd], capture_output=True, text=True, timeout=240,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="300", **LAUNCH_ENV))
+    assert r.returncode == 2
+    assert charrnn_lines(r.stderr)[-1] == ("error: this run's batch, 4 streams in all, cannot be split over 3 "
+                                           "processes; resume it with a number that divides it (1, 2, 4)"), r.stderr
 
 
 @needs_mpi
