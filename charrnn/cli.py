@@ -174,7 +174,7 @@ def train(
     from .config import TrainConfig, check_resume_overrides, check_schedule_options
     from .corpus import check_encoding, model_text
     from .distributed import world
-    from .train import Interrupted, Trainer, fine_tune_settings, new_run_dir
+    from .train import Interrupted, Trainer, check_new_run_dir, fine_tune_settings, new_run_dir
 
     quiet = quiet or not world().root  # under MPI rank 0 speaks for every rank
     say = (lambda *a: None) if quiet else (lambda msg: err.print(msg, highlight=False))
@@ -188,9 +188,13 @@ def train(
             raise UsageError("--init-from starts a new run from a trained model; leave it out with --resume")
         overrides = {k: v for k, v in given.items() if k != "corpus"}
         check_resume_overrides(overrides)
+        said = []  # what the resume says ("changed on resume: ..."), once it is sure to go on
         with err.status("loading the checkpoint and the corpus..."):
-            trainer = Trainer.resume(resume, say=say, corpus=corpus or None, **overrides)
+            trainer = Trainer.resume(resume, say=said.append, corpus=corpus or None, **overrides)
         trainer.check_not_done()
+        for line in said:
+            say(line)
+        trainer.say = say
         say(f"resuming {trainer.run_dir} at update {trainer.step}")
     else:
         cfg = TrainConfig(corpus=[str(p) for p in corpus or ()], encoding=encoding, val_fraction=val_fraction,
@@ -209,7 +213,9 @@ def train(
         check_schedule_options(given, cfg.schedule, "" if "schedule" in given else " (the default)")
         cfg.validate().check_stopping()  # before the text is read
         cfg.check_run_name()
-        trainer = Trainer(cfg, new_run_dir(cfg), say=say)
+        run_dir = new_run_dir(cfg)
+        check_new_run_dir(run_dir)  # before the text is read and the settings said
+        trainer = Trainer(cfg, run_dir, say=say)
     cfg = trainer.cfg
     if not quiet:
         shown = cfg.to_dict()

@@ -522,13 +522,7 @@ class Trainer:
             self.fresh = False
             return _NoLog()
         if self.fresh:
-            if any((self.run_dir / f"{name}.npz").exists() for name in ("latest", "best")):
-                raise CharrnnError(f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir} "
-                                   f"or choose another --run name")
-            for name, step in ((METRICS_FILE, _record_step), (SAMPLES_FILE, _sample_step)):
-                if not _left_by_a_run(self.run_dir / name, step):  # a file of the user's: never replaced
-                    raise CharrnnError(f"{self.run_dir / name} is not a log of charrnn's; move it, or choose "
-                                       "another --run name")
+            check_new_run_dir(self.run_dir)  # again, now that it is locked
             left = [name for name in (METRICS_FILE, SAMPLES_FILE) if (self.run_dir / name).exists()]
             if left:
                 self.say(f"replacing {' and '.join(left)} in {self.run_dir}, left by a run that saved no checkpoint")
@@ -767,6 +761,23 @@ def _cut_log(path, after, every_line=False):
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise CharrnnError(os_error_message(e, path)) from None
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """A CharrnnError if a new run cannot have run_dir: a file where a folder of its path should
+    be, a run there already, or a file of the user's where the run's logs go (never replaced).
+    The command line asks before the text is read; Trainer.run again once the folder is locked."""
+    run_dir = Path(run_dir)
+    in_the_way = next((p for p in (run_dir, *run_dir.parents) if p.exists() and not p.is_dir()), None)
+    if in_the_way is not None:
+        raise CharrnnError(f"cannot make the run folder {run_dir}: {in_the_way} is a file, not a folder; choose "
+                           "another --out-dir or --run name")
+    if any((run_dir / f"{name}.npz").exists() for name in ("latest", "best")):
+        raise CharrnnError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                           f"or choose another --run name")
+    for name, step in ((METRICS_FILE, _record_step), (SAMPLES_FILE, _sample_step)):
+        if not _left_by_a_run(run_dir / name, step):  # a file of the user's: never replaced
+            raise CharrnnError(f"{run_dir / name} is not a log of charrnn's; move it, or choose another --run name")
 
 
 def new_run_dir(cfg: TrainConfig) -> Path:

@@ -477,7 +477,8 @@ def test_a_run_is_trained_by_one_process_at_a_time(corpus, tmp_path):
             fresh.run()
         r = runner.invoke(app, ["train", str(corpus), *TINY, "--max-steps", "3", "--out-dir", str(tmp_path),
                                 "--run", "r"])
-        assert r.exit_code == 1 and "in use by another charrnn process" in str(r.exception)
+        # the command asks first whether the folder may take a new run: it holds one
+        assert r.exit_code == 1 and "already holds a run" in str(r.exception)
     finally:
         other.kill()  # SIGKILL: the lock goes with the process
         other.wait()

@@ -432,8 +432,8 @@ def test_resuming_a_run_that_has_reached_its_end_says_so(corpus, tmp_path):
     log = (tmp_path / "r" / "metrics.jsonl").read_bytes()
     for more, reached in (([], "--max-steps 5 (update 5)"), (["--max-steps", "3"], "--max-steps 3 (update 5)")):
         r = run_cli("train", "--resume", str(tmp_path / "r"), *more)
-        assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
-            f"error: {tmp_path / 'r'} has already reached {reached}; to train on, give a larger limit"), r.stderr
+        assert r.returncode == 2 and r.stderr.strip().splitlines() == [  # no "changed on resume: ..." first
+            f"error: {tmp_path / 'r'} has already reached {reached}; to train on, give a larger limit"], r.stderr
     assert (tmp_path / "r" / "metrics.jsonl").read_bytes() == log
     r = run_cli("train", "--resume", str(tmp_path / "r"), "--max-steps", "6", "-q")
     assert r.returncode == 0 and "done: 6 updates" in r.stdout and ", stopped by --max-steps 6; val" in r.stdout, r.stdout
@@ -446,6 +446,20 @@ def test_the_summary_names_the_rule_that_ended_the_run(corpus, tmp_path, limits,
     summary = Trainer(config(corpus, tmp_path, **limits), tmp_path / "r", say=lambda *_: None).run()
     assert summary["stopped_by"] == stopped_by
     assert summary["epochs"] >= 1 if "--epochs 1" in stopped_by else summary["steps"] == 4
+
+
+@pytest.mark.parametrize("where", ["a run", "a file in the way"])
+def test_a_new_run_that_cannot_have_its_folder_says_so_first_in_one_line(corpus, tmp_path, where):
+    # the settings, the model's line, a note and "compiling kernels..." came first
+    if where == "a run":
+        train_steps(config(corpus, tmp_path), tmp_path / "r", 2)
+        out, want = tmp_path, f"error: {tmp_path / 'r'} already holds a run; continue it with --resume"
+    else:
+        (tmp_path / "file").write_text("mine")
+        out, want = tmp_path / "file" / "sub", f"error: cannot make the run folder {tmp_path / 'file' / 'sub' / 'r'}: "
+    # a text that does not exist: the folder is checked before the text is read
+    r = run_cli("train", str(tmp_path / "missing.txt"), "--out-dir", str(out), "--run", "r", "--max-steps", "2")
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1 and r.stderr.startswith(want), r.stderr
 
 
 def test_resume_refuses_a_schedule_setting_its_schedule_does_not_read(corpus, tmp_path):
