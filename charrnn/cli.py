@@ -282,7 +282,8 @@ class _TrainProgress:
         f["epoch"] = trainer.epoch()
         if record is not None:
             f["loss"] = f"{record['loss']:.3f}"
-            f["chars"] = f"{record['chars_per_sec']:,.0f}"
+            if record["chars_per_sec"] is not None:  # none while the kernels load
+                f["chars"] = f"{record['chars_per_sec']:,.0f}"
             f["clip"] = f"{record['clipped']:.0%}"
         if math.isfinite(trainer.last_val):
             f["val"] = f"{trainer.last_val:.3f} ({trainer.last_val / math.log(2):.2f} bpc)"

@@ -412,6 +412,7 @@ class Trainer:
         chars_per_update = cfg.k1 * cfg.batch
         train_time = 0.0  # time in updates only, for the throughput figure
         updates = 0  # of this session: a resumed run's earlier ones took no part of train_time
+        first_dt = None  # the session's first update, which loads (or compiles) the kernels: no speed
         try:
             if starting and cfg.init_from:  # where fine-tuning starts: the trained model on the new text
                 self._validate(log, progress)
@@ -420,17 +421,21 @@ class Trainer:
                 t0 = time.perf_counter()
                 loss, norm, clipped, lr = self.update()
                 dt = time.perf_counter() - t0
-                train_time += dt
                 updates += 1
+                if updates == 1:
+                    first_dt = dt
+                else:
+                    train_time += dt
                 self.elapsed += dt
                 self._agree()
-                window_stats.append((loss, norm, clipped, dt))
+                window_stats.append((loss, norm, clipped, dt if updates > 1 else None))
                 if self.step % LOG_EVERY == 0 or self.done_fraction() >= 1.0:
                     losses, norms, clips, dts = zip(*window_stats)
+                    timed = [d for d in dts if d is not None]
                     record = {"kind": "train", "step": self.step, "epoch": round(self.epoch(), 4),
                               "loss": float(np.mean(losses)), "bpc": bits(float(np.mean(losses))),
                               "grad_norm": float(np.mean(norms)), "clipped": float(np.mean(clips)),
-                              "lr": lr, "chars_per_sec": chars_per_update * len(dts) / sum(dts),
+                              "lr": lr, "chars_per_sec": chars_per_update * len(timed) / sum(timed) if timed else None,
                               "time": round(self.elapsed, 3)}
                     log.write(record)
                     window_stats = []
@@ -456,7 +461,8 @@ class Trainer:
             return {"steps": self.step, "epochs": self.epoch(), "val_loss": self.last_val,
                     "stopped_by": self._reached({name: getattr(cfg, name) for name in STOPPING_RULES}, how_far=False),
                     "best_val_loss": self.best_val, "test_loss": test, "elapsed": self.elapsed,
-                    "train_chars_per_sec": (updates and chars_per_update * updates / max(train_time, 1e-9)),
+                    "train_chars_per_sec": (chars_per_update * (updates - 1) / max(train_time, 1e-9) if updates > 1
+                                            else updates and chars_per_update / max(first_dt, 1e-9)),
                     "run_dir": str(self.run_dir)}
         finally:
             try:

@@ -586,6 +586,29 @@ def test_chars_per_second_after_resume_counts_this_sessions_updates(corpus, tmp_
     assert summary["train_chars_per_sec"] == 32
 
 
+def test_the_first_update_of_a_session_which_loads_the_kernels_is_no_speed(corpus, tmp_path, monkeypatch):
+    # it counted in the first record's and the summary's chars/s: 744 chars/s, then 29,000, on a
+    # cold cache; after a resume, the first record's average of 3 updates gave 1,159
+    readings = iter([0.0, 100.0, *(100.0 + i for i in range(1, 10**6))])  # the first update: 100 s, then 1 s
+    monkeypatch.setattr(train_module, "time", SimpleNamespace(perf_counter=lambda: next(readings)))
+    run_dir = trained_run(corpus, tmp_path, steps=12)
+    trains = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+              if '"train"' in line]
+    assert [(r["step"], r["chars_per_sec"]) for r in trains] == [(10, 32.0), (12, 32.0)]  # k1 * batch = 32 a second
+    assert trains[-1]["time"] >= 111  # the time trained still counts it (and the validations)
+    readings = iter([0.0, 100.0, *(100.0 + i for i in range(1, 10**6))])
+    resumed = Trainer.resume(run_dir, say=lambda *_: None, max_steps=21)
+    assert resumed.run()["train_chars_per_sec"] == 32
+    resumed_trains = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                      if '"train"' in line][2:]
+    assert [(r["step"], r["chars_per_sec"]) for r in resumed_trains] == [(20, 32.0), (21, 32.0)]
+    readings = iter([0.0, 100.0, *(100.0 + i for i in range(1, 10**6))])
+    once = Trainer.resume(run_dir, say=lambda *_: None, max_steps=22).run()  # one update: all there is
+    assert once["train_chars_per_sec"] == pytest.approx(0.32)
+    last = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"train"' in line][-1]
+    assert (last["step"], last["chars_per_sec"]) == (22, None)
+
+
 @pytest.mark.parametrize("args, says", [
     (["train", "--hidden", "abc"], "'--hidden'"),
     (["train", "--hidden", "0"], "'--hidden': 0 is not in the range"),
