@@ -150,6 +150,10 @@ class UnknownCharacters(CharrnnError):
     """The text holds characters the model never saw; the message names them."""
 
 
+class TextTooLarge(CharrnnError):
+    """More text than memory holds (_Encoder); _read_document names the file."""
+
+
 class NotText(CharrnnError):
     """A file that holds no text in the encoding asked for: empty, binary or not valid UTF-8.
     read_corpus skips such files inside folders."""
@@ -359,8 +363,21 @@ class _Encoder:
             wider = np.empty(max(size, self.ids.size), dtype)
             wider[: self.n] = self.ids[: self.n]
             self.ids = wider
-        elif size > self.ids.size:  # more text than the files' sizes promised (one grew)
-            self.ids.resize(max(size, 2 * self.ids.size), refcheck=False)
+        elif size > self.ids.size:  # more text than the files' sizes promised (one grew, or a pipe)
+            grown = max(size, 2 * self.ids.size)
+            self._check_room(grown * self.ids.itemsize)
+            self.ids.resize(grown, refcheck=False)
+
+    def _check_room(self, nbytes: int) -> None:
+        """A TextTooLarge before the ids take more than half the memory they and what is still
+        available make: a pipe or a device that never ends (/dev/zero, `yes`) would take it all,
+        and the system's out-of-memory killer would end this process, or another, without a word.
+        (Training such a text would need more again.)"""
+        from .memory import available_bytes
+
+        have = available_bytes()
+        if have is not None and nbytes > (have + self.n * self.ids.itemsize) // 2:
+            raise TextTooLarge(f"{self.n:,} characters read")
 
     def finish(self) -> tuple[np.ndarray, list]:
         """(ids, chars): chars in code-point order, ids of type ids_dtype(len(chars)) into them."""
@@ -420,7 +437,12 @@ def _read_document(path, encoding: str, encoder: _Encoder, text_hash=None, limit
                     codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), "<u4")[bom // 3 :]
                 newlines += data.count(b"\n", 0, used)
                 pending, offset = data[used:], offset + used
-            encoder.add(codes)
+            try:
+                encoder.add(codes)
+            except (TextTooLarge, MemoryError):  # MemoryError: a limit on the address space (ulimit -v)
+                endless = "" if Path(path).is_file() else " (a pipe or a device that may never end)"
+                raise CharrnnError(f"{path}{endless} holds more text than this machine's memory can take: "
+                                   f"{chars:,} characters read so far; give a smaller text file") from None
             chars += codes.size
             if not block or (limit is not None and chars >= limit):
                 break

@@ -2,7 +2,9 @@
 split and the streams as views: the same ids, digests, errors and training as reading the whole
 text at once."""
 import importlib
+import os
 import pkgutil
+import re
 
 import numpy as np
 import pytest
@@ -167,6 +169,43 @@ def test_an_encoder_given_too_little_room_grows():
     ids, chars = encoder.finish()
     vocab, expected = straight(text)
     assert chars == vocab.chars and np.array_equal(ids, expected) and ids.dtype == np.uint8
+
+
+@pytest.mark.parametrize("limit", ["memory", "address space"])
+def test_a_pipe_that_holds_more_than_memory_stops_in_one_line(tmp_path, monkeypatch, small_chunks, limit):
+    # `eval MODEL /dev/zero --encoding latin-1` grew to 24 GB until the system's out-of-memory
+    # killer ended it, without a word; here 1 MiB of memory, or an allocation that fails
+    import threading
+
+    import charrnn.memory
+
+    small_chunks(4096)
+    if limit == "memory":
+        monkeypatch.setattr(charrnn.memory, "available_bytes", lambda: 1 << 20)
+    else:
+        def no_room(self, *args, **kwargs):
+            raise MemoryError
+        monkeypatch.setattr(corpus_module._Encoder, "_check_room", no_room)
+    fifo = tmp_path / "endless"
+    os.mkfifo(fifo)
+
+    def write():
+        try:
+            with open(fifo, "wb") as f:
+                for _ in range(512):  # 16 MiB: without the check the read ends, and the test fails
+                    f.write(b"the fox " * 4096)
+        except BrokenPipeError:  # the reader has stopped
+            pass
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    with pytest.raises(CharrnnError) as e:
+        read_ids(fifo, "latin-1")
+    assert re.fullmatch(rf"{re.escape(str(fifo))} \(a pipe or a device that may never end\) holds more text than "
+                        r"this machine's memory can take: [\d,]+ characters read so far; give a smaller text file",
+                        str(e.value)), str(e.value)
+    writer.join(10)
+    assert not writer.is_alive()
 
 
 # --- views, not copies -------------------------------------------------------------------------
