@@ -396,12 +396,14 @@ class _Encoder:
         return ids, [chr(self.codes[i]) for i in order]
 
 
-def _read_document(path, encoding: str, encoder: _Encoder, text_hash=None, limit=None) -> tuple[int, str | None]:
+def _read_document(path, encoding: str, encoder: _Encoder, text_hash=None, limit=None,
+                   nul_is_binary=False) -> tuple[int, str | None]:
     """Append the text of one file to `encoder`, and to the whole text's `text_hash` if given,
     CHUNK_BYTES at a time. Returns its characters and, with text_hash, the SHA-256 of its bytes
     (without it, nothing is hashed: read_ids keeps no digest); a CharrnnError if it cannot be
     read, a NotText if it holds no text. Errors give the byte offset and line in the whole file.
-    With a limit, it stops after the piece that reaches `limit` characters."""
+    With a limit, it stops after the piece that reaches `limit` characters. A NUL byte makes a
+    file binary in UTF-8, and with nul_is_binary in the encodings that read any byte too."""
     chars = 0
     file_hash = hashlib.sha256() if text_hash is not None else None
     offset, pending, newlines = 0, b"", 0  # the file offset of `pending`, bytes not yet decoded
@@ -411,6 +413,10 @@ def _read_document(path, encoding: str, encoder: _Encoder, text_hash=None, limit
             if file_hash is not None:
                 file_hash.update(block)
             if encoding != "utf-8":  # byte b is character chr(b)
+                nul = block.find(b"\x00") if nul_is_binary else -1
+                if nul >= 0:
+                    raise _binary(path, offset + nul)
+                offset += len(block)
                 codes = np.frombuffer(block, np.uint8)
                 if text_hash is not None:
                     text_hash.update(block.decode("latin-1").encode("utf-8"))
@@ -544,7 +550,7 @@ def _some(names, n=3) -> str:
 def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP) -> Corpus:
     """The text of files and folders (list_files says which, in what order), the documents joined
     by doc_sep, as ids. A file named in `inputs` must be text; a file found inside a folder that
-    is empty, binary or not valid UTF-8 is left out with a note.
+    is empty, binary (a NUL byte, in any encoding) or not valid UTF-8 is left out with a note.
 
     The files are read and encoded CHUNK_BYTES at a time, so the peak memory is the ids (one or
     two bytes a character) and a few pieces; the SHA-256 of the whole text is computed alongside."""
@@ -563,7 +569,8 @@ def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP) -> Corpus:
             encoder.add(sep_codes)
             text_hash.update(doc_sep.encode("utf-8", "surrogatepass"))
         try:
-            chars, sha = _read_document(path, encoding, encoder, text_hash)
+            # inside a folder, a file with a NUL byte is no text (an image, a .pyc) in any encoding
+            chars, sha = _read_document(path, encoding, encoder, text_hash, nul_is_binary=_real(path) not in named)
         except NotText:
             if _real(path) in named:
                 raise

@@ -135,6 +135,17 @@ def test_a_link_that_loops_is_one_line(tree, inputs):
         read_corpus([tree / name for name in inputs])
 
 
+@pytest.mark.parametrize("encoding", ["latin-1", "bytes"])
+def test_a_binary_file_inside_a_folder_is_left_out_in_every_encoding(tree, encoding):
+    # encodings that read any byte read logo.png into the text, while the note said it was left out
+    corpus = read_corpus([tree / "notes"], encoding, doc_sep="")
+    assert [f["path"] for f in corpus.files] == [str((tree / n).resolve()) for n in ORDER[1:-1]]
+    assert "\x00" not in corpus.text and "PNG" not in corpus.text
+    assert any(n.startswith("left out 2 file(s) that are empty or binary: ") and "logo.png" in n for n in corpus.notes)
+    # a file named on the command line is read as that encoding reads it: every byte a character
+    assert read_corpus([tree / "notes" / "logo.png"], encoding).text == "\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
+
+
 def test_a_file_named_on_the_command_line_must_be_text(tree):
     with pytest.raises(CharrnnError, match=r"logo.png looks like a binary file"):
         read_corpus([tree / "a.txt", tree / "notes" / "logo.png"])
