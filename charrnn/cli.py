@@ -152,8 +152,8 @@ def train(
     eval_every: int = _ranged(_C.eval_every, RANGES["eval_every"], "Updates between validation runs."),
     eval_chars: int = _ranged(_C.eval_chars, RANGES["eval_chars"], "Validate on at most this many characters (0: all)."),
     checkpoint_every: int = _ranged(_C.checkpoint_every, RANGES["checkpoint_every"], "Updates between saves of latest.npz."),
-    val_fraction: float = _ranged(_C.val_fraction, RANGES["val_fraction"], "Part of the text held out for validation."),
-    test_fraction: float = _ranged(_C.test_fraction, RANGES["test_fraction"], "Part of the text held out for the final test."),
+    val_fraction: float = _ranged(_C.val_fraction, RANGES["val_fraction"], "Part of the text held out for validation (with --test-fraction, at most 0.5)."),
+    test_fraction: float = _ranged(_C.test_fraction, RANGES["test_fraction"], "Part of the text held out for the final test (with --val-fraction, at most 0.5)."),
     encoding: str = typer.Option(_C.encoding, callback=_encoding, help="utf-8, latin-1 or bytes (each byte one character)."),
     doc_sep: str = typer.Option(repr(_C.doc_sep)[1:-1], callback=_unescape, help="Put between documents (files), where the model learns that one ends; backslash escapes such as \\n and \\x03 are read. Default: the one character ETX (U+0003, 'end of text'), which no text holds, so a sample can stop exactly where a document would end; '\\n\\n' (a blank line) is also a paragraph break."),
     init_from: Optional[Path] = typer.Option(None, help="Fine-tune: start from this trained model (a checkpoint, or a run folder's best) with a fresh optimizer and schedule. Its cell, sizes and cell options are kept; characters of the new text it lacks are added to its vocabulary."),
@@ -246,11 +246,12 @@ def train(
                   f"charrnn train --resume {trainer.run_dir}", highlight=False)
         raise typer.Exit(130)
     val, test = summary["val_loss"], summary["test_loss"]
+    val_said = (f"val loss {val:.4f} nats ({val / math.log(2):.3f} bits/char), best {summary['best_val_loss']:.4f}"
+                if cfg.val_fraction else "no validation text (--val-fraction 0)")
+    test_said = f"test {test:.4f} nats ({test / math.log(2):.3f} bits/char)" if not math.isnan(test) else "no test text"
     out.print(f"done: {summary['steps']} updates, {summary['epochs']:.2f} epochs, {summary['elapsed']:.0f} s, "
               f"{summary['train_chars_per_sec']:,.0f} chars/s, stopped by {' and '.join(summary['stopped_by'])}; "
-              f"val loss {val:.4f} nats ({val / math.log(2):.3f} bits/char), "
-              f"best {summary['best_val_loss']:.4f}; test {test:.4f} nats ({test / math.log(2):.3f} bits/char); "
-              f"checkpoints in {summary['run_dir']}", highlight=False)
+              f"{val_said}; {test_said}; checkpoints in {summary['run_dir']}", highlight=False)
 
 
 class _TrainProgress:
@@ -480,12 +481,16 @@ def eval_(
             scores = model.score_lines(lines, batch=batch, window=window, skip_unknown=skip_unknown, what=str(file))
         else:  # never the whole file as a string: a byte or two a character
             ids, skipped = model.encode_file(file, encoding=encoding, skip_unknown=skip_unknown)
+            if skipped and ids.size < 2:  # not "the text to evaluate has 0 character(s)"
+                unit = "byte" if of_bytes else "character"
+                raise CharrnnError(f"{skipped:,} of the {ids.size + skipped:,} {unit}s of {file} are unknown to the "
+                                   f"model; the {ids.size} left {'is' if ids.size == 1 else 'are'} too few to score")
     except UnknownCharacters as e:
         raise CharrnnError(f"{e} (or pass --skip-unknown to leave them out)") from None
     _first_call(lambda: warm_up_evaluate(model.spec, model.params.dtype))
     if per_line:
         with _printing():
-            write = _writer(encoding or model_encoding)  # the lines as the file holds them
+            write = _writer(model_encoding)  # the lines as the model reads them: a bytes model's as bytes
             for nats, line in zip(scores, lines):
                 write(f"{nats:.4f}\t{line}\n")
         if unscored:
@@ -494,7 +499,8 @@ def eval_(
         return
     result = model.evaluate(ids, batch=batch, window=window)
     note = f"; {skipped:,} unknown {'byte' if of_bytes else 'character'}(s) skipped" if skip_unknown else ""
-    count, per = ("bytes", "byte") if of_bytes else ("characters", "char")
+    count, per = ("byte", "byte") if of_bytes else ("character", "char")
+    count += "s" * (result.chars != 1)
     out.print(f"{file}: {result.chars:,} {count}, {result.nats:.4f} nats/{per}, {result.bits:.4f} bits/{per}, "
               f"perplexity {result.perplexity:.2f}{note}", markup=False, highlight=False, soft_wrap=True)
 

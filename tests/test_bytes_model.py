@@ -84,10 +84,12 @@ def test_a_character_whose_bytes_the_model_lacks_is_named_as_typed(run):
 def test_eval_per_line_writes_a_bytes_models_lines_as_the_file_holds_them(run):
     lines = run / "lines.txt"
     lines.write_text("le café est chaud\nnaïve 天気\n", encoding="utf-8")
-    r = charrnn_cli("eval", run / "r", lines, "--per-line")
-    assert r.returncode == 0, r.stderr
-    assert [row.split(b"\t", 1)[1] for row in r.stdout.splitlines()] == [l.encode() for l in
-                                                                        ("le café est chaud", "naïve 天気")]
+    # read as bytes (its own), or as latin-1 (a character a byte, the same): they printed cafÃ©
+    for read_as in ((), ("--encoding", "latin-1")):
+        r = charrnn_cli("eval", run / "r", lines, "--per-line", *read_as)
+        assert r.returncode == 0, r.stderr
+        assert [row.split(b"\t", 1)[1] for row in r.stdout.splitlines()] == [l.encode() for l in
+                                                                            ("le café est chaud", "naïve 天気")]
 
 
 def test_samples_while_training_read_as_utf8(run, tmp_path):

@@ -117,6 +117,18 @@ def test_unknown_characters(run, tmp_path):
     assert (m["count"], m["nats"]) == (clean["count"], clean["nats"])
 
 
+def test_a_text_of_unknown_characters_only_is_said_so_and_one_character_counted_as_one(run, tmp_path):
+    unknown = tmp_path / "unk.txt"
+    unknown.write_text("ZZZ€€€Z", encoding="utf-8")  # it said "the text to evaluate has 0 character(s)"
+    r = invoke("eval", run["dir"], unknown, "--skip-unknown")
+    assert str(r.exception) == (f"7 of the 7 characters of {unknown} are unknown to the model; the 0 left are too few "
+                                "to score")
+    two = tmp_path / "two.txt"
+    two.write_text(run["val_file"].read_text(encoding="utf-8")[:2], encoding="utf-8")
+    r = invoke("eval", run["dir"], two)
+    assert r.exit_code == 0 and r.stdout.startswith(f"{two}: 1 character, "), r.stdout  # "1 characters"
+
+
 def test_usage_errors_and_exit_codes(run, tmp_path):
     assert invoke("eval", run["dir"], run["val_file"], "--batch", 0).exit_code == 2
     assert invoke("eval", run["dir"], run["val_file"], "--window", -1).exit_code == 2

@@ -473,6 +473,15 @@ def test_resume_refuses_a_schedule_setting_its_schedule_does_not_read(corpus, tm
     assert r.returncode == 0 and "done: 5 updates" in r.stdout, r.stderr
 
 
+def test_the_done_line_says_there_was_no_validation_or_test_text(corpus, tmp_path):
+    # "val loss nan nats (nan bits/char), best inf; test nan nats (nan bits/char)"
+    r = run_cli("train", str(corpus), "--hidden", "8", "--batch", "4", "--k1", "8", "--k2", "8", "--max-steps", "2",
+                "--time-limit", "0", "--val-fraction", "0", "--test-fraction", "0", "--out-dir", str(tmp_path),
+                "--run", "r", "-q")
+    assert r.returncode == 0, r.stderr
+    assert "; no validation text (--val-fraction 0); no test text; checkpoints in" in r.stdout and "nan" not in r.stdout
+
+
 def test_metrics_are_json_without_a_validation_text(corpus, tmp_path):
     # --val-fraction 0: the records held bare NaN, which JSON has not
     train_steps(config(corpus, tmp_path, val_fraction=0.0, eval_every=2), tmp_path / "r", 4)
