@@ -201,6 +201,11 @@ class Trainer:
             "metrics": {"best_val": _json_float(self.best_val), "last_val": _json_float(self.last_val),
                         "last_val_step": self.last_val_step},
         }
+        try:  # never replace a checkpoint with one a resume would refuse (a counter past its range)
+            TRAINING.headers(json.loads(json.dumps(meta)), {name: (a.shape, a.dtype) for name, a in arrays.items()})
+        except CharrnnError as e:
+            raise CharrnnError(f"this run cannot be saved as a checkpoint charrnn reads back ({e}); the "
+                               f"checkpoints in {self.run_dir} are as they were") from None
         return arrays, meta
 
     def few_streams_notice(self):
@@ -299,8 +304,8 @@ class Trainer:
         done = self._done()
         said = {"max_steps": f"update {self.step}", "epochs": f"{done['epochs']:.2f} epochs",
                 "time_limit": f"{self.elapsed:.0f} s of training"}
-        return [f"{flag(name)} {limit:g}" + (f" ({said[name]})" if how_far else "") for name, limit in limits.items()
-                if limit and done[name] >= limit]
+        return [f"{flag(name)} {_shown(limit)}" + (f" ({said[name]})" if how_far else "")
+                for name, limit in limits.items() if limit and done[name] >= limit]
 
     def _tested(self) -> bool:
         """Whether metrics.jsonl holds the test record of this update: the run ended."""
@@ -370,9 +375,14 @@ class Trainer:
         return {"max_steps": self.step, "epochs": self.epoch(), "time_limit": self.elapsed}
 
     def done_fraction(self):
-        """How far along the stopping rules are: 1.0 means stop."""
+        """How far along the stopping rules are, for the schedule and the progress: 1.0 at the
+        end (ended() says exactly when: a fraction of huge counts can round up to 1.0 early)."""
         parts = [done / getattr(self.cfg, name) for name, done in self._done().items() if getattr(self.cfg, name)]
         return max(parts) if parts else 0.0
+
+    def ended(self) -> bool:
+        """Whether a stopping rule has been reached."""
+        return bool(self._reached({name: getattr(self.cfg, name) for name in STOPPING_RULES}))
 
     def validate(self):
         if len(self.val_ids) < 2:
@@ -417,7 +427,7 @@ class Trainer:
             if starting and cfg.init_from:  # where fine-tuning starts: the trained model on the new text
                 self._validate(log, progress)
             self._agree()
-            while self.done_fraction() < 1.0:
+            while not self.ended():
                 t0 = time.perf_counter()
                 loss, norm, clipped, lr = self.update()
                 dt = time.perf_counter() - t0
@@ -429,7 +439,7 @@ class Trainer:
                 self.elapsed += dt
                 self._agree()
                 window_stats.append((loss, norm, clipped, dt if updates > 1 else None))
-                if self.step % LOG_EVERY == 0 or self.done_fraction() >= 1.0:
+                if self.step % LOG_EVERY == 0 or self.ended():
                     losses, norms, clips, dts = zip(*window_stats)
                     timed = [d for d in dts if d is not None]
                     record = {"kind": "train", "step": self.step, "epoch": round(self.epoch(), 4),
@@ -441,14 +451,14 @@ class Trainer:
                     window_stats = []
                     if progress:
                         progress(self, record)
-                end = self.done_fraction() >= 1.0
+                end = self.ended()
                 if self.step % cfg.eval_every == 0 or end:
                     self._validate(log, progress)
                 if cfg.sample_every and self.step % cfg.sample_every == 0 and root:
                     self._write_sample()
                 self._agree()
                 # `end` again: the time the validation or sample took may have used up a time limit
-                if self.step % cfg.checkpoint_every == 0 or self.done_fraction() >= 1.0:
+                if self.step % cfg.checkpoint_every == 0 or self.ended():
                     self.save("latest")
                 if self.stop_requested:  # every rank, at this update
                     path = self.save("latest")

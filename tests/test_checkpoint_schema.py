@@ -4,6 +4,7 @@ model or run the file describes; never another exception, and never a large allo
 import io
 import json
 import math
+import re
 import tracemalloc
 import zipfile
 
@@ -291,6 +292,42 @@ def test_arrays_that_do_not_fit_the_document_are_refused(original, tmp_path, cha
     path = edited(original, tmp_path, change_arrays=change)
     with pytest.raises(CharrnnError, match=rf"{path.name} is corrupt \(.*{message}"):
         load_checkpoint(path, TRAINING)
+
+
+@pytest.mark.parametrize("counter", ["optimizer.t", "step"])
+def test_a_run_never_saves_a_checkpoint_it_would_refuse(original, tmp_path, counter):
+    # optimizer.t at the top of its range: the resume trained on, saved latest.npz and best.npz
+    # past it, and then refused both as corrupt
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    top = 2**63 - 1
+
+    def change(m):
+        if counter == "step":
+            m["step"] = m["metrics"]["last_val_step"] = top
+        else:
+            m["optimizer"]["t"] = top
+
+    path = edited(original, tmp_path, change_meta=change)
+    (run_dir / "latest.npz").write_bytes(path.read_bytes())
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    trainer = Trainer.resume(run_dir, say=lambda *_: None, max_steps=top + 5, epochs=0, time_limit=0)
+    with pytest.raises(CharrnnError, match=rf"this run cannot be saved as a checkpoint charrnn reads back \(.*"
+                                           rf"{re.escape(counter)} is 92233720368547758\d+, not an integer"):
+        trainer.run()
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.suffix == ".npz"} == before
+
+
+def test_a_run_stops_at_its_limit_exactly_however_large_the_counts(original, tmp_path):
+    # step 2**63 - 3 of --max-steps 2**63 - 1: the fraction done rounded to 1.0, nothing ran, and
+    # the run ended "stopped by ;"
+    top = 2**63 - 1
+    path = edited(original, tmp_path, change_meta=lambda m: m.update(step=top - 2))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "latest.npz").write_bytes(path.read_bytes())
+    summary = Trainer.resume(run_dir, say=lambda *_: None, max_steps=top, epochs=0, time_limit=0).run()
+    assert summary["steps"] == top and summary["stopped_by"] == [f"--max-steps {top}"]
 
 
 def test_a_checkpoint_from_before_a_setting_existed_resumes_with_what_it_ran(original, tmp_path):
