@@ -79,7 +79,7 @@ RANGES = {
     "decay_start": Range(0, 1, open_high=True),
     "clip_norm": Range(0),
     "clip_value": Range(0),
-    "weight_decay": Range(0),
+    "weight_decay": Range(0, 10),  # (a float32 product with the weights: 1e300 would make them inf)
     "epochs": Range(0),
     "max_steps": Range(0),
     "time_limit": Range(0),

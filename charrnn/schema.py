@@ -134,6 +134,9 @@ class Model:
 
     def arrays(self, meta, arrays):
         _finite(arrays, ["params"])
+        params = arrays["params"]
+        if params.dtype == np.float64 and params.size and np.abs(params).max() > np.finfo(np.float32).max:
+            raise CharrnnError("array 'params' holds numbers beyond float32's range, in which models run")
 
 
 class Training(Model):
@@ -166,6 +169,9 @@ class Training(Model):
             check_hyper(**hyper)
         except ValueError as e:
             raise CharrnnError(f"optimizer.{e}") from None
+        if hyper["weight_decay"] != config["weight_decay"]:  # the saved state's wins on resume: they must agree
+            raise CharrnnError(f"optimizer.weight_decay is {_show(hyper['weight_decay'])}, but config.weight_decay is "
+                               f"{_show(config['weight_decay'])}")
         moments = {f"opt.{m}" for m in moment_names(opt["name"], hyper["momentum"])}
         for name in moments:
             _expect(headers, name, (P,), (np.float32,))

@@ -266,6 +266,9 @@ def edited(original, tmp_path, change_meta=None, change_arrays=None):
     (lambda m: m["optimizer"].update(size=7), r"optimizer state is for 7 parameters of 'float32', but the model has \d+ float32"),
     (lambda m: m["optimizer"].update(name="sgd"), r"optimizer.name is 'sgd', but config.optimizer is 'adam'"),
     (lambda m: m["optimizer"].update(beta2=1.5), r"optimizer.beta2 must be in \[0, 1\), got 1.5"),
+    (lambda m: m["optimizer"].update(weight_decay=0.5), r"optimizer.weight_decay is 0.5, but config.weight_decay is 0.0"),
+    (lambda m: (m["optimizer"].update(weight_decay=1e300), m["config"].update(weight_decay=1e300)),
+     r"config.weight_decay is 1e\+300, not a finite number in 0<=x<=10"),
     (lambda m: m["scheduler"].update(filled=10**6), r"scheduler.filled is 1000000, not an integer in 0<=x<=7"),
     (lambda m: m["rng"].update(bit_generator="MT19937"), r"rng.bit_generator is 'MT19937', not 'PCG64'"),
     (lambda m: m["metrics"].update(best_val=-3.0), r"metrics.best_val is -3.0, not a finite number in x>=0"),
@@ -344,6 +347,17 @@ def test_non_finite_parameters_are_refused_by_sample(original, tmp_path):
 
     path = edited(original, tmp_path, change_arrays=poison)
     with pytest.raises(CharrnnError, match=r"is corrupt \(array 'params' holds NaN or Inf\)"):
+        load_model(path)
+
+
+def test_float64_parameters_beyond_float32_are_refused_by_sample(original, tmp_path):
+    # a model runs in float32: 1e300 became inf there ("overflow encountered in cast")
+    def huge(arrays):
+        arrays["params"] = arrays["params"].astype(np.float64)
+        arrays["params"][3] = 1e300
+
+    path = edited(original, tmp_path, change_arrays=huge)
+    with pytest.raises(CharrnnError, match=r"is corrupt \(array 'params' holds numbers beyond float32's range"):
         load_model(path)
 
 
