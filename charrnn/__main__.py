@@ -59,6 +59,10 @@ def command_named(args) -> str:
 def main():
     HELD.hold()
     numba_values_must_be_read()
+    # numpy's warnings of overflow or an invalid value in our arithmetic (a broken model): what
+    # comes of them, NaN or Inf, is detected and said in one line; the warnings would add lines
+    # with our source paths
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"charrnn\.")
     if sys.stdout is not None and getattr(sys.stdout, "errors", None) == "strict":
         # a file name that is not UTF-8 (its bytes held as lone surrogates) prints as its bytes,
         # as Python does in the C locale, rather than failing the command in a UTF-8 locale

@@ -169,6 +169,9 @@ class TrainedModel:
         memory.require(memory.evaluation_needs(self.spec, batch, window, self.params.dtype), "evaluating",
                        self._smaller_batch_or_window())
         nats, count = evaluate(self.spec, self.params, ids, batch, window)
+        if count and not math.isfinite(nats):  # as inspect says it: never a score of nan
+            raise CharrnnError("the model computes NaN or Inf on this text; its parameters are broken "
+                               "(a diverged run?): score with an earlier checkpoint")
         return Evaluation(nats, count, skipped)
 
     def encode(self, text, *, skip_unknown=False, what="text"):

@@ -547,6 +547,24 @@ def test_a_state_beyond_any_the_model_reaches_is_an_error_not_nan(tmp_path):
     assert np.isfinite(m.step("a")).all()
 
 
+def test_a_model_that_computes_nan_scores_no_text(tmp_path):
+    # every parameter at float32's largest (finite, so loaded): eval printed "nan nats/char ...
+    # perplexity nan", exit 0
+    vocab = Vocab.from_text("abc de")
+    spec = ModelSpec("lstm", vocab.size, 8, 1)
+    flat = np.full_like(init_params(spec, np.random.default_rng(0), np.float32), np.finfo(np.float32).max)
+    from charrnn.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "m.npz", {"params": flat},
+                    {"config": {"cell": "lstm", "hidden": 8, "layers": 1}, "vocab": vocab.to_json()})
+    m = charrnn.load(tmp_path / "m.npz")
+    with pytest.raises(CharrnnError, match="the model computes NaN or Inf on this text"):
+        m.score("abc de abc de", batch=1)
+    (tmp_path / "t.txt").write_text("abc de abc de")
+    r = run_module("eval", tmp_path / "m.npz", tmp_path / "t.txt", "--batch", "1")
+    assert r.returncode == 1 and r.stdout == "" and r.stderr.startswith("error: the model computes NaN or Inf"), r.stderr
+
+
 def test_samples_of_a_stream_are_read_in_order_or_refused(model):
     want = model.sample(200, seed=1), model.stream(200, seed=1, num_samples=2)
     a, b = model.stream(200, seed=1, num_samples=2)
