@@ -97,6 +97,9 @@ def check_vocab(vocab) -> list:
     if (not isinstance(vocab, list) or not 2 <= len(vocab) <= MAX_VOCAB
             or not all(isinstance(c, str) and len(c) == 1 for c in vocab) or len(set(vocab)) != len(vocab)):
         raise CharrnnError("its vocabulary is not a list of two or more distinct characters")
+    surrogate = next((c for c in vocab if 0xD800 <= ord(c) <= 0xDFFF), None)
+    if surrogate is not None:  # half of a UTF-16 pair: no text a model reads holds one
+        raise CharrnnError(f"its vocabulary holds the lone surrogate U+{ord(surrogate):04X}, which no text holds")
     return vocab
 
 

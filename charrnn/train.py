@@ -683,6 +683,11 @@ def _corpus_to_resume(meta, cfg, inputs, run_dir):
     if missing:
         raise CharrnnError(f"{missing[0]}, part of the text this run was trained on, is not there; give the text "
                            f"again after --resume (charrnn train --resume {run_dir} FILE...), it is checked by its hash")
+    if saved.get("files"):  # files it read: a pipe or a device in one's place would block, or never end
+        other = next((p for p in stored if not Path(p).is_file()), None)
+        if other is not None:
+            raise CharrnnError(f"{other}, part of the text this run was trained on, is no longer a regular file; "
+                               f"give the text again after --resume (charrnn train --resume {run_dir} FILE...)")
     corpus = _read_corpus(stored, cfg.encoding, cfg.doc_sep)
     for old, now in zip(saved.get("files", []), corpus.files):
         if old["sha256"] != now["sha256"]:

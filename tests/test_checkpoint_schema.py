@@ -263,6 +263,7 @@ def edited(original, tmp_path, change_meta=None, change_arrays=None):
     (lambda m: m["config"].update(cell="transformer"), r"config.cell is 'transformer', not one of rnn, lstm, peephole, gru, gru-cho"),
     (lambda m: m["config"].update(corpus="a\0b"), r"config.corpus is 'a\\x00b', not a string"),
     (lambda m: m.pop("vocab"), r"its vocabulary is not a list"),
+    (lambda m: m["vocab"].__setitem__(0, "\udc80"), r"its vocabulary holds the lone surrogate U\+DC80"),
     (lambda m: m["optimizer"].update(size=7), r"optimizer state is for 7 parameters of 'float32', but the model has \d+ float32"),
     (lambda m: m["optimizer"].update(name="sgd"), r"optimizer.name is 'sgd', but config.optimizer is 'adam'"),
     (lambda m: m["optimizer"].update(beta2=1.5), r"optimizer.beta2 must be in \[0, 1\), got 1.5"),

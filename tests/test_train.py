@@ -531,6 +531,20 @@ def test_a_resume_cuts_a_log_line_nested_too_deep_to_read(corpus, tmp_path):
     assert b"".join(lines[:len(kept.splitlines())]) == kept and all(line.startswith(b"{") for line in lines)
 
 
+def test_a_resume_whose_text_became_a_pipe_says_so_and_does_not_wait(tmp_path):
+    # a named pipe where a file of the text was: the resume waited for a writer, for ever
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT, encoding="utf-8")
+    train_steps(config(text, tmp_path), tmp_path / "r", 2)
+    text.unlink()
+    os.mkfifo(text)
+    r = subprocess.run([sys.executable, "-m", "charrnn", "train", "--resume", str(tmp_path / "r"), "--max-steps", "4"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        f"error: {text}, part of the text this run was trained on, is no longer a regular file; give the text again "
+        f"after --resume (charrnn train --resume {tmp_path / 'r'} FILE...)"], r.stderr
+
+
 def test_only_a_log_a_run_wrote_counts_as_one(tmp_path):
     from charrnn.train import _left_by_a_run, _record_step
 
