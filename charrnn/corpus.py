@@ -479,13 +479,14 @@ def list_files(inputs) -> tuple[list[Path], list[str]]:
     The order is the inputs' order; a folder stands for every file below it, at any depth, sorted
     by path (component by component, by code point: the same on every machine, whatever order
     the file system lists them in). Inside folders, hidden files and folders (a name starting
-    with '.', such as .git) and what is not a regular file are left out. A file met twice is
+    with '.', such as .git), charrnn's run folders (`train .` beside checkpoints/) and what is
+    not a regular file are left out. A file met twice is
     read once, where it first appears. A link to a file is read as the file; a link to a folder
     is not followed (as find and grep -r do not: it may lead up the tree, or round in a loop),
     and is counted in the notes; name its folder to read it. A folder inside that cannot be
     listed (no permission: lost+found at the top of a disk) is left out with a note naming it;
     a folder given that cannot be listed is an error, as a file given that cannot be read is."""
-    files, seen, hidden, special, linked, repeated, empty, unlisted = [], set(), 0, 0, 0, [], [], []
+    files, seen, hidden, special, linked, repeated, empty, unlisted, runs = [], set(), 0, 0, 0, [], [], [], []
     for given in map(Path, inputs):
         if given.is_dir():
             found = []
@@ -499,6 +500,8 @@ def list_files(inputs) -> tuple[list[Path], list[str]]:
                 hidden += sum(map(_hidden, dirs)) + sum(map(_hidden, names))
                 dirs[:] = [d for d in dirs if not _hidden(d)]
                 linked += sum(os.path.islink(os.path.join(folder, d)) for d in dirs)  # os.walk leaves them
+                runs += [str(Path(folder) / d) for d in dirs if _is_run_folder(Path(folder) / d)]
+                dirs[:] = [d for d in dirs if not _is_run_folder(Path(folder) / d)]
                 for n in names:
                     path = Path(folder) / n
                     if _hidden(n):
@@ -530,11 +533,19 @@ def list_files(inputs) -> tuple[list[Path], list[str]]:
         why = os_error_message(OSError(unlisted[0].errno, unlisted[0].strerror))  # the reason, without a path
         notes.append(f"left out {len(unlisted)} folder(s) that cannot be read: "
                      f"{_some(sorted(str(e.filename) for e in unlisted))} ({why})")
+    if runs:
+        notes.append(f"left out {len(runs)} charrnn run folder(s) inside the folders (their logs are no text to "
+                     f"learn): {_some(sorted(runs))}")
     if linked:
         notes.append(f"left out {linked} link(s) to folders inside the folders (name a folder to read it)")
     if repeated:
         notes.append(f"read once each: {_some(repeated)} (named twice)")
     return files, notes
+
+
+def _is_run_folder(path: Path) -> bool:
+    """Whether a folder holds a charrnn run: its metrics log beside a checkpoint."""
+    return (path / "metrics.jsonl").is_file() and any((path / f"{n}.npz").is_file() for n in ("latest", "best"))
 
 
 def _real(path: Path) -> Path:

@@ -135,6 +135,20 @@ def test_a_link_that_loops_is_one_line(tree, inputs):
         read_corpus([tree / name for name in inputs])
 
 
+def test_run_folders_inside_a_folder_are_left_out(tree):
+    # `train .` twice: the second run learned the first run's metrics.jsonl and samples.txt
+    run_dir = tree / "notes" / "checkpoints" / "x1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text('{"kind": "train", "step": 10}\n')
+    (run_dir / "samples.txt").write_text("--- step 10, epoch 0.1 ---\nROMEO:\n")
+    (run_dir / "latest.npz").write_bytes(b"PK")
+    (tree / "notes" / "checkpoints" / "mine.txt").write_text("my own text\n")  # not in a run folder: read
+    corpus = read_corpus([tree / "notes"], doc_sep="")
+    assert "metrics" not in corpus.text and "ROMEO" not in corpus.text and "my own text" in corpus.text
+    assert f"left out 1 charrnn run folder(s) inside the folders (their logs are no text to learn): " \
+           f"{run_dir}" in corpus.notes
+
+
 @pytest.mark.parametrize("encoding", ["latin-1", "bytes"])
 def test_a_binary_file_inside_a_folder_is_left_out_in_every_encoding(tree, encoding):
     # encodings that read any byte read logo.png into the text, while the note said it was left out
