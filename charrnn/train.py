@@ -23,8 +23,8 @@ from . import __version__, distributed, memory
 from .checkpoint import load_checkpoint, remove_stale_temporaries, resolve_checkpoint, save_checkpoint
 from .config import (MODEL_SETTINGS, OLDER_CHECKPOINTS, STOPPING_RULES, TrainConfig, check_init_overrides,
                      check_resume_overrides, check_schedule_options, resolved_u_max)
-from .corpus import (Corpus, Streams, Vocab, default_corpus, fit_batch_and_window, read_corpus, shown_text, split,
-                     streams_held)
+from .corpus import (Corpus, NotText, Streams, Vocab, default_corpus, fit_batch_and_window, read_corpus, shown_text,
+                     split, streams_held)
 from .errors import CharrnnError, UsageError, flag, os_error_message
 from .evaluate import bits, evaluate
 from .model import ModelSpec, Stack, init_params, transplant
@@ -688,10 +688,18 @@ def _corpus_to_resume(meta, cfg, inputs, run_dir):
         if other is not None:
             raise CharrnnError(f"{other}, part of the text this run was trained on, is no longer a regular file; "
                                f"give the text again after --resume (charrnn train --resume {run_dir} FILE...)")
-    corpus = _read_corpus(stored, cfg.encoding, cfg.doc_sep)
-    for old, now in zip(saved.get("files", []), corpus.files):
-        if old["sha256"] != now["sha256"]:
-            raise CharrnnError(f"{now['path']} has changed since this run read it; resume with the text it was "
+    try:
+        corpus = _read_corpus(stored, cfg.encoding, cfg.doc_sep)
+    except NotText as e:  # its advice (another --encoding) is no choice on resume
+        raise CharrnnError(f"{str(e).split('; ')[0]}: it has changed since this run read it; resume with the text "
+                           "it was trained on") from None
+    now = {f["path"]: f for f in corpus.files}
+    for old in saved.get("files", []):  # by path: a file that became a link to another is read once, not twice
+        if old["path"] not in now:
+            raise CharrnnError(f"{old['path']} is no longer a file of its own (a link to another file of the text?); "
+                               f"resume with the text this run was trained on")
+        if old["sha256"] != now[old["path"]]["sha256"]:
+            raise CharrnnError(f"{old['path']} has changed since this run read it; resume with the text it was "
                                f"trained on")
     if corpus.info()["sha256"] != saved["sha256"]:
         raise CharrnnError(f"{' '.join(stored)} is not the text this run was trained on (its SHA-256 differs); "

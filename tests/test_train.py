@@ -545,6 +545,33 @@ def test_a_resume_whose_text_became_a_pipe_says_so_and_does_not_wait(tmp_path):
         f"after --resume (charrnn train --resume {tmp_path / 'r'} FILE...)"], r.stderr
 
 
+@pytest.mark.parametrize("change", ["a link to the other", "empty", "binary"])
+def test_a_resume_names_the_file_of_its_text_that_changed(tmp_path, change):
+    # after 2.txt became a link to 1.txt the resume blamed top.txt, which had not changed; an
+    # emptied file was advised "--encoding ...", which a resume refuses
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "1.txt").write_text(TEXT, encoding="utf-8")
+    (tmp_path / "d" / "2.txt").write_text(TEXT[::-1], encoding="utf-8")
+    (tmp_path / "top.txt").write_text(TEXT.upper(), encoding="utf-8")
+    cfg = config(tmp_path / "d", tmp_path)
+    cfg.corpus = [str(tmp_path / "d"), str(tmp_path / "top.txt")]
+    train_steps(cfg, tmp_path / "r", 2)
+    two = tmp_path / "d" / "2.txt"
+    two.unlink()
+    if change == "a link to the other":
+        two.symlink_to(tmp_path / "d" / "1.txt")
+        want = f"{two} is no longer a file of its own (a link to another file of the text?); resume with the text"
+    elif change == "empty":
+        two.write_text("")
+        want = f"{two} is empty: it has changed since this run read it; resume with the text it was trained on"
+    else:
+        two.write_bytes(b"ab\0cd")
+        want = f"{two} looks like a binary file (NUL byte at offset 2): it has changed since this run read it"
+    with pytest.raises(CharrnnError) as e:
+        Trainer.resume(tmp_path / "r", say=lambda *_: None)
+    assert str(e.value).startswith(want), str(e.value)
+
+
 def test_only_a_log_a_run_wrote_counts_as_one(tmp_path):
     from charrnn.train import _left_by_a_run, _record_step
 
