@@ -487,8 +487,13 @@ def list_files(inputs) -> tuple[list[Path], list[str]]:
     listed (no permission: lost+found at the top of a disk) is left out with a note naming it;
     a folder given that cannot be listed is an error, as a file given that cannot be read is."""
     files, seen, hidden, special, linked, repeated, empty, unlisted, runs = [], set(), 0, 0, 0, [], [], [], []
+    walked = set()  # the folders read, links followed: one given twice is read once
     for given in map(Path, inputs):
+        if given.is_dir() and _real(given) in walked:
+            repeated.append(str(given))
+            continue
         if given.is_dir():
+            walked.add(_real(given))
             found = []
 
             def unreadable(e: OSError, top=str(given)):
@@ -539,7 +544,7 @@ def list_files(inputs) -> tuple[list[Path], list[str]]:
     if linked:
         notes.append(f"left out {linked} link(s) to folders inside the folders (name a folder to read it)")
     if repeated:
-        notes.append(f"read once each: {_some(repeated)} (named twice)")
+        notes.append(f"read once each: {_some(repeated)} (met twice)")
     return files, notes
 
 

@@ -135,6 +135,14 @@ def test_a_link_that_loops_is_one_line(tree, inputs):
         read_corpus([tree / name for name in inputs])
 
 
+def test_a_folder_given_twice_is_read_and_counted_once(tree):
+    # `train notes notes` said "left out 4 hidden ...", twice the 2 there are
+    once, twice = list_files([tree / "notes"]), list_files([tree / "notes", tree / "notes"])
+    assert twice[0] == once[0]
+    assert [n for n in twice[1] if not n.startswith("read once each")] == once[1]
+    assert f"read once each: {tree / 'notes'} (met twice)" in twice[1]
+
+
 def test_run_folders_inside_a_folder_are_left_out(tree):
     # `train .` twice: the second run learned the first run's metrics.jsonl and samples.txt
     run_dir = tree / "notes" / "checkpoints" / "x1"
