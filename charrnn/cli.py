@@ -728,7 +728,8 @@ def _print_error(message: str):
 
     from .distributed import error_prefix
 
-    err.print(Text.assemble(("error:", "bold red"), " ", error_prefix() + message), highlight=False)
+    one_line = message.replace("\r", "\\r").replace("\n", "\\n")  # a file name may hold a line break
+    err.print(Text.assemble(("error:", "bold red"), " ", error_prefix() + one_line), highlight=False)
 
 
 def main():

@@ -311,6 +311,9 @@ def test_cli_errors_are_one_line(tmp_path):
     assert latin.returncode == 1 and "byte offset 6" in latin.stderr and "--encoding" in latin.stderr
     out_of_range = run_cli("train", "--hidden", "0")
     assert out_of_range.returncode == 2
+    # a line break in a file's name: the error printed it, on two lines
+    broken = run_cli("train", str(tmp_path / "no\nfile.txt"), "--out-dir", str(tmp_path))
+    assert broken.returncode == 1 and broken.stderr == f"error: {tmp_path}/no\\nfile.txt does not exist; check the path\n"
 
 
 def test_cli_trains_and_refuses_to_overwrite_a_run(corpus, tmp_path):
