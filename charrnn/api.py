@@ -166,8 +166,9 @@ class TrainedModel:
         unless skip_unknown leaves them out."""
         batch, window = self._batch_window(batch, window)
         ids, skipped = self.encode(text, skip_unknown=skip_unknown) if isinstance(text, str) else (self._ids(text), 0)
-        memory.require(memory.evaluation_needs(self.spec, batch, window, self.params.dtype), "evaluating",
-                       self._smaller_batch_or_window())
+        used = min(batch, max(ids.size - 1, 1))  # the streams and window a short text is read in (evaluate)
+        memory.require(memory.evaluation_needs(self.spec, used, min(window, max((ids.size - 1) // used, 1)),
+                                               self.params.dtype), "evaluating", self._smaller_batch_or_window())
         nats, count = evaluate(self.spec, self.params, ids, batch, window)
         if count and not math.isfinite(nats):  # as inspect says it: never a score of nan
             raise CharrnnError("the model computes NaN or Inf on this text; its parameters are broken "
@@ -231,7 +232,8 @@ class TrainedModel:
         else:  # one pass over all of them, so that the error names every unknown character
             ids, _ = self.encode("".join(lines), what=what)
             encoded = np.split(ids, np.cumsum([len(line) for line in lines])[:-1]) if lines else []
-        memory.require({"window buffers": Stack.nbytes(self.spec, batch, window, self.params.dtype)}, "scoring",
+        used = min(batch, max(len(encoded), 1)), min(window, max(map(len, encoded), default=0) + 1)  # line_losses'
+        memory.require({"window buffers": Stack.nbytes(self.spec, *used, self.params.dtype)}, "scoring",
                        self._smaller_batch_or_window())
         return self._line_scores(encoded, batch, window)
 

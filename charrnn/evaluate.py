@@ -37,6 +37,7 @@ def evaluate(spec: ModelSpec, params: np.ndarray, ids: np.ndarray, batch=32, win
     lo, hi = rows.start, rows.stop
     if hi == lo:  # more ranks than streams: nothing for this one
         return 0.0, streams.count
+    window = min(window, streams.stream_length)  # one window holds a short stream: no longer buffers
     stack = Stack(spec, hi - lo, window, params.dtype)
     stack.set_state(0, _warm_state(spec, params, ids, streams, warmup, lo, hi))
     total = 0.0

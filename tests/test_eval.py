@@ -129,6 +129,20 @@ def test_a_text_of_unknown_characters_only_is_said_so_and_one_character_counted_
     assert r.exit_code == 0 and r.stdout.startswith(f"{two}: 1 character, "), r.stdout  # "1 characters"
 
 
+@pytest.mark.parametrize("per_line", [(), ("--per-line",)])
+def test_a_short_text_needs_no_memory_for_a_window_longer_than_it(run, tmp_path, monkeypatch, per_line):
+    # --batch 300 --window 100000 on 12 characters: "evaluating needs about 46.6 GiB", refused
+    short = tmp_path / "short.txt"
+    short.write_text(run["val_file"].read_text(encoding="utf-8")[:12], encoding="utf-8")
+    import charrnn.memory
+
+    monkeypatch.setattr(charrnn.memory, "available_bytes", lambda: 64 << 20)  # 64 MiB is plenty
+    r = invoke("eval", run["dir"], short, "--batch", 300, "--window", 100_000, *per_line)
+    assert r.exit_code == 0, r.output
+    if not per_line:  # and the figure is the one of a window as long as the text
+        assert parse(r)["nats"] == parse(invoke("eval", run["dir"], short, "--batch", 300, "--window", 11))["nats"]
+
+
 def test_usage_errors_and_exit_codes(run, tmp_path):
     assert invoke("eval", run["dir"], run["val_file"], "--batch", 0).exit_code == 2
     assert invoke("eval", run["dir"], run["val_file"], "--window", -1).exit_code == 2
