@@ -113,6 +113,7 @@ class Trainer:
         fine-tuned run the trained model's extended by the text's."""
         self.cfg, self.run_dir, self.say = cfg, Path(run_dir), say
         self.world = distributed.world()
+        resuming = vocab is not None  # (a fine-tune's vocabulary is made below)
         if corpus is None:
             corpus = _read_corpus(cfg.corpus or [default_corpus()], cfg.encoding, cfg.doc_sep)
             for note in corpus.notes:
@@ -142,7 +143,7 @@ class Trainer:
             say(notice)
             cfg.batch, cfg.k1 = batch, k1
         self.spec = ModelSpec(cfg.cell, self.vocab.size, cfg.hidden, cfg.layers, cfg.cell_options())
-        rows = self.world.rows(cfg.batch, resumed=vocab is not None)  # this rank's streams (all, in one process)
+        rows = self.world.rows(cfg.batch, resumed=resuming)  # this rank's streams (all, in one process)
         memory.require(memory.training_needs(self.spec, cfg, rows.stop - rows.start, self.world.node_size),
                        "this run", "use a smaller --hidden, --layers, --batch or --k1/--k2")
         self.rng = np.random.Generator(np.random.PCG64(cfg.seed))

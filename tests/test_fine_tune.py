@@ -161,3 +161,16 @@ def test_a_bound_the_python_run_would_resolve_otherwise_is_refused(texts, tmp_pa
     cfg = config(new, tmp_path / "b", cell="indrnn", k1=16, k2=16, init_from=str(tmp_path / "a" / "r"))
     with pytest.raises(CharrnnError, match=r"leave out --u-max 1\.04427\d* \(it has 1\.09051\)"):
         Trainer(cfg, tmp_path / "b" / "ft", say=lambda *_: None)
+
+
+def test_a_fine_tune_on_ranks_that_do_not_divide_its_batch_may_change_the_batch(texts, tmp_path, monkeypatch):
+    # it was told to "resume it with a number that divides it", as if it were a resume: a fine-tune
+    # is a new run, whose --batch may change
+    old, new = texts
+    train_steps(config(old, tmp_path / "base"), tmp_path / "base" / "r", 2)
+    from charrnn import distributed
+
+    monkeypatch.setattr(distributed.Solo, "size", 3)  # as if three ranks shared the batch of 4
+    with pytest.raises(CharrnnError, match=r"--batch 4 \(the total over all processes\) cannot be split over 3 "
+                                           r"processes; launch a number that divides it \(1, 2, 4\) or give a --batch"):
+        fine_tuned(tmp_path / "base" / "r", new, tmp_path)
