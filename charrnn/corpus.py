@@ -364,20 +364,22 @@ class _Encoder:
             wider[: self.n] = self.ids[: self.n]
             self.ids = wider
         elif size > self.ids.size:  # more text than the files' sizes promised (one grew, or a pipe)
-            grown = max(size, 2 * self.ids.size)
-            self._check_room(grown * self.ids.itemsize)
+            # twice the room, else a quarter more, if memory allows; a TextTooLarge if not even that
+            grown = next((n for n in (max(size, 2 * self.ids.size), max(size, self.ids.size * 5 // 4))
+                          if self._room_for(n * self.ids.itemsize)), None)
+            if grown is None:
+                raise TextTooLarge(f"{self.n:,} characters read")
             self.ids.resize(grown, refcheck=False)
 
-    def _check_room(self, nbytes: int) -> None:
-        """A TextTooLarge before the ids take more than half the memory they and what is still
-        available make: a pipe or a device that never ends (/dev/zero, `yes`) would take it all,
+    def _room_for(self, nbytes: int) -> bool:
+        """Whether the ids may take `nbytes`: no more than half the memory they and what is still
+        available make. A pipe or a device that never ends (/dev/zero, `yes`) would take it all,
         and the system's out-of-memory killer would end this process, or another, without a word.
         (Training such a text would need more again.)"""
         from .memory import available_bytes
 
         have = available_bytes()
-        if have is not None and nbytes > (have + self.n * self.ids.itemsize) // 2:
-            raise TextTooLarge(f"{self.n:,} characters read")
+        return have is None or nbytes <= (have + self.n * self.ids.itemsize) // 2
 
     def finish(self) -> tuple[np.ndarray, list]:
         """(ids, chars): chars in code-point order, ids of type ids_dtype(len(chars)) into them."""
@@ -446,15 +448,19 @@ def _read_document(path, encoding: str, encoder: _Encoder, text_hash=None, limit
             try:
                 encoder.add(codes)
             except (TextTooLarge, MemoryError):  # MemoryError: a limit on the address space (ulimit -v)
-                endless = "" if Path(path).is_file() else " (a pipe or a device that may never end)"
-                raise CharrnnError(f"{path}{endless} holds more text than this machine's memory can take: "
-                                   f"{chars:,} characters read so far; give a smaller text file") from None
+                raise _too_large(path, chars) from None
             chars += codes.size
             if not block or (limit is not None and chars >= limit):
                 break
     if not chars:
         raise _empty(path)
     return chars, file_hash.hexdigest() if file_hash is not None else None
+
+
+def _too_large(path, chars: int) -> CharrnnError:
+    endless = "" if Path(path).is_file() else " (a pipe or a device that may never end)"
+    return CharrnnError(f"{path}{endless} holds more text than this machine's memory can take: {chars:,} characters "
+                        "read so far; give a smaller text file")
 
 
 def _find_nul(f, path) -> int:
@@ -582,7 +588,11 @@ def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP) -> Corpus:
     for path in files:
         mark, hashed = encoder.mark(), text_hash.copy()
         if infos:
-            encoder.add(sep_codes)
+            try:
+                encoder.add(sep_codes)
+            except (TextTooLarge, MemoryError):  # the text so far, before this file
+                raise CharrnnError(f"the text before {path} already fills this machine's memory; give less "
+                                   "text") from None
             text_hash.update(doc_sep.encode("utf-8", "surrogatepass"))
         try:
             # inside a folder, a file with a NUL byte is no text (an image, a .pyc) in any encoding

@@ -185,7 +185,7 @@ def test_a_pipe_that_holds_more_than_memory_stops_in_one_line(tmp_path, monkeypa
     else:
         def no_room(self, *args, **kwargs):
             raise MemoryError
-        monkeypatch.setattr(corpus_module._Encoder, "_check_room", no_room)
+        monkeypatch.setattr(corpus_module._Encoder, "_room_for", no_room)
     fifo = tmp_path / "endless"
     os.mkfifo(fifo)
 
@@ -206,6 +206,18 @@ def test_a_pipe_that_holds_more_than_memory_stops_in_one_line(tmp_path, monkeypa
                         str(e.value)), str(e.value)
     writer.join(10)
     assert not writer.is_alive()
+
+
+def test_a_file_that_grows_a_little_while_read_is_read_where_memory_is_short(monkeypatch):
+    # its ids had room for its size; the guard refused their doubling when 100 bytes more came
+    import charrnn.memory
+
+    encoder = corpus_module._Encoder(capacity=1 << 20)
+    encoder.add(np.full(1 << 20, ord("a"), np.uint32))
+    monkeypatch.setattr(charrnn.memory, "available_bytes", lambda: (5 << 20) // 2)  # room for 1.25x, not 2x
+    encoder.add(np.full(100, ord("b"), np.uint32))
+    ids, chars = encoder.finish()
+    assert ids.size == (1 << 20) + 100 and chars == ["a", "b"]
 
 
 # --- views, not copies -------------------------------------------------------------------------
