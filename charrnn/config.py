@@ -32,6 +32,11 @@ CHOICES = {"cell": CELLS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
 # inside documents. ETX is no whitespace and no line break to Python (str.split and splitlines
 # leave it alone, as they would not U+001C..U+001E), and no text file holds it.
 DOC_SEP = "\x03"
+# A run folder's logs, and how each of their records begins: what tells charrnn's own from a
+# file of the user's (a run never replaces one), and from text to learn (a folder read for text)
+METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "samples.txt"
+LOG_STARTS = {METRICS_FILE: '{"kind": "', SAMPLES_FILE: "--- step "}
 # `charrnn inspect` reads INSPECT_CHARS characters unless told otherwise, and the terminal colours
 # at most that many; it reads at most INSPECT_MAX_CHARS, up to which its page stays quick
 INSPECT_CHARS, INSPECT_MAX_CHARS = 2_000, 20_000

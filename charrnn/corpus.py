@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import DOC_SEP
+from .config import DOC_SEP, LOG_STARTS
 from .errors import CharrnnError, UsageError, as_flag, os_error_message
 
 ENCODINGS = ("utf-8", "latin-1", "bytes")
@@ -485,14 +485,14 @@ def list_files(inputs) -> tuple[list[Path], list[str]]:
     The order is the inputs' order; a folder stands for every file below it, at any depth, sorted
     by path (component by component, by code point: the same on every machine, whatever order
     the file system lists them in). Inside folders, hidden files and folders (a name starting
-    with '.', such as .git), charrnn's run folders (`train .` beside checkpoints/) and what is
-    not a regular file are left out. A file met twice is
+    with '.', such as .git), the logs of charrnn's runs (`train .` beside checkpoints/) and what
+    is not a regular file are left out. A file met twice is
     read once, where it first appears. A link to a file is read as the file; a link to a folder
     is not followed (as find and grep -r do not: it may lead up the tree, or round in a loop),
     and is counted in the notes; name its folder to read it. A folder inside that cannot be
     listed (no permission: lost+found at the top of a disk) is left out with a note naming it;
     a folder given that cannot be listed is an error, as a file given that cannot be read is."""
-    files, seen, hidden, special, linked, repeated, empty, unlisted, runs = [], set(), 0, 0, 0, [], [], [], []
+    files, seen, hidden, special, linked, repeated, empty, unlisted, logs = [], set(), 0, 0, 0, [], [], [], []
     walked = set()  # the folders read, links followed: one given twice is read once
     for given in map(Path, inputs):
         if given.is_dir() and _real(given) in walked:
@@ -511,14 +511,15 @@ def list_files(inputs) -> tuple[list[Path], list[str]]:
                 hidden += sum(map(_hidden, dirs)) + sum(map(_hidden, names))
                 dirs[:] = [d for d in dirs if not _hidden(d)]
                 linked += sum(os.path.islink(os.path.join(folder, d)) for d in dirs)  # os.walk leaves them
-                runs += [str(Path(folder) / d) for d in dirs if _is_run_folder(Path(folder) / d)]
-                dirs[:] = [d for d in dirs if not _is_run_folder(Path(folder) / d)]
                 for n in names:
                     path = Path(folder) / n
                     if _hidden(n):
                         continue
                     if not path.is_file():  # a fifo would block, a broken link cannot be read
                         special += 1
+                        continue
+                    if _is_charrnn_log(path):  # `train .` beside checkpoints/: no text to learn
+                        logs.append(str(path))
                         continue
                     found.append(path)
             found.sort(key=lambda p: p.relative_to(given).parts)
@@ -544,9 +545,8 @@ def list_files(inputs) -> tuple[list[Path], list[str]]:
         why = os_error_message(OSError(unlisted[0].errno, unlisted[0].strerror))  # the reason, without a path
         notes.append(f"left out {len(unlisted)} folder(s) that cannot be read: "
                      f"{_some(sorted(str(e.filename) for e in unlisted))} ({why})")
-    if runs:
-        notes.append(f"left out {len(runs)} charrnn run folder(s) inside the folders (their logs are no text to "
-                     f"learn): {_some(sorted(runs))}")
+    if logs:
+        notes.append(f"left out {len(logs)} log(s) of charrnn runs inside the folders: {_some(sorted(logs))}")
     if linked:
         notes.append(f"left out {linked} link(s) to folders inside the folders (name a folder to read it)")
     if repeated:
@@ -554,9 +554,17 @@ def list_files(inputs) -> tuple[list[Path], list[str]]:
     return files, notes
 
 
-def _is_run_folder(path: Path) -> bool:
-    """Whether a folder holds a charrnn run: its metrics log beside a checkpoint."""
-    return (path / "metrics.jsonl").is_file() and any((path / f"{n}.npz").is_file() for n in ("latest", "best"))
+def _is_charrnn_log(path: Path) -> bool:
+    """Whether a file is a log a charrnn run wrote (metrics.jsonl, samples.txt): named so, and
+    begun as its records begin."""
+    start = LOG_STARTS.get(path.name)
+    if start is None:
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(start.encode())) == start.encode()
+    except OSError:  # reading it will say what is wrong
+        return False
 
 
 def _real(path: Path) -> Path:

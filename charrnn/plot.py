@@ -16,10 +16,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import LOG_STARTS, METRICS_FILE
 from .errors import CharrnnError
 from .outputs import shown_name, write_output
 
-METRICS_FILE = "metrics.jsonl"
 BOM = b"\xef\xbb\xbf"  # UTF-8's byte-order mark, which some editors write first
 # No square brackets (as in charrnn[plot]): the CLI prints error messages as rich markup.
 INSTALL_HINT = "pip install matplotlib (charrnn's optional 'plot' extra installs it too)"
@@ -74,8 +74,8 @@ def read_metrics(run) -> Metrics:
         try:
             rec = json.loads(line.decode("utf-8"))
         except (ValueError, RecursionError):  # UnicodeDecodeError too; RecursionError: nested too deep
-            if n == len(lines) and (records or line.startswith(b'{"kind": "')):  # a crash while appending: the
-                # record never finished
+            # a crash while appending: the record never finished
+            if n == len(lines) and (records or line.startswith(LOG_STARTS[METRICS_FILE].encode())):
                 m.torn_last_line = True
                 continue
             if not records:

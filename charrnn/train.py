@@ -21,8 +21,9 @@ import numpy as np
 
 from . import __version__, distributed, memory
 from .checkpoint import load_checkpoint, remove_stale_temporaries, resolve_checkpoint, save_checkpoint
-from .config import (MODEL_SETTINGS, OLDER_CHECKPOINTS, STOPPING_RULES, TrainConfig, check_init_overrides,
-                     check_resume_overrides, check_schedule_options, resolved_u_max)
+from .config import (LOG_STARTS, METRICS_FILE, MODEL_SETTINGS, OLDER_CHECKPOINTS, SAMPLES_FILE, STOPPING_RULES,
+                     TrainConfig, check_init_overrides, check_resume_overrides, check_schedule_options,
+                     resolved_u_max)
 from .corpus import (Corpus, NotText, Streams, Vocab, default_corpus, fit_batch_and_window, read_corpus, shown_text,
                      split, streams_held)
 from .errors import CharrnnError, UsageError, flag, os_error_message
@@ -34,8 +35,6 @@ from .schema import TRAINING, TRAINING_META
 from .tbptt import Scheduler
 
 LOG_EVERY = 10  # updates per line of the metrics log
-METRICS_FILE = "metrics.jsonl"
-SAMPLES_FILE = "samples.txt"
 # the line that opens each entry of samples.txt; a resumed run cuts the file at the first entry
 # after its checkpoint
 SAMPLE_HEADER = "--- step {step}, epoch {epoch:.2f}, val loss {val}, temperature {temperature:g}, seed {step} ---"
@@ -737,7 +736,7 @@ def _left_by_a_run(path, step) -> bool:
         raise CharrnnError(f"cannot read {path}: {e.strerror or e.__class__.__name__}") from None
     first = line.decode("utf-8", "replace")
     # a first write cut short: the whole file, one line without its end, begun as a record
-    torn = whole and not line.endswith(b"\n") and len(line) < 4096 and first.startswith(('{"kind": "', "--- step "))
+    torn = whole and not line.endswith(b"\n") and len(line) < 4096 and first.startswith(tuple(LOG_STARTS.values()))
     return not first or 0 <= step(first) < math.inf or torn
 
 

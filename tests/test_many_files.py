@@ -143,18 +143,22 @@ def test_a_folder_given_twice_is_read_and_counted_once(tree):
     assert f"read once each: {tree / 'notes'} (met twice)" in twice[1]
 
 
-def test_run_folders_inside_a_folder_are_left_out(tree):
+def test_the_logs_of_runs_inside_a_folder_are_left_out(tree):
     # `train .` twice: the second run learned the first run's metrics.jsonl and samples.txt
     run_dir = tree / "notes" / "checkpoints" / "x1"
     run_dir.mkdir(parents=True)
     (run_dir / "metrics.jsonl").write_text('{"kind": "train", "step": 10}\n')
-    (run_dir / "samples.txt").write_text("--- step 10, epoch 0.1 ---\nROMEO:\n")
-    (run_dir / "latest.npz").write_bytes(b"PK")
-    (tree / "notes" / "checkpoints" / "mine.txt").write_text("my own text\n")  # not in a run folder: read
+    (run_dir / "samples.txt").write_text("--- step 10, epoch 0.10, val loss 2.0, temperature 0.8, seed 10 ---\n"
+                                         "ROMEO:\n")
+    (run_dir / "mine.txt").write_text("my own text\n")  # beside them: read
+    other = tree / "notes" / "other"  # another tool's log of that name, and its notes: read
+    other.mkdir()
+    (other / "metrics.jsonl").write_text('{"epoch": 1, "acc": 0.5}\n')
     corpus = read_corpus([tree / "notes"], doc_sep="")
-    assert "metrics" not in corpus.text and "ROMEO" not in corpus.text and "my own text" in corpus.text
-    assert f"left out 1 charrnn run folder(s) inside the folders (their logs are no text to learn): " \
-           f"{run_dir}" in corpus.notes
+    assert '"kind"' not in corpus.text and "ROMEO" not in corpus.text
+    assert "my own text" in corpus.text and '"acc": 0.5' in corpus.text
+    assert f"left out 2 log(s) of charrnn runs inside the folders: {run_dir / 'metrics.jsonl'}, " \
+           f"{run_dir / 'samples.txt'}" in corpus.notes
 
 
 @pytest.mark.parametrize("encoding", ["latin-1", "bytes"])
