@@ -137,8 +137,8 @@ class TrainedModel:
     def stream(self, length=500, *, temperature=1.0, top_k=0, top_p=1.0, prime="", seed=0, stop_at="",
                num_samples=1):
         """num_samples samples, each an iterator of pieces of text as they are generated (what
-        `charrnn sample` prints as it goes); read each to its end before the next
-        begins (else a CharrnnError). Each starts from a
+        `charrnn sample` prints as it goes); read each to its end, or close it,
+        before the next begins (else a CharrnnError; sampling.samples). Each starts from a
         fresh state; the random numbers run on from one to the next, so sample 1 is sample()'s
         text. The options are checked at once, before anything is generated."""
         options = dict(length=_whole_number("length", length), temperature=_real_number("temperature", temperature),

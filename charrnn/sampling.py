@@ -184,7 +184,7 @@ def samples(sampler: Sampler, vocab: Vocab, length=500, prime="", seed=0, temper
             top_p=1.0, num_samples=1, chunk=CHUNK, stop_at="", doc_sep="", spell=as_flag, as_bytes=False):
     """num_samples iterators, each yielding one sample's text in pieces: the prime (if any), then
     `length` generated characters, `chunk` at a time, or fewer if stop_at ends it (see above).
-    Consume each to its end before the next begins (else a CharrnnError). doc_sep: the separator of the run's documents (start_context);
+    Read each to its end, or close it, before the next begins (else a CharrnnError; see in_turn). doc_sep: the separator of the run's documents (start_context);
     spell: how messages name an option (check_options); as_bytes: a bytes model's, whose unknown
     characters are named as bytes (Vocab.encode).
 
@@ -194,39 +194,53 @@ def samples(sampler: Sampler, vocab: Vocab, length=500, prime="", seed=0, temper
     if stop_at:
         vocab.encode(stop_at, spell("stop_at"), as_bytes)  # a character the model lacks would never be written
     rng = np.random.Generator(np.random.PCG64(int(seed)))
-    turn = {"next": 0, "open": False}  # the samples share the sampler's state and the random numbers
+    # The samples share the sampler's state and the random numbers: each draws `length` of them
+    # (stop_at skips the rest), so sample i starts at number i * length whatever was read before
+    turn = {"next": 0, "drawing": None}  # the first sample not yet begun; the one drawing numbers
 
     def in_turn(i):
-        """Sample i's pieces, begun only once every sample before it has ended: begun out of turn
-        its text would be another, without a word."""
-        if i != turn["next"] or turn["open"]:
-            raise CharrnnError(f"sample {i + 1} was begun before sample {turn['next'] + 1} ended; "
-                               "read the samples in order, each to its end: they share one state")
-        turn["open"] = True
-        yield from one()
-        turn["next"], turn["open"] = i + 1, False
+        """Sample i's pieces. Samples not begun are skipped (their numbers too), one closed early
+        has its numbers skipped: each later sample is as it would have been. Begun while another
+        still draws, or after a later one, its text would be another: refused."""
+        if turn["drawing"] is not None:
+            raise CharrnnError(f"sample {i + 1} was begun while sample {turn['drawing'] + 1} was being read; they "
+                               "share one state: read each to its end, or close it, before the next")
+        if i < turn["next"]:
+            raise CharrnnError(f"sample {i + 1} was begun after sample {turn['next']}; its numbers are spent: "
+                               "read the samples in order")
+        rng.bit_generator.advance((i - turn["next"]) * length)
+        turn["next"], turn["drawing"] = i + 1, (i if length else None)
+        left = [length]  # the numbers sample i has yet to draw
+        try:
+            yield from one(left)
+        finally:
+            if turn["drawing"] == i:  # closed before its end
+                rng.bit_generator.advance(left[0])
+                turn["drawing"] = None
 
-    def one():
+    def one(left):
         sampler.reset()
         sampler.feed(context[:-1])
         if prime:
             yield prime
-        last, left = int(context[-1]), length
+        last = int(context[-1])
         held = ""  # the end of the text so far, which may be the start of stop_at: not yet printed
-        while left > 0:
-            n = min(chunk, left)
+        while left[0] > 0:
+            n = min(chunk, left[0])
             ids = sampler.generate(last, rng.random(n), temperature, top_k, top_p)
-            last, left = int(ids[-1]), left - n
+            last, left[0] = int(ids[-1]), left[0] - n
             text = held + vocab.decode(ids)
             if stop_at:
                 at = text.find(stop_at)
                 if at >= 0:
                     # PCG64 spends one step per float64 drawn: skip what the rest would have drawn
-                    rng.bit_generator.advance(left)
-                    held, text, left = "", text[:at], 0
+                    rng.bit_generator.advance(left[0])
+                    held, text, left[0] = "", text[:at], 0
                 else:
                     cut = max(0, len(text) - (len(stop_at) - 1))
                     held, text = text[cut:], text[:cut]
+            if not left[0]:  # every number drawn: the next sample may begin
+                turn["drawing"] = None
             if text:
                 yield text
         if held:

@@ -565,20 +565,27 @@ def test_a_model_that_computes_nan_scores_no_text(tmp_path):
     assert r.returncode == 1 and r.stdout == "" and r.stderr.startswith("error: the model computes NaN or Inf"), r.stderr
 
 
-def test_samples_of_a_stream_are_read_in_order_or_refused(model):
-    want = model.sample(200, seed=1), model.stream(200, seed=1, num_samples=2)
-    a, b = model.stream(200, seed=1, num_samples=2)
+def test_samples_of_a_stream_are_each_what_they_would_be_or_refused(model):
+    # read out of turn they were other texts, without a word: they share one state and one
+    # stream of random numbers
+    n = 300  # more than a chunk: sample 1 still draws after its first piece
+    want = ["".join(p) for p in model.stream(n, seed=1, num_samples=3)]
+    assert want[0] == model.sample(n, seed=1)
+    a, b, c = model.stream(n, seed=1, num_samples=3)
     next(a)
-    # sample 2 began while sample 1 was read: both would have been other texts, without a word
-    with pytest.raises(CharrnnError, match="sample 2 was begun before sample 1 ended; read the samples in order"):
+    with pytest.raises(CharrnnError, match="sample 2 was begun while sample 1 was being read; they share one state"):
         next(b)
-    a, b = model.stream(200, seed=1, num_samples=2)
-    with pytest.raises(CharrnnError, match="sample 2 was begun before sample 1 ended"):
-        next(b)
-    a, b = model.stream(200, seed=1, num_samples=2)
-    first, second = "".join(a), "".join(b)  # in order: as documented
-    assert first == want[0]
-    assert [first, second] == ["".join(p) for p in want[1]]
+    a.close()  # sample 1 left early: its numbers are skipped
+    assert "".join(c) == want[2]  # and sample 2, refused, never began: skipped too
+    a, b, c = model.stream(n, seed=1, num_samples=3)
+    assert ["".join(b), "".join(c)] == want[1:]
+    with pytest.raises(CharrnnError, match="sample 1 was begun after sample 3; its numbers are spent"):
+        next(a)
+    # one that has drawn every number may be left with its last piece unread
+    a, b = model.stream(100, seed=1, num_samples=2)
+    first = next(a)
+    assert "".join(b) == ["".join(p) for p in model.stream(100, seed=1, num_samples=2)][1]
+    assert first + "".join(a) == model.sample(100, seed=1)
 
 
 def test_unknown_characters_in_a_prime_or_stop_text_are_named_by_argument(model):
