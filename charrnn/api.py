@@ -83,6 +83,11 @@ def _real_number(name, value) -> float:
     return float(value)
 
 
+def _broken_model() -> CharrnnError:
+    return CharrnnError("the model computes NaN or Inf on this text; its parameters are broken (a diverged run?): "
+                        "score with an earlier checkpoint")
+
+
 def _require_str(what, value) -> str:
     if not isinstance(value, str):
         raise CharrnnError(f"{what} must be a str, not {type(value).__name__}")
@@ -171,8 +176,7 @@ class TrainedModel:
                                                self.params.dtype), "evaluating", self._smaller_batch_or_window())
         nats, count = evaluate(self.spec, self.params, ids, batch, window)
         if count and not math.isfinite(nats):  # as inspect says it: never a score of nan
-            raise CharrnnError("the model computes NaN or Inf on this text; its parameters are broken "
-                               "(a diverged run?): score with an earlier checkpoint")
+            raise _broken_model()
         return Evaluation(nats, count, skipped)
 
     def encode(self, text, *, skip_unknown=False, what="text"):
@@ -241,7 +245,10 @@ class TrainedModel:
         start = start_id(self._vocab)
         per_pass = max(LINES_PER_PASS, batch)
         for i in range(0, len(encoded), per_pass):
-            yield from line_losses(self.spec, self.params, encoded[i : i + per_pass], start, batch, window).tolist()
+            losses = line_losses(self.spec, self.params, encoded[i : i + per_pass], start, batch, window).tolist()
+            if any(len(line) and not math.isfinite(loss) for loss, line in zip(losses, encoded[i : i + per_pass])):
+                raise _broken_model()  # nan is an empty line's score, never another's
+            yield from losses
 
     # -----------------------------------------------------------------------------------------
     # One character at a time

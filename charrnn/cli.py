@@ -214,7 +214,8 @@ def train(
         cfg.validate().check_stopping()  # before the text is read
         cfg.check_run_name()
         run_dir = new_run_dir(cfg)
-        check_new_run_dir(run_dir)  # before the text is read and the settings said
+        if world().root:  # the folder it writes (another rank's may be another machine's)
+            check_new_run_dir(run_dir)  # before the text is read and the settings said
         trainer = Trainer(cfg, run_dir, say=say)
     cfg = trainer.cfg
     if not quiet:
@@ -483,8 +484,9 @@ def eval_(
             ids, skipped = model.encode_file(file, encoding=encoding, skip_unknown=skip_unknown)
             if skipped and ids.size < 2:  # not "the text to evaluate has 0 character(s)"
                 unit = "byte" if of_bytes else "character"
-                raise CharrnnError(f"{skipped:,} of the {ids.size + skipped:,} {unit}s of {file} are unknown to the "
-                                   f"model; the {ids.size} left {'is' if ids.size == 1 else 'are'} too few to score")
+                raise CharrnnError(f"{skipped:,} of the {ids.size + skipped:,} {unit}s of {file} "
+                                   f"{'is' if skipped == 1 else 'are'} unknown to the model; the {ids.size} left "
+                                   f"{'is' if ids.size == 1 else 'are'} too few to score")
     except UnknownCharacters as e:
         raise CharrnnError(f"{e} (or pass --skip-unknown to leave them out)") from None
     _first_call(lambda: warm_up_evaluate(model.spec, model.params.dtype))

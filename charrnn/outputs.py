@@ -27,7 +27,7 @@ def check_output(path, option: str, endings: tuple[str, ...], reads: dict | None
         raise UsageError(f"{option} {str(path)!r}: give a file name ending in {' or '.join(endings)}")
     for what, read in (reads or {}).items():
         if read is not None and _same_file(p, Path(read)):  # it would be replaced by what was made of it
-            raise UsageError(f"{option} {path} is {what}, which this command reads; choose another name")
+            raise UsageError(f"{option} {path} is the file {what} names, which this command reads; choose another name")
     if p.is_dir():  # as a file where a folder should be: the file system's, exit 1
         raise CharrnnError(f"cannot write {path}: it is a folder; give a file name ending in {' or '.join(endings)}")
     if not p.parent.is_dir():

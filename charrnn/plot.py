@@ -78,7 +78,7 @@ def read_metrics(run) -> Metrics:
             if n == len(lines) and (records or line.startswith(LOG_STARTS[METRICS_FILE].encode())):
                 m.torn_last_line = True
                 continue
-            if not records:
+            if not records and path.name != METRICS_FILE:  # a file given that is not a run's log
                 raise CharrnnError(f"{path} is not a charrnn {METRICS_FILE}: line {n} is no JSON record; "
                                    "pass the run folder of a training run") from None
             raise CharrnnError(f"{path} line {n} is not valid JSON; the file is corrupt") from None
@@ -114,7 +114,8 @@ def summary(m: Metrics) -> str:
         best, step = min(vals)
         parts.append(f"best val {best:.4f} bpc at step {step:.0f}")
     elif m.val["step"]:
-        parts.append(f"{len(m.val['step'])} val records up to step {m.val['step'][-1]:.0f}, none with a finite bpc")
+        parts.append(f"{len(m.val['step'])} val record{'s' * (len(m.val['step']) != 1)} up to step "
+                     f"{m.val['step'][-1]:.0f}, none with a finite bpc")
     if m.test and m.test.get("bpc") is not None:
         parts.append(f"test {m.test['bpc']:.4f} bpc")
     if m.torn_last_line:

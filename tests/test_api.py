@@ -561,8 +561,12 @@ def test_a_model_that_computes_nan_scores_no_text(tmp_path):
     with pytest.raises(CharrnnError, match="the model computes NaN or Inf on this text"):
         m.score("abc de abc de", batch=1)
     (tmp_path / "t.txt").write_text("abc de abc de")
-    r = run_module("eval", tmp_path / "m.npz", tmp_path / "t.txt", "--batch", "1")
-    assert r.returncode == 1 and r.stdout == "" and r.stderr.startswith("error: the model computes NaN or Inf"), r.stderr
+    for per_line in ((), ("--per-line",)):  # --per-line printed "nan<TAB>abc de abc de"
+        r = run_module("eval", tmp_path / "m.npz", tmp_path / "t.txt", "--batch", "1", *per_line)
+        assert r.returncode == 1 and r.stdout == "" and r.stderr.startswith("error: the model computes NaN or Inf"), \
+            r.stderr
+    with pytest.raises(CharrnnError, match="the model computes NaN or Inf on this text"):
+        list(m.score_lines(["abc", "", "de"]))
 
 
 def test_samples_of_a_stream_are_each_what_they_would_be_or_refused(model):

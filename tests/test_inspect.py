@@ -311,7 +311,7 @@ def test_an_html_page_inspected_is_not_replaced_by_its_own_page(planted, tmp_pat
         out.symlink_to(text)
     r = invoke(planted["checkpoint"], text, "--html", out, "--skip-unknown")
     assert isinstance(r.exception, UsageError) and r.stdout == ""
-    assert str(r.exception) == f"--html {out} is FILE, which this command reads; choose another name"
+    assert str(r.exception) == f"--html {out} is the file FILE names, which this command reads; choose another name"
     assert text.read_text(encoding="utf-8") == '<p>"a quote", he said</p>\n'
 
 

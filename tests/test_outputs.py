@@ -52,7 +52,7 @@ def test_a_png_that_is_a_file_the_command_reads_is_refused(tmp_path):
     read.write_bytes(b"a text")
     with pytest.raises(UsageError) as e:
         check_output(read, "--png", PNG, {"--corpus": read, "CHECKPOINT": None})
-    assert str(e.value) == f"--png {read} is --corpus, which this command reads; choose another name"
+    assert str(e.value) == f"--png {read} is the file --corpus names, which this command reads; choose another name"
     assert check_output(tmp_path / "new.png", "--png", PNG, {"--corpus": read}) == tmp_path / "new.png"
 
 

@@ -73,6 +73,13 @@ def test_a_file_that_is_no_metrics_log_is_named_so(tmp_path):
         read_metrics(one)
 
 
+def test_a_run_whose_log_begins_with_a_damaged_line_is_called_corrupt(tmp_path):
+    # "is not a charrnn metrics.jsonl ...; pass the run folder", when the run folder was passed
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "tr\x00\n{"kind": "train", "step": 1, "loss": 2}\n')
+    with pytest.raises(CharrnnError, match=r"metrics.jsonl line 1 is not valid JSON; the file is corrupt$"):
+        read_metrics(tmp_path)
+
+
 def test_odd_values_and_lines_of_a_metrics_log_are_no_internal_error(tmp_path):
     run = _write_run(tmp_path / "run", torn=False)
     log = run / "metrics.jsonl"
@@ -96,7 +103,7 @@ def test_odd_values_and_lines_of_a_metrics_log_are_no_internal_error(tmp_path):
 
 def test_a_log_of_val_records_without_a_finite_bpc_is_summarised(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"kind": "val", "step": 0, "loss": null, "bpc": null}\n')
-    assert summary(read_metrics(tmp_path)) == "1 val records up to step 0, none with a finite bpc"  # it printed ""
+    assert summary(read_metrics(tmp_path)) == "1 val record up to step 0, none with a finite bpc"  # it printed ""
 
 
 def test_line_chart_draws_each_series_with_its_marker_and_a_legend():
