@@ -175,14 +175,20 @@ def read_ids(path, encoding: str = "utf-8", max_chars: int | None = None,
     try:
         _read_document(path, check_encoding(encoding), encoder, limit=max_chars)
     except NotText as e:
-        if model in (None, "bytes"):
-            raise
-        said = str(e)
-        for advice, instead in _FOR_A_MODEL_OF_CHARACTERS.items():
-            said = said.replace(advice, instead)
-        raise NotText(said) from None
+        raise for_model(e, model) from None
     ids, chars = encoder.finish()
     return (ids if max_chars is None else ids[:max_chars]), chars
+
+
+def for_model(e: NotText, model: str | None) -> NotText:
+    """e, for a text a trained model of `model`'s encoding reads (None: a new model): one of
+    characters is not advised to read it as bytes, which it cannot (check_read_as)."""
+    if model in (None, "bytes"):
+        return e
+    said = str(e)
+    for advice, instead in _FOR_A_MODEL_OF_CHARACTERS.items():
+        said = said.replace(advice, instead)
+    return NotText(said)
 
 
 def read_text(path, encoding: str = "utf-8", model: str | None = None) -> str:
@@ -577,10 +583,11 @@ def _some(names, n=3) -> str:
     return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
-def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP) -> Corpus:
+def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP, model: str | None = None) -> Corpus:
     """The text of files and folders (list_files says which, in what order), the documents joined
     by doc_sep, as ids. A file named in `inputs` must be text; a file found inside a folder that
     is empty, binary (a NUL byte, in any encoding) or not valid UTF-8 is left out with a note.
+    model: the encoding of the trained model the text is for, if any (for_model).
 
     The files are read and encoded CHUNK_BYTES at a time, so the peak memory is the ids (one or
     two bytes a character) and a few pieces; the SHA-256 of the whole text is computed alongside."""
@@ -605,9 +612,9 @@ def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP) -> Corpus:
         try:
             # inside a folder, a file with a NUL byte is no text (an image, a .pyc) in any encoding
             chars, sha = _read_document(path, encoding, encoder, text_hash, nul_is_binary=_real(path) not in named)
-        except NotText:
+        except NotText as e:
             if _real(path) in named:
-                raise
+                raise for_model(e, model) from None
             encoder.undo(mark)
             text_hash = hashed
             not_text.append(str(path))

@@ -114,7 +114,9 @@ class Trainer:
         self.world = distributed.world()
         resuming = vocab is not None  # (a fine-tune's vocabulary is made below)
         if corpus is None:
-            corpus = _read_corpus(cfg.corpus or [default_corpus()], cfg.encoding, cfg.doc_sep)
+            # a fine-tune's text, for the trained model (its --encoding is of the model's kind)
+            corpus = _read_corpus(cfg.corpus or [default_corpus()], cfg.encoding, cfg.doc_sep,
+                                  cfg.encoding if cfg.init_from else None)
             for note in corpus.notes:
                 say(note)
         cfg.corpus = [str(Path(p).resolve()) for p in cfg.corpus]  # a resume may start anywhere
@@ -648,13 +650,13 @@ def _load_init(cfg):
     return model
 
 
-def _read_corpus(inputs, encoding, doc_sep):
+def _read_corpus(inputs, encoding, doc_sep, model=None):
     """read_corpus; under MPI once a machine, by its first rank, whose ids the machine's other
     ranks map (distributed.Mpi.node_shared): one copy of the text a machine, not one a rank."""
     world = distributed.world()
 
     def read():
-        corpus = read_corpus(inputs, encoding, doc_sep)
+        corpus = read_corpus(inputs, encoding, doc_sep, model)
         return corpus.ids, (corpus.chars, corpus.sha256, corpus.files, corpus.notes)
 
     ids, (chars, sha256, files, notes), why_not = world.node_shared(read)
@@ -673,7 +675,11 @@ def _corpus_to_resume(meta, cfg, inputs, run_dir):
     given; else the files the checkpoint lists, or (older checkpoints) its corpus setting."""
     saved = meta["corpus"]
     if inputs:
-        corpus = _read_corpus(inputs, cfg.encoding, cfg.doc_sep)
+        try:
+            corpus = _read_corpus(inputs, cfg.encoding, cfg.doc_sep)
+        except NotText as e:  # its advice (another --encoding) is no choice on resume
+            raise CharrnnError(f"{str(e).split('; ')[0]}: it is not the text this run was trained on; give the files "
+                               "it read") from None
         if corpus.info()["sha256"] != saved["sha256"]:
             raise CharrnnError(f"{' '.join(map(str, inputs))} is not the text this run was trained on (its SHA-256 "
                                f"differs); give the files it read, in the same order")

@@ -174,3 +174,14 @@ def test_a_fine_tune_on_ranks_that_do_not_divide_its_batch_may_change_the_batch(
     with pytest.raises(CharrnnError, match=r"--batch 4 \(the total over all processes\) cannot be split over 3 "
                                            r"processes; launch a number that divides it \(1, 2, 4\) or give a --batch"):
         fine_tuned(tmp_path / "base" / "r", new, tmp_path)
+
+
+def test_a_fine_tune_s_text_that_is_no_utf8_is_not_advised_to_be_read_as_bytes(texts, tmp_path):
+    # "or --encoding bytes", which a model of characters then refused
+    old, _ = texts
+    train_steps(config(old, tmp_path / "base"), tmp_path / "base" / "r", 2)
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"caf\xe9 " * 50)
+    with pytest.raises(CharrnnError) as e:
+        fine_tuned(tmp_path / "base" / "r", latin, tmp_path)
+    assert str(e.value).endswith("re-save it as UTF-8, or pass --encoding latin-1 (any byte file)"), str(e.value)

@@ -575,6 +575,17 @@ def test_a_resume_names_the_file_of_its_text_that_changed(tmp_path, change):
     assert str(e.value).startswith(want), str(e.value)
 
 
+def test_a_resume_given_a_file_that_is_no_text_of_its_kind_says_it_is_not_the_run_s(corpus, tmp_path):
+    # "... or pass --encoding latin-1", which a resume refuses
+    train_steps(config(corpus, tmp_path), tmp_path / "r", 2)
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"caf\xe9 " * 50)
+    with pytest.raises(CharrnnError) as e:
+        Trainer.resume(tmp_path / "r", say=lambda *_: None, corpus=[latin])
+    assert str(e.value).endswith(": it is not the text this run was trained on; give the files it read")
+    assert "--encoding" not in str(e.value)
+
+
 def test_only_a_log_a_run_wrote_counts_as_one(tmp_path):
     from charrnn.train import _left_by_a_run, _record_step
 
