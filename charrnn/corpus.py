@@ -621,7 +621,8 @@ def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP, model: str | None = N
             continue
         infos.append({"path": str(_real(path)), "chars": chars, "sha256": sha})
     if not_text:
-        what = "empty or binary" if encoding != "utf-8" else "empty, binary or not UTF-8"
+        what = "empty or binary (name a file to read its bytes)" if encoding != "utf-8" else \
+            "empty, binary or not UTF-8"
         notes.append(f"left out {len(not_text)} file(s) that are {what}: {_some(not_text)}")
     if not infos:
         raise CharrnnError(f"no text files in {_some([str(p) for p in inputs])}"

@@ -479,6 +479,17 @@ def test_a_run_is_trained_by_one_process_at_a_time(corpus, tmp_path):
                                 "--run", "r"])
         # the command asks first whether the folder may take a new run: it holds one
         assert r.exit_code == 1 and "already holds a run" in str(r.exception)
+        # a new run into a folder that holds none yet, but is locked: the lock says so
+        empty = tmp_path / "new"
+        empty.mkdir()
+        other_new = hold_lock(empty)
+        try:
+            r = runner.invoke(app, ["train", str(corpus), *TINY, "--max-steps", "3", "--out-dir", str(tmp_path),
+                                    "--run", "new"])
+            assert r.exit_code == 1 and "in use by another charrnn process" in str(r.exception)
+        finally:
+            other_new.kill()
+            other_new.wait()
     finally:
         other.kill()  # SIGKILL: the lock goes with the process
         other.wait()
