@@ -27,7 +27,7 @@ from .cells import CELLS
 from .config import EVAL_RANGES
 from .corpus import ENCODINGS, UnknownCharacters, check_encoding, check_read_as, read_ids
 from .errors import CharrnnError, as_keyword
-from .evaluate import evaluate, line_losses
+from .evaluate import evaluate, evaluation_shape, line_losses, lines_shape
 from .model import Stack
 from .sampling import SAMPLE_THREADS, Sampler, load_model, samples, start_id
 
@@ -171,8 +171,7 @@ class TrainedModel:
         unless skip_unknown leaves them out."""
         batch, window = self._batch_window(batch, window)
         ids, skipped = self.encode(text, skip_unknown=skip_unknown) if isinstance(text, str) else (self._ids(text), 0)
-        used = min(batch, max(ids.size - 1, 1))  # the streams and window a short text is read in (evaluate)
-        memory.require(memory.evaluation_needs(self.spec, used, min(window, max((ids.size - 1) // used, 1)),
+        memory.require(memory.evaluation_needs(self.spec, *evaluation_shape(ids.size, batch, window),
                                                self.params.dtype), "evaluating", self._smaller_batch_or_window())
         nats, count = evaluate(self.spec, self.params, ids, batch, window)
         if count and not math.isfinite(nats):  # as inspect says it: never a score of nan
@@ -236,8 +235,8 @@ class TrainedModel:
         else:  # one pass over all of them, so that the error names every unknown character
             ids, _ = self.encode("".join(lines), what=what)
             encoded = np.split(ids, np.cumsum([len(line) for line in lines])[:-1]) if lines else []
-        used = min(batch, max(len(encoded), 1)), min(window, max(map(len, encoded), default=0) + 1)  # line_losses'
-        memory.require({"window buffers": Stack.nbytes(self.spec, *used, self.params.dtype)}, "scoring",
+        shape = lines_shape([len(line) for line in encoded], batch, window)  # at least any pass's (line_losses)
+        memory.require({"window buffers": Stack.nbytes(self.spec, *shape, self.params.dtype)}, "scoring",
                        self._smaller_batch_or_window())
         return self._line_scores(encoded, batch, window)
 

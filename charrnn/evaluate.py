@@ -37,7 +37,7 @@ def evaluate(spec: ModelSpec, params: np.ndarray, ids: np.ndarray, batch=32, win
     lo, hi = rows.start, rows.stop
     if hi == lo:  # more ranks than streams: nothing for this one
         return 0.0, streams.count
-    window = min(window, streams.stream_length)  # one window holds a short stream: no longer buffers
+    window = evaluation_shape(ids.size, batch, window)[1]
     stack = Stack(spec, hi - lo, window, params.dtype)
     stack.set_state(0, _warm_state(spec, params, ids, streams, warmup, lo, hi))
     total = 0.0
@@ -73,6 +73,18 @@ def _warm_state(spec, params, ids, streams, warmup, lo, hi):
             for layer in warm.get_state(w)]
 
 
+def evaluation_shape(n: int, batch: int, window: int) -> tuple[int, int]:
+    """(streams, window) that evaluate() reads a text of n ids in: fewer streams for a short text
+    (EvalStreams), and a window no longer than a stream, which holds it whole."""
+    streams = max(min(batch, n - 1), 1)
+    return streams, max(min(window, (n - 1) // streams), 1)
+
+
+def lines_shape(lengths, batch: int, window: int) -> tuple[int, int]:
+    """(lines side by side, window) that line_losses reads lines of these lengths in."""
+    return max(min(batch, sum(1 for n in lengths if n)), 1), max(min(window, max(lengths, default=0)), 1)
+
+
 def line_losses(spec: ModelSpec, params: np.ndarray, lines, start: int, batch=32, window=100):
     """Mean loss in nats per character of each of `lines` (int32 id arrays), float64, nan for an
     empty one.
@@ -88,7 +100,7 @@ def line_losses(spec: ModelSpec, params: np.ndarray, lines, start: int, batch=32
     order = order[lengths[order] > 0]
     if order.size == 0:
         return losses
-    B, W = min(batch, order.size), min(window, int(lengths.max()))
+    B, W = lines_shape(lengths.tolist(), batch, window)
     stack = Stack(spec, B, W, params.dtype)
     zero = [[np.zeros((B, spec.hidden), params.dtype) for _ in CELLS[spec.cell].states] for _ in range(spec.layers)]
     for g in range(0, order.size, B):
