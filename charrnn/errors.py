@@ -1,5 +1,6 @@
 """Errors the user can fix. The CLI prints the message as one line and exits 1 (2 for a UsageError)."""
 import errno
+from pathlib import Path
 
 
 def flag(name):
@@ -44,6 +45,13 @@ _OS_ADVICE = {
     errno.EISDIR: "it is a folder, not a file",
     errno.ENAMETOOLONG: "choose a shorter name",
 }
+
+
+def file_in_the_way(path) -> Path | None:
+    """The first of `path` and the folders above it that exists and is not a folder: a file where
+    a folder should be (None if there is none)."""
+    path = Path(path)
+    return next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
 
 
 def os_error_message(e: OSError, path=None) -> str:

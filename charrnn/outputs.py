@@ -12,7 +12,7 @@ import os
 import secrets
 from pathlib import Path
 
-from .errors import CharrnnError, UsageError, os_error_message
+from .errors import CharrnnError, UsageError, file_in_the_way, os_error_message
 
 PNG = (".png",)
 HTML = (".html", ".htm")
@@ -31,8 +31,8 @@ def check_output(path, option: str, endings: tuple[str, ...], reads: dict | None
     if p.is_dir():  # as a file where a folder should be: the file system's, exit 1
         raise CharrnnError(f"cannot write {path}: it is a folder; give a file name ending in {' or '.join(endings)}")
     if not p.parent.is_dir():
-        up = next((a for a in p.parents if a.exists()), None)  # the part of the path in the way, if any
-        if up is not None and not up.is_dir():
+        up = file_in_the_way(p.parent)
+        if up is not None:
             raise CharrnnError(f"cannot write {path}: {up} is a file, not a folder; choose another {option} path")
         raise CharrnnError(f"cannot write {path}: there is no folder {p.parent}; create it, or choose another "
                            f"{option} path")

@@ -26,7 +26,7 @@ from .config import (LOG_STARTS, METRICS_FILE, MODEL_SETTINGS, OLDER_CHECKPOINTS
                      resolved_u_max)
 from .corpus import (Corpus, NotText, Streams, Vocab, default_corpus, fit_batch_and_window, read_corpus, shown_text,
                      split, streams_held)
-from .errors import CharrnnError, UsageError, flag, os_error_message
+from .errors import CharrnnError, UsageError, file_in_the_way, flag, os_error_message
 from .evaluate import bits, evaluate
 from .model import ModelSpec, Stack, init_params, transplant
 from .optim import Optimizer, clip_by_norm, clip_by_value, learning_rate
@@ -322,7 +322,7 @@ class Trainer:
         """A UsageError for a resumed run that a stopping rule ends before its first update: it
         would only test its model again and say it is done (the command line's check; in
         Python a finished run may be resumed to look at it)."""
-        reached = self._reached({name: getattr(self.cfg, name) for name in STOPPING_RULES})
+        reached = self._reached(self._limits())
         if reached and self._reached(self.saved_limits) and len(self.test_ids) >= 2:
             # the run's own end, at its last update: stopped before its test (Ctrl-C, a kill), the
             # resume tests it (rank 0 reads the log, every rank does as it says)
@@ -384,7 +384,11 @@ class Trainer:
 
     def ended(self) -> bool:
         """Whether a stopping rule has been reached."""
-        return bool(self._reached({name: getattr(self.cfg, name) for name in STOPPING_RULES}))
+        return bool(self._reached(self._limits()))
+
+    def _limits(self) -> dict:
+        """The stopping rules as this run now has them: {name: limit}, 0 for none."""
+        return {name: getattr(self.cfg, name) for name in STOPPING_RULES}
 
     def validate(self):
         if len(self.val_ids) < 2:
@@ -471,7 +475,7 @@ class Trainer:
                 test = self._evaluate(self.test_ids)
                 log.write({"kind": "test", "step": self.step, "loss": test, "bpc": bits(test)})
             return {"steps": self.step, "epochs": self.epoch(), "val_loss": self.last_val,
-                    "stopped_by": self._reached({name: getattr(cfg, name) for name in STOPPING_RULES}, how_far=False),
+                    "stopped_by": self._reached(self._limits(), how_far=False),
                     "best_val_loss": self.best_val, "test_loss": test, "elapsed": self.elapsed,
                     "train_chars_per_sec": (chars_per_update * (updates - 1) / max(train_time, 1e-9) if updates > 1
                                             else updates and chars_per_update / max(first_dt, 1e-9)),
@@ -803,7 +807,7 @@ def check_new_run_dir(run_dir: Path) -> None:
     be, a run there already, or a file of the user's where the run's logs go (never replaced).
     The command line asks before the text is read; Trainer.run again once the folder is locked."""
     run_dir = Path(run_dir)
-    in_the_way = next((p for p in (run_dir, *run_dir.parents) if p.exists() and not p.is_dir()), None)
+    in_the_way = file_in_the_way(run_dir)
     if in_the_way is not None:
         raise CharrnnError(f"cannot make the run folder {run_dir}: {in_the_way} is a file, not a folder; choose "
                            "another --out-dir or --run name")
