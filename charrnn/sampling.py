@@ -137,9 +137,12 @@ class Sampler:
         out = np.zeros(uniforms.size, np.int32)
         top_k = min(int(top_k), self.probs.size)  # as many as the vocabulary keeps them all; any more is no int64
         with self._blas_threads():
-            generate(out, self.h, self.c, self.xg, self.hg, self.z, self.probs, self.order, int(first_id),
-                     uniforms, self.params, self.offs, self.cell, float(temperature), top_k,
-                     float(top_p), self.blas)
+            last = generate(out, self.h, self.c, self.xg, self.hg, self.z, self.probs, self.order, int(first_id),
+                            uniforms, self.params, self.offs, self.cell, float(temperature), top_k,
+                            float(top_p), self.blas)
+        if last < 0:  # never a text chosen among NaN
+            raise CharrnnError("the model computes NaN or Inf; its parameters are broken (a diverged run?): "
+                               "sample an earlier checkpoint")
         return out
 
 

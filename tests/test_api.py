@@ -568,6 +568,13 @@ def test_a_model_that_computes_nan_scores_no_text(tmp_path):
             r.stderr
     with pytest.raises(CharrnnError, match="the model computes NaN or Inf on this text"):
         list(m.score_lines(["abc", "", "de"]))
+    # sample printed a run of line breaks, exit 0: the choice among NaN fell on the first id
+    for temperature in (1.0, 0.0):
+        with pytest.raises(CharrnnError, match=r"the model computes NaN or Inf; .*sample an earlier checkpoint"):
+            m.sample(20, temperature=temperature)
+    r = run_module("sample", tmp_path / "m.npz", "--length", "20")
+    assert r.returncode == 1 and r.stdout.strip() == "" and r.stderr.startswith("error: the model computes NaN"), \
+        r.stderr
 
 
 def test_samples_of_a_stream_are_each_what_they_would_be_or_refused(model):

@@ -268,13 +268,25 @@ def generate(out_ids, h, c, xg, hg, z, probs, order, first_id, uniforms, params,
     xg, hg (G,), z (V,) model dtype, probs (V,) float64, order (V,) int64: scratch
     first_id: the character fed first (the last of the prime)
     uniforms (N,) in [0,1): one per chosen character (see select)
-    Returns the last chosen id, to be fed first in the next chunk."""
+    Returns the last chosen id, to be fed first in the next chunk; -1 if a logit was NaN or
+    Inf (a broken model: no choice among them means anything), out_ids from there on -1 too."""
     L = h.shape[0]
     V = z.shape[0]
     x_id = first_id
     for t in range(out_ids.shape[0]):
         _step(h, c, xg, hg, x_id, params, offs, cell, V, blas)
         _logits(z, h[L - 1], params, offs, blas)
+        if not _all_finite(z):
+            out_ids[t:] = -1
+            return -1
         x_id = select(z, probs, order, temperature, top_k, top_p, uniforms[t])
         out_ids[t] = x_id
     return x_id
+
+
+@kernel
+def _all_finite(z):
+    for v in range(z.shape[0]):
+        if not (abs(z[v]) < np.inf):  # false for NaN too
+            return False
+    return True
