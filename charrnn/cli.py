@@ -471,7 +471,7 @@ def eval_(
             lines = [line for line in lines if line]
             if not lines:
                 raise CharrnnError(f"{file} has no line with a character in it; there is nothing to score")
-            unscored = 0
+            unscored = dropped = 0
             if skip_unknown:  # a line of unknown characters only has nothing to score
                 known = set(model.vocab)
                 scored = [line for line in lines if not known.isdisjoint(line)]
@@ -479,6 +479,7 @@ def eval_(
                 if not lines:
                     raise CharrnnError(f"every line of {file} is made only of characters the model does not know; "
                                        "there is nothing to score")
+                dropped = sum(ch not in known for line in lines for ch in line)  # inside the lines scored
             scores = model.score_lines(lines, batch=batch, window=window, skip_unknown=skip_unknown, what=str(file))
         else:  # never the whole file as a string: a byte or two a character
             ids, skipped = model.encode_file(file, encoding=encoding, skip_unknown=skip_unknown)
@@ -498,6 +499,10 @@ def eval_(
         if unscored:
             err.print(f"note: left out {unscored:,} line(s) made only of characters the model does not know",
                       markup=False, highlight=False)
+        if dropped:
+            unit = "byte" if of_bytes else "character"
+            err.print(f"note: skipped {dropped:,} unknown {unit}(s) inside the lines scored", markup=False,
+                      highlight=False)
         return
     result = model.evaluate(ids, batch=batch, window=window)
     note = f"; {skipped:,} unknown {'byte' if of_bytes else 'character'}(s) skipped" if skip_unknown else ""

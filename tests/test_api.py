@@ -376,7 +376,9 @@ def test_per_line_unknown_characters(run, tmp_path):
     # ZZ has nothing left to score: it printed "nan", which sort -n ranks as the likeliest
     r = run_module("eval", run["dir"], path, "--per-line", "--skip-unknown")
     assert r.returncode == 0 and [p.split("\t", 1)[1] for p in r.stdout.splitlines()] == ["the cat", "the €at"]
-    assert r.stderr == "note: left out 1 line(s) made only of characters the model does not know\n"
+    # the € inside a scored line is skipped, and counted as the help says (it was not)
+    assert r.stderr == ("note: left out 1 line(s) made only of characters the model does not know\n"
+                        "note: skipped 1 unknown character(s) inside the lines scored\n")
     path.write_text("ZZ\n\u20ac\n", encoding="utf-8")  # it printed nothing and exited 0
     r = run_module("eval", run["dir"], path, "--per-line", "--skip-unknown")
     assert r.returncode == 1 and r.stderr.startswith("error: every line of") and "nothing to score" in r.stderr
