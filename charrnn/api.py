@@ -25,8 +25,8 @@ import numpy as np
 from . import memory
 from .cells import CELLS
 from .config import EVAL_RANGES
-from .corpus import ENCODINGS, UnknownCharacters, check_encoding, check_read_as, read_ids
-from .errors import CharrnnError, as_keyword
+from .corpus import ENCODINGS, NotText, UnknownCharacters, check_encoding, check_read_as, read_ids
+from .errors import CharrnnError, as_keyword, computes_nan
 from .evaluate import evaluate, evaluation_shape, line_losses, lines_shape
 from .model import Stack
 from .sampling import SAMPLE_THREADS, Sampler, load_model, samples, start_id
@@ -81,11 +81,6 @@ def _real_number(name, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise CharrnnError(f"{as_keyword(name)} must be a number, not {type(value).__name__} {value!r}")
     return float(value)
-
-
-def _broken_model() -> CharrnnError:
-    return CharrnnError("the model computes NaN or Inf on this text; its parameters are broken (a diverged run?): "
-                        "score with an earlier checkpoint")
 
 
 def _require_str(what, value) -> str:
@@ -175,7 +170,7 @@ class TrainedModel:
                                                self.params.dtype), "evaluating", self._smaller_batch_or_window())
         nats, count = evaluate(self.spec, self.params, ids, batch, window)
         if count and not math.isfinite(nats):  # as inspect says it: never a score of nan
-            raise _broken_model()
+            raise computes_nan("score with")
         return Evaluation(nats, count, skipped)
 
     def encode(self, text, *, skip_unknown=False, what="text"):
@@ -197,14 +192,14 @@ class TrainedModel:
         encode() take some 25 bytes a character. For evaluate() on files of any size. `encoding`:
         utf-8, latin-1 or bytes; default: the checkpoint's. Unknown characters: as in encode(),
         the file named by its path."""
+        model = self.config.get("encoding", "utf-8")
+        encoding = encoding or model
+        check_read_as(model, check_encoding(encoding, self._spell), self._spell)
         try:
-            encoding = encoding or self.config.get("encoding", "utf-8")
-            check_read_as(self.config.get("encoding", "utf-8"), check_encoding(encoding, self._spell), self._spell)
-            ids, chars = read_ids(_require_path("encode_file()", path), encoding,
-                                  model=self.config.get("encoding", "utf-8"))
-        except CharrnnError as e:  # the reader's advice names the command line's flag and a value
-            said = re.sub(f"--encoding ({'|'.join(ENCODINGS)})", lambda m: self._spell("encoding", m[1]), str(e))
-            raise type(e)(said) from None
+            ids, chars = read_ids(_require_path("encode_file()", path), encoding, model=model)
+        except NotText as e:  # the reader's advice names the command line's flag and a value
+            advice = re.sub(f"--encoding ({'|'.join(ENCODINGS)})", lambda m: self._spell("encoding", m[1]), e.advice)
+            raise NotText(e.reason, advice) from None
         try:
             return self._vocab.translate(ids, chars, skip_unknown=skip_unknown, what=str(path),
                                          as_bytes=self._of_bytes)
@@ -246,7 +241,7 @@ class TrainedModel:
         for i in range(0, len(encoded), per_pass):
             losses = line_losses(self.spec, self.params, encoded[i : i + per_pass], start, batch, window).tolist()
             if any(len(line) and not math.isfinite(loss) for loss, line in zip(losses, encoded[i : i + per_pass])):
-                raise _broken_model()  # nan is an empty line's score, never another's
+                raise computes_nan("score with")  # nan is an empty line's score, never another's
             yield from losses
 
     # -----------------------------------------------------------------------------------------

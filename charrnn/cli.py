@@ -170,7 +170,7 @@ def train(
 
     Started by `mpiexec -n R` (or srun), R processes train one model, each on its share of the --batch streams; this needs mpi4py (README: Training on a cluster).
     """
-    from .cells import check_options_read, normal_tau
+    from .cells import check_options_read
     from .config import TrainConfig, check_resume_overrides, check_schedule_options
     from .corpus import check_encoding, model_text
     from .distributed import world
@@ -181,8 +181,6 @@ def train(
     stops = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps), ("time_limit", time_limit)) if v is not None}
     given = {name: value for name, value in ctx.params.items() if name not in ("resume", "quiet")
              and ctx.get_parameter_source(name).name != "DEFAULT"}
-    if "tau" in given:  # one spelling, so that --tau 5.0 is the 5 a model has
-        tau = given["tau"] = normal_tau(tau)
     if resume is not None:
         if init_from is not None:
             raise UsageError("--init-from starts a new run from a trained model; leave it out with --resume")
@@ -461,6 +459,7 @@ def eval_(
     model = TrainedModel(load_model(checkpoint), spell=as_flag)
     model_encoding = model.config.get("encoding", "utf-8")
     of_bytes = model_encoding == "bytes"
+    unit = "byte" if of_bytes else "character"  # a bytes model's characters are bytes
     if encoding:
         check_read_as(model_encoding, encoding)
     try:
@@ -484,7 +483,6 @@ def eval_(
         else:  # never the whole file as a string: a byte or two a character
             ids, skipped = model.encode_file(file, encoding=encoding, skip_unknown=skip_unknown)
             if skipped and ids.size < 2:  # not "the text to evaluate has 0 character(s)"
-                unit = "byte" if of_bytes else "character"
                 raise CharrnnError(f"{skipped:,} of the {ids.size + skipped:,} {unit}s of {file} "
                                    f"{'is' if skipped == 1 else 'are'} unknown to the model; the {ids.size} left "
                                    f"{'is' if ids.size == 1 else 'are'} too few to score")
@@ -500,15 +498,14 @@ def eval_(
             err.print(f"note: left out {unscored:,} line(s) made only of characters the model does not know",
                       markup=False, highlight=False)
         if dropped:
-            unit = "byte" if of_bytes else "character"
             err.print(f"note: skipped {dropped:,} unknown {unit}(s) inside the lines scored", markup=False,
                       highlight=False)
         return
     result = model.evaluate(ids, batch=batch, window=window)
-    note = f"; {skipped:,} unknown {'byte' if of_bytes else 'character'}(s) skipped" if skip_unknown else ""
-    count, per = ("byte", "byte") if of_bytes else ("character", "char")
-    count += "s" * (result.chars != 1)
-    out.print(f"{file}: {result.chars:,} {count}, {result.nats:.4f} nats/{per}, {result.bits:.4f} bits/{per}, "
+    note = f"; {skipped:,} unknown {unit}(s) skipped" if skip_unknown else ""
+    per = "byte" if of_bytes else "char"
+    out.print(f"{file}: {result.chars:,} {unit}{'s' * (result.chars != 1)}, {result.nats:.4f} nats/{per}, "
+              f"{result.bits:.4f} bits/{per}, "
               f"perplexity {result.perplexity:.2f}{note}", markup=False, highlight=False, soft_wrap=True)
 
 

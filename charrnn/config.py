@@ -164,7 +164,9 @@ def check_init_overrides(given: dict, saved: dict, checkpoint):
     checkpoint `saved` (its config) that a run fine-tunes."""
     saved = {**OLDER_CHECKPOINTS, **saved}
     saved["u_max"] = resolved_u_max(saved["u_max"], saved["k2"])  # the bound its u was kept within
-    saved["tau"] = normal_tau(saved["tau"])  # as given["tau"] (cli.train) is
+    saved["tau"] = normal_tau(saved["tau"])  # one spelling on both sides: --tau 5.0 is the 5 a model has
+    if "tau" in given:
+        given = {**given, "tau": normal_tau(given["tau"])}
     # --u-max 0 on the command line: the model's bound, which fine_tune_settings keeps
     compared = {**given, "u_max": resolved_u_max(given["u_max"], saved["k2"])} if "u_max" in given else given
     unread = {n for n in CELL_OPTIONS if saved["cell"] not in CELL_OPTIONS[n].cells}  # cells.check_options_read's

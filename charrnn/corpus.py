@@ -156,7 +156,12 @@ class TextTooLarge(CharrnnError):
 
 class NotText(CharrnnError):
     """A file that holds no text in the encoding asked for: empty, binary or not valid UTF-8.
-    read_corpus skips such files inside folders."""
+    read_corpus skips such files inside folders. `reason` says what is wrong with the file,
+    `advice` what to do; the message is both."""
+
+    def __init__(self, reason: str, advice: str):
+        super().__init__(f"{reason}; {advice}")
+        self.reason, self.advice = reason, advice
 
 
 def read_ids(path, encoding: str = "utf-8", max_chars: int | None = None,
@@ -185,10 +190,7 @@ def for_model(e: NotText, model: str | None) -> NotText:
     characters is not advised to read it as bytes, which it cannot (check_read_as)."""
     if model in (None, "bytes"):
         return e
-    said = str(e)
-    for advice, instead in _FOR_A_MODEL_OF_CHARACTERS.items():
-        said = said.replace(advice, instead)
-    return NotText(said)
+    return NotText(e.reason, _FOR_A_MODEL_OF_CHARACTERS.get(e.advice, e.advice))
 
 
 def read_text(path, encoding: str = "utf-8", model: str | None = None) -> str:
@@ -203,11 +205,11 @@ def _decode(vocab, ids) -> str:
 
 
 def _binary(name: str, offset: int) -> NotText:
-    return NotText(f"{name} looks like a binary file (NUL byte at offset {offset}); {_BINARY_FIX}")
+    return NotText(f"{name} looks like a binary file (NUL byte at offset {offset})", _BINARY_FIX)
 
 
 def _empty(name: str) -> NotText:
-    return NotText(f"{name} is empty; give a file with some text in it")
+    return NotText(f"{name} is empty", "give a file with some text in it")
 
 
 def _open(path):
@@ -245,10 +247,8 @@ def _not_utf8(name: str, e: UnicodeDecodeError, offset: int, newlines: int) -> N
     bad = e.object[e.start : e.end]
     hex_bytes = " ".join(f"0x{b:02X}" for b in bad)
     what = "byte" if len(bad) == 1 else "bytes"
-    return NotText(
-        f"{name} is not valid UTF-8: {e.reason} at byte offset {offset + e.start} (line {newlines + 1}), "
-        f"{what} {hex_bytes}; {_UTF8_FIX}"
-    )
+    return NotText(f"{name} is not valid UTF-8: {e.reason} at byte offset {offset + e.start} (line {newlines + 1}), "
+                   f"{what} {hex_bytes}", _UTF8_FIX)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,10 +501,10 @@ def list_files(inputs) -> tuple[list[Path], list[str]]:
     files, seen, hidden, special, linked, repeated, empty, unlisted, logs = [], set(), 0, 0, 0, [], [], [], []
     walked = set()  # the folders read, links followed: one given twice is read once
     for given in map(Path, inputs):
-        if given.is_dir() and _real(given) in walked:
-            repeated.append(str(given))
-            continue
         if given.is_dir():
+            if _real(given) in walked:
+                repeated.append(str(given))
+                continue
             walked.add(_real(given))
             found = []
 
@@ -609,11 +609,12 @@ def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP, model: str | None = N
                 raise CharrnnError(f"the text before {path} already fills this machine's memory; give less "
                                    "text") from None
             text_hash.update(doc_sep.encode("utf-8", "surrogatepass"))
+        given = _real(path) in named  # not found inside a folder
         try:
             # inside a folder, a file with a NUL byte is no text (an image, a .pyc) in any encoding
-            chars, sha = _read_document(path, encoding, encoder, text_hash, nul_is_binary=_real(path) not in named)
+            chars, sha = _read_document(path, encoding, encoder, text_hash, nul_is_binary=not given)
         except NotText as e:
-            if _real(path) in named:
+            if given:
                 raise for_model(e, model) from None
             encoder.undo(mark)
             text_hash = hashed
@@ -1037,10 +1038,15 @@ class EvalStreams:
                 f"the text to evaluate has {ids.size} character(s); it needs at least 2 "
                 "(one input, one target)"
             )
-        self.batch = min(batch, ids.size - 1)
-        self.stream_length = (ids.size - 1) // self.batch
+        self.batch, self.stream_length = self.shape(ids.size, batch)
         self.count = self.batch * self.stream_length  # predictions per pass
         self._m = _stream_matrix(ids, self.batch, self.stream_length)
+
+    @staticmethod
+    def shape(n: int, batch: int) -> tuple[int, int]:
+        """(streams, steps of each) that a text of n characters is cut into."""
+        streams = max(min(batch, n - 1), 1)
+        return streams, max(n - 1, 0) // streams
 
     def windows(self, k: int, rows: slice = slice(None)):
         """Yield (inputs, targets) of the streams `rows` (all by default; under MPI a rank's

@@ -54,6 +54,13 @@ def file_in_the_way(path) -> Path | None:
     return next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
 
 
+def computes_nan(use: str, on: str = " on this text") -> CharrnnError:
+    """The error for a model whose finite parameters compute NaN or Inf, to `use` ("score",
+    "sample") an earlier checkpoint instead."""
+    return CharrnnError(f"the model computes NaN or Inf{on}; its parameters are broken (a diverged run?): {use} an "
+                        "earlier checkpoint")
+
+
 def os_error_message(e: OSError, path=None) -> str:
     """One line for an OSError: the path (its own, else `path`), the system's reason, and what to
     do about it."""

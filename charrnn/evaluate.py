@@ -76,8 +76,8 @@ def _warm_state(spec, params, ids, streams, warmup, lo, hi):
 def evaluation_shape(n: int, batch: int, window: int) -> tuple[int, int]:
     """(streams, window) that evaluate() reads a text of n ids in: fewer streams for a short text
     (EvalStreams), and a window no longer than a stream, which holds it whole."""
-    streams = max(min(batch, n - 1), 1)
-    return streams, max(min(window, (n - 1) // streams), 1)
+    streams, length = EvalStreams.shape(n, batch)
+    return streams, max(min(window, length), 1)
 
 
 def lines_shape(lengths, batch: int, window: int) -> tuple[int, int]:

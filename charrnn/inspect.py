@@ -26,7 +26,7 @@ import numpy as np
 from .cells import CELLS
 from .config import INSPECT_CHARS
 from .corpus import held_byte
-from .errors import CharrnnError, UsageError
+from .errors import CharrnnError, UsageError, computes_nan
 from .gradflow import TANH_UNITS
 from .kernels.output import logits_forward
 from .model import ModelSpec, Stack
@@ -162,8 +162,7 @@ def trace(spec: ModelSpec, params: np.ndarray, vocab, text: str, act: str = "h",
         next_probs[t0 : t0 + nxt.size] = p[np.arange(nxt.size), nxt]
         stack.set_state(0, stack.get_state(n))
     if not all(np.isfinite(v).all() for v in values) or not np.isfinite(guess_probs).all():
-        raise CharrnnError("the model computes NaN or Inf on this text; its parameters are broken "
-                           "(a diverged run?): inspect an earlier checkpoint")
+        raise computes_nan("inspect")
     gates = [{g: c / N for g, c in layer.items()} for layer in counts]
     return Trace(spec, text, act, values, gates, guesses, guess_probs, next_probs, encoding)
 

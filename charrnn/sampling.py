@@ -36,7 +36,7 @@ from threadpoolctl import ThreadpoolController
 from .checkpoint import load_checkpoint, resolve_checkpoint
 from .config import SAMPLE_RANGES
 from .corpus import Vocab
-from .errors import CharrnnError, UsageError, as_flag
+from .errors import CharrnnError, UsageError, as_flag, computes_nan
 from .cells import CELLS
 from .kernels.generate import CODES, generate, offsets_table, teacher_force
 from .model import Layout, ModelSpec
@@ -141,8 +141,7 @@ class Sampler:
                             uniforms, self.params, self.offs, self.cell, float(temperature), top_k,
                             float(top_p), self.blas)
         if last < 0:  # never a text chosen among NaN
-            raise CharrnnError("the model computes NaN or Inf; its parameters are broken (a diverged run?): "
-                               "sample an earlier checkpoint")
+            raise computes_nan("sample", on="")
         return out
 
 

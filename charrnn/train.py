@@ -682,7 +682,7 @@ def _corpus_to_resume(meta, cfg, inputs, run_dir):
         try:
             corpus = _read_corpus(inputs, cfg.encoding, cfg.doc_sep)
         except NotText as e:  # its advice (another --encoding) is no choice on resume
-            raise CharrnnError(f"{str(e).split('; ')[0]}: it is not the text this run was trained on; give the files "
+            raise CharrnnError(f"{e.reason}: it is not the text this run was trained on; give the files "
                                "it read") from None
         if corpus.info()["sha256"] != saved["sha256"]:
             raise CharrnnError(f"{' '.join(map(str, inputs))} is not the text this run was trained on (its SHA-256 "
@@ -701,7 +701,7 @@ def _corpus_to_resume(meta, cfg, inputs, run_dir):
     try:
         corpus = _read_corpus(stored, cfg.encoding, cfg.doc_sep)
     except NotText as e:  # its advice (another --encoding) is no choice on resume
-        raise CharrnnError(f"{str(e).split('; ')[0]}: it has changed since this run read it; resume with the text "
+        raise CharrnnError(f"{e.reason}: it has changed since this run read it; resume with the text "
                            "it was trained on") from None
     now = {f["path"]: f for f in corpus.files}
     for old in saved.get("files", []):  # by path: a file that became a link to another is read once, not twice

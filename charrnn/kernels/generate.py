@@ -185,12 +185,17 @@ def select(logits, probs, order, temperature, top_k, top_p, u):
         top_p < 1:  of those, keep the smallest most-probable-first prefix whose probability
                     reaches top_p of their total (nucleus sampling, Holtzman et al. 2019)
     and draw from what is kept, renormalised, by inverting its cumulative sum at u.
-    order (V,) is scratch for the ranking."""
+    order (V,) is scratch for the ranking. -1 if a logit is NaN or Inf (a broken model): no
+    choice among them means anything."""
     V = logits.shape[0]
     best = 0
+    finite = abs(logits[0]) < np.inf  # false for NaN too
     for v in range(1, V):
+        finite &= abs(logits[v]) < np.inf
         if logits[v] > logits[best]:
             best = v
+    if not finite:
+        return -1
     if temperature == 0.0:
         return best
     m = logits[best]
@@ -276,17 +281,9 @@ def generate(out_ids, h, c, xg, hg, z, probs, order, first_id, uniforms, params,
     for t in range(out_ids.shape[0]):
         _step(h, c, xg, hg, x_id, params, offs, cell, V, blas)
         _logits(z, h[L - 1], params, offs, blas)
-        if not _all_finite(z):
+        x_id = select(z, probs, order, temperature, top_k, top_p, uniforms[t])
+        if x_id < 0:  # a broken model (select)
             out_ids[t:] = -1
             return -1
-        x_id = select(z, probs, order, temperature, top_k, top_p, uniforms[t])
         out_ids[t] = x_id
     return x_id
-
-
-@kernel
-def _all_finite(z):
-    for v in range(z.shape[0]):
-        if not (abs(z[v]) < np.inf):  # false for NaN too
-            return False
-    return True
