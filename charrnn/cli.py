@@ -631,7 +631,7 @@ def gradflow(
     import json
 
     from . import gradflow as gf
-    from .corpus import read_ids
+    from .corpus import NotText, read_ids
     from .outputs import PNG, check_output
     from .plot import require_pyplot
 
@@ -676,9 +676,9 @@ def gradflow(
     # a byte or two a character, never the text as a string; as the trained model reads text
     try:
         ids, chars = read_ids(corpus, trained.encoding if trained else "utf-8")
-    except CharrnnError as e:  # the reader's advice names train's --encoding, which gradflow has not
-        raise CharrnnError(str(e).split("; ")[0] + "; gradflow reads --corpus as UTF-8 (a checkpoint's text as "
-                           "it was trained): give a UTF-8 text file") from None
+    except NotText as e:  # the reader's advice names train's --encoding, which gradflow has not
+        raise NotText(e.reason, "gradflow reads --corpus as UTF-8 (a checkpoint's text as it was trained): give a "
+                      "UTF-8 text file") from None
     if trained is None and len(chars) < 2:
         raise CharrnnError(f"{corpus} holds only {len(chars)} distinct character(s); a fresh model needs at least 2")
     with err.status("measuring gradient flow (the first run compiles the kernels)..."):

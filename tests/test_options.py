@@ -227,6 +227,9 @@ def test_gradflow_and_gradcheck_say_what_they_cannot_do(tmp_path):
          f"{ones} holds only 1 distinct character(s); a fresh model needs at least 2"),
         # it advised --encoding latin-1, which gradflow has not
         (["gradflow", *small, "--corpus", str(latin)], CharrnnError, "; gradflow reads --corpus as UTF-8"),
+        # a missing file was told the same: "does not exist; gradflow reads --corpus as UTF-8 ..."
+        (["gradflow", *small, "--corpus", str(tmp_path / "missing.txt")], CharrnnError,
+         f"{tmp_path / 'missing.txt'} does not exist; check the path"),
         # --radius rescaled the reservoir --spectral-radius had set, and u drawn within --u-max
         (["gradflow", *small, "--cell", "esn", "--spectral-radius", "0.5", "--radius", "2"], UsageError,
          "--radius rescales the esn recurrence that --spectral-radius sets; give one of them"),
