@@ -240,9 +240,15 @@ def train(
         else:
             with _TrainProgress(trainer) as progress:
                 summary = trainer.run(progress.update)
+    except KeyboardInterrupt:
+        if trainer.stopping_now:  # a second stop signal
+            err.print(trainer.stopped_at_once(), highlight=False)
+        raise
     except Interrupted as e:
-        err.print(f"interrupted at update {trainer.step}; saved {e.path}. Continue with: "
-                  f"charrnn train --resume {trainer.run_dir}", highlight=False)
+        when, then = ((f"in the test after update {trainer.step}, the last", "Test it with") if e.untested
+                      else (f"at update {trainer.step}", "Continue with"))
+        err.print(f"interrupted {when}; saved {e.path}. {then}: charrnn train --resume {trainer.run_dir}",
+                  highlight=False)
         raise typer.Exit(130)
     val, test = summary["val_loss"], summary["test_loss"]
     val_said = (f"val loss {val:.4f} nats ({val / math.log(2):.3f} bits/char), best {summary['best_val_loss']:.4f}"
@@ -259,10 +265,17 @@ class _TrainProgress:
 
     def __init__(self, trainer):
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.text import Text
+
+        class Step(TextColumn):
+            def render(self, task):  # read as the display refreshes: a stop signal shows at once
+                if trainer.signalled:
+                    return Text("stopping after this update (Ctrl-C again: now)", style="bold")
+                return super().render(task)
 
         self.trainer = trainer
         self.progress = Progress(
-            TextColumn("[bold]{task.fields[step]}"), BarColumn(bar_width=20),
+            Step("[bold]{task.fields[step]}"), BarColumn(bar_width=20),
             TextColumn("ep {task.fields[epoch]:.2f}  loss {task.fields[loss]}  val {task.fields[val]}  "
                        "{task.fields[chars]} ch/s  clip {task.fields[clip]}"),
             TimeRemainingColumn(), console=err.console, transient=False)

@@ -13,8 +13,12 @@ LN2 = math.log(2.0)
 WARMUP = 200  # characters each stream reads, uncounted, before its own text
 
 
+class Abandoned(Exception):
+    """evaluate()'s `stop` asked it to end before the text was read."""
+
+
 def evaluate(spec: ModelSpec, params: np.ndarray, ids: np.ndarray, batch=32, window=100, max_chars=0,
-             warmup=WARMUP, part=(0, 1)):
+             warmup=WARMUP, part=(0, 1), stop=None):
     """Mean loss in nats per character over every prediction in `ids`, and how many there were.
 
     The text is cut into `batch` contiguous streams and read `window` steps at a time, the state
@@ -29,15 +33,20 @@ def evaluate(spec: ModelSpec, params: np.ndarray, ids: np.ndarray, batch=32, win
     default) are what make the models this figure is for meet zero states at many contexts.
 
     part=(r, R): read only the r-th of R contiguous shares of the streams (a rank's, under MPI);
-    the first value is then that share's part of the mean, and the R parts sum to the mean."""
+    the first value is then that share's part of the mean, and the R parts sum to the mean.
+
+    stop: called after each window, by every rank as often (it may agree across ranks); when it
+    returns true the reading ends there, raising Abandoned."""
     if max_chars:
         ids = ids[: max_chars + 1]
     streams = EvalStreams(ids, batch)
     rows = share(streams.batch, *part)
     lo, hi = rows.start, rows.stop
-    if hi == lo:  # more ranks than streams: nothing for this one
-        return 0.0, streams.count
     window = evaluation_shape(ids.size, batch, window)[1]
+    if hi == lo:  # more ranks than streams: nothing for this one to read, but its part in every stop
+        for _ in range(0, streams.stream_length, window):
+            _check(stop)
+        return 0.0, streams.count
     stack = Stack(spec, hi - lo, window, params.dtype)
     stack.set_state(0, _warm_state(spec, params, ids, streams, warmup, lo, hi))
     total = 0.0
@@ -48,7 +57,13 @@ def evaluate(spec: ModelSpec, params: np.ndarray, ids: np.ndarray, batch=32, win
         stack.forward(params, 0, n)
         total += stack.loss(params, 0, n)
         stack.set_state(0, stack.get_state(n))
+        _check(stop)
     return total / streams.count, streams.count
+
+
+def _check(stop):
+    if stop is not None and stop():
+        raise Abandoned
 
 
 def first_warm(lo):

@@ -27,7 +27,7 @@ from .config import (LOG_STARTS, METRICS_FILE, MODEL_SETTINGS, OLDER_CHECKPOINTS
 from .corpus import (Corpus, NotText, Streams, Vocab, default_corpus, fit_batch_and_window, read_corpus, shown_text,
                      split, streams_held)
 from .errors import CharrnnError, UsageError, file_in_the_way, flag, os_error_message
-from .evaluate import bits, evaluate
+from .evaluate import Abandoned, bits, evaluate
 from .model import ModelSpec, Stack, init_params, transplant
 from .optim import Optimizer, clip_by_norm, clip_by_value, learning_rate
 from .runlock import RunLock
@@ -46,11 +46,12 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SI
 
 
 class Interrupted(Exception):
-    """Ctrl-C, SIGTERM or SIGUSR1 during training, after the latest checkpoint was saved."""
+    """Ctrl-C, SIGTERM or SIGUSR1 during training, after the latest checkpoint was saved; with
+    `untested`, in the test after the last update (a resume tests it)."""
 
-    def __init__(self, path):
+    def __init__(self, path, untested=False):
         super().__init__(f"interrupted; saved {path}")
-        self.path = path
+        self.path, self.untested = path, untested
 
 
 class MetricsLog:
@@ -395,11 +396,16 @@ class Trainer:
             return math.nan
         return self._evaluate(self.val_ids, self.cfg.eval_chars)
 
-    def _evaluate(self, ids, max_chars=0):
+    def _evaluate(self, ids, max_chars=0, stop=None):
         """Mean loss on `ids`; under MPI each rank reads its share of the streams."""
         part, _ = evaluate(self.spec, self.params, ids, self.cfg.batch, self.cfg.k1, max_chars,
-                           part=(self.world.rank, self.world.size))
+                           part=(self.world.rank, self.world.size), stop=stop)
         return self.world.sum_float(part)
+
+    def _stopping(self) -> bool:
+        """Whether a stop signal came to any rank (every rank asks at the same point)."""
+        self._agree()
+        return self.stop_requested
 
     def _agree(self):
         """Whether to stop, and under MPI rank 0's clock, the same on every rank before they decide
@@ -472,7 +478,11 @@ class Trainer:
                     raise Interrupted(path)
             test = math.nan
             if len(self.test_ids) >= 2:
-                test = self._evaluate(self.test_ids)
+                try:  # a stop now ends it at once: the last update was saved above, the resume tests it
+                    test = self._evaluate(self.test_ids, stop=self._stopping)
+                except Abandoned:
+                    self.world.stop_together()
+                    raise Interrupted(self.run_dir / "latest.npz", untested=True) from None
                 log.write({"kind": "test", "step": self.step, "loss": test, "bpc": bits(test)})
             return {"steps": self.step, "epochs": self.epoch(), "val_loss": self.last_val,
                     "stopped_by": self._reached(self._limits(), how_far=False),
@@ -557,6 +567,19 @@ class Trainer:
         log = MetricsLog(self.run_dir / METRICS_FILE, "w" if self.fresh else "a")
         self.fresh = False
         return log
+
+    def stopped_at_once(self) -> str:
+        """In words, where a second stop signal, which ends the run wherever it is, left it: the
+        checkpoint that a resume of the folder goes on from."""
+        for name in ("latest", "best"):  # as resolve_checkpoint picks for a resume
+            path = self.run_dir / f"{name}.npz"
+            try:
+                step = load_checkpoint(path, schema=TRAINING_META)[1]["step"]
+            except (CharrnnError, OSError):
+                continue
+            return (f"stopped at once after update {self.step}; {path} holds update {step}. Continue with: "
+                    f"charrnn train --resume {self.run_dir}")
+        return f"stopped at once after update {self.step}; nothing was saved yet"
 
     def _on_stop_signal(self, signum, frame):
         if self.signalled:  # a second signal: stop now, whatever the state

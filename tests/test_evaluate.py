@@ -21,3 +21,28 @@ def test_warm_streams_reproduce_one_long_stream():
     assert n_one == 4000 and n_warm == n_cold == 8 * 500
     assert abs(warm - one) < 1e-12
     assert abs(cold - one) > 1e-5
+
+
+def test_every_share_asks_stop_as_often_and_a_true_answer_ends_the_reading():
+    # under MPI `stop` agrees across ranks, so each must ask it as often, a rank without streams too
+    import pytest
+
+    from charrnn.evaluate import Abandoned
+
+    rng = np.random.default_rng(1)
+    spec = ModelSpec("gru", 7, 8, 1)
+    params = init_params(spec, rng, np.float64)
+    ids = rng.integers(0, 7, 3 * 45 + 1).astype(np.int32)  # 3 streams of 45: windows of 10, 10, 10, 10, 5
+    whole, count = evaluate(spec, params, ids, batch=3, window=10, warmup=0)
+    parts, asked = [], []
+    for rank in range(5):  # ranks 3 and 4 have no stream
+        calls = []
+        parts.append(evaluate(spec, params, ids, batch=3, window=10, warmup=0, part=(rank, 5),
+                              stop=lambda: calls.append(1) and False)[0])
+        asked.append(len(calls))
+    assert asked == [5] * 5
+    assert abs(sum(parts) - whole) < 1e-12 and count == 135
+    calls = []
+    with pytest.raises(Abandoned):
+        evaluate(spec, params, ids, batch=3, window=10, warmup=0, stop=lambda: calls.append(1) or len(calls) == 2)
+    assert len(calls) == 2

@@ -361,7 +361,43 @@ def test_a_second_ctrl_c_inside_a_callback_of_c_code_still_stops_at_once(corpus,
     code, stderr = main_exits(monkeypatch, capsys, "train", corpus, "--hidden", "8", "--batch", "2", "--k1", "8",
                               "--max-steps", "3", "--out-dir", tmp_path, "--run", "r", "-q")
     assert code == 130 and "Exception ignored" not in stderr and "interrupted at update" not in stderr, stderr
+    assert stderr.splitlines() == ["stopped at once after update 0; nothing was saved yet"]
     assert not (tmp_path / "r" / "latest.npz").exists()  # stopped at once, nothing saved
+
+
+def test_the_progress_bar_says_at_once_that_a_stop_came(corpus, tmp_path):
+    # nothing showed that Ctrl-C was taken until the update (or a long validation) ended
+    from charrnn.train import Trainer
+
+    trainer = Trainer(TrainConfig(corpus=str(corpus), hidden=8, batch=4, k1=8, k2=8, out_dir=str(tmp_path), run="r"),
+                      tmp_path / "r", say=lambda *_: None)
+    with cli._TrainProgress(trainer) as progress:
+        progress.update(trainer, None)
+        task, step = progress.progress.tasks[0], progress.progress.columns[0]
+        assert str(step.render(task)) == "step 0"
+        trainer._on_stop_signal(signal.SIGINT, None)  # read as the display next refreshes
+        assert str(step.render(task)) == "stopping after this update (Ctrl-C again: now)"
+
+
+def test_a_second_ctrl_c_names_the_checkpoint_a_resume_goes_on_from(corpus, tmp_path, monkeypatch, capsys):
+    # it ended with exit 130 and no word: whether anything was saved, and where, was for the user to find
+    from charrnn.train import Trainer
+
+    update = Trainer.update
+
+    def stopped_twice(self):
+        if self.step == 4:  # latest.npz holds update 3 (--checkpoint-every 3)
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return update(self)
+
+    monkeypatch.setattr(Trainer, "update", stopped_twice)
+    code, stderr = main_exits(monkeypatch, capsys, "train", corpus, *TINY, "--max-steps", "9", "--checkpoint-every", "3",
+                              "--out-dir", tmp_path, "--run", "r", "-q")
+    run_dir = tmp_path / "r"
+    assert code == 130 and stderr.splitlines() == [
+        f"stopped at once after update 4; {run_dir / 'latest.npz'} holds update 3. Continue with: charrnn train "
+        f"--resume {run_dir}"], stderr
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1 on this system")
@@ -374,7 +410,7 @@ def test_a_second_stop_made_to_arrive_again_never_outlives_the_run(corpus, tmp_p
     code = f"""
 import ctypes, ctypes.util, os, signal, time
 from charrnn.config import TrainConfig
-from charrnn.train import Trainer
+from charrnn.train import Interrupted, Trainer
 libc = ctypes.CDLL(ctypes.util.find_library("c"))
 compare = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
 def twice(a, b):
@@ -384,15 +420,15 @@ def twice(a, b):
     return 0
 calling_back = compare(twice)
 evaluate = Trainer._evaluate
-def evaluate_calling_back(self, ids, max_chars=0):
+def evaluate_calling_back(self, ids, max_chars=0, stop=None):
     if ids is self.test_ids:
         libc.qsort((ctypes.c_int * 2)(), 2, ctypes.sizeof(ctypes.c_int), calling_back)
-    return evaluate(self, ids, max_chars)
+    return evaluate(self, ids, max_chars, stop)
 Trainer._evaluate = evaluate_calling_back
 cfg = TrainConfig(corpus=[{str(corpus)!r}], hidden=8, batch=2, k1=8, k2=8, max_steps=2, time_limit=0)
 try:
     Trainer(cfg, {str(tmp_path / "r")!r}, say=lambda *a: None).run()
-except KeyboardInterrupt:
+except (KeyboardInterrupt, Interrupted):
     pass
 time.sleep(0.5)
 print("went on", flush=True)

@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -504,6 +505,56 @@ def test_a_run_stopped_at_its_last_update_before_its_test_resumes_to_test(corpus
     r = run_cli("train", "--resume", str(tmp_path / "r"), "-q")
     assert r.returncode == 0 and "done: 5 updates" in r.stdout, r.stderr
     assert json.loads(log.read_text().splitlines()[-1])["kind"] == "test"
+
+
+def _stop_in_the_final_test(monkeypatch):
+    """Ctrl-C arrives as the final test starts reading; returns how many windows it read."""
+    import charrnn.train as train_module
+
+    read, evaluate = [], train_module.evaluate
+
+    def signalled_while_testing(*args, stop=None, **kw):
+        if stop is None:  # a validation
+            return evaluate(*args, **kw)
+        signal.raise_signal(signal.SIGINT)
+        return evaluate(*args, stop=lambda: read.append(1) or stop(), **kw)
+
+    monkeypatch.setattr(train_module, "evaluate", signalled_while_testing)
+    return read
+
+
+def test_a_stop_in_the_final_test_ends_it_at_once_and_the_resume_tests_it(corpus, tmp_path, monkeypatch):
+    # the test was read to its end (a large text's test takes minutes), then the run said done, exit 0
+    settings = dict(test_fraction=0.45, max_steps=5)  # a test of 8 windows
+    straight = Trainer(config(corpus, tmp_path / "a", **settings), tmp_path / "a" / "r", say=lambda *_: None)
+    want = straight.run()["test_loss"]
+    read = _stop_in_the_final_test(monkeypatch)
+    trainer = Trainer(config(corpus, tmp_path / "b", **settings), tmp_path / "b" / "r", say=lambda *_: None)
+    with pytest.raises(Interrupted) as stopped:
+        trainer.run()
+    assert stopped.value.untested and stopped.value.path == tmp_path / "b" / "r" / "latest.npz"
+    assert read == [1]  # the window it was reading when the signal came
+    assert load_checkpoint(stopped.value.path)[1]["step"] == 5
+    log = tmp_path / "b" / "r" / "metrics.jsonl"
+    assert all(json.loads(line)["kind"] != "test" for line in log.read_text().splitlines())
+    monkeypatch.undo()
+    summary = Trainer.resume(tmp_path / "b" / "r", say=lambda *_: None).run()
+    assert summary["steps"] == 5 and json.loads(log.read_text().splitlines()[-1])["kind"] == "test"
+    assert summary["test_loss"] == want  # what the run would have said
+
+
+def test_the_command_line_says_to_resume_a_run_stopped_in_its_final_test(corpus, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from charrnn.cli import app
+
+    _stop_in_the_final_test(monkeypatch)
+    r = CliRunner().invoke(app, ["train", str(corpus), "--hidden", "12", "--batch", "4", "--k1", "8", "--k2", "8",
+                                 "--test-fraction", "0.45", "--max-steps", "3", "--out-dir", str(tmp_path), "--run", "r",
+                                 "-q"])
+    assert r.exit_code == 130, r.output
+    assert (f"interrupted in the test after update 3, the last; saved {tmp_path / 'r' / 'latest.npz'}. Test it with: "
+            f"charrnn train --resume {tmp_path / 'r'}") in r.output
 
 
 def test_a_lower_limit_on_resume_is_refused_even_before_the_test(corpus, tmp_path):
