@@ -234,22 +234,20 @@ def train(
         if note:
             err.print(Text(note, style="dim"))
     _set_up()
-    try:
-        if quiet:
-            summary = trainer.run()
-        else:
-            with _TrainProgress(trainer) as progress:
-                summary = trainer.run(progress.update)
-    except KeyboardInterrupt:
-        if trainer.stopping_now:  # a second stop signal
-            err.print(trainer.stopped_at_once(), highlight=False)
-        raise
-    except Interrupted as e:
-        when, then = ((f"in the test after update {trainer.step}, the last", "Test it with") if e.untested
-                      else (f"at update {trainer.step}", "Continue with"))
-        err.print(f"interrupted {when}; saved {e.path}. {then}: charrnn train --resume {trainer.run_dir}",
-                  highlight=False)
-        raise typer.Exit(130)
+    with _stops_once_taken_ignored(trainer):
+        try:
+            if quiet:
+                summary = trainer.run()
+            else:
+                with _TrainProgress(trainer) as progress:
+                    summary = trainer.run(progress.update)
+        except KeyboardInterrupt:
+            if trainer.stopping_now:  # a second stop signal
+                err.print(trainer.stopped_line(at_once=True), highlight=False)
+            raise
+        except Interrupted:
+            err.print(trainer.stopped_line(), highlight=False)
+            raise typer.Exit(130)
     val, test = summary["val_loss"], summary["test_loss"]
     val_said = (f"val loss {val:.4f} nats ({val / math.log(2):.3f} bits/char), best {summary['best_val_loss']:.4f}"
                 if cfg.val_fraction else "no validation text (--val-fraction 0)")
@@ -257,6 +255,30 @@ def train(
     out.print(f"done: {summary['steps']} updates, {summary['epochs']:.2f} epochs, {summary['elapsed']:.0f} s, "
               f"{summary['train_chars_per_sec']:,.0f} chars/s, stopped by {' and '.join(summary['stopped_by'])}; "
               f"{val_said}; {test_said}; checkpoints in {summary['run_dir']}", highlight=False)
+
+
+@contextmanager
+def _stops_once_taken_ignored(trainer):
+    """Around Trainer.run and the line that ends it: Ctrl-C and SIGUSR1 are ignored once the run
+    has taken a stop (it saved, or ends at once), so that a quick second or third one cannot cut
+    off that line (run() gives the signals back before it, and the progress bar closes between);
+    before the run takes them over, they end the command as they did."""
+    from .distributed import StopsHeld
+
+    before = {s: signal.getsignal(s) for s in StopsHeld.SIGNALS}
+
+    def stop(signum, frame):
+        if not trainer.signalled:
+            before[signum](signum, frame)
+
+    for s, handler in before.items():
+        if callable(handler):
+            signal.signal(s, stop)
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 class _TrainProgress:
@@ -270,7 +292,7 @@ class _TrainProgress:
         class Step(TextColumn):
             def render(self, task):  # read as the display refreshes: a stop signal shows at once
                 if trainer.signalled:
-                    return Text("stopping after this update (Ctrl-C again: now)", style="bold")
+                    return Text("stopping (Ctrl-C again: at once)", style="bold")
                 return super().render(task)
 
         self.trainer = trainer

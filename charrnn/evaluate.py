@@ -35,7 +35,7 @@ def evaluate(spec: ModelSpec, params: np.ndarray, ids: np.ndarray, batch=32, win
     part=(r, R): read only the r-th of R contiguous shares of the streams (a rank's, under MPI);
     the first value is then that share's part of the mean, and the R parts sum to the mean.
 
-    stop: called after each window, by every rank as often (it may agree across ranks); when it
+    stop: called before each window, by every rank as often (it may agree across ranks); when it
     returns true the reading ends there, raising Abandoned."""
     if max_chars:
         ids = ids[: max_chars + 1]
@@ -43,21 +43,21 @@ def evaluate(spec: ModelSpec, params: np.ndarray, ids: np.ndarray, batch=32, win
     rows = share(streams.batch, *part)
     lo, hi = rows.start, rows.stop
     window = evaluation_shape(ids.size, batch, window)[1]
-    if hi == lo:  # more ranks than streams: nothing for this one to read, but its part in every stop
-        for _ in range(0, streams.stream_length, window):
+    if hi == lo:  # more ranks than streams: no rows to read, but a part in every stop
+        for _ in streams.windows(window, rows):  # (windows of no rows: as many as the others')
             _check(stop)
         return 0.0, streams.count
     stack = Stack(spec, hi - lo, window, params.dtype)
     stack.set_state(0, _warm_state(spec, params, ids, streams, warmup, lo, hi))
     total = 0.0
     for inputs, targets in streams.windows(window, rows):
+        _check(stop)
         n = inputs.shape[0]
         stack.ids[:n] = inputs
         stack.targets[:n] = targets
         stack.forward(params, 0, n)
         total += stack.loss(params, 0, n)
         stack.set_state(0, stack.get_state(n))
-        _check(stop)
     return total / streams.count, streams.count
 
 

@@ -170,6 +170,7 @@ class Trainer:
         self.stop_requested = False  # whether to stop after this update: agreed by every rank under MPI
         self.fresh = True  # False once the run folder holds this run (resumed, or run() started)
         self.lock = None  # the run folder's RunLock while this trainer reads or writes it
+        self.resumable = None  # (path, update) of the checkpoint a resume goes on from; None: none yet
         self._sampler = None  # made at the first sample
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -229,6 +230,9 @@ class Trainer:
         checkpoint = self._checkpoint()
         if checkpoint is not None:
             save_checkpoint(path, *checkpoint)
+        # a resume of the folder takes latest.npz, or without one best.npz (resolve_checkpoint)
+        if name == "latest" or self.resumable is None or self.resumable[0] == path:
+            self.resumable = (path, self.step)
         return path
 
     @classmethod
@@ -299,6 +303,7 @@ class Trainer:
         self.last_val = _from_json_float(meta["metrics"]["last_val"])
         self.last_val_step = meta["metrics"].get("last_val_step")  # older checkpoints: not known
         self.saved_limits = saved_limits
+        self.resumable = (path, self.step)
         return self
 
     def _reached(self, limits: dict, how_far=True) -> list[str]:
@@ -415,7 +420,8 @@ class Trainer:
 
     def run(self, progress=None):
         """Train until a stopping rule fires. Returns a summary dict. A stop signal (STOP_SIGNALS)
-        saves and raises Interrupted; a NaN or Inf stops with a CharrnnError and leaves the last
+        saves and raises Interrupted (in the test after the last update, saved already, at once:
+        Interrupted.untested); a NaN or Inf stops with a CharrnnError and leaves the last
         checkpoint."""
         cfg = self.cfg
         cfg.check_stopping()  # a config built in Python may not have been validated
@@ -482,7 +488,7 @@ class Trainer:
                     test = self._evaluate(self.test_ids, stop=self._stopping)
                 except Abandoned:
                     self.world.stop_together()
-                    raise Interrupted(self.run_dir / "latest.npz", untested=True) from None
+                    raise Interrupted(self.resumable[0], untested=True) from None
                 log.write({"kind": "test", "step": self.step, "loss": test, "bpc": bits(test)})
             return {"steps": self.step, "epochs": self.epoch(), "val_loss": self.last_val,
                     "stopped_by": self._reached(self._limits(), how_far=False),
@@ -568,18 +574,26 @@ class Trainer:
         self.fresh = False
         return log
 
-    def stopped_at_once(self) -> str:
-        """In words, where a second stop signal, which ends the run wherever it is, left it: the
-        checkpoint that a resume of the folder goes on from."""
-        for name in ("latest", "best"):  # as resolve_checkpoint picks for a resume
-            path = self.run_dir / f"{name}.npz"
-            try:
-                step = load_checkpoint(path, schema=TRAINING_META)[1]["step"]
-            except (CharrnnError, OSError):
-                continue
-            return (f"stopped at once after update {self.step}; {path} holds update {step}. Continue with: "
-                    f"charrnn train --resume {self.run_dir}")
-        return f"stopped at once after update {self.step}; nothing was saved yet"
+    def stopped_line(self, at_once=False) -> str:
+        """The last line of a run that a stop signal ended: where, the checkpoint holding what it
+        keeps, and the command that goes on from there, or tests it (a run stopped in its test,
+        where the first signal ends it at once, or before it). at_once: a second signal, which
+        ends the run wherever it is, saving nothing more."""
+        if self.resumable is None:
+            return f"stopped at once after update {self.step}; nothing was saved yet"
+        path, step = self.resumable
+        untested = step == self.step and self.ended() and len(self.test_ids) >= 2
+        try:  # the folder itself where a resume of it takes this checkpoint
+            folder_takes = resolve_checkpoint(self.run_dir, prefer="latest") == path
+        except CharrnnError:
+            folder_takes = False
+        then = (f"{'Test it' if untested else 'Continue'} with: charrnn train --resume "
+                f"{self.run_dir if folder_takes else path}")
+        if at_once:
+            return f"stopped at once after update {self.step}; {path} holds update {step}. {then}"
+        if untested:
+            return f"interrupted in the test after update {self.step}, the last; {path} holds it. {then}"
+        return f"interrupted at update {self.step}; saved {path}. {then}"
 
     def _on_stop_signal(self, signum, frame):
         if self.signalled:  # a second signal: stop now, whatever the state

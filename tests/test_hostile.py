@@ -376,7 +376,42 @@ def test_the_progress_bar_says_at_once_that_a_stop_came(corpus, tmp_path):
         task, step = progress.progress.tasks[0], progress.progress.columns[0]
         assert str(step.render(task)) == "step 0"
         trainer._on_stop_signal(signal.SIGINT, None)  # read as the display next refreshes
-        assert str(step.render(task)) == "stopping after this update (Ctrl-C again: now)"
+        assert str(step.render(task)) == "stopping (Ctrl-C again: at once)"
+
+
+def test_a_stop_once_the_run_has_taken_one_cannot_cut_off_its_last_line(corpus, tmp_path, monkeypatch, capsys):
+    # a second Ctrl-C or SIGUSR1 just after the first ended the run (the progress bar closing, the
+    # line being written) raised KeyboardInterrupt there: exit 130 and no line (seen under mpiexec)
+    from charrnn.train import Trainer
+
+    line = Trainer.stopped_line
+
+    def stopped_again_while_said(self, at_once=False):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
+        return line(self, at_once)
+
+    monkeypatch.setattr(Trainer, "stopped_line", stopped_again_while_said)
+    update = Trainer.update
+
+    def stopped(self):
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return update(self)
+
+    monkeypatch.setattr(Trainer, "update", stopped)
+    code, stderr = main_exits(monkeypatch, capsys, "train", corpus, *TINY, "--max-steps", "9", "--out-dir", tmp_path,
+                              "--run", "s", "-q")
+    assert code == 130 and stderr.splitlines() == [
+        f"interrupted at update 3; saved {tmp_path / 's' / 'latest.npz'}. Continue with: charrnn train --resume "
+        f"{tmp_path / 's'}"], stderr
+    # and before the run takes a stop, one ends the command at once, as it did
+    before = signal.getsignal(signal.SIGINT)
+    taken = type("Run", (), {"signalled": False})()
+    with pytest.raises(KeyboardInterrupt), cli._stops_once_taken_ignored(taken):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_a_second_ctrl_c_names_the_checkpoint_a_resume_goes_on_from(corpus, tmp_path, monkeypatch, capsys):

@@ -543,18 +543,47 @@ def test_a_stop_in_the_final_test_ends_it_at_once_and_the_resume_tests_it(corpus
     assert summary["test_loss"] == want  # what the run would have said
 
 
+def test_a_second_stop_in_the_final_test_says_to_test_the_saved_model(corpus, tmp_path, monkeypatch):
+    import charrnn.train as train_module
+
+    evaluate = train_module.evaluate
+
+    def stopped_twice_while_testing(*args, stop=None, **kw):
+        if stop is not None:
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+        return evaluate(*args, stop=stop, **kw)
+
+    monkeypatch.setattr(train_module, "evaluate", stopped_twice_while_testing)
+    trainer = Trainer(config(corpus, tmp_path, test_fraction=0.45, max_steps=5), tmp_path / "r", say=lambda *_: None)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    assert trainer.stopping_now and trainer.stopped_line(at_once=True) == (
+        f"stopped at once after update 5; {tmp_path / 'r' / 'latest.npz'} holds update 5. Test it with: charrnn train "
+        f"--resume {tmp_path / 'r'}")  # it said "Continue with"
+
+
 def test_the_command_line_says_to_resume_a_run_stopped_in_its_final_test(corpus, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from charrnn.cli import app
 
-    _stop_in_the_final_test(monkeypatch)
+    read = _stop_in_the_final_test(monkeypatch)
     r = CliRunner().invoke(app, ["train", str(corpus), "--hidden", "12", "--batch", "4", "--k1", "8", "--k2", "8",
                                  "--test-fraction", "0.45", "--max-steps", "3", "--out-dir", str(tmp_path), "--run", "r",
                                  "-q"])
     assert r.exit_code == 130, r.output
-    assert (f"interrupted in the test after update 3, the last; saved {tmp_path / 'r' / 'latest.npz'}. Test it with: "
+    assert (f"interrupted in the test after update 3, the last; {tmp_path / 'r' / 'latest.npz'} holds it. Test it with: "
             f"charrnn train --resume {tmp_path / 'r'}") in r.output
+    # a resume that only tests, of a checkpoint renamed in a folder of its own, stopped in its test:
+    # it named latest.npz, which is not there, as saved
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "r" / "latest.npz").rename(tmp_path / "copy" / "update3.npz")
+    read.clear()
+    r = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "copy" / "update3.npz"), "-q"])
+    assert r.exit_code == 130 and read == [1], r.output
+    assert (f"interrupted in the test after update 3, the last; {tmp_path / 'copy' / 'update3.npz'} holds it. Test "
+            f"it with: charrnn train --resume {tmp_path / 'copy' / 'update3.npz'}") in r.output
 
 
 def test_a_lower_limit_on_resume_is_refused_even_before_the_test(corpus, tmp_path):
