@@ -121,7 +121,7 @@ EVAL_RANGES = {
 DIAGNOSTIC_RANGES = {
     "seed": RANGES["seed"],
     "tolerance": Range(0),
-    "radius": Range(0),
+    "radius": Range(0, 100),  # as IndRNN's --u-max, a bound on what it rescales
     "forget_bias": Range(),  # any finite value
 }
 

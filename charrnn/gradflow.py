@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import memory
 from .cells import CELLS
 from .corpus import Vocab
 from .errors import CharrnnError
@@ -252,11 +253,11 @@ def run(ids, chars, cells=None, trained=None, hidden=64, layers=1, seed=0, radiu
     """Measure fresh models (one per cell, knowing the text's characters) or a trained one
     (checkpoint_model) on the text whose ids of the characters `chars` corpus.read_ids gives
     (read in the trained model's encoding); a list of Flow."""
-    if trained is not None:
-        models = [trained]
-    else:
-        vocab = Vocab(chars)
-        models = [fresh_model(c, vocab, hidden, layers, seed, options) for c in cells]
+    vocab = None if trained is not None else Vocab(chars)
+    specs = [trained.spec] if trained is not None else [ModelSpec(c, vocab.size, hidden, layers, options) for c in cells]
+    sizes = "--batch, --max-k or --windows" if trained is not None else "--hidden, --layers, --batch, --max-k or --windows"
+    memory.require(memory.gradflow_needs(specs, batch, max_k, windows), "this measurement", f"use a smaller {sizes}")
+    models = [trained] if trained is not None else [fresh_model(c, vocab, hidden, layers, seed, options) for c in cells]
     flows = []
     for m in models:
         if radius is not None:

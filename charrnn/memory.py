@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cells import CELLS
 from .errors import CharrnnError
 from .evaluate import WARMUP, first_warm
 from .model import Layout, ModelSpec, Stack
@@ -62,6 +63,23 @@ def evaluation_needs(spec: ModelSpec, batch: int, window: int, dtype, rows=None)
     warm = hi - first_warm(lo)
     warming = Stack.nbytes(spec, warm, WARMUP, dtype) if warm > 0 else 0
     return {"window buffers": Stack.nbytes(spec, hi - lo, window, dtype) + warming}
+
+
+def gradflow_needs(specs, batch: int, max_k: int, windows: int) -> dict:
+    """Bytes gradflow.run allocates to measure the models `specs` in float64: every model's
+    parameters (all are made first), and for the largest, measured one at a time, the windows of
+    text drawn (gradflow.sample_windows: int32 ids, taken by an int64 index), a window's buffers,
+    and the gradients of parameters and of states (gradflow.state_gradients; their norms take
+    the squares as large again), and the copies saturation_counts makes of a layer's gates and
+    tanh units (their saved layout turned to (T, B, H) each, and a test of each)."""
+    f64, T = np.dtype(np.float64).itemsize, max_k + 1
+    return {
+        "parameters": sum(Layout(s).size for s in specs) * f64,
+        "windows of text": windows * (2 * T + 1) * batch * (np.dtype(np.int32).itemsize + np.dtype(np.int64).itemsize),
+        "window buffers": max(Stack.nbytes(s, batch, T, np.float64) for s in specs),
+        "gradients": max((Layout(s).size + 2 * s.layers * T * batch * s.hidden) * f64 for s in specs),
+        "copies of activations": max(2 * T * batch * (CELLS[s.cell].gates + 1) * s.hidden * f64 for s in specs),
+    }
 
 
 def require(needs: dict, what: str, advice: str):

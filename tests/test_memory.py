@@ -132,3 +132,43 @@ def test_ranks_on_one_machine_need_the_model_each_and_their_own_streams():
     rank_of_32 = memory.training_needs(spec, cfg, streams=1)
     assert rank_of_32["window buffers"] > alone["window buffers"]
     assert {k: 2 * v for k, v in half.items()} == pair
+
+
+GRADFLOW_TEXT = "the quick brown fox jumps over the lazy dog " * 400
+
+
+@pytest.mark.parametrize("cells, H, L, B, K, W", [(["lstm"], 64, 2, 8, 50, 3), (["rnn", "gru", "lstm"], 32, 1, 4, 100, 20),
+                                                  (["rnn"], 8, 1, 64, 100, 300),
+                                                  (["peephole", "gru-cho", "esn", "leaky", "indrnn"], 48, 2, 8, 60, 2)])
+def test_gradflows_estimate_holds_what_it_allocates(cells, H, L, B, K, W):
+    from charrnn import gradflow
+
+    chars = sorted(set(GRADFLOW_TEXT))
+    ids = np.array([chars.index(c) for c in GRADFLOW_TEXT], np.int32)
+    measure = lambda: gradflow.run(ids, chars, cells=cells, hidden=H, layers=L, max_k=K, windows=W, batch=B)
+    measure()  # the kernels loaded
+    need = sum(memory.gradflow_needs([ModelSpec(c, len(chars), H, L) for c in cells], B, K, W).values())
+    tracemalloc.start()
+    try:
+        measure()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert 0.6 * need < peak <= need
+
+
+def test_a_gradflow_too_large_is_refused_before_allocating(tmp_path):
+    # --hidden 4096 --layers 16 (both in range) grew until the kernel's out-of-memory killer ended it
+    from charrnn import gradflow
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(CharrnnError, match=r"this measurement needs about [\d,.]+ GiB of memory \(parameters "
+                                               r"[\d,.]+ GiB, .*\), but [\d,.]+ .iB is available; use a smaller "
+                                               r"--hidden, --layers, --batch, --max-k or --windows"):
+            gradflow.run(np.zeros(100, np.int32), ["a", "b"], cells=["lstm"], hidden=4096, layers=16, max_k=1, windows=1,
+                         batch=1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20  # the parameters alone would be 17 GB
