@@ -659,7 +659,8 @@ def few_streams_line(batch: int, ranks: int, n_threads: int) -> str | None:
 
 def fine_tune_settings(checkpoint, given: dict) -> dict:
     """The settings of a run that fine-tunes `checkpoint` (a file or a run folder, its best):
-    the model's cell, sizes and cell options, its encoding unless `given` names one, and
+    the model's cell, sizes and cell options, the encoding `given` names (by default bytes for
+    a bytes model, else UTF-8), and
     init_from, the checkpoint's absolute path. A UsageError if `given` (the settings the user
     set) asks for another model."""
     from .sampling import load_model
@@ -675,7 +676,9 @@ def fine_tune_settings(checkpoint, given: dict) -> dict:
         reads = "bytes" if encoding == "bytes" else "characters"
         raise UsageError(f"--init-from {checkpoint} reads {reads} (--encoding {encoding}), as a fine-tuned run must "
                          f"too; leave out --encoding {given['encoding']}")
-    settings["encoding"] = given.get("encoding") or encoding
+    # a model of characters reads its new text as any run does (UTF-8 by default): its own
+    # --encoding latin-1 said how its old text was stored, and would read a UTF-8 text garbled
+    settings["encoding"] = given.get("encoding") or ("bytes" if encoding == "bytes" else "utf-8")
     settings["init_from"] = str(model.path.resolve())
     return settings
 

@@ -185,3 +185,22 @@ def test_a_fine_tune_s_text_that_is_no_utf8_is_not_advised_to_be_read_as_bytes(t
     with pytest.raises(CharrnnError) as e:
         fine_tuned(tmp_path / "base" / "r", latin, tmp_path)
     assert str(e.value).endswith("re-save it as UTF-8, or pass --encoding latin-1 (any byte file)"), str(e.value)
+
+
+def test_a_latin1_model_reads_its_new_text_as_utf8_unless_told(texts, tmp_path):
+    # the model's --encoding latin-1 was inherited: a UTF-8 text read so, "Ã©" for "é", exit 0
+    old, _ = texts
+    train_steps(config(old, tmp_path / "base", encoding="latin-1"), tmp_path / "base" / "r", 2)
+    greek = tmp_path / "greek.txt"
+    greek.write_text("αβγ δέλτα café\n" * 40, encoding="utf-8")
+    trainer = fine_tuned(tmp_path / "base" / "r", greek, tmp_path)
+    assert trainer.cfg.encoding == "utf-8" and {"α", "é"} <= set(trainer.vocab.chars) and "Ã" not in trainer.vocab.chars
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"caf\xe9 " * 50)
+    with pytest.raises(CharrnnError, match="pass --encoding latin-1"):  # said, not guessed
+        fine_tuned(tmp_path / "base" / "r", latin, tmp_path / "b")
+    told = fine_tuned(tmp_path / "base" / "r", latin, tmp_path / "c", given={"encoding": "latin-1"})
+    assert told.cfg.encoding == "latin-1" and "é" in told.vocab.chars
+    # a bytes model's ids are bytes: its new text is read as bytes
+    train_steps(config(old, tmp_path / "bytes", encoding="bytes"), tmp_path / "bytes" / "r", 2)
+    assert fine_tune_settings(tmp_path / "bytes" / "r", {})["encoding"] == "bytes"
