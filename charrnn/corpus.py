@@ -492,7 +492,7 @@ def list_files(inputs) -> tuple[list[Path], list[str]]:
     by path (component by component, by code point: the same on every machine, whatever order
     the file system lists them in). Inside folders, hidden files and folders (a name starting
     with '.', such as .git), the logs of charrnn's runs (`train .` beside checkpoints/) and what
-    is not a regular file are left out. A file met twice is
+    is not a regular file are left out. A file met twice (by any name: a link, a hard link) is
     read once, where it first appears. A link to a file is read as the file; a link to a folder
     is not followed (as find and grep -r do not: it may lead up the tree, or round in a loop),
     and is counted in the notes; name its folder to read it. A folder inside that cannot be
@@ -502,10 +502,10 @@ def list_files(inputs) -> tuple[list[Path], list[str]]:
     walked = set()  # the folders read, links followed: one given twice is read once
     for given in map(Path, inputs):
         if given.is_dir():
-            if _real(given) in walked:
+            if _identity(given) in walked:
                 repeated.append(str(given))
                 continue
-            walked.add(_real(given))
+            walked.add(_identity(given))
             found = []
 
             def unreadable(e: OSError, top=str(given)):
@@ -534,7 +534,7 @@ def list_files(inputs) -> tuple[list[Path], list[str]]:
         else:
             found = [given]  # a missing or unreadable file says so when it is read
         for path in found:
-            key = _real(path)
+            key = _identity(path)
             if key in seen:
                 repeated.append(str(path))
                 continue
@@ -579,6 +579,17 @@ def _real(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
+def _identity(path: Path):
+    """What a file or folder is, whatever the name it is reached by (a link, a hard link, a bind
+    mount): its device and inode; where it cannot be looked at, its path with links followed
+    (a link that loops stays as it is, for reading it to say so)."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return _real(path)
+    return found.st_dev, found.st_ino
+
+
 def _some(names, n=3) -> str:
     return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
@@ -594,7 +605,7 @@ def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP, model: str | None = N
     encoding = check_encoding(encoding)
     inputs = [Path(p) for p in inputs]
     files, notes = list_files(inputs)
-    named = {_real(p) for p in inputs}
+    named = {_identity(p) for p in inputs}
     # As many ids as the files have bytes is an upper bound: a character takes at least one byte.
     encoder = _Encoder(sum(_size(p) for p in files) + len(doc_sep) * max(len(files) - 1, 0))
     text_hash = hashlib.sha256()
@@ -609,7 +620,7 @@ def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP, model: str | None = N
                 raise CharrnnError(f"the text before {path} already fills this machine's memory; give less "
                                    "text") from None
             text_hash.update(doc_sep.encode("utf-8", "surrogatepass"))
-        given = _real(path) in named  # not found inside a folder
+        given = _identity(path) in named  # not found inside a folder
         try:
             # inside a folder, a file with a NUL byte is no text (an image, a .pyc) in any encoding
             chars, sha = _read_document(path, encoding, encoder, text_hash, nul_is_binary=not given)

@@ -37,6 +37,15 @@ ORDER = ["b.txt", "notes/B.txt", "notes/a b.txt", "notes/sub/deeper/y.txt", "not
          "a.txt"]
 
 
+def test_a_file_met_again_by_a_hard_link_is_read_once(tree):
+    # a hard link (a backup tree of links, say) was read a second time: its text in the training
+    # part twice, and perhaps in the validation and test parts too
+    os.link(tree / "a.txt", tree / "notes" / "a copy.txt")
+    files, notes = list_files([tree / "a.txt", tree / "notes"])
+    assert tree / "notes" / "a copy.txt" not in files and files[0] == tree / "a.txt"
+    assert f"read once each: {tree / 'notes' / 'a copy.txt'} (met twice)" in notes
+
+
 def test_files_come_in_the_order_given_and_folders_sorted_by_path(tree, monkeypatch):
     inputs = [tree / "b.txt", tree / "notes", tree / "a.txt", tree / "notes" / "z.txt"]  # z.txt a second time
     files, notes = list_files(inputs)
