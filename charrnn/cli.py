@@ -40,8 +40,22 @@ class _Console:
             self._console = Console(**self._options)
         return self._console
 
+    def print(self, *args, **kw):
+        try:
+            self.console.print(*args, **kw)
+        except OSError as e:
+            if self._options.get("stderr") or isinstance(e, BrokenPipeError):  # (a reader gone: _printing)
+                raise
+            raise _not_written(e) from None
+
     def __getattr__(self, name):
         return getattr(self.console, name)
+
+
+def _not_written(e: OSError) -> CharrnnError:
+    """A write to standard output that failed (a full disk, `> /dev/full`): said of stdout, as
+    the error alone would read as if a checkpoint could not be written."""
+    return CharrnnError(f"cannot write to standard output: {os_error_message(e)}")
 
 
 # markup=False: run names, paths and messages print as they are, brackets and all; styled
@@ -413,6 +427,9 @@ def _printing(newline_on_interrupt=False):
         # nothing left to flush: send what is still buffered nowhere
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(1)
+    except OSError as e:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (as above: not again at exit)
+        raise _not_written(e) from None
     except KeyboardInterrupt:
         if newline_on_interrupt:
             sys.stdout.write("\n")

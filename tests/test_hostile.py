@@ -80,6 +80,26 @@ def test_metrics_on_a_full_disk(corpus, tmp_path):
     assert "metrics.jsonl" in line and "No space left on device" in line
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("command", ["train", "sample", "eval", "eval --per-line"])
+def test_standard_output_on_a_full_disk_is_named(command, corpus, tmp_path):
+    # "No space left on device; free some disk space" and nothing more: after a run whose
+    # checkpoints were all written, it read as if they had not been
+    if command != "train":
+        assert run_cli("train", corpus, *TINY, "--max-steps", "2", "--out-dir", tmp_path, "--run", "m",
+                       "-q").returncode == 0
+    args = {"train": ["train", corpus, *TINY, "--max-steps", "2", "--out-dir", tmp_path, "--run", "r", "-q"],
+            "sample": ["sample", tmp_path / "m", "--length", "20"], "eval": ["eval", tmp_path / "m", corpus],
+            "eval --per-line": ["eval", tmp_path / "m", corpus, "--per-line"]}[command]
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "charrnn", *map(str, args)], stdout=full, stderr=subprocess.PIPE,
+                           text=True, env=dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="300"), timeout=300)
+    assert r.returncode == 1
+    assert one_line(r.stderr) == "error: cannot write to standard output: No space left on device; free some disk space"
+    if command == "train":
+        assert load_checkpoint(tmp_path / "r" / "latest.npz")[1]["step"] == 2
+
+
 def test_a_folder_that_cannot_be_written(corpus, tmp_path, monkeypatch, capsys):
     # root ignores permission bits, so the refusal is simulated where the run folder is made
     def refuse(self, *a, **kw):
