@@ -259,40 +259,50 @@ def train(
             if trainer.stopping_now:  # a second stop signal
                 err.print(trainer.stopped_line(at_once=True), highlight=False)
             raise
-        except Interrupted:
-            err.print(trainer.stopped_line(), highlight=False)
+        except Interrupted as e:
+            err.print(trainer.stopped_line(in_test=e.untested), highlight=False)
             raise typer.Exit(130)
     val, test = summary["val_loss"], summary["test_loss"]
     val_said = (f"val loss {val:.4f} nats ({val / math.log(2):.3f} bits/char), best {summary['best_val_loss']:.4f}"
                 if cfg.val_fraction else "no validation text (--val-fraction 0)")
     test_said = f"test {test:.4f} nats ({test / math.log(2):.3f} bits/char)" if not math.isnan(test) else "no test text"
+    speed = (f"{summary['train_chars_per_sec']:,.0f} chars/s" if summary["train_chars_per_sec"] is not None else
+             "no speed measured (one update, which loads the kernels)" if summary["updates"] else "no update to train")
     out.print(f"done: {summary['steps']} updates, {summary['epochs']:.2f} epochs, {summary['elapsed']:.0f} s, "
-              f"{summary['train_chars_per_sec']:,.0f} chars/s, stopped by {' and '.join(summary['stopped_by'])}; "
+              f"{speed}, stopped by {' and '.join(summary['stopped_by'])}; "
               f"{val_said}; {test_said}; checkpoints in {summary['run_dir']}", highlight=False)
 
 
 @contextmanager
 def _stops_once_taken_ignored(trainer):
-    """Around Trainer.run and the line that ends it: Ctrl-C and SIGUSR1 are ignored once the run
+    """Around Trainer.run and the line that ends it: the stop signals are ignored once the run
     has taken a stop (it saved, or ends at once), so that a quick second or third one cannot cut
     off that line (run() gives the signals back before it, and the progress bar closes between);
-    before the run takes them over, they end the command as they did."""
-    from .distributed import StopsHeld
+    before the run takes them over, they end the command as they did (SIGTERM by the system's
+    default: sent again, to itself)."""
+    from .train import STOP_SIGNALS
 
-    before = {s: signal.getsignal(s) for s in StopsHeld.SIGNALS}
+    before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
 
     def stop(signum, frame):
-        if not trainer.signalled:
-            before[signum](signum, frame)
+        if trainer.signalled:
+            return
+        handler = before[signum]
+        if callable(handler):
+            handler(signum, frame)
+        else:
+            signal.signal(signum, handler)
+            os.kill(os.getpid(), signum)
 
     for s, handler in before.items():
-        if callable(handler):
+        if handler == signal.SIG_DFL or callable(handler):  # (None: set outside Python, left as it is)
             signal.signal(s, stop)
     try:
         yield
     finally:
         for s, handler in before.items():
-            signal.signal(s, handler)
+            if handler is not None:
+                signal.signal(s, handler)
 
 
 class _TrainProgress:
@@ -303,17 +313,22 @@ class _TrainProgress:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
         from rich.text import Text
 
-        class Step(TextColumn):
-            def render(self, task):  # read as the display refreshes: a stop signal shows at once
-                if trainer.signalled:
-                    return Text("stopping (Ctrl-C again: at once)", style="bold")
-                return super().render(task)
+        class UntilStopped(TextColumn):
+            """Its text until a stop signal comes, then `stopping`: read as the display refreshes,
+            so that a stop shows at once (the figures make room for it on a narrow terminal)."""
+
+            def __init__(self, text_format, stopping=""):
+                super().__init__(text_format)
+                self.stopping = Text(stopping, style="bold")
+
+            def render(self, task):
+                return self.stopping if trainer.signalled else super().render(task)
 
         self.trainer = trainer
         self.progress = Progress(
-            Step("[bold]{task.fields[step]}"), BarColumn(bar_width=20),
-            TextColumn("ep {task.fields[epoch]:.2f}  loss {task.fields[loss]}  val {task.fields[val]}  "
-                       "{task.fields[chars]} ch/s  clip {task.fields[clip]}"),
+            UntilStopped("[bold]{task.fields[step]}", "stopping (Ctrl-C again: at once)"), BarColumn(bar_width=20),
+            UntilStopped("ep {task.fields[epoch]:.2f}  loss {task.fields[loss]}  val {task.fields[val]}  "
+                         "{task.fields[chars]} ch/s  clip {task.fields[clip]}"),
             TimeRemainingColumn(), console=err.console, transient=False)
         self.fields = {"step": "compiling kernels...", "epoch": 0.0, "loss": "-", "val": "-", "chars": "-", "clip": "-"}
 
@@ -749,7 +764,8 @@ def gradflow(
     if png is not None:
         gf.write_png(flows, png)
     if json_out:
-        typer.echo(json.dumps(gf.to_json(flows, max_k, windows, batch, str(corpus), seed)))
+        with _printing():
+            typer.echo(json.dumps(gf.to_json(flows, max_k, windows, batch, str(corpus), seed)))
         return
     out.print(gf.chart(flows))
     out.print(gf.table(flows, max_k))

@@ -484,7 +484,7 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def list_files(inputs) -> tuple[list[Path], list[str]]:
+def list_files(inputs, once=True) -> tuple[list[Path], list[str]]:
     """The files that `inputs` (files and folders) name, in reading order, and notes on what was
     left out.
 
@@ -497,7 +497,9 @@ def list_files(inputs) -> tuple[list[Path], list[str]]:
     is not followed (as find and grep -r do not: it may lead up the tree, or round in a loop),
     and is counted in the notes; name its folder to read it. A folder inside that cannot be
     listed (no permission: lost+found at the top of a disk) is left out with a note naming it;
-    a folder given that cannot be listed is an error, as a file given that cannot be read is."""
+    a folder given that cannot be listed is an error, as a file given that cannot be read is.
+    once=False: every file given is read where it is given, as a resume reads the files a run
+    read (one that read a hard link twice, before files were told apart by device and inode)."""
     files, seen, hidden, special, linked, repeated, empty, unlisted, logs = [], set(), 0, 0, 0, [], [], [], []
     walked = set()  # the folders read, links followed: one given twice is read once
     for given in map(Path, inputs):
@@ -535,7 +537,7 @@ def list_files(inputs) -> tuple[list[Path], list[str]]:
             found = [given]  # a missing or unreadable file says so when it is read
         for path in found:
             key = _identity(path)
-            if key in seen:
+            if once and key in seen:
                 repeated.append(str(path))
                 continue
             seen.add(key)
@@ -587,24 +589,24 @@ def _identity(path: Path):
         found = os.stat(path)
     except OSError:
         return _real(path)
-    return found.st_dev, found.st_ino
+    return (found.st_dev, found.st_ino) if found.st_ino else _real(path)  # (0: a file system without inodes)
 
 
 def _some(names, n=3) -> str:
     return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
-def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP, model: str | None = None) -> Corpus:
+def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP, model: str | None = None, once=True) -> Corpus:
     """The text of files and folders (list_files says which, in what order), the documents joined
     by doc_sep, as ids. A file named in `inputs` must be text; a file found inside a folder that
     is empty, binary (a NUL byte, in any encoding) or not valid UTF-8 is left out with a note.
-    model: the encoding of the trained model the text is for, if any (for_model).
+    model: the encoding of the trained model the text is for, if any (for_model). once: list_files'.
 
     The files are read and encoded CHUNK_BYTES at a time, so the peak memory is the ids (one or
     two bytes a character) and a few pieces; the SHA-256 of the whole text is computed alongside."""
     encoding = check_encoding(encoding)
     inputs = [Path(p) for p in inputs]
-    files, notes = list_files(inputs)
+    files, notes = list_files(inputs, once)
     named = {_identity(p) for p in inputs}
     # As many ids as the files have bytes is an upper bound: a character takes at least one byte.
     encoder = _Encoder(sum(_size(p) for p in files) + len(doc_sep) * max(len(files) - 1, 0))
@@ -839,13 +841,16 @@ def _split_ok(n: int, fractions) -> bool:
     return all(size >= 2 for size, f in zip(sizes, fractions) if f > 0)
 
 
+_BEYOND_ANY_TEXT = 2**62  # characters: a split that needs more (--val-fraction 1e-300) says "more than"
+
+
 def _min_split_chars(fractions) -> int:
     # A part of fraction f gets >= 2 characters once n*f >= 1.5; start there and step up.
     n = MIN_CORPUS_CHARS
     for f in fractions:
         if f > 0:
-            n = max(n, math.ceil(1.5 / f) - 1)
-    while not _split_ok(n, fractions):
+            n = max(n, math.ceil(min(1.5 / f, _BEYOND_ANY_TEXT)) - 1)  # (1.5 / 5e-324 is inf)
+    while n < _BEYOND_ANY_TEXT and not _split_ok(n, fractions):
         n += 1
     return n
 
@@ -885,10 +890,9 @@ def split(ids, fractions=(0.9, 0.05, 0.05), *, name: str = "the corpus"):
         advice = ("use a longer text" if not any(fr[1:]) or n < MIN_CORPUS_CHARS else
                   "use a longer text, or give each of the validation and test fractions (--val-fraction, "
                   "--test-fraction) 0, for no such part, or enough for 2 characters")
-        raise CharrnnError(
-            f"{name} has {n:,} characters; a {shown} train/val/test split needs at least {need:,} "
-            f"(2 per part); {advice}"
-        )
+        need = f"at least {need:,}" if need < _BEYOND_ANY_TEXT - 1 else f"more than {_BEYOND_ANY_TEXT - 1:.1e}"
+        raise CharrnnError(f"{name} has {n:,} characters; a {shown} train/val/test split needs {need} (2 per part); "
+                           f"{advice}")
     n_train, n_val, _ = _split_sizes(n, fr)
     return ids[:n_train], ids[n_train : n_train + n_val], ids[n_train + n_val :]
 
@@ -901,6 +905,13 @@ def streams_held(n_train: int, window: int) -> int:
     """The most streams a text of n_train characters holds with _WINDOWS_PER_STREAM windows of
     `window` steps each: what fit_batch_and_window shrinks a batch to."""
     return n_train // ((window + 1) * _WINDOWS_PER_STREAM)
+
+
+def window_reach(n_train: int, batch: int, k1: int) -> int:
+    """The most steps a kept window (--k2) can hold on `batch` streams of n_train characters: a
+    stream's steps in an epoch, read k1 at a time (Streams.next skips a tail shorter than k1, and
+    the window starts afresh as the text wraps)."""
+    return (n_train - 1) // batch // k1 * k1
 
 
 def fit_batch_and_window(n_train: int, batch: int, window: int, ranks: int = 1) -> tuple[int, int, str | None]:

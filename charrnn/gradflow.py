@@ -217,7 +217,8 @@ def measure(model: Model, ids, max_k: int, windows: int, batch: int, seed: int) 
                 old = sat[l].get(name, (0, 0))
                 sat[l][name] = (old[0] + s, old[1] + n)
         g = state_gradients(stack, params, max_k)  # (L, K+1, B, H)
-        norm_sum += np.linalg.norm(g, axis=3).sum(axis=2)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflowing gradient is said by the caller
+            norm_sum += np.linalg.norm(g, axis=3).sum(axis=2)
     norms = norm_sum / (windows * batch)
     radii = [{name: spectral_radius(m) for name, m in blocks.items()}
              for blocks in recurrent_blocks(spec, params)]
@@ -253,9 +254,12 @@ def run(ids, chars, cells=None, trained=None, hidden=64, layers=1, seed=0, radiu
     """Measure fresh models (one per cell, knowing the text's characters) or a trained one
     (checkpoint_model) on the text whose ids of the characters `chars` corpus.read_ids gives
     (read in the trained model's encoding); a list of Flow."""
-    vocab = None if trained is not None else Vocab(chars)
-    specs = [trained.spec] if trained is not None else [ModelSpec(c, vocab.size, hidden, layers, options) for c in cells]
-    sizes = "--batch, --max-k or --windows" if trained is not None else "--hidden, --layers, --batch, --max-k or --windows"
+    if trained is not None:
+        specs, sizes = [trained.spec], "--batch, --max-k or --windows"
+    else:
+        vocab = Vocab(chars)
+        specs = [ModelSpec(c, vocab.size, hidden, layers, options) for c in cells]
+        sizes = "--hidden, --layers, --batch, --max-k or --windows"
     memory.require(memory.gradflow_needs(specs, batch, max_k, windows), "this measurement", f"use a smaller {sizes}")
     models = [trained] if trained is not None else [fresh_model(c, vocab, hidden, layers, seed, options) for c in cells]
     flows = []

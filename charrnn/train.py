@@ -25,7 +25,7 @@ from .config import (LOG_STARTS, METRICS_FILE, MODEL_SETTINGS, OLDER_CHECKPOINTS
                      TrainConfig, check_init_overrides, check_resume_overrides, check_schedule_options,
                      resolved_u_max)
 from .corpus import (Corpus, NotText, Streams, Vocab, default_corpus, fit_batch_and_window, read_corpus, shown_text,
-                     split, streams_held)
+                     split, streams_held, window_reach)
 from .errors import CharrnnError, UsageError, file_in_the_way, flag, os_error_message
 from .evaluate import Abandoned, bits, evaluate
 from .model import ModelSpec, Stack, init_params, transplant
@@ -139,11 +139,17 @@ class Trainer:
             ids, (1.0 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction),
             name=corpus.name)
         batch, k1, notice = fit_batch_and_window(len(self.train_ids), cfg.batch, cfg.k1, self.world.size)
+        k2 = k1 if notice and k1 != cfg.k1 and cfg.k2 == cfg.k1 else cfg.k2  # keep the classic scheme classic
+        reach = window_reach(len(self.train_ids), batch, k1)
+        if k2 > reach and not resuming:  # (a resumed run keeps the window its checkpoint holds)
+            k2 = reach  # steps kept beyond it would be saved in every checkpoint, and never read
+        if k2 != cfg.k2:
+            change = f"--k2 {cfg.k2} -> {k2}" + (" (a stream's steps in an epoch)" if k2 == reach else "")
+            notice = f"{notice}, {change}" if notice else \
+                f"corpus is small ({len(self.train_ids):,} training characters): {change}"
         if notice:
-            if k1 != cfg.k1 and cfg.k2 == cfg.k1:  # keep the classic scheme classic
-                notice, cfg.k2 = f"{notice}, --k2 {cfg.k2} -> {k1}", k1
             say(notice)
-            cfg.batch, cfg.k1 = batch, k1
+            cfg.batch, cfg.k1, cfg.k2 = batch, k1, k2
         self.spec = ModelSpec(cfg.cell, self.vocab.size, cfg.hidden, cfg.layers, cfg.cell_options())
         rows = self.world.rows(cfg.batch, resumed=resuming)  # this rank's streams (all, in one process)
         memory.require(memory.training_needs(self.spec, cfg, rows.stop - rows.start, self.world.node_size),
@@ -343,6 +349,9 @@ class Trainer:
         """One k1/k2 update. Returns (mean loss in nats, gradient norm before clipping, whether
         clipping fired, the learning rate used)."""
         cfg, stack, sched = self.cfg, self.stack, self.sched
+        # where the schedule is as the update starts, for every rule alike: an epoch's progress
+        # read after the update's characters would give the last update of an --epochs run a rate of 0
+        progress = self.done_fraction()
         wrapped = self.streams.next(cfg.k1, *sched.inputs(stack), rows=stack.rows)  # under MPI, this rank's streams
         if wrapped or self.fresh_start():  # a new epoch (the text jumped back to the start), or a fresh start
             sched.reset(stack)
@@ -358,7 +367,7 @@ class Trainer:
             raise CharrnnError(f"training diverged at update {self.step + 1}: the loss is {loss} and the gradient "
                                f"norm {norm}; {kept}; try {advice}")
         clipped_values = clip_by_value(self.grads, cfg.clip_value)
-        lr = learning_rate(cfg.lr, self.step, self.done_fraction(), schedule=cfg.schedule, decay=cfg.lr_decay,
+        lr = learning_rate(cfg.lr, self.step, progress, schedule=cfg.schedule, decay=cfg.lr_decay,
                            decay_every=cfg.decay_every, warmup=cfg.warmup,
                            decay_start=cfg.decay_start)
         self.opt.step(self.params, self.grads, lr, stack.layout.segments)
@@ -440,7 +449,6 @@ class Trainer:
         chars_per_update = cfg.k1 * cfg.batch
         train_time = 0.0  # time in updates only, for the throughput figure
         updates = 0  # of this session: a resumed run's earlier ones took no part of train_time
-        first_dt = None  # the session's first update, which loads (or compiles) the kernels: no speed
         try:
             if starting and cfg.init_from:  # where fine-tuning starts: the trained model on the new text
                 self._validate(log, progress)
@@ -450,23 +458,13 @@ class Trainer:
                 loss, norm, clipped, lr = self.update()
                 dt = time.perf_counter() - t0
                 updates += 1
-                if updates == 1:
-                    first_dt = dt
-                else:
+                if updates > 1:  # the session's first loads (or compiles) the kernels: no speed
                     train_time += dt
                 self.elapsed += dt
                 self._agree()
                 window_stats.append((loss, norm, clipped, dt if updates > 1 else None))
                 if self.step % LOG_EVERY == 0 or self.ended():
-                    losses, norms, clips, dts = zip(*window_stats)
-                    timed = [d for d in dts if d is not None]
-                    record = {"kind": "train", "step": self.step, "epoch": round(self.epoch(), 4),
-                              "loss": float(np.mean(losses)), "bpc": bits(float(np.mean(losses))),
-                              "grad_norm": float(np.mean(norms)), "clipped": float(np.mean(clips)),
-                              "lr": lr, "chars_per_sec": chars_per_update * len(timed) / sum(timed) if timed else None,
-                              "time": round(self.elapsed, 3)}
-                    log.write(record)
-                    window_stats = []
+                    record = self._log_updates(log, window_stats, lr)
                     if progress:
                         progress(self, record)
                 end = self.ended()
@@ -479,6 +477,8 @@ class Trainer:
                 if self.step % cfg.checkpoint_every == 0 or self.ended():
                     self.save("latest")
                 if self.stop_requested:  # every rank, at this update
+                    if window_stats:  # the updates since the last record: the resume's next one starts after them
+                        self._log_updates(log, window_stats, lr)
                     path = self.save("latest")
                     self.world.stop_together()
                     raise Interrupted(path)
@@ -493,8 +493,10 @@ class Trainer:
             return {"steps": self.step, "epochs": self.epoch(), "val_loss": self.last_val,
                     "stopped_by": self._reached(self._limits(), how_far=False),
                     "best_val_loss": self.best_val, "test_loss": test, "elapsed": self.elapsed,
-                    "train_chars_per_sec": (chars_per_update * (updates - 1) / max(train_time, 1e-9) if updates > 1
-                                            else updates and chars_per_update / max(first_dt, 1e-9)),
+                    "updates": updates,  # of this session
+                    # None for a session of one update, which loads the kernels: no speed to say
+                    "train_chars_per_sec": chars_per_update * (updates - 1) / max(train_time, 1e-9) if updates > 1
+                    else None,
                     "run_dir": str(self.run_dir)}
         finally:
             try:
@@ -505,6 +507,20 @@ class Trainer:
                 sys.unraisablehook = self._unraisable_before
                 log.close()
                 lock.release()
+
+    def _log_updates(self, log, window_stats, lr):
+        """Write the record of the updates since the last one, window_stats (loss, gradient norm,
+        whether clipped, seconds or None for the update that loaded the kernels), and empty it."""
+        losses, norms, clips, dts = zip(*window_stats)
+        timed = [d for d in dts if d is not None]
+        chars = self.cfg.k1 * self.cfg.batch * len(timed)
+        record = {"kind": "train", "step": self.step, "epoch": round(self.epoch(), 4),
+                  "loss": float(np.mean(losses)), "bpc": bits(float(np.mean(losses))),
+                  "grad_norm": float(np.mean(norms)), "clipped": float(np.mean(clips)),
+                  "lr": lr, "chars_per_sec": chars / sum(timed) if timed else None, "time": round(self.elapsed, 3)}
+        log.write(record)
+        window_stats.clear()
+        return record
 
     def _validate(self, log, progress):
         """Measure the validation loss, log it, and save best.npz if it is the best so far."""
@@ -574,26 +590,27 @@ class Trainer:
         self.fresh = False
         return log
 
-    def stopped_line(self, at_once=False) -> str:
+    def stopped_line(self, at_once=False, in_test=False) -> str:
         """The last line of a run that a stop signal ended: where, the checkpoint holding what it
-        keeps, and the command that goes on from there, or tests it (a run stopped in its test,
-        where the first signal ends it at once, or before it). at_once: a second signal, which
-        ends the run wherever it is, saving nothing more."""
+        keeps, and the command that goes on from there, or tests it (a run stopped at its last
+        update, or in its test: Interrupted.untested). at_once: a second signal, which ends the
+        run wherever it is, saving nothing more."""
         if self.resumable is None:
             return f"stopped at once after update {self.step}; nothing was saved yet"
         path, step = self.resumable
-        untested = step == self.step and self.ended() and len(self.test_ids) >= 2
+        at_end = step == self.step and self.ended()  # a resume has only the test left to do, if any
         try:  # the folder itself where a resume of it takes this checkpoint
             folder_takes = resolve_checkpoint(self.run_dir, prefer="latest") == path
         except CharrnnError:
             folder_takes = False
-        then = (f"{'Test it' if untested else 'Continue'} with: charrnn train --resume "
-                f"{self.run_dir if folder_takes else path}")
+        resume = f"charrnn train --resume {self.run_dir if folder_takes else path}"
+        then = (f"Continue with: {resume}" if not at_end else
+                f"Test it with: {resume}" if len(self.test_ids) >= 2 else "The run is complete.")
         if at_once:
             return f"stopped at once after update {self.step}; {path} holds update {step}. {then}"
-        if untested:
+        if in_test:
             return f"interrupted in the test after update {self.step}, the last; {path} holds it. {then}"
-        return f"interrupted at update {self.step}; saved {path}. {then}"
+        return f"interrupted at update {self.step}{', the last' if at_end else ''}; saved {path}. {then}"
 
     def _on_stop_signal(self, signum, frame):
         if self.signalled:  # a second signal: stop now, whatever the state
@@ -694,13 +711,13 @@ def _load_init(cfg):
     return model
 
 
-def _read_corpus(inputs, encoding, doc_sep, model=None):
+def _read_corpus(inputs, encoding, doc_sep, model=None, once=True):
     """read_corpus; under MPI once a machine, by its first rank, whose ids the machine's other
     ranks map (distributed.Mpi.node_shared): one copy of the text a machine, not one a rank."""
     world = distributed.world()
 
     def read():
-        corpus = read_corpus(inputs, encoding, doc_sep, model)
+        corpus = read_corpus(inputs, encoding, doc_sep, model, once)
         return corpus.ids, (corpus.chars, corpus.sha256, corpus.files, corpus.notes)
 
     ids, (chars, sha256, files, notes), why_not = world.node_shared(read)
@@ -738,13 +755,13 @@ def _corpus_to_resume(meta, cfg, inputs, run_dir):
         if other is not None:
             raise CharrnnError(f"{other}, part of the text this run was trained on, is no longer a regular file; "
                                f"give the text again after --resume (charrnn train --resume {run_dir} FILE...)")
-    try:
-        corpus = _read_corpus(stored, cfg.encoding, cfg.doc_sep)
+    try:  # the files it read, each where it read it (a file twice, if it did: each is checked below)
+        corpus = _read_corpus(stored, cfg.encoding, cfg.doc_sep, once=not saved.get("files"))
     except NotText as e:  # its advice (another --encoding) is no choice on resume
         raise CharrnnError(f"{e.reason}: it has changed since this run read it; resume with the text "
                            "it was trained on") from None
     now = {f["path"]: f for f in corpus.files}
-    for old in saved.get("files", []):  # by path: a file that became a link to another is read once, not twice
+    for old in saved.get("files", []):  # by path: a file that became a link to another is read as that file
         if old["path"] not in now:
             raise CharrnnError(f"{old['path']} is no longer a file of its own (a link to another file of the text?); "
                                f"resume with the text this run was trained on")

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -519,3 +520,12 @@ def test_a_split_too_small_advises_what_can_help():
     with pytest.raises(CharrnnError, match=r"give each of the validation and test fractions \(--val-fraction, "
                                            r"--test-fraction\) 0, for no such part, or enough for 2 characters$"):
         split(np.arange(5000) % 3, (0.9999, 0.0001, 0.0))
+
+
+@pytest.mark.parametrize("fraction, need", [(5e-324, "more than 4.6e+18"), (1e-300, "more than 4.6e+18"),
+                                            (1e-10, "at least 15,000,000,000")])
+def test_a_fraction_too_small_for_any_text_is_said_so(fraction, need):
+    # 5e-324: "internal error (OverflowError: cannot convert float infinity to integer)"; 1e-300:
+    # a figure of 300 digits
+    with pytest.raises(CharrnnError, match=re.escape(f"needs {need} (2 per part)")):
+        split(np.arange(6000) % 3, (0.95 - fraction, fraction, 0.05))

@@ -46,3 +46,18 @@ def test_every_share_asks_stop_as_often_and_a_true_answer_ends_the_reading():
     with pytest.raises(Abandoned):
         evaluate(spec, params, ids, batch=3, window=10, warmup=0, stop=lambda: calls.append(1) or len(calls) == 2)
     assert len(calls) == 2
+
+
+def test_a_stop_that_comes_while_the_last_window_is_read_keeps_the_finished_reading(monkeypatch):
+    # stop was asked after each window: one coming in the last threw the whole reading away
+    from charrnn.model import Stack
+
+    rng = np.random.default_rng(2)
+    spec = ModelSpec("rnn", 7, 8, 1)
+    params = init_params(spec, rng, np.float64)
+    ids = rng.integers(0, 7, 3 * 45 + 1).astype(np.int32)  # 5 windows of 10, 10, 10, 10, 5 steps
+    whole = evaluate(spec, params, ids, batch=3, window=10, warmup=0)
+    read, forward = [], Stack.forward
+    monkeypatch.setattr(Stack, "forward", lambda *a, **kw: (read.append(1), forward(*a, **kw))[1])
+    # the signal comes as the last window is read: any ask after that sees it
+    assert evaluate(spec, params, ids, batch=3, window=10, warmup=0, stop=lambda: len(read) == 5) == whole

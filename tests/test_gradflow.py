@@ -324,3 +324,18 @@ def test_a_checkpoints_corpus_ids_drop_what_it_does_not_know():
     model_vocab = Vocab("abcdefghijklmnopqrstuvwxyz ")
     ids, dropped = gf.corpus_ids(file_vocab.encode(text).astype(np.uint8), file_vocab.chars, model_vocab)
     assert ids.dtype == np.uint8 and np.array_equal(ids, model_vocab.encode_skip_unknown(text)[0]) and dropped == 2
+
+
+def test_a_gradient_that_overflows_is_said_in_one_line_without_numpys_warnings(tmp_path):
+    # --radius 100 (in range): four "RuntimeWarning: overflow encountered" lines from numpy's norm
+    # came before the error
+    import subprocess
+    from pathlib import Path
+
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog\n" * 100, encoding="utf-8")
+    r = subprocess.run([sys.executable, "-m", "charrnn", "gradflow", "--cell", "lstm", "--radius", "100", "--max-k", "600",
+                        "--windows", "1", "--batch", "2", "--corpus", str(text)], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)), timeout=300)
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("error: the gradient of lstm overflowed (inf or NaN) at k="), r.stderr

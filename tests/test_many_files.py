@@ -236,6 +236,26 @@ def test_a_run_on_many_files_records_them_and_resumes_from_that_list(tree, tmp_p
     assert code == 2 and "is no escape this option knows" in err
 
 
+def test_a_run_that_read_one_file_by_two_names_resumes_reading_both(tree, tmp_path):
+    # a run from before files were told apart by device and inode read a hard link as a file of
+    # its own; its resume read it once, and refused: "b.txt is no longer a file of its own"
+    twin = tree / "twin.txt"
+    (tree / "b.txt").write_text(TEXT, encoding="utf-8")
+    twin.write_text(TEXT, encoding="utf-8")  # a file of its own, as then
+    cfg = config(tree / "b.txt", tmp_path / "out", max_steps=3)
+    cfg.corpus = [str(tree / "b.txt"), str(twin)]
+    Trainer(cfg.validate(), tmp_path / "out" / "r", say=lambda *_: None).run()
+    twin.unlink()
+    os.link(tree / "b.txt", twin)  # now the same file, as a hard link was then
+    resumed = Trainer.resume(tmp_path / "out" / "r", say=lambda *_: None, max_steps=5)
+    assert [f["path"] for f in resumed.corpus_info["files"]] == [str(tree / "b.txt"), str(twin)]
+    assert resumed.run()["steps"] == 5
+    twin.unlink()
+    twin.symlink_to(tree / "a.txt")  # another file of the text, by a link: not what the run read
+    with pytest.raises(CharrnnError, match="twin.txt is no longer a file of its own"):
+        Trainer.resume(tmp_path / "out" / "r", say=lambda *_: None, max_steps=7)
+
+
 def test_a_sample_without_a_prime_starts_as_a_document_of_the_run_does(tree, tmp_path):
     # a model of many files read the separator before each document but the first: unprimed, it
     # starts after one, as primed with it; a model of one file has no separator: after a line break

@@ -79,6 +79,79 @@ def test_a_small_text_shrinks_the_batch_and_window_and_says_by_which_options(cor
     assert notice.endswith(f"training characters): {want}"), notice
 
 
+def test_a_session_of_one_update_says_no_speed(corpus, tmp_path):
+    # "171 chars/s": the one update's time, which is the kernels' loading (its record says null)
+    from typer.testing import CliRunner
+
+    from charrnn.cli import app
+
+    r = CliRunner().invoke(app, ["train", str(corpus), "--hidden", "12", "--batch", "4", "--k1", "8", "--k2", "8",
+                                 "--max-steps", "1", "--out-dir", str(tmp_path), "--run", "r", "-q"])
+    assert r.exit_code == 0 and "0 s, no speed measured (one update, which loads the kernels), stopped by " in r.stdout
+
+
+def test_a_stop_logs_the_updates_since_the_last_record(corpus, tmp_path, monkeypatch):
+    # they were dropped: after the resume, the first record held only the updates since it, and the
+    # curve jumped there (2.35 against 2.21 in a straight run)
+    import charrnn.train as train_module
+
+    settings = dict(schedule="constant", max_steps=13, eval_every=100)
+    monkeypatch.setattr(train_module, "LOG_EVERY", 1)
+    straight = Trainer(config(corpus, tmp_path / "a", **settings), tmp_path / "a" / "r", say=lambda *_: None)
+    straight.run()
+    each = [json.loads(l)["loss"] for l in (tmp_path / "a" / "r" / "metrics.jsonl").read_text().splitlines()
+            if json.loads(l)["kind"] == "train"]
+    monkeypatch.setattr(train_module, "LOG_EVERY", 5)
+    stopped = Trainer(config(corpus, tmp_path / "b", **settings), tmp_path / "b" / "r", say=lambda *_: None)
+    update = Trainer.update
+    monkeypatch.setattr(Trainer, "update", lambda t: (t.step == 6 and t._on_stop_signal(2, None), update(t))[1])
+    with pytest.raises(Interrupted):
+        stopped.run()  # Ctrl-C in update 7
+    monkeypatch.setattr(Trainer, "update", update)
+    Trainer.resume(tmp_path / "b" / "r", say=lambda *_: None).run()
+    records = [json.loads(l) for l in (tmp_path / "b" / "r" / "metrics.jsonl").read_text().splitlines()]
+    train = [(r["step"], r["loss"]) for r in records if r["kind"] == "train"]
+    assert [step for step, _ in train] == [5, 7, 10, 13]
+    for (step, loss), first in zip(train, [0, 5, 7, 10]):
+        assert loss == pytest.approx(np.mean(each[first:step]), rel=1e-12)
+
+
+def test_a_run_of_one_epoch_learns_as_the_same_updates_counted_by_max_steps(corpus, tmp_path):
+    # the schedule read an epoch's progress after the update's characters: the last update of
+    # every --epochs run had a learning rate of 0, and --epochs 0.001 trained nothing
+    by_steps = Trainer(config(corpus, tmp_path / "a", eval_every=100), tmp_path / "a" / "r", say=lambda *_: None)
+    steps = by_steps.streams.steps_per_epoch(by_steps.cfg.k1)
+    by_steps.cfg.max_steps = steps
+    by_steps.run()
+    by_epochs = Trainer(config(corpus, tmp_path / "b", eval_every=100, epochs=1.0), tmp_path / "b" / "r",
+                        say=lambda *_: None)
+    by_epochs.run()
+    assert by_epochs.step == steps > 1
+    np.testing.assert_array_equal(by_epochs.params, by_steps.params)
+    rates = [json.loads(line)["lr"] for line in (tmp_path / "b" / "r" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "train"]
+    assert rates[-1] > 0
+
+
+def test_a_k2_beyond_what_a_stream_holds_is_cut_to_it(corpus, tmp_path):
+    # --k2 300 on 150 streams of 35 steps saved 300 steps of activations in every checkpoint
+    # (25.7 MB against 2.5), and trained the same model as --k2 36: a window starts afresh as
+    # the text wraps, so it never holds more than a stream's steps in an epoch
+    from charrnn.corpus import Streams, window_reach
+
+    said = []
+    trainer = Trainer(config(corpus, tmp_path, batch=4, k1=8, k2=300), tmp_path / "r", say=said.append)
+    reach = window_reach(len(trainer.train_ids), 4, 8)
+    assert trainer.cfg.k2 == reach < 300 and trainer.sched.window == reach
+    assert said[0].endswith(f"training characters): --k2 300 -> {reach} (a stream's steps in an epoch)"), said
+    streams, kept, most = Streams(trainer.train_ids, 4), 0, 0  # the steps a window holds, as the text is read
+    ids = np.zeros((8, 4), np.int32)
+    for _ in range(5 * streams.steps_per_epoch(8)):
+        kept = 8 if streams.next(8, ids, ids.copy()) else kept + 8
+        most = max(most, kept)
+    assert most == reach
+
+
 @pytest.mark.parametrize("reset_every, fresh", [(4, [0, 4, 8, 12]), (0, [0])])
 def test_every_stream_starts_from_a_zero_state_every_reset_every_updates(corpus, tmp_path, monkeypatch,
                                                                           reset_every, fresh):
@@ -541,6 +614,25 @@ def test_a_stop_in_the_final_test_ends_it_at_once_and_the_resume_tests_it(corpus
     summary = Trainer.resume(tmp_path / "b" / "r", say=lambda *_: None).run()
     assert summary["steps"] == 5 and json.loads(log.read_text().splitlines()[-1])["kind"] == "test"
     assert summary["test_loss"] == want  # what the run would have said
+
+
+@pytest.mark.parametrize("test_fraction, then", [("0.05", "Test it with: charrnn train --resume {run}"),
+                                                  ("0", "The run is complete.")])
+def test_a_stop_in_the_last_update_says_what_is_left(corpus, tmp_path, monkeypatch, test_fraction, then):
+    # it said "in the test" before the test had begun; without a test, "Continue with" a resume
+    # that is refused ("has already reached --max-steps 3")
+    from typer.testing import CliRunner
+
+    from charrnn.cli import app
+
+    update = Trainer.update
+    monkeypatch.setattr(Trainer, "update", lambda t: (t.step == 2 and t._on_stop_signal(2, None), update(t))[1])
+    r = CliRunner().invoke(app, ["train", str(corpus), "--hidden", "12", "--batch", "4", "--k1", "8", "--k2", "8",
+                                 "--test-fraction", test_fraction, "--max-steps", "3", "--out-dir", str(tmp_path),
+                                 "--run", "r", "-q"])
+    run = tmp_path / "r"
+    assert r.exit_code == 130, r.output
+    assert f"interrupted at update 3, the last; saved {run / 'latest.npz'}. {then.format(run=run)}" in r.output
 
 
 def test_a_second_stop_in_the_final_test_says_to_test_the_saved_model(corpus, tmp_path, monkeypatch):
