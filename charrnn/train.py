@@ -143,6 +143,8 @@ class Trainer:
         reach = window_reach(len(self.train_ids), batch, k1)
         if k2 > reach and not resuming:  # (a resumed run keeps the window its checkpoint holds)
             k2 = reach  # steps kept beyond it would be saved in every checkpoint, and never read
+            if cfg.cell == "indrnn" and not cfg.u_max:  # the bound on |u| of the --k2 given: the same run
+                cfg.u_max = resolved_u_max(0.0, cfg.k2)
         if k2 != cfg.k2:
             change = f"--k2 {cfg.k2} -> {k2}" + (" (a stream's steps in an epoch)" if k2 == reach else "")
             notice = f"{notice}, {change}" if notice else \

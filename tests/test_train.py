@@ -150,6 +150,10 @@ def test_a_k2_beyond_what_a_stream_holds_is_cut_to_it(corpus, tmp_path):
         kept = 8 if streams.next(8, ids, ids.copy()) else kept + 8
         most = max(most, kept)
     assert most == reach
+    # IndRNN's bound on |u| follows --k2 (2^(1/k2)): it stays the one of the --k2 given, the same run
+    indrnn = Trainer(config(corpus, tmp_path / "i", cell="indrnn", batch=4, k1=8, k2=300), tmp_path / "i" / "r",
+                     say=lambda *_: None)
+    assert indrnn.cfg.k2 == reach and indrnn.spec.option("u_max") == indrnn.cfg.u_max == 2.0 ** (1 / 300)
 
 
 @pytest.mark.parametrize("reset_every, fresh", [(4, [0, 4, 8, 12]), (0, [0])])
