@@ -484,6 +484,8 @@ class Trainer:
                     path = self.save("latest")
                     self.world.stop_together()
                     raise Interrupted(path)
+            if window_stats:  # the time a validation or a sample took ended the run, after the record's turn
+                self._log_updates(log, window_stats, lr)
             test = math.nan
             if len(self.test_ids) >= 2:
                 try:  # a stop now ends it at once: the last update was saved above, the resume tests it

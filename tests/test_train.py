@@ -79,6 +79,20 @@ def test_a_small_text_shrinks_the_batch_and_window_and_says_by_which_options(cor
     assert notice.endswith(f"training characters): {want}"), notice
 
 
+def test_a_time_limit_reached_in_a_validation_logs_the_updates_before_it(corpus, tmp_path, monkeypatch):
+    # the updates since the last record were dropped when the validation's time ended the run
+    from types import SimpleNamespace
+
+    import charrnn.train as train_module
+
+    clock = iter(range(10**6))  # every reading of the clock is one second later: an update takes 1 s
+    monkeypatch.setattr(train_module, "time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    trainer = Trainer(config(corpus, tmp_path, eval_every=3, time_limit=4), tmp_path / "r", say=lambda *_: None)
+    assert trainer.run()["steps"] == 3  # 3 s of updates, then 1 s of validation: the limit
+    records = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["kind"], r["step"]) for r in records] == [("val", 3), ("train", 3), ("test", 3)]
+
+
 def test_a_session_of_one_update_says_no_speed(corpus, tmp_path):
     # "171 chars/s": the one update's time, which is the kernels' loading (its record says null)
     from typer.testing import CliRunner
