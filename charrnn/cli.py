@@ -434,16 +434,16 @@ def _set_up():
 @contextmanager
 def _printing(newline_on_interrupt=False):
     """Around printing a stream of text: a reader that stops reading (`| head`) ends it quietly
-    with exit 1; Ctrl-C ends it with 130. (A closed stdout is refused before any command: _main.)"""
+    with exit 1, another failed write (a full disk) in one line naming stdout; Ctrl-C ends it
+    with 130. (A closed stdout is refused before any command: _main.)"""
     try:
         yield
         sys.stdout.flush()
-    except BrokenPipeError:
-        # nothing left to flush: send what is still buffered nowhere
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise typer.Exit(1)
     except OSError as e:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (as above: not again at exit)
+        # nothing more can be written: send what is still buffered nowhere (not again at exit)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if isinstance(e, BrokenPipeError):  # the reader is gone: nothing to say
+            raise typer.Exit(1)
         raise _not_written(e) from None
     except KeyboardInterrupt:
         if newline_on_interrupt:

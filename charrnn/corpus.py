@@ -850,7 +850,7 @@ def _min_split_chars(fractions) -> int:
     for f in fractions:
         if f > 0:
             n = max(n, math.ceil(min(1.5 / f, _BEYOND_ANY_TEXT)) - 1)  # (1.5 / 5e-324 is inf)
-    while n < _BEYOND_ANY_TEXT and not _split_ok(n, fractions):
+    while n < _BEYOND_ANY_TEXT and not _split_ok(n, fractions):  # (so at most _BEYOND_ANY_TEXT)
         n += 1
     return n
 
@@ -890,7 +890,7 @@ def split(ids, fractions=(0.9, 0.05, 0.05), *, name: str = "the corpus"):
         advice = ("use a longer text" if not any(fr[1:]) or n < MIN_CORPUS_CHARS else
                   "use a longer text, or give each of the validation and test fractions (--val-fraction, "
                   "--test-fraction) 0, for no such part, or enough for 2 characters")
-        need = f"at least {need:,}" if need < _BEYOND_ANY_TEXT - 1 else f"more than {_BEYOND_ANY_TEXT - 1:.1e}"
+        need = f"at least {need:,}" if need < _BEYOND_ANY_TEXT else f"more than {_BEYOND_ANY_TEXT:.1e}"
         raise CharrnnError(f"{name} has {n:,} characters; a {shown} train/val/test split needs {need} (2 per part); "
                            f"{advice}")
     n_train, n_val, _ = _split_sizes(n, fr)
@@ -911,7 +911,7 @@ def window_reach(n_train: int, batch: int, k1: int) -> int:
     """The most steps a kept window (--k2) can hold on `batch` streams of n_train characters: a
     stream's steps in an epoch, read k1 at a time (Streams.next skips a tail shorter than k1, and
     the window starts afresh as the text wraps)."""
-    return (n_train - 1) // batch // k1 * k1
+    return Streams.length(n_train, batch) // k1 * k1
 
 
 def fit_batch_and_window(n_train: int, batch: int, window: int, ranks: int = 1) -> tuple[int, int, str | None]:
@@ -979,7 +979,7 @@ class Streams:
         ids = _as_ids(ids)
         if batch < 1:
             raise ValueError(f"batch must be at least 1, got {batch}")
-        S = (ids.size - 1) // batch
+        S = self.length(ids.size, batch)
         if S < 1:
             raise CharrnnError(
                 f"{ids.size:,} training characters cannot fill {batch} streams "
@@ -990,6 +990,12 @@ class Streams:
         self._m = _stream_matrix(ids, batch, S)
         self.position = 0
         self.epoch = 0
+
+    @staticmethod
+    def length(n: int, batch: int) -> int:
+        """The steps of each of `batch` streams over n ids (the last target of one is the first
+        input of the next)."""
+        return (n - 1) // batch
 
     def steps_per_epoch(self, k: int) -> int:
         return self.stream_length // k

@@ -96,9 +96,12 @@ class Flow:
 
 
 def fresh_model(cell: str, vocab: Vocab, hidden: int, layers: int, seed: int, options=()) -> Model:
-    spec = ModelSpec(cell, vocab.size, hidden, layers, options)
-    params = init_params(spec, np.random.default_rng(seed), np.float64)
-    return Model(cell, spec, params, vocab)
+    return _fresh(ModelSpec(cell, vocab.size, hidden, layers, options), vocab, seed)
+
+
+def _fresh(spec: ModelSpec, vocab: Vocab, seed: int) -> Model:
+    """An untrained model of `spec`, in float64, as the seed draws it."""
+    return Model(spec.cell, spec, init_params(spec, np.random.default_rng(seed), np.float64), vocab)
 
 
 def checkpoint_model(path) -> Model:
@@ -261,7 +264,7 @@ def run(ids, chars, cells=None, trained=None, hidden=64, layers=1, seed=0, radiu
         specs = [ModelSpec(c, vocab.size, hidden, layers, options) for c in cells]
         sizes = "--hidden, --layers, --batch, --max-k or --windows"
     memory.require(memory.gradflow_needs(specs, batch, max_k, windows), "this measurement", f"use a smaller {sizes}")
-    models = [trained] if trained is not None else [fresh_model(c, vocab, hidden, layers, seed, options) for c in cells]
+    models = [trained] if trained is not None else [_fresh(spec, vocab, seed) for spec in specs]
     flows = []
     for m in models:
         if radius is not None:

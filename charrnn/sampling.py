@@ -212,41 +212,38 @@ def samples(sampler: Sampler, vocab: Vocab, length=500, prime="", seed=0, temper
                                "read the samples in order")
         rng.bit_generator.advance((i - turn["next"]) * length)
         turn["next"], turn["drawing"] = i + 1, (i if length else None)
-        left = [length]  # the numbers sample i has yet to draw
+        left = length  # the numbers sample i has yet to draw
         try:
-            yield from one(left)
+            sampler.reset()
+            sampler.feed(context[:-1])
+            if prime:
+                yield prime
+            last = int(context[-1])
+            held = ""  # the end of the text so far, which may be the start of stop_at: not yet printed
+            while left > 0:
+                n = min(chunk, left)
+                ids = sampler.generate(last, rng.random(n), temperature, top_k, top_p)
+                last, left = int(ids[-1]), left - n
+                text = held + vocab.decode(ids)
+                if stop_at:
+                    at = text.find(stop_at)
+                    if at >= 0:
+                        # PCG64 spends one step per float64 drawn: skip what the rest would have drawn
+                        rng.bit_generator.advance(left)
+                        held, text, left = "", text[:at], 0
+                    else:
+                        cut = max(0, len(text) - (len(stop_at) - 1))
+                        held, text = text[cut:], text[:cut]
+                if not left:  # every number drawn: the next sample may begin
+                    turn["drawing"] = None
+                if text:
+                    yield text
+            if held:
+                yield held
         finally:
             if turn["drawing"] == i:  # closed before its end
-                rng.bit_generator.advance(left[0])
+                rng.bit_generator.advance(left)
                 turn["drawing"] = None
-
-    def one(left):
-        sampler.reset()
-        sampler.feed(context[:-1])
-        if prime:
-            yield prime
-        last = int(context[-1])
-        held = ""  # the end of the text so far, which may be the start of stop_at: not yet printed
-        while left[0] > 0:
-            n = min(chunk, left[0])
-            ids = sampler.generate(last, rng.random(n), temperature, top_k, top_p)
-            last, left[0] = int(ids[-1]), left[0] - n
-            text = held + vocab.decode(ids)
-            if stop_at:
-                at = text.find(stop_at)
-                if at >= 0:
-                    # PCG64 spends one step per float64 drawn: skip what the rest would have drawn
-                    rng.bit_generator.advance(left[0])
-                    held, text, left[0] = "", text[:at], 0
-                else:
-                    cut = max(0, len(text) - (len(stop_at) - 1))
-                    held, text = text[cut:], text[:cut]
-            if not left[0]:  # every number drawn: the next sample may begin
-                turn["drawing"] = None
-            if text:
-                yield text
-        if held:
-            yield held
 
     return (in_turn(i) for i in range(num_samples))
 

@@ -476,16 +476,14 @@ class Trainer:
                     self._write_sample()
                 self._agree()
                 # `end` again: the time the validation or sample took may have used up a time limit
+                if window_stats and (self.stop_requested or self.ended()):  # the run ends at this update:
+                    self._log_updates(log, window_stats, lr)  # the updates since its last record too
                 if self.step % cfg.checkpoint_every == 0 or self.ended():
                     self.save("latest")
                 if self.stop_requested:  # every rank, at this update
-                    if window_stats:  # the updates since the last record: the resume's next one starts after them
-                        self._log_updates(log, window_stats, lr)
                     path = self.save("latest")
                     self.world.stop_together()
                     raise Interrupted(path)
-            if window_stats:  # the time a validation or a sample took ended the run, after the record's turn
-                self._log_updates(log, window_stats, lr)
             test = math.nan
             if len(self.test_ids) >= 2:
                 try:  # a stop now ends it at once: the last update was saved above, the resume tests it
