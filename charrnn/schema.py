@@ -4,7 +4,8 @@ load_checkpoint verifies the archive and the checksums, but the checksums only s
 arrays are the ones the document lists: whoever edits a file can rewrite them. A file can pass
 them and still lie. So the document is checked against the fields charrnn writes (types, finite
 and sane numbers, required fields), and each array's declared shape and dtype against what the
-document implies, before any array is read; after reading, the numbers must be finite.
+document implies, before any array is read; after reading, the numbers must be finite, and
+where a cell keeps a tensor in a domain of its own (a leaky unit's rates), in it.
 
     MODEL      what sample, eval and gradflow read: config (cell, hidden, layers), vocabulary,
                parameters
@@ -17,7 +18,7 @@ from dataclasses import fields
 import numpy as np
 
 from .cells import OPTIONS as CELL_OPTIONS
-from .cells import check_option
+from .cells import CELLS, check_option
 from .config import CHOICES, OLDER_CHECKPOINTS, RANGES, Range, TrainConfig
 from .errors import CharrnnError
 from .model import Layout, ModelSpec
@@ -125,6 +126,27 @@ def _finite(arrays, names):
             raise CharrnnError(f"array {name!r} holds NaN or Inf")
 
 
+def _in_domain(meta, params):
+    """The tensors a cell keeps in a domain of their own after every update (Stack.constrain: a
+    leaky unit's rate in [1e-4, 1], IndRNN's |u| within the run's bound) must lie in it: a
+    model outside it was not written by a run, and would be sampled as it is but trained as
+    clipped at the first update. The rule is applied to a copy of each layer, which must come back
+    unchanged."""
+    config = TrainConfig.from_dict(meta["config"])  # the run's options, its bound on |u| resolved
+    spec = ModelSpec(config.cell, len(meta["vocab"]), config.hidden, config.layers, config.cell_options())
+    rule = getattr(CELLS[spec.cell], "constrain", None)
+    if rule is None:
+        return
+    for layer, tensors in enumerate(Layout(spec).layer_views(params)[0]):
+        kept = {name: t.copy() for name, t in tensors.items()}  # a layer at a time
+        rule(kept, spec)
+        for name, t in kept.items():
+            outside = np.flatnonzero(t != tensors[name])
+            if outside.size:
+                raise CharrnnError(f"array 'params': layer {layer}'s {name} holds {tensors[name].flat[outside[0]]:g}, "
+                                   f"outside what a {spec.cell} cell keeps it in ({outside.size} such values)")
+
+
 class Model:
     """A model to sample or score: config (cell, hidden, layers), vocabulary, parameters."""
 
@@ -140,6 +162,7 @@ class Model:
         params = arrays["params"]
         if params.dtype == np.float64 and params.size and np.abs(params).max() > np.finfo(np.float32).max:
             raise CharrnnError("array 'params' holds numbers beyond float32's range, in which models run")
+        _in_domain(meta, params)
 
 
 class Training(Model):
@@ -218,6 +241,8 @@ class Training(Model):
     def arrays(self, meta, arrays):
         floats = [n for n, a in arrays.items() if a.dtype == np.float32]
         _finite(arrays, floats)
+        if "params" in arrays:  # (TrainingMeta reads none)
+            _in_domain(meta, arrays["params"])
         for name in ("opt.v",):  # second moments are sums of squares
             if name in arrays and (arrays[name] < 0).any():
                 raise CharrnnError(f"array {name!r} holds negative second moments")

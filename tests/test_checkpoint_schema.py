@@ -407,3 +407,49 @@ def test_a_model_reader_reads_and_checks_only_the_parameters(original, tmp_path)
         load_checkpoint(path, TRAINING)
     arrays, _ = load_checkpoint(original["dir"] / "r" / "latest.npz", MODEL)
     assert list(arrays) == ["params"]
+
+
+def trained(tmp_path, cell, **settings):
+    """latest.npz of a tiny run of `cell`: (its path, its arrays, its document)."""
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    cfg = TrainConfig(corpus=str(corpus), cell=cell, hidden=8, layers=1, batch=4, max_steps=2, time_limit=0,
+                      eval_every=2, checkpoint_every=2, out_dir=str(tmp_path), run=cell, **settings).validate()
+    Trainer(cfg, tmp_path / cell, say=lambda *_: None).run()
+    path = tmp_path / cell / "latest.npz"
+    arrays, meta = load_checkpoint(path)
+    for key in ("format", "format_version"):
+        del meta[key]
+    return path, arrays, meta
+
+
+@pytest.mark.parametrize("cell, tensor, value, shown", [
+    ("leaky", "a", 2.0, "2"),  # a rate above 1: h = -h + 2 tanh(...), which no run trains
+    ("leaky", "a", 0.0, "0"),  # below the least rate, 1e-4
+    ("esn", "a", 1.5, "1.5"),
+    ("indrnn", "u", -5.0, "-5"),  # beyond the bound on |u|, 2^(1/k2)
+])
+def test_a_tensor_outside_its_cells_domain_is_refused(tmp_path, cell, tensor, value, shown):
+    # a run keeps these tensors in their domain after every update (Stack.constrain): sampled as
+    # it is, such a model would be another model than the one trained, and trained, clipped
+    path, arrays, meta = trained(tmp_path, cell)
+    params = arrays["params"].copy()
+    spec = ModelSpec(cell, len(meta["vocab"]), 8, 1, TrainConfig.from_dict(meta["config"]).cell_options())
+    Layout(spec).layer_views(params)[0][0][tensor][1] = value
+    save_checkpoint(path, {**arrays, "params": params}, meta)
+    message = rf"is corrupt \(array 'params': layer 0's {tensor} holds {shown}, outside what a {cell} cell keeps it in"
+    with pytest.raises(CharrnnError, match=message):
+        load_model(path)
+    with pytest.raises(CharrnnError, match=message):
+        Trainer.resume(path, say=lambda *_: None)
+
+
+def test_an_indrnn_is_held_to_the_bound_of_its_own_window(tmp_path):
+    # the bound a run keeps, 2^(1/k2) of its own k2 when --u-max is left out, is the one checked:
+    # these units start U(0, 2^(1/4)), above the bound of the default k2 (2^(1/50)) for some
+    path, arrays, meta = trained(tmp_path, "indrnn", k1=4, k2=4)
+    spec = ModelSpec("indrnn", len(meta["vocab"]), 8, 1, TrainConfig.from_dict(meta["config"]).cell_options())
+    u = Layout(spec).layer_views(arrays["params"])[0][0]["u"]
+    assert np.abs(u).max() > 2 ** (1 / TrainConfig.k2)
+    load_model(path)
+    Trainer.resume(path, say=lambda *_: None).lock.release()
