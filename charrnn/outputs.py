@@ -47,8 +47,9 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def write_output(path: Path, write) -> None:
-    """write(temporary path) makes the file beside `path`; then it replaces path."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    """write(temporary path) makes the file beside `path`; then it replaces path. The temporary's
+    name holds the start of path's, so that it is no longer than a name can be (255 bytes)."""
+    tmp = path.with_name(f".{os.fsdecode(os.fsencode(path.name)[:200])}.{secrets.token_hex(6)}.tmp")
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -56,7 +57,10 @@ def write_output(path: Path, write) -> None:
         e.filename = e.filename2 = None
         raise CharrnnError(f"cannot write {os_error_message(e, path)}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # (not there, or never made: the error above, if any, is the one to say)
+            pass
 
 
 def shown_name(path) -> str:

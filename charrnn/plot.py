@@ -89,7 +89,7 @@ def read_metrics(run) -> Metrics:
         if kind == "test":
             m.test = {k: _number(rec.get(k)) for k in ("loss", "bpc")}
             continue
-        target = {"train": m.train, "val": m.val}.get(kind)
+        target = {"train": m.train, "val": m.val}.get(kind) if isinstance(kind, str) else None
         step = _number(rec.get("step"))
         if target is None or step is None:
             continue

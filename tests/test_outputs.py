@@ -93,3 +93,11 @@ def test_a_run_folder_whose_name_is_not_utf8_is_charted(tmp_path):
     assert r.exit_code == 0, r.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert shown_name(run.name) == "caf\ufffd"
+
+
+def test_a_name_as_long_as_a_name_may_be_is_written(tmp_path):
+    # the temporary beside it, ".NAME.<hex>.tmp", would be longer than the 255 bytes a name may
+    # have: its name holds only the start of the file's
+    path = tmp_path / ("b" * 251 + ".png")
+    write_output(path, lambda tmp: tmp.write_bytes(b"a chart"))
+    assert path.read_bytes() == b"a chart" and os.listdir(tmp_path) == [path.name]

@@ -99,6 +99,9 @@ def test_odd_values_and_lines_of_a_metrics_log_are_no_internal_error(tmp_path):
         read_metrics(run)
     log.write_bytes(good + deep)
     assert read_metrics(run).torn_last_line
+    # a kind that is no string (a dict cannot be looked up by value): a record plot does not know
+    log.write_bytes(good + b'{"kind": {"x": 1}, "step": 41, "loss": 1}\n{"kind": ["train"], "step": 42}\n')
+    assert read_metrics(run).train["step"] == list(range(1, 41))
 
 
 def test_a_log_of_val_records_without_a_finite_bpc_is_summarised(tmp_path):
