@@ -70,7 +70,10 @@ def load(path) -> TrainedModel:
 def _whole_number(name, value) -> int:
     """`value` as an int: an int, a numpy integer, or a float with a whole value (length=1e4).
     Never a bool: True is no length and no seed."""
-    whole = isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and float(value).is_integer())
+    if isinstance(value, numbers.Rational):  # a Fraction too large for a float included
+        whole = value.denominator == 1
+    else:
+        whole = isinstance(value, numbers.Real) and float(value).is_integer()
     if isinstance(value, bool) or not whole:
         raise CharrnnError(f"{as_keyword(name)} must be a whole number, not {type(value).__name__} {value!r}")
     return int(value)
@@ -80,7 +83,17 @@ def _real_number(name, value) -> float:
     """`value` as a float: any real number, numpy's included, but no bool."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise CharrnnError(f"{as_keyword(name)} must be a number, not {type(value).__name__} {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond any float (10**400): beyond every bound, as inf is
+        return math.inf if value > 0 else -math.inf
+
+
+def _flag(name, value) -> bool:
+    """`value` as a bool: True or False (numpy's too), not any value that reads as one."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise CharrnnError(f"{as_keyword(name)} must be True or False, not {type(value).__name__} {value!r}")
+    return bool(value)
 
 
 def _require_str(what, value) -> str:
@@ -165,6 +178,7 @@ class TrainedModel:
         (evaluate.evaluate). Characters the model lacks raise UnknownCharacters, naming them,
         unless skip_unknown leaves them out."""
         batch, window = self._batch_window(batch, window)
+        skip_unknown = _flag("skip_unknown", skip_unknown)
         ids, skipped = self.encode(text, skip_unknown=skip_unknown) if isinstance(text, str) else (self._ids(text), 0)
         memory.require(memory.evaluation_needs(self.spec, *evaluation_shape(ids.size, batch, window),
                                                self.params.dtype), "evaluating", self._smaller_batch_or_window())
@@ -178,7 +192,7 @@ class TrainedModel:
         and how many unknown characters skip_unknown left out. Without it, a character the model
         lacks raises UnknownCharacters, which names each one and calls the text `what`."""
         _require_str(what, text)
-        if skip_unknown:
+        if _flag("skip_unknown", skip_unknown):
             return self._vocab.encode_skip_unknown(text)
         try:
             return self._vocab.encode(text, what=what, as_bytes=self._of_bytes), 0
@@ -192,8 +206,9 @@ class TrainedModel:
         encode() take some 25 bytes a character. For evaluate() on files of any size. `encoding`:
         utf-8, latin-1 or bytes; default: the checkpoint's. Unknown characters: as in encode(),
         the file named by its path."""
+        skip_unknown = _flag("skip_unknown", skip_unknown)
         model = self.config.get("encoding", "utf-8")
-        encoding = encoding or model
+        encoding = model if encoding is None else encoding  # "" and 0 are no encoding
         check_read_as(model, check_encoding(encoding, self._spell), self._spell)
         try:
             ids, chars = read_ids(_require_path("encode_file()", path), encoding, model=model)
@@ -225,7 +240,7 @@ class TrainedModel:
         lines = list(lines)
         if not all(isinstance(line, str) for line in lines):
             raise CharrnnError("score_lines() reads strs, one per line")
-        if skip_unknown:
+        if _flag("skip_unknown", skip_unknown):
             encoded = [self.encode(line, skip_unknown=True, what=what)[0] for line in lines]
         else:  # one pass over all of them, so that the error names every unknown character
             ids, _ = self.encode("".join(lines), what=what)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CharrnnError
+from .errors import CharrnnError, os_error_message
 
 FORMAT_VERSION = 1
 SUFFIX = ".npz"
@@ -403,21 +403,24 @@ def resolve_checkpoint(path_or_run_dir, prefer="best") -> Path:
     if prefer not in ("best", "latest"):
         raise ValueError(f"prefer must be 'best' or 'latest', not {prefer!r}")
     p = Path(path_or_run_dir)
-    if p.is_dir():
-        names = ["best", "latest"] if prefer == "best" else ["latest", "best"]
-        for stem in names:
-            candidate = p / (stem + SUFFIX)
-            if candidate.is_file():
-                return candidate
-        raise CharrnnError(
-            f"{p} holds no checkpoint (expected best{SUFFIX} or latest{SUFFIX} in it); "
-            "pass a checkpoint file or the run folder of a training run"
-        )
-    if p.is_file():
-        return p
-    with_suffix = p.with_name(p.name + SUFFIX)
-    if p.suffix != SUFFIX and with_suffix.is_file():
-        return with_suffix
+    try:
+        if p.is_dir():
+            names = ["best", "latest"] if prefer == "best" else ["latest", "best"]
+            for stem in names:
+                candidate = p / (stem + SUFFIX)
+                if candidate.is_file():
+                    return candidate
+            raise CharrnnError(
+                f"{p} holds no checkpoint (expected best{SUFFIX} or latest{SUFFIX} in it); "
+                "pass a checkpoint file or the run folder of a training run"
+            )
+        if p.is_file():
+            return p
+        with_suffix = p.with_name(p.name + SUFFIX)
+        if p.suffix != SUFFIX and with_suffix.is_file():
+            return with_suffix
+    except OSError as e:  # what the file system says of the path itself (a name too long)
+        raise CharrnnError(f"cannot read {os_error_message(e, p)}") from None
     raise CharrnnError(
         f"no checkpoint at {p}; pass a {SUFFIX} file or a run folder holding "
         f"best{SUFFIX} or latest{SUFFIX}"

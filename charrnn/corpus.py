@@ -215,12 +215,12 @@ def _empty(name: str) -> NotText:
 def _open(path):
     """The file, opened to read its bytes; a CharrnnError for what the user can fix."""
     p = Path(path)
-    # Test for a directory first: open() reports it differently on each platform.
-    if p.is_dir():
-        raise CharrnnError(f"{path} is a directory; give the path of a text file")
     try:
+        # Test for a directory first: open() reports it differently on each platform.
+        if p.is_dir():
+            raise CharrnnError(f"{path} is a directory; give the path of a text file")
         return open(p, "rb")
-    except OSError as e:
+    except OSError as e:  # (is_dir's too: a name too long)
         raise _cannot_read(path, e) from None
 
 

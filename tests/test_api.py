@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -447,6 +448,7 @@ def test_step_errors(model):
     ({"temperature": "0.8"}, "temperature= must be a number, not str '0.8'"),
     ({"prime": b"ab"}, "prime= must be a str, not bytes"),
     ({"stop_at": b"a"}, "stop_at= must be a str, not bytes"),
+    ({"length": Fraction(10**400, 3)}, "length= must be a whole number, not Fraction"),  # no float holds it
 ])
 def test_sample_refuses_an_argument_of_the_wrong_type(model, options, message):
     with pytest.raises(CharrnnError, match=re.escape(message)):
@@ -458,6 +460,9 @@ def test_sample_refuses_an_argument_of_the_wrong_type(model, options, message):
     ({"temperature": float("nan")}, "temperature=nan is out of range"),
     ({"top_p": 1.5}, "top_p=1.5 is out of range"),
     ({"seed": -3}, "seed=-3 is out of range"),
+    ({"temperature": 10**400}, "temperature=inf is out of range"),  # an int beyond every float: OverflowError
+    ({"top_p": -10**400}, "top_p=-inf is out of range"),
+    ({"length": Fraction(10**400)}, f"length={10**400} is out of range"),
     ({"temperature": 0, "top_k": 3}, "top_k=3 has no use with temperature=0"),
     ({"temperature": 0.0, "top_p": 0.5}, "top_p=0.5 has no use with temperature=0"),
 ])
@@ -509,6 +514,31 @@ def test_a_path_must_be_a_path(model):
             charrnn.load(bad)
     with pytest.raises(CharrnnError, match="encode_file\\(\\) reads a path .*, not NoneType"):
         model.encode_file(None)
+
+
+def test_a_name_too_long_for_the_file_system_is_a_charrnn_error(model, tmp_path):
+    # the file system's own refusal (ENAMETOOLONG) came out of pathlib as a bare OSError
+    long = tmp_path / ("a" * 300 + ".npz")
+    with pytest.raises(CharrnnError, match=f"cannot read {re.escape(str(long))}: File name too long"):
+        charrnn.load(long)
+    with pytest.raises(CharrnnError, match=f"cannot read {re.escape(str(long))}: File name too long"):
+        model.encode_file(long)
+
+
+def test_a_flag_is_true_or_false_and_an_encoding_a_name(model, tmp_path):
+    # skip_unknown="no" turned skipping on, and encoding="" read as the model's encoding
+    text = tmp_path / "t.txt"
+    text.write_text("the cat", encoding="utf-8")
+    message = re.escape("skip_unknown= must be True or False, not str 'no'")
+    for call in (lambda: model.evaluate("the cat", skip_unknown="no"), lambda: model.score("the", skip_unknown="no"),
+                 lambda: model.encode("the", skip_unknown="no"), lambda: list(model.score_lines(["a"], skip_unknown="no")),
+                 lambda: model.encode_file(text, skip_unknown="no")):
+        with pytest.raises(CharrnnError, match=message):
+            call()
+    assert model.evaluate("the cat", skip_unknown=np.True_) == model.evaluate("the cat", skip_unknown=True)
+    for bad in ("", 0, False):
+        with pytest.raises(CharrnnError, match=re.escape(f"encoding={bad!r} is an unknown encoding")):
+            model.encode_file(text, encoding=bad)
 
 
 @pytest.mark.parametrize("fill", ["a", np.nan, np.inf, 1j, True, 1e300, 3.5e38])  # the last two: inf as float32
