@@ -609,6 +609,10 @@ def inspect_(
     scores = ins.score_units(tr)
     found = ins.find_units(scores, top)
     layer, unit = ins.pick_unit(scores, layer, unit)
+    if html is not None:  # first: written, whether or not stdout is read to the end (| head)
+        from .inspect_page import write_page
+
+        write_page(html, tr, scores, found, model.vocab, layer, unit, str(file))
     note = f"; {skipped:,} unknown {tr.step}(s) skipped" if skipped else ""
     out.print(ins.model_line(tr, str(file)) + note, markup=False, highlight=False)
     out.print(ins.unit_line(tr, scores, layer, unit), markup=False, highlight=False)
@@ -619,9 +623,6 @@ def inspect_(
     if gates is not None:
         out.print(gates)
     if html is not None:
-        from .inspect_page import write_page
-
-        write_page(html, tr, scores, found, model.vocab, layer, unit, str(file))
         out.print(f"wrote {html}", markup=False, highlight=False)
 
 
@@ -787,11 +788,12 @@ def plot(
         png = check_output(png, "--png", PNG, {"RUN": run})
         require_pyplot()
     metrics = read_metrics(run)
+    if png is not None:  # first: written, whether or not stdout is read to the end (| head)
+        write_png(metrics, png)
     for chart in charts(metrics):
         out.print(chart)
     out.print(summary(metrics), markup=False, highlight=False)
     if png is not None:
-        write_png(metrics, png)
         out.print(f"wrote {png}", markup=False, highlight=False)
 
 

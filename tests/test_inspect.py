@@ -517,3 +517,18 @@ def test_page_renders_in_headless_chromium(tmp_path):
     for line, i, prob in zip(tip[1:6], tr.guesses[5], tr.guess_probs[5]):
         assert line.split() == [ins.label(vocab.chars[i]), f"{100 * prob:.1f}%"]
     assert tip[6] == f"next: {ins.label(text[6])} {100 * tr.next_probs[5]:.1f}%"
+
+
+def test_the_page_is_written_when_stdout_is_not_read_to_the_end(planted, tmp_path):
+    # `inspect ... --html page.html | head -1`: the page came after the printing, which a reader
+    # gone ends quietly (exit 1): no page and not a word. It is written first now. (The reader
+    # here has gone before the first line: its end of the pipe is closed at once.)
+    out = tmp_path / "page.html"
+    read, write = os.pipe()
+    os.close(read)
+    r = subprocess.run([sys.executable, "-m", "charrnn", "inspect", str(planted["checkpoint"]), str(planted["text"]),
+                        "--html", str(out)], stdout=write, stderr=subprocess.PIPE, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    os.close(write)
+    assert r.returncode == 1 and r.stderr == b"", r.stderr
+    check_page(out.read_text(encoding="utf-8"), QUOTED)

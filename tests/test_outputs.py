@@ -2,6 +2,7 @@
 the name checked before the work, the file replaced whole or not at all."""
 import errno
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -101,3 +102,18 @@ def test_a_name_as_long_as_a_name_may_be_is_written(tmp_path):
     path = tmp_path / ("b" * 251 + ".png")
     write_output(path, lambda tmp: tmp.write_bytes(b"a chart"))
     assert path.read_bytes() == b"a chart" and os.listdir(tmp_path) == [path.name]
+
+
+def test_the_png_is_written_when_stdout_is_not_read_to_the_end(tmp_path):
+    # `plot RUN --png p.png | head -1`: the chart came after the printing, which a reader gone
+    # ends quietly (exit 1): no chart and not a word. It is drawn first now.
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "p.png"
+    read, write = os.pipe()
+    os.close(read)  # a reader gone before the first line
+    r = subprocess.run([sys.executable, "-m", "charrnn", "plot", str(_write_run(tmp_path / "run")), "--png", str(out)],
+                       stdout=write, stderr=subprocess.PIPE, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)))
+    os.close(write)
+    assert r.returncode == 1 and r.stderr == b"", r.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
