@@ -37,7 +37,10 @@ class _Console:
         if self._console is None:
             from rich.console import Console
 
-            self._console = Console(**self._options)
+            # COLUMNS=0 (as some tools set it) is no width: rich printed nothing at all
+            columns = os.environ.get("COLUMNS", "")
+            width = {"width": 80} if columns.isdigit() and int(columns) == 0 else {}
+            self._console = Console(**self._options, **width)
         return self._console
 
     def print(self, *args, **kw):

@@ -1,5 +1,6 @@
 """`charrnn plot` and the terminal chart: reading metrics.jsonl, drawing, PNG, errors."""
 import json
+import os
 import subprocess
 import sys
 
@@ -176,6 +177,15 @@ def test_cli_plot_draws_both_charts(tmp_path):
     assert r.exit_code == 0, r.output
     for word in ("loss (nats)", "train loss", "val loss", "gradient norm before clipping", "best val"):
         assert word in r.stdout, word
+
+
+def test_columns_0_is_no_terminal_of_no_width(tmp_path):
+    # COLUMNS=0 made rich print in no columns at all: nothing, exit 0
+    run = _write_run(tmp_path / "run")
+    p = subprocess.run([sys.executable, "-m", "charrnn", "plot", str(run)], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "COLUMNS": "0"})
+    assert p.returncode == 0, p.stderr
+    assert "train loss" in p.stdout and "best val" in p.stdout
 
 
 def test_cli_plot_of_a_missing_run_exits_1(tmp_path):
