@@ -183,15 +183,17 @@ def write_png(m: Metrics, path) -> None:
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
     for d, label in ((m.train, "train loss"), (m.val, "val loss")):
         xs, ys = _xy(d, "loss")
-        if xs:
-            ax1.plot(xs, ys, label=label, marker="o" if d is m.val else None, markersize=3)
+        if xs:  # a single point is a line of no length: it has a marker to be seen
+            ax1.plot(xs, ys, label=label, marker="o" if d is m.val or len(xs) == 1 else None, markersize=3)
     ax1.set_ylabel("loss (nats)")
-    ax1.legend()
+    if ax1.lines:  # (a legend of nothing is a warning of matplotlib's)
+        ax1.legend()
     ax1.grid(True, alpha=0.3)
     xs, ys = _xy(m.train, "grad_norm")
     pts = [(x, y) for x, y in zip(xs, ys) if y > 0]
     if pts:
-        ax2.semilogy([x for x, _ in pts], [y for _, y in pts], label="grad norm before clipping")
+        ax2.semilogy([x for x, _ in pts], [y for _, y in pts], label="grad norm before clipping",
+                     marker="o" if len(pts) == 1 else None, markersize=3)
         ax2.legend()
     ax2.set_xlabel("step")
     ax2.set_ylabel("gradient norm")

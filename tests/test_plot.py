@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -211,6 +212,24 @@ def test_cli_plot_png(tmp_path):
     r = runner.invoke(app, ["plot", str(_write_run(tmp_path / "run")), "--png", str(out)])
     assert r.exit_code == 0, r.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_single_point_is_drawn_and_no_series_is_no_warning(tmp_path, monkeypatch):
+    # one record: a line of one point, drawn as nothing ("wrote p.png", empty axes); a log of no
+    # finite loss: matplotlib's warning of a legend with nothing in it, with its source line
+    pytest.importorskip("matplotlib")
+    import charrnn.plot as plot
+
+    drawn = []
+    monkeypatch.setattr(plot, "save_figure", lambda fig, path: drawn.append(fig))
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": 1.0, "grad_norm": 1.0}\n')
+    plot.write_png(read_metrics(tmp_path), tmp_path / "p.png")
+    loss, norm = (ax.lines[0] for ax in drawn[0].axes)
+    assert loss.get_marker() == norm.get_marker() == "o"
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": null}\n')
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot.write_png(read_metrics(tmp_path), tmp_path / "p.png")
 
 
 def test_a_matplotlib_that_cannot_start_is_one_line_about_the_environment(monkeypatch):
