@@ -8,7 +8,10 @@ import re
 import sys
 import warnings
 
-from .distributed import HELD, stop_at_once_until_training
+try:
+    from .distributed import HELD, stop_at_once_until_training
+except KeyboardInterrupt:  # Ctrl-C in the first tenth of a second: no traceback of an import
+    raise SystemExit(130)
 
 
 

@@ -353,6 +353,27 @@ def test_ctrl_c_outside_the_commands_handling_exits_130_without_a_traceback(wher
     assert exit.value.code == 130 and capsys.readouterr().err == ""
 
 
+def test_ctrl_c_while_the_entry_point_imports_exits_130_without_a_traceback():
+    # at about 0.1 s a Ctrl-C landed in the entry point's first import (signal, in
+    # distributed.py), before anything holds it: a traceback through the imports. The import
+    # raises it here, as the signal did, in a process started as the `charrnn` script starts.
+    code = """
+import builtins, sys
+real = builtins.__import__
+def interrupted(name, globals=None, locals=None, fromlist=(), level=0):
+    if level == 1 and name == "distributed" and (globals or {}).get("__name__") == "charrnn.__main__":
+        raise KeyboardInterrupt
+    return real(name, globals, locals, fromlist, level)
+builtins.__import__ = interrupted
+sys.argv = ["charrnn", "--help"]
+from charrnn.__main__ import main
+sys.exit(main())
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)))
+    assert (r.returncode, r.stderr, r.stdout) == (130, "", "")
+
+
 def test_a_second_ctrl_c_inside_a_callback_of_c_code_still_stops_at_once(corpus, tmp_path, monkeypatch, capsys):
     # Python code that C code calls back (numba loading kernels: llvmlite's object cache) cannot
     # pass an exception on: the second Ctrl-C's KeyboardInterrupt raised there was dropped, with
