@@ -965,6 +965,12 @@ def _is_usage_error(e: Exception) -> bool:
 
 def _usage_line(e) -> str:
     """typer's usage error as one line: its message (its own lines joined), and where help is."""
+    from .__main__ import command_named
+
     message = " ".join(e.format_message().split())
     ctx = getattr(e, "ctx", None)
-    return f"{message} (see '{ctx.command_path} --help')" if ctx is not None else message
+    if ctx is not None:
+        return f"{message} (see '{ctx.command_path} --help')"
+    command = command_named(sys.argv[1:])  # an option's missing value comes without its command
+    where = f"charrnn {command}" if command in typer.main.get_command(app).commands else "charrnn"
+    return f"{message} (see '{where} --help')"

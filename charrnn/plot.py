@@ -37,14 +37,15 @@ class Metrics:
 def find_metrics(run) -> Path:
     """metrics.jsonl of a run folder (or the file itself, or a checkpoint in the folder, as the
     other commands take one); checkpoints/RUN is tried as well."""
-    p = Path(run)
+    p = given = Path(run)
     if p.suffix == ".npz" and p.is_file():
         p = p.parent
     candidates = [p] if p.is_file() else [p / METRICS_FILE, Path("checkpoints") / p / METRICS_FILE]
     for c in candidates:
         if c.is_file():
             return c
-    raise CharrnnError(f"no {METRICS_FILE} in {p}; pass the run folder of a training run (it holds {METRICS_FILE})")
+    where = f"beside {given} (in {p})" if p != given else f"in {p}"  # a checkpoint given: named as typed
+    raise CharrnnError(f"no {METRICS_FILE} {where}; pass the run folder of a training run (it holds {METRICS_FILE})")
 
 
 def _number(v):

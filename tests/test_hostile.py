@@ -703,6 +703,15 @@ def test_no_command_prints_the_help_and_no_empty_error(monkeypatch, capsys):
     assert exit.value.code == 2 and "Usage:" in out and "train" in out and err == ""
 
 
+@pytest.mark.parametrize("args, where", [(["plot", "run", "--png"], "charrnn plot"),
+                                         (["sample", "--length"], "charrnn sample")])
+def test_an_option_without_its_value_points_to_its_commands_help(monkeypatch, capsys, args, where):
+    # click reports a missing value without the command's context: the line ended with no
+    # "(see ... --help)", where every other usage error has one
+    code, err = main_exits(monkeypatch, capsys, *args)
+    assert code == 2 and err.rstrip("\n").endswith(f"(see '{where} --help')"), err
+
+
 def test_a_split_that_leaves_half_the_text_for_training_is_accepted(corpus):
     # "must leave at least half the text for training" was said of 0.25 and 0.25
     assert TrainConfig(corpus=str(corpus), val_fraction=0.25, test_fraction=0.25).validate()

@@ -180,6 +180,14 @@ def test_cli_plot_draws_both_charts(tmp_path):
         assert word in r.stdout, word
 
 
+def test_a_checkpoint_without_a_log_beside_it_is_named_as_typed(tmp_path, monkeypatch):
+    # "no metrics.jsonl in ." named the folder alone, not the file given
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.npz").write_bytes(b"")
+    with pytest.raises(CharrnnError, match=r"^no metrics.jsonl beside model.npz \(in \.\); pass the run folder"):
+        read_metrics("model.npz")
+
+
 def test_columns_0_is_no_terminal_of_no_width(tmp_path):
     # COLUMNS=0 made rich print in no columns at all: nothing, exit 0
     run = _write_run(tmp_path / "run")
