@@ -803,10 +803,11 @@ def _unknown(chars: list, occurrences: int, what: str, as_bytes: bool = False) -
                           for c in chars[:10])
         above = sum(ord(c) > 0xFF for c in chars)  # no byte: only Python's str can hold them
         if above:
+            values = f"{len(chars) - above} byte value(s) and " if len(chars) > above else ""
             return UnknownCharacters(
-                f"{what} has {len(chars) - above} byte value(s) and {above} character(s) above U+00FF the model "
-                f"does not know ({occurrences} occurrence(s)): {shown}{more}; this model reads bytes, a character "
-                "each: give text.encode('utf-8').decode('latin-1')")
+                f"{what} has {values}{above} character(s) above U+00FF the model does not know ({occurrences} "
+                f"occurrence(s)): {shown}{more}; this model reads bytes, a character each: give "
+                "text.encode('utf-8').decode('latin-1')")
         return UnknownCharacters(
             f"{what} has {len(chars)} byte value(s) the model does not know ({occurrences} occurrence(s)): "
             f"{shown}{more}; use only text whose bytes occur in the training text"

@@ -124,6 +124,9 @@ def test_bytes_a_model_lacks_in_a_file_are_named_as_bytes(run):
             "e2, 82, ac, 78 ('x'), '€'; this model reads bytes, a character each: give "
             "text.encode('utf-8').decode('latin-1')")):
         model.score(model_text("€x ", "bytes", "") + "€")
+    with pytest.raises(charrnn.UnknownCharacters, match=re.escape(  # no "0 byte value(s) and"
+            "text has 1 character(s) above U+00FF the model does not know (1 occurrence(s)): '€'; this model")):
+        model.score("le " + "€")
     with pytest.raises(charrnn.CharrnnError, match=re.escape(
             "prime= has 1 byte value(s) the model does not know (1 occurrence(s)): 7e ('~');")):
         model.sample(5, prime="le ~")
