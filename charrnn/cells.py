@@ -31,7 +31,8 @@ layer stack, sampling and diagnostics talk to. The contract of `CELL`:
     recurrent(p, H)      {name: recurrent weight}: (H,H) blocks, or a vector for a diagonal
                          recurrence; gradflow reports and rescales their spectral radius
     update_flops(H)      FLOPs per character of a training update's recurrent work (benchmarks)
-    constrain(p, spec)   optional: keep the tensors in their domain after each optimizer step
+    constrain(p, spec)   optional: keep the tensors named in `constrained` (a tuple) in their
+                         domain after each optimizer step; p holds at least those
     kinks(buf)           optional, for a cell with a relu: a boolean array that changes when a
                          unit switches on or off (gradcheck leaves such differences out)
     step                 a jitted kernel, one step of one layer for sampling (generate.py)

@@ -130,21 +130,26 @@ def _in_domain(meta, params):
     """The tensors a cell keeps in a domain of their own after every update (Stack.constrain: a
     leaky unit's rate in [1e-4, 1], IndRNN's |u| within the run's bound) must lie in it: a
     model outside it was not written by a run, and would be sampled as it is but trained as
-    clipped at the first update. The rule is applied to a copy of each layer, which must come back
-    unchanged."""
+    clipped at the first update. The cell's rule is applied to a copy of those tensors, which
+    must come back unchanged. A fine-tuning run's checkpoint of step 0 holds the model it
+    started from, before any update of this run's (one that charrnn wrote before its bound on
+    |u| was kept across fine-tuning may lie beyond this run's bound)."""
     config = TrainConfig.from_dict(meta["config"])  # the run's options, its bound on |u| resolved
-    spec = ModelSpec(config.cell, len(meta["vocab"]), config.hidden, config.layers, config.cell_options())
-    rule = getattr(CELLS[spec.cell], "constrain", None)
-    if rule is None:
+    cell = CELLS[config.cell]
+    if not hasattr(cell, "constrain") or (config.init_from and meta.get("step") == 0):
         return
+    spec = ModelSpec(config.cell, len(meta["vocab"]), config.hidden, config.layers, config.cell_options())
     for layer, tensors in enumerate(Layout(spec).layer_views(params)[0]):
-        kept = {name: t.copy() for name, t in tensors.items()}  # a layer at a time
-        rule(kept, spec)
+        kept = {name: tensors[name].copy() for name in cell.constrained}
+        cell.constrain(kept, spec)
         for name, t in kept.items():
             outside = np.flatnonzero(t != tensors[name])
             if outside.size:
-                raise CharrnnError(f"array 'params': layer {layer}'s {name} holds {tensors[name].flat[outside[0]]:g}, "
-                                   f"outside what a {spec.cell} cell keeps it in ({outside.size} such values)")
+                i = outside[0]
+                side = "most" if tensors[name].flat[i] > t.flat[i] else "least"
+                raise CharrnnError(f"array 'params': layer {layer}'s {name} holds {tensors[name].flat[i]:g}, where "
+                                   f"its {spec.cell} cell keeps it at {side} {t.flat[i]:g} ({outside.size} such "
+                                   "values)")
 
 
 class Model:

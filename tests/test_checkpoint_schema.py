@@ -424,10 +424,10 @@ def trained(tmp_path, cell, **settings):
 
 
 @pytest.mark.parametrize("cell, tensor, value, shown", [
-    ("leaky", "a", 2.0, "2"),  # a rate above 1: h = -h + 2 tanh(...), which no run trains
-    ("leaky", "a", 0.0, "0"),  # below the least rate, 1e-4
-    ("esn", "a", 1.5, "1.5"),
-    ("indrnn", "u", -5.0, "-5"),  # beyond the bound on |u|, 2^(1/k2)
+    ("leaky", "a", 2.0, "2, where its leaky cell keeps it at most 1"),  # h = -h + 2 tanh(...): no run trains it
+    ("leaky", "a", 0.0, "0, where its leaky cell keeps it at least 0.0001"),
+    ("esn", "a", 1.5, "1.5, where its esn cell keeps it at most 1"),
+    ("indrnn", "u", -5.0, "-5, where its indrnn cell keeps it at least -1.01396"),  # -2^(1/k2), k2 50
 ])
 def test_a_tensor_outside_its_cells_domain_is_refused(tmp_path, cell, tensor, value, shown):
     # a run keeps these tensors in their domain after every update (Stack.constrain): sampled as
@@ -437,7 +437,7 @@ def test_a_tensor_outside_its_cells_domain_is_refused(tmp_path, cell, tensor, va
     spec = ModelSpec(cell, len(meta["vocab"]), 8, 1, TrainConfig.from_dict(meta["config"]).cell_options())
     Layout(spec).layer_views(params)[0][0][tensor][1] = value
     save_checkpoint(path, {**arrays, "params": params}, meta)
-    message = rf"is corrupt \(array 'params': layer 0's {tensor} holds {shown}, outside what a {cell} cell keeps it in"
+    message = rf"is corrupt \(array 'params': layer 0's {tensor} holds {re.escape(shown)} \(1 such values\)\)"
     with pytest.raises(CharrnnError, match=message):
         load_model(path)
     with pytest.raises(CharrnnError, match=message):
@@ -453,3 +453,21 @@ def test_an_indrnn_is_held_to_the_bound_of_its_own_window(tmp_path):
     assert np.abs(u).max() > 2 ** (1 / TrainConfig.k2)
     load_model(path)
     Trainer.resume(path, say=lambda *_: None).lock.release()
+
+
+def test_a_fine_tunes_first_checkpoint_holds_the_model_it_started_from(tmp_path):
+    # before the bound on |u| was kept across fine-tuning, a fine-tune of an IndRNN with another
+    # --k2 saved at step 0 the model it started from, |u| beyond its own bound: that file loads
+    path, arrays, meta = trained(tmp_path, "indrnn")
+    params = arrays["params"].copy()
+    spec = ModelSpec("indrnn", len(meta["vocab"]), 8, 1, TrainConfig.from_dict(meta["config"]).cell_options())
+    Layout(spec).layer_views(params)[0][0]["u"][1] = 1.5
+    meta["config"]["init_from"] = "base/best.npz"
+    for step, loads in ((0, True), (1, False)):  # after an update of its own, the run's bound held
+        meta["step"] = step
+        save_checkpoint(path, {**arrays, "params": params}, meta)
+        if loads:
+            load_model(path)
+        else:
+            with pytest.raises(CharrnnError, match=r"layer 0's u holds 1\.5, where its indrnn cell keeps it at most"):
+                load_model(path)

@@ -107,6 +107,8 @@ class IndRNNCell(Adapter):
         # u ~ U(0, bound) (Li et al. 2018): every unit starts remembering, none exploding
         p["u"][...] = rng.uniform(0.0, u_bound(spec), H)
 
+    constrained = ("u",)
+
     def constrain(self, p, spec):
         bound = u_bound(spec)
         np.clip(p["u"], -bound, bound, out=p["u"])

@@ -176,6 +176,8 @@ class LeakyCell(Adapter):
         uniform_(p, H, rng)
         p["a"][...] = rates(spec.option("tau"), H)
 
+    constrained = ("a",)
+
     def constrain(self, p, spec):
         np.clip(p["a"], MIN_RATE, 1.0, out=p["a"])
 
