@@ -90,8 +90,8 @@ def _real_number(name, value) -> float:
 
 
 def _flag(name, value) -> bool:
-    """`value` as a bool: True or False (numpy's too), not any value that reads as one."""
-    if not isinstance(value, (bool, np.bool_)):
+    """`value` as a bool: True or False (numpy's too, and 1 or 0), not any value that reads as one."""
+    if not (isinstance(value, (bool, np.bool_)) or (isinstance(value, numbers.Integral) and value in (0, 1))):
         raise CharrnnError(f"{as_keyword(name)} must be True or False, not {type(value).__name__} {value!r}")
     return bool(value)
 

@@ -416,11 +416,14 @@ def resolve_checkpoint(path_or_run_dir, prefer="best") -> Path:
             )
         if p.is_file():
             return p
-        with_suffix = p.with_name(p.name + SUFFIX)
-        if p.suffix != SUFFIX and with_suffix.is_file():
-            return with_suffix
     except OSError as e:  # what the file system says of the path itself (a name too long)
         raise CharrnnError(f"cannot read {os_error_message(e, p)}") from None
+    with_suffix = p.with_name(p.name + SUFFIX)
+    try:
+        if p.suffix != SUFFIX and with_suffix.is_file():
+            return with_suffix
+    except OSError:  # a name the suffix makes too long: no such file, and none named as typed
+        pass
     raise CharrnnError(
         f"no checkpoint at {p}; pass a {SUFFIX} file or a run folder holding "
         f"best{SUFFIX} or latest{SUFFIX}"

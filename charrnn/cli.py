@@ -37,10 +37,7 @@ class _Console:
         if self._console is None:
             from rich.console import Console
 
-            # COLUMNS=0 (as some tools set it) is no width: rich printed nothing at all
-            columns = os.environ.get("COLUMNS", "")
-            width = {"width": 80} if columns.isdigit() and int(columns) == 0 else {}
-            self._console = Console(**self._options, **width)
+            self._console = Console(**self._options)
         return self._console
 
     def print(self, *args, **kw):
@@ -612,10 +609,9 @@ def inspect_(
     scores = ins.score_units(tr)
     found = ins.find_units(scores, top)
     layer, unit = ins.pick_unit(scores, layer, unit)
-    if html is not None:  # first: written, whether or not stdout is read to the end (| head)
-        from .inspect_page import write_page
+    from .inspect_page import write_page
 
-        write_page(html, tr, scores, found, model.vocab, layer, unit, str(file))
+    failed = _written_first(html, lambda: write_page(html, tr, scores, found, model.vocab, layer, unit, str(file)))
     note = f"; {skipped:,} unknown {tr.step}(s) skipped" if skipped else ""
     out.print(ins.model_line(tr, str(file)) + note, markup=False, highlight=False)
     out.print(ins.unit_line(tr, scores, layer, unit), markup=False, highlight=False)
@@ -625,8 +621,7 @@ def inspect_(
     gates = ins.gates_table(tr)
     if gates is not None:
         out.print(gates)
-    if html is not None:
-        out.print(f"wrote {html}", markup=False, highlight=False)
+    _said_written(html, failed)
 
 
 @app.command()
@@ -791,13 +786,32 @@ def plot(
         png = check_output(png, "--png", PNG, {"RUN": run})
         require_pyplot()
     metrics = read_metrics(run)
-    if png is not None:  # first: written, whether or not stdout is read to the end (| head)
-        write_png(metrics, png)
+    failed = _written_first(png, lambda: write_png(metrics, png))
     for chart in charts(metrics):
         out.print(chart)
     out.print(summary(metrics), markup=False, highlight=False)
-    if png is not None:
-        out.print(f"wrote {png}", markup=False, highlight=False)
+    _said_written(png, failed)
+
+
+def _written_first(path, write):
+    """Write the file asked for (path, if any) before the printing, which a reader gone (| head)
+    ends; a failure to write it is returned, to be said after the printing, whose results are
+    still worth having."""
+    if path is None:
+        return None
+    try:
+        write()
+    except CharrnnError as e:
+        return e
+    return None
+
+
+def _said_written(path, failed):
+    """The last line of a command that wrote `path` first (_written_first): done, or why not."""
+    if failed is not None:
+        raise failed
+    if path is not None:
+        out.print(f"wrote {path}", markup=False, highlight=False)
 
 
 def _print_error(message: str):
@@ -826,6 +840,9 @@ def main():
 
     global _collector_held
     job = Solo()
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) == 0:  # no width (as some tools set it): rich, typer's help
+        del os.environ["COLUMNS"]  # included, printed nothing at all; the terminal's own width instead
     replaced = {}
     HELD.hold()  # as the entry point did, for a caller of main() itself
     train = command_named(sys.argv[1:]) == "train"
@@ -971,6 +988,11 @@ def _usage_line(e) -> str:
     ctx = getattr(e, "ctx", None)
     if ctx is not None:
         return f"{message} (see '{ctx.command_path} --help')"
-    command = command_named(sys.argv[1:])  # an option's missing value comes without its command
-    where = f"charrnn {command}" if command in typer.main.get_command(app).commands else "charrnn"
+    # an option's missing value comes without its command's context: the command line as typed,
+    # named as click names it in the others (python -m charrnn, or the script's name)
+    script = os.path.basename(sys.argv[0])
+    where = "python -m charrnn" if script in ("__main__.py", "") else script
+    command = command_named(sys.argv[1:])
+    if command in typer.main.get_command(app).commands:
+        where += f" {command}"
     return f"{message} (see '{where} --help')"

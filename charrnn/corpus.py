@@ -238,7 +238,8 @@ def _cannot_read(path, e: OSError) -> CharrnnError:
         return CharrnnError(f"{path} is a directory; give the path of a text file")
     if isinstance(e, PermissionError):
         return CharrnnError(f"cannot read {path}: permission denied; check its permissions")
-    return CharrnnError(f"cannot read {path}: {e.strerror or e.__class__.__name__}")
+    e.filename = e.filename2 = None  # named as given
+    return CharrnnError(f"cannot read {os_error_message(e, path)}")
 
 
 def _not_utf8(name: str, e: UnicodeDecodeError, offset: int, newlines: int) -> NotText:

@@ -184,8 +184,9 @@ def write_png(m: Metrics, path) -> None:
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
     for d, label in ((m.train, "train loss"), (m.val, "val loss")):
         xs, ys = _xy(d, "loss")
-        if xs:  # a single point is a line of no length: it has a marker to be seen
-            ax1.plot(xs, ys, label=label, marker="o" if d is m.val or len(xs) == 1 else None, markersize=3)
+        if xs:  # a single point is a line of no length (a gap on both sides too): a marker to be seen
+            alone = sum(map(math.isfinite, ys)) == 1
+            ax1.plot(xs, ys, label=label, marker="o" if d is m.val or alone else None, markersize=3)
     ax1.set_ylabel("loss (nats)")
     if ax1.lines:  # (a legend of nothing is a warning of matplotlib's)
         ax1.legend()

@@ -523,6 +523,10 @@ def test_a_name_too_long_for_the_file_system_is_a_charrnn_error(model, tmp_path)
         charrnn.load(long)
     with pytest.raises(CharrnnError, match=f"cannot read {re.escape(str(long))}: File name too long"):
         model.encode_file(long)
+    # a name that may be, but is too long with .npz added: not there, named as typed
+    near = tmp_path / ("a" * 253)
+    with pytest.raises(CharrnnError, match=f"^no checkpoint at {re.escape(str(near))}; pass a .npz file"):
+        charrnn.load(near)
 
 
 def test_a_flag_is_true_or_false_and_an_encoding_a_name(model, tmp_path):
@@ -535,7 +539,10 @@ def test_a_flag_is_true_or_false_and_an_encoding_a_name(model, tmp_path):
                  lambda: model.encode_file(text, skip_unknown="no")):
         with pytest.raises(CharrnnError, match=message):
             call()
-    assert model.evaluate("the cat", skip_unknown=np.True_) == model.evaluate("the cat", skip_unknown=True)
+    assert model.evaluate("the cat", skip_unknown=np.True_) == model.evaluate("the cat", skip_unknown=1) == \
+        model.evaluate("the cat", skip_unknown=True)
+    with pytest.raises(CharrnnError, match=re.escape("skip_unknown= must be True or False, not int 2")):
+        model.evaluate("the cat", skip_unknown=2)
     for bad in ("", 0, False):
         with pytest.raises(CharrnnError, match=re.escape(f"encoding={bad!r} is an unknown encoding")):
             model.encode_file(text, encoding=bad)

@@ -117,3 +117,17 @@ def test_the_png_is_written_when_stdout_is_not_read_to_the_end(tmp_path):
     os.close(write)
     assert r.returncode == 1 and r.stderr == b"", r.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_png_that_cannot_be_written_is_said_after_the_charts(tmp_path, monkeypatch):
+    # written before the printing (above), a failure still leaves the charts printed, then says why
+    pytest.importorskip("matplotlib")
+    import charrnn.plot
+
+    def full_disk(metrics, path):
+        raise CharrnnError(f"cannot write {path}: No space left on device; free some disk space")
+
+    monkeypatch.setattr(charrnn.plot, "write_png", full_disk)
+    r = runner.invoke(app, ["plot", str(_write_run(tmp_path / "run")), "--png", str(tmp_path / "p.png")])
+    assert r.exit_code == 1 and "best val" in r.stdout and "wrote" not in r.stdout
+    assert str(r.exception).startswith(f"cannot write {tmp_path / 'p.png'}: No space left")

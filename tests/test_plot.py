@@ -195,6 +195,9 @@ def test_columns_0_is_no_terminal_of_no_width(tmp_path):
                        env={**os.environ, "COLUMNS": "0"})
     assert p.returncode == 0, p.stderr
     assert "train loss" in p.stdout and "best val" in p.stdout
+    p = subprocess.run([sys.executable, "-m", "charrnn", "sample", "--help"], capture_output=True, text=True,
+                       timeout=60, env={**os.environ, "COLUMNS": "0"})
+    assert p.returncode == 0 and "--temperature" in p.stdout, p.stderr
 
 
 def test_cli_plot_of_a_missing_run_exits_1(tmp_path):
@@ -234,6 +237,11 @@ def test_a_single_point_is_drawn_and_no_series_is_no_warning(tmp_path, monkeypat
     plot.write_png(read_metrics(tmp_path), tmp_path / "p.png")
     loss, norm = (ax.lines[0] for ax in drawn[0].axes)
     assert loss.get_marker() == norm.get_marker() == "o"
+    # a point beside a value too large to draw (a gap): alone as well
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": 2.0}\n'
+                                            '{"kind": "train", "step": 2, "loss": 1e300}\n')
+    plot.write_png(read_metrics(tmp_path), tmp_path / "p.png")
+    assert drawn[-1].axes[0].lines[0].get_marker() == "o"
     (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": null}\n')
     with warnings.catch_warnings():
         warnings.simplefilter("error")
