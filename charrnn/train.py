@@ -5,6 +5,7 @@ optimizer step). Everything that decides what happens next lives in the checkpoi
 resumed run continues exactly as the uninterrupted run would have.
 """
 import _thread
+import hashlib
 import json
 import math
 import os
@@ -280,6 +281,7 @@ class Trainer:
     @classmethod
     def _restore(cls, path, say, inputs, overrides):
         arrays, meta = load_checkpoint(path, schema=TRAINING)
+        _read_by_every_rank(path, meta)
         cfg = TrainConfig.from_dict(meta["config"])
         saved_limits = {name: getattr(cfg, name) for name in STOPPING_RULES}  # check_not_done
         changes = [f"{flag(k)} {_shown(getattr(cfg, k))} -> {_shown(v)}" for k, v in overrides.items()
@@ -876,6 +878,18 @@ def check_new_run_dir(run_dir: Path) -> None:
     for name, step in ((METRICS_FILE, _record_step), (SAMPLES_FILE, _sample_step)):
         if not _left_by_a_run(run_dir / name, step):  # a file of the user's: never replaced
             raise CharrnnError(f"{run_dir / name} is not a log of charrnn's; move it, or choose another --run name")
+
+
+def _read_by_every_rank(path, meta):
+    """Under MPI each rank reads the checkpoint it resumes for itself. A rank that read another
+    one (a run folder that each machine holds a copy of, one copy older) would go its own way,
+    and the ranks would wait for each other at 100% CPU for ever in their next all-reduce: the
+    document it read must be rank 0's."""
+    world = distributed.world()
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+    if world.from_root(digest) != digest:
+        raise CharrnnError(f"{path} here is not the checkpoint rank 0 read; every rank must resume the same run, "
+                           "from a folder on a file system they all see")
 
 
 def new_run_dir(cfg: TrainConfig) -> Path:

@@ -699,3 +699,21 @@ def test_what_stops_the_first_rank_sharing_the_text_stops_the_others(corpus, tmp
     # rank 1, which did not read, raises what rank 0 did: a CharrnnError saying it, if another error
     want = ranks[0]["raised"] if raised[0] != "MemoryError" else ["CharrnnError", "MemoryError no memory left"]
     assert ranks[1]["raised"] == want, ranks
+
+
+@needs_mpi
+def test_ranks_that_read_different_checkpoints_are_stopped_before_they_wait_for_each_other(
+        corpus, tmp_path, aborted_jobs_leave_no_shared_memory):
+    # each rank reads the checkpoint it resumes for itself: on machines that each hold a copy of
+    # the run folder, one copy older, the ranks went their own ways and waited for each other at
+    # 100% CPU for ever. Here each rank starts in a folder of its own, holding a run of that name.
+    for seed, place in ((1, "a"), (2, "b")):
+        ok(launch(1, corpus, tmp_path / place / "ck" / "R", "--max-steps", 2, "--seed", seed))
+    cmd = [sys.executable, "-m", "charrnn", "train", "--resume", "ck/R", "--max-steps", "4", "-q"]
+    r = subprocess.run([MPIEXEC, *LAUNCH, "-n", "1", "-wdir", str(tmp_path / "a"), *cmd, ":",
+                        "-n", "1", "-wdir", str(tmp_path / "b"), *cmd], capture_output=True, text=True, timeout=240,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="300", **LAUNCH_ENV))
+    assert r.returncode == 1
+    assert charrnn_lines(r.stderr) == [
+        "error: rank 1: ck/R/latest.npz here is not the checkpoint rank 0 read; every rank must resume the same "
+        "run, from a folder on a file system they all see"], r.stderr
