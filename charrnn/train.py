@@ -27,7 +27,7 @@ from .config import (LOG_STARTS, METRICS_FILE, MODEL_SETTINGS, OLDER_CHECKPOINTS
                      resolved_u_max)
 from .corpus import (Corpus, NotText, Streams, Vocab, default_corpus, fit_batch_and_window, read_corpus, shown_text,
                      split, streams_held, window_reach)
-from .errors import CharrnnError, UsageError, file_in_the_way, flag, os_error_message
+from .errors import CharrnnError, UsageError, as_flag, file_in_the_way, flag, os_error_message
 from .evaluate import Abandoned, bits, evaluate
 from .model import ModelSpec, Stack, init_params, transplant
 from .optim import Optimizer, clip_by_norm, clip_by_value, learning_rate
@@ -161,6 +161,7 @@ class Trainer:
         self.params = init_params(self.spec, self.rng, np.float32)
         if base is not None:  # the trained model; a fresh model's rows for the characters it lacked
             transplant(base.spec, base.params, self.spec, self.params)
+        _same_run_on_every_rank(cfg, self.vocab, len(self.train_ids))
         self.world.bcast(self.params)  # every rank starts from rank 0's model
         self._synced_at = None  # the update whose model every rank last took from rank 0
         self.grads = np.zeros_like(self.params)
@@ -878,6 +879,23 @@ def check_new_run_dir(run_dir: Path) -> None:
     for name, step in ((METRICS_FILE, _record_step), (SAMPLES_FILE, _sample_step)):
         if not _left_by_a_run(run_dir / name, step):  # a file of the user's: never replaced
             raise CharrnnError(f"{run_dir / name} is not a log of charrnn's; move it, or choose another --run name")
+
+
+def _same_run_on_every_rank(cfg, vocab, train_chars):
+    """Under MPI every rank must run the same run: settings, characters and text. A rank given
+    other settings (launched with another command line, as mpiexec's A : B allows) or another
+    text would go its own way, and the ranks would wait for each other for ever in their next
+    all-reduce. Each rank compares its own with rank 0's before the first."""
+    world = distributed.world()
+    mine = {**cfg.to_dict(), "vocabulary": vocab.to_json(), "training characters": train_chars}
+    root = world.from_root(mine)
+    differ = [k for k in mine if mine[k] != root.get(k)]
+    if differ:
+        text = {"vocabulary", "training characters"}
+        said = (["its text is another"] if text & set(differ) else []) + \
+            [f"{as_flag(k, _shown(mine[k]))} (rank 0: {_shown(root.get(k))})" for k in differ if k not in text]
+        raise CharrnnError(f"this rank's run is not rank 0's: {', '.join(said)}; launch every rank with the same "
+                           "command line, in a folder on a file system they all see")
 
 
 def _read_by_every_rank(path, meta):

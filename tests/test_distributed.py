@@ -717,3 +717,21 @@ def test_ranks_that_read_different_checkpoints_are_stopped_before_they_wait_for_
     assert charrnn_lines(r.stderr) == [
         "error: rank 1: ck/R/latest.npz here is not the checkpoint rank 0 read; every rank must resume the same "
         "run, from a folder on a file system they all see"], r.stderr
+
+
+@needs_mpi
+def test_ranks_launched_with_other_settings_are_stopped_before_they_wait_for_each_other(corpus, tmp_path):
+    # mpiexec's A : B launches ranks with command lines of their own: ranks with other limits
+    # trained on past each other and waited for ever at 100% CPU. (The job ends by an abort,
+    # which may leave MPICH's segment in /dev/shm: removed here.)
+    before = shared_memory()
+    cmd = [sys.executable, "-m", "charrnn", "train", str(corpus), *MODEL, "--out-dir", str(tmp_path), "--run", "r"]
+    r = subprocess.run([MPIEXEC, *LAUNCH, "-n", "1", *cmd, "--max-steps", "2", ":", "-n", "1", *cmd, "--max-steps", "3"],
+                       capture_output=True, text=True, timeout=240,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="300", **LAUNCH_ENV))
+    for name in shared_memory() - before:
+        Path("/dev/shm", name).unlink(missing_ok=True)
+    assert r.returncode == 1
+    assert charrnn_lines(r.stderr) == [
+        "error: rank 1: this rank's run is not rank 0's: --max-steps 3 (rank 0: 2); launch every rank with the same "
+        "command line, in a folder on a file system they all see"], r.stderr
