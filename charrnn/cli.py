@@ -592,6 +592,7 @@ def inspect_(
     """See inside a model: which units track quotes, line position, brackets, indent and word starts, and how its gates open and close."""
     from . import inspect as ins
     from .corpus import check_read_as
+    from .inspect_page import write_page
     from .outputs import HTML, check_output
     from .sampling import load_model, warm_up_evaluate
 
@@ -609,8 +610,6 @@ def inspect_(
     scores = ins.score_units(tr)
     found = ins.find_units(scores, top)
     layer, unit = ins.pick_unit(scores, layer, unit)
-    from .inspect_page import write_page
-
     failed = _written_first(html, lambda: write_page(html, tr, scores, found, model.vocab, layer, unit, str(file)))
     note = f"; {skipped:,} unknown {tr.step}(s) skipped" if skipped else ""
     out.print(ins.model_line(tr, str(file)) + note, markup=False, highlight=False)
