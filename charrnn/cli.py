@@ -880,12 +880,15 @@ def main():
         if job.size > 1 and e.code not in (0, None) and not job.stopped_together:
             job.abort(e.code if isinstance(e.code, int) else 1)
         raise
-    except BaseException:  # a traceback CHARRNN_TRACEBACK=1 asked for
+    except BaseException:  # a traceback CHARRNN_TRACEBACK=1 asked for, or a line that could not be said
         if job.size > 1:
             import traceback
 
-            job.unmute()
-            traceback.print_exc()
+            try:  # (stderr on a full disk: the job must end all the same)
+                job.unmute()
+                traceback.print_exc()
+            except BaseException:
+                pass
             job.abort(1)
         raise
     finally:

@@ -110,12 +110,13 @@ class StopsHeld:
         self._before, self.holding, self.noted = {}, False, False
 
     def ignore(self):
-        """Stops ignored from now on: once the command has ended (charrnn/__main__.py), one in
-        MPI's shutdown at exit would only cut this rank short, killed by the signal, and the
-        launcher would report that as its failure (MPICH's mpiexec: exit 2); in an abort (Mpi),
-        one would cut its waits short. The launcher's own second Ctrl-C still ends every rank
-        by force."""
-        for s in self.SIGNALS:
+        """Stops ignored from now on, SIGTERM too: once the command has ended (charrnn/__main__.py),
+        one in MPI's shutdown at exit would only cut this rank short, killed by the signal, and
+        the launcher would report that as its failure (MPICH's mpiexec: exit 2, or 15 for a
+        scheduler's SIGTERM reaching this rank a few hundredths of a second after another's);
+        in an abort (Mpi), one would cut its waits short. The launcher's own second Ctrl-C
+        still ends every rank by force."""
+        for s in (*self.SIGNALS, signal.SIGTERM):
             signal.signal(s, signal.SIG_IGN)
         self._before, self.holding, self.noted = {}, False, False
 
@@ -265,13 +266,18 @@ class Mpi(Solo):
         self._stderr = None
         self._waited = False
         if not self.root:  # quiet: rank 0 speaks for the job
-            sys.stdout.flush()
-            sys.stderr.flush()
-            self._stderr = os.dup(2)
+            _flushed(sys.stdout, sys.stderr)
+            try:
+                self._stderr = os.dup(2)
+            except OSError:  # started with stderr closed (2>&-): nothing to be heard through
+                self._stderr = None
             null = os.open(os.devnull, os.O_WRONLY)
             os.dup2(null, 1)
             os.dup2(null, 2)
             os.close(null)
+            # started with them closed (>&-, 2>&-), Python has no stdout or stderr: now writes go nowhere
+            sys.stdout = sys.stdout or open(1, "w", closefd=False)
+            sys.stderr = sys.stderr or open(2, "w", closefd=False)
         self.node = comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this machine
         self.node_size = self.node.Get_size()
         try:
@@ -378,7 +384,7 @@ class Mpi(Solo):
         unlink_mapped_segments()  # an error ends the job, maybe by rank 0's abort in the wait below
         if self._stderr is not None:
             self._yield_to_root()
-            sys.stderr.flush()
+            _flushed(sys.stderr)
             os.dup2(self._stderr, 2)
 
     def abort(self, code):
@@ -388,8 +394,7 @@ class Mpi(Solo):
         unlink_mapped_segments()  # first: another rank's abort may end this one in the waits below
         if not self.root:
             self._yield_to_root()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        _flushed(sys.stdout, sys.stderr)
         time.sleep(FORWARD_WAIT)
         if self.exit_to_abort:
             os._exit(code)
@@ -414,6 +419,18 @@ class Mpi(Solo):
 def _interrupt_for_test(rank, when):
     if os.environ.get(INTERRUPT) == f"{rank} {when}":
         os.kill(os.getpid(), signal.SIGINT)
+
+
+def _flushed(*streams):
+    """Flush what is buffered for each stream that is there: one that is closed (>&-: None) or
+    cannot be written (a full disk) must not keep a rank from muting itself or from ending
+    the job, which would leave the others waiting for ever."""
+    for stream in streams:
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
 
 
 # MPICH's shared-memory segments in /dev/shm, which stay linked until MPI_Finalize

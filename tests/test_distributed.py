@@ -735,3 +735,25 @@ def test_ranks_launched_with_other_settings_are_stopped_before_they_wait_for_eac
     assert charrnn_lines(r.stderr) == [
         "error: rank 1: this rank's run is not rank 0's: --max-steps 3 (rank 0: 2); launch every rank with the same "
         "command line, in a folder on a file system they all see"], r.stderr
+
+
+@needs_mpi
+@pytest.mark.parametrize("redirect, code", [("2>/dev/full", 1), (">&-", 0), ("2>&-", 0)])
+def test_a_rank_whose_stdout_or_stderr_cannot_be_written_ends_the_job(corpus, tmp_path, redirect, code):
+    # stderr on a full disk: rank 0's error line failed, then its traceback, and the job never
+    # aborted: rank 0 waited in MPI_Finalize, rank 1 in an all-reduce, for ever (and past
+    # SIGTERM). Started with stdout or stderr closed, a rank other than 0 failed as it muted
+    # itself (an internal error, or nothing), and the others waited for ever. Now: exit 1 as
+    # one process gives for the first (its progress cannot be written), and a run for the others.
+    before = shared_memory()
+    cmd = [sys.executable, "-m", "charrnn", "train", str(corpus), *MODEL, "--max-steps", "2", "--out-dir",
+           str(tmp_path), "--run", "r"]
+    cmd.remove("-q")  # its progress and lines go to the streams it has
+    r = subprocess.run([MPIEXEC, *LAUNCH, "-n", "2", "sh", "-c", f'exec "$0" "$@" {redirect}', *cmd],
+                       capture_output=True, text=True, timeout=240,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="300", **LAUNCH_ENV))
+    for name in shared_memory() - before:  # (an abort may leave MPICH's segment)
+        Path("/dev/shm", name).unlink(missing_ok=True)
+    assert r.returncode == code and "internal error" not in r.stderr, r.stderr
+    if code == 0:
+        assert load_checkpoint(tmp_path / "r" / "latest.npz")[1]["step"] == 2
