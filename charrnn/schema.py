@@ -105,10 +105,10 @@ def check_vocab(vocab) -> list:
 
 
 def model_spec(meta) -> ModelSpec:
-    """The model a checked document describes."""
-    config = meta["config"]
-    options = tuple((k, config[k]) for k in CELL_OPTIONS if k in config)
-    return ModelSpec(config["cell"], len(meta["vocab"]), config["hidden"], config["layers"], options)
+    """The model a checked document describes, as its run made it: the run's cell options, the
+    bound on |u| resolved for its own k2 (TrainConfig.cell_options)."""
+    config = TrainConfig.from_dict(meta["config"])
+    return ModelSpec(config.cell, len(meta["vocab"]), config.hidden, config.layers, config.cell_options())
 
 
 def _expect(headers, name, shape, dtypes):
@@ -134,11 +134,10 @@ def _in_domain(meta, params):
     must come back unchanged. A fine-tuning run's checkpoint of step 0 holds the model it
     started from, before any update of this run's (one that charrnn wrote before its bound on
     |u| was kept across fine-tuning may lie beyond this run's bound)."""
-    config = TrainConfig.from_dict(meta["config"])  # the run's options, its bound on |u| resolved
-    cell = CELLS[config.cell]
-    if not hasattr(cell, "constrain") or (config.init_from and meta.get("step") == 0):
+    spec = model_spec(meta)
+    cell = CELLS[spec.cell]
+    if not hasattr(cell, "constrain") or (meta["config"].get("init_from") and meta.get("step") == 0):
         return
-    spec = ModelSpec(config.cell, len(meta["vocab"]), config.hidden, config.layers, config.cell_options())
     for layer, tensors in enumerate(Layout(spec).layer_views(params)[0]):
         kept = {name: tensors[name].copy() for name in cell.constrained}
         cell.constrain(kept, spec)

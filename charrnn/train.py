@@ -881,19 +881,24 @@ def check_new_run_dir(run_dir: Path) -> None:
             raise CharrnnError(f"{run_dir / name} is not a log of charrnn's; move it, or choose another --run name")
 
 
+def _unlike_rank_0(mine: dict) -> dict:
+    """{name: rank 0's value} of the names in `mine` whose values differ from rank 0's (none in
+    one process)."""
+    root = distributed.world().from_root(mine)
+    return {k: root.get(k) for k in mine if mine[k] != root.get(k)}
+
+
 def _same_run_on_every_rank(cfg, vocab, train_chars):
     """Under MPI every rank must run the same run: settings, characters and text. A rank given
     other settings (launched with another command line, as mpiexec's A : B allows) or another
     text would go its own way, and the ranks would wait for each other for ever in their next
     all-reduce. Each rank compares its own with rank 0's before the first."""
-    world = distributed.world()
     mine = {**cfg.to_dict(), "vocabulary": vocab.to_json(), "training characters": train_chars}
-    root = world.from_root(mine)
-    differ = [k for k in mine if mine[k] != root.get(k)]
+    differ = _unlike_rank_0(mine)
     if differ:
         text = {"vocabulary", "training characters"}
         said = (["its text is another"] if text & set(differ) else []) + \
-            [f"{as_flag(k, _shown(mine[k]))} (rank 0: {_shown(root.get(k))})" for k in differ if k not in text]
+            [f"{as_flag(k, _shown(mine[k]))} (rank 0: {_shown(theirs)})" for k, theirs in differ.items() if k not in text]
         raise CharrnnError(f"this rank's run is not rank 0's: {', '.join(said)}; launch every rank with the same "
                            "command line, in a folder on a file system they all see")
 
@@ -903,9 +908,7 @@ def _read_by_every_rank(path, meta):
     one (a run folder that each machine holds a copy of, one copy older) would go its own way,
     and the ranks would wait for each other at 100% CPU for ever in their next all-reduce: the
     document it read must be rank 0's."""
-    world = distributed.world()
-    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
-    if world.from_root(digest) != digest:
+    if _unlike_rank_0({"checkpoint": hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()}):
         raise CharrnnError(f"{path} here is not the checkpoint rank 0 read; every rank must resume the same run, "
                            "from a folder on a file system they all see")
 
