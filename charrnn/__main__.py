@@ -59,7 +59,20 @@ def command_named(args) -> str:
     return next((a for a in args if not a.startswith("-")), "")
 
 
+def closed_streams_held():
+    """A standard stream started closed (>&-, 2>&-) leaves its descriptor free, and the next file
+    or socket opened takes it: MPI's, into which anything written to stderr would then go (an
+    MPI job aborted at exit, 1 run in 6). /dev/null holds it instead; Python's sys.stdout and
+    sys.stderr stay None, so that the commands still see the stream closed."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
+
+
 def main():
+    closed_streams_held()
     HELD.hold()
     numba_values_must_be_read()
     # numpy's warnings of overflow or an invalid value in our arithmetic (a broken model): what
