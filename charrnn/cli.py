@@ -317,16 +317,18 @@ class _TrainProgress:
             """Its text until a stop signal comes, then `stopping`: read as the display refreshes,
             so that a stop shows at once (the figures make room for it on a narrow terminal)."""
 
-            def __init__(self, text_format, stopping=""):
+            def __init__(self, text_format, names_the_stop=False):
                 super().__init__(text_format)
-                self.stopping = Text(stopping, style="bold")
+                self.names_the_stop = names_the_stop
 
             def render(self, task):
-                return self.stopping if trainer.signalled else super().render(task)
+                if not trainer.signalled:
+                    return super().render(task)
+                return Text(_stopping_said(trainer.first_stop) if self.names_the_stop else "", style="bold")
 
         self.trainer = trainer
         self.progress = Progress(
-            UntilStopped("[bold]{task.fields[step]}", "stopping (Ctrl-C again: at once)"), BarColumn(bar_width=20),
+            UntilStopped("[bold]{task.fields[step]}", names_the_stop=True), BarColumn(bar_width=20),
             UntilStopped("ep {task.fields[epoch]:.2f}  loss {task.fields[loss]}  val {task.fields[val]}  "
                          "{task.fields[chars]} ch/s  clip {task.fields[clip]}"),
             TimeRemainingColumn(), console=err.console, transient=False)
@@ -352,6 +354,17 @@ class _TrainProgress:
         if math.isfinite(trainer.last_val):
             f["val"] = f"{trainer.last_val:.3f} ({trainer.last_val / math.log(2):.2f} bpc)"
         self.progress.update(self.task, completed=min(1000, 1000 * trainer.done_fraction()), **f)
+
+
+def _stopping_said(signum):
+    """What the progress bar says once a stop signal came: any second one stops at once."""
+    if signum == signal.SIGINT:
+        return "stopping (Ctrl-C again: at once)"
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    return f"stopping on {name} (a second stop: at once)"
 
 
 def _first_call(warm):

@@ -176,6 +176,7 @@ class Trainer:
         self.last_val = math.inf
         self.last_val_step = None  # the update after which last_val was measured
         self.signalled = False  # one of STOP_SIGNALS reached this process
+        self.first_stop = None  # that signal's number (the progress bar names it)
         self.stopping_now = 0  # a second one, the signal's number
         self.stop_requested = False  # whether to stop after this update: agreed by every rank under MPI
         self.fresh = True  # False once the run folder holds this run (resumed, or run() started)
@@ -621,6 +622,7 @@ class Trainer:
         if self.signalled:  # a second signal: stop now, whatever the state
             self.stopping_now = signum
             raise KeyboardInterrupt
+        self.first_stop = signum
         self.signalled = True  # finish this update, save, then stop
 
     def _unraisable(self, unraisable):

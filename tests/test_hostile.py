@@ -409,7 +409,13 @@ def test_a_second_ctrl_c_inside_a_callback_of_c_code_still_stops_at_once(corpus,
     assert not (tmp_path / "r" / "latest.npz").exists()  # stopped at once, nothing saved
 
 
-def test_the_progress_bar_says_at_once_that_a_stop_came(corpus, tmp_path):
+@pytest.mark.parametrize("signum, said", [
+    (signal.SIGINT, "stopping (Ctrl-C again: at once)"),
+    # a scheduler's SIGTERM or a user's SIGUSR1 is not a Ctrl-C: the bar said "Ctrl-C again" for them too
+    (signal.SIGTERM, "stopping on SIGTERM (a second stop: at once)"),
+    (signal.SIGUSR1, "stopping on SIGUSR1 (a second stop: at once)"),
+])
+def test_the_progress_bar_says_at_once_that_a_stop_came(corpus, tmp_path, signum, said):
     # nothing showed that Ctrl-C was taken until the update (or a long validation) ended
     from charrnn.train import Trainer
 
@@ -419,8 +425,8 @@ def test_the_progress_bar_says_at_once_that_a_stop_came(corpus, tmp_path):
         progress.update(trainer, None)
         task, (step, _, figures, _) = progress.progress.tasks[0], progress.progress.columns
         assert str(step.render(task)) == "step 0" and str(figures.render(task)).startswith("ep 0.00  loss -")
-        trainer._on_stop_signal(signal.SIGINT, None)  # read as the display next refreshes
-        assert str(step.render(task)) == "stopping (Ctrl-C again: at once)"
+        trainer._on_stop_signal(signum, None)  # read as the display next refreshes
+        assert str(step.render(task)) == said
         assert str(figures.render(task)) == ""  # room for it at 80 columns, where it was cut
 
 
