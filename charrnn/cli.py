@@ -344,7 +344,7 @@ class _TrainProgress:
 
     def update(self, trainer, record):
         f = self.fields
-        f["step"] = f"step {trainer.step}"
+        f["step"] = f"step {trainer.step}, testing" if trainer.testing else f"step {trainer.step}"
         f["epoch"] = trainer.epoch()
         if record is not None:
             f["loss"] = f"{record['loss']:.3f}"

@@ -177,6 +177,7 @@ class Trainer:
         self.last_val_step = None  # the update after which last_val was measured
         self.signalled = False  # one of STOP_SIGNALS reached this process
         self.first_stop = None  # that signal's number (the progress bar names it)
+        self.testing = False  # in the test after the last update (the progress bar says so)
         self.stopping_now = 0  # a second one, the signal's number
         self.stop_requested = False  # whether to stop after this update: agreed by every rank under MPI
         self.fresh = True  # False once the run folder holds this run (resumed, or run() started)
@@ -490,6 +491,9 @@ class Trainer:
                     raise Interrupted(path)
             test = math.nan
             if len(self.test_ids) >= 2:
+                self.testing = True
+                if progress:
+                    progress(self, None)
                 try:  # a stop now ends it at once: the last update was saved above, the resume tests it
                     test = self._evaluate(self.test_ids, stop=self._stopping)
                 except Abandoned:

@@ -598,6 +598,24 @@ def test_a_run_stopped_at_its_last_update_before_its_test_resumes_to_test(corpus
     assert json.loads(log.read_text().splitlines()[-1])["kind"] == "test"
 
 
+def test_the_progress_bar_says_the_test_has_begun(corpus, tmp_path):
+    # a resume that only tests showed "compiling kernels..." and nothing else while the test ran
+    from charrnn.cli import _TrainProgress
+
+    train_steps(config(corpus, tmp_path), tmp_path / "r", 5)
+    log = tmp_path / "r" / "metrics.jsonl"
+    log.write_text("".join(line for line in log.read_text().splitlines(keepends=True) if '"kind": "test"' not in line))
+    trainer = Trainer.resume(tmp_path / "r", say=lambda *_: None)
+    shown = []
+    with _TrainProgress(trainer) as bar:
+        def progress(t, record):
+            bar.update(t, record)
+            shown.append(str(bar.progress.columns[0].render(bar.progress.tasks[0])))
+
+        trainer.run(progress)
+    assert shown == ["step 5, testing"]
+
+
 def _stop_in_the_final_test(monkeypatch):
     """Ctrl-C arrives as the final test starts reading; returns how many windows it read."""
     import charrnn.train as train_module
