@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CharrnnError, os_error_message
+from .errors import CharrnnError, counted, os_error_message
 
 FORMAT_VERSION = 1
 SUFFIX = ".npz"
@@ -369,7 +369,7 @@ def _not_an_archive(path: Path, head: bytes) -> str:
     if not head:
         return _corrupt(path, "the file is empty")
     if _ZIP_MAGIC.startswith(head):
-        return _corrupt(path, f"the file is cut off after {len(head)} bytes")
+        return _corrupt(path, f"the file is cut off after {counted(len(head), 'byte')}")
     if head.startswith(b"\x93NUMPY"):
         return f"{path} is a single .npy array, not a charrnn checkpoint ({SUFFIX} archive)"
     if head[:1] == b"\x80":  # pickle protocols 2 and up start with the PROTO opcode

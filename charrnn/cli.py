@@ -18,7 +18,7 @@ from .cells import choices_help
 from .config import (CELLS, DIAGNOSTIC_RANGES, EVAL_RANGES, INSPECT_CHARS, INSPECT_MAX_CHARS, OPTIMIZERS, RANGES,
                      SAMPLE_RANGES, SCHEDULES, Range)
 from .config import TrainConfig as _C  # the defaults of train's options
-from .errors import CharrnnError, UsageError, as_flag, flag, os_error_message
+from .errors import CharrnnError, UsageError, as_flag, counted, flag, os_error_message
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Character-level RNN, LSTM and GRU language models, trained on the CPU.")
@@ -268,7 +268,7 @@ def train(
     test_said = f"test {test:.4f} nats ({test / math.log(2):.3f} bits/char)" if not math.isnan(test) else "no test text"
     speed = (f"{summary['train_chars_per_sec']:,.0f} chars/s" if summary["train_chars_per_sec"] is not None else
              "no speed measured (one update, which loads the kernels)" if summary["updates"] else "no update to train")
-    out.print(f"done: {summary['steps']} updates, {summary['epochs']:.2f} epochs, {summary['elapsed']:.0f} s, "
+    out.print(f"done: {counted(summary['steps'], 'update')}, {summary['epochs']:.2f} epochs, {summary['elapsed']:.0f} s, "
               f"{speed}, stopped by {' and '.join(summary['stopped_by'])}; "
               f"{val_said}; {test_said}; checkpoints in {summary['run_dir']}", highlight=False)
 
@@ -770,7 +770,7 @@ def gradflow(
                                "--radius or --max-k")
     unknown = max(f.unknown for f in flows)  # a checkpoint's model, which may lack some of the text's characters
     if unknown:
-        err.print(f"note: left out {unknown:,} of the {ids.size:,} characters of {corpus} that the model does not "
+        err.print(f"note: left out {unknown:,} of the {counted(ids.size, 'character')} of {corpus} that the model does not "
                   "know", markup=False, highlight=False)
     if png is not None:
         gf.write_png(flows, png)

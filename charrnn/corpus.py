@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import DOC_SEP, LOG_STARTS
-from .errors import CharrnnError, UsageError, as_flag, os_error_message
+from .errors import CharrnnError, UsageError, as_flag, counted, os_error_message
 
 ENCODINGS = ("utf-8", "latin-1", "bytes")
 
@@ -893,7 +893,7 @@ def split(ids, fractions=(0.9, 0.05, 0.05), *, name: str = "the corpus"):
                   "use a longer text, or give each of the validation and test fractions (--val-fraction, "
                   "--test-fraction) 0, for no such part, or enough for 2 characters")
         need = f"at least {need:,}" if need < _BEYOND_ANY_TEXT else f"more than {_BEYOND_ANY_TEXT:.1e}"
-        raise CharrnnError(f"{name} has {n:,} characters; a {shown} train/val/test split needs {need} (2 per part); "
+        raise CharrnnError(f"{name} has {counted(n, 'character')}; a {shown} train/val/test split needs {need} (2 per part); "
                            f"{advice}")
     n_train, n_val, _ = _split_sizes(n, fr)
     return ids[:n_train], ids[n_train : n_train + n_val], ids[n_train + n_val :]
@@ -928,7 +928,7 @@ def fit_batch_and_window(n_train: int, batch: int, window: int, ranks: int = 1) 
         raise ValueError(f"batch and window must be at least 1, got {batch} and {window}")
     if n_train < 2 * ranks:
         raise CharrnnError(
-            f"the training text has {n_train} character(s); it needs at least 2 (one input, one target)"
+            f"the training text has {counted(n_train, 'character')}; it needs at least 2 (one input, one target)"
             + (f" for each of {ranks} processes" if ranks > 1 else "")
         )
     if n_train >= batch * (window + 1):
@@ -984,7 +984,7 @@ class Streams:
         S = self.length(ids.size, batch)
         if S < 1:
             raise CharrnnError(
-                f"{ids.size:,} training characters cannot fill {batch} streams "
+                f"{counted(ids.size, 'training character')} cannot fill {counted(batch, 'stream')} "
                 f"(each needs at least 2); use a smaller batch or a longer text"
             )
         self.batch = batch

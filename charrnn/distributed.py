@@ -27,7 +27,7 @@ import sys
 import time
 import warnings
 
-from .errors import CharrnnError, UsageError
+from .errors import CharrnnError, UsageError, counted
 
 # (size, rank) of the variables an MPI launcher sets in every process it starts: MPICH's and
 # Intel MPI's hydra (and srun with PMI-2), Open MPI's mpirun, srun. A Slurm batch script has
@@ -172,7 +172,7 @@ class Solo:
         if batch % self.size:
             valid = ", ".join(str(r) for r in range(1, batch + 1) if batch % r == 0)
             if resumed:
-                raise UsageError(f"this run's batch, {batch} streams in all, cannot be split over {self.size} "
+                raise UsageError(f"this run's batch, {counted(batch, 'stream')} in all, cannot be split over {self.size} "
                                  f"processes; resume it with a number that divides it ({valid})")
             raise UsageError(f"--batch {batch} (the total over all processes) cannot be split over {self.size} "
                              f"processes; launch a number that divides it ({valid}) or give a --batch that "

@@ -18,6 +18,11 @@ def as_keyword(name, value=None):
     return f"{name}=" if value is None else f"{name}={value!r}"
 
 
+def counted(n, noun):
+    """A count and its noun, for messages: 1 update, 2 updates, 12,000 characters."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
 class CharrnnError(Exception):
     """A known problem with the user's input: say what went wrong and what to do about it."""
 

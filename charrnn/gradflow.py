@@ -38,7 +38,7 @@ import numpy as np
 from . import memory
 from .cells import CELLS
 from .corpus import Vocab
-from .errors import CharrnnError
+from .errors import CharrnnError, counted
 from .model import Layout, ModelSpec, Stack, init_params
 
 
@@ -190,7 +190,7 @@ def sample_windows(ids, n_windows: int, batch: int, steps: int, rng: np.random.G
     need = 2 * steps + 1
     if ids.size < need:
         raise CharrnnError(
-            f"the corpus has {ids.size:,} usable characters, but a window of {steps} steps needs "
+            f"the corpus has {counted(ids.size, 'usable character')}, but a window of {counted(steps, 'step')} needs "
             f"{need:,} (a warm-up of the same length first); use a longer text or a smaller --max-k"
         )
     starts = rng.integers(0, ids.size - need + 1, size=(n_windows, batch))
@@ -273,7 +273,7 @@ def run(ids, chars, cells=None, trained=None, hidden=64, layers=1, seed=0, radiu
             set_forget_bias(m, forget_bias)
         known, dropped = corpus_ids(ids, chars, m.vocab)
         if ids.size and not known.size:
-            raise CharrnnError(f"none of the {ids.size:,} characters of --corpus is one the model knows; give a text "
+            raise CharrnnError(f"none of the {counted(ids.size, 'character')} of --corpus is one the model knows; give a text "
                                "like its training text")
         flows.append(replace(measure(m, known, max_k, windows, batch, seed), unknown=dropped))
     return flows

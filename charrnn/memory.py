@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .cells import CELLS
-from .errors import CharrnnError
+from .errors import CharrnnError, counted
 from .evaluate import WARMUP, first_warm
 from .model import Layout, ModelSpec, Stack
 from .optim import moment_names
@@ -96,4 +96,4 @@ def _size(n: int) -> str:
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= scale:
             return f"{n / scale:,.1f} {unit}"
-    return f"{n} bytes"
+    return counted(n, "byte")

@@ -616,6 +616,19 @@ def test_the_progress_bar_says_the_test_has_begun(corpus, tmp_path):
     assert shown == ["step 5, testing"]
 
 
+def test_a_count_of_one_is_said_in_the_singular(corpus, tmp_path):
+    # "done: 1 updates", "1 streams in all", "cut off after 1 bytes"
+    from typer.testing import CliRunner
+
+    from charrnn.cli import app
+    from charrnn.errors import counted
+
+    assert [counted(n, "stream") for n in (0, 1, 2, 12000)] == ["0 streams", "1 stream", "2 streams", "12,000 streams"]
+    r = CliRunner().invoke(app, ["train", str(corpus), "--hidden", "8", "--batch", "2", "--k1", "8", "--max-steps", "1",
+                                 "--out-dir", str(tmp_path), "--run", "r", "-q"])
+    assert r.exit_code == 0 and "done: 1 update, " in r.output, r.output
+
+
 def _stop_in_the_final_test(monkeypatch):
     """Ctrl-C arrives as the final test starts reading; returns how many windows it read."""
     import charrnn.train as train_module
