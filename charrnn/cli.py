@@ -178,7 +178,7 @@ def train(
     run: str = typer.Option("", help="Run name: checkpoints go to OUT_DIR/RUN. Default: CELL-DATE-TIME."),
     out_dir: Path = typer.Option(Path(_C.out_dir), help="Folder for run folders."),
     resume: Optional[Path] = typer.Option(None, help="Continue a run (its folder or a checkpoint), from any folder. The learning rate and its schedule, clipping, fresh starts, the stopping rules, how often it validates and saves, and samples may change; one line says what changed. Give the corpus again only if it moved: it is checked by its hash."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display; print only the summary."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display, settings or samples; print notes on the text and the summary."),
 ):
     """Train a model on text files, saving latest.npz and best.npz under OUT_DIR/RUN.
 
@@ -190,8 +190,11 @@ def train(
     from .distributed import world
     from .train import Interrupted, Trainer, check_new_run_dir, fine_tune_settings, new_run_dir
 
-    quiet = quiet or not world().root  # under MPI rank 0 speaks for every rank
-    say = (lambda *a: None) if quiet else (lambda msg: err.print(msg, highlight=False))
+    speaks = world().root  # under MPI rank 0 speaks for every rank
+    # notes on what the run reads and changes (files left out, a batch shrunk) show under -q too
+    note = (lambda msg: err.print(msg, highlight=False)) if speaks else (lambda *a: None)
+    quiet = quiet or not speaks
+    say = (lambda *a: None) if quiet else note
     stops = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps), ("time_limit", time_limit)) if v is not None}
     given = {name: value for name, value in ctx.params.items() if name not in ("resume", "quiet")
              and ctx.get_parameter_source(name).name != "DEFAULT"}
@@ -205,8 +208,8 @@ def train(
             trainer = Trainer.resume(resume, say=said.append, corpus=corpus or None, **overrides)
         trainer.check_not_done()
         for line in said:
-            say(line)
-        trainer.say = say
+            note(line)
+        trainer.say = note
         say(f"resuming {trainer.run_dir} at update {trainer.step}")
     else:
         cfg = TrainConfig(corpus=[str(p) for p in corpus or ()], encoding=encoding, val_fraction=val_fraction,
@@ -228,7 +231,8 @@ def train(
         run_dir = new_run_dir(cfg)
         if world().root:  # the folder it writes (another rank's may be another machine's)
             check_new_run_dir(run_dir)  # before the text is read and the settings said
-        trainer = Trainer(cfg, run_dir, say=say)
+        trainer = Trainer(cfg, run_dir, say=note)
+    trainer.show = say  # the samples taken while training
     cfg = trainer.cfg
     if not quiet:
         shown = cfg.to_dict()

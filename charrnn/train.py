@@ -113,6 +113,7 @@ class Trainer:
         read. `vocab`: the checkpoint's, when resuming; by default the text's, or for a
         fine-tuned run the trained model's extended by the text's."""
         self.cfg, self.run_dir, self.say = cfg, Path(run_dir), say
+        self.show = say  # the samples taken while training (the CLI's -q mutes them, not the notes)
         self.world = distributed.world()
         resuming = vocab is not None  # (a fine-tune's vocabulary is made below)
         if corpus is None:
@@ -574,7 +575,7 @@ class Trainer:
                 f.write(f"{header}\n{shown_text(text, self.cfg.encoding, 'surrogateescape')}\n\n")
         except OSError as e:
             raise CharrnnError(os_error_message(e, path)) from None
-        self.say(f"{header}\n{shown_text(text, self.cfg.encoding)}")  # on a screen, as UTF-8 with U+FFFD
+        self.show(f"{header}\n{shown_text(text, self.cfg.encoding)}")  # on a screen, as UTF-8 with U+FFFD
 
     def _open_run_dir(self):
         """With the folder locked: refuse to overwrite another run, remove what killed saves left,

@@ -236,6 +236,19 @@ def test_a_run_on_many_files_records_them_and_resumes_from_that_list(tree, tmp_p
     assert code == 2 and "is no escape this option knows" in err
 
 
+def test_quiet_leaves_out_the_samples_but_not_the_notes_on_the_text(tree, tmp_path, monkeypatch, capsys):
+    # -q hid "left out 2 file(s) that are empty, binary or not UTF-8: logo.png ...": a scripted run
+    # never learnt that a file it was given went unread
+    (tree / "notes" / "poem.txt").write_text(TEXT, encoding="utf-8")
+    code, err = main_exits(monkeypatch, capsys, "train", tree / "notes", "--hidden", "8", "--batch", "2", "--k1", "8",
+                           "--max-steps", "2", "--sample-every", "2", "--sample-length", "10", "--out-dir",
+                           tmp_path / "out", "--run", "r", "-q")
+    assert code == 0, err
+    assert any("left out 2 file(s) that are empty, binary or not UTF-8" in line and "logo.png" in line
+               for line in err.splitlines()), err
+    assert "--- step 2," not in err and "--- step 2," in (tmp_path / "out" / "r" / "samples.txt").read_text()
+
+
 def test_a_run_that_read_one_file_by_two_names_resumes_reading_both(tree, tmp_path):
     # a run from before files were told apart by device and inode read a hard link as a file of
     # its own; its resume read it once, and refused: "b.txt is no longer a file of its own"
