@@ -928,7 +928,7 @@ def _main():
         _print_error(str(e))
         raise SystemExit(e.exit_code)
     except OSError as e:
-        _print_error(os_error_message(e))
+        _print_error(str(_not_written(e)) if _raised_by_typer(e) else os_error_message(e))
         raise SystemExit(1)
     except MemoryError:
         _print_error("out of memory; use a smaller model, batch or window, or free some memory")
@@ -955,6 +955,19 @@ def _main():
             raise SystemExit(e.exit_code)
         _failed(e)
     raise SystemExit(code if isinstance(code, int) else 0)  # typer.Exit's code, or 0
+
+
+def _raised_by_typer(e: BaseException) -> bool:
+    """Whether e came from typer, click or rich (typer's help), not from charrnn's code they
+    called: they write nothing but standard output. `charrnn --help > /dev/full` said only "No
+    space left on device"."""
+    deepest, tb = None, e.__traceback__  # outermost frame first: every command runs inside typer's
+    while tb is not None:
+        package = tb.tb_frame.f_globals.get("__name__", "").split(".")[0]
+        if package in ("charrnn", "typer", "click", "rich"):
+            deepest = package
+        tb = tb.tb_next
+    return deepest in ("typer", "click", "rich")
 
 
 def _failed(e: Exception):

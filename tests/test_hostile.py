@@ -82,18 +82,19 @@ def test_metrics_on_a_full_disk(corpus, tmp_path):
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
-@pytest.mark.parametrize("command", ["train", "sample", "eval", "eval --per-line", "gradflow --json"])
+@pytest.mark.parametrize("command", ["train", "sample", "eval", "eval --per-line", "gradflow --json", "--help",
+                                     "train --help"])
 def test_standard_output_on_a_full_disk_is_named(command, corpus, tmp_path):
     # "No space left on device; free some disk space" and nothing more: after a run whose
-    # checkpoints were all written, it read as if they had not been
-    if command != "train":
+    # checkpoints were all written, it read as if they had not been (typer's help too)
+    if command not in ("train", "--help", "train --help"):
         assert run_cli("train", corpus, *TINY, "--max-steps", "2", "--out-dir", tmp_path, "--run", "m",
                        "-q").returncode == 0
     args = {"train": ["train", corpus, *TINY, "--max-steps", "2", "--out-dir", tmp_path, "--run", "r", "-q"],
             "sample": ["sample", tmp_path / "m", "--length", "20"], "eval": ["eval", tmp_path / "m", corpus],
             "eval --per-line": ["eval", tmp_path / "m", corpus, "--per-line"],
             "gradflow --json": ["gradflow", tmp_path / "m", "--corpus", corpus, "--max-k", "5", "--windows", "1",
-                                "--json"]}[command]
+                                "--json"], "--help": ["--help"], "train --help": ["train", "--help"]}[command]
     with open("/dev/full", "w") as full:
         r = subprocess.run([sys.executable, "-m", "charrnn", *map(str, args)], stdout=full, stderr=subprocess.PIPE,
                            text=True, env=dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="300"), timeout=300)
