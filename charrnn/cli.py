@@ -78,6 +78,17 @@ def _cells(cell: str):
     return [cell]
 
 
+def _named_path(text: str) -> Path:
+    """A file or folder named on the command line. An empty name (a script's unset variable) is
+    refused: as a path it is the working folder, which a run would read whole."""
+    if not text:
+        raise typer.BadParameter("an empty name is no file or folder; give . for the working folder")
+    return Path(text)
+
+
+_named_path.__name__ = "path"  # the type typer's help shows for it, as for any Path
+
+
 def _ranged(default, allowed: Range, help: str, kind: str = ""):
     """An option bounded by `allowed` (config.py): the help shows the range as typer shows its
     own, and a value outside it is a usage error (exit 2)."""
@@ -139,7 +150,7 @@ def _shown(value):
 @app.command()
 def train(
     ctx: typer.Context,
-    corpus: Optional[List[Path]] = typer.Argument(None, show_default=False, help="Text files and folders to learn from, read in the order given; a folder means every file below it, sorted by path, leaving out hidden files and folders and (with a note) files that are not UTF-8 text. Default: the shipped corpora/tinyshakespeare.txt."),
+    corpus: Optional[List[Path]] = typer.Argument(None, show_default=False, parser=_named_path, help="Text files and folders to learn from, read in the order given; a folder means every file below it, sorted by path, leaving out hidden files and folders and (with a note) files that are not UTF-8 text. Default: the shipped corpora/tinyshakespeare.txt."),
     cell: Literal[CELLS] = typer.Option(_C.cell, case_sensitive=False, help=f"The recurrent cell. {choices_help()}."),
     hidden: int = _ranged(_C.hidden, RANGES["hidden"], "Hidden units per layer."),
     layers: int = _ranged(_C.layers, RANGES["layers"], "Stacked layers."),

@@ -249,6 +249,16 @@ def test_quiet_leaves_out_the_samples_but_not_the_notes_on_the_text(tree, tmp_pa
     assert "--- step 2," not in err and "--- step 2," in (tmp_path / "out" / "r" / "samples.txt").read_text()
 
 
+@pytest.mark.parametrize("names", [[""], ["a.txt", ""]])
+def test_an_empty_name_is_refused_not_read_as_the_working_folder(tree, monkeypatch, capsys, names):
+    # `charrnn train "$TEXT"` with TEXT unset trained on every file below the working folder
+    monkeypatch.chdir(tree)
+    code, err = main_exits(monkeypatch, capsys, "train", *names, "--out-dir", tree / "out", "-q")
+    assert code == 2 and err.startswith("error: Invalid value for 'corpus': an empty name is no file or folder; "
+                                        "give . for the working folder"), err
+    assert not (tree / "out").exists()
+
+
 def test_a_run_that_read_one_file_by_two_names_resumes_reading_both(tree, tmp_path):
     # a run from before files were told apart by device and inode read a hard link as a file of
     # its own; its resume read it once, and refused: "b.txt is no longer a file of its own"
