@@ -198,7 +198,7 @@ def train(
     from .cells import check_options_read
     from .config import TrainConfig, check_resume_overrides, check_schedule_options
     from .corpus import check_encoding, model_text
-    from .distributed import world
+    from .distributed import error_prefix, world
     from .train import Interrupted, Trainer, check_new_run_dir, fine_tune_settings, new_run_dir
 
     speaks = world().root  # under MPI rank 0 speaks for every rank
@@ -271,8 +271,8 @@ def train(
                 with _TrainProgress(trainer) as progress:
                     summary = trainer.run(progress.update)
         except KeyboardInterrupt:
-            if trainer.stopping_now:  # a second stop signal
-                err.print(trainer.stopped_line(at_once=True), highlight=False)
+            if trainer.stopping_now:  # a second stop signal (on a rank other than 0, said after letting it be heard)
+                err.print(error_prefix() + trainer.stopped_line(at_once=True), highlight=False)
             raise
         except Interrupted as e:
             err.print(trainer.stopped_line(in_test=e.untested), highlight=False)

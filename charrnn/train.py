@@ -608,6 +608,9 @@ class Trainer:
         run wherever it is, saving nothing more."""
         if self.resumable is None:
             return f"stopped at once after update {self.step}; nothing was saved yet"
+        if at_once and not self.world.root:  # rank 0 writes the checkpoints, and may have been writing one
+            return (f"stopped at once after update {self.step}, and so did every rank; {self.run_dir} holds the "
+                    f"checkpoints rank 0 saved. Continue with: charrnn train --resume {self.run_dir}")
         path, step = self.resumable
         at_end = step == self.step and self.ended()  # a resume has only the test left to do, if any
         try:  # the folder itself where a resume of it takes this checkpoint
@@ -625,6 +628,10 @@ class Trainer:
 
     def _on_stop_signal(self, signum, frame):
         if self.signalled:  # a second signal: stop now, whatever the state
+            if self.stop_requested and not self.world.root:
+                # every rank has agreed to stop at this update: rank 0 saves it and says so, and
+                # this rank's abort would only cut that short (the job ends in moments anyway)
+                return
             self.stopping_now = signum
             raise KeyboardInterrupt
         self.first_stop = signum

@@ -323,6 +323,61 @@ def records_exist(run_dir):
     return path.exists() and path.stat().st_size > 0
 
 
+# Rank 1 alone takes a stop at update 31 (latest.npz holds 30), then another: in that update,
+# before the ranks agree to stop, or just after its part of the agreed save, while rank 0 takes
+# two seconds over writing it.
+SECOND_STOP_ON_RANK_1 = """
+import os, signal, sys, time
+from charrnn import cli, train
+from charrnn.train import Trainer
+WHEN = sys.argv.pop(1)
+update, save, write = Trainer.update, Trainer.save, train.save_checkpoint
+def stopped_on_rank_1(self):
+    if self.world.rank == 1 and self.step == 31:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        if WHEN == "in an update":
+            os.kill(os.getpid(), signal.SIGUSR1)
+    return update(self)
+stopping = False
+def written_slowly(*args, **kw):  # rank 0's write of the agreed save takes 2 s
+    time.sleep(2 if stopping else 0)
+    return write(*args, **kw)
+def saved_then_stopped_again(self, name):
+    global stopping
+    stopping = self.stop_requested
+    path = save(self, name)  # on rank 1, once its part is gathered: rank 0 is still writing
+    if WHEN == "as the run saves" and self.stop_requested and self.world.rank == 1:
+        os.kill(os.getpid(), signal.SIGUSR1)
+    return path
+Trainer.update, Trainer.save, train.save_checkpoint = stopped_on_rank_1, saved_then_stopped_again, written_slowly
+sys.argv = ["charrnn", "train", *sys.argv[1:]]
+cli.main()
+"""
+
+
+@needs_mpi
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1 on this system")
+@pytest.mark.parametrize("when", ["in an update", "as the run saves"])
+def test_a_second_stop_on_a_rank_other_than_0_is_said(corpus, tmp_path, aborted_jobs_leave_no_shared_memory, when):
+    # in an update: rank 1 stopped at once, muted, and its abort ended rank 0 waiting for it:
+    # exit 130 and not a word. As the run saves: that abort cut off rank 0's save and line
+    run_dir = tmp_path / "r"
+    cmd = [MPIEXEC, *LAUNCH, "-n", "2", sys.executable, "-c", SECOND_STOP_ON_RANK_1, when, str(corpus), *MODEL,
+           "--max-steps", "100", "--out-dir", str(tmp_path), "--run", "r"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="300", **LAUNCH_ENV))
+    if when == "in an update":
+        assert r.returncode == 130 and charrnn_lines(r.stderr) == [
+            f"rank 1: stopped at once after update 31, and so did every rank; {run_dir} holds the checkpoints rank "
+            f"0 saved. Continue with: charrnn train --resume {run_dir}"], r.stderr
+        assert load_checkpoint(run_dir / "latest.npz")[1]["step"] == 30
+    else:
+        assert r.returncode == 130 and charrnn_lines(r.stderr) == [
+            f"interrupted at update 32; saved {run_dir / 'latest.npz'}. Continue with: charrnn train --resume "
+            f"{run_dir}"], r.stderr
+        assert load_checkpoint(run_dir / "latest.npz")[1]["step"] == 32
+
+
 @needs_mpi
 def test_a_failure_on_one_rank_ends_the_job_with_one_line(corpus, tmp_path, aborted_jobs_leave_no_shared_memory):
     t0 = time.time()
