@@ -538,7 +538,8 @@ class Trainer:
         t1 = time.perf_counter()
         self.last_val, self.last_val_step = self.validate(), self.step
         self.elapsed += time.perf_counter() - t1
-        log.write({"kind": "val", "step": self.step, "loss": self.last_val, "bpc": bits(self.last_val)})
+        if len(self.val_ids) >= 2:  # without a validation text, no record: a null loss is an infinite one
+            log.write({"kind": "val", "step": self.step, "loss": self.last_val, "bpc": bits(self.last_val)})
         if self.last_val < self.best_val:
             self.best_val = self.last_val
             self.save("best")
