@@ -199,7 +199,7 @@ def train(
     from .config import TrainConfig, check_resume_overrides, check_schedule_options
     from .corpus import check_encoding, model_text
     from .distributed import error_prefix, world
-    from .train import Interrupted, Trainer, check_new_run_dir, fine_tune_settings, new_run_dir
+    from .train import Interrupted, Trainer, check_new_run_dir, fine_tune_settings, new_run_dir, remove_if_empty
 
     speaks = world().root  # under MPI rank 0 speaks for every rank
     # notes on what the run reads and changes (files left out, a batch shrunk) show under -q too
@@ -239,7 +239,11 @@ def train(
         check_schedule_options(given, cfg.schedule, "" if "schedule" in given else " (the default)")
         cfg.validate().check_stopping()  # before the text is read
         cfg.check_run_name()
+        runs = Path(cfg.out_dir)
+        made = [folder for folder in (runs, *runs.parents) if not folder.exists()]  # by new_run_dir, if it names the run
         run_dir = new_run_dir(cfg)
+        if not cfg.run:  # a folder made to claim its name: gone again if the command ends before writing it
+            ctx.call_on_close(lambda: remove_if_empty([run_dir, *made]))
         if world().root:  # the folder it writes (another rank's may be another machine's)
             check_new_run_dir(run_dir)  # before the text is read and the settings said
         trainer = Trainer(cfg, run_dir, say=note)

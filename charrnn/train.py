@@ -930,14 +930,39 @@ def _read_by_every_rank(path, meta):
 
 def new_run_dir(cfg: TrainConfig) -> Path:
     """OUT_DIR/RUN; without --run, CELL-DATE-TIME, with -2, -3... if a run started in the same
-    second holds that name (rank 0's choice under MPI)."""
+    second holds that name (rank 0's choice under MPI). That folder is made here, which claims
+    the name: runs of a sweep started together each get their own (remove_if_empty undoes it)."""
     if cfg.run:
         return Path(cfg.out_dir) / cfg.run
-    stamp = f"{cfg.cell}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    world = distributed.world()
+    return Path(cfg.out_dir) / world.from_root(_claimed_name(Path(cfg.out_dir), cfg.cell) if world.root else None)
+
+
+def _claimed_name(out_dir: Path, cell: str) -> str:
+    stamp = f"{cell}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     name, n = stamp, 2
-    while (Path(cfg.out_dir) / name).exists():
-        name, n = f"{stamp}-{n}", n + 1
-    return Path(cfg.out_dir) / distributed.world().from_root(name)
+    while True:
+        if file_in_the_way(out_dir / name) is not None:
+            return name  # check_new_run_dir says so
+        try:
+            (out_dir / name).mkdir(parents=True)  # not exist_ok: of two runs, one makes it
+            return name
+        except FileExistsError:
+            name, n = f"{stamp}-{n}", n + 1
+        except OSError as e:
+            raise CharrnnError(os_error_message(e)) from None
+
+
+def remove_if_empty(folders) -> None:
+    """Undo new_run_dir's claim of a folder the command then wrote nothing into (it failed, or
+    was stopped, before the run began), and of the folders above it that it made, deepest first:
+    a folder with anything in it stays, and so do those above it."""
+    if distributed.world().root:
+        for folder in folders:
+            try:
+                folder.rmdir()
+            except OSError:
+                return
 
 
 def _shown(value):

@@ -512,13 +512,43 @@ def test_runs_started_in_the_same_second_get_names_of_their_own(tmp_path, monkey
             return datetime(2026, 1, 2, 3, 4, 5)
 
     monkeypatch.setattr("charrnn.train.datetime", Then)
-    cfg = TrainConfig(cell="gru", out_dir=str(tmp_path))
-    assert new_run_dir(cfg) == tmp_path / "gru-20260102-030405"
-    (tmp_path / "gru-20260102-030405").mkdir()
-    assert new_run_dir(cfg) == tmp_path / "gru-20260102-030405-2"
-    (tmp_path / "gru-20260102-030405-2").mkdir()
-    assert new_run_dir(cfg) == tmp_path / "gru-20260102-030405-3"
+    cfg = TrainConfig(cell="gru", out_dir=str(tmp_path / "runs"))
+    # each name is claimed as it is given, by making its folder: runs of a sweep started together
+    # took one name, and all but one failed on its lock ("in use by another charrnn process")
+    assert new_run_dir(cfg) == tmp_path / "runs" / "gru-20260102-030405"
+    assert new_run_dir(cfg) == tmp_path / "runs" / "gru-20260102-030405-2"
+    assert new_run_dir(cfg) == tmp_path / "runs" / "gru-20260102-030405-3"
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        "gru-20260102-030405", "gru-20260102-030405-2", "gru-20260102-030405-3"]
     assert new_run_dir(TrainConfig(run="mine", out_dir=str(tmp_path))) == tmp_path / "mine"
+    assert not (tmp_path / "mine").exists()  # a name given is the user's: made when the run begins
+
+
+def test_a_sweep_started_together_trains_every_run(corpus, tmp_path):
+    args = ["train", str(corpus), "--hidden", "8", "--batch", "4", "--k1", "8", "--max-steps", "2", "--out-dir",
+            str(tmp_path / "runs"), "-q"]
+    jobs = [subprocess.Popen([sys.executable, "-m", "charrnn", *args, "--lr", lr], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for lr in ("0.01", "0.003", "0.001")]
+    results = [job.communicate(timeout=300) + (job.returncode,) for job in jobs]
+    assert all(code == 0 for _, _, code in results), results
+    assert len(list((tmp_path / "runs").iterdir())) == 3  # in one second or two: three folders all the same
+
+
+def test_a_run_that_fails_before_it_begins_leaves_no_folder_it_made(corpus, tmp_path, monkeypatch):
+    # its claimed CELL-DATE-TIME folder, and OUT_DIR, stayed behind empty
+    from typer.testing import CliRunner
+
+    from charrnn.cli import app
+
+    work = tmp_path / "work"
+    for folder in (work / "mine", work / "runs"):
+        folder.mkdir(parents=True)
+    (work / "bin.txt").write_bytes(b"\x00\x01\x02")
+    for out, run in (("deep/er/runs", ""), ("runs", ""), (".", "mine")):
+        r = CliRunner().invoke(app, ["train", str(work / "bin.txt"), "--out-dir", str(work / out), "--run", run])
+        assert isinstance(r.exception, CharrnnError) and "looks like a binary file" in str(r.exception), r.output
+    assert sorted(p.name for p in work.iterdir()) == ["bin.txt", "mine", "runs"]  # the user's own stay
+    assert not any((work / "runs").iterdir())
 
 
 def test_resuming_a_run_that_has_reached_its_end_says_so(corpus, tmp_path):
