@@ -57,8 +57,8 @@ class Interrupted(Exception):
 
 class MetricsLog:
     """metrics.jsonl: one JSON record per line, flushed as it is written; a value that is no
-    finite number (no validation text: NaN) is null, as JSON has no NaN. A write that fails (a
-    full disk) is a CharrnnError naming the file."""
+    finite number (a loss grown infinite) is null, as JSON has neither Inf nor NaN. A write that
+    fails (a full disk) is a CharrnnError naming the file."""
 
     def __init__(self, path: Path, mode="a"):
         self.path = path
