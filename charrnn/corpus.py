@@ -32,6 +32,7 @@ import hashlib
 import math
 import os
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,6 +207,36 @@ def _decode(vocab, ids) -> str:
 
 def _binary(name: str, offset: int) -> NotText:
     return NotText(f"{name} looks like a binary file (NUL byte at offset {offset})", _BINARY_FIX)
+
+
+class WideText(NotText):
+    """A file of UTF-16 or UTF-32 text (Windows' "Unicode", PowerShell 5's `>`): called binary
+    for its NUL bytes, and read as bytes it would teach a model byte pairs, not text."""
+
+
+# byte-order marks, the longer first: UTF-32-LE's begins with UTF-16-LE's
+_WIDE_MARKS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
+               (b"\xfe\xff", "UTF-16"))
+
+
+def _wide_text(name, head: bytes) -> WideText | None:
+    """The error for a file whose first bytes `head` are UTF-16 or UTF-32 text: after a
+    byte-order mark, or without one, mostly ASCII text in UTF-16 (every other byte NUL)."""
+    wide = next((encoding for mark, encoding in _WIDE_MARKS if head.startswith(mark)), None)
+    pairs = head[: min(len(head), 4096) // 2 * 2]
+    if wide is None and len(pairs) >= 16:
+        even, odd = pairs[0::2], pairs[1::2]
+        if even.count(0) == 0 and odd.count(0) >= 0.9 * len(odd):
+            wide = "UTF-16LE"
+        elif odd.count(0) == 0 and even.count(0) >= 0.9 * len(even):
+            wide = "UTF-16BE"
+    if wide is None:
+        return None
+    name = Path(name)
+    converted = name.with_name(f"{name.stem}-utf8{name.suffix or '.txt'}")
+    return WideText(f"{name} is {wide} text, not UTF-8",
+                    f"save it as UTF-8 first, e.g. iconv -f {wide} -t UTF-8 {shlex.quote(str(name))} > "
+                    f"{shlex.quote(str(converted))}")
 
 
 def _empty(name: str) -> NotText:
@@ -419,6 +450,10 @@ def _read_document(path, encoding: str, encoder: _Encoder, text_hash=None, limit
     with _open(path) as f:
         while True:
             block = _read(f, path, CHUNK_BYTES)
+            if offset == 0 and not pending and (encoding == "utf-8" or nul_is_binary):
+                wide = _wide_text(path, block)
+                if wide is not None:
+                    raise wide
             if file_hash is not None:
                 file_hash.update(block)
             if encoding != "utf-8":  # byte b is character chr(b)
@@ -613,7 +648,7 @@ def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP, model: str | None = N
     encoder = _Encoder(sum(_size(p) for p in files) + len(doc_sep) * max(len(files) - 1, 0))
     text_hash = hashlib.sha256()
     sep_codes = np.array([ord(c) for c in doc_sep], np.uint32)
-    infos, not_text = [], []
+    infos, not_text, wide = [], [], []
     for path in files:
         mark, hashed = encoder.mark(), text_hash.copy()
         if infos:
@@ -632,13 +667,16 @@ def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP, model: str | None = N
                 raise for_model(e, model) from None
             encoder.undo(mark)
             text_hash = hashed
-            not_text.append(str(path))
+            (wide if isinstance(e, WideText) else not_text).append(str(path))
             continue
         infos.append({"path": str(_real(path)), "chars": chars, "sha256": sha})
     if not_text:
         what = "empty or binary (name a file to read its bytes)" if encoding != "utf-8" else \
             "empty, binary or not UTF-8"
         notes.append(f"left out {len(not_text)} file(s) that are {what}: {_some(not_text)}")
+    if wide:
+        notes.append(f"left out {len(wide)} file(s) of UTF-16 or UTF-32 text: {_some(wide)}; save them as UTF-8 "
+                     "to read them")
     if not infos:
         raise CharrnnError(f"no text files in {_some([str(p) for p in inputs])}"
                            + (f" ({'; '.join(notes)})" if notes else "") + "; give files or folders that hold text")

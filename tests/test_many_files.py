@@ -3,6 +3,9 @@ system lists them in), the separator between documents, what is left out and wha
 and what the checkpoint records of them."""
 import hashlib
 import os
+import re
+import shutil
+import subprocess
 
 import pytest
 from typer.testing import CliRunner
@@ -193,6 +196,43 @@ def test_a_file_named_on_the_command_line_must_be_text(tree):
     (tree / "only" / "data.bin").write_bytes(b"\x00\x01")
     with pytest.raises(CharrnnError, match=r"no text files in .*only \(left out 1 file"):
         read_corpus([tree / "only"])
+
+
+ASCII = "plain ASCII text, as Notepad's 'Unicode' saves it\n" * 20
+HANZI = "天地玄黄宇宙洪荒" * 40
+
+
+# with a byte-order mark (utf-16, utf-32), any text; without one, text of mostly ASCII characters
+@pytest.mark.parametrize("codec, said, text", [
+    ("utf-16", "UTF-16", ASCII), ("utf-16", "UTF-16", HANZI), ("utf-32", "UTF-32", ASCII), ("utf-32", "UTF-32", HANZI),
+    ("utf-16-le", "UTF-16LE", ASCII), ("utf-16-be", "UTF-16BE", ASCII)])
+def test_utf16_and_utf32_text_is_named_with_the_way_to_utf8(tmp_path, codec, said, text):
+    # "looks like a binary file (NUL byte at offset 3); pass a text file, or --encoding bytes",
+    # and with --encoding bytes the model learnt byte pairs and byte-order marks, not text
+    path = tmp_path / "my notes.txt"
+    path.write_bytes(text.encode(codec))
+    with pytest.raises(CharrnnError) as refused:
+        read_corpus([path])
+    assert str(refused.value) == (f"{path} is {said} text, not UTF-8; save it as UTF-8 first, e.g. iconv -f {said} -t "
+                                  f"UTF-8 '{path}' > '{tmp_path / 'my notes-utf8.txt'}'")
+    if shutil.which("iconv"):  # the command it gives makes the file charrnn reads
+        command = str(refused.value).split("e.g. ")[1]
+        subprocess.run(command, shell=True, check=True, cwd=tmp_path)
+        assert read_corpus([tmp_path / "my notes-utf8.txt"]).text == text
+    (tmp_path / "folder").mkdir()
+    os.replace(path, tmp_path / "folder" / "wide.txt")
+    (tmp_path / "folder" / "plain.txt").write_text(TEXT, encoding="utf-8")
+    corpus = read_corpus([tmp_path / "folder"])
+    assert corpus.text == TEXT and corpus.notes == [
+        f"left out 1 file(s) of UTF-16 or UTF-32 text: {tmp_path / 'folder' / 'wide.txt'}; save them as UTF-8 to "
+        "read them"]
+
+
+def test_a_binary_file_that_is_not_wide_text_is_still_binary(tmp_path):
+    path = tmp_path / "counts.bin"
+    path.write_bytes(bytes(range(256)) * 4)  # NUL at offset 0, but no pattern of UTF-16's
+    with pytest.raises(CharrnnError, match=re.escape(f"{path} looks like a binary file (NUL byte at offset 0)")):
+        read_corpus([path])
 
 
 def test_separators_typed_with_escapes_and_what_is_refused(tmp_path):
