@@ -69,13 +69,15 @@ def _root():
     """Character-level RNN, LSTM and GRU language models, trained on the CPU."""
 
 
-def _cells(cell: str):
-    cell = cell.lower()
-    if cell == "all":
-        return list(CELLS)
-    if cell not in CELLS:
-        raise typer.BadParameter(f"{cell!r} is not one of {', '.join(CELLS)}, all", param_hint="--cell")
-    return [cell]
+def _cells(names: str):
+    """The cells of --cell: comma-separated names, or all; each once, in the order given."""
+    cells = []
+    for name in names.lower().split(","):  # "" names no cell: said below
+        name = name.strip()
+        if name != "all" and name not in CELLS:
+            raise typer.BadParameter(f"{name!r} is not one of {', '.join(CELLS)}, all", param_hint="--cell")
+        cells += [c for c in (CELLS if name == "all" else [name]) if c not in cells]
+    return cells
 
 
 def _named_path(text: str) -> Path:
@@ -658,7 +660,7 @@ def inspect_(
 @app.command()
 def gradcheck(
     ctx: typer.Context,
-    cell: str = typer.Option("all", help=f"Cell to check: {', '.join(CELLS)} or all."),
+    cell: str = typer.Option("all", help=f"Cells to check, comma-separated names ({', '.join(CELLS)}) or all."),
     layers: int = typer.Option(2, min=1, max=8, help="Stacked layers."),
     hidden: int = typer.Option(8, min=1, max=256, help="Hidden units per layer."),
     steps: int = typer.Option(6, min=1, max=200, help="Steps per window (k1 = k2 = steps unless set)."),
@@ -747,11 +749,7 @@ def gradflow(
         check_option(name, value)
     if "tau" in given:  # one spelling: LEARNED is learned
         given["tau"] = normal_tau(given["tau"])
-    cells = []
-    for c in ("rnn,lstm,gru" if cell is None else cell).lower().split(","):  # "" names no cell: _cells says so
-        for name in _cells(c.strip()):
-            if name not in cells:
-                cells.append(name)
+    cells = _cells("rnn,lstm,gru" if cell is None else cell)
     if checkpoint is None:
         check_options_read(given, cells, "" if cell is not None else " (the default)")
         for name, owner in (("spectral_radius", "esn"), ("u_max", "indrnn")):
@@ -784,9 +782,14 @@ def gradflow(
                        forget_bias=forget_bias, options=tuple(given.items()))
     for f in flows:
         bad = next((k for layer in f.layers for k, x in enumerate(layer.norms) if not math.isfinite(float(x))), None)
-        if bad is not None:
+        if bad is not None:  # the options given that set the size of this model's recurrence, and --max-k
+            scales = [as_flag(name) for name, value, owner in (("radius", radius, None), ("u_max", u_max, "indrnn"),
+                                                               ("spectral_radius", spectral_radius, "esn"))
+                      if value is not None and checkpoint is None and owner in (None, f.spec.cell)]
+            if radius is not None and checkpoint is not None:
+                scales.append("--radius")
             raise CharrnnError(f"the gradient of {f.label} overflowed (inf or NaN) at k={bad}; use a smaller "
-                               "--radius or --max-k")
+                               f"{' or '.join([*scales, '--max-k'])}")
     unknown = max(f.unknown for f in flows)  # a checkpoint's model, which may lack some of the text's characters
     if unknown:
         err.print(f"note: left out {unknown:,} of the {counted(ids.size, 'character')} of {corpus} that the model does not "

@@ -63,6 +63,21 @@ def test_cli_passes_and_prints_table():
     assert "layer1.bhn" in result.output and "pass" in result.output
 
 
+def test_cli_checks_a_comma_separated_list_of_cells_as_gradflow_takes_it(monkeypatch):
+    # gradflow took --cell lstm,gru; gradcheck refused it
+    import charrnn.gradcheck as gradcheck_module
+
+    checked = []
+    check = gradcheck_module.check_gradients
+    monkeypatch.setattr(gradcheck_module, "check_gradients", lambda cell, *a, **kw: checked.append(cell) or
+                        check(cell, *a, **kw))
+    result = runner.invoke(app, ["gradcheck", "--cell", "leaky, RNN,leaky", "--layers", "1", "--hidden", "3"])
+    assert result.exit_code == 0 and "all tensors pass" in result.output, result.output
+    assert checked == ["leaky", "rnn"]
+    result = runner.invoke(app, ["gradcheck", "--cell", "rnn,"])
+    assert result.exit_code == 2 and "'' is not one of rnn, lstm" in result.output
+
+
 def test_cli_exits_1_on_a_broken_gradient(monkeypatch):
     original = lstm.LSTMCell.backward
 

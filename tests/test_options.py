@@ -239,6 +239,9 @@ def test_gradflow_and_gradcheck_say_what_they_cannot_do(tmp_path):
         # NaN norms were a table of nan and 'vanished > 500', exit 0, and JSON with NaN
         (["gradflow", *small, "--max-k", "500", "--cell", "indrnn", "--radius", "5"], CharrnnError,
          "the gradient of indrnn overflowed (inf or NaN) at k="),
+        # the advice named --radius, never given, and not --u-max, which was
+        (["gradflow", *small, "--max-k", "500", "--cell", "indrnn", "--u-max", "3"], CharrnnError,
+         "the gradient of indrnn overflowed (inf or NaN) at k=0; use a smaller --u-max or --max-k"),
         # --steps was ignored where --k1 and --k2 are both given
         (["gradcheck", "--cell", "lstm", "--steps", "50", "--k1", "3", "--k2", "4"], UsageError,
          "--steps sets --k1 and --k2 where they are not given; with both given it has no use"),
