@@ -854,6 +854,8 @@ def _print_error(message: str):
     from .distributed import error_prefix
 
     one_line = message.replace("\r", "\\r").replace("\n", "\\n")  # a file name may hold a line break
+    # a byte of a name that is not UTF-8 (os.fsdecode's lone surrogate): \xff, not Python's \udcff
+    one_line = re.sub("[\udc80-\udcff]", lambda m: f"\\x{ord(m[0]) - 0xDC00:02x}", one_line)
     err.print(Text.assemble(("error:", "bold red"), " ", error_prefix() + one_line), highlight=False)
 
 

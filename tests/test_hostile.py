@@ -180,6 +180,14 @@ def test_a_file_name_that_is_not_utf8_trains_saves_and_resumes(corpus, tmp_path)
     assert load_checkpoint(run / "latest.npz")[1]["step"] == 4
 
 
+def test_an_error_names_a_byte_that_is_not_utf8_as_the_byte(tmp_path, monkeypatch, capsys):
+    # "bin\udcff.txt looks like a binary file": Python's escape of the byte, which the user never saw
+    binary = tmp_path / os.fsdecode(b"bin\xff.txt")
+    binary.write_bytes(b"\x00")
+    code, stderr = main_exits(monkeypatch, capsys, "train", binary, "--out-dir", tmp_path)
+    assert code == 1 and stderr.startswith(f"error: {tmp_path}/bin\\xff.txt looks like a binary file"), stderr
+
+
 def test_a_name_that_is_not_utf8_and_cannot_be_written_is_not_blamed_on_the_locale(monkeypatch, capsys):
     def write_a_name(*a, **kw):
         os.fsdecode(b"caf\xe9").encode("utf-8")
