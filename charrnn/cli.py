@@ -82,9 +82,9 @@ def _cells(names: str):
 
 def _named_path(text: str) -> Path:
     """A file or folder named on the command line. An empty name (a script's unset variable) is
-    refused: as a path it is the working folder, which a run would read whole."""
+    refused: as a path it is the working folder, which a run would read whole, or write into."""
     if not text:
-        raise typer.BadParameter("an empty name is no file or folder; give . for the working folder")
+        raise typer.BadParameter("an empty name is no file or folder")
     return Path(text)
 
 
@@ -183,14 +183,14 @@ def train(
     test_fraction: float = _ranged(_C.test_fraction, RANGES["test_fraction"], "Part of the text held out for the final test (with --val-fraction, at most 0.5)."),
     encoding: str = typer.Option(_C.encoding, callback=_encoding, help="utf-8, latin-1 or bytes (each byte one character)."),
     doc_sep: str = typer.Option(repr(_C.doc_sep)[1:-1], callback=_unescape, help="Put between documents (files), where the model learns that one ends; backslash escapes such as \\n and \\x03 are read. Default: the one character ETX (U+0003, 'end of text'), which no text holds, so a sample can stop exactly where a document would end; '\\n\\n' (a blank line) is also a paragraph break."),
-    init_from: Optional[Path] = typer.Option(None, help="Fine-tune: start from this trained model (a checkpoint, or a run folder's best) with a fresh optimizer and schedule. Its cell, sizes and cell options are kept; characters of the new text it lacks are added to its vocabulary."),
+    init_from: Optional[Path] = typer.Option(None, parser=_named_path, help="Fine-tune: start from this trained model (a checkpoint, or a run folder's best) with a fresh optimizer and schedule. Its cell, sizes and cell options are kept; characters of the new text it lacks are added to its vocabulary."),
     sample_every: int = _ranged(_C.sample_every, RANGES["sample_every"], "Every this many updates, print a sample and add it to RUN/samples.txt with the step and validation loss (0: never). Off by default: a 200-character sample of the default model costs a tenth of an update on a quiet machine and more when other processes share the cores, and the first run compiles the generation kernels (about 12 s). 200, with the default --eval-every, shows each sample beside its step's validation loss."),
     sample_length: int = _ranged(_C.sample_length, RANGES["sample_length"], "Characters per sample while training."),
     sample_temperature: float = _ranged(_C.sample_temperature, RANGES["sample_temperature"], "Temperature of the samples while training."),
     seed: int = _ranged(_C.seed, RANGES["seed"], "Seed for initialisation and dropout."),
     run: str = typer.Option("", help="Run name: checkpoints go to OUT_DIR/RUN. Default: CELL-DATE-TIME."),
-    out_dir: Path = typer.Option(Path(_C.out_dir), help="Folder for run folders."),
-    resume: Optional[Path] = typer.Option(None, help="Continue a run (its folder or a checkpoint), from any folder. The learning rate and its schedule, clipping, fresh starts, the stopping rules, how often it validates and saves, and samples may change; one line says what changed. Give the corpus again only if it moved: it is checked by its hash."),
+    out_dir: Path = typer.Option(Path(_C.out_dir), parser=_named_path, help="Folder for run folders."),
+    resume: Optional[Path] = typer.Option(None, parser=_named_path, help="Continue a run (its folder or a checkpoint), from any folder. The learning rate and its schedule, clipping, fresh starts, the stopping rules, how often it validates and saves, and samples may change; one line says what changed. Give the corpus again only if it moved: it is checked by its hash."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display, settings or samples; print notes on the text and the summary."),
 ):
     """Train a model on text files, saving latest.npz and best.npz under OUT_DIR/RUN.
@@ -487,7 +487,7 @@ def _printing(newline_on_interrupt=False):
 
 @app.command()
 def sample(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint file, or a run folder (its best.npz, else latest.npz)."),
+    checkpoint: Path = typer.Argument(..., parser=_named_path, help="A checkpoint file, or a run folder (its best.npz, else latest.npz)."),
     length: int = _ranged(500, SAMPLE_RANGES["length"], "Characters to generate after the prime (at most, with --stop-at)."),
     temperature: float = _ranged(1.0, SAMPLE_RANGES["temperature"], "Divide the logits by this: below 1 is more conservative, above 1 wilder; 0 always picks the most probable character."),
     top_k: int = _ranged(0, SAMPLE_RANGES["top_k"], "Choose only among the K most probable characters (0: off)."),
@@ -541,8 +541,8 @@ def _writer(encoding):
 
 @app.command("eval")
 def eval_(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint file, or a run folder (its best.npz, else latest.npz)."),
-    file: Path = typer.Argument(..., help="Text file to score."),
+    checkpoint: Path = typer.Argument(..., parser=_named_path, help="A checkpoint file, or a run folder (its best.npz, else latest.npz)."),
+    file: Path = typer.Argument(..., parser=_named_path, help="Text file to score."),
     batch: Optional[int] = _ranged(None, EVAL_RANGES["batch"], "Parallel streams the text is cut into (default: the checkpoint's batch); with --per-line, lines read side by side.", "int"),
     window: Optional[int] = _ranged(None, EVAL_RANGES["window"], "Steps per forward window (default: the checkpoint's k1).", "int"),
     encoding: Optional[str] = typer.Option(None, callback=_encoding, help="utf-8, latin-1 or bytes (each byte one character); default: the checkpoint's."),
@@ -612,14 +612,14 @@ def eval_(
 
 @app.command("inspect")
 def inspect_(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint file, or a run folder (its best.npz, else latest.npz)."),
-    file: Path = typer.Argument(..., help="Text for the model to read, from its start."),
+    checkpoint: Path = typer.Argument(..., parser=_named_path, help="A checkpoint file, or a run folder (its best.npz, else latest.npz)."),
+    file: Path = typer.Argument(..., parser=_named_path, help="Text for the model to read, from its start."),
     unit: Optional[int] = typer.Option(None, min=0, help="Colour the text by this unit (default: the unit that tracks a property best)."),
     layer: Optional[int] = typer.Option(None, min=0, help="Layer of the unit, 0 at the bottom (default: the best unit's, or 0 with --unit)."),
     act: str = typer.Option("h", help="Activation to trace: h (the layer's output, every cell) or one of the cell's own, such as tanh(c) or a gate; a wrong name lists them."),
     chars: int = typer.Option(INSPECT_CHARS, min=1, max=INSPECT_MAX_CHARS, help=f"Read at most this many characters (a bytes model's: bytes); the terminal colours up to {INSPECT_CHARS:,} of them."),
     top: int = typer.Option(1, min=1, max=100, help="Units listed per property and for saturation."),
-    html: Optional[Path] = typer.Option(None, "--html", help="Also write one self-contained page: every unit's colours, the gates, and the next-character guesses on hover."),
+    html: Optional[Path] = typer.Option(None, "--html", parser=_named_path, help="Also write one self-contained page: every unit's colours, the gates, and the next-character guesses on hover."),
     encoding: Optional[str] = typer.Option(None, callback=_encoding, help="utf-8, latin-1 or bytes (each byte one character); default: the checkpoint's."),
     skip_unknown: bool = typer.Option(False, "--skip-unknown", help="Drop characters the model does not know instead of stopping."),
 ):
@@ -708,7 +708,7 @@ def gradcheck(
 
 @app.command()
 def gradflow(
-    checkpoint: Optional[Path] = typer.Argument(None, help="A trained checkpoint (file or run folder) to measure instead of fresh models."),
+    checkpoint: Optional[Path] = typer.Argument(None, parser=_named_path, help="A trained checkpoint (file or run folder) to measure instead of fresh models."),
     cell: Optional[str] = typer.Option(None, help=f"Fresh models to compare, comma-separated names ({', '.join(CELLS)}) or all. Default: rnn,lstm,gru."),
     hidden: Optional[int] = typer.Option(None, min=1, max=4096, help="Hidden units per layer of the fresh models (default 64)."),
     layers: Optional[int] = typer.Option(None, min=1, max=16, help="Stacked layers of the fresh models (default 1)."),
@@ -719,12 +719,12 @@ def gradflow(
     leak: Optional[float] = _ranged(None, RANGES["leak"], kind="float", help=f"Fresh esn models: {CELL_OPTIONS['leak'].help}."),
     u_max: Optional[float] = _ranged(None, RANGES["u_max"], kind="float", help="Fresh indrnn models: bound on |u|, which starts U(0, bound); 0 or left out: 2^(1/(K+1)), Li et al. (2018)'s bound for the measured window."),
     forget_bias: Optional[float] = _ranged(None, DIAGNOSTIC_RANGES["forget_bias"], kind="float", help="Set the forget-gate bias of fresh lstm and peephole models to this (training starts it like every bias, near 0; 1 is the classic remedy that keeps the gate open)."),
-    corpus: Optional[Path] = typer.Option(None, help="Text to take the windows from. Default: the shipped corpora/tinyshakespeare.txt."),
+    corpus: Optional[Path] = typer.Option(None, parser=_named_path, help="Text to take the windows from. Default: the shipped corpora/tinyshakespeare.txt."),
     max_k: int = typer.Option(100, "--max-k", min=1, max=1000, help="Measure k = 0..K steps back from the last step."),
     windows: int = typer.Option(8, min=1, max=10000, help="Windows of text to average over."),
     batch: int = typer.Option(8, min=1, max=1024, help="Streams per window (also averaged over)."),
     json_out: bool = typer.Option(False, "--json", help="Print the raw series and summary as JSON, and nothing else."),
-    png: Optional[Path] = typer.Option(None, "--png", help="Also draw the chart into this PNG file (needs matplotlib)."),
+    png: Optional[Path] = typer.Option(None, "--png", parser=_named_path, help="Also draw the chart into this PNG file (needs matplotlib)."),
 ):
     """How far back in time gradients reach: mean ||dL_T/dh_(T-k)|| against k, loss at the last step only."""
     import json
@@ -808,8 +808,8 @@ def gradflow(
 
 @app.command()
 def plot(
-    run: Path = typer.Argument(..., help="Run folder holding metrics.jsonl (or the metrics.jsonl file)."),
-    png: Optional[Path] = typer.Option(None, "--png", help="Also draw the charts into this PNG file (needs matplotlib)."),
+    run: Path = typer.Argument(..., parser=_named_path, help="Run folder holding metrics.jsonl (or the metrics.jsonl file)."),
+    png: Optional[Path] = typer.Option(None, "--png", parser=_named_path, help="Also draw the charts into this PNG file (needs matplotlib)."),
 ):
     """Chart a training run: train and val loss, and the gradient norm before clipping, against step."""
     from .outputs import PNG, check_output

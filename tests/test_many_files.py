@@ -289,14 +289,18 @@ def test_quiet_leaves_out_the_samples_but_not_the_notes_on_the_text(tree, tmp_pa
     assert "--- step 2," not in err and "--- step 2," in (tmp_path / "out" / "r" / "samples.txt").read_text()
 
 
-@pytest.mark.parametrize("names", [[""], ["a.txt", ""]])
-def test_an_empty_name_is_refused_not_read_as_the_working_folder(tree, monkeypatch, capsys, names):
-    # `charrnn train "$TEXT"` with TEXT unset trained on every file below the working folder
+@pytest.mark.parametrize("args, named", [
+    (["train", ""], "corpus"), (["train", "a.txt", ""], "corpus"),  # would train on every file below the folder
+    (["train", "a.txt", "--out-dir", ""], "--out-dir"),  # would scatter its runs into the working folder
+    (["train", "--resume", ""], "--resume"), (["sample", ""], "checkpoint"), (["eval", "r", ""], "file"),
+    (["inspect", "r", "a.txt", "--html", ""], "--html"), (["plot", ""], "run"), (["gradflow", "--corpus", ""], "--corpus")])
+def test_an_empty_name_is_refused_not_read_as_the_working_folder(tree, monkeypatch, capsys, args, named):
+    # a script's unset variable: `charrnn train "$TEXT"` trained on every file below the working folder
     monkeypatch.chdir(tree)
-    code, err = main_exits(monkeypatch, capsys, "train", *names, "--out-dir", tree / "out", "-q")
-    assert code == 2 and err.startswith("error: Invalid value for 'corpus': an empty name is no file or folder; "
-                                        "give . for the working folder"), err
-    assert not (tree / "out").exists()
+    before = sorted(tree.rglob("*"))
+    code, err = main_exits(monkeypatch, capsys, *args)
+    assert code == 2 and err.startswith(f"error: Invalid value for '{named}': an empty name is no file or folder "), err
+    assert sorted(tree.rglob("*")) == before
 
 
 def test_a_run_that_read_one_file_by_two_names_resumes_reading_both(tree, tmp_path):
