@@ -785,9 +785,7 @@ def gradflow(
         if bad is not None:  # the options given that set the size of this model's recurrence, and --max-k
             scales = [as_flag(name) for name, value, owner in (("radius", radius, None), ("u_max", u_max, "indrnn"),
                                                                ("spectral_radius", spectral_radius, "esn"))
-                      if value is not None and checkpoint is None and owner in (None, f.spec.cell)]
-            if radius is not None and checkpoint is not None:
-                scales.append("--radius")
+                      if value is not None and owner in (None, f.spec.cell)]
             raise CharrnnError(f"the gradient of {f.label} overflowed (inf or NaN) at k={bad}; use a smaller "
                                f"{' or '.join([*scales, '--max-k'])}")
     unknown = max(f.unknown for f in flows)  # a checkpoint's model, which may lack some of the text's characters

@@ -25,7 +25,10 @@ def test_a_png_name_that_is_no_png_file_is_a_usage_error_before_anything_is_draw
     monkeypatch.chdir(tmp_path)
     (tmp_path / "best.npz").write_bytes(b"a model")
     code, stderr = main_exits(monkeypatch, capsys, "plot", _write_run(tmp_path / "run"), "--png", name)
-    assert code == 2 and stderr == f"error: --png {str(Path(name))!r}: give a file name ending in .png\n"
+    if name:
+        assert code == 2 and stderr == f"error: --png {str(Path(name))!r}: give a file name ending in .png\n"
+    else:  # as every file name given empty
+        assert code == 2 and stderr.startswith("error: Invalid value for '--png': an empty name is no file or folder")
     assert capsys.readouterr().out == ""  # no chart printed first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.npz", "run"]
     assert (tmp_path / "best.npz").read_bytes() == b"a model"
