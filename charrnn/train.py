@@ -940,14 +940,20 @@ def new_run_dir(cfg: TrainConfig) -> Path:
 
 def _claimed_name(out_dir: Path, cell: str) -> str:
     stamp = f"{cell}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if file_in_the_way(out_dir) is not None:
+        return stamp  # check_new_run_dir says so
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)  # (a link to a folder that is gone: FileExistsError)
+    except OSError as e:
+        raise CharrnnError(os_error_message(e)) from None
     name, n = stamp, 2
     while True:
-        if file_in_the_way(out_dir / name) is not None:
-            return name  # check_new_run_dir says so
         try:
-            (out_dir / name).mkdir(parents=True)  # not exist_ok: of two runs, one makes it
+            (out_dir / name).mkdir()  # not exist_ok: of two runs, one makes it
             return name
         except FileExistsError:
+            if not os.path.isdir(out_dir / name):  # a file, or a link to nothing, holds the name
+                return name  # check_new_run_dir says so, or the run's own mkdir
             name, n = f"{stamp}-{n}", n + 1
         except OSError as e:
             raise CharrnnError(os_error_message(e)) from None

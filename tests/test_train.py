@@ -534,6 +534,14 @@ def test_a_sweep_started_together_trains_every_run(corpus, tmp_path):
     assert len(list((tmp_path / "runs").iterdir())) == 3  # in one second or two: three folders all the same
 
 
+def test_an_out_dir_that_is_a_link_to_nothing_is_an_error_not_a_search_for_ever(corpus, tmp_path):
+    # each name "existed" (mkdir of its parent failed with FileExistsError): -2, -3, ... at full CPU
+    (tmp_path / "runs").symlink_to(tmp_path / "unmounted")
+    r = subprocess.run([sys.executable, "-m", "charrnn", "train", str(corpus), "--hidden", "8", "--max-steps", "1",
+                        "--out-dir", str(tmp_path / "runs"), "-q"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr == f"error: {tmp_path / 'runs'}: File exists; a file is in the way of a folder\n"
+
+
 def test_a_run_that_fails_before_it_begins_leaves_no_folder_it_made(corpus, tmp_path, monkeypatch):
     # its claimed CELL-DATE-TIME folder, and OUT_DIR, stayed behind empty
     from typer.testing import CliRunner
