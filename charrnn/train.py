@@ -609,18 +609,19 @@ class Trainer:
         run wherever it is, saving nothing more."""
         if self.resumable is None:
             return f"stopped at once after update {self.step}; nothing was saved yet"
-        if at_once and not self.world.root:  # rank 0 writes the checkpoints, and may have been writing one
-            return (f"stopped at once after update {self.step}, and so did every rank; {self.run_dir} holds the "
-                    f"checkpoints rank 0 saved. Continue with: charrnn train --resume {self.run_dir}")
         path, step = self.resumable
         at_end = step == self.step and self.ended()  # a resume has only the test left to do, if any
+        # rank 0 writes the checkpoints; another rank's word on them is the folder (one may be half written)
         try:  # the folder itself where a resume of it takes this checkpoint
-            folder_takes = resolve_checkpoint(self.run_dir, prefer="latest") == path
+            folder_takes = not self.world.root or resolve_checkpoint(self.run_dir, prefer="latest") == path
         except CharrnnError:
             folder_takes = False
         resume = f"charrnn train --resume {self.run_dir if folder_takes else path}"
         then = (f"Continue with: {resume}" if not at_end else
                 f"Test it with: {resume}" if len(self.test_ids) >= 2 else "The run is complete.")
+        if at_once and not self.world.root:
+            return (f"stopped at once after update {self.step}, and so did every rank; {self.run_dir} holds the "
+                    f"checkpoints rank 0 saved. {then}")
         if at_once:
             return f"stopped at once after update {self.step}; {path} holds update {step}. {then}"
         if in_test:
