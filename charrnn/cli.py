@@ -18,7 +18,7 @@ from .cells import choices_help
 from .config import (CELLS, DIAGNOSTIC_RANGES, EVAL_RANGES, INSPECT_CHARS, INSPECT_MAX_CHARS, OPTIMIZERS, RANGES,
                      SAMPLE_RANGES, SCHEDULES, Range)
 from .config import TrainConfig as _C  # the defaults of train's options
-from .errors import CharrnnError, UsageError, as_flag, counted, flag, os_error_message
+from .errors import CharrnnError, UsageError, as_flag, bytes_shown, counted, flag, os_error_message
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Character-level RNN, LSTM and GRU language models, trained on the CPU.")
@@ -205,7 +205,7 @@ def train(
 
     speaks = world().root  # under MPI rank 0 speaks for every rank
     # notes on what the run reads and changes (files left out, a batch shrunk) show under -q too
-    note = (lambda msg: err.print(msg, highlight=False)) if speaks else (lambda *a: None)
+    note = (lambda msg: err.print(bytes_shown(msg), highlight=False)) if speaks else (lambda *a: None)
     quiet = quiet or not speaks
     say = (lambda *a: None) if quiet else note
     stops = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps), ("time_limit", time_limit)) if v is not None}
@@ -258,16 +258,16 @@ def train(
         settings = " ".join(f"{k}={_shown(v)}" for k, v in shown.items())
         from rich.text import Text
 
-        err.print(Text(settings, style="dim"))
+        err.print(Text(bytes_shown(settings), style="dim"))
         origin = f" from {cfg.init_from}" if cfg.init_from and trainer.fresh else ""
         added = f" ({trainer.vocab_added} added)" if origin else ""
         err.print(f"{trainer.spec.cell} {cfg.layers}x{cfg.hidden}{origin}, vocabulary {trainer.vocab.size}{added}, "
                   f"{trainer.params.size:,} parameters; train/val/test {len(trainer.train_ids):,}/"
                   f"{len(trainer.val_ids):,}/{len(trainer.test_ids):,} characters -> {trainer.run_dir}",
                   highlight=False)
-        note = trainer.few_streams_notice()
-        if note:
-            err.print(Text(note, style="dim"))
+        few_streams = trainer.few_streams_notice()
+        if few_streams:
+            err.print(Text(few_streams, style="dim"))
     _set_up()
     with _stops_once_taken_ignored(trainer):
         try:
@@ -852,8 +852,7 @@ def _print_error(message: str):
     from .distributed import error_prefix
 
     one_line = message.replace("\r", "\\r").replace("\n", "\\n")  # a file name may hold a line break
-    # a byte of a name that is not UTF-8 (os.fsdecode's lone surrogate): \xff, not Python's \udcff
-    one_line = re.sub("[\udc80-\udcff]", lambda m: f"\\x{ord(m[0]) - 0xDC00:02x}", one_line)
+    one_line = bytes_shown(one_line)
     err.print(Text.assemble(("error:", "bold red"), " ", error_prefix() + one_line), highlight=False)
 
 

@@ -1,5 +1,6 @@
 """Errors the user can fix. The CLI prints the message as one line and exits 1 (2 for a UsageError)."""
 import errno
+import re
 from pathlib import Path
 
 
@@ -16,6 +17,12 @@ def as_flag(name, value=None):
 def as_keyword(name, value=None):
     """An argument as a Python caller gives it, for the API's messages: top_k=, or top_k=5."""
     return f"{name}=" if value is None else f"{name}={value!r}"
+
+
+def bytes_shown(text: str) -> str:
+    """text for a message, with each byte of a file name that is not UTF-8 (os.fsdecode's lone
+    surrogate, which Python's stderr would print as \\udcff) shown as \\xff."""
+    return re.sub("[\udc80-\udcff]", lambda m: f"\\x{ord(m[0]) - 0xDC00:02x}", text)
 
 
 def counted(n, noun):

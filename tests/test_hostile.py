@@ -3,6 +3,7 @@ and a non-zero exit, never a traceback, and leaves what the user had in place.""
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -180,12 +181,16 @@ def test_a_file_name_that_is_not_utf8_trains_saves_and_resumes(corpus, tmp_path)
     assert load_checkpoint(run / "latest.npz")[1]["step"] == 4
 
 
-def test_an_error_names_a_byte_that_is_not_utf8_as_the_byte(tmp_path, monkeypatch, capsys):
+def test_an_error_names_a_byte_that_is_not_utf8_as_the_byte(corpus, tmp_path, monkeypatch, capsys):
     # "bin\udcff.txt looks like a binary file": Python's escape of the byte, which the user never saw
     binary = tmp_path / os.fsdecode(b"bin\xff.txt")
     binary.write_bytes(b"\x00")
     code, stderr = main_exits(monkeypatch, capsys, "train", binary, "--out-dir", tmp_path)
     assert code == 1 and stderr.startswith(f"error: {tmp_path}/bin\\xff.txt looks like a binary file"), stderr
+    shutil.copy(corpus, tmp_path / "text.txt")  # in a folder: left out, with a note that names it so too
+    code, stderr = main_exits(monkeypatch, capsys, "train", tmp_path, *TINY, "--max-steps", "1", "--out-dir",
+                              tmp_path / "out", "-q")
+    assert code == 0 and f"left out 1 file(s) that are empty, binary or not UTF-8: {tmp_path}/bin\\xff.txt" in stderr
 
 
 def test_a_name_that_is_not_utf8_and_cannot_be_written_is_not_blamed_on_the_locale(monkeypatch, capsys):
