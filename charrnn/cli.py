@@ -730,7 +730,7 @@ def gradflow(
     import json
 
     from . import gradflow as gf
-    from .corpus import NotText, read_ids
+    from .corpus import NotText, WideText, read_ids
     from .outputs import PNG, check_output
     from .plot import require_pyplot
 
@@ -772,6 +772,8 @@ def gradflow(
     try:
         ids, chars = read_ids(corpus, trained.encoding if trained else "utf-8")
     except NotText as e:  # the reader's advice names train's --encoding, which gradflow has not
+        if isinstance(e, WideText):  # (its advice is iconv's)
+            raise
         raise NotText(e.reason, "gradflow reads --corpus as UTF-8 (a checkpoint's text as it was trained): give a "
                       "UTF-8 text file") from None
     if trained is None and len(chars) < 2:

@@ -450,7 +450,8 @@ def _read_document(path, encoding: str, encoder: _Encoder, text_hash=None, limit
     with _open(path) as f:
         while True:
             block = _read(f, path, CHUNK_BYTES)
-            if offset == 0 and not pending and (encoding == "utf-8" or nul_is_binary):
+            # (in the encodings that read any byte, only what a NUL byte makes binary)
+            if offset == 0 and not pending and (encoding == "utf-8" or nul_is_binary and b"\x00" in block):
                 wide = _wide_text(path, block)
                 if wide is not None:
                     raise wide

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -226,6 +227,19 @@ def test_utf16_and_utf32_text_is_named_with_the_way_to_utf8(tmp_path, codec, sai
     assert corpus.text == TEXT and corpus.notes == [
         f"left out 1 file(s) of UTF-16 or UTF-32 text: {tmp_path / 'folder' / 'wide.txt'}; save them as UTF-8 to "
         "read them"]
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "bytes"])
+def test_in_the_encodings_that_read_any_byte_only_a_nul_makes_a_file_in_a_folder_wide_text(tmp_path, encoding):
+    # a Latin-1 text that starts with the bytes of a UTF-16 mark, FE FF, and holds no NUL was read
+    # before the check for wide text, and must still be
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "a.txt").write_bytes(b"\xfe\xffcaf\xe9 au lait " * 3)
+    (tmp_path / "f" / "wide.txt").write_bytes(("wide text " * 10).encode("utf-16"))
+    corpus = read_corpus([tmp_path / "f"], encoding)
+    assert [Path(f["path"]).name for f in corpus.files] == ["a.txt"]
+    assert corpus.notes == [f"left out 1 file(s) of UTF-16 or UTF-32 text: {tmp_path / 'f' / 'wide.txt'}; save them "
+                            "as UTF-8 to read them"]
 
 
 def test_a_binary_file_that_is_not_wide_text_is_still_binary(tmp_path):
