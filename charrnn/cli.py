@@ -248,7 +248,8 @@ def train(
             ctx.call_on_close(lambda: remove_if_empty([run_dir, *made]))
         if world().root:  # the folder it writes (another rank's may be another machine's)
             check_new_run_dir(run_dir)  # before the text is read and the settings said
-        trainer = Trainer(cfg, run_dir, say=note)
+        with err.status("reading the text..."):  # (a large one takes seconds; a named pipe: until written)
+            trainer = Trainer(cfg, run_dir, say=note)
     trainer.show = say  # the samples taken while training
     cfg = trainer.cfg
     if not quiet:
@@ -565,7 +566,8 @@ def eval_(
         check_read_as(model_encoding, encoding)
     try:
         if per_line:
-            text = read_text(file, encoding or model_encoding, model=model_encoding)
+            with err.status("reading the text..."):
+                text = read_text(file, encoding or model_encoding, model=model_encoding)
             # "\r\n" ends a line as "\n" does: the line break is not scored
             lines = [line.removesuffix("\r") for line in text.split("\n")]
             lines = [line for line in lines if line]
@@ -582,7 +584,8 @@ def eval_(
                 dropped = sum(ch not in known for line in lines for ch in line)  # inside the lines scored
             scores = model.score_lines(lines, batch=batch, window=window, skip_unknown=skip_unknown, what=str(file))
         else:  # never the whole file as a string: a byte or two a character
-            ids, skipped = model.encode_file(file, encoding=encoding, skip_unknown=skip_unknown)
+            with err.status("reading the text..."):  # (a named pipe: until written)
+                ids, skipped = model.encode_file(file, encoding=encoding, skip_unknown=skip_unknown)
             if skipped and ids.size < 2:  # not "the text to evaluate has 0 character(s)"
                 raise CharrnnError(f"{skipped:,} of the {ids.size + skipped:,} {unit}s of {file} "
                                    f"{'is' if skipped == 1 else 'are'} unknown to the model; the {ids.size} left "

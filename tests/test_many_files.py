@@ -6,6 +6,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -247,6 +249,40 @@ def test_a_binary_file_that_is_not_wide_text_is_still_binary(tmp_path):
     path.write_bytes(bytes(range(256)) * 4)  # NUL at offset 0, but no pattern of UTF-16's
     with pytest.raises(CharrnnError, match=re.escape(f"{path} looks like a binary file (NUL byte at offset 0)")):
         read_corpus([path])
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes and a terminal (pty)")
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_a_named_pipe_not_yet_written_shows_that_the_text_is_being_read(tree, tmp_path, command):
+    # train and eval waited for a writer without a word: a terminal showed nothing at all
+    import pty
+    import select
+
+    from test_hostile import ROOT
+
+    if command == "eval":
+        (tree / "t.txt").write_text(TEXT, encoding="utf-8")
+        Trainer(config(tree / "t.txt", tmp_path, max_steps=1), tmp_path / "m", say=lambda *_: None).run()
+    pipe = tree / "notes" / "pipe"
+    args = {"train": ["train", str(pipe), "--hidden", "8", "--batch", "2", "--k1", "8", "--max-steps", "1",
+                      "--time-limit", "0", "--out-dir", str(tmp_path / "runs")],
+            "eval": ["eval", str(tmp_path / "m"), str(pipe)]}[command]
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: charrnn on a terminal
+        env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="100", TERM="xterm")
+        os.execve(sys.executable, [sys.executable, "-m", "charrnn", *args], env)
+    shown, deadline = b"", time.time() + 120
+    while b"reading the text" not in shown and time.time() < deadline:
+        if select.select([terminal], [], [], 1)[0]:
+            shown += os.read(terminal, 4096)
+    pipe.write_text(TEXT, encoding="utf-8")  # the writer comes: the command goes on and ends
+    try:
+        while select.select([terminal], [], [], 60)[0]:
+            shown += os.read(terminal, 4096)
+    except OSError:  # the terminal closes as the child ends
+        pass
+    _, status = os.waitpid(pid, 0)
+    assert b"reading the text" in shown and os.waitstatus_to_exitcode(status) == 0, shown[-500:]
 
 
 def test_separators_typed_with_escapes_and_what_is_refused(tmp_path):
