@@ -369,11 +369,9 @@ class Trainer:
         stack.layout.zero_frozen(self.grads)
         norm, clipped = clip_by_norm(self.grads, cfg.clip_norm)
         if not (math.isfinite(loss) and math.isfinite(norm)):
-            saved = (self.run_dir / "latest.npz").is_file() or (self.run_dir / "best.npz").is_file()
-            kept = f"the last good checkpoint is in {self.run_dir}" if saved else "no checkpoint was saved before it"
             advice = "a lower --lr or --clip-norm" if cfg.clip_norm else "a lower --lr, or clipping (--clip-norm 5)"
             raise CharrnnError(f"training diverged at update {self.step + 1}: the loss is {loss} and the gradient "
-                               f"norm {norm}; {kept}; try {advice}")
+                               f"norm {norm}; {self._checkpoints_kept()}; try {advice}")
         clipped_values = clip_by_value(self.grads, cfg.clip_value)
         lr = learning_rate(cfg.lr, self.step, progress, schedule=cfg.schedule, decay=cfg.lr_decay,
                            decay_every=cfg.decay_every, warmup=cfg.warmup,
@@ -496,7 +494,7 @@ class Trainer:
                 if progress:
                     progress(self, None)
                 try:  # a stop now ends it at once: the last update was saved above, the resume tests it
-                    test = self._evaluate(self.test_ids, stop=self._stopping)
+                    test = self._finite(self._evaluate(self.test_ids, stop=self._stopping), "test")
                 except Abandoned:
                     self.world.stop_together()
                     raise Interrupted(self.resumable[0], untested=True) from None
@@ -533,10 +531,27 @@ class Trainer:
         window_stats.clear()
         return record
 
+    def _checkpoints_kept(self) -> str:
+        saved = (self.run_dir / "latest.npz").is_file() or (self.run_dir / "best.npz").is_file()
+        return f"the last good checkpoint is in {self.run_dir}" if saved else "no checkpoint was saved before it"
+
+    def _finite(self, loss: float, text: str) -> float:
+        """loss on the `text` text ("validation", "test"), or a CharrnnError if it is NaN or
+        Inf: a model that computes them over streams longer than its training windows (a state
+        that grows without bound) is broken there, and was said to be a run without that text."""
+        if math.isfinite(loss):
+            return loss
+        grows = " (an IndRNN's whose |u| passes 1: --u-max 1 keeps it bounded)" if self.cfg.cell == "indrnn" else ""
+        raise CharrnnError(f"the {text} loss is {loss} after update {self.step}: the model computes NaN or Inf over "
+                           f"the {text} text, whose streams run longer than a training window, as a state that grows "
+                           f"without bound does{grows}; {self._checkpoints_kept()}")
+
     def _validate(self, log, progress):
         """Measure the validation loss, log it, and save best.npz if it is the best so far."""
         t1 = time.perf_counter()
         self.last_val, self.last_val_step = self.validate(), self.step
+        if len(self.val_ids) >= 2:
+            self._finite(self.last_val, "validation")
         self.elapsed += time.perf_counter() - t1
         if len(self.val_ids) >= 2:  # without a validation text, no record: a null loss is an infinite one
             log.write({"kind": "val", "step": self.step, "loss": self.last_val, "bpc": bits(self.last_val)})

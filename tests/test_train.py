@@ -615,6 +615,24 @@ def test_the_done_line_says_there_was_no_validation_or_test_text(corpus, tmp_pat
     assert "; no validation text (--val-fraction 0); no test text; checkpoints in" in r.stdout and "nan" not in r.stdout
 
 
+@pytest.mark.parametrize("text, fractions", [("validation", dict(val_fraction=0.45, test_fraction=0.0)),
+                                             ("test", dict(val_fraction=0.0, test_fraction=0.45))])
+def test_a_loss_that_is_nan_over_a_long_stream_stops_the_run(tmp_path, text, fractions):
+    # an IndRNN with |u| up to 2 stays finite over an 8-step window and overflows over the ~100
+    # steps of each stream of its held-out text: exit 0, "val loss nan ..., best inf; no test
+    # text" (there was one), and no best.npz
+    corpus = tmp_path / "t.txt"
+    corpus.write_text(TEXT * 3, encoding="utf-8")
+    cfg = config(corpus, tmp_path, cell="indrnn", u_max=2.0, layers=1, eval_every=2, **fractions)
+    with pytest.raises(CharrnnError) as stopped:
+        train_steps(cfg, tmp_path / "r", 2)
+    message = str(stopped.value)
+    assert re.fullmatch(rf"the {text} loss is (nan|inf) after update 2: the model computes NaN or Inf over the {text} "
+                        rf"text, .* \(an IndRNN's whose \|u\| passes 1: --u-max 1 keeps it bounded\); "
+                        rf"(the last good checkpoint is in|no checkpoint was saved before it).*", message), message
+    assert not (tmp_path / "r" / "best.npz").exists()
+
+
 def test_metrics_are_json_without_a_validation_text(corpus, tmp_path):
     # --val-fraction 0: the records held bare NaN, which JSON has not; then a null loss, which
     # also stands for an infinite one: now there is no validation record at all
