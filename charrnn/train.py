@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, distributed, memory
-from .checkpoint import load_checkpoint, remove_stale_temporaries, resolve_checkpoint, save_checkpoint
+from .checkpoint import SUFFIX, load_checkpoint, remove_stale_temporaries, resolve_checkpoint, save_checkpoint
 from .config import (LOG_STARTS, METRICS_FILE, MODEL_SETTINGS, OLDER_CHECKPOINTS, SAMPLES_FILE, STOPPING_RULES,
                      TrainConfig, check_init_overrides, check_resume_overrides, check_schedule_options,
                      resolved_u_max)
@@ -259,7 +259,7 @@ class Trainer:
         lock = _locked(path.parent)  # before reading: no other process is writing it now
         try:
             self = cls._restore(path, say, corpus, overrides)
-            _refuse_to_rewind(path, self.step)
+            _refuse_to_replace(path, self.step)
             self._keep_best(path)
         except BaseException:
             lock.release()
@@ -855,19 +855,45 @@ def _other_meta(path, name):
     return None
 
 
-def _refuse_to_rewind(path, step):
-    """A checkpoint resumed in its own folder must not be older than the folder's latest.npz:
-    resuming a copy of an earlier one, or best.npz while latest.npz went on, would replace it
-    and drop its records. A copy resumed in a folder of its own loses nothing."""
-    latest = _other_meta(path, "latest")
-    if latest is not None and latest["step"] > step:
-        folder = path.absolute().parent  # path may be a bare file name: "." has no name to extend
-        new = folder.with_name(f"{folder.name}-from-{step}")
-        copy = " && ".join(shlex.join(c) for c in (["mkdir", str(new)], ["cp", str(path), str(new / "latest.npz")],
-                                                   ["charrnn", "train", "--resume", str(new)]))
-        raise CharrnnError(f"{path} was saved at update {step}, before {path.parent / 'latest.npz'} (update "
-                           f"{latest['step']}); resuming it there would replace that. To go on from update {step} "
-                           f"and keep it, resume a copy in a folder of its own: {copy}")
+def _refuse_to_replace(path, step):
+    """A checkpoint resumed in a folder must not replace what the folder holds of another: a
+    log that is not charrnn's, the checkpoints of another run (a file copied in), or a
+    latest.npz the checkpoint is older than (a copy of an earlier one, or best.npz while
+    latest.npz went on), whose records it would drop. A copy resumed in a folder of its own
+    loses nothing."""
+    why = next((f"{path.parent / name} is not a log of charrnn's; resuming {path} there would replace it"
+                for name, step_of in ((METRICS_FILE, _record_step), (SAMPLES_FILE, _sample_step))
+                if not _left_by_a_run(path.parent / name, step_of)), None)
+    mine = None
+    for name in ("latest", "best"):
+        other = _other_meta(path, name)
+        if why is not None or other is None:
+            continue
+        mine = mine or load_checkpoint(path, schema=TRAINING_META)[1]
+        if _run_of(other) != _run_of(mine):
+            why = (f"{path} is a checkpoint of another run than {path.parent / (name + SUFFIX)} (another text, "
+                   "vocabulary or setting); resuming it there would replace that run's checkpoints and records")
+        elif name == "latest" and other["step"] > step:
+            why = (f"{path} was saved at update {step}, before {path.parent / 'latest.npz'} (update "
+                   f"{other['step']}); resuming it there would replace that")
+    if why is None:
+        return
+    folder = path.absolute().parent  # path may be a bare file name: "." has no name to extend
+    new = folder.with_name(f"{folder.name}-from-{step}")
+    copy = " && ".join(shlex.join(c) for c in (["mkdir", str(new)], ["cp", str(path), str(new / "latest.npz")],
+                                               ["charrnn", "train", "--resume", str(new)]))
+    raise CharrnnError(f"{why}. To go on from update {step} and keep it, resume a copy in a folder of its own: "
+                       f"{copy}")
+
+
+def _run_of(meta) -> tuple:
+    """What tells one run's checkpoints from another's: its model, seed and batch (as this
+    charrnn reads them: an older checkpoint's missing cell options are their defaults), its
+    vocabulary and its text. (Not every setting: those an older charrnn did not write read as
+    that charrnn ran, not as a run today starts.)"""
+    settings = TrainConfig.from_dict(meta["config"])
+    return ([getattr(settings, name) for name in ("seed", "batch", *MODEL_SETTINGS)], meta["vocab"],
+            meta["corpus"].get("sha256"))
 
 
 def _cut_log(path, after, every_line=False):

@@ -161,6 +161,46 @@ def test_an_earlier_checkpoint_resumed_in_its_own_folder_is_refused_and_a_copy_e
     assert load_checkpoint(new / "latest.npz")[1]["step"] == 6
 
 
+@pytest.mark.parametrize("copied_as", ["theirs.npz", "best.npz"])
+def test_another_runs_checkpoint_resumed_in_a_run_folder_is_refused(corpus, tmp_path, copied_as):
+    # it replaced the folder's latest.npz with a run on another text, and its metrics mixed the
+    # two runs; copied in as best.npz, the resume reported the other run's best loss as its own
+    mine, theirs = tmp_path / "mine", tmp_path / "theirs"
+    train_steps(config(corpus, tmp_path, eval_every=2, checkpoint_every=2), mine, 2)
+    other = tmp_path / "other.txt"
+    other.write_text(TEXT.upper(), encoding="utf-8")
+    train_steps(config(other, tmp_path, eval_every=2, checkpoint_every=2), theirs, 2)
+    kept = {name: (mine / name).read_bytes() for name in ("latest.npz", "best.npz", "metrics.jsonl")}
+    if copied_as == "best.npz":  # the folder's best is theirs; mine is resumed from latest.npz
+        (mine / "best.npz").write_bytes((theirs / "best.npz").read_bytes())
+        kept["best.npz"] = (mine / "best.npz").read_bytes()
+        resumed, holder = mine / "latest.npz", mine / "best.npz"
+    else:
+        (mine / copied_as).write_bytes((theirs / "latest.npz").read_bytes())
+        resumed, holder = mine / copied_as, mine / "latest.npz"
+    with pytest.raises(CharrnnError) as refused:
+        Trainer.resume(resumed, say=lambda *_: None, max_steps=4)
+    assert str(refused.value).startswith(
+        f"{resumed} is a checkpoint of another run than {holder} (another text, vocabulary or setting); resuming it "
+        f"there would replace that run's checkpoints and records. To go on from update 2 and keep it, resume a copy "
+        f"in a folder of its own: mkdir {tmp_path / 'mine-from-2'}")
+    assert {name: (mine / name).read_bytes() for name in kept} == kept
+    Trainer.resume(theirs, say=lambda *_: None, max_steps=4).run()  # its own folder: no other run in it
+
+
+def test_a_log_of_the_users_in_the_folder_of_a_resumed_checkpoint_is_refused_not_cut(corpus, tmp_path):
+    # the resume cut every line of it that was not a record of a later update: all of them
+    run, mine = tmp_path / "r", tmp_path / "mine"
+    train_steps(config(corpus, tmp_path), run, 3)
+    mine.mkdir()
+    (mine / "model.npz").write_bytes((run / "latest.npz").read_bytes())
+    (mine / "metrics.jsonl").write_text('my notes\n{"lr": 0.1}\n', encoding="utf-8")
+    with pytest.raises(CharrnnError, match=re.escape(f"{mine / 'metrics.jsonl'} is not a log of charrnn's; resuming "
+                                                     f"{mine / 'model.npz'} there would replace it. To go on")):
+        Trainer.resume(mine / "model.npz", say=lambda *_: None, max_steps=4)
+    assert (mine / "metrics.jsonl").read_text(encoding="utf-8") == 'my notes\n{"lr": 0.1}\n'
+
+
 def test_a_copy_in_a_folder_without_best_npz_saves_one_at_its_first_validation(corpus, tmp_path):
     # the copy's record holds a best loss this run will not reach, from a model the new folder
     # lacks: the run reports as best, and keeps, what it validates itself
