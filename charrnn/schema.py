@@ -94,10 +94,13 @@ def check_config(config, required) -> dict:
     return config
 
 
-def check_vocab(vocab) -> list:
+def check_vocab(vocab, encoding="utf-8") -> list:
     if (not isinstance(vocab, list) or not 2 <= len(vocab) <= MAX_VOCAB
             or not all(isinstance(c, str) and len(c) == 1 for c in vocab) or len(set(vocab)) != len(vocab)):
         raise CharrnnError("its vocabulary is not a list of two or more distinct characters")
+    wide = next((c for c in vocab if ord(c) > 0xFF), None) if encoding == "bytes" else None
+    if wide is not None:  # each character of a bytes model is a byte: sampled, it could not be written
+        raise CharrnnError(f"its vocabulary holds U+{ord(wide):04X}, which is no byte, but the model reads bytes")
     surrogate = next((c for c in vocab if 0xD800 <= ord(c) <= 0xDFFF), None)
     if surrogate is not None:  # half of a UTF-16 pair: no text a model reads holds one
         raise CharrnnError(f"its vocabulary holds the lone surrogate U+{ord(surrogate):04X}, which no text holds")
@@ -157,8 +160,8 @@ class Model:
     reads = ("params",)  # the arrays load_checkpoint reads; the others' headers are checked
 
     def headers(self, meta, headers):
-        check_config(meta.get("config"), required=("cell", "hidden", "layers"))
-        check_vocab(meta.get("vocab"))
+        config = check_config(meta.get("config"), required=("cell", "hidden", "layers"))
+        check_vocab(meta.get("vocab"), config.get("encoding", "utf-8"))
         _expect(headers, "params", (Layout(model_spec(meta)).size,), (np.float32, np.float64))
 
     def arrays(self, meta, arrays):
@@ -181,7 +184,7 @@ class Training(Model):
             config = TrainConfig.from_dict(config).validate().to_dict()
         except CharrnnError as e:
             raise CharrnnError(f"its config is refused: {e}") from None
-        check_vocab(meta.get("vocab"))
+        check_vocab(meta.get("vocab"), config["encoding"])
         P = Layout(model_spec(meta)).size
         _expect(headers, "params", (P,), (np.float32,))
 

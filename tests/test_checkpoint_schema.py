@@ -264,6 +264,9 @@ def edited(original, tmp_path, change_meta=None, change_arrays=None):
     (lambda m: m["config"].update(corpus="a\0b"), r"config.corpus is 'a\\x00b', not a string"),
     (lambda m: m.pop("vocab"), r"its vocabulary is not a list"),
     (lambda m: m["vocab"].__setitem__(0, "\udc80"), r"its vocabulary holds the lone surrogate U\+DC80"),
+    # a bytes model sampled it and failed to write it, with advice about the locale
+    (lambda m: (m["config"].update(encoding="bytes"), m["vocab"].__setitem__(0, "€")),
+     r"its vocabulary holds U\+20AC, which is no byte, but the model reads bytes"),
     (lambda m: m["optimizer"].update(size=7), r"optimizer state is for 7 parameters of 'float32', but the model has \d+ float32"),
     (lambda m: m["optimizer"].update(name="sgd"), r"optimizer.name is 'sgd', but config.optimizer is 'adam'"),
     (lambda m: m["optimizer"].update(beta2=1.5), r"optimizer.beta2 must be in \[0, 1\), got 1.5"),
@@ -280,6 +283,14 @@ def test_a_document_that_lies_is_refused(original, tmp_path, change, message):
         load_checkpoint(path, TRAINING)
     with pytest.raises(CharrnnError):
         Trainer.resume(path, say=lambda *_: None)
+
+
+def test_a_bytes_model_whose_vocabulary_holds_no_byte_is_refused_for_sampling(original, tmp_path):
+    path = edited(original, tmp_path, change_meta=lambda m: (m["config"].update(encoding="bytes"),
+                                                             m["vocab"].__setitem__(0, "€")))
+    with pytest.raises(CharrnnError, match=r"is corrupt \(its vocabulary holds U\+20AC, which is no byte"):
+        load_model(path)
+    load_checkpoint(edited(original, tmp_path / "utf8", change_meta=lambda m: m["vocab"].__setitem__(0, "€")), MODEL)
 
 
 @pytest.mark.parametrize("change, message", [
