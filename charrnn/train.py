@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -182,6 +183,9 @@ class Trainer:
         self.stopping_now = 0  # a second one, the signal's number
         self.stop_requested = False  # whether to stop after this update: agreed by every rank under MPI
         self.fresh = True  # False once the run folder holds this run (resumed, or run() started)
+        # what tells this run's checkpoints from another's (_refuse_to_replace); kept by a resume.
+        # Only rank 0's is written: no rank needs another's
+        self.run_id = uuid.uuid4().hex
         self.lock = None  # the run folder's RunLock while this trainer reads or writes it
         self.resumable = None  # (path, update) of the checkpoint a resume goes on from; None: none yet
         self._sampler = None  # made at the first sample
@@ -206,6 +210,7 @@ class Trainer:
         arrays.update({f"kept.{k}": v for k, v in kept.items()})
         meta = {
             "charrnn_version": __version__,
+            "run_id": self.run_id,
             "config": self.cfg.to_dict(),
             "vocab": self.vocab.to_json(),
             "corpus": self.corpus_info,
@@ -303,6 +308,8 @@ class Trainer:
         if changes:
             say(f"changed on resume: {', '.join(changes)}")
         self = cls(cfg, path.parent, say, corpus=corpus, vocab=Vocab.from_json(meta["vocab"]))
+        if isinstance(meta.get("run_id"), str):  # (a checkpoint from before run ids goes on with a new one)
+            self.run_id = meta["run_id"]
         self.params[:] = arrays["params"]
         self.opt.load_state({k[4:]: v for k, v in arrays.items() if k.startswith("opt.")}, meta["optimizer"])
         rows = self.stack.rows  # this rank's streams of the saved window's
@@ -870,9 +877,9 @@ def _refuse_to_replace(path, step):
         if why is not None or other is None:
             continue
         mine = mine or load_checkpoint(path, schema=TRAINING_META)[1]
-        if _run_of(other) != _run_of(mine):
-            why = (f"{path} is a checkpoint of another run than {path.parent / (name + SUFFIX)} (another text, "
-                   "vocabulary or setting); resuming it there would replace that run's checkpoints and records")
+        if not _same_run(other, mine):
+            why = (f"{path} is a checkpoint of another run than {path.parent / (name + SUFFIX)}; resuming it there "
+                   "would replace that run's checkpoints and records")
         elif name == "latest" and other["step"] > step:
             why = (f"{path} was saved at update {step}, before {path.parent / 'latest.npz'} (update "
                    f"{other['step']}); resuming it there would replace that")
@@ -884,6 +891,15 @@ def _refuse_to_replace(path, step):
                                                ["charrnn", "train", "--resume", str(new)]))
     raise CharrnnError(f"{why}. To go on from update {step} and keep it, resume a copy in a folder of its own: "
                        f"{copy}")
+
+
+def _same_run(meta, other) -> bool:
+    """Whether two checkpoints' documents are of one run: by their run ids, or where one lacks
+    it (written before charrnn kept one), by what a run cannot change (_run_of)."""
+    ids = meta.get("run_id"), other.get("run_id")
+    if all(isinstance(i, str) for i in ids):
+        return ids[0] == ids[1]
+    return _run_of(meta) == _run_of(other)
 
 
 def _run_of(meta) -> tuple:

@@ -181,11 +181,31 @@ def test_another_runs_checkpoint_resumed_in_a_run_folder_is_refused(corpus, tmp_
     with pytest.raises(CharrnnError) as refused:
         Trainer.resume(resumed, say=lambda *_: None, max_steps=4)
     assert str(refused.value).startswith(
-        f"{resumed} is a checkpoint of another run than {holder} (another text, vocabulary or setting); resuming it "
-        f"there would replace that run's checkpoints and records. To go on from update 2 and keep it, resume a copy "
+        f"{resumed} is a checkpoint of another run than {holder}; resuming it there would replace that run's checkpoints and records. To go on from update 2 and keep it, resume a copy "
         f"in a folder of its own: mkdir {tmp_path / 'mine-from-2'}")
     assert {name: (mine / name).read_bytes() for name in kept} == kept
     Trainer.resume(theirs, say=lambda *_: None, max_steps=4).run()  # its own folder: no other run in it
+
+
+def test_runs_of_the_same_settings_are_told_apart_by_their_run_ids(corpus, tmp_path):
+    # the same command run twice (a time limit makes their schedules differ): another run all the
+    # same, whose checkpoint would replace this one's latest.npz
+    first, second = tmp_path / "first", tmp_path / "second"
+    train_steps(config(corpus, tmp_path), first, 2)
+    train_steps(config(corpus, tmp_path), second, 4)
+    ids = {load_checkpoint(run / "latest.npz")[1]["run_id"] for run in (first, second)}
+    assert len(ids) == 2 and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    (first / "theirs.npz").write_bytes((second / "latest.npz").read_bytes())
+    with pytest.raises(CharrnnError, match=re.escape(f"{first / 'theirs.npz'} is a checkpoint of another run than")):
+        Trainer.resume(first / "theirs.npz", say=lambda *_: None)
+    resumed = Trainer.resume(first, say=lambda *_: None, max_steps=3)  # its own checkpoint keeps its id
+    resumed.run()
+    assert load_checkpoint(first / "latest.npz")[1]["run_id"] == load_checkpoint(first / "best.npz")[1]["run_id"]
+    # a checkpoint from before run ids: told by its text, vocabulary, model, seed and batch
+    arrays, meta = load_checkpoint(second / "latest.npz")
+    del meta["run_id"]
+    save_checkpoint(first / "theirs.npz", arrays, meta)
+    Trainer.resume(first / "theirs.npz", say=lambda *_: None, max_steps=5).run()
 
 
 def test_a_log_of_the_users_in_the_folder_of_a_resumed_checkpoint_is_refused_not_cut(corpus, tmp_path):
