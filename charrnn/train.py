@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, distributed, memory
+from .cells import normal_tau
 from .checkpoint import SUFFIX, load_checkpoint, remove_stale_temporaries, resolve_checkpoint, save_checkpoint
 from .config import (LOG_STARTS, METRICS_FILE, MODEL_SETTINGS, OLDER_CHECKPOINTS, SAMPLES_FILE, STOPPING_RULES,
                      TrainConfig, check_init_overrides, check_resume_overrides, check_schedule_options,
@@ -308,8 +309,7 @@ class Trainer:
         if changes:
             say(f"changed on resume: {', '.join(changes)}")
         self = cls(cfg, path.parent, say, corpus=corpus, vocab=Vocab.from_json(meta["vocab"]))
-        if isinstance(meta.get("run_id"), str):  # (a checkpoint from before run ids goes on with a new one)
-            self.run_id = meta["run_id"]
+        self.run_id = _run_id(meta)
         self.params[:] = arrays["params"]
         self.opt.load_state({k[4:]: v for k, v in arrays.items() if k.startswith("opt.")}, meta["optimizer"])
         rows = self.stack.rows  # this rank's streams of the saved window's
@@ -894,22 +894,31 @@ def _refuse_to_replace(path, step):
 
 
 def _same_run(meta, other) -> bool:
-    """Whether two checkpoints' documents are of one run: by their run ids, or where one lacks
-    it (written before charrnn kept one), by what a run cannot change (_run_of)."""
-    ids = meta.get("run_id"), other.get("run_id")
-    if all(isinstance(i, str) for i in ids):
-        return ids[0] == ids[1]
-    return _run_of(meta) == _run_of(other)
+    return _run_id(meta) == _run_id(other)
 
 
-def _run_of(meta) -> tuple:
-    """What tells one run's checkpoints from another's: its model, seed and batch (as this
-    charrnn reads them: an older checkpoint's missing cell options are their defaults), its
-    vocabulary and its text. (Not every setting: those an older charrnn did not write read as
-    that charrnn ran, not as a run today starts.)"""
+def _run_id(meta) -> str:
+    """The id of a checkpoint's run: the one it holds, or for a checkpoint from before run ids,
+    one made of what a run cannot change (_run_of), the same for each of that run's checkpoints
+    and for those its resumes write."""
+    if isinstance(meta.get("run_id"), str):
+        return meta["run_id"]
+    return hashlib.sha256(json.dumps(_run_of(meta)).encode()).hexdigest()[:32]
+
+
+# the settings a resume cannot change that tell runs apart, beside the model's
+_RUN_SETTINGS = ("seed", "batch", "k1", "k2", "optimizer", "dropout", "weight_decay", "val_fraction", "test_fraction",
+                 "encoding")
+
+
+def _run_of(meta) -> list:
+    """What tells one run's checkpoints from another's where they hold no run id: the settings
+    a resume cannot change, as this charrnn reads them (an older checkpoint's missing ones are
+    what that charrnn ran; tau in one spelling), its vocabulary and its text."""
     settings = TrainConfig.from_dict(meta["config"])
-    return ([getattr(settings, name) for name in ("seed", "batch", *MODEL_SETTINGS)], meta["vocab"],
-            meta["corpus"].get("sha256"))
+    settings.tau = normal_tau(settings.tau)
+    return [[getattr(settings, name) for name in (*_RUN_SETTINGS, *MODEL_SETTINGS)], meta["vocab"],
+            meta["corpus"].get("sha256")]
 
 
 def _cut_log(path, after, every_line=False):

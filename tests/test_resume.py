@@ -201,11 +201,20 @@ def test_runs_of_the_same_settings_are_told_apart_by_their_run_ids(corpus, tmp_p
     resumed = Trainer.resume(first, say=lambda *_: None, max_steps=3)  # its own checkpoint keeps its id
     resumed.run()
     assert load_checkpoint(first / "latest.npz")[1]["run_id"] == load_checkpoint(first / "best.npz")[1]["run_id"]
-    # a checkpoint from before run ids: told by its text, vocabulary, model, seed and batch
-    arrays, meta = load_checkpoint(second / "latest.npz")
+    # checkpoints from before run ids: a run goes on with an id made of what it cannot change, the
+    # same at every resume, so that what one resume saved (best.npz) and the next (latest.npz) agree
+    (first / "theirs.npz").unlink()
+    for name in ("latest.npz", "best.npz"):
+        arrays, meta = load_checkpoint(first / name)
+        del meta["run_id"]
+        save_checkpoint(first / name, arrays, meta)
+    Trainer.resume(first, say=lambda *_: None, max_steps=4).run()
+    made = load_checkpoint(first / "best.npz")[1]["run_id"]
+    arrays, meta = load_checkpoint(first / "latest.npz")  # as if that resume had died before saving it
     del meta["run_id"]
-    save_checkpoint(first / "theirs.npz", arrays, meta)
-    Trainer.resume(first / "theirs.npz", say=lambda *_: None, max_steps=5).run()
+    save_checkpoint(first / "latest.npz", arrays, meta)
+    Trainer.resume(first, say=lambda *_: None, max_steps=5).run()  # latest.npz, id-less, and best.npz agree
+    assert load_checkpoint(first / "latest.npz")[1]["run_id"] == made != load_checkpoint(second / "latest.npz")[1]["run_id"]
 
 
 def test_a_log_of_the_users_in_the_folder_of_a_resumed_checkpoint_is_refused_not_cut(corpus, tmp_path):
