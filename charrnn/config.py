@@ -168,7 +168,7 @@ def check_init_overrides(given: dict, saved: dict, checkpoint):
     if "tau" in given:
         given = {**given, "tau": normal_tau(given["tau"])}
     # --u-max 0 on the command line: the model's bound, which fine_tune_settings keeps
-    compared = {**given, "u_max": resolved_u_max(given["u_max"], saved["k2"])} if "u_max" in given else given
+    compared = {**given, "u_max": given["u_max"] or saved["u_max"]} if "u_max" in given else given
     unread = {n for n in CELL_OPTIONS if saved["cell"] not in CELL_OPTIONS[n].cells}  # cells.check_options_read's
     # a resolved bound in full (rounded, it is no value that matches), and the way to keep it
     conflicts = [f"{flag(n)} {given[n]} (it has {saved[n]!r}, which --u-max 0 keeps)" if n == "u_max" else

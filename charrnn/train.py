@@ -548,10 +548,15 @@ class Trainer:
         that grows without bound) is broken there, and was said to be a run without that text."""
         if math.isfinite(loss):
             return loss
-        grows = " (an IndRNN's whose |u| passes 1: --u-max 1 keeps it bounded)" if self.cfg.cell == "indrnn" else ""
+        grows = ""
+        if self.cfg.cell == "indrnn":  # (a fine-tune keeps its model's bound)
+            grows = " (an IndRNN's whose |u| passes 1" + ("" if self.cfg.init_from else ": --u-max 1 keeps it bounded") + ")"
+        # the test comes after the last update's save: that checkpoint is the model tested
+        kept = (f"{self.run_dir / 'latest.npz'} holds update {self.step}, the model tested" if text == "test" else
+                self._checkpoints_kept())
         raise CharrnnError(f"the {text} loss is {loss} after update {self.step}: the model computes NaN or Inf over "
                            f"the {text} text, whose streams run longer than a training window, as a state that grows "
-                           f"without bound does{grows}; {self._checkpoints_kept()}")
+                           f"without bound does{grows}; {kept}")
 
     def _validate(self, log, progress):
         """Measure the validation loss, log it, and save best.npz if it is the best so far."""

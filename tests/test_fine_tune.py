@@ -1,6 +1,7 @@
 """Fine-tuning (train --init-from): the trained model carries over bit for bit, characters it
 lacked get a fresh model's rows, it trains, and options that ask for another model are refused."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -151,6 +152,11 @@ def test_an_explicit_u_max_of_0_matches_the_model_it_fine_tunes(texts, tmp_path)
     assert fine_tune_settings(tmp_path / "a" / "r", {"u_max": 0.0})["u_max"] == 2.0 ** (1.0 / 8)
     train_steps(config(old, tmp_path / "b"), tmp_path / "b" / "r", 2)  # an lstm: its u_max is left as it was
     assert fine_tune_settings(tmp_path / "b" / "r", {})["u_max"] == 0.0
+    # a model trained with --u-max 2: 0 was read as 2^(1/k2) and refused, with advice to give 0
+    train_steps(config(old, tmp_path / "c", cell="indrnn", k1=8, k2=8, u_max=2.0), tmp_path / "c" / "r", 2)
+    assert fine_tune_settings(tmp_path / "c" / "r", {"u_max": 0.0})["u_max"] == 2.0
+    with pytest.raises(CharrnnError, match=re.escape("leave out --u-max 1.5 (it has 2.0, which --u-max 0 keeps)")):
+        fine_tune_settings(tmp_path / "c" / "r", {"u_max": 1.5})
 
 
 
