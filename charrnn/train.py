@@ -377,6 +377,8 @@ class Trainer:
         norm, clipped = clip_by_norm(self.grads, cfg.clip_norm)
         if not (math.isfinite(loss) and math.isfinite(norm)):
             advice = "a lower --lr or --clip-norm" if cfg.clip_norm else "a lower --lr, or clipping (--clip-norm 5)"
+            if cfg.cell == "indrnn" and cfg.u_max > 1 and not cfg.init_from:  # |u|^k2 over a window
+                advice = f"--u-max 1 or less (|u| up to {cfg.u_max:g} grows the state at every step), or {advice}"
             raise CharrnnError(f"training diverged at update {self.step + 1}: the loss is {loss} and the gradient "
                                f"norm {norm}; {self._checkpoints_kept()}; try {advice}")
         clipped_values = clip_by_value(self.grads, cfg.clip_value)

@@ -635,6 +635,16 @@ def test_a_loss_that_is_nan_over_a_long_stream_stops_the_run(tmp_path, text, fra
     assert not (tmp_path / "r" / "best.npz").exists()
 
 
+def test_an_indrnn_diverging_in_training_under_a_bound_above_1_is_told_of_the_bound(tmp_path):
+    # it was told to lower --lr or --clip-norm: the state grew by up to 2 a step over 150 steps
+    corpus = tmp_path / "t.txt"
+    corpus.write_text(TEXT * 20, encoding="utf-8")
+    cfg = config(corpus, tmp_path, cell="indrnn", u_max=2.0, layers=1, batch=2, k1=150, k2=150, eval_every=100)
+    with pytest.raises(CharrnnError, match=re.escape("; try --u-max 1 or less (|u| up to 2 grows the state at every "
+                                                     "step), or a lower --lr or --clip-norm")):
+        train_steps(cfg, tmp_path / "r", 3)
+
+
 def test_metrics_are_json_without_a_validation_text(corpus, tmp_path):
     # --val-fraction 0: the records held bare NaN, which JSON has not; then a null loss, which
     # also stands for an infinite one: now there is no validation record at all
