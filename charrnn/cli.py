@@ -246,7 +246,7 @@ def train(
         run_dir = new_run_dir(cfg)
         if not cfg.run:  # a folder made to claim its name: gone again if the command ends before writing it
             ctx.call_on_close(lambda: remove_if_empty([run_dir, *made]))
-        if world().root:  # the folder it writes (another rank's may be another machine's)
+        if speaks:  # the folder it writes (another rank's may be another machine's)
             check_new_run_dir(run_dir)  # before the text is read and the settings said
         with err.status("reading the text..."):  # (a large one takes seconds; a named pipe: until written)
             trainer = Trainer(cfg, run_dir, say=note)
@@ -856,8 +856,7 @@ def _print_error(message: str):
 
     from .distributed import error_prefix
 
-    one_line = message.replace("\r", "\\r").replace("\n", "\\n")  # a file name may hold a line break
-    one_line = bytes_shown(one_line)
+    one_line = bytes_shown(message.replace("\r", "\\r").replace("\n", "\\n"))  # a name may hold a line break
     err.print(Text.assemble(("error:", "bold red"), " ", error_prefix() + one_line), highlight=False)
 
 

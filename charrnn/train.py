@@ -178,8 +178,7 @@ class Trainer:
         self.best_val = math.inf
         self.last_val = math.inf
         self.last_val_step = None  # the update after which last_val was measured
-        self.signalled = False  # one of STOP_SIGNALS reached this process
-        self.first_stop = None  # that signal's number (the progress bar names it)
+        self.first_stop = None  # the number of the first of STOP_SIGNALS to reach this process
         self.testing = False  # in the test after the last update (the progress bar says so)
         self.stopping_now = 0  # a second one, the signal's number
         self.stop_requested = False  # whether to stop after this update: agreed by every rank under MPI
@@ -436,9 +435,14 @@ class Trainer:
         self._agree()
         return self.stop_requested
 
+    @property
+    def signalled(self) -> bool:
+        """Whether one of STOP_SIGNALS reached this process (the progress bar names it: first_stop)."""
+        return self.first_stop is not None
+
     def _agree(self):
         """Whether to stop, and under MPI rank 0's clock, the same on every rank before they decide
-        whether to go on. A signal changes only `signalled`: one that came between this and the
+        whether to go on. A signal changes only `first_stop`: one that came between this and the
         decision would otherwise stop one rank and leave the others waiting for it."""
         self.elapsed, self.stop_requested = self.world.agree(self.elapsed, self.stop_requested or self.signalled)
 
@@ -564,11 +568,10 @@ class Trainer:
         """Measure the validation loss, log it, and save best.npz if it is the best so far."""
         t1 = time.perf_counter()
         self.last_val, self.last_val_step = self.validate(), self.step
-        if len(self.val_ids) >= 2:
-            self._finite(self.last_val, "validation")
         self.elapsed += time.perf_counter() - t1
         if len(self.val_ids) >= 2:  # without a validation text, no record: a null loss is an infinite one
-            log.write({"kind": "val", "step": self.step, "loss": self.last_val, "bpc": bits(self.last_val)})
+            log.write({"kind": "val", "step": self.step, "loss": self._finite(self.last_val, "validation"),
+                       "bpc": bits(self.last_val)})
         if self.last_val < self.best_val:
             self.best_val = self.last_val
             self.save("best")
@@ -665,8 +668,7 @@ class Trainer:
                 return
             self.stopping_now = signum
             raise KeyboardInterrupt
-        self.first_stop = signum
-        self.signalled = True  # finish this update, save, then stop
+        self.first_stop = signum  # finish this update, save, then stop
 
     def _unraisable(self, unraisable):
         """A second signal's KeyboardInterrupt, raised while Python ran a callback of C code
@@ -870,26 +872,9 @@ def _other_meta(path, name):
 
 
 def _refuse_to_replace(path, step):
-    """A checkpoint resumed in a folder must not replace what the folder holds of another: a
-    log that is not charrnn's, the checkpoints of another run (a file copied in), or a
-    latest.npz the checkpoint is older than (a copy of an earlier one, or best.npz while
-    latest.npz went on), whose records it would drop. A copy resumed in a folder of its own
-    loses nothing."""
-    why = next((f"{path.parent / name} is not a log of charrnn's; resuming {path} there would replace it"
-                for name, step_of in ((METRICS_FILE, _record_step), (SAMPLES_FILE, _sample_step))
-                if not _left_by_a_run(path.parent / name, step_of)), None)
-    mine = None
-    for name in ("latest", "best"):
-        other = _other_meta(path, name)
-        if why is not None or other is None:
-            continue
-        mine = mine or load_checkpoint(path, schema=TRAINING_META)[1]
-        if not _same_run(other, mine):
-            why = (f"{path} is a checkpoint of another run than {path.parent / (name + SUFFIX)}; resuming it there "
-                   "would replace that run's checkpoints and records")
-        elif name == "latest" and other["step"] > step:
-            why = (f"{path} was saved at update {step}, before {path.parent / 'latest.npz'} (update "
-                   f"{other['step']}); resuming it there would replace that")
+    """A checkpoint resumed in a folder must not replace what the folder holds of another
+    (_replaced); a copy resumed in a folder of its own loses nothing."""
+    why = _replaced(path, step)
     if why is None:
         return
     folder = path.absolute().parent  # path may be a bare file name: "." has no name to extend
@@ -900,8 +885,27 @@ def _refuse_to_replace(path, step):
                        f"{copy}")
 
 
-def _same_run(meta, other) -> bool:
-    return _run_id(meta) == _run_id(other)
+def _replaced(path, step):
+    """What resuming the checkpoint `path` (of update `step`) in its folder would replace there,
+    or None: a log that is not charrnn's, the checkpoints of another run (a file copied in), or a
+    latest.npz the checkpoint is older than (a copy of an earlier one, or best.npz while
+    latest.npz went on), whose records it would drop."""
+    for name, step_of in ((METRICS_FILE, _record_step), (SAMPLES_FILE, _sample_step)):
+        if not _left_by_a_run(path.parent / name, step_of):
+            return f"{path.parent / name} is not a log of charrnn's; resuming {path} there would replace it"
+    mine = None
+    for name in ("latest", "best"):
+        other = _other_meta(path, name)
+        if other is None:
+            continue
+        mine = mine or load_checkpoint(path, schema=TRAINING_META)[1]
+        if _run_id(other) != _run_id(mine):
+            return (f"{path} is a checkpoint of another run than {path.parent / (name + SUFFIX)}; resuming it there "
+                    "would replace that run's checkpoints and records")
+        if name == "latest" and other["step"] > step:
+            return (f"{path} was saved at update {step}, before {path.parent / 'latest.npz'} (update "
+                    f"{other['step']}); resuming it there would replace that")
+    return None
 
 
 def _run_id(meta) -> str:
