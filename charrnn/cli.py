@@ -586,7 +586,7 @@ def eval_(
         else:  # never the whole file as a string: a byte or two a character
             with err.status("reading the text..."):  # (a named pipe: until written)
                 ids, skipped = model.encode_file(file, encoding=encoding, skip_unknown=skip_unknown)
-            if skipped and ids.size < 2:  # not "the text to evaluate has 0 character(s)"
+            if skipped and ids.size < 2:  # not "the text to evaluate has 0 characters"
                 raise CharrnnError(f"{skipped:,} of the {ids.size + skipped:,} {unit}s of {file} "
                                    f"{'is' if skipped == 1 else 'are'} unknown to the model; the {ids.size} left "
                                    f"{'is' if ids.size == 1 else 'are'} too few to score")
@@ -599,14 +599,14 @@ def eval_(
             for nats, line in zip(scores, lines):
                 write(f"{nats:.4f}\t{line}\n")
         if unscored:
-            err.print(f"note: left out {unscored:,} line(s) made only of characters the model does not know",
+            err.print(f"note: left out {counted(unscored, 'line')} made only of characters the model does not know",
                       markup=False, highlight=False)
         if dropped:
-            err.print(f"note: skipped {dropped:,} unknown {unit}(s) inside the lines scored", markup=False,
+            err.print(f"note: skipped {counted(dropped, 'unknown ' + unit)} inside the lines scored", markup=False,
                       highlight=False)
         return
     result = model.evaluate(ids, batch=batch, window=window)
-    note = f"; {skipped:,} unknown {unit}(s) skipped" if skip_unknown else ""
+    note = f"; {counted(skipped, 'unknown ' + unit)} skipped" if skip_unknown else ""
     per = "byte" if of_bytes else "char"
     out.print(f"{file}: {result.chars:,} {unit}{'s' * (result.chars != 1)}, {result.nats:.4f} nats/{per}, "
               f"{result.bits:.4f} bits/{per}, "
@@ -648,7 +648,7 @@ def inspect_(
     found = ins.find_units(scores, top)
     layer, unit = ins.pick_unit(scores, layer, unit)
     failed = _written_first(html, lambda: write_page(html, tr, scores, found, model.vocab, layer, unit, str(file)))
-    note = f"; {skipped:,} unknown {tr.step}(s) skipped" if skipped else ""
+    note = f"; {counted(skipped, 'unknown ' + tr.step)} skipped" if skipped else ""
     out.print(ins.model_line(tr, str(file)) + note, markup=False, highlight=False)
     out.print(ins.unit_line(tr, scores, layer, unit), markup=False, highlight=False)
     out.print(ins.coloured_text(tr, layer, unit))
@@ -686,7 +686,7 @@ def gradcheck(
     _set_up()
     k1 = steps if k1 is None else k1
     k2 = steps if k2 is None else k2
-    table = Table(title=f"gradcheck: {layers} layer(s), H={hidden}, V={vocab}, B={batch}, k1={k1}, k2={k2}, seed={seed}")
+    table = Table(title=f"gradcheck: {counted(layers, 'layer')}, H={hidden}, V={vocab}, B={batch}, k1={k1}, k2={k2}, seed={seed}")
     for name, justify in (("cell", "left"), ("tensor", "left"), ("checked", "right"), ("max rel err", "right"),
                           ("mean rel err", "right"),
                            ("worst element", "left"), ("result", "left")):
@@ -704,7 +704,7 @@ def gradcheck(
                           str(list(r.worst)), verdict)
     out.print(table)
     if failed:
-        _print_error(f"{failed} tensor(s) failed the gradient check (tolerance {tolerance:g})")
+        _print_error(f"{counted(failed, 'tensor')} failed the gradient check (tolerance {tolerance:g})")
         raise typer.Exit(1)
     out.print(Text.assemble(("all tensors pass", "green"), f" (max relative error <= {tolerance:g})"))
 
@@ -780,7 +780,7 @@ def gradflow(
         raise NotText(e.reason, "gradflow reads --corpus as UTF-8 (a checkpoint's text as it was trained): give a "
                       "UTF-8 text file") from None
     if trained is None and len(chars) < 2:
-        raise CharrnnError(f"{corpus} holds only {len(chars)} distinct character(s); a fresh model needs at least 2")
+        raise CharrnnError(f"{corpus} holds only {counted(len(chars), 'distinct character')}; a fresh model needs at least 2")
     with err.status("measuring gradient flow (the first run compiles the kernels)..."):
         flows = gf.run(ids, chars, cells=cells, trained=trained, hidden=hidden or 64, layers=layers or 1,
                        seed=seed, radius=radius, max_k=max_k, windows=windows, batch=batch,

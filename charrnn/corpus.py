@@ -112,7 +112,7 @@ def check_typed_bytes(text: str, chars, what: str) -> None:
             return f"{typed} ({model_text(c, 'bytes', what).encode('latin-1').hex(' ')})"
 
         shown = ", ".join(map(one, lacking))
-        raise UnknownCharacters(f"{what} has {len(lacking)} character(s) whose bytes the model never saw: {shown}; "
+        raise UnknownCharacters(f"{what} has {counted(len(lacking), 'character')} whose bytes the model never saw: {shown}; "
                            "use only characters that occur in the training text")
 
 
@@ -581,19 +581,19 @@ def list_files(inputs, once=True) -> tuple[list[Path], list[str]]:
             files.append(path)
     notes = []
     if hidden:
-        notes.append(f"left out {hidden} hidden file(s) and folder(s) inside the folders (names starting with '.')")
+        notes.append(f"left out {counted(hidden, 'hidden file or folder', 'hidden files and folders')} inside the folders (names starting with '.')")
     if special:
-        notes.append(f"left out {special} entries inside the folders that are not regular files")
+        notes.append(f"left out {counted(special, 'entry', 'entries')} inside the folders that are not regular files")
     if empty:
         notes.append(f"no files to read in {_some(empty)}")
     if unlisted:
         why = os_error_message(OSError(unlisted[0].errno, unlisted[0].strerror))  # the reason, without a path
-        notes.append(f"left out {len(unlisted)} folder(s) that cannot be read: "
+        notes.append(f"left out {counted(len(unlisted), 'folder')} that cannot be read: "
                      f"{_some(sorted(str(e.filename) for e in unlisted))} ({why})")
     if logs:
-        notes.append(f"left out {len(logs)} log(s) of charrnn runs inside the folders: {_some(sorted(logs))}")
+        notes.append(f"left out {counted(len(logs), 'log')} of charrnn runs inside the folders: {_some(sorted(logs))}")
     if linked:
-        notes.append(f"left out {linked} link(s) to folders inside the folders (name a folder to read it)")
+        notes.append(f"left out {counted(linked, 'link')} to folders inside the folders (name a folder to read it)")
     if repeated:
         notes.append(f"read once each: {_some(repeated)} (met twice)")
     return files, notes
@@ -674,10 +674,10 @@ def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP, model: str | None = N
     if not_text:
         what = "empty or binary (name a file to read its bytes)" if encoding != "utf-8" else \
             "empty, binary or not UTF-8"
-        notes.append(f"left out {len(not_text)} file(s) that are {what}: {_some(not_text)}")
+        notes.append(f"left out {counted(len(not_text), 'file')} that {'is' if len(not_text) == 1 else 'are'} {what}: {_some(not_text)}")
     if wide:
-        notes.append(f"left out {len(wide)} file(s) of UTF-16 or UTF-32 text: {_some(wide)}; save them as UTF-8 "
-                     "to read them")
+        notes.append(f"left out {counted(len(wide), 'file')} of UTF-16 or UTF-32 text: {_some(wide)}; save "
+                     f"{'it' if len(wide) == 1 else 'them'} as UTF-8 to read {'it' if len(wide) == 1 else 'them'}")
     if not infos:
         raise CharrnnError(f"no text files in {_some([str(p) for p in inputs])}"
                            + (f" ({'; '.join(notes)})" if notes else "") + "; give files or folders that hold text")
@@ -843,18 +843,18 @@ def _unknown(chars: list, occurrences: int, what: str, as_bytes: bool = False) -
                           for c in chars[:10])
         above = sum(ord(c) > 0xFF for c in chars)  # no byte: only Python's str can hold them
         if above:
-            values = f"{len(chars) - above} byte value(s) and " if len(chars) > above else ""
+            values = f"{counted(len(chars) - above, 'byte value')} and " if len(chars) > above else ""
             return UnknownCharacters(
-                f"{what} has {values}{above} character(s) above U+00FF the model does not know ({occurrences} "
-                f"occurrence(s)): {shown}{more}; this model reads bytes, a character each: give "
+                f"{what} has {values}{counted(above, 'character')} above U+00FF the model does not know "
+                f"({counted(occurrences, 'occurrence')}): {shown}{more}; this model reads bytes, a character each: give "
                 "text.encode('utf-8').decode('latin-1')")
         return UnknownCharacters(
-            f"{what} has {len(chars)} byte value(s) the model does not know ({occurrences} occurrence(s)): "
+            f"{what} has {counted(len(chars), 'byte value')} the model does not know ({counted(occurrences, 'occurrence')}): "
             f"{shown}{more}; use only text whose bytes occur in the training text"
         )
     shown = ", ".join(repr(c) for c in chars[:10])
     return UnknownCharacters(
-        f"{what} has {len(chars)} character(s) the model does not know ({occurrences} occurrence(s)): "
+        f"{what} has {counted(len(chars), 'character')} the model does not know ({counted(occurrences, 'occurrence')}): "
         f"{shown}{more}; use only characters that occur in the training text"
     )
 
@@ -1104,7 +1104,7 @@ class EvalStreams:
             raise ValueError(f"batch must be at least 1, got {batch}")
         if ids.size < 2:
             raise CharrnnError(
-                f"the text to evaluate has {ids.size} character(s); it needs at least 2 "
+                f"the text to evaluate has {counted(ids.size, 'character')}; it needs at least 2 "
                 "(one input, one target)"
             )
         self.batch, self.stream_length = self.shape(ids.size, batch)

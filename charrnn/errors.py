@@ -25,9 +25,10 @@ def bytes_shown(text: str) -> str:
     return re.sub("[\udc80-\udcff]", lambda m: f"\\x{ord(m[0]) - 0xDC00:02x}", text)
 
 
-def counted(n, noun):
-    """A count and its noun, for messages: 1 update, 2 updates, 12,000 characters."""
-    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+def counted(n, noun, plural=None):
+    """A count and its noun, for messages: 1 update, 2 updates, 12,000 characters; `plural` where
+    an s will not do (1 file or folder, 2 files and folders)."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {plural or noun + 's'}"
 
 
 class CharrnnError(Exception):

@@ -251,12 +251,12 @@ def test_encode_file_is_encode_of_the_files_text(run, model, tmp_path):
     with pytest.raises(charrnn.UnknownCharacters) as from_text:
         model.encode(odd, what=str(path))
     assert str(from_file.value) == str(from_text.value)
-    assert "3 character(s) the model does not know (5 occurrence(s)): '€', 'ß', 'é'" in str(from_file.value)
+    assert "3 characters the model does not know (5 occurrences): '€', 'ß', 'é'" in str(from_file.value)
     ids, skipped = model.encode_file(path, skip_unknown=True)
     assert skipped == 5 and np.array_equal(ids, model.encode(odd, skip_unknown=True)[0])
     r = runner.invoke(app, ["eval", str(run["dir"]), str(path), "--skip-unknown"])
     assert r.exit_code == 0 and f"{model.evaluate(odd, skip_unknown=True).nats:.4f} nats/char" in r.stdout
-    assert "5 unknown character(s) skipped" in r.stdout
+    assert "5 unknown characters skipped" in r.stdout
 
 
 def test_the_apis_advice_names_arguments_not_flags(run, model, tmp_path, monkeypatch):
@@ -378,8 +378,8 @@ def test_per_line_unknown_characters(run, tmp_path):
     r = run_module("eval", run["dir"], path, "--per-line", "--skip-unknown")
     assert r.returncode == 0 and [p.split("\t", 1)[1] for p in r.stdout.splitlines()] == ["the cat", "the €at"]
     # the € inside a scored line is skipped, and counted as the help says (it was not)
-    assert r.stderr == ("note: left out 1 line(s) made only of characters the model does not know\n"
-                        "note: skipped 1 unknown character(s) inside the lines scored\n")
+    assert r.stderr == ("note: left out 1 line made only of characters the model does not know\n"
+                        "note: skipped 1 unknown character inside the lines scored\n")
     path.write_text("ZZ\n\u20ac\n", encoding="utf-8")  # it printed nothing and exited 0
     r = run_module("eval", run["dir"], path, "--per-line", "--skip-unknown")
     assert r.returncode == 1 and r.stderr.startswith("error: every line of") and "nothing to score" in r.stderr
@@ -641,9 +641,9 @@ def test_samples_of_a_stream_are_each_what_they_would_be_or_refused(model):
 
 def test_unknown_characters_in_a_prime_or_stop_text_are_named_by_argument(model):
     # they said "priming text" and "the stop text", and were no UnknownCharacters
-    with pytest.raises(charrnn.UnknownCharacters, match=r"^prime= has 1 character\(s\) the model does not know"):
+    with pytest.raises(charrnn.UnknownCharacters, match=r"^prime= has 1 character the model does not know"):
         model.sample(5, prime="€")
-    with pytest.raises(charrnn.UnknownCharacters, match=r"^stop_at= has 1 character\(s\) the model does not know"):
+    with pytest.raises(charrnn.UnknownCharacters, match=r"^stop_at= has 1 character the model does not know"):
         model.sample(5, stop_at="€")
 
 

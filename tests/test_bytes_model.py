@@ -74,10 +74,10 @@ def test_a_character_whose_bytes_the_model_lacks_is_named_as_typed(run):
     # it was named as its bytes read as Latin-1: "'â', '\x82', '¬'" for '€'
     r = charrnn_cli("sample", run / "r", "--length", 10, "--prime", "le €x")
     assert r.returncode == 2 and r.stderr.decode() == (
-        "error: --prime has 2 character(s) whose bytes the model never saw: '€' (e2 82 ac), 'x' (78); use only "
+        "error: --prime has 2 characters whose bytes the model never saw: '€' (e2 82 ac), 'x' (78); use only "
         "characters that occur in the training text\n")
     r = charrnn_cli("sample", run / "r", "--length", 10, "--stop-at", r"\xfe")
-    assert r.returncode == 2 and "--stop-at has 1 character(s) whose bytes the model never saw: '\\xfe' (fe)" in \
+    assert r.returncode == 2 and "--stop-at has 1 character whose bytes the model never saw: '\\xfe' (fe)" in \
         r.stderr.decode()
 
 
@@ -110,7 +110,7 @@ def test_bytes_a_model_lacks_in_a_file_are_named_as_bytes(run):
     # they were named as the bytes read as Latin-1: "'â', '\x82', '¬'" for '€'
     odd = run / "odd.txt"
     odd.write_text("le café €x\n" * 3, encoding="utf-8")
-    named = ("4 byte value(s) the model does not know (12 occurrence(s)): e2, 82, ac, 78 ('x'); use only text whose "
+    named = ("4 byte values the model does not know (12 occurrences): e2, 82, ac, 78 ('x'); use only text whose "
              "bytes occur in the training text")
     for args in (("eval", run / "r", odd), ("eval", run / "r", odd, "--per-line"), ("inspect", run / "r", odd)):
         r = charrnn_cli(*args)
@@ -120,15 +120,15 @@ def test_bytes_a_model_lacks_in_a_file_are_named_as_bytes(run):
         model.encode_file(odd)
     # in Python a bytes model's text is a character a byte; one above U+00FF is no byte
     with pytest.raises(charrnn.UnknownCharacters, match=re.escape(
-            "text has 4 byte value(s) and 1 character(s) above U+00FF the model does not know (5 occurrence(s)): "
+            "text has 4 byte values and 1 character above U+00FF the model does not know (5 occurrences): "
             "e2, 82, ac, 78 ('x'), '€'; this model reads bytes, a character each: give "
             "text.encode('utf-8').decode('latin-1')")):
         model.score(model_text("€x ", "bytes", "") + "€")
-    with pytest.raises(charrnn.UnknownCharacters, match=re.escape(  # no "0 byte value(s) and"
-            "text has 1 character(s) above U+00FF the model does not know (1 occurrence(s)): '€'; this model")):
+    with pytest.raises(charrnn.UnknownCharacters, match=re.escape(  # no "0 byte values and"
+            "text has 1 character above U+00FF the model does not know (1 occurrence): '€'; this model")):
         model.score("le " + "€")
     with pytest.raises(charrnn.CharrnnError, match=re.escape(
-            "prime= has 1 byte value(s) the model does not know (1 occurrence(s)): 7e ('~');")):
+            "prime= has 1 byte value the model does not know (1 occurrence): 7e ('~');")):
         model.sample(5, prime="le ~")
 
 
@@ -175,10 +175,10 @@ def test_a_text_is_read_as_the_model_reads_it(run, tmp_path):
     odd = tmp_path / "odd.txt"
     odd.write_text("le café €\n", encoding="utf-8")
     r = charrnn_cli("eval", run / "r", odd, "--encoding", "latin-1")
-    assert r.returncode == 1 and "3 byte value(s) the model does not know (3 occurrence(s)): e2, 82, ac" in \
+    assert r.returncode == 1 and "3 byte values the model does not know (3 occurrences): e2, 82, ac" in \
         r.stderr.decode()
     r = charrnn_cli("eval", run / "r", odd, "--encoding", "latin-1", "--skip-unknown")
-    assert r.returncode == 0 and "8 bytes, " in r.stdout.decode() and "3 unknown byte(s) skipped" in r.stdout.decode()
+    assert r.returncode == 0 and "8 bytes, " in r.stdout.decode() and "3 unknown bytes skipped" in r.stdout.decode()
 
 
 def test_gradflow_reads_a_bytes_models_text_as_bytes(run):

@@ -225,8 +225,8 @@ def test_unknown_characters_named():
     msg = str(e.value)
     assert msg.startswith("priming text")
     assert "'x', 'y', 'z'" in msg  # in order of first appearance
-    assert "3 character(s)" in msg
-    assert "4 occurrence(s)" in msg
+    assert "3 characters" in msg
+    assert "4 occurrences" in msg
 
 
 def test_unknown_characters_listed_up_to_ten():
@@ -237,7 +237,7 @@ def test_unknown_characters_listed_up_to_ten():
     msg = str(e.value)
     assert "'k'" in msg and "'l'" not in msg
     assert "and 2 more" in msg
-    assert "12 character(s)" in msg
+    assert "12 characters" in msg
 
 
 def test_unknown_lone_surrogate_is_a_clean_error():

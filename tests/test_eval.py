@@ -111,7 +111,7 @@ def test_unknown_characters(run, tmp_path):
     message = str(r.exception)
     assert "'€'" in message and "'Z'" in message and "--skip-unknown" in message
     m = parse(invoke("eval", run["dir"], dirty, "--skip-unknown"))
-    assert "4 unknown character(s) skipped" in m["note"]
+    assert "4 unknown characters skipped" in m["note"]
     # dropping them leaves exactly the validation text
     clean = parse(invoke("eval", run["dir"], run["val_file"]))
     assert (m["count"], m["nats"]) == (clean["count"], clean["nats"])

@@ -190,7 +190,7 @@ def test_an_error_names_a_byte_that_is_not_utf8_as_the_byte(corpus, tmp_path, mo
     shutil.copy(corpus, tmp_path / "text.txt")  # in a folder: left out, with a note that names it so too
     code, stderr = main_exits(monkeypatch, capsys, "train", tmp_path, *TINY, "--max-steps", "1", "--out-dir",
                               tmp_path / "out", "-q")
-    assert code == 0 and f"left out 1 file(s) that are empty, binary or not UTF-8: {tmp_path}/bin\\xff.txt" in stderr
+    assert code == 0 and f"left out 1 file that is empty, binary or not UTF-8: {tmp_path}/bin\\xff.txt" in stderr
 
 
 def test_a_name_that_is_not_utf8_and_cannot_be_written_is_not_blamed_on_the_locale(monkeypatch, capsys):

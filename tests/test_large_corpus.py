@@ -84,7 +84,7 @@ def test_the_type_widens_while_reading_and_narrows_when_a_file_is_left_out(tmp_p
     assert corpus.chars == vocab.chars and np.array_equal(corpus.ids, ids)
     assert corpus.sha256 == text_sha256(text)
     assert [f["path"] for f in corpus.files] == [str((folder / n).resolve()) for n in ("a.txt", "c.txt")]
-    assert any("left out 1 file(s)" in note for note in corpus.notes)
+    assert any("left out 1 file that is " in note for note in corpus.notes)
 
 
 # --- reading in pieces equals reading at once --------------------------------------------------
@@ -308,7 +308,7 @@ def test_the_start_of_a_file_names_only_the_unknown_characters_it_holds(tmp_path
     vocab = Vocab("abc")
     assert vocab.decode(vocab.translate(ids, chars)[0]) == "abcab"
     ids, chars = read_ids(path, max_chars=7)
-    with pytest.raises(CharrnnError, match=r"2 character\(s\) the model does not know \(2 occurrence\(s\)\): '€', 'ß'"):
+    with pytest.raises(CharrnnError, match=r"2 characters the model does not know \(2 occurrences\): '€', 'ß'"):
         vocab.translate(ids, chars)
     kept, skipped = vocab.translate(ids, chars, skip_unknown=True)
     assert vocab.decode(kept) == "abcab" and skipped == 2

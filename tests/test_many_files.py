@@ -81,7 +81,7 @@ def test_the_text_joins_the_documents_with_the_separator_and_leaves_out_what_is_
     assert [f["path"] for f in corpus.files] == [str((tree / name).resolve()) for name in ORDER]
     assert corpus.files[0] == {"path": str(tree / "b.txt"), "chars": 4,
                                "sha256": hashlib.sha256(b"bee\n").hexdigest()}
-    assert any("left out 2 file(s) that are empty, binary or not UTF-8" in n and "logo.png" in n
+    assert any("left out 2 files that are empty, binary or not UTF-8" in n and "logo.png" in n
                for n in corpus.notes)
     assert read_corpus([tree / "a.txt"]).text == "ay\n"  # one document: nothing added
     assert read_corpus([tree / "b.txt", tree / "a.txt"], doc_sep="\n\n").text == "bee\n\n\nay\n"
@@ -98,10 +98,10 @@ def test_links_to_folders_are_counted_not_followed_and_files_behind_links_are_re
     assert [p.relative_to(tree).as_posix() for p in files if p.suffix == ".txt"] == \
         ["notes/B.txt", "notes/a b.txt", "notes/empty.txt", "notes/far-link.txt", "notes/sub/deeper/y.txt",
          "notes/z.txt"]
-    assert "left out 2 link(s) to folders inside the folders (name a folder to read it)" in notes
+    assert "left out 2 links to folders inside the folders (name a folder to read it)" in notes
     assert [p.name for p in list_files([tree / "notes" / "linked"])[0]] == ["far.txt"]  # named: read
     os.symlink(tmp_path / "elsewhere", tree / "notes" / ".hidden-link")  # hidden: counted as such
-    assert "left out 3 hidden file(s) and folder(s) inside the folders (names starting with '.')" in \
+    assert "left out 3 hidden files and folders inside the folders (names starting with '.')" in \
         list_files([tree / "notes"])[1]
 
 
@@ -131,7 +131,7 @@ def test_a_folder_that_cannot_be_listed_is_left_out_with_a_note(tree, monkeypatc
     monkeypatch.setattr(corpus_module.os, "walk", denied)
     files, notes = list_files([tree / "notes"])
     assert [p.relative_to(tree).as_posix() for p in files if "sub" in p.parts] == []
-    assert f"left out 1 folder(s) that cannot be read: {tree / 'notes' / 'sub'} (Permission denied; check the " \
+    assert f"left out 1 folder that cannot be read: {tree / 'notes' / 'sub'} (Permission denied; check the " \
            "permissions of the path)" in notes
     with pytest.raises(CharrnnError) as e:  # the folder given itself: as a file given that cannot be read
         list_files([tree / "notes" / "sub"])
@@ -172,7 +172,7 @@ def test_the_logs_of_runs_inside_a_folder_are_left_out(tree):
     corpus = read_corpus([tree / "notes"], doc_sep="")
     assert '"kind"' not in corpus.text and "ROMEO" not in corpus.text
     assert "my own text" in corpus.text and '"acc": 0.5' in corpus.text
-    assert f"left out 2 log(s) of charrnn runs inside the folders: {run_dir / 'metrics.jsonl'}, " \
+    assert f"left out 2 logs of charrnn runs inside the folders: {run_dir / 'metrics.jsonl'}, " \
            f"{run_dir / 'samples.txt'}" in corpus.notes
 
 
@@ -182,7 +182,7 @@ def test_a_binary_file_inside_a_folder_is_left_out_in_every_encoding(tree, encod
     corpus = read_corpus([tree / "notes"], encoding, doc_sep="")
     assert [f["path"] for f in corpus.files] == [str((tree / n).resolve()) for n in ORDER[1:-1]]
     assert "\x00" not in corpus.text and "PNG" not in corpus.text
-    assert any(n.startswith("left out 2 file(s) that are empty or binary (name a file to read its bytes): ")
+    assert any(n.startswith("left out 2 files that are empty or binary (name a file to read its bytes): ")
                and "logo.png" in n for n in corpus.notes)
     # a file named on the command line is read as that encoding reads it: every byte a character
     assert read_corpus([tree / "notes" / "logo.png"], encoding).text == "\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
@@ -227,8 +227,8 @@ def test_utf16_and_utf32_text_is_named_with_the_way_to_utf8(tmp_path, codec, sai
     (tmp_path / "folder" / "plain.txt").write_text(TEXT, encoding="utf-8")
     corpus = read_corpus([tmp_path / "folder"])
     assert corpus.text == TEXT and corpus.notes == [
-        f"left out 1 file(s) of UTF-16 or UTF-32 text: {tmp_path / 'folder' / 'wide.txt'}; save them as UTF-8 to "
-        "read them"]
+        f"left out 1 file of UTF-16 or UTF-32 text: {tmp_path / 'folder' / 'wide.txt'}; save it as UTF-8 to read "
+        "it"]
 
 
 @pytest.mark.parametrize("encoding", ["latin-1", "bytes"])
@@ -240,8 +240,8 @@ def test_in_the_encodings_that_read_any_byte_only_a_nul_makes_a_file_in_a_folder
     (tmp_path / "f" / "wide.txt").write_bytes(("wide text " * 10).encode("utf-16"))
     corpus = read_corpus([tmp_path / "f"], encoding)
     assert [Path(f["path"]).name for f in corpus.files] == ["a.txt"]
-    assert corpus.notes == [f"left out 1 file(s) of UTF-16 or UTF-32 text: {tmp_path / 'f' / 'wide.txt'}; save them "
-                            "as UTF-8 to read them"]
+    assert corpus.notes == [f"left out 1 file of UTF-16 or UTF-32 text: {tmp_path / 'f' / 'wide.txt'}; save it "
+                            "as UTF-8 to read it"]
 
 
 def test_a_binary_file_that_is_not_wide_text_is_still_binary(tmp_path):
@@ -334,7 +334,7 @@ def test_quiet_leaves_out_the_samples_but_not_the_notes_on_the_text(tree, tmp_pa
                            "--max-steps", "2", "--sample-every", "2", "--sample-length", "10", "--out-dir",
                            tmp_path / "out", "--run", "r", "-q")
     assert code == 0, err
-    assert any("left out 2 file(s) that are empty, binary or not UTF-8" in line and "logo.png" in line
+    assert any("left out 2 files that are empty, binary or not UTF-8" in line and "logo.png" in line
                for line in err.splitlines()), err
     assert "--- step 2," not in err and "--- step 2," in (tmp_path / "out" / "r" / "samples.txt").read_text()
 

@@ -225,7 +225,7 @@ def test_gradflow_and_gradcheck_say_what_they_cannot_do(tmp_path):
     cases = [
         # an internal error (ModelSpec: vocab >= 2)
         (["gradflow", *small, "--corpus", str(ones)], CharrnnError,
-         f"{ones} holds only 1 distinct character(s); a fresh model needs at least 2"),
+         f"{ones} holds only 1 distinct character; a fresh model needs at least 2"),
         # it advised --encoding latin-1, which gradflow has not
         (["gradflow", *small, "--corpus", str(latin)], CharrnnError, "; gradflow reads --corpus as UTF-8"),
         # a missing file was told the same: "does not exist; gradflow reads --corpus as UTF-8 ..."

@@ -195,7 +195,7 @@ def test_prime_warms_the_state_and_is_printed_first():
     ids = vocab.encode(text)
     logits = stack_logits(spec, params, ids[:-1])
     np.testing.assert_array_equal(np.argmax(logits, axis=1)[len(prime) - 1 :], ids[len(prime) :])
-    with pytest.raises(CharrnnError, match=r"--prime has 2 character\(s\).*'X', '€'"):
+    with pytest.raises(CharrnnError, match=r"--prime has 2 characters.*'X', '€'"):
         sample_text(Sampler(spec, params), vocab, prime="aXb€")
 
 
@@ -284,9 +284,9 @@ def test_unknown_priming_characters_are_a_usage_error_and_are_named(checkpoint):
     err = r.stderr.strip()
     assert len(err.splitlines()) == 1, err
     # named by the option the user typed (it said "priming text")
-    assert err.startswith("error: --prime has 5 character(s)") and all(repr(c) in err for c in "WORLD")
+    assert err.startswith("error: --prime has 5 characters") and all(repr(c) in err for c in "WORLD")
     r = run_module("sample", checkpoint, "--stop-at", "WORLD")
-    assert r.returncode == 2 and r.stderr.startswith("error: --stop-at has 5 character(s)"), r.stderr
+    assert r.returncode == 2 and r.stderr.startswith("error: --stop-at has 5 characters"), r.stderr
     # top-k and top-p restrict a random choice; temperature 0 makes none: refused, not ignored
     r = run_module("sample", checkpoint, "--temperature", "0", "--top-k", "5")
     assert r.returncode == 2 and r.stdout == "" and r.stderr == (
