@@ -15,8 +15,8 @@ import typer
 
 from .cells import OPTIONS as CELL_OPTIONS
 from .cells import choices_help
-from .config import (CELLS, DIAGNOSTIC_RANGES, EVAL_RANGES, INSPECT_CHARS, INSPECT_MAX_CHARS, OPTIMIZERS, RANGES,
-                     SAMPLE_RANGES, SCHEDULES, Range)
+from .config import (CELLS, EVAL_RANGES, GRADCHECK_RANGES, GRADFLOW_RANGES, INSPECT_CHARS, INSPECT_RANGES, OPTIMIZERS,
+                     RANGES, SAMPLE_RANGES, SCHEDULES, Range)
 from .config import TrainConfig as _C  # the defaults of train's options
 from .errors import CharrnnError, UsageError, as_flag, bytes_shown, counted, flag, os_error_message
 
@@ -617,11 +617,11 @@ def eval_(
 def inspect_(
     checkpoint: Path = typer.Argument(..., parser=_named_path, help="A checkpoint file, or a run folder (its best.npz, else latest.npz)."),
     file: Path = typer.Argument(..., parser=_named_path, help="Text for the model to read, from its start."),
-    unit: Optional[int] = typer.Option(None, min=0, help="Colour the text by this unit (default: the unit that tracks a property best)."),
-    layer: Optional[int] = typer.Option(None, min=0, help="Layer of the unit, 0 at the bottom (default: the best unit's, or 0 with --unit)."),
+    unit: Optional[int] = _ranged(None, INSPECT_RANGES["unit"], kind="int", help="Colour the text by this unit (default: the unit that tracks a property best)."),
+    layer: Optional[int] = _ranged(None, INSPECT_RANGES["layer"], kind="int", help="Layer of the unit, 0 at the bottom (default: the best unit's, or 0 with --unit)."),
     act: str = typer.Option("h", help="Activation to trace: h (the layer's output, every cell) or one of the cell's own, such as tanh(c) or a gate; a wrong name lists them."),
-    chars: int = typer.Option(INSPECT_CHARS, min=1, max=INSPECT_MAX_CHARS, help=f"Read at most this many characters (a bytes model's: bytes); the terminal colours up to {INSPECT_CHARS:,} of them."),
-    top: int = typer.Option(1, min=1, max=100, help="Units listed per property and for saturation."),
+    chars: int = _ranged(INSPECT_CHARS, INSPECT_RANGES["chars"], help=f"Read at most this many characters (a bytes model's: bytes); the terminal colours up to {INSPECT_CHARS:,} of them."),
+    top: int = _ranged(1, INSPECT_RANGES["top"], help="Units listed per property and for saturation."),
     html: Optional[Path] = typer.Option(None, "--html", parser=_named_path, help="Also write one self-contained page: every unit's colours, the gates, and the next-character guesses on hover."),
     encoding: Optional[str] = typer.Option(None, callback=_encoding, help="utf-8, latin-1 or bytes (each byte one character); default: the checkpoint's."),
     skip_unknown: bool = typer.Option(False, "--skip-unknown", help="Drop characters the model does not know instead of stopping."),
@@ -664,16 +664,16 @@ def inspect_(
 def gradcheck(
     ctx: typer.Context,
     cell: str = typer.Option("all", help=f"Cells to check, comma-separated names ({', '.join(CELLS)}) or all."),
-    layers: int = typer.Option(2, min=1, max=8, help="Stacked layers."),
-    hidden: int = typer.Option(8, min=1, max=256, help="Hidden units per layer."),
-    steps: int = typer.Option(6, min=1, max=200, help="Steps per window (k1 = k2 = steps unless set)."),
-    batch: int = typer.Option(3, min=1, max=64, help="Parallel streams."),
-    vocab: int = typer.Option(7, min=2, max=512, help="Characters in the random text."),
-    seed: int = _ranged(0, DIAGNOSTIC_RANGES["seed"], "Seed for the random model and text."),
-    k1: Optional[int] = typer.Option(None, min=1, max=200, help="Steps between updates (default: --steps)."),
-    k2: Optional[int] = typer.Option(None, min=1, max=200, help="Steps the gradient flows back (default: --steps)."),
-    tolerance: float = _ranged(1e-6, DIAGNOSTIC_RANGES["tolerance"], "Largest relative error that passes."),
-    per_tensor: int = typer.Option(200, min=1, help="Elements checked per tensor (all, if it has fewer)."),
+    layers: int = _ranged(2, GRADCHECK_RANGES["layers"], "Stacked layers."),
+    hidden: int = _ranged(8, GRADCHECK_RANGES["hidden"], "Hidden units per layer."),
+    steps: int = _ranged(6, GRADCHECK_RANGES["steps"], "Steps per window (k1 = k2 = steps unless set)."),
+    batch: int = _ranged(3, GRADCHECK_RANGES["batch"], "Parallel streams."),
+    vocab: int = _ranged(7, GRADCHECK_RANGES["vocab"], "Characters in the random text."),
+    seed: int = _ranged(0, GRADCHECK_RANGES["seed"], "Seed for the random model and text."),
+    k1: Optional[int] = _ranged(None, GRADCHECK_RANGES["k1"], kind="int", help="Steps between updates (default: --steps)."),
+    k2: Optional[int] = _ranged(None, GRADCHECK_RANGES["k2"], kind="int", help="Steps the gradient flows back (default: --steps)."),
+    tolerance: float = _ranged(1e-6, GRADCHECK_RANGES["tolerance"], "Largest relative error that passes."),
+    per_tensor: int = _ranged(200, GRADCHECK_RANGES["per_tensor"], "Elements checked per tensor (all, if it has fewer)."),
 ):
     """Check every gradient against finite differences, in float64. Exits 1 on any failure."""
     from rich.table import Table
@@ -713,19 +713,19 @@ def gradcheck(
 def gradflow(
     checkpoint: Optional[Path] = typer.Argument(None, parser=_named_path, help="A trained checkpoint (file or run folder) to measure instead of fresh models."),
     cell: Optional[str] = typer.Option(None, help=f"Fresh models to compare, comma-separated names ({', '.join(CELLS)}) or all. Default: rnn,lstm,gru."),
-    hidden: Optional[int] = typer.Option(None, min=1, max=4096, help="Hidden units per layer of the fresh models (default 64)."),
-    layers: Optional[int] = typer.Option(None, min=1, max=16, help="Stacked layers of the fresh models (default 1)."),
-    seed: int = _ranged(0, DIAGNOSTIC_RANGES["seed"], "Seed for the fresh models and the choice of windows."),
-    radius: Optional[float] = _ranged(None, DIAGNOSTIC_RANGES["radius"], kind="float", help="First rescale each recurrent matrix (each gate block; IndRNN's u) to this spectral radius."),
+    hidden: Optional[int] = _ranged(None, GRADFLOW_RANGES["hidden"], kind="int", help="Hidden units per layer of the fresh models (default 64)."),
+    layers: Optional[int] = _ranged(None, GRADFLOW_RANGES["layers"], kind="int", help="Stacked layers of the fresh models (default 1)."),
+    seed: int = _ranged(0, GRADFLOW_RANGES["seed"], "Seed for the fresh models and the choice of windows."),
+    radius: Optional[float] = _ranged(None, GRADFLOW_RANGES["radius"], kind="float", help="First rescale each recurrent matrix (each gate block; IndRNN's u) to this spectral radius."),
     tau: Optional[str] = typer.Option(None, help=f"Fresh leaky models: {CELL_OPTIONS['tau'].help}."),
     spectral_radius: Optional[float] = _ranged(None, RANGES["spectral_radius"], kind="float", help=f"Fresh esn models: {CELL_OPTIONS['spectral_radius'].help} (default {CELL_OPTIONS['spectral_radius'].default:g})."),
     leak: Optional[float] = _ranged(None, RANGES["leak"], kind="float", help=f"Fresh esn models: {CELL_OPTIONS['leak'].help}."),
     u_max: Optional[float] = _ranged(None, RANGES["u_max"], kind="float", help="Fresh indrnn models: bound on |u|, which starts U(0, bound); 0 or left out: 2^(1/(K+1)), Li et al. (2018)'s bound for the measured window."),
-    forget_bias: Optional[float] = _ranged(None, DIAGNOSTIC_RANGES["forget_bias"], kind="float", help="Set the forget-gate bias of fresh lstm and peephole models to this (training starts it like every bias, near 0; 1 is the classic remedy that keeps the gate open)."),
+    forget_bias: Optional[float] = _ranged(None, GRADFLOW_RANGES["forget_bias"], kind="float", help="Set the forget-gate bias of fresh lstm and peephole models to this (training starts it like every bias, near 0; 1 is the classic remedy that keeps the gate open)."),
     corpus: Optional[Path] = typer.Option(None, parser=_named_path, help="Text to take the windows from. Default: the shipped corpora/tinyshakespeare.txt."),
-    max_k: int = typer.Option(100, "--max-k", min=1, max=1000, help="Measure k = 0..K steps back from the last step."),
-    windows: int = typer.Option(8, min=1, max=10000, help="Windows of text to average over."),
-    batch: int = typer.Option(8, min=1, max=1024, help="Streams per window (also averaged over)."),
+    max_k: int = _ranged(100, GRADFLOW_RANGES["max_k"], "Measure k = 0..K steps back from the last step."),
+    windows: int = _ranged(8, GRADFLOW_RANGES["windows"], "Windows of text to average over."),
+    batch: int = _ranged(8, GRADFLOW_RANGES["batch"], "Streams per window (also averaged over)."),
     json_out: bool = typer.Option(False, "--json", help="Print the raw series and summary as JSON, and nothing else."),
     png: Optional[Path] = typer.Option(None, "--png", parser=_named_path, help="Also draw the chart into this PNG file (needs matplotlib)."),
 ):

@@ -116,13 +116,35 @@ EVAL_RANGES = {
     "window": Range(1, 100_000),
 }
 
-# The bounds of `charrnn gradcheck`'s and `charrnn gradflow`'s options that typer's own min and
-# max do not bound (they let NaN through)
-DIAGNOSTIC_RANGES = {
+# The bounds of the numeric options of `charrnn gradcheck`, `gradflow` and `inspect` (gradflow's
+# cell options are the training's, in RANGES)
+GRADCHECK_RANGES = {
+    "layers": Range(1, 8),
+    "hidden": Range(1, 256),
+    "steps": Range(1, 200),
+    "batch": Range(1, 64),
+    "vocab": Range(2, 512),
     "seed": RANGES["seed"],
+    "k1": Range(1, 200),
+    "k2": Range(1, 200),
     "tolerance": Range(0),
+    "per_tensor": Range(1),
+}
+GRADFLOW_RANGES = {
+    "hidden": Range(1, 4096),
+    "layers": Range(1, 16),
+    "seed": RANGES["seed"],
     "radius": Range(0, 100),  # as IndRNN's --u-max, a bound on what it rescales
     "forget_bias": Range(),  # any finite value
+    "max_k": Range(1, 1000),
+    "windows": Range(1, 10_000),
+    "batch": Range(1, 1024),
+}
+INSPECT_RANGES = {
+    "unit": Range(0),
+    "layer": Range(0),
+    "chars": Range(1, INSPECT_MAX_CHARS),
+    "top": Range(1, 100),
 }
 
 # What `train --resume` may change: how the run goes on from the saved state (the learning rate,

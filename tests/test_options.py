@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 
 from charrnn import cells
 from charrnn.cli import app
-from charrnn.config import (CELLS, CHOICES, DIAGNOSTIC_RANGES, RANGES, SAMPLE_RANGES, SCHEDULE_OPTIONS, Range,
-                            TrainConfig)
+from charrnn.config import (CELLS, CHOICES, GRADCHECK_RANGES, GRADFLOW_RANGES, INSPECT_RANGES, RANGES, SAMPLE_RANGES,
+                            SCHEDULE_OPTIONS, Range, TrainConfig)
 from charrnn.errors import CharrnnError, UsageError
 from charrnn.model import ModelSpec
 from charrnn.sampling import check_options
@@ -104,20 +104,33 @@ def test_sample_cli_and_check_options_agree_at_each_bound(name, tmp_path):
             assert r.exit_code == 2, (value, r.output)
 
 
+DIAGNOSTIC_RANGES = {"gradcheck": GRADCHECK_RANGES, "gradflow": GRADFLOW_RANGES, "inspect": INSPECT_RANGES}
+FLOAT_OPTIONS = {"tolerance", "radius", "forget_bias"}
+
+
 @pytest.mark.parametrize("command, name, value", [
-    ("gradcheck", "seed", "-1"), ("gradcheck", "tolerance", "nan"), ("gradcheck", "tolerance", "-0.1"),
-    ("gradflow", "seed", "-1"), ("gradflow", "radius", "nan"), ("gradflow", "radius", "-1"),
-    ("gradflow", "radius", "1e308"),  # the rescaled weights overflowed: "internal error (LinAlgError ...)"
-    ("gradflow", "forget_bias", "nan"), ("gradflow", "forget_bias", "inf"),
-])
-def test_gradcheck_and_gradflow_refuse_what_lies_outside_their_ranges(command, name, value):
+    (command, name, value) for command, ranges in DIAGNOSTIC_RANGES.items() for name, allowed in ranges.items()
+    for value in [v for v, inside in around(allowed, name not in FLOAT_OPTIONS) if not inside]
+    + (["nan"] if name in FLOAT_OPTIONS else [])
+] + [("gradflow", "radius", "1e308")])  # the rescaled weights overflowed: "internal error (LinAlgError ...)"
+def test_the_diagnostic_commands_refuse_what_lies_outside_their_ranges(command, name, value, tmp_path):
     # typer's own min let NaN through, and no bound let a negative seed reach numpy: both were
-    # an internal error, or a chart of nothing
+    # an internal error, or a chart of nothing. Every bound comes from config.py.
     assert name in cli_options(command)
-    r = runner.invoke(app, [command, "--cell", "lstm", "--hidden", "2", f"--{name.replace('_', '-')}={value}"])
-    allowed = DIAGNOSTIC_RANGES[name]
+    args = [str(tmp_path / "missing.npz"), str(tmp_path / "missing.txt")] if command == "inspect" else ["--cell", "lstm"]
+    r = runner.invoke(app, [command, *args, f"--{name.replace('_', '-')}={value}"])
+    allowed = DIAGNOSTIC_RANGES[command][name]
     why = f"is not in the range {allowed}" if allowed.low is not None else "is not a finite number"
     assert r.exit_code == 2 and why in r.output, r.output
+
+
+def test_inspect_takes_the_ends_of_its_ranges(tmp_path):
+    # the ends themselves are inside: inspect then fails on its missing checkpoint, not on them
+    for name, allowed in INSPECT_RANGES.items():
+        for value in [v for v, inside in around(allowed, True) if inside]:
+            r = runner.invoke(app, ["inspect", str(tmp_path / "missing.npz"), str(tmp_path / "t.txt"),
+                                    f"--{name}={value}"])
+            assert r.exit_code == 1 and "missing.npz" in str(r.exception), (name, value, r.output)
 
 
 def test_choices_come_from_the_registries(tmp_path):
