@@ -33,6 +33,21 @@ def nice_ticks(lo: float, hi: float, n: int = 5):
     return [0.0 if i == 0 else i * step for i in range(first, last + 1)]
 
 
+def _widened(lo: float, hi: float, pad: float):
+    """lo, hi; or where they are too close to divide into ticks and columns (one value, two a
+    float barely tells apart at their size, a span that underflows), pad on each side of their
+    middle: a tenth of the middle where pad is 0 or lost in it, and 1 around 0."""
+    span = hi - lo
+    if span > 1e-290 and span > max(abs(lo), abs(hi)) * 1e-12:
+        return lo, hi
+    mid = lo / 2 + hi / 2
+    if abs(mid) <= 1e-290:
+        return -1.0, 1.0
+    if not (mid + pad) - (mid - pad) > abs(mid) * 1e-12:
+        pad = abs(mid) * 0.1
+    return mid - pad, mid + pad
+
+
 def _fmt(v: float) -> str:
     return f"{v:.0f}" if float(v).is_integer() and abs(v) < 1e6 else f"{v:.3g}"
 
@@ -84,13 +99,10 @@ def line_chart(series, width=64, height=16, log_y=False, title=None, x_label="",
         every = max(1, math.ceil((y_hi - y_lo) / max(height // 2, 1)))
         y_lo = y_hi - math.ceil((y_hi - y_lo) / every) * every  # so the bottom row is labelled too
     else:
-        if y_hi == y_lo:
-            pad = abs(y_lo) * 0.1 or 1.0
-            y_lo, y_hi = y_lo - pad, y_hi + pad
+        y_lo, y_hi = _widened(y_lo, y_hi, 0.0)
         step = nice_step(y_lo, y_hi, max(3, height // 3))
         y_lo, y_hi = math.floor(y_lo / step) * step, math.ceil(y_hi / step) * step  # labelled ends
-    if x_hi == x_lo:
-        x_lo, x_hi = x_lo - 1, x_hi + 1
+    x_lo, x_hi = _widened(x_lo, x_hi, 1.0)  # (a step of 1e20: 1e20 + 1 is 1e20)
 
     def col(x):
         return (x - x_lo) / (x_hi - x_lo) * (width - 1)

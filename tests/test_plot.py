@@ -127,6 +127,21 @@ def test_line_chart_draws_each_series_with_its_marker_and_a_legend():
     assert "└" in chart and "49" not in lines[0]
 
 
+@pytest.mark.parametrize("xs, ys", [
+    ([10, 20], [5e-324, 1e-323]),  # a span that underflows: math.log10(0), an internal error
+    ([0, 5e-324], [1.0, 2.0]),
+    ([1e20], [1.0]),  # 1e20 + 1 is 1e20: a span of 0 and NaN columns, an internal error
+    ([1e20, 1e20 + 16384], [1.0, 2.0]),
+])
+def test_values_a_float_barely_tells_apart_get_an_axis(xs, ys, tmp_path):
+    chart = line_chart([("a", xs, ys)], width=20, height=6).plain
+    assert "*" in chart.split("└")[0]  # the points are drawn
+    (tmp_path / "metrics.jsonl").write_text("".join(
+        json.dumps({"kind": "train", "step": x, "loss": y, "grad_norm": 1.0}) + "\n" for x, y in zip(xs, ys)))
+    r = runner.invoke(app, ["plot", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+
+
 def test_line_chart_linear_axis_gaps_and_empty_input():
     chart = line_chart([("a", [0, 1, 2, 3, 4], [1.0, np.nan, 3.0, 2.0, 2.5])], width=20, height=6).plain
     rows = [line.split("┤", 1)[-1].split("│", 1)[-1] for line in chart.splitlines()[:6]]
