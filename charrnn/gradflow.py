@@ -343,7 +343,7 @@ def to_json(flows, max_k: int, windows: int, batch: int, corpus: str, seed: int)
 
 def write_png(flows, path) -> None:
     from .outputs import shown_name
-    from .plot import require_pyplot, save_figure
+    from .plot import literal, require_pyplot, save_figure
 
     plt = require_pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -351,7 +351,7 @@ def write_png(flows, path) -> None:
         for f in flow.layers:
             k = np.arange(f.norms.size)
             keep = f.norms > 0  # a log axis cannot show zeros
-            ax.semilogy(k[keep], f.norms[keep], label=shown_name(series_label(flow, f.layer)))
+            ax.semilogy(k[keep], f.norms[keep], label=literal(shown_name(series_label(flow, f.layer))))
     ax.set_xlabel("k (steps back from the last step)")
     ax.set_ylabel("mean ||dL_T / dh_(T-k)||")
     ax.set_title("How far gradients reach back in time")

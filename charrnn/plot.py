@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import LOG_STARTS, METRICS_FILE
-from .errors import CharrnnError
+from .errors import CharrnnError, counted
 from .outputs import shown_name, write_output
 
 BOM = b"\xef\xbb\xbf"  # UTF-8's byte-order mark, which some editors write first
@@ -108,14 +108,14 @@ def summary(m: Metrics) -> str:
     parts = []
     if m.train["step"]:
         last = m.train["loss"][-1]
-        parts.append(f"{len(m.train['step'])} train records up to step {m.train['step'][-1]:.0f}"
+        parts.append(f"{counted(len(m.train['step']), 'train record')} up to step {m.train['step'][-1]:.0f}"
                      + (f", last loss {last:.4f}" if last is not None else ""))
     vals = [(b, s) for s, b in zip(m.val["step"], m.val["bpc"]) if b is not None]
     if vals:
         best, step = min(vals)
         parts.append(f"best val {best:.4f} bpc at step {step:.0f}")
     elif m.val["step"]:
-        parts.append(f"{len(m.val['step'])} val record{'s' * (len(m.val['step']) != 1)} up to step "
+        parts.append(f"{counted(len(m.val['step']), 'val record')} up to step "
                      f"{m.val['step'][-1]:.0f}, none with a finite bpc")
     if m.test and m.test.get("bpc") is not None:
         parts.append(f"test {m.test['bpc']:.4f} bpc")
@@ -168,6 +168,12 @@ def _cannot_start(e: Exception) -> CharrnnError:
                         f"MPLBACKEND and MPLCONFIGDIR variables, or reinstall it with: {INSTALL_HINT}")
 
 
+def literal(text: str) -> str:
+    """text for a title or label of matplotlib's, drawn as written: there a $ starts math
+    notation (a run named cost$^$ could not be drawn, and a$5 or $6 lost its dollars)."""
+    return text.replace("$", r"\$")
+
+
 def save_figure(fig, path) -> None:
     """fig into `path` as PNG (outputs.check_output has checked the name)."""
     import matplotlib.pyplot as plt
@@ -200,5 +206,5 @@ def write_png(m: Metrics, path) -> None:
     ax2.set_xlabel("step")
     ax2.set_ylabel("gradient norm")
     ax2.grid(True, which="both", alpha=0.3)
-    fig.suptitle(shown_name(m.path.parent.name or m.path))
+    fig.suptitle(literal(shown_name(m.path.parent.name or m.path)))
     save_figure(fig, path)

@@ -232,6 +232,24 @@ def test_cli_plot_png_without_matplotlib(monkeypatch, tmp_path):
     assert "pip install matplotlib" in str(r.exception)
 
 
+def test_a_run_whose_name_holds_dollars_is_drawn_as_named(tmp_path, monkeypatch):
+    # matplotlib reads $...$ as math: a run named cost$^$ was an internal error (ValueError),
+    # after the terminal's charts were lost; a $5 vs $6 lost its dollars to italics
+    pytest.importorskip("matplotlib")
+    from matplotlib.cbook import is_math_text
+
+    import charrnn.plot as plot
+
+    run = _write_run(tmp_path / "cost$^$")
+    r = runner.invoke(app, ["plot", str(run), "--png", str(tmp_path / "p.png")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    drawn = []
+    monkeypatch.setattr(plot, "save_figure", lambda fig, path: drawn.append(fig))
+    plot.write_png(read_metrics(_write_run(tmp_path / "a $5 vs $6")), tmp_path / "p.png")
+    assert not is_math_text(drawn[0].get_suptitle()) and "5 vs " in drawn[0].get_suptitle()
+
+
 def test_cli_plot_png(tmp_path):
     pytest.importorskip("matplotlib")
     out = tmp_path / "p.png"
