@@ -2,9 +2,10 @@
 wait for its imports. In a process an MPI launcher started, Ctrl-C and SIGUSR1 are held from
 here on (distributed.StopsHeld): one that came while importing would end this rank alone. In
 one process, `train` takes SIGUSR1 as Ctrl-C from here on (distributed.stop_at_once_until_training):
-by default it would kill the process without a word."""
+by default it would kill the process without a word; every other command takes SIGTERM so."""
 import os
 import re
+import signal
 import sys
 import warnings
 
@@ -85,6 +86,11 @@ def main():
         sys.stdout.reconfigure(errors="surrogateescape")
     if not HELD.holding and command_named(sys.argv[1:]) == "train":
         stop_at_once_until_training()
+    elif command_named(sys.argv[1:]) != "train" and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        # any other command, SIGTERM (timeout's, a scheduler's) ends as Ctrl-C does: exit 130,
+        # a file half written removed (outputs.write_output); by default it killed the process
+        # without a word and left the file's temporary behind
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         from . import cli
     except KeyboardInterrupt:  # one process (under a launcher, stops are held): as Ctrl-C ends it later

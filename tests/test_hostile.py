@@ -511,6 +511,34 @@ cli.main()
     assert r.returncode == -signal.SIGTERM and r.stderr == "", (r.returncode, r.stderr)
 
 
+def test_sigterm_ends_a_command_other_than_train_as_ctrl_c_does_and_its_file_half_written_goes(tmp_path):
+    # by default SIGTERM (timeout's, a scheduler's) killed `inspect --html` or `plot --png` as
+    # they wrote: exit 143, no word, and the hidden temporary of the page left beside it
+    from test_api import fresh_python
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": 2.0, "grad_norm": 1.0}\n')
+    code = f"""
+import os, signal, sys, time
+from pathlib import Path
+from charrnn import __main__ as entry, plot
+from charrnn.outputs import write_output
+
+def killed_while_written(tmp):
+    Path(tmp).write_bytes(b"half a picture")
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+
+plot.write_png = lambda m, path: write_output(path, killed_while_written)
+sys.argv = ["charrnn", "plot", {str(run)!r}, "--png", {str(tmp_path / "p.png")!r}]
+entry.main()
+"""
+    r = fresh_python(code)
+    assert r.returncode == 130 and "Traceback" not in r.stderr, (r.returncode, r.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
 def test_a_second_ctrl_c_names_the_checkpoint_a_resume_goes_on_from(corpus, tmp_path, monkeypatch, capsys):
     # it ended with exit 130 and no word: whether anything was saved, and where, was for the user to find
     from charrnn.train import Trainer
