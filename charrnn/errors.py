@@ -51,7 +51,7 @@ _OS_ADVICE = {
     errno.EDQUOT: "free some space in your disk quota",
     errno.EACCES: "check the permissions of the path",
     errno.EPERM: "check the permissions of the path",
-    errno.EROFS: "the file system is read-only; choose another place",
+    errno.EROFS: "choose another place",  # (after the system's "Read-only file system")
     errno.ENOENT: "check the path",
     errno.ENOTDIR: "a part of the path is a file, not a folder",
     errno.EEXIST: "a file is in the way of a folder",

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from charrnn.cli import app
-from charrnn.errors import CharrnnError, UsageError
+from charrnn.errors import CharrnnError, UsageError, os_error_message
 from charrnn.outputs import PNG, check_output, shown_name, write_output
 from test_hostile import main_exits
 from test_plot import _write_run
@@ -87,6 +87,12 @@ def test_a_write_that_fails_leaves_the_file_that_was_there(tmp_path):
     assert path.read_bytes() == b"the chart of yesterday" and os.listdir(tmp_path) == ["p.png"]
     write_output(path, lambda tmp: tmp.write_bytes(b"today's"))
     assert path.read_bytes() == b"today's" and os.listdir(tmp_path) == ["p.png"]
+
+
+def test_a_read_only_file_system_is_said_once():
+    # "Read-only file system; the file system is read-only; choose another place"
+    e = OSError(errno.EROFS, os.strerror(errno.EROFS), "/mnt/ro/p.png")
+    assert os_error_message(e) == "/mnt/ro/p.png: Read-only file system; choose another place"
 
 
 def test_a_run_folder_whose_name_is_not_utf8_is_charted(tmp_path):
