@@ -31,13 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
 from .checkpoint import load_checkpoint, resolve_checkpoint
 from .config import SAMPLE_RANGES
 from .corpus import Vocab
 from .errors import CharrnnError, UsageError, as_flag, computes_nan
 from .cells import CELLS
+from .kernels._jit import blas_threads
 from .kernels.generate import CODES, generate, offsets_table, teacher_force
 from .model import Layout, ModelSpec
 from .schema import MODEL, model_spec
@@ -92,7 +92,6 @@ class Sampler:
             raise ValueError(f"params have shape {params.shape}, the model needs ({layout.size},)")
         self.spec, self.params, self.blas = spec, params, bool(blas) or threads > 1
         self.threads = int(threads)
-        self._controller = ThreadpoolController() if self.threads > 1 else None
         self.offs = offsets_table(layout)
         if spec.cell not in CODES:
             raise CharrnnError(f"the {spec.cell} cell has no sampling step (kernels/generate.py); it cannot be sampled")
@@ -109,9 +108,7 @@ class Sampler:
         self._no_logits = np.zeros((0, V), dt)
 
     def _blas_threads(self):
-        if self._controller is None:
-            return nullcontext()
-        return self._controller.limit(limits=self.threads, user_api="blas")
+        return blas_threads(self.threads) if self.threads > 1 else nullcontext()
 
     def reset(self):
         """Back to the zero state, where training starts every stream."""

@@ -2,6 +2,7 @@
 sample() returns, `charrnn eval` what score() returns, `--stop-at` ends a sample without changing
 what comes before, `--per-line` scores each line as the API scores it alone; and `import charrnn`
 stays light."""
+import json
 import math
 import os
 import re
@@ -88,6 +89,57 @@ def test_import_charrnn_loads_nothing_heavy():
             "try:\n    charrnn.nothing\nexcept AttributeError:\n    pass\nelse:\n    raise SystemExit(1)\n")
     r = fresh_python(code)
     assert r.returncode == 0, r.stderr
+
+
+def test_loading_a_model_leaves_the_callers_blas_and_scipy_as_they_were(run):
+    # the kernels held every BLAS to one thread for good, numpy's too (a program's own products
+    # then ran on one core), and loaded scipy's BLAS module so that a later scipy.linalg lacked
+    # the attribute cython_blas
+    code = f"""
+import json
+from threadpoolctl import threadpool_info
+blas = lambda: {{d["filepath"]: d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"}}
+import numpy
+before = blas()
+import charrnn
+m = charrnn.load({str(run["dir"])!r})
+m.sample(50, seed=1)
+after = blas()
+import scipy.linalg
+print(json.dumps([before, after, hasattr(scipy.linalg, "cython_blas")]))
+"""
+    r = fresh_python(code)
+    assert r.returncode == 0, r.stderr
+    before, after, attribute = json.loads(r.stdout)
+    assert attribute
+    numba_blas = set(after) - set(before)
+    assert all(after[lib] == 1 for lib in numba_blas), after  # numba's products: on one thread
+    if not numba_blas:
+        pytest.skip("numpy and scipy share one BLAS here: held to one thread for both")
+    assert {lib: after[lib] for lib in before} == before
+
+
+def test_samples_from_many_threads_leave_numbas_blas_on_one_thread(model):
+    # each call raised the BLAS to two threads and restored what it found: calls at once, from
+    # several threads, restored one another's raised limit and left it so for the training
+    import threading
+
+    from threadpoolctl import threadpool_info
+
+    model.sample(10, seed=0)  # the kernels loaded: the threads' calls then overlap
+    before = threadpool_info()
+    texts = {}
+
+    def sample(seed):
+        texts[seed] = [model.sample(20_000, seed=seed) for _ in range(3)]
+
+    threads = [threading.Thread(target=sample, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert threadpool_info() == before
+    assert all(len(set(t)) == 1 and t[0] == model.sample(20_000, seed=seed) for seed, t in texts.items())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,51 +16,41 @@ evaluation's loss the same).
 tests/test_cache.py checks that a warm cache gives a cold one's numbers.
 
 Threads: numba's threads split the work (batch rows in the time loops, output rows in the large
-products). The large products call BLAS on each thread's own block, so BLAS itself is held to
+products). The large products call BLAS on each thread's own block, so that BLAS is held to
 one thread: a pool of its own would meet inside every product, which on a busy machine costs
-many times the product itself. The per-step products do not use BLAS (kernels/panels.py), nor,
+many times the product itself. Only the BLAS numba calls (scipy's): numpy's own, a library of
+its own in numpy's and scipy's wheels, keeps its threads for a program's own products. Where
+the two cannot be told apart, every BLAS is held: one library for both, or on the command line,
+which loads scipy's before this module (charrnn/__main__.py) and runs no product of its own. The per-step products do not use BLAS (kernels/panels.py), nor,
 on AVX-512, the weight gradients' (kernels/weight_grad.py).
 
 Cache: numba checks only a function's own file for changes. After editing a module that other
 kernels inline (activations.py, panels.py), delete the __pycache__ folders, or set a fresh
 NUMBA_CACHE_DIR as CI does.
 """
-import sys
+import threading
+from contextlib import contextmanager
 from importlib import import_module
-from importlib.machinery import EXTENSION_SUFFIXES
-from importlib.util import find_spec, module_from_spec, spec_from_file_location
-from pathlib import Path
 
 import numba
 from numba.core.cpu_options import ParallelOptions
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 
-def _load_blas():
-    """Load scipy.linalg.cython_blas, the module whose BLAS numba's np.dot calls (numba imports it
-    by that name when it compiles a product and on the first call), so that threadpool_limits
-    below finds that library. The extension module alone: `import scipy.linalg.cython_blas` first
-    runs scipy.linalg's __init__, which imports much of scipy, none of it used here (0.2 s of CPU
-    at every start, a sixth of `charrnn sample`'s). Should scipy.linalg be imported later, it
-    works, but lacks the attribute cython_blas (`from scipy.linalg import cython_blas` finds it)."""
-    name = "scipy.linalg.cython_blas"
-    if name in sys.modules or "scipy.linalg" in sys.modules:
-        import_module(name)
-        return
-    try:
-        folder = Path(find_spec("scipy").submodule_search_locations[0]) / "linalg"
-        path = next(folder / f"cython_blas{suffix}" for suffix in EXTENSION_SUFFIXES
-                    if (folder / f"cython_blas{suffix}").is_file())
-        spec = spec_from_file_location(name, path)
-        module = module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    except Exception:  # a scipy laid out otherwise: the ordinary import
-        sys.modules.pop(name, None)
-        import_module(name)
+def _numba_blas():
+    """threadpoolctl's controller of the BLAS that numba's products call, scipy.linalg.cython_blas's:
+    the libraries that loading it brought in; every BLAS, if it brought none (it was loaded
+    before, or numpy and scipy share one library)."""
+    before = {lib.filepath for lib in ThreadpoolController().lib_controllers}
+    # (numba imports it by that name when it compiles a product and at the first call; the
+    # command line has loaded it already, the quicker way: charrnn/__main__.py)
+    import_module("scipy.linalg.cython_blas")
+    blas = ThreadpoolController().select(user_api="blas")
+    new = [lib.filepath for lib in blas.lib_controllers if lib.filepath not in before]
+    return blas.select(filepath=new) if new else blas
 
 
-_load_blas()
+NUMBA_BLAS = _numba_blas()
 
 FASTMATH = set()  # no fast-math flags: see above; one name, for the kernels and the tests
 # IEEE division (x/0 is inf or NaN) instead of Python's ZeroDivisionError: the check for the
@@ -75,7 +65,27 @@ ERROR_MODEL = "numpy"
 PARALLEL = ParallelOptions({"prange": True, "comprehension": False, "reduction": False, "inplace_binop": False,
                             "setitem": False, "numpy": False, "stencil": False, "fusion": False})
 
-threadpool_limits(1, user_api="blas")
+NUMBA_BLAS.limit(limits=1)  # for good (not a context): see above
+_blas_users, _blas_raised, _blas_lock = 0, None, threading.Lock()
+
+
+@contextmanager
+def blas_threads(n):
+    """Numba's BLAS on n threads inside (sampling.Sampler's gemv), and back to one when the last
+    caller inside leaves, whatever Python threads they run in (a limit that each call set and
+    restored itself was left raised by two calls at once)."""
+    global _blas_users, _blas_raised
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_raised = NUMBA_BLAS.limit(limits=n)
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_raised.restore_original_limits()
 
 
 def threads():
