@@ -103,8 +103,10 @@ def _require_str(what, value) -> str:
 
 
 def _require_path(what, value):
-    if not isinstance(value, (str, os.PathLike)):
-        raise CharrnnError(f"{what} reads a path (a str or a pathlib.Path), not {type(value).__name__}")
+    # (a PathLike of bytes, os.scandir(b".")'s entries: a path pathlib cannot hold)
+    if not isinstance(value, (str, os.PathLike)) or not isinstance(os.fspath(value), str):
+        raise CharrnnError(f"{what} reads a path (a str or a pathlib.Path), not {type(value).__name__}"
+                           + (" of bytes" if isinstance(value, os.PathLike) else ""))
     return value
 
 

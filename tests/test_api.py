@@ -566,6 +566,14 @@ def test_a_path_must_be_a_path(model):
             charrnn.load(bad)
     with pytest.raises(CharrnnError, match="encode_file\\(\\) reads a path .*, not NoneType"):
         model.encode_file(None)
+    # a path of bytes (os.scandir(b".")'s entries) was pathlib's bare TypeError
+    entry = next(e for e in os.scandir(os.fsencode(model.path.parent)) if e.name == b"best.npz")
+    with pytest.raises(CharrnnError, match="load\\(\\) reads a path .*, not DirEntry of bytes"):
+        charrnn.load(entry)
+    with pytest.raises(CharrnnError, match="encode_file\\(\\) reads a path .*, not DirEntry of bytes"):
+        model.encode_file(entry)
+    same = next(e for e in os.scandir(model.path.parent) if e.name == "best.npz")  # one of str
+    assert charrnn.load(same).vocab == model.vocab
 
 
 def test_a_name_too_long_for_the_file_system_is_a_charrnn_error(model, tmp_path):
