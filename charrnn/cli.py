@@ -48,6 +48,27 @@ class _Console:
                 raise
             raise _not_written(e) from None
 
+    def print_table(self, table):
+        """A table whose cells show all they hold: squeezed into a narrow terminal (COLUMNS=1, a
+        small pane), rich cut them to an ellipsis or left them empty. A word too long for its
+        column folds onto the next line; a terminal narrower than the table's longest words gets
+        it whole, its lines wrapped by the terminal, as the charts' are (a fixed 64 columns)."""
+        from rich.console import Console
+        from rich.measure import Measurement
+
+        for column in table.columns:
+            column.overflow = "fold"
+        console = self.console
+        need = Measurement.get(console, console.options.update(max_width=10_000), table)
+        if need.minimum <= console.width:
+            return self.print(table)
+        self._console = Console(**self._options, width=need.maximum, file=console.file, force_terminal=console.is_terminal,
+                                color_system=console.color_system)
+        try:
+            self.print(table)
+        finally:
+            self._console = console
+
     def __getattr__(self, name):
         return getattr(self.console, name)
 
@@ -653,10 +674,10 @@ def inspect_(
     out.print(ins.unit_line(tr, scores, layer, unit), markup=False, highlight=False)
     out.print(ins.coloured_text(tr, layer, unit))
     out.print(ins.scale_bar(tr, layer))
-    out.print(ins.units_table(found, act))
+    out.print_table(ins.units_table(found, act))
     gates = ins.gates_table(tr)
     if gates is not None:
-        out.print(gates)
+        out.print_table(gates)
     _said_written(html, failed)
 
 
@@ -702,7 +723,7 @@ def gradcheck(
             checked = str(r.checked) + (f" (+{r.kinked} at a kink)" if r.kinked else "")
             table.add_row(r.cell, r.tensor, checked, f"{r.max_rel:.2e}", f"{r.mean_rel:.2e}",
                           str(list(r.worst)), verdict)
-    out.print(table)
+    out.print_table(table)
     if failed:
         _print_error(f"{counted(failed, 'tensor')} failed the gradient check (tolerance {tolerance:g})")
         raise typer.Exit(1)
@@ -804,7 +825,7 @@ def gradflow(
             typer.echo(json.dumps(gf.to_json(flows, max_k, windows, batch, str(corpus), seed)))
         return
     out.print(gf.chart(flows))
-    out.print(gf.table(flows, max_k))
+    out.print_table(gf.table(flows, max_k))
     if png is not None:
         out.print(f"wrote {png}", markup=False, highlight=False)
 

@@ -240,6 +240,21 @@ def test_cli_finds_and_colours_the_planted_unit(planted):
     assert "read 30 characters" in r.stdout
 
 
+@pytest.mark.parametrize("columns", ["1", "20"])
+def test_a_narrow_terminal_shows_every_cell_of_the_tables(planted, columns):
+    # squeezed to the terminal's width, rich left the cells of the tables empty (1 column) or cut
+    # them to an ellipsis: "+0.…"
+    r = subprocess.run([sys.executable, "-m", "charrnn", "inspect", str(planted["checkpoint"]), str(planted["text"])],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS=columns))
+    assert r.returncode == 0, r.stderr
+    tables = r.stdout[r.stdout.index("units that track the text"):]
+    assert "…" not in tables
+    assert re.search(rf"│\s+0\s+│\s+{QUOTE_UNIT}\s+│\s+r = \+0\.9\d\d", tables), tables
+    for gate in "ifo":
+        assert re.search(rf"│\s+0\s+│\s+{gate}\s+│", tables), tables
+
+
 def test_the_text_read_is_counted_and_named_in_good_english(planted, tmp_path):
     # "read 1 characters"; "the first 5 characters of X has 1 character(s) ..."
     r = invoke(planted["checkpoint"], _write(tmp_path / "one.txt", "a"))
