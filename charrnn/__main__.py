@@ -79,6 +79,13 @@ def scipy_blas_alone():
         sys.modules.pop(name, None)
 
 
+def _terminated(signum, frame):
+    """SIGTERM as Ctrl-C, once: a second one kills the process as by default (timeout -k), should
+    the first be held up where no Python runs."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise KeyboardInterrupt
+
+
 def command_named(args) -> str:
     """The command a command line names: its first word that is not an option (the app itself
     takes none but --help)."""
@@ -115,7 +122,7 @@ def main():
         # any other command, SIGTERM (timeout's, a scheduler's) ends as Ctrl-C does: exit 130,
         # a file half written removed (outputs.write_output); by default it killed the process
         # without a word and left the file's temporary behind
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         scipy_blas_alone()
         from . import cli

@@ -6,6 +6,7 @@ import os
 import math
 import re
 import signal
+import stat
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -502,9 +503,28 @@ def _printing(newline_on_interrupt=False):
             raise typer.Exit(1)
         raise _not_written(e) from None
     except KeyboardInterrupt:
-        if newline_on_interrupt:
-            sys.stdout.write("\n")
+        _last_words(newline_on_interrupt)
         raise typer.Exit(130)
+
+
+def _last_words(newline):
+    """What is still buffered for stdout, and a line break to end the line there, written if it
+    can be at once: into a pipe whose reader has stopped reading (a pager on its first page),
+    the write would hold the process, stopped by Ctrl-C or SIGTERM, for ever. What the pipe
+    does not take goes nowhere."""
+    try:
+        fd = sys.stdout.fileno()
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            os.set_blocking(fd, False)  # (the pipe's end is this process's alone)
+    except (OSError, ValueError, AttributeError):  # not a file (in-process, a test's capture)
+        fd = None
+    try:
+        if newline:
+            sys.stdout.write("\n")
+        sys.stdout.flush()
+    except OSError:  # BlockingIOError: taken in part; BrokenPipeError: the reader is gone
+        if fd is not None:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
 
 
 @app.command()

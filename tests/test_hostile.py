@@ -3,6 +3,7 @@ and a non-zero exit, never a traceback, and leaves what the user had in place.""
 import errno
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -537,6 +538,33 @@ entry.main()
     r = fresh_python(code)
     assert r.returncode == 130 and "Traceback" not in r.stderr, (r.returncode, r.stderr)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_ends_sample_into_a_pipe_whose_reader_stopped_reading(stop, tmp_path):
+    # a pager on its first page: the sample's last write, the line break and what was buffered,
+    # waited for the reader for ever, stopped by SIGTERM or Ctrl-C alike
+    from charrnn.checkpoint import save_checkpoint
+    from charrnn.model import ModelSpec, init_params
+
+    spec = ModelSpec("lstm", 3, 4, 1)
+    config = {"cell": "lstm", "hidden": 4, "layers": 1, "batch": 2, "k1": 5, "k2": 5, "encoding": "utf-8"}
+    save_checkpoint(tmp_path / "best.npz", {"params": init_params(spec, np.random.default_rng(0), np.float32)},
+                    {"config": config, "vocab": ["a", "b", "\n"]})
+    read_end, write_end = os.pipe()
+    p = subprocess.Popen([sys.executable, "-m", "charrnn", "sample", str(tmp_path / "best.npz"), "--length",
+                          "10000000"], stdout=write_end, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    os.close(write_end)
+    try:
+        select.select([read_end], [], [], 120)  # the sample has begun: the pipe fills at once
+        time.sleep(1.0)
+        p.send_signal(stop)
+        _, stderr = p.communicate(timeout=60)
+    finally:
+        p.kill()
+        os.close(read_end)
+    assert p.returncode == 130 and "Traceback" not in stderr, (p.returncode, stderr)
 
 
 def test_a_second_ctrl_c_names_the_checkpoint_a_resume_goes_on_from(corpus, tmp_path, monkeypatch, capsys):
