@@ -58,7 +58,7 @@ PEAK_FLOPS = 2 * PEAK_N**3
 
 def matmul_rate():
     """A function measuring the machine's float32 rate in GFLOP/s: numpy's @ on 2048x2048 with
-    BLAS on every core (charrnn holds BLAS to one thread, so lift that for it), the best of 3.
+    BLAS on every core (lifted for it, should it be held to one thread), the best of 3.
     It runs before every row: a virtual machine's speed drifts over minutes, and a rate
     measured once at the start made the "of peak" column move by a quarter. Not inside the
     alternation: BLAS's threads spin for a while after a product, and would slow the next side."""

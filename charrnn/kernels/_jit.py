@@ -20,8 +20,9 @@ products). The large products call BLAS on each thread's own block, so that BLAS
 one thread: a pool of its own would meet inside every product, which on a busy machine costs
 many times the product itself. Only the BLAS numba calls (scipy's): numpy's own, a library of
 its own in numpy's and scipy's wheels, keeps its threads for a program's own products. Where
-the two cannot be told apart, every BLAS is held: one library for both, or on the command line,
-which loads scipy's before this module (charrnn/__main__.py) and runs no product of its own. The per-step products do not use BLAS (kernels/panels.py), nor,
+the two cannot be told apart, every BLAS is held: one library for both, scipy's loaded before
+this module (by scipy.linalg, or numba code of the program's), or on the command line, which
+loads it first (charrnn/__main__.py) and runs no product of its own. The per-step products do not use BLAS (kernels/panels.py), nor,
 on AVX-512, the weight gradients' (kernels/weight_grad.py).
 
 Cache: numba checks only a function's own file for changes. After editing a module that other
@@ -66,26 +67,27 @@ PARALLEL = ParallelOptions({"prange": True, "comprehension": False, "reduction":
                             "setitem": False, "numpy": False, "stencil": False, "fusion": False})
 
 NUMBA_BLAS.limit(limits=1)  # for good (not a context): see above
-_blas_users, _blas_raised, _blas_lock = 0, None, threading.Lock()
+_blas_users, _blas_lock = 0, threading.Lock()
 
 
 @contextmanager
 def blas_threads(n):
-    """Numba's BLAS on n threads inside (sampling.Sampler's gemv), and back to one when the last
-    caller inside leaves, whatever Python threads they run in (a limit that each call set and
-    restored itself was left raised by two calls at once)."""
-    global _blas_users, _blas_raised
-    with _blas_lock:
-        if _blas_users == 0:
-            _blas_raised = NUMBA_BLAS.limit(limits=n)
-        _blas_users += 1
+    """Numba's BLAS on n threads inside (sampling.Sampler's gemv: always SAMPLE_THREADS), and on
+    one again when the last caller inside leaves, whatever Python threads they run in (a limit
+    that each call set and restored itself was left raised by two calls at once). Set to one,
+    not restored: a Ctrl-C inside these lines cannot leave it raised for the training after."""
+    global _blas_users
     try:
+        with _blas_lock:
+            _blas_users += 1
+            if _blas_users == 1:
+                NUMBA_BLAS.limit(limits=n)
         yield
     finally:
         with _blas_lock:
-            _blas_users -= 1
+            _blas_users = max(0, _blas_users - 1)
             if _blas_users == 0:
-                _blas_raised.restore_original_limits()
+                NUMBA_BLAS.limit(limits=1)
 
 
 def threads():
