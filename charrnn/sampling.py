@@ -43,8 +43,11 @@ from .model import Layout, ModelSpec
 from .schema import MODEL, model_spec
 
 CHUNK = 128  # characters per jitted call: enough that Python's share is tiny, small enough to stream
-FEED_CHUNK = 4096  # characters per jitted call of Sampler.feed: a long text fed stops at Ctrl-C within
-#                   a fraction of a second (at hidden 32, one call for 800,000 characters took 3 s)
+# Sampler.feed reads a text in calls of FEED_WORK // (the model's parameters) characters (a
+# character reads every parameter once; at least one): milliseconds a call, so that Ctrl-C stops a
+# long text at once. One call for the whole text took 3 s for 800,000 characters at hidden 32,
+# and would take minutes for a large model.
+FEED_WORK = 1 << 24
 SAMPLE_THREADS = 2  # BLAS threads for `charrnn sample`: a fixed number, so the text depends only
 # on the seed (the split of a product between threads decides its rounding)
 
@@ -95,6 +98,7 @@ class Sampler:
         self.spec, self.params, self.blas = spec, params, bool(blas) or threads > 1
         self.threads = int(threads)
         self.offs = offsets_table(layout)
+        self.feed_chunk = max(1, FEED_WORK // layout.size)
         if spec.cell not in CODES:
             raise CharrnnError(f"the {spec.cell} cell has no sampling step (kernels/generate.py); it cannot be sampled")
         self.cell = CODES[spec.cell]
@@ -124,10 +128,15 @@ class Sampler:
         if ids.ndim != 1 or (ids.size and (ids.min() < 0 or ids.max() >= self.spec.vocab_size)):
             raise ValueError(f"ids must be a 1-D array of ids in [0, {self.spec.vocab_size})")
         logits = np.zeros((ids.size, self.spec.vocab_size), self.params.dtype) if keep_logits else self._no_logits
-        with self._blas_threads():
-            for i in range(0, ids.size, FEED_CHUNK):  # Ctrl-C is heard between the calls
-                teacher_force(logits[i : i + FEED_CHUNK] if keep_logits else logits, self.h, self.c, self.xg,
-                              self.hg, ids[i : i + FEED_CHUNK], self.params, self.offs, self.cell, self.blas)
+        h, c, n = self.h.copy(), self.c.copy(), self.feed_chunk
+        try:
+            with self._blas_threads():
+                for i in range(0, ids.size, n):  # Ctrl-C is heard between the calls
+                    teacher_force(logits[i : i + n] if keep_logits else logits, self.h, self.c, self.xg, self.hg,
+                                  ids[i : i + n], self.params, self.offs, self.cell, self.blas)
+        except BaseException:  # the state as it was, not somewhere inside the text
+            self.h[:], self.c[:] = h, c
+            raise
         return logits if keep_logits else None
 
     def generate(self, first_id, uniforms, temperature=1.0, top_k=0, top_p=1.0):

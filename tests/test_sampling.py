@@ -16,7 +16,7 @@ from charrnn.corpus import Vocab
 from charrnn.errors import CharrnnError
 from charrnn.kernels.generate import select
 from charrnn.cells import NAMES
-from charrnn.model import ModelSpec, Stack, init_params
+from charrnn.model import Layout, ModelSpec, Stack, init_params
 from charrnn.sampling import Sampler, load_model, sample_text, start_id
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -307,17 +307,41 @@ def test_a_long_text_is_fed_a_piece_at_a_time_with_the_numbers_of_one_call(monke
 
     spec = ModelSpec("lstm", 7, 8, 2)
     params = init_params(spec, np.random.default_rng(0))
-    ids = np.random.default_rng(1).integers(0, 7, 3 * sampling.FEED_CHUNK + 5)
     pieces = Sampler(spec, params)
+    n = pieces.feed_chunk
+    big = ModelSpec("lstm", 65, 1024, 3)  # 21 million parameters: a character a call
+    assert n > 1000 and Sampler(big, np.zeros(Layout(big).size, np.float32)).feed_chunk == 1
+    ids = np.random.default_rng(1).integers(0, 7, 3 * n + 5)
     calls = []
     teacher_force = sampling.teacher_force
     monkeypatch.setattr(sampling, "teacher_force", lambda *a: (calls.append(a[5].size), teacher_force(*a))[1])
     logits = pieces.feed(ids, keep_logits=True)
-    assert calls == [sampling.FEED_CHUNK] * 3 + [5]
-    monkeypatch.setattr(sampling, "FEED_CHUNK", ids.size)
+    assert calls == [n] * 3 + [5]
     whole = Sampler(spec, params)
+    whole.feed_chunk = ids.size
     assert np.array_equal(whole.feed(ids, keep_logits=True), logits)
     assert np.array_equal(whole.h, pieces.h) and np.array_equal(whole.c, pieces.c)
     pieces.feed(ids)  # without the logits, too
     whole.feed(ids)
     assert np.array_equal(whole.h, pieces.h) and np.array_equal(whole.c, pieces.c)
+
+
+def test_a_feed_stopped_between_its_calls_leaves_the_state_as_it_was(monkeypatch):
+    import charrnn.sampling as sampling
+
+    spec = ModelSpec("lstm", 7, 8, 2)
+    sampler = Sampler(spec, init_params(spec, np.random.default_rng(0)))
+    sampler.feed(np.array([1, 2, 3]))
+    h, c = sampler.h.copy(), sampler.c.copy()
+    teacher_force, calls = sampling.teacher_force, []
+
+    def interrupted(*a):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        teacher_force(*a)
+
+    monkeypatch.setattr(sampling, "teacher_force", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sampler.feed(np.zeros(3 * sampler.feed_chunk, np.int32))
+    assert np.array_equal(sampler.h, h) and np.array_equal(sampler.c, c)
