@@ -347,14 +347,16 @@ def write_png(flows, path) -> None:
 
     plt = require_pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
+    lines, labels = [], []
     for flow in flows:
         for f in flow.layers:
             k = np.arange(f.norms.size)
             keep = f.norms > 0  # a log axis cannot show zeros
-            ax.semilogy(k[keep], f.norms[keep], label=literal(shown_name(series_label(flow, f.layer))))
+            lines += ax.semilogy(k[keep], f.norms[keep])
+            labels.append(literal(shown_name(series_label(flow, f.layer))))
     ax.set_xlabel("k (steps back from the last step)")
     ax.set_ylabel("mean ||dL_T / dh_(T-k)||")
     ax.set_title("How far gradients reach back in time")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(lines, labels)  # given so: a label= starting with _ (a run named _try) is left out
     save_figure(fig, path)

@@ -316,14 +316,16 @@ def test_a_checkpoint_whose_name_holds_dollars_is_drawn_as_named(tmp_path, monke
 
     spec = ModelSpec("rnn", 5, 4, 1)
     flows = [gf.Flow(name, spec, [gf.LayerFlow(0, np.array([1.0, 0.5, 0.25]), {}, {})])
-             for name in ("cost$^$/best.npz", "a $5 vs $6/best.npz")]
+             for name in ("cost$^$/best.npz", "a $5 vs $6/best.npz", "_try/best.npz")]
     gf.write_png(flows, tmp_path / "g.png")
     assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     drawn = []
     monkeypatch.setattr(plot, "save_figure", lambda fig, path: drawn.append(fig))
     gf.write_png(flows, tmp_path / "g.png")
     labels = [t.get_text() for t in drawn[0].axes[0].get_legend().get_texts()]
-    assert not any(map(is_math_text, labels)), labels
+    # each $ escaped, which matplotlib draws as a $; and a name starting with _ in the legend too
+    assert labels == [r"cost\$^\$/best.npz", r"a \$5 vs \$6/best.npz", "_try/best.npz"], labels
+    assert not any(map(is_math_text, labels))
 
 
 def test_cli_png(tmp_path):

@@ -247,7 +247,8 @@ def test_a_run_whose_name_holds_dollars_is_drawn_as_named(tmp_path, monkeypatch)
     drawn = []
     monkeypatch.setattr(plot, "save_figure", lambda fig, path: drawn.append(fig))
     plot.write_png(read_metrics(_write_run(tmp_path / "a $5 vs $6")), tmp_path / "p.png")
-    assert not is_math_text(drawn[0].get_suptitle()) and "5 vs " in drawn[0].get_suptitle()
+    # each $ escaped, which matplotlib draws as a $ (and so no math notation left in it)
+    assert drawn[0].get_suptitle() == r"a \$5 vs \$6" and not is_math_text(drawn[0].get_suptitle())
 
 
 def test_cli_plot_png(tmp_path):
