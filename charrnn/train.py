@@ -492,6 +492,8 @@ class Trainer:
                 if cfg.sample_every and self.step % cfg.sample_every == 0 and root:
                     self._write_sample()
                 self._agree()
+                if self.ended() and self.last_val_step != self.step:  # the sample used up a time limit:
+                    self._validate(log, progress)  # the run's last update is validated all the same
                 # `end` again: the time the validation or sample took may have used up a time limit
                 if window_stats and (self.stop_requested or self.ended()):  # the run ends at this update:
                     self._log_updates(log, window_stats, lr)  # the updates since its last record too

@@ -1,5 +1,7 @@
 """train --sample-every: samples are shown and appended to samples.txt, each what `charrnn sample`
 gives from a checkpoint of that step, and taking them changes nothing in training."""
+import json
+
 import numpy as np
 import pytest
 
@@ -54,6 +56,25 @@ def test_a_sample_between_validations_says_which_step_its_loss_is_from(corpus, t
     headers = [l for l in (tmp_path / "r" / SAMPLES_FILE).read_text().splitlines() if l.startswith("--- step ")]
     assert headers[0].startswith("--- step 3, epoch ") and ", val loss -, " in headers[0]
     assert headers[1].startswith("--- step 6, epoch ") and " (step 4), temperature " in headers[1]
+
+
+def test_a_sample_that_uses_up_the_time_limit_leaves_the_last_update_validated(corpus, tmp_path, monkeypatch):
+    # the run ended at the sample's update without validating it: the final line said an older
+    # validation loss, or inf with no best.npz at all (no validation yet)
+    write_sample = Trainer._write_sample
+
+    def slow(self):  # as a long sample, or the generation kernels compiling in the first one
+        write_sample(self)
+        self.elapsed += 3600.0
+
+    monkeypatch.setattr(Trainer, "_write_sample", slow)
+    cfg = config(corpus, tmp_path, max_steps=0, time_limit=1000, sample_every=5, sample_length=5, eval_every=100)
+    trainer = Trainer(cfg, tmp_path / "r", say=lambda *_: None)
+    summary = trainer.run()
+    assert summary["steps"] == 5 and summary["stopped_by"] == ["--time-limit 1000"]
+    assert trainer.last_val_step == 5 and summary["val_loss"] == summary["best_val_loss"] < float("inf")
+    val = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines() if '"val"' in l]
+    assert [v["step"] for v in val] == [5] and (tmp_path / "r" / "best.npz").is_file()
 
 
 def test_sampling_changes_nothing_in_training(corpus, tmp_path):
