@@ -25,9 +25,9 @@ class RunLock:
         self.run_dir = Path(run_dir)
         self.fd = None
 
-    def acquire(self):
+    def acquire(self, advice="wait for it to finish, or choose another --run name"):
         """Take the lock, making the folder if needed. A CharrnnError if another process holds it
-        or the folder cannot be written."""
+        (ending with `advice`) or the folder cannot be written."""
         path = self.run_dir / LOCK_FILE
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -44,8 +44,7 @@ class RunLock:
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 pid = f" (pid {holder})" if holder.isdigit() else ""
-                raise CharrnnError(f"{self.run_dir} is in use by another charrnn process{pid}; wait for it to "
-                                   f"finish, or choose another --run name") from None
+                raise CharrnnError(f"{self.run_dir} is in use by another charrnn process{pid}; {advice}") from None
             raise CharrnnError(os_error_message(e, path)) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())

@@ -94,11 +94,11 @@ class _NoLog:
         pass
 
 
-def _locked(folder):
+def _locked(folder, resuming=False):
     """The run folder's RunLock, held by rank 0: under MPI it alone writes the folder."""
     lock = RunLock(folder)
-    if distributed.world().root:
-        lock.acquire()
+    if distributed.world().root:  # (a resume cannot choose another --run: it takes none)
+        lock.acquire(*(["wait for it to finish, then resume the run"] if resuming else []))
     return lock
 
 
@@ -261,7 +261,7 @@ class Trainer:
         says, checked by its SHA-256. The run folder stays locked until run() ends."""
         check_resume_overrides(overrides)
         path = resolve_checkpoint(path, prefer="latest")
-        lock = _locked(path.parent)  # before reading: no other process is writing it now
+        lock = _locked(path.parent, resuming=True)  # before reading: no other process is writing it now
         try:
             self = cls._restore(path, say, corpus, overrides)
             _refuse_to_replace(path, self.step)

@@ -694,7 +694,9 @@ def test_a_run_is_trained_by_one_process_at_a_time(corpus, tmp_path):
     run_dir = trained_run(corpus, tmp_path)
     other = hold_lock(run_dir)
     try:
-        with pytest.raises(CharrnnError, match=rf"in use by another charrnn process \(pid {other.pid}\)"):
+        # a resume takes no --run: "choose another --run name" was no advice it could follow
+        with pytest.raises(CharrnnError, match=rf"in use by another charrnn process \(pid {other.pid}\); wait for "
+                                               rf"it to finish, then resume the run$"):
             Trainer.resume(run_dir, say=lambda *_: None)
         fresh = Trainer(config(corpus, tmp_path, run="r", max_steps=3), run_dir, say=lambda *_: None)
         with pytest.raises(CharrnnError, match="in use by another charrnn process"):
@@ -710,7 +712,9 @@ def test_a_run_is_trained_by_one_process_at_a_time(corpus, tmp_path):
         try:
             r = runner.invoke(app, ["train", str(corpus), *TINY, "--max-steps", "3", "--out-dir", str(tmp_path),
                                     "--run", "new"])
-            assert r.exit_code == 1 and "in use by another charrnn process" in str(r.exception)
+            assert r.exit_code == 1 and str(r.exception).endswith(
+                "in use by another charrnn process (pid %d); wait for it to finish, or choose another --run name"
+                % other_new.pid)
         finally:
             other_new.kill()
             other_new.wait()
