@@ -293,7 +293,7 @@ class Trainer:
         _read_by_every_rank(path, meta)
         cfg = TrainConfig.from_dict(meta["config"])
         saved_limits = {name: getattr(cfg, name) for name in STOPPING_RULES}  # check_not_done
-        changes = [f"{flag(k)} {_shown(getattr(cfg, k))} -> {_shown(v)}" for k, v in overrides.items()
+        changes = [f"{flag(k)} {' -> '.join(_shown_apart(getattr(cfg, k), v))}" for k, v in overrides.items()
                    if v != getattr(cfg, k)]
         for k, v in overrides.items():
             setattr(cfg, k, v)
@@ -993,7 +993,8 @@ def _same_run_on_every_rank(cfg, vocab, train_chars):
     if differ:
         text = {"vocabulary", "training characters"}
         said = (["its text is another"] if text & set(differ) else []) + \
-            [f"{as_flag(k, _shown(mine[k]))} (rank 0: {_shown(theirs)})" for k, theirs in differ.items() if k not in text]
+            [f"{as_flag(k, _shown_apart(mine[k], theirs)[0])} (rank 0: {_shown_apart(mine[k], theirs)[1]})"
+             for k, theirs in differ.items() if k not in text]
         raise CharrnnError(f"this rank's run is not rank 0's: {', '.join(said)}; launch every rank with the same "
                            "command line, in a folder on a file system they all see")
 
@@ -1053,6 +1054,13 @@ def remove_if_empty(folders) -> None:
 
 def _shown(value):
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _shown_apart(a, b):
+    """_shown of two values that differ, with the digits it takes to tell them apart (--lr 0.003 ->
+    0.0030000001, not 0.003 -> 0.003)."""
+    shown = _shown(a), _shown(b)
+    return (repr(a), repr(b)) if shown[0] == shown[1] else shown
 
 
 def _json_float(x):

@@ -283,3 +283,12 @@ def test_a_checkpoint_from_before_many_files_resumes(corpus, tmp_path, monkeypat
     assert resumed.cfg.reset_every == 0  # it goes on as it ran: no fresh starts but at a new epoch
     resumed.run()
     assert resumed.step == 5
+
+
+def test_a_change_on_resume_is_shown_with_the_digits_that_tell_it_apart():
+    # "changed on resume: --lr 0.003 -> 0.003" for --lr 0.0030000001
+    from charrnn.train import _shown_apart
+
+    assert _shown_apart(0.003, 0.0030000001) == ("0.003", "0.0030000001")
+    assert _shown_apart(840.0, 840.0000001) == ("840.0", "840.0000001")
+    assert _shown_apart(0.01, 0.001) == ("0.01", "0.001") and _shown_apart(5, 6) == ("5", "6")
