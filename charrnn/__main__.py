@@ -61,9 +61,10 @@ def scipy_blas_alone():
     """Load scipy.linalg.cython_blas, the module whose BLAS numba's products call, on its own:
     `import scipy.linalg.cython_blas` first runs scipy.linalg's __init__, which imports much of
     scipy, none of it used here (0.2 s of CPU at every start, a sixth of `charrnn sample`'s).
-    Only for the command line: a program that imports charrnn gets the ordinary import
-    (kernels/_jit.py), since a scipy.linalg imported after this one lacks the attribute
-    cython_blas. Any failure is left to that import to say."""
+    Only for the command line (cli.main, with the garbage collector held off: numpy comes with
+    it): a program that imports charrnn gets the ordinary import (kernels/_jit.py), since a
+    scipy.linalg imported after this one lacks the attribute cython_blas. Any failure is left to
+    that import to say."""
     name = "scipy.linalg.cython_blas"
     if name in sys.modules or "scipy.linalg" in sys.modules:
         return
@@ -124,7 +125,6 @@ def main():
         # without a word and left the file's temporary behind
         signal.signal(signal.SIGTERM, _terminated)
     try:
-        scipy_blas_alone()
         from . import cli
     except KeyboardInterrupt:  # one process (under a launcher, stops are held): as Ctrl-C ends it later
         raise SystemExit(130)

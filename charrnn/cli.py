@@ -913,7 +913,7 @@ def main():
     aborts the job with 130, and one while the ranks join waits until they have (StopsHeld).
     Another command started by a launcher is just the process it is (srun charrnn sample ...
     samples in every process)."""
-    from .__main__ import command_named
+    from .__main__ import command_named, scipy_blas_alone
     from .distributed import HELD, Solo, stop_at_once_until_training, world
 
     global _collector_held
@@ -925,6 +925,11 @@ def main():
     HELD.hold()  # as the entry point did, for a caller of main() itself
     train = command_named(sys.argv[1:]) == "train"
     try:
+        if gc.isenabled():
+            gc.disable()  # until the command is set up (_set_up)
+            _collector_held = True
+        if owns_process:  # before any command imports the kernels (train's, here below)
+            scipy_blas_alone()
         if train:
             failure = None
             try:
@@ -947,9 +952,6 @@ def main():
             HELD.restore()
         if stopped:
             raise SystemExit(130)  # a stop while the ranks joined: ended now, all together (below)
-        if gc.isenabled():
-            gc.disable()  # until the command is set up (_set_up)
-            _collector_held = True
         _main()
     except KeyboardInterrupt:  # before the command's own handling, one process or many
         if job.size > 1:
