@@ -750,6 +750,14 @@ def gradcheck(
     out.print(Text.assemble(("all tensors pass", "green"), f" (max relative error <= {tolerance:g})"))
 
 
+def _fresh_models(name):
+    """gradflow's help of a cell option, from its entry in cells.OPTIONS (whose help begins with
+    its cells' names, as train's help lists it), with its default."""
+    option = CELL_OPTIONS[name]
+    default = "" if "Default" in option.help else f" (default {option.default:g})"
+    return f"Fresh {' and '.join(option.cells)} models: {option.help.split(': ', 1)[1]}{default}."
+
+
 @app.command()
 def gradflow(
     checkpoint: Optional[Path] = typer.Argument(None, parser=_named_path, help="A trained checkpoint (file or run folder) to measure instead of fresh models."),
@@ -758,9 +766,9 @@ def gradflow(
     layers: Optional[int] = _ranged(None, GRADFLOW_RANGES["layers"], kind="int", help="Stacked layers of the fresh models (default 1)."),
     seed: int = _ranged(0, GRADFLOW_RANGES["seed"], "Seed for the fresh models and the choice of windows."),
     radius: Optional[float] = _ranged(None, GRADFLOW_RANGES["radius"], kind="float", help="First rescale each recurrent matrix (each gate block; IndRNN's u) to this spectral radius."),
-    tau: Optional[str] = typer.Option(None, help=f"Fresh leaky models: {CELL_OPTIONS['tau'].help}."),
-    spectral_radius: Optional[float] = _ranged(None, RANGES["spectral_radius"], kind="float", help=f"Fresh esn models: {CELL_OPTIONS['spectral_radius'].help} (default {CELL_OPTIONS['spectral_radius'].default:g})."),
-    leak: Optional[float] = _ranged(None, RANGES["leak"], kind="float", help=f"Fresh esn models: {CELL_OPTIONS['leak'].help}."),
+    tau: Optional[str] = typer.Option(None, help=_fresh_models("tau")),
+    spectral_radius: Optional[float] = _ranged(None, RANGES["spectral_radius"], kind="float", help=_fresh_models("spectral_radius")),
+    leak: Optional[float] = _ranged(None, RANGES["leak"], kind="float", help=_fresh_models("leak")),
     u_max: Optional[float] = _ranged(None, RANGES["u_max"], kind="float", help="Fresh indrnn models: bound on |u|, which starts U(0, bound); 0 or left out: 2^(1/(K+1)), Li et al. (2018)'s bound for the measured window."),
     forget_bias: Optional[float] = _ranged(None, GRADFLOW_RANGES["forget_bias"], kind="float", help="Set the forget-gate bias of fresh lstm and peephole models to this (training starts it like every bias, near 0; 1 is the classic remedy that keeps the gate open)."),
     corpus: Optional[Path] = typer.Option(None, parser=_named_path, help="Text to take the windows from. Default: the shipped corpora/tinyshakespeare.txt."),

@@ -360,3 +360,15 @@ def test_a_gradient_that_overflows_is_said_in_one_line_without_numpys_warnings(t
                        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)), timeout=300)
     assert r.returncode == 1 and len(r.stderr.splitlines()) == 1, r.stderr
     assert r.stderr.startswith("error: the gradient of lstm overflowed (inf or NaN) at k="), r.stderr
+
+
+def test_the_help_of_the_cell_options_names_their_cells_once_and_their_defaults():
+    # "Fresh esn models: esn: the leak rate ..." and no default for --leak (train's help has it)
+    r = runner.invoke(app, ["gradflow", "--help"], env={"COLUMNS": "400"})
+    assert r.exit_code == 0
+    help_of = {line.split()[1]: line for line in r.stdout.splitlines() if line.startswith("│ --")}
+    assert "Fresh esn models: the leak rate a of" in help_of["--leak"] and "(default 1)." in help_of["--leak"]
+    assert "Fresh esn models: the spectral radius" in help_of["--spectral-radius"]
+    assert "(default 0.95)." in help_of["--spectral-radius"]
+    assert "Fresh leaky models: the time constants" in help_of["--tau"] and "Default 1:50" in help_of["--tau"]
+    assert not any("models: esn:" in h or "models: leaky:" in h for h in help_of.values())
