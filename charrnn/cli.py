@@ -6,7 +6,6 @@ import os
 import math
 import re
 import signal
-import stat
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -507,24 +506,41 @@ def _printing(newline_on_interrupt=False):
         raise typer.Exit(130)
 
 
+# how long the last words of a stopped command may wait for stdout's reader
+LAST_WORDS_SECONDS = 1.0
+
+
+class _NotTaken(Exception):
+    """stdout's reader took nothing for LAST_WORDS_SECONDS."""
+
+
 def _last_words(newline):
-    """What is still buffered for stdout, and a line break to end the line there, written if it
-    can be at once: into a pipe whose reader has stopped reading (a pager on its first page),
-    the write would hold the process, stopped by Ctrl-C or SIGTERM, for ever. What the pipe
-    does not take goes nowhere."""
+    """What is still buffered for stdout, and a line break to end the line there, written if the
+    reader takes them within LAST_WORDS_SECONDS: into a pipe whose reader has stopped reading (a
+    pager on its first page) the write would hold the process, stopped by Ctrl-C or SIGTERM,
+    for ever. What it does not take goes nowhere. (A timer, not a pipe made non-blocking: that
+    would be the pipe of every process writing into it, which would then lose their text.)"""
+    def not_taken(signum, frame):
+        raise _NotTaken
+
     try:
-        fd = sys.stdout.fileno()
-        if stat.S_ISFIFO(os.fstat(fd).st_mode):
-            os.set_blocking(fd, False)  # (the pipe's end is this process's alone)
-    except (OSError, ValueError, AttributeError):  # not a file (in-process, a test's capture)
-        fd = None
+        before = signal.signal(signal.SIGALRM, not_taken)
+        signal.setitimer(signal.ITIMER_REAL, LAST_WORDS_SECONDS)
+    except (AttributeError, ValueError):  # no SIGALRM (Windows), or not the main thread
+        before = None
     try:
         if newline:
             sys.stdout.write("\n")
         sys.stdout.flush()
-    except OSError:  # BlockingIOError: taken in part; BrokenPipeError: the reader is gone
-        if fd is not None:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    except (OSError, _NotTaken):  # the reader is gone (BrokenPipeError), or takes nothing
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # not a file (in-process, a test's capture)
+            pass
+    finally:
+        if before is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, before)
 
 
 @app.command()

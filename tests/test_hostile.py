@@ -543,7 +543,9 @@ entry.main()
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_ends_sample_into_a_pipe_whose_reader_stopped_reading(stop, tmp_path):
     # a pager on its first page: the sample's last write, the line break and what was buffered,
-    # waited for the reader for ever, stopped by SIGTERM or Ctrl-C alike
+    # waited for the reader for ever, stopped by SIGTERM or Ctrl-C alike. The pipe is shared, as
+    # by `{ charrnn sample ...; charrnn sample ...; } | less`: made non-blocking, the next writer
+    # would lose its text
     from charrnn.checkpoint import save_checkpoint
     from charrnn.model import ModelSpec, init_params
 
@@ -555,15 +557,16 @@ def test_a_stop_ends_sample_into_a_pipe_whose_reader_stopped_reading(stop, tmp_p
     p = subprocess.Popen([sys.executable, "-m", "charrnn", "sample", str(tmp_path / "best.npz"), "--length",
                           "10000000"], stdout=write_end, stderr=subprocess.PIPE, text=True,
                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    os.close(write_end)
     try:
         select.select([read_end], [], [], 120)  # the sample has begun: the pipe fills at once
         time.sleep(1.0)
         p.send_signal(stop)
         _, stderr = p.communicate(timeout=60)
+        assert os.get_blocking(write_end)  # the pipe as the next writer expects it
     finally:
         p.kill()
         os.close(read_end)
+        os.close(write_end)
     assert p.returncode == 130 and "Traceback" not in stderr, (p.returncode, stderr)
 
 
