@@ -22,7 +22,8 @@ many times the product itself. Only the BLAS numba calls (scipy's): numpy's own,
 its own in numpy's and scipy's wheels, keeps its threads for a program's own products. Where
 the two cannot be told apart, every BLAS is held: one library for both, scipy's loaded before
 this module (by scipy.linalg, or numba code of the program's), or on the command line, which
-loads it first (charrnn/__main__.py) and runs no product of its own. The per-step products do not use BLAS (kernels/panels.py), nor,
+loads it first (cli.main, by charrnn/__main__.py's scipy_blas_alone) and runs no product of its
+own. The per-step products do not use BLAS (kernels/panels.py), nor,
 on AVX-512, the weight gradients' (kernels/weight_grad.py).
 
 Cache: numba checks only a function's own file for changes. After editing a module that other
@@ -44,7 +45,7 @@ def _numba_blas():
     before, or numpy and scipy share one library)."""
     before = {lib.filepath for lib in ThreadpoolController().lib_controllers}
     # (numba imports it by that name when it compiles a product and at the first call; the
-    # command line has loaded it already, the quicker way: charrnn/__main__.py)
+    # command line has loaded it already, the quicker way: cli.main)
     import_module("scipy.linalg.cython_blas")
     blas = ThreadpoolController().select(user_api="blas")
     new = [lib.filepath for lib in blas.lib_controllers if lib.filepath not in before]
@@ -75,19 +76,23 @@ def blas_threads(n):
     """Numba's BLAS on n threads inside (sampling.Sampler's gemv: always SAMPLE_THREADS), and on
     one again when the last caller inside leaves, whatever Python threads they run in (a limit
     that each call set and restored itself was left raised by two calls at once). Set to one,
-    not restored: a Ctrl-C inside these lines cannot leave it raised for the training after."""
+    not restored to what the first caller found: that may have been a raised limit left by a
+    Ctrl-C inside these lines."""
     global _blas_users
+    counted = False
     try:
         with _blas_lock:
             _blas_users += 1
+            counted = True
             if _blas_users == 1:
                 NUMBA_BLAS.limit(limits=n)
         yield
     finally:
-        with _blas_lock:
-            _blas_users = max(0, _blas_users - 1)
-            if _blas_users == 0:
-                NUMBA_BLAS.limit(limits=1)
+        if counted:
+            with _blas_lock:
+                _blas_users -= 1
+                if _blas_users == 0:
+                    NUMBA_BLAS.limit(limits=1)
 
 
 def threads():
