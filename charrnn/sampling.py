@@ -26,7 +26,7 @@ How a sample is made:
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,16 +128,23 @@ class Sampler:
         if ids.ndim != 1 or (ids.size and (ids.min() < 0 or ids.max() >= self.spec.vocab_size)):
             raise ValueError(f"ids must be a 1-D array of ids in [0, {self.spec.vocab_size})")
         logits = np.zeros((ids.size, self.spec.vocab_size), self.params.dtype) if keep_logits else self._no_logits
-        h, c, n = self.h.copy(), self.c.copy(), self.feed_chunk
+        n = self.feed_chunk
+        with self.kept_on_stop(), self._blas_threads():
+            for i in range(0, ids.size, n):  # Ctrl-C is heard between the calls
+                teacher_force(logits[i : i + n] if keep_logits else logits, self.h, self.c, self.xg, self.hg,
+                              ids[i : i + n], self.params, self.offs, self.cell, self.blas)
+        return logits if keep_logits else None
+
+    @contextmanager
+    def kept_on_stop(self):
+        """Around reading a text: should it stop (Ctrl-C between two calls), the state is left as
+        it was before, not somewhere inside the text."""
+        h, c = self.h.copy(), self.c.copy()
         try:
-            with self._blas_threads():
-                for i in range(0, ids.size, n):  # Ctrl-C is heard between the calls
-                    teacher_force(logits[i : i + n] if keep_logits else logits, self.h, self.c, self.xg, self.hg,
-                                  ids[i : i + n], self.params, self.offs, self.cell, self.blas)
-        except BaseException:  # the state as it was, not somewhere inside the text
+            yield
+        except BaseException:
             self.h[:], self.c[:] = h, c
             raise
-        return logits if keep_logits else None
 
     def generate(self, first_id, uniforms, temperature=1.0, top_k=0, top_p=1.0):
         """Feed first_id, then generate len(uniforms) characters, each fed back in: int32 ids.

@@ -562,6 +562,28 @@ def test_score_lines_refuses_what_is_no_list_of_lines(model):
         model.score_lines(None)
 
 
+def test_a_feed_stopped_leaves_the_state_as_it_was(model, monkeypatch):
+    # feed() reads all but the last character, then the last for its probabilities: a stop in
+    # the second read left the state after the first
+    import charrnn.sampling as sampling
+
+    model.reset()
+    model.feed("the ")
+    before = model.state
+    teacher_force, calls = sampling.teacher_force, []
+
+    def stopped_in_the_second(*a):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        teacher_force(*a)
+
+    monkeypatch.setattr(sampling, "teacher_force", stopped_in_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        model.feed("king")
+    assert len(calls) == 2 and all(np.array_equal(model.state[k], before[k]) for k in before)
+
+
 def test_a_path_must_be_a_path(model):
     for bad in (None, 5):
         with pytest.raises(CharrnnError, match=f"load\\(\\) reads a path .*, not {type(bad).__name__}"):
