@@ -454,8 +454,8 @@ class Trainer:
         cfg = self.cfg
         cfg.check_stopping()  # a config built in Python may not have been validated
         root = self.world.root  # under MPI rank 0 alone writes the folder
-        lock, self.lock = self.lock or _locked(self.run_dir), None
         starting = self.fresh
+        lock, self.lock = self.lock or _locked(self.run_dir, resuming=not starting), None
         try:
             log = self._open_run_dir()
         except BaseException:
@@ -492,8 +492,8 @@ class Trainer:
                 if cfg.sample_every and self.step % cfg.sample_every == 0 and root:
                     self._write_sample()
                 self._agree()
-                if self.ended() and self.last_val_step != self.step:  # the sample used up a time limit:
-                    self._validate(log, progress)  # the run's last update is validated all the same
+                if self.ended() and self.last_val_step != self.step and not self.stop_requested:
+                    self._validate(log, progress)  # a sample used up a time limit: the last update too
                 # `end` again: the time the validation or sample took may have used up a time limit
                 if window_stats and (self.stop_requested or self.ended()):  # the run ends at this update:
                     self._log_updates(log, window_stats, lr)  # the updates since its last record too

@@ -727,6 +727,16 @@ def test_a_run_is_trained_by_one_process_at_a_time(corpus, tmp_path):
     resumed = Trainer.resume(run_dir, say=lambda *_: None, max_steps=6)
     resumed.run()
     assert resumed.step == 6
+    # run() again, as the API may call it: the lock taken anew, with a resume's advice
+    resumed.cfg.max_steps = 8
+    other = hold_lock(run_dir)
+    try:
+        with pytest.raises(CharrnnError, match="in use by another charrnn process .*; wait for it to finish, then "
+                                               "resume the run$"):
+            resumed.run()
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_a_save_killed_midway_leaves_no_temporary_for_long(corpus, tmp_path):

@@ -77,6 +77,26 @@ def test_a_sample_that_uses_up_the_time_limit_leaves_the_last_update_validated(c
     assert [v["step"] for v in val] == [5] and (tmp_path / "r" / "best.npz").is_file()
 
 
+def test_a_stop_during_that_sample_ends_the_run_without_the_validation(corpus, tmp_path, monkeypatch):
+    # the user asked to stop: the validation the time limit would have asked for is not waited for
+    from charrnn.train import Interrupted
+
+    write_sample = Trainer._write_sample
+
+    def slow_and_stopped(self):
+        write_sample(self)
+        self.elapsed += 3600.0
+        self.stop_requested = True
+
+    monkeypatch.setattr(Trainer, "_write_sample", slow_and_stopped)
+    cfg = config(corpus, tmp_path, max_steps=0, time_limit=1000, sample_every=5, sample_length=5, eval_every=100)
+    trainer = Trainer(cfg, tmp_path / "r", say=lambda *_: None)
+    with pytest.raises(Interrupted):
+        trainer.run()
+    assert trainer.step == 5 and trainer.last_val_step is None
+    assert '"val"' not in (tmp_path / "r" / "metrics.jsonl").read_text()
+
+
 def test_sampling_changes_nothing_in_training(corpus, tmp_path):
     quiet = train_steps(config(corpus, tmp_path / "a", dropout=0.3), tmp_path / "a" / "r", 12)
     sampled = train_steps(config(corpus, tmp_path / "b", dropout=0.3, sample_every=2), tmp_path / "b" / "r", 12)
