@@ -770,7 +770,7 @@ def _fresh_models(name):
     """gradflow's help of a cell option, from its entry in cells.OPTIONS (whose help begins with
     its cells' names, as train's help lists it), with its default."""
     option = CELL_OPTIONS[name]
-    default = "" if "Default" in option.help else f" (default {option.default:g})"
+    default = "" if "Default" in option.help else f"; default {option.default:g}"
     return f"Fresh {' and '.join(option.cells)} models: {option.help.split(': ', 1)[1]}{default}."
 
 

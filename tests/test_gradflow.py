@@ -367,8 +367,8 @@ def test_the_help_of_the_cell_options_names_their_cells_once_and_their_defaults(
     r = runner.invoke(app, ["gradflow", "--help"], env={"COLUMNS": "400"})
     assert r.exit_code == 0
     help_of = {line.split()[1]: line for line in r.stdout.splitlines() if line.startswith("│ --")}
-    assert "Fresh esn models: the leak rate a of" in help_of["--leak"] and "(default 1)." in help_of["--leak"]
+    assert "Fresh esn models: the leak rate a of" in help_of["--leak"] and "; default 1." in help_of["--leak"]
     assert "Fresh esn models: the spectral radius" in help_of["--spectral-radius"]
-    assert "(default 0.95)." in help_of["--spectral-radius"]
+    assert "(the echo-state property); default 0.95." in help_of["--spectral-radius"]
     assert "Fresh leaky models: the time constants" in help_of["--tau"] and "Default 1:50" in help_of["--tau"]
     assert not any("models: esn:" in h or "models: leaky:" in h for h in help_of.values())
