@@ -8,9 +8,6 @@ import re
 import signal
 import sys
 import warnings
-from importlib.machinery import EXTENSION_SUFFIXES
-from importlib.util import find_spec, module_from_spec, spec_from_file_location
-from pathlib import Path
 
 try:
     from .distributed import HELD, stop_at_once_until_training
@@ -55,29 +52,6 @@ def numba_values_must_be_read():
         sys.stderr.write(f"note: numba cannot read {value}{where} ({why}) and goes on without it\n")
 
     warnings.showwarning = one_line
-
-
-def scipy_blas_alone():
-    """Load scipy.linalg.cython_blas, the module whose BLAS numba's products call, on its own:
-    `import scipy.linalg.cython_blas` first runs scipy.linalg's __init__, which imports much of
-    scipy, none of it used here (0.2 s of CPU at every start, a sixth of `charrnn sample`'s).
-    Only for the command line (cli.main, with the garbage collector held off: numpy comes with
-    it): a program that imports charrnn gets the ordinary import (kernels/_jit.py), since a
-    scipy.linalg imported after this one lacks the attribute cython_blas. Any failure is left to
-    that import to say."""
-    name = "scipy.linalg.cython_blas"
-    if name in sys.modules or "scipy.linalg" in sys.modules:
-        return
-    try:
-        folder = Path(find_spec("scipy").submodule_search_locations[0]) / "linalg"
-        path = next(folder / f"cython_blas{suffix}" for suffix in EXTENSION_SUFFIXES
-                    if (folder / f"cython_blas{suffix}").is_file())
-        spec = spec_from_file_location(name, path)
-        module = module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    except Exception:  # no scipy, or one laid out otherwise
-        sys.modules.pop(name, None)
 
 
 def _terminated(signum, frame):

@@ -8,6 +8,8 @@ import re
 import signal
 import sys
 from contextlib import contextmanager
+from importlib.machinery import EXTENSION_SUFFIXES
+from importlib.util import find_spec, module_from_spec, spec_from_file_location
 from pathlib import Path
 from typing import List, Literal, Optional
 
@@ -925,6 +927,29 @@ def _print_error(message: str):
     err.print(Text.assemble(("error:", "bold red"), " ", error_prefix() + one_line), highlight=False)
 
 
+def scipy_blas_alone():
+    """Load scipy.linalg.cython_blas, the module whose BLAS numba's products call, on its own:
+    `import scipy.linalg.cython_blas` first runs scipy.linalg's __init__, which imports much of
+    scipy, none of it used here (0.2 s of CPU at every start, a sixth of `charrnn sample`'s).
+    Only for the command line (main, with the garbage collector held off: numpy comes with it):
+    a program that imports charrnn gets the ordinary import (kernels/_jit.py), since a
+    scipy.linalg imported after this one lacks the attribute cython_blas. Any failure is left to
+    that import to say."""
+    name = "scipy.linalg.cython_blas"
+    if name in sys.modules or "scipy.linalg" in sys.modules:
+        return
+    try:
+        folder = Path(find_spec("scipy").submodule_search_locations[0]) / "linalg"
+        path = next(folder / f"cython_blas{suffix}" for suffix in EXTENSION_SUFFIXES
+                    if (folder / f"cython_blas{suffix}").is_file())
+        spec = spec_from_file_location(name, path)
+        module = module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    except Exception:  # no scipy, or one laid out otherwise
+        sys.modules.pop(name, None)
+
+
 def main():
     """Entry point: a known error, or a failure of the system (a full disk, a folder that cannot
     be written, too little memory), becomes one line on stderr and exit code 1; so does a bug of
@@ -937,7 +962,7 @@ def main():
     aborts the job with 130, and one while the ranks join waits until they have (StopsHeld).
     Another command started by a launcher is just the process it is (srun charrnn sample ...
     samples in every process)."""
-    from .__main__ import command_named, scipy_blas_alone
+    from .__main__ import command_named
     from .distributed import HELD, Solo, stop_at_once_until_training, world
 
     global _collector_held

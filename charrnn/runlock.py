@@ -25,9 +25,10 @@ class RunLock:
         self.run_dir = Path(run_dir)
         self.fd = None
 
-    def acquire(self, advice="wait for it to finish, or choose another --run name"):
+    def acquire(self, resuming=False):
         """Take the lock, making the folder if needed. A CharrnnError if another process holds it
-        (ending with `advice`) or the folder cannot be written."""
+        (a resume is told to wait: it takes no --run to choose another) or the folder cannot be
+        written."""
         path = self.run_dir / LOCK_FILE
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -44,7 +45,9 @@ class RunLock:
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 pid = f" (pid {holder})" if holder.isdigit() else ""
-                raise CharrnnError(f"{self.run_dir} is in use by another charrnn process{pid}; {advice}") from None
+                advice = "then resume the run" if resuming else "or choose another --run name"
+                raise CharrnnError(f"{self.run_dir} is in use by another charrnn process{pid}; wait for it to "
+                                   f"finish, {advice}") from None
             raise CharrnnError(os_error_message(e, path)) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())

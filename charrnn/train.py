@@ -97,8 +97,8 @@ class _NoLog:
 def _locked(folder, resuming=False):
     """The run folder's RunLock, held by rank 0: under MPI it alone writes the folder."""
     lock = RunLock(folder)
-    if distributed.world().root:  # (a resume cannot choose another --run: it takes none)
-        lock.acquire(*(["wait for it to finish, then resume the run"] if resuming else []))
+    if distributed.world().root:
+        lock.acquire(resuming)
     return lock
 
 
@@ -992,9 +992,11 @@ def _same_run_on_every_rank(cfg, vocab, train_chars):
     differ = _unlike_rank_0(mine)
     if differ:
         text = {"vocabulary", "training characters"}
-        said = (["its text is another"] if text & set(differ) else []) + \
-            [f"{as_flag(k, _shown_apart(mine[k], theirs)[0])} (rank 0: {_shown_apart(mine[k], theirs)[1]})"
-             for k, theirs in differ.items() if k not in text]
+        said = ["its text is another"] if text & set(differ) else []
+        for k, theirs in differ.items():
+            if k not in text:
+                ours, rank_0 = _shown_apart(mine[k], theirs)
+                said.append(f"{as_flag(k, ours)} (rank 0: {rank_0})")
         raise CharrnnError(f"this rank's run is not rank 0's: {', '.join(said)}; launch every rank with the same "
                            "command line, in a folder on a file system they all see")
 

@@ -565,20 +565,12 @@ def test_score_lines_refuses_what_is_no_list_of_lines(model):
 def test_a_feed_stopped_leaves_the_state_as_it_was(model, monkeypatch):
     # feed() reads all but the last character, then the last for its probabilities: a stop in
     # the second read left the state after the first
-    import charrnn.sampling as sampling
+    from test_sampling import stopped_at_call
 
     model.reset()
     model.feed("the ")
     before = model.state
-    teacher_force, calls = sampling.teacher_force, []
-
-    def stopped_in_the_second(*a):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        teacher_force(*a)
-
-    monkeypatch.setattr(sampling, "teacher_force", stopped_in_the_second)
+    calls = stopped_at_call(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         model.feed("king")
     assert len(calls) == 2 and all(np.array_equal(model.state[k], before[k]) for k in before)

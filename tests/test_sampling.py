@@ -326,22 +326,29 @@ def test_a_long_text_is_fed_a_piece_at_a_time_with_the_numbers_of_one_call(monke
     assert np.array_equal(whole.h, pieces.h) and np.array_equal(whole.c, pieces.c)
 
 
-def test_a_feed_stopped_between_its_calls_leaves_the_state_as_it_was(monkeypatch):
+def stopped_at_call(monkeypatch, n):
+    """Ctrl-C in the nth jitted call of the reads (sampling.teacher_force), the ones before it
+    done; returns the list the calls are counted in."""
     import charrnn.sampling as sampling
 
+    teacher_force, calls = sampling.teacher_force, []
+
+    def call(*a):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        teacher_force(*a)
+
+    monkeypatch.setattr(sampling, "teacher_force", call)
+    return calls
+
+
+def test_a_feed_stopped_between_its_calls_leaves_the_state_as_it_was(monkeypatch):
     spec = ModelSpec("lstm", 7, 8, 2)
     sampler = Sampler(spec, init_params(spec, np.random.default_rng(0)))
     sampler.feed(np.array([1, 2, 3]))
     h, c = sampler.h.copy(), sampler.c.copy()
-    teacher_force, calls = sampling.teacher_force, []
-
-    def interrupted(*a):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        teacher_force(*a)
-
-    monkeypatch.setattr(sampling, "teacher_force", interrupted)
+    stopped_at_call(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         sampler.feed(np.zeros(3 * sampler.feed_chunk, np.int32))
     assert np.array_equal(sampler.h, h) and np.array_equal(sampler.c, c)

@@ -178,9 +178,10 @@ def test_the_command_line_loads_scipys_blas_alone_with_the_collector_held(tmp_pa
     code = f"""
 import gc, sys
 import charrnn.__main__ as entry
+import charrnn.cli as cli
 seen = []
-load = entry.scipy_blas_alone
-entry.scipy_blas_alone = lambda: (seen.append(gc.isenabled()), load())
+load = cli.scipy_blas_alone
+cli.scipy_blas_alone = lambda: (seen.append(gc.isenabled()), load())
 sys.argv = ["charrnn", "sample", {str(tmp_path / "missing.npz")!r}]
 try:
     entry.main()

@@ -22,8 +22,7 @@ many times the product itself. Only the BLAS numba calls (scipy's): numpy's own,
 its own in numpy's and scipy's wheels, keeps its threads for a program's own products. Where
 the two cannot be told apart, every BLAS is held: one library for both, scipy's loaded before
 this module (by scipy.linalg, or numba code of the program's), or on the command line, which
-loads it first (cli.main, by charrnn/__main__.py's scipy_blas_alone) and runs no product of its
-own. The per-step products do not use BLAS (kernels/panels.py), nor,
+loads it first (cli.scipy_blas_alone) and runs no product of its own. The per-step products do not use BLAS (kernels/panels.py), nor,
 on AVX-512, the weight gradients' (kernels/weight_grad.py).
 
 Cache: numba checks only a function's own file for changes. After editing a module that other
