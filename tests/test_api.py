@@ -144,6 +144,57 @@ def test_samples_from_many_threads_leave_numbas_blas_on_one_thread(model):
     assert all(len(set(t)) == 1 and t[0] == model.sample(20_000, seed=seed) for seed, t in texts.items())
 
 
+
+def test_ctrl_c_on_entering_blas_threads_still_sets_the_blas_back_to_one_thread(monkeypatch):
+    # a Ctrl-C between the count of callers and the flag that said it was counted left the
+    # count one high: numba's BLAS stayed on two threads for the rest of the process
+    import inspect
+    import sys
+
+    from charrnn.kernels import _jit
+
+    calls = []  # the limits set, in order
+
+    class Blas:
+        def limit(self, limits):
+            calls.append(limits)
+
+    monkeypatch.setattr(_jit, "NUMBA_BLAS", Blas())
+    code = inspect.unwrap(_jit.blas_threads).__code__
+    source, first = inspect.getsourcelines(code)
+    yield_at = first + next(i for i, text in enumerate(source) if text.strip() == "yield")
+    interrupted = 0
+    for line in range(first + 1, yield_at):  # a KeyboardInterrupt as that line is about to run
+
+        def trace(frame, event, arg, line=line):
+            if frame.f_code is not code:
+                return None
+
+            def at_line(frame, event, arg):
+                if event == "line" and frame.f_lineno == line:
+                    sys.settrace(None)
+                    raise KeyboardInterrupt
+                return at_line
+
+            return at_line
+
+        calls.clear()
+        sys.settrace(trace)
+        try:
+            with _jit.blas_threads(2):
+                pass
+        except KeyboardInterrupt:
+            interrupted += 1
+        finally:
+            sys.settrace(None)
+        assert not _jit._blas_users, line
+        assert calls in ([], [1], [2, 1]), (line, calls)
+        with _jit.blas_threads(2):  # the next caller raises the limit again, and sets it back
+            assert calls[-1] == 2
+        assert calls[-1] == 1
+    assert interrupted >= 4  # every statement before the yield
+
+
 # ---------------------------------------------------------------------------------------------
 # sample() and `charrnn sample`
 

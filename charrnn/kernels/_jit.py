@@ -67,7 +67,7 @@ PARALLEL = ParallelOptions({"prange": True, "comprehension": False, "reduction":
                             "setitem": False, "numpy": False, "stencil": False, "fusion": False})
 
 NUMBA_BLAS.limit(limits=1)  # for good (not a context): see above
-_blas_users, _blas_lock = 0, threading.Lock()
+_blas_users, _blas_lock = set(), threading.Lock()
 
 
 @contextmanager
@@ -76,22 +76,20 @@ def blas_threads(n):
     one again when the last caller inside leaves, whatever Python threads they run in (a limit
     that each call set and restored itself was left raised by two calls at once). Set to one,
     not restored to what the first caller found: that may have been a raised limit left by a
-    Ctrl-C inside these lines."""
-    global _blas_users
-    counted = False
+    Ctrl-C inside these lines. Each caller is a token in a set, not a count: a Ctrl-C landing
+    just after it was added still has it taken out below."""
+    caller = object()
     try:
         with _blas_lock:
-            _blas_users += 1
-            counted = True
-            if _blas_users == 1:
+            if not _blas_users:
                 NUMBA_BLAS.limit(limits=n)
+            _blas_users.add(caller)
         yield
     finally:
-        if counted:
-            with _blas_lock:
-                _blas_users -= 1
-                if _blas_users == 0:
-                    NUMBA_BLAS.limit(limits=1)
+        with _blas_lock:
+            _blas_users.discard(caller)
+            if not _blas_users:
+                NUMBA_BLAS.limit(limits=1)
 
 
 def threads():
