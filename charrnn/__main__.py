@@ -58,7 +58,7 @@ def _terminated(signum, frame):
     """SIGTERM as Ctrl-C, once: a second one kills the process as by default (timeout -k), should
     the first be held up where no Python runs."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    raise KeyboardInterrupt
+    HELD.interrupt(signum, frame)
 
 
 def command_named(args) -> str:
@@ -91,6 +91,8 @@ def main():
         # a file name that is not UTF-8 (its bytes held as lone surrogates) prints as its bytes,
         # as Python does in the C locale, rather than failing the command in a UTF-8 locale
         sys.stdout.reconfigure(errors="surrogateescape")
+    if not HELD.holding and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, HELD.interrupt)  # Ctrl-C as Python's handler, noted (HELD.seen)
     if not HELD.holding and command_named(sys.argv[1:]) == "train":
         stop_at_once_until_training()
     elif command_named(sys.argv[1:]) != "train" and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:

@@ -999,8 +999,8 @@ def main():
         stopped = HELD.let_go()
         if not train:  # just the process it is: its signals as without a launcher
             HELD.restore()
-        if stopped:
-            raise SystemExit(130)  # a stop while the ranks joined: ended now, all together (below)
+        if stopped or HELD.seen:  # a stop while the ranks joined: ended now, all together (below);
+            raise SystemExit(130)  # or one that an import turned into an error it took (scipy_blas_alone)
         _main()
     except KeyboardInterrupt:  # before the command's own handling, one process or many
         if job.size > 1:
@@ -1085,7 +1085,13 @@ def _raised_by_typer(e: BaseException) -> bool:
 
 def _failed(e: Exception):
     """Any other exception: numba that cannot start (the environment's fault), or a bug of ours.
-    Still one line and exit 1; for a bug, the way to see the rest."""
+    Still one line and exit 1; for a bug, the way to see the rest. After a stop signal, the
+    stop's exit 130 and no line: an interrupt that C code turned into another error (an import
+    cut short, distributed.StopsHeld.interrupt) is no failure of the command's."""
+    from .distributed import HELD
+
+    if HELD.seen:
+        raise SystemExit(130)
     why = _numba_failure(e)
     if why:
         _print_error(f"numba cannot start: {why}; check the NUMBA_* environment variables, and that numba "

@@ -89,6 +89,7 @@ class StopsHeld:
     def __init__(self):
         self.holding = False
         self.noted = False
+        self.seen = False  # whether a stop came at any time, held or not (interrupt)
         self._before = {}
 
     def hold(self):
@@ -121,9 +122,18 @@ class StopsHeld:
         self._before, self.holding, self.noted = {}, False, False
 
     def _stop(self, signum, frame):
+        self.seen = True
         if not self.holding:
             raise KeyboardInterrupt
         self.noted = True
+
+    def interrupt(self, signum, frame):
+        """A handler that raises KeyboardInterrupt at once, as Python's own for Ctrl-C does, having
+        noted the stop (seen): C code that the interrupt cuts short, an extension module's import
+        (numpy's, scipy's BLAS), can turn it into another error and leave a module half imported,
+        and the command line then ends as the stop it was (cli._failed), not as an internal error."""
+        self.seen = True
+        raise KeyboardInterrupt
 
 
 HELD = StopsHeld()  # this process's
@@ -139,7 +149,7 @@ def stop_at_once_until_training():
     SIGUSR1)."""
     if not hasattr(signal, "SIGUSR1"):
         return {}
-    return {signal.SIGUSR1: signal.signal(signal.SIGUSR1, signal.default_int_handler)}
+    return {signal.SIGUSR1: signal.signal(signal.SIGUSR1, HELD.interrupt)}
 
 
 def world():

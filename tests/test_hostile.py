@@ -391,6 +391,41 @@ sys.exit(main())
     assert (r.returncode, r.stderr, r.stdout) == (130, "", "")
 
 
+
+@pytest.mark.parametrize("where", ["taken by the quick load of scipy's BLAS", "in the command"])
+def test_ctrl_c_that_c_code_turns_into_another_error_still_exits_130(where, tmp_path):
+    # Ctrl-C in a `charrnn sample`'s first quarter second landed in an extension module's import
+    # (scipy's BLAS, importing numpy), which turned it into an ImportError; the quick load took
+    # that, and numpy, left half imported, failed the command later: "internal error
+    # (RecursionError ...)", exit 1. Here the interrupt comes as it did and is turned likewise.
+    from test_api import fresh_python
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": 2.0, "grad_norm": 1.0}\n')
+    code = f"""
+import os, signal, sys, time
+from charrnn import __main__ as entry, cli, plot
+
+def cut_short(*args):
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+    except KeyboardInterrupt:
+        if {where!r} == "in the command":
+            raise ImportError("numpy._core.multiarray failed to import")
+
+if {where!r} == "in the command":
+    plot.write_png = cut_short
+else:
+    cli.scipy_blas_alone = cut_short
+sys.argv = ["charrnn", "plot", {str(run)!r}, "--png", {str(tmp_path / "p.png")!r}]
+entry.main()
+"""
+    r = fresh_python(code)
+    assert (r.returncode, r.stderr) == (130, ""), (r.returncode, r.stderr)
+    assert not (tmp_path / "p.png").exists()
+
 def test_a_second_ctrl_c_inside_a_callback_of_c_code_still_stops_at_once(corpus, tmp_path, monkeypatch, capsys):
     # Python code that C code calls back (numba loading kernels: llvmlite's object cache) cannot
     # pass an exception on: the second Ctrl-C's KeyboardInterrupt raised there was dropped, with
