@@ -5,15 +5,22 @@ from charrnn.evaluate import evaluate
 from charrnn.model import Layout, ModelSpec, init_params
 
 
+def lingering_model():
+    """(spec, float64 params, the rng after them) of a small LSTM whose first layer's forget gates
+    are held open, so that where a stream started lingers in its state."""
+    rng = np.random.default_rng(0)
+    spec = ModelSpec("lstm", 11, 24, 2)
+    params = init_params(spec, rng, np.float64)
+    for p in Layout(spec).layer_views(params)[0]:
+        p["b"][24:48] = 1.0
+    return spec, params, rng
+
+
 def test_warm_streams_reproduce_one_long_stream():
     # A freshly initialised model forgets its start within far fewer than 200 steps, so streams
     # warmed on the 200 characters before them see what one long stream sees: the losses agree
     # to rounding. Started cold, they do not.
-    rng = np.random.default_rng(0)
-    spec = ModelSpec("lstm", 11, 24, 2)
-    params = init_params(spec, rng, np.float64)
-    for p in Layout(spec).layer_views(params)[0]:  # a forget gate held open: the start lingers
-        p["b"][24:48] = 1.0
+    spec, params, rng = lingering_model()
     ids = rng.integers(0, 11, 4001).astype(np.int32)
     one, n_one = evaluate(spec, params, ids, batch=1, window=50)
     warm, n_warm = evaluate(spec, params, ids, batch=8, window=50, warmup=200)
@@ -22,6 +29,22 @@ def test_warm_streams_reproduce_one_long_stream():
     assert abs(warm - one) < 1e-12
     assert abs(cold - one) > 1e-5
 
+
+
+def test_streams_shorter_than_the_warmup_start_from_all_the_text_before_them():
+    # a short text cut into streams of 40: each was warmed on the 40 characters before it only,
+    # not 200, and `charrnn eval --batch` moved the figure by up to half a nat (a model trained
+    # on long streams). Now a stream with fewer than 200 before it reads them all, as one stream
+    # from the start of the text does; under MPI each share of the streams likewise.
+    spec, params, rng = lingering_model()
+    ids = rng.integers(0, 11, 7 * 40 + 1).astype(np.int32)
+    one, n_one = evaluate(spec, params, ids, batch=1, window=50)
+    streams, n = evaluate(spec, params, ids, batch=7, window=16, warmup=200)
+    assert n_one == n == 280
+    assert abs(streams - one) < 1e-12
+    parts = [evaluate(spec, params, ids, batch=7, window=16, warmup=200, part=(r, 3))[0] for r in range(3)]
+    assert abs(sum(parts) - one) < 1e-12
+    assert abs(evaluate(spec, params, ids, batch=7, window=16, warmup=40)[0] - one) > 1e-6  # 40 are not enough
 
 def test_every_share_asks_stop_as_often_and_a_true_answer_ends_the_reading():
     # under MPI `stop` agrees across ranks, so each must ask it as often, a rank without streams too
