@@ -614,7 +614,7 @@ def eval_(
     With the checkpoint's batch and window, its run's validation text scores the run's own validation figure. The text is cut into batch contiguous streams; the first starts from a zero state, each other one from the state left by reading the 200 characters before it, or all of them near the text's start (uncounted: they are scored in the streams before), so the figure is close to reading the text as one stream. The very first character is only an input and a tail shorter than the batch is left out, so the count is up to batch characters below the file's length.
     """
     from .api import TrainedModel, UnknownCharacters
-    from .corpus import check_read_as, read_text
+    from .corpus import check_read_as
     from .sampling import load_model, warm_up_evaluate
 
     model = TrainedModel(load_model(checkpoint), spell=as_flag)
@@ -626,22 +626,9 @@ def eval_(
     try:
         if per_line:
             with err.status("reading the text..."):
-                text = read_text(file, encoding or model_encoding, model=model_encoding)
-            # "\r\n" ends a line as "\n" does: the line break is not scored
-            lines = [line.removesuffix("\r") for line in text.split("\n")]
-            lines = [line for line in lines if line]
-            if not lines:
-                raise CharrnnError(f"{file} has no line with a character in it; there is nothing to score")
-            unscored = dropped = 0
-            if skip_unknown:  # a line of unknown characters only has nothing to score
-                known = set(model.vocab)
-                scored = [line for line in lines if not known.isdisjoint(line)]
-                unscored, lines = len(lines) - len(scored), scored
-                if not lines:
-                    raise CharrnnError(f"every line of {file} is made only of characters the model does not know; "
-                                       "there is nothing to score")
-                dropped = sum(ch not in known for line in lines for ch in line)  # inside the lines scored
-            scores = model.score_lines(lines, batch=batch, window=window, skip_unknown=skip_unknown, what=str(file))
+                pieces = _line_pieces(model, file, encoding, skip_unknown)
+            counts = {"unscored": 0, "dropped": 0, "scored": 0}
+            scores = _line_scores(model, pieces, file, batch, window, skip_unknown, counts)
         else:  # never the whole file as a string: a byte or two a character
             with err.status("reading the text..."):  # (a named pipe: until written)
                 ids, skipped = model.encode_file(file, encoding=encoding, skip_unknown=skip_unknown)
@@ -655,14 +642,18 @@ def eval_(
     if per_line:
         with _printing():
             write = _writer(model_encoding)  # the lines as the model reads them: a bytes model's as bytes
-            for nats, line in zip(scores, lines):
+            for nats, line in scores:
                 write(f"{nats:.4f}\t{line}\n")
-        if unscored:
-            err.print(f"note: left out {counted(unscored, 'line')} made only of characters the model does not know",
+        if not counts["scored"]:
+            raise CharrnnError(f"every line of {file} is made only of characters the model does not know; there is "
+                               "nothing to score" if counts["unscored"] else
+                               f"{file} has no line with a character in it; there is nothing to score")
+        if counts["unscored"]:
+            err.print(f"note: left out {counted(counts['unscored'], 'line')} made only of characters the model does "
+                      "not know", markup=False, highlight=False)
+        if counts["dropped"]:
+            err.print(f"note: skipped {counted(counts['dropped'], 'unknown ' + unit)} inside the lines scored",
                       markup=False, highlight=False)
-        if dropped:
-            err.print(f"note: skipped {counted(dropped, 'unknown ' + unit)} inside the lines scored", markup=False,
-                      highlight=False)
         return
     result = model.evaluate(ids, batch=batch, window=window)
     note = f"; {counted(skipped, 'unknown ' + unit)} skipped" if skip_unknown else ""
@@ -670,6 +661,74 @@ def eval_(
     out.print(f"{file}: {result.chars:,} {unit}{'s' * (result.chars != 1)}, {result.nats:.4f} nats/{per}, "
               f"{result.bits:.4f} bits/{per}, "
               f"perplexity {result.perplexity:.2f}{note}", markup=False, highlight=False, soft_wrap=True)
+
+
+
+LINE_PIECE = 1 << 22  # characters of `eval --per-line`'s file held as strings at a time (whole lines)
+
+
+def _line_pieces(model, file, encoding, skip_unknown):
+    """The text of `file` as eval --per-line reads it, in pieces of whole lines, each about
+    LINE_PIECE characters or one line if longer: an iterator of strs. The file is held as ids, a
+    byte or two a character, and only a piece as a string; its lines as strings, all at once,
+    took some 29 bytes a character (5.8 GB for a 200 MB file). Without skip_unknown the whole
+    file is checked first: an unknown character in a line raises UnknownCharacters, naming each
+    one, before any line is scored."""
+    import numpy as np
+
+    from .api import UnknownCharacters
+    from .corpus import Vocab, read_ids
+
+    model_encoding = model.config.get("encoding", "utf-8")
+    ids, chars = read_ids(file, encoding or model_encoding, model=model_encoding)
+    vocab = Vocab.from_json(chars)
+    breaks = np.flatnonzero(ids == chars.index("\n")) if "\n" in chars else np.empty(0, np.int64)
+    if not skip_unknown:  # every character but the line breaks ("\r\n" too) is read
+        read = np.ones(ids.size, bool)
+        read[breaks] = False
+        if "\r" in chars:
+            ends = np.append(breaks - 1, ids.size - 1)  # a last line without its "\n" ends at the file's end
+            ends = ends[ends >= 0]
+            read[ends[ids[ends] == chars.index("\r")]] = False
+        try:
+            Vocab.from_json(list(model.vocab)).translate(ids[read], chars, what=str(file),
+                                                         as_bytes=model_encoding == "bytes")
+        except CharrnnError as e:
+            raise UnknownCharacters(str(e)) from None
+
+    def pieces():
+        start = 0
+        while start < ids.size:
+            end = ids.size
+            if start + LINE_PIECE < ids.size:
+                after = np.searchsorted(breaks, start + LINE_PIECE)  # the first line break at or past the limit
+                if after > 0 and breaks[after - 1] >= start:
+                    end = breaks[after - 1] + 1  # the piece ends with the last line break before it
+                elif after < breaks.size:
+                    end = breaks[after] + 1  # a line longer than a piece: the whole of it
+            yield vocab.decode(ids[start:end])
+            start = end
+
+    return pieces()
+
+
+def _line_scores(model, pieces, file, batch, window, skip_unknown, counts):
+    """(nats, line) for every line of the pieces with a character in it, in order, a piece at a
+    time; counts["scored"], and with skip_unknown the lines made only of unknown characters left
+    out ("unscored") and the unknown characters inside the lines scored ("dropped")."""
+    known = set(model.vocab)
+    for text in pieces:
+        # "\r\n" ends a line as "\n" does: the line break is not scored
+        lines = [line.removesuffix("\r") for line in text.split("\n")]
+        lines = [line for line in lines if line]
+        if skip_unknown:  # a line of unknown characters only has nothing to score
+            scored = [line for line in lines if not known.isdisjoint(line)]
+            counts["unscored"] += len(lines) - len(scored)
+            lines = scored
+            counts["dropped"] += sum(ch not in known for line in lines for ch in line)
+        counts["scored"] += len(lines)
+        yield from zip(model.score_lines(lines, batch=batch, window=window, skip_unknown=skip_unknown,
+                                         what=str(file)), lines)
 
 
 @app.command("inspect")

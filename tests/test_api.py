@@ -395,8 +395,6 @@ def test_encode_file_holds_a_byte_or_two_a_character(model, tmp_path, monkeypatc
     and a fixed part (the reader's table of code points, the piece being read; pieces are small
     here, so that the file is many of them, as a large one is), never the text as a string and
     its code points, which encode() of read_text() holds: some 25 bytes a character."""
-    import tracemalloc
-
     import charrnn.corpus
 
     monkeypatch.setattr(charrnn.corpus, "CHUNK_BYTES", 1 << 16)
@@ -404,16 +402,41 @@ def test_encode_file_holds_a_byte_or_two_a_character(model, tmp_path, monkeypatc
     path = tmp_path / "big.txt"
     path.write_text(("the cat sat on the mat, " * (n // 20))[:n], encoding="utf-8")
 
-    def peak(fn):
-        tracemalloc.start()
-        try:
-            fn()
-            return tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+    assert traced_peak(lambda: model.encode_file(path)) < 2 * n + 8 * 2**20
+    assert traced_peak(lambda: model.encode(read_text(path))) > 15 * n
 
-    assert peak(lambda: model.encode_file(path)) < 2 * n + 8 * 2**20
-    assert peak(lambda: model.encode(read_text(path))) > 15 * n
+
+def traced_peak(fn):
+    """The most bytes Python allocated at once while fn() ran."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("skip_unknown", [False, True])
+def test_per_line_holds_the_file_as_ids_and_a_piece_of_it_as_strings(model, tmp_path, monkeypatch, skip_unknown):
+    # `eval --per-line` made the whole file a list of its lines: 29 bytes a character
+    import charrnn.corpus
+    from charrnn import cli
+
+    monkeypatch.setattr(charrnn.corpus, "CHUNK_BYTES", 1 << 16)
+    monkeypatch.setattr(cli, "LINE_PIECE", 1 << 16)
+    # reading and encoding only: the scoring of a piece holds no more for a million lines than for one
+    monkeypatch.setattr(type(model), "_line_scores", lambda self, encoded, *a: iter([0.0] * len(encoded)))
+    n = 1_000_000
+    path = tmp_path / "big.txt"
+    path.write_text(("the cat sat on the mat\n" * (n // 20))[:n], encoding="utf-8")
+    counts = {"unscored": 0, "dropped": 0, "scored": 0}
+    scored = lambda: sum(1 for _ in cli._line_scores(model, cli._line_pieces(model, path, None, skip_unknown), path,
+                                                     None, None, skip_unknown, counts))
+    as_it_was = lambda: sum(1 for _ in model.score_lines(read_text(path).split("\n"), skip_unknown=skip_unknown))
+    assert traced_peak(scored) < 6 * n + 8 * 2**20
+    assert traced_peak(as_it_was) > 10 * n
 
 
 @pytest.mark.parametrize("name", sorted(EVAL_RANGES))
@@ -472,6 +495,29 @@ def test_per_line_reads_crlf_as_a_line_break(run, tmp_path):
     windows.write_bytes(b"the cat\r\nsat on\r\n")
     assert invoke("eval", run["dir"], windows, "--per-line") == invoke("eval", run["dir"], unix, "--per-line")
 
+
+
+@pytest.mark.parametrize("skip_unknown", [False, True])
+def test_per_line_reads_a_file_in_pieces_of_whole_lines_with_the_same_figures(run, tmp_path, monkeypatch,
+                                                                               skip_unknown):
+    # the whole file became strings, a list of its lines: 29 bytes a character, 5.8 GB for 200 MB
+    path = tmp_path / "lines.txt"
+    path.write_bytes(b"the cat\r\nsat\n\non the mat, the whole of it\nt\r\n\r\n" + b"a hat" * 3 + b"\nend\r")
+    flags = ["--skip-unknown"] if skip_unknown else []
+    whole = invoke("eval", run["dir"], path, "--per-line", *flags)
+    assert [line.split("\t")[1] for line in whole.splitlines()] == [
+        "the cat", "sat", "on the mat, the whole of it", "t", "a hat" * 3, "end"]
+    monkeypatch.setattr("charrnn.cli.LINE_PIECE", 4)  # a piece a line or two, and lines longer than one
+    assert invoke("eval", run["dir"], path, "--per-line", *flags) == whole
+
+
+def test_per_line_names_a_carriage_return_inside_a_line_as_unknown(run, tmp_path):
+    # one that ends a line is part of its line break; the model here has never seen one
+    path = tmp_path / "cr.txt"
+    path.write_bytes(b"the cat\r\nthe\rmat\r")
+    r = runner.invoke(app, ["eval", str(run["dir"]), str(path), "--per-line"])
+    assert r.exit_code == 1 and "1 character the model does not know (1 occurrence): '\\r'" in str(r.exception), \
+        r.exception
 
 def test_per_line_unknown_characters(run, tmp_path):
     path = tmp_path / "odd.txt"
