@@ -5,9 +5,16 @@ trainers cannot train, or resume, the same run. The lock belongs to an open file
 drops it when the process ends, however it ends (kill -9 included), so a crash never leaves a
 stale lock behind. The file itself stays (removing it would let a third process lock a new
 file while a second still holds the old one); it holds the pid of the last holder.
+
+The run's files that a trainer writes in place (the lock, the logs) are opened as plain files
+only, never through a symbolic link (open_run_file): a run folder from elsewhere (a tarball, a
+shared disk) could hold `.lock -> ~/notes.txt`, and the write would have replaced the file it
+names. Checkpoints are written beside their place and renamed onto it (checkpoint.py), which
+replaces a link rather than writing through it.
 """
 import errno
 import os
+import stat
 from pathlib import Path
 
 from .errors import CharrnnError, os_error_message
@@ -32,9 +39,9 @@ class RunLock:
         path = self.run_dir / LOCK_FILE
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as e:
             raise CharrnnError(os_error_message(e)) from None
+        fd = open_run_file(path, os.O_RDWR | os.O_CREAT)
         if fcntl is None:
             self.fd = fd
             return self
@@ -49,8 +56,12 @@ class RunLock:
                 raise CharrnnError(f"{self.run_dir} is in use by another charrnn process{pid}; wait for it to "
                                    f"finish, {advice}") from None
             raise CharrnnError(os_error_message(e, path)) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as e:  # a full disk: the lock file named
+            os.close(fd)
+            raise CharrnnError(os_error_message(e, path)) from None
         self.fd = fd
         return self
 
@@ -61,3 +72,25 @@ class RunLock:
 
     def __del__(self):
         self.release()
+
+
+def open_run_file(path: Path, flags: int) -> int:
+    """os.open(path, flags) for a file of the run folder that charrnn writes in place: a
+    CharrnnError if path is a symbolic link or anything but a plain file (a FIFO, which an open
+    for writing would wait on), or cannot be opened."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = stat.S_IFREG  # made by the open
+    except OSError as e:
+        raise CharrnnError(os_error_message(e, path)) from None
+    try:
+        if stat.S_ISREG(mode):
+            return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o666)  # a link made since: ELOOP
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise CharrnnError(os_error_message(e, path)) from None
+        mode = stat.S_IFLNK
+    what = "a symbolic link" if stat.S_ISLNK(mode) else "not a plain file"
+    raise CharrnnError(f"{path} is {what}, where charrnn keeps a file of the run's own, and it writes no other: "
+                       "remove it (what a link points to is left as it is)")

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import secrets
 import shlex
 import signal
 import sys
@@ -33,7 +34,7 @@ from .errors import CharrnnError, UsageError, as_flag, file_in_the_way, flag, os
 from .evaluate import Abandoned, bits, evaluate
 from .model import ModelSpec, Stack, init_params, transplant
 from .optim import Optimizer, clip_by_norm, clip_by_value, learning_rate
-from .runlock import RunLock
+from .runlock import RunLock, open_run_file
 from .schema import TRAINING, TRAINING_META
 from .tbptt import Scheduler
 
@@ -64,10 +65,8 @@ class MetricsLog:
 
     def __init__(self, path: Path, mode="a"):
         self.path = path
-        try:
-            self.file = open(path, mode, encoding="utf-8")
-        except OSError as e:
-            raise CharrnnError(os_error_message(e)) from None
+        end = os.O_APPEND if mode == "a" else os.O_TRUNC
+        self.file = open(open_run_file(path, os.O_WRONLY | os.O_CREAT | end), mode, encoding="utf-8")
 
     def write(self, record: dict):
         try:
@@ -606,7 +605,8 @@ class Trainer:
                                       temperature=self.cfg.sample_temperature)
         path = self.run_dir / SAMPLES_FILE
         try:  # a bytes model's bytes, as `charrnn sample` writes them (surrogateescape)
-            with open(path, "a", encoding="utf-8", errors="surrogateescape") as f:
+            with open(open_run_file(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "a", encoding="utf-8",
+                      errors="surrogateescape") as f:
                 f.write(f"{header}\n{shown_text(text, self.cfg.encoding, 'surrogateescape')}\n\n")
         except OSError as e:
             raise CharrnnError(os_error_message(e, path)) from None
@@ -627,8 +627,9 @@ class Trainer:
             if left:
                 self.say(f"replacing {' and '.join(left)} in {self.run_dir}, left by a run that saved no checkpoint")
         remove_stale_temporaries(self.run_dir)
-        if self.fresh:
-            (self.run_dir / SAMPLES_FILE).unlink(missing_ok=True)  # a dead run's, as its metrics
+        if self.fresh:  # a dead run's logs go: a link among them (to another run's) is replaced, not written
+            for name in (METRICS_FILE, SAMPLES_FILE):
+                (self.run_dir / name).unlink(missing_ok=True)
         else:
             _cut_log(self.run_dir / METRICS_FILE, lambda line: _record_step(line) > self.step, every_line=True)
             _cut_log(self.run_dir / SAMPLES_FILE, lambda line: _sample_step(line) > self.step)
@@ -937,10 +938,11 @@ def _run_of(meta) -> list:
 def _cut_log(path, after, every_line=False):
     """Drop from a log what a resumed run redoes: the lines for which after(line) holds
     (every_line), or everything from the first such line on. Rewritten atomically."""
-    try:
-        lines = path.read_text(encoding="utf-8", errors="surrogateescape").splitlines(keepends=True)
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         return
+    try:
+        with open(open_run_file(path, os.O_RDONLY), encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines(keepends=True)
     except OSError as e:
         raise CharrnnError(os_error_message(e, path)) from None
     if every_line:
@@ -950,9 +952,11 @@ def _cut_log(path, after, every_line=False):
         kept = lines[:cut]
     if len(kept) == len(lines):
         return
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text("".join(kept), encoding="utf-8", errors="surrogateescape")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:  # O_EXCL: a new file of its own, never one that is there (a link left in the folder)
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w", encoding="utf-8",
+                  errors="surrogateescape") as f:
+            f.write("".join(kept))
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)

@@ -73,14 +73,58 @@ def test_an_output_folder_that_is_a_file(corpus, tmp_path):
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 def test_metrics_on_a_full_disk(corpus, tmp_path):
+    from test_api import fresh_python
+
     run_dir = tmp_path / "r"
     run_dir.mkdir()
-    (run_dir / "metrics.jsonl").symlink_to("/dev/full")  # every write fails with ENOSPC
-    r = run_cli("train", corpus, *TINY, "--max-steps", "2", "--out-dir", tmp_path, "--run", "r", "--quiet")
+    (run_dir / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": 2.0}\n')
+    code = f"""
+import os, sys
+from charrnn import __main__ as entry, train
+
+opened = train.open_run_file
+def full(path, flags):  # every write of the metrics fails with ENOSPC
+    return os.open("/dev/full", os.O_WRONLY) if path.name == "metrics.jsonl" else opened(path, flags)
+train.open_run_file = full
+sys.argv = ["charrnn", "train", {str(corpus)!r}, *{TINY!r}, "--max-steps", "2", "--out-dir", {str(tmp_path)!r},
+            "--run", "r", "--quiet"]
+entry.main()
+"""
+    r = fresh_python(code)
     assert r.returncode == 1
     note, line = r.stderr.splitlines()  # the note shows under --quiet too: the run replaces the file
     assert note == f"replacing metrics.jsonl in {run_dir}, left by a run that saved no checkpoint"
     assert "metrics.jsonl" in line and "No space left on device" in line
+
+
+@pytest.mark.parametrize("name", [".lock", "metrics.jsonl", "samples.txt", "metrics.jsonl, on resuming"])
+def test_a_link_in_a_run_folder_is_never_written_through(name, corpus, tmp_path):
+    # a run folder from elsewhere, with `.lock -> ~/notes.txt`: the lock truncated the file it
+    # named and wrote a pid into it; a new run emptied the metrics.jsonl of another run that its
+    # metrics.jsonl linked to; a resume added lines to it, or rewrote it
+    out, run_dir = tmp_path / "runs", tmp_path / "runs" / "r"
+    args = ["train", corpus, *TINY, "--max-steps", "2", "--sample-every", "1", "--sample-length", "5",
+            "--out-dir", out, "--quiet"]
+    assert run_cli(*args, "--run", "other").returncode == 0
+    file = name.split(",")[0]
+    victim = tmp_path / "notes.txt" if file == ".lock" else out / "other" / file
+    if file == ".lock":
+        victim.write_text("precious\n")
+    before = victim.read_bytes()
+    args += ["--run", "r"]
+    if name.endswith("on resuming"):
+        assert run_cli(*args).returncode == 0
+        (run_dir / file).unlink()
+        args = ["train", "--resume", run_dir, "--max-steps", "3", "--quiet"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / file).symlink_to(victim)
+    r = run_cli(*args)
+    if name in ("metrics.jsonl", "samples.txt"):  # a new run's: a dead run's log, which the run replaces
+        assert r.returncode == 0 and not (run_dir / file).is_symlink(), r.stderr
+    else:
+        assert r.returncode == 1 and "is a symbolic link, where charrnn keeps a file of the run's own" in r.stderr, \
+            r.stderr
+    assert victim.read_bytes() == before
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
@@ -773,6 +817,20 @@ def test_a_run_is_trained_by_one_process_at_a_time(corpus, tmp_path):
         other.kill()
         other.wait()
 
+
+
+def test_a_full_disk_as_the_lock_is_taken_is_said_with_the_lock_files_name(tmp_path, monkeypatch):
+    # "No space left on device; free some disk space", naming no file
+    import re
+
+    from charrnn import runlock
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(runlock.os, "write", full)
+    with pytest.raises(CharrnnError, match=f"^{re.escape(str(tmp_path / 'r' / '.lock'))}: No space left on device"):
+        runlock.RunLock(tmp_path / "r").acquire()
 
 def test_a_save_killed_midway_leaves_no_temporary_for_long(corpus, tmp_path):
     run_dir = trained_run(corpus, tmp_path)
