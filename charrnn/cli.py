@@ -20,7 +20,7 @@ from .cells import choices_help
 from .config import (CELLS, EVAL_RANGES, GRADCHECK_RANGES, GRADFLOW_RANGES, INSPECT_CHARS, INSPECT_RANGES, OPTIMIZERS,
                      RANGES, SAMPLE_RANGES, SCHEDULES, Range)
 from .config import TrainConfig as _C  # the defaults of train's options
-from .errors import CharrnnError, UsageError, as_flag, bytes_shown, counted, flag, os_error_message
+from .errors import CharrnnError, UsageError, as_flag, counted, flag, one_line, os_error_message
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Character-level RNN, LSTM and GRU language models, trained on the CPU.")
@@ -228,7 +228,7 @@ def train(
 
     speaks = world().root  # under MPI rank 0 speaks for every rank
     # notes on what the run reads and changes (files left out, a batch shrunk) show under -q too
-    note = (lambda msg: err.print(bytes_shown(msg), highlight=False)) if speaks else (lambda *a: None)
+    note = (lambda msg: err.print(one_line(msg), highlight=False)) if speaks else (lambda *a: None)
     quiet = quiet or not speaks
     say = (lambda *a: None) if quiet else note
     stops = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps), ("time_limit", time_limit)) if v is not None}
@@ -282,7 +282,7 @@ def train(
         settings = " ".join(f"{k}={_shown(v)}" for k, v in shown.items())
         from rich.text import Text
 
-        err.print(Text(bytes_shown(settings), style="dim"))
+        err.print(Text(one_line(settings), style="dim"))
         origin = f" from {cfg.init_from}" if cfg.init_from and trainer.fresh else ""
         added = f" ({trainer.vocab_added} added)" if origin else ""
         err.print(f"{trainer.spec.cell} {cfg.layers}x{cfg.hidden}{origin}, vocabulary {trainer.vocab.size}{added}, "
@@ -982,8 +982,7 @@ def _print_error(message: str):
 
     from .distributed import error_prefix
 
-    one_line = bytes_shown(message.replace("\r", "\\r").replace("\n", "\\n"))  # a name may hold a line break
-    err.print(Text.assemble(("error:", "bold red"), " ", error_prefix() + one_line), highlight=False)
+    err.print(Text.assemble(("error:", "bold red"), " ", error_prefix() + one_line(message)), highlight=False)
 
 
 def scipy_blas_alone():

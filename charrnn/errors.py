@@ -25,6 +25,18 @@ def bytes_shown(text: str) -> str:
     return re.sub("[\udc80-\udcff]", lambda m: f"\\x{ord(m[0]) - 0xDC00:02x}", text)
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def one_line(text: str) -> str:
+    """text as one line of a message (an error, a note): its control characters written as
+    escapes (\\n, \\x1b), so that a file name holding a line break or a terminal's escape
+    cannot start a line of its own, as if charrnn had said it, or steer the terminal; and the
+    bytes of a name that is not UTF-8 as bytes_shown shows them."""
+    return bytes_shown(_CONTROL.sub(lambda m: _ESCAPES.get(m[0], f"\\x{ord(m[0]):02x}"), text))
+
+
 def counted(n, noun, plural=None):
     """A count and its noun, for messages: 1 update, 2 updates, 12,000 characters; `plural` where
     an s will not do (1 file or folder, 2 files and folders)."""

@@ -348,6 +348,21 @@ def test_a_numba_value_numba_cannot_read_is_said_in_one_line(command, variable, 
     assert not (tmp_path / "r").exists()
 
 
+
+def test_a_name_holding_a_line_break_or_an_escape_cannot_forge_a_line(corpus, tmp_path):
+    # a note named the file as it is: "left out 1 file ...: p/evil" and then a line of its own,
+    # "error: fake message.txt", under a run that went on to exit 0; an escape coloured the terminal
+    folder = tmp_path / "p"
+    folder.mkdir()
+    shutil.copy(corpus, folder / "a.txt")
+    (folder / "evil\nerror: fake \x1b[31mmessage.txt").write_bytes(b"caf\xe9\n")  # not UTF-8: left out
+    r = run_cli("train", folder, *TINY, "--max-steps", "1", "--out-dir", tmp_path / "runs", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert not any(line.startswith("error") for line in r.stderr.splitlines()) and "\x1b" not in r.stderr
+    assert "evil\\nerror: fake \\x1b[31mmessage.txt" in r.stderr, r.stderr
+    r = run_cli("train", folder / "evil\nerror: fake \x1b[31mmessage.txt", *TINY, "--out-dir", tmp_path / "runs")
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1 and "\x1b" not in r.stderr, r.stderr
+
 def test_brackets_in_names_print_as_they_are(corpus, tmp_path):
     # rich would read "[red]" as a style and fail on "[/oops]", a closing tag without an opening one
     out_dir, name = tmp_path / "[/oops]", "[red]x[y]"
