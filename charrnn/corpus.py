@@ -521,6 +521,16 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+def _walked(top: Path, onerror):
+    """os.walk(top), with a folder nested too deep for it (Python 3.11's walk recurses, a level a
+    call: about a thousand) a CharrnnError instead of an internal error."""
+    try:
+        yield from os.walk(top, onerror=onerror)
+    except RecursionError:
+        raise CharrnnError(f"{top} holds folders nested too deep to walk (about a thousand levels); name a "
+                           "folder further down, or the files") from None
+
+
 def list_files(inputs, once=True) -> tuple[list[Path], list[str]]:
     """The files that `inputs` (files and folders) name, in reading order, and notes on what was
     left out.
@@ -552,7 +562,7 @@ def list_files(inputs, once=True) -> tuple[list[Path], list[str]]:
                     raise CharrnnError(f"cannot read {os_error_message(e)}")
                 unlisted.append(e)
 
-            for folder, dirs, names in os.walk(given, onerror=unreadable):
+            for folder, dirs, names in _walked(given, unreadable):
                 hidden += sum(map(_hidden, dirs)) + sum(map(_hidden, names))
                 dirs[:] = [d for d in dirs if not _hidden(d)]
                 linked += sum(os.path.islink(os.path.join(folder, d)) for d in dirs)  # os.walk leaves them

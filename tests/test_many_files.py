@@ -389,3 +389,23 @@ def test_a_sample_without_a_prime_starts_as_a_document_of_the_run_does(tree, tmp
         unprimed = model.sample(60, seed=4)
         assert unprimed == model.sample(60, seed=4, prime=start)[len(start):]
         assert unprimed != model.sample(60, seed=4, prime=other)[len(other):]  # where it starts shows
+
+
+def test_folders_nested_too_deep_to_walk_are_one_line(tmp_path):
+    # os.walk recurses on Python 3.11: a folder 1,200 levels deep was "internal error (RecursionError ...)"
+    from charrnn.corpus import list_files
+    from charrnn.errors import CharrnnError
+
+    top = tmp_path / "deep"
+    top.mkdir()
+    (top / "a.txt").write_text("the cat sat\n")
+    folder = top
+    for _ in range(1200):
+        folder = folder / "d"
+        folder.mkdir()
+    try:
+        files, _ = list_files([top])
+    except CharrnnError as e:
+        assert str(e).startswith(f"{top} holds folders nested too deep to walk")
+    else:  # a Python whose walk does not recurse
+        assert files == [top / "a.txt"]
