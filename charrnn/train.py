@@ -805,11 +805,13 @@ def _corpus_to_resume(meta, cfg, inputs, run_dir):
     if missing:
         raise CharrnnError(f"{missing[0]}, part of the text this run was trained on, is not there; give the text "
                            f"again after --resume (charrnn train --resume {run_dir} FILE...), it is checked by its hash")
-    if saved.get("files"):  # files it read: a pipe or a device in one's place would block, or never end
-        other = next((p for p in stored if not Path(p).is_file()), None)
-        if other is not None:
-            raise CharrnnError(f"{other}, part of the text this run was trained on, is no longer a regular file; "
-                               f"give the text again after --resume (charrnn train --resume {run_dir} FILE...)")
+    # a pipe or a device in the place of a file it read would block, or never end (an older checkpoint's
+    # corpus setting may name folders)
+    readable = Path.is_file if saved.get("files") else (lambda p: p.is_file() or p.is_dir())
+    other = next((p for p in stored if not readable(Path(p))), None)
+    if other is not None:
+        raise CharrnnError(f"{other}, part of the text this run was trained on, is no longer a regular file; "
+                           f"give the text again after --resume (charrnn train --resume {run_dir} FILE...)")
     try:  # the files it read, each where it read it (a file twice, if it did: each is checked below)
         corpus = _read_corpus(stored, cfg.encoding, cfg.doc_sep, once=not saved.get("files"))
     except NotText as e:  # its advice (another --encoding) is no choice on resume

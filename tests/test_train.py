@@ -824,11 +824,21 @@ def test_a_resume_cuts_a_log_line_nested_too_deep_to_read(corpus, tmp_path):
     assert b"".join(lines[:len(kept.splitlines())]) == kept and all(line.startswith(b"{") for line in lines)
 
 
-def test_a_resume_whose_text_became_a_pipe_says_so_and_does_not_wait(tmp_path):
-    # a named pipe where a file of the text was: the resume waited for a writer, for ever
+@pytest.mark.parametrize("older", [False, True])
+def test_a_resume_whose_text_became_a_pipe_says_so_and_does_not_wait(tmp_path, older):
+    # a named pipe where a file of the text was: the resume waited for a writer, for ever; and
+    # still did for a checkpoint from before the files were listed, which names its corpus setting
+    from charrnn.checkpoint import load_checkpoint, save_checkpoint
+
     text = tmp_path / "text.txt"
     text.write_text(TEXT, encoding="utf-8")
     train_steps(config(text, tmp_path), tmp_path / "r", 2)
+    if older:
+        checkpoint = tmp_path / "r" / "latest.npz"
+        arrays, meta = load_checkpoint(checkpoint)
+        del meta["corpus"]["files"]
+        assert meta["config"]["corpus"] == [str(text)]
+        save_checkpoint(checkpoint, arrays, meta)
     text.unlink()
     os.mkfifo(text)
     r = subprocess.run([sys.executable, "-m", "charrnn", "train", "--resume", str(tmp_path / "r"), "--max-steps", "4"],
