@@ -399,13 +399,16 @@ def test_folders_nested_too_deep_to_walk_are_one_line(tmp_path):
     top = tmp_path / "deep"
     top.mkdir()
     (top / "a.txt").write_text("the cat sat\n")
-    folder = top
+    folders = [top]
     for _ in range(1200):
-        folder = folder / "d"
-        folder.mkdir()
+        folders.append(folders[-1] / "d")
+        folders[-1].mkdir()
     try:
         files, _ = list_files([top])
     except CharrnnError as e:
         assert str(e).startswith(f"{top} holds folders nested too deep to walk")
     else:  # a Python whose walk does not recurse
         assert files == [top / "a.txt"]
+    finally:  # from the bottom up: pytest's own clean-up recurses too, and would fail as the walk did
+        for folder in reversed(folders[1:]):
+            folder.rmdir()
