@@ -198,11 +198,32 @@ def start_context(vocab: Vocab, doc_sep: str = "") -> np.ndarray:
     return np.array([start_id(vocab)], np.int32)
 
 
+class _Begun:
+    """An iterator of one sample's pieces that begins the sample at its first next(): a refusal
+    then (not its turn) leaves it as it was, to be read once its turn comes, where a generator
+    that raised would be spent and read as an empty sample."""
+
+    def __init__(self, begin):
+        self._begin, self._pieces = begin, None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._pieces is None:
+            self._pieces = self._begin()
+        return next(self._pieces)
+
+    def close(self):
+        if self._pieces is not None:
+            self._pieces.close()
+
+
 def samples(sampler: Sampler, vocab: Vocab, length=500, prime="", seed=0, temperature=1.0, top_k=0,
             top_p=1.0, num_samples=1, chunk=CHUNK, stop_at="", doc_sep="", spell=as_flag, as_bytes=False):
     """num_samples iterators, each yielding one sample's text in pieces: the prime (if any), then
     `length` generated characters, `chunk` at a time, or fewer if stop_at ends it (see above).
-    Read each to its end, or close it, before the next begins (else a CharrnnError; see in_turn). doc_sep: the separator of the run's documents (start_context);
+    Read each to its end, or close it, before the next begins (else a CharrnnError; see begin). doc_sep: the separator of the run's documents (start_context);
     spell: how messages name an option (check_options); as_bytes: a bytes model's, whose unknown
     characters are named as bytes (Vocab.encode).
 
@@ -216,16 +237,21 @@ def samples(sampler: Sampler, vocab: Vocab, length=500, prime="", seed=0, temper
     # (stop_at skips the rest), so sample i starts at number i * length whatever was read before
     turn = {"next": 0, "drawing": None}  # the first sample not yet begun; the one drawing numbers
 
-    def in_turn(i):
-        """Sample i's pieces. Samples not begun are skipped (their numbers too), one closed early
-        has its numbers skipped: each later sample is as it would have been. Begun while another
-        still draws, or after a later one, its text would be another: refused."""
+    def begin(i):
+        """Sample i's pieces (see pieces), if it may begin now: begun while another still draws, or
+        after a later one, its text would be another, and it is refused, nothing changed (the
+        first may be read once the other is done)."""
         if turn["drawing"] is not None:
             raise CharrnnError(f"sample {i + 1} was begun while sample {turn['drawing'] + 1} was being read; they "
                                "share one state: read each to its end, or close it, before the next")
         if i < turn["next"]:
             raise CharrnnError(f"sample {i + 1} was begun after sample {turn['next']}; its numbers are spent: "
                                "read the samples in order")
+        return pieces(i)
+
+    def pieces(i):
+        """Sample i's pieces. Samples not begun are skipped (their numbers too), one closed early
+        has its numbers skipped: each later sample is as it would have been."""
         rng.bit_generator.advance((i - turn["next"]) * length)
         turn["next"], turn["drawing"] = i + 1, (i if length else None)
         left = length  # the numbers sample i has yet to draw
@@ -261,7 +287,7 @@ def samples(sampler: Sampler, vocab: Vocab, length=500, prime="", seed=0, temper
                 rng.bit_generator.advance(left)
                 turn["drawing"] = None
 
-    return (in_turn(i) for i in range(num_samples))
+    return (_Begun(lambda i=i: begin(i)) for i in range(num_samples))
 
 
 def sample_text(sampler, vocab, **options) -> list[str]:

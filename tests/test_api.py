@@ -802,6 +802,12 @@ def test_samples_of_a_stream_are_each_what_they_would_be_or_refused(model):
     a.close()  # sample 1 left early: its numbers are skipped
     assert "".join(c) == want[2]  # and sample 2, refused, never began: skipped too
     a, b, c = model.stream(n, seed=1, num_samples=3)
+    next(a)
+    with pytest.raises(CharrnnError, match="sample 2 was begun while sample 1 was being read"):
+        next(b)
+    a.close()
+    assert "".join(b) == want[1]  # refused, it was spent: read as an empty sample
+    a, b, c = model.stream(n, seed=1, num_samples=3)
     assert ["".join(b), "".join(c)] == want[1:]
     with pytest.raises(CharrnnError, match="sample 1 was begun after sample 3; its numbers are spent"):
         next(a)
