@@ -416,6 +416,9 @@ def resolve_checkpoint(path_or_run_dir, prefer="best") -> Path:
             )
         if p.is_file():
             return p
+        if p.exists():  # a FIFO or a device: reading it would wait, or never end
+            raise CharrnnError(f"{p} is not a regular file, so no checkpoint; pass a {SUFFIX} file or a run folder "
+                               f"holding best{SUFFIX} or latest{SUFFIX}")
     except OSError as e:  # what the file system says of the path itself (a name too long)
         raise CharrnnError(f"cannot read {os_error_message(e, p)}") from None
     with_suffix = p.with_name(p.name + SUFFIX)

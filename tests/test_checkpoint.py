@@ -546,6 +546,9 @@ def test_resolve_a_file(tmp_path):
     assert resolve_checkpoint(str(path)) == path
     with pytest.raises(CharrnnError, match=r"no checkpoint at .*missing\.npz"):
         resolve_checkpoint(tmp_path / "missing.npz")
+    os.mkfifo(tmp_path / "pipe.npz")  # it was "no checkpoint at", as if nothing were there
+    with pytest.raises(CharrnnError, match=r"pipe\.npz is not a regular file, so no checkpoint; pass a \.npz file"):
+        resolve_checkpoint(tmp_path / "pipe.npz")
 
 
 def test_resolve_adds_the_missing_suffix(tmp_path):
