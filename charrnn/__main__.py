@@ -81,6 +81,10 @@ def closed_streams_held():
 
 def main():
     closed_streams_held()
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        # Ctrl-C as Python's handler, noted (HELD.seen); under a launcher, held first (HELD.hold)
+        # and this handler again once the ranks have joined (HELD.restore: every command but train)
+        signal.signal(signal.SIGINT, HELD.interrupt)
     HELD.hold()
     numba_values_must_be_read()
     # numpy's warnings of overflow or an invalid value in our arithmetic (a broken model): what
@@ -91,8 +95,6 @@ def main():
         # a file name that is not UTF-8 (its bytes held as lone surrogates) prints as its bytes,
         # as Python does in the C locale, rather than failing the command in a UTF-8 locale
         sys.stdout.reconfigure(errors="surrogateescape")
-    if not HELD.holding and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, HELD.interrupt)  # Ctrl-C as Python's handler, noted (HELD.seen)
     if not HELD.holding and command_named(sys.argv[1:]) == "train":
         stop_at_once_until_training()
     elif command_named(sys.argv[1:]) != "train" and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:

@@ -978,9 +978,15 @@ def _said_written(path, failed):
 
 
 def _print_error(message: str):
+    """The error line; none after a stop signal: C code that the interrupt cut short (an import)
+    can turn it into another error, which is no failure of the command's (cli.main then exits
+    130, the stop's code; distributed.StopsHeld.interrupt)."""
     from rich.text import Text
 
-    from .distributed import error_prefix
+    from .distributed import HELD, error_prefix
+
+    if HELD.seen:
+        return
 
     err.print(Text.assemble(("error:", "bold red"), " ", error_prefix() + one_line(message)), highlight=False)
 
@@ -1024,6 +1030,8 @@ def main():
     from .distributed import HELD, Solo, stop_at_once_until_training, world
 
     global _collector_held
+    if not owns_process:  # a program's call: a stop that an earlier call saw is not this one's
+        HELD.seen = False
     job = Solo()
     columns = os.environ.get("COLUMNS", "")
     if columns.isdigit() and int(columns) == 0:  # no width (as some tools set it): rich, typer's help
@@ -1065,9 +1073,11 @@ def main():
             job.abort(130)
         raise SystemExit(130)
     except SystemExit as e:
+        if HELD.seen and e.code not in (0, None):  # an error after a stop: the stop's (_print_error)
+            e = SystemExit(130)
         if job.size > 1 and e.code not in (0, None) and not job.stopped_together:
             job.abort(e.code if isinstance(e.code, int) else 1)
-        raise
+        raise e
     except BaseException:  # a traceback CHARRNN_TRACEBACK=1 asked for, or a line that could not be said
         if job.size > 1:
             import traceback
@@ -1083,6 +1093,7 @@ def main():
         for s, handler in replaced.items():
             signal.signal(s, handler)
         HELD.restore()
+        HELD.seen = False  # (for a program that calls main() again)
         _set_up()
         gc.freeze()  # nothing to collect on the way out: exit without walking every object again
 
@@ -1143,13 +1154,7 @@ def _raised_by_typer(e: BaseException) -> bool:
 
 def _failed(e: Exception):
     """Any other exception: numba that cannot start (the environment's fault), or a bug of ours.
-    Still one line and exit 1; for a bug, the way to see the rest. After a stop signal, the
-    stop's exit 130 and no line: an interrupt that C code turned into another error (an import
-    cut short, distributed.StopsHeld.interrupt) is no failure of the command's."""
-    from .distributed import HELD
-
-    if HELD.seen:
-        raise SystemExit(130)
+    Still one line and exit 1; for a bug, the way to see the rest."""
     why = _numba_failure(e)
     if why:
         _print_error(f"numba cannot start: {why}; check the NUMBA_* environment variables, and that numba "

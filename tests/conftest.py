@@ -18,13 +18,3 @@ def _collector_as_it_was():
     gc.unfreeze()
     assert gc.isenabled() == on, "the collector was left off"
 
-
-@pytest.fixture(autouse=True)
-def _no_stop_seen():
-    """A stop signal a test sends this process is noted for the rest of it (StopsHeld.seen), and
-    cli.main would then end every later command at once with exit 130: each test is a process
-    of its own in that respect."""
-    from charrnn.distributed import HELD
-
-    yield
-    HELD.seen = False

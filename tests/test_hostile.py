@@ -451,7 +451,8 @@ sys.exit(main())
 
 
 
-@pytest.mark.parametrize("where", ["taken by the quick load of scipy's BLAS", "in the command"])
+@pytest.mark.parametrize("where", ["taken by the quick load of scipy's BLAS", "in the command",
+                                   "reworded by the command"])
 def test_ctrl_c_that_c_code_turns_into_another_error_still_exits_130(where, tmp_path):
     # Ctrl-C in a `charrnn sample`'s first quarter second landed in an extension module's import
     # (scipy's BLAS, importing numpy), which turned it into an ImportError; the quick load took
@@ -473,8 +474,10 @@ def cut_short(*args):
     except KeyboardInterrupt:
         if {where!r} == "in the command":
             raise ImportError("numpy._core.multiarray failed to import")
+        if {where!r} == "reworded by the command":  # as plot.require_pyplot says an ImportError
+            raise cli.CharrnnError("--png needs matplotlib, which cannot start (ImportError: ...)")
 
-if {where!r} == "in the command":
+if {where!r} != "taken by the quick load of scipy's BLAS":
     plot.write_png = cut_short
 else:
     cli.scipy_blas_alone = cut_short
@@ -896,6 +899,16 @@ def main_exits(monkeypatch, capsys, *args):
         cli.main()
     return exit.value.code, capsys.readouterr().err
 
+
+
+def test_a_stop_seen_by_an_earlier_call_of_main_does_not_end_the_next(tmp_path, monkeypatch, capsys):
+    # a program calling cli.main() again after a stop: every later command exited 130 without a word
+    from charrnn.distributed import HELD
+
+    monkeypatch.setattr(HELD, "seen", True)  # as a SIGUSR1 before training left it
+    code, err = main_exits(monkeypatch, capsys, "sample", tmp_path / "missing.npz")
+    assert code == 1 and "no checkpoint at" in err, (code, err)
+    assert not HELD.seen
 
 def test_no_command_prints_the_help_and_no_empty_error(monkeypatch, capsys):
     # after the help came "error:  (see 'charrnn --help')", a line with nothing to say
