@@ -46,8 +46,6 @@ _META = "__meta__"  # array name of the JSON document; reserved
 _CHECKSUMS = "array_sha256"  # meta key of the checksum table; added by save, removed by load
 _ZIP_MAGIC = b"PK\x03\x04"
 _READ_CHUNK = 1 << 24  # bytes read at a time into an array being loaded
-# The temporary a save writes beside its target: .<name>.npz.<12 hex digits>.tmp
-_TEMPORARY = re.compile(r"\..+" + re.escape(SUFFIX) + r"\.[0-9a-f]{12}\.tmp")
 # What a damaged or truncated archive raises while it is read: numpy raises ValueError/EOFError
 # for short or malformed .npy data, zipfile BadZipFile for a broken archive or a bad CRC,
 # NotImplementedError for an unknown compression method, RuntimeError for a flipped "encrypted" bit.
@@ -88,7 +86,7 @@ def save_checkpoint(path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Same folder as the target so that os.replace is a rename within one filesystem.
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")  # matches _TEMPORARY
+        tmp = temporary_for(path)
         # O_EXCL: never write into a file someone else owns; 0o666 leaves the mode to the umask.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     except OSError as e:
@@ -110,11 +108,20 @@ def save_checkpoint(path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     _fsync_dir(path.parent)
 
 
-def remove_stale_temporaries(directory) -> list[Path]:
-    """Delete the temporaries that killed saves left in `directory` (each as large as a
-    checkpoint, hidden, never read). Only for a folder that no save is writing to, such as a run
-    folder whose lock is held. Returns what was removed."""
-    stale = [p for p in Path(directory).iterdir() if _TEMPORARY.fullmatch(p.name) and p.is_file()]
+def temporary_for(path: Path) -> Path:
+    """The hidden temporary that a write of `path` fills before it is renamed onto it:
+    .<name>.<12 hex digits>.tmp, a new name each time (remove_stale_temporaries)."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+
+
+def remove_stale_temporaries(directory, logs=()) -> list[Path]:
+    """Delete the temporaries that killed writes left in `directory`: of checkpoints (each as
+    large as one, hidden, never read) and of the files named in `logs` (a log rewritten on
+    resume). Only for a folder that nothing is writing to, such as a run folder whose lock is
+    held. Returns what was removed."""
+    names = [".+" + re.escape(SUFFIX), *map(re.escape, logs)]
+    temporary = re.compile(r"\.(" + "|".join(names) + r")\.[0-9a-f]{12}\.tmp")
+    stale = [p for p in Path(directory).iterdir() if temporary.fullmatch(p.name) and p.is_file()]
     for p in stale:
         p.unlink(missing_ok=True)
     return stale

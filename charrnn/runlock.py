@@ -9,11 +9,13 @@ file while a second still holds the old one); it holds the pid of the last holde
 The run's files that a trainer writes in place (the lock, the logs) are opened as plain files
 only, never through a symbolic link (open_run_file): a run folder from elsewhere (a tarball, a
 shared disk) could hold `.lock -> ~/notes.txt`, and the write would have replaced the file it
-names. Checkpoints are written beside their place and renamed onto it (checkpoint.py), which
+names. A log linked on purpose is refused as well, with the command that puts a copy in its
+place. Checkpoints are written beside their place and renamed onto it (checkpoint.py), which
 replaces a link rather than writing through it.
 """
 import errno
 import os
+import shlex
 import stat
 from pathlib import Path
 
@@ -91,6 +93,10 @@ def open_run_file(path: Path, flags: int) -> int:
         if e.errno != errno.ELOOP:
             raise CharrnnError(os_error_message(e, path)) from None
         mode = stat.S_IFLNK
-    what = "a symbolic link" if stat.S_ISLNK(mode) else "not a plain file"
-    raise CharrnnError(f"{path} is {what}, where charrnn keeps a file of the run's own, and it writes no other: "
-                       "remove it (what a link points to is left as it is)")
+    if not stat.S_ISLNK(mode):
+        raise CharrnnError(f"{path} is not a plain file, where charrnn keeps a file of the run's own; remove it")
+    target = Path(path).resolve()
+    keep = (f"to keep what it names, put a copy in its place: cp --remove-destination {shlex.quote(str(target))} "
+            f"{shlex.quote(str(path))}" if target.is_file() else "remove it")
+    raise CharrnnError(f"{path} is a symbolic link, where charrnn keeps a file of the run's own, and it writes "
+                       f"through no link; {keep}")

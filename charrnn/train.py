@@ -10,7 +10,6 @@ import json
 import math
 import os
 import re
-import secrets
 import shlex
 import signal
 import sys
@@ -24,7 +23,8 @@ import numpy as np
 
 from . import __version__, distributed, memory
 from .cells import normal_tau
-from .checkpoint import SUFFIX, load_checkpoint, remove_stale_temporaries, resolve_checkpoint, save_checkpoint
+from .checkpoint import (SUFFIX, load_checkpoint, remove_stale_temporaries, resolve_checkpoint, save_checkpoint,
+                         temporary_for)
 from .config import (LOG_STARTS, METRICS_FILE, MODEL_SETTINGS, OLDER_CHECKPOINTS, SAMPLES_FILE, STOPPING_RULES,
                      TrainConfig, check_init_overrides, check_resume_overrides, check_schedule_options,
                      resolved_u_max)
@@ -626,7 +626,7 @@ class Trainer:
             left = [name for name in (METRICS_FILE, SAMPLES_FILE) if (self.run_dir / name).exists()]
             if left:
                 self.say(f"replacing {' and '.join(left)} in {self.run_dir}, left by a run that saved no checkpoint")
-        remove_stale_temporaries(self.run_dir)
+        remove_stale_temporaries(self.run_dir, logs=(METRICS_FILE, SAMPLES_FILE))
         if self.fresh:  # a dead run's logs go: a link among them (to another run's) is replaced, not written
             for name in (METRICS_FILE, SAMPLES_FILE):
                 (self.run_dir / name).unlink(missing_ok=True)
@@ -954,15 +954,17 @@ def _cut_log(path, after, every_line=False):
         kept = lines[:cut]
     if len(kept) == len(lines):
         return
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    tmp = temporary_for(path)
     try:  # O_EXCL: a new file of its own, never one that is there (a link left in the folder)
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w", encoding="utf-8",
                   errors="surrogateescape") as f:
             f.write("".join(kept))
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:  # a Ctrl-C too: no copy of the log left behind (one killed: remove_stale_temporaries)
         tmp.unlink(missing_ok=True)
-        raise CharrnnError(os_error_message(e, path)) from None
+        if isinstance(e, OSError):
+            raise CharrnnError(os_error_message(e, path)) from None
+        raise
 
 
 def check_new_run_dir(run_dir: Path) -> None:

@@ -124,6 +124,7 @@ def test_a_link_in_a_run_folder_is_never_written_through(name, corpus, tmp_path)
     else:
         assert r.returncode == 1 and "is a symbolic link, where charrnn keeps a file of the run's own" in r.stderr, \
             r.stderr
+        assert f"put a copy in its place: cp --remove-destination {victim} {run_dir / file}" in r.stderr
     assert victim.read_bytes() == before
 
 
@@ -868,6 +869,27 @@ def test_a_save_killed_midway_leaves_no_temporary_for_long(corpus, tmp_path):
     assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
     assert resumed.step == 4
 
+
+
+def test_a_log_rewrite_cut_short_leaves_no_copy_of_the_log_for_long(corpus, tmp_path, monkeypatch):
+    # the rewrite of metrics.jsonl on resume goes through a temporary of a new name each time:
+    # one that a Ctrl-C cut short stayed, and one that kill -9 left was never removed
+    run_dir = trained_run(corpus, tmp_path)
+    with (run_dir / "metrics.jsonl").open("a") as log:
+        log.write('{"kind": "train", "step": 99, "loss": 1.0}\n')  # after the checkpoint: cut on resume
+    killed = run_dir / ".metrics.jsonl.0123456789ab.tmp"
+    killed.write_text("a killed rewrite's\n")
+    theirs = run_dir / ".notes.txt.0123456789ab.tmp"
+    theirs.write_text("not charrnn's\n")
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer.resume(run_dir, say=lambda *_: None, max_steps=4).run()
+    monkeypatch.undo()
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")) == [theirs.name]
 
 def test_a_new_run_does_not_append_to_a_dead_runs_metrics(corpus, tmp_path):
     run_dir = tmp_path / "r"
