@@ -20,7 +20,7 @@ from .cells import choices_help
 from .config import (CELLS, EVAL_RANGES, GRADCHECK_RANGES, GRADFLOW_RANGES, INSPECT_CHARS, INSPECT_RANGES, OPTIMIZERS,
                      RANGES, SAMPLE_RANGES, SCHEDULES, Range)
 from .config import TrainConfig as _C  # the defaults of train's options
-from .errors import CharrnnError, UsageError, as_flag, counted, flag, one_line, os_error_message
+from .errors import CharrnnError, UsageError, as_flag, controls_escaped, counted, flag, one_line, os_error_message
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Character-level RNN, LSTM and GRU language models, trained on the CPU.")
@@ -285,9 +285,9 @@ def train(
         err.print(Text(one_line(settings), style="dim"))
         origin = f" from {cfg.init_from}" if cfg.init_from and trainer.fresh else ""
         added = f" ({trainer.vocab_added} added)" if origin else ""
-        err.print(f"{trainer.spec.cell} {cfg.layers}x{cfg.hidden}{origin}, vocabulary {trainer.vocab.size}{added}, "
-                  f"{trainer.params.size:,} parameters; train/val/test {len(trainer.train_ids):,}/"
-                  f"{len(trainer.val_ids):,}/{len(trainer.test_ids):,} characters -> {trainer.run_dir}",
+        err.print(one_line(f"{trainer.spec.cell} {cfg.layers}x{cfg.hidden}{origin}, vocabulary {trainer.vocab.size}"
+                           f"{added}, {trainer.params.size:,} parameters; train/val/test {len(trainer.train_ids):,}/"
+                           f"{len(trainer.val_ids):,}/{len(trainer.test_ids):,} characters -> {trainer.run_dir}"),
                   highlight=False)
         few_streams = trainer.few_streams_notice()
         if few_streams:
@@ -302,10 +302,10 @@ def train(
                     summary = trainer.run(progress.update)
         except KeyboardInterrupt:
             if trainer.stopping_now:  # a second stop signal (on a rank other than 0, said after letting it be heard)
-                err.print(error_prefix() + trainer.stopped_line(at_once=True), highlight=False)
+                err.print(error_prefix() + one_line(trainer.stopped_line(at_once=True)), highlight=False)
             raise
         except Interrupted as e:
-            err.print(trainer.stopped_line(in_test=e.untested), highlight=False)
+            err.print(one_line(trainer.stopped_line(in_test=e.untested)), highlight=False)
             raise typer.Exit(130)
     val, test = summary["val_loss"], summary["test_loss"]
     val_said = (f"val loss {val:.4f} nats ({val / math.log(2):.3f} bits/char), best {summary['best_val_loss']:.4f}"
@@ -313,9 +313,10 @@ def train(
     test_said = f"test {test:.4f} nats ({test / math.log(2):.3f} bits/char)" if not math.isnan(test) else "no test text"
     speed = (f"{summary['train_chars_per_sec']:,.0f} chars/s" if summary["train_chars_per_sec"] is not None else
              "no speed measured (one update, which loads the kernels)" if summary["updates"] else "no update to train")
-    out.print(f"done: {counted(summary['steps'], 'update')}, {summary['epochs']:.2f} epochs, {summary['elapsed']:.0f} s, "
-              f"{speed}, stopped by {' and '.join(summary['stopped_by'])}; "
-              f"{val_said}; {test_said}; checkpoints in {summary['run_dir']}", highlight=False)
+    # a name that is not UTF-8 printed as its bytes, as the command's output prints names
+    out.print(controls_escaped(f"done: {counted(summary['steps'], 'update')}, {summary['epochs']:.2f} epochs, "
+                               f"{summary['elapsed']:.0f} s, {speed}, stopped by {' and '.join(summary['stopped_by'])}; "
+                               f"{val_said}; {test_said}; checkpoints in {summary['run_dir']}"), highlight=False)
 
 
 @contextmanager
@@ -921,8 +922,8 @@ def gradflow(
                                f"{' or '.join([*scales, '--max-k'])}")
     unknown = max(f.unknown for f in flows)  # a checkpoint's model, which may lack some of the text's characters
     if unknown:
-        err.print(f"note: left out {unknown:,} of the {counted(ids.size, 'character')} of {corpus} that the model does not "
-                  "know", markup=False, highlight=False)
+        err.print(one_line(f"note: left out {unknown:,} of the {counted(ids.size, 'character')} of {corpus} that the "
+                           "model does not know"), markup=False, highlight=False)
     if png is not None:
         gf.write_png(flows, png)
     if json_out:

@@ -25,16 +25,21 @@ def bytes_shown(text: str) -> str:
     return re.sub("[\udc80-\udcff]", lambda m: f"\\x{ord(m[0]) - 0xDC00:02x}", text)
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 (U+009B starts a terminal's escape too)
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
+def controls_escaped(text: str) -> str:
+    """text with its control characters written as escapes (\\n, \\x1b, \\x9b), so that a
+    file name holding a line break or a terminal's escape cannot start a line of its own, as if
+    charrnn had said it, or steer the terminal."""
+    return _CONTROL.sub(lambda m: _ESCAPES.get(m[0], f"\\x{ord(m[0]):02x}"), text)
+
+
 def one_line(text: str) -> str:
-    """text as one line of a message (an error, a note): its control characters written as
-    escapes (\\n, \\x1b), so that a file name holding a line break or a terminal's escape
-    cannot start a line of its own, as if charrnn had said it, or steer the terminal; and the
+    """text as one line of a message on stderr (an error, a note): controls_escaped, and the
     bytes of a name that is not UTF-8 as bytes_shown shows them."""
-    return bytes_shown(_CONTROL.sub(lambda m: _ESCAPES.get(m[0], f"\\x{ord(m[0]):02x}"), text))
+    return bytes_shown(controls_escaped(text))
 
 
 def counted(n, noun, plural=None):

@@ -363,6 +363,12 @@ def test_a_name_holding_a_line_break_or_an_escape_cannot_forge_a_line(corpus, tm
     assert "evil\\nerror: fake \\x1b[31mmessage.txt" in r.stderr, r.stderr
     r = run_cli("train", folder / "evil\nerror: fake \x1b[31mmessage.txt", *TINY, "--out-dir", tmp_path / "runs")
     assert r.returncode == 1 and len(r.stderr.splitlines()) == 1 and "\x1b" not in r.stderr, r.stderr
+    # the run's folder, in the line that starts the run and the one that ends it (stdout)
+    r = run_cli("train", corpus, *TINY, "--max-steps", "1", "--out-dir", tmp_path / "evil\nerror: fake \x9b31m")
+    assert r.returncode == 0, r.stderr
+    for said in (r.stdout, r.stderr):
+        assert not any(line.startswith("error") for line in said.splitlines()) and "\x9b" not in said, said
+    assert "evil\\nerror: fake \\x9b31m" in r.stdout, r.stdout
 
 def test_brackets_in_names_print_as_they_are(corpus, tmp_path):
     # rich would read "[red]" as a style and fail on "[/oops]", a closing tag without an opening one
