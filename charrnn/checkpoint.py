@@ -415,22 +415,19 @@ def resolve_checkpoint(path_or_run_dir, prefer="best") -> Path:
             names = ["best", "latest"] if prefer == "best" else ["latest", "best"]
             for stem in names:
                 candidate = p / (stem + SUFFIX)
-                if candidate.is_file():
+                if _checkpoint_file(candidate):
                     return candidate
             raise CharrnnError(
                 f"{p} holds no checkpoint (expected best{SUFFIX} or latest{SUFFIX} in it); "
                 "pass a checkpoint file or the run folder of a training run"
             )
-        if p.is_file():
+        if _checkpoint_file(p):
             return p
-        if p.exists():  # a FIFO or a device: reading it would wait, or never end
-            raise CharrnnError(f"{p} is not a regular file, so no checkpoint; pass a {SUFFIX} file or a run folder "
-                               f"holding best{SUFFIX} or latest{SUFFIX}")
     except OSError as e:  # what the file system says of the path itself (a name too long)
         raise CharrnnError(f"cannot read {os_error_message(e, p)}") from None
     with_suffix = p.with_name(p.name + SUFFIX)
     try:
-        if p.suffix != SUFFIX and with_suffix.is_file():
+        if p.suffix != SUFFIX and _checkpoint_file(with_suffix):
             return with_suffix
     except OSError:  # a name the suffix makes too long: no such file, and none named as typed
         pass
@@ -438,3 +435,14 @@ def resolve_checkpoint(path_or_run_dir, prefer="best") -> Path:
         f"no checkpoint at {p}; pass a {SUFFIX} file or a run folder holding "
         f"best{SUFFIX} or latest{SUFFIX}"
     )
+
+
+def _checkpoint_file(path: Path) -> bool:
+    """Whether path is a regular file; a CharrnnError if it is there as something else that a
+    read would wait on, or never end (a FIFO, a device)."""
+    if path.is_file():
+        return True
+    if path.exists() and not path.is_dir():
+        raise CharrnnError(f"{path} is not a regular file, so no checkpoint; pass a {SUFFIX} file or a run "
+                           f"folder holding best{SUFFIX} or latest{SUFFIX}")
+    return False

@@ -547,8 +547,12 @@ def test_resolve_a_file(tmp_path):
     with pytest.raises(CharrnnError, match=r"no checkpoint at .*missing\.npz"):
         resolve_checkpoint(tmp_path / "missing.npz")
     os.mkfifo(tmp_path / "pipe.npz")  # it was "no checkpoint at", as if nothing were there
-    with pytest.raises(CharrnnError, match=r"pipe\.npz is not a regular file, so no checkpoint; pass a \.npz file"):
-        resolve_checkpoint(tmp_path / "pipe.npz")
+    (tmp_path / "run").mkdir()
+    os.mkfifo(tmp_path / "run" / "best.npz")  # "holds no checkpoint", or latest.npz instead
+    touch_checkpoint(tmp_path / "run" / "latest.npz")
+    for given in ("pipe.npz", "pipe", "run"):
+        with pytest.raises(CharrnnError, match=r"\.npz is not a regular file, so no checkpoint; pass a \.npz file"):
+            resolve_checkpoint(tmp_path / given)
 
 
 def test_resolve_adds_the_missing_suffix(tmp_path):
