@@ -172,13 +172,14 @@ def test_ctrl_c_on_entering_blas_threads_still_sets_the_blas_back_to_one_thread(
 
             def at_line(frame, event, arg):
                 if event == "line" and frame.f_lineno == line:
-                    sys.settrace(None)
+                    sys.settrace(tracing)
                     raise KeyboardInterrupt
                 return at_line
 
             return at_line
 
         calls.clear()
+        tracing = sys.gettrace()  # a coverage tool's or a debugger's, given back after
         sys.settrace(trace)
         try:
             with _jit.blas_threads(2):
@@ -186,7 +187,7 @@ def test_ctrl_c_on_entering_blas_threads_still_sets_the_blas_back_to_one_thread(
         except KeyboardInterrupt:
             interrupted += 1
         finally:
-            sys.settrace(None)
+            sys.settrace(tracing)
         assert not _jit._blas_users, line
         assert calls in ([], [1], [2, 1]), (line, calls)
         with _jit.blas_threads(2):  # the next caller raises the limit again, and sets it back
