@@ -48,7 +48,7 @@ def evaluate(spec: ModelSpec, params: np.ndarray, ids: np.ndarray, batch=32, win
             _check(stop)
         return 0.0, streams.count
     stack = Stack(spec, hi - lo, window, params.dtype)
-    stack.set_state(0, _warm_state(spec, params, ids, streams, warmup, lo, hi))
+    stack.set_state(0, _warm_state(spec, params, ids, streams, warmup, window, lo, hi))
     total = 0.0
     for inputs, targets in streams.windows(window, rows):
         _check(stop)
@@ -71,11 +71,12 @@ def first_warm(lo):
     return max(lo, 1)
 
 
-def _warm_state(spec, params, ids, streams, warmup, lo, hi):
+def _warm_state(spec, params, ids, streams, warmup, window, lo, hi):
     """The state entering streams [lo, hi): zeros for the first stream, and for stream b >= 1 the
     state after reading, from a zero state, the `warmup` characters before it; or all the b*S
     before it, where they are fewer (a short text cut into streams shorter than warmup), read as
-    one stream from the text's start."""
+    one stream from the text's start. Read `window` steps at a time, as the text itself is: a
+    short text in many streams has as many to warm (memory.evaluation_needs)."""
     S = streams.stream_length
     n_states = len(CELLS[spec.cell].states)
     state = [[np.zeros((hi - lo, spec.hidden), params.dtype) for _ in range(n_states)] for _ in range(spec.layers)]
@@ -91,11 +92,15 @@ def _warm_state(spec, params, ids, streams, warmup, lo, hi):
             _put(state, b - lo, read.get_state(b * S))
     if whole < hi:
         first = max(first, whole)
-        warm = Stack(spec, hi - first, warmup, params.dtype)
-        starts = np.arange(first, hi) * S  # stream b begins at ids[b * S]
-        warm.ids[:] = ids[starts[None, :] - warmup + np.arange(warmup)[:, None]]
-        warm.forward(params, 0, warmup)
-        _put(state, slice(first - lo, hi - lo), warm.get_state(warmup))
+        steps = min(window, warmup)
+        warm = Stack(spec, hi - first, steps, params.dtype)
+        starts = np.arange(first, hi) * S - warmup  # stream b begins at ids[b * S]
+        for t in range(0, warmup, steps):
+            n = min(steps, warmup - t)
+            warm.ids[:n] = ids[starts[None, :] + t + np.arange(n)[:, None]]
+            warm.forward(params, 0, n)
+            warm.set_state(0, warm.get_state(n))
+        _put(state, slice(first - lo, hi - lo), warm.get_state(0))
     return state
 
 

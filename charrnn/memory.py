@@ -58,10 +58,12 @@ def training_needs(spec: ModelSpec, cfg, streams=None, processes=1) -> dict:
 
 def evaluation_needs(spec: ModelSpec, batch: int, window: int, dtype, rows=None) -> dict:
     """Bytes evaluate() allocates for the streams `rows` of `batch` (all by default; under MPI a
-    rank's share): their window, and the window that warms up those that start warm."""
+    rank's share): their window, and the window that warms up those that start warm (as long,
+    or WARMUP steps if shorter; and one stream of up to WARMUP steps near the text's start)."""
     lo, hi = (0, batch) if rows is None else (rows.start, rows.stop)
     warm = hi - first_warm(lo)
-    warming = Stack.nbytes(spec, warm, WARMUP, dtype) if warm > 0 else 0
+    warming = Stack.nbytes(spec, warm, min(window, WARMUP), dtype) + Stack.nbytes(spec, 1, WARMUP, dtype) \
+        if warm > 0 else 0
     return {"window buffers": Stack.nbytes(spec, hi - lo, window, dtype) + warming}
 
 

@@ -46,6 +46,32 @@ def test_streams_shorter_than_the_warmup_start_from_all_the_text_before_them():
     assert abs(sum(parts) - one) < 1e-12
     assert abs(evaluate(spec, params, ids, batch=7, window=16, warmup=40)[0] - one) > 1e-6  # 40 are not enough
 
+
+def test_many_short_streams_warm_up_a_window_at_a_time(monkeypatch):
+    # 500 streams of one character, each warmed on the 200 before it: read in one piece, the
+    # warm-up's buffers were 200 steps of every stream (8 GB for a 2x512 LSTM at --batch 2999)
+    import charrnn.evaluate
+    from charrnn.memory import evaluation_needs
+    from charrnn.model import Stack
+
+    spec, params, rng = lingering_model()
+    ids = rng.integers(0, 11, 501).astype(np.int32)
+    made = []
+
+    class Recorded(Stack):
+        def __init__(self, spec, batch, window, *args, **kw):
+            made.append((batch, window))
+            super().__init__(spec, batch, window, *args, **kw)
+
+    monkeypatch.setattr(charrnn.evaluate, "Stack", Recorded)
+    streams, n = evaluate(spec, params, ids, batch=500, window=16, warmup=200)
+    one, _ = evaluate(spec, params, ids, batch=1, window=16)
+    assert abs(streams - one) < 1e-12 and n == 500
+    # the one stream, the near streams' one pass, the rest a step at a time (a window, 1: a stream's length)
+    assert sorted(made) == [(1, 16), (1, 199), (300, 1), (500, 1)]
+    needed = evaluation_needs(spec, 500, 1, np.float64)["window buffers"]
+    assert needed >= sum(Stack.nbytes(spec, b, t, np.float64) for b, t in made[:3])  # the first evaluate's
+
 def test_every_share_asks_stop_as_often_and_a_true_answer_ends_the_reading():
     # under MPI `stop` agrees across ranks, so each must ask it as often, a rank without streams too
     import pytest
