@@ -217,9 +217,14 @@ class TrainedModel:
         except NotText as e:  # the reader's advice names the command line's flag and a value
             advice = re.sub(f"--encoding ({'|'.join(ENCODINGS)})", lambda m: self._spell("encoding", m[1]), e.advice)
             raise NotText(e.reason, advice) from None
+        return self._translated(ids, chars, skip_unknown, str(path))
+
+    def _translated(self, ids, chars, skip_unknown=False, what="text"):
+        """(ids, skipped): `ids` of the characters `chars` (a file's own, from read_ids) as the
+        model's (Vocab.translate); a character it lacks raises UnknownCharacters, the text called
+        `what` (also for `eval --per-line`, which reads its file itself: cli._line_pieces)."""
         try:
-            return self._vocab.translate(ids, chars, skip_unknown=skip_unknown, what=str(path),
-                                         as_bytes=self._of_bytes)
+            return self._vocab.translate(ids, chars, skip_unknown=skip_unknown, what=what, as_bytes=self._of_bytes)
         except CharrnnError as e:
             raise UnknownCharacters(str(e)) from None
 

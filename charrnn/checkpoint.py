@@ -86,9 +86,7 @@ def save_checkpoint(path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Same folder as the target so that os.replace is a rename within one filesystem.
-        tmp = temporary_for(path)
-        # O_EXCL: never write into a file someone else owns; 0o666 leaves the mode to the umask.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        tmp, fd = new_temporary(path)
     except OSError as e:
         raise CharrnnError(_write_error(path, e)) from e
     try:
@@ -108,10 +106,13 @@ def save_checkpoint(path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     _fsync_dir(path.parent)
 
 
-def temporary_for(path: Path) -> Path:
-    """The hidden temporary that a write of `path` fills before it is renamed onto it:
-    .<name>.<12 hex digits>.tmp, a new name each time (remove_stale_temporaries)."""
-    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+def new_temporary(path: Path) -> tuple[Path, int]:
+    """(tmp, fd): the hidden temporary that a write of `path` fills before it is renamed onto it,
+    .<name>.<12 hex digits>.tmp (remove_stale_temporaries), made new and opened to write. O_EXCL:
+    never a file that is there, someone else's or a link left in the folder; 0o666 leaves the
+    mode to the umask."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
 
 
 def remove_stale_temporaries(directory, logs=()) -> list[Path]:

@@ -677,7 +677,6 @@ def _line_pieces(model, file, encoding, skip_unknown):
     one, before any line is scored."""
     import numpy as np
 
-    from .api import UnknownCharacters
     from .corpus import Vocab, read_ids
 
     model_encoding = model.config.get("encoding", "utf-8")
@@ -691,11 +690,7 @@ def _line_pieces(model, file, encoding, skip_unknown):
             ends = np.append(breaks - 1, ids.size - 1)  # a last line without its "\n" ends at the file's end
             ends = ends[ends >= 0]
             read[ends[ids[ends] == chars.index("\r")]] = False
-        try:
-            Vocab.from_json(list(model.vocab)).translate(ids[read], chars, what=str(file),
-                                                         as_bytes=model_encoding == "bytes")
-        except CharrnnError as e:
-            raise UnknownCharacters(str(e)) from None
+        model._translated(ids[read], chars, what=str(file))
 
     def pieces():
         start = 0

@@ -131,7 +131,8 @@ class StopsHeld:
         """A handler that raises KeyboardInterrupt at once, as Python's own for Ctrl-C does, having
         noted the stop (seen): C code that the interrupt cuts short, an extension module's import
         (numpy's, scipy's BLAS), can turn it into another error and leave a module half imported,
-        and the command line then ends as the stop it was (cli._failed), not as an internal error."""
+        and the command line then ends as the stop it was (cli._print_error, cli.main), not with
+        that error's line."""
         self.seen = True
         raise KeyboardInterrupt
 

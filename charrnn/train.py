@@ -23,8 +23,8 @@ import numpy as np
 
 from . import __version__, distributed, memory
 from .cells import normal_tau
-from .checkpoint import (SUFFIX, load_checkpoint, remove_stale_temporaries, resolve_checkpoint, save_checkpoint,
-                         temporary_for)
+from .checkpoint import (SUFFIX, load_checkpoint, new_temporary, remove_stale_temporaries, resolve_checkpoint,
+                         save_checkpoint)
 from .config import (LOG_STARTS, METRICS_FILE, MODEL_SETTINGS, OLDER_CHECKPOINTS, SAMPLES_FILE, STOPPING_RULES,
                      TrainConfig, check_init_overrides, check_resume_overrides, check_schedule_options,
                      resolved_u_max)
@@ -954,14 +954,15 @@ def _cut_log(path, after, every_line=False):
         kept = lines[:cut]
     if len(kept) == len(lines):
         return
-    tmp = temporary_for(path)
-    try:  # O_EXCL: a new file of its own, never one that is there (a link left in the folder)
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w", encoding="utf-8",
-                  errors="surrogateescape") as f:
+    tmp = None
+    try:
+        tmp, fd = new_temporary(path)
+        with open(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
             f.write("".join(kept))
         os.replace(tmp, path)
     except BaseException as e:  # a Ctrl-C too: no copy of the log left behind (one killed: remove_stale_temporaries)
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         if isinstance(e, OSError):
             raise CharrnnError(os_error_message(e, path)) from None
         raise
