@@ -418,6 +418,8 @@ def _first_call(warm):
     them from its cache; if it takes longer, they are compiling: show a spinner meanwhile."""
     import threading
 
+    from .kernels._jit import loading_from_cache
+
     failure = []
     # its own end, not the thread's: an interrupted Thread.join marks a thread that is still
     # running as stopped (Python 3.11)
@@ -425,7 +427,8 @@ def _first_call(warm):
 
     def run():
         try:
-            warm()
+            with loading_from_cache():
+                warm()
         except BaseException as e:  # handed to the main thread below
             failure.append(e)
         finally:

@@ -6,7 +6,9 @@ import importlib
 import time
 import weakref
 
+import numba
 import numpy as np
+import pytest
 
 import charrnn.cli as cli
 from charrnn.checkpoint import save_checkpoint
@@ -190,3 +192,70 @@ except SystemExit as e:
 """
     r = fresh_python(code)
     assert r.stdout.split() == ["[False]", "1", "True", "False"], (r.stdout, r.stderr)
+
+
+def _sample_and_eval_in_a_fresh_process(tmp_path, ordinary_loader):
+    """stdout of `charrnn sample` then `charrnn eval` run by cli.main in one fresh process, and how
+    often numba readied its compiler (refreshed its target context) meanwhile; then a function
+    of numba's that no cache holds, compiled in that process, must still run."""
+    code = f"""
+import contextlib, io, sys
+import numba
+import numba.core.base as base
+import charrnn.cli as cli
+import charrnn.kernels._jit as jit
+if {ordinary_loader}:
+    jit.LOADER_KNOWN = ((0, 0), (0, 0))
+refreshes = []
+ready = base.BaseContext.refresh
+base.BaseContext.refresh = lambda self: (refreshes.append(1), ready(self))[1]
+out = io.StringIO()
+for args in (["sample", {str(tmp_path / "best.npz")!r}, "--length", "60", "--seed", "5"],
+             ["eval", {str(tmp_path / "best.npz")!r}, {str(tmp_path / "text.txt")!r}, "--batch", "3"]):
+    sys.argv = ["charrnn", *args]
+    with contextlib.redirect_stdout(out):
+        try:
+            cli.main()
+        except SystemExit as e:
+            assert not e.code, (args, e.code)
+loads = len(refreshes)
+assert numba.njit(lambda x: 2 * x + 1)(20) == 41
+print(repr(out.getvalue()), loads)
+"""
+    r = fresh_python(code, timeout=300)
+    assert r.returncode == 0, r.stderr
+    text, loads = r.stdout.rsplit(" ", 1)
+    return text, int(loads)
+
+
+def test_the_command_line_loads_its_kernels_without_readying_numbas_compiler(tmp_path):
+    """Numba's loader readies its compiler (0.1-0.15 s at a process's first load) before it reads
+    a cached kernel, which needs only numba's runtime (kernels._jit.loading_from_cache). With a
+    warm cache, sample and eval must not ready it at all, and print what the ordinary loader's
+    kernels print; a function compiled afterwards in the same process still runs."""
+    spec = ModelSpec("lstm", 3, 8, 2)
+    config = {"cell": "lstm", "hidden": 8, "layers": 2, "batch": 2, "k1": 5, "k2": 5, "encoding": "utf-8"}
+    save_checkpoint(tmp_path / "best.npz", {"params": init_params(spec, np.random.default_rng(3), np.float32)},
+                    {"config": config, "vocab": ["a", "b", "\n"]})
+    (tmp_path / "text.txt").write_text("abba\nab\nbbaab\n" * 30)
+    ordinary, loads = _sample_and_eval_in_a_fresh_process(tmp_path, ordinary_loader=True)  # fills the cache
+    assert loads > 0  # the ordinary loader readies the compiler, which the count sees
+    fast, loads = _sample_and_eval_in_a_fresh_process(tmp_path, ordinary_loader=False)
+    assert loads == 0
+    assert fast == ordinary and "nats/char" in fast and len(fast) > 100
+
+
+def test_loading_from_cache_puts_numbas_loader_back_and_leaves_unknown_releases_alone(monkeypatch):
+    from numba.core.caching import Cache
+
+    from charrnn.kernels import _jit
+
+    ordinary = Cache.load_overload
+    with pytest.raises(KeyError):
+        with _jit.loading_from_cache():
+            assert Cache.load_overload is not ordinary
+            raise KeyError
+    assert Cache.load_overload is ordinary
+    monkeypatch.setattr(_jit, "LOADER_KNOWN", ((0, 0), numba.version_info.short))  # this release: past the last
+    with _jit.loading_from_cache():
+        assert Cache.load_overload is ordinary

@@ -107,6 +107,43 @@ def parallel_kernel(fn):
     return numba.njit(cache=True, fastmath=FASTMATH, error_model=ERROR_MODEL, nogil=True, parallel=PARALLEL)(fn)
 
 
+# The numba releases whose cache loader loading_from_cache knows (Cache.load_overload: the
+# context's refresh, then _load_overload), [first, last): charrnn needs 0.59, and a later release
+# is added once tests/test_startup.py passes on it.
+LOADER_KNOWN = ((0, 59), (0, 69))
+
+
+@contextmanager
+def loading_from_cache():
+    """Inside, numba takes a kernel from its cache without first readying its compiler.
+
+    Before it reads a cached kernel, numba's loader refreshes its target context: it imports and
+    registers numba's tables of types and implementations, which only compiling uses. At a
+    process's first load that is 0.1-0.15 s, a sixth of `charrnn sample`. A kernel read from the
+    cache needs numba's runtime (NRT), started here as the refresh starts it; a parallel
+    kernel's threads numba starts as it loads one. A kernel missing from the cache is compiled
+    as ever, and the compiler refreshes the context itself. For the command line's first call
+    of its kernels (cli._first_call); with a numba outside LOADER_KNOWN nothing changes."""
+    from numba.core.caching import Cache
+    from numba.core.runtime import rtsys
+
+    if not (LOADER_KNOWN[0] <= numba.version_info.short < LOADER_KNOWN[1] and hasattr(Cache, "_load_overload")):
+        yield
+        return
+
+    def load_overload(cache, sig, target_context):
+        rtsys.initialize(target_context)
+        with cache._guard_against_spurious_io_errors():
+            return cache._load_overload(sig, target_context)
+
+    ordinary = Cache.load_overload
+    Cache.load_overload = load_overload
+    try:
+        yield
+    finally:
+        Cache.load_overload = ordinary
+
+
 @kernel
 def block(n, n_blocks, i):
     """Bounds [lo, hi) of block i when n rows are cut into n_blocks blocks for the threads
