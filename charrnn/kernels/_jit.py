@@ -108,40 +108,61 @@ def parallel_kernel(fn):
 
 
 # The numba releases whose cache loader loading_from_cache knows (Cache.load_overload: the
-# context's refresh, then _load_overload), [first, last): charrnn needs 0.59, and a later release
-# is added once tests/test_startup.py passes on it.
+# context's refresh, then _load_overload), from the first to the first not known: charrnn needs
+# 0.59, and a later release is added once tests/test_startup.py passes on it.
 LOADER_KNOWN = ((0, 59), (0, 69))
+_loaders, _loader_lock = {}, threading.Lock()  # a token per use of loading_from_cache: its thread
+_numbas_loader = None  # Cache.load_overload as numba has it, while _load_overload stands in for it
+
+
+def _load_overload(cache, sig, target_context):
+    """Cache.load_overload while loading_from_cache is in use: numba's loader without the
+    refresh, in a thread inside loading_from_cache; in any other thread, numba's own (a cached
+    ufunc, for one, is built with the refreshed tables)."""
+    with _loader_lock:
+        inside = threading.get_ident() in _loaders.values()
+    if not inside:
+        return _numbas_loader(cache, sig, target_context)
+    from numba.core.runtime import rtsys
+
+    rtsys.initialize(target_context)
+    with cache._guard_against_spurious_io_errors():
+        return cache._load_overload(sig, target_context)
 
 
 @contextmanager
 def loading_from_cache():
-    """Inside, numba takes a kernel from its cache without first readying its compiler.
+    """Inside, this thread takes kernels from numba's cache without first readying its compiler.
 
     Before it reads a cached kernel, numba's loader refreshes its target context: it imports and
-    registers numba's tables of types and implementations, which only compiling uses. At a
-    process's first load that is 0.1-0.15 s, a sixth of `charrnn sample`. A kernel read from the
-    cache needs numba's runtime (NRT), started here as the refresh starts it; a parallel
-    kernel's threads numba starts as it loads one. A kernel missing from the cache is compiled
-    as ever, and the compiler refreshes the context itself. For the command line's first call
-    of its kernels (cli._first_call); with a numba outside LOADER_KNOWN nothing changes."""
+    registers numba's tables of types and implementations, which only compiling uses, at a
+    process's first load a sixth of `charrnn sample`. A kernel read from the cache needs numba's
+    runtime (NRT), started here as the refresh starts it; a parallel kernel's threads numba
+    starts as it loads one. A kernel missing from the cache is compiled as ever, and the
+    compiler refreshes the context itself. The loader is numba's class attribute, so it is
+    replaced for the whole process while any thread is inside; other threads' loads go to
+    numba's own. For the command line's first call of its kernels (cli._first_call); with a
+    numba outside LOADER_KNOWN nothing changes. Uses are tokens, as in blas_threads: numba's
+    loader is back when the last one leaves, whatever the order."""
+    global _numbas_loader
     from numba.core.caching import Cache
-    from numba.core.runtime import rtsys
 
-    if not (LOADER_KNOWN[0] <= numba.version_info.short < LOADER_KNOWN[1] and hasattr(Cache, "_load_overload")):
+    known = numba.version_info.short  # (None, None) for a numba built without its version
+    if None in known or not LOADER_KNOWN[0] <= known < LOADER_KNOWN[1]:
         yield
         return
-
-    def load_overload(cache, sig, target_context):
-        rtsys.initialize(target_context)
-        with cache._guard_against_spurious_io_errors():
-            return cache._load_overload(sig, target_context)
-
-    ordinary = Cache.load_overload
-    Cache.load_overload = load_overload
+    caller = object()
     try:
+        with _loader_lock:
+            if not _loaders:
+                _numbas_loader, Cache.load_overload = Cache.load_overload, _load_overload
+            _loaders[caller] = threading.get_ident()
         yield
     finally:
-        Cache.load_overload = ordinary
+        with _loader_lock:
+            _loaders.pop(caller, None)
+            if not _loaders and Cache.load_overload is _load_overload:
+                Cache.load_overload = _numbas_loader
 
 
 @kernel
