@@ -434,14 +434,15 @@ def _first_call(warm):
         finally:
             done.set()
 
-    threading.Thread(target=run, daemon=True).start()
+    thread = threading.Thread(target=run, daemon=True)
     try:
+        thread.start()  # inside: a Ctrl-C can land in start() too, with the thread already running
         compiling = not done.wait(0.5)
         if compiling:
             with err.status("compiling kernels (the first run only; later runs reuse numba's cache)..."):
                 done.wait()
     except KeyboardInterrupt:
-        _interrupted_while(done)
+        _interrupted_while(done, thread)
         raise
     if failure:
         raise failure[0]
@@ -450,13 +451,14 @@ def _first_call(warm):
     _set_up()
 
 
-def _interrupted_while(done):
+def _interrupted_while(done, thread):
     """Ctrl-C while the warm-up's thread may be inside LLVM (compiling, or loading the kernels
     from numba's cache). A process that exits while it is there can crash as LLVM's C++ runtime
     is torn down under it: a segmentation fault or an abort instead of exit 130, in about 1 of
     60 Ctrl-Cs 0.25-0.45 s into a `charrnn sample`. The entry point's process ends at once, past
-    that teardown, having written nothing yet; called in-process, the thread is waited for."""
-    if done.is_set():
+    that teardown, having written nothing yet; called in-process, the thread is waited for,
+    unless the Ctrl-C kept it from starting."""
+    if done.is_set() or not (owns_process or thread.is_alive()):
         return
     if owns_process:
         for stream in (sys.stdout, sys.stderr):

@@ -336,3 +336,65 @@ def test_a_numba_outside_the_known_releases_keeps_its_loader(monkeypatch, versio
     ordinary = Cache.load_overload
     with _jit.loading_from_cache():
         assert Cache.load_overload is ordinary
+
+
+def _stopped_in_start(spawned):
+    """A threading.Thread whose start() is cut short by Ctrl-C, the thread running (spawned) or not."""
+    import threading
+
+    class Thread(threading.Thread):
+        def start(self):
+            if spawned:
+                super().start()
+            raise KeyboardInterrupt
+
+    return Thread
+
+
+@pytest.mark.parametrize("spawned", [True, False])
+def test_ctrl_c_inside_the_warm_ups_start_in_process_waits_for_it_if_it_runs(monkeypatch, spawned):
+    import threading
+
+    finished = threading.Event()
+
+    def warm():
+        time.sleep(0.5)
+        finished.set()
+
+    monkeypatch.setattr(threading, "Thread", _stopped_in_start(spawned))
+    monkeypatch.setattr(cli, "owns_process", False)
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        cli._first_call(warm)
+    if spawned:
+        assert finished.is_set()
+    else:  # nothing to wait for: at once
+        assert not finished.is_set() and time.monotonic() - t0 < 0.4
+
+
+def test_ctrl_c_inside_the_warm_ups_start_ends_the_process_without_tearing_it_down():
+    # the Ctrl-C landed in Thread.start(), outside the try: the process then exited through
+    # Python's teardown while the warm-up's thread was inside LLVM
+    code = """
+import atexit, sys, threading, time
+import charrnn.cli as cli
+working = threading.Event()
+class Thread(threading.Thread):
+    def start(self):
+        super().start()
+        raise KeyboardInterrupt
+threading.Thread = Thread
+def warm():
+    working.set()
+    time.sleep(30)
+atexit.register(lambda: working.is_set() and print("torn down under the warm-up", flush=True))
+cli.owns_process = True
+try:
+    cli._first_call(warm)
+except KeyboardInterrupt:
+    sys.exit(3)
+"""
+    t0 = time.monotonic()
+    r = fresh_python(code)
+    assert r.returncode == 130 and "torn down" not in r.stdout, (r.returncode, r.stdout, r.stderr)
+    assert time.monotonic() - t0 < 20
