@@ -77,29 +77,38 @@ def test_kernels_compiled_while_the_collector_is_held_leave_no_garbage_frozen(mo
     assert freed.is_set() and gc.isenabled()
 
 
-def test_ctrl_c_while_the_kernels_load_ends_the_process_without_tearing_it_down_under_them():
+@pytest.mark.parametrize("where", ["waiting", "in start()"])
+def test_ctrl_c_while_the_kernels_load_ends_the_process_without_tearing_it_down_under_them(where):
     # A process that exits while the warm-up's thread is inside LLVM can crash in the teardown
     # (a segmentation fault in about 1 of 60 Ctrl-Cs as `charrnn sample` loaded its kernels).
-    # Here the thread is still at work when Ctrl-C comes: main()'s process must end with 130
-    # and run no exit teardown (an atexit hook stands for it) while the thread works.
-    code = """
+    # Here the thread is still at work when Ctrl-C comes, as main waits for it or still inside
+    # Thread.start() (which was outside the try): main()'s process must end with 130 and run no
+    # exit teardown (an atexit hook stands for it) while the thread works.
+    stop = ("threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()" if where == "waiting" else
+            "class Thread(threading.Thread):\n"
+            "    def start(self):\n"
+            "        super().start()\n"
+            "        raise KeyboardInterrupt\n"
+            "threading.Thread = Thread")
+    code = f"""
 import atexit, os, signal, sys, threading, time
 import charrnn.cli as cli
+import charrnn.kernels._jit  # as a command has, before its first call
 working = threading.Event()
 def warm():
     working.set()
     time.sleep(30)
 atexit.register(lambda: working.is_set() and print("torn down under the warm-up", flush=True))
-threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+{stop}
 cli.owns_process = True  # as the entry point sets it
 try:
     cli._first_call(warm)
 except KeyboardInterrupt:
-    sys.exit(130)
+    sys.exit(3)
 """
     t0 = time.monotonic()
     r = fresh_python(code)
-    assert r.returncode == 130 and "torn down" not in r.stdout, (r.stdout, r.stderr)
+    assert r.returncode == 130 and "torn down" not in r.stdout, (r.returncode, r.stdout, r.stderr)
     assert r.stderr == "" and time.monotonic() - t0 < 20  # at once, not after the warm-up
 
 
@@ -370,31 +379,3 @@ def test_ctrl_c_inside_the_warm_ups_start_in_process_waits_for_it_if_it_runs(mon
         assert finished.is_set()
     else:  # nothing to wait for: at once
         assert not finished.is_set() and time.monotonic() - t0 < 0.4
-
-
-def test_ctrl_c_inside_the_warm_ups_start_ends_the_process_without_tearing_it_down():
-    # the Ctrl-C landed in Thread.start(), outside the try: the process then exited through
-    # Python's teardown while the warm-up's thread was inside LLVM
-    code = """
-import atexit, sys, threading, time
-import charrnn.cli as cli
-working = threading.Event()
-class Thread(threading.Thread):
-    def start(self):
-        super().start()
-        raise KeyboardInterrupt
-threading.Thread = Thread
-def warm():
-    working.set()
-    time.sleep(30)
-atexit.register(lambda: working.is_set() and print("torn down under the warm-up", flush=True))
-cli.owns_process = True
-try:
-    cli._first_call(warm)
-except KeyboardInterrupt:
-    sys.exit(3)
-"""
-    t0 = time.monotonic()
-    r = fresh_python(code)
-    assert r.returncode == 130 and "torn down" not in r.stdout, (r.returncode, r.stdout, r.stderr)
-    assert time.monotonic() - t0 < 20
