@@ -81,10 +81,11 @@ def _not_written(e: OSError) -> CharrnnError:
     return CharrnnError(f"cannot write to standard output: {os_error_message(e)}")
 
 
-# markup=False: run names, paths and messages print as they are, brackets and all; styled
-# text is built as rich Text. soft_wrap: a message is one line, wrapped by the terminal alone.
-out = _Console(markup=False, soft_wrap=True)
-err = _Console(stderr=True, markup=False, soft_wrap=True)
+# markup=False, emoji=False: run names, paths and messages print as they are, brackets and
+# :smile: and all; styled text is built as rich Text. soft_wrap: a message is one line, wrapped
+# by the terminal alone.
+out = _Console(markup=False, emoji=False, soft_wrap=True)
+err = _Console(stderr=True, markup=False, emoji=False, soft_wrap=True)
 
 
 @app.callback()
@@ -664,9 +665,9 @@ def eval_(
     result = model.evaluate(ids, batch=batch, window=window)
     note = f"; {counted(skipped, 'unknown ' + unit)} skipped" if skip_unknown else ""
     per = "byte" if of_bytes else "char"
-    out.print(f"{file}: {result.chars:,} {unit}{'s' * (result.chars != 1)}, {result.nats:.4f} nats/{per}, "
-              f"{result.bits:.4f} bits/{per}, "
-              f"perplexity {result.perplexity:.2f}{note}", markup=False, highlight=False, soft_wrap=True)
+    out.print(controls_escaped(f"{file}: {result.chars:,} {unit}{'s' * (result.chars != 1)}, {result.nats:.4f} "
+                               f"nats/{per}, {result.bits:.4f} bits/{per}, perplexity {result.perplexity:.2f}{note}"),
+              markup=False, highlight=False, soft_wrap=True)
 
 
 
@@ -768,7 +769,7 @@ def inspect_(
     layer, unit = ins.pick_unit(scores, layer, unit)
     failed = _written_first(html, lambda: write_page(html, tr, scores, found, model.vocab, layer, unit, str(file)))
     note = f"; {counted(skipped, 'unknown ' + tr.step)} skipped" if skipped else ""
-    out.print(ins.model_line(tr, str(file)) + note, markup=False, highlight=False)
+    out.print(controls_escaped(ins.model_line(tr, str(file)) + note), markup=False, highlight=False)
     out.print(ins.unit_line(tr, scores, layer, unit), markup=False, highlight=False)
     out.print(ins.coloured_text(tr, layer, unit))
     out.print(ins.scale_bar(tr, layer))
@@ -975,7 +976,7 @@ def _said_written(path, failed):
     if failed is not None:
         raise failed
     if path is not None:
-        out.print(f"wrote {path}", markup=False, highlight=False)
+        out.print(controls_escaped(f"wrote {path}"), markup=False, highlight=False)
 
 
 def _print_error(message: str):

@@ -38,7 +38,7 @@ import numpy as np
 from . import memory
 from .cells import CELLS
 from .corpus import Vocab
-from .errors import CharrnnError, counted
+from .errors import CharrnnError, controls_escaped, counted
 from .model import Layout, ModelSpec, Stack, init_params
 
 
@@ -284,7 +284,9 @@ def run(ids, chars, cells=None, trained=None, hidden=64, layers=1, seed=0, radiu
 
 
 def series_label(flow: Flow, layer: int) -> str:
-    return flow.label if flow.spec.layers == 1 else f"{flow.label} L{layer}"
+    """A series' name in the chart, the table and the PNG: a run folder's name with its control
+    characters escaped, as in errors (errors.controls_escaped); the JSON keeps it as it is."""
+    return controls_escaped(flow.label if flow.spec.layers == 1 else f"{flow.label} L{layer}")
 
 
 def chart(flows, width=64, height=16):

@@ -127,6 +127,12 @@ def test_a_text_of_unknown_characters_only_is_said_so_and_one_character_counted_
     two.write_text(run["val_file"].read_text(encoding="utf-8")[:2], encoding="utf-8")
     r = invoke("eval", run["dir"], two)
     assert r.exit_code == 0 and r.stdout.startswith(f"{two}: 1 character, "), r.stdout  # "1 characters"
+    # a line break or an ESC in the name: one line, escaped, not a second one that steers the terminal
+    odd = tmp_path / "t\x1b[2J\nx.txt"
+    odd.write_bytes(two.read_bytes())
+    r = invoke("eval", run["dir"], odd)
+    assert r.exit_code == 0 and r.stdout.startswith(f"{tmp_path}/t\\x1b[2J\\nx.txt: 1 character, "), r.stdout
+    assert len(r.stdout.splitlines()) == 1
 
 
 @pytest.mark.parametrize("per_line", [(), ("--per-line",)])

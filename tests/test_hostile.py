@@ -371,8 +371,9 @@ def test_a_name_holding_a_line_break_or_an_escape_cannot_forge_a_line(corpus, tm
     assert "evil\\nerror: fake \\x9b31m" in r.stdout, r.stdout
 
 def test_brackets_in_names_print_as_they_are(corpus, tmp_path):
-    # rich would read "[red]" as a style and fail on "[/oops]", a closing tag without an opening one
-    out_dir, name = tmp_path / "[/oops]", "[red]x[y]"
+    # rich would read "[red]" as a style and fail on "[/oops]", a closing tag without an opening
+    # one, and turn ":smile:" into an emoji
+    out_dir, name = tmp_path / "[/oops]", "[red]x:smile:[y]"
     r = runner.invoke(app, ["train", str(corpus), *TINY, "--max-steps", "2", "--out-dir", str(out_dir),
                             "--run", name])
     assert r.exit_code == 0, r.output

@@ -253,10 +253,13 @@ def test_a_run_whose_name_holds_dollars_is_drawn_as_named(tmp_path, monkeypatch)
 
 def test_cli_plot_png(tmp_path):
     pytest.importorskip("matplotlib")
-    out = tmp_path / "p.png"
-    r = runner.invoke(app, ["plot", str(_write_run(tmp_path / "run")), "--png", str(out)])
+    # named so that it is said as it is: rich turned :fire: into an emoji, and a line break or an
+    # ESC in the name reached the terminal
+    out = tmp_path / "p:fire:\x1b[2J\nx.png"
+    r = runner.invoke(app, ["plot", str(_write_run(tmp_path / "run:smile:")), "--png", str(out)])
     assert r.exit_code == 0, r.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert r.stdout.splitlines()[-1] == f"wrote {tmp_path}/p:fire:\\x1b[2J\\nx.png"
 
 
 def test_a_single_point_is_drawn_and_no_series_is_no_warning(tmp_path, monkeypatch):
