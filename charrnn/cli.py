@@ -923,18 +923,17 @@ def gradflow(
                                f"{' or '.join([*scales, '--max-k'])}")
     unknown = max(f.unknown for f in flows)  # a checkpoint's model, which may lack some of the text's characters
     if unknown:
-        err.print(one_line(f"note: left out {unknown:,} of the {counted(ids.size, 'character')} of {corpus} that the "
+        unit = "byte" if trained and trained.encoding == "bytes" else "character"  # a bytes model's are bytes
+        err.print(one_line(f"note: left out {unknown:,} of the {counted(ids.size, unit)} of {corpus} that the "
                            "model does not know"), markup=False, highlight=False)
-    if png is not None:
-        gf.write_png(flows, png)
-    if json_out:
+    failed = _written_first(png, lambda: gf.write_png(flows, png))
+    if json_out:  # stdout is the JSON alone: no "wrote" line
         with _printing():
             typer.echo(json.dumps(gf.to_json(flows, max_k, windows, batch, str(corpus), seed)))
-        return
+        return _said_written(None, failed)
     out.print(gf.chart(flows))
     out.print_table(gf.table(flows, max_k))
-    if png is not None:
-        out.print(f"wrote {png}", markup=False, highlight=False)
+    _said_written(png, failed)
 
 
 @app.command()

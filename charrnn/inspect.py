@@ -26,7 +26,7 @@ import numpy as np
 from .cells import CELLS
 from .config import INSPECT_CHARS
 from .corpus import held_byte
-from .errors import CharrnnError, UsageError, computes_nan
+from .errors import CharrnnError, UsageError, computes_nan, counted
 from .gradflow import TANH_UNITS
 from .kernels.output import logits_forward
 from .model import ModelSpec, Stack
@@ -373,11 +373,16 @@ def scale_bar(tr: Trace, layer: int, width: int = 32):
 
     lo, hi = tr.value_range(layer)
     colours = palette()
-    bar = Text(f"{lo:+.3g} ")
+    bar = Text(f"{_signed(lo)} ")
     for i in range(width):
         bar.append(" ", Style(bgcolor=Color.from_rgb(*colours[round(i * 255 / (width - 1))])))
-    bar.append(f" {hi:+.3g}")
+    bar.append(f" {_signed(hi)}")
     return bar
+
+
+def _signed(x):
+    """An end of the scale: +0.5, -1; 0 without a sign (a gate's scale is 0 to +1)."""
+    return f"{x:+.3g}" if x else "0"
 
 
 def units_table(found: list[Found], act: str):
@@ -418,8 +423,7 @@ def gates_table(tr: Trace):
 
 def model_line(tr: Trace, source: str) -> str:
     s = tr.spec
-    n = len(tr.text)
-    return (f"{s.cell} {s.layers}x{s.hidden}, vocabulary {s.vocab_size}; read {n:,} {tr.step}{'s' * (n != 1)} "
+    return (f"{s.cell} {s.layers}x{s.hidden}, vocabulary {s.vocab_size}; read {counted(len(tr.text), tr.step)} "
             f"of {source} from a zero state")
 
 

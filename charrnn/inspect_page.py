@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import counted
 from .outputs import shown_name, write_output
 from .inspect import GATE_CLOSED, GATE_OPEN, PROPERTIES, Found, Scores, Trace, label, palette, visible
 
@@ -61,7 +62,7 @@ def page(tr: Trace, scores: Scores, found: list[Found], vocab, layer: int, unit:
     parts = {
         "title": html.escape(f"charrnn inspect: {source}"),
         "model": html.escape(f"{s.cell} {s.layers}x{s.hidden}, vocabulary {s.vocab_size}; "
-                             f"{len(tr.text):,} {tr.step}s of {source}, activation {tr.act}"),
+                             f"{counted(len(tr.text), tr.step)} of {source}, activation {tr.act}"),
         "found": _found_rows(found),
         "gates": GATES.replace("{step}", tr.step) if tr.gates[0] else f"<p class=\"note\">{s.cell} cells have no gates.</p>",
         "meta": _json(meta),

@@ -108,20 +108,26 @@ def summary(m: Metrics) -> str:
     parts = []
     if m.train["step"]:
         last = m.train["loss"][-1]
-        parts.append(f"{counted(len(m.train['step']), 'train record')} up to step {m.train['step'][-1]:.0f}"
-                     + (f", last loss {last:.4f}" if last is not None else ""))
+        parts.append(f"{counted(len(m.train['step']), 'train record')} up to step {_shown(m.train['step'][-1], 0)}"
+                     + (f", last loss {_shown(last, 4)}" if last is not None else ""))
     vals = [(b, s) for s, b in zip(m.val["step"], m.val["bpc"]) if b is not None]
     if vals:
         best, step = min(vals)
-        parts.append(f"best val {best:.4f} bpc at step {step:.0f}")
+        parts.append(f"best val {_shown(best, 4)} bpc at step {_shown(step, 0)}")
     elif m.val["step"]:
         parts.append(f"{counted(len(m.val['step']), 'val record')} up to step "
-                     f"{m.val['step'][-1]:.0f}, none with a finite bpc")
+                     f"{_shown(m.val['step'][-1], 0)}, none with a finite bpc")
     if m.test and m.test.get("bpc") is not None:
-        parts.append(f"test {m.test['bpc']:.4f} bpc")
+        parts.append(f"test {_shown(m.test['bpc'], 4)} bpc")
     if m.torn_last_line:
         parts.append("torn last line skipped")
     return "; ".join(parts)
+
+
+def _shown(x, places):
+    """x with `places` decimals; in 4 significant digits where that would run long (a hand-edited
+    1e308 printed 309 digits)."""
+    return f"{x:.{places}f}" if abs(x) < 1e12 else f"{x:.4g}"
 
 
 def _xy(d, key):

@@ -372,3 +372,36 @@ def test_the_help_of_the_cell_options_names_their_cells_once_and_their_defaults(
     assert "(the echo-state property); default 0.95." in help_of["--spectral-radius"]
     assert "Fresh leaky models: the time constants" in help_of["--tau"] and "Default 1:50" in help_of["--tau"]
     assert not any("models: esn:" in h or "models: leaky:" in h for h in help_of.values())
+
+
+def test_a_run_folders_name_reaches_the_chart_and_table_escaped_and_a_bytes_model_counts_bytes(tmp_path, shakespeare):
+    # an ESC in a run folder's name (a run copied from someone) cleared the terminal in the
+    # legend and the table; a bytes model's note said "characters" of a count of bytes
+    vocab, _ = shakespeare
+    spec = ModelSpec("rnn", vocab.size, 4, 1)
+    path = tmp_path / "ev\x1b[2Jil" / "best.npz"
+    save_checkpoint(path, {"params": init_params(spec, np.random.default_rng(0), np.float32)},
+                    {"config": {"cell": "rnn", "hidden": 4, "layers": 1, "encoding": "bytes"}, "vocab": vocab.to_json()})
+    text = tmp_path / "odd.txt"
+    text.write_text("the cat sat on the mat \u20ac " * 40, encoding="utf-8")  # the euro sign: 3 bytes
+    r = runner.invoke(app, ["gradflow", str(path), "--corpus", str(text), "--max-k", "3", "--windows", "1"])
+    assert r.exit_code == 0, r.output
+    assert "\x1b" not in r.stdout and r.stdout.count("ev\\x1b[2Jil/best.npz") == 2, r.stdout  # legend, table
+    assert r.stderr == f"note: left out 120 of the 1,080 bytes of {text} that the model does not know\n"
+
+
+@pytest.mark.parametrize("json_out", [False, True])
+def test_a_png_that_cannot_be_written_leaves_the_measurement_printed(tmp_path, monkeypatch, json_out):
+    # the error came before anything was printed: minutes of measuring lost, the JSON too
+    def full(flows, path):
+        raise CharrnnError(f"cannot write {path}: File too large")
+
+    monkeypatch.setattr(gf, "write_png", full)
+    png = tmp_path / "g.png"
+    r = runner.invoke(app, ["gradflow", "--cell", "rnn", "--max-k", "4", "--hidden", "8", "--windows", "1",
+                            "--png", str(png), *(["--json"] if json_out else [])])
+    assert r.exit_code == 1 and str(r.exception) == f"cannot write {png}: File too large"
+    if json_out:
+        assert json.loads(r.stdout)["models"][0]["cell"] == "rnn"
+    else:
+        assert "mean ||dL_T / dh_(T-k)||" in r.stdout and "wrote" not in r.stdout

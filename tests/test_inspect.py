@@ -263,6 +263,21 @@ def test_the_text_read_is_counted_and_named_in_good_english(planted, tmp_path):
     path = _write(tmp_path / "euro.txt", "a \u20ac b")
     r = invoke(planted["checkpoint"], path)
     assert str(r.exception).startswith(f"{path} (its first 5 characters) has 1 character the model does not know")
+    # the page said "1 characters of"
+    r = invoke(planted["checkpoint"], tmp_path / "one.txt", "--html", tmp_path / "one.html")
+    assert r.exit_code == 0, r.output
+    assert "; 1 character of " in (tmp_path / "one.html").read_text(encoding="utf-8")
+
+
+def test_a_file_name_reaches_the_terminal_escaped_and_a_gates_scale_starts_at_0(planted, tmp_path):
+    # an ESC or a line break in the text's name steered the terminal and split the first line;
+    # the forget gate's scale read "+0 ... +1"
+    path = _write(tmp_path / "t\x1b[2J\nx:smile:.txt", "ab")
+    r = invoke(planted["checkpoint"], path, "--act", "f")
+    assert r.exit_code == 0, r.output
+    assert "\x1b" not in r.stdout
+    assert r.stdout.splitlines()[0].endswith(f"read 2 characters of {tmp_path}/t\\x1b[2J\\nx:smile:.txt from a zero state")
+    assert re.search(r"^0 +\+1$", r.stdout, re.M), r.stdout
 
 
 def test_user_text_is_never_markup(planted):

@@ -305,3 +305,11 @@ def test_a_matplotlib_that_cannot_start_is_one_line_about_the_environment(monkey
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # not installed at all
     with pytest.raises(CharrnnError, match="which is not installed; install it with: pip install matplotlib"):
         require_pyplot()
+
+
+def test_the_summary_of_extreme_values_stays_short(tmp_path):
+    # a hand-edited loss of 1e308 printed all its 309 digits, a step of -1e149 its 150
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"kind": "train", "step": -1e149, "loss": 1e308}\n{"kind": "val", "step": 2, "bpc": 0.5}\n')
+    assert summary(read_metrics(tmp_path)) == ("1 train record up to step -1e+149, last loss 1e+308; "
+                                               "best val 0.5000 bpc at step 2")
