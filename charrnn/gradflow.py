@@ -349,12 +349,15 @@ def write_png(flows, path) -> None:
 
     plt = require_pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
+    # past the colours of the cycle (10 by default), the next series are dashed, then dotted...
+    colours = len(plt.rcParams["axes.prop_cycle"].by_key().get("color", [None]))
     lines, labels = [], []
     for flow in flows:
         for f in flow.layers:
             k = np.arange(f.norms.size)
             keep = f.norms > 0  # a log axis cannot show zeros
-            lines += ax.semilogy(k[keep], f.norms[keep])
+            dashes = ("-", "--", ":", "-.")[len(lines) // colours % 4]
+            lines += ax.semilogy(k[keep], f.norms[keep], linestyle=dashes)
             labels.append(literal(shown_name(series_label(flow, f.layer))))
     ax.set_xlabel("k (steps back from the last step)")
     ax.set_ylabel("mean ||dL_T / dh_(T-k)||")

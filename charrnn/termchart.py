@@ -11,8 +11,15 @@ import math
 import numpy as np
 from rich.text import Text
 
-MARKERS = "*o+x#@%&"
+MARKERS = "*o+x#@%&=~^$!?<>"
 COLOURS = ("cyan", "magenta", "yellow", "green", "red", "blue", "bright_white", "bright_black")
+
+
+def marker(s: int):
+    """(character, colour) of series s: 16 series have markers of their own (gradflow --cell all
+    --layers 2 draws 16), and the colours turn one further at each round of the markers, so no
+    two of the first 128 series share both."""
+    return MARKERS[s % len(MARKERS)], COLOURS[(s + s // len(MARKERS)) % len(COLOURS)]
 
 
 def nice_step(lo: float, hi: float, n: int = 5) -> float:
@@ -139,7 +146,7 @@ def line_chart(series, width=64, height=16, log_y=False, title=None, x_label="",
             if s is None:
                 text.append(" ")
             else:
-                text.append(MARKERS[s % len(MARKERS)], style=COLOURS[s % len(COLOURS)])
+                text.append(*marker(s))
         text.append("\n")
 
     # x axis: tick marks under round values, labels centred under them where they fit
@@ -160,7 +167,7 @@ def line_chart(series, width=64, height=16, log_y=False, title=None, x_label="",
 
     text.append(" " * (margin + 1))
     for s, (label, rs) in enumerate(data):
-        text.append(MARKERS[s % len(MARKERS)], style=COLOURS[s % len(COLOURS)])
+        text.append(*marker(s))
         text.append(f" {label}{'' if rs else ' (no data)'}   ")
     text.append("\n")
     return text

@@ -405,3 +405,18 @@ def test_a_png_that_cannot_be_written_leaves_the_measurement_printed(tmp_path, m
         assert json.loads(r.stdout)["models"][0]["cell"] == "rnn"
     else:
         assert "mean ||dL_T / dh_(T-k)||" in r.stdout and "wrote" not in r.stdout
+
+
+def test_a_png_of_many_series_draws_no_two_alike(tmp_path, monkeypatch):
+    # matplotlib cycles 10 colours: the 11th series was drawn as the first
+    pytest.importorskip("matplotlib")
+    import charrnn.plot as plot
+
+    drawn = []
+    monkeypatch.setattr(plot, "save_figure", lambda fig, path: drawn.append(fig))
+    spec = ModelSpec("rnn", 5, 4, 2)
+    flows = [gf.Flow(f"m{i}", spec, [gf.LayerFlow(layer, np.array([1.0, 0.5, 0.25]), {}, {}) for layer in (0, 1)])
+             for i in range(8)]
+    gf.write_png(flows, tmp_path / "g.png")
+    looks = [(line.get_color(), line.get_linestyle()) for line in drawn[0].axes[0].get_lines()]
+    assert len(looks) == 16 and len(set(looks)) == 16, looks

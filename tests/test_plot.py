@@ -313,3 +313,15 @@ def test_the_summary_of_extreme_values_stays_short(tmp_path):
     log.write_text('{"kind": "train", "step": -1e149, "loss": 1e308}\n{"kind": "val", "step": 2, "bpc": 0.5}\n')
     assert summary(read_metrics(tmp_path)) == ("1 train record up to step -1e+149, last loss 1e+308; "
                                                "best val 0.5000 bpc at step 2")
+
+
+def test_sixteen_series_and_more_never_share_a_marker_and_its_colour():
+    # gradflow --cell all --layers 2 draws 16 series: with 8 marker and colour pairs, rnn L0 and
+    # gru-cho L0 were both a cyan *
+    from charrnn.termchart import marker
+
+    assert len({marker(s)[0] for s in range(16)}) == 16
+    assert len({marker(s) for s in range(128)}) == 128
+    chart = line_chart([(f"s{s}", np.arange(3), np.full(3, s + 1.0)) for s in range(16)])
+    legend = chart.plain.splitlines()[-1].split()
+    assert legend[::2] == list(MARKERS) and legend[1::2] == [f"s{s}" for s in range(16)]
