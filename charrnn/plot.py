@@ -60,48 +60,70 @@ def _number(v):
 
 
 def read_metrics(run) -> Metrics:
+    """The records of a run's log, read a line at a time: a file given by mistake (a corpus) is
+    refused at its first line, not read whole, and a long log costs its figures, not its text."""
     path = find_metrics(run)
-    try:
-        lines = path.read_bytes().splitlines()  # each line decoded alone: a torn last one may end inside a character
-    except OSError as e:
-        raise CharrnnError(f"cannot read {path}: {e.strerror or e}") from None
-    if lines and lines[0].startswith(BOM):  # an editor's byte-order mark
-        lines[0] = lines[0][len(BOM):]
     m = Metrics(path)
     records = 0  # lines that are records of some kind: a log, not some other file
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line.decode("utf-8"))
-        except (ValueError, RecursionError):  # UnicodeDecodeError too; RecursionError: nested too deep
-            # a crash while appending: the record never finished
-            if n == len(lines) and (records or line.startswith(LOG_STARTS[METRICS_FILE].encode())):
-                m.torn_last_line = True
-                continue
-            if not records and path.name != METRICS_FILE:  # a file given that is not a run's log
-                raise CharrnnError(f"{path} is not a charrnn {METRICS_FILE}: line {n} is no JSON record; "
-                                   "pass the run folder of a training run") from None
-            raise CharrnnError(f"{path} line {n} is not valid JSON; the file is corrupt") from None
-        if not isinstance(rec, dict) or "kind" not in rec:
-            continue
-        records += 1
-        kind = rec.get("kind")
-        if kind == "test":
-            m.test = {k: _number(rec.get(k)) for k in ("loss", "bpc")}
-            continue
-        target = {"train": m.train, "val": m.val}.get(kind) if isinstance(kind, str) else None
-        step = _number(rec.get("step"))
-        if target is None or step is None:
-            continue
-        for key, values in target.items():
-            values.append(step if key == "step" else _number(rec.get(key)))
-    if not records and not m.torn_last_line and any(line.strip() for line in lines):
+    text = False  # whether any line holds more than white space
+    bad = None  # (number, line) of a line that is no JSON: torn if nothing follows it
+    try:
+        with open(path, "rb") as log:
+            for n, line in enumerate(log, 1):  # bytes, each decoded alone: a torn last line may end inside a character
+                if n == 1 and line.startswith(BOM):  # an editor's byte-order mark
+                    line = line[len(BOM):]
+                if not line.strip():
+                    continue
+                text = True
+                if bad is not None:  # a line follows it: no crash while appending
+                    raise _not_json(path, bad[0], records)
+                try:
+                    rec = json.loads(line.decode("utf-8"))
+                except (ValueError, RecursionError):  # UnicodeDecodeError too; RecursionError: nested too deep
+                    # a crash while appending leaves a record unfinished, on the last line
+                    bad = (n, line.startswith(LOG_STARTS[METRICS_FILE].encode()))
+                    if not (records or bad[1] or path.name == METRICS_FILE):  # no log at all: said at once
+                        raise _not_json(path, n, records)
+                    continue
+                if not isinstance(rec, dict) or "kind" not in rec:
+                    continue
+                records += 1
+                _add(m, rec)
+    except OSError as e:
+        raise CharrnnError(f"cannot read {path}: {e.strerror or e}") from None
+    except MemoryError:
+        raise CharrnnError(f"{path} is too large to chart in the memory free; free some memory") from None
+    if bad is not None and not (records or bad[1]):  # the only line, and no record's start
+        raise _not_json(path, bad[0], records)
+    m.torn_last_line = bad is not None
+    if not records and not m.torn_last_line and text:
         raise CharrnnError(f"{path} is not a charrnn {METRICS_FILE}: it holds no train, val or test record; "
                            "pass the run folder of a training run")
     if not m.train["step"] and not m.val["step"]:
         raise CharrnnError(f"{path} has no train or val records yet; plot again once training has logged some")
     return m
+
+
+def _not_json(path, n, records):
+    """The error for line n of a log, which is no JSON and not its last."""
+    if not records and path.name != METRICS_FILE:  # a file given that is not a run's log
+        return CharrnnError(f"{path} is not a charrnn {METRICS_FILE}: line {n} is no JSON record; "
+                            "pass the run folder of a training run")
+    return CharrnnError(f"{path} line {n} is not valid JSON; the file is corrupt")
+
+
+def _add(m: Metrics, rec: dict):
+    """A record's figures into m: test's, or a train or val record's at its step."""
+    kind = rec.get("kind")
+    if kind == "test":
+        m.test = {k: _number(rec.get(k)) for k in ("loss", "bpc")}
+        return
+    target = {"train": m.train, "val": m.val}.get(kind) if isinstance(kind, str) else None
+    step = _number(rec.get("step"))
+    if target is None or step is None:
+        return
+    for key, values in target.items():
+        values.append(step if key == "step" else _number(rec.get(key)))
 
 
 def summary(m: Metrics) -> str:

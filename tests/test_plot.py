@@ -325,3 +325,26 @@ def test_sixteen_series_and_more_never_share_a_marker_and_its_colour():
     chart = line_chart([(f"s{s}", np.arange(3), np.full(3, s + 1.0)) for s in range(16)])
     legend = chart.plain.splitlines()[-1].split()
     assert legend[::2] == list(MARKERS) and legend[1::2] == [f"s{s}" for s in range(16)]
+
+
+def test_a_large_file_that_is_no_log_is_refused_at_its_first_line_and_memory_said_as_plots(tmp_path, monkeypatch):
+    # the whole file was read and split first: 2.2x a file's size in memory, for a corpus given
+    # by mistake; and running out of memory gave training's advice (a smaller model, batch...)
+    import tracemalloc
+
+    big = tmp_path / "corpus.txt"
+    big.write_bytes(b"the quick brown fox jumps over the lazy dog\n" * 500_000)  # 22 MB
+    tracemalloc.start()
+    with pytest.raises(CharrnnError, match="is not a charrnn metrics.jsonl: line 1 is no JSON record"):
+        read_metrics(big)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1_000_000, peak
+    run = _write_run(tmp_path / "run")
+
+    def no_memory(*a, **k):
+        raise MemoryError
+
+    monkeypatch.setattr(json, "loads", no_memory)
+    with pytest.raises(CharrnnError, match=r"metrics.jsonl is too large to chart in the memory free; free some memory$"):
+        read_metrics(run)
