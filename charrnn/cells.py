@@ -101,7 +101,8 @@ def check_option(name, value):
         except ValueError:
             taus = []
         if len(parts) not in (1, 2) or len(taus) != len(parts) or not all(opt.low <= t <= opt.high for t in taus):
-            raise UsageError(f"{option} {value} is out of range: give a value, LO:HI or 'learned', "
+            shown = value if str(value) and str(value).strip() == str(value) else repr(str(value))  # '' seen
+            raise UsageError(f"{option} {shown} is out of range: give a value, LO:HI or 'learned', "
                                f"with every tau in [{opt.low:g}, {opt.high:g}]")
         return
     if not opt.low <= value <= opt.high:

@@ -40,6 +40,8 @@ def find_metrics(run) -> Path:
     p = given = Path(run)
     if p.suffix == ".npz" and p.is_file():
         p = p.parent
+    if p.exists() and not (p.is_file() or p.is_dir()):  # a FIFO, /dev/null: as the other commands say it
+        raise CharrnnError(f"{p} is not a regular file, so no {METRICS_FILE}; pass the run folder of a training run")
     candidates = [p] if p.is_file() else [p / METRICS_FILE, Path("checkpoints") / p / METRICS_FILE]
     for c in candidates:
         if c.is_file():

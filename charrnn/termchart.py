@@ -59,6 +59,16 @@ def _fmt(v: float) -> str:
     return f"{v:.0f}" if float(v).is_integer() and abs(v) < 1e6 else f"{v:.3g}"
 
 
+def _told_apart(values) -> list[str]:
+    """Tick labels in 3 significant digits, or as many more as tell every tick from the next
+    (1.0001 and 1.0002 both read 1 in three)."""
+    for digits in range(3, 17):
+        labels = [f"{v:.{digits}g}" for v in values]
+        if len(set(labels)) == len(labels):
+            break
+    return labels
+
+
 # Beyond this, a point is left out as a non-finite one is: the axes' arithmetic (hi - lo, and
 # its steps) would overflow to inf between two such points of opposite signs.
 DRAWABLE = 1e150
@@ -130,8 +140,8 @@ def line_chart(series, width=64, height=16, log_y=False, title=None, x_label="",
     if log_y:
         y_ticks = [(d, f"1e{d:+03d}") for d in range(int(y_hi), int(y_lo) - 1, -every)]
     else:
-        n_steps = round((y_hi - y_lo) / step)
-        y_ticks = [(y_lo + i * step, f"{y_lo + i * step:.3g}") for i in range(n_steps + 1)]
+        values = [y_lo + i * step for i in range(round((y_hi - y_lo) / step) + 1)]
+        y_ticks = list(zip(values, _told_apart(values)))
     labels = {}
     for v, label in y_ticks:
         labels.setdefault(round(row(v)), label)
@@ -150,7 +160,9 @@ def line_chart(series, width=64, height=16, log_y=False, title=None, x_label="",
         text.append("\n")
 
     # x axis: tick marks under round values, labels centred under them where they fit
-    x_ticks = [v for v in nice_ticks(x_lo, x_hi, max(3, width // 10)) if x_lo <= v <= x_hi]
+    whole = all(np.array_equal(xs, np.round(xs)) for xs, _ in runs)  # steps, k: no tick between two
+    x_ticks = [v for v in nice_ticks(x_lo, x_hi, max(3, width // 10))
+               if x_lo <= v <= x_hi and (float(v).is_integer() or not whole)]
     axis = ["─"] * width
     label_line = [" "] * (width + 8)
     for v in x_ticks:

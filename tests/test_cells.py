@@ -66,9 +66,10 @@ def test_leaky_time_constants(tau, trains):
     np.testing.assert_allclose(a, expected[tau], rtol=1e-6)
 
 
-@pytest.mark.parametrize("tau", ["0.5", "1:x", "1:2:3", "learn", "1:20000"])
+@pytest.mark.parametrize("tau", ["0.5", "1:x", "1:2:3", "learn", "1:20000", ""])
 def test_bad_time_constants_are_one_clear_error(tau):
-    with pytest.raises(CharrnnError, match=f"--tau {tau} is out of range"):
+    shown = tau or "''"  # an empty one was "--tau  is out of range"
+    with pytest.raises(CharrnnError, match=f"--tau {shown} is out of range"):
         TrainConfig(tau=tau).validate()
 
 

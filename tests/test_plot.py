@@ -215,6 +215,14 @@ def test_columns_0_is_no_terminal_of_no_width(tmp_path):
     assert p.returncode == 0 and "--temperature" in p.stdout, p.stderr
 
 
+def test_a_fifo_or_a_device_is_said_to_be_no_regular_file(tmp_path):
+    # "no metrics.jsonl in /dev/null", where the other commands say what it is
+    os.mkfifo(tmp_path / "fifo")
+    for given in (tmp_path / "fifo", "/dev/null"):
+        with pytest.raises(CharrnnError, match=f"^{given} is not a regular file, so no metrics.jsonl; pass the run"):
+            read_metrics(given)
+
+
 def test_cli_plot_of_a_missing_run_exits_1(tmp_path):
     r = runner.invoke(app, ["plot", str(tmp_path / "nope")])
     assert r.exit_code == 1 and isinstance(r.exception, CharrnnError)
@@ -348,3 +356,12 @@ def test_a_large_file_that_is_no_log_is_refused_at_its_first_line_and_memory_sai
     monkeypatch.setattr(json, "loads", no_memory)
     with pytest.raises(CharrnnError, match=r"metrics.jsonl is too large to chart in the memory free; free some memory$"):
         read_metrics(run)
+
+
+def test_whole_steps_get_whole_ticks_and_close_values_labels_that_tell_them_apart():
+    # k from 0 to 1 was labelled 0 0.2 0.4 ... 1; losses of 1.0001 to 1.0003 all read "1"
+    lines = line_chart([("a", np.array([0, 1]), np.array([1.0001, 1.0003]))], width=30, height=6).plain.splitlines()
+    assert lines[-2].split() == ["0", "1"]
+    assert [line.split()[0] for line in lines if "┤" in line] == ["1.0003", "1.0002", "1.0001"]
+    lines = line_chart([("a", np.array([0.0, 0.5]), np.array([1.0, 2.0]))], width=30, height=6).plain.splitlines()
+    assert "0.2" in lines[-2].split()  # steps between whole numbers keep theirs
