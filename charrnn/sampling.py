@@ -204,17 +204,20 @@ class _Begun:
     that raised would be spent and read as an empty sample."""
 
     def __init__(self, begin):
-        self._begin, self._pieces = begin, None
+        self._begin, self._pieces, self._closed = begin, None, False
 
     def __iter__(self):
         return self
 
     def __next__(self):
+        if self._closed:  # as a closed generator: nothing more (one never begun: its numbers are skipped)
+            raise StopIteration
         if self._pieces is None:
             self._pieces = self._begin()
         return next(self._pieces)
 
     def close(self):
+        self._closed = True
         if self._pieces is not None:
             self._pieces.close()
 
@@ -253,6 +256,7 @@ def samples(sampler: Sampler, vocab: Vocab, length=500, prime="", seed=0, temper
         """Sample i's pieces. Samples not begun are skipped (their numbers too), one closed early
         has its numbers skipped: each later sample is as it would have been."""
         rng.bit_generator.advance((i - turn["next"]) * length)
+        start = rng.bit_generator.state  # its numbers' start: it ends `length` on, however it ends
         turn["next"], turn["drawing"] = i + 1, (i if length else None)
         left = length  # the numbers sample i has yet to draw
         try:
@@ -283,8 +287,10 @@ def samples(sampler: Sampler, vocab: Vocab, length=500, prime="", seed=0, temper
             if held:
                 yield held
         finally:
-            if turn["drawing"] == i:  # closed before its end
-                rng.bit_generator.advance(left)
+            if turn["drawing"] == i:  # closed before its end, or stopped by a Ctrl-C: from the start,
+                # not by `left`, which a Ctrl-C between drawing numbers and counting them leaves behind
+                rng.bit_generator.state = start
+                rng.bit_generator.advance(length)
                 turn["drawing"] = None
 
     return (_Begun(lambda i=i: begin(i)) for i in range(num_samples))

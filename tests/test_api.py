@@ -819,6 +819,33 @@ def test_samples_of_a_stream_are_each_what_they_would_be_or_refused(model):
     assert first + "".join(a) == model.sample(100, seed=1)
 
 
+def test_a_sample_stopped_by_ctrl_c_or_closed_unbegun_leaves_the_later_ones_as_they_would_be(model, monkeypatch):
+    # a Ctrl-C inside the kernel's call, after sample 1 had drawn that call's numbers and before
+    # it counted them, had them skipped twice: sample 2 was another text
+    from charrnn.sampling import Sampler
+
+    n = 400  # several chunks
+    want = ["".join(p) for p in model.stream(n, seed=3, num_samples=2)]
+    generate, calls = Sampler.generate, []
+
+    def interrupted(self, *args):
+        calls.append(generate(self, *args))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as if it landed just after the kernel returned
+        return calls[-1]
+
+    a, b = model.stream(n, seed=3, num_samples=2)
+    monkeypatch.setattr(Sampler, "generate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        "".join(a)
+    monkeypatch.undo()
+    assert "".join(b) == want[1]
+    # closed before it began: read as a closed generator reads (nothing), the next as it would be
+    a, b = model.stream(n, seed=3, num_samples=2)
+    a.close()
+    assert "".join(a) == "" and "".join(b) == want[1]
+
+
 def test_unknown_characters_in_a_prime_or_stop_text_are_named_by_argument(model):
     # they said "priming text" and "the stop text", and were no UnknownCharacters
     with pytest.raises(charrnn.UnknownCharacters, match=r"^prime= has 1 character the model does not know"):
