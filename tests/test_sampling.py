@@ -110,6 +110,16 @@ def test_top_k_1_is_the_argmax(temperature):
                        prime="a", seed=7)[0] == greedy
 
 
+def test_a_temperature_whose_inverse_overflows_is_the_argmax_with_top_k_and_top_p_too():
+    # below about 5.6e-309, 1/temperature is inf and the best logit's probability was 0 * inf =
+    # NaN: with top_k or top_p the choice fell to id 0, whatever the logits
+    logits = np.array([3.0, 2.0, 5.0, 1.5])
+    probs, order = np.zeros(4), np.zeros(4, np.int64)
+    for temperature in (1e-310, 5e-324, 1e-300):
+        for top_k, top_p in ((0, 1.0), (1, 1.0), (2, 1.0), (0, 0.5)):
+            assert select(logits, probs, order, temperature, top_k, top_p, 0.7) == 2, (temperature, top_k, top_p)
+
+
 def choices(logits, temperature=1.0, top_k=0, top_p=1.0, n=20000, seed=0):
     """select() over evenly spread and random uniforms."""
     logits = np.asarray(logits, np.float64)

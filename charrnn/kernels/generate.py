@@ -196,10 +196,10 @@ def select(logits, probs, order, temperature, top_k, top_p, u):
             best = v
     if not finite:
         return -1
-    if temperature == 0.0:
-        return best
-    m = logits[best]
     inv_t = 1.0 / temperature
+    if temperature == 0.0 or inv_t == np.inf:  # 1/t overflows below 5.6e-309: the limit, the argmax
+        return best  # (scaled by inf, the best logit's 0 would be NaN)
+    m = logits[best]
     total = 0.0
     for v in range(V):
         p = np.exp((np.float64(logits[v]) - m) * inv_t)
