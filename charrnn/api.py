@@ -29,7 +29,7 @@ from .corpus import ENCODINGS, NotText, UnknownCharacters, check_encoding, check
 from .errors import CharrnnError, as_keyword, computes_nan
 from .evaluate import evaluate, evaluation_shape, line_losses, lines_shape
 from .model import Stack
-from .sampling import SAMPLE_THREADS, Sampler, load_model, samples, start_id
+from .sampling import SAMPLE_THREADS, Model, Sampler, load_model, samples, start_id
 
 LINES_PER_PASS = 4096  # score_lines sorts this many lines by length at a time, then yields their scores
 STATE_NAMES = {"hs": "h", "cs": "c"}  # a cell's state buffers, as `state` names them
@@ -110,6 +110,12 @@ def _require_path(what, value):
     return value
 
 
+def too_few_known(skipped: int, kept: int, what: str, unit: str) -> CharrnnError:
+    """The error for a text whose unknown characters, left out, leave fewer than 2 to score."""
+    return CharrnnError(f"{skipped:,} of the {skipped + kept:,} {unit}s of {what} {'is' if skipped == 1 else 'are'} "
+                        f"unknown to the model; the {kept} left {'is' if kept == 1 else 'are'} too few to score")
+
+
 class TrainedModel:
     """A trained model: sample text from it, score text with it, or read text one character at a
     time and see what it expects next.
@@ -122,12 +128,25 @@ class TrainedModel:
     def __init__(self, loaded, spell=as_keyword):
         """From sampling.load_model's result; use charrnn.load(path). spell: how messages name
         an argument (errors.as_keyword; the command line's as_flag)."""
+        if not isinstance(loaded, Model):  # TrainedModel("run"): 'str' object has no attribute 'spec'
+            raise CharrnnError(f"TrainedModel() takes a model read by charrnn.load(), not {type(loaded).__name__}; "
+                               "for a checkpoint, use charrnn.load(path)")
         self.spec, self.params, self.config, self.path = loaded.spec, loaded.params, loaded.config, loaded.path
         self._spell = spell
         self._vocab = loaded.vocab
         self._of_bytes = self.config.get("encoding") == "bytes"  # each character a byte: unknowns named as bytes
         self.vocab = tuple(loaded.vocab.chars)
         self._stream = None  # the Sampler whose state reset/step/feed move, made on first use
+
+    def __copy__(self):
+        """A model of its own state (reset/step/feed), sharing the parameters, which nothing
+        writes: copy.copy shared the state with the original."""
+        twin = object.__new__(type(self))
+        twin.__dict__.update(self.__dict__)
+        twin._stream = None
+        if self._stream is not None:
+            twin.state = self.state
+        return twin
 
     def __repr__(self):
         s = self.spec
@@ -182,6 +201,8 @@ class TrainedModel:
         batch, window = self._batch_window(batch, window)
         skip_unknown = _flag("skip_unknown", skip_unknown)
         ids, skipped = self.encode(text, skip_unknown=skip_unknown) if isinstance(text, str) else (self._ids(text), 0)
+        if skipped and ids.size < 2:  # not "the text to evaluate has 0 characters"
+            raise too_few_known(skipped, ids.size, "the text", "byte" if self._of_bytes else "character")
         memory.require(memory.evaluation_needs(self.spec, *evaluation_shape(ids.size, batch, window),
                                                self.params.dtype), "evaluating", self._smaller_batch_or_window())
         nats, count = evaluate(self.spec, self.params, ids, batch, window)
@@ -346,7 +367,10 @@ class TrainedModel:
     def _ids(self, ids):
         """ids given instead of text, checked: a 1-D array of whole numbers in [0, vocabulary),
         kept in their own type (encode_file's are a byte or two each)."""
-        a = np.asarray(ids)
+        try:
+            a = np.asarray(ids)
+        except ValueError:  # rows of different lengths
+            a = np.empty((0, 0))
         if a.ndim != 1 or a.dtype.kind not in "iu" or (a.size and (a.min() < 0 or a.max() >= self.spec.vocab_size)):
             raise CharrnnError(f"give a str, or ids from encode(): a 1-D array of whole numbers in "
                                f"[0, {self.spec.vocab_size})")

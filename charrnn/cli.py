@@ -620,7 +620,7 @@ def eval_(
 
     With the checkpoint's batch and window, its run's validation text scores the run's own validation figure. The text is cut into batch contiguous streams; the first starts from a zero state, each other one from the state left by reading the 200 characters before it, or all of them near the text's start (uncounted: they are scored in the streams before), so the figure is close to reading the text as one stream. The very first character is only an input and a tail shorter than the batch is left out, so the count is up to batch characters below the file's length.
     """
-    from .api import TrainedModel, UnknownCharacters
+    from .api import TrainedModel, UnknownCharacters, too_few_known
     from .corpus import check_read_as
     from .sampling import load_model, warm_up_evaluate
 
@@ -640,9 +640,7 @@ def eval_(
             with err.status("reading the text..."):  # (a named pipe: until written)
                 ids, skipped = model.encode_file(file, encoding=encoding, skip_unknown=skip_unknown)
             if skipped and ids.size < 2:  # not "the text to evaluate has 0 characters"
-                raise CharrnnError(f"{skipped:,} of the {ids.size + skipped:,} {unit}s of {file} "
-                                   f"{'is' if skipped == 1 else 'are'} unknown to the model; the {ids.size} left "
-                                   f"{'is' if ids.size == 1 else 'are'} too few to score")
+                raise too_few_known(skipped, ids.size, file, unit)
     except UnknownCharacters as e:
         raise CharrnnError(f"{e} (or pass --skip-unknown to leave them out)") from None
     _first_call(lambda: warm_up_evaluate(model.spec, model.params.dtype))

@@ -846,6 +846,32 @@ def test_a_sample_stopped_by_ctrl_c_or_closed_unbegun_leaves_the_later_ones_as_t
     assert "".join(a) == "" and "".join(b) == want[1]
 
 
+def test_odd_calls_of_the_model_class_and_of_evaluate_are_one_clear_error(model):
+    with pytest.raises(CharrnnError, match=r"^TrainedModel\(\) takes a model read by charrnn.load\(\), not str; "):
+        charrnn.TrainedModel("checkpoints/run")  # it was AttributeError: 'str' object has no attribute 'spec'
+    with pytest.raises(CharrnnError, match=r"^give a str, or ids from encode\(\): a 1-D array"):
+        model.evaluate([[0, 1], [2]])  # numpy's ValueError (an inhomogeneous shape)
+    # every character unknown and skipped: "the text to evaluate has 0 characters; it needs at least 2"
+    with pytest.raises(CharrnnError, match=r"^3 of the 3 characters of the text are unknown to the model; the 0 "
+                                           r"left are too few to score$"):
+        model.score("\u20ac\u20ac\u20ac", skip_unknown=True)
+
+
+def test_a_copy_of_a_model_reads_text_with_a_state_of_its_own(model):
+    import copy
+
+    model.reset()
+    model.feed("the ")
+    twin = copy.copy(model)  # it shared the state: twin.reset() reset the model too
+    assert all((twin.state[k] == model.state[k]).all() for k in model.state)
+    twin.reset()
+    assert any(model.state[k].any() for k in model.state) and not any(twin.state[k].any() for k in twin.state)
+    twin.feed("the ")
+    other = copy.copy(twin)
+    np.testing.assert_array_equal(twin.step("c"), other.step("c"))  # the same state, each its own
+    np.testing.assert_array_equal(twin.step("a"), other.step("a"))
+
+
 def test_unknown_characters_in_a_prime_or_stop_text_are_named_by_argument(model):
     # they said "priming text" and "the stop text", and were no UnknownCharacters
     with pytest.raises(charrnn.UnknownCharacters, match=r"^prime= has 1 character the model does not know"):

@@ -128,8 +128,15 @@ def test_bytes_a_model_lacks_in_a_file_are_named_as_bytes(run):
             "text has 1 character above U+00FF the model does not know (1 occurrence): '€'; this model")):
         model.score("le " + "€")
     with pytest.raises(charrnn.CharrnnError, match=re.escape(
-            "prime= has 1 byte value the model does not know (1 occurrence): 7e ('~');")):
+            "prime= has 1 byte value the model does not know (1 occurrence): 7e ('~'); use only text whose")):
         model.sample(5, prime="le ~")
+    # é typed as a character: the model knows its UTF-8 bytes c3 a9, not the byte e9 (it said
+    # only "use only text whose bytes occur in the training text", which é's do)
+    with pytest.raises(charrnn.UnknownCharacters, match=re.escape(
+            "prime= has 1 byte value the model does not know (1 occurrence): e9; this model reads bytes, a character "
+            "each: for UTF-8 text give text.encode('utf-8').decode('latin-1'), or use only text whose bytes occur")):
+        model.sample(5, prime="café")
+    assert model.sample(5, prime="café".encode("utf-8").decode("latin-1"), seed=1)  # as the hint says
 
 
 def test_inspect_draws_the_characters_a_bytes_models_bytes_make(run):
