@@ -308,12 +308,12 @@ class TrainedModel:
         if ids.size == 0:
             raise CharrnnError("feed() needs at least one character")
         stream = self._state_stream()
-        with stream.kept_on_stop():  # (two reads)
+        with stream.kept_on_stop():  # (two reads; and the text unread, should it overflow)
             stream.feed(ids[:-1])
             logits = stream.feed(ids[-1:], keep_logits=True)[0].astype(np.float64)
-        if not np.isfinite(logits).all():  # a state assigned far beyond any the model reaches
-            raise CharrnnError("the model's state overflowed: its next-character scores are not finite numbers; "
-                               "reset(), or assign a state that m.state gave")
+            if not np.isfinite(logits).all():  # a state assigned far beyond any the model reaches
+                raise CharrnnError("the model's state overflowed: its next-character scores are not finite "
+                                   "numbers; reset(), or assign a state that m.state gave")
         p = np.exp(logits - logits.max())  # as sampling's select() at temperature 1
         return p / p.sum()
 

@@ -137,8 +137,8 @@ class Sampler:
 
     @contextmanager
     def kept_on_stop(self):
-        """Around reading a text: should it stop (Ctrl-C between two calls), the state is left as
-        it was before, not somewhere inside the text."""
+        """Around reading a text: should it stop (Ctrl-C between two calls) or fail, the state is
+        left as it was before, not somewhere inside the text."""
         h, c = self.h.copy(), self.c.copy()
         try:
             yield

@@ -756,6 +756,7 @@ def test_a_state_beyond_any_the_model_reaches_is_an_error_not_nan(tmp_path):
     m.state = {"h": np.full((1, 16), 3e38)}
     with pytest.raises(CharrnnError, match="the model's state overflowed: its next-character scores are not finite"):
         m.step("a")
+    assert (m.state["h"] == np.float32(3e38)).all()  # the text unread, as after a Ctrl-C (it was read)
     m.reset()
     assert np.isfinite(m.step("a")).all()
 
