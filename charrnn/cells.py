@@ -101,7 +101,8 @@ def check_option(name, value):
         except ValueError:
             taus = []
         if len(parts) not in (1, 2) or len(taus) != len(parts) or not all(opt.low <= t <= opt.high for t in taus):
-            shown = value if str(value) and str(value).strip() == str(value) else repr(str(value))  # '' seen
+            text = str(value)
+            shown = text if text and text.strip() == text else repr(text)  # '' seen as such
             raise UsageError(f"{option} {shown} is out of range: give a value, LO:HI or 'learned', "
                                f"with every tau in [{opt.low:g}, {opt.high:g}]")
         return

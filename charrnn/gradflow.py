@@ -344,7 +344,6 @@ def to_json(flows, max_k: int, windows: int, batch: int, corpus: str, seed: int)
 
 
 def write_png(flows, path) -> None:
-    from .outputs import shown_name
     from .plot import literal, require_pyplot, save_figure
 
     plt = require_pyplot()
@@ -358,7 +357,7 @@ def write_png(flows, path) -> None:
             keep = f.norms > 0  # a log axis cannot show zeros
             dashes = ("-", "--", ":", "-.")[len(lines) // colours % 4]
             lines += ax.semilogy(k[keep], f.norms[keep], linestyle=dashes)
-            labels.append(literal(shown_name(series_label(flow, f.layer))))
+            labels.append(literal(series_label(flow, f.layer)))
     ax.set_xlabel("k (steps back from the last step)")
     ax.set_ylabel("mean ||dL_T / dh_(T-k)||")
     ax.set_title("How far gradients reach back in time")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import LOG_STARTS, METRICS_FILE
-from .errors import CharrnnError, counted
+from .errors import CharrnnError, controls_escaped, counted
 from .outputs import shown_name, write_output
 
 BOM = b"\xef\xbb\xbf"  # UTF-8's byte-order mark, which some editors write first
@@ -40,12 +40,13 @@ def find_metrics(run) -> Path:
     p = given = Path(run)
     if p.suffix == ".npz" and p.is_file():
         p = p.parent
-    if p.exists() and not (p.is_file() or p.is_dir()):  # a FIFO, /dev/null: as the other commands say it
-        raise CharrnnError(f"{p} is not a regular file, so no {METRICS_FILE}; pass the run folder of a training run")
-    candidates = [p] if p.is_file() else [p / METRICS_FILE, Path("checkpoints") / p / METRICS_FILE]
+    named = p.exists() and not p.is_dir()  # a file, or a FIFO or device in its place
+    candidates = [p] if named else [p / METRICS_FILE, Path("checkpoints") / p / METRICS_FILE]
     for c in candidates:
         if c.is_file():
             return c
+        if c.exists() and not c.is_dir():  # a FIFO, /dev/null: said as the other commands say it
+            raise CharrnnError(f"{c} is not a regular file; pass the run folder of a training run")
     where = f"beside {given} (in {p})" if p != given else f"in {p}"  # a checkpoint given: named as typed
     raise CharrnnError(f"no {METRICS_FILE} {where}; pass the run folder of a training run (it holds {METRICS_FILE})")
 
@@ -61,6 +62,24 @@ def _number(v):
     return v if math.isfinite(v) else None
 
 
+# A line of the log is read at most this long: a record is a few hundred characters, and a file
+# given by mistake (a corpus without line breaks) is refused after one such piece, not read whole.
+LONGEST_LINE = 1 << 16
+
+
+def _lines(log):
+    """(number, line) of a log opened as text with universal line ends (CR alone too, as
+    bytes.splitlines split them), each line at most LONGEST_LINE characters: a longer one is
+    passed on as its first piece and the rest of it skipped."""
+    n = 0
+    while line := log.readline(LONGEST_LINE):
+        n += 1
+        if len(line) == LONGEST_LINE and not line.endswith("\n"):
+            while (rest := log.readline(LONGEST_LINE)) and not rest.endswith("\n"):
+                pass
+        yield n, line
+
+
 def read_metrics(run) -> Metrics:
     """The records of a run's log, read a line at a time: a file given by mistake (a corpus) is
     refused at its first line, not read whole, and a long log costs its figures, not its text."""
@@ -68,24 +87,25 @@ def read_metrics(run) -> Metrics:
     m = Metrics(path)
     records = 0  # lines that are records of some kind: a log, not some other file
     text = False  # whether any line holds more than white space
-    bad = None  # (number, line) of a line that is no JSON: torn if nothing follows it
+    torn = None  # the number of a line that is no JSON, where it may yet be the torn last line
     try:
-        with open(path, "rb") as log:
-            for n, line in enumerate(log, 1):  # bytes, each decoded alone: a torn last line may end inside a character
-                if n == 1 and line.startswith(BOM):  # an editor's byte-order mark
-                    line = line[len(BOM):]
+        # undecodable bytes kept as surrogates, each line then decoded strictly: a torn last line
+        # may end inside a character; utf-8-sig: an editor's byte-order mark is no part of line 1
+        with open(path, encoding="utf-8-sig", errors="surrogateescape", buffering=LONGEST_LINE) as log:
+            for n, line in _lines(log):
                 if not line.strip():
                     continue
                 text = True
-                if bad is not None:  # a line follows it: no crash while appending
-                    raise _not_json(path, bad[0], records)
+                if torn is not None:  # a line follows it: no crash while appending
+                    raise _not_json(path, torn, records)
                 try:
-                    rec = json.loads(line.decode("utf-8"))
+                    rec = json.loads(line.encode("utf-8", "surrogateescape").decode("utf-8"))
                 except (ValueError, RecursionError):  # UnicodeDecodeError too; RecursionError: nested too deep
-                    # a crash while appending leaves a record unfinished, on the last line
-                    bad = (n, line.startswith(LOG_STARTS[METRICS_FILE].encode()))
-                    if not (records or bad[1] or path.name == METRICS_FILE):  # no log at all: said at once
-                        raise _not_json(path, n, records)
+                    # a crash while appending leaves a record unfinished, on the last line of a
+                    # log: one with a record before it, or whose line starts as a record does
+                    if not (records or line.startswith(LOG_STARTS[METRICS_FILE])):
+                        raise _not_json(path, n, records) from None
+                    torn = n
                     continue
                 if not isinstance(rec, dict) or "kind" not in rec:
                     continue
@@ -94,10 +114,8 @@ def read_metrics(run) -> Metrics:
     except OSError as e:
         raise CharrnnError(f"cannot read {path}: {e.strerror or e}") from None
     except MemoryError:
-        raise CharrnnError(f"{path} is too large to chart in the memory free; free some memory") from None
-    if bad is not None and not (records or bad[1]):  # the only line, and no record's start
-        raise _not_json(path, bad[0], records)
-    m.torn_last_line = bad is not None
+        raise CharrnnError(f"{path} is too large to chart in the memory there is; free some memory") from None
+    m.torn_last_line = torn is not None
     if not records and not m.torn_last_line and text:
         raise CharrnnError(f"{path} is not a charrnn {METRICS_FILE}: it holds no train, val or test record; "
                            "pass the run folder of a training run")
@@ -107,8 +125,9 @@ def read_metrics(run) -> Metrics:
 
 
 def _not_json(path, n, records):
-    """The error for line n of a log, which is no JSON and not its last."""
-    if not records and path.name != METRICS_FILE:  # a file given that is not a run's log
+    """The error for line n of a file read as a log, which is no JSON and cannot be a torn last
+    line: a file that is no log (given by its name, with no record before it), or a corrupt log."""
+    if not records and path.name != METRICS_FILE:
         return CharrnnError(f"{path} is not a charrnn {METRICS_FILE}: line {n} is no JSON record; "
                             "pass the run folder of a training run")
     return CharrnnError(f"{path} line {n} is not valid JSON; the file is corrupt")
@@ -132,23 +151,23 @@ def summary(m: Metrics) -> str:
     parts = []
     if m.train["step"]:
         last = m.train["loss"][-1]
-        parts.append(f"{counted(len(m.train['step']), 'train record')} up to step {_shown(m.train['step'][-1], 0)}"
-                     + (f", last loss {_shown(last, 4)}" if last is not None else ""))
+        parts.append(f"{counted(len(m.train['step']), 'train record')} up to step {_brief(m.train['step'][-1], 0)}"
+                     + (f", last loss {_brief(last, 4)}" if last is not None else ""))
     vals = [(b, s) for s, b in zip(m.val["step"], m.val["bpc"]) if b is not None]
     if vals:
         best, step = min(vals)
-        parts.append(f"best val {_shown(best, 4)} bpc at step {_shown(step, 0)}")
+        parts.append(f"best val {_brief(best, 4)} bpc at step {_brief(step, 0)}")
     elif m.val["step"]:
         parts.append(f"{counted(len(m.val['step']), 'val record')} up to step "
-                     f"{_shown(m.val['step'][-1], 0)}, none with a finite bpc")
+                     f"{_brief(m.val['step'][-1], 0)}, none with a finite bpc")
     if m.test and m.test.get("bpc") is not None:
-        parts.append(f"test {_shown(m.test['bpc'], 4)} bpc")
+        parts.append(f"test {_brief(m.test['bpc'], 4)} bpc")
     if m.torn_last_line:
         parts.append("torn last line skipped")
     return "; ".join(parts)
 
 
-def _shown(x, places):
+def _brief(x, places):
     """x with `places` decimals; in 4 significant digits where that would run long (a hand-edited
     1e308 printed 309 digits)."""
     return f"{x:.{places}f}" if abs(x) < 1e12 else f"{x:.4g}"
@@ -198,10 +217,13 @@ def _cannot_start(e: Exception) -> CharrnnError:
                         f"MPLBACKEND and MPLCONFIGDIR variables, or reinstall it with: {INSTALL_HINT}")
 
 
-def literal(text: str) -> str:
-    """text for a title or label of matplotlib's, drawn as written: there a $ starts math
-    notation (a run named cost$^$ could not be drawn, and a$5 or $6 lost its dollars)."""
-    return text.replace("$", r"\$")
+def literal(name) -> str:
+    """A name for a title or label of matplotlib's, drawn as written: a $ escaped, which there
+    starts math notation (a run named cost$^$ could not be drawn, and a$5 or $6 lost its
+    dollars); control characters as escapes (errors.controls_escaped: an ESC reached the
+    terminal in matplotlib's warning that its font lacks it); and the bytes of a name that is not
+    UTF-8 as U+FFFD (outputs.shown_name)."""
+    return controls_escaped(shown_name(name)).replace("$", r"\$")
 
 
 def save_figure(fig, path) -> None:
@@ -236,5 +258,5 @@ def write_png(m: Metrics, path) -> None:
     ax2.set_xlabel("step")
     ax2.set_ylabel("gradient norm")
     ax2.grid(True, which="both", alpha=0.3)
-    fig.suptitle(literal(shown_name(m.path.parent.name or m.path)))
+    fig.suptitle(literal(m.path.parent.name or m.path))
     save_figure(fig, path)

@@ -60,12 +60,12 @@ def _fmt(v: float) -> str:
 
 
 def _told_apart(values) -> list[str]:
-    """Tick labels in 3 significant digits, or as many more as tell every tick from the next
-    (1.0001 and 1.0002 both read 1 in three)."""
-    for digits in range(3, 17):
+    """Tick labels as _fmt writes them, or in as many significant digits as tell every tick from
+    the next (1.0001 and 1.0002 both read 1 in three, steps 1,000,000 and 1,000,200 1e+06)."""
+    labels, digits = [_fmt(v) for v in values], 3
+    while len(set(labels)) < len(labels) and digits < 17:
+        digits += 1
         labels = [f"{v:.{digits}g}" for v in values]
-        if len(set(labels)) == len(labels):
-            break
     return labels
 
 
@@ -165,10 +165,9 @@ def line_chart(series, width=64, height=16, log_y=False, title=None, x_label="",
                if x_lo <= v <= x_hi and (float(v).is_integer() or not whole)]
     axis = ["─"] * width
     label_line = [" "] * (width + 8)
-    for v in x_ticks:
+    for v, lbl in zip(x_ticks, _told_apart(x_ticks)):
         c = round(col(v))
         axis[c] = "┬"
-        lbl = _fmt(v)
         start = max(0, c - len(lbl) // 2)
         if all(ch == " " for ch in label_line[max(0, start - 1) : start + len(lbl) + 1]):
             label_line[start : start + len(lbl)] = lbl

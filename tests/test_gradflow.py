@@ -382,7 +382,7 @@ def test_a_run_folders_name_reaches_the_chart_and_table_escaped_and_a_bytes_mode
     path = tmp_path / "ev\x1b[2Jil" / "best.npz"
     save_checkpoint(path, {"params": init_params(spec, np.random.default_rng(0), np.float32)},
                     {"config": {"cell": "rnn", "hidden": 4, "layers": 1, "encoding": "bytes"}, "vocab": vocab.to_json()})
-    text = tmp_path / "odd.txt"
+    text = tmp_path / "odd:smile:.txt"  # a note on stderr: no emoji either
     text.write_text("the cat sat on the mat \u20ac " * 40, encoding="utf-8")  # the euro sign: 3 bytes
     r = runner.invoke(app, ["gradflow", str(path), "--corpus", str(text), "--max-k", "3", "--windows", "1"])
     assert r.exit_code == 0, r.output

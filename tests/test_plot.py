@@ -218,8 +218,11 @@ def test_columns_0_is_no_terminal_of_no_width(tmp_path):
 def test_a_fifo_or_a_device_is_said_to_be_no_regular_file(tmp_path):
     # "no metrics.jsonl in /dev/null", where the other commands say what it is
     os.mkfifo(tmp_path / "fifo")
-    for given in (tmp_path / "fifo", "/dev/null"):
-        with pytest.raises(CharrnnError, match=f"^{given} is not a regular file, so no metrics.jsonl; pass the run"):
+    (tmp_path / "run").mkdir()
+    os.mkfifo(tmp_path / "run" / "metrics.jsonl")
+    for given, named in ((tmp_path / "fifo", tmp_path / "fifo"), ("/dev/null", "/dev/null"),
+                         (tmp_path / "run", tmp_path / "run" / "metrics.jsonl")):
+        with pytest.raises(CharrnnError, match=f"^{named} is not a regular file; pass the run folder of a training run$"):
             read_metrics(given)
 
 
@@ -340,22 +343,40 @@ def test_a_large_file_that_is_no_log_is_refused_at_its_first_line_and_memory_sai
     # by mistake; and running out of memory gave training's advice (a smaller model, batch...)
     import tracemalloc
 
-    big = tmp_path / "corpus.txt"
-    big.write_bytes(b"the quick brown fox jumps over the lazy dog\n" * 500_000)  # 22 MB
-    tracemalloc.start()
-    with pytest.raises(CharrnnError, match="is not a charrnn metrics.jsonl: line 1 is no JSON record"):
-        read_metrics(big)
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    assert peak < 1_000_000, peak
+    words = b"the quick brown fox jumps over the lazy dog"
+    for name, text in (("lines.txt", (words + b"\n") * 500_000), ("one line.txt", (words + b" ") * 500_000)):
+        big = tmp_path / name  # 22 MB, with line breaks or none
+        big.write_bytes(text)
+        tracemalloc.start()
+        try:
+            with pytest.raises(CharrnnError, match="is not a charrnn metrics.jsonl: line 1 is no JSON record"):
+                read_metrics(big)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 2_000_000, (name, peak)
     run = _write_run(tmp_path / "run")
 
     def no_memory(*a, **k):
         raise MemoryError
 
     monkeypatch.setattr(json, "loads", no_memory)
-    with pytest.raises(CharrnnError, match=r"metrics.jsonl is too large to chart in the memory free; free some memory$"):
+    with pytest.raises(CharrnnError, match=r"metrics.jsonl is too large to chart in the memory there is; free some memory$"):
         read_metrics(run)
+
+
+def test_line_ends_of_any_kind_and_a_torn_last_line_before_blank_ones(tmp_path):
+    run = _write_run(tmp_path / "run", torn=False)
+    log = run / "metrics.jsonl"
+    good = log.read_bytes()
+    want = read_metrics(run)
+    for ends in (b"\r\n", b"\r"):  # CR alone was read as one torn line: "no train or val records yet"
+        log.write_bytes(good.replace(b"\n", ends))
+        got = read_metrics(run)
+        assert (got.train, got.val, got.test, got.torn_last_line) == (want.train, want.val, want.test, False), ends
+    # a crash while appending, then blank lines (an editor's): the torn line is still the last record's
+    log.write_bytes(good + b'{"kind": "train", "st' + b"\n\n \n")
+    assert read_metrics(run).torn_last_line and read_metrics(run).train == want.train
 
 
 def test_whole_steps_get_whole_ticks_and_close_values_labels_that_tell_them_apart():
@@ -365,3 +386,17 @@ def test_whole_steps_get_whole_ticks_and_close_values_labels_that_tell_them_apar
     assert [line.split()[0] for line in lines if "┤" in line] == ["1.0003", "1.0002", "1.0001"]
     lines = line_chart([("a", np.array([0.0, 0.5]), np.array([1.0, 2.0]))], width=30, height=6).plain.splitlines()
     assert "0.2" in lines[-2].split()  # steps between whole numbers keep theirs
+    lines = line_chart([("a", np.array([1_000_000, 1_000_200]), np.array([1.0, 2.0]))], width=40).plain.splitlines()
+    assert lines[-2].split() == ["1e+06", "1.0001e+06", "1.0002e+06"]  # each read 1e+06
+
+
+def test_a_run_whose_name_holds_controls_is_drawn_with_them_escaped(tmp_path, monkeypatch):
+    # the title held the raw ESC: matplotlib's warning that its font lacks the glyph carried it
+    # to the terminal
+    pytest.importorskip("matplotlib")
+    import charrnn.plot as plot
+
+    drawn = []
+    monkeypatch.setattr(plot, "save_figure", lambda fig, path: drawn.append(fig))
+    plot.write_png(read_metrics(_write_run(tmp_path / "o\x1b[2J\nx$")), tmp_path / "p.png")
+    assert drawn[0].get_suptitle() == r"o\x1b[2J\nx\$"
