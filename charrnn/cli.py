@@ -425,8 +425,16 @@ def _first_call(warm):
     # its own end, not the thread's: an interrupted Thread.join marks a thread that is still
     # running as stopped (Python 3.11)
     done = threading.Event()
+    # "running" once the thread begins, "abandoned" if a Ctrl-C came first (it then never runs
+    # warm): settled under the lock, as Thread.is_alive() is false while a started thread has yet
+    # to take its first step
+    thread, gate = {"is": "starting"}, threading.Lock()
 
     def run():
+        with gate:
+            if thread["is"] == "abandoned":
+                return
+            thread["is"] = "running"
         try:
             with loading_from_cache():
                 warm()
@@ -435,15 +443,21 @@ def _first_call(warm):
         finally:
             done.set()
 
-    thread = threading.Thread(target=run, daemon=True)
+    def abandoned():
+        """Whether the thread had not begun; it then never will."""
+        with gate:
+            if thread["is"] == "starting":
+                thread["is"] = "abandoned"
+            return thread["is"] == "abandoned"
+
     try:
-        thread.start()  # inside: a Ctrl-C can land in start() too, with the thread already running
+        threading.Thread(target=run, daemon=True).start()  # in here: a Ctrl-C can land inside start()
         compiling = not done.wait(0.5)
         if compiling:
             with err.status("compiling kernels (the first run only; later runs reuse numba's cache)..."):
                 done.wait()
     except KeyboardInterrupt:
-        _interrupted_while(done, thread)
+        _interrupted_while(done, abandoned)
         raise
     if failure:
         raise failure[0]
@@ -452,14 +466,16 @@ def _first_call(warm):
     _set_up()
 
 
-def _interrupted_while(done, thread):
+def _interrupted_while(done, abandoned):
     """Ctrl-C while the warm-up's thread may be inside LLVM (compiling, or loading the kernels
     from numba's cache). A process that exits while it is there can crash as LLVM's C++ runtime
     is torn down under it: a segmentation fault or an abort instead of exit 130, in about 1 of
     60 Ctrl-Cs 0.25-0.45 s into a `charrnn sample`. The entry point's process ends at once, past
     that teardown, having written nothing yet; called in-process, the thread is waited for,
-    unless the Ctrl-C kept it from starting."""
-    if done.is_set() or not (owns_process or thread.is_alive()):
+    unless abandoned() finds it had not begun (it then never does)."""
+    if done.is_set():
+        return
+    if not owns_process and abandoned():
         return
     if owns_process:
         for stream in (sys.stdout, sys.stderr):
