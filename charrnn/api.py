@@ -368,10 +368,11 @@ class TrainedModel:
         """ids given instead of text, checked: a 1-D array of whole numbers in [0, vocabulary),
         kept in their own type (encode_file's are a byte or two each)."""
         try:
-            a = np.asarray(ids)
+            a = None if np.ma.is_masked(ids) else np.asarray(ids)  # a mask would be dropped unread
         except ValueError:  # rows of different lengths
-            a = np.empty((0, 0))
-        if a.ndim != 1 or a.dtype.kind not in "iu" or (a.size and (a.min() < 0 or a.max() >= self.spec.vocab_size)):
+            a = None
+        if (a is None or a.ndim != 1 or a.dtype.kind not in "iu"
+                or (a.size and (a.min() < 0 or a.max() >= self.spec.vocab_size))):
             raise CharrnnError(f"give a str, or ids from encode(): a 1-D array of whole numbers in "
                                f"[0, {self.spec.vocab_size})")
         return np.ascontiguousarray(a)

@@ -428,13 +428,13 @@ def _first_call(warm):
     # "running" once the thread begins, "abandoned" if a Ctrl-C came first (it then never runs
     # warm): settled under the lock, as Thread.is_alive() is false while a started thread has yet
     # to take its first step
-    thread, gate = {"is": "starting"}, threading.Lock()
+    warm_up, gate = {"now": "starting"}, threading.Lock()
 
     def run():
         with gate:
-            if thread["is"] == "abandoned":
+            if warm_up["now"] == "abandoned":
                 return
-            thread["is"] = "running"
+            warm_up["now"] = "running"
         try:
             with loading_from_cache():
                 warm()
@@ -446,9 +446,9 @@ def _first_call(warm):
     def abandoned():
         """Whether the thread had not begun; it then never will."""
         with gate:
-            if thread["is"] == "starting":
-                thread["is"] = "abandoned"
-            return thread["is"] == "abandoned"
+            if warm_up["now"] == "starting":
+                warm_up["now"] = "abandoned"
+            return warm_up["now"] == "abandoned"
 
     try:
         threading.Thread(target=run, daemon=True).start()  # in here: a Ctrl-C can land inside start()
@@ -475,8 +475,13 @@ def _interrupted_while(done, abandoned):
     unless abandoned() finds it had not begun (it then never does)."""
     if done.is_set():
         return
-    if not owns_process and abandoned():
-        return
+    while not owns_process:  # its answer is the same however often it is asked: again on a second Ctrl-C
+        try:
+            if abandoned():
+                return
+            break
+        except KeyboardInterrupt:
+            pass
     if owns_process:
         for stream in (sys.stdout, sys.stderr):
             try:

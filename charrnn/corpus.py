@@ -780,8 +780,15 @@ class Vocab:
             unknown_codes = codes[~known]
             distinct, first = np.unique(unknown_codes, return_index=True)
             distinct = distinct[np.argsort(first)]  # in order of first appearance
-            raise _unknown([chr(int(c)) for c in distinct], len(unknown_codes), what, as_bytes, typed=True)
+            chars = [chr(int(c)) for c in distinct]
+            raise _unknown(chars, len(unknown_codes), what, as_bytes, utf8_known=as_bytes and self._knows_utf8(chars))
         return np.ascontiguousarray(ids, dtype=np.int32)
+
+    def _knows_utf8(self, chars: list) -> bool:
+        """Whether some of `chars` (a bytes model's unknown ones, typed) lie in U+0080-U+00FF and
+        the model knows the UTF-8 bytes of each of those: 'é' typed for its c3 a9."""
+        high = [c for c in chars if 0x80 <= ord(c) <= 0xFF]
+        return bool(high) and set("".join(high).encode("utf-8").decode("latin-1")) <= set(self.chars)
 
     def numbers_as(self, chars: list) -> bool:
         """Whether this vocabulary numbers its characters as `chars` (another vocabulary's, in
@@ -844,10 +851,11 @@ class Vocab:
         return vocab
 
 
-def _unknown(chars: list, occurrences: int, what: str, as_bytes: bool = False, typed: bool = False) -> UnknownCharacters:
+def _unknown(chars: list, occurrences: int, what: str, as_bytes: bool = False,
+             utf8_known: bool = False) -> UnknownCharacters:
     """The error for a text with characters (in order of first appearance) a model lacks; for a
-    bytes model (each byte the character of its code), named as bytes: e2, not 'â'. typed: a
-    program's str (encode), not a file's bytes, so 'é' may be a character meant as UTF-8."""
+    bytes model (each byte the character of its code), named as bytes: e2, not 'â'. utf8_known:
+    a program's str, whose characters from U+0080 the model knows as UTF-8 (Vocab._knows_utf8)."""
     more = f" and {len(chars) - 10} more" if len(chars) > 10 else ""
     if as_bytes:
         shown = ", ".join(repr(c) if ord(c) > 0xFF else f"{ord(c):02x}" + (f" ({c!r})" if ord(c) < 0x80 else "")
@@ -859,11 +867,10 @@ def _unknown(chars: list, occurrences: int, what: str, as_bytes: bool = False, t
                 f"{what} has {values}{counted(above, 'character')} above U+00FF the model does not know "
                 f"({counted(occurrences, 'occurrence')}): {shown}{more}; this model reads bytes, a character each: give "
                 "text.encode('utf-8').decode('latin-1')")
-        meant = typed and any(0x80 <= ord(c) for c in chars)  # é for its UTF-8 bytes c3 a9, which it may know
         return UnknownCharacters(
             f"{what} has {counted(len(chars), 'byte value')} the model does not know ({counted(occurrences, 'occurrence')}): "
             f"{shown}{more}; " + ("this model reads bytes, a character each: for UTF-8 text give "
-                                  "text.encode('utf-8').decode('latin-1'), or " if meant else "")
+                                  "text.encode('utf-8').decode('latin-1'), or " if utf8_known else "")
             + "use only text whose bytes occur in the training text"
         )
     shown = ", ".join(repr(c) for c in chars[:10])

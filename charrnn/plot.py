@@ -74,10 +74,10 @@ def _lines(log):
     n = 0
     while line := log.readline(LONGEST_LINE):
         n += 1
+        yield n, line  # first: a file refused at it is read no further
         if len(line) == LONGEST_LINE and not line.endswith("\n"):
             while (rest := log.readline(LONGEST_LINE)) and not rest.endswith("\n"):
                 pass
-        yield n, line
 
 
 def read_metrics(run) -> Metrics:

@@ -21,8 +21,9 @@ How a sample is made:
   (see kernels.generate.select).
 - stop_at ends a sample where the generated text first contains it; the stop text itself is left
   out, as is everything after it. Only generated text is searched, never the prime. A sample
-  that stops early is a prefix of the one without stop_at, and the random stream then skips the
-  numbers its remaining characters would have used, so every later sample is unchanged too.
+  that stops early is a prefix of the one without stop_at, and the numbers its remaining
+  characters would have used are left unused (sample i draws from number i * length on), so
+  every later sample is unchanged too.
 """
 from __future__ import annotations
 
@@ -236,8 +237,11 @@ def samples(sampler: Sampler, vocab: Vocab, length=500, prime="", seed=0, temper
     if stop_at:
         vocab.encode(stop_at, spell("stop_at"), as_bytes)  # a character the model lacks would never be written
     rng = np.random.Generator(np.random.PCG64(int(seed)))
-    # The samples share the sampler's state and the random numbers: each draws `length` of them
-    # (stop_at skips the rest), so sample i starts at number i * length whatever was read before
+    # The samples share the sampler's state and the random numbers: each has `length` of them
+    # (one a character; stop_at leaves the rest unused), so sample i starts at number i * length,
+    # set from the seed's start whatever was read before and however it ended (PCG64 spends one
+    # step per float64 drawn)
+    origin = rng.bit_generator.state
     turn = {"next": 0, "drawing": None}  # the first sample not yet begun; the one drawing numbers
 
     def begin(i):
@@ -253,10 +257,10 @@ def samples(sampler: Sampler, vocab: Vocab, length=500, prime="", seed=0, temper
         return pieces(i)
 
     def pieces(i):
-        """Sample i's pieces. Samples not begun are skipped (their numbers too), one closed early
-        has its numbers skipped: each later sample is as it would have been."""
-        rng.bit_generator.advance((i - turn["next"]) * length)
-        start = rng.bit_generator.state  # its numbers' start: it ends `length` on, however it ends
+        """Sample i's pieces, from its own numbers: each later sample is as it would have been,
+        whether the ones before were read, skipped, closed early or stopped by a Ctrl-C."""
+        rng.bit_generator.state = origin
+        rng.bit_generator.advance(i * length)
         turn["next"], turn["drawing"] = i + 1, (i if length else None)
         left = length  # the numbers sample i has yet to draw
         try:
@@ -274,8 +278,6 @@ def samples(sampler: Sampler, vocab: Vocab, length=500, prime="", seed=0, temper
                 if stop_at:
                     at = text.find(stop_at)
                     if at >= 0:
-                        # PCG64 spends one step per float64 drawn: skip what the rest would have drawn
-                        rng.bit_generator.advance(left)
                         held, text, left = "", text[:at], 0
                     else:
                         cut = max(0, len(text) - (len(stop_at) - 1))
@@ -287,10 +289,7 @@ def samples(sampler: Sampler, vocab: Vocab, length=500, prime="", seed=0, temper
             if held:
                 yield held
         finally:
-            if turn["drawing"] == i:  # closed before its end, or stopped by a Ctrl-C: from the start,
-                # not by `left`, which a Ctrl-C between drawing numbers and counting them leaves behind
-                rng.bit_generator.state = start
-                rng.bit_generator.advance(length)
+            if turn["drawing"] == i:  # closed before its end, or stopped by a Ctrl-C
                 turn["drawing"] = None
 
     return (_Begun(lambda i=i: begin(i)) for i in range(num_samples))

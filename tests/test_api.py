@@ -845,13 +845,22 @@ def test_a_sample_stopped_by_ctrl_c_or_closed_unbegun_leaves_the_later_ones_as_t
     a, b = model.stream(n, seed=3, num_samples=2)
     a.close()
     assert "".join(a) == "" and "".join(b) == want[1]
+    # a Ctrl-C as sample 2 begins, sample 1 skipped: sample 3 was skipped ahead twice
+    want = ["".join(p) for p in model.stream(n, seed=3, num_samples=3)]
+    a, b, c = model.stream(n, seed=3, num_samples=3)
+    monkeypatch.setattr(Sampler, "reset", lambda self: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        next(b)
+    monkeypatch.undo()
+    assert "".join(c) == want[2]
 
 
 def test_odd_calls_of_the_model_class_and_of_evaluate_are_one_clear_error(model):
     with pytest.raises(CharrnnError, match=r"^TrainedModel\(\) takes a model read by charrnn.load\(\), not str; "):
         charrnn.TrainedModel("checkpoints/run")  # it was AttributeError: 'str' object has no attribute 'spec'
-    with pytest.raises(CharrnnError, match=r"^give a str, or ids from encode\(\): a 1-D array"):
-        model.evaluate([[0, 1], [2]])  # numpy's ValueError (an inhomogeneous shape)
+    for ids in ([[0, 1], [2]], np.ma.array([0, 1, 2, 1], mask=[0, 1, 0, 0])):  # numpy's ValueError (an
+        with pytest.raises(CharrnnError, match=r"^give a str, or ids from encode\(\): a 1-D array"):  # inhomogeneous
+            model.evaluate(ids)  # shape); a mask dropped unread
     # every character unknown and skipped: "the text to evaluate has 0 characters; it needs at least 2"
     with pytest.raises(CharrnnError, match=r"^3 of the 3 characters of the text are unknown to the model; the 0 "
                                            r"left are too few to score$"):

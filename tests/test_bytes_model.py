@@ -137,6 +137,12 @@ def test_bytes_a_model_lacks_in_a_file_are_named_as_bytes(run):
             "each: for UTF-8 text give text.encode('utf-8').decode('latin-1'), or use only text whose bytes occur")):
         model.sample(5, prime="café")
     assert model.sample(5, prime="café".encode("utf-8").decode("latin-1"), seed=1)  # as the hint says
+    # no such hint where following it cannot help: ü's UTF-8 bytes (c3 bc) are not all the model's,
+    # and text already given as bytes would be encoded twice
+    for typed, byte in (("ü", "fc"), ("ü".encode("utf-8").decode("latin-1"), "bc")):
+        with pytest.raises(charrnn.UnknownCharacters, match=re.escape(
+                f"the model does not know (1 occurrence): {byte}; use only text whose bytes occur")):
+            model.encode(typed)
 
 
 def test_inspect_draws_the_characters_a_bytes_models_bytes_make(run):

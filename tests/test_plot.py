@@ -1,6 +1,7 @@
 """`charrnn plot` and the terminal chart: reading metrics.jsonl, drawing, PNG, errors."""
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -400,3 +401,18 @@ def test_a_run_whose_name_holds_controls_is_drawn_with_them_escaped(tmp_path, mo
     monkeypatch.setattr(plot, "save_figure", lambda fig, path: drawn.append(fig))
     plot.write_png(read_metrics(_write_run(tmp_path / "o\x1b[2J\nx$")), tmp_path / "p.png")
     assert drawn[0].get_suptitle() == r"o\x1b[2J\nx\$"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="reads counted through /proc/self/io")
+def test_a_file_of_one_long_line_is_refused_after_its_first_piece(tmp_path):
+    # the rest of the long line was skipped, to its end, before its first piece was looked at
+    big = tmp_path / "one line.txt"
+    big.write_bytes(b"the quick brown fox " * 2_000_000)  # 40 MB, no line break
+
+    def read_so_far():
+        return int(re.search(r"rchar: (\d+)", open("/proc/self/io").read())[1])
+
+    before = read_so_far()
+    with pytest.raises(CharrnnError, match="is not a charrnn metrics.jsonl: line 1 is no JSON record"):
+        read_metrics(big)
+    assert read_so_far() - before < 2_000_000
