@@ -20,7 +20,6 @@ from .config import LOG_STARTS, METRICS_FILE
 from .errors import CharrnnError, controls_escaped, counted
 from .outputs import shown_name, write_output
 
-BOM = b"\xef\xbb\xbf"  # UTF-8's byte-order mark, which some editors write first
 # No square brackets (as in charrnn[plot]): the CLI prints error messages as rich markup.
 INSTALL_HINT = "pip install matplotlib (charrnn's optional 'plot' extra installs it too)"
 
