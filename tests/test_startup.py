@@ -230,7 +230,6 @@ for args in (["sample", {str(tmp_path / "best.npz")!r}, "--length", "60", "--see
         except SystemExit as e:
             assert not e.code, (args, e.code)
 loads = len(refreshes)
-from numba.core.caching import Cache
 assert Cache.load_overload is ready_loader, "numba's loader was left replaced"
 assert numba.njit(lambda x: 2 * x + 1)(20) == 41
 print(repr(out.getvalue()), loads)
@@ -242,10 +241,10 @@ print(repr(out.getvalue()), loads)
 
 
 def test_the_command_line_loads_its_kernels_without_readying_numbas_compiler(tmp_path):
-    """Numba's loader readies its compiler (0.1-0.15 s at a process's first load) before it reads
-    a cached kernel, which needs only numba's runtime (kernels._jit.loading_from_cache). With a
-    warm cache, sample and eval must not ready it at all, and print what the ordinary loader's
-    kernels print; a function compiled afterwards in the same process still runs."""
+    """Numba's loader readies its compiler before it reads a cached kernel, which needs only
+    numba's runtime (kernels._jit.loading_from_cache). With a warm cache, sample and eval must
+    not ready it at all, and print what the ordinary loader's kernels print; a function
+    compiled afterwards in the same process still runs."""
     spec = ModelSpec("lstm", 3, 8, 2)
     config = {"cell": "lstm", "hidden": 8, "layers": 2, "batch": 2, "k1": 5, "k2": 5, "encoding": "utf-8"}
     save_checkpoint(tmp_path / "best.npz", {"params": init_params(spec, np.random.default_rng(3), np.float32)},
