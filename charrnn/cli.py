@@ -122,8 +122,9 @@ def _ranged(default, allowed: Range, help: str, kind: str = ""):
 
     def check(value):
         if value is not None and value not in allowed:
-            raise typer.BadParameter(f"{value} is not in the range {allowed}." if bounded else
-                                     f"{value} is not a finite number.")
+            finite = not isinstance(value, float) or math.isfinite(value)  # "inf is not in the range x>=0"
+            raise typer.BadParameter(f"{value} is not in the range {allowed}." if bounded and finite else
+                                     f"{value} is not a finite number" + (f" in the range {allowed}." if bounded else "."))
         return value
 
     kind = kind or type(default).__name__

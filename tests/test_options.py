@@ -120,8 +120,10 @@ def test_the_diagnostic_commands_refuse_what_lies_outside_their_ranges(command, 
     args = [str(tmp_path / "missing.npz"), str(tmp_path / "missing.txt")] if command == "inspect" else ["--cell", "lstm"]
     r = runner.invoke(app, [command, *args, f"--{name.replace('_', '-')}={value}"])
     allowed = DIAGNOSTIC_RANGES[command][name]
-    why = f"is not in the range {allowed}" if allowed.low is not None else "is not a finite number"
-    assert r.exit_code == 2 and why in r.output, r.output
+    why = ("is not a finite number" + (f" in the range {allowed}" if allowed.low is not None else "") if value == "nan"
+           else f"is not in the range {allowed}")
+    said = " ".join(r.output.replace("│", " ").split())  # as one line, out of typer's box
+    assert r.exit_code == 2 and why in said, r.output
 
 
 def test_inspect_takes_the_ends_of_its_ranges(tmp_path):
@@ -262,3 +264,11 @@ def test_gradflow_and_gradcheck_say_what_they_cannot_do(tmp_path):
     for args, kind, message in cases:
         r = runner.invoke(app, args)
         assert isinstance(r.exception, kind) and message in str(r.exception), (args, r.exception, r.output)
+
+
+@pytest.mark.parametrize("option", ["--time-limit", "--epochs", "--clip-norm", "--clip-value"])
+def test_an_infinite_bound_is_said_to_be_no_finite_number(option):
+    # "inf is not in the range x>=0", which it is; for --time-limit, 0 is the one without a limit
+    r = runner.invoke(app, ["train", option, "inf"])
+    said = " ".join(r.output.replace("│", " ").split())
+    assert r.exit_code == 2 and "inf is not a finite number in the range x>=0." in said, r.output
