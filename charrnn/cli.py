@@ -476,13 +476,6 @@ def _interrupted_while(done, abandoned):
     unless abandoned() finds it had not begun (it then never does)."""
     if done.is_set():
         return
-    while not owns_process:  # its answer is the same however often it is asked: again on a second Ctrl-C
-        try:
-            if abandoned():
-                return
-            break
-        except KeyboardInterrupt:
-            pass
     if owns_process:
         for stream in (sys.stdout, sys.stderr):
             try:
@@ -490,6 +483,13 @@ def _interrupted_while(done, abandoned):
             except (OSError, ValueError):
                 pass
         os._exit(130)
+    while True:  # its answer is the same however often it is asked: again on a second Ctrl-C
+        try:
+            if abandoned():
+                return
+            break
+        except KeyboardInterrupt:
+            pass
     while not done.is_set():
         try:
             done.wait()
@@ -688,7 +688,6 @@ def eval_(
     out.print(controls_escaped(f"{file}: {result.chars:,} {unit}{'s' * (result.chars != 1)}, {result.nats:.4f} "
                                f"nats/{per}, {result.bits:.4f} bits/{per}, perplexity {result.perplexity:.2f}{note}"),
               markup=False, highlight=False, soft_wrap=True)
-
 
 
 LINE_PIECE = 1 << 22  # characters of `eval --per-line`'s file held as strings at a time (whole lines)

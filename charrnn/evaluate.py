@@ -24,9 +24,9 @@ def evaluate(spec: ModelSpec, params: np.ndarray, ids: np.ndarray, batch=32, win
     The text is cut into `batch` contiguous streams and read `window` steps at a time, the state
     carried across windows. Each stream but the first starts from the state left by reading the
     `warmup` characters just before it, or all of them where fewer come before it (the end of the
-    streams before; those predictions are counted there, not here), so the figure is close to reading the text as one stream: a model
-    trained on long streams is much worse from a zero state than from a warm one, and 32 cold
-    starts in 55k characters cost it up to 0.3 nats. That needs a model that starts well from
+    streams before; those predictions are counted there, not here), so the figure is close to
+    reading the text as one stream: a model trained on long streams is much worse from a zero
+    state than from a warm one, and 32 cold starts in 55k characters cost it up to 0.3 nats. That needs a model that starts well from
     a zero state at any context: one that has met zero states only at its epochs' starts can
     run away from one (an LSTM cell counting up without bound) and score that stream far worse
     than reading on from the stream before would. Training's fresh starts (--reset-every, on by

@@ -87,9 +87,17 @@ def test_odd_values_and_lines_of_a_metrics_log_are_no_internal_error(tmp_path):
     run = _write_run(tmp_path / "run", torn=False)
     log = run / "metrics.jsonl"
     good = log.read_bytes()
+    want = read_metrics(run)
     # a byte-order mark, as an editor saves it, is not a corrupt first line
     log.write_bytes(b"\xef\xbb\xbf" + good)
     assert read_metrics(run).train["step"] == list(range(1, 41))
+    for ends in (b"\r\n", b"\r"):  # CR alone was read as one torn line: "no train or val records yet"
+        log.write_bytes(good.replace(b"\n", ends))
+        got = read_metrics(run)
+        assert (got.train, got.val, got.test, got.torn_last_line) == (want.train, want.val, want.test, False), ends
+    # a crash while appending, then blank lines (an editor's): the torn line is still the last record's
+    log.write_bytes(good + b'{"kind": "train", "st' + b"\n\n \n")
+    assert read_metrics(run).torn_last_line and read_metrics(run).train == want.train
     # a number too large for a float (OverflowError) is no value
     log.write_bytes(good + b'{"kind": "train", "step": ' + b"9" * 400 + b', "loss": 1}\n'
                     + b'{"kind": "train", "step": 41, "loss": ' + b"9" * 400 + b'}\n')
@@ -364,20 +372,6 @@ def test_a_large_file_that_is_no_log_is_refused_at_its_first_line_and_memory_sai
     monkeypatch.setattr(json, "loads", no_memory)
     with pytest.raises(CharrnnError, match=r"metrics.jsonl is too large to chart in the memory there is; free some memory$"):
         read_metrics(run)
-
-
-def test_line_ends_of_any_kind_and_a_torn_last_line_before_blank_ones(tmp_path):
-    run = _write_run(tmp_path / "run", torn=False)
-    log = run / "metrics.jsonl"
-    good = log.read_bytes()
-    want = read_metrics(run)
-    for ends in (b"\r\n", b"\r"):  # CR alone was read as one torn line: "no train or val records yet"
-        log.write_bytes(good.replace(b"\n", ends))
-        got = read_metrics(run)
-        assert (got.train, got.val, got.test, got.torn_last_line) == (want.train, want.val, want.test, False), ends
-    # a crash while appending, then blank lines (an editor's): the torn line is still the last record's
-    log.write_bytes(good + b'{"kind": "train", "st' + b"\n\n \n")
-    assert read_metrics(run).torn_last_line and read_metrics(run).train == want.train
 
 
 def test_whole_steps_get_whole_ticks_and_close_values_labels_that_tell_them_apart():
