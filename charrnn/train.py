@@ -354,6 +354,9 @@ class Trainer:
             if not self.world.from_root(self._tested() if self.world.root else None):
                 return
         if reached:
+            if self.lock is not None:  # refused: the folder is free again (a program may resume it next)
+                self.lock.release()
+                self.lock = None
             raise UsageError(f"{self.run_dir} has already reached {' and '.join(reached)}; to train on, give a "
                              "larger limit")
 

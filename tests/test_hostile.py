@@ -798,6 +798,15 @@ def hold_lock(run_dir):
     return proc
 
 
+def test_a_resume_refused_as_done_lets_the_folder_go(corpus, tmp_path, monkeypatch, capsys):
+    # a program calling the command line twice: the refused resume kept the run's lock, and the
+    # second call found the run "in use by another charrnn process" (its own pid)
+    run_dir = trained_run(corpus, tmp_path)
+    for _ in range(2):
+        code, stderr = main_exits(monkeypatch, capsys, "train", "--resume", run_dir)
+        assert code == 2 and "has already reached --max-steps 3" in stderr, stderr
+
+
 def test_a_run_is_trained_by_one_process_at_a_time(corpus, tmp_path):
     run_dir = trained_run(corpus, tmp_path)
     other = hold_lock(run_dir)
