@@ -223,7 +223,7 @@ def train(
     Started by `mpiexec -n R` (or srun), R processes train one model, each on its share of the --batch streams; this needs mpi4py (README: Training on a cluster).
     """
     from .cells import check_options_read
-    from .config import TrainConfig, check_resume_overrides, check_schedule_options
+    from .config import TrainConfig, check_schedule_options
     from .corpus import check_encoding, model_text
     from .distributed import error_prefix, world
     from .train import Interrupted, Trainer, check_new_run_dir, fine_tune_settings, new_run_dir, remove_if_empty
@@ -239,8 +239,7 @@ def train(
     if resume is not None:
         if init_from is not None:
             raise UsageError("--init-from starts a new run from a trained model; leave it out with --resume")
-        overrides = {k: v for k, v in given.items() if k != "corpus"}
-        check_resume_overrides(overrides)
+        overrides = {k: v for k, v in given.items() if k != "corpus"}  # checked against the run's (Trainer.resume)
         said = []  # what the resume says ("changed on resume: ..."), once it is sure to go on
         with err.status("loading the checkpoint and the corpus..."):
             trainer = Trainer.resume(resume, say=said.append, corpus=corpus or None, **overrides)

@@ -161,12 +161,16 @@ RESUME_MAY_CHANGE = ("lr", "schedule", "lr_decay", "decay_every", "decay_start",
 MODEL_SETTINGS = ("cell", "hidden", "layers", *CELL_OPTIONS)
 
 
-def check_resume_overrides(names):
-    """A UsageError if any of these settings may not change on resume (RESUME_MAY_CHANGE)."""
-    fixed = [n for n in names if n not in RESUME_MAY_CHANGE]
-    if fixed:
+def check_resume_overrides(given: dict, saved: dict) -> dict:
+    """The settings of `given` a resume takes: those of RESUME_MAY_CHANGE. Any other may be given
+    only as the run's own (its config `saved`), as a command line given again with --resume
+    gives it, and is left out; a UsageError names those that differ, with the run's values."""
+    fixed = {n: v for n, v in given.items() if n not in RESUME_MAY_CHANGE}
+    conflicts = settings_differing(fixed, saved, fixed)
+    if conflicts:
         raise UsageError(f"a resumed run keeps its model, text, batch, windows, optimizer and seed; leave out "
-                         f"{', '.join(map(flag, fixed))} (these may change: {', '.join(map(flag, RESUME_MAY_CHANGE))})")
+                         f"{', '.join(conflicts)} (these may change: {', '.join(map(flag, RESUME_MAY_CHANGE))})")
+    return {n: v for n, v in given.items() if n in RESUME_MAY_CHANGE}
 
 
 def check_schedule_options(names, schedule: str, whose: str = "") -> None:
@@ -181,21 +185,34 @@ def resolved_u_max(u_max: float, k2: int) -> float:
     return u_max or 2.0 ** (1.0 / k2)
 
 
+def settings_differing(given: dict, saved: dict, names) -> list[str]:
+    """Of the settings `names` in `given`, those the run of config `saved` holds otherwise, as
+    "--hidden 512 (it has 256)". Each side as a run holds it: --tau in one spelling (--tau 5.0 is
+    the 5 a model has), --u-max 0 as the run's bound, --doc-sep as its model reads it."""
+    from .corpus import check_encoding, model_text
+
+    saved = {**OLDER_CHECKPOINTS, **saved}
+    saved["u_max"] = resolved_u_max(saved["u_max"], saved["k2"])  # the bound its u was kept within
+    saved["tau"] = normal_tau(saved["tau"])
+    held = {"tau": normal_tau, "u_max": lambda v: v or saved["u_max"], "encoding": check_encoding,
+            "doc_sep": lambda v: model_text(v, saved["encoding"], "--doc-sep"), "out_dir": str}
+    # a resolved bound in full (rounded, it is no value that matches), and the way to keep it
+    return [f"{flag(n)} {given[n]} (it has {saved[n]!r}, which --u-max 0 keeps)" if n == "u_max" else
+            f"{flag(n)} {shown_setting(given[n])} (it has {shown_setting(saved.get(n))})"
+            for n in names if n in given and held.get(n, lambda v: v)(given[n]) != saved.get(n)]
+
+
+def shown_setting(value) -> str:
+    """A setting's value in a message: text that is empty or holds control characters (a
+    separator) as repr."""
+    return repr(value) if isinstance(value, str) and not (value and value.isprintable()) else str(value)
+
+
 def check_init_overrides(given: dict, saved: dict, checkpoint):
     """A UsageError if `given` sets any of the model's settings (MODEL_SETTINGS) otherwise than the
     checkpoint `saved` (its config) that a run fine-tunes."""
-    saved = {**OLDER_CHECKPOINTS, **saved}
-    saved["u_max"] = resolved_u_max(saved["u_max"], saved["k2"])  # the bound its u was kept within
-    saved["tau"] = normal_tau(saved["tau"])  # one spelling on both sides: --tau 5.0 is the 5 a model has
-    if "tau" in given:
-        given = {**given, "tau": normal_tau(given["tau"])}
-    # --u-max 0 on the command line: the model's bound, which fine_tune_settings keeps
-    compared = {**given, "u_max": given["u_max"] or saved["u_max"]} if "u_max" in given else given
     unread = {n for n in CELL_OPTIONS if saved["cell"] not in CELL_OPTIONS[n].cells}  # cells.check_options_read's
-    # a resolved bound in full (rounded, it is no value that matches), and the way to keep it
-    conflicts = [f"{flag(n)} {given[n]} (it has {saved[n]!r}, which --u-max 0 keeps)" if n == "u_max" else
-                 f"{flag(n)} {given[n]} (it has {saved[n]})"
-                 for n in MODEL_SETTINGS if n in given and compared[n] != saved[n] and n not in unread]
+    conflicts = settings_differing(given, saved, [n for n in MODEL_SETTINGS if n not in unread])
     if conflicts:
         raise UsageError(f"--init-from {checkpoint} holds the model {saved['cell']} {saved['layers']}x{saved['hidden']}, "
                          f"whose cell, sizes and cell options a fine-tuned run keeps; leave out {', '.join(conflicts)}")

@@ -256,9 +256,9 @@ class Trainer:
     def resume(cls, path, say=print, corpus=None, **overrides):
         """A trainer restored from a checkpoint (a file or a run folder, meaning its latest).
         The settings in config.RESUME_MAY_CHANGE may be overridden; `say` is told which changed.
+        Any other may be given only as the run's own.
         `corpus`: the run's text (files and folders) if it is no longer where the checkpoint
         says, checked by its SHA-256. The run folder stays locked until run() ends."""
-        check_resume_overrides(overrides)
         path = resolve_checkpoint(path, prefer="latest")
         lock = _locked(path.parent, resuming=True)  # before reading: no other process is writing it now
         try:
@@ -290,6 +290,7 @@ class Trainer:
     def _restore(cls, path, say, inputs, overrides):
         arrays, meta = load_checkpoint(path, schema=TRAINING)
         _read_by_every_rank(path, meta)
+        overrides = check_resume_overrides(overrides, meta["config"])  # those given as the run's own left out
         cfg = TrainConfig.from_dict(meta["config"])
         saved_limits = {name: getattr(cfg, name) for name in STOPPING_RULES}  # check_not_done
         changes = [f"{flag(k)} {' -> '.join(_shown_apart(getattr(cfg, k), v))}" for k, v in overrides.items()
