@@ -264,7 +264,7 @@ def train(
         check_options_read([name for name in CELL_OPTIONS if name in given], [cfg.cell], whose)
         check_schedule_options(given, cfg.schedule, "" if "schedule" in given else " (the default)")
         cfg.validate().check_stopping()  # before the text is read
-        cfg.check_run_name()
+        cfg.check_run_name(given="run" in given)
         runs = Path(cfg.out_dir)
         made = [folder for folder in (runs, *runs.parents) if not folder.exists()]  # by new_run_dir, if it names the run
         run_dir = new_run_dir(cfg)

@@ -304,11 +304,13 @@ class TrainConfig:
                                f"'\\' or '..' (the run's folder is made inside --out-dir)")
         return self
 
-    def check_run_name(self):
+    def check_run_name(self, given=False):
         """A UsageError for a new run's name that messages could not show on one line: blank, or
         holding a line break or another control character (a byte that is no UTF-8, held as a
-        lone surrogate, is kept). Apart from validate(): runs named so before keep resuming."""
-        if self.run and (not self.run.strip() or any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in self.run)):
+        lone surrogate, is kept). Apart from validate(): runs named so before keep resuming.
+        `given`: the name was given (--run '', as an unset variable gives it, is blank too, not
+        the default name)."""
+        if (self.run or given) and (not self.run.strip() or any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in self.run)):
             raise UsageError(f"--run {self.run!r} is blank or holds a line break or another control character; "
                              "give a name of printable characters")
 

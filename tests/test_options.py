@@ -227,6 +227,16 @@ def test_a_run_name_that_messages_could_not_show_is_refused(name):
     assert TrainConfig(run=name).validate().run == name  # a run named so before still resumes
 
 
+def test_an_empty_run_name_given_is_refused_where_none_given_is_the_default(tmp_path):
+    # --run "$NAME" with NAME unset trained under a dated name, where --run ' ' was refused
+    with pytest.raises(UsageError, match="--run '' is blank"):
+        TrainConfig(run="").validate().check_run_name(given=True)
+    r = runner.invoke(app, ["train", str(tmp_path / "missing.txt"), "--run", ""])
+    assert isinstance(r.exception, UsageError) and "--run '' is blank" in str(r.exception), r.output
+    r = runner.invoke(app, ["train", str(tmp_path / "missing.txt")])
+    assert r.exit_code == 1 and "missing.txt" in str(r.exception)  # no --run: the default name, as far as the text
+
+
 @pytest.mark.parametrize("name", ["my run", "été", "caf\udce9"])  # the last: a byte that is no UTF-8
 def test_run_names_of_printable_characters_are_kept(name):
     TrainConfig(run=name).validate().check_run_name()
