@@ -37,13 +37,20 @@ def numba_values_must_be_read():
     on without it. For a variable set, not empty, in the environment that is an error, which
     cli says in one line ("numba cannot start"), exit 1. An empty one (NUMBA_X= cmd, as to
     unset it) and a value of .numba_config.yaml, which numba reads too (its `opt: 3` is a
-    number, where numba wants text), get one line saying numba goes on without it."""
+    number, where numba wants text), get one line saying numba goes on without it. So does
+    charrnn's warning that numba could not save the kernels to its cache (KernelsNotCached)."""
+    from .errors import KernelsNotCached
+    from .errors import one_line as said_in_one_line
+
     names = [re.escape(k) for k, v in os.environ.items() if k.startswith("NUMBA_") and v]
     if names:
         warnings.filterwarnings("error", numba_unreadable("|".join(names)), RuntimeWarning, r"numba\.core\.config")
     shown = warnings.showwarning
 
     def one_line(message, category, *args, **kwargs):
+        if category is KernelsNotCached:  # (the kernels run: a note, not an error)
+            sys.stderr.write(f"note: {said_in_one_line(str(message))}\n")
+            return
         unreadable = numba_cannot_read(str(message)) if category is RuntimeWarning else None
         if unreadable is None:
             return shown(message, category, *args, **kwargs)

@@ -62,6 +62,11 @@ class UsageError(CharrnnError):
     exit_code = 2
 
 
+class KernelsNotCached(UserWarning):
+    """numba could not save the kernels it compiled to its cache (kernels/_jit.py): they run, and
+    compile again in the next process. The command line says it as one note."""
+
+
 # What to do about the failures of the system a user meets most.
 _OS_ADVICE = {
     errno.ENOSPC: "free some disk space",

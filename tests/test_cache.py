@@ -9,12 +9,19 @@ LLVM's fusing of multiply-adds followed the code around, and the peephole LSTM's
 differently from its own compile; with `reassoc`, float64 sums over a row came out in another
 order in some copies. The kernels now compile without those flags (kernels/_jit.py,
 kernels/sums.py)."""
+import errno
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+from numba.core.caching import Cache
+
+from charrnn.__main__ import numba_values_must_be_read
 from charrnn.cells import CELLS
+from charrnn.errors import KernelsNotCached
+from charrnn.kernels import _jit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,3 +88,38 @@ def test_a_warm_cache_gives_the_numbers_of_a_cold_one(tmp_path):
     assert compiled > 0 and recompiled == 0 and loaded > 0  # the second process compiled nothing
     assert [d.split()[0] for d in cold] == list(CELLS) + ["lstm", "peephole"] + ["float64"] * 4
     assert warm == cold
+
+
+def _plus_one(x):
+    return x + 1.0
+
+
+def _twice(x):
+    return 2.0 * x
+
+
+def test_kernels_numba_cannot_save_to_its_cache_run_with_one_warning(monkeypatch):
+    # a full disk, a quota or ulimit -f where numba's cache lives: "error: File too large" at the
+    # first kernel a command compiled
+    def full(cache, sig, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Cache, "_save_overload", full)  # (so these two are never in any cache)
+    monkeypatch.setattr(_jit, "_unsaved", [])
+    plus_one, twice = _jit.kernel(_plus_one), _jit.parallel_kernel(_twice)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert plus_one(1.0) == 2.0 and twice(2.0) == 4.0
+    said = [str(w.message) for w in seen if w.category is KernelsNotCached]  # (numba warns of a prange-less one)
+    assert said == [
+        f"numba could not save the compiled kernels in its cache ({plus_one._cache.cache_path}: No space left on "
+        "device; free some disk space); they run, and compile again in the next process (NUMBA_CACHE_DIR chooses "
+        "another folder)"], said
+
+
+def test_the_command_line_says_kernels_not_cached_in_one_note(monkeypatch, capsys):
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # put back after
+    numba_values_must_be_read()
+    warnings.showwarning(KernelsNotCached("numba could not save (/a\nb: File too large)"), KernelsNotCached,
+                         "_jit.py", 1)
+    assert capsys.readouterr().err == "note: numba could not save (/a\\nb: File too large)\n"

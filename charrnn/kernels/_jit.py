@@ -30,12 +30,15 @@ kernels inline (activations.py, panels.py), delete the __pycache__ folders, or s
 NUMBA_CACHE_DIR as CI does.
 """
 import threading
+import warnings
 from contextlib import contextmanager
 from importlib import import_module
 
 import numba
 from numba.core.cpu_options import ParallelOptions
 from threadpoolctl import ThreadpoolController
+
+from ..errors import KernelsNotCached, os_error_message
 
 
 def _numba_blas():
@@ -99,12 +102,41 @@ def threads():
 
 def kernel(fn):
     """Compile a serial kernel. No fixed signature: the same code runs in float32 and float64."""
-    return numba.njit(cache=True, fastmath=FASTMATH, error_model=ERROR_MODEL, nogil=True)(fn)
+    return _saved_where_it_can(numba.njit(cache=True, fastmath=FASTMATH, error_model=ERROR_MODEL, nogil=True)(fn))
 
 
 def parallel_kernel(fn):
     """Compile a kernel whose `prange` loops run on numba's threads."""
-    return numba.njit(cache=True, fastmath=FASTMATH, error_model=ERROR_MODEL, nogil=True, parallel=PARALLEL)(fn)
+    return _saved_where_it_can(numba.njit(cache=True, fastmath=FASTMATH, error_model=ERROR_MODEL, nogil=True,
+                                          parallel=PARALLEL)(fn))
+
+
+_unsaved = []  # the first kernel numba could not save to its cache, once said
+
+
+def _saved_where_it_can(dispatcher):
+    """A kernel whose compiled code numba saves to its cache if it can: a full disk, a quota or a
+    file-size limit (ulimit -f) where the cache lives failed the command at the first kernel it
+    compiled ("error: File too large"). The kernel runs all the same; a KernelsNotCached warning
+    says so, once a process. numba writes a cache file whole or not at all (a temporary,
+    renamed), so a failed save leaves nothing a later load could misread."""
+    cache = getattr(dispatcher, "_cache", None)  # numba's FunctionCache (cache=True)
+    save = getattr(cache, "save_overload", None)
+    if save is None:
+        return dispatcher
+
+    def save_overload(sig, data):
+        try:
+            save(sig, data)
+        except OSError as e:
+            if not _unsaved:
+                _unsaved.append(dispatcher)
+                warnings.warn(KernelsNotCached(
+                    f"numba could not save the compiled kernels in its cache ({os_error_message(e, cache.cache_path)}); "
+                    "they run, and compile again in the next process (NUMBA_CACHE_DIR chooses another folder)"))
+
+    cache.save_overload = save_overload
+    return dispatcher
 
 
 # The numba releases whose cache loader loading_from_cache knows (Cache.load_overload: the
