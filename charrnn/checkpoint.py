@@ -364,7 +364,10 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, name: s
                 raise CharrnnError(_corrupt(path, f"array {name!r} has trailing bytes"))
     except (*_READ_ERRORS, OSError) as e:
         raise CharrnnError(_corrupt(path, f"array {name!r} cannot be read: {e}")) from e
-    return a.reshape(shape[::-1]).T if fortran else a.reshape(shape)
+    try:  # a zero-size array passes the checks of size; numpy bounds each dimension and their number
+        return a.reshape(shape[::-1]).T if fortran else a.reshape(shape)
+    except ValueError:
+        raise CharrnnError(_corrupt(path, f"array {name!r} declares {_show(shape)} {dtype}")) from None
 
 
 def _show(value, limit=60) -> str:

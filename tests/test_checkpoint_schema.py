@@ -389,17 +389,34 @@ def test_a_huge_declared_shape_is_refused_without_allocating(original, tmp_path,
                                     b"{'descr': '<g4', 'fortran_order': False, 'shape': (3,), }",  # ValueError
                                     b"(" * 300])  # too deeply nested for the parser
 def test_a_damaged_npy_header_is_one_line(tmp_path, header):
+    path = checkpoint_whose_x_has(tmp_path, header, bytes(12))
+    with pytest.raises(CharrnnError, match=r"c\.npz is corrupt \(array 'x' has a damaged \.npy header"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("shape", [(0, 2**63), (0, 2**62, 2**62), (0,) + (1,) * 70])
+def test_a_zero_size_array_numpy_cannot_shape_is_one_line(tmp_path, shape):
+    # no bytes declared and none held passed the checks of size; numpy's reshape then raised
+    # "Maximum allowed dimension exceeded" (an internal error at the command line, a ValueError
+    # in Python), and such a best.npz beside a good latest.npz kept the run from resuming
+    header = repr({"descr": "<f4", "fortran_order": False, "shape": shape}).encode("latin1")
+    path = checkpoint_whose_x_has(tmp_path, header, b"")
+    with pytest.raises(CharrnnError, match=re.escape("c.npz is corrupt (array 'x' declares (0, ")):
+        load_checkpoint(path)
+
+
+def checkpoint_whose_x_has(tmp_path, header: bytes, data: bytes):
+    """A checkpoint (tmp_path/c.npz) whose one array, x, has this .npy header text and data."""
     path = tmp_path / "c.npz"
     save_checkpoint(path, {"x": np.zeros(3, np.float32)}, {})
     with zipfile.ZipFile(path) as zf:
         members = {info.filename: zf.read(info) for info in zf.infolist()}
     text = header + b" " * ((64 - (10 + len(header) + 1) % 64) % 64) + b"\n"
-    members["x.npy"] = b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text + bytes(12)
+    members["x.npy"] = b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text + data
     with zipfile.ZipFile(path, "w") as zf:
         for member, content in members.items():
             zf.writestr(member, content)
-    with pytest.raises(CharrnnError, match=r"c\.npz is corrupt \(array 'x' has a damaged \.npy header"):
-        load_checkpoint(path)
+    return path
 
 
 def test_a_model_reader_reads_and_checks_only_the_parameters(original, tmp_path):
