@@ -309,7 +309,9 @@ def train(
             err.print(one_line(trainer.stopped_line(in_test=e.untested)), highlight=False)
             raise typer.Exit(130)
     val, test = summary["val_loss"], summary["test_loss"]
-    val_said = (f"val loss {val:.4f} nats ({val / math.log(2):.3f} bits/char), best {summary['best_val_loss']:.4f}"
+    best = summary["best_val_loss"]  # none yet: a checkpoint resumed in a folder of its own, its test only run
+    best_said = f"best {best:.4f}" if math.isfinite(best) else "no best.npz in this folder"
+    val_said = (f"val loss {val:.4f} nats ({val / math.log(2):.3f} bits/char), {best_said}"
                 if cfg.val_fraction else "no validation text (--val-fraction 0)")
     test_said = f"test {test:.4f} nats ({test / math.log(2):.3f} bits/char)" if not math.isnan(test) else "no test text"
     speed = (f"{summary['train_chars_per_sec']:,.0f} chars/s" if summary["train_chars_per_sec"] is not None else

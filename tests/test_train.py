@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -794,6 +795,20 @@ def test_the_command_line_says_to_resume_a_run_stopped_in_its_final_test(corpus,
     assert r.exit_code == 130 and read == [1], r.output
     assert (f"interrupted in the test after update 3, the last; {tmp_path / 'copy' / 'update3.npz'} holds it. Test "
             f"it with: charrnn train --resume {tmp_path / 'copy' / 'update3.npz'}") in r.output
+
+
+def test_a_finished_run_copied_to_a_folder_of_its_own_is_tested_there_without_a_best(corpus, tmp_path):
+    # its done line said "best inf": the folder holds no best.npz, and no update came to keep one
+    from typer.testing import CliRunner
+
+    from charrnn.cli import app
+
+    train_steps(config(corpus, tmp_path), tmp_path / "r", 3)
+    (tmp_path / "copy").mkdir()
+    shutil.copy(tmp_path / "r" / "latest.npz", tmp_path / "copy")
+    r = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "copy"), "-q"])
+    assert r.exit_code == 0 and "no update to train" in r.output, r.output
+    assert "), no best.npz in this folder; test " in r.output and "inf" not in r.output, r.output
 
 
 def test_a_lower_limit_on_resume_is_refused_even_before_the_test(corpus, tmp_path):
