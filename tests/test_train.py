@@ -554,7 +554,8 @@ def test_a_run_that_fails_before_it_begins_leaves_no_folder_it_made(corpus, tmp_
         folder.mkdir(parents=True)
     (work / "bin.txt").write_bytes(b"\x00\x01\x02")
     for out, run in (("deep/er/runs", ""), ("runs", ""), (".", "mine")):
-        r = CliRunner().invoke(app, ["train", str(work / "bin.txt"), "--out-dir", str(work / out), "--run", run])
+        named = ["--run", run] if run else []  # none: the default, dated name
+        r = CliRunner().invoke(app, ["train", str(work / "bin.txt"), "--out-dir", str(work / out), *named])
         assert isinstance(r.exception, CharrnnError) and "looks like a binary file" in str(r.exception), r.output
     assert sorted(p.name for p in work.iterdir()) == ["bin.txt", "mine", "runs"]  # the user's own stay
     assert not any((work / "runs").iterdir())
