@@ -821,14 +821,13 @@ def _corpus_to_resume(meta, cfg, inputs, run_dir):
     except NotText as e:  # its advice (another --encoding) is no choice on resume
         raise CharrnnError(f"{e.reason}: it has changed since this run read it; resume with the text "
                            "it was trained on") from None
-    now = {f["path"]: f for f in corpus.files}
-    for old in saved.get("files", []):  # by path: a file that became a link to another is read as that file
-        if old["path"] not in now:
-            raise CharrnnError(f"{old['path']} is no longer a file of its own (a link to another file of the text?); "
-                               f"resume with the text this run was trained on")
-        if old["sha256"] != now[old["path"]]["sha256"]:
-            raise CharrnnError(f"{old['path']} has changed since this run read it; resume with the text it was "
-                               f"trained on")
+    # in order: each listed file was read where it is (once=False), a link as the file it leads to;
+    # a file moved, with a link to it left in its place, still holds the bytes the run read
+    for old, now in zip(saved.get("files", []), corpus.files):
+        if old["sha256"] != now["sha256"]:
+            link = f" (now a link to {now['path']})" if now["path"] != old["path"] else ""
+            raise CharrnnError(f"{old['path']}{link} has changed since this run read it; resume with the text it "
+                               f"was trained on")
     if corpus.info()["sha256"] != saved["sha256"]:
         raise CharrnnError(f"{' '.join(stored)} is not the text this run was trained on (its SHA-256 differs); "
                            f"resume with the original text")

@@ -879,7 +879,7 @@ def test_a_resume_names_the_file_of_its_text_that_changed(tmp_path, change):
     two.unlink()
     if change == "a link to the other":
         two.symlink_to(tmp_path / "d" / "1.txt")
-        want = f"{two} is no longer a file of its own (a link to another file of the text?); resume with the text"
+        want = f"{two} (now a link to {tmp_path / 'd' / '1.txt'}) has changed since this run read it; resume with"
     elif change == "empty":
         two.write_text("")
         want = f"{two} is empty: it has changed since this run read it; resume with the text it was trained on"
@@ -889,6 +889,25 @@ def test_a_resume_names_the_file_of_its_text_that_changed(tmp_path, change):
     with pytest.raises(CharrnnError) as e:
         Trainer.resume(tmp_path / "r", say=lambda *_: None)
     assert str(e.value).startswith(want), str(e.value)
+
+
+def test_a_file_of_the_text_moved_with_a_link_left_in_its_place_resumes(tmp_path):
+    # "is no longer a file of its own (a link to another file of the text?)": the files were
+    # matched by the path their links lead to
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "1.txt").write_text(TEXT, encoding="utf-8")
+    (tmp_path / "d" / "2.txt").write_text(TEXT[::-1], encoding="utf-8")
+    cfg = config(tmp_path / "d", tmp_path)
+    train_steps(cfg, tmp_path / "r", 2)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "d" / "1.txt").rename(tmp_path / "elsewhere" / "1.txt")
+    (tmp_path / "d" / "1.txt").symlink_to(tmp_path / "elsewhere" / "1.txt")
+    resumed = Trainer.resume(tmp_path / "r", say=lambda *_: None, max_steps=3)
+    resumed.run()
+    assert resumed.step == 3
+    arrays, meta = load_checkpoint(tmp_path / "r" / "latest.npz")
+    assert [f["path"] for f in meta["corpus"]["files"]] == [str(tmp_path / "elsewhere" / "1.txt"),
+                                                           str(tmp_path / "d" / "2.txt")]
 
 
 def test_a_resume_given_a_file_that_is_no_text_of_its_kind_says_it_is_not_the_run_s(corpus, tmp_path):
