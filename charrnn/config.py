@@ -6,11 +6,12 @@ with the vocabulary, so that a checkpoint carries everything needed to resume or
 """
 import math
 import unicodedata
+from pathlib import Path
 from dataclasses import asdict, dataclass, field, fields
 
 from .cells import NAMES as CELLS  # the registry's names; cells.py imports no kernels
 from .cells import OPTIONS as CELL_OPTIONS
-from .cells import check_option, normal_tau
+from .cells import check_option, check_options_read, normal_tau
 from .errors import UsageError, as_flag, check_read, flag
 
 # the optimizers optim.py implements, named here so that reading the defaults (the CLI does,
@@ -161,12 +162,22 @@ RESUME_MAY_CHANGE = ("lr", "schedule", "lr_decay", "decay_every", "decay_start",
 MODEL_SETTINGS = ("cell", "hidden", "layers", *CELL_OPTIONS)
 
 
-def check_resume_overrides(given: dict, saved: dict) -> dict:
-    """The settings of `given` a resume takes: those of RESUME_MAY_CHANGE. Any other may be given
-    only as the run's own (its config `saved`), as a command line given again with --resume
-    gives it, and is left out; a UsageError names those that differ, with the run's values."""
+def check_resume_overrides(given: dict, saved: dict, run_dir) -> dict:
+    """The settings of `given` a resume of the run in `run_dir` takes: those of RESUME_MAY_CHANGE.
+    Any other may be given only as the run has it (its config `saved`), as the command that
+    started the run, given again with --resume, gives it, and is left out; a UsageError names
+    those that differ, with the run's values. --run and --out-dir must name the run's folder."""
+    unknown = [n for n in given if n not in {f.name for f in fields(TrainConfig)}]
+    if unknown:
+        raise UsageError(f"no such setting: {', '.join(map(flag, unknown))}")
     fixed = {n: v for n, v in given.items() if n not in RESUME_MAY_CHANGE}
-    conflicts = settings_differing(fixed, saved, fixed)
+    check_options_read([n for n in CELL_OPTIONS if n in fixed], [saved["cell"]], " (the run's)")
+    conflicts = settings_differing(fixed, saved, [n for n in fixed if n not in ("run", "out_dir")])
+    if "run" in fixed or "out_dir" in fixed:  # where the run is, not the words that named it
+        folder = Path(fixed.get("out_dir", Path(run_dir).parent)) / fixed.get("run", Path(run_dir).name)
+        if folder.resolve() != Path(run_dir).resolve():
+            named = ", ".join(as_flag(n, shown_setting(str(fixed[n]))) for n in ("out_dir", "run") if n in fixed)
+            conflicts.append(f"{named} (naming {folder}, not the run's folder {run_dir})")
     if conflicts:
         raise UsageError(f"a resumed run keeps its model, text, batch, windows, optimizer and seed; leave out "
                          f"{', '.join(conflicts)} (these may change: {', '.join(map(flag, RESUME_MAY_CHANGE))})")
@@ -188,18 +199,26 @@ def resolved_u_max(u_max: float, k2: int) -> float:
 def settings_differing(given: dict, saved: dict, names) -> list[str]:
     """Of the settings `names` in `given`, those the run of config `saved` holds otherwise, as
     "--hidden 512 (it has 256)". Each side as a run holds it: --tau in one spelling (--tau 5.0 is
-    the 5 a model has), --u-max 0 as the run's bound, --doc-sep as its model reads it."""
+    the 5 a model has), --u-max 0 as the run's bound, --doc-sep as its model reads it,
+    --init-from as the checkpoint it names."""
     from .corpus import check_encoding, model_text
 
     saved = {**OLDER_CHECKPOINTS, **saved}
     saved["u_max"] = resolved_u_max(saved["u_max"], saved["k2"])  # the bound its u was kept within
     saved["tau"] = normal_tau(saved["tau"])
     held = {"tau": normal_tau, "u_max": lambda v: v or saved["u_max"], "encoding": check_encoding,
-            "doc_sep": lambda v: model_text(v, saved["encoding"], "--doc-sep"), "out_dir": str}
+            "doc_sep": lambda v: model_text(v, saved["encoding"], "--doc-sep"), "init_from": _checkpoint_read}
     # a resolved bound in full (rounded, it is no value that matches), and the way to keep it
     return [f"{flag(n)} {given[n]} (it has {saved[n]!r}, which --u-max 0 keeps)" if n == "u_max" else
             f"{flag(n)} {shown_setting(given[n])} (it has {shown_setting(saved.get(n))})"
             for n in names if n in given and held.get(n, lambda v: v)(given[n]) != saved.get(n)]
+
+
+def _checkpoint_read(path) -> str:
+    """The checkpoint `path` names (a run folder: its best.npz), as a fine-tuned run keeps it."""
+    from .checkpoint import resolve_checkpoint
+
+    return str(resolve_checkpoint(path).resolve())
 
 
 def shown_setting(value) -> str:

@@ -290,7 +290,7 @@ class Trainer:
     def _restore(cls, path, say, inputs, overrides):
         arrays, meta = load_checkpoint(path, schema=TRAINING)
         _read_by_every_rank(path, meta)
-        overrides = check_resume_overrides(overrides, meta["config"])  # those given as the run's own left out
+        overrides = check_resume_overrides(overrides, meta["config"], path.parent)  # those given as the run's own left out
         cfg = TrainConfig.from_dict(meta["config"])
         saved_limits = {name: getattr(cfg, name) for name in STOPPING_RULES}  # check_not_done
         changes = [f"{flag(k)} {' -> '.join(_shown_apart(getattr(cfg, k), v))}" for k, v in overrides.items()

@@ -84,6 +84,20 @@ def test_a_fine_tuned_model_trains_on_the_new_text(texts, tmp_path):
     assert meta["config"]["init_from"].endswith("best.npz") and meta["step"] == 40
 
 
+def test_a_fine_tuned_run_resumes_with_the_command_that_started_it(texts, tmp_path, monkeypatch, capsys):
+    # "--init-from starts a new run from a trained model; leave it out with --resume"
+    old, new = texts
+    train_steps(config(old, tmp_path / "a"), tmp_path / "a" / "r", 3)
+    command = ["train", new, "--init-from", tmp_path / "a" / "r", "--batch", "4", "--k1", "8", "--k2", "8",
+               "--max-steps", "2", "--out-dir", tmp_path / "b", "--run", "ft", "-q"]
+    code, err = main_exits(monkeypatch, capsys, *command)
+    assert code == 0, err
+    code, err = main_exits(monkeypatch, capsys, *command, "--resume", tmp_path / "b" / "ft")
+    assert code == 2 and "has already reached --max-steps 2" in err, err
+    code, err = main_exits(monkeypatch, capsys, *command[:-1], "--max-steps", "3", "--resume", tmp_path / "b" / "ft")
+    assert code == 0 and "changed on resume: --max-steps 2 -> 3" in err, err
+
+
 @pytest.mark.parametrize("option, value", [("--hidden", "16"), ("--layers", "1"), ("--cell", "gru")])
 def test_options_that_ask_for_another_model_are_refused_in_one_line(texts, tmp_path, monkeypatch, capsys, option,
                                                                      value):
@@ -97,7 +111,7 @@ def test_options_that_ask_for_another_model_are_refused_in_one_line(texts, tmp_p
     assert not (tmp_path / "b").exists()
     code, err = main_exits(monkeypatch, capsys, "train", new, "--init-from", tmp_path / "a" / "r", "--resume",
                            tmp_path / "a" / "r")
-    assert code == 2 and "leave it out with --resume" in err
+    assert code == 2 and f"leave out --init-from {tmp_path / 'a' / 'r'} (it has '')" in err, err  # not fine-tuned
 
 
 @pytest.mark.parametrize("args, message", [

@@ -21,9 +21,10 @@ from typer.testing import CliRunner
 from charrnn import cli
 from charrnn import train as train_module
 from charrnn.cli import app
+from charrnn.cells import OPTIONS as CELL_OPTIONS
 from charrnn.checkpoint import load_checkpoint
 from charrnn.schema import TRAINING
-from charrnn.config import RESUME_MAY_CHANGE, TrainConfig, resolved_u_max, shown_setting
+from charrnn.config import RESUME_MAY_CHANGE, TrainConfig, shown_setting
 from charrnn.errors import CharrnnError, UsageError
 from charrnn.train import Trainer
 
@@ -1013,24 +1014,59 @@ def test_resume_refuses_settings_otherwise_than_the_runs(name, finished_run, mon
     other = OTHER_THAN_THE_RUNS[name]  # a setting added to train: give it a value here
     code, stderr = main_exits(monkeypatch, capsys, "train", "--resume", finished_run, option, other)
     line = one_line(stderr)
-    assert code == 2 and "a resumed run keeps its model" in line and f"leave out {option} " in line, line
-    assert f"(it has {resolved_u_max(saved['u_max'], saved['k2'])!r}, which --u-max 0 keeps)" in line \
-        if name == "u_max" else f"(it has {shown_setting(saved[name])})" in line, line
-    # the run's own value, as a command line given again with --resume gives it, is taken: the
-    # resume goes on to find the run done
-    own = {"doc_sep": repr(saved["doc_sep"])[1:-1], "u_max": "0"}.get(name, str(saved[name]))
+    unread = saved["cell"] not in CELL_OPTIONS.get(name, SimpleNamespace(cells=[saved["cell"]])).cells
+    if unread:  # an option of other cells (the run's is an lstm): whatever its value, as for a new run
+        assert code == 2 and f"{option} is an option of --cell " in line and "lstm (the run's) has no use" in line, line
+        return
+    shown = {"doc_sep": "'\\n'"}.get(name, other)  # (the separator as typed: the escape, read)
+    assert code == 2 and "a resumed run keeps its model" in line and f"leave out {option} {shown} (" in line, line
+    assert (f"(naming {Path(saved['out_dir']) / other if name == 'run' else Path(other) / saved['run']}, not the "
+            f"run's folder {finished_run})" if name in ("run", "out_dir") else f"(it has {shown_setting(saved[name])})"
+            ) in line, line
+    # the run's own value, as the command that started it, given again with --resume, gives it, is
+    # taken: the resume goes on to find the run done
+    own = {"doc_sep": repr(saved["doc_sep"])[1:-1]}.get(name, str(saved[name]))
     code, stderr = main_exits(monkeypatch, capsys, "train", "--resume", finished_run, option, own)
     line = one_line(stderr)
     assert code == 2 and "has already reached --max-steps 3" in line, line
+
+
+def test_resume_takes_the_folder_of_the_run_however_named(finished_run, monkeypatch, capsys):
+    # --out-dir and --run say where the run is: compared as words, an absolute --out-dir was
+    # refused for the relative one the run was started with, and a dated run's own name for ''
+    monkeypatch.chdir(finished_run.parent.parent)
+    relative = Path(finished_run.parent.name)
+    for named in (["--out-dir", f"./{relative}/", "--run", "r"], ["--out-dir", finished_run.parent],
+                  ["--run", "r"], ["--out-dir", f"{relative}/../{relative}"]):
+        code, stderr = main_exits(monkeypatch, capsys, "train", "--resume", relative / "r", *named)
+        assert code == 2 and "has already reached --max-steps 3" in stderr, (named, stderr)
+    code, stderr = main_exits(monkeypatch, capsys, "train", "--resume", relative / "r", "--run", "")
+    assert code == 2 and f"leave out --run '' (naming {relative}, not the run's folder {relative / 'r'})" in stderr
 
 
 def test_resume_api_refuses_settings_that_change_the_run(corpus, tmp_path):
     run_dir = trained_run(corpus, tmp_path)
     with pytest.raises(CharrnnError, match=re.escape("leave out --hidden 16 (it has 8), --batch 2 (it has 4) ")):
         Trainer.resume(run_dir, hidden=16, batch=2, lr=0.1)
+    with pytest.raises(UsageError, match=re.escape("no such setting: --max-step")):  # a slip was no setting it kept
+        Trainer.resume(run_dir, max_step=9)
     said = []
     resumed = Trainer.resume(run_dir, say=said.append, max_steps=9, hidden=8, batch=4, seed=7, cell="lstm")
     assert resumed.cfg.max_steps == 9 and said == ["changed on resume: --max-steps 3 -> 9"], said
+    resumed.lock.release()
+
+
+@pytest.mark.parametrize("cell, same, other, message", [
+    ("indrnn", {"u_max": 0.0}, {"u_max": 1.5}, "leave out --u-max 1.5 (it has 1.0905077326652577, which --u-max 0 keeps)"),
+    ("indrnn", {"u_max": 2.0 ** (1 / 8)}, {"u_max": 1.0}, "leave out --u-max 1.0 (it has "),
+    ("leaky", {"tau": "1:50.0"}, {"tau": "2:50"}, "leave out --tau 2:50 (it has 1:50)"),
+    ("esn", {"spectral_radius": 0.95, "leak": 1.0}, {"leak": 0.5}, "leave out --leak 0.5 (it has 1.0)"),
+])
+def test_resume_compares_cell_options_as_the_run_holds_them(corpus, tmp_path, cell, same, other, message):
+    run_dir = trained_run(corpus, tmp_path, cell=cell)
+    Trainer.resume(run_dir, say=lambda *_: None, **same).lock.release()
+    with pytest.raises(UsageError, match=re.escape(message)):
+        Trainer.resume(run_dir, **other)
 
 
 def test_chars_per_second_after_resume_counts_this_sessions_updates(corpus, tmp_path, monkeypatch):
