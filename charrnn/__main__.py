@@ -49,7 +49,8 @@ def numba_values_must_be_read():
 
     def one_line(message, category, *args, **kwargs):
         if category is KernelsNotCached:  # (the kernels run: a note, not an error)
-            sys.stderr.write(f"note: {said_in_one_line(str(message))}\n")
+            if sys.stderr is not None:  # (started closed: closed_streams_held)
+                sys.stderr.write(f"note: {said_in_one_line(str(message))}\n")
             return
         unreadable = numba_cannot_read(str(message)) if category is RuntimeWarning else None
         if unreadable is None:

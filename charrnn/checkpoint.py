@@ -367,7 +367,8 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, name: s
     try:  # a zero-size array passes the checks of size; numpy bounds each dimension and their number
         return a.reshape(shape[::-1]).T if fortran else a.reshape(shape)
     except ValueError:
-        raise CharrnnError(_corrupt(path, f"array {name!r} declares {_show(shape)} {dtype}")) from None
+        raise CharrnnError(_corrupt(path, f"array {name!r} declares {_show(shape)} {dtype}, dimensions numpy cannot "
+                                          "hold")) from None
 
 
 def _show(value, limit=60) -> str:

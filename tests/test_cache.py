@@ -105,7 +105,7 @@ def test_kernels_numba_cannot_save_to_its_cache_run_with_one_warning(monkeypatch
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(Cache, "_save_overload", full)  # (so these two are never in any cache)
-    monkeypatch.setattr(_jit, "_unsaved", [])
+    monkeypatch.setitem(_jit._unsaved, "said", False)
     plus_one, twice = _jit.kernel(_plus_one), _jit.parallel_kernel(_twice)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
@@ -123,3 +123,5 @@ def test_the_command_line_says_kernels_not_cached_in_one_note(monkeypatch, capsy
     warnings.showwarning(KernelsNotCached("numba could not save (/a\nb: File too large)"), KernelsNotCached,
                          "_jit.py", 1)
     assert capsys.readouterr().err == "note: numba could not save (/a\\nb: File too large)\n"
+    monkeypatch.setattr(sys, "stderr", None)  # started closed (2>&-): the note has nowhere to go, and the kernel runs
+    warnings.showwarning(KernelsNotCached("numba could not save"), KernelsNotCached, "_jit.py", 1)

@@ -111,15 +111,16 @@ def parallel_kernel(fn):
                                           parallel=PARALLEL)(fn))
 
 
-_unsaved = []  # the first kernel numba could not save to its cache, once said
+_unsaved = {"said": False}  # whether a save has failed in this process (said once)
 
 
 def _saved_where_it_can(dispatcher):
     """A kernel whose compiled code numba saves to its cache if it can: a full disk, a quota or a
     file-size limit (ulimit -f) where the cache lives failed the command at the first kernel it
     compiled ("error: File too large"). The kernel runs all the same; a KernelsNotCached warning
-    says so, once a process. numba writes a cache file whole or not at all (a temporary,
-    renamed), so a failed save leaves nothing a later load could misread."""
+    says so, once a process (saves run under numba's compiler lock, one at a time). numba writes
+    each cache file whole or not at all (a temporary, renamed); a kernel's index may be saved
+    without its data, which a later load takes as missing, and compiles again."""
     cache = getattr(dispatcher, "_cache", None)  # numba's FunctionCache (cache=True)
     save = getattr(cache, "save_overload", None)
     if save is None:
@@ -129,8 +130,8 @@ def _saved_where_it_can(dispatcher):
         try:
             save(sig, data)
         except OSError as e:
-            if not _unsaved:
-                _unsaved.append(dispatcher)
+            if not _unsaved["said"]:
+                _unsaved["said"] = True
                 warnings.warn(KernelsNotCached(
                     f"numba could not save the compiled kernels in its cache ({os_error_message(e, cache.cache_path)}); "
                     "they run, and compile again in the next process (NUMBA_CACHE_DIR chooses another folder)"))
