@@ -6,8 +6,8 @@ with the vocabulary, so that a checkpoint carries everything needed to resume or
 """
 import math
 import unicodedata
-from pathlib import Path
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 from .cells import NAMES as CELLS  # the registry's names; cells.py imports no kernels
 from .cells import OPTIONS as CELL_OPTIONS
@@ -199,8 +199,8 @@ def resolved_u_max(u_max: float, k2: int) -> float:
 def settings_differing(given: dict, saved: dict, names) -> list[str]:
     """Of the settings `names` in `given`, those the run of config `saved` holds otherwise, as
     "--hidden 512 (it has 256)". Each side as a run holds it: --tau in one spelling (--tau 5.0 is
-    the 5 a model has), --u-max 0 as the run's bound, --doc-sep as its model reads it,
-    --init-from as the checkpoint it names."""
+    the 5 a model has), --u-max 0 as the run's bound, --doc-sep as its model reads it, --encoding
+    by its name, --init-from as the checkpoint it names."""
     from .corpus import check_encoding, model_text
 
     saved = {**OLDER_CHECKPOINTS, **saved}
