@@ -155,6 +155,16 @@ class TextTooLarge(CharrnnError):
     """More text than memory holds (_Encoder); _read_document names the file."""
 
 
+class Unreadable(CharrnnError):
+    """A file the system will not let charrnn read (no permission, an I/O error, gone since its
+    folder was listed). read_corpus leaves such files out where a folder holds them, as list_files
+    does a folder inside that cannot be listed; `error` is the system's."""
+
+    def __init__(self, message: str, error: OSError):
+        super().__init__(message)
+        self.error = error
+
+
 class NotText(CharrnnError):
     """A file that holds no text in the encoding asked for: empty, binary or not valid UTF-8.
     read_corpus skips such files inside folders. `reason` says what is wrong with the file,
@@ -262,15 +272,15 @@ def _read(f, path, size) -> bytes:
         raise _cannot_read(path, e) from None
 
 
-def _cannot_read(path, e: OSError) -> CharrnnError:
+def _cannot_read(path, e: OSError) -> Unreadable:
     if isinstance(e, FileNotFoundError):
-        return CharrnnError(f"{path} does not exist; check the path")
+        return Unreadable(f"{path} does not exist; check the path", e)
     if isinstance(e, IsADirectoryError):
-        return CharrnnError(f"{path} is a directory; give the path of a text file")
+        return Unreadable(f"{path} is a directory; give the path of a text file", e)
     if isinstance(e, PermissionError):
-        return CharrnnError(f"cannot read {path}: permission denied; check its permissions")
+        return Unreadable(f"cannot read {path}: permission denied; check its permissions", e)
     e.filename = e.filename2 = None  # named as given
-    return CharrnnError(f"cannot read {os_error_message(e, path)}")
+    return Unreadable(f"cannot read {os_error_message(e, path)}", e)
 
 
 def _not_utf8(name: str, e: UnicodeDecodeError, offset: int, newlines: int) -> NotText:
@@ -646,7 +656,8 @@ def _some(names, n=3) -> str:
 def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP, model: str | None = None, once=True) -> Corpus:
     """The text of files and folders (list_files says which, in what order), the documents joined
     by doc_sep, as ids. A file named in `inputs` must be text; a file found inside a folder that
-    is empty, binary (a NUL byte, in any encoding) or not valid UTF-8 is left out with a note.
+    is empty, binary (a NUL byte, in any encoding), not valid UTF-8 or that cannot be read is left
+    out with a note.
     model: the encoding of the trained model the text is for, if any (for_model). once: list_files'.
 
     The files are read and encoded CHUNK_BYTES at a time, so the peak memory is the ids (one or
@@ -659,7 +670,7 @@ def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP, model: str | None = N
     encoder = _Encoder(sum(_size(p) for p in files) + len(doc_sep) * max(len(files) - 1, 0))
     text_hash = hashlib.sha256()
     sep_codes = np.array([ord(c) for c in doc_sep], np.uint32)
-    infos, not_text, wide = [], [], []
+    infos, not_text, wide, unreadable = [], [], [], []
     for path in files:
         mark, hashed = encoder.mark(), text_hash.copy()
         if infos:
@@ -673,12 +684,15 @@ def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP, model: str | None = N
         try:
             # inside a folder, a file with a NUL byte is no text (an image, a .pyc) in any encoding
             chars, sha = _read_document(path, encoding, encoder, text_hash, nul_is_binary=not given)
-        except NotText as e:
+        except (NotText, Unreadable) as e:
             if given:
-                raise for_model(e, model) from None
+                raise (for_model(e, model) if isinstance(e, NotText) else e) from None
             encoder.undo(mark)
             text_hash = hashed
-            (wide if isinstance(e, WideText) else not_text).append(str(path))
+            if isinstance(e, Unreadable):
+                unreadable.append((str(path), e.error))
+            else:
+                (wide if isinstance(e, WideText) else not_text).append(str(path))
             continue
         infos.append({"path": str(_real(path)), "chars": chars, "sha256": sha})
     if not_text:
@@ -688,6 +702,11 @@ def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP, model: str | None = N
     if wide:
         notes.append(f"left out {counted(len(wide), 'file')} of UTF-16 or UTF-32 text: {_some(wide)}; save "
                      f"{'it' if len(wide) == 1 else 'them'} as UTF-8 to read {'it' if len(wide) == 1 else 'them'}")
+    if unreadable:
+        first = unreadable[0][1]
+        why = os_error_message(OSError(first.errno, first.strerror))  # the reason, without a path
+        notes.append(f"left out {counted(len(unreadable), 'file')} that cannot be read: "
+                     f"{_some([p for p, _ in unreadable])} ({why})")
     if not infos:
         raise CharrnnError(f"no text files in {_some([str(p) for p in inputs])}"
                            + (f" ({'; '.join(notes)})" if notes else "") + "; give files or folders that hold text")

@@ -138,6 +138,29 @@ def test_a_folder_that_cannot_be_listed_is_left_out_with_a_note(tree, monkeypatc
     assert str(e.value) == f"cannot read {tree / 'notes' / 'sub'}: Permission denied; check the permissions of the path"
 
 
+def test_a_file_that_cannot_be_read_inside_a_folder_is_left_out_with_a_note(tree, monkeypatch):
+    # it stopped the run ("cannot read ...: permission denied"), where a folder inside that
+    # cannot be listed, or a binary file, is left out with a note
+    locked = tree / "notes" / "sub" / "locked.txt"
+    locked.write_text("secret\n", encoding="utf-8")
+
+    def denied(path, *args, **kw):  # as for a file without read permission, which root ignores
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return open(path, *args, **kw)
+
+    monkeypatch.setattr(corpus_module, "open", denied, raising=False)
+    corpus = read_corpus([tree / "notes"])
+    locked.unlink()
+    without = read_corpus([tree / "notes"])  # the text as if the file were not there, bit for bit
+    assert corpus.files == without.files and corpus.sha256 == without.sha256 and (corpus.ids == without.ids).all()
+    assert f"left out 1 file that cannot be read: {locked} (Permission denied; check the permissions of the " \
+           "path)" in corpus.notes, corpus.notes
+    locked.write_text("secret\n", encoding="utf-8")
+    with pytest.raises(CharrnnError, match=re.escape(f"cannot read {locked}: permission denied")):
+        read_corpus([tree / "a.txt", locked])  # named: an error, as ever
+
+
 @pytest.mark.parametrize("inputs", [["loop"], ["a.txt", "loop"], ["notes"]])
 def test_a_link_that_loops_is_one_line(tree, inputs):
     # Path.resolve raised RuntimeError on it: an internal error
