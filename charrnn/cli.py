@@ -228,7 +228,11 @@ def train(
     from .distributed import error_prefix, world
     from .train import Interrupted, Trainer, check_new_run_dir, fine_tune_settings, new_run_dir, remove_if_empty
 
-    speaks = world().root  # under MPI rank 0 speaks for every rank
+    job = world()
+    speaks = job.root  # under MPI rank 0 speaks for every rank
+    doing = "resumes a run" if resume is not None else "starts a new run"
+    if job.from_root(doing) != doing:  # (mpiexec's A : B) before either waits in a collective the other never joins
+        raise CharrnnError(f"this rank {doing}, and rank 0 does not; launch every rank with the same command line")
     # notes on what the run reads and changes (files left out, a batch shrunk) show under -q too
     note = (lambda msg: err.print(one_line(msg), highlight=False)) if speaks else (lambda *a: None)
     quiet = quiet or not speaks

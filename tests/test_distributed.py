@@ -794,6 +794,26 @@ def test_ranks_launched_with_other_settings_are_stopped_before_they_wait_for_eac
 
 
 @needs_mpi
+@pytest.mark.parametrize("first", ["new", "resume"])
+def test_ranks_one_resuming_and_one_starting_a_run_are_stopped(corpus, tmp_path, first):
+    # rank 0 starting a new run, rank 1 resuming: each waited in a collective the other never
+    # joined, for ever; the other way round, rank 1's line read "(rank 0: None)" for every option
+    ok(launch(1, corpus, tmp_path / "done", "--max-steps", 1))
+    new = [sys.executable, "-m", "charrnn", "train", str(corpus), *MODEL, "--max-steps", "2", "--out-dir", str(tmp_path),
+           "--run", "r"]
+    again = [sys.executable, "-m", "charrnn", "train", "--resume", str(tmp_path / "done"), "--max-steps", "2"]
+    ranks = (new, again) if first == "new" else (again, new)
+    before = shared_memory()
+    r = subprocess.run([MPIEXEC, *LAUNCH, "-n", "1", *ranks[0], ":", "-n", "1", *ranks[1]], capture_output=True,
+                       text=True, timeout=240, env=dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="300", **LAUNCH_ENV))
+    for name in shared_memory() - before:  # (the job ends by an abort)
+        Path("/dev/shm", name).unlink(missing_ok=True)
+    doing = "resumes a run" if first == "new" else "starts a new run"
+    assert r.returncode == 1 and charrnn_lines(r.stderr) == [
+        f"error: rank 1: this rank {doing}, and rank 0 does not; launch every rank with the same command line"], r.stderr
+
+
+@needs_mpi
 @pytest.mark.parametrize("redirect, code", [("2>/dev/full", 1), (">&-", 0), ("2>&-", 0)])
 def test_a_rank_whose_stdout_or_stderr_cannot_be_written_ends_the_job(corpus, tmp_path, redirect, code):
     # stderr on a full disk: rank 0's error line failed, then its traceback, and the job never
