@@ -18,7 +18,7 @@ import typer
 from .cells import OPTIONS as CELL_OPTIONS
 from .cells import choices_help
 from .config import (CELLS, EVAL_RANGES, GRADCHECK_RANGES, GRADFLOW_RANGES, INSPECT_CHARS, INSPECT_RANGES, OPTIMIZERS,
-                     RANGES, SAMPLE_RANGES, SCHEDULES, Range)
+                     RANGES, SAMPLE_RANGES, SCHEDULES, Range, shown_setting)
 from .config import TrainConfig as _C  # the defaults of train's options
 from .errors import CharrnnError, UsageError, as_flag, controls_escaped, counted, flag, one_line, os_error_message
 
@@ -170,8 +170,9 @@ def _unescape(value: str) -> str:
 
 
 def _shown(value):
-    """A setting in the start-up line: text with control characters (a separator) escaped."""
-    return repr(value) if isinstance(value, str) and not value.isprintable() else value
+    """A setting in the start-up line, as messages show it (config.shown_setting: text with
+    control characters, a separator, as repr), but an empty one as nothing (run=)."""
+    return shown_setting(value) if value != "" else ""
 
 
 @app.command()

@@ -607,9 +607,7 @@ def list_files(inputs, once=True) -> tuple[list[Path], list[str]]:
     if empty:
         notes.append(f"no files to read in {_some(empty)}")
     if unlisted:
-        why = os_error_message(OSError(unlisted[0].errno, unlisted[0].strerror))  # the reason, without a path
-        notes.append(f"left out {counted(len(unlisted), 'folder')} that cannot be read: "
-                     f"{_some(sorted(str(e.filename) for e in unlisted))} ({why})")
+        notes.append(_cannot_be_read("folder", sorted(str(e.filename) for e in unlisted), unlisted[0]))
     if logs:
         notes.append(f"left out {counted(len(logs), 'log')} of charrnn runs inside the folders: {_some(sorted(logs))}")
     if linked:
@@ -703,15 +701,19 @@ def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP, model: str | None = N
         notes.append(f"left out {counted(len(wide), 'file')} of UTF-16 or UTF-32 text: {_some(wide)}; save "
                      f"{'it' if len(wide) == 1 else 'them'} as UTF-8 to read {'it' if len(wide) == 1 else 'them'}")
     if unreadable:
-        first = unreadable[0][1]
-        why = os_error_message(OSError(first.errno, first.strerror))  # the reason, without a path
-        notes.append(f"left out {counted(len(unreadable), 'file')} that cannot be read: "
-                     f"{_some([p for p, _ in unreadable])} ({why})")
+        notes.append(_cannot_be_read("file", [p for p, _ in unreadable], unreadable[0][1]))
     if not infos:
         raise CharrnnError(f"no text files in {_some([str(p) for p in inputs])}"
                            + (f" ({'; '.join(notes)})" if notes else "") + "; give files or folders that hold text")
     ids, chars = encoder.finish()
     return Corpus(ids, chars, text_hash.hexdigest(), infos, notes)
+
+
+def _cannot_be_read(noun: str, paths: list, first: OSError) -> str:
+    """The note on folders or files inside the folders given that are left out as unreadable:
+    their paths, and the system's reason for the first (without its path)."""
+    why = os_error_message(OSError(first.errno, first.strerror))
+    return f"left out {counted(len(paths), noun)} that cannot be read: {_some(paths)} ({why})"
 
 
 def _size(path: Path) -> int:
