@@ -23,6 +23,7 @@ every method below does nothing, so a plain `charrnn train` runs exactly as it a
 """
 import os
 import signal
+import stat
 import sys
 import time
 import warnings
@@ -241,9 +242,9 @@ class Mpi(Solo):
         try:
             import mpi4py
         except ImportError:
-            raise _alone(rank, f"an MPI launcher started this as rank {rank} of {size}, but mpi4py is not "
-                               f"installed; install it with pip install 'charrnn[mpi]' (or your cluster's "
-                               f"mpi4py module)") from None
+            raise _cannot_start(rank, f"an MPI launcher started this as rank {rank} of {size}, but mpi4py is not "
+                                      f"installed; install it with pip install 'charrnn[mpi]' (or your cluster's "
+                                      f"mpi4py module)") from None
         # MPI starts below, once the launcher is known to be of mpi4py's MPI: under another's,
         # MPI_Init can end the process before a word is said (MPICH's, under Open MPI's mpiexec).
         # A program that imported mpi4py.MPI itself has chosen how it starts: left as it is.
@@ -251,7 +252,12 @@ class Mpi(Solo):
             mpi4py.rc.initialize = False
         with warnings.catch_warnings():  # mpi4py's own, about the same mismatch
             warnings.filterwarnings("ignore", "suspicious MPI execution environment", RuntimeWarning)
-            from mpi4py import MPI
+            try:
+                from mpi4py import MPI
+            except (ImportError, RuntimeError) as e:  # RuntimeError: mpi4py 4 finds no MPI library it can load
+                raise _cannot_start(rank, f"mpi4py cannot load an MPI library ({'; '.join(str(e).splitlines())}); "
+                                          f"install one with pip install mpich (or load your cluster's MPI "
+                                          f"module)") from None
 
             vendor = MPI.get_vendor()[0]
             version = MPI.Get_library_version()
@@ -530,6 +536,47 @@ def _alone(rank, message):
     if rank != 0:
         sys.stderr = open(os.devnull, "w")
     return CharrnnError(message)
+
+
+def _cannot_start(rank, message):
+    """The CharrnnError of a process that cannot start MPI (no mpi4py, no MPI library) where the
+    other processes may well have started it: they wait in MPI_Init for this one, which MPICH's
+    launcher (hydra) ends only for a process that dies by a signal (under a banner of its own) or
+    aborts through the launcher. So each such process says why, rank 0 first: any other waits
+    for it (QUIET_WAIT), and if rank 0 cannot start either, its abort ends the others before they
+    repeat the line. Then, at exit, it asks hydra to end the job (_abort_through_hydra)."""
+    import atexit
+
+    if rank != 0:
+        time.sleep(QUIET_WAIT)
+        message = f"rank {rank}: {message}"
+    atexit.register(_abort_through_hydra)
+    return CharrnnError(message)
+
+
+def _abort_through_hydra():
+    """End the job through hydra, the launcher of MPICH and Intel MPI, in its PMI-1 protocol over
+    the connection it gave this process (PMI_FD): as MPI_Abort would, without MPI. Elsewhere
+    nothing: Open MPI's mpiexec ends a job one of whose processes exits with an error, and srun
+    does with --kill-on-bad-exit."""
+    import select
+
+    fd = os.environ.get("PMI_FD", "")
+    if "HYDI_CONTROL_FD" not in os.environ or not fd.isdigit():
+        return
+    _flushed(sys.stdout, sys.stderr)
+    time.sleep(FORWARD_WAIT)  # the launcher forwards the line through a pipe; the abort could pass it
+    try:
+        fd = int(fd)
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):  # a variable this process inherited, not hydra's connection
+            return
+        os.write(fd, b"cmd=init pmi_version=1 pmi_subversion=1\n")
+        if select.select([fd], [], [], 10)[0]:
+            os.read(fd, 4096)  # cmd=response_to_init ...
+            os.write(fd, b"cmd=abort exitcode=1\n")
+            select.select([fd], [], [], 10)  # until hydra ends this process too
+    except OSError:  # no hydra at the other end after all: this process's exit is all there is
+        pass
 
 
 def _set_threads(node):

@@ -813,6 +813,40 @@ def test_ranks_one_resuming_and_one_starting_a_run_are_stopped(corpus, tmp_path,
         f"error: rank 1: this rank {doing}, and rank 0 does not; launch every rank with the same command line"], r.stderr
 
 
+NO_MPI4PY = "an MPI launcher started this as rank {} of 2, but mpi4py is not installed; install it with pip install"
+NO_LIBRARY = "mpi4py cannot load an MPI library (cannot load MPI library; /nonexistent/libmpi.so: cannot open shared"
+
+
+@needs_mpi
+@pytest.mark.parametrize("lacking, missing, said", [
+    ((1,), "mpi4py", "rank 1: " + NO_MPI4PY.format(1)),
+    ((0, 1), "mpi4py", NO_MPI4PY.format(0)),  # said once: rank 0 speaks first and ends the job
+    ((0,), "library", NO_LIBRARY),
+])
+def test_a_rank_that_cannot_start_mpi_says_why_and_ends_the_job(corpus, tmp_path, lacking, missing, said):
+    # a rank without mpi4py (another Python, another node) exited quietly before MPI_Init, where
+    # the others waited for it for ever; one without an MPI library said "internal error"
+    (tmp_path / "broken" / "mpi4py").mkdir(parents=True)
+    (tmp_path / "broken" / "mpi4py" / "__init__.py").write_text("raise ImportError('this mpi4py is not there')\n")
+    lack = {"mpi4py": {"PYTHONPATH": f"{tmp_path / 'broken'}{os.pathsep}{ROOT}"},
+            "library": {"MPI4PY_LIBMPI": "/nonexistent/libmpi.so"}}[missing]
+    cmd = [sys.executable, "-m", "charrnn", "train", str(corpus), *MODEL, "--max-steps", "2", "--out-dir",
+           str(tmp_path), "--run", "r"]
+    ranks = []
+    for rank in (0, 1):
+        env = [a for name, value in lack.items() for a in ("-x" if OPEN_MPI else "-env", *(
+            [f"{name}={value}"] if OPEN_MPI else [name, value]))] if rank in lacking else []
+        ranks += [":"] * bool(ranks) + ["-n", "1", *env, *cmd]
+    before = shared_memory()
+    r = subprocess.run([MPIEXEC, *LAUNCH, *ranks], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="300", **LAUNCH_ENV))
+    for name in shared_memory() - before:  # MPICH's segment of a rank that the job's end caught in MPI_Init
+        Path("/dev/shm", name).unlink(missing_ok=True)
+    lines = charrnn_lines(r.stderr)
+    assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: " + said), r.stderr
+    assert not (tmp_path / "r").exists()
+
+
 @needs_mpi
 @pytest.mark.parametrize("redirect, code", [("2>/dev/full", 1), (">&-", 0), ("2>&-", 0)])
 def test_a_rank_whose_stdout_or_stderr_cannot_be_written_ends_the_job(corpus, tmp_path, redirect, code):
