@@ -12,7 +12,7 @@ from pathlib import Path
 from .cells import NAMES as CELLS  # the registry's names; cells.py imports no kernels
 from .cells import OPTIONS as CELL_OPTIONS
 from .cells import check_option, check_options_read, normal_tau
-from .errors import UsageError, as_flag, check_read, flag
+from .errors import UsageError, as_flag, check_read, flag, repr_shown
 
 # the optimizers optim.py implements, named here so that reading the defaults (the CLI does,
 # for its help) imports no kernels
@@ -223,8 +223,11 @@ def _checkpoint_read(path) -> str:
 
 def shown_setting(value) -> str:
     """A setting's value in a message: text that is empty or holds control characters (a
-    separator) as repr."""
-    return repr(value) if isinstance(value, str) and not (value and value.isprintable()) else str(value)
+    separator) or the bytes of a name that is not UTF-8, and a list (of files), as repr; those
+    bytes as \\xff either way (errors.repr_shown)."""
+    if isinstance(value, list) or isinstance(value, str) and not (value and value.isprintable()):
+        return repr_shown(value)
+    return str(value)
 
 
 def check_init_overrides(given: dict, saved: dict, checkpoint):

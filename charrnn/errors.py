@@ -25,6 +25,17 @@ def bytes_shown(text: str) -> str:
     return re.sub("[\udc80-\udcff]", lambda m: f"\\x{ord(m[0]) - 0xDC00:02x}", text)
 
 
+# in a repr, the escape of a lone surrogate (\udcff): after an even number of backslashes, as an
+# odd number ends in the escape of a backslash of the text's own (\\udcff)
+_SURROGATE_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")
+
+
+def repr_shown(value) -> str:
+    """repr(value) for a message, with the bytes of a file name that is not UTF-8 shown as
+    bytes_shown shows them (\\xff), where repr writes Python's escape of them (\\udcff)."""
+    return _SURROGATE_ESCAPE.sub(r"\1\\x\2", repr(value))
+
+
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 (U+009B starts a terminal's escape too)
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 

@@ -224,6 +224,9 @@ def test_a_file_name_that_is_not_utf8_trains_saves_and_resumes(corpus, tmp_path)
                        capture_output=True, env=env, timeout=300)
     assert r.returncode == 0 and b"error" not in r.stderr and b"Traceback" not in r.stderr, r.stderr
     assert os.fsencode(run) in r.stdout
+    # the start-up line shows them as every message does (it said corpus=['...\\udce9.txt'], run='r\\udce9')
+    settings = r.stderr.splitlines()[0]
+    assert b"caf\\xe9.txt']" in settings and b" run='r\\xe9' " in settings and b"udc" not in r.stderr, r.stderr
     assert load_checkpoint(run / "best.npz")[1]["config"]["corpus"] == [str(text)]
     r = subprocess.run([*base, "--resume", str(run), "--max-steps", "4"], capture_output=True, env=env, timeout=300)
     assert r.returncode == 0 and b"error" not in r.stderr and b"Traceback" not in r.stderr, r.stderr
@@ -240,6 +243,18 @@ def test_an_error_names_a_byte_that_is_not_utf8_as_the_byte(corpus, tmp_path, mo
     code, stderr = main_exits(monkeypatch, capsys, "train", tmp_path, *TINY, "--max-steps", "1", "--out-dir",
                               tmp_path / "out", "-q")
     assert code == 0 and f"left out 1 file that is empty, binary or not UTF-8: {tmp_path}/bin\\xff.txt" in stderr
+
+
+@pytest.mark.parametrize("value, shown", [
+    (os.fsdecode(b"r\xff"), r"'r\xff'"),
+    ([os.fsdecode(b"caf\xe9.txt"), "b.txt"], r"['caf\xe9.txt', 'b.txt']"),
+    ("\\udcff", r"'\\udcff'"),  # a backslash of the text's own, then udcff: as it is
+    ("\\" + os.fsdecode(b"\xff"), r"'\\\xff'"),  # a backslash, then the byte
+])
+def test_repr_shown_writes_the_bytes_of_a_name_that_is_not_utf8_as_bytes(value, shown):
+    from charrnn.errors import repr_shown
+
+    assert repr_shown(value) == shown
 
 
 def test_a_name_that_is_not_utf8_and_cannot_be_written_is_not_blamed_on_the_locale(monkeypatch, capsys):
