@@ -242,7 +242,7 @@ class Mpi(Solo):
         try:
             import mpi4py
         except ImportError:
-            raise _cannot_start(rank, f"an MPI launcher started this as rank {rank} of {size}, but mpi4py is not "
+            raise _cannot_start(rank, f"an MPI launcher started this as one of {size} processes, but mpi4py is not "
                                       f"installed; install it with pip install 'charrnn[mpi]' (or your cluster's "
                                       f"mpi4py module)") from None
         # MPI starts below, once the launcher is known to be of mpi4py's MPI: under another's,
@@ -255,16 +255,14 @@ class Mpi(Solo):
             try:
                 from mpi4py import MPI
             except (ImportError, RuntimeError) as e:  # RuntimeError: mpi4py 4 finds no MPI library it can load
-                raise _cannot_start(rank, f"mpi4py cannot load an MPI library ({'; '.join(str(e).splitlines())}); "
-                                          f"install one with pip install mpich (or load your cluster's MPI "
-                                          f"module)") from None
+                raise _cannot_start(rank, _no_library(e)) from None
 
             vendor = MPI.get_vendor()[0]
             version = MPI.Get_library_version()
             # its first line, spaces collapsed ("MPICH Version: 5.0.2"); Open MPI's ends in a NUL
             library = " ".join((version.strip("\0 \n").splitlines() or [vendor])[0].split())
             if launcher_of_another_mpi(os.environ, vendor, version):
-                raise _alone(rank, _another_mpi(size, library))
+                raise _cannot_start(rank, _another_mpi(size, library))
             _interrupt_for_test(rank, "before")
             if not MPI.Is_initialized():
                 _start(MPI, mpi4py.rc, rank)
@@ -539,44 +537,48 @@ def _alone(rank, message):
 
 
 def _cannot_start(rank, message):
-    """The CharrnnError of a process that cannot start MPI (no mpi4py, no MPI library) where the
-    other processes may well have started it: they wait in MPI_Init for this one, which MPICH's
-    launcher (hydra) ends only for a process that dies by a signal (under a banner of its own) or
-    aborts through the launcher. So each such process says why, rank 0 first: any other waits
-    for it (QUIET_WAIT), and if rank 0 cannot start either, its abort ends the others before they
-    repeat the line. Then, at exit, it asks hydra to end the job (_abort_through_hydra)."""
-    import atexit
-
+    """The CharrnnError of a process that cannot start MPI (no mpi4py, no MPI library, another
+    MPI's launcher) where the others may well have started it: they wait in MPI_Init for this
+    one, and MPICH's launcher (hydra) ends the job for a process that exits only once that
+    process has spoken to it (_known_to_hydra). So each such process says why, rank 0 first:
+    any other waits for it (QUIET_WAIT), and if rank 0 cannot start either, its exit ends the
+    others before they repeat the line."""
     if rank != 0:
         time.sleep(QUIET_WAIT)
         message = f"rank {rank}: {message}"
-    atexit.register(_abort_through_hydra)
+    _known_to_hydra()
     return CharrnnError(message)
 
 
-def _abort_through_hydra():
-    """End the job through hydra, the launcher of MPICH and Intel MPI, in its PMI-1 protocol over
-    the connection it gave this process (PMI_FD): as MPI_Abort would, without MPI. Elsewhere
-    nothing: Open MPI's mpiexec ends a job one of whose processes exits with an error, and srun
-    does with --kill-on-bad-exit."""
+def _known_to_hydra():
+    """Greet hydra, the launcher of MPICH and Intel MPI, in its PMI protocol over the connection
+    it gave this process (PMI_FD), as MPI_Init would: it then ends the whole job when this
+    process exits, with this process's exit code. Under any other launcher nothing: Open MPI's
+    mpiexec ends a job one of whose processes exits with an error, and srun does with
+    --kill-on-bad-exit."""
     import select
 
     fd = os.environ.get("PMI_FD", "")
     if "HYDI_CONTROL_FD" not in os.environ or not fd.isdigit():
         return
-    _flushed(sys.stdout, sys.stderr)
-    time.sleep(FORWARD_WAIT)  # the launcher forwards the line through a pipe; the abort could pass it
     try:
         fd = int(fd)
         if not stat.S_ISSOCK(os.fstat(fd).st_mode):  # a variable this process inherited, not hydra's connection
             return
         os.write(fd, b"cmd=init pmi_version=1 pmi_subversion=1\n")
-        if select.select([fd], [], [], 10)[0]:
-            os.read(fd, 4096)  # cmd=response_to_init ...
-            os.write(fd, b"cmd=abort exitcode=1\n")
-            select.select([fd], [], [], 10)  # until hydra ends this process too
+        if select.select([fd], [], [], 10)[0]:  # its answer: the greeting was taken
+            os.read(fd, 4096)
     except OSError:  # no hydra at the other end after all: this process's exit is all there is
         pass
+
+
+def _no_library(e):
+    """What a process says when mpi4py cannot load an MPI library (e: its error, whose first
+    line says just that, the others why)."""
+    why = "; ".join(str(e).splitlines()[1:]) or str(e)
+    hint = ("MPI4PY_LIBMPI names the library it loads" if os.environ.get("MPI4PY_LIBMPI") else
+            "install one with pip install mpich (or load your cluster's MPI module)")
+    return f"mpi4py cannot load an MPI library ({why}); {hint}"
 
 
 def _set_threads(node):

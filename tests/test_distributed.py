@@ -509,9 +509,12 @@ def test_a_launcher_of_another_mpi_is_explained(corpus, tmp_path):
         want = "the MPI launcher started 2 processes but mpi4py's MPI (MPICH Version: "
     assert len(lines) == 1 and lines[0].startswith(f"error: {want}"), r.stderr
     assert "Open MPI" in want or "sees 1: the launcher belongs to another MPI" in lines[0], r.stderr
-    # the other copy says nothing: the user reads the line once
+    # the other copy: a world of one says nothing, so that the user reads the line once; one that
+    # cannot start MPI says it after a moment, which rank 0's end, ending the job, leaves it
+    # under a real launcher (test_a_rank_that_cannot_start_mpi_says_why_and_ends_the_job)
     r = launch(1, corpus, tmp_path / "r", "--max-steps", 1, env={**hydra, "PMI_RANK": "1"})
-    assert r.returncode == 1 and r.stderr == ""
+    assert r.returncode == 1
+    assert r.stderr == "" if "Open MPI" not in want else r.stderr.startswith(f"error: rank 1: {want}"), r.stderr
     assert not (tmp_path / "r").exists()
 
 
@@ -813,29 +816,33 @@ def test_ranks_one_resuming_and_one_starting_a_run_are_stopped(corpus, tmp_path,
         f"error: rank 1: this rank {doing}, and rank 0 does not; launch every rank with the same command line"], r.stderr
 
 
-NO_MPI4PY = "an MPI launcher started this as rank {} of 2, but mpi4py is not installed; install it with pip install"
-NO_LIBRARY = "mpi4py cannot load an MPI library (cannot load MPI library; /nonexistent/libmpi.so: cannot open shared"
+NO_MPI4PY = "an MPI launcher started this as one of 2 processes, but mpi4py is not installed; install it with pip"
+NO_LIBRARY = "mpi4py cannot load an MPI library (/nonexistent/libmpi.so: cannot open shared object file"
 
 
 @needs_mpi
-@pytest.mark.parametrize("lacking, missing, said", [
-    ((1,), "mpi4py", "rank 1: " + NO_MPI4PY.format(1)),
-    ((0, 1), "mpi4py", NO_MPI4PY.format(0)),  # said once: rank 0 speaks first and ends the job
-    ((0,), "library", NO_LIBRARY),
+@pytest.mark.parametrize("lacking, missing, code, said", [
+    ((1,), "mpi4py", 1, "rank 1: " + NO_MPI4PY),
+    ((0, 1), "mpi4py", 1, NO_MPI4PY),  # said once: rank 0 speaks first, and its end ends the job
+    ((0,), "library", 1, NO_LIBRARY),
+    ((1,), "mpi4py after a Ctrl-C", 130, None),  # a stop's code, and no error line
 ])
-def test_a_rank_that_cannot_start_mpi_says_why_and_ends_the_job(corpus, tmp_path, lacking, missing, said):
+def test_a_rank_that_cannot_start_mpi_says_why_and_ends_the_job(corpus, tmp_path, lacking, missing, code, said):
     # a rank without mpi4py (another Python, another node) exited quietly before MPI_Init, where
     # the others waited for it for ever; one without an MPI library said "internal error"
-    (tmp_path / "broken" / "mpi4py").mkdir(parents=True)
-    (tmp_path / "broken" / "mpi4py" / "__init__.py").write_text("raise ImportError('this mpi4py is not there')\n")
-    lack = {"mpi4py": {"PYTHONPATH": f"{tmp_path / 'broken'}{os.pathsep}{ROOT}"},
-            "library": {"MPI4PY_LIBMPI": "/nonexistent/libmpi.so"}}[missing]
+    broken = tmp_path / "broken" / "mpi4py"
+    broken.mkdir(parents=True)
+    stop = "import os, signal; os.kill(os.getpid(), signal.SIGINT)\n" if "Ctrl-C" in missing else ""
+    (broken / "__init__.py").write_text(stop + "raise ImportError('this mpi4py is not there')\n")
+    lack = ({"MPI4PY_LIBMPI": "/nonexistent/libmpi.so"} if missing == "library" else
+            {"PYTHONPATH": f"{broken.parent}{os.pathsep}{ROOT}"})
     cmd = [sys.executable, "-m", "charrnn", "train", str(corpus), *MODEL, "--max-steps", "2", "--out-dir",
            str(tmp_path), "--run", "r"]
     ranks = []
     for rank in (0, 1):
-        env = [a for name, value in lack.items() for a in ("-x" if OPEN_MPI else "-env", *(
-            [f"{name}={value}"] if OPEN_MPI else [name, value]))] if rank in lacking else []
+        env = []
+        for name, value in lack.items() if rank in lacking else ():
+            env += ["-x", f"{name}={value}"] if OPEN_MPI else ["-env", name, value]
         ranks += [":"] * bool(ranks) + ["-n", "1", *env, *cmd]
     before = shared_memory()
     r = subprocess.run([MPIEXEC, *LAUNCH, *ranks], capture_output=True, text=True, timeout=120,
@@ -843,7 +850,8 @@ def test_a_rank_that_cannot_start_mpi_says_why_and_ends_the_job(corpus, tmp_path
     for name in shared_memory() - before:  # MPICH's segment of a rank that the job's end caught in MPI_Init
         Path("/dev/shm", name).unlink(missing_ok=True)
     lines = charrnn_lines(r.stderr)
-    assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: " + said), r.stderr
+    assert r.returncode == code and "Traceback" not in r.stderr, r.stderr
+    assert lines == [] if said is None else len(lines) == 1 and lines[0].startswith("error: " + said), r.stderr
     assert not (tmp_path / "r").exists()
 
 
