@@ -107,6 +107,8 @@ def _require_path(what, value):
     if not isinstance(value, (str, os.PathLike)) or not isinstance(os.fspath(value), str):
         raise CharrnnError(f"{what} reads a path (a str or a pathlib.Path), not {type(value).__name__}"
                            + (" of bytes" if isinstance(value, os.PathLike) else ""))
+    if value == "":  # as the command line refuses it (cli._named_path): a variable left unset, as a path the working folder
+        raise CharrnnError(f"{what} got an empty name, which is no file or folder")
     return value
 
 

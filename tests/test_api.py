@@ -688,6 +688,12 @@ def test_a_path_must_be_a_path(model):
         model.encode_file(entry)
     same = next(e for e in os.scandir(model.path.parent) if e.name == "best.npz")  # one of str
     assert charrnn.load(same).vocab == model.vocab
+    # an empty name (a variable left unset) is refused as the command line refuses it: it was
+    # the working folder, "' is a directory; give the path of a text file", naming nothing
+    with pytest.raises(CharrnnError, match="^load\\(\\) got an empty name, which is no file or folder$"):
+        charrnn.load("")
+    with pytest.raises(CharrnnError, match="^encode_file\\(\\) got an empty name, which is no file or folder$"):
+        model.encode_file("")
 
 
 def test_a_name_too_long_for_the_file_system_is_a_charrnn_error(model, tmp_path):
