@@ -20,7 +20,8 @@ from .cells import choices_help
 from .config import (CELLS, EVAL_RANGES, GRADCHECK_RANGES, GRADFLOW_RANGES, INSPECT_CHARS, INSPECT_RANGES, OPTIMIZERS,
                      RANGES, SAMPLE_RANGES, SCHEDULES, Range, shown_setting)
 from .config import TrainConfig as _C  # the defaults of train's options
-from .errors import CharrnnError, UsageError, as_flag, controls_escaped, counted, flag, one_line, os_error_message
+from .errors import (CharrnnError, UsageError, as_flag, controls_escaped, counted, escapes_shown, flag, one_line,
+                     os_error_message)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Character-level RNN, LSTM and GRU language models, trained on the CPU.")
@@ -1004,15 +1005,18 @@ def _said_written(path, failed):
 def _print_error(message: str):
     """The error line; none after a stop signal: C code that the interrupt cut short (an import)
     can turn it into another error, which is no failure of the command's (cli.main then exits
-    130, the stop's code; distributed.StopsHeld.interrupt)."""
+    130, the stop's code; distributed.StopsHeld.interrupt). None either where stderr cannot be
+    written (2>/dev/full): the exit code that follows still says what failed, a usage error 2."""
     from rich.text import Text
 
     from .distributed import HELD, error_prefix
 
     if HELD.seen:
         return
-
-    err.print(Text.assemble(("error:", "bold red"), " ", error_prefix() + one_line(message)), highlight=False)
+    try:
+        err.print(Text.assemble(("error:", "bold red"), " ", error_prefix() + one_line(message)), highlight=False)
+    except OSError:
+        pass
 
 
 def scipy_blas_alone():
@@ -1222,7 +1226,8 @@ def _usage_line(e) -> str:
     """typer's usage error as one line: its message (its own lines joined), and where help is."""
     from .__main__ import command_named
 
-    message = " ".join(e.format_message().split())
+    # a value as repr: its bytes that are not UTF-8 as every message shows them ('\xff' is not a valid float)
+    message = escapes_shown(" ".join(e.format_message().split()))
     ctx = getattr(e, "ctx", None)
     if ctx is not None:
         return f"{message} (see '{ctx.command_path} --help')"

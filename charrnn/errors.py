@@ -30,10 +30,15 @@ def bytes_shown(text: str) -> str:
 _SURROGATE_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")
 
 
+def escapes_shown(text: str) -> str:
+    """text that holds reprs (repr_shown's, typer's usage errors), with repr's escape of each
+    byte of a name that is not UTF-8 (\\udcff) written as bytes_shown writes the byte (\\xff)."""
+    return _SURROGATE_ESCAPE.sub(r"\1\\x\2", text)
+
+
 def repr_shown(value) -> str:
-    """repr(value) for a message, with the bytes of a file name that is not UTF-8 shown as
-    bytes_shown shows them (\\xff), where repr writes Python's escape of them (\\udcff)."""
-    return _SURROGATE_ESCAPE.sub(r"\1\\x\2", repr(value))
+    """repr(value) for a message, with the bytes of a name that is not UTF-8 as \\xff."""
+    return escapes_shown(repr(value))
 
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 (U+009B starts a terminal's escape too)

@@ -154,6 +154,22 @@ def test_standard_output_on_a_full_disk_is_named(command, corpus, tmp_path):
         assert load_checkpoint(tmp_path / "r" / "latest.npz")[1]["step"] == 2
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("args, code", [
+    (["sample", "x.npz", "--length", "-1"], 2),  # typer's usage error
+    (["sample", "x.npz", "--bogus"], 2),
+    (["eval", "x.npz", "x.txt", "--batch", "0"], 2),
+    (["sample", "x.npz"], 1),  # no such checkpoint
+])
+def test_an_error_that_cannot_be_said_keeps_its_exit_code(args, code, tmp_path):
+    # the line failing with stderr on a full disk ended the command in a traceback to nowhere:
+    # exit 1 for every error, a usage error's 2 included
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "charrnn", *args], stderr=full, stdout=subprocess.DEVNULL,
+                           cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="300"), timeout=300)
+    assert r.returncode == code
+
+
 def test_a_folder_that_cannot_be_written(corpus, tmp_path, monkeypatch, capsys):
     # root ignores permission bits, so the refusal is simulated where the run folder is made
     def refuse(self, *a, **kw):
@@ -243,6 +259,9 @@ def test_an_error_names_a_byte_that_is_not_utf8_as_the_byte(corpus, tmp_path, mo
     code, stderr = main_exits(monkeypatch, capsys, "train", tmp_path, *TINY, "--max-steps", "1", "--out-dir",
                               tmp_path / "out", "-q")
     assert code == 0 and f"left out 1 file that is empty, binary or not UTF-8: {tmp_path}/bin\\xff.txt" in stderr
+    # and in a usage error, which shows the value as repr ('\udcff' is not a valid float, it said)
+    code, stderr = main_exits(monkeypatch, capsys, "sample", tmp_path / "m.npz", "--temperature", os.fsdecode(b"\xff"))
+    assert code == 2 and "error: Invalid value for '--temperature': '\\xff' is not a valid float." in stderr, stderr
 
 
 @pytest.mark.parametrize("value, shown", [
