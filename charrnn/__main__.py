@@ -38,8 +38,8 @@ def numba_values_must_be_read():
     cli says in one line ("numba cannot start"), exit 1. An empty one (NUMBA_X= cmd, as to
     unset it) and a value of .numba_config.yaml, which numba reads too (its `opt: 3` is a
     number, where numba wants text), get one line saying numba goes on without it. So does
-    charrnn's warning that numba could not save the kernels to its cache (KernelsNotCached)."""
-    from .errors import KernelsNotCached
+    charrnn's notes (errors.Note: numba could not save the kernels to its cache, say)."""
+    from .errors import Note
     from .errors import one_line as said_in_one_line
 
     names = [re.escape(k) for k, v in os.environ.items() if k.startswith("NUMBA_") and v]
@@ -48,7 +48,7 @@ def numba_values_must_be_read():
     shown = warnings.showwarning
 
     def one_line(message, category, *args, **kwargs):
-        if category is KernelsNotCached:  # (the kernels run: a note, not an error)
+        if issubclass(category, Note):  # (the command goes on: a note, not an error)
             if sys.stderr is not None:  # (started closed: closed_streams_held)
                 sys.stderr.write(f"note: {said_in_one_line(str(message))}\n")
             return

@@ -78,9 +78,14 @@ class UsageError(CharrnnError):
     exit_code = 2
 
 
-class KernelsNotCached(UserWarning):
+class Note(UserWarning):
+    """Something a user should know that does not stop the command: the command line says it
+    as one line, note: ..."""
+
+
+class KernelsNotCached(Note):
     """numba could not save the kernels it compiled to its cache (kernels/_jit.py): they run, and
-    compile again in the next process. The command line says it as one note."""
+    compile again in the next process."""
 
 
 # What to do about the failures of the system a user meets most.

@@ -12,12 +12,15 @@ Other kinds and other keys are ignored.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import LOG_STARTS, METRICS_FILE
-from .errors import CharrnnError, controls_escaped, counted
+from .errors import CharrnnError, Note, controls_escaped, counted
 from .outputs import shown_name, write_output
 
 # No square brackets (as in charrnn[plot]): the CLI prints error messages as rich markup.
@@ -197,10 +200,11 @@ def require_pyplot():
     """matplotlib.pyplot on the Agg backend, or a CharrnnError saying how to install it, or why
     an installed one cannot start."""
     try:
-        import matplotlib
+        with _settings_folder_noted():
+            import matplotlib
 
-        matplotlib.use("Agg")  # files only, no window, works without a display
-        import matplotlib.pyplot as plt
+            matplotlib.use("Agg")  # files only, no window, works without a display
+            import matplotlib.pyplot as plt
     except ImportError as e:
         if e.name == "matplotlib":
             raise CharrnnError(f"--png needs matplotlib, which is not installed; install it with: {INSTALL_HINT}") from None
@@ -208,6 +212,28 @@ def require_pyplot():
     except Exception as e:  # MPLBACKEND=bogus: the environment's, not ours
         raise _cannot_start(e) from None
     return plt
+
+
+@contextmanager
+def _settings_folder_noted():
+    """matplotlib's warnings as it is imported, said as one note (errors.Note) instead of their
+    lines: with a HOME or MPLCONFIGDIR it cannot write, it warns of it in two, then keeps its
+    settings and font cache in a temporary folder, which it builds again at every start."""
+    kept = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = kept.append
+    log = logging.getLogger("matplotlib")
+    log.addHandler(handler)
+    propagate, log.propagate = log.propagate, False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate
+    if kept:  # the first says why ("/x is not a writable directory", "mkdir -p failed for path ...")
+        why = " ".join(kept[0].getMessage().split())
+        warnings.warn(Note(f"matplotlib cannot keep its settings where it looks for them ({why}): it uses a "
+                           f"temporary folder, which makes --png slower; MPLCONFIGDIR chooses a folder"), stacklevel=3)
 
 
 def _cannot_start(e: Exception) -> CharrnnError:

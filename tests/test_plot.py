@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -280,6 +281,25 @@ def test_cli_plot_png(tmp_path):
     assert r.exit_code == 0, r.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert r.stdout.splitlines()[-1] == f"wrote {tmp_path}/p:fire:\\x1b[2J\\nx.png"
+
+
+@pytest.mark.parametrize("command", ["plot", "gradflow"])
+def test_a_matplotlib_settings_folder_that_cannot_be_used_is_one_note(command, tmp_path):
+    # a HOME it cannot write, or MPLCONFIGDIR naming a file or a folder it cannot write: matplotlib
+    # warned of it in two lines of its own as it started, then drew into a temporary folder
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "p.png"
+    args = {"plot": ["plot", str(_write_run(tmp_path / "run"))],
+            "gradflow": ["gradflow", "--cell", "rnn", "--hidden", "4", "--max-k", "2", "--windows", "1"]}[command]
+    (tmp_path / "file").write_text("")
+    env = dict(os.environ, MPLCONFIGDIR=str(tmp_path / "file"), PYTHONPATH=str(Path(__file__).parent.parent))
+    r = subprocess.run([sys.executable, "-m", "charrnn", *args, "--png", str(png)], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", r.stderr
+    lines = r.stderr.splitlines()  # (why, in matplotlib's words: "mkdir -p failed for path ...: File exists")
+    assert len(lines) == 1 and lines[0].startswith("note: matplotlib cannot keep its settings where it looks for "
+                                                   "them (") and f"{tmp_path}/file" in lines[0], r.stderr
+    assert lines[0].endswith("): it uses a temporary folder, which makes --png slower; MPLCONFIGDIR chooses a folder")
 
 
 def test_a_single_point_is_drawn_and_no_series_is_no_warning(tmp_path, monkeypatch):
