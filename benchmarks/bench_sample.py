@@ -10,8 +10,9 @@ The two are timed in alternation in the same run; the ratio is ours (default) / 
 Then the wall time of `charrnn sample CKPT --length 200` as a whole process (start-up, imports,
 loading the kernels from numba's cache, generating, printing, exit), on a checkpoint written
 here; the first run of each version warms its caches (numba's, and Python's compiled modules:
-PYTHONDONTWRITEBYTECODE, if set, is lifted for these runs) and is not counted. With --against
-REV the package at git revision REV is timed too, the two versions in alternation.
+PYTHONDONTWRITEBYTECODE, if set, is lifted for these runs, as is PYTHONUNBUFFERED) and is not
+counted. With --against REV the package at git revision REV is timed too, the two versions in
+alternation.
 
     python benchmarks/bench_sample.py
     python benchmarks/bench_sample.py --chars 4000 --repeats 7 --no-torch
@@ -42,6 +43,8 @@ from charrnn.model import ModelSpec, init_params  # noqa: E402
 from charrnn.sampling import CHUNK, Sampler  # noqa: E402
 
 CELL, V, H, L = "lstm", 65, 512, 2
+# variables of this environment that no user sets, lifted for the runs of the whole command
+LIFTED = ("PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED")
 
 
 def ours(params, blas, n, seed, threads=1):
@@ -84,7 +87,8 @@ def cli_wall_times(params, runs, versions):
         for label, rev in versions:
             folder, package = version_path(rev)
             env = dict(os.environ, PYTHONPATH=str(folder) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-            env.pop("PYTHONDONTWRITEBYTECODE", None)  # see main()
+            for name in LIFTED:  # see main()
+                env.pop(name, None)
             commands[label] = ([sys.executable, "-m", package, "sample", str(ckpt), "--length", "200"], env)
         times = {label: [] for label in commands}
         for i in range(runs + 1):
@@ -120,6 +124,8 @@ def main():
     if os.environ.get("PYTHONDONTWRITEBYTECODE"):
         # which would compile charrnn's modules from source at every start, as no user's Python does
         print("  PYTHONDONTWRITEBYTECODE lifted for these runs: Python keeps charrnn's compiled modules")
+    if os.environ.get("PYTHONUNBUFFERED"):
+        print("  PYTHONUNBUFFERED lifted for these runs: stdout buffered, as users have it")
     times = cli_wall_times(params, args.cli_runs, versions)
     for label, t in times.items():
         print(f"  {label:12s} {', '.join(f'{x:.2f}' for x in t)} s; median {statistics.median(t):.2f} s")
