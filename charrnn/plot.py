@@ -47,8 +47,9 @@ def find_metrics(run) -> Path:
     for c in candidates:
         if c.is_file():
             return c
-        if c.exists() and not c.is_dir():  # a FIFO, /dev/null: said as the other commands say it
-            raise CharrnnError(f"{c} is not a regular file; pass the run folder of a training run")
+        if c.exists():  # a folder, a FIFO, /dev/null: said as the other commands say it
+            what = "a folder" if c.is_dir() else "not a regular file"
+            raise CharrnnError(f"{c} is {what}; pass the run folder of a training run")
     where = f"beside {given} (in {p})" if p != given else f"in {p}"  # a checkpoint given: named as typed
     raise CharrnnError(f"no {METRICS_FILE} {where}; pass the run folder of a training run (it holds {METRICS_FILE})")
 

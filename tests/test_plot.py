@@ -61,6 +61,9 @@ def test_read_metrics_errors(tmp_path):
     (empty / "metrics.jsonl").write_text('{"kind": "config"}\n')
     with pytest.raises(CharrnnError, match="no train or val"):
         read_metrics(empty)
+    (tmp_path / "folder" / "metrics.jsonl").mkdir(parents=True)  # it said "no metrics.jsonl in folder"
+    with pytest.raises(CharrnnError, match="^.*/folder/metrics.jsonl is a folder; pass the run folder of a training run$"):
+        read_metrics(tmp_path / "folder")
 
 
 def test_a_file_that_is_no_metrics_log_is_named_so(tmp_path):
