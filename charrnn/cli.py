@@ -947,7 +947,7 @@ def gradflow(
                                f"{' or '.join([*scales, '--max-k'])}")
     unknown = max(f.unknown for f in flows)  # a checkpoint's model, which may lack some of the text's characters
     if unknown:
-        unit = "byte" if trained and trained.encoding == "bytes" else "character"  # a bytes model's are bytes
+        unit = trained.unit if trained else "character"
         err.print(one_line(f"note: left out {unknown:,} of the {counted(ids.size, unit)} of {corpus} that the "
                            "model does not know"), markup=False, highlight=False)
     failed = _written_first(png, lambda: gf.write_png(flows, png))

@@ -58,6 +58,11 @@ class Model:
     vocab: Vocab
     encoding: str = "utf-8"  # how its text is read: "bytes" for a bytes model
 
+    @property
+    def unit(self) -> str:
+        """What messages call the units of its text: a bytes model's characters are bytes."""
+        return "byte" if self.encoding == "bytes" else "character"
+
 
 @dataclass
 class LayerFlow:
@@ -185,12 +190,12 @@ def saturation_counts(stack: Stack):
     return counts
 
 
-def sample_windows(ids, n_windows: int, batch: int, steps: int, rng: np.random.Generator):
+def sample_windows(ids, n_windows: int, batch: int, steps: int, rng: np.random.Generator, unit="character"):
     """(n_windows, 2*steps+1, batch) int32: per stream the warm-up, the window and its last target."""
     need = 2 * steps + 1
     if ids.size < need:
         raise CharrnnError(
-            f"the corpus has {counted(ids.size, 'usable character')}, but a window of {counted(steps, 'step')} needs "
+            f"the corpus has {counted(ids.size, 'usable ' + unit)}, but a window of {counted(steps, 'step')} needs "
             f"{need:,} (a warm-up of the same length first); use a longer text or a smaller --max-k"
         )
     starts = rng.integers(0, ids.size - need + 1, size=(n_windows, batch))
@@ -202,7 +207,7 @@ def measure(model: Model, ids, max_k: int, windows: int, batch: int, seed: int) 
     """Mean ||dL_T/dh_{T-k}|| over `windows` random windows of `batch` streams of `ids`."""
     spec, params = model.spec, model.params
     T = max_k + 1
-    text = sample_windows(ids, windows, batch, T, np.random.default_rng(seed))
+    text = sample_windows(ids, windows, batch, T, np.random.default_rng(seed), model.unit)
     stack = Stack(spec, batch, T, np.float64)
     zeros = [[np.zeros((batch, spec.hidden)) for _ in layer] for layer in stack.get_state(0)]
     norm_sum = np.zeros((spec.layers, T))
@@ -273,7 +278,7 @@ def run(ids, chars, cells=None, trained=None, hidden=64, layers=1, seed=0, radiu
             set_forget_bias(m, forget_bias)
         known, dropped = corpus_ids(ids, chars, m.vocab)
         if ids.size and not known.size:
-            raise CharrnnError(f"none of the {counted(ids.size, 'character')} of --corpus is one the model knows; give a text "
+            raise CharrnnError(f"none of the {counted(ids.size, m.unit)} of --corpus is one the model knows; give a text "
                                "like its training text")
         flows.append(replace(measure(m, known, max_k, windows, batch, seed), unknown=dropped))
     return flows

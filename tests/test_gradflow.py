@@ -388,6 +388,13 @@ def test_a_run_folders_name_reaches_the_chart_and_table_escaped_and_a_bytes_mode
     assert r.exit_code == 0, r.output
     assert "\x1b" not in r.stdout and r.stdout.count("ev\\x1b[2Jil/best.npz") == 2, r.stdout  # legend, table
     assert r.stderr == f"note: left out 120 of the 1,080 bytes of {text} that the model does not know\n"
+    # so do its errors: a text too short, or none of whose bytes it knows (they said "characters")
+    text.write_text("the cat", encoding="utf-8")
+    r = runner.invoke(app, ["gradflow", str(path), "--corpus", str(text), "--max-k", "3", "--windows", "1"])
+    assert str(r.exception).startswith("the corpus has 7 usable bytes, but a window of 4 steps needs 9"), r.exception
+    text.write_bytes(b"\x00\x01")
+    r = runner.invoke(app, ["gradflow", str(path), "--corpus", str(text), "--max-k", "3", "--windows", "1"])
+    assert str(r.exception).startswith("none of the 2 bytes of --corpus is one the model knows"), r.exception
 
 
 @pytest.mark.parametrize("json_out", [False, True])
