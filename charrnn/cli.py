@@ -161,6 +161,9 @@ def _unescape(value: str) -> str:
             # a byte, held as Python holds one that is no UTF-8: corpus.model_text reads it as
             # that byte for a bytes model, else as the character of its code
             return chr(0xDC00 + int(code[1:], 16))
+        if code[:1] == "u" and 0xD800 <= int(code[1:], 16) <= 0xDFFF:  # (U+DC80-U+DCFF would read as bytes)
+            raise typer.BadParameter(f"\\{code} in '{value}' is a lone surrogate, which no text holds; "
+                                     f"use \\xHH for a byte")
         if code[:1] in ("x", "u") and len(code) > 1:
             return chr(int(code[1:], 16))
         shown = "a backslash at the end" if not code else f"\\{code}"
@@ -1226,8 +1229,11 @@ def _usage_line(e) -> str:
     """typer's usage error as one line: its message (its own lines joined), and where help is."""
     from .__main__ import command_named
 
-    # a value as repr: its bytes that are not UTF-8 as every message shows them ('\xff' is not a valid float)
-    message = escapes_shown(" ".join(e.format_message().split()))
+    message = " ".join(e.format_message().split())
+    if any("\udc80" <= c <= "\udcff" for arg in sys.argv[1:] for c in arg):
+        # a value shown as repr: its bytes that are not UTF-8 as every message shows them ('\xff'
+        # is not a valid float). Only then: a \udcff typed as such is no byte
+        message = escapes_shown(message)
     ctx = getattr(e, "ctx", None)
     if ctx is not None:
         return f"{message} (see '{ctx.command_path} --help')"

@@ -347,6 +347,10 @@ def test_a_run_on_many_files_records_them_and_resumes_from_that_list(tree, tmp_p
     resumed.run()
     code, err = main_exits(monkeypatch, capsys, "train", tree / "a.txt", "--doc-sep", r"\q")
     assert code == 2 and "is no escape this option knows" in err
+    # a lone surrogate as an escape: \udcff was read as the byte 0xFF (as Python holds one)
+    for escape in (r"\udcff", r"\uD800"):
+        code, err = main_exits(monkeypatch, capsys, "train", tree / "a.txt", "--doc-sep", escape)
+        assert code == 2 and f"{escape} in '{escape}' is a lone surrogate, which no text holds; use \\xHH" in err, err
 
 
 def test_quiet_leaves_out_the_samples_but_not_the_notes_on_the_text(tree, tmp_path, monkeypatch, capsys):
