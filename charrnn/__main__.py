@@ -87,28 +87,6 @@ def closed_streams_held():
             os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
 
 
-def exit_now(code):
-    """End the process with `code` at once, once what it wrote is out, skipping Python's teardown
-    of its modules: numba's and LLVM's objects take some 30 ms of `charrnn sample`'s 0.6 s to
-    free, which the system does at once. Only for a command other than train, which needs
-    nothing at exit: no MPI, no thread of its own left, every file it wrote closed (outputs).
-    Where stdout or stderr cannot take what is still buffered, or a thread is still at work,
-    nothing: the ordinary exit then does what it always did."""
-    import threading
-
-    if not isinstance(code, (int, type(None))):
-        return
-    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
-        return
-    try:
-        for stream in (sys.stdout, sys.stderr):
-            if stream is not None:
-                stream.flush()
-    except (OSError, ValueError):
-        return
-    os._exit(code or 0)
-
-
 def main():
     closed_streams_held()
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
@@ -141,10 +119,6 @@ def main():
         cli.main()
     except KeyboardInterrupt:  # in the last lines of cli.main, after its own handling let go
         raise SystemExit(130)
-    except SystemExit as e:
-        if command_named(sys.argv[1:]) != "train":
-            exit_now(e.code)
-        raise
     finally:
         # The command has ended, its exit code settled: a stop in the exit's last hundredths of
         # a second (Python's atexit callbacks; MPI's shutdown) would only print a traceback

@@ -1154,9 +1154,8 @@ def test_a_stream_started_closed_keeps_its_descriptor_from_the_next_file():
     # 2>&- left descriptor 2 free, and MPI's next file or socket took it: what was written to
     # stderr went into it (a job aborted at exit, 1 run in 6). The entry point holds it with
     # /dev/null; sys.stderr stays None, so that the commands still see the stream closed.
-    code = ("import os, sys; import charrnn.__main__ as entry; sys.argv = ['charrnn', '--help']\n"
-            "entry.exit_now = lambda code: None\n"  # the ordinary exit, which lets this process look after
-            "try: entry.main()\nexcept SystemExit: pass\n"
+    code = ("import os, sys; from charrnn.__main__ import main; sys.argv = ['charrnn', '--help']\n"
+            "try: main()\nexcept SystemExit: pass\n"
             "fd = os.open(os.devnull, os.O_RDONLY); sys.exit(0 if fd > 2 and sys.stderr is None else 3)")
     r = subprocess.run(["sh", "-c", f'exec "{sys.executable}" -c "{code}" 2>&- >/dev/null'], timeout=60,
                        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)))

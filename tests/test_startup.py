@@ -3,8 +3,6 @@ up (imports, numba's types, the kernels loaded), then freezes what that made and
 collector again for the command's own work; at exit it freezes what is left."""
 import gc
 import importlib
-import subprocess
-import sys
 import time
 import weakref
 
@@ -16,7 +14,7 @@ import charrnn.cli as cli
 from charrnn.checkpoint import save_checkpoint
 from charrnn.errors import CharrnnError
 from charrnn.model import ModelSpec, init_params
-from test_api import _fresh_env, fresh_python
+from test_api import fresh_python
 from test_hostile import main_exits
 from test_plot import _write_run
 
@@ -173,10 +171,9 @@ def test_sample_imports_neither_pydantic_nor_rich(tmp_path):
     config = {"cell": "lstm", "hidden": 4, "layers": 1, "batch": 2, "k1": 5, "k2": 5, "encoding": "utf-8"}
     save_checkpoint(tmp_path / "best.npz", {"params": init_params(spec, np.random.default_rng(0), np.float32)},
                     {"config": config, "vocab": ["a", "b", "\n"]})
-    code = ("import sys\nimport charrnn.__main__ as entry\n"
-            "entry.exit_now = lambda code: None  # the ordinary exit, which lets this process look after\n"
+    code = ("import runpy, sys\n"
             f"sys.argv = ['charrnn', 'sample', {str(tmp_path / 'best.npz')!r}, '--length', '20']\n"
-            "try:\n    entry.main()\n"
+            "try:\n    runpy.run_module('charrnn', run_name='__main__')\n"
             "except SystemExit as e:\n    assert not e.code, e.code\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pydantic', 'rich')), file=sys.stderr)\n")
     for run in ("compiling, or loading from the cache", "loading from the cache"):
@@ -184,35 +181,6 @@ def test_sample_imports_neither_pydantic_nor_rich(tmp_path):
         assert r.returncode == 0, (run, r.stderr)
         assert len(r.stdout.rstrip("\n")) >= 20, run  # it sampled
     assert r.stderr.strip().splitlines()[-1] == "[]"
-
-
-@pytest.mark.parametrize("left", ["nothing", "a thread at work"])
-def test_a_command_ends_at_once_with_what_it_wrote_out(left, tmp_path):
-    # __main__.exit_now skips Python's teardown of the modules (some 30 ms of a sample's 0.6 s),
-    # once stdout and stderr have let out what they buffer; with a thread of the command's still
-    # at work, it leaves the exit to Python, which waits for the thread
-    code = f"""
-import atexit, sys, threading, time
-import charrnn.__main__ as entry
-import charrnn.cli as cli
-def command():
-    if {left!r} == "a thread at work":
-        threading.Thread(target=time.sleep, args=(0.3,)).start()
-    sys.stdout.write("written, not flushed")
-    sys.stderr.write("said, not flushed")
-    raise SystemExit(3)
-cli._main = command
-atexit.register(lambda: sys.stdout.write(" then torn down"))
-sys.argv = ["charrnn", "sample", "x.npz"]
-entry.main()
-"""
-    env = {k: v for k, v in _fresh_env().items() if k != "PYTHONUNBUFFERED"}  # buffered, as users have them
-    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
-        r = subprocess.run([sys.executable, "-c", code], stdout=out, stderr=err, env=env, timeout=120)
-    torn_down = " then torn down" if left == "a thread at work" else ""
-    assert r.returncode == 3
-    assert (tmp_path / "out").read_text() == "written, not flushed" + torn_down
-    assert (tmp_path / "err").read_text() == "said, not flushed"
 
 
 def test_the_command_line_loads_scipys_blas_alone_with_the_collector_held(tmp_path):
@@ -225,7 +193,6 @@ import charrnn.cli as cli
 seen = []
 load = cli.scipy_blas_alone
 cli.scipy_blas_alone = lambda: (seen.append(gc.isenabled()), load())
-entry.exit_now = lambda code: None  # the ordinary exit, which lets this process look after
 sys.argv = ["charrnn", "sample", {str(tmp_path / "missing.npz")!r}]
 try:
     entry.main()
