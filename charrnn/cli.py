@@ -76,6 +76,22 @@ class _Console:
         return getattr(self.console, name)
 
 
+def _let_out_or_dropped(*streams):
+    """What each stream still buffers, written now; where it cannot be (a full disk, the error
+    already said), sent nowhere: Python would try again at exit, print "Exception ignored ...
+    OSError" and exit 120, whatever the command's own code (stdout and stderr are buffered, but
+    for PYTHONUNBUFFERED)."""
+    for stream in streams:
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+            except (OSError, ValueError):  # no descriptor to point elsewhere: nothing more to do
+                pass
+
+
 def _not_written(e: OSError) -> CharrnnError:
     """A write to standard output that failed (a full disk, `> /dev/full`): said of stdout, as
     the error alone would read as if a checkpoint could not be written."""
@@ -1126,6 +1142,8 @@ def main():
         HELD.restore()
         HELD.seen = False  # (for a program that calls main() again)
         _set_up()
+        if owns_process:
+            _let_out_or_dropped(sys.stdout, sys.stderr)
         gc.freeze()  # nothing to collect on the way out: exit without walking every object again
 
 

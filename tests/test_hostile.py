@@ -42,6 +42,15 @@ def corpus(tmp_path):
     return path
 
 
+def buffered_env():
+    """The environment of a `python -m charrnn` as users run it: stdout and stderr buffered, as
+    they are but for PYTHONUNBUFFERED (which some machines set), where what a failed write left
+    in a buffer fails again at exit."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="300")
+    env.pop("PYTHONUNBUFFERED", None)
+    return env
+
+
 def run_cli(*args, **kw):
     env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="300")
     return subprocess.run([sys.executable, "-m", "charrnn", *map(str, args)], capture_output=True, text=True,
@@ -136,7 +145,9 @@ def test_a_link_in_a_run_folder_is_never_written_through(name, corpus, tmp_path)
                                      "train --help"])
 def test_standard_output_on_a_full_disk_is_named(command, corpus, tmp_path):
     # "No space left on device; free some disk space" and nothing more: after a run whose
-    # checkpoints were all written, it read as if they had not been (typer's help too)
+    # checkpoints were all written, it read as if they had not been (typer's help too). Then,
+    # what a failed write left in stdout's buffer failed again at exit: "Exception ignored ...",
+    # exit 120
     if command not in ("train", "--help", "train --help"):
         assert run_cli("train", corpus, *TINY, "--max-steps", "2", "--out-dir", tmp_path, "--run", "m",
                        "-q").returncode == 0
@@ -147,7 +158,7 @@ def test_standard_output_on_a_full_disk_is_named(command, corpus, tmp_path):
                                 "--json"], "--help": ["--help"], "train --help": ["train", "--help"]}[command]
     with open("/dev/full", "w") as full:
         r = subprocess.run([sys.executable, "-m", "charrnn", *map(str, args)], stdout=full, stderr=subprocess.PIPE,
-                           text=True, env=dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="300"), timeout=300)
+                           text=True, env=buffered_env(), timeout=300)
     assert r.returncode == 1
     assert one_line(r.stderr) == "error: cannot write to standard output: No space left on device; free some disk space"
     if command == "train":
@@ -163,10 +174,11 @@ def test_standard_output_on_a_full_disk_is_named(command, corpus, tmp_path):
 ])
 def test_an_error_that_cannot_be_said_keeps_its_exit_code(args, code, tmp_path):
     # the line failing with stderr on a full disk ended the command in a traceback to nowhere:
-    # exit 1 for every error, a usage error's 2 included
+    # exit 1 for every error, a usage error's 2 included; then, the line left in stderr's buffer
+    # failed again at exit: 120
     with open("/dev/full", "w") as full:
         r = subprocess.run([sys.executable, "-m", "charrnn", *args], stderr=full, stdout=subprocess.DEVNULL,
-                           cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="300"), timeout=300)
+                           cwd=tmp_path, env=buffered_env(), timeout=300)
     assert r.returncode == code
 
 
