@@ -217,20 +217,24 @@ def require_pyplot():
 
 @contextmanager
 def _settings_folder_noted():
-    """matplotlib's warnings as it is imported, said as one note (errors.Note) instead of their
-    lines: with a HOME or MPLCONFIGDIR it cannot write, it warns of it in two, then keeps its
-    settings and font cache in a temporary folder, which it builds again at every start."""
+    """matplotlib's warnings, as it is imported, that it cannot use its settings folder (a HOME
+    it cannot write, an MPLCONFIGDIR naming a file or a folder it cannot write), said as one
+    note (errors.Note) instead of their two lines: it then keeps its settings and font cache in a
+    temporary folder, built again at every start. Its other warnings go on as they are."""
     kept = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = kept.append
+
+    def settings_folder(record):  # the function of matplotlib's that looks for the folder
+        if record.funcName == "_get_config_or_cache_dir":
+            kept.append(record)
+            return False
+        return True
+
     log = logging.getLogger("matplotlib")
-    log.addHandler(handler)
-    propagate, log.propagate = log.propagate, False
+    log.addFilter(settings_folder)
     try:
         yield
     finally:
-        log.removeHandler(handler)
-        log.propagate = propagate
+        log.removeFilter(settings_folder)
     if kept:  # the first says why ("/x is not a writable directory", "mkdir -p failed for path ...")
         why = " ".join(kept[0].getMessage().split())
         warnings.warn(Note(f"matplotlib cannot keep its settings where it looks for them ({why}): it uses a "

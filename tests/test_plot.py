@@ -303,6 +303,12 @@ def test_a_matplotlib_settings_folder_that_cannot_be_used_is_one_note(command, t
     assert len(lines) == 1 and lines[0].startswith("note: matplotlib cannot keep its settings where it looks for "
                                                    "them (") and f"{tmp_path}/file" in lines[0], r.stderr
     assert lines[0].endswith("): it uses a temporary folder, which makes --png slower; MPLCONFIGDIR chooses a folder")
+    # matplotlib's other warnings, of a matplotlibrc of the user's, are not that note: said as they are
+    (tmp_path / "matplotlibrc").write_text("foo: bar\n")
+    env["MPLCONFIGDIR"] = str(tmp_path / "settings")
+    r = subprocess.run([sys.executable, "-m", "charrnn", *args, "--png", str(png)], capture_output=True, text=True,
+                       env=env, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0 and "Bad key foo" in r.stderr and "note:" not in r.stderr, r.stderr
 
 
 def test_a_single_point_is_drawn_and_no_series_is_no_warning(tmp_path, monkeypatch):
