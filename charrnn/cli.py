@@ -177,7 +177,7 @@ def _unescape(value: str) -> str:
             # a byte, held as Python holds one that is no UTF-8: corpus.model_text reads it as
             # that byte for a bytes model, else as the character of its code
             return chr(0xDC00 + int(code[1:], 16))
-        if code[:1] == "u" and 0xD800 <= int(code[1:], 16) <= 0xDFFF:  # (U+DC80-U+DCFF would read as bytes)
+        if code[:1] == "u" and len(code) > 1 and 0xD800 <= int(code[1:], 16) <= 0xDFFF:  # (U+DC80-U+DCFF: bytes)
             raise typer.BadParameter(f"\\{code} in '{value}' is a lone surrogate, which no text holds; "
                                      f"use \\xHH for a byte")
         if code[:1] in ("x", "u") and len(code) > 1:
