@@ -25,7 +25,7 @@ import numpy as np
 from . import memory
 from .cells import CELLS
 from .config import EVAL_RANGES
-from .corpus import ENCODINGS, NotText, UnknownCharacters, check_encoding, check_read_as, read_ids
+from .corpus import ENCODINGS, NotText, UnknownCharacters, check_encoding, check_read_as, read_ids, unit_name
 from .errors import CharrnnError, as_keyword, computes_nan
 from .evaluate import evaluate, evaluation_shape, line_losses, lines_shape
 from .model import Stack
@@ -204,7 +204,7 @@ class TrainedModel:
         skip_unknown = _flag("skip_unknown", skip_unknown)
         ids, skipped = self.encode(text, skip_unknown=skip_unknown) if isinstance(text, str) else (self._ids(text), 0)
         if skipped and ids.size < 2:  # not "the text to evaluate has 0 characters"
-            raise too_few_known(skipped, ids.size, "the text", "byte" if self._of_bytes else "character")
+            raise too_few_known(skipped, ids.size, "the text", unit_name(self._of_bytes))
         memory.require(memory.evaluation_needs(self.spec, *evaluation_shape(ids.size, batch, window),
                                                self.params.dtype), "evaluating", self._smaller_batch_or_window())
         nats, count = evaluate(self.spec, self.params, ids, batch, window)

@@ -20,8 +20,8 @@ from .cells import choices_help
 from .config import (CELLS, EVAL_RANGES, GRADCHECK_RANGES, GRADFLOW_RANGES, INSPECT_CHARS, INSPECT_RANGES, OPTIMIZERS,
                      RANGES, SAMPLE_RANGES, SCHEDULES, Range, shown_setting)
 from .config import TrainConfig as _C  # the defaults of train's options
-from .errors import (CharrnnError, UsageError, as_flag, controls_escaped, counted, escapes_shown, flag, one_line,
-                     os_error_message)
+from .errors import (CharrnnError, UsageError, as_flag, bytes_shown, controls_escaped, counted, escapes_shown, flag,
+                     one_line, os_error_message)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Character-level RNN, LSTM and GRU language models, trained on the CPU.")
@@ -667,13 +667,13 @@ def eval_(
     With the checkpoint's batch and window, its run's validation text scores the run's own validation figure. The text is cut into batch contiguous streams; the first starts from a zero state, each other one from the state left by reading the 200 characters before it, or all of them near the text's start (uncounted: they are scored in the streams before), so the figure is close to reading the text as one stream. The very first character is only an input and a tail shorter than the batch is left out, so the count is up to batch characters below the file's length.
     """
     from .api import TrainedModel, UnknownCharacters, too_few_known
-    from .corpus import check_read_as
+    from .corpus import check_read_as, unit_name
     from .sampling import load_model, warm_up_evaluate
 
     model = TrainedModel(load_model(checkpoint), spell=as_flag)
     model_encoding = model.config.get("encoding", "utf-8")
     of_bytes = model_encoding == "bytes"
-    unit = "byte" if of_bytes else "character"  # a bytes model's characters are bytes
+    unit = unit_name(of_bytes)
     if encoding:
         check_read_as(model_encoding, encoding)
     try:
@@ -966,7 +966,7 @@ def gradflow(
                                f"{' or '.join([*scales, '--max-k'])}")
     unknown = max(f.unknown for f in flows)  # a checkpoint's model, which may lack some of the text's characters
     if unknown:
-        unit = trained.unit if trained else "character"
+        unit = trained.unit if trained else "character"  # fresh models read characters
         err.print(one_line(f"note: left out {unknown:,} of the {counted(ids.size, unit)} of {corpus} that the "
                            "model does not know"), markup=False, highlight=False)
     failed = _written_first(png, lambda: gf.write_png(flows, png))
@@ -1248,7 +1248,7 @@ def _usage_line(e) -> str:
     from .__main__ import command_named
 
     message = " ".join(e.format_message().split())
-    if any("\udc80" <= c <= "\udcff" for arg in sys.argv[1:] for c in arg):
+    if any(bytes_shown(arg) != arg for arg in sys.argv[1:]):
         # a value shown as repr: its bytes that are not UTF-8 as every message shows them ('\xff'
         # is not a valid float). Only then: a \udcff typed as such is no byte
         message = escapes_shown(message)

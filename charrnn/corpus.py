@@ -94,6 +94,11 @@ def model_text(text: str, encoding: str, what: str) -> str:
 _BYTE = re.compile("[\udc80-\udcff]")
 
 
+def unit_name(of_bytes: bool) -> str:
+    """What messages call the units of a model's text: a bytes model's characters are bytes."""
+    return "byte" if of_bytes else "character"
+
+
 def held_byte(c: str):
     """The byte that the lone surrogate `c` holds (U+DC80-U+DCFF, as os.fsdecode and
     surrogateescape hold a byte that is no UTF-8), else None."""

@@ -37,7 +37,7 @@ import numpy as np
 
 from . import memory
 from .cells import CELLS
-from .corpus import Vocab
+from .corpus import Vocab, unit_name
 from .errors import CharrnnError, controls_escaped, counted
 from .model import Layout, ModelSpec, Stack, init_params
 
@@ -61,7 +61,7 @@ class Model:
     @property
     def unit(self) -> str:
         """What messages call the units of its text: a bytes model's characters are bytes."""
-        return "byte" if self.encoding == "bytes" else "character"
+        return unit_name(self.encoding == "bytes")
 
 
 @dataclass

@@ -25,7 +25,7 @@ import numpy as np
 
 from .cells import CELLS
 from .config import INSPECT_CHARS
-from .corpus import held_byte
+from .corpus import held_byte, unit_name
 from .errors import CharrnnError, UsageError, computes_nan, counted
 from .gradflow import TANH_UNITS
 from .kernels.output import logits_forward
@@ -105,7 +105,7 @@ class Trace:
     @property
     def step(self) -> str:
         """What one step reads, in words."""
-        return "byte" if self.encoding == "bytes" else "character"
+        return unit_name(self.encoding == "bytes")
 
     def value_range(self, layer: int) -> tuple[float, float]:
         """The fixed scale of a layer's colours: [0, 1] for a gate, else [-m, m] with m >= 1
