@@ -76,20 +76,29 @@ class _Console:
         return getattr(self.console, name)
 
 
+def _sent_nowhere(stream):
+    """What `stream` still buffers, which cannot be written (a reader gone, a full disk), sent
+    nowhere: its descriptor then leads to /dev/null, so that Python does not try it again at
+    exit, print "Exception ignored ... OSError" and exit 120, whatever the command's own code."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, stream.fileno())
+        finally:
+            os.close(null)
+    except (OSError, ValueError, AttributeError):  # not a file (in-process, a test's capture)
+        pass
+
+
 def _let_out_or_dropped(*streams):
-    """What each stream still buffers, written now; where it cannot be (a full disk, the error
-    already said), sent nowhere: Python would try again at exit, print "Exception ignored ...
-    OSError" and exit 120, whatever the command's own code (stdout and stderr are buffered, but
-    for PYTHONUNBUFFERED)."""
+    """What each stream still buffers, written now, else sent nowhere (stdout and stderr are
+    buffered, but for PYTHONUNBUFFERED)."""
     for stream in streams:
         try:
             if stream is not None:
                 stream.flush()
         except (OSError, ValueError):
-            try:
-                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
-            except (OSError, ValueError):  # no descriptor to point elsewhere: nothing more to do
-                pass
+            _sent_nowhere(stream)
 
 
 def _not_written(e: OSError) -> CharrnnError:
@@ -551,8 +560,7 @@ def _printing(newline_on_interrupt=False):
         yield
         sys.stdout.flush()
     except OSError as e:
-        # nothing more can be written: send what is still buffered nowhere (not again at exit)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _sent_nowhere(sys.stdout)  # nothing more can be written
         if isinstance(e, BrokenPipeError):  # the reader is gone: nothing to say
             raise typer.Exit(1)
         raise _not_written(e) from None
@@ -588,10 +596,7 @@ def _last_words(newline):
             sys.stdout.write("\n")
         sys.stdout.flush()
     except (OSError, _NotTaken):  # the reader is gone (BrokenPipeError), or takes nothing
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError, AttributeError):  # not a file (in-process, a test's capture)
-            pass
+        _sent_nowhere(sys.stdout)
     finally:
         if before is not None:
             signal.setitimer(signal.ITIMER_REAL, 0)
