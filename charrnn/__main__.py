@@ -47,17 +47,24 @@ def numba_values_must_be_read():
         warnings.filterwarnings("error", numba_unreadable("|".join(names)), RuntimeWarning, r"numba\.core\.config")
     shown = warnings.showwarning
 
-    def one_line(message, category, *args, **kwargs):
-        if issubclass(category, Note):  # (the command goes on: a note, not an error)
+    def noted(line):
+        # the command goes on: a note, not an error; one that stderr cannot take (2>/dev/full)
+        # is lost, as Python's warnings.showwarning loses a warning then
+        try:
             if sys.stderr is not None:  # (started closed: closed_streams_held)
-                sys.stderr.write(f"note: {said_in_one_line(str(message))}\n")
-            return
+                sys.stderr.write(f"note: {line}\n")
+        except OSError:
+            pass
+
+    def one_line(message, category, *args, **kwargs):
+        if issubclass(category, Note):
+            return noted(said_in_one_line(str(message)))
         unreadable = numba_cannot_read(str(message)) if category is RuntimeWarning else None
         if unreadable is None:
             return shown(message, category, *args, **kwargs)
         value, name, why = unreadable
         where = "" if name in os.environ else " from .numba_config.yaml"
-        sys.stderr.write(f"note: numba cannot read {value}{where} ({why}) and goes on without it\n")
+        noted(f"numba cannot read {value}{where} ({why}) and goes on without it")
 
     warnings.showwarning = one_line
 

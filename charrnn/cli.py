@@ -101,6 +101,16 @@ def _let_out_or_dropped(*streams):
             _sent_nowhere(stream)
 
 
+def _note(message: str):
+    """A note on stderr: what a command read, left out or changed. One that stderr cannot take
+    (2>/dev/full) is lost, as Python loses its own warnings then: the command's result, on stdout
+    or in a file, is what was asked for, and it goes on (progress that cannot be shown does fail)."""
+    try:
+        err.print(one_line(message), highlight=False)
+    except OSError:
+        pass
+
+
 def _not_written(e: OSError) -> CharrnnError:
     """A write to standard output that failed (a full disk, `> /dev/full`): said of stdout, as
     the error alone would read as if a checkpoint could not be written."""
@@ -264,7 +274,7 @@ def train(
     if job.from_root(doing) != doing:  # (mpiexec's A : B) before either waits in a collective the other never joins
         raise CharrnnError(f"this rank {doing}, and rank 0 does not; launch every rank with the same command line")
     # notes on what the run reads and changes (files left out, a batch shrunk) show under -q too
-    note = (lambda msg: err.print(one_line(msg), highlight=False)) if speaks else (lambda *a: None)
+    note = _note if speaks else (lambda *a: None)
     quiet = quiet or not speaks
     say = (lambda *a: None) if quiet else note
     stops = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps), ("time_limit", time_limit)) if v is not None}
@@ -705,11 +715,10 @@ def eval_(
                                "nothing to score" if counts["unscored"] else
                                f"{file} has no line with a character in it; there is nothing to score")
         if counts["unscored"]:
-            err.print(f"note: left out {counted(counts['unscored'], 'line')} made only of characters the model does "
-                      "not know", markup=False, highlight=False)
+            _note(f"note: left out {counted(counts['unscored'], 'line')} made only of characters the model does "
+                  "not know")
         if counts["dropped"]:
-            err.print(f"note: skipped {counted(counts['dropped'], 'unknown ' + unit)} inside the lines scored",
-                      markup=False, highlight=False)
+            _note(f"note: skipped {counted(counts['dropped'], 'unknown ' + unit)} inside the lines scored")
         return
     result = model.evaluate(ids, batch=batch, window=window)
     note = f"; {counted(skipped, 'unknown ' + unit)} skipped" if skip_unknown else ""
@@ -972,8 +981,8 @@ def gradflow(
     unknown = max(f.unknown for f in flows)  # a checkpoint's model, which may lack some of the text's characters
     if unknown:
         unit = trained.unit if trained else "character"  # fresh models read characters
-        err.print(one_line(f"note: left out {unknown:,} of the {counted(ids.size, unit)} of {corpus} that the "
-                           "model does not know"), markup=False, highlight=False)
+        _note(f"note: left out {unknown:,} of the {counted(ids.size, unit)} of {corpus} that the model does not "
+              "know")
     failed = _written_first(png, lambda: gf.write_png(flows, png))
     if json_out:  # stdout is the JSON alone: no "wrote" line
         with _printing():

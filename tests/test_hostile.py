@@ -182,6 +182,39 @@ def test_an_error_that_cannot_be_said_keeps_its_exit_code(args, code, tmp_path):
     assert r.returncode == code
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("command", ["sample", "eval --per-line --skip-unknown", "train --resume -q"])
+def test_a_note_that_cannot_be_said_does_not_fail_the_command(command, corpus, tmp_path):
+    # with stderr on a full disk, a note failed the command (exit 1): sample printed no text,
+    # a resume under -q did not train, eval printed its scores and then failed
+    for run in ("shown", "full"):  # the same model twice: the command with stderr shown, then full
+        assert run_cli("train", corpus, *TINY, "--max-steps", "2", "--out-dir", tmp_path, "--run", run,
+                       "-q").returncode == 0
+    odd = tmp_path / "odd.txt"
+    odd.write_text("the quick fox\nZ\nthe lazy dog\n", encoding="utf-8")  # 'Z' is not in the model's text
+    args, env = {  # the note each says: numba cannot read NUMBA_OPT; a line left out; a setting changed
+        "sample": (["sample", "RUN", "--length", "40", "--seed", "5"], {"NUMBA_OPT": ""}),
+        "eval --per-line --skip-unknown": (["eval", "RUN", odd, "--per-line", "--skip-unknown"], {}),
+        "train --resume -q": (["train", "--resume", "RUN", "--max-steps", "4", "--clip-norm", "2", "-q"], {})}[command]
+    env = {**buffered_env(), **env}
+
+    def cmd(run):
+        return [sys.executable, "-m", "charrnn", *[str(tmp_path / run) if a == "RUN" else str(a) for a in args]]
+
+    shown = subprocess.run(cmd("shown"), capture_output=True, text=True, env=env, timeout=300)
+    assert shown.returncode == 0 and shown.stderr.startswith(("note: ", "changed on resume: ")), shown.stderr
+    with open("/dev/full", "w") as full:
+        r = subprocess.run(cmd("full"), stdout=subprocess.PIPE, stderr=full, text=True, env=env, timeout=300)
+    assert r.returncode == 0
+    if command.startswith("train"):  # (its line holds the speed)
+        (arrays, meta), (arrays_full, meta_full) = (load_checkpoint(tmp_path / run / "latest.npz")
+                                                    for run in ("shown", "full"))
+        assert meta_full["step"] == meta["step"] == 4 and arrays_full.keys() == arrays.keys()
+        assert all(np.array_equal(arrays_full[k], arrays[k]) for k in arrays)
+    else:
+        assert r.stdout == shown.stdout and r.stdout
+
+
 def test_a_folder_that_cannot_be_written(corpus, tmp_path, monkeypatch, capsys):
     # root ignores permission bits, so the refusal is simulated where the run folder is made
     def refuse(self, *a, **kw):
