@@ -8,6 +8,21 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+def pytest_collection_finish(session):
+    """test_cache.py's cold probe, started in the background once the tests to run are known."""
+    for item in session.items:
+        if item.name == "test_a_warm_cache_gives_the_numbers_of_a_cold_one":
+            item.module.start_cold_probe()
+            session.config.cold_probe_module = item.module
+            break
+
+
+def pytest_sessionfinish(session):
+    module = getattr(session.config, "cold_probe_module", None)
+    if module is not None:
+        module.end_cold_probe()
+
+
 @pytest.fixture(autouse=True)
 def _collector_as_it_was():
     """cli.main() freezes what is alive when it returns (a process that exits need not walk it);

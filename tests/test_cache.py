@@ -11,8 +11,10 @@ order in some copies. The kernels now compile without those flags (kernels/_jit.
 kernels/sums.py)."""
 import errno
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -72,19 +74,48 @@ print("compiled", sum(sum(k.stats.cache_misses.values()) for k in kernels),
 """
 
 
-def run_probe(cache_dir):
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir), NUMBA_NUM_THREADS="2", PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "-c", PROBE, str(ROOT / "tests")], capture_output=True, text=True,
-                       env=env, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    *digests, counts = r.stdout.splitlines()
+def start_probe(folder, niceness=0):
+    """The probe in a process of its own, with folder/cache as numba's cache; its output in
+    folder (no pipe to fill while nobody reads it)."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(folder / "cache"), NUMBA_NUM_THREADS="2", PYTHONPATH=str(ROOT))
+    with open(folder / "stdout", "w") as out, open(folder / "stderr", "w") as err:
+        return subprocess.Popen([sys.executable, "-c", PROBE, str(ROOT / "tests")], stdout=out, stderr=err, env=env,
+                                preexec_fn=lambda: os.nice(niceness))
+
+
+def probe_result(probe, folder):
+    try:
+        probe.wait(timeout=900)
+    finally:
+        probe.kill()
+    assert probe.returncode == 0, (folder / "stderr").read_text()[-3000:]
+    *digests, counts = (folder / "stdout").read_text().splitlines()
     _, compiled, _, loaded = counts.split()
     return digests, int(compiled), int(loaded)
 
 
-def test_a_warm_cache_gives_the_numbers_of_a_cold_one(tmp_path):
-    cold, compiled, _ = run_probe(tmp_path)
-    warm, recompiled, loaded = run_probe(tmp_path)
+# The cold probe compiles every kernel, 90 s on one core mostly, and the suite leaves the second
+# mostly idle: conftest.py starts it as soon as the tests to run are known, niced below the
+# suite, and the test takes its result when its turn comes.
+COLD = {}
+
+
+def start_cold_probe():
+    COLD["folder"] = Path(tempfile.mkdtemp(prefix="charrnn-cold-cache-"))
+    COLD["probe"] = start_probe(COLD["folder"], niceness=10)
+
+
+def end_cold_probe():
+    if COLD:
+        COLD.pop("probe").kill()
+        shutil.rmtree(COLD.pop("folder"), ignore_errors=True)
+
+
+def test_a_warm_cache_gives_the_numbers_of_a_cold_one():
+    if not COLD:  # (conftest.py started none)
+        start_cold_probe()
+    cold, compiled, _ = probe_result(COLD["probe"], COLD["folder"])
+    warm, recompiled, loaded = probe_result(start_probe(COLD["folder"]), COLD["folder"])
     assert compiled > 0 and recompiled == 0 and loaded > 0  # the second process compiled nothing
     assert [d.split()[0] for d in cold] == list(CELLS) + ["lstm", "peephole"] + ["float64"] * 4
     assert warm == cold
