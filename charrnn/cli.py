@@ -711,12 +711,12 @@ def eval_(
             for nats, line in scores:
                 write(f"{nats:.4f}\t{line}\n")
         if not counts["scored"]:
-            raise CharrnnError(f"every line of {file} is made only of characters the model does not know; there is "
+            raise CharrnnError(f"every line of {file} is made only of {unit}s the model does not know; there is "
                                "nothing to score" if counts["unscored"] else
                                f"{file} has no line with a character in it; there is nothing to score")
         if counts["unscored"]:
-            _note(f"note: left out {counted(counts['unscored'], 'line')} made only of characters the model does "
-                  "not know")
+            _note(f"note: left out {counted(counts['unscored'], 'line')} made only of {unit}s the model does not "
+                  "know")
         if counts["dropped"]:
             _note(f"note: skipped {counted(counts['dropped'], 'unknown ' + unit)} inside the lines scored")
         return

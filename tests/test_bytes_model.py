@@ -92,6 +92,20 @@ def test_eval_per_line_writes_a_bytes_models_lines_as_the_file_holds_them(run):
                                                                             ("le café est chaud", "naïve 天気")]
 
 
+def test_eval_per_line_counts_a_bytes_models_unknown_bytes_as_bytes(run):
+    # its notes called them characters
+    lines = run / "odd.txt"
+    lines.write_bytes(b"le caf\xfe\n\xfe\xfe\n")  # 0xFE, no byte of UTF-8 text: one line all unknown
+    r = charrnn_cli("eval", run / "r", lines, "--per-line", "--skip-unknown")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.decode() == ("note: left out 1 line made only of bytes the model does not know\n"
+                                 "note: skipped 1 unknown byte inside the lines scored\n")
+    lines.write_bytes(b"\xfe\n")
+    r = charrnn_cli("eval", run / "r", lines, "--per-line", "--skip-unknown")
+    assert r.returncode == 1 and f"every line of {lines} is made only of bytes the model does not know" in \
+        r.stderr.decode()
+
+
 def test_samples_while_training_read_as_utf8(run, tmp_path):
     trainer = train_steps(config(run / "t.txt", tmp_path, encoding="bytes", hidden=16, layers=1, sample_every=2,
                                  sample_length=60), tmp_path / "s", 2)
