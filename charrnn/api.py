@@ -17,7 +17,9 @@ import math
 import numbers
 import os
 import re
+import threading
 from collections.abc import Iterable
+from contextlib import nullcontext
 from typing import NamedTuple
 
 import numpy as np
@@ -33,6 +35,22 @@ from .sampling import SAMPLE_THREADS, Model, Sampler, load_model, samples, start
 
 LINES_PER_PASS = 4096  # score_lines sorts this many lines by length at a time, then yields their scores
 STATE_NAMES = {"hs": "h", "cs": "c"}  # a cell's state buffers, as `state` names them
+_ON_WORKQUEUE = threading.Lock()
+
+
+def _parallel_work():
+    """Around a call of the parallel kernels (scoring): numba's own workqueue threading layer,
+    which it runs where neither TBB nor OpenMP is installed, aborts the process when two threads
+    enter parallel kernels at once ("Concurrent access has been detected"); there they take
+    turns. Before any parallel kernel has run, the layer is not chosen yet: the first calls take
+    turns too."""
+    import numba
+
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet
+        return _ON_WORKQUEUE
+    return _ON_WORKQUEUE if layer == "workqueue" else nullcontext()
 
 
 class Evaluation(NamedTuple):
@@ -109,6 +127,8 @@ def _require_path(what, value):
                            + (" of bytes" if isinstance(value, os.PathLike) else ""))
     if value == "":  # as the command line refuses it (cli._named_path): a variable left unset, as a path the working folder
         raise CharrnnError(f"{what} got an empty name, which is no file or folder")
+    if "\0" in os.fspath(value):  # (os.stat's ValueError; no command line can pass one)
+        raise CharrnnError(f"{what} got a name holding a NUL character, which no file or folder name holds")
     return value
 
 
@@ -207,7 +227,8 @@ class TrainedModel:
             raise too_few_known(skipped, ids.size, "the text", unit_name(self._of_bytes))
         memory.require(memory.evaluation_needs(self.spec, *evaluation_shape(ids.size, batch, window),
                                                self.params.dtype), "evaluating", self._smaller_batch_or_window())
-        nats, count = evaluate(self.spec, self.params, ids, batch, window)
+        with _parallel_work():
+            nats, count = evaluate(self.spec, self.params, ids, batch, window)
         if count and not math.isfinite(nats):  # as inspect says it: never a score of nan
             raise computes_nan("score with")
         return Evaluation(nats, count, skipped)
@@ -284,7 +305,8 @@ class TrainedModel:
         start = start_id(self._vocab)
         per_pass = max(LINES_PER_PASS, batch)
         for i in range(0, len(encoded), per_pass):
-            losses = line_losses(self.spec, self.params, encoded[i : i + per_pass], start, batch, window).tolist()
+            with _parallel_work():
+                losses = line_losses(self.spec, self.params, encoded[i : i + per_pass], start, batch, window).tolist()
             if any(len(line) and not math.isfinite(loss) for loss, line in zip(losses, encoded[i : i + per_pass])):
                 raise computes_nan("score with")  # nan is an empty line's score, never another's
             yield from losses

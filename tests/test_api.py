@@ -145,6 +145,25 @@ def test_samples_from_many_threads_leave_numbas_blas_on_one_thread(model):
 
 
 
+def test_scores_from_many_threads_take_turns_on_numbas_workqueue_layer(run):
+    # numba's own threading layer (where neither TBB nor OpenMP is installed) aborted the process
+    # at two threads' scores at once: "Concurrent access has been detected", SIGABRT
+    code = f"""
+import charrnn, numba
+from concurrent.futures import ThreadPoolExecutor
+m = charrnn.load({str(run["dir"])!r})
+text = open({str(run["corpus"])!r}, encoding="utf-8").read()[:3000]
+lines = text.split("\\n")[:40]
+with ThreadPoolExecutor(4) as pool:
+    scores = list(pool.map(lambda _: m.score(text), range(8)))
+    per_line = list(pool.map(lambda _: list(m.score_lines(lines)), range(8)))
+print(numba.threading_layer(), len(set(scores)), len(set(map(tuple, per_line))), scores[0] == m.score(text))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env=_fresh_env(NUMBA_THREADING_LAYER="workqueue"))
+    assert r.returncode == 0 and r.stdout.split() == ["workqueue", "1", "1", "True"], r.stderr[-2000:]
+
+
 def test_ctrl_c_on_entering_blas_threads_still_sets_the_blas_back_to_one_thread(monkeypatch):
     # a Ctrl-C between the count of callers and the flag that said it was counted left the
     # count one high: numba's BLAS stayed on two threads for the rest of the process
@@ -694,6 +713,13 @@ def test_a_path_must_be_a_path(model):
         charrnn.load("")
     with pytest.raises(CharrnnError, match="^encode_file\\(\\) got an empty name, which is no file or folder$"):
         model.encode_file("")
+    # a NUL, which no command line can pass: encode_file raised os.stat's ValueError, load named
+    # the file with the NUL in its message
+    for name in ("best.npz\0", Path("a\0b")):
+        with pytest.raises(CharrnnError, match="^load\\(\\) got a name holding a NUL character, which no file"):
+            charrnn.load(name)
+        with pytest.raises(CharrnnError, match="^encode_file\\(\\) got a name holding a NUL character, which no"):
+            model.encode_file(name)
 
 
 def test_a_name_too_long_for_the_file_system_is_a_charrnn_error(model, tmp_path):
