@@ -653,7 +653,7 @@ def _identity(path: Path):
 
 
 def _some(names, n=3) -> str:
-    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+    return ", ".join(names[:n]) + (f" and {len(names) - n:,} more" if len(names) > n else "")
 
 
 def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP, model: str | None = None, once=True) -> Corpus:
@@ -882,7 +882,7 @@ def _unknown(chars: list, occurrences: int, what: str, as_bytes: bool = False,
     """The error for a text with characters (in order of first appearance) a model lacks; for a
     bytes model (each byte the character of its code), named as bytes: e2, not 'â'. utf8_known:
     a program's str, whose characters from U+0080 the model knows as UTF-8 (Vocab._knows_utf8)."""
-    more = f" and {len(chars) - 10} more" if len(chars) > 10 else ""
+    more = f" and {len(chars) - 10:,} more" if len(chars) > 10 else ""
     if as_bytes:
         shown = ", ".join(repr(c) if ord(c) > 0xFF else f"{ord(c):02x}" + (f" ({c!r})" if ord(c) < 0x80 else "")
                           for c in chars[:10])

@@ -377,6 +377,9 @@ def test_encode_file_is_encode_of_the_files_text(run, model, tmp_path):
         model.encode(odd, what=str(path))
     assert str(from_file.value) == str(from_text.value)
     assert "3 characters the model does not know (5 occurrences): '€', 'ß', 'é'" in str(from_file.value)
+    many = "".join(chr(0x4E00 + i) for i in range(2000))  # counted with commas, as the rest ("and 1990 more")
+    with pytest.raises(charrnn.UnknownCharacters, match="2,000 characters the model does not know .* and 1,990 more"):
+        model.encode(many)
     ids, skipped = model.encode_file(path, skip_unknown=True)
     assert skipped == 5 and np.array_equal(ids, model.encode(odd, skip_unknown=True)[0])
     r = runner.invoke(app, ["eval", str(run["dir"]), str(path), "--skip-unknown"])
