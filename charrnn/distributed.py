@@ -148,8 +148,8 @@ def stop_at_once_until_training():
     kill the command without a word, or go unheard (MPICH's MPI_Init takes it for itself).
     SIGTERM keeps its default there: a launcher ending the other ranks of a failed job sends it,
     and they end without a word. Returns the handler it replaced, by signal (none without
-    SIGUSR1)."""
-    if not hasattr(signal, "SIGUSR1"):
+    SIGUSR1, or where it is ignored: so it stays, as the run leaves it, Trainer.run)."""
+    if not hasattr(signal, "SIGUSR1") or signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN:  # ignored on purpose
         return {}
     return {signal.SIGUSR1: signal.signal(signal.SIGUSR1, HELD.interrupt)}
 

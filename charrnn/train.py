@@ -464,7 +464,10 @@ class Trainer:
         except BaseException:
             lock.release()
             raise
-        previous = [signal.signal(s, self._on_stop_signal) for s in STOP_SIGNALS]
+        previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+        for s, handler in previous.items():
+            if handler != signal.SIG_IGN:  # one ignored on purpose stays so (a script's `charrnn train &`)
+                signal.signal(s, self._on_stop_signal)
         self._unraisable_before, sys.unraisablehook = sys.unraisablehook, self._unraisable
         self._running, self._stops_again = True, []
         window_stats = []
@@ -529,8 +532,9 @@ class Trainer:
             try:
                 self._end_stops_again()  # (a stop made to arrive again may raise here: the rest still runs)
             finally:
-                for s, handler in zip(STOP_SIGNALS, previous):
-                    signal.signal(s, handler)
+                for s, handler in previous.items():
+                    if handler is not None:  # (None: set outside Python, left as it was)
+                        signal.signal(s, handler)
                 sys.unraisablehook = self._unraisable_before
                 log.close()
                 lock.release()

@@ -484,6 +484,34 @@ def test_a_stop_signal_saves_and_exits_130_whatever_the_run_is_called(corpus, tm
     assert (run_dir / "latest.npz").is_file()
 
 
+def test_a_stop_signal_ignored_on_purpose_stays_ignored_while_training(corpus, tmp_path):
+    # a script's `charrnn train &` (a shell without job control starts it with Ctrl-C ignored):
+    # once training began, the run took SIGINT back, and a Ctrl-C meant for the script stopped it
+    def ignored():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if hasattr(signal, "SIGUSR1"):
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+    metrics = tmp_path / "r" / "metrics.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "charrnn", "train", str(corpus), *TINY, "--time-limit", "600",
+                             "--out-dir", str(tmp_path), "--run", "r"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="300"), preexec_fn=ignored)
+    try:
+        deadline = time.time() + 240
+        while not (metrics.exists() and metrics.stat().st_size) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        for stop in ("SIGINT", "SIGUSR1", "SIGINT"):
+            if hasattr(signal, stop):
+                proc.send_signal(getattr(signal, stop))
+            time.sleep(0.5)
+        assert proc.poll() is None  # still training
+        proc.send_signal(signal.SIGTERM)  # not ignored: stops the run as ever
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and f"saved {tmp_path / 'r' / 'latest.npz'}" in stderr, stderr
+
+
 @pytest.mark.parametrize("where", ["as typer builds the command", "as train starts", "as the command ends"])
 def test_ctrl_c_outside_the_commands_handling_exits_130_without_a_traceback(where, corpus, monkeypatch, capsys):
     # a real SIGINT, before typer's own handling starts, before `train` has set up its own, or
