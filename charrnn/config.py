@@ -207,18 +207,29 @@ def settings_differing(given: dict, saved: dict, names) -> list[str]:
     saved["u_max"] = resolved_u_max(saved["u_max"], saved["k2"])  # the bound its u was kept within
     saved["tau"] = normal_tau(saved["tau"])
     held = {"tau": normal_tau, "u_max": lambda v: v or saved["u_max"], "encoding": check_encoding,
-            "doc_sep": lambda v: model_text(v, saved["encoding"], "--doc-sep"), "init_from": _checkpoint_read}
+            "doc_sep": lambda v: model_text(v, saved["encoding"], "--doc-sep"),
+            "init_from": lambda v: _checkpoint_read(v, kept=saved.get("init_from"))}
     # a resolved bound in full (rounded, it is no value that matches), and the way to keep it
     return [f"{flag(n)} {given[n]} (it has {saved[n]!r}, which --u-max 0 keeps)" if n == "u_max" else
             f"{flag(n)} {shown_setting(given[n])} (it has {shown_setting(saved.get(n))})"
             for n in names if n in given and held.get(n, lambda v: v)(given[n]) != saved.get(n)]
 
 
-def _checkpoint_read(path) -> str:
-    """The checkpoint `path` names (a run folder: its best.npz), as a fine-tuned run keeps it."""
-    from .checkpoint import resolve_checkpoint
+def _checkpoint_read(path, kept=None) -> str:
+    """The checkpoint `path` names (a run folder: its best.npz), as a fine-tuned run keeps it.
+    Where none is there any more (a resumed run needs it no longer), `kept` if `path` could have
+    named it: the command that started the run, given again with --resume, still resumes it."""
+    from .checkpoint import SUFFIX, resolve_checkpoint
+    from .errors import CharrnnError
 
-    return str(resolve_checkpoint(path).resolve())
+    try:
+        return str(resolve_checkpoint(path).resolve())
+    except CharrnnError:
+        gone = Path(path).resolve()
+        if kept and Path(kept) in (gone, gone.with_name(gone.name + SUFFIX), gone / f"best{SUFFIX}",
+                                   gone / f"latest{SUFFIX}"):
+            return kept
+        raise
 
 
 def shown_setting(value) -> str:

@@ -2,6 +2,7 @@
 lacked get a fresh model's rows, it trains, and options that ask for another model are refused."""
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -96,6 +97,13 @@ def test_a_fine_tuned_run_resumes_with_the_command_that_started_it(texts, tmp_pa
     assert code == 2 and "has already reached --max-steps 2" in err, err
     code, err = main_exits(monkeypatch, capsys, *command[:-1], "--max-steps", "3", "--resume", tmp_path / "b" / "ft")
     assert code == 0 and "changed on resume: --max-steps 2 -> 3" in err, err
+    # the model it started from, gone since: the run needs it no more ("no checkpoint at ...")
+    shutil.rmtree(tmp_path / "a")
+    code, err = main_exits(monkeypatch, capsys, *command[:-1], "--max-steps", "4", "--resume", tmp_path / "b" / "ft")
+    assert code == 0 and "changed on resume: --max-steps 3 -> 4" in err, err
+    other = [*command[:2], "--init-from", tmp_path / "a" / "other", *command[4:-1], "--max-steps", "5"]
+    code, err = main_exits(monkeypatch, capsys, *other, "--resume", tmp_path / "b" / "ft")
+    assert code == 1 and f"no checkpoint at {tmp_path / 'a' / 'other'}" in err, err
 
 
 @pytest.mark.parametrize("option, value", [("--hidden", "16"), ("--layers", "1"), ("--cell", "gru")])
