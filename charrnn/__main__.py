@@ -2,7 +2,8 @@
 wait for its imports. In a process an MPI launcher started, Ctrl-C and SIGUSR1 are held from
 here on (distributed.StopsHeld): one that came while importing would end this rank alone. In
 one process, `train` takes SIGUSR1 as Ctrl-C from here on (distributed.stop_at_once_until_training):
-by default it would kill the process without a word; every other command takes SIGTERM so."""
+by default it would kill the process without a word; every other command takes SIGTERM so. A
+stop signal the process started with ignored stays ignored throughout."""
 import os
 import re
 import signal
@@ -39,7 +40,7 @@ def numba_values_must_be_read():
     unset it) and a value of .numba_config.yaml, which numba reads too (its `opt: 3` is a
     number, where numba wants text), get one line saying numba goes on without it. So does
     charrnn's notes (errors.Note: numba could not save the kernels to its cache, say)."""
-    from .errors import Note
+    from .errors import Note, say_note
     from .errors import one_line as said_in_one_line
 
     names = [re.escape(k) for k, v in os.environ.items() if k.startswith("NUMBA_") and v]
@@ -47,24 +48,15 @@ def numba_values_must_be_read():
         warnings.filterwarnings("error", numba_unreadable("|".join(names)), RuntimeWarning, r"numba\.core\.config")
     shown = warnings.showwarning
 
-    def noted(line):
-        # the command goes on: a note, not an error; one that stderr cannot take (2>/dev/full)
-        # is lost, as Python's warnings.showwarning loses a warning then
-        try:
-            if sys.stderr is not None:  # (started closed: closed_streams_held)
-                sys.stderr.write(f"note: {line}\n")
-        except OSError:
-            pass
-
     def one_line(message, category, *args, **kwargs):
         if issubclass(category, Note):
-            return noted(said_in_one_line(str(message)))
+            return say_note(f"note: {said_in_one_line(str(message))}")
         unreadable = numba_cannot_read(str(message)) if category is RuntimeWarning else None
         if unreadable is None:
             return shown(message, category, *args, **kwargs)
         value, name, why = unreadable
         where = "" if name in os.environ else " from .numba_config.yaml"
-        noted(f"numba cannot read {value}{where} ({why}) and goes on without it")
+        say_note(f"note: numba cannot read {value}{where} ({why}) and goes on without it")
 
     warnings.showwarning = one_line
 

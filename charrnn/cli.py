@@ -21,7 +21,7 @@ from .config import (CELLS, EVAL_RANGES, GRADCHECK_RANGES, GRADFLOW_RANGES, INSP
                      RANGES, SAMPLE_RANGES, SCHEDULES, Range, shown_setting)
 from .config import TrainConfig as _C  # the defaults of train's options
 from .errors import (CharrnnError, UsageError, as_flag, bytes_shown, controls_escaped, counted, escapes_shown, flag,
-                     one_line, os_error_message)
+                     one_line, os_error_message, say_note, sent_nowhere)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Character-level RNN, LSTM and GRU language models, trained on the CPU.")
@@ -76,20 +76,6 @@ class _Console:
         return getattr(self.console, name)
 
 
-def _sent_nowhere(stream):
-    """What `stream` still buffers, which cannot be written (a reader gone, a full disk), sent
-    nowhere: its descriptor then leads to /dev/null, so that Python does not try it again at
-    exit, print "Exception ignored ... OSError" and exit 120, whatever the command's own code."""
-    try:
-        null = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(null, stream.fileno())
-        finally:
-            os.close(null)
-    except (OSError, ValueError, AttributeError):  # not a file (in-process, a test's capture)
-        pass
-
-
 def _let_out_or_dropped(*streams):
     """What each stream still buffers, written now, else sent nowhere (stdout and stderr are
     buffered, but for PYTHONUNBUFFERED)."""
@@ -98,17 +84,14 @@ def _let_out_or_dropped(*streams):
             if stream is not None:
                 stream.flush()
         except (OSError, ValueError):
-            _sent_nowhere(stream)
+            sent_nowhere(stream)
 
 
 def _note(message: str):
-    """A note on stderr: what a command read, left out or changed. One that stderr cannot take
-    (2>/dev/full) is lost, as Python loses its own warnings then: the command's result, on stdout
-    or in a file, is what was asked for, and it goes on (progress that cannot be shown does fail)."""
-    try:
-        err.print(one_line(message), highlight=False)
-    except OSError:
-        pass
+    """A note on stderr: what a command read, left out or changed (errors.say_note). The
+    command's result, on stdout or in a file, is what was asked for: a note that cannot be
+    written does not stop it (progress that cannot be shown does)."""
+    say_note(one_line(message))
 
 
 def _not_written(e: OSError) -> CharrnnError:
@@ -570,7 +553,7 @@ def _printing(newline_on_interrupt=False):
         yield
         sys.stdout.flush()
     except OSError as e:
-        _sent_nowhere(sys.stdout)  # nothing more can be written
+        sent_nowhere(sys.stdout)  # nothing more can be written
         if isinstance(e, BrokenPipeError):  # the reader is gone: nothing to say
             raise typer.Exit(1)
         raise _not_written(e) from None
@@ -606,7 +589,7 @@ def _last_words(newline):
             sys.stdout.write("\n")
         sys.stdout.flush()
     except (OSError, _NotTaken):  # the reader is gone (BrokenPipeError), or takes nothing
-        _sent_nowhere(sys.stdout)
+        sent_nowhere(sys.stdout)
     finally:
         if before is not None:
             signal.setitimer(signal.ITIMER_REAL, 0)
@@ -713,7 +696,7 @@ def eval_(
         if not counts["scored"]:
             raise CharrnnError(f"every line of {file} is made only of {unit}s the model does not know; there is "
                                "nothing to score" if counts["unscored"] else
-                               f"{file} has no line with a character in it; there is nothing to score")
+                               f"{file} has no line with a {unit} in it; there is nothing to score")
         if counts["unscored"]:
             _note(f"note: left out {counted(counts['unscored'], 'line')} made only of {unit}s the model does not "
                   "know")

@@ -1,6 +1,8 @@
 """Errors the user can fix. The CLI prints the message as one line and exits 1 (2 for a UsageError)."""
 import errno
+import os
 import re
+import sys
 from pathlib import Path
 
 
@@ -86,6 +88,34 @@ class Note(UserWarning):
 class KernelsNotCached(Note):
     """numba could not save the kernels it compiled to its cache (kernels/_jit.py): they run, and
     compile again in the next process."""
+
+
+def say_note(line: str):
+    """`line` on stderr, a note: the command goes on. One that stderr cannot take (a full disk, a
+    reader gone) is lost, as Python's warnings.showwarning loses a warning then, and stderr sends
+    everything after it nowhere (sent_nowhere): the note is not written again with the next
+    line. Written as text, not through rich, whose print ends the command on a broken pipe."""
+    if sys.stderr is None:  # started closed (__main__.closed_streams_held)
+        return
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        sent_nowhere(sys.stderr)
+
+
+def sent_nowhere(stream):
+    """What `stream` still buffers, which cannot be written (a reader gone, a full disk), sent
+    nowhere: its descriptor then leads to /dev/null, so that Python does not try it again at
+    exit, print "Exception ignored ... OSError" and exit 120, whatever the command's own code."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, stream.fileno())
+        finally:
+            os.close(null)
+    except (OSError, ValueError, AttributeError):  # not a file (in-process, a test's capture)
+        pass
 
 
 # What to do about the failures of the system a user meets most.

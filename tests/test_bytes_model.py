@@ -104,6 +104,9 @@ def test_eval_per_line_counts_a_bytes_models_unknown_bytes_as_bytes(run):
     r = charrnn_cli("eval", run / "r", lines, "--per-line", "--skip-unknown")
     assert r.returncode == 1 and f"every line of {lines} is made only of bytes the model does not know" in \
         r.stderr.decode()
+    lines.write_bytes(b"\n\n")
+    r = charrnn_cli("eval", run / "r", lines, "--per-line")
+    assert r.returncode == 1 and f"{lines} has no line with a byte in it" in r.stderr.decode()
 
 
 def test_samples_while_training_read_as_utf8(run, tmp_path):
