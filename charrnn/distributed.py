@@ -96,7 +96,8 @@ class StopsHeld:
     def hold(self):
         """Hold stops from now on, in a process a launcher started (again: nothing more)."""
         if not self._before and (launched() or (1, 0))[0] > 1:
-            self._before = {s: signal.signal(s, self._stop) for s in self.SIGNALS}
+            self._before = {s: signal.signal(s, self._stop) for s in self.SIGNALS
+                            if signal.getsignal(s) != signal.SIG_IGN}  # ignored on purpose: it stays so
             self.holding, self.noted = True, False
 
     def let_go(self) -> bool:

@@ -466,7 +466,8 @@ class Trainer:
             raise
         previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
         for s, handler in previous.items():
-            if handler != signal.SIG_IGN:  # one ignored on purpose stays so (a script's `charrnn train &`)
+            # one ignored on purpose stays so (a script's `charrnn train &`); None: set outside Python
+            if handler not in (signal.SIG_IGN, None):
                 signal.signal(s, self._on_stop_signal)
         self._unraisable_before, sys.unraisablehook = sys.unraisablehook, self._unraisable
         self._running, self._stops_again = True, []
@@ -533,7 +534,7 @@ class Trainer:
                 self._end_stops_again()  # (a stop made to arrive again may raise here: the rest still runs)
             finally:
                 for s, handler in previous.items():
-                    if handler is not None:  # (None: set outside Python, left as it was)
+                    if handler not in (signal.SIG_IGN, None):
                         signal.signal(s, handler)
                 sys.unraisablehook = self._unraisable_before
                 log.close()
