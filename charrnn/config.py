@@ -217,17 +217,21 @@ def settings_differing(given: dict, saved: dict, names) -> list[str]:
 
 def _checkpoint_read(path, kept=None) -> str:
     """The checkpoint `path` names (a run folder: its best.npz), as a fine-tuned run keeps it.
-    Where none is there any more (a resumed run needs it no longer), `kept` if `path` could have
-    named it: the command that started the run, given again with --resume, still resumes it."""
+    Where it names none that can be read now (gone since: a resumed run needs it no longer),
+    `kept` if `path` could have named it: the command that started the run, given again with
+    --resume, still resumes it."""
     from .checkpoint import SUFFIX, resolve_checkpoint
     from .errors import CharrnnError
 
     try:
         return str(resolve_checkpoint(path).resolve())
     except CharrnnError:
-        gone = Path(path).resolve()
-        if kept and Path(kept) in (gone, gone.with_name(gone.name + SUFFIX), gone / f"best{SUFFIX}",
-                                   gone / f"latest{SUFFIX}"):
+        try:
+            gone = Path(path).resolve()
+            named = (gone, Path(f"{gone}{SUFFIX}"), gone / f"best{SUFFIX}", gone / f"latest{SUFFIX}")
+        except (OSError, RuntimeError):  # (a loop of links: RuntimeError before Python 3.13)
+            named = ()
+        if kept and Path(kept) in named:
             return kept
         raise
 

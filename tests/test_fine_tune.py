@@ -101,9 +101,13 @@ def test_a_fine_tuned_run_resumes_with_the_command_that_started_it(texts, tmp_pa
     shutil.rmtree(tmp_path / "a")
     code, err = main_exits(monkeypatch, capsys, *command[:-1], "--max-steps", "4", "--resume", tmp_path / "b" / "ft")
     assert code == 0 and "changed on resume: --max-steps 3 -> 4" in err, err
-    other = [*command[:2], "--init-from", tmp_path / "a" / "other", *command[4:-1], "--max-steps", "5"]
-    code, err = main_exits(monkeypatch, capsys, *other, "--resume", tmp_path / "b" / "ft")
-    assert code == 1 and f"no checkpoint at {tmp_path / 'a' / 'other'}" in err, err
+    for init, said in ((tmp_path / "a" / "other", f"no checkpoint at {tmp_path / 'a' / 'other'}"),
+                       ("/", "/ holds no checkpoint"), (tmp_path / "loop", "loop")):  # (the last: a loop of links)
+        if init == tmp_path / "loop":
+            init.symlink_to(init)
+        other = [*command[:2], "--init-from", init, *command[4:-1], "--max-steps", "5"]
+        code, err = main_exits(monkeypatch, capsys, *other, "--resume", tmp_path / "b" / "ft")
+        assert code == 1 and said in err and "internal error" not in err, err
 
 
 @pytest.mark.parametrize("option, value", [("--hidden", "16"), ("--layers", "1"), ("--cell", "gru")])
