@@ -9,18 +9,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 
 def pytest_collection_finish(session):
-    """test_cache.py's cold probe, started in the background once the tests to run are known."""
+    """test_cache.py's cold probe, started in the background once the tests to run are known
+    (not for --collect-only, nor in each worker of a parallel run: there the test starts it)."""
+    if session.config.option.collectonly or hasattr(session.config, "workerinput"):
+        return
     for item in session.items:
         if item.name == "test_a_warm_cache_gives_the_numbers_of_a_cold_one":
-            item.module.start_cold_probe()
-            session.config.cold_probe_module = item.module
+            item.module.start_cold_probe()  # (ended at exit, if its test has not taken it)
             break
-
-
-def pytest_sessionfinish(session):
-    module = getattr(session.config, "cold_probe_module", None)
-    if module is not None:
-        module.end_cold_probe()
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,7 @@ LLVM's fusing of multiply-adds followed the code around, and the peephole LSTM's
 differently from its own compile; with `reassoc`, float64 sums over a row came out in another
 order in some copies. The kernels now compile without those flags (kernels/_jit.py,
 kernels/sums.py)."""
+import atexit
 import errno
 import os
 import shutil
@@ -78,9 +79,10 @@ def start_probe(folder, niceness=0):
     """The probe in a process of its own, with folder/cache as numba's cache; its output in
     folder (no pipe to fill while nobody reads it)."""
     env = dict(os.environ, NUMBA_CACHE_DIR=str(folder / "cache"), NUMBA_NUM_THREADS="2", PYTHONPATH=str(ROOT))
+    nice = ["nice", "-n", str(niceness)] if niceness and shutil.which("nice") else []
     with open(folder / "stdout", "w") as out, open(folder / "stderr", "w") as err:
-        return subprocess.Popen([sys.executable, "-c", PROBE, str(ROOT / "tests")], stdout=out, stderr=err, env=env,
-                                preexec_fn=lambda: os.nice(niceness))
+        return subprocess.Popen([*nice, sys.executable, "-c", PROBE, str(ROOT / "tests")], stdout=out, stderr=err,
+                                env=env)
 
 
 def probe_result(probe, folder):
@@ -103,11 +105,14 @@ COLD = {}
 def start_cold_probe():
     COLD["folder"] = Path(tempfile.mkdtemp(prefix="charrnn-cold-cache-"))
     COLD["probe"] = start_probe(COLD["folder"], niceness=10)
+    atexit.register(end_cold_probe)
 
 
 def end_cold_probe():
     if COLD:
-        COLD.pop("probe").kill()
+        probe = COLD.pop("probe")
+        probe.kill()
+        probe.wait()
         shutil.rmtree(COLD.pop("folder"), ignore_errors=True)
 
 
