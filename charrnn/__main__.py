@@ -1,9 +1,9 @@
 """`charrnn` and `python -m charrnn`: the command line (cli.py), behind the one thing that cannot
 wait for its imports. In a process an MPI launcher started, Ctrl-C and SIGUSR1 are held from
 here on (distributed.StopsHeld): one that came while importing would end this rank alone. In
-one process, `train` takes SIGUSR1 as Ctrl-C from here on (distributed.stop_at_once_until_training):
-by default it would kill the process without a word; every other command takes SIGTERM so. A
-stop signal the process started with ignored stays ignored throughout."""
+one process, every command takes SIGTERM as Ctrl-C from here on, and `train` SIGUSR1 too
+(distributed.stop_at_once_until_training): by default they would kill the process without a
+word. A stop signal the process started with ignored stays ignored throughout."""
 import os
 import re
 import signal
@@ -11,7 +11,7 @@ import sys
 import warnings
 
 try:
-    from .distributed import HELD, stop_at_once_until_training
+    from .distributed import HELD, stop_at_once_until_training, terminated_once
 except KeyboardInterrupt:  # Ctrl-C in the first tenth of a second: no traceback of an import
     raise SystemExit(130)
 
@@ -61,13 +61,6 @@ def numba_values_must_be_read():
     warnings.showwarning = one_line
 
 
-def _terminated(signum, frame):
-    """SIGTERM as Ctrl-C, once: a second one kills the process as by default (timeout -k), should
-    the first be held up where no Python runs."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    HELD.interrupt(signum, frame)
-
-
 def command_named(args) -> str:
     """The command a command line names: its first word that is not an option (the app itself
     takes none but --help)."""
@@ -103,12 +96,12 @@ def main():
         # as Python does in the C locale, rather than failing the command in a UTF-8 locale
         sys.stdout.reconfigure(errors="surrogateescape")
     if not HELD.holding and command_named(sys.argv[1:]) == "train":
-        stop_at_once_until_training()
+        stop_at_once_until_training(one_process=True)
     elif command_named(sys.argv[1:]) != "train" and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         # any other command, SIGTERM (timeout's, a scheduler's) ends as Ctrl-C does: exit 130,
         # a file half written removed (outputs.write_output); by default it killed the process
         # without a word and left the file's temporary behind
-        signal.signal(signal.SIGTERM, _terminated)
+        signal.signal(signal.SIGTERM, terminated_once)
     try:
         from . import cli
     except KeyboardInterrupt:  # one process (under a launcher, stops are held): as Ctrl-C ends it later

@@ -1105,7 +1105,7 @@ def main():
             failure = failure or job.threads_failure
             if failure is not None:  # by rank 0 if it fails too, and the job ends (an abort, below)
                 _failed(failure)
-            replaced = stop_at_once_until_training()  # after MPI_Init, which may take SIGUSR1 for itself
+            replaced = stop_at_once_until_training(one_process=job.size == 1)  # after MPI_Init, which may take SIGUSR1
         stopped = HELD.let_go()
         if not train:  # just the process it is: its signals as without a launcher
             HELD.restore()

@@ -142,17 +142,29 @@ class StopsHeld:
 HELD = StopsHeld()  # this process's
 
 
-def stop_at_once_until_training():
+def stop_at_once_until_training(one_process: bool):
     """Until Trainer.run takes it over, SIGUSR1 ends a train command (from the entry point,
     charrnn/__main__.py, in one process; after MPI_Init, cli.main) at once with exit 130, as
     Ctrl-C does (KeyboardInterrupt): nothing is trained yet, nothing to save. Otherwise it would
-    kill the command without a word, or go unheard (MPICH's MPI_Init takes it for itself).
-    SIGTERM keeps its default there: a launcher ending the other ranks of a failed job sends it,
-    and they end without a word. Returns the handler it replaced, by signal (none without
-    SIGUSR1, or where it is ignored: so it stays, as the run leaves it, Trainer.run)."""
-    if not hasattr(signal, "SIGUSR1") or signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN:  # ignored on purpose
-        return {}
-    return {signal.SIGUSR1: signal.signal(signal.SIGUSR1, HELD.interrupt)}
+    kill the command without a word, or go unheard (MPICH's MPI_Init takes it for itself). In one
+    process SIGTERM too (timeout's, a scheduler's), once (terminated_once): it killed the command
+    without a word and left the run folder made for it. Under a launcher SIGTERM keeps its
+    default there: a launcher ending the other ranks of a failed job sends it, and they end
+    without a word. A signal ignored on purpose stays so, as the run leaves it (Trainer.run).
+    Returns the handlers it replaced, by signal."""
+    replaced = {}
+    if hasattr(signal, "SIGUSR1") and signal.getsignal(signal.SIGUSR1) != signal.SIG_IGN:
+        replaced[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, HELD.interrupt)
+    if one_process and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        replaced[signal.SIGTERM] = signal.signal(signal.SIGTERM, terminated_once)
+    return replaced
+
+
+def terminated_once(signum, frame):
+    """SIGTERM as Ctrl-C, once: a second one kills the process as by default (timeout -k), should
+    the first be held up where no Python runs."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    HELD.interrupt(signum, frame)
 
 
 def world():

@@ -708,7 +708,8 @@ def test_a_stop_once_the_run_has_taken_one_cannot_cut_off_its_last_line(corpus, 
 
 def test_a_sigterm_once_the_run_has_taken_a_stop_cannot_cut_off_its_line_nor_kill_it_before(corpus, tmp_path):
     # SIGTERM was left out of the signals held back while the line is said: "Terminated", exit 143.
-    # Before training it is still the system's default (README: SIGTERM before training starts).
+    # Before training, in one process, it ends the command as Ctrl-C does: it killed it without a
+    # word (exit 143) and left the run folder made for it
     from test_api import fresh_python
 
     code = f"""
@@ -724,8 +725,8 @@ Trainer.stopped_line = terminated_while_said
 update = Trainer.update
 Trainer.update = lambda t: (t.step == 1 and t._on_stop_signal(signal.SIGTERM, None), update(t))[1]
 sys.argv = ["charrnn", "train", {str(corpus)!r}, "--hidden", "8", "--batch", "4", "--k1", "8", "--k2", "8",
-            "--max-steps", "9", "--out-dir", {str(tmp_path)!r}, "--run", RUN, "-q"]
-if RUN == "before":
+            "--max-steps", "9", "--out-dir", {str(tmp_path)!r}, *(["--run", RUN] if RUN else []), "-q"]
+if RUN != "after":
     Trainer.run = lambda *a, **kw: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(5))
 cli.main()
 """
@@ -734,7 +735,10 @@ cli.main()
         f"interrupted at update 2; saved {tmp_path / 'after' / 'latest.npz'}. Continue with: charrnn train --resume "
         f"{tmp_path / 'after'}"], (r.returncode, r.stderr)
     r = fresh_python('RUN = "before"' + code)
-    assert r.returncode == -signal.SIGTERM and r.stderr == "", (r.returncode, r.stderr)
+    assert r.returncode == 130 and r.stderr == "", (r.returncode, r.stderr)
+    r = fresh_python('RUN = ""' + code)  # a run folder named for it, made before training: gone again
+    assert r.returncode == 130 and r.stderr == "", (r.returncode, r.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["after", "tiny.txt"]
 
 
 def test_sigterm_ends_a_command_other_than_train_as_ctrl_c_does_and_its_file_half_written_goes(tmp_path):
@@ -881,12 +885,22 @@ def test_before_training_starts_sigusr1_ends_the_command_as_ctrl_c_does():
     # KeyboardInterrupt, which ends the command with exit 130
     from charrnn.distributed import stop_at_once_until_training
 
-    replaced = stop_at_once_until_training()
+    replaced = stop_at_once_until_training(one_process=False)
     try:
-        assert list(replaced) == [signal.SIGUSR1]
+        assert list(replaced) == [signal.SIGUSR1]  # a rank: SIGTERM keeps its default (README)
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGUSR1)
             time.sleep(5)
+    finally:
+        for s, handler in replaced.items():
+            signal.signal(s, handler)
+    replaced = stop_at_once_until_training(one_process=True)
+    try:  # one process: SIGTERM too, once; a second one kills as by default
+        assert list(replaced) == [signal.SIGUSR1, signal.SIGTERM]
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     finally:
         for s, handler in replaced.items():
             signal.signal(s, handler)
