@@ -354,9 +354,8 @@ def _stops_once_taken_ignored(trainer):
     off that line (run() gives the signals back before it, and the progress bar closes between);
     before the run takes them over, they end the command as they did (SIGTERM by the system's
     default: sent again, to itself)."""
+    from .distributed import given_back, taken_over
     from .train import STOP_SIGNALS
-
-    before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
 
     def stop(signum, frame):
         if trainer.signalled:
@@ -368,15 +367,11 @@ def _stops_once_taken_ignored(trainer):
             signal.signal(signum, handler)
             os.kill(os.getpid(), signum)
 
-    for s, handler in before.items():
-        if handler == signal.SIG_DFL or callable(handler):  # (None: set outside Python, left as it is)
-            signal.signal(s, stop)
+    before = taken_over(STOP_SIGNALS, stop)
     try:
         yield
     finally:
-        for s, handler in before.items():
-            if handler is not None:
-                signal.signal(s, handler)
+        given_back(before)
 
 
 class _TrainProgress:
@@ -1071,7 +1066,7 @@ def main():
     Another command started by a launcher is just the process it is (srun charrnn sample ...
     samples in every process)."""
     from .__main__ import command_named
-    from .distributed import HELD, Solo, stop_at_once_until_training, world
+    from .distributed import HELD, Solo, given_back, stop_at_once_until_training, world
 
     global _collector_held
     if not owns_process:  # a program's call: a stop that an earlier call saw is not this one's
@@ -1134,8 +1129,7 @@ def main():
             job.abort(1)
         raise
     finally:
-        for s, handler in replaced.items():
-            signal.signal(s, handler)
+        given_back(replaced)
         HELD.restore()
         HELD.seen = False  # (for a program that calls main() again)
         _set_up()

@@ -96,8 +96,7 @@ class StopsHeld:
     def hold(self):
         """Hold stops from now on, in a process a launcher started (again: nothing more)."""
         if not self._before and (launched() or (1, 0))[0] > 1:
-            self._before = {s: signal.signal(s, self._stop) for s in self.SIGNALS
-                            if signal.getsignal(s) != signal.SIG_IGN}  # ignored on purpose: it stays so
+            self._before = taken_over(self.SIGNALS, self._stop)
             self.holding, self.noted = True, False
 
     def let_go(self) -> bool:
@@ -108,8 +107,7 @@ class StopsHeld:
 
     def restore(self):
         """The handlers as they were before hold()."""
-        for s, handler in self._before.items():
-            signal.signal(s, handler)
+        given_back(self._before)
         self._before, self.holding, self.noted = {}, False, False
 
     def ignore(self):
@@ -142,6 +140,19 @@ class StopsHeld:
 HELD = StopsHeld()  # this process's
 
 
+def taken_over(signals, handler) -> dict:
+    """Each of `signals` to `handler`, but one ignored on purpose (SIG_IGN: a shell without job
+    control starts `charrnn train &` with Ctrl-C ignored), which stays ignored, and one set
+    outside Python (None), which stays as it is. The handlers replaced, by signal (given_back)."""
+    return {s: signal.signal(s, handler) for s in signals if signal.getsignal(s) not in (signal.SIG_IGN, None)}
+
+
+def given_back(replaced: dict):
+    """The handlers taken_over replaced, back in place."""
+    for s, handler in replaced.items():
+        signal.signal(s, handler)
+
+
 def stop_at_once_until_training(one_process: bool):
     """Until Trainer.run takes it over, SIGUSR1 ends a train command (from the entry point,
     charrnn/__main__.py, in one process; after MPI_Init, cli.main) at once with exit 130, as
@@ -152,9 +163,7 @@ def stop_at_once_until_training(one_process: bool):
     default there: a launcher ending the other ranks of a failed job sends it, and they end
     without a word. A signal ignored on purpose stays so, as the run leaves it (Trainer.run).
     Returns the handlers it replaced, by signal."""
-    replaced = {}
-    if hasattr(signal, "SIGUSR1") and signal.getsignal(signal.SIGUSR1) != signal.SIG_IGN:
-        replaced[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, HELD.interrupt)
+    replaced = taken_over([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else [], HELD.interrupt)
     if one_process and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         replaced[signal.SIGTERM] = signal.signal(signal.SIGTERM, terminated_once)
     return replaced

@@ -464,11 +464,7 @@ class Trainer:
         except BaseException:
             lock.release()
             raise
-        previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-        for s, handler in previous.items():
-            # one ignored on purpose stays so (a script's `charrnn train &`); None: set outside Python
-            if handler not in (signal.SIG_IGN, None):
-                signal.signal(s, self._on_stop_signal)
+        previous = distributed.taken_over(STOP_SIGNALS, self._on_stop_signal)
         self._unraisable_before, sys.unraisablehook = sys.unraisablehook, self._unraisable
         self._running, self._stops_again = True, []
         window_stats = []
@@ -533,9 +529,7 @@ class Trainer:
             try:
                 self._end_stops_again()  # (a stop made to arrive again may raise here: the rest still runs)
             finally:
-                for s, handler in previous.items():
-                    if handler not in (signal.SIG_IGN, None):
-                        signal.signal(s, handler)
+                distributed.given_back(previous)
                 sys.unraisablehook = self._unraisable_before
                 log.close()
                 lock.release()
