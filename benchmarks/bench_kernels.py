@@ -3,7 +3,8 @@ kernels, in characters per second, for T=100 steps and B=32 streams, one layer.
 
 Beside it: the achieved GFLOP/s of the matrix work (the cell's recurrent FLOPs, 6*H*G for a
 full (H,G) recurrent matrix, + 6*H*V output FLOPs per character: forward, input-gradient and
-weight-gradient products) as a share of the machine's float32 matrix-multiply rate (numpy,
+weight-gradient products; 4*H*V where no layer trains, the ESN's, which has no use for the input
+gradient and leaves it out) as a share of the machine's float32 matrix-multiply rate (numpy,
 2048x2048, every core): of the best rate of the run ("of peak"), and of the rate measured just
 before the row ("of rate before"), which a virtual machine's drift over minutes moves with the
 row's own speed; and, if torch is installed, the same shapes through
@@ -195,7 +196,8 @@ def main():
                 for name in order[rep % len(order):] + order[: rep % len(order)]:
                     times[name].append(_timed(sides[name], calls[name]))
             cps = {name: T * B / statistics.median(ts) for name, ts in times.items()}
-            gflops = (CELLS[cell].update_flops(H) + 6 * H * V) * cps["now"] / 1e9
+            frozen = charrnn.model.Stack(charrnn.model.ModelSpec(cell, V, H, 1), 1, 1).layers_frozen
+            gflops = (CELLS[cell].update_flops(H) + (4 if frozen else 6) * H * V) * cps["now"] / 1e9
             rest = ""
             if before:
                 rest += (f" {cps['then']:15.0f} {cps['now'] / cps['then']:7.2f}x" if "then" in cps

@@ -157,7 +157,7 @@ def state_gradients(stack: Stack, params, max_k: int):
     if not 0 <= max_k < T:
         raise ValueError(f"max_k must lie in [0, {T - 1}] for a window of {T} steps, got {max_k}")
     scratch = np.zeros_like(params)  # backward accumulates parameter gradients; not needed here
-    stack.output_grad(params, scratch, T - 1, T, 1.0)
+    stack.output_grad(params, scratch, T - 1, T, 1.0, through_frozen=True)
     g = np.zeros((L, max_k + 1, B, H), params.dtype)
     g[L - 1, 0] = stack.dhs[L - 1][T - 1]  # h_T of the top layer feeds only the output layer
     # A lower layer's k = max_k also needs the gradient sent down at step T-max_k-1, which a

@@ -163,6 +163,7 @@ class Stack:
         self.positions = np.arange(T * B, dtype=np.int32).reshape(T, B)
         self.dxproj = [aligned.zeros((T, B, G), dtype) for _ in range(L)]
         self.dhs = [aligned.zeros((T, B, H), dtype) for _ in range(L)]  # dLoss/dh_t from above
+        self.top_grad_skipped = False  # whether the last output_grad left dhs[-1] out (frozen layers)
         self.dstate = [{k: aligned.zeros((B, H), dtype) for k in self.cell.states} for _ in range(L)]
         # Dropout sits on the input of every layer above the first and on the output layer's
         # input (as in char-rnn); index l = the input of layer l, index L = the output layer's.
@@ -294,21 +295,26 @@ class Stack:
         xent(logits, rows, self.targets[c0:t1].reshape(-1))
         return float(rows.sum(dtype=np.float64))
 
-    def output_grad(self, params, grads, c0, t1, scale):
+    def output_grad(self, params, grads, c0, t1, scale, through_frozen=False):
         """Loss of steps [c0, t1) (sum, nats) and its gradient, times `scale`, into `grads` and
-        into dhs of the top layer. Call after forward, before backward."""
+        into dhs of the top layer. Call after forward, before backward. When no layer trains (an
+        echo-state network), nothing reads dhs, and it is left out (a third of the output layer's
+        products) unless `through_frozen` asks for it, as backward's does."""
         _, out = self.layout.layer_views(params)
         _, gout = self.layout.layer_views(grads)
         h2d = self._stored_input(self.spec.layers, c0, t1)
         n = h2d.shape[0]
         dlogits = self.logits[:n]
+        into_h = through_frozen or not self.layers_frozen
+        self.top_grad_skipped = not into_h
         dtop = self.dhs[-1]
-        dtop[:c0] = 0.0  # steps without a counted prediction send nothing down
-        dtop[t1:] = 0.0
+        if into_h:
+            dtop[:c0] = 0.0  # steps without a counted prediction send nothing down
+            dtop[t1:] = 0.0
         output_layer(dlogits, self.row_loss[:n], self.targets[c0:t1].reshape(-1), self.dtype.type(scale), h2d,
-                     out["Wy"], out["by"], dtop[c0:t1].reshape(n, -1), gout["Wy"], gout["by"])
+                     out["Wy"], out["by"], dtop[c0:t1].reshape(n, -1), gout["Wy"], gout["by"], into_h)
         L = self.spec.layers
-        if self.masks[L] is not None:
+        if into_h and self.masks[L] is not None:
             drop_grad(dtop[c0:t1], self.masks[L][c0:t1], threads())
         return float(self.row_loss[:n].sum(dtype=np.float64))
 
@@ -325,6 +331,8 @@ class Stack:
         unless `through_frozen` asks for the state gradients anyway."""
         if not through_frozen and self.layers_frozen:
             return self.dstate
+        if self.top_grad_skipped:
+            raise ValueError("output_grad left the top layer's state gradients out: call it with through_frozen=True")
         layers, _ = self.layout.layer_views(params)
         glayers, _ = self.layout.layer_views(grads)
         H = self.spec.hidden

@@ -78,7 +78,7 @@ def run_stack(spec, flat, ids, targets, state0, dtype):
     params = flat.astype(dtype)
     grads = np.zeros_like(params)
     stack.forward(params, 0, T)
-    loss = stack.output_grad(params, grads, 0, T, 1.0 / (T * B))
+    loss = stack.output_grad(params, grads, 0, T, 1.0 / (T * B), through_frozen=True)
     dstate = stack.backward(params, grads, 0, T, through_frozen=True)  # every tensor's gradient
     dstate0 = [[d[k].copy() for k in stack.cell.states] for d in dstate]
     return loss / (T * B), grads, stack.get_state(T), stack.bufs[-1]["hs"][1:].copy(), dstate0
@@ -134,12 +134,45 @@ def test_gradients_are_added_to_what_the_buffer_holds(cell, n_threads):
     stack.set_state(0, state0)
     grads = held.copy()
     stack.forward(flat, 0, T)
-    stack.output_grad(flat, grads, 0, T, 1.0 / (T * B))
+    stack.output_grad(flat, grads, 0, T, 1.0 / (T * B), through_frozen=True)
     stack.backward(flat, grads, 0, T, through_frozen=True)
     views, ref_views, held_views = (Layout(spec).views(a) for a in (grads, from_zero, held))
     for name in views:
         np.testing.assert_allclose(views[name] - held_views[name], ref_views[name], rtol=1e-9, atol=1e-12,
                                    err_msg=name)
+
+
+@pytest.mark.parametrize("cell", ["esn", "leaky"])
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_an_update_of_frozen_layers_leaves_out_only_the_states_gradient(cell, dropout, n_threads):
+    """When no layer trains (the ESN), an update's output_grad leaves the top layer's state
+    gradient out, the loss and the output layer's gradients the same as with it; a backward
+    asked to go through the frozen layers then refuses, instead of reading a stale gradient.
+    A layer that trains (leaky units) gets its state gradient whether asked for or not."""
+    T, B, H, V, L = 4, 5, 19, 7, 2
+    spec, flat, ids, targets, state0 = make_case(cell, T, B, H, V, L)
+    runs = []
+    for through_frozen in (False, True):
+        stack = Stack(spec, B, T, np.float64, dropout=dropout)
+        stack.ids[:] = ids
+        stack.targets[:] = targets
+        stack.set_state(0, state0)
+        stack.dhs[-1][...] = 3.0  # what an earlier window left there
+        grads = np.zeros_like(flat)
+        stack.forward(flat, 0, T, np.random.default_rng(2) if dropout else None)
+        loss = stack.output_grad(flat, grads, 1, T, 0.1, through_frozen=through_frozen)
+        stack.backward(flat, grads, 1, T)
+        runs.append((loss, grads, stack.dhs[-1].copy(), stack))
+    (loss, grads, dtop, stack), (loss_with, grads_with, dtop_with, _) = runs
+    assert loss == loss_with
+    np.testing.assert_array_equal(grads, grads_with)
+    assert (dtop_with[0] == 0.0).all() and not (dtop_with == 3.0).any()  # computed: step 0 counts nothing
+    if cell == "esn":
+        assert (dtop == 3.0).all()
+        with pytest.raises(ValueError, match="through_frozen=True"):
+            stack.backward(flat, grads, 1, T, through_frozen=True)
+    else:
+        np.testing.assert_array_equal(dtop, dtop_with)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -339,16 +372,17 @@ def _output_case(N, H, V, dtype, seed=4):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("V", OUTPUT_VOCABULARIES)
 @pytest.mark.parametrize("n_blocks", [1, 2, 5])
-def test_output_layer_matches_numpy(dtype, V, n_blocks):
+@pytest.mark.parametrize("into_h", [True, False])
+def test_output_layer_matches_numpy(dtype, V, n_blocks, into_h):
     """The training step's output layer, loss and every gradient, against NumPy in float64, in
     both of its layouts and over uneven blocks of rows; the weight gradients are added to what
-    the buffers held."""
+    the buffers held. Without into_h, the states' gradient is left as it was, the rest the same."""
     N, H, scale = 23, 6, 0.25
     h2d, Wy, by, targets = _output_case(N, H, V, dtype)
     h2d[3] *= 60  # logits of +-hundreds: exp overflows unless the row's maximum comes off first
-    logits, row_loss, dh2d = np.zeros((N, V), dtype), np.zeros(N, dtype), np.zeros((N, H), dtype)
+    logits, row_loss, dh2d = np.zeros((N, V), dtype), np.zeros(N, dtype), np.full((N, H), 7.0, dtype)
     dWy, dby = np.ones((H, V), dtype), np.ones(V, dtype)
-    _output_layer_parallel(logits, row_loss, targets, dtype(scale), h2d, Wy, by, dh2d, dWy, dby, n_blocks)
+    _output_layer_parallel(logits, row_loss, targets, dtype(scale), h2d, Wy, by, dh2d, dWy, dby, n_blocks, into_h)
 
     z = h2d.astype(np.float64) @ Wy.astype(np.float64) + by
     m = z.max(axis=1, keepdims=True)
@@ -359,7 +393,10 @@ def test_output_layer_matches_numpy(dtype, V, n_blocks):
     dz[np.arange(N), targets] -= scale
     tol = 2e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(row_loss, expected_loss, rtol=tol, atol=tol)
-    np.testing.assert_allclose(dh2d, dz @ Wy.astype(np.float64).T, rtol=tol, atol=tol * scale)
+    if into_h:
+        np.testing.assert_allclose(dh2d, dz @ Wy.astype(np.float64).T, rtol=tol, atol=tol * scale)
+    else:
+        assert (dh2d == 7.0).all()
     np.testing.assert_allclose(dWy, 1.0 + h2d.astype(np.float64).T @ dz, rtol=tol, atol=tol * scale)
     np.testing.assert_allclose(dby, 1.0 + dz.sum(axis=0), rtol=tol, atol=tol * scale)
 
@@ -376,7 +413,8 @@ def test_output_layer_lets_a_nan_through_its_rows_and_the_weight_gradients(V, n_
     h2d[12, 0] = np.inf
     logits, row_loss, dh2d = np.zeros((N, V), np.float32), np.zeros(N, np.float32), np.zeros((N, H), np.float32)
     dWy, dby = np.ones((H, V), np.float32), np.ones(V, np.float32)
-    _output_layer_parallel(logits, row_loss, targets, np.float32(1.0 / N), h2d, Wy, by, dh2d, dWy, dby, n_blocks)
+    _output_layer_parallel(logits, row_loss, targets, np.float32(1.0 / N), h2d, Wy, by, dh2d, dWy, dby, n_blocks,
+                           True)
     bad = np.isin(np.arange(N), [7, 12])
     assert np.isnan(row_loss[bad]).all() and np.isfinite(row_loss[~bad]).all()
     assert np.isnan(dh2d[bad]).all() and np.isfinite(dh2d[~bad]).all()

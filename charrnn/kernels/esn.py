@@ -8,8 +8,10 @@ sampling step; what makes it an echo-state network is its tensors: W_x, W_h and 
 once and frozen, W_h rescaled to the spectral radius --spectral-radius (below 1 by default:
 slightly contractive, so that the state forgets where it started, the echo-state property), and
 the rate a is frozen too. Only the output layer (the readout) trains, so a training update runs
-no backward pass through the recurrence at all (Stack.backward). The backward kernels are still
-there for gradflow, which asks how gradients would decay through the reservoir.
+no backward pass through the recurrence at all (Stack.backward), and the output layer leaves out
+the gradient with respect to the states, which nothing would read (Stack.output_grad): a third
+of its products. Both are still there for gradflow, which asks how gradients would decay
+through the reservoir.
 """
 import numpy as np
 

@@ -92,9 +92,9 @@ def xent(logits, row_loss, targets):
 
 
 @kernel
-def _output_rows(logits, row_loss, targets, scale, h2d, Wy, by, dh2d, dWy_part, dby_part, lo, hi):
+def _output_rows(logits, row_loss, targets, scale, h2d, Wy, by, dh2d, dWy_part, dby_part, lo, hi, into_h):
     # rows [lo, hi), one thread's block, from the logits to their gradients: dWy_part (H,V)
-    # and dby_part (V,) are the thread's own (zeros in, the block's sums out)
+    # and dby_part (V,) are the thread's own (zeros in, the block's sums out); dh2d only if into_h
     z, h = logits[lo:hi], h2d[lo:hi]
     np.dot(h, Wy, z)
     V = z.shape[1]
@@ -106,7 +106,8 @@ def _output_rows(logits, row_loss, targets, scale, h2d, Wy, by, dh2d, dWy_part, 
         for v in range(V):  # the row's gradient, while it is at hand
             dby_part[v] += row[v]
     np.dot(h.T, z, dWy_part)
-    np.dot(z, Wy.T, dh2d[lo:hi])
+    if into_h:
+        np.dot(z, Wy.T, dh2d[lo:hi])
 
 
 # Below this vocabulary a thread computes its block's logits transposed, (V, rows): each loop of
@@ -119,7 +120,8 @@ TRANSPOSED_BELOW_V = 512
 
 
 @kernel
-def _output_rows_transposed(logits, row_loss, targets, scale, h2d, Wy, by, dh2d, dWy_part, dby_part, lo, hi):
+def _output_rows_transposed(logits, row_loss, targets, scale, h2d, Wy, by, dh2d, dWy_part, dby_part, lo, hi,
+                            into_h):
     # what _output_rows computes, the block's logits held as zT (V, rows) in its share of
     # `logits`; the per-row maximum and sum in arrays along the rows
     n_rows, V = hi - lo, Wy.shape[1]
@@ -157,11 +159,12 @@ def _output_rows_transposed(logits, row_loss, targets, scale, h2d, Wy, by, dh2d,
     for v in range(V):
         dby_part[v] += ordered_sum(zT[v])
     np.dot(h.T, zT.T, dWy_part)
-    np.dot(zT.T, Wy.T, dh2d[lo:hi])
+    if into_h:
+        np.dot(zT.T, Wy.T, dh2d[lo:hi])
 
 
 @parallel_kernel
-def _output_layer_parallel(logits, row_loss, targets, scale, h2d, Wy, by, dh2d, dWy, dby, n_blocks):
+def _output_layer_parallel(logits, row_loss, targets, scale, h2d, Wy, by, dh2d, dWy, dby, n_blocks, into_h):
     # threads split the rows, as matmul, blas_tn_acc and column_sums_acc do (the same blocks,
     # so the same sums, bit for bit): each thread's weight gradients go to its own partials,
     # added up after
@@ -173,24 +176,26 @@ def _output_layer_parallel(logits, row_loss, targets, scale, h2d, Wy, by, dh2d, 
         if hi > lo:
             if V < TRANSPOSED_BELOW_V:
                 _output_rows_transposed(logits, row_loss, targets, scale, h2d, Wy, by, dh2d, dWy_part[i], dby_part[i],
-                                        lo, hi)
+                                        lo, hi, into_h)
             else:
-                _output_rows(logits, row_loss, targets, scale, h2d, Wy, by, dh2d, dWy_part[i], dby_part[i], lo, hi)
+                _output_rows(logits, row_loss, targets, scale, h2d, Wy, by, dh2d, dWy_part[i], dby_part[i], lo, hi,
+                             into_h)
     for i in prange(n_blocks):
         k_lo, k_hi = block(H, n_blocks, i)
         add_partials(dWy, dWy_part, k_lo, k_hi)
     add_thread_sums(dby, 0, dby_part, 0, V)
 
 
-def output_layer(logits, row_loss, targets, scale, h2d, Wy, by, dh2d, dWy, dby):
+def output_layer(logits, row_loss, targets, scale, h2d, Wy, by, dh2d, dWy, dby, into_h=True):
     """The output layer of a training step, forward and backward: logits (N,V) is scratch (it
     holds the logits, then dloss/dlogits = scale * (softmax - onehot), a thread's block of rows
     transposed when V < TRANSPOSED_BELOW_V); row_loss (N,) out: -log p(target) per row,
-    in nats; dh2d (N,H) out; dWy (H,V) and dby (V,) accumulated with +=; h2d (N,H), Wy, by,
-    targets (N,) in. One pass of the threads, each from its rows' product to their gradients
-    (two parallel loops), where the product, softmax and gradient kernels one after another ran
-    seven (six with a small output's serial softmax). Measured side by side (Zen 5): the output
+    in nats; dh2d (N,H) out, left as it is unless into_h (an echo-state network's update has no
+    use for it: a third of the layer's products); dWy (H,V) and dby (V,) accumulated with +=;
+    h2d (N,H), Wy, by, targets (N,) in. One pass of the threads, each from its rows' product to
+    their gradients (two parallel loops), where the product, softmax and gradient kernels one
+    after another ran seven (six with a small output's serial softmax). Measured side by side (Zen 5): the output
     layer 1.33x-1.43x as fast at T=50, B=8, H=64 and T=20, B=4, H=32 (a small model's whole
     update 1.06x-1.14x); the same at T=100, B=32 (1.00x at V=65, 1.04x at V=6000), where BLAS's
     products are nearly all of it."""
-    _output_layer_parallel(logits, row_loss, targets, scale, h2d, Wy, by, dh2d, dWy, dby, threads())
+    _output_layer_parallel(logits, row_loss, targets, scale, h2d, Wy, by, dh2d, dWy, dby, threads(), bool(into_h))
