@@ -29,6 +29,11 @@ P0, P1, P2, P3, P4, P5, P6 = (np.float32(c) for c in _P)
 Q0, Q1, Q2, Q3 = (np.float32(c) for c in _Q)
 CLAMP = np.float32(_CLAMP)
 HALF = np.float32(0.5)
+# The cells' `1 - x` in their gate math: a float literal is a float64 to numba, and `1.0 - x` of a
+# float32 x is computed in float64, converted there and back (on AVX-512 two 8-wide halves for
+# each 16 lanes); as a float32 it keeps a float32 model's arithmetic in float32, and widens
+# exactly in float64 code
+ONE = np.float32(1.0)
 
 
 def _tanh_f32(x):

@@ -21,7 +21,7 @@ from numba import prange
 
 from ..cells import Adapter, Tensor, standard_shapes, uniform_
 from ._jit import block, kernel, parallel_kernel, threads
-from .activations import sigmoid, tanh
+from .activations import ONE, sigmoid, tanh
 from .blas import matmul_tn_acc
 from .matvec import matvec
 from .panels import LANES, add_entering_grad, add_panel, copy_lanes, prefetch, prefetch_for_write, recurrent_grad
@@ -63,7 +63,7 @@ def _gru_forward_panel(hs, acts, hn, xtable, xindex, Wp, bhn, S, t, p, r0, r1):
             s[F_R * LANES + j] = r_
             s[F_Z * LANES + j] = z
             s[F_XN * LANES + j] = n_
-            s[F_H * LANES + j] = (1.0 - z) * n_ + z * s[F_H * LANES + j]
+            s[F_H * LANES + j] = (ONE - z) * n_ + z * s[F_H * LANES + j]
         copy_lanes(acts[t, r], u0, s, F_R * LANES, n)
         copy_lanes(acts[t, r], H + u0, s, F_Z * LANES, n)
         copy_lanes(acts[t, r], 2 * H + u0, s, F_XN * LANES, n)
@@ -118,15 +118,15 @@ def _gru_backward_panel(dxproj, dhp, sums, dh, dhs, hs, acts, hn, WTp, S, t, p, 
             n_ = s[B_N * LANES + j]
             dh_t = s[B_DH * LANES + j] + s[B_REC * LANES + j] + s[B_DHUP * LANES + j]
             # h_t = (1 - z) * n + z * h_{t-1}
-            dn = dh_t * (1.0 - z)
+            dn = dh_t * (ONE - z)
             dz = dh_t * (s[B_HPREV * LANES + j] - n_)
             s[B_DH * LANES + j] = dh_t * z  # the direct path to h_{t-1}
             # n = tanh(xproj_n + r * (hp_n + b_hn))
-            dn_pre = dn * (1.0 - n_ * n_)
+            dn_pre = dn * (ONE - n_ * n_)
             dr = dn_pre * s[B_HN * LANES + j]
             # r, z = sigmoid(...)
-            s[B_R * LANES + j] = dr * r_ * (1.0 - r_)
-            s[B_Z * LANES + j] = dz * z * (1.0 - z)
+            s[B_R * LANES + j] = dr * r_ * (ONE - r_)
+            s[B_Z * LANES + j] = dz * z * (ONE - z)
             s[B_N * LANES + j] = dn_pre
             s[B_HN * LANES + j] = dn_pre * r_  # the gradient of hp_n
         copy_lanes(dxproj[t, r], u0, s, B_R * LANES, n)
@@ -177,7 +177,7 @@ def step(h, c, xg, hg, params, o, blas):
         r = sigmoid(xg[j] + hg[j])
         z = sigmoid(xg[H + j] + hg[H + j])
         n = tanh(xg[2 * H + j] + r * (hg[2 * H + j] + bhn[j]))
-        h[j] = (1.0 - z) * n + z * h[j]
+        h[j] = (ONE - z) * n + z * h[j]
 
 
 # ---------------------------------------------------------------------------------------------

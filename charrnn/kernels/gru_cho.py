@@ -20,7 +20,7 @@ from numba import prange
 
 from ..cells import Adapter, Tensor, uniform_
 from ._jit import block, kernel, parallel_kernel, threads
-from .activations import sigmoid, tanh
+from .activations import ONE, sigmoid, tanh
 from .blas import matmul_tn_acc
 from .matvec import matvec
 from .panels import LANES, add_entering_grad, copy_lanes, prefetch_for_write, recurrent_grad, recurrent_product
@@ -80,7 +80,7 @@ def _candidate_panel(hs, acts, rh, xtable, xindex, Wnp, S, t, p, r0, r1):
             n_ = tanh(s[F_N * LANES + j])
             z = s[1 * LANES + j]
             s[F_N * LANES + j] = n_
-            s[2 * LANES + j] = (1.0 - z) * n_ + z * s[2 * LANES + j]
+            s[2 * LANES + j] = (ONE - z) * n_ + z * s[2 * LANES + j]
         copy_lanes(acts[t, r], 2 * H + u0, s, F_N * LANES, n)
         copy_lanes(hs[t + 1, r], u0, s, 2 * LANES, n)
 
@@ -129,8 +129,8 @@ def _backward_z_n_panel(dxproj, drz, dn, dh, dhs, hs, acts, WTp, S, t, p, r0, r1
             # h_t = (1 - z) * n + z * h_{t-1}
             s[B_DH * LANES + j] = dh_t * z  # the direct path to h_{t-1}
             # n = tanh(...), z = sigmoid(...)
-            s[B_N * LANES + j] = dh_t * (1.0 - z) * (1.0 - n_ * n_)
-            s[B_Z * LANES + j] = dh_t * (s[B_HPREV * LANES + j] - n_) * z * (1.0 - z)
+            s[B_N * LANES + j] = dh_t * (ONE - z) * (ONE - n_ * n_)
+            s[B_Z * LANES + j] = dh_t * (s[B_HPREV * LANES + j] - n_) * z * (ONE - z)
         copy_lanes(dxproj[t, r], H + u0, s, B_Z * LANES, n)
         copy_lanes(dxproj[t, r], 2 * H + u0, s, B_N * LANES, n)
         copy_lanes(drz[t, r], H + u0, s, B_Z * LANES, n)
@@ -156,7 +156,7 @@ def _backward_r_panel(dxproj, drz, dn, dh, hs, acts, WnTp, S, t, p, r0, r1):
             drh = s[B_REC * LANES + j]
             # (r * h_{t-1}) @ Whn: to r, and to h_{t-1} through the reset
             s[B_DH * LANES + j] += drh * r_
-            s[B_R * LANES + j] = drh * s[B_HPREV * LANES + j] * r_ * (1.0 - r_)
+            s[B_R * LANES + j] = drh * s[B_HPREV * LANES + j] * r_ * (ONE - r_)
         copy_lanes(dxproj[t, r], u0, s, B_R * LANES, n)
         copy_lanes(drz[t, r], u0, s, B_R * LANES, n)
         copy_lanes(dh[r], u0, s, B_DH * LANES, n)
@@ -201,7 +201,7 @@ def step(h, c, xg, hg, params, o, blas):
     for j in range(H):
         z = hg[H + j]
         n = tanh(xg[2 * H + j] + hg[2 * H + j])
-        h[j] = (1.0 - z) * n + z * h[j]
+        h[j] = (ONE - z) * n + z * h[j]
 
 
 # ---------------------------------------------------------------------------------------------

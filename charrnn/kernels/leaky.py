@@ -21,7 +21,7 @@ from numba import prange
 
 from ..cells import Adapter, Tensor, normal_tau, uniform_
 from ._jit import block, kernel, parallel_kernel, threads
-from .activations import tanh
+from .activations import ONE, tanh
 from .blas import matmul_tn_acc
 from .matvec import matvec
 from .panels import LANES, add_entering_grad, add_panel, copy_lanes, prefetch_for_write, recurrent_grad, recurrent_product
@@ -55,7 +55,7 @@ def _leaky_forward_panel(hs, ks, xtable, xindex, Wp, a, S, t, p, r0, r1):
             k = tanh(s[F_K * LANES + j])
             rate = s[F_A * LANES + j]
             s[F_K * LANES + j] = k
-            s[F_H * LANES + j] = (1.0 - rate) * s[F_H * LANES + j] + rate * k
+            s[F_H * LANES + j] = (ONE - rate) * s[F_H * LANES + j] + rate * k
         copy_lanes(ks[t, r], u0, s, F_K * LANES, n)
         copy_lanes(hs[t + 1, r], u0, s, F_H * LANES, n)
 
@@ -97,10 +97,10 @@ def _leaky_backward_panel(dxproj, da, dh, dhs, hs, ks, a, WTp, S, t, p, r0, r1):
             rate = s[B_A * LANES + j]
             dh_t = s[B_DH * LANES + j] + s[B_REC * LANES + j] + s[B_DHUP * LANES + j]
             # h_t = (1 - a) * h_{t-1} + a * k_t
-            s[B_DH * LANES + j] = dh_t * (1.0 - rate)  # the direct path to h_{t-1}
+            s[B_DH * LANES + j] = dh_t * (ONE - rate)  # the direct path to h_{t-1}
             s[B_A * LANES + j] = dh_t * (k - s[B_HPREV * LANES + j])
             # k_t = tanh(pre-activation)
-            s[B_K * LANES + j] = dh_t * rate * (1.0 - k * k)
+            s[B_K * LANES + j] = dh_t * rate * (ONE - k * k)
         copy_lanes(dxproj[t, r], u0, s, B_K * LANES, n)
         add_panel(da, u0, s, B_A * LANES)  # a whole panel: the lanes past unit H are never read
         copy_lanes(dh[r], u0, s, B_DH * LANES, n)  # after the window, add_entering_grad adds to it
@@ -139,7 +139,7 @@ def step(h, c, xg, hg, params, o, blas):
     matvec(hg, h, Wh, blas)  # from the old state, before h is overwritten
     for j in range(H):
         k = tanh(xg[j] + hg[j])
-        h[j] = (1.0 - a[j]) * h[j] + a[j] * k
+        h[j] = (ONE - a[j]) * h[j] + a[j] * k
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from numba import prange
 
 from ..cells import Adapter, standard_shapes, uniform_
 from ._jit import block, kernel, parallel_kernel, threads
-from .activations import sigmoid, tanh
+from .activations import ONE, sigmoid, tanh
 from .blas import matmul_tn_acc
 from .matvec import matvec
 from .panels import LANES, add_entering_grad, copy_block, copy_lanes, prefetch, prefetch_for_write, recurrent_grad
@@ -132,17 +132,17 @@ def _lstm_backward_panel(dxproj, dh, dc, dhs, cs, acts, WTp, S, t, p, r0, r1):
             s[B_DH * LANES + j] = 0.0  # consumed (no path to h_{t-1} but the product)
             # h_t = o * tanh(c_t)
             do = dh_t * tc
-            dc_t = s[B_DC * LANES + j] + dh_t * o * (1.0 - tc * tc)
+            dc_t = s[B_DC * LANES + j] + dh_t * o * (ONE - tc * tc)
             # c_t = f * c_{t-1} + i * g
             di = dc_t * g
             dg = dc_t * i
             df = dc_t * s[B_CPREV * LANES + j]
             s[B_DC * LANES + j] = dc_t * f
             # through the sigmoids and the tanh to the pre-activations
-            s[B_I * LANES + j] = di * i * (1.0 - i)
-            s[B_F * LANES + j] = df * f * (1.0 - f)
-            s[B_G * LANES + j] = dg * (1.0 - g * g)
-            s[B_O * LANES + j] = do * o * (1.0 - o)
+            s[B_I * LANES + j] = di * i * (ONE - i)
+            s[B_F * LANES + j] = df * f * (ONE - f)
+            s[B_G * LANES + j] = dg * (ONE - g * g)
+            s[B_O * LANES + j] = do * o * (ONE - o)
         for g in range(4):
             copy_lanes(dxproj[t, r], g * H + u0, s, (B_I + g) * LANES, n)
         copy_lanes(dc[r], u0, s, B_DC * LANES, n)

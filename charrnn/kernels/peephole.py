@@ -19,7 +19,7 @@ from numba import prange
 
 from ..cells import Tensor, standard_shapes, uniform_
 from ._jit import block, kernel, parallel_kernel, threads
-from .activations import sigmoid, tanh
+from .activations import ONE, sigmoid, tanh
 from .blas import matmul_tn_acc
 from .lstm import SAVED, LSTMCell
 from .matvec import matvec
@@ -122,12 +122,12 @@ def _peephole_backward_panel(dxproj, sums, dh, dc, dhs, cs, acts, peep, WTp, S, 
             dh_t = s[B_DH * LANES + j] + s[B_REC * LANES + j] + s[B_DHUP * LANES + j]
             s[B_DH * LANES + j] = 0.0  # consumed (no path to h_{t-1} but the product)
             # h_t = o * tanh(c_t);  o = sigmoid(a_o + p_o * c_t)
-            da_o = dh_t * tc * o * (1.0 - o)
-            dc_t = s[B_DC * LANES + j] + dh_t * o * (1.0 - tc * tc) + da_o * s[B_PO * LANES + j]
+            da_o = dh_t * tc * o * (ONE - o)
+            dc_t = s[B_DC * LANES + j] + dh_t * o * (ONE - tc * tc) + da_o * s[B_PO * LANES + j]
             # c_t = f * c_{t-1} + i * g
-            da_i = dc_t * g * i * (1.0 - i)
-            da_f = dc_t * c_prev * f * (1.0 - f)
-            da_g = dc_t * i * (1.0 - g * g)
+            da_i = dc_t * g * i * (ONE - i)
+            da_f = dc_t * c_prev * f * (ONE - f)
+            da_g = dc_t * i * (ONE - g * g)
             # i, f = sigmoid(a + p * c_{t-1}): c_{t-1} reaches them through the peepholes too
             s[B_DC * LANES + j] = dc_t * f + da_i * s[B_PI * LANES + j] + da_f * s[B_PF * LANES + j]
             s[B_PI * LANES + j] = da_i * c_prev

@@ -16,7 +16,7 @@ from numba import prange
 
 from ..cells import Adapter, standard_shapes, uniform_
 from ._jit import block, kernel, parallel_kernel, threads
-from .activations import tanh
+from .activations import ONE, tanh
 from .blas import matmul_tn_acc
 from .matvec import matvec
 from .panels import LANES, add_entering_grad, copy_lanes, prefetch, prefetch_for_write, recurrent_grad, recurrent_product
@@ -84,7 +84,7 @@ def _rnn_backward_panel(dxproj, dh, dhs, hs, WTp, S, t, p, r0, r1):
             # h_t = tanh(a_t)
             dh_t = s[B_DH * LANES + j] + s[B_REC * LANES + j] + s[B_DHUP * LANES + j]
             s[B_DH * LANES + j] = 0.0  # consumed (no path to h_{t-1} but the product)
-            s[B_H * LANES + j] = dh_t * (1.0 - h * h)
+            s[B_H * LANES + j] = dh_t * (ONE - h * h)
         copy_lanes(dxproj[t, r], u0, s, B_H * LANES, n)
         copy_lanes(dh[r], u0, s, B_DH * LANES, n)  # after the window, add_entering_grad adds to it
 
