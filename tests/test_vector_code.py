@@ -108,6 +108,42 @@ def test_gate_math_is_vector_code(cell):
         assert max(scalar.values(), default=0) < 16 and vector > 0, f"{cell} {name}: {dict(scalar)} scalar, {vector} vector"
 
 
+# double-precision arithmetic and conversions, with AVX's v or SSE's without
+FLOAT64_ARITHMETIC = re.compile(r"^\s+v?(cvtps2pd|cvtpd2ps|cvtss2sd|cvtsd2ss|(?:add|sub|mul|div|fn?m(?:add|sub)\d*)[ps]d)\s",
+                                re.M)
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+
+def float32_cell_code(cell):
+    """{name: machine code} of a cell's float32 gate math: its panel steps, or its time loops
+    where it has none (IndRNN)."""
+    steps = panel_step_code(cell)  # runs a float32 update, which types the time loops too
+    if steps:
+        return steps
+    kernels, loops, _ = kernels_of(cell)
+    return {name: machine_code(getattr(kernels, name), float32_signature(getattr(kernels, name))) for name in loops}
+
+
+@pytest.mark.skipif(not X86, reason="reads x86 instructions")
+@pytest.mark.parametrize("cell", sorted({kernels_of(cell)[0].__name__: cell for cell in reversed(NAMES)}.values()))
+def test_a_float32_models_gate_math_has_no_float64_arithmetic(cell):
+    """numba types a float literal as a float64: `1.0 - x` of a float32 x, or `x if c else 0.0`,
+    ran in float64, converted there and back (the leaky units' forward, IndRNN's backward). Their
+    constants are float32 (activations.ONE, ZERO); this reads the training steps' machine code and
+    the sampling step's, which runs every cell's."""
+    code = float32_cell_code(cell)
+    from charrnn.kernels import generate
+    from charrnn.sampling import Sampler
+
+    spec = ModelSpec(cell, 5, 40, 2)
+    s = Sampler(spec, init_params(spec, np.random.default_rng(0), np.float32))
+    args = (s.h, s.c, s.xg, s.hg, 1, s.params, s.offs, s.cell, spec.vocab_size, s.blas)
+    code["generate._step"] = machine_code(generate._step, tuple(numba.typeof(a) for a in args))
+    for name, asm in code.items():
+        found = Counter(FLOAT64_ARITHMETIC.findall(asm))
+        assert not found, f"{cell} {name}: float64 arithmetic {dict(found)}"
+
+
 # x86's prefetch for writing (PREFETCHW), where the CPU numba compiles for has it
 PREFETCHW = AVX and "+prfchw" in host_features().split(",")
 

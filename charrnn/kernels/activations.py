@@ -29,11 +29,6 @@ P0, P1, P2, P3, P4, P5, P6 = (np.float32(c) for c in _P)
 Q0, Q1, Q2, Q3 = (np.float32(c) for c in _Q)
 CLAMP = np.float32(_CLAMP)
 HALF = np.float32(0.5)
-# The cells' `1 - x` in their gate math: a float literal is a float64 to numba, and `1.0 - x` of a
-# float32 x is computed in float64, converted there and back (on AVX-512 two 8-wide halves for
-# each 16 lanes); as a float32 it keeps a float32 model's arithmetic in float32, and widens
-# exactly in float64 code
-ONE = np.float32(1.0)
 
 
 def _tanh_f32(x):
@@ -106,6 +101,9 @@ EXP_MAX = np.float32(88.72283)  # ln of float32's largest: above it exp(x) overf
 INF = np.float32(np.inf)
 E0, E1, E2, E3, E4, E5 = (np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
                                                   4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
+# Also the cells' constants: a float literal is a float64 to numba, and `1.0 - x` of a float32 x
+# is computed in float64, converted there and back (on AVX-512 two 8-wide halves for each 16
+# lanes); these keep a float32 model's arithmetic in float32, and widen exactly in float64 code
 ONE = np.float32(1.0)
 ZERO = np.float32(0.0)
 

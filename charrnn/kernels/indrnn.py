@@ -17,6 +17,7 @@ from numba import prange
 
 from ..cells import Adapter, Tensor, uniform_
 from ._jit import block, kernel, parallel_kernel, threads
+from .activations import ZERO
 from .panels import add_thread_sums, thread_sums
 
 
@@ -62,7 +63,7 @@ def indrnn_backward(dxproj, du, dh, dhs, hs, u, n_blocks):
                 for j in range(H):
                     dh_t = carry[j] + up[j]
                     # h_t = relu(pre): the gradient passes where the unit is active
-                    dpre = dh_t if h[j] > 0.0 else 0.0
+                    dpre = dh_t if h[j] > ZERO else ZERO  # a float32 zero: 0.0 made dpre a float64
                     d[j] = dpre
                     # pre = xproj + u * h_{t-1}
                     dur[j] += dpre * h_prev[j]
