@@ -3,8 +3,8 @@ kernels, in characters per second, for T=100 steps and B=32 streams, one layer.
 
 Beside it: the achieved GFLOP/s of the matrix work (the cell's recurrent FLOPs, 6*H*G for a
 full (H,G) recurrent matrix, + 6*H*V output FLOPs per character: forward, input-gradient and
-weight-gradient products; 4*H*V where no layer trains, the ESN's, which has no use for the input
-gradient and leaves it out) as a share of the machine's float32 matrix-multiply rate (numpy,
+weight-gradient products; 4*H*V where no layer trains, the ESN's, which leaves out the gradient
+with respect to the states) as a share of the machine's float32 matrix-multiply rate (numpy,
 2048x2048, every core): of the best rate of the run ("of peak"), and of the rate measured just
 before the row ("of rate before"), which a virtual machine's drift over minutes moves with the
 row's own speed; and, if torch is installed, the same shapes through

@@ -298,8 +298,8 @@ class Stack:
     def output_grad(self, params, grads, c0, t1, scale, through_frozen=False):
         """Loss of steps [c0, t1) (sum, nats) and its gradient, times `scale`, into `grads` and
         into dhs of the top layer. Call after forward, before backward. When no layer trains (an
-        echo-state network), nothing reads dhs, and it is left out (a third of the output layer's
-        products) unless `through_frozen` asks for it, as backward's does."""
+        echo-state network), an update's backward reads nothing of dhs, and it is left out unless
+        `through_frozen` asks for it: a backward through the frozen layers (gradflow's) needs it."""
         _, out = self.layout.layer_views(params)
         _, gout = self.layout.layer_views(grads)
         h2d = self._stored_input(self.spec.layers, c0, t1)
@@ -328,7 +328,8 @@ class Stack:
 
         When no tensor of any layer trains (an echo-state network: only the output layer
         learns), there is nothing to compute below the output layer and this returns at once,
-        unless `through_frozen` asks for the state gradients anyway."""
+        unless `through_frozen` asks for the state gradients anyway; that refuses (ValueError)
+        after an output_grad that left the top layer's state gradients out."""
         if not through_frozen and self.layers_frozen:
             return self.dstate
         if self.top_grad_skipped:

@@ -147,7 +147,8 @@ def test_gradients_are_added_to_what_the_buffer_holds(cell, n_threads):
 def test_an_update_of_frozen_layers_leaves_out_only_the_states_gradient(cell, dropout, n_threads):
     """When no layer trains (the ESN), an update's output_grad leaves the top layer's state
     gradient out, the loss and the output layer's gradients the same as with it; a backward
-    asked to go through the frozen layers then refuses, instead of reading a stale gradient.
+    asked to go through the frozen layers then refuses, instead of reading a stale gradient, until
+    an output_grad computes it.
     A layer that trains (leaky units) gets its state gradient whether asked for or not."""
     T, B, H, V, L = 4, 5, 19, 7, 2
     spec, flat, ids, targets, state0 = make_case(cell, T, B, H, V, L)
@@ -171,6 +172,9 @@ def test_an_update_of_frozen_layers_leaves_out_only_the_states_gradient(cell, dr
         assert (dtop == 3.0).all()
         with pytest.raises(ValueError, match="through_frozen=True"):
             stack.backward(flat, grads, 1, T, through_frozen=True)
+        stack.output_grad(flat, np.zeros_like(flat), 1, T, 0.1, through_frozen=True)
+        np.testing.assert_array_equal(stack.dhs[-1], dtop_with)
+        stack.backward(flat, np.zeros_like(flat), 1, T, through_frozen=True)  # no longer refused
     else:
         np.testing.assert_array_equal(dtop, dtop_with)
 
