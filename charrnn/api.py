@@ -196,7 +196,8 @@ class TrainedModel:
         `charrnn sample` prints as it goes); read each to its end, or close it,
         before the next begins (else a CharrnnError; sampling.samples). Each starts from a
         fresh state; the random numbers run on from one to the next, so sample 1 is sample()'s
-        text. The options are checked at once, before anything is generated."""
+        text. The options are checked at once, before anything is generated. Reads from several
+        threads take turns, a piece at a time."""
         options = dict(length=_whole_number("length", length), temperature=_real_number("temperature", temperature),
                        top_k=_whole_number("top_k", top_k), top_p=_real_number("top_p", top_p),
                        prime=_require_str("prime=", "" if prime is None else prime), seed=_whole_number("seed", seed),

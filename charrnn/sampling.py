@@ -27,6 +27,7 @@ How a sample is made:
 """
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,25 +203,30 @@ def start_context(vocab: Vocab, doc_sep: str = "") -> np.ndarray:
 class _Begun:
     """An iterator of one sample's pieces that begins the sample at its first next(): a refusal
     then (not its turn) leaves it as it was, to be read once its turn comes, where a generator
-    that raised would be spent and read as an empty sample."""
+    that raised would be spent and read as an empty sample. The samples of one call share
+    `turns`, a lock: reads from several threads take turns, one piece at a time, where two
+    next() at once were a generator's `ValueError: already executing`, and two samples begun at
+    once could both pass begin's check and draw from one state."""
 
-    def __init__(self, begin):
-        self._begin, self._pieces, self._closed = begin, None, False
+    def __init__(self, begin, turns):
+        self._begin, self._turns, self._pieces, self._closed = begin, turns, None, False
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        if self._closed:  # as a closed generator: nothing more (one never begun: its numbers are skipped)
-            raise StopIteration
-        if self._pieces is None:
-            self._pieces = self._begin()
-        return next(self._pieces)
+        with self._turns:
+            if self._closed:  # as a closed generator: nothing more (one never begun: its numbers are skipped)
+                raise StopIteration
+            if self._pieces is None:
+                self._pieces = self._begin()
+            return next(self._pieces)
 
     def close(self):
-        self._closed = True
-        if self._pieces is not None:
-            self._pieces.close()
+        with self._turns:
+            self._closed = True
+            if self._pieces is not None:
+                self._pieces.close()
 
 
 def samples(sampler: Sampler, vocab: Vocab, length=500, prime="", seed=0, temperature=1.0, top_k=0,
@@ -292,7 +298,9 @@ def samples(sampler: Sampler, vocab: Vocab, length=500, prime="", seed=0, temper
             if turn["drawing"] == i:  # closed before its end, or stopped by a Ctrl-C
                 turn["drawing"] = None
 
-    return (_Begun(lambda i=i: begin(i)) for i in range(num_samples))
+    turns = threading.Lock()
+    # map, not a generator: several threads may take the samples at once
+    return map(lambda i: _Begun(lambda: begin(i), turns), range(num_samples))
 
 
 def sample_text(sampler, vocab, **options) -> list[str]:

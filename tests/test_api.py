@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from fractions import Fraction
 from pathlib import Path
 
@@ -853,6 +854,51 @@ def test_samples_of_a_stream_are_each_what_they_would_be_or_refused(model):
     first = next(a)
     assert "".join(b) == ["".join(p) for p in model.stream(100, seed=1, num_samples=2)][1]
     assert first + "".join(a) == model.sample(100, seed=1)
+
+
+def test_a_stream_read_from_many_threads_takes_turns(model):
+    """Its reads take turns: one sample's pieces read by four threads are each given once, the
+    sample's own; four threads each beginning a sample of one stream get each its sample's own
+    text, or the refusal for a sample begun while another is read. It was Python's `ValueError:
+    generator already executing`, and two samples begun at once could both pass the check and
+    draw from one state."""
+    n = 20_000  # many pieces: reads from the four threads meet
+    want = list(next(model.stream(n, seed=5)))  # the sample's pieces, read by one thread
+    for _ in range(3):
+        (sample,) = model.stream(n, seed=5)
+        pieces, errors = [], []
+
+        def read():
+            try:
+                for piece in sample:
+                    pieces.append(piece)
+            except Exception as e:  # noqa: BLE001 - any, reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=read) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        assert sorted(pieces) == sorted(want)
+    want = ["".join(p) for p in model.stream(2_000, seed=6, num_samples=4)]
+    for _ in range(3):
+        samples, got, refused = list(model.stream(2_000, seed=6, num_samples=4)), {}, []
+
+        def begin(i):
+            try:
+                got[i] = "".join(samples[i])
+            except CharrnnError as e:
+                refused.append(str(e))
+
+        threads = [threading.Thread(target=begin, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(got[i] == want[i] for i in got), "a sample begun beside another is another text"
+        assert len(got) + len(refused) == 4 and all("share one state" in m or "are spent" in m for m in refused)
 
 
 def test_a_sample_stopped_by_ctrl_c_or_closed_unbegun_leaves_the_later_ones_as_they_would_be(model, monkeypatch):
