@@ -11,7 +11,7 @@ import sys
 import warnings
 
 try:
-    from .distributed import HELD, stop_at_once_until_training, terminated_once
+    from .distributed import HELD, sigterm_as_ctrl_c, stop_at_once_until_training
 except KeyboardInterrupt:  # Ctrl-C in the first tenth of a second: no traceback of an import
     raise SystemExit(130)
 
@@ -97,11 +97,11 @@ def main():
         sys.stdout.reconfigure(errors="surrogateescape")
     if not HELD.holding and command_named(sys.argv[1:]) == "train":
         stop_at_once_until_training(one_process=True)
-    elif command_named(sys.argv[1:]) != "train" and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+    elif command_named(sys.argv[1:]) != "train":
         # any other command, SIGTERM (timeout's, a scheduler's) ends as Ctrl-C does: exit 130,
         # a file half written removed (outputs.write_output); by default it killed the process
         # without a word and left the file's temporary behind
-        signal.signal(signal.SIGTERM, terminated_once)
+        sigterm_as_ctrl_c()
     try:
         from . import cli
     except KeyboardInterrupt:  # one process (under a launcher, stops are held): as Ctrl-C ends it later

@@ -158,15 +158,23 @@ def stop_at_once_until_training(one_process: bool):
     charrnn/__main__.py, in one process; after MPI_Init, cli.main) at once with exit 130, as
     Ctrl-C does (KeyboardInterrupt): nothing is trained yet, nothing to save. Otherwise it would
     kill the command without a word, or go unheard (MPICH's MPI_Init takes it for itself). In one
-    process SIGTERM too (timeout's, a scheduler's), once (terminated_once): it killed the command
+    process SIGTERM too (timeout's, a scheduler's: sigterm_as_ctrl_c): it killed the command
     without a word and left the run folder made for it. Under a launcher SIGTERM keeps its
     default there: a launcher ending the other ranks of a failed job sends it, and they end
     without a word. A signal ignored on purpose stays so, as the run leaves it (Trainer.run).
     Returns the handlers it replaced, by signal."""
     replaced = taken_over([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else [], HELD.interrupt)
-    if one_process and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        replaced[signal.SIGTERM] = signal.signal(signal.SIGTERM, terminated_once)
+    if one_process:
+        replaced.update(sigterm_as_ctrl_c())
     return replaced
+
+
+def sigterm_as_ctrl_c() -> dict:
+    """SIGTERM ends the command as Ctrl-C does, once (terminated_once), where it has its default
+    (ignored on purpose or set outside Python, it stays so). The handler replaced, by signal."""
+    if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return {}
+    return {signal.SIGTERM: signal.signal(signal.SIGTERM, terminated_once)}
 
 
 def terminated_once(signum, frame):
