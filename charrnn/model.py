@@ -306,7 +306,7 @@ class Stack:
         n = h2d.shape[0]
         dlogits = self.logits[:n]
         into_h = through_frozen or not self.layers_frozen
-        self.top_grad_skipped = not into_h
+        self.top_grad_skipped = True  # until dhs[-1] is whole: an error below leaves it torn
         dtop = self.dhs[-1]
         if into_h:
             dtop[:c0] = 0.0  # steps without a counted prediction send nothing down
@@ -316,6 +316,7 @@ class Stack:
         L = self.spec.layers
         if into_h and self.masks[L] is not None:
             drop_grad(dtop[c0:t1], self.masks[L][c0:t1], threads())
+        self.top_grad_skipped = not into_h
         return float(self.row_loss[:n].sum(dtype=np.float64))
 
     # -- backward -----------------------------------------------------------------------------

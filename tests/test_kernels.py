@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import charrnn.kernels
+from charrnn import model
 
 from charrnn.cells import NAMES
 from charrnn.kernels.dropout import pcg64_fill
@@ -144,11 +145,11 @@ def test_gradients_are_added_to_what_the_buffer_holds(cell, n_threads):
 
 @pytest.mark.parametrize("cell", ["esn", "leaky"])
 @pytest.mark.parametrize("dropout", [0.0, 0.5])
-def test_an_update_of_frozen_layers_leaves_out_only_the_states_gradient(cell, dropout, n_threads):
+def test_an_update_of_frozen_layers_leaves_out_only_the_states_gradient(cell, dropout, n_threads, monkeypatch):
     """When no layer trains (the ESN), an update's output_grad leaves the top layer's state
     gradient out, the loss and the output layer's gradients the same as with it; a backward
     asked to go through the frozen layers then refuses, instead of reading a stale gradient, until
-    an output_grad computes it.
+    an output_grad computes it (one that fails part way does not).
     A layer that trains (leaky units) gets its state gradient whether asked for or not."""
     T, B, H, V, L = 4, 5, 19, 7, 2
     spec, flat, ids, targets, state0 = make_case(cell, T, B, H, V, L)
@@ -170,6 +171,15 @@ def test_an_update_of_frozen_layers_leaves_out_only_the_states_gradient(cell, dr
     assert (dtop_with[0] == 0.0).all() and not (dtop_with == 3.0).any()  # computed: step 0 counts nothing
     if cell == "esn":
         assert (dtop == 3.0).all()
+        with pytest.raises(ValueError, match="through_frozen=True"):
+            stack.backward(flat, grads, 1, T, through_frozen=True)
+        def failing(*args):
+            raise RuntimeError("the output layer failed")
+
+        with monkeypatch.context() as m:  # one that fails part way still leaves it out
+            m.setattr(model, "output_layer", failing)
+            with pytest.raises(RuntimeError, match="failed"):
+                stack.output_grad(flat, np.zeros_like(flat), 1, T, 0.1, through_frozen=True)
         with pytest.raises(ValueError, match="through_frozen=True"):
             stack.backward(flat, grads, 1, T, through_frozen=True)
         stack.output_grad(flat, np.zeros_like(flat), 1, T, 0.1, through_frozen=True)
