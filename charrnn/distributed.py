@@ -258,7 +258,7 @@ class Solo:
     def stop_together(self):
         """Every rank stops at this update, as they agreed (a stop signal; Trainer.run): the job
         can end as MPI programs do, each rank finalizing and exiting with the same code, instead
-        of by an abort, which under MPICH leaves its shared memory behind in /dev/shm."""
+        of by an abort."""
         self.stopped_together = True
 
     def dump_params(self, params):
@@ -324,6 +324,10 @@ class Mpi(Solo):
             sys.stdout = sys.stdout or open(1, "w", closefd=False)
             sys.stderr = sys.stderr or open(2, "w", closefd=False)
         self.node = comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this machine
+        # The split is collective: every rank has finished MPI_Init, which maps MPICH's segments,
+        # so their names can go now rather than at MPI_Finalize, which a job ended by a kill, or
+        # by its launcher's end (mpiexec | head: SIGPIPE), never reaches.
+        unlink_mapped_segments()
         self.node_size = self.node.Get_size()
         try:
             _set_threads(self.node)
@@ -483,11 +487,13 @@ SEGMENT_PREFIX = "/dev/shm/mpich_shm_"
 
 
 def unlink_mapped_segments(maps="/proc/self/maps"):
-    """Remove the names of the MPI segments this process maps (SEGMENT_PREFIX), as the job ends
-    in an error (unmute, abort): MPI_Abort leaves them in /dev/shm (MPICH 5: one a machine,
-    about 1 MB for each of its ranks), held in memory until someone removes them. A mapping
-    outlives its file's name, so ranks still running are not disturbed, and the last process
-    to unmap frees the memory. Where there is no such file to read (not Linux), nothing."""
+    """Remove the names of the MPI segments this process maps (SEGMENT_PREFIX), once every rank
+    has started (Mpi), and again as the job ends in an error (unmute, abort), for one that ends
+    before that: a job that never reaches MPI_Finalize (an abort, a kill) leaves them in
+    /dev/shm (MPICH 5: one a machine, about 1 MB for each of its ranks), held in memory until
+    someone removes them. A mapping outlives its file's name, so ranks still running are not
+    disturbed, and the last process to unmap frees the memory. Where there is no such file to
+    read (not Linux), nothing."""
     try:
         with open(maps) as f:  # a line: address, permissions, offset, device, inode, path
             paths = {line.split(None, 5)[5].rstrip("\n") for line in f if SEGMENT_PREFIX in line}

@@ -287,6 +287,23 @@ def shared_memory():
     return {p.name for p in shm.iterdir() if p.name.startswith(("mpich_shm_", "sm_segment"))} if shm.is_dir() else set()
 
 
+@needs_mpi
+@pytest.mark.skipif(OPEN_MPI, reason="MPICH's segments: Open MPI names its own")
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process in /proc")
+def test_a_job_killed_as_it_trains_leaves_no_shared_memory(corpus, tmp_path, aborted_jobs_leave_no_shared_memory):
+    # MPICH's segment stayed in /dev/shm until MPI_Finalize, which a job killed, or ended with
+    # its launcher (mpiexec | head: SIGPIPE), never reaches: a few MB of memory a job, held
+    # until someone removed them. Its name now goes once every rank has started
+    def kill_both(job):
+        for rank in (0, 1):
+            pid = _rank_pid(str(tmp_path), rank)
+            assert pid is not None, f"rank {rank} not found"
+            os.kill(pid, signal.SIGKILL)
+
+    code, _, _ = stop_training(corpus, tmp_path / "r", kill_both)
+    assert code != 0
+
+
 @pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="Linux's /dev/shm")
 def test_an_abort_removes_the_names_of_the_segments_it_maps(tmp_path):
     # a copy of /proc/self/maps naming an MPICH segment, one already removed, and other files
