@@ -163,7 +163,7 @@ class Stack:
         self.positions = np.arange(T * B, dtype=np.int32).reshape(T, B)
         self.dxproj = [aligned.zeros((T, B, G), dtype) for _ in range(L)]
         self.dhs = [aligned.zeros((T, B, H), dtype) for _ in range(L)]  # dLoss/dh_t from above
-        self.top_grad_skipped = False  # whether the last output_grad left dhs[-1] out (frozen layers)
+        self.top_grad_skipped = False  # whether dhs[-1] lacks the last output_grad's gradient (left out, or torn)
         self.dstate = [{k: aligned.zeros((B, H), dtype) for k in self.cell.states} for _ in range(L)]
         # Dropout sits on the input of every layer above the first and on the output layer's
         # input (as in char-rnn); index l = the input of layer l, index L = the output layer's.
@@ -329,12 +329,13 @@ class Stack:
 
         When no tensor of any layer trains (an echo-state network: only the output layer
         learns), there is nothing to compute below the output layer and this returns at once,
-        unless `through_frozen` asks for the state gradients anyway; that refuses (ValueError)
-        after an output_grad that left the top layer's state gradients out."""
+        unless `through_frozen` asks for the state gradients anyway. It refuses (ValueError) after
+        an output_grad that left the top layer's state gradients out, or failed part way."""
         if not through_frozen and self.layers_frozen:
             return self.dstate
         if self.top_grad_skipped:
-            raise ValueError("output_grad left the top layer's state gradients out: call it with through_frozen=True")
+            raise ValueError("output_grad left the top layer's state gradients out, or failed part way: call it "
+                             "again (with through_frozen=True where no layer trains)")
         layers, _ = self.layout.layer_views(params)
         glayers, _ = self.layout.layer_views(grads)
         H = self.spec.hidden

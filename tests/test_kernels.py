@@ -149,8 +149,9 @@ def test_an_update_of_frozen_layers_leaves_out_only_the_states_gradient(cell, dr
     """When no layer trains (the ESN), an update's output_grad leaves the top layer's state
     gradient out, the loss and the output layer's gradients the same as with it; a backward
     asked to go through the frozen layers then refuses, instead of reading a stale gradient, until
-    an output_grad computes it (one that fails part way does not).
-    A layer that trains (leaky units) gets its state gradient whether asked for or not."""
+    an output_grad computes it. A layer that trains (leaky units) gets its state gradient whether
+    asked for or not. An output_grad that fails part way leaves it torn: every backward that
+    would read it refuses."""
     T, B, H, V, L = 4, 5, 19, 7, 2
     spec, flat, ids, targets, state0 = make_case(cell, T, B, H, V, L)
     runs = []
@@ -173,20 +174,21 @@ def test_an_update_of_frozen_layers_leaves_out_only_the_states_gradient(cell, dr
         assert (dtop == 3.0).all()
         with pytest.raises(ValueError, match="through_frozen=True"):
             stack.backward(flat, grads, 1, T, through_frozen=True)
-        def failing(*args):
-            raise RuntimeError("the output layer failed")
-
-        with monkeypatch.context() as m:  # one that fails part way still leaves it out
-            m.setattr(model, "output_layer", failing)
-            with pytest.raises(RuntimeError, match="failed"):
-                stack.output_grad(flat, np.zeros_like(flat), 1, T, 0.1, through_frozen=True)
-        with pytest.raises(ValueError, match="through_frozen=True"):
-            stack.backward(flat, grads, 1, T, through_frozen=True)
-        stack.output_grad(flat, np.zeros_like(flat), 1, T, 0.1, through_frozen=True)
-        np.testing.assert_array_equal(stack.dhs[-1], dtop_with)
-        stack.backward(flat, np.zeros_like(flat), 1, T, through_frozen=True)  # no longer refused
     else:
         np.testing.assert_array_equal(dtop, dtop_with)
+
+    def failing(*args):
+        raise RuntimeError("the output layer failed")
+
+    with monkeypatch.context() as m:
+        m.setattr(model, "output_layer", failing)
+        with pytest.raises(RuntimeError, match="failed"):
+            stack.output_grad(flat, np.zeros_like(flat), 1, T, 0.1, through_frozen=True)
+    with pytest.raises(ValueError, match="failed part way"):
+        stack.backward(flat, grads, 1, T, through_frozen=True)
+    stack.output_grad(flat, np.zeros_like(flat), 1, T, 0.1, through_frozen=True)
+    np.testing.assert_array_equal(stack.dhs[-1], dtop_with)
+    stack.backward(flat, np.zeros_like(flat), 1, T, through_frozen=True)  # no longer refused
 
 
 @pytest.mark.parametrize("cell", CELLS)
