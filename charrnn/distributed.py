@@ -325,8 +325,8 @@ class Mpi(Solo):
             sys.stderr = sys.stderr or open(2, "w", closefd=False)
         self.node = comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this machine
         # The split is collective: every rank has finished MPI_Init, which maps MPICH's segments,
-        # so their names can go now rather than at MPI_Finalize, which a job ended by a kill, or
-        # by its launcher's end (mpiexec | head: SIGPIPE), never reaches.
+        # so their names can go now rather than at MPI_Finalize, which a job ended by an abort, a
+        # kill or its launcher's end (mpiexec | head: SIGPIPE) never reaches.
         unlink_mapped_segments()
         self.node_size = self.node.Get_size()
         try:
@@ -430,7 +430,6 @@ class Mpi(Solo):
         return {name: np.concatenate([a[name] for a in every], axis=1) for name in arrays}
 
     def unmute(self):
-        unlink_mapped_segments()  # an error ends the job, maybe by rank 0's abort in the wait below
         if self._stderr is not None:
             self._yield_to_root()
             _flushed(sys.stderr)
@@ -440,7 +439,6 @@ class Mpi(Solo):
         """End every rank of the job now, with exit code `code`, without MPI's own report (the
         error has been said in one line)."""
         HELD.ignore()  # a second Ctrl-C must not cut the waits below short
-        unlink_mapped_segments()  # first: another rank's abort may end this one in the waits below
         if not self.root:
             self._yield_to_root()
         _flushed(sys.stdout, sys.stderr)
@@ -482,25 +480,25 @@ def _flushed(*streams):
             pass
 
 
-# MPICH's shared-memory segments in /dev/shm, which stay linked until MPI_Finalize
-SEGMENT_PREFIX = "/dev/shm/mpich_shm_"
+# MPICH's shared-memory segments in /dev/shm, which stay linked until MPI_Finalize: its own, and
+# one more for its virtual communication interfaces where it runs several (MPIR_CVAR_CH4_NUM_VCIS)
+SEGMENT_PREFIXES = ("/dev/shm/mpich_shm_", "/dev/shm/mpich_vci_")
 
 
 def unlink_mapped_segments(maps="/proc/self/maps"):
-    """Remove the names of the MPI segments this process maps (SEGMENT_PREFIX), once every rank
-    has started (Mpi), and again as the job ends in an error (unmute, abort), for one that ends
-    before that: a job that never reaches MPI_Finalize (an abort, a kill) leaves them in
-    /dev/shm (MPICH 5: one a machine, about 1 MB for each of its ranks), held in memory until
-    someone removes them. A mapping outlives its file's name, so ranks still running are not
-    disturbed, and the last process to unmap frees the memory. Where there is no such file to
-    read (not Linux), nothing."""
+    """Remove the names of the MPI segments this process maps (SEGMENT_PREFIXES), once every rank
+    has started (Mpi): a job that never reaches MPI_Finalize, which would remove them (an
+    abort, a kill, its launcher's end), left them in /dev/shm (MPICH 5: one a machine, about
+    1 MB for each of its ranks), held in memory until someone removed them. A mapping outlives
+    its file's name, so the ranks run on undisturbed, and the last process to unmap frees the
+    memory. Where there is no such file to read (not Linux), nothing."""
     try:
         with open(maps) as f:  # a line: address, permissions, offset, device, inode, path
-            paths = {line.split(None, 5)[5].rstrip("\n") for line in f if SEGMENT_PREFIX in line}
+            paths = {line.split(None, 5)[5].rstrip("\n") for line in f if any(p in line for p in SEGMENT_PREFIXES)}
     except OSError:
         return
     for path in paths:
-        if path.startswith(SEGMENT_PREFIX) and not path.endswith(" (deleted)"):
+        if path.startswith(SEGMENT_PREFIXES) and not path.endswith(" (deleted)"):
             try:
                 os.unlink(path)
             except OSError:  # another rank of the job removed it first, or it is not ours to remove
