@@ -248,14 +248,15 @@ def train(
     from .cells import check_options_read
     from .config import TrainConfig, check_schedule_options
     from .corpus import check_encoding, model_text
-    from .distributed import error_prefix, world
+    from .distributed import error_prefix, refuse_together, world
     from .train import Interrupted, Trainer, check_new_run_dir, fine_tune_settings, new_run_dir, remove_if_empty
 
     job = world()
     speaks = job.root  # under MPI rank 0 speaks for every rank
     doing = "resumes a run" if resume is not None else "starts a new run"
-    if job.from_root(doing) != doing:  # (mpiexec's A : B) before either waits in a collective the other never joins
-        raise CharrnnError(f"this rank {doing}, and rank 0 does not; launch every rank with the same command line")
+    # (mpiexec's A : B) before either waits in a collective the other never joins
+    refuse_together(f"this rank {doing}, and rank 0 does not; launch every rank with the same command line"
+                    if job.from_root(doing) != doing else None)
     # notes on what the run reads and changes (files left out, a batch shrunk) show under -q too
     note = _note if speaks else (lambda *a: None)
     quiet = quiet or not speaks

@@ -247,6 +247,10 @@ class Solo:
         """Rank 0's `value` (a picklable object)."""
         return value
 
+    def every(self, value):
+        """Every rank's `value` (a picklable object), in rank order, on every rank."""
+        return [value]
+
     def gather_rows(self, arrays):
         """{name: array with the streams on axis 1}: every rank's rows, in rank order, on rank 0;
         None on the other ranks."""
@@ -421,6 +425,9 @@ class Mpi(Solo):
     def from_root(self, value):
         return self.comm.bcast(value, root=0)
 
+    def every(self, value):
+        return self.comm.allgather(value)
+
     def gather_rows(self, arrays):
         import numpy as np
 
@@ -503,6 +510,19 @@ def unlink_mapped_segments(maps="/proc/self/maps"):
                 os.unlink(path)
             except OSError:  # another rank of the job removed it first, or it is not ours to remove
                 pass
+
+
+def refuse_together(refusal):
+    """Raise CharrnnError(refusal) on every rank if any rank has one (a str; None where its check
+    passed). Rank 0, which speaks for the job, says the first such rank's, "rank R: " before it,
+    and its abort ends the job; the others yield to it (Mpi.unmute). Where only the refusing
+    rank stopped, rank 0 went on into the run and made its folder, which the abort left behind
+    half made. A collective: every rank calls it at the same point."""
+    w = world()
+    refusals = w.every(refusal)
+    first = next((r for r, said in enumerate(refusals) if said), None)
+    if first is not None:
+        raise CharrnnError(refusals[w.rank] or f"rank {first}: {refusals[first]}")
 
 
 def error_prefix():

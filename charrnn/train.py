@@ -998,9 +998,11 @@ def _same_run_on_every_rank(cfg, vocab, train_chars):
     """Under MPI every rank must run the same run: settings, characters and text. A rank given
     other settings (launched with another command line, as mpiexec's A : B allows) or another
     text would go its own way, and the ranks would wait for each other for ever in their next
-    all-reduce. Each rank compares its own with rank 0's before the first."""
+    all-reduce. Each rank compares its own with rank 0's before the first, and every rank stops
+    where one differs (distributed.refuse_together)."""
     mine = {**cfg.to_dict(), "vocabulary": vocab.to_json(), "training characters": train_chars}
     differ = _unlike_rank_0(mine)
+    refusal = None
     if differ:
         text = {"vocabulary", "training characters"}
         said = ["its text is another"] if text & set(differ) else []
@@ -1008,8 +1010,9 @@ def _same_run_on_every_rank(cfg, vocab, train_chars):
             if k not in text:
                 ours, rank_0 = _shown_apart(mine[k], theirs)
                 said.append(f"{as_flag(k, ours)} (rank 0: {rank_0})")
-        raise CharrnnError(f"this rank's run is not rank 0's: {', '.join(said)}; launch every rank with the same "
-                           "command line, in a folder on a file system they all see")
+        refusal = (f"this rank's run is not rank 0's: {', '.join(said)}; launch every rank with the same command line, "
+                   "in a folder on a file system they all see")
+    distributed.refuse_together(refusal)
 
 
 def _read_by_every_rank(path, meta):
@@ -1017,9 +1020,9 @@ def _read_by_every_rank(path, meta):
     one (a run folder that each machine holds a copy of, one copy older) would go its own way,
     and the ranks would wait for each other at 100% CPU for ever in their next all-reduce: the
     document it read must be rank 0's."""
-    if _unlike_rank_0({"checkpoint": hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()}):
-        raise CharrnnError(f"{path} here is not the checkpoint rank 0 read; every rank must resume the same run, "
-                           "from a folder on a file system they all see")
+    unlike = _unlike_rank_0({"checkpoint": hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()})
+    distributed.refuse_together(f"{path} here is not the checkpoint rank 0 read; every rank must resume the same run, "
+                                "from a folder on a file system they all see" if unlike else None)
 
 
 def new_run_dir(cfg: TrainConfig) -> Path:

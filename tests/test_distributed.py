@@ -811,11 +811,15 @@ def test_ranks_that_read_different_checkpoints_are_stopped_before_they_wait_for_
 
 
 @needs_mpi
+@pytest.mark.parametrize("name", [["--run", "r"], []])
 def test_ranks_launched_with_other_settings_are_stopped_before_they_wait_for_each_other(
-        corpus, tmp_path, aborted_jobs_leave_no_shared_memory):
+        corpus, tmp_path, aborted_jobs_leave_no_shared_memory, name):
     # mpiexec's A : B launches ranks with command lines of their own: ranks with other limits
-    # trained on past each other and waited for ever at 100% CPU
-    cmd = [sys.executable, "-m", "charrnn", "train", str(corpus), *MODEL, "--out-dir", str(tmp_path), "--run", "r"]
+    # trained on past each other and waited for ever at 100% CPU. Then only the refusing rank
+    # stopped: rank 0 went on and made the run's folder (with its lock and an empty log, or
+    # under a name of its own choosing), which the abort left behind
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "charrnn", "train", str(corpus), *MODEL, "--out-dir", str(runs), *name]
     r = subprocess.run([MPIEXEC, *LAUNCH, "-n", "1", *cmd, "--max-steps", "2", ":", "-n", "1", *cmd, "--max-steps", "3"],
                        capture_output=True, text=True, timeout=240,
                        env=dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="300", **LAUNCH_ENV))
@@ -823,6 +827,7 @@ def test_ranks_launched_with_other_settings_are_stopped_before_they_wait_for_eac
     assert charrnn_lines(r.stderr) == [
         "error: rank 1: this rank's run is not rank 0's: --max-steps 3 (rank 0: 2); launch every rank with the same "
         "command line, in a folder on a file system they all see"], r.stderr
+    assert not runs.exists()
 
 
 @needs_mpi
@@ -830,10 +835,11 @@ def test_ranks_launched_with_other_settings_are_stopped_before_they_wait_for_eac
 def test_ranks_one_resuming_and_one_starting_a_run_are_stopped(corpus, tmp_path, aborted_jobs_leave_no_shared_memory,
                                                                first):
     # rank 0 starting a new run, rank 1 resuming: each waited in a collective the other never
-    # joined, for ever; the other way round, rank 1's line read "(rank 0: None)" for every option
+    # joined, for ever; the other way round, rank 1's line read "(rank 0: None)" for every option.
+    # Rank 0 starting one went on to make its folder, which the abort left behind
     ok(launch(1, corpus, tmp_path / "done", "--max-steps", 1))
-    new = [sys.executable, "-m", "charrnn", "train", str(corpus), *MODEL, "--max-steps", "2", "--out-dir", str(tmp_path),
-           "--run", "r"]
+    runs = tmp_path / "runs"
+    new = [sys.executable, "-m", "charrnn", "train", str(corpus), *MODEL, "--max-steps", "2", "--out-dir", str(runs)]
     again = [sys.executable, "-m", "charrnn", "train", "--resume", str(tmp_path / "done"), "--max-steps", "2"]
     ranks = (new, again) if first == "new" else (again, new)
     r = subprocess.run([MPIEXEC, *LAUNCH, "-n", "1", *ranks[0], ":", "-n", "1", *ranks[1]], capture_output=True,
@@ -841,6 +847,7 @@ def test_ranks_one_resuming_and_one_starting_a_run_are_stopped(corpus, tmp_path,
     doing = "resumes a run" if first == "new" else "starts a new run"
     assert r.returncode == 1 and charrnn_lines(r.stderr) == [
         f"error: rank 1: this rank {doing}, and rank 0 does not; launch every rank with the same command line"], r.stderr
+    assert not runs.exists()
 
 
 NO_MPI4PY = "an MPI launcher started this as one of 2 processes, but mpi4py is not installed; install it with pip"
