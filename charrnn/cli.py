@@ -1014,7 +1014,7 @@ def _said_written(path, failed):
         out.print(controls_escaped(f"wrote {path}"), markup=False, highlight=False)
 
 
-def _print_error(message: str):
+def _print_error(message: str, rank=None):
     """The error line; none after a stop signal: C code that the interrupt cut short (an import)
     can turn it into another error, which is no failure of the command's (cli.main then exits
     130, the stop's code; distributed.StopsHeld.interrupt). None either where stderr cannot be
@@ -1026,7 +1026,7 @@ def _print_error(message: str):
     if HELD.seen:
         return
     try:
-        err.print(Text.assemble(("error:", "bold red"), " ", error_prefix() + one_line(message)), highlight=False)
+        err.print(Text.assemble(("error:", "bold red"), " ", error_prefix(rank) + one_line(message)), highlight=False)
     except OSError:
         pass
 
@@ -1148,7 +1148,7 @@ def _main():
             raise CharrnnError("standard output is closed (>&-): there is nowhere to write the result")
         code = app(standalone_mode=False)  # usage errors come here, to be said in one line
     except CharrnnError as e:
-        _print_error(str(e))
+        _print_error(str(e), getattr(e, "rank", None))  # a Refused names the rank that refused
         raise SystemExit(e.exit_code)
     except OSError as e:
         _print_error(str(_not_written(e)) if _raised_by_typer(e) else os_error_message(e))

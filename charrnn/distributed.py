@@ -512,26 +512,36 @@ def unlink_mapped_segments(maps="/proc/self/maps"):
                 pass
 
 
+class Refused(CharrnnError):
+    """A rank's refusal, raised on every rank (refuse_together): its line names that rank,
+    whichever rank says it."""
+
+    def __init__(self, message, rank):
+        super().__init__(message)
+        self.rank = rank
+
+
 def refuse_together(refusal):
-    """Raise CharrnnError(refusal) on every rank if any rank has one (a str; None where its check
-    passed). Rank 0, which speaks for the job, says the first such rank's, "rank R: " before it,
-    and its abort ends the job; the others yield to it (Mpi.unmute). Where only the refusing
-    rank stopped, rank 0 went on into the run and made its folder, which the abort left behind
-    half made. A collective: every rank calls it at the same point."""
-    w = world()
-    refusals = w.every(refusal)
+    """Raise Refused on every rank if any rank has a refusal (a str; None where its check
+    passed), the first such rank's: no rank goes on into the run (rank 0 would make its folder)
+    while the refusing one waits to end the job. Rank 0 says it, and its abort ends the job;
+    the others yield to it (Mpi.unmute). A collective: every rank calls it at the same point."""
+    refusals = world().every(refusal)
     first = next((r for r, said in enumerate(refusals) if said), None)
     if first is not None:
-        raise CharrnnError(refusals[w.rank] or f"rank {first}: {refusals[first]}")
+        raise Refused(refusals[first], first)
 
 
-def error_prefix():
-    """'rank R: ' before an error said by a rank other than 0, after letting it be heard."""
+def error_prefix(rank=None):
+    """'rank R: ' before an error said by a rank other than 0, after letting it be heard; with
+    `rank`, the rank it is about (Refused), whichever rank says it."""
     w = _world
-    if w is None or w.root:
+    if w is None:
         return ""
-    w.unmute()
-    return f"rank {w.rank}: "
+    if not w.root:
+        w.unmute()
+    about = w.rank if rank is None else rank
+    return f"rank {about}: " if about else ""
 
 
 # mpi4py's names (MPI.get_vendor) of the MPIs of MPICH's family, which speak PMI-1/2 to their

@@ -116,6 +116,7 @@ class Trainer:
         self.cfg, self.run_dir, self.say = cfg, Path(run_dir), say
         self.show = say  # the samples taken while training (the CLI's -q mutes them, not the notes)
         self.world = distributed.world()
+        _same_run_on_every_rank(cfg)
         resuming = vocab is not None  # (a fine-tune's vocabulary is made below)
         if corpus is None:
             # a fine-tune's text, for the trained model (its --encoding is of the model's kind)
@@ -994,13 +995,17 @@ def _unlike_rank_0(mine: dict) -> dict:
     return {k: root.get(k) for k in mine if mine[k] != root.get(k)}
 
 
-def _same_run_on_every_rank(cfg, vocab, train_chars):
+def _same_run_on_every_rank(cfg, vocab=None, train_chars=None):
     """Under MPI every rank must run the same run: settings, characters and text. A rank given
     other settings (launched with another command line, as mpiexec's A : B allows) or another
     text would go its own way, and the ranks would wait for each other for ever in their next
-    all-reduce. Each rank compares its own with rank 0's before the first, and every rank stops
-    where one differs (distributed.refuse_together)."""
-    mine = {**cfg.to_dict(), "vocabulary": vocab.to_json(), "training characters": train_chars}
+    all-reduce, or before it: a fine-tune renumbers its text in a collective of its own. Each
+    rank compares its settings with rank 0's before it reads the text (vocab None), then its
+    settings and text before the first all-reduce; every rank stops where one differs
+    (distributed.refuse_together)."""
+    mine = {**cfg.to_dict(), "corpus": [str(Path(p).resolve()) for p in cfg.corpus]}
+    if vocab is not None:
+        mine.update({"vocabulary": vocab.to_json(), "training characters": train_chars})
     differ = _unlike_rank_0(mine)
     refusal = None
     if differ:
@@ -1021,18 +1026,20 @@ def _read_by_every_rank(path, meta):
     and the ranks would wait for each other at 100% CPU for ever in their next all-reduce: the
     document it read must be rank 0's."""
     unlike = _unlike_rank_0({"checkpoint": hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()})
-    distributed.refuse_together(f"{path} here is not the checkpoint rank 0 read; every rank must resume the same run, "
-                                "from a folder on a file system they all see" if unlike else None)
+    refusal = (f"{path} here is not the checkpoint rank 0 read; every rank must resume the same run, from a folder "
+               "on a file system they all see")
+    distributed.refuse_together(refusal if unlike else None)
 
 
 def new_run_dir(cfg: TrainConfig) -> Path:
     """OUT_DIR/RUN; without --run, CELL-DATE-TIME, with -2, -3... if a run started in the same
     second holds that name (rank 0's choice under MPI). That folder is made here, which claims
-    the name: runs of a sweep started together each get their own (remove_if_empty undoes it)."""
-    if cfg.run:
-        return Path(cfg.out_dir) / cfg.run
+    the name: runs of a sweep started together each get their own (remove_if_empty undoes it).
+    Under MPI every rank meets here, --run or not: ranks launched one with it and one without
+    waited in different collectives (their settings are refused after, _same_run_on_every_rank)."""
     world = distributed.world()
-    return Path(cfg.out_dir) / world.from_root(_claimed_name(Path(cfg.out_dir), cfg.cell) if world.root else None)
+    name = world.from_root(_claimed_name(Path(cfg.out_dir), cfg.cell) if world.root and not cfg.run else None)
+    return Path(cfg.out_dir) / (cfg.run or name or "")  # ("": rank 0's has --run, this one's not: refused after)
 
 
 def _claimed_name(out_dir: Path, cell: str) -> str:
@@ -1069,7 +1076,8 @@ def remove_if_empty(folders) -> None:
 
 
 def _shown(value):
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    # an empty setting (--run or --init-from not given) as '', where it would show as nothing
+    return f"{value:g}" if isinstance(value, float) else str(value) if value != "" else "''"
 
 
 def _shown_apart(a, b):

@@ -316,6 +316,35 @@ def test_a_job_killed_as_it_trains_leaves_no_shared_memory(corpus, tmp_path, abo
     assert code != 0
 
 
+class _Ranks(distributed.Solo):
+    """A world of three whose ranks' refusals are `refusals`, seen from rank `rank`."""
+
+    size = 3
+
+    def __init__(self, rank, refusals):
+        self.rank, self.refusals = rank, refusals
+
+    def every(self, value):
+        return self.refusals
+
+
+@pytest.mark.parametrize("rank", [0, 1, 2])
+def test_a_refusal_is_raised_on_every_rank_and_names_the_rank_that_refused(monkeypatch, capsys, rank):
+    # every rank raises the refusal of rank 2 (the first with one), and its line names rank 2
+    # whichever rank says it: a rank that had none said "rank 1: rank 2: ..." (it names itself)
+    from charrnn import cli
+
+    monkeypatch.setattr(distributed, "_world", _Ranks(rank, [None, None, "its text is another"]))
+    with pytest.raises(distributed.Refused) as raised:
+        distributed.refuse_together("its text is another" if rank == 2 else None)
+    assert (str(raised.value), raised.value.rank) == ("its text is another", 2)
+    monkeypatch.setattr(cli, "err", cli._Console(stderr=True, width=300))
+    cli._print_error(str(raised.value), raised.value.rank)
+    assert capsys.readouterr().err == "error: rank 2: its text is another\n"
+    monkeypatch.setattr(distributed, "_world", _Ranks(rank, [None, None, None]))
+    distributed.refuse_together(None)  # none refused: nothing raised
+
+
 @pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="Linux's /dev/shm")
 def test_a_rank_removes_the_names_of_the_segments_it_maps(tmp_path):
     # a copy of /proc/self/maps naming MPICH's two kinds of segment, one already removed, and
@@ -827,6 +856,31 @@ def test_ranks_launched_with_other_settings_are_stopped_before_they_wait_for_eac
     assert charrnn_lines(r.stderr) == [
         "error: rank 1: this rank's run is not rank 0's: --max-steps 3 (rank 0: 2); launch every rank with the same "
         "command line, in a folder on a file system they all see"], r.stderr
+    assert not runs.exists()
+
+
+@needs_mpi
+@pytest.mark.parametrize("rank_0, rank_1, said", [
+    (["--run", "r"], [], "--run '' (rank 0: r)"),
+    ([], ["--run", "r"], "--run r (rank 0: '')"),
+    (["--init-from", "DONE"], [], "--init-from '' (rank 0: DONE/best.npz)"),
+])
+def test_ranks_launched_one_with_an_option_and_one_without_are_stopped(
+        corpus, tmp_path, aborted_jobs_leave_no_shared_memory, rank_0, rank_1, said):
+    # ranks whose paths part before their settings were compared: one with --run and one without
+    # waited in different collectives, for ever (or rank 1 failed with an internal error), as
+    # did a fine-tune on rank 0 alone, which renumbers its text in a collective of its own
+    done = tmp_path / "done"
+    ok(launch(1, corpus, done, "--max-steps", 1))
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "charrnn", "train", str(corpus), *MODEL, "--max-steps", "2", "--out-dir", str(runs)]
+    options = [[str(done) if a == "DONE" else a for a in given] for given in (rank_0, rank_1)]
+    r = subprocess.run([MPIEXEC, *LAUNCH, "-n", "1", *cmd, *options[0], ":", "-n", "1", *cmd, *options[1]],
+                       capture_output=True, text=True, timeout=240,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="300", **LAUNCH_ENV))
+    assert r.returncode == 1 and charrnn_lines(r.stderr) == [
+        f"error: rank 1: this rank's run is not rank 0's: {said.replace('DONE', str(done))}; launch every rank with "
+        "the same command line, in a folder on a file system they all see"], r.stderr
     assert not runs.exists()
 
 
