@@ -250,6 +250,7 @@ def train(
     from .corpus import check_encoding, model_text
     from .distributed import error_prefix, refuse_together, world
     from .train import Interrupted, Trainer, check_new_run_dir, fine_tune_settings, new_run_dir, remove_if_empty
+    from .train import same_run_on_every_rank
 
     job = world()
     speaks = job.root  # under MPI rank 0 speaks for every rank
@@ -291,6 +292,7 @@ def train(
         check_schedule_options(given, cfg.schedule, "" if "schedule" in given else " (the default)")
         cfg.validate().check_stopping()  # before the text is read
         cfg.check_run_name(given="run" in given)
+        same_run_on_every_rank(cfg)  # before rank 0 claims a folder that another rank's refusal would leave
         runs = Path(cfg.out_dir)
         made = [folder for folder in (runs, *runs.parents) if not folder.exists()]  # by new_run_dir, if it names the run
         run_dir = new_run_dir(cfg)

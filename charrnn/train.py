@@ -116,7 +116,6 @@ class Trainer:
         self.cfg, self.run_dir, self.say = cfg, Path(run_dir), say
         self.show = say  # the samples taken while training (the CLI's -q mutes them, not the notes)
         self.world = distributed.world()
-        _same_run_on_every_rank(cfg)
         resuming = vocab is not None  # (a fine-tune's vocabulary is made below)
         if corpus is None:
             # a fine-tune's text, for the trained model (its --encoding is of the model's kind)
@@ -164,7 +163,7 @@ class Trainer:
         self.params = init_params(self.spec, self.rng, np.float32)
         if base is not None:  # the trained model; a fresh model's rows for the characters it lacked
             transplant(base.spec, base.params, self.spec, self.params)
-        _same_run_on_every_rank(cfg, self.vocab, len(self.train_ids))
+        same_run_on_every_rank(cfg, self.vocab, len(self.train_ids))
         self.world.bcast(self.params)  # every rank starts from rank 0's model
         self._synced_at = None  # the update whose model every rank last took from rank 0
         self.grads = np.zeros_like(self.params)
@@ -995,15 +994,16 @@ def _unlike_rank_0(mine: dict) -> dict:
     return {k: root.get(k) for k in mine if mine[k] != root.get(k)}
 
 
-def _same_run_on_every_rank(cfg, vocab=None, train_chars=None):
+def same_run_on_every_rank(cfg, vocab=None, train_chars=None):
     """Under MPI every rank must run the same run: settings, characters and text. A rank given
     other settings (launched with another command line, as mpiexec's A : B allows) or another
     text would go its own way, and the ranks would wait for each other for ever in their next
-    all-reduce, or before it: a fine-tune renumbers its text in a collective of its own. Each
-    rank compares its settings with rank 0's before it reads the text (vocab None), then its
-    settings and text before the first all-reduce; every rank stops where one differs
-    (distributed.refuse_together)."""
-    mine = {**cfg.to_dict(), "corpus": [str(Path(p).resolve()) for p in cfg.corpus]}
+    all-reduce, or before it (--run on one rank only; a fine-tune renumbers its text in a
+    collective of its own). Each rank compares its settings alone with rank 0's before a new
+    run's folder is claimed and its text read (cli.train), then its settings and text before the
+    first all-reduce (Trainer); every rank stops where one differs (distributed.refuse_together)."""
+    # realpath, not Path.resolve: a corpus in a loop of links is the text's reader's to refuse
+    mine = {**cfg.to_dict(), "corpus": [os.path.realpath(p) for p in cfg.corpus]}
     if vocab is not None:
         mine.update({"vocabulary": vocab.to_json(), "training characters": train_chars})
     differ = _unlike_rank_0(mine)
@@ -1035,11 +1035,12 @@ def new_run_dir(cfg: TrainConfig) -> Path:
     """OUT_DIR/RUN; without --run, CELL-DATE-TIME, with -2, -3... if a run started in the same
     second holds that name (rank 0's choice under MPI). That folder is made here, which claims
     the name: runs of a sweep started together each get their own (remove_if_empty undoes it).
-    Under MPI every rank meets here, --run or not: ranks launched one with it and one without
-    waited in different collectives (their settings are refused after, _same_run_on_every_rank)."""
+    Under MPI, after the ranks' settings are known to agree (same_run_on_every_rank): with
+    --run on one rank only, they would wait in different collectives."""
+    if cfg.run:
+        return Path(cfg.out_dir) / cfg.run
     world = distributed.world()
-    name = world.from_root(_claimed_name(Path(cfg.out_dir), cfg.cell) if world.root and not cfg.run else None)
-    return Path(cfg.out_dir) / (cfg.run or name or "")  # ("": rank 0's has --run, this one's not: refused after)
+    return Path(cfg.out_dir) / world.from_root(_claimed_name(Path(cfg.out_dir), cfg.cell) if world.root else None)
 
 
 def _claimed_name(out_dir: Path, cell: str) -> str:
@@ -1076,7 +1077,7 @@ def remove_if_empty(folders) -> None:
 
 
 def _shown(value):
-    # an empty setting (--run or --init-from not given) as '', where it would show as nothing
+    # an empty setting (--run or --init-from not given, --doc-sep '') as '', not as nothing
     return f"{value:g}" if isinstance(value, float) else str(value) if value != "" else "''"
 
 

@@ -19,7 +19,7 @@ from charrnn.config import DOC_SEP, TrainConfig
 from charrnn.cli import app
 from charrnn.corpus import list_files, read_corpus
 from charrnn.errors import CharrnnError
-from charrnn.train import Trainer
+from charrnn.train import Trainer, same_run_on_every_rank
 from test_hostile import main_exits
 from test_train import TEXT, config
 
@@ -171,6 +171,14 @@ def test_a_link_that_loops_is_one_line(tree, inputs):
         return
     with pytest.raises(CharrnnError, match=f"^cannot read {tree / 'loop'}: Too many levels of symbolic links"):
         read_corpus([tree / name for name in inputs])
+
+
+def test_the_ranks_settings_check_takes_a_link_that_loops(tree):
+    # the ranks' settings, compared before the text is read (same_run_on_every_rank), resolved the
+    # corpus's names with Path.resolve, which raised RuntimeError on a loop: an internal error,
+    # where reading the text then says it in one line (above)
+    os.symlink("loop", tree / "loop")
+    same_run_on_every_rank(TrainConfig(corpus=[str(tree / "loop")]))  # one process: nothing to refuse
 
 
 def test_a_folder_given_twice_is_read_and_counted_once(tree):
