@@ -123,7 +123,7 @@ class Trainer:
                                   cfg.encoding if cfg.init_from else None)
             for note in corpus.notes:
                 say(note)
-        cfg.corpus = [str(Path(p).resolve()) for p in cfg.corpus]  # a resume may start anywhere
+        cfg.corpus = [os.path.realpath(p) for p in cfg.corpus]  # a resume may start anywhere
         self.corpus_info = corpus.info()
         base = None
         if vocab is None and cfg.init_from:
@@ -1002,7 +1002,7 @@ def same_run_on_every_rank(cfg, vocab=None, train_chars=None):
     collective of its own). Each rank compares its settings alone with rank 0's before a new
     run's folder is claimed and its text read (cli.train), then its settings and text before the
     first all-reduce (Trainer); every rank stops where one differs (distributed.refuse_together)."""
-    # realpath, not Path.resolve: a corpus in a loop of links is the text's reader's to refuse
+    # as Trainer keeps them; realpath, not Path.resolve: a loop of links is the text's reader's to refuse
     mine = {**cfg.to_dict(), "corpus": [os.path.realpath(p) for p in cfg.corpus]}
     if vocab is not None:
         mine.update({"vocabulary": vocab.to_json(), "training characters": train_chars})
