@@ -53,10 +53,9 @@ class RunLock:
             holder = os.read(fd, 32).decode("ascii", "replace").strip()
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                pid = f" (pid {holder})" if holder.isdigit() else ""
                 advice = "then resume the run" if resuming else "or choose another --run name"
-                raise CharrnnError(f"{self.run_dir} is in use by another charrnn process{pid}; wait for it to "
-                                   f"finish, {advice}") from None
+                raise CharrnnError(f"{self.run_dir} is in use by another charrnn process{pid_shown(holder)}; wait "
+                                   f"for it to finish, {advice}") from None
             raise CharrnnError(os_error_message(e, path)) from None
         try:
             os.ftruncate(fd, 0)
@@ -74,6 +73,34 @@ class RunLock:
 
     def __del__(self):
         self.release()
+
+
+def held_by(run_dir):
+    """What the process holding run_dir's lock wrote in it (its pid), if another process holds
+    it; None where none does, or this one does (its own pid). The lock is taken and let go at
+    once where it is free: a probe, for a message."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:  # no lock file: no trainer has held it
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return None
+        holder = os.read(fd, 32).decode("ascii", "replace").strip()
+        return None if holder == str(os.getpid()) else holder
+    finally:
+        os.close(fd)
+
+
+def pid_shown(holder) -> str:
+    """' (pid N)' for a lock's holder that wrote its pid, for a message; '' otherwise."""
+    return f" (pid {holder})" if holder.isdigit() else ""
 
 
 def open_run_file(path: Path, flags: int) -> int:

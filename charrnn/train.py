@@ -34,7 +34,7 @@ from .errors import CharrnnError, UsageError, as_flag, file_in_the_way, flag, os
 from .evaluate import Abandoned, bits, evaluate
 from .model import ModelSpec, Stack, init_params, transplant
 from .optim import Optimizer, clip_by_norm, clip_by_value, learning_rate
-from .runlock import RunLock, open_run_file
+from .runlock import RunLock, held_by, open_run_file, pid_shown
 from .schema import TRAINING, TRAINING_META
 from .tbptt import Scheduler
 
@@ -980,6 +980,11 @@ def check_new_run_dir(run_dir: Path) -> None:
         raise CharrnnError(f"cannot make the run folder {run_dir}: {in_the_way} is a file, not a folder; choose "
                            "another --out-dir or --run name")
     if any((run_dir / f"{name}.npz").exists() for name in ("latest", "best")):
+        holder = held_by(run_dir)
+        if holder is not None:  # --resume now would be refused too
+            raise CharrnnError(f"{run_dir} holds a run that another charrnn process{pid_shown(holder)} is training; "
+                               f"wait for it to finish, then continue it with --resume {run_dir}, or choose another "
+                               "--run name")
         raise CharrnnError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                            f"or choose another --run name")
     for name, step in ((METRICS_FILE, _record_step), (SAMPLES_FILE, _sample_step)):

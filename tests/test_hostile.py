@@ -954,8 +954,11 @@ def test_a_run_is_trained_by_one_process_at_a_time(corpus, tmp_path):
             fresh.run()
         r = runner.invoke(app, ["train", str(corpus), *TINY, "--max-steps", "3", "--out-dir", str(tmp_path),
                                 "--run", "r"])
-        # the command asks first whether the folder may take a new run: it holds one
-        assert r.exit_code == 1 and "already holds a run" in str(r.exception)
+        # the command asks first whether the folder may take a new run: it holds one, in use (its
+        # advice was --resume, which the lock then refused)
+        assert r.exit_code == 1 and str(r.exception) == (
+            f"{run_dir} holds a run that another charrnn process (pid {other.pid}) is training; wait for it to "
+            f"finish, then continue it with --resume {run_dir}, or choose another --run name")
         # a new run into a folder that holds none yet, but is locked: the lock says so
         empty = tmp_path / "new"
         empty.mkdir()
