@@ -1017,7 +1017,10 @@ def same_run_on_every_rank(cfg, vocab=None, train_chars=None):
         text = {"vocabulary", "training characters"}
         said = ["its text is another"] if text & set(differ) else []
         for k, theirs in differ.items():
-            if k not in text:
+            if k == "corpus":  # an argument, not an option: no --corpus
+                ours, rank_0 = (" ".join(files) or "the shipped text" for files in (mine[k], theirs))
+                said.append(f"the text {ours} (rank 0: {rank_0})")
+            elif k not in text:
                 ours, rank_0 = _shown_apart(mine[k], theirs)
                 said.append(f"{as_flag(k, ours)} (rank 0: {rank_0})")
         refusal = (f"this rank's run is not rank 0's: {', '.join(said)}; launch every rank with the same command line, "

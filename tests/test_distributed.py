@@ -864,6 +864,7 @@ def test_ranks_launched_with_other_settings_are_stopped_before_they_wait_for_eac
     (["--run", "r"], [], "--run '' (rank 0: r)"),
     ([], ["--run", "r"], "--run r (rank 0: '')"),
     (["--init-from", "DONE"], [], "--init-from '' (rank 0: DONE/best.npz)"),
+    ([], ["OTHER"], "the text CORPUS OTHER (rank 0: CORPUS)"),  # an argument: there is no --corpus
 ])
 def test_ranks_launched_one_with_an_option_and_one_without_are_stopped(
         corpus, tmp_path, aborted_jobs_leave_no_shared_memory, rank_0, rank_1, said):
@@ -874,13 +875,18 @@ def test_ranks_launched_one_with_an_option_and_one_without_are_stopped(
     ok(launch(1, corpus, done, "--max-steps", 1))
     runs = tmp_path / "runs"
     cmd = [sys.executable, "-m", "charrnn", "train", str(corpus), *MODEL, "--max-steps", "2", "--out-dir", str(runs)]
-    options = [[str(done) if a == "DONE" else a for a in given] for given in (rank_0, rank_1)]
+    other = tmp_path / "other.txt"
+    other.write_text("more text\n" * 50)
+    named = {"DONE": str(done), "OTHER": str(other), "CORPUS": str(corpus)}
+    options = [[named.get(a, a) for a in given] for given in (rank_0, rank_1)]
     r = subprocess.run([MPIEXEC, *LAUNCH, "-n", "1", *cmd, *options[0], ":", "-n", "1", *cmd, *options[1]],
                        capture_output=True, text=True, timeout=240,
                        env=dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="300", **LAUNCH_ENV))
+    for placeholder, value in named.items():
+        said = said.replace(placeholder, value)
     assert r.returncode == 1 and charrnn_lines(r.stderr) == [
-        f"error: rank 1: this rank's run is not rank 0's: {said.replace('DONE', str(done))}; launch every rank with "
-        "the same command line, in a folder on a file system they all see"], r.stderr
+        f"error: rank 1: this rank's run is not rank 0's: {said}; launch every rank with the same command line, in a "
+        "folder on a file system they all see"], r.stderr
     assert not runs.exists()
 
 
