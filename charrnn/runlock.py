@@ -81,9 +81,12 @@ def held_by(run_dir):
     once where it is free: a probe, for a message."""
     if fcntl is None:
         return None
-    try:
-        fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:  # a plain file only: a FIFO in its place would hold the open until written (O_NONBLOCK too)
+        fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except OSError:  # no lock file: no trainer has held it
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -26,7 +26,7 @@ from charrnn.checkpoint import load_checkpoint
 from charrnn.schema import TRAINING
 from charrnn.config import RESUME_MAY_CHANGE, TrainConfig, shown_setting
 from charrnn.errors import CharrnnError, UsageError
-from charrnn.train import Trainer
+from charrnn.train import Trainer, check_new_run_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = "".join(f"{w} the {i % 7} quick brown fox jumps over {i % 13} lazy dogs.\n"
@@ -930,6 +930,25 @@ def hold_lock(run_dir):
                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert proc.stdout.readline().strip() == "locked"
     return proc
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_folder_whose_lock_is_a_named_pipe_or_a_folder_is_said_to_hold_a_run(corpus, tmp_path):
+    # asking whether another process trains the run opened .lock, which as a FIFO held the
+    # command until something wrote to it
+    import threading
+
+    run_dir = trained_run(corpus, tmp_path)
+    (run_dir / ".lock").unlink()
+    for make, remove in ((os.mkfifo, os.unlink), (os.mkdir, os.rmdir)):
+        make(run_dir / ".lock")
+        said = []
+        asking = threading.Thread(target=lambda: said.append(pytest.raises(CharrnnError, check_new_run_dir, run_dir)),
+                                  daemon=True)
+        asking.start()
+        asking.join(10)
+        assert not asking.is_alive() and "already holds a run; continue it with --resume" in str(said[0].value)
+        remove(run_dir / ".lock")
 
 
 def test_a_resume_refused_as_done_lets_the_folder_go(corpus, tmp_path, monkeypatch, capsys):
