@@ -50,7 +50,7 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
-            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            holder = _written_pid(fd)
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 advice = "then resume the run" if resuming else "or choose another --run name"
@@ -95,10 +95,15 @@ def held_by(run_dir):
     except OSError as e:
         if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
             return None
-        holder = os.read(fd, 32).decode("ascii", "replace").strip()
+        holder = _written_pid(fd)
         return None if holder == str(os.getpid()) else holder
     finally:
         os.close(fd)
+
+
+def _written_pid(fd) -> str:
+    """What the lock's holder wrote in the lock file open at fd: its pid."""
+    return os.read(fd, 32).decode("ascii", "replace").strip()
 
 
 def pid_shown(holder) -> str:

@@ -303,7 +303,7 @@ class Trainer:
         if inputs:
             moved = [str(Path(p).resolve()) for p in inputs]
             if moved != cfg.corpus:
-                changes.append(f"corpus {' '.join(cfg.corpus) or 'the shipped text'} -> {' '.join(moved)}")
+                changes.append(f"corpus {_texts_shown(cfg.corpus)} -> {_texts_shown(moved)}")
             cfg.corpus = moved
         if changes:
             say(f"changed on resume: {', '.join(changes)}")
@@ -1018,8 +1018,7 @@ def same_run_on_every_rank(cfg, vocab=None, train_chars=None):
         said = ["its text is another"] if text & set(differ) else []
         for k, theirs in differ.items():
             if k == "corpus":  # an argument, not an option: no --corpus
-                ours, rank_0 = (" ".join(files) or "the shipped text" for files in (mine[k], theirs))
-                said.append(f"the text {ours} (rank 0: {rank_0})")
+                said.append(f"the text {_texts_shown(mine[k])} (rank 0: {_texts_shown(theirs)})")
             elif k not in text:
                 ours, rank_0 = _shown_apart(mine[k], theirs)
                 said.append(f"{as_flag(k, ours)} (rank 0: {rank_0})")
@@ -1087,6 +1086,11 @@ def remove_if_empty(folders) -> None:
 def _shown(value):
     # an empty setting (--run or --init-from not given, --doc-sep '') as '', not as nothing
     return f"{value:g}" if isinstance(value, float) else str(value) if value != "" else "''"
+
+
+def _texts_shown(files):
+    """A run's text files (cfg.corpus), for a message: none is the shipped text."""
+    return " ".join(files) or "the shipped text"
 
 
 def _shown_apart(a, b):
