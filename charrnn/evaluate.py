@@ -11,6 +11,12 @@ from .model import ModelSpec, Stack
 
 LN2 = math.log(2.0)
 WARMUP = 200  # characters each stream reads, uncounted, before its own text
+# The most parameters one kernel call reads (a character of one stream reads each once): Python
+# hears Ctrl-C only between calls, so a window of many streams and steps is read in pieces of
+# steps (_pieces): 40-50 ms a call on two cores of a Zen 4. A window read in one call took 54 s
+# (score(window=100000), hidden 384). A default run's window, 32 streams x 100 steps of 1.2M
+# parameters, is still one call. (Sampler.feed bounds its calls likewise, for one stream.)
+CALL_WORK = 1 << 32
 
 
 class Abandoned(Exception):
@@ -55,8 +61,8 @@ def evaluate(spec: ModelSpec, params: np.ndarray, ids: np.ndarray, batch=32, win
         n = inputs.shape[0]
         stack.ids[:n] = inputs
         stack.targets[:n] = targets
-        stack.forward(params, 0, n)
-        total += stack.loss(params, 0, n)
+        for t0, t1 in _pieces(stack, params, n):
+            total += stack.loss(params, t0, t1)
         stack.set_state(0, stack.get_state(n))
     return total / streams.count, streams.count
 
@@ -64,6 +70,22 @@ def evaluate(spec: ModelSpec, params: np.ndarray, ids: np.ndarray, batch=32, win
 def _check(stop):
     if stop is not None and stop():
         raise Abandoned
+
+
+def _pieces(stack, params, n):
+    """Read steps [0, n) of `stack` in calls of at most CALL_WORK parameters (at least a step),
+    yielding each piece's steps (t0, t1) once it is read."""
+    steps = max(1, CALL_WORK // (stack.B * params.size))
+    for t0 in range(0, n, steps):
+        t1 = min(n, t0 + steps)
+        stack.forward(params, t0, t1)
+        yield t0, t1
+
+
+def _read(stack, params, n):
+    """Read steps [0, n) of `stack` for the state they leave (in slot n), in pieces."""
+    for _ in _pieces(stack, params, n):
+        pass
 
 
 def first_warm(lo):
@@ -87,7 +109,7 @@ def _warm_state(spec, params, ids, streams, warmup, window, lo, hi):
     if first < whole:
         read = Stack(spec, 1, (whole - 1) * S, params.dtype)
         read.ids[:, 0] = ids[: (whole - 1) * S]
-        read.forward(params, 0, (whole - 1) * S)
+        _read(read, params, (whole - 1) * S)
         for b in range(first, whole):
             _put(state, b - lo, read.get_state(b * S))
     if whole < hi:
@@ -98,7 +120,7 @@ def _warm_state(spec, params, ids, streams, warmup, window, lo, hi):
         for t in range(0, warmup, steps):
             n = min(steps, warmup - t)
             warm.ids[:n] = ids[starts[None, :] + t + np.arange(n)[:, None]]
-            warm.forward(params, 0, n)
+            _read(warm, params, n)
             warm.set_state(0, warm.get_state(n))
         _put(state, slice(first - lo, hi - lo), warm.get_state(0))
     return state
@@ -157,10 +179,11 @@ def line_losses(spec: ModelSpec, params: np.ndarray, lines, start: int, batch=32
                 if piece.size > 1:
                     stack.ids[: piece.size - 1, j] = piece[:-1]
                     stack.targets[: piece.size - 1, j] = piece[1:]
-            stack.forward(params, 0, k)
-            stack.loss(params, 0, k)  # -log p of each (step, column) in row_loss (k*B,)
-            counted = (p + np.arange(k))[:, None] < n[None, :]  # (k, B)
-            total += np.where(counted, stack.row_loss[: k * B].reshape(k, B), 0.0).sum(axis=0, dtype=np.float64)
+            for t0, t1 in _pieces(stack, params, k):
+                stack.loss(params, t0, t1)  # -log p of each (step, column) in row_loss ((t1-t0)*B,)
+                counted = (p + np.arange(t0, t1))[:, None] < n[None, :]  # (t1-t0, B)
+                losses_read = stack.row_loss[: (t1 - t0) * B].reshape(t1 - t0, B)
+                total += np.where(counted, losses_read, 0.0).sum(axis=0, dtype=np.float64)
             stack.set_state(0, stack.get_state(k))
         losses[rows] = total[: rows.size] / n[: rows.size]
     return losses

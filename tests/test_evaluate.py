@@ -110,3 +110,35 @@ def test_a_stop_that_comes_while_the_last_window_is_read_keeps_the_finished_read
     monkeypatch.setattr(Stack, "forward", lambda *a, **kw: (read.append(1), forward(*a, **kw))[1])
     # the signal comes as the last window is read: any ask after that sees it
     assert evaluate(spec, params, ids, batch=3, window=10, warmup=0, stop=lambda: len(read) == 5) == whole
+
+
+def test_long_windows_are_read_in_calls_of_bounded_work(monkeypatch):
+    # Python hears Ctrl-C only between kernel calls, and a window was one call whatever its size:
+    # score(window=100000) went on for 54 s after a Ctrl-C. Every call, the warm-up's and
+    # line_losses' too, now reads at most CALL_WORK parameters, with the same figures.
+    import charrnn.evaluate
+    from charrnn.evaluate import line_losses
+    from charrnn.model import Stack
+
+    spec, params, rng = lingering_model()
+    ids = rng.integers(0, 11, 3 * 800 + 1).astype(np.int32)  # 3 streams of 800, each one window
+    lines = [rng.integers(0, 11, n).astype(np.int32) for n in (0, 3, 95, 240, 17)]
+    whole = evaluate(spec, params, ids, batch=3, window=800)
+    whole_lines = line_losses(spec, params, lines, 0, batch=2, window=300)
+    work = []
+    forward = Stack.forward
+
+    def counted(self, params_, t0, t1, rng=None):
+        work.append((t1 - t0) * self.B * params_.size)
+        return forward(self, params_, t0, t1, rng)
+
+    monkeypatch.setattr(Stack, "forward", counted)
+    bound = 7 * 3 * params.size  # 7 steps of 3 streams
+    monkeypatch.setattr(charrnn.evaluate, "CALL_WORK", bound)
+    pieces = evaluate(spec, params, ids, batch=3, window=800)
+    assert pieces[1] == whole[1] and abs(pieces[0] - whole[0]) < 1e-12
+    assert len(work) > 800 // 7 and max(work) <= bound  # the warm-up's calls counted too
+    work.clear()
+    assert np.allclose(line_losses(spec, params, lines, 0, batch=2, window=300), whole_lines,
+                       rtol=0, atol=1e-12, equal_nan=True)
+    assert len(work) > 240 // 10 and max(work) <= bound
