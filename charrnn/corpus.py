@@ -610,15 +610,15 @@ def list_files(inputs, once=True) -> tuple[list[Path], list[str]]:
     if special:
         notes.append(f"left out {counted(special, 'entry', 'entries')} inside the folders that are not regular files")
     if empty:
-        notes.append(f"no files to read in {_some(empty)}")
+        notes.append(f"no files to read in {some_of(empty)}")
     if unlisted:
         notes.append(_cannot_be_read("folder", sorted(str(e.filename) for e in unlisted), unlisted[0]))
     if logs:
-        notes.append(f"left out {counted(len(logs), 'log')} of charrnn runs inside the folders: {_some(sorted(logs))}")
+        notes.append(f"left out {counted(len(logs), 'log')} of charrnn runs inside the folders: {some_of(sorted(logs))}")
     if linked:
         notes.append(f"left out {counted(linked, 'link')} to folders inside the folders (name a folder to read it)")
     if repeated:
-        notes.append(f"read once each: {_some(repeated)} (met twice)")
+        notes.append(f"read once each: {some_of(repeated)} (met twice)")
     return files, notes
 
 
@@ -652,7 +652,7 @@ def _identity(path: Path):
     return (found.st_dev, found.st_ino) if found.st_ino else _real(path)  # (0: a file system without inodes)
 
 
-def _some(names, n=3) -> str:
+def some_of(names, n=3) -> str:
     return ", ".join(names[:n]) + (f" and {len(names) - n:,} more" if len(names) > n else "")
 
 
@@ -701,14 +701,14 @@ def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP, model: str | None = N
     if not_text:
         what = "empty or binary (name a file to read its bytes)" if encoding != "utf-8" else \
             "empty, binary or not UTF-8"
-        notes.append(f"left out {counted(len(not_text), 'file')} that {'is' if len(not_text) == 1 else 'are'} {what}: {_some(not_text)}")
+        notes.append(f"left out {counted(len(not_text), 'file')} that {'is' if len(not_text) == 1 else 'are'} {what}: {some_of(not_text)}")
     if wide:
-        notes.append(f"left out {counted(len(wide), 'file')} of UTF-16 or UTF-32 text: {_some(wide)}; save "
+        notes.append(f"left out {counted(len(wide), 'file')} of UTF-16 or UTF-32 text: {some_of(wide)}; save "
                      f"{'it' if len(wide) == 1 else 'them'} as UTF-8 to read {'it' if len(wide) == 1 else 'them'}")
     if unreadable:
         notes.append(_cannot_be_read("file", [p for p, _ in unreadable], unreadable[0][1]))
     if not infos:
-        raise CharrnnError(f"no text files in {_some([str(p) for p in inputs])}"
+        raise CharrnnError(f"no text files in {some_of([str(p) for p in inputs])}"
                            + (f" ({'; '.join(notes)})" if notes else "") + "; give files or folders that hold text")
     ids, chars = encoder.finish()
     return Corpus(ids, chars, text_hash.hexdigest(), infos, notes)
@@ -718,7 +718,7 @@ def _cannot_be_read(noun: str, paths: list, first: OSError) -> str:
     """The note on folders or files inside the folders given that are left out as unreadable:
     their paths, and the system's reason for the first (without its path)."""
     why = os_error_message(OSError(first.errno, first.strerror))
-    return f"left out {counted(len(paths), noun)} that cannot be read: {_some(paths)} ({why})"
+    return f"left out {counted(len(paths), noun)} that cannot be read: {some_of(paths)} ({why})"
 
 
 def _size(path: Path) -> int:

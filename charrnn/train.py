@@ -29,7 +29,7 @@ from .config import (LOG_STARTS, METRICS_FILE, MODEL_SETTINGS, OLDER_CHECKPOINTS
                      TrainConfig, check_init_overrides, check_resume_overrides, check_schedule_options,
                      resolved_u_max)
 from .corpus import (Corpus, NotText, Streams, Vocab, default_corpus, fit_batch_and_window, read_corpus, shown_text,
-                     split, streams_held, window_reach)
+                     some_of, split, streams_held, window_reach)
 from .errors import CharrnnError, UsageError, as_flag, file_in_the_way, flag, os_error_message
 from .evaluate import Abandoned, bits, evaluate
 from .model import ModelSpec, Stack, init_params, transplant
@@ -800,8 +800,7 @@ def _corpus_to_resume(meta, cfg, inputs, run_dir):
             raise CharrnnError(f"{e.reason}: it is not the text this run was trained on; give the files "
                                "it read") from None
         if corpus.info()["sha256"] != saved["sha256"]:
-            raise CharrnnError(f"{' '.join(map(str, inputs))} is not the text this run was trained on (its SHA-256 "
-                               f"differs); give the files it read, in the same order")
+            raise _not_the_text(inputs, saved.get("files", []), corpus.files, run_dir)
         return corpus
     stored = [f["path"] for f in saved.get("files", [])] or cfg.corpus or [str(default_corpus())]
     missing = [p for p in stored if not Path(p).exists()]
@@ -831,6 +830,31 @@ def _corpus_to_resume(meta, cfg, inputs, run_dir):
         raise CharrnnError(f"{' '.join(stored)} is not the text this run was trained on (its SHA-256 differs); "
                            f"resume with the original text")
     return corpus
+
+
+def _not_the_text(inputs, read, given, run_dir) -> CharrnnError:
+    """The error for text given to resume a run that is not the text it read: which of its files
+    are new to the run, changed or missing (by their SHA-256; `read`, `given`: the files' records,
+    the checkpoint's and the text's), and what to do: where the text only adds files to those the
+    run read, each unchanged where it was (a folder that has gained files), leaving it out resumes
+    the run."""
+    read_hashes, given_hashes = {f["sha256"] for f in read}, {f["sha256"] for f in given}
+    new = [f["path"] for f in given if f["sha256"] not in read_hashes]
+    lost = [f["path"] for f in read if f["sha256"] not in given_hashes]
+    changed = [p for p in new if p in lost]
+    new, lost = [p for p in new if p not in changed], [p for p in lost if p not in changed]
+    how = [f"{some_of(changed)} changed since the run read {'it' if len(changed) == 1 else 'them'}"] if changed else []
+    how += [f"{some_of(new)} {'is' if len(new) == 1 else 'are'} new to the run"] if new else []
+    how += [f"{some_of(lost)}, which the run read, {'is' if len(lost) == 1 else 'are'} missing"] if lost else []
+    why = "; ".join(how) if how and read else "its SHA-256 differs"  # (no list: a checkpoint before files were)
+    given_text = " ".join(map(str, inputs))
+    unchanged = {(f["path"], f["sha256"]) for f in given}
+    if read and new and not (changed or lost) and all((f["path"], f["sha256"]) in unchanged for f in read):
+        return CharrnnError(f"{given_text} is not the text this run was trained on: {why}; leave the text out to "
+                            f"resume on the files it read (charrnn train --resume {run_dir}), or train on all of "
+                            f"them in a new run that starts from this one (--init-from {run_dir})")
+    return CharrnnError(f"{given_text} is not the text this run was trained on ({why}); give the files it read, in "
+                        "the same order")
 
 
 def _record_step(line):

@@ -71,6 +71,33 @@ def run_cli(*args, cwd):
                           env=env, cwd=cwd, timeout=600)
 
 
+def test_text_given_again_that_differs_names_its_files_and_a_grown_folder_resumes_without_it(tmp_path):
+    # the command that started a run on a folder, given again with --resume once the folder had
+    # gained a file, was told "give the files it read", which it had, with no word of the new one
+    folder = Path(os.path.realpath(tmp_path)) / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text(TEXT[:300], encoding="utf-8")
+    (folder / "b.txt").write_text(TEXT[300:], encoding="utf-8")
+    run = tmp_path / "out" / "r"
+    Trainer(config(folder, tmp_path / "out", max_steps=2), run, say=lambda *_: None).run()
+    (folder / "c.txt").write_text("a new file\n", encoding="utf-8")
+    with pytest.raises(CharrnnError) as e:
+        Trainer.resume(run, say=lambda *_: None, corpus=[str(folder)], max_steps=3)
+    assert str(e.value) == (f"{folder} is not the text this run was trained on: {folder / 'c.txt'} is new to the "
+                            f"run; leave the text out to resume on the files it read (charrnn train --resume {run}), "
+                            f"or train on all of them in a new run that starts from this one (--init-from {run})")
+    resumed = Trainer.resume(run, say=lambda *_: None, max_steps=3)  # as it advises
+    resumed.run()
+    assert resumed.step == 3
+    (folder / "a.txt").write_text(TEXT[:299], encoding="utf-8")
+    (folder / "b.txt").unlink()
+    with pytest.raises(CharrnnError) as e:
+        Trainer.resume(run, say=lambda *_: None, corpus=[str(folder)], max_steps=4)
+    assert str(e.value) == (f"{folder} is not the text this run was trained on ({folder / 'a.txt'} changed since the "
+                            f"run read it; {folder / 'c.txt'} is new to the run; {folder / 'b.txt'}, which the run "
+                            f"read, is missing); give the files it read, in the same order")
+
+
 def test_a_run_resumes_from_another_folder_and_finds_a_moved_corpus_by_its_hash(tmp_path):
     here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
     here.mkdir()
