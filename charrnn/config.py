@@ -216,24 +216,21 @@ def settings_differing(given: dict, saved: dict, names) -> list[str]:
 
 
 def _checkpoint_read(path, kept=None) -> str:
-    """The checkpoint `path` names (a run folder: its best.npz), as a fine-tuned run keeps it.
-    Where it names none that can be read now (gone since: a resumed run needs it no longer),
-    `kept` if `path` could have named it: the command that started the run, given again with
-    --resume, still resumes it."""
+    """The checkpoint `path` names (a run folder: its best.npz, else its latest.npz), as a
+    fine-tuned run keeps it; `kept` if `path` could have named it: the command that started the
+    run, given again with --resume, still resumes it, where the folder has gained a best.npz
+    since, or lost the checkpoint (a resumed run needs it no longer)."""
     from .checkpoint import SUFFIX, resolve_checkpoint
-    from .errors import CharrnnError
 
-    try:
-        return str(resolve_checkpoint(path).resolve())
-    except CharrnnError:
+    if kept:
         try:
-            gone = Path(path).resolve()
-            named = (gone, Path(f"{gone}{SUFFIX}"), gone / f"best{SUFFIX}", gone / f"latest{SUFFIX}")
+            given = Path(path).resolve()
+            named = (given, Path(f"{given}{SUFFIX}"), given / f"best{SUFFIX}", given / f"latest{SUFFIX}")
         except (OSError, RuntimeError):  # (a loop of links: RuntimeError before Python 3.13)
             named = ()
-        if kept and Path(kept) in named:
+        if Path(kept) in named:
             return kept
-        raise
+    return str(resolve_checkpoint(path).resolve())
 
 
 def shown_setting(value) -> str:

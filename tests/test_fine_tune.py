@@ -110,6 +110,29 @@ def test_a_fine_tuned_run_resumes_with_the_command_that_started_it(texts, tmp_pa
         assert code == 1 and said in err and "internal error" not in err, err
 
 
+def test_a_fine_tuned_run_resumes_after_the_folder_it_started_from_gains_a_best_npz(texts, tmp_path, monkeypatch,
+                                                                                   capsys):
+    # fine-tuned from a run that had not yet validated (only latest.npz), it was refused its own
+    # command once that run had: --init-from was read as the folder's best.npz now
+    old, new = texts
+    train_steps(config(old, tmp_path / "a"), tmp_path / "a" / "r", 3)
+    base = tmp_path / "base"
+    base.mkdir()
+    shutil.copy(tmp_path / "a" / "r" / "latest.npz", base / "latest.npz")
+    command = ["train", new, "--init-from", base, "--batch", "4", "--k1", "8", "--k2", "8",
+               "--max-steps", "2", "--out-dir", tmp_path / "b", "--run", "ft", "-q"]
+    code, err = main_exits(monkeypatch, capsys, *command)
+    assert code == 0, err
+    _, meta = load_checkpoint(tmp_path / "b" / "ft" / "latest.npz")
+    assert meta["config"]["init_from"] == str((base / "latest.npz").resolve())
+    shutil.copy(base / "latest.npz", base / "best.npz")  # that run validated since
+    code, err = main_exits(monkeypatch, capsys, *command[:-1], "--max-steps", "3", "--resume", tmp_path / "b" / "ft")
+    assert code == 0 and "changed on resume: --max-steps 2 -> 3" in err, err
+    code, err = main_exits(monkeypatch, capsys, *command[:2], "--init-from", tmp_path / "a" / "r", *command[4:-1],
+                           "--max-steps", "4", "--resume", tmp_path / "b" / "ft")
+    assert code == 2 and f"leave out --init-from {tmp_path / 'a' / 'r'}" in err, err  # another model still is
+
+
 @pytest.mark.parametrize("option, value", [("--hidden", "16"), ("--layers", "1"), ("--cell", "gru")])
 def test_options_that_ask_for_another_model_are_refused_in_one_line(texts, tmp_path, monkeypatch, capsys, option,
                                                                      value):
