@@ -475,6 +475,8 @@ class Trainer:
             if starting and cfg.init_from:  # where fine-tuning starts: the trained model on the new text
                 self._validate(log, progress)
             self._agree()
+            if self.stop_requested:  # before the first update (during that validation): none begun
+                self._stop_here()
             while not self.ended():
                 t0 = time.perf_counter()
                 loss, norm, clipped, lr = self.update()
@@ -503,9 +505,7 @@ class Trainer:
                 if self.step % cfg.checkpoint_every == 0 or self.ended():
                     self.save("latest")
                 if self.stop_requested:  # every rank, at this update
-                    path = self.save("latest")
-                    self.world.stop_together()
-                    raise Interrupted(path)
+                    self._stop_here()
             test = math.nan
             if len(self.test_ids) >= 2:
                 self.testing = True
@@ -533,6 +533,12 @@ class Trainer:
                 sys.unraisablehook = self._unraisable_before
                 log.close()
                 lock.release()
+
+    def _stop_here(self):
+        """End the run where it is on a stop signal, every rank together: saved, Interrupted."""
+        path = self.save("latest")
+        self.world.stop_together()
+        raise Interrupted(path)
 
     def _log_updates(self, log, window_stats, lr):
         """Write the record of the updates since the last one, window_stats (loss, gradient norm,

@@ -13,7 +13,7 @@ from charrnn.errors import CharrnnError
 from charrnn.cli import app
 from charrnn.cells import NAMES
 from charrnn.model import VOCAB_AXES, Layout, ModelSpec, init_params
-from charrnn.train import Trainer, fine_tune_settings
+from charrnn.train import Interrupted, Trainer, fine_tune_settings
 from test_hostile import main_exits
 from test_train import TEXT, config, train_steps
 
@@ -108,6 +108,23 @@ def test_a_fine_tuned_run_resumes_with_the_command_that_started_it(texts, tmp_pa
         other = [*command[:2], "--init-from", init, *command[4:-1], "--max-steps", "5"]
         code, err = main_exits(monkeypatch, capsys, *other, "--resume", tmp_path / "b" / "ft")
         assert code == 1 and said in err and "internal error" not in err, err
+
+
+def test_a_stop_during_a_fine_tunes_first_validation_ends_it_before_any_update(texts, tmp_path):
+    # the validation of the trained model on the new text comes before any update: a Ctrl-C then
+    # went on to train one more update (12 s in a user's run) before it stopped
+    old, new = texts
+    train_steps(config(old, tmp_path / "a"), tmp_path / "a" / "r", 3)
+    stopped = fine_tuned(tmp_path / "a" / "r", new, tmp_path / "b", max_steps=4)
+    with pytest.raises(Interrupted):
+        stopped.run(lambda t, record: t.step == 0 and t._on_stop_signal(2, None))
+    assert stopped.step == 0 and load_checkpoint(tmp_path / "b" / "ft" / "latest.npz")[1]["step"] == 0
+    resumed = Trainer.resume(tmp_path / "b" / "ft", say=lambda *_: None)
+    resumed.run()
+    straight = fine_tuned(tmp_path / "a" / "r", new, tmp_path / "c", max_steps=4)
+    straight.run()
+    assert resumed.step == 4
+    np.testing.assert_array_equal(resumed.params, straight.params)
 
 
 def test_a_fine_tuned_run_resumes_after_the_folder_it_started_from_gains_a_best_npz(texts, tmp_path, monkeypatch,
