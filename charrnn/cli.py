@@ -899,7 +899,7 @@ def gradflow(
     import json
 
     from . import gradflow as gf
-    from .corpus import NotText, WideText, read_ids
+    from .corpus import NotText, read_ids
     from .outputs import PNG, check_output
     from .plot import require_pyplot
 
@@ -938,13 +938,15 @@ def gradflow(
     corpus = corpus or default_corpus()
     trained = gf.checkpoint_model(checkpoint) if checkpoint is not None else None
     # a byte or two a character, never the text as a string; as the trained model reads text
+    encoding = trained.encoding if trained else "utf-8"
     try:
-        ids, chars = read_ids(corpus, trained.encoding if trained else "utf-8")
-    except NotText as e:  # the reader's advice names train's --encoding, which gradflow has not
-        if isinstance(e, WideText):  # (its advice is iconv's)
+        ids, chars = read_ids(corpus, encoding)
+    except NotText as e:  # advice that names train's --encoding, which gradflow has not, said for gradflow
+        if "--encoding" not in e.advice:  # an empty file's, or iconv's for UTF-16
             raise
-        raise NotText(e.reason, "gradflow reads --corpus as UTF-8 (a checkpoint's text as it was trained): give a "
-                      "UTF-8 text file") from None
+        name = "UTF-8" if encoding == "utf-8" else encoding
+        how = "" if trained is None else ", the checkpoint's text as it was trained"
+        raise NotText(e.reason, f"gradflow reads --corpus as {name}{how}: give a {name} text file") from None
     if trained is None and len(chars) < 2:
         raise CharrnnError(f"{corpus} holds only {counted(len(chars), 'distinct character')}; a fresh model needs at least 2")
     with err.status("measuring gradient flow (the first run compiles the kernels)..."):

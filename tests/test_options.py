@@ -243,8 +243,9 @@ def test_run_names_of_printable_characters_are_kept(name):
 
 
 def test_gradflow_and_gradcheck_say_what_they_cannot_do(tmp_path):
-    ones, latin = tmp_path / "ones.txt", tmp_path / "latin.txt"
+    ones, latin, empty = tmp_path / "ones.txt", tmp_path / "latin.txt", tmp_path / "empty.txt"
     ones.write_text("a" * 5000)
+    empty.write_text("")
     latin.write_bytes(b"caf\xe9 " * 500)
     small = ["--hidden", "4", "--windows", "1", "--batch", "1"]
     cases = [
@@ -256,6 +257,8 @@ def test_gradflow_and_gradcheck_say_what_they_cannot_do(tmp_path):
         # a missing file was told the same: "does not exist; gradflow reads --corpus as UTF-8 ..."
         (["gradflow", *small, "--corpus", str(tmp_path / "missing.txt")], CharrnnError,
          f"{tmp_path / 'missing.txt'} does not exist; check the path"),
+        # so was an empty file, of any encoding: "is empty; gradflow reads --corpus as UTF-8 ..."
+        (["gradflow", *small, "--corpus", str(empty)], CharrnnError, f"{empty} is empty; give a file with some text in it"),
         # --radius rescaled the reservoir --spectral-radius had set, and u drawn within --u-max
         (["gradflow", *small, "--cell", "esn", "--spectral-radius", "0.5", "--radius", "2"], UsageError,
          "--radius rescales the esn recurrence that --spectral-radius sets; give one of them"),
