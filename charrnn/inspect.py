@@ -80,6 +80,10 @@ def read_start(path, vocab, chars: int, encoding: str, skip_unknown: bool, of_by
                                        as_bytes=of_bytes)
     except CharrnnError as e:
         raise CharrnnError(f"{e} (or pass --skip-unknown to leave them out)") from None
+    if ids.size == 0 and skipped:  # (trace would say only that there is no text)
+        unit = "byte" if of_bytes else "character"
+        raise CharrnnError(f"every {unit} read from {path} ({skipped:,}) is unknown to the model, and --skip-unknown "
+                           "left none; give a file with some text the model knows")
     return vocab.decode(ids), skipped
 
 
