@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
@@ -839,28 +840,43 @@ def _corpus_to_resume(meta, cfg, inputs, run_dir):
 
 
 def _not_the_text(inputs, read, given, run_dir) -> CharrnnError:
-    """The error for text given to resume a run that is not the text it read: which of its files
-    are new to the run, changed or missing (by their SHA-256; `read`, `given`: the files' records,
-    the checkpoint's and the text's), and what to do: where the text only adds files to those the
-    run read, each unchanged where it was (a folder that has gained files), leaving it out resumes
-    the run."""
-    read_hashes, given_hashes = {f["sha256"] for f in read}, {f["sha256"] for f in given}
-    new = [f["path"] for f in given if f["sha256"] not in read_hashes]
-    lost = [f["path"] for f in read if f["sha256"] not in given_hashes]
-    changed = [p for p in new if p in lost]
-    new, lost = [p for p in new if p not in changed], [p for p in lost if p not in changed]
+    """The error for text given to resume a run that is not the text it read (`read`, `given`:
+    the files' records, the checkpoint's and the text's), naming by path the files it read that
+    changed since or are not in the text given (missing, or there but left out or not given), and
+    those new to the run; a file moved elsewhere with its bytes is none of these. And what to do:
+    where the text holds every file the run read, unchanged where it was, and more (a folder that
+    has gained files), leaving the text out resumes the run."""
+    was, now = {f["path"]: f["sha256"] for f in read}, {f["path"]: f["sha256"] for f in given}
+    changed = [p for p in now if p in was and now[p] != was[p]]
+    new, out = [p for p in now if p not in was], [p for p in was if p not in now]
+    moved = Counter(was[p] for p in out) & Counter(now[p] for p in new)
+    new, out = _unmoved(new, now, moved), _unmoved(out, was, moved)
+    missing = [p for p in out if not os.path.lexists(p)]
+    left_out = [p for p in out if p not in missing]
     how = [f"{some_of(changed)} changed since the run read {'it' if len(changed) == 1 else 'them'}"] if changed else []
+    how += [f"{some_of(names)}, which the run read, {'is' if len(names) == 1 else 'are'} {what}"
+            for names, what in ((missing, "missing"), (left_out, "not in the text given")) if names]
     how += [f"{some_of(new)} {'is' if len(new) == 1 else 'are'} new to the run"] if new else []
-    how += [f"{some_of(lost)}, which the run read, {'is' if len(lost) == 1 else 'are'} missing"] if lost else []
     why = "; ".join(how) if how and read else "its SHA-256 differs"  # (no list: a checkpoint before files were)
     given_text = " ".join(map(str, inputs))
-    unchanged = {(f["path"], f["sha256"]) for f in given}
-    if read and new and not (changed or lost) and all((f["path"], f["sha256"]) in unchanged for f in read):
+    if read and new and all(now.get(p) == sha for p, sha in was.items()):
         return CharrnnError(f"{given_text} is not the text this run was trained on: {why}; leave the text out to "
                             f"resume on the files it read (charrnn train --resume {run_dir}), or train on all of "
                             f"them in a new run that starts from this one (--init-from {run_dir})")
     return CharrnnError(f"{given_text} is not the text this run was trained on ({why}); give the files it read, in "
                         "the same order")
+
+
+def _unmoved(paths, hashes, moved):
+    """paths but those whose file's bytes (hashes[path]) are among `moved`, a Counter of the
+    hashes of files that moved, as many of each as it counts."""
+    left, moved = [], moved.copy()
+    for p in paths:
+        if moved[hashes[p]]:
+            moved[hashes[p]] -= 1
+        else:
+            left.append(p)
+    return left
 
 
 def _record_step(line):

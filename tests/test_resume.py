@@ -78,24 +78,37 @@ def test_text_given_again_that_differs_names_its_files_and_a_grown_folder_resume
     folder.mkdir()
     (folder / "a.txt").write_text(TEXT[:300], encoding="utf-8")
     (folder / "b.txt").write_text(TEXT[300:], encoding="utf-8")
+    (folder / "d.txt").write_text(TEXT[:300], encoding="utf-8")  # a's bytes: files are told apart by path
     run = tmp_path / "out" / "r"
     Trainer(config(folder, tmp_path / "out", max_steps=2), run, say=lambda *_: None).run()
+
+    def refusal(*inputs):
+        with pytest.raises(CharrnnError) as e:
+            Trainer.resume(run, say=lambda *_: None, corpus=[str(p) for p in inputs], max_steps=3)
+        return str(e.value)
+
     (folder / "c.txt").write_text("a new file\n", encoding="utf-8")
-    with pytest.raises(CharrnnError) as e:
-        Trainer.resume(run, say=lambda *_: None, corpus=[str(folder)], max_steps=3)
-    assert str(e.value) == (f"{folder} is not the text this run was trained on: {folder / 'c.txt'} is new to the "
-                            f"run; leave the text out to resume on the files it read (charrnn train --resume {run}), "
-                            f"or train on all of them in a new run that starts from this one (--init-from {run})")
+    (folder / "e.txt").write_text(TEXT[:300], encoding="utf-8")  # a copy of a file it read is new too
+    assert refusal(folder) == (f"{folder} is not the text this run was trained on: {folder / 'c.txt'}, "
+                               f"{folder / 'e.txt'} are new to the run; leave the text out to resume on the files it "
+                               f"read (charrnn train --resume {run}), or train on all of them in a new run that "
+                               f"starts from this one (--init-from {run})")
     resumed = Trainer.resume(run, say=lambda *_: None, max_steps=3)  # as it advises
     resumed.run()
     assert resumed.step == 3
-    (folder / "a.txt").write_text(TEXT[:299], encoding="utf-8")
+    (folder / "e.txt").unlink()
+    (folder / "d.txt").write_text(TEXT[:299], encoding="utf-8")  # (with a's bytes it was said to be new)
+    assert f"({folder / 'd.txt'} changed since the run read it; {folder / 'c.txt'} is new" in refusal(folder)
+    (folder / "d.txt").write_text("", encoding="utf-8")  # left out by the folder's reading
     (folder / "b.txt").unlink()
-    with pytest.raises(CharrnnError) as e:
-        Trainer.resume(run, say=lambda *_: None, corpus=[str(folder)], max_steps=4)
-    assert str(e.value) == (f"{folder} is not the text this run was trained on ({folder / 'a.txt'} changed since the "
-                            f"run read it; {folder / 'c.txt'} is new to the run; {folder / 'b.txt'}, which the run "
-                            f"read, is missing); give the files it read, in the same order")
+    assert refusal(folder) == (f"{folder} is not the text this run was trained on ({folder / 'b.txt'}, which the run "
+                               f"read, is missing; {folder / 'd.txt'}, which the run read, is not in the text given; "
+                               f"{folder / 'c.txt'} is new to the run); give the files it read, in the same order")
+    moved = tmp_path / "moved.txt"
+    (folder / "a.txt").rename(moved)  # its bytes elsewhere: the same file
+    said = refusal(moved, folder / "c.txt")
+    assert f"{folder / 'c.txt'} is new to the run" in said and str(folder / "a.txt") not in said
+    assert f"{moved} is new" not in said
 
 
 def test_a_run_resumes_from_another_folder_and_finds_a_moved_corpus_by_its_hash(tmp_path):
