@@ -656,7 +656,7 @@ def eval_(
     window: Optional[int] = _ranged(None, EVAL_RANGES["window"], "Steps per forward window (default: the checkpoint's k1).", "int"),
     encoding: Optional[str] = typer.Option(None, callback=_encoding, help="utf-8, latin-1 or bytes (each byte one character); default: the checkpoint's."),
     skip_unknown: bool = typer.Option(False, "--skip-unknown", help="Drop characters the model does not know (and count them) instead of stopping."),
-    per_line: bool = typer.Option(False, "--per-line", help="Score each non-empty line on its own and print one line per line: nats per character, a tab, the line. Each is read from a fresh state that has read a line break, so all its characters are predicted (not the line break after it). Rank with: sort -n."),
+    per_line: bool = typer.Option(False, "--per-line", help="Score each non-empty line on its own and print one line per line: nats per character, a tab, the line. Each is read from a fresh state that has read a line break (a space, else the vocabulary's first character, for a model that knows none), so all its characters are predicted (not the line break after it). Rank with: sort -n."),
 ):
     """Score a model on a text file: nats and bits per character, and perplexity.
 
@@ -899,7 +899,7 @@ def gradflow(
     import json
 
     from . import gradflow as gf
-    from .corpus import NotText, read_ids
+    from .corpus import ENCODING_ADVICE, NotText, read_ids
     from .outputs import PNG, check_output
     from .plot import require_pyplot
 
@@ -938,15 +938,14 @@ def gradflow(
     corpus = corpus or default_corpus()
     trained = gf.checkpoint_model(checkpoint) if checkpoint is not None else None
     # a byte or two a character, never the text as a string; as the trained model reads text
-    encoding = trained.encoding if trained else "utf-8"
     try:
-        ids, chars = read_ids(corpus, encoding)
+        ids, chars = read_ids(corpus, trained.encoding if trained else "utf-8")
     except NotText as e:  # advice that names train's --encoding, which gradflow has not, said for gradflow
-        if "--encoding" not in e.advice:  # an empty file's, or iconv's for UTF-16
+        if e.advice not in ENCODING_ADVICE:  # an empty file's, or iconv's for UTF-16
             raise
-        name = "UTF-8" if encoding == "utf-8" else encoding
+        # (only a UTF-8 reading refuses a file for its bytes: a model of latin-1 or bytes reads any)
         how = "" if trained is None else ", the checkpoint's text as it was trained"
-        raise NotText(e.reason, f"gradflow reads --corpus as {name}{how}: give a {name} text file") from None
+        raise NotText(e.reason, f"gradflow reads --corpus as UTF-8{how}: give a UTF-8 text file") from None
     if trained is None and len(chars) < 2:
         raise CharrnnError(f"{corpus} holds only {counted(len(chars), 'distinct character')}; a fresh model needs at least 2")
     with err.status("measuring gradient flow (the first run compiles the kernels)..."):

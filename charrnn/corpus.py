@@ -48,6 +48,8 @@ _ENCODING_ALIASES = {"utf8": "utf-8", "latin1": "latin-1", "iso-8859-1": "latin-
 
 _UTF8_FIX = "re-save it as UTF-8, or pass --encoding latin-1 (any byte file) or --encoding bytes"
 _BINARY_FIX = "pass a text file, or --encoding bytes to model its raw bytes"
+# The advice that names --encoding, which only train, eval and inspect have (cli.gradflow)
+ENCODING_ADVICE = (_UTF8_FIX, _BINARY_FIX)
 # The same for a trained model of characters, which --encoding bytes cannot read (check_read_as)
 _FOR_A_MODEL_OF_CHARACTERS = {_UTF8_FIX: "re-save it as UTF-8, or pass --encoding latin-1 (any byte file)",
                               _BINARY_FIX: "pass a text file"}
