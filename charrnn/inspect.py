@@ -82,8 +82,10 @@ def read_start(path, vocab, chars: int, encoding: str, skip_unknown: bool, of_by
         raise CharrnnError(f"{e} (or pass --skip-unknown to leave them out)") from None
     if ids.size == 0 and skipped:  # (trace would say only that there is no text)
         unit = "byte" if of_bytes else "character"
-        raise CharrnnError(f"every {unit} read from {path} ({skipped:,}) is unknown to the model, and --skip-unknown "
-                           "left none; give a file with some text the model knows")
+        more = ", or a larger --chars" if skipped == chars else ""  # (the file may hold more)
+        all_ = "is" if skipped == 1 else "are all"
+        raise CharrnnError(f"the first {counted(skipped, unit)} of {path} {all_} unknown to the model, and --skip-unknown "
+                           f"left none; give a file with some text the model knows{more}")
     return vocab.decode(ids), skipped
 
 

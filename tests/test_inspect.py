@@ -401,9 +401,11 @@ def test_unknown_characters_and_usage_errors(planted):
     assert r.exit_code == 0 and "1 unknown character skipped" in r.stdout.splitlines()[0]
     r = invoke(planted["checkpoint"], _write(planted["dir"] / "only.txt", "€€"), "--skip-unknown")
     # it said "there is no text to read", naming neither the file nor why
-    assert r.exit_code == 1 and str(r.exception) == (f"every character read from {planted['dir'] / 'only.txt'} (2) is "
+    assert r.exit_code == 1 and str(r.exception) == (f"the first 2 characters of {planted['dir'] / 'only.txt'} are all "
                                                      "unknown to the model, and --skip-unknown left none; give a file "
                                                      "with some text the model knows")
+    r = invoke(planted["checkpoint"], _write(planted["dir"] / "long.txt", "€€€ known"), "--skip-unknown", "--chars", 3)
+    assert r.exit_code == 1 and str(r.exception).endswith("the model knows, or a larger --chars")
     assert invoke(planted["checkpoint"], planted["text"], "--chars", 0).exit_code == 2
     assert invoke(planted["checkpoint"], planted["text"], "--chars", 20_001).exit_code == 2
     # the real command: one line on stderr, no traceback
