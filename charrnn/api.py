@@ -280,7 +280,8 @@ class TrainedModel:
         Each line is read from a fresh state that has first read a line break (as at the start
         of a line of text; a space, else the vocabulary's first character, for a model that
         knows no line break), so every character of it is predicted, the first one too, and the
-        line break after it is not: the score of a line is score("\\n" + line, batch=1).
+        line break after it is not: the score of a line is score(c + line, batch=1), c that
+        character ("\\n").
         `batch` lines are read side by side (default: the checkpoint's batch), which changes the
         figures only by rounding. Every line is encoded before the first score, so an unknown
         character raises UnknownCharacters at once (see encode)."""

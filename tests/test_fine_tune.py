@@ -147,7 +147,7 @@ def test_a_fine_tuned_run_resumes_after_the_folder_it_started_from_gains_a_best_
     assert code == 0 and "changed on resume: --max-steps 2 -> 3" in err, err
     code, err = main_exits(monkeypatch, capsys, *command[:2], "--init-from", tmp_path / "a" / "r", *command[4:-1],
                            "--max-steps", "4", "--resume", tmp_path / "b" / "ft")
-    assert code == 2 and f"leave out --init-from {tmp_path / 'a' / 'r'}" in err, err  # another model still is
+    assert code == 2 and f"leave out --init-from {tmp_path / 'a' / 'r'}" in err, err  # another folder still is
 
 
 @pytest.mark.parametrize("option, value", [("--hidden", "16"), ("--layers", "1"), ("--cell", "gru")])
