@@ -396,7 +396,8 @@ class _TrainProgress:
             def render(self, task):
                 if not trainer.signalled:
                     return super().render(task)
-                return Text(_stopping_said(trainer.first_stop) if self.names_the_stop else "", style="bold")
+                said = _stopping_said(trainer.first_stop, trainer.world.size) if self.names_the_stop else ""
+                return Text(said, style="bold")
 
         self.trainer = trainer
         self.progress = Progress(
@@ -428,10 +429,12 @@ class _TrainProgress:
         self.progress.update(self.task, completed=min(1000, 1000 * trainer.done_fraction()), **f)
 
 
-def _stopping_said(signum):
-    """What the progress bar says once a stop signal came: any second one stops at once."""
+def _stopping_said(signum, ranks=1):
+    """What the progress bar says once a stop signal came: any second one stops at once. Under
+    MPI a second Ctrl-C is the launcher's own, not passed on (MPICH's mpiexec ends the job in its
+    words, exit 255; srun within a second likewise): a second stop goes as SIGTERM."""
     if signum == signal.SIGINT:
-        return "stopping (Ctrl-C again: at once)"
+        return "stopping (Ctrl-C again: at once)" if ranks == 1 else "stopping (a SIGTERM to the launcher: at once)"
     try:
         name = signal.Signals(signum).name
     except ValueError:

@@ -671,6 +671,13 @@ def test_the_progress_bar_says_at_once_that_a_stop_came(corpus, tmp_path, signum
         assert str(figures.render(task)) == ""  # room for it at 80 columns, where it was cut
 
 
+def test_under_mpi_the_progress_bar_advises_a_second_stop_as_sigterm():
+    # "Ctrl-C again: at once": MPICH's mpiexec takes a second Ctrl-C for itself and ends the job in
+    # its own words, exit 255, with none of charrnn's
+    assert cli._stopping_said(signal.SIGINT, ranks=2) == "stopping (a SIGTERM to the launcher: at once)"
+    assert cli._stopping_said(signal.SIGTERM, ranks=2) == "stopping on SIGTERM (a second stop: at once)"
+
+
 def test_a_stop_once_the_run_has_taken_one_cannot_cut_off_its_last_line(corpus, tmp_path, monkeypatch, capsys):
     # a second Ctrl-C or SIGUSR1 just after the first ended the run (the progress bar closing, the
     # line being written) raised KeyboardInterrupt there: exit 130 and no line (seen under mpiexec)
