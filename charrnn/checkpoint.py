@@ -13,8 +13,9 @@ clears the temporaries of saves killed outright (kill -9).
 
 load_checkpoint reads with allow_pickle=False, verifies the checksum of every array it reads and
 turns every problem with the file into one CharrnnError line that names the file. It checks each
-array's .npy header against the bytes its member holds before allocating the array, so no header
-can make it allocate more than the file's size. A schema (schema.py) checks the document and the
+array's .npy header against the bytes its member holds before allocating the array, and that
+the members do not overlap, so no header can make it allocate more than the file's size, nor all
+of them together. A schema (schema.py) checks the document and the
 declared shapes before any array is read, and the values after; it also names the arrays its
 reader needs (a model to sample: the parameters alone), and only those are read.
 
@@ -45,6 +46,8 @@ FORMAT_NAME = "charrnn-checkpoint"
 _META = "__meta__"  # array name of the JSON document; reserved
 _CHECKSUMS = "array_sha256"  # meta key of the checksum table; added by save, removed by load
 _ZIP_MAGIC = b"PK\x03\x04"
+_LOCAL_HEADER = 30  # bytes of a zip member's local header, before its name (zipfile.sizeFileHeader)
+_MOST_MEMBERS = 1000  # far more than any checkpoint holds: the parameters, optimizer state, a window
 _READ_CHUNK = 1 << 24  # bytes read at a time into an array being loaded
 # What a damaged or truncated archive raises while it is read: numpy raises ValueError/EOFError
 # for short or malformed .npy data, zipfile BadZipFile for a broken archive or a bad CRC,
@@ -237,8 +240,16 @@ def load_checkpoint(path, schema=None) -> tuple[dict[str, np.ndarray], dict]:
 
 
 def _read_archive(zf: zipfile.ZipFile, path: Path, size: int, schema) -> tuple[dict[str, np.ndarray], dict]:
+    infos = zf.infolist()
+    if len(infos) > _MOST_MEMBERS:  # each costs a header read and a checksum, whatever it holds
+        raise CharrnnError(_corrupt(path, f"it has {len(infos):,} members, more than a checkpoint holds"))
+    # Members whose bytes overlap (one's data holding another's) could each hold an array nearly as
+    # large as the file, together many times its size; laid end to end, as a save lays them, their
+    # local headers, names and data fit in it
+    if sum(_LOCAL_HEADER + len(info.filename) + info.compress_size for info in infos) > size:
+        raise CharrnnError(_corrupt(path, "its members overlap: together they claim more bytes than the file holds"))
     members: dict[str, zipfile.ZipInfo] = {}
-    for info in zf.infolist():
+    for info in infos:
         if not info.filename.endswith(".npy") or info.filename[:-4] in members:
             raise CharrnnError(_corrupt(path, f"unexpected member {info.filename!r} in the archive"))
         members[info.filename[:-4]] = info

@@ -594,3 +594,65 @@ def test_a_file_that_fails_as_it_is_read_is_named():
     # from the API, and the command's line did not name the file
     with pytest.raises(CharrnnError, match=r"^cannot read checkpoint /proc/self/mem: "):
         load_checkpoint("/proc/self/mem")
+
+
+
+def _nested_archive(path, n, payload=4000):
+    """A checkpoint of n uint8 arrays whose members nest, as a crafted file can: member i's data
+    holds the records of members i+1... and one payload, so that n arrays of nearly the file's
+    size come out of one file, every checksum and CRC valid."""
+    import io
+    import struct
+    import zlib
+
+    def local(name, data):
+        return struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0x21, zlib.crc32(data), len(data), len(data),
+                           len(name), 0) + name
+
+    def central(name, data, offset):
+        return struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 0, 0, 0x21, zlib.crc32(data), len(data),
+                           len(data), len(name), 0, 0, 0, 0, 0, offset) + name
+
+    def npy(a):
+        out = io.BytesIO()
+        np.lib.format.write_array(out, a, allow_pickle=False)
+        return out.getvalue()
+
+    records, tail = [], np.ones(payload, np.uint8).tobytes()
+    for i in reversed(range(n)):  # member i: its local header, its .npy header, then member i+1's record
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": (len(tail),)})
+        name, data = f"z{i}.npy".encode(), header.getvalue() + tail
+        records.insert(0, (name, data, len(header.getvalue()), np.frombuffer(tail, np.uint8)))
+        tail = local(name, data) + data
+    meta = {"format": checkpoint.FORMAT_NAME, "format_version": FORMAT_VERSION,
+            "array_sha256": {name[:-4].decode(): checkpoint._sha256(a) for name, _, _, a in records}}
+    meta_name, meta_data = b"__meta__.npy", npy(np.frombuffer(json.dumps(meta).encode(), np.uint8))
+    body = local(meta_name, meta_data) + meta_data + tail
+    directory, offset = central(meta_name, meta_data, 0), len(local(meta_name, meta_data) + meta_data)
+    for name, data, header_bytes, _ in records:
+        directory += central(name, data, offset)
+        offset += len(local(name, data)) + header_bytes  # where its data holds the next record
+    with open(path, "wb") as f:
+        f.write(body + directory)
+        f.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, n + 1, n + 1, len(directory), len(body), 0))
+
+
+def test_members_that_overlap_are_refused_before_their_arrays_are_read(tmp_path):
+    # this 5.8 KB file gave five arrays of 4.1-4.8 KB, 22 KB in all; a 52 MB one of 100 members,
+    # 5.2 GB, which a resume went on allocating until memory ran out (a review's crafted file)
+    path = tmp_path / "nested.npz"
+    _nested_archive(path, 5)
+    with zipfile.ZipFile(path) as zf:  # a valid zip, each member whole
+        assert sum(zf.getinfo(f"z{i}.npy").file_size for i in range(5)) > 3 * path.stat().st_size
+    with pytest.raises(CharrnnError, match="its members overlap: together they claim more bytes than the file"):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_of_more_members_than_any_run_writes_is_refused(tmp_path):
+    path = tmp_path / "many.npz"
+    save_checkpoint(path, {f"a{i}": np.zeros(0, np.uint8) for i in range(1000)}, {})  # 1001 with the document
+    with pytest.raises(CharrnnError, match="it has 1,001 members, more than a checkpoint holds"):
+        load_checkpoint(path)
+    save_checkpoint(path, {f"a{i}": np.zeros(0, np.uint8) for i in range(999)}, {})
+    assert len(load_checkpoint(path)[0]) == 999
