@@ -889,8 +889,12 @@ def _record_step(line):
 
 
 def _sample_step(line):
+    """The step of a samples.txt header line, -1 for any other line; one of more digits than any
+    run's step counts as later (int() refuses 4,300 digits and more)."""
     m = _SAMPLE_HEADER_STEP.match(line)
-    return int(m.group(1)) if m else -1
+    if not m:
+        return -1
+    return int(m.group(1)) if len(m.group(1)) <= 20 else math.inf
 
 
 def _left_by_a_run(path, step) -> bool:
@@ -985,28 +989,41 @@ def _run_of(meta) -> list:
             meta["corpus"].get("sha256")]
 
 
+# A log is read in pieces of at most this many characters: a line past it (no log writes one)
+# costs no more memory than this, in a log given by mistake or made to cost memory
+LOG_PIECE = 1 << 20
+
+
+def _log_lines(f):
+    """(piece, starts_a_line) of a log opened as text, a line in pieces of at most LOG_PIECE."""
+    starts = True
+    while piece := f.readline(LOG_PIECE):
+        yield piece, starts
+        starts = piece.endswith(("\n", "\r"))
+
+
 def _cut_log(path, after, every_line=False):
     """Drop from a log what a resumed run redoes: the lines for which after(line) holds
-    (every_line), or everything from the first such line on. Rewritten atomically."""
+    (every_line), or everything from the first such line on. Rewritten atomically, a piece at a
+    time (_log_lines: a long line is judged by its first piece), where any line goes."""
     if not os.path.lexists(path):
-        return
-    try:
-        with open(open_run_file(path, os.O_RDONLY), encoding="utf-8", errors="surrogateescape") as f:
-            lines = f.read().splitlines(keepends=True)
-    except OSError as e:
-        raise CharrnnError(os_error_message(e, path)) from None
-    if every_line:
-        kept = [line for line in lines if not after(line)]
-    else:
-        cut = next((i for i, line in enumerate(lines) if after(line)), len(lines))
-        kept = lines[:cut]
-    if len(kept) == len(lines):
         return
     tmp = None
     try:
-        tmp, fd = new_temporary(path)
-        with open(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.write("".join(kept))
+        with open(open_run_file(path, os.O_RDONLY), encoding="utf-8", errors="surrogateescape", newline="") as f:
+            if not any(starts and after(piece) for piece, starts in _log_lines(f)):
+                return
+            f.seek(0)
+            tmp, fd = new_temporary(path)
+            with open(fd, "w", encoding="utf-8", errors="surrogateescape", newline="") as out:
+                dropped = False
+                for piece, starts in _log_lines(f):
+                    if starts:
+                        dropped = after(piece)
+                        if dropped and not every_line:
+                            break
+                    if not dropped:
+                        out.write(piece)
         os.replace(tmp, path)
     except BaseException as e:  # a Ctrl-C too: no copy of the log left behind (one killed: remove_stale_temporaries)
         if tmp is not None:

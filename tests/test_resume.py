@@ -172,6 +172,45 @@ def test_a_resumed_run_drops_what_its_logs_hold_after_the_checkpoint(corpus, tmp
     assert [h.split(",")[0] for h in headers] == ["--- step 3", "--- step 6", "--- step 9", "--- step 12"]
 
 
+def test_logs_are_cut_a_piece_at_a_time_and_a_sample_header_of_any_step_is_later(corpus, tmp_path, monkeypatch):
+    # a samples.txt header of 5,000 digits was an internal error on resume (int() refuses 4,300),
+    # and a log was read whole, split and joined: 300 MB of metrics.jsonl took 2.7 GB to cut
+    import tracemalloc
+
+    from charrnn import train
+    from charrnn.train import _cut_log, _record_step, _sample_step
+
+    run = tmp_path / "r"
+    train_steps(config(corpus, tmp_path, eval_every=4, checkpoint_every=4, sample_every=4, sample_length=5), run, 4)
+    samples, metrics = run / "samples.txt", run / "metrics.jsonl"
+    kept_samples, kept_metrics = samples.read_bytes(), metrics.read_bytes()
+    samples.write_bytes(kept_samples + b"--- step " + b"1" * 5000 + b", epoch 1.00 ---\nxyz\n")
+    metrics.write_bytes(kept_metrics + b"x" * 20_000_000 + b"\n" + kept_metrics.replace(b'"step": 4', b'"step": 5'))
+    tracemalloc.start()
+    try:
+        _cut_log(metrics, lambda line: _record_step(line) > 4, every_line=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert metrics.read_bytes() == kept_metrics and peak < 8 << 20  # a few pieces of a MB, not the 20 MB line
+    _cut_log(samples, lambda line: _sample_step(line) > 4)
+    assert samples.read_bytes() == kept_samples
+    samples.write_bytes(kept_samples + b"--- step " + b"1" * 5000 + b", epoch 1.00 ---\nxyz\n")
+    resumed = Trainer.resume(run, say=lambda *_: None, max_steps=5)  # the whole command's way
+    resumed.run()
+    assert resumed.step == 5 and samples.read_bytes() == kept_samples
+    metrics.write_bytes(kept_metrics)
+    monkeypatch.setattr(train, "LOG_PIECE", 1000)  # above a record's length: a longer line goes in pieces
+    metrics.write_bytes(kept_metrics + b"y" * 2500 + b"\n" + kept_metrics)  # that line goes whole, the rest stays
+    _cut_log(metrics, lambda line: _record_step(line) > 4, every_line=True)
+    assert metrics.read_bytes() == kept_metrics * 2
+    header_inside = kept_samples + b"z" * 1000 + b"--- step 9, epoch 1.00 ---\n"  # a piece that starts no line
+    samples.write_bytes(header_inside + b"--- step 9, epoch 1.00 ---\n")
+    _cut_log(samples, lambda line: _sample_step(line) > 4)
+    assert samples.read_bytes() == header_inside
+    metrics.write_bytes(kept_metrics)
+
+
 def test_an_earlier_checkpoint_resumed_in_its_own_folder_is_refused_and_a_copy_elsewhere_resumes(corpus, tmp_path,
                                                                                                    monkeypatch):
     # a copy of update 4's latest.npz, resumed in the folder after the run went on to 8, would
