@@ -385,6 +385,10 @@ class _TrainProgress:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
         from rich.text import Text
 
+        from .distributed import launched
+
+        launched = launched() is not None  # by mpiexec or srun, of any number of ranks
+
         class UntilStopped(TextColumn):
             """Its text until a stop signal comes, then `stopping`: read as the display refreshes,
             so that a stop shows at once (the figures make room for it on a narrow terminal)."""
@@ -396,7 +400,7 @@ class _TrainProgress:
             def render(self, task):
                 if not trainer.signalled:
                     return super().render(task)
-                said = _stopping_said(trainer.first_stop, trainer.world.size) if self.names_the_stop else ""
+                said = _stopping_said(trainer.first_stop, launched) if self.names_the_stop else ""
                 return Text(said, style="bold")
 
         self.trainer = trainer
@@ -429,12 +433,13 @@ class _TrainProgress:
         self.progress.update(self.task, completed=min(1000, 1000 * trainer.done_fraction()), **f)
 
 
-def _stopping_said(signum, ranks=1):
-    """What the progress bar says once a stop signal came: any second one stops at once. Under
-    MPI a second Ctrl-C is the launcher's own, not passed on (MPICH's mpiexec ends the job in its
-    words, exit 255; srun within a second likewise): a second stop goes as SIGTERM."""
+def _stopping_said(signum, launched=False):
+    """What the progress bar says once a stop signal came: any second one stops at once. Started
+    by a launcher (mpiexec, srun; even of one rank), a second Ctrl-C is the launcher's own, not
+    passed on (MPICH's mpiexec ends the job in its words, exit 255), nor is a SIGTERM to Open
+    MPI's or Slurm's (they kill the ranks): a second stop goes as SIGUSR1, which all pass on."""
     if signum == signal.SIGINT:
-        return "stopping (Ctrl-C again: at once)" if ranks == 1 else "stopping (a SIGTERM to the launcher: at once)"
+        return "stopping (a SIGUSR1 to the launcher: at once)" if launched else "stopping (Ctrl-C again: at once)"
     try:
         name = signal.Signals(signum).name
     except ValueError:
