@@ -995,11 +995,13 @@ LOG_PIECE = 1 << 20
 
 
 def _log_lines(f):
-    """(piece, starts_a_line) of a log opened as text, a line in pieces of at most LOG_PIECE."""
+    """(piece, starts_a_line) of a log opened as text (newline=""), a line in pieces of at most
+    LOG_PIECE. A line ends at a line break, "\n" (a run writes no other): readline also stops at
+    a CR, which a sample's text may hold, and between the two of a CR LF cut by the limit."""
     starts = True
     while piece := f.readline(LOG_PIECE):
         yield piece, starts
-        starts = piece.endswith(("\n", "\r"))
+        starts = piece.endswith("\n")
 
 
 def _cut_log(path, after, every_line=False):

@@ -175,6 +175,7 @@ def test_a_resumed_run_drops_what_its_logs_hold_after_the_checkpoint(corpus, tmp
 def test_logs_are_cut_a_piece_at_a_time_and_a_sample_header_of_any_step_is_later(corpus, tmp_path, monkeypatch):
     # a samples.txt header of 5,000 digits was an internal error on resume (int() refuses 4,300),
     # and a log was read whole, split and joined: 300 MB of metrics.jsonl took 2.7 GB to cut
+    import io
     import tracemalloc
 
     from charrnn import train
@@ -208,6 +209,9 @@ def test_logs_are_cut_a_piece_at_a_time_and_a_sample_header_of_any_step_is_later
     samples.write_bytes(header_inside + b"--- step 9, epoch 1.00 ---\n")
     _cut_log(samples, lambda line: _sample_step(line) > 4)
     assert samples.read_bytes() == header_inside
+    monkeypatch.setattr(train, "LOG_PIECE", 6)  # a CR LF cut by the limit ends one line, not two
+    pieces = list(train._log_lines(io.StringIO("abcde\r\nxyz\n", newline="")))
+    assert pieces == [("abcde\r", True), ("\n", False), ("xyz\n", True)]
     metrics.write_bytes(kept_metrics)
 
 
