@@ -51,6 +51,25 @@ class _Console:
                 raise
             raise _not_written(e) from None
 
+    @contextmanager
+    def status(self, text):
+        """rich's spinner, shown while something is read or compiled: one that stderr cannot take
+        (2>/dev/full, a pipe whose reader is gone) is left out, as a note is, and the command goes
+        on (rich wrote to the file as it closed the spinner, and the command ended, exit 1)."""
+        spinner = self.console.status(text)
+        try:
+            spinner.start()
+        except OSError:
+            spinner = None
+        try:
+            yield
+        finally:
+            try:
+                if spinner is not None:
+                    spinner.stop()
+            except OSError:
+                pass
+
     def print_table(self, table):
         """A table whose cells show all they hold: squeezed into a narrow terminal (COLUMNS=1, a
         small pane), rich cut them to an ellipsis or left them empty. A word too long for its

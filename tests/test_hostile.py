@@ -225,6 +225,29 @@ def test_a_note_that_cannot_be_said_does_not_fail_the_command(command, stderr, c
         assert r.stdout == shown.stdout and r.stdout
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("unbuffered", [False, True])
+@pytest.mark.parametrize("command", ["eval", "train -q"])
+def test_a_spinner_that_cannot_be_shown_does_not_fail_the_command(command, unbuffered, corpus, tmp_path):
+    # rich wrote to stderr as it closed the spinner of "reading the text...", nothing, which
+    # unbuffered (PYTHONUNBUFFERED=1, as many containers set it) is a write of its own: with stderr
+    # on a full disk, eval printed no figure and a new run under -q trained nothing (exit 1 both)
+    assert run_cli("train", corpus, *TINY, "--max-steps", "2", "--out-dir", tmp_path, "--run", "m",
+                   "-q").returncode == 0
+    args = {"eval": ["eval", tmp_path / "m", corpus],
+            "train -q": ["train", corpus, *TINY, "--max-steps", "2", "--out-dir", tmp_path, "--run", "r", "-q"]}[command]
+    shown = run_cli(*args) if command == "eval" else None
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "charrnn", *map(str, args)], stdout=subprocess.PIPE, stderr=full,
+                           text=True, env={**buffered_env(), **({"PYTHONUNBUFFERED": "1"} if unbuffered else {})},
+                           timeout=300)
+    assert r.returncode == 0
+    if command == "eval":
+        assert r.stdout == shown.stdout and "nats/char" in r.stdout
+    else:
+        assert load_checkpoint(tmp_path / "r" / "latest.npz")[1]["step"] == 2
+
+
 def test_a_folder_that_cannot_be_written(corpus, tmp_path, monkeypatch, capsys):
     # root ignores permission bits, so the refusal is simulated where the run folder is made
     def refuse(self, *a, **kw):
