@@ -228,7 +228,12 @@ def _binary(name: str, offset: int) -> NotText:
 
 class WideText(NotText):
     """A file of UTF-16 or UTF-32 text (Windows' "Unicode", PowerShell 5's `>`): called binary
-    for its NUL bytes, and read as bytes it would teach a model byte pairs, not text."""
+    for its NUL bytes, and read as bytes it would teach a model byte pairs, not text. `command`:
+    the iconv command that makes a UTF-8 copy of it."""
+
+    def __init__(self, reason: str, command: str):
+        super().__init__(reason, f"save it as UTF-8 first, e.g. {command}")
+        self.command = command
 
 
 # byte-order marks, the longer first: UTF-32-LE's begins with UTF-16-LE's
@@ -252,8 +257,7 @@ def _wide_text(name, head: bytes) -> WideText | None:
     name = Path(name)
     converted = name.with_name(f"{name.stem}-utf8{name.suffix or '.txt'}")
     return WideText(f"{name} is {wide} text, not UTF-8",
-                    f"save it as UTF-8 first, e.g. iconv -f {wide} -t UTF-8 {shlex.quote(str(name))} > "
-                    f"{shlex.quote(str(converted))}")
+                    f"iconv -f {wide} -t UTF-8 {shlex.quote(str(name))} > {shlex.quote(str(converted))}")
 
 
 def _empty(name: str) -> NotText:
@@ -696,8 +700,10 @@ def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP, model: str | None = N
             text_hash = hashed
             if isinstance(e, Unreadable):
                 unreadable.append((str(path), e.error))
+            elif isinstance(e, WideText):
+                wide.append((str(path), e.command))
             else:
-                (wide if isinstance(e, WideText) else not_text).append(str(path))
+                not_text.append(str(path))
             continue
         infos.append({"path": str(_real(path)), "chars": chars, "sha256": sha})
     if not_text:
@@ -705,8 +711,9 @@ def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP, model: str | None = N
             "empty, binary or not UTF-8"
         notes.append(f"left out {counted(len(not_text), 'file')} that {'is' if len(not_text) == 1 else 'are'} {what}: {some_of(not_text)}")
     if wide:
-        notes.append(f"left out {counted(len(wide), 'file')} of UTF-16 or UTF-32 text: {some_of(wide)}; save "
-                     f"{'it' if len(wide) == 1 else 'them'} as UTF-8 to read {'it' if len(wide) == 1 else 'them'}")
+        them = "it" if len(wide) == 1 else "them"
+        notes.append(f"left out {counted(len(wide), 'file')} of UTF-16 or UTF-32 text: {some_of([p for p, _ in wide])}; "
+                     f"save {them} as UTF-8 to read {them}, e.g. {wide[0][1]}")
     if unreadable:
         notes.append(_cannot_be_read("file", [p for p, _ in unreadable], unreadable[0][1]))
     if not infos:

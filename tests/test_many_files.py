@@ -257,9 +257,10 @@ def test_utf16_and_utf32_text_is_named_with_the_way_to_utf8(tmp_path, codec, sai
     os.replace(path, tmp_path / "folder" / "wide.txt")
     (tmp_path / "folder" / "plain.txt").write_text(TEXT, encoding="utf-8")
     corpus = read_corpus([tmp_path / "folder"])
+    wide = tmp_path / "folder" / "wide.txt"  # the note said no more than "save it as UTF-8"
     assert corpus.text == TEXT and corpus.notes == [
-        f"left out 1 file of UTF-16 or UTF-32 text: {tmp_path / 'folder' / 'wide.txt'}; save it as UTF-8 to read "
-        "it"]
+        f"left out 1 file of UTF-16 or UTF-32 text: {wide}; save it as UTF-8 to read it, e.g. iconv -f {said} -t "
+        f"UTF-8 {wide} > {wide.with_name('wide-utf8.txt')}"]
 
 
 @pytest.mark.parametrize("encoding", ["latin-1", "bytes"])
@@ -271,8 +272,9 @@ def test_in_the_encodings_that_read_any_byte_only_a_nul_makes_a_file_in_a_folder
     (tmp_path / "f" / "wide.txt").write_bytes(("wide text " * 10).encode("utf-16"))
     corpus = read_corpus([tmp_path / "f"], encoding)
     assert [Path(f["path"]).name for f in corpus.files] == ["a.txt"]
-    assert corpus.notes == [f"left out 1 file of UTF-16 or UTF-32 text: {tmp_path / 'f' / 'wide.txt'}; save it "
-                            "as UTF-8 to read it"]
+    wide = tmp_path / "f" / "wide.txt"
+    assert corpus.notes == [f"left out 1 file of UTF-16 or UTF-32 text: {wide}; save it as UTF-8 to read it, e.g. "
+                            f"iconv -f UTF-16 -t UTF-8 {wide} > {wide.with_name('wide-utf8.txt')}"]
 
 
 def test_a_binary_file_that_is_not_wide_text_is_still_binary(tmp_path):
