@@ -404,10 +404,6 @@ class _TrainProgress:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
         from rich.text import Text
 
-        from .distributed import launched
-
-        launched = launched() is not None  # by mpiexec or srun, of any number of ranks
-
         class UntilStopped(TextColumn):
             """Its text until a stop signal comes, then `stopping`: read as the display refreshes,
             so that a stop shows at once (the figures make room for it on a narrow terminal)."""
@@ -419,8 +415,7 @@ class _TrainProgress:
             def render(self, task):
                 if not trainer.signalled:
                     return super().render(task)
-                said = _stopping_said(trainer.first_stop, launched) if self.names_the_stop else ""
-                return Text(said, style="bold")
+                return Text(_stopping_said(trainer.first_stop) if self.names_the_stop else "", style="bold")
 
         self.trainer = trainer
         self.progress = Progress(
@@ -452,13 +447,12 @@ class _TrainProgress:
         self.progress.update(self.task, completed=min(1000, 1000 * trainer.done_fraction()), **f)
 
 
-def _stopping_said(signum, launched=False):
-    """What the progress bar says once a stop signal came: any second one stops at once. Started
-    by a launcher (mpiexec, srun; even of one rank), a second Ctrl-C is the launcher's own, not
-    passed on (MPICH's mpiexec ends the job in its words, exit 255), nor is a SIGTERM to Open
-    MPI's or Slurm's (they kill the ranks): a second stop goes as SIGUSR1, which all pass on."""
+def _stopping_said(signum):
+    """What the progress bar says once a stop signal came: any second one stops at once. (Drawn
+    as it goes only on a terminal: under mpiexec, whose ranks write into a pipe, it shows at the
+    end; README, Training on a cluster, says how a second stop reaches the ranks there.)"""
     if signum == signal.SIGINT:
-        return "stopping (a SIGUSR1 to the launcher: at once)" if launched else "stopping (Ctrl-C again: at once)"
+        return "stopping (Ctrl-C again: at once)"
     try:
         name = signal.Signals(signum).name
     except ValueError:

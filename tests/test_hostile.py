@@ -694,22 +694,6 @@ def test_the_progress_bar_says_at_once_that_a_stop_came(corpus, tmp_path, signum
         assert str(figures.render(task)) == ""  # room for it at 80 columns, where it was cut
 
 
-def test_under_a_launcher_the_progress_bar_advises_a_second_stop_as_sigusr1(corpus, tmp_path, monkeypatch):
-    # "Ctrl-C again: at once": MPICH's mpiexec takes a second Ctrl-C for itself (of one rank too)
-    # and ends the job in its own words, exit 255; Open MPI's and Slurm's kill the ranks on SIGTERM
-    from charrnn.train import Trainer
-
-    monkeypatch.setenv("PMI_SIZE", "1")  # as mpiexec -n 1 starts it (a world of one: no MPI)
-    monkeypatch.setenv("PMI_RANK", "0")
-    trainer = Trainer(TrainConfig(corpus=str(corpus), hidden=8, batch=4, k1=8, k2=8, out_dir=str(tmp_path), run="r"),
-                      tmp_path / "r", say=lambda *_: None)
-    with cli._TrainProgress(trainer) as progress:
-        task, step = progress.progress.tasks[0], progress.progress.columns[0]
-        trainer._on_stop_signal(signal.SIGINT, None)
-        assert str(step.render(task)) == "stopping (a SIGUSR1 to the launcher: at once)"
-    assert cli._stopping_said(signal.SIGTERM, launched=True) == "stopping on SIGTERM (a second stop: at once)"
-
-
 def test_a_stop_once_the_run_has_taken_one_cannot_cut_off_its_last_line(corpus, tmp_path, monkeypatch, capsys):
     # a second Ctrl-C or SIGUSR1 just after the first ended the run (the progress bar closing, the
     # line being written) raised KeyboardInterrupt there: exit 130 and no line (seen under mpiexec)
