@@ -38,9 +38,7 @@ class _Console:
     def console(self):
         """The Console itself, for what takes one (a Progress)."""
         if self._console is None:
-            from rich.console import Console
-
-            self._console = Console(**self._options)
+            self._console = _rich_console(**self._options)
         return self._console
 
     def print(self, *args, **kw):
@@ -60,6 +58,10 @@ class _Console:
         try:
             spinner.start()
         except OSError:
+            try:
+                spinner.stop()  # (off the console's stack of live displays, or the next is never drawn)
+            except OSError:
+                pass
             spinner = None
         try:
             yield
@@ -75,7 +77,6 @@ class _Console:
         small pane), rich cut them to an ellipsis or left them empty. A word too long for its
         column folds onto the next line; a terminal narrower than the table's longest words gets
         it whole, its lines wrapped by the terminal, as the charts' are (a fixed 64 columns)."""
-        from rich.console import Console
         from rich.measure import Measurement
 
         for column in table.columns:
@@ -84,8 +85,8 @@ class _Console:
         need = Measurement.get(console, console.options.update(max_width=10_000), table)
         if need.minimum <= console.width:
             return self.print(table)
-        self._console = Console(**self._options, width=need.maximum, file=console.file, force_terminal=console.is_terminal,
-                                color_system=console.color_system)
+        self._console = _rich_console(**self._options, width=need.maximum, file=console.file,
+                                      force_terminal=console.is_terminal, color_system=console.color_system)
         try:
             self.print(table)
         finally:
@@ -93,6 +94,22 @@ class _Console:
 
     def __getattr__(self, name):
         return getattr(self.console, name)
+
+
+def _rich_console(**options):
+    """A rich Console; on stderr, one that falls silent when the reader is gone: rich's own then
+    points stdout at /dev/null and exits 1 (Console.on_broken_pipe), so that with stderr taken for
+    a terminal (FORCE_COLOR=1) a spinner's first write ended `charrnn eval`, its figure unsaid."""
+    from rich.console import Console
+
+    if not options.get("stderr"):
+        return Console(**options)
+
+    class FallsSilent(Console):
+        def on_broken_pipe(self):
+            self.quiet = True
+
+    return FallsSilent(**options)
 
 
 def _let_out_or_dropped(*streams):

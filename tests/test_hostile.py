@@ -226,21 +226,30 @@ def test_a_note_that_cannot_be_said_does_not_fail_the_command(command, stderr, c
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
-@pytest.mark.parametrize("unbuffered", [False, True])
+@pytest.mark.parametrize("stderr", ["a full disk", "a full disk, unbuffered", "a pipe whose reader is gone, coloured"])
 @pytest.mark.parametrize("command", ["eval", "train -q"])
-def test_a_spinner_that_cannot_be_shown_does_not_fail_the_command(command, unbuffered, corpus, tmp_path):
+def test_a_spinner_that_cannot_be_shown_does_not_fail_the_command(command, stderr, corpus, tmp_path):
     # rich wrote to stderr as it closed the spinner of "reading the text...", nothing, which
     # unbuffered (PYTHONUNBUFFERED=1, as many containers set it) is a write of its own: with stderr
-    # on a full disk, eval printed no figure and a new run under -q trained nothing (exit 1 both)
+    # on a full disk, eval printed no figure and a new run under -q trained nothing (exit 1 both).
+    # Taking stderr for a terminal (FORCE_COLOR=1, as CI often sets it), rich met a pipe whose
+    # reader was gone by pointing stdout at /dev/null and exiting 1 (Console.on_broken_pipe)
     assert run_cli("train", corpus, *TINY, "--max-steps", "2", "--out-dir", tmp_path, "--run", "m",
                    "-q").returncode == 0
     args = {"eval": ["eval", tmp_path / "m", corpus],
             "train -q": ["train", corpus, *TINY, "--max-steps", "2", "--out-dir", tmp_path, "--run", "r", "-q"]}[command]
     shown = run_cli(*args) if command == "eval" else None
-    with open("/dev/full", "w") as full:
-        r = subprocess.run([sys.executable, "-m", "charrnn", *map(str, args)], stdout=subprocess.PIPE, stderr=full,
-                           text=True, env={**buffered_env(), **({"PYTHONUNBUFFERED": "1"} if unbuffered else {})},
-                           timeout=300)
+    env = {**buffered_env(), **{"a full disk, unbuffered": {"PYTHONUNBUFFERED": "1"},
+                                "a pipe whose reader is gone, coloured": {"FORCE_COLOR": "1"}}.get(stderr, {})}
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        with open("/dev/full", "w") as full:
+            r = subprocess.run([sys.executable, "-m", "charrnn", *map(str, args)], stdout=subprocess.PIPE,
+                               stderr=write_end if stderr.startswith("a pipe") else full, text=True, env=env,
+                               timeout=300)
+    finally:
+        os.close(write_end)
     assert r.returncode == 0
     if command == "eval":
         assert r.stdout == shown.stdout and "nats/char" in r.stdout
