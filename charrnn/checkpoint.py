@@ -16,9 +16,9 @@ turns every problem with the file into one CharrnnError line that names the file
 array's .npy header against the bytes its member holds before allocating the array, and that
 the members do not overlap, so no header can make it allocate more than the file's size, nor all
 of them together. (The JSON document is parsed whole: its objects cost what Python's do, up to
-some tens of times its bytes for a document of empty ones.) A schema (schema.py) checks the document and the
-declared shapes before any array is read, and the values after; it also names the arrays its
-reader needs (a model to sample: the parameters alone), and only those are read.
+some tens of times its bytes for a document of empty ones.) A schema (schema.py) checks the
+document and the declared shapes before any array is read, and the values after; it also names
+the arrays its reader needs (a model to sample: the parameters alone), and only those are read.
 
 The archive is written and read with zipfile + numpy.lib.format, which is exactly what np.savez
 and np.load do internally, but without their limits on names: np.savez cannot take arrays named
@@ -248,8 +248,8 @@ def _read_archive(zf: zipfile.ZipFile, path: Path, size: int, schema) -> tuple[d
     # large as the file, together many times its size; laid end to end, as a save lays them, their
     # local headers, names and data fit in it
     if sum(_LOCAL_HEADER + len(info.filename) + info.compress_size for info in infos) > size:
-        raise CharrnnError(_corrupt(path, "its members together claim more bytes than the file holds (they overlap, "
-                                          "or one is damaged)"))
+        raise CharrnnError(_corrupt(path, "its members together claim more bytes than the file holds: they overlap, "
+                                          "or one is damaged"))
     members: dict[str, zipfile.ZipInfo] = {}
     for info in infos:
         if not info.filename.endswith(".npy") or info.filename[:-4] in members:

@@ -15,7 +15,8 @@ WARMUP = 200  # characters each stream reads, uncounted, before its own text
 # hears Ctrl-C only between calls, so a window of many streams and steps is read in pieces of
 # steps (_pieces): 40-50 ms a call on two cores of a Zen 4. A window read in one call took 54 s
 # (score(window=100000), hidden 384). A default run's window on the shipped text, 32 streams x
-# 100 steps of 1.2M parameters, is still one call. (Sampler.feed bounds its calls likewise, for one stream.)
+# 100 steps of 1.2M parameters, is still one call. (Sampler.feed bounds its calls likewise, for
+# one stream.)
 CALL_WORK = 1 << 32
 
 
@@ -151,9 +152,10 @@ def line_losses(spec: ModelSpec, params: np.ndarray, lines, start: int, batch=32
 
     Each line is read on its own, from a zero state that first reads `start` (sampling.start_id's:
     a line break where the model knows one, as at the start of a line of text), so every
-    character of the line is predicted, its first one too; the line break after it is not. That is evaluate() of start + line with one stream. Here `batch`
-    lines are read side by side, longest in `window`-step pieces; they are taken in order of
-    length, so that lines of similar length share a batch and little is padded."""
+    character of the line is predicted, its first one too; the line break after it is not. That
+    is evaluate() of start + line with one stream. Here `batch` lines are read side by side,
+    longest in `window`-step pieces; they are taken in order of length, so that lines of similar
+    length share a batch and little is padded."""
     lengths = np.fromiter((len(line) for line in lines), np.int64, len(lines))
     losses = np.full(len(lines), np.nan)
     order = np.argsort(lengths, kind="stable")
