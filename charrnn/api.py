@@ -273,6 +273,13 @@ class TrainedModel:
         except CharrnnError as e:
             raise UnknownCharacters(str(e)) from None
 
+    def _check_known(self, ids, chars, what="text", uncounted=None):
+        """_translated's UnknownCharacters, without translating (Vocab.check_known)."""
+        try:
+            self._vocab.check_known(ids, chars, what=what, as_bytes=self._of_bytes, uncounted=uncounted)
+        except CharrnnError as e:
+            raise UnknownCharacters(str(e)) from None
+
     def score_lines(self, lines, *, batch=None, window=None, skip_unknown=False, what="text"):
         """Nats per character of each line on its own, for ranking many short texts: an iterator
         of floats in the order of `lines`, nan for an empty line.

@@ -759,20 +759,23 @@ def _line_pieces(model, file, encoding, skip_unknown):
     one, before any line is scored."""
     import numpy as np
 
-    from .corpus import Vocab, read_ids
+    from .corpus import CHUNK_BYTES, Vocab, read_ids
 
     model_encoding = model.config.get("encoding", "utf-8")
     ids, chars = read_ids(file, encoding or model_encoding, model=model_encoding)
     vocab = Vocab.from_json(chars)
-    breaks = np.flatnonzero(ids == chars.index("\n")) if "\n" in chars else np.empty(0, np.int64)
+    breaks = np.empty(0, np.int64)
+    if "\n" in chars:  # a piece at a time: a mask of the whole file would cost a byte a character
+        breaks = np.concatenate([breaks] + [np.flatnonzero(ids[i : i + CHUNK_BYTES] == chars.index("\n")) + i
+                                            for i in range(0, ids.size, CHUNK_BYTES)])
     if not skip_unknown:  # every character but the line breaks ("\r\n" too) is read
-        read = np.ones(ids.size, bool)
-        read[breaks] = False
+        line_breaks = {chars.index("\n"): breaks.size} if "\n" in chars else {}
         if "\r" in chars:
             ends = np.append(breaks - 1, ids.size - 1)  # a last line without its "\n" ends at the file's end
             ends = ends[ends >= 0]
-            read[ends[ids[ends] == chars.index("\r")]] = False
-        model._translated(ids[read], chars, what=str(file))
+            line_breaks[chars.index("\r")] = int(np.count_nonzero(ids[ends] == chars.index("\r")))
+        # counted, not copied: a mask and the ids read, made whole, doubled the file's cost
+        model._check_known(ids, chars, what=str(file), uncounted=line_breaks)
 
     def pieces():
         start = 0

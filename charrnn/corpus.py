@@ -842,12 +842,8 @@ class Vocab:
         _, table, known = self._lookup("".join(chars))  # (len(chars),): their id -> our id
         dtype = ids_dtype(self.size)
         table = table.astype(dtype)
-        if not known.all() and not skip_unknown:  # an error, if a character it lacks occurs
-            first, count = _first_and_count(ids, len(chars))
-            lacking = np.flatnonzero(~known & (count > 0))
-            if lacking.size:
-                lacking = lacking[np.argsort(first[lacking], kind="stable")]
-                raise _unknown([chars[i] for i in lacking], int(count[lacking].sum()), what, as_bytes)
+        if not skip_unknown:  # an error, if a character it lacks occurs
+            self.check_known(ids, chars, what=what, as_bytes=as_bytes)
         if known.all() or not skip_unknown:
             out = np.empty(ids.size, dtype)
             _renumber(out, ids, table)
@@ -858,6 +854,24 @@ class Vocab:
             pieces.append(table[piece[known[piece]]])
         out = np.concatenate(pieces) if pieces else np.empty(0, dtype)
         return out, int(ids.size - out.size)
+
+    def check_known(self, ids: np.ndarray, chars: list, *, what: str = "text", as_bytes: bool = False,
+                    uncounted=None) -> None:
+        """The CharrnnError translate raises where a character of `chars` this vocabulary lacks
+        occurs in `ids`, but for `uncounted`, {id: occurrences} that are not read (eval
+        --per-line's line breaks); ids are counted a piece at a time, nothing of their size made."""
+        if self.numbers_as(chars):
+            return
+        _, _, known = self._lookup("".join(chars))
+        if known.all():
+            return
+        first, count = _first_and_count(ids, len(chars))
+        for i, n in (uncounted or {}).items():
+            count[i] -= n
+        lacking = np.flatnonzero(~known & (count > 0))
+        if lacking.size:
+            lacking = lacking[np.argsort(first[lacking], kind="stable")]
+            raise _unknown([chars[i] for i in lacking], int(count[lacking].sum()), what, as_bytes)
 
     def encode_skip_unknown(self, text: str) -> tuple[np.ndarray, int]:
         """int32 ids of the known characters, and how many unknown characters were dropped."""
