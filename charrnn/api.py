@@ -19,7 +19,7 @@ import os
 import re
 import threading
 from collections.abc import Iterable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import NamedTuple
 
 import numpy as np
@@ -138,6 +138,16 @@ def too_few_known(skipped: int, kept: int, what: str, unit: str) -> CharrnnError
                         f"unknown to the model; the {kept} left {'is' if kept == 1 else 'are'} too few to score")
 
 
+@contextmanager
+def _unknown_characters():
+    """A vocabulary's error for characters a model lacks (Vocab.encode, translate, check_known),
+    raised as UnknownCharacters."""
+    try:
+        yield
+    except CharrnnError as e:
+        raise UnknownCharacters(str(e)) from None
+
+
 class TrainedModel:
     """A trained model: sample text from it, score text with it, or read text one character at a
     time and see what it expects next.
@@ -241,10 +251,8 @@ class TrainedModel:
         _require_str(what, text)
         if _flag("skip_unknown", skip_unknown):
             return self._vocab.encode_skip_unknown(text)
-        try:
+        with _unknown_characters():
             return self._vocab.encode(text, what=what, as_bytes=self._of_bytes), 0
-        except CharrnnError as e:
-            raise UnknownCharacters(str(e)) from None
 
     def encode_file(self, path, *, encoding=None, skip_unknown=False):
         """(ids, skipped) of a text file, as encode() gives them for its text, read a piece at a
@@ -268,17 +276,13 @@ class TrainedModel:
         """(ids, skipped): `ids` of the characters `chars` (a file's own, from read_ids) as the
         model's (Vocab.translate); a character it lacks raises UnknownCharacters, the text called
         `what` (also for `eval --per-line`, which reads its file itself: cli._line_pieces)."""
-        try:
+        with _unknown_characters():
             return self._vocab.translate(ids, chars, skip_unknown=skip_unknown, what=what, as_bytes=self._of_bytes)
-        except CharrnnError as e:
-            raise UnknownCharacters(str(e)) from None
 
     def _check_known(self, ids, chars, what="text", uncounted=None):
         """_translated's UnknownCharacters, without translating (Vocab.check_known)."""
-        try:
+        with _unknown_characters():
             self._vocab.check_known(ids, chars, what=what, as_bytes=self._of_bytes, uncounted=uncounted)
-        except CharrnnError as e:
-            raise UnknownCharacters(str(e)) from None
 
     def score_lines(self, lines, *, batch=None, window=None, skip_unknown=False, what="text"):
         """Nats per character of each line on its own, for ranking many short texts: an iterator

@@ -7,7 +7,7 @@ import math
 import re
 import signal
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from importlib.machinery import EXTENSION_SUFFIXES
 from importlib.util import find_spec, module_from_spec, spec_from_file_location
 from pathlib import Path
@@ -55,22 +55,13 @@ class _Console:
         (2>/dev/full, a pipe whose reader is gone) is left out, as a note is, and the command goes
         on (rich wrote to the file as it closed the spinner, and the command ended, exit 1)."""
         spinner = self.console.status(text)
-        try:
+        with suppress(OSError):
             spinner.start()
-        except OSError:
-            try:
-                spinner.stop()  # (off the console's stack of live displays, or the next is never drawn)
-            except OSError:
-                pass
-            spinner = None
         try:
             yield
         finally:
-            try:
-                if spinner is not None:
-                    spinner.stop()
-            except OSError:
-                pass
+            with suppress(OSError):  # also where it failed to start: off rich's stack of live displays
+                spinner.stop()
 
     def print_table(self, table):
         """A table whose cells show all they hold: squeezed into a narrow terminal (COLUMNS=1, a

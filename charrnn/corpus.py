@@ -842,7 +842,7 @@ class Vocab:
         _, table, known = self._lookup("".join(chars))  # (len(chars),): their id -> our id
         dtype = ids_dtype(self.size)
         table = table.astype(dtype)
-        if not skip_unknown:  # an error, if a character it lacks occurs
+        if not skip_unknown and not known.all():  # an error, if a character it lacks occurs
             self.check_known(ids, chars, what=what, as_bytes=as_bytes)
         if known.all() or not skip_unknown:
             out = np.empty(ids.size, dtype)

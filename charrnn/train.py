@@ -124,7 +124,7 @@ class Trainer:
                                   cfg.encoding if cfg.init_from else None)
             for note in corpus.notes:
                 say(note)
-        cfg.corpus = [os.path.realpath(p) for p in cfg.corpus]  # a resume may start anywhere
+        cfg.corpus = _text_names(cfg.corpus)  # a resume may start anywhere
         self.corpus_info = corpus.info()
         base = None
         if vocab is None and cfg.init_from:
@@ -302,7 +302,7 @@ class Trainer:
         cfg.validate().check_stopping()  # before the text is read
         corpus = _corpus_to_resume(meta, cfg, inputs, path.parent)
         if inputs:
-            moved = [str(Path(p).resolve()) for p in inputs]
+            moved = _text_names(inputs)
             if moved != cfg.corpus:
                 changes.append(f"corpus {_texts_shown(cfg.corpus)} -> {_texts_shown(moved)}")
             cfg.corpus = moved
@@ -1072,8 +1072,7 @@ def same_run_on_every_rank(cfg, vocab=None, train_chars=None):
     collective of its own). Each rank compares its settings alone with rank 0's before a new
     run's folder is claimed and its text read (cli.train), then its settings and text before the
     first all-reduce (Trainer); every rank stops where one differs (distributed.refuse_together)."""
-    # as Trainer keeps them; realpath, not Path.resolve: a loop of links is the text's reader's to refuse
-    mine = {**cfg.to_dict(), "corpus": [os.path.realpath(p) for p in cfg.corpus]}
+    mine = {**cfg.to_dict(), "corpus": _text_names(cfg.corpus)}  # as Trainer keeps them
     if vocab is not None:
         mine.update({"vocabulary": vocab.to_json(), "training characters": train_chars})
     differ = _unlike_rank_0(mine)
@@ -1151,6 +1150,13 @@ def remove_if_empty(folders) -> None:
 def _shown(value):
     # an empty setting (--run or --init-from not given, --doc-sep '') as '', not as nothing
     return f"{value:g}" if isinstance(value, float) else str(value) if value != "" else "''"
+
+
+def _text_names(paths) -> list[str]:
+    """A run's text files as it keeps them (cfg.corpus), absolute and links followed: a resume may
+    start in any folder. realpath, not Path.resolve: a loop of links is for the text's reader to
+    refuse in one line, where resolve raised RuntimeError."""
+    return [os.path.realpath(p) for p in paths]
 
 
 def _texts_shown(files):
