@@ -32,14 +32,13 @@ import hashlib
 import math
 import os
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .config import DOC_SEP, LOG_STARTS
-from .errors import CharrnnError, UsageError, as_flag, counted, os_error_message
+from .errors import CharrnnError, UsageError, as_flag, counted, os_error_message, shell_word
 
 ENCODINGS = ("utf-8", "latin-1", "bytes")
 
@@ -257,7 +256,7 @@ def _wide_text(name, head: bytes) -> WideText | None:
     name = Path(name)
     converted = name.with_name(f"{name.stem}-utf8{name.suffix or '.txt'}")
     return WideText(f"{name} is {wide} text, not UTF-8",
-                    f"iconv -f {wide} -t UTF-8 {shlex.quote(str(name))} > {shlex.quote(str(converted))}")
+                    f"iconv -f {wide} -t UTF-8 {shell_word(name)} > {shell_word(converted)}")
 
 
 def _empty(name: str) -> NotText:

@@ -2,6 +2,7 @@
 import errno
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -58,6 +59,27 @@ def one_line(text: str) -> str:
     """text as one line of a message on stderr (an error, a note): controls_escaped, and the
     bytes of a name that is not UTF-8 as bytes_shown shows them."""
     return bytes_shown(controls_escaped(text))
+
+
+_SHOWN_AS_ESCAPE = re.compile("[\x00-\x1f\x7f-\x9f\udc80-\udcff]")  # what one_line writes as an escape
+
+
+def shell_word(path) -> str:
+    """path as one word of a command in a message, which a shell reads back as the same name:
+    quoted where it must be (a run named "my run"); where it holds what one_line would show as
+    an escape (a control character, a byte that is not UTF-8), in bash's $'...' with its bytes
+    as \\xHH, so that the command read on screen is the command; and a relative name starting
+    with '-' after ./, so that no command takes it for an option."""
+    text = str(path)
+    if text.startswith("-"):
+        text = "./" + text
+    if not _SHOWN_AS_ESCAPE.search(text):
+        return shlex.quote(text)
+
+    def escape(m):
+        return "".join(f"\\x{b:02x}" for b in os.fsencode(m[0]))  # U+0085: its UTF-8, \xc2\x85
+
+    return "$'" + _SHOWN_AS_ESCAPE.sub(escape, re.sub(r"[\\']", r"\\\g<0>", text)) + "'"
 
 
 def counted(n, noun, plural=None):

@@ -15,11 +15,10 @@ replaces a link rather than writing through it.
 """
 import errno
 import os
-import shlex
 import stat
 from pathlib import Path
 
-from .errors import CharrnnError, os_error_message
+from .errors import CharrnnError, os_error_message, shell_word
 
 try:
     import fcntl
@@ -131,7 +130,7 @@ def open_run_file(path: Path, flags: int) -> int:
     if not stat.S_ISLNK(mode):
         raise CharrnnError(f"{path} is not a plain file, where charrnn keeps a file of the run's own; remove it")
     target = Path(path).resolve()
-    keep = (f"to keep what it names, put a copy in its place: cp --remove-destination {shlex.quote(str(target))} "
-            f"{shlex.quote(str(path))}" if target.is_file() else "remove it")
+    keep = (f"to keep what it names, put a copy in its place: cp --remove-destination {shell_word(target)} "
+            f"{shell_word(path)}" if target.is_file() else "remove it")
     raise CharrnnError(f"{path} is a symbolic link, where charrnn keeps a file of the run's own, and it writes "
                        f"through no link; {keep}")

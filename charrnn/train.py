@@ -10,7 +10,6 @@ import json
 import math
 import os
 import re
-import shlex
 import signal
 import sys
 import threading
@@ -31,7 +30,7 @@ from .config import (LOG_STARTS, METRICS_FILE, MODEL_SETTINGS, OLDER_CHECKPOINTS
                      resolved_u_max)
 from .corpus import (Corpus, NotText, Streams, Vocab, default_corpus, fit_batch_and_window, read_corpus, shown_text,
                      some_of, split, streams_held, window_reach)
-from .errors import CharrnnError, UsageError, as_flag, file_in_the_way, flag, os_error_message
+from .errors import CharrnnError, UsageError, as_flag, file_in_the_way, flag, os_error_message, shell_word
 from .evaluate import Abandoned, bits, evaluate
 from .model import ModelSpec, Stack, init_params, transplant
 from .optim import Optimizer, clip_by_norm, clip_by_value, learning_rate
@@ -661,7 +660,7 @@ class Trainer:
             folder_takes = not self.world.root or resolve_checkpoint(self.run_dir, prefer="latest") == path
         except CharrnnError:
             folder_takes = False
-        resume = f"charrnn train --resume {self.run_dir if folder_takes else path}"
+        resume = f"charrnn train --resume {shell_word(self.run_dir if folder_takes else path)}"
         then = (f"Continue with: {resume}" if not at_end else
                 f"Test it with: {resume}" if len(self.test_ids) >= 2 else "The run is complete.")
         if at_once and not self.world.root:
@@ -813,14 +812,14 @@ def _corpus_to_resume(meta, cfg, inputs, run_dir):
     missing = [p for p in stored if not Path(p).exists()]
     if missing:
         raise CharrnnError(f"{missing[0]}, part of the text this run was trained on, is not there; give the text "
-                           f"again after --resume (charrnn train --resume {run_dir} FILE...), it is checked by its hash")
+                           f"again after --resume (charrnn train --resume {shell_word(run_dir)} FILE...), it is checked by its hash")
     # a pipe or a device in the place of a file it read would block, or never end (an older checkpoint's
     # corpus setting may name folders)
     readable = Path.is_file if saved.get("files") else (lambda p: p.is_file() or p.is_dir())
     other = next((p for p in stored if not readable(Path(p))), None)
     if other is not None:
         raise CharrnnError(f"{other}, part of the text this run was trained on, is no longer a regular file; "
-                           f"give the text again after --resume (charrnn train --resume {run_dir} FILE...)")
+                           f"give the text again after --resume (charrnn train --resume {shell_word(run_dir)} FILE...)")
     try:  # the files it read, each where it read it (a file twice, if it did: each is checked below)
         corpus = _read_corpus(stored, cfg.encoding, cfg.doc_sep, once=not saved.get("files"))
     except NotText as e:  # its advice (another --encoding) is no choice on resume
@@ -861,8 +860,8 @@ def _not_the_text(inputs, read, given, run_dir) -> CharrnnError:
     given_text = " ".join(map(str, inputs))
     if read and new and all(now.get(p) == sha for p, sha in was.items()):
         return CharrnnError(f"{given_text} is not the text this run was trained on: {why}; leave the text out to "
-                            f"resume on the files it read (charrnn train --resume {run_dir}), or train on all of "
-                            f"them in a new run that starts from this one (--init-from {run_dir})")
+                            f"resume on the files it read (charrnn train --resume {shell_word(run_dir)}), or train on all of "
+                            f"them in a new run that starts from this one (--init-from {shell_word(run_dir)})")
     return CharrnnError(f"{given_text} is not the text this run was trained on ({why}); give the files it read, in "
                         "the same order")
 
@@ -936,8 +935,8 @@ def _refuse_to_replace(path, step):
         return
     folder = path.absolute().parent  # path may be a bare file name: "." has no name to extend
     new = folder.with_name(f"{folder.name}-from-{step}")
-    copy = " && ".join(shlex.join(c) for c in (["mkdir", str(new)], ["cp", str(path), str(new / "latest.npz")],
-                                               ["charrnn", "train", "--resume", str(new)]))
+    copy = (f"mkdir {shell_word(new)} && cp {shell_word(path)} {shell_word(new / 'latest.npz')} && "
+            f"charrnn train --resume {shell_word(new)}")
     raise CharrnnError(f"{why}. To go on from update {step} and keep it, resume a copy in a folder of its own: "
                        f"{copy}")
 
@@ -1048,9 +1047,9 @@ def check_new_run_dir(run_dir: Path) -> None:
         holder = held_by(run_dir)
         if holder is not None:  # --resume now would be refused too
             raise CharrnnError(f"{run_dir} holds a run that another charrnn process{pid_shown(holder)} is training; "
-                               f"wait for it to finish, then continue it with --resume {run_dir}, or choose another "
+                               f"wait for it to finish, then continue it with --resume {shell_word(run_dir)}, or choose another "
                                "--run name")
-        raise CharrnnError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+        raise CharrnnError(f"{run_dir} already holds a run; continue it with --resume {shell_word(run_dir)} "
                            f"or choose another --run name")
     for name, step in ((METRICS_FILE, _record_step), (SAMPLES_FILE, _sample_step)):
         if not _left_by_a_run(run_dir / name, step):  # a file of the user's: never replaced

@@ -18,7 +18,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from charrnn import cli
+from charrnn import cli, errors
 from charrnn import train as train_module
 from charrnn.cli import app
 from charrnn.cells import OPTIONS as CELL_OPTIONS
@@ -71,6 +71,17 @@ def test_run_names_stay_inside_out_dir(name, corpus, tmp_path):
     r = runner.invoke(app, ["train", str(corpus), "--out-dir", str(tmp_path / "out"), "--run", name, "--max-steps", "1"])
     assert r.exit_code == 1 and "not a plain folder name" in str(r.exception)
     assert sorted(tmp_path.rglob("*")) == before  # nothing made, inside or outside
+
+
+@pytest.mark.skipif(not shutil.which("bash"), reason="needs bash")
+@pytest.mark.parametrize("name", ["my run", "it's", "-dash", "line\nbreak", os.fsdecode(b"caf\xe9"), "c1\x85",
+                                  "tab\tand\\backslash'"])
+def test_a_path_in_a_command_of_a_message_is_the_word_a_shell_reads_back(tmp_path, name):
+    # "Continue with: charrnn train --resume checkpoints/my run" resumed checkpoints/my
+    (tmp_path / name).write_text("")
+    word = errors.one_line(errors.shell_word(name))  # as the message shows it
+    said = subprocess.run(["bash", "-c", f"test -e {word} && printf %s {word}"], capture_output=True, cwd=tmp_path)
+    assert said.returncode == 0 and said.stdout == os.fsencode(("./" if name.startswith("-") else "") + name), word
 
 
 def test_an_output_folder_that_is_a_file(corpus, tmp_path):

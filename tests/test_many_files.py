@@ -18,7 +18,7 @@ from charrnn.checkpoint import load_checkpoint
 from charrnn.config import DOC_SEP, TrainConfig
 from charrnn.cli import app
 from charrnn.corpus import list_files, read_corpus
-from charrnn.errors import CharrnnError
+from charrnn.errors import CharrnnError, one_line
 from charrnn.train import Trainer, same_run_on_every_rank
 from test_hostile import main_exits
 from test_train import TEXT, config
@@ -261,6 +261,22 @@ def test_utf16_and_utf32_text_is_named_with_the_way_to_utf8(tmp_path, codec, sai
     assert corpus.text == TEXT and corpus.notes == [
         f"left out 1 file of UTF-16 or UTF-32 text: {wide}; save it as UTF-8 to read it, e.g. iconv -f {said} -t "
         f"UTF-8 {wide} > {wide.with_name('wide-utf8.txt')}"]
+
+
+@pytest.mark.skipif(not (shutil.which("iconv") and shutil.which("bash")), reason="needs iconv and bash")
+@pytest.mark.parametrize("name", ["-notes.txt", os.fsdecode(b"caf\xe9 notes.txt"), "line\nbreak's.txt"])
+def test_the_iconv_command_converts_a_file_whatever_its_name(tmp_path, monkeypatch, name):
+    # the command, as the error line shows it, run by a shell: a name starting with '-' was taken
+    # for an option, and a byte that is not UTF-8 or a line break was shown as an escape inside
+    # quotes, which a shell takes as those characters
+    monkeypatch.chdir(tmp_path)
+    Path(name).write_bytes(ASCII.encode("utf-16"))
+    with pytest.raises(CharrnnError) as refused:
+        read_corpus([Path(name)])
+    command = one_line(str(refused.value)).split("e.g. ")[1]
+    subprocess.run(["bash", "-c", command], check=True)
+    converted = Path(name).with_name(f"{Path(name).stem}-utf8.txt")
+    assert read_corpus([converted]).text == ASCII
 
 
 @pytest.mark.parametrize("encoding", ["latin-1", "bytes"])

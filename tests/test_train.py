@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from charrnn.checkpoint import load_checkpoint, save_checkpoint
 from charrnn.config import TrainConfig
 from charrnn.errors import CharrnnError
 from charrnn.tbptt import Scheduler
-from charrnn.train import Interrupted, Trainer
+from charrnn.train import Interrupted, Trainer, check_new_run_dir
 
 TEXT = "".join(f"{w} the {i % 7} quick brown fox jumps over {i % 13} lazy dogs.\n"
                for i, w in enumerate(["Alas", "Lo", "Hark", "Sing"] * 3))  # ~600 chars: epochs pass quickly
@@ -595,6 +596,15 @@ def test_a_new_run_that_cannot_have_its_folder_says_so_first_in_one_line(corpus,
     # a text that does not exist: the folder is checked before the text is read
     r = run_cli("train", str(tmp_path / "missing.txt"), "--out-dir", str(out), "--run", "r", "--max-steps", "2")
     assert r.returncode == 1 and len(r.stderr.splitlines()) == 1 and r.stderr.startswith(want), r.stderr
+
+
+def test_the_folder_a_refusal_says_to_resume_is_one_word_of_the_command(corpus, tmp_path):
+    run_dir = tmp_path / "my run's"
+    train_steps(config(corpus, tmp_path), run_dir, 2)
+    with pytest.raises(CharrnnError) as refused:
+        check_new_run_dir(run_dir)
+    words = shlex.split(str(refused.value).split("continue it with ")[1])
+    assert words[:2] == ["--resume", str(run_dir)]
 
 
 def test_resume_refuses_a_schedule_setting_its_schedule_does_not_read(corpus, tmp_path):
