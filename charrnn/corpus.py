@@ -418,6 +418,9 @@ class _Encoder:
 
     def _reserve(self, size: int, dtype: np.dtype) -> None:
         if dtype != self.ids.dtype:  # more characters than the type holds: copy the ids so far
+            # (for that while, both: 3 bytes a character as a byte's ids become two bytes' ones)
+            if not self._room_for(self.n * (self.ids.itemsize + dtype.itemsize)):
+                raise TextTooLarge(f"{self.n:,} characters read")
             wider = np.empty(max(size, self.ids.size), dtype)
             wider[: self.n] = self.ids[: self.n]
             self.ids = wider

@@ -171,6 +171,17 @@ def test_an_encoder_given_too_little_room_grows():
     assert chars == vocab.chars and np.array_equal(ids, expected) and ids.dtype == np.uint8
 
 
+def test_a_widening_of_the_ids_that_memory_cannot_take_is_refused(monkeypatch):
+    import charrnn.memory
+
+    encoder = corpus_module._Encoder(capacity=1 << 20)
+    encoder.add(np.arange(1 << 20, dtype=np.uint32) % 256)
+    # the copy would hold 3 MiB, while the ids may take half of the 2 MiB they and what is available make
+    monkeypatch.setattr(charrnn.memory, "available_bytes", lambda: 1 << 20)
+    with pytest.raises(corpus_module.TextTooLarge, match="1,048,576 characters read"):
+        encoder.add(np.array([300], np.uint32))
+
+
 @pytest.mark.parametrize("limit", ["memory", "address space"])
 def test_a_pipe_that_holds_more_than_memory_stops_in_one_line(tmp_path, monkeypatch, small_chunks, limit):
     # `eval MODEL /dev/zero --encoding latin-1` grew to 24 GB until the system's out-of-memory
