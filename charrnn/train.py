@@ -11,6 +11,7 @@ import math
 import os
 import re
 import signal
+import stat
 import sys
 import threading
 import time
@@ -34,7 +35,7 @@ from .errors import CharrnnError, UsageError, as_flag, file_in_the_way, flag, os
 from .evaluate import Abandoned, bits, evaluate
 from .model import ModelSpec, Stack, init_params, transplant
 from .optim import Optimizer, clip_by_norm, clip_by_value, learning_rate
-from .runlock import RunLock, held_by, open_run_file, pid_shown
+from .runlock import LOCK_FILE, RunLock, held_by, open_run_file, pid_shown
 from .schema import TRAINING, TRAINING_META
 from .tbptt import Scheduler
 
@@ -1136,14 +1137,32 @@ def _claimed_name(out_dir: Path, cell: str) -> str:
 
 def remove_if_empty(folders) -> None:
     """Undo new_run_dir's claim of a folder the command then wrote nothing into (it failed, or
-    was stopped, before the run began), and of the folders above it that it made, deepest first:
-    a folder with anything in it stays, and so do those above it."""
+    was stopped, before the run began, or before it saved or logged anything: it diverged), and
+    of the folders above it that it made, deepest first: a folder with anything in it stays, and
+    so do those above it."""
     if distributed.world().root:
+        _remove_unwritten_run_files(folders[0])
         for folder in folders:
             try:
                 folder.rmdir()
             except OSError:
                 return
+
+
+def _remove_unwritten_run_files(run_dir: Path) -> None:
+    """Remove what a run that saved and logged nothing left in its folder: the lock, and logs
+    with nothing in them; where the folder holds anything else, or a log holds anything, or
+    another process holds the lock, nothing."""
+    try:
+        names = os.listdir(run_dir)
+        if not set(names) <= {LOCK_FILE, METRICS_FILE, SAMPLES_FILE} or held_by(run_dir) is not None:
+            return
+        files = [os.lstat(run_dir / name) for name in names]
+        if all(stat.S_ISREG(f.st_mode) and (name == LOCK_FILE or f.st_size == 0) for name, f in zip(names, files)):
+            for name in names:
+                os.unlink(run_dir / name)
+    except OSError:
+        return
 
 
 def _shown(value):

@@ -562,6 +562,34 @@ def test_a_run_that_fails_before_it_begins_leaves_no_folder_it_made(corpus, tmp_
     assert not any((work / "runs").iterdir())
 
 
+@pytest.mark.parametrize("diverged_at, kept", [(2, False), (12, True)])
+def test_a_run_that_diverged_before_it_saved_or_logged_leaves_no_folder_it_made(corpus, tmp_path, monkeypatch,
+                                                                                diverged_at, kept):
+    # its claimed CELL-DATE-TIME folder stayed behind, holding .lock and an empty metrics.jsonl;
+    # one that logged a record first (every 10 updates) keeps it: plot shows the loss until then
+    from typer.testing import CliRunner
+
+    from charrnn.cli import app
+
+    update = Trainer.update
+
+    def poisoned_update(self):
+        if self.step == diverged_at:
+            self.params[5] = np.nan
+        return update(self)
+
+    monkeypatch.setattr(Trainer, "update", poisoned_update)
+    r = CliRunner().invoke(app, ["train", str(corpus), "--out-dir", str(tmp_path / "runs"), "--hidden", "8",
+                                 "--max-steps", "20", "--eval-every", "15", "--checkpoint-every", "15", "-q"])
+    assert isinstance(r.exception, CharrnnError) and "diverged" in str(r.exception), r.output
+    if not kept:
+        assert not (tmp_path / "runs").exists()
+    else:
+        [run_dir] = (tmp_path / "runs").iterdir()
+        assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "metrics.jsonl"]
+        assert (run_dir / "metrics.jsonl").stat().st_size > 0
+
+
 def test_resuming_a_run_that_has_reached_its_end_says_so(corpus, tmp_path):
     # it printed "resuming", tested the model again, appended that record and said done, exit 0
     train_steps(config(corpus, tmp_path), tmp_path / "r", 5)
