@@ -127,10 +127,27 @@ def open_run_file(path: Path, flags: int) -> int:
         if e.errno != errno.ELOOP:
             raise CharrnnError(os_error_message(e, path)) from None
         mode = stat.S_IFLNK
+    raise _not_plain(path, mode)
+
+
+def check_run_file(path: Path) -> None:
+    """The CharrnnError open_run_file would raise for what is in path's place, if any, now: a
+    resume says so before it says what it changes, rather than after."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise CharrnnError(os_error_message(e, path)) from None
+    if not stat.S_ISREG(mode):
+        raise _not_plain(path, mode)
+
+
+def _not_plain(path: Path, mode: int) -> CharrnnError:
     if not stat.S_ISLNK(mode):
-        raise CharrnnError(f"{path} is not a plain file, where charrnn keeps a file of the run's own; remove it")
+        return CharrnnError(f"{path} is not a plain file, where charrnn keeps a file of the run's own; remove it")
     target = Path(path).resolve()
     keep = (f"to keep what it names, put a copy in its place: cp --remove-destination {shell_word(target)} "
             f"{shell_word(path)}" if target.is_file() else "remove it")
-    raise CharrnnError(f"{path} is a symbolic link, where charrnn keeps a file of the run's own, and it writes "
-                       f"through no link; {keep}")
+    return CharrnnError(f"{path} is a symbolic link, where charrnn keeps a file of the run's own, and it writes "
+                        f"through no link; {keep}")

@@ -35,7 +35,7 @@ from .errors import CharrnnError, UsageError, as_flag, file_in_the_way, flag, os
 from .evaluate import Abandoned, bits, evaluate
 from .model import ModelSpec, Stack, init_params, transplant
 from .optim import Optimizer, clip_by_norm, clip_by_value, learning_rate
-from .runlock import LOCK_FILE, RunLock, held_by, open_run_file, pid_shown
+from .runlock import LOCK_FILE, RunLock, check_run_file, held_by, open_run_file, pid_shown
 from .schema import TRAINING, TRAINING_META
 from .tbptt import Scheduler
 
@@ -265,6 +265,9 @@ class Trainer:
         try:
             self = cls._restore(path, say, corpus, overrides)
             _refuse_to_replace(path, self.step)
+            if self.world.root:  # the logs run() appends to, refused before `say` is heard (the CLI holds it)
+                for name in (METRICS_FILE, SAMPLES_FILE):
+                    check_run_file(self.run_dir / name)
             self._keep_best(path)
         except BaseException:
             lock.release()
