@@ -16,9 +16,11 @@ from .model import Layout, ModelSpec, Stack
 from .optim import moment_names
 
 
-def available_bytes(proc=Path("/proc"), cgroup_root=Path("/sys/fs/cgroup")):
+def available_bytes(proc=Path("/proc"), cgroup_root=Path("/sys/fs/cgroup"), getrlimit=None):
     """Memory this process can still take: the kernel's MemAvailable, capped by the room left
-    under a cgroup v2 memory limit (a container's). None where neither can be read."""
+    under a cgroup memory limit (a container's, v2 or v1) and under a limit on this process's
+    address space or data (ulimit -v, -d; prlimit --as). None where none can be read.
+    getrlimit: resource.getrlimit, or a stand-in."""
     found = []
     try:
         for line in (proc / "meminfo").read_text().splitlines():
@@ -27,15 +29,68 @@ def available_bytes(proc=Path("/proc"), cgroup_root=Path("/sys/fs/cgroup")):
     except (OSError, ValueError, IndexError):
         pass
     try:
-        # "0::/path" is the process's cgroup in the v2 hierarchy
-        group = next(l[3:] for l in (proc / "self" / "cgroup").read_text().splitlines() if l.startswith("0::"))
-        folder = cgroup_root / group.strip().lstrip("/")
-        limit = (folder / "memory.max").read_text().strip()
-        if limit != "max":
-            found.append(int(limit) - int((folder / "memory.current").read_text()))
-    except (OSError, ValueError, StopIteration):
-        pass
+        groups = (proc / "self" / "cgroup").read_text().splitlines()
+    except OSError:
+        groups = []
+    for room in (_cgroup_v2_room, _cgroup_v1_room):
+        try:
+            found.append(room(groups, cgroup_root))
+        except (OSError, ValueError, StopIteration, LookupError):
+            pass
+    found += _rlimit_rooms(proc, getrlimit)
     return max(0, min(found)) if found else None
+
+
+def _cgroup_v2_room(groups, root) -> int:
+    # "0::/path" is the process's cgroup in the v2 hierarchy
+    folder = root / next(l[3:] for l in groups if l.startswith("0::")).strip().lstrip("/")
+    limit = (folder / "memory.max").read_text().strip()
+    if limit == "max":
+        raise LookupError
+    return int(limit) - int((folder / "memory.current").read_text())
+
+
+# v1 writes "no limit" as the largest count of pages it holds, in bytes: 9223372036854771712
+_V1_UNLIMITED = 1 << 62
+
+
+def _cgroup_v1_room(groups, root) -> int:
+    # "4:memory:/path" (or "4:cpu,memory:/path") is the process's cgroup in the v1 memory
+    # hierarchy, mounted at ROOT/memory; in a container that shows only its own group, the path
+    # (the host's) is not there, and the mount's top is the container's group
+    path = next(l.split(":", 2)[2] for l in groups if "memory" in l.split(":", 2)[1].split(","))
+    folder = root / "memory" / path.strip().lstrip("/")
+    if not folder.is_dir():
+        folder = root / "memory"
+    stat = dict(line.split() for line in (folder / "memory.stat").read_text().splitlines() if line.strip())
+    limit = int(stat["hierarchical_memory_limit"])  # its own limit, or a lower one above it
+    if limit >= _V1_UNLIMITED:
+        raise LookupError
+    return limit - int((folder / "memory.usage_in_bytes").read_text())
+
+
+# the limits on a process's memory, and the line of /proc/self/status with what it holds of each
+_RLIMITS = (("RLIMIT_AS", "VmSize:"), ("RLIMIT_DATA", "VmData:"))
+
+
+def _rlimit_rooms(proc, getrlimit) -> list:
+    """The room left under each limit set on this process's memory: the limit less what it holds."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return []
+    getrlimit = getrlimit or resource.getrlimit
+    rooms = []
+    for name, field in _RLIMITS:
+        try:
+            soft = getrlimit(getattr(resource, name))[0]
+            if soft == resource.RLIM_INFINITY:
+                continue
+            held = next(l for l in (proc / "self" / "status").read_text().splitlines() if l.startswith(field))
+            rooms.append(soft - int(held.split()[1]) * 1024)  # in kB
+        except (OSError, ValueError, IndexError, StopIteration, AttributeError):
+            pass
+    return rooms
 
 
 def training_needs(spec: ModelSpec, cfg, streams=None, processes=1) -> dict:

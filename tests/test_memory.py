@@ -109,6 +109,47 @@ def test_available_memory_from_meminfo_and_cgroup(tmp_path):
     assert memory.available_bytes(**only_cgroup) == 500000
 
 
+V1_UNLIMITED = "9223372036854771712"
+
+
+def fake_v1(tmp_path, group, limit, usage, where=None):
+    """A system with MEMINFO and a cgroup v1 memory hierarchy: the process in `group`, whose
+    folder is `where` under the mount (its own path by default; "" for a container's top)."""
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "meminfo").write_text(MEMINFO.replace("1000 kB", "10000000 kB"))
+    (proc / "self" / "cgroup").write_text(f"9:name=systemd:/\n4:cpu,memory:{group}\n1:cpu:/\n0::/\n")
+    folder = tmp_path / "cg" / "memory" / (group.lstrip("/") if where is None else where)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "memory.stat").write_text(f"cache 4096\nhierarchical_memory_limit {limit}\nrss 8192\n")
+    (folder / "memory.usage_in_bytes").write_text(f"{usage}\n")
+    return dict(proc=proc, cgroup_root=tmp_path / "cg")
+
+
+def test_available_memory_under_a_cgroup_v1_limit(tmp_path):
+    # this machine's kind: v1 hierarchies, the memory one with a group per process; its limit went unread
+    assert memory.available_bytes(**fake_v1(tmp_path / "a", "/jobs/17", "600000", "100000")) == 500000
+    # a container that sees its own group as the mount's top, under the host's path
+    assert memory.available_bytes(**fake_v1(tmp_path / "b", "/docker/ab12", "600000", "100000", where="")) == 500000
+    assert memory.available_bytes(**fake_v1(tmp_path / "c", "/jobs/17", V1_UNLIMITED, "100000")) == 10000000 * 1024
+
+
+def test_available_memory_under_a_limit_on_the_address_space(tmp_path):
+    # prlimit --as=3G charrnn train --hidden 4096 --layers 3: "out of memory" after 8.6 s of
+    # allocating, where the check says at once what the run needs
+    import resource
+
+    system = fake_system(tmp_path, MEMINFO.replace("1000 kB", "10000000 kB"))
+    (system["proc"] / "self" / "status").write_text("Name:\tpython\nVmSize:\t  2000 kB\nVmData:\t  500 kB\n")
+    limits = {resource.RLIMIT_AS: (5000 * 1024, resource.RLIM_INFINITY),
+              resource.RLIMIT_DATA: (resource.RLIM_INFINITY, resource.RLIM_INFINITY)}
+    assert memory.available_bytes(**system, getrlimit=limits.get) == 3000 * 1024
+    limits[resource.RLIMIT_DATA] = (1000 * 1024, 1000 * 1024)
+    assert memory.available_bytes(**system, getrlimit=limits.get) == 500 * 1024
+    limits[resource.RLIMIT_AS] = limits[resource.RLIMIT_DATA] = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+    assert memory.available_bytes(**system, getrlimit=limits.get) == 10000000 * 1024
+
+
 @pytest.mark.parametrize("meminfo", [None, "", "MemAvailable: lots\n", "MemAvailable:\n"])
 def test_unknown_memory_is_none(tmp_path, meminfo):
     assert memory.available_bytes(**fake_system(tmp_path, meminfo)) is None
