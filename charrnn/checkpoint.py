@@ -32,6 +32,7 @@ import math
 import os
 import re
 import secrets
+import struct
 import zipfile
 import zlib
 from pathlib import Path
@@ -49,6 +50,15 @@ _CHECKSUMS = "array_sha256"  # meta key of the checksum table; added by save, re
 _ZIP_MAGIC = b"PK\x03\x04"
 _LOCAL_HEADER = 30  # bytes of a zip member's local header, before its name (zipfile.sizeFileHeader)
 _MOST_MEMBERS = 1000  # far more than any checkpoint holds: the parameters, optimizer state, a window
+# Bytes of the archive's directory that many members could take: a record of 46 bytes each, a name
+# and its extra fields (zip64's sizes, up to 28 bytes)
+_MOST_DIRECTORY = _MOST_MEMBERS * (46 + 256 + 64)
+# The zip records read from the archive's end (zipfile's layout): the end record, whose entry
+# count (total) and directory size are 10 and 12 bytes in; and before it, zip64's locator and
+# end record, whose count and size are 32 and 40 bytes in
+_END, _END_SIZE = b"PK\x05\x06", 22
+_END64_LOCATOR, _END64_LOCATOR_SIZE = b"PK\x06\x07", 20
+_END64, _END64_SIZE = b"PK\x06\x06", 56
 _READ_CHUNK = 1 << 24  # bytes read at a time into an array being loaded
 # What a damaged or truncated archive raises while it is read: numpy raises ValueError/EOFError
 # for short or malformed .npy data, zipfile BadZipFile for a broken archive or a bad CRC,
@@ -231,6 +241,12 @@ def load_checkpoint(path, schema=None) -> tuple[dict[str, np.ndarray], dict]:
             raise CharrnnError(f"cannot read checkpoint {path}: {e.strerror or e}") from e
         if not head.startswith(_ZIP_MAGIC):
             raise CharrnnError(_not_an_archive(path, head))
+        try:  # before zipfile reads the directory whole (a million members: 5 s and 360 MB)
+            too_large = _directory_too_large(f, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            raise CharrnnError(f"cannot read checkpoint {path}: {e.strerror or e}") from e
+        if too_large:
+            raise CharrnnError(_corrupt(path, too_large))
         f.seek(0)
         try:
             zf = zipfile.ZipFile(f)
@@ -238,6 +254,33 @@ def load_checkpoint(path, schema=None) -> tuple[dict[str, np.ndarray], dict]:
             raise CharrnnError(_corrupt(path, f"not a complete zip archive: {e}")) from e
         with zf:
             return _read_archive(zf, path, os.fstat(f.fileno()).st_size, schema)
+
+
+def _directory_too_large(f, size: int) -> str | None:
+    """Why the archive's directory is larger than a checkpoint's, as its end records declare it
+    (zip64's where they are there, as zipfile reads them; the plain one's then hold only their
+    limits); None where it is not, or where they are not found (zipfile then says what is wrong)."""
+    tail = min(size, _END_SIZE + 0xFFFF)  # the end record, and a comment of up to 64 KiB after it
+    f.seek(size - tail)
+    data = f.read(tail)
+    if data[-_END_SIZE:].startswith(_END) and data.endswith(b"\0\0"):  # no comment, as zipfile looks first
+        at = len(data) - _END_SIZE
+    else:
+        at = data.rfind(_END)
+    if at < 0 or len(data) - at < _END_SIZE:
+        return None
+    members, directory = struct.unpack_from("<HI", data, at + 10)
+    end = size - tail + at  # the end record's offset
+    if end >= _END64_LOCATOR_SIZE + _END64_SIZE:
+        f.seek(end - _END64_LOCATOR_SIZE - _END64_SIZE)
+        before = f.read(_END64_SIZE + _END64_LOCATOR_SIZE)
+        if before[_END64_SIZE:].startswith(_END64_LOCATOR) and before.startswith(_END64):
+            members, directory = struct.unpack_from("<QQ", before, 32)
+    if members > _MOST_MEMBERS:
+        return f"it has {members:,} members, more than a checkpoint holds"
+    if directory > _MOST_DIRECTORY:
+        return f"its directory of members takes {directory:,} bytes, more than a checkpoint's"
+    return None
 
 
 def _read_archive(zf: zipfile.ZipFile, path: Path, size: int, schema) -> tuple[dict[str, np.ndarray], dict]:

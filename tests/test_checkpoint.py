@@ -649,6 +649,50 @@ def test_members_that_overlap_are_refused_before_their_arrays_are_read(tmp_path)
         load_checkpoint(path)
 
 
+def many_members(n: int, count=None, directory=None, zip64=False) -> bytes:
+    """A zip of n empty members whose end record declares `count` members and a directory of
+    `directory` bytes (as written, by default); with zip64, zip64's end records declare the
+    true ones, as zipfile then reads them."""
+    import io
+    import struct
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        for i in range(n):
+            zf.writestr(f"a{i}.npy", b"")
+    data = out.getvalue()
+    end = len(data) - 22
+    size, offset = struct.unpack_from("<II", data, end + 12)
+    plain = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, count or n, count or n, directory or size, offset, 0)
+    if not zip64:
+        return data[:end] + plain
+    record = struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, n, n, size, offset)
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, end, 1)
+    return data[:end] + record + locator + plain
+
+
+@pytest.mark.parametrize("count, directory, zip64, said", [
+    (None, None, False, "it has 20,000 members, more than a checkpoint holds"),
+    (5, None, False, r"its directory of members takes 1,108,890 bytes, more than a checkpoint's"),
+    (5, 100, True, "it has 20,000 members, more than a checkpoint holds")])
+def test_an_archive_of_too_many_members_is_refused_before_its_directory_is_read(tmp_path, monkeypatch, count,
+                                                                                 directory, zip64, said):
+    # zipfile reads every member's record before any can be counted: a million took 5 s and 360 MB;
+    # the end record declares how many, and how large their directory is (an end record that
+    # understates both, where zip64's records follow the truth, is read as zipfile reads it)
+    path = tmp_path / "many.npz"
+    path.write_bytes(many_members(20_000, count, directory, zip64))
+    with zipfile.ZipFile(path) as zf:  # as zipfile reads it: every member, whatever the count says
+        assert len(zf.infolist()) == 20_000
+
+    def not_read(*args, **kwargs):
+        raise AssertionError("zipfile read the directory")
+
+    monkeypatch.setattr(zipfile, "ZipFile", not_read)
+    with pytest.raises(CharrnnError, match=said):
+        load_checkpoint(path)
+
+
 def test_a_checkpoint_of_more_members_than_any_run_writes_is_refused(tmp_path):
     path = tmp_path / "many.npz"
     save_checkpoint(path, {f"a{i}": np.zeros(0, np.uint8) for i in range(1000)}, {})  # 1001 with the document
