@@ -16,11 +16,12 @@ from .model import Layout, ModelSpec, Stack
 from .optim import moment_names
 
 
-def available_bytes(proc=Path("/proc"), cgroup_root=Path("/sys/fs/cgroup"), getrlimit=None):
-    """Memory this process can still take: the kernel's MemAvailable, capped by the room left
-    under a cgroup memory limit (a container's, v2 or v1) and under a limit on this process's
-    address space or data (ulimit -v, -d; prlimit --as). None where none can be read.
-    getrlimit: resource.getrlimit, or a stand-in."""
+def available_bytes(proc=Path("/proc"), cgroup_root=Path("/sys/fs/cgroup"), getrlimit=None, processes=1):
+    """Memory that `processes` of one job on this machine (by default this process alone) can
+    still take: the kernel's MemAvailable, capped by the room left under a cgroup memory limit (a
+    container's, v2 or v1), which they share, and by `processes` times the room left under this
+    process's limit on its address space or data (ulimit -v, -d; prlimit --as), which each has of
+    its own. None where none can be read. getrlimit: resource.getrlimit, or a stand-in."""
     found = []
     try:
         for line in (proc / "meminfo").read_text().splitlines():
@@ -37,8 +38,13 @@ def available_bytes(proc=Path("/proc"), cgroup_root=Path("/sys/fs/cgroup"), getr
             found.append(room(groups, cgroup_root))
         except (OSError, ValueError, StopIteration, LookupError):
             pass
-    found += _rlimit_rooms(proc, getrlimit)
+    found += [processes * room for room in _rlimit_rooms(proc, getrlimit)]
     return max(0, min(found)) if found else None
+
+
+# A cgroup's usage counts the page cache of the files its processes read (the corpus, just read),
+# which the kernel takes back under its limit; its inactive part is left out, as container tools
+# do: memory.stat's inactive_file (v2), total_inactive_file (v1, its group and those below)
 
 
 def _cgroup_v2_room(groups, root) -> int:
@@ -47,7 +53,8 @@ def _cgroup_v2_room(groups, root) -> int:
     limit = (folder / "memory.max").read_text().strip()
     if limit == "max":
         raise LookupError
-    return int(limit) - int((folder / "memory.current").read_text())
+    used = int((folder / "memory.current").read_text()) - int(_memory_stat(folder).get("inactive_file", 0))
+    return int(limit) - used
 
 
 # v1 writes "no limit" as the largest count of pages it holds, in bytes: 9223372036854771712
@@ -62,11 +69,19 @@ def _cgroup_v1_room(groups, root) -> int:
     folder = root / "memory" / path.strip().lstrip("/")
     if not folder.is_dir():
         folder = root / "memory"
-    stat = dict(line.split() for line in (folder / "memory.stat").read_text().splitlines() if line.strip())
+    stat = _memory_stat(folder)
     limit = int(stat["hierarchical_memory_limit"])  # its own limit, or a lower one above it
     if limit >= _V1_UNLIMITED:
         raise LookupError
-    return limit - int((folder / "memory.usage_in_bytes").read_text())
+    return limit - (int((folder / "memory.usage_in_bytes").read_text()) - int(stat.get("total_inactive_file", 0)))
+
+
+def _memory_stat(folder) -> dict:
+    """A cgroup's memory.stat, name -> count; {} where it cannot be read."""
+    try:
+        return dict(line.split()[:2] for line in (folder / "memory.stat").read_text().splitlines() if line.strip())
+    except OSError:
+        return {}
 
 
 # the limits on a process's memory, and the line of /proc/self/status with what it holds of each
@@ -139,10 +154,11 @@ def gradflow_needs(specs, batch: int, max_k: int, windows: int) -> dict:
     }
 
 
-def require(needs: dict, what: str, advice: str):
-    """A CharrnnError if the parts of `needs` add up to more than is available (when known)."""
+def require(needs: dict, what: str, advice: str, processes=1):
+    """A CharrnnError if the parts of `needs` add up to more than is available (when known) to
+    the `processes` on this machine that `needs` counts."""
     need = sum(needs.values())
-    have = available_bytes()
+    have = available_bytes(processes=processes)
     if have is not None and need > have:
         parts = ", ".join(f"{name} {_size(n)}" for name, n in needs.items() if n)
         raise CharrnnError(f"{what} needs about {_size(need)} of memory ({parts}), but {_size(have)} is "

@@ -159,7 +159,8 @@ class Trainer:
         self.spec = ModelSpec(cfg.cell, self.vocab.size, cfg.hidden, cfg.layers, cfg.cell_options())
         rows = self.world.rows(cfg.batch, resumed=resuming)  # this rank's streams (all, in one process)
         memory.require(memory.training_needs(self.spec, cfg, rows.stop - rows.start, self.world.node_size),
-                       "this run", "use a smaller --hidden, --layers, --batch or --k1/--k2")
+                       "this run", "use a smaller --hidden, --layers, --batch or --k1/--k2",
+                       processes=self.world.node_size)
         self.rng = np.random.Generator(np.random.PCG64(cfg.seed))
         self.params = init_params(self.spec, self.rng, np.float32)
         if base is not None:  # the trained model; a fresh model's rows for the characters it lacked

@@ -404,7 +404,7 @@ def test_the_apis_advice_names_arguments_not_flags(run, model, tmp_path, monkeyp
         model.encode_file(path)
     assert e.type is NotText and "--" not in str(e.value)
     path.write_text("the cat sat\n", encoding="utf-8")
-    monkeypatch.setattr(memory, "available_bytes", lambda: 1000)
+    monkeypatch.setattr(memory, "available_bytes", lambda **_: 1000)
     for call in (model.score, lambda text: list(model.score_lines([text]))):
         with pytest.raises(CharrnnError, match=re.escape("available; use a smaller batch or window (batch=, window=)")):
             call("the cat sat")

@@ -142,7 +142,7 @@ def test_a_short_text_needs_no_memory_for_a_window_longer_than_it(run, tmp_path,
     short.write_text(run["val_file"].read_text(encoding="utf-8")[:12], encoding="utf-8")
     import charrnn.memory
 
-    monkeypatch.setattr(charrnn.memory, "available_bytes", lambda: 64 << 20)  # 64 MiB is plenty
+    monkeypatch.setattr(charrnn.memory, "available_bytes", lambda **_: 64 << 20)  # 64 MiB is plenty
     r = invoke("eval", run["dir"], short, "--batch", 300, "--window", 100_000, *per_line)
     assert r.exit_code == 0, r.output
     if not per_line:  # and the figure is the one of a window as long as the text

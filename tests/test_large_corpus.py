@@ -177,7 +177,7 @@ def test_a_widening_of_the_ids_that_memory_cannot_take_is_refused(monkeypatch):
     encoder = corpus_module._Encoder(capacity=1 << 20)
     encoder.add(np.arange(1 << 20, dtype=np.uint32) % 256)
     # the copy would hold 3 MiB, while the ids may take half of the 2 MiB they and what is available make
-    monkeypatch.setattr(charrnn.memory, "available_bytes", lambda: 1 << 20)
+    monkeypatch.setattr(charrnn.memory, "available_bytes", lambda **_: 1 << 20)
     with pytest.raises(corpus_module.TextTooLarge, match="1,048,576 characters read"):
         encoder.add(np.array([300], np.uint32))
 
@@ -192,7 +192,7 @@ def test_a_pipe_that_holds_more_than_memory_stops_in_one_line(tmp_path, monkeypa
 
     small_chunks(4096)
     if limit == "memory":
-        monkeypatch.setattr(charrnn.memory, "available_bytes", lambda: 1 << 20)
+        monkeypatch.setattr(charrnn.memory, "available_bytes", lambda **_: 1 << 20)
     else:
         def no_room(self, *args, **kwargs):
             raise MemoryError
@@ -225,7 +225,7 @@ def test_a_file_that_grows_a_little_while_read_is_read_where_memory_is_short(mon
 
     encoder = corpus_module._Encoder(capacity=1 << 20)
     encoder.add(np.full(1 << 20, ord("a"), np.uint32))
-    monkeypatch.setattr(charrnn.memory, "available_bytes", lambda: (5 << 20) // 2)  # room for 1.25x, not 2x
+    monkeypatch.setattr(charrnn.memory, "available_bytes", lambda **_: (5 << 20) // 2)  # room for 1.25x, not 2x
     encoder.add(np.full(100, ord("b"), np.uint32))
     ids, chars = encoder.finish()
     assert ids.size == (1 << 20) + 100 and chars == ["a", "b"]

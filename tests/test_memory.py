@@ -73,16 +73,16 @@ def test_the_estimate_counts_every_part(tmp_path, monkeypatch):
     assert needs["window buffers"] > Stack.nbytes(spec, 4, 16)
     # refused just below the estimate, accepted at it, and accepted where nothing is known
     total = sum(needs.values())
-    monkeypatch.setattr(memory, "available_bytes", lambda: total - 1)
+    monkeypatch.setattr(memory, "available_bytes", lambda **_: total - 1)
     with pytest.raises(CharrnnError, match="is available"):
         memory.require(needs, "this run", "advice")
-    monkeypatch.setattr(memory, "available_bytes", lambda: total)
+    monkeypatch.setattr(memory, "available_bytes", lambda **_: total)
     memory.require(needs, "this run", "advice")
-    monkeypatch.setattr(memory, "available_bytes", lambda: None)
+    monkeypatch.setattr(memory, "available_bytes", lambda **_: None)
     memory.require(needs, "this run", "advice")
 
 
-def fake_system(tmp_path, meminfo, cgroup=None, limit=None, current=None):
+def fake_system(tmp_path, meminfo, cgroup=None, limit=None, current=None, stat=None):
     proc = tmp_path / "proc"
     (proc / "self").mkdir(parents=True)
     if meminfo is not None:
@@ -93,6 +93,8 @@ def fake_system(tmp_path, meminfo, cgroup=None, limit=None, current=None):
         folder.mkdir(parents=True)
         (folder / "memory.max").write_text(limit)
         (folder / "memory.current").write_text(current)
+        if stat is not None:
+            (folder / "memory.stat").write_text(stat)
     return dict(proc=proc, cgroup_root=tmp_path / "cg")
 
 
@@ -112,7 +114,7 @@ def test_available_memory_from_meminfo_and_cgroup(tmp_path):
 V1_UNLIMITED = "9223372036854771712"
 
 
-def fake_v1(tmp_path, group, limit, usage, where=None):
+def fake_v1(tmp_path, group, limit, usage, where=None, inactive_file=0):
     """A system with MEMINFO and a cgroup v1 memory hierarchy: the process in `group`, whose
     folder is `where` under the mount (its own path by default; "" for a container's top)."""
     proc = tmp_path / "proc"
@@ -121,7 +123,8 @@ def fake_v1(tmp_path, group, limit, usage, where=None):
     (proc / "self" / "cgroup").write_text(f"9:name=systemd:/\n4:cpu,memory:{group}\n1:cpu:/\n0::/\n")
     folder = tmp_path / "cg" / "memory" / (group.lstrip("/") if where is None else where)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "memory.stat").write_text(f"cache 4096\nhierarchical_memory_limit {limit}\nrss 8192\n")
+    (folder / "memory.stat").write_text(f"cache 4096\nhierarchical_memory_limit {limit}\nrss 8192\n"
+                                        f"inactive_file 1\ntotal_inactive_file {inactive_file}\n")
     (folder / "memory.usage_in_bytes").write_text(f"{usage}\n")
     return dict(proc=proc, cgroup_root=tmp_path / "cg")
 
@@ -132,6 +135,16 @@ def test_available_memory_under_a_cgroup_v1_limit(tmp_path):
     # a container that sees its own group as the mount's top, under the host's path
     assert memory.available_bytes(**fake_v1(tmp_path / "b", "/docker/ab12", "600000", "100000", where="")) == 500000
     assert memory.available_bytes(**fake_v1(tmp_path / "c", "/jobs/17", V1_UNLIMITED, "100000")) == 10000000 * 1024
+
+
+def test_a_cgroup_s_page_cache_that_it_can_take_back_is_room(tmp_path):
+    # its usage counts the cache of the files read (the corpus): a 4 GiB group holding 200 MiB of
+    # processes and 3.5 GiB of cache, 3.4 GiB of it inactive, was said to have 312 MiB left
+    v1 = fake_v1(tmp_path / "a", "/jobs/17", "600000", "450000", inactive_file="300000")
+    assert memory.available_bytes(**v1) == 450000
+    v2 = fake_system(tmp_path / "b", MEMINFO.replace("1000 kB", "10000000 kB"), "/box", "600000\n", "450000\n",
+                     "anon 150000\nfile 300000\ninactive_file 300000\n")
+    assert memory.available_bytes(**v2) == 450000
 
 
 def test_available_memory_under_a_limit_on_the_address_space(tmp_path):
@@ -146,6 +159,8 @@ def test_available_memory_under_a_limit_on_the_address_space(tmp_path):
     assert memory.available_bytes(**system, getrlimit=limits.get) == 3000 * 1024
     limits[resource.RLIMIT_DATA] = (1000 * 1024, 1000 * 1024)
     assert memory.available_bytes(**system, getrlimit=limits.get) == 500 * 1024
+    # MPI ranks on one machine, counted together: each has a limit of its own (MemAvailable is shared)
+    assert memory.available_bytes(**system, getrlimit=limits.get, processes=3) == 1500 * 1024
     limits[resource.RLIMIT_AS] = limits[resource.RLIMIT_DATA] = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
     assert memory.available_bytes(**system, getrlimit=limits.get) == 10000000 * 1024
 
@@ -202,7 +217,7 @@ def test_a_gradflow_too_large_is_refused_before_allocating(tmp_path, monkeypatch
     # --hidden 4096 --layers 16 (both in range) grew until the kernel's out-of-memory killer ended it
     from charrnn import gradflow
 
-    monkeypatch.setattr(memory, "available_bytes", lambda: 8 * 2**30)  # a machine of any size
+    monkeypatch.setattr(memory, "available_bytes", lambda **_: 8 * 2**30)  # a machine of any size
     tracemalloc.start()
     try:
         with pytest.raises(CharrnnError, match=r"this measurement needs about [\d,.]+ GiB of memory \(parameters "
