@@ -257,10 +257,12 @@ def load_checkpoint(path, schema=None) -> tuple[dict[str, np.ndarray], dict]:
 
 
 def _directory_too_large(f, size: int) -> str | None:
-    """Why the archive's directory is larger than a checkpoint's, as its end records declare it
-    (zip64's where they are there, as zipfile reads them; the plain one's then hold only their
-    limits); None where it is not, or where they are not found (zipfile then says what is wrong)."""
-    tail = min(size, _END_SIZE + 0xFFFF)  # the end record, and a comment of up to 64 KiB after it
+    """Why the archive's directory is larger than a checkpoint's, as its end records declare it:
+    the plain one, and zip64's where found, both where zipfile has looked for it (just before its
+    locator) and where newer releases do (where the locator points); the largest figures count.
+    None where they are within bounds, or where no end record is found (zipfile then says what
+    is wrong)."""
+    tail = min(size, _END_SIZE + (1 << 16))  # the end record, and up to 64 KiB after it (a comment)
     f.seek(size - tail)
     data = f.read(tail)
     if data[-_END_SIZE:].startswith(_END) and data.endswith(b"\0\0"):  # no comment, as zipfile looks first
@@ -269,13 +271,19 @@ def _directory_too_large(f, size: int) -> str | None:
         at = data.rfind(_END)
     if at < 0 or len(data) - at < _END_SIZE:
         return None
-    members, directory = struct.unpack_from("<HI", data, at + 10)
+    declared = [struct.unpack_from("<HI", data, at + 10)]  # members, directory bytes
     end = size - tail + at  # the end record's offset
-    if end >= _END64_LOCATOR_SIZE + _END64_SIZE:
-        f.seek(end - _END64_LOCATOR_SIZE - _END64_SIZE)
-        before = f.read(_END64_SIZE + _END64_LOCATOR_SIZE)
-        if before[_END64_SIZE:].startswith(_END64_LOCATOR) and before.startswith(_END64):
-            members, directory = struct.unpack_from("<QQ", before, 32)
+    if end >= _END64_LOCATOR_SIZE:
+        f.seek(end - _END64_LOCATOR_SIZE)
+        locator = f.read(_END64_LOCATOR_SIZE)
+        if locator.startswith(_END64_LOCATOR):
+            for where in (end - _END64_LOCATOR_SIZE - _END64_SIZE, struct.unpack_from("<Q", locator, 8)[0]):
+                if 0 <= where <= size - _END64_SIZE:
+                    f.seek(where)
+                    record = f.read(_END64_SIZE)
+                    if record.startswith(_END64):
+                        declared.append(struct.unpack_from("<QQ", record, 32))
+    members, directory = max(m for m, _ in declared), max(d for _, d in declared)
     if members > _MOST_MEMBERS:
         return f"it has {members:,} members, more than a checkpoint holds"
     if directory > _MOST_DIRECTORY:
