@@ -131,23 +131,22 @@ def open_run_file(path: Path, flags: int) -> int:
 
 
 def check_run_file(path: Path) -> None:
-    """The CharrnnError open_run_file would raise for what is in path's place, if any, now: a
-    resume says so before it says what it changes, rather than after."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    except OSError as e:
-        raise CharrnnError(os_error_message(e, path)) from None
-    if not stat.S_ISREG(mode):
-        raise _not_plain(path, mode)
+    """The CharrnnError open_run_file would raise for a file of the run in path's place, if any,
+    now (it is opened to read and write, and closed): a resume says so before it says what it
+    changes, rather than after."""
+    if os.path.lexists(path):
+        os.close(open_run_file(path, os.O_RDWR))
 
 
 def _not_plain(path: Path, mode: int) -> CharrnnError:
     if not stat.S_ISLNK(mode):
         return CharrnnError(f"{path} is not a plain file, where charrnn keeps a file of the run's own; remove it")
-    target = Path(path).resolve()
+    try:
+        target = Path(path).resolve()
+        named = target.is_file()
+    except (OSError, RuntimeError):  # RuntimeError: links in a loop (before Python 3.13)
+        named = False
     keep = (f"to keep what it names, put a copy in its place: cp --remove-destination {shell_word(target)} "
-            f"{shell_word(path)}" if target.is_file() else "remove it")
+            f"{shell_word(path)}" if named else "remove it")
     return CharrnnError(f"{path} is a symbolic link, where charrnn keeps a file of the run's own, and it writes "
                         f"through no link; {keep}")

@@ -153,6 +153,32 @@ def test_a_link_in_a_run_folder_is_never_written_through(name, corpus, tmp_path)
     assert victim.read_bytes() == before
 
 
+@pytest.mark.parametrize("case", ["a link to itself, on resuming", "a lock linked to itself", "immutable, on resuming"])
+def test_a_run_file_that_cannot_be_written_is_refused_in_one_line(case, corpus, tmp_path):
+    # a link in a loop was an internal error (Path.resolve's RuntimeError); a log a resume cannot
+    # write was refused only after "changed on resume: ..."
+    out, run_dir = tmp_path / "runs", tmp_path / "runs" / "r"
+    args = ["train", corpus, *TINY, "--max-steps", "2", "--out-dir", out, "--run", "r", "--quiet"]
+    file = run_dir / (".lock" if "lock" in case else "metrics.jsonl")
+    if "resuming" in case:
+        assert run_cli(*args).returncode == 0
+        args = ["train", "--resume", run_dir, "--max-steps", "3", "--lr", "0.001", "--quiet"]
+    if "immutable" in case:
+        if subprocess.run(["chattr", "+i", file], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not allowed here")
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        file.unlink(missing_ok=True)
+        file.symlink_to(file.name)
+    try:
+        r = run_cli(*args)
+    finally:
+        subprocess.run(["chattr", "-i", file], capture_output=True)
+    said = ("Operation not permitted" if "immutable" in case else
+            "is a symbolic link, where charrnn keeps a file of the run's own, and it writes through no link; remove it")
+    assert r.returncode == 1 and said in one_line(r.stderr)
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 @pytest.mark.parametrize("command", ["train", "sample", "eval", "eval --per-line", "gradflow --json", "--help",
                                      "train --help"])
