@@ -52,7 +52,8 @@ _LOCAL_HEADER = 30  # bytes of a zip member's local header, before its name (zip
 _MOST_MEMBERS = 1000  # far more than any checkpoint holds: the parameters, optimizer state, a window
 # Bytes of the archive's directory that many members could take: a record of 46 bytes each, a name
 # and its extra fields (zip64's sizes, up to 28 bytes)
-_MOST_DIRECTORY = _MOST_MEMBERS * (46 + 256 + 64)
+_LONGEST_MEMBER = 256  # bytes of a member's name, ".npy" included
+_MOST_DIRECTORY = _MOST_MEMBERS * (46 + _LONGEST_MEMBER + 64)
 # The zip records read from the archive's end (zipfile's layout): the end record, whose entry
 # count (total) and directory size are 10 and 12 bytes in; and before it, zip64's locator and
 # end record, whose count and size are 32 and 40 bytes in
@@ -80,6 +81,12 @@ def save_checkpoint(path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     """
     path = Path(path)
     arrays = {name: _checked_array(name, a) for name, a in arrays.items()}
+    # what load_checkpoint reads: it refuses more members, or a directory larger than theirs
+    if len(arrays) >= _MOST_MEMBERS:
+        raise ValueError(f"a checkpoint holds at most {_MOST_MEMBERS - 1} arrays, not {len(arrays)}")
+    long = next((name for name in arrays if len(name.encode("utf-8", "surrogatepass")) > _LONGEST_MEMBER - 4), None)
+    if long is not None:
+        raise ValueError(f"array name {long[:40]!r}... is longer than {_LONGEST_MEMBER - 4} bytes")
     if not isinstance(meta, dict):
         raise TypeError(f"checkpoint meta must be a dict, not {type(meta).__name__}")
     _check_json(meta, "meta")

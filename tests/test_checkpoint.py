@@ -696,10 +696,14 @@ def test_an_archive_of_too_many_members_is_refused_before_its_directory_is_read(
         load_checkpoint(path)
 
 
-def test_a_checkpoint_of_more_members_than_any_run_writes_is_refused(tmp_path):
+def test_what_save_writes_load_reads_at_the_bounds_on_members(tmp_path):
+    # 999 arrays of 400-character names were saved, then refused as corrupt on loading
     path = tmp_path / "many.npz"
-    save_checkpoint(path, {f"a{i}": np.zeros(0, np.uint8) for i in range(1000)}, {})  # 1001 with the document
-    with pytest.raises(CharrnnError, match="it has 1,001 members, more than a checkpoint holds"):
-        load_checkpoint(path)
-    save_checkpoint(path, {f"a{i}": np.zeros(0, np.uint8) for i in range(999)}, {})
-    assert len(load_checkpoint(path)[0]) == 999
+    with pytest.raises(ValueError, match="a checkpoint holds at most 999 arrays, not 1000"):
+        save_checkpoint(path, {f"a{i}": np.zeros(0, np.uint8) for i in range(1000)}, {})  # 1001 with the document
+    with pytest.raises(ValueError, match="is longer than 252 bytes"):
+        save_checkpoint(path, {"é" * 127: np.zeros(0, np.uint8)}, {})
+    assert not path.exists()
+    longest = {f"{i:03d}".ljust(252, "a"): np.zeros(0, np.uint8) for i in range(999)}
+    save_checkpoint(path, longest, {})
+    assert list(load_checkpoint(path)[0]) == list(longest)
