@@ -130,12 +130,12 @@ def open_run_file(path: Path, flags: int) -> int:
     raise _not_plain(path, mode)
 
 
-def check_run_file(path: Path) -> None:
-    """The CharrnnError open_run_file would raise for a file of the run in path's place, if any,
-    now (it is opened to read and write, and closed): a resume says so before it says what it
+def check_run_file(path: Path, flags: int) -> None:
+    """The CharrnnError open_run_file(path, flags) would raise for a file of the run in path's
+    place, if any, now (it is opened so, and closed): a resume says so before it says what it
     changes, rather than after."""
     if os.path.lexists(path):
-        os.close(open_run_file(path, os.O_RDWR))
+        os.close(open_run_file(path, flags))
 
 
 def _not_plain(path: Path, mode: int) -> CharrnnError:

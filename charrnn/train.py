@@ -266,9 +266,9 @@ class Trainer:
         try:
             self = cls._restore(path, say, corpus, overrides)
             _refuse_to_replace(path, self.step)
-            if self.world.root:  # the logs run() appends to, refused before `say` is heard (the CLI holds it)
-                for name in (METRICS_FILE, SAMPLES_FILE):
-                    check_run_file(self.run_dir / name)
+            if self.world.root:  # the logs, opened as run() opens them, before `say` is heard (the CLI holds it):
+                check_run_file(self.run_dir / METRICS_FILE, os.O_WRONLY | os.O_APPEND)  # appended to
+                check_run_file(self.run_dir / SAMPLES_FILE, os.O_RDONLY)  # read (to cut); written if sampled
             self._keep_best(path)
         except BaseException:
             lock.release()

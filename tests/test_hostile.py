@@ -179,6 +179,24 @@ def test_a_run_file_that_cannot_be_written_is_refused_in_one_line(case, corpus, 
     assert r.returncode == 1 and said in one_line(r.stderr)
 
 
+@pytest.mark.parametrize("case", ["metrics.jsonl append-only", "samples.txt immutable, not sampled"])
+def test_a_resume_takes_the_run_files_it_can_use_as_it_uses_them(case, corpus, tmp_path):
+    # the check of the logs before a resume opened them to read and write, which refused an
+    # append-only log (appended to) and a samples.txt the resume would only read
+    run_dir = tmp_path / "r"
+    assert run_cli("train", corpus, *TINY, "--max-steps", "2", "--sample-every", "2", "--sample-length", "5",
+                   "--out-dir", tmp_path, "--run", "r", "--quiet").returncode == 0
+    name, attribute = case.split()[0], "+a" if "append" in case else "+i"
+    if subprocess.run(["chattr", attribute, run_dir / name], capture_output=True).returncode != 0:
+        pytest.skip(f"chattr {attribute} is not allowed here")
+    try:
+        r = run_cli("train", "--resume", run_dir, "--max-steps", "3", "--lr", "0.001", "--quiet")
+    finally:
+        subprocess.run(["chattr", attribute.replace("+", "-"), run_dir / name], capture_output=True)
+    assert r.returncode == 0 and "changed on resume: " in r.stderr, r.stderr
+    assert '"step": 3' in (run_dir / "metrics.jsonl").read_text()
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 @pytest.mark.parametrize("command", ["train", "sample", "eval", "eval --per-line", "gradflow --json", "--help",
                                      "train --help"])
