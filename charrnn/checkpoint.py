@@ -50,9 +50,9 @@ _CHECKSUMS = "array_sha256"  # meta key of the checksum table; added by save, re
 _ZIP_MAGIC = b"PK\x03\x04"
 _LOCAL_HEADER = 30  # bytes of a zip member's local header, before its name (zipfile.sizeFileHeader)
 _MOST_MEMBERS = 1000  # far more than any checkpoint holds: the parameters, optimizer state, a window
+_LONGEST_MEMBER = 256  # bytes of a member's name, ".npy" included (save_checkpoint keeps to both)
 # Bytes of the archive's directory that many members could take: a record of 46 bytes each, a name
 # and its extra fields (zip64's sizes, up to 28 bytes)
-_LONGEST_MEMBER = 256  # bytes of a member's name, ".npy" included
 _MOST_DIRECTORY = _MOST_MEMBERS * (46 + _LONGEST_MEMBER + 64)
 # The zip records read from the archive's end (zipfile's layout): the end record, whose entry
 # count (total) and directory size are 10 and 12 bytes in; and before it, zip64's locator and
@@ -264,11 +264,11 @@ def load_checkpoint(path, schema=None) -> tuple[dict[str, np.ndarray], dict]:
 
 
 def _directory_too_large(f, size: int) -> str | None:
-    """Why the archive's directory is larger than a checkpoint's, as its end records declare it:
-    the plain one, and zip64's where found, both where zipfile has looked for it (just before its
-    locator) and where newer releases do (where the locator points); the largest figures count.
-    None where they are within bounds, or where no end record is found (zipfile then says what
-    is wrong)."""
+    """Why the archive's directory is larger than a checkpoint's, as its end records declare it
+    to zipfile: zip64's end record where there is one, else the plain one's figures (which then
+    may be placeholders, -1). zipfile has looked for zip64's just before its locator, and newer
+    releases look where the locator points: the larger figures of the two count. None where
+    they are within bounds, or where no end record is found (zipfile then says what is wrong)."""
     tail = min(size, _END_SIZE + (1 << 16))  # the end record, and up to 64 KiB after it (a comment)
     f.seek(size - tail)
     data = f.read(tail)
@@ -284,12 +284,13 @@ def _directory_too_large(f, size: int) -> str | None:
         f.seek(end - _END64_LOCATOR_SIZE)
         locator = f.read(_END64_LOCATOR_SIZE)
         if locator.startswith(_END64_LOCATOR):
+            plain, declared = declared[0], []
             for where in (end - _END64_LOCATOR_SIZE - _END64_SIZE, struct.unpack_from("<Q", locator, 8)[0]):
+                record = b""
                 if 0 <= where <= size - _END64_SIZE:
                     f.seek(where)
                     record = f.read(_END64_SIZE)
-                    if record.startswith(_END64):
-                        declared.append(struct.unpack_from("<QQ", record, 32))
+                declared.append(struct.unpack_from("<QQ", record, 32) if record.startswith(_END64) else plain)
     members, directory = max(m for m, _ in declared), max(d for _, d in declared)
     if members > _MOST_MEMBERS:
         return f"it has {members:,} members, more than a checkpoint holds"

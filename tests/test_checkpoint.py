@@ -696,6 +696,24 @@ def test_an_archive_of_too_many_members_is_refused_before_its_directory_is_read(
         load_checkpoint(path)
 
 
+def test_a_zip64_checkpoint_whose_plain_end_record_holds_placeholders_loads(tmp_path, monkeypatch):
+    # the zip format lets a writer put -1 in the plain end record's figures where zip64's hold
+    # them (Go's archive/zip does, for any archive that needs zip64: a checkpoint over 4 GiB
+    # repacked); zipfile reads zip64's, and the check took the placeholders for 65,535 members
+    import struct
+
+    path = tmp_path / "zip64.npz"
+    monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 100)  # zip64's records for a small archive
+    save_checkpoint(path, {"w": np.arange(100, dtype=np.float32)}, {"m": 1})
+    monkeypatch.undo()
+    data = bytearray(path.read_bytes())
+    assert data[-22 - 20 : -22].startswith(b"PK\x06\x07")  # zip64's locator, before the plain end record
+    struct.pack_into("<HHI", data, len(data) - 22 + 8, 0xFFFF, 0xFFFF, 0xFFFFFFFF)
+    path.write_bytes(data)
+    arrays, meta = load_checkpoint(path)
+    assert np.array_equal(arrays["w"], np.arange(100, dtype=np.float32)) and meta["m"] == 1
+
+
 def test_what_save_writes_load_reads_at_the_bounds_on_members(tmp_path):
     # 999 arrays of 400-character names were saved, then refused as corrupt on loading
     path = tmp_path / "many.npz"
