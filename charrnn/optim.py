@@ -276,6 +276,10 @@ class Optimizer:
             else:
                 sgd_step(p, g, s(lr), wd, CHUNK)
 
+    def moments(self) -> dict[str, np.ndarray]:
+        """The moment arrays by name, themselves (for reading; state_arrays copies them)."""
+        return dict(self._state)
+
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Copies of the moment arrays by name ({} for plain SGD), safe to keep across steps."""
         return {key: arr.copy() for key, arr in self._state.items()}

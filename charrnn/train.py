@@ -202,6 +202,13 @@ class Trainer:
             self.world.dump_params(self.params)  # (tests: what each rank computed before that)
             self.world.bcast(self.params)
             self._synced_at = self.step
+        # a checkpoint holds no NaN or Inf (load_checkpoint refuses one that does): an overflow
+        # the updates did not catch (Adagrad's v, a sum of squares) stops the run, on every rank
+        # alike, and the last checkpoint stays the last good one
+        broken = [name for name, a in (("the parameters", self.params), *((f"the optimizer's {k}", a)
+                  for k, a in self.opt.moments().items())) if not np.isfinite(a).all()]
+        if broken:
+            raise self._diverged(f"by update {self.step}", f"{' and '.join(broken)} hold NaN or Inf")
         keep = self.sched.window - self.sched.k1
         kept = self.world.gather_rows(self.stack.kept_arrays(keep))  # every rank's streams, in order
         if kept is None:
@@ -383,11 +390,13 @@ class Trainer:
         stack.layout.zero_frozen(self.grads)
         norm, clipped = clip_by_norm(self.grads, cfg.clip_norm)
         if not (math.isfinite(loss) and math.isfinite(norm)):
-            advice = "a lower --lr or --clip-norm" if cfg.clip_norm else "a lower --lr, or clipping (--clip-norm 5)"
-            if cfg.cell == "indrnn" and cfg.u_max > 1 and not cfg.init_from:  # |u|^k2 over a window
-                advice = f"--u-max 1 or less (|u| up to {cfg.u_max:g} grows the state at every step), or {advice}"
-            raise CharrnnError(f"training diverged at update {self.step + 1}: the loss is {loss} and the gradient "
-                               f"norm {norm}; {self._checkpoints_kept()}; try {advice}")
+            raise self._diverged(f"at update {self.step + 1}", f"the loss is {loss} and the gradient norm {norm}")
+        # every element after clipping is at most this: one whose square float32 cannot hold
+        # would make the optimizer's moments Inf (Adam's v), finite loss and norm notwithstanding
+        square_limit = math.sqrt(float(np.finfo(self.params.dtype).max))
+        if min([norm] + [limit for limit in (cfg.clip_norm, cfg.clip_value) if limit]) >= square_limit:
+            raise self._diverged(f"at update {self.step + 1}", f"the gradient norm {norm:.3g} would overflow the "
+                                 f"optimizer's {self.params.dtype} arithmetic")
         clipped_values = clip_by_value(self.grads, cfg.clip_value)
         lr = learning_rate(cfg.lr, self.step, progress, schedule=cfg.schedule, decay=cfg.lr_decay,
                            decay_every=cfg.decay_every, warmup=cfg.warmup,
@@ -558,6 +567,15 @@ class Trainer:
         log.write(record)
         window_stats.clear()
         return record
+
+    def _diverged(self, when: str, what: str) -> CharrnnError:
+        """The error that stops a run whose training diverged `when` ("at update 12"), as `what`
+        shows, with what is kept and what to try."""
+        cfg = self.cfg
+        advice = "a lower --lr or --clip-norm" if cfg.clip_norm else "a lower --lr, or clipping (--clip-norm 5)"
+        if cfg.cell == "indrnn" and cfg.u_max > 1 and not cfg.init_from:  # |u|^k2 over a window
+            advice = f"--u-max 1 or less (|u| up to {cfg.u_max:g} grows the state at every step), or {advice}"
+        return CharrnnError(f"training diverged {when}: {what}; {self._checkpoints_kept()}; try {advice}")
 
     def _checkpoints_kept(self) -> str:
         saved = (self.run_dir / "latest.npz").is_file() or (self.run_dir / "best.npz").is_file()

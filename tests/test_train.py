@@ -340,6 +340,54 @@ def test_nan_before_the_first_save_says_no_checkpoint_was_saved(corpus, tmp_path
         trainer.run()
 
 
+@pytest.mark.parametrize("clip_norm, diverges", [(0.0, True), (5.0, False)])
+def test_a_gradient_whose_square_overflows_float32_stops_the_run_before_its_step(corpus, tmp_path, clip_norm,
+                                                                                  diverges):
+    # an IndRNN at --u-max 6 without clipping reached a gradient norm of 1.4e21: finite, but
+    # Adam's v took its square as Inf, stepped no more, and every save held it, which the run's
+    # own resume then refused as corrupt
+    trainer = Trainer(config(corpus, tmp_path, max_steps=4, clip_norm=clip_norm, checkpoint_every=1), tmp_path / "r",
+                      say=lambda *_: None)
+    update = trainer.sched.update
+
+    def huge_gradient(*args):
+        loss = update(*args)
+        if trainer.step == 2:
+            trainer.grads[7] = 2e19  # its square is past float32's largest, 3.4e38
+        return loss
+
+    trainer.sched.update = huge_gradient
+    if diverges:
+        with pytest.raises(CharrnnError, match=r"diverged at update 3: the gradient norm 2e\+19 would overflow the "
+                                               r"optimizer's float32 arithmetic; the last good checkpoint is in "):
+            trainer.run()
+    else:  # clipped to a norm of 5 first
+        trainer.run()
+    arrays, meta = load_checkpoint(tmp_path / "r" / "latest.npz")
+    assert meta["step"] == (2 if diverges else 4) and all(np.isfinite(a).all() for a in arrays.values())
+
+
+def test_a_checkpoint_is_never_saved_with_nan_or_inf(corpus, tmp_path):
+    # an overflow the updates do not catch (Adagrad's v, a sum of squares over the run) stops the
+    # run at its next save, and the checkpoint before it stays
+    trainer = Trainer(config(corpus, tmp_path, max_steps=4, optimizer="adagrad", checkpoint_every=2), tmp_path / "r",
+                      say=lambda *_: None)
+
+    step = trainer.opt.step
+
+    def overflowing_step(*args, **kwargs):
+        step(*args, **kwargs)
+        if trainer.step == 2:  # the third update's
+            trainer.opt.moments()["v"][5] = np.inf
+
+    trainer.opt.step = overflowing_step
+    with pytest.raises(CharrnnError, match=r"diverged by update 4: the optimizer's v hold NaN or Inf; the last good "
+                                           r"checkpoint is in "):
+        trainer.run()
+    arrays, meta = load_checkpoint(tmp_path / "r" / "latest.npz")
+    assert meta["step"] == 2 and np.isfinite(arrays["opt.v"]).all()
+
+
 def test_small_corpus_still_trains(tmp_path):
     path = tmp_path / "small.txt"
     path.write_text("to be or not to be, that is the question.\n" * 3, encoding="utf-8")
