@@ -30,7 +30,7 @@ from .config import EVAL_RANGES
 from .corpus import ENCODINGS, NotText, UnknownCharacters, check_encoding, check_read_as, read_ids, unit_name
 from .errors import CharrnnError, as_keyword, computes_nan
 from .evaluate import evaluate, evaluation_shape, line_losses, lines_shape
-from .model import Stack
+from .model import Stack, state_grows
 from .sampling import SAMPLE_THREADS, Model, Sampler, load_model, samples, start_id
 
 LINES_PER_PASS = 4096  # score_lines sorts this many lines by length at a time, then yields their scores
@@ -241,7 +241,8 @@ class TrainedModel:
         with _parallel_work():
             nats, count = evaluate(self.spec, self.params, ids, batch, window)
         if count and not math.isfinite(nats):  # as inspect says it: never a score of nan
-            raise computes_nan("score with")
+            raise computes_nan("score with", grows=state_grows(self.spec, self.params),
+                               shorter="score shorter streams (a larger batch)")
         return Evaluation(nats, count, skipped)
 
     def encode(self, text, *, skip_unknown=False, what="text"):
@@ -322,7 +323,8 @@ class TrainedModel:
             with _parallel_work():
                 losses = line_losses(self.spec, self.params, encoded[i : i + per_pass], start, batch, window).tolist()
             if any(len(line) and not math.isfinite(loss) for loss, line in zip(losses, encoded[i : i + per_pass])):
-                raise computes_nan("score with")  # nan is an empty line's score, never another's
+                # nan is an empty line's score, never another's
+                raise computes_nan("score with", grows=state_grows(self.spec, self.params), shorter="score shorter lines")
             yield from losses
 
     # -----------------------------------------------------------------------------------------

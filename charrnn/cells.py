@@ -179,6 +179,11 @@ class Adapter:
     def recurrent(self, p, H):
         return gate_blocks(p, H, self.blocks)
 
+    def grows_without_bound(self, p) -> bool:
+        """Whether a layer of parameters p may grow its state without bound over a stream, its
+        parameters finite: not where the state is squashed (tanh) or gated."""
+        return False
+
     def update_flops(self, H):
         """FLOPs per character of an update's recurrent products: forward, input gradient and
         weight gradient, 2*H*G each."""

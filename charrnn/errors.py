@@ -162,9 +162,13 @@ def file_in_the_way(path) -> Path | None:
     return next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
 
 
-def computes_nan(use: str, on: str = " on this text") -> CharrnnError:
+def computes_nan(use: str, on: str = " on this text", grows=False, shorter="") -> CharrnnError:
     """The error for a model whose finite parameters compute NaN or Inf, to `use` ("score",
-    "sample") an earlier checkpoint instead."""
+    "sample") an earlier checkpoint instead; or, where its state grows without bound
+    (model.state_grows), `shorter` ("sample fewer characters") or a bounded model."""
+    if grows:
+        return CharrnnError(f"the model computes NaN or Inf{on}: its state grows without bound over a long stream, as "
+                            f"an IndRNN unit's whose |u| passes 1 does; {shorter}, or train with --u-max 1")
     return CharrnnError(f"the model computes NaN or Inf{on}; its parameters are broken (a diverged run?): {use} an "
                         "earlier checkpoint")
 

@@ -29,7 +29,7 @@ from .corpus import held_byte, unit_name
 from .errors import CharrnnError, UsageError, computes_nan, counted
 from .gradflow import TANH_UNITS
 from .kernels.output import logits_forward
-from .model import ModelSpec, Stack
+from .model import ModelSpec, Stack, state_grows
 
 WINDOW = 256  # steps per forward call; the buffers of a whole 20,000-character text would be large
 GUESSES = 5  # next-character guesses kept per character
@@ -168,7 +168,7 @@ def trace(spec: ModelSpec, params: np.ndarray, vocab, text: str, act: str = "h",
         next_probs[t0 : t0 + nxt.size] = p[np.arange(nxt.size), nxt]
         stack.set_state(0, stack.get_state(n))
     if not all(np.isfinite(v).all() for v in values) or not np.isfinite(guess_probs).all():
-        raise computes_nan("inspect")
+        raise computes_nan("inspect", grows=state_grows(spec, params), shorter="inspect fewer characters (--chars)")
     gates = [{g: c / N for g, c in layer.items()} for layer in counts]
     return Trace(spec, text, act, values, gates, guesses, guess_probs, next_probs, encoding)
 

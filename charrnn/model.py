@@ -99,6 +99,13 @@ class Layout:
         return layers, {"Wy": named["output.Wy"], "by": named["output.by"]}
 
 
+def state_grows(spec: ModelSpec, params) -> bool:
+    """Whether the model's state may grow without bound over a long stream (an IndRNN unit whose
+    |u| passes 1), so that finite parameters compute NaN or Inf there."""
+    layers, _ = Layout(spec).layer_views(params)
+    return any(CELLS[spec.cell].grows_without_bound(p) for p in layers)
+
+
 # The tensors with an axis over the vocabulary, and which axis: layer 0's input weights (a row
 # per character), the output layer's weights (a column per character) and biases.
 VOCAB_AXES = {"layer0.Wx": 0, "output.Wy": 1, "output.by": 0}

@@ -41,7 +41,7 @@ from .errors import CharrnnError, UsageError, as_flag, computes_nan
 from .cells import CELLS
 from .kernels._jit import blas_threads
 from .kernels.generate import CODES, generate, offsets_table, teacher_force
-from .model import Layout, ModelSpec
+from .model import Layout, ModelSpec, state_grows
 from .schema import MODEL, model_spec
 
 CHUNK = 128  # characters per jitted call: enough that Python's share is tiny, small enough to stream
@@ -159,7 +159,8 @@ class Sampler:
                             uniforms, self.params, self.offs, self.cell, float(temperature), top_k,
                             float(top_p), self.blas)
         if last < 0:  # never a text chosen among NaN
-            raise computes_nan("sample", on="")
+            raise computes_nan("sample", on="", grows=state_grows(self.spec, self.params),
+                               shorter="sample fewer characters")
         return out
 
 

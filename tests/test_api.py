@@ -22,7 +22,7 @@ from charrnn.config import EVAL_RANGES, TrainConfig
 from charrnn import memory
 from charrnn.corpus import NotText, Vocab, read_text
 from charrnn.errors import CharrnnError
-from charrnn.model import ModelSpec, init_params
+from charrnn.model import Layout, ModelSpec, init_params
 from charrnn.sampling import Sampler, sample_text
 from charrnn.train import Trainer
 from test_eval import write_corpus
@@ -825,6 +825,31 @@ def test_a_model_that_computes_nan_scores_no_text(tmp_path):
     r = run_module("sample", tmp_path / "m.npz", "--length", "20")
     assert r.returncode == 1 and r.stdout.strip() == "" and r.stderr.startswith("error: the model computes NaN"), \
         r.stderr
+
+
+def test_a_model_whose_state_grows_without_bound_is_said_to_and_not_broken(tmp_path):
+    # an IndRNN trained at its default bound held |u| above 1: its parameters finite, its relu
+    # state grew over a long stream to Inf, and eval, sample and inspect each said "its parameters
+    # are broken (a diverged run?): ... an earlier checkpoint", which was no better
+    vocab = Vocab.from_text("abc de")
+    spec = ModelSpec("indrnn", vocab.size, 4, 1)
+    params = init_params(spec, np.random.default_rng(0), np.float32)
+    Layout(spec).views(params)["layer0.u"][...] = 4.0  # finite, and 4^64 overflows float32
+    from charrnn.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "m.npz", {"params": params},
+                    {"config": {"cell": "indrnn", "hidden": 4, "layers": 1, "u_max": 4.0}, "vocab": vocab.to_json()})
+    m = charrnn.load(tmp_path / "m.npz")
+    grows = "its state grows without bound over a long stream, as an IndRNN unit's whose |u| passes 1 does; "
+    with pytest.raises(CharrnnError, match=re.escape(f"on this text: {grows}score shorter streams (a larger batch), "
+                                                     "or train with --u-max 1")):
+        m.score("abc de " * 40, batch=1)
+    assert math.isfinite(m.score("abc de " * 2, batch=1))  # 14 steps: 4^14 is finite
+    with pytest.raises(CharrnnError, match=re.escape(f"the model computes NaN or Inf: {grows}sample fewer characters")):
+        m.sample(200)
+    (tmp_path / "t.txt").write_text("abc de " * 40)
+    r = run_module("inspect", tmp_path / "m.npz", tmp_path / "t.txt")
+    assert r.returncode == 1 and f"{grows}inspect fewer characters (--chars)" in r.stderr, r.stderr
 
 
 def test_samples_of_a_stream_are_each_what_they_would_be_or_refused(model):

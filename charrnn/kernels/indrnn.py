@@ -128,6 +128,10 @@ class IndRNNCell(Adapter):
         changes this pattern crossed the relu's kink (gradcheck)."""
         return buf["hs"][1:] > 0.0
 
+    def grows_without_bound(self, p) -> bool:
+        # an active unit's state is multiplied by its u at every step: |u| > 1 grows it geometrically
+        return bool((np.abs(p["u"]) > 1.0).any())
+
     def update_flops(self, H):
         return 6 * H  # elementwise: u * h forward, and two products per unit backward
 
