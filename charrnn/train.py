@@ -118,6 +118,7 @@ class Trainer:
         self.show = say  # the samples taken while training (the CLI's -q mutes them, not the notes)
         self.world = distributed.world()
         resuming = vocab is not None  # (a fine-tune's vocabulary is made below)
+        self.resumed = resuming  # settings of the model's, such as --u-max, are then the run's own
         if corpus is None:
             # a fine-tune's text, for the trained model (its --encoding is of the model's kind)
             corpus = _read_corpus(cfg.corpus or [default_corpus()], cfg.encoding, cfg.doc_sep,
@@ -390,7 +391,8 @@ class Trainer:
         stack.layout.zero_frozen(self.grads)
         norm, clipped = clip_by_norm(self.grads, cfg.clip_norm)
         if not (math.isfinite(loss) and math.isfinite(norm)):
-            raise self._diverged(f"at update {self.step + 1}", f"the loss is {loss} and the gradient norm {norm}")
+            raise self._diverged(f"at update {self.step + 1}", f"the loss is {loss} and the gradient norm {norm}",
+                                 forward=not math.isfinite(loss))
         # every element after clipping is at most this: one whose square float32 cannot hold
         # would make the optimizer's moments Inf (Adam's v), finite loss and norm notwithstanding
         square_limit = math.sqrt(float(np.finfo(self.params.dtype).max))
@@ -568,14 +570,24 @@ class Trainer:
         window_stats.clear()
         return record
 
-    def _diverged(self, when: str, what: str) -> CharrnnError:
+    def _diverged(self, when: str, what: str, forward=False) -> CharrnnError:
         """The error that stops a run whose training diverged `when` ("at update 12"), as `what`
-        shows, with what is kept and what to try."""
+        shows, with what is kept and what to try. forward: its loss was NaN or Inf, which at
+        the first update of a new run no learning rate or clipping has touched yet."""
         cfg = self.cfg
         advice = "a lower --lr or --clip-norm" if cfg.clip_norm else "a lower --lr, or clipping (--clip-norm 5)"
-        if cfg.cell == "indrnn" and cfg.u_max > 1 and not cfg.init_from:  # |u|^k2 over a window
-            advice = f"--u-max 1 or less (|u| up to {cfg.u_max:g} grows the state at every step), or {advice}"
+        if self._u_passes_1():  # |u|^k2 over a window
+            grows = (f"--u-max 1 or less{' in a new run' if self.resumed else ''} (|u| up to "
+                     f"{resolved_u_max(cfg.u_max, cfg.k2):g} grows the state at every step)")
+            advice = grows if forward and self.step == 0 and not self.resumed else f"{grows}, or {advice}"
         return CharrnnError(f"training diverged {when}: {what}; {self._checkpoints_kept()}; try {advice}")
+
+    def _u_passes_1(self) -> bool:
+        """Whether this run is an IndRNN's whose bound lets |u| pass 1, which --u-max 1 would keep
+        from it: in a new run, where this one is resumed (the bound is its own); not in a
+        fine-tune, which keeps its model's bound."""
+        cfg = self.cfg
+        return cfg.cell == "indrnn" and not cfg.init_from and resolved_u_max(cfg.u_max, cfg.k2) > 1
 
     def _checkpoints_kept(self) -> str:
         saved = (self.run_dir / "latest.npz").is_file() or (self.run_dir / "best.npz").is_file()
@@ -588,8 +600,9 @@ class Trainer:
         if math.isfinite(loss):
             return loss
         grows = ""
-        if self.cfg.cell == "indrnn":  # (a fine-tune keeps its model's bound)
-            grows = " (an IndRNN's whose |u| passes 1" + ("" if self.cfg.init_from else ": --u-max 1 keeps it bounded") + ")"
+        if self.cfg.cell == "indrnn":
+            keeps = f": --u-max 1{' in a new run' if self.resumed else ''} keeps it bounded" if self._u_passes_1() else ""
+            grows = f" (an IndRNN's whose |u| passes 1{keeps})"
         # the test comes after the last update's save: that checkpoint is the model tested
         kept = (f"{self.run_dir / 'latest.npz'} holds update {self.step}, the model tested" if text == "test" else
                 self._checkpoints_kept())

@@ -733,6 +733,41 @@ def test_an_indrnn_diverging_in_training_under_a_bound_above_1_is_told_of_the_bo
         train_steps(cfg, tmp_path / "r", 3)
 
 
+def test_an_indrnn_whose_first_forward_overflows_is_told_only_of_the_bound(tmp_path):
+    # at --u-max 100 the first update's loss was NaN whatever the --lr or clipping (none had
+    # acted yet), and both were advised
+    corpus = tmp_path / "t.txt"
+    corpus.write_text(TEXT * 20, encoding="utf-8")
+    cfg = config(corpus, tmp_path, cell="indrnn", u_max=100.0, layers=1, batch=2, k1=50, k2=50)
+    with pytest.raises(CharrnnError, match=r"diverged at update 1: the loss is (nan|inf) .*; try --u-max 1 or less "
+                                           r"\(\|u\| up to 100 grows the state at every step\)$"):
+        train_steps(cfg, tmp_path / "r", 3)
+
+
+@pytest.mark.parametrize("u_max, resumed", [(0.0, False), (2.0, True)])
+def test_the_advice_on_an_indrnn_s_bound_is_one_the_run_can_take(corpus, tmp_path, u_max, resumed):
+    # the default bound, 2^(1/k2), passes 1 too, and was never named; a resumed run, whose bound
+    # is its own, was told to resume with --u-max 1, which is refused
+    cfg = config(corpus, tmp_path, cell="indrnn", u_max=u_max, max_steps=6, k2=32, checkpoint_every=2)
+    trainer = Trainer(cfg, tmp_path / "r", say=lambda *_: None)
+    if resumed:
+        trainer.cfg.max_steps = 2
+        trainer.run()
+        trainer = Trainer.resume(tmp_path / "r", say=lambda *_: None, max_steps=6)
+    update = trainer.update
+
+    def poisoned_update():
+        if trainer.step == 3:
+            trainer.params[5] = np.nan
+        return update()
+
+    trainer.update = poisoned_update
+    bound = "1.0219" if u_max == 0 else "2"  # 2^(1/32)
+    with pytest.raises(CharrnnError, match=re.escape(f"; try --u-max 1 or less{' in a new run' * resumed} (|u| up to "
+                                                     f"{bound} grows the state at every step), or a lower --lr")):
+        trainer.run()
+
+
 def test_metrics_are_json_without_a_validation_text(corpus, tmp_path):
     # --val-fraction 0: the records held bare NaN, which JSON has not; then a null loss, which
     # also stands for an infinite one: now there is no validation record at all
