@@ -316,26 +316,30 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(corpus, tmp_path):
     assert meta["step"] == 9 and np.isfinite(arrays["params"]).all()
 
 
-def test_nan_before_the_first_save_says_no_checkpoint_was_saved(corpus, tmp_path):
-    # it named the run folder as where the last good checkpoint was, and it held none
-    trainer = Trainer(config(corpus, tmp_path, max_steps=12, checkpoint_every=5, eval_every=5), tmp_path / "r",
-                      say=lambda *_: None)
+def poisoned(trainer, step):
+    """trainer, whose update after `step` updates starts from a NaN parameter."""
     update = trainer.update
 
     def poisoned_update():
-        if trainer.step == 2:
+        if trainer.step == step:
             trainer.params[5] = np.nan
         return update()
 
     trainer.update = poisoned_update
+    return trainer
+
+
+def test_nan_before_the_first_save_says_no_checkpoint_was_saved(corpus, tmp_path):
+    # it named the run folder as where the last good checkpoint was, and it held none
+    trainer = poisoned(Trainer(config(corpus, tmp_path, max_steps=12, checkpoint_every=5, eval_every=5),
+                               tmp_path / "r", say=lambda *_: None), 2)
     with pytest.raises(CharrnnError, match=r"diverged at update \d+: .*; no checkpoint was saved before it; try "
                                            r"a lower --lr or --clip-norm$"):
         trainer.run()
     assert not list((tmp_path / "r").glob("*.npz"))
     # without clipping, the advice is to turn it on ("or --clip-norm" read as lower it, from 0)
-    trainer = Trainer(config(corpus, tmp_path, max_steps=12, clip_norm=0.0), tmp_path / "r2", say=lambda *_: None)
-    update = trainer.update
-    trainer.update = poisoned_update
+    trainer = poisoned(Trainer(config(corpus, tmp_path, max_steps=12, clip_norm=0.0), tmp_path / "r2",
+                               say=lambda *_: None), 2)
     with pytest.raises(CharrnnError, match=r"try a lower --lr, or clipping \(--clip-norm 5\)$"):
         trainer.run()
 
@@ -754,14 +758,7 @@ def test_the_advice_on_an_indrnn_s_bound_is_one_the_run_can_take(corpus, tmp_pat
         trainer.cfg.max_steps = 2
         trainer.run()
         trainer = Trainer.resume(tmp_path / "r", say=lambda *_: None, max_steps=6)
-    update = trainer.update
-
-    def poisoned_update():
-        if trainer.step == 3:
-            trainer.params[5] = np.nan
-        return update()
-
-    trainer.update = poisoned_update
+    poisoned(trainer, 3)
     bound = "1.0219" if u_max == 0 else "2"  # 2^(1/32)
     with pytest.raises(CharrnnError, match=re.escape(f"; try --u-max 1 or less{' in a new run' * resumed} (|u| up to "
                                                      f"{bound} grows the state at every step), or a lower --lr")):
