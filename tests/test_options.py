@@ -62,6 +62,16 @@ def test_help_prints_each_range(command, ranges):
     assert shown >= 5
 
 
+@pytest.mark.parametrize("command", ["train", "gradflow"])
+def test_help_names_the_range_of_tau_which_typer_does_not(command):
+    # --tau is text (LO:HI, 'learned'): its help said "tau >= 1", its check [1, 10000]
+    from charrnn.cells import OPTIONS
+
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "250"}, terminal_width=250)
+    tau = OPTIONS["tau"]
+    assert result.exit_code == 0 and f"tau in [{tau.low:g}, {tau.high:g}]" in result.stdout
+
+
 @pytest.mark.parametrize("name", sorted(RANGES))
 def test_train_cli_and_validate_agree_at_each_bound(name, tmp_path):
     on_cli = name in cli_options("train")
