@@ -953,11 +953,11 @@ def gradflow(
     cells = _cells("rnn,lstm,gru" if cell is None else cell)
     if checkpoint is None:
         check_options_read(given, cells, "" if cell is not None else " (the default)")
+        if given.get("u_max") == 0:  # 0: the bound for the measured window, as when left out
+            del given["u_max"]
         for name, owner in (("spectral_radius", "esn"), ("u_max", "indrnn")):
             if radius is not None and name in given and owner in cells:  # --radius rescales what it set
                 raise UsageError(f"--radius rescales the {owner} recurrence that {as_flag(name)} sets; give one of them")
-        if given.get("u_max") == 0:  # 0: the bound for the measured window, as when left out
-            del given["u_max"]
         if forget_bias is not None and not any(map(gf.has_forget_gate, cells)):
             raise UsageError(f"--forget-bias sets the forget gate of lstm and peephole cells; --cell {','.join(cells)}"
                              f"{'' if cell is not None else ' (the default)'} has none")

@@ -287,6 +287,10 @@ def test_gradflow_and_gradcheck_say_what_they_cannot_do(tmp_path):
     for args, kind, message in cases:
         r = runner.invoke(app, args)
         assert isinstance(r.exception, kind) and message in str(r.exception), (args, r.exception, r.output)
+    # --u-max 0 is the option left out (its help says so), which --radius may rescale
+    r = runner.invoke(app, ["gradflow", *small, "--max-k", "5", "--cell", "indrnn", "--u-max", "0", "--radius", "1",
+                            "--json"])
+    assert r.exit_code == 0, (r.exception, r.output)
 
 
 @pytest.mark.parametrize("option", ["--time-limit", "--epochs", "--clip-norm", "--clip-value"])
