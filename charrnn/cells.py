@@ -175,6 +175,10 @@ def zeros(shapes, dtype):
 class Adapter:
     """What most cells' adapters share; a cell overrides what differs."""
 
+    # The cell options gradcheck checks the cell with, one setting per run: in one of them at
+    # least, every tensor that can train does (a leaky cell's rates only with --tau learned)
+    checked_options = ((),)
+
     def buffers(self, T, B, H, dtype):
         return zeros(self.buffer_shapes(T, B, H), dtype)
 

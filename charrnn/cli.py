@@ -869,6 +869,7 @@ def gradcheck(
     from rich.table import Table
     from rich.text import Text
 
+    from .cells import CELLS as ADAPTERS
     from .gradcheck import check_gradients
 
     if k1 is not None and k2 is not None and ctx.get_parameter_source("steps").name != "DEFAULT":
@@ -882,15 +883,16 @@ def gradcheck(
                            ("worst element", "left"), ("result", "left")):
         table.add_column(name, justify=justify)
     failed = 0
-    for c in _cells(cell):
-        with err.status(f"checking {c} (the first run compiles the kernels)..."):
+    for c, options in ((c, options) for c in _cells(cell) for options in ADAPTERS[c].checked_options):
+        label = " ".join([c, *(f"({as_flag(name, value)})" for name, value in options)])  # leaky (--tau learned)
+        with err.status(f"checking {label} (the first run compiles the kernels)..."):
             rows = check_gradients(c, layers, hidden, batch=batch, vocab=vocab, seed=seed, k1=k1, k2=k2,
-                                   steps=steps, tolerance=tolerance, max_per_tensor=per_tensor)
+                                   steps=steps, tolerance=tolerance, max_per_tensor=per_tensor, options=options)
         for r in rows:
             failed += not r.passed
             verdict = Text("pass", style="green") if r.passed else Text("FAIL", style="bold red")
             checked = str(r.checked) + (f" (+{r.kinked} at a kink)" if r.kinked else "")
-            table.add_row(r.cell, r.tensor, checked, f"{r.max_rel:.2e}", f"{r.mean_rel:.2e}",
+            table.add_row(label, r.tensor, checked, f"{r.max_rel:.2e}", f"{r.mean_rel:.2e}",
                           str(list(r.worst)), verdict)
     out.print_table(table)
     if failed:

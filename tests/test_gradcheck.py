@@ -4,7 +4,7 @@ import pytest
 from typer.testing import CliRunner
 
 from charrnn.cells import CELLS, NAMES
-from charrnn.kernels import lstm
+from charrnn.kernels import leaky, lstm
 from charrnn.cli import app
 from charrnn.gradcheck import check_gradients
 from charrnn.model import ModelSpec, Stack, init_params
@@ -73,9 +73,28 @@ def test_cli_checks_a_comma_separated_list_of_cells_as_gradflow_takes_it(monkeyp
                         check(cell, *a, **kw))
     result = runner.invoke(app, ["gradcheck", "--cell", "leaky, RNN,leaky", "--layers", "1", "--hidden", "3"])
     assert result.exit_code == 0 and "all tensors pass" in result.output, result.output
-    assert checked == ["leaky", "rnn"]
+    assert checked == ["leaky", "leaky", "rnn"]  # leaky with fixed and with learned time constants
     result = runner.invoke(app, ["gradcheck", "--cell", "rnn,"])
     assert result.exit_code == 2 and "'' is not one of rnn, lstm" in result.output
+
+
+def test_cli_checks_a_leaky_cell_s_learned_time_constants(monkeypatch):
+    # the README says every trained tensor of every cell is checked; the rates `a` train only
+    # with --tau learned, which gradcheck never set, and a broken gradient of them passed
+    original = leaky.LeakyCell.backward
+
+    def broken(self, buf, scratch, p, g, *args):
+        original(self, buf, scratch, p, g, *args)
+        if "a" in g:
+            g["a"] *= 1.001
+
+    result = runner.invoke(app, ["gradcheck", "--cell", "leaky", "--layers", "2"], env={"COLUMNS": "200"})
+    rows = [line for line in result.output.splitlines() if "layer1.a" in line]
+    assert result.exit_code == 0 and len(rows) == 1 and "leaky (--tau learned)" in rows[0] and "pass" in rows[0]
+    monkeypatch.setattr(leaky.LeakyCell, "backward", broken)
+    result = runner.invoke(app, ["gradcheck", "--cell", "leaky", "--layers", "2"], env={"COLUMNS": "200"})
+    failed = [line for line in result.output.splitlines() if "FAIL" in line]
+    assert result.exit_code == 1 and len(failed) == 2 and all(".a " in line for line in failed), result.output
 
 
 def test_cli_exits_1_on_a_broken_gradient(monkeypatch):

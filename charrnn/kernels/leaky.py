@@ -167,6 +167,7 @@ class LeakyCell(Adapter):
     blocks = ("h",)
     states = ("hs",)
     step = step
+    checked_options = ((), (("tau", "learned"),))
 
     def param_shapes(self, n_in, H, spec):
         learned = spec is not None and normal_tau(spec.option("tau")) == "learned"
