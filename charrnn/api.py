@@ -241,8 +241,9 @@ class TrainedModel:
         with _parallel_work():
             nats, count = evaluate(self.spec, self.params, ids, batch, window)
         if count and not math.isfinite(nats):  # as inspect says it: never a score of nan
+            # (a larger batch shortens the streams, but each first reads WARMUP characters unscored)
             raise computes_nan("score with", grows=state_grows(self.spec, self.params),
-                               shorter="score shorter streams (a larger batch)")
+                               shorter="score short pieces of text, each from a fresh state (eval --per-line)")
         return Evaluation(nats, count, skipped)
 
     def encode(self, text, *, skip_unknown=False, what="text"):
@@ -351,7 +352,10 @@ class TrainedModel:
         with stream.kept_on_stop():  # (two reads; and the text unread, should it overflow)
             stream.feed(ids[:-1])
             logits = stream.feed(ids[-1:], keep_logits=True)[0].astype(np.float64)
-            if not np.isfinite(logits).all():  # a state assigned far beyond any the model reaches
+            if not np.isfinite(logits).all():  # a state assigned far beyond any the model reaches, or grown so
+                if state_grows(self.spec, self.params):
+                    raise computes_nan("feed", on=" on the text fed", grows=True,
+                                       shorter="feed less text between reset()s")
                 raise CharrnnError("the model's state overflowed: its next-character scores are not finite "
                                    "numbers; reset(), or assign a state that m.state gave")
         p = np.exp(logits - logits.max())  # as sampling's select() at temperature 1

@@ -168,7 +168,7 @@ def computes_nan(use: str, on: str = " on this text", grows=False, shorter="") -
     (model.state_grows), `shorter` ("sample fewer characters") or a bounded model."""
     if grows:
         return CharrnnError(f"the model computes NaN or Inf{on}: its state grows without bound over a long stream, as "
-                            f"an IndRNN unit's whose |u| passes 1 does; {shorter}, or train with --u-max 1")
+                            f"an IndRNN unit's whose u passes 1 does; {shorter}, or train with --u-max 1")
     return CharrnnError(f"the model computes NaN or Inf{on}; its parameters are broken (a diverged run?): {use} an "
                         "earlier checkpoint")
 

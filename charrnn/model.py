@@ -101,7 +101,7 @@ class Layout:
 
 def state_grows(spec: ModelSpec, params) -> bool:
     """Whether the model's state may grow without bound over a long stream (an IndRNN unit whose
-    |u| passes 1), so that finite parameters compute NaN or Inf there."""
+    u passes 1), so that finite parameters compute NaN or Inf there."""
     layers, _ = Layout(spec).layer_views(params)
     return any(CELLS[spec.cell].grows_without_bound(p) for p in layers)
 

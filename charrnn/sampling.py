@@ -160,7 +160,7 @@ class Sampler:
                             float(top_p), self.blas)
         if last < 0:  # never a text chosen among NaN
             raise computes_nan("sample", on="", grows=state_grows(self.spec, self.params),
-                               shorter="sample fewer characters")
+                               shorter="sample fewer characters, after a shorter prime")
         return out
 
 

@@ -827,29 +827,51 @@ def test_a_model_that_computes_nan_scores_no_text(tmp_path):
         r.stderr
 
 
-def test_a_model_whose_state_grows_without_bound_is_said_to_and_not_broken(tmp_path):
-    # an IndRNN trained at its default bound held |u| above 1: its parameters finite, its relu
-    # state grew over a long stream to Inf, and eval, sample and inspect each said "its parameters
-    # are broken (a diverged run?): ... an earlier checkpoint", which was no better
+def indrnn_model(tmp_path, u, Wy=None):
+    """An IndRNN model of 4 units whose every u is `u`, saved and loaded (and output weights Wy)."""
+    from charrnn.checkpoint import save_checkpoint
+
     vocab = Vocab.from_text("abc de")
     spec = ModelSpec("indrnn", vocab.size, 4, 1)
     params = init_params(spec, np.random.default_rng(0), np.float32)
-    Layout(spec).views(params)["layer0.u"][...] = 4.0  # finite, and 4^64 overflows float32
-    from charrnn.checkpoint import save_checkpoint
-
+    views = Layout(spec).views(params)
+    views["layer0.u"][...] = u
+    if Wy is not None:
+        views["output.Wy"][...] = Wy
     save_checkpoint(tmp_path / "m.npz", {"params": params},
-                    {"config": {"cell": "indrnn", "hidden": 4, "layers": 1, "u_max": 4.0}, "vocab": vocab.to_json()})
-    m = charrnn.load(tmp_path / "m.npz")
-    grows = "its state grows without bound over a long stream, as an IndRNN unit's whose |u| passes 1 does; "
-    with pytest.raises(CharrnnError, match=re.escape(f"on this text: {grows}score shorter streams (a larger batch), "
-                                                     "or train with --u-max 1")):
+                    {"config": {"cell": "indrnn", "hidden": 4, "layers": 1, "u_max": max(abs(u), 1.0)},
+                     "vocab": vocab.to_json()})
+    return charrnn.load(tmp_path / "m.npz")
+
+
+def test_a_model_whose_state_grows_without_bound_is_said_to_and_not_broken(tmp_path):
+    # an IndRNN trained at its default bound held u above 1: its parameters finite, its relu
+    # state grew over a long stream to Inf, and eval, sample and inspect each said "its parameters
+    # are broken (a diverged run?): ... an earlier checkpoint", which was no better
+    m = indrnn_model(tmp_path, 4.0)  # 4^64 overflows float32
+    grows = "its state grows without bound over a long stream, as an IndRNN unit's whose u passes 1 does; "
+    # (a larger batch shortens the streams, but each first reads 200 characters unscored)
+    with pytest.raises(CharrnnError, match=re.escape(f"on this text: {grows}score short pieces of text, each from a "
+                                                     "fresh state (eval --per-line), or train with --u-max 1")):
         m.score("abc de " * 40, batch=1)
-    assert math.isfinite(m.score("abc de " * 2, batch=1))  # 14 steps: 4^14 is finite
-    with pytest.raises(CharrnnError, match=re.escape(f"the model computes NaN or Inf: {grows}sample fewer characters")):
-        m.sample(200)
+    assert all(math.isfinite(x) for x in m.score_lines(["abc de " * 2] * 40))  # 14 steps each: 4^14 is finite
+    with pytest.raises(CharrnnError, match=re.escape(f"the model computes NaN or Inf: {grows}sample fewer characters, "
+                                                     "after a shorter prime")):
+        m.sample(3, prime="abc de " * 40)
+    # feed() said to assign a state that m.state gave, where none was assigned
+    with pytest.raises(CharrnnError, match=re.escape(f"on the text fed: {grows}feed less text between reset()s")):
+        m.feed("abc de " * 40)
     (tmp_path / "t.txt").write_text("abc de " * 40)
     r = run_module("inspect", tmp_path / "m.npz", tmp_path / "t.txt")
     assert r.returncode == 1 and f"{grows}inspect fewer characters (--chars)" in r.stderr, r.stderr
+
+
+def test_a_negative_u_keeps_an_indrnn_s_state_bounded(tmp_path):
+    # relu states are never negative: u = -4 pulls them toward relu(xproj), and such a model that
+    # computes NaN does so for its parameters (here output weights of float32's largest)
+    m = indrnn_model(tmp_path / "neg", -4.0, Wy=np.finfo(np.float32).max)
+    with pytest.raises(CharrnnError, match=re.escape("on this text; its parameters are broken (a diverged run?)")):
+        m.score("abc", batch=1)
 
 
 def test_samples_of_a_stream_are_each_what_they_would_be_or_refused(model):

@@ -129,8 +129,9 @@ class IndRNNCell(Adapter):
         return buf["hs"][1:] > 0.0
 
     def grows_without_bound(self, p) -> bool:
-        # an active unit's state is multiplied by its u at every step: |u| > 1 grows it geometrically
-        return bool((np.abs(p["u"]) > 1.0).any())
+        # an active unit's state (relu: never negative) is multiplied by its u at every step: u > 1
+        # grows it geometrically; a negative u only pulls it toward relu(xproj)
+        return bool((p["u"] > 1.0).any())
 
     def update_flops(self, H):
         return 6 * H  # elementwise: u * h forward, and two products per unit backward
