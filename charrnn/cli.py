@@ -963,6 +963,7 @@ def gradflow(
         if forget_bias is not None and not any(map(gf.has_forget_gate, cells)):
             raise UsageError(f"--forget-bias sets the forget gate of lstm and peephole cells; --cell {','.join(cells)}"
                              f"{'' if cell is not None else ' (the default)'} has none")
+    u_max = given.get("u_max")  # as given, but for 0: the bound for the window, the same as left out
     given.setdefault("u_max", 2.0 ** (1.0 / (max_k + 1)))
     if png is not None:  # fail before the measurement, not after it
         png = check_output(png, "--png", PNG, {"--corpus": corpus, "CHECKPOINT": checkpoint})
@@ -989,7 +990,8 @@ def gradflow(
     for f in flows:
         bad = next((k for layer in f.layers for k, x in enumerate(layer.norms) if not math.isfinite(float(x))), None)
         if bad is not None:  # the options given that set the size of this model's recurrence, and --max-k
-            scales = [as_flag(name) for name, value, owner in (("radius", radius, None), ("u_max", u_max, "indrnn"),
+            scales = [as_flag(name) for name, value, owner in (("radius", radius, None),
+                                                               ("u_max", u_max, "indrnn"),
                                                                ("spectral_radius", spectral_radius, "esn"))
                       if value is not None and owner in (None, f.spec.cell)]
             raise CharrnnError(f"the gradient of {f.label} overflowed (inf or NaN) at k={bad}; use a smaller "

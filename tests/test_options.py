@@ -277,6 +277,9 @@ def test_gradflow_and_gradcheck_say_what_they_cannot_do(tmp_path):
         # NaN norms were a table of nan and 'vanished > 500', exit 0, and JSON with NaN
         (["gradflow", *small, "--max-k", "500", "--cell", "indrnn", "--radius", "5"], CharrnnError,
          "the gradient of indrnn overflowed (inf or NaN) at k="),
+        # --u-max 0 is left out where --radius is given: the advice named it all the same
+        (["gradflow", *small, "--max-k", "500", "--cell", "indrnn", "--u-max", "0", "--radius", "10"], CharrnnError,
+         "overflowed (inf or NaN) at k=0; use a smaller --radius or --max-k"),
         # the advice named --radius, never given, and not --u-max, which was
         (["gradflow", *small, "--max-k", "500", "--cell", "indrnn", "--u-max", "3"], CharrnnError,
          "the gradient of indrnn overflowed (inf or NaN) at k=0; use a smaller --u-max or --max-k"),
