@@ -204,10 +204,12 @@ class Trainer:
             self.world.bcast(self.params)
             self._synced_at = self.step
         # a checkpoint holds no NaN or Inf (load_checkpoint refuses one that does): an overflow
-        # the updates did not catch (Adagrad's v, a sum of squares) stops the run, on every rank
-        # alike, and the last checkpoint stays the last good one
-        broken = [name for name, a in (("the parameters", self.params), *((f"the optimizer's {k}", a)
-                  for k, a in self.opt.moments().items())) if not np.isfinite(a).all()]
+        # the updates did not catch (Adagrad's v, a sum of squares) stops the run, and the last
+        # checkpoint stays the last good one; rank 0's arrays are saved, and its word stops every
+        # rank alike (the moments are never synced: ranks whose kernels round apart could differ)
+        broken = self.world.from_root([name for name, a in (("the parameters", self.params), *(
+            (f"the optimizer's {k}", a) for k, a in self.opt.moments().items())) if not np.isfinite(a).all()]
+            if self.world.root else None)
         if broken:
             raise self._diverged(f"by update {self.step}", f"{' and '.join(broken)} hold NaN or Inf")
         keep = self.sched.window - self.sched.k1
