@@ -67,7 +67,7 @@ NAMES = tuple(REGISTRY)
 Option = namedtuple("Option", "cells default low high help")  # cells: the cells that read it
 OPTIONS = {
     "tau": Option(("leaky",), "1:50", 1.0, 10000.0,
-                  "leaky: the time constants tau in [{low:g}, {high:g}] (rate 1/tau): one value for every unit, LO:HI spread "
+                  "leaky: the time constants tau in [{low}, {high}] (rate 1/tau): one value for every unit, LO:HI spread "
                   "log-evenly over the units, or 'learned' (starting from 1:50). Default 1:50, fixed: a layer "
                   "then has fast and slow units from the first update, and the time scales stay a setting "
                   "one can compare rather than something the optimizer drifts"),
@@ -80,7 +80,9 @@ OPTIONS = {
                     "for the window, so that a gradient grows at most 2x over k2 steps"),
 }
 # a help names the range where typer does not show it (--tau is text): {low} and {high}, from the Option
-OPTIONS = {name: opt._replace(help=opt.help.format(low=opt.low, high=opt.high)) for name, opt in OPTIONS.items()}
+# (replaced as such: a help may hold other braces, h_{t-1})
+OPTIONS = {name: opt._replace(help=opt.help.replace("{low}", f"{opt.low:g}").replace("{high}", f"{opt.high:g}"))
+           for name, opt in OPTIONS.items()}
 
 
 def check_options_read(names, cells, whose=""):
