@@ -457,6 +457,51 @@ def test_a_failure_on_one_rank_ends_the_job_with_one_line(corpus, tmp_path, abor
     print(f"failed job ended after {time.time() - t0:.1f} s, start-up included")
 
 
+SAVE_CHECK_PROBE = """
+import json, sys
+import numpy as np
+from pathlib import Path
+from charrnn import distributed
+from charrnn.config import TrainConfig
+from charrnn.errors import CharrnnError
+from charrnn.train import Trainer
+corpus, run_dir, poisoned = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+cfg = TrainConfig(corpus=[corpus], hidden=8, batch=4, k1=8, k2=8, time_limit=0, eval_every=100, checkpoint_every=2,
+                  max_steps=4, seed=7, optimizer="adagrad", out_dir=str(run_dir.parent), run=run_dir.name).validate()
+world = distributed.world()
+trainer = Trainer(cfg, run_dir, say=lambda *_: None)
+step = trainer.opt.step
+
+def overflowing_step(*args, **kwargs):
+    step(*args, **kwargs)
+    if trainer.step == 2 and world.rank == poisoned:  # the third update's, on one rank
+        trainer.opt.moments()["v"][5] = np.inf
+
+trainer.opt.step = overflowing_step
+try:
+    trainer.run()
+    said = "finished"
+except CharrnnError as e:
+    said = str(e)
+json.dump(said, open(run_dir.parent / f"rank{world.rank}.json", "w"))
+"""
+
+
+@needs_mpi
+@pytest.mark.parametrize("poisoned", [0, 1])
+def test_the_save_s_check_for_inf_stops_every_rank_or_none(corpus, tmp_path, poisoned):
+    # a rank that found Inf in its own moments stopped while the others waited in the save's
+    # gather: a hang. Rank 0's arrays are saved, and its word decides on every rank
+    ok(subprocess.run([MPIEXEC, *LAUNCH, "-n", "2", sys.executable, "-c", SAVE_CHECK_PROBE, str(corpus),
+                       str(tmp_path / "r"), str(poisoned)], capture_output=True, text=True,
+                      env=dict(os.environ, PYTHONPATH=str(ROOT), **LAUNCH_ENV), timeout=120))
+    said = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    if poisoned == 0:
+        assert all(s.startswith("training diverged by update 4: the optimizer's v hold NaN or Inf") for s in said), said
+    else:
+        assert said == ["finished", "finished"]
+
+
 def test_stops_are_held_only_under_a_launcher_and_only_until_let_go(monkeypatch):
     held = distributed.StopsHeld()
     before = signal.getsignal(signal.SIGINT)
