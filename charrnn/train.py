@@ -207,9 +207,12 @@ class Trainer:
         # the updates did not catch (Adagrad's v, a sum of squares) stops the run, and the last
         # checkpoint stays the last good one; rank 0's arrays are saved, and its word stops every
         # rank alike (the moments are never synced: ranks whose kernels round apart could differ)
-        broken = self.world.from_root([name for name, a in (("the parameters", self.params), *(
-            (f"the optimizer's {k}", a) for k, a in self.opt.moments().items())) if not np.isfinite(a).all()]
-            if self.world.root else None)
+        broken = None
+        if self.world.root:
+            saved = {"the parameters": self.params,
+                     **{f"the optimizer's {k}": a for k, a in self.opt.moments().items()}}
+            broken = [name for name, a in saved.items() if not np.isfinite(a).all()]
+        broken = self.world.from_root(broken)
         if broken:
             raise self._diverged(f"by update {self.step}", f"{' and '.join(broken)} hold NaN or Inf")
         keep = self.sched.window - self.sched.k1
@@ -603,8 +606,10 @@ class Trainer:
             return loss
         grows = ""
         if self.cfg.cell == "indrnn":
-            keeps = f": --u-max 1{' in a new run' if self.resumed else ''} keeps it bounded" if self._u_passes_1() else ""
-            grows = f" (an IndRNN's whose |u| passes 1{keeps})"
+            keeps = ""
+            if self._u_passes_1():
+                keeps = f": --u-max 1{' in a new run' if self.resumed else ''} keeps it bounded"
+            grows = f" (an IndRNN's whose u passes 1{keeps})"
         # the test comes after the last update's save: that checkpoint is the model tested
         kept = (f"{self.run_dir / 'latest.npz'} holds update {self.step}, the model tested" if text == "test" else
                 self._checkpoints_kept())
@@ -850,7 +855,8 @@ def _corpus_to_resume(meta, cfg, inputs, run_dir):
     missing = [p for p in stored if not Path(p).exists()]
     if missing:
         raise CharrnnError(f"{missing[0]}, part of the text this run was trained on, is not there; give the text "
-                           f"again after --resume (charrnn train --resume {shell_word(run_dir)} FILE...), it is checked by its hash")
+                           f"again after --resume (charrnn train --resume {shell_word(run_dir)} FILE...), it is "
+                           "checked by its hash")
     # a pipe or a device in the place of a file it read would block, or never end (an older checkpoint's
     # corpus setting may name folders)
     readable = Path.is_file if saved.get("files") else (lambda p: p.is_file() or p.is_dir())
@@ -898,8 +904,9 @@ def _not_the_text(inputs, read, given, run_dir) -> CharrnnError:
     given_text = " ".join(map(str, inputs))
     if read and new and all(now.get(p) == sha for p, sha in was.items()):
         return CharrnnError(f"{given_text} is not the text this run was trained on: {why}; leave the text out to "
-                            f"resume on the files it read (charrnn train --resume {shell_word(run_dir)}), or train on all of "
-                            f"them in a new run that starts from this one (--init-from {shell_word(run_dir)})")
+                            f"resume on the files it read (charrnn train --resume {shell_word(run_dir)}), or "
+                            f"train on all of them in a new run that starts from this one (--init-from "
+                            f"{shell_word(run_dir)})")
     return CharrnnError(f"{given_text} is not the text this run was trained on ({why}); give the files it read, in "
                         "the same order")
 
@@ -1085,8 +1092,8 @@ def check_new_run_dir(run_dir: Path) -> None:
         holder = held_by(run_dir)
         if holder is not None:  # --resume now would be refused too
             raise CharrnnError(f"{run_dir} holds a run that another charrnn process{pid_shown(holder)} is training; "
-                               f"wait for it to finish, then continue it with --resume {shell_word(run_dir)}, or choose another "
-                               "--run name")
+                               f"wait for it to finish, then continue it with --resume {shell_word(run_dir)}, or "
+                               "choose another --run name")
         raise CharrnnError(f"{run_dir} already holds a run; continue it with --resume {shell_word(run_dir)} "
                            f"or choose another --run name")
     for name, step in ((METRICS_FILE, _record_step), (SAMPLES_FILE, _sample_step)):
