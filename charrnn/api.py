@@ -169,6 +169,7 @@ class TrainedModel:
         self._of_bytes = self.config.get("encoding") == "bytes"  # each character a byte: unknowns named as bytes
         self.vocab = tuple(loaded.vocab.chars)
         self._stream = None  # the Sampler whose state reset/step/feed move, made on first use
+        self._assigned = False  # whether m.state was assigned since the last reset: feed's overflow may be its
 
     def __copy__(self):
         """A model of its own state (reset/step/feed), sharing the parameters, which nothing
@@ -243,7 +244,8 @@ class TrainedModel:
         if count and not math.isfinite(nats):  # as inspect says it: never a score of nan
             # (a larger batch shortens the streams, but each first reads WARMUP characters unscored)
             raise computes_nan("score with", grows=state_grows(self.spec, self.params),
-                               shorter="score short pieces of text, each from a fresh state (eval --per-line)")
+                               shorter="score short lines, each from a fresh state (eval --per-line; score_lines() "
+                                       "in Python)")
         return Evaluation(nats, count, skipped)
 
     def encode(self, text, *, skip_unknown=False, what="text"):
@@ -334,6 +336,7 @@ class TrainedModel:
     def reset(self):
         """Back to the zero state, where training starts every stream: nothing read yet."""
         self._state_stream().reset()
+        self._assigned = False
 
     def step(self, ch: str) -> np.ndarray:
         """Read one character; return the probabilities of the next one: an array of len(vocab)
@@ -353,7 +356,7 @@ class TrainedModel:
             stream.feed(ids[:-1])
             logits = stream.feed(ids[-1:], keep_logits=True)[0].astype(np.float64)
             if not np.isfinite(logits).all():  # a state assigned far beyond any the model reaches, or grown so
-                if state_grows(self.spec, self.params):
+                if state_grows(self.spec, self.params) and not self._assigned:
                     raise computes_nan("feed", on=" on the text fed", grows=True,
                                        shorter="feed less text between reset()s")
                 raise CharrnnError("the model's state overflowed: its next-character scores are not finite "
@@ -397,6 +400,7 @@ class TrainedModel:
         stream.h[:] = held["h"]
         if "c" in held:
             stream.c[:] = held["c"]
+        self._assigned = True
 
     # -----------------------------------------------------------------------------------------
 

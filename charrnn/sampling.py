@@ -154,13 +154,14 @@ class Sampler:
         uniforms = np.ascontiguousarray(uniforms, dtype=np.float64)
         out = np.zeros(uniforms.size, np.int32)
         top_k = min(int(top_k), self.probs.size)  # as many as the vocabulary keeps them all; any more is no int64
+        fed_over = not (np.isfinite(self.h).all() and np.isfinite(self.c).all())  # by the text fed first: a prime
         with self._blas_threads():
             last = generate(out, self.h, self.c, self.xg, self.hg, self.z, self.probs, self.order, int(first_id),
                             uniforms, self.params, self.offs, self.cell, float(temperature), top_k,
                             float(top_p), self.blas)
         if last < 0:  # never a text chosen among NaN
             raise computes_nan("sample", on="", grows=state_grows(self.spec, self.params),
-                               shorter="sample fewer characters, after a shorter prime")
+                               shorter="sample after a shorter prime" if fed_over else "sample fewer characters")
         return out
 
 

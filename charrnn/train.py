@@ -33,7 +33,7 @@ from .corpus import (Corpus, NotText, Streams, Vocab, default_corpus, fit_batch_
                      some_of, split, streams_held, window_reach)
 from .errors import CharrnnError, UsageError, as_flag, file_in_the_way, flag, os_error_message, shell_word
 from .evaluate import Abandoned, bits, evaluate
-from .model import ModelSpec, Stack, init_params, transplant
+from .model import ModelSpec, Stack, init_params, state_grows, transplant
 from .optim import Optimizer, clip_by_norm, clip_by_value, learning_rate
 from .runlock import LOCK_FILE, RunLock, check_run_file, held_by, open_run_file, pid_shown
 from .schema import TRAINING, TRAINING_META
@@ -605,7 +605,7 @@ class Trainer:
         if math.isfinite(loss):
             return loss
         grows = ""
-        if self.cfg.cell == "indrnn":
+        if state_grows(self.spec, self.params):
             keeps = ""
             if self._u_passes_1():
                 keeps = f": --u-max 1{' in a new run' if self.resumed else ''} keeps it bounded"

@@ -851,16 +851,21 @@ def test_a_model_whose_state_grows_without_bound_is_said_to_and_not_broken(tmp_p
     m = indrnn_model(tmp_path, 4.0)  # 4^64 overflows float32
     grows = "its state grows without bound over a long stream, as an IndRNN unit's whose u passes 1 does; "
     # (a larger batch shortens the streams, but each first reads 200 characters unscored)
-    with pytest.raises(CharrnnError, match=re.escape(f"on this text: {grows}score short pieces of text, each from a "
-                                                     "fresh state (eval --per-line), or train with --u-max 1")):
+    with pytest.raises(CharrnnError, match=re.escape(f"on this text: {grows}score short lines, each from a fresh state "
+                                                     "(eval --per-line; score_lines() in Python), or train with --u-max 1")):
         m.score("abc de " * 40, batch=1)
     assert all(math.isfinite(x) for x in m.score_lines(["abc de " * 2] * 40))  # 14 steps each: 4^14 is finite
-    with pytest.raises(CharrnnError, match=re.escape(f"the model computes NaN or Inf: {grows}sample fewer characters, "
-                                                     "after a shorter prime")):
+    with pytest.raises(CharrnnError, match=re.escape(f"the model computes NaN or Inf: {grows}sample after a shorter "
+                                                     "prime")):
         m.sample(3, prime="abc de " * 40)
+    with pytest.raises(CharrnnError, match=re.escape(f"the model computes NaN or Inf: {grows}sample fewer characters")):
+        m.sample(300)
     # feed() said to assign a state that m.state gave, where none was assigned
     with pytest.raises(CharrnnError, match=re.escape(f"on the text fed: {grows}feed less text between reset()s")):
         m.feed("abc de " * 40)
+    m.state = {"h": np.full((1, 4), 3e38, np.float32)}  # an assigned state, not a grown one, overflows the next
+    with pytest.raises(CharrnnError, match=re.escape("reset(), or assign a state that m.state gave")):
+        m.feed("a")
     (tmp_path / "t.txt").write_text("abc de " * 40)
     r = run_module("inspect", tmp_path / "m.npz", tmp_path / "t.txt")
     assert r.returncode == 1 and f"{grows}inspect fewer characters (--chars)" in r.stderr, r.stderr
