@@ -97,6 +97,16 @@ def test_cli_checks_a_leaky_cell_s_learned_time_constants(monkeypatch):
     assert result.exit_code == 1 and len(failed) == 2 and all(".a " in line for line in failed), result.output
 
 
+def test_every_setting_gradcheck_runs_a_cell_with_is_of_an_option_it_reads():
+    # the echo-state network runs the leaky cell's kernels, and took its --tau learned: a second
+    # check of the same frozen reservoir, labelled with an option it does not have
+    from charrnn.cells import OPTIONS
+
+    for name in NAMES:
+        for options in CELLS[name].checked_options:
+            assert all(name in OPTIONS[option].cells for option, _ in options), (name, options)
+
+
 def test_cli_exits_1_on_a_broken_gradient(monkeypatch):
     original = lstm.LSTMCell.backward
 

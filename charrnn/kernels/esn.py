@@ -24,6 +24,7 @@ BIAS_SCALE = 0.2
 
 class ESNCell(LeakyCell):
     name = "esn"
+    checked_options = ((),)  # (not the leaky cell's: --tau is no option of an echo-state network's)
 
     def param_shapes(self, n_in, H, spec):
         return [Tensor("Wx", (n_in, H), False), Tensor("Wh", (H, H), False), Tensor("b", (H,), False),
