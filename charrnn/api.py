@@ -179,6 +179,7 @@ class TrainedModel:
         twin._stream = None
         if self._stream is not None:
             twin.state = self.state
+            twin._assigned = self._assigned  # (a state copied, not assigned by the user)
         return twin
 
     def __repr__(self):

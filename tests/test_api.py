@@ -2,6 +2,7 @@
 sample() returns, `charrnn eval` what score() returns, `--stop-at` ends a sample without changing
 what comes before, `--per-line` scores each line as the API scores it alone; and `import charrnn`
 stays light."""
+import copy
 import json
 import math
 import os
@@ -863,6 +864,9 @@ def test_a_model_whose_state_grows_without_bound_is_said_to_and_not_broken(tmp_p
     # feed() said to assign a state that m.state gave, where none was assigned
     with pytest.raises(CharrnnError, match=re.escape(f"on the text fed: {grows}feed less text between reset()s")):
         m.feed("abc de " * 40)
+    m.feed("abc de")  # a copy of a model fed, not assigned, is told of growth as the model is
+    with pytest.raises(CharrnnError, match=re.escape(f"on the text fed: {grows}feed less text between reset()s")):
+        copy.copy(m).feed("abc de " * 40)
     m.state = {"h": np.full((1, 4), 3e38, np.float32)}  # an assigned state, not a grown one, overflows the next
     with pytest.raises(CharrnnError, match=re.escape("reset(), or assign a state that m.state gave")):
         m.feed("a")
@@ -1001,8 +1005,6 @@ def test_odd_calls_of_the_model_class_and_of_evaluate_are_one_clear_error(model)
 
 
 def test_a_copy_of_a_model_reads_text_with_a_state_of_its_own(model):
-    import copy
-
     model.reset()
     model.feed("the ")
     twin = copy.copy(model)  # it shared the state: twin.reset() reset the model too
