@@ -755,12 +755,13 @@ def _line_pieces(model, file, encoding, skip_unknown):
     model_encoding = model.config.get("encoding", "utf-8")
     ids, chars = read_ids(file, encoding or model_encoding, model=model_encoding)
     vocab = Vocab.from_json(chars)
+    newline = chars.index("\n") if "\n" in chars else None
     breaks = np.empty(0, np.int64)
-    if "\n" in chars:  # a piece at a time: a mask of the whole file would cost a byte a character
-        breaks = np.concatenate([breaks] + [np.flatnonzero(ids[i : i + CHUNK_BYTES] == chars.index("\n")) + i
+    if newline is not None:  # a piece at a time: a mask of the whole file would cost a byte a character
+        breaks = np.concatenate([breaks] + [np.flatnonzero(ids[i : i + CHUNK_BYTES] == newline) + i
                                             for i in range(0, ids.size, CHUNK_BYTES)])
     if not skip_unknown:  # every character but the line breaks ("\r\n" too) is read
-        line_breaks = {chars.index("\n"): breaks.size} if "\n" in chars else {}
+        line_breaks = {newline: breaks.size} if newline is not None else {}
         if "\r" in chars:
             ends = np.append(breaks - 1, ids.size - 1)  # a last line without its "\n" ends at the file's end
             ends = ends[ends >= 0]
