@@ -311,6 +311,7 @@ def _not_utf8(name: str, e: UnicodeDecodeError, offset: int, newlines: int) -> N
 # never held whole, and a piece costs a few times its size while it is encoded (as bytes, as a
 # str, as code points, as ids).
 CHUNK_BYTES = 1 << 22
+NUL_SEARCH_BYTES = 1 << 26  # how far past a byte that is not UTF-8 a NUL makes a file binary
 
 
 def ids_dtype(vocab_size: int) -> np.dtype:
@@ -389,9 +390,17 @@ class _Encoder:
     def __init__(self, capacity: int):
         self.slot = np.full(0x110000, -1, np.int32)  # code point -> its id, -1 while unseen (4 MiB)
         self.codes = []  # the code point of each id
-        # Room for `capacity` ids; pages never written take no memory, so a generous guess is free.
-        self.ids = np.empty(max(capacity, 1), np.uint8)
         self.n = 0  # ids written
+        self.ids = np.empty(0, np.uint8)  # (until the room below is known)
+        # Room for `capacity` ids; pages never written take no memory, so a generous guess is free,
+        # up to what memory allows (_room): the system refuses more (a disk image in a folder,
+        # left out as binary after its first piece, would be refused before a byte was read), and
+        # a text that large grows into its room only as _reserve finds memory for it.
+        room = self._room()
+        try:
+            self.ids = np.empty(max(1, capacity if room is None else min(capacity, room)), np.uint8)
+        except MemoryError:  # a limit on the address space that memory.available_bytes cannot see
+            self.ids = np.empty(CHUNK_BYTES, np.uint8)
 
     def mark(self):
         return self.n, len(self.codes)
@@ -433,14 +442,18 @@ class _Encoder:
             self.ids.resize(grown, refcheck=False)
 
     def _room_for(self, nbytes: int) -> bool:
-        """Whether the ids may take `nbytes`: no more than half the memory they and what is still
-        available make. A pipe or a device that never ends (/dev/zero, `yes`) would take it all,
-        and the system's out-of-memory killer would end this process, or another, without a word.
-        (Training such a text would need more again.)"""
+        room = self._room()
+        return room is None or nbytes <= room
+
+    def _room(self) -> int | None:
+        """The most bytes the ids may take: half the memory they and what is still available
+        make (None if unknown). A pipe or a device that never ends (/dev/zero, `yes`) would take
+        it all, and the system's out-of-memory killer would end this process, or another, without
+        a word. (Training such a text would need more again.)"""
         from .memory import available_bytes
 
         have = available_bytes()
-        return have is None or nbytes <= (have + self.n * self.ids.itemsize) // 2
+        return None if have is None else (have + self.n * self.ids.itemsize) // 2
 
     def finish(self) -> tuple[np.ndarray, list]:
         """(ids, chars): chars in code-point order, ids of type ids_dtype(len(chars)) into them."""
@@ -530,9 +543,11 @@ def _too_large(path, chars: int) -> CharrnnError:
 
 
 def _find_nul(f, path) -> int:
-    """The offset of the first NUL byte in the rest of file f, from where it is now; -1 if none."""
+    """The offset of the first NUL byte within the next NUL_SEARCH_BYTES of file f, from where it
+    is now; -1 if none. Not to its end: an endless pipe of text that is not UTF-8 (Latin-1 through
+    `yes`) would keep the search from ever ending, where a binary file has NUL bytes early and often."""
     skipped = 0
-    while block := _read(f, path, CHUNK_BYTES):
+    while skipped < NUL_SEARCH_BYTES and (block := _read(f, path, min(CHUNK_BYTES, NUL_SEARCH_BYTES - skipped))):
         at = block.find(b"\x00")
         if at >= 0:
             return skipped + at

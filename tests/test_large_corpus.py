@@ -219,6 +219,61 @@ def test_a_pipe_that_holds_more_than_memory_stops_in_one_line(tmp_path, monkeypa
     assert not writer.is_alive()
 
 
+def test_a_folder_with_a_file_larger_than_memory_is_read_without_it(tmp_path):
+    # the ids had room made for every file's size at once: a 1 TiB disk image beside the text
+    # was refused by the system as "out of memory" before a byte was read; it is binary
+    (tmp_path / "a.txt").write_text("some text\n")
+    image = tmp_path / "disk.img"
+    try:
+        with image.open("wb") as f:
+            f.truncate(1 << 40)  # sparse: it takes no room on disk
+    except OSError:
+        pytest.skip("this file system holds no 1 TiB sparse file")
+    corpus = read_corpus([tmp_path])
+    assert corpus.text == "some text\n"
+    assert any("left out 1 file" in note and "disk.img" in note for note in corpus.notes), corpus.notes
+
+
+def test_a_text_larger_than_memory_allows_is_refused_in_one_line(tmp_path, monkeypatch):
+    # its size made room for its ids without asking whether memory had it
+    import charrnn.memory
+
+    path = tmp_path / "big.txt"
+    path.write_bytes(b"the fox " * (1 << 18))  # 2 MiB
+    monkeypatch.setattr(charrnn.memory, "available_bytes", lambda **_: 2 << 20)  # room for 1 MiB of ids
+    for read in (read_corpus, read_ids):
+        with pytest.raises(CharrnnError, match=rf"^{re.escape(str(path))} holds more text than this machine's "
+                                               r"memory can take: [\d,]+ characters read so far"):
+            read([path]) if read is read_corpus else read(path)
+
+
+def test_an_endless_pipe_of_text_that_is_not_utf8_is_refused_at_its_first_bad_byte(tmp_path, small_chunks):
+    # the search for a NUL byte, which would call it binary instead, read on to the end of the
+    # input: `eval MODEL <(yes $'caf\xe9')` said nothing until it was killed
+    import threading
+
+    small_chunks(4096)
+    fifo = tmp_path / "endless"
+    os.mkfifo(fifo)
+    written = []
+
+    def write():
+        try:
+            with open(fifo, "wb") as f:
+                for _ in range(4096):  # 80 MiB: without the fix they are all read before the error
+                    f.write(b"caf\xe9\n" * 4096)
+                    written.append(1)
+        except BrokenPipeError:  # the reader has stopped
+            pass
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    with pytest.raises(CharrnnError, match="is not valid UTF-8: .* at byte offset 3"):
+        read_ids(fifo)
+    writer.join(10)
+    assert not writer.is_alive() and len(written) < 4096
+
+
 def test_a_file_that_grows_a_little_while_read_is_read_where_memory_is_short(monkeypatch):
     # its ids had room for its size; the guard refused their doubling when 100 bytes more came
     import charrnn.memory
