@@ -28,7 +28,7 @@ from . import memory
 from .cells import CELLS
 from .config import EVAL_RANGES
 from .corpus import ENCODINGS, NotText, UnknownCharacters, check_encoding, check_read_as, read_ids, unit_name
-from .errors import CharrnnError, as_keyword, computes_nan
+from .errors import CharrnnError, as_keyword, computes_nan, short_repr
 from .evaluate import evaluate, evaluation_shape, line_losses, lines_shape
 from .model import Stack, state_grows
 from .sampling import SAMPLE_THREADS, Model, Sampler, load_model, samples, start_id
@@ -93,14 +93,14 @@ def _whole_number(name, value) -> int:
     else:
         whole = isinstance(value, numbers.Real) and float(value).is_integer()
     if isinstance(value, bool) or not whole:
-        raise CharrnnError(f"{as_keyword(name)} must be a whole number, not {type(value).__name__} {value!r}")
+        raise CharrnnError(f"{as_keyword(name)} must be a whole number, not {type(value).__name__} {short_repr(value)}")
     return int(value)
 
 
 def _real_number(name, value) -> float:
     """`value` as a float: any real number, numpy's included, but no bool."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise CharrnnError(f"{as_keyword(name)} must be a number, not {type(value).__name__} {value!r}")
+        raise CharrnnError(f"{as_keyword(name)} must be a number, not {type(value).__name__} {short_repr(value)}")
     try:
         return float(value)
     except OverflowError:  # an int beyond any float (10**400): beyond every bound, as inf is
@@ -110,7 +110,7 @@ def _real_number(name, value) -> float:
 def _flag(name, value) -> bool:
     """`value` as a bool: True or False (numpy's too, and 1 or 0), not any value that reads as one."""
     if not (isinstance(value, (bool, np.bool_)) or (isinstance(value, numbers.Integral) and value in (0, 1))):
-        raise CharrnnError(f"{as_keyword(name)} must be True or False, not {type(value).__name__} {value!r}")
+        raise CharrnnError(f"{as_keyword(name)} must be True or False, not {type(value).__name__} {short_repr(value)}")
     return bool(value)
 
 

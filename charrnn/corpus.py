@@ -284,6 +284,8 @@ def _read(f, path, size) -> bytes:
 
 def _cannot_read(path, e: OSError) -> Unreadable:
     if isinstance(e, FileNotFoundError):
+        if os.path.islink(path):  # (a name that `ls` shows)
+            return Unreadable(f"{path} is a link to {os.readlink(path)}, which does not exist; check the link", e)
         return Unreadable(f"{path} does not exist; check the path", e)
     if isinstance(e, IsADirectoryError):
         return Unreadable(f"{path} is a directory; give the path of a text file", e)
@@ -756,8 +758,8 @@ def _size(path: Path) -> int:
 
 def check_doc_sep(sep: str, encoding: str = "utf-8") -> None:
     """A UsageError (a CharrnnError) unless `sep` can stand between documents read in `encoding`."""
-    if len(sep) > 100:
-        raise UsageError(f"--doc-sep is {len(sep)} characters long; give at most 100")
+    if len(sep) > 100:  # (a bytes model's separator is counted in its UTF-8 bytes, as it reads them)
+        raise UsageError(f"--doc-sep is {counted(len(sep), unit_name(encoding == 'bytes'))} long; give at most 100")
     if "\0" in sep or any(0xD800 <= ord(c) <= 0xDFFF for c in sep):
         raise UsageError(f"--doc-sep {sep!r} holds a NUL or a lone surrogate, which no text file holds; choose another")
     if encoding != "utf-8" and any(ord(c) > 0xFF for c in sep):

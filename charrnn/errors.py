@@ -19,7 +19,16 @@ def as_flag(name, value=None):
 
 def as_keyword(name, value=None):
     """An argument as a Python caller gives it, for the API's messages: top_k=, or top_k=5."""
-    return f"{name}=" if value is None else f"{name}={value!r}"
+    return f"{name}=" if value is None else f"{name}={short_repr(value)}"
+
+
+def short_repr(value) -> str:
+    """repr(value) for a message; a number repr refuses (an int of more digits than
+    sys.get_int_max_str_digits(), a Fraction of one) named by its type."""
+    try:
+        return repr(value)
+    except ValueError:
+        return f"<{type(value).__name__} of more than {sys.get_int_max_str_digits()} digits>"
 
 
 def bytes_shown(text: str) -> str:

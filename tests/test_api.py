@@ -625,6 +625,7 @@ def test_step_errors(model):
     ({"prime": b"ab"}, "prime= must be a str, not bytes"),
     ({"stop_at": b"a"}, "stop_at= must be a str, not bytes"),
     ({"length": Fraction(10**400, 3)}, "length= must be a whole number, not Fraction"),  # no float holds it
+    ({"length": Fraction(10**5000, 3)}, "length= must be a whole number, not Fraction <Fraction of more than 4300"),
 ])
 def test_sample_refuses_an_argument_of_the_wrong_type(model, options, message):
     with pytest.raises(CharrnnError, match=re.escape(message)):
@@ -639,6 +640,9 @@ def test_sample_refuses_an_argument_of_the_wrong_type(model, options, message):
     ({"temperature": 10**400}, "temperature=inf is out of range"),  # an int beyond every float: OverflowError
     ({"top_p": -10**400}, "top_p=-inf is out of range"),
     ({"length": Fraction(10**400)}, f"length={10**400} is out of range"),
+    # more digits than Python turns into text: a ValueError from the message's own making
+    ({"length": 10**5000}, "length=<int of more than 4300 digits> is out of range"),
+    ({"seed": -10**5000}, "seed=<int of more than 4300 digits> is out of range"),
     ({"temperature": 0, "top_k": 3}, "top_k=3 has no use with temperature=0"),
     ({"temperature": 0.0, "top_p": 0.5}, "top_p=0.5 has no use with temperature=0"),
 ])

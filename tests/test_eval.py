@@ -133,6 +133,13 @@ def test_a_text_of_unknown_characters_only_is_said_so_and_one_character_counted_
     r = invoke("eval", run["dir"], odd)
     assert r.exit_code == 0 and r.stdout.startswith(f"{tmp_path}/t\\x1b[2J\\nx.txt: 1 character, "), r.stdout
     assert len(r.stdout.splitlines()) == 1
+    # one character: "the text to evaluate has 1 character; it needs at least 2", not naming the file
+    one = tmp_path / "one.txt"
+    one.write_text(two.read_text(encoding="utf-8")[:1], encoding="utf-8")
+    r = invoke("eval", run["dir"], one)
+    assert r.exit_code == 1 and str(r.exception) == (f"{one} has 1 character; scoring needs 2 (one read, one predicted): "
+                                                     "--per-line scores a line from a line break")
+    assert invoke("eval", run["dir"], one, "--per-line").exit_code == 0  # as the advice says
 
 
 @pytest.mark.parametrize("per_line", [(), ("--per-line",)])
@@ -156,6 +163,11 @@ def test_usage_errors_and_exit_codes(run, tmp_path):
     r = subprocess.run([sys.executable, "-m", "charrnn", "eval", str(run["dir"]), str(tmp_path / "missing.txt")],
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert r.returncode == 1 and "missing.txt does not exist" in r.stderr
+    # a link whose target is missing: `ls` shows it, so "does not exist" was not what it is
+    (tmp_path / "dangling.txt").symlink_to("nowhere.txt")
+    r = invoke("eval", run["dir"], tmp_path / "dangling.txt")
+    assert r.exit_code == 1 and str(r.exception) == (f"{tmp_path}/dangling.txt is a link to nowhere.txt, which does "
+                                                     "not exist; check the link")
 
 
 def test_per_line_checks_for_unknown_characters_without_copies_of_the_file(run, tmp_path, monkeypatch):

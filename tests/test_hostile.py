@@ -434,6 +434,8 @@ def test_a_name_that_is_not_utf8_and_cannot_be_written_is_not_blamed_on_the_loca
     (["train", "--cell", "leaky", "--tau", "0"], "--tau 0 is out of range"),
     (["train", "--doc-sep", r"\x00"], "--doc-sep '\\x00' holds a NUL"),
     (["train", "--doc-sep", "x" * 101], "--doc-sep is 101 characters long"),
+    # a bytes model counts the separator's UTF-8 bytes, which it said were characters
+    (["train", "--encoding", "bytes", "--doc-sep", "\u20ac" * 40], "--doc-sep is 120 bytes long; give at most 100"),
     (["train", "--run", "a/b"], "--run 'a/b' is not a plain folder name"),
     (["train", "--val-fraction", "0.3", "--test-fraction", "0.3"], "--val-fraction plus --test-fraction"),
     (["gradflow", "--cell", "leaky", "--tau", "0"], "--tau 0 is out of range"),
