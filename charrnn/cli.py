@@ -1022,17 +1022,20 @@ def plot(
 ):
     """Chart a training run: train and val loss, and the gradient norm before clipping, against step."""
     from .outputs import PNG, check_output
-    from .plot import charts, read_metrics, require_pyplot, summary, write_png
+    from .plot import charts, read_metrics, require_pyplot, summary, too_large, write_png
 
     _set_up()
     if png is not None:  # before the charts are printed
         png = check_output(png, "--png", PNG, {"RUN": run})
         require_pyplot()
     metrics = read_metrics(run)
-    failed = _written_first(png, lambda: write_png(metrics, png))
-    for chart in charts(metrics):
-        out.print(chart)
-    out.print(summary(metrics), markup=False, highlight=False)
+    try:
+        failed = _written_first(png, lambda: write_png(metrics, png))
+        for chart in charts(metrics):
+            out.print(chart)
+        out.print(summary(metrics), markup=False, highlight=False)
+    except MemoryError:  # drawing the records read (ulimit -v)
+        raise too_large(metrics.path) from None
     _said_written(png, failed)
 
 
@@ -1062,16 +1065,22 @@ def _print_error(message: str, rank=None):
     can turn it into another error, which is no failure of the command's (cli.main then exits
     130, the stop's code; distributed.StopsHeld.interrupt). None either where stderr cannot be
     written (2>/dev/full): the exit code that follows still says what failed, a usage error 2."""
-    from rich.text import Text
-
     from .distributed import HELD, error_prefix
 
     if HELD.seen:
         return
+    line = error_prefix(rank) + one_line(message)
     try:
-        err.print(Text.assemble(("error:", "bold red"), " ", error_prefix(rank) + one_line(message)), highlight=False)
+        from rich.text import Text
+
+        err.print(Text.assemble(("error:", "bold red"), " ", line), highlight=False)
     except OSError:
         pass
+    except MemoryError:  # no room left for rich (ulimit -v): the line as bytes, which need none
+        try:
+            os.write(2, f"error: {line}\n".encode("utf-8", "backslashreplace"))
+        except OSError:
+            pass
 
 
 def scipy_blas_alone():
@@ -1191,6 +1200,7 @@ def _main():
             raise CharrnnError("standard output is closed (>&-): there is nowhere to write the result")
         code = app(standalone_mode=False)  # usage errors come here, to be said in one line
     except CharrnnError as e:
+        e.__traceback__ = e.__context__ = None  # their frames' memory (a log too large to chart), for the line
         _print_error(str(e), getattr(e, "rank", None))  # a Refused names the rank that refused
         raise SystemExit(e.exit_code)
     except OSError as e:

@@ -53,15 +53,20 @@ def repr_shown(value) -> str:
     return escapes_shown(repr(value))
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 (U+009B starts a terminal's escape too)
+# C0, DEL and C1 (U+009B starts a terminal's escape too); the marks and overrides of direction
+# (U+202E turns the rest of a line around where a terminal lays out text both ways); and the
+# line and paragraph separators
+_CONTROLS = "\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_CONTROL = re.compile(f"[{_CONTROLS}]")
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def controls_escaped(text: str) -> str:
-    """text with its control characters written as escapes (\\n, \\x1b, \\x9b), so that a
-    file name holding a line break or a terminal's escape cannot start a line of its own, as if
-    charrnn had said it, or steer the terminal."""
-    return _CONTROL.sub(lambda m: _ESCAPES.get(m[0], f"\\x{ord(m[0]):02x}"), text)
+    """text with its control characters written as escapes (\\n, \\x1b, \\x9b, \\u202e), so
+    that a file name holding a line break or a terminal's escape cannot start a line of its own,
+    as if charrnn had said it, steer the terminal, or turn the rest of the line around."""
+    return _CONTROL.sub(lambda m: _ESCAPES.get(m[0], f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else
+                                                 f"\\u{ord(m[0]):04x}"), text)
 
 
 def one_line(text: str) -> str:
@@ -70,7 +75,7 @@ def one_line(text: str) -> str:
     return bytes_shown(controls_escaped(text))
 
 
-_SHOWN_AS_ESCAPE = re.compile("[\x00-\x1f\x7f-\x9f\udc80-\udcff]")  # what one_line writes as an escape
+_SHOWN_AS_ESCAPE = re.compile(f"[{_CONTROLS}\udc80-\udcff]")  # what one_line writes as an escape
 
 
 def shell_word(path) -> str:

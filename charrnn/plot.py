@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -117,7 +118,7 @@ def read_metrics(run) -> Metrics:
     except OSError as e:
         raise CharrnnError(f"cannot read {path}: {e.strerror or e}") from None
     except MemoryError:
-        raise CharrnnError(f"{path} is too large to chart in the memory there is; free some memory") from None
+        raise too_large(path) from None
     m.torn_last_line = torn is not None
     if not records and not m.torn_last_line and text:
         raise CharrnnError(f"{path} is not a charrnn {METRICS_FILE}: it holds no train, val or test record; "
@@ -125,6 +126,10 @@ def read_metrics(run) -> Metrics:
     if not m.train["step"] and not m.val["step"]:
         raise CharrnnError(f"{path} has no train or val records yet; plot again once training has logged some")
     return m
+
+
+def too_large(path) -> CharrnnError:
+    return CharrnnError(f"{path} is too large to chart in the memory there is; free some memory")
 
 
 def _not_json(path, n, records):
@@ -261,10 +266,32 @@ def save_figure(fig, path) -> None:
     import matplotlib.pyplot as plt
 
     try:
-        fig.tight_layout()
-        write_output(Path(path), lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+        with warnings.catch_warnings(record=True) as caught:
+            fig.tight_layout()
+            write_output(Path(path), lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     finally:
         plt.close(fig)
+    _noted(caught)
+
+
+def _noted(caught) -> None:
+    """matplotlib's warnings while drawing, as notes (errors.Note) of one line each, where they
+    were two each: a glyph its font lacks (a run named in Chinese), drawn as a box, once for all
+    of them; an axis of one value it widens. Other warnings (a ResourceWarning) go on as they are."""
+    said = []
+    for w in caught:
+        if issubclass(w.category, UserWarning) and not issubclass(w.category, Note):
+            said.append(" ".join(str(w.message).split()))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    said = list(dict.fromkeys(said))
+    glyphs = [m for m in said if re.match(r"Glyph \d+ .* missing from", m)]
+    if glyphs:
+        warnings.warn(Note(f"matplotlib's font lacks {counted(len(glyphs), 'character')} of the names, drawn as "
+                           "boxes"), stacklevel=3)
+    for message in said:
+        if message not in glyphs:
+            warnings.warn(Note(f"matplotlib: {message}"), stacklevel=3)
 
 
 def write_png(m: Metrics, path) -> None:

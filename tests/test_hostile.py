@@ -75,13 +75,59 @@ def test_run_names_stay_inside_out_dir(name, corpus, tmp_path):
 
 @pytest.mark.skipif(not shutil.which("bash"), reason="needs bash")
 @pytest.mark.parametrize("name", ["my run", "it's", "-dash", "line\nbreak", os.fsdecode(b"caf\xe9"), "c1\x85",
-                                  "tab\tand\\backslash'"])
+                                  "tab\tand\\backslash'", "txt.\u202eexe"])
 def test_a_path_in_a_command_of_a_message_is_the_word_a_shell_reads_back(tmp_path, name):
     # "Continue with: charrnn train --resume checkpoints/my run" resumed checkpoints/my
     (tmp_path / name).write_text("")
     word = errors.one_line(errors.shell_word(name))  # as the message shows it
     said = subprocess.run(["bash", "-c", f"test -e {word} && printf %s {word}"], capture_output=True, cwd=tmp_path)
     assert said.returncode == 0 and said.stdout == os.fsencode(("./" if name.startswith("-") else "") + name), word
+
+
+def test_a_name_that_would_turn_a_line_around_is_shown_with_escapes():
+    # U+202E (right-to-left override) in a file name turned the rest of an error line around in a
+    # terminal that lays out text both ways: "gpj.exe" read as "exe.jpg"; U+2028 broke a line
+    assert errors.one_line("error: cannot read a\u202egpj.exe: x\u2028y\u2066z") == \
+        "error: cannot read a\\u202egpj.exe: x\\u2028y\\u2066z"
+    assert errors.one_line("caf\u00e9 \u05e9\u05dc\u05d5\u05dd") == "caf\u00e9 \u05e9\u05dc\u05d5\u05dd"  # letters stay
+
+
+def test_an_error_line_is_said_where_memory_is_too_short_for_its_printing(monkeypatch, capfd):
+    # `ulimit -v` with a log too large to chart: the error's frames still held the records read,
+    # and importing rich to print the line ran out of memory: a traceback of 59 lines
+    import gc
+    import weakref
+
+    import charrnn.plot
+
+    class Records(list):
+        pass
+
+    held = []
+
+    def read_metrics(run):
+        records = Records(range(1000))
+        held.append(weakref.ref(records))
+        try:
+            raise MemoryError
+        except MemoryError:
+            raise CharrnnError(f"{run} is too large to chart in the memory there is; free some memory") from None
+
+    def print_line(*args, **kwargs):
+        assert held[0]() is None, "the records are still held"
+        raise MemoryError
+
+    monkeypatch.setattr(charrnn.plot, "read_metrics", read_metrics)
+    monkeypatch.setattr(cli.err, "print", print_line)
+    monkeypatch.setattr(sys, "argv", ["charrnn", "plot", "big\x1brun"])
+    gc.disable()  # freed as the last reference goes, not by a collection
+    try:
+        with pytest.raises(SystemExit) as exit:
+            cli.main()
+    finally:
+        gc.enable()
+    assert exit.value.code == 1
+    assert capfd.readouterr().err == "error: big\\x1brun is too large to chart in the memory there is; free some memory\n"
 
 
 def test_an_output_folder_that_is_a_file(corpus, tmp_path):

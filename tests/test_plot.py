@@ -311,6 +311,33 @@ def test_a_matplotlib_settings_folder_that_cannot_be_used_is_one_note(command, t
     assert r.returncode == 0 and "Bad key foo" in r.stderr and "note:" not in r.stderr, r.stderr
 
 
+def test_characters_the_font_lacks_are_one_note(tmp_path):
+    # a run named in Chinese: two warnings of two lines each for every character, with their
+    # source lines
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "p.png"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
+    r = subprocess.run([sys.executable, "-m", "charrnn", "plot", str(_write_run(tmp_path / "\u6f22\u5b57\u6f22")),
+                        "--png", str(png)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", r.stderr
+    assert r.stderr == "note: matplotlib's font lacks 2 characters of the names, drawn as boxes\n"
+
+
+def test_a_log_too_large_to_draw_is_said_as_too_large_to_chart(tmp_path, monkeypatch):
+    # the records were read, and the drawing ran out of memory: "out of memory; use a smaller
+    # model, batch or window", none of which plot has
+    import charrnn.plot as plot
+
+    def no_room(m, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(plot, "charts", no_room)
+    run = _write_run(tmp_path / "run")
+    r = runner.invoke(app, ["plot", str(run)])
+    assert r.exit_code == 1 and str(r.exception) == (f"{run}/metrics.jsonl is too large to chart in the memory there "
+                                                     "is; free some memory")
+
+
 def test_a_single_point_is_drawn_and_no_series_is_no_warning(tmp_path, monkeypatch):
     # one record: a line of one point, drawn as nothing ("wrote p.png", empty axes); a log of no
     # finite loss: matplotlib's warning of a legend with nothing in it, with its source line
