@@ -190,6 +190,8 @@ class Trainer:
         self.run_id = uuid.uuid4().hex
         self.lock = None  # the run folder's RunLock while this trainer reads or writes it
         self.resumable = None  # (path, update) of the checkpoint a resume goes on from; None: none yet
+        self.restored = None  # (path, update) of the checkpoint resumed, if it was
+        self.given_again = ((), ())  # the words of the text and options a resume changed (resume_command)
         self._sampler = None  # made at the first sample
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -261,11 +263,19 @@ class Trainer:
         path = self.run_dir / f"{name}.npz"
         checkpoint = self._checkpoint()
         if checkpoint is not None:
-            save_checkpoint(path, *checkpoint)
+            try:
+                save_checkpoint(path, *checkpoint)
+            except KeyboardInterrupt:  # a stop at once, which may have come after the file was put in place
+                if _saved_step(path) == self.step:
+                    self._saved(name, path)
+                raise
+        self._saved(name, path)
+        return path
+
+    def _saved(self, name, path):
         # a resume of the folder takes latest.npz, or without one best.npz (resolve_checkpoint)
         if name == "latest" or self.resumable is None or self.resumable[0] == path:
             self.resumable = (path, self.step)
-        return path
 
     @classmethod
     def resume(cls, path, say=print, corpus=None, **overrides):
@@ -278,10 +288,14 @@ class Trainer:
         lock = _locked(path.parent, resuming=True)  # before reading: no other process is writing it now
         try:
             self = cls._restore(path, say, corpus, overrides)
-            _refuse_to_replace(path, self.step)
+            _refuse_to_replace(path, self.step, self.given_again)
             if self.world.root:  # the logs, opened as run() opens them, before `say` is heard (the CLI holds it):
                 check_run_file(self.run_dir / METRICS_FILE, os.O_WRONLY | os.O_APPEND)  # appended to
                 check_run_file(self.run_dir / SAMPLES_FILE, os.O_RDONLY)  # read (to cut); written if sampled
+                for name in ("best.npz", "latest.npz"):  # replaced by a rename, which a folder refuses
+                    if (self.run_dir / name).is_dir() and not (self.run_dir / name).is_symlink():
+                        raise CharrnnError(f"{self.run_dir / name} is a folder, where the run keeps a checkpoint; "
+                                           "move it away")
             self._keep_best(path)
         except BaseException:
             lock.release()
@@ -311,8 +325,11 @@ class Trainer:
         overrides = check_resume_overrides(overrides, meta["config"], path.parent)  # those given as the run's own left out
         cfg = TrainConfig.from_dict(meta["config"])
         saved_limits = {name: getattr(cfg, name) for name in STOPPING_RULES}  # check_not_done
-        changes = [f"{flag(k)} {' -> '.join(_shown_apart(getattr(cfg, k), v))}" for k, v in overrides.items()
-                   if v != getattr(cfg, k)]
+        changed = {k: v for k, v in overrides.items() if v != getattr(cfg, k)}
+        changes = [f"{flag(k)} {' -> '.join(_shown_apart(getattr(cfg, k), v))}" for k, v in changed.items()]
+        # what a command gives again to resume from `path` with this session's settings, until a save holds them
+        text_again, options_again = [], [w for k, v in changed.items()
+                                          for w in (flag(k), shell_word(repr(v) if isinstance(v, float) else v))]
         for k, v in overrides.items():
             setattr(cfg, k, v)
         check_schedule_options(overrides, cfg.schedule, "" if "schedule" in overrides else " (the run's)")
@@ -322,6 +339,7 @@ class Trainer:
             moved = _text_names(inputs)
             if moved != cfg.corpus:
                 changes.append(f"corpus {_texts_shown(cfg.corpus)} -> {_texts_shown(moved)}")
+                text_again = [shell_word(name) for name in inputs]
             cfg.corpus = moved
         if changes:
             say(f"changed on resume: {', '.join(changes)}")
@@ -341,7 +359,8 @@ class Trainer:
         self.last_val = _from_json_float(meta["metrics"]["last_val"])
         self.last_val_step = meta["metrics"].get("last_val_step")  # older checkpoints: not known
         self.saved_limits = saved_limits
-        self.resumable = (path, self.step)
+        self.resumable = self.restored = (path, self.step)
+        self.given_again = (text_again, options_again)
         return self
 
     def _reached(self, limits: dict, how_far=True) -> list[str]:
@@ -703,7 +722,8 @@ class Trainer:
             folder_takes = not self.world.root or resolve_checkpoint(self.run_dir, prefer="latest") == path
         except CharrnnError:
             folder_takes = False
-        resume = f"charrnn train --resume {shell_word(self.run_dir if folder_takes else path)}"
+        resume = resume_command(self.run_dir if folder_takes else path,
+                                self.given_again if self.resumable == self.restored else ((), ()))
         then = (f"Continue with: {resume}" if not at_end else
                 f"Test it with: {resume}" if len(self.test_ids) >= 2 else "The run is complete.")
         if at_once and not self.world.root:
@@ -960,6 +980,14 @@ def _left_by_a_run(path, step) -> bool:
     return not first or 0 <= step(first) < math.inf or torn
 
 
+def _saved_step(path):
+    """The update the checkpoint at `path` holds, or None if it cannot be read."""
+    try:
+        return load_checkpoint(path, schema=TRAINING_META)[1]["step"]
+    except (CharrnnError, OSError):
+        return None
+
+
 def _other_meta(path, name):
     """The meta document of the checkpoint `name` beside `path` (not path itself), or None if
     there is none or it cannot be read: then nothing resuming path would lose."""
@@ -972,7 +1000,15 @@ def _other_meta(path, name):
     return None
 
 
-def _refuse_to_replace(path, step):
+def resume_command(target, given_again=((), ())) -> str:
+    """The command that resumes `target` (a run folder or a checkpoint), for messages; with the
+    words of the text and of the options a resume changed (Trainer.given_again), where the
+    checkpoint does not hold them yet."""
+    text, options = given_again
+    return " ".join(["charrnn train", *text, "--resume", shell_word(target), *options])
+
+
+def _refuse_to_replace(path, step, given_again=((), ())):
     """A checkpoint resumed in a folder must not replace what the folder holds of another
     (_replaced); a copy resumed in a folder of its own loses nothing."""
     why = _replaced(path, step)
@@ -981,7 +1017,7 @@ def _refuse_to_replace(path, step):
     folder = path.absolute().parent  # path may be a bare file name: "." has no name to extend
     new = folder.with_name(f"{folder.name}-from-{step}")
     copy = (f"mkdir {shell_word(new)} && cp {shell_word(path)} {shell_word(new / 'latest.npz')} && "
-            f"charrnn train --resume {shell_word(new)}")
+            f"{resume_command(new, given_again)}")
     raise CharrnnError(f"{why}. To go on from update {step} and keep it, resume a copy in a folder of its own: "
                        f"{copy}")
 

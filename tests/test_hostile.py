@@ -936,25 +936,66 @@ def test_a_stop_ends_sample_into_a_pipe_whose_reader_stopped_reading(stop, tmp_p
     assert p.returncode == 130 and "Traceback" not in stderr, (p.returncode, stderr)
 
 
-def test_a_second_ctrl_c_names_the_checkpoint_a_resume_goes_on_from(corpus, tmp_path, monkeypatch, capsys):
-    # it ended with exit 130 and no word: whether anything was saved, and where, was for the user to find
+def ctrl_c_twice():
+    """A second Ctrl-C right after the first: the run stops at once, wherever it is."""
+    os.kill(os.getpid(), signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def ctrl_c_twice_before_update(monkeypatch, step):
+    """ctrl_c_twice as the update after `step` starts."""
     from charrnn.train import Trainer
 
     update = Trainer.update
 
     def stopped_twice(self):
-        if self.step == 4:  # latest.npz holds update 3 (--checkpoint-every 3)
-            os.kill(os.getpid(), signal.SIGINT)
-            os.kill(os.getpid(), signal.SIGINT)
+        if self.step == step:
+            ctrl_c_twice()
         return update(self)
 
     monkeypatch.setattr(Trainer, "update", stopped_twice)
+
+
+@pytest.mark.parametrize("when, stopped, held", [("in update 4", 4, 3), ("after update 6's save", 6, 6)])
+def test_a_second_ctrl_c_names_the_checkpoint_a_resume_goes_on_from(corpus, tmp_path, monkeypatch, capsys, when,
+                                                                     stopped, held):
+    # it ended with exit 130 and no word: whether anything was saved, and where, was for the user to find;
+    # and with the stop while the folder was synced after the save's rename, "latest.npz holds update 3"
+    import charrnn.checkpoint as checkpoint
+
+    if when == "in update 4":
+        ctrl_c_twice_before_update(monkeypatch, 4)
+    else:
+        synced, saves = checkpoint._fsync_dir, []
+
+        def stopped_twice(folder):
+            saves.append(folder)
+            if len(saves) == 2:  # update 6's (--checkpoint-every 3)
+                ctrl_c_twice()
+            synced(folder)
+
+        monkeypatch.setattr(checkpoint, "_fsync_dir", stopped_twice)
     code, stderr = main_exits(monkeypatch, capsys, "train", corpus, *TINY, "--max-steps", "9", "--checkpoint-every", "3",
                               "--out-dir", tmp_path, "--run", "r", "-q")
     run_dir = tmp_path / "r"
     assert code == 130 and stderr.splitlines() == [
-        f"stopped at once after update 4; {run_dir / 'latest.npz'} holds update 3. Continue with: charrnn train "
-        f"--resume {run_dir}"], stderr
+        f"stopped at once after update {stopped}; {run_dir / 'latest.npz'} holds update {held}. Continue with: "
+        f"charrnn train --resume {run_dir}"], stderr
+
+
+def test_a_second_ctrl_c_in_a_resumed_run_gives_again_what_the_resume_changed(corpus, tmp_path, monkeypatch, capsys):
+    # "Continue with: charrnn train --resume RUN" resumed with the checkpoint's own settings: its
+    # --max-steps, reached (exit 2), or its --lr; nothing had saved the changes yet
+    code, _ = main_exits(monkeypatch, capsys, "train", corpus, *TINY, "--max-steps", "3", "--out-dir", tmp_path,
+                         "--run", "r", "-q")
+    assert code == 0
+    ctrl_c_twice_before_update(monkeypatch, 5)
+    run_dir = tmp_path / "r"
+    code, stderr = main_exits(monkeypatch, capsys, "train", "--resume", run_dir, "--max-steps", "9", "--lr", "0.0005",
+                              "--checkpoint-every", "100", "-q")
+    assert code == 130 and stderr.splitlines()[-1] == (
+        f"stopped at once after update 5; {run_dir / 'latest.npz'} holds update 3. Continue with: charrnn train "
+        f"--resume {run_dir} --max-steps 9 --lr 0.0005 --checkpoint-every 100"), stderr
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1 on this system")

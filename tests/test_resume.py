@@ -232,6 +232,9 @@ def test_an_earlier_checkpoint_resumed_in_its_own_folder_is_refused_and_a_copy_e
             f"{run / 'at4.npz'} was saved at update 4, before {run / 'latest.npz'} (update 8); resuming it there "
             f"would replace that. To go on from update 4 and keep it, resume a copy in a folder of its own: "
             f"mkdir {new} && cp {run / 'at4.npz'} {new / 'latest.npz'} && charrnn train --resume {new}")
+    # options changed on resume are in the copy's command: without them it only tested update 4 again
+    with pytest.raises(CharrnnError, match=re.escape(f" && charrnn train --resume {new} --max-steps 6 --lr 0.001")):
+        Trainer.resume(run / "at4.npz", say=lambda *_: None, max_steps=6, lr=1e-3)
     monkeypatch.chdir(run)  # from inside the folder, by its bare name: the copy's folder is named in full
     with pytest.raises(CharrnnError, match=re.escape(f"resume a copy in a folder of its own: mkdir {new} && cp at4.npz")):
         Trainer.resume("at4.npz", say=lambda *_: None)
@@ -375,3 +378,20 @@ def test_a_change_on_resume_is_shown_with_the_digits_that_tell_it_apart():
     assert _shown_apart(0.003, 0.0030000001) == ("0.003", "0.0030000001")
     assert _shown_apart(840.0, 840.0000001) == ("840.0", "840.0000001")
     assert _shown_apart(0.01, 0.001) == ("0.01", "0.001") and _shown_apart(5, 6) == ("5", "6")
+
+
+def test_a_folder_in_place_of_a_checkpoint_is_refused_before_the_run_trains(corpus, tmp_path):
+    # a folder named best.npz: the run trained to its first validation, could not write best.npz
+    # ("check free disk space and permissions"), and ended without saving what it had trained
+    run = tmp_path / "r"
+    train_steps(config(corpus, tmp_path, eval_every=4, checkpoint_every=4), run, 4)
+    (run / "best.npz").unlink()
+    (run / "best.npz").mkdir()
+    kept = (run / "latest.npz").read_bytes()
+    with pytest.raises(CharrnnError, match=re.escape(f"{run / 'best.npz'} is a folder, where the run keeps a "
+                                                     "checkpoint; move it away")):
+        Trainer.resume(run, say=lambda *_: None, max_steps=8)
+    assert (run / "latest.npz").read_bytes() == kept
+    (run / "best.npz").rmdir()  # moved away: the run resumes
+    Trainer.resume(run, say=lambda *_: None, max_steps=8).run()
+    assert (run / "best.npz").is_file()
