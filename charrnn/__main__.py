@@ -114,8 +114,14 @@ def main():
     finally:
         # The command has ended, its exit code settled: a stop in the exit's last hundredths of
         # a second (Python's atexit callbacks; MPI's shutdown) would only print a traceback
-        # from one of them, or kill the process by the signal
-        HELD.ignore()
+        # from one of them, or kill the process by the signal; one in the moment before that took
+        # hold (the ignoring of the signals one by one) is one of those
+        while True:
+            try:
+                HELD.ignore()
+                break
+            except KeyboardInterrupt:
+                pass
 
 
 if __name__ == "__main__":

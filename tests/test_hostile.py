@@ -694,6 +694,36 @@ def test_ctrl_c_outside_the_commands_handling_exits_130_without_a_traceback(wher
     assert exit.value.code == 130 and capsys.readouterr().err == ""
 
 
+def test_a_stop_as_the_entry_point_ignores_stops_keeps_the_exit_code(monkeypatch, capsys):
+    # a second SIGTERM 2 ms after the first reached the entry point's last act, the ignoring of
+    # the signals one by one, before its own turn: a traceback of KeyboardInterrupt
+    from charrnn.__main__ import main
+    from charrnn.distributed import HELD, StopsHeld
+
+    ignore = HELD.ignore
+    calls = []
+
+    def interrupted():
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the interrupt comes first
+        ignore()
+
+    monkeypatch.setattr(HELD, "ignore", interrupted)
+    monkeypatch.setattr(sys, "argv", ["charrnn", "plot", "--help"])
+    monkeypatch.setattr(cli, "owns_process", False)
+    handlers = {s: signal.getsignal(s) for s in (*StopsHeld.SIGNALS, signal.SIGTERM)}
+    try:
+        with pytest.raises(SystemExit) as exit:
+            main()
+        assert [signal.getsignal(s) for s in handlers] == [signal.SIG_IGN] * len(handlers)
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    assert exit.value.code == 0 and capsys.readouterr().err == "" and len(calls) == 2
+
+
 def test_ctrl_c_while_the_entry_point_imports_exits_130_without_a_traceback():
     # at about 0.1 s a Ctrl-C landed in the entry point's first import (signal, in
     # distributed.py), before anything holds it: a traceback through the imports. The import
