@@ -242,21 +242,33 @@ _WIDE_MARKS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
 
 def _wide_text(name, head: bytes) -> WideText | None:
     """The error for a file whose first bytes `head` are UTF-16 or UTF-32 text: after a
-    byte-order mark, or without one, mostly ASCII text in UTF-16 (every other byte NUL)."""
-    wide = next((encoding for mark, encoding in _WIDE_MARKS if head.startswith(mark)), None)
-    pairs = head[: min(len(head), 4096) // 2 * 2]
-    if wide is None and len(pairs) >= 16:
-        even, odd = pairs[0::2], pairs[1::2]
-        if even.count(0) == 0 and odd.count(0) >= 0.9 * len(odd):
-            wide = "UTF-16LE"
-        elif odd.count(0) == 0 and even.count(0) >= 0.9 * len(even):
-            wide = "UTF-16BE"
+    byte-order mark, or without one (_unmarked_wide)."""
+    wide = next((encoding for mark, encoding in _WIDE_MARKS if head.startswith(mark)), None) or _unmarked_wide(head)
     if wide is None:
         return None
     name = Path(name)
     converted = name.with_name(f"{name.stem}-utf8{name.suffix or '.txt'}")
     return WideText(f"{name} is {wide} text, not UTF-8",
                     f"iconv -f {wide} -t UTF-8 {shell_word(name)} > {shell_word(converted)}")
+
+
+def _unmarked_wide(head: bytes) -> str | None:
+    """The encoding of UTF-32 or UTF-16 text without a byte-order mark, if `head` (a file's first
+    bytes) is such: it holds a NUL, which no UTF-8 text does (ASCII's in UTF-16 and every
+    character's in UTF-32), and its first 4 KiB read in that encoding are 8 or more printable
+    characters, line breaks and tabs (Russian or Chinese in UTF-16 too, which an earlier test of
+    every other byte being NUL missed), where a binary file's bytes would read as controls or
+    as no characters at all."""
+    if b"\x00" not in head:
+        return None
+    for encoding in ("UTF-32LE", "UTF-32BE", "UTF-16LE", "UTF-16BE"):  # (UTF-16 reads UTF-32's NULs as U+0000)
+        try:
+            text = codecs.getincrementaldecoder(encoding)("strict").decode(head[:4096])  # (a character cut: not yet)
+        except UnicodeDecodeError:
+            continue
+        if len(text) >= 8 and all(c.isprintable() or c in "\n\r\t" for c in text):
+            return encoding
+    return None
 
 
 def _empty(name: str) -> NotText:

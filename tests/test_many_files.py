@@ -234,12 +234,15 @@ def test_a_file_named_on_the_command_line_must_be_text(tree):
 
 ASCII = "plain ASCII text, as Notepad's 'Unicode' saves it\n" * 20
 HANZI = "天地玄黄宇宙洪荒" * 40
+RUSSIAN = "Мороз и солнце; день чудесный!\n" * 20
 
 
-# with a byte-order mark (utf-16, utf-32), any text; without one, text of mostly ASCII characters
+# with a byte-order mark (utf-16, utf-32), any text; without one, text with a NUL in its first
+# bytes: any in UTF-32, one with an ASCII character in UTF-16 (Russian was "a binary file")
 @pytest.mark.parametrize("codec, said, text", [
     ("utf-16", "UTF-16", ASCII), ("utf-16", "UTF-16", HANZI), ("utf-32", "UTF-32", ASCII), ("utf-32", "UTF-32", HANZI),
-    ("utf-16-le", "UTF-16LE", ASCII), ("utf-16-be", "UTF-16BE", ASCII)])
+    ("utf-16-le", "UTF-16LE", ASCII), ("utf-16-be", "UTF-16BE", ASCII), ("utf-16-le", "UTF-16LE", RUSSIAN),
+    ("utf-16-be", "UTF-16BE", RUSSIAN), ("utf-32-le", "UTF-32LE", HANZI), ("utf-32-be", "UTF-32BE", RUSSIAN)])
 def test_utf16_and_utf32_text_is_named_with_the_way_to_utf8(tmp_path, codec, said, text):
     # "looks like a binary file (NUL byte at offset 3); pass a text file, or --encoding bytes",
     # and with --encoding bytes the model learnt byte pairs and byte-order marks, not text
