@@ -259,11 +259,12 @@ def _unmarked_wide(head: bytes) -> str | None:
     characters, line breaks and tabs (Russian or Chinese in UTF-16 too, which an earlier test of
     every other byte being NUL missed), where a binary file's bytes would read as controls or
     as no characters at all."""
+    head = head[:4096]
     if b"\x00" not in head:
         return None
     for encoding in ("UTF-32LE", "UTF-32BE", "UTF-16LE", "UTF-16BE"):  # (UTF-16 reads UTF-32's NULs as U+0000)
         try:
-            text = codecs.getincrementaldecoder(encoding)("strict").decode(head[:4096])  # (a character cut: not yet)
+            text = codecs.getincrementaldecoder(encoding)("strict").decode(head)  # (a character cut: not yet)
         except UnicodeDecodeError:
             continue
         if len(text) >= 8 and all(c.isprintable() or c in "\n\r\t" for c in text):
@@ -518,17 +519,21 @@ def _read_document(path, encoding: str, encoder: _Encoder, text_hash=None, limit
             else:
                 nul = block.find(b"\x00")
                 if nul >= 0:
-                    raise _binary(path, offset + len(pending) + nul)
+                    if limit is None or chars + _chars_before(pending + block[:nul]) < limit:
+                        raise _binary(path, offset + len(pending) + nul)
+                    block = block[:nul]  # the limit comes before it
                 data = pending + block if pending else block
                 try:
                     # A character cut by the end of the block is left in `pending` for the next.
                     text, used = codecs.utf_8_decode(data, "strict", not block)
                 except UnicodeDecodeError as e:
-                    # a NUL anywhere means "binary", a more useful diagnosis than the bad byte
-                    nul = _find_nul(f, path)
-                    if nul >= 0:
-                        raise _binary(path, offset + len(data) + nul) from None
-                    raise _not_utf8(path, e, offset, newlines + data.count(b"\n", 0, e.start)) from None
+                    if limit is None or chars + _chars_before(data) < limit:
+                        # a NUL anywhere means "binary", a more useful diagnosis than the bad byte
+                        nul = _find_nul(f, path)
+                        if nul >= 0:
+                            raise _binary(path, offset + len(data) + nul) from None
+                        raise _not_utf8(path, e, offset, newlines + data.count(b"\n", 0, e.start)) from None
+                    text, used = codecs.utf_8_decode(data[: e.start], "strict", False)  # the limit comes before it
                 bom = 3 if offset == 0 and text.startswith("\ufeff") else 0
                 if text_hash is not None:
                     text_hash.update(memoryview(data)[bom:used])  # valid UTF-8: the text's own encoding
@@ -548,6 +553,14 @@ def _read_document(path, encoding: str, encoder: _Encoder, text_hash=None, limit
     if not chars:
         raise _empty(path)
     return chars, file_hash.hexdigest() if file_hash is not None else None
+
+
+def _chars_before(data: bytes) -> int:
+    """The characters that the bytes of `data` before its first that is not UTF-8 hold."""
+    try:
+        return len(codecs.utf_8_decode(data, "strict", False)[0])
+    except UnicodeDecodeError as e:
+        return len(codecs.utf_8_decode(data[: e.start], "strict", False)[0])
 
 
 def _too_large(path, chars: int) -> CharrnnError:

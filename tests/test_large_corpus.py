@@ -161,6 +161,18 @@ def test_an_error_in_a_later_piece_names_the_offset_of_the_whole_file(tmp_path, 
     assert "(line 1001)" in str(whole.value) or "binary" in str(whole.value)
 
 
+@pytest.mark.parametrize("after", [b"\xff\xfe", b"\x00"])
+def test_the_start_of_a_text_is_read_whatever_lies_after_it(tmp_path, after):
+    # `inspect` reads a text's first 2,000 characters: a bad byte or a NUL at byte 5,000 was
+    # refused, in the piece of 4 MiB that held them, though never read as a character
+    path = tmp_path / "late.txt"
+    path.write_bytes("é".encode() * 2500 + after + b"tail")
+    ids, chars = read_ids(path, max_chars=2000)
+    assert ids.size == 2000 and chars == ["é"]
+    with pytest.raises(CharrnnError, match="byte offset 5000" if after != b"\x00" else r"NUL byte at offset 5000\)"):
+        read_ids(path, max_chars=2501)
+
+
 def test_an_encoder_given_too_little_room_grows():
     encoder = corpus_module._Encoder(capacity=1)
     text = MIXED * 3
