@@ -712,9 +712,10 @@ def eval_(
                 ids, skipped = model.encode_file(file, encoding=encoding, skip_unknown=skip_unknown)
             if skipped and ids.size < 2:  # not "the text to evaluate has 0 characters"
                 raise too_few_known(skipped, ids.size, file, unit)
-            if ids.size < 2:
-                raise CharrnnError(f"{file} has 1 {unit}; scoring needs 2 (one read, one predicted): --per-line "
-                                   f"scores a line from a line break")
+            if ids.size < 2:  # (--per-line scores a line from a line break: not a line break alone)
+                per_line_scores = model.vocab[int(ids[0])] != "\n"
+                raise CharrnnError(f"{file} has 1 {unit}; scoring needs 2 (one read, one predicted)"
+                                   + (": --per-line scores a line from a line break" if per_line_scores else ""))
     except UnknownCharacters as e:
         raise CharrnnError(f"{e} (or pass --skip-unknown to leave them out)") from None
     _first_call(lambda: warm_up_evaluate(model.spec, model.params.dtype))

@@ -297,8 +297,8 @@ def _read(f, path, size) -> bytes:
 
 def _cannot_read(path, e: OSError) -> Unreadable:
     if isinstance(e, FileNotFoundError):
-        if os.path.islink(path):  # (a name that `ls` shows)
-            return Unreadable(f"{path} is a link to {os.readlink(path)}, which does not exist; check the link", e)
+        if os.path.islink(path):  # (a name that `ls` shows; its target may be a link too)
+            return Unreadable(f"{path} is a link to {os.path.realpath(path)}, which does not exist; check the link", e)
         return Unreadable(f"{path} does not exist; check the path", e)
     if isinstance(e, IsADirectoryError):
         return Unreadable(f"{path} is a directory; give the path of a text file", e)
@@ -407,13 +407,18 @@ class _Encoder:
         self.codes = []  # the code point of each id
         self.n = 0  # ids written
         self.ids = np.empty(0, np.uint8)  # (until the room below is known)
-        # Room for `capacity` ids; pages never written take no memory, so a generous guess is free,
-        # up to what memory allows (_room): the system refuses more (a disk image in a folder,
-        # left out as binary after its first piece, would be refused before a byte was read), and
-        # a text that large grows into its room only as _reserve finds memory for it.
-        room = self._room()
+        # Room for `capacity` ids; pages never written take no memory, so a generous guess is free.
+        # But not more than the memory available: the system may refuse it (a disk image in a
+        # folder, left out as binary after its first piece, was refused before a byte was read),
+        # so there the room is what _room allows, and a text that large grows into more only as
+        # _reserve finds memory for it.
+        from .memory import available_bytes
+
+        have = available_bytes()
+        if have is not None and capacity > have:
+            capacity = max(self._room(), CHUNK_BYTES)
         try:
-            self.ids = np.empty(max(1, capacity if room is None else min(capacity, room)), np.uint8)
+            self.ids = np.empty(max(capacity, 1), np.uint8)
         except MemoryError:  # a limit on the address space that memory.available_bytes cannot see
             self.ids = np.empty(CHUNK_BYTES, np.uint8)
 

@@ -1,5 +1,6 @@
 """Errors the user can fix. The CLI prints the message as one line and exits 1 (2 for a UsageError)."""
 import errno
+import numbers
 import os
 import re
 import shlex
@@ -28,6 +29,8 @@ def short_repr(value) -> str:
     try:
         return repr(value)
     except ValueError:
+        if not isinstance(value, numbers.Rational):
+            raise
         return f"<{type(value).__name__} of more than {sys.get_int_max_str_digits()} digits>"
 
 

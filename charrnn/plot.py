@@ -285,7 +285,7 @@ def _noted(caught) -> None:
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     said = list(dict.fromkeys(said))
-    glyphs = [m for m in said if re.match(r"Glyph \d+ .* missing from", m)]
+    glyphs = [m for m in said if re.match(r"Glyph \d+ .*missing from", m)]
     if glyphs:
         warnings.warn(Note(f"matplotlib's font lacks {counted(len(glyphs), 'character')} of the names, drawn as "
                            "boxes"), stacklevel=3)

@@ -329,7 +329,7 @@ class Trainer:
         changes = [f"{flag(k)} {' -> '.join(_shown_apart(getattr(cfg, k), v))}" for k, v in changed.items()]
         # what a command gives again to resume from `path` with this session's settings, until a save holds them
         text_again, options_again = [], [w for k, v in changed.items()
-                                          for w in (flag(k), shell_word(repr(v) if isinstance(v, float) else v))]
+                                          for w in (flag(k), shell_word(repr(float(v)) if isinstance(v, float) else v))]
         for k, v in overrides.items():
             setattr(cfg, k, v)
         check_schedule_options(overrides, cfg.schedule, "" if "schedule" in overrides else " (the run's)")

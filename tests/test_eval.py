@@ -140,6 +140,9 @@ def test_a_text_of_unknown_characters_only_is_said_so_and_one_character_counted_
     assert r.exit_code == 1 and str(r.exception) == (f"{one} has 1 character; scoring needs 2 (one read, one predicted): "
                                                      "--per-line scores a line from a line break")
     assert invoke("eval", run["dir"], one, "--per-line").exit_code == 0  # as the advice says
+    one.write_text("\n", encoding="utf-8")  # a line break alone: no line to score, and no such advice
+    r = invoke("eval", run["dir"], one)
+    assert r.exit_code == 1 and str(r.exception) == f"{one} has 1 character; scoring needs 2 (one read, one predicted)"
 
 
 @pytest.mark.parametrize("per_line", [(), ("--per-line",)])
@@ -166,8 +169,11 @@ def test_usage_errors_and_exit_codes(run, tmp_path):
     # a link whose target is missing: `ls` shows it, so "does not exist" was not what it is
     (tmp_path / "dangling.txt").symlink_to("nowhere.txt")
     r = invoke("eval", run["dir"], tmp_path / "dangling.txt")
-    assert r.exit_code == 1 and str(r.exception) == (f"{tmp_path}/dangling.txt is a link to nowhere.txt, which does "
-                                                     "not exist; check the link")
+    assert r.exit_code == 1 and str(r.exception) == (f"{tmp_path}/dangling.txt is a link to {tmp_path}/nowhere.txt, "
+                                                     "which does not exist; check the link")
+    (tmp_path / "chained.txt").symlink_to("dangling.txt")  # a link to that link: named by where it ends
+    r = invoke("eval", run["dir"], tmp_path / "chained.txt")
+    assert str(r.exception).startswith(f"{tmp_path}/chained.txt is a link to {tmp_path}/nowhere.txt, which does not")
 
 
 def test_per_line_checks_for_unknown_characters_without_copies_of_the_file(run, tmp_path, monkeypatch):

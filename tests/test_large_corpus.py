@@ -246,13 +246,18 @@ def test_a_folder_with_a_file_larger_than_memory_is_read_without_it(tmp_path):
     assert any("left out 1 file" in note and "disk.img" in note for note in corpus.notes), corpus.notes
 
 
-def test_a_text_larger_than_memory_allows_is_refused_in_one_line(tmp_path, monkeypatch):
-    # its size made room for its ids without asking whether memory had it
+def test_a_text_is_read_where_memory_holds_it_and_refused_in_one_line_where_not(tmp_path, monkeypatch, small_chunks):
+    # larger than memory, its size made room for its ids without asking whether memory had it;
+    # and the room made for it must not be less than memory holds: then a text of more than half
+    # the memory available was refused, its room grown only as memory allows beyond that
     import charrnn.memory
 
+    small_chunks(4096)
     path = tmp_path / "big.txt"
     path.write_bytes(b"the fox " * (1 << 18))  # 2 MiB
-    monkeypatch.setattr(charrnn.memory, "available_bytes", lambda **_: 2 << 20)  # room for 1 MiB of ids
+    monkeypatch.setattr(charrnn.memory, "available_bytes", lambda **_: 5 << 19)  # 2.5 MiB
+    assert read_ids(path)[0].size == 2 << 20 and read_corpus([path]).ids.size == 2 << 20
+    monkeypatch.setattr(charrnn.memory, "available_bytes", lambda **_: 1 << 20)
     for read in (read_corpus, read_ids):
         with pytest.raises(CharrnnError, match=rf"^{re.escape(str(path))} holds more text than this machine's "
                                                r"memory can take: [\d,]+ characters read so far"):

@@ -316,7 +316,8 @@ def test_characters_the_font_lacks_are_one_note(tmp_path):
     # source lines
     pytest.importorskip("matplotlib")
     png = tmp_path / "p.png"
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
+    # matplotlib's own settings (its DejaVu Sans, which has no Chinese), not a user's
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent), MPLCONFIGDIR=str(tmp_path / "mpl"))
     r = subprocess.run([sys.executable, "-m", "charrnn", "plot", str(_write_run(tmp_path / "\u6f22\u5b57\u6f22")),
                         "--png", str(png)], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", r.stderr

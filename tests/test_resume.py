@@ -234,7 +234,7 @@ def test_an_earlier_checkpoint_resumed_in_its_own_folder_is_refused_and_a_copy_e
             f"mkdir {new} && cp {run / 'at4.npz'} {new / 'latest.npz'} && charrnn train --resume {new}")
     # options changed on resume are in the copy's command: without them it only tested update 4 again
     with pytest.raises(CharrnnError, match=re.escape(f" && charrnn train --resume {new} --max-steps 6 --lr 0.001")):
-        Trainer.resume(run / "at4.npz", say=lambda *_: None, max_steps=6, lr=1e-3)
+        Trainer.resume(run / "at4.npz", say=lambda *_: None, max_steps=6, lr=np.float64(1e-3))  # (not np.float64(...))
     monkeypatch.chdir(run)  # from inside the folder, by its bare name: the copy's folder is named in full
     with pytest.raises(CharrnnError, match=re.escape(f"resume a copy in a folder of its own: mkdir {new} && cp at4.npz")):
         Trainer.resume("at4.npz", say=lambda *_: None)
