@@ -130,7 +130,7 @@ def line_chart(series, width=64, height=16, log_y=False, title=None, x_label="",
     grid = [[None] * width for _ in range(height)]  # series index or None
     for s, (_, rs) in enumerate(data):
         for xs, ys in rs:
-            cs, rows = col(xs), row(ys)
+            cs, rows = _thinned(col(xs), row(ys))
             if cs.size == 1:
                 grid[round(rows[0])][round(cs[0])] = s
             for c0, r0, c1, r1 in zip(cs[:-1], rows[:-1], cs[1:], rows[1:]):
@@ -182,6 +182,25 @@ def line_chart(series, width=64, height=16, log_y=False, title=None, x_label="",
         text.append(f" {label}{'' if rs else ' (no data)'}   ")
     text.append("\n")
     return text
+
+
+def _thinned(cs, rows):
+    """The points of a line (columns cs, in order, and rows) that decide the cells it marks: of
+    each run of points in one column, the first, the lowest, the highest and the last. A line
+    marks in a column the cells between its lowest and highest points there, and the segments
+    to the next column start at the last; so a log of millions of records draws in a few
+    hundred segments, where it took a Python loop over every point (43 s for 2 million)."""
+    column = np.rint(cs)
+    if cs.size <= 4 or cs.size <= 4 * (column[-1] - column[0] + 1):
+        return cs, rows
+    new = np.r_[True, column[1:] != column[:-1]]
+    group = np.cumsum(new) - 1
+    firsts = np.flatnonzero(new)
+    lasts = np.r_[firsts[1:], cs.size] - 1
+    by_row = np.lexsort((rows, group))  # each group's points, lowest row first
+    lowest, highest = by_row[firsts], by_row[lasts]  # (a group's k points hold the same places there)
+    keep = np.unique(np.concatenate([firsts, lasts, lowest, highest]))
+    return cs[keep], rows[keep]
 
 
 def _segment(grid, s, c0, r0, c1, r1):

@@ -467,3 +467,21 @@ def test_a_file_of_one_long_line_is_refused_after_its_first_piece(tmp_path):
     with pytest.raises(CharrnnError, match="is not a charrnn metrics.jsonl: line 1 is no JSON record"):
         read_metrics(big)
     assert read_so_far() - before < 2_000_000
+
+
+def test_a_long_log_is_drawn_from_the_points_that_decide_its_cells(monkeypatch):
+    # a line of 2 million points was drawn segment by segment in Python (43 s): the chart from
+    # each column's first, lowest, highest and last points must be the one from all of them
+    import charrnn.termchart as termchart
+
+    rng = np.random.default_rng(7)
+    cases = []
+    for n in (3, 50, 257, 5000, 40000):
+        xs = np.sort(rng.integers(0, n, n)).astype(float)  # repeated steps too (a resumed log's)
+        ys = np.exp(rng.normal(size=n).cumsum() * 0.05) * rng.choice([1, 1, 1, 30], n)  # and spikes
+        ys[rng.integers(0, n, n // 100)] = np.nan  # gaps
+        cases += [([("a", xs, ys), ("b", xs[::3], ys[::3] * 1.1)], log_y, width)
+                  for log_y in (False, True) for width in (20, 64)]
+    thinned = [line_chart(series, width=width, log_y=log_y).plain for series, log_y, width in cases]
+    monkeypatch.setattr(termchart, "_thinned", lambda cs, rows: (cs, rows))
+    assert thinned == [line_chart(series, width=width, log_y=log_y).plain for series, log_y, width in cases]
