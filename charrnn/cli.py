@@ -887,7 +887,7 @@ def gradcheck(
                           ("mean rel err", "right"),
                            ("worst element", "left"), ("result", "left")):
         table.add_column(name, justify=justify)
-    failed = 0
+    failed, unresolved = 0, []
     for c, options in ((c, options) for c in _cells(cell) for options in ADAPTERS[c].checked_options):
         label = " ".join([c, *(f"({as_flag(name, value)})" for name, value in options)])  # leaky (--tau learned)
         with err.status(f"checking {label} (the first run compiles the kernels)..."):
@@ -896,10 +896,17 @@ def gradcheck(
         for r in rows:
             failed += not r.passed
             verdict = Text("pass", style="green") if r.passed else Text("FAIL", style="bold red")
-            checked = str(r.checked) + (f" (+{r.kinked} at a kink)" if r.kinked else "")
+            checked = str(r.checked) + (f" (+{r.kinked} at a kink)" if r.kinked else "") + \
+                (f" (+{r.unresolved} unresolved)" if r.unresolved else "")
+            if r.unresolved:
+                unresolved.append(r)
             table.add_row(label, r.tensor, checked, f"{r.max_rel:.2e}", f"{r.mean_rel:.2e}",
                           str(list(r.worst)), verdict)
     out.print_table(table)
+    if unresolved:
+        _note(f"note: {counted(sum(r.unresolved for r in unresolved), 'element')} left out as unresolved: a loss "
+              f"as large as {max(r.loss for r in unresolved):.3g} rounds away the difference of their two "
+              "gradients (fewer --steps or --layers make it smaller)")
     if failed:
         _print_error(f"{counted(failed, 'tensor')} failed the gradient check (tolerance {tolerance:g})")
         raise typer.Exit(1)
