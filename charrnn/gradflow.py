@@ -72,7 +72,11 @@ class LayerFlow:
     saturation: dict  # activation name -> fraction of saturated units
 
     def vanish_k(self, ratio=VANISH_RATIO):
-        """The first k with norm(k) < ratio * norm(0), or None if there is none up to K."""
+        """The first k with norm(k) < ratio * norm(0), or None if there is none up to K; 0 where
+        no gradient reaches the layer at all (norm(0) = 0: dead relu units), which read as one
+        that never vanished."""
+        if self.norms[0] == 0:
+            return 0
         below = np.nonzero(self.norms < ratio * self.norms[0])[0]
         return int(below[0]) if below.size else None
 
@@ -114,7 +118,8 @@ def checkpoint_model(path) -> Model:
     from .sampling import load_model  # the one checkpoint-to-model reader, with its checks
 
     m = load_model(path)
-    label = f"{Path(m.path).parent.name}/{Path(m.path).name}"  # run/best.npz: which run it was
+    path = Path(m.path).absolute()  # (a file in the working folder has no parent's name as given)
+    label = f"{path.parent.name}/{path.name}"  # run/best.npz: which run it was
     return Model(label, m.spec, np.array(m.params, np.float64), m.vocab, m.config.get("encoding", "utf-8"))
 
 
@@ -196,7 +201,8 @@ def sample_windows(ids, n_windows: int, batch: int, steps: int, rng: np.random.G
     if ids.size < need:
         raise CharrnnError(
             f"the corpus has {counted(ids.size, 'usable ' + unit)}, but a window of {counted(steps, 'step')} needs "
-            f"{need:,} (a warm-up of the same length first); use a longer text or a smaller --max-k"
+            f"{need:,} (a warm-up of the same length first); use a longer text"
+            + (" or a smaller --max-k" if steps > 2 else "")  # (a window of --max-k + 1 steps; 1 its least)
         )
     starts = rng.integers(0, ids.size - need + 1, size=(n_windows, batch))
     rows = np.arange(need)[None, :, None] + starts[:, None, :]
@@ -332,7 +338,7 @@ def table(flows, max_k: int):
         for f in flow.layers:
             vk = f.vanish_k()
             t.add_row(Text(series_label(flow, f.layer)), f"{f.norms[0]:.3g}", f"{f.norms[-1]:.3g}",
-                      f"> {max_k}" if vk is None else str(vk),
+                      f"> {max_k}" if vk is None else "0 (none)" if f.norms[0] == 0 else str(vk),
                       _per_block(f.radius, lambda v: f"{v:.3g}"),
                       _per_block(f.saturation, lambda v: f"{100 * v:.1f}%"),
                       end_section=True)

@@ -190,6 +190,21 @@ def test_short_corpus_is_a_clear_error(shakespeare):
     vocab, ids = shakespeare
     with pytest.raises(CharrnnError, match="smaller --max-k"):
         gf.measure(gf.fresh_model("rnn", vocab, 4, 1, 0), ids[:50], 100, 1, 1, 0)
+    # at --max-k 1, its least, the advice was "or a smaller --max-k" all the same
+    with pytest.raises(CharrnnError, match=r"needs 5 \(a warm-up of the same length first\); use a longer text$"):
+        gf.measure(gf.fresh_model("rnn", vocab, 4, 1, 0), ids[:4], 1, 1, 1, 0)
+
+
+def test_a_layer_no_gradient_reaches_has_vanished_at_once():
+    # dead relu units: norms of 0 at every k read "> K" and "vanish_k": null, as a gradient
+    # that never vanished does
+    args = ["gradflow", "--cell", "indrnn", "--layers", "3", "--hidden", "1", "--max-k", "3", "--windows", "1",
+            "--batch", "1"]
+    layers = json.loads(runner.invoke(app, [*args, "--json"]).stdout)["models"][0]["per_layer"]
+    dead = [layer for layer in layers if layer["norm"][0] == 0]
+    assert dead and all(layer["vanish_k"] == 0 for layer in dead), layers
+    r = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "0 (none)" in r.stdout
 
 
 @pytest.mark.parametrize("cell, fast, slow", [("leaky", (("tau", "1"),), (("tau", "30"),)),
@@ -265,6 +280,13 @@ def test_cli_measures_a_checkpoint(tmp_path, shakespeare):
     assert r.exit_code == 0, r.output
     (m,) = json.loads(r.stdout)["models"]
     assert (m["label"], m["cell"], m["hidden"]) == ("run/best.npz", "gru", 8)
+    os.chdir(path.parent)  # a file in the working folder, or the folder as '.': the run's name, not "/best.npz"
+    try:
+        for given in ("best.npz", "."):
+            r = runner.invoke(app, ["gradflow", given, "--max-k", "5", "--windows", "1", "--json"])
+            assert json.loads(r.stdout)["models"][0]["label"] == "run/best.npz", r.output
+    finally:
+        os.chdir(tmp_path)
 
     # characters the model does not know were left out without a word
     text = tmp_path / "odd.txt"
