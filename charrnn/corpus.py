@@ -1077,9 +1077,11 @@ def window_reach(n_train: int, batch: int, k1: int) -> int:
 def fit_batch_and_window(n_train: int, batch: int, window: int, ranks: int = 1) -> tuple[int, int, str | None]:
     """(batch, window, notice): shrink batch first, then window, until the streams fit.
 
-    Nothing changes while every stream holds window + 1 characters. Otherwise aim for
-    _WINDOWS_PER_STREAM windows per stream, windows of at least _MIN_GOOD_WINDOW steps, so that
-    the hidden state carries across updates; when even that cannot be had, just fit. A batch
+    Nothing changes while every stream holds _WINDOWS_PER_STREAM windows. Otherwise aim for
+    that many, windows of at least _MIN_GOOD_WINDOW steps, so that the hidden state carries
+    across updates; when even that cannot be had, just fit. (Streams of one window each, as
+    3,200 characters in 32 streams of 50 steps made, wrapped at every update: the state never
+    carried, and an epoch left up to half of each stream unread.) A batch
     shrunk for `ranks` MPI processes stays a multiple of them (each reads as many streams).
     """
     if batch < 1 or window < 1:
@@ -1089,7 +1091,7 @@ def fit_batch_and_window(n_train: int, batch: int, window: int, ranks: int = 1) 
             f"the training text has {counted(n_train, 'character')}; it needs at least 2 (one input, one target)"
             + (f" for each of {ranks} processes" if ranks > 1 else "")
         )
-    if n_train >= batch * (window + 1):
+    if streams_held(n_train, window) >= batch:
         return batch, window, None
 
     new_batch = min(batch, streams_held(n_train, window))

@@ -318,7 +318,15 @@ def test_split_bad_fractions(fractions):
 
 def test_fit_leaves_big_corpora_alone():
     assert fit_batch_and_window(1_000_000, 32, 100) == (32, 100, None)
-    assert fit_batch_and_window(32 * 101, 32, 100) == (32, 100, None)
+    assert fit_batch_and_window(32 * 101 * 4, 32, 100) == (32, 100, None)
+
+
+def test_fit_gives_every_stream_windows_enough_to_carry_its_state():
+    # 3,200 characters in 32 streams of 99 steps, windows of 50: every update wrapped, so the
+    # state never carried across updates, and an epoch read 1,632 of the 3,200 characters
+    batch, window, notice = fit_batch_and_window(3200, 32, 50)
+    assert (batch, window) == (15, 50) and notice == "corpus is small (3,200 training characters): --batch 32 -> 15"
+    assert Streams.length(3200, batch) // window >= 4  # windows a stream holds
 
 
 def test_fit_shrinks_batch_first():
