@@ -144,16 +144,23 @@ class Trainer:
             ids, (1.0 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction),
             name=corpus.name)
         batch, k1, notice = fit_batch_and_window(len(self.train_ids), cfg.batch, cfg.k1, self.world.size)
-        k2 = k1 if notice and k1 != cfg.k1 and cfg.k2 == cfg.k1 else cfg.k2  # keep the classic scheme classic
-        reach = window_reach(len(self.train_ids), batch, k1)
+        k2 = cfg.k2
+        if notice and k1 != cfg.k1 and cfg.k2 <= cfg.k1:  # the window shrank: k2 = k1 follows it, k2 < k1 stays so
+            k2 = min(cfg.k2, k1)
+        in_epoch = window_reach(len(self.train_ids), batch, k1)
+        reach, why = min([(in_epoch, "a stream's steps in an epoch"), *steps_a_window_can_use(cfg, k1)],
+                         key=lambda pair: pair[0])
         if k2 > reach and not resuming:  # (a resumed run keeps the window its checkpoint holds)
             k2 = reach  # steps kept beyond it would be saved in every checkpoint, and never read
             if cfg.cell == "indrnn" and not cfg.u_max:  # the bound on |u| of the --k2 given: the same run
                 cfg.u_max = resolved_u_max(0.0, cfg.k2)
         if k2 != cfg.k2:
-            change = f"--k2 {cfg.k2} -> {k2}" + (" (a stream's steps in an epoch)" if k2 == reach else "")
-            notice = f"{notice}, {change}" if notice else \
-                f"corpus is small ({len(self.train_ids):,} training characters): {change}"
+            change = f"--k2 {cfg.k2} -> {k2}" + (f" ({why})" if k2 == reach else "")
+            if notice:
+                notice = f"{notice}, {change}"
+            else:
+                notice = f"corpus is small ({len(self.train_ids):,} training characters): {change}" \
+                    if reach == in_epoch else change
         if notice:
             say(notice)
             cfg.batch, cfg.k1, cfg.k2 = batch, k1, k2
@@ -998,6 +1005,20 @@ def _other_meta(path, name):
     except (CharrnnError, OSError):
         pass
     return None
+
+
+def steps_a_window_can_use(cfg, k1) -> list:
+    """[(steps, why)]: the most steps a kept window (--k2) can use, besides a stream's steps in
+    an epoch (corpus.window_reach): those since the last fresh start, and for an echo-state
+    network, whose reservoir learns nothing, the window's own. Steps kept beyond them would be
+    saved in every checkpoint, and change nothing."""
+    limits = []
+    if cfg.reset_every:
+        limits.append((cfg.reset_every * k1, f"the steps since a fresh start, every --reset-every {cfg.reset_every} "
+                                             "updates"))
+    if cfg.cell == "esn":
+        limits.append((k1, "an echo-state network learns nothing through the steps before its window"))
+    return limits
 
 
 def resume_command(target, given_again=((), ())) -> str:

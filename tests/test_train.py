@@ -70,15 +70,35 @@ def test_resume_is_bit_for_bit(corpus, tmp_path, scheme):
     assert resumed.last_val == straight.last_val
 
 
-@pytest.mark.parametrize("k2, k2_after", [(400, "k1"), (30, 30)])
+# k2 = k1 follows k1; k2 < k1 stays so (k2 399 became a k2 above the shrunk k1, with its kept steps)
+@pytest.mark.parametrize("k2, k2_after", [(400, "k1"), (30, 30), (399, "k1")])
 def test_a_small_text_shrinks_the_batch_and_window_and_says_by_which_options(corpus, tmp_path, k2, k2_after):
     said = []
     trainer = Trainer(config(corpus, tmp_path, batch=32, k1=400, k2=k2), tmp_path / "r", say=said.append)
     cfg = trainer.cfg
-    assert cfg.batch < 32 and cfg.k1 < 400 and cfg.k2 == (cfg.k1 if k2_after == "k1" else k2_after)
+    assert cfg.batch < 32 and 30 < cfg.k1 < 399 and cfg.k2 == (cfg.k1 if k2_after == "k1" else k2_after)
     (notice,) = [s for s in said if s.startswith("corpus is small")]
-    want = f"--batch 32 -> {cfg.batch}, --k1 400 -> {cfg.k1}" + (f", --k2 400 -> {cfg.k1}" if k2 == 400 else "")
+    want = f"--batch 32 -> {cfg.batch}, --k1 400 -> {cfg.k1}" + (f", --k2 {k2} -> {cfg.k1}" if k2 > 30 else "")
     assert notice.endswith(f"training characters): {want}"), notice
+
+
+@pytest.mark.parametrize("options, k2, why", [
+    (dict(cell="esn"), 8, "an echo-state network learns nothing through the steps before its window"),
+    (dict(reset_every=3), 24, "the steps since a fresh start, every --reset-every 3 updates")])
+def test_a_window_kept_beyond_the_steps_it_can_use_is_cut(corpus, tmp_path, monkeypatch, options, k2, why):
+    # an echo-state network's --k2 500 trained the same model as its --k2 50, in checkpoints of
+    # 122 MB against 3.9 MB; so did --k2 500 against 100 with fresh starts every 2 updates of 50
+    import charrnn.train as train_module
+
+    said = []
+    cut = Trainer(config(corpus, tmp_path, k1=8, k2=40, max_steps=7, **options), tmp_path / "a", say=said.append)
+    assert cut.cfg.k2 == k2 and said[0] == f"--k2 40 -> {k2} ({why})"
+    cut.run()
+    monkeypatch.setattr(train_module, "steps_a_window_can_use", lambda cfg, k1: [])  # as before: all 40 kept
+    kept = Trainer(config(corpus, tmp_path, k1=8, k2=40, max_steps=7, **options), tmp_path / "b", say=lambda *_: None)
+    assert kept.cfg.k2 == 40
+    kept.run()
+    np.testing.assert_array_equal(cut.params, kept.params)  # what the steps cut off would have changed: nothing
 
 
 def test_a_time_limit_reached_in_a_validation_logs_the_updates_before_it(corpus, tmp_path, monkeypatch):
