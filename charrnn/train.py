@@ -393,17 +393,22 @@ class Trainer:
         would only test its model again and say it is done (the command line's check; in
         Python a finished run may be resumed to look at it)."""
         reached = self._reached(self._limits())
+        why = f"{self.run_dir} has already reached {' and '.join(reached)}; to train on, give a larger limit"
         if reached and self._reached(self.saved_limits) and len(self.test_ids) >= 2:
             # the run's own end, at its last update: stopped before its test (Ctrl-C, a kill), the
-            # resume tests it (rank 0 reads the log, every rank does as it says)
+            # resume tests it (rank 0 reads the log, every rank does as it says); with its own limits,
+            # which a lower one would change only in what it is said to have stopped by
             if not self.world.from_root(self._tested() if self.world.root else None):
-                return
+                lowered = [flag(k) for k, v in self._limits().items() if v != self.saved_limits[k]]
+                if not lowered:
+                    return
+                why = (f"{self.run_dir} ended at update {self.step} and has only its test left; leave out "
+                       f"{', '.join(lowered)} to test it, or give a larger limit to train on")
         if reached:
             if self.lock is not None:  # refused: the folder is free again (a program may resume it next)
                 self.lock.release()
                 self.lock = None
-            raise UsageError(f"{self.run_dir} has already reached {' and '.join(reached)}; to train on, give a "
-                             "larger limit")
+            raise UsageError(why)
 
     # -- the loop ------------------------------------------------------------------------------
     def update(self):

@@ -802,6 +802,13 @@ def test_a_run_stopped_at_its_last_update_before_its_test_resumes_to_test(corpus
     log = tmp_path / "r" / "metrics.jsonl"
     kept = [line for line in log.read_text().splitlines(keepends=True) if '"kind": "test"' not in line]
     log.write_text("".join(kept))
+    # a lower limit was taken ("changed on resume: --max-steps 5 -> 3"), the test run, and the run
+    # said to have stopped by --max-steps 3: a change that changed nothing but what was said
+    r = run_cli("train", "--resume", str(tmp_path / "r"), "--max-steps", "3", "-q")
+    assert r.returncode == 2 and r.stderr.strip().endswith(
+        f"error: {tmp_path / 'r'} ended at update 5 and has only its test left; leave out --max-steps to test it, "
+        "or give a larger limit to train on"), r.stderr
+    assert log.read_text() == "".join(kept)
     r = run_cli("train", "--resume", str(tmp_path / "r"), "-q")
     assert r.returncode == 0 and "done: 5 updates" in r.stdout, r.stderr
     assert json.loads(log.read_text().splitlines()[-1])["kind"] == "test"
