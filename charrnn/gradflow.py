@@ -338,7 +338,7 @@ def table(flows, max_k: int):
         for f in flow.layers:
             vk = f.vanish_k()
             t.add_row(Text(series_label(flow, f.layer)), f"{f.norms[0]:.3g}", f"{f.norms[-1]:.3g}",
-                      f"> {max_k}" if vk is None else "0 (none)" if f.norms[0] == 0 else str(vk),
+                      {None: f"> {max_k}", 0: "0 (none)"}.get(vk, str(vk)),  # (0: vanish_k's no gradient at all)
                       _per_block(f.radius, lambda v: f"{v:.3g}"),
                       _per_block(f.saturation, lambda v: f"{100 * v:.1f}%"),
                       end_section=True)

@@ -118,7 +118,6 @@ class Trainer:
         self.show = say  # the samples taken while training (the CLI's -q mutes them, not the notes)
         self.world = distributed.world()
         resuming = vocab is not None  # (a fine-tune's vocabulary is made below)
-        self.resumed = resuming  # settings of the model's, such as --u-max, are then the run's own
         if corpus is None:
             # a fine-tune's text, for the trained model (its --encoding is of the model's kind)
             corpus = _read_corpus(cfg.corpus or [default_corpus()], cfg.encoding, cfg.doc_sep,
@@ -605,6 +604,12 @@ class Trainer:
         log.write(record)
         window_stats.clear()
         return record
+
+    @property
+    def resumed(self) -> bool:
+        """Whether this trainer goes on from a checkpoint: settings of the model's, such as
+        --u-max, are then the run's own."""
+        return self.restored is not None
 
     def _diverged(self, when: str, what: str, forward=False) -> CharrnnError:
         """The error that stops a run whose training diverged `when` ("at update 12"), as `what`
