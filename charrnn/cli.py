@@ -273,7 +273,7 @@ def train(
     Started by `mpiexec -n R` (or srun), R processes train one model, each on its share of the --batch streams; this needs mpi4py (README: Training on a cluster).
     """
     from .cells import check_options_read
-    from .config import TrainConfig, check_schedule_options
+    from .config import TrainConfig, check_settings_used
     from .corpus import check_encoding, model_text
     from .distributed import error_prefix, refuse_together, world
     from .train import Interrupted, Trainer, check_new_run_dir, fine_tune_settings, new_run_dir, remove_if_empty
@@ -316,7 +316,7 @@ def train(
         cfg.doc_sep = model_text(cfg.doc_sep, check_encoding(cfg.encoding), "--doc-sep")
         whose = " (the --init-from model's)" if init_from is not None else "" if "cell" in given else " (the default)"
         check_options_read([name for name in CELL_OPTIONS if name in given], [cfg.cell], whose)
-        check_schedule_options(given, cfg.schedule, "" if "schedule" in given else " (the default)")
+        check_settings_used(given, cfg, " (the default)")
         cfg.validate().check_stopping()  # before the text is read
         cfg.check_run_name(given="run" in given)
         same_run_on_every_rank(cfg)  # before rank 0 claims a folder that another rank's refusal would leave

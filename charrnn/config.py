@@ -23,6 +23,11 @@ SCHEDULES = ("linear", "cosine", "step", "constant")
 STOPPING_RULES = ("max_steps", "epochs", "time_limit")
 # the settings of particular schedules, and the schedules that read each
 SCHEDULE_OPTIONS = {"lr_decay": ("step",), "decay_every": ("step",), "decay_start": ("linear", "cosine")}
+# settings that act only with another above 0, and what that one's 0 means
+ACTS_WITH = {"sample_length": "sample_every", "sample_temperature": "sample_every", "lr_decay": "decay_every",
+             "eval_chars": "val_fraction"}
+ACTS_WITH_UNUSED = {"sample_every": "no sample is taken", "decay_every": "the rate never decays",
+                    "val_fraction": "nothing is held out to validate on"}
 # the settings that take one of a few names
 CHOICES = {"cell": CELLS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
 # What goes between documents when a run reads several files: one character of its own, ETX
@@ -184,10 +189,20 @@ def check_resume_overrides(given: dict, saved: dict, run_dir) -> dict:
     return {n: v for n, v in given.items() if n in RESUME_MAY_CHANGE}
 
 
-def check_schedule_options(names, schedule: str, whose: str = "") -> None:
-    """A UsageError for a schedule's setting given (`names`) with a schedule that does not read
-    it: --lr-decay with linear would change nothing (errors.check_read)."""
-    check_read(names, SCHEDULE_OPTIONS, "schedule", [schedule], whose)
+def check_settings_used(names, cfg, whose: str) -> None:
+    """A UsageError for a setting in `names` (those given) that the run `cfg` would not use: one
+    of a schedule that does not read it (--lr-decay with linear, errors.check_read), or one that
+    acts only with another above 0 (ACTS_WITH) where that one is 0. whose: where the settings not
+    in `names` come from, " (the default)" or " (the run's)"."""
+    def of(name):
+        return "" if name in names else whose
+
+    check_read(names, SCHEDULE_OPTIONS, "schedule", [cfg.schedule], of("schedule"))
+    for name in names:
+        other = ACTS_WITH.get(name)
+        if other and not getattr(cfg, other):
+            raise UsageError(f"{flag(name)} acts only with {flag(other)} above 0, and it is 0{of(other)}: "
+                             f"{ACTS_WITH_UNUSED[other]}; give {flag(other)} above 0, or leave out {flag(name)}")
 
 
 def resolved_u_max(u_max: float, k2: int) -> float:

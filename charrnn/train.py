@@ -27,7 +27,7 @@ from .cells import normal_tau
 from .checkpoint import (SUFFIX, load_checkpoint, new_temporary, remove_stale_temporaries, resolve_checkpoint,
                          save_checkpoint)
 from .config import (LOG_STARTS, METRICS_FILE, MODEL_SETTINGS, OLDER_CHECKPOINTS, SAMPLES_FILE, STOPPING_RULES,
-                     TrainConfig, check_init_overrides, check_resume_overrides, check_schedule_options,
+                     TrainConfig, check_init_overrides, check_resume_overrides, check_settings_used,
                      resolved_u_max)
 from .corpus import (Corpus, NotText, Streams, Vocab, default_corpus, fit_batch_and_window, read_corpus, shown_text,
                      some_of, split, streams_held, window_reach)
@@ -338,7 +338,7 @@ class Trainer:
                                           for w in (flag(k), shell_word(repr(float(v)) if isinstance(v, float) else v))]
         for k, v in overrides.items():
             setattr(cfg, k, v)
-        check_schedule_options(overrides, cfg.schedule, "" if "schedule" in overrides else " (the run's)")
+        check_settings_used(overrides, cfg, " (the run's)")
         cfg.validate().check_stopping()  # before the text is read
         corpus = _corpus_to_resume(meta, cfg, inputs, path.parent)
         if inputs:

@@ -230,6 +230,26 @@ def test_a_schedule_setting_is_refused_for_a_schedule_that_does_not_read_it(name
     assert r.exit_code == 1 and "missing.txt" in str(r.exception)  # accepted: as far as reading the text
 
 
+@pytest.mark.parametrize("name, value, other, unused", [
+    ("sample_length", "100", "sample_every", "no sample is taken"),
+    ("sample_temperature", "0.5", "sample_every", "no sample is taken"),
+    ("lr_decay", "0.5", "decay_every", "the rate never decays"),
+    ("eval_chars", "1000", "val_fraction", "nothing is held out to validate on")])
+def test_a_setting_whose_other_setting_is_0_is_refused(name, value, other, unused, tmp_path):
+    # --sample-length without --sample-every was accepted and took no sample, without a word
+    option, other_option = (f"--{n.replace('_', '-')}" for n in (name, other))
+    schedule = ["--schedule", "step"] if name == "lr_decay" else []
+    given_0 = [other_option, "0"] if getattr(TrainConfig(), other) else []  # 0 unless given so
+    r = runner.invoke(app, ["train", str(tmp_path / "missing.txt"), option, value, *schedule, *given_0])
+    assert isinstance(r.exception, UsageError) and r.exception.exit_code == 2
+    whose = "" if given_0 else " (the default)"
+    assert str(r.exception) == (f"{option} acts only with {other_option} above 0, and it is 0{whose}: {unused}; "
+                                f"give {other_option} above 0, or leave out {option}")
+    r = runner.invoke(app, ["train", str(tmp_path / "missing.txt"), option, value, *schedule, other_option, "0.1"
+                            if other == "val_fraction" else "10"])
+    assert r.exit_code == 1 and "missing.txt" in str(r.exception)  # accepted: as far as reading the text
+
+
 @pytest.mark.parametrize("name", [" ", "a\nb", "tab\there", "del\x7f", "c1\x85", "line\u2028sep"])
 def test_a_run_name_that_messages_could_not_show_is_refused(name):
     with pytest.raises(UsageError, match="is blank or holds a line break or another control character"):

@@ -718,6 +718,19 @@ def test_resume_refuses_a_schedule_setting_its_schedule_does_not_read(corpus, tm
     assert r.returncode == 0 and "done: 5 updates" in r.stdout, r.stderr
 
 
+def test_resume_refuses_a_setting_the_run_would_not_use(corpus, tmp_path):
+    # a resume given --sample-length took no sample: the run's --sample-every is 0
+    train_steps(config(corpus, tmp_path), tmp_path / "r", 3)
+    r = run_cli("train", "--resume", str(tmp_path / "r"), "--max-steps", "5", "--sample-length", "30")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
+        "error: --sample-length acts only with --sample-every above 0, and it is 0 (the run's): no sample is taken; "
+        "give --sample-every above 0, or leave out --sample-length"), r.stderr
+    r = run_cli("train", "--resume", str(tmp_path / "r"), "--max-steps", "5", "--sample-length", "30",
+                "--sample-every", "2")
+    assert r.returncode == 0 and "done: 5 updates" in r.stdout, r.stderr
+    assert (tmp_path / "r" / "samples.txt").read_text().count("--- step ") == 1  # at update 4
+
+
 def test_the_done_line_says_there_was_no_validation_or_test_text(corpus, tmp_path):
     # "val loss nan nats (nan bits/char), best inf; test nan nats (nan bits/char)"
     r = run_cli("train", str(corpus), "--hidden", "8", "--batch", "4", "--k1", "8", "--k2", "8", "--max-steps", "2",
