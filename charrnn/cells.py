@@ -104,11 +104,13 @@ def check_option(name, value):
             taus = [float(x) for x in parts]
         except ValueError:
             taus = []
-        if len(parts) not in (1, 2) or len(taus) != len(parts) or not all(opt.low <= t <= opt.high for t in taus):
-            text = str(value)
-            shown = text if text and text.strip() == text else repr(text)  # '' seen as such
-            raise UsageError(f"{option} {shown} is out of range: give a value, LO:HI or 'learned', "
-                               f"with every tau in [{opt.low:g}, {opt.high:g}]")
+        text = str(value)
+        shown = text if text and text.strip() == text else repr(text)  # '' seen as such
+        if len(parts) not in (1, 2) or len(taus) != len(parts):
+            raise UsageError(f"{option} {shown} is not a number, LO:HI or 'learned'; give e.g. {option} 5, "
+                             f"{option} 1:50 or {option} learned")
+        if not all(opt.low <= t <= opt.high for t in taus):
+            raise UsageError(f"{option} {shown} is out of range: every tau must be in [{opt.low:g}, {opt.high:g}]")
         return
     if not opt.low <= value <= opt.high:
         raise UsageError(f"{option} {value} is out of range: it must be in [{opt.low:g}, {opt.high:g}]")

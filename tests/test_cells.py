@@ -1,4 +1,6 @@
 """The cell registry and contract: every cell is usable everywhere, an unknown one nowhere."""
+import re
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -66,10 +68,16 @@ def test_leaky_time_constants(tau, trains):
     np.testing.assert_allclose(a, expected[tau], rtol=1e-6)
 
 
-@pytest.mark.parametrize("tau", ["0.5", "1:x", "1:2:3", "learn", "1:20000", ""])
-def test_bad_time_constants_are_one_clear_error(tau):
+@pytest.mark.parametrize("tau, error", [("0.5", "out of range"), ("1:20000", "out of range"), ("1:x", "malformed"),
+                                        ("1:2:3", "malformed"), ("learn", "malformed"), ("1:", "malformed"),
+                                        ("", "malformed")])
+def test_bad_time_constants_are_one_clear_error(tau, error):
     shown = tau or "''"  # an empty one was "--tau  is out of range"
-    with pytest.raises(CharrnnError, match=f"--tau {shown} is out of range"):
+    # a malformed one ("1:") was called out of range too
+    said = {"out of range": re.escape(f"--tau {shown} is out of range: every tau must be in [1, 10000]"),
+            "malformed": re.escape(f"--tau {shown} is not a number, LO:HI or 'learned'; give e.g. --tau 5, "
+                                   "--tau 1:50 or --tau learned")}[error]
+    with pytest.raises(CharrnnError, match=f"^{said}$"):
         TrainConfig(tau=tau).validate()
 
 
