@@ -57,6 +57,14 @@ class Scheduler:
         """After the optimizer step: slide the window so the next k1 steps can follow."""
         stack.shift(self.k1)
 
+    def fresh_loss(self, stack, params):
+        """The sum of the last update's counted losses, the k1 new steps run again from a zero
+        state (without dropout): whether the state carried into the update made them NaN or
+        Inf (Trainer._diverged). It overwrites the window's state and activations."""
+        self.reset(stack)
+        stack.forward(params, self.c0, self.window)
+        return stack.loss(params, self.c0, self.window)
+
     def objective(self, stack, params):
         """The truncated objective of the last update, recomputed with `params`: the mean counted
         loss with the state in slot g0 (and the top states before it) held fixed. Used by

@@ -197,6 +197,7 @@ class Trainer:
         self.lock = None  # the run folder's RunLock while this trainer reads or writes it
         self.resumable = None  # (path, update) of the checkpoint a resume goes on from; None: none yet
         self.restored = None  # (path, update) of the checkpoint resumed, if it was
+        self.carried = False  # whether the last update's state ran on from the update before it
         self.given_again = ((), ())  # the words of the text and options a resume changed (resume_command)
         self._sampler = None  # made at the first sample
 
@@ -418,8 +419,10 @@ class Trainer:
         # read after the update's characters would give the last update of an --epochs run a rate of 0
         progress = self.done_fraction()
         wrapped = self.streams.next(cfg.k1, *sched.inputs(stack), rows=stack.rows)  # under MPI, this rank's streams
-        if wrapped or self.fresh_start():  # a new epoch (the text jumped back to the start), or a fresh start
+        fresh = wrapped or self.fresh_start()  # a new epoch (the text jumped back to the start), or a fresh start
+        if fresh:
             sched.reset(stack)
+        self.carried = not fresh and self.step > 0  # the state runs on from the update before (_diverged)
         loss = sched.update(stack, self.params, self.grads, self.rng if cfg.dropout > 0 else None)
         self.world.sum(self.grads)  # the ranks' shares: the gradient of the whole batch
         loss = self.world.sum_float(loss) / (cfg.k1 * stack.total)
@@ -613,14 +616,23 @@ class Trainer:
 
     def _diverged(self, when: str, what: str, forward=False) -> CharrnnError:
         """The error that stops a run whose training diverged `when` ("at update 12"), as `what`
-        shows, with what is kept and what to try. forward: its loss was NaN or Inf, which at
-        the first update of a new run no learning rate or clipping has touched yet."""
+        shows, with what is kept and what to try. forward: its loss was NaN or Inf, which in the
+        first update of a session no learning rate or clipping of this session has touched yet."""
         cfg = self.cfg
-        advice = "a lower --lr or --clip-norm" if cfg.clip_norm else "a lower --lr, or clipping (--clip-norm 5)"
+        tries = []
         if self._u_passes_1():  # |u|^k2 over a window
-            grows = (f"--u-max 1 or less{' in a new run' if self.resumed else ''} (|u| up to "
-                     f"{resolved_u_max(cfg.u_max, cfg.k2):g} grows the state at every step)")
-            advice = grows if forward and self.step == 0 and not self.resumed else f"{grows}, or {advice}"
+            tries.append(f"--u-max 1 or less{' in a new run' if self.resumed else ''} (|u| up to "
+                         f"{resolved_u_max(cfg.u_max, cfg.k2):g} grows the state at every step)")
+        if forward and self.carried and state_grows(self.spec, self.params) \
+                and math.isfinite(self.world.sum_float(self.sched.fresh_loss(self.stack, self.params))):
+            # a state that grows ran on from update to update (--reset-every 0: for an epoch), and
+            # the update's steps from a zero state are finite: a fresh start at every update trains
+            tries.append("--reset-every 1 (a fresh start at every update: the state grows over one window, "
+                         "not from update to update)")
+        session_start = self.restored[1] if self.restored else 0
+        if not (forward and self.step == session_start and tries):
+            tries.append("a lower --lr or --clip-norm" if cfg.clip_norm else "a lower --lr, or clipping (--clip-norm 5)")
+        advice = tries[0] if len(tries) == 1 else f"{', '.join(tries[:-1])}, or {tries[-1]}"
         return CharrnnError(f"training diverged {when}: {what}; {self._checkpoints_kept()}; try {advice}")
 
     def _u_passes_1(self) -> bool:

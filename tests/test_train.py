@@ -16,6 +16,7 @@ import pytest
 from charrnn.checkpoint import load_checkpoint, save_checkpoint
 from charrnn.config import TrainConfig
 from charrnn.errors import CharrnnError
+from charrnn.model import Layout
 from charrnn.tbptt import Scheduler
 from charrnn.train import Interrupted, Trainer, check_new_run_dir
 
@@ -766,8 +767,44 @@ def test_an_indrnn_diverging_in_training_under_a_bound_above_1_is_told_of_the_bo
     corpus.write_text(TEXT * 20, encoding="utf-8")
     cfg = config(corpus, tmp_path, cell="indrnn", u_max=2.0, layers=1, batch=2, k1=150, k2=150, eval_every=100)
     with pytest.raises(CharrnnError, match=re.escape("; try --u-max 1 or less (|u| up to 2 grows the state at every "
-                                                     "step), or a lower --lr or --clip-norm")):
+                                                     f"step), {RESET_EVERY_1}, or a lower --lr or --clip-norm")):
         train_steps(cfg, tmp_path / "r", 3)
+    cfg.reset_every = 1  # as advised: the updates from a zero state train (to the validation, which runs on)
+    with pytest.raises(CharrnnError, match=r"^the validation loss is nan after update 3: "):
+        train_steps(cfg, tmp_path / "r1", 3)
+
+
+RESET_EVERY_1 = ("--reset-every 1 (a fresh start at every update: the state grows over one window, not from update "
+                 "to update)")
+
+
+def indrnn_us(trainer, value):
+    """trainer, its IndRNN's u all set to `value`."""
+    for name, a in Layout(trainer.spec).views(trainer.params).items():
+        if name.endswith(".u"):
+            a[:] = value
+    return trainer
+
+
+def test_a_resumed_indrnn_whose_carried_state_overflows_is_told_what_acts_on_it(tmp_path):
+    # the first update of a resume overflowed in its forward, from the state carried into it:
+    # it was told to lower --lr or --clip-norm, which had not touched the model yet; a fresh
+    # start at every update (--reset-every, which a resume may change) was not named
+    corpus = tmp_path / "t.txt"
+    corpus.write_text(TEXT * 20, encoding="utf-8")
+    cfg = config(corpus, tmp_path, cell="indrnn", u_max=2.0, layers=1, batch=2, k1=50, k2=50, reset_every=0,
+                 val_fraction=0.0, test_fraction=0.0, checkpoint_every=1, max_steps=2)
+    indrnn_us(Trainer(cfg, tmp_path / "r", say=lambda *_: None), 1.9).run()  # the state: 1.9^100 by now
+    with pytest.raises(CharrnnError, match=re.escape(
+            f"training diverged at update 3: the loss is nan and the gradient norm nan; the last good checkpoint is in "
+            f"{tmp_path / 'r'}; try --u-max 1 or less in a new run (|u| up to 2 grows the state at every step), "
+            f"or {RESET_EVERY_1}") + "$"):
+        Trainer.resume(tmp_path / "r", say=lambda *_: None, max_steps=4).run()
+    Trainer.resume(tmp_path / "r", say=lambda *_: None, max_steps=4, reset_every=1).run()  # as advised: it trains
+    # a state that overflows from zero within the window too: a fresh start would not act on it
+    with pytest.raises(CharrnnError, match=re.escape("; try --u-max 1 or less in a new run (|u| up to 2 grows the "
+                                                     "state at every step)") + "$"):
+        indrnn_us(Trainer.resume(tmp_path / "r", say=lambda *_: None, max_steps=6, reset_every=0), 99.0).run()
 
 
 def test_an_indrnn_whose_first_forward_overflows_is_told_only_of_the_bound(tmp_path):
