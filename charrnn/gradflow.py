@@ -354,11 +354,44 @@ def to_json(flows, max_k: int, windows: int, batch: int, corpus: str, seed: int)
     }
 
 
+# past this many series a chart's legend covers its lines: one panel per model instead
+MAX_SERIES_IN_ONE_CHART = 20
+
+
 def write_png(flows, path) -> None:
-    from .plot import literal, require_pyplot, save_figure
+    """One chart of every model's layers, or with more than MAX_SERIES_IN_ONE_CHART of them (8
+    cells of 16 layers: 128) one panel per model, on the same axes."""
+    from .plot import require_pyplot, save_figure
 
     plt = require_pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5))
+    if sum(len(flow.layers) for flow in flows) <= MAX_SERIES_IN_ONE_CHART:
+        fig, ax = plt.subplots(figsize=(8, 5))
+        _draw_series(ax, flows, plt)
+        ax.set_title("How far gradients reach back in time")
+    else:
+        columns = 2
+        rows = -(-len(flows) // columns)
+        fig, axes = plt.subplots(rows, columns, figsize=(12, 1 + 3.2 * rows), sharex=True, sharey=True,
+                                 squeeze=False)
+        for i, (ax, flow) in enumerate(zip(axes.flat, flows)):
+            _draw_series(ax, [flow], plt, fontsize="x-small")
+            if i + columns < len(flows):  # the axes' names once: under a column, left of a row
+                ax.set_xlabel("")
+            else:  # (shared, the x axis keeps its numbers only in the grid's last row)
+                ax.xaxis.set_tick_params(labelbottom=True)
+            if i % columns:
+                ax.set_ylabel("")
+        for ax in axes.flat[len(flows):]:
+            ax.set_visible(False)
+        fig.suptitle("How far gradients reach back in time")
+    save_figure(fig, path)
+
+
+def _draw_series(ax, flows, plt, fontsize=None) -> None:
+    """The norms of the layers of `flows` on `ax`, every series drawn unlike the others, with a
+    legend naming them."""
+    from .plot import literal
+
     # past the colours of the cycle (10 by default), the next series are dashed, then dotted...
     colours = len(plt.rcParams["axes.prop_cycle"].by_key().get("color", [None]))
     lines, labels = [], []
@@ -371,7 +404,6 @@ def write_png(flows, path) -> None:
             labels.append(literal(series_label(flow, f.layer)))
     ax.set_xlabel("k (steps back from the last step)")
     ax.set_ylabel("mean ||dL_T / dh_(T-k)||")
-    ax.set_title("How far gradients reach back in time")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(lines, labels)  # given so: a label= starting with _ (a run named _try) is left out
-    save_figure(fig, path)
+    # given so: a label= starting with _ (a run named _try) is left out
+    ax.legend(lines, labels, fontsize=fontsize, ncol=2 if len(lines) > 8 else 1)

@@ -449,3 +449,29 @@ def test_a_png_of_many_series_draws_no_two_alike(tmp_path, monkeypatch):
     gf.write_png(flows, tmp_path / "g.png")
     looks = [(line.get_color(), line.get_linestyle()) for line in drawn[0].axes[0].get_lines()]
     assert len(looks) == 16 and len(set(looks)) == 16, looks
+
+
+def test_a_png_of_more_series_than_a_legend_holds_draws_a_panel_a_model(tmp_path, monkeypatch):
+    # 8 cells of 16 layers: 128 series in one chart, whose legend ran off it and covered the lines
+    pytest.importorskip("matplotlib")
+    import charrnn.plot as plot
+
+    drawn = []
+    monkeypatch.setattr(plot, "save_figure", lambda fig, path: drawn.append(fig))
+    spec = ModelSpec("rnn", 5, 4, 16)
+    flows = [gf.Flow(f"m{i}", spec, [gf.LayerFlow(layer, np.array([1.0, 0.5, 0.25]) / (layer + 1), {}, {})
+                                     for layer in range(16)]) for i in range(3)]
+    gf.write_png(flows, tmp_path / "g.png")
+    panels = [ax for ax in drawn[0].axes if ax.get_visible()]
+    assert len(panels) == 3 and not drawn[0].axes[3].get_visible()
+    for flow, ax in zip(flows, panels):
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert labels == [f"{flow.label} L{layer}" for layer in range(16)]
+        looks = [(line.get_color(), line.get_linestyle()) for line in ax.get_lines()]
+        assert len(set(looks)) == 16
+    # a column's lowest panel names the x axis, the first column the y axis
+    assert [bool(ax.get_xlabel()) for ax in panels] == [False, True, True]
+    assert [any(t.get_visible() for t in ax.get_xticklabels()) for ax in panels] == [False, True, True]
+    assert [bool(ax.get_ylabel()) for ax in panels] == [True, False, True]
+    gf.write_png(flows[:1], tmp_path / "g.png")  # 16 series: one chart, as before
+    assert len(drawn[1].axes) == 1 and len(drawn[1].axes[0].get_lines()) == 16
