@@ -243,6 +243,8 @@ class Training(Model):
                 _number(metrics[key], f"metrics.{key}", Range(0))
         if metrics.get("last_val_step") is not None:  # older checkpoints: none
             _int(metrics["last_val_step"], "metrics.last_val_step")
+        if meta.get("samples_bytes") is not None:  # older checkpoints: none
+            _int(meta["samples_bytes"], "samples_bytes")
         _check_rng(meta.get("rng"))
 
     def arrays(self, meta, arrays):

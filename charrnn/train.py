@@ -197,6 +197,7 @@ class Trainer:
         self.lock = None  # the run folder's RunLock while this trainer reads or writes it
         self.resumable = None  # (path, update) of the checkpoint a resume goes on from; None: none yet
         self.restored = None  # (path, update) of the checkpoint resumed, if it was
+        self.samples_bytes = None  # the size of samples.txt that the checkpoint resumed saw, if it says
         self.carried = False  # whether the last update's state ran on from the update before it
         self.given_again = ((), ())  # the words of the text and options a resume changed (resume_command)
         self._sampler = None  # made at the first sample
@@ -245,6 +246,7 @@ class Trainer:
             "optimizer": self.opt.state_meta(),
             "metrics": {"best_val": _json_float(self.best_val), "last_val": _json_float(self.last_val),
                         "last_val_step": self.last_val_step},
+            "samples_bytes": self._samples_bytes(),
         }
         try:  # never replace a checkpoint with one a resume would refuse (a counter past its range)
             TRAINING.headers(json.loads(json.dumps(meta)), {name: (a.shape, a.dtype) for name, a in arrays.items()})
@@ -252,6 +254,14 @@ class Trainer:
             raise CharrnnError(f"this run cannot be saved as a checkpoint charrnn reads back ({e}); the "
                                f"checkpoints in {self.run_dir} are as they were") from None
         return arrays, meta
+
+    def _samples_bytes(self) -> int:
+        """The size of samples.txt as this update leaves it (rank 0's; 0 on the others, which
+        write none): where a resume from this checkpoint cuts it (_cut_samples)."""
+        try:
+            return os.stat(self.run_dir / SAMPLES_FILE).st_size if self.world.root else 0
+        except FileNotFoundError:
+            return 0
 
     def few_streams_notice(self):
         """few_streams_line for a new run of a cell with a recurrent matrix, where the text
@@ -367,6 +377,7 @@ class Trainer:
         self.last_val_step = meta["metrics"].get("last_val_step")  # older checkpoints: not known
         self.saved_limits = saved_limits
         self.resumable = self.restored = (path, self.step)
+        self.samples_bytes = meta.get("samples_bytes")  # None: a checkpoint older than it
         self.given_again = (text_again, options_again)
         return self
 
@@ -546,10 +557,13 @@ class Trainer:
                     if progress:
                         progress(self, record)
                 end = self.ended()
+                best = False
                 if self.step % cfg.eval_every == 0 or end:
-                    self._validate(log, progress)
+                    best = self._validate(log, progress, save_best=False)
                 if cfg.sample_every and self.step % cfg.sample_every == 0 and root:
                     self._write_sample()
+                if best:  # after the step's sample: a checkpoint's samples.txt holds its step's (_cut_samples)
+                    self._save_best(progress)
                 self._agree()
                 if self.ended() and self.last_val_step != self.step and not self.stop_requested:
                     self._validate(log, progress)  # a sample used up a time limit: the last update too
@@ -665,17 +679,25 @@ class Trainer:
                            f"the {text} text, whose streams run longer than a training window, as a state that grows "
                            f"without bound does{grows}; {kept}")
 
-    def _validate(self, log, progress):
-        """Measure the validation loss, log it, and save best.npz if it is the best so far."""
+    def _validate(self, log, progress, save_best=True):
+        """Measure the validation loss, log it, and if it is the best so far save best.npz, or
+        with save_best=False leave that to the caller: returns whether it is."""
         t1 = time.perf_counter()
         self.last_val, self.last_val_step = self.validate(), self.step
         self.elapsed += time.perf_counter() - t1
         if len(self.val_ids) >= 2:  # without a validation text, no record: a null loss is an infinite one
             log.write({"kind": "val", "step": self.step, "loss": self._finite(self.last_val, "validation"),
                        "bpc": bits(self.last_val)})
-        if self.last_val < self.best_val:
-            self.best_val = self.last_val
-            self.save("best")
+        best = self.last_val < self.best_val
+        if best and save_best:
+            self._save_best(progress)
+        elif progress and not best:  # (a best one's progress comes after its save)
+            progress(self, None)
+        return best
+
+    def _save_best(self, progress):
+        self.best_val = self.last_val
+        self.save("best")
         if progress:
             progress(self, None)
 
@@ -731,8 +753,8 @@ class Trainer:
             for name in (METRICS_FILE, SAMPLES_FILE):
                 (self.run_dir / name).unlink(missing_ok=True)
         else:
-            _cut_log(self.run_dir / METRICS_FILE, lambda line: _record_step(line) > self.step, every_line=True)
-            _cut_log(self.run_dir / SAMPLES_FILE, lambda line: _sample_step(line) > self.step)
+            _cut_log(self.run_dir / METRICS_FILE, lambda line, at: _record_step(line) > self.step, every_line=True)
+            _cut_samples(self.run_dir / SAMPLES_FILE, self.step, self.samples_bytes)
         log = MetricsLog(self.run_dir / METRICS_FILE, "w" if self.fresh else "a")
         self.fresh = False
         return log
@@ -1118,33 +1140,60 @@ LOG_PIECE = 1 << 20
 
 
 def _log_lines(f):
-    """(piece, starts_a_line) of a log opened as text (newline=""), a line in pieces of at most
-    LOG_PIECE. A line ends at a line break, "\n" (a run writes no other): readline also stops at
-    a CR, which a sample's text may hold, and between the two of a CR LF cut by the limit."""
-    starts = True
+    """(piece, starts_a_line, its offset in bytes) of a log opened as text (newline=""), a line in
+    pieces of at most LOG_PIECE. A line ends at a line break, "\n" (a run writes no other):
+    readline also stops at a CR, which a sample's text may hold, and between the two of a CR LF
+    cut by the limit."""
+    starts, at = True, 0
     while piece := f.readline(LOG_PIECE):
-        yield piece, starts
+        yield piece, starts, at
         starts = piece.endswith("\n")
+        at += len(piece.encode("utf-8", "surrogateescape"))
+
+
+def _cut_samples(path, step, size):
+    """Drop from samples.txt the samples a run resumed at update `step` takes again: the file is
+    cut to `size` bytes, its size when the checkpoint was saved, where they end a sample and what
+    follows them begins one of a later update. Else (an older checkpoint; a file edited since)
+    from the first line that reads as the header of a later update's sample on: a sample's own
+    text may hold such a line (a model trained on logs), which there cut the samples before it."""
+    if size is not None and _sample_ends_at(path, size, step):
+        _cut_log(path, lambda line, at: at >= size)
+    else:
+        _cut_log(path, lambda line, at: _sample_step(line) > step)
+
+
+def _sample_ends_at(path, size, step) -> bool:
+    """Whether samples.txt at `path` ends a sample at byte `size` (its start, or a blank line)
+    and goes on, if at all, with the header of a sample after update `step`."""
+    try:
+        with open(open_run_file(path, os.O_RDONLY), "rb") as f:
+            f.seek(max(size - 2, 0))
+            end = f.read(2 if size >= 2 else 0)
+            next_line = f.readline(LOG_PIECE).decode("utf-8", "surrogateescape")
+    except (OSError, CharrnnError):  # (_cut_log says what is wrong with it)
+        return False
+    return (size == 0 or end == b"\n\n") and (not next_line or _sample_step(next_line) > step)
 
 
 def _cut_log(path, after, every_line=False):
-    """Drop from a log what a resumed run redoes: the lines for which after(line) holds
-    (every_line), or everything from the first such line on. Rewritten atomically, a piece at a
-    time (_log_lines: a long line is judged by its first piece), where any line goes."""
+    """Drop from a log what a resumed run redoes: the lines for which after(line, its offset in
+    bytes) holds (every_line), or everything from the first such line on. Rewritten atomically,
+    a piece at a time (_log_lines: a long line is judged by its first piece), where any line goes."""
     if not os.path.lexists(path):
         return
     tmp = None
     try:
         with open(open_run_file(path, os.O_RDONLY), encoding="utf-8", errors="surrogateescape", newline="") as f:
-            if not any(starts and after(piece) for piece, starts in _log_lines(f)):
+            if not any(starts and after(piece, at) for piece, starts, at in _log_lines(f)):
                 return
             f.seek(0)
             tmp, fd = new_temporary(path)
             with open(fd, "w", encoding="utf-8", errors="surrogateescape", newline="") as out:
                 dropped = False
-                for piece, starts in _log_lines(f):
+                for piece, starts, at in _log_lines(f):
                     if starts:
-                        dropped = after(piece)
+                        dropped = after(piece, at)
                         if dropped and not every_line:
                             break
                     if not dropped:

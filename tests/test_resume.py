@@ -172,6 +172,32 @@ def test_a_resumed_run_drops_what_its_logs_hold_after_the_checkpoint(corpus, tmp
     assert [h.split(",")[0] for h in headers] == ["--- step 3", "--- step 6", "--- step 9", "--- step 12"]
 
 
+def test_a_sample_whose_text_reads_as_a_header_is_kept_on_resume(corpus, tmp_path, monkeypatch):
+    # a model trained on a log wrote "--- step 999, epoch 9" in its samples: a resume cut
+    # samples.txt at that line, losing the rest of that sample and every later one
+    like_a_header = "a\n--- step 999, epoch 9\n--- step 7, epoch 0.50, val loss -, temperature 1, seed 7 ---\nb"
+    monkeypatch.setattr(Trainer, "sample", lambda self: like_a_header)
+    run = tmp_path / "r"
+    cfg = config(corpus, tmp_path, max_steps=4, eval_every=2, checkpoint_every=4, sample_every=2, sample_length=5)
+    Trainer(cfg, run, say=lambda *_: None).run()  # samples at 2 and 4, saved at 4
+    samples = run / "samples.txt"
+    at_4, checkpoint_4 = samples.read_bytes(), (run / "latest.npz").read_bytes()
+    assert at_4.count(b"--- step 999") == 2
+    Trainer.resume(run, say=lambda *_: None, max_steps=6).run()  # a sample at 6
+    assert samples.read_bytes().startswith(at_4) and samples.read_bytes().count(b"--- step 999") == 3
+    (run / "latest.npz").write_bytes(checkpoint_4)  # as a run killed after its sample at 6, before its save
+    (run / "best.npz").unlink()
+    Trainer.resume(run, say=lambda *_: None, max_steps=5).run()
+    assert samples.read_bytes() == at_4  # the samples of 2 and 4 whole; 6's, which 5 did not take again, gone
+    # a samples.txt edited since (a character added to the first sample): where the checkpoint's
+    # size ends no sample, the file is cut at the first line that reads as a later update's header
+    edited = at_4.replace(b"\nb\n\n", b"\nbb\n\n", 1)
+    samples.write_bytes(edited + b"--- step 6, epoch 1.00, val loss -, temperature 1, seed 6 ---\nc\n\n")
+    (run / "latest.npz").write_bytes(checkpoint_4)
+    Trainer.resume(run, say=lambda *_: None, max_steps=4).run()
+    assert samples.read_bytes() == edited.split(b"--- step 999")[0]  # (that line is one, to a reader of lines)
+
+
 def test_logs_are_cut_a_piece_at_a_time_and_a_sample_header_of_any_step_is_later(corpus, tmp_path, monkeypatch):
     # a samples.txt header of 5,000 digits was an internal error on resume (int() refuses 4,300),
     # and a log was read whole, split and joined: 300 MB of metrics.jsonl took 2.7 GB to cut
@@ -189,12 +215,12 @@ def test_logs_are_cut_a_piece_at_a_time_and_a_sample_header_of_any_step_is_later
     metrics.write_bytes(kept_metrics + b"x" * 20_000_000 + b"\n" + kept_metrics.replace(b'"step": 4', b'"step": 5'))
     tracemalloc.start()
     try:
-        _cut_log(metrics, lambda line: _record_step(line) > 4, every_line=True)
+        _cut_log(metrics, lambda line, at: _record_step(line) > 4, every_line=True)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert metrics.read_bytes() == kept_metrics and peak < 8 << 20  # a few pieces of a MB, not the 20 MB line
-    _cut_log(samples, lambda line: _sample_step(line) > 4)
+    _cut_log(samples, lambda line, at: _sample_step(line) > 4)
     assert samples.read_bytes() == kept_samples
     samples.write_bytes(kept_samples + b"--- step " + b"1" * 5000 + b", epoch 1.00 ---\nxyz\n")
     resumed = Trainer.resume(run, say=lambda *_: None, max_steps=5)  # the whole command's way
@@ -203,15 +229,15 @@ def test_logs_are_cut_a_piece_at_a_time_and_a_sample_header_of_any_step_is_later
     metrics.write_bytes(kept_metrics)
     monkeypatch.setattr(train, "LOG_PIECE", 1000)  # above a record's length: a longer line goes in pieces
     metrics.write_bytes(kept_metrics + b"y" * 2500 + b"\n" + kept_metrics)  # that line goes whole, the rest stays
-    _cut_log(metrics, lambda line: _record_step(line) > 4, every_line=True)
+    _cut_log(metrics, lambda line, at: _record_step(line) > 4, every_line=True)
     assert metrics.read_bytes() == kept_metrics * 2
     header_inside = kept_samples + b"z" * 1000 + b"--- step 9, epoch 1.00 ---\n"  # a piece that starts no line
     samples.write_bytes(header_inside + b"--- step 9, epoch 1.00 ---\n")
-    _cut_log(samples, lambda line: _sample_step(line) > 4)
+    _cut_log(samples, lambda line, at: _sample_step(line) > 4)
     assert samples.read_bytes() == header_inside
     monkeypatch.setattr(train, "LOG_PIECE", 6)  # a CR LF cut by the limit ends one line, not two
     pieces = list(train._log_lines(io.StringIO("abcde\r\nxyz\n", newline="")))
-    assert pieces == [("abcde\r", True), ("\n", False), ("xyz\n", True)]
+    assert pieces == [("abcde\r", True, 0), ("\n", False, 6), ("xyz\n", True, 7)]
     metrics.write_bytes(kept_metrics)
 
 
