@@ -121,6 +121,13 @@ def _note(message: str):
     say_note(one_line(message))
 
 
+def _sample_shown(text: str):
+    """A sample taken while training, on stderr as it is laid out: its lines and tabs, with the
+    other control characters in it escaped (errors.controls_escaped: a model's ESC never
+    steers the terminal)."""
+    say_note("\n".join("\t".join(map(controls_escaped, line.split("\t"))) for line in text.split("\n")))
+
+
 def _not_written(e: OSError) -> CharrnnError:
     """A write to standard output that failed (a full disk, `> /dev/full`): said of stdout, as
     the error alone would read as if a checkpoint could not be written."""
@@ -329,7 +336,7 @@ def train(
             check_new_run_dir(run_dir)  # before the text is read and the settings said
         with err.status("reading the text..."):  # (a large one takes seconds; a named pipe: until written)
             trainer = Trainer(cfg, run_dir, say=note)
-    trainer.show = say  # the samples taken while training
+    trainer.show = (lambda *a: None) if quiet else _sample_shown  # the samples taken while training
     cfg = trainer.cfg
     if not quiet:
         shown = cfg.to_dict()

@@ -395,6 +395,20 @@ def test_quiet_leaves_out_the_samples_but_not_the_notes_on_the_text(tree, tmp_pa
     assert "--- step 2," not in err and "--- step 2," in (tmp_path / "out" / "r" / "samples.txt").read_text()
 
 
+def test_a_sample_while_training_is_shown_in_its_lines_with_its_controls_escaped(tree, tmp_path, monkeypatch, capsys):
+    # every sample was shown on one line, its line breaks as \n
+    monkeypatch.setattr(Trainer, "sample", lambda self: "To be,\n\tor not\x1b[2J\r\nto be")
+    (tree / "notes" / "poem.txt").write_text(TEXT, encoding="utf-8")
+    code, err = main_exits(monkeypatch, capsys, "train", tree / "notes" / "poem.txt", "--hidden", "8", "--batch", "2",
+                           "--k1", "8", "--max-steps", "2", "--sample-every", "2", "--out-dir", tmp_path / "out",
+                           "--run", "r")
+    assert code == 0, err
+    lines = err.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("--- step 2, epoch "))
+    assert lines[at + 1: at + 4] == ["To be,", "\tor not\\x1b[2J\\r", "to be"], lines[at:]
+    assert (tmp_path / "out" / "r" / "samples.txt").read_bytes().endswith(b"To be,\n\tor not\x1b[2J\r\nto be\n\n")
+
+
 @pytest.mark.parametrize("args, named", [
     (["train", ""], "corpus"), (["train", "a.txt", ""], "corpus"),  # would train on every file below the folder
     (["train", "a.txt", "--out-dir", ""], "--out-dir"),  # would scatter its runs into the working folder
