@@ -408,9 +408,11 @@ class Trainer:
         if reached and self._reached(self.saved_limits) and len(self.test_ids) >= 2:
             # the run's own end, at its last update: stopped before its test (Ctrl-C, a kill), the
             # resume tests it (rank 0 reads the log, every rank does as it says); with its own limits,
-            # which a lower one would change only in what it is said to have stopped by
+            # which a lower one reached now would change only in what it is said to have stopped by
+            # (a larger one, or one added, leaves the run's own limit to end it)
             if not self.world.from_root(self._tested() if self.world.root else None):
-                lowered = [flag(k) for k, v in self._limits().items() if v != self.saved_limits[k]]
+                done = self._done()
+                lowered = [flag(k) for k, v in self._limits().items() if v != self.saved_limits[k] and v and done[k] >= v]
                 if not lowered:
                     return
                 why = (f"{self.run_dir} ended at update {self.step} and has only its test left; leave out "

@@ -859,6 +859,12 @@ def test_a_run_stopped_at_its_last_update_before_its_test_resumes_to_test(corpus
         f"error: {tmp_path / 'r'} ended at update 5 and has only its test left; leave out --max-steps to test it, "
         "or give a larger limit to train on"), r.stderr
     assert log.read_text() == "".join(kept)
+    # a limit added, or raised, leaves the run's own to end it: the resume tests it (these were
+    # refused as if lowered)
+    r = run_cli("train", "--resume", str(tmp_path / "r"), "--time-limit", "1000", "--epochs", "50", "-q")
+    assert r.returncode == 0 and "done: 5 updates" in r.stdout and "stopped by --max-steps 5" in r.stdout, r.stderr
+    assert json.loads(log.read_text().splitlines()[-1])["kind"] == "test"
+    log.write_text("".join(kept))
     r = run_cli("train", "--resume", str(tmp_path / "r"), "-q")
     assert r.returncode == 0 and "done: 5 updates" in r.stdout, r.stderr
     assert json.loads(log.read_text().splitlines()[-1])["kind"] == "test"
