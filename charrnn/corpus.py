@@ -1109,6 +1109,8 @@ def fit_batch_and_window(n_train: int, batch: int, window: int, ranks: int = 1) 
         changes.append(f"--batch {batch} -> {new_batch}")
     if new_window != window:
         changes.append(f"--k1 {window} -> {new_window}")  # train's window
+    if not changes:  # already as small as the text allows (a run given the sizes a notice named)
+        return batch, window, None
     notice = f"corpus is small ({n_train:,} training characters): {', '.join(changes)}"
     return new_batch, new_window, notice
 

@@ -142,7 +142,9 @@ class Trainer:
         self.train_ids, self.val_ids, self.test_ids = split(
             ids, (1.0 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction),
             name=corpus.name)
-        batch, k1, notice = fit_batch_and_window(len(self.train_ids), cfg.batch, cfg.k1, self.world.size)
+        # a resumed run keeps the batch and window its checkpoint holds (fitted when it began)
+        batch, k1, notice = (cfg.batch, cfg.k1, None) if resuming else \
+            fit_batch_and_window(len(self.train_ids), cfg.batch, cfg.k1, self.world.size)
         k2 = cfg.k2
         if notice and k1 != cfg.k1 and cfg.k2 <= cfg.k1:  # the window shrank: k2 = k1 follows it, k2 < k1 stays so
             k2 = min(cfg.k2, k1)

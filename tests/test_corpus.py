@@ -341,6 +341,15 @@ def test_fit_then_shrinks_window():
     assert notice == "corpus is small (200 training characters): --batch 32 -> 1, --k1 100 -> 49"
 
 
+@pytest.mark.parametrize("n_train, ranks", [(20, 1), (36, 2), (26, 1), (107, 3)])
+def test_fit_leaves_what_it_fitted_alone(n_train, ranks):
+    # a text too short for windows of 8 fitted to 1 stream (a rank) of 8 steps; fitted again, it
+    # gave the notice "corpus is small (36 training characters): " with nothing after it
+    batch, window, notice = fit_batch_and_window(n_train, 32, 50, ranks)
+    assert notice is not None and batch % ranks == 0
+    assert fit_batch_and_window(n_train, batch, window, ranks) == (batch, window, None)
+
+
 def test_fit_tiny_corpora():
     assert fit_batch_and_window(20, 32, 100)[:2] == (1, 8)
     assert fit_batch_and_window(5, 32, 100)[:2] == (1, 4)

@@ -198,6 +198,27 @@ def test_a_sample_whose_text_reads_as_a_header_is_kept_on_resume(corpus, tmp_pat
     assert samples.read_bytes() == edited.split(b"--- step 999")[0]  # (that line is one, to a reader of lines)
 
 
+def test_a_resume_keeps_the_batch_and_window_its_checkpoint_holds(tmp_path, monkeypatch):
+    # a run on a tiny text, fitted to 3 streams by 3 processes, was fitted again when resumed in
+    # one process: batch 3 -> 2, refused as "the checkpoint's streams have batch 3 but this run
+    # has 2"; and every resume of a tiny text said "corpus is small (...): " with nothing after it
+    from charrnn import train
+
+    corpus = tmp_path / "t.txt"
+    corpus.write_text(TEXT[:111], encoding="utf-8")
+    fit = train.fit_batch_and_window
+    monkeypatch.setattr(train, "fit_batch_and_window", lambda n, batch, k1, ranks: fit(n, batch, k1, 3))
+    said = []
+    cfg = config(corpus, tmp_path, batch=32, k1=50, k2=50, max_steps=2, eval_every=100)
+    Trainer(cfg, tmp_path / "r", say=said.append).run()
+    assert said == ["corpus is small (99 training characters): --batch 32 -> 3, --k1 50 -> 8, --k2 50 -> 8"]
+    monkeypatch.setattr(train, "fit_batch_and_window", fit)  # resumed in one process
+    said.clear()
+    resumed = Trainer.resume(tmp_path / "r", say=said.append, max_steps=4)
+    assert said == ["changed on resume: --max-steps 2 -> 4"]
+    assert (resumed.cfg.batch, resumed.cfg.k1, resumed.cfg.k2) == (3, 8, 8) and resumed.run()["steps"] == 4
+
+
 def test_logs_are_cut_a_piece_at_a_time_and_a_sample_header_of_any_step_is_later(corpus, tmp_path, monkeypatch):
     # a samples.txt header of 5,000 digits was an internal error on resume (int() refuses 4,300),
     # and a log was read whole, split and joined: 300 MB of metrics.jsonl took 2.7 GB to cut
