@@ -25,7 +25,7 @@ STOPPING_RULES = ("max_steps", "epochs", "time_limit")
 SCHEDULE_OPTIONS = {"lr_decay": ("step",), "decay_every": ("step",), "decay_start": ("linear", "cosine")}
 # settings that act only with another above 0, and what that one's 0 means
 ACTS_WITH = {"sample_length": "sample_every", "sample_temperature": "sample_every", "lr_decay": "decay_every",
-             "eval_chars": "val_fraction"}
+             "eval_chars": "val_fraction", "eval_every": "val_fraction"}
 ACTS_WITH_UNUSED = {"sample_every": "no sample is taken", "decay_every": "the rate never decays",
                     "val_fraction": "nothing is held out to validate on"}
 # the settings that take one of a few names

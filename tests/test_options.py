@@ -234,7 +234,8 @@ def test_a_schedule_setting_is_refused_for_a_schedule_that_does_not_read_it(name
     ("sample_length", "100", "sample_every", "no sample is taken"),
     ("sample_temperature", "0.5", "sample_every", "no sample is taken"),
     ("lr_decay", "0.5", "decay_every", "the rate never decays"),
-    ("eval_chars", "1000", "val_fraction", "nothing is held out to validate on")])
+    ("eval_chars", "1000", "val_fraction", "nothing is held out to validate on"),
+    ("eval_every", "10", "val_fraction", "nothing is held out to validate on")])
 def test_a_setting_whose_other_setting_is_0_is_refused(name, value, other, unused, tmp_path):
     # --sample-length without --sample-every was accepted and took no sample, without a word
     option, other_option = (f"--{n.replace('_', '-')}" for n in (name, other))
