@@ -852,9 +852,11 @@ def inspect_(
     failed = _written_first(html, lambda: write_page(html, tr, scores, found, model.vocab, layer, unit, str(file)))
     note = f"; {counted(skipped, 'unknown ' + tr.step)} skipped" if skipped else ""
     out.print(controls_escaped(ins.model_line(tr, str(file)) + note), markup=False, highlight=False)
-    out.print(ins.unit_line(tr, scores, layer, unit), markup=False, highlight=False)
+    coloured = out.console.color_system is not None and not out.console.no_color  # (NO_COLOR keeps bold)
+    out.print(ins.unit_line(tr, scores, layer, unit, coloured), markup=False, highlight=False)
     out.print(ins.coloured_text(tr, layer, unit))
-    out.print(ins.scale_bar(tr, layer))
+    if coloured:  # (a scale of colours drawn without them is blank)
+        out.print(ins.scale_bar(tr, layer))
     out.print_table(ins.units_table(found, act))
     gates = ins.gates_table(tr)
     if gates is not None:

@@ -13,12 +13,13 @@ the cell's activations is asked for (`tanh(c)`, a gate). From that (Karpathy, Jo
   a unit works as a switch, near 0 it hardly moves;
 - gates: per gate and unit, the fraction of characters at which the gate is open (> 0.9),
   closed (< 0.1) or in between;
-- the model's five likeliest next characters after each character.
+- the model's likeliest next characters after each character (GUESSES, or the vocabulary if fewer).
 
 Shapes (legend): N characters read, H hidden units, V vocabulary.
 """
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
@@ -212,7 +213,8 @@ def text_properties(steps) -> dict[str, np.ndarray]:
             elif ch in ")]}":
                 d = max(0, d - 1)
             starts = starts or (ch.isalnum() and not in_word)
-            in_word = ch.isalnum()
+            # a combining mark (an accent of NFD text, a Devanagari vowel sign) goes on with its word
+            in_word = ch.isalnum() or in_word and unicodedata.category(ch).startswith("M")
         quotes[t], column[t], depth[t], indent[t], word[t] = inside, col, d, ind, starts
     return dict(zip(PROPERTIES, (quotes, column, depth, indent, word)))
 
@@ -347,10 +349,12 @@ def visible(ch: str) -> str:
 
 def label(ch: str, of_bytes: bool = False) -> str:
     """A character as a guess is named: whitespace spelled out; a bytes model's byte above
-    ASCII as \\xHH (as --stop-at reads it), since alone it is no character."""
+    ASCII as \\xHH (as --stop-at reads it), since alone it is no character; another character
+    that is not drawn (CR, ESC, U+2028) by its code, where visible() draws one dot for all."""
     if of_bytes and ord(ch) >= 0x80:
         return f"\\x{ord(ch):02x}"
-    return {" ": "space", "\n": "newline", "\t": "tab"}.get(ch, visible(ch))
+    named = {" ": "space", "\n": "newline", "\t": "tab"}.get(ch)
+    return named or (ch if ch.isprintable() else f"U+{ord(ch):04X}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,11 +437,14 @@ def model_line(tr: Trace, source: str) -> str:
             f"of {source} from a zero state")
 
 
-def unit_line(tr: Trace, scores: Scores, layer: int, unit: int) -> str:
-    """What the coloured unit is: its layer, activation and its best property score."""
+def unit_line(tr: Trace, scores: Scores, layer: int, unit: int, coloured: bool = True) -> str:
+    """What the coloured unit is: its layer, activation and its best property score; `coloured`:
+    whether the text that follows is drawn on its colours (a terminal that takes them)."""
     best = max((name for name in PROPERTIES if scores.varies[name]),
                key=lambda name: abs(scores.r[layer][name][unit]), default=None)
     about = f"; r = {scores.r[layer][best][unit]:+.3f} with {best}" if best else ""
     shown = min(len(tr.text), INSPECT_CHARS)
     more = f" (the first {shown:,})" if shown < len(tr.text) else ""
-    return f"layer {layer} unit {unit} ({tr.act}){about}; the text{more} on the unit's colour:"
+    on = ("on the unit's colour" if coloured else
+          "without its colours (stdout is no terminal, or NO_COLOR is set; --html draws them, as FORCE_COLOR=1 does here)")
+    return f"layer {layer} unit {unit} ({tr.act}){about}; the text{more} {on}:"

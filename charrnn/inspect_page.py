@@ -66,7 +66,7 @@ def page(tr: Trace, scores: Scores, found: list[Found], vocab, layer: int, unit:
         "found": _found_rows(found),
         "gates": GATES.replace("{step}", tr.step) if tr.gates[0] else f"<p class=\"note\">{s.cell} cells have no gates.</p>",
         "meta": _json(meta),
-        "blobs": blobs, "text": text, "step": tr.step,
+        "blobs": blobs, "text": text, "step": tr.step, "guesses": str(meta["k"]),
     }
     # one pass over the template: a "{text}" in the user's text is not a slot
     return re.sub(r"\{(" + "|".join(parts) + r")\}", lambda m: parts[m.group(1)], TEMPLATE)
@@ -160,7 +160,7 @@ canvas { background: #fff; border: 1px solid #ddd; cursor: crosshair; }
 </table>
 <p class="note">r: Pearson correlation of the unit's activation with the property over the text.
 Saturation: the mean distance of the activation from the middle of its scale, as a share of half the scale.
-Click a row to show its unit; hover over a {step} for the model's five likeliest next {step}s.</p>
+Click a row to show its unit; hover over a {step} for the model's {guesses} likeliest next {step}s.</p>
 {gates}
 </aside>
 </main>
@@ -273,7 +273,7 @@ function markGates() {
   }
 }
 
-// Hover: the five likeliest next characters after this one
+// Hover: the likeliest next characters after this one (meta.k of them)
 const tip = document.getElementById("tip");
 function name(id) { return D.labels[id]; }
 document.getElementById("text").addEventListener("mouseover", e => {

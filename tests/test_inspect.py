@@ -17,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 import reference
+from charrnn import cli
 from charrnn import inspect as ins
 from charrnn.cells import CELLS
 from charrnn.checkpoint import save_checkpoint
@@ -144,6 +145,26 @@ def test_page_holds_the_traced_activations_and_guesses():
     assert np.abs(p - tr.guess_probs).max() <= 0.5 / 65535 + 1e-12
     assert meta["start"] == {"layer": 1, "unit": 3}
     assert [vocab.chars[i] for i in np.frombuffer(base64.b64decode(blobs["text-ids"]), "<u4")] == list(QUOTED)
+    assert "hover over a character for the model's 5 likeliest next characters." in doc
+
+
+def test_the_page_names_as_many_guesses_as_it_has_and_every_control_character_apart():
+    # a model of 2 characters was said to show its "five likeliest" next characters; and CR, ESC
+    # and U+2028 were each named "·" in the hover's guesses
+    text = "ab\r\x1b\u2028 \n\t" * 10
+    vocab = Vocab.from_text(text)
+    spec, params = random_model("rnn", vocab)
+    tr = ins.trace(spec, params, vocab, text)
+    scores = ins.score_units(tr)
+    meta = json.loads(re.search(r'<script type="application/json" id="meta">([^<]*)</script>',
+                                page(tr, scores, ins.find_units(scores), vocab, 0, 0, "t.txt"))[1])
+    assert sorted(meta["labels"]) == sorted(["a", "b", "U+000D", "U+001B", "U+2028", "space", "newline", "tab"])
+    small = Vocab.from_text("ab")
+    spec, params = random_model("rnn", small)
+    tr = ins.trace(spec, params, small, "abba" * 10)
+    scores = ins.score_units(tr)
+    doc = page(tr, scores, ins.find_units(scores), small, 0, 0, "ab.txt")
+    assert "the model's 2 likeliest next characters." in doc and "five" not in doc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,6 +180,11 @@ def test_text_properties_by_hand():
     assert p["bracket depth"].tolist() == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 1, 0, 0, 0]
     assert p["indent"].tolist() == [0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2]
     assert p["word start"].tolist() == [1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 1]
+    # a combining mark goes on with its word: NFD's accent, Devanagari's vowel signs and virama
+    # (they started a word of their own: 5 starts in two Hindi words)
+    for words in ("cafe\u0301s bar", "\u0928\u092e\u0938\u094d\u0924\u0947 \u0926\u0941\u0928\u093f\u092f\u093e"):
+        starts = ins.text_properties(words)["word start"]
+        assert [i for i, x in enumerate(starts) if x] == [0, words.index(" ") + 1], words
     # typographic quotes open and close; a stray closing bracket does not go below 0
     assert ins.text_properties("\u201cab\u201d)")["inside quotes"].tolist() == [1, 1, 1, 0, 0]
     assert ins.text_properties(")(")["bracket depth"].tolist() == [0, 1]
@@ -269,15 +295,34 @@ def test_the_text_read_is_counted_and_named_in_good_english(planted, tmp_path):
     assert "; 1 character of " in (tmp_path / "one.html").read_text(encoding="utf-8")
 
 
-def test_a_file_name_reaches_the_terminal_escaped_and_a_gates_scale_starts_at_0(planted, tmp_path):
+def test_a_file_name_reaches_the_terminal_escaped_and_a_gates_scale_starts_at_0(planted, tmp_path, monkeypatch):
     # an ESC or a line break in the text's name steered the terminal and split the first line;
     # the forget gate's scale read "+0 ... +1"
     path = _write(tmp_path / "t\x1b[2J\nx:smile:.txt", "ab")
+    monkeypatch.setattr(cli.out, "_console", None)  # made again: for a terminal that takes colours
+    monkeypatch.setenv("FORCE_COLOR", "1")
     r = invoke(planted["checkpoint"], path, "--act", "f")
     assert r.exit_code == 0, r.output
-    assert "\x1b" not in r.stdout
-    assert r.stdout.splitlines()[0].endswith(f"read 2 characters of {tmp_path}/t\\x1b[2J\\nx:smile:.txt from a zero state")
-    assert re.search(r"^0 +\+1$", r.stdout, re.M), r.stdout
+    said = re.sub(r"\x1b\[[0-9;]*m", "", r.stdout)  # rich's colours
+    assert "\x1b" not in said
+    assert said.splitlines()[0].endswith(f"read 2 characters of {tmp_path}/t\\x1b[2J\\nx:smile:.txt from a zero state")
+    assert re.search(r"^0 +\+1$", said, re.M), said
+    assert said.splitlines()[1].endswith("; the text on the unit's colour:")
+
+
+@pytest.mark.parametrize("env", [{}, {"FORCE_COLOR": "1", "NO_COLOR": "1"}])
+def test_text_shown_without_colours_says_so_and_draws_no_blank_scale(planted, monkeypatch, env):
+    # into a file, or with NO_COLOR, the text was said to be "on the unit's colour", and an empty
+    # scale followed
+    monkeypatch.setattr(cli.out, "_console", None)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    r = invoke(planted["checkpoint"], planted["text"])
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[1].endswith("; the text without its colours (stdout is no terminal, or NO_COLOR is "
+                             "set; --html draws them, as FORCE_COLOR=1 does here):"), lines[1]
+    assert not any(re.fullmatch(r"[-+0-9.]+ +[-+0-9.]+", line) for line in lines), lines
 
 
 def test_user_text_is_never_markup(planted):
