@@ -167,6 +167,7 @@ class TrainedModel:
         self._spell = spell
         self._vocab = loaded.vocab
         self._of_bytes = self.config.get("encoding") == "bytes"  # each character a byte: unknowns named as bytes
+        self._doc_sep = loaded.doc_sep  # what an unprimed sample starts after (sampling.start_context)
         self.vocab = tuple(loaded.vocab.chars)
         self._stream = None  # the Sampler whose state reset/step/feed move, made on first use
         self._assigned = False  # whether m.state was assigned since the last reset: feed's overflow may be its
@@ -216,7 +217,7 @@ class TrainedModel:
                        stop_at=_require_str("stop_at=", "" if stop_at is None else stop_at),  # None: none, as ""
                        num_samples=_whole_number("num_samples", num_samples))
         sampler = Sampler(self.spec, self.params, threads=SAMPLE_THREADS)
-        return samples(sampler, self._vocab, **options, doc_sep=self.config.get("doc_sep", ""), spell=self._spell,
+        return samples(sampler, self._vocab, **options, doc_sep=self._doc_sep, spell=self._spell,
                        as_bytes=self._of_bytes)
 
     # -----------------------------------------------------------------------------------------

@@ -65,6 +65,7 @@ class Model:
     vocab: Vocab
     config: dict  # TrainConfig.to_dict() of the run that wrote it
     path: Path  # the checkpoint file that was read
+    doc_sep: str = ""  # the separator the model read between documents (separator_read)
 
 
 def load_model(path) -> Model:
@@ -74,7 +75,10 @@ def load_model(path) -> Model:
     path = resolve_checkpoint(path, prefer="best")
     arrays, meta = load_checkpoint(path, schema=MODEL)
     params = np.ascontiguousarray(arrays["params"])
-    return Model(model_spec(meta), params, Vocab.from_json(meta["vocab"]), meta["config"], path)
+    corpus = meta.get("corpus")
+    files = corpus.get("files") if isinstance(corpus, dict) else None  # (a model's checkpoint needs no list)
+    doc_sep = separator_read(meta["config"].get("doc_sep", ""), files)
+    return Model(model_spec(meta), params, Vocab.from_json(meta["vocab"]), meta["config"], path, doc_sep)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,6 +195,13 @@ def start_id(vocab: Vocab) -> int:
         if ch in vocab.chars:
             return vocab.chars.index(ch)
     return 0
+
+
+def separator_read(doc_sep: str, files) -> str:
+    """The separator a run's model read between its documents: its --doc-sep `doc_sep` where it
+    read several `files`, "" where it read one (none was put in), or `doc_sep` where the
+    checkpoint lists no files (older ones)."""
+    return "" if isinstance(files, list) and len(files) == 1 else doc_sep
 
 
 def start_context(vocab: Vocab, doc_sep: str = "") -> np.ndarray:

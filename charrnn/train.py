@@ -711,12 +711,13 @@ class Trainer:
         the step: what `charrnn sample --seed STEP` (same length and temperature) prints from a
         checkpoint of this step. Its random numbers are its own, so sampling changes nothing in
         training."""
-        from .sampling import SAMPLE_THREADS, Sampler, sample_text
+        from .sampling import SAMPLE_THREADS, Sampler, sample_text, separator_read
 
         if self._sampler is None:  # reads self.params as they are at each call
             self._sampler = Sampler(self.spec, self.params, threads=SAMPLE_THREADS)
         return sample_text(self._sampler, self.vocab, length=self.cfg.sample_length,
-                           temperature=self.cfg.sample_temperature, seed=self.step, doc_sep=self.cfg.doc_sep)[0]
+                           temperature=self.cfg.sample_temperature, seed=self.step,
+                           doc_sep=separator_read(self.cfg.doc_sep, self.corpus_info["files"]))[0]
 
     def _write_sample(self):
         """A sample, shown and appended to samples.txt under a line saying where it was taken.

@@ -461,6 +461,23 @@ def test_a_sample_without_a_prime_starts_as_a_document_of_the_run_does(tree, tmp
         assert unprimed != model.sample(60, seed=4, prime=other)[len(other):]  # where it starts shows
 
 
+def test_a_model_of_one_file_starts_after_a_line_break_whatever_its_doc_sep(tree, tmp_path):
+    # a one-file run given --doc-sep '\n\n', whose characters its text holds, started its
+    # unprimed samples after '\n\n', a separator it never read (none is put in one file)
+    from charrnn.api import load
+
+    (tree / "one.txt").write_text(TEXT, encoding="utf-8")
+    cfg = config(tree / "one.txt", tmp_path / "out", max_steps=60, lr=0.02, dropout=0.0, eval_every=60,
+                 doc_sep="\n\n", sample_every=60, sample_length=60)
+    Trainer(cfg, tmp_path / "out" / "one", say=lambda *_: None).run()
+    model = load(tmp_path / "out" / "one")
+    unprimed = model.sample(60, seed=60)
+    assert unprimed == model.sample(60, seed=60, prime="\n")[1:] != model.sample(60, seed=60, prime="\n\n")[2:]
+    # and so does the sample taken while training, as `charrnn sample --seed 60` gives it
+    taken = (tmp_path / "out" / "one" / "samples.txt").read_text().split("\n", 1)[1]
+    assert taken == model.sample(60, seed=60, temperature=0.8) + "\n\n"
+
+
 def test_folders_nested_too_deep_to_walk_are_one_line(tmp_path):
     # os.walk recurses on Python 3.11: a folder 1,200 levels deep was "internal error (RecursionError ...)"
     from charrnn.corpus import list_files
