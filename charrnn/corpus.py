@@ -617,7 +617,9 @@ def list_files(inputs, once=True) -> tuple[list[Path], list[str]]:
     a folder given that cannot be listed is an error, as a file given that cannot be read is.
     once=False: every file given is read where it is given, as a resume reads the files a run
     read (one that read a hard link twice, before files were told apart by device and inode)."""
-    files, seen, hidden, special, linked, repeated, empty, unlisted, logs = [], set(), 0, 0, 0, [], [], [], []
+    files, seen, repeated, empty, unlisted = [], set(), [], [], []
+    # the entries left out, each once where the folders given overlap: (folder, name); logs by file
+    hidden, special, linked, logs = set(), set(), set(), {}
     walked = set()  # the folders read, links followed: one given twice is read once
     for given in map(Path, inputs):
         if given.is_dir():
@@ -633,18 +635,19 @@ def list_files(inputs, once=True) -> tuple[list[Path], list[str]]:
                 unlisted.append(e)
 
             for folder, dirs, names in _walked(given, unreadable):
-                hidden += sum(map(_hidden, dirs)) + sum(map(_hidden, names))
+                here = _identity(Path(folder))
+                hidden.update((here, n) for n in dirs + names if _hidden(n))
                 dirs[:] = [d for d in dirs if not _hidden(d)]
-                linked += sum(os.path.islink(os.path.join(folder, d)) for d in dirs)  # os.walk leaves them
+                linked.update((here, d) for d in dirs if os.path.islink(os.path.join(folder, d)))  # os.walk leaves them
                 for n in names:
                     path = Path(folder) / n
                     if _hidden(n):
                         continue
                     if not path.is_file():  # a fifo would block, a broken link cannot be read
-                        special += 1
+                        special.add((here, n))
                         continue
                     if _is_charrnn_log(path):  # `train .` beside checkpoints/: no text to learn
-                        logs.append(str(path))
+                        logs.setdefault(_identity(path), str(path))
                         continue
                     found.append(path)
             found.sort(key=lambda p: p.relative_to(given).parts)
@@ -661,17 +664,19 @@ def list_files(inputs, once=True) -> tuple[list[Path], list[str]]:
             files.append(path)
     notes = []
     if hidden:
-        notes.append(f"left out {counted(hidden, 'hidden file or folder', 'hidden files and folders')} inside the folders (names starting with '.')")
+        notes.append(f"left out {counted(len(hidden), 'hidden file or folder', 'hidden files and folders')} inside the folders (names starting with '.')")
     if special:
-        notes.append(f"left out {counted(special, 'entry', 'entries')} inside the folders that are not regular files")
+        notes.append(f"left out {counted(len(special), 'entry', 'entries')} inside the folders that "
+                     f"{'is not a regular file' if len(special) == 1 else 'are not regular files'}")
     if empty:
         notes.append(f"no files to read in {some_of(empty)}")
     if unlisted:
         notes.append(_cannot_be_read("folder", sorted(str(e.filename) for e in unlisted), unlisted[0]))
     if logs:
-        notes.append(f"left out {counted(len(logs), 'log')} of charrnn runs inside the folders: {some_of(sorted(logs))}")
+        notes.append(f"left out {counted(len(logs), 'log')} of charrnn runs inside the folders: "
+                     f"{some_of(sorted(logs.values()))}")
     if linked:
-        notes.append(f"left out {counted(linked, 'link')} to folders inside the folders (name a folder to read it)")
+        notes.append(f"left out {counted(len(linked), 'link')} to folders inside the folders (name a folder to read it)")
     if repeated:
         notes.append(f"read once each: {some_of(repeated)} (met twice)")
     return files, notes

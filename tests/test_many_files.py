@@ -58,7 +58,7 @@ def test_files_come_in_the_order_given_and_folders_sorted_by_path(tree, monkeypa
     # empty.txt and logo.png are listed too: read_corpus decides what is text
     assert [p.relative_to(tree).as_posix() for p in files] == \
         ORDER[:3] + ["notes/empty.txt", "notes/logo.png"] + ORDER[3:]
-    assert any("2 hidden" in n for n in notes) and any("not regular files" in n for n in notes)
+    assert any("2 hidden" in n for n in notes) and any("1 entry inside the folders that is not a regular file" in n for n in notes)
     assert any("read once each" in n and "z.txt" in n for n in notes)
 
     walk = os.walk
@@ -159,6 +159,23 @@ def test_a_file_that_cannot_be_read_inside_a_folder_is_left_out_with_a_note(tree
     locked.write_text("secret\n", encoding="utf-8")
     with pytest.raises(CharrnnError, match=re.escape(f"cannot read {locked}: permission denied")):
         read_corpus([tree / "a.txt", locked])  # named: an error, as ever
+
+
+def test_overlapping_folders_count_what_they_leave_out_once(tmp_path):
+    # `train lk/y lk`: "left out 2 hidden files and folders" and "2 links to folders" of one each
+    top = tmp_path / "lk"
+    (top / "y").mkdir(parents=True)
+    (top / "y" / "t.txt").write_text(TEXT, encoding="utf-8")
+    (top / "y" / ".h").write_text("x")
+    (top / "y" / "up").symlink_to("..")
+    os.mkfifo(top / "y" / "pipe")
+    (top / "y" / "metrics.jsonl").write_text('{"kind": "train", "step": 1}\n')
+    files, notes = list_files([top / "y", top])
+    assert files == [top / "y" / "t.txt"]
+    assert "left out 1 hidden file or folder inside the folders (names starting with '.')" in notes, notes
+    assert "left out 1 link to folders inside the folders (name a folder to read it)" in notes, notes
+    assert "left out 1 entry inside the folders that is not a regular file" in notes, notes
+    assert f"left out 1 log of charrnn runs inside the folders: {top / 'y' / 'metrics.jsonl'}" in notes, notes
 
 
 @pytest.mark.parametrize("inputs", [["loop"], ["a.txt", "loop"], ["notes"]])
