@@ -733,7 +733,7 @@ def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP, model: str | None = N
     encoder = _Encoder(sum(_size(p) for p in files) + len(doc_sep) * max(len(files) - 1, 0))
     text_hash = hashlib.sha256()
     sep_codes = np.array([ord(c) for c in doc_sep], np.uint32)
-    infos, not_text, wide, unreadable = [], [], [], []
+    infos, not_text, wide, unreadable, not_utf8 = [], [], [], [], []
     for path in files:
         mark, hashed = encoder.mark(), text_hash.copy()
         if infos:
@@ -758,6 +758,8 @@ def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP, model: str | None = N
                 wide.append((str(path), e.command))
             else:
                 not_text.append(str(path))
+                if e.advice == _UTF8_FIX:  # (text in another encoding, perhaps: Latin-1, Windows-1252)
+                    not_utf8.append(str(path))
             continue
         infos.append({"path": str(_real(path)), "chars": chars, "sha256": sha})
     if not_text:
@@ -771,8 +773,15 @@ def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP, model: str | None = N
     if unreadable:
         notes.append(_cannot_be_read("file", [p for p, _ in unreadable], unreadable[0][1]))
     if not infos:
+        advice = "give files or folders that hold text"
+        if not_utf8:  # every file of text in another encoding, say: how to read it
+            fix = for_model(NotText("", _UTF8_FIX), model).advice
+            one = len(not_utf8) == 1
+            who = ("it is" if one else "they are") if not_utf8 == not_text else \
+                f"{some_of(not_utf8)} {'is' if one else 'are'}"
+            advice = f"{who} not UTF-8: {fix if one else fix.replace('re-save it', 're-save them')}"
         raise CharrnnError(f"no text files in {some_of([str(p) for p in inputs])}"
-                           + (f" ({'; '.join(notes)})" if notes else "") + "; give files or folders that hold text")
+                           + (f" ({'; '.join(notes)})" if notes else "") + f"; {advice}")
     ids, chars = encoder.finish()
     return Corpus(ids, chars, text_hash.hexdigest(), infos, notes)
 

@@ -161,6 +161,28 @@ def test_a_file_that_cannot_be_read_inside_a_folder_is_left_out_with_a_note(tree
         read_corpus([tree / "a.txt", locked])  # named: an error, as ever
 
 
+def test_a_folder_of_text_in_another_encoding_is_told_how_to_read_it(tmp_path):
+    # a folder of Latin-1 lyrics: "no text files in lat (...); give files or folders that hold
+    # text", where a file named alone was told to pass --encoding latin-1
+    (tmp_path / "lat").mkdir()
+    (tmp_path / "lat" / "s1.txt").write_bytes(b"caf\xe9 na\xefve song\n")
+    (tmp_path / "lat" / "s2.txt").write_bytes(b"ni\xf1o \x93quoted\x94\n")
+    fix = "re-save them as UTF-8, or pass --encoding latin-1 (any byte file)"
+    with pytest.raises(CharrnnError, match=re.escape(f"; they are not UTF-8: {fix} or --encoding bytes") + "$"):
+        read_corpus([tmp_path / "lat"])
+    with pytest.raises(CharrnnError, match=re.escape(f"; they are not UTF-8: {fix}") + "$"):
+        read_corpus([tmp_path / "lat"], model="utf-8")  # a model of characters reads no bytes
+    (tmp_path / "lat" / "empty.txt").write_bytes(b"")
+    with pytest.raises(CharrnnError, match=re.escape(f"; {tmp_path / 'lat' / 's1.txt'}, {tmp_path / 'lat' / 's2.txt'} "
+                                                     f"are not UTF-8: {fix} or --encoding bytes") + "$"):
+        read_corpus([tmp_path / "lat"])
+    assert read_corpus([tmp_path / "lat"], encoding="latin-1").text.startswith("caf\xe9")  # as advised
+    (tmp_path / "lat" / "s1.txt").unlink()
+    (tmp_path / "lat" / "s2.txt").unlink()
+    with pytest.raises(CharrnnError, match="; give files or folders that hold text$"):
+        read_corpus([tmp_path / "lat"])
+
+
 def test_overlapping_folders_count_what_they_leave_out_once(tmp_path):
     # `train lk/y lk`: "left out 2 hidden files and folders" and "2 links to folders" of one each
     top = tmp_path / "lk"
