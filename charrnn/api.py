@@ -13,6 +13,7 @@ loads none of it until a model is (charrnn/__init__.py).
 """
 from __future__ import annotations
 
+import decimal
 import math
 import numbers
 import os
@@ -90,6 +91,8 @@ def _whole_number(name, value) -> int:
     Never a bool: True is no length and no seed."""
     if isinstance(value, numbers.Rational):  # a Fraction too large for a float included
         whole = value.denominator == 1
+    elif isinstance(value, decimal.Decimal):  # (no numbers.Real: it will not mix with floats)
+        whole = value.is_finite() and value == value.to_integral_value()
     else:
         whole = isinstance(value, numbers.Real) and float(value).is_integer()
     if isinstance(value, bool) or not whole:
@@ -98,8 +101,8 @@ def _whole_number(name, value) -> int:
 
 
 def _real_number(name, value) -> float:
-    """`value` as a float: any real number, numpy's included, but no bool."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    """`value` as a float: any real number, numpy's and a Decimal included, but no bool."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, decimal.Decimal)):
         raise CharrnnError(f"{as_keyword(name)} must be a number, not {type(value).__name__} {short_repr(value)}")
     try:
         return float(value)

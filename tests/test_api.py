@@ -654,6 +654,18 @@ def test_sample_names_an_argument_out_of_range_as_a_caller_wrote_it(model, optio
         model.stream(**options)
 
 
+def test_a_decimal_is_a_number_to_sample(model):
+    # Decimal(10) was "length= must be a whole number, not Decimal Decimal('10')"
+    from decimal import Decimal
+
+    assert model.sample(Decimal(40), seed=Decimal(1), temperature=Decimal("0.5")) == \
+        model.sample(40, seed=1, temperature=0.5)
+    with pytest.raises(CharrnnError, match=re.escape("length= must be a whole number, not Decimal Decimal('40.5')")):
+        model.sample(Decimal("40.5"))
+    with pytest.raises(CharrnnError, match=re.escape("length= must be a whole number, not Decimal Decimal('NaN')")):
+        model.sample(Decimal("nan"))
+
+
 def test_no_prime_and_no_stop_text_may_be_none(model):
     assert model.sample(40, seed=1, prime=None, stop_at=None) == model.sample(40, seed=1)
 
