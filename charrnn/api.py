@@ -424,6 +424,8 @@ class TrainedModel:
             a = None if np.ma.is_masked(ids) else np.asarray(ids)  # a mask would be dropped unread
         except ValueError:  # rows of different lengths
             a = None
+        if a is not None and a.shape == (0,) and a.dtype == np.float64:  # [] (numpy's type of no numbers)
+            a = a.astype(np.int32)
         if (a is None or a.ndim != 1 or a.dtype.kind not in "iu"
                 or (a.size and (a.min() < 0 or a.max() >= self.spec.vocab_size))):
             raise CharrnnError(f"give a str, or ids from encode(): a 1-D array of whole numbers in "

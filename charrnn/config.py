@@ -224,9 +224,12 @@ def settings_differing(given: dict, saved: dict, names) -> list[str]:
     held = {"tau": normal_tau, "u_max": lambda v: v or saved["u_max"], "encoding": check_encoding,
             "doc_sep": lambda v: model_text(v, saved["encoding"], "--doc-sep"),
             "init_from": lambda v: _checkpoint_read(v, kept=saved.get("init_from"))}
+    def has(n):  # (a run that fine-tuned no checkpoint has none, not '')
+        return "none" if n == "init_from" and not saved.get(n) else shown_setting(saved.get(n))
+
     # a resolved bound in full (rounded, it is no value that matches), and the way to keep it
     return [f"{flag(n)} {given[n]} (it has {saved[n]!r}, which --u-max 0 keeps)" if n == "u_max" else
-            f"{flag(n)} {shown_setting(given[n])} (it has {shown_setting(saved.get(n))})"
+            f"{flag(n)} {shown_setting(given[n])} (it has {has(n)})"
             for n in names if n in given and held.get(n, lambda v: v)(given[n]) != saved.get(n)]
 
 

@@ -666,6 +666,14 @@ def test_a_decimal_is_a_number_to_sample(model):
         model.sample(Decimal("nan"))
 
 
+def test_an_empty_list_is_no_text_to_score(model):
+    # [] is numpy's float64 array: refused as "give a str, or ids from encode()", where an empty
+    # str or int array says the text is too short
+    for empty in ([], (), "", np.array([], np.int32)):
+        with pytest.raises(CharrnnError, match="^the text to evaluate has 0 characters; it needs at least 2"):
+            model.evaluate(empty)
+
+
 def test_no_prime_and_no_stop_text_may_be_none(model):
     assert model.sample(40, seed=1, prime=None, stop_at=None) == model.sample(40, seed=1)
 

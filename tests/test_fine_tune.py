@@ -108,6 +108,11 @@ def test_a_fine_tuned_run_resumes_with_the_command_that_started_it(texts, tmp_pa
         other = [*command[:2], "--init-from", init, *command[4:-1], "--max-steps", "5"]
         code, err = main_exits(monkeypatch, capsys, *other, "--resume", tmp_path / "b" / "ft")
         assert code == 1 and said in err and "internal error" not in err, err
+    # a run that fine-tuned no model: it has none ("it has ''" before)
+    train_steps(config(old, tmp_path / "c"), tmp_path / "c" / "r", 2)
+    code, err = main_exits(monkeypatch, capsys, "train", "--resume", tmp_path / "c" / "r", "--init-from",
+                           tmp_path / "b" / "ft", "--max-steps", "5")
+    assert code == 2 and f"leave out --init-from {tmp_path / 'b' / 'ft'} (it has none) (these may" in err, err
 
 
 def test_a_stop_during_a_fine_tunes_first_validation_ends_it_before_any_update(texts, tmp_path):
