@@ -93,6 +93,8 @@ def _whole_number(name, value) -> int:
         whole = value.denominator == 1
     elif isinstance(value, decimal.Decimal):  # (no numbers.Real: it will not mix with floats)
         whole = value.is_finite() and value == value.to_integral_value()
+        if whole and value.adjusted() >= 4300:  # beyond every bound; int() of 10^(10^7) takes minutes
+            return int(math.copysign(1, value)) * 10 ** 4300
     else:
         whole = isinstance(value, numbers.Real) and float(value).is_integer()
     if isinstance(value, bool) or not whole:
@@ -108,6 +110,8 @@ def _real_number(name, value) -> float:
         return float(value)
     except OverflowError:  # an int beyond any float (10**400): beyond every bound, as inf is
         return math.inf if value > 0 else -math.inf
+    except ValueError:  # a Decimal's signalling NaN
+        return math.nan
 
 
 def _flag(name, value) -> bool:

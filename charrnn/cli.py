@@ -852,16 +852,27 @@ def inspect_(
     failed = _written_first(html, lambda: write_page(html, tr, scores, found, model.vocab, layer, unit, str(file)))
     note = f"; {counted(skipped, 'unknown ' + tr.step)} skipped" if skipped else ""
     out.print(controls_escaped(ins.model_line(tr, str(file)) + note), markup=False, highlight=False)
-    coloured = out.console.color_system is not None and not out.console.no_color  # (NO_COLOR keeps bold)
-    out.print(ins.unit_line(tr, scores, layer, unit, coloured), markup=False, highlight=False)
+    no_colours = _colours_off(out.console)
+    out.print(ins.unit_line(tr, scores, layer, unit, no_colours), markup=False, highlight=False)
     out.print(ins.coloured_text(tr, layer, unit))
-    if coloured:  # (a scale of colours drawn without them is blank)
+    if not no_colours:  # (a scale of colours drawn without them is blank)
         out.print(ins.scale_bar(tr, layer))
     out.print_table(ins.units_table(found, act))
     gates = ins.gates_table(tr)
     if gates is not None:
         out.print_table(gates)
     _said_written(html, failed)
+
+
+def _colours_off(console) -> str:
+    """Why `console` draws no colours, with how to have them; "" where it draws them."""
+    if console.no_color:  # (it keeps bold and the like)
+        return "NO_COLOR is set; --html draws them"
+    if console.color_system is not None:
+        return ""
+    if not console.is_terminal:
+        return "stdout is no terminal; --html draws them, as FORCE_COLOR=1 does here"
+    return one_line(f"the terminal, TERM={os.environ.get('TERM', '')}, takes none; --html draws them")
 
 
 @app.command()

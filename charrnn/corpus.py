@@ -779,7 +779,7 @@ def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP, model: str | None = N
             one = len(not_utf8) == 1
             who = ("it is" if one else "they are") if not_utf8 == not_text else \
                 f"{some_of(not_utf8)} {'is' if one else 'are'}"
-            advice = f"{who} not UTF-8: {fix if one else fix.replace('re-save it', 're-save them')}"
+            advice = f"{who} not UTF-8: {fix if one else 're-save them' + fix.removeprefix('re-save it')}"
         raise CharrnnError(f"no text files in {some_of([str(p) for p in inputs])}"
                            + (f" ({'; '.join(notes)})" if notes else "") + f"; {advice}")
     ids, chars = encoder.finish()

@@ -437,14 +437,13 @@ def model_line(tr: Trace, source: str) -> str:
             f"of {source} from a zero state")
 
 
-def unit_line(tr: Trace, scores: Scores, layer: int, unit: int, coloured: bool = True) -> str:
-    """What the coloured unit is: its layer, activation and its best property score; `coloured`:
-    whether the text that follows is drawn on its colours (a terminal that takes them)."""
+def unit_line(tr: Trace, scores: Scores, layer: int, unit: int, no_colours: str = "") -> str:
+    """What the coloured unit is: its layer, activation and its best property score; no_colours:
+    why the text that follows is drawn without its colours, if it is."""
     best = max((name for name in PROPERTIES if scores.varies[name]),
                key=lambda name: abs(scores.r[layer][name][unit]), default=None)
     about = f"; r = {scores.r[layer][best][unit]:+.3f} with {best}" if best else ""
     shown = min(len(tr.text), INSPECT_CHARS)
     more = f" (the first {shown:,})" if shown < len(tr.text) else ""
-    on = ("on the unit's colour" if coloured else
-          "without its colours (stdout is no terminal, or NO_COLOR is set; --html draws them, as FORCE_COLOR=1 does here)")
+    on = f"without its colours ({no_colours})" if no_colours else "on the unit's colour"
     return f"layer {layer} unit {unit} ({tr.act}){about}; the text{more} {on}:"

@@ -351,7 +351,7 @@ class Trainer:
                                           for w in (flag(k), shell_word(repr(float(v)) if isinstance(v, float) else v))]
         for k, v in overrides.items():
             setattr(cfg, k, v)
-        check_settings_used(overrides, cfg, " (the run's)")
+        check_settings_used(changed, cfg, " (the run's)")  # (the run's own, given again: as it ran)
         cfg.validate().check_stopping()  # before the text is read
         corpus = _corpus_to_resume(meta, cfg, inputs, path.parent)
         if inputs:
@@ -564,10 +564,12 @@ class Trainer:
                 best = False
                 if self.step % cfg.eval_every == 0 or end:
                     best = self._validate(log, progress, save_best=False)
-                if cfg.sample_every and self.step % cfg.sample_every == 0 and root:
-                    self._write_sample()
-                if best:  # after the step's sample: a checkpoint's samples.txt holds its step's (_cut_samples)
-                    self._save_best(progress)
+                try:
+                    if cfg.sample_every and self.step % cfg.sample_every == 0 and root:
+                        self._write_sample()
+                finally:  # after the step's sample, whose samples.txt it holds (_cut_samples); kept if it failed
+                    if best:
+                        self._save_best(progress)
                 self._agree()
                 if self.ended() and self.last_val_step != self.step and not self.stop_requested:
                     self._validate(log, progress)  # a sample used up a time limit: the last update too
@@ -641,10 +643,12 @@ class Trainer:
         if self._u_passes_1():  # |u|^k2 over a window
             tries.append(f"--u-max 1 or less{' in a new run' if self.resumed else ''} (|u| up to "
                          f"{resolved_u_max(cfg.u_max, cfg.k2):g} grows the state at every step)")
-        if forward and self.carried and state_grows(self.spec, self.params) \
-                and math.isfinite(self.world.sum_float(self.sched.fresh_loss(self.stack, self.params))):
-            # a state that grows ran on from update to update (--reset-every 0: for an epoch), and
-            # the update's steps from a zero state are finite: a fresh start at every update trains
+        # a state that grows ran on from update to update (--reset-every 0: for an epoch), and the
+        # update's steps from a zero state are finite: a fresh start at every update trains. (Every
+        # rank runs them: the state's growth is rank 0's word, its parameters may differ in the last bits.)
+        if forward and self.carried \
+                and math.isfinite(self.world.sum_float(self.sched.fresh_loss(self.stack, self.params))) \
+                and self.world.from_root(state_grows(self.spec, self.params)):
             tries.append("--reset-every 1 (a fresh start at every update: the state grows over one window, "
                          "not from update to update)")
         session_start = self.restored[1] if self.restored else 0
@@ -1153,7 +1157,7 @@ def _log_lines(f):
     while piece := f.readline(LOG_PIECE):
         yield piece, starts, at
         starts = piece.endswith("\n")
-        at += len(piece.encode("utf-8", "surrogateescape"))
+        at += len(piece) if piece.isascii() else len(piece.encode("utf-8", "surrogateescape"))
 
 
 def _cut_samples(path, step, size):

@@ -664,6 +664,12 @@ def test_a_decimal_is_a_number_to_sample(model):
         model.sample(Decimal("40.5"))
     with pytest.raises(CharrnnError, match=re.escape("length= must be a whole number, not Decimal Decimal('NaN')")):
         model.sample(Decimal("nan"))
+    # nor one beyond every bound, or a signalling NaN: a MemoryError, minutes in int(), a ValueError
+    for huge in ("1e999999999999999999", "1e10000000", "-1e5000"):
+        with pytest.raises(CharrnnError, match=re.escape("length=<int of more than 4300 digits> is out of range")):
+            model.sample(Decimal(huge))
+    with pytest.raises(CharrnnError, match=re.escape("temperature=nan is out of range")):
+        model.sample(10, temperature=Decimal("sNaN"))
 
 
 def test_an_empty_list_is_no_text_to_score(model):

@@ -310,8 +310,11 @@ def test_a_file_name_reaches_the_terminal_escaped_and_a_gates_scale_starts_at_0(
     assert said.splitlines()[1].endswith("; the text on the unit's colour:")
 
 
-@pytest.mark.parametrize("env", [{}, {"FORCE_COLOR": "1", "NO_COLOR": "1"}])
-def test_text_shown_without_colours_says_so_and_draws_no_blank_scale(planted, monkeypatch, env):
+@pytest.mark.parametrize("env, why", [
+    ({}, "stdout is no terminal; --html draws them, as FORCE_COLOR=1 does here"),
+    ({"FORCE_COLOR": "1", "NO_COLOR": "1"}, "NO_COLOR is set; --html draws them"),  # (NO_COLOR wins)
+    ({"FORCE_COLOR": "1", "TERM": "dumb"}, "the terminal, TERM=dumb, takes none; --html draws them")])
+def test_text_shown_without_colours_says_why_and_draws_no_blank_scale(planted, monkeypatch, env, why):
     # into a file, or with NO_COLOR, the text was said to be "on the unit's colour", and an empty
     # scale followed
     monkeypatch.setattr(cli.out, "_console", None)
@@ -320,8 +323,7 @@ def test_text_shown_without_colours_says_so_and_draws_no_blank_scale(planted, mo
     r = invoke(planted["checkpoint"], planted["text"])
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
-    assert lines[1].endswith("; the text without its colours (stdout is no terminal, or NO_COLOR is "
-                             "set; --html draws them, as FORCE_COLOR=1 does here):"), lines[1]
+    assert lines[1].endswith(f"; the text without its colours ({why}):"), lines[1]
     assert not any(re.fullmatch(r"[-+0-9.]+ +[-+0-9.]+", line) for line in lines), lines
 
 

@@ -219,6 +219,36 @@ def test_a_resume_keeps_the_batch_and_window_its_checkpoint_holds(tmp_path, monk
     assert (resumed.cfg.batch, resumed.cfg.k1, resumed.cfg.k2) == (3, 8, 8) and resumed.run()["steps"] == 4
 
 
+def test_best_npz_holds_its_steps_sample_and_is_saved_when_that_sample_fails(corpus, tmp_path, monkeypatch):
+    # best.npz is saved after its update's sample, so that the size of samples.txt it keeps holds
+    # that sample (a resume from it keeps it); a sample that failed (a full disk) lost that best
+    run = tmp_path / "r"
+    cfg = config(corpus, tmp_path, max_steps=4, eval_every=2, checkpoint_every=4, sample_every=2, sample_length=5)
+    sizes = {}
+
+    def measured(t, record):
+        if record is None:  # after the step's validation, and its save if best
+            sizes[t.step] = (run / "samples.txt").stat().st_size
+
+    Trainer(cfg, run, say=lambda *_: None).run(measured)
+    best = load_checkpoint(run / "best.npz")[1]
+    assert best["samples_bytes"] == sizes[best["step"]] > 0
+    assert load_checkpoint(run / "latest.npz")[1]["samples_bytes"] == (run / "samples.txt").stat().st_size
+    sample = Trainer.sample
+
+    def fails_at_6(self):
+        if self.step == 6:
+            raise CharrnnError("cannot write samples.txt: No space left on device")
+        return sample(self)
+
+    monkeypatch.setattr(Trainer, "sample", fails_at_6)
+    resumed = Trainer.resume(run, say=lambda *_: None, max_steps=8)
+    with pytest.raises(CharrnnError, match="No space left"):
+        resumed.run()
+    assert resumed.best_val < best["metrics"]["best_val"]  # step 6 validated best: it is saved
+    assert load_checkpoint(run / "best.npz")[1]["step"] == 6
+
+
 def test_logs_are_cut_a_piece_at_a_time_and_a_sample_header_of_any_step_is_later(corpus, tmp_path, monkeypatch):
     # a samples.txt header of 5,000 digits was an internal error on resume (int() refuses 4,300),
     # and a log was read whole, split and joined: 300 MB of metrics.jsonl took 2.7 GB to cut

@@ -730,6 +730,12 @@ def test_resume_refuses_a_setting_the_run_would_not_use(corpus, tmp_path):
                 "--sample-every", "2")
     assert r.returncode == 0 and "done: 5 updates" in r.stdout, r.stderr
     assert (tmp_path / "r" / "samples.txt").read_text().count("--- step ") == 1  # at update 4
+    # the run's own --sample-length given again (the command that started it) with --sample-every
+    # 0 to stop its samples: accepted, as the run's own settings are
+    r = run_cli("train", "--resume", str(tmp_path / "r"), "--max-steps", "7", "--sample-length", "30",
+                "--sample-every", "0", "-q")
+    assert r.returncode == 0 and "done: 7 updates" in r.stdout, r.stderr
+    assert (tmp_path / "r" / "samples.txt").read_text().count("--- step ") == 1
 
 
 def test_the_done_line_says_there_was_no_validation_or_test_text(corpus, tmp_path):
