@@ -168,7 +168,7 @@ def test_options_that_ask_for_another_model_are_refused_in_one_line(texts, tmp_p
     assert not (tmp_path / "b").exists()
     code, err = main_exits(monkeypatch, capsys, "train", new, "--init-from", tmp_path / "a" / "r", "--resume",
                            tmp_path / "a" / "r")
-    assert code == 2 and f"leave out --init-from {tmp_path / 'a' / 'r'} (it has '')" in err, err  # not fine-tuned
+    assert code == 2 and f"leave out --init-from {tmp_path / 'a' / 'r'} (it has none)" in err, err  # not fine-tuned
 
 
 @pytest.mark.parametrize("args, message", [

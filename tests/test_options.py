@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from charrnn import cells
 from charrnn.cli import app
-from charrnn.config import (CELLS, CHOICES, GRADCHECK_RANGES, GRADFLOW_RANGES, INSPECT_RANGES, RANGES, SAMPLE_RANGES,
+from charrnn.config import (ACTS_WITH, CELLS, CHOICES, GRADCHECK_RANGES, GRADFLOW_RANGES, INSPECT_RANGES, RANGES, SAMPLE_RANGES,
                             SCHEDULE_OPTIONS, Range, TrainConfig)
 from charrnn.errors import CharrnnError, UsageError
 from charrnn.model import ModelSpec
@@ -82,6 +82,8 @@ def test_train_cli_and_validate_agree_at_each_bound(name, tmp_path):
         other = {"cell": cells.OPTIONS[name].cells[0]}
     if name in SCHEDULE_OPTIONS:  # given for a schedule that reads it
         other = {"schedule": SCHEDULE_OPTIONS[name][0]}
+    if name in ACTS_WITH and not getattr(TrainConfig(), ACTS_WITH[name]):  # with the setting it acts with
+        other[ACTS_WITH[name]] = 1
     for value, inside in around(RANGES[name], is_int(name)):
         if inside:
             TrainConfig(**{name: value}, **other).validate()
