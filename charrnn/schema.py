@@ -88,9 +88,13 @@ def check_config(config, required) -> dict:
             except CharrnnError as e:
                 raise CharrnnError(f"config.{name}: {e}") from None
     if "encoding" in config:
-        from .corpus import check_encoding
+        from .corpus import ENCODINGS, check_encoding
 
-        check_encoding(config["encoding"])
+        try:
+            check_encoding(config["encoding"])
+        except CharrnnError:  # (its own words advise the command line's choice: here the file is wrong)
+            raise CharrnnError(f"config.encoding is {_show(config['encoding'])}, not one of {', '.join(ENCODINGS)}") \
+                from None
     return config
 
 

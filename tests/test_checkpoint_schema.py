@@ -276,6 +276,8 @@ def edited(original, tmp_path, change_meta=None, change_arrays=None):
     (lambda m: m["scheduler"].update(filled=10**6), r"scheduler.filled is 1000000, not an integer in 0<=x<=7"),
     (lambda m: m["rng"].update(bit_generator="MT19937"), r"rng.bit_generator is 'MT19937', not 'PCG64'"),
     (lambda m: m["metrics"].update(best_val=-3.0), r"metrics.best_val is -3.0, not a finite number in x>=0"),
+    # said "(unknown encoding 'utf-16'; choose one of ...)": advice for a command line, in a file's fault
+    (lambda m: m["config"].update(encoding="utf-16"), r"config.encoding is 'utf-16', not one of utf-8, latin-1, bytes\); use another"),
     (lambda m: m.update(samples_bytes=-1), r"samples_bytes is -1, not an integer in 0<=x<="),
     (lambda m: m.update(samples_bytes="12"), r"samples_bytes is '12', not an integer in 0<=x<="),
     (lambda m: m.update(samples_bytes=True), r"samples_bytes is True, not an integer in 0<=x<="),
