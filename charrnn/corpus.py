@@ -412,11 +412,9 @@ class _Encoder:
         # folder, left out as binary after its first piece, was refused before a byte was read),
         # so there the room is what _room allows, and a text that large grows into more only as
         # _reserve finds memory for it.
-        from .memory import available_bytes
-
-        have = available_bytes()
-        if have is not None and capacity > have:
-            capacity = max(self._room(), CHUNK_BYTES)
+        room = self._room()  # (half the memory available, nothing written yet)
+        if room is not None and capacity > 2 * room:
+            capacity = max(room, CHUNK_BYTES)
         try:
             self.ids = np.empty(max(capacity, 1), np.uint8)
         except MemoryError:  # a limit on the address space that memory.available_bytes cannot see

@@ -1040,12 +1040,18 @@ def _left_by_a_run(path, step) -> bool:
     return not first or 0 <= step(first) < math.inf or torn
 
 
-def _saved_step(path):
-    """The update the checkpoint at `path` holds, or None if it cannot be read."""
+def _meta(path):
+    """The meta document of the checkpoint at `path`, or None if it cannot be read."""
     try:
-        return load_checkpoint(path, schema=TRAINING_META)[1]["step"]
+        return load_checkpoint(path, schema=TRAINING_META)[1]
     except (CharrnnError, OSError):
         return None
+
+
+def _saved_step(path):
+    """The update the checkpoint at `path` holds, or None if it cannot be read."""
+    meta = _meta(path)
+    return None if meta is None else meta["step"]
 
 
 def _other_meta(path, name):
@@ -1053,11 +1059,11 @@ def _other_meta(path, name):
     there is none or it cannot be read: then nothing resuming path would lose."""
     other = path.parent / f"{name}.npz"
     try:
-        if other.is_file() and not other.samefile(path):
-            return load_checkpoint(other, schema=TRAINING_META)[1]
-    except (CharrnnError, OSError):
-        pass
-    return None
+        if not other.is_file() or other.samefile(path):
+            return None
+    except OSError:
+        return None
+    return _meta(other)
 
 
 def steps_a_window_can_use(cfg, k1) -> list:
