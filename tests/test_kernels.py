@@ -11,7 +11,9 @@ from charrnn import model
 
 from charrnn.cells import NAMES
 from charrnn.kernels.dropout import pcg64_fill
-from charrnn.kernels.output import TRANSPOSED_BELOW_V, _output_layer_parallel, _softmax_xent_row, xent
+from charrnn.kernels import output
+from charrnn.kernels.output import (KC, TRANSPOSED_BELOW_V, _output_layer_parallel, _output_layer_tiled,
+                                     _softmax_xent_row, xent)
 from charrnn.kernels.panels import LANES, add_panel, copy_block, copy_lanes
 from charrnn.model import Layout, ModelSpec, Stack, init_params
 from reference import n_states, reference_loss_and_grads
@@ -374,6 +376,9 @@ def test_every_parallel_compile_keeps_the_kernels_options():
 
 # vocabularies on both sides of the layouts' bound: a thread's rows transposed, and not
 OUTPUT_VOCABULARIES = [9, TRANSPOSED_BELOW_V - 1, TRANSPOSED_BELOW_V, 1003]
+# the tile's (tiled_fits: H a multiple of 32, V below the bound): V's rows in tiles of 8, 4 and
+# 1 (13 = 8 + 4 + 1), and H of one pair of panels and of three
+TILED_SHAPES = [(32, 9), (96, 13), (64, TRANSPOSED_BELOW_V - 1)]
 
 
 def _output_case(N, H, V, dtype, seed=4):
@@ -385,20 +390,24 @@ def _output_case(N, H, V, dtype, seed=4):
     return h2d, Wy, by, targets
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("V", OUTPUT_VOCABULARIES)
-@pytest.mark.parametrize("n_blocks", [1, 2, 5])
-@pytest.mark.parametrize("into_h", [True, False])
-def test_output_layer_matches_numpy(dtype, V, n_blocks, into_h):
-    """The training step's output layer, loss and every gradient, against NumPy in float64, in
-    both of its layouts and over uneven blocks of rows; the weight gradients are added to what
-    the buffers held. Without into_h, the states' gradient is left as it was, the rest the same."""
-    N, H, scale = 23, 6, 0.25
+def _run_output_layer(tiled, logits, row_loss, targets, scale, h2d, Wy, by, dh2d, dWy, dby, n_blocks, into_h):
+    if tiled:
+        _output_layer_tiled(row_loss, targets, scale, h2d, Wy, by, dh2d, dWy, dby, n_blocks, into_h)
+    else:
+        _output_layer_parallel(logits, row_loss, targets, scale, h2d, Wy, by, dh2d, dWy, dby, n_blocks, into_h)
+
+
+def _check_output_layer(tiled, dtype, N, H, V, n_blocks, into_h):
+    """The training step's output layer, loss and every gradient, against NumPy in float64; the
+    weight gradients are added to what the buffers held. Without into_h, the states' gradient is
+    left as it was, the rest the same; with it, what dh2d held is overwritten (NaN here)."""
+    scale = 0.25
     h2d, Wy, by, targets = _output_case(N, H, V, dtype)
     h2d[3] *= 60  # logits of +-hundreds: exp overflows unless the row's maximum comes off first
-    logits, row_loss, dh2d = np.zeros((N, V), dtype), np.zeros(N, dtype), np.full((N, H), 7.0, dtype)
+    logits, row_loss = np.zeros((N, V), dtype), np.zeros(N, dtype)
+    dh2d = np.full((N, H), np.nan if into_h else 7.0, dtype)
     dWy, dby = np.ones((H, V), dtype), np.ones(V, dtype)
-    _output_layer_parallel(logits, row_loss, targets, dtype(scale), h2d, Wy, by, dh2d, dWy, dby, n_blocks, into_h)
+    _run_output_layer(tiled, logits, row_loss, targets, dtype(scale), h2d, Wy, by, dh2d, dWy, dby, n_blocks, into_h)
 
     z = h2d.astype(np.float64) @ Wy.astype(np.float64) + by
     m = z.max(axis=1, keepdims=True)
@@ -417,24 +426,61 @@ def test_output_layer_matches_numpy(dtype, V, n_blocks, into_h):
     np.testing.assert_allclose(dby, 1.0 + dz.sum(axis=0), rtol=tol, atol=tol * scale)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("V", OUTPUT_VOCABULARIES)
 @pytest.mark.parametrize("n_blocks", [1, 2, 5])
-def test_output_layer_lets_a_nan_through_its_rows_and_the_weight_gradients(V, n_blocks):
+@pytest.mark.parametrize("into_h", [True, False])
+def test_output_layer_matches_numpy(dtype, V, n_blocks, into_h):
+    """On BLAS, in both of its layouts and over uneven blocks of rows."""
+    _check_output_layer(False, dtype, 23, 6, V, n_blocks, into_h)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("H, V", TILED_SHAPES)
+@pytest.mark.parametrize("N, n_blocks", [(23, 1), (23, 5), (2 * KC + 45, 1), (2 * KC + 45, 2)])
+@pytest.mark.parametrize("into_h", [True, False])
+def test_tiled_output_layer_matches_numpy(dtype, H, V, N, n_blocks, into_h):
+    """On the tile, whatever tile this host chose (LLVM splits its vectors where they are wider
+    than the host's): blocks of rows shorter than a pair of panels, and blocks of several KC
+    rows ending in a partial pair."""
+    _check_output_layer(True, dtype, N, H, V, n_blocks, into_h)
+
+
+@pytest.mark.parametrize("tiled, V", [(False, V) for V in OUTPUT_VOCABULARIES] + [(True, V) for _, V in TILED_SHAPES])
+@pytest.mark.parametrize("n_blocks", [1, 2, 5])
+def test_output_layer_lets_a_nan_through_its_rows_and_the_weight_gradients(tiled, V, n_blocks):
     """A NaN in one row of the top layer's states, or an inf (whose logits are then +inf and
     -inf), makes that row's loss and its dh row NaN, and with them every weight gradient of the
     output layer (each sums over all rows); the other rows' losses and dh stay finite."""
-    N, H = 23, 6
+    N, H = 23, 32 if tiled else 6
     h2d, Wy, by, targets = _output_case(N, H, V, np.float32)
     h2d[7, 2] = np.nan
     h2d[12, 0] = np.inf
     logits, row_loss, dh2d = np.zeros((N, V), np.float32), np.zeros(N, np.float32), np.zeros((N, H), np.float32)
     dWy, dby = np.ones((H, V), np.float32), np.ones(V, np.float32)
-    _output_layer_parallel(logits, row_loss, targets, np.float32(1.0 / N), h2d, Wy, by, dh2d, dWy, dby, n_blocks,
-                           True)
+    _run_output_layer(tiled, logits, row_loss, targets, np.float32(1.0 / N), h2d, Wy, by, dh2d, dWy, dby, n_blocks,
+                      True)
     bad = np.isin(np.arange(N), [7, 12])
     assert np.isnan(row_loss[bad]).all() and np.isfinite(row_loss[~bad]).all()
     assert np.isnan(dh2d[bad]).all() and np.isfinite(dh2d[~bad]).all()
     assert np.isnan(dWy).all() and np.isnan(dby).all()
+
+
+@pytest.mark.parametrize("tile_rows, H, V, tiled", [(8, 64, 65, True), (8, 64, TRANSPOSED_BELOW_V, False),
+                                                    (8, 48, 65, False), (4, 64, 65, False)])
+def test_output_layer_runs_on_the_tile_where_it_was_chosen_and_fits(monkeypatch, tile_rows, H, V, tiled):
+    """The 8-row tile (AVX-512), a vocabulary below the transposed layout's bound and H a whole
+    number of pairs of panels: the tile's kernel; anything else, BLAS's. (Both give the same
+    numbers: the tests above.)"""
+    monkeypatch.setattr(output, "TILE_ROWS", tile_rows)
+    ran = []
+    monkeypatch.setattr(output, "_output_layer_tiled", lambda *args: ran.append("tile"))
+    monkeypatch.setattr(output, "_output_layer_parallel", lambda *args: ran.append("blas"))
+    N = 10
+    h2d, Wy, by, targets = _output_case(N, H, V, np.float32)
+    output.output_layer(np.zeros((N, V), np.float32), np.zeros(N, np.float32), targets, np.float32(0.1), h2d, Wy, by,
+                        np.zeros((N, H), np.float32), np.zeros_like(Wy), np.zeros_like(by))
+    assert ran == ["tile" if tiled else "blas"]
 
 
 def _pcg64_words(x):

@@ -48,7 +48,7 @@ def _same_contiguous_arrays(*arrays):
             raise TypingError(f"mixed dtypes: {arrays[0].dtype} and {a.dtype}")
 
 
-def _emit_tile(builder, rows, panels, a_ptr, lda, ka, p_ptr, pstep, c_ptr, ldc, K, cstep, fetch_ahead):
+def _emit_tile(builder, rows, panels, a_ptr, lda, ka, p_ptr, pstep, c_ptr, ldc, K, cstep, fetch_ahead, store=False):
     """The code of _tile_intrinsic's tile at `builder`, on pointers to A's, P's and C's first
     elements (float or double, the same for all three); ka None for A's elements along k next
     to each other."""
@@ -86,10 +86,13 @@ def _emit_tile(builder, rows, panels, a_ptr, lda, ka, p_ptr, pstep, c_ptr, ldc, 
         for q in range(panels):
             at = builder.add(builder.mul(ir.Constant(intp_t, r), ldc), builder.mul(ir.Constant(intp_t, q), cstep))
             out = builder.bitcast(builder.gep(c_ptr, [at]), vec.as_pointer())
-            builder.store(builder.fadd(builder.load(out, align=align), builder.load(acc[r][q])), out, align=align)
+            total = builder.load(acc[r][q])
+            if not store:
+                total = builder.fadd(builder.load(out, align=align), total)
+            builder.store(total, out, align=align)
 
 
-def _tile_intrinsic(rows, panels=1, a_step=False, fetch_ahead=False):
+def _tile_intrinsic(rows, panels=1, a_step=False, fetch_ahead=False, store=False):
     """An intrinsic computing, for r < rows, q < panels and j < LANES,
 
         C[c0 + r*ldc + q*cstep + j] += sum_{k < K} A[a0 + r*lda + k] * P[p0 + q*pstep + k*LANES + j]
@@ -102,9 +105,10 @@ def _tile_intrinsic(rows, panels=1, a_step=False, fetch_ahead=False):
     k*ka]: a transposed A, read in place or from a copy in strips (weight_grad.py).
     With fetch_ahead, row k of the panels `panels * pstep` further on is fetched into L2 as row k
     of these is read (see FETCH_AHEAD_ABOVE): there, the next panels a step reads. A prefetch is
-    a hint, even past the end of P: it reads nothing into the sums and never faults."""
-    if fetch_ahead and a_step:
-        raise ValueError("a tile fetching ahead reads A's rows in place")
+    a hint, even past the end of P: it reads nothing into the sums and never faults.
+    With store, C[...] = the sum: what C held is neither read nor kept."""
+    if fetch_ahead and (a_step or store):
+        raise ValueError("a tile fetching ahead reads A's rows in place and adds into C")
 
     def codegen(context, builder, signature, args):
         args, arg_types = list(args), list(signature.args)
@@ -120,7 +124,8 @@ def _tile_intrinsic(rows, panels=1, a_step=False, fetch_ahead=False):
 
         a_ptr, p_ptr, c_ptr = data(0, A_, a0_), data(3, P_, p0_), data(6, C_, c0_)
         if not fetch_ahead:
-            _emit_tile(builder, rows, panels, a_ptr, lda_, ka_, p_ptr, pstep_, c_ptr, ldc_, K_, cstep_, fetch_ahead=False)
+            _emit_tile(builder, rows, panels, a_ptr, lda_, ka_, p_ptr, pstep_, c_ptr, ldc_, K_, cstep_, fetch_ahead=False,
+                       store=store)
             return context.get_dummy_value()
         # Out of line, in a function of its own that LLVM does not inline: the same tile inlined
         # beside the other in the cells' steps made them 2% slower at H=128-256, where it never runs.
