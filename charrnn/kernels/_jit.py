@@ -23,8 +23,8 @@ its own in numpy's and scipy's wheels, keeps its threads for a program's own pro
 the two cannot be told apart, every BLAS is held: one library for both, scipy's loaded before
 this module (by scipy.linalg, or numba code of the program's), or on the command line, which
 loads it first (cli.scipy_blas_alone) and runs no product of its own. The per-step products do not use BLAS (kernels/panels.py), nor,
-on AVX-512, the weight gradients' (kernels/weight_grad.py) or a small vocabulary's output layer in
-training (kernels/output.py).
+on AVX-512, the weight gradients' (kernels/weight_grad.py) or, where it fits, the output layer's in
+training (kernels/output.py, tiled_fits).
 
 Cache: numba checks only a function's own file for changes. After editing a module that other
 kernels inline (activations.py, panels.py), delete the __pycache__ folders, or set a fresh

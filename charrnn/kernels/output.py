@@ -5,8 +5,9 @@
     dlogits_n = scale * (softmax(logits_n) - onehot(target_n))
 
 Shapes (legend): N rows (one per counted prediction), H hidden units of the top layer,
-V vocabulary. The products are BLAS's, one per thread on its block of rows; a training step's,
-where AVX-512's tile was chosen and the vocabulary is small, run on that tile (tiled_fits).
+V vocabulary. The products are BLAS's, one per thread on its block of rows; a training step's
+run on AVX-512's tile where it was chosen, the vocabulary is under 512 and H a multiple of 32
+(tiled_fits).
 """
 import numpy as np
 from numba import prange
