@@ -478,27 +478,42 @@ def _stopping_said(signum):
 def _first_call(warm):
     """Run warm(), the first call of the kernels, in a thread. A quick return means numba loaded
     them from its cache; if it takes longer, they are compiling: show a spinner meanwhile."""
-    import threading
-
     from .kernels._jit import loading_from_cache
 
-    failure = []
+    def run():
+        with loading_from_cache():
+            warm()
+
+    _, compiling = _in_thread(run, "compiling kernels (the first run only; later runs reuse numba's cache)...")
+    if compiling:  # the compiler's garbage, made while the collector was held off: not to be frozen
+        gc.collect()
+    _set_up()
+
+
+def _in_thread(work, status, after=0.5):
+    """work() in a thread of its own: (its result, whether it took longer than `after` seconds),
+    its exception raised here. A spinner saying `status` once it has taken that long. A Ctrl-C
+    then lands in this thread's wait, in Python: in the thread that compiles, it can land inside
+    numba's callbacks from LLVM, which swallow it (gradcheck's first run printed a traceback and
+    checked on to the end, exit 0). See _interrupted_while for how a Ctrl-C ends it."""
+    import threading
+
+    result, failure = [], []
     # its own end, not the thread's: an interrupted Thread.join marks a thread that is still
     # running as stopped (Python 3.11)
     done = threading.Event()
     # "running" once the thread begins, "abandoned" if a Ctrl-C came first (it then never runs
-    # warm): settled under the lock, as Thread.is_alive() is false while a started thread has yet
+    # work): settled under the lock, as Thread.is_alive() is false while a started thread has yet
     # to take its first step
-    warm_up, gate = {"now": "starting"}, threading.Lock()
+    state, gate = {"now": "starting"}, threading.Lock()
 
     def run():
         with gate:
-            if warm_up["now"] == "abandoned":
+            if state["now"] == "abandoned":
                 return
-            warm_up["now"] = "running"
+            state["now"] = "running"
         try:
-            with loading_from_cache():
-                warm()
+            result.append(work())
         except BaseException as e:  # handed to the main thread below
             failure.append(e)
         finally:
@@ -507,24 +522,22 @@ def _first_call(warm):
     def abandoned():
         """Whether the thread had not begun; it then never will."""
         with gate:
-            if warm_up["now"] == "starting":
-                warm_up["now"] = "abandoned"
-            return warm_up["now"] == "abandoned"
+            if state["now"] == "starting":
+                state["now"] = "abandoned"
+            return state["now"] == "abandoned"
 
     try:
         threading.Thread(target=run, daemon=True).start()  # in here: a Ctrl-C can land inside start()
-        compiling = not done.wait(0.5)
-        if compiling:
-            with err.status("compiling kernels (the first run only; later runs reuse numba's cache)..."):
+        longer = not done.wait(after)
+        if longer:
+            with err.status(status):
                 done.wait()
     except KeyboardInterrupt:
         _interrupted_while(done, abandoned)
         raise
     if failure:
         raise failure[0]
-    if compiling:  # the compiler's garbage, made while the collector was held off: not to be frozen
-        gc.collect()
-    _set_up()
+    return result[0], longer
 
 
 def _interrupted_while(done, abandoned):
@@ -910,9 +923,10 @@ def gradcheck(
     failed, unresolved = 0, []
     for c, options in ((c, options) for c in _cells(cell) for options in ADAPTERS[c].checked_options):
         label = " ".join([c, *(f"({as_flag(name, value)})" for name, value in options)])  # leaky (--tau learned)
-        with err.status(f"checking {label} (the first run compiles the kernels)..."):
-            rows = check_gradients(c, layers, hidden, batch=batch, vocab=vocab, seed=seed, k1=k1, k2=k2,
-                                   steps=steps, tolerance=tolerance, max_per_tensor=per_tensor, options=options)
+        rows, _ = _in_thread(lambda: check_gradients(c, layers, hidden, batch=batch, vocab=vocab, seed=seed, k1=k1,
+                                                     k2=k2, steps=steps, tolerance=tolerance,
+                                                     max_per_tensor=per_tensor, options=options),
+                             f"checking {label} (the first run compiles the kernels)...", after=0)
         for r in rows:
             failed += not r.passed
             verdict = Text("pass", style="green") if r.passed else Text("FAIL", style="bold red")
@@ -1015,10 +1029,10 @@ def gradflow(
         raise NotText(e.reason, f"gradflow reads --corpus as UTF-8{how}: give a UTF-8 text file") from None
     if trained is None and len(chars) < 2:
         raise CharrnnError(f"{corpus} holds only {counted(len(chars), 'distinct character')}; a fresh model needs at least 2")
-    with err.status("measuring gradient flow (the first run compiles the kernels)..."):
-        flows = gf.run(ids, chars, cells=cells, trained=trained, hidden=hidden or 64, layers=layers or 1,
-                       seed=seed, radius=radius, max_k=max_k, windows=windows, batch=batch,
-                       forget_bias=forget_bias, options=tuple(given.items()))
+    flows, _ = _in_thread(lambda: gf.run(ids, chars, cells=cells, trained=trained, hidden=hidden or 64,
+                                         layers=layers or 1, seed=seed, radius=radius, max_k=max_k, windows=windows,
+                                         batch=batch, forget_bias=forget_bias, options=tuple(given.items())),
+                          "measuring gradient flow (the first run compiles the kernels)...", after=0)
     for f in flows:
         bad = next((k for layer in f.layers for k, x in enumerate(layer.norms) if not math.isfinite(float(x))), None)
         if bad is not None:  # the options given that set the size of this model's recurrence, and --max-k

@@ -150,3 +150,28 @@ def test_input_weights_are_checked_in_the_rows_of_the_characters_read():
     rows = check_gradients("rnn", layers=1, hidden=4, vocab=512, max_per_tensor=20)
     wx = next(r for r in rows if r.tensor == "layer0.Wx")
     assert wx.checked == 20 and wx.passed and wx.analytic != 0.0 and wx.max_rel > 0.0
+
+
+@pytest.mark.parametrize("command, module, name", [("gradcheck", "charrnn.gradcheck", "check_gradients"),
+                                                   ("gradflow", "charrnn.gradflow", "run")])
+def test_a_ctrl_c_that_the_work_would_swallow_still_stops_the_command(monkeypatch, command, module, name):
+    """numba's callbacks from LLVM swallow a KeyboardInterrupt raised in them, as a Ctrl-C in the
+    middle of a compile is: run in the main thread, gradcheck's first run printed a traceback and
+    checked on to the end, exit 0. The work runs in a thread of its own, and the Ctrl-C lands in
+    the main thread's wait."""
+    import importlib
+    import os
+    import signal
+    import time
+
+    def swallowing(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1.0)
+        except KeyboardInterrupt:  # as a callback from LLVM does
+            pass
+        return []
+
+    monkeypatch.setattr(importlib.import_module(module), name, swallowing)
+    result = runner.invoke(app, [command, "--cell", "rnn"])
+    assert result.exit_code == 130, result.output
