@@ -709,10 +709,10 @@ def eval_(
 ):
     """Score a model on a text file: nats and bits per character, and perplexity.
 
-    With the checkpoint's batch and window, its run's validation text scores the run's own validation figure. The text is cut into batch contiguous streams; the first starts from a zero state, each other one from the state left by reading the 200 characters before it, or all of them near the text's start (uncounted: they are scored in the streams before), so the figure is close to reading the text as one stream. The very first character is only an input and a tail shorter than the batch is left out, so the count is up to batch characters below the file's length.
+    With the checkpoint's batch and window, its run's validation text scores the run's own validation figure. The text is cut into batch contiguous streams; the first starts from a zero state, each other one from the state left by reading the 200 characters before it, or all of them near the text's start (uncounted: they are scored in the streams before), so the figure is close to reading the text as one stream. The very first character is only an input and a tail shorter than the batch is left out, so the count is up to batch characters below the file's length (a note says so where that is 1% of the text or more; --batch 1 scores every character).
     """
     from .api import TrainedModel, UnknownCharacters, too_few_known
-    from .corpus import check_read_as, unit_name
+    from .corpus import EvalStreams, check_read_as, unit_name
     from .sampling import load_model, warm_up_evaluate
 
     model = TrainedModel(load_model(checkpoint), spell=as_flag)
@@ -760,7 +760,14 @@ def eval_(
     out.print(controls_escaped(f"{file}: {result.chars:,} {unit}{'s' * (result.chars != 1)}, {result.nats:.4f} "
                                f"nats/{per}, {result.bits:.4f} bits/{per}, perplexity {result.perplexity:.2f}{note}"),
               markup=False, highlight=False, soft_wrap=True)
+    left = ids.size - 1 - result.chars  # the tail the streams leave out (the help says so)
+    if left >= LEFT_OUT_NOTED * (ids.size - 1):  # a short text's, up to half of it: not in silence
+        streams, steps = EvalStreams.shape(ids.size, model._batch_window(batch, window)[0])
+        _note(f"note: the last {left:,} of its {counted(ids.size, unit)} were not scored ({streams:,} streams of "
+              f"{counted(steps, 'prediction')} each); --batch 1 scores every one")
 
+
+LEFT_OUT_NOTED = 0.01  # eval notes the tail its streams leave out from this share of the predictions up
 
 LINE_PIECE = 1 << 22  # characters of `eval --per-line`'s file held as strings at a time (whole lines)
 

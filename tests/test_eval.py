@@ -207,3 +207,18 @@ def test_per_line_checks_for_unknown_characters_without_copies_of_the_file(run, 
     path.write_text(text[:200_000] + "Z\r\n" + text[200_000:], encoding="utf-8")  # a CR LF is no character read
     with pytest.raises(UnknownCharacters, match="has 1 character the model does not know .1 occurrence.: 'Z'"):
         cli._line_pieces(model, path, None, False)
+
+
+def test_a_short_texts_tail_left_out_is_noted_and_a_long_ones_is_not(run, tmp_path):
+    """The streams leave out a tail shorter than the batch (4 here): of a 10-character text, 1
+    of 9 predictions; eval said nothing, and two texts differing only there scored the same."""
+    short = tmp_path / "short.txt"
+    short.write_text("The cat sa", encoding="utf-8")  # 10 characters: 4 streams of 2, 1 left out
+    result = invoke("eval", run["dir"], short)
+    assert parse(result).group(2) == "8", result.stdout
+    assert "note: the last 1 of its 10 characters were not scored (4 streams of 2 predictions each); --batch 1 " \
+           "scores every one" in result.stderr
+    result = invoke("eval", run["dir"], short, "--batch", "1")
+    assert parse(result).group(2) == "9" and "note" not in result.stderr
+    result = invoke("eval", run["dir"], run["val_file"])  # 2,000 characters: at most 3 left out
+    assert "note" not in result.stderr, result.stderr
