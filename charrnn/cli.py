@@ -1192,6 +1192,8 @@ def main():
                 importlib.import_module(".train", __package__)  # numba and the kernels
             except Exception as e:  # numba that cannot start: said once the ranks have joined
                 failure = e
+            if failure is None and _jit_disabled():  # said by _failed, before a run's folder is made
+                failure = RuntimeError("numba's compiler is off")
             try:
                 job = world()  # joins the other ranks, if an MPI launcher started this
             except CharrnnError as e:
@@ -1303,12 +1305,22 @@ def _failed(e: Exception):
         _print_error(f"numba cannot start: {why}; check the NUMBA_* environment variables, and that numba "
                      "is installed as the README says")
         raise SystemExit(1)
+    if _jit_disabled():  # the kernels' LLVM intrinsics have no Python to run
+        _print_error(f"numba's compiler is off (NUMBA_DISABLE_JIT={os.environ.get('NUMBA_DISABLE_JIT', '')}), and "
+                     "the kernels need it: unset NUMBA_DISABLE_JIT")
+        raise SystemExit(1)
     if os.environ.get("CHARRNN_TRACEBACK"):
         raise e
     message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())  # one line
     _print_error(f"internal error ({type(e).__name__}: {message}); please report it with the output of the same "
                  "command run with CHARRNN_TRACEBACK=1")
     raise SystemExit(1)
+
+
+def _jit_disabled() -> bool:
+    """Whether numba, once imported, runs every kernel as Python (NUMBA_DISABLE_JIT)."""
+    config = sys.modules.get("numba.core.config")
+    return config is not None and bool(config.DISABLE_JIT)
 
 
 def _numba_failure(e: Exception):

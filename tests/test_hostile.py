@@ -579,6 +579,20 @@ def test_a_numba_value_numba_cannot_read_is_said_in_one_line(command, variable, 
 
 
 
+@pytest.mark.parametrize("command", ["train", "gradcheck"])
+def test_numba_with_its_compiler_off_is_said_in_one_line(command, corpus, tmp_path):
+    # the kernels' intrinsics raised NotImplementedError, reported as an internal error of ours
+    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="400", NUMBA_DISABLE_JIT="1")
+    args = {"train": ["train", str(corpus), "--hidden", "8", "--batch", "2", "--k1", "8", "--max-steps", "1",
+                      "--out-dir", str(tmp_path), "--run", "r", "-q"],
+            "gradcheck": ["gradcheck", "--cell", "rnn", "--layers", "1", "--hidden", "2", "--steps", "2"]}[command]
+    r = subprocess.run([sys.executable, "-m", "charrnn", *args], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert one_line(r.stderr) == ("error: numba's compiler is off (NUMBA_DISABLE_JIT=1), and the kernels need it: "
+                                  "unset NUMBA_DISABLE_JIT")
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_name_holding_a_line_break_or_an_escape_cannot_forge_a_line(corpus, tmp_path):
     # a note named the file as it is: "left out 1 file ...: p/evil" and then a line of its own,
     # "error: fake message.txt", under a run that went on to exit 0; an escape coloured the terminal
