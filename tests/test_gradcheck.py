@@ -175,3 +175,9 @@ def test_a_ctrl_c_that_the_work_would_swallow_still_stops_the_command(monkeypatc
     monkeypatch.setattr(importlib.import_module(module), name, swallowing)
     result = runner.invoke(app, [command, "--cell", "rnn"])
     assert result.exit_code == 130, result.output
+
+
+def test_a_tolerance_of_zero_is_refused():
+    # accepted, it failed every tensor (errors of 1e-13 are not 0), advising fewer --steps or --layers
+    result = runner.invoke(app, ["gradcheck", "--cell", "rnn", "--tolerance", "0"])
+    assert result.exit_code == 2 and "0.0 is not in the range x>0" in result.output, result.output
