@@ -161,12 +161,15 @@ def require(needs: dict, what: str, advice: str, processes=1):
     have = available_bytes(processes=processes)
     if have is not None and need > have:
         parts = ", ".join(f"{name} {_size(n)}" for name, n in needs.items() if n)
-        raise CharrnnError(f"{what} needs about {_size(need)} of memory ({parts}), but {_size(have)} is "
-                           f"available; {advice}")
+        digits = 1
+        while _size(need, digits) == _size(have, digits) and digits < 9:  # "needs 2.3 GiB, but 2.3 GiB"
+            digits += 1
+        raise CharrnnError(f"{what} needs about {_size(need, digits)} of memory ({parts}), but {_size(have, digits)} "
+                           f"is available; {advice}")
 
 
-def _size(n: int) -> str:
+def _size(n: int, digits=1) -> str:
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= scale:
-            return f"{n / scale:,.1f} {unit}"
+            return f"{n / scale:,.{digits}f} {unit}"
     return counted(n, "byte")

@@ -230,3 +230,15 @@ def test_a_gradflow_too_large_is_refused_before_allocating(tmp_path, monkeypatch
     finally:
         tracemalloc.stop()
     assert peak < 20 * 2**20  # the parameters alone would be 17 GB
+
+
+def test_a_refusal_shows_the_need_above_what_is_available(monkeypatch):
+    # "needs about 2.3 GiB of memory (...), but 2.3 GiB is available": as many digits as tell them apart
+    need = int(2.30 * 2**30)
+    monkeypatch.setattr(memory, "available_bytes", lambda **_: need - 2**20)
+    with pytest.raises(CharrnnError, match=r"needs about 2\.300 GiB of memory \(parameters 2\.3 GiB\), but 2\.299 GiB "
+                                           r"is available; advice"):
+        memory.require({"parameters": need}, "this run", "advice")
+    monkeypatch.setattr(memory, "available_bytes", lambda **_: 2**30)
+    with pytest.raises(CharrnnError, match=r"needs about 2\.3 GiB of memory \(parameters 2\.3 GiB\), but 1\.0 GiB"):
+        memory.require({"parameters": need}, "this run", "advice")
