@@ -32,6 +32,7 @@ import hashlib
 import math
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -961,6 +962,14 @@ class Vocab:
         return vocab
 
 
+def _character_shown(c: str) -> str:
+    """A character in a message: as Python writes it ('a', '\\x80'), but a combining mark, which
+    would sit on the quote before it, by its code and name (U+0301 COMBINING ACUTE ACCENT)."""
+    if unicodedata.category(c).startswith("M"):
+        return f"U+{ord(c):04X} {unicodedata.name(c, '')}".rstrip()
+    return repr(c)
+
+
 def _unknown(chars: list, occurrences: int, what: str, as_bytes: bool = False,
              utf8_known: bool = False) -> UnknownCharacters:
     """The error for a text with characters (in order of first appearance) a model lacks; for a
@@ -983,7 +992,7 @@ def _unknown(chars: list, occurrences: int, what: str, as_bytes: bool = False,
                                   "text.encode('utf-8').decode('latin-1'), or " if utf8_known else "")
             + "use only text whose bytes occur in the training text"
         )
-    shown = ", ".join(repr(c) for c in chars[:10])
+    shown = ", ".join(map(_character_shown, chars[:10]))
     return UnknownCharacters(
         f"{what} has {counted(len(chars), 'character')} the model does not know ({counted(occurrences, 'occurrence')}): "
         f"{shown}{more}; use only characters that occur in the training text"

@@ -297,6 +297,9 @@ def test_unknown_priming_characters_are_a_usage_error_and_are_named(checkpoint):
     assert err.startswith("error: --prime has 5 characters") and all(repr(c) in err for c in "WORLD")
     r = run_module("sample", checkpoint, "--stop-at", "WORLD")
     assert r.returncode == 2 and r.stderr.startswith("error: --stop-at has 5 characters"), r.stderr
+    # a combining mark, shown in quotes, sat on the quote before it: by its code and name
+    r = run_module("sample", checkpoint, "--prime", "he\u0301")
+    assert r.returncode == 2 and "(1 occurrence): U+0301 COMBINING ACUTE ACCENT; use only" in r.stderr, r.stderr
     # top-k and top-p restrict a random choice; temperature 0 makes none: refused, not ignored
     r = run_module("sample", checkpoint, "--temperature", "0", "--top-k", "5")
     assert r.returncode == 2 and r.stdout == "" and r.stderr == (
