@@ -300,6 +300,8 @@ def _cannot_read(path, e: OSError) -> Unreadable:
     if isinstance(e, FileNotFoundError):
         if os.path.islink(path):  # (a name that `ls` shows; its target may be a link too)
             return Unreadable(f"{path} is a link to {os.path.realpath(path)}, which does not exist; check the link", e)
+        if str(path) == "-":  # read as a file's name, as every path here is
+            return Unreadable("- does not exist: a file named -; for standard input give /dev/stdin", e)
         return Unreadable(f"{path} does not exist; check the path", e)
     if isinstance(e, IsADirectoryError):
         return Unreadable(f"{path} is a directory; give the path of a text file", e)
