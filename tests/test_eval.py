@@ -227,5 +227,5 @@ def test_a_short_texts_tail_left_out_is_noted_and_a_long_ones_is_not(run, tmp_pa
 def test_a_dash_is_a_files_name_and_the_error_says_where_standard_input_is(run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = invoke("eval", run["dir"], "-")
-    assert result.exit_code == 1
-    assert "error: - does not exist: a file named -; for standard input give /dev/stdin" in result.output
+    assert result.exit_code == 1 and isinstance(result.exception, CharrnnError)
+    assert str(result.exception) == "- does not exist: a file named -; for standard input give /dev/stdin"
