@@ -964,10 +964,16 @@ class Vocab:
         return vocab
 
 
+def combining_mark(c: str) -> bool:
+    """Whether `c` is a mark that goes on the character before it (an accent of NFD text, a
+    Devanagari vowel sign): Unicode's categories Mn, Mc and Me."""
+    return unicodedata.category(c).startswith("M")
+
+
 def _character_shown(c: str) -> str:
     """A character in a message: as Python writes it ('a', '\\x80'), but a combining mark, which
     would sit on the quote before it, by its code and name (U+0301 COMBINING ACUTE ACCENT)."""
-    if unicodedata.category(c).startswith("M"):
+    if combining_mark(c):
         return f"U+{ord(c):04X} {unicodedata.name(c, '')}".rstrip()
     return repr(c)
 

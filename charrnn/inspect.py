@@ -19,14 +19,13 @@ Shapes (legend): N characters read, H hidden units, V vocabulary.
 """
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
 
 from .cells import CELLS
 from .config import INSPECT_CHARS
-from .corpus import held_byte, unit_name
+from .corpus import combining_mark, held_byte, unit_name
 from .errors import CharrnnError, UsageError, computes_nan, counted
 from .gradflow import TANH_UNITS
 from .kernels.output import logits_forward
@@ -214,7 +213,7 @@ def text_properties(steps) -> dict[str, np.ndarray]:
                 d = max(0, d - 1)
             starts = starts or (ch.isalnum() and not in_word)
             # a combining mark (an accent of NFD text, a Devanagari vowel sign) goes on with its word
-            in_word = ch.isalnum() or in_word and unicodedata.category(ch).startswith("M")
+            in_word = ch.isalnum() or in_word and combining_mark(ch)
         quotes[t], column[t], depth[t], indent[t], word[t] = inside, col, d, ind, starts
     return dict(zip(PROPERTIES, (quotes, column, depth, indent, word)))
 

@@ -17,6 +17,7 @@ from .activations import exp, maxnum
 from .blas import add_partials, add_row, matmul
 from .panels import LANES, TILE_ROWS, _tile_intrinsic, add_thread_sums, copy_lanes, line_empty
 from .sums import ordered_sum
+from .weight_grad import PAIR
 
 
 def logits_forward(logits, h2d, Wy, by):
@@ -209,7 +210,6 @@ def _output_layer_parallel(logits, row_loss, targets, scale, h2d, Wy, by, dh2d, 
 # Measured side by side (Zen 4, 3200 rows, two threads, V=65): the output layer 1.25x as fast
 # at H=128, 1.23x at 256, 1.15x at 512; whole updates (T=100, B=32) of IndRNN, mostly this
 # layer, 1.18x, 1.16x, 1.01x, of the ESN 1.07x, 1.04x, 1.03x, of the LSTM 1.06x, 1.03x, 0.99x.
-PAIR = 2 * LANES  # columns of h a pair of panels holds
 KC = 256  # rows of h a thread takes at a time, and of the copy of its columns (32 KB in float32)
 # zT's row length: dh's product reads a column of zT, V lines; 1 KB apart, they would share 4 of
 # L1's 64 sets, 1088 bytes apart they spread over all of them
@@ -274,6 +274,8 @@ def _output_rows_tiled(row_loss, targets, scale, h2d, Wy, WyP, by, dh2d, dWyT_pa
             _tiles_down(Wy, 0, 1, V, V, hT, 0, H * LANES, zT, c, ZT_ROW, H, write=True)
         _softmax_xent_columns(zT, kc, by, targets, m0, row_loss, scale, dby_part)
         for c in range(0, H, PAIR):
+            # weight_grad._pack_pair's copy, of whole panels (H is whole pairs): with its
+            # zero-padding for a partial panel, the output layer ran 0.96x-0.99x as fast
             for k in range(kc):
                 copy_lanes(hc[0, k], 0, h2d[m0 + k], c, LANES)
                 copy_lanes(hc[1, k], 0, h2d[m0 + k], c + LANES, LANES)
