@@ -1,6 +1,7 @@
 """The recurrent product's register tile: chosen from the host's vector width, and every variant
 correct on any machine (LLVM splits vectors wider than the hardware's, so all of them run here;
 only their speed differs by machine)."""
+import functools
 import os
 import platform
 import subprocess
@@ -98,6 +99,7 @@ def _recompiled(kernel, **names):
     return numba.njit(types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__))
 
 
+@functools.cache  # once a variant: compiled afresh for each of its tests, they took 30 s
 def compiled_with(kernel, rows, fetch_ahead_above=None):
     """A kernel of panels.py compiled with TILE_ROWS = rows, whatever this host chose, and if
     given, FETCH_AHEAD_ABOVE for its choice to fetch the weights ahead (uncached)."""

@@ -2,6 +2,7 @@
 panel's 16 units on AVX-512 (two on AVX2), not 16 scalar ones. No test of speed, but of what
 LLVM made of the loops: a loop over a slot's units with a short body was once unrolled into
 scalar code (panels.slot_width), and the RNN's update took 1.1x-1.2x as long."""
+import functools
 import importlib
 import platform
 import re
@@ -78,6 +79,7 @@ def avx_code():
 AVX = platform.machine().lower() in ("x86_64", "amd64") and avx_code()
 
 
+@functools.cache  # three tests read it: compiled once a cell
 def panel_step_code(cell):
     """{name: machine code} of a cell's panel steps, float32."""
     spec = ModelSpec(cell, 5, 40, 1)
@@ -119,7 +121,7 @@ def float32_cell_code(cell):
     where it has none (IndRNN)."""
     steps = panel_step_code(cell)  # runs a float32 update, which types the time loops too
     if steps:
-        return steps
+        return dict(steps)
     kernels, loops, _ = kernels_of(cell)
     return {name: machine_code(getattr(kernels, name), float32_signature(getattr(kernels, name))) for name in loops}
 
