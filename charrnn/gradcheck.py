@@ -16,10 +16,11 @@ noise falls to ~1e-13. Elements where both gradients are below tiny = 1e-6 are t
 an absolute error of tolerance * tiny. Correct float64 code shows relative errors around 1e-7.
 An element that fails at h (wide or deep models, long windows: larger higher derivatives, so
 more truncation error) is measured again at h/10 and h/100 and its best kept; a wrong gradient
-fails at every step. A tensor whose every checked element crossed a kink has nothing to compare
-and passes, its elements counted as at a kink. So do elements whose two gradients differ by less
-than the rounding of the loss allows a difference to resolve (a deep IndRNN's relu state can make
-it 6e15): counted as unresolved.
+fails at every step. An element whose difference crossed a kink is left out, counted as at a
+kink. So is an element whose two gradients differ by less than the rounding of the loss allows a
+difference to resolve (a deep IndRNN's relu state can make it 6e15): counted as unresolved. A
+tensor with every element left out has nothing to compare: it does not fail, and `charrnn
+gradcheck` shows it as none compared.
 """
 from dataclasses import dataclass
 

@@ -144,6 +144,18 @@ def test_gradients_a_loss_too_large_rounds_away_are_left_out_as_unresolved_not_f
     assert not any(r.unresolved for r in check_gradients("indrnn", layers=2, hidden=8))
 
 
+def test_a_tensor_with_no_element_to_compare_is_not_shown_as_passing():
+    # every element drawn of output.by unresolved: "0 (+1 unresolved) ... 0.00e+00 pass", and
+    # "all tensors pass", though nothing of it was compared
+    result = runner.invoke(app, ["gradcheck", "--cell", "indrnn", "--layers", "4", "--hidden", "16", "--steps", "200",
+                                 "--batch", "1", "--per-tensor", "1"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if "output.by" in line)
+    assert "none compared" in row and "pass" not in row and "e+00" not in row, row
+    assert "all tensors pass" not in result.output
+    assert "every tensor compared passes (max relative error <= 1e-06); 1 tensor had none to compare" in result.output
+
+
 def test_input_weights_are_checked_in_the_rows_of_the_characters_read():
     # at --vocab 512 the elements drawn were nearly all in rows of characters the window never
     # read, whose gradients are 0: "checked 20, pass" compared nothing with nothing
