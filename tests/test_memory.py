@@ -194,7 +194,7 @@ GRADFLOW_TEXT = "the quick brown fox jumps over the lazy dog " * 400
 
 
 @pytest.mark.parametrize("cells, H, L, B, K, W", [(["lstm"], 64, 2, 8, 50, 3), (["rnn", "gru", "lstm"], 32, 1, 4, 100, 20),
-                                                  (["rnn"], 8, 1, 128, 100, 100),
+                                                  (["rnn"], 8, 1, 128, 100, 150),
                                                   (["peephole", "gru-cho", "esn", "leaky", "indrnn"], 48, 2, 8, 60, 2)])
 def test_gradflows_estimate_holds_what_it_allocates(cells, H, L, B, K, W):
     from charrnn import gradflow

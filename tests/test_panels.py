@@ -102,7 +102,7 @@ def _recompiled(kernel, **names):
 @functools.cache  # once a variant: compiled afresh for each of its tests, they took 30 s
 def compiled_with(kernel, rows, fetch_ahead_above=None):
     """A kernel of panels.py compiled with TILE_ROWS = rows, whatever this host chose, and if
-    given, FETCH_AHEAD_ABOVE for its choice to fetch the weights ahead (uncached)."""
+    given, FETCH_AHEAD_ABOVE for its choice to fetch the weights ahead (never in numba's cache on disk)."""
     if fetch_ahead_above is None:
         return _recompiled(kernel, TILE_ROWS=rows)
     fetches_ahead = _recompiled(panels.fetches_ahead, FETCH_AHEAD_ABOVE=fetch_ahead_above)
