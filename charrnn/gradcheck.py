@@ -42,7 +42,7 @@ class TensorCheck:
     worst: tuple  # index of the worst element within the tensor
     analytic: float  # the two gradients at the worst element
     numeric: float
-    passed: bool
+    passed: bool  # no element compared failed (with checked 0: errors 0, worst (), gradients nan)
     kinked: int = 0  # elements left out: their finite difference crossed a relu's kink
     unresolved: int = 0  # elements left out: their gradients' difference is within the loss's rounding
     loss: float = float("nan")  # the objective, whose rounding decides what a difference resolves
@@ -150,15 +150,18 @@ def check_gradients(cell="lstm", layers=2, hidden=8, steps=6, batch=3, vocab=7, 
         resolved = (rel <= tolerance) | (np.abs(analytic[offset + picks] - nums) > rounding)
         kept = smooth & resolved
         picks, rel, nums = picks[kept], rel[kept], nums[kept]
-        if picks.size == 0:  # every element crossed a kink, or is unresolved: nothing to compare, nothing failed
-            picks, rel, nums = np.zeros(1, int), np.zeros(1), np.full(1, np.nan)
+        left_out = dict(cell=cell, tensor=name, checked=int(kept.sum()), kinked=kinked,
+                        unresolved=int((smooth & ~resolved).sum()), loss=float(f0))
+        if picks.size == 0:  # every element crossed a kink, or is unresolved: nothing compared, nothing failed
+            results.append(TensorCheck(**left_out, max_rel=0.0, mean_rel=0.0, worst=(), analytic=float("nan"),
+                                       numeric=float("nan"), passed=True))
+            continue
         w = int(np.argmax(rel))
         worst_flat = int(picks[w])
         results.append(TensorCheck(
-            cell=cell, tensor=name, checked=int(kept.sum()), kinked=kinked, max_rel=float(rel.max()),
-            mean_rel=float(rel.mean()), worst=tuple(int(x) for x in np.unravel_index(worst_flat, shape)),
+            **left_out, max_rel=float(rel.max()), mean_rel=float(rel.mean()),
+            worst=tuple(int(x) for x in np.unravel_index(worst_flat, shape)),
             analytic=float(analytic[offset + worst_flat]), numeric=float(nums[w]),
             passed=bool(rel.max() <= tolerance and np.isfinite(rel).all()),
-            unresolved=int((smooth & ~resolved).sum()), loss=float(f0),
         ))
     return results
