@@ -150,16 +150,16 @@ def check_gradients(cell="lstm", layers=2, hidden=8, steps=6, batch=3, vocab=7, 
         resolved = (rel <= tolerance) | (np.abs(analytic[offset + picks] - nums) > rounding)
         kept = smooth & resolved
         picks, rel, nums = picks[kept], rel[kept], nums[kept]
-        left_out = dict(cell=cell, tensor=name, checked=int(kept.sum()), kinked=kinked,
-                        unresolved=int((smooth & ~resolved).sum()), loss=float(f0))
+        common = dict(cell=cell, tensor=name, checked=int(kept.sum()), kinked=kinked,
+                      unresolved=int((smooth & ~resolved).sum()), loss=float(f0))
         if picks.size == 0:  # every element crossed a kink, or is unresolved: nothing compared, nothing failed
-            results.append(TensorCheck(**left_out, max_rel=0.0, mean_rel=0.0, worst=(), analytic=float("nan"),
+            results.append(TensorCheck(**common, max_rel=0.0, mean_rel=0.0, worst=(), analytic=float("nan"),
                                        numeric=float("nan"), passed=True))
             continue
         w = int(np.argmax(rel))
         worst_flat = int(picks[w])
         results.append(TensorCheck(
-            **left_out, max_rel=float(rel.max()), mean_rel=float(rel.mean()),
+            **common, max_rel=float(rel.max()), mean_rel=float(rel.mean()),
             worst=tuple(int(x) for x in np.unravel_index(worst_flat, shape)),
             analytic=float(analytic[offset + worst_flat]), numeric=float(nums[w]),
             passed=bool(rel.max() <= tolerance and np.isfinite(rel).all()),
