@@ -202,8 +202,9 @@ _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 
 
 def _unescape(value: str) -> str:
-    """TEXT with \\n, \\t, \\r, \\\\, \\xHH and \\uHHHH replaced by what they stand for; any other
-    backslash is a usage error."""
+    """TEXT with \\n, \\t, \\r, \\\\, \\xHH, \\uHHHH and \\UHHHHHHHH replaced by what they stand for
+    (a pair of \\uHHHH that is a surrogate pair, as JSON writes U+1D538, by its one character); any
+    other backslash is a usage error."""
 
     def one(m):
         code = m.group(1)
@@ -213,16 +214,22 @@ def _unescape(value: str) -> str:
             # a byte, held as Python holds one that is no UTF-8: corpus.model_text reads it as
             # that byte for a bytes model, else as the character of its code
             return chr(0xDC00 + int(code[1:], 16))
-        if code[:1] == "u" and len(code) > 1 and 0xD800 <= int(code[1:], 16) <= 0xDFFF:  # (U+DC80-U+DCFF: bytes)
+        if code[:1] == "u" and "\\" in code:  # uD835\\uDD38: a high and a low surrogate
+            high, low = int(code[1:5], 16), int(code[7:], 16)
+            return chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
+        if code[:1] in ("u", "U") and len(code) > 1 and 0xD800 <= int(code[1:], 16) <= 0xDFFF:  # (U+DC80-U+DCFF: bytes)
             raise typer.BadParameter(f"\\{code} in '{value}' is a lone surrogate, which no text holds; "
                                      f"use \\xHH for a byte")
-        if code[:1] in ("x", "u") and len(code) > 1:
+        if code[:1] == "U" and len(code) > 1 and int(code[1:], 16) > 0x10FFFF:
+            raise typer.BadParameter(f"\\{code} in '{value}' is beyond Unicode's last character, U+10FFFF")
+        if code[:1] in ("x", "u", "U") and len(code) > 1:
             return chr(int(code[1:], 16))
         shown = "a backslash at the end" if not code else f"\\{code}"
         raise typer.BadParameter(f"{shown} in '{value}' is no escape this option knows; use \\n, \\t, \\r, "
-                                 f"\\xHH, \\uHHHH, or \\\\ for a backslash")
+                                 f"\\xHH, \\uHHHH, \\UHHHHHHHH, or \\\\ for a backslash")
 
-    return re.sub(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|.|$)", one, value, flags=re.DOTALL)
+    return re.sub(r"\\(u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|"
+                  r"U[0-9a-fA-F]{8}|.|$)", one, value, flags=re.DOTALL)
 
 
 def _shown(value):
@@ -653,7 +660,7 @@ def sample(
     prime: str = typer.Option("", help="Text the model reads first, as typed (no escapes: in bash, $'a\\nb' holds a line break); it is printed, then the continuation. Without it, generation starts as a document of the run does (after its --doc-sep, for a model trained on several files), else as if at the beginning of a line."),
     seed: int = _ranged(0, SAMPLE_RANGES["seed"], "Seed of the random choices: the same checkpoint, seed and options give the same text."),
     num_samples: int = _ranged(1, SAMPLE_RANGES["num_samples"], "Samples to generate, each from a fresh state, separated by a line of dashes."),
-    stop_at: str = typer.Option("", "--stop-at", metavar="TEXT", callback=_unescape, help="End a sample where the model writes TEXT, which is left out (the prime is not searched). Escapes: \\n, \\t, \\r, \\xHH, \\uHHHH, \\\\; e.g. --stop-at '\\n\\n' stops at a blank line. The text before it is what a sample without --stop-at begins with."),
+    stop_at: str = typer.Option("", "--stop-at", metavar="TEXT", callback=_unescape, help="End a sample where the model writes TEXT, which is left out (the prime is not searched). Escapes: \\n, \\t, \\r, \\xHH, \\uHHHH, \\UHHHHHHHH, \\\\; e.g. --stop-at '\\n\\n' stops at a blank line. The text before it is what a sample without --stop-at begins with."),
 ):
     """Generate text from a trained model, streaming it to stdout."""
     from .api import TrainedModel

@@ -421,6 +421,20 @@ def test_a_run_on_many_files_records_them_and_resumes_from_that_list(tree, tmp_p
         assert code == 2 and f"{escape} in '{escape}' is a lone surrogate, which no text holds; use \\xHH" in err, err
 
 
+def test_a_character_beyond_u_ffff_can_be_typed_as_an_escape():
+    # \U0001d538 was "no escape this option knows", and the pair \ud835\udd38 (as JSON writes it)
+    # "a lone surrogate": only the character itself could be typed
+    import typer
+
+    from charrnn.cli import _unescape
+
+    assert _unescape(r"\U0001d538 \ud835\udd38 \U0001F600\n") == "\U0001d538 \U0001d538 \U0001f600\n"
+    for escape, said in ((r"\U00110000", "beyond Unicode's last character"), (r"\U0000dc80", "a lone surrogate"),
+                         (r"\udd38\ud835", "a lone surrogate"), (r"\U1d538", "no escape this option knows")):
+        with pytest.raises(typer.BadParameter, match=said):
+            _unescape(escape)
+
+
 def test_quiet_leaves_out_the_samples_but_not_the_notes_on_the_text(tree, tmp_path, monkeypatch, capsys):
     # -q hid "left out 2 file(s) that are empty, binary or not UTF-8: logo.png ...": a scripted run
     # never learnt that a file it was given went unread
