@@ -259,9 +259,14 @@ def _unmarked_wide(head: bytes) -> str | None:
     character's in UTF-32), and its first 4 KiB read in that encoding are 8 or more printable
     characters, line breaks and tabs (Russian or Chinese in UTF-16 too, which an earlier test of
     every other byte being NUL missed), where a binary file's bytes would read as controls or
-    as no characters at all."""
+    as no characters at all. UTF-8 text with NULs among it is no wide text, unless the NULs fill a
+    column of 2- or 4-byte units, as the high bytes of ASCII's code units in UTF-16 or UTF-32 do
+    (`abc\\0def\\n` over and over reads in UTF-16 as Chinese and Gurmukhi, all printable)."""
     head = head[:4096]
     if b"\x00" not in head:
+        return None
+    if _utf8_text_but_for_nuls(head) and not any(head[k::m].count(0) >= 0.9 * len(head[k::m])
+                                                  for m in (2, 4) for k in range(m)):
         return None
     for encoding in ("UTF-32LE", "UTF-32BE", "UTF-16LE", "UTF-16BE"):  # (UTF-16 reads UTF-32's NULs as U+0000)
         try:
@@ -271,6 +276,14 @@ def _unmarked_wide(head: bytes) -> str | None:
         if len(text) >= 8 and all(c.isprintable() or c in "\n\r\t" for c in text):
             return encoding
     return None
+
+
+def _utf8_text_but_for_nuls(head: bytes) -> bool:
+    try:
+        text = codecs.getincrementaldecoder("utf-8")("strict").decode(head)  # (a character cut: not yet)
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c in "\n\r\t\x00" for c in text)
 
 
 def _empty(name: str) -> NotText:

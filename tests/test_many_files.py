@@ -305,6 +305,17 @@ def test_utf16_and_utf32_text_is_named_with_the_way_to_utf8(tmp_path, codec, sai
         f"UTF-8 {wide} > {wide.with_name('wide-utf8.txt')}"]
 
 
+@pytest.mark.parametrize("data", [b"abc\x00def\n" * 400, b"Hello world\x00" * 300, b"id\x00Tom\x00Ann\n" * 300])
+def test_utf8_text_with_nuls_among_it_is_a_binary_file_not_utf16(tmp_path, data):
+    # read in UTF-16 its pairs of bytes were all printable characters (Chinese, Gurmukhi): "is
+    # UTF-16LE text", with an iconv command that made a file of nonsense
+    path = tmp_path / "records.txt"
+    path.write_bytes(data)
+    with pytest.raises(CharrnnError, match=rf"records.txt looks like a binary file \(NUL byte at offset "
+                                           rf"{data.index(0)}\)"):
+        read_corpus([path])
+
+
 @pytest.mark.skipif(not (shutil.which("iconv") and shutil.which("bash")), reason="needs iconv and bash")
 @pytest.mark.parametrize("name", ["-notes.txt", os.fsdecode(b"caf\xe9 notes.txt"), "line\nbreak's.txt"])
 def test_the_iconv_command_converts_a_file_whatever_its_name(tmp_path, monkeypatch, name):
