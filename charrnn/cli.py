@@ -664,7 +664,7 @@ def sample(
 ):
     """Generate text from a trained model, streaming it to stdout."""
     from .api import TrainedModel
-    from .corpus import check_typed_bytes, model_text
+    from .corpus import check_typed_bytes, held_byte, model_text
     from .sampling import load_model, warm_up
 
     model = TrainedModel(load_model(checkpoint), spell=as_flag)
@@ -676,6 +676,11 @@ def sample(
             else:
                 model.encode(model_text(typed, encoding, option), what=option)
         except CharrnnError as e:  # an option this model cannot take, as --unit beyond its units
+            raw = " ".join(f"{held_byte(c):02X}" for c in typed if held_byte(c) is not None)
+            if raw and option == "--prime" and encoding != "bytes":  # (in a terminal that is not UTF-8, say)
+                several = " " in raw
+                raise UsageError(f"{e} (--prime's {'bytes' if several else 'byte'} {raw} {'are' if several else 'is'} "
+                                 "no UTF-8: each was read as the Latin-1 character of its code)") from None
             raise UsageError(str(e)) from None
     texts = model.stream(length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                          prime=model_text(prime, encoding, "--prime"), stop_at=model_text(stop_at, encoding, "--stop-at"),

@@ -300,6 +300,11 @@ def test_unknown_priming_characters_are_a_usage_error_and_are_named(checkpoint):
     # a combining mark, shown in quotes, sat on the quote before it: by its code and name
     r = run_module("sample", checkpoint, "--prime", "he\u0301")
     assert r.returncode == 2 and "(1 occurrence): U+0301 COMBINING ACUTE ACCENT; use only" in r.stderr, r.stderr
+    # bytes that are no UTF-8 (a terminal in another encoding) were named as characters never typed
+    r = run_module("sample", checkpoint, "--prime", os.fsdecode(b"\xed\xa0\x80"))
+    assert r.returncode == 2 and r.stderr.endswith(
+        "'\xed', '\\xa0', '\\x80'; use only characters that occur in the training text (--prime's bytes ED A0 80 are no "
+        "UTF-8: each was read as the Latin-1 character of its code)\n"), r.stderr
     # top-k and top-p restrict a random choice; temperature 0 makes none: refused, not ignored
     r = run_module("sample", checkpoint, "--temperature", "0", "--top-k", "5")
     assert r.returncode == 2 and r.stdout == "" and r.stderr == (
