@@ -265,25 +265,24 @@ def _unmarked_wide(head: bytes) -> str | None:
     head = head[:4096]
     if b"\x00" not in head:
         return None
-    if _utf8_text_but_for_nuls(head) and not any(head[k::m].count(0) >= 0.9 * len(head[k::m])
-                                                  for m in (2, 4) for k in range(m)):
+    if _read_as(head, "UTF-8", "\n\r\t\x00") is not None and not any(
+            head[k::m].count(0) >= 0.9 * len(head[k::m]) for m in (2, 4) for k in range(m)):
         return None
     for encoding in ("UTF-32LE", "UTF-32BE", "UTF-16LE", "UTF-16BE"):  # (UTF-16 reads UTF-32's NULs as U+0000)
-        try:
-            text = codecs.getincrementaldecoder(encoding)("strict").decode(head)  # (a character cut: not yet)
-        except UnicodeDecodeError:
-            continue
-        if len(text) >= 8 and all(c.isprintable() or c in "\n\r\t" for c in text):
+        text = _read_as(head, encoding, "\n\r\t")
+        if text is not None and len(text) >= 8:
             return encoding
     return None
 
 
-def _utf8_text_but_for_nuls(head: bytes) -> bool:
+def _read_as(head: bytes, encoding: str, also: str) -> str | None:
+    """`head` read in `encoding`, if it is printable characters and those of `also` (a character
+    cut at its end: not yet read); else None."""
     try:
-        text = codecs.getincrementaldecoder("utf-8")("strict").decode(head)  # (a character cut: not yet)
+        text = codecs.getincrementaldecoder(encoding)("strict").decode(head)
     except UnicodeDecodeError:
-        return False
-    return all(c.isprintable() or c in "\n\r\t\x00" for c in text)
+        return None
+    return text if all(c.isprintable() or c in also for c in text) else None
 
 
 def _empty(name: str) -> NotText:
