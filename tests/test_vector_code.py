@@ -66,6 +66,10 @@ def machine_code(fn, sig):
     return compiled.inspect_asm(sig)
 
 
+# the sampling step's, whose signature is every cell's (the cell is an argument): compiled once
+step_code = functools.cache(machine_code)
+
+
 def avx_code():
     """Whether numba's code for this CPU is AVX code: its loops vectorised 256 bits wide or more
     (panels.loop_bits), or where that cannot be found, AVX among its features. (Where numba's AVX
@@ -140,7 +144,7 @@ def test_a_float32_models_gate_math_has_no_float64_arithmetic(cell):
     spec = ModelSpec(cell, 5, 40, 2)
     s = Sampler(spec, init_params(spec, np.random.default_rng(0), np.float32))
     args = (s.h, s.c, s.xg, s.hg, 1, s.params, s.offs, s.cell, spec.vocab_size, s.blas)
-    code["generate._step"] = machine_code(generate._step, tuple(numba.typeof(a) for a in args))
+    code["generate._step"] = step_code(generate._step, tuple(numba.typeof(a) for a in args))
     for name, asm in code.items():
         found = Counter(FLOAT64_ARITHMETIC.findall(asm))
         assert not found, f"{cell} {name}: float64 arithmetic {dict(found)}"
