@@ -676,11 +676,11 @@ def sample(
             else:
                 model.encode(model_text(typed, encoding, option), what=option)
         except CharrnnError as e:  # an option this model cannot take, as --unit beyond its units
-            raw = " ".join(f"{held_byte(c):02X}" for c in typed if held_byte(c) is not None)
-            if raw and option == "--prime" and encoding != "bytes":  # (in a terminal that is not UTF-8, say)
-                several = " " in raw
-                raise UsageError(f"{e} (--prime's {'bytes' if several else 'byte'} {raw} {'are' if several else 'is'} "
-                                 "no UTF-8: each was read as the Latin-1 character of its code)") from None
+            held = [held_byte(c) for c in typed if held_byte(c) is not None]
+            if held and option == "--prime" and encoding != "bytes":  # (in a terminal that is not UTF-8, say)
+                noun, verb = ("bytes", "are") if len(held) > 1 else ("byte", "is")
+                raise UsageError(f"{e} (--prime's {noun} {' '.join(f'{b:02X}' for b in held)} {verb} no UTF-8: "
+                                 "each was read as the Latin-1 character of its code)") from None
             raise UsageError(str(e)) from None
     texts = model.stream(length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                          prime=model_text(prime, encoding, "--prime"), stop_at=model_text(stop_at, encoding, "--stop-at"),
