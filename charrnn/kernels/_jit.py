@@ -19,10 +19,11 @@ Threads: numba's threads split the work (batch rows in the time loops, output ro
 products). The large products call BLAS on each thread's own block, so that BLAS is held to
 one thread: a pool of its own would meet inside every product, which on a busy machine costs
 many times the product itself. Only the BLAS numba calls (scipy's): numpy's own, a library of
-its own in numpy's and scipy's wheels, keeps its threads for a program's own products. Where
-the two cannot be told apart, every BLAS is held: one library for both, scipy's loaded before
-this module (by scipy.linalg, or numba code of the program's), or on the command line, which
-loads it first (cli.scipy_blas_alone) and runs no product of its own. The per-step products do not use BLAS (kernels/panels.py), nor,
+its own in numpy's and scipy's wheels, keeps its threads for a program's own products. scipy's
+is the library that loading its BLAS module brought in, or where that module was loaded before
+(by scipy.linalg, by numba code of the program's, or by the command line: cli.scipy_blas_alone),
+the one in scipy's own folders (a wheel's scipy.libs). Where the two cannot be told apart (one
+library for both, as in some conda installs), every BLAS is held. The per-step products do not use BLAS (kernels/panels.py), nor,
 on AVX-512, the weight gradients' (kernels/weight_grad.py) or, where it fits, the output layer's in
 training (kernels/output.py, tiled_fits).
 
@@ -30,10 +31,12 @@ Cache: numba checks only a function's own file for changes. After editing a modu
 kernels inline (activations.py, panels.py), delete the __pycache__ folders, or set a fresh
 NUMBA_CACHE_DIR as CI does.
 """
+import os
 import threading
 import warnings
 from contextlib import contextmanager
 from importlib import import_module
+from importlib.util import find_spec
 
 import numba
 from numba.core.cpu_options import ParallelOptions
@@ -44,15 +47,23 @@ from ..errors import KernelsNotCached, os_error_message
 
 def _numba_blas():
     """threadpoolctl's controller of the BLAS that numba's products call, scipy.linalg.cython_blas's:
-    the libraries that loading it brought in; every BLAS, if it brought none (it was loaded
-    before, or numpy and scipy share one library)."""
+    the libraries that loading it brought in, or if it was loaded before, those in scipy's folders;
+    every BLAS, if neither finds one (numpy and scipy share one library)."""
     before = {lib.filepath for lib in ThreadpoolController().lib_controllers}
     # (numba imports it by that name when it compiles a product and at the first call; the
     # command line has loaded it already, the quicker way: cli.main)
     import_module("scipy.linalg.cython_blas")
     blas = ThreadpoolController().select(user_api="blas")
-    new = [lib.filepath for lib in blas.lib_controllers if lib.filepath not in before]
+    new = [lib.filepath for lib in blas.lib_controllers if lib.filepath not in before] or _in_scipy(blas)
     return blas.select(filepath=new) if new else blas
+
+
+def _in_scipy(blas):
+    """The files of blas's libraries that lie in scipy's package folder or beside it in a wheel's
+    scipy.libs (numpy's own are in numpy.libs)."""
+    scipy = os.path.realpath(find_spec("scipy").submodule_search_locations[0])
+    folders = (scipy + os.sep, scipy + ".libs" + os.sep)
+    return [lib.filepath for lib in blas.lib_controllers if os.path.realpath(lib.filepath).startswith(folders)]
 
 
 NUMBA_BLAS = _numba_blas()
