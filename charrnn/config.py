@@ -160,7 +160,7 @@ INSPECT_RANGES = {
 # and windows, the optimizer and the random draws; and what a validation loss measures
 # (--eval-chars), to which best.npz's own figure must compare. Resumed without changes, a run
 # continues exactly as the uninterrupted one would have.
-RESUME_MAY_CHANGE = ("lr", "schedule", "lr_decay", "decay_every", "decay_start", "clip_norm", "clip_value", "reset_every",
+RESUME_MAY_CHANGE = ("lr", "schedule", "lr_decay", "decay_every", "decay_start", "warmup", "clip_norm", "clip_value", "reset_every",
                      "epochs", "max_steps", "time_limit", "eval_every", "checkpoint_every",
                      "sample_every", "sample_length", "sample_temperature")
 # What a fine-tuned run (--init-from) takes from its checkpoint: the model itself.

@@ -1375,7 +1375,8 @@ def finished_run(tmp_path_factory):
 OTHER_THAN_THE_RUNS = {"encoding": "latin-1", "doc_sep": "\\n", "val_fraction": "0.2", "test_fraction": "0.2",
                        "cell": "gru", "hidden": "9", "layers": "2", "tau": "7", "spectral_radius": "0.5",
                        "leak": "0.5", "u_max": "1.5", "dropout": "0.1", "batch": "5", "k1": "9", "k2": "9",
-                       "optimizer": "sgd", "eval_chars": "100", "seed": "8", "run": "other", "out_dir": "elsewhere"}
+                       "optimizer": "sgd", "weight_decay": "0.1", "eval_chars": "100", "seed": "8", "run": "other",
+                       "out_dir": "elsewhere"}
 
 
 @pytest.mark.parametrize("name", [n for n, _ in train_options() if n not in (*RESUME_MAY_CHANGE, "corpus", "init_from")])

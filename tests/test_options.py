@@ -1,5 +1,6 @@
 """One source for every option's bounds and choices: the help prints them, the CLI refuses what
 lies outside them with the usage code 2, and TrainConfig.validate / check_options agree."""
+import json
 import re
 
 import pytest
@@ -7,6 +8,7 @@ import typer
 from typer.testing import CliRunner
 
 from charrnn import cells
+from charrnn.checkpoint import load_checkpoint
 from charrnn.cli import app
 from charrnn.config import (ACTS_WITH, CELLS, CHOICES, GRADCHECK_RANGES, GRADFLOW_RANGES, INSPECT_RANGES, RANGES, SAMPLE_RANGES,
                             SCHEDULE_OPTIONS, Range, TrainConfig)
@@ -325,3 +327,17 @@ def test_an_infinite_bound_is_said_to_be_no_finite_number(option):
     r = runner.invoke(app, ["train", option, "inf"])
     said = " ".join(r.output.replace("│", " ").split())
     assert r.exit_code == 2 and "inf is not a finite number in the range x>=0." in said, r.output
+
+
+def test_warmup_and_weight_decay_reach_the_run(tmp_path):
+    # both were settings of every run, shown in its settings line, with no option to set them
+    text = tmp_path / "t.txt"
+    text.write_text("to be or not to be, that is the question\n" * 50, encoding="utf-8")
+    r = runner.invoke(app, ["train", str(text), "--hidden", "8", "--max-steps", "2", "--time-limit", "0",
+                            "--warmup", "4", "--weight-decay", "0.25", "--out-dir", str(tmp_path), "--run", "r", "-q"])
+    assert r.exit_code == 0, (r.exception, r.output)
+    meta = load_checkpoint(tmp_path / "r" / "latest.npz")[1]
+    assert (meta["config"]["warmup"], meta["config"]["weight_decay"], meta["optimizer"]["weight_decay"]) == (4, 0.25, 0.25)
+    records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    # the second update's rate: 2/4 of --lr, which the linear schedule holds at the run's start
+    assert [rec["lr"] for rec in records if rec["kind"] == "train"] == [pytest.approx(TrainConfig.lr * 2 / 4)]
