@@ -106,9 +106,14 @@ def counted(n, noun, plural=None):
 
 
 class CharrnnError(Exception):
-    """A known problem with the user's input: say what went wrong and what to do about it."""
+    """A known problem with the user's input: say what went wrong and what to do about it. Its
+    text is one line (one_line), whatever the names in it hold: a program's print(e) can neither
+    be steered by a file name's escapes nor fail on its bytes that are not UTF-8."""
 
     exit_code = 1
+
+    def __str__(self):
+        return one_line(super().__str__())
 
 
 class UsageError(CharrnnError):

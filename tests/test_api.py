@@ -347,6 +347,18 @@ def test_score_is_what_eval_prints(run, model, tmp_path):
                                                                              "--window", 7)
 
 
+def test_an_error_naming_a_file_is_one_line_a_program_can_print(tmp_path):
+    # the command line escaped a name's controls as it printed the error; str(e) kept them: a
+    # line break split the one line, an ESC steered the terminal, and a byte that is no UTF-8
+    # (a lone surrogate) made print(e) itself fail
+    for name, shown in [("no\nsuch\x1b[2J.npz", "no\\nsuch\\x1b[2J.npz"),
+                        (os.fsdecode(b"bad\xff.npz"), "bad\\xff.npz")]:
+        with pytest.raises(charrnn.CharrnnError) as caught:
+            charrnn.load(tmp_path / name)
+        said = str(caught.value)
+        assert said.isprintable() and said.encode("utf-8") and shown in said, said
+
+
 def test_score_errors(model):
     with pytest.raises(charrnn.UnknownCharacters, match="'€'"):
         model.score("the cat €")
