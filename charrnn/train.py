@@ -38,7 +38,6 @@ from .optim import Optimizer, clip_by_norm, clip_by_value, learning_rate
 from .runlock import LOCK_FILE, RunLock, check_run_file, held_by, open_run_file, pid_shown
 from .schema import TRAINING, TRAINING_META
 from .tbptt import Scheduler
-from .thread_choice import ThreadChoice
 
 LOG_EVERY = 10  # updates per line of the metrics log
 # the line that opens each entry of samples.txt; a resumed run cuts the file at the first entry
@@ -541,7 +540,6 @@ class Trainer:
         chars_per_update = cfg.k1 * cfg.batch
         train_time = 0.0  # time in updates only, for the throughput figure
         updates = 0  # of this session: a resumed run's earlier ones took no part of train_time
-        threads = ThreadChoice()  # all of numba's threads or one, whichever runs the updates faster
         try:
             if starting and cfg.init_from:  # where fine-tuning starts: the trained model on the new text
                 self._validate(log, progress)
@@ -550,13 +548,11 @@ class Trainer:
                 self._stop_here()
             while not self.ended():
                 t0 = time.perf_counter()
-                with threads.side():
-                    loss, norm, clipped, lr = self.update()
+                loss, norm, clipped, lr = self.update()
                 dt = time.perf_counter() - t0
                 updates += 1
                 if updates > 1:  # the session's first loads (or compiles) the kernels: no speed
                     train_time += dt
-                    threads.timed(dt)
                 self.elapsed += dt
                 self._agree()
                 window_stats.append((loss, norm, clipped, dt if updates > 1 else None))

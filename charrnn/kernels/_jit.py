@@ -107,28 +107,9 @@ def blas_threads(n):
                 NUMBA_BLAS.limit(limits=1)
 
 
-_held = threading.local()  # .blocks: the count of blocks threads() holds inside fewer_threads
-
-
 def threads():
-    """How many blocks to split parallel work into: numba's thread count, or inside fewer_threads
-    the count from before it."""
-    return getattr(_held, "blocks", None) or numba.get_num_threads()
-
-
-@contextmanager
-def fewer_threads(n):
-    """Parallel work on n of numba's threads inside (for this Python thread), split into as many
-    blocks as before: every sum adds the same partial sums in the same order, so the numbers are
-    those of all the threads, bit for bit; only the speed differs."""
-    blocks, held, before = threads(), getattr(_held, "blocks", None), numba.get_num_threads()
-    _held.blocks = blocks
-    numba.set_num_threads(min(n, before))
-    try:
-        yield
-    finally:
-        numba.set_num_threads(before)
-        _held.blocks = held
+    """How many blocks to split parallel work into: numba's thread count."""
+    return numba.get_num_threads()
 
 
 def kernel(fn):
