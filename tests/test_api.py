@@ -128,6 +128,18 @@ print(json.dumps([numpys, before, after, hasattr(scipy.linalg, "cython_blas")]))
     assert {lib: after[lib] for lib in numpys} == {lib: before[lib] for lib in numpys}
 
 
+def test_scipy_without_a_folder_holds_every_blas_not_an_error(monkeypatch):
+    # an editable install's finder may give scipy no folder: [0] of its folders raised IndexError
+    # while the kernels were imported, where scipy.linalg had been imported first
+    from types import SimpleNamespace
+
+    from charrnn.kernels import _jit
+
+    monkeypatch.setattr(_jit, "find_spec", lambda name: SimpleNamespace(submodule_search_locations=[]))
+    blas = SimpleNamespace(lib_controllers=[SimpleNamespace(filepath="/x/numpy.libs/libscipy_openblas64_.so")])
+    assert _jit._in_scipy(blas) == []
+
+
 def test_samples_from_many_threads_leave_numbas_blas_on_one_thread(model):
     # each call raised the BLAS to two threads and restored what it found: calls at once, from
     # several threads, restored one another's raised limit and left it so for the training

@@ -60,9 +60,10 @@ def _numba_blas():
 
 def _in_scipy(blas):
     """The files of blas's libraries that lie in scipy's package folder or beside it in a wheel's
-    scipy.libs (numpy's own are in numpy.libs)."""
-    scipy = os.path.realpath(find_spec("scipy").submodule_search_locations[0])
-    folders = (scipy + os.sep, scipy + ".libs" + os.sep)
+    scipy.libs (numpy's own are in numpy.libs); none where scipy has no folder (an editable
+    install's finder may give none)."""
+    places = [os.path.realpath(folder) for folder in find_spec("scipy").submodule_search_locations or ()]
+    folders = tuple(place + ending + os.sep for place in places for ending in ("", ".libs"))
     return [lib.filepath for lib in blas.lib_controllers if os.path.realpath(lib.filepath).startswith(folders)]
 
 
