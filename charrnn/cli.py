@@ -679,7 +679,7 @@ def sample(
             else:
                 model.encode(model_text(typed, encoding, option), what=option)
         except CharrnnError as e:  # an option this model cannot take, as --unit beyond its units
-            held = [held_byte(c) for c in typed if held_byte(c) is not None]
+            held = [byte for c in typed if (byte := held_byte(c)) is not None]
             if held and option == "--prime" and encoding != "bytes":  # (in a terminal that is not UTF-8, say)
                 noun, verb = ("bytes", "are") if len(held) > 1 else ("byte", "is")
                 raise UsageError(f"{e} (--prime's {noun} {' '.join(f'{b:02X}' for b in held)} {verb} no UTF-8: "
