@@ -333,7 +333,7 @@ def train(
         cfg.doc_sep = model_text(cfg.doc_sep, check_encoding(cfg.encoding), "--doc-sep")
         whose = " (the --init-from model's)" if init_from is not None else "" if "cell" in given else " (the default)"
         check_options_read([name for name in CELL_OPTIONS if name in given], [cfg.cell], whose)
-        check_settings_used(given, cfg, " (the default)")
+        check_settings_used(given, cfg, resume=False)
         cfg.validate().check_stopping()  # before the text is read
         cfg.check_run_name(given="run" in given)
         same_run_on_every_rank(cfg)  # before rank 0 claims a folder that another rank's refusal would leave

@@ -189,20 +189,22 @@ def check_resume_overrides(given: dict, saved: dict, run_dir) -> dict:
     return {n: v for n, v in given.items() if n in RESUME_MAY_CHANGE}
 
 
-def check_settings_used(names, cfg, whose: str) -> None:
+def check_settings_used(names, cfg, *, resume: bool) -> None:
     """A UsageError for a setting in `names` (those given) that the run `cfg` would not use: one
     of a schedule that does not read it (--lr-decay with linear, errors.check_read), or one that
-    acts only with another above 0 (ACTS_WITH) where that one is 0. whose: where the settings not
-    in `names` come from, " (the default)" or " (the run's)"."""
+    acts only with another above 0 (ACTS_WITH) where that one is 0. The settings not in `names`
+    are the defaults, or on resume the run's, of which only RESUME_MAY_CHANGE may be given."""
     def of(name):
-        return "" if name in names else whose
+        return "" if name in names else " (the run's)" if resume else " (the default)"
 
     check_read(names, SCHEDULE_OPTIONS, "schedule", [cfg.schedule], of("schedule"))
     for name in names:
         other = ACTS_WITH.get(name)
         if other and not getattr(cfg, other):
+            remedy = (f"a resume keeps the run's {flag(other)}, so" if resume and other not in RESUME_MAY_CHANGE
+                      else f"give {flag(other)} above 0, or")
             raise UsageError(f"{flag(name)} acts only with {flag(other)} above 0, and it is 0{of(other)}: "
-                             f"{ACTS_WITH_UNUSED[other]}; give {flag(other)} above 0, or leave out {flag(name)}")
+                             f"{ACTS_WITH_UNUSED[other]}; {remedy} leave out {flag(name)}")
 
 
 def resolved_u_max(u_max: float, k2: int) -> float:

@@ -15,7 +15,7 @@ import pytest
 
 from charrnn.checkpoint import load_checkpoint, save_checkpoint
 from charrnn.config import TrainConfig
-from charrnn.errors import CharrnnError
+from charrnn.errors import CharrnnError, UsageError
 from charrnn.model import Layout
 from charrnn.tbptt import Scheduler
 from charrnn.train import Interrupted, Trainer, check_new_run_dir
@@ -717,6 +717,17 @@ def test_resume_refuses_a_schedule_setting_its_schedule_does_not_read(corpus, tm
     r = run_cli("train", "--resume", str(tmp_path / "r"), "--max-steps", "5", "--lr-decay", "0.3", "--schedule", "step",
                 "-q")
     assert r.returncode == 0 and "done: 5 updates" in r.stdout, r.stderr
+
+
+def test_resume_refusal_advises_only_what_a_resume_may_change(corpus, tmp_path):
+    # a run with nothing held out, resumed with --eval-every: the advice was to give
+    # --val-fraction above 0, which a resume refuses in turn
+    train_steps(config(corpus, tmp_path, val_fraction=0.0), tmp_path / "r", 3)
+    with pytest.raises(UsageError) as e:
+        Trainer.resume(tmp_path / "r", say=lambda *_: None, eval_every=5)
+    assert str(e.value) == ("--eval-every acts only with --val-fraction above 0, and it is 0 (the run's): nothing "
+                            "is held out to validate on; a resume keeps the run's --val-fraction, so leave out "
+                            "--eval-every")
 
 
 def test_resume_refuses_a_setting_the_run_would_not_use(corpus, tmp_path):
