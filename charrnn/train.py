@@ -351,7 +351,7 @@ class Trainer:
                                           for w in (flag(k), shell_word(repr(float(v)) if isinstance(v, float) else v))]
         for k, v in overrides.items():
             setattr(cfg, k, v)
-        check_settings_used(changed, cfg, " (the run's)")  # (the run's own, given again: as it ran)
+        check_settings_used(changed, cfg, resume=True)  # (the run's own, given again: as it ran)
         cfg.validate().check_stopping()  # before the text is read
         corpus = _corpus_to_resume(meta, cfg, inputs, path.parent)
         if inputs:
@@ -980,7 +980,8 @@ def _not_the_text(inputs, read, given, run_dir) -> CharrnnError:
     how += [f"{some_of(names)}, which the run read, {'is' if len(names) == 1 else 'are'} {what}"
             for names, what in ((missing, "missing"), (left_out, "not in the text given")) if names]
     how += [f"{some_of(new)} {'is' if len(new) == 1 else 'are'} new to the run"] if new else []
-    why = "; ".join(how) if how and read else "its SHA-256 differs"  # (no list: a checkpoint before files were)
+    why = ("; ".join(how) if how else _same_files_otherwise(read, given)) if read else (
+        "its SHA-256 differs")  # (no list: a checkpoint before files were)
     given_text = " ".join(map(str, inputs))
     if read and new and all(now.get(p) == sha for p, sha in was.items()):
         return CharrnnError(f"{given_text} is not the text this run was trained on: {why}; leave the text out to "
@@ -989,6 +990,12 @@ def _not_the_text(inputs, read, given, run_dir) -> CharrnnError:
                             f"{shell_word(run_dir)})")
     return CharrnnError(f"{given_text} is not the text this run was trained on ({why}); give the files it read, in "
                         "the same order")
+
+
+def _same_files_otherwise(read, given) -> str:
+    """Why text made of the files a run read, none changed, new or missing, is not its text."""
+    was, now = ([f["sha256"] for f in files] for files in (read, given))
+    return "the same files in another order" if was != now and sorted(was) == sorted(now) else "its SHA-256 differs"
 
 
 def _unmoved(paths, hashes, moved):

@@ -111,6 +111,24 @@ def test_text_given_again_that_differs_names_its_files_and_a_grown_folder_resume
     assert f"{moved} is new" not in said
 
 
+def test_the_same_files_in_another_order_are_said_so(tmp_path):
+    # refused as "its SHA-256 differs", as if a file had changed
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text(TEXT[:300], encoding="utf-8")
+    b.write_text(TEXT[300:], encoding="utf-8")
+    run = tmp_path / "out" / "r"
+    cfg = config(a, tmp_path / "out", max_steps=2)
+    cfg.corpus = [str(a), str(b)]
+    Trainer(cfg, run, say=lambda *_: None).run()
+    with pytest.raises(CharrnnError) as e:
+        Trainer.resume(run, say=lambda *_: None, corpus=[str(b), str(a)], max_steps=3)
+    assert str(e.value) == (f"{b} {a} is not the text this run was trained on (the same files in another order); "
+                            f"give the files it read, in the same order")
+    resumed = Trainer.resume(run, say=lambda *_: None, corpus=[str(a), str(b)], max_steps=3)
+    resumed.run()
+    assert resumed.step == 3
+
+
 def test_a_run_resumes_from_another_folder_and_finds_a_moved_corpus_by_its_hash(tmp_path):
     here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
     here.mkdir()
