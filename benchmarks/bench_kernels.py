@@ -23,6 +23,7 @@ The OpenBLAS override some machines set is lifted for the run, as users run (mac
     python benchmarks/bench_kernels.py --against 4920ba3 --no-torch
     python benchmarks/bench_kernels.py --cell lstm --dropout 0.4   # as the default run trains
     python benchmarks/bench_kernels.py --avx2    # both sides on AVX2 code only (machine.py)
+    python benchmarks/bench_kernels.py --cell gru --shape 512x65 --repeats 15   # one row, timed longer
 """
 import argparse
 import importlib
@@ -141,6 +142,17 @@ def theirs(torch, cell, H, V, dropout=0.0):
     return update
 
 
+def shape(text):
+    """An --shape: 'HxV', two whole numbers above 0."""
+    try:
+        H, V = (int(n) for n in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is no HxV, such as 512x65") from None
+    if H < 1 or V < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: H must be at least 1 and V at least 2")
+    return H, V
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
@@ -150,6 +162,9 @@ def main():
     ap.add_argument("--against", metavar="REV", help="also time the kernels of this git revision")
     ap.add_argument("--dropout", type=float, default=0.0, metavar="P",
                     help="dropout on the output layer's input, both sides (a training run's default is 0.4)")
+    ap.add_argument("--shape", action="append", type=shape, metavar="HxV",
+                    help="only this hidden size and vocabulary (may be given again); by default "
+                    + ", ".join(f"{H}x{V}" for H, V in SHAPES))
     ap.add_argument("--avx2", action="store_true",
                     help="both sides on AVX2 code only, as on a machine without AVX-512 (machine.py)")
     args = ap.parse_args()
@@ -177,7 +192,7 @@ def main():
     cells = list(CELLS) if args.cell == "all" else [args.cell]
     peaks, rows = [], []
     for cell in cells:
-        for H, V in SHAPES:
+        for H, V in args.shape or SHAPES:
             reps = args.repeats if V < 1000 else max(2, args.repeats // 2)
             peaks.append(matmul_gflops())
             sides = {"now": ours(charrnn.model, cell, H, V, args.dropout)}
