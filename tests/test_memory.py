@@ -63,6 +63,20 @@ def test_a_run_too_large_is_refused_before_allocating(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_a_resume_or_a_fine_tune_too_large_is_advised_only_what_it_may_change(tmp_path, monkeypatch):
+    # a resume was told to use a smaller --hidden, --layers, --batch or --k1/--k2, which it refuses
+    cfg = corpus_config(tmp_path, hidden=16, batch=4, k1=8, k2=8)
+    Trainer(cfg, tmp_path / "r", say=lambda *_: None).run()
+    monkeypatch.setattr(memory, "available_bytes", lambda **_: 1000)
+    with pytest.raises(CharrnnError) as e:
+        Trainer.resume(tmp_path / "r", say=lambda *_: None, max_steps=2)
+    assert str(e.value).endswith("is available; free some memory, or resume where more is available")
+    tune = corpus_config(tmp_path, hidden=16, batch=4, k1=8, k2=8, init_from=str(tmp_path / "r"))
+    with pytest.raises(CharrnnError) as e:
+        Trainer(tune, tmp_path / "tuned", say=lambda *_: None)
+    assert str(e.value).endswith("is available; use a smaller --batch or --k1/--k2")
+
+
 def test_the_estimate_counts_every_part(tmp_path, monkeypatch):
     cfg = corpus_config(tmp_path, hidden=32, batch=4, k1=8, k2=16)
     spec = ModelSpec("lstm", 30, 32, 1)
