@@ -201,7 +201,7 @@ def check_settings_used(names, cfg, *, resume: bool) -> None:
     for name in names:
         other = ACTS_WITH.get(name)
         if other and not getattr(cfg, other):
-            remedy = (f"a resume keeps the run's {flag(other)}, so" if resume and other not in RESUME_MAY_CHANGE
+            remedy = (f"a resumed run keeps its {flag(other)}, so" if resume and other not in RESUME_MAY_CHANGE
                       else f"give {flag(other)} above 0, or")
             raise UsageError(f"{flag(name)} acts only with {flag(other)} above 0, and it is 0{of(other)}: "
                              f"{ACTS_WITH_UNUSED[other]}; {remedy} leave out {flag(name)}")

@@ -726,7 +726,7 @@ def test_resume_refusal_advises_only_what_a_resume_may_change(corpus, tmp_path):
     with pytest.raises(UsageError) as e:
         Trainer.resume(tmp_path / "r", say=lambda *_: None, eval_every=5)
     assert str(e.value) == ("--eval-every acts only with --val-fraction above 0, and it is 0 (the run's): nothing "
-                            "is held out to validate on; a resume keeps the run's --val-fraction, so leave out "
+                            "is held out to validate on; a resumed run keeps its --val-fraction, so leave out "
                             "--eval-every")
 
 
