@@ -118,11 +118,16 @@ def test_gate_math_is_vector_code(cell):
 FLOAT64_ARITHMETIC = re.compile(r"^\s+v?(cvtps2pd|cvtpd2ps|cvtss2sd|cvtsd2ss|(?:add|sub|mul|div|fn?m(?:add|sub)\d*)[ps]d)\s",
                                 re.M)
 # An unsigned 64-bit integer made a float64 as x86 does it without AVX-512's vcvtusi2sd: its
-# halves set into the mantissas of two doubles (punpckldq), the bias of each taken off (subpd),
-# the two added (addsd, or haddpd). numba's reshape checks a size so (IndRNN's thread_sums); no
-# gate math is done so.
-UNSIGNED_TO_FLOAT64 = re.compile(r"^\s+v?punpckldq\s.*\n(?:\s+(?:movabsq|v?movapd)\s.*\n)*\s+v?subpd\s.*\n"
-                                 r"(?:\s+v?(?:shufpd|permilpd|unpckhpd|movapd)\s.*\n)?\s+v?(?:addsd|haddpd)\s.*\n", re.M)
+# halves set into the mantissas of two doubles (punpckldq of a constant), the constant biases taken
+# off (subpd), the two halves added (addsd, after a shuffle; or haddpd). numba's reshape checks a
+# size so (IndRNN's thread_sums). Both constants are read from memory, which gate math on
+# registers never matches.
+_CONSTANT = r"(?:\(%r\w+\)|\.LCPI\w+\(%rip\))"
+_XMM = r"%xmm\d+(?:, %xmm\d+)*\n"  # (SSE's two operands, AVX's three)
+UNSIGNED_TO_FLOAT64 = re.compile(
+    rf"^\s+v?punpckldq\s+{_CONSTANT}, {_XMM}(?:\s+movabsq\s+\$\.LCPI\w+, %r\w+\n)?\s+v?subpd\s+{_CONSTANT}, {_XMM}"
+    rf"(?:\s+v?movapd\s+{_XMM})?(?:\s+v?(?:(?:shufpd|permilpd)\s+\$1,|unpckhpd)\s+{_XMM})?\s+v?(?:addsd|haddpd)\s+{_XMM}",
+    re.M)
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 
 
