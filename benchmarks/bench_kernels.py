@@ -143,7 +143,7 @@ def theirs(torch, cell, H, V, dropout=0.0):
 
 
 def shape(text):
-    """An --shape: 'HxV', two whole numbers above 0."""
+    """An --shape: 'HxV', a hidden size of at least 1 and a vocabulary of at least 2."""
     try:
         H, V = (int(n) for n in text.lower().split("x"))
     except ValueError:
@@ -157,7 +157,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
     ap.add_argument("--cell", default="all", choices=["all", *CELLS])
-    ap.add_argument("--repeats", type=int, default=5, help="timed samples per side (median reported)")
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="timed samples per side (median reported); half as many, at least 2, where V >= 1000")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     ap.add_argument("--against", metavar="REV", help="also time the kernels of this git revision")
     ap.add_argument("--dropout", type=float, default=0.0, metavar="P",
