@@ -48,6 +48,7 @@ FORMAT_NAME = "charrnn-checkpoint"
 _META = "__meta__"  # array name of the JSON document; reserved
 _CHECKSUMS = "array_sha256"  # meta key of the checksum table; added by save, removed by load
 _ZIP_MAGIC = b"PK\x03\x04"
+_EMPTY_ZIP = b"PK\x05\x06"  # a zip archive of no members is its end record alone
 _LOCAL_HEADER = 30  # bytes of a zip member's local header, before its name (zipfile.sizeFileHeader)
 _MOST_MEMBERS = 1000  # far more than any checkpoint holds: the parameters, optimizer state, a window
 _LONGEST_MEMBER = 256  # bytes of a member's name, ".npy" included (save_checkpoint keeps to both)
@@ -454,6 +455,8 @@ def _not_an_archive(path: Path, head: bytes) -> str:
         return _corrupt(path, "the file is empty")
     if _ZIP_MAGIC.startswith(head):
         return _corrupt(path, f"the file is cut off after {counted(len(head), 'byte')}")
+    if head.startswith(_EMPTY_ZIP):  # np.savez() of no arrays
+        return f"{path} is a {SUFFIX} archive of no arrays, not a charrnn checkpoint"
     if head.startswith(b"\x93NUMPY"):
         return f"{path} is a single .npy array, not a charrnn checkpoint ({SUFFIX} archive)"
     if head[:1] == b"\x80":  # pickle protocols 2 and up start with the PROTO opcode

@@ -471,6 +471,14 @@ def test_files_that_are_not_archives_are_refused(tmp_path, content, message):
         load_checkpoint(path)
 
 
+def test_an_npz_archive_of_no_arrays_is_said_to_be_one(tmp_path):
+    # "not a .npz archive", of a file np.savez wrote
+    path = tmp_path / "c.npz"
+    np.savez(path)
+    with pytest.raises(CharrnnError, match=r"c\.npz is a \.npz archive of no arrays, not a charrnn checkpoint$"):
+        load_checkpoint(path)
+
+
 def test_plain_npy_file_is_refused(tmp_path):
     path = tmp_path / "c.npz"
     with open(path, "wb") as f:
