@@ -976,9 +976,10 @@ def _not_the_text(inputs, read, given, run_dir) -> CharrnnError:
     """The error for text given to resume a run that is not the text it read (`read`, `given`:
     the files' records, the checkpoint's and the text's), naming by path the files it read that
     changed since or are not in the text given (missing, or there but left out or not given), and
-    those new to the run; a file moved elsewhere with its bytes is none of these. And what to do:
-    where the text holds every file the run read, unchanged where it was, and more (a folder that
-    has gained files), leaving the text out resumes the run."""
+    those new to the run (a file moved elsewhere with its bytes is none of these), or else the
+    same files in another order. And what to do: where the text holds every file the run read,
+    unchanged where it was, and more (a folder that has gained files), leaving the text out
+    resumes the run."""
     was, now = {f["path"]: f["sha256"] for f in read}, {f["path"]: f["sha256"] for f in given}
     changed = [p for p in now if p in was and now[p] != was[p]]
     new, out = [p for p in now if p not in was], [p for p in was if p not in now]
@@ -990,8 +991,8 @@ def _not_the_text(inputs, read, given, run_dir) -> CharrnnError:
     how += [f"{some_of(names)}, which the run read, {'is' if len(names) == 1 else 'are'} {what}"
             for names, what in ((missing, "missing"), (left_out, "not in the text given")) if names]
     how += [f"{some_of(new)} {'is' if len(new) == 1 else 'are'} new to the run"] if new else []
-    why = ("; ".join(how) if how else _same_files_otherwise(read, given)) if read else (
-        "its SHA-256 differs")  # (no list: a checkpoint before files were)
+    # (no list of files read: a checkpoint from before they were listed)
+    why = ("; ".join(how) or _same_files_otherwise(read, given)) if read else "its SHA-256 differs"
     given_text = " ".join(map(str, inputs))
     if read and new and all(now.get(p) == sha for p, sha in was.items()):
         return CharrnnError(f"{given_text} is not the text this run was trained on: {why}; leave the text out to "
