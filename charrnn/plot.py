@@ -35,6 +35,7 @@ class Metrics:
     val: dict = field(default_factory=lambda: {"step": [], "loss": [], "bpc": []})
     test: dict | None = None
     torn_last_line: bool = False
+    stepless: int = 0  # train and val records without a step that is a finite number: not drawn
 
 
 def find_metrics(run) -> Path:
@@ -124,6 +125,9 @@ def read_metrics(run) -> Metrics:
         raise CharrnnError(f"{path} is not a charrnn {METRICS_FILE}: it holds no train, val or test record; "
                            "pass the run folder of a training run")
     if not m.train["step"] and not m.val["step"]:
+        if m.stepless:  # (no later record will make these drawable)
+            raise CharrnnError(f"{path} has {counted(m.stepless, 'train or val record')} but none with a step that is "
+                               "a finite number; the file is corrupt")
         raise CharrnnError(f"{path} has no train or val records yet; plot again once training has logged some")
     return m
 
@@ -149,7 +153,10 @@ def _add(m: Metrics, rec: dict):
         return
     target = {"train": m.train, "val": m.val}.get(kind) if isinstance(kind, str) else None
     step = _number(rec.get("step"))
-    if target is None or step is None:
+    if target is None:
+        return
+    if step is None:
+        m.stepless += 1
         return
     for key, values in target.items():
         values.append(step if key == "step" else _number(rec.get(key)))

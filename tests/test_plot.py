@@ -80,6 +80,15 @@ def test_a_file_that_is_no_metrics_log_is_named_so(tmp_path):
         read_metrics(one)
 
 
+def test_a_log_whose_records_have_no_usable_step_is_called_corrupt(tmp_path):
+    # "no train or val records yet; plot again once training has logged some": it never will
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "step": "1", "loss": 2}\n'
+                                            '{"kind": "val", "step": NaN, "loss": 2}\n{"kind": "test", "loss": 2}\n')
+    with pytest.raises(CharrnnError, match=r"metrics.jsonl has 2 train or val records but none with a step that is a "
+                                           r"finite number; the file is corrupt$"):
+        read_metrics(tmp_path)
+
+
 def test_a_run_whose_log_begins_with_a_damaged_line_is_called_corrupt(tmp_path):
     # "is not a charrnn metrics.jsonl ...; pass the run folder", when the run folder was passed
     (tmp_path / "metrics.jsonl").write_text('{"kind": "tr\x00\n{"kind": "train", "step": 1, "loss": 2}\n')
