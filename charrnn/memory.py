@@ -156,7 +156,8 @@ def gradflow_needs(specs, batch: int, max_k: int, windows: int) -> dict:
 
 def require(needs: dict, what: str, advice: str, processes=1):
     """A CharrnnError if the parts of `needs` add up to more than is available (when known) to
-    the `processes` on this machine that `needs` counts."""
+    the `processes` on this machine that `needs` counts; where they are several, the advice adds
+    running fewer."""
     need = sum(needs.values())
     have = available_bytes(processes=processes)
     if have is not None and need > have:
@@ -164,8 +165,9 @@ def require(needs: dict, what: str, advice: str, processes=1):
         digits = 1
         while _size(need, digits) == _size(have, digits) and digits < 9:  # "needs 2.3 GiB, but 2.3 GiB"
             digits += 1
+        fewer = ", or run fewer processes on this machine" if processes > 1 else ""
         raise CharrnnError(f"{what} needs about {_size(need, digits)} of memory ({parts}), but {_size(have, digits)} "
-                           f"is available; {advice}")
+                           f"is available; {advice}{fewer}")
 
 
 def _size(n: int, digits=1) -> str:

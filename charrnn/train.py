@@ -94,14 +94,12 @@ class _NoLog:
         pass
 
 
-def _smaller_run_advice(resuming: bool, fine_tune: bool, processes: int) -> str:
+def _smaller_run_advice(resuming: bool, fine_tune: bool) -> str:
     """What to do about a run that needs more memory than there is: only what the run may change
     (a resume keeps its model, batch and window; a fine-tune its model's size)."""
     if resuming:
-        advice = "free some memory, or resume where more is available"
-    else:
-        advice = "use a smaller " + ("--batch or --k1/--k2" if fine_tune else "--hidden, --layers, --batch or --k1/--k2")
-    return advice + (", or run fewer processes on this machine" if processes > 1 else "")
+        return "free some memory, or resume where more is available"
+    return "use a smaller " + ("--batch or --k1/--k2" if fine_tune else "--hidden, --layers, --batch or --k1/--k2")
 
 
 def _locked(folder, resuming=False):
@@ -178,7 +176,7 @@ class Trainer:
         self.spec = ModelSpec(cfg.cell, self.vocab.size, cfg.hidden, cfg.layers, cfg.cell_options())
         rows = self.world.rows(cfg.batch, resumed=resuming)  # this rank's streams (all, in one process)
         memory.require(memory.training_needs(self.spec, cfg, rows.stop - rows.start, self.world.node_size),
-                       "this run", _smaller_run_advice(resuming, base is not None, self.world.node_size),
+                       "this run", _smaller_run_advice(resuming, base is not None),
                        processes=self.world.node_size)
         self.rng = np.random.Generator(np.random.PCG64(cfg.seed))
         self.params = init_params(self.spec, self.rng, np.float32)
