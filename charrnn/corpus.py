@@ -896,10 +896,14 @@ class Vocab:
         return np.ascontiguousarray(ids, dtype=np.int32)
 
     def _knows_utf8(self, chars: list) -> bool:
-        """Whether some of `chars` (a bytes model's unknown ones, typed) lie in U+0080-U+00FF and
-        the model knows the UTF-8 bytes of each of those: 'é' typed for its c3 a9."""
-        high = [c for c in chars if 0x80 <= ord(c) <= 0xFF]
-        return bool(high) and set("".join(high).encode("utf-8").decode("latin-1")) <= set(self.chars)
+        """Whether some of `chars` (a bytes model's unknown ones, typed) lie above U+007F and the
+        model knows the UTF-8 bytes of each of those: 'é' typed for its c3 a9, '天' for e5 a4 a9.
+        A lone surrogate has no UTF-8."""
+        high = "".join(c for c in chars if ord(c) >= 0x80)
+        try:
+            return bool(high) and set(high.encode("utf-8").decode("latin-1")) <= set(self.chars)
+        except UnicodeEncodeError:
+            return False
 
     def numbers_as(self, chars: list) -> bool:
         """Whether this vocabulary numbers its characters as `chars` (another vocabulary's, in
@@ -1004,8 +1008,9 @@ def _unknown(chars: list, occurrences: int, what: str, as_bytes: bool = False,
             values = f"{counted(len(chars) - above, 'byte value')} and " if len(chars) > above else ""
             return UnknownCharacters(
                 f"{what} has {values}{counted(above, 'character')} above U+00FF the model does not know "
-                f"({counted(occurrences, 'occurrence')}): {shown}{more}; this model reads bytes, a character each: give "
-                "text.encode('utf-8').decode('latin-1')")
+                f"({counted(occurrences, 'occurrence')}): {shown}{more}; this model reads bytes, a character each: "
+                + ("give text.encode('utf-8').decode('latin-1')" if utf8_known else
+                   "use only text whose bytes occur in the training text"))
         return UnknownCharacters(
             f"{what} has {counted(len(chars), 'byte value')} the model does not know ({counted(occurrences, 'occurrence')}): "
             f"{shown}{more}; " + ("this model reads bytes, a character each: for UTF-8 text give "

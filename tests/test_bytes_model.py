@@ -135,15 +135,24 @@ def test_bytes_a_model_lacks_in_a_file_are_named_as_bytes(run):
     model = charrnn.load(run / "r")
     with pytest.raises(charrnn.UnknownCharacters, match=re.escape(named)):
         model.encode_file(odd)
-    # in Python a bytes model's text is a character a byte; one above U+00FF is no byte
+    # in Python a bytes model's text is a character a byte; one above U+00FF is no byte. Its UTF-8
+    # bytes are given as the text where the model knows them: 天's, not €'s (it was told to give
+    # them, and then that it knows no e2, 82 nor ac), nor a lone surrogate's (none: the advice raised)
     with pytest.raises(charrnn.UnknownCharacters, match=re.escape(
             "text has 4 byte values and 1 character above U+00FF the model does not know (5 occurrences): "
-            "e2, 82, ac, 78 ('x'), '€'; this model reads bytes, a character each: give "
-            "text.encode('utf-8').decode('latin-1')")):
+            "e2, 82, ac, 78 ('x'), '€'; this model reads bytes, a character each: use only text whose bytes occur "
+            "in the training text")):
         model.score(model_text("€x ", "bytes", "") + "€")
-    with pytest.raises(charrnn.UnknownCharacters, match=re.escape(  # no "0 byte values and"
-            "text has 1 character above U+00FF the model does not know (1 occurrence): '€'; this model")):
-        model.score("le " + "€")
+    for typed, named in (("€", "'€'"), ("\udcff", "'\\udcff'")):
+        with pytest.raises(charrnn.UnknownCharacters, match=re.escape(  # no "0 byte values and"
+                f"text has 1 character above U+00FF the model does not know (1 occurrence): {named}; this model reads "
+                "bytes, a character each: use only text whose bytes occur in the training text")):
+            model.score("le " + typed)
+    with pytest.raises(charrnn.UnknownCharacters, match=re.escape(
+            "text has 1 character above U+00FF the model does not know (1 occurrence): '天'; this model reads bytes, "
+            "a character each: give text.encode('utf-8').decode('latin-1')")):
+        model.score("le 天")
+    assert model.score("le 天".encode("utf-8").decode("latin-1"))  # as the advice says
     with pytest.raises(charrnn.CharrnnError, match=re.escape(
             "prime= has 1 byte value the model does not know (1 occurrence): 7e ('~'); use only text whose")):
         model.sample(5, prime="le ~")
