@@ -93,8 +93,10 @@ def _whole_number(name, value) -> int:
         whole = value.denominator == 1
     elif isinstance(value, decimal.Decimal):  # (no numbers.Real: it will not mix with floats)
         whole = value.is_finite() and value == value.to_integral_value()
-        if whole and value.adjusted() >= 4300:  # beyond every bound; int() of 10^(10^7) takes minutes
-            return int(math.copysign(1, value)) * 10 ** 4300
+        # int() of 10^(10^7) takes minutes; every such one taken as 10^4300 gave seeds 10^5000 and 10^6000 one text
+        if whole and value.adjusted() >= 4300:
+            raise CharrnnError(f"{as_keyword(name)} must be a whole number of fewer than 4300 digits, not a Decimal of "
+                               f"{value.adjusted() + 1:,}")
     else:
         whole = isinstance(value, numbers.Real) and float(value).is_integer()
     if isinstance(value, bool) or not whole:
@@ -313,7 +315,8 @@ class TrainedModel:
         if isinstance(lines, str):  # a str is an iterable too: of one-character lines
             raise CharrnnError("score_lines() reads a list of lines, not one str: score_lines([text]) scores the "
                                "text as one line, score_lines(text.split('\\n')) each line of it")
-        if not isinstance(lines, Iterable):
+        # (an array of no axis has __iter__, which raises TypeError)
+        if not isinstance(lines, Iterable) or isinstance(lines, np.ndarray) and lines.ndim == 0:
             raise CharrnnError(f"score_lines() reads a list of strs, one per line, not {type(lines).__name__}")
         lines = list(lines)
         if not all(isinstance(line, str) for line in lines):
@@ -364,12 +367,8 @@ class TrainedModel:
         with stream.kept_on_stop():  # (two reads; and the text unread, should it overflow)
             stream.feed(ids[:-1])
             logits = stream.feed(ids[-1:], keep_logits=True)[0].astype(np.float64)
-            if not np.isfinite(logits).all():  # a state assigned far beyond any the model reaches, or grown so
-                if state_grows(self.spec, self.params) and not self._assigned:
-                    raise computes_nan("feed", on=" on the text fed", grows=True,
-                                       shorter="feed less text between reset()s")
-                raise CharrnnError("the model's state overflowed: its next-character scores are not finite "
-                                   "numbers; reset(), or assign a state that m.state gave")
+            if not np.isfinite(logits).all():
+                raise self._fed_overflow()
         p = np.exp(logits - logits.max())  # as sampling's select() at temperature 1
         return p / p.sum()
 
@@ -412,6 +411,18 @@ class TrainedModel:
         self._assigned = True
 
     # -----------------------------------------------------------------------------------------
+
+    def _fed_overflow(self):
+        """feed()'s error for scores that are not finite: a state grown without bound over the
+        text, one assigned beyond any the model reaches (since the last reset), or broken
+        parameters. Where the state grows, an assigned one may have been the model's own (m.state
+        gave it): both remedies are said."""
+        grows = state_grows(self.spec, self.params)
+        if not self._assigned or grows:
+            return computes_nan("load", on=" on the text fed", grows=grows, shorter="feed less text between reset()s"
+                                + (", assign only a state that m.state gave" if self._assigned else ""))
+        return CharrnnError("the model's state overflowed: its next-character scores are not finite numbers; "
+                            "reset(), or assign a state that m.state gave")
 
     def _smaller_batch_or_window(self):
         return f"use a smaller batch or window ({self._spell('batch')}, {self._spell('window')})"

@@ -693,10 +693,14 @@ def test_a_decimal_is_a_number_to_sample(model):
         model.sample(Decimal("40.5"))
     with pytest.raises(CharrnnError, match=re.escape("length= must be a whole number, not Decimal Decimal('NaN')")):
         model.sample(Decimal("nan"))
-    # nor one beyond every bound, or a signalling NaN: a MemoryError, minutes in int(), a ValueError
-    for huge in ("1e999999999999999999", "1e10000000", "-1e5000"):
-        with pytest.raises(CharrnnError, match=re.escape("length=<int of more than 4300 digits> is out of range")):
-            model.sample(Decimal(huge))
+    # nor one of more digits than an int is written with, or a signalling NaN: a MemoryError,
+    # minutes in int(), a ValueError; taken as 10^4300, seeds of 10^5000 and 10^6000 gave one text
+    for name, huge, digits in (("length", "1e999999999999999999", "1,000,000,000,000,000,000"),
+                               ("length", "1e10000000", "10,000,001"), ("length", "-1e5000", "5,001"),
+                               ("seed", "1e5000", "5,001"), ("seed", "1e6000", "6,001")):
+        with pytest.raises(CharrnnError, match=re.escape(f"{name}= must be a whole number of fewer than 4300 digits, "
+                                                         f"not a Decimal of {digits}")):
+            model.sample(**{name: Decimal(huge)})
     with pytest.raises(CharrnnError, match=re.escape("temperature=nan is out of range")):
         model.sample(10, temperature=Decimal("sNaN"))
 
@@ -741,6 +745,10 @@ def test_score_lines_refuses_what_is_no_list_of_lines(model):
         model.score_lines("abc")  # else each character would be scored as a line
     with pytest.raises(CharrnnError, match="a list of strs, one per line, not NoneType"):
         model.score_lines(None)
+    for no_axis in (np.array("abc"), np.array(5)):  # numpy's "TypeError: iteration over a 0-d array"
+        with pytest.raises(CharrnnError, match="a list of strs, one per line, not ndarray"):
+            model.score_lines(no_axis)
+    assert len(list(model.score_lines(np.array(["the cat", "a dog"])))) == 2  # an array of lines is a list of them
 
 
 def test_a_feed_stopped_leaves_the_state_as_it_was(model, monkeypatch):
@@ -926,9 +934,28 @@ def test_a_model_whose_state_grows_without_bound_is_said_to_and_not_broken(tmp_p
     m.feed("abc de")  # a copy of a model fed, not assigned, is told of growth as the model is
     with pytest.raises(CharrnnError, match=re.escape(f"on the text fed: {grows}feed less text between reset()s")):
         copy.copy(m).feed("abc de " * 40)
-    m.state = {"h": np.full((1, 4), 3e38, np.float32)}  # an assigned state, not a grown one, overflows the next
-    with pytest.raises(CharrnnError, match=re.escape("reset(), or assign a state that m.state gave")):
+    # a state assigned, where the state also grows: it said to assign one that m.state gave, where
+    # the one assigned was m.state's and the text grew it
+    m.reset()
+    m.feed("abc")
+    m.state = m.state
+    both = f"on the text fed: {grows}feed less text between reset()s, assign only a state that m.state gave, or train"
+    with pytest.raises(CharrnnError, match=re.escape(both)):
+        m.feed("abc de " * 40)
+    m.state = {"h": np.full((1, 4), 3e38, np.float32)}
+    with pytest.raises(CharrnnError, match=re.escape(both)):
         m.feed("a")
+    # where it does not grow, an assigned state beyond any it reaches overflows the next (|u| < 1)
+    bounded = indrnn_model(tmp_path / "bounded", 0.9, Wy=1.0)
+    bounded.state = {"h": np.full((1, 4), 3e38, np.float32)}
+    with pytest.raises(CharrnnError, match=re.escape("state overflowed: its next-character scores are not finite "
+                                                     "numbers; reset(), or assign a state that m.state gave")):
+        bounded.feed("a")
+    # and, none assigned, it is the parameters (it said to assign a state that m.state gave)
+    broken = indrnn_model(tmp_path / "broken", -4.0, Wy=np.finfo(np.float32).max)
+    with pytest.raises(CharrnnError, match=re.escape("on the text fed; its parameters are broken (a diverged run?): "
+                                                     "load an earlier checkpoint")):
+        broken.feed("a")
     (tmp_path / "t.txt").write_text("abc de " * 40)
     r = run_module("inspect", tmp_path / "m.npz", tmp_path / "t.txt")
     assert r.returncode == 1 and f"{grows}inspect fewer characters (--chars)" in r.stderr, r.stderr
