@@ -1096,8 +1096,9 @@ def split(ids, fractions=(0.9, 0.05, 0.05), *, name: str = "the corpus"):
         advice = ("use a longer text" if not any(fr[1:]) or n < MIN_CORPUS_CHARS else
                   "use a longer text, or give each of the validation and test fractions (--val-fraction, "
                   "--test-fraction) 0, for no such part, or enough for 2 characters")
+        why = "2 per part" if need > MIN_CORPUS_CHARS else "the fewest charrnn trains on"
         need = f"at least {need:,}" if need < _BEYOND_ANY_TEXT else f"more than {_BEYOND_ANY_TEXT:.1e}"
-        raise CharrnnError(f"{name} has {counted(n, 'character')}; a {shown} train/val/test split needs {need} (2 per part); "
+        raise CharrnnError(f"{name} has {counted(n, 'character')}; a {shown} train/val/test split needs {need} ({why}); "
                            f"{advice}")
     n_train, n_val, _ = _split_sizes(n, fr)
     return ids[:n_train], ids[n_train : n_train + n_val], ids[n_train + n_val :]

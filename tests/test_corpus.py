@@ -531,9 +531,11 @@ def test_a_batch_shrunk_for_ranks_stays_a_multiple_of_them():
 
 def test_a_split_too_small_advises_what_can_help():
     # "lower the validation/test fractions" was the advice where both were 0, or where raising
-    # one would have helped
-    with pytest.raises(CharrnnError, match=r"needs at least 20 \(2 per part\); use a longer text$"):
+    # one would have helped; and 20 for a training part alone was "2 per part"
+    with pytest.raises(CharrnnError, match=r"needs at least 20 \(the fewest charrnn trains on\); use a longer text$"):
         split(np.arange(12) % 3, (1.0, 0.0, 0.0))
+    with pytest.raises(CharrnnError, match=r"a 0.9/0.05/0.05 train/val/test split needs at least 30 \(2 per part\)"):
+        split(np.arange(25) % 3, (0.9, 0.05, 0.05))
     with pytest.raises(CharrnnError, match=r"give each of the validation and test fractions \(--val-fraction, "
                                            r"--test-fraction\) 0, for no such part, or enough for 2 characters$"):
         split(np.arange(5000) % 3, (0.9999, 0.0001, 0.0))
