@@ -38,6 +38,9 @@ class RunLock:
         (a resume is told to wait: it takes no --run to choose another) or the folder cannot be
         written."""
         path = self.run_dir / LOCK_FILE
+        if resuming and _read_only(self.run_dir):  # (the system's "choose another place" is no choice here)
+            raise CharrnnError(f"{self.run_dir} is on a read-only file system, and a run resumes in its own folder: "
+                               "copy the folder where it can be written, and resume the copy")
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -72,6 +75,14 @@ class RunLock:
 
     def __del__(self):
         self.release()
+
+
+def _read_only(folder) -> bool:
+    """Whether folder's file system is mounted read-only (False where that cannot be told)."""
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no such folder, or no statvfs (Windows)
+        return False
 
 
 def held_by(run_dir):

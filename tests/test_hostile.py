@@ -1241,6 +1241,25 @@ def test_a_full_disk_as_the_lock_is_taken_is_said_with_the_lock_files_name(tmp_p
     with pytest.raises(CharrnnError, match=f"^{re.escape(str(tmp_path / 'r' / '.lock'))}: No space left on device"):
         runlock.RunLock(tmp_path / "r").acquire()
 
+def test_a_run_on_a_read_only_file_system_is_told_how_to_resume_it(corpus, tmp_path, monkeypatch):
+    # "...: Read-only file system; choose another place", where a resume takes no other place
+    from types import SimpleNamespace
+
+    from charrnn import runlock
+
+    run_dir = trained_run(corpus, tmp_path)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    statvfs = os.statvfs
+    monkeypatch.setattr(runlock.os, "statvfs", lambda path: SimpleNamespace(f_flag=os.ST_RDONLY)
+                        if Path(path) == run_dir else statvfs(path))
+    with pytest.raises(CharrnnError, match=re.escape(f"{run_dir} is on a read-only file system, and a run resumes in "
+                                                     "its own folder: copy the folder where it can be written, and "
+                                                     "resume the copy")):
+        Trainer.resume(run_dir, say=lambda *_: None, max_steps=4)
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    runlock.RunLock(run_dir).acquire().release()  # a new run is told what the system says, where it fails
+
+
 def test_a_save_killed_midway_leaves_no_temporary_for_long(corpus, tmp_path):
     run_dir = trained_run(corpus, tmp_path)
     # a save that hangs where the data is complete but not yet renamed, then kill -9
