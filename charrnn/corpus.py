@@ -689,7 +689,8 @@ def list_files(inputs, once=True) -> tuple[list[Path], list[str]]:
         notes.append(f"left out {counted(len(logs), 'log')} of charrnn runs inside the folders: "
                      f"{some_of(sorted(logs.values()))}")
     if linked:
-        notes.append(f"left out {counted(len(linked), 'link')} to folders inside the folders (name a folder to read it)")
+        notes.append(f"left out {counted(len(linked), 'link to a folder', 'links to folders')} inside the folders "
+                     "(name a folder to read it)")
     if repeated:
         notes.append(f"read once each: {some_of(repeated)} (met twice)")
     return files, notes

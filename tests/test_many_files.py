@@ -195,7 +195,7 @@ def test_overlapping_folders_count_what_they_leave_out_once(tmp_path):
     files, notes = list_files([top / "y", top])
     assert files == [top / "y" / "t.txt"]
     assert "left out 1 hidden file or folder inside the folders (names starting with '.')" in notes, notes
-    assert "left out 1 link to folders inside the folders (name a folder to read it)" in notes, notes
+    assert "left out 1 link to a folder inside the folders (name a folder to read it)" in notes, notes
     assert "left out 1 entry inside the folders that is not a regular file" in notes, notes
     assert f"left out 1 log of charrnn runs inside the folders: {top / 'y' / 'metrics.jsonl'}" in notes, notes
 
