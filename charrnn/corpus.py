@@ -797,7 +797,33 @@ def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP, model: str | None = N
         raise CharrnnError(f"no text files in {some_of([str(p) for p in inputs])}"
                            + (f" ({'; '.join(notes)})" if notes else "") + f"; {advice}")
     ids, chars = encoder.finish()
+    inside = _separators_inside(ids, chars, doc_sep, [f["chars"] for f in infos])
+    if inside:  # a sample stopped at the separator (--stop-at) may stop inside a document
+        shown = shown_text(doc_sep, encoding)
+        notes.append(f"the files hold --doc-sep {shown!r} themselves ({counted(inside, 'time')}), so it does not "
+                     f"only end a document: sample --stop-at {shown!r} may stop inside one; give --doc-sep a text none "
+                     "of them holds")
     return Corpus(ids, chars, text_hash.hexdigest(), infos, notes)
+
+
+def _separators_inside(ids, chars: list, doc_sep: str, lengths: list) -> int:
+    """How often doc_sep occurs wholly inside one of the documents (of these lengths, in
+    characters) that ids hold joined by it, as ids into chars; 0 for a single document. Not where
+    a document's end and the separator after it make one ("ay\n" + "\n\n"): a sample stops there
+    at the document's end."""
+    if len(lengths) < 2 or not doc_sep:
+        return 0
+    sep = [chars.index(c) for c in doc_sep]  # (every one is in the text: it was put there)
+    starts = np.cumsum([0] + lengths[:-1]) + len(sep) * np.arange(len(lengths))
+    ends = starts + lengths
+    found, last = 0, ids.size - len(sep) + 1
+    for a in range(0, last, CHUNK_BYTES):  # a piece at a time: no array of the text's size beside it
+        at = a + np.flatnonzero(ids[a : min(a + CHUNK_BYTES, last)] == sep[0])
+        for k, i in enumerate(sep[1:], 1):
+            at = at[ids[at + k] == i]
+        document = np.searchsorted(starts, at, side="right") - 1  # the one each begins in, or its separator
+        found += int(np.count_nonzero(at + len(sep) <= ends[document]))
+    return found
 
 
 def _cannot_be_read(noun: str, paths: list, first: OSError) -> str:

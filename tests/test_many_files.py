@@ -17,7 +17,7 @@ from charrnn import corpus as corpus_module
 from charrnn.checkpoint import load_checkpoint
 from charrnn.config import DOC_SEP, TrainConfig
 from charrnn.cli import app
-from charrnn.corpus import list_files, read_corpus
+from charrnn.corpus import list_files, model_text, read_corpus
 from charrnn.errors import CharrnnError, one_line
 from charrnn.train import Trainer, same_run_on_every_rank
 from test_hostile import main_exits
@@ -85,6 +85,32 @@ def test_the_text_joins_the_documents_with_the_separator_and_leaves_out_what_is_
                for n in corpus.notes)
     assert read_corpus([tree / "a.txt"]).text == "ay\n"  # one document: nothing added
     assert read_corpus([tree / "b.txt", tree / "a.txt"], doc_sep="\n\n").text == "bee\n\n\nay\n"
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "bytes"])
+def test_files_that_hold_the_separator_themselves_are_noted(tmp_path, encoding):
+    # a run on them trained in silence: the model learns that the separator does not always end a
+    # document, and a sample stopped at it (--stop-at) can stop inside one
+    def note(texts, doc_sep=DOC_SEP):
+        paths = []
+        for i, text in enumerate(texts):
+            paths.append(tmp_path / f"{i}.txt")
+            paths[-1].write_text(text, encoding="utf-8")
+        sep = model_text(doc_sep, encoding, "--doc-sep")
+        corpus = read_corpus(paths, encoding, sep)
+        assert len(corpus.ids) == sum(f["chars"] for f in corpus.files) + (len(texts) - 1) * len(sep)
+        said = [n for n in corpus.notes if "--doc-sep" in n]
+        return said[0] if said else None
+
+    assert note(["one\x03two é\n", "three\n", "\x03four\x03\n"]) == (
+        "the files hold --doc-sep '\\x03' themselves (3 times), so it does not only end a document: sample "
+        "--stop-at '\\x03' may stop inside one; give --doc-sep a text none of them holds")
+    assert "--doc-sep '\\n\\n' themselves (1 time)" in note(["para one\n\npara two\n", "b\n"], "\n\n")
+    assert "--doc-sep '¶\\n' themselves (2 times)" in note(["a¶\nb¶\n", "c\n", "¶"], "¶\n")  # not the last ¶
+    # where a document's last line break and the separator make one, a sample stops at its end
+    assert note(["bee\n", "ay\n"], "\n\n") is None
+    assert note(["one\x03two\n"]) is None  # a single document: no separator
+    assert note(["one\n", "two\n"]) is None
 
 
 def test_links_to_folders_are_counted_not_followed_and_files_behind_links_are_read(tree, tmp_path):
