@@ -354,7 +354,7 @@ class TrainedModel:
         """Read one character; return the probabilities of the next one: an array of len(vocab)
         float64, p[i] for vocab[i] (dict(zip(m.vocab, p)) names them)."""
         if not isinstance(ch, str) or len(ch) != 1:
-            raise CharrnnError(f"step() reads one character, not {ch!r}; feed() reads a text")
+            raise CharrnnError(f"step() reads one character, not {short_repr(ch)}; feed() reads a text")
         return self.feed(ch)
 
     def feed(self, text: str) -> np.ndarray:

@@ -23,15 +23,24 @@ def as_keyword(name, value=None):
     return f"{name}=" if value is None else f"{name}={short_repr(value)}"
 
 
+SHORT_REPR = 60  # characters of a value shown in a message: step("x" * 10000) repeated all of them
+
+
 def short_repr(value) -> str:
-    """repr(value) for a message; a number repr refuses (an int of more digits than
+    """repr(value) for a message, at most SHORT_REPR characters: a longer int named by its
+    digits, anything else cut short with '...'; a number repr refuses (an int of more digits than
     sys.get_int_max_str_digits(), a Fraction of one) named by its type."""
     try:
-        return repr(value)
+        shown = repr(value)
     except ValueError:
         if not isinstance(value, numbers.Rational):
             raise
         return f"<{type(value).__name__} of more than {sys.get_int_max_str_digits()} digits>"
+    if len(shown) <= SHORT_REPR:
+        return shown
+    if isinstance(value, numbers.Integral):
+        return f"<{type(value).__name__} of {len(shown.lstrip('-')):,} digits>"
+    return shown[: SHORT_REPR - 3] + "..."
 
 
 def bytes_shown(text: str) -> str:

@@ -632,6 +632,9 @@ def test_state_can_be_saved_and_restored(model):
 def test_step_errors(model):
     with pytest.raises(CharrnnError, match="one character"):
         model.step("ab")
+    # a value in a message is cut short: the whole text was repeated in it
+    with pytest.raises(CharrnnError, match=re.escape(f"step() reads one character, not '{'x' * 56}...; feed() reads")):
+        model.step("x" * 10_000)
     with pytest.raises(charrnn.UnknownCharacters):
         model.step("€")
     with pytest.raises(CharrnnError, match="keys h, c"):
@@ -668,7 +671,8 @@ def test_sample_refuses_an_argument_of_the_wrong_type(model, options, message):
     ({"seed": -3}, "seed=-3 is out of range"),
     ({"temperature": 10**400}, "temperature=inf is out of range"),  # an int beyond every float: OverflowError
     ({"top_p": -10**400}, "top_p=-inf is out of range"),
-    ({"length": Fraction(10**400)}, f"length={10**400} is out of range"),
+    ({"length": Fraction(10**400)}, "length=<int of 401 digits> is out of range"),  # (all 401 of them, before)
+    ({"length": -10**80}, "length=<int of 81 digits> is out of range"),
     # more digits than Python turns into text: a ValueError from the message's own making
     ({"length": 10**5000}, "length=<int of more than 4300 digits> is out of range"),
     ({"seed": -10**5000}, "seed=<int of more than 4300 digits> is out of range"),
