@@ -38,14 +38,17 @@ class RunLock:
         (a resume is told to wait: it takes no --run to choose another) or the folder cannot be
         written."""
         path = self.run_dir / LOCK_FILE
-        if resuming and _read_only(self.run_dir):  # (the system's "choose another place" is no choice here)
-            raise CharrnnError(f"{self.run_dir} is on a read-only file system, and a run resumes in its own folder: "
-                               "copy the folder where it can be written, and resume the copy")
         try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise CharrnnError(os_error_message(e)) from None
-        fd = open_run_file(path, os.O_RDWR | os.O_CREAT)
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise _refused(e) from None
+            fd = open_run_file(path, os.O_RDWR | os.O_CREAT)
+        except CharrnnError as e:  # the system's "choose another place" is no choice for a resume
+            if resuming and getattr(e, "errno", None) == errno.EROFS:
+                raise CharrnnError(f"{self.run_dir} is on a read-only file system, and a run resumes in its own "
+                                   "folder: copy the folder where it can be written, and resume the copy") from None
+            raise
         if fcntl is None:
             self.fd = fd
             return self
@@ -75,14 +78,6 @@ class RunLock:
 
     def __del__(self):
         self.release()
-
-
-def _read_only(folder) -> bool:
-    """Whether folder's file system is mounted read-only (False where that cannot be told)."""
-    try:
-        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-    except (OSError, AttributeError):  # no such folder, or no statvfs (Windows)
-        return False
 
 
 def held_by(run_dir):
@@ -121,6 +116,13 @@ def pid_shown(holder) -> str:
     return f" (pid {holder})" if holder.isdigit() else ""
 
 
+def _refused(e: OSError, path=None) -> CharrnnError:
+    """The CharrnnError for e, which keeps e's errno (for RunLock.acquire)."""
+    error = CharrnnError(os_error_message(e, path))
+    error.errno = e.errno
+    return error
+
+
 def open_run_file(path: Path, flags: int) -> int:
     """os.open(path, flags) for a file of the run folder that charrnn writes in place: a
     CharrnnError if path is a symbolic link or anything but a plain file (a FIFO, which an open
@@ -130,13 +132,13 @@ def open_run_file(path: Path, flags: int) -> int:
     except FileNotFoundError:
         mode = stat.S_IFREG  # made by the open
     except OSError as e:
-        raise CharrnnError(os_error_message(e, path)) from None
+        raise _refused(e, path) from None
     try:
         if stat.S_ISREG(mode):
             return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o666)  # a link made since: ELOOP
     except OSError as e:
         if e.errno != errno.ELOOP:
-            raise CharrnnError(os_error_message(e, path)) from None
+            raise _refused(e, path) from None
         mode = stat.S_IFLNK
     raise _not_plain(path, mode)
 

@@ -1243,21 +1243,26 @@ def test_a_full_disk_as_the_lock_is_taken_is_said_with_the_lock_files_name(tmp_p
 
 def test_a_run_on_a_read_only_file_system_is_told_how_to_resume_it(corpus, tmp_path, monkeypatch):
     # "...: Read-only file system; choose another place", where a resume takes no other place
-    from types import SimpleNamespace
-
     from charrnn import runlock
 
     run_dir = trained_run(corpus, tmp_path)
     before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
-    statvfs = os.statvfs
-    monkeypatch.setattr(runlock.os, "statvfs", lambda path: SimpleNamespace(f_flag=os.ST_RDONLY)
-                        if Path(path) == run_dir else statvfs(path))
+    open_ = os.open
+
+    def read_only(path, flags, *args):  # as a disk mounted read-only refuses the lock file
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return open_(path, flags, *args)
+
+    monkeypatch.setattr(runlock.os, "open", read_only)
     with pytest.raises(CharrnnError, match=re.escape(f"{run_dir} is on a read-only file system, and a run resumes in "
                                                      "its own folder: copy the folder where it can be written, and "
                                                      "resume the copy")):
         Trainer.resume(run_dir, say=lambda *_: None, max_steps=4)
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
-    runlock.RunLock(run_dir).acquire().release()  # a new run is told what the system says, where it fails
+    with pytest.raises(CharrnnError, match=re.escape(f"{run_dir / '.lock'}: Read-only file system; choose another "
+                                                     "place")):
+        runlock.RunLock(run_dir).acquire()  # a new run can choose another place
 
 
 def test_a_save_killed_midway_leaves_no_temporary_for_long(corpus, tmp_path):
