@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import DOC_SEP, LOG_STARTS
-from .errors import CharrnnError, UsageError, as_flag, counted, os_error_message, shell_word
+from .errors import CharrnnError, UsageError, as_flag, counted, os_error_message, repr_shown, shell_word
 
 ENCODINGS = ("utf-8", "latin-1", "bytes")
 
@@ -748,6 +748,7 @@ def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP, model: str | None = N
     text_hash = hashlib.sha256()
     sep_codes = np.array([ord(c) for c in doc_sep], np.uint32)
     infos, not_text, wide, unreadable, not_utf8 = [], [], [], [], []
+    spans = []  # where each document's ids begin and end
     for path in files:
         mark, hashed = encoder.mark(), text_hash.copy()
         if infos:
@@ -758,6 +759,7 @@ def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP, model: str | None = N
                                    "text") from None
             text_hash.update(doc_sep.encode("utf-8", "surrogatepass"))
         given = _identity(path) in named  # not found inside a folder
+        begin = encoder.mark()[0]
         try:
             # inside a folder, a file with a NUL byte is no text (an image, a .pyc) in any encoding
             chars, sha = _read_document(path, encoding, encoder, text_hash, nul_is_binary=not given)
@@ -776,6 +778,7 @@ def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP, model: str | None = N
                     not_utf8.append(str(path))
             continue
         infos.append({"path": str(_real(path)), "chars": chars, "sha256": sha})
+        spans.append((begin, encoder.mark()[0]))
     if not_text:
         what = "empty or binary (name a file to read its bytes)" if encoding != "utf-8" else \
             "empty, binary or not UTF-8"
@@ -797,25 +800,25 @@ def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP, model: str | None = N
         raise CharrnnError(f"no text files in {some_of([str(p) for p in inputs])}"
                            + (f" ({'; '.join(notes)})" if notes else "") + f"; {advice}")
     ids, chars = encoder.finish()
-    inside = _separators_inside(ids, chars, doc_sep, [f["chars"] for f in infos])
+    inside = _separators_inside(ids, chars, doc_sep, spans)
     if inside:  # a sample stopped at the separator (--stop-at) may stop inside a document
-        shown = shown_text(doc_sep, encoding)
-        notes.append(f"the files hold --doc-sep {shown!r} themselves ({counted(inside, 'time')}), so it does not "
-                     f"only end a document: sample --stop-at {shown!r} may stop inside one; give --doc-sep a text none "
+        shown = repr_shown(shown_text(doc_sep, encoding, "surrogateescape"))  # a byte that is no UTF-8 as \xff
+        notes.append(f"the files hold --doc-sep {shown} themselves, at {counted(inside, 'place')}, so it does not "
+                     f"only end a document: sample --stop-at {shown} may stop inside one; give --doc-sep a text none "
                      "of them holds")
     return Corpus(ids, chars, text_hash.hexdigest(), infos, notes)
 
 
-def _separators_inside(ids, chars: list, doc_sep: str, lengths: list) -> int:
-    """How often doc_sep occurs wholly inside one of the documents (of these lengths, in
-    characters) that ids hold joined by it, as ids into chars; 0 for a single document. Not where
-    a document's end and the separator after it make one ("ay\n" + "\n\n"): a sample stops there
-    at the document's end."""
-    if len(lengths) < 2 or not doc_sep:
+def _separators_inside(ids, chars: list, doc_sep: str, spans: list) -> int:
+    """At how many places doc_sep begins inside one of the documents (spans: where each begins and
+    ends in ids, which hold them joined by it, as ids into chars), before its last characters that
+    are all of doc_sep's (a sample stopped there loses only those: "more\n\n" + "\n\n"); 0 for a
+    single document."""
+    if len(spans) < 2 or not doc_sep:
         return 0
     sep = [chars.index(c) for c in doc_sep]  # (every one is in the text: it was put there)
-    starts = np.cumsum([0] + lengths[:-1]) + len(sep) * np.arange(len(lengths))
-    ends = starts + lengths
+    starts = np.array([b for b, _ in spans])
+    ends = np.array([_ending_of(ids, b, e, sep) for b, e in spans])  # (the separator's characters left out)
     found, last = 0, ids.size - len(sep) + 1
     for a in range(0, last, CHUNK_BYTES):  # a piece at a time: no array of the text's size beside it
         at = a + np.flatnonzero(ids[a : min(a + CHUNK_BYTES, last)] == sep[0])
@@ -824,6 +827,18 @@ def _separators_inside(ids, chars: list, doc_sep: str, lengths: list) -> int:
         document = np.searchsorted(starts, at, side="right") - 1  # the one each begins in, or its separator
         found += int(np.count_nonzero(at + len(sep) <= ends[document]))
     return found
+
+
+def _ending_of(ids, begin: int, end: int, sep: list) -> int:
+    """Where the ids of a document (ids[begin:end]) end, but for a last run of sep's ids."""
+    step = 64
+    while end > begin:  # looked at from the end, a piece twice as long each time
+        lo = max(begin, end - step)
+        other = np.flatnonzero(~np.isin(ids[lo:end], sep))
+        if other.size:
+            return lo + int(other[-1]) + 1
+        end, step = lo, 2 * step
+    return begin
 
 
 def _cannot_be_read(noun: str, paths: list, first: OSError) -> str:

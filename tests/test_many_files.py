@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -95,22 +96,50 @@ def test_files_that_hold_the_separator_themselves_are_noted(tmp_path, encoding):
         paths = []
         for i, text in enumerate(texts):
             paths.append(tmp_path / f"{i}.txt")
-            paths[-1].write_text(text, encoding="utf-8")
-        sep = model_text(doc_sep, encoding, "--doc-sep")
-        corpus = read_corpus(paths, encoding, sep)
-        assert len(corpus.ids) == sum(f["chars"] for f in corpus.files) + (len(texts) - 1) * len(sep)
+            paths[-1].write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+        corpus = read_corpus(paths, encoding, model_text(doc_sep, encoding, "--doc-sep"))
         said = [n for n in corpus.notes if "--doc-sep" in n]
         return said[0] if said else None
 
     assert note(["one\x03two é\n", "three\n", "\x03four\x03\n"]) == (
-        "the files hold --doc-sep '\\x03' themselves (3 times), so it does not only end a document: sample "
+        "the files hold --doc-sep '\\x03' themselves, at 3 places, so it does not only end a document: sample "
         "--stop-at '\\x03' may stop inside one; give --doc-sep a text none of them holds")
-    assert "--doc-sep '\\n\\n' themselves (1 time)" in note(["para one\n\npara two\n", "b\n"], "\n\n")
-    assert "--doc-sep '¶\\n' themselves (2 times)" in note(["a¶\nb¶\n", "c\n", "¶"], "¶\n")  # not the last ¶
-    # where a document's last line break and the separator make one, a sample stops at its end
+    assert "--doc-sep '\\n\\n' themselves, at 1 place," in note(["para one\n\npara two\n", "b\n"], "\n\n")
+    assert "--doc-sep '¶\\n' themselves, at 1 place," in note(["a¶\nb¶\n", "c\n", "¶"], "¶\n")  # not b's
+    # where a document ends in the separator's characters, a sample stopped there loses only those
     assert note(["bee\n", "ay\n"], "\n\n") is None
+    assert note(["para one\nmore\n\n\n", "b\n"], "\n\n") is None
+    assert note(["one\x03", "two\n"]) is None
     assert note(["one\x03two\n"]) is None  # a single document: no separator
     assert note(["one\n", "two\n"]) is None
+    if encoding == "bytes":  # a byte that is no UTF-8, as typed (it was shown as U+FFFD)
+        assert "--doc-sep '\\xff' themselves, at 1 place," in note([b"a\xffb", b"c"], "\udcff")
+
+
+def test_the_separators_inside_documents_are_counted_a_piece_at_a_time(monkeypatch):
+    # every place the separator begins wholly inside a document, but for its last run of the
+    # separator's characters: against a count by hand, in pieces of every few characters
+    import random
+
+    rng = random.Random(7)
+    chars = ["\n", "\x03", "a", "b"]
+    for doc_sep in ("\x03", "\n\n", "a\n", "\n\x03\n"):
+        for _ in range(60):
+            docs = ["".join(rng.choice("\n\x03ab") for _ in range(rng.randrange(0, 12)))
+                    for _ in range(rng.randrange(2, 5))]
+            text = doc_sep.join(docs)
+            ids = np.array([chars.index(c) for c in text], np.uint8)
+            spans, at = [], 0
+            for doc in docs:
+                spans.append((at, at + len(doc)))
+                at += len(doc) + len(doc_sep)
+            by_hand = 0
+            for doc in docs:
+                body = doc.rstrip(doc_sep)  # (str.rstrip takes a set of characters)
+                by_hand += sum(body.startswith(doc_sep, p) for p in range(len(body)))
+            for piece in (1, 2, 3, 5, 1 << 22):
+                monkeypatch.setattr(corpus_module, "CHUNK_BYTES", piece)
+                assert corpus_module._separators_inside(ids, chars, doc_sep, spans) == by_hand, (docs, doc_sep)
 
 
 def test_links_to_folders_are_counted_not_followed_and_files_behind_links_are_read(tree, tmp_path):
