@@ -934,16 +934,20 @@ class Vocab:
             distinct, first = np.unique(unknown_codes, return_index=True)
             distinct = distinct[np.argsort(first)]  # in order of first appearance
             chars = [chr(int(c)) for c in distinct]
-            raise _unknown(chars, len(unknown_codes), what, as_bytes, utf8_known=as_bytes and self._knows_utf8(chars))
+            raise _unknown(chars, len(unknown_codes), what, as_bytes,
+                           utf8_known=as_bytes and self._knows_utf8(chars, codes))
         return np.ascontiguousarray(ids, dtype=np.int32)
 
-    def _knows_utf8(self, chars: list) -> bool:
-        """Whether some of `chars` (a bytes model's unknown ones, typed) lie above U+007F and the
-        model knows the UTF-8 bytes of each of those: 'é' typed for its c3 a9, '天' for e5 a4 a9.
-        A lone surrogate has no UTF-8."""
-        high = "".join(c for c in chars if ord(c) >= 0x80)
+    def _knows_utf8(self, unknown: list, codes: np.ndarray) -> bool:
+        """Whether a bytes model reads a text typed as characters (codes: their code points) once
+        it is given as its UTF-8 bytes: some of its `unknown` characters lie above U+007F, and the
+        model knows the UTF-8 bytes of every character of the text above U+007F, the known ones
+        too ('é' typed for its c3 a9, '天' for e5 a4 a9). A lone surrogate has no UTF-8."""
+        if all(ord(c) < 0x80 for c in unknown):
+            return False
+        high = "".join(map(chr, np.unique(codes[codes >= 0x80]).tolist()))
         try:
-            return bool(high) and set(high.encode("utf-8").decode("latin-1")) <= set(self.chars)
+            return set(high.encode("utf-8").decode("latin-1")) <= set(self.chars)
         except UnicodeEncodeError:
             return False
 

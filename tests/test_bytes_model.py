@@ -153,6 +153,12 @@ def test_bytes_a_model_lacks_in_a_file_are_named_as_bytes(run):
             "a character each: give text.encode('utf-8').decode('latin-1')")):
         model.score("le 天")
     assert model.score("le 天".encode("utf-8").decode("latin-1"))  # as the advice says
+    # nor where the text's other characters would become bytes it does not know: the byte e5 it
+    # knows, typed beside 天, would be c3 a5 (a5 unknown)
+    with pytest.raises(charrnn.UnknownCharacters, match=re.escape(
+            "1 character above U+00FF the model does not know (1 occurrence): '天'; this model reads bytes, a "
+            "character each: use only text whose bytes occur in the training text")):
+        model.score("le \xe5天")
     with pytest.raises(charrnn.CharrnnError, match=re.escape(
             "prime= has 1 byte value the model does not know (1 occurrence): 7e ('~'); use only text whose")):
         model.sample(5, prime="le ~")
