@@ -86,6 +86,11 @@ def load(path) -> TrainedModel:
 # _batch_window).
 
 
+# int() of a Decimal of 20,000 digits takes some 15 ms, of 10^7 digits minutes: one of more
+# digits is refused (each was taken as 10^4300, and seeds of 10^5000 and 10^6000 gave one text)
+DECIMAL_DIGITS = 20_000
+
+
 def _whole_number(name, value) -> int:
     """`value` as an int: an int, a numpy integer, or a float with a whole value (length=1e4).
     Never a bool: True is no length and no seed."""
@@ -93,10 +98,9 @@ def _whole_number(name, value) -> int:
         whole = value.denominator == 1
     elif isinstance(value, decimal.Decimal):  # (no numbers.Real: it will not mix with floats)
         whole = value.is_finite() and value == value.to_integral_value()
-        # int() of 10^(10^7) takes minutes; every such one taken as 10^4300 gave seeds 10^5000 and 10^6000 one text
-        if whole and value.adjusted() >= 4300:
-            raise CharrnnError(f"{as_keyword(name)} must be a whole number of fewer than 4300 digits, not a Decimal of "
-                               f"{value.adjusted() + 1:,}")
+        if whole and value.adjusted() >= DECIMAL_DIGITS:
+            raise CharrnnError(f"{as_keyword(name)} must be a whole number of at most {DECIMAL_DIGITS:,} digits, not a "
+                               f"Decimal of {value.adjusted() + 1:,} digits")
     else:
         whole = isinstance(value, numbers.Real) and float(value).is_integer()
     if isinstance(value, bool) or not whole:

@@ -27,20 +27,22 @@ SHORT_REPR = 60  # characters of a value shown in a message: step("x" * 10000) r
 
 
 def short_repr(value) -> str:
-    """repr(value) for a message, at most SHORT_REPR characters: a longer int named by its
-    digits, anything else cut short with '...'; a number repr refuses (an int of more digits than
-    sys.get_int_max_str_digits(), a Fraction of one) named by its type."""
+    """repr(value) for a message, at most SHORT_REPR characters: a longer int named by its sign
+    and digits, anything else cut short with '...'; a number repr refuses (an int of more digits
+    than sys.get_int_max_str_digits(), a Fraction of one) named by its sign and type."""
     try:
         shown = repr(value)
     except ValueError:
         if not isinstance(value, numbers.Rational):
             raise
-        return f"<{type(value).__name__} of more than {sys.get_int_max_str_digits()} digits>"
-    if len(shown) <= SHORT_REPR:
-        return shown
-    if isinstance(value, numbers.Integral):
-        return f"<{type(value).__name__} of {len(shown.lstrip('-')):,} digits>"
-    return shown[: SHORT_REPR - 3] + "..."
+        digits = f"more than {sys.get_int_max_str_digits():,}"
+    else:
+        if len(shown) <= SHORT_REPR:
+            return shown
+        if not isinstance(value, numbers.Integral):
+            return shown[: SHORT_REPR - 3] + "..."
+        digits = f"{len(str(abs(int(value)))):,}"
+    return f"<{'negative ' if value < 0 else ''}{type(value).__name__} of {digits} digits>"
 
 
 def bytes_shown(text: str) -> str:

@@ -657,7 +657,7 @@ def test_step_errors(model):
     ({"prime": b"ab"}, "prime= must be a str, not bytes"),
     ({"stop_at": b"a"}, "stop_at= must be a str, not bytes"),
     ({"length": Fraction(10**400, 3)}, "length= must be a whole number, not Fraction"),  # no float holds it
-    ({"length": Fraction(10**5000, 3)}, "length= must be a whole number, not Fraction <Fraction of more than 4300"),
+    ({"length": Fraction(10**5000, 3)}, "length= must be a whole number, not Fraction <Fraction of more than 4,300"),
 ])
 def test_sample_refuses_an_argument_of_the_wrong_type(model, options, message):
     with pytest.raises(CharrnnError, match=re.escape(message)):
@@ -672,10 +672,10 @@ def test_sample_refuses_an_argument_of_the_wrong_type(model, options, message):
     ({"temperature": 10**400}, "temperature=inf is out of range"),  # an int beyond every float: OverflowError
     ({"top_p": -10**400}, "top_p=-inf is out of range"),
     ({"length": Fraction(10**400)}, "length=<int of 401 digits> is out of range"),  # (all 401 of them, before)
-    ({"length": -10**80}, "length=<int of 81 digits> is out of range"),
+    ({"length": -10**80}, "length=<negative int of 81 digits> is out of range"),
     # more digits than Python turns into text: a ValueError from the message's own making
-    ({"length": 10**5000}, "length=<int of more than 4300 digits> is out of range"),
-    ({"seed": -10**5000}, "seed=<int of more than 4300 digits> is out of range"),
+    ({"length": 10**5000}, "length=<int of more than 4,300 digits> is out of range"),
+    ({"seed": -10**5000}, "seed=<negative int of more than 4,300 digits> is out of range"),
     ({"temperature": 0, "top_k": 3}, "top_k=3 has no use with temperature=0"),
     ({"temperature": 0.0, "top_p": 0.5}, "top_p=0.5 has no use with temperature=0"),
 ])
@@ -697,14 +697,20 @@ def test_a_decimal_is_a_number_to_sample(model):
         model.sample(Decimal("40.5"))
     with pytest.raises(CharrnnError, match=re.escape("length= must be a whole number, not Decimal Decimal('NaN')")):
         model.sample(Decimal("nan"))
-    # nor one of more digits than an int is written with, or a signalling NaN: a MemoryError,
-    # minutes in int(), a ValueError; taken as 10^4300, seeds of 10^5000 and 10^6000 gave one text
-    for name, huge, digits in (("length", "1e999999999999999999", "1,000,000,000,000,000,000"),
-                               ("length", "1e10000000", "10,000,001"), ("length", "-1e5000", "5,001"),
-                               ("seed", "1e5000", "5,001"), ("seed", "1e6000", "6,001")):
-        with pytest.raises(CharrnnError, match=re.escape(f"{name}= must be a whole number of fewer than 4300 digits, "
-                                                         f"not a Decimal of {digits}")):
-            model.sample(**{name: Decimal(huge)})
+    # a Decimal of many digits is the int it is: each of 4300 digits or more was taken as 10^4300,
+    # and seeds of 10^5000 and 10^6000 gave one text
+    assert model.sample(20, seed=Decimal("1e5000")) == model.sample(20, seed=10**5000) != \
+        model.sample(20, seed=Decimal("1e6000"))
+    with pytest.raises(CharrnnError, match=re.escape("length=<negative int of more than 4,300 digits> is out of range")):
+        model.sample(Decimal("-1e5000"))
+    # but not one of more digits than int() turns out at once: a MemoryError, minutes in int()
+    for huge, digits in (("1e999999999999999999", "1,000,000,000,000,000,000"), ("1e10000000", "10,000,001"),
+                         ("-1e20000", "20,001")):
+        with pytest.raises(CharrnnError, match=re.escape("length= must be a whole number of at most 20,000 digits, not a "
+                                                         f"Decimal of {digits} digits")):
+            model.sample(Decimal(huge))
+    assert model.sample(5, seed=Decimal("1e19999"))  # (20,000 digits)
+    # a signalling NaN: numpy's ValueError
     with pytest.raises(CharrnnError, match=re.escape("temperature=nan is out of range")):
         model.sample(10, temperature=Decimal("sNaN"))
 
