@@ -345,6 +345,34 @@ def test_a_refusal_is_raised_on_every_rank_and_names_the_rank_that_refused(monke
     distributed.refuse_together(None)  # none refused: nothing raised
 
 
+class _RankOne(distributed.Solo):
+    """Rank 1 of two, whose rank 0 has `rank_0`'s values where they differ from this rank's."""
+
+    size, rank = 2, 1
+
+    def __init__(self, rank_0):
+        self.rank_0 = rank_0
+
+    def from_root(self, value):
+        return {**value, **self.rank_0}
+
+
+def test_a_rank_whose_text_is_another_of_the_same_length_and_characters_is_stopped(monkeypatch):
+    # two machines, each with its copy of the text at one path: copies of the same length and
+    # characters but another text trained in silence on a mix of the two (its digest was kept)
+    from charrnn.config import TrainConfig
+    from charrnn.corpus import Vocab
+    from charrnn.train import same_run_on_every_rank
+
+    cfg, vocab = TrainConfig(corpus=["/data/t.txt"]), Vocab.from_text("ab")
+    monkeypatch.setattr(distributed, "_world", _RankOne({"text": "0" * 64}))
+    with pytest.raises(distributed.Refused, match=r"^this rank's run is not rank 0's: its text is another; launch every "
+                                                  "rank with the same command line"):
+        same_run_on_every_rank(cfg, vocab, 1000, "f" * 64)
+    monkeypatch.setattr(distributed, "_world", _RankOne({}))
+    same_run_on_every_rank(cfg, vocab, 1000, "f" * 64)  # the same text: nothing refused
+
+
 @pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="Linux's /dev/shm")
 def test_a_rank_removes_the_names_of_the_segments_it_maps(tmp_path):
     # a copy of /proc/self/maps naming MPICH's two kinds of segment, one already removed, and
