@@ -182,7 +182,7 @@ class Trainer:
         self.params = init_params(self.spec, self.rng, np.float32)
         if base is not None:  # the trained model; a fresh model's rows for the characters it lacked
             transplant(base.spec, base.params, self.spec, self.params)
-        same_run_on_every_rank(cfg, self.vocab, len(self.train_ids), self.corpus_info["sha256"])
+        same_run_on_every_rank(cfg, self.vocab, self.corpus_info["sha256"])
         self.world.bcast(self.params)  # every rank starts from rank 0's model
         self._synced_at = None  # the update whose model every rank last took from rank 0
         self.grads = np.zeros_like(self.params)
@@ -1267,7 +1267,7 @@ def _unlike_rank_0(mine: dict) -> dict:
     return {k: root.get(k) for k in mine if mine[k] != root.get(k)}
 
 
-def same_run_on_every_rank(cfg, vocab=None, train_chars=None, text_sha256=None):
+def same_run_on_every_rank(cfg, vocab=None, text_sha256=None):
     """Under MPI every rank must run the same run: settings, characters and text. A rank given
     other settings (launched with another command line, as mpiexec's A : B allows) or another
     text would go its own way, and the ranks would wait for each other for ever in their next
@@ -1275,15 +1275,16 @@ def same_run_on_every_rank(cfg, vocab=None, train_chars=None, text_sha256=None):
     collective of its own). Each rank compares its settings alone with rank 0's before a new
     run's folder is claimed and its text read (cli.train), then its settings and text before the
     first all-reduce (Trainer); every rank stops where one differs (distributed.refuse_together).
-    The text is compared by its SHA-256 too: a machine's copy of it at the same path, of the same
-    length and characters but another text, trained in silence on a mix of the two."""
+    The text is compared by its SHA-256, which decides its length too (its count of characters was
+    compared alone: a machine's copy of it at the same path, of the same length and characters but
+    another text, trained in silence on a mix of the two)."""
     mine = {**cfg.to_dict(), "corpus": _text_names(cfg.corpus)}  # as Trainer keeps them
     if vocab is not None:
-        mine.update({"vocabulary": vocab.to_json(), "training characters": train_chars, "text": text_sha256})
+        mine.update({"vocabulary": vocab.to_json(), "text": text_sha256})
     differ = _unlike_rank_0(mine)
     refusal = None
     if differ:
-        text = {"vocabulary", "training characters", "text"}
+        text = {"vocabulary", "text"}
         said = ["its text is another"] if text & set(differ) else []
         for k, theirs in differ.items():
             if k == "corpus":  # an argument, not an option: no --corpus

@@ -368,9 +368,9 @@ def test_a_rank_whose_text_is_another_of_the_same_length_and_characters_is_stopp
     monkeypatch.setattr(distributed, "_world", _RankOne({"text": "0" * 64}))
     with pytest.raises(distributed.Refused, match=r"^this rank's run is not rank 0's: its text is another; launch every "
                                                   "rank with the same command line"):
-        same_run_on_every_rank(cfg, vocab, 1000, "f" * 64)
+        same_run_on_every_rank(cfg, vocab, "f" * 64)
     monkeypatch.setattr(distributed, "_world", _RankOne({}))
-    same_run_on_every_rank(cfg, vocab, 1000, "f" * 64)  # the same text: nothing refused
+    same_run_on_every_rank(cfg, vocab, "f" * 64)  # the same text: nothing refused
 
 
 @pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="Linux's /dev/shm")
