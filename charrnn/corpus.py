@@ -229,11 +229,12 @@ def _binary(name: str, offset: int) -> NotText:
 class WideText(NotText):
     """A file of UTF-16 or UTF-32 text (Windows' "Unicode", PowerShell 5's `>`): called binary
     for its NUL bytes, and read as bytes it would teach a model byte pairs, not text. `command`:
-    the iconv command that makes a UTF-8 copy of it."""
+    the iconv command that makes a UTF-8 copy of it, and `otherwise` the advice for a file that
+    may be Latin-1 text instead."""
 
-    def __init__(self, reason: str, command: str):
-        super().__init__(reason, f"save it as UTF-8 first, e.g. {command}")
-        self.command = command
+    def __init__(self, reason: str, command: str, otherwise: str = ""):
+        super().__init__(reason, f"save it as UTF-8 first, e.g. {command}{otherwise}")
+        self.command, self.otherwise = command, otherwise
 
 
 # byte-order marks, the longer first: UTF-32-LE's begins with UTF-16-LE's
@@ -243,14 +244,21 @@ _WIDE_MARKS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
 
 def _wide_text(name, head: bytes) -> WideText | None:
     """The error for a file whose first bytes `head` are UTF-16 or UTF-32 text: after a
-    byte-order mark, or without one (_unmarked_wide)."""
-    wide = next((encoding for mark, encoding in _WIDE_MARKS if head.startswith(mark)), None) or _unmarked_wide(head)
+    byte-order mark, or without one (_unmarked_wide). UTF-16 text nearly always holds a NUL
+    byte in its first 4 KiB (the high byte of an ASCII character's code unit); a file that
+    begins with the bytes of UTF-16's mark and holds none may be Latin-1 text that begins with
+    'ÿþ' (or 'þÿ'), which the iconv command would make nonsense of: the advice says how to read
+    that too (a short Chinese text in UTF-16 holds no NUL either)."""
+    mark = next(((mark, encoding) for mark, encoding in _WIDE_MARKS if head.startswith(mark)), None)
+    wide = mark[1] if mark else _unmarked_wide(head)
     if wide is None:
         return None
     name = Path(name)
     converted = name.with_name(f"{name.stem}-utf8{name.suffix or '.txt'}")
+    otherwise = "" if b"\x00" in head[:4096] else \
+        f"; or, if it is Latin-1 text that begins with {mark[0].decode('latin-1')!r}, give --encoding latin-1"
     return WideText(f"{name} is {wide} text, not UTF-8",
-                    f"iconv -f {wide} -t UTF-8 {shell_word(name)} > {shell_word(converted)}")
+                    f"iconv -f {wide} -t UTF-8 {shell_word(name)} > {shell_word(converted)}", otherwise)
 
 
 def _unmarked_wide(head: bytes) -> str | None:
@@ -771,7 +779,7 @@ def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP, model: str | None = N
             if isinstance(e, Unreadable):
                 unreadable.append((str(path), e.error))
             elif isinstance(e, WideText):
-                wide.append((str(path), e.command))
+                wide.append((str(path), e.command + e.otherwise))
             else:
                 not_text.append(str(path))
                 if e.advice == _UTF8_FIX:  # (text in another encoding, perhaps: Latin-1, Windows-1252)
