@@ -1291,10 +1291,17 @@ def same_run_on_every_rank(cfg, vocab=None, text_sha256=None):
                 said.append(f"the text {_texts_shown(mine[k])} (rank 0: {_texts_shown(theirs)})")
             elif k not in text:
                 ours, rank_0 = _shown_apart(mine[k], theirs)
-                said.append(f"{as_flag(k, ours)} (rank 0: {rank_0})")
+                said.append(f"{as_flag(k, _given(k, mine[k], ours))} (rank 0: {_given(k, theirs, rank_0)})")
         refusal = (f"this rank's run is not rank 0's: {', '.join(said)}; launch every rank with the same command line, "
                    "in a folder on a file system they all see")
     distributed.refuse_together(refusal)
+
+
+def _given(name, value, shown):
+    """A setting's value `shown`, or "not given" where an option whose default is empty (--run,
+    --init-from) was left out: `--run ''` said it was given so."""
+    field = TrainConfig.__dataclass_fields__.get(name)
+    return "not given" if value == "" and field is not None and field.default == "" else shown
 
 
 def _read_by_every_rank(path, meta):

@@ -934,9 +934,10 @@ def test_ranks_launched_with_other_settings_are_stopped_before_they_wait_for_eac
 
 @needs_mpi
 @pytest.mark.parametrize("rank_0, rank_1, said", [
-    (["--run", "r"], [], "--run '' (rank 0: r)"),
-    ([], ["--run", "r"], "--run r (rank 0: '')"),
-    (["--init-from", "DONE"], [], "--init-from '' (rank 0: DONE/best.npz)"),
+    (["--run", "r"], [], "--run not given (rank 0: r)"),  # not "--run ''", as if it were given so
+    ([], ["--run", "r"], "--run r (rank 0: not given)"),
+    (["--init-from", "DONE"], [], "--init-from not given (rank 0: DONE/best.npz)"),
+    (["--doc-sep", ""], [], "--doc-sep \\x03 (rank 0: '')"),  # given empty: no separator, which is a value
     ([], ["OTHER"], "the text CORPUS OTHER (rank 0: CORPUS)"),  # an argument: there is no --corpus
 ])
 def test_ranks_launched_one_with_an_option_and_one_without_are_stopped(
