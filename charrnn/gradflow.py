@@ -400,8 +400,10 @@ def _draw_series(ax, flows, plt, fontsize=None) -> None:
             k = np.arange(f.norms.size)
             keep = f.norms > 0  # a log axis cannot show zeros
             dashes = ("-", "--", ":", "-.")[len(lines) // colours % 4]
-            lines += ax.semilogy(k[keep], f.norms[keep], linestyle=dashes)
+            alone = keep.sum() == 1  # (norms of 0 past k = 0): a line of one point, unseen without a marker
+            lines += ax.semilogy(k[keep], f.norms[keep], linestyle=dashes, marker="o" if alone else None, markersize=3)
             labels.append(literal(series_label(flow, f.layer)))
+    ax.set_xlim(0, max(1, max(f.norms.size - 1 for flow in flows for f in flow.layers)))  # k = 0..K, zeros or not
     ax.set_xlabel("k (steps back from the last step)")
     ax.set_ylabel("mean ||dL_T / dh_(T-k)||")
     ax.grid(True, which="both", alpha=0.3)

@@ -93,7 +93,8 @@ def _runs(xs, ys, log_y):
 def line_chart(series, width=64, height=16, log_y=False, title=None, x_label="", y_label="") -> Text:
     """series: [(label, xs, ys)], drawn in order (a later series covers an earlier one).
     Non-finite points, those beyond ±DRAWABLE, and non-positive ones on a log axis, leave a gap
-    in the line."""
+    in the line; the x axis spans their xs too (gradflow's norms all 0 past k = 0 showed k = 0
+    alone, on an axis from -1 to 1)."""
     data = [(label, _runs(xs, ys, log_y)) for label, xs, ys in series]
     text = Text()
     if title:
@@ -104,8 +105,9 @@ def line_chart(series, width=64, height=16, log_y=False, title=None, x_label="",
     if not runs:
         text.append("(no data to plot)\n")
         return text
-    x_lo = min(xs[0] for xs, _ in runs)
-    x_hi = max(xs[-1] for xs, _ in runs)
+    xs = np.concatenate([np.asarray(xs, float).reshape(-1) for _, xs, _ in series])
+    xs = xs[np.abs(xs) < DRAWABLE]  # (False for NaN too)
+    x_lo, x_hi = xs.min(), xs.max()
     y_lo = min(ys.min() for _, ys in runs)
     y_hi = max(ys.max() for _, ys in runs)
     every = 1  # label every n-th decade on a log axis

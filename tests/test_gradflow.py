@@ -475,3 +475,27 @@ def test_a_png_of_more_series_than_a_legend_holds_draws_a_panel_a_model(tmp_path
     assert [bool(ax.get_ylabel()) for ax in panels] == [True, False, True]
     gf.write_png(flows[:1], tmp_path / "g.png")  # 16 series: one chart, as before
     assert len(drawn[1].axes) == 1 and len(drawn[1].axes[0].get_lines()) == 16
+
+
+def test_a_gradient_that_reaches_no_further_than_k_0_is_drawn_over_every_k(tmp_path, monkeypatch):
+    # an ESN of spectral radius 0: norms of 0 past k = 0, which a log axis leaves out. The PNG drew
+    # its one point as a line of no length, unseen, on an axis from -0.04 to 0.04; the terminal's
+    # chart put it on an axis from -1 to 1, with no sign of k = 1..K
+    pytest.importorskip("matplotlib")
+    import charrnn.plot as plot
+
+    drawn = []
+    monkeypatch.setattr(plot, "save_figure", lambda fig, path: drawn.append(fig))
+    spec = ModelSpec("esn", 5, 4, 1)
+    norms = np.zeros(21)
+    norms[0] = 0.5
+    flows = [gf.Flow("esn", spec, [gf.LayerFlow(0, norms, {}, {})]),
+             gf.Flow("rnn", spec, [gf.LayerFlow(0, 0.5 ** np.arange(21), {}, {})])]
+    gf.write_png(flows, tmp_path / "g.png")
+    ax = drawn[0].axes[0]
+    alone, line = ax.get_lines()
+    assert alone.get_marker() == "o" and list(alone.get_xdata()) == [0]
+    assert line.get_marker() in (None, "None", "")  # a line of many points needs none
+    assert ax.get_xlim() == (0, 20)
+    axis = gf.chart(flows[:1]).plain.splitlines()[-3]  # the x axis's numbers, under its ticks
+    assert axis.split() == ["0", "5", "10", "15", "20"], axis
