@@ -864,9 +864,9 @@ def inspect_(
     skip_unknown: bool = typer.Option(False, "--skip-unknown", help="Drop characters the model does not know instead of stopping."),
 ):
     """See inside a model: which units track quotes, line position, brackets, indent and word starts, and how its gates open and close."""
-    from . import inspect as ins
+    from . import inspection as ins
     from .corpus import check_read_as
-    from .inspect_page import write_page
+    from .inspection_page import write_page
     from .outputs import HTML, check_output
     from .sampling import load_model, warm_up_evaluate
 

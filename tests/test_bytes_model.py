@@ -178,7 +178,7 @@ def test_bytes_a_model_lacks_in_a_file_are_named_as_bytes(run):
 
 
 def test_inspect_draws_the_characters_a_bytes_models_bytes_make(run):
-    from charrnn import inspect as ins
+    from charrnn import inspection as ins
 
     # it drew one Latin-1 character a byte: 'cafÃ©', '天' as 'å¤©'
     assert ins.steps_shown(model_text("é天a", "bytes", "") + "\u00ff", "bytes") == ["", "é", "", "", "天", "a", "\ufffd"]

@@ -18,13 +18,13 @@ from typer.testing import CliRunner
 
 import reference
 from charrnn import cli
-from charrnn import inspect as ins
+from charrnn import inspection as ins
 from charrnn.cells import CELLS
 from charrnn.checkpoint import save_checkpoint
 from charrnn.cli import app
 from charrnn.corpus import Vocab
 from charrnn.errors import CharrnnError, UsageError
-from charrnn.inspect_page import page
+from charrnn.inspection_page import page
 from charrnn.model import Layout, ModelSpec, Stack, init_params
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,3 +12,10 @@ def test_pyflakes_finds_nothing():
              if "results" not in f.relative_to(ROOT).parts]
     result = subprocess.run([sys.executable, "-m", "pyflakes", *files], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0 and not result.stdout, result.stdout + result.stderr
+
+
+def test_no_module_of_the_package_is_named_as_one_of_the_standard_library():
+    # `python -m charrnn` in the package's own folder put it first on sys.path, and numpy's
+    # `import inspect` found charrnn/inspect.py: a traceback of a circular import
+    names = {f.stem for f in (ROOT / "charrnn").rglob("*.py")}
+    assert not names & sys.stdlib_module_names, names & sys.stdlib_module_names

@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import counted
 from .outputs import shown_name, write_output
-from .inspect import GATE_CLOSED, GATE_OPEN, PROPERTIES, Found, Scores, Trace, label, palette, visible
+from .inspection import GATE_CLOSED, GATE_OPEN, PROPERTIES, Found, Scores, Trace, label, palette, visible
 
 
 def _b64(a: np.ndarray) -> str:

@@ -1,4 +1,5 @@
-"""Inside a trained model: what its units track, and how its gates open and close.
+"""Inside a trained model: what its units track, and how its gates open and close. (Not named
+inspect.py: in the package's own folder, `python -m charrnn` imported it as the standard library's.)
 
 The model reads a text as one stream from a zero state through the layer stack's own forward
 pass (Stack.forward, a window at a time, the state carried across windows). Per layer it keeps
