@@ -229,12 +229,11 @@ def _binary(name: str, offset: int) -> NotText:
 class WideText(NotText):
     """A file of UTF-16 or UTF-32 text (Windows' "Unicode", PowerShell 5's `>`): called binary
     for its NUL bytes, and read as bytes it would teach a model byte pairs, not text. `command`:
-    the iconv command that makes a UTF-8 copy of it, and `otherwise` the advice for a file that
-    may be Latin-1 text instead."""
+    the iconv command that makes a UTF-8 copy of it."""
 
-    def __init__(self, reason: str, command: str, otherwise: str = ""):
-        super().__init__(reason, f"save it as UTF-8 first, e.g. {command}{otherwise}")
-        self.command, self.otherwise = command, otherwise
+    def __init__(self, reason: str, command: str):
+        super().__init__(reason, f"save it as UTF-8 first, e.g. {command}")
+        self.command = command
 
 
 # byte-order marks, the longer first: UTF-32-LE's begins with UTF-16-LE's
@@ -244,21 +243,25 @@ _WIDE_MARKS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
 
 def _wide_text(name, head: bytes) -> WideText | None:
     """The error for a file whose first bytes `head` are UTF-16 or UTF-32 text: after a
-    byte-order mark, or without one (_unmarked_wide). UTF-16 text nearly always holds a NUL
-    byte in its first 4 KiB (the high byte of an ASCII character's code unit); a file that
-    begins with the bytes of UTF-16's mark and holds none may be Latin-1 text that begins with
-    'ÿþ' (or 'þÿ'), which the iconv command would make nonsense of: the advice says how to read
-    that too (a short Chinese text in UTF-16 holds no NUL either)."""
-    mark = next(((mark, encoding) for mark, encoding in _WIDE_MARKS if head.startswith(mark)), None)
-    wide = mark[1] if mark else _unmarked_wide(head)
+    byte-order mark, or without one (_unmarked_wide). Marked UTF-16 text nearly always holds a
+    NUL byte in its first 4 KiB (an ASCII character's high byte); where it holds none, as
+    Chinese alone does, the first 4 KiB read as text in it. A file that begins with the bytes of
+    a mark and does neither is other text: Latin-1 that begins with 'ÿþ', which an iconv from
+    UTF-16 made nonsense of, is not UTF-8, and that error says how to read it."""
+    marked = next(((mark, encoding) for mark, encoding in _WIDE_MARKS if head.startswith(mark)), None)
+    if marked is None:
+        wide = _unmarked_wide(head)
+    else:
+        mark, wide = marked
+        order = "LE" if mark[0] == 0xFF else "BE"
+        if b"\x00" not in head[:4096] and _read_as(head[len(mark):4096], wide + order, "\n\r\t") is None:
+            return None
     if wide is None:
         return None
     name = Path(name)
     converted = name.with_name(f"{name.stem}-utf8{name.suffix or '.txt'}")
-    otherwise = "" if b"\x00" in head[:4096] else \
-        f"; or, if it is Latin-1 text that begins with {mark[0].decode('latin-1')!r}, give --encoding latin-1"
     return WideText(f"{name} is {wide} text, not UTF-8",
-                    f"iconv -f {wide} -t UTF-8 {shell_word(name)} > {shell_word(converted)}", otherwise)
+                    f"iconv -f {wide} -t UTF-8 {shell_word(name)} > {shell_word(converted)}")
 
 
 def _unmarked_wide(head: bytes) -> str | None:
@@ -779,7 +782,7 @@ def read_corpus(inputs, encoding="utf-8", doc_sep=DOC_SEP, model: str | None = N
             if isinstance(e, Unreadable):
                 unreadable.append((str(path), e.error))
             elif isinstance(e, WideText):
-                wide.append((str(path), e.command + e.otherwise))
+                wide.append((str(path), e.command))
             else:
                 not_text.append(str(path))
                 if e.advice == _UTF8_FIX:  # (text in another encoding, perhaps: Latin-1, Windows-1252)
