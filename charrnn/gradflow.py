@@ -308,8 +308,13 @@ def chart(flows, width=64, height=16):
     for flow in flows:
         for f in flow.layers:
             series.append((series_label(flow, f.layer), np.arange(f.norms.size), f.norms))
-    return line_chart(series, width=width, height=height, log_y=True,
+    return line_chart(series, width=width, height=height, log_y=True, x_span=(0, _k_max(flows)),
                       title="mean ||dL_T / dh_(T-k)||", x_label="k (steps back from the last step)")
+
+
+def _k_max(flows) -> int:
+    """The last k of the series: their axis spans k = 0..K, zeros (which a log axis leaves out) or not."""
+    return max(1, max(f.norms.size - 1 for flow in flows for f in flow.layers))
 
 
 def _per_block(values: dict, fmt) -> str:
@@ -403,7 +408,7 @@ def _draw_series(ax, flows, plt, fontsize=None) -> None:
             alone = keep.sum() == 1  # (norms of 0 past k = 0): a line of one point, unseen without a marker
             lines += ax.semilogy(k[keep], f.norms[keep], linestyle=dashes, marker="o" if alone else None, markersize=3)
             labels.append(literal(series_label(flow, f.layer)))
-    ax.set_xlim(0, max(1, max(f.norms.size - 1 for flow in flows for f in flow.layers)))  # k = 0..K, zeros or not
+    ax.set_xlim(-0.05 * _k_max(flows), 1.05 * _k_max(flows))  # with matplotlib's margins: no half marker at k = 0
     ax.set_xlabel("k (steps back from the last step)")
     ax.set_ylabel("mean ||dL_T / dh_(T-k)||")
     ax.grid(True, which="both", alpha=0.3)

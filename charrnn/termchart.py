@@ -90,11 +90,11 @@ def _runs(xs, ys, log_y):
     return [(xs[a + 1 : b], ys[a + 1 : b]) for a, b in zip(bounds[:-1], bounds[1:]) if b - a > 1]
 
 
-def line_chart(series, width=64, height=16, log_y=False, title=None, x_label="", y_label="") -> Text:
+def line_chart(series, width=64, height=16, log_y=False, title=None, x_label="", y_label="", x_span=None) -> Text:
     """series: [(label, xs, ys)], drawn in order (a later series covers an earlier one).
     Non-finite points, those beyond ±DRAWABLE, and non-positive ones on a log axis, leave a gap
-    in the line; the x axis spans their xs too (gradflow's norms all 0 past k = 0 showed k = 0
-    alone, on an axis from -1 to 1)."""
+    in the line. x_span: (lo, hi) that the x axis covers whatever is drawn (gradflow's k = 0..K:
+    norms of 0 past k = 0 showed k = 0 alone, on an axis from -1 to 1)."""
     data = [(label, _runs(xs, ys, log_y)) for label, xs, ys in series]
     text = Text()
     if title:
@@ -105,9 +105,10 @@ def line_chart(series, width=64, height=16, log_y=False, title=None, x_label="",
     if not runs:
         text.append("(no data to plot)\n")
         return text
-    xs = np.concatenate([np.asarray(xs, float).reshape(-1) for _, xs, _ in series])
-    xs = xs[np.abs(xs) < DRAWABLE]  # (False for NaN too)
-    x_lo, x_hi = xs.min(), xs.max()
+    x_lo = min(xs[0] for xs, _ in runs)
+    x_hi = max(xs[-1] for xs, _ in runs)
+    if x_span is not None:
+        x_lo, x_hi = min(x_lo, x_span[0]), max(x_hi, x_span[1])
     y_lo = min(ys.min() for _, ys in runs)
     y_hi = max(ys.max() for _, ys in runs)
     every = 1  # label every n-th decade on a log axis
