@@ -28,6 +28,9 @@ ACTS_WITH = {"sample_length": "sample_every", "sample_temperature": "sample_ever
              "eval_chars": "val_fraction", "eval_every": "val_fraction"}
 ACTS_WITH_UNUSED = {"sample_every": "no sample is taken", "decay_every": "the rate never decays",
                     "val_fraction": "nothing is held out to validate on"}
+# the settings whose empty value is the option left out (a fresh dated name, a fresh model), not
+# a value given: messages say so, not ''
+EMPTY_IS_NOT_GIVEN = ("run", "init_from")
 # the settings that take one of a few names
 CHOICES = {"cell": CELLS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
 # What goes between documents when a run reads several files: one character of its own, ETX
@@ -227,7 +230,7 @@ def settings_differing(given: dict, saved: dict, names) -> list[str]:
             "doc_sep": lambda v: model_text(v, saved["encoding"], "--doc-sep"),
             "init_from": lambda v: _checkpoint_read(v, kept=saved.get("init_from"))}
     def has(n):  # (a run that fine-tuned no checkpoint has none, not '')
-        return "none" if n == "init_from" and not saved.get(n) else shown_setting(saved.get(n))
+        return "none" if n in EMPTY_IS_NOT_GIVEN and not saved.get(n) else shown_setting(saved.get(n))
 
     # a resolved bound in full (rounded, it is no value that matches), and the way to keep it
     return [f"{flag(n)} {given[n]} (it has {saved[n]!r}, which --u-max 0 keeps)" if n == "u_max" else

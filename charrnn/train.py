@@ -26,8 +26,8 @@ from . import __version__, distributed, memory
 from .cells import normal_tau
 from .checkpoint import (SUFFIX, load_checkpoint, new_temporary, remove_stale_temporaries, resolve_checkpoint,
                          save_checkpoint)
-from .config import (LOG_STARTS, METRICS_FILE, MODEL_SETTINGS, OLDER_CHECKPOINTS, SAMPLES_FILE, STOPPING_RULES,
-                     TrainConfig, check_init_overrides, check_resume_overrides, check_settings_used,
+from .config import (EMPTY_IS_NOT_GIVEN, LOG_STARTS, METRICS_FILE, MODEL_SETTINGS, OLDER_CHECKPOINTS, SAMPLES_FILE,
+                     STOPPING_RULES, TrainConfig, check_init_overrides, check_resume_overrides, check_settings_used,
                      resolved_u_max)
 from .corpus import (Corpus, NotText, Streams, Vocab, default_corpus, fit_batch_and_window, read_corpus, shown_text,
                      some_of, split, streams_held, window_reach)
@@ -1298,10 +1298,9 @@ def same_run_on_every_rank(cfg, vocab=None, text_sha256=None):
 
 
 def _given(name, value, shown):
-    """A setting's value `shown`, or "not given" where an option whose default is empty (--run,
-    --init-from) was left out: `--run ''` said it was given so."""
-    field = TrainConfig.__dataclass_fields__.get(name)
-    return "not given" if value == "" and field is not None and field.default == "" else shown
+    """A setting's value `shown`, or "not given" where --run or --init-from was left out
+    (config.EMPTY_IS_NOT_GIVEN): `--run ''` said it was given so."""
+    return "not given" if name in EMPTY_IS_NOT_GIVEN and value == "" else shown
 
 
 def _read_by_every_rank(path, meta):
@@ -1379,7 +1378,7 @@ def _remove_unwritten_run_files(run_dir: Path) -> None:
 
 
 def _shown(value):
-    # an empty setting (--run or --init-from not given, --doc-sep '') as '', not as nothing
+    # an empty setting (--doc-sep '') as '', not as nothing
     return f"{value:g}" if isinstance(value, float) else str(value) if value != "" else "''"
 
 

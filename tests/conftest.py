@@ -11,11 +11,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 COLD_PROBE_TEST = "test_a_warm_cache_gives_the_numbers_of_a_cold_one"
 
 
-def pytest_collection_modifyitems(items):
+def pytest_collection_modifyitems(config, items):
     """test_cache.py's cold-cache test runs last: its probe (every kernel compiled, niced) then
     has the whole suite's time on the core the suite leaves idle, where in its alphabetical turn
-    the suite stood still for 95 s waiting for it."""
-    items.sort(key=lambda item: item.name == COLD_PROBE_TEST)  # (a stable sort: the rest keep their order)
+    the suite stood still for 95 s waiting for it. In a worker of a parallel run, which starts
+    the probe in the test itself, first: the other workers run the rest meanwhile."""
+    last = not hasattr(config, "workerinput")
+    items.sort(key=lambda item: (item.name == COLD_PROBE_TEST) == last)  # (stable: the rest keep their order)
 
 
 def pytest_collection_finish(session):
