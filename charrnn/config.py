@@ -179,6 +179,10 @@ def check_resume_overrides(given: dict, saved: dict, run_dir) -> dict:
     if unknown:
         raise UsageError(f"no such setting: {', '.join(map(flag, unknown))}")
     fixed = {n: v for n, v in given.items() if n not in RESUME_MAY_CHANGE}
+    run = {**OLDER_CHECKPOINTS, **saved}  # (a checkpoint from before --reset-every holds none)
+    reach = min((steps for steps, _ in steps_a_window_can_use(run["cell"], run["reset_every"], run["k1"])), default=None)
+    if "k2" in fixed and reach is not None and min(fixed["k2"], reach) == saved["k2"]:
+        del fixed["k2"]  # the run cut it so when it began: the command that began it resumes it
     check_options_read([n for n in CELL_OPTIONS if n in fixed], [saved["cell"]], " (the run's)")
     conflicts = settings_differing(fixed, saved, [n for n in fixed if n not in ("run", "out_dir")])
     if "run" in fixed or "out_dir" in fixed:  # where the run is, not the words that named it
@@ -208,6 +212,20 @@ def check_settings_used(names, cfg, *, resume: bool) -> None:
                       else f"give {flag(other)} above 0, or")
             raise UsageError(f"{flag(name)} acts only with {flag(other)} above 0, and it is 0{of(other)}: "
                              f"{ACTS_WITH_UNUSED[other]}; {remedy} leave out {flag(name)}")
+
+
+def steps_a_window_can_use(cell: str, reset_every: int, k1: int) -> list:
+    """[(steps, why)]: the most steps a kept window (--k2) can use, besides a stream's steps in
+    an epoch (corpus.window_reach): those since the last fresh start, and for an echo-state
+    network, whose reservoir learns nothing, the window's own. Steps kept beyond them would be
+    saved in every checkpoint, and change nothing: a run cuts its --k2 to them when it begins
+    (Trainer), and a resume given the --k2 of the command that began it takes it as cut."""
+    limits = []
+    if reset_every:
+        limits.append((reset_every * k1, f"the steps since a fresh start, every --reset-every {reset_every} updates"))
+    if cell == "esn":
+        limits.append((k1, "an echo-state network learns nothing through the steps before its window"))
+    return limits
 
 
 def resolved_u_max(u_max: float, k2: int) -> float:

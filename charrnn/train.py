@@ -28,7 +28,7 @@ from .checkpoint import (SUFFIX, load_checkpoint, new_temporary, remove_stale_te
                          save_checkpoint)
 from .config import (EMPTY_IS_NOT_GIVEN, LOG_STARTS, METRICS_FILE, MODEL_SETTINGS, OLDER_CHECKPOINTS, SAMPLES_FILE,
                      STOPPING_RULES, TrainConfig, check_init_overrides, check_resume_overrides, check_settings_used,
-                     resolved_u_max)
+                     resolved_u_max, steps_a_window_can_use)
 from .corpus import (Corpus, NotText, Streams, Vocab, default_corpus, fit_batch_and_window, read_corpus, shown_text,
                      some_of, split, streams_held, window_reach)
 from .errors import CharrnnError, UsageError, as_flag, file_in_the_way, flag, os_error_message, shell_word
@@ -157,7 +157,8 @@ class Trainer:
         if notice and k1 != cfg.k1 and cfg.k2 <= cfg.k1:  # the window shrank: k2 = k1 follows it, k2 < k1 stays so
             k2 = min(cfg.k2, k1)
         in_epoch = window_reach(len(self.train_ids), batch, k1)
-        reach, why = min([(in_epoch, "a stream's steps in an epoch"), *steps_a_window_can_use(cfg, k1)],
+        reach, why = min([(in_epoch, "a stream's steps in an epoch"),
+                          *steps_a_window_can_use(cfg.cell, cfg.reset_every, k1)],
                          key=lambda pair: pair[0])
         if k2 > reach and not resuming:  # (a resumed run keeps the window its checkpoint holds)
             k2 = reach  # steps kept beyond it would be saved in every checkpoint, and never read
@@ -1080,20 +1081,6 @@ def _other_meta(path, name):
     except OSError:
         return None
     return _meta(other)
-
-
-def steps_a_window_can_use(cfg, k1) -> list:
-    """[(steps, why)]: the most steps a kept window (--k2) can use, besides a stream's steps in
-    an epoch (corpus.window_reach): those since the last fresh start, and for an echo-state
-    network, whose reservoir learns nothing, the window's own. Steps kept beyond them would be
-    saved in every checkpoint, and change nothing."""
-    limits = []
-    if cfg.reset_every:
-        limits.append((cfg.reset_every * k1, f"the steps since a fresh start, every --reset-every {cfg.reset_every} "
-                                             "updates"))
-    if cfg.cell == "esn":
-        limits.append((k1, "an echo-state network learns nothing through the steps before its window"))
-    return limits
 
 
 def resume_command(target, given_again=((), ())) -> str:

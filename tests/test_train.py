@@ -95,14 +95,14 @@ def test_a_window_kept_beyond_the_steps_it_can_use_is_cut(corpus, tmp_path, monk
     cut = Trainer(config(corpus, tmp_path, k1=8, k2=40, max_steps=7, **options), tmp_path / "a", say=said.append)
     assert cut.cfg.k2 == k2 and said[0] == f"--k2 40 -> {k2} ({why})"
     cut.run()
-    # resumed as the README says: with --k2 as the run cut it, or without it; the --k2 given at
-    # the start is refused, with the run's
+    # the command that began the run resumes it: its --k2 40 was refused, "(it has 8)"; so does
+    # one with --k2 as the run cut it, or without it. A --k2 the run would not cut to its own is not
     saved = load_checkpoint(tmp_path / "a" / "latest.npz")[1]["config"]
-    for given in ({"k2": k2}, {}):
+    for given in ({"k2": 40}, {"k2": k2}, {}):
         check_resume_overrides({**given, **options}, saved, tmp_path / "a")  # (no UsageError)
-    with pytest.raises(UsageError, match=re.escape(f"leave out --k2 40 (it has {k2})")):
-        check_resume_overrides({"k2": 40, **options}, saved, tmp_path / "a")
-    monkeypatch.setattr(train_module, "steps_a_window_can_use", lambda cfg, k1: [])  # as before: all 40 kept
+    with pytest.raises(UsageError, match=re.escape(f"leave out --k2 {k2 - 1} (it has {k2})")):
+        check_resume_overrides({"k2": k2 - 1, **options}, saved, tmp_path / "a")
+    monkeypatch.setattr(train_module, "steps_a_window_can_use", lambda *_: [])  # as before: all 40 kept
     kept = Trainer(config(corpus, tmp_path, k1=8, k2=40, max_steps=7, **options), tmp_path / "b", say=lambda *_: None)
     assert kept.cfg.k2 == 40
     kept.run()
