@@ -281,7 +281,7 @@ def train(
     seed: int = _ranged(_C.seed, RANGES["seed"], "Seed for initialisation and dropout."),
     run: str = typer.Option("", help="Run name: checkpoints go to OUT_DIR/RUN. Default: CELL-DATE-TIME."),
     out_dir: Path = typer.Option(Path(_C.out_dir), parser=_named_path, help="Folder for run folders."),
-    resume: Optional[Path] = typer.Option(None, parser=_named_path, help="Continue a run (its folder or a checkpoint), from any folder. The learning rate and its schedule, clipping, fresh starts, the stopping rules, how often it validates and saves, and samples may change; one line says what changed. Any other option only as the run has it: the command that started the run, with --resume added, resumes it. Give the corpus again only if it moved: it is checked by its hash."),
+    resume: Optional[Path] = typer.Option(None, parser=_named_path, help="Continue a run (its folder or a checkpoint), from any folder. The learning rate and its schedule, clipping, fresh starts, the stopping rules, how often it validates and saves, and samples may change; one line says what changed. Any other option only as the run has it: the command that started the run, with --resume added, resumes it (a batch or window it shrank to fit a small text given as shrunk). Give the corpus again only if it moved: it is checked by its hash."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display, settings or samples; print notes on the text and the summary."),
 ):
     """Train a model on text files, saving latest.npz and best.npz under OUT_DIR/RUN.
