@@ -179,10 +179,11 @@ def check_resume_overrides(given: dict, saved: dict, run_dir) -> dict:
     if unknown:
         raise UsageError(f"no such setting: {', '.join(map(flag, unknown))}")
     fixed = {n: v for n, v in given.items() if n not in RESUME_MAY_CHANGE}
-    run = {**OLDER_CHECKPOINTS, **saved}  # (a checkpoint from before --reset-every holds none)
-    reach = min((steps for steps, _ in steps_a_window_can_use(run["cell"], run["reset_every"], run["k1"])), default=None)
-    if "k2" in fixed and reach is not None and min(fixed["k2"], reach) == saved["k2"]:
-        del fixed["k2"]  # the run cut it so when it began: the command that began it resumes it
+    if "k2" in fixed:  # a --k2 the run cut when it began (Trainer): the command that began it resumes it
+        run = {**OLDER_CHECKPOINTS, **saved}  # (a checkpoint from before --reset-every holds none)
+        limits = steps_a_window_can_use(run["cell"], run["reset_every"], run["k1"])
+        if limits and min(fixed["k2"], *(steps for steps, _ in limits)) == saved["k2"]:
+            del fixed["k2"]
     check_options_read([n for n in CELL_OPTIONS if n in fixed], [saved["cell"]], " (the run's)")
     conflicts = settings_differing(fixed, saved, [n for n in fixed if n not in ("run", "out_dir")])
     if "run" in fixed or "out_dir" in fixed:  # where the run is, not the words that named it

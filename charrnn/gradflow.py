@@ -408,7 +408,8 @@ def _draw_series(ax, flows, plt, fontsize=None) -> None:
             alone = keep.sum() == 1  # (norms of 0 past k = 0): a line of one point, unseen without a marker
             lines += ax.semilogy(k[keep], f.norms[keep], linestyle=dashes, marker="o" if alone else None, markersize=3)
             labels.append(literal(series_label(flow, f.layer)))
-    ax.set_xlim(-0.05 * _k_max(flows), 1.05 * _k_max(flows))  # with matplotlib's margins: no half marker at k = 0
+    k_max = _k_max(flows)
+    ax.set_xlim(-0.05 * k_max, 1.05 * k_max)  # with matplotlib's margins: no half marker at k = 0
     ax.set_xlabel("k (steps back from the last step)")
     ax.set_ylabel("mean ||dL_T / dh_(T-k)||")
     ax.grid(True, which="both", alpha=0.3)
