@@ -98,7 +98,7 @@ def probe_result(probe, folder):
 
 # The cold probe compiles every kernel, 90 s on one core mostly, and the suite leaves the second
 # mostly idle: conftest.py starts it as soon as the tests to run are known, niced below the
-# suite, and runs the test that takes its result last.
+# suite, and the test takes its result when its turn comes.
 COLD = {}
 
 
