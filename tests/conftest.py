@@ -29,3 +29,16 @@ def _collector_as_it_was():
     gc.unfreeze()
     assert gc.isenabled() == on, "the collector was left off"
 
+
+
+@pytest.fixture(autouse=True)
+def _consoles_made_in_each_test(monkeypatch):
+    """cli's consoles are made at their first use, and rich reads COLUMNS as it makes one: in a
+    command's process that is once, for its terminal. Here each test makes them again under the
+    environment it invokes with; otherwise the first test that printed fixed the width for every
+    test after it in the process, and a table a test reads was folded or not by the order the
+    tests ran in (a parallel run's workers run them in another)."""
+    cli = sys.modules.get("charrnn.cli")
+    if cli is not None:
+        monkeypatch.setattr(cli.out, "_console", None)
+        monkeypatch.setattr(cli.err, "_console", None)
