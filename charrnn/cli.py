@@ -53,8 +53,11 @@ class _Console:
     def status(self, text):
         """rich's spinner, shown while something is read or compiled: one that stderr cannot take
         (2>/dev/full, a pipe whose reader is gone) is left out, as a note is, and the command goes
-        on (rich wrote to the file as it closed the spinner, and the command ended, exit 1)."""
-        spinner = self.console.status(text)
+        on (rich wrote to the file as it closed the spinner, and the command ended, exit 1). Where
+        stderr's encoding has no braille (PYTHONIOENCODING=ascii), it turns in ASCII: rich's own
+        spinner printed its frames as the escapes '\\u280b', '\\u2819', ..."""
+        ascii_only = not self.console.encoding.startswith("utf")  # (rich's own test: ConsoleOptions)
+        spinner = self.console.status(text, spinner="line" if ascii_only else "dots")
         with suppress(OSError):
             spinner.start()
         try:

@@ -360,6 +360,18 @@ def test_a_spinner_that_cannot_be_shown_does_not_fail_the_command(command, stder
         assert load_checkpoint(tmp_path / "r" / "latest.npz")[1]["step"] == 2
 
 
+def test_a_spinner_on_a_terminal_whose_encoding_has_no_braille_turns_in_ascii(corpus, tmp_path):
+    # rich's spinner is braille: on stderr encoded as ASCII (PYTHONIOENCODING=ascii, taken for a
+    # terminal) its frames came out as the escapes \u280b, \u2819, ... before the text
+    assert run_cli("train", corpus, *TINY, "--max-steps", "2", "--out-dir", tmp_path, "--run", "m",
+                   "-q").returncode == 0
+    env = dict(os.environ, PYTHONPATH=str(ROOT), FORCE_COLOR="1", PYTHONIOENCODING="ascii")
+    r = subprocess.run([sys.executable, "-m", "charrnn", "eval", str(tmp_path / "m"), str(corpus)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and "nats/char" in r.stdout
+    assert "reading the text..." in r.stderr and "\\u28" not in r.stderr, r.stderr
+
+
 def test_a_folder_that_cannot_be_written(corpus, tmp_path, monkeypatch, capsys):
     # root ignores permission bits, so the refusal is simulated where the run folder is made
     def refuse(self, *a, **kw):
