@@ -249,6 +249,10 @@ class Training(Model):
             _int(metrics["last_val_step"], "metrics.last_val_step")
         if meta.get("samples_bytes") is not None:  # older checkpoints: none
             _int(meta["samples_bytes"], "samples_bytes")
+        if meta.get("split") is not None:  # older checkpoints: none
+            split = _dict(meta["split"], "split")
+            for key in ("ranks", "threads"):
+                _int(split.get(key), f"split.{key}", Range(1, 2**31 - 1))
         _check_rng(meta.get("rng"))
 
     def arrays(self, meta, arrays):

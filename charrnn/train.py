@@ -33,6 +33,7 @@ from .corpus import (Corpus, NotText, Streams, Vocab, default_corpus, fit_batch_
                      some_of, split, streams_held, window_reach)
 from .errors import CharrnnError, UsageError, as_flag, file_in_the_way, flag, os_error_message, shell_word
 from .evaluate import Abandoned, bits, evaluate
+from .kernels._jit import threads
 from .model import ModelSpec, Stack, init_params, state_grows, transplant
 from .optim import Optimizer, clip_by_norm, clip_by_value, learning_rate
 from .runlock import LOCK_FILE, RunLock, check_run_file, held_by, open_run_file, pid_shown
@@ -258,6 +259,7 @@ class Trainer:
             "metrics": {"best_val": _json_float(self.best_val), "last_val": _json_float(self.last_val),
                         "last_val_step": self.last_val_step},
             "samples_bytes": self._samples_bytes(),
+            "split": {"ranks": self.world.size, "threads": threads()},  # what resumes it bit for bit
         }
         try:  # never replace a checkpoint with one a resume would refuse (a counter past its range)
             TRAINING.headers(json.loads(json.dumps(meta)), {name: (a.shape, a.dtype) for name, a in arrays.items()})
@@ -278,8 +280,6 @@ class Trainer:
         """few_streams_line for a new run of a cell with a recurrent matrix, where the text
         holds the streams it suggests (corpus.streams_held); else None. A resumed run keeps its
         batch, and a cell without a matrix (IndRNN) reads no weights at every step."""
-        from .kernels._jit import threads
-
         n_threads, ranks = threads(), self.world.size
         has_matrix = any(name == "layer0.Wh" for name, _, _ in self.stack.layout.entries)
         if (not self.fresh or not has_matrix
@@ -371,6 +371,9 @@ class Trainer:
             cfg.corpus = moved
         if changes:
             say(f"changed on resume: {', '.join(changes)}")
+        resplit = resplit_line(meta.get("split"), distributed.world().size, threads())
+        if resplit:
+            say(resplit)
         self = cls(cfg, path.parent, say, corpus=corpus, vocab=Vocab.from_json(meta["vocab"]))
         self.run_id = _run_id(meta)
         self.params[:] = arrays["params"]
@@ -862,12 +865,35 @@ def few_streams_line(batch: int, ranks: int, n_threads: int) -> str | None:
     per_thread = batch / (ranks * n_threads)
     if per_thread >= FILLING_STREAMS:
         return None
-    threads = f"{n_threads} thread{'' if n_threads == 1 else 's'}"
-    where = threads if ranks == 1 else f"{ranks} processes of {threads}"
     streams = f"{per_thread:.2g} stream{'' if per_thread == 1 else 's'}"
-    return (f"note: {streams} a thread (--batch {batch} on {where}); a thread needs {FILLING_STREAMS} or more to "
-            f"pay for reading the weights at every step: try --batch {filling_batch(n_threads, ranks)}, "
-            f"usually with a larger --lr (README: Many cores)")
+    return (f"note: {streams} a thread (--batch {batch} on {split_shown(ranks, n_threads)}); a thread needs "
+            f"{FILLING_STREAMS} or more to pay for reading the weights at every step: try --batch "
+            f"{filling_batch(n_threads, ranks)}, usually with a larger --lr (README: Many cores)")
+
+
+def split_shown(ranks: int, n_threads: int) -> str:
+    """How a run's work is split, in words: '2 threads', '4 processes of 2 threads'."""
+    on_threads = f"{n_threads} thread{'' if n_threads == 1 else 's'}"
+    return on_threads if ranks == 1 else f"{ranks} processes of {on_threads}"
+
+
+def resplit_line(saved: dict | None, ranks: int, n_threads: int) -> str | None:
+    """A note for a run resumed on another split of its work than the one that saved it (saved:
+    the checkpoint's {"ranks", "threads"}; None in a checkpoint older than it); else None. The
+    sums of an update are split into a block per thread and per process and added in that
+    order, so the run goes on, but its numbers part from the ones it would have had in the
+    last bits, and more as it trains."""
+    if saved is None or (saved["ranks"], saved["threads"]) == (ranks, n_threads):
+        return None
+    then = split_shown(saved["ranks"], saved["threads"])
+    again = f"NUMBA_NUM_THREADS={saved['threads']}"
+    if saved["ranks"] > 1:
+        again = f"mpiexec -n {saved['ranks']} with {again}"
+    elif ranks > 1:
+        again = f"one process with {again}"
+    return (f"note: this run was saved on {then} and resumes on {split_shown(ranks, n_threads)}: it trains on, but "
+            f"not bit for bit as it would have on {then} (an update's sums add up a block per thread and process, "
+            f"in that order); {again} resumes it exactly")
 
 
 def fine_tune_settings(checkpoint, given: dict) -> dict:

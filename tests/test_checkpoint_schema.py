@@ -282,6 +282,9 @@ def edited(original, tmp_path, change_meta=None, change_arrays=None):
     (lambda m: m.update(samples_bytes="12"), r"samples_bytes is '12', not an integer in 0<=x<="),
     (lambda m: m.update(samples_bytes=True), r"samples_bytes is True, not an integer in 0<=x<="),
     (lambda m: m.update(samples_bytes=1.5), r"samples_bytes is 1.5, not an integer in 0<=x<="),
+    (lambda m: m["split"].update(threads=0), r"split.threads is 0, not an integer in 1<=x<="),
+    (lambda m: m["split"].pop("ranks"), r"split.ranks is None, not an integer in 1<=x<="),
+    (lambda m: m.update(split=[1, 2]), r"split is \[1, 2\], not a JSON object"),
 ])
 def test_a_document_that_lies_is_refused(original, tmp_path, change, message):
     path = edited(original, tmp_path, change_meta=change)

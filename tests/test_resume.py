@@ -466,6 +466,42 @@ def test_a_checkpoint_from_before_many_files_resumes(corpus, tmp_path, monkeypat
     assert resumed.step == 5
 
 
+@pytest.mark.parametrize("ranks, said", [
+    (1, ["saved on {m} threads and resumes on {now}: it trains on, but not bit for bit as it would have on {m} "
+         "threads", "; NUMBA_NUM_THREADS={m} resumes it exactly"]),
+    (2, ["saved on 2 processes of {m} threads and resumes on {now}: ",
+         "; mpiexec -n 2 with NUMBA_NUM_THREADS={m} resumes it exactly"]),
+])
+def test_a_run_resumed_on_another_split_of_its_work_says_it_goes_on_but_not_bit_for_bit(corpus, tmp_path, ranks,
+                                                                                          said):
+    # the README promises a resume bit for bit on the same count of numba's threads (and of
+    # ranks): its sums add up a block per thread in that order. On another count the numbers
+    # parted from the straight run's in their last bits, and nothing said so
+    import numba
+
+    from charrnn.train import split_shown
+
+    train_steps(config(corpus, tmp_path), tmp_path / "r", 3)
+    latest = tmp_path / "r" / "latest.npz"
+    arrays, meta = load_checkpoint(latest)
+    n = numba.get_num_threads()
+    assert meta["split"] == {"ranks": 1, "threads": n}
+    notes = []
+    Trainer.resume(latest, say=notes.append, max_steps=4)
+    assert not any("bit for bit" in line for line in notes), notes  # on the split that saved it: no note
+    meta["split"] = {"ranks": ranks, "threads": n + 1}
+    save_checkpoint(latest, arrays, meta)  # as if saved on a machine of one core more
+    Trainer.resume(latest, say=notes.append, max_steps=4)
+    line = next(line for line in notes if "bit for bit" in line)
+    assert line.startswith("note: this run was saved on "), line
+    assert all(part.format(m=n + 1, now=split_shown(1, n)) in line for part in said), line
+    del meta["split"]  # a checkpoint older than the note: nothing to compare
+    save_checkpoint(latest, arrays, meta)
+    notes.clear()
+    Trainer.resume(latest, say=notes.append, max_steps=4)
+    assert not any("bit for bit" in line for line in notes), notes
+
+
 def test_a_change_on_resume_is_shown_with_the_digits_that_tell_it_apart():
     # "changed on resume: --lr 0.003 -> 0.003" for --lr 0.0030000001
     from charrnn.train import _shown_apart
