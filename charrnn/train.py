@@ -365,7 +365,7 @@ class Trainer:
         corpus = _corpus_to_resume(meta, cfg, inputs, path.parent)
         if inputs:
             moved = _text_names(inputs)
-            if moved != cfg.corpus:
+            if moved != _text_names(cfg.corpus):  # (as kept by a run before names were kept once)
                 changes.append(f"corpus {_texts_shown(cfg.corpus)} -> {_texts_shown(moved)}")
                 text_again = [shell_word(name) for name in inputs]
             cfg.corpus = moved
@@ -1398,8 +1398,9 @@ def _shown(value):
 def _text_names(paths) -> list[str]:
     """A run's text files as it keeps them (cfg.corpus), absolute and links followed: a resume may
     start in any folder. realpath, not Path.resolve: a loop of links is for the text's reader to
-    refuse in one line, where resolve raised RuntimeError."""
-    return [os.path.realpath(p) for p in paths]
+    refuse in one line, where resolve raised RuntimeError. A name given twice is kept once, as
+    its file is read once: `a.txt a.txt`, resumed with `a.txt`, was said to change the corpus."""
+    return list(dict.fromkeys(os.path.realpath(p) for p in paths))
 
 
 def _texts_shown(files):

@@ -129,6 +129,29 @@ def test_the_same_files_in_another_order_are_said_so(tmp_path):
     assert resumed.step == 3
 
 
+def test_a_file_given_twice_is_kept_once_and_given_once_on_resume_is_no_change(tmp_path):
+    # read once each, but kept as given: the resume given `a.txt` said "changed on resume: corpus
+    # a.txt a.txt -> a.txt", and so did one given both names of a file and its link
+    a = tmp_path / "a.txt"
+    a.write_text(TEXT, encoding="utf-8")
+    (tmp_path / "link.txt").symlink_to(a)
+    run = tmp_path / "out" / "r"
+    cfg = config(a, tmp_path / "out", max_steps=2)
+    cfg.corpus = [str(a), str(a), str(tmp_path / "link.txt")]
+    Trainer(cfg, run, say=lambda *_: None).run()
+    assert load_checkpoint(run / "latest.npz")[1]["config"]["corpus"] == [str(a)]
+    said = []
+    resumed = Trainer.resume(run, say=said.append, corpus=[str(a)], max_steps=3)
+    resumed.run()
+    assert resumed.step == 3 and not any("corpus" in line for line in said), said
+    # a run kept both names before: given once, no change either
+    arrays, meta = load_checkpoint(run / "latest.npz")
+    meta["config"]["corpus"] = [str(a), str(a)]
+    save_checkpoint(run / "latest.npz", arrays, meta)
+    Trainer.resume(run, say=said.append, corpus=[str(tmp_path / "link.txt")], max_steps=4).run()
+    assert not any("corpus" in line for line in said), said
+
+
 def test_a_run_resumes_from_another_folder_and_finds_a_moved_corpus_by_its_hash(tmp_path):
     here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
     here.mkdir()
