@@ -870,6 +870,9 @@ def check_doc_sep(sep: str, encoding: str = "utf-8") -> None:
     """A UsageError (a CharrnnError) unless `sep` can stand between documents read in `encoding`."""
     if len(sep) > 100:  # (a bytes model's separator is counted in its UTF-8 bytes, as it reads them)
         raise UsageError(f"--doc-sep is {counted(len(sep), unit_name(encoding == 'bytes'))} long; give at most 100")
+    if encoding == "bytes" and "\0" in sep:  # (a binary file holds NULs, but a run's saved settings cannot)
+        raise UsageError(f"--doc-sep {sep!r} holds a NUL, which a checkpoint cannot keep in its settings; choose "
+                         "another")
     if "\0" in sep or any(0xD800 <= ord(c) <= 0xDFFF for c in sep):
         raise UsageError(f"--doc-sep {sep!r} holds a NUL or a lone surrogate, which no text file holds; choose another")
     if encoding != "utf-8" and any(ord(c) > 0xFF for c in sep):

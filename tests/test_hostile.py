@@ -490,7 +490,10 @@ def test_a_name_that_is_not_utf8_and_cannot_be_written_is_not_blamed_on_the_loca
 
 @pytest.mark.parametrize("args, message", [
     (["train", "--cell", "leaky", "--tau", "0"], "--tau 0 is out of range"),
-    (["train", "--doc-sep", r"\x00"], "--doc-sep '\\x00' holds a NUL"),
+    (["train", "--doc-sep", r"\x00"], "--doc-sep '\\x00' holds a NUL or a lone surrogate, which no text file holds"),
+    # a bytes model's text may be binary, which holds NULs: said to be in no text file
+    (["train", "--encoding", "bytes", "--doc-sep", r"\x00"],
+     "--doc-sep '\\x00' holds a NUL, which a checkpoint cannot keep in its settings; choose another"),
     (["train", "--doc-sep", "x" * 101], "--doc-sep is 101 characters long"),
     # a bytes model counts the separator's UTF-8 bytes, which it said were characters
     (["train", "--encoding", "bytes", "--doc-sep", "\u20ac" * 40], "--doc-sep is 120 bytes long; give at most 100"),
