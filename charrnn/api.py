@@ -127,6 +127,18 @@ def _flag(name, value) -> bool:
     return bool(value)
 
 
+def _without_its_line_break(line: str, i: int) -> str:
+    """A line as score_lines scores it: the LF or CR LF that ends it left out (a file's lines keep
+    theirs, and `eval --per-line` scores no line break); a CharrnnError for one inside it, which
+    would be scored as a character of the line."""
+    body = line.removesuffix("\n")
+    body = body.removesuffix("\r") if body != line else body
+    if "\n" in body:
+        raise CharrnnError(f"score_lines() reads one line per str, but line {i} holds a line break before its end: "
+                           f"{short_repr(line)}; split the text at its line breaks (text.split('\\n'))")
+    return body
+
+
 def _require_str(what, value) -> str:
     if not isinstance(value, str):
         raise CharrnnError(f"{what} must be a str, not {type(value).__name__}")
@@ -311,7 +323,9 @@ class TrainedModel:
         of a line of text; a space, else the vocabulary's first character, for a model that
         knows no line break), so every character of it is predicted, the first one too, and the
         line break after it is not: the score of a line is score(c + line, batch=1), c that
-        character ("\\n").
+        character ("\\n"). A line's own line break at its end, LF or CR LF (a file's lines keep
+        theirs: score_lines(open(path))), is left out, as `eval --per-line` leaves it out; a
+        line break inside a line is refused.
         `batch` lines are read side by side (default: the checkpoint's batch), which changes the
         figures only by rounding. Every line is encoded before the first score, so an unknown
         character raises UnknownCharacters at once (see encode)."""
@@ -325,6 +339,7 @@ class TrainedModel:
         lines = list(lines)
         if not all(isinstance(line, str) for line in lines):
             raise CharrnnError("score_lines() reads strs, one per line")
+        lines = [_without_its_line_break(line, i) for i, line in enumerate(lines)]
         if _flag("skip_unknown", skip_unknown):
             encoded = [self.encode(line, skip_unknown=True, what=what)[0] for line in lines]
         else:  # one pass over all of them, so that the error names every unknown character

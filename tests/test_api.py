@@ -530,6 +530,22 @@ def test_per_line_is_each_line_scored_alone(run, model, tmp_path):
     assert list(model.score_lines(["owls"]))[0] == pytest.approx(alone[1], rel=1e-5)
 
 
+def test_a_files_lines_are_scored_without_their_line_breaks(run, model, tmp_path):
+    # iterating a file gives its lines with their line breaks, which were scored as characters
+    # of the line: other figures than eval --per-line's, without a word
+    path = tmp_path / "lines.txt"
+    path.write_bytes(("\n".join(LINES[:4]) + "\r\n" + "\n".join(LINES[4:])).encode())  # one CR LF, no last LF
+    bare = list(model.score_lines(LINES))
+    with open(path, encoding="utf-8", newline="") as f:  # (newline="": the CR LF as it is in the file)
+        np.testing.assert_array_equal(list(model.score_lines(f)), bare)
+    rows = invoke("eval", run["dir"], path, "--per-line").splitlines()
+    np.testing.assert_allclose([float(r.split("\t")[0]) for r in rows], [b for b in bare if not math.isnan(b)],
+                               atol=5.1e-5)
+    assert math.isnan(next(model.score_lines(["\n"])))  # an empty line
+    with pytest.raises(CharrnnError, match=re.escape("line 1 holds a line break before its end: 'a\\nb'; split")):
+        model.score_lines(["owls", "a\nb"])
+
+
 def test_per_line_on_a_bigger_file(run, model, tmp_path):
     lines = read_text(run["corpus"]).split("\n")[:300]
     path = tmp_path / "many.txt"
