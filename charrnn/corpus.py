@@ -375,8 +375,9 @@ class Corpus:
 
     @property
     def name(self) -> str:
-        """The corpus in a message: its file's name, or how many files it has."""
-        return Path(self.files[0]["path"]).name if len(self.files) == 1 else f"the text of {len(self.files)} files"
+        """The corpus in a message: its file's path (in full: one x.txt of several folders is told
+        apart), or how many files it has."""
+        return self.files[0]["path"] if len(self.files) == 1 else f"the text of {len(self.files)} files"
 
     @property
     def vocab(self) -> "Vocab":
@@ -1137,28 +1138,28 @@ def _check_fractions(fractions) -> tuple[float, float, float]:
     return fr
 
 
-def split(ids, fractions=(0.9, 0.05, 0.05), *, name: str = "the corpus"):
+def split(ids, fractions=(0.9, 0.05, 0.05), *, name: str = "the corpus", unit: str = "character"):
     """Contiguous (train, val, test) views of ids, train first; val or test may be empty.
 
-    `name` only words the error messages (e.g. the file name).
+    `name` and `unit` only word the error messages (the file's path; "byte" for a bytes model).
     """
     fr = _check_fractions(fractions)
     ids = np.asarray(ids)
     n = int(ids.size)
     if n and ids.min() == ids.max():  # (not np.unique: it would sort a copy of the whole corpus)
         raise CharrnnError(
-            f"{name} has only one distinct character; the model needs at least two different "
-            "characters to learn anything"
+            f"{name} has only one distinct {unit}; the model needs at least two different "
+            f"{unit}s to learn anything"
         )
     if not _split_ok(n, fr):
         need = _min_split_chars(fr)
         shown = "/".join(f"{f:g}" for f in fr)
         advice = ("use a longer text" if not any(fr[1:]) or n < MIN_CORPUS_CHARS else
                   "use a longer text, or give each of the validation and test fractions (--val-fraction, "
-                  "--test-fraction) 0, for no such part, or enough for 2 characters")
+                  f"--test-fraction) 0, for no such part, or enough for 2 {unit}s")
         why = "2 per part" if need > MIN_CORPUS_CHARS else "the fewest charrnn trains on"
         need = f"at least {need:,}" if need < _BEYOND_ANY_TEXT else f"more than {_BEYOND_ANY_TEXT:.1e}"
-        raise CharrnnError(f"{name} has {counted(n, 'character')}; a {shown} train/val/test split needs {need} ({why}); "
+        raise CharrnnError(f"{name} has {counted(n, unit)}; a {shown} train/val/test split needs {need} ({why}); "
                            f"{advice}")
     n_train, n_val, _ = _split_sizes(n, fr)
     return ids[:n_train], ids[n_train : n_train + n_val], ids[n_train + n_val :]

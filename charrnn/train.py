@@ -30,7 +30,7 @@ from .config import (EMPTY_IS_NOT_GIVEN, LOG_STARTS, METRICS_FILE, MODEL_SETTING
                      STOPPING_RULES, TrainConfig, check_init_overrides, check_resume_overrides, check_settings_used,
                      resolved_u_max, steps_a_window_can_use)
 from .corpus import (Corpus, NotText, Streams, Vocab, default_corpus, fit_batch_and_window, read_corpus, shown_text,
-                     some_of, split, streams_held, window_reach)
+                     some_of, split, streams_held, unit_name, window_reach)
 from .errors import CharrnnError, UsageError, as_flag, file_in_the_way, flag, os_error_message, shell_word
 from .evaluate import Abandoned, bits, evaluate
 from .kernels._jit import threads
@@ -150,7 +150,7 @@ class Trainer:
                 say(_unshared("the renumbered text", why_not))
         self.train_ids, self.val_ids, self.test_ids = split(
             ids, (1.0 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction),
-            name=corpus.name)
+            name=corpus.name, unit=unit_name(cfg.encoding == "bytes"))
         # a resumed run keeps the batch and window its checkpoint holds (fitted when it began)
         batch, k1, notice = (cfg.batch, cfg.k1, None) if resuming else \
             fit_batch_and_window(len(self.train_ids), cfg.batch, cfg.k1, self.world.size)

@@ -536,6 +536,11 @@ def test_a_split_too_small_advises_what_can_help():
         split(np.arange(12) % 3, (1.0, 0.0, 0.0))
     with pytest.raises(CharrnnError, match=r"a 0.9/0.05/0.05 train/val/test split needs at least 30 \(2 per part\)"):
         split(np.arange(25) % 3, (0.9, 0.05, 0.05))
+    with pytest.raises(CharrnnError, match=r"^x.bin has 25 bytes; .* or enough for 2 bytes$"):  # a bytes model's
+        split(np.arange(25) % 3, (0.9, 0.05, 0.05), name="x.bin", unit="byte")
+    with pytest.raises(CharrnnError, match=r"^x.bin has only one distinct byte; the model needs at least two different "
+                                           r"bytes"):
+        split(np.zeros(40, np.uint8), name="x.bin", unit="byte")
     with pytest.raises(CharrnnError, match=r"give each of the validation and test fractions \(--val-fraction, "
                                            r"--test-fraction\) 0, for no such part, or enough for 2 characters$"):
         split(np.arange(5000) % 3, (0.9999, 0.0001, 0.0))

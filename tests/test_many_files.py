@@ -160,6 +160,18 @@ def test_links_to_folders_are_counted_not_followed_and_files_behind_links_are_re
         list_files([tree / "notes"])[1]
 
 
+@pytest.mark.parametrize("encoding, unit", [("utf-8", "characters"), ("bytes", "bytes")])
+def test_a_text_too_short_to_split_is_named_by_its_path_and_counted_in_the_models_units(tmp_path, monkeypatch,
+                                                                                        capsys, encoding, unit):
+    # "x.txt has 6 characters": which of the folders' x.txt, and a bytes model's are bytes
+    for folder in ("a", "b"):
+        (tmp_path / "t" / folder).mkdir(parents=True)
+    (tmp_path / "t" / "b" / "x.txt").write_text("hello\n", encoding="utf-8")
+    code, err = main_exits(monkeypatch, capsys, "train", tmp_path / "t", "--encoding", encoding, "--hidden", "4",
+                           "--out-dir", tmp_path / "runs", "-q")
+    assert code == 1 and one_line(err).startswith(f"error: {tmp_path / 't' / 'b' / 'x.txt'} has 6 {unit}; "), err
+
+
 def test_a_folder_with_no_file_to_read_is_noted(tree):
     # beside other inputs it was taken without a word (alone, the run stops: no text files)
     (tree / "empty" / "sub").mkdir(parents=True)
