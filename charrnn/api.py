@@ -86,9 +86,12 @@ def load(path) -> TrainedModel:
 # _batch_window).
 
 
-# int() of a Decimal of 20,000 digits takes some 15 ms, of 10^7 digits minutes: one of more
-# digits is refused (each was taken as 10^4300, and seeds of 10^5000 and 10^6000 gave one text)
-DECIMAL_DIGITS = 20_000
+# int() of a Decimal of 20,000 digits takes some 15 ms, of 10^7 digits minutes (each was once
+# taken as 10^4300, and seeds of 10^5000 and 10^6000 gave one text); and numpy turns a seed into
+# 32-bit words in a time that grows as its digits squared (10^300000: 7 s). A whole number of
+# more digits is refused, a Decimal before int() takes it
+WHOLE_DIGITS = 20_000
+_BEYOND_WHOLE = 10**WHOLE_DIGITS
 
 
 def _whole_number(name, value) -> int:
@@ -98,14 +101,18 @@ def _whole_number(name, value) -> int:
         whole = value.denominator == 1
     elif isinstance(value, decimal.Decimal):  # (no numbers.Real: it will not mix with floats)
         whole = value.is_finite() and value == value.to_integral_value()
-        if whole and value.adjusted() >= DECIMAL_DIGITS:
-            raise CharrnnError(f"{as_keyword(name)} must be a whole number of at most {DECIMAL_DIGITS:,} digits, not a "
+        if whole and value.adjusted() >= WHOLE_DIGITS:
+            raise CharrnnError(f"{as_keyword(name)} must be a whole number of at most {WHOLE_DIGITS:,} digits, not a "
                                f"Decimal of {value.adjusted() + 1:,} digits")
     else:
         whole = isinstance(value, numbers.Real) and float(value).is_integer()
     if isinstance(value, bool) or not whole:
         raise CharrnnError(f"{as_keyword(name)} must be a whole number, not {type(value).__name__} {short_repr(value)}")
-    return int(value)
+    n = int(value)
+    if abs(n) >= _BEYOND_WHOLE:
+        raise CharrnnError(f"{as_keyword(name)} must be a whole number of at most {WHOLE_DIGITS:,} digits; this "
+                           f"{type(value).__name__} has more")
+    return n
 
 
 def _real_number(name, value) -> float:

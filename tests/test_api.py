@@ -726,6 +726,13 @@ def test_a_decimal_is_a_number_to_sample(model):
                                                          f"Decimal of {digits} digits")):
             model.sample(Decimal(huge))
     assert model.sample(5, seed=Decimal("1e19999"))  # (20,000 digits)
+    # nor an int of more, which numpy turns into 32-bit words in a time growing as its digits
+    # squared: 10^300000 took 7 s
+    for huge in (10**20000, -10**300000, Fraction(10**20000)):
+        with pytest.raises(CharrnnError, match=re.escape("seed= must be a whole number of at most 20,000 digits; this "
+                                                         f"{type(huge).__name__} has more")):
+            model.sample(5, seed=huge)
+    assert model.sample(5, seed=10**20000 - 1)  # (20,000 digits)
     # a signalling NaN: numpy's ValueError
     with pytest.raises(CharrnnError, match=re.escape("temperature=nan is out of range")):
         model.sample(10, temperature=Decimal("sNaN"))
