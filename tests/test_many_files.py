@@ -525,7 +525,11 @@ def test_a_character_beyond_u_ffff_can_be_typed_as_an_escape():
 
     assert _unescape(r"\U0001d538 \ud835\udd38 \U0001F600\n") == "\U0001d538 \U0001d538 \U0001f600\n"
     for escape, said in ((r"\U00110000", "beyond Unicode's last character"), (r"\U0000dc80", "a lone surrogate"),
-                         (r"\udd38\ud835", "a lone surrogate"), (r"\U1d538", "no escape this option knows")):
+                         (r"\udd38\ud835", "a lone surrogate"),
+                         # too few hex digits: "\x in '\x4' is no escape this option knows"
+                         (r"\U1d538", re.escape(r"\U in '\U1d538' takes 8 hex digits (\UHHHHHHHH)")),
+                         (r"a\x4", re.escape(r"\x in 'a\x4' takes 2 hex digits (\xHH)")),
+                         ("\\u00e", re.escape(r"\u in '\u00e' takes 4 hex digits (\uHHHH)"))):
         with pytest.raises(typer.BadParameter, match=said):
             _unescape(escape)
 
