@@ -229,7 +229,8 @@ def _unescape(value: str) -> str:
             return chr(int(code[1:], 16))
         if code in ("x", "u", "U"):  # too few hex digits after it (\x4): not an unknown escape
             digits = {"x": 2, "u": 4, "U": 8}[code]
-            raise typer.BadParameter(f"\\{code} in '{value}' takes {digits} hex digits (\\{code}{'H' * digits})")
+            raise typer.BadParameter(f"the escape \\{code} in '{value}' takes {digits} hex digits "
+                                     f"(\\{code}{'H' * digits})")
         shown = "a backslash at the end" if not code else f"\\{code}"
         raise typer.BadParameter(f"{shown} in '{value}' is no escape this option knows; use \\n, \\t, \\r, "
                                  f"\\xHH, \\uHHHH, \\UHHHHHHHH, or \\\\ for a backslash")
