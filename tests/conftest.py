@@ -30,7 +30,6 @@ def _collector_as_it_was():
     assert gc.isenabled() == on, "the collector was left off"
 
 
-
 @pytest.fixture(autouse=True)
 def _consoles_made_in_each_test(monkeypatch):
     """cli's consoles are made at their first use, and rich reads COLUMNS as it makes one: in a

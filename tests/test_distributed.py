@@ -191,7 +191,7 @@ def test_a_run_of_two_ranks_resumes_in_one_process(corpus, straight, tmp_path):
     run_dir = tmp_path / "r"
     ok(launch(2, corpus, run_dir, "--max-steps", STEPS // 2))
     r = resume(1, run_dir, STEPS)
-    assert_same_run(run_dir, straight)  # to float32 rounding, as said:
+    assert_same_run(run_dir, straight)  # to float32 rounding, not bit for bit, as the resume says
     assert "note: this run was saved on 2 processes of " in r.stderr and "not bit for bit" in r.stderr, r.stderr
 
 
