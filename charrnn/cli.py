@@ -56,8 +56,7 @@ class _Console:
         on (rich wrote to the file as it closed the spinner, and the command ended, exit 1). Where
         stderr's encoding has no braille (PYTHONIOENCODING=ascii), it turns in ASCII: rich's own
         spinner printed its frames as the escapes '\\u280b', '\\u2819', ..."""
-        ascii_only = not self.console.encoding.startswith("utf")  # (rich's own test: ConsoleOptions)
-        spinner = self.console.status(text, spinner="line" if ascii_only else "dots")
+        spinner = self.console.status(text, spinner="line" if self.console.options.ascii_only else "dots")
         with suppress(OSError):
             spinner.start()
         try:
@@ -202,6 +201,12 @@ def _encoding(value: Optional[str]):
 
 # the escapes of --stop-at and --doc-sep: a shell passes '\n' as a backslash and an n
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+# and those of a code: \xHH, \uHHHH, \UHHHHHHHH, with the hex digits each takes
+_HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
+# an escape (a surrogate pair of \uHHHH first), or a backslash before anything else or the end
+_ESCAPE = re.compile(r"\\(u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|"
+                     + "".join(f"{code}[0-9a-fA-F]{{{digits}}}|" for code, digits in _HEX_ESCAPES.items())
+                     + r".|$)", re.DOTALL)
 
 
 def _unescape(value: str) -> str:
@@ -225,18 +230,17 @@ def _unescape(value: str) -> str:
                                      f"use \\xHH for a byte")
         if code[:1] == "U" and len(code) > 1 and int(code[1:], 16) > 0x10FFFF:
             raise typer.BadParameter(f"\\{code} in '{value}' is beyond Unicode's last character, U+10FFFF")
-        if code[:1] in ("x", "u", "U") and len(code) > 1:
+        if code[:1] in _HEX_ESCAPES and len(code) > 1:
             return chr(int(code[1:], 16))
-        if code in ("x", "u", "U"):  # too few hex digits after it (\x4): not an unknown escape
-            digits = {"x": 2, "u": 4, "U": 8}[code]
+        if code in _HEX_ESCAPES:  # too few hex digits after it (\x4): not an unknown escape
+            digits = _HEX_ESCAPES[code]
             raise typer.BadParameter(f"the escape \\{code} in '{value}' takes {digits} hex digits "
                                      f"(\\{code}{'H' * digits})")
         shown = "a backslash at the end" if not code else f"\\{code}"
         raise typer.BadParameter(f"{shown} in '{value}' is no escape this option knows; use \\n, \\t, \\r, "
                                  f"\\xHH, \\uHHHH, \\UHHHHHHHH, or \\\\ for a backslash")
 
-    return re.sub(r"\\(u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|"
-                  r"U[0-9a-fA-F]{8}|.|$)", one, value, flags=re.DOTALL)
+    return _ESCAPE.sub(one, value)
 
 
 def _shown(value):
