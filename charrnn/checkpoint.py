@@ -519,9 +519,12 @@ def resolve_checkpoint(path_or_run_dir, prefer="best") -> Path:
 
 def _checkpoint_file(path: Path) -> bool:
     """Whether path is a regular file; a CharrnnError if it is there as something else that a
-    read would wait on, or never end (a FIFO, a device)."""
+    read would wait on, or never end (a FIFO, a device), or as a link to nothing: a run folder's
+    best.npz that links nowhere is not passed over for its latest.npz without a word."""
     if path.is_file():
         return True
+    if path.is_symlink() and not path.exists():
+        raise CharrnnError(f"{path} is a link to {os.path.realpath(path)}, which does not exist; check the link")
     if path.exists() and not path.is_dir():
         raise CharrnnError(f"{path} is not a regular file, so no checkpoint; pass a {SUFFIX} file or a run "
                            f"folder holding best{SUFFIX} or latest{SUFFIX}")

@@ -563,6 +563,21 @@ def test_resolve_a_file(tmp_path):
             resolve_checkpoint(tmp_path / given)
 
 
+def test_a_link_to_nothing_is_named_not_passed_over(tmp_path):
+    # a run folder's best.npz linked to a checkpoint since moved: latest.npz was sampled instead,
+    # without a word
+    run = tmp_path / "run"
+    run.mkdir()
+    touch_checkpoint(run / "latest.npz")
+    (run / "best.npz").symlink_to(tmp_path / "moved" / "best.npz")
+    (tmp_path / "old.npz").symlink_to(tmp_path / "gone.npz")
+    for given, prefer in (("run", "best"), ("old.npz", "best"), ("old", "latest")):
+        with pytest.raises(CharrnnError, match=r"\.npz is a link to .*/(moved/best|gone)\.npz, which does not exist; "
+                                               r"check the link$"):
+            resolve_checkpoint(tmp_path / given, prefer=prefer)
+    assert resolve_checkpoint(run, prefer="latest") == run / "latest.npz"  # best.npz is not looked at
+
+
 def test_resolve_adds_the_missing_suffix(tmp_path):
     path = touch_checkpoint(tmp_path / "step100.npz")
     assert SUFFIX == ".npz"
