@@ -227,7 +227,7 @@ class TrainedModel:
 
         temperature divides the logits (0: always the most probable character); top_k and top_p
         keep only the k most probable characters, or the fewest most probable ones that reach
-        probability top_p (0 and 1: off). Without a prime the text starts as a document of the
+        probability top_p (top_k=0 and top_p=1: off). Without a prime the text starts as a document of the
         run's does (after its --doc-sep, for a run on several files), else as if after a line
         break. stop_at ends the text where the generated part first contains it, leaving it out.
         The same arguments give the same text, which is what `charrnn sample` prints."""
@@ -381,12 +381,16 @@ class TrainedModel:
         float64, p[i] for vocab[i] (dict(zip(m.vocab, p)) names them)."""
         if not isinstance(ch, str) or len(ch) != 1:
             raise CharrnnError(f"step() reads one character, not {short_repr(ch)}; feed() reads a text")
-        return self.feed(ch)
+        return self._read(ch, "the character stepped")
 
     def feed(self, text: str) -> np.ndarray:
         """Read every character of `text` in turn; return the probabilities of the one after it,
         as step() does."""
-        ids, _ = self.encode(text, what="the text fed")
+        return self._read(text, "the text fed")
+
+    def _read(self, text, what):
+        """feed() and step(): `what` names the text in a message (an unknown character)."""
+        ids, _ = self.encode(text, what=what)
         if ids.size == 0:
             raise CharrnnError("feed() needs at least one character")
         stream = self._state_stream()

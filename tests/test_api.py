@@ -651,8 +651,10 @@ def test_step_errors(model):
     # a value in a message is cut short: the whole text was repeated in it
     with pytest.raises(CharrnnError, match=re.escape(f"step() reads one character, not '{'x' * 56}...; feed() reads")):
         model.step("x" * 10_000)
-    with pytest.raises(charrnn.UnknownCharacters):
-        model.step("€")
+    with pytest.raises(charrnn.UnknownCharacters, match="^the character stepped has 1 character the model does not"):
+        model.step("€")  # (it was "the text fed")
+    with pytest.raises(charrnn.UnknownCharacters, match="^the text fed has 1 character the model does not know"):
+        model.feed("a€")
     with pytest.raises(CharrnnError, match="keys h, c"):
         model.state = {"h": np.zeros((2, 16))}
     with pytest.raises(CharrnnError, match="shape"):
