@@ -20,8 +20,8 @@ from .cells import choices_help
 from .config import (CELLS, EVAL_RANGES, GRADCHECK_RANGES, GRADFLOW_RANGES, INSPECT_CHARS, INSPECT_RANGES, OPTIMIZERS,
                      RANGES, SAMPLE_RANGES, SCHEDULES, Range, shown_setting)
 from .config import TrainConfig as _C  # the defaults of train's options
-from .errors import (CharrnnError, UsageError, as_flag, bytes_shown, controls_escaped, counted, escapes_shown, flag,
-                     one_line, os_error_message, say_note, sent_nowhere)
+from .errors import (SHORT_REPR, CharrnnError, UsageError, as_flag, bytes_shown, controls_escaped, counted,
+                     escapes_shown, flag, one_line, os_error_message, say_note, sent_nowhere)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Character-level RNN, LSTM and GRU language models, trained on the CPU.")
@@ -1384,11 +1384,27 @@ def _is_usage_error(e: Exception) -> bool:
     return any(c.__name__ == "ClickException" for c in type(e).__mro__)
 
 
+def _value_cut_short(value: str) -> str:
+    """A value of the command line too long for a message: its start and its length; a number
+    beyond the digits Python reads as an int (sys.get_int_max_str_digits()) says so, which typer's
+    "is not a valid int" does not."""
+    digits = value.strip().removeprefix("-").removeprefix("+")  # as int() reads it
+    if digits.isdigit():
+        over = len(digits) > sys.get_int_max_str_digits() > 0
+        return (f"{value[:20]}... ({len(digits):,} digits"
+                + (f", more than the {sys.get_int_max_str_digits():,} a whole number is read from)" if over else ")"))
+    return f"{value[:SHORT_REPR - 3]}... ({len(value):,} characters)"
+
+
 def _usage_line(e) -> str:
     """typer's usage error as one line: its message (its own lines joined), and where help is."""
     from .__main__ import command_named
 
-    message = " ".join(e.format_message().split())
+    message = e.format_message()
+    for arg in sorted({a for a in sys.argv[1:] if len(a) > SHORT_REPR}, key=len, reverse=True):
+        cut = _value_cut_short(arg)  # a line, not the pages of a file pasted as a value; as typed, or as its repr
+        message = message.replace(repr(arg), repr(cut)).replace(arg, cut)
+    message = " ".join(message.split())
     if any(bytes_shown(arg) != arg for arg in sys.argv[1:]):
         # a value shown as repr: its bytes that are not UTF-8 as every message shows them ('\xff'
         # is not a valid float). Only then: a \udcff typed as such is no byte

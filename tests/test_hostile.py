@@ -1379,6 +1379,23 @@ def test_an_option_without_its_value_points_to_its_commands_help(monkeypatch, ca
     assert code == 2 and err.rstrip("\n").endswith(f"(see '{where} --help')"), err
 
 
+
+@pytest.mark.parametrize("option, value, shown", [
+    # a file pasted as a value: its whole text was the line, pages long; its repr, as typer shows it
+    ("--temperature", "line one\nline two " + "x" * 5000,
+     "Invalid value for '--temperature': 'line one\\nline two xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx... (5,018 "
+     "characters)' is not a valid float."),
+    # more digits than Python reads as an int: "'111...' is not a valid int", of a whole number
+    ("--seed", "1" * 5000, "Invalid value for '--seed': '11111111111111111111... (5,000 digits, more than the "
+                           "4,300 a whole number is read from)' is not a valid int."),
+    ("--seed", "-" + "1" * 100, "Invalid value for '--seed': -1111111111111111111... (100 digits) is not in the range "
+                                "x>=0."),
+], ids=["a file pasted", "too many digits", "a long number"])
+def test_a_long_value_is_cut_short_in_a_usage_error(monkeypatch, capsys, tmp_path, option, value, shown):
+    code, err = main_exits(monkeypatch, capsys, "sample", tmp_path / "m.npz", option, value)
+    assert code == 2 and err.startswith(f"error: {shown} (see '") and err.endswith(" sample --help')\n"), err
+    assert len(err.splitlines()) == 1
+
 def test_a_split_that_leaves_half_the_text_for_training_is_accepted(corpus):
     # "must leave at least half the text for training" was said of 0.25 and 0.25
     assert TrainConfig(corpus=str(corpus), val_fraction=0.25, test_fraction=0.25).validate()
