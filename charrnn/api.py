@@ -227,9 +227,9 @@ class TrainedModel:
 
         temperature divides the logits (0: always the most probable character); top_k and top_p
         keep only the k most probable characters, or the fewest most probable ones that reach
-        probability top_p (top_k=0 and top_p=1: off). Without a prime the text starts as a document of the
-        run's does (after its --doc-sep, for a run on several files), else as if after a line
-        break. stop_at ends the text where the generated part first contains it, leaving it out.
+        probability top_p (top_k=0 and top_p=1: off). Without a prime the text starts as a
+        document of the run's does (after its --doc-sep, for a run on several files), else as if
+        after a line break. stop_at ends the text where the generated part first contains it, leaving it out.
         The same arguments give the same text, which is what `charrnn sample` prints."""
         pieces = next(iter(self.stream(length, temperature=temperature, top_k=top_k, top_p=top_p, prime=prime,
                                        seed=seed, stop_at=stop_at)))

@@ -1384,12 +1384,17 @@ def _is_usage_error(e: Exception) -> bool:
     return any(c.__name__ == "ClickException" for c in type(e).__mro__)
 
 
+# characters of a command-line value that a usage error shows whole: a long path, but not the
+# pages of a file pasted as a value
+SHOWN_WHOLE = 200
+
+
 def _value_cut_short(value: str) -> str:
     """A value of the command line too long for a message: its start and its length; a number
     beyond the digits Python reads as an int (sys.get_int_max_str_digits()) says so, which typer's
     "is not a valid int" does not."""
     digits = value.strip().removeprefix("-").removeprefix("+")  # as int() reads it
-    if digits.isdigit():
+    if digits.isdecimal():
         over = len(digits) > sys.get_int_max_str_digits() > 0
         return (f"{value[:20]}... ({len(digits):,} digits"
                 + (f", more than the {sys.get_int_max_str_digits():,} a whole number is read from)" if over else ")"))
@@ -1401,8 +1406,8 @@ def _usage_line(e) -> str:
     from .__main__ import command_named
 
     message = e.format_message()
-    for arg in sorted({a for a in sys.argv[1:] if len(a) > SHORT_REPR}, key=len, reverse=True):
-        cut = _value_cut_short(arg)  # a line, not the pages of a file pasted as a value; as typed, or as its repr
+    for arg in sorted({a for a in sys.argv[1:] if len(a) > SHOWN_WHOLE}, key=len, reverse=True):
+        cut = _value_cut_short(arg)  # shown as typed, or as its repr
         message = message.replace(repr(arg), repr(cut)).replace(arg, cut)
     message = " ".join(message.split())
     if any(bytes_shown(arg) != arg for arg in sys.argv[1:]):

@@ -1388,9 +1388,12 @@ def test_an_option_without_its_value_points_to_its_commands_help(monkeypatch, ca
     # more digits than Python reads as an int: "'111...' is not a valid int", of a whole number
     ("--seed", "1" * 5000, "Invalid value for '--seed': '11111111111111111111... (5,000 digits, more than the "
                            "4,300 a whole number is read from)' is not a valid int."),
-    ("--seed", "-" + "1" * 100, "Invalid value for '--seed': -1111111111111111111... (100 digits) is not in the range "
+    ("--seed", "-" + "1" * 300, "Invalid value for '--seed': -1111111111111111111... (300 digits) is not in the range "
                                 "x>=0."),
-], ids=["a file pasted", "too many digits", "a long number"])
+    # a value as long as a long path is shown whole
+    ("--temperature", f"/{'d' * 150}/{'f' * 48}", f"Invalid value for '--temperature': '/{'d' * 150}/{'f' * 48}' is "
+                                                 "not a valid float."),
+], ids=["a file pasted", "too many digits", "a long number", "a long path"])
 def test_a_long_value_is_cut_short_in_a_usage_error(monkeypatch, capsys, tmp_path, option, value, shown):
     code, err = main_exits(monkeypatch, capsys, "sample", tmp_path / "m.npz", option, value)
     assert code == 2 and err.startswith(f"error: {shown} (see '") and err.endswith(" sample --help')\n"), err
