@@ -161,3 +161,73 @@ def test_the_command_line_says_kernels_not_cached_in_one_note(monkeypatch, capsy
     assert capsys.readouterr().err == "note: numba could not save (/a\\nb: File too large)\n"
     monkeypatch.setattr(sys, "stderr", None)  # started closed (2>&-): the note has nowhere to go, and the kernel runs
     warnings.showwarning(KernelsNotCached("numba could not save"), KernelsNotCached, "_jit.py", 1)
+
+
+# two processes that save one kernel's versions for two signatures at once, held at a barrier
+# just before their saves; inside, numba's writes of the index and of the data are slowed so
+# that, unlocked, they interleave as: float32 and float64 both read an empty index and take
+# data file 1; float32 writes its index, float64 its index and its data, float32 its data. The
+# index then names float64's file, which holds float32's code.
+RACE = r"""
+import os, sys, time
+import numpy as np
+from numba.core import caching
+
+dtype, index_delay, data_delay, folder = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+save_overload, save_index, save_data = (caching.Cache._save_overload, caching.IndexDataCacheFile._save_index,
+                                        caching.IndexDataCacheFile._save_data)
+
+def at_the_barrier(self, sig, data):
+    open(os.path.join(folder, "ready-" + dtype), "w").close()
+    deadline = time.monotonic() + 120
+    while len([n for n in os.listdir(folder) if n.startswith("ready-")]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    save_overload(self, sig, data)
+
+def slow_index(self, overloads):
+    time.sleep(index_delay)
+    save_index(self, overloads)
+
+def slow_data(self, name, data):
+    time.sleep(data_delay)
+    save_data(self, name, data)
+
+caching.Cache._save_overload = at_the_barrier
+caching.IndexDataCacheFile._save_index, caching.IndexDataCacheFile._save_data = slow_index, slow_data
+import summed
+print(summed.total(np.arange(1, 9, dtype=dtype) * 1.5))
+"""
+
+SUMMED = """from charrnn.kernels._jit import kernel
+
+
+@kernel
+def total(x):
+    s = x[0] * 0
+    for v in x:
+        s += v
+    return s
+"""
+
+CHECK = r"""
+import numpy as np
+import summed
+for dtype in ("float64", "float32"):
+    print(dtype, summed.total(np.arange(1, 9, dtype=dtype) * 1.5))
+print("loaded", sum(summed.total.stats.cache_hits.values()), "compiled", sum(summed.total.stats.cache_misses.values()))
+"""
+
+
+def test_two_processes_saving_a_kernel_for_two_signatures_at_once_keep_both(tmp_path):
+    (tmp_path / "summed.py").write_text(SUMMED)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=f"{ROOT}{os.pathsep}{tmp_path}")
+    racers = [subprocess.Popen([sys.executable, "-c", RACE, dtype, index, data, str(tmp_path)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for dtype, index, data in (("float32", "0.5", "1.0"), ("float64", "0.75", "0"))]
+    for racer in racers:
+        out, err = racer.communicate(timeout=300)
+        assert racer.returncode == 0 and out == "54.0\n", err
+    check = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=300)
+    # unlocked: "TypeError: can't unbox array from PyObject into native value" at float64's call
+    assert check.returncode == 0, check.stderr
+    assert check.stdout == "float64 54.0\nfloat32 54.0\nloaded 2 compiled 0\n"

@@ -44,6 +44,11 @@ from threadpoolctl import ThreadpoolController
 
 from ..errors import KernelsNotCached, os_error_message
 
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: numba's cache unlocked, as numba has it
+    fcntl = None
+
 
 def _numba_blas():
     """threadpoolctl's controller of the BLAS that numba's products call, scipy.linalg.cython_blas's:
@@ -150,7 +155,54 @@ def _saved_where_it_can(dispatcher):
                     "they run, and compile again in the next process (NUMBA_CACHE_DIR chooses another folder)"))
 
     cache.save_overload = save_overload
+    _locked_between_processes(cache._cache_file)
     return dispatcher
+
+
+# numba's cache file of a kernel's compiled versions: an index (signature -> data file) and the
+# data files. Its save reads the index, takes the first free data file's name, writes the index,
+# then the data, with nothing to keep two processes apart: two that compiled the kernel for two
+# signatures at once (a first `charrnn train` and a `charrnn gradcheck` beside it, float32 and
+# float64) both took file 1, and the index could name one signature's file holding the other's
+# code, which every later process then loaded ("can't unbox array", or a layout read wrongly).
+# Saves hold an exclusive lock on a file in the cache's folder, loads a shared one.
+CACHE_LOCK = "charrnn-cache.lock"
+
+
+def _locked_between_processes(files):
+    save, load = files.save, files.load
+
+    def locked_save(key, data):
+        with _cache_lock(files._cache_path, fcntl.LOCK_EX if fcntl else None):
+            save(key, data)
+
+    def locked_load(key):
+        with _cache_lock(files._cache_path, fcntl.LOCK_SH if fcntl else None):
+            return load(key)
+
+    files.save, files.load = locked_save, locked_load
+
+
+@contextmanager
+def _cache_lock(folder, how):
+    """A flock of `how` on the folder's lock file while inside; none where there is no flock
+    (not POSIX) or the file can be neither made nor read (a cache numba only reads: its saves fail
+    as they did). The lock belongs to the open file, so a process killed inside it holds it no
+    longer; a flock needs no write access, so another user's lock file serves too."""
+    fd = None
+    if how is not None:
+        try:
+            fd = os.open(os.path.join(folder, CACHE_LOCK), os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+            fcntl.flock(fd, how)
+        except OSError:
+            if fd is not None:
+                os.close(fd)
+            fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 # The numba releases whose cache loader loading_from_cache knows (Cache.load_overload: the
