@@ -192,7 +192,8 @@ def _cache_lock(folder, how):
     fd = None
     if how is not None:
         try:
-            fd = os.open(os.path.join(folder, CACHE_LOCK), os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+            fd = os.open(os.path.join(folder, CACHE_LOCK),  # (not blocking where a FIFO was put in its place)
+                         os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
             fcntl.flock(fd, how)
         except OSError:
             if fd is not None:
