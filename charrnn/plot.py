@@ -213,7 +213,7 @@ def require_pyplot():
     """matplotlib.pyplot on the Agg backend, or a CharrnnError saying how to install it, or why
     an installed one cannot start."""
     try:
-        with _settings_folder_noted():
+        with _log_noted():
             import matplotlib
 
             matplotlib.use("Agg")  # files only, no window, works without a display
@@ -228,29 +228,35 @@ def require_pyplot():
 
 
 @contextmanager
-def _settings_folder_noted():
-    """matplotlib's warnings, as it is imported, that it cannot use its settings folder (a HOME
-    it cannot write, an MPLCONFIGDIR naming a file or a folder it cannot write), said as one
-    note (errors.Note) instead of their two lines: it then keeps its settings and font cache in a
-    temporary folder, built again at every start. Its other warnings go on as they are."""
+def _log_noted():
+    """matplotlib's log messages while inside (as it is imported, as it draws), each said once as a
+    note of one line (errors.Note) as it ends, where matplotlib printed each as it came: a font
+    family of a matplotlibrc that it cannot find was a line for every text it drew, 306 for one
+    chart. Its warning that it cannot use its settings folder (a HOME it cannot write, an
+    MPLCONFIGDIR naming a file or a folder it cannot write) says what that costs: it keeps its
+    settings and font cache in a temporary folder, built again at every start."""
     kept = []
-
-    def settings_folder(record):  # the function of matplotlib's that looks for the folder
-        if record.funcName == "_get_config_or_cache_dir":
-            kept.append(record)
-            return False
-        return True
-
-    log = logging.getLogger("matplotlib")
-    log.addFilter(settings_folder)
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = kept.append
+    log = logging.getLogger("matplotlib")  # (its modules log to loggers below this one)
+    propagate = log.propagate
+    log.addHandler(handler)
+    log.propagate = False  # not on to a handler of the program's, nor logging's last resort, stderr
     try:
         yield
     finally:
-        log.removeFilter(settings_folder)
-    if kept:  # the first says why ("/x is not a writable directory", "mkdir -p failed for path ...")
-        why = " ".join(kept[0].getMessage().split())
+        log.removeHandler(handler)
+        log.propagate = propagate
+    folder = [r for r in kept if r.funcName == "_get_config_or_cache_dir"]  # the function that looks for it
+    if folder:  # the first says why ("/x is not a writable directory", "mkdir -p failed for path ...")
+        why = " ".join(folder[0].getMessage().split())
         warnings.warn(Note(f"matplotlib cannot keep its settings where it looks for them ({why}): it uses a "
                            f"temporary folder, which makes --png slower; MPLCONFIGDIR chooses a folder"), stacklevel=3)
+    # its first line's first clause: not the advice after a bad key, nor every backend's name after a bad one
+    said = dict.fromkeys(" ".join((r.getMessage().strip().splitlines() or [""])[0].split()).split("; ")[0]
+                         for r in kept if r not in folder)
+    for message in said:
+        warnings.warn(Note(f"matplotlib: {message}"), stacklevel=3)
 
 
 def _cannot_start(e: Exception) -> CharrnnError:
@@ -272,13 +278,14 @@ def save_figure(fig, path) -> None:
     """fig into `path` as PNG (outputs.check_output has checked the name)."""
     import matplotlib.pyplot as plt
 
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            fig.tight_layout()
-            write_output(Path(path), lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    finally:
-        plt.close(fig)
-    _noted(caught)
+    with _log_noted():  # (its notes after those of the warnings)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                fig.tight_layout()
+                write_output(Path(path), lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+        finally:
+            plt.close(fig)
+        _noted(caught)
 
 
 def _noted(caught) -> None:
