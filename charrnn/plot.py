@@ -166,7 +166,8 @@ def summary(m: Metrics) -> str:
     parts = []
     if m.train["step"]:
         last = m.train["loss"][-1]
-        parts.append(f"{counted(len(m.train['step']), 'train record')} up to step {_brief(m.train['step'][-1], 0)}"
+        # the highest step, not the last record's: a log edited or joined by hand may run back
+        parts.append(f"{counted(len(m.train['step']), 'train record')} up to step {_brief(max(m.train['step']), 0)}"
                      + (f", last loss {_brief(last, 4)}" if last is not None else ""))
     vals = [(b, s) for s, b in zip(m.val["step"], m.val["bpc"]) if b is not None]
     if vals:
@@ -174,7 +175,7 @@ def summary(m: Metrics) -> str:
         parts.append(f"best val {_brief(best, 4)} bpc at step {_brief(step, 0)}")
     elif m.val["step"]:
         parts.append(f"{counted(len(m.val['step']), 'val record')} up to step "
-                     f"{_brief(m.val['step'][-1], 0)}, none with a finite bpc")
+                     f"{_brief(max(m.val['step']), 0)}, none with a finite bpc")
     if m.test and m.test.get("bpc") is not None:
         parts.append(f"test {_brief(m.test['bpc'], 4)} bpc")
     if m.torn_last_line:

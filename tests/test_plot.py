@@ -408,6 +408,15 @@ def test_the_summary_of_extreme_values_stays_short(tmp_path):
                                                "best val 0.5000 bpc at step 2")
 
 
+def test_the_summary_gives_the_highest_step_of_a_log_that_runs_back(tmp_path):
+    # a log joined by hand: the chart ran to step 50, and the summary said "up to step 30"
+    records = [("train", 10), ("val", 40), ("train", 50), ("val", 20), ("train", 30)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"kind": kind, "step": step, "loss": 2.0 + step / 100})
+                                                    + "\n" for kind, step in records))
+    assert summary(read_metrics(tmp_path)) == ("3 train records up to step 50, last loss 2.3000; 2 val records up "
+                                               "to step 40, none with a finite bpc")
+
+
 def test_sixteen_series_and_more_never_share_a_marker_and_its_colour():
     # gradflow --cell all --layers 2 draws 16 series: with 8 marker and colour pairs, rnn L0 and
     # gru-cho L0 were both a cyan *
