@@ -916,9 +916,10 @@ def _colours_off(console) -> str:
         return "NO_COLOR is set; --html draws them"
     if console.color_system is not None:
         return ""
-    if not console.is_terminal:
+    term = os.environ.get("TERM", "")
+    if not console.is_terminal and term.lower() not in ("dumb", "unknown"):  # (rich's: FORCE_COLOR=1 colours no such)
         return "stdout is no terminal; --html draws them, as FORCE_COLOR=1 does here"
-    return one_line(f"the terminal, TERM={os.environ.get('TERM', '')}, takes none; --html draws them")
+    return one_line(f"TERM={term} takes none; --html draws them")
 
 
 @app.command()

@@ -313,7 +313,9 @@ def test_a_file_name_reaches_the_terminal_escaped_and_a_gates_scale_starts_at_0(
 @pytest.mark.parametrize("env, why", [
     ({}, "stdout is no terminal; --html draws them, as FORCE_COLOR=1 does here"),
     ({"FORCE_COLOR": "1", "NO_COLOR": "1"}, "NO_COLOR is set; --html draws them"),  # (NO_COLOR wins)
-    ({"FORCE_COLOR": "1", "TERM": "dumb"}, "the terminal, TERM=dumb, takes none; --html draws them")])
+    ({"FORCE_COLOR": "1", "TERM": "dumb"}, "TERM=dumb takes none; --html draws them"),
+    # into a file, on TERM=dumb: FORCE_COLOR=1 was advised, and then gave no colours either
+    ({"TERM": "dumb"}, "TERM=dumb takes none; --html draws them")])
 def test_text_shown_without_colours_says_why_and_draws_no_blank_scale(planted, monkeypatch, env, why):
     # into a file, or with NO_COLOR, the text was said to be "on the unit's colour", and an empty
     # scale followed
