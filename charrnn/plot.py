@@ -231,14 +231,28 @@ def require_pyplot():
 @contextmanager
 def _log_noted():
     """matplotlib's log messages while inside (as it is imported, as it draws), each said once as a
-    note of one line (errors.Note) as it ends, where matplotlib printed each as it came: a font
-    family of a matplotlibrc that it cannot find was a line for every text it drew, 306 for one
-    chart. Its warning that it cannot use its settings folder (a HOME it cannot write, an
-    MPLCONFIGDIR naming a file or a folder it cannot write) says what that costs: it keeps its
-    settings and font cache in a temporary folder, built again at every start."""
-    kept = []
+    note of one line (errors.Note), where matplotlib printed every one: a font family of a
+    matplotlibrc that it cannot find was a line for every text it drew, 306 for one chart. Its
+    warnings that it cannot use its settings folder (a HOME it cannot write, an MPLCONFIGDIR
+    naming a file or a folder it cannot write) are one note that says what that costs: it keeps
+    its settings and font cache in a temporary folder, built again at every start."""
+    said = set()
+
+    def note(record):
+        if record.funcName == "_get_config_or_cache_dir":  # the function that looks for the folder
+            key = "settings"  # its first record says why ("/x is not a writable directory", "mkdir -p failed ...")
+            why = " ".join(record.getMessage().split())
+            text = (f"matplotlib cannot keep its settings where it looks for them ({why}): it uses a temporary "
+                    "folder, which makes --png slower; MPLCONFIGDIR chooses a folder")
+        else:  # its first line's first clause: not the advice after a bad key, nor every backend's name
+            first = (record.getMessage().strip().splitlines() or [""])[0]
+            key = text = f"matplotlib: {' '.join(first.split()).split('; ')[0]}"
+        if key not in said:
+            said.add(key)
+            warnings.warn(Note(text), stacklevel=2)
+
     handler = logging.Handler(logging.WARNING)
-    handler.emit = kept.append
+    handler.emit = note
     log = logging.getLogger("matplotlib")  # (its modules log to loggers below this one)
     propagate = log.propagate
     log.addHandler(handler)
@@ -248,16 +262,6 @@ def _log_noted():
     finally:
         log.removeHandler(handler)
         log.propagate = propagate
-    folder = [r for r in kept if r.funcName == "_get_config_or_cache_dir"]  # the function that looks for it
-    if folder:  # the first says why ("/x is not a writable directory", "mkdir -p failed for path ...")
-        why = " ".join(folder[0].getMessage().split())
-        warnings.warn(Note(f"matplotlib cannot keep its settings where it looks for them ({why}): it uses a "
-                           f"temporary folder, which makes --png slower; MPLCONFIGDIR chooses a folder"), stacklevel=3)
-    # its first line's first clause: not the advice after a bad key, nor every backend's name after a bad one
-    said = dict.fromkeys(" ".join((r.getMessage().strip().splitlines() or [""])[0].split()).split("; ")[0]
-                         for r in kept if r not in folder)
-    for message in said:
-        warnings.warn(Note(f"matplotlib: {message}"), stacklevel=3)
 
 
 def _cannot_start(e: Exception) -> CharrnnError:
@@ -279,7 +283,7 @@ def save_figure(fig, path) -> None:
     """fig into `path` as PNG (outputs.check_output has checked the name)."""
     import matplotlib.pyplot as plt
 
-    with _log_noted():  # (its notes after those of the warnings)
+    with _log_noted():
         try:
             with warnings.catch_warnings(record=True) as caught:
                 fig.tight_layout()
