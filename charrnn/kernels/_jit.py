@@ -155,7 +155,9 @@ def _saved_where_it_can(dispatcher):
                     "they run, and compile again in the next process (NUMBA_CACHE_DIR chooses another folder)"))
 
     cache.save_overload = save_overload
-    _locked_between_processes(cache._cache_file)
+    files = getattr(cache, "_cache_file", None)  # (numba's; a release without it runs unlocked)
+    if files is not None:
+        _locked_between_processes(files)
     return dispatcher
 
 
@@ -186,19 +188,28 @@ def _locked_between_processes(files):
 @contextmanager
 def _cache_lock(folder, how):
     """A flock of `how` on the folder's lock file while inside; none where there is no flock
-    (not POSIX) or the file can be neither made nor read (a cache numba only reads: its saves fail
-    as they did). The lock belongs to the open file, so a process killed inside it holds it no
-    longer; a flock needs no write access, so another user's lock file serves too."""
+    (not POSIX) or the file can be neither made nor opened (a cache numba only reads: its saves
+    fail as they did). Opened for writing where it can be: NFS, which emulates a flock as a lock
+    of the file's bytes, takes an exclusive one only on a file open for writing; for reading
+    only, another user's lock file still serves on a local disk. The lock belongs to the open
+    file, so a process killed inside it holds it no longer."""
     fd = None
     if how is not None:
-        try:
-            fd = os.open(os.path.join(folder, CACHE_LOCK),  # (not blocking where a FIFO was put in its place)
-                         os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
-            fcntl.flock(fd, how)
-        except OSError:
-            if fd is not None:
+        path = os.path.join(folder, CACHE_LOCK)
+        for access in (os.O_RDWR, os.O_RDONLY):  # (not blocking where a FIFO was put in its place)
+            try:
+                fd = os.open(path, access | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+                break
+            except OSError:
+                pass
+        if fd is not None:
+            try:
+                fcntl.flock(fd, how)
+            except BaseException as e:  # (a Ctrl-C as it waits closes the file too)
                 os.close(fd)
-            fd = None
+                fd = None
+                if not isinstance(e, OSError):
+                    raise
     try:
         yield
     finally:
