@@ -1407,9 +1407,11 @@ def _usage_line(e) -> str:
     from .__main__ import command_named
 
     message = e.format_message()
-    for arg in sorted({a for a in sys.argv[1:] if len(a) > SHOWN_WHOLE}, key=len, reverse=True):
-        cut = _value_cut_short(arg)  # shown as typed, or as its repr
-        message = message.replace(repr(arg), repr(cut)).replace(arg, cut)
+    # the values typed: each argument, and what follows the = of an --option=value
+    values = {a.split("=", 1)[1] if a.startswith("--") and "=" in a else a for a in sys.argv[1:]}
+    for value in sorted({v for v in values if len(v) > SHOWN_WHOLE}, key=len, reverse=True):
+        cut = _value_cut_short(value)  # shown as typed, or as its repr
+        message = message.replace(repr(value), repr(cut)).replace(value, cut)
     message = " ".join(message.split())
     if any(bytes_shown(arg) != arg for arg in sys.argv[1:]):
         # a value shown as repr: its bytes that are not UTF-8 as every message shows them ('\xff'

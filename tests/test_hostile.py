@@ -1390,12 +1390,16 @@ def test_an_option_without_its_value_points_to_its_commands_help(monkeypatch, ca
                            "4,300 a whole number is read from)' is not a valid int."),
     ("--seed", "-" + "1" * 300, "Invalid value for '--seed': -1111111111111111111... (300 digits) is not in the range "
                                 "x>=0."),
+    # given as --option=value: it was shown whole
+    ("--temperature=", "y" * 3000, "Invalid value for '--temperature': '" + "y" * 57 + "... (3,000 characters)' is "
+                                   "not a valid float."),
     # a value as long as a long path is shown whole
     ("--temperature", f"/{'d' * 150}/{'f' * 48}", f"Invalid value for '--temperature': '/{'d' * 150}/{'f' * 48}' is "
                                                  "not a valid float."),
-], ids=["a file pasted", "too many digits", "a long number", "a long path"])
+], ids=["a file pasted", "too many digits", "a long number", "--option=value", "a long path"])
 def test_a_long_value_is_cut_short_in_a_usage_error(monkeypatch, capsys, tmp_path, option, value, shown):
-    code, err = main_exits(monkeypatch, capsys, "sample", tmp_path / "m.npz", option, value)
+    given = [option + value] if option.endswith("=") else [option, value]
+    code, err = main_exits(monkeypatch, capsys, "sample", tmp_path / "m.npz", *given)
     assert code == 2 and err.startswith(f"error: {shown} (see '") and err.endswith(" sample --help')\n"), err
     assert len(err.splitlines()) == 1
 

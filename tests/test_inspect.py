@@ -320,6 +320,7 @@ def test_text_shown_without_colours_says_why_and_draws_no_blank_scale(planted, m
     # into a file, or with NO_COLOR, the text was said to be "on the unit's colour", and an empty
     # scale followed
     monkeypatch.setattr(cli.out, "_console", None)
+    monkeypatch.delenv("TERM", raising=False)  # (the tests' own may be dumb)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     r = invoke(planted["checkpoint"], planted["text"])
