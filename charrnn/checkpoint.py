@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CharrnnError, counted, os_error_message
+from .errors import CharrnnError, counted, link_to_nothing, os_error_message
 
 FORMAT_VERSION = 1
 SUFFIX = ".npz"
@@ -524,7 +524,7 @@ def _checkpoint_file(path: Path) -> bool:
     if path.is_file():
         return True
     if path.is_symlink() and not path.exists():
-        raise CharrnnError(f"{path} is a link to {os.path.realpath(path)}, which does not exist; check the link")
+        raise CharrnnError(link_to_nothing(path))
     if path.exists() and not path.is_dir():
         raise CharrnnError(f"{path} is not a regular file, so no checkpoint; pass a {SUFFIX} file or a run "
                            f"folder holding best{SUFFIX} or latest{SUFFIX}")

@@ -39,7 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from .config import DOC_SEP, LOG_STARTS
-from .errors import CharrnnError, UsageError, as_flag, counted, os_error_message, repr_shown, shell_word
+from .errors import (CharrnnError, UsageError, as_flag, counted, link_to_nothing, os_error_message, repr_shown,
+                     shell_word)
 
 ENCODINGS = ("utf-8", "latin-1", "bytes")
 
@@ -322,7 +323,7 @@ def _read(f, path, size) -> bytes:
 def _cannot_read(path, e: OSError) -> Unreadable:
     if isinstance(e, FileNotFoundError):
         if os.path.islink(path):  # (a name that `ls` shows; its target may be a link too)
-            return Unreadable(f"{path} is a link to {os.path.realpath(path)}, which does not exist; check the link", e)
+            return Unreadable(link_to_nothing(path), e)
         if str(path) == "-":  # read as a file's name, as every path here is
             return Unreadable("- does not exist: a file named -; for standard input give /dev/stdin", e)
         return Unreadable(f"{path} does not exist; check the path", e)

@@ -206,6 +206,12 @@ def computes_nan(use: str, on: str = " on this text", grows=False, shorter="") -
                         "earlier checkpoint")
 
 
+def link_to_nothing(path) -> str:
+    """The message for a path that is a symbolic link whose target does not exist (a corpus file,
+    a checkpoint): where it leads, which `ls` does not show."""
+    return f"{path} is a link to {os.path.realpath(path)}, which does not exist; check the link"
+
+
 def os_error_message(e: OSError, path=None) -> str:
     """One line for an OSError: the path (its own, else `path`), the system's reason, and what to
     do about it."""

@@ -156,7 +156,7 @@ def _saved_where_it_can(dispatcher):
 
     cache.save_overload = save_overload
     files = getattr(cache, "_cache_file", None)  # (numba's; a release without it runs unlocked)
-    if files is not None:
+    if files is not None and fcntl is not None:
         _locked_between_processes(files)
     return dispatcher
 
@@ -175,11 +175,11 @@ def _locked_between_processes(files):
     save, load = files.save, files.load
 
     def locked_save(key, data):
-        with _cache_lock(files._cache_path, fcntl.LOCK_EX if fcntl else None):
+        with _cache_lock(files._cache_path, fcntl.LOCK_EX):
             save(key, data)
 
     def locked_load(key):
-        with _cache_lock(files._cache_path, fcntl.LOCK_SH if fcntl else None):
+        with _cache_lock(files._cache_path, fcntl.LOCK_SH):
             return load(key)
 
     files.save, files.load = locked_save, locked_load
@@ -187,29 +187,27 @@ def _locked_between_processes(files):
 
 @contextmanager
 def _cache_lock(folder, how):
-    """A flock of `how` on the folder's lock file while inside; none where there is no flock
-    (not POSIX) or the file can be neither made nor opened (a cache numba only reads: its saves
-    fail as they did). Opened for writing where it can be: NFS, which emulates a flock as a lock
+    """A flock of `how` on the folder's lock file while inside; none where the file can be
+    neither made nor opened (a cache numba only reads: its saves fail as they did). Opened for writing where it can be: NFS, which emulates a flock as a lock
     of the file's bytes, takes an exclusive one only on a file open for writing; for reading
     only, another user's lock file still serves on a local disk. The lock belongs to the open
     file, so a process killed inside it holds it no longer."""
     fd = None
-    if how is not None:
-        path = os.path.join(folder, CACHE_LOCK)
-        for access in (os.O_RDWR, os.O_RDONLY):  # (not blocking where a FIFO was put in its place)
-            try:
-                fd = os.open(path, access | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
-                break
-            except OSError:
-                pass
-        if fd is not None:
-            try:
-                fcntl.flock(fd, how)
-            except BaseException as e:  # (a Ctrl-C as it waits closes the file too)
-                os.close(fd)
-                fd = None
-                if not isinstance(e, OSError):
-                    raise
+    path = os.path.join(folder, CACHE_LOCK)
+    for access in (os.O_RDWR, os.O_RDONLY):  # (not blocking where a FIFO was put in its place)
+        try:
+            fd = os.open(path, access | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+            break
+        except OSError:
+            pass
+    if fd is not None:
+        try:
+            fcntl.flock(fd, how)
+        except BaseException as e:  # (a Ctrl-C as it waits closes the file too)
+            os.close(fd)
+            fd = None
+            if not isinstance(e, OSError):
+                raise
     try:
         yield
     finally:
