@@ -1379,7 +1379,6 @@ def test_an_option_without_its_value_points_to_its_commands_help(monkeypatch, ca
     assert code == 2 and err.rstrip("\n").endswith(f"(see '{where} --help')"), err
 
 
-
 @pytest.mark.parametrize("option, value, shown", [
     # a file pasted as a value: its whole text was the line, pages long; its repr, as typer shows it
     ("--temperature", "line one\nline two " + "x" * 5000,
@@ -1402,6 +1401,7 @@ def test_a_long_value_is_cut_short_in_a_usage_error(monkeypatch, capsys, tmp_pat
     code, err = main_exits(monkeypatch, capsys, "sample", tmp_path / "m.npz", *given)
     assert code == 2 and err.startswith(f"error: {shown} (see '") and err.endswith(" sample --help')\n"), err
     assert len(err.splitlines()) == 1
+
 
 def test_a_split_that_leaves_half_the_text_for_training_is_accepted(corpus):
     # "must leave at least half the text for training" was said of 0.25 and 0.25
