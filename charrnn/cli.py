@@ -976,9 +976,12 @@ def gradcheck(
                               str(list(r.worst)), verdict)
     out.print_table(table)
     if unresolved:
-        _note(f"note: {counted(sum(r.unresolved for r in unresolved), 'element')} left out as unresolved: a loss "
-              f"as large as {max(r.loss for r in unresolved):.3g} rounds away the difference of their two "
-              "gradients (fewer --steps or --layers make it smaller)")
+        # (an element is unresolved by both: a difference within the loss's rounding that the
+        # tolerance does not pass; a --tolerance of 1e-30 left out most, at a loss of 2)
+        _note(f"note: {counted(sum(r.unresolved for r in unresolved), 'element')} left out as unresolved: their two "
+              f"gradients differ by less than a loss as large as {max(r.loss for r in unresolved):.3g} rounds away, "
+              f"and by more than --tolerance {tolerance:g} (fewer --steps or --layers make the loss smaller; a "
+              "larger --tolerance passes them)")
     if failed:
         _print_error(f"{counted(failed, 'tensor')} failed the gradient check (tolerance {tolerance:g})")
         raise typer.Exit(1)

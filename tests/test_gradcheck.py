@@ -164,6 +164,18 @@ def test_a_tensor_with_no_element_to_compare_is_not_shown_as_passing():
     assert (b.checked, b.kinked, b.worst, b.passed) == (0, 1, (), True) and np.isnan([b.analytic, b.numeric]).all()
 
 
+def test_elements_left_out_as_unresolved_are_said_with_both_their_causes():
+    # at --tolerance 1e-30 most elements were left out, at a loss of 2, as one "a loss as large as
+    # 2.13 rounds away ... (fewer --steps or --layers make it smaller)": the tolerance went unsaid
+    result = runner.invoke(app, ["gradcheck", "--cell", "rnn", "--layers", "1", "--tolerance", "1e-30"],
+                           env={"COLUMNS": "400"})
+    assert result.exit_code == 1, result.output
+    note = next(line for line in result.output.splitlines() if line.startswith("note:"))
+    assert re.fullmatch(r"note: \d+ elements left out as unresolved: their two gradients differ by less than a loss "
+                        r"as large as 2\.\d+ rounds away, and by more than --tolerance 1e-30 \(fewer --steps or "
+                        r"--layers make the loss smaller; a larger --tolerance passes them\)", note), note
+
+
 def test_input_weights_are_checked_in_the_rows_of_the_characters_read():
     # at --vocab 512 the elements drawn were nearly all in rows of characters the window never
     # read, whose gradients are 0: "checked 20, pass" compared nothing with nothing
