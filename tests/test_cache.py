@@ -11,6 +11,7 @@ order in some copies. The kernels now compile without those flags (kernels/_jit.
 kernels/sums.py)."""
 import atexit
 import errno
+import fcntl
 import os
 import shutil
 import subprocess
@@ -231,3 +232,44 @@ def test_two_processes_saving_a_kernel_for_two_signatures_at_once_keep_both(tmp_
     # unlocked: "TypeError: can't unbox array from PyObject into native value" at float64's call
     assert check.returncode == 0, check.stderr
     assert check.stdout == "float64 54.0\nfloat32 54.0\nloaded 2 compiled 0\n"
+
+
+# the toy kernel for the dtypes given, after LOCK_WAIT is set to the first argument
+WAITED = r"""
+import sys
+import numpy as np
+from charrnn.kernels import _jit
+_jit.LOCK_WAIT = float(sys.argv[1])
+import summed
+for dtype in sys.argv[2:]:
+    print(dtype, summed.total(np.arange(1, 9, dtype=dtype) * 1.5))
+print("loaded", sum(summed.total.stats.cache_hits.values()), "compiled", sum(summed.total.stats.cache_misses.values()))
+"""
+
+
+def test_a_cache_held_by_a_stopped_process_is_waited_for_a_while_then_gone_on_without(tmp_path):
+    # a command stopped with Ctrl-Z as it saved a kernel held the lock, and every other command
+    # waited at its first kernel, without a word, until that one went on
+    (tmp_path / "summed.py").write_text(SUMMED)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=f"{ROOT}{os.pathsep}{tmp_path}")
+
+    def run(*args):
+        r = subprocess.run([sys.executable, "-c", WAITED, *args], env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return r
+
+    assert run("10", "float64").stdout.endswith("loaded 0 compiled 1\n")
+    [lock] = (tmp_path / "cache").rglob(_jit.CACHE_LOCK)
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as a process stopped inside its save
+        held = run("0.5", "float64", "float32")
+    finally:
+        os.close(fd)
+    # float64 read from the cache all the same; float32 compiled and not saved
+    assert held.stdout == "float64 54.0\nfloat32 54.0\nloaded 1 compiled 1\n"
+    said = [line for line in held.stderr.splitlines() if "numba's cache" in line]
+    assert len(said) == 1 and (f"another process has held numba's cache for 0.5 s ({lock}; one stopped with Ctrl-Z "
+                               "holds it until it goes on): this command goes on without waiting for it and saves "
+                               "no kernels there (they compile again in the next process)") in said[0], held.stderr
+    assert run("10", "float32", "float64").stdout.endswith("loaded 1 compiled 1\n")  # float32 was not saved

@@ -33,6 +33,7 @@ NUMBA_CACHE_DIR as CI does.
 """
 import os
 import threading
+import time
 import warnings
 from contextlib import contextmanager
 from importlib import import_module
@@ -171,12 +172,22 @@ def _saved_where_it_can(dispatcher):
 CACHE_LOCK = "charrnn-cache.lock"
 
 
+# A save holds the lock for milliseconds; a process stopped inside one (Ctrl-Z) holds it until it
+# goes on, and every other command waited for it without a word. One that has waited LOCK_WAIT
+# seconds goes on without the lock: it reads the cache as numba does (each file is written whole,
+# and a data file an index names but that is not there yet reads as missing: compiled again) and
+# saves nothing to it, which is where two processes could spoil it.
+LOCK_WAIT = 10.0
+_lock_held_elsewhere = {"given_up": False}  # in this process, for the rest of it (said once)
+
+
 def _locked_between_processes(files):
     save, load = files.save, files.load
 
     def locked_save(key, data):
-        with _cache_lock(files._cache_path, fcntl.LOCK_EX):
-            save(key, data)
+        with _cache_lock(files._cache_path, fcntl.LOCK_EX) as locked:
+            if locked:
+                save(key, data)
 
     def locked_load(key):
         with _cache_lock(files._cache_path, fcntl.LOCK_SH):
@@ -187,11 +198,13 @@ def _locked_between_processes(files):
 
 @contextmanager
 def _cache_lock(folder, how):
-    """A flock of `how` on the folder's lock file while inside; none where the file can be
-    neither made nor opened (a cache numba only reads: its saves fail as they did). Opened for writing where it can be: NFS, which emulates a flock as a lock
-    of the file's bytes, takes an exclusive one only on a file open for writing; for reading
-    only, another user's lock file still serves on a local disk. The lock belongs to the open
-    file, so a process killed inside it holds it no longer."""
+    """A flock of `how` on the folder's lock file while inside, as True; none where the file can
+    be neither made nor opened (a cache numba only reads: its saves fail as they did), also True;
+    False once the lock has been waited for LOCK_WAIT seconds in this process (above). Opened for
+    writing where it can be: NFS, which emulates a flock as a lock of the file's bytes, takes an
+    exclusive one only on a file open for writing; for reading only, another user's lock file
+    still serves on a local disk. The lock belongs to the open file, so a process killed inside
+    it holds it no longer."""
     fd = None
     path = os.path.join(folder, CACHE_LOCK)
     for access in (os.O_RDWR, os.O_RDONLY):  # (not blocking where a FIFO was put in its place)
@@ -200,19 +213,40 @@ def _cache_lock(folder, how):
             break
         except OSError:
             pass
+    locked = True
     if fd is not None:
         try:
-            fcntl.flock(fd, how)
+            locked = _flock_within_wait(fd, how, path)
         except BaseException as e:  # (a Ctrl-C as it waits closes the file too)
             os.close(fd)
             fd = None
             if not isinstance(e, OSError):
                 raise
     try:
-        yield
+        yield locked
     finally:
         if fd is not None:
             os.close(fd)
+
+
+def _flock_within_wait(fd, how, path) -> bool:
+    """Whether the flock was taken: tried every 10 ms for LOCK_WAIT seconds, not at all once a
+    wait in this process has run out (then a KernelsNotCached note, once)."""
+    deadline = time.monotonic() + LOCK_WAIT
+    while not _lock_held_elsewhere["given_up"]:
+        try:
+            fcntl.flock(fd, how | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                _lock_held_elsewhere["given_up"] = True
+                warnings.warn(KernelsNotCached(
+                    f"another process has held numba's cache for {LOCK_WAIT:g} s ({path}; one stopped with Ctrl-Z "
+                    "holds it until it goes on): this command goes on without waiting for it and saves no kernels "
+                    "there (they compile again in the next process)"))
+            else:
+                time.sleep(0.01)
+    return False
 
 
 # The numba releases whose cache loader loading_from_cache knows (Cache.load_overload: the
