@@ -23,9 +23,9 @@ its own in numpy's and scipy's wheels, keeps its threads for a program's own pro
 is the library that loading its BLAS module brought in, or where that module was loaded before
 (by scipy.linalg, by numba code of the program's, or by the command line: cli.scipy_blas_alone),
 the one in scipy's own folders (a wheel's scipy.libs). Where the two cannot be told apart (one
-library for both, as in some conda installs), every BLAS is held. The per-step products do not use BLAS (kernels/panels.py), nor,
-on AVX-512, the weight gradients' (kernels/weight_grad.py) or, where it fits, the output layer's in
-training (kernels/output.py, tiled_fits).
+library for both, as in some conda installs), every BLAS is held. The per-step products do not
+use BLAS (kernels/panels.py), nor, on AVX-512, the weight gradients' (kernels/weight_grad.py)
+or, where it fits, the output layer's in training (kernels/output.py, tiled_fits).
 
 Cache: numba checks only a function's own file for changes. After editing a module that other
 kernels inline (activations.py, panels.py), delete the __pycache__ folders, or set a fresh
