@@ -312,11 +312,13 @@ class Trainer:
         Any other may be given only as the run's own.
         `corpus`: the run's text (files and folders) if it is no longer where the checkpoint
         says, checked by its SHA-256. The run folder stays locked until run() ends."""
-        path = resolve_checkpoint(path, prefer="latest")
+        given, path = path, resolve_checkpoint(path, prefer="latest")
         lock = _locked(path.parent, resuming=True)  # before reading: no other process is writing it now
         try:
             self = cls._restore(path, say, corpus, overrides)
             _refuse_to_replace(path, self.step, self.given_again)
+            if path.name == "best" + SUFFIX and Path(given).is_dir():  # (shown under -q too, as a note)
+                say(f"{path.parent} has no latest{SUFFIX}: resuming its best{SUFFIX}, of update {self.step}")
             if self.world.root:  # the logs, opened as run() opens them, before `say` is heard (the CLI holds it):
                 check_run_file(self.run_dir / METRICS_FILE, os.O_WRONLY | os.O_APPEND)  # appended to
                 check_run_file(self.run_dir / SAMPLES_FILE, os.O_RDONLY)  # read (to cut); written if sampled
@@ -340,7 +342,7 @@ class Trainer:
         if not (path.parent / "best.npz").is_file():
             best_val = math.inf
         else:
-            best = _other_meta(path, "best")  # None: path is best.npz, or it cannot be read
+            best = _other_meta(path, "best")  # None: path is best.npz (_replaced refused one that cannot be read)
             best_val = min(self.best_val, _from_json_float(best["metrics"]["best_val"]) if best else math.inf)
         value = np.array([best_val], dtype=np.float64)
         self.world.bcast(value)  # rank 0's folder: every rank must agree on when to save
@@ -1097,16 +1099,22 @@ def _saved_step(path):
     return None if meta is None else meta["step"]
 
 
-def _other_meta(path, name):
-    """The meta document of the checkpoint `name` beside `path` (not path itself), or None if
-    there is none or it cannot be read: then nothing resuming path would lose."""
-    other = path.parent / f"{name}.npz"
+def _beside(path, name):
+    """The file `name`.npz in path's folder, if there is one and it is not path itself; else None."""
+    other = path.parent / (name + SUFFIX)
     try:
         if not other.is_file() or other.samefile(path):
             return None
     except OSError:
         return None
-    return _meta(other)
+    return other
+
+
+def _other_meta(path, name):
+    """The meta document of the checkpoint `name` beside `path` (not path itself), or None if
+    there is none or it cannot be read (which _replaced refuses to replace)."""
+    other = _beside(path, name)
+    return None if other is None else _meta(other)
 
 
 def resume_command(target, given_again=((), ())) -> str:
@@ -1135,7 +1143,8 @@ def _replaced(path, step):
     """What resuming the checkpoint `path` (of update `step`) in its folder would replace there,
     or None: a log that is not charrnn's, the checkpoints of another run (a file copied in), or a
     latest.npz the checkpoint is older than (a copy of an earlier one, or best.npz while
-    latest.npz went on), whose records it would drop."""
+    latest.npz went on), whose records it would drop, or a checkpoint file it cannot read (a
+    damaged one, or a file of the user's: the probe that found it had its latest.npz replaced)."""
     for name, step_of in ((METRICS_FILE, _record_step), (SAMPLES_FILE, _sample_step)):
         if not _left_by_a_run(path.parent / name, step_of):
             return f"{path.parent / name} is not a log of charrnn's; resuming {path} there would replace it"
@@ -1143,6 +1152,10 @@ def _replaced(path, step):
     for name in ("latest", "best"):
         other = _other_meta(path, name)
         if other is None:
+            unread = _beside(path, name)  # a damaged checkpoint, or a file of the user's: kept whole
+            if unread is not None:
+                return (f"{unread} cannot be read as a charrnn checkpoint, and resuming {path} there would replace "
+                        "it (move it away to resume there)")
             continue
         mine = mine or load_checkpoint(path, schema=TRAINING_META)[1]
         if _run_id(other) != _run_id(mine):
@@ -1260,12 +1273,17 @@ def check_new_run_dir(run_dir: Path) -> None:
     if in_the_way is not None:
         raise CharrnnError(f"cannot make the run folder {run_dir}: {in_the_way} is a file, not a folder; choose "
                            "another --out-dir or --run name")
-    if any((run_dir / f"{name}.npz").exists() for name in ("latest", "best")):
+    found = [run_dir / (name + SUFFIX) for name in ("latest", "best") if (run_dir / (name + SUFFIX)).exists()]
+    if found:
         holder = held_by(run_dir)
         if holder is not None:  # --resume now would be refused too
             raise CharrnnError(f"{run_dir} holds a run that another charrnn process{pid_shown(holder)} is training; "
                                f"wait for it to finish, then continue it with --resume {shell_word(run_dir)}, or "
                                "choose another --run name")
+        if all(_meta(path) is None for path in found):  # --resume would be refused: no run to continue
+            what = "charrnn checkpoints; move them" if len(found) > 1 else "a charrnn checkpoint; move it"
+            raise CharrnnError(f"{' and '.join(map(str, found))} cannot be read as {what} away, or choose another "
+                               "--run name")
         raise CharrnnError(f"{run_dir} already holds a run; continue it with --resume {shell_word(run_dir)} "
                            f"or choose another --run name")
     for name, step in ((METRICS_FILE, _record_step), (SAMPLES_FILE, _sample_step)):

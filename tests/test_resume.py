@@ -391,6 +391,46 @@ def test_another_runs_checkpoint_resumed_in_a_run_folder_is_refused(corpus, tmp_
     Trainer.resume(theirs, say=lambda *_: None, max_steps=4).run()  # its own folder: no other run in it
 
 
+@pytest.mark.parametrize("unread, resumed_name", [
+    ("latest.npz", "model.npz"),  # a file of the user's where the resume saves: it was replaced without a word
+    ("best.npz", "latest.npz"),  # a damaged best.npz: the resume said "best 3.67" of a model no file held
+])
+@pytest.mark.parametrize("content", [b"a note of the user's\n", "a .npz archive of the user's", "cut off"])
+def test_a_checkpoint_file_that_cannot_be_read_is_not_replaced_by_a_resume(corpus, tmp_path, unread, resumed_name,
+                                                                          content):
+    run = tmp_path / "r"
+    train_steps(config(corpus, tmp_path, eval_every=2, checkpoint_every=2), run, 2)
+    if resumed_name != "latest.npz":
+        (run / "latest.npz").rename(run / resumed_name)
+        (run / "best.npz").unlink()
+    if content == "cut off":
+        content = (run / resumed_name).read_bytes()[:3000]
+    elif content == "a .npz archive of the user's":
+        np.savez(tmp_path / "theirs.npz", weights=np.arange(10))
+        content = (tmp_path / "theirs.npz").read_bytes()
+    (run / unread).write_bytes(content)
+    with pytest.raises(CharrnnError) as refused:
+        Trainer.resume(run / resumed_name, say=lambda *_: None, max_steps=4)
+    assert str(refused.value).startswith(
+        f"{run / unread} cannot be read as a charrnn checkpoint, and resuming {run / resumed_name} there would replace "
+        f"it (move it away to resume there). To go on from update 2 and keep it, resume a copy in a folder of its "
+        f"own: mkdir {tmp_path / 'r-from-2'} && cp {run / resumed_name} {tmp_path / 'r-from-2' / 'latest.npz'}")
+    assert (run / unread).read_bytes() == content
+    (run / unread).rename(tmp_path / "moved away")  # the advice
+    Trainer.resume(run / resumed_name, say=lambda *_: None, max_steps=4).run()
+    assert load_checkpoint(run / "best.npz")[1]["step"] in (2, 4)  # the best it reports, held in the folder
+
+
+def test_a_run_folder_without_its_latest_checkpoint_resumes_its_best_with_a_note(corpus, tmp_path):
+    # it went back to best.npz, and only "resuming ... at update 2", which -q leaves out, said so
+    run = tmp_path / "r"
+    train_steps(config(corpus, tmp_path, eval_every=2, checkpoint_every=2), run, 2)
+    (run / "latest.npz").unlink()
+    said = []
+    assert Trainer.resume(run, say=said.append, max_steps=3).step == 2
+    assert said == ["changed on resume: --max-steps 2 -> 3", f"{run} has no latest.npz: resuming its best.npz, of update 2"]
+
+
 def test_runs_of_the_same_settings_are_told_apart_by_their_run_ids(corpus, tmp_path):
     # the same command run twice (a time limit makes their schedules differ): another run all the
     # same, whose checkpoint would replace this one's latest.npz

@@ -715,6 +715,26 @@ def test_the_folder_a_refusal_says_to_resume_is_one_word_of_the_command(corpus, 
     assert words[:2] == ["--resume", str(run_dir)]
 
 
+def test_a_new_run_in_a_folder_whose_checkpoints_cannot_be_read_is_not_told_to_resume_it(corpus, tmp_path):
+    # "already holds a run; continue it with --resume", which then failed: "... is not a charrnn checkpoint"
+    run_dir = tmp_path / "u"
+    run_dir.mkdir()
+    (run_dir / "best.npz").write_text("mine")
+    with pytest.raises(CharrnnError) as refused:
+        check_new_run_dir(run_dir)
+    assert str(refused.value) == (f"{run_dir / 'best.npz'} cannot be read as a charrnn checkpoint; move it away, or "
+                                  "choose another --run name")
+    (run_dir / "latest.npz").mkdir()
+    with pytest.raises(CharrnnError) as refused:
+        check_new_run_dir(run_dir)
+    assert str(refused.value) == (f"{run_dir / 'latest.npz'} and {run_dir / 'best.npz'} cannot be read as charrnn "
+                                  "checkpoints; move them away, or choose another --run name")
+    train_steps(config(corpus, tmp_path), tmp_path / "r", 2)  # one that can be read: a run to continue
+    (tmp_path / "r" / "best.npz").write_text("mine")
+    with pytest.raises(CharrnnError, match="already holds a run; continue it with --resume"):
+        check_new_run_dir(tmp_path / "r")
+
+
 def test_resume_refuses_a_schedule_setting_its_schedule_does_not_read(corpus, tmp_path):
     # "changed on resume: --lr-decay 0.95 -> 0.3" was said of a linear run, which it did not change
     train_steps(config(corpus, tmp_path), tmp_path / "r", 3)  # linear, the default
