@@ -980,8 +980,8 @@ def gradcheck(
         # tolerance does not pass; a --tolerance of 1e-30 left out most, at a loss of 2)
         _note(f"note: {counted(sum(r.unresolved for r in unresolved), 'element')} left out as unresolved: their two "
               f"gradients differ by less than a loss as large as {max(r.loss for r in unresolved):.3g} rounds away, "
-              f"and by more than --tolerance {tolerance:g} (fewer --steps or --layers make the loss smaller; a "
-              "larger --tolerance passes them)")
+              f"and by a relative error above --tolerance {tolerance:g} (a larger --tolerance passes them; fewer "
+              "--steps or --layers make a large loss smaller)")
     if failed:
         _print_error(f"{counted(failed, 'tensor')} failed the gradient check (tolerance {tolerance:g})")
         raise typer.Exit(1)

@@ -317,7 +317,7 @@ class Trainer:
         try:
             self = cls._restore(path, say, corpus, overrides)
             _refuse_to_replace(path, self.step, self.given_again)
-            if path.name == "best" + SUFFIX and Path(given).is_dir():  # (shown under -q too, as a note)
+            if Path(given).is_dir() and not (path.parent / ("latest" + SUFFIX)).exists():  # (a note: under -q too)
                 say(f"{path.parent} has no latest{SUFFIX}: resuming its best{SUFFIX}, of update {self.step}")
             if self.world.root:  # the logs, opened as run() opens them, before `say` is heard (the CLI holds it):
                 check_run_file(self.run_dir / METRICS_FILE, os.O_WRONLY | os.O_APPEND)  # appended to
@@ -1280,10 +1280,13 @@ def check_new_run_dir(run_dir: Path) -> None:
             raise CharrnnError(f"{run_dir} holds a run that another charrnn process{pid_shown(holder)} is training; "
                                f"wait for it to finish, then continue it with --resume {shell_word(run_dir)}, or "
                                "choose another --run name")
-        if all(_meta(path) is None for path in found):  # --resume would be refused: no run to continue
-            what = "charrnn checkpoints; move them" if len(found) > 1 else "a charrnn checkpoint; move it"
-            raise CharrnnError(f"{' and '.join(map(str, found))} cannot be read as {what} away, or choose another "
-                               "--run name")
+        # (a FIFO is not opened: a read would wait for a writer)
+        unread = [path for path in found if not path.is_file() or _meta(path) is None]
+        if unread:  # a resume would refuse to replace them (_replaced)
+            what = "charrnn checkpoints; move them" if len(unread) > 1 else "a charrnn checkpoint; move it"
+            then = f", then continue the run with --resume {shell_word(run_dir)}," if len(unread) < len(found) else ","
+            raise CharrnnError(f"{' and '.join(map(str, unread))} cannot be read as {what} away{then} or choose "
+                               "another --run name")
         raise CharrnnError(f"{run_dir} already holds a run; continue it with --resume {shell_word(run_dir)} "
                            f"or choose another --run name")
     for name, step in ((METRICS_FILE, _record_step), (SAMPLES_FILE, _sample_step)):

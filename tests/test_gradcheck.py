@@ -172,8 +172,9 @@ def test_elements_left_out_as_unresolved_are_said_with_both_their_causes():
     assert result.exit_code == 1, result.output
     note = next(line for line in result.output.splitlines() if line.startswith("note:"))
     assert re.fullmatch(r"note: \d+ elements left out as unresolved: their two gradients differ by less than a loss "
-                        r"as large as 2\.\d+ rounds away, and by more than --tolerance 1e-30 \(fewer --steps or "
-                        r"--layers make the loss smaller; a larger --tolerance passes them\)", note), note
+                        r"as large as 2\.\d+ rounds away, and by a relative error above --tolerance 1e-30 \(a "
+                        r"larger --tolerance passes them; fewer --steps or --layers make a large loss smaller\)",
+                        note), note
 
 
 def test_input_weights_are_checked_in_the_rows_of_the_characters_read():

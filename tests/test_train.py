@@ -729,10 +729,17 @@ def test_a_new_run_in_a_folder_whose_checkpoints_cannot_be_read_is_not_told_to_r
         check_new_run_dir(run_dir)
     assert str(refused.value) == (f"{run_dir / 'latest.npz'} and {run_dir / 'best.npz'} cannot be read as charrnn "
                                   "checkpoints; move them away, or choose another --run name")
-    train_steps(config(corpus, tmp_path), tmp_path / "r", 2)  # one that can be read: a run to continue
+    (run_dir / "latest.npz").rmdir()
+    os.mkfifo(run_dir / "latest.npz")  # not opened: the check waited for a writer
+    with pytest.raises(CharrnnError, match=re.escape(f"{run_dir / 'latest.npz'} and {run_dir / 'best.npz'} cannot")):
+        check_new_run_dir(run_dir)
+    train_steps(config(corpus, tmp_path), tmp_path / "r", 2)  # a run to continue, once its best.npz is moved away
     (tmp_path / "r" / "best.npz").write_text("mine")
-    with pytest.raises(CharrnnError, match="already holds a run; continue it with --resume"):
+    with pytest.raises(CharrnnError) as refused:
         check_new_run_dir(tmp_path / "r")
+    assert str(refused.value) == (f"{tmp_path / 'r' / 'best.npz'} cannot be read as a charrnn checkpoint; move it "
+                                  f"away, then continue the run with --resume {tmp_path / 'r'}, or choose another "
+                                  "--run name")
 
 
 def test_resume_refuses_a_schedule_setting_its_schedule_does_not_read(corpus, tmp_path):

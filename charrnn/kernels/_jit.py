@@ -174,9 +174,10 @@ CACHE_LOCK = "charrnn-cache.lock"
 
 # A save holds the lock for milliseconds; a process stopped inside one (Ctrl-Z) holds it until it
 # goes on, and every other command waited for it without a word. One that has waited LOCK_WAIT
-# seconds goes on without the lock: it reads the cache as numba does (each file is written whole,
-# and a data file an index names but that is not there yet reads as missing: compiled again) and
-# saves nothing to it, which is where two processes could spoil it.
+# seconds goes on without the cache: it compiles every kernel itself, and saves none. (Reading
+# it unlocked is not safe: a save writes the index before the data, so a reader could take a new
+# index naming a data file that still holds older code, of another signature or of an edited
+# kernel, and run it.)
 LOCK_WAIT = 10.0
 _lock_held_elsewhere = {"given_up": False}  # in this process, for the rest of it (said once)
 
@@ -190,8 +191,8 @@ def _locked_between_processes(files):
                 save(key, data)
 
     def locked_load(key):
-        with _cache_lock(files._cache_path, fcntl.LOCK_SH):
-            return load(key)
+        with _cache_lock(files._cache_path, fcntl.LOCK_SH) as locked:
+            return load(key) if locked else None  # (None: not in the cache, so compiled)
 
     files.save, files.load = locked_save, locked_load
 
@@ -242,8 +243,7 @@ def _flock_within_wait(fd, how, path) -> bool:
                 _lock_held_elsewhere["given_up"] = True
                 warnings.warn(KernelsNotCached(
                     f"another process has held numba's cache for {LOCK_WAIT:g} s ({path}; one stopped with Ctrl-Z "
-                    "holds it until it goes on): this command goes on without waiting for it and saves no kernels "
-                    "there (they compile again in the next process)"))
+                    "holds it until it goes on): this command goes on without it, compiling its kernels itself"))
             else:
                 time.sleep(0.01)
     return False
