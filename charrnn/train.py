@@ -1144,26 +1144,26 @@ def _replaced(path, step):
     or None: a log that is not charrnn's, the checkpoints of another run (a file copied in), or a
     latest.npz the checkpoint is older than (a copy of an earlier one, or best.npz while
     latest.npz went on), whose records it would drop, or a checkpoint file it cannot read (a
-    damaged one, or a file of the user's: the probe that found it had its latest.npz replaced)."""
+    damaged one, or a file of the user's, which a resume once replaced without a word)."""
     for name, step_of in ((METRICS_FILE, _record_step), (SAMPLES_FILE, _sample_step)):
         if not _left_by_a_run(path.parent / name, step_of):
             return f"{path.parent / name} is not a log of charrnn's; resuming {path} there would replace it"
     mine = None
     for name in ("latest", "best"):
-        other = _other_meta(path, name)
-        if other is None:
-            unread = _beside(path, name)  # a damaged checkpoint, or a file of the user's: kept whole
-            if unread is not None:
-                return (f"{unread} cannot be read as a charrnn checkpoint, and resuming {path} there would replace "
-                        "it (move it away to resume there)")
+        beside = _beside(path, name)
+        if beside is None:
             continue
+        other = _meta(beside)
+        if other is None:  # a damaged checkpoint, or a file of the user's: kept whole
+            return (f"{beside} cannot be read as a charrnn checkpoint, and resuming {path} there would replace it "
+                    "(move it away to resume there)")
         mine = mine or load_checkpoint(path, schema=TRAINING_META)[1]
         if _run_id(other) != _run_id(mine):
-            return (f"{path} is a checkpoint of another run than {path.parent / (name + SUFFIX)}; resuming it there "
-                    "would replace that run's checkpoints and records")
+            return (f"{path} is a checkpoint of another run than {beside}; resuming it there would replace that "
+                    "run's checkpoints and records")
         if name == "latest" and other["step"] > step:
-            return (f"{path} was saved at update {step}, before {path.parent / 'latest.npz'} (update "
-                    f"{other['step']}); resuming it there would replace that")
+            return (f"{path} was saved at update {step}, before {beside} (update {other['step']}); resuming it there "
+                    "would replace that")
     return None
 
 
