@@ -459,7 +459,9 @@ class _TrainProgress:
             UntilStopped("ep {task.fields[epoch]:.2f}  loss {task.fields[loss]}  val {task.fields[val]}  "
                          "{task.fields[chars]} ch/s  clip {task.fields[clip]}"),
             TimeRemainingColumn(), console=err.console, transient=False)
-        self.fields = {"step": "compiling kernels...", "epoch": 0.0, "loss": "-", "val": "-", "chars": "-", "clip": "-"}
+        # until the first update, which loads the kernels from numba's cache, or compiles them on a first run
+        self.fields = {"step": "loading or compiling kernels...", "epoch": 0.0, "loss": "-", "val": "-", "chars": "-",
+                       "clip": "-"}
 
     def __enter__(self):
         self.progress.__enter__()

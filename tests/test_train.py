@@ -939,6 +939,15 @@ def test_the_progress_bar_says_the_test_has_begun(corpus, tmp_path):
     assert shown == ["step 5, testing"]
 
 
+def test_the_progress_bar_does_not_say_it_compiles_what_it_may_load(corpus, tmp_path):
+    # "compiling kernels..." until the first update, also where that update loaded them from the cache
+    from charrnn.cli import _TrainProgress
+
+    trainer = Trainer(config(corpus, tmp_path), tmp_path / "r", say=lambda *_: None)
+    with _TrainProgress(trainer) as bar:
+        assert str(bar.progress.columns[0].render(bar.progress.tasks[0])) == "loading or compiling kernels..."
+
+
 def test_a_count_of_one_is_said_in_the_singular(corpus, tmp_path):
     # "done: 1 updates", "1 streams in all", "cut off after 1 bytes"
     from typer.testing import CliRunner
