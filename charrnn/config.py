@@ -391,12 +391,15 @@ class TrainConfig:
                              "give a name of printable characters")
 
     def check_stopping(self):
-        """A UsageError for a run that nothing would stop (0 means no limit). Apart from
-        validate(), which also checks the settings a checkpoint holds and a config whose
-        stopping rule is set later."""
+        """A UsageError for a run that nothing would stop (0 means no limit), or whose --max-steps
+        ends its warm-up before the rate reaches --lr. Apart from validate(), which also checks
+        the settings a checkpoint holds and a config whose stopping rule is set later."""
         if not any(getattr(self, name) for name in STOPPING_RULES):
             raise UsageError("nothing would stop the run: --max-steps, --epochs and --time-limit are all 0 (no "
                              "limit); give one of them above 0")
+        if self.max_steps and self.warmup >= self.max_steps:  # (it ran, the rate never above 30% of --lr)
+            raise UsageError(f"--warmup {self.warmup} is not shorter than --max-steps {self.max_steps}: the learning "
+                             f"rate would never reach --lr {self.lr:g}; give a shorter warm-up")
 
     def cell_options(self):
         """The ModelSpec options of this run, the bound on |u| resolved for the window."""

@@ -177,6 +177,16 @@ def test_a_run_nothing_would_stop_is_a_usage_error_before_the_text_is_read(tmp_p
     TrainConfig(time_limit=0, epochs=0.5).validate().check_stopping()
 
 
+def test_a_warm_up_the_run_ends_in_is_a_usage_error(tmp_path):
+    # --warmup 100 --max-steps 30 ran, its rate never above 30% of --lr, exit 0
+    r = runner.invoke(app, ["train", str(tmp_path / "missing.txt"), "--warmup", "100", "--max-steps", "30"])
+    assert isinstance(r.exception, UsageError) and r.exception.exit_code == 2
+    assert str(r.exception) == ("--warmup 100 is not shorter than --max-steps 30: the learning rate would never reach "
+                                "--lr 0.003; give a shorter warm-up")
+    TrainConfig(warmup=29, max_steps=30).validate().check_stopping()
+    TrainConfig(warmup=100, max_steps=0, epochs=1).validate().check_stopping()  # a budget not counted in updates
+
+
 @pytest.mark.parametrize("name, value, cell", [("tau", "8", "leaky"), ("spectral_radius", "0.5", "esn"),
                                                ("leak", "0.5", "esn"), ("u_max", "1.5", "indrnn")])
 def test_a_cell_option_is_refused_for_a_cell_that_does_not_read_it(name, value, cell, tmp_path):
@@ -333,11 +343,12 @@ def test_warmup_and_weight_decay_reach_the_run(tmp_path):
     # both were settings of every run, shown in its settings line, with no option to set them
     text = tmp_path / "t.txt"
     text.write_text("to be or not to be, that is the question\n" * 50, encoding="utf-8")
-    r = runner.invoke(app, ["train", str(text), "--hidden", "8", "--max-steps", "2", "--time-limit", "0",
-                            "--warmup", "4", "--weight-decay", "0.25", "--out-dir", str(tmp_path), "--run", "r", "-q"])
+    r = runner.invoke(app, ["train", str(text), "--hidden", "8", "--max-steps", "20", "--time-limit", "0",
+                            "--warmup", "16", "--weight-decay", "0.25", "--out-dir", str(tmp_path), "--run", "r", "-q"])
     assert r.exit_code == 0, (r.exception, r.output)
     meta = load_checkpoint(tmp_path / "r" / "latest.npz")[1]
-    assert (meta["config"]["warmup"], meta["config"]["weight_decay"], meta["optimizer"]["weight_decay"]) == (4, 0.25, 0.25)
+    assert (meta["config"]["warmup"], meta["config"]["weight_decay"], meta["optimizer"]["weight_decay"]) == (16, 0.25, 0.25)
     records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
-    # the second update's rate: 2/4 of --lr, which the linear schedule holds at the run's start
-    assert [rec["lr"] for rec in records if rec["kind"] == "train"] == [pytest.approx(TrainConfig.lr * 2 / 4)]
+    # the tenth update's rate (the first logged): 10/16 of --lr, which the linear schedule holds for
+    # the first 70% of the run
+    assert [rec["lr"] for rec in records if rec["kind"] == "train"][0] == pytest.approx(TrainConfig.lr * 10 / 16)
