@@ -210,10 +210,14 @@ def total(x):
     return s
 """
 
+# the toy kernel for the dtypes given, after LOCK_WAIT is set to the first argument
 CHECK = r"""
+import sys
 import numpy as np
+from charrnn.kernels import _jit
+_jit.LOCK_WAIT = float(sys.argv[1])
 import summed
-for dtype in ("float64", "float32"):
+for dtype in sys.argv[2:]:
     print(dtype, summed.total(np.arange(1, 9, dtype=dtype) * 1.5))
 print("loaded", sum(summed.total.stats.cache_hits.values()), "compiled", sum(summed.total.stats.cache_misses.values()))
 """
@@ -228,23 +232,11 @@ def test_two_processes_saving_a_kernel_for_two_signatures_at_once_keep_both(tmp_
     for racer in racers:
         out, err = racer.communicate(timeout=300)
         assert racer.returncode == 0 and out == "54.0\n", err
-    check = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=300)
+    check = subprocess.run([sys.executable, "-c", CHECK, "10", "float64", "float32"], env=env, capture_output=True,
+                           text=True, timeout=300)
     # unlocked: "TypeError: can't unbox array from PyObject into native value" at float64's call
     assert check.returncode == 0, check.stderr
     assert check.stdout == "float64 54.0\nfloat32 54.0\nloaded 2 compiled 0\n"
-
-
-# the toy kernel for the dtypes given, after LOCK_WAIT is set to the first argument
-WAITED = r"""
-import sys
-import numpy as np
-from charrnn.kernels import _jit
-_jit.LOCK_WAIT = float(sys.argv[1])
-import summed
-for dtype in sys.argv[2:]:
-    print(dtype, summed.total(np.arange(1, 9, dtype=dtype) * 1.5))
-print("loaded", sum(summed.total.stats.cache_hits.values()), "compiled", sum(summed.total.stats.cache_misses.values()))
-"""
 
 
 def test_a_cache_held_by_a_stopped_process_is_waited_for_a_while_then_gone_on_without(tmp_path):
@@ -254,7 +246,7 @@ def test_a_cache_held_by_a_stopped_process_is_waited_for_a_while_then_gone_on_wi
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=f"{ROOT}{os.pathsep}{tmp_path}")
 
     def run(*args):
-        r = subprocess.run([sys.executable, "-c", WAITED, *args], env=env, capture_output=True, text=True, timeout=120)
+        r = subprocess.run([sys.executable, "-c", CHECK, *args], env=env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
         return r
 

@@ -206,6 +206,9 @@ def _cache_lock(folder, how):
     exclusive one only on a file open for writing; for reading only, another user's lock file
     still serves on a local disk. The lock belongs to the open file, so a process killed inside
     it holds it no longer."""
+    if _lock_held_elsewhere["given_up"]:
+        yield False
+        return
     fd = None
     path = os.path.join(folder, CACHE_LOCK)
     for access in (os.O_RDWR, os.O_RDONLY):  # (not blocking where a FIFO was put in its place)
@@ -231,10 +234,10 @@ def _cache_lock(folder, how):
 
 
 def _flock_within_wait(fd, how, path) -> bool:
-    """Whether the flock was taken: tried every 10 ms for LOCK_WAIT seconds, not at all once a
-    wait in this process has run out (then a KernelsNotCached note, once)."""
+    """Whether the flock was taken, tried every 10 ms for LOCK_WAIT seconds; if not, this
+    process gives the lock up (a KernelsNotCached note says so)."""
     deadline = time.monotonic() + LOCK_WAIT
-    while not _lock_held_elsewhere["given_up"]:
+    while True:
         try:
             fcntl.flock(fd, how | fcntl.LOCK_NB)
             return True
@@ -244,9 +247,8 @@ def _flock_within_wait(fd, how, path) -> bool:
                 warnings.warn(KernelsNotCached(
                     f"another process has held numba's cache for {LOCK_WAIT:g} s ({path}; one stopped with Ctrl-Z "
                     "holds it until it goes on): this command goes on without it, compiling its kernels itself"))
-            else:
-                time.sleep(0.01)
-    return False
+                return False
+            time.sleep(0.01)
 
 
 # The numba releases whose cache loader loading_from_cache knows (Cache.load_overload: the
